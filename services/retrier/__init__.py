@@ -1,0 +1,1 @@
+"""Retrier service: holds failed events in JetStream and redelivers them with backoff."""
