@@ -1,0 +1,1 @@
+"""Code shared by the eventfn services: config, telemetry, storage and stream helpers."""

@@ -1,0 +1,212 @@
+"""Process plumbing shared by the embedded launchers: ports, locks, polling, stopping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Self
+
+import psutil
+
+from services.common.embedded.errors import DataDirInUseError, ServerStartError
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """Return a TCP port that is free on host right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    """Tell whether port can be bound on host right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Servers bind with SO_REUSEADDR: a port in TIME_WAIT is free for them too.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def choose_port(requested: int, remembered: Path) -> int:
+    """Pick the requested port, else the one used last time if free, else a free one."""
+    if requested:
+        return requested
+    # Reusing the last port keeps URLs stable across restarts of `eventfn up`.
+    with contextlib.suppress(OSError, ValueError):
+        last = int(remembered.read_text().strip())
+        if 0 < last < 65536 and port_is_free(last):
+            return last
+    return free_port()
+
+
+def wait_until(
+    ready: Callable[[], bool],
+    *,
+    name: str,
+    process: subprocess.Popen[bytes],
+    log_path: Path,
+    timeout: float,
+    interval: float = 0.01,
+) -> None:
+    """Poll ready() until it holds; raise ServerStartError if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if ready():
+            return
+        code = process.poll()
+        if code is not None:
+            raise ServerStartError(name, f"process exited with code {code}", log_path)
+        if time.monotonic() > deadline:
+            raise ServerStartError(name, f"not healthy after {timeout:.0f} s", log_path)
+        # Back off gently: fast first answers, little CPU while a slow disk catches up.
+        time.sleep(interval)
+        interval = min(interval * 1.5, 0.2)
+
+
+class DataDirLock:
+    """Exclusive, crash-safe ownership of a data dir (flock, released when the process dies)."""
+
+    def __init__(self, name: str, data_dir: Path) -> None:
+        self._name = name
+        self._data_dir = data_dir
+        self._path = data_dir / ".launcher.lock"
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise DataDirInUseError naming the owner."""
+        file = self._path.open("a+")
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            owner = file.read().strip()
+            file.close()
+            raise DataDirInUseError(
+                self._name, self._data_dir, int(owner) if owner.isdigit() else None
+            ) from None
+        file.seek(0)
+        file.truncate()
+        file.write(str(os.getpid()))
+        file.flush()
+        self._file = file
+
+    def release(self) -> None:
+        """Drop the lock (idempotent)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """The unprivileged account a server runs as when we are root."""
+
+    uid: int
+    gid: int
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    run_as: RunAs | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a server process with stdout and stderr appended to log_path."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            # Own session: a terminal Ctrl-C reaches the launcher only, which then
+            # stops the servers after the services that use them.
+            start_new_session=True,
+            user=run_as.uid if run_as else None,
+            group=run_as.gid if run_as else None,
+            extra_groups=[] if run_as else None,
+        )
+
+
+def stop_process(
+    process: subprocess.Popen[bytes], *, sig: signal.Signals, timeout: float
+) -> int | None:
+    """Send sig, wait up to timeout, then kill; return the exit code."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(sig)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()
+
+
+def stop_leftover(pid: int, *, sig: signal.Signals, timeout: float) -> None:
+    """Stop a process we did not start (a leftover of a dead launcher), then kill it."""
+    try:
+        proc = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    try:
+        proc.send_signal(sig)
+        proc.wait(timeout)
+    except psutil.NoSuchProcess:
+        return
+    except psutil.TimeoutExpired:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+            proc.wait(timeout)
+
+
+def live_process_using(pid: int, executable_name: str, marker: str) -> bool:
+    """Tell whether pid is a live executable_name process whose command line mentions marker."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return proc.name() == executable_name and any(marker in a for a in proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+class ServerLifecycle:
+    """Mixin giving a launcher with start()/stop() the `with` and `async with` protocols."""
+
+    def start(self) -> None:
+        """Start the server and return once it is healthy."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the server cleanly (idempotent)."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        # Starting blocks on process start and polling: keep it off the event loop.
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await asyncio.to_thread(self.stop)

@@ -1,0 +1,239 @@
+"""The embedded launchers start real servers that keep data and refuse to share a data dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import asyncpg
+import nats
+import psutil
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.common.embedded import (
+    DataDirInUseError,
+    EmbeddedNats,
+    EmbeddedPostgres,
+    ServerStartError,
+)
+from services.common.embedded.nats import render_config
+from services.common.embedded.process import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def _scalar(url: str, sql: str) -> object:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+
+
+async def test_session_postgres_serves_the_eventfn_database(postgres_url: str) -> None:
+    assert postgres_url.startswith("postgresql://postgres@127.0.0.1:")
+    assert postgres_url.endswith("/eventfn")
+    assert await _scalar(postgres_url, "SELECT current_database()") == "eventfn"
+
+
+async def test_fresh_database_is_empty_and_separate(fresh_database: str, postgres_url: str) -> None:
+    assert fresh_database != postgres_url
+    tables = await _scalar(
+        fresh_database,
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    assert tables == 0
+
+
+async def test_postgres_row_survives_restart(tmp_path: Path) -> None:
+    async with EmbeddedPostgres(tmp_path / "pg") as pg:
+        first_url = pg.url
+        conn = await asyncpg.connect(pg.url)
+        await conn.execute("CREATE TABLE kept (v text); INSERT INTO kept VALUES ('hello')")
+        await conn.close()
+    assert not pg.running
+    async with EmbeddedPostgres(tmp_path / "pg") as pg:
+        # The last port is reused when free, so URLs stay stable across restarts.
+        assert pg.url == first_url
+        assert await _scalar(pg.url, "SELECT v FROM kept") == "hello"
+
+
+def test_postgres_second_launcher_on_same_data_dir_is_refused(tmp_path: Path) -> None:
+    with EmbeddedPostgres(tmp_path / "pg") as pg:
+        with pytest.raises(DataDirInUseError) as info:
+            EmbeddedPostgres(tmp_path / "pg").start()
+        assert info.value.owner_pid == os.getpid()
+        assert str(tmp_path / "pg") in str(info.value)
+        # The refused launcher must not have disturbed the running one.
+        assert pg.running
+
+
+def test_postgres_recovers_from_stale_pid_file(tmp_path: Path) -> None:
+    with EmbeddedPostgres(tmp_path / "pg"):
+        pass
+    # A pid file naming a live process that is not postgres (ourselves): postgres alone
+    # would refuse to start, believing another postmaster runs.
+    pid_file = tmp_path / "pg" / "pgdata" / "postmaster.pid"
+    pid_file.write_text(f"{os.getpid()}\n{tmp_path / 'pg' / 'pgdata'}\n0\n5432\n\n\n\nready\n")
+    with EmbeddedPostgres(tmp_path / "pg") as pg:
+        assert pg.running
+
+
+def _orphan_script(kind: str, data_dir: Path) -> str:
+    """Return a script that starts a server, prints its pid and dies without stopping it."""
+    return textwrap.dedent(
+        f"""
+        import json, os
+        from pathlib import Path
+        from services.common.embedded import {kind}
+        server = {kind}(Path({str(data_dir)!r}))
+        server.start()
+        print(json.dumps({{"pid": server._process.pid, "url": server.url}}), flush=True)
+        os._exit(0)
+        """
+    )
+
+
+def _start_orphan(kind: str, data_dir: Path) -> dict[str, object]:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}"}
+    out = subprocess.run(
+        [sys.executable, "-c", _orphan_script(kind, data_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=120,
+    )
+    return json.loads(out.stdout)
+
+
+async def test_postgres_stops_a_leftover_of_a_dead_launcher(tmp_path: Path) -> None:
+    orphan = _start_orphan("EmbeddedPostgres", tmp_path / "pg")
+    leftover = psutil.Process(int(orphan["pid"]))  # type: ignore[arg-type]
+    assert leftover.is_running()
+    conn = await asyncpg.connect(str(orphan["url"]))
+    await conn.execute("CREATE TABLE kept (v int); INSERT INTO kept VALUES (7)")
+    await conn.close()
+    async with EmbeddedPostgres(tmp_path / "pg") as pg:
+        assert not leftover.is_running()
+        assert await _scalar(pg.url, "SELECT v FROM kept") == 7
+
+
+def test_postgres_start_failure_names_the_log(tmp_path: Path) -> None:
+    pg = EmbeddedPostgres(tmp_path / "pg", options={"no_such_setting": "1"}, start_timeout=30)
+    with pytest.raises(ServerStartError) as info:
+        pg.start()
+    assert str(pg.log_path) in str(info.value)
+    assert "no_such_setting" in str(info.value)
+    assert not pg.running
+
+
+def test_postgres_configured_port_is_used(tmp_path: Path) -> None:
+    port = free_port()
+    with EmbeddedPostgres(tmp_path / "pg", port=port) as pg:
+        assert pg.port == port
+        assert f":{port}/" in pg.url
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root must switch to the system user")
+def test_postgres_runs_unprivileged_when_root(tmp_path: Path) -> None:
+    with EmbeddedPostgres(tmp_path / "pg") as pg:
+        assert pg._process is not None
+        assert psutil.Process(pg._process.pid).uids().effective != 0
+
+
+# --- NATS ---------------------------------------------------------------------------------
+
+
+def test_session_nats_has_jetstream_with_sync_always(nats_server: EmbeddedNats) -> None:
+    varz = nats_server.monitor("varz")
+    assert varz["jetstream"]["config"]["sync_always"] is True
+    assert varz["max_payload"] == 8 * 1024 * 1024
+    assert varz["host"] == "127.0.0.1"
+
+
+async def test_nats_message_survives_restart(tmp_path: Path) -> None:
+    async with EmbeddedNats(tmp_path / "nats") as server:
+        first_url = server.url
+        nc = await nats.connect(server.url)
+        js = nc.jetstream()
+        await js.add_stream(name="KEPT", subjects=["kept.>"])
+        ack = await js.publish("kept.one", b"payload")
+        await nc.close()
+    assert not server.running
+    async with EmbeddedNats(tmp_path / "nats") as server:
+        assert server.url == first_url
+        nc = await nats.connect(server.url)
+        msg = await nc.jetstream().get_msg("KEPT", ack.seq)
+        await nc.close()
+        assert msg.data == b"payload"
+
+
+def test_nats_second_launcher_on_same_data_dir_is_refused(tmp_path: Path) -> None:
+    with EmbeddedNats(tmp_path / "nats") as server:
+        with pytest.raises(DataDirInUseError, match="in use by process"):
+            EmbeddedNats(tmp_path / "nats").start()
+        assert server.running
+
+
+def test_nats_stops_a_leftover_of_a_dead_launcher(tmp_path: Path) -> None:
+    orphan = _start_orphan("EmbeddedNats", tmp_path / "nats")
+    leftover = psutil.Process(int(orphan["pid"]))  # type: ignore[arg-type]
+    with EmbeddedNats(tmp_path / "nats") as server:
+        assert not leftover.is_running()
+        assert server.monitor("jsz")["config"]["sync_always"] is True
+
+
+def test_nats_port_taken_by_someone_else_fails_clearly(tmp_path: Path) -> None:
+    with EmbeddedNats(tmp_path / "first") as first:
+        clash = EmbeddedNats(tmp_path / "second", port=first.port, start_timeout=30)
+        with pytest.raises(ServerStartError, match="nats-server failed to start") as info:
+            clash.start()
+        assert str(clash.log_path) in str(info.value)
+        assert not clash.running
+
+
+def test_stop_is_idempotent_and_kills_a_stuck_server(tmp_path: Path) -> None:
+    server = EmbeddedNats(tmp_path / "nats", stop_timeout=0.5)
+    server.start()
+    assert server._process is not None
+    process = server._process
+    # A server that ignores the polite signal is killed after stop_timeout.
+    os.kill(process.pid, signal.SIGSTOP)
+    server.stop()
+    server.stop()
+    assert process.returncode == -signal.SIGKILL
+    assert not server.running
+
+
+@given(
+    port=st.integers(1, 65535),
+    monitor=st.integers(1, 65535),
+    payload=st.integers(1, 64 * 1024 * 1024),
+    store=st.text(min_size=1).filter(lambda s: "\x00" not in s),
+)
+def test_render_config_always_syncs_and_quotes_paths(
+    port: int, monitor: int, payload: int, store: str
+) -> None:
+    text = render_config(
+        port=port,
+        monitor_port=monitor,
+        store_dir=Path("/state") / store,
+        pid_file=Path("/state/pid"),
+        max_payload=payload,
+        server_name="eventfn",
+    )
+    assert "  sync_interval: always\n" in text
+    assert f'listen: "127.0.0.1:{port}"' in text
+    assert f"max_payload: {payload}\n" in text
+    assert f"store_dir: {json.dumps(str(Path('/state') / store))}" in text

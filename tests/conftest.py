@@ -1,0 +1,72 @@
+"""Session-wide real PostgreSQL and NATS servers, started lazily on first use."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import nats
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from services.common.embedded import EmbeddedNats, EmbeddedPostgres
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """Run one real PostgreSQL for the whole session (started only if a test needs it)."""
+    # Room for many short-lived pools: each test may open its own engine.
+    server = EmbeddedPostgres(
+        tmp_path_factory.mktemp("postgres"), options={"max_connections": "300"}
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: EmbeddedPostgres) -> str:
+    """Return the URL of the session server's `eventfn` database (asyncpg DSN form)."""
+    return postgres_server.url
+
+
+@pytest.fixture
+async def fresh_database(postgres_server: EmbeddedPostgres) -> AsyncIterator[str]:
+    """Create an empty database for one test and return its URL; drop it afterwards."""
+    name = f"test_{uuid.uuid4().hex}"
+    admin = await asyncpg.connect(postgres_server.url_for("postgres"))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield postgres_server.url_for(name)
+    admin = await asyncpg.connect(postgres_server.url_for("postgres"))
+    try:
+        # FORCE: a test that leaked a pool must not make teardown fail.
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    """Run one real nats-server with JetStream for the whole session (started on first use)."""
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server: EmbeddedNats) -> str:
+    """Return the client URL of the session NATS server."""
+    return nats_server.url
+
+
+@pytest.fixture
+async def nats_client(nats_url: str) -> AsyncIterator[NatsClient]:
+    """Connect to the session NATS server for one test; close the connection afterwards."""
+    client = await nats.connect(nats_url)
+    yield client
+    await client.close()
