@@ -1,0 +1,1 @@
+"""Router service: Segment-compatible ingestion, routing and publishing of event packs."""
