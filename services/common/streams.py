@@ -1,0 +1,239 @@
+"""The JetStream topology shared by router, executor and retrier: streams, subjects, headers.
+
+Subjects are `<kind>.<workspace_id>.<instance_id>` for the three kinds:
+
+- `EVENTS` (`events.>`): packs from the router (and due retries from the retrier),
+  consumed by the executor pool. Deduplicated over a 10-minute window by `Nats-Msg-Id`.
+- `RETRY` (`retry.>`): events the executor found retryable, held by the retrier until due.
+- `DEAD` (`dead.>`): events past the retry window, kept (default 14 days) for listing and replay.
+
+All three use limits retention (any consumer kind and ack policy works, and nothing is
+dropped for lack of a consumer) with `discard: new`, so a full stream refuses new
+publishes rather than dropping stored, unprocessed events.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
+
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+EVENTS_STREAM = "EVENTS"
+RETRY_STREAM = "RETRY"
+DEAD_STREAM = "DEAD"
+
+DEDUPE_WINDOW = timedelta(minutes=10)
+DEFAULT_EVENTS_MAX_AGE = timedelta(days=7)
+DEFAULT_RETRY_MAX_AGE = timedelta(days=2)
+DEFAULT_DEAD_MAX_AGE = timedelta(days=14)
+
+# Message headers. W3C trace context travels in the lowercase names OpenTelemetry propagates.
+MSG_ID = "Nats-Msg-Id"
+"""JetStream dedupe id: instance + digest of the pack's messageIds (+ attempt on retries)."""
+TRACEPARENT = "traceparent"
+"""W3C trace context parent header."""
+TRACESTATE = "tracestate"
+"""W3C trace context state header."""
+REVISION = "Eventfn-Revision"
+"""Registry config revision the router routed this pack with."""
+ATTEMPT = "Eventfn-Attempt"
+"""Delivery attempt number of the events in this message, 1 for the first attempt."""
+FIRST_ATTEMPT_AT = "Eventfn-First-Attempt-At"
+"""Time of the first attempt, RFC 3339 UTC; the retry window counts from it."""
+
+SubjectKind = Literal["events", "retry", "dead"]
+_KIND_BY_NAME: dict[str, SubjectKind] = {"events": "events", "retry": "retry", "dead": "dead"}
+_FORBIDDEN = frozenset(".*>")
+
+
+class InvalidSubjectTokenError(ValueError):
+    """An id cannot be one token of a NATS subject."""
+
+    def __init__(self, what: str, value: str) -> None:
+        self.what = what
+        self.value = value
+        super().__init__(
+            f"{what} {value!r} cannot be used in a NATS subject: it must be non-empty and "
+            "contain no whitespace, '.', '*' or '>'"
+        )
+
+
+class StreamTopologyError(Exception):
+    """An existing stream cannot be brought to the required configuration."""
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A parsed eventfn subject: kind, workspace id and instance id."""
+
+    kind: SubjectKind
+    workspace_id: str
+    instance_id: str
+
+
+def _token(what: str, value: str) -> str:
+    """Return value if it is a valid single subject token, else raise."""
+    if not value or any(c in _FORBIDDEN or c.isspace() for c in value):
+        raise InvalidSubjectTokenError(what, value)
+    return value
+
+
+def subject(kind: SubjectKind, workspace_id: str, instance_id: str) -> str:
+    """Build the subject of kind for one instance of a workspace."""
+    return f"{kind}.{_token('workspace id', workspace_id)}.{_token('instance id', instance_id)}"
+
+
+def events_subject(workspace_id: str, instance_id: str) -> str:
+    """Build the EVENTS subject of an instance."""
+    return subject("events", workspace_id, instance_id)
+
+
+def retry_subject(workspace_id: str, instance_id: str) -> str:
+    """Build the RETRY subject of an instance."""
+    return subject("retry", workspace_id, instance_id)
+
+
+def dead_subject(workspace_id: str, instance_id: str) -> str:
+    """Build the DEAD subject of an instance."""
+    return subject("dead", workspace_id, instance_id)
+
+
+def subject_filter(
+    kind: SubjectKind, workspace_id: str | None = None, instance_id: str | None = None
+) -> str:
+    """Build a consumer filter: all of kind, one workspace, or one instance."""
+    if workspace_id is None:
+        if instance_id is not None:
+            return f"{kind}.*.{_token('instance id', instance_id)}"
+        return f"{kind}.>"
+    workspace = _token("workspace id", workspace_id)
+    return (
+        f"{kind}.{workspace}.{'*' if instance_id is None else _token('instance id', instance_id)}"
+    )
+
+
+def parse_subject(value: str) -> Subject:
+    """Split an eventfn subject into kind, workspace id and instance id."""
+    parts = value.split(".")
+    kind = _KIND_BY_NAME.get(parts[0])
+    if len(parts) != 3 or kind is None:
+        raise ValueError(f"{value!r} is not an eventfn subject (<kind>.<workspace>.<instance>)")
+    return Subject(kind, _token("workspace id", parts[1]), _token("instance id", parts[2]))
+
+
+def stream_configs(
+    *,
+    replicas: int = 1,
+    events_max_age: timedelta = DEFAULT_EVENTS_MAX_AGE,
+    retry_max_age: timedelta = DEFAULT_RETRY_MAX_AGE,
+    dead_max_age: timedelta = DEFAULT_DEAD_MAX_AGE,
+) -> list[StreamConfig]:
+    """Return the desired configuration of EVENTS, RETRY and DEAD."""
+    if replicas not in (1, 3, 5):
+        # JetStream allows 1..5, but only odd sizes keep a quorum through a node loss.
+        raise ValueError(f"stream replicas must be 1, 3 or 5, not {replicas}")
+
+    def config(name: str, kind: SubjectKind, max_age: timedelta, **extra: object) -> StreamConfig:
+        return StreamConfig(
+            name=name,
+            subjects=[f"{kind}.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.NEW,
+            num_replicas=replicas,
+            max_age=max_age.total_seconds(),
+            **extra,  # type: ignore[arg-type]
+        )
+
+    return [
+        config(
+            EVENTS_STREAM,
+            "events",
+            events_max_age,
+            duplicate_window=DEDUPE_WINDOW.total_seconds(),
+            description="Packs of routed events, one message per (request, instance).",
+        ),
+        config(
+            RETRY_STREAM,
+            "retry",
+            retry_max_age,
+            description="Retryable events waiting for their next attempt.",
+        ),
+        config(
+            DEAD_STREAM,
+            "dead",
+            dead_max_age,
+            allow_direct=True,
+            description="Events past the retry window, for listing and replay.",
+        ),
+    ]
+
+
+_MANAGED = (
+    "subjects",
+    "retention",
+    "storage",
+    "discard",
+    "num_replicas",
+    "max_age",
+    "duplicate_window",
+    "allow_direct",
+    "description",
+)
+
+
+def config_drift(current: StreamConfig, desired: StreamConfig) -> list[str]:
+    """Return the names of managed fields where current differs from desired."""
+    drift = []
+    for name in _MANAGED:
+        want, have = getattr(desired, name), getattr(current, name)
+        if want is None:
+            continue
+        if isinstance(want, float) and isinstance(have, int | float):
+            # Durations make a round trip through nanoseconds.
+            if math.isclose(want, have, abs_tol=1e-6):
+                continue
+        elif want == have:
+            continue
+        drift.append(name)
+    return drift
+
+
+async def ensure_streams(
+    js: JetStreamContext,
+    *,
+    replicas: int = 1,
+    events_max_age: timedelta = DEFAULT_EVENTS_MAX_AGE,
+    retry_max_age: timedelta = DEFAULT_RETRY_MAX_AGE,
+    dead_max_age: timedelta = DEFAULT_DEAD_MAX_AGE,
+) -> None:
+    """Create EVENTS, RETRY and DEAD, or update them to the desired config (idempotent)."""
+    desired_configs = stream_configs(
+        replicas=replicas,
+        events_max_age=events_max_age,
+        retry_max_age=retry_max_age,
+        dead_max_age=dead_max_age,
+    )
+    for desired in desired_configs:
+        assert desired.name is not None
+        try:
+            info = await js.stream_info(desired.name)
+        except NotFoundError:
+            # Two services racing here is fine: an identical create succeeds on the server.
+            await js.add_stream(desired)
+            continue
+        drift = config_drift(info.config, desired)
+        if not drift:
+            continue
+        try:
+            await js.update_stream(info.config.evolve(**{k: getattr(desired, k) for k in drift}))
+        except Exception as exc:
+            raise StreamTopologyError(
+                f"stream {desired.name} differs in {', '.join(drift)} and cannot be updated: "
+                f"{exc}; change it by hand (nats stream edit) or recreate it"
+            ) from exc
