@@ -237,3 +237,36 @@ def test_render_config_always_syncs_and_quotes_paths(
     assert f'listen: "127.0.0.1:{port}"' in text
     assert f"max_payload: {payload}\n" in text
     assert f"store_dir: {json.dumps(str(Path('/state') / store))}" in text
+
+
+async def test_postgres_recovers_after_sigkill(tmp_path: Path) -> None:
+    pg = EmbeddedPostgres(tmp_path / "pg")
+    pg.start()
+    conn = await asyncpg.connect(pg.url)
+    await conn.execute("CREATE TABLE kept (v int); INSERT INTO kept VALUES (1)")
+    await conn.close()
+    assert pg._process is not None
+    pg._process.kill()  # no shutdown checkpoint: the next start must run crash recovery
+    pg._process.wait()
+    pg.stop()
+    async with EmbeddedPostgres(tmp_path / "pg") as again:
+        assert await _scalar(again.url, "SELECT v FROM kept") == 1
+
+
+async def test_nats_acked_message_survives_sigkill(tmp_path: Path) -> None:
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    nc = await nats.connect(server.url)
+    js = nc.jetstream()
+    await js.add_stream(name="KEPT", subjects=["kept.>"])
+    ack = await js.publish("kept.one", b"payload")
+    await nc.close()
+    assert server._process is not None
+    server._process.kill()
+    server._process.wait()
+    server.stop()
+    async with EmbeddedNats(tmp_path / "nats") as again:
+        nc = await nats.connect(again.url)
+        msg = await nc.jetstream().get_msg("KEPT", ack.seq)
+        await nc.close()
+        assert msg.data == b"payload"
