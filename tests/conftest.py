@@ -31,22 +31,40 @@ def postgres_url(postgres_server: EmbeddedPostgres) -> str:
     return postgres_server.url
 
 
-@pytest.fixture
-async def fresh_database(postgres_server: EmbeddedPostgres) -> AsyncIterator[str]:
-    """Create an empty database for one test and return its URL; drop it afterwards."""
+async def _create_database(server: EmbeddedPostgres) -> str:
+    """Create an empty database with a unique name and return its name."""
     name = f"test_{uuid.uuid4().hex}"
-    admin = await asyncpg.connect(postgres_server.url_for("postgres"))
+    admin = await asyncpg.connect(server.url_for("postgres"))
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    yield postgres_server.url_for(name)
-    admin = await asyncpg.connect(postgres_server.url_for("postgres"))
+    return name
+
+
+async def _drop_database(server: EmbeddedPostgres, name: str) -> None:
+    """Drop a test database even if a test leaked connections to it."""
+    admin = await asyncpg.connect(server.url_for("postgres"))
     try:
-        # FORCE: a test that leaked a pool must not make teardown fail.
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.fixture
+async def fresh_database(postgres_server: EmbeddedPostgres) -> AsyncIterator[str]:
+    """Create an empty database for one test and return its URL; drop it afterwards."""
+    name = await _create_database(postgres_server)
+    yield postgres_server.url_for(name)
+    await _drop_database(postgres_server, name)
+
+
+@pytest.fixture(scope="module")
+async def module_database(postgres_server: EmbeddedPostgres) -> AsyncIterator[str]:
+    """Create an empty database shared by one test module (migrate once, test many)."""
+    name = await _create_database(postgres_server)
+    yield postgres_server.url_for(name)
+    await _drop_database(postgres_server, name)
 
 
 @pytest.fixture(scope="session")

@@ -270,3 +270,13 @@ async def test_nats_acked_message_survives_sigkill(tmp_path: Path) -> None:
         msg = await nc.jetstream().get_msg("KEPT", ack.seq)
         await nc.close()
         assert msg.data == b"payload"
+
+
+async def test_module_database_is_shared_within_the_module(module_database: str) -> None:
+    await _scalar(module_database, "CREATE TABLE IF NOT EXISTS shared (v int)")
+    assert await _scalar(module_database, "SELECT count(*) FROM shared") == 0
+
+
+async def test_module_database_is_the_same_for_the_next_test(module_database: str) -> None:
+    # The table made by the previous test is still there: one database per module.
+    assert await _scalar(module_database, "SELECT to_regclass('shared') IS NOT NULL") is True
