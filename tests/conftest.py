@@ -17,8 +17,11 @@ from services.common.embedded import EmbeddedNats, EmbeddedPostgres
 def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
     """Run one real PostgreSQL for the whole session (started only if a test needs it)."""
     # Room for many short-lived pools: each test may open its own engine.
+    # stop_with_parent: a killed test run (timeout, Ctrl-C twice) leaves no server behind.
     server = EmbeddedPostgres(
-        tmp_path_factory.mktemp("postgres"), options={"max_connections": "300"}
+        tmp_path_factory.mktemp("postgres"),
+        options={"max_connections": "300"},
+        stop_with_parent=True,
     )
     server.start()
     yield server
@@ -70,7 +73,7 @@ async def module_database(postgres_server: EmbeddedPostgres) -> AsyncIterator[st
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
     """Run one real nats-server with JetStream for the whole session (started on first use)."""
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"), stop_with_parent=True)
     server.start()
     yield server
     server.stop()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import asyncpg
@@ -89,14 +90,14 @@ def test_postgres_recovers_from_stale_pid_file(tmp_path: Path) -> None:
         assert pg.running
 
 
-def _orphan_script(kind: str, data_dir: Path) -> str:
+def _orphan_script(kind: str, data_dir: Path, stop_with_parent: bool = False) -> str:
     """Return a script that starts a server, prints its pid and dies without stopping it."""
     return textwrap.dedent(
         f"""
         import json, os
         from pathlib import Path
         from services.common.embedded import {kind}
-        server = {kind}(Path({str(data_dir)!r}))
+        server = {kind}(Path({str(data_dir)!r}), stop_with_parent={stop_with_parent})
         server.start()
         print(json.dumps({{"pid": server._process.pid, "url": server.url}}), flush=True)
         os._exit(0)
@@ -104,10 +105,10 @@ def _orphan_script(kind: str, data_dir: Path) -> str:
     )
 
 
-def _start_orphan(kind: str, data_dir: Path) -> dict[str, object]:
+def _start_orphan(kind: str, data_dir: Path, stop_with_parent: bool = False) -> dict[str, object]:
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}"}
     out = subprocess.run(
-        [sys.executable, "-c", _orphan_script(kind, data_dir)],
+        [sys.executable, "-c", _orphan_script(kind, data_dir, stop_with_parent)],
         capture_output=True,
         text=True,
         env=env,
@@ -280,3 +281,22 @@ async def test_module_database_is_shared_within_the_module(module_database: str)
 async def test_module_database_is_the_same_for_the_next_test(module_database: str) -> None:
     # The table made by the previous test is still there: one database per module.
     assert await _scalar(module_database, "SELECT to_regclass('shared') IS NOT NULL") is True
+
+
+@pytest.mark.parametrize("kind", ["EmbeddedPostgres", "EmbeddedNats"])
+def test_stop_with_parent_stops_the_server_when_its_launcher_dies(
+    kind: str, tmp_path: Path
+) -> None:
+    orphan = _start_orphan(kind, tmp_path / "server", stop_with_parent=True)
+    pid = int(orphan["pid"])  # type: ignore[arg-type]
+    deadline = time.monotonic() + 30
+    while _alive(pid):
+        assert time.monotonic() < deadline, f"{kind} outlived its launcher"
+        time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

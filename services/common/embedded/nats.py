@@ -91,6 +91,7 @@ class EmbeddedNats(ServerLifecycle):
         server_name: str = "eventfn",
         start_timeout: float = 30.0,
         stop_timeout: float = 30.0,
+        stop_with_parent: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.store_dir = self.data_dir / "jetstream"
@@ -104,6 +105,9 @@ class EmbeddedNats(ServerLifecycle):
         self._monitor_port = monitor_port
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
+        # Linux only: the server stops when this process dies (the thread calling start()
+        # must live as long as the server). For test sessions; `eventfn up` recovers instead.
+        self._parent_death = signal.SIGTERM if stop_with_parent else None
         self._lock = DataDirLock("nats-server", self.data_dir)
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -189,7 +193,9 @@ class EmbeddedNats(ServerLifecycle):
                 )
             )
             self._process = spawn(
-                [str(binary), "-c", str(self.config_path)], log_path=self.log_path
+                [str(binary), "-c", str(self.config_path)],
+                log_path=self.log_path,
+                stop_with_parent=self._parent_death,
             )
             try:
                 wait_until(

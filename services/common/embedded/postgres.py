@@ -70,6 +70,7 @@ class EmbeddedPostgres(ServerLifecycle):
         database: str = "eventfn",
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
+        stop_with_parent: bool = False,
         options: Mapping[str, str] | None = None,
     ) -> None:
         if not _IDENTIFIER.fullmatch(database):
@@ -83,6 +84,9 @@ class EmbeddedPostgres(ServerLifecycle):
         self._port = port
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
+        # Linux only: the server stops when this process dies (the thread calling start()
+        # must live as long as the server). For test sessions; `eventfn up` recovers instead.
+        self._parent_death = signal.SIGINT if stop_with_parent else None
         self._options = dict(options or {})
         self._lock = DataDirLock("postgres", self.data_dir)
         self._process: subprocess.Popen[bytes] | None = None
@@ -205,7 +209,12 @@ class EmbeddedPostgres(ServerLifecycle):
             argv = [str(bin_dir / "postgres"), "-D", str(self.pgdata)]
             for key, value in settings.items():
                 argv += ["-c", f"{key}={value}"]
-            self._process = spawn(argv, log_path=self.log_path, run_as=run_as)
+            self._process = spawn(
+                argv,
+                log_path=self.log_path,
+                run_as=run_as,
+                stop_with_parent=self._parent_death,
+            )
             try:
                 wait_until(
                     self._is_ready,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import os
 import signal
@@ -119,14 +120,35 @@ class RunAs:
     gid: int
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _parent_death_signal(sig: signal.Signals) -> Callable[[], None]:
+    """Return a pre-exec hook asking Linux to send sig to the child when its parent dies."""
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork: the hook only calls it
+    prctl = libc.prctl
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+    return hook
+
+
 def spawn(
     argv: Sequence[str],
     *,
     log_path: Path,
     run_as: RunAs | None = None,
     env: dict[str, str] | None = None,
+    stop_with_parent: signal.Signals | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start a server process with stdout and stderr appended to log_path."""
+    """Start a server process with stdout and stderr appended to log_path.
+
+    With stop_with_parent (Linux), the server gets that signal when this process dies,
+    even by SIGKILL: test sessions leave no servers behind. The hook runs after the
+    switch to run_as, so the credential change does not clear it.
+    """
+    hook = _parent_death_signal(stop_with_parent) if stop_with_parent else None
     with log_path.open("ab") as log:
         return subprocess.Popen(
             list(argv),
@@ -140,6 +162,7 @@ def spawn(
             user=run_as.uid if run_as else None,
             group=run_as.gid if run_as else None,
             extra_groups=[] if run_as else None,
+            preexec_fn=hook,
         )
 
 
