@@ -1182,13 +1182,13 @@ class CreateInstanceRequest(_message.Message):
     version_id: _builtins.str
     """The version to run; empty means the function's latest version."""
     enabled: _builtins.bool
-    """Whether to deliver events right away (default false when unset in old clients: set it)."""
+    """Whether to deliver events right away; unset means true."""
     batch_size: _builtins.int
-    """Events per onBatch call, 1..400; 0 means the default, 20."""
+    """Events per onBatch call, 1..400; unset means the default, 20."""
     batch_wait_ms: _builtins.int
-    """Wait for a partial batch in milliseconds, 0..60000; 0 means the default, 10000."""
+    """Wait for a partial batch in milliseconds, 0..60000; unset means the default, 10000."""
     timeout_ms: _builtins.int
-    """Per-invocation timeout in milliseconds, 100..60000; 0 means the default, 5000."""
+    """Per-invocation timeout in milliseconds, 100..60000; unset means the default, 5000."""
     @_builtins.property
     def settings(self) -> _struct_pb2.Struct:
         """Settings values by name, checked against the version's schema."""
@@ -1205,17 +1205,32 @@ class CreateInstanceRequest(_message.Message):
         name: _builtins.str = ...,
         version_id: _builtins.str = ...,
         settings: _struct_pb2.Struct | None = ...,
-        enabled: _builtins.bool = ...,
-        batch_size: _builtins.int = ...,
-        batch_wait_ms: _builtins.int = ...,
+        enabled: _builtins.bool | None = ...,
+        batch_size: _builtins.int | None = ...,
+        batch_wait_ms: _builtins.int | None = ...,
         filters: _abc.Iterable[_builtins.str] | None = ...,
-        timeout_ms: _builtins.int = ...,
+        timeout_ms: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_batch_size", b"_batch_size", "_batch_wait_ms", b"_batch_wait_ms", "_enabled", b"_enabled", "_timeout_ms", b"_timeout_ms", "batch_size", b"batch_size", "batch_wait_ms", b"batch_wait_ms", "enabled", b"enabled", "settings", b"settings", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "batch_wait_ms", b"batch_wait_ms", "enabled", b"enabled", "filters", b"filters", "function_id", b"function_id", "name", b"name", "settings", b"settings", "source_id", b"source_id", "timeout_ms", b"timeout_ms", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch_size", b"_batch_size", "_batch_wait_ms", b"_batch_wait_ms", "_enabled", b"_enabled", "_timeout_ms", b"_timeout_ms", "batch_size", b"batch_size", "batch_wait_ms", b"batch_wait_ms", "enabled", b"enabled", "filters", b"filters", "function_id", b"function_id", "name", b"name", "settings", b"settings", "source_id", b"source_id", "timeout_ms", b"timeout_ms", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__batch_size: _TypeAlias = _typing.Literal["batch_size"]  # noqa: Y015
+    _WhichOneofArgType__batch_size: _TypeAlias = _typing.Literal["_batch_size", b"_batch_size"]  # noqa: Y015
+    _WhichOneofReturnType__batch_wait_ms: _TypeAlias = _typing.Literal["batch_wait_ms"]  # noqa: Y015
+    _WhichOneofArgType__batch_wait_ms: _TypeAlias = _typing.Literal["_batch_wait_ms", b"_batch_wait_ms"]  # noqa: Y015
+    _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
+    _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    _WhichOneofReturnType__timeout_ms: _TypeAlias = _typing.Literal["timeout_ms"]  # noqa: Y015
+    _WhichOneofArgType__timeout_ms: _TypeAlias = _typing.Literal["_timeout_ms", b"_timeout_ms"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__batch_size) -> _WhichOneofReturnType__batch_size | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__batch_wait_ms) -> _WhichOneofReturnType__batch_wait_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__timeout_ms) -> _WhichOneofReturnType__timeout_ms | None: ...
 
 Global___CreateInstanceRequest: _TypeAlias = CreateInstanceRequest  # noqa: Y015
 

@@ -1,0 +1,1 @@
+"""The `eventfn` command-line interface."""

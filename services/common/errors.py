@@ -1,0 +1,101 @@
+"""Domain errors shared by every service, and their ONE mapping to gRPC status codes.
+
+Servicers raise these; `ErrorInterceptor` (see `rpc.py`) turns them into `google.rpc.Status`
+with details. Messages say what was wrong and how to fix it (AIP-193).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field of a request: its path and what is wrong with it."""
+
+    field: str
+    description: str
+
+
+class EventfnError(Exception):
+    """Base of every error a caller may see; carries its gRPC code and a reason."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(EventfnError):
+    """The request is malformed; `violations` names each bad field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, message: str, violations: Sequence[FieldViolation] = ()) -> None:
+        super().__init__(message)
+        self.violations = tuple(violations) or (FieldViolation("", message),)
+
+    @classmethod
+    def field(cls, field: str, description: str) -> InvalidArgument:
+        """Build the error for a single bad field."""
+        return cls(f"{field}: {description}", [FieldViolation(field, description)])
+
+
+class NotFound(EventfnError):
+    """The object does not exist, or belongs to another workspace (indistinguishably)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
+
+    def __init__(self, kind: str, object_id: str) -> None:
+        super().__init__(f"{kind} {object_id!r} not found")
+        self.kind = kind
+        self.object_id = object_id
+
+
+class AlreadyExists(EventfnError):
+    """An object with the same unique name already exists."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "ALREADY_EXISTS"
+
+
+class Unauthenticated(EventfnError):
+    """No valid credentials came with the call."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(EventfnError):
+    """The caller is known but its roles do not allow the call."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
+
+
+class FailedPrecondition(EventfnError):
+    """The system is not in a state that allows the call (e.g. dependents exist)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
+
+
+class Aborted(EventfnError):
+    """A concurrent change won; re-read and retry (e.g. a stale expected_revision)."""
+
+    code = grpc.StatusCode.ABORTED
+    reason = "ABORTED"
+
+
+class Unavailable(EventfnError):
+    """A dependency is down or the service is not ready; safe to retry later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UNAVAILABLE"

@@ -1,0 +1,31 @@
+"""Settings every service shares, read from `EVENTFN_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """Base of every service's settings: env prefix, state dir, logging."""
+
+    model_config = SettingsConfigDict(env_prefix="EVENTFN_", extra="ignore")
+
+    state_dir: Path = Path(".eventfn")
+    log_level: str = "INFO"
+    service_token: str | None = None
+    stream_replicas: int = 1
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Turn a postgresql:// URL into SQLAlchemy's asyncpg form."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    raise ValueError(f"not a PostgreSQL URL: {url.split('@')[-1]!r}")
+
+
+def asyncpg_url(url: str) -> str:
+    """Turn a SQLAlchemy or libpq URL into the form asyncpg accepts."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)

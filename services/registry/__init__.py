@@ -1,0 +1,1 @@
+"""The registry: eventfn's control plane on PostgreSQL."""

@@ -1,0 +1,106 @@
+"""Authentication of calls (bearer tokens) and the bootstrap administrator."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+import grpc
+
+from services.common.errors import PermissionDenied, Unauthenticated
+from services.common.rpc import bearer_token
+from services.registry import auth
+from services.registry.models import Member, Token, Workspace
+from services.registry.store import RegistryStore, new_id, now
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_EMAIL = "admin"
+
+
+class Authenticator:
+    """Resolve the caller of an RPC from its bearer token."""
+
+    def __init__(self, store: RegistryStore, *, service_token: str | None) -> None:
+        self._store = store
+        self._service_token = service_token
+
+    def is_service(self, context: grpc.aio.ServicerContext) -> bool:
+        """Tell whether the call carries the deployment's service token."""
+        secret = bearer_token(context)
+        if secret is None:
+            raise Unauthenticated("missing `authorization: Bearer <token>` metadata")
+        return bool(self._service_token) and hmac.compare_digest(
+            secret.encode(), (self._service_token or "").encode()
+        )
+
+    async def caller(self, context: grpc.aio.ServicerContext) -> auth.Caller:
+        """Return the member behind the call's token, or raise Unauthenticated."""
+        if self.is_service(context):
+            raise PermissionDenied("the service token may only call WatchConfig")
+        secret = bearer_token(context) or ""
+        found = await self._store.member_by_token_hash(auth.hash_secret(secret))
+        if found is None:
+            raise Unauthenticated("the token is not valid; create one with `eventfn tokens create`")
+        member, token = found
+        if token.revoked_at is not None:
+            raise Unauthenticated("the token was revoked; create a new one")
+        if token.expires_at is not None and token.expires_at <= now():
+            raise Unauthenticated("the token expired; create a new one")
+        return auth.Caller(
+            member_id=member.id,
+            workspace_id=member.workspace_id,
+            email=member.email,
+            grants=auth.grants_from_json(member.roles),
+            bootstrap=member.bootstrap,
+        )
+
+
+async def ensure_bootstrap(store: RegistryStore, *, workspace_name: str, secret: str) -> None:
+    """Make sure the bootstrap administrator exists and `secret` is one of its tokens."""
+    secret_hash = auth.hash_secret(secret)
+    async with store.transaction() as session:
+        from sqlmodel import select
+
+        admin = (await session.exec(select(Member).where(Member.bootstrap))).first()
+        if admin is None:
+            ws = (
+                await session.exec(select(Workspace).where(Workspace.name == workspace_name))
+            ).first()
+            if ws is None:
+                ws = Workspace(id=new_id("ws"), name=workspace_name, created_at=now())
+                session.add(ws)
+                await session.flush()
+            admin = Member(
+                id=new_id("mem"),
+                workspace_id=ws.id,
+                email=BOOTSTRAP_EMAIL,
+                roles=auth.grants_to_json((auth.Grant(auth.OWNER),)),
+                bootstrap=True,
+                created_at=now(),
+            )
+            session.add(admin)
+            await session.flush()
+            store.audit(
+                session,
+                workspace_id=ws.id,
+                actor=None,
+                action="workspace.bootstrap",
+                resource_type="workspace",
+                resource_id=ws.id,
+            )
+        existing = (
+            await session.exec(select(Token).where(Token.secret_hash == secret_hash))
+        ).first()
+        if existing is None:
+            session.add(
+                Token(
+                    id=new_id("tok"),
+                    member_id=admin.id,
+                    name="bootstrap",
+                    prefix=secret[:8],
+                    secret_hash=secret_hash,
+                    created_at=now(),
+                )
+            )
+            log.info("bootstrap token registered for member %s", admin.id)

@@ -1,0 +1,68 @@
+"""Build and run the registry: storage, servicer, gRPC server. `__main__` calls `serve`."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import grpc
+from eventfn.registry.v1 import registry_pb2, registry_pb2_grpc
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from services.common import rpc
+from services.common.settings import asyncpg_url, sqlalchemy_url
+from services.registry import syntax
+from services.registry.access import Authenticator, ensure_bootstrap
+from services.registry.base import RegistryDeps
+from services.registry.migrate import migrate
+from services.registry.secrets import SecretBox, load_or_create_key
+from services.registry.servicer import RegistryServicer
+from services.registry.settings import RegistrySettings
+from services.registry.store import RegistryStore
+from services.registry.watch import ConfigNotifier
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
+
+
+@dataclass
+class RunningRegistry:
+    """A started registry: its server and bound port."""
+
+    server: grpc.aio.Server
+    port: int
+
+
+async def start_registry(settings: RegistrySettings, stack: AsyncExitStack) -> RunningRegistry:
+    """Migrate, wire and start the registry; `stack` closes everything in reverse order."""
+    engine = create_async_engine(sqlalchemy_url(settings.database_url), pool_size=10)
+    stack.push_async_callback(engine.dispose)
+    await migrate(engine)
+    store = RegistryStore(engine)
+    if settings.bootstrap_token:
+        await ensure_bootstrap(
+            store, workspace_name=settings.bootstrap_workspace, secret=settings.bootstrap_token
+        )
+    key = load_or_create_key(settings.secret_key, settings.state_dir / "secret.key")
+    deps = RegistryDeps(
+        store=store,
+        authn=Authenticator(store, service_token=settings.service_token),
+        secrets=SecretBox(key),
+        check_syntax=syntax.check_syntax,
+        check_filter=syntax.check_filter,
+    )
+    notifier = ConfigNotifier(asyncpg_url(settings.database_url))
+    await notifier.start()
+    stack.push_async_callback(notifier.close)
+    servicer = RegistryServicer(deps, notifier)
+    server, port, health = rpc.create_server(
+        address=settings.registry_listen,
+        register=[lambda s: registry_pb2_grpc.add_RegistryServicer_to_server(servicer, s)],
+        service_names=[SERVICE_NAME],
+    )
+    await server.start()
+    stack.push_async_callback(server.stop, 5)
+    await rpc.set_serving(health, [SERVICE_NAME])
+    log.info("registry listening on port %d", port)
+    return RunningRegistry(server=server, port=port)

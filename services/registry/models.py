@@ -1,0 +1,144 @@
+"""Tables of the registry (SQLModel). The schema is created by Alembic migrations, not here."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(sa_column=Column(DateTime(timezone=True), **kw))
+
+
+class Workspace(SQLModel, table=True):
+    """A workspace; every other row belongs to one."""
+
+    id: str = Field(primary_key=True)
+    name: str = Field(sa_column=Column(Text, unique=True, nullable=False))
+    created_at: datetime = _ts(nullable=False)
+
+
+class Member(SQLModel, table=True):
+    """A person or service account of a workspace, with role grants as JSON."""
+
+    __table_args__ = (UniqueConstraint("workspace_id", "email"),)
+    id: str = Field(primary_key=True)
+    workspace_id: str = Field(
+        sa_column=Column(Text, ForeignKey("workspace.id", ondelete="CASCADE"), nullable=False)
+    )
+    email: str
+    roles: list[dict[str, Any]] = Field(sa_column=Column(JSONB, nullable=False))
+    bootstrap: bool = False
+    created_at: datetime = _ts(nullable=False)
+
+
+class Token(SQLModel, table=True):
+    """An API token; only the SHA-256 of the secret is stored."""
+
+    id: str = Field(primary_key=True)
+    member_id: str = Field(
+        sa_column=Column(Text, ForeignKey("member.id", ondelete="CASCADE"), nullable=False)
+    )
+    name: str
+    prefix: str
+    secret_hash: str = Field(sa_column=Column(Text, unique=True, nullable=False))
+    created_at: datetime = _ts(nullable=False)
+    expires_at: datetime | None = _ts(nullable=True)
+    revoked_at: datetime | None = _ts(nullable=True)
+
+
+class Source(SQLModel, table=True):
+    """A source of events and its current write key."""
+
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+    id: str = Field(primary_key=True)
+    workspace_id: str = Field(
+        sa_column=Column(Text, ForeignKey("workspace.id", ondelete="CASCADE"), nullable=False)
+    )
+    name: str
+    write_key: str = Field(sa_column=Column(Text, unique=True, nullable=False))
+    created_at: datetime = _ts(nullable=False)
+
+
+class Function(SQLModel, table=True):
+    """A destination function; its code lives in its versions."""
+
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+    id: str = Field(primary_key=True)
+    workspace_id: str = Field(
+        sa_column=Column(Text, ForeignKey("workspace.id", ondelete="CASCADE"), nullable=False)
+    )
+    name: str
+    description: str = ""
+    latest_version_id: str = ""
+    latest_version_number: int = 0
+    created_at: datetime = _ts(nullable=False)
+    updated_at: datetime = _ts(nullable=False)
+
+
+class FunctionVersion(SQLModel, table=True):
+    """An immutable snapshot of code and settings schema."""
+
+    __tablename__ = "function_version"  # type: ignore[assignment]
+    __table_args__ = (UniqueConstraint("function_id", "number"),)
+    id: str = Field(primary_key=True)
+    function_id: str = Field(
+        sa_column=Column(Text, ForeignKey("function.id", ondelete="CASCADE"), nullable=False)
+    )
+    number: int
+    code: str = Field(sa_column=Column(Text, nullable=False))
+    settings: list[dict[str, Any]] = Field(sa_column=Column(JSONB, nullable=False))
+    created_by: str
+    created_at: datetime = _ts(nullable=False)
+
+
+class Instance(SQLModel, table=True):
+    """A function connected to a source; encrypted setting values are stored sealed."""
+
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+    id: str = Field(primary_key=True)
+    workspace_id: str = Field(
+        sa_column=Column(Text, ForeignKey("workspace.id", ondelete="CASCADE"), nullable=False)
+    )
+    function_id: str = Field(sa_column=Column(Text, ForeignKey("function.id"), nullable=False))
+    source_id: str = Field(sa_column=Column(Text, ForeignKey("source.id"), nullable=False))
+    version_id: str = Field(
+        sa_column=Column(Text, ForeignKey("function_version.id"), nullable=False)
+    )
+    name: str
+    settings: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    enabled: bool = True
+    batch_size: int = 20
+    batch_wait_ms: int = 10_000
+    timeout_ms: int = 5_000
+    filters: list[str] = Field(sa_column=Column(JSONB, nullable=False))
+    revision: int = Field(sa_column=Column(BigInteger, nullable=False))
+    created_at: datetime = _ts(nullable=False)
+    updated_at: datetime = _ts(nullable=False)
+
+
+class AuditEvent(SQLModel, table=True):
+    """One change someone made; never holds secret values."""
+
+    __tablename__ = "audit_event"  # type: ignore[assignment]
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
+    workspace_id: str = Field(index=True)
+    actor_member_id: str
+    actor_email: str
+    action: str
+    resource_type: str
+    resource_id: str = Field(index=True)
+    details: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    created_at: datetime = _ts(nullable=False)
+
+
+class ConfigState(SQLModel, table=True):
+    """The single row holding the data-plane configuration revision."""
+
+    __tablename__ = "config_state"  # type: ignore[assignment]
+    id: int = Field(default=1, primary_key=True)
+    revision: int = Field(sa_column=Column(BigInteger, nullable=False))

@@ -1,0 +1,404 @@
+"""Registry RPCs that touch instances: save & deploy, instance CRUD, deploys, audit trail."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC
+from typing import Any
+
+import grpc
+from eventfn.registry.v1 import registry_pb2 as pb
+from google.protobuf import json_format
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from services.common.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
+from services.registry import convert
+from services.registry.auth import Caller, require
+from services.registry.base import RegistryBase
+from services.registry.models import AuditEvent, Function, FunctionVersion, Instance, Member, Source
+from services.registry.rpc_catalog import CatalogRpcs
+from services.registry.secrets import is_sealed
+from services.registry.store import decode_page, encode_page, new_id, now, unique_violation
+from services.registry.validation import (
+    check_batching,
+    check_code,
+    check_filters,
+    check_name,
+    check_page_size,
+    check_setting_definitions,
+    check_setting_values,
+)
+
+Ctx = grpc.aio.ServicerContext
+UPDATABLE = frozenset(
+    {"settings", "enabled", "batch_size", "batch_wait_ms", "filters", "timeout_ms", "name"}
+)
+
+
+class InstanceRpcs(RegistryBase):
+    """Save & Deploy, instances, deploys, audit."""
+
+    # -- settings at rest ---------------------------------------------------------------
+
+    def open_settings(self, ins: Instance) -> dict[str, Any]:
+        """Return an instance's settings with encrypted values decrypted."""
+        box = self.deps.secrets
+        return {
+            k: box.open(v, instance_id=ins.id, name=k) if is_sealed(v) else v
+            for k, v in ins.settings.items()
+        }
+
+    def seal_settings(
+        self, instance_id: str, schema: list[dict], values: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Return settings to store: encrypted ones sealed to the instance."""
+        secret = {s["name"] for s in schema if s["encrypted"]}
+        box = self.deps.secrets
+        return {
+            k: box.seal(v, instance_id=instance_id, name=k) if k in secret else v
+            for k, v in values.items()
+        }
+
+    def _settings_for(
+        self,
+        ins: Instance | None,
+        instance_id: str,
+        schema: list[dict],
+        given: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """Validate new or carried-over values against `schema` and seal them."""
+        current = self.open_settings(ins) if ins else {}
+        kept = frozenset(k for k, v in (ins.settings if ins else {}).items() if is_sealed(v))
+        if given is None:  # no new values: the current ones must fit the schema
+            declared = {s["name"] for s in schema}
+            values = {k: v for k, v in current.items() if k in declared}
+            return self.seal_settings(instance_id, schema, check_setting_values(schema, values))
+        values = check_setting_values(schema, given, kept_secrets=kept)
+        for name in kept:  # a masked or absent encrypted value keeps the stored secret
+            if (
+                name not in values
+                and name in current
+                and any(s["name"] == name and s["encrypted"] for s in schema)
+            ):
+                values[name] = current[name]
+        return self.seal_settings(instance_id, schema, values)
+
+    async def _locked_instance(
+        self, s, caller: Caller, instance_id: str, expected: int
+    ) -> Instance:
+        ins = await s.get(Instance, instance_id, with_for_update=True)
+        if ins is None or ins.workspace_id != caller.workspace_id:
+            raise NotFound("instance", instance_id)
+        require(
+            caller.can_admin_source(ins.source_id), "change instances of this source (Source Admin)"
+        )
+        if expected and ins.revision != expected:
+            raise Aborted(
+                f"instance {instance_id} changed (revision {ins.revision}, expected {expected}); "
+                "re-read it and retry"
+            )
+        return ins
+
+    async def _deploy(self, s, ins: Instance, ver: FunctionVersion) -> None:
+        ins.settings = self._settings_for(ins, ins.id, ver.settings, None)
+        ins.version_id = ver.id
+        ins.revision += 1
+        ins.updated_at = now()
+        s.add(ins)
+
+    # -- RPCs ----------------------------------------------------------------------------
+
+    async def SaveFunction(
+        self, request: pb.SaveFunctionRequest, context: Ctx
+    ) -> pb.SaveFunctionResponse:
+        """Save a new version; with deploy_instance_ids also deploy it (all or nothing)."""
+        caller = await self.authn.caller(context)
+        schema = check_setting_definitions(request.settings)
+        await asyncio.to_thread(check_code, request.code, self.deps.check_syntax)
+        async with self.store.transaction() as s:
+            fn = await self.store.get_in_workspace(
+                s, Function, request.function_id, caller.workspace_id, "function"
+            )
+            require(caller.can_write_function(fn.id), "save this function (Functions Admin)")
+            fn = await s.get(Function, fn.id, with_for_update=True) or fn
+            actor = await self.store.get(s, Member, caller.member_id, "member")
+            if request.description:
+                fn.description = request.description
+            ver = CatalogRpcs._new_version(fn, request.code, schema, actor)
+            s.add(ver)
+            s.add(fn)
+            await s.flush()
+            deployed = []
+            for ins_id in dict.fromkeys(request.deploy_instance_ids):
+                ins = await self._locked_instance(s, caller, ins_id, 0)
+                if ins.function_id != fn.id:
+                    raise InvalidArgument.field(
+                        "deploy_instance_ids", f"{ins_id} is not an instance of this function"
+                    )
+                before = ins.version_id
+                await self._deploy(s, ins, ver)
+                deployed.append(ins)
+                self.store.audit(
+                    s,
+                    workspace_id=caller.workspace_id,
+                    actor=actor,
+                    action="instance.deploy",
+                    resource_type="instance",
+                    resource_id=ins.id,
+                    details={"from_version_id": before, "to_version_id": ver.id},
+                )
+            self.store.audit(
+                s,
+                workspace_id=caller.workspace_id,
+                actor=actor,
+                action="function.save",
+                resource_type="function",
+                resource_id=fn.id,
+                details={
+                    "version_id": ver.id,
+                    "version": ver.number,
+                    "deployed_instance_ids": [i.id for i in deployed],
+                },
+            )
+            if deployed:
+                await self.store.bump_config(s)
+        return pb.SaveFunctionResponse(
+            function=convert.function(fn),
+            version=convert.version(ver),
+            deployed_instances=[convert.instance(i) for i in deployed],
+        )
+
+    async def CreateInstance(
+        self, request: pb.CreateInstanceRequest, context: Ctx
+    ) -> pb.CreateInstanceResponse:
+        """Connect a function to a source."""
+        caller = await self.authn.caller(context)
+        size, wait, timeout = check_batching(
+            request.batch_size if request.HasField("batch_size") else None,
+            request.batch_wait_ms if request.HasField("batch_wait_ms") else None,
+            request.timeout_ms if request.HasField("timeout_ms") else None,
+        )
+        filters = check_filters(list(request.filters), self.deps.check_filter)
+        given = json_format.MessageToDict(request.settings)
+        instance_id = new_id("ins")
+        try:
+            async with self.store.transaction() as s:
+                fn = await self.store.get_in_workspace(
+                    s, Function, request.function_id, caller.workspace_id, "function"
+                )
+                src = await self.store.get_in_workspace(
+                    s, Source, request.source_id, caller.workspace_id, "source"
+                )
+                require(
+                    caller.can_admin_source(src.id),
+                    "connect functions to this source (Source Admin)",
+                )
+                require(caller.can_read_function(fn.id), "read this function")
+                ver = await self.store.get(
+                    s, FunctionVersion, request.version_id or fn.latest_version_id, "version"
+                )
+                if ver.function_id != fn.id:
+                    raise InvalidArgument.field("version_id", "is not a version of this function")
+                name = check_name("name", request.name or f"{fn.name} ← {src.name}")
+                actor = await self.store.get(s, Member, caller.member_id, "member")
+                ins = Instance(
+                    id=instance_id,
+                    workspace_id=caller.workspace_id,
+                    function_id=fn.id,
+                    source_id=src.id,
+                    version_id=ver.id,
+                    name=name,
+                    settings=self._settings_for(None, instance_id, ver.settings, given),
+                    enabled=request.enabled if request.HasField("enabled") else True,
+                    batch_size=size,
+                    batch_wait_ms=wait,
+                    timeout_ms=timeout,
+                    filters=filters,
+                    revision=1,
+                    created_at=now(),
+                    updated_at=now(),
+                )
+                s.add(ins)
+                await s.flush()
+                self.store.audit(
+                    s,
+                    workspace_id=caller.workspace_id,
+                    actor=actor,
+                    action="instance.create",
+                    resource_type="instance",
+                    resource_id=ins.id,
+                    details={"function_id": fn.id, "source_id": src.id, "version_id": ver.id},
+                )
+                await self.store.bump_config(s)
+        except IntegrityError as error:
+            if unique_violation(error):
+                raise AlreadyExists(
+                    "an instance with this name already exists; pick another name"
+                ) from error
+            raise
+        return pb.CreateInstanceResponse(instance=convert.instance(ins))
+
+    async def GetInstance(
+        self, request: pb.GetInstanceRequest, context: Ctx
+    ) -> pb.GetInstanceResponse:
+        """Return an instance, secrets masked."""
+        caller = await self.authn.caller(context)
+        async with self.store.transaction() as s:
+            ins = await self.store.get_in_workspace(
+                s, Instance, request.instance_id, caller.workspace_id, "instance"
+            )
+        require(caller.can_read_instance(ins.function_id, ins.source_id), "read this instance")
+        return pb.GetInstanceResponse(instance=convert.instance(ins))
+
+    async def ListInstances(
+        self, request: pb.ListInstancesRequest, context: Ctx
+    ) -> pb.ListInstancesResponse:
+        """List instances the caller may read."""
+        caller = await self.authn.caller(context)
+        size = check_page_size(request.page_size)
+        query = select(Instance).where(Instance.workspace_id == caller.workspace_id)
+        if request.function_id:
+            query = query.where(Instance.function_id == request.function_id)
+        if request.source_id:
+            query = query.where(Instance.source_id == request.source_id)
+        async with self.store.transaction() as s:
+            rows = list(
+                (await s.exec(query.order_by(col(Instance.created_at), col(Instance.id)))).all()
+            )
+        visible = [r for r in rows if caller.can_read_instance(r.function_id, r.source_id)]
+        offset = decode_page(request.page_token)
+        page = visible[offset : offset + size]
+        token = encode_page(offset + size) if len(visible) > offset + size else ""
+        return pb.ListInstancesResponse(
+            instances=[convert.instance(r) for r in page], next_page_token=token
+        )
+
+    async def UpdateInstance(
+        self, request: pb.UpdateInstanceRequest, context: Ctx
+    ) -> pb.UpdateInstanceResponse:
+        """Change fields of an instance named by the update mask."""
+        caller = await self.authn.caller(context)
+        paths = set(request.update_mask.paths)
+        if not paths:
+            raise InvalidArgument.field("update_mask", "name the fields to change")
+        if unknown := paths - UPDATABLE:
+            raise InvalidArgument.field(
+                "update_mask",
+                f"cannot change {', '.join(sorted(unknown))}; "
+                f"changeable: {', '.join(sorted(UPDATABLE))}",
+            )
+        new = request.instance
+        size, wait, timeout = check_batching(
+            new.batch_size if "batch_size" in paths else None,
+            new.batch_wait_ms if "batch_wait_ms" in paths else None,
+            new.timeout_ms if "timeout_ms" in paths else None,
+        )
+        async with self.store.transaction() as s:
+            ins = await self._locked_instance(s, caller, new.id, request.expected_revision)
+            actor = await self.store.get(s, Member, caller.member_id, "member")
+            if "settings" in paths:
+                ver = await self.store.get(s, FunctionVersion, ins.version_id, "version")
+                ins.settings = self._settings_for(
+                    ins, ins.id, ver.settings, json_format.MessageToDict(new.settings)
+                )
+            if "enabled" in paths:
+                ins.enabled = new.enabled
+            if "batch_size" in paths:
+                ins.batch_size = size
+            if "batch_wait_ms" in paths:
+                ins.batch_wait_ms = wait
+            if "timeout_ms" in paths:
+                ins.timeout_ms = timeout
+            if "filters" in paths:
+                ins.filters = check_filters(list(new.filters), self.deps.check_filter)
+            if "name" in paths:
+                ins.name = check_name("instance.name", new.name)
+            ins.revision += 1
+            ins.updated_at = now()
+            s.add(ins)
+            self.store.audit(
+                s,
+                workspace_id=caller.workspace_id,
+                actor=actor,
+                action="instance.update",
+                resource_type="instance",
+                resource_id=ins.id,
+                details={"fields": sorted(paths), "revision": ins.revision},
+            )
+            await self.store.bump_config(s)
+        return pb.UpdateInstanceResponse(instance=convert.instance(ins))
+
+    async def DeployInstance(
+        self, request: pb.DeployInstanceRequest, context: Ctx
+    ) -> pb.DeployInstanceResponse:
+        """Move an instance to a version of its function."""
+        caller = await self.authn.caller(context)
+        async with self.store.transaction() as s:
+            ins = await self._locked_instance(
+                s, caller, request.instance_id, request.expected_revision
+            )
+            ver = await s.get(FunctionVersion, request.version_id)
+            if ver is None or ver.function_id != ins.function_id:
+                raise NotFound("version", request.version_id)
+            actor = await self.store.get(s, Member, caller.member_id, "member")
+            before = ins.version_id
+            await self._deploy(s, ins, ver)
+            self.store.audit(
+                s,
+                workspace_id=caller.workspace_id,
+                actor=actor,
+                action="instance.deploy",
+                resource_type="instance",
+                resource_id=ins.id,
+                details={
+                    "from_version_id": before,
+                    "to_version_id": ver.id,
+                    "revision": ins.revision,
+                },
+            )
+            await self.store.bump_config(s)
+        return pb.DeployInstanceResponse(instance=convert.instance(ins))
+
+    async def DeleteInstance(
+        self, request: pb.DeleteInstanceRequest, context: Ctx
+    ) -> pb.DeleteInstanceResponse:
+        """Delete an instance."""
+        caller = await self.authn.caller(context)
+        async with self.store.transaction() as s:
+            ins = await self._locked_instance(s, caller, request.instance_id, 0)
+            actor = await self.store.get(s, Member, caller.member_id, "member")
+            await s.delete(ins)
+            self.store.audit(
+                s,
+                workspace_id=caller.workspace_id,
+                actor=actor,
+                action="instance.delete",
+                resource_type="instance",
+                resource_id=ins.id,
+                details={"name": ins.name},
+            )
+            await self.store.bump_config(s)
+        return pb.DeleteInstanceResponse()
+
+    async def ListAuditEvents(
+        self, request: pb.ListAuditEventsRequest, context: Ctx
+    ) -> pb.ListAuditEventsResponse:
+        """List the audit trail, newest first."""
+        caller = await self.authn.caller(context)
+        require(caller.is_owner, "read the audit trail (Workspace Owner only)")
+        size = check_page_size(request.page_size)
+        query = select(AuditEvent).where(AuditEvent.workspace_id == caller.workspace_id)
+        if request.resource_id:
+            query = query.where(AuditEvent.resource_id == request.resource_id)
+        if request.HasField("start_time"):
+            query = query.where(
+                col(AuditEvent.created_at) >= request.start_time.ToDatetime(tzinfo=UTC)
+            )
+        async with self.store.transaction() as s:
+            rows, token = await self.store.page(
+                s, query.order_by(col(AuditEvent.id).desc()), size, request.page_token
+            )
+        return pb.ListAuditEventsResponse(
+            events=[convert.audit_event(r) for r in rows], next_page_token=token
+        )

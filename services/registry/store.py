@@ -1,0 +1,220 @@
+"""PostgreSQL access of the registry: one short transaction per operation, audit included.
+
+Every change that the data plane sees also bumps the single config revision and notifies
+`WatchConfig` listeners, inside the same transaction, so a watcher never sees torn state.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import func, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel import SQLModel, col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from services.common.errors import InvalidArgument, NotFound
+from services.registry.models import (
+    AuditEvent,
+    ConfigState,
+    Function,
+    FunctionVersion,
+    Instance,
+    Member,
+    Source,
+    Token,
+    Workspace,
+)
+
+CONFIG_CHANNEL = "eventfn_config"
+T = TypeVar("T", bound=SQLModel)
+
+
+def now() -> datetime:
+    """Return the current UTC time."""
+    return datetime.now(UTC)
+
+
+def new_id(prefix: str) -> str:
+    """Make a new object id with a type prefix, e.g. "fn_3f2a..."."""
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+def encode_page(offset: int) -> str:
+    """Encode a list offset as an opaque page token."""
+    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode()
+
+
+def decode_page(token: str) -> int:
+    """Decode a page token; raise InvalidArgument for one this service did not make."""
+    if not token:
+        return 0
+    try:
+        kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        offset = int(value)
+        if kind != "o" or offset < 0:
+            raise ValueError(token)
+        return offset
+    except ValueError as error:
+        raise InvalidArgument.field("page_token", "is not a token from a previous call") from error
+
+
+def unique_violation(error: IntegrityError) -> bool:
+    """Tell whether an IntegrityError is a unique-constraint violation."""
+    return getattr(error.orig, "sqlstate", None) == "23505" or "unique" in str(error).lower()
+
+
+class RegistryStore:
+    """Transactions over the registry tables."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._sessions = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """Open a session inside one transaction, committed on success."""
+        async with self._sessions() as session, session.begin():
+            yield session
+
+    async def get(self, session: AsyncSession, model: type[T], object_id: str, kind: str) -> T:
+        """Load a row by id or raise NotFound."""
+        row = await session.get(model, object_id)
+        if row is None:
+            raise NotFound(kind, object_id)
+        return row
+
+    async def get_in_workspace(
+        self, session: AsyncSession, model: type[T], object_id: str, workspace_id: str, kind: str
+    ) -> T:
+        """Load a row of the workspace; one of another workspace is NotFound too."""
+        row = await session.get(model, object_id)
+        if row is None or getattr(row, "workspace_id", None) != workspace_id:
+            raise NotFound(kind, object_id)
+        return row
+
+    async def page(
+        self, session: AsyncSession, query: Any, page_size: int, page_token: str
+    ) -> tuple[list[Any], str]:
+        """Run a list query one page at a time; return rows and the next token."""
+        offset = decode_page(page_token)
+        rows = list((await session.exec(query.offset(offset).limit(page_size + 1))).all())
+        more = len(rows) > page_size
+        return rows[:page_size], encode_page(offset + page_size) if more else ""
+
+    async def bump_config(self, session: AsyncSession) -> int:
+        """Advance the data-plane config revision and notify watchers at commit."""
+        conn = await session.connection()
+        result = await conn.execute(
+            text("UPDATE config_state SET revision = revision + 1 WHERE id = 1 RETURNING revision")
+        )
+        revision = int(result.scalar_one())
+        await conn.execute(text(f"NOTIFY {CONFIG_CHANNEL}, '{revision}'"))
+        return revision
+
+    async def config_revision(self, session: AsyncSession) -> int:
+        """Read the current config revision."""
+        state = await session.get(ConfigState, 1)
+        return state.revision if state else 0
+
+    def audit(
+        self,
+        session: AsyncSession,
+        *,
+        workspace_id: str,
+        actor: Member | None,
+        action: str,
+        resource_type: str,
+        resource_id: str,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a change in the audit trail, in the caller's transaction."""
+        session.add(
+            AuditEvent(
+                workspace_id=workspace_id,
+                actor_member_id=actor.id if actor else "system",
+                actor_email=actor.email if actor else "system",
+                action=action,
+                resource_type=resource_type,
+                resource_id=resource_id,
+                details=details or {},
+                created_at=now(),
+            )
+        )
+
+    async def member_by_token_hash(self, secret_hash: str) -> tuple[Member, Token] | None:
+        """Find the active token with this hash and its member."""
+        async with self._sessions() as session:
+            row = (
+                await session.exec(
+                    select(Token, Member)
+                    .join(Member, col(Member.id) == col(Token.member_id))
+                    .where(Token.secret_hash == secret_hash)
+                )
+            ).first()
+            return (row[1], row[0]) if row else None
+
+    async def count(self, session: AsyncSession, query: Any) -> int:
+        """Count the rows a select would return."""
+        return int((await session.exec(select(func.count()).select_from(query.subquery()))).one())
+
+    async def versions_of(
+        self, session: AsyncSession, version_ids: Sequence[str]
+    ) -> dict[str, FunctionVersion]:
+        """Load versions by id."""
+        if not version_ids:
+            return {}
+        rows = await session.exec(
+            select(FunctionVersion).where(col(FunctionVersion.id).in_(list(version_ids)))
+        )
+        return {v.id: v for v in rows.all()}
+
+    async def snapshot(self) -> tuple[int, list[tuple[Source, Workspace]], list[Any]]:
+        """Read the data-plane configuration consistently (repeatable read)."""
+        async with self._sessions() as session:
+            await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            async with session.begin():
+                revision = await self.config_revision(session)
+                sources = list(
+                    (
+                        await session.exec(
+                            select(Source, Workspace).join(
+                                Workspace, col(Workspace.id) == col(Source.workspace_id)
+                            )
+                        )
+                    ).all()
+                )
+                instances = list(
+                    (
+                        await session.exec(
+                            select(Instance, FunctionVersion, Function, Workspace)
+                            .join(
+                                FunctionVersion,
+                                col(FunctionVersion.id) == col(Instance.version_id),
+                            )
+                            .join(Function, col(Function.id) == col(Instance.function_id))
+                            .join(Workspace, col(Workspace.id) == col(Instance.workspace_id))
+                        )
+                    ).all()
+                )
+        return revision, [(s, w) for s, w in sources], instances
+
+
+__all__ = [
+    "CONFIG_CHANNEL",
+    "AuditEvent",
+    "Function",
+    "FunctionVersion",
+    "Instance",
+    "Member",
+    "RegistryStore",
+    "Source",
+    "Token",
+    "Workspace",
+]

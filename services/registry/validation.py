@@ -1,0 +1,213 @@
+"""Checks of what users save: names, code, settings schemas, setting values, batching, filters.
+
+Pure functions; each raises `InvalidArgument` naming the field and how to fix it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from eventfn.type.v1 import types_pb2
+
+from services.common.errors import FieldViolation, InvalidArgument
+from services.executor.runtime.model import SyntaxProblem
+from services.registry.secrets import MASK
+
+MAX_CODE_BYTES = 5 * 1024 * 1024
+MAX_NAME = 100
+_IDENTIFIER = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*$")
+_RESERVED = frozenset(
+    "break case catch class const continue debugger default delete do else export extends "
+    "false finally for function if import in instanceof new null return super switch this "
+    "throw true try typeof var void while with yield let static enum await".split()
+)
+TYPE_NAMES = {
+    types_pb2.SETTING_TYPE_STRING: "string",
+    types_pb2.SETTING_TYPE_BOOLEAN: "boolean",
+    types_pb2.SETTING_TYPE_TEXT_MAP: "text-map",
+    types_pb2.SETTING_TYPE_STRING_ARRAY: "string-array",
+}
+BATCH_SIZE_DEFAULT, BATCH_SIZE_MAX = 20, 400
+BATCH_WAIT_DEFAULT_MS, BATCH_WAIT_MAX_MS = 10_000, 60_000
+TIMEOUT_DEFAULT_MS, TIMEOUT_MIN_MS, TIMEOUT_MAX_MS = 5_000, 100, 60_000
+
+
+SyntaxChecker = Callable[[str], SyntaxProblem | None]
+FilterChecker = Callable[[str], None]
+
+
+def check_name(field: str, value: str) -> str:
+    """Return the trimmed display name, or raise when empty, too long or with control chars."""
+    name = value.strip()
+    if not name:
+        raise InvalidArgument.field(field, "must not be empty")
+    if len(name) > MAX_NAME:
+        raise InvalidArgument.field(field, f"must be at most {MAX_NAME} characters")
+    if any(ord(c) < 32 for c in name):
+        raise InvalidArgument.field(field, "must not contain control characters")
+    return name
+
+
+def check_code(code: str, syntax: SyntaxChecker) -> None:
+    """Reject code over 5 MB or that does not parse as a classic script."""
+    size = len(code.encode())
+    if size > MAX_CODE_BYTES:
+        raise InvalidArgument.field(
+            "code", f"is {size} bytes; the limit is {MAX_CODE_BYTES} bytes (5 MB)"
+        )
+    problem = syntax(code)
+    if problem is not None:
+        raise InvalidArgument.field(
+            "code",
+            f"JavaScript syntax error at line {problem.line}, column {problem.column}: "
+            f"{problem.message}",
+        )
+
+
+def check_setting_definitions(
+    settings: Sequence[types_pb2.SettingDefinition],
+) -> list[dict[str, Any]]:
+    """Validate a settings schema and return its stored JSON form."""
+    violations: list[FieldViolation] = []
+    seen: set[str] = set()
+    for i, s in enumerate(settings):
+        path = f"settings[{i}]"
+        if not _IDENTIFIER.match(s.name) or s.name in _RESERVED:
+            violations.append(
+                FieldViolation(
+                    f"{path}.name",
+                    f"{s.name!r} is not a valid JavaScript identifier "
+                    "(letters, digits, _ or $, not starting with a digit, not a keyword)",
+                )
+            )
+        elif s.name in seen:
+            violations.append(FieldViolation(f"{path}.name", f"{s.name!r} is declared twice"))
+        seen.add(s.name)
+        if s.type not in TYPE_NAMES:
+            violations.append(
+                FieldViolation(
+                    f"{path}.type",
+                    f"unknown setting type {s.type}; use one of " + ", ".join(TYPE_NAMES.values()),
+                )
+            )
+        if len(s.label) > MAX_NAME:
+            violations.append(FieldViolation(f"{path}.label", f"at most {MAX_NAME} characters"))
+    if violations:
+        raise InvalidArgument("invalid settings definitions", violations)
+    return [
+        {
+            "label": s.label or s.name,
+            "name": s.name,
+            "type": int(s.type),
+            "description": s.description,
+            "required": s.required,
+            "encrypted": s.encrypted,
+        }
+        for s in settings
+    ]
+
+
+def _type_ok(kind: int, value: Any) -> bool:
+    if kind == types_pb2.SETTING_TYPE_STRING:
+        return isinstance(value, str)
+    if kind == types_pb2.SETTING_TYPE_BOOLEAN:
+        return isinstance(value, bool)
+    if kind == types_pb2.SETTING_TYPE_TEXT_MAP:
+        return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+    if kind == types_pb2.SETTING_TYPE_STRING_ARRAY:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return False
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == "" or value == [] or value == {}
+
+
+def check_setting_values(
+    schema: Sequence[Mapping[str, Any]],
+    values: Mapping[str, Any],
+    *,
+    kept_secrets: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """Validate instance values against a version's schema; return the values to store.
+
+    `kept_secrets` names encrypted settings that already have a stored value, so that a
+    masked value (or an absent one) keeps it.
+    """
+    by_name = {s["name"]: s for s in schema}
+    violations: list[FieldViolation] = []
+    for name in values:
+        if name not in by_name:
+            violations.append(
+                FieldViolation(
+                    f"settings.{name}",
+                    "is not declared by the function version; declared: "
+                    + (", ".join(sorted(by_name)) or "none"),
+                )
+            )
+    result: dict[str, Any] = {}
+    for name, spec in by_name.items():
+        value = values.get(name)
+        if spec["encrypted"] and name in kept_secrets and value in (None, MASK):
+            continue
+        if _empty(value):
+            if spec["required"]:
+                violations.append(
+                    FieldViolation(f"settings.{name}", f"the required setting {name!r} is missing")
+                )
+            continue
+        if not _type_ok(spec["type"], value):
+            violations.append(
+                FieldViolation(f"settings.{name}", f"must be a {TYPE_NAMES[spec['type']]}")
+            )
+            continue
+        result[name] = value
+    if violations:
+        raise InvalidArgument("invalid settings values", violations)
+    return result
+
+
+def check_batching(
+    batch_size: int | None, batch_wait_ms: int | None, timeout_ms: int | None
+) -> tuple[int, int, int]:
+    """Check batching and timeout values; None (not given) takes the default."""
+    size = BATCH_SIZE_DEFAULT if batch_size is None else batch_size
+    wait = BATCH_WAIT_DEFAULT_MS if batch_wait_ms is None else batch_wait_ms
+    timeout = TIMEOUT_DEFAULT_MS if timeout_ms is None else timeout_ms
+    violations = []
+    if not 1 <= size <= BATCH_SIZE_MAX:
+        violations.append(FieldViolation("batch_size", f"must be 1..{BATCH_SIZE_MAX}, got {size}"))
+    if not 0 <= wait <= BATCH_WAIT_MAX_MS:
+        violations.append(
+            FieldViolation("batch_wait_ms", f"must be 0..{BATCH_WAIT_MAX_MS}, got {wait}")
+        )
+    if not TIMEOUT_MIN_MS <= timeout <= TIMEOUT_MAX_MS:
+        violations.append(
+            FieldViolation(
+                "timeout_ms", f"must be {TIMEOUT_MIN_MS}..{TIMEOUT_MAX_MS}, got {timeout}"
+            )
+        )
+    if violations:
+        raise InvalidArgument("invalid batching or timeout", violations)
+    return size, wait, timeout
+
+
+def check_filters(filters: Sequence[str], parse: FilterChecker) -> list[str]:
+    """Check that every destination filter parses; the error names its index and position."""
+    for i, text in enumerate(filters):
+        try:
+            parse(text)
+        except InvalidArgument:
+            raise
+        except Exception as error:  # the parser's own error carries line and column
+            raise InvalidArgument.field(f"filters[{i}]", str(error)) from error
+    return list(filters)
+
+
+def check_page_size(page_size: int, default: int = 50) -> int:
+    """Apply the default page size and bound it to 1..500."""
+    if page_size < 0:
+        raise InvalidArgument.field("page_size", "must not be negative")
+    return min(page_size or default, 500)
