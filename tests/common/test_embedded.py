@@ -24,7 +24,7 @@ from services.common.embedded import (
     EmbeddedPostgres,
     ServerStartError,
 )
-from services.common.embedded.nats import render_config
+from services.common.embedded.nats import render_config, varz_problem
 from services.common.embedded.process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -300,3 +300,25 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+FIT_VARZ = {"max_payload": 8, "jetstream": {"config": {"sync_always": True}}}
+
+
+@pytest.mark.parametrize(
+    ("varz", "problem"),
+    [
+        (FIT_VARZ, None),
+        ({"max_payload": 8, "jetstream": {"config": {}}}, "JetStream is not enabled"),
+        ({"max_payload": 8}, "JetStream is not enabled"),
+        ({"max_payload": 8, "jetstream": {"config": {"sync_always": False}}}, "sync_interval"),
+        ({"max_payload": 8, "jetstream": {"config": {"store_dir": "/x"}}}, None),
+        ({"max_payload": 1, "jetstream": {"config": {"sync_always": True}}}, "max_payload"),
+    ],
+)
+def test_varz_problem(varz: dict[str, object], problem: str | None) -> None:
+    found = varz_problem(varz, max_payload=8)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found

@@ -228,21 +228,22 @@ class EmbeddedNats(ServerLifecycle):
 
     def _verify_config(self) -> None:
         """Refuse a server whose JetStream would acknowledge writes before they are on disk."""
-        varz = self.monitor("varz")
-        config = (varz.get("jetstream") or {}).get("config")
-        if not config:
-            raise ServerStartError("nats-server", "JetStream is not enabled", self.log_path)
-        # Older servers do not report it; when reported it must be on.
-        if config.get("sync_always") is False:
-            raise ServerStartError(
-                "nats-server", "JetStream sync_interval is not `always`", self.log_path
-            )
-        if varz.get("max_payload") != self.max_payload:
-            raise ServerStartError(
-                "nats-server",
-                f"max_payload is {varz.get('max_payload')}, expected {self.max_payload}",
-                self.log_path,
-            )
+        problem = varz_problem(self.monitor("varz"), max_payload=self.max_payload)
+        if problem:
+            raise ServerStartError("nats-server", problem, self.log_path)
+
+
+def varz_problem(varz: dict[str, Any], *, max_payload: int) -> str | None:
+    """Return what makes a server's /varz unfit for eventfn, or None when it is fit."""
+    config = (varz.get("jetstream") or {}).get("config")
+    if not config:
+        return "JetStream is not enabled"
+    # Older servers do not report it; when reported it must be on.
+    if config.get("sync_always") is False:
+        return "JetStream sync_interval is not `always`"
+    if varz.get("max_payload") != max_payload:
+        return f"max_payload is {varz.get('max_payload')}, expected {max_payload}"
+    return None
 
 
 def _read_ports(path: Path) -> dict[str, int]:
