@@ -1,0 +1,88 @@
+"""Split one request's routed events for one instance into packs under a byte cap.
+
+A pack is one JetStream message: the JSON array of its events, in request order.
+Its dedupe id (`Nats-Msg-Id`) is the instance id and a digest of the pack's
+messageIds, so a client's resend of the same request publishes the same ids and
+JetStream drops the copies. An event larger than the cap travels alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+DEFAULT_PACK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Pack:
+    """One message's worth of events: the JSON array bytes and its dedupe id."""
+
+    body: bytes
+    dedupe_id: str
+    message_ids: tuple[str, ...]
+
+    @property
+    def count(self) -> int:
+        """Return how many events the pack holds."""
+        return len(self.message_ids)
+
+
+def dedupe_id(instance_id: str, message_ids: Iterable[str]) -> str:
+    """Return `<instance id>:<blake2b-128 hex of the messageIds>`, stable for equal ids."""
+    digest = hashlib.blake2b(digest_size=16)
+    for message_id in message_ids:
+        encoded = message_id.encode("utf-8", "surrogatepass")
+        # Length-prefixing keeps ["ab", "c"] and ["a", "bc"] apart.
+        digest.update(len(encoded).to_bytes(4, "big"))
+        digest.update(encoded)
+    return f"{instance_id}:{digest.hexdigest()}"
+
+
+def encode_event(event: Mapping[str, Any]) -> tuple[str, bytes]:
+    """Return an event's messageId and its JSON bytes, ready for `pack_encoded`."""
+    return str(event.get("messageId", "")), orjson.dumps(event)
+
+
+def pack_events(
+    instance_id: str,
+    events: Sequence[Mapping[str, Any]],
+    *,
+    max_bytes: int = DEFAULT_PACK_BYTES,
+) -> list[Pack]:
+    """Encode events and split them into packs of at most `max_bytes` each."""
+    return pack_encoded(instance_id, [encode_event(e) for e in events], max_bytes=max_bytes)
+
+
+def pack_encoded(
+    instance_id: str,
+    items: Sequence[tuple[str, bytes]],
+    *,
+    max_bytes: int = DEFAULT_PACK_BYTES,
+) -> list[Pack]:
+    """Split (messageId, JSON bytes) pairs, in order, into packs of at most `max_bytes`."""
+    if max_bytes < 2:
+        raise ValueError("max_bytes must leave room for the array brackets")
+    packs: list[Pack] = []
+    start = 0
+    size = 2  # the brackets of the array
+    for index, (_, encoded) in enumerate(items):
+        added = len(encoded) + (1 if index > start else 0)  # a comma after the first
+        if index > start and size + added > max_bytes:
+            packs.append(_pack(instance_id, items[start:index]))
+            start, added, size = index, len(encoded), 2
+        size += added
+    if start < len(items):
+        packs.append(_pack(instance_id, items[start:]))
+    return packs
+
+
+def _pack(instance_id: str, items: Sequence[tuple[str, bytes]]) -> Pack:
+    """Build one pack from a non-empty run of encoded events."""
+    message_ids = tuple(message_id for message_id, _ in items)
+    body = b"[" + b",".join(encoded for _, encoded in items) + b"]"
+    return Pack(body, dedupe_id(instance_id, message_ids), message_ids)
