@@ -68,8 +68,17 @@ class ParsedRequest:
 
 def format_time(moment: datetime) -> str:
     """Format an aware datetime as ISO-8601 in UTC with milliseconds and a `Z`."""
-    text = moment.astimezone(UTC).isoformat(timespec="milliseconds")
-    return text[:-6] + "Z"
+    utc = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+    # %-formatting is faster than isoformat() and this runs for every event.
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031
+        utc.year,
+        utc.month,
+        utc.day,
+        utc.hour,
+        utc.minute,
+        utc.second,
+        utc.microsecond // 1000,
+    )
 
 
 def decode_body(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
