@@ -219,6 +219,21 @@ def source_delete(source_id: str) -> None:
     out.print(f"source {source_id} deleted")
 
 
+def compact_json(value: Any) -> str:
+    """Render JSON on one line, with whole numbers (Struct stores doubles) as integers."""
+
+    def ints(v: Any) -> Any:
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, dict):
+            return {k: ints(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [ints(x) for x in v]
+        return v
+
+    return json.dumps(ints(value), separators=(",", ":"))
+
+
 def audit(resource: str = "", limit: int = 50) -> None:
     """Show the audit trail, newest first."""
     with registry() as r:
@@ -234,7 +249,7 @@ def audit(resource: str = "", limit: int = 50) -> None:
                 e.actor_email,
                 e.action,
                 e.resource_id,
-                json.dumps(json_format.MessageToDict(e.details), separators=(",", ":")),
+                compact_json(json_format.MessageToDict(e.details)),
             ]
             for e in resp.events
         ],

@@ -18,8 +18,9 @@ from grpc_status import rpc_status
 from rich.console import Console
 from rich.table import Table
 
-out = Console()
-err = Console(stderr=True)
+# Piped output keeps whole ids on one line, so scripts can grep them.
+out = Console(width=None if sys.stdout.isatty() else 250)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 250)
 T = TypeVar("T")
 
 
@@ -115,7 +116,7 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     """Print rows as a table."""
     t = Table(title=title, title_justify="left")
     for c in columns:
-        t.add_column(c)
+        t.add_column(c, overflow="fold")
     for r in rows:
         t.add_row(*[("" if v is None else str(v)) for v in r])
     out.print(t)
