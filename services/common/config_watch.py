@@ -1,0 +1,185 @@
+"""Keep a live in-memory copy of the registry's data-plane configuration (WatchConfig).
+
+The registry streams a full snapshot first (`reset=True`), then deltas. `ConfigWatcher`
+applies each message to a copy and swaps in a new immutable `ConfigView`, so a reader
+holding a view never sees a half-applied message. When the stream breaks it reconnects
+with capped, jittered backoff; the registry starts every new stream with a snapshot, and
+the last good view keeps serving meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import grpc
+from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn.registry.v1 import registry_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigView:
+    """One consistent revision of the configuration, with lookup maps."""
+
+    revision: int = 0
+    sources: Mapping[str, pb.SourceConfig] = field(default_factory=dict)
+    sources_by_write_key: Mapping[str, pb.SourceConfig] = field(default_factory=dict)
+    instances: Mapping[str, pb.InstanceConfig] = field(default_factory=dict)
+    instances_by_source: Mapping[str, tuple[pb.InstanceConfig, ...]] = field(default_factory=dict)
+
+
+def apply_message(view: ConfigView, message: pb.WatchConfigResponse) -> ConfigView:
+    """Return the view a WatchConfig message leads to (a snapshot replaces everything)."""
+    if message.reset:
+        sources: dict[str, pb.SourceConfig] = {}
+        instances: dict[str, pb.InstanceConfig] = {}
+    else:
+        sources = dict(view.sources)
+        instances = dict(view.instances)
+    for source_id in message.removed_source_ids:
+        sources.pop(source_id, None)
+    for source in message.sources:
+        sources[source.id] = source
+    for instance_id in message.removed_instance_ids:
+        instances.pop(instance_id, None)
+    for instance in message.instances:
+        instances[instance.id] = instance
+    by_source: dict[str, list[pb.InstanceConfig]] = {}
+    for instance in instances.values():
+        by_source.setdefault(instance.source_id, []).append(instance)
+    return ConfigView(
+        revision=message.revision,
+        sources=sources,
+        sources_by_write_key={s.write_key: s for s in sources.values() if s.write_key},
+        instances=instances,
+        # Sorted by id so routing order does not depend on delta order.
+        instances_by_source={k: tuple(sorted(v, key=lambda i: i.id)) for k, v in by_source.items()},
+    )
+
+
+class ConfigWatcher:
+    """Follow WatchConfig in the background; `view` is always a complete revision."""
+
+    def __init__(
+        self,
+        registry_addr: str,
+        service_token: str,
+        name: str,
+        *,
+        on_change: Callable[[ConfigView], None] | None = None,
+        min_backoff: float = 0.1,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self._addr = registry_addr
+        self._token = service_token
+        self._name = name
+        self._on_change = on_change
+        self._min_backoff = min_backoff
+        self._max_backoff = max_backoff
+        self.view = ConfigView()
+        self.ready = asyncio.Event()
+        self.connected = False
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Condition()
+
+    @property
+    def revision(self) -> int:
+        """Return the revision of the current view (0 before the first snapshot)."""
+        return self.view.revision
+
+    @property
+    def sources(self) -> Mapping[str, pb.SourceConfig]:
+        """Return sources by id."""
+        return self.view.sources
+
+    @property
+    def sources_by_write_key(self) -> Mapping[str, pb.SourceConfig]:
+        """Return sources by their current write key."""
+        return self.view.sources_by_write_key
+
+    @property
+    def instances(self) -> Mapping[str, pb.InstanceConfig]:
+        """Return instances by id."""
+        return self.view.instances
+
+    @property
+    def instances_by_source(self) -> Mapping[str, tuple[pb.InstanceConfig, ...]]:
+        """Return the instances connected to each source id."""
+        return self.view.instances_by_source
+
+    def start(self) -> None:
+        """Start following the stream in a background task."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"config-watch-{self._name}")
+
+    async def close(self) -> None:
+        """Stop following the stream."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def wait_for_revision(self, revision: int) -> ConfigView:
+        """Wait until the view has reached at least `revision`, then return it."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.view.revision >= revision)
+        return self.view
+
+    async def _run(self) -> None:
+        """Follow the stream forever, reconnecting with backoff."""
+        delay = self._min_backoff
+        while True:
+            try:
+                async with grpc.aio.insecure_channel(self._addr) as channel:
+                    stub = registry_pb2_grpc.RegistryStub(channel)
+                    call = stub.WatchConfig(
+                        pb.WatchConfigRequest(watcher=self._name),
+                        metadata=(("authorization", f"Bearer {self._token}"),),
+                    )
+                    async for message in call:
+                        await self._apply(message)
+                        self.connected = True
+                        delay = self._min_backoff
+                log.warning("WatchConfig stream ended; reconnecting")
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "WatchConfig to %s failed: %s %s; retrying in %.1fs",
+                    self._addr,
+                    exc.code().name,
+                    exc.details(),
+                    delay,
+                )
+            except Exception:
+                log.exception("WatchConfig handling failed; retrying in %.1fs", delay)
+            self.connected = False
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self._max_backoff)
+
+    async def _apply(self, message: pb.WatchConfigResponse) -> None:
+        """Swap in the view the message leads to and tell who listens."""
+        if not message.reset and not self.ready.is_set():
+            log.warning("WatchConfig delta before any snapshot; ignored")
+            return
+        view = apply_message(self.view, message)
+        if self._on_change is not None:
+            # Derived state (compiled routes) is built before the view is published.
+            self._on_change(view)
+        self.view = view
+        self.ready.set()
+        async with self._changed:
+            self._changed.notify_all()
+        log.debug(
+            "config revision %d: %d sources, %d instances",
+            view.revision,
+            len(view.sources),
+            len(view.instances),
+        )

@@ -1,0 +1,138 @@
+"""Build and run the router: NATS, config watch, ingestor, HTTP and gRPC servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import grpc
+import nats
+from eventfn.router.v1 import router_pb2, router_pb2_grpc
+from nats.aio.client import Client as NatsClient
+
+from services.common import rpc
+from services.common.config_watch import ConfigView, ConfigWatcher
+from services.common.streams import ensure_streams
+from services.router.config import RouteTable
+from services.router.http_app import TrackingApp, serve_http
+from services.router.publisher import Ingestor
+from services.router.servicer import RouterServicer
+from services.router.settings import RouterSettings
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
+
+
+@dataclass
+class RunningRouter:
+    """A started router: its servers, bound ports and live parts (for tests and metrics)."""
+
+    server: grpc.aio.Server
+    grpc_port: int
+    http_port: int
+    watcher: ConfigWatcher
+    ingestor: Ingestor
+    nats: NatsClient
+
+
+class RouteTableHolder:
+    """Hold the route table of the latest config revision, rebuilt on each change."""
+
+    def __init__(self) -> None:
+        self.table: RouteTable | None = None
+
+    def update(self, view: ConfigView) -> None:
+        """Compile the new view, reusing unchanged instances' filters."""
+        self.table = RouteTable.build(view, self.table)
+
+    def current(self) -> RouteTable | None:
+        """Return the current table, None before the first snapshot."""
+        return self.table
+
+
+def _split_listen(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def start_router(settings: RouterSettings, stack: AsyncExitStack) -> RunningRouter:
+    """Connect, wire and start the router; `stack` closes everything in reverse order."""
+    if not settings.service_token:
+        raise ValueError("EVENTFN_SERVICE_TOKEN is required: the router reads WatchConfig")
+    nc = await nats.connect(
+        settings.nats_url,
+        name=settings.router_name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+    )
+    stack.push_async_callback(nc.drain)
+    js = nc.jetstream(publish_async_max_pending=settings.router_max_pending_publishes)
+    await ensure_streams(js, replicas=settings.stream_replicas)
+
+    holder = RouteTableHolder()
+    watcher = ConfigWatcher(
+        settings.registry_addr,
+        settings.service_token,
+        settings.router_name,
+        on_change=holder.update,
+    )
+    watcher.start()
+    stack.push_async_callback(watcher.close)
+
+    ingestor = Ingestor(
+        nc,
+        js,
+        holder.current,
+        pack_bytes=settings.router_pack_bytes,
+        publish_timeout=settings.router_publish_timeout_seconds,
+    )
+    servicer = RouterServicer(ingestor)
+    server, grpc_port, health = rpc.create_server(
+        address=settings.router_listen,
+        register=[lambda s: router_pb2_grpc.add_RouterServicer_to_server(servicer, s)],
+        service_names=[SERVICE_NAME],
+    )
+    await server.start()
+    stack.push_async_callback(server.stop, 5)
+
+    host, port = _split_listen(settings.router_http_listen)
+    app = TrackingApp(
+        ingestor,
+        max_body_bytes=settings.router_max_body_bytes,
+        body_timeout=settings.router_http_body_timeout_seconds,
+        retry_after=settings.router_retry_after_seconds,
+    )
+    http, http_task, http_port = await serve_http(
+        app,
+        host,
+        port,
+        max_connections=settings.router_http_max_connections,
+        keepalive_seconds=settings.router_http_keepalive_seconds,
+    )
+
+    async def stop_http() -> None:
+        http.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await http_task
+
+    stack.push_async_callback(stop_http)
+
+    async def mark_serving() -> None:
+        # Health says SERVING only once the router can route (first snapshot).
+        await watcher.ready.wait()
+        await rpc.set_serving(health, [SERVICE_NAME])
+
+    serving = asyncio.create_task(mark_serving())
+    stack.callback(serving.cancel)
+    log.info("router listening: gRPC port %d, HTTP port %d", grpc_port, http_port)
+    return RunningRouter(
+        server=server,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        watcher=watcher,
+        ingestor=ingestor,
+        nats=nc,
+    )

@@ -1,0 +1,252 @@
+"""Segment's HTTP tracking API as a raw ASGI app, served in-process by uvicorn.
+
+POST /v1/track, /identify, /page, /screen, /group, /alias, /batch and /import (batch).
+The write key is the basic-auth user name (empty password) or `writeKey` in the body.
+Answers `200 {"success": true}` only once every pack of the request is acknowledged by
+JetStream; errors are JSON `{"success": false, "code": ..., "message": ...}`:
+400 bad input, 401 missing/unknown write key, 404/405 wrong path or method, 408 slow
+body, 415 wrong content type or encoding, 503 (with Retry-After) before the first
+configuration snapshot or while the event store is unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import uvicorn
+
+from services.router.errors import InvalidRequestError, RouterError, UnsupportedEncodingError
+from services.router.normalize import (
+    BATCH_MAX_BYTES,
+    EVENT_MAX_BYTES,
+    decode_body,
+    parse_batch,
+    parse_single,
+)
+from services.router.publisher import (
+    Ingestor,
+    NotReadyError,
+    StorageUnavailableError,
+    UnknownWriteKeyError,
+)
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_KINDS = {
+    b"/v1/track": "track",
+    b"/v1/identify": "identify",
+    b"/v1/page": "page",
+    b"/v1/screen": "screen",
+    b"/v1/group": "group",
+    b"/v1/alias": "alias",
+    b"/v1/batch": "batch",
+    b"/v1/import": "batch",
+}
+_SUCCESS = b'{"success":true}'
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class HttpError(Exception):
+    """An HTTP error answer: status, machine-readable code, human message."""
+
+    def __init__(
+        self, status: int, code: str, message: str, *, extra: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra or {}
+
+
+class TrackingApp:
+    """The ASGI application of the tracking API."""
+
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        *,
+        max_body_bytes: int = BATCH_MAX_BYTES,
+        body_timeout: float = 10.0,
+        retry_after: int = 5,
+    ) -> None:
+        self._ingestor = ingestor
+        self._max_body = max_body_bytes
+        self._body_timeout = body_timeout
+        self._retry_after = str(retry_after).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one HTTP request."""
+        if scope["type"] != "http":
+            return
+        try:
+            await self._handle(scope, receive, send)
+        except HttpError as error:
+            await self._send_error(send, error)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("raw_path") or scope["path"].encode()
+        path = path.split(b"?", 1)[0].rstrip(b"/")
+        if path == b"/health":
+            ok = self._ingestor.ready() and self._ingestor.storage_up()
+            if not ok:
+                raise HttpError(503, "unavailable", "not ready")
+            await _respond(send, 200, _SUCCESS)
+            return
+        kind = _KINDS.get(path)
+        if kind is None:
+            raise HttpError(404, "not_found", f"no endpoint {scope['path']}; use /v1/<call>")
+        if scope["method"] != "POST":
+            raise HttpError(405, "method_not_allowed", "use POST")
+        headers = dict(scope["headers"])
+        content_type = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+        if content_type and content_type not in (b"application/json", b"text/plain"):
+            raise HttpError(
+                415,
+                "unsupported_media_type",
+                f"Content-Type {content_type.decode('latin-1')!r} is not supported; "
+                "send application/json",
+            )
+        if not self._ingestor.ready():
+            raise HttpError(503, "unavailable", "the router is starting; retry shortly")
+        if not self._ingestor.storage_up():
+            raise HttpError(503, "unavailable", "the event store is unreachable; retry shortly")
+        raw = await self._read_body(receive)
+        cap = BATCH_MAX_BYTES if kind == "batch" else EVENT_MAX_BYTES
+        now = datetime.now(UTC)
+        try:
+            body = decode_body(raw, _text(headers.get(b"content-encoding")), cap)
+            parsed = parse_batch(body, now) if kind == "batch" else parse_single(kind, body, now)
+        except UnsupportedEncodingError as exc:
+            raise HttpError(415, "unsupported_encoding", exc.message) from None
+        except InvalidRequestError as exc:
+            extra = {k: v for k, v in (("index", exc.index), ("field", exc.field)) if v is not None}
+            raise HttpError(400, "invalid_request", exc.message, extra=extra) from None
+        except RouterError as exc:
+            raise HttpError(400, "invalid_request", exc.message) from None
+        write_key = _basic_auth_user(headers.get(b"authorization")) or parsed.write_key
+        try:
+            await self._ingestor.ingest(
+                write_key,
+                parsed.events,
+                traceparent=_text(headers.get(b"traceparent")),
+                tracestate=_text(headers.get(b"tracestate")),
+            )
+        except UnknownWriteKeyError as exc:
+            raise HttpError(401, "unauthorized", exc.message) from None
+        except (NotReadyError, StorageUnavailableError) as exc:
+            raise HttpError(503, "unavailable", exc.message) from None
+        await _respond(send, 200, _SUCCESS)
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        """Read the whole body within the time limit, refusing one over the size cap."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self._body_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise HttpError(400, "disconnected", "client went away")
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self._max_body:
+                        raise HttpError(
+                            400,
+                            "invalid_request",
+                            f"body is larger than the {self._max_body // 1024} KB limit",
+                        )
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise HttpError(408, "timeout", "the request body was not sent in time") from None
+        return b"".join(chunks)
+
+    async def _send_error(self, send: Send, error: HttpError) -> None:
+        document = {"success": False, "code": error.code, "message": error.message, **error.extra}
+        extra = [(b"retry-after", self._retry_after)] if error.status == 503 else []
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await _respond(send, error.status, orjson.dumps(document), extra)
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
+
+
+def _basic_auth_user(value: bytes | None) -> str | None:
+    """Return the user name of a basic-auth header (the write key), or None."""
+    if not value:
+        return None
+    scheme, _, encoded = value.partition(b" ")
+    if scheme.lower() != b"basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.partition(":")[0] or None
+
+
+class _InProcessServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to the service's main."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[override]
+        yield
+
+
+async def serve_http(
+    app: TrackingApp,
+    host: str,
+    port: int,
+    *,
+    max_connections: int,
+    keepalive_seconds: int,
+) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+    """Start uvicorn (httptools) for the app on the running loop; return it and its port."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="none",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        limit_concurrency=max_connections,
+        timeout_keep_alive=keepalive_seconds,
+        backlog=4096,
+    )
+    server = _InProcessServer(config)
+    task = asyncio.create_task(server.serve(), name="router-http")
+    while not server.started:
+        if task.done():
+            task.result()  # raises why the server could not start
+            raise OSError(f"HTTP server on {host}:{port} stopped during start-up")
+        await asyncio.sleep(0.01)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    return server, task, bound

@@ -1,0 +1,216 @@
+"""Route a request's normalized events to instances and publish them as packs to JetStream.
+
+One JetStream message per (request, instance), split at the pack cap, pipelined with
+`publish_async`: every pack of a request is in flight at once, and the request is done
+only once each is acknowledged (stored, fsynced). Events the integrations object or a
+filter drops for an instance are not published for it; they are counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+
+from services.common.streams import ATTEMPT, MSG_ID, REVISION, TRACEPARENT, TRACESTATE
+from services.router.config import Route, RouteTable, SourceRoutes
+from services.router.filters import apply_filters
+from services.router.integrations import wants
+from services.router.packs import DEFAULT_PACK_BYTES, Pack, encode_event, pack_encoded
+
+log = logging.getLogger(__name__)
+
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+class IngestRefused(Exception):
+    """Base of the reasons the router refuses a whole request before storing anything."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotReadyError(IngestRefused):
+    """The router has no configuration snapshot yet; retry later."""
+
+
+class UnknownWriteKeyError(IngestRefused):
+    """No source has this write key (unknown, or rotated away)."""
+
+
+class StorageUnavailableError(IngestRefused):
+    """JetStream did not acknowledge every pack in time; retry later (dedupe ids hold)."""
+
+
+@dataclass(slots=True)
+class RouterStats:
+    """Counters of what the router did, for logs and metrics."""
+
+    requests: int = 0
+    events: int = 0
+    packs: int = 0
+    dropped_by_integrations: int = 0
+    dropped_by_filters: int = 0
+    publish_failures: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """One pack ready to publish: subject, body and headers."""
+
+    subject: str
+    pack: Pack
+    headers: dict[str, str]
+
+
+def trace_headers(traceparent: str | None, tracestate: str | None) -> dict[str, str]:
+    """Return W3C trace headers continuing the caller's trace, or starting a new one."""
+    found = _TRACEPARENT.match(traceparent.strip().lower()) if traceparent else None
+    if found is not None and found.group(1) != "0" * 32:
+        trace_id, flags = found.group(1), found.group(3)
+    else:
+        trace_id, flags, tracestate = secrets.token_hex(16), "01", None
+    headers = {TRACEPARENT: f"00-{trace_id}-{secrets.token_hex(8)}-{flags}"}
+    if tracestate:
+        headers[TRACESTATE] = tracestate
+    return headers
+
+
+def route_events(
+    routes: Sequence[Route],
+    events: Sequence[dict[str, Any]],
+    revision: int,
+    trace: dict[str, str],
+    *,
+    pack_bytes: int = DEFAULT_PACK_BYTES,
+    stats: RouterStats | None = None,
+) -> list[Outbound]:
+    """Decide per route which events it gets (integrations, then filters) and pack them."""
+    stats = stats if stats is not None else RouterStats()
+    # An event no filter changed is encoded once, however many instances get it.
+    encoded: dict[int, tuple[str, bytes]] = {}
+    outbound: list[Outbound] = []
+    for route in routes:
+        items: list[tuple[str, bytes]] = []
+        for event in events:
+            if not wants(event, route.integration_key):
+                stats.dropped_by_integrations += 1
+                continue
+            kept = apply_filters(route.filters, event) if route.filters else event
+            if kept is None:
+                stats.dropped_by_filters += 1
+                continue
+            if kept is event:
+                item = encoded.get(id(event))
+                if item is None:
+                    item = encoded[id(event)] = encode_event(event)
+            else:
+                item = encode_event(kept)
+            items.append(item)
+        if not items:
+            continue
+        for pack in pack_encoded(route.instance_id, items, max_bytes=pack_bytes):
+            headers = {MSG_ID: pack.dedupe_id, REVISION: str(revision), ATTEMPT: "1", **trace}
+            outbound.append(Outbound(route.subject, pack, headers))
+    return outbound
+
+
+class Ingestor:
+    """Find a write key's routes in the current table, route, publish, await the acks."""
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        js: JetStreamContext,
+        table: Callable[[], RouteTable | None],
+        *,
+        pack_bytes: int = DEFAULT_PACK_BYTES,
+        publish_timeout: float = 5.0,
+    ) -> None:
+        self._nc = nc
+        self._js = js
+        self._table = table
+        self._pack_bytes = pack_bytes
+        self._timeout = publish_timeout
+        self.stats = RouterStats()
+
+    def ready(self) -> bool:
+        """Tell whether the router has a configuration snapshot."""
+        return self._table() is not None
+
+    def storage_up(self) -> bool:
+        """Tell whether the NATS connection is up."""
+        return self._nc.is_connected
+
+    def source(self, write_key: str | None) -> tuple[RouteTable, SourceRoutes]:
+        """Return the current table and the source of a write key, or refuse the request."""
+        table = self._table()
+        if table is None:
+            raise NotReadyError("the router has no configuration yet; retry shortly")
+        if not write_key:
+            raise UnknownWriteKeyError(
+                "no write key: send it as the basic-auth user name or as `writeKey` in the body"
+            )
+        source = table.by_write_key.get(write_key)
+        if source is None:
+            raise UnknownWriteKeyError(
+                "unknown write key; it may have been rotated: copy the source's current one"
+            )
+        return table, source
+
+    async def ingest(
+        self,
+        write_key: str | None,
+        events: Sequence[dict[str, Any]],
+        *,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+    ) -> int:
+        """Route and store a request's events; return how many packs were stored."""
+        table, source = self.source(write_key)
+        if not self._nc.is_connected:
+            raise StorageUnavailableError("the event store (NATS) is unreachable; retry shortly")
+        stats = self.stats
+        stats.requests += 1
+        stats.events += len(events)
+        outbound = route_events(
+            source.routes,
+            events,
+            table.revision,
+            trace_headers(traceparent, tracestate),
+            pack_bytes=self._pack_bytes,
+            stats=stats,
+        )
+        if outbound:
+            await self._publish_all(outbound)
+            stats.packs += len(outbound)
+        return len(outbound)
+
+    async def _publish_all(self, outbound: Sequence[Outbound]) -> None:
+        """Publish every pack at once, then wait for all acknowledgements (or refuse)."""
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            async with asyncio.timeout(self._timeout):
+                for item in outbound:
+                    futures.append(
+                        await self._js.publish_async(
+                            item.subject, item.pack.body, headers=item.headers
+                        )
+                    )
+                await asyncio.gather(*futures)
+        except Exception as exc:
+            for future in futures:
+                future.cancel()  # releases the client's in-flight slot
+            self.stats.publish_failures += 1
+            log.warning("publish of %d packs failed: %r", len(outbound), exc)
+            raise StorageUnavailableError(
+                "the event store did not confirm the events; retry the request (it is deduplicated)"
+            ) from exc
