@@ -7,9 +7,9 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import grpc
-from eventfn.registry.v1 import registry_pb2, registry_pb2_grpc
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from eventfn.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common import rpc
 from services.common.settings import asyncpg_url, sqlalchemy_url
 from services.registry import syntax

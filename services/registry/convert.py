@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from eventfn.registry.v1 import resources_pb2 as res
-from eventfn.type.v1 import types_pb2
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from eventfn.registry.v1 import resources_pb2 as res
+from eventfn.type.v1 import types_pb2
 from services.registry import models as m
 from services.registry.secrets import MASK, is_sealed
 

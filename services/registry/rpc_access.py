@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import grpc
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import resources_pb2 as res
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn.registry.v1 import resources_pb2 as res
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.registry import auth, convert
 from services.registry.auth import require

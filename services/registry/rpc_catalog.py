@@ -6,10 +6,10 @@ import asyncio
 import secrets as pysecrets
 
 import grpc
-from eventfn.registry.v1 import registry_pb2 as pb
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from eventfn.registry.v1 import registry_pb2 as pb
 from services.common.errors import AlreadyExists, FailedPrecondition
 from services.registry import convert
 from services.registry.auth import Caller, require

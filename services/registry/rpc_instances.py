@@ -7,11 +7,11 @@ from datetime import UTC
 from typing import Any
 
 import grpc
-from eventfn.registry.v1 import registry_pb2 as pb
 from google.protobuf import json_format
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from eventfn.registry.v1 import registry_pb2 as pb
 from services.common.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from services.registry import convert
 from services.registry.auth import Caller, require

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from eventfn.registry.v1 import registry_pb2_grpc
-
 from services.registry.base import RegistryDeps
 from services.registry.rpc_access import AccessRpcs
 from services.registry.rpc_catalog import CatalogRpcs

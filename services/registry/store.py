@@ -178,31 +178,28 @@ class RegistryStore:
     async def snapshot(self) -> tuple[int, list[tuple[Source, Workspace]], list[Any]]:
         """Read the data-plane configuration consistently (repeatable read)."""
         async with self._sessions() as session:
+            # One read-only REPEATABLE READ transaction: revision and rows are one state.
             await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-            async with session.begin():
-                revision = await self.config_revision(session)
-                sources = list(
-                    (
-                        await session.exec(
-                            select(Source, Workspace).join(
-                                Workspace, col(Workspace.id) == col(Source.workspace_id)
-                            )
+            revision = await self.config_revision(session)
+            sources = list(
+                (
+                    await session.exec(
+                        select(Source, Workspace).join(
+                            Workspace, col(Workspace.id) == col(Source.workspace_id)
                         )
-                    ).all()
-                )
-                instances = list(
-                    (
-                        await session.exec(
-                            select(Instance, FunctionVersion, Function, Workspace)
-                            .join(
-                                FunctionVersion,
-                                col(FunctionVersion.id) == col(Instance.version_id),
-                            )
-                            .join(Function, col(Function.id) == col(Instance.function_id))
-                            .join(Workspace, col(Workspace.id) == col(Instance.workspace_id))
-                        )
-                    ).all()
-                )
+                    )
+                ).all()
+            )
+            instances = list(
+                (
+                    await session.exec(
+                        select(Instance, FunctionVersion, Function, Workspace)
+                        .join(FunctionVersion, col(FunctionVersion.id) == col(Instance.version_id))
+                        .join(Function, col(Function.id) == col(Instance.function_id))
+                        .join(Workspace, col(Workspace.id) == col(Instance.workspace_id))
+                    )
+                ).all()
+            )
         return revision, [(s, w) for s, w in sources], instances
 
 

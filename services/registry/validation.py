@@ -10,7 +10,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from eventfn.type.v1 import types_pb2
-
 from services.common.errors import FieldViolation, InvalidArgument
 from services.executor.runtime.model import SyntaxProblem
 from services.registry.secrets import MASK

@@ -7,13 +7,13 @@ import asyncio
 import asyncpg
 import grpc
 import pytest
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import resources_pb2 as res
-from eventfn.type.v1 import types_pb2
 from google.protobuf import field_mask_pb2, struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn.registry.v1 import resources_pb2 as res
+from eventfn.type.v1 import types_pb2
 from tests.registry.conftest import BOOTSTRAP, HANDLER, SETTINGS, Registry, auth
 
 
