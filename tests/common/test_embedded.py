@@ -22,6 +22,7 @@ from services.common.embedded import (
     DataDirInUseError,
     EmbeddedNats,
     EmbeddedPostgres,
+    EmbeddedServerError,
     ServerStartError,
 )
 from services.common.embedded.nats import render_config, varz_problem
@@ -121,12 +122,12 @@ def _start_orphan(kind: str, data_dir: Path, stop_with_parent: bool = False) -> 
 async def test_postgres_stops_a_leftover_of_a_dead_launcher(tmp_path: Path) -> None:
     orphan = _start_orphan("EmbeddedPostgres", tmp_path / "pg")
     leftover = psutil.Process(int(orphan["pid"]))  # type: ignore[arg-type]
-    assert leftover.is_running()
+    assert _alive(leftover.pid)
     conn = await asyncpg.connect(str(orphan["url"]))
     await conn.execute("CREATE TABLE kept (v int); INSERT INTO kept VALUES (7)")
     await conn.close()
     async with EmbeddedPostgres(tmp_path / "pg") as pg:
-        assert not leftover.is_running()
+        assert not _alive(leftover.pid)
         assert await _scalar(pg.url, "SELECT v FROM kept") == 7
 
 
@@ -137,6 +138,15 @@ def test_postgres_start_failure_names_the_log(tmp_path: Path) -> None:
     assert str(pg.log_path) in str(info.value)
     assert "no_such_setting" in str(info.value)
     assert not pg.running
+
+
+def test_postgres_never_wipes_a_non_cluster_pgdata(tmp_path: Path) -> None:
+    keep = tmp_path / "pg" / "pgdata" / "precious.txt"
+    keep.parent.mkdir(parents=True)
+    keep.write_text("mine")
+    with pytest.raises(EmbeddedServerError, match="no PG_VERSION"):
+        EmbeddedPostgres(tmp_path / "pg").start()
+    assert keep.read_text() == "mine"
 
 
 def test_postgres_configured_port_is_used(tmp_path: Path) -> None:
@@ -191,7 +201,7 @@ def test_nats_stops_a_leftover_of_a_dead_launcher(tmp_path: Path) -> None:
     orphan = _start_orphan("EmbeddedNats", tmp_path / "nats")
     leftover = psutil.Process(int(orphan["pid"]))  # type: ignore[arg-type]
     with EmbeddedNats(tmp_path / "nats") as server:
-        assert not leftover.is_running()
+        assert not _alive(leftover.pid)
         assert server.monitor("jsz")["config"]["sync_always"] is True
 
 

@@ -160,6 +160,14 @@ class EmbeddedPostgres(ServerLifecycle):
         """Run initdb into a scratch dir and rename it, so a crash never leaves half a cluster."""
         if (self.pgdata / "PG_VERSION").exists():
             return
+        if self.pgdata.exists():
+            if any(self.pgdata.iterdir()):
+                # Never wipe what might be someone's cluster with a lost PG_VERSION.
+                raise EmbeddedServerError(
+                    f"{self.pgdata} is not empty but holds no PostgreSQL cluster (no PG_VERSION);"
+                    " move it away or point the state dir elsewhere"
+                )
+            self.pgdata.rmdir()
         scratch = self.data_dir / "pgdata.init"
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(mode=0o700)
@@ -191,7 +199,6 @@ class EmbeddedPostgres(ServerLifecycle):
             raise ServerStartError(
                 "postgres", f"initdb exited with {result.returncode}", self.log_path
             )
-        shutil.rmtree(self.pgdata, ignore_errors=True)
         scratch.rename(self.pgdata)
 
     def _launch(self, bin_dir: Path, run_as: RunAs | None) -> None:

@@ -184,17 +184,30 @@ def stop_leftover(pid: int, *, sig: signal.Signals, timeout: float) -> None:
     """Stop a process we did not start (a leftover of a dead launcher), then kill it."""
     try:
         proc = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    try:
         proc.send_signal(sig)
-        proc.wait(timeout)
     except psutil.NoSuchProcess:
         return
-    except psutil.TimeoutExpired:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-            proc.wait(timeout)
+    if _gone(proc, timeout):
+        return
+    with contextlib.suppress(psutil.NoSuchProcess):
+        proc.kill()
+    _gone(proc, timeout)
+
+
+def _gone(proc: psutil.Process, timeout: float) -> bool:
+    """Wait until proc has exited; a zombie counts, since only its parent can reap it."""
+    deadline = time.monotonic() + timeout
+    interval = 0.01
+    while True:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+        interval = min(interval * 1.5, 0.2)
 
 
 def live_process_using(pid: int, executable_name: str, marker: str) -> bool:
