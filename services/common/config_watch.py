@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import grpc
+
 from eventfn.registry.v1 import registry_pb2 as pb
 from eventfn.registry.v1 import registry_pb2_grpc
 
@@ -128,8 +129,12 @@ class ConfigWatcher:
 
     async def wait_for_revision(self, revision: int) -> ConfigView:
         """Wait until the view has reached at least `revision`, then return it."""
+        return await self.wait_until(lambda view: view.revision >= revision)
+
+    async def wait_until(self, predicate: Callable[[ConfigView], bool]) -> ConfigView:
+        """Wait until a view satisfies `predicate` (checked on every change), then return it."""
         async with self._changed:
-            await self._changed.wait_for(lambda: self.view.revision >= revision)
+            await self._changed.wait_for(lambda: self.ready.is_set() and predicate(self.view))
         return self.view
 
     async def _run(self) -> None:

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import grpc
 import nats
-from eventfn.router.v1 import router_pb2, router_pb2_grpc
 from nats.aio.client import Client as NatsClient
 
+from eventfn.router.v1 import router_pb2, router_pb2_grpc
 from services.common import rpc
 from services.common.config_watch import ConfigView, ConfigWatcher
 from services.common.streams import ensure_streams

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from eventfn.registry.v1 import registry_pb2 as pb
-
 from services.common.config_watch import ConfigView
 from services.common.streams import events_subject
 from services.router.errors import FilterSyntaxError

@@ -1,0 +1,363 @@
+"""The router service end to end: real registry, real NATS, HTTP and gRPC ingestion."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import socket
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import httpx
+import orjson
+import pytest
+from google.protobuf import struct_pb2
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from eventfn.registry.v1 import registry_pb2 as rpb
+from eventfn.router.v1 import router_pb2 as pb
+from eventfn.router.v1 import router_pb2_grpc
+from services.common import streams
+from services.router.app import RunningRouter, start_router
+from services.router.settings import RouterSettings
+from tests.registry.conftest import HANDLER, SERVICE, SETTINGS, Registry, auth
+
+# An event nested 1000 levels deep.
+DEEP = b'{"userId": "u", "event": "E", "properties": ' + b'{"a": ' * 1000 + b"1" + b"}" * 1001
+DROP_SKIPPED = orjson.dumps({"if": 'event = "Skip Me"', "action": "drop"}).decode()
+
+
+def _settings(**values: Any) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(values)
+    return out
+
+
+def _free_port() -> int:
+    """Return a loopback port nothing listens on (for a registry that is down)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def stored(nc: NatsClient, subject: str) -> list[Msg]:
+    """Return every message the EVENTS stream holds on a subject (no waiting for more)."""
+    js = nc.jetstream()
+    sub = await js.pull_subscribe(
+        subject,
+        stream=streams.EVENTS_STREAM,
+        config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, filter_subject=subject
+        ),
+    )
+    try:
+        pending = (await sub.consumer_info()).num_pending or 0
+        messages: list[Msg] = []
+        while len(messages) < pending:
+            messages += await sub.fetch(pending - len(messages), timeout=5)
+        return messages
+    finally:
+        await sub.unsubscribe()
+
+
+def events_of(messages: list[Msg]) -> list[dict[str, Any]]:
+    """Flatten the packs' JSON arrays into their events."""
+    return [event for m in messages for event in orjson.loads(m.data)]
+
+
+def basic(write_key: str) -> dict[str, str]:
+    """Return the basic-auth header Segment's libraries send."""
+    return {"Authorization": "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()}
+
+
+@dataclass
+class Env:
+    """A registry with one source and two instances on it, and a running router."""
+
+    registry: Registry
+    router: RunningRouter
+    http: httpx.AsyncClient
+    owner: str
+    workspace_id: str
+    source_id: str
+    write_key: str
+    webhook: str  # instance of function "Webhook", with a filter dropping "Skip Me"
+    other: str  # instance of function "Other", no filter
+
+    def subject(self, instance_id: str) -> str:
+        """Return the EVENTS subject of an instance."""
+        return streams.events_subject(self.workspace_id, instance_id)
+
+
+async def _instance(r: Registry, owner: str, name: str, source_id: str, *filters: str) -> str:
+    fn = await r.stub.CreateFunction(
+        rpb.CreateFunctionRequest(name=name, code=HANDLER, settings=SETTINGS), metadata=auth(owner)
+    )
+    created = await r.stub.CreateInstance(
+        rpb.CreateInstanceRequest(
+            function_id=fn.function.id,
+            source_id=source_id,
+            settings=_settings(endpoint="http://127.0.0.1:1/x", apiKey="k"),
+            filters=list(filters),
+        ),
+        metadata=auth(owner),
+    )
+    return created.instance.id
+
+
+def router_settings(nats_url: str, registry_addr: str) -> RouterSettings:
+    """Router settings on ephemeral ports."""
+    return RouterSettings(
+        router_listen="127.0.0.1:0",
+        router_http_listen="127.0.0.1:0",
+        nats_url=nats_url,
+        registry_addr=registry_addr,
+        service_token=SERVICE,
+        router_publish_timeout_seconds=5.0,
+    )
+
+
+@pytest.fixture
+async def env(registry: Registry, nats_url: str) -> AsyncIterator[Env]:
+    """Start a router against a registry holding one source with two instances."""
+    workspace_id, owner = await registry.workspace("Acme")
+    source = (
+        await registry.stub.CreateSource(rpb.CreateSourceRequest(name="web"), metadata=auth(owner))
+    ).source
+    webhook = await _instance(registry, owner, "Webhook", source.id, DROP_SKIPPED)
+    other = await _instance(registry, owner, "Other", source.id)
+    async with AsyncExitStack() as stack:
+        router = await start_router(router_settings(nats_url, f"127.0.0.1:{registry.port}"), stack)
+        await router.watcher.wait_until(
+            lambda v: len(v.instances_by_source.get(source.id, ())) == 2
+        )
+        http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.http_port}", timeout=10)
+        stack.push_async_callback(http.aclose)
+        yield Env(
+            registry, router, http, owner, workspace_id, source.id, source.write_key, webhook, other
+        )
+
+
+async def test_track_lands_as_a_pack_for_each_instance(env: Env, nats_client: NatsClient) -> None:
+    body = {
+        "userId": "u1",
+        "event": "Order Completed",
+        "properties": {"total": 120},
+        "context": {"library": {"name": "analytics-python", "version": "2.3.0"}},
+    }
+    resp = await env.http.post(
+        "/v1/track",
+        json=body,
+        headers={**basic(env.write_key), "traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"},
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"success": True}
+    for instance in (env.webhook, env.other):
+        messages = await stored(nats_client, env.subject(instance))
+        assert len(messages) == 1
+        headers = messages[0].headers or {}
+        assert headers[streams.MSG_ID].startswith(f"{instance}:")
+        assert int(headers[streams.REVISION]) == env.router.watcher.revision
+        assert headers[streams.TRACEPARENT].startswith("00-" + "ab" * 16 + "-")
+        [event] = events_of(messages)
+        assert event["type"] == "track" and event["event"] == "Order Completed"
+        assert event["properties"] == {"total": 120}
+        assert event["context"]["library"] == {"name": "analytics-python", "version": "2.3.0"}
+        assert event["messageId"] and event["receivedAt"] and event["timestamp"]
+
+
+async def test_batch_with_gzip_and_body_write_key(env: Env, nats_client: NatsClient) -> None:
+    batch = {
+        "writeKey": env.write_key,
+        "batch": [
+            {"type": "identify", "userId": "u2", "traits": {"plan": "pro"}, "messageId": "m-1"},
+            {"type": "track", "anonymousId": "a2", "event": "Skip Me", "messageId": "m-2"},
+            {"type": "page", "userId": "u2", "name": "Home", "messageId": "m-3"},
+        ],
+    }
+    resp = await env.http.post(
+        "/v1/batch",
+        content=gzip.compress(orjson.dumps(batch)),
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert resp.status_code == 200, resp.text
+    other = await stored(nats_client, env.subject(env.other))
+    assert len(other) == 1, "one request, one instance: one pack"
+    assert [e["messageId"] for e in events_of(other)] == ["m-1", "m-2", "m-3"]
+    assert all("writeKey" not in e for e in events_of(other))
+    webhook = events_of(await stored(nats_client, env.subject(env.webhook)))
+    assert [e["messageId"] for e in webhook] == ["m-1", "m-3"], "the filter drops Skip Me"
+
+
+async def test_integrations_false_drops_for_that_instance_only(
+    env: Env, nats_client: NatsClient
+) -> None:
+    body = {
+        "userId": "u3",
+        "event": "Signed Up",
+        "integrations": {"Webhook (Acme)": False},
+    }
+    resp = await env.http.post("/v1/track", json=body, headers=basic(env.write_key))
+    assert resp.status_code == 200
+    assert await stored(nats_client, env.subject(env.webhook)) == []
+    assert len(events_of(await stored(nats_client, env.subject(env.other)))) == 1
+    off = {"userId": "u3", "event": "Signed Up", "integrations": {"All": False}}
+    resp = await env.http.post("/v1/track", json=off, headers=basic(env.write_key))
+    assert resp.status_code == 200
+    assert len(await stored(nats_client, env.subject(env.other))) == 1
+
+
+async def test_resend_is_deduplicated(env: Env, nats_client: NatsClient) -> None:
+    batch = {
+        "batch": [
+            {"type": "track", "userId": "u4", "event": "A", "messageId": "dup-1"},
+            {"type": "track", "userId": "u4", "event": "B", "messageId": "dup-2"},
+        ]
+    }
+    for _ in range(2):
+        resp = await env.http.post("/v1/batch", json=batch, headers=basic(env.write_key))
+        assert resp.status_code == 200
+    messages = await stored(nats_client, env.subject(env.other))
+    assert len(messages) == 1
+    assert [e["messageId"] for e in events_of(messages)] == ["dup-1", "dup-2"]
+
+
+async def test_unknown_missing_and_rotated_write_keys_are_401(
+    env: Env, nats_client: NatsClient
+) -> None:
+    event = {"userId": "u5", "event": "X"}
+    resp = await env.http.post("/v1/track", json=event, headers=basic("nope"))
+    assert resp.status_code == 401 and resp.json()["success"] is False
+    resp = await env.http.post("/v1/track", json=event)
+    assert resp.status_code == 401 and "write key" in resp.json()["message"]
+    rotated = await env.registry.stub.RotateWriteKey(
+        rpb.RotateWriteKeyRequest(source_id=env.source_id), metadata=auth(env.owner)
+    )
+    new_key = rotated.source.write_key
+    await env.router.watcher.wait_until(lambda v: new_key in v.sources_by_write_key)
+    resp = await env.http.post("/v1/track", json=event, headers=basic(env.write_key))
+    assert resp.status_code == 401, "the old key stops working without a restart"
+    resp = await env.http.post("/v1/track", json=event, headers=basic(new_key))
+    assert resp.status_code == 200
+    assert len(await stored(nats_client, env.subject(env.other))) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "status", "needle"),
+    [
+        ("/v1/track", b'{"userId": "u", "event": ', {}, 400, "not valid JSON"),
+        ("/v1/track", b'{"event": "E"}', {}, 400, "anonymousId"),
+        ("/v1/track", b'{"userId": "u", "event": "E", "properties": []}', {}, 400, "properties"),
+        ("/v1/batch", b'{"batch": [{"type": "nope", "userId": "u"}]}', {}, 400, "type"),
+        ("/v1/track", b'{"userId": "u", "event": "E"}', {"Content-Type": "text/xml"}, 415, "xml"),
+        ("/v1/track", DEEP, {}, 400, "deeper"),
+    ],
+)
+async def test_bad_input_is_refused_and_nothing_is_stored(
+    env: Env,
+    nats_client: NatsClient,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    status: int,
+    needle: str,
+) -> None:
+    resp = await env.http.post(
+        path,
+        content=body,
+        headers={"Content-Type": "application/json", **basic(env.write_key), **headers},
+    )
+    assert resp.status_code == status, resp.text
+    assert needle in resp.json()["message"]
+    for instance in (env.webhook, env.other):
+        assert await stored(nats_client, env.subject(instance)) == []
+
+
+async def test_one_oversize_event_refuses_the_whole_batch(
+    env: Env, nats_client: NatsClient
+) -> None:
+    batch = {
+        "batch": [
+            {"type": "track", "userId": "u", "event": "Small"},
+            {"type": "track", "userId": "u", "event": "Big", "properties": {"x": "y" * 40_000}},
+        ]
+    }
+    resp = await env.http.post("/v1/batch", json=batch, headers=basic(env.write_key))
+    assert resp.status_code == 400
+    assert resp.json()["index"] == 1 and "batch[1]" in resp.json()["message"]
+    assert await stored(nats_client, env.subject(env.other)) == []
+
+
+async def test_gzip_bomb_is_refused(env: Env) -> None:
+    bomb = gzip.compress(b'{"batch": [' + b" " * 50_000_000 + b"]}")
+    resp = await env.http.post(
+        "/v1/batch",
+        content=bomb,
+        headers={"Content-Encoding": "gzip", **basic(env.write_key)},
+    )
+    assert resp.status_code == 400 and "decompressed" in resp.json()["message"]
+
+
+async def test_grpc_ingest_and_stream(env: Env, nats_client: NatsClient) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{env.router.grpc_port}") as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        events = [
+            {"type": "track", "userId": "g1", "event": "Via gRPC", "messageId": "g-1"},
+            {"type": "identify", "userId": "g1"},
+        ]
+        resp = await stub.Ingest(
+            pb.IngestRequest(write_key=env.write_key, events_json=orjson.dumps(events))
+        )
+        assert resp.accepted == 2 and resp.message_ids[0] == "g-1" and resp.message_ids[1]
+        got = events_of(await stored(nats_client, env.subject(env.other)))
+        assert [e["messageId"] for e in got] == list(resp.message_ids)
+
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Ingest(pb.IngestRequest(write_key="nope", events_json=b"[]"))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Ingest(pb.IngestRequest(write_key=env.write_key, events_json=b"[{"))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+        async def requests() -> AsyncIterator[pb.IngestStreamRequest]:
+            for i in range(3):
+                item = [{"type": "track", "userId": "s", "event": "S", "messageId": f"s-{i}"}]
+                yield pb.IngestStreamRequest(
+                    write_key=env.write_key, events_json=orjson.dumps(item)
+                )
+
+        answers = [a async for a in stub.IngestStream(requests())]
+        assert [list(a.message_ids) for a in answers] == [["s-0"], ["s-1"], ["s-2"]]
+        assert len(await stored(nats_client, env.subject(env.other))) == 4
+
+
+async def test_new_instance_is_routed_without_restart(env: Env, nats_client: NatsClient) -> None:
+    third = await _instance(env.registry, env.owner, "Third", env.source_id)
+    await env.router.watcher.wait_until(lambda v: third in v.instances)
+    resp = await env.http.post(
+        "/v1/track", json={"userId": "u", "event": "Hi"}, headers=basic(env.write_key)
+    )
+    assert resp.status_code == 200
+    assert len(await stored(nats_client, env.subject(third))) == 1
+
+
+async def test_503_before_the_first_snapshot(nats_url: str) -> None:
+    settings = router_settings(nats_url, f"127.0.0.1:{_free_port()}")
+    async with AsyncExitStack() as stack:
+        router = await start_router(settings, stack)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.http_port}") as http:
+            resp = await http.post("/v1/track", json={"userId": "u", "event": "E"})
+            assert resp.status_code == 503
+            assert resp.headers["retry-after"] == str(settings.router_retry_after_seconds)
+            assert (await http.get("/health")).status_code == 503
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{router.grpc_port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await router_pb2_grpc.RouterStub(channel).Ingest(
+                    pb.IngestRequest(write_key="k", events_json=b"[]")
+                )
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
