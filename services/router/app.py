@@ -53,6 +53,14 @@ class RouteTableHolder:
         return self.table
 
 
+async def _close_nats(nc: NatsClient) -> None:
+    """Drain the connection when it is up (flushing in-flight publishes), else close it."""
+    if nc.is_connected:
+        await nc.drain()
+    elif not nc.is_closed:
+        await nc.close()
+
+
 def _split_listen(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host.strip("[]") or "127.0.0.1", int(port)
@@ -68,7 +76,7 @@ async def start_router(settings: RouterSettings, stack: AsyncExitStack) -> Runni
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
     )
-    stack.push_async_callback(nc.drain)
+    stack.push_async_callback(_close_nats, nc)
     js = nc.jetstream(publish_async_max_pending=settings.router_max_pending_publishes)
     await ensure_streams(js, replicas=settings.stream_replicas)
 

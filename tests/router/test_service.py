@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,6 +25,8 @@ from eventfn.registry.v1 import registry_pb2 as rpb
 from eventfn.router.v1 import router_pb2 as pb
 from eventfn.router.v1 import router_pb2_grpc
 from services.common import streams
+from services.common.config_watch import ConfigView, apply_message
+from services.common.embedded import EmbeddedNats
 from services.router.app import RunningRouter, start_router
 from services.router.settings import RouterSettings
 from tests.registry.conftest import HANDLER, SERVICE, SETTINGS, Registry, auth
@@ -361,3 +365,89 @@ async def test_503_before_the_first_snapshot(nats_url: str) -> None:
                     pb.IngestRequest(write_key="k", events_json=b"[]")
                 )
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_body_over_the_limit_is_refused(env: Env, nats_client: NatsClient) -> None:
+    items = [
+        {"type": "track", "userId": "u", "event": "E", "properties": {"x": "y" * 20_000}}
+        for _ in range(30)
+    ]
+    resp = await env.http.post("/v1/batch", json={"batch": items}, headers=basic(env.write_key))
+    assert resp.status_code == 400 and "limit" in resp.json()["message"]
+    assert await stored(nats_client, env.subject(env.other)) == []
+
+
+async def test_slow_client_gets_408(registry: Registry, nats_url: str) -> None:
+    await registry.workspace("Slow")
+    settings = router_settings(nats_url, f"127.0.0.1:{registry.port}")
+    settings.router_http_body_timeout_seconds = 0.3
+    async with AsyncExitStack() as stack:
+        router = await start_router(settings, stack)
+        await router.watcher.ready.wait()
+        reader, writer = await asyncio.open_connection("127.0.0.1", router.http_port)
+        writer.write(
+            b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"userId":'
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout=10)
+        assert status_line.startswith(b"HTTP/1.1 408"), status_line
+        writer.close()
+
+
+async def test_nats_down_answers_503_never_200(registry: Registry, tmp_path: Path) -> None:
+    _, owner = await registry.workspace("Down")
+    source = (
+        await registry.stub.CreateSource(rpb.CreateSourceRequest(name="s"), metadata=auth(owner))
+    ).source
+    await _instance(registry, owner, "Fn", source.id)
+    server = EmbeddedNats(tmp_path / "nats", stop_with_parent=True)
+    server.start()
+    try:
+        settings = router_settings(server.url, f"127.0.0.1:{registry.port}")
+        settings.router_publish_timeout_seconds = 1.0
+        async with AsyncExitStack() as stack:
+            router = await start_router(settings, stack)
+            await router.watcher.wait_until(lambda v: source.write_key in v.sources_by_write_key)
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{router.http_port}", timeout=10
+            ) as http:
+                event = {"userId": "u", "event": "E"}
+                ok = await http.post("/v1/track", json=event, headers=basic(source.write_key))
+                assert ok.status_code == 200
+                server.stop()
+                down = await http.post("/v1/track", json=event, headers=basic(source.write_key))
+                assert down.status_code == 503, down.text
+                assert "retry-after" in down.headers
+    finally:
+        server.stop()
+
+
+def test_config_deltas_replace_and_remove() -> None:
+    snapshot = rpb.WatchConfigResponse(
+        revision=1,
+        reset=True,
+        sources=[
+            rpb.SourceConfig(id="s1", write_key="k1"),
+            rpb.SourceConfig(id="s2", write_key="k2"),
+        ],
+        instances=[
+            rpb.InstanceConfig(id="i1", source_id="s1"),
+            rpb.InstanceConfig(id="i2", source_id="s1"),
+        ],
+    )
+    view = apply_message(ConfigView(), snapshot)
+    assert set(view.sources_by_write_key) == {"k1", "k2"}
+    assert [i.id for i in view.instances_by_source["s1"]] == ["i1", "i2"]
+    delta = rpb.WatchConfigResponse(
+        revision=2,
+        sources=[rpb.SourceConfig(id="s1", write_key="k1-rotated")],
+        removed_source_ids=["s2"],
+        removed_instance_ids=["i1"],
+    )
+    after = apply_message(view, delta)
+    assert set(after.sources_by_write_key) == {"k1-rotated"}
+    assert [i.id for i in after.instances_by_source["s1"]] == ["i2"]
+    assert view.revision == 1 and "k1" in view.sources_by_write_key, "old views are untouched"
+    again = apply_message(after, rpb.WatchConfigResponse(revision=3, reset=True))
+    assert again.revision == 3 and not again.sources and not again.instances
