@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,9 @@ from services.router.publisher import (
     StorageUnavailableError,
     UnknownWriteKeyError,
 )
+
+# Batches of one IngestStream call stored concurrently; answers still go out in order.
+STREAM_WINDOW = 32
 
 
 def parse_events_json(events_json: bytes, now: datetime) -> list[dict[str, Any]]:
@@ -90,9 +94,30 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         request_iterator: AsyncIterator[pb.IngestStreamRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.IngestStreamResponse]:
-        """Store each streamed batch, answering in order; the first error ends the stream."""
-        async for request in request_iterator:
-            accepted, message_ids = await self._ingest(
-                request.write_key, request.events_json, context
-            )
-            yield pb.IngestStreamResponse(accepted=accepted, message_ids=message_ids)
+        """Store streamed batches, many in flight, answering in order; an error ends it."""
+        window: asyncio.Queue[asyncio.Task[tuple[int, list[str]]] | None] = asyncio.Queue(
+            STREAM_WINDOW
+        )
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(
+                        self._ingest(request.write_key, request.events_json, context)
+                    )
+                    await window.put(task)  # blocks when STREAM_WINDOW batches are in flight
+            finally:
+                await window.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (task := await window.get()) is not None:
+                accepted, message_ids = await task
+                yield pb.IngestStreamResponse(accepted=accepted, message_ids=message_ids)
+            await reader  # surfaces a failure to read the stream
+        finally:
+            reader.cancel()
+            while not window.empty():
+                pending = window.get_nowait()
+                if pending is not None:
+                    pending.cancel()

@@ -451,3 +451,32 @@ def test_config_deltas_replace_and_remove() -> None:
     assert view.revision == 1 and "k1" in view.sources_by_write_key, "old views are untouched"
     again = apply_message(after, rpb.WatchConfigResponse(revision=3, reset=True))
     assert again.revision == 3 and not again.sources and not again.instances
+
+
+async def test_grpc_stream_answers_in_order_and_ends_on_the_first_error(
+    env: Env, nats_client: NatsClient
+) -> None:
+    def batch(i: int, key: str) -> pb.IngestStreamRequest:
+        item = [{"type": "track", "userId": "s", "event": "S", "messageId": f"o-{i}"}]
+        return pb.IngestStreamRequest(write_key=key, events_json=orjson.dumps(item))
+
+    async def many() -> AsyncIterator[pb.IngestStreamRequest]:
+        for i in range(100):
+            yield batch(i, env.write_key)
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{env.router.grpc_port}") as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        answers = [list(a.message_ids) async for a in stub.IngestStream(many())]
+        assert answers == [[f"o-{i}"] for i in range(100)]
+        assert len(await stored(nats_client, env.subject(env.other))) == 100
+
+        async def broken() -> AsyncIterator[pb.IngestStreamRequest]:
+            yield batch(100, env.write_key)
+            yield batch(101, "wrong")
+
+        got: list[list[str]] = []
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for answer in stub.IngestStream(broken()):
+                got.append(list(answer.message_ids))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert got == [["o-100"]]
