@@ -6,11 +6,11 @@ import json
 from typing import Annotated, Any
 
 import typer
+from google.protobuf import json_format
+
 from eventfn.registry.v1 import registry_pb2 as pb
 from eventfn.registry.v1 import registry_pb2_grpc
 from eventfn.registry.v1 import resources_pb2 as res
-from google.protobuf import json_format
-
 from services.cli.client import fail, metadata, out, save_context, stub, table, when
 
 workspaces = typer.Typer(help="Workspaces (create: bootstrap admin only).", no_args_is_help=True)

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from google.protobuf import field_mask_pb2, json_format, struct_pb2
+
 from eventfn.registry.v1 import registry_pb2 as pb
 from eventfn.registry.v1 import resources_pb2 as res
 from eventfn.type.v1 import types_pb2
-from google.protobuf import field_mask_pb2, json_format, struct_pb2
-
 from services.cli.access_commands import registry
 from services.cli.client import fail, metadata, out, read_code, read_json, table, when
 

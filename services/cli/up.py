@@ -170,11 +170,13 @@ class Platform:
             endpoints[f"{spec.name} (gRPC)"] = spec.grpc_address
             if spec.http_address:
                 endpoints[f"{spec.name} (HTTP tracking API)"] = f"http://{spec.http_address}"
-        self._write_cli_context(registry_addr, admin_token, specs)
+        self._write_cli_context(registry_addr, admin_token, specs, nats_url)
         endpoints["admin token"] = admin_token
         return endpoints
 
-    def _write_cli_context(self, registry: str, token: str, specs: list[ServiceSpec]) -> None:
+    def _write_cli_context(
+        self, registry: str, token: str, specs: list[ServiceSpec], nats_url: str
+    ) -> None:
         path = self.state_dir / "cli.json"
         current = json.loads(path.read_text()) if path.exists() else {}
         current.update(
@@ -183,6 +185,7 @@ class Platform:
                 "addresses": {s.name: s.grpc_address for s in specs},
                 "router_http": next((s.http_address for s in specs if s.http_address), None),
                 "admin_token": token,
+                "nats": nats_url,
             }
         )
         current.setdefault("token", token)
