@@ -1,6 +1,11 @@
 """Every Registry RPC called by every role: allowed, PERMISSION_DENIED, NOT_FOUND or
 UNAUTHENTICATED as registry.proto documents it. One test per (call, role) cell.
 
+Roles: Workspace Owner; Functions Admin and Functions Read-only, of all functions or of A;
+Source Admin, of all sources or of S; Functions Admin plus Source Admin of S (Save & Deploy);
+the owner of another workspace and the bootstrap admin (NOT_FOUND for this workspace's
+objects, word for word as for ids that never existed); the service token; no token.
+
 One registry and one world (workspace, functions A and B, sources S and T, instances A@S and
 B@T, a member per role) serve the whole module; a call that deletes something gets a fresh
 object, and a role limited to A or S gets a fresh member limited to that fresh object when
@@ -41,12 +46,23 @@ FN_READ = "functions_read_only"
 FN_READ_A = "functions_read_only_of_A"
 SRC_ADMIN = "source_admin"
 SRC_ADMIN_S = "source_admin_of_S"
+# Two grants at once: what Save & Deploy needs short of owning the workspace.
+FN_ADMIN_SRC_ADMIN_S = "functions_admin_and_source_admin_of_S"
 OUTSIDER = "owner_of_another_workspace"
 BOOTSTRAP_ADMIN = "bootstrap_admin"
 SERVICE_TOKEN = "service_token"
 ANONYMOUS = "no_token"
 
-MEMBERS = (OWNER, FN_ADMIN, FN_ADMIN_A, FN_READ, FN_READ_A, SRC_ADMIN, SRC_ADMIN_S)
+MEMBERS = (
+    OWNER,
+    FN_ADMIN,
+    FN_ADMIN_A,
+    FN_READ,
+    FN_READ_A,
+    SRC_ADMIN,
+    SRC_ADMIN_S,
+    FN_ADMIN_SRC_ADMIN_S,
+)
 ROLES = (*MEMBERS, OUTSIDER, BOOTSTRAP_ADMIN, SERVICE_TOKEN, ANONYMOUS)
 LIMITED = {FN_ADMIN_A: res.ROLE_FUNCTIONS_ADMIN, FN_READ_A: res.ROLE_FUNCTIONS_READ_ONLY}
 ALL = frozenset(MEMBERS)
@@ -124,11 +140,16 @@ class World:
 
     async def limited_to(self, role: str, *, function_id: str = "", source_id: str = "") -> str:
         """Return a token of a new member with `role` limited to the given fresh object."""
-        if role == SRC_ADMIN_S:
-            grant = res.RoleGrant(role=res.ROLE_SOURCE_ADMIN, source_ids=[source_id])
+        if role == FN_ADMIN_SRC_ADMIN_S:
+            grants = [
+                res.RoleGrant(role=res.ROLE_FUNCTIONS_ADMIN),
+                res.RoleGrant(role=res.ROLE_SOURCE_ADMIN, source_ids=[source_id]),
+            ]
+        elif role == SRC_ADMIN_S:
+            grants = [res.RoleGrant(role=res.ROLE_SOURCE_ADMIN, source_ids=[source_id])]
         else:
-            grant = res.RoleGrant(role=LIMITED[role], function_ids=[function_id])
-        return await self.r.member(self.owner, unique(role), grant)
+            grants = [res.RoleGrant(role=LIMITED[role], function_ids=[function_id])]
+        return await self.r.member(self.owner, unique(role), *grants)
 
 
 @dataclass
@@ -172,6 +193,8 @@ def expected(case: Case, role: str) -> grpc.StatusCode:
         return DENIED
     if case.scope == "bootstrap":
         return OK if role == BOOTSTRAP_ADMIN else DENIED
+    if role == FN_ADMIN_SRC_ADMIN_S:  # the union of both roles, and what needs both
+        return OK if case.allowed & {FN_ADMIN, SRC_ADMIN_S, role} else DENIED
     if role in (OUTSIDER, BOOTSTRAP_ADMIN):
         if case.scope == "object":
             return NOT_FOUND
@@ -219,7 +242,7 @@ def fresh_source(covered: bool) -> Setup:
     async def setup(w: World, role: str) -> Target:
         src = await w.source("doomed source")
         token = None
-        if covered and role == SRC_ADMIN_S:
+        if covered and role in (SRC_ADMIN_S, FN_ADMIN_SRC_ADMIN_S):
             token = await w.limited_to(role, source_id=src)
         return Target({"source": src}, token)
 
@@ -538,11 +561,10 @@ CASES = [
         lambda s, i, md: s.SaveFunction(save_request(i), metadata=md),
         ids(function="fn_b"),
     ),
-    # Save & Deploy needs Functions Admin of A *and* Source Admin of S: of the single-role
-    # members only the owner has both.
+    # Save & Deploy needs Functions Admin of A *and* Source Admin of S.
     Case(
         "SaveFunction+deploy[A@S]",
-        frozenset({OWNER}),
+        frozenset({OWNER, FN_ADMIN_SRC_ADMIN_S}),
         "object",
         lambda s, i, md: s.SaveFunction(save_request(i, deploy=True), metadata=md),
         ids(function="fn_a", instance="ins_as"),
@@ -757,6 +779,9 @@ async def world(registry_m: Registry) -> World:
     }
     for role, grant in grants.items():
         w.tokens[role] = await r.member(owner, role, grant)
+    w.tokens[FN_ADMIN_SRC_ADMIN_S] = await r.member(
+        owner, FN_ADMIN_SRC_ADMIN_S, grants[FN_ADMIN], grants[SRC_ADMIN_S]
+    )
     w.target_member = (
         await r.stub.CreateMember(
             pb.CreateMemberRequest(
