@@ -97,6 +97,7 @@ async def start_router(settings: RouterSettings, stack: AsyncExitStack) -> Runni
         pack_bytes=settings.router_pack_bytes,
         publish_timeout=settings.router_publish_timeout_seconds,
     )
+    stack.callback(lambda: log.info("router stopping: %s", ingestor.stats))
     servicer = RouterServicer(ingestor)
     server, grpc_port, health = rpc.create_server(
         address=settings.router_listen,
