@@ -1,0 +1,521 @@
+// The global environment of an eventfn destination function (Segment's runtime contract) and
+// the host interface `__eventfn__` that the Python side drives. One copy runs per function
+// context; nothing here is shared between functions.
+import { Buffer } from 'buffer/';
+import * as random from './shims/random.js';
+import {
+  FetchError,
+  FormData,
+  Headers,
+  Request,
+  Response,
+  URL,
+  URLSearchParams,
+  fetch,
+  setInvocationLookup,
+} from './fetch.js';
+
+const util = require('util/');
+
+const G = globalThis;
+
+// ---------------------------------------------------------------- error classes
+class RetryError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'RetryError';
+  }
+}
+class EventNotSupported extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'EventNotSupported';
+  }
+}
+class InvalidEventPayload extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'InvalidEventPayload';
+  }
+}
+class ValidationError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'ValidationError';
+  }
+}
+const KNOWN = ['RetryError', 'EventNotSupported', 'InvalidEventPayload', 'ValidationError'];
+
+// ---------------------------------------------------------------- invocations
+let current = null; // the invocation whose code runs now (left set so microtasks see it)
+const invocations = new Map();
+const loadLogs = [];
+let timerSeq = 0;
+const timerOwner = new Map();
+
+function safeJson(value) {
+  try {
+    const s = JSON.stringify(value);
+    return s === undefined ? null : JSON.parse(s);
+  } catch (err) {
+    return String(value);
+  }
+}
+
+function describeError(err) {
+  if (err instanceof Error) {
+    let cls = null;
+    if (err instanceof RetryError) cls = 'RetryError';
+    else if (err instanceof EventNotSupported) cls = 'EventNotSupported';
+    else if (err instanceof InvalidEventPayload) cls = 'InvalidEventPayload';
+    else if (err instanceof ValidationError) cls = 'ValidationError';
+    else if (KNOWN.includes(err.name)) cls = err.name;
+    return {
+      name: String(err.name || (err.constructor && err.constructor.name) || 'Error'),
+      message: String(err.message),
+      stack: String(err.stack || ''),
+      cls,
+    };
+  }
+  if (typeof err === 'string') return { name: 'Error', message: err, stack: '', cls: null, raw: 1 };
+  let message;
+  try {
+    message = err === undefined ? 'undefined' : JSON.stringify(err);
+  } catch (e) {
+    message = String(err);
+  }
+  return { name: 'Error', message: String(message), stack: '', cls: null, raw: 1 };
+}
+
+class Invocation {
+  constructor(id, n, count, logCap, keepValues) {
+    this.id = id;
+    this.count = count;
+    this.results = new Array(n).fill(null);
+    this.values = keepValues ? new Array(n).fill(null) : null;
+    this.remaining = n;
+    this.batchValue = undefined;
+    this.fetches = [];
+    this.callbacks = new Map();
+    this.fetchSeq = 0;
+    this.timers = new Map();
+    this.logs = [];
+    this.logBytes = 0;
+    this.logCap = logCap;
+    this.logDropped = 0;
+  }
+  queueFetch(request, callback) {
+    const id = ++this.fetchSeq;
+    request.id = id;
+    this.fetches.push(request);
+    this.callbacks.set(id, callback);
+  }
+  log(level, line) {
+    if (this.logBytes + line.length > this.logCap) {
+      const room = this.logCap - this.logBytes;
+      if (room > 0) {
+        this.logs.push([level, line.slice(0, room)]);
+        this.logBytes = this.logCap;
+      }
+      this.logDropped += 1;
+      return;
+    }
+    this.logs.push([level, line]);
+    this.logBytes += line.length + 1;
+  }
+  settle(i, ok, payload) {
+    if (this.results[i] !== null) return;
+    if (ok) {
+      this.results[i] = 0;
+      if (this.values) this.values[i] = safeJson(payload);
+    } else {
+      this.results[i] = describeError(payload);
+    }
+    this.remaining -= 1;
+  }
+  nextTimer() {
+    let due = Infinity;
+    for (const t of this.timers.values()) if (t.due < due) due = t.due;
+    return due === Infinity ? -1 : Math.max(0, due - Date.now());
+  }
+  report(final) {
+    const out = { d: this.remaining === 0 || final ? 1 : 0, f: this.fetches, t: this.nextTimer() };
+    out.n = this.count;
+    this.fetches = [];
+    if (out.d) {
+      out.r = this.results.map((r) => (r === null ? 2 : r)); // 2 = unfinished (timed out)
+      if (this.values) out.v = this.values;
+      if (this.batchValue !== undefined) out.b = safeJson(this.batchValue);
+      out.l = this.logs;
+      out.ld = this.logDropped;
+      out.f = [];
+      for (const id of this.timers.keys()) timerOwner.delete(id);
+      this.timers.clear();
+      invocations.delete(this.id);
+      if (current === this) current = null;
+    }
+    return JSON.stringify(out);
+  }
+}
+
+setInvocationLookup(() => current);
+
+const HANDLERS = {
+  track: 'onTrack',
+  identify: 'onIdentify',
+  page: 'onPage',
+  screen: 'onScreen',
+  group: 'onGroup',
+  alias: 'onAlias',
+  delete: 'onDelete',
+};
+let lookupHandlers = () => ({});
+
+function runOne(inv, i, handler, event, settings) {
+  let p;
+  try {
+    p = handler(event, settings);
+  } catch (err) {
+    inv.settle(i, false, err);
+    return;
+  }
+  if (p && typeof p.then === 'function') {
+    p.then(
+      (v) => inv.settle(i, true, v),
+      (err) => inv.settle(i, false, err),
+    );
+  } else {
+    inv.settle(i, true, p);
+  }
+}
+
+const host = {
+  seed(hex) {
+    random.seedRandom(hex);
+  },
+  setLookup(fn) {
+    lookupHandlers = fn;
+  },
+  handlers() {
+    const h = lookupHandlers();
+    return JSON.stringify(Object.keys(h).filter((k) => typeof h[k] === 'function'));
+  },
+  start(id, eventsJson, settingsJson, batch, logCap, keepValues) {
+    const events = JSON.parse(eventsJson);
+    const n = Array.isArray(events) ? events.length : 1;
+    const inv = new Invocation(id, batch ? 1 : n, n, logCap, keepValues);
+    invocations.set(id, inv);
+    current = inv;
+    for (const [level, line] of loadLogs.splice(0, loadLogs.length)) inv.log(level, line);
+    const h = lookupHandlers();
+    const settings = () => {
+      const s = JSON.parse(settingsJson);
+      return s !== null && typeof s === 'object' ? s : {};
+    };
+    if (batch) {
+      if (typeof h.onBatch !== 'function') {
+        inv.settle(0, false, new EventNotSupported('onBatch is not defined'));
+      } else {
+        let p;
+        try {
+          p = Promise.resolve(h.onBatch(events, settings()));
+        } catch (err) {
+          p = Promise.reject(err);
+        }
+        p.then(
+          (v) => {
+            inv.batchValue = v === undefined ? null : v;
+            inv.settle(0, true, undefined);
+          },
+          (err) => inv.settle(0, false, err),
+        );
+      }
+      return;
+    }
+    const list = Array.isArray(events) ? events : [events];
+    for (let i = 0; i < list.length; i++) {
+      const event = list[i];
+      if (event === null || typeof event !== 'object' || Array.isArray(event)) {
+        inv.settle(i, false, new InvalidEventPayload('event must be a JSON object'));
+        continue;
+      }
+      const type = typeof event.type === 'string' ? event.type.toLowerCase() : '';
+      const name = HANDLERS[type];
+      const handler = name === undefined ? undefined : h[name];
+      if (typeof handler !== 'function') {
+        const what = name === undefined ? `event type ${JSON.stringify(event.type)}` : name;
+        inv.settle(i, false, new EventNotSupported(`${what} is not supported by this function`));
+        continue;
+      }
+      runOne(inv, i, handler, event, settings());
+    }
+  },
+  poll(id) {
+    const inv = invocations.get(id);
+    current = inv;
+    return inv.report(false);
+  },
+  resolve(id, resultsJson) {
+    const inv = invocations.get(id);
+    current = inv;
+    for (const res of JSON.parse(resultsJson)) {
+      const cb = inv.callbacks.get(res.id);
+      inv.callbacks.delete(res.id);
+      if (cb) cb(res);
+    }
+  },
+  fire(id) {
+    const inv = invocations.get(id);
+    current = inv;
+    const now = Date.now();
+    const due = Array.from(inv.timers.entries())
+      .filter(([, t]) => t.due <= now)
+      .sort((a, b) => a[1].due - b[1].due);
+    for (const [tid, t] of due) {
+      if (t.interval > 0) t.due = now + t.interval;
+      else {
+        inv.timers.delete(tid);
+        timerOwner.delete(tid);
+      }
+      try {
+        t.fn(...t.args);
+      } catch (err) {
+        inv.log('error', 'Uncaught ' + util.format(err));
+      }
+    }
+  },
+  cancel(id) {
+    const inv = invocations.get(id);
+    return inv === undefined ? '{"d":1,"r":[],"l":[],"ld":0,"f":[],"t":-1}' : inv.report(true);
+  },
+};
+
+// ---------------------------------------------------------------- console and timers
+function logger(level) {
+  return (...args) => {
+    const line = util.format(...args);
+    if (current !== null) current.log(level, line);
+    else if (loadLogs.length < 100) loadLogs.push([level, line]);
+  };
+}
+const console = {
+  log: logger('log'),
+  info: logger('info'),
+  warn: logger('warn'),
+  error: logger('error'),
+  debug: logger('debug'),
+  trace: logger('trace'),
+  dir: (obj) => logger('log')(util.inspect(obj)),
+  table: logger('log'),
+  assert(cond, ...args) {
+    if (!cond) logger('error')('Assertion failed' + (args.length ? ': ' + util.format(...args) : ''));
+  },
+  time() {},
+  timeEnd() {},
+  group() {},
+  groupEnd() {},
+};
+
+function addTimer(fn, ms, args, interval) {
+  if (typeof fn !== 'function') throw new TypeError('The "callback" argument must be a function');
+  const id = ++timerSeq;
+  const delay = Math.max(0, Number(ms) || 0);
+  if (current !== null) {
+    current.timers.set(id, { fn, args, due: Date.now() + delay, interval: interval ? delay : 0 });
+    timerOwner.set(id, current);
+  }
+  return id;
+}
+function clearTimer(id) {
+  const inv = timerOwner.get(id);
+  if (inv !== undefined) {
+    inv.timers.delete(id);
+    timerOwner.delete(id);
+  }
+}
+
+// ---------------------------------------------------------------- cache
+const CACHE_MAX_ENTRIES = 1000;
+const cacheEntries = new Map();
+const cache = {
+  load(key, ttl, fn) {
+    const k = String(key);
+    const now = Date.now();
+    const hit = cacheEntries.get(k);
+    if (hit !== undefined && (hit.expires < 0 || hit.expires > now)) return hit.value;
+    const value = Promise.resolve().then(() => fn());
+    const life = ttl === undefined || ttl === null || Number(ttl) < 0 ? -1 : now + Number(ttl);
+    cacheEntries.delete(k);
+    cacheEntries.set(k, { value, expires: life });
+    if (cacheEntries.size > CACHE_MAX_ENTRIES) {
+      cacheEntries.delete(cacheEntries.keys().next().value);
+    }
+    value.catch(() => {
+      if (cacheEntries.get(k) && cacheEntries.get(k).value === value) cacheEntries.delete(k);
+    });
+    return value;
+  },
+  delete(key) {
+    cacheEntries.delete(String(key));
+  },
+};
+
+// ---------------------------------------------------------------- text, base64, crypto
+class TextEncoder {
+  get encoding() {
+    return 'utf-8';
+  }
+  encode(s = '') {
+    const b = Buffer.from(String(s), 'utf8');
+    return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+  }
+}
+class TextDecoder {
+  constructor(label = 'utf-8') {
+    const l = String(label).toLowerCase();
+    if (l !== 'utf-8' && l !== 'utf8') throw new RangeError(`The "${label}" encoding is not supported`);
+  }
+  get encoding() {
+    return 'utf-8';
+  }
+  decode(input) {
+    if (input === undefined) return '';
+    if (input instanceof ArrayBuffer) return Buffer.from(input).toString('utf8');
+    return Buffer.from(input.buffer, input.byteOffset, input.byteLength).toString('utf8');
+  }
+}
+function btoa(input) {
+  const s = String(input);
+  for (let i = 0; i < s.length; i++) {
+    if (s.charCodeAt(i) > 255) throw new Error('Invalid character');
+  }
+  return Buffer.from(s, 'latin1').toString('base64');
+}
+function atob(input) {
+  return Buffer.from(String(input), 'base64').toString('latin1');
+}
+
+let cryptoModule = null;
+function nodeCrypto() {
+  if (cryptoModule === null) {
+    const c = Object.assign({}, require('crypto-browserify'));
+    c.randomBytes = random.randomBytes;
+    c.pseudoRandomBytes = random.randomBytes;
+    c.randomFillSync = random.randomFillSync;
+    c.randomFill = random.randomFill;
+    c.getRandomValues = random.getRandomValues;
+    c.webcrypto = { getRandomValues: random.getRandomValues };
+    c.randomUUID = () => {
+      const b = random.randomBytesSync(16);
+      b[6] = (b[6] & 0x0f) | 0x40;
+      b[8] = (b[8] & 0x3f) | 0x80;
+      const h = b.toString('hex');
+      return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+    };
+    c.randomInt = (min, max) => {
+      if (max === undefined) [min, max] = [0, min];
+      return min + (random.randomBytesSync(6).readUIntBE(0, 6) % (max - min));
+    };
+    c.timingSafeEqual = (a, b) => {
+      if (a.byteLength !== b.byteLength) {
+        throw new RangeError('Input buffers must have the same byte length');
+      }
+      const x = new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+      const y = new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+      let diff = 0;
+      for (let i = 0; i < x.length; i++) diff |= x[i] ^ y[i];
+      return diff === 0;
+    };
+    cryptoModule = c;
+  }
+  return cryptoModule;
+}
+
+// ---------------------------------------------------------------- exposure
+function defineValue(name, value) {
+  Object.defineProperty(G, name, { value, writable: true, configurable: true, enumerable: false });
+}
+// Libraries load on first use: creating a function's context stays cheap.
+function defineLazy(name, factory) {
+  Object.defineProperty(G, name, {
+    configurable: true,
+    enumerable: false,
+    get() {
+      const value = factory();
+      defineValue(name, value);
+      return value;
+    },
+    set(value) {
+      defineValue(name, value);
+    },
+  });
+}
+function defineUnsupported(name, pkg) {
+  Object.defineProperty(G, name, {
+    configurable: true,
+    enumerable: false,
+    get() {
+      throw new ReferenceError(
+        `${name} (${pkg}) is not yet supported by eventfn functions; ` +
+          'call its HTTP API with fetch() instead',
+      );
+    },
+    set(value) {
+      defineValue(name, value);
+    },
+  });
+}
+
+defineValue('global', G);
+defineValue('console', console);
+defineValue('setTimeout', (fn, ms, ...args) => addTimer(fn, ms, args, false));
+defineValue('setInterval', (fn, ms, ...args) => addTimer(fn, ms, args, true));
+defineValue('setImmediate', (fn, ...args) => addTimer(fn, 0, args, false));
+defineValue('clearTimeout', clearTimer);
+defineValue('clearInterval', clearTimer);
+defineValue('clearImmediate', clearTimer);
+defineValue('queueMicrotask', (fn) => {
+  Promise.resolve().then(fn);
+});
+defineValue('RetryError', RetryError);
+defineValue('EventNotSupported', EventNotSupported);
+defineValue('InvalidEventPayload', InvalidEventPayload);
+defineValue('ValidationError', ValidationError);
+defineValue('fetch', fetch);
+defineValue('Headers', Headers);
+defineValue('Request', Request);
+defineValue('Response', Response);
+defineValue('FetchError', FetchError);
+defineValue('FormData', FormData);
+defineValue('URL', URL);
+defineValue('URLSearchParams', URLSearchParams);
+defineValue('TextEncoder', TextEncoder);
+defineValue('TextDecoder', TextDecoder);
+defineValue('Buffer', Buffer);
+defineValue('atob', atob);
+defineValue('btoa', btoa);
+defineValue('cache', cache);
+defineLazy('crypto', nodeCrypto);
+defineLazy('_', () => require('lodash'));
+defineLazy('moment', () => require('moment-timezone'));
+defineLazy('xml', () => require('xml'));
+defineLazy('xml2js', () => require('xml2js'));
+defineLazy('jsonwebtoken', () => require('jsonwebtoken'));
+defineLazy('uuidv5', () => ({ uuidv5: require('uuidv5') }));
+defineLazy('zlib', () => ({ zlib: require('browserify-zlib') }));
+defineLazy('fetchretrylib', () => ({ fetchretry: require('fetch-retry') }));
+defineLazy('libphonenumberjslib', () => ({ libphonenumberjs: require('libphonenumber-js') }));
+defineLazy('OAuth', () => require('oauth'));
+defineLazy('https', () => require('./shims/unsupported.js'));
+defineUnsupported('AWS', 'aws-sdk');
+defineUnsupported('google', '@google-cloud/*');
+defineUnsupported('stripe', 'stripe');
+defineUnsupported('twilio', 'twilio');
+defineUnsupported('sendgrid', '@sendgrid/client and @sendgrid/mail');
+defineUnsupported('mailchimplib', 'mailchimp marketing');
+defineUnsupported('jsforce', 'jsforce');
+defineUnsupported('hubspotlib', 'hubspot-api-nodejs');
+defineUnsupported('skyflowlib', 'skyflow');
+defineUnsupported('nodemailjet', 'mailjet');
+defineUnsupported('winstonlib', 'winston');
+Object.defineProperty(G, '__eventfn__', { value: host, enumerable: false });

@@ -1,0 +1,1 @@
+module.exports = require('./random.js').randomBytes;

@@ -1,0 +1,2 @@
+const r = require('./random.js');
+module.exports = { randomFill: r.randomFill, randomFillSync: r.randomFillSync };
