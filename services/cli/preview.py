@@ -1,0 +1,126 @@
+"""`eventfn preview`: run a function file on a test event in-process, like the editor's Run."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.executor.runtime.config import EgressConfig, RuntimeConfig
+from services.executor.runtime.errors import InvalidInvocation
+from services.executor.runtime.model import OutcomeKind
+from services.executor.runtime.preview import PreviewResult, preview_in_process, sample_event
+
+
+def _read_json_file(path: Path, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read the {what} file {path}: {exc.strerror}") from exc
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise typer.BadParameter(f"the {what} file {path} is not valid JSON: {exc}") from exc
+    return data
+
+
+def _as_jsonable(result: PreviewResult) -> dict[str, Any]:
+    return dataclasses.asdict(result)
+
+
+def _print_human(result: PreviewResult, console: Console) -> None:
+    colour = "green" if result.outcome == OutcomeKind.DELIVERED else "red"
+    console.print(
+        f"[bold {colour}]{result.outcome.value}[/] in {result.duration_ms:.1f} ms"
+        + (f"  ({len(result.outcomes)} events)" if len(result.outcomes) > 1 else "")
+    )
+    if result.error is not None:
+        console.print(f"[bold red]{result.error.type}[/]: {result.error.message}")
+        if result.error.stack:
+            console.print(result.error.stack, style="dim", markup=False, highlight=False)
+    if result.result is not None:
+        console.print("[bold]Result[/]")
+        console.print_json(orjson.dumps(result.result).decode())
+    console.print(
+        "[bold]Logs[/]" + (" [yellow](truncated at 4 KB)[/]" if result.logs_truncated else "")
+    )
+    if not result.logs:
+        console.print("  (none)", style="dim")
+    for line in result.logs:
+        console.print(f"  {line.level:<5} {line.message}", markup=False, highlight=False)
+    if result.requests:
+        table = Table(title="Requests", show_lines=False)
+        for column in ("method", "url", "status", "ms", "response"):
+            table.add_column(column)
+        for r in result.requests:
+            body = (r.response_body or r.error or "")[:200]
+            table.add_row(
+                r.method,
+                r.url,
+                "" if r.status is None else str(r.status),
+                f"{r.duration_ms:.1f}",
+                body,
+            )
+        console.print(table)
+
+
+def preview(
+    handler: Annotated[Path, typer.Argument(help="JavaScript file with onTrack/... handlers.")],
+    event: Annotated[
+        Path | None,
+        typer.Option(
+            "--event",
+            "-e",
+            help="Event JSON, or a JSON array to call onBatch; default: the sample track event.",
+        ),
+    ] = None,
+    settings: Annotated[
+        Path | None, typer.Option("--settings", "-s", help="Settings JSON object.")
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the result as JSON (for scripts and CI).")
+    ] = False,
+    remote: Annotated[
+        str | None,
+        typer.Option("--remote", help="Executor address to run the preview on instead."),
+    ] = None,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option("--allow", help="Let fetch reach this private CIDR or host (repeatable)."),
+    ] = None,
+) -> None:
+    """Run a function on a test event in-process and print result, logs and requests."""
+    console = Console()
+    if remote is not None:
+        console.print(
+            "[red]--remote needs the Executor.Preview RPC, which is not wired yet; "
+            "run without --remote to preview in-process.[/]"
+        )
+        raise typer.Exit(2)
+    try:
+        code = handler.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {handler}: {exc.strerror}") from exc
+    payload = _read_json_file(event, "event") if event is not None else sample_event("track")
+    values: object = {}
+    if settings is not None:
+        values = orjson.loads(_read_json_file(settings, "settings"))
+        if not isinstance(values, dict):
+            raise typer.BadParameter("the settings file must hold a JSON object")
+    config = RuntimeConfig(workers=1, egress=EgressConfig.from_environ(allow=tuple(allow or ())))
+    try:
+        result = asyncio.run(preview_in_process(code, payload, values, config=config))
+    except InvalidInvocation as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if json_output:
+        typer.echo(orjson.dumps(_as_jsonable(result), option=orjson.OPT_INDENT_2).decode())
+    else:
+        _print_human(result, console)
+    if result.outcome != OutcomeKind.DELIVERED:
+        raise typer.Exit(1)

@@ -1,0 +1,99 @@
+"""The runtime's public data: invocations in, per-event outcomes, logs and traces out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+HANDLER_NAMES = (
+    "onTrack",
+    "onIdentify",
+    "onPage",
+    "onScreen",
+    "onGroup",
+    "onAlias",
+    "onDelete",
+    "onBatch",
+)
+
+
+class OutcomeKind(StrEnum):
+    """What happens to an event after its invocation."""
+
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    DISCARD = "discard"
+    FAILURE = "failure"
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One call into a function: many events, one crossing (plus fetch rounds)."""
+
+    function_key: str  # "<function_id>:<version_id>": one isolate context per key
+    code: str
+    events: bytes  # JSON array of events exactly as received (not parsed in Python)
+    settings: dict[str, object]
+    batch: bool  # True: one onBatch(events, settings); False: each event to its handler
+    timeout_s: float = 5.0
+    secrets: tuple[str, ...] = ()  # values to redact from logs and request traces
+    # Preview only: keep handler return values and request/response bodies in traces.
+    trace_bodies: bool = False
+    log_cap_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class EventOutcome:
+    """The outcome of one event (or of every event of an onBatch call)."""
+
+    kind: OutcomeKind
+    error_type: str | None = None
+    message: str | None = None
+    stack: str | None = None
+    status: int | None = None  # onBatch per-event status, when the handler returned one
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One console call of the function."""
+
+    level: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RequestTrace:
+    """One outgoing request made with fetch, and its response or error."""
+
+    method: str
+    url: str
+    status: int | None
+    duration_ms: float
+    error: str | None = None
+    request_headers: tuple[tuple[str, str], ...] = ()
+    request_body: str | None = None
+    response_headers: tuple[tuple[str, str], ...] = ()
+    response_body: str | None = None
+    body_truncated: bool = False
+
+
+@dataclass(frozen=True)
+class InvocationResult:
+    """Per-event outcomes (outcomes[i] is event i) and what the invocation produced."""
+
+    outcomes: list[EventOutcome]
+    logs: list[LogLine] = field(default_factory=list)
+    logs_truncated: bool = False
+    requests: list[RequestTrace] = field(default_factory=list)
+    duration_ms: float = 0.0
+    # Handler return values (trace_bodies only): one per event, or the onBatch value.
+    values: list[object] | None = None
+
+
+@dataclass(frozen=True)
+class SyntaxProblem:
+    """Where a function's code fails to parse (1-based line and column)."""
+
+    line: int
+    column: int
+    message: str

@@ -1,0 +1,46 @@
+"""Check instance settings against a function's declared settings schema (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+SETTING_TYPES = frozenset({"string", "boolean", "text-map", "string-array"})
+
+
+def _fits(kind: str, value: object) -> bool:
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind == "text-map":
+        return isinstance(value, Mapping) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        )
+    if kind == "string-array":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return False
+
+
+def _missing(value: object) -> bool:
+    return value is None or value == "" or value == [] or value == {}
+
+
+def check_settings(
+    schema: Sequence[Mapping[str, object]], settings: Mapping[str, object]
+) -> list[str]:
+    """Return what is wrong with `settings` under `schema` (empty when they fit)."""
+    problems: list[str] = []
+    for spec in schema:
+        name = str(spec.get("name"))
+        kind = str(spec.get("type", "string"))
+        if kind not in SETTING_TYPES:
+            problems.append(f"setting {name!r} declares unknown type {kind!r}")
+            continue
+        value = settings.get(name)
+        if _missing(value):
+            if spec.get("required"):
+                problems.append(f"required setting {name!r} has no value; set it on the instance")
+            continue
+        if not _fits(kind, value):
+            problems.append(f"setting {name!r} must be a {kind}, got {type(value).__name__}")
+    return problems
