@@ -1,0 +1,85 @@
+"""Authorization of data-plane RPCs by the registry: the caller's token is forwarded, so the
+one place that knows members and roles decides (and another workspace's object stays NOT_FOUND).
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn.registry.v1 import registry_pb2_grpc
+from services.common.errors import (
+    EventfnError,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from services.common.rpc import bearer_token
+
+_MAPPED: dict[grpc.StatusCode, type[EventfnError]] = {
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+}
+
+
+class RegistryGate:
+    """Ask the registry, with the caller's own token, whether the caller may see an object."""
+
+    def __init__(self, registry_addr: str) -> None:
+        self._channel = grpc.aio.insecure_channel(registry_addr)
+        self._stub = registry_pb2_grpc.RegistryStub(self._channel)
+
+    def _metadata(self, context: grpc.aio.ServicerContext) -> tuple[tuple[str, str], ...]:
+        token = bearer_token(context)
+        if token is None:
+            raise Unauthenticated("missing `authorization: Bearer <token>` metadata")
+        return (("authorization", f"Bearer {token}"),)
+
+    async def _call(self, coro, kind: str, object_id: str):
+        try:
+            return await coro
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(kind, object_id) from error
+            if code in _MAPPED:
+                raise _MAPPED[code](error.details() or code.name) from error
+            raise Unavailable(f"the registry did not answer ({code.name})") from error
+
+    async def instance(
+        self, context: grpc.aio.ServicerContext, instance_id: str
+    ) -> pb.GetInstanceResponse:
+        """Return the instance if the caller may read it; raise like the registry otherwise."""
+        return await self._call(
+            self._stub.GetInstance(  # pyright: ignore[reportAttributeAccessIssue]
+                pb.GetInstanceRequest(instance_id=instance_id), metadata=self._metadata(context)
+            ),
+            "instance",
+            instance_id,
+        )
+
+    async def version(
+        self, context: grpc.aio.ServicerContext, version_id: str
+    ) -> pb.GetFunctionVersionResponse:
+        """Return a function version if the caller may read its function."""
+        return await self._call(
+            self._stub.GetFunctionVersion(  # pyright: ignore[reportAttributeAccessIssue]
+                pb.GetFunctionVersionRequest(version_id=version_id),
+                metadata=self._metadata(context),
+            ),
+            "version",
+            version_id,
+        )
+
+    async def whoami(self, context: grpc.aio.ServicerContext) -> pb.WhoAmIResponse:
+        """Return the caller, or raise Unauthenticated."""
+        return await self._call(
+            self._stub.WhoAmI(pb.WhoAmIRequest(), metadata=self._metadata(context)),  # pyright: ignore[reportAttributeAccessIssue]
+            "member",
+            "",
+        )
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close()

@@ -1,0 +1,1 @@
+"""The executor pool: consumes packs from JetStream, runs functions, records deliveries."""

@@ -1,0 +1,118 @@
+"""Build and run an executor process: NATS, config watch, V8 pool, consumer, gRPC server."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import timedelta
+
+import asyncpg
+import grpc
+import nats
+from nats.aio.client import Client as NatsClient
+
+from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
+from services.common import rpc
+from services.common.config_watch import ConfigWatcher
+from services.common.registry_gate import RegistryGate
+from services.common.settings import asyncpg_url
+from services.common.streams import ensure_streams
+from services.executor.consumer import PackConsumer, RetryPublisher
+from services.executor.dispatcher import Dispatcher
+from services.executor.records import DeliveryRecorder
+from services.executor.runtime import EgressConfig, RuntimeConfig, RuntimePool
+from services.executor.servicer import ExecutorServicer
+from services.executor.settings import ExecutorSettings
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = executor_pb2.DESCRIPTOR.services_by_name["Executor"].full_name
+
+
+@dataclass
+class RunningExecutor:
+    """A started executor process: its server, port and live parts."""
+
+    server: grpc.aio.Server
+    port: int
+    watcher: ConfigWatcher
+    consumer: PackConsumer
+    dispatcher: Dispatcher
+    recorder: DeliveryRecorder
+    nats: NatsClient
+
+
+def runtime_config(settings: ExecutorSettings) -> RuntimeConfig:
+    """Build the V8 pool's configuration from the executor's settings."""
+    allow = tuple(a.strip() for a in settings.egress_allow.split(",") if a.strip())
+    egress = EgressConfig.from_environ(allow=allow, ca_bundle=settings.egress_ca_bundle)
+    if settings.executor_workers:
+        return RuntimeConfig(workers=settings.executor_workers, egress=egress)
+    return RuntimeConfig(egress=egress)
+
+
+async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> RunningExecutor:
+    """Connect, wire and start an executor; `stack` stops it gracefully, in reverse order."""
+    if not settings.service_token:
+        raise ValueError("EVENTFN_SERVICE_TOKEN is required: the executor reads WatchConfig")
+    nc = await nats.connect(
+        settings.nats_url,
+        name=settings.executor_name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+    )
+    stack.push_async_callback(nc.close)
+    js = nc.jetstream()
+    await ensure_streams(js, replicas=settings.stream_replicas)
+    db = await asyncpg.create_pool(asyncpg_url(settings.database_url), min_size=1, max_size=4)
+    stack.push_async_callback(db.close)
+    recorder = DeliveryRecorder(
+        asyncpg_url(settings.database_url),
+        flush_seconds=settings.executor_records_flush_seconds,
+        samples_per_minute=settings.executor_samples_per_minute,
+    )
+    await recorder.start()
+    stack.push_async_callback(recorder.close)
+    await recorder.purge(timedelta(days=settings.executor_records_retention_days))
+    pool = RuntimePool(runtime_config(settings))
+    await pool.start()
+    stack.push_async_callback(pool.close)
+    watcher = ConfigWatcher(settings.registry_addr, settings.service_token, settings.executor_name)
+    watcher.start()
+    stack.push_async_callback(watcher.close)
+    dispatcher = Dispatcher(
+        pool,
+        recorder,
+        RetryPublisher(js),
+        instance_concurrency=settings.executor_instance_concurrency,
+    )
+    consumer = PackConsumer(
+        js,
+        watcher,
+        dispatcher,
+        recorder,
+        fetch_packs=settings.executor_fetch_packs,
+        max_inflight=settings.executor_max_inflight_packs,
+        ack_wait=settings.executor_ack_wait_seconds,
+    )
+    consumer.start()
+
+    async def drain() -> None:
+        await consumer.stop()
+        if not await dispatcher.drain(settings.executor_shutdown_grace_seconds):
+            log.warning("shutdown grace passed; unfinished packs will be redelivered")
+
+    stack.push_async_callback(drain)
+    gate = RegistryGate(settings.registry_addr)
+    stack.push_async_callback(gate.close)
+    servicer = ExecutorServicer(db, gate, js, pool)
+    server, port, health = rpc.create_server(
+        address=settings.executor_listen,
+        register=[lambda s: executor_pb2_grpc.add_ExecutorServicer_to_server(servicer, s)],
+        service_names=[SERVICE_NAME],
+    )
+    await server.start()
+    stack.push_async_callback(server.stop, 5)
+    await rpc.set_serving(health, [SERVICE_NAME])
+    log.info("executor listening on port %d", port)
+    return RunningExecutor(server, port, watcher, consumer, dispatcher, recorder, nc)

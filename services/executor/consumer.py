@@ -1,0 +1,185 @@
+"""The durable JetStream consumer shared by every executor process, and RETRY publishing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+
+import orjson
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from eventfn.registry.v1 import registry_pb2 as rpb
+from services.common import streams
+from services.common.config_watch import ConfigWatcher
+from services.executor.dispatcher import Dispatcher, PackRef, split_pack
+from services.executor.records import DeliveryRecorder, FailureSample
+from services.router.packs import dedupe_id
+
+log = logging.getLogger(__name__)
+DURABLE = "executor"
+LAST_ERROR = "Eventfn-Last-Error"
+
+
+class RetryPublisher:
+    """Hand retryable events to the RETRY stream, with their attempt history."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+
+    async def __call__(
+        self, config: rpb.InstanceConfig, events: list[bytes], ref: PackRef, error: str
+    ) -> None:
+        """Publish one RETRY message for events of one pack (awaiting the store's ack)."""
+        ids = [str(orjson.loads(e).get("messageId", "")) for e in events]
+        headers = {
+            streams.MSG_ID: f"{dedupe_id(config.id, ids)}:a{ref.attempt}",
+            streams.ATTEMPT: str(ref.attempt),
+            streams.FIRST_ATTEMPT_AT: ref.first_attempt_at,
+            LAST_ERROR: error[:1000],
+        }
+        await self._js.publish(
+            streams.retry_subject(config.workspace_id, config.id),
+            b"[" + b",".join(events) + b"]",
+            headers=headers,
+        )
+
+
+class PackConsumer:
+    """Pull packs from EVENTS, with a bound on packs in flight, and dispatch them."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        watcher: ConfigWatcher,
+        dispatcher: Dispatcher,
+        recorder: DeliveryRecorder,
+        *,
+        fetch_packs: int,
+        max_inflight: int,
+        ack_wait: float,
+    ) -> None:
+        self._js = js
+        self._watcher = watcher
+        self._dispatcher = dispatcher
+        self._recorder = recorder
+        self._fetch = fetch_packs
+        self._max_inflight = max_inflight
+        self._ack_wait = ack_wait
+        self._inflight = 0
+        self._room = asyncio.Condition()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.packs = 0
+
+    def start(self) -> None:
+        """Start pulling (after the first configuration snapshot)."""
+        self._task = asyncio.create_task(self._run(), name="pack-consumer")
+
+    async def stop(self) -> None:
+        """Stop pulling; packs in flight finish on their own."""
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        await self._watcher.ready.wait()
+        sub = await self._js.pull_subscribe(
+            streams.subject_filter("events"),
+            durable=DURABLE,
+            stream=streams.EVENTS_STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=self._ack_wait,
+                max_deliver=-1,
+                max_ack_pending=max(self._max_inflight * 4, 1024),
+            ),
+        )
+        while not self._stopping.is_set():
+            async with self._room:
+                await self._room.wait_for(lambda: self._inflight < self._max_inflight)
+                want = min(self._fetch, self._max_inflight - self._inflight)
+            try:
+                msgs = await sub.fetch(want, timeout=1.0)
+            except TimeoutError:
+                continue
+            except Exception as error:  # NATS reconnecting: keep trying
+                log.warning("fetch from EVENTS failed: %r", error)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                self._inflight += 1
+                self.packs += 1
+                try:
+                    await self._handle(msg)
+                except Exception:
+                    log.exception("pack %s could not be dispatched; handing it back", msg.subject)
+                    await self._settle(msg, False)
+
+    async def _settle(self, msg: Msg, ok: bool) -> None:
+        try:
+            await (msg.ack() if ok else msg.nak())
+        except Exception as error:  # the ack is lost: the pack comes back after ack_wait
+            log.warning("ack of %s failed: %r", msg.subject, error)
+        async with self._room:
+            self._inflight -= 1
+            self._room.notify_all()
+
+    async def _handle(self, msg: Msg) -> None:
+        subject = streams.parse_subject(msg.subject)
+        config = self._watcher.instances.get(subject.instance_id)
+        if config is None or not config.enabled:
+            self._discard(msg, subject.workspace_id, subject.instance_id, config)
+            await self._settle(msg, True)
+            return
+        headers = msg.headers or {}
+        ref = PackRef(
+            settle=lambda ok: self._settle(msg, ok),
+            remaining=0,
+            attempt=int(headers.get(streams.ATTEMPT, "1") or 1),
+            first_attempt_at=headers.get(streams.FIRST_ATTEMPT_AT) or datetime.now(UTC).isoformat(),
+        )
+        if msg.data.strip() in (b"", b"[]"):
+            await self._settle(msg, True)
+            return
+        await self._dispatcher.submit(config, msg.data, ref)
+
+    def _discard(
+        self,
+        msg: Msg,
+        workspace_id: str,
+        instance_id: str,
+        config: rpb.InstanceConfig | None,
+    ) -> None:
+        """Record a pack whose instance was deleted or disabled as discarded, with the reason."""
+        events = split_pack(msg.data)
+        reason = "instance deleted" if config is None else "instance disabled"
+        log.info("%d events for %s discarded: %s", len(events), instance_id, reason)
+        self._recorder.count(
+            instance_id,
+            workspace_id,
+            config.function_id if config else "",
+            {"discarded": len(events)},
+        )
+        now = datetime.now(UTC)
+        for event in events[:1]:
+            self._recorder.sample(
+                FailureSample(
+                    instance_id=instance_id,
+                    time=now,
+                    message_id=str(orjson.loads(event).get("messageId", "")),
+                    version_id=config.version_id if config else "",
+                    outcome="discard",
+                    error_type="InstanceUnavailable",
+                    error_message=f"{reason}; {len(events)} event(s) of the pack discarded",
+                    error_stack="",
+                    event=event.decode(),
+                    logs="",
+                )
+            )

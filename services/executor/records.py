@@ -1,0 +1,208 @@
+"""Delivery records: counts per instance and minute, and sampled failures, kept in memory
+and written to PostgreSQL in batches — never one row per event on the hot path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+
+log = logging.getLogger(__name__)
+COUNTERS = ("delivered", "retried", "discarded", "failed", "filtered", "invocations")
+
+
+@dataclass
+class MinuteCounts:
+    """Counters of one instance in one minute."""
+
+    workspace_id: str
+    function_id: str
+    delivered: int = 0
+    retried: int = 0
+    discarded: int = 0
+    failed: int = 0
+    filtered: int = 0
+    invocations: int = 0
+    execution_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class FailureSample:
+    """One failed, discarded or retried event with its debugging context."""
+
+    instance_id: str
+    time: datetime
+    message_id: str
+    version_id: str
+    outcome: str
+    error_type: str
+    error_message: str
+    error_stack: str
+    event: str
+    logs: str
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+
+def minute_of(moment: datetime) -> datetime:
+    """Truncate a time to its minute."""
+    return moment.replace(second=0, microsecond=0)
+
+
+class DeliveryRecorder:
+    """Aggregate outcomes in memory; flush them with one multi-row statement per period."""
+
+    def __init__(self, dsn: str, *, flush_seconds: float, samples_per_minute: int) -> None:
+        self._dsn = dsn
+        self._flush_seconds = flush_seconds
+        self._samples_per_minute = samples_per_minute
+        self._counts: dict[tuple[str, datetime], MinuteCounts] = {}
+        self._samples: list[FailureSample] = []
+        self._sampled: defaultdict[tuple[str, datetime], int] = defaultdict(int)
+        self._pool: asyncpg.Pool | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Connect and start the periodic flush."""
+        self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=2)
+        self._task = asyncio.create_task(self._run(), name="delivery-recorder")
+
+    def count(
+        self,
+        instance_id: str,
+        workspace_id: str,
+        function_id: str,
+        deltas: dict[str, int],
+        *,
+        execution_ms: float = 0.0,
+        now: datetime | None = None,
+    ) -> None:
+        """Add to the counters of an instance's current minute."""
+        key = (instance_id, minute_of(now or datetime.now(UTC)))
+        counts = self._counts.get(key)
+        if counts is None:
+            counts = self._counts[key] = MinuteCounts(workspace_id, function_id)
+        for name, delta in deltas.items():
+            setattr(counts, name, getattr(counts, name) + delta)
+        counts.execution_ms += execution_ms
+
+    def sample(self, failure: FailureSample) -> bool:
+        """Keep a failure sample unless the instance's minute already has enough."""
+        key = (failure.instance_id, minute_of(failure.time))
+        if self._sampled[key] >= self._samples_per_minute:
+            return False
+        self._sampled[key] += 1
+        self._samples.append(failure)
+        return True
+
+    async def flush(self) -> None:
+        """Write what was aggregated since the last flush."""
+        counts, self._counts = self._counts, {}
+        samples, self._samples = self._samples, []
+        horizon = minute_of(datetime.now(UTC)) - timedelta(minutes=2)
+        for key in [k for k in self._sampled if k[1] < horizon]:
+            del self._sampled[key]
+        if (not counts and not samples) or self._pool is None:
+            return
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                if counts:
+                    await conn.executemany(
+                        """
+                        INSERT INTO delivery_minute (instance_id, minute, workspace_id,
+                            function_id, delivered, retried, discarded, failed, filtered,
+                            invocations, execution_ms)
+                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                        ON CONFLICT (instance_id, minute) DO UPDATE SET
+                            delivered = delivery_minute.delivered + EXCLUDED.delivered,
+                            retried = delivery_minute.retried + EXCLUDED.retried,
+                            discarded = delivery_minute.discarded + EXCLUDED.discarded,
+                            failed = delivery_minute.failed + EXCLUDED.failed,
+                            filtered = delivery_minute.filtered + EXCLUDED.filtered,
+                            invocations = delivery_minute.invocations + EXCLUDED.invocations,
+                            execution_ms = delivery_minute.execution_ms + EXCLUDED.execution_ms
+                        """,
+                        [
+                            (
+                                iid,
+                                minute,
+                                c.workspace_id,
+                                c.function_id,
+                                *(getattr(c, n) for n in COUNTERS),
+                                c.execution_ms,
+                            )
+                            for (iid, minute), c in counts.items()
+                        ],
+                    )
+                if samples:
+                    await conn.copy_records_to_table(
+                        "delivery_failure",
+                        columns=[
+                            "instance_id",
+                            "time",
+                            "message_id",
+                            "version_id",
+                            "outcome",
+                            "error_type",
+                            "error_message",
+                            "error_stack",
+                            "event",
+                            "logs",
+                            "requests",
+                        ],
+                        records=[
+                            (
+                                s.instance_id,
+                                s.time,
+                                s.message_id,
+                                s.version_id,
+                                s.outcome,
+                                s.error_type,
+                                s.error_message,
+                                s.error_stack,
+                                s.event,
+                                s.logs,
+                                orjson.dumps(s.requests).decode(),
+                            )
+                            for s in samples
+                        ],
+                    )
+        except (OSError, asyncpg.PostgresError) as error:
+            # Records are statistics: on a database outage, merge them back and retry later.
+            log.warning("delivery records not written (%s); keeping them for the next flush", error)
+            for key, c in counts.items():
+                mine = self._counts.setdefault(key, MinuteCounts(c.workspace_id, c.function_id))
+                for n in COUNTERS:
+                    setattr(mine, n, getattr(mine, n) + getattr(c, n))
+                mine.execution_ms += c.execution_ms
+            self._samples[:0] = samples
+
+    async def purge(self, retention: timedelta) -> None:
+        """Delete records older than the retention period."""
+        if self._pool is None:
+            return
+        cutoff = datetime.now(UTC) - retention
+        async with self._pool.acquire() as conn:
+            await conn.execute("DELETE FROM delivery_minute WHERE minute < $1", cutoff)
+            await conn.execute("DELETE FROM delivery_failure WHERE time < $1", cutoff)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._flush_seconds)
+            await self.flush()
+
+    async def close(self) -> None:
+        """Flush a last time and disconnect."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+        if self._pool is not None:
+            await self._pool.close()

@@ -1,0 +1,263 @@
+"""The Executor gRPC servicer: delivery records and health (Preview is in preview_rpc.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import grpc
+import orjson
+from google.protobuf import json_format, timestamp_pb2
+from nats.js import JetStreamContext
+
+from eventfn.executor.v1 import executor_pb2 as pb
+from eventfn.executor.v1 import executor_pb2_grpc
+from eventfn.type.v1 import types_pb2
+from services.common import streams
+from services.common.errors import InvalidArgument
+from services.common.registry_gate import RegistryGate
+from services.executor.policy import health
+from services.executor.records import COUNTERS
+from services.executor.runtime import Invocation, InvocationResult, OutcomeKind, RuntimePool
+from services.executor.runtime import RequestTrace as RuntimeTrace
+from services.executor.runtime.syntax import check_syntax
+
+Ctx = grpc.aio.ServicerContext
+OUTCOMES = {
+    "delivered": types_pb2.OUTCOME_DELIVERED,
+    "retry": types_pb2.OUTCOME_RETRY,
+    "discard": types_pb2.OUTCOME_DISCARDED,
+    "failure": types_pb2.OUTCOME_FAILED,
+}
+HEALTH_WINDOW = timedelta(minutes=15)
+PREVIEW_LOG_CAP = 4096
+KIND_TO_OUTCOME = {
+    OutcomeKind.DELIVERED: types_pb2.OUTCOME_DELIVERED,
+    OutcomeKind.RETRY: types_pb2.OUTCOME_RETRY,
+    OutcomeKind.DISCARD: types_pb2.OUTCOME_DISCARDED,
+    OutcomeKind.FAILURE: types_pb2.OUTCOME_FAILED,
+}
+
+
+def request_trace(t: RuntimeTrace) -> types_pb2.RequestTrace:
+    """Convert a runtime request trace to its proto."""
+    return types_pb2.RequestTrace(
+        method=t.method,
+        url=t.url,
+        request_headers=[types_pb2.Header(name=k, value=v) for k, v in t.request_headers],
+        request_body=t.request_body or "",
+        status=t.status or 0,
+        response_headers=[types_pb2.Header(name=k, value=v) for k, v in t.response_headers],
+        response_body=t.response_body or "",
+        error=t.error or "",
+        duration_ms=t.duration_ms,
+    )
+
+
+def preview_response(result: InvocationResult, batch: bool) -> pb.PreviewResponse:
+    """Describe an invocation's result for Preview."""
+    first = result.outcomes[0] if result.outcomes else None
+    worst = next((o for o in result.outcomes if o.kind != OutcomeKind.DELIVERED), first)
+    logs = "\n".join(f"{line.level}: {line.message}" for line in result.logs)
+    response = pb.PreviewResponse(
+        outcome=KIND_TO_OUTCOME[worst.kind] if worst else types_pb2.OUTCOME_UNSPECIFIED,
+        result_json=orjson.dumps(result.values[0]).decode() if result.values else "undefined",
+        logs=logs[:PREVIEW_LOG_CAP],
+        logs_truncated=result.logs_truncated or len(logs) > PREVIEW_LOG_CAP,
+        requests=[request_trace(t) for t in result.requests],
+        duration_ms=result.duration_ms,
+    )
+    if worst is not None and worst.kind != OutcomeKind.DELIVERED:
+        response.error.CopyFrom(
+            types_pb2.HandlerError(
+                type=worst.error_type or "", message=worst.message or "", stack=worst.stack or ""
+            )
+        )
+    if batch:
+        response.batch_outcomes.extend(KIND_TO_OUTCOME[o.kind] for o in result.outcomes)
+    return response
+
+
+def ts(moment: datetime) -> timestamp_pb2.Timestamp:
+    """Convert a datetime to a Timestamp."""
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(moment)
+    return out
+
+
+def period(
+    start: timestamp_pb2.Timestamp, end: timestamp_pb2.Timestamp, default: timedelta
+) -> tuple[datetime, datetime]:
+    """Resolve a request's time range, with defaults, or raise when it is reversed."""
+    stop = end.ToDatetime(tzinfo=UTC) if end.seconds or end.nanos else datetime.now(UTC)
+    begin = start.ToDatetime(tzinfo=UTC) if start.seconds or start.nanos else stop - default
+    if begin > stop:
+        raise InvalidArgument.field("start_time", "must not be after end_time")
+    return begin, stop
+
+
+def minute_row(row: asyncpg.Record) -> pb.DeliveryMinute:
+    """Convert a delivery_minute row (or a sum over rows)."""
+    return pb.DeliveryMinute(
+        minute=ts(row["minute"]),
+        execution_ms=float(row["execution_ms"] or 0),
+        **{name: int(row[name] or 0) for name in COUNTERS},
+    )
+
+
+class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
+    """Serve delivery records and health; the registry authorizes each call."""
+
+    def __init__(
+        self, db: asyncpg.Pool, gate: RegistryGate, js: JetStreamContext, pool: RuntimePool
+    ) -> None:
+        self._db = db
+        self._gate = gate
+        self._js = js
+        self._pool = pool
+
+    async def Preview(self, request: pb.PreviewRequest, context: Ctx) -> pb.PreviewResponse:
+        """Run code on test events in a fresh isolate and report everything it did."""
+        code = request.code
+        if code:
+            await self._gate.whoami(context)
+        elif request.version_id:
+            code = (await self._gate.version(context, request.version_id)).version.code
+        else:
+            raise InvalidArgument.field("code", "give code, or a version_id to run")
+        try:
+            parsed = orjson.loads(request.event_json)
+        except orjson.JSONDecodeError as error:
+            raise InvalidArgument.field("event_json", f"is not valid JSON: {error}") from error
+        if not isinstance(parsed, dict | list):
+            raise InvalidArgument.field("event_json", "must be an event object or an array")
+        problem = await asyncio.to_thread(check_syntax, code)
+        if problem is not None:
+            raise InvalidArgument.field(
+                "code",
+                f"syntax error at line {problem.line}, column {problem.column}: {problem.message}",
+            )
+        settings = json_format.MessageToDict(request.settings)
+        secret_names = {d.name for d in request.setting_definitions if d.encrypted}
+        secrets = tuple(str(v) for k, v in settings.items() if k in secret_names and v)
+        batch = isinstance(parsed, list)
+        result = await self._pool.run(
+            Invocation(
+                function_key=f"preview:{uuid.uuid4().hex}",
+                code=code,
+                events=orjson.dumps(parsed if batch else [parsed]),
+                settings=settings,
+                batch=batch,
+                secrets=secrets,
+                trace_bodies=True,
+                log_cap_bytes=PREVIEW_LOG_CAP,
+            ),
+            fresh=True,
+        )
+        return preview_response(result, batch)
+
+    async def ListDeliveries(
+        self, request: pb.ListDeliveriesRequest, context: Ctx
+    ) -> pb.ListDeliveriesResponse:
+        """List per-minute counts or sampled failures of an instance."""
+        await self._gate.instance(context, request.instance_id)
+        begin, stop = period(request.start_time, request.end_time, timedelta(hours=1))
+        size = min(request.page_size or 60, 500)
+        offset = int(request.page_token or 0) if (request.page_token or "0").isdigit() else None
+        if offset is None:
+            raise InvalidArgument.field("page_token", "is not a token from a previous call")
+        if request.failures_only:
+            rows = await self._db.fetch(
+                """SELECT * FROM delivery_failure WHERE instance_id = $1 AND time >= $2
+                   AND time < $3 ORDER BY time DESC, id DESC OFFSET $4 LIMIT $5""",
+                request.instance_id,
+                begin,
+                stop,
+                offset,
+                size + 1,
+            )
+            failures = [
+                pb.DeliveryFailure(
+                    time=ts(r["time"]),
+                    message_id=r["message_id"],
+                    event_json=r["event"],
+                    outcome=OUTCOMES.get(r["outcome"], types_pb2.OUTCOME_UNSPECIFIED),
+                    error=types_pb2.HandlerError(
+                        type=r["error_type"], message=r["error_message"], stack=r["error_stack"]
+                    ),
+                    logs=r["logs"],
+                    requests=[
+                        types_pb2.RequestTrace(
+                            method=t.get("method") or "",
+                            url=t.get("url") or "",
+                            status=t.get("status") or 0,
+                            error=t.get("error") or "",
+                            duration_ms=t.get("duration_ms") or 0.0,
+                        )
+                        for t in orjson.loads(r["requests"])
+                        if isinstance(t, dict)
+                    ],
+                    version_id=r["version_id"],
+                )
+                for r in rows[:size]
+            ]
+            more = len(rows) > size
+            return pb.ListDeliveriesResponse(
+                failures=failures, next_page_token=str(offset + size) if more else ""
+            )
+        rows = await self._db.fetch(
+            """SELECT * FROM delivery_minute WHERE instance_id = $1 AND minute >= $2
+               AND minute < $3 ORDER BY minute DESC OFFSET $4 LIMIT $5""",
+            request.instance_id,
+            begin.replace(second=0, microsecond=0),
+            stop,
+            offset,
+            size + 1,
+        )
+        more = len(rows) > size
+        return pb.ListDeliveriesResponse(
+            minutes=[minute_row(r) for r in rows[:size]],
+            next_page_token=str(offset + size) if more else "",
+        )
+
+    async def _pending(self, stream: str, subject: str) -> int:
+        with contextlib.suppress(Exception):
+            info = await self._js.stream_info(stream, subjects_filter=subject)
+            return sum((info.state.subjects or {}).values())
+        return 0
+
+    async def GetDeliveryStats(
+        self, request: pb.GetDeliveryStatsRequest, context: Ctx
+    ) -> pb.GetDeliveryStatsResponse:
+        """Sum an instance's deliveries over a period, with its health."""
+        got = await self._gate.instance(context, request.instance_id)
+        begin, stop = period(request.start_time, request.end_time, timedelta(hours=24))
+        sums = ", ".join(f"coalesce(sum({n}), 0) AS {n}" for n in (*COUNTERS, "execution_ms"))
+        total = await self._db.fetchrow(
+            f"SELECT $2::timestamptz AS minute, {sums} FROM delivery_minute "
+            "WHERE instance_id = $1 AND minute >= $2 AND minute < $3",
+            request.instance_id,
+            begin.replace(second=0, microsecond=0),
+            stop,
+        )
+        recent = await self._db.fetchrow(
+            "SELECT coalesce(sum(delivered + retried + discarded + failed), 0) AS total, "
+            "coalesce(sum(retried + discarded + failed), 0) AS bad FROM delivery_minute "
+            "WHERE instance_id = $1 AND minute >= $2",
+            request.instance_id,
+            datetime.now(UTC) - HEALTH_WINDOW,
+        )
+        ws = got.instance.workspace_id
+        return pb.GetDeliveryStatsResponse(
+            totals=minute_row(total),  # type: ignore[arg-type]
+            health=health(int(recent["total"]), int(recent["bad"])),  # type: ignore[index]
+            pending_retries=await self._pending(
+                streams.RETRY_STREAM, streams.retry_subject(ws, request.instance_id)
+            ),
+            dead_letters=await self._pending(
+                streams.DEAD_STREAM, streams.dead_subject(ws, request.instance_id)
+            ),
+        )

@@ -1,0 +1,33 @@
+"""Executor settings (`EVENTFN_*` environment variables)."""
+
+from __future__ import annotations
+
+from services.common.settings import CommonSettings
+
+
+class ExecutorSettings(CommonSettings):
+    """Everything an executor process reads from its environment, validated at start."""
+
+    executor_listen: str = "127.0.0.1:50053"
+    nats_url: str = "nats://127.0.0.1:4222"
+    registry_addr: str = "127.0.0.1:50051"
+    database_url: str
+    executor_name: str = "executor"
+    # V8 worker processes of this executor (0: one per core).
+    executor_workers: int = 0
+    # Packs fetched per pull request, and packs in flight at once (back-pressure).
+    executor_fetch_packs: int = 64
+    executor_max_inflight_packs: int = 512
+    # In-flight invocations per instance, so one hot instance cannot starve the others.
+    executor_instance_concurrency: int = 10
+    # How long JetStream waits for an ack before redelivering a pack elsewhere.
+    executor_ack_wait_seconds: float = 120.0
+    # On SIGTERM: time given to in-flight invocations before the rest is handed back.
+    executor_shutdown_grace_seconds: float = 20.0
+    # Delivery records: flush period, failure samples kept per instance and minute, retention.
+    executor_records_flush_seconds: float = 2.0
+    executor_samples_per_minute: int = 20
+    executor_records_retention_days: int = 7
+    # Function egress: comma-separated CIDRs / hosts allowed despite being private addresses.
+    egress_allow: str = ""
+    egress_ca_bundle: str | None = None

@@ -1,0 +1,156 @@
+"""The whole data path in one process: registry, router, executor, and a local HTTP sink
+standing in for the third-party API that functions call."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from aiohttp import web
+from google.protobuf import struct_pb2
+
+from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn.type.v1 import types_pb2
+from services.executor.app import RunningExecutor, start_executor
+from services.executor.settings import ExecutorSettings
+from services.router.app import RunningRouter, start_router
+from services.router.settings import RouterSettings
+from tests.registry.conftest import SERVICE, Registry, auth, registry
+
+__all__ = ["registry"]
+
+
+@dataclass
+class Sink:
+    """A real HTTP server on 127.0.0.1 that records every request body it gets."""
+
+    url: str
+    bodies: list[Any] = field(default_factory=list)
+    status: int = 200
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """Record a JSON body; answer with the configured status."""
+        body = orjson.loads(await request.read() or b"null")
+        async with self.changed:
+            self.bodies.append(body)
+            self.changed.notify_all()
+        return web.json_response({"ok": True}, status=self.status)
+
+    def events(self) -> list[dict[str, Any]]:
+        """Return every event received, flattening batch posts."""
+        out: list[dict[str, Any]] = []
+        for body in self.bodies:
+            out += body if isinstance(body, list) else [body]
+        return out
+
+    async def wait_for(self, count: int, seconds: float = 60) -> list[dict[str, Any]]:
+        """Wait until at least `count` events arrived."""
+        async with asyncio.timeout(seconds), self.changed:
+            await self.changed.wait_for(lambda: len(self.events()) >= count)
+        return self.events()
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[Sink]:
+    """Serve the sink on an ephemeral loopback port."""
+    box: dict[str, Sink] = {}
+
+    async def handler(request: web.Request) -> web.Response:
+        return await box["sink"].handle(request)
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("POST", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    box["sink"] = Sink(url=f"http://127.0.0.1:{port}")
+    yield box["sink"]
+    await runner.cleanup()
+
+
+@dataclass
+class Platform:
+    """A running data path and a workspace with one source."""
+
+    registry: Registry
+    router: RunningRouter
+    executor: RunningExecutor
+    http: httpx.AsyncClient
+    owner: str
+    source_id: str
+    write_key: str
+
+    async def instance(self, code: str, endpoint: str, **options: Any) -> str:
+        """Create a function and connect it to the source; wait until the data plane has it."""
+        name = f"fn-{len(self.executor.watcher.instances)}-{id(code) % 10_000}"
+        fn = await self.registry.stub.CreateFunction(
+            pb.CreateFunctionRequest(
+                name=name,
+                code=code,
+                settings=[
+                    types_pb2.SettingDefinition(
+                        name="endpoint", type=types_pb2.SETTING_TYPE_STRING, required=True
+                    )
+                ],
+            ),
+            metadata=auth(self.owner),
+        )
+        values = struct_pb2.Struct()
+        values.update({"endpoint": endpoint})
+        ins = await self.registry.stub.CreateInstance(
+            pb.CreateInstanceRequest(
+                function_id=fn.function.id, source_id=self.source_id, settings=values, **options
+            ),
+            metadata=auth(self.owner),
+        )
+        iid = ins.instance.id
+        for watcher in (self.router.watcher, self.executor.watcher):
+            await watcher.wait_until(lambda v: iid in v.instances)
+        return iid
+
+
+@pytest.fixture
+async def platform(registry: Registry, nats_url: str, postgres_server) -> AsyncIterator[Platform]:
+    """Start router and executor against the test registry."""
+    _, owner = await registry.workspace("Pipeline")
+    source = (
+        await registry.stub.CreateSource(pb.CreateSourceRequest(name="web"), metadata=auth(owner))
+    ).source
+    addr = f"127.0.0.1:{registry.port}"
+    async with AsyncExitStack() as stack:
+        router = await start_router(
+            RouterSettings(
+                router_listen="127.0.0.1:0",
+                router_http_listen="127.0.0.1:0",
+                nats_url=nats_url,
+                registry_addr=addr,
+                service_token=SERVICE,
+            ),
+            stack,
+        )
+        executor = await start_executor(
+            ExecutorSettings(
+                executor_listen="127.0.0.1:0",
+                nats_url=nats_url,
+                registry_addr=addr,
+                database_url=registry.database_url,
+                service_token=SERVICE,
+                executor_workers=1,
+                egress_allow="127.0.0.1/32",
+                executor_records_flush_seconds=0.2,
+                executor_shutdown_grace_seconds=5,
+            ),
+            stack,
+        )
+        http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.http_port}", timeout=30)
+        stack.push_async_callback(http.aclose)
+        yield Platform(registry, router, executor, http, owner, source.id, source.write_key)

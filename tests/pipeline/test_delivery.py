@@ -1,0 +1,118 @@
+"""Events sent to the tracking API reach the API the user's function calls."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import grpc
+
+from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
+from eventfn.type.v1 import types_pb2
+from tests.pipeline.conftest import Platform, Sink
+from tests.registry.conftest import auth
+
+SINGLE = """
+async function onTrack(event, settings) {
+  const res = await fetch(settings.endpoint + '/single', {
+    method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(event)
+  })
+  if (res.status >= 500) throw new RetryError('HTTP ' + res.status)
+}
+async function onIdentify(event, settings) { throw new ValidationError('no identify here') }
+"""
+BATCHED = (
+    SINGLE
+    + """
+async function onBatch(events, settings) {
+  await fetch(settings.endpoint + '/batch', {method: 'POST', body: JSON.stringify(events)})
+}
+"""
+)
+
+
+def batch_body(n: int, start: int = 0, kind: str = "track") -> dict:
+    return {
+        "batch": [
+            {"type": kind, "userId": f"u{i}", "event": "Order Completed", "messageId": f"m-{i}"}
+            for i in range(start, start + n)
+        ]
+    }
+
+
+async def send(p: Platform, body: dict) -> None:
+    resp = await p.http.post("/v1/batch", json=body, auth=(p.write_key, ""))
+    assert resp.status_code == 200, resp.text
+
+
+async def test_single_handlers_receive_every_event(platform: Platform, sink: Sink) -> None:
+    await platform.instance(SINGLE, sink.url)
+    for start in range(0, 300, 100):
+        await send(platform, batch_body(100, start))
+    events = await sink.wait_for(300)
+    assert sorted(e["messageId"] for e in events) == sorted(f"m-{i}" for i in range(300))
+
+
+async def test_on_batch_gets_arrays_of_the_batch_size(platform: Platform, sink: Sink) -> None:
+    await platform.instance(BATCHED, sink.url, batch_size=50, batch_wait_ms=500)
+    # Enough volume for onBatch: the first packs run single handlers until the rate is known.
+    for start in range(0, 1000, 100):
+        await send(platform, batch_body(100, start))
+    events = await sink.wait_for(1000)
+    assert sorted({e["messageId"] for e in events}) == sorted(f"m-{i}" for i in range(1000))
+    arrays = [b for b in sink.bodies if isinstance(b, list)]
+    assert arrays, "onBatch was never called"
+    assert max(len(a) for a in arrays) == 50
+
+
+async def test_outcomes_are_recorded_and_retryable_events_go_to_retry(
+    platform: Platform, sink: Sink, nats_client
+) -> None:
+    sink.status = 503
+    iid = await platform.instance(SINGLE, sink.url)
+    await send(platform, batch_body(3))
+    await send(platform, batch_body(2, 100, kind="identify"))
+    js = nats_client.jetstream()
+    subject = f"retry.*.{iid}"
+    sub = await js.subscribe(subject, ordered_consumer=True)
+    msg = await sub.next_msg(timeout=30)
+    assert msg.headers["Eventfn-Attempt"] == "1"
+    assert "RetryError" in msg.headers["Eventfn-Last-Error"]
+    assert len(__import__("orjson").loads(msg.data)) == 3
+    conn = await asyncpg.connect(platform.registry.database_url)
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                row = await conn.fetchrow(
+                    "SELECT sum(retried) r, sum(discarded) d FROM delivery_minute "
+                    "WHERE instance_id = $1",
+                    iid,
+                )
+                if row and row["r"] == 3 and row["d"] == 2:
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
+        stub = executor_pb2_grpc.ExecutorStub(channel)
+        stats = await stub.GetDeliveryStats(
+            executor_pb2.GetDeliveryStatsRequest(instance_id=iid), metadata=auth(platform.owner)
+        )
+        assert stats.totals.retried == 3 and stats.totals.discarded == 2
+        assert stats.health == executor_pb2.HEALTH_FAILING
+        failures = await stub.ListDeliveries(
+            executor_pb2.ListDeliveriesRequest(instance_id=iid, failures_only=True),
+            metadata=auth(platform.owner),
+        )
+        kinds = {f.error.type for f in failures.failures}
+        assert kinds == {"RetryError", "ValidationError"}
+        assert all(f.outcome != types_pb2.OUTCOME_DELIVERED for f in failures.failures)
+        _, stranger = await platform.registry.workspace("Stranger")
+        try:
+            await stub.GetDeliveryStats(
+                executor_pb2.GetDeliveryStatsRequest(instance_id=iid), metadata=auth(stranger)
+            )
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.NOT_FOUND
+        else:
+            raise AssertionError("another workspace must not see the instance")
