@@ -27,10 +27,6 @@ class _Compiler:
     def _serve(self) -> None:
         import STPyV8
 
-        # A non-main thread needs its own isolate: the default one belongs to the main thread
-        # and using it here crashes the process.
-        isolate = STPyV8.JSIsolate()
-        isolate.enter()
         isolate = STPyV8.JSIsolate()  # this thread's own isolate: V8 isolates are per thread
         isolate.enter()
         ctx = STPyV8.JSContext()
