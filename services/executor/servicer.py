@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -21,9 +20,11 @@ from services.common.errors import InvalidArgument
 from services.common.registry_gate import RegistryGate
 from services.executor.policy import health
 from services.executor.records import COUNTERS
-from services.executor.runtime import Invocation, InvocationResult, OutcomeKind, RuntimePool
+from services.executor.runtime import InvalidInvocation, OutcomeKind, RuntimePool
 from services.executor.runtime import RequestTrace as RuntimeTrace
+from services.executor.runtime.preview import PreviewResult, run_preview
 from services.executor.runtime.syntax import check_syntax
+from services.registry.validation import TYPE_NAMES
 
 Ctx = grpc.aio.ServicerContext
 OUTCOMES = {
@@ -57,26 +58,24 @@ def request_trace(t: RuntimeTrace) -> types_pb2.RequestTrace:
     )
 
 
-def preview_response(result: InvocationResult, batch: bool) -> pb.PreviewResponse:
-    """Describe an invocation's result for Preview."""
-    first = result.outcomes[0] if result.outcomes else None
-    worst = next((o for o in result.outcomes if o.kind != OutcomeKind.DELIVERED), first)
+def preview_response(result: PreviewResult) -> pb.PreviewResponse:
+    """Describe a preview run for the RPC."""
     logs = "\n".join(f"{line.level}: {line.message}" for line in result.logs)
     response = pb.PreviewResponse(
-        outcome=KIND_TO_OUTCOME[worst.kind] if worst else types_pb2.OUTCOME_UNSPECIFIED,
-        result_json=orjson.dumps(result.values[0]).decode() if result.values else "undefined",
+        outcome=KIND_TO_OUTCOME[result.outcome],
+        result_json="undefined" if result.result is None else orjson.dumps(result.result).decode(),
         logs=logs[:PREVIEW_LOG_CAP],
         logs_truncated=result.logs_truncated or len(logs) > PREVIEW_LOG_CAP,
         requests=[request_trace(t) for t in result.requests],
         duration_ms=result.duration_ms,
     )
-    if worst is not None and worst.kind != OutcomeKind.DELIVERED:
+    if result.error is not None:
         response.error.CopyFrom(
             types_pb2.HandlerError(
-                type=worst.error_type or "", message=worst.message or "", stack=worst.stack or ""
+                type=result.error.type, message=result.error.message, stack=result.error.stack or ""
             )
         )
-    if batch:
+    if len(result.outcomes) > 1:
         response.batch_outcomes.extend(KIND_TO_OUTCOME[o.kind] for o in result.outcomes)
     return response
 
@@ -128,12 +127,6 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
             code = (await self._gate.version(context, request.version_id)).version.code
         else:
             raise InvalidArgument.field("code", "give code, or a version_id to run")
-        try:
-            parsed = orjson.loads(request.event_json)
-        except orjson.JSONDecodeError as error:
-            raise InvalidArgument.field("event_json", f"is not valid JSON: {error}") from error
-        if not isinstance(parsed, dict | list):
-            raise InvalidArgument.field("event_json", "must be an event object or an array")
         problem = await asyncio.to_thread(check_syntax, code)
         if problem is not None:
             raise InvalidArgument.field(
@@ -141,23 +134,24 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
                 f"syntax error at line {problem.line}, column {problem.column}: {problem.message}",
             )
         settings = json_format.MessageToDict(request.settings)
-        secret_names = {d.name for d in request.setting_definitions if d.encrypted}
-        secrets = tuple(str(v) for k, v in settings.items() if k in secret_names and v)
-        batch = isinstance(parsed, list)
-        result = await self._pool.run(
-            Invocation(
-                function_key=f"preview:{uuid.uuid4().hex}",
-                code=code,
-                events=orjson.dumps(parsed if batch else [parsed]),
-                settings=settings,
-                batch=batch,
-                secrets=secrets,
-                trace_bodies=True,
-                log_cap_bytes=PREVIEW_LOG_CAP,
-            ),
-            fresh=True,
-        )
-        return preview_response(result, batch)
+        definitions = request.setting_definitions
+        secret_names = {d.name for d in definitions if d.encrypted}
+        schema = [
+            {"name": d.name, "type": TYPE_NAMES.get(d.type, "string"), "required": d.required}
+            for d in definitions
+        ]
+        try:
+            result = await run_preview(
+                self._pool,
+                code,
+                request.event_json.encode(),
+                settings,
+                secrets=[str(v) for k, v in settings.items() if k in secret_names and v],
+                schema=schema or None,
+            )
+        except InvalidInvocation as error:
+            raise InvalidArgument.field("event_json", str(error)) from error
+        return preview_response(result)
 
     async def ListDeliveries(
         self, request: pb.ListDeliveriesRequest, context: Ctx
