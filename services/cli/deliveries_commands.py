@@ -1,0 +1,85 @@
+"""`eventfn deliveries`: what happened to an instance's events, minute by minute."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from eventfn.executor.v1 import executor_pb2 as pb
+from eventfn.executor.v1 import executor_pb2_grpc
+from eventfn.type.v1 import types_pb2
+from services.cli.client import metadata, out, stub, table, when
+
+BARS = " ▁▂▃▄▅▆▇█"
+HEALTH = {
+    pb.HEALTH_UNSPECIFIED: "[dim]no events in 15 min[/]",
+    pb.HEALTH_HEALTHY: "[green]healthy[/]",
+    pb.HEALTH_DEGRADED: "[yellow]degraded[/]",
+    pb.HEALTH_FAILING: "[red]failing[/]",
+}
+
+
+def sparkline(values: list[int]) -> str:
+    """Draw values as a one-line bar chart."""
+    top = max(values, default=0)
+    if top == 0:
+        return BARS[0] * len(values)
+    return "".join(BARS[round(v / top * (len(BARS) - 1))] for v in values)
+
+
+def deliveries(
+    instance_id: str,
+    failures: Annotated[bool, typer.Option("--failures", help="Show sampled failures.")] = False,
+    limit: Annotated[int, typer.Option(help="Rows to show.")] = 30,
+) -> None:
+    """Show an instance's deliveries per minute (or its failures), health and backlog."""
+    with stub("executor", executor_pb2_grpc.ExecutorStub) as ex:
+        stats = ex.GetDeliveryStats(
+            pb.GetDeliveryStatsRequest(instance_id=instance_id), metadata=metadata()
+        )
+        listed = ex.ListDeliveries(
+            pb.ListDeliveriesRequest(
+                instance_id=instance_id, failures_only=failures, page_size=limit
+            ),
+            metadata=metadata(),
+        )
+    t = stats.totals
+    out.print(
+        f"{instance_id}: {HEALTH[stats.health]} — last 24 h: {t.delivered} delivered, "
+        f"{t.retried} retried, {t.discarded} discarded, {t.failed} failed; "
+        f"{t.invocations} invocations, {t.execution_ms / 1000:.1f} s execution; "
+        f"{stats.pending_retries} pending retries, {stats.dead_letters} dead letters"
+    )
+    if failures:
+        for f in listed.failures:
+            out.print(
+                f"\n[bold]{when(f.time)}[/] {types_pb2.Outcome.Name(f.outcome)} "
+                f"{f.message_id} ({f.version_id})\n  [red]{f.error.type}[/]: {f.error.message}",
+                highlight=False,
+            )
+            if f.logs:
+                out.print("  logs: " + f.logs.replace("\n", "\n        "), highlight=False)
+            for r in f.requests:
+                out.print(f"  {r.method} {r.url} → {r.status or r.error}", highlight=False)
+        if not listed.failures:
+            out.print("no failures sampled in the last hour")
+        return
+    minutes = list(reversed(listed.minutes))
+    out.print("delivered per minute: " + sparkline([m.delivered for m in minutes]))
+    table(
+        "per minute",
+        ["minute", "delivered", "retried", "discarded", "failed", "invocations", "exec ms"],
+        [
+            [
+                when(m.minute),
+                m.delivered,
+                m.retried,
+                m.discarded,
+                m.failed,
+                m.invocations,
+                f"{m.execution_ms:.0f}",
+            ]
+            for m in listed.minutes
+        ],
+    )
