@@ -18,7 +18,7 @@ from services.common.config_watch import ConfigWatcher
 from services.common.registry_gate import RegistryGate
 from services.common.settings import asyncpg_url
 from services.common.streams import ensure_streams
-from services.executor.consumer import PackConsumer, RetryPublisher
+from services.executor.consumer import Handoff, PackConsumer
 from services.executor.dispatcher import Dispatcher
 from services.executor.records import DeliveryRecorder
 from services.executor.runtime import EgressConfig, RuntimeConfig, RuntimePool
@@ -83,7 +83,7 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
     dispatcher = Dispatcher(
         pool,
         recorder,
-        RetryPublisher(js),
+        Handoff(js),
         instance_concurrency=settings.executor_instance_concurrency,
     )
     consumer = PackConsumer(

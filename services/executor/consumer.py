@@ -22,30 +22,36 @@ from services.router.packs import dedupe_id
 log = logging.getLogger(__name__)
 DURABLE = "executor"
 LAST_ERROR = "Eventfn-Last-Error"
+HISTORY = "Eventfn-History"
+MAX_HISTORY = 20
 
 
-class RetryPublisher:
-    """Hand retryable events to the RETRY stream, with their attempt history."""
+class Handoff:
+    """Store events durably elsewhere: retryable ones in RETRY, finished retries in DEAD."""
 
     def __init__(self, js: JetStreamContext) -> None:
         self._js = js
 
     async def __call__(
-        self, config: rpb.InstanceConfig, events: list[bytes], ref: PackRef, error: str
+        self, kind: str, config: rpb.InstanceConfig, events: list[bytes], ref: PackRef, error: str
     ) -> None:
-        """Publish one RETRY message for events of one pack (awaiting the store's ack)."""
+        """Publish one message for events of one pack, with their history (awaiting the ack)."""
         ids = [str(orjson.loads(e).get("messageId", "")) for e in events]
+        history = orjson.loads(ref.history) if ref.history else []
+        history.append(
+            {"attempt": ref.attempt, "time": datetime.now(UTC).isoformat(), "error": error[:500]}
+        )
         headers = {
-            streams.MSG_ID: f"{dedupe_id(config.id, ids)}:a{ref.attempt}",
+            streams.MSG_ID: f"{dedupe_id(config.id, ids)}:{kind}{ref.attempt}",
             streams.ATTEMPT: str(ref.attempt),
             streams.FIRST_ATTEMPT_AT: ref.first_attempt_at,
             LAST_ERROR: error[:1000],
+            HISTORY: orjson.dumps(history[-MAX_HISTORY:]).decode(),
         }
-        await self._js.publish(
-            streams.retry_subject(config.workspace_id, config.id),
-            b"[" + b",".join(events) + b"]",
-            headers=headers,
+        subject = (streams.retry_subject if kind == "retry" else streams.dead_subject)(
+            config.workspace_id, config.id
         )
+        await self._js.publish(subject, b"[" + b",".join(events) + b"]", headers=headers)
 
 
 class PackConsumer:

@@ -45,6 +45,7 @@ class PackRef:
     remaining: int
     attempt: int = 1
     first_attempt_at: str = ""
+    history: str = ""  # JSON list of earlier attempts, carried from RETRY through EVENTS
     ok: bool = True
 
     async def resolve(self, count: int, ok: bool = True) -> None:
@@ -64,7 +65,8 @@ class Pending:
     timer: asyncio.TimerHandle | None = None
 
 
-RetryPublish = Callable[[rpb.InstanceConfig, list[bytes], PackRef, str], Awaitable[None]]
+# (kind "retry" | "dead", instance, events, their pack, last error): store them durably.
+Handoff = Callable[[str, rpb.InstanceConfig, list[bytes], PackRef, str], Awaitable[None]]
 
 
 def secrets_of(config: rpb.InstanceConfig) -> tuple[str, ...]:
@@ -106,13 +108,13 @@ class Dispatcher:
         self,
         pool: RuntimePool,
         recorder: DeliveryRecorder,
-        publish_retry: RetryPublish,
+        handoff: Handoff,
         *,
         instance_concurrency: int,
     ) -> None:
         self._pool = pool
         self._recorder = recorder
-        self._publish_retry = publish_retry
+        self._handoff = handoff
         self._concurrency = instance_concurrency
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._rates: dict[str, RateMeter] = {}
@@ -227,7 +229,8 @@ class Dispatcher:
         counts = {name: 0 for name in COUNTER_OF.values()}
         needs_events = any(o.kind != OutcomeKind.DELIVERED for o in outcomes)
         events = split_pack(body) if needs_events else []
-        retry_by_ref: dict[int, tuple[PackRef, list[bytes], str]] = {}
+        # Retryable events go to RETRY; on a retry, a permanent outcome ends in DEAD.
+        handoffs: dict[tuple[int, str], tuple[PackRef, list[bytes], str]] = {}
         now = datetime.now(UTC)
         logs = "\n".join(f"[{line.level}] {line.message}" for line in result.logs)
         for i, outcome in enumerate(outcomes):
@@ -235,11 +238,12 @@ class Dispatcher:
             if outcome.kind == OutcomeKind.DELIVERED:
                 continue
             event = events[i] if i < len(events) else b"{}"
-            if outcome.kind == OutcomeKind.RETRY:
-                ref = refs[i]
-                entry = retry_by_ref.setdefault(id(ref), (ref, [], ""))
+            ref = refs[i]
+            kind = "retry" if outcome.kind == OutcomeKind.RETRY else "dead"
+            if kind == "retry" or ref.attempt > 1:
+                error = f"{outcome.error_type}: {outcome.message}"
+                entry = handoffs.setdefault((id(ref), kind), (ref, [], error))
                 entry[1].append(event)
-                retry_by_ref[id(ref)] = (ref, entry[1], f"{outcome.error_type}: {outcome.message}")
             self._recorder.sample(
                 FailureSample(
                     instance_id=config.id,
@@ -262,20 +266,19 @@ class Dispatcher:
             {**counts, "invocations": 1},
             execution_ms=result.duration_ms,
         )
-        retried_ok: dict[int, bool] = {}
-        for key, (ref, retry_events, error) in retry_by_ref.items():
+        stored: dict[int, bool] = {}
+        for (key, kind), (ref, handed, error) in handoffs.items():
             try:
-                await self._publish_retry(config, retry_events, ref, error)
-                retried_ok[key] = True
+                await self._handoff(kind, config, handed, ref, error)
             except Exception as exc:  # NATS down: hand the pack back, it will be redelivered
-                log.warning("retry publish for %s failed: %r; pack handed back", config.id, exc)
-                retried_ok[key] = False
+                log.warning("%s hand-off for %s failed: %r; pack handed back", kind, config.id, exc)
+                stored[key] = False
         per_ref: dict[int, tuple[PackRef, int]] = {}
         for ref in refs:
             seen = per_ref.get(id(ref))
             per_ref[id(ref)] = (ref, (seen[1] if seen else 0) + 1)
         for key, (ref, count) in per_ref.items():
-            await ref.resolve(count, retried_ok.get(key, True))
+            await ref.resolve(count, stored.get(key, True))
 
     async def drain(self, grace: float) -> bool:
         """Flush pending batches and wait for in-flight invocations; False past the grace."""

@@ -226,6 +226,8 @@ class HostFetcher:
                     headers=headers,
                     data=body,
                     allow_redirects=False,
+                    # node-fetch sends no Content-Type for a Buffer body; aiohttp would add one.
+                    skip_auto_headers=("Content-Type",),
                     proxy=proxy_for(url, self._config),
                 ) as resp:
                     location = resp.headers.get("Location")
