@@ -17,7 +17,8 @@ from services.common.settings import sqlalchemy_url
 from services.registry.migrate import alembic_config, migrate
 from services.registry.models import SQLModel
 
-TABLES = {
+TABLES = set(SQLModel.metadata.tables)  # every table of the models
+REGISTRY_TABLES = {
     "workspace",
     "member",
     "token",
@@ -92,6 +93,7 @@ async def _tables(engine: AsyncEngine) -> set[str]:
 async def test_upgrade_from_empty(engine: AsyncEngine) -> None:
     assert await _tables(engine) == set(), "fresh_database must start empty"
     await migrate(engine)
+    assert REGISTRY_TABLES <= TABLES
     assert await _tables(engine) == TABLES
     async with engine.connect() as conn:
         assert await conn.run_sync(_revision) == _head()
