@@ -108,6 +108,9 @@ class RuntimePool:
         self._config = config
         self._workers: list[_WorkerHandle | None] = [None] * max(1, config.workers)
         self._affinity: dict[str, int] = {}
+        # Functions that got a worker killed stay on that worker slot (waiting for its
+        # replacement) until they run normally again, so they cannot stall another worker.
+        self._pinned: dict[str, int] = {}
         self._handlers: dict[str, frozenset[str]] = {}
         self._seq = itertools.count(1)
         self._changed = asyncio.Event()
@@ -231,12 +234,14 @@ class RuntimePool:
         w.dead = True
         with contextlib.suppress(ProcessLookupError):
             w.proc.kill()
+        if culprit is not None:
+            self._pinned[culprit.key] = w.index
         for pending in w.inflight.values():
             if not pending.future.done():
                 pending.future.set_result(_Lost(reason) if pending is culprit else _REQUEUE)
         w.inflight.clear()
         for key in w.keys:
-            if self._affinity.get(key) == w.index:
+            if self._affinity.get(key) == w.index and key not in self._pinned:
                 del self._affinity[key]
         with contextlib.suppress(OSError):
             w.status.close()
@@ -301,6 +306,16 @@ class RuntimePool:
         while True:
             if self._closed:
                 raise PoolClosedError("the runtime pool is closed")
+            pinned = self._pinned.get(key)
+            if pinned is not None:
+                w = self._workers[pinned]
+                if w is not None and not w.dead and w.ready.is_set():
+                    self._affinity[key] = pinned
+                    w.keys.add(key)
+                    return w
+                self._changed.clear()
+                await self._changed.wait()
+                continue
             index = self._affinity.get(key)
             if index is not None:
                 w = self._workers[index]
@@ -332,6 +347,8 @@ class RuntimePool:
             self._send(w, {**header, "id": seq, "key": key, "deadline": pending.deadline}, payload)
             reply = await pending.future
             if reply is not _REQUEUE:
+                if not isinstance(reply, _Lost):
+                    self._pinned.pop(key, None)
                 return reply
         return _Lost("crash")
 

@@ -1,0 +1,39 @@
+"""The checked-in JS bundle is built from the current lock file; syntax checking."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from services.executor.runtime.engine import BUNDLE_PATH
+from services.executor.runtime.syntax import check_syntax
+
+LOCK_PATH = BUNDLE_PATH.parents[1] / "package-lock.json"
+
+
+def test_bundle_was_rebuilt_after_the_lock_file_changed() -> None:
+    header = BUNDLE_PATH.read_text(encoding="utf-8")[:300]
+    match = re.search(r"package-lock.json sha256: ([0-9a-f]{64})", header)
+    assert match is not None, "dist/runtime.js has no lock header: rebuild with npm run build"
+    current = hashlib.sha256(LOCK_PATH.read_bytes()).hexdigest()
+    assert match.group(1) == current, (
+        "package-lock.json changed but dist/runtime.js was not rebuilt: run "
+        "`npm ci && npm run build` in services/executor/runtime/js and commit the bundle"
+    )
+
+
+def test_check_syntax_accepts_a_valid_classic_script() -> None:
+    code = "var x = 1\nasync function onTrack(event, settings) { undeclared = x }"
+    assert check_syntax(code) is None
+
+
+def test_check_syntax_reports_line_and_column() -> None:
+    problem = check_syntax("async function onTrack(event) {\n  const = 1\n}")
+    assert problem is not None
+    assert (problem.line, problem.column) == (2, 9)
+    assert problem.message.startswith("SyntaxError: ")
+
+
+def test_check_syntax_rejects_module_syntax() -> None:
+    problem = check_syntax("import x from 'y'\nasync function onTrack() {}")
+    assert problem is not None and problem.line == 1

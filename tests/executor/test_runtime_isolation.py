@@ -1,0 +1,63 @@
+"""One function's infinite loop or memory bomb never delays or breaks another function."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import statistics
+import time
+from typing import Any
+
+from services.executor.runtime import InvocationResult, OutcomeKind, RuntimePool
+from tests.executor.conftest import invoke, value_of
+
+FAST = "async function onTrack(e) { return e.event }"
+
+
+async def _latencies(
+    pool: RuntimePool, count: int, until: asyncio.Future[Any] | None = None
+) -> list[float]:
+    out: list[float] = []
+    for i in itertools.count():
+        if i >= count and (until is None or until.done()):
+            break
+        started = time.monotonic()
+        result = await invoke(pool, FAST, [{"type": "track", "event": i}], key="fast:1")
+        assert value_of(result) == i
+        out.append(time.monotonic() - started)
+    return out
+
+
+async def test_looping_function_does_not_delay_another(own_pool: RuntimePool) -> None:
+    await _latencies(own_pool, 20)  # warm: the fast function's context exists
+    # Another function takes the second worker, so the loop lands beside the fast function.
+    await invoke(own_pool, FAST, key="other:1")
+    baseline = statistics.median(await _latencies(own_pool, 50))
+
+    async def three_loops() -> list[InvocationResult]:
+        loop_code = "function onTrack() { while (true) {} }"
+        calls = (invoke(own_pool, loop_code, key="loop:1", timeout_s=1.5) for _ in range(3))
+        return list(await asyncio.gather(*calls))
+
+    looping = asyncio.create_task(three_loops())
+    await asyncio.sleep(0.01)  # the loop is sent first: to the fast function's worker (tie)
+    during = await _latencies(own_pool, 100, until=looping)
+    results = await looping
+
+    assert all(r.outcomes[0].error_type == "Timeout" for r in results)
+    # The neighbour keeps its latency: no call waits for the loop's 1.5 s timeout.
+    assert max(during) < 0.5, f"slowest call took {max(during):.3f} s"
+    assert statistics.median(during) < max(10 * baseline, 0.02)
+
+
+async def test_memory_bomb_does_not_break_another(own_pool: RuntimePool) -> None:
+    bomb = "function onTrack() { const a = []; while (true) a.push(new Array(1e5).fill(1)) }"
+    await _latencies(own_pool, 5)
+    await invoke(own_pool, FAST, key="other:1")
+    bombing = asyncio.create_task(invoke(own_pool, bomb, key="bomb:1", timeout_s=20))
+    await asyncio.sleep(0.01)
+    during = await _latencies(own_pool, 30, until=bombing)
+    result = await bombing
+    assert result.outcomes[0].kind == OutcomeKind.FAILURE
+    assert result.outcomes[0].error_type == "MemoryLimitExceeded"
+    assert max(during) < 1.0

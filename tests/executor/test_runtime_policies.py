@@ -1,0 +1,95 @@
+"""Pure policies: egress decisions, proxies, settings schema, redaction, frames."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.executor.runtime.config import EgressConfig
+from services.executor.runtime.egress import EgressPolicy, proxy_for
+from services.executor.runtime.protocol import PREFIX_SIZE, encode_frame, frame_sizes
+from services.executor.runtime.redact import REDACTED, compile_secrets, redact
+from services.executor.runtime.settings_check import check_settings
+
+DEFAULT = EgressPolicy.from_config(EgressConfig())
+
+
+@given(st.ip_addresses())
+def test_only_global_addresses_pass_without_allowlist(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> None:
+    refused = DEFAULT.refusal(ip, "h") is not None
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    effective = mapped or ip
+    assert refused == (
+        not effective.is_global or effective.is_multicast or str(effective) in {"100.100.100.200"}
+    )
+
+
+@given(st.ip_addresses(v=4))
+def test_allowlisted_network_passes(ip: ipaddress.IPv4Address) -> None:
+    policy = EgressPolicy.from_config(EgressConfig(allow=(f"{ip}/32",)))
+    assert policy.refusal(ip, "h") is None
+
+
+def test_named_refusals() -> None:
+    assert "metadata" in (DEFAULT.refusal(ipaddress.ip_address("169.254.169.254"), "m") or "")
+    assert "loopback" in (DEFAULT.refusal(ipaddress.ip_address("::ffff:127.0.0.1"), "l") or "")
+    assert "private" in (DEFAULT.refusal(ipaddress.ip_address("10.0.0.1"), "p") or "")
+    assert DEFAULT.refusal(ipaddress.ip_address("93.184.216.34"), "example.com") is None
+    by_name = EgressPolicy.from_config(EgressConfig(allow=("internal.corp",)))
+    assert by_name.refusal(ipaddress.ip_address("10.0.0.1"), "internal.corp") is None
+
+
+def test_proxy_selection_follows_no_proxy() -> None:
+    config = EgressConfig(
+        https_proxy="http://proxy:3128",
+        http_proxy="http://proxy:3128",
+        no_proxy=("internal.corp", "10.0.0.0/8", ".svc", "api.local:8443"),
+    )
+    assert proxy_for("https://api.example.com/x", config) == "http://proxy:3128"
+    assert proxy_for("http://a.internal.corp/", config) is None
+    assert proxy_for("http://10.1.2.3/", config) is None
+    assert proxy_for("http://x.svc/", config) is None
+    assert proxy_for("https://api.local:8443/", config) is None
+    assert proxy_for("https://api.local:443/", config) == "http://proxy:3128"
+    assert proxy_for("https://x/", EgressConfig()) is None
+
+
+@given(st.lists(st.text(min_size=4, max_size=12), min_size=1, max_size=4), st.text(max_size=40))
+def test_redaction_removes_every_secret(secrets: list[str], filler: str) -> None:
+    text = filler.join(secrets) + filler
+    out = redact(text, compile_secrets(secrets))
+    for s in secrets:
+        if s not in REDACTED:
+            assert s not in out
+
+
+def test_settings_schema_types() -> None:
+    schema = [
+        {"name": "key", "type": "string", "required": True},
+        {"name": "on", "type": "boolean"},
+        {"name": "map", "type": "text-map"},
+        {"name": "list", "type": "string-array"},
+    ]
+    assert check_settings(schema, {"key": "k", "on": False, "map": {"a": "b"}, "list": ["x"]}) == []
+    problems = check_settings(schema, {"key": "", "on": "yes", "map": {"a": 1}, "list": "x"})
+    assert problems == [
+        "required setting 'key' has no value; set it on the instance",
+        "setting 'on' must be a boolean, got str",
+        "setting 'map' must be a text-map, got dict",
+        "setting 'list' must be a string-array, got str",
+    ]
+
+
+@given(
+    st.dictionaries(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1)),
+    st.binary(max_size=100),
+)
+def test_frame_round_trip(header: dict[str, int], payload: bytes) -> None:
+    frame = encode_frame(header, payload)
+    head_len, payload_len = frame_sizes(frame[:PREFIX_SIZE])
+    assert len(frame) == PREFIX_SIZE + head_len + payload_len
+    assert frame[PREFIX_SIZE + head_len :] == payload

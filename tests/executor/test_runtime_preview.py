@@ -1,0 +1,103 @@
+"""Preview: fresh context, capped logs, request traces, redaction; and `eventfn preview`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import typer
+from typer.testing import CliRunner
+
+from services.cli.preview import preview
+from services.executor.runtime import OutcomeKind, RuntimePool
+from services.executor.runtime.preview import SAMPLE_TYPES, run_preview, sample_event
+from tests.executor.conftest import Sink
+
+
+async def test_preview_returns_result_logs_and_requests(pool: RuntimePool, sink: Sink) -> None:
+    code = f"""async function onIdentify(event, settings) {{
+      console.log('key', settings.apiKey);
+      const r = await fetch('{sink.url}/json', {{headers: {{'X-Api-Key': settings.apiKey}}}});
+      return {{status: r.status, user: event.userId}}
+    }}"""
+    result = await run_preview(
+        pool, code, sample_event("identify"), {"apiKey": "abcd-1234"}, secrets=("abcd-1234",)
+    )
+    assert result.outcome == OutcomeKind.DELIVERED
+    assert result.result == {"status": 200, "user": "019mr8mf4r"}
+    assert [x.message for x in result.logs] == ["key [REDACTED]"]
+    (trace,) = result.requests
+    assert trace.status == 200 and trace.response_body == '{"ok": true, "n": 1}'
+    assert ("x-api-key", "[REDACTED]") in trace.request_headers
+
+
+async def test_preview_uses_a_fresh_context_each_time(pool: RuntimePool) -> None:
+    code = """let runs = 0
+    async function onTrack() { runs += 1; return [runs, await cache.load('k', -1, () => runs)] }"""
+    first = await run_preview(pool, code, sample_event("track"), {})
+    second = await run_preview(pool, code, sample_event("track"), {})
+    assert first.result == second.result == [1, 1]
+
+
+async def test_preview_caps_console_output_at_4_kb(pool: RuntimePool) -> None:
+    code = "function onTrack() { for (let i = 0; i < 10000; i++) console.log('x'.repeat(50)) }"
+    result = await run_preview(pool, code, sample_event("track"), {})
+    assert result.logs_truncated
+    assert sum(len(x.message) + 1 for x in result.logs) <= 4 * 1024 + 1
+
+
+async def test_preview_array_calls_on_batch_and_reports_error(pool: RuntimePool) -> None:
+    code = "async function onBatch(events) { throw new ValidationError(events.length + ' events') }"
+    payload = orjson.dumps([orjson.loads(sample_event(t)) for t in ("track", "page")])
+    result = await run_preview(pool, code, payload, {})
+    assert result.outcome == OutcomeKind.DISCARD
+    assert result.error is not None
+    assert (result.error.type, result.error.message) == ("ValidationError", "2 events")
+
+
+async def test_preview_checks_settings_against_schema(pool: RuntimePool) -> None:
+    schema = [{"name": "apiKey", "type": "string", "required": True}]
+    result = await run_preview(
+        pool, "function onTrack() {}", sample_event("track"), {}, schema=schema
+    )
+    assert result.outcome == OutcomeKind.DISCARD
+    assert result.error is not None and result.error.type == "InvalidSettings"
+
+
+def test_samples_exist_for_every_type() -> None:
+    for event_type in SAMPLE_TYPES:
+        assert orjson.loads(sample_event(event_type))["type"] == event_type
+
+
+def _cli() -> typer.Typer:
+    app = typer.Typer()
+    app.command()(preview)
+    return app
+
+
+def test_cli_preview_prints_result_logs_and_requests(tmp_path: Path) -> None:
+    handler = tmp_path / "fn.js"
+    handler.write_text(
+        "async function onTrack(event, settings) {\n"
+        "  console.log('hello', event.event)\n"
+        "  return {ok: true, key: settings.k}\n}\n"
+    )
+    settings = tmp_path / "s.json"
+    settings.write_text('{"k": "v"}')
+    run = CliRunner().invoke(_cli(), [str(handler), "--settings", str(settings)])
+    assert run.exit_code == 0, run.output
+    assert "delivered" in run.output and "hello Song Played" in run.output
+    as_json = CliRunner().invoke(_cli(), [str(handler), "--settings", str(settings), "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    data = orjson.loads(as_json.output)
+    assert data["outcome"] == "delivered" and data["result"] == {"ok": True, "key": "v"}
+
+
+def test_cli_preview_exit_code_on_failure(tmp_path: Path) -> None:
+    handler = tmp_path / "fn.js"
+    handler.write_text("async function onTrack() { throw new Error('nope') }")
+    event = tmp_path / "e.json"
+    event.write_text('{"type": "track", "event": "x"}')
+    run = CliRunner().invoke(_cli(), [str(handler), "--event", str(event)])
+    assert run.exit_code == 1
+    assert "Error: nope" in run.output
