@@ -94,11 +94,14 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
         fetch_packs=settings.executor_fetch_packs,
         max_inflight=settings.executor_max_inflight_packs,
         ack_wait=settings.executor_ack_wait_seconds,
+        durable=settings.executor_consumer,
+        subjects=settings.executor_subjects,
     )
     consumer.start()
 
     async def drain() -> None:
         await consumer.stop()
+        log.info("executor %s stopping after %d packs", settings.executor_name, consumer.packs)
         if not await dispatcher.drain(settings.executor_shutdown_grace_seconds):
             log.warning("shutdown grace passed; unfinished packs will be redelivered")
 

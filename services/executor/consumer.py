@@ -67,6 +67,8 @@ class PackConsumer:
         fetch_packs: int,
         max_inflight: int,
         ack_wait: float,
+        durable: str = DURABLE,
+        subjects: str = "events.>",
     ) -> None:
         self._js = js
         self._watcher = watcher
@@ -75,6 +77,8 @@ class PackConsumer:
         self._fetch = fetch_packs
         self._max_inflight = max_inflight
         self._ack_wait = ack_wait
+        self._durable = durable
+        self._subjects = subjects
         self._inflight = 0
         self._room = asyncio.Condition()
         self._stopping = asyncio.Event()
@@ -96,8 +100,8 @@ class PackConsumer:
     async def _run(self) -> None:
         await self._watcher.ready.wait()
         sub = await self._js.pull_subscribe(
-            streams.subject_filter("events"),
-            durable=DURABLE,
+            self._subjects,
+            durable=self._durable,
             stream=streams.EVENTS_STREAM,
             config=ConsumerConfig(
                 ack_policy=AckPolicy.EXPLICIT,

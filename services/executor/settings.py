@@ -13,6 +13,9 @@ class ExecutorSettings(CommonSettings):
     registry_addr: str = "127.0.0.1:50051"
     database_url: str
     executor_name: str = "executor"
+    # The durable JetStream consumer every executor process shares, and what it reads.
+    executor_consumer: str = "executor"
+    executor_subjects: str = "events.>"
     # V8 worker processes of this executor (0: one per core).
     executor_workers: int = 0
     # Packs fetched per pull request, and packs in flight at once (back-pressure).

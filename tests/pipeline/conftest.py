@@ -33,11 +33,14 @@ class Sink:
     url: str
     bodies: list[Any] = field(default_factory=list)
     status: int = 200
+    delay: float = 0.0  # seconds each answer takes, to keep work in flight
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     async def handle(self, request: web.Request) -> web.Response:
         """Record a JSON body; answer with the configured status."""
         body = orjson.loads(await request.read() or b"null")
+        if self.delay:
+            await asyncio.sleep(self.delay)
         async with self.changed:
             self.bodies.append(body)
             self.changed.notify_all()
@@ -50,10 +53,14 @@ class Sink:
             out += body if isinstance(body, list) else [body]
         return out
 
+    def unique(self) -> int:
+        """Count distinct messageIds received (redeliveries may repeat some)."""
+        return len({e.get("messageId") for e in self.events()})
+
     async def wait_for(self, count: int, seconds: float = 60) -> list[dict[str, Any]]:
-        """Wait until at least `count` events arrived."""
+        """Wait until events with at least `count` distinct messageIds arrived."""
         async with asyncio.timeout(seconds), self.changed:
-            await self.changed.wait_for(lambda: len(self.events()) >= count)
+            await self.changed.wait_for(lambda: self.unique() >= count)
         return self.events()
 
 
