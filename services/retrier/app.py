@@ -1,0 +1,85 @@
+"""Build and run a retrier process: NATS, config watch, RETRY scheduler, gRPC server."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import timedelta
+
+import grpc
+import nats
+from nats.aio.client import Client as NatsClient
+
+from eventfn.retrier.v1 import retrier_pb2, retrier_pb2_grpc
+from services.common import rpc
+from services.common.config_watch import ConfigWatcher
+from services.common.registry_gate import RegistryGate
+from services.common.streams import ensure_streams
+from services.retrier.dead_letters import DeadLetterStore
+from services.retrier.scheduler import RetryScheduler
+from services.retrier.servicer import RetrierServicer
+from services.retrier.settings import RetrierSettings
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = retrier_pb2.DESCRIPTOR.services_by_name["Retrier"].full_name
+
+
+@dataclass
+class RunningRetrier:
+    """A started retrier process: its server, port and live parts."""
+
+    server: grpc.aio.Server
+    port: int
+    watcher: ConfigWatcher
+    scheduler: RetryScheduler
+    store: DeadLetterStore
+    nats: NatsClient
+
+
+async def start_retrier(settings: RetrierSettings, stack: AsyncExitStack) -> RunningRetrier:
+    """Connect, wire and start a retrier; `stack` stops it gracefully, in reverse order."""
+    if not settings.service_token:
+        raise ValueError("EVENTFN_SERVICE_TOKEN is required: the retrier reads WatchConfig")
+    policy = settings.policy()  # invalid backoff settings fail here, at start
+    nc = await nats.connect(
+        settings.nats_url,
+        name=settings.retrier_name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+    )
+    stack.push_async_callback(nc.close)
+    js = nc.jetstream()
+    await ensure_streams(
+        js,
+        replicas=settings.stream_replicas,
+        dead_max_age=timedelta(days=settings.dead_retention_days),
+    )
+    watcher = ConfigWatcher(settings.registry_addr, settings.service_token, settings.retrier_name)
+    watcher.start()
+    stack.push_async_callback(watcher.close)
+    scheduler = RetryScheduler(
+        js,
+        watcher,
+        policy,
+        max_hold=timedelta(seconds=settings.retry_max_hold_seconds),
+        unknown_instance_grace=timedelta(seconds=settings.retry_unknown_instance_grace_seconds),
+        fetch=settings.retrier_fetch,
+        ack_wait=settings.retrier_ack_wait_seconds,
+    )
+    scheduler.start()
+    stack.push_async_callback(scheduler.stop)
+    gate = RegistryGate(settings.registry_addr)
+    stack.push_async_callback(gate.close)
+    store = DeadLetterStore(nc, js)
+    servicer = RetrierServicer(store, gate)
+    server, port, health = rpc.create_server(
+        address=settings.retrier_listen,
+        register=[lambda s: retrier_pb2_grpc.add_RetrierServicer_to_server(servicer, s)],
+        service_names=[SERVICE_NAME],
+    )
+    await server.start()
+    stack.push_async_callback(server.stop, 5)
+    await rpc.set_serving(health, [SERVICE_NAME])
+    log.info("retrier listening on port %d", port)
+    return RunningRetrier(server, port, watcher, scheduler, store, nc)

@@ -1,0 +1,304 @@
+"""Dead letters in the DEAD stream: list by instance and time, show, replay, purge.
+
+A DEAD message is a pack (a JSON array of events) with the history headers of the executor
+(or of the retrier, plus `Eventfn-Dead-Reason`). Each event of it is one dead letter, named
+`<stream sequence>.<index in the pack>`; `<stream sequence>` alone names the whole pack.
+Reads use JetStream direct get with a per-instance subject filter (`dead.*.<instance>`),
+so no consumer is created; retention is the DEAD stream's max age.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from services.common import streams
+from services.retrier.scheduler import DEAD_REASON, HISTORY, LAST_ERROR, parse_time
+
+log = logging.getLogger(__name__)
+REPLAY_OF = "Eventfn-Replay-Of"
+
+
+class BadDeadLetterId(ValueError):
+    """A dead-letter id is not `<sequence>` or `<sequence>.<index>`."""
+
+
+@dataclass(frozen=True, slots=True)
+class LetterId:
+    """A dead letter's address: the DEAD message's sequence and, optionally, the event index."""
+
+    seq: int
+    index: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> LetterId:
+        """Parse `<sequence>` or `<sequence>.<index>`."""
+        head, dot, tail = text.strip().partition(".")
+        try:
+            seq = int(head)
+            index = int(tail) if dot else None
+        except ValueError:
+            raise BadDeadLetterId(
+                f"dead letter id {text!r} is not <sequence> or <sequence>.<index>"
+            ) from None
+        if seq < 1 or (index is not None and index < 0):
+            raise BadDeadLetterId(f"dead letter id {text!r} is out of range")
+        return cls(seq, index)
+
+    def __str__(self) -> str:
+        return str(self.seq) if self.index is None else f"{self.seq}.{self.index}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadPack:
+    """One DEAD message: where it is, when it was stored, its events and headers."""
+
+    seq: int
+    subject: str
+    time: datetime
+    headers: dict[str, str]
+    data: bytes
+
+    @property
+    def workspace_id(self) -> str:
+        """Return the workspace of the subject."""
+        return self.subject.split(".")[1]
+
+    @property
+    def instance_id(self) -> str:
+        """Return the instance of the subject."""
+        return self.subject.split(".")[2]
+
+    def events(self) -> list[bytes]:
+        """Return the events as JSON texts (one element for a body that is not an array)."""
+        try:
+            parsed = orjson.loads(self.data)
+        except orjson.JSONDecodeError:
+            return [self.data]
+        if not isinstance(parsed, list):
+            return [self.data]
+        return [orjson.dumps(e) for e in parsed]
+
+    def reason(self) -> str:
+        """Return why it was dead-lettered."""
+        if DEAD_REASON in self.headers:
+            return self.headers[DEAD_REASON]
+        attempt = self.headers.get(streams.ATTEMPT, "?")
+        error = self.headers.get(LAST_ERROR, "")
+        return f"permanent outcome on attempt {attempt}: {error}".rstrip(": ")
+
+    def history(self) -> list[dict[str, object]]:
+        """Return the recorded attempts, oldest first ([] when absent or unreadable)."""
+        try:
+            value = orjson.loads(self.headers.get(HISTORY, "[]") or "[]")
+        except orjson.JSONDecodeError:
+            return []
+        return [a for a in value if isinstance(a, dict)] if isinstance(value, list) else []
+
+    def first_attempt_time(self) -> datetime | None:
+        """Return the first attempt's time, when the header is readable."""
+        try:
+            return parse_time(self.headers[streams.FIRST_ATTEMPT_AT])
+        except (KeyError, ValueError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class Letter:
+    """One event of a DEAD pack."""
+
+    id: LetterId
+    pack: DeadPack
+    event: bytes
+
+    @property
+    def message_id(self) -> str:
+        """Return the event's messageId, if it has one."""
+        try:
+            value = orjson.loads(self.event)
+        except orjson.JSONDecodeError:
+            return ""
+        return str(value.get("messageId", "")) if isinstance(value, dict) else ""
+
+
+def letters_of(pack: DeadPack) -> list[Letter]:
+    """Return the dead letters of a pack, in pack order."""
+    return [Letter(LetterId(pack.seq, i), pack, e) for i, e in enumerate(pack.events())]
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+class DeadLetterStore:
+    """Read, replay and delete dead letters in the DEAD stream."""
+
+    def __init__(self, nc: NatsClient, js: JetStreamContext) -> None:
+        self._nc = nc
+        self._js = js
+
+    async def _direct(self, request: dict[str, object]) -> DeadPack | None:
+        reply = await self._nc.request(
+            f"$JS.API.DIRECT.GET.{streams.DEAD_STREAM}", orjson.dumps(request), timeout=5
+        )
+        headers = {str(k): str(v) for k, v in (reply.headers or {}).items()}
+        status = headers.get("Status")
+        if status == "404":
+            return None
+        if status:
+            raise RuntimeError(
+                f"direct get from DEAD failed: {status} {headers.get('Description')}"
+            )
+        meta = {
+            "Nats-Stream",
+            "Nats-Sequence",
+            "Nats-Time-Stamp",
+            "Nats-Subject",
+            "Nats-Last-Sequence",
+        }
+        return DeadPack(
+            seq=int(headers["Nats-Sequence"]),
+            subject=headers["Nats-Subject"],
+            time=parse_time(headers["Nats-Time-Stamp"]),
+            headers={k: v for k, v in headers.items() if k not in meta},
+            data=reply.data,
+        )
+
+    async def pack(self, seq: int) -> DeadPack | None:
+        """Return the DEAD message with this sequence, or None."""
+        pack = await self._direct({"seq": seq})
+        if pack is None or not pack.subject.startswith("dead."):
+            return None
+        return pack
+
+    async def scan(
+        self,
+        instance_id: str,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        below_seq: int | None = None,
+    ) -> AsyncIterator[DeadPack]:
+        """Yield the instance's DEAD packs stored in [start, end), oldest first."""
+        wanted = streams.subject_filter("dead", instance_id=instance_id)
+        request: dict[str, object] = {"next_by_subj": wanted}
+        if start is not None:
+            request["start_time"] = _utc(start).isoformat().replace("+00:00", "Z")
+        else:
+            request["seq"] = 1
+        while True:
+            pack = await self._direct(request)
+            if pack is None:
+                return
+            if below_seq is not None and pack.seq >= below_seq:
+                return
+            if end is not None and pack.time >= end:
+                return
+            if start is None or pack.time >= start:
+                yield pack
+            request = {"seq": pack.seq + 1, "next_by_subj": wanted}
+
+    async def page(
+        self,
+        instance_id: str,
+        *,
+        start: datetime | None,
+        end: datetime | None,
+        size: int,
+        before: LetterId | None,
+    ) -> tuple[list[Letter], LetterId | None]:
+        """Return up to `size` letters newest first, older than `before`, and the next cursor."""
+        newest: list[Letter] = []
+        below = None if before is None else before.seq + 1
+        async for pack in self.scan(instance_id, start=start, end=end, below_seq=below):
+            for letter in letters_of(pack):
+                if before is not None and (letter.id.seq, letter.id.index or 0) >= (
+                    before.seq,
+                    before.index or 0,
+                ):
+                    continue
+                newest.append(letter)
+            # Keep memory bounded: only the newest size + 1 can be on this page.
+            if len(newest) > 4 * (size + 1):
+                newest = newest[-(size + 1) :]
+        newest.reverse()
+        page = newest[:size]
+        more = len(newest) > size
+        return page, (page[-1].id if more and page else None)
+
+    async def select(
+        self,
+        instance_id: str,
+        ids: Sequence[LetterId],
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> list[Letter]:
+        """Return the chosen letters of the instance (all in the range when `ids` is empty)."""
+        if not ids:
+            return [
+                letter
+                async for pack in self.scan(instance_id, start=start, end=end)
+                for letter in letters_of(pack)
+            ]
+        out: list[Letter] = []
+        by_seq: dict[int, list[LetterId]] = {}
+        for letter_id in ids:
+            by_seq.setdefault(letter_id.seq, []).append(letter_id)
+        for seq, chosen in sorted(by_seq.items()):
+            pack = await self.pack(seq)
+            if pack is None or pack.instance_id != instance_id:
+                continue
+            letters = letters_of(pack)
+            if any(c.index is None for c in chosen):
+                out += letters
+            else:
+                indexes = {c.index for c in chosen}
+                out += [letter for letter in letters if letter.id.index in indexes]
+        return out
+
+    async def replay(self, letters: Iterable[Letter]) -> int:
+        """Send the letters back to their instance's EVENTS subject as first attempts."""
+        by_pack: dict[int, list[Letter]] = {}
+        for letter in letters:
+            by_pack.setdefault(letter.pack.seq, []).append(letter)
+        now = datetime.now(UTC).isoformat()
+        count = 0
+        for seq, chosen in by_pack.items():
+            pack = chosen[0].pack
+            headers = {
+                streams.MSG_ID: f"replay:{seq}:{uuid.uuid4().hex}",
+                streams.ATTEMPT: "1",
+                streams.FIRST_ATTEMPT_AT: now,
+                REPLAY_OF: ",".join(str(c.id) for c in chosen),
+            }
+            for name in (streams.TRACEPARENT, streams.TRACESTATE):
+                if name in pack.headers:
+                    headers[name] = pack.headers[name]
+            body = b"[" + b",".join(c.event for c in chosen) + b"]"
+            subject = streams.events_subject(pack.workspace_id, pack.instance_id)
+            await self._js.publish(subject, body, headers=headers)
+            count += len(chosen)
+        return count
+
+    async def purge(self, letters: Iterable[Letter]) -> int:
+        """Delete the DEAD messages holding the letters; return how many events went."""
+        seqs: dict[int, int] = {}
+        for letter in letters:
+            seqs[letter.pack.seq] = len(letter.pack.events())
+        count = 0
+        for seq, events in seqs.items():
+            try:
+                await self._js.delete_msg(streams.DEAD_STREAM, seq)
+            except NotFoundError:
+                continue
+            count += events
+        return count

@@ -1,0 +1,238 @@
+"""The Retrier gRPC servicer: list, show, replay and purge dead letters, authorized by the
+registry with the caller's own token."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import grpc
+from google.protobuf import timestamp_pb2
+from opentelemetry import trace
+
+from eventfn.registry.v1 import registry_pb2 as rpb
+from eventfn.registry.v1 import resources_pb2
+from eventfn.retrier.v1 import retrier_pb2 as pb
+from eventfn.retrier.v1 import retrier_pb2_grpc
+from eventfn.type.v1 import types_pb2
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.common.registry_gate import RegistryGate
+from services.retrier.dead_letters import (
+    BadDeadLetterId,
+    DeadLetterStore,
+    Letter,
+    LetterId,
+)
+from services.retrier.scheduler import DEAD_REASON, parse_time
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("eventfn.retrier")
+Ctx = grpc.aio.ServicerContext
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+
+def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def _range(
+    request: pb.ListDeadLettersRequest | pb.ReplayDeadLettersRequest,
+) -> tuple[datetime | None, datetime | None]:
+    start = end = None
+    if request.HasField("start_time"):
+        start = request.start_time.ToDatetime(tzinfo=UTC)
+    if request.HasField("end_time"):
+        end = request.end_time.ToDatetime(tzinfo=UTC)
+    if start is not None and end is not None and end <= start:
+        raise InvalidArgument.field("end_time", "must be after start_time")
+    return start, end
+
+
+def dead_letter_message(letter: Letter) -> pb.DeadLetter:
+    """Describe one dead letter for the API."""
+    pack = letter.pack
+    history = pack.history()
+    permanent = DEAD_REASON not in pack.headers
+    attempts: list[pb.Attempt] = []
+    for position, entry in enumerate(history):
+        attempt = pb.Attempt(
+            outcome=types_pb2.OUTCOME_FAILED
+            if permanent and position == len(history) - 1
+            else types_pb2.OUTCOME_RETRY,
+            error=types_pb2.HandlerError(message=str(entry.get("error", ""))),
+        )
+        try:
+            attempt.time.FromDatetime(parse_time(str(entry.get("time", ""))))
+        except ValueError:
+            pass
+        attempts.append(attempt)
+    out = pb.DeadLetter(
+        id=str(letter.id),
+        instance_id=pack.instance_id,
+        message_id=letter.message_id,
+        event_json=letter.event.decode(errors="replace"),
+        attempts=attempts,
+        reason=pack.reason(),
+    )
+    first = _timestamp(pack.first_attempt_time())
+    if first is not None:
+        out.first_attempt_time.CopyFrom(first)
+    out.dead_time.FromDatetime(pack.time)
+    return out
+
+
+def _ids(values: list[str], field: str) -> list[LetterId]:
+    try:
+        return [LetterId.parse(v) for v in values]
+    except BadDeadLetterId as error:
+        raise InvalidArgument.field(field, str(error)) from None
+
+
+def may_administer(member: resources_pb2.Member, source_id: str) -> bool:
+    """Return whether the member is Workspace Owner or Source Admin covering the source."""
+    for grant in member.roles:
+        if grant.role == resources_pb2.ROLE_WORKSPACE_OWNER:
+            return True
+        if grant.role == resources_pb2.ROLE_SOURCE_ADMIN and (
+            not grant.source_ids or source_id in grant.source_ids
+        ):
+            return True
+    return False
+
+
+class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
+    """Serve the Retrier API over the DEAD stream."""
+
+    def __init__(self, store: DeadLetterStore, gate: RegistryGate) -> None:
+        self._store = store
+        self._gate = gate
+
+    async def _writable(
+        self, context: Ctx, instance_id: str, action: str
+    ) -> rpb.GetInstanceResponse:
+        """Return the instance if the caller may replay or purge its dead letters."""
+        try:
+            found = await self._gate.instance(context, instance_id)
+        except NotFound:
+            # The instance may be gone while its dead letters remain: say so to members of
+            # the same workspace; to anyone else it stays NOT_FOUND.
+            me = await self._gate.whoami(context)
+            async for pack in self._store.scan(instance_id):
+                if pack.workspace_id == me.member.workspace_id:
+                    raise FailedPrecondition(
+                        f"instance {instance_id!r} was deleted (or its function was): its dead "
+                        f"letters cannot be {action}ed to it; they expire with the DEAD "
+                        "stream's retention"
+                    ) from None
+                break
+            raise
+        me = await self._gate.whoami(context)
+        if not may_administer(me.member, found.instance.source_id):
+            raise PermissionDenied(
+                f"{action} of dead letters needs Source Admin of source "
+                f"{found.instance.source_id!r} (or Workspace Owner)"
+            )
+        return found
+
+    async def ListDeadLetters(
+        self, request: pb.ListDeadLettersRequest, context: Ctx
+    ) -> pb.ListDeadLettersResponse:
+        """List dead letters of an instance, newest first."""
+        if not request.instance_id:
+            raise InvalidArgument.field("instance_id", "required")
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise InvalidArgument.field("page_size", f"must be 1..{MAX_PAGE_SIZE}, got {size}")
+        before = None
+        if request.page_token:
+            try:
+                before = LetterId.parse(request.page_token)
+            except BadDeadLetterId:
+                raise InvalidArgument.field(
+                    "page_token", "not a token of a previous call; start without one"
+                ) from None
+        start, end = _range(request)
+        await self._gate.instance(context, request.instance_id)
+        letters, cursor = await self._store.page(
+            request.instance_id, start=start, end=end, size=size, before=before
+        )
+        return pb.ListDeadLettersResponse(
+            dead_letters=[dead_letter_message(letter) for letter in letters],
+            next_page_token="" if cursor is None else str(cursor),
+        )
+
+    async def GetDeadLetter(
+        self, request: pb.GetDeadLetterRequest, context: Ctx
+    ) -> pb.GetDeadLetterResponse:
+        """Show one dead letter with its history."""
+        (letter_id,) = _ids([request.dead_letter_id], "dead_letter_id")
+        pack = await self._store.pack(letter_id.seq)
+        if pack is None:
+            raise NotFound("dead letter", request.dead_letter_id)
+        # Someone who may not read the instance must not learn the letter exists.
+        await self._gate.instance(context, pack.instance_id)
+        letters = await self._store.select(
+            pack.instance_id, [LetterId(letter_id.seq, letter_id.index or 0)]
+        )
+        if not letters:
+            raise NotFound("dead letter", request.dead_letter_id)
+        return pb.GetDeadLetterResponse(dead_letter=dead_letter_message(letters[0]))
+
+    async def ReplayDeadLetters(
+        self, request: pb.ReplayDeadLettersRequest, context: Ctx
+    ) -> pb.ReplayDeadLettersResponse:
+        """Send dead letters back to their instance as first attempts."""
+        if not request.instance_id:
+            raise InvalidArgument.field("instance_id", "required")
+        ids = _ids(list(request.dead_letter_ids), "dead_letter_ids")
+        start, end = _range(request)
+        found = await self._writable(context, request.instance_id, "replay")
+        if request.version_id and request.version_id != found.instance.version_id:
+            raise InvalidArgument.field(
+                "version_id",
+                "replaying on a version other than the deployed one is not supported yet; "
+                "deploy that version to the instance, then replay without version_id",
+            )
+        if not found.instance.enabled:
+            raise FailedPrecondition(
+                f"instance {request.instance_id!r} is disabled: replayed events would be "
+                "discarded; enable it first"
+            )
+        with tracer.start_as_current_span("dead.replay") as span:
+            span.set_attribute("eventfn.instance_id", request.instance_id)
+            letters = await self._store.select(request.instance_id, ids, start=start, end=end)
+            replayed = await self._store.replay(letters)
+            span.set_attribute("eventfn.replayed", replayed)
+        log.info(
+            "audit: dead letters replayed: instance=%s count=%d ids=%s",
+            request.instance_id,
+            replayed,
+            ",".join(request.dead_letter_ids) or "all",
+        )
+        return pb.ReplayDeadLettersResponse(replayed=replayed)
+
+    async def PurgeDeadLetters(
+        self, request: pb.PurgeDeadLettersRequest, context: Ctx
+    ) -> pb.PurgeDeadLettersResponse:
+        """Delete dead letters of an instance (a letter's whole pack goes with it)."""
+        if not request.instance_id:
+            raise InvalidArgument.field("instance_id", "required")
+        ids = _ids(list(request.dead_letter_ids), "dead_letter_ids")
+        end = None
+        if request.HasField("end_time"):
+            end = request.end_time.ToDatetime(tzinfo=UTC)
+        await self._writable(context, request.instance_id, "purge")
+        letters = await self._store.select(request.instance_id, ids, end=end)
+        purged = await self._store.purge(letters)
+        log.info(
+            "audit: dead letters purged: instance=%s count=%d ids=%s",
+            request.instance_id,
+            purged,
+            ",".join(request.dead_letter_ids) or "all",
+        )
+        return pb.PurgeDeadLettersResponse(purged=purged)

@@ -1,0 +1,44 @@
+"""Retrier settings (`EVENTFN_*` environment variables)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from services.common.settings import CommonSettings
+from services.retrier.backoff import RetryPolicy
+
+
+class RetrierSettings(CommonSettings):
+    """Everything a retrier process reads from its environment, validated at start."""
+
+    retrier_listen: str = "127.0.0.1:50054"
+    nats_url: str = "nats://127.0.0.1:4222"
+    registry_addr: str = "127.0.0.1:50051"
+    retrier_name: str = "retrier"
+    # Backoff: the wait after attempt n is uniform in [0, min(cap, base * factor^(n-1))];
+    # no attempt is scheduled past `window` after the first one.
+    retry_base_seconds: float = 1.0
+    retry_factor: float = 2.0
+    retry_cap_seconds: float = 600.0
+    retry_window_seconds: float = 4 * 3600.0
+    retry_clock_skew_tolerance_seconds: float = 5.0
+    # A held message comes back at least this often, to re-check window and instance.
+    retry_max_hold_seconds: float = 300.0
+    # A retry whose instance is unknown is discarded once its RETRY message is this old
+    # (a newly created instance may reach this process's config view a little late).
+    retry_unknown_instance_grace_seconds: float = 30.0
+    # RETRY messages pulled at once, and JetStream's wait for an ack before redelivering.
+    retrier_fetch: int = 256
+    retrier_ack_wait_seconds: float = 30.0
+    # How long dead letters are kept (the DEAD stream's max age).
+    dead_retention_days: float = 14.0
+
+    def policy(self) -> RetryPolicy:
+        """Return the backoff policy these settings describe."""
+        return RetryPolicy(
+            base=timedelta(seconds=self.retry_base_seconds),
+            factor=self.retry_factor,
+            cap=timedelta(seconds=self.retry_cap_seconds),
+            window=timedelta(seconds=self.retry_window_seconds),
+            clock_skew_tolerance=timedelta(seconds=self.retry_clock_skew_tolerance_seconds),
+        )
