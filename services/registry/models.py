@@ -27,7 +27,7 @@ def _ts(**kw: Any) -> Any:
 class Workspace(SQLModel, table=True):
     """A workspace; every other row belongs to one."""
 
-    id: str = Field(primary_key=True)
+    id: str = Field(primary_key=True, sa_type=Text)
     name: str = Field(sa_column=Column(Text, unique=True, nullable=False))
     created_at: datetime = _ts(nullable=False)
 
@@ -36,11 +36,11 @@ class Member(SQLModel, table=True):
     """A person or service account of a workspace, with role grants as JSON."""
 
     __table_args__ = (UniqueConstraint("workspace_id", "email"),)
-    id: str = Field(primary_key=True)
+    id: str = Field(primary_key=True, sa_type=Text)
     workspace_id: str = Field(
         sa_column=Column(Text, ForeignKey("workspace.id", ondelete="CASCADE"), nullable=False)
     )
-    email: str
+    email: str = Field(sa_type=Text)
     roles: list[dict[str, Any]] = Field(sa_column=Column(JSONB, nullable=False))
     bootstrap: bool = False
     created_at: datetime = _ts(nullable=False)
@@ -49,12 +49,12 @@ class Member(SQLModel, table=True):
 class Token(SQLModel, table=True):
     """An API token; only the SHA-256 of the secret is stored."""
 
-    id: str = Field(primary_key=True)
+    id: str = Field(primary_key=True, sa_type=Text)
     member_id: str = Field(
         sa_column=Column(Text, ForeignKey("member.id", ondelete="CASCADE"), nullable=False)
     )
-    name: str
-    prefix: str
+    name: str = Field(sa_type=Text)
+    prefix: str = Field(sa_type=Text)
     secret_hash: str = Field(sa_column=Column(Text, unique=True, nullable=False))
     created_at: datetime = _ts(nullable=False)
     expires_at: datetime | None = _ts(nullable=True)
@@ -65,11 +65,11 @@ class Source(SQLModel, table=True):
     """A source of events and its current write key."""
 
     __table_args__ = (UniqueConstraint("workspace_id", "name"),)
-    id: str = Field(primary_key=True)
+    id: str = Field(primary_key=True, sa_type=Text)
     workspace_id: str = Field(
         sa_column=Column(Text, ForeignKey("workspace.id", ondelete="CASCADE"), nullable=False)
     )
-    name: str
+    name: str = Field(sa_type=Text)
     write_key: str = Field(sa_column=Column(Text, unique=True, nullable=False))
     created_at: datetime = _ts(nullable=False)
 
@@ -78,13 +78,13 @@ class Function(SQLModel, table=True):
     """A destination function; its code lives in its versions."""
 
     __table_args__ = (UniqueConstraint("workspace_id", "name"),)
-    id: str = Field(primary_key=True)
+    id: str = Field(primary_key=True, sa_type=Text)
     workspace_id: str = Field(
         sa_column=Column(Text, ForeignKey("workspace.id", ondelete="CASCADE"), nullable=False)
     )
-    name: str
-    description: str = ""
-    latest_version_id: str = ""
+    name: str = Field(sa_type=Text)
+    description: str = Field(default="", sa_type=Text)
+    latest_version_id: str = Field(default="", sa_type=Text)
     latest_version_number: int = 0
     created_at: datetime = _ts(nullable=False)
     updated_at: datetime = _ts(nullable=False)
@@ -95,14 +95,14 @@ class FunctionVersion(SQLModel, table=True):
 
     __tablename__ = "function_version"  # type: ignore[assignment]
     __table_args__ = (UniqueConstraint("function_id", "number"),)
-    id: str = Field(primary_key=True)
+    id: str = Field(primary_key=True, sa_type=Text)
     function_id: str = Field(
         sa_column=Column(Text, ForeignKey("function.id", ondelete="CASCADE"), nullable=False)
     )
     number: int
     code: str = Field(sa_column=Column(Text, nullable=False))
     settings: list[dict[str, Any]] = Field(sa_column=Column(JSONB, nullable=False))
-    created_by: str
+    created_by: str = Field(sa_type=Text)
     created_at: datetime = _ts(nullable=False)
 
 
@@ -110,7 +110,7 @@ class Instance(SQLModel, table=True):
     """A function connected to a source; encrypted setting values are stored sealed."""
 
     __table_args__ = (UniqueConstraint("workspace_id", "name"),)
-    id: str = Field(primary_key=True)
+    id: str = Field(primary_key=True, sa_type=Text)
     workspace_id: str = Field(
         sa_column=Column(Text, ForeignKey("workspace.id", ondelete="CASCADE"), nullable=False)
     )
@@ -119,7 +119,7 @@ class Instance(SQLModel, table=True):
     version_id: str = Field(
         sa_column=Column(Text, ForeignKey("function_version.id"), nullable=False)
     )
-    name: str
+    name: str = Field(sa_type=Text)
     settings: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
     enabled: bool = True
     batch_size: int = 20
@@ -136,12 +136,12 @@ class AuditEvent(SQLModel, table=True):
 
     __tablename__ = "audit_event"  # type: ignore[assignment]
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
-    workspace_id: str = Field(index=True)
-    actor_member_id: str
-    actor_email: str
-    action: str
-    resource_type: str
-    resource_id: str = Field(index=True)
+    workspace_id: str = Field(index=True, sa_type=Text)
+    actor_member_id: str = Field(sa_type=Text)
+    actor_email: str = Field(sa_type=Text)
+    action: str = Field(sa_type=Text)
+    resource_type: str = Field(sa_type=Text)
+    resource_id: str = Field(index=True, sa_type=Text)
     details: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
     created_at: datetime = _ts(nullable=False)
 

@@ -50,10 +50,18 @@ class InstanceRpcs(RegistryBase):
         }
 
     def seal_settings(
-        self, instance_id: str, schema: list[dict], values: dict[str, Any]
+        self,
+        instance_id: str,
+        schema: list[dict],
+        values: dict[str, Any],
+        still_secret: frozenset[str] = frozenset(),
     ) -> dict[str, Any]:
-        """Return settings to store: encrypted ones sealed to the instance."""
-        secret = {s["name"] for s in schema if s["encrypted"]}
+        """Return settings to store: encrypted ones sealed to the instance.
+
+        `still_secret` names values that were sealed before: they stay sealed even when a
+        newer version no longer marks the setting encrypted, so no deploy reveals a secret.
+        """
+        secret = {s["name"] for s in schema if s["encrypted"]} | still_secret
         box = self.deps.secrets
         return {
             k: box.seal(v, instance_id=instance_id, name=k) if k in secret else v
@@ -73,7 +81,9 @@ class InstanceRpcs(RegistryBase):
         if given is None:  # no new values: the current ones must fit the schema
             declared = {s["name"] for s in schema}
             values = {k: v for k, v in current.items() if k in declared}
-            return self.seal_settings(instance_id, schema, check_setting_values(schema, values))
+            return self.seal_settings(
+                instance_id, schema, check_setting_values(schema, values), kept
+            )
         values = check_setting_values(schema, given, kept_secrets=kept)
         for name in kept:  # a masked or absent encrypted value keeps the stored secret
             if (
@@ -82,7 +92,7 @@ class InstanceRpcs(RegistryBase):
                 and any(s["name"] == name and s["encrypted"] for s in schema)
             ):
                 values[name] = current[name]
-        return self.seal_settings(instance_id, schema, values)
+        return self.seal_settings(instance_id, schema, values, kept)
 
     async def _locked_instance(
         self, s, caller: Caller, instance_id: str, expected: int

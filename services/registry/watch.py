@@ -14,6 +14,7 @@ from eventfn.registry.v1 import registry_pb2 as pb
 from services.common.errors import PermissionDenied
 from services.registry import convert
 from services.registry.rpc_instances import InstanceRpcs
+from services.registry.secrets import is_sealed
 from services.registry.store import CONFIG_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,10 @@ class WatchRpcs(InstanceRpcs):
                 version_id=ver.id,
                 code=ver.code,
                 settings=convert.struct(self.open_settings(ins)),
-                secret_setting_names=[s["name"] for s in ver.settings if s["encrypted"]],
+                secret_setting_names=sorted(
+                    {s["name"] for s in ver.settings if s["encrypted"]}
+                    | {k for k, v in ins.settings.items() if is_sealed(v)}
+                ),
                 enabled=ins.enabled,
                 batch_size=ins.batch_size,
                 batch_wait_ms=ins.batch_wait_ms,
