@@ -374,7 +374,8 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetInstance(self, request, context):
-        """Get an instance; encrypted settings are masked (read access to its function or source).
+        """Get an instance; encrypted settings are masked (read access to its function, or Source
+        Admin of its source).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -109,7 +109,9 @@ class RegistryStub:
     missing required setting, a batch size outside 1..400 or a filter that does not parse.
     """
     GetInstance: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetInstanceRequest, _registry_pb2.GetInstanceResponse]
-    """Get an instance; encrypted settings are masked (read access to its function or source)."""
+    """Get an instance; encrypted settings are masked (read access to its function, or Source
+    Admin of its source).
+    """
     ListInstances: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListInstancesRequest, _registry_pb2.ListInstancesResponse]
     """List instances, optionally of one function or source."""
     UpdateInstance: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpdateInstanceRequest, _registry_pb2.UpdateInstanceResponse]
@@ -210,7 +212,9 @@ class RegistryAsyncStub(RegistryStub):
     missing required setting, a batch size outside 1..400 or a filter that does not parse.
     """
     GetInstance: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetInstanceRequest, _registry_pb2.GetInstanceResponse]  # type: ignore[assignment]
-    """Get an instance; encrypted settings are masked (read access to its function or source)."""
+    """Get an instance; encrypted settings are masked (read access to its function, or Source
+    Admin of its source).
+    """
     ListInstances: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListInstancesRequest, _registry_pb2.ListInstancesResponse]  # type: ignore[assignment]
     """List instances, optionally of one function or source."""
     UpdateInstance: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpdateInstanceRequest, _registry_pb2.UpdateInstanceResponse]  # type: ignore[assignment]
@@ -452,7 +456,9 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.GetInstanceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.GetInstanceResponse, _abc.Awaitable[_registry_pb2.GetInstanceResponse]]:
-        """Get an instance; encrypted settings are masked (read access to its function or source)."""
+        """Get an instance; encrypted settings are masked (read access to its function, or Source
+        Admin of its source).
+        """
 
     @_abc_1.abstractmethod
     def ListInstances(

@@ -30,7 +30,9 @@ class RouterStub:
     """The router. It also serves Segment's HTTP tracking API (POST /v1/track, /v1/batch, ...);
     this service is the same ingestion for internal producers. Calls authenticate with the
     source's write key, not a member token. A call succeeds only once every event is durably
-    stored (JetStream, fsync before ack); on any error nothing of the request is stored.
+    stored (JetStream, fsync before ack). A request refused as invalid stores nothing; one that
+    fails on storage (UNAVAILABLE) may have stored part of its events, so retry it unchanged:
+    every pack carries a dedupe id and a resend within 10 minutes is not delivered twice.
     """
 
     @_typing.overload
@@ -53,7 +55,9 @@ class RouterAsyncStub(RouterStub):
     """The router. It also serves Segment's HTTP tracking API (POST /v1/track, /v1/batch, ...);
     this service is the same ingestion for internal producers. Calls authenticate with the
     source's write key, not a member token. A call succeeds only once every event is durably
-    stored (JetStream, fsync before ack); on any error nothing of the request is stored.
+    stored (JetStream, fsync before ack). A request refused as invalid stores nothing; one that
+    fails on storage (UNAVAILABLE) may have stored part of its events, so retry it unchanged:
+    every pack carries a dedupe id and a resend within 10 minutes is not delivered twice.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -72,7 +76,9 @@ class RouterServicer(metaclass=_abc_1.ABCMeta):
     """The router. It also serves Segment's HTTP tracking API (POST /v1/track, /v1/batch, ...);
     this service is the same ingestion for internal producers. Calls authenticate with the
     source's write key, not a member token. A call succeeds only once every event is durably
-    stored (JetStream, fsync before ack); on any error nothing of the request is stored.
+    stored (JetStream, fsync before ack). A request refused as invalid stores nothing; one that
+    fails on storage (UNAVAILABLE) may have stored part of its events, so retry it unchanged:
+    every pack carries a dedupe id and a resend within 10 minutes is not delivered twice.
     """
 
     @_abc_1.abstractmethod
