@@ -131,6 +131,7 @@ class HostFetcher:
         self._config = config
         self._policy = EgressPolicy.from_config(config)
         self._session: aiohttp.ClientSession | None = None
+        self._proxied = bool(config.http_proxy or config.https_proxy)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -189,7 +190,7 @@ class HostFetcher:
         if req.get("timeout"):
             budget = min(budget, float(req["timeout"]) / 1000)
         try:
-            async with asyncio.timeout(max(budget, 0.001)):
+            async with asyncio.timeout_at(asyncio.get_running_loop().time() + max(budget, 0.001)):
                 result, data = await self._follow(req, url, method, body)
         except FetchFailed as exc:
             result, data = {"id": req["id"], "error": _error(exc)}, None
@@ -228,7 +229,7 @@ class HostFetcher:
                     allow_redirects=False,
                     # node-fetch sends no Content-Type for a Buffer body; aiohttp would add one.
                     skip_auto_headers=("Content-Type",),
-                    proxy=proxy_for(url, self._config),
+                    proxy=proxy_for(url, self._config) if self._proxied else None,
                 ) as resp:
                     location = resp.headers.get("Location")
                     if resp.status in REDIRECT_CODES and location is not None:
@@ -297,8 +298,10 @@ async def _read_capped(
             "max-size",
         )
 
-    if resp.content_length is not None and resp.content_length > limit:
-        raise too_big()
+    if resp.content_length is not None:
+        if resp.content_length > limit:
+            raise too_big()
+        return await resp.read()
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -1,0 +1,1 @@
+"""Benchmarks: each subpackage has a main() that prints its figures."""
