@@ -11,6 +11,7 @@ import pytest_asyncio
 
 from services.executor.runtime import (
     EgressConfig,
+    InvalidInvocation,
     Invocation,
     OutcomeKind,
     RuntimeConfig,
@@ -198,3 +199,28 @@ async def test_events_not_a_json_array_of_objects(pool: RuntimePool) -> None:
     assert {(o.kind, o.error_type) for o in result.outcomes} == {
         (OutcomeKind.DISCARD, "InvalidEventPayload")
     }
+
+
+async def test_timers_do_not_outlive_their_invocation(pool: RuntimePool) -> None:
+    code = """let fired = 0
+    async function onTrack(e) {
+      if (e.event === 'arm') { setTimeout(() => { fired += 1 }, 1); return 'armed' }
+      await new Promise(ok => setTimeout(ok, 30));
+      return fired
+    }"""
+    key = new_key()
+    assert value_of(await invoke(pool, code, [{"type": "track", "event": "arm"}], key=key)) == (
+        "armed"
+    )
+    assert value_of(await invoke(pool, code, [{"type": "track", "event": "check"}], key=key)) == 0
+
+
+async def test_timeout_out_of_range_is_rejected(pool: RuntimePool) -> None:
+    with pytest.raises(InvalidInvocation, match="timeout_s"):
+        await invoke(pool, "function onTrack() {}", timeout_s=61)
+
+
+async def test_handlers_lists_defined_handlers(pool: RuntimePool) -> None:
+    code = "async function onTrack() {}\nconst onBatch = async () => {}\nfunction helper() {}"
+    assert await pool.handlers(new_key(), code) == frozenset({"onTrack", "onBatch"})
+    assert await pool.handlers(new_key(), "syntax error here") == frozenset()

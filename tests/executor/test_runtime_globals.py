@@ -201,3 +201,26 @@ async def test_event_reaches_handler_exactly_as_sent(pool: RuntimePool) -> None:
     event = {"type": "track", "custom": {"deep": [1, None, "x"]}, "n": 1.5}
     code = "function onTrack(event) { return event }"
     assert value_of(await invoke(pool, code, [event])) == event
+
+
+async def test_jsonwebtoken_rs256_with_a_pem_key(pool: RuntimePool) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    code = """async function onTrack(event, settings) {
+      const token = jsonwebtoken.sign({sub: 'svc'}, settings.privateKey, {algorithm: 'RS256'});
+      return jsonwebtoken.verify(token, settings.publicKey, {algorithms: ['RS256']}).sub
+    }"""
+    result = await invoke(pool, code, settings={"privateKey": private, "publicKey": public})
+    assert value_of(result) == "svc"

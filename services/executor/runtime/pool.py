@@ -264,14 +264,17 @@ class RuntimePool:
                 if w is None or w.dead or not w.ready.is_set():
                     continue
                 seq, started, last_read, _ = read_status(w.status)
+                pending = w.inflight.get(seq) if seq else None
+                if tick % 100 == 0 and w.rss() > worker_limit:
+                    # Memory kept across crossings (a growing global): recycle the worker,
+                    # blaming whichever invocation is inside V8 right now, if any.
+                    self._kill(w, pending, "memory")
+                    continue
                 if seq == 0:
                     if w.stalled:
                         w.stalled, w.stalled_key = False, None
                         self._changed.set()
-                    if tick % 100 == 0 and not w.inflight and w.rss() > worker_limit:
-                        self._kill(w, None, "crash")  # recycle: it holds only idle contexts
                     continue
-                pending = w.inflight.get(seq)
                 if (seq, started) != w.seen_crossing:
                     w.seen_crossing = (seq, started)
                     w.rss_base = w.rss()
