@@ -37,3 +37,12 @@ def test_check_syntax_reports_line_and_column() -> None:
 def test_check_syntax_rejects_module_syntax() -> None:
     problem = check_syntax("import x from 'y'\nasync function onTrack() {}")
     assert problem is not None and problem.line == 1
+
+
+def test_check_syntax_from_other_threads() -> None:
+    # STPyV8 objects crash when used off their thread; the checker must hand work over.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as threads:
+        problems = list(threads.map(check_syntax, ["a b", "function f() {}"] * 8))
+    assert [p is None for p in problems] == [False, True] * 8
