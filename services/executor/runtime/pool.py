@@ -55,6 +55,7 @@ from .protocol import (
 _PROJECT_ROOT = Path(__file__).resolve().parents[3]
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _MAX_ATTEMPTS = 6
+_KILL_GRACE_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -281,7 +282,12 @@ class RuntimePool:
                 elif w.rss() - w.rss_base > limit:
                     self._kill(w, pending, "memory")
                     continue
-                if pending is not None and now > pending.deadline:
+                # The grace spares the short crossing that ends an invocation at its deadline.
+                if (
+                    pending is not None
+                    and now > pending.deadline + _KILL_GRACE_S
+                    and now_ns - started > _KILL_GRACE_S * 1e9
+                ):
                     self._kill(w, pending, "timeout")
                     continue
                 if pending is None and now_ns - started > MAX_TIMEOUT_S * 1e9:
