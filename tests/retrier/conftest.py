@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 import pytest
@@ -17,7 +17,9 @@ from tests.registry.conftest import SERVICE, Registry, registry
 
 __all__ = ["platform", "registry", "sink"]
 
-StartRetrier = Callable[..., Awaitable[tuple[RunningRetrier, retrier_pb2_grpc.RetrierStub]]]
+StartRetrier: TypeAlias = (
+    "Callable[..., Awaitable[tuple[RunningRetrier, retrier_pb2_grpc.RetrierAsyncStub]]]"
+)
 
 
 @pytest.fixture
@@ -25,7 +27,9 @@ async def start_retrier_on(registry: Registry, nats_url: str) -> AsyncIterator[S
     """Return a function starting a retrier (settings overridable) against the test registry."""
     async with AsyncExitStack() as stack:
 
-        async def start(**overrides: Any) -> tuple[RunningRetrier, retrier_pb2_grpc.RetrierStub]:
+        async def start(
+            **overrides: Any,
+        ) -> tuple[RunningRetrier, retrier_pb2_grpc.RetrierAsyncStub]:
             values: dict[str, Any] = {
                 "retrier_listen": "127.0.0.1:0",
                 "nats_url": nats_url,

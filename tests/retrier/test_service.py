@@ -178,20 +178,21 @@ async def test_a_retry_message_naming_no_instance_goes_to_the_invalid_dead_subje
 ) -> None:
     await start_retrier_on()
     js = nats_client.jetstream()
-    marker = uuid.uuid4().hex
-    await js.publish("retry.only-two", EVENTS, headers={streams.MSG_ID: marker})
+    subject = f"retry.two-tokens-{uuid.uuid4().hex}"
+    await js.publish(subject, EVENTS, headers={streams.MSG_ID: subject})
     store = DeadLetterStore(nats_client, js)
-    for _ in range(200):
-        packs = [p async for p in store.scan("_invalid")]
-        if any(p.headers.get(streams.MSG_ID) == "malformed-retry:" + str(p.seq) for p in packs):
+    async with asyncio.timeout(20):
+        while True:
             found = [
-                p for p in packs if p.headers.get("Eventfn-Original-Subject") == "retry.only-two"
+                p
+                async for p in store.scan("_invalid")
+                if p.headers.get("Eventfn-Original-Subject") == subject
             ]
             if found:
-                assert found[-1].subject == UNROUTABLE_DEAD_SUBJECT
-                return
-        await asyncio.sleep(0.05)
-    raise AssertionError("no dead letter for retry.only-two")
+                break
+            await asyncio.sleep(0.05)
+    assert found[0].subject == UNROUTABLE_DEAD_SUBJECT
+    assert "is not retry.<workspace>.<instance>" in found[0].headers[DEAD_REASON]
 
 
 async def test_dead_letters_page_newest_first_and_purge(nats_client: NatsClient) -> None:
