@@ -12,10 +12,12 @@ import grpc
 import orjson
 import pytest
 from aiohttp import web
+from typer.testing import CliRunner
 
 from eventfn.registry.v1 import registry_pb2 as rpb
 from eventfn.retrier.v1 import retrier_pb2 as pb
 from eventfn.retrier.v1 import retrier_pb2_grpc
+from services.cli.dead_commands import dead
 from services.common import streams
 from services.retrier.dead_letters import DeadLetterStore
 from services.retrier.scheduler import DEAD_REASON, HISTORY, parse_time
@@ -270,3 +272,38 @@ async def test_first_attempt_in_the_future_does_not_stretch_the_window(
     assert first < datetime.now(UTC), "the future first-attempt time was carried forward"
     assert DEAD_REASON in pack.headers
     assert len(sink.bodies) >= 1
+
+
+async def test_cli_lists_shows_and_replays_dead_letters(
+    platform: Platform, sink: Sink, start_retrier_on: StartRetrier
+) -> None:
+    retrier, stub = await start_retrier_on(
+        retry_base_seconds=0.1, retry_cap_seconds=0.2, retry_window_seconds=0.5
+    )
+    sink.status = 500
+    iid = await platform.instance(CODE, sink.url)
+    await retrier.watcher.wait_until(lambda v: iid in v.instances)
+    await send(platform, "m-cli")
+    (letter,) = await until_dead(stub, platform.owner, iid)
+    attempts = len(sink.bodies)
+    env = {"EVENTFN_RETRIER_ADDR": f"127.0.0.1:{retrier.port}", "EVENTFN_TOKEN": platform.owner}
+    runner = CliRunner()
+
+    def cli(*args: str) -> str:
+        result = runner.invoke(dead, list(args), env=env)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    # The CLI's stubs are blocking: run them off the event loop the servers live on.
+    listed = await asyncio.to_thread(cli, "list", iid)
+    assert letter.id in listed and "m-cli" in listed
+    shown = await asyncio.to_thread(cli, "show", letter.id)
+    assert "retry window" in shown and "m-cli" in shown
+    sink.status = 200
+    replayed = await asyncio.to_thread(cli, "replay", iid, "--id", letter.id)
+    assert "replayed 1" in replayed
+    events = await requests(sink, attempts + 1)
+    assert events[-1]["messageId"] == "m-cli"
+    await quiet(sink, attempts + 1)
+    purged = await asyncio.to_thread(cli, "purge", iid, "--yes")
+    assert "purged 1" in purged

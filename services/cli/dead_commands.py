@@ -1,0 +1,141 @@
+"""`eventfn dead`: list, show, replay and purge an instance's dead letters."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+from google.protobuf import timestamp_pb2
+
+from eventfn.retrier.v1 import retrier_pb2 as pb
+from eventfn.retrier.v1 import retrier_pb2_grpc
+from eventfn.type.v1 import types_pb2
+from services.cli.client import as_json, fail, metadata, out, stub, table, when
+
+dead = typer.Typer(help="Events that ran out of retries: list, show, replay, purge.")
+
+Since = Annotated[
+    str | None, typer.Option("--since", help="Only those dead-lettered at or after (ISO 8601).")
+]
+Until = Annotated[
+    str | None, typer.Option("--until", help="Only those dead-lettered before (ISO 8601).")
+]
+Ids = Annotated[
+    list[str] | None,
+    typer.Option("--id", help="A dead letter id (repeatable); default: all in the range."),
+]
+
+
+def timestamp(value: str | None, option: str) -> timestamp_pb2.Timestamp | None:
+    """Parse an ISO 8601 time (UTC when no offset) into a Timestamp."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"{option} {value!r} is not an ISO 8601 time, e.g. 2026-01-31T12:00:00Z")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(parsed)
+    return ts
+
+
+@dead.command("list")
+def list_dead(
+    instance_id: str,
+    since: Since = None,
+    until: Until = None,
+    limit: Annotated[int, typer.Option(help="Dead letters per page (1..500).")] = 50,
+    page_token: Annotated[str, typer.Option(help="Continue after a previous page.")] = "",
+) -> None:
+    """List an instance's dead letters, newest first."""
+    request = pb.ListDeadLettersRequest(
+        instance_id=instance_id,
+        start_time=timestamp(since, "--since"),
+        end_time=timestamp(until, "--until"),
+        page_size=limit,
+        page_token=page_token,
+    )
+    with stub("retrier", retrier_pb2_grpc.RetrierStub) as retrier:
+        resp = retrier.ListDeadLetters(request, metadata=metadata())
+    table(
+        f"dead letters of {instance_id}",
+        ["id", "dead at", "messageId", "attempts", "reason"],
+        [
+            (d.id, when(d.dead_time), d.message_id, len(d.attempts), d.reason[:80])
+            for d in resp.dead_letters
+        ],
+    )
+    if resp.next_page_token:
+        out.print(f"more: --page-token {resp.next_page_token}", highlight=False)
+
+
+@dead.command("show")
+def show(
+    dead_letter_id: str,
+    json: Annotated[
+        bool, typer.Option("--json", help="Print the whole dead letter as JSON.")
+    ] = False,
+) -> None:
+    """Show one dead letter: the event, every attempt, the reason."""
+    with stub("retrier", retrier_pb2_grpc.RetrierStub) as retrier:
+        letter = retrier.GetDeadLetter(
+            pb.GetDeadLetterRequest(dead_letter_id=dead_letter_id), metadata=metadata()
+        ).dead_letter
+    if json:
+        as_json(letter)
+        return
+    out.print(
+        f"[bold]{letter.id}[/] instance {letter.instance_id} messageId {letter.message_id}\n"
+        f"first attempt {when(letter.first_attempt_time)}, dead {when(letter.dead_time)}\n"
+        f"reason: {letter.reason}",
+        highlight=False,
+    )
+    table(
+        "attempts",
+        ["#", "time", "outcome", "error"],
+        [
+            (n, when(a.time), types_pb2.Outcome.Name(a.outcome), a.error.message)
+            for n, a in enumerate(letter.attempts, start=1)
+        ],
+    )
+    out.print(letter.event_json, highlight=False)
+
+
+@dead.command("replay")
+def replay(
+    instance_id: str,
+    ids: Ids = None,
+    since: Since = None,
+    until: Until = None,
+) -> None:
+    """Send dead letters back to their instance (one, several, or all in a range)."""
+    request = pb.ReplayDeadLettersRequest(
+        instance_id=instance_id,
+        dead_letter_ids=ids or [],
+        start_time=timestamp(since, "--since"),
+        end_time=timestamp(until, "--until"),
+    )
+    with stub("retrier", retrier_pb2_grpc.RetrierStub) as retrier:
+        resp = retrier.ReplayDeadLetters(request, metadata=metadata())
+    out.print(f"replayed {resp.replayed} dead letter(s) to {instance_id}", highlight=False)
+
+
+@dead.command("purge")
+def purge(
+    instance_id: str,
+    ids: Ids = None,
+    until: Until = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask before deleting all.")] = False,
+) -> None:
+    """Delete dead letters (a letter's whole pack goes with it); all of the instance by default."""
+    if not ids and not yes:
+        typer.confirm(f"delete every dead letter of {instance_id}?", abort=True)
+    request = pb.PurgeDeadLettersRequest(
+        instance_id=instance_id, dead_letter_ids=ids or [], end_time=timestamp(until, "--until")
+    )
+    with stub("retrier", retrier_pb2_grpc.RetrierStub) as retrier:
+        resp = retrier.PurgeDeadLetters(request, metadata=metadata())
+    out.print(f"purged {resp.purged} dead letter(s) of {instance_id}", highlight=False)
