@@ -224,3 +224,23 @@ async def test_handlers_lists_defined_handlers(pool: RuntimePool) -> None:
     code = "async function onTrack() {}\nconst onBatch = async () => {}\nfunction helper() {}"
     assert await pool.handlers(new_key(), code) == frozenset({"onTrack", "onBatch"})
     assert await pool.handlers(new_key(), "syntax error here") == frozenset()
+
+
+async def test_loop_after_an_await_is_narrowed_too(own_pool: RuntimePool) -> None:
+    code = """async function onTrack(e) {
+      await Promise.resolve();
+      if (e.event === 'bad') while (true) {}
+      return e.event
+    }"""
+    events = [{"type": "track", "event": e} for e in ("a", "bad", "b")]
+    result = await invoke(own_pool, code, events, timeout_s=0.4)
+    assert [o.error_type for o in result.outcomes] == [None, "Timeout", None]
+
+
+async def test_loop_while_loading_times_out_every_event_once(own_pool: RuntimePool) -> None:
+    started = time.monotonic()
+    result = await invoke(
+        own_pool, "while (true) {}\nfunction onTrack() {}", [{"type": "track"}] * 8, timeout_s=0.4
+    )
+    assert [o.error_type for o in result.outcomes] == ["Timeout"] * 8
+    assert time.monotonic() - started < 2.5  # not one timeout per event

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def describe_js_exception(exc: BaseException) -> dict[str, object]:
 class FunctionContext:
     """A loaded function: its own V8 context holding the runtime globals and the user code."""
 
-    def __init__(self, code: str) -> None:
+    def __init__(self, code: str, progress: Callable[[int], None] | None = None) -> None:
         self.load_error: dict[str, object] | None = None
         self._ctx = STPyV8.JSContext()
         self._ctx.enter()
@@ -66,6 +67,8 @@ class FunctionContext:
             self._ctx.eval(bundle_source(), "eventfn-runtime.js")
             host = self._ctx.eval("__eventfn__")
             host.seed(os.urandom(32).hex())
+            if progress is not None:
+                host.setProgress(progress)
             try:
                 self._ctx.eval(code, SCRIPT_NAME)
             except Exception as exc:  # any JS error while loading the user's script

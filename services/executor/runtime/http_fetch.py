@@ -132,6 +132,8 @@ class HostFetcher:
         self._policy = EgressPolicy.from_config(config)
         self._session: aiohttp.ClientSession | None = None
         self._proxied = bool(config.http_proxy or config.https_proxy)
+        # netloc -> refusal for IP-literal hosts (None: allowed or a name, checked on resolve)
+        self._literal_refusals: dict[str, str | None] = {}
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -166,14 +168,17 @@ class HostFetcher:
         return [d[0] for d in done], [d[1] for d in done]
 
     def _check_literal(self, url: str) -> None:
-        host = urlsplit(url).hostname or ""
-        ip = parse_ip(host)
-        if ip is not None:
-            why = self._policy.refusal(ip, host)
-            if why is not None:
-                raise FetchFailed(
-                    f"request to {url} failed, reason: {why}", "system", "EGRESS_REFUSED"
-                )
+        netloc = url.split("/", 3)[2] if url.count("/") >= 2 else url
+        why = self._literal_refusals.get(netloc, False)
+        if why is False:
+            host = urlsplit(url).hostname or ""
+            ip = parse_ip(host)
+            why = None if ip is None else self._policy.refusal(ip, host)
+            if len(self._literal_refusals) > 10_000:
+                self._literal_refusals.clear()
+            self._literal_refusals[netloc] = why
+        if why is not None:
+            raise FetchFailed(f"request to {url} failed, reason: {why}", "system", "EGRESS_REFUSED")
 
     async def _one(
         self, req: dict[str, Any], deadline: float, keep_bodies: bool

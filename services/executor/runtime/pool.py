@@ -44,10 +44,12 @@ from .model import (
 )
 from .outcomes import classify_batch, classify_single, memory_outcome, timeout_outcome
 from .protocol import (
+    LOADING,
     PREFIX_SIZE,
     STATUS_SIZE,
     encode_frame,
     frame_sizes,
+    read_progress,
     read_status,
     write_drop_up_to,
 )
@@ -61,6 +63,8 @@ _KILL_GRACE_S = 0.05
 @dataclass(frozen=True)
 class _Lost:
     reason: str  # "timeout" | "memory" | "crash"
+    offender: int | None = None  # the event whose handler was starting, when known
+    loading: bool = False  # it died while loading the function's script
 
 
 _REQUEUE = object()
@@ -235,11 +239,15 @@ class RuntimePool:
         w.dead = True
         with contextlib.suppress(ProcessLookupError):
             w.proc.kill()
+        lost = _Lost(reason)
         if culprit is not None:
             self._pinned[culprit.key] = w.index
+            progress_seq, index = read_progress(w.status)
+            if progress_seq == culprit.seq:
+                lost = _Lost(reason, None if index == LOADING else index, index == LOADING)
         for pending in w.inflight.values():
             if not pending.future.done():
-                pending.future.set_result(_Lost(reason) if pending is culprit else _REQUEUE)
+                pending.future.set_result(lost if pending is culprit else _REQUEUE)
         w.inflight.clear()
         for key in w.keys:
             if self._affinity.get(key) == w.index and key not in self._pinned:
@@ -413,26 +421,48 @@ class RuntimePool:
         self._handlers.pop(invocation.function_key, None)
         events = orjson.loads(invocation.events)
         count = len(events) if isinstance(events, list) else 1
-        if not invocation.batch and count > 1:
-            # Narrow down: re-run each half so the offender does not fail its neighbours.
-            mid = count // 2
-            halves = [events[:mid], events[mid:]]
-            parts = await asyncio.gather(
-                *(
-                    self.run(replace(invocation, events=orjson.dumps(h)), fresh=fresh)
-                    for h in halves
-                )
-            )
+        outcome = self._loss_outcome(invocation, lost)
+        if invocation.batch or count <= 1 or lost.loading:
             return InvocationResult(
-                outcomes=[o for p in parts for o in p.outcomes],
-                logs=[line for p in parts for line in p.logs],
-                logs_truncated=any(p.logs_truncated for p in parts),
-                requests=[r for p in parts for r in p.requests],
-                duration_ms=(time.monotonic() - started) * 1000,
-                values=None
-                if not invocation.trace_bodies
-                else [v for p in parts for v in (p.values or [])],
+                outcomes=[outcome] * count, duration_ms=(time.monotonic() - started) * 1000
             )
+        if lost.offender is not None and lost.offender < count:
+            # The offender is known: it fails alone, the rest run again without it.
+            i = lost.offender
+            rest = await self.run(
+                replace(invocation, events=orjson.dumps(events[:i] + events[i + 1 :])),
+                fresh=fresh,
+            )
+            values = None
+            if invocation.trace_bodies:
+                values = list(rest.values or [None] * (count - 1))
+                values.insert(i, None)
+            return replace(
+                rest,
+                outcomes=[*rest.outcomes[:i], outcome, *rest.outcomes[i:]],
+                duration_ms=(time.monotonic() - started) * 1000,
+                values=values,
+            )
+        # Unknown offender (it stalled after an await): re-run each half.
+        mid = count // 2
+        parts = await asyncio.gather(
+            *(
+                self.run(replace(invocation, events=orjson.dumps(h)), fresh=fresh)
+                for h in (events[:mid], events[mid:])
+            )
+        )
+        return InvocationResult(
+            outcomes=[o for p in parts for o in p.outcomes],
+            logs=[line for p in parts for line in p.logs],
+            logs_truncated=any(p.logs_truncated for p in parts),
+            requests=[r for p in parts for r in p.requests],
+            duration_ms=(time.monotonic() - started) * 1000,
+            values=None
+            if not invocation.trace_bodies
+            else [v for p in parts for v in (p.values or [])],
+        )
+
+    def _loss_outcome(self, invocation: Invocation, lost: _Lost) -> EventOutcome:
         if lost.reason == "timeout":
             outcome = timeout_outcome(invocation.timeout_s)
         elif lost.reason == "memory":
@@ -441,9 +471,7 @@ class RuntimePool:
             outcome = EventOutcome(
                 OutcomeKind.FAILURE, "WorkerCrashed", "the function's worker process died"
             )
-        return InvocationResult(
-            outcomes=[outcome] * count, duration_ms=(time.monotonic() - started) * 1000
-        )
+        return outcome
 
 
 def _status_block() -> tuple[mmap.mmap, str]:

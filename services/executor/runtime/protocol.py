@@ -4,7 +4,8 @@ A frame is `header_len:u32 payload_len:u32 header(orjson) payload(raw bytes)`: t
 of an invocation travel as the raw bytes received, never re-encoded.
 The status block (one small shared file per worker) is written by the worker and read by
 the pool's watchdog without any message: which invocation is inside V8 since when, the last
-frame the worker has read, and the pool's "drop frames up to" mark for stolen invocations.
+frame the worker has read, the pool's "drop frames up to" mark for stolen invocations, and
+which event's handler is being started (so a timeout can name its offending event).
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import orjson
 _PREFIX = struct.Struct("<II")
 PREFIX_SIZE = _PREFIX.size
 STATUS = struct.Struct("<QQQQ")  # crossing seq, crossing start ns, last read seq, drop-up-to
-STATUS_SIZE = STATUS.size
+_PROGRESS = struct.Struct("<QQ")  # invocation seq, index of the event whose handler starts
+STATUS_SIZE = STATUS.size + _PROGRESS.size
+# Progress index meaning "the function's script is being loaded" (no event started yet).
+LOADING = 2**32
 
 
 def encode_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
@@ -35,6 +39,16 @@ def frame_sizes(prefix: bytes) -> tuple[int, int]:
 def read_status(buf: Any) -> tuple[int, int, int, int]:
     """Read the status block: (crossing seq, crossing start ns, last read, drop up to)."""
     return STATUS.unpack_from(buf, 0)
+
+
+def read_progress(buf: Any) -> tuple[int, int]:
+    """Read (invocation seq, event index) of the last handler start the worker recorded."""
+    return _PROGRESS.unpack_from(buf, STATUS.size)
+
+
+def write_progress(buf: Any, seq: int, index: int) -> None:
+    """Record that invocation `seq` is starting the handler of event `index`."""
+    _PROGRESS.pack_into(buf, STATUS.size, seq, index)
 
 
 def write_crossing(buf: Any, seq: int, start_ns: int) -> None:

@@ -24,6 +24,7 @@ from .config import EgressConfig
 from .engine import FunctionContext
 from .http_fetch import HostFetcher
 from .protocol import (
+    LOADING,
     PREFIX_SIZE,
     STATUS_SIZE,
     encode_frame,
@@ -31,6 +32,7 @@ from .protocol import (
     read_status,
     write_crossing,
     write_last_read,
+    write_progress,
 )
 from .redact import compile_secrets, redact
 
@@ -45,10 +47,15 @@ class Worker:
         self._max_contexts = 64
         self._fetcher = HostFetcher(EgressConfig())
         self._tasks: set[asyncio.Task[None]] = set()
+        self._current = 0  # the invocation inside V8 now
+
+    def _progress(self, index: int) -> None:
+        write_progress(self._status, self._current, index)
 
     @contextlib.contextmanager
     def _crossing(self, seq: int) -> Iterator[None]:
         # The pool's watchdog reads this to kill a worker stuck in V8 past a deadline.
+        self._current = seq
         write_crossing(self._status, seq, time.monotonic_ns())
         try:
             yield
@@ -62,7 +69,8 @@ class Worker:
         ctx = self._contexts.get(key)
         if ctx is None:
             with self._crossing(seq):
-                ctx = FunctionContext(code)
+                write_progress(self._status, seq, LOADING)
+                ctx = FunctionContext(code, self._progress)
             self._contexts[key] = ctx
             while len(self._contexts) > self._max_contexts:
                 self._contexts.popitem(last=False)

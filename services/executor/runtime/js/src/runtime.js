@@ -170,6 +170,7 @@ const HANDLERS = {
   delete: 'onDelete',
 };
 let lookupHandlers = () => ({});
+let progress = () => {}; // host callback: which event's handler is being started
 
 function runOne(inv, i, handler, event, settings) {
   let p;
@@ -195,6 +196,9 @@ const host = {
   },
   setLookup(fn) {
     lookupHandlers = fn;
+  },
+  setProgress(fn) {
+    progress = fn;
   },
   handlers() {
     const h = lookupHandlers();
@@ -247,8 +251,10 @@ const host = {
         inv.settle(i, false, new EventNotSupported(`${what} is not supported by this function`));
         continue;
       }
+      progress(i);
       runOne(inv, i, handler, event, settings());
     }
+    progress(list.length);
   },
   poll(id) {
     const inv = invocations.get(id);
