@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
 import orjson
 import pytest
 from aiohttp import web
+from nats.js.errors import NotFoundError
 from typer.testing import CliRunner
 
 from eventfn.registry.v1 import registry_pb2 as rpb
@@ -22,7 +26,7 @@ from services.common import streams
 from services.retrier.dead_letters import DeadLetterStore
 from services.retrier.scheduler import DEAD_REASON, HISTORY, parse_time
 from tests.pipeline.conftest import Platform, Sink
-from tests.registry.conftest import auth
+from tests.registry.conftest import SERVICE, auth
 from tests.retrier.conftest import StartRetrier
 
 CODE = """
@@ -307,3 +311,52 @@ async def test_cli_lists_shows_and_replays_dead_letters(
     await quiet(sink, attempts + 1)
     purged = await asyncio.to_thread(cli, "purge", iid, "--yes")
     assert "purged 1" in purged
+
+
+async def test_sigkill_while_holding_retries_loses_nothing(
+    platform: Platform, sink: Sink, start_retrier_on: StartRetrier, nats_url: str, nats_client: Any
+) -> None:
+    iid = await platform.instance(CODE, sink.url)
+    ws = platform.executor.watcher.instances[iid].workspace_id
+    env = {
+        **os.environ,
+        "EVENTFN_RETRIER_LISTEN": "127.0.0.1:0",
+        "EVENTFN_NATS_URL": nats_url,
+        "EVENTFN_REGISTRY_ADDR": f"127.0.0.1:{platform.registry.port}",
+        "EVENTFN_SERVICE_TOKEN": SERVICE,
+        "EVENTFN_RETRY_BASE_SECONDS": "3",
+        "EVENTFN_RETRY_CAP_SECONDS": "3",
+    }
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.retrier", env=env, cwd=str(Path(__file__).parents[2])
+    )
+    try:
+        js = nats_client.jetstream()
+        now = datetime.now(UTC).isoformat()
+        ids = [f"m-kill-{n}" for n in range(20)]
+        for message_id in ids:
+            await js.publish(
+                streams.retry_subject(ws, iid),
+                orjson.dumps([{"type": "track", "userId": "u", "messageId": message_id}]),
+                headers={
+                    streams.MSG_ID: f"kill-{uuid.uuid4().hex}",
+                    streams.ATTEMPT: "1",
+                    streams.FIRST_ATTEMPT_AT: now,
+                },
+            )
+        # Wait until the child holds messages (delivered, not acked), then kill it hard.
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    info = await js.consumer_info(streams.RETRY_STREAM, "retrier")
+                except NotFoundError:  # the child has not created its consumer yet
+                    info = None
+                if info is not None and info.num_ack_pending >= len(ids) // 2:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        child.kill()
+        await child.wait()
+    await start_retrier_on(retry_base_seconds=3, retry_cap_seconds=3)
+    events = await sink.wait_for(len(ids), seconds=60)
+    assert {e["messageId"] for e in events} >= set(ids)
