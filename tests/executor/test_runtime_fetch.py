@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import orjson
 import pytest
 
@@ -152,3 +154,14 @@ async def test_50_mb_response_fails_the_fetch_clearly(
         "max-size",
         f"response body at {sink.url}/big?length={length} is larger than eventfn's limit of 10 MB",
     ]
+
+
+async def test_fetch_outliving_the_invocation_deadline_times_out(
+    pool: RuntimePool, sink: Sink
+) -> None:
+    code = f"async function onTrack() {{ await fetch('{sink.url}/slow?s=3'); return 'late' }}"
+    started = time.monotonic()
+    result = await invoke(pool, code, timeout_s=0.3)
+    assert (result.outcomes[0].kind, result.outcomes[0].error_type) == ("retry", "Timeout")
+    assert time.monotonic() - started < 2
+    assert result.requests[0].error == f"network timeout at: {sink.url}/slow?s=3"

@@ -164,8 +164,28 @@ class HostFetcher:
         self, requests: list[dict[str, Any]], deadline: float, keep_bodies: bool
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Perform requests concurrently; return (results for JS, traces)."""
-        done = await asyncio.gather(*(self._one(r, deadline, keep_bodies) for r in requests))
-        return [d[0] for d in done], [d[1] for d in done]
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self._one(r, deadline, keep_bodies)) for r in requests]
+        # One timer for the whole round (the invocation's deadline), not one per request.
+        _, late = await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 0.001))
+        for task in late:
+            task.cancel()
+        out: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        for req, task in zip(requests, tasks, strict=True):
+            if task in late:
+                url = str(req["url"])
+                exc = FetchFailed(f"network timeout at: {url}", "request-timeout")
+                trace = {
+                    "method": req["method"],
+                    "url": url,
+                    "status": None,
+                    "error": str(exc),
+                    "duration_ms": 0.0,
+                }
+                out.append(({"id": req["id"], "error": _error(exc)}, trace))
+            else:
+                out.append(task.result())
+        return [o[0] for o in out], [o[1] for o in out]
 
     def _check_literal(self, url: str) -> None:
         netloc = url.split("/", 3)[2] if url.count("/") >= 2 else url
@@ -191,11 +211,12 @@ class HostFetcher:
         if keep_bodies:
             trace["request_headers"] = [list(h) for h in req["headers"]]
             trace["request_body"], _ = _trace_text(body)
-        budget = deadline - started
-        if req.get("timeout"):
-            budget = min(budget, float(req["timeout"]) / 1000)
         try:
-            async with asyncio.timeout_at(asyncio.get_running_loop().time() + max(budget, 0.001)):
+            if req.get("timeout"):
+                budget = min(deadline - started, float(req["timeout"]) / 1000)
+                async with asyncio.timeout(max(budget, 0.001)):
+                    result, data = await self._follow(req, url, method, body)
+            else:
                 result, data = await self._follow(req, url, method, body)
         except FetchFailed as exc:
             result, data = {"id": req["id"], "error": _error(exc)}, None
