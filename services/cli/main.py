@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.cli import access_commands as ac
 from services.cli import function_commands as fc
 from services.cli.client import fail, load_context, out, state_dir, table
+from services.cli.dead_commands import dead
 from services.cli.deliveries_commands import deliveries
 from services.cli.events_commands import events
 
@@ -30,6 +31,7 @@ app.add_typer(fc.instances, name="instances")
 app.command("audit")(ac.audit)
 app.add_typer(events, name="events")
 app.command("deliveries")(deliveries)
+app.add_typer(dead, name="dead")
 
 with contextlib.suppress(ImportError):
     from services.cli.preview import preview  # pyright: ignore[reportMissingImports]
