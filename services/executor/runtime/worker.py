@@ -146,6 +146,8 @@ class Worker:
                     report["f"], deadline, keep
                 )
                 traces.extend(round_traces)
+                if time.monotonic() >= deadline:
+                    continue  # out of time: unfinished events end as Timeout, not FetchError
                 with self._crossing(seq):
                     report = orjson.loads(ctx.resolve(seq, orjson.dumps(results).decode()))
                 continue
