@@ -296,13 +296,12 @@ class RetryScheduler:
     async def _guarded(self, msg: Msg) -> None:
         try:
             await self.handle(msg)
-        except Exception as error:
+        except Exception:
             # Never a crash loop: hand it back with a pause and try again later.
             log.exception("RETRY message %s could not be handled; retrying in 5 s", msg.subject)
             await self._count("errors")
             with contextlib.suppress(Exception):
                 await msg.nak(delay=5.0)
-            del error
 
     async def handle(self, msg: Msg) -> None:
         """Settle one RETRY message: hold it, republish it, dead-letter it or discard it."""
