@@ -4,6 +4,7 @@ standing in for the third-party API that functions call."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -125,39 +126,44 @@ class Platform:
         return iid
 
 
-@pytest.fixture
-async def platform(registry: Registry, nats_url: str, postgres_server) -> AsyncIterator[Platform]:
-    """Start router and executor against the test registry."""
-    _, owner = await registry.workspace("Pipeline")
+async def start_platform(registry: Registry, nats_url: str, stack: AsyncExitStack) -> Platform:
+    """Start router and executor against the test registry; `stack` stops them."""
+    _, owner = await registry.workspace(f"Pipeline {uuid.uuid4().hex[:6]}")
     source = (
         await registry.stub.CreateSource(pb.CreateSourceRequest(name="web"), metadata=auth(owner))
     ).source
     addr = f"127.0.0.1:{registry.port}"
+    router = await start_router(
+        RouterSettings(
+            router_listen="127.0.0.1:0",
+            router_http_listen="127.0.0.1:0",
+            nats_url=nats_url,
+            registry_addr=addr,
+            service_token=SERVICE,
+        ),
+        stack,
+    )
+    executor = await start_executor(
+        ExecutorSettings(
+            executor_listen="127.0.0.1:0",
+            nats_url=nats_url,
+            registry_addr=addr,
+            database_url=registry.database_url,
+            service_token=SERVICE,
+            executor_workers=1,
+            egress_allow="127.0.0.1/32",
+            executor_records_flush_seconds=0.2,
+            executor_shutdown_grace_seconds=5,
+        ),
+        stack,
+    )
+    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.http_port}", timeout=30)
+    stack.push_async_callback(http.aclose)
+    return Platform(registry, router, executor, http, owner, source.id, source.write_key)
+
+
+@pytest.fixture
+async def platform(registry: Registry, nats_url: str) -> AsyncIterator[Platform]:
+    """Start router and executor against the test registry and the session NATS."""
     async with AsyncExitStack() as stack:
-        router = await start_router(
-            RouterSettings(
-                router_listen="127.0.0.1:0",
-                router_http_listen="127.0.0.1:0",
-                nats_url=nats_url,
-                registry_addr=addr,
-                service_token=SERVICE,
-            ),
-            stack,
-        )
-        executor = await start_executor(
-            ExecutorSettings(
-                executor_listen="127.0.0.1:0",
-                nats_url=nats_url,
-                registry_addr=addr,
-                database_url=registry.database_url,
-                service_token=SERVICE,
-                executor_workers=1,
-                egress_allow="127.0.0.1/32",
-                executor_records_flush_seconds=0.2,
-                executor_shutdown_grace_seconds=5,
-            ),
-            stack,
-        )
-        http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.http_port}", timeout=30)
-        stack.push_async_callback(http.aclose)
-        yield Platform(registry, router, executor, http, owner, source.id, source.write_key)
+        yield await start_platform(registry, nats_url, stack)
