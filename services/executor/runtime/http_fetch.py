@@ -162,8 +162,8 @@ class HostFetcher:
 
     async def perform_round(
         self, requests: list[dict[str, Any]], deadline: float, keep_bodies: bool
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Perform requests concurrently; return (results for JS, traces)."""
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+        """Perform requests concurrently; return (results for JS, traces, deadline reached)."""
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(self._one(r, deadline, keep_bodies)) for r in requests]
         # One timer for the whole round (the invocation's deadline), not one per request.
@@ -185,7 +185,7 @@ class HostFetcher:
                 out.append(({"id": req["id"], "error": _error(exc)}, trace))
             else:
                 out.append(task.result())
-        return [o[0] for o in out], [o[1] for o in out]
+        return [o[0] for o in out], [o[1] for o in out], bool(late)
 
     def _check_literal(self, url: str) -> None:
         netloc = url.split("/", 3)[2] if url.count("/") >= 2 else url

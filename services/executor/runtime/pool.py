@@ -21,12 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import mmap
 import os
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,76 +31,23 @@ import orjson
 
 from .config import MAX_TIMEOUT_S, RuntimeConfig
 from .errors import InvalidInvocation, PoolClosedError, WorkerStartError
-from .model import (
-    EventOutcome,
-    Invocation,
-    InvocationResult,
-    LogLine,
-    OutcomeKind,
-    RequestTrace,
-)
-from .outcomes import classify_batch, classify_single, memory_outcome, timeout_outcome
+from .model import Invocation, InvocationResult
+from .narrowing import narrow
 from .protocol import (
     LOADING,
     PREFIX_SIZE,
-    STATUS_SIZE,
     encode_frame,
     frame_sizes,
     read_progress,
     read_status,
     write_drop_up_to,
 )
+from .results import build_result, loss_outcome
+from .worker_handle import REQUEUE, Lost, Pending, WorkerHandle, status_block
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[3]
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 _MAX_ATTEMPTS = 6
 _KILL_GRACE_S = 0.05
-
-
-@dataclass(frozen=True)
-class _Lost:
-    reason: str  # "timeout" | "memory" | "crash"
-    offender: int | None = None  # the event whose handler was starting, when known
-    loading: bool = False  # it died while loading the function's script
-
-
-_REQUEUE = object()
-
-
-@dataclass(eq=False)
-class _Pending:
-    seq: int
-    key: str
-    deadline: float
-    future: asyncio.Future[Any]
-
-
-@dataclass(eq=False)
-class _WorkerHandle:
-    index: int
-    proc: asyncio.subprocess.Process
-    status: mmap.mmap
-    status_path: str
-    inflight: dict[int, _Pending] = field(default_factory=dict)
-    keys: set[str] = field(default_factory=set)
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    dead: bool = False
-    stalled_key: str | None = None
-    stalled: bool = False
-    seen_crossing: tuple[int, int] = (0, 0)
-    rss_base: int = 0
-    reader: asyncio.Task[None] | None = None
-
-    def rss(self) -> int:
-        try:
-            with open(f"/proc/{self.proc.pid}/statm", "rb") as fh:
-                return int(fh.read().split()[1]) * _PAGE
-        except (OSError, ValueError, IndexError):
-            return 0
-
-    @property
-    def usable(self) -> bool:
-        return not self.dead and not self.stalled and self.ready.is_set()
 
 
 class RuntimePool:
@@ -111,7 +55,7 @@ class RuntimePool:
 
     def __init__(self, config: RuntimeConfig) -> None:
         self._config = config
-        self._workers: list[_WorkerHandle | None] = [None] * max(1, config.workers)
+        self._workers: list[WorkerHandle | None] = [None] * max(1, config.workers)
         self._affinity: dict[str, int] = {}
         # Functions that got a worker killed stay on that worker slot (waiting for its
         # replacement) until they run normally again, so they cannot stall another worker.
@@ -161,7 +105,7 @@ class RuntimePool:
 
     # ------------------------------------------------------------------ workers
     async def _spawn(self, index: int) -> None:
-        status, path = _status_block()
+        status, path = status_block()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
@@ -176,7 +120,7 @@ class RuntimePool:
             env=env,
             limit=2**31,
         )
-        w = _WorkerHandle(index, proc, status, path)
+        w = WorkerHandle(index, proc, status, path)
         self._workers[index] = w
         w.reader = asyncio.get_running_loop().create_task(self._read(w))
         egress = self._config.egress
@@ -207,11 +151,11 @@ class RuntimePool:
         self._spawns.add(task)
         task.add_done_callback(self._spawns.discard)
 
-    def _send(self, w: _WorkerHandle, header: dict[str, Any], payload: bytes = b"") -> None:
+    def _send(self, w: WorkerHandle, header: dict[str, Any], payload: bytes = b"") -> None:
         assert w.proc.stdin is not None
         w.proc.stdin.write(encode_frame(header, payload))
 
-    async def _read(self, w: _WorkerHandle) -> None:
+    async def _read(self, w: WorkerHandle) -> None:
         stdout = w.proc.stdout
         assert stdout is not None
         try:
@@ -226,28 +170,28 @@ class RuntimePool:
                 pending = w.inflight.pop(int(header["id"]), None)
                 if pending is None or pending.future.done():
                     continue
-                pending.future.set_result(_REQUEUE if header.get("dropped") else header)
+                pending.future.set_result(REQUEUE if header.get("dropped") else header)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         if not w.dead:
             crossing = read_status(w.status)[0]
             self._kill(w, w.inflight.get(crossing), "crash")
 
-    def _kill(self, w: _WorkerHandle, culprit: _Pending | None, reason: str) -> None:
+    def _kill(self, w: WorkerHandle, culprit: Pending | None, reason: str) -> None:
         if w.dead:
             return
         w.dead = True
         with contextlib.suppress(ProcessLookupError):
             w.proc.kill()
-        lost = _Lost(reason)
+        lost = Lost(reason)
         if culprit is not None:
             self._pinned[culprit.key] = w.index
             progress_seq, index = read_progress(w.status)
             if progress_seq == culprit.seq:
-                lost = _Lost(reason, None if index == LOADING else index, index == LOADING)
+                lost = Lost(reason, None if index == LOADING else index, index == LOADING)
         for pending in w.inflight.values():
             if not pending.future.done():
-                pending.future.set_result(lost if pending is culprit else _REQUEUE)
+                pending.future.set_result(lost if pending is culprit else REQUEUE)
         w.inflight.clear()
         for key in w.keys:
             if self._affinity.get(key) == w.index and key not in self._pinned:
@@ -306,7 +250,7 @@ class RuntimePool:
                     w.stalled_key = pending.key if pending is not None else None
                     self._steal(w, last_read)
 
-    def _steal(self, w: _WorkerHandle, last_read: int) -> None:
+    def _steal(self, w: WorkerHandle, last_read: int) -> None:
         # Frames the stuck worker has not read yet move to other workers right away.
         victims = [p for s, p in w.inflight.items() if s > last_read]
         if not victims:
@@ -317,9 +261,9 @@ class RuntimePool:
                 continue  # it will come back as "dropped" and be re-sent to this worker
             del w.inflight[p.seq]
             if not p.future.done():
-                p.future.set_result(_REQUEUE)
+                p.future.set_result(REQUEUE)
 
-    async def _pick(self, key: str) -> _WorkerHandle:
+    async def _pick(self, key: str) -> WorkerHandle:
         while True:
             if self._closed:
                 raise PoolClosedError("the runtime pool is closed")
@@ -359,15 +303,15 @@ class RuntimePool:
         for _ in range(_MAX_ATTEMPTS):
             w = await self._pick(key)
             seq = next(self._seq)
-            pending = _Pending(seq, key, time.monotonic() + timeout_s, loop.create_future())
+            pending = Pending(seq, key, time.monotonic() + timeout_s, loop.create_future())
             w.inflight[seq] = pending
             self._send(w, {**header, "id": seq, "key": key, "deadline": pending.deadline}, payload)
             reply = await pending.future
-            if reply is not _REQUEUE:
-                if not isinstance(reply, _Lost):
+            if reply is not REQUEUE:
+                if not isinstance(reply, Lost):
                     self._pinned.pop(key, None)
                 return reply
-        return _Lost("crash")
+        return Lost("crash")
 
     # ------------------------------------------------------------------ public API
     async def handlers(self, function_key: str, code: str) -> frozenset[str]:
@@ -411,116 +355,15 @@ class RuntimePool:
         reply = await self._submit(
             invocation.function_key, header, invocation.events, invocation.timeout_s
         )
-        if isinstance(reply, _Lost):
+        if isinstance(reply, Lost):
             return await self._after_loss(invocation, reply, started, fresh)
         return build_result(invocation, reply, (time.monotonic() - started) * 1000)
 
     async def _after_loss(
-        self, invocation: Invocation, lost: _Lost, started: float, fresh: bool
+        self, invocation: Invocation, lost: Lost, started: float, fresh: bool
     ) -> InvocationResult:
         self._handlers.pop(invocation.function_key, None)
-        events = orjson.loads(invocation.events)
-        count = len(events) if isinstance(events, list) else 1
-        outcome = self._loss_outcome(invocation, lost)
-        if invocation.batch or count <= 1 or lost.loading:
-            return InvocationResult(
-                outcomes=[outcome] * count, duration_ms=(time.monotonic() - started) * 1000
-            )
-        if lost.offender is not None and lost.offender < count:
-            # The offender is known: it fails alone, the rest run again without it.
-            i = lost.offender
-            rest = await self.run(
-                replace(invocation, events=orjson.dumps(events[:i] + events[i + 1 :])),
-                fresh=fresh,
-            )
-            values = None
-            if invocation.trace_bodies:
-                values = list(rest.values or [None] * (count - 1))
-                values.insert(i, None)
-            return replace(
-                rest,
-                outcomes=[*rest.outcomes[:i], outcome, *rest.outcomes[i:]],
-                duration_ms=(time.monotonic() - started) * 1000,
-                values=values,
-            )
-        # Unknown offender (it stalled after an await): re-run each half.
-        mid = count // 2
-        parts = await asyncio.gather(
-            *(
-                self.run(replace(invocation, events=orjson.dumps(h)), fresh=fresh)
-                for h in (events[:mid], events[mid:])
-            )
+        outcome = loss_outcome(lost.reason, invocation.timeout_s, self._config.memory_limit_mb)
+        return await narrow(
+            lambda sub: self.run(sub, fresh=fresh), invocation, lost, outcome, started
         )
-        return InvocationResult(
-            outcomes=[o for p in parts for o in p.outcomes],
-            logs=[line for p in parts for line in p.logs],
-            logs_truncated=any(p.logs_truncated for p in parts),
-            requests=[r for p in parts for r in p.requests],
-            duration_ms=(time.monotonic() - started) * 1000,
-            values=None
-            if not invocation.trace_bodies
-            else [v for p in parts for v in (p.values or [])],
-        )
-
-    def _loss_outcome(self, invocation: Invocation, lost: _Lost) -> EventOutcome:
-        if lost.reason == "timeout":
-            outcome = timeout_outcome(invocation.timeout_s)
-        elif lost.reason == "memory":
-            outcome = memory_outcome(self._config.memory_limit_mb)
-        else:
-            outcome = EventOutcome(
-                OutcomeKind.FAILURE, "WorkerCrashed", "the function's worker process died"
-            )
-        return outcome
-
-
-def _status_block() -> tuple[mmap.mmap, str]:
-    # A tiny file in memory (tmpfs) shared with the worker; tmpfs writes never block.
-    fd, path = tempfile.mkstemp(
-        prefix="eventfn-worker-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
-    )
-    os.write(fd, b"\0" * STATUS_SIZE)
-    status = mmap.mmap(fd, STATUS_SIZE)
-    os.close(fd)
-    return status, path
-
-
-def build_result(
-    invocation: Invocation, reply: dict[str, Any], duration_ms: float
-) -> InvocationResult:
-    """Turn a worker's report into an InvocationResult."""
-    if "internal" in reply:
-        count = reply.get("n") or len(orjson.loads(invocation.events))
-        failure = EventOutcome(OutcomeKind.FAILURE, "RuntimeInternalError", reply["internal"])
-        return InvocationResult(outcomes=[failure] * count, duration_ms=duration_ms)
-    raw = reply["r"]
-    if invocation.batch:
-        count = int(reply.get("n") or len(raw))
-        outcomes = classify_batch(count, raw[0], reply.get("b"), invocation.timeout_s)
-        values: list[object] | None = [reply.get("b")] if invocation.trace_bodies else None
-    else:
-        outcomes = [classify_single(r, invocation.timeout_s) for r in raw]
-        values = reply.get("v")
-    return InvocationResult(
-        outcomes=outcomes,
-        logs=[LogLine(level, message) for level, message in reply.get("l", [])],
-        logs_truncated=bool(reply.get("ld")),
-        requests=[_trace(t) for t in reply.get("q", [])],
-        duration_ms=duration_ms,
-        values=values,
-    )
-
-
-def _trace(t: dict[str, Any]) -> RequestTrace:
-    return RequestTrace(
-        method=t["method"],
-        url=t["url"],
-        status=t.get("status"),
-        duration_ms=float(t.get("duration_ms", 0.0)),
-        error=t.get("error"),
-        request_headers=tuple((k, v) for k, v in t.get("request_headers") or ()),
-        request_body=t.get("request_body"),
-        response_headers=tuple((k, v) for k, v in t.get("response_headers") or ()),
-        response_body=t.get("response_body"),
-        body_truncated=bool(t.get("body_truncated")),
-    )

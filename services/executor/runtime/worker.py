@@ -142,12 +142,14 @@ class Worker:
                     report = orjson.loads(ctx.cancel(seq))
                 break
             if report["f"]:
-                results, round_traces = await self._fetcher.perform_round(
+                results, round_traces, cut = await self._fetcher.perform_round(
                     report["f"], deadline, keep
                 )
                 traces.extend(round_traces)
-                if time.monotonic() >= deadline:
-                    continue  # out of time: unfinished events end as Timeout, not FetchError
+                if cut:  # out of time: unfinished events end as Timeout, not FetchError
+                    with self._crossing(seq):
+                        report = orjson.loads(ctx.cancel(seq))
+                    break
                 with self._crossing(seq):
                     report = orjson.loads(ctx.resolve(seq, orjson.dumps(results).decode()))
                 continue
