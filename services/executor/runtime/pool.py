@@ -142,6 +142,9 @@ class RuntimePool:
             ready.cancel()
             self._kill(w, None, "crash")
             raise WorkerStartError(f"worker exited ({w.proc.returncode}) or sent no ready message")
+        # Both sides have it mapped now: unlinking leaves nothing behind if this process dies.
+        with contextlib.suppress(OSError):
+            os.unlink(w.status_path)
         self._changed.set()
 
     def _respawn(self, index: int) -> None:
