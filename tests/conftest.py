@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import nats
@@ -13,13 +16,34 @@ from nats.aio.client import Client as NatsClient
 from services.common.embedded import EmbeddedNats, EmbeddedPostgres
 
 
+def _server_dir(kind: str) -> Iterator[Path]:
+    """Make a data dir outside pytest's basetemp, which a concurrent pytest run may rotate away."""
+    path = Path(tempfile.mkdtemp(prefix=f"eventfn-test-{kind}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+def postgres_dir() -> Iterator[Path]:
+    """Data dir of the session PostgreSQL."""
+    yield from _server_dir("postgres")
+
+
+@pytest.fixture(scope="session")
+def nats_dir() -> Iterator[Path]:
+    """Data dir of the session NATS."""
+    yield from _server_dir("nats")
+
+
+@pytest.fixture(scope="session")
+def postgres_server(postgres_dir: Path) -> Iterator[EmbeddedPostgres]:
     """Run one real PostgreSQL for the whole session (started only if a test needs it)."""
     # Room for many short-lived pools: each test may open its own engine.
     # stop_with_parent: a killed test run (timeout, Ctrl-C twice) leaves no server behind.
     server = EmbeddedPostgres(
-        tmp_path_factory.mktemp("postgres"),
+        postgres_dir,
         options={"max_connections": "300"},
         stop_with_parent=True,
     )
@@ -71,9 +95,9 @@ async def module_database(postgres_server: EmbeddedPostgres) -> AsyncIterator[st
 
 
 @pytest.fixture(scope="session")
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+def nats_server(nats_dir: Path) -> Iterator[EmbeddedNats]:
     """Run one real nats-server with JetStream for the whole session (started on first use)."""
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats"), stop_with_parent=True)
+    server = EmbeddedNats(nats_dir, stop_with_parent=True)
     server.start()
     yield server
     server.stop()

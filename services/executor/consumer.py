@@ -154,6 +154,7 @@ class PackConsumer:
             remaining=0,
             attempt=int(headers.get(streams.ATTEMPT, "1") or 1),
             first_attempt_at=headers.get(streams.FIRST_ATTEMPT_AT) or datetime.now(UTC).isoformat(),
+            history=headers.get(HISTORY, ""),
         )
         if msg.data.strip() in (b"", b"[]"):
             await self._settle(msg, True)

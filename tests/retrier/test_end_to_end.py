@@ -153,10 +153,6 @@ async def test_always_failing_ends_in_dead_and_replay_delivers(
     assert list(listed.dead_letters) == []
 
 
-@pytest.mark.xfail(
-    reason="executor's PackConsumer does not read Eventfn-History into PackRef.history yet",
-    strict=False,
-)
 async def test_dead_letter_records_every_attempt(
     platform: Platform, sink: Sink, start_retrier_on: StartRetrier
 ) -> None:
