@@ -70,6 +70,40 @@ def _print_human(result: PreviewResult, console: Console) -> None:
         console.print(table)
 
 
+def _preview_remote(
+    code: str, payload: bytes, values: object, json_output: bool, console: Console
+) -> None:
+    """Send the preview to the running executor and print its answer."""
+    from google.protobuf import json_format, struct_pb2
+
+    from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
+    from eventfn.type.v1 import types_pb2
+    from services.cli.client import metadata, stub
+
+    settings = struct_pb2.Struct()
+    settings.update(values if isinstance(values, dict) else {})
+    with stub("executor", executor_pb2_grpc.ExecutorStub) as ex:
+        resp = ex.Preview(
+            executor_pb2.PreviewRequest(code=code, event_json=payload.decode(), settings=settings),
+            metadata=metadata(),
+        )
+    if json_output:
+        typer.echo(json_format.MessageToJson(resp))
+    else:
+        outcome = types_pb2.Outcome.Name(resp.outcome).removeprefix("OUTCOME_").lower()
+        colour = "green" if resp.outcome == types_pb2.OUTCOME_DELIVERED else "red"
+        console.print(f"[bold {colour}]{outcome}[/] in {resp.duration_ms:.1f} ms (remote)")
+        if resp.HasField("error"):
+            console.print(f"[bold red]{resp.error.type}[/]: {resp.error.message}")
+        console.print(f"[bold]Result[/] {resp.result_json}", highlight=False)
+        console.print("[bold]Logs[/]")
+        console.print(resp.logs or "  (none)", markup=False, highlight=False)
+        for r in resp.requests:
+            console.print(f"  {r.method} {r.url} → {r.status or r.error}", highlight=False)
+    if resp.outcome != types_pb2.OUTCOME_DELIVERED:
+        raise typer.Exit(1)
+
+
 def preview(
     handler: Annotated[Path, typer.Argument(help="JavaScript file with onTrack/... handlers.")],
     event: Annotated[
@@ -87,9 +121,12 @@ def preview(
         bool, typer.Option("--json", help="Print the result as JSON (for scripts and CI).")
     ] = False,
     remote: Annotated[
-        str | None,
-        typer.Option("--remote", help="Executor address to run the preview on instead."),
-    ] = None,
+        bool,
+        typer.Option(
+            "--remote",
+            help="Run on the running platform's executor (Executor.Preview RPC) instead.",
+        ),
+    ] = False,
     allow: Annotated[
         list[str] | None,
         typer.Option("--allow", help="Let fetch reach this private CIDR or host (repeatable)."),
@@ -97,12 +134,6 @@ def preview(
 ) -> None:
     """Run a function on a test event in-process and print result, logs and requests."""
     console = Console()
-    if remote is not None:
-        console.print(
-            "[red]--remote needs the Executor.Preview RPC, which is not wired yet; "
-            "run without --remote to preview in-process.[/]"
-        )
-        raise typer.Exit(2)
     try:
         code = handler.read_text(encoding="utf-8")
     except OSError as exc:
@@ -113,6 +144,9 @@ def preview(
         values = orjson.loads(_read_json_file(settings, "settings"))
         if not isinstance(values, dict):
             raise typer.BadParameter("the settings file must hold a JSON object")
+    if remote:
+        _preview_remote(code, payload, values, json_output, console)
+        return
     config = RuntimeConfig(workers=1, egress=EgressConfig.from_environ(allow=tuple(allow or ())))
     try:
         result = asyncio.run(preview_in_process(code, payload, values, config=config))
