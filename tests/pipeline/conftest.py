@@ -33,6 +33,7 @@ class Sink:
 
     url: str
     bodies: list[Any] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
     status: int = 200
     delay: float = 0.0  # seconds each answer takes, to keep work in flight
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -43,6 +44,7 @@ class Sink:
         if self.delay:
             await asyncio.sleep(self.delay)
         async with self.changed:
+            self.paths.append(request.path)
             self.bodies.append(body)
             self.changed.notify_all()
         return web.json_response({"ok": True}, status=self.status)
