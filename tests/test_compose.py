@@ -139,7 +139,7 @@ async def test_compose_nats_cluster_holds_r3_streams(cluster: list[dict[str, int
     servers = [f"nats://127.0.0.1:{p['client']}" for p in cluster]
     nc = await nats.connect(servers=servers)
     try:
-        js = nc.jetstream(timeout=10)
+        js = nc.jetstream(timeout=30)  # R3 placement is slow on a loaded 2-core machine
         await ensure_streams(js, replicas=3)
         info = await js.stream_info(EVENTS_STREAM)
         assert info.config.num_replicas == 3
