@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.registry.access import Authenticator
+from services.registry.auth import Caller
+from services.registry.models import Member
 from services.registry.secrets import SecretBox
 from services.registry.store import RegistryStore
 from services.registry.validation import FilterChecker, SyntaxChecker
@@ -28,3 +33,24 @@ class RegistryBase:
         self.deps = deps
         self.store = deps.store
         self.authn = deps.authn
+
+    async def audit(
+        self,
+        session: AsyncSession,
+        caller: Caller,
+        action: str,
+        resource_type: str,
+        resource_id: str,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Record the caller's change in the audit trail, in the session's transaction."""
+        actor = await self.store.get(session, Member, caller.member_id, "member")
+        self.store.audit(
+            session,
+            workspace_id=caller.workspace_id,
+            actor=actor,
+            action=action,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            details=details,
+        )

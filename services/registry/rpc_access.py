@@ -124,7 +124,6 @@ class AccessRpcs(RegistryBase):
         grants = grants_from_proto(request.roles)
         try:
             async with self.store.transaction() as s:
-                actor = await self.store.get(s, Member, caller.member_id, "member")
                 member = Member(
                     id=new_id("mem"),
                     workspace_id=caller.workspace_id,
@@ -133,14 +132,13 @@ class AccessRpcs(RegistryBase):
                     created_at=now(),
                 )
                 s.add(member)
-                self.store.audit(
+                await self.audit(
                     s,
-                    workspace_id=caller.workspace_id,
-                    actor=actor,
-                    action="member.create",
-                    resource_type="member",
-                    resource_id=member.id,
-                    details={"email": email, "roles": member.roles},
+                    caller,
+                    "member.create",
+                    "member",
+                    member.id,
+                    {"email": email, "roles": member.roles},
                 )
         except IntegrityError as error:
             if unique_violation(error):
@@ -196,15 +194,13 @@ class AccessRpcs(RegistryBase):
             before = member.roles
             member.roles = auth.grants_to_json(grants)
             s.add(member)
-            actor = await self.store.get(s, Member, caller.member_id, "member")
-            self.store.audit(
+            await self.audit(
                 s,
-                workspace_id=caller.workspace_id,
-                actor=actor,
-                action="member.update_roles",
-                resource_type="member",
-                resource_id=member.id,
-                details={"before": before, "after": member.roles},
+                caller,
+                "member.update_roles",
+                "member",
+                member.id,
+                {"before": before, "after": member.roles},
             )
         return pb.UpdateMemberRolesResponse(member=convert.member(member))
 
@@ -224,16 +220,14 @@ class AccessRpcs(RegistryBase):
                 raise FailedPrecondition(
                     "the workspace would have no owner left; add another owner first"
                 )
-            actor = await self.store.get(s, Member, caller.member_id, "member")
             await s.delete(member)
-            self.store.audit(
+            await self.audit(
                 s,
-                workspace_id=caller.workspace_id,
-                actor=actor,
-                action="member.delete",
-                resource_type="member",
-                resource_id=member.id,
-                details={"email": member.email},
+                caller,
+                "member.delete",
+                "member",
+                member.id,
+                {"email": member.email},
             )
         return pb.DeleteMemberResponse()
 
@@ -252,7 +246,6 @@ class AccessRpcs(RegistryBase):
             member = await self.store.get_in_workspace(
                 s, Member, member_id, caller.workspace_id, "member"
             )
-            actor = await self.store.get(s, Member, caller.member_id, "member")
             tok = Token(
                 id=new_id("tok"),
                 member_id=member.id,
@@ -265,14 +258,13 @@ class AccessRpcs(RegistryBase):
                 else None,
             )
             s.add(tok)
-            self.store.audit(
+            await self.audit(
                 s,
-                workspace_id=caller.workspace_id,
-                actor=actor,
-                action="token.create",
-                resource_type="token",
-                resource_id=tok.id,
-                details={"member_id": member.id},
+                caller,
+                "token.create",
+                "token",
+                tok.id,
+                {"member_id": member.id},
             )
         return pb.CreateTokenResponse(token=convert.token(tok), secret=secret)
 
@@ -308,14 +300,12 @@ class AccessRpcs(RegistryBase):
             if tok.revoked_at is None:
                 tok.revoked_at = now()
                 s.add(tok)
-                actor = await self.store.get(s, Member, caller.member_id, "member")
-                self.store.audit(
+                await self.audit(
                     s,
-                    workspace_id=caller.workspace_id,
-                    actor=actor,
-                    action="token.revoke",
-                    resource_type="token",
-                    resource_id=tok.id,
-                    details={"member_id": tok.member_id},
+                    caller,
+                    "token.revoke",
+                    "token",
+                    tok.id,
+                    {"member_id": tok.member_id},
                 )
         return pb.RevokeTokenResponse(token=convert.token(tok))

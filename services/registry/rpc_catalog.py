@@ -14,7 +14,7 @@ from services.common.errors import AlreadyExists, FailedPrecondition
 from services.registry import convert
 from services.registry.auth import Caller, require
 from services.registry.base import RegistryBase
-from services.registry.models import Function, FunctionVersion, Instance, Member, Source
+from services.registry.models import Function, FunctionVersion, Instance, Source
 from services.registry.store import new_id, now, unique_violation
 from services.registry.validation import (
     check_code,
@@ -46,7 +46,6 @@ class CatalogRpcs(RegistryBase):
         name = check_name("name", request.name)
         try:
             async with self.store.transaction() as s:
-                actor = await self.store.get(s, Member, caller.member_id, "member")
                 src = Source(
                     id=new_id("src"),
                     workspace_id=caller.workspace_id,
@@ -56,14 +55,13 @@ class CatalogRpcs(RegistryBase):
                 )
                 s.add(src)
                 await s.flush()
-                self.store.audit(
+                await self.audit(
                     s,
-                    workspace_id=caller.workspace_id,
-                    actor=actor,
-                    action="source.create",
-                    resource_type="source",
-                    resource_id=src.id,
-                    details={"name": name},
+                    caller,
+                    "source.create",
+                    "source",
+                    src.id,
+                    {"name": name},
                 )
                 await self.store.bump_config(s)
         except IntegrityError as error:
@@ -114,14 +112,12 @@ class CatalogRpcs(RegistryBase):
             )
             src.write_key = new_write_key()
             s.add(src)
-            actor = await self.store.get(s, Member, caller.member_id, "member")
-            self.store.audit(
+            await self.audit(
                 s,
-                workspace_id=caller.workspace_id,
-                actor=actor,
-                action="source.rotate_write_key",
-                resource_type="source",
-                resource_id=src.id,
+                caller,
+                "source.rotate_write_key",
+                "source",
+                src.id,
             )
             await self.store.bump_config(s)
         return pb.RotateWriteKeyResponse(source=convert.source(src))
@@ -138,16 +134,14 @@ class CatalogRpcs(RegistryBase):
             require(caller.can_admin_source(src.id), "delete this source (Source Admin)")
             if await self.store.count(s, select(Instance).where(Instance.source_id == src.id)):
                 raise FailedPrecondition("the source has instances; delete them first")
-            actor = await self.store.get(s, Member, caller.member_id, "member")
             await s.delete(src)
-            self.store.audit(
+            await self.audit(
                 s,
-                workspace_id=caller.workspace_id,
-                actor=actor,
-                action="source.delete",
-                resource_type="source",
-                resource_id=src.id,
-                details={"name": src.name},
+                caller,
+                "source.delete",
+                "source",
+                src.id,
+                {"name": src.name},
             )
             await self.store.bump_config(s)
         return pb.DeleteSourceResponse()
@@ -173,7 +167,6 @@ class CatalogRpcs(RegistryBase):
         await asyncio.to_thread(check_code, request.code, self.deps.check_syntax)
         try:
             async with self.store.transaction() as s:
-                actor = await self.store.get(s, Member, caller.member_id, "member")
                 fn = Function(
                     id=new_id("fn"),
                     workspace_id=caller.workspace_id,
@@ -184,16 +177,15 @@ class CatalogRpcs(RegistryBase):
                 )
                 s.add(fn)
                 await s.flush()
-                ver = self._new_version(fn, request.code, schema, actor)
+                ver = self._new_version(fn, request.code, schema, caller.email)
                 s.add(ver)
-                self.store.audit(
+                await self.audit(
                     s,
-                    workspace_id=caller.workspace_id,
-                    actor=actor,
-                    action="function.create",
-                    resource_type="function",
-                    resource_id=fn.id,
-                    details={"name": name, "version_id": ver.id, "version": ver.number},
+                    caller,
+                    "function.create",
+                    "function",
+                    fn.id,
+                    {"name": name, "version_id": ver.id, "version": ver.number},
                 )
         except IntegrityError as error:
             if unique_violation(error):
@@ -204,14 +196,14 @@ class CatalogRpcs(RegistryBase):
         )
 
     @staticmethod
-    def _new_version(fn: Function, code: str, schema: list, actor: Member) -> FunctionVersion:
+    def _new_version(fn: Function, code: str, schema: list, author: str) -> FunctionVersion:
         ver = FunctionVersion(
             id=new_id("ver"),
             function_id=fn.id,
             number=fn.latest_version_number + 1,
             code=code,
             settings=schema,
-            created_by=actor.email,
+            created_by=author,
             created_at=now(),
         )
         fn.latest_version_id = ver.id
@@ -264,16 +256,14 @@ class CatalogRpcs(RegistryBase):
             require(caller.can_write_function(fn.id), "delete this function (Functions Admin)")
             if await self.store.count(s, select(Instance).where(Instance.function_id == fn.id)):
                 raise FailedPrecondition("the function has instances; delete them first")
-            actor = await self.store.get(s, Member, caller.member_id, "member")
             await s.delete(fn)
-            self.store.audit(
+            await self.audit(
                 s,
-                workspace_id=caller.workspace_id,
-                actor=actor,
-                action="function.delete",
-                resource_type="function",
-                resource_id=fn.id,
-                details={"name": fn.name},
+                caller,
+                "function.delete",
+                "function",
+                fn.id,
+                {"name": fn.name},
             )
         return pb.DeleteFunctionResponse()
 

@@ -16,7 +16,7 @@ from services.common.errors import Aborted, AlreadyExists, InvalidArgument, NotF
 from services.registry import convert
 from services.registry.auth import Caller, require
 from services.registry.base import RegistryBase
-from services.registry.models import AuditEvent, Function, FunctionVersion, Instance, Member, Source
+from services.registry.models import AuditEvent, Function, FunctionVersion, Instance, Source
 from services.registry.rpc_catalog import CatalogRpcs
 from services.registry.secrets import is_sealed
 from services.registry.store import decode_page, encode_page, new_id, now, unique_violation
@@ -132,10 +132,9 @@ class InstanceRpcs(RegistryBase):
             )
             require(caller.can_write_function(fn.id), "save this function (Functions Admin)")
             fn = await s.get(Function, fn.id, with_for_update=True) or fn
-            actor = await self.store.get(s, Member, caller.member_id, "member")
             if request.description:
                 fn.description = request.description
-            ver = CatalogRpcs._new_version(fn, request.code, schema, actor)
+            ver = CatalogRpcs._new_version(fn, request.code, schema, caller.email)
             s.add(ver)
             s.add(fn)
             await s.flush()
@@ -149,23 +148,21 @@ class InstanceRpcs(RegistryBase):
                 before = ins.version_id
                 await self._deploy(s, ins, ver)
                 deployed.append(ins)
-                self.store.audit(
+                await self.audit(
                     s,
-                    workspace_id=caller.workspace_id,
-                    actor=actor,
-                    action="instance.deploy",
-                    resource_type="instance",
-                    resource_id=ins.id,
-                    details={"from_version_id": before, "to_version_id": ver.id},
+                    caller,
+                    "instance.deploy",
+                    "instance",
+                    ins.id,
+                    {"from_version_id": before, "to_version_id": ver.id},
                 )
-            self.store.audit(
+            await self.audit(
                 s,
-                workspace_id=caller.workspace_id,
-                actor=actor,
-                action="function.save",
-                resource_type="function",
-                resource_id=fn.id,
-                details={
+                caller,
+                "function.save",
+                "function",
+                fn.id,
+                {
                     "version_id": ver.id,
                     "version": ver.number,
                     "deployed_instance_ids": [i.id for i in deployed],
@@ -211,7 +208,6 @@ class InstanceRpcs(RegistryBase):
                 if ver.function_id != fn.id:
                     raise InvalidArgument.field("version_id", "is not a version of this function")
                 name = check_name("name", request.name or f"{fn.name} ← {src.name}")
-                actor = await self.store.get(s, Member, caller.member_id, "member")
                 ins = Instance(
                     id=instance_id,
                     workspace_id=caller.workspace_id,
@@ -231,14 +227,13 @@ class InstanceRpcs(RegistryBase):
                 )
                 s.add(ins)
                 await s.flush()
-                self.store.audit(
+                await self.audit(
                     s,
-                    workspace_id=caller.workspace_id,
-                    actor=actor,
-                    action="instance.create",
-                    resource_type="instance",
-                    resource_id=ins.id,
-                    details={"function_id": fn.id, "source_id": src.id, "version_id": ver.id},
+                    caller,
+                    "instance.create",
+                    "instance",
+                    ins.id,
+                    {"function_id": fn.id, "source_id": src.id, "version_id": ver.id},
                 )
                 await self.store.bump_config(s)
         except IntegrityError as error:
@@ -306,7 +301,6 @@ class InstanceRpcs(RegistryBase):
         )
         async with self.store.transaction() as s:
             ins = await self._locked_instance(s, caller, new.id, request.expected_revision)
-            actor = await self.store.get(s, Member, caller.member_id, "member")
             if "settings" in paths:
                 ver = await self.store.get(s, FunctionVersion, ins.version_id, "version")
                 ins.settings = self._settings_for(
@@ -327,14 +321,13 @@ class InstanceRpcs(RegistryBase):
             ins.revision += 1
             ins.updated_at = now()
             s.add(ins)
-            self.store.audit(
+            await self.audit(
                 s,
-                workspace_id=caller.workspace_id,
-                actor=actor,
-                action="instance.update",
-                resource_type="instance",
-                resource_id=ins.id,
-                details={"fields": sorted(paths), "revision": ins.revision},
+                caller,
+                "instance.update",
+                "instance",
+                ins.id,
+                {"fields": sorted(paths), "revision": ins.revision},
             )
             await self.store.bump_config(s)
         return pb.UpdateInstanceResponse(instance=convert.instance(ins))
@@ -351,17 +344,15 @@ class InstanceRpcs(RegistryBase):
             ver = await s.get(FunctionVersion, request.version_id)
             if ver is None or ver.function_id != ins.function_id:
                 raise NotFound("version", request.version_id)
-            actor = await self.store.get(s, Member, caller.member_id, "member")
             before = ins.version_id
             await self._deploy(s, ins, ver)
-            self.store.audit(
+            await self.audit(
                 s,
-                workspace_id=caller.workspace_id,
-                actor=actor,
-                action="instance.deploy",
-                resource_type="instance",
-                resource_id=ins.id,
-                details={
+                caller,
+                "instance.deploy",
+                "instance",
+                ins.id,
+                {
                     "from_version_id": before,
                     "to_version_id": ver.id,
                     "revision": ins.revision,
@@ -377,16 +368,14 @@ class InstanceRpcs(RegistryBase):
         caller = await self.authn.caller(context)
         async with self.store.transaction() as s:
             ins = await self._locked_instance(s, caller, request.instance_id, 0)
-            actor = await self.store.get(s, Member, caller.member_id, "member")
             await s.delete(ins)
-            self.store.audit(
+            await self.audit(
                 s,
-                workspace_id=caller.workspace_id,
-                actor=actor,
-                action="instance.delete",
-                resource_type="instance",
-                resource_id=ins.id,
-                details={"name": ins.name},
+                caller,
+                "instance.delete",
+                "instance",
+                ins.id,
+                {"name": ins.name},
             )
             await self.store.bump_config(s)
         return pb.DeleteInstanceResponse()
