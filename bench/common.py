@@ -212,8 +212,12 @@ class Sink:
 
     async def wait_for(self, count: int, seconds: float) -> bool:
         """Wait until `count` distinct messageIds arrived; False after `seconds`."""
+        return await self.wait_until(lambda: len(self.ids) >= count, seconds)
+
+    async def wait_until(self, done: Callable[[], bool], seconds: float) -> bool:
+        """Wait until `done()` holds (checked after each request); False after `seconds`."""
         deadline = time.monotonic() + seconds
-        while len(self.ids) < count:
+        while not done():
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
@@ -305,18 +309,33 @@ class Load:
 
 
 def http_load(
-    url: str, write_key: str, per_request: int, requests: int, concurrency: int, seconds: float
+    url: str,
+    write_key: str,
+    per_request: int,
+    requests: int,
+    concurrency: int,
+    seconds: float,
+    run: str = "",
 ) -> Load:
-    """POST `requests` requests (`/v1/batch` when per_request > 1, else `/v1/track`); in a child."""
+    """POST `requests` requests (`/v1/batch` when per_request > 1, else `/v1/track`); in a child.
+
+    The events' messageIds are `<run>-<index>` (run: random unless given).
+    """
     import uvloop
 
-    return uvloop.run(_http_load(url, write_key, per_request, requests, concurrency, seconds))
+    return uvloop.run(_http_load(url, write_key, per_request, requests, concurrency, seconds, run))
 
 
 async def _http_load(
-    url: str, write_key: str, per_request: int, requests: int, concurrency: int, seconds: float
+    url: str,
+    write_key: str,
+    per_request: int,
+    requests: int,
+    concurrency: int,
+    seconds: float,
+    run: str,
 ) -> Load:
-    run = uuid.uuid4().hex[:8]
+    run = run or uuid.uuid4().hex[:8]
     if per_request > 1:
         path = "/v1/batch"
         bodies = [
