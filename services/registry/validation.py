@@ -12,6 +12,7 @@ from typing import Any
 from eventfn.type.v1 import types_pb2
 from services.common.errors import FieldViolation, InvalidArgument
 from services.executor.runtime.model import SyntaxProblem
+from services.executor.runtime.settings_check import fits, missing
 from services.registry.secrets import MASK
 
 MAX_CODE_BYTES = 5 * 1024 * 1024
@@ -108,22 +109,6 @@ def check_setting_definitions(
     ]
 
 
-def _type_ok(kind: int, value: Any) -> bool:
-    if kind == types_pb2.SETTING_TYPE_STRING:
-        return isinstance(value, str)
-    if kind == types_pb2.SETTING_TYPE_BOOLEAN:
-        return isinstance(value, bool)
-    if kind == types_pb2.SETTING_TYPE_TEXT_MAP:
-        return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
-    if kind == types_pb2.SETTING_TYPE_STRING_ARRAY:
-        return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    return False
-
-
-def _empty(value: Any) -> bool:
-    return value is None or value == "" or value == [] or value == {}
-
-
 def check_setting_values(
     schema: Sequence[Mapping[str, Any]],
     values: Mapping[str, Any],
@@ -151,13 +136,13 @@ def check_setting_values(
         value = values.get(name)
         if spec["encrypted"] and name in kept_secrets and value in (None, MASK):
             continue
-        if _empty(value):
+        if missing(value):
             if spec["required"]:
                 violations.append(
                     FieldViolation(f"settings.{name}", f"the required setting {name!r} is missing")
                 )
             continue
-        if not _type_ok(spec["type"], value):
+        if not fits(TYPE_NAMES.get(spec["type"], ""), value):
             violations.append(
                 FieldViolation(f"settings.{name}", f"must be a {TYPE_NAMES[spec['type']]}")
             )

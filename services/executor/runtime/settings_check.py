@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 SETTING_TYPES = frozenset({"string", "boolean", "text-map", "string-array"})
 
 
-def _fits(kind: str, value: object) -> bool:
+def fits(kind: str, value: object) -> bool:
+    """Tell whether a value has the shape of a setting type (string, boolean, ...)."""
     if kind == "string":
         return isinstance(value, str)
     if kind == "boolean":
@@ -21,7 +22,8 @@ def _fits(kind: str, value: object) -> bool:
     return False
 
 
-def _missing(value: object) -> bool:
+def missing(value: object) -> bool:
+    """Tell whether a setting value counts as not given."""
     return value is None or value == "" or value == [] or value == {}
 
 
@@ -37,10 +39,10 @@ def check_settings(
             problems.append(f"setting {name!r} declares unknown type {kind!r}")
             continue
         value = settings.get(name)
-        if _missing(value):
+        if missing(value):
             if spec.get("required"):
                 problems.append(f"required setting {name!r} has no value; set it on the instance")
             continue
-        if not _fits(kind, value):
+        if not fits(kind, value):
             problems.append(f"setting {name!r} must be a {kind}, got {type(value).__name__}")
     return problems
