@@ -70,10 +70,10 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
         asyncpg_url(settings.database_url),
         flush_seconds=settings.executor_records_flush_seconds,
         samples_per_minute=settings.executor_samples_per_minute,
+        retention=timedelta(days=settings.executor_records_retention_days),
     )
     await recorder.start()
     stack.push_async_callback(recorder.close)
-    await recorder.purge(timedelta(days=settings.executor_records_retention_days))
     pool = RuntimePool(runtime_config(settings))
     await pool.start()
     stack.push_async_callback(pool.close)
@@ -103,7 +103,8 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
         await consumer.stop()
         log.info("executor %s stopping after %d packs", settings.executor_name, consumer.packs)
         if not await dispatcher.drain(settings.executor_shutdown_grace_seconds):
-            log.warning("shutdown grace passed; unfinished packs will be redelivered")
+            handed = await consumer.hand_back()
+            log.warning("shutdown grace passed; %d unfinished packs handed back", handed)
 
     stack.push_async_callback(drain)
     gate = RegistryGate(settings.registry_addr)

@@ -22,6 +22,9 @@ from services.router.packs import dedupe_id
 log = logging.getLogger(__name__)
 DURABLE = "executor"
 LAST_ERROR = "Eventfn-Last-Error"
+# A pull request lives this long on the server; one left over after stop() would take
+# (and strand until ack_wait) a pack handed back before it expires.
+FETCH_SECONDS = 1.0
 HISTORY = "Eventfn-History"
 MAX_HISTORY = 20
 
@@ -80,8 +83,10 @@ class PackConsumer:
         self._durable = durable
         self._subjects = subjects
         self._inflight = 0
+        self._unsettled: dict[int, Msg] = {}  # by id(msg): handed back if shutdown runs out
         self._room = asyncio.Condition()
         self._stopping = asyncio.Event()
+        self._stopped_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self.packs = 0
 
@@ -92,6 +97,7 @@ class PackConsumer:
     async def stop(self) -> None:
         """Stop pulling; packs in flight finish on their own."""
         self._stopping.set()
+        self._stopped_at = asyncio.get_running_loop().time()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -116,7 +122,7 @@ class PackConsumer:
                 await self._room.wait_for(lambda: self._inflight < self._max_inflight)
                 want = min(self._fetch, self._max_inflight - self._inflight)
             try:
-                msgs = await sub.fetch(want, timeout=1.0)
+                msgs = await sub.fetch(want, timeout=FETCH_SECONDS)
             except TimeoutError:
                 continue
             except Exception as error:  # NATS reconnecting: keep trying
@@ -125,6 +131,7 @@ class PackConsumer:
                 continue
             for msg in msgs:
                 self._inflight += 1
+                self._unsettled[id(msg)] = msg
                 self.packs += 1
                 try:
                     await self._handle(msg)
@@ -132,7 +139,19 @@ class PackConsumer:
                     log.exception("pack %s could not be dispatched; handing it back", msg.subject)
                     await self._settle(msg, False)
 
+    async def hand_back(self) -> int:
+        """Nak every pack not settled yet, so another executor takes it now; return how many."""
+        if self._stopped_at is not None:  # let our last pull request expire first
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(max(0.0, self._stopped_at + FETCH_SECONDS + 0.1 - loop.time()))
+        pending = list(self._unsettled.values())
+        for msg in pending:
+            await self._settle(msg, False)
+        return len(pending)
+
     async def _settle(self, msg: Msg, ok: bool) -> None:
+        if self._unsettled.pop(id(msg), None) is None:
+            return  # already settled (e.g. handed back at shutdown)
         try:
             await (msg.ack() if ok else msg.nak())
         except Exception as error:  # the ack is lost: the pack comes back after ack_wait

@@ -15,6 +15,7 @@ import asyncpg
 import orjson
 
 log = logging.getLogger(__name__)
+PURGE_EVERY_SECONDS = 3600.0
 COUNTERS = ("delivered", "retried", "discarded", "failed", "filtered", "invocations")
 
 
@@ -58,8 +59,16 @@ def minute_of(moment: datetime) -> datetime:
 class DeliveryRecorder:
     """Aggregate outcomes in memory; flush them with one multi-row statement per period."""
 
-    def __init__(self, dsn: str, *, flush_seconds: float, samples_per_minute: int) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        flush_seconds: float,
+        samples_per_minute: int,
+        retention: timedelta = timedelta(days=7),
+    ) -> None:
         self._dsn = dsn
+        self._retention = retention
         self._flush_seconds = flush_seconds
         self._samples_per_minute = samples_per_minute
         self._counts: dict[tuple[str, datetime], MinuteCounts] = {}
@@ -193,7 +202,15 @@ class DeliveryRecorder:
             await conn.execute("DELETE FROM delivery_failure WHERE time < $1", cutoff)
 
     async def _run(self) -> None:
+        next_purge = 0.0
+        loop = asyncio.get_running_loop()
         while True:
+            if loop.time() >= next_purge:
+                try:
+                    await self.purge(self._retention)
+                except (OSError, asyncpg.PostgresError) as error:
+                    log.warning("old delivery records not purged (%s); trying again later", error)
+                next_purge = loop.time() + PURGE_EVERY_SECONDS
             await asyncio.sleep(self._flush_seconds)
             await self.flush()
 

@@ -22,9 +22,8 @@ async def test_pack_for_a_deleted_instance_is_discarded_with_reason(
     platform: Platform, nats_client
 ) -> None:
     ghost = "ins_deleted000000000000"
-    js = nats_client.jetstream()
     body = orjson.dumps([{"type": "track", "event": "E", "userId": "u", "messageId": "ghost-1"}])
-    await js.publish(streams.events_subject("ws_x", ghost), body)
+    await nats_client.jetstream().publish(streams.events_subject("ws_x", ghost), body)
     conn = await asyncpg.connect(platform.registry.database_url)
     try:
         async with asyncio.timeout(30):
@@ -96,3 +95,25 @@ async def test_nats_restart_under_load_loses_nothing(
             assert {e["messageId"] for e in events} == {f"m-{i}" for i in range(1000)}
     finally:
         server.stop()
+
+
+async def test_sigterm_hands_unfinished_packs_back(
+    platform: Platform, sink: Sink, nats_client
+) -> None:
+    sink.delay = 3.0  # the invocation is still waiting for its fetch when shutdown begins
+    await platform.instance(SINGLE, sink.url)
+    await send(platform, batch_body(1))
+    consumer, dispatcher = platform.executor.consumer, platform.executor.dispatcher
+    async with asyncio.timeout(30):
+        while not dispatcher.busy:  # noqa: ASYNC110 — the pack is on its way to V8
+            await asyncio.sleep(0.01)
+    await consumer.stop()
+    assert not await dispatcher.drain(0.2), "the slow invocation cannot finish in 0.2 s"
+    assert await consumer.hand_back() == 1
+    # Another executor pulling now gets it at once (not after the 120 s ack wait).
+    other = await nats_client.jetstream().pull_subscribe(
+        "events.>", durable="executor", stream=streams.EVENTS_STREAM
+    )
+    (again,) = await other.fetch(1, timeout=5)
+    assert again.metadata.num_delivered == 2
+    await again.ack()
