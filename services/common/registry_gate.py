@@ -4,7 +4,10 @@ one place that knows members and roles decides (and another workspace's object s
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
+from google.protobuf import struct_pb2
 
 from eventfn.registry.v1 import registry_pb2 as pb
 from eventfn.registry.v1 import registry_pb2_grpc
@@ -78,6 +81,27 @@ class RegistryGate:
             self._stub.WhoAmI(pb.WhoAmIRequest(), metadata=self._metadata(context)),  # pyright: ignore[reportAttributeAccessIssue]
             "member",
             "",
+        )
+
+    async def record(
+        self,
+        context: grpc.aio.ServicerContext,
+        instance_id: str,
+        action: str,
+        details: dict[str, Any],
+    ) -> None:
+        """Write the caller's data-plane action on an instance to the registry's audit trail."""
+        values = struct_pb2.Struct()
+        values.update(details)
+        await self._call(
+            self._stub.RecordInstanceAction(  # pyright: ignore[reportAttributeAccessIssue]
+                pb.RecordInstanceActionRequest(
+                    instance_id=instance_id, action=action, details=values
+                ),
+                metadata=self._metadata(context),
+            ),
+            "instance",
+            instance_id,
         )
 
     async def close(self) -> None:

@@ -31,6 +31,7 @@ from services.registry.validation import (
 )
 
 Ctx = grpc.aio.ServicerContext
+DATA_PLANE_ACTIONS = frozenset({"dead.replay", "dead.purge"})
 UPDATABLE = frozenset(
     {"settings", "enabled", "batch_size", "batch_wait_ms", "filters", "timeout_ms", "name"}
 )
@@ -379,6 +380,39 @@ class InstanceRpcs(RegistryBase):
             )
             await self.store.bump_config(s)
         return pb.DeleteInstanceResponse()
+
+    async def RecordInstanceAction(
+        self, request: pb.RecordInstanceActionRequest, context: Ctx
+    ) -> pb.RecordInstanceActionResponse:
+        """Audit an action a data-plane service performed on an instance for the caller."""
+        caller = await self.authn.caller(context)
+        if request.action not in DATA_PLANE_ACTIONS:
+            raise InvalidArgument.field(
+                "action", f"must be one of {', '.join(sorted(DATA_PLANE_ACTIONS))}"
+            )
+        async with self.store.transaction() as s:
+            ins = await self.store.get_in_workspace(
+                s, Instance, request.instance_id, caller.workspace_id, "instance"
+            )
+            require(caller.can_admin_source(ins.source_id), f"{request.action} (Source Admin)")
+            await self.audit(
+                s,
+                caller,
+                request.action,
+                "instance",
+                ins.id,
+                json_format.MessageToDict(request.details),
+            )
+            await s.flush()
+            entry = (
+                await s.exec(
+                    select(AuditEvent)
+                    .where(AuditEvent.resource_id == ins.id)
+                    .order_by(col(AuditEvent.id).desc())
+                )
+            ).first()
+        assert entry is not None
+        return pb.RecordInstanceActionResponse(event=convert.audit_event(entry))
 
     async def ListAuditEvents(
         self, request: pb.ListAuditEventsRequest, context: Ctx

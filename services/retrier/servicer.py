@@ -208,11 +208,11 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
             letters = await self._store.select(request.instance_id, ids, start=start, end=end)
             replayed = await self._store.replay(letters)
             span.set_attribute("eventfn.replayed", replayed)
-        log.info(
-            "audit: dead letters replayed: instance=%s count=%d ids=%s",
+        await self._gate.record(
+            context,
             request.instance_id,
-            replayed,
-            ",".join(request.dead_letter_ids) or "all",
+            "dead.replay",
+            {"replayed": replayed, "dead_letter_ids": list(request.dead_letter_ids) or "all"},
         )
         return pb.ReplayDeadLettersResponse(replayed=replayed)
 
@@ -229,10 +229,10 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
         await self._writable(context, request.instance_id, "purge")
         letters = await self._store.select(request.instance_id, ids, end=end)
         purged = await self._store.purge(letters)
-        log.info(
-            "audit: dead letters purged: instance=%s count=%d ids=%s",
+        await self._gate.record(
+            context,
             request.instance_id,
-            purged,
-            ",".join(request.dead_letter_ids) or "all",
+            "dead.purge",
+            {"purged": purged, "dead_letter_ids": list(request.dead_letter_ids) or "all"},
         )
         return pb.PurgeDeadLettersResponse(purged=purged)

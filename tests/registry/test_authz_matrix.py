@@ -717,6 +717,26 @@ CASES = [
         lambda s, i, md: s.ListAuditEvents(pb.ListAuditEventsRequest(page_size=500), metadata=md),
         check=audit_of_own_workspace,
     ),
+    Case(
+        "RecordInstanceAction[A@S]",
+        SRC_ADMINS_OF_S,
+        "object",
+        lambda s, i, md: s.RecordInstanceAction(
+            pb.RecordInstanceActionRequest(instance_id=i["instance"], action="dead.replay"),
+            metadata=md,
+        ),
+        ids(instance="ins_as"),
+    ),
+    Case(
+        "RecordInstanceAction[B@T]",
+        ALL_SRC_ADMINS,
+        "object",
+        lambda s, i, md: s.RecordInstanceAction(
+            pb.RecordInstanceActionRequest(instance_id=i["instance"], action="dead.purge"),
+            metadata=md,
+        ),
+        ids(instance="ins_bt"),
+    ),
     Case("WatchConfig", frozenset(), "watch", watch_first),
 ]
 

@@ -138,6 +138,11 @@ async def test_always_failing_ends_in_dead_and_replay_delivers(
         pb.ReplayDeadLettersRequest(instance_id=iid), metadata=auth(platform.owner)
     )
     assert replayed.replayed == 1
+    audit = await platform.registry.stub.ListAuditEvents(
+        rpb.ListAuditEventsRequest(resource_id=iid), metadata=auth(platform.owner)
+    )
+    assert audit.events[0].action == "dead.replay"
+    assert audit.events[0].details["replayed"] == 1
     events = await requests(sink, attempts + 1)
     assert events[-1]["messageId"] == "m-doomed"
     await quiet(sink, attempts + 1)

@@ -1584,6 +1584,62 @@ class ListAuditEventsResponse(_message.Message):
 Global___ListAuditEventsResponse: _TypeAlias = ListAuditEventsResponse  # noqa: Y015
 
 @_typing.final
+class RecordInstanceActionRequest(_message.Message):
+    """Request of RecordInstanceAction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    """The instance acted on."""
+    action: _builtins.str
+    """What was done: "dead.replay" or "dead.purge"."""
+    @_builtins.property
+    def details(self) -> _struct_pb2.Struct:
+        """Details to keep, e.g. how many dead letters and which ids. Never secret values."""
+
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        action: _builtins.str = ...,
+        details: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "details", b"details", "instance_id", b"instance_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordInstanceActionRequest: _TypeAlias = RecordInstanceActionRequest  # noqa: Y015
+
+@_typing.final
+class RecordInstanceActionResponse(_message.Message):
+    """Response of RecordInstanceAction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> _resources_pb2.AuditEvent:
+        """The audit entry written."""
+
+    def __init__(
+        self,
+        *,
+        event: _resources_pb2.AuditEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordInstanceActionResponse: _TypeAlias = RecordInstanceActionResponse  # noqa: Y015
+
+@_typing.final
 class WatchConfigRequest(_message.Message):
     """Request of WatchConfig."""
 

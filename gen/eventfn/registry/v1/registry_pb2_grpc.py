@@ -184,6 +184,11 @@ class RegistryStub:
                 request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.RecordInstanceAction = channel.unary_unary(
+                '/eventfn.registry.v1.Registry/RecordInstanceAction',
+                request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.RecordInstanceActionRequest.SerializeToString,
+                response_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.RecordInstanceActionResponse.FromString,
+                _registered_method=True)
         self.WatchConfig = channel.unary_stream(
                 '/eventfn.registry.v1.Registry/WatchConfig',
                 request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.WatchConfigRequest.SerializeToString,
@@ -419,6 +424,16 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordInstanceAction(self, request, context):
+        """Record in the audit trail an action a data-plane service performed on an instance for the
+        caller (e.g. the retrier replaying dead letters), with the caller's own token: the caller
+        is the actor. Needs the same role as the action itself (Source Admin of the instance's
+        source). INVALID_ARGUMENT for an action outside "dead.replay" and "dead.purge".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchConfig(self, request, context):
         """Stream the data plane's configuration: first a full snapshot, then every change, each
         with a higher revision. Only the deployment's service token may call it (PERMISSION_DENIED
@@ -575,6 +590,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'RecordInstanceAction': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordInstanceAction,
+                    request_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.RecordInstanceActionRequest.FromString,
+                    response_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.RecordInstanceActionResponse.SerializeToString,
             ),
             'WatchConfig': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchConfig,
@@ -1370,6 +1390,33 @@ class Registry:
             '/eventfn.registry.v1.Registry/ListAuditEvents',
             eventfn_dot_registry_dot_v1_dot_registry__pb2.ListAuditEventsRequest.SerializeToString,
             eventfn_dot_registry_dot_v1_dot_registry__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordInstanceAction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventfn.registry.v1.Registry/RecordInstanceAction',
+            eventfn_dot_registry_dot_v1_dot_registry__pb2.RecordInstanceActionRequest.SerializeToString,
+            eventfn_dot_registry_dot_v1_dot_registry__pb2.RecordInstanceActionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -127,6 +127,12 @@ class RegistryStub:
     """Disconnect and delete an instance (Source Admin of its source)."""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListAuditEventsRequest, _registry_pb2.ListAuditEventsResponse]
     """List the audit trail, newest first (Workspace Owner only)."""
+    RecordInstanceAction: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RecordInstanceActionRequest, _registry_pb2.RecordInstanceActionResponse]
+    """Record in the audit trail an action a data-plane service performed on an instance for the
+    caller (e.g. the retrier replaying dead letters), with the caller's own token: the caller
+    is the actor. Needs the same role as the action itself (Source Admin of the instance's
+    source). INVALID_ARGUMENT for an action outside "dead.replay" and "dead.purge".
+    """
     WatchConfig: _grpc.UnaryStreamMultiCallable[_registry_pb2.WatchConfigRequest, _registry_pb2.WatchConfigResponse]
     """Stream the data plane's configuration: first a full snapshot, then every change, each
     with a higher revision. Only the deployment's service token may call it (PERMISSION_DENIED
@@ -230,6 +236,12 @@ class RegistryAsyncStub(RegistryStub):
     """Disconnect and delete an instance (Source Admin of its source)."""
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListAuditEventsRequest, _registry_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """List the audit trail, newest first (Workspace Owner only)."""
+    RecordInstanceAction: _aio.UnaryUnaryMultiCallable[_registry_pb2.RecordInstanceActionRequest, _registry_pb2.RecordInstanceActionResponse]  # type: ignore[assignment]
+    """Record in the audit trail an action a data-plane service performed on an instance for the
+    caller (e.g. the retrier replaying dead letters), with the caller's own token: the caller
+    is the actor. Needs the same role as the action itself (Source Admin of the instance's
+    source). INVALID_ARGUMENT for an action outside "dead.replay" and "dead.purge".
+    """
     WatchConfig: _aio.UnaryStreamMultiCallable[_registry_pb2.WatchConfigRequest, _registry_pb2.WatchConfigResponse]  # type: ignore[assignment]
     """Stream the data plane's configuration: first a full snapshot, then every change, each
     with a higher revision. Only the deployment's service token may call it (PERMISSION_DENIED
@@ -504,6 +516,18 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ListAuditEventsResponse, _abc.Awaitable[_registry_pb2.ListAuditEventsResponse]]:
         """List the audit trail, newest first (Workspace Owner only)."""
+
+    @_abc_1.abstractmethod
+    def RecordInstanceAction(
+        self,
+        request: _registry_pb2.RecordInstanceActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RecordInstanceActionResponse, _abc.Awaitable[_registry_pb2.RecordInstanceActionResponse]]:
+        """Record in the audit trail an action a data-plane service performed on an instance for the
+        caller (e.g. the retrier replaying dead letters), with the caller's own token: the caller
+        is the actor. Needs the same role as the action itself (Source Admin of the instance's
+        source). INVALID_ARGUMENT for an action outside "dead.replay" and "dead.purge".
+        """
 
     @_abc_1.abstractmethod
     def WatchConfig(
