@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 import sys
 import time
@@ -48,6 +49,10 @@ from .worker_handle import REQUEUE, Lost, Pending, WorkerHandle, status_block
 _PROJECT_ROOT = Path(__file__).resolve().parents[3]
 _MAX_ATTEMPTS = 6
 _KILL_GRACE_S = 0.05
+
+
+log = logging.getLogger(__name__)
+SPAWN_ATTEMPTS = 3
 
 
 class RuntimePool:
@@ -105,6 +110,22 @@ class RuntimePool:
 
     # ------------------------------------------------------------------ workers
     async def _spawn(self, index: int) -> None:
+        """Start worker `index`, trying again when a start fails transiently.
+
+        V8's platform set-up in a new process has been seen to fail once in a while on a
+        loaded machine (MemoryError in `JSPlatform.init`); a second start succeeds.
+        """
+        for attempt in range(1, SPAWN_ATTEMPTS + 1):
+            try:
+                await self._spawn_once(index)
+                return
+            except WorkerStartError:
+                if attempt == SPAWN_ATTEMPTS or self._closed:
+                    raise
+                log.warning("worker %d failed to start (attempt %d); retrying", index, attempt)
+                await asyncio.sleep(0.2 * attempt)
+
+    async def _spawn_once(self, index: int) -> None:
         status, path = status_block()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
