@@ -145,18 +145,21 @@ class RuntimePool:
         self._workers[index] = w
         w.reader = asyncio.get_running_loop().create_task(self._read(w))
         egress = self._config.egress
-        self._send(
-            w,
-            {
-                "op": "init",
-                "egress": {
-                    **egress.__dict__,
-                    "allow": list(egress.allow),
-                    "no_proxy": list(egress.no_proxy),
+        try:
+            self._send(
+                w,
+                {
+                    "op": "init",
+                    "egress": {
+                        **egress.__dict__,
+                        "allow": list(egress.allow),
+                        "no_proxy": list(egress.no_proxy),
+                    },
+                    "max_contexts": self._config.max_contexts_per_worker,
                 },
-                "max_contexts": self._config.max_contexts_per_worker,
-            },
-        )
+            )
+        except (RuntimeError, ConnectionError):
+            pass  # the worker died at once: reported below as a failed start
         ready = asyncio.get_running_loop().create_task(w.ready.wait())
         await asyncio.wait({ready, w.reader}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
         if not w.ready.is_set():
