@@ -303,6 +303,17 @@ class RetryScheduler:
             with contextlib.suppress(Exception):
                 await msg.nak(delay=5.0)
 
+    async def _settled(self, msg: Msg, seq: int) -> None:
+        """Remove a handled message from RETRY, then ack it.
+
+        RETRY keeps messages by age, so without the delete a per-instance message count would
+        include retries already done; deleted first, a crash before the ack cannot bring the
+        message back either (it was already republished, dead-lettered or discarded).
+        """
+        with contextlib.suppress(Exception):
+            await self._js.delete_msg(streams.RETRY_STREAM, seq)
+        await msg.ack()
+
     async def handle(self, msg: Msg) -> None:
         """Settle one RETRY message: hold it, republish it, dead-letter it or discard it."""
         meta = msg.metadata
@@ -328,8 +339,8 @@ class RetryScheduler:
                         message.instance_id,
                         message.attempt + 1,
                     )
-                    await msg.ack()
                     await self._count("discarded")
+                    await self._settled(msg, seq)
                     return
                 # Not known yet (config lag) or the registry is unreachable: look again soon.
                 await msg.nak(delay=1.0)
@@ -345,7 +356,7 @@ class RetryScheduler:
             if isinstance(decision, Republish):
                 span.set_attribute("eventfn.retry.outcome", "republished")
                 await self._js.publish(decision.subject, msg.data, headers=decision.headers)
-                await msg.ack()
+                await self._settled(msg, seq)
                 await self._count("republished")
                 return
             span.set_attribute("eventfn.retry.outcome", "dead")
@@ -353,7 +364,7 @@ class RetryScheduler:
                 "events of %s dead-lettered: %s", message.instance_id, decision.headers[DEAD_REASON]
             )
             await self._js.publish(decision.subject, msg.data, headers=decision.headers)
-            await msg.ack()
+            await self._settled(msg, seq)
             await self._count("dead")
 
     async def _bury_malformed(
@@ -362,5 +373,5 @@ class RetryScheduler:
         subject, out = malformed_dead_letter(msg.subject, headers, seq, reason)
         log.warning("RETRY message %d on %s dead-lettered: %s", seq, msg.subject, reason)
         await self._js.publish(subject, msg.data, headers=out)
-        await msg.ack()
+        await self._settled(msg, seq)
         await self._count("malformed")

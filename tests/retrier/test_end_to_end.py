@@ -18,6 +18,7 @@ from aiohttp import web
 from nats.js.errors import NotFoundError
 from typer.testing import CliRunner
 
+from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
 from eventfn.registry.v1 import registry_pb2 as rpb
 from eventfn.retrier.v1 import retrier_pb2 as pb
 from eventfn.retrier.v1 import retrier_pb2_grpc
@@ -102,6 +103,12 @@ async def test_fails_n_times_then_delivered_exactly_once(
     await quiet(sink, 4)
     assert statuses == [500, 500, 500, 200]
     assert retrier.scheduler.counts["republished"] >= 3
+    # Handled retries leave RETRY: the instance's health shows none pending, three retried.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
+        stats = await executor_pb2_grpc.ExecutorStub(channel).GetDeliveryStats(
+            executor_pb2.GetDeliveryStatsRequest(instance_id=iid), metadata=auth(platform.owner)
+        )
+    assert stats.pending_retries == 0
 
 
 async def test_always_failing_ends_in_dead_and_replay_delivers(
