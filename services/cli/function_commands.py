@@ -240,6 +240,12 @@ def instance_create(
     filter_: Annotated[
         list[str] | None, typer.Option("--filter", help="Destination filter; repeatable.")
     ] = None,
+    retry_window_seconds: Annotated[
+        int, typer.Option(help="Retry failed events this long, 60..86400 (0: default 4 h).")
+    ] = 0,
+    retry_max_delay_seconds: Annotated[
+        int, typer.Option(help="Longest wait between attempts, 1..3600 (0: default 10 min).")
+    ] = 0,
     disabled: bool = False,
 ) -> None:
     """Connect a function to a source."""
@@ -251,6 +257,8 @@ def instance_create(
         settings=settings_struct(settings, set_),
         enabled=not disabled,
         filters=filter_ or [],
+        retry_window_seconds=retry_window_seconds,
+        retry_max_delay_seconds=retry_max_delay_seconds,
     )
     if batch_size is not None:
         req.batch_size = batch_size
@@ -314,6 +322,8 @@ def instance_update(
     batch_size: int | None = None,
     batch_wait_ms: int | None = None,
     timeout_ms: int | None = None,
+    retry_window_seconds: int | None = None,
+    retry_max_delay_seconds: int | None = None,
     filter_: Annotated[
         list[str] | None,
         typer.Option("--filter", help="Destination filter (replaces all); repeatable."),
@@ -336,6 +346,8 @@ def instance_update(
             ("batch_size", batch_size),
             ("batch_wait_ms", batch_wait_ms),
             ("timeout_ms", timeout_ms),
+            ("retry_window_seconds", retry_window_seconds),
+            ("retry_max_delay_seconds", retry_max_delay_seconds),
         ):
             if value is not None:
                 setattr(ins, field, value)

@@ -127,6 +127,8 @@ def instance(i: m.Instance) -> res.Instance:
         batch_size=i.batch_size,
         batch_wait_ms=i.batch_wait_ms,
         timeout_ms=i.timeout_ms,
+        retry_window_seconds=i.retry_window_seconds,
+        retry_max_delay_seconds=i.retry_max_delay_seconds,
         filters=i.filters,
         revision=i.revision,
         create_time=ts(i.created_at),

@@ -125,6 +125,8 @@ class Instance(SQLModel, table=True):
     batch_size: int = 20
     batch_wait_ms: int = 10_000
     timeout_ms: int = 5_000
+    retry_window_seconds: int = 0
+    retry_max_delay_seconds: int = 0
     filters: list[str] = Field(sa_column=Column(JSONB, nullable=False))
     revision: int = Field(sa_column=Column(BigInteger, nullable=False))
     created_at: datetime = _ts(nullable=False)

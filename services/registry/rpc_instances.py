@@ -26,6 +26,7 @@ from services.registry.validation import (
     check_filters,
     check_name,
     check_page_size,
+    check_retry,
     check_setting_definitions,
     check_setting_values,
 )
@@ -33,7 +34,17 @@ from services.registry.validation import (
 Ctx = grpc.aio.ServicerContext
 DATA_PLANE_ACTIONS = frozenset({"dead.replay", "dead.purge"})
 UPDATABLE = frozenset(
-    {"settings", "enabled", "batch_size", "batch_wait_ms", "filters", "timeout_ms", "name"}
+    {
+        "settings",
+        "enabled",
+        "batch_size",
+        "batch_wait_ms",
+        "filters",
+        "timeout_ms",
+        "name",
+        "retry_window_seconds",
+        "retry_max_delay_seconds",
+    }
 )
 
 
@@ -188,6 +199,9 @@ class InstanceRpcs(RegistryBase):
             request.timeout_ms if request.HasField("timeout_ms") else None,
         )
         filters = check_filters(list(request.filters), self.deps.check_filter)
+        retry_window, retry_max_delay = check_retry(
+            request.retry_window_seconds, request.retry_max_delay_seconds
+        )
         given = json_format.MessageToDict(request.settings)
         instance_id = new_id("ins")
         try:
@@ -221,6 +235,8 @@ class InstanceRpcs(RegistryBase):
                     batch_size=size,
                     batch_wait_ms=wait,
                     timeout_ms=timeout,
+                    retry_window_seconds=retry_window,
+                    retry_max_delay_seconds=retry_max_delay,
                     filters=filters,
                     revision=1,
                     created_at=now(),
@@ -315,6 +331,15 @@ class InstanceRpcs(RegistryBase):
                 ins.batch_wait_ms = wait
             if "timeout_ms" in paths:
                 ins.timeout_ms = timeout
+            if paths & {"retry_window_seconds", "retry_max_delay_seconds"}:
+                ins.retry_window_seconds, ins.retry_max_delay_seconds = check_retry(
+                    new.retry_window_seconds
+                    if "retry_window_seconds" in paths
+                    else ins.retry_window_seconds,
+                    new.retry_max_delay_seconds
+                    if "retry_max_delay_seconds" in paths
+                    else ins.retry_max_delay_seconds,
+                )
             if "filters" in paths:
                 ins.filters = check_filters(list(new.filters), self.deps.check_filter)
             if "name" in paths:

@@ -178,6 +178,24 @@ def check_batching(
     return size, wait, timeout
 
 
+RETRY_WINDOW_RANGE = (60, 86_400)
+RETRY_MAX_DELAY_RANGE = (1, 3_600)
+
+
+def check_retry(window_seconds: int, max_delay_seconds: int) -> tuple[int, int]:
+    """Check an instance's retry overrides; 0 keeps the deployment's default."""
+    violations = []
+    for field, value, (low, high) in (
+        ("retry_window_seconds", window_seconds, RETRY_WINDOW_RANGE),
+        ("retry_max_delay_seconds", max_delay_seconds, RETRY_MAX_DELAY_RANGE),
+    ):
+        if value != 0 and not low <= value <= high:
+            violations.append(FieldViolation(field, f"must be 0 (default) or {low}..{high}"))
+    if violations:
+        raise InvalidArgument("invalid retry settings", violations)
+    return window_seconds, max_delay_seconds
+
+
 def check_filters(filters: Sequence[str], parse: FilterChecker) -> list[str]:
     """Check that every destination filter parses; the error names its index and position."""
     for i, text in enumerate(filters):

@@ -89,6 +89,8 @@ class WatchRpcs(InstanceRpcs):
                 batch_size=ins.batch_size,
                 batch_wait_ms=ins.batch_wait_ms,
                 timeout_ms=ins.timeout_ms,
+                retry_window_seconds=ins.retry_window_seconds,
+                retry_max_delay_seconds=ins.retry_max_delay_seconds,
                 filters=ins.filters,
                 revision=ins.revision,
                 version_create_time=convert.ts(ver.created_at),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 
+from eventfn.registry.v1 import registry_pb2 as rpb
 from services.common import streams
 from services.common.config_watch import ConfigWatcher
 from services.retrier.backoff import (
@@ -216,6 +218,23 @@ def string_headers(msg: Msg) -> dict[str, str]:
     return {str(k): str(v) for k, v in (msg.headers or {}).items()}
 
 
+def instance_policy(base: RetryPolicy, config: rpb.InstanceConfig | None) -> RetryPolicy:
+    """Apply an instance's retry overrides (window, longest wait; 0 keeps the default)."""
+    if config is None or not (config.retry_window_seconds or config.retry_max_delay_seconds):
+        return base
+    cap = (
+        timedelta(seconds=config.retry_max_delay_seconds)
+        if config.retry_max_delay_seconds
+        else base.cap
+    )
+    window = (
+        timedelta(seconds=config.retry_window_seconds)
+        if config.retry_window_seconds
+        else base.window
+    )
+    return dataclasses.replace(base, cap=max(cap, base.base), window=window)
+
+
 class RetryScheduler:
     """The durable RETRY consumer: hold, republish, dead-letter or discard each message."""
 
@@ -303,6 +322,10 @@ class RetryScheduler:
             with contextlib.suppress(Exception):
                 await msg.nak(delay=5.0)
 
+    def policy_for(self, instance_id: str) -> RetryPolicy:
+        """Return the retry policy of an instance (the deployment's, with its overrides)."""
+        return instance_policy(self._policy, self._watcher.instances.get(instance_id))
+
     async def _settled(self, msg: Msg, seq: int) -> None:
         """Remove a handled message from RETRY, then ack it.
 
@@ -346,7 +369,11 @@ class RetryScheduler:
                 await msg.nak(delay=1.0)
                 return
             decision = plan(
-                self._policy, message, stored_at=stored_at, now=now, max_hold=self._max_hold
+                self.policy_for(message.instance_id),
+                message,
+                stored_at=stored_at,
+                now=now,
+                max_hold=self._max_hold,
             )
             if isinstance(decision, Hold):
                 span.set_attribute("eventfn.retry.outcome", "held")

@@ -395,3 +395,35 @@ async def test_only_bootstrap_admin_creates_workspaces(registry: Registry) -> No
             pb.CreateWorkspaceRequest(name="Owner"), metadata=auth(BOOTSTRAP)
         ),
     )
+
+
+async def test_retry_overrides_are_checked_and_reach_the_data_plane(registry: Registry) -> None:
+    _, owner = await registry.workspace("Retry")
+    fn_id, src_id = await make_function(registry, owner)
+    base = {"function_id": fn_id, "source_id": src_id}
+    values = settings(endpoint="http://x", apiKey="k")
+    err = await expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        registry.stub.CreateInstance(
+            pb.CreateInstanceRequest(**base, settings=values, retry_window_seconds=30),
+            metadata=auth(owner),
+        ),
+    )
+    assert violations(err)[0][0] == "retry_window_seconds"
+    ins = (
+        await registry.stub.CreateInstance(
+            pb.CreateInstanceRequest(
+                **base, settings=values, retry_window_seconds=600, retry_max_delay_seconds=30
+            ),
+            metadata=auth(owner),
+        )
+    ).instance
+    assert (ins.retry_window_seconds, ins.retry_max_delay_seconds) == (600, 30)
+    upd = await registry.stub.UpdateInstance(
+        pb.UpdateInstanceRequest(
+            instance=res.Instance(id=ins.id, retry_window_seconds=0),
+            update_mask=field_mask_pb2.FieldMask(paths=["retry_window_seconds"]),
+        ),
+        metadata=auth(owner),
+    )
+    assert (upd.instance.retry_window_seconds, upd.instance.retry_max_delay_seconds) == (0, 30)

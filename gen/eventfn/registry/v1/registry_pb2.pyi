@@ -1173,6 +1173,8 @@ class CreateInstanceRequest(_message.Message):
     BATCH_WAIT_MS_FIELD_NUMBER: _builtins.int
     FILTERS_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    RETRY_WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    RETRY_MAX_DELAY_SECONDS_FIELD_NUMBER: _builtins.int
     function_id: _builtins.str
     """The function to connect."""
     source_id: _builtins.str
@@ -1189,6 +1191,12 @@ class CreateInstanceRequest(_message.Message):
     """Wait for a partial batch in milliseconds, 0..60000; unset means the default, 10000."""
     timeout_ms: _builtins.int
     """Per-invocation timeout in milliseconds, 100..60000; unset means the default, 5000."""
+    retry_window_seconds: _builtins.int
+    """Retry window in seconds, 60..86400; 0 or unset means the deployment's default (4 hours)."""
+    retry_max_delay_seconds: _builtins.int
+    """Longest wait between attempts in seconds, 1..3600; 0 or unset means the deployment's
+    default (10 minutes).
+    """
     @_builtins.property
     def settings(self) -> _struct_pb2.Struct:
         """Settings values by name, checked against the version's schema."""
@@ -1210,10 +1218,12 @@ class CreateInstanceRequest(_message.Message):
         batch_wait_ms: _builtins.int | None = ...,
         filters: _abc.Iterable[_builtins.str] | None = ...,
         timeout_ms: _builtins.int | None = ...,
+        retry_window_seconds: _builtins.int = ...,
+        retry_max_delay_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_batch_size", b"_batch_size", "_batch_wait_ms", b"_batch_wait_ms", "_enabled", b"_enabled", "_timeout_ms", b"_timeout_ms", "batch_size", b"batch_size", "batch_wait_ms", b"batch_wait_ms", "enabled", b"enabled", "settings", b"settings", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch_size", b"_batch_size", "_batch_wait_ms", b"_batch_wait_ms", "_enabled", b"_enabled", "_timeout_ms", b"_timeout_ms", "batch_size", b"batch_size", "batch_wait_ms", b"batch_wait_ms", "enabled", b"enabled", "filters", b"filters", "function_id", b"function_id", "name", b"name", "settings", b"settings", "source_id", b"source_id", "timeout_ms", b"timeout_ms", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch_size", b"_batch_size", "_batch_wait_ms", b"_batch_wait_ms", "_enabled", b"_enabled", "_timeout_ms", b"_timeout_ms", "batch_size", b"batch_size", "batch_wait_ms", b"batch_wait_ms", "enabled", b"enabled", "filters", b"filters", "function_id", b"function_id", "name", b"name", "retry_max_delay_seconds", b"retry_max_delay_seconds", "retry_window_seconds", b"retry_window_seconds", "settings", b"settings", "source_id", b"source_id", "timeout_ms", b"timeout_ms", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__batch_size: _TypeAlias = _typing.Literal["batch_size"]  # noqa: Y015
     _WhichOneofArgType__batch_size: _TypeAlias = _typing.Literal["_batch_size", b"_batch_size"]  # noqa: Y015
@@ -1384,7 +1394,8 @@ class UpdateInstanceRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """The fields to change, among: settings, enabled, batch_size, batch_wait_ms, filters,
-        timeout_ms, name. For settings, a masked value ("••••••••") keeps the stored secret.
+        timeout_ms, name, retry_window_seconds, retry_max_delay_seconds. For settings, a masked
+        value ("••••••••") keeps the stored secret.
         """
 
     def __init__(
@@ -1768,6 +1779,8 @@ class InstanceConfig(_message.Message):
     FILTERS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     VERSION_CREATE_TIME_FIELD_NUMBER: _builtins.int
+    RETRY_WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    RETRY_MAX_DELAY_SECONDS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The instance id."""
     workspace_id: _builtins.str
@@ -1796,6 +1809,10 @@ class InstanceConfig(_message.Message):
     """Per-invocation timeout, in milliseconds."""
     revision: _builtins.int
     """The instance's revision."""
+    retry_window_seconds: _builtins.int
+    """Retry window in seconds; 0 means the deployment's default."""
+    retry_max_delay_seconds: _builtins.int
+    """Longest wait between attempts in seconds; 0 means the deployment's default."""
     @_builtins.property
     def settings(self) -> _struct_pb2.Struct:
         """Settings values, decrypted."""
@@ -1832,10 +1849,12 @@ class InstanceConfig(_message.Message):
         filters: _abc.Iterable[_builtins.str] | None = ...,
         revision: _builtins.int = ...,
         version_create_time: _timestamp_pb2.Timestamp | None = ...,
+        retry_window_seconds: _builtins.int = ...,
+        retry_max_delay_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "version_create_time", b"version_create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "batch_wait_ms", b"batch_wait_ms", "code", b"code", "enabled", b"enabled", "filters", b"filters", "function_id", b"function_id", "function_name", b"function_name", "id", b"id", "integration_key", b"integration_key", "revision", b"revision", "secret_setting_names", b"secret_setting_names", "settings", b"settings", "source_id", b"source_id", "timeout_ms", b"timeout_ms", "version_create_time", b"version_create_time", "version_id", b"version_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "batch_wait_ms", b"batch_wait_ms", "code", b"code", "enabled", b"enabled", "filters", b"filters", "function_id", b"function_id", "function_name", b"function_name", "id", b"id", "integration_key", b"integration_key", "retry_max_delay_seconds", b"retry_max_delay_seconds", "retry_window_seconds", b"retry_window_seconds", "revision", b"revision", "secret_setting_names", b"secret_setting_names", "settings", b"settings", "source_id", b"source_id", "timeout_ms", b"timeout_ms", "version_create_time", b"version_create_time", "version_id", b"version_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

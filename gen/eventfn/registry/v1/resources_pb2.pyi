@@ -389,6 +389,8 @@ class Instance(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    RETRY_WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    RETRY_MAX_DELAY_SECONDS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id, e.g. "ins_..."."""
     workspace_id: _builtins.str
@@ -411,6 +413,14 @@ class Instance(_message.Message):
     """Per-invocation timeout in milliseconds, 100..60000 (default 5000)."""
     revision: _builtins.int
     """Incremented by every change; pass it back as expected_revision to detect concurrent edits."""
+    retry_window_seconds: _builtins.int
+    """How long failed events are retried, counted from their first attempt, in seconds,
+    60..86400; 0 means the deployment's default (4 hours).
+    """
+    retry_max_delay_seconds: _builtins.int
+    """The longest wait between two attempts, in seconds, 1..3600; 0 means the deployment's
+    default (10 minutes).
+    """
     @_builtins.property
     def settings(self) -> _struct_pb2.Struct:
         """Settings values by setting name. Encrypted settings are masked ("••••••••") in reads."""
@@ -447,10 +457,12 @@ class Instance(_message.Message):
         revision: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        retry_window_seconds: _builtins.int = ...,
+        retry_max_delay_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "settings", b"settings", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "batch_wait_ms", b"batch_wait_ms", "create_time", b"create_time", "enabled", b"enabled", "filters", b"filters", "function_id", b"function_id", "id", b"id", "name", b"name", "revision", b"revision", "settings", b"settings", "source_id", b"source_id", "timeout_ms", b"timeout_ms", "update_time", b"update_time", "version_id", b"version_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "batch_wait_ms", b"batch_wait_ms", "create_time", b"create_time", "enabled", b"enabled", "filters", b"filters", "function_id", b"function_id", "id", b"id", "name", b"name", "retry_max_delay_seconds", b"retry_max_delay_seconds", "retry_window_seconds", b"retry_window_seconds", "revision", b"revision", "settings", b"settings", "source_id", b"source_id", "timeout_ms", b"timeout_ms", "update_time", b"update_time", "version_id", b"version_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
