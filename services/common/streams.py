@@ -45,6 +45,18 @@ ATTEMPT = "Eventfn-Attempt"
 """Delivery attempt number of the events in this message, 1 for the first attempt."""
 FIRST_ATTEMPT_AT = "Eventfn-First-Attempt-At"
 """Time of the first attempt, RFC 3339 UTC; the retry window counts from it."""
+LAST_ERROR = "Eventfn-Last-Error"
+"""The error of the last attempt (RETRY and DEAD messages)."""
+HISTORY = "Eventfn-History"
+"""JSON list of earlier attempts: {attempt, time, error}; carried RETRY → EVENTS → RETRY."""
+LAST_LOGS = "Eventfn-Last-Logs"
+"""JSON string: console output of the last attempt, secrets redacted, capped."""
+LAST_REQUESTS = "Eventfn-Last-Requests"
+"""JSON list: outgoing requests of the last attempt (method, url, status, error), capped."""
+DEAD_REASON = "Eventfn-Dead-Reason"
+"""Why the retrier dead-lettered a message (window passed, malformed)."""
+REPLAY_OF = "Eventfn-Replay-Of"
+"""On a replayed pack: the dead letter it came from."""
 
 SubjectKind = Literal["events", "retry", "dead"]
 _KIND_BY_NAME: dict[str, SubjectKind] = {"events": "events", "retry": "retry", "dead": "dead"}

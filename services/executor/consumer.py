@@ -15,18 +15,18 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from eventfn.registry.v1 import registry_pb2 as rpb
 from services.common import streams
 from services.common.config_watch import ConfigWatcher
-from services.executor.dispatcher import Dispatcher, PackRef, split_pack
+from services.executor.dispatcher import Dispatcher, PackRef, last_logs, split_pack
 from services.executor.records import DeliveryRecorder, FailureSample
+from services.executor.runtime import InvocationResult
 from services.router.packs import dedupe_id
 
 log = logging.getLogger(__name__)
 DURABLE = "executor"
-LAST_ERROR = "Eventfn-Last-Error"
 # A pull request lives this long on the server; one left over after stop() would take
 # (and strand until ack_wait) a pack handed back before it expires.
 FETCH_SECONDS = 1.0
-HISTORY = "Eventfn-History"
 MAX_HISTORY = 20
+MAX_REQUESTS = 20
 
 
 class Handoff:
@@ -36,7 +36,13 @@ class Handoff:
         self._js = js
 
     async def __call__(
-        self, kind: str, config: rpb.InstanceConfig, events: list[bytes], ref: PackRef, error: str
+        self,
+        kind: str,
+        config: rpb.InstanceConfig,
+        events: list[bytes],
+        ref: PackRef,
+        error: str,
+        result: InvocationResult,
     ) -> None:
         """Publish one message for events of one pack, with their history (awaiting the ack)."""
         ids = [str(orjson.loads(e).get("messageId", "")) for e in events]
@@ -48,8 +54,22 @@ class Handoff:
             streams.MSG_ID: f"{dedupe_id(config.id, ids)}:{kind}{ref.attempt}",
             streams.ATTEMPT: str(ref.attempt),
             streams.FIRST_ATTEMPT_AT: ref.first_attempt_at,
-            LAST_ERROR: error[:1000],
-            HISTORY: orjson.dumps(history[-MAX_HISTORY:]).decode(),
+            streams.LAST_ERROR: error[:1000],
+            streams.HISTORY: orjson.dumps(history[-MAX_HISTORY:]).decode(),
+            # JSON-encoded: header values cannot hold line breaks.
+            streams.LAST_LOGS: orjson.dumps(last_logs(result)).decode(),
+            streams.LAST_REQUESTS: orjson.dumps(
+                [
+                    {
+                        "method": t.method,
+                        "url": t.url,
+                        "status": t.status,
+                        "error": t.error,
+                        "duration_ms": t.duration_ms,
+                    }
+                    for t in result.requests[-MAX_REQUESTS:]
+                ]
+            ).decode(),
         }
         subject = (streams.retry_subject if kind == "retry" else streams.dead_subject)(
             config.workspace_id, config.id
@@ -173,7 +193,7 @@ class PackConsumer:
             remaining=0,
             attempt=int(headers.get(streams.ATTEMPT, "1") or 1),
             first_attempt_at=headers.get(streams.FIRST_ATTEMPT_AT) or datetime.now(UTC).isoformat(),
-            history=headers.get(HISTORY, ""),
+            history=headers.get(streams.HISTORY, ""),
         )
         if msg.data.strip() in (b"", b"[]"):
             await self._settle(msg, True)

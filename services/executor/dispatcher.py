@@ -29,6 +29,7 @@ from services.executor.runtime import Invocation, InvocationResult, OutcomeKind,
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("eventfn.executor")
 
+MAX_LOG_CHARS = 4096
 COUNTER_OF = {
     OutcomeKind.DELIVERED: "delivered",
     OutcomeKind.RETRY: "retried",
@@ -65,8 +66,17 @@ class Pending:
     timer: asyncio.TimerHandle | None = None
 
 
-# (kind "retry" | "dead", instance, events, their pack, last error): store them durably.
-Handoff = Callable[[str, rpb.InstanceConfig, list[bytes], PackRef, str], Awaitable[None]]
+# (kind "retry" | "dead", instance, events, their pack, last error, the invocation's result):
+# store them durably.
+Handoff = Callable[
+    [str, rpb.InstanceConfig, list[bytes], PackRef, str, InvocationResult], Awaitable[None]
+]
+
+
+def last_logs(result: InvocationResult) -> str:
+    """Return an invocation's console output (already redacted), capped from the end."""
+    text = "\n".join(f"{line.level}: {line.message}" for line in result.logs)
+    return text[-MAX_LOG_CHARS:]
 
 
 def secrets_of(config: rpb.InstanceConfig) -> tuple[str, ...]:
@@ -232,7 +242,7 @@ class Dispatcher:
         # Retryable events go to RETRY; on a retry, a permanent outcome ends in DEAD.
         handoffs: dict[tuple[int, str], tuple[PackRef, list[bytes], str]] = {}
         now = datetime.now(UTC)
-        logs = "\n".join(f"[{line.level}] {line.message}" for line in result.logs)
+        logs = last_logs(result)
         for i, outcome in enumerate(outcomes):
             counts[COUNTER_OF[outcome.kind]] += 1
             if outcome.kind == OutcomeKind.DELIVERED:
@@ -269,7 +279,7 @@ class Dispatcher:
         stored: dict[int, bool] = {}
         for (key, kind), (ref, handed, error) in handoffs.items():
             try:
-                await self._handoff(kind, config, handed, ref, error)
+                await self._handoff(kind, config, handed, ref, error, result)
             except Exception as exc:  # NATS down: hand the pack back, it will be redelivered
                 log.warning("%s hand-off for %s failed: %r; pack handed back", kind, config.id, exc)
                 stored[key] = False

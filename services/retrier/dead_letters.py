@@ -21,10 +21,11 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from services.common import streams
-from services.retrier.scheduler import DEAD_REASON, HISTORY, LAST_ERROR, parse_time
+from services.common.streams import DEAD_REASON, HISTORY, LAST_ERROR, LAST_LOGS, LAST_REQUESTS
+from services.retrier.scheduler import parse_time
 
 log = logging.getLogger(__name__)
-REPLAY_OF = "Eventfn-Replay-Of"
+REPLAY_OF = streams.REPLAY_OF
 
 
 class BadDeadLetterId(ValueError):
@@ -102,6 +103,22 @@ class DeadPack:
         except orjson.JSONDecodeError:
             return []
         return [a for a in value if isinstance(a, dict)] if isinstance(value, list) else []
+
+    def last_logs(self) -> str:
+        """Return the last attempt's console output ("" when absent or unreadable)."""
+        try:
+            value = orjson.loads(self.headers.get(LAST_LOGS, '""') or '""')
+        except orjson.JSONDecodeError:
+            return ""
+        return value if isinstance(value, str) else ""
+
+    def last_requests(self) -> list[dict[str, object]]:
+        """Return the last attempt's outgoing requests ([] when absent or unreadable)."""
+        try:
+            value = orjson.loads(self.headers.get(LAST_REQUESTS, "[]") or "[]")
+        except orjson.JSONDecodeError:
+            return []
+        return [r for r in value if isinstance(r, dict)] if isinstance(value, list) else []
 
     def first_attempt_time(self) -> datetime | None:
         """Return the first attempt's time, when the header is readable."""

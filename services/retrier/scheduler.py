@@ -26,6 +26,7 @@ from opentelemetry import trace
 from eventfn.registry.v1 import registry_pb2 as rpb
 from services.common import streams
 from services.common.config_watch import ConfigWatcher
+from services.common.streams import DEAD_REASON, HISTORY
 from services.retrier.backoff import (
     DEFAULT_MAX_NAK_DELAY,
     Clock,
@@ -41,9 +42,6 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer("eventfn.retrier")
 
 DURABLE = "retrier"
-LAST_ERROR = "Eventfn-Last-Error"
-HISTORY = "Eventfn-History"
-DEAD_REASON = "Eventfn-Dead-Reason"
 ORIGINAL_SUBJECT = "Eventfn-Original-Subject"
 # Where a RETRY message whose subject names no instance is dead-lettered.
 UNROUTABLE_DEAD_SUBJECT = "dead._invalid._invalid"

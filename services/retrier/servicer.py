@@ -78,6 +78,17 @@ def dead_letter_message(letter: Letter) -> pb.DeadLetter:
         event_json=letter.event.decode(errors="replace"),
         attempts=attempts,
         reason=pack.reason(),
+        last_logs=pack.last_logs(),
+        last_requests=[
+            types_pb2.RequestTrace(
+                method=str(r.get("method") or ""),
+                url=str(r.get("url") or ""),
+                status=int(r.get("status") or 0),  # type: ignore[arg-type]
+                error=str(r.get("error") or ""),
+                duration_ms=float(r.get("duration_ms") or 0.0),  # type: ignore[arg-type]
+            )
+            for r in pack.last_requests()
+        ],
     )
     first = _timestamp(pack.first_attempt_time())
     if first is not None:

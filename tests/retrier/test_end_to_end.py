@@ -32,6 +32,7 @@ from tests.retrier.conftest import StartRetrier
 
 CODE = """
 async function onTrack(event, settings) {
+  console.log('sending', event.messageId)
   const res = await fetch(settings.endpoint + '/track', {
     method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(event)
   })
@@ -139,6 +140,9 @@ async def test_always_failing_ends_in_dead_and_replay_delivers(
         pb.GetDeadLetterRequest(dead_letter_id=letter.id), metadata=auth(platform.owner)
     )
     assert shown.dead_letter.event_json == letter.event_json
+    (request,) = shown.dead_letter.last_requests
+    assert request.method == "POST" and request.status == 500
+    assert "sending m-doomed" in shown.dead_letter.last_logs
 
     sink.status = 200
     replayed = await stub.ReplayDeadLetters(
