@@ -57,6 +57,8 @@ DEAD_REASON = "Eventfn-Dead-Reason"
 """Why the retrier dead-lettered a message (window passed, malformed)."""
 REPLAY_OF = "Eventfn-Replay-Of"
 """On a replayed pack: the dead letter it came from."""
+VERSION = "Eventfn-Version"
+"""On a replayed pack: run this version of the instance's function, not the deployed one."""
 
 SubjectKind = Literal["events", "retry", "dead"]
 _KIND_BY_NAME: dict[str, SubjectKind] = {"events": "events", "retry": "retry", "dead": "dead"}

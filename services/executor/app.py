@@ -24,6 +24,7 @@ from services.executor.records import DeliveryRecorder
 from services.executor.runtime import EgressConfig, RuntimeConfig, RuntimePool
 from services.executor.servicer import ExecutorServicer
 from services.executor.settings import ExecutorSettings
+from services.executor.versions import VersionSource
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = executor_pb2.DESCRIPTOR.services_by_name["Executor"].full_name
@@ -86,6 +87,8 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
         Handoff(js),
         instance_concurrency=settings.executor_instance_concurrency,
     )
+    versions = VersionSource(settings.registry_addr, settings.service_token)
+    stack.push_async_callback(versions.close)
     consumer = PackConsumer(
         js,
         watcher,
@@ -94,6 +97,7 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
         fetch_packs=settings.executor_fetch_packs,
         max_inflight=settings.executor_max_inflight_packs,
         ack_wait=settings.executor_ack_wait_seconds,
+        versions=versions,
         durable=settings.executor_consumer,
         subjects=settings.executor_subjects,
     )

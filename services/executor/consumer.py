@@ -18,6 +18,7 @@ from services.common.config_watch import ConfigWatcher
 from services.executor.dispatcher import Dispatcher, PackRef, last_logs, split_pack
 from services.executor.records import DeliveryRecorder, FailureSample
 from services.executor.runtime import InvocationResult
+from services.executor.versions import VersionSource
 from services.router.packs import dedupe_id
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class PackConsumer:
         fetch_packs: int,
         max_inflight: int,
         ack_wait: float,
+        versions: VersionSource,
         durable: str = DURABLE,
         subjects: str = "events.>",
     ) -> None:
@@ -100,6 +102,7 @@ class PackConsumer:
         self._fetch = fetch_packs
         self._max_inflight = max_inflight
         self._ack_wait = ack_wait
+        self._versions = versions
         self._durable = durable
         self._subjects = subjects
         self._inflight = 0
@@ -184,7 +187,13 @@ class PackConsumer:
         subject = streams.parse_subject(msg.subject)
         config = self._watcher.instances.get(subject.instance_id)
         if config is None or not config.enabled:
-            self._discard(msg, subject.workspace_id, subject.instance_id, config)
+            self._discard(
+                msg,
+                subject.workspace_id,
+                subject.instance_id,
+                config,
+                reason="instance deleted" if config is None else "instance disabled",
+            )
             await self._settle(msg, True)
             return
         headers = msg.headers or {}
@@ -198,6 +207,20 @@ class PackConsumer:
         if msg.data.strip() in (b"", b"[]"):
             await self._settle(msg, True)
             return
+        wanted = headers.get(streams.VERSION)
+        if wanted and wanted != config.version_id:
+            version = await self._versions.get(wanted)
+            if version is None or version.function_id != config.function_id:
+                self._discard(
+                    msg,
+                    subject.workspace_id,
+                    subject.instance_id,
+                    config,
+                    reason=f"version {wanted} of the function no longer exists",
+                )
+                await self._settle(msg, True)
+                return
+            config = self._versions.pinned(config, version)
         await self._dispatcher.submit(config, msg.data, ref)
 
     def _discard(
@@ -206,10 +229,11 @@ class PackConsumer:
         workspace_id: str,
         instance_id: str,
         config: rpb.InstanceConfig | None,
+        *,
+        reason: str,
     ) -> None:
-        """Record a pack whose instance was deleted or disabled as discarded, with the reason."""
+        """Record a pack that cannot run (instance or version gone) as discarded, with why."""
         events = split_pack(msg.data)
-        reason = "instance deleted" if config is None else "instance disabled"
         log.info("%d events for %s discarded: %s", len(events), instance_id, reason)
         self._recorder.count(
             instance_id,

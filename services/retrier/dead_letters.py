@@ -282,8 +282,11 @@ class DeadLetterStore:
                 out += [letter for letter in letters if letter.id.index in indexes]
         return out
 
-    async def replay(self, letters: Iterable[Letter]) -> int:
-        """Send the letters back to their instance's EVENTS subject as first attempts."""
+    async def replay(self, letters: Iterable[Letter], *, version_id: str = "") -> int:
+        """Send the letters back to their instance's EVENTS subject as first attempts.
+
+        With `version_id`, the executor runs that version of the function for them.
+        """
         by_pack: dict[int, list[Letter]] = {}
         for letter in letters:
             by_pack.setdefault(letter.pack.seq, []).append(letter)
@@ -297,6 +300,8 @@ class DeadLetterStore:
                 streams.FIRST_ATTEMPT_AT: now,
                 REPLAY_OF: ",".join(str(c.id) for c in chosen),
             }
+            if version_id:
+                headers[streams.VERSION] = version_id
             for name in (streams.TRACEPARENT, streams.TRACESTATE):
                 if name in pack.headers:
                     headers[name] = pack.headers[name]

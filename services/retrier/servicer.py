@@ -203,12 +203,14 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
         ids = _ids(list(request.dead_letter_ids), "dead_letter_ids")
         start, end = _range(request)
         found = await self._writable(context, request.instance_id, "replay")
+        version_id = ""
         if request.version_id and request.version_id != found.instance.version_id:
-            raise InvalidArgument.field(
-                "version_id",
-                "replaying on a version other than the deployed one is not supported yet; "
-                "deploy that version to the instance, then replay without version_id",
-            )
+            version = (await self._gate.version(context, request.version_id)).version
+            if version.function_id != found.instance.function_id:
+                raise InvalidArgument.field(
+                    "version_id", "is not a version of the instance's function"
+                )
+            version_id = version.id
         if not found.instance.enabled:
             raise FailedPrecondition(
                 f"instance {request.instance_id!r} is disabled: replayed events would be "
@@ -217,13 +219,17 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
         with tracer.start_as_current_span("dead.replay") as span:
             span.set_attribute("eventfn.instance_id", request.instance_id)
             letters = await self._store.select(request.instance_id, ids, start=start, end=end)
-            replayed = await self._store.replay(letters)
+            replayed = await self._store.replay(letters, version_id=version_id)
             span.set_attribute("eventfn.replayed", replayed)
         await self._gate.record(
             context,
             request.instance_id,
             "dead.replay",
-            {"replayed": replayed, "dead_letter_ids": list(request.dead_letter_ids) or "all"},
+            {
+                "replayed": replayed,
+                "dead_letter_ids": list(request.dead_letter_ids) or "all",
+                "version_id": version_id or found.instance.version_id,
+            },
         )
         return pb.ReplayDeadLettersResponse(replayed=replayed)
 

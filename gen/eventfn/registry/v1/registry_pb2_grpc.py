@@ -363,7 +363,8 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetFunctionVersion(self, request, context):
-        """Get one version with its code (read access to the function).
+        """Get one version with its code (read access to the function). The deployment's service
+        token may read any version: executors fetch one to replay dead letters on it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -102,7 +102,9 @@ class RegistryStub:
     ListFunctionVersions: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListFunctionVersionsRequest, _registry_pb2.ListFunctionVersionsResponse]
     """List a function's versions, newest first (read access to the function)."""
     GetFunctionVersion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetFunctionVersionRequest, _registry_pb2.GetFunctionVersionResponse]
-    """Get one version with its code (read access to the function)."""
+    """Get one version with its code (read access to the function). The deployment's service
+    token may read any version: executors fetch one to replay dead letters on it.
+    """
     CreateInstance: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CreateInstanceRequest, _registry_pb2.CreateInstanceResponse]
     """Connect a function to a source (Source Admin of the source and read access to the
     function). INVALID_ARGUMENT for settings that do not match the version's schema, a
@@ -211,7 +213,9 @@ class RegistryAsyncStub(RegistryStub):
     ListFunctionVersions: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListFunctionVersionsRequest, _registry_pb2.ListFunctionVersionsResponse]  # type: ignore[assignment]
     """List a function's versions, newest first (read access to the function)."""
     GetFunctionVersion: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetFunctionVersionRequest, _registry_pb2.GetFunctionVersionResponse]  # type: ignore[assignment]
-    """Get one version with its code (read access to the function)."""
+    """Get one version with its code (read access to the function). The deployment's service
+    token may read any version: executors fetch one to replay dead letters on it.
+    """
     CreateInstance: _aio.UnaryUnaryMultiCallable[_registry_pb2.CreateInstanceRequest, _registry_pb2.CreateInstanceResponse]  # type: ignore[assignment]
     """Connect a function to a source (Source Admin of the source and read access to the
     function). INVALID_ARGUMENT for settings that do not match the version's schema, a
@@ -449,7 +453,9 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.GetFunctionVersionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.GetFunctionVersionResponse, _abc.Awaitable[_registry_pb2.GetFunctionVersionResponse]]:
-        """Get one version with its code (read access to the function)."""
+        """Get one version with its code (read access to the function). The deployment's service
+        token may read any version: executors fetch one to replay dead letters on it.
+        """
 
     @_abc_1.abstractmethod
     def CreateInstance(

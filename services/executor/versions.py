@@ -1,0 +1,57 @@
+"""Function versions other than the deployed one, for packs replayed on a chosen version."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import grpc
+
+from eventfn.registry.v1 import registry_pb2 as rpb
+from eventfn.registry.v1 import registry_pb2_grpc
+from eventfn.registry.v1 import resources_pb2 as res
+
+CACHED_VERSIONS = 64
+
+
+class VersionSource:
+    """Fetch versions from the registry with the service token; keep the recent ones."""
+
+    def __init__(self, registry_addr: str, service_token: str) -> None:
+        self._channel = grpc.aio.insecure_channel(registry_addr)
+        self._stub = registry_pb2_grpc.RegistryStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {service_token}"),)
+        self._cache: OrderedDict[str, res.FunctionVersion] = OrderedDict()
+
+    async def get(self, version_id: str) -> res.FunctionVersion | None:
+        """Return a version, or None when the registry does not know it."""
+        found = self._cache.get(version_id)
+        if found is None:
+            try:
+                reply = await self._stub.GetFunctionVersion(  # pyright: ignore[reportAttributeAccessIssue]
+                    rpb.GetFunctionVersionRequest(version_id=version_id),
+                    metadata=self._metadata,
+                )
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    return None
+                raise
+            found = reply.version
+            self._cache[version_id] = found
+            if len(self._cache) > CACHED_VERSIONS:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(version_id)
+        return found
+
+    def pinned(
+        self, config: rpb.InstanceConfig, version: res.FunctionVersion
+    ) -> rpb.InstanceConfig:
+        """Return the instance's configuration running `version` instead of the deployed one."""
+        out = rpb.InstanceConfig()
+        out.CopyFrom(config)
+        out.version_id = version.id
+        out.code = version.code
+        return out
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close()

@@ -1,0 +1,53 @@
+"""Dead letters replayed on a chosen version run that version; the instance keeps its own."""
+
+from __future__ import annotations
+
+from eventfn.registry.v1 import registry_pb2 as rpb
+from eventfn.retrier.v1 import retrier_pb2 as pb
+from tests.pipeline.conftest import Platform, Sink
+from tests.registry.conftest import auth
+from tests.retrier.conftest import StartRetrier
+from tests.retrier.test_end_to_end import send, until_dead
+
+BROKEN = """
+async function onTrack(event, settings) { throw new RetryError('v1 cannot deliver') }
+"""
+FIXED = """
+async function onTrack(event, settings) {
+  await fetch(settings.endpoint + '/fixed', {method: 'POST', body: JSON.stringify(event)})
+}
+"""
+
+
+async def test_replay_on_a_saved_but_undeployed_version(
+    platform: Platform, sink: Sink, start_retrier_on: StartRetrier
+) -> None:
+    retrier, stub = await start_retrier_on(
+        retry_base_seconds=0.05, retry_cap_seconds=0.1, retry_window_seconds=1
+    )
+    iid = await platform.instance(BROKEN, sink.url)
+    await retrier.watcher.wait_until(lambda v: iid in v.instances)
+    await send(platform, "m-versioned")
+    (letter,) = await until_dead(stub, platform.owner, iid)
+    registry, owner = platform.registry.stub, auth(platform.owner)
+    ins = await registry.GetInstance(rpb.GetInstanceRequest(instance_id=iid), metadata=owner)
+    fn = await registry.GetFunction(
+        rpb.GetFunctionRequest(function_id=ins.instance.function_id), metadata=owner
+    )
+    fixed = await registry.SaveFunction(
+        rpb.SaveFunctionRequest(
+            function_id=fn.function.id, code=FIXED, settings=fn.latest_version.settings
+        ),
+        metadata=owner,
+    )
+    replayed = await stub.ReplayDeadLetters(
+        pb.ReplayDeadLettersRequest(
+            instance_id=iid, dead_letter_ids=[letter.id], version_id=fixed.version.id
+        ),
+        metadata=owner,
+    )
+    assert replayed.replayed == 1
+    events = await sink.wait_for(1)
+    assert events[0]["messageId"] == "m-versioned" and sink.paths == ["/fixed"]
+    still = await registry.GetInstance(rpb.GetInstanceRequest(instance_id=iid), metadata=owner)
+    assert still.instance.version_id == ins.instance.version_id, "a replay is not a deploy"
