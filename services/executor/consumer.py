@@ -11,6 +11,7 @@ import orjson
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from eventfn.registry.v1 import registry_pb2 as rpb
 from services.common import streams
@@ -27,6 +28,7 @@ DURABLE = "executor"
 # (and strand until ack_wait) a pack handed back before it expires.
 FETCH_SECONDS = 1.0
 MAX_HISTORY = 20
+PROPAGATOR = TraceContextTextMapPropagator()
 MAX_REQUESTS = 20
 
 
@@ -72,6 +74,8 @@ class Handoff:
                 ]
             ).decode(),
         }
+        if ref.trace is not None:  # the retry continues the event's trace
+            PROPAGATOR.inject(headers, context=ref.trace)
         subject = (streams.retry_subject if kind == "retry" else streams.dead_subject)(
             config.workspace_id, config.id
         )
@@ -203,6 +207,7 @@ class PackConsumer:
             attempt=int(headers.get(streams.ATTEMPT, "1") or 1),
             first_attempt_at=headers.get(streams.FIRST_ATTEMPT_AT) or datetime.now(UTC).isoformat(),
             history=headers.get(streams.HISTORY, ""),
+            trace=PROPAGATOR.extract(headers) if streams.TRACEPARENT in headers else None,
         )
         if msg.data.strip() in (b"", b"[]"):
             await self._settle(msg, True)

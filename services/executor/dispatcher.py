@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 from opentelemetry import trace
+from opentelemetry.context import Context
 
 from eventfn.registry.v1 import registry_pb2 as rpb
 from services.executor.policy import RateMeter, use_batch
@@ -38,7 +39,7 @@ COUNTER_OF = {
 }
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: one per received pack
 class PackRef:
     """A received pack: what to ack, and how many of its events still await an outcome."""
 
@@ -47,6 +48,7 @@ class PackRef:
     attempt: int = 1
     first_attempt_at: str = ""
     history: str = ""  # JSON list of earlier attempts, carried from RETRY through EVENTS
+    trace: Context | None = None  # the event's trace, from the pack's W3C headers
     ok: bool = True
 
     async def resolve(self, count: int, ok: bool = True) -> None:
@@ -188,11 +190,34 @@ class Dispatcher:
         batch: bool,
         count_rate: bool,
     ) -> None:
+        """Run `_invoke`; on any bug, hand the packs back rather than leave them hanging."""
+        try:
+            await self._invoke(config, body, refs, batch=batch, count_rate=count_rate)
+        except Exception:
+            log.exception("packs of instance %s failed in the executor; handing back", config.id)
+            for ref in dict.fromkeys(refs):
+                await ref.settle(False)
+
+    async def _invoke(
+        self,
+        config: rpb.InstanceConfig,
+        body: bytes,
+        refs: list[PackRef],
+        *,
+        batch: bool,
+        count_rate: bool,
+    ) -> None:
         """Invoke the function on events; act on each outcome; settle the packs."""
         limit = self._limits.setdefault(config.id, asyncio.Semaphore(self._concurrency))
         async with limit:
+            traces = [r.trace for r in dict.fromkeys(refs) if r.trace is not None]
             with tracer.start_as_current_span(
                 "invoke",
+                context=traces[0] if traces else None,
+                # A batch mixes packs: it belongs to the first one's trace, linked to the others.
+                links=[
+                    trace.Link(trace.get_current_span(t).get_span_context()) for t in traces[1:]
+                ],
                 attributes={
                     "eventfn.instance_id": config.id,
                     "eventfn.function_id": config.function_id,

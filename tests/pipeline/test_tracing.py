@@ -1,0 +1,50 @@
+"""One trace per event: the caller's W3C trace context reaches the function's invocation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.pipeline.conftest import Platform, Sink
+from tests.pipeline.test_delivery import SINGLE
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@pytest.fixture(scope="module")
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Record spans in memory (the process's tracer provider can be set once)."""
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield exporter
+    exporter.shutdown()
+
+
+async def test_invoke_span_continues_the_callers_trace(
+    platform: Platform, sink: Sink, spans: InMemorySpanExporter
+) -> None:
+    await platform.instance(SINGLE, sink.url)
+    resp = await platform.http.post(
+        "/v1/track",
+        json={"userId": "u", "event": "Traced", "messageId": "t-1"},
+        auth=(platform.write_key, ""),
+        headers={"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"},
+    )
+    assert resp.status_code == 200
+    await sink.wait_for(1)
+    async with asyncio.timeout(10):  # the span ends once the invocation has its response
+        while not (invokes := [s for s in spans.get_finished_spans() if s.name == "invoke"]):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert any(format(s.context.trace_id, "032x") == TRACE_ID for s in invokes), [
+        format(s.context.trace_id, "032x") for s in invokes
+    ]
