@@ -11,6 +11,7 @@ import typer
 
 from services.cli.client import fail, load_context, out
 from services.common import streams
+from services.common.settings import nats_servers
 
 events = typer.Typer(
     help="The event streams (operator tools: direct NATS access).", no_args_is_help=True
@@ -46,7 +47,7 @@ async def _tail(instance: str, last: int, follow: bool) -> None:
     import nats
     from nats.js.api import ConsumerConfig, DeliverPolicy
 
-    nc = await nats.connect(nats_url(), connect_timeout=3, max_reconnect_attempts=0)
+    nc = await nats.connect(nats_servers(nats_url()), connect_timeout=3, max_reconnect_attempts=0)
     try:
         js = nc.jetstream()
         info = await js.stream_info(streams.EVENTS_STREAM)

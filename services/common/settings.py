@@ -29,3 +29,8 @@ def sqlalchemy_url(url: str) -> str:
 def asyncpg_url(url: str) -> str:
     """Turn a SQLAlchemy or libpq URL into the form asyncpg accepts."""
     return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def nats_servers(url: str) -> list[str]:
+    """Split EVENTFN_NATS_URL, which may list a cluster's servers separated by commas."""
+    return [u.strip() for u in url.split(",") if u.strip()]

@@ -16,7 +16,7 @@ from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
 from services.common import rpc
 from services.common.config_watch import ConfigWatcher
 from services.common.registry_gate import RegistryGate
-from services.common.settings import asyncpg_url
+from services.common.settings import asyncpg_url, nats_servers
 from services.common.streams import ensure_streams
 from services.executor.consumer import Handoff, PackConsumer
 from services.executor.dispatcher import Dispatcher
@@ -57,7 +57,7 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
     if not settings.service_token:
         raise ValueError("EVENTFN_SERVICE_TOKEN is required: the executor reads WatchConfig")
     nc = await nats.connect(
-        settings.nats_url,
+        nats_servers(settings.nats_url),
         name=settings.executor_name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,

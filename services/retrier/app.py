@@ -15,6 +15,7 @@ from eventfn.retrier.v1 import retrier_pb2, retrier_pb2_grpc
 from services.common import rpc
 from services.common.config_watch import ConfigWatcher
 from services.common.registry_gate import RegistryGate
+from services.common.settings import nats_servers
 from services.common.streams import ensure_streams
 from services.retrier.dead_letters import DeadLetterStore
 from services.retrier.scheduler import RetryScheduler
@@ -43,7 +44,7 @@ async def start_retrier(settings: RetrierSettings, stack: AsyncExitStack) -> Run
         raise ValueError("EVENTFN_SERVICE_TOKEN is required: the retrier reads WatchConfig")
     policy = settings.policy()  # invalid backoff settings fail here, at start
     nc = await nats.connect(
-        settings.nats_url,
+        nats_servers(settings.nats_url),
         name=settings.retrier_name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,

@@ -15,6 +15,7 @@ from nats.aio.client import Client as NatsClient
 from eventfn.router.v1 import router_pb2, router_pb2_grpc
 from services.common import rpc
 from services.common.config_watch import ConfigView, ConfigWatcher
+from services.common.settings import nats_servers
 from services.common.streams import ensure_streams
 from services.router.config import RouteTable
 from services.router.http_app import TrackingApp, serve_http
@@ -71,7 +72,7 @@ async def start_router(settings: RouterSettings, stack: AsyncExitStack) -> Runni
     if not settings.service_token:
         raise ValueError("EVENTFN_SERVICE_TOKEN is required: the router reads WatchConfig")
     nc = await nats.connect(
-        settings.nats_url,
+        nats_servers(settings.nats_url),
         name=settings.router_name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
