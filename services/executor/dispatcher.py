@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from google.protobuf import json_format
 from opentelemetry import trace
 from opentelemetry.context import Context
 
@@ -100,8 +101,6 @@ def secrets_of(config: rpb.InstanceConfig) -> tuple[str, ...]:
 
 def settings_of(config: rpb.InstanceConfig) -> dict[str, Any]:
     """Return the instance's settings as plain JSON values."""
-    from google.protobuf import json_format
-
     return json_format.MessageToDict(config.settings)
 
 
