@@ -15,12 +15,12 @@ from nats.aio.client import Client as NatsClient
 from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
 from services.common import rpc
 from services.common.config_watch import ConfigWatcher
+from services.common.delivery_records import DeliveryRecorder
 from services.common.registry_gate import RegistryGate
 from services.common.settings import asyncpg_url, nats_servers
 from services.common.streams import ensure_streams
 from services.executor.consumer import Handoff, PackConsumer
 from services.executor.dispatcher import Dispatcher
-from services.executor.records import DeliveryRecorder
 from services.executor.runtime import EgressConfig, RuntimeConfig, RuntimePool
 from services.executor.servicer import ExecutorServicer
 from services.executor.settings import ExecutorSettings

@@ -24,8 +24,8 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 
 from eventfn.registry.v1 import registry_pb2 as rpb
+from services.common.delivery_records import DeliveryRecorder, FailureSample
 from services.executor.policy import RateMeter, use_batch
-from services.executor.records import DeliveryRecorder, FailureSample
 from services.executor.runtime import Invocation, InvocationResult, OutcomeKind, RuntimePool
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ from eventfn.executor.v1 import executor_pb2 as pb
 from eventfn.executor.v1 import executor_pb2_grpc
 from eventfn.type.v1 import types_pb2
 from services.common import streams
+from services.common.delivery_records import COUNTERS
 from services.common.errors import InvalidArgument
 from services.common.registry_gate import RegistryGate
 from services.executor.policy import health
-from services.executor.records import COUNTERS
 from services.executor.runtime import InvalidInvocation, OutcomeKind, RuntimePool
 from services.executor.runtime import RequestTrace as RuntimeTrace
 from services.executor.runtime.preview import PreviewResult, run_preview

@@ -15,7 +15,8 @@ from nats.aio.client import Client as NatsClient
 from eventfn.router.v1 import router_pb2, router_pb2_grpc
 from services.common import rpc
 from services.common.config_watch import ConfigView, ConfigWatcher
-from services.common.settings import nats_servers
+from services.common.delivery_records import DeliveryRecorder
+from services.common.settings import asyncpg_url, nats_servers
 from services.common.streams import ensure_streams
 from services.router.config import RouteTable
 from services.router.http_app import TrackingApp, serve_http
@@ -91,12 +92,23 @@ async def start_router(settings: RouterSettings, stack: AsyncExitStack) -> Runni
     watcher.start()
     stack.push_async_callback(watcher.close)
 
+    recorder = None
+    if settings.database_url:
+        recorder = DeliveryRecorder(
+            asyncpg_url(settings.database_url),
+            flush_seconds=settings.router_records_flush_seconds,
+            samples_per_minute=0,
+            retention=None,  # the executors purge old records
+        )
+        await recorder.start()
+        stack.push_async_callback(recorder.close)
     ingestor = Ingestor(
         nc,
         js,
         holder.current,
         pack_bytes=settings.router_pack_bytes,
         publish_timeout=settings.router_publish_timeout_seconds,
+        recorder=recorder,
     )
     stack.callback(lambda: log.info("router stopping: %s", ingestor.stats))
     servicer = RouterServicer(ingestor)

@@ -26,6 +26,7 @@ class Route:
 
     instance_id: str
     workspace_id: str
+    function_id: str
     subject: str
     integration_key: str
     filters: tuple[CompiledFilter, ...]
@@ -90,6 +91,7 @@ def compile_route(instance: pb.InstanceConfig) -> Route | None:
     return Route(
         instance_id=instance.id,
         workspace_id=instance.workspace_id,
+        function_id=instance.function_id,
         subject=events_subject(instance.workspace_id, instance.id),
         integration_key=instance.integration_key,
         filters=tuple(filters),

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import re
 import secrets
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
+from services.common.delivery_records import DeliveryRecorder
 from services.common.streams import ATTEMPT, MSG_ID, REVISION, TRACEPARENT, TRACESTATE
 from services.router.config import Route, RouteTable, SourceRoutes
 from services.router.filters import apply_filters
@@ -92,9 +94,15 @@ def route_events(
     *,
     pack_bytes: int = DEFAULT_PACK_BYTES,
     stats: RouterStats | None = None,
+    dropped: Counter[str] | None = None,
 ) -> list[Outbound]:
-    """Decide per route which events it gets (integrations, then filters) and pack them."""
+    """Decide per route which events it gets (integrations, then filters) and pack them.
+
+    `dropped` receives, per instance id, how many events the integrations object or a filter
+    kept from it (the instance's "filtered" count).
+    """
     stats = stats if stats is not None else RouterStats()
+    dropped = dropped if dropped is not None else Counter()
     # An event no filter changed is encoded once, however many instances get it.
     encoded: dict[int, tuple[str, bytes]] = {}
     outbound: list[Outbound] = []
@@ -103,10 +111,12 @@ def route_events(
         for event in events:
             if not wants(event, route.integration_key):
                 stats.dropped_by_integrations += 1
+                dropped[route.instance_id] += 1
                 continue
             kept = apply_filters(route.filters, event) if route.filters else event
             if kept is None:
                 stats.dropped_by_filters += 1
+                dropped[route.instance_id] += 1
                 continue
             if kept is event:
                 item = encoded.get(id(event))
@@ -134,8 +144,10 @@ class Ingestor:
         *,
         pack_bytes: int = DEFAULT_PACK_BYTES,
         publish_timeout: float = 5.0,
+        recorder: DeliveryRecorder | None = None,
     ) -> None:
         self._nc = nc
+        self._recorder = recorder
         self._js = js
         self._table = table
         self._pack_bytes = pack_bytes
@@ -181,6 +193,7 @@ class Ingestor:
         stats = self.stats
         stats.requests += 1
         stats.events += len(events)
+        dropped: Counter[str] = Counter()
         outbound = route_events(
             source.routes,
             events,
@@ -188,10 +201,18 @@ class Ingestor:
             trace_headers(traceparent, tracestate),
             pack_bytes=self._pack_bytes,
             stats=stats,
+            dropped=dropped,
         )
         if outbound:
             await self._publish_all(outbound)
             stats.packs += len(outbound)
+        if self._recorder is not None:  # counted once the request is accepted, not on a 503
+            routes = {r.instance_id: r for r in source.routes}
+            for instance_id, count in dropped.items():
+                route = routes[instance_id]
+                self._recorder.count(
+                    instance_id, route.workspace_id, route.function_id, {"filtered": count}
+                )
         return len(outbound)
 
     async def _publish_all(self, outbound: Sequence[Outbound]) -> None:

@@ -14,6 +14,9 @@ class RouterSettings(CommonSettings):
     router_http_listen: str = "127.0.0.1:8088"
     nats_url: str = "nats://127.0.0.1:4222"
     registry_addr: str = "127.0.0.1:50051"
+    # Where filtered-event counts go (delivery records); unset: counted in logs only.
+    database_url: str | None = None
+    router_records_flush_seconds: float = 2.0
     router_name: str = "router"
     # Largest JetStream message the router builds; an event over it travels alone.
     router_pack_bytes: int = DEFAULT_PACK_BYTES

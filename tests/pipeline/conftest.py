@@ -142,6 +142,8 @@ async def start_platform(registry: Registry, nats_url: str, stack: AsyncExitStac
             nats_url=nats_url,
             registry_addr=addr,
             service_token=SERVICE,
+            database_url=registry.database_url,
+            router_records_flush_seconds=0.2,
         ),
         stack,
     )

@@ -6,6 +6,7 @@ import asyncio
 
 import asyncpg
 import grpc
+import orjson
 
 from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
 from eventfn.type.v1 import types_pb2
@@ -78,7 +79,7 @@ async def test_outcomes_are_recorded_and_retryable_events_go_to_retry(
     msg = await sub.next_msg(timeout=30)
     assert msg.headers["Eventfn-Attempt"] == "1"
     assert "RetryError" in msg.headers["Eventfn-Last-Error"]
-    assert len(__import__("orjson").loads(msg.data)) == 3
+    assert len(orjson.loads(msg.data)) == 3
     conn = await asyncpg.connect(platform.registry.database_url)
     try:
         async with asyncio.timeout(30):
@@ -116,3 +117,27 @@ async def test_outcomes_are_recorded_and_retryable_events_go_to_retry(
             assert error.code() == grpc.StatusCode.NOT_FOUND
         else:
             raise AssertionError("another workspace must not see the instance")
+
+
+async def test_filtered_events_are_counted_per_instance(platform: Platform, sink: Sink) -> None:
+    skip = orjson.dumps({"if": 'event = "Skip Me"', "action": "drop"}).decode()
+    iid = await platform.instance(SINGLE, sink.url, filters=[skip])
+    body = batch_body(5)
+    for event in body["batch"][:3]:
+        event["event"] = "Skip Me"
+    await send(platform, body)
+    await sink.wait_for(2)
+    conn = await asyncpg.connect(platform.registry.database_url)
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                row = await conn.fetchrow(
+                    "SELECT sum(filtered) f, sum(delivered) d FROM delivery_minute "
+                    "WHERE instance_id = $1",
+                    iid,
+                )
+                if row and row["f"] == 3 and row["d"] == 2:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await conn.close()

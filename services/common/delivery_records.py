@@ -1,5 +1,6 @@
-"""Delivery records: counts per instance and minute, and sampled failures, kept in memory
-and written to PostgreSQL in batches — never one row per event on the hot path."""
+"""Delivery records, written by executors (outcomes) and routers (filtered events): counts
+per instance and minute, and sampled failures, kept in memory and written to PostgreSQL in
+batches — never one row per event on the hot path."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ class DeliveryRecorder:
         *,
         flush_seconds: float,
         samples_per_minute: int,
-        retention: timedelta = timedelta(days=7),
+        retention: timedelta | None = timedelta(days=7),
     ) -> None:
         self._dsn = dsn
         self._retention = retention
@@ -205,7 +206,7 @@ class DeliveryRecorder:
         next_purge = 0.0
         loop = asyncio.get_running_loop()
         while True:
-            if loop.time() >= next_purge:
+            if self._retention is not None and loop.time() >= next_purge:
                 try:
                     await self.purge(self._retention)
                 except (OSError, asyncpg.PostgresError) as error:
