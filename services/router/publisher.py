@@ -19,6 +19,8 @@ from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from services.common.delivery_records import DeliveryRecorder
 from services.common.streams import ATTEMPT, MSG_ID, REVISION, TRACEPARENT, TRACESTATE
@@ -28,6 +30,8 @@ from services.router.integrations import wants
 from services.router.packs import DEFAULT_PACK_BYTES, Pack, encode_event, pack_encoded
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("eventfn.router")
+PROPAGATOR = TraceContextTextMapPropagator()
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
@@ -194,18 +198,30 @@ class Ingestor:
         stats.requests += 1
         stats.events += len(events)
         dropped: Counter[str] = Counter()
-        outbound = route_events(
-            source.routes,
-            events,
-            table.revision,
-            trace_headers(traceparent, tracestate),
-            pack_bytes=self._pack_bytes,
-            stats=stats,
-            dropped=dropped,
-        )
-        if outbound:
-            await self._publish_all(outbound)
-            stats.packs += len(outbound)
+        incoming = {TRACEPARENT: traceparent or "", TRACESTATE: tracestate or ""}
+        with tracer.start_as_current_span(
+            "ingest",
+            context=PROPAGATOR.extract(incoming) if traceparent else None,
+            attributes={"eventfn.source_id": source.source_id, "eventfn.events": len(events)},
+        ):
+            carrier: dict[str, str] = {}
+            PROPAGATOR.inject(carrier)
+            if TRACEPARENT not in carrier:  # no tracer installed: still give packs a trace
+                carrier = trace_headers(traceparent, tracestate)
+            with tracer.start_as_current_span("route") as span:
+                outbound = route_events(
+                    source.routes,
+                    events,
+                    table.revision,
+                    carrier,
+                    pack_bytes=self._pack_bytes,
+                    stats=stats,
+                    dropped=dropped,
+                )
+                span.set_attribute("eventfn.packs", len(outbound))
+            if outbound:
+                await self._publish_all(outbound)
+                stats.packs += len(outbound)
         if self._recorder is not None:  # counted once the request is accepted, not on a 503
             routes = {r.instance_id: r for r in source.routes}
             for instance_id, count in dropped.items():

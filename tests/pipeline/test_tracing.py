@@ -1,4 +1,4 @@
-"""One trace per event: the caller's W3C trace context reaches the function's invocation."""
+"""One trace per event: ingest, route and invoke spans continue the caller's W3C trace."""
 
 from __future__ import annotations
 
@@ -48,3 +48,5 @@ async def test_invoke_span_continues_the_callers_trace(
     assert any(format(s.context.trace_id, "032x") == TRACE_ID for s in invokes), [
         format(s.context.trace_id, "032x") for s in invokes
     ]
+    ours = [s for s in spans.get_finished_spans() if format(s.context.trace_id, "032x") == TRACE_ID]
+    assert {"ingest", "route", "invoke"} <= {s.name for s in ours}
