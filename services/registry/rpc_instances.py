@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC
 from typing import Any
 
 import grpc
@@ -16,7 +15,7 @@ from services.common.errors import Aborted, AlreadyExists, InvalidArgument, NotF
 from services.registry import convert
 from services.registry.auth import Caller, require
 from services.registry.base import RegistryBase
-from services.registry.models import AuditEvent, Function, FunctionVersion, Instance, Source
+from services.registry.models import Function, FunctionVersion, Instance, Source
 from services.registry.rpc_catalog import CatalogRpcs
 from services.registry.secrets import is_sealed
 from services.registry.store import decode_page, encode_page, new_id, now, unique_violation
@@ -32,7 +31,6 @@ from services.registry.validation import (
 )
 
 Ctx = grpc.aio.ServicerContext
-DATA_PLANE_ACTIONS = frozenset({"dead.replay", "dead.purge"})
 UPDATABLE = frozenset(
     {
         "settings",
@@ -405,58 +403,3 @@ class InstanceRpcs(RegistryBase):
             )
             await self.store.bump_config(s)
         return pb.DeleteInstanceResponse()
-
-    async def RecordInstanceAction(
-        self, request: pb.RecordInstanceActionRequest, context: Ctx
-    ) -> pb.RecordInstanceActionResponse:
-        """Audit an action a data-plane service performed on an instance for the caller."""
-        caller = await self.authn.caller(context)
-        if request.action not in DATA_PLANE_ACTIONS:
-            raise InvalidArgument.field(
-                "action", f"must be one of {', '.join(sorted(DATA_PLANE_ACTIONS))}"
-            )
-        async with self.store.transaction() as s:
-            ins = await self.store.get_in_workspace(
-                s, Instance, request.instance_id, caller.workspace_id, "instance"
-            )
-            require(caller.can_admin_source(ins.source_id), f"{request.action} (Source Admin)")
-            await self.audit(
-                s,
-                caller,
-                request.action,
-                "instance",
-                ins.id,
-                json_format.MessageToDict(request.details),
-            )
-            await s.flush()
-            entry = (
-                await s.exec(
-                    select(AuditEvent)
-                    .where(AuditEvent.resource_id == ins.id)
-                    .order_by(col(AuditEvent.id).desc())
-                )
-            ).first()
-        assert entry is not None
-        return pb.RecordInstanceActionResponse(event=convert.audit_event(entry))
-
-    async def ListAuditEvents(
-        self, request: pb.ListAuditEventsRequest, context: Ctx
-    ) -> pb.ListAuditEventsResponse:
-        """List the audit trail, newest first."""
-        caller = await self.authn.caller(context)
-        require(caller.is_owner, "read the audit trail (Workspace Owner only)")
-        size = check_page_size(request.page_size)
-        query = select(AuditEvent).where(AuditEvent.workspace_id == caller.workspace_id)
-        if request.resource_id:
-            query = query.where(AuditEvent.resource_id == request.resource_id)
-        if request.HasField("start_time"):
-            query = query.where(
-                col(AuditEvent.created_at) >= request.start_time.ToDatetime(tzinfo=UTC)
-            )
-        async with self.store.transaction() as s:
-            rows, token = await self.store.page(
-                s, query.order_by(col(AuditEvent.id).desc()), size, request.page_token
-            )
-        return pb.ListAuditEventsResponse(
-            events=[convert.audit_event(r) for r in rows], next_page_token=token
-        )

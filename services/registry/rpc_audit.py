@@ -1,0 +1,80 @@
+"""Registry RPCs of the audit trail: reading it, and recording data-plane actions."""
+
+from __future__ import annotations
+
+from datetime import UTC
+
+import grpc
+from google.protobuf import json_format
+from sqlmodel import col, select
+
+from eventfn.registry.v1 import registry_pb2 as pb
+from services.common.errors import InvalidArgument
+from services.registry import convert
+from services.registry.auth import require
+from services.registry.base import RegistryBase
+from services.registry.models import AuditEvent, Instance
+from services.registry.validation import check_page_size
+
+Ctx = grpc.aio.ServicerContext
+# Actions data-plane services perform for a caller and record with the caller's token.
+DATA_PLANE_ACTIONS = frozenset({"dead.replay", "dead.purge"})
+
+
+class AuditRpcs(RegistryBase):
+    """The audit trail."""
+
+    async def RecordInstanceAction(
+        self, request: pb.RecordInstanceActionRequest, context: Ctx
+    ) -> pb.RecordInstanceActionResponse:
+        """Audit an action a data-plane service performed on an instance for the caller."""
+        caller = await self.authn.caller(context)
+        if request.action not in DATA_PLANE_ACTIONS:
+            raise InvalidArgument.field(
+                "action", f"must be one of {', '.join(sorted(DATA_PLANE_ACTIONS))}"
+            )
+        async with self.store.transaction() as s:
+            ins = await self.store.get_in_workspace(
+                s, Instance, request.instance_id, caller.workspace_id, "instance"
+            )
+            require(caller.can_admin_source(ins.source_id), f"{request.action} (Source Admin)")
+            await self.audit(
+                s,
+                caller,
+                request.action,
+                "instance",
+                ins.id,
+                json_format.MessageToDict(request.details),
+            )
+            await s.flush()
+            entry = (
+                await s.exec(
+                    select(AuditEvent)
+                    .where(AuditEvent.resource_id == ins.id)
+                    .order_by(col(AuditEvent.id).desc())
+                )
+            ).first()
+        assert entry is not None
+        return pb.RecordInstanceActionResponse(event=convert.audit_event(entry))
+
+    async def ListAuditEvents(
+        self, request: pb.ListAuditEventsRequest, context: Ctx
+    ) -> pb.ListAuditEventsResponse:
+        """List the audit trail, newest first."""
+        caller = await self.authn.caller(context)
+        require(caller.is_owner, "read the audit trail (Workspace Owner only)")
+        size = check_page_size(request.page_size)
+        query = select(AuditEvent).where(AuditEvent.workspace_id == caller.workspace_id)
+        if request.resource_id:
+            query = query.where(AuditEvent.resource_id == request.resource_id)
+        if request.HasField("start_time"):
+            query = query.where(
+                col(AuditEvent.created_at) >= request.start_time.ToDatetime(tzinfo=UTC)
+            )
+        async with self.store.transaction() as s:
+            rows, token = await self.store.page(
+                s, query.order_by(col(AuditEvent.id).desc()), size, request.page_token
+            )
+        return pb.ListAuditEventsResponse(
+            events=[convert.audit_event(r) for r in rows], next_page_token=token
+        )
