@@ -16,6 +16,9 @@ class CommonSettings(BaseSettings):
     log_level: str = "INFO"
     service_token: str | None = None
     stream_replicas: int = 1
+    # How long dead letters are kept (the DEAD stream's max age). Every service may create or
+    # update the streams, so they all read the same value.
+    dead_retention_days: float = 14.0
 
 
 def sqlalchemy_url(url: str) -> str:

@@ -64,7 +64,11 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
     )
     stack.push_async_callback(nc.close)
     js = nc.jetstream()
-    await ensure_streams(js, replicas=settings.stream_replicas)
+    await ensure_streams(
+        js,
+        replicas=settings.stream_replicas,
+        dead_max_age=timedelta(days=settings.dead_retention_days),
+    )
     db = await asyncpg.create_pool(asyncpg_url(settings.database_url), min_size=1, max_size=4)
     stack.push_async_callback(db.close)
     recorder = DeliveryRecorder(

@@ -30,8 +30,6 @@ class RetrierSettings(CommonSettings):
     # RETRY messages pulled at once, and JetStream's wait for an ack before redelivering.
     retrier_fetch: int = 256
     retrier_ack_wait_seconds: float = 30.0
-    # How long dead letters are kept (the DEAD stream's max age).
-    dead_retention_days: float = 14.0
 
     def policy(self) -> RetryPolicy:
         """Return the backoff policy these settings describe."""

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 import nats
@@ -80,7 +81,11 @@ async def start_router(settings: RouterSettings, stack: AsyncExitStack) -> Runni
     )
     stack.push_async_callback(_close_nats, nc)
     js = nc.jetstream(publish_async_max_pending=settings.router_max_pending_publishes)
-    await ensure_streams(js, replicas=settings.stream_replicas)
+    await ensure_streams(
+        js,
+        replicas=settings.stream_replicas,
+        dead_max_age=timedelta(days=settings.dead_retention_days),
+    )
 
     holder = RouteTableHolder()
     watcher = ConfigWatcher(
