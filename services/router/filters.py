@@ -7,6 +7,8 @@ A filter is stored as a JSON object (its text form, `CompiledFilter.to_text()`):
     {"if": "<condition>", "action": "drop_fields", "fields": ["properties.email", "context.ip"]}
     {"if": "<condition>", "action": "allow_fields", "fields": ["properties.total"]}
 
+A bare condition (text that is not a JSON object) is shorthand for a drop filter.
+
 - `if` is a condition in the language of `services.router.fql` (default `true`);
   the action applies only to events for which it holds, others pass unchanged.
 - `drop` drops the event.
@@ -231,7 +233,22 @@ def _position_of(text: str, key: str) -> tuple[int, int]:
 
 
 def parse_filter(text: str) -> CompiledFilter:
-    """Parse a filter's stored JSON text, raising FilterSyntaxError with the position."""
+    """Parse a filter's stored text, raising FilterSyntaxError with the position.
+
+    Text that is not a JSON object is a bare condition: shorthand for a drop filter, so
+    `event = "Order Completed"` means {"if": "event = \"Order Completed\"", "action": "drop"}.
+    """
+    if not text.lstrip().startswith(("{", "[")):
+        try:
+            ast = parse_condition(text)
+        except FilterSyntaxError as exc:
+            raise FilterSyntaxError(
+                f"in the condition: {exc.reason} (a filter is a condition, which drops the "
+                'events it matches, or a JSON object such as {"if": "...", "action": "drop"})',
+                exc.line,
+                exc.column,
+            ) from None
+        return build_filter(ast, "drop")
     try:
         spec = orjson.loads(text)
     except orjson.JSONDecodeError as exc:

@@ -523,3 +523,13 @@ def test_actions_never_raise_or_mutate(
     ):
         compiled.apply(event)
         assert event == before
+
+
+def test_a_bare_condition_is_a_drop_filter() -> None:
+    f = parse_filter('event = "Skip Me"')
+    assert apply_filters([f], {"type": "track", "event": "Skip Me"}) is None
+    kept = {"type": "track", "event": "Keep"}
+    assert apply_filters([f], kept) is kept
+    with pytest.raises(FilterSyntaxError) as info:
+        parse_filter("event = ")
+    assert "in the condition" in str(info.value) and info.value.column >= 1
