@@ -16,6 +16,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
@@ -242,7 +243,19 @@ async def serve_http(
         backlog=4096,
     )
     server = _InProcessServer(config)
-    task = asyncio.create_task(server.serve(), name="router-http")
+    # Bind here: uvicorn would sys.exit() on a taken port, which no caller can handle.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise OSError(
+            f"cannot listen on {host}:{port} for HTTP ({error.strerror}); "
+            "set EVENTFN_ROUTER_HTTP_LISTEN to a free address"
+        ) from None
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="router-http")
     while not server.started:
         if task.done():
             task.result()  # raises why the server could not start
