@@ -14,6 +14,8 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# STPyV8 writes its ICU data file on first import; do it once, not in racing workers.
+	$(BIN)/python -c "import STPyV8"
 	touch $@
 
 $(NPMSTAMP): package.json package-lock.json

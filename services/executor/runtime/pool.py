@@ -80,7 +80,10 @@ class RuntimePool:
     async def start(self) -> None:
         """Start the workers and the watchdog."""
         self._closed = False
-        await asyncio.gather(*(self._spawn(i) for i in range(len(self._workers))))
+        # The first worker alone: on a new machine, importing STPyV8 writes its ICU data file
+        # (/usr/share/stpyv8), and workers importing it at the same time could read it torn.
+        await self._spawn(0)
+        await asyncio.gather(*(self._spawn(i) for i in range(1, len(self._workers))))
         self._watchdog = asyncio.get_running_loop().create_task(self._watch())
 
     async def close(self) -> None:
