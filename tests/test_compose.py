@@ -105,9 +105,9 @@ def cluster(compose: dict[str, Any], tmp_path: Path) -> Iterator[list[dict[str, 
                 timeout=30,
             )
         # JetStream answers API calls once the nodes have elected a meta leader.
-        monitor = f"http://127.0.0.1:{ports[0]['monitor']}/jsz"
-        wait_until(
-            lambda: bool(_json(monitor).get("meta_cluster", {}).get("leader")),
+        monitors = [f"http://127.0.0.1:{p['monitor']}/jsz" for p in ports]
+        wait_until(  # placing an R3 stream needs every peer caught up, not just a leader
+            lambda: _meta_ready([_json(m).get("meta_cluster", {}) for m in monitors]),
             name="nats cluster",
             process=processes[0],
             log_path=tmp_path / "nats-1.log",
@@ -117,6 +117,20 @@ def cluster(compose: dict[str, Any], tmp_path: Path) -> Iterator[list[dict[str, 
     finally:
         for process in processes:
             stop_process(process, sig=signal.SIGTERM, timeout=10)
+
+
+def _meta_ready(metas: list[dict[str, Any]]) -> bool:
+    """Tell whether every node knows the same meta leader and the leader's peers are current.
+
+    Only the leader lists the other peers (`replicas`), so the nodes are read together.
+    """
+    leaders = {m.get("leader") for m in metas}
+    if len(leaders) != 1 or not next(iter(leaders)):
+        return False
+    return any(
+        len(m.get("replicas") or []) == 2 and all(r.get("current") for r in m["replicas"])
+        for m in metas
+    )
 
 
 def _json(url: str) -> dict[str, Any]:
@@ -139,7 +153,7 @@ async def test_compose_nats_cluster_holds_r3_streams(cluster: list[dict[str, int
     servers = [f"nats://127.0.0.1:{p['client']}" for p in cluster]
     nc = await nats.connect(servers=servers)
     try:
-        js = nc.jetstream(timeout=30)  # R3 placement is slow on a loaded 2-core machine
+        js = nc.jetstream(timeout=10)  # ensure_streams asks again if placement stalls
         await ensure_streams(js, replicas=3)
         info = await js.stream_info(EVENTS_STREAM)
         assert info.config.num_replicas == 3

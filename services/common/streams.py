@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -218,6 +219,22 @@ def config_drift(current: StreamConfig, desired: StreamConfig) -> list[str]:
     return drift
 
 
+CREATE_ATTEMPTS = 3
+
+
+async def _create(js: JetStreamContext, desired: StreamConfig) -> None:
+    """Create a stream, asking again when a cluster is slow to place it (idempotent)."""
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        try:
+            await js.add_stream(desired)
+            return
+        except NatsTimeoutError:
+            # Placement of a replicated stream can stall while peers catch up; a repeated
+            # identical create is harmless.
+            if attempt == CREATE_ATTEMPTS:
+                raise
+
+
 async def ensure_streams(
     js: JetStreamContext,
     *,
@@ -239,7 +256,7 @@ async def ensure_streams(
             info = await js.stream_info(desired.name)
         except NotFoundError:
             # Two services racing here is fine: an identical create succeeds on the server.
-            await js.add_stream(desired)
+            await _create(js, desired)
             continue
         drift = config_drift(info.config, desired)
         if not drift:
