@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -14,6 +15,8 @@ from typing import Any
 
 import nats
 import pytest
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from services.common.embedded import nats_server_binary
 from services.common.embedded.process import free_port, spawn, stop_process, wait_until
@@ -155,9 +158,17 @@ async def test_compose_nats_cluster_holds_r3_streams(cluster: list[dict[str, int
     try:
         js = nc.jetstream(timeout=10)  # ensure_streams asks again if placement stalls
         await ensure_streams(js, replicas=3)
-        info = await js.stream_info(EVENTS_STREAM)
+        # A new R3 stream answers once its own group has elected a leader.
+        async with asyncio.timeout(60):
+            while True:
+                try:
+                    info = await js.stream_info(EVENTS_STREAM)
+                    if info.cluster is not None and info.cluster.leader:
+                        break
+                except (NoRespondersError, NatsTimeoutError):
+                    pass
+                await asyncio.sleep(0.1)
         assert info.config.num_replicas == 3
-        assert info.cluster is not None
         assert len(info.cluster.replicas or []) == 2
         ack = await js.publish(events_subject("w1", "i1"), b"[]")
         assert ack.stream == EVENTS_STREAM
