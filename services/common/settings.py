@@ -20,6 +20,12 @@ class CommonSettings(BaseSettings):
     # update the streams, so they all read the same value.
     dead_retention_days: float = 14.0
 
+    def required_service_token(self, service: str) -> str:
+        """Return the service token, or fail at start: data-plane services read WatchConfig."""
+        if not self.service_token:
+            raise ValueError(f"EVENTFN_SERVICE_TOKEN is required: the {service} reads WatchConfig")
+        return self.service_token
+
 
 def sqlalchemy_url(url: str) -> str:
     """Turn a postgresql:// URL into SQLAlchemy's asyncpg form."""

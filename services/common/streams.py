@@ -19,10 +19,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
+import nats
+from nats.aio.client import Client as NatsClient
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
+
+from services.common.settings import CommonSettings, nats_servers
 
 EVENTS_STREAM = "EVENTS"
 RETRY_STREAM = "RETRY"
@@ -268,3 +272,38 @@ async def ensure_streams(
                 f"stream {desired.name} differs in {', '.join(drift)} and cannot be updated: "
                 f"{exc}; change it by hand (nats stream edit) or recreate it"
             ) from exc
+
+
+async def open_streams(
+    settings: CommonSettings,
+    nats_url: str,
+    *,
+    name: str,
+    max_pending_publishes: int | None = None,
+) -> tuple[NatsClient, JetStreamContext]:
+    """Connect a data-plane service to NATS (reconnecting forever) and ensure the streams.
+
+    `nats_url` may list a cluster's servers separated by commas. Every service ensures the
+    streams with the same settings, so whichever starts first creates them.
+    """
+    nc = await nats.connect(
+        nats_servers(nats_url),
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+    )
+    js = (
+        nc.jetstream(publish_async_max_pending=max_pending_publishes)
+        if max_pending_publishes
+        else nc.jetstream()
+    )
+    try:
+        await ensure_streams(
+            js,
+            replicas=settings.stream_replicas,
+            dead_max_age=timedelta(days=settings.dead_retention_days),
+        )
+    except BaseException:
+        await nc.close()
+        raise
+    return nc, js

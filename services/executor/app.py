@@ -9,7 +9,6 @@ from datetime import timedelta
 
 import asyncpg
 import grpc
-import nats
 from nats.aio.client import Client as NatsClient
 
 from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
@@ -17,8 +16,8 @@ from services.common import rpc
 from services.common.config_watch import ConfigWatcher
 from services.common.delivery_records import DeliveryRecorder
 from services.common.registry_gate import RegistryGate
-from services.common.settings import asyncpg_url, nats_servers
-from services.common.streams import ensure_streams
+from services.common.settings import asyncpg_url
+from services.common.streams import open_streams
 from services.executor.consumer import Handoff, PackConsumer
 from services.executor.dispatcher import Dispatcher
 from services.executor.runtime import EgressConfig, RuntimeConfig, RuntimePool
@@ -54,21 +53,13 @@ def runtime_config(settings: ExecutorSettings) -> RuntimeConfig:
 
 async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> RunningExecutor:
     """Connect, wire and start an executor; `stack` stops it gracefully, in reverse order."""
-    if not settings.service_token:
-        raise ValueError("EVENTFN_SERVICE_TOKEN is required: the executor reads WatchConfig")
-    nc = await nats.connect(
-        nats_servers(settings.nats_url),
+    token = settings.required_service_token("executor")
+    nc, js = await open_streams(
+        settings,
+        settings.nats_url,
         name=settings.executor_name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
     )
     stack.push_async_callback(nc.close)
-    js = nc.jetstream()
-    await ensure_streams(
-        js,
-        replicas=settings.stream_replicas,
-        dead_max_age=timedelta(days=settings.dead_retention_days),
-    )
     db = await asyncpg.create_pool(asyncpg_url(settings.database_url), min_size=1, max_size=4)
     stack.push_async_callback(db.close)
     recorder = DeliveryRecorder(
@@ -82,7 +73,7 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
     pool = RuntimePool(runtime_config(settings))
     await pool.start()
     stack.push_async_callback(pool.close)
-    watcher = ConfigWatcher(settings.registry_addr, settings.service_token, settings.executor_name)
+    watcher = ConfigWatcher(settings.registry_addr, token, settings.executor_name)
     watcher.start()
     stack.push_async_callback(watcher.close)
     dispatcher = Dispatcher(
@@ -91,7 +82,7 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
         Handoff(js),
         instance_concurrency=settings.executor_instance_concurrency,
     )
-    versions = VersionSource(settings.registry_addr, settings.service_token)
+    versions = VersionSource(settings.registry_addr, token)
     stack.push_async_callback(versions.close)
     consumer = PackConsumer(
         js,

@@ -131,6 +131,9 @@ class Dispatcher:
         self._rates: dict[str, RateMeter] = {}
         self._pending: dict[str, Pending] = {}
         self._configs: dict[str, rpb.InstanceConfig] = {}
+        self._settings_cache: dict[
+            str, tuple[tuple[str, int, str], dict[str, Any], tuple[str, ...]]
+        ] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -138,10 +141,40 @@ class Dispatcher:
         """Return the invocations in flight or waiting to run."""
         return len(self._tasks) + sum(len(p.events) for p in self._pending.values())
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn(
+        self,
+        config: rpb.InstanceConfig,
+        body: bytes,
+        refs: list[PackRef],
+        *,
+        batch: bool,
+        count_rate: bool,
+    ) -> None:
+        """Run an invocation in the background; a bug in it hands its packs back."""
+
+        async def run() -> None:
+            try:
+                await self._invoke(config, body, refs, batch=batch, count_rate=count_rate)
+            except Exception:
+                log.exception("packs of instance %s failed in the executor; handed back", config.id)
+                for ref in dict.fromkeys(refs):
+                    await ref.settle(False)
+
+        task = asyncio.ensure_future(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _settings(self, config: rpb.InstanceConfig) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """Return an instance's settings and secrets, converted once per config revision."""
+        key = (config.id, config.revision, config.version_id)
+        found = self._settings_cache.get(config.id)
+        if found is None or found[0] != key:
+            found = self._settings_cache[config.id] = (
+                key,
+                settings_of(config),
+                secrets_of(config),
+            )
+        return found[1], found[2]
 
     async def submit(self, config: rpb.InstanceConfig, body: bytes, ref: PackRef) -> None:
         """Take a pack for an instance; returns once it is queued (not run)."""
@@ -151,11 +184,11 @@ class Dispatcher:
         rate = self._rates.setdefault(config.id, RateMeter())
         if "onBatch" not in handlers:
             # Events are counted once we know how many there are (from the outcomes).
-            self._spawn(self._run(config, body, [ref], batch=False, count_rate=True))
+            self._spawn(config, body, [ref], batch=False, count_rate=True)
             return
         events = split_pack(body)
         if not use_batch(True, rate.add(len(events), time.monotonic())):
-            self._spawn(self._run(config, body, [ref], batch=False, count_rate=False))
+            self._spawn(config, body, [ref], batch=False, count_rate=False)
             return
         ref.remaining = len(events)
         pending = self._pending.setdefault(config.id, Pending())
@@ -178,24 +211,7 @@ class Dispatcher:
             pending.timer.cancel()
         config = self._configs[instance_id]
         body = b"[" + b",".join(pending.events) + b"]"
-        self._spawn(self._run(config, body, pending.refs, batch=True, count_rate=False))
-
-    async def _run(
-        self,
-        config: rpb.InstanceConfig,
-        body: bytes,
-        refs: list[PackRef],
-        *,
-        batch: bool,
-        count_rate: bool,
-    ) -> None:
-        """Run `_invoke`; on any bug, hand the packs back rather than leave them hanging."""
-        try:
-            await self._invoke(config, body, refs, batch=batch, count_rate=count_rate)
-        except Exception:
-            log.exception("packs of instance %s failed in the executor; handing back", config.id)
-            for ref in dict.fromkeys(refs):
-                await ref.settle(False)
+        self._spawn(config, body, pending.refs, batch=True, count_rate=False)
 
     async def _invoke(
         self,
@@ -207,6 +223,7 @@ class Dispatcher:
         count_rate: bool,
     ) -> None:
         """Invoke the function on events; act on each outcome; settle the packs."""
+        settings, secrets = self._settings(config)
         limit = self._limits.setdefault(config.id, asyncio.Semaphore(self._concurrency))
         async with limit:
             traces = [r.trace for r in dict.fromkeys(refs) if r.trace is not None]
@@ -230,10 +247,10 @@ class Dispatcher:
                             function_key=f"{config.function_id}:{config.version_id}",
                             code=config.code,
                             events=body,
-                            settings=settings_of(config),
+                            settings=settings,
                             batch=batch,
                             timeout_s=config.timeout_ms / 1000,
-                            secrets=secrets_of(config),
+                            secrets=secrets,
                         )
                     )
                 except Exception:

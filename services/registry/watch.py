@@ -18,6 +18,7 @@ from services.registry.secrets import is_sealed
 from services.registry.store import CONFIG_CHANNEL
 
 log = logging.getLogger(__name__)
+Snapshot = tuple[int, dict[str, pb.SourceConfig], dict[str, pb.InstanceConfig]]
 # A watcher also re-reads this often, so a notification lost while reconnecting costs little.
 RECHECK_SECONDS = 15.0
 
@@ -60,8 +61,25 @@ class WatchRpcs(InstanceRpcs):
     """The WatchConfig stream."""
 
     notifier: ConfigNotifier
+    _state_lock: asyncio.Lock | None = None
+    _state_cache: Snapshot | None = None
 
-    async def _state(self) -> tuple[int, dict[str, pb.SourceConfig], dict[str, pb.InstanceConfig]]:
+    async def _state(self) -> Snapshot:
+        """Return the configuration at the current revision, read once for every watcher.
+
+        All watchers wake on the same notification; the first reads the snapshot, the others
+        find it cached for that revision instead of each reading and decrypting it again.
+        """
+        if self._state_lock is None:
+            self._state_lock = asyncio.Lock()
+        async with self._state_lock:
+            async with self.store.transaction() as session:
+                current = await self.store.config_revision(session)
+            if self._state_cache is None or self._state_cache[0] != current:
+                self._state_cache = await self._read_state()
+            return self._state_cache
+
+    async def _read_state(self) -> Snapshot:
         revision, sources, rows = await self.store.snapshot()
         source_configs = {
             s.id: pb.SourceConfig(

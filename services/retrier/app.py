@@ -8,15 +8,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import grpc
-import nats
 from nats.aio.client import Client as NatsClient
 
 from eventfn.retrier.v1 import retrier_pb2, retrier_pb2_grpc
 from services.common import rpc
 from services.common.config_watch import ConfigWatcher
 from services.common.registry_gate import RegistryGate
-from services.common.settings import nats_servers
-from services.common.streams import ensure_streams
+from services.common.streams import open_streams
 from services.retrier.dead_letters import DeadLetterStore
 from services.retrier.scheduler import RetryScheduler
 from services.retrier.servicer import RetrierServicer
@@ -40,23 +38,15 @@ class RunningRetrier:
 
 async def start_retrier(settings: RetrierSettings, stack: AsyncExitStack) -> RunningRetrier:
     """Connect, wire and start a retrier; `stack` stops it gracefully, in reverse order."""
-    if not settings.service_token:
-        raise ValueError("EVENTFN_SERVICE_TOKEN is required: the retrier reads WatchConfig")
+    token = settings.required_service_token("retrier")
     policy = settings.policy()  # invalid backoff settings fail here, at start
-    nc = await nats.connect(
-        nats_servers(settings.nats_url),
+    nc, js = await open_streams(
+        settings,
+        settings.nats_url,
         name=settings.retrier_name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
     )
     stack.push_async_callback(nc.close)
-    js = nc.jetstream()
-    await ensure_streams(
-        js,
-        replicas=settings.stream_replicas,
-        dead_max_age=timedelta(days=settings.dead_retention_days),
-    )
-    watcher = ConfigWatcher(settings.registry_addr, settings.service_token, settings.retrier_name)
+    watcher = ConfigWatcher(settings.registry_addr, token, settings.retrier_name)
     watcher.start()
     stack.push_async_callback(watcher.close)
     scheduler = RetryScheduler(

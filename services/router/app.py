@@ -7,18 +7,16 @@ import contextlib
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from datetime import timedelta
 
 import grpc
-import nats
 from nats.aio.client import Client as NatsClient
 
 from eventfn.router.v1 import router_pb2, router_pb2_grpc
 from services.common import rpc
 from services.common.config_watch import ConfigView, ConfigWatcher
 from services.common.delivery_records import DeliveryRecorder
-from services.common.settings import asyncpg_url, nats_servers
-from services.common.streams import ensure_streams
+from services.common.settings import asyncpg_url
+from services.common.streams import open_streams
 from services.router.config import RouteTable
 from services.router.http_app import TrackingApp, serve_http
 from services.router.publisher import Ingestor
@@ -71,26 +69,19 @@ def _split_listen(address: str) -> tuple[str, int]:
 
 async def start_router(settings: RouterSettings, stack: AsyncExitStack) -> RunningRouter:
     """Connect, wire and start the router; `stack` closes everything in reverse order."""
-    if not settings.service_token:
-        raise ValueError("EVENTFN_SERVICE_TOKEN is required: the router reads WatchConfig")
-    nc = await nats.connect(
-        nats_servers(settings.nats_url),
+    token = settings.required_service_token("router")
+    nc, js = await open_streams(
+        settings,
+        settings.nats_url,
         name=settings.router_name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        max_pending_publishes=settings.router_max_pending_publishes,
     )
     stack.push_async_callback(_close_nats, nc)
-    js = nc.jetstream(publish_async_max_pending=settings.router_max_pending_publishes)
-    await ensure_streams(
-        js,
-        replicas=settings.stream_replicas,
-        dead_max_age=timedelta(days=settings.dead_retention_days),
-    )
 
     holder = RouteTableHolder()
     watcher = ConfigWatcher(
         settings.registry_addr,
-        settings.service_token,
+        token,
         settings.router_name,
         on_change=holder.update,
     )
