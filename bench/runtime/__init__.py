@@ -21,8 +21,8 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from services.executor.runtime import EgressConfig, Invocation, RuntimeConfig, RuntimePool
-from services.executor.runtime.preview import sample_event
+from services.runtime import EgressConfig, Invocation, RuntimeConfig, RuntimePool
+from services.runtime.preview import sample_event
 
 EVENT = orjson.loads(sample_event("track"))
 HANDLER = "async function onTrack(event, settings) { return event.event }"

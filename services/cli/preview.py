@@ -12,10 +12,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.executor.runtime.config import EgressConfig, RuntimeConfig
-from services.executor.runtime.errors import InvalidInvocation
-from services.executor.runtime.model import OutcomeKind
-from services.executor.runtime.preview import PreviewResult, preview_in_process, sample_event
+from services.runtime.config import EgressConfig, RuntimeConfig
+from services.runtime.errors import InvalidInvocation
+from services.runtime.model import OutcomeKind
+from services.runtime.preview import PreviewResult, preview_in_process, sample_event
 
 
 def _read_json_file(path: Path, what: str) -> bytes:

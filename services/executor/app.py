@@ -20,10 +20,10 @@ from services.common.settings import asyncpg_url
 from services.common.streams import open_streams
 from services.executor.consumer import Handoff, PackConsumer
 from services.executor.dispatcher import Dispatcher
-from services.executor.runtime import EgressConfig, RuntimeConfig, RuntimePool
 from services.executor.servicer import ExecutorServicer
 from services.executor.settings import ExecutorSettings
 from services.executor.versions import VersionSource
+from services.runtime import EgressConfig, RuntimeConfig, RuntimePool
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = executor_pb2.DESCRIPTOR.services_by_name["Executor"].full_name

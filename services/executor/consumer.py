@@ -17,10 +17,10 @@ from eventfn.registry.v1 import registry_pb2 as rpb
 from services.common import streams
 from services.common.config_watch import ConfigWatcher
 from services.common.delivery_records import DeliveryRecorder, FailureSample
+from services.common.packs import dedupe_id
 from services.executor.dispatcher import Dispatcher, PackRef, last_logs, split_pack
-from services.executor.runtime import InvocationResult
 from services.executor.versions import VersionSource
-from services.router.packs import dedupe_id
+from services.runtime import InvocationResult
 
 log = logging.getLogger(__name__)
 DURABLE = "executor"

@@ -26,7 +26,7 @@ from opentelemetry.context import Context
 from eventfn.registry.v1 import registry_pb2 as rpb
 from services.common.delivery_records import DeliveryRecorder, FailureSample
 from services.executor.policy import RateMeter, use_batch
-from services.executor.runtime import Invocation, InvocationResult, OutcomeKind, RuntimePool
+from services.runtime import Invocation, InvocationResult, OutcomeKind, RuntimePool
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("eventfn.executor")

@@ -20,11 +20,11 @@ from services.common.delivery_records import COUNTERS
 from services.common.errors import InvalidArgument
 from services.common.registry_gate import RegistryGate
 from services.executor.policy import health
-from services.executor.runtime import InvalidInvocation, OutcomeKind, RuntimePool
-from services.executor.runtime import RequestTrace as RuntimeTrace
-from services.executor.runtime.preview import PreviewResult, run_preview
-from services.executor.runtime.syntax import check_syntax
-from services.registry.validation import TYPE_NAMES
+from services.runtime import InvalidInvocation, OutcomeKind, RuntimePool
+from services.runtime import RequestTrace as RuntimeTrace
+from services.runtime.preview import PreviewResult, run_preview
+from services.runtime.settings_check import TYPE_NAMES
+from services.runtime.syntax import check_syntax
 
 Ctx = grpc.aio.ServicerContext
 OUTCOMES = {

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from eventfn.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common import rpc
 from services.common.settings import asyncpg_url, sqlalchemy_url
-from services.registry import syntax
+from services.filters import parse_filter
 from services.registry.access import Authenticator, ensure_bootstrap
 from services.registry.base import RegistryDeps
 from services.registry.migrate import migrate
@@ -21,6 +21,7 @@ from services.registry.servicer import RegistryServicer
 from services.registry.settings import RegistrySettings
 from services.registry.store import RegistryStore
 from services.registry.watch import ConfigNotifier
+from services.runtime.syntax import check_syntax
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
@@ -49,8 +50,8 @@ async def start_registry(settings: RegistrySettings, stack: AsyncExitStack) -> R
         store=store,
         authn=Authenticator(store, service_token=settings.service_token),
         secrets=SecretBox(key),
-        check_syntax=syntax.check_syntax,
-        check_filter=syntax.check_filter,
+        check_syntax=check_syntax,
+        check_filter=parse_filter,
     )
     notifier = ConfigNotifier(asyncpg_url(settings.database_url))
     await notifier.start()

@@ -11,9 +11,9 @@ from typing import Any
 
 from eventfn.type.v1 import types_pb2
 from services.common.errors import FieldViolation, InvalidArgument
-from services.executor.runtime.model import SyntaxProblem
-from services.executor.runtime.settings_check import fits, missing
 from services.registry.secrets import MASK
+from services.runtime.model import SyntaxProblem
+from services.runtime.settings_check import TYPE_NAMES, fits, missing
 
 MAX_CODE_BYTES = 5 * 1024 * 1024
 MAX_NAME = 100
@@ -23,19 +23,13 @@ _RESERVED = frozenset(
     "false finally for function if import in instanceof new null return super switch this "
     "throw true try typeof var void while with yield let static enum await".split()
 )
-TYPE_NAMES = {
-    types_pb2.SETTING_TYPE_STRING: "string",
-    types_pb2.SETTING_TYPE_BOOLEAN: "boolean",
-    types_pb2.SETTING_TYPE_TEXT_MAP: "text-map",
-    types_pb2.SETTING_TYPE_STRING_ARRAY: "string-array",
-}
 BATCH_SIZE_DEFAULT, BATCH_SIZE_MAX = 20, 400
 BATCH_WAIT_DEFAULT_MS, BATCH_WAIT_MAX_MS = 10_000, 60_000
 TIMEOUT_DEFAULT_MS, TIMEOUT_MIN_MS, TIMEOUT_MAX_MS = 5_000, 100, 60_000
 
 
 SyntaxChecker = Callable[[str], SyntaxProblem | None]
-FilterChecker = Callable[[str], None]
+FilterChecker = Callable[[str], object]
 
 
 def check_name(field: str, value: str) -> str:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from eventfn.registry.v1 import registry_pb2 as pb
 from services.common.config_watch import ConfigView
 from services.common.streams import events_subject
-from services.router.errors import FilterSyntaxError
-from services.router.filters import CompiledFilter, parse_filter
+from services.filters.actions import CompiledFilter, parse_filter
+from services.filters.errors import FilterSyntaxError
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def compile_route(instance: pb.InstanceConfig) -> Route | None:
                 "instance %s: filter %d does not parse (%s); its events are not routed",
                 instance.id,
                 index,
-                exc.message,
+                exc,
             )
             return None
     return Route(

@@ -23,11 +23,11 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from services.common.delivery_records import DeliveryRecorder
+from services.common.packs import DEFAULT_PACK_BYTES, Pack, encode_event, pack_encoded
 from services.common.streams import ATTEMPT, MSG_ID, REVISION, TRACEPARENT, TRACESTATE
+from services.filters.actions import apply_filters
 from services.router.config import Route, RouteTable, SourceRoutes
-from services.router.filters import apply_filters
 from services.router.integrations import wants
-from services.router.packs import DEFAULT_PACK_BYTES, Pack, encode_event, pack_encoded
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("eventfn.router")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from services.common.packs import DEFAULT_PACK_BYTES
 from services.common.settings import CommonSettings
 from services.router.normalize import BATCH_MAX_BYTES
-from services.router.packs import DEFAULT_PACK_BYTES
 
 
 class RouterSettings(CommonSettings):

@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from services.executor.runtime import (
+from services.runtime import (
     EgressConfig,
     Invocation,
     InvocationResult,

@@ -9,9 +9,9 @@ import typer
 from typer.testing import CliRunner
 
 from services.cli.preview import preview
-from services.executor.runtime import OutcomeKind, RuntimePool
-from services.executor.runtime.preview import SAMPLE_TYPES, run_preview, sample_event
-from tests.executor.conftest import Sink
+from services.runtime import OutcomeKind, RuntimePool
+from services.runtime.preview import SAMPLE_TYPES, run_preview, sample_event
+from tests.runtime.conftest import Sink
 
 
 async def test_preview_returns_result_logs_and_requests(pool: RuntimePool, sink: Sink) -> None:

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from services.executor.runtime import RuntimePool
-from tests.executor.conftest import invoke, value_of
+from services.runtime import RuntimePool
+from tests.runtime.conftest import invoke, value_of
 
 # (expression, expected value) — each runs inside an async onTrack handler.
 CASES = [

@@ -9,7 +9,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from services.executor.runtime import (
+from services.runtime import (
     EgressConfig,
     InvalidInvocation,
     Invocation,
@@ -17,8 +17,8 @@ from services.executor.runtime import (
     RuntimeConfig,
     RuntimePool,
 )
-from services.executor.runtime.settings_check import check_settings
-from tests.executor.conftest import Sink, invoke, new_key, value_of
+from services.runtime.settings_check import check_settings
+from tests.runtime.conftest import Sink, invoke, new_key, value_of
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -7,8 +7,8 @@ import time
 import orjson
 import pytest
 
-from services.executor.runtime import RuntimePool
-from tests.executor.conftest import Sink, invoke, value_of
+from services.runtime import RuntimePool
+from tests.runtime.conftest import Sink, invoke, value_of
 
 
 async def test_json_status_headers(pool: RuntimePool, sink: Sink) -> None:

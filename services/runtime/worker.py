@@ -1,6 +1,6 @@
 """A runtime worker process: holds function contexts, runs invocations, performs their fetches.
 
-Started by the pool as `python -m services.executor.runtime.worker STATUS_FILE`; frames arrive
+Started by the pool as `python -m services.runtime.worker STATUS_FILE`; frames arrive
 on stdin and replies leave on the original stdout (fd 1 is pointed at stderr so nothing else
 can corrupt the framing). The pool may kill this process at any moment: nothing here needs a
 clean shutdown.

@@ -32,7 +32,7 @@ import orjson
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
-from services.router.errors import FilterSyntaxError
+from services.filters.errors import FilterSyntaxError
 
 MAX_CONDITION_CHARS = 10_000
 MAX_NESTING = 64
@@ -226,7 +226,7 @@ _TERMINAL_NAMES = {
 @functools.cache
 def _parser() -> Lark:
     """Build the LALR parser once per process."""
-    grammar = resources.files("services.router").joinpath("fql.lark").read_text("utf-8")
+    grammar = resources.files("services.filters").joinpath("fql.lark").read_text("utf-8")
     return Lark(
         grammar,
         parser="lalr",

@@ -7,11 +7,11 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.executor.runtime.config import EgressConfig
-from services.executor.runtime.egress import EgressPolicy, proxy_for
-from services.executor.runtime.protocol import PREFIX_SIZE, encode_frame, frame_sizes
-from services.executor.runtime.redact import REDACTED, compile_secrets, redact
-from services.executor.runtime.settings_check import check_settings
+from services.runtime.config import EgressConfig
+from services.runtime.egress import EgressPolicy, proxy_for
+from services.runtime.protocol import PREFIX_SIZE, encode_frame, frame_sizes
+from services.runtime.redact import REDACTED, compile_secrets, redact
+from services.runtime.settings_check import check_settings
 
 DEFAULT = EgressPolicy.from_config(EgressConfig())
 

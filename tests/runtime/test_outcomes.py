@@ -5,15 +5,15 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.executor.runtime import OutcomeKind, RuntimePool
-from services.executor.runtime.outcomes import (
+from services.runtime import OutcomeKind, RuntimePool
+from services.runtime.outcomes import (
     INVALID_BATCH_RESULT,
     classify_batch,
     classify_error,
     classify_single,
     status_outcome,
 )
-from tests.executor.conftest import invoke
+from tests.runtime.conftest import invoke
 
 statuses = st.integers(min_value=100, max_value=599)
 

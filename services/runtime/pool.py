@@ -46,7 +46,7 @@ from .protocol import (
 from .results import build_result, loss_outcome
 from .worker_handle import REQUEUE, Lost, Pending, WorkerHandle, status_block
 
-_PROJECT_ROOT = Path(__file__).resolve().parents[3]
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _MAX_ATTEMPTS = 6
 _KILL_GRACE_S = 0.05
 
@@ -137,7 +137,7 @@ class RuntimePool:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "services.executor.runtime.worker",
+            "services.runtime.worker",
             path,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,

@@ -9,7 +9,7 @@ A filter is stored as a JSON object (its text form, `CompiledFilter.to_text()`):
 
 A bare condition (text that is not a JSON object) is shorthand for a drop filter.
 
-- `if` is a condition in the language of `services.router.fql` (default `true`);
+- `if` is a condition in the language of `services.filters.fql` (default `true`);
   the action applies only to events for which it holds, others pass unchanged.
 - `drop` drops the event.
 - `sample` keeps `percent` % (0 to 100) of the events, chosen by a hash of the
@@ -33,9 +33,9 @@ from typing import Literal as TypingLiteral
 
 import orjson
 
-from services.router.conditions import Test, compile_condition
-from services.router.errors import FilterSyntaxError
-from services.router.fql import (
+from services.filters.conditions import Test, compile_condition
+from services.filters.errors import FilterSyntaxError
+from services.filters.fql import (
     Condition,
     Path,
     parse_condition,

@@ -8,8 +8,8 @@ import statistics
 import time
 from typing import Any
 
-from services.executor.runtime import InvocationResult, OutcomeKind, RuntimePool
-from tests.executor.conftest import invoke, value_of
+from services.runtime import InvocationResult, OutcomeKind, RuntimePool
+from tests.runtime.conftest import invoke, value_of
 
 FAST = "async function onTrack(e) { return e.event }"
 

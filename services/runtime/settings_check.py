@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from eventfn.type.v1 import types_pb2
+
 SETTING_TYPES = frozenset({"string", "boolean", "text-map", "string-array"})
+# The API's setting types by the names used here.
+TYPE_NAMES = {
+    types_pb2.SETTING_TYPE_STRING: "string",
+    types_pb2.SETTING_TYPE_BOOLEAN: "boolean",
+    types_pb2.SETTING_TYPE_TEXT_MAP: "text-map",
+    types_pb2.SETTING_TYPE_STRING_ARRAY: "string-array",
+}
 
 
 def fits(kind: str, value: object) -> bool:

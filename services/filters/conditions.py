@@ -1,6 +1,6 @@
 """Compile FQL condition ASTs into closures over events, evaluated without dispatch.
 
-Semantics are those documented in `services.router.fql`; compiled tests never raise,
+Semantics are those documented in `services.filters.fql`; compiled tests never raise,
 whatever the event holds.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
-from services.router.fql import (
+from services.filters.fql import (
     MISSING,
     And,
     Compare,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import re
 
-from services.executor.runtime.engine import BUNDLE_PATH
-from services.executor.runtime.syntax import check_syntax
+from services.runtime.engine import BUNDLE_PATH
+from services.runtime.syntax import check_syntax
 
 LOCK_PATH = BUNDLE_PATH.parents[1] / "package-lock.json"
 
@@ -18,7 +18,7 @@ def test_bundle_was_rebuilt_after_the_lock_file_changed() -> None:
     current = hashlib.sha256(LOCK_PATH.read_bytes()).hexdigest()
     assert match.group(1) == current, (
         "package-lock.json changed but dist/runtime.js was not rebuilt: run "
-        "`npm ci && npm run build` in services/executor/runtime/js and commit the bundle"
+        "`npm ci && npm run build` in services/runtime/js and commit the bundle"
     )
 
 

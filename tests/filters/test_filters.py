@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.router.conditions import compile_condition, compile_glob
-from services.router.errors import FilterSyntaxError
-from services.router.filters import apply_filters, build_filter, parse_filter
-from services.router.fql import (
+from services.filters.actions import apply_filters, build_filter, parse_filter
+from services.filters.conditions import compile_condition, compile_glob
+from services.filters.errors import FilterSyntaxError
+from services.filters.fql import (
     MAX_NESTING,
     And,
     Compare,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.router.packs import DEFAULT_PACK_BYTES, dedupe_id, pack_encoded, pack_events
+from services.common.packs import DEFAULT_PACK_BYTES, dedupe_id, pack_encoded, pack_events
 
 texts = st.text(st.characters(exclude_categories=["Cs"]), max_size=30)
 events = st.lists(
