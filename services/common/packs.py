@@ -86,3 +86,11 @@ def _pack(instance_id: str, items: Sequence[tuple[str, bytes]]) -> Pack:
     message_ids = tuple(message_id for message_id, _ in items)
     body = b"[" + b",".join(encoded for _, encoded in items) + b"]"
     return Pack(body, dedupe_id(instance_id, message_ids), message_ids)
+
+
+def pack_count(declared: str | None, body: bytes) -> int:
+    """Return a pack's event count: from its `Eventfn-Count` header, else by parsing it."""
+    if declared is not None and declared.isdigit():
+        return int(declared)
+    events = orjson.loads(body)
+    return len(events) if isinstance(events, list) else 1

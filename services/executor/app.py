@@ -45,7 +45,11 @@ class RunningExecutor:
 def runtime_config(settings: ExecutorSettings) -> RuntimeConfig:
     """Build the V8 pool's configuration from the executor's settings."""
     allow = tuple(a.strip() for a in settings.egress_allow.split(",") if a.strip())
-    egress = EgressConfig.from_environ(allow=allow, ca_bundle=settings.egress_ca_bundle)
+    egress = EgressConfig.from_environ(
+        allow=allow,
+        ca_bundle=settings.egress_ca_bundle,
+        proxy_checks_names=settings.egress_proxy_checks_names,
+    )
     if settings.executor_workers:
         return RuntimeConfig(workers=settings.executor_workers, egress=egress)
     return RuntimeConfig(egress=egress)

@@ -17,7 +17,7 @@ from eventfn.registry.v1 import registry_pb2 as rpb
 from services.common import streams
 from services.common.config_watch import ConfigWatcher
 from services.common.delivery_records import DeliveryRecorder, FailureSample
-from services.common.packs import dedupe_id
+from services.common.packs import dedupe_id, pack_count
 from services.executor.dispatcher import Dispatcher, PackRef, last_logs, split_pack
 from services.executor.versions import VersionSource
 from services.runtime import InvocationResult
@@ -55,6 +55,7 @@ class Handoff:
         )
         headers = {
             streams.MSG_ID: f"{dedupe_id(config.id, ids)}:{kind}{ref.attempt}",
+            streams.COUNT: str(len(events)),
             streams.ATTEMPT: str(ref.attempt),
             streams.FIRST_ATTEMPT_AT: ref.first_attempt_at,
             streams.LAST_ERROR: error[:1000],
@@ -212,6 +213,7 @@ class PackConsumer:
         if msg.data.strip() in (b"", b"[]"):
             await self._settle(msg, True)
             return
+        ref.count = pack_count(headers.get(streams.COUNT), msg.data)
         wanted = headers.get(streams.VERSION)
         if wanted and wanted != config.version_id:
             version = await self._versions.get(wanted)

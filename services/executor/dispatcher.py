@@ -46,6 +46,7 @@ class PackRef:
 
     settle: Callable[[bool], Awaitable[None]]  # True: ack, False: hand back (nak)
     remaining: int
+    count: int = 0  # events in the pack (its Eventfn-Count header)
     attempt: int = 1
     first_attempt_at: str = ""
     history: str = ""  # JSON list of earlier attempts, carried from RETRY through EVENTS
@@ -134,6 +135,8 @@ class Dispatcher:
         self._settings_cache: dict[
             str, tuple[tuple[str, int, str], dict[str, Any], tuple[str, ...]]
         ] = {}
+        # The context keys each instance has in the pool, and its latest config revision.
+        self._context_keys: dict[str, tuple[int, set[str]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -176,10 +179,26 @@ class Dispatcher:
             )
         return found[1], found[2]
 
+    async def context_key(self, config: rpb.InstanceConfig) -> str:
+        """Return the instance's V8 context key; drop its contexts of older revisions.
+
+        One context per instance, version and config revision: globals never carry one
+        instance's settings into another's invocation, nor old settings into new ones.
+        """
+        key = f"{config.id}:{config.version_id}:{config.revision}"
+        revision, keys = self._context_keys.get(config.id, (config.revision, set()))
+        if config.revision > revision:
+            for old in keys:
+                await self._pool.evict(old)
+            revision, keys = config.revision, set()
+        keys.add(key)
+        self._context_keys[config.id] = (revision, keys)
+        return key
+
     async def submit(self, config: rpb.InstanceConfig, body: bytes, ref: PackRef) -> None:
         """Take a pack for an instance; returns once it is queued (not run)."""
         self._configs[config.id] = config
-        function_key = f"{config.function_id}:{config.version_id}"
+        function_key = await self.context_key(config)
         handlers = await self._pool.handlers(function_key, config.code)
         rate = self._rates.setdefault(config.id, RateMeter())
         if "onBatch" not in handlers:
@@ -244,13 +263,14 @@ class Dispatcher:
                 try:
                     result = await self._pool.run(
                         Invocation(
-                            function_key=f"{config.function_id}:{config.version_id}",
+                            function_key=await self.context_key(config),
                             code=config.code,
                             events=body,
                             settings=settings,
                             batch=batch,
                             timeout_s=config.timeout_ms / 1000,
                             secrets=secrets,
+                            count=len(refs) if batch else (refs[0].count or None),
                         )
                     )
                 except Exception:

@@ -34,3 +34,5 @@ class ExecutorSettings(CommonSettings):
     # Function egress: comma-separated CIDRs / hosts allowed despite being private addresses.
     egress_allow: str = ""
     egress_ca_bundle: str | None = None
+    # True: the HTTP(S) proxy enforces egress itself; names go to it without a check here.
+    egress_proxy_checks_names: bool = False

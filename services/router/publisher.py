@@ -24,7 +24,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from services.common.delivery_records import DeliveryRecorder
 from services.common.packs import DEFAULT_PACK_BYTES, Pack, encode_event, pack_encoded
-from services.common.streams import ATTEMPT, MSG_ID, REVISION, TRACEPARENT, TRACESTATE
+from services.common.streams import ATTEMPT, COUNT, MSG_ID, REVISION, TRACEPARENT, TRACESTATE
 from services.filters.actions import apply_filters
 from services.router.config import Route, RouteTable, SourceRoutes
 from services.router.integrations import wants
@@ -133,6 +133,7 @@ def route_events(
             continue
         for pack in pack_encoded(route.instance_id, items, max_bytes=pack_bytes):
             headers = {MSG_ID: pack.dedupe_id, REVISION: str(revision), ATTEMPT: "1", **trace}
+            headers[COUNT] = str(pack.count)
             outbound.append(Outbound(route.subject, pack, headers))
     return outbound
 

@@ -20,7 +20,11 @@ class EgressConfig:
     no_proxy: tuple[str, ...] = ()
     # Extra PEM bundle to trust (e.g. a TLS-inspecting corporate proxy), added to the defaults.
     ca_bundle: str | None = None
+    # True: the operator's proxy enforces egress itself, so names go to it unchecked here.
+    # False (default): names are resolved and checked before the request goes to the proxy.
+    proxy_checks_names: bool = False
     max_response_bytes: int = 10 * 1024 * 1024
+    max_request_bytes: int = 10 * 1024 * 1024
     max_redirects: int = 20
     max_connections: int = 256
 

@@ -1,20 +1,26 @@
-"""One function's V8 context (STPyV8) inside a worker process, driven through `__eventfn__`.
+"""One function instance's V8 context (STPyV8) inside a worker process.
 
-Each function version gets its own context, created once and reused so its globals persist
-between invocations; contexts in one worker share that worker's V8 isolate and heap.
+Each instance (and settings revision) gets its own context, created once and reused so its
+globals persist between invocations; contexts in one worker share that worker's V8 isolate
+and heap. The runtime bundle leaves its host interface in `globalThis.__eventfn__`; this
+module takes it and deletes the global before the user's script runs, so user code can
+neither reach nor replace the functions the worker drives it with.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 
+import orjson
 import STPyV8
 
 from .model import HANDLER_NAMES
+from .report import ReportRejected
 
 BUNDLE_PATH = Path(__file__).with_name("js") / "dist" / "runtime.js"
 SCRIPT_NAME = "function.js"
@@ -24,8 +30,9 @@ _JS_ERROR = re.compile(
     r"(?:  -> (?P<source>.*))?$",
     re.DOTALL,
 )
+# Evaluated after the user's script, in its global scope: a function returning its handlers.
 _LOOKUP = (
-    "__eventfn__.setLookup(() => ({"
+    "(() => ({"
     + ", ".join(f"{n}: typeof {n} === 'function' ? {n} : undefined" for n in HANDLER_NAMES)
     + "}))"
 )
@@ -56,6 +63,10 @@ def describe_js_exception(exc: BaseException) -> dict[str, object]:
     }
 
 
+class ContextBroken(ReportRejected):
+    """The runtime's host interface threw: user code broke the context's runtime."""
+
+
 class FunctionContext:
     """A loaded function: its own V8 context holding the runtime globals and the user code."""
 
@@ -66,9 +77,17 @@ class FunctionContext:
         try:
             self._ctx.eval(bundle_source(), "eventfn-runtime.js")
             host = self._ctx.eval("__eventfn__")
+            self._start = host.start
+            self._poll = host.poll
+            self._resolve = host.resolve
+            self._fire = host.fire
+            self._cancel = host.cancel
+            self._handlers = host.handlers
+            set_lookup = host.setLookup
             host.seed(os.urandom(32).hex())
             if progress is not None:
                 host.setProgress(progress)
+            self._ctx.eval("delete globalThis.__eventfn__")
             try:
                 self._ctx.eval(code, SCRIPT_NAME)
             except Exception as exc:  # any JS error while loading the user's script
@@ -81,13 +100,18 @@ class FunctionContext:
                     + (f":{err['line']}:{err['column']}" if err["line"] else ""),
                     "cls": None,
                 }
-            self._ctx.eval(_LOOKUP)
-            self._start = host.start
-            self._poll = host.poll
-            self._resolve = host.resolve
-            self._fire = host.fire
-            self._cancel = host.cancel
-            self._handlers = host.handlers
+            set_lookup(self._ctx.eval(_LOOKUP))
+        finally:
+            self._ctx.leave()
+
+    @contextlib.contextmanager
+    def _entered(self) -> Iterator[None]:
+        """Enter the context for one crossing; a throw from the host interface breaks it."""
+        self._ctx.enter()
+        try:
+            yield
+        except Exception as exc:  # STPyV8 maps JS throws onto Python exception classes
+            raise ContextBroken(f"the runtime's host interface threw: {exc}"[:500]) from exc
         finally:
             self._ctx.leave()
 
@@ -95,13 +119,15 @@ class FunctionContext:
         """Return the handler names the code defines."""
         if self.load_error is not None:
             return frozenset()
-        import orjson
-
-        self._ctx.enter()
+        with self._entered():
+            text = self._handlers()
         try:
-            return frozenset(orjson.loads(self._handlers()))
-        finally:
-            self._ctx.leave()
+            names = orjson.loads(text)
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            raise ContextBroken("the handler list is not JSON") from exc
+        if not isinstance(names, list):
+            raise ContextBroken("the handler list is not a list")
+        return frozenset(n for n in names if n in HANDLER_NAMES)
 
     def start(
         self,
@@ -113,35 +139,23 @@ class FunctionContext:
         keep_values: bool,
     ) -> str:
         """Start an invocation and return its first report (JSON)."""
-        self._ctx.enter()
-        try:
+        with self._entered():
             self._start(inv_id, events, settings, batch, log_cap, keep_values)
             return self._poll(inv_id)
-        finally:
-            self._ctx.leave()
 
     def resolve(self, inv_id: int, results: str) -> str:
         """Resolve a round of fetches and return the next report."""
-        self._ctx.enter()
-        try:
+        with self._entered():
             self._resolve(inv_id, results)
             return self._poll(inv_id)
-        finally:
-            self._ctx.leave()
 
     def fire_timers(self, inv_id: int) -> str:
         """Run the invocation's due timers and return the next report."""
-        self._ctx.enter()
-        try:
+        with self._entered():
             self._fire(inv_id)
             return self._poll(inv_id)
-        finally:
-            self._ctx.leave()
 
     def cancel(self, inv_id: int) -> str:
         """End an invocation at its deadline: unfinished events are reported as such."""
-        self._ctx.enter()
-        try:
+        with self._entered():
             return self._cancel(inv_id)
-        finally:
-            self._ctx.leave()

@@ -1,30 +1,37 @@
 """Perform a round of function fetches with one keep-alive aiohttp client (node-fetch v2 rules).
 
-Every hop is checked against the egress policy: names through a resolver that refuses
-forbidden addresses (so the checked address is the one connected to), IP literals directly.
+The egress decision is made in the connector, on exactly the addresses it connects to: IP
+literals and resolved names alike, after the client's own host normalisation (IDNA, Unicode
+digits and dots), on every redirect hop. With a proxy, the target's addresses are checked
+before the request is handed to the proxy. Response bodies are counted after decompression
+while they stream, and every invocation has a budget for the response bytes it holds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import errno
 import socket
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import ResolveResult
 
 from .config import EgressConfig
 from .egress import EgressPolicy, parse_ip, proxy_for
+from .report import FetchRequest
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 TRACE_BODY_CAP = 8 * 1024
 _CHUNK = 64 * 1024
+# True while the connector opens a connection to the operator's proxy (exempt from the policy).
+_TO_PROXY: contextvars.ContextVar[bool] = contextvars.ContextVar("to_proxy", default=False)
 
 
 class EgressRefused(OSError):
@@ -40,26 +47,47 @@ class FetchFailed(Exception):
         self.code = code
 
 
-class PolicyResolver(AbstractResolver):
-    """Resolve names and drop addresses the policy refuses; fail if none is left."""
+class ResponseBudget:
+    """The response bytes an invocation may hold, counted as its bodies stream in."""
 
-    def __init__(self, policy: EgressPolicy, exempt: frozenset[str]) -> None:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int, url: str) -> None:
+        """Count `size` more bytes; fail the fetch once the invocation's limit is passed."""
+        self.used += size
+        if self.used > self.limit:
+            raise FetchFailed(
+                f"response body at {url} would take the invocation's responses past its "
+                f"memory limit of {self.limit // (1024 * 1024)} MB",
+                "max-size",
+            )
+
+
+class PolicyConnector(aiohttp.TCPConnector):
+    """A TCP connector that connects only to addresses the egress policy allows."""
+
+    def __init__(self, policy: EgressPolicy, *, check_proxied: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self._policy = policy
-        self._exempt = exempt  # proxy hosts configured by the operator
-        self._inner = aiohttp.ThreadedResolver()
+        self._check_proxied = check_proxied
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    async def _resolve_host(
+        self, host: str, port: int, traces: Sequence[Any] | None = None
     ) -> list[ResolveResult]:
-        """Resolve `host`, keeping only allowed addresses."""
-        found = await self._inner.resolve(host, port, family)
-        if host.lower() in self._exempt:
-            return found
+        found = await super()._resolve_host(host, port, traces)  # type: ignore[arg-type]
+        if _TO_PROXY.get():
+            return found  # the operator's own proxy
+        return self._allowed(host, found)
+
+    def _allowed(self, host: str, found: list[ResolveResult]) -> list[ResolveResult]:
         allowed: list[ResolveResult] = []
         reason = None
         for entry in found:
             ip = parse_ip(entry["host"])
-            why = None if ip is None else self._policy.refusal(ip, host)
+            why = f"{host} resolves to {entry['host']}" if ip is None else None
+            why = why or self._policy.refusal(ip, host)  # type: ignore[arg-type]
             if why is None:
                 allowed.append(entry)
             else:
@@ -68,9 +96,31 @@ class PolicyResolver(AbstractResolver):
             raise EgressRefused(errno.EACCES, reason or f"{host} has no allowed address")
         return allowed
 
-    async def close(self) -> None:
-        """Close the inner resolver."""
-        await self._inner.close()
+    async def _create_proxy_connection(
+        self,
+        req: Any,
+        traces: Any,
+        timeout: Any,  # noqa: ASYNC109 (aiohttp's signature)
+    ) -> Any:
+        host, port = req.url.raw_host, req.port
+        if self._check_proxied and not self._policy.host_allowed(host or ""):
+            # The proxy resolves the name again; a name that changes its answer between the
+            # two lookups is the gap an operator closes with an allowlist on the proxy.
+            try:
+                found = await super()._resolve_host(host, port)
+            except OSError as exc:
+                raise EgressRefused(
+                    errno.EACCES,
+                    f"{host} does not resolve here, so eventfn cannot check it before the "
+                    "proxy; allowlist the name (EVENTFN_EGRESS_ALLOW) or declare that the "
+                    "proxy enforces egress (EVENTFN_EGRESS_PROXY_CHECKS_NAMES)",
+                ) from exc
+            self._allowed(host or "", found)
+        token = _TO_PROXY.set(True)
+        try:
+            return await super()._create_proxy_connection(req, traces, timeout)
+        finally:
+            _TO_PROXY.reset(token)
 
 
 def _ssl_context(config: EgressConfig) -> ssl.SSLContext:
@@ -80,19 +130,11 @@ def _ssl_context(config: EgressConfig) -> ssl.SSLContext:
     return ctx
 
 
-def _decode_body(data: bytes) -> dict[str, str]:
+def _wire_body(data: bytes) -> dict[str, str]:
     try:
-        return {"t": "s", "v": data.decode("utf-8")}
+        return {"text": data.decode("utf-8")}
     except UnicodeDecodeError:
-        return {"t": "b", "v": base64.b64encode(data).decode("ascii")}
-
-
-def _body_bytes(body: Mapping[str, str] | None) -> bytes | None:
-    if body is None:
-        return None
-    if body["t"] == "s":
-        return body["v"].encode("utf-8")
-    return base64.b64decode(body["v"])
+        return {"base64": base64.b64encode(data).decode("ascii")}
 
 
 def _trace_text(data: bytes | None) -> tuple[str | None, bool]:
@@ -102,26 +144,51 @@ def _trace_text(data: bytes | None) -> tuple[str | None, bool]:
     return cut.decode("utf-8", errors="replace"), len(data) > TRACE_BODY_CAP
 
 
+def _refusal_in(exc: BaseException) -> EgressRefused | None:
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, EgressRefused):
+            return e
+        todo += [getattr(e, "os_error", None), e.__cause__, e.__context__]
+    return None
+
+
 def _system_error(url: str, exc: BaseException) -> FetchFailed:
-    os_error = getattr(exc, "os_error", None)
-    if isinstance(os_error, EgressRefused):
+    refused = _refusal_in(exc)
+    if refused is not None:
         return FetchFailed(
-            f"request to {url} failed, reason: {os_error.strerror}", "system", "EGRESS_REFUSED"
+            f"request to {url} failed, reason: {refused.strerror}", "system", "EGRESS_REFUSED"
+        )
+    parts = urlsplit(url)
+    os_error = getattr(exc, "os_error", exc)
+    if isinstance(exc, aiohttp.ClientConnectorDNSError) or isinstance(os_error, socket.gaierror):
+        code = "EAI_AGAIN" if getattr(os_error, "errno", None) == socket.EAI_AGAIN else "ENOTFOUND"
+        return FetchFailed(
+            f"request to {url} failed, reason: getaddrinfo {code} {parts.hostname}", "system", code
+        )
+    if isinstance(exc, aiohttp.InvalidURL):
+        return FetchFailed(
+            f"request to {url} failed, reason: invalid URL", "system", "ERR_INVALID_URL"
         )
     code = "ECONNRESET"
     reason = str(exc) or type(exc).__name__
     if isinstance(os_error, OSError) and os_error.errno is not None:
         code = errno.errorcode.get(os_error.errno, code)
-        parts = urlsplit(url)
         reason = f"connect {code} {parts.hostname}:{parts.port or _default_port(parts.scheme)}"
-    elif isinstance(exc, aiohttp.ClientConnectorDNSError):
-        code = "ENOTFOUND"
-        reason = f"getaddrinfo ENOTFOUND {urlsplit(url).hostname}"
     return FetchFailed(f"request to {url} failed, reason: {reason}", "system", code)
 
 
 def _default_port(scheme: str) -> int:
     return 443 if scheme == "https" else 80
+
+
+def _error(exc: FetchFailed) -> dict[str, Any]:
+    return {"message": str(exc), "type": exc.kind, "code": exc.code}
 
 
 class HostFetcher:
@@ -132,19 +199,13 @@ class HostFetcher:
         self._policy = EgressPolicy.from_config(config)
         self._session: aiohttp.ClientSession | None = None
         self._proxied = bool(config.http_proxy or config.https_proxy)
-        # netloc -> refusal for IP-literal hosts (None: allowed or a name, checked on resolve)
-        self._literal_refusals: dict[str, str | None] = {}
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            exempt = frozenset(
-                (urlsplit(p).hostname or "").lower()
-                for p in (self._config.http_proxy, self._config.https_proxy)
-                if p
-            )
-            connector = aiohttp.TCPConnector(
+            connector = PolicyConnector(
+                self._policy,
+                check_proxied=not self._config.proxy_checks_names,
                 limit=self._config.max_connections,
-                resolver=PolicyResolver(self._policy, exempt),
                 ssl=_ssl_context(self._config),
                 ttl_dns_cache=10,
             )
@@ -161,11 +222,15 @@ class HostFetcher:
             self._session = None
 
     async def perform_round(
-        self, requests: list[dict[str, Any]], deadline: float, keep_bodies: bool
+        self,
+        requests: Sequence[FetchRequest],
+        deadline: float,
+        keep_bodies: bool,
+        budget: ResponseBudget,
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
         """Perform requests concurrently; return (results for JS, traces, deadline reached)."""
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(self._one(r, deadline, keep_bodies)) for r in requests]
+        tasks = [loop.create_task(self._one(r, deadline, keep_bodies, budget)) for r in requests]
         # One timer for the whole round (the invocation's deadline), not one per request.
         _, late = await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 0.001))
         for task in late:
@@ -173,56 +238,44 @@ class HostFetcher:
         out: list[tuple[dict[str, Any], dict[str, Any]]] = []
         for req, task in zip(requests, tasks, strict=True):
             if task in late:
-                url = str(req["url"])
-                exc = FetchFailed(f"network timeout at: {url}", "request-timeout")
+                exc = FetchFailed(f"network timeout at: {req.url}", "request-timeout")
                 trace = {
-                    "method": req["method"],
-                    "url": url,
+                    "method": req.method,
+                    "url": req.url,
                     "status": None,
                     "error": str(exc),
                     "duration_ms": 0.0,
                 }
-                out.append(({"id": req["id"], "error": _error(exc)}, trace))
+                out.append(({"id": req.id, "error": _error(exc)}, trace))
             else:
                 out.append(task.result())
         return [o[0] for o in out], [o[1] for o in out], bool(late)
 
-    def _check_literal(self, url: str) -> None:
-        netloc = url.split("/", 3)[2] if url.count("/") >= 2 else url
-        why = self._literal_refusals.get(netloc, False)
-        if why is False:
-            host = urlsplit(url).hostname or ""
-            ip = parse_ip(host)
-            why = None if ip is None else self._policy.refusal(ip, host)
-            if len(self._literal_refusals) > 10_000:
-                self._literal_refusals.clear()
-            self._literal_refusals[netloc] = why
-        if why is not None:
-            raise FetchFailed(f"request to {url} failed, reason: {why}", "system", "EGRESS_REFUSED")
-
     async def _one(
-        self, req: dict[str, Any], deadline: float, keep_bodies: bool
+        self, req: FetchRequest, deadline: float, keep_bodies: bool, budget: ResponseBudget
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         started = time.monotonic()
-        url = str(req["url"])
-        method = str(req["method"])
-        body = _body_bytes(req.get("body"))
-        trace: dict[str, Any] = {"method": method, "url": url, "status": None, "error": None}
+        trace: dict[str, Any] = {
+            "method": req.method,
+            "url": req.url,
+            "status": None,
+            "error": None,
+        }
         if keep_bodies:
-            trace["request_headers"] = [list(h) for h in req["headers"]]
-            trace["request_body"], _ = _trace_text(body)
+            trace["request_headers"] = [list(h) for h in req.headers]
+            trace["request_body"], _ = _trace_text(req.body)
         try:
-            if req.get("timeout"):
-                budget = min(deadline - started, float(req["timeout"]) / 1000)
-                async with asyncio.timeout(max(budget, 0.001)):
-                    result, data = await self._follow(req, url, method, body)
+            if req.timeout_ms:
+                budget_s = min(deadline - started, req.timeout_ms / 1000)
+                async with asyncio.timeout(max(budget_s, 0.001)):
+                    result, data = await self._follow(req, budget)
             else:
-                result, data = await self._follow(req, url, method, body)
+                result, data = await self._follow(req, budget)
         except FetchFailed as exc:
-            result, data = {"id": req["id"], "error": _error(exc)}, None
+            result, data = {"id": req.id, "error": _error(exc)}, None
         except TimeoutError:
-            exc = FetchFailed(f"network timeout at: {url}", "request-timeout")
-            result, data = {"id": req["id"], "error": _error(exc)}, None
+            exc = FetchFailed(f"network timeout at: {req.url}", "request-timeout")
+            result, data = {"id": req.id, "error": _error(exc)}, None
         trace["duration_ms"] = (time.monotonic() - started) * 1000
         if "error" in result:
             trace["error"] = result["error"]["message"]
@@ -235,17 +288,16 @@ class HostFetcher:
         return result, trace
 
     async def _follow(
-        self, req: dict[str, Any], url: str, method: str, body: bytes | None
+        self, req: FetchRequest, budget: ResponseBudget
     ) -> tuple[dict[str, Any], bytes]:
-        headers = [(str(k), str(v)) for k, v in req["headers"]]
+        url, method, body = req.url, req.method, req.body
+        headers = list(req.headers)
         limit = self._config.max_response_bytes
-        if req.get("size"):
-            limit = min(limit, int(req["size"]))
-        max_hops = int(req.get("follow", 20))
-        max_hops = min(max_hops, self._config.max_redirects)
+        if req.size:
+            limit = min(limit, req.size)
+        max_hops = min(req.follow, self._config.max_redirects)
         hops = 0
         while True:
-            self._check_literal(url)
             try:
                 async with self._client().request(
                     method,
@@ -260,14 +312,13 @@ class HostFetcher:
                     location = resp.headers.get("Location")
                     if resp.status in REDIRECT_CODES and location is not None:
                         target = urljoin(url, location)
-                        mode = req.get("redirect", "follow")
-                        if mode == "error":
+                        if req.redirect == "error":
                             raise FetchFailed(
                                 f"uri requested responds with a redirect, redirect mode is set "
                                 f"to error: {url}",
                                 "no-redirect",
                             )
-                        if mode == "follow":
+                        if req.redirect == "follow":
                             if hops >= max_hops:
                                 raise FetchFailed(
                                     f"maximum redirect reached at: {url}", "max-redirect"
@@ -284,37 +335,37 @@ class HostFetcher:
                             url = target
                             hops += 1
                             continue
-                    data = await _read_capped(resp, url, limit, self._config)
+                    data = await _read_capped(resp, url, limit, self._config, budget)
                     pairs = [[k, v] for k, v in resp.headers.items()]
-                    if location is not None and req.get("redirect") == "manual":
+                    if location is not None and req.redirect == "manual":
                         pairs = [
                             [k, urljoin(url, v) if k.lower() == "location" else v] for k, v in pairs
                         ]
                     return {
-                        "id": req["id"],
+                        "id": req.id,
                         "url": url,
                         "status": resp.status,
                         "statusText": resp.reason or "",
                         "headers": pairs,
                         "redirected": hops > 0,
                         "redirects": hops,
-                        "body": _decode_body(data),
+                        "body": _wire_body(data),
                     }, data
             except (FetchFailed, TimeoutError):
                 raise
-            except aiohttp.ClientError as exc:
+            except (aiohttp.ClientError, OSError, ValueError) as exc:
                 raise _system_error(url, exc) from exc
-            except OSError as exc:
-                raise _system_error(url, exc) from exc
-
-
-def _error(exc: FetchFailed) -> dict[str, Any]:
-    return {"message": str(exc), "type": exc.kind, "code": exc.code}
 
 
 async def _read_capped(
-    resp: aiohttp.ClientResponse, url: str, limit: int, config: EgressConfig
+    resp: aiohttp.ClientResponse,
+    url: str,
+    limit: int,
+    config: EgressConfig,
+    budget: ResponseBudget,
 ) -> bytes:
+    """Read a body chunk by chunk, counting decompressed bytes against both limits."""
+
     def too_big() -> FetchFailed:
         if limit < config.max_response_bytes:
             return FetchFailed(f"content size at {url} over limit: {limit}", "max-size")
@@ -324,10 +375,9 @@ async def _read_capped(
             "max-size",
         )
 
-    if resp.content_length is not None:
-        if resp.content_length > limit:
-            raise too_big()
-        return await resp.read()
+    encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+    if not encoded and resp.content_length is not None and resp.content_length > limit:
+        raise too_big()
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -337,5 +387,6 @@ async def _read_capped(
         size += len(chunk)
         if size > limit:
             raise too_big()
+        budget.take(len(chunk), url)
         chunks.append(chunk)
     return b"".join(chunks)

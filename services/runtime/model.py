@@ -30,7 +30,9 @@ class OutcomeKind(StrEnum):
 class Invocation:
     """One call into a function: many events, one crossing (plus fetch rounds)."""
 
-    function_key: str  # "<function_id>:<version_id>": one isolate context per key
+    # One V8 context per key: the executor uses "<instance>:<version>:<revision>", so no
+    # global ever carries one instance's settings into another's invocation.
+    function_key: str
     code: str
     events: bytes  # JSON array of events exactly as received (not parsed in Python)
     settings: dict[str, object]
@@ -40,6 +42,9 @@ class Invocation:
     # Preview only: keep handler return values and request/response bodies in traces.
     trace_bodies: bool = False
     log_cap_bytes: int | None = None
+    # How many events `events` holds, when the caller knows (else the pool parses to count):
+    # the number of results the function's report must carry.
+    count: int | None = None
 
 
 @dataclass(frozen=True)

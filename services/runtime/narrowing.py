@@ -16,21 +16,22 @@ from .worker_handle import Lost
 async def narrow(
     run: Callable[[Invocation], Awaitable[InvocationResult]],
     invocation: Invocation,
+    count: int,
     lost: Lost,
     outcome: EventOutcome,
     started: float,
 ) -> InvocationResult:
     """Give the offender `outcome` and the other events the result of running them again."""
-    events = orjson.loads(invocation.events)
-    count = len(events) if isinstance(events, list) else 1
     if invocation.batch or count <= 1 or lost.loading:
         return InvocationResult(
             outcomes=[outcome] * count, duration_ms=(time.monotonic() - started) * 1000
         )
+    events = orjson.loads(invocation.events)
     if lost.offender is not None and lost.offender < count:
         # The offender is known: it fails alone, the rest run again without it.
         i = lost.offender
-        rest = await run(replace(invocation, events=orjson.dumps(events[:i] + events[i + 1 :])))
+        others = events[:i] + events[i + 1 :]
+        rest = await run(replace(invocation, events=orjson.dumps(others), count=len(others)))
         values = None
         if invocation.trace_bodies:
             values = list(rest.values or [None] * (count - 1))
@@ -44,7 +45,10 @@ async def narrow(
     # Unknown offender (it stalled after an await): re-run each half.
     mid = count // 2
     parts = await asyncio.gather(
-        *(run(replace(invocation, events=orjson.dumps(h))) for h in (events[:mid], events[mid:]))
+        *(
+            run(replace(invocation, events=orjson.dumps(h), count=len(h)))
+            for h in (events[:mid], events[mid:])
+        )
     )
     return InvocationResult(
         outcomes=[o for p in parts for o in p.outcomes],

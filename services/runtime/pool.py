@@ -10,10 +10,14 @@ safety from processes: isolates live in worker processes that this pool supervis
 reads each worker's shared status block (which invocation is inside V8, since when) and kills
 the worker when that invocation passes its deadline (outcome Timeout) or when the worker's RSS
 grows by more than the memory limit during it (outcome MemoryLimitExceeded, context
-discarded). The other invocations that were in the dead worker are re-run elsewhere (their
-functions lose only their cached globals, which the contract allows); invocations queued behind
-a stalled crossing are moved to another worker at once, so one function's infinite loop does
-not delay other functions. Processes also put every core to work despite the GIL.
+discarded). The other invocations that were in the dead worker are re-run elsewhere when
+they had sent no request yet (their functions lose only their cached globals, which the
+contract allows); those that had end as a retryable `WorkerLost`, like events of any lost
+worker, so no request is silently sent twice. The offender is then quarantined: for a while
+its invocations run only on a separate worker, where a repeated loop or bomb harms no other
+tenant. Invocations queued behind a stalled crossing are moved to another worker at once,
+so one function's infinite loop does not delay other functions. Processes also put every
+core to work despite the GIL.
 """
 
 from __future__ import annotations
@@ -36,19 +40,26 @@ from .model import Invocation, InvocationResult
 from .narrowing import narrow
 from .protocol import (
     LOADING,
+    NO_SLOT,
     PREFIX_SIZE,
+    EgressFrame,
+    InitFrame,
+    RunFrame,
     encode_frame,
     frame_sizes,
+    has_sent,
     read_progress,
     read_status,
     write_drop_up_to,
 )
-from .results import build_result, loss_outcome
+from .results import build_result, count_events, loss_outcome
 from .worker_handle import REQUEUE, Lost, Pending, WorkerHandle, status_block
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _MAX_ATTEMPTS = 6
 _KILL_GRACE_S = 0.05
+# How long a function whose invocation got a worker killed runs on the quarantine worker.
+QUARANTINE_S = 300.0
 
 
 log = logging.getLogger(__name__)
@@ -60,11 +71,12 @@ class RuntimePool:
 
     def __init__(self, config: RuntimeConfig) -> None:
         self._config = config
-        self._workers: list[WorkerHandle | None] = [None] * max(1, config.workers)
+        # The last slot is the quarantine worker, started when a function first needs it.
+        self._q = max(1, config.workers)
+        self._workers: list[WorkerHandle | None] = [None] * (self._q + 1)
         self._affinity: dict[str, int] = {}
-        # Functions that got a worker killed stay on that worker slot (waiting for its
-        # replacement) until they run normally again, so they cannot stall another worker.
-        self._pinned: dict[str, int] = {}
+        # Functions that got a worker killed, and until when they run only in quarantine.
+        self._quarantine: dict[str, float] = {}
         self._handlers: dict[str, frozenset[str]] = {}
         self._seq = itertools.count(1)
         self._changed = asyncio.Event()
@@ -83,7 +95,7 @@ class RuntimePool:
         # The first worker alone: on a new machine, importing STPyV8 writes its ICU data file
         # (/usr/share/stpyv8), and workers importing it at the same time could read it torn.
         await self._spawn(0)
-        await asyncio.gather(*(self._spawn(i) for i in range(1, len(self._workers))))
+        await asyncio.gather(*(self._spawn(i) for i in range(1, self._q)))
         self._watchdog = asyncio.get_running_loop().create_task(self._watch())
 
     async def close(self) -> None:
@@ -148,19 +160,19 @@ class RuntimePool:
         self._workers[index] = w
         w.reader = asyncio.get_running_loop().create_task(self._read(w))
         egress = self._config.egress
+        init: InitFrame = {
+            "op": "init",
+            "egress": EgressFrame(
+                **{
+                    **egress.__dict__,
+                    "allow": list(egress.allow),
+                    "no_proxy": list(egress.no_proxy),
+                }
+            ),
+            "max_contexts": self._config.max_contexts_per_worker,
+        }
         try:
-            self._send(
-                w,
-                {
-                    "op": "init",
-                    "egress": {
-                        **egress.__dict__,
-                        "allow": list(egress.allow),
-                        "no_proxy": list(egress.no_proxy),
-                    },
-                    "max_contexts": self._config.max_contexts_per_worker,
-                },
-            )
+            self._send(w, init)
         except (RuntimeError, ConnectionError):
             pass  # the worker died at once: reported below as a failed start
         ready = asyncio.get_running_loop().create_task(w.ready.wait())
@@ -177,11 +189,17 @@ class RuntimePool:
     def _respawn(self, index: int) -> None:
         if self._closed:
             return
+        if index == self._q:
+            if self._quarantine:
+                self._respawn_quarantine()
+            else:
+                self._workers[index] = None  # started again when a function needs it
+            return
         task = asyncio.get_running_loop().create_task(self._spawn(index))
         self._spawns.add(task)
         task.add_done_callback(self._spawns.discard)
 
-    def _send(self, w: WorkerHandle, header: dict[str, Any], payload: bytes = b"") -> None:
+    def _send(self, w: WorkerHandle, header: Any, payload: bytes = b"") -> None:
         assert w.proc.stdin is not None
         w.proc.stdin.write(encode_frame(header, payload))
 
@@ -215,16 +233,24 @@ class RuntimePool:
             w.proc.kill()
         lost = Lost(reason)
         if culprit is not None:
-            self._pinned[culprit.key] = w.index
+            self._quarantine[culprit.key] = time.monotonic() + QUARANTINE_S
             progress_seq, index = read_progress(w.status)
             if progress_seq == culprit.seq:
                 lost = Lost(reason, None if index == LOADING else index, index == LOADING)
         for pending in w.inflight.values():
-            if not pending.future.done():
-                pending.future.set_result(lost if pending is culprit else REQUEUE)
+            if pending.future.done():
+                continue
+            if pending is culprit:
+                pending.future.set_result(lost)
+            elif has_sent(w.status, pending.slot):
+                # It may have reached an API already: running it again now could send its
+                # requests twice unannounced; a retry is recorded as such.
+                pending.future.set_result(Lost("bystander"))
+            else:
+                pending.future.set_result(REQUEUE)
         w.inflight.clear()
         for key in w.keys:
-            if self._affinity.get(key) == w.index and key not in self._pinned:
+            if self._affinity.get(key) == w.index:
                 del self._affinity[key]
         with contextlib.suppress(OSError):
             w.status.close()
@@ -275,7 +301,7 @@ class RuntimePool:
                 if pending is None and now_ns - started > MAX_TIMEOUT_S * 1e9:
                     self._kill(w, None, "timeout")
                     continue
-                if not w.stalled and now_ns - started > stall_ns:
+                if not w.stalled and now_ns - started > stall_ns and w.index != self._q:
                     w.stalled = True
                     w.stalled_key = pending.key if pending is not None else None
                     self._steal(w, last_read)
@@ -293,38 +319,57 @@ class RuntimePool:
             if not p.future.done():
                 p.future.set_result(REQUEUE)
 
+    def _quarantined(self, key: str) -> bool:
+        until = self._quarantine.get(key)
+        if until is not None and until < time.monotonic():
+            del self._quarantine[key]
+            return False
+        return until is not None
+
     async def _pick(self, key: str) -> WorkerHandle:
         while True:
             if self._closed:
                 raise PoolClosedError("the runtime pool is closed")
-            pinned = self._pinned.get(key)
-            if pinned is not None:
-                w = self._workers[pinned]
+            index = self._affinity.get(key)
+            if self._quarantined(key):
+                w = self._workers[self._q]
                 if w is not None and not w.dead and w.ready.is_set():
-                    self._affinity[key] = pinned
-                    w.keys.add(key)
+                    self._move(key, index, w)
                     return w
+                if w is None:
+                    self._respawn_quarantine()
                 self._changed.clear()
                 await self._changed.wait()
                 continue
-            index = self._affinity.get(key)
-            if index is not None:
+            if index is not None and index != self._q:
                 w = self._workers[index]
                 if w is not None and (w.usable or (not w.dead and w.stalled_key == key)):
                     return w
-            candidates = [w for w in self._workers if w is not None and w.usable]
+            candidates = [w for w in self._workers[: self._q] if w is not None and w.usable]
             if candidates:
                 w = min(candidates, key=lambda c: (len(c.keys), len(c.inflight)))
-                if index is not None:
-                    old = self._workers[index]
-                    if old is not None and not old.dead:
-                        old.keys.discard(key)
-                        self._send(old, {"op": "evict", "key": key})
-                self._affinity[key] = w.index
-                w.keys.add(key)
+                self._move(key, index, w)
                 return w
             self._changed.clear()
             await self._changed.wait()
+
+    def _move(self, key: str, old_index: int | None, w: WorkerHandle) -> None:
+        """Give `key` to worker `w`, dropping its context from the worker it had."""
+        if old_index is not None and old_index != w.index:
+            old = self._workers[old_index]
+            if old is not None and not old.dead:
+                old.keys.discard(key)
+                self._send(old, {"op": "evict", "key": key})
+        self._affinity[key] = w.index
+        w.keys.add(key)
+
+    def _respawn_quarantine(self) -> None:
+        if not any(t.get_name() == "quarantine-spawn" for t in self._spawns):
+            task = asyncio.get_running_loop().create_task(
+                self._spawn(self._q), name="quarantine-spawn"
+            )
+            self._spawns.add(task)
+            task.add_done_callback(self._spawns.discard)
 
     async def _submit(
         self, key: str, header: dict[str, Any], payload: bytes, timeout_s: float
@@ -333,13 +378,14 @@ class RuntimePool:
         for _ in range(_MAX_ATTEMPTS):
             w = await self._pick(key)
             seq = next(self._seq)
-            pending = Pending(seq, key, time.monotonic() + timeout_s, loop.create_future())
+            slot = w.take_slot() if header["op"] == "run" else NO_SLOT
+            pending = Pending(seq, key, time.monotonic() + timeout_s, loop.create_future(), slot)
             w.inflight[seq] = pending
-            self._send(w, {**header, "id": seq, "key": key, "deadline": pending.deadline}, payload)
+            frame = {**header, "id": seq, "key": key, "deadline": pending.deadline, "slot": slot}
+            self._send(w, frame, payload)
             reply = await pending.future
+            w.release(pending)
             if reply is not REQUEUE:
-                if not isinstance(reply, Lost):
-                    self._pinned.pop(key, None)
                 return reply
         return Lost("crash")
 
@@ -352,7 +398,7 @@ class RuntimePool:
         reply = await self._submit(
             function_key, {"op": "handlers", "code": code}, b"", self._config.default_timeout_s
         )
-        names = frozenset(reply["h"]) if isinstance(reply, dict) and "h" in reply else frozenset()
+        names = frozenset(reply["handlers"]) if isinstance(reply, dict) else frozenset()
         self._handlers[function_key] = names
         return names
 
@@ -372,28 +418,40 @@ class RuntimePool:
                 f"timeout_s must be in (0, {MAX_TIMEOUT_S:g}] seconds, got {invocation.timeout_s}"
             )
         started = time.monotonic()
-        header = {
+        count = invocation.count
+        if count is None:
+            count = count_events(invocation.events)
+        header: RunFrame = {
             "op": "run",
+            "id": 0,
+            "key": invocation.function_key,
+            "deadline": 0.0,
+            "slot": NO_SLOT,
             "code": invocation.code,
             "settings": orjson.dumps(invocation.settings).decode(),
             "batch": invocation.batch,
+            "count": count,
             "secrets": list(invocation.secrets),
             "keep": invocation.trace_bodies,
             "log_cap": invocation.log_cap_bytes or self._config.log_cap_bytes,
             "fresh": fresh,
+            "memory_limit": self._config.memory_limit_mb * 1024 * 1024,
         }
         reply = await self._submit(
-            invocation.function_key, header, invocation.events, invocation.timeout_s
+            invocation.function_key, dict(header), invocation.events, invocation.timeout_s
         )
         if isinstance(reply, Lost):
-            return await self._after_loss(invocation, reply, started, fresh)
-        return build_result(invocation, reply, (time.monotonic() - started) * 1000)
+            return await self._after_loss(invocation, count, reply, started, fresh)
+        return build_result(invocation, count, reply, (time.monotonic() - started) * 1000)
 
     async def _after_loss(
-        self, invocation: Invocation, lost: Lost, started: float, fresh: bool
+        self, invocation: Invocation, count: int, lost: Lost, started: float, fresh: bool
     ) -> InvocationResult:
         self._handlers.pop(invocation.function_key, None)
         outcome = loss_outcome(lost.reason, invocation.timeout_s, self._config.memory_limit_mb)
+        if lost.reason == "bystander":
+            elapsed = (time.monotonic() - started) * 1000
+            return InvocationResult(outcomes=[outcome] * count, duration_ms=elapsed)
         return await narrow(
-            lambda sub: self.run(sub, fresh=fresh), invocation, lost, outcome, started
+            lambda sub: self.run(sub, fresh=fresh), invocation, count, lost, outcome, started
         )

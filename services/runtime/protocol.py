@@ -1,17 +1,22 @@
 """Frames between the pool and its workers, and the shared-memory status block (sans-IO).
 
 A frame is `header_len:u32 payload_len:u32 header(orjson) payload(raw bytes)`: the events
-of an invocation travel as the raw bytes received, never re-encoded.
+of an invocation travel as the raw bytes received, never re-encoded. Headers are the
+TypedDicts below: `*Frame` from the pool to a worker, `*Reply` back.
+
 The status block (one small shared file per worker) is written by the worker and read by
 the pool's watchdog without any message: which invocation is inside V8 since when, the last
-frame the worker has read, the pool's "drop frames up to" mark for stolen invocations, and
-which event's handler is being started (so a timeout can name its offending event).
+frame the worker has read, the pool's "drop frames up to" mark for stolen invocations,
+which event's handler is being started (so a timeout can name its offending event), and one
+byte per invocation slot that the worker sets before the invocation's first outgoing
+request (so a killed worker's bystanders are re-run only when they sent nothing). Shared
+memory outlives the worker: the pool reads it after a kill.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, Literal, NotRequired, TypedDict
 
 import orjson
 
@@ -19,12 +24,110 @@ _PREFIX = struct.Struct("<II")
 PREFIX_SIZE = _PREFIX.size
 STATUS = struct.Struct("<QQQQ")  # crossing seq, crossing start ns, last read seq, drop-up-to
 _PROGRESS = struct.Struct("<QQ")  # invocation seq, index of the event whose handler starts
-STATUS_SIZE = STATUS.size + _PROGRESS.size
+SLOTS = 4096  # invocations a worker can hold at once with a side-effect mark
+_SLOTS_AT = STATUS.size + _PROGRESS.size
+STATUS_SIZE = _SLOTS_AT + SLOTS
 # Progress index meaning "the function's script is being loaded" (no event started yet).
 LOADING = 2**32
+NO_SLOT = -1
 
 
-def encode_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
+class EgressFrame(TypedDict):
+    """The egress settings of `EgressConfig`, as JSON."""
+
+    allow: list[str]
+    https_proxy: str | None
+    http_proxy: str | None
+    no_proxy: list[str]
+    ca_bundle: str | None
+    proxy_checks_names: bool
+    max_response_bytes: int
+    max_request_bytes: int
+    max_redirects: int
+    max_connections: int
+
+
+class InitFrame(TypedDict):
+    """First frame to a new worker: its egress policy and context cache size."""
+
+    op: Literal["init"]
+    egress: EgressFrame
+    max_contexts: int
+
+
+class EvictFrame(TypedDict):
+    """Drop a context (its globals and cache)."""
+
+    op: Literal["evict"]
+    key: str
+
+
+class HandlersFrame(TypedDict):
+    """Load a context if needed and list the handlers its code defines."""
+
+    op: Literal["handlers"]
+    id: int
+    key: str
+    code: str
+    deadline: float
+
+
+class RunFrame(TypedDict):
+    """Run an invocation; the payload is the JSON array of its events."""
+
+    op: Literal["run"]
+    id: int
+    key: str
+    code: str
+    deadline: float  # time.monotonic() of the pool (same clock in the worker)
+    settings: str  # JSON object
+    batch: bool
+    count: int  # events in the payload: the number of results the report must carry
+    secrets: list[str]  # redacted from everything the report carries out
+    keep: bool  # keep return values and request/response bodies (previews)
+    log_cap: int
+    fresh: bool  # drop the context afterwards (previews)
+    slot: int  # side-effect byte of this invocation in the status block, or NO_SLOT
+    memory_limit: int  # bytes of responses the invocation may hold
+
+
+class ReadyReply(TypedDict):
+    """Sent once by a worker when it is ready for frames."""
+
+    ready: Literal[1]
+
+
+class DroppedReply(TypedDict):
+    """The worker did not run a frame the pool moved elsewhere."""
+
+    id: int
+    dropped: Literal[1]
+
+
+class HandlersReply(TypedDict):
+    """The handlers a context's code defines."""
+
+    id: int
+    handlers: list[str]
+
+
+class RunReply(TypedDict):
+    """An invocation's checked report: per-event results, logs, request traces."""
+
+    id: int
+    results: list[Any]  # 0 finished, 2 unfinished, or {name, message, stack, cls}
+    logs: list[list[str]]
+    logs_dropped: int
+    requests: list[dict[str, Any]]  # request traces (see results.py)
+    values: NotRequired[list[Any]]
+    batch_value: NotRequired[Any]
+    # The context broke the runtime's contract (its report was rejected): every event fails.
+    rejected: NotRequired[str]
+    # A bug in the worker: every event fails with a generic error (details in its log).
+    internal: NotRequired[str]
+
+
+def encode_frame(header: Any, payload: bytes = b"") -> bytes:
     """Encode one frame."""
     head = orjson.dumps(header)
     return _PREFIX.pack(len(head), len(payload)) + head + payload
@@ -64,3 +167,19 @@ def write_last_read(buf: Any, seq: int) -> None:
 def write_drop_up_to(buf: Any, seq: int) -> None:
     """Ask the worker to drop (not run) frames numbered up to `seq` it has not read yet."""
     struct.pack_into("<Q", buf, 24, seq)
+
+
+def mark_sent(buf: Any, slot: int) -> None:
+    """Record (worker side) that the invocation in `slot` is about to send a request."""
+    if 0 <= slot < SLOTS:
+        buf[_SLOTS_AT + slot] = 1
+
+
+def clear_slot(buf: Any, slot: int) -> None:
+    """Reset a slot (pool side) before giving it to a new invocation."""
+    buf[_SLOTS_AT + slot] = 0
+
+
+def has_sent(buf: Any, slot: int) -> bool:
+    """Tell whether the invocation in `slot` may have sent a request (no slot: assume so)."""
+    return not 0 <= slot < SLOTS or buf[_SLOTS_AT + slot] != 0

@@ -1,40 +1,50 @@
 """A runtime worker process: holds function contexts, runs invocations, performs their fetches.
 
-Started by the pool as `python -m services.runtime.worker STATUS_FILE`; frames arrive
-on stdin and replies leave on the original stdout (fd 1 is pointed at stderr so nothing else
+Started by the pool as `python -m services.runtime.worker STATUS_FILE`; frames arrive on
+stdin and replies leave on the original stdout (fd 1 is pointed at stderr so nothing else
 can corrupt the framing). The pool may kill this process at any moment: nothing here needs a
-clean shutdown.
+clean shutdown. Everything a context reports is checked (`report.parse_report`) before it
+is acted on or sent on: user code shares the context with the runtime's JS side.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import mmap
 import os
 import sys
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
 from .config import EgressConfig
 from .engine import FunctionContext
-from .http_fetch import HostFetcher
+from .http_fetch import HostFetcher, ResponseBudget
 from .protocol import (
     LOADING,
     PREFIX_SIZE,
     STATUS_SIZE,
+    HandlersFrame,
+    InitFrame,
+    RunFrame,
+    RunReply,
     encode_frame,
     frame_sizes,
+    mark_sent,
     read_status,
     write_crossing,
     write_last_read,
     write_progress,
 )
 from .redact import compile_secrets, redact
+from .report import ABSENT, FetchRequest, Report, ReportRejected, parse_report
+
+log = logging.getLogger("eventfn.runtime.worker")
 
 
 class Worker:
@@ -45,7 +55,8 @@ class Worker:
         self._out = out
         self._contexts: OrderedDict[str, FunctionContext] = OrderedDict()
         self._max_contexts = 64
-        self._fetcher = HostFetcher(EgressConfig())
+        self._egress = EgressConfig()
+        self._fetcher = HostFetcher(self._egress)
         self._tasks: set[asyncio.Task[None]] = set()
         self._current = 0  # the invocation inside V8 now
 
@@ -62,7 +73,7 @@ class Worker:
         finally:
             write_crossing(self._status, 0, 0)
 
-    def _reply(self, header: dict[str, Any]) -> None:
+    def _reply(self, header: Any) -> None:
         self._out.write(encode_frame(header))
 
     def _context(self, seq: int, key: str, code: str) -> FunctionContext:
@@ -82,17 +93,13 @@ class Worker:
         """Dispatch one frame."""
         op = header["op"]
         if op == "init":
-            egress = header["egress"]
-            self._fetcher = HostFetcher(
-                EgressConfig(
-                    **{
-                        **egress,
-                        "allow": tuple(egress["allow"]),
-                        "no_proxy": tuple(egress["no_proxy"]),
-                    }
-                )
+            init = cast(InitFrame, header)
+            egress = init["egress"]
+            self._egress = EgressConfig(
+                **{**egress, "allow": tuple(egress["allow"]), "no_proxy": tuple(egress["no_proxy"])}
             )
-            self._max_contexts = int(header["max_contexts"])
+            self._fetcher = HostFetcher(self._egress)
+            self._max_contexts = init["max_contexts"]
             return
         if op == "evict":
             self._contexts.pop(header["key"], None)
@@ -103,88 +110,160 @@ class Worker:
             self._reply({"id": seq, "dropped": 1})  # the pool moved it to another worker
             return
         if op == "handlers":
-            ctx = self._context(seq, header["key"], header["code"])
-            self._reply({"id": seq, "h": sorted(ctx.handlers())})
+            frame = cast(HandlersFrame, header)
+            ctx = self._context(seq, frame["key"], frame["code"])
+            try:
+                names = sorted(ctx.handlers())
+            except ReportRejected:
+                self._contexts.pop(frame["key"], None)
+                names = []
+            self._reply({"id": seq, "handlers": names})
             return
-        task = asyncio.get_running_loop().create_task(self._run(seq, header, payload))
+        task = asyncio.get_running_loop().create_task(self._run(cast(RunFrame, header), payload))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, seq: int, header: dict[str, Any], payload: bytes) -> None:
+    async def _run(self, frame: RunFrame, payload: bytes) -> None:
+        seq = frame["id"]
         try:
-            reply = await self._invoke(seq, header, payload)
-        except Exception as exc:  # a bug here must not leave the pool waiting forever
-            reply = {"id": seq, "internal": f"{type(exc).__name__}: {exc}"}
+            reply = await self._invoke(frame, payload)
+        except ReportRejected as exc:
+            self._contexts.pop(frame["key"], None)  # user code broke it: never reuse it
+            reply = _failed(seq, rejected=str(exc))
+        except Exception:  # a bug here must not leave the pool waiting forever
+            log.exception("invocation %d of %s failed inside the worker", seq, frame["key"])
+            reply = _failed(seq, internal="the runtime worker failed; see the executor's log")
         self._reply(reply)
 
-    async def _invoke(self, seq: int, header: dict[str, Any], payload: bytes) -> dict[str, Any]:
-        key = header["key"]
-        ctx = self._context(seq, key, header["code"])
-        if header.get("fresh"):
+    def _report(self, text: Any, frame: RunFrame, sent: int = 0) -> Report:
+        return parse_report(
+            text,
+            expected=1 if frame["batch"] else frame["count"],
+            keep_values=frame["keep"],
+            log_cap=frame["log_cap"],
+            max_request_bytes=self._egress.max_request_bytes,
+            fetches_so_far=sent,
+        )
+
+    async def _invoke(self, frame: RunFrame, payload: bytes) -> RunReply:
+        seq, key = frame["id"], frame["key"]
+        ctx = self._context(seq, key, frame["code"])
+        if frame["fresh"]:
             self._contexts.pop(key, None)  # Preview: never reused
         if ctx.load_error is not None:
-            count = 1 if header["batch"] else len(orjson.loads(payload))
-            return {"id": seq, "r": [ctx.load_error] * count, "l": [], "ld": 0, "q": []}
-        deadline = float(header["deadline"])
-        keep = bool(header.get("keep"))
-        events = payload.decode("utf-8")
+            count = 1 if frame["batch"] else frame["count"]
+            return {
+                "id": seq,
+                "results": [ctx.load_error] * count,
+                "logs": [],
+                "logs_dropped": 0,
+                "requests": [],
+            }
+        deadline, keep = frame["deadline"], frame["keep"]
+        budget = ResponseBudget(frame["memory_limit"])
         traces: list[dict[str, Any]] = []
+        sent = 0
         with self._crossing(seq):
-            report = orjson.loads(
-                ctx.start(
-                    seq, events, header["settings"], header["batch"], int(header["log_cap"]), keep
-                )
+            raw = ctx.start(
+                seq,
+                payload.decode("utf-8"),
+                frame["settings"],
+                frame["batch"],
+                frame["log_cap"],
+                keep,
             )
-        while not report["d"]:
+        report = self._report(raw, frame)
+        while not report.done:
             now = time.monotonic()
             if now >= deadline:
                 with self._crossing(seq):
-                    report = orjson.loads(ctx.cancel(seq))
+                    report = self._report(ctx.cancel(seq), frame, sent)
                 break
-            if report["f"]:
+            if report.fetches:
+                ready = [r for r in report.fetches if r.problem is None]
+                if ready:
+                    mark_sent(self._status, frame["slot"])
+                sent += len(report.fetches)
                 results, round_traces, cut = await self._fetcher.perform_round(
-                    report["f"], deadline, keep
+                    ready, deadline, keep, budget
                 )
-                traces.extend(round_traces)
+                refused = [r for r in report.fetches if r.problem is not None]
+                results += [_refused(r.id, r.problem) for r in refused]
+                traces += round_traces
+                traces += [
+                    {
+                        "method": r.method,
+                        "url": r.url,
+                        "status": None,
+                        "error": r.problem,
+                        "duration_ms": 0.0,
+                    }
+                    for r in refused
+                ]
                 if cut:  # out of time: unfinished events end as Timeout, not FetchError
                     with self._crossing(seq):
-                        report = orjson.loads(ctx.cancel(seq))
+                        report = self._report(ctx.cancel(seq), frame, sent)
                     break
                 with self._crossing(seq):
-                    report = orjson.loads(ctx.resolve(seq, orjson.dumps(results).decode()))
+                    raw = ctx.resolve(seq, orjson.dumps(results).decode())
+                report = self._report(raw, frame, sent)
                 continue
             wait = deadline - now
-            if report["t"] >= 0:
-                wait = min(wait, report["t"] / 1000)
+            if report.timer_ms >= 0:
+                wait = min(wait, report.timer_ms / 1000)
             await asyncio.sleep(wait)
             with self._crossing(seq):
-                report = orjson.loads(ctx.fire_timers(seq) if report["t"] >= 0 else ctx.cancel(seq))
-        report["id"] = seq
-        report["q"] = traces
-        report.pop("f", None)
-        secrets = compile_secrets(header.get("secrets") or ())
+                raw = ctx.fire_timers(seq) if report.timer_ms >= 0 else ctx.cancel(seq)
+            report = self._report(raw, frame, sent)
+        reply: RunReply = {
+            "id": seq,
+            "results": report.results,
+            "logs": [[level, line] for level, line in report.logs],
+            "logs_dropped": report.logs_dropped,
+            "requests": traces,
+        }
+        if report.values is not None:
+            reply["values"] = report.values
+        if report.batch_value is not ABSENT:
+            reply["batch_value"] = report.batch_value
+        secrets = compile_secrets(frame["secrets"])
         if secrets is not None:
-            _redact_report(report, secrets)
-        return report
+            _redact_reply(reply, secrets)
+        return reply
 
 
-def _redact_report(report: dict[str, Any], pattern: Any) -> None:
-    report["l"] = [[lvl, redact(msg, pattern)] for lvl, msg in report["l"]]
-    for r in report["r"]:
+def _refusal_trace(r: FetchRequest) -> dict[str, Any]:
+    return {"method": r.method, "url": r.url, "status": None, "error": r.problem, "duration_ms": 0}
+
+
+def _refused(request_id: int, problem: str | None) -> dict[str, Any]:
+    return {"id": request_id, "error": {"message": problem, "type": "system", "code": "EINVAL"}}
+
+
+def _failed(seq: int, **why: str) -> RunReply:
+    reply: RunReply = {"id": seq, "results": [], "logs": [], "logs_dropped": 0, "requests": []}
+    reply.update(why)  # type: ignore[typeddict-item]
+    return reply
+
+
+def _redact_reply(reply: RunReply, pattern: Any) -> None:
+    reply["logs"] = [[lvl, redact(msg, pattern)] for lvl, msg in reply["logs"]]
+    for r in reply["results"]:
         if isinstance(r, dict):
             r["message"] = redact(str(r.get("message", "")), pattern)
             r["stack"] = redact(str(r.get("stack", "")), pattern)
-    for t in report["q"]:
+    for t in reply["requests"]:
         for field in ("url", "error", "request_body", "response_body"):
             if t.get(field):
                 t[field] = redact(t[field], pattern)
         for field in ("request_headers", "response_headers"):
             if t.get(field):
                 t[field] = [[k, redact(v, pattern)] for k, v in t[field]]
-    if "v" in report:
-        report["v"] = orjson.loads(redact(orjson.dumps(report["v"]).decode(), pattern))
-    if "b" in report:
-        report["b"] = orjson.loads(redact(orjson.dumps(report["b"]).decode(), pattern))
+    if "values" in reply:
+        reply["values"] = orjson.loads(redact(orjson.dumps(reply["values"]).decode(), pattern))
+    if "batch_value" in reply:
+        text = orjson.dumps(reply["batch_value"]).decode()
+        reply["batch_value"] = orjson.loads(redact(text, pattern))
 
 
 def _map_status(path: str) -> mmap.mmap:
@@ -222,6 +301,7 @@ def main() -> None:
     """Run a worker (entry point of the worker process)."""
     import uvloop
 
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     uvloop.run(serve(sys.argv[1]))
 
 

@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from .protocol import STATUS_SIZE
+from .protocol import NO_SLOT, SLOTS, STATUS_SIZE, clear_slot
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -18,7 +18,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 class Lost:
     """Why an invocation's worker went away, and what the pool knows about the offender."""
 
-    reason: str  # "timeout" | "memory" | "crash"
+    reason: str  # "timeout" | "memory" | "crash" | "bystander" (had sent requests)
     offender: int | None = None  # the event whose handler was starting, when known
     loading: bool = False  # it died while loading the function's script
 
@@ -35,6 +35,7 @@ class Pending:
     key: str
     deadline: float
     future: asyncio.Future[Any]
+    slot: int = NO_SLOT  # its side-effect byte in the worker's status block
 
 
 @dataclass(eq=False)
@@ -54,6 +55,22 @@ class WorkerHandle:
     seen_crossing: tuple[int, int] = (0, 0)
     rss_base: int = 0
     reader: asyncio.Task[None] | None = None
+    free_slots: list[int] = field(default_factory=lambda: list(range(SLOTS - 1, -1, -1)))
+
+    def take_slot(self) -> int:
+        """Give a new invocation a cleared side-effect slot (NO_SLOT when all are taken)."""
+        if not self.free_slots:
+            return NO_SLOT
+        slot = self.free_slots.pop()
+        clear_slot(self.status, slot)
+        return slot
+
+    def release(self, pending: Pending) -> None:
+        """Take an answered invocation off the worker and free its slot."""
+        self.inflight.pop(pending.seq, None)
+        if pending.slot != NO_SLOT and not self.dead:
+            self.free_slots.append(pending.slot)
+            pending.slot = NO_SLOT
 
     def rss(self) -> int:
         """Return the worker's resident memory in bytes (0 if it is gone)."""

@@ -9,6 +9,8 @@ from services.runtime.engine import BUNDLE_PATH
 from services.runtime.syntax import check_syntax
 
 LOCK_PATH = BUNDLE_PATH.parents[1] / "package-lock.json"
+SRC_DIR = BUNDLE_PATH.parents[1] / "src"
+REBUILD = "run `npm ci && npm run build` in services/runtime/js and commit the bundle"
 
 
 def test_bundle_was_rebuilt_after_the_lock_file_changed() -> None:
@@ -18,8 +20,19 @@ def test_bundle_was_rebuilt_after_the_lock_file_changed() -> None:
     current = hashlib.sha256(LOCK_PATH.read_bytes()).hexdigest()
     assert match.group(1) == current, (
         "package-lock.json changed but dist/runtime.js was not rebuilt: run "
-        "`npm ci && npm run build` in services/runtime/js and commit the bundle"
+        + REBUILD.removeprefix("run ")
     )
+
+
+def test_bundle_was_rebuilt_after_the_sources_changed() -> None:
+    header = BUNDLE_PATH.read_text(encoding="utf-8")[:400]
+    match = re.search(r"src sha256: ([0-9a-f]{64})", header)
+    assert match is not None, f"dist/runtime.js has no source header: {REBUILD}"
+    digest = hashlib.sha256()
+    for path in sorted(SRC_DIR.rglob("*.js"), key=lambda p: str(p.relative_to(SRC_DIR))):
+        name = str(path.relative_to(SRC_DIR))
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    assert match.group(1) == digest.hexdigest(), f"js/src changed since the last build: {REBUILD}"
 
 
 def test_check_syntax_accepts_a_valid_classic_script() -> None:

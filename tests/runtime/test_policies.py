@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from services.runtime.config import EgressConfig
-from services.runtime.egress import EgressPolicy, proxy_for
+from services.runtime.egress import METADATA_ADDRESSES, EgressPolicy, proxy_for
 from services.runtime.protocol import PREFIX_SIZE, encode_frame, frame_sizes
 from services.runtime.redact import REDACTED, compile_secrets, redact
 from services.runtime.settings_check import check_settings
@@ -17,15 +18,49 @@ DEFAULT = EgressPolicy.from_config(EgressConfig())
 
 
 @given(st.ip_addresses())
-def test_only_global_addresses_pass_without_allowlist(
+def test_allowed_addresses_are_global_unicast(
     ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
 ) -> None:
-    refused = DEFAULT.refusal(ip, "h") is not None
-    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
-    effective = mapped or ip
-    assert refused == (
-        not effective.is_global or effective.is_multicast or str(effective) in {"100.100.100.200"}
-    )
+    if DEFAULT.refusal(ip, "h") is None:
+        assert ip.is_global and not ip.is_multicast
+        assert ip not in METADATA_ADDRESSES
+
+
+def _embeddings(v4: ipaddress.IPv4Address) -> list[ipaddress.IPv6Address]:
+    """Every IPv6 spelling that carries `v4` and reaches it where translators exist."""
+    n = int(v4)
+    return [
+        ipaddress.IPv6Address(0xFFFF << 32 | n),  # ::ffff:a.b.c.d (mapped)
+        ipaddress.IPv6Address(0xFFFF << 48 | n),  # ::ffff:0:a.b.c.d (SIIT)
+        ipaddress.IPv6Address(0x64FF9B << 96 | n),  # 64:ff9b::a.b.c.d (NAT64)
+        ipaddress.IPv6Address(0x64FF9B0001 << 80 | n << 8),  # 64:ff9b:1::/48 (local NAT64)
+        ipaddress.IPv6Address(0x2002 << 112 | n << 80 | 1),  # 2002:a.b.c.d::1 (6to4)
+        ipaddress.IPv6Address(n),  # ::a.b.c.d (IPv4-compatible)
+    ]
+
+
+@given(st.ip_addresses(v=4))
+def test_an_ipv6_spelling_of_a_refused_ipv4_is_refused(v4: ipaddress.IPv4Address) -> None:
+    if DEFAULT.refusal(v4, "h") is not None:
+        for ip in _embeddings(v4):
+            assert DEFAULT.refusal(ip, "h") is not None, ip
+
+
+@pytest.mark.parametrize(
+    "literal",
+    [
+        "::7f00:1",
+        "::a9fe:a9fe",
+        "64:ff9b::7f00:1",
+        "64:ff9b:1::a00:1",
+        "2002:7f00:1::1",
+        "::ffff:0:7f00:1",
+        "fec0::1",
+        "::ffff:169.254.169.254",
+    ],
+)
+def test_issue_ipv6_forms_are_refused(literal: str) -> None:
+    assert DEFAULT.refusal(ipaddress.ip_address(literal), "h") is not None
 
 
 @given(st.ip_addresses(v=4))

@@ -152,22 +152,22 @@ export class FormData {
 function bodyToWire(body) {
   // -> [wire body for the host, default content-type or null]
   if (body == null) return [null, null];
-  if (typeof body === 'string') return [{ t: 's', v: body }, 'text/plain;charset=UTF-8'];
+  if (typeof body === 'string') return [{ text: body }, 'text/plain;charset=UTF-8'];
   if (body instanceof URLSearchParamsImpl) {
-    return [{ t: 's', v: body.toString() }, 'application/x-www-form-urlencoded;charset=UTF-8'];
+    return [{ text: body.toString() }, 'application/x-www-form-urlencoded;charset=UTF-8'];
   }
   if (body instanceof FormData) {
-    return [{ t: 'b', v: body.getBuffer().toString('base64') }, body.getHeaders()['content-type']];
+    return [{ base64: body.getBuffer().toString('base64') }, body.getHeaders()['content-type']];
   }
-  if (Buffer.isBuffer(body)) return [{ t: 'b', v: body.toString('base64') }, null];
+  if (Buffer.isBuffer(body)) return [{ base64: body.toString('base64') }, null];
   if (body instanceof ArrayBuffer) {
-    return [{ t: 'b', v: Buffer.from(body).toString('base64') }, null];
+    return [{ base64: Buffer.from(body).toString('base64') }, null];
   }
   if (ArrayBuffer.isView(body)) {
     const buf = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
-    return [{ t: 'b', v: buf.toString('base64') }, null];
+    return [{ base64: buf.toString('base64') }, null];
   }
-  return [{ t: 's', v: String(body) }, 'text/plain;charset=UTF-8'];
+  return [{ text: String(body) }, 'text/plain;charset=UTF-8'];
 }
 
 class Body {
@@ -238,7 +238,7 @@ export class Response extends Body {
     this.status = init.status === undefined ? 200 : init.status;
     this.statusText = init.statusText || STATUS_TEXT[this.status] || '';
     this.headers = new Headers(init.headers);
-    this.url = init.url || '';
+    Object.defineProperty(this, 'url', { value: init.url || '', enumerable: true });
     this.redirected = Boolean(init.redirected);
     this.counter = init.counter || 0;
     this.size = 0;
@@ -271,8 +271,11 @@ export class Request extends Body {
   constructor(input, init = {}) {
     super();
     const isRequest = input instanceof Request;
-    const href = isRequest ? input.url : normalizeUrl(String(input));
-    this.url = href;
+    // Read-only, as in node-fetch: what fetch() sends is what the constructor normalised.
+    Object.defineProperty(this, 'url', {
+      value: normalizeUrl(String(isRequest ? input.url : input)),
+      enumerable: true,
+    });
     this.method = String(init.method || (isRequest ? input.method : 'GET')).toUpperCase();
     const body = init.body !== undefined ? init.body : isRequest ? input._body : null;
     if (body != null && (this.method === 'GET' || this.method === 'HEAD')) {
@@ -354,7 +357,7 @@ export function fetch(input, init) {
           return;
         }
         const body = res.body == null ? null
-          : res.body.t === 's' ? res.body.v : Buffer.from(res.body.v, 'base64');
+          : 'text' in res.body ? res.body.text : Buffer.from(res.body.base64, 'base64');
         resolve(new Response(body, {
           url: res.url,
           status: res.status,

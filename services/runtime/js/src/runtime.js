@@ -47,52 +47,101 @@ class ValidationError extends Error {
 const KNOWN = ['RetryError', 'EventNotSupported', 'InvalidEventPayload', 'ValidationError'];
 
 // ---------------------------------------------------------------- invocations
+// Intrinsics captured before any user code runs: user code may replace the globals, not these.
+const jsonStringify = JSON.stringify;
+const jsonParse = JSON.parse;
+const isArray = Array.isArray;
+const StringOf = String;
+const objectToString = Object.prototype.toString;
+// Caps on what a thrown value may carry out (the host checks and cuts again).
+const MAX_NAME = 256;
+const MAX_MESSAGE = 8 * 1024;
+const MAX_STACK = 16 * 1024;
+
 let current = null; // the invocation whose code runs now (left set so microtasks see it)
 const invocations = new Map();
 const loadLogs = [];
 let timerSeq = 0;
 const timerOwner = new Map();
 
+// Convert anything to a string without letting a throwing toString/toPrimitive escape.
+function safeString(value, cap) {
+  let s;
+  try {
+    s = typeof value === 'string' ? value : StringOf(value);
+  } catch (err) {
+    try {
+      s = objectToString.call(value);
+    } catch (err2) {
+      s = '[unprintable value]';
+    }
+  }
+  if (typeof s !== 'string') s = '[unprintable value]';
+  return s.length > cap ? s.slice(0, cap - 1) + '…' : s;
+}
+
 function safeJson(value) {
   try {
-    const s = JSON.stringify(value);
-    return s === undefined ? null : JSON.parse(s);
+    const s = jsonStringify(value);
+    return s === undefined ? null : jsonParse(s);
   } catch (err) {
-    return String(value);
+    return safeString(value, MAX_MESSAGE);
+  }
+}
+
+function read(obj, key) {
+  try {
+    return obj[key];
+  } catch (err) {
+    return undefined;
   }
 }
 
 function describeError(err) {
-  if (err instanceof Error) {
-    let cls = null;
-    if (err instanceof RetryError) cls = 'RetryError';
-    else if (err instanceof EventNotSupported) cls = 'EventNotSupported';
-    else if (err instanceof InvalidEventPayload) cls = 'InvalidEventPayload';
-    else if (err instanceof ValidationError) cls = 'ValidationError';
-    else if (KNOWN.includes(err.name)) cls = err.name;
-    return {
-      name: String(err.name || (err.constructor && err.constructor.name) || 'Error'),
-      message: String(err.message),
-      stack: String(err.stack || ''),
-      cls,
-    };
-  }
-  if (typeof err === 'string') return { name: 'Error', message: err, stack: '', cls: null, raw: 1 };
-  let message;
   try {
-    message = err === undefined ? 'undefined' : JSON.stringify(err);
+    if (err instanceof Error) {
+      let cls = null;
+      if (err instanceof RetryError) cls = 'RetryError';
+      else if (err instanceof EventNotSupported) cls = 'EventNotSupported';
+      else if (err instanceof InvalidEventPayload) cls = 'InvalidEventPayload';
+      else if (err instanceof ValidationError) cls = 'ValidationError';
+      const name = read(err, 'name');
+      if (cls === null && KNOWN.includes(name)) cls = name;
+      const ctor = read(err, 'constructor');
+      return {
+        name: safeString(name || (ctor && read(ctor, 'name')) || 'Error', MAX_NAME),
+        message: safeString(read(err, 'message'), MAX_MESSAGE),
+        stack: safeString(read(err, 'stack') || '', MAX_STACK),
+        cls,
+      };
+    }
+    if (typeof err === 'string') {
+      return { name: 'Error', message: safeString(err, MAX_MESSAGE), stack: '', cls: null };
+    }
+    let message;
+    try {
+      message = err === undefined ? 'undefined' : jsonStringify(err);
+    } catch (e) {
+      message = undefined;
+    }
+    if (typeof message !== 'string') message = safeString(err, MAX_MESSAGE);
+    return { name: 'Error', message: safeString(message, MAX_MESSAGE), stack: '', cls: null };
   } catch (e) {
-    message = String(err);
+    return { name: 'Error', message: '[a thrown value that cannot be described]', stack: '', cls: null };
   }
-  return { name: 'Error', message: String(message), stack: '', cls: null, raw: 1 };
+}
+
+function filled(n, value) {
+  const out = [];
+  for (let i = 0; i < n; i++) out[i] = value;
+  return out;
 }
 
 class Invocation {
-  constructor(id, n, count, logCap, keepValues) {
+  constructor(id, n, logCap, keepValues) {
     this.id = id;
-    this.count = count;
-    this.results = new Array(n).fill(null);
-    this.values = keepValues ? new Array(n).fill(null) : null;
+    this.results = filled(n, null);
+    this.values = keepValues ? filled(n, null) : null;
     this.remaining = n;
     this.batchValue = undefined;
     this.fetches = [];
@@ -138,23 +187,28 @@ class Invocation {
     for (const t of this.timers.values()) if (t.due < due) due = t.due;
     return due === Infinity ? -1 : Math.max(0, due - Date.now());
   }
+  // The report's shape is documented (and checked) in services/runtime/report.py.
   report(final) {
-    const out = { d: this.remaining === 0 || final ? 1 : 0, f: this.fetches, t: this.nextTimer() };
-    out.n = this.count;
+    const done = this.remaining === 0 || final;
+    const out = { done, fetches: this.fetches, timer: this.nextTimer() };
     this.fetches = [];
-    if (out.d) {
-      out.r = this.results.map((r) => (r === null ? 2 : r)); // 2 = unfinished (timed out)
-      if (this.values) out.v = this.values;
-      if (this.batchValue !== undefined) out.b = safeJson(this.batchValue);
-      out.l = this.logs;
-      out.ld = this.logDropped;
-      out.f = [];
+    if (done) {
+      const results = [];
+      for (let i = 0; i < this.results.length; i++) {
+        results[i] = this.results[i] === null ? 2 : this.results[i]; // 2 = unfinished
+      }
+      out.results = results;
+      if (this.values) out.values = this.values;
+      if (this.batchValue !== undefined) out.batchValue = safeJson(this.batchValue);
+      out.logs = this.logs;
+      out.logsDropped = this.logDropped;
+      out.fetches = [];
       for (const id of this.timers.keys()) timerOwner.delete(id);
       this.timers.clear();
       invocations.delete(this.id);
       if (current === this) current = null;
     }
-    return JSON.stringify(out);
+    return jsonStringify(out);
   }
 }
 
@@ -169,6 +223,9 @@ const HANDLERS = {
   alias: 'onAlias',
   delete: 'onDelete',
 };
+const HANDLER_NAMES = [
+  'onTrack', 'onIdentify', 'onPage', 'onScreen', 'onGroup', 'onAlias', 'onDelete', 'onBatch',
+];
 let lookupHandlers = () => ({});
 let progress = () => {}; // host callback: which event's handler is being started
 
@@ -180,8 +237,15 @@ function runOne(inv, i, handler, event, settings) {
     inv.settle(i, false, err);
     return;
   }
-  if (p && typeof p.then === 'function') {
-    p.then(
+  let then;
+  try {
+    then = p && p.then;
+  } catch (err) {
+    inv.settle(i, false, err);
+    return;
+  }
+  if (typeof then === 'function') {
+    Promise.resolve(p).then(
       (v) => inv.settle(i, true, v),
       (err) => inv.settle(i, false, err),
     );
@@ -190,6 +254,8 @@ function runOne(inv, i, handler, event, settings) {
   }
 }
 
+// The host interface. The engine takes it (and removes the global) before user code runs,
+// so user code can neither reach nor replace it; strict mode keeps its frames opaque.
 const host = {
   seed(hex) {
     random.seedRandom(hex);
@@ -201,19 +267,33 @@ const host = {
     progress = fn;
   },
   handlers() {
-    const h = lookupHandlers();
-    return JSON.stringify(Object.keys(h).filter((k) => typeof h[k] === 'function'));
+    let h;
+    try {
+      h = lookupHandlers();
+    } catch (err) {
+      return '[]';
+    }
+    const names = [];
+    for (const k of HANDLER_NAMES) if (typeof h[k] === 'function') names.push(k);
+    return jsonStringify(names);
   },
   start(id, eventsJson, settingsJson, batch, logCap, keepValues) {
-    const events = JSON.parse(eventsJson);
-    const n = Array.isArray(events) ? events.length : 1;
-    const inv = new Invocation(id, batch ? 1 : n, n, logCap, keepValues);
+    const events = jsonParse(eventsJson);
+    const n = isArray(events) ? events.length : 1;
+    const inv = new Invocation(id, batch ? 1 : n, logCap, keepValues);
     invocations.set(id, inv);
     current = inv;
     for (const [level, line] of loadLogs.splice(0, loadLogs.length)) inv.log(level, line);
-    const h = lookupHandlers();
+    let h;
+    try {
+      h = lookupHandlers();
+    } catch (err) {
+      // e.g. a global getter named like a handler that throws: every event fails with it.
+      for (let i = 0; i < (batch ? 1 : n); i++) inv.settle(i, false, err);
+      return;
+    }
     const settings = () => {
-      const s = JSON.parse(settingsJson);
+      const s = jsonParse(settingsJson);
       return s !== null && typeof s === 'object' ? s : {};
     };
     if (batch) {
@@ -236,10 +316,10 @@ const host = {
       }
       return;
     }
-    const list = Array.isArray(events) ? events : [events];
-    for (let i = 0; i < list.length; i++) {
+    const list = isArray(events) ? events : [events];
+    for (let i = 0; i < n; i++) {
       const event = list[i];
-      if (event === null || typeof event !== 'object' || Array.isArray(event)) {
+      if (event === null || typeof event !== 'object' || isArray(event)) {
         inv.settle(i, false, new InvalidEventPayload('event must be a JSON object'));
         continue;
       }
@@ -247,14 +327,14 @@ const host = {
       const name = HANDLERS[type];
       const handler = name === undefined ? undefined : h[name];
       if (typeof handler !== 'function') {
-        const what = name === undefined ? `event type ${JSON.stringify(event.type)}` : name;
+        const what = name === undefined ? `event type ${safeJson(event.type)}` : name;
         inv.settle(i, false, new EventNotSupported(`${what} is not supported by this function`));
         continue;
       }
       progress(i);
       runOne(inv, i, handler, event, settings());
     }
-    progress(list.length);
+    progress(n);
   },
   poll(id) {
     const inv = invocations.get(id);
@@ -264,7 +344,7 @@ const host = {
   resolve(id, resultsJson) {
     const inv = invocations.get(id);
     current = inv;
-    for (const res of JSON.parse(resultsJson)) {
+    for (const res of jsonParse(resultsJson)) {
       const cb = inv.callbacks.get(res.id);
       inv.callbacks.delete(res.id);
       if (cb) cb(res);
@@ -286,22 +366,25 @@ const host = {
       try {
         t.fn(...t.args);
       } catch (err) {
-        inv.log('error', 'Uncaught ' + util.format(err));
+        inv.log('error', 'Uncaught ' + describeError(err).message);
       }
     }
   },
   cancel(id) {
     const inv = invocations.get(id);
-    return inv === undefined ? '{"d":1,"r":[],"l":[],"ld":0,"f":[],"t":-1}' : inv.report(true);
+    return inv === undefined
+      ? '{"done":true,"fetches":[],"timer":-1,"results":[],"logs":[],"logsDropped":0}'
+      : inv.report(true);
   },
 };
 
 // ---------------------------------------------------------------- console and timers
+const MAX_LOAD_LOG_LINE = 4096;
 function logger(level) {
   return (...args) => {
     const line = util.format(...args);
     if (current !== null) current.log(level, line);
-    else if (loadLogs.length < 100) loadLogs.push([level, line]);
+    else if (loadLogs.length < 100) loadLogs.push([level, line.slice(0, MAX_LOAD_LOG_LINE)]);
   };
 }
 const console = {
@@ -524,4 +607,4 @@ defineUnsupported('hubspotlib', 'hubspot-api-nodejs');
 defineUnsupported('skyflowlib', 'skyflow');
 defineUnsupported('nodemailjet', 'mailjet');
 defineUnsupported('winstonlib', 'winston');
-Object.defineProperty(G, '__eventfn__', { value: host, enumerable: false });
+Object.defineProperty(G, '__eventfn__', { value: host, enumerable: false, configurable: true });

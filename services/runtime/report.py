@@ -1,0 +1,272 @@
+"""The report a function's context returns to the worker, typed and checked (sans-IO).
+
+The JS side (`js/src/runtime.js`, `Invocation.report`; `js/src/fetch.js` for the fetch
+requests) produces, as JSON:
+
+    {"done": bool,             -- every event has an outcome (or the invocation was cancelled)
+     "fetches": [FetchRequest], -- requests queued since the last report
+     "timer": number,          -- ms until the next timer is due, -1 for none
+     -- when done:
+     "results": [0 | 2 | {name, message, stack, cls}],  -- per event (one for onBatch):
+                                -- 0 finished, 2 unfinished, an error object when it threw
+     "values": [any],          -- handler return values (previews only)
+     "batchValue": any,        -- what onBatch returned (absent when it returned nothing)
+     "logs": [[level, line]], "logsDropped": int}
+
+    FetchRequest = {"id": int, "url": str, "method": str, "headers": [[name, value]],
+                    "body": null | {"text": str} | {"base64": str},
+                    "redirect": "follow" | "manual" | "error", "follow": int,
+                    "timeout": number (ms, 0 none), "size": int (bytes, 0 none)}
+
+User code runs in the same context and may have replaced any intrinsic the JS side uses, so
+nothing here is trusted: every field is type-checked, every size capped, and the number of
+results must be the invocation's. A report that breaks the shape is rejected whole
+(`ReportRejected`); oversized but well-formed parts are cut to their caps.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .outcomes import DISCARD_ERRORS, RETRY_ERRORS
+
+MAX_REPORT_CHARS = 32 * 1024 * 1024
+MAX_FETCHES_PER_INVOCATION = 10_000
+MAX_URL_CHARS = 64 * 1024
+MAX_HEADERS = 500
+MAX_HEADER_CHARS = 256 * 1024
+MAX_ERROR_NAME = 256
+MAX_ERROR_MESSAGE = 8 * 1024
+MAX_ERROR_STACK = 16 * 1024
+LOG_LEVELS = frozenset({"log", "info", "warn", "error", "debug", "trace"})
+REDIRECT_MODES = frozenset({"follow", "manual", "error"})
+FINISHED, UNFINISHED = 0, 2
+KNOWN_CLASSES = RETRY_ERRORS | DISCARD_ERRORS
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_BAD_HEADER_VALUE = re.compile(r"[\r\n\0]")
+ABSENT: Any = object()
+
+
+class ReportRejected(Exception):
+    """A context's report does not have the runtime's shape: the context is not trusted."""
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRequest:
+    """One request a function queued with fetch(), checked."""
+
+    id: int
+    url: str
+    method: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes | None
+    redirect: str
+    follow: int
+    timeout_ms: float
+    size: int
+    # Set when the request itself is unacceptable: answered with this error, never sent.
+    problem: str | None = None
+
+
+@dataclass(slots=True)
+class Report:
+    """One report of a context, checked."""
+
+    done: bool
+    fetches: list[FetchRequest]
+    timer_ms: float
+    results: list[int | dict[str, Any]] = field(default_factory=list)
+    values: list[Any] | None = None
+    batch_value: Any = ABSENT
+    logs: list[tuple[str, str]] = field(default_factory=list)
+    logs_dropped: int = 0
+
+
+def _need(cond: bool, what: str) -> None:
+    if not cond:
+        raise ReportRejected(what)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _cut(text: str, cap: int) -> str:
+    return text if len(text) <= cap else text[: cap - 1] + "…"
+
+
+def _error(raw: dict[str, Any]) -> dict[str, Any]:
+    for key in ("name", "message", "stack"):
+        _need(isinstance(raw.get(key, ""), str), f"error {key} is not a string")
+    cls = raw.get("cls")
+    return {
+        "name": _cut(raw.get("name") or "Error", MAX_ERROR_NAME),
+        "message": _cut(raw.get("message", ""), MAX_ERROR_MESSAGE),
+        "stack": _cut(raw.get("stack", ""), MAX_ERROR_STACK),
+        "cls": cls if cls in KNOWN_CLASSES else None,
+    }
+
+
+def _body(raw: object, max_bytes: int) -> tuple[bytes | None, str | None]:
+    if raw is None:
+        return None, None
+    _need(isinstance(raw, dict), "fetch body is not an object")
+    assert isinstance(raw, dict)
+    if "text" in raw:
+        _need(isinstance(raw["text"], str), "fetch text body is not a string")
+        data = raw["text"].encode("utf-8", "surrogatepass")
+    else:
+        _need(isinstance(raw.get("base64"), str), "fetch body has neither text nor base64")
+        try:
+            data = base64.b64decode(raw["base64"], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ReportRejected("fetch body is not base64") from exc
+    if len(data) > max_bytes:
+        return None, (
+            f"request body is {len(data)} bytes; eventfn sends at most "
+            f"{max_bytes // (1024 * 1024)} MB per request"
+        )
+    return data, None
+
+
+def _fetch(raw: object, max_body: int) -> FetchRequest:
+    _need(isinstance(raw, dict), "fetch request is not an object")
+    assert isinstance(raw, dict)
+    rid, url, method, headers = raw.get("id"), raw.get("url"), raw.get("method"), raw.get("headers")
+    _need(_is_int(rid), "fetch id is not an integer")
+    _need(isinstance(url, str) and isinstance(method, str), "fetch url/method not strings")
+    _need(isinstance(headers, list), "fetch headers are not a list")
+    assert isinstance(url, str) and isinstance(method, str) and isinstance(headers, list)
+    redirect, follow = raw.get("redirect", "follow"), raw.get("follow", 20)
+    timeout, size = raw.get("timeout", 0), raw.get("size", 0)
+    _need(redirect in REDIRECT_MODES, "fetch redirect mode is unknown")
+    _need(_is_int(follow) and _is_int(size), "fetch follow/size not integers")
+    _need(_is_number(timeout), "fetch timeout is not a number")
+    pairs: list[tuple[str, str]] = []
+    for pair in headers:
+        _need(
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair),
+            "fetch header is not a [name, value] pair of strings",
+        )
+        pairs.append((pair[0], pair[1]))
+    body, problem = _body(raw.get("body"), max_body)
+    if problem is None:
+        problem = _request_problem(url, method, pairs)
+    return FetchRequest(
+        id=rid,  # type: ignore[arg-type]
+        url=url,
+        method=method,
+        headers=tuple(pairs),
+        body=body,
+        redirect=str(redirect),
+        follow=max(0, int(follow)),  # type: ignore[arg-type]
+        timeout_ms=max(0.0, float(timeout)),  # type: ignore[arg-type]
+        size=max(0, int(size)),  # type: ignore[arg-type]
+        problem=problem,
+    )
+
+
+def _request_problem(url: str, method: str, headers: list[tuple[str, str]]) -> str | None:
+    """Say what makes a well-formed request unsendable, or None."""
+    if len(url) > MAX_URL_CHARS:
+        return f"URL is longer than {MAX_URL_CHARS} characters"
+    if not url.startswith(("http://", "https://")):
+        return "Only HTTP(S) protocols are supported"
+    if not _TOKEN.match(method) or len(method) > 32:
+        return f"{method[:40]!r} is not a valid HTTP method"
+    if len(headers) > MAX_HEADERS:
+        return f"more than {MAX_HEADERS} headers"
+    if sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_CHARS:
+        return f"headers are larger than {MAX_HEADER_CHARS // 1024} KB"
+    for name, value in headers:
+        if not _TOKEN.match(name):
+            return f"{name[:40]!r} is not a legal HTTP header name"
+        if _BAD_HEADER_VALUE.search(value):
+            return f"the value of header {name[:40]!r} contains a line break or NUL"
+    return None
+
+
+def _logs(raw: object, cap: int) -> tuple[list[tuple[str, str]], bool]:
+    _need(isinstance(raw, list), "logs are not a list")
+    assert isinstance(raw, list)
+    out: list[tuple[str, str]] = []
+    used = 0
+    cut = False
+    for entry in raw:
+        _need(
+            isinstance(entry, list) and len(entry) == 2 and entry[0] in LOG_LEVELS,
+            "log entry is not a [level, line] pair",
+        )
+        _need(isinstance(entry[1], str), "log line is not a string")
+        room = cap - used
+        if room <= 0:
+            cut = True
+            break
+        line = entry[1] if len(entry[1]) <= room else entry[1][:room]
+        cut = cut or line is not entry[1]
+        out.append((entry[0], line))
+        used += len(line) + 1
+    return out, cut
+
+
+def parse_report(
+    text: str,
+    *,
+    expected: int,
+    keep_values: bool,
+    log_cap: int,
+    max_request_bytes: int,
+    fetches_so_far: int = 0,
+) -> Report:
+    """Check a context's report; `expected` is the number of results it must carry."""
+    _need(isinstance(text, str), "report is not a string")
+    _need(len(text) <= MAX_REPORT_CHARS, f"report is larger than {MAX_REPORT_CHARS} characters")
+    try:
+        raw = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ReportRejected("report is not JSON") from exc
+    _need(isinstance(raw, dict), "report is not an object")
+    done, fetches, timer = raw.get("done"), raw.get("fetches", []), raw.get("timer", -1)
+    _need(isinstance(done, bool), "done is not a boolean")
+    _need(isinstance(fetches, list), "fetches are not a list")
+    _need(_is_number(timer), "timer is not a number")
+    _need(
+        fetches_so_far + len(fetches) <= MAX_FETCHES_PER_INVOCATION,
+        f"more than {MAX_FETCHES_PER_INVOCATION} requests in one invocation",
+    )
+    report = Report(
+        done=done,
+        fetches=[_fetch(f, max_request_bytes) for f in fetches],
+        timer_ms=float(timer),
+    )
+    if not done:
+        return report
+    results = raw.get("results")
+    _need(isinstance(results, list), "results are not a list")
+    _need(len(results) == expected, f"{len(results)} results for {expected} events")
+    for r in results:
+        if isinstance(r, dict):
+            report.results.append(_error(r))
+        else:
+            _need(r in (FINISHED, UNFINISHED) and _is_int(r), "result is not 0, 2 or an error")
+            report.results.append(r)
+    if keep_values:
+        values = raw.get("values")
+        _need(isinstance(values, list) and len(values) == expected, "values do not match results")
+        report.values = values
+    report.batch_value = raw.get("batchValue", ABSENT)
+    report.logs, cut = _logs(raw.get("logs", []), log_cap)
+    dropped = raw.get("logsDropped", 0)
+    _need(_is_int(dropped) and dropped >= 0, "logsDropped is not a count")
+    report.logs_dropped = dropped + (1 if cut else 0)
+    return report
