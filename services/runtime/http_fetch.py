@@ -48,19 +48,30 @@ class FetchFailed(Exception):
 
 
 class ResponseBudget:
-    """The response bytes an invocation may hold, counted as its bodies stream in."""
+    """The response bytes one fetch round may hold, counted as the bodies stream in.
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    A round's responses are held together and copied into the function's context in one
+    crossing (about four copies in all), so a round may hold a quarter of the invocation's
+    memory limit; past it, fetches fail instead of the whole invocation.
+    """
+
+    def __init__(self, memory_limit: int) -> None:
+        self.limit = memory_limit // 4
+        self._memory_limit = memory_limit
         self.used = 0
 
+    def release(self, size: int) -> None:
+        """Give back the bytes of a body that will not be handed to the function."""
+        self.used -= size
+
     def take(self, size: int, url: str) -> None:
-        """Count `size` more bytes; fail the fetch once the invocation's limit is passed."""
+        """Count `size` more bytes; fail the fetch once the round's share is passed."""
         self.used += size
         if self.used > self.limit:
             raise FetchFailed(
-                f"response body at {url} would take the invocation's responses past its "
-                f"memory limit of {self.limit // (1024 * 1024)} MB",
+                f"response body at {url} would take the responses held at once past "
+                f"{self.limit // (1024 * 1024)} MB, a quarter of the function's memory limit "
+                f"of {self._memory_limit // (1024 * 1024)} MB",
                 "max-size",
             )
 
@@ -380,13 +391,17 @@ async def _read_capped(
         raise too_big()
     chunks: list[bytes] = []
     size = 0
-    while True:
-        chunk = await resp.content.read(_CHUNK)
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > limit:
-            raise too_big()
-        budget.take(len(chunk), url)
-        chunks.append(chunk)
+    try:
+        while True:
+            chunk = await resp.content.read(_CHUNK)
+            if not chunk:
+                break
+            size += len(chunk)
+            budget.take(len(chunk), url)
+            if size > limit:
+                raise too_big()
+            chunks.append(chunk)
+    except BaseException:
+        budget.release(size)
+        raise
     return b"".join(chunks)

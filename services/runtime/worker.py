@@ -160,7 +160,6 @@ class Worker:
                 "requests": [],
             }
         deadline, keep = frame["deadline"], frame["keep"]
-        budget = ResponseBudget(frame["memory_limit"])
         traces: list[dict[str, Any]] = []
         sent = 0
         with self._crossing(seq):
@@ -185,7 +184,7 @@ class Worker:
                     mark_sent(self._status, frame["slot"])
                 sent += len(report.fetches)
                 results, round_traces, cut = await self._fetcher.perform_round(
-                    ready, deadline, keep, budget
+                    ready, deadline, keep, ResponseBudget(frame["memory_limit"])
                 )
                 refused = [r for r in report.fetches if r.problem is not None]
                 results += [_refused(r.id, r.problem) for r in refused]
