@@ -29,6 +29,11 @@ class ExecutorStub:
     """The executor. Calls need `authorization: Bearer <token>` metadata of a workspace member;
     UNAUTHENTICATED without a valid token, PERMISSION_DENIED without read access to the function
     concerned, NOT_FOUND for objects of other workspaces.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     def __init__(self, channel):
@@ -58,6 +63,11 @@ class ExecutorServicer:
     """The executor. Calls need `authorization: Bearer <token>` metadata of a workspace member;
     UNAUTHENTICATED without a valid token, PERMISSION_DENIED without read access to the function
     concerned, NOT_FOUND for objects of other workspaces.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     def Preview(self, request, context):
@@ -114,6 +124,11 @@ class Executor:
     """The executor. Calls need `authorization: Bearer <token>` metadata of a workspace member;
     UNAUTHENTICATED without a valid token, PERMISSION_DENIED without read access to the function
     concerned, NOT_FOUND for objects of other workspaces.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     @staticmethod

@@ -30,6 +30,11 @@ class ExecutorStub:
     """The executor. Calls need `authorization: Bearer <token>` metadata of a workspace member;
     UNAUTHENTICATED without a valid token, PERMISSION_DENIED without read access to the function
     concerned, NOT_FOUND for objects of other workspaces.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     @_typing.overload
@@ -53,6 +58,11 @@ class ExecutorAsyncStub(ExecutorStub):
     """The executor. Calls need `authorization: Bearer <token>` metadata of a workspace member;
     UNAUTHENTICATED without a valid token, PERMISSION_DENIED without read access to the function
     concerned, NOT_FOUND for objects of other workspaces.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -72,6 +82,11 @@ class ExecutorServicer(metaclass=_abc_1.ABCMeta):
     """The executor. Calls need `authorization: Bearer <token>` metadata of a workspace member;
     UNAUTHENTICATED without a valid token, PERMISSION_DENIED without read access to the function
     concerned, NOT_FOUND for objects of other workspaces.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     @_abc_1.abstractmethod

@@ -31,6 +31,11 @@ class RegistryStub:
     PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
     is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
     INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     def __init__(self, channel):
@@ -202,6 +207,11 @@ class RegistryServicer:
     PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
     is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
     INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     def CreateWorkspace(self, request, context):
@@ -616,6 +626,11 @@ class Registry:
     PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
     is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
     INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     @staticmethod

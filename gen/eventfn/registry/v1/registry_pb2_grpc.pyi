@@ -34,6 +34,11 @@ class RegistryStub:
     PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
     is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
     INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     @_typing.overload
@@ -148,6 +153,11 @@ class RegistryAsyncStub(RegistryStub):
     PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
     is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
     INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -258,6 +268,11 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
     PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
     is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
     INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     @_abc_1.abstractmethod

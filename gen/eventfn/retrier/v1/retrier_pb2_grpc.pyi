@@ -30,6 +30,11 @@ class RetrierStub:
     """The retrier. Calls need `authorization: Bearer <token>` metadata of a workspace member:
     reads need read access to the instance's function, replay and purge need Source Admin of
     its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     @_typing.overload
@@ -53,6 +58,11 @@ class RetrierAsyncStub(RetrierStub):
     """The retrier. Calls need `authorization: Bearer <token>` metadata of a workspace member:
     reads need read access to the instance's function, replay and purge need Source Admin of
     its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -72,6 +82,11 @@ class RetrierServicer(metaclass=_abc_1.ABCMeta):
     """The retrier. Calls need `authorization: Bearer <token>` metadata of a workspace member:
     reads need read access to the instance's function, replay and purge need Source Admin of
     its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     @_abc_1.abstractmethod
