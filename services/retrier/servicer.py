@@ -11,12 +11,12 @@ from google.protobuf import timestamp_pb2
 from opentelemetry import trace
 
 from eventfn.registry.v1 import registry_pb2 as rpb
-from eventfn.registry.v1 import resources_pb2
 from eventfn.retrier.v1 import retrier_pb2 as pb
 from eventfn.retrier.v1 import retrier_pb2_grpc
 from eventfn.type.v1 import types_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from services.common.registry_gate import RegistryGate
+from services.common.roles import may_administer_source
 from services.retrier.dead_letters import (
     BadDeadLetterId,
     DeadLetterStore,
@@ -104,18 +104,6 @@ def _ids(values: list[str], field: str) -> list[LetterId]:
         raise InvalidArgument.field(field, str(error)) from None
 
 
-def may_administer(member: resources_pb2.Member, source_id: str) -> bool:
-    """Return whether the member is Workspace Owner or Source Admin covering the source."""
-    for grant in member.roles:
-        if grant.role == resources_pb2.ROLE_WORKSPACE_OWNER:
-            return True
-        if grant.role == resources_pb2.ROLE_SOURCE_ADMIN and (
-            not grant.source_ids or source_id in grant.source_ids
-        ):
-            return True
-    return False
-
-
 class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
     """Serve the Retrier API over the DEAD stream."""
 
@@ -143,7 +131,7 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
                 break
             raise
         me = await self._gate.whoami(context)
-        if not may_administer(me.member, found.instance.source_id):
+        if not may_administer_source(me.member, found.instance.source_id):
             raise PermissionDenied(
                 f"{action} of dead letters needs Source Admin of source "
                 f"{found.instance.source_id!r} (or Workspace Owner)"
