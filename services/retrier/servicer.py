@@ -113,8 +113,8 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
 
     async def _writable(
         self, context: Ctx, instance_id: str, action: str
-    ) -> rpb.GetInstanceResponse:
-        """Return the instance if the caller may replay or purge its dead letters."""
+    ) -> tuple[rpb.GetInstanceResponse, rpb.WhoAmIResponse]:
+        """Return the instance and the caller if the caller may replay or purge its letters."""
         try:
             found = await self._gate.instance(context, instance_id)
         except NotFound:
@@ -136,7 +136,7 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
                 f"{action} of dead letters needs Source Admin of source "
                 f"{found.instance.source_id!r} (or Workspace Owner)"
             )
-        return found
+        return found, me
 
     async def ListDeadLetters(
         self, request: pb.ListDeadLettersRequest, context: Ctx
@@ -190,7 +190,7 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
             raise InvalidArgument.field("instance_id", "required")
         ids = _ids(list(request.dead_letter_ids), "dead_letter_ids")
         start, end = _range(request)
-        found = await self._writable(context, request.instance_id, "replay")
+        found, me = await self._writable(context, request.instance_id, "replay")
         version_id = ""
         if request.version_id and request.version_id != found.instance.version_id:
             version = (await self._gate.version(context, request.version_id)).version
@@ -210,7 +210,7 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
             replayed = await self._store.replay(letters, version_id=version_id)
             span.set_attribute("eventfn.replayed", replayed)
         await self._gate.record(
-            context,
+            me,
             request.instance_id,
             "dead.replay",
             {
@@ -231,11 +231,11 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
         end = None
         if request.HasField("end_time"):
             end = request.end_time.ToDatetime(tzinfo=UTC)
-        await self._writable(context, request.instance_id, "purge")
+        _, me = await self._writable(context, request.instance_id, "purge")
         letters = await self._store.select(request.instance_id, ids, end=end)
         purged = await self._store.purge(letters)
         await self._gate.record(
-            context,
+            me,
             request.instance_id,
             "dead.purge",
             {"purged": purged, "dead_letter_ids": list(request.dead_letter_ids) or "all"},

@@ -436,10 +436,12 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RecordInstanceAction(self, request, context):
-        """Record in the audit trail an action a data-plane service performed on an instance for the
-        caller (e.g. the retrier replaying dead letters), with the caller's own token: the caller
-        is the actor. Needs the same role as the action itself (Source Admin of the instance's
-        source). INVALID_ARGUMENT for an action outside "dead.replay" and "dead.purge".
+        """Record in the audit trail an action a data-plane service performed on an instance for a
+        member (e.g. the retrier replaying dead letters after checking the member's roles). Only
+        the deployment's service token may call it: every member gets PERMISSION_DENIED, so no
+        one can write an audit entry for an action that did not happen. NOT_FOUND for an unknown
+        instance or actor; INVALID_ARGUMENT for an action outside "dead.replay" and "dead.purge",
+        a missing actor_member_id, or an actor who is not a member of the instance's workspace.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
