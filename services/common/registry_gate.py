@@ -66,6 +66,18 @@ class RegistryGate:
             instance_id,
         )
 
+    async def function(
+        self, context: grpc.aio.ServicerContext, function_id: str
+    ) -> pb.GetFunctionResponse:
+        """Return the function if the caller may read it; raise like the registry otherwise."""
+        return await self._call(
+            self._stub.GetFunction(  # pyright: ignore[reportAttributeAccessIssue]
+                pb.GetFunctionRequest(function_id=function_id), metadata=self._metadata(context)
+            ),
+            "function",
+            function_id,
+        )
+
     async def version(
         self, context: grpc.aio.ServicerContext, version_id: str
     ) -> pb.GetFunctionVersionResponse:
