@@ -170,16 +170,23 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
     ) -> pb.GetDeadLetterResponse:
         """Show one dead letter with its history."""
         (letter_id,) = _ids([request.dead_letter_id], "dead_letter_id")
+        missing = NotFound("dead letter", request.dead_letter_id)
+        # Ids are global stream sequences: authenticate before looking, and answer a letter
+        # of another workspace, or of an instance the caller may not read, word for word
+        # like one that does not exist, never naming its instance.
+        me = await self._gate.whoami(context)
         pack = await self._store.pack(letter_id.seq)
-        if pack is None:
-            raise NotFound("dead letter", request.dead_letter_id)
-        # Someone who may not read the instance must not learn the letter exists.
-        await self._gate.instance(context, pack.instance_id)
+        if pack is None or pack.workspace_id != me.workspace.id:
+            raise missing
+        try:
+            await self._gate.instance(context, pack.instance_id)
+        except (NotFound, PermissionDenied):
+            raise missing from None
         letters = await self._store.select(
             pack.instance_id, [LetterId(letter_id.seq, letter_id.index or 0)]
         )
         if not letters:
-            raise NotFound("dead letter", request.dead_letter_id)
+            raise missing
         return pb.GetDeadLetterResponse(dead_letter=dead_letter_message(letters[0]))
 
     async def ReplayDeadLetters(

@@ -83,7 +83,8 @@ class RetrierServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetDeadLetter(self, request, context):
-        """Get one dead letter with its full history.
+        """Get one dead letter with its full history. NOT_FOUND, word for word as for an id that
+        was never used, for a letter of another workspace or of an instance the caller cannot see.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -44,7 +44,9 @@ class RetrierStub:
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_retrier_pb2.ListDeadLettersRequest, _retrier_pb2.ListDeadLettersResponse]
     """List dead letters of an instance in a time range, newest first."""
     GetDeadLetter: _grpc.UnaryUnaryMultiCallable[_retrier_pb2.GetDeadLetterRequest, _retrier_pb2.GetDeadLetterResponse]
-    """Get one dead letter with its full history."""
+    """Get one dead letter with its full history. NOT_FOUND, word for word as for an id that
+    was never used, for a letter of another workspace or of an instance the caller cannot see.
+    """
     ReplayDeadLetters: _grpc.UnaryUnaryMultiCallable[_retrier_pb2.ReplayDeadLettersRequest, _retrier_pb2.ReplayDeadLettersResponse]
     """Send dead letters back to their instance: one, a filtered set, or all of an instance,
     optionally on another version of its function. Audited. FAILED_PRECONDITION when the
@@ -69,7 +71,9 @@ class RetrierAsyncStub(RetrierStub):
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_retrier_pb2.ListDeadLettersRequest, _retrier_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
     """List dead letters of an instance in a time range, newest first."""
     GetDeadLetter: _aio.UnaryUnaryMultiCallable[_retrier_pb2.GetDeadLetterRequest, _retrier_pb2.GetDeadLetterResponse]  # type: ignore[assignment]
-    """Get one dead letter with its full history."""
+    """Get one dead letter with its full history. NOT_FOUND, word for word as for an id that
+    was never used, for a letter of another workspace or of an instance the caller cannot see.
+    """
     ReplayDeadLetters: _aio.UnaryUnaryMultiCallable[_retrier_pb2.ReplayDeadLettersRequest, _retrier_pb2.ReplayDeadLettersResponse]  # type: ignore[assignment]
     """Send dead letters back to their instance: one, a filtered set, or all of an instance,
     optionally on another version of its function. Audited. FAILED_PRECONDITION when the
@@ -103,7 +107,9 @@ class RetrierServicer(metaclass=_abc_1.ABCMeta):
         request: _retrier_pb2.GetDeadLetterRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_retrier_pb2.GetDeadLetterResponse, _abc.Awaitable[_retrier_pb2.GetDeadLetterResponse]]:
-        """Get one dead letter with its full history."""
+        """Get one dead letter with its full history. NOT_FOUND, word for word as for an id that
+        was never used, for a letter of another workspace or of an instance the caller cannot see.
+        """
 
     @_abc_1.abstractmethod
     def ReplayDeadLetters(
