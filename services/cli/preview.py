@@ -71,7 +71,12 @@ def _print_human(result: PreviewResult, console: Console) -> None:
 
 
 def _preview_remote(
-    code: str, payload: bytes, values: object, json_output: bool, console: Console
+    code: str,
+    payload: bytes,
+    values: object,
+    json_output: bool,
+    console: Console,
+    function_id: str = "",
 ) -> None:
     """Send the preview to the running executor and print its answer."""
     from google.protobuf import json_format, struct_pb2
@@ -84,7 +89,9 @@ def _preview_remote(
     settings.update(values if isinstance(values, dict) else {})
     with stub("executor", executor_pb2_grpc.ExecutorStub) as ex:
         resp = ex.Preview(
-            executor_pb2.PreviewRequest(code=code, event_json=payload.decode(), settings=settings),
+            executor_pb2.PreviewRequest(
+                code=code, event_json=payload.decode(), settings=settings, function_id=function_id
+            ),
             metadata=metadata(),
         )
     if json_output:
@@ -131,6 +138,14 @@ def preview(
         list[str] | None,
         typer.Option("--allow", help="Let fetch reach this private CIDR or host (repeatable)."),
     ] = None,
+    function: Annotated[
+        str,
+        typer.Option(
+            "--function",
+            help="With --remote: the function (fn_…) the code is a draft of; you need to be "
+            "its Functions Admin (without it: Functions Admin of all functions).",
+        ),
+    ] = "",
 ) -> None:
     """Run a function on a test event in-process and print result, logs and requests."""
     console = Console()
@@ -145,7 +160,7 @@ def preview(
         if not isinstance(values, dict):
             raise typer.BadParameter("the settings file must hold a JSON object")
     if remote:
-        _preview_remote(code, payload, values, json_output, console)
+        _preview_remote(code, payload, values, json_output, console, function)
         return
     config = RuntimeConfig(workers=1, egress=EgressConfig.from_environ(allow=tuple(allow or ())))
     try:

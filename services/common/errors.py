@@ -99,3 +99,21 @@ class Unavailable(EventfnError):
 
     code = grpc.StatusCode.UNAVAILABLE
     reason = "UNAVAILABLE"
+
+
+class Internal(EventfnError):
+    """An unexpected failure (a bug): the caller gets only a correlation id to quote.
+
+    The failure's own text stays in the server log next to the same id: it may hold SQL,
+    stored values or secrets, so it never reaches the caller.
+    """
+
+    code = grpc.StatusCode.INTERNAL
+    reason = "INTERNAL"
+
+    def __init__(self, correlation_id: str) -> None:
+        super().__init__(
+            f"internal error (correlation id {correlation_id}); the service logged the "
+            "details under that id: report it to the operator"
+        )
+        self.correlation_id = correlation_id

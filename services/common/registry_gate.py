@@ -1,5 +1,8 @@
 """Authorization of data-plane RPCs by the registry: the caller's token is forwarded, so the
-one place that knows members and roles decides (and another workspace's object stays NOT_FOUND).
+one place that knows members and tokens decides (and another workspace's object stays
+NOT_FOUND). Decisions on roles the registry has no RPC for are made over WhoAmI's roles by
+`services.common.roles`. Only the audit record of a data-plane action goes with the
+deployment's service token, naming the member it was done for.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ _MAPPED: dict[grpc.StatusCode, type[EventfnError]] = {
 class RegistryGate:
     """Ask the registry, with the caller's own token, whether the caller may see an object."""
 
-    def __init__(self, registry_addr: str) -> None:
+    def __init__(self, registry_addr: str, *, service_token: str | None = None) -> None:
         self._channel = grpc.aio.insecure_channel(registry_addr)
         self._stub = registry_pb2_grpc.RegistryStub(self._channel)
+        self._service_token = service_token
 
     def _metadata(self, context: grpc.aio.ServicerContext) -> tuple[tuple[str, str], ...]:
         token = bearer_token(context)
@@ -62,6 +66,18 @@ class RegistryGate:
             instance_id,
         )
 
+    async def function(
+        self, context: grpc.aio.ServicerContext, function_id: str
+    ) -> pb.GetFunctionResponse:
+        """Return the function if the caller may read it; raise like the registry otherwise."""
+        return await self._call(
+            self._stub.GetFunction(  # pyright: ignore[reportAttributeAccessIssue]
+                pb.GetFunctionRequest(function_id=function_id), metadata=self._metadata(context)
+            ),
+            "function",
+            function_id,
+        )
+
     async def version(
         self, context: grpc.aio.ServicerContext, version_id: str
     ) -> pb.GetFunctionVersionResponse:
@@ -85,20 +101,25 @@ class RegistryGate:
 
     async def record(
         self,
-        context: grpc.aio.ServicerContext,
+        actor: pb.WhoAmIResponse,
         instance_id: str,
         action: str,
         details: dict[str, Any],
     ) -> None:
-        """Write the caller's data-plane action on an instance to the registry's audit trail."""
+        """Write a data-plane action done on an instance for `actor` to the audit trail."""
+        if not self._service_token:
+            raise RuntimeError("RegistryGate needs the service token to record actions")
         values = struct_pb2.Struct()
         values.update(details)
         await self._call(
             self._stub.RecordInstanceAction(  # pyright: ignore[reportAttributeAccessIssue]
                 pb.RecordInstanceActionRequest(
-                    instance_id=instance_id, action=action, details=values
+                    instance_id=instance_id,
+                    action=action,
+                    details=values,
+                    actor_member_id=actor.member.id,
                 ),
-                metadata=self._metadata(context),
+                metadata=(("authorization", f"Bearer {self._service_token}"),),
             ),
             "instance",
             instance_id,

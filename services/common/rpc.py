@@ -1,12 +1,15 @@
-"""gRPC plumbing shared by every service: the server with health and reflection, the error
-mapping interceptor, bearer-token extraction and trace-context propagation."""
+"""gRPC plumbing shared by every service: the server with health and reflection, the
+interceptor every call passes (request text checks, the error mapping), bearer-token
+extraction."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -17,7 +20,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from services.common.errors import EventfnError, InvalidArgument
+from services.common.errors import EventfnError, Internal, InvalidArgument
+from services.common.request_text import check_request_text
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +31,10 @@ DOMAIN = "eventfn.dev"
 def to_status(error: EventfnError) -> grpc.Status:
     """Map a domain error to a rich `google.rpc.Status` (ErrorInfo, BadRequest details)."""
     info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN))
+    metadata = {}
+    if isinstance(error, Internal):
+        metadata["correlation_id"] = error.correlation_id
+    info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata))
     details = [info]
     if isinstance(error, InvalidArgument):
         bad = error_details_pb2.BadRequest(
@@ -47,60 +54,104 @@ def to_status(error: EventfnError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def unexpected(method: str, error: Exception) -> Internal:
+    """Log an unexpected exception with its traceback under a new correlation id."""
+    correlation_id = uuid.uuid4().hex
+    log.error(
+        "internal error %s in %s: %s", correlation_id, method, type(error).__name__, exc_info=error
+    )
+    return Internal(correlation_id)
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """Pass a request stream on, refusing a message with control characters when it comes."""
+    async for request in requests:
+        check_request_text(request)
+        yield request
+
+
+def _checked_request(request: Any, *, streamed: bool) -> Any:
+    """Check a request (now, or each message of a stream as it comes); return what to pass on."""
+    if streamed:
+        return _checked(request)
+    check_request_text(request)
+    return request
+
+
+@contextlib.asynccontextmanager
+async def _answering(method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Turn what the body raises into the call's status: mapped, or INTERNAL and logged."""
+    try:
+        yield
+    except EventfnError as error:
+        await context.abort_with_status(to_status(error))  # type: ignore[attr-defined]
+    except grpc.aio.AbortError:
+        raise
+    except Exception as error:  # a bug: logged with its traceback, never shown to the caller
+        await context.abort_with_status(to_status(unexpected(method, error)))  # type: ignore[attr-defined]
+
+
+def _wrap_unary(
+    method: str, behavior: Callable[..., Awaitable[Any]], *, streamed: bool
+) -> Callable[..., Awaitable[Any]]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await behavior(request, context)
-        except EventfnError as error:
-            await context.abort_with_status(to_status(error))  # type: ignore[attr-defined]
+        async with _answering(method, context):
+            return await behavior(_checked_request(request, streamed=streamed), context)
 
     return wrapper
 
 
-def _wrap_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
+def _wrap_stream(
+    method: str, behavior: Callable[..., Any], *, streamed: bool
+) -> Callable[..., Any]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            async for item in behavior(request, context):
+        async with _answering(method, context):
+            async for item in behavior(_checked_request(request, streamed=streamed), context):
                 yield item
-        except EventfnError as error:
-            await context.abort_with_status(to_status(error))  # type: ignore[attr-defined]
 
     return wrapper
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turn `EventfnError`s raised by servicers into gRPC statuses with details."""
+    """The one gate every RPC passes: request text checks, and errors turned into statuses.
+
+    Each request (each message of a request stream) is refused with INVALID_ARGUMENT when a
+    string in it holds a control character; an `EventfnError` raised by a servicer becomes its
+    status with details; any other exception becomes INTERNAL with a correlation id, logged
+    with its traceback, and its text never reaches the caller.
+    """
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
-        """Wrap the handler's behavior so domain errors become statuses."""
+        """Wrap the handler's behavior so every request is checked and every error mapped."""
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
+        method = handler_call_details.method
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary),
+                _wrap_unary(method, handler.unary_unary, streamed=False),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream),
+                _wrap_stream(method, handler.unary_stream, streamed=False),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary),
+                _wrap_unary(method, handler.stream_unary, streamed=True),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream),
+                _wrap_stream(method, handler.stream_stream, streamed=True),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

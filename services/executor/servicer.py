@@ -1,4 +1,4 @@
-"""The Executor gRPC servicer: delivery records and health (Preview is in preview_rpc.py)."""
+"""The Executor gRPC servicer: Preview, delivery records and health."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from eventfn.executor.v1 import executor_pb2_grpc
 from eventfn.type.v1 import types_pb2
 from services.common import streams
 from services.common.delivery_records import COUNTERS
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, PermissionDenied
 from services.common.registry_gate import RegistryGate
+from services.common.roles import may_write_function
 from services.executor.policy import health
 from services.runtime import InvalidInvocation, OutcomeKind, RuntimePool
 from services.runtime import RequestTrace as RuntimeTrace
@@ -118,12 +119,32 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
         self._js = js
         self._pool = pool
 
+    async def _may_run_code(self, context: Ctx, function_id: str) -> None:
+        """Raise unless the caller administers the function the code is a draft of.
+
+        Code in a request runs on the production worker pool, so it needs what saving it
+        would need: Functions Admin covering the function (of all functions when none is
+        named, as for CreateFunction); Workspace Owners qualify.
+        """
+        me = await self._gate.whoami(context)  # a member: the service token is refused here
+        if function_id:
+            # NOT_FOUND for another workspace's function, exactly as for a missing one.
+            await self._gate.function(context, function_id)
+        if not may_write_function(me.member, function_id or None):
+            what = (
+                f"Functions Admin of function {function_id!r}"
+                if function_id
+                else "Functions Admin of all functions (or name the function in function_id)"
+            )
+            raise PermissionDenied(f"previewing code needs {what}, or Workspace Owner")
+
     async def Preview(self, request: pb.PreviewRequest, context: Ctx) -> pb.PreviewResponse:
         """Run code on test events in a fresh isolate and report everything it did."""
         code = request.code
         if code:
-            await self._gate.whoami(context)
+            await self._may_run_code(context, request.function_id)
         elif request.version_id:
+            await self._gate.whoami(context)  # a member: the service token is refused here
             code = (await self._gate.version(context, request.version_id)).version.code
         else:
             raise InvalidArgument.field("code", "give code, or a version_id to run")

@@ -37,7 +37,10 @@ class Authenticator:
     async def caller(self, context: grpc.aio.ServicerContext) -> auth.Caller:
         """Return the member behind the call's token, or raise Unauthenticated."""
         if self.is_service(context):
-            raise PermissionDenied("the service token may only call WatchConfig")
+            raise PermissionDenied(
+                "the service token is the data plane's own credential: it may call only "
+                "WatchConfig, GetFunctionVersion and RecordInstanceAction"
+            )
         secret = bearer_token(context) or ""
         found = await self._store.member_by_token_hash(auth.hash_secret(secret))
         if found is None:

@@ -37,7 +37,11 @@ class RunningRegistry:
 
 async def start_registry(settings: RegistrySettings, stack: AsyncExitStack) -> RunningRegistry:
     """Migrate, wire and start the registry; `stack` closes everything in reverse order."""
-    engine = create_async_engine(sqlalchemy_url(settings.database_url), pool_size=10)
+    # hide_parameters: statement values (token hashes, sealed settings) stay out of exception
+    # texts, hence out of the logs that INTERNAL errors are written to.
+    engine = create_async_engine(
+        sqlalchemy_url(settings.database_url), pool_size=10, hide_parameters=True
+    )
     stack.push_async_callback(engine.dispose)
     await migrate(engine)
     store = RegistryStore(engine)

@@ -9,15 +9,15 @@ from google.protobuf import json_format
 from sqlmodel import col, select
 
 from eventfn.registry.v1 import registry_pb2 as pb
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, PermissionDenied
 from services.registry import convert
 from services.registry.auth import require
 from services.registry.base import RegistryBase
-from services.registry.models import AuditEvent, Instance
+from services.registry.models import AuditEvent, Instance, Member
 from services.registry.validation import check_page_size
 
 Ctx = grpc.aio.ServicerContext
-# Actions data-plane services perform for a caller and record with the caller's token.
+# Actions data-plane services perform for a member and record with the service token.
 DATA_PLANE_ACTIONS = frozenset({"dead.replay", "dead.purge"})
 
 
@@ -27,34 +27,36 @@ class AuditRpcs(RegistryBase):
     async def RecordInstanceAction(
         self, request: pb.RecordInstanceActionRequest, context: Ctx
     ) -> pb.RecordInstanceActionResponse:
-        """Audit an action a data-plane service performed on an instance for the caller."""
-        caller = await self.authn.caller(context)
+        """Audit an action a data-plane service performed on an instance for a member."""
+        # Only the data plane records what it did: a member's token could forge any entry.
+        if not self.authn.is_service(context):
+            raise PermissionDenied(
+                "only the deployment's service token may record data-plane actions; they are "
+                "audited when the data-plane call itself (e.g. ReplayDeadLetters) is made"
+            )
         if request.action not in DATA_PLANE_ACTIONS:
             raise InvalidArgument.field(
                 "action", f"must be one of {', '.join(sorted(DATA_PLANE_ACTIONS))}"
             )
+        if not request.actor_member_id:
+            raise InvalidArgument.field("actor_member_id", "required: the member acted for")
         async with self.store.transaction() as s:
-            ins = await self.store.get_in_workspace(
-                s, Instance, request.instance_id, caller.workspace_id, "instance"
-            )
-            require(caller.can_admin_source(ins.source_id), f"{request.action} (Source Admin)")
-            await self.audit(
+            ins = await self.store.get(s, Instance, request.instance_id, "instance")
+            actor = await self.store.get(s, Member, request.actor_member_id, "member")
+            if actor.workspace_id != ins.workspace_id:
+                raise InvalidArgument.field(
+                    "actor_member_id", "is not a member of the instance's workspace"
+                )
+            entry = self.store.audit(
                 s,
-                caller,
-                request.action,
-                "instance",
-                ins.id,
-                json_format.MessageToDict(request.details),
+                workspace_id=ins.workspace_id,
+                actor=actor,
+                action=request.action,
+                resource_type="instance",
+                resource_id=ins.id,
+                details=json_format.MessageToDict(request.details),
             )
             await s.flush()
-            entry = (
-                await s.exec(
-                    select(AuditEvent)
-                    .where(AuditEvent.resource_id == ins.id)
-                    .order_by(col(AuditEvent.id).desc())
-                )
-            ).first()
-        assert entry is not None
         return pb.RecordInstanceActionResponse(event=convert.audit_event(entry))
 
     async def ListAuditEvents(

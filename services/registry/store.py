@@ -133,20 +133,20 @@ class RegistryStore:
         resource_type: str,
         resource_id: str,
         details: dict[str, Any] | None = None,
-    ) -> None:
-        """Record a change in the audit trail, in the caller's transaction."""
-        session.add(
-            AuditEvent(
-                workspace_id=workspace_id,
-                actor_member_id=actor.id if actor else "system",
-                actor_email=actor.email if actor else "system",
-                action=action,
-                resource_type=resource_type,
-                resource_id=resource_id,
-                details=details or {},
-                created_at=now(),
-            )
+    ) -> AuditEvent:
+        """Record a change in the audit trail, in the caller's transaction; return the entry."""
+        entry = AuditEvent(
+            workspace_id=workspace_id,
+            actor_member_id=actor.id if actor else "system",
+            actor_email=actor.email if actor else "system",
+            action=action,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            details=details or {},
+            created_at=now(),
         )
+        session.add(entry)
+        return entry
 
     async def member_by_token_hash(self, secret_hash: str) -> tuple[Member, Token] | None:
         """Find the active token with this hash and its member."""

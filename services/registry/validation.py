@@ -29,6 +29,7 @@ TIMEOUT_DEFAULT_MS, TIMEOUT_MIN_MS, TIMEOUT_MAX_MS = 5_000, 100, 60_000
 
 
 SyntaxChecker = Callable[[str], SyntaxProblem | None]
+# Raises ValueError (the filter language's FilterSyntaxError) for a filter that does not parse.
 FilterChecker = Callable[[str], object]
 
 
@@ -197,7 +198,7 @@ def check_filters(filters: Sequence[str], parse: FilterChecker) -> list[str]:
             parse(text)
         except InvalidArgument:
             raise
-        except Exception as error:  # the parser's own error carries line and column
+        except ValueError as error:  # the parser's own error carries line and column
             raise InvalidArgument.field(f"filters[{i}]", str(error)) from error
     return list(filters)
 

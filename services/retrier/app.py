@@ -60,7 +60,7 @@ async def start_retrier(settings: RetrierSettings, stack: AsyncExitStack) -> Run
     )
     scheduler.start()
     stack.push_async_callback(scheduler.stop)
-    gate = RegistryGate(settings.registry_addr)
+    gate = RegistryGate(settings.registry_addr, service_token=token)
     stack.push_async_callback(gate.close)
     store = DeadLetterStore(nc, js)
     servicer = RetrierServicer(store, gate)

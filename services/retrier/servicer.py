@@ -11,12 +11,12 @@ from google.protobuf import timestamp_pb2
 from opentelemetry import trace
 
 from eventfn.registry.v1 import registry_pb2 as rpb
-from eventfn.registry.v1 import resources_pb2
 from eventfn.retrier.v1 import retrier_pb2 as pb
 from eventfn.retrier.v1 import retrier_pb2_grpc
 from eventfn.type.v1 import types_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from services.common.registry_gate import RegistryGate
+from services.common.roles import may_administer_source
 from services.retrier.dead_letters import (
     BadDeadLetterId,
     DeadLetterStore,
@@ -104,18 +104,6 @@ def _ids(values: list[str], field: str) -> list[LetterId]:
         raise InvalidArgument.field(field, str(error)) from None
 
 
-def may_administer(member: resources_pb2.Member, source_id: str) -> bool:
-    """Return whether the member is Workspace Owner or Source Admin covering the source."""
-    for grant in member.roles:
-        if grant.role == resources_pb2.ROLE_WORKSPACE_OWNER:
-            return True
-        if grant.role == resources_pb2.ROLE_SOURCE_ADMIN and (
-            not grant.source_ids or source_id in grant.source_ids
-        ):
-            return True
-    return False
-
-
 class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
     """Serve the Retrier API over the DEAD stream."""
 
@@ -125,8 +113,8 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
 
     async def _writable(
         self, context: Ctx, instance_id: str, action: str
-    ) -> rpb.GetInstanceResponse:
-        """Return the instance if the caller may replay or purge its dead letters."""
+    ) -> tuple[rpb.GetInstanceResponse, rpb.WhoAmIResponse]:
+        """Return the instance and the caller if the caller may replay or purge its letters."""
         try:
             found = await self._gate.instance(context, instance_id)
         except NotFound:
@@ -143,12 +131,12 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
                 break
             raise
         me = await self._gate.whoami(context)
-        if not may_administer(me.member, found.instance.source_id):
+        if not may_administer_source(me.member, found.instance.source_id):
             raise PermissionDenied(
                 f"{action} of dead letters needs Source Admin of source "
                 f"{found.instance.source_id!r} (or Workspace Owner)"
             )
-        return found
+        return found, me
 
     async def ListDeadLetters(
         self, request: pb.ListDeadLettersRequest, context: Ctx
@@ -182,16 +170,23 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
     ) -> pb.GetDeadLetterResponse:
         """Show one dead letter with its history."""
         (letter_id,) = _ids([request.dead_letter_id], "dead_letter_id")
+        missing = NotFound("dead letter", request.dead_letter_id)
+        # Ids are global stream sequences: authenticate before looking, and answer a letter
+        # of another workspace, or of an instance the caller may not read, word for word
+        # like one that does not exist, never naming its instance.
+        me = await self._gate.whoami(context)
         pack = await self._store.pack(letter_id.seq)
-        if pack is None:
-            raise NotFound("dead letter", request.dead_letter_id)
-        # Someone who may not read the instance must not learn the letter exists.
-        await self._gate.instance(context, pack.instance_id)
+        if pack is None or pack.workspace_id != me.workspace.id:
+            raise missing
+        try:
+            await self._gate.instance(context, pack.instance_id)
+        except (NotFound, PermissionDenied):
+            raise missing from None
         letters = await self._store.select(
             pack.instance_id, [LetterId(letter_id.seq, letter_id.index or 0)]
         )
         if not letters:
-            raise NotFound("dead letter", request.dead_letter_id)
+            raise missing
         return pb.GetDeadLetterResponse(dead_letter=dead_letter_message(letters[0]))
 
     async def ReplayDeadLetters(
@@ -202,7 +197,7 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
             raise InvalidArgument.field("instance_id", "required")
         ids = _ids(list(request.dead_letter_ids), "dead_letter_ids")
         start, end = _range(request)
-        found = await self._writable(context, request.instance_id, "replay")
+        found, me = await self._writable(context, request.instance_id, "replay")
         version_id = ""
         if request.version_id and request.version_id != found.instance.version_id:
             version = (await self._gate.version(context, request.version_id)).version
@@ -222,7 +217,7 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
             replayed = await self._store.replay(letters, version_id=version_id)
             span.set_attribute("eventfn.replayed", replayed)
         await self._gate.record(
-            context,
+            me,
             request.instance_id,
             "dead.replay",
             {
@@ -243,11 +238,11 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
         end = None
         if request.HasField("end_time"):
             end = request.end_time.ToDatetime(tzinfo=UTC)
-        await self._writable(context, request.instance_id, "purge")
+        _, me = await self._writable(context, request.instance_id, "purge")
         letters = await self._store.select(request.instance_id, ids, end=end)
         purged = await self._store.purge(letters)
         await self._gate.record(
-            context,
+            me,
             request.instance_id,
             "dead.purge",
             {"purged": purged, "dead_letter_ids": list(request.dead_letter_ids) or "all"},

@@ -172,7 +172,7 @@ class Case:
     scope "object": the call names an object of the world's workspace, so members of other
     workspaces get NOT_FOUND; "own": it acts on the caller's own workspace or self, so they
     are judged as the owner of their workspace; "bootstrap": only the bootstrap admin;
-    "watch": only the service token.
+    "service": only the service token (every member, owners included, is denied).
     """
 
     name: str
@@ -188,7 +188,7 @@ def expected(case: Case, role: str) -> grpc.StatusCode:
     """The status the proto's documentation gives for this role."""
     if role == ANONYMOUS:
         return UNAUTHENTICATED
-    if case.scope == "watch":
+    if case.scope == "service":
         return OK if role == SERVICE_TOKEN else DENIED
     if role == SERVICE_TOKEN:
         return OK if case.service else DENIED
@@ -720,27 +720,32 @@ CASES = [
         lambda s, i, md: s.ListAuditEvents(pb.ListAuditEventsRequest(page_size=500), metadata=md),
         check=audit_of_own_workspace,
     ),
+    # Only the data plane writes what it did for a member: any member could forge entries.
     Case(
         "RecordInstanceAction[A@S]",
-        SRC_ADMINS_OF_S,
-        "object",
+        frozenset(),
+        "service",
         lambda s, i, md: s.RecordInstanceAction(
-            pb.RecordInstanceActionRequest(instance_id=i["instance"], action="dead.replay"),
+            pb.RecordInstanceActionRequest(
+                instance_id=i["instance"], action="dead.replay", actor_member_id=i["actor"]
+            ),
             metadata=md,
         ),
-        ids(instance="ins_as"),
+        ids(instance="ins_as", actor="target_member"),
     ),
     Case(
         "RecordInstanceAction[B@T]",
-        ALL_SRC_ADMINS,
-        "object",
+        frozenset(),
+        "service",
         lambda s, i, md: s.RecordInstanceAction(
-            pb.RecordInstanceActionRequest(instance_id=i["instance"], action="dead.purge"),
+            pb.RecordInstanceActionRequest(
+                instance_id=i["instance"], action="dead.purge", actor_member_id=i["actor"]
+            ),
             metadata=md,
         ),
-        ids(instance="ins_bt"),
+        ids(instance="ins_bt", actor="target_member"),
     ),
-    Case("WatchConfig", frozenset(), "watch", watch_first),
+    Case("WatchConfig", frozenset(), "service", watch_first),
 ]
 
 

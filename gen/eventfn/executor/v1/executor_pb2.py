@@ -27,31 +27,31 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"eventfn/executor/v1/executor.proto\x12\x13\x65ventfn.executor.v1\x1a\x1b\x65ventfn/type/v1/types.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x01\n\x0ePreviewRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x12\n\nversion_id\x18\x02 \x01(\t\x12\x12\n\nevent_json\x18\x03 \x01(\t\x12)\n\x08settings\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12?\n\x13setting_definitions\x18\x05 \x03(\x0b\x32\".eventfn.type.v1.SettingDefinition\"\x9d\x02\n\x0fPreviewResponse\x12)\n\x07outcome\x18\x01 \x01(\x0e\x32\x18.eventfn.type.v1.Outcome\x12\x13\n\x0bresult_json\x18\x02 \x01(\t\x12,\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1d.eventfn.type.v1.HandlerError\x12\x0c\n\x04logs\x18\x04 \x01(\t\x12\x16\n\x0elogs_truncated\x18\x05 \x01(\x08\x12/\n\x08requests\x18\x06 \x03(\x0b\x32\x1d.eventfn.type.v1.RequestTrace\x12\x13\n\x0b\x64uration_ms\x18\x07 \x01(\x01\x12\x30\n\x0e\x62\x61tch_outcomes\x18\x08 \x03(\x0e\x32\x18.eventfn.type.v1.Outcome\"\xc8\x01\n\x15ListDeliveriesRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rfailures_only\x18\x04 \x01(\x08\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"\xc0\x01\n\x0e\x44\x65liveryMinute\x12*\n\x06minute\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tdelivered\x18\x02 \x01(\x03\x12\x0f\n\x07retried\x18\x03 \x01(\x03\x12\x11\n\tdiscarded\x18\x04 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x03\x12\x10\n\x08\x66iltered\x18\x06 \x01(\x03\x12\x13\n\x0binvocations\x18\x07 \x01(\x03\x12\x14\n\x0c\x65xecution_ms\x18\x08 \x01(\x01\"\x8f\x02\n\x0f\x44\x65liveryFailure\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x12\n\nevent_json\x18\x03 \x01(\t\x12)\n\x07outcome\x18\x04 \x01(\x0e\x32\x18.eventfn.type.v1.Outcome\x12,\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1d.eventfn.type.v1.HandlerError\x12\x0c\n\x04logs\x18\x06 \x01(\t\x12/\n\x08requests\x18\x07 \x03(\x0b\x32\x1d.eventfn.type.v1.RequestTrace\x12\x12\n\nversion_id\x18\x08 \x01(\t\"\x9f\x01\n\x16ListDeliveriesResponse\x12\x34\n\x07minutes\x18\x01 \x03(\x0b\x32#.eventfn.executor.v1.DeliveryMinute\x12\x36\n\x08\x66\x61ilures\x18\x02 \x03(\x0b\x32$.eventfn.executor.v1.DeliveryFailure\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\x8c\x01\n\x17GetDeliveryStatsRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xab\x01\n\x18GetDeliveryStatsResponse\x12\x33\n\x06totals\x18\x01 \x01(\x0b\x32#.eventfn.executor.v1.DeliveryMinute\x12+\n\x06health\x18\x02 \x01(\x0e\x32\x1b.eventfn.executor.v1.Health\x12\x17\n\x0fpending_retries\x18\x03 \x01(\x03\x12\x14\n\x0c\x64\x65\x61\x64_letters\x18\x04 \x01(\x03*]\n\x06Health\x12\x16\n\x12HEALTH_UNSPECIFIED\x10\x00\x12\x12\n\x0eHEALTH_HEALTHY\x10\x01\x12\x13\n\x0fHEALTH_DEGRADED\x10\x02\x12\x12\n\x0eHEALTH_FAILING\x10\x03\x32\xbc\x02\n\x08\x45xecutor\x12T\n\x07Preview\x12#.eventfn.executor.v1.PreviewRequest\x1a$.eventfn.executor.v1.PreviewResponse\x12i\n\x0eListDeliveries\x12*.eventfn.executor.v1.ListDeliveriesRequest\x1a+.eventfn.executor.v1.ListDeliveriesResponse\x12o\n\x10GetDeliveryStats\x12,.eventfn.executor.v1.GetDeliveryStatsRequest\x1a-.eventfn.executor.v1.GetDeliveryStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"eventfn/executor/v1/executor.proto\x12\x13\x65ventfn.executor.v1\x1a\x1b\x65ventfn/type/v1/types.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x01\n\x0ePreviewRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x12\n\nversion_id\x18\x02 \x01(\t\x12\x12\n\nevent_json\x18\x03 \x01(\t\x12)\n\x08settings\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12?\n\x13setting_definitions\x18\x05 \x03(\x0b\x32\".eventfn.type.v1.SettingDefinition\x12\x13\n\x0b\x66unction_id\x18\x06 \x01(\t\"\x9d\x02\n\x0fPreviewResponse\x12)\n\x07outcome\x18\x01 \x01(\x0e\x32\x18.eventfn.type.v1.Outcome\x12\x13\n\x0bresult_json\x18\x02 \x01(\t\x12,\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1d.eventfn.type.v1.HandlerError\x12\x0c\n\x04logs\x18\x04 \x01(\t\x12\x16\n\x0elogs_truncated\x18\x05 \x01(\x08\x12/\n\x08requests\x18\x06 \x03(\x0b\x32\x1d.eventfn.type.v1.RequestTrace\x12\x13\n\x0b\x64uration_ms\x18\x07 \x01(\x01\x12\x30\n\x0e\x62\x61tch_outcomes\x18\x08 \x03(\x0e\x32\x18.eventfn.type.v1.Outcome\"\xc8\x01\n\x15ListDeliveriesRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rfailures_only\x18\x04 \x01(\x08\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"\xc0\x01\n\x0e\x44\x65liveryMinute\x12*\n\x06minute\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tdelivered\x18\x02 \x01(\x03\x12\x0f\n\x07retried\x18\x03 \x01(\x03\x12\x11\n\tdiscarded\x18\x04 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x03\x12\x10\n\x08\x66iltered\x18\x06 \x01(\x03\x12\x13\n\x0binvocations\x18\x07 \x01(\x03\x12\x14\n\x0c\x65xecution_ms\x18\x08 \x01(\x01\"\x8f\x02\n\x0f\x44\x65liveryFailure\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x12\n\nevent_json\x18\x03 \x01(\t\x12)\n\x07outcome\x18\x04 \x01(\x0e\x32\x18.eventfn.type.v1.Outcome\x12,\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1d.eventfn.type.v1.HandlerError\x12\x0c\n\x04logs\x18\x06 \x01(\t\x12/\n\x08requests\x18\x07 \x03(\x0b\x32\x1d.eventfn.type.v1.RequestTrace\x12\x12\n\nversion_id\x18\x08 \x01(\t\"\x9f\x01\n\x16ListDeliveriesResponse\x12\x34\n\x07minutes\x18\x01 \x03(\x0b\x32#.eventfn.executor.v1.DeliveryMinute\x12\x36\n\x08\x66\x61ilures\x18\x02 \x03(\x0b\x32$.eventfn.executor.v1.DeliveryFailure\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\x8c\x01\n\x17GetDeliveryStatsRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xab\x01\n\x18GetDeliveryStatsResponse\x12\x33\n\x06totals\x18\x01 \x01(\x0b\x32#.eventfn.executor.v1.DeliveryMinute\x12+\n\x06health\x18\x02 \x01(\x0e\x32\x1b.eventfn.executor.v1.Health\x12\x17\n\x0fpending_retries\x18\x03 \x01(\x03\x12\x14\n\x0c\x64\x65\x61\x64_letters\x18\x04 \x01(\x03*]\n\x06Health\x12\x16\n\x12HEALTH_UNSPECIFIED\x10\x00\x12\x12\n\x0eHEALTH_HEALTHY\x10\x01\x12\x13\n\x0fHEALTH_DEGRADED\x10\x02\x12\x12\n\x0eHEALTH_FAILING\x10\x03\x32\xbc\x02\n\x08\x45xecutor\x12T\n\x07Preview\x12#.eventfn.executor.v1.PreviewRequest\x1a$.eventfn.executor.v1.PreviewResponse\x12i\n\x0eListDeliveries\x12*.eventfn.executor.v1.ListDeliveriesRequest\x1a+.eventfn.executor.v1.ListDeliveriesResponse\x12o\n\x10GetDeliveryStats\x12,.eventfn.executor.v1.GetDeliveryStatsRequest\x1a-.eventfn.executor.v1.GetDeliveryStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eventfn.executor.v1.executor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HEALTH']._serialized_start=1771
-  _globals['_HEALTH']._serialized_end=1864
+  _globals['_HEALTH']._serialized_start=1792
+  _globals['_HEALTH']._serialized_end=1885
   _globals['_PREVIEWREQUEST']._serialized_start=152
-  _globals['_PREVIEWREQUEST']._serialized_end=330
-  _globals['_PREVIEWRESPONSE']._serialized_start=333
-  _globals['_PREVIEWRESPONSE']._serialized_end=618
-  _globals['_LISTDELIVERIESREQUEST']._serialized_start=621
-  _globals['_LISTDELIVERIESREQUEST']._serialized_end=821
-  _globals['_DELIVERYMINUTE']._serialized_start=824
-  _globals['_DELIVERYMINUTE']._serialized_end=1016
-  _globals['_DELIVERYFAILURE']._serialized_start=1019
-  _globals['_DELIVERYFAILURE']._serialized_end=1290
-  _globals['_LISTDELIVERIESRESPONSE']._serialized_start=1293
-  _globals['_LISTDELIVERIESRESPONSE']._serialized_end=1452
-  _globals['_GETDELIVERYSTATSREQUEST']._serialized_start=1455
-  _globals['_GETDELIVERYSTATSREQUEST']._serialized_end=1595
-  _globals['_GETDELIVERYSTATSRESPONSE']._serialized_start=1598
-  _globals['_GETDELIVERYSTATSRESPONSE']._serialized_end=1769
-  _globals['_EXECUTOR']._serialized_start=1867
-  _globals['_EXECUTOR']._serialized_end=2183
+  _globals['_PREVIEWREQUEST']._serialized_end=351
+  _globals['_PREVIEWRESPONSE']._serialized_start=354
+  _globals['_PREVIEWRESPONSE']._serialized_end=639
+  _globals['_LISTDELIVERIESREQUEST']._serialized_start=642
+  _globals['_LISTDELIVERIESREQUEST']._serialized_end=842
+  _globals['_DELIVERYMINUTE']._serialized_start=845
+  _globals['_DELIVERYMINUTE']._serialized_end=1037
+  _globals['_DELIVERYFAILURE']._serialized_start=1040
+  _globals['_DELIVERYFAILURE']._serialized_end=1311
+  _globals['_LISTDELIVERIESRESPONSE']._serialized_start=1314
+  _globals['_LISTDELIVERIESRESPONSE']._serialized_end=1473
+  _globals['_GETDELIVERYSTATSREQUEST']._serialized_start=1476
+  _globals['_GETDELIVERYSTATSREQUEST']._serialized_end=1616
+  _globals['_GETDELIVERYSTATSRESPONSE']._serialized_start=1619
+  _globals['_GETDELIVERYSTATSRESPONSE']._serialized_end=1790
+  _globals['_EXECUTOR']._serialized_start=1888
+  _globals['_EXECUTOR']._serialized_end=2204
 # @@protoc_insertion_point(module_scope)

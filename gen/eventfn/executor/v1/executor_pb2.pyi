@@ -61,12 +61,19 @@ class PreviewRequest(_message.Message):
     EVENT_JSON_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
     SETTING_DEFINITIONS_FIELD_NUMBER: _builtins.int
+    FUNCTION_ID_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """The JavaScript to run; empty to run the saved version named by version_id."""
     version_id: _builtins.str
     """A saved version to run when code is empty."""
     event_json: _builtins.str
     """One event (a JSON object) or an array of events (runs onBatch), as JSON text."""
+    function_id: _builtins.str
+    """With code: the function the code is a draft of, which the caller must administer
+    (Functions Admin covering it). Empty for code of no function yet (e.g. before
+    CreateFunction), which needs Functions Admin of all functions, like CreateFunction.
+    Ignored when running a saved version.
+    """
     @_builtins.property
     def settings(self) -> _struct_pb2.Struct:
         """Test settings values by name."""
@@ -83,10 +90,11 @@ class PreviewRequest(_message.Message):
         event_json: _builtins.str = ...,
         settings: _struct_pb2.Struct | None = ...,
         setting_definitions: _abc.Iterable[_types_pb2.SettingDefinition] | None = ...,
+        function_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "event_json", b"event_json", "setting_definitions", b"setting_definitions", "settings", b"settings", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "event_json", b"event_json", "function_id", b"function_id", "setting_definitions", b"setting_definitions", "settings", b"settings", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

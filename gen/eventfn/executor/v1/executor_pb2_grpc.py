@@ -27,8 +27,13 @@ if _version_not_supported:
 
 class ExecutorStub:
     """The executor. Calls need `authorization: Bearer <token>` metadata of a workspace member;
-    UNAUTHENTICATED without a valid token, PERMISSION_DENIED without read access to the function
-    concerned, NOT_FOUND for objects of other workspaces.
+    UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the role the call needs,
+    NOT_FOUND for objects of other workspaces (exactly as for ids that never existed).
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     def __init__(self, channel):
@@ -56,14 +61,24 @@ class ExecutorStub:
 
 class ExecutorServicer:
     """The executor. Calls need `authorization: Bearer <token>` metadata of a workspace member;
-    UNAUTHENTICATED without a valid token, PERMISSION_DENIED without read access to the function
-    concerned, NOT_FOUND for objects of other workspaces.
+    UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the role the call needs,
+    NOT_FOUND for objects of other workspaces (exactly as for ids that never existed).
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     def Preview(self, request, context):
         """Run code (saved or not) on one event or an array of events (onBatch) with test settings,
-        in a fresh isolate with an empty cache. Handler errors are part of the response, not an
-        RPC error; INVALID_ARGUMENT only for malformed JSON or code that does not parse.
+        in a fresh isolate with an empty cache. Running code given in the request (code) needs
+        Functions Admin covering function_id, or, without function_id, Functions Admin of all
+        functions; a Workspace Owner may always. Running a saved version (version_id) needs read
+        access to its function. PERMISSION_DENIED otherwise (the service token included);
+        NOT_FOUND for a function or version of another workspace. Handler errors are part of the
+        response, not an RPC error; INVALID_ARGUMENT only for malformed JSON or code that does
+        not parse.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,8 +127,13 @@ def add_ExecutorServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Executor:
     """The executor. Calls need `authorization: Bearer <token>` metadata of a workspace member;
-    UNAUTHENTICATED without a valid token, PERMISSION_DENIED without read access to the function
-    concerned, NOT_FOUND for objects of other workspaces.
+    UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the role the call needs,
+    NOT_FOUND for objects of other workspaces (exactly as for ids that never existed).
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     @staticmethod

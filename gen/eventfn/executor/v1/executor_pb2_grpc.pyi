@@ -28,8 +28,13 @@ GRPC_VERSION: str
 
 class ExecutorStub:
     """The executor. Calls need `authorization: Bearer <token>` metadata of a workspace member;
-    UNAUTHENTICATED without a valid token, PERMISSION_DENIED without read access to the function
-    concerned, NOT_FOUND for objects of other workspaces.
+    UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the role the call needs,
+    NOT_FOUND for objects of other workspaces (exactly as for ids that never existed).
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     @_typing.overload
@@ -38,8 +43,13 @@ class ExecutorStub:
     def __new__(cls, channel: _aio.Channel) -> ExecutorAsyncStub: ...
     Preview: _grpc.UnaryUnaryMultiCallable[_executor_pb2.PreviewRequest, _executor_pb2.PreviewResponse]
     """Run code (saved or not) on one event or an array of events (onBatch) with test settings,
-    in a fresh isolate with an empty cache. Handler errors are part of the response, not an
-    RPC error; INVALID_ARGUMENT only for malformed JSON or code that does not parse.
+    in a fresh isolate with an empty cache. Running code given in the request (code) needs
+    Functions Admin covering function_id, or, without function_id, Functions Admin of all
+    functions; a Workspace Owner may always. Running a saved version (version_id) needs read
+    access to its function. PERMISSION_DENIED otherwise (the service token included);
+    NOT_FOUND for a function or version of another workspace. Handler errors are part of the
+    response, not an RPC error; INVALID_ARGUMENT only for malformed JSON or code that does
+    not parse.
     """
     ListDeliveries: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ListDeliveriesRequest, _executor_pb2.ListDeliveriesResponse]
     """List delivery records of an instance: per-minute counts, and with failures_only the
@@ -51,15 +61,25 @@ class ExecutorStub:
 @_typing.type_check_only
 class ExecutorAsyncStub(ExecutorStub):
     """The executor. Calls need `authorization: Bearer <token>` metadata of a workspace member;
-    UNAUTHENTICATED without a valid token, PERMISSION_DENIED without read access to the function
-    concerned, NOT_FOUND for objects of other workspaces.
+    UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the role the call needs,
+    NOT_FOUND for objects of other workspaces (exactly as for ids that never existed).
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Preview: _aio.UnaryUnaryMultiCallable[_executor_pb2.PreviewRequest, _executor_pb2.PreviewResponse]  # type: ignore[assignment]
     """Run code (saved or not) on one event or an array of events (onBatch) with test settings,
-    in a fresh isolate with an empty cache. Handler errors are part of the response, not an
-    RPC error; INVALID_ARGUMENT only for malformed JSON or code that does not parse.
+    in a fresh isolate with an empty cache. Running code given in the request (code) needs
+    Functions Admin covering function_id, or, without function_id, Functions Admin of all
+    functions; a Workspace Owner may always. Running a saved version (version_id) needs read
+    access to its function. PERMISSION_DENIED otherwise (the service token included);
+    NOT_FOUND for a function or version of another workspace. Handler errors are part of the
+    response, not an RPC error; INVALID_ARGUMENT only for malformed JSON or code that does
+    not parse.
     """
     ListDeliveries: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListDeliveriesRequest, _executor_pb2.ListDeliveriesResponse]  # type: ignore[assignment]
     """List delivery records of an instance: per-minute counts, and with failures_only the
@@ -70,8 +90,13 @@ class ExecutorAsyncStub(ExecutorStub):
 
 class ExecutorServicer(metaclass=_abc_1.ABCMeta):
     """The executor. Calls need `authorization: Bearer <token>` metadata of a workspace member;
-    UNAUTHENTICATED without a valid token, PERMISSION_DENIED without read access to the function
-    concerned, NOT_FOUND for objects of other workspaces.
+    UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the role the call needs,
+    NOT_FOUND for objects of other workspaces (exactly as for ids that never existed).
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     @_abc_1.abstractmethod
@@ -81,8 +106,13 @@ class ExecutorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_executor_pb2.PreviewResponse, _abc.Awaitable[_executor_pb2.PreviewResponse]]:
         """Run code (saved or not) on one event or an array of events (onBatch) with test settings,
-        in a fresh isolate with an empty cache. Handler errors are part of the response, not an
-        RPC error; INVALID_ARGUMENT only for malformed JSON or code that does not parse.
+        in a fresh isolate with an empty cache. Running code given in the request (code) needs
+        Functions Admin covering function_id, or, without function_id, Functions Admin of all
+        functions; a Workspace Owner may always. Running a saved version (version_id) needs read
+        access to its function. PERMISSION_DENIED otherwise (the service token included);
+        NOT_FOUND for a function or version of another workspace. Handler errors are part of the
+        response, not an RPC error; INVALID_ARGUMENT only for malformed JSON or code that does
+        not parse.
         """
 
     @_abc_1.abstractmethod

@@ -1603,10 +1603,16 @@ class RecordInstanceActionRequest(_message.Message):
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
+    ACTOR_MEMBER_ID_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     """The instance acted on."""
     action: _builtins.str
     """What was done: "dead.replay" or "dead.purge"."""
+    actor_member_id: _builtins.str
+    """The member the action was performed for, recorded as the entry's actor; required. The
+    data-plane service resolves it from the caller's own token (WhoAmI) and checks the
+    caller's roles before acting.
+    """
     @_builtins.property
     def details(self) -> _struct_pb2.Struct:
         """Details to keep, e.g. how many dead letters and which ids. Never secret values."""
@@ -1617,10 +1623,11 @@ class RecordInstanceActionRequest(_message.Message):
         instance_id: _builtins.str = ...,
         action: _builtins.str = ...,
         details: _struct_pb2.Struct | None = ...,
+        actor_member_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "details", b"details", "instance_id", b"instance_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor_member_id", b"actor_member_id", "details", b"details", "instance_id", b"instance_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -31,6 +31,11 @@ class RegistryStub:
     PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
     is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
     INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     def __init__(self, channel):
@@ -202,6 +207,11 @@ class RegistryServicer:
     PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
     is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
     INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     def CreateWorkspace(self, request, context):
@@ -426,10 +436,12 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RecordInstanceAction(self, request, context):
-        """Record in the audit trail an action a data-plane service performed on an instance for the
-        caller (e.g. the retrier replaying dead letters), with the caller's own token: the caller
-        is the actor. Needs the same role as the action itself (Source Admin of the instance's
-        source). INVALID_ARGUMENT for an action outside "dead.replay" and "dead.purge".
+        """Record in the audit trail an action a data-plane service performed on an instance for a
+        member (e.g. the retrier replaying dead letters after checking the member's roles). Only
+        the deployment's service token may call it: every member gets PERMISSION_DENIED, so no
+        one can write an audit entry for an action that did not happen. NOT_FOUND for an unknown
+        instance or actor; INVALID_ARGUMENT for an action outside "dead.replay" and "dead.purge",
+        a missing actor_member_id, or an actor who is not a member of the instance's workspace.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -616,6 +628,11 @@ class Registry:
     PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
     is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
     INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     @staticmethod

@@ -34,6 +34,11 @@ class RegistryStub:
     PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
     is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
     INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     @_typing.overload
@@ -130,10 +135,12 @@ class RegistryStub:
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListAuditEventsRequest, _registry_pb2.ListAuditEventsResponse]
     """List the audit trail, newest first (Workspace Owner only)."""
     RecordInstanceAction: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RecordInstanceActionRequest, _registry_pb2.RecordInstanceActionResponse]
-    """Record in the audit trail an action a data-plane service performed on an instance for the
-    caller (e.g. the retrier replaying dead letters), with the caller's own token: the caller
-    is the actor. Needs the same role as the action itself (Source Admin of the instance's
-    source). INVALID_ARGUMENT for an action outside "dead.replay" and "dead.purge".
+    """Record in the audit trail an action a data-plane service performed on an instance for a
+    member (e.g. the retrier replaying dead letters after checking the member's roles). Only
+    the deployment's service token may call it: every member gets PERMISSION_DENIED, so no
+    one can write an audit entry for an action that did not happen. NOT_FOUND for an unknown
+    instance or actor; INVALID_ARGUMENT for an action outside "dead.replay" and "dead.purge",
+    a missing actor_member_id, or an actor who is not a member of the instance's workspace.
     """
     WatchConfig: _grpc.UnaryStreamMultiCallable[_registry_pb2.WatchConfigRequest, _registry_pb2.WatchConfigResponse]
     """Stream the data plane's configuration: first a full snapshot, then every change, each
@@ -148,6 +155,11 @@ class RegistryAsyncStub(RegistryStub):
     PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
     is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
     INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -241,10 +253,12 @@ class RegistryAsyncStub(RegistryStub):
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListAuditEventsRequest, _registry_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """List the audit trail, newest first (Workspace Owner only)."""
     RecordInstanceAction: _aio.UnaryUnaryMultiCallable[_registry_pb2.RecordInstanceActionRequest, _registry_pb2.RecordInstanceActionResponse]  # type: ignore[assignment]
-    """Record in the audit trail an action a data-plane service performed on an instance for the
-    caller (e.g. the retrier replaying dead letters), with the caller's own token: the caller
-    is the actor. Needs the same role as the action itself (Source Admin of the instance's
-    source). INVALID_ARGUMENT for an action outside "dead.replay" and "dead.purge".
+    """Record in the audit trail an action a data-plane service performed on an instance for a
+    member (e.g. the retrier replaying dead letters after checking the member's roles). Only
+    the deployment's service token may call it: every member gets PERMISSION_DENIED, so no
+    one can write an audit entry for an action that did not happen. NOT_FOUND for an unknown
+    instance or actor; INVALID_ARGUMENT for an action outside "dead.replay" and "dead.purge",
+    a missing actor_member_id, or an actor who is not a member of the instance's workspace.
     """
     WatchConfig: _aio.UnaryStreamMultiCallable[_registry_pb2.WatchConfigRequest, _registry_pb2.WatchConfigResponse]  # type: ignore[assignment]
     """Stream the data plane's configuration: first a full snapshot, then every change, each
@@ -258,6 +272,11 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
     PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
     is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
     INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     @_abc_1.abstractmethod
@@ -529,10 +548,12 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.RecordInstanceActionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.RecordInstanceActionResponse, _abc.Awaitable[_registry_pb2.RecordInstanceActionResponse]]:
-        """Record in the audit trail an action a data-plane service performed on an instance for the
-        caller (e.g. the retrier replaying dead letters), with the caller's own token: the caller
-        is the actor. Needs the same role as the action itself (Source Admin of the instance's
-        source). INVALID_ARGUMENT for an action outside "dead.replay" and "dead.purge".
+        """Record in the audit trail an action a data-plane service performed on an instance for a
+        member (e.g. the retrier replaying dead letters after checking the member's roles). Only
+        the deployment's service token may call it: every member gets PERMISSION_DENIED, so no
+        one can write an audit entry for an action that did not happen. NOT_FOUND for an unknown
+        instance or actor; INVALID_ARGUMENT for an action outside "dead.replay" and "dead.purge",
+        a missing actor_member_id, or an actor who is not a member of the instance's workspace.
         """
 
     @_abc_1.abstractmethod

@@ -29,6 +29,11 @@ class RetrierStub:
     """The retrier. Calls need `authorization: Bearer <token>` metadata of a workspace member:
     reads need read access to the instance's function, replay and purge need Source Admin of
     its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     def __init__(self, channel):
@@ -63,6 +68,11 @@ class RetrierServicer:
     """The retrier. Calls need `authorization: Bearer <token>` metadata of a workspace member:
     reads need read access to the instance's function, replay and purge need Source Admin of
     its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     def ListDeadLetters(self, request, context):
@@ -73,7 +83,8 @@ class RetrierServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetDeadLetter(self, request, context):
-        """Get one dead letter with its full history.
+        """Get one dead letter with its full history. NOT_FOUND, word for word as for an id that
+        was never used, for a letter of another workspace or of an instance the caller cannot see.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,6 +141,11 @@ class Retrier:
     """The retrier. Calls need `authorization: Bearer <token>` metadata of a workspace member:
     reads need read access to the instance's function, replay and purge need Source Admin of
     its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     @staticmethod

@@ -30,6 +30,11 @@ class RetrierStub:
     """The retrier. Calls need `authorization: Bearer <token>` metadata of a workspace member:
     reads need read access to the instance's function, replay and purge need Source Admin of
     its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     @_typing.overload
@@ -39,7 +44,9 @@ class RetrierStub:
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_retrier_pb2.ListDeadLettersRequest, _retrier_pb2.ListDeadLettersResponse]
     """List dead letters of an instance in a time range, newest first."""
     GetDeadLetter: _grpc.UnaryUnaryMultiCallable[_retrier_pb2.GetDeadLetterRequest, _retrier_pb2.GetDeadLetterResponse]
-    """Get one dead letter with its full history."""
+    """Get one dead letter with its full history. NOT_FOUND, word for word as for an id that
+    was never used, for a letter of another workspace or of an instance the caller cannot see.
+    """
     ReplayDeadLetters: _grpc.UnaryUnaryMultiCallable[_retrier_pb2.ReplayDeadLettersRequest, _retrier_pb2.ReplayDeadLettersResponse]
     """Send dead letters back to their instance: one, a filtered set, or all of an instance,
     optionally on another version of its function. Audited. FAILED_PRECONDITION when the
@@ -53,13 +60,20 @@ class RetrierAsyncStub(RetrierStub):
     """The retrier. Calls need `authorization: Bearer <token>` metadata of a workspace member:
     reads need read access to the instance's function, replay and purge need Source Admin of
     its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_retrier_pb2.ListDeadLettersRequest, _retrier_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
     """List dead letters of an instance in a time range, newest first."""
     GetDeadLetter: _aio.UnaryUnaryMultiCallable[_retrier_pb2.GetDeadLetterRequest, _retrier_pb2.GetDeadLetterResponse]  # type: ignore[assignment]
-    """Get one dead letter with its full history."""
+    """Get one dead letter with its full history. NOT_FOUND, word for word as for an id that
+    was never used, for a letter of another workspace or of an instance the caller cannot see.
+    """
     ReplayDeadLetters: _aio.UnaryUnaryMultiCallable[_retrier_pb2.ReplayDeadLettersRequest, _retrier_pb2.ReplayDeadLettersResponse]  # type: ignore[assignment]
     """Send dead letters back to their instance: one, a filtered set, or all of an instance,
     optionally on another version of its function. Audited. FAILED_PRECONDITION when the
@@ -72,6 +86,11 @@ class RetrierServicer(metaclass=_abc_1.ABCMeta):
     """The retrier. Calls need `authorization: Bearer <token>` metadata of a workspace member:
     reads need read access to the instance's function, replay and purge need Source Admin of
     its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     @_abc_1.abstractmethod
@@ -88,7 +107,9 @@ class RetrierServicer(metaclass=_abc_1.ABCMeta):
         request: _retrier_pb2.GetDeadLetterRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_retrier_pb2.GetDeadLetterResponse, _abc.Awaitable[_retrier_pb2.GetDeadLetterResponse]]:
-        """Get one dead letter with its full history."""
+        """Get one dead letter with its full history. NOT_FOUND, word for word as for an id that
+        was never used, for a letter of another workspace or of an instance the caller cannot see.
+        """
 
     @_abc_1.abstractmethod
     def ReplayDeadLetters(

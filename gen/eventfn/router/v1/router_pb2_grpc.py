@@ -32,6 +32,11 @@ class RouterStub:
     stored (JetStream, fsync before ack). A request refused as invalid stores nothing; one that
     fails on storage (UNAVAILABLE) may have stored part of its events, so retry it unchanged:
     every pack carries a dedupe id and a resend within 10 minutes is not delivered twice.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     def __init__(self, channel):
@@ -59,6 +64,11 @@ class RouterServicer:
     stored (JetStream, fsync before ack). A request refused as invalid stores nothing; one that
     fails on storage (UNAVAILABLE) may have stored part of its events, so retry it unchanged:
     every pack carries a dedupe id and a resend within 10 minutes is not delivered twice.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     def Ingest(self, request, context):
@@ -107,6 +117,11 @@ class Router:
     stored (JetStream, fsync before ack). A request refused as invalid stores nothing; one that
     fails on storage (UNAVAILABLE) may have stored part of its events, so retry it unchanged:
     every pack carries a dedupe id and a resend within 10 minutes is not delivered twice.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     @staticmethod

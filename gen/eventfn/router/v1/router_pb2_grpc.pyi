@@ -33,6 +33,11 @@ class RouterStub:
     stored (JetStream, fsync before ack). A request refused as invalid stores nothing; one that
     fails on storage (UNAVAILABLE) may have stored part of its events, so retry it unchanged:
     every pack carries a dedupe id and a resend within 10 minutes is not delivered twice.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     @_typing.overload
@@ -58,6 +63,11 @@ class RouterAsyncStub(RouterStub):
     stored (JetStream, fsync before ack). A request refused as invalid stores nothing; one that
     fails on storage (UNAVAILABLE) may have stored part of its events, so retry it unchanged:
     every pack carries a dedupe id and a resend within 10 minutes is not delivered twice.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -79,6 +89,11 @@ class RouterServicer(metaclass=_abc_1.ABCMeta):
     stored (JetStream, fsync before ack). A request refused as invalid stores nothing; one that
     fails on storage (UNAVAILABLE) may have stored part of its events, so retry it unchanged:
     every pack carries a dedupe id and a resend within 10 minutes is not delivered twice.
+    A string field (also one nested in a Struct, a list or a map) holding NUL or another
+    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
+    naming the field, before anything is done. An unexpected failure is INTERNAL with a
+    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
+    service logged it; its text never reaches the caller.
     """
 
     @_abc_1.abstractmethod

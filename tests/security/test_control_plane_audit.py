@@ -1,0 +1,173 @@
+"""Issue 10, item 11: audit entries cannot be forged. RecordInstanceAction is the data plane's
+own call (service token only); members, owners included, get PERMISSION_DENIED and nothing is
+written. Replays and purges through the retrier are still audited, with the real actor.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import orjson
+import pytest
+from google.protobuf import struct_pb2
+from nats.aio.client import Client as NatsClient
+
+from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn.registry.v1 import resources_pb2 as res
+from eventfn.retrier.v1 import retrier_pb2
+from services.common import streams
+from tests.registry.conftest import HANDLER, SERVICE, SETTINGS, Registry, auth, registry
+from tests.retrier.conftest import StartRetrier, start_retrier_on
+
+__all__ = ["registry", "start_retrier_on"]
+
+
+def details(**values: object) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(values)
+    return out
+
+
+async def workspace(r: Registry, name: str) -> tuple[str, str, str, str]:
+    """Create a workspace with an instance; return (workspace, owner token, source, instance)."""
+    ws, owner = await r.workspace(f"{name} {uuid.uuid4().hex[:6]}")
+    md = auth(owner)
+    fn = await r.stub.CreateFunction(
+        pb.CreateFunctionRequest(name="Hook", code=HANDLER, settings=SETTINGS), metadata=md
+    )
+    src = await r.stub.CreateSource(pb.CreateSourceRequest(name="web"), metadata=md)
+    values = struct_pb2.Struct()
+    values.update({"endpoint": "https://example.com/hook", "apiKey": "sk_1"})
+    ins = await r.stub.CreateInstance(
+        pb.CreateInstanceRequest(
+            function_id=fn.function.id, source_id=src.source.id, settings=values
+        ),
+        metadata=md,
+    )
+    return ws, owner, src.source.id, ins.instance.id
+
+
+async def member_id(r: Registry, token: str) -> str:
+    return (await r.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(token))).member.id
+
+
+async def data_plane_entries(r: Registry, owner: str, instance_id: str) -> list[res.AuditEvent]:
+    listed = await r.stub.ListAuditEvents(
+        pb.ListAuditEventsRequest(resource_id=instance_id, page_size=500), metadata=auth(owner)
+    )
+    return [e for e in listed.events if e.action.startswith("dead.")]
+
+
+async def status_of(call) -> grpc.StatusCode:
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+async def test_no_member_can_write_an_audit_entry(registry: Registry) -> None:
+    _, owner, source_id, instance_id = await workspace(registry, "Forgers")
+    admin = await registry.member(
+        owner, "admin@forgers.io", res.RoleGrant(role=res.ROLE_SOURCE_ADMIN)
+    )
+    admin_of_source = await registry.member(
+        owner,
+        "s@forgers.io",
+        res.RoleGrant(role=res.ROLE_SOURCE_ADMIN, source_ids=[source_id]),
+    )
+    owner_id = await member_id(registry, owner)
+    forged = details(replayed=999, dead_letter_ids="all")
+    for token in (owner, admin, admin_of_source):
+        for actor in ("", owner_id):  # with or without naming someone to blame
+            request = pb.RecordInstanceActionRequest(
+                instance_id=instance_id, action="dead.replay", details=forged, actor_member_id=actor
+            )
+            got = await status_of(registry.stub.RecordInstanceAction(request, metadata=auth(token)))
+            assert got == grpc.StatusCode.PERMISSION_DENIED
+    anonymous = pb.RecordInstanceActionRequest(instance_id=instance_id, action="dead.purge")
+    assert (
+        await status_of(registry.stub.RecordInstanceAction(anonymous))
+        == grpc.StatusCode.UNAUTHENTICATED
+    )
+    assert await data_plane_entries(registry, owner, instance_id) == []
+
+
+async def test_the_service_token_cannot_blame_another_workspaces_member(
+    registry: Registry,
+) -> None:
+    _, owner, _, instance_id = await workspace(registry, "Target")
+    _, stranger, _, _ = await workspace(registry, "Stranger")
+    stranger_id = await member_id(registry, stranger)
+    owner_id = await member_id(registry, owner)
+    cases = {
+        stranger_id: grpc.StatusCode.INVALID_ARGUMENT,  # not a member of that workspace
+        "": grpc.StatusCode.INVALID_ARGUMENT,  # nobody: every entry names its actor
+        "mem_" + "0" * 20: grpc.StatusCode.NOT_FOUND,
+    }
+    for actor, want in cases.items():
+        request = pb.RecordInstanceActionRequest(
+            instance_id=instance_id, action="dead.replay", actor_member_id=actor
+        )
+        got = await status_of(registry.stub.RecordInstanceAction(request, metadata=auth(SERVICE)))
+        assert got == want, actor
+    bad_action = pb.RecordInstanceActionRequest(
+        instance_id=instance_id, action="function.save", actor_member_id=owner_id
+    )
+    assert (
+        await status_of(registry.stub.RecordInstanceAction(bad_action, metadata=auth(SERVICE)))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert await data_plane_entries(registry, owner, instance_id) == []
+    recorded = await registry.stub.RecordInstanceAction(
+        pb.RecordInstanceActionRequest(
+            instance_id=instance_id,
+            action="dead.purge",
+            actor_member_id=owner_id,
+            details=details(purged=1),
+        ),
+        metadata=auth(SERVICE),
+    )
+    (entry,) = await data_plane_entries(registry, owner, instance_id)
+    assert entry.id == recorded.event.id and entry.actor_member_id == owner_id
+
+
+@pytest.mark.parametrize("action", ["replay", "purge"])
+async def test_replays_and_purges_are_audited_with_the_real_actor(
+    registry: Registry,
+    start_retrier_on: StartRetrier,
+    nats_client: NatsClient,
+    action: str,
+) -> None:
+    running, retrier = await start_retrier_on()
+    ws, owner, source_id, instance_id = await workspace(registry, "Audited")
+    await running.watcher.wait_until(lambda v: instance_id in v.instances)
+    admin = await registry.member(
+        owner, "ops@audited.io", res.RoleGrant(role=res.ROLE_SOURCE_ADMIN, source_ids=[source_id])
+    )
+    ack = await nats_client.jetstream().publish(
+        streams.dead_subject(ws, instance_id),
+        orjson.dumps([{"type": "track", "event": "x", "messageId": "m-audit"}]),
+        headers={streams.MSG_ID: f"dead-{uuid.uuid4().hex}", streams.DEAD_REASON: "test"},
+    )
+    md = auth(admin)
+    if action == "replay":
+        done = await retrier.ReplayDeadLetters(
+            retrier_pb2.ReplayDeadLettersRequest(instance_id=instance_id), metadata=md
+        )
+        count = done.replayed
+    else:
+        gone = await retrier.PurgeDeadLetters(
+            retrier_pb2.PurgeDeadLettersRequest(
+                instance_id=instance_id, dead_letter_ids=[str(ack.seq)]
+            ),
+            metadata=md,
+        )
+        count = gone.purged
+    assert count == 1
+    (entry,) = await data_plane_entries(registry, owner, instance_id)
+    assert entry.action == f"dead.{action}"
+    assert entry.actor_member_id == await member_id(registry, admin)
+    assert entry.actor_email == "ops@audited.io"
+    assert entry.details["replayed" if action == "replay" else "purged"] == 1

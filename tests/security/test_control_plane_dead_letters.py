@@ -1,0 +1,205 @@
+"""Issue 10, item 10: dead-letter ids are global stream sequences, so another workspace's
+letter must answer exactly like one that does not exist, never naming its instance; and
+replay, purge and list by another workspace's ids reach nothing.
+
+Dead letters are published straight to the DEAD stream, as the executor or the retrier would.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import grpc
+import orjson
+import pytest
+from google.protobuf import struct_pb2
+from nats.aio.client import Client as NatsClient
+
+from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn.registry.v1 import resources_pb2 as res
+from eventfn.retrier.v1 import retrier_pb2, retrier_pb2_grpc
+from services.common import streams
+from services.retrier.app import RunningRetrier
+from tests.registry.conftest import HANDLER, SETTINGS, Registry, auth, registry
+from tests.retrier.conftest import StartRetrier, start_retrier_on
+
+__all__ = ["registry", "start_retrier_on"]
+
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+
+
+@dataclass
+class Tenant:
+    """A workspace with one instance, its owner's token and its DEAD letter's id."""
+
+    workspace_id: str
+    owner: str
+    instance_id: str
+    letter: str = ""
+
+
+async def tenant(r: Registry, name: str) -> Tenant:
+    ws, owner = await r.workspace(f"{name} {uuid.uuid4().hex[:6]}")
+    md = auth(owner)
+    fn = await r.stub.CreateFunction(
+        pb.CreateFunctionRequest(name="Hook", code=HANDLER, settings=SETTINGS), metadata=md
+    )
+    src = await r.stub.CreateSource(pb.CreateSourceRequest(name="web"), metadata=md)
+    values = struct_pb2.Struct()
+    values.update({"endpoint": "https://example.com/hook", "apiKey": "sk_1"})
+    ins = await r.stub.CreateInstance(
+        pb.CreateInstanceRequest(
+            function_id=fn.function.id, source_id=src.source.id, settings=values
+        ),
+        metadata=md,
+    )
+    return Tenant(ws, owner, ins.instance.id)
+
+
+async def bury(nats_client: NatsClient, t: Tenant, message_id: str) -> str:
+    """Put a one-event pack on the tenant's DEAD subject; return its dead-letter id."""
+    ack = await nats_client.jetstream().publish(
+        streams.dead_subject(t.workspace_id, t.instance_id),
+        orjson.dumps([{"type": "track", "event": "Secret order", "messageId": message_id}]),
+        headers={streams.MSG_ID: f"dead-{uuid.uuid4().hex}", streams.DEAD_REASON: "test"},
+    )
+    return str(ack.seq)
+
+
+async def failure(call) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+@pytest.fixture
+async def world(
+    registry: Registry, start_retrier_on: StartRetrier, nats_client: NatsClient
+) -> tuple[Tenant, Tenant, retrier_pb2_grpc.RetrierAsyncStub, RunningRetrier]:
+    """Victim and attacker workspaces, the victim's dead letter, and a retrier."""
+    running, stub = await start_retrier_on()
+    victim, attacker = await tenant(registry, "Victim"), await tenant(registry, "Attacker")
+    await running.watcher.wait_until(
+        lambda v: {victim.instance_id, attacker.instance_id} <= set(v.instances)
+    )
+    victim.letter = await bury(nats_client, victim, "m-victim")
+    attacker.letter = await bury(nats_client, attacker, "m-attacker")
+    return victim, attacker, stub, running
+
+
+async def test_another_workspaces_letter_is_not_found_word_for_word_like_a_missing_one(
+    world: tuple[Tenant, Tenant, retrier_pb2_grpc.RetrierAsyncStub, RunningRetrier],
+) -> None:
+    victim, attacker, stub, _ = world
+    md = auth(attacker.owner)
+    missing = str(int(victim.letter) + 1_000_000)
+    for suffix in ("", ".0", ".7"):
+        theirs = await failure(
+            stub.GetDeadLetter(
+                retrier_pb2.GetDeadLetterRequest(dead_letter_id=victim.letter + suffix),
+                metadata=md,
+            )
+        )
+        absent = await failure(
+            stub.GetDeadLetter(
+                retrier_pb2.GetDeadLetterRequest(dead_letter_id=missing + suffix), metadata=md
+            )
+        )
+        assert theirs.code() == absent.code() == NOT_FOUND
+        assert theirs.details() == f"dead letter '{victim.letter + suffix}' not found"
+        assert absent.details() == f"dead letter '{missing + suffix}' not found"
+        assert victim.instance_id not in repr(theirs.trailing_metadata())
+    # The owner still reads it, and the attacker its own.
+    shown = await stub.GetDeadLetter(
+        retrier_pb2.GetDeadLetterRequest(dead_letter_id=victim.letter),
+        metadata=auth(victim.owner),
+    )
+    assert shown.dead_letter.message_id == "m-victim"
+    mine = await stub.GetDeadLetter(
+        retrier_pb2.GetDeadLetterRequest(dead_letter_id=attacker.letter), metadata=md
+    )
+    assert mine.dead_letter.message_id == "m-attacker"
+
+
+async def test_without_a_valid_token_existence_cannot_be_probed(
+    world: tuple[Tenant, Tenant, retrier_pb2_grpc.RetrierAsyncStub, RunningRetrier],
+) -> None:
+    victim, _, stub, _ = world
+    for metadata in ((), auth("efn_made-up")):
+        for letter in (victim.letter, str(int(victim.letter) + 1_000_000)):
+            error = await failure(
+                stub.GetDeadLetter(
+                    retrier_pb2.GetDeadLetterRequest(dead_letter_id=letter), metadata=metadata
+                )
+            )
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED, (letter, error.details())
+
+
+async def test_a_member_who_cannot_see_the_instance_learns_nothing_of_its_letters(
+    registry: Registry,
+    world: tuple[Tenant, Tenant, retrier_pb2_grpc.RetrierAsyncStub, RunningRetrier],
+) -> None:
+    victim, _, stub, _ = world
+    # Read-only of a function that is not the instance's: same workspace, no access to it.
+    other = await registry.stub.CreateFunction(
+        pb.CreateFunctionRequest(name="Other", code=HANDLER, settings=SETTINGS),
+        metadata=auth(victim.owner),
+    )
+    reader = await registry.member(
+        victim.owner,
+        "reader@victim.io",
+        res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY, function_ids=[other.function.id]),
+    )
+    error = await failure(
+        stub.GetDeadLetter(
+            retrier_pb2.GetDeadLetterRequest(dead_letter_id=victim.letter), metadata=auth(reader)
+        )
+    )
+    assert error.code() == NOT_FOUND
+    assert error.details() == f"dead letter '{victim.letter}' not found"
+
+
+async def test_list_replay_and_purge_reach_no_other_workspaces_letters(
+    world: tuple[Tenant, Tenant, retrier_pb2_grpc.RetrierAsyncStub, RunningRetrier],
+) -> None:
+    victim, attacker, stub, running = world
+    md = auth(attacker.owner)
+    made_up = "ins_" + "0" * 20
+    for instance_id in (victim.instance_id, made_up):
+        calls = [
+            stub.ListDeadLetters(
+                retrier_pb2.ListDeadLettersRequest(instance_id=instance_id), metadata=md
+            ),
+            stub.ReplayDeadLetters(
+                retrier_pb2.ReplayDeadLettersRequest(
+                    instance_id=instance_id, dead_letter_ids=[victim.letter]
+                ),
+                metadata=md,
+            ),
+            stub.PurgeDeadLetters(
+                retrier_pb2.PurgeDeadLettersRequest(
+                    instance_id=instance_id, dead_letter_ids=[victim.letter]
+                ),
+                metadata=md,
+            ),
+        ]
+        for call in calls:
+            error = await failure(call)
+            assert error.code() == NOT_FOUND
+            assert error.details() == f"instance {instance_id!r} not found"
+    # The victim's letter id on the attacker's own instance: nothing happens to it.
+    replayed = await stub.ReplayDeadLetters(
+        retrier_pb2.ReplayDeadLettersRequest(
+            instance_id=attacker.instance_id, dead_letter_ids=[victim.letter]
+        ),
+        metadata=md,
+    )
+    purged = await stub.PurgeDeadLetters(
+        retrier_pb2.PurgeDeadLettersRequest(
+            instance_id=attacker.instance_id, dead_letter_ids=[victim.letter]
+        ),
+        metadata=md,
+    )
+    assert replayed.replayed == 0 and purged.purged == 0
+    assert await running.store.pack(int(victim.letter)) is not None
