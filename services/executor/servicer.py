@@ -122,9 +122,10 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
     async def _may_run_code(self, context: Ctx, function_id: str) -> None:
         """Raise unless the caller administers the function the code is a draft of.
 
-        Code in a request runs on the production worker pool, so it needs what saving it
-        would need: Functions Admin covering the function (of all functions when none is
-        named, as for CreateFunction); Workspace Owners qualify.
+        A preview runs on the production worker pool and sends the function's requests with
+        settings of the caller's choosing, so it needs what saving the code would need:
+        Functions Admin covering the function (of all functions when none is named, as for
+        CreateFunction); Workspace Owners qualify.
         """
         me = await self._gate.whoami(context)  # a member: the service token is refused here
         if function_id:
@@ -144,8 +145,10 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
         if code:
             await self._may_run_code(context, request.function_id)
         elif request.version_id:
-            await self._gate.whoami(context)  # a member: the service token is refused here
-            code = (await self._gate.version(context, request.version_id)).version.code
+            # NOT_FOUND for another workspace's version, exactly as for a missing one.
+            version = (await self._gate.version(context, request.version_id)).version
+            await self._may_run_code(context, version.function_id)
+            code = version.code
         else:
             raise InvalidArgument.field("code", "give code, or a version_id to run")
         problem = await asyncio.to_thread(check_syntax, code)

@@ -1,6 +1,7 @@
 """Issue 10, item 4: Executor.Preview with code runs on the production worker pool, so it
 needs Functions Admin of the function the code is a draft of (of all functions when the
-request names none); Workspace Owners qualify. A saved version needs read access.
+request names none); Workspace Owners qualify. A saved version needs the same role over its
+function.
 
 Every role against every kind of Preview, like the registry's authorization matrix, plus the
 bypasses an attacker tries: another workspace's function id, a version_id next to the code,
@@ -99,13 +100,8 @@ CASES = [
         {"version_id": "ver_a"},
         outsiders=OK,
     ),
-    Case("version[A]", False, frozenset(MEMBERS) - {ROLELESS}, {"version_id": "ver_a"}),
-    Case(
-        "version[B]",
-        False,
-        frozenset(MEMBERS) - {ROLELESS, FN_ADMIN_A, FN_READ_A},
-        {"version_id": "ver_b"},
-    ),
+    Case("version[A]", False, frozenset({OWNER, FN_ADMIN, FN_ADMIN_A}), {"version_id": "ver_a"}),
+    Case("version[B]", False, frozenset({OWNER, FN_ADMIN}), {"version_id": "ver_b"}),
 ]
 
 

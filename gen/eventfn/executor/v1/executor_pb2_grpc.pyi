@@ -45,8 +45,9 @@ class ExecutorStub:
     """Run code (saved or not) on one event or an array of events (onBatch) with test settings,
     in a fresh isolate with an empty cache. Running code given in the request (code) needs
     Functions Admin covering function_id, or, without function_id, Functions Admin of all
-    functions; a Workspace Owner may always. Running a saved version (version_id) needs read
-    access to its function. PERMISSION_DENIED otherwise (the service token included);
+    functions; a Workspace Owner may always. Running a saved version (version_id) needs
+    Functions Admin covering its function: a preview sends the function's requests with
+    settings of the caller's choosing. PERMISSION_DENIED otherwise (the service token included);
     NOT_FOUND for a function or version of another workspace. Handler errors are part of the
     response, not an RPC error; INVALID_ARGUMENT only for malformed JSON or code that does
     not parse.
@@ -75,8 +76,9 @@ class ExecutorAsyncStub(ExecutorStub):
     """Run code (saved or not) on one event or an array of events (onBatch) with test settings,
     in a fresh isolate with an empty cache. Running code given in the request (code) needs
     Functions Admin covering function_id, or, without function_id, Functions Admin of all
-    functions; a Workspace Owner may always. Running a saved version (version_id) needs read
-    access to its function. PERMISSION_DENIED otherwise (the service token included);
+    functions; a Workspace Owner may always. Running a saved version (version_id) needs
+    Functions Admin covering its function: a preview sends the function's requests with
+    settings of the caller's choosing. PERMISSION_DENIED otherwise (the service token included);
     NOT_FOUND for a function or version of another workspace. Handler errors are part of the
     response, not an RPC error; INVALID_ARGUMENT only for malformed JSON or code that does
     not parse.
@@ -108,8 +110,9 @@ class ExecutorServicer(metaclass=_abc_1.ABCMeta):
         """Run code (saved or not) on one event or an array of events (onBatch) with test settings,
         in a fresh isolate with an empty cache. Running code given in the request (code) needs
         Functions Admin covering function_id, or, without function_id, Functions Admin of all
-        functions; a Workspace Owner may always. Running a saved version (version_id) needs read
-        access to its function. PERMISSION_DENIED otherwise (the service token included);
+        functions; a Workspace Owner may always. Running a saved version (version_id) needs
+        Functions Admin covering its function: a preview sends the function's requests with
+        settings of the caller's choosing. PERMISSION_DENIED otherwise (the service token included);
         NOT_FOUND for a function or version of another workspace. Handler errors are part of the
         response, not an RPC error; INVALID_ARGUMENT only for malformed JSON or code that does
         not parse.
