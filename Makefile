@@ -34,6 +34,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
+	$(BIN)/lint-imports
 	$(BIN)/ruff check services tests bench
 	$(BIN)/ruff format --check services tests bench
 	npx --no-install buf lint
@@ -41,7 +42,7 @@ lint: install
 
 ## Regenerate gen/ from protos/ (a test fails when gen/ is stale).
 gen: install
-	$(BIN)/python -m services.common.genprotos
+	$(BIN)/python -m services.devtools.genprotos
 
 bench: install
 	$(BIN)/python -m bench

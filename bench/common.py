@@ -28,7 +28,7 @@ from eventfn.registry.v1 import registry_pb2 as pb
 from eventfn.registry.v1 import registry_pb2_grpc
 from eventfn.type.v1 import types_pb2
 from services.common.config_watch import ConfigWatcher
-from services.common.embedded import EmbeddedNats, EmbeddedPostgres
+from services.devtools.embedded import EmbeddedNats, EmbeddedPostgres
 from services.executor.app import RunningExecutor, start_executor
 from services.executor.settings import ExecutorSettings
 from services.registry.app import start_registry

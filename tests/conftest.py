@@ -13,7 +13,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from services.common.embedded import EmbeddedNats, EmbeddedPostgres
+from services.devtools.embedded import EmbeddedNats, EmbeddedPostgres
 
 
 def _server_dir(kind: str) -> Iterator[Path]:

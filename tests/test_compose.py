@@ -18,9 +18,9 @@ import pytest
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from services.common.embedded import nats_server_binary
-from services.common.embedded.process import free_port, spawn, stop_process, wait_until
 from services.common.streams import EVENTS_STREAM, ensure_streams, events_subject
+from services.devtools.embedded import nats_server_binary
+from services.devtools.embedded.process import free_port, spawn, stop_process, wait_until
 
 yaml = pytest.importorskip("yaml", reason="compose.yaml checks need PyYAML (dev dependency)")
 

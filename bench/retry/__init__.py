@@ -36,7 +36,7 @@ from bench.common import (
     until_known,
 )
 from bench.retry.memory import held_memory
-from services.common.embedded import EmbeddedNats
+from services.devtools.embedded import EmbeddedNats
 from services.retrier.app import start_retrier
 from services.retrier.settings import RetrierSettings
 

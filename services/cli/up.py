@@ -24,7 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 
-from services.common.embedded import EmbeddedNats, EmbeddedPostgres
+from services.devtools.embedded import EmbeddedNats, EmbeddedPostgres
 
 console = Console(stderr=True)
 

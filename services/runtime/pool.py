@@ -222,8 +222,17 @@ class RuntimePool:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         if not w.dead:
+            code = await w.proc.wait()
             crossing = read_status(w.status)[0]
-            self._kill(w, w.inflight.get(crossing), "crash")
+            culprit = w.inflight.get(crossing)
+            log.warning(
+                "worker %d exited by itself (code %s) with %d invocations in flight%s",
+                w.index,
+                code,
+                len(w.inflight),
+                f", {culprit.key} inside V8" if culprit else "",
+            )
+            self._kill(w, culprit, "crash")
 
     def _kill(self, w: WorkerHandle, culprit: Pending | None, reason: str) -> None:
         if w.dead:

@@ -10,7 +10,7 @@ import asyncpg
 import orjson
 
 from services.common import streams
-from services.common.embedded import EmbeddedNats
+from services.devtools.embedded import EmbeddedNats
 from services.executor.app import start_executor
 from services.executor.settings import ExecutorSettings
 from tests.pipeline.conftest import Platform, Sink, start_platform

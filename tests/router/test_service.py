@@ -26,7 +26,7 @@ from eventfn.router.v1 import router_pb2 as pb
 from eventfn.router.v1 import router_pb2_grpc
 from services.common import streams
 from services.common.config_watch import ConfigView, apply_message
-from services.common.embedded import EmbeddedNats
+from services.devtools.embedded import EmbeddedNats
 from services.router.app import RunningRouter, start_router
 from services.router.settings import RouterSettings
 from tests.registry.conftest import HANDLER, SERVICE, SETTINGS, Registry, auth

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common import genprotos
+from services.devtools import genprotos
 
 
 def differences(left: Path, right: Path) -> list[str]:

@@ -18,15 +18,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.common.embedded import (
+from services.devtools.embedded import (
     DataDirInUseError,
     EmbeddedNats,
     EmbeddedPostgres,
     EmbeddedServerError,
     ServerStartError,
 )
-from services.common.embedded.nats import render_config, varz_problem
-from services.common.embedded.process import free_port
+from services.devtools.embedded.nats import render_config, varz_problem
+from services.devtools.embedded.process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,7 +97,7 @@ def _orphan_script(kind: str, data_dir: Path, stop_with_parent: bool = False) ->
         f"""
         import json, os
         from pathlib import Path
-        from services.common.embedded import {kind}
+        from services.devtools.embedded import {kind}
         server = {kind}(Path({str(data_dir)!r}), stop_with_parent={stop_with_parent})
         server.start()
         print(json.dumps({{"pid": server._process.pid, "url": server.url}}), flush=True)

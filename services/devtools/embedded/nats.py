@@ -12,8 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from services.common.embedded.errors import ServerBinaryNotFoundError, ServerStartError
-from services.common.embedded.process import (
+from services.devtools.embedded.errors import ServerBinaryNotFoundError, ServerStartError
+from services.devtools.embedded.process import (
     LOOPBACK,
     DataDirLock,
     ServerLifecycle,

@@ -12,12 +12,12 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from services.common.embedded.errors import (
+from services.devtools.embedded.errors import (
     EmbeddedServerError,
     ServerBinaryNotFoundError,
     ServerStartError,
 )
-from services.common.embedded.process import (
+from services.devtools.embedded.process import (
     LOOPBACK,
     DataDirLock,
     RunAs,

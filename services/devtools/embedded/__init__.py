@@ -11,14 +11,14 @@ between runs and recovers from an unclean stop. With EVENTFN_DATABASE_URL /
 EVENTFN_NATS_URL set, callers use those servers instead and start neither.
 """
 
-from services.common.embedded.errors import (
+from services.devtools.embedded.errors import (
     DataDirInUseError,
     EmbeddedServerError,
     ServerBinaryNotFoundError,
     ServerStartError,
 )
-from services.common.embedded.nats import EmbeddedNats, nats_server_binary
-from services.common.embedded.postgres import EmbeddedPostgres, postgres_bin_dir
+from services.devtools.embedded.nats import EmbeddedNats, nats_server_binary
+from services.devtools.embedded.postgres import EmbeddedPostgres, postgres_bin_dir
 
 __all__ = [
     "DataDirInUseError",

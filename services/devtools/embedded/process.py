@@ -18,7 +18,7 @@ from typing import IO, Self
 
 import psutil
 
-from services.common.embedded.errors import DataDirInUseError, ServerStartError
+from services.devtools.embedded.errors import DataDirInUseError, ServerStartError
 
 LOOPBACK = "127.0.0.1"
 
