@@ -4,7 +4,7 @@ POST /v1/track, /identify, /page, /screen, /group, /alias, /batch and /import (b
 the short paths of Segment's browser library: /v1/t, /p, /i, /g, /a, /s and /b (batch).
 Bodies are JSON, sent as application/json or text/plain (what browsers send without a
 preflight). The write key is the basic-auth user name (empty password) or `writeKey` in
-the body.
+the body; a key in the header is checked before the body is read.
 GET /v1/projects/{writeKey}/settings serves the settings the browser library loads at start
 (see `browser_settings`). Every answer carries CORS headers (see `cors`), and OPTIONS
 preflights of these paths are answered with 204.
@@ -177,6 +177,18 @@ class TrackingApp:
             raise HttpError(503, "unavailable", "the router is starting; retry shortly")
         if not self._ingestor.storage_up():
             raise HttpError(503, "unavailable", "the event store is unreachable; retry shortly")
+        header_key = _basic_auth_user(headers.get(b"authorization"))
+        if header_key is not None:
+            # Refuse an unknown key before reading anything; closing the connection keeps
+            # uvicorn from reading (and discarding) the rest of the body after the answer.
+            try:
+                self._ingestor.source(header_key)
+            except UnknownWriteKeyError as exc:
+                raise HttpError(
+                    401, "unauthorized", exc.message, headers=[(b"connection", b"close")]
+                ) from None
+            except NotReadyError as exc:
+                raise HttpError(503, "unavailable", exc.message) from None
         raw = await self._read_body(receive)
         cap = BATCH_MAX_BYTES if kind == "batch" else EVENT_MAX_BYTES
         now = datetime.now(UTC)
@@ -190,7 +202,7 @@ class TrackingApp:
             raise HttpError(400, "invalid_request", exc.message, extra=extra) from None
         except RouterError as exc:
             raise HttpError(400, "invalid_request", exc.message) from None
-        write_key = _basic_auth_user(headers.get(b"authorization")) or parsed.write_key
+        write_key = header_key or parsed.write_key
         try:
             await self._ingestor.ingest(
                 write_key,

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import gzip
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -249,6 +250,35 @@ async def test_unknown_missing_and_rotated_write_keys_are_401(
     resp = await env.http.post("/v1/track", json=event, headers=basic(new_key))
     assert resp.status_code == 200
     assert len(await stored(nats_client, env.subject(env.other))) == 1
+
+
+async def test_unknown_header_key_is_refused_before_the_body_is_read(
+    registry: Registry, nats_url: str
+) -> None:
+    await registry.workspace("Early")
+    settings = router_settings(nats_url, f"127.0.0.1:{registry.port}")
+    settings.router_http_body_timeout_seconds = 30.0  # far longer than the test waits
+    async with AsyncExitStack() as stack:
+        router = await start_router(settings, stack)
+        await router.watcher.ready.wait()
+        reader, writer = await asyncio.open_connection("127.0.0.1", router.http_port)
+        stack.callback(writer.close)
+        started = time.monotonic()
+        # A body that never ends: without the early check the router would wait for it.
+        writer.write(
+            b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + b"Authorization: Basic "
+            + basic("unknown")["Authorization"].split()[1].encode()
+            + b"\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n"
+            + b'{"batch": [' * 100
+        )
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=5)
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+        assert time.monotonic() - started < 5
+        assert b"connection: close" in answer.lower()
+        assert b"unknown write key" in answer
+        assert router.ingestor.stats.requests == 0
 
 
 @pytest.mark.parametrize(
