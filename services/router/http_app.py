@@ -171,7 +171,7 @@ class TrackingApp:
                 415,
                 "unsupported_media_type",
                 f"Content-Type {content_type.decode('latin-1')!r} is not supported; "
-                "send application/json",
+                "send JSON as application/json or text/plain",
             )
         if not self._ingestor.ready():
             raise HttpError(503, "unavailable", "the router is starting; retry shortly")

@@ -385,9 +385,15 @@ async def test_503_before_the_first_snapshot(nats_url: str) -> None:
     async with AsyncExitStack() as stack:
         router = await start_router(settings, stack)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.http_port}") as http:
-            resp = await http.post("/v1/track", json={"userId": "u", "event": "E"})
+            resp = await http.post(
+                "/v1/t", json={"userId": "u", "event": "E"}, headers={"Origin": "http://a.example"}
+            )
             assert resp.status_code == 503
             assert resp.headers["retry-after"] == str(settings.router_retry_after_seconds)
+            assert resp.headers["access-control-allow-origin"] == "*"
+            assert "retry-after" in resp.headers["access-control-expose-headers"]
+            settings_page = await http.get("/v1/projects/k/settings")
+            assert settings_page.status_code == 503
             assert (await http.get("/health")).status_code == 503
         async with grpc.aio.insecure_channel(f"127.0.0.1:{router.grpc_port}") as channel:
             with pytest.raises(grpc.aio.AioRpcError) as info:
