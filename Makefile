@@ -5,6 +5,9 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 NPMSTAMP := node_modules/.installed
+# Headless Chromium for the browser tests (tests/browser), from Debian's packages.
+CHROMIUM := /usr/bin/chromium
+SUDO    := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: up test lint gen bench install clean
 
@@ -24,12 +27,16 @@ $(NPMSTAMP): package.json package-lock.json
 
 install: $(STAMP) $(NPMSTAMP)
 
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+
 ## Start the whole platform on embedded PostgreSQL + NATS (state in .eventfn/).
 up: install
 	$(BIN)/eventfn up
 
-## Run linters and the whole test suite against real PostgreSQL and NATS.
-test: install
+## Run linters and the whole test suite against real PostgreSQL and NATS (and Chromium).
+test: install $(CHROMIUM)
 	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest -q
 

@@ -122,6 +122,8 @@ async def start_router(settings: RouterSettings, stack: AsyncExitStack) -> Runni
         max_body_bytes=settings.router_max_body_bytes,
         body_timeout=settings.router_http_body_timeout_seconds,
         retry_after=settings.router_retry_after_seconds,
+        cors=settings.cors_policy(),
+        public_endpoint=settings.public_endpoint(),
     )
     http, http_task, http_port = await serve_http(
         app,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pydantic import field_validator
+
 from services.common.packs import DEFAULT_PACK_BYTES
 from services.common.settings import CommonSettings
+from services.router.browser_settings import parse_public_url
+from services.router.cors import CorsPolicy
 from services.router.normalize import BATCH_MAX_BYTES
 
 
@@ -34,3 +38,30 @@ class RouterSettings(CommonSettings):
     router_http_keepalive_seconds: int = 5
     # Seconds a client has to send its whole request body (slow clients get 408).
     router_http_body_timeout_seconds: float = 10.0
+    # Web pages that may send events from a browser: `*` (any, as the write key is public in
+    # a page anyway) or comma-separated origins such as `https://shop.example.com`.
+    router_cors_origins: str = "*"
+    # The tracking API's URL as browsers reach it (e.g. https://track.example.com), put in the
+    # settings the browser library loads; unset: the host and scheme each request came in on.
+    router_public_url: str | None = None
+
+    @field_validator("router_cors_origins")
+    @classmethod
+    def _valid_origins(cls, value: str) -> str:
+        CorsPolicy.parse(value)
+        return value
+
+    @field_validator("router_public_url")
+    @classmethod
+    def _valid_public_url(cls, value: str | None) -> str | None:
+        if value:
+            parse_public_url(value)
+        return value or None
+
+    def cors_policy(self) -> CorsPolicy:
+        """Return the CORS policy the settings describe."""
+        return CorsPolicy.parse(self.router_cors_origins)
+
+    def public_endpoint(self) -> tuple[str, str] | None:
+        """Return (protocol, apiHost) of the public URL, None when it is not set."""
+        return parse_public_url(self.router_public_url) if self.router_public_url else None

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import gzip
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -251,6 +252,35 @@ async def test_unknown_missing_and_rotated_write_keys_are_401(
     assert len(await stored(nats_client, env.subject(env.other))) == 1
 
 
+async def test_unknown_header_key_is_refused_before_the_body_is_read(
+    registry: Registry, nats_url: str
+) -> None:
+    await registry.workspace("Early")
+    settings = router_settings(nats_url, f"127.0.0.1:{registry.port}")
+    settings.router_http_body_timeout_seconds = 30.0  # far longer than the test waits
+    async with AsyncExitStack() as stack:
+        router = await start_router(settings, stack)
+        await router.watcher.ready.wait()
+        reader, writer = await asyncio.open_connection("127.0.0.1", router.http_port)
+        stack.callback(writer.close)
+        started = time.monotonic()
+        # A body that never ends: without the early check the router would wait for it.
+        writer.write(
+            b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + b"Authorization: Basic "
+            + basic("unknown")["Authorization"].split()[1].encode()
+            + b"\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n"
+            + b'{"batch": [' * 100
+        )
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=5)
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+        assert time.monotonic() - started < 5
+        assert b"connection: close" in answer.lower()
+        assert b"unknown write key" in answer
+        assert router.ingestor.stats.requests == 0
+
+
 @pytest.mark.parametrize(
     ("path", "body", "headers", "status", "needle"),
     [
@@ -355,9 +385,15 @@ async def test_503_before_the_first_snapshot(nats_url: str) -> None:
     async with AsyncExitStack() as stack:
         router = await start_router(settings, stack)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.http_port}") as http:
-            resp = await http.post("/v1/track", json={"userId": "u", "event": "E"})
+            resp = await http.post(
+                "/v1/t", json={"userId": "u", "event": "E"}, headers={"Origin": "http://a.example"}
+            )
             assert resp.status_code == 503
             assert resp.headers["retry-after"] == str(settings.router_retry_after_seconds)
+            assert resp.headers["access-control-allow-origin"] == "*"
+            assert "retry-after" in resp.headers["access-control-expose-headers"]
+            settings_page = await http.get("/v1/projects/k/settings")
+            assert settings_page.status_code == 503
             assert (await http.get("/health")).status_code == 503
         async with grpc.aio.insecure_channel(f"127.0.0.1:{router.grpc_port}") as channel:
             with pytest.raises(grpc.aio.AioRpcError) as info:
