@@ -55,7 +55,10 @@ class RuntimeConfig:
     # A crossing running longer than this makes the pool move other functions off the worker.
     stall_ms: float = 50.0
     watchdog_interval_s: float = 0.01
-    # A worker whose memory passes this (all its contexts together) is recycled.
-    worker_rss_limit_mb: int = 2048
+    # A worker is replaced (drained, then stopped) once its memory passes this, or once it
+    # has created this many contexts: STPyV8 never gives a context's memory back (≈ 5.5 MB
+    # each), and V8 aborts the process at its heap limit (≈ 1.4 GB).
+    worker_rss_limit_mb: int = 1024
+    worker_max_contexts: int = 100
     log_cap_bytes: int = 64 * 1024
     egress: EgressConfig = field(default_factory=EgressConfig)

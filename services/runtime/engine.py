@@ -2,19 +2,20 @@
 
 Each instance (and settings revision) gets its own context, created once and reused so its
 globals persist between invocations; contexts in one worker share that worker's V8 isolate
-and heap. The runtime bundle leaves its host interface in `globalThis.__eventfn__`; this
-module takes it and deletes the global before the user's script runs, so user code can
+and heap. The runtime bundle exposes its host interface only through a gate that opens for
+the secret token this module arms it with before the user's script runs, so user code can
 neither reach nor replace the functions the worker drives it with.
 """
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import os
 import re
-from collections.abc import Callable, Iterator
+import secrets
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import orjson
 import STPyV8
@@ -22,6 +23,8 @@ import STPyV8
 from .model import HANDLER_NAMES
 from .report import ReportRejected
 
+# Strings longer than this cross in pieces (see FunctionContext._call).
+_CHUNK = 256 * 1024
 BUNDLE_PATH = Path(__file__).with_name("js") / "dist" / "runtime.js"
 SCRIPT_NAME = "function.js"
 # STPyV8 renders a JS exception as "Name: message ( script @ line : col )  -> source line".
@@ -29,12 +32,6 @@ _JS_ERROR = re.compile(
     r"^(?P<name>[\w$.]+): (?P<message>.*?) \( (?P<script>.*?) @ (?P<line>\d+) : (?P<col>\d+) \)"
     r"(?:  -> (?P<source>.*))?$",
     re.DOTALL,
-)
-# Evaluated after the user's script, in its global scope: a function returning its handlers.
-_LOOKUP = (
-    "(() => ({"
-    + ", ".join(f"{n}: typeof {n} === 'function' ? {n} : undefined" for n in HANDLER_NAMES)
-    + "}))"
 )
 
 
@@ -68,26 +65,25 @@ class ContextBroken(ReportRejected):
 
 
 class FunctionContext:
-    """A loaded function: its own V8 context holding the runtime globals and the user code."""
+    """A loaded function: its own V8 context holding the runtime globals and the user code.
 
-    def __init__(self, code: str, progress: Callable[[int], None] | None = None) -> None:
+    Every crossing is a small script evaluated in the context, calling the host interface
+    through the `__eventfn__` gate with this context's secret token; values travel as JSON
+    literals in that script. Nothing else crosses: STPyV8 corrupts its heap (the worker dies
+    with SIGSEGV some contexts later) once a context that was handed Python objects, or whose
+    functions Python called directly, is dropped.
+    """
+
+    def __init__(self, code: str) -> None:
         self.load_error: dict[str, object] | None = None
+        self._host = f"__eventfn__({_js(secrets.token_hex(16))})"
+        self._slots = itertools.count(1)
         self._ctx = STPyV8.JSContext()
         self._ctx.enter()
         try:
             self._ctx.eval(bundle_source(), "eventfn-runtime.js")
-            host = self._ctx.eval("__eventfn__")
-            self._start = host.start
-            self._poll = host.poll
-            self._resolve = host.resolve
-            self._fire = host.fire
-            self._cancel = host.cancel
-            self._handlers = host.handlers
-            set_lookup = host.setLookup
-            host.seed(os.urandom(32).hex())
-            if progress is not None:
-                host.setProgress(progress)
-            self._ctx.eval("delete globalThis.__eventfn__")
+            # The first call arms the gate with the token, before any user code exists.
+            self._ctx.eval(f"{self._host}.seed({_js(os.urandom(32).hex())})")
             try:
                 self._ctx.eval(code, SCRIPT_NAME)
             except Exception as exc:  # any JS error while loading the user's script
@@ -100,16 +96,30 @@ class FunctionContext:
                     + (f":{err['line']}:{err['column']}" if err["line"] else ""),
                     "cls": None,
                 }
-            set_lookup(self._ctx.eval(_LOOKUP))
         finally:
             self._ctx.leave()
 
-    @contextlib.contextmanager
-    def _entered(self) -> Iterator[None]:
-        """Enter the context for one crossing; a throw from the host interface breaks it."""
+    def _call(self, method: str, *args: object) -> Any:
+        """Call a host method in one crossing; a throw from it means user code broke it.
+
+        A `str` argument longer than a chunk travels in pieces, a crossing each: STPyV8
+        needs about ten times a script's size while it evaluates it.
+        """
+        spelled = [self._spell(a) if isinstance(a, str) else _js(a) for a in args]
+        return self._eval(f'"use strict";{self._host}.{method}({",".join(spelled)})')
+
+    def _spell(self, text: str) -> str:
+        if len(text) <= _CHUNK:
+            return _js(text)
+        slot = next(self._slots)
+        for i in range(0, len(text), _CHUNK):
+            self._eval(f'"use strict";{self._host}.piece({slot},{_js(text[i : i + _CHUNK])})')
+        return f"{self._host}.take({slot})"
+
+    def _eval(self, script: str) -> Any:
         self._ctx.enter()
         try:
-            yield
+            return self._ctx.eval(script)
         except Exception as exc:  # STPyV8 maps JS throws onto Python exception classes
             raise ContextBroken(f"the runtime's host interface threw: {exc}"[:500]) from exc
         finally:
@@ -119,8 +129,7 @@ class FunctionContext:
         """Return the handler names the code defines."""
         if self.load_error is not None:
             return frozenset()
-        with self._entered():
-            text = self._handlers()
+        text = self._call("handlers")
         try:
             names = orjson.loads(text)
         except (orjson.JSONDecodeError, TypeError) as exc:
@@ -130,32 +139,44 @@ class FunctionContext:
         return frozenset(n for n in names if n in HANDLER_NAMES)
 
     def start(
-        self,
-        inv_id: int,
-        events: str,
-        settings: str,
-        batch: bool,
-        log_cap: int,
-        keep_values: bool,
+        self, inv_id: int, events: str, settings: str, batch: bool, log_cap: int, keep: bool
     ) -> str:
-        """Start an invocation and return its first report (JSON)."""
-        with self._entered():
-            self._start(inv_id, events, settings, batch, log_cap, keep_values)
-            return self._poll(inv_id)
+        """Start an invocation (every handler in this one crossing); return its first report."""
+        self._call("start", inv_id, events, settings, batch, log_cap, keep)
+        return self.poll(inv_id)
+
+    def prepare(
+        self, inv_id: int, events: str, settings: str, batch: bool, log_cap: int, keep: bool
+    ) -> int:
+        """Set an invocation up (onBatch runs); return how many handlers `run_event` starts."""
+        count = self._call("prepare", inv_id, events, settings, batch, log_cap, keep)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ContextBroken("prepare did not return a count")
+        return count
+
+    def run_event(self, inv_id: int, index: int) -> None:
+        """Start the handler of one event of a prepared invocation."""
+        self._call("runEvent", inv_id, index)
+
+    def poll(self, inv_id: int) -> str:
+        """Return the invocation's report (pending promise jobs ran after the last crossing)."""
+        return self._call("poll", inv_id)
 
     def resolve(self, inv_id: int, results: str) -> str:
-        """Resolve a round of fetches and return the next report."""
-        with self._entered():
-            self._resolve(inv_id, results)
-            return self._poll(inv_id)
+        """Resolve a round of fetches (`results`: their JSON array) and return the next report."""
+        self._call("resolve", inv_id, results)
+        return self.poll(inv_id)
 
     def fire_timers(self, inv_id: int) -> str:
         """Run the invocation's due timers and return the next report."""
-        with self._entered():
-            self._fire(inv_id)
-            return self._poll(inv_id)
+        self._call("fire", inv_id)
+        return self.poll(inv_id)
 
     def cancel(self, inv_id: int) -> str:
         """End an invocation at its deadline: unfinished events are reported as such."""
-        with self._entered():
-            return self._cancel(inv_id)
+        return self._call("cancel", inv_id)
+
+
+def _js(value: object) -> str:
+    """Spell a value as a JS literal (JSON is a subset of JS since ES2019)."""
+    return orjson.dumps(value).decode()

@@ -51,8 +51,9 @@ class ResponseBudget:
     """The response bytes one fetch round may hold, counted as the bodies stream in.
 
     A round's responses are held together and copied into the function's context in one
-    crossing (about four copies in all), so a round may hold a quarter of the invocation's
-    memory limit; past it, fetches fail instead of the whole invocation.
+    crossing (the script that carries them, the strings parsed from it, what the function
+    makes of them), so a round may hold a quarter of the invocation's memory limit; past it,
+    fetches fail instead of the whole invocation.
     """
 
     def __init__(self, memory_limit: int) -> None:

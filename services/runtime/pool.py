@@ -48,6 +48,7 @@ from .protocol import (
     encode_frame,
     frame_sizes,
     has_sent,
+    read_created,
     read_progress,
     read_status,
     write_drop_up_to,
@@ -74,6 +75,8 @@ class RuntimePool:
         # The last slot is the quarantine worker, started when a function first needs it.
         self._q = max(1, config.workers)
         self._workers: list[WorkerHandle | None] = [None] * (self._q + 1)
+        self._retiring: set[WorkerHandle] = set()  # replaced, finishing their invocations
+        self._readers: set[asyncio.Task[None]] = set()
         self._affinity: dict[str, int] = {}
         # Functions that got a worker killed, and until when they run only in quarantine.
         self._quarantine: dict[str, float] = {}
@@ -107,13 +110,11 @@ class RuntimePool:
                 await self._watchdog
         for task in list(self._spawns):
             task.cancel()
-        for w in self._workers:
+        for w in [*self._workers, *self._retiring]:
             if w is not None:
                 self._kill(w, None, "crash")
-                with contextlib.suppress(ProcessLookupError):
-                    await w.proc.wait()
-                if w.reader is not None:
-                    w.reader.cancel()
+        # Every reader ends once its worker's pipe closes and the process is reaped.
+        await asyncio.gather(*self._readers, return_exceptions=True)
         self._workers = [None] * len(self._workers)
 
     async def __aenter__(self) -> RuntimePool:
@@ -159,6 +160,8 @@ class RuntimePool:
         w = WorkerHandle(index, proc, status, path)
         self._workers[index] = w
         w.reader = asyncio.get_running_loop().create_task(self._read(w))
+        self._readers.add(w.reader)
+        w.reader.add_done_callback(self._readers.discard)
         egress = self._config.egress
         init: InitFrame = {
             "op": "init",
@@ -221,8 +224,11 @@ class RuntimePool:
                 pending.future.set_result(REQUEUE if header.get("dropped") else header)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
-        if not w.dead:
-            code = await w.proc.wait()
+        if not w.dead:  # it closed its pipe: it died by itself (give it a moment to exit)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1):
+                    await w.proc.wait()
+            code = w.proc.returncode
             crossing = read_status(w.status)[0]
             culprit = w.inflight.get(crossing)
             log.warning(
@@ -233,19 +239,26 @@ class RuntimePool:
                 f", {culprit.key} inside V8" if culprit else "",
             )
             self._kill(w, culprit, "crash")
+        await w.proc.wait()
 
     def _kill(self, w: WorkerHandle, culprit: Pending | None, reason: str) -> None:
         if w.dead:
             return
         w.dead = True
+        self._retiring.discard(w)
         with contextlib.suppress(ProcessLookupError):
             w.proc.kill()
         lost = Lost(reason)
         if culprit is not None:
             self._quarantine[culprit.key] = time.monotonic() + QUARANTINE_S
             progress_seq, index = read_progress(w.status)
-            if progress_seq == culprit.seq:
-                lost = Lost(reason, None if index == LOADING else index, index == LOADING)
+            known = progress_seq == culprit.seq
+            lost = Lost(
+                reason,
+                offender=index if known and index < LOADING else None,
+                loading=known and index == LOADING,
+                sent=has_sent(w.status, culprit.slot),
+            )
         for pending in w.inflight.values():
             if pending.future.done():
                 continue
@@ -272,22 +285,24 @@ class RuntimePool:
         limit = self._config.memory_limit_mb * 1024 * 1024
         stall_ns = int(self._config.stall_ms * 1e6)
         worker_limit = self._config.worker_rss_limit_mb * 1024 * 1024
+        max_created = self._config.worker_max_contexts
         tick = 0
         while True:
             await asyncio.sleep(self._config.watchdog_interval_s)
             tick += 1
             now_ns = time.monotonic_ns()
             now = now_ns / 1e9
-            for w in list(self._workers):
+            for w in [*self._workers, *self._retiring]:
                 if w is None or w.dead or not w.ready.is_set():
                     continue
                 seq, started, last_read, _ = read_status(w.status)
                 pending = w.inflight.get(seq) if seq else None
-                if tick % 100 == 0 and w.rss() > worker_limit:
-                    # Memory kept across crossings (a growing global): recycle the worker,
-                    # blaming whichever invocation is inside V8 right now, if any.
-                    self._kill(w, pending, "memory")
-                    continue
+                if (
+                    tick % 100 == 0
+                    and not w.retiring
+                    and (w.rss() > worker_limit or read_created(w.status) > max_created)
+                ):
+                    self._retire(w)
                 if seq == 0:
                     if w.stalled:
                         w.stalled, w.stalled_key = False, None
@@ -314,6 +329,28 @@ class RuntimePool:
                     w.stalled = True
                     w.stalled_key = pending.key if pending is not None else None
                     self._steal(w, last_read)
+
+    def _retire(self, w: WorkerHandle) -> None:
+        """Replace a worker: a new one takes its slot; it finishes what it has, then stops."""
+        log.info(
+            "replacing worker %d (%d MB, %d contexts created)",
+            w.index,
+            w.rss() // 2**20,
+            read_created(w.status),
+        )
+        w.retiring = True
+        self._retiring.add(w)
+        for key in w.keys:
+            if self._affinity.get(key) == w.index:
+                del self._affinity[key]
+        w.keys.clear()
+        self._workers[w.index] = None
+        self._respawn(w.index)
+        self._stop_if_idle(w)
+
+    def _stop_if_idle(self, w: WorkerHandle) -> None:
+        if w.retiring and not w.inflight and not w.dead:
+            self._kill(w, None, "retired")
 
     def _steal(self, w: WorkerHandle, last_read: int) -> None:
         # Frames the stuck worker has not read yet move to other workers right away.
@@ -394,6 +431,7 @@ class RuntimePool:
             self._send(w, frame, payload)
             reply = await pending.future
             w.release(pending)
+            self._stop_if_idle(w)
             if reply is not REQUEUE:
                 return reply
         return Lost("crash")
@@ -420,8 +458,14 @@ class RuntimePool:
             w.keys.discard(function_key)
             self._send(w, {"op": "evict", "key": function_key})
 
-    async def run(self, invocation: Invocation, *, fresh: bool = False) -> InvocationResult:
-        """Run an invocation; outcomes[i] is the outcome of event i."""
+    async def run(
+        self, invocation: Invocation, *, fresh: bool = False, careful: bool = False
+    ) -> InvocationResult:
+        """Run an invocation; outcomes[i] is the outcome of event i.
+
+        `careful` starts each handler in its own crossing so that a handler that never
+        returns is named: the pool uses it to find the offender of a killed invocation.
+        """
         if not 0 < invocation.timeout_s <= MAX_TIMEOUT_S:
             raise InvalidInvocation(
                 f"timeout_s must be in (0, {MAX_TIMEOUT_S:g}] seconds, got {invocation.timeout_s}"
@@ -445,16 +489,23 @@ class RuntimePool:
             "log_cap": invocation.log_cap_bytes or self._config.log_cap_bytes,
             "fresh": fresh,
             "memory_limit": self._config.memory_limit_mb * 1024 * 1024,
+            "careful": careful,
         }
         reply = await self._submit(
             invocation.function_key, dict(header), invocation.events, invocation.timeout_s
         )
         if isinstance(reply, Lost):
-            return await self._after_loss(invocation, count, reply, started, fresh)
+            return await self._after_loss(invocation, count, reply, started, fresh, careful)
         return build_result(invocation, count, reply, (time.monotonic() - started) * 1000)
 
     async def _after_loss(
-        self, invocation: Invocation, count: int, lost: Lost, started: float, fresh: bool
+        self,
+        invocation: Invocation,
+        count: int,
+        lost: Lost,
+        started: float,
+        fresh: bool,
+        careful: bool,
     ) -> InvocationResult:
         self._handlers.pop(invocation.function_key, None)
         outcome = loss_outcome(lost.reason, invocation.timeout_s, self._config.memory_limit_mb)
@@ -462,5 +513,11 @@ class RuntimePool:
             elapsed = (time.monotonic() - started) * 1000
             return InvocationResult(outcomes=[outcome] * count, duration_ms=elapsed)
         return await narrow(
-            lambda sub: self.run(sub, fresh=fresh), invocation, count, lost, outcome, started
+            lambda sub, careful: self.run(sub, fresh=fresh, careful=careful),
+            invocation,
+            count,
+            lost,
+            outcome,
+            started,
+            careful=careful,
         )

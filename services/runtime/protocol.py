@@ -7,8 +7,11 @@ TypedDicts below: `*Frame` from the pool to a worker, `*Reply` back.
 The status block (one small shared file per worker) is written by the worker and read by
 the pool's watchdog without any message: which invocation is inside V8 since when, the last
 frame the worker has read, the pool's "drop frames up to" mark for stolen invocations,
-which event's handler is being started (so a timeout can name its offending event), and one
-byte per invocation slot that the worker sets before the invocation's first outgoing
+which event's handler is being started in a careful run (so a timeout names its offending
+event; see worker.py), and one
+how many contexts it has created (STPyV8 never frees a context's memory, so the pool
+replaces a worker that made many), and one byte per invocation slot that the worker sets
+before the invocation's first outgoing
 request (so a killed worker's bystanders are re-run only when they sent nothing). Shared
 memory outlives the worker: the pool reads it after a kill.
 """
@@ -25,10 +28,14 @@ PREFIX_SIZE = _PREFIX.size
 STATUS = struct.Struct("<QQQQ")  # crossing seq, crossing start ns, last read seq, drop-up-to
 _PROGRESS = struct.Struct("<QQ")  # invocation seq, index of the event whose handler starts
 SLOTS = 4096  # invocations a worker can hold at once with a side-effect mark
-_SLOTS_AT = STATUS.size + _PROGRESS.size
+_CREATED = struct.Struct("<Q")  # contexts the worker has created so far
+_CREATED_AT = STATUS.size + _PROGRESS.size
+_SLOTS_AT = _CREATED_AT + _CREATED.size
 STATUS_SIZE = _SLOTS_AT + SLOTS
 # Progress index meaning "the function's script is being loaded" (no event started yet).
 LOADING = 2**32
+# Progress index meaning "inside V8, but not starting one known event's handler".
+UNKNOWN = 2**32 + 1
 NO_SLOT = -1
 
 
@@ -89,6 +96,7 @@ class RunFrame(TypedDict):
     fresh: bool  # drop the context afterwards (previews)
     slot: int  # side-effect byte of this invocation in the status block, or NO_SLOT
     memory_limit: int  # bytes of responses the invocation may hold
+    careful: bool  # start each handler in its own crossing, recording which one runs
 
 
 class ReadyReply(TypedDict):
@@ -167,6 +175,16 @@ def write_last_read(buf: Any, seq: int) -> None:
 def write_drop_up_to(buf: Any, seq: int) -> None:
     """Ask the worker to drop (not run) frames numbered up to `seq` it has not read yet."""
     struct.pack_into("<Q", buf, 24, seq)
+
+
+def write_created(buf: Any, count: int) -> None:
+    """Record (worker side) how many contexts the worker has created."""
+    _CREATED.pack_into(buf, _CREATED_AT, count)
+
+
+def read_created(buf: Any) -> int:
+    """Read how many contexts the worker has created."""
+    return _CREATED.unpack_from(buf, _CREATED_AT)[0]
 
 
 def mark_sent(buf: Any, slot: int) -> None:

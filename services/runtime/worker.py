@@ -29,6 +29,7 @@ from .protocol import (
     LOADING,
     PREFIX_SIZE,
     STATUS_SIZE,
+    UNKNOWN,
     HandlersFrame,
     InitFrame,
     RunFrame,
@@ -37,6 +38,7 @@ from .protocol import (
     frame_sizes,
     mark_sent,
     read_status,
+    write_created,
     write_crossing,
     write_last_read,
     write_progress,
@@ -59,9 +61,7 @@ class Worker:
         self._fetcher = HostFetcher(self._egress)
         self._tasks: set[asyncio.Task[None]] = set()
         self._current = 0  # the invocation inside V8 now
-
-    def _progress(self, index: int) -> None:
-        write_progress(self._status, self._current, index)
+        self._created = 0  # contexts created (their memory is never given back)
 
     @contextlib.contextmanager
     def _crossing(self, seq: int) -> Iterator[None]:
@@ -81,7 +81,9 @@ class Worker:
         if ctx is None:
             with self._crossing(seq):
                 write_progress(self._status, seq, LOADING)
-                ctx = FunctionContext(code, self._progress)
+                ctx = FunctionContext(code)
+            self._created += 1
+            write_created(self._status, self._created)
             self._contexts[key] = ctx
             while len(self._contexts) > self._max_contexts:
                 self._contexts.popitem(last=False)
@@ -135,6 +137,29 @@ class Worker:
             reply = _failed(seq, internal="the runtime worker failed; see the executor's log")
         self._reply(reply)
 
+    def _start(self, ctx: FunctionContext, frame: RunFrame, events: str) -> str:
+        """Start an invocation: all handlers in one crossing, or (careful) one per crossing.
+
+        Careful runs record which event's handler is starting, so a handler that never
+        returns is named when its worker is killed; the pool asks for them only to find the
+        offender of an invocation that got a worker killed.
+        """
+        seq = frame["id"]
+        args = (seq, events, frame["settings"], frame["batch"], frame["log_cap"], frame["keep"])
+        if not frame["careful"]:
+            write_progress(self._status, seq, UNKNOWN)
+            with self._crossing(seq):
+                return ctx.start(*args)
+        with self._crossing(seq):
+            count = ctx.prepare(*args)
+        for index in range(count):
+            write_progress(self._status, seq, index)
+            with self._crossing(seq):
+                ctx.run_event(seq, index)
+        write_progress(self._status, seq, UNKNOWN)
+        with self._crossing(seq):
+            return ctx.poll(seq)
+
     def _report(self, text: Any, frame: RunFrame, sent: int = 0) -> Report:
         return parse_report(
             text,
@@ -162,15 +187,7 @@ class Worker:
         deadline, keep = frame["deadline"], frame["keep"]
         traces: list[dict[str, Any]] = []
         sent = 0
-        with self._crossing(seq):
-            raw = ctx.start(
-                seq,
-                payload.decode("utf-8"),
-                frame["settings"],
-                frame["batch"],
-                frame["log_cap"],
-                keep,
-            )
+        raw = self._start(ctx, frame, payload.decode("utf-8"))
         report = self._report(raw, frame)
         while not report.done:
             now = time.monotonic()
@@ -298,8 +315,11 @@ async def serve(status_path: str) -> None:
 
 def main() -> None:
     """Run a worker (entry point of the worker process)."""
+    import faulthandler
+
     import uvloop
 
+    faulthandler.enable()  # a crash inside V8 leaves the Python stack in the executor's log
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     uvloop.run(serve(sys.argv[1]))
 

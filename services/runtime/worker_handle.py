@@ -19,8 +19,9 @@ class Lost:
     """Why an invocation's worker went away, and what the pool knows about the offender."""
 
     reason: str  # "timeout" | "memory" | "crash" | "bystander" (had sent requests)
-    offender: int | None = None  # the event whose handler was starting, when known
+    offender: int | None = None  # the event whose handler was starting (careful runs)
     loading: bool = False  # it died while loading the function's script
+    sent: bool = True  # it may have sent requests (running it again could repeat them)
 
 
 # A worker's answer meaning "send this invocation again" (moved, dropped, or bystander).
@@ -50,6 +51,7 @@ class WorkerHandle:
     keys: set[str] = field(default_factory=set)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     dead: bool = False
+    retiring: bool = False  # being replaced: finishes what it has, takes nothing new
     stalled_key: str | None = None
     stalled: bool = False
     seen_crossing: tuple[int, int] = (0, 0)
@@ -83,7 +85,7 @@ class WorkerHandle:
     @property
     def usable(self) -> bool:
         """Tell whether new invocations may be sent to this worker."""
-        return not self.dead and not self.stalled and self.ready.is_set()
+        return not self.dead and not self.stalled and not self.retiring and self.ready.is_set()
 
 
 def status_block() -> tuple[mmap.mmap, str]:

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from services.runtime import InvocationResult, OutcomeKind, RuntimePool
-from tests.runtime.conftest import invoke, value_of
+from tests.runtime.conftest import invoke, pool_config, value_of
 
 FAST = "async function onTrack(e) { return e.event }"
 
@@ -61,3 +61,21 @@ async def test_memory_bomb_does_not_break_another(own_pool: RuntimePool) -> None
     assert result.outcomes[0].kind == OutcomeKind.FAILURE
     assert result.outcomes[0].error_type == "MemoryLimitExceeded"
     assert max(during) < 1.0
+
+
+async def test_a_worker_that_made_many_contexts_is_replaced_without_losing_work() -> None:
+    # STPyV8 never frees a context's memory: a worker is replaced after N contexts, and
+    # what it runs at that moment finishes there.
+    config = pool_config(workers=1, worker_max_contexts=4, watchdog_interval_s=0.002)
+    slow = "async function onTrack(e) { await new Promise(ok => setTimeout(ok, 300)); return e.i }"
+    async with RuntimePool(config) as pool:
+        first = pool._workers[0]
+        assert first is not None
+        in_flight = asyncio.create_task(invoke(pool, slow, [{"type": "track", "i": -1}]))
+        results = [
+            await invoke(pool, FAST, [{"type": "track", "event": i}], key=f"many:{i}")
+            for i in range(12)
+        ]
+        assert [value_of(r) for r in results] == list(range(12))
+        assert value_of(await in_flight) == -1
+        assert first.dead and pool._workers[0] is not first

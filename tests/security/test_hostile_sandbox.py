@@ -22,7 +22,12 @@ FORGE = (
 
 async def test_the_host_interface_is_out_of_reach(strict_pool: RuntimePool) -> None:
     code = """
-    const atLoad = typeof __eventfn__;
+    const guesses = [undefined, '', 'x'.repeat(32), '0'.repeat(32), {toString() { return 'a' }}];
+    const atLoad = guesses.map((g) => __eventfn__(g) === undefined);
+    __eventfn__ = () => 'replaced';
+    let redefined;
+    try { Object.defineProperty(globalThis, '__eventfn__', {value: 1}); redefined = true }
+    catch (e) { redefined = false }
     async function onTrack() {
       const frames = [];
       Error.prepareStackTrace = (err, callsites) => callsites;
@@ -38,16 +43,25 @@ async def test_the_host_interface_is_out_of_reach(strict_pool: RuntimePool) -> N
       Error.prepareStackTrace = undefined;
       let caller;
       try { caller = onTrack.caller } catch (e) { caller = 'threw' }
-      return {atLoad, now: typeof __eventfn__, inGlobal: '__eventfn__' in globalThis,
+      return {atLoad, now: guesses.map((g) => __eventfn__(g) === undefined),
+              replaced: __eventfn__() === 'replaced', redefined,
               frames: frames.slice(2), caller: caller === null || caller === 'threw'};
     }"""
     value = value_of(await invoke(strict_pool, code))
     assert isinstance(value, dict)
-    assert (value["atLoad"], value["now"], value["inGlobal"]) == ("undefined", "undefined", False)
+    # The gate opens for the engine's secret token only, and cannot be replaced.
+    assert value["atLoad"] == value["now"] == [True] * 5
+    assert (value["replaced"], value["redefined"]) == (False, False)
     assert value["caller"] is True
     # The runtime's own frames below the handler give up neither receiver nor function.
     assert value["frames"], value
     assert all(self_hidden and fn_hidden for _, self_hidden, fn_hidden in value["frames"]), value
+
+
+async def test_the_gate_cannot_be_shadowed(strict_pool: RuntimePool) -> None:
+    result = await invoke(strict_pool, "let __eventfn__ = () => 1; async function onTrack() {}")
+    assert result.outcomes[0].kind == OutcomeKind.FAILURE
+    assert "already been declared" in (result.outcomes[0].message or "")
 
 
 async def test_a_timer_or_a_global_getter_cannot_reach_it_either(strict_pool: RuntimePool) -> None:

@@ -226,8 +226,23 @@ const HANDLERS = {
 const HANDLER_NAMES = [
   'onTrack', 'onIdentify', 'onPage', 'onScreen', 'onGroup', 'onAlias', 'onDelete', 'onBatch',
 ];
-let lookupHandlers = () => ({});
-let progress = () => {}; // host callback: which event's handler is being started
+// The user's handlers, looked up by name in the global scope when an invocation starts (they
+// are declared by the user's script, evaluated after this bundle: `typeof` of a name not
+// declared yet is 'undefined', never an error). Functions only; anything else is no handler.
+/* global onTrack, onIdentify, onPage, onScreen, onGroup, onAlias, onDelete, onBatch */
+function lookupHandlers() {
+  const fn = (v) => (typeof v === 'function' ? v : undefined);
+  return {
+    onTrack: typeof onTrack === 'undefined' ? undefined : fn(onTrack),
+    onIdentify: typeof onIdentify === 'undefined' ? undefined : fn(onIdentify),
+    onPage: typeof onPage === 'undefined' ? undefined : fn(onPage),
+    onScreen: typeof onScreen === 'undefined' ? undefined : fn(onScreen),
+    onGroup: typeof onGroup === 'undefined' ? undefined : fn(onGroup),
+    onAlias: typeof onAlias === 'undefined' ? undefined : fn(onAlias),
+    onDelete: typeof onDelete === 'undefined' ? undefined : fn(onDelete),
+    onBatch: typeof onBatch === 'undefined' ? undefined : fn(onBatch),
+  };
+}
 
 function runOne(inv, i, handler, event, settings) {
   let p;
@@ -254,17 +269,23 @@ function runOne(inv, i, handler, event, settings) {
   }
 }
 
-// The host interface. The engine takes it (and removes the global) before user code runs,
-// so user code can neither reach nor replace it; strict mode keeps its frames opaque.
+// The host interface. The engine reaches it only through the `__eventfn__` gate with the
+// token it armed the gate with before any user code ran (see engine.py), so user code can
+// neither reach nor replace it; strict mode keeps its frames opaque.
+const pieces = new Map(); // long arguments arrive in pieces (engine.py, _call)
 const host = {
+  piece(slot, text) {
+    const got = pieces.get(slot);
+    if (got === undefined) pieces.set(slot, [text]);
+    else got.push(text);
+  },
+  take(slot) {
+    const got = pieces.get(slot) || [];
+    pieces.delete(slot);
+    return got.join('');
+  },
   seed(hex) {
     random.seedRandom(hex);
-  },
-  setLookup(fn) {
-    lookupHandlers = fn;
-  },
-  setProgress(fn) {
-    progress = fn;
   },
   handlers() {
     let h;
@@ -277,7 +298,9 @@ const host = {
     for (const k of HANDLER_NAMES) if (typeof h[k] === 'function') names.push(k);
     return jsonStringify(names);
   },
-  start(id, eventsJson, settingsJson, batch, logCap, keepValues) {
+  // Set an invocation up; run onBatch at once. Returns how many single-event handlers are
+  // left to start (with runEvent), 0 for a batch or when the handlers cannot be looked up.
+  prepare(id, eventsJson, settingsJson, batch, logCap, keepValues) {
     const events = jsonParse(eventsJson);
     const n = isArray(events) ? events.length : 1;
     const inv = new Invocation(id, batch ? 1 : n, logCap, keepValues);
@@ -290,7 +313,7 @@ const host = {
     } catch (err) {
       // e.g. a global getter named like a handler that throws: every event fails with it.
       for (let i = 0; i < (batch ? 1 : n); i++) inv.settle(i, false, err);
-      return;
+      return 0;
     }
     const settings = () => {
       const s = jsonParse(settingsJson);
@@ -314,27 +337,34 @@ const host = {
           (err) => inv.settle(0, false, err),
         );
       }
+      return 0;
+    }
+    inv.pending = { list: isArray(events) ? events : [events], handlers: h, settings };
+    return n;
+  },
+  // Start the handler of event i of a prepared invocation.
+  runEvent(id, i) {
+    const inv = invocations.get(id);
+    current = inv;
+    const { list, handlers, settings } = inv.pending;
+    const event = list[i];
+    if (event === null || typeof event !== 'object' || isArray(event)) {
+      inv.settle(i, false, new InvalidEventPayload('event must be a JSON object'));
       return;
     }
-    const list = isArray(events) ? events : [events];
-    for (let i = 0; i < n; i++) {
-      const event = list[i];
-      if (event === null || typeof event !== 'object' || isArray(event)) {
-        inv.settle(i, false, new InvalidEventPayload('event must be a JSON object'));
-        continue;
-      }
-      const type = typeof event.type === 'string' ? event.type.toLowerCase() : '';
-      const name = HANDLERS[type];
-      const handler = name === undefined ? undefined : h[name];
-      if (typeof handler !== 'function') {
-        const what = name === undefined ? `event type ${safeJson(event.type)}` : name;
-        inv.settle(i, false, new EventNotSupported(`${what} is not supported by this function`));
-        continue;
-      }
-      progress(i);
-      runOne(inv, i, handler, event, settings());
+    const type = typeof event.type === 'string' ? event.type.toLowerCase() : '';
+    const name = HANDLERS[type];
+    const handler = name === undefined ? undefined : handlers[name];
+    if (typeof handler !== 'function') {
+      const what = name === undefined ? `event type ${safeJson(event.type)}` : name;
+      inv.settle(i, false, new EventNotSupported(`${what} is not supported by this function`));
+      return;
     }
-    progress(n);
+    runOne(inv, i, handler, event, settings());
+  },
+  start(id, eventsJson, settingsJson, batch, logCap, keepValues) {
+    const n = host.prepare(id, eventsJson, settingsJson, batch, logCap, keepValues);
+    for (let i = 0; i < n; i++) host.runEvent(id, i);
   },
   poll(id) {
     const inv = invocations.get(id);
@@ -607,4 +637,12 @@ defineUnsupported('hubspotlib', 'hubspot-api-nodejs');
 defineUnsupported('skyflowlib', 'skyflow');
 defineUnsupported('nodemailjet', 'mailjet');
 defineUnsupported('winstonlib', 'winston');
-Object.defineProperty(G, '__eventfn__', { value: host, enumerable: false, configurable: true });
+// The gate to the host interface: the engine's first call arms it with a random token, before
+// user code runs; afterwards it opens only for that token. Not writable, not configurable: user
+// code can neither replace it nor shadow it with a global declaration.
+let gateToken = null;
+function gate(token) {
+  if (gateToken === null && typeof token === 'string' && token.length >= 32) gateToken = token;
+  return token === gateToken ? host : undefined;
+}
+Object.defineProperty(G, '__eventfn__', { value: gate });
