@@ -84,3 +84,22 @@ async def test_dead_alone_shows_its_help(cli: Cli) -> None:
     result = await cli("dead")
     assert "Missing command" not in result.stdout + result.stderr
     assert "replay" in result.stdout and "purge" in result.stdout
+
+
+async def test_preview_settings_take_values_and_the_egress_hint_names_allow(
+    cli: Cli, tmp_path: Path
+) -> None:
+    handler = tmp_path / "handler.js"
+    handler.write_text(
+        "async function onTrack(event, settings) {\n"
+        "  await fetch(settings.endpoint, { method: 'POST', body: JSON.stringify(event) })\n"
+        "}\n"
+    )
+    schema = tmp_path / "schema.json"
+    schema.write_text('[{"name": "endpoint", "type": "string"}]')
+    wrong = await cli.fails("preview", str(handler), "--settings", str(schema))
+    assert len(wrong.lines) == 1 and "--settings takes test values" in wrong.lines[0]
+    refused = await cli.fails(
+        "preview", str(handler), "--set", "endpoint=http://127.0.0.1:9/hook", "--json"
+    )
+    assert "--allow" in refused.stdout and "EVENTFN_EGRESS_ALLOW" in refused.stdout
