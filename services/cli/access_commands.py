@@ -1,4 +1,4 @@
-"""CLI commands of access and sources: workspaces, members, tokens, sources, audit trail."""
+"""CLI commands of access and sources: members, tokens, sources, audit trail."""
 
 from __future__ import annotations
 
@@ -9,26 +9,24 @@ import typer
 from google.protobuf import json_format
 
 from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import registry_pb2_grpc
 from eventfn.registry.v1 import resources_pb2 as res
-from services.cli.client import fail, metadata, out, save_context, stub, table, when
+from services.cli.client import as_json_list, fail, metadata, out, pages, registry, table, when
 
-workspaces = typer.Typer(help="Workspaces (create: bootstrap admin only).", no_args_is_help=True)
+Json = Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")]
 members = typer.Typer(help="Members of the workspace and their roles.", no_args_is_help=True)
 tokens = typer.Typer(help="API tokens.", no_args_is_help=True)
 sources = typer.Typer(help="Sources and their write keys.", no_args_is_help=True)
 
+ROLE_HELP = (
+    "owner | functions-admin[:fn,..] | functions-read-only[:fn,..] | source-admin[:src,..]; "
+    "repeatable"
+)
 ROLES = {
     "owner": res.ROLE_WORKSPACE_OWNER,
     "functions-admin": res.ROLE_FUNCTIONS_ADMIN,
     "functions-read-only": res.ROLE_FUNCTIONS_READ_ONLY,
     "source-admin": res.ROLE_SOURCE_ADMIN,
 }
-
-
-def registry():
-    """Open the registry stub."""
-    return stub("registry", registry_pb2_grpc.RegistryStub)
 
 
 def parse_grant(text: str) -> res.RoleGrant:
@@ -52,59 +50,13 @@ def role_text(grants: Any) -> str:
     return " ".join(parts)
 
 
-# -- workspaces ---------------------------------------------------------------------------
-
-
-@workspaces.command("create")
-def workspace_create(
-    name: str,
-    use: Annotated[
-        bool, typer.Option(help="Make the new owner token the CLI's current token.")
-    ] = True,
-) -> None:
-    """Create a workspace and print its owner token."""
-    with registry() as r:
-        resp = r.CreateWorkspace(pb.CreateWorkspaceRequest(name=name), metadata=metadata())
-    out.print(f"workspace [bold]{resp.workspace.name}[/] ({resp.workspace.id}) created")
-    out.print(f"owner token (shown once): [bold]{resp.token}[/]")
-    if use:
-        save_context(token=resp.token)
-        out.print("the CLI now uses this token (see .eventfn/cli.json)")
-
-
-@workspaces.command("show")
-def workspace_show() -> None:
-    """Show the current token's workspace and member."""
-    with registry() as r:
-        me = r.WhoAmI(pb.WhoAmIRequest(), metadata=metadata())
-    table(
-        "whoami",
-        ["workspace", "workspace id", "member", "roles", "bootstrap admin"],
-        [
-            [
-                me.workspace.name,
-                me.workspace.id,
-                me.member.email,
-                role_text(me.member.roles),
-                me.bootstrap_admin,
-            ]
-        ],
-    )
-
-
 # -- members ------------------------------------------------------------------------------
 
 
 @members.command("create")
 def member_create(
     email: str,
-    role: Annotated[
-        list[str],
-        typer.Option(
-            help="owner | functions-admin[:fn,..] | functions-read-only[:fn,..] "
-            "| source-admin[:src,..]"
-        ),
-    ],
+    role: Annotated[list[str], typer.Option(help=ROLE_HELP)],
 ) -> None:
     """Add a member with roles."""
     with registry() as r:
@@ -118,15 +70,59 @@ def member_create(
 
 
 @members.command("list")
-def member_list() -> None:
+def member_list(json_: Json = False) -> None:
     """List members."""
     with registry() as r:
-        resp = r.ListMembers(pb.ListMembersRequest(page_size=500), metadata=metadata())
+        rows = list(pages(r.ListMembers, pb.ListMembersRequest(page_size=500), "members"))
+    if json_:
+        as_json_list(rows)
+        return
     table(
         "members",
         ["id", "email", "roles", "created"],
-        [[m.id, m.email, role_text(m.roles), when(m.create_time)] for m in resp.members],
+        [[m.id, m.email, role_text(m.roles), when(m.create_time)] for m in rows],
     )
+
+
+def member_id(r: Any, who: str) -> str:
+    """Return the id of a member given by id or email."""
+    if who.startswith("mem_"):
+        return who
+    found = [
+        m.id
+        for m in pages(r.ListMembers, pb.ListMembersRequest(page_size=500), "members")
+        if m.email == who
+    ]
+    if not found:
+        fail(f"no member {who!r} in this workspace; see `eventfn members list`")
+    return found[0]
+
+
+@members.command("set-roles")
+def member_set_roles(
+    member: Annotated[str, typer.Argument(help="Member id or email.")],
+    role: Annotated[list[str], typer.Option(help=ROLE_HELP)],
+) -> None:
+    """Replace a member's roles."""
+    with registry() as r:
+        resp = r.UpdateMemberRoles(
+            pb.UpdateMemberRolesRequest(
+                member_id=member_id(r, member), roles=[parse_grant(x) for x in role]
+            ),
+            metadata=metadata(),
+        )
+    out.print(f"member {resp.member.email} ({resp.member.id}) now: {role_text(resp.member.roles)}")
+
+
+@members.command("remove")
+def member_remove(
+    member: Annotated[str, typer.Argument(help="Member id or email.")],
+) -> None:
+    """Remove a member from the workspace and revoke its tokens."""
+    with registry() as r:
+        ident = member_id(r, member)
+        r.DeleteMember(pb.DeleteMemberRequest(member_id=ident), metadata=metadata())
+    out.print(f"member {member} removed; its tokens no longer work")
 
 
 # -- tokens -------------------------------------------------------------------------------
@@ -147,10 +143,13 @@ def token_create(
 
 
 @tokens.command("list")
-def token_list() -> None:
+def token_list(json_: Json = False) -> None:
     """List tokens."""
     with registry() as r:
-        resp = r.ListTokens(pb.ListTokensRequest(page_size=500), metadata=metadata())
+        rows = list(pages(r.ListTokens, pb.ListTokensRequest(page_size=500), "tokens"))
+    if json_:
+        as_json_list(rows)
+        return
     table(
         "tokens",
         ["id", "name", "member", "prefix", "created", "expires", "revoked"],
@@ -164,7 +163,7 @@ def token_list() -> None:
                 when(t.expire_time),
                 when(t.revoke_time),
             ]
-            for t in resp.tokens
+            for t in rows
         ],
     )
 
@@ -192,14 +191,17 @@ def source_create(name: str) -> None:
 
 
 @sources.command("list")
-def source_list() -> None:
+def source_list(json_: Json = False) -> None:
     """List sources."""
     with registry() as r:
-        resp = r.ListSources(pb.ListSourcesRequest(page_size=500), metadata=metadata())
+        rows = list(pages(r.ListSources, pb.ListSourcesRequest(page_size=500), "sources"))
+    if json_:
+        as_json_list(rows)
+        return
     table(
         "sources",
         ["id", "name", "write key", "created"],
-        [[s.id, s.name, s.write_key, when(s.create_time)] for s in resp.sources],
+        [[s.id, s.name, s.write_key, when(s.create_time)] for s in rows],
     )
 
 
@@ -234,12 +236,15 @@ def compact_json(value: Any) -> str:
     return json.dumps(ints(value), separators=(",", ":"))
 
 
-def audit(resource: str = "", limit: int = 50) -> None:
+def audit(resource: str = "", limit: int = 50, json_: Json = False) -> None:
     """Show the audit trail, newest first."""
     with registry() as r:
         resp = r.ListAuditEvents(
             pb.ListAuditEventsRequest(resource_id=resource, page_size=limit), metadata=metadata()
         )
+    if json_:
+        as_json_list(resp.events)
+        return
     table(
         "audit trail",
         ["when", "who", "action", "object", "details"],

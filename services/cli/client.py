@@ -1,12 +1,13 @@
-"""What every CLI command shares: where the platform is, the token, stubs, output, errors."""
+"""What every CLI command shares: the token, stubs, pages, output, errors."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -18,36 +19,13 @@ from grpc_status import rpc_status
 from rich.console import Console
 from rich.table import Table
 
+from eventfn.registry.v1 import registry_pb2_grpc
+from services.cli.context import load_context
+
 # Piped output keeps whole ids on one line, so scripts can grep them.
 out = Console(width=None if sys.stdout.isatty() else 250)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 250)
 T = TypeVar("T")
-
-
-def state_dir() -> Path:
-    """Return the state dir (EVENTFN_STATE_DIR, default `.eventfn`)."""
-    return Path(os.environ.get("EVENTFN_STATE_DIR", ".eventfn"))
-
-
-def context_file() -> Path:
-    """Return the CLI context file written by `eventfn up`."""
-    return state_dir() / "cli.json"
-
-
-def load_context() -> dict[str, Any]:
-    """Read the CLI context (registry address, current token); empty when there is none."""
-    path = context_file()
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def save_context(**changes: Any) -> None:
-    """Update the CLI context file (mode 600: it holds a token)."""
-    current = load_context() | changes
-    path = context_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(current, f, indent=2)
 
 
 def fail(message: str) -> NoReturn:
@@ -74,7 +52,10 @@ def token() -> str:
     """Return the bearer token to use (EVENTFN_TOKEN, else the context's current token)."""
     value = os.environ.get("EVENTFN_TOKEN") or load_context().get("token")
     if not value:
-        fail("no token: set EVENTFN_TOKEN or run `make up`, which stores the admin token")
+        fail(
+            "no token: set EVENTFN_TOKEN, or start the platform with `make up` (it stores the "
+            "admin token), or add one with `eventfn workspaces use --token …`"
+        )
     return value
 
 
@@ -91,6 +72,21 @@ def stub(service: str, factory: Callable[[grpc.Channel], T]) -> Iterator[T]:
             yield factory(channel)
         except grpc.RpcError as error:
             explain(error)
+
+
+def registry() -> Any:
+    """Open the registry stub (a context manager turning RPC errors into one-line messages)."""
+    return stub("registry", registry_pb2_grpc.RegistryStub)
+
+
+def pages(call: Callable[..., Any], request: Message, field: str) -> Iterator[Any]:
+    """Yield every item of a paged List call, page after page."""
+    while True:
+        resp = call(request, metadata=metadata())
+        yield from getattr(resp, field)
+        if not resp.next_page_token:
+            return
+        request.page_token = resp.next_page_token  # type: ignore[attr-defined]
 
 
 def explain(error: grpc.RpcError) -> NoReturn:
@@ -129,11 +125,19 @@ def as_json(message: Message) -> None:
     sys.stdout.write(json_format.MessageToJson(message) + "\n")
 
 
+def as_json_list(messages: Iterable[Message]) -> None:
+    """Print messages as one JSON array (proto JSON names), for scripts."""
+    from google.protobuf import json_format
+
+    items = [json_format.MessageToDict(m) for m in messages]
+    sys.stdout.write(json.dumps(items, indent=2, ensure_ascii=False) + "\n")
+
+
 def when(ts: Any) -> str:
-    """Format a Timestamp for tables (empty when unset)."""
+    """Format a Timestamp for tables in local time with its UTC offset (empty when unset)."""
     if not ts.seconds and not ts.nanos:
         return ""
-    return ts.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+    return ts.ToDatetime(tzinfo=UTC).astimezone().isoformat(sep=" ", timespec="seconds")
 
 
 def read_json(path: Path, what: str) -> Any:

@@ -1,21 +1,30 @@
-"""`eventfn events tail`: look at the packs in the EVENTS stream (operator tool)."""
+"""`eventfn events tail`: look at your workspace's packs in the EVENTS stream.
+
+The registry says who the token belongs to (WhoAmI) and which instances it may read
+(ListInstances); the CLI then reads only the subjects `events.<workspace id>.*` from NATS
+and shows only those instances' packs.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from typing import Annotated
 
+import nats
+import nats.errors
 import orjson
 import typer
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from services.cli.client import fail, load_context, out
+from eventfn.registry.v1 import registry_pb2 as pb
+from services.cli.client import fail, metadata, out, pages, registry
+from services.cli.context import load_context
 from services.common import streams
 from services.common.settings import nats_servers
 
-events = typer.Typer(
-    help="The event streams (operator tools: direct NATS access).", no_args_is_help=True
-)
+events = typer.Typer(help="Your workspace's event streams.", no_args_is_help=True)
 
 
 def nats_url() -> str:
@@ -29,12 +38,15 @@ def nats_url() -> str:
 def describe(subject: str, data: bytes, seq: int) -> list[str]:
     """Render one pack: its subject and a line per event."""
     parsed = streams.parse_subject(subject)
-    lines = [f"[bold]#{seq}[/] instance {parsed.instance_id} (workspace {parsed.workspace_id})"]
+    lines = [f"[bold]#{seq}[/] instance {parsed.instance_id}"]
     try:
         batch = orjson.loads(data)
     except orjson.JSONDecodeError:
         return [*lines, f"  <{len(data)} bytes, not JSON>"]
     for event in batch if isinstance(batch, list) else [batch]:
+        if not isinstance(event, dict):
+            lines.append(f"  <{type(event).__name__}, not an event>")
+            continue
         name = event.get("event") or event.get("name") or ""
         who = event.get("userId") or event.get("anonymousId") or ""
         lines.append(
@@ -43,30 +55,46 @@ def describe(subject: str, data: bytes, seq: int) -> list[str]:
     return lines
 
 
-async def _tail(instance: str, last: int, follow: bool) -> None:
-    import nats
-    from nats.js.api import ConsumerConfig, DeliverPolicy
+async def _quiet(_: Exception) -> None:
+    """Swallow nats-py's connection-error callbacks: the caller reports failures once."""
 
-    nc = await nats.connect(nats_servers(nats_url()), connect_timeout=3, max_reconnect_attempts=0)
+
+async def _tail(
+    workspace_id: str,
+    instance: str | None,
+    visible: Callable[[str], bool],
+    last: int,
+    follow: bool,
+) -> None:
+    # nats-py retries the first connect forever when max_reconnect_attempts is 0 (the flood
+    # of tracebacks of the issue); 1 gives up after a second try, with NoServersError.
+    nc = await nats.connect(
+        nats_servers(nats_url()),
+        connect_timeout=3,
+        allow_reconnect=False,
+        max_reconnect_attempts=1,
+        reconnect_time_wait=0.2,
+        error_cb=_quiet,
+    )
     try:
         js = nc.jetstream()
-        info = await js.stream_info(streams.EVENTS_STREAM)
-        total = info.state.messages
-        start = max(info.state.first_seq, info.state.last_seq - last + 1)
-        filter_subject = streams.subject_filter("events", instance_id=instance or None)
+        subjects = streams.subject_filter("events", workspace_id=workspace_id, instance_id=instance)
+        # Counted before subscribing: without --follow, exactly these are read, then it ends.
+        info = await js.stream_info(streams.EVENTS_STREAM, subjects_filter=subjects)
+        waiting = sum((info.state.subjects or {}).values())
+        skip = max(0, waiting - last)
         sub = await js.subscribe(
-            filter_subject,
+            subjects,
             ordered_consumer=True,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
-            ),
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
         )
-        out.print(f"[dim]{total} pack(s) in EVENTS; showing from #{start}[/]")
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=None if follow else 1.0)
-            except TimeoutError:
-                return
+        out.print(f"[dim]{waiting} pack(s) for you in EVENTS; showing the last {waiting - skip}[/]")
+        seen = 0
+        while follow or seen < waiting:
+            msg = await sub.next_msg(timeout=None)
+            seen += 1
+            if seen <= skip or not visible(streams.parse_subject(msg.subject).instance_id):
+                continue
             for line in describe(msg.subject, msg.data, msg.metadata.sequence.stream):
                 out.print(line, highlight=False)
     finally:
@@ -81,10 +109,35 @@ def tail(
         bool, typer.Option("--follow", "-f", help="Keep printing new packs.")
     ] = False,
 ) -> None:
-    """Print the latest packs of the EVENTS stream, one line per event."""
+    """Print the latest packs of your workspace's instances, one line per event."""
+    with registry() as r:
+        me = r.WhoAmI(pb.WhoAmIRequest(), metadata=metadata())
+        if instance:
+            r.GetInstance(pb.GetInstanceRequest(instance_id=instance), metadata=metadata())
+        readable = {
+            i.id
+            for i in pages(r.ListInstances, pb.ListInstancesRequest(page_size=500), "instances")
+        }
+
+    def visible(instance_id: str) -> bool:
+        # An instance created after the start is looked up once, then remembered either way.
+        if instance_id not in readable and instance_id not in hidden:
+            with registry() as r:
+                for i in pages(
+                    r.ListInstances, pb.ListInstancesRequest(page_size=500), "instances"
+                ):
+                    readable.add(i.id)
+            if instance_id not in readable:
+                hidden.add(instance_id)
+        return instance_id in readable
+
+    hidden: set[str] = set()
     try:
-        asyncio.run(_tail(instance, last, follow))
+        asyncio.run(_tail(me.workspace.id, instance or None, visible, last, follow))
     except KeyboardInterrupt:
         pass
-    except OSError as error:
-        fail(f"cannot reach NATS at {nats_url()}: {error}")
+    except (OSError, nats.errors.Error) as error:
+        fail(
+            f"cannot read events from NATS at {nats_url()} ({error or type(error).__name__}); "
+            "is the platform up? (`make up`, or set EVENTFN_NATS_URL)"
+        )

@@ -12,26 +12,29 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.cli import access_commands as ac
 from services.cli import function_commands as fc
-from services.cli.client import fail, load_context, out, state_dir, table
+from services.cli.client import fail, out, table
+from services.cli.context import load_context, remember_platform, state_dir, state_dir_to_start
 from services.cli.dead_commands import dead
 from services.cli.deliveries_commands import deliveries
 from services.cli.events_commands import events
+from services.cli.instance_commands import instances
+from services.cli.workspace_commands import workspaces
 
 app = typer.Typer(
     help="eventfn: self-hosted destination functions.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.add_typer(ac.workspaces, name="workspaces")
+app.add_typer(workspaces, name="workspaces")
 app.add_typer(ac.members, name="members")
 app.add_typer(ac.tokens, name="tokens")
 app.add_typer(ac.sources, name="sources")
 app.add_typer(fc.functions, name="functions")
-app.add_typer(fc.instances, name="instances")
+app.add_typer(instances, name="instances")
 app.command("audit")(ac.audit)
 app.add_typer(events, name="events")
 app.command("deliveries")(deliveries)
-app.add_typer(dead, name="dead")
+app.add_typer(dead, name="dead", no_args_is_help=True)
 
 with contextlib.suppress(ImportError):
     from services.cli.preview import preview  # pyright: ignore[reportMissingImports]
@@ -41,22 +44,32 @@ with contextlib.suppress(ImportError):
 
 @app.command()
 def up(
-    state: Annotated[Path | None, typer.Option(help="State directory (default .eventfn).")] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            help="State directory (default: EVENTFN_STATE_DIR, else the nearest .eventfn/ "
+            "in this directory or a parent, else ./.eventfn)."
+        ),
+    ] = None,
 ) -> None:
     """Start the whole platform on embedded PostgreSQL and NATS; Ctrl-C stops it."""
     from services.cli.up import Platform
+    from services.devtools.embedded.errors import EmbeddedServerError
 
-    platform = Platform(state or state_dir())
+    platform = Platform(state or state_dir_to_start())
     code = 1
     try:
         endpoints = platform.start()
+        pointer = remember_platform(platform.state_dir)
         table("eventfn is up", ["what", "where"], list(endpoints.items()))
-        out.print(
-            "Try: [bold]eventfn workspaces create Acme[/] — logs in "
-            f"{platform.logs}; Ctrl-C stops everything (data is kept)."
-        )
+        if platform.first_run:
+            out.print(
+                "Try: [bold]eventfn workspaces create Acme[/] (from any directory: the CLI "
+                f"finds this platform through {pointer})."
+            )
+        out.print(f"Logs in {platform.logs}; Ctrl-C stops everything (data is kept).")
         code = platform.watch()
-    except Exception as error:
+    except (OSError, RuntimeError, EmbeddedServerError) as error:
         out.print(f"[red]error:[/] {error}", highlight=False)
     finally:
         platform.stop()
@@ -68,7 +81,10 @@ def status() -> None:
     """Show whether each service of the running platform answers its health check."""
     context = load_context()
     if not context:
-        fail("no running platform found: start it with `make up`")
+        fail(
+            f"no platform found (looked for {state_dir()}): start it with `make up`, "
+            "or set EVENTFN_STATE_DIR to its state directory"
+        )
     rows = []
     for name, address in context.get("addresses", {}).items():
         state = "not running"
@@ -79,7 +95,9 @@ def status() -> None:
                 )
                 state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status).lower()
         rows.append([name, address, state])
-    table("services", ["service", "address", "status"], rows)
+        if name == "router" and context.get("router_http"):
+            rows.append(["router (HTTP tracking API)", f"http://{context['router_http']}", state])
+    table(f"services ({state_dir()})", ["service", "address", "status"], rows)
 
 
 if __name__ == "__main__":

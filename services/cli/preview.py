@@ -12,22 +12,39 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from services.cli.client import fail
 from services.runtime.config import EgressConfig, RuntimeConfig
 from services.runtime.errors import InvalidInvocation
 from services.runtime.model import OutcomeKind
 from services.runtime.preview import PreviewResult, preview_in_process, sample_event
+from services.runtime.settings_schema import split_assignment
 
 
 def _read_json_file(path: Path, what: str) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise typer.BadParameter(f"cannot read the {what} file {path}: {exc.strerror}") from exc
+        fail(f"cannot read the {what} file {path}: {exc.strerror}")
     try:
         orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise typer.BadParameter(f"the {what} file {path} is not valid JSON: {exc}") from exc
+        fail(f"the {what} file {path} is not valid JSON: {exc}")
     return data
+
+
+def _read_values(path: Path | None) -> dict[str, Any]:
+    """Read test setting values: a JSON object (a settings schema is a list: say so)."""
+    if path is None:
+        return {}
+    values = orjson.loads(_read_json_file(path, "settings"))
+    if isinstance(values, list):
+        fail(
+            f"{path} holds a list, like a settings schema; --settings takes test values: "
+            'a JSON object such as {"endpoint": "https://…", "apiKey": "…"}'
+        )
+    if not isinstance(values, dict):
+        fail(f"{path} must hold a JSON object of setting values")
+    return values
 
 
 def _as_jsonable(result: PreviewResult) -> dict[str, Any]:
@@ -122,7 +139,16 @@ def preview(
         ),
     ] = None,
     settings: Annotated[
-        Path | None, typer.Option("--settings", "-s", help="Settings JSON object.")
+        Path | None,
+        typer.Option(
+            "--settings",
+            "-s",
+            help='Test setting values: a JSON object, e.g. {"apiKey": "…"} (not the schema).',
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="name=value test setting (a string); repeatable."),
     ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the result as JSON (for scripts and CI).")
@@ -152,13 +178,15 @@ def preview(
     try:
         code = handler.read_text(encoding="utf-8")
     except OSError as exc:
-        raise typer.BadParameter(f"cannot read {handler}: {exc.strerror}") from exc
+        fail(f"cannot read {handler}: {exc.strerror}")
     payload = _read_json_file(event, "event") if event is not None else sample_event("track")
-    values: object = {}
-    if settings is not None:
-        values = orjson.loads(_read_json_file(settings, "settings"))
-        if not isinstance(values, dict):
-            raise typer.BadParameter("the settings file must hold a JSON object")
+    values = _read_values(settings)
+    for pair in set_ or []:
+        try:
+            name, text = split_assignment(pair)
+        except ValueError as error:
+            fail(f"--set {error}")
+        values[name] = text
     if remote:
         _preview_remote(code, payload, values, json_output, console, function)
         return
@@ -166,7 +194,7 @@ def preview(
     try:
         result = asyncio.run(preview_in_process(code, payload, values, config=config))
     except InvalidInvocation as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        fail(str(exc))
     if json_output:
         typer.echo(orjson.dumps(_as_jsonable(result), option=orjson.OPT_INDENT_2).decode())
     else:

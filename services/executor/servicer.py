@@ -24,7 +24,7 @@ from services.executor.policy import health
 from services.runtime import InvalidInvocation, OutcomeKind, RuntimePool
 from services.runtime import RequestTrace as RuntimeTrace
 from services.runtime.preview import PreviewResult, run_preview
-from services.runtime.settings_check import TYPE_NAMES
+from services.runtime.settings_schema import TYPE_NAMES
 from services.runtime.syntax import check_syntax
 
 Ctx = grpc.aio.ServicerContext

@@ -1,9 +1,6 @@
-"""Registry RPCs that touch instances: save & deploy, instance CRUD, deploys, audit trail."""
+"""Registry RPCs of instances: connect a function to a source, read, change, delete."""
 
 from __future__ import annotations
-
-import asyncio
-from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -11,23 +8,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from eventfn.registry.v1 import registry_pb2 as pb
-from services.common.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
+from services.common.errors import AlreadyExists, InvalidArgument
 from services.registry import convert
-from services.registry.auth import Caller, require
-from services.registry.base import RegistryBase
+from services.registry.auth import require
+from services.registry.instance_base import InstanceBase
 from services.registry.models import Function, FunctionVersion, Instance, Source
-from services.registry.rpc_catalog import CatalogRpcs
-from services.registry.secrets import is_sealed
 from services.registry.store import decode_page, encode_page, new_id, now, unique_violation
 from services.registry.validation import (
     check_batching,
-    check_code,
     check_filters,
     check_name,
     check_page_size,
     check_retry,
-    check_setting_definitions,
-    check_setting_values,
 )
 
 Ctx = grpc.aio.ServicerContext
@@ -46,145 +38,8 @@ UPDATABLE = frozenset(
 )
 
 
-class InstanceRpcs(RegistryBase):
-    """Save & Deploy, instances, deploys, audit."""
-
-    # -- settings at rest ---------------------------------------------------------------
-
-    def open_settings(self, ins: Instance) -> dict[str, Any]:
-        """Return an instance's settings with encrypted values decrypted."""
-        box = self.deps.secrets
-        return {
-            k: box.open(v, instance_id=ins.id, name=k) if is_sealed(v) else v
-            for k, v in ins.settings.items()
-        }
-
-    def seal_settings(
-        self,
-        instance_id: str,
-        schema: list[dict],
-        values: dict[str, Any],
-        still_secret: frozenset[str] = frozenset(),
-    ) -> dict[str, Any]:
-        """Return settings to store: encrypted ones sealed to the instance.
-
-        `still_secret` names values that were sealed before: they stay sealed even when a
-        newer version no longer marks the setting encrypted, so no deploy reveals a secret.
-        """
-        secret = {s["name"] for s in schema if s["encrypted"]} | still_secret
-        box = self.deps.secrets
-        return {
-            k: box.seal(v, instance_id=instance_id, name=k) if k in secret else v
-            for k, v in values.items()
-        }
-
-    def _settings_for(
-        self,
-        ins: Instance | None,
-        instance_id: str,
-        schema: list[dict],
-        given: dict[str, Any] | None,
-    ) -> dict[str, Any]:
-        """Validate new or carried-over values against `schema` and seal them."""
-        current = self.open_settings(ins) if ins else {}
-        kept = frozenset(k for k, v in (ins.settings if ins else {}).items() if is_sealed(v))
-        if given is None:  # no new values: the current ones must fit the schema
-            declared = {s["name"] for s in schema}
-            values = {k: v for k, v in current.items() if k in declared}
-            return self.seal_settings(
-                instance_id, schema, check_setting_values(schema, values), kept
-            )
-        values = check_setting_values(schema, given, kept_secrets=kept)
-        for name in kept:  # a masked or absent encrypted value keeps the stored secret
-            if (
-                name not in values
-                and name in current
-                and any(s["name"] == name and s["encrypted"] for s in schema)
-            ):
-                values[name] = current[name]
-        return self.seal_settings(instance_id, schema, values, kept)
-
-    async def _locked_instance(
-        self, s, caller: Caller, instance_id: str, expected: int
-    ) -> Instance:
-        ins = await s.get(Instance, instance_id, with_for_update=True)
-        if ins is None or ins.workspace_id != caller.workspace_id:
-            raise NotFound("instance", instance_id)
-        require(
-            caller.can_admin_source(ins.source_id), "change instances of this source (Source Admin)"
-        )
-        if expected and ins.revision != expected:
-            raise Aborted(
-                f"instance {instance_id} changed (revision {ins.revision}, expected {expected}); "
-                "re-read it and retry"
-            )
-        return ins
-
-    async def _deploy(self, s, ins: Instance, ver: FunctionVersion) -> None:
-        ins.settings = self._settings_for(ins, ins.id, ver.settings, None)
-        ins.version_id = ver.id
-        ins.revision += 1
-        ins.updated_at = now()
-        s.add(ins)
-
-    # -- RPCs ----------------------------------------------------------------------------
-
-    async def SaveFunction(
-        self, request: pb.SaveFunctionRequest, context: Ctx
-    ) -> pb.SaveFunctionResponse:
-        """Save a new version; with deploy_instance_ids also deploy it (all or nothing)."""
-        caller = await self.authn.caller(context)
-        schema = check_setting_definitions(request.settings)
-        await asyncio.to_thread(check_code, request.code, self.deps.check_syntax)
-        async with self.store.transaction() as s:
-            fn = await self.store.get_in_workspace(
-                s, Function, request.function_id, caller.workspace_id, "function"
-            )
-            require(caller.can_write_function(fn.id), "save this function (Functions Admin)")
-            fn = await s.get(Function, fn.id, with_for_update=True) or fn
-            if request.description:
-                fn.description = request.description
-            ver = CatalogRpcs._new_version(fn, request.code, schema, caller.email)
-            s.add(ver)
-            s.add(fn)
-            await s.flush()
-            deployed = []
-            for ins_id in dict.fromkeys(request.deploy_instance_ids):
-                ins = await self._locked_instance(s, caller, ins_id, 0)
-                if ins.function_id != fn.id:
-                    raise InvalidArgument.field(
-                        "deploy_instance_ids", f"{ins_id} is not an instance of this function"
-                    )
-                before = ins.version_id
-                await self._deploy(s, ins, ver)
-                deployed.append(ins)
-                await self.audit(
-                    s,
-                    caller,
-                    "instance.deploy",
-                    "instance",
-                    ins.id,
-                    {"from_version_id": before, "to_version_id": ver.id},
-                )
-            await self.audit(
-                s,
-                caller,
-                "function.save",
-                "function",
-                fn.id,
-                {
-                    "version_id": ver.id,
-                    "version": ver.number,
-                    "deployed_instance_ids": [i.id for i in deployed],
-                },
-            )
-            if deployed:
-                await self.store.bump_config(s)
-        return pb.SaveFunctionResponse(
-            function=convert.function(fn),
-            version=convert.version(ver),
-            deployed_instances=[convert.instance(i) for i in deployed],
-        )
+class InstanceRpcs(InstanceBase):
+    """Instances: create, get, list, update, delete."""
 
     async def CreateInstance(
         self, request: pb.CreateInstanceRequest, context: Ctx
@@ -228,7 +83,7 @@ class InstanceRpcs(RegistryBase):
                     source_id=src.id,
                     version_id=ver.id,
                     name=name,
-                    settings=self._settings_for(None, instance_id, ver.settings, given),
+                    settings=self.settings_for(None, instance_id, ver.settings, given),
                     enabled=request.enabled if request.HasField("enabled") else True,
                     batch_size=size,
                     batch_wait_ms=wait,
@@ -315,10 +170,10 @@ class InstanceRpcs(RegistryBase):
             new.timeout_ms if "timeout_ms" in paths else None,
         )
         async with self.store.transaction() as s:
-            ins = await self._locked_instance(s, caller, new.id, request.expected_revision)
+            ins = await self.locked_instance(s, caller, new.id, request.expected_revision)
             if "settings" in paths:
                 ver = await self.store.get(s, FunctionVersion, ins.version_id, "version")
-                ins.settings = self._settings_for(
+                ins.settings = self.settings_for(
                     ins, ins.id, ver.settings, json_format.MessageToDict(new.settings)
                 )
             if "enabled" in paths:
@@ -356,42 +211,13 @@ class InstanceRpcs(RegistryBase):
             await self.store.bump_config(s)
         return pb.UpdateInstanceResponse(instance=convert.instance(ins))
 
-    async def DeployInstance(
-        self, request: pb.DeployInstanceRequest, context: Ctx
-    ) -> pb.DeployInstanceResponse:
-        """Move an instance to a version of its function."""
-        caller = await self.authn.caller(context)
-        async with self.store.transaction() as s:
-            ins = await self._locked_instance(
-                s, caller, request.instance_id, request.expected_revision
-            )
-            ver = await s.get(FunctionVersion, request.version_id)
-            if ver is None or ver.function_id != ins.function_id:
-                raise NotFound("version", request.version_id)
-            before = ins.version_id
-            await self._deploy(s, ins, ver)
-            await self.audit(
-                s,
-                caller,
-                "instance.deploy",
-                "instance",
-                ins.id,
-                {
-                    "from_version_id": before,
-                    "to_version_id": ver.id,
-                    "revision": ins.revision,
-                },
-            )
-            await self.store.bump_config(s)
-        return pb.DeployInstanceResponse(instance=convert.instance(ins))
-
     async def DeleteInstance(
         self, request: pb.DeleteInstanceRequest, context: Ctx
     ) -> pb.DeleteInstanceResponse:
         """Delete an instance."""
         caller = await self.authn.caller(context)
         async with self.store.transaction() as s:
-            ins = await self._locked_instance(s, caller, request.instance_id, 0)
+            ins = await self.locked_instance(s, caller, request.instance_id, 0)
             await s.delete(ins)
             await self.audit(
                 s,

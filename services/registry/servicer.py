@@ -7,11 +7,17 @@ from services.registry.base import RegistryDeps
 from services.registry.rpc_access import AccessRpcs
 from services.registry.rpc_audit import AuditRpcs
 from services.registry.rpc_catalog import CatalogRpcs
+from services.registry.rpc_deploys import DeployRpcs
 from services.registry.watch import ConfigNotifier, WatchRpcs
 
 
 class RegistryServicer(
-    AccessRpcs, CatalogRpcs, WatchRpcs, AuditRpcs, registry_pb2_grpc.RegistryServicer
+    AccessRpcs,
+    CatalogRpcs,
+    WatchRpcs,
+    DeployRpcs,
+    AuditRpcs,
+    registry_pb2_grpc.RegistryServicer,
 ):
     """Serve every Registry RPC; see protos/eventfn/registry/v1/registry.proto."""
 

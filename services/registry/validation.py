@@ -5,24 +5,17 @@ Pure functions; each raises `InvalidArgument` naming the field and how to fix it
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from eventfn.type.v1 import types_pb2
 from services.common.errors import FieldViolation, InvalidArgument
 from services.registry.secrets import MASK
+from services.runtime import settings_schema as schema
 from services.runtime.model import SyntaxProblem
-from services.runtime.settings_check import TYPE_NAMES, fits, missing
 
 MAX_CODE_BYTES = 5 * 1024 * 1024
 MAX_NAME = 100
-_IDENTIFIER = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*$")
-_RESERVED = frozenset(
-    "break case catch class const continue debugger default delete do else export extends "
-    "false finally for function if import in instanceof new null return super switch this "
-    "throw true try typeof var void while with yield let static enum await".split()
-)
 BATCH_SIZE_DEFAULT, BATCH_SIZE_MAX = 20, 400
 BATCH_WAIT_DEFAULT_MS, BATCH_WAIT_MAX_MS = 10_000, 60_000
 TIMEOUT_DEFAULT_MS, TIMEOUT_MIN_MS, TIMEOUT_MAX_MS = 5_000, 100, 60_000
@@ -64,36 +57,10 @@ def check_code(code: str, syntax: SyntaxChecker) -> None:
 def check_setting_definitions(
     settings: Sequence[types_pb2.SettingDefinition],
 ) -> list[dict[str, Any]]:
-    """Validate a settings schema and return its stored JSON form."""
-    violations: list[FieldViolation] = []
-    seen: set[str] = set()
-    for i, s in enumerate(settings):
-        path = f"settings[{i}]"
-        if not _IDENTIFIER.match(s.name) or s.name in _RESERVED:
-            violations.append(
-                FieldViolation(
-                    f"{path}.name",
-                    f"{s.name!r} is not a valid JavaScript identifier "
-                    "(letters, digits, _ or $, not starting with a digit, not a keyword)",
-                )
-            )
-        elif s.name in seen:
-            violations.append(FieldViolation(f"{path}.name", f"{s.name!r} is declared twice"))
-        seen.add(s.name)
-        if s.type not in TYPE_NAMES:
-            violations.append(
-                FieldViolation(
-                    f"{path}.type",
-                    f"unknown setting type {s.type}; use one of " + ", ".join(TYPE_NAMES.values()),
-                )
-            )
-        if len(s.label) > MAX_NAME:
-            violations.append(FieldViolation(f"{path}.label", f"at most {MAX_NAME} characters"))
-    if violations:
-        raise InvalidArgument("invalid settings definitions", violations)
-    return [
+    """Validate a settings schema, reporting every bad definition; return its stored form."""
+    rows = [
         {
-            "label": s.label or s.name,
+            "label": s.label,
             "name": s.name,
             "type": int(s.type),
             "description": s.description,
@@ -102,10 +69,19 @@ def check_setting_definitions(
         }
         for s in settings
     ]
+    problems = schema.check_definitions(rows)
+    if problems:
+        raise InvalidArgument(
+            "invalid settings definitions", [FieldViolation(p.field, p.message) for p in problems]
+        )
+    return [
+        row | {"type": schema.TYPE_NUMBERS[str(row["type"])]}
+        for row in schema.normal_definitions(rows)
+    ]
 
 
 def check_setting_values(
-    schema: Sequence[Mapping[str, Any]],
+    settings_schema: Sequence[Mapping[str, Any]],
     values: Mapping[str, Any],
     *,
     kept_secrets: frozenset[str] = frozenset(),
@@ -115,37 +91,15 @@ def check_setting_values(
     `kept_secrets` names encrypted settings that already have a stored value, so that a
     masked value (or an absent one) keeps it.
     """
-    by_name = {s["name"]: s for s in schema}
-    violations: list[FieldViolation] = []
-    for name in values:
-        if name not in by_name:
-            violations.append(
-                FieldViolation(
-                    f"settings.{name}",
-                    "is not declared by the function version; declared: "
-                    + (", ".join(sorted(by_name)) or "none"),
-                )
-            )
-    result: dict[str, Any] = {}
-    for name, spec in by_name.items():
-        value = values.get(name)
-        if spec["encrypted"] and name in kept_secrets and value in (None, MASK):
-            continue
-        if missing(value):
-            if spec["required"]:
-                violations.append(
-                    FieldViolation(f"settings.{name}", f"the required setting {name!r} is missing")
-                )
-            continue
-        if not fits(TYPE_NAMES.get(spec["type"], ""), value):
-            violations.append(
-                FieldViolation(f"settings.{name}", f"must be a {TYPE_NAMES[spec['type']]}")
-            )
-            continue
-        result[name] = value
-    if violations:
-        raise InvalidArgument("invalid settings values", violations)
-    return result
+    encrypted = {s["name"] for s in settings_schema if s["encrypted"]}
+    kept = frozenset(name for name in kept_secrets & encrypted if values.get(name) in (None, MASK))
+    checked = {k: v for k, v in values.items() if k not in kept}
+    problems = schema.check_values(settings_schema, checked, kept=kept)
+    if problems:
+        raise InvalidArgument(
+            "invalid settings values", [FieldViolation(p.field, p.message) for p in problems]
+        )
+    return schema.given_values(settings_schema, checked)
 
 
 def check_batching(

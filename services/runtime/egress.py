@@ -108,8 +108,9 @@ class EgressPolicy:
             if what is not None:
                 shown = addr if addr == ip else f"{ip} ({addr})"
                 return (
-                    f"{host} resolves to {shown}, {what}; eventfn refuses it unless the "
-                    "operator allowlists it (EVENTFN_EGRESS_ALLOW)"
+                    f"{host} resolves to {shown}, {what}; eventfn refuses it unless "
+                    "allowlisted: EVENTFN_EGRESS_ALLOW on the platform, `eventfn preview "
+                    "--allow` when previewing"
                 )
         return None
 

@@ -14,7 +14,7 @@ from .errors import InvalidInvocation
 from .model import EventOutcome, Invocation, LogLine, OutcomeKind, RequestTrace
 from .outcomes import invalid_settings_outcome
 from .pool import RuntimePool
-from .settings_check import check_settings
+from .settings_schema import check_settings
 
 PREVIEW_LOG_CAP = 4 * 1024
 SAMPLES_DIR = Path(__file__).with_name("samples")

@@ -337,8 +337,12 @@ async def watch_first(stub: registry_pb2_grpc.RegistryStub, _: dict[str, str], m
         stream.cancel()
 
 
-def deploy_request(i: dict[str, str]) -> pb.DeployInstanceRequest:
-    return pb.DeployInstanceRequest(instance_id=i["instance"], version_id=i["version"])
+def deploy_request(i: dict[str, str], with_settings: bool = False) -> pb.DeployInstanceRequest:
+    return pb.DeployInstanceRequest(
+        instance_id=i["instance"],
+        version_id=i["version"],
+        settings=struct(endpoint="http://127.0.0.1:9/other") if with_settings else None,
+    )
 
 
 def update_request(i: dict[str, str]) -> pb.UpdateInstanceRequest:
@@ -348,12 +352,17 @@ def update_request(i: dict[str, str]) -> pb.UpdateInstanceRequest:
     )
 
 
-def save_request(i: dict[str, str], deploy: bool = False) -> pb.SaveFunctionRequest:
+def save_request(
+    i: dict[str, str], deploy: bool = False, with_settings: bool = False
+) -> pb.SaveFunctionRequest:
     return pb.SaveFunctionRequest(
         function_id=i["function"],
         code=HANDLER,
         settings=SETTINGS,
         deploy_instance_ids=[i["instance"]] if deploy else [],
+        deploy_settings=(
+            {i["instance"]: struct(endpoint="http://127.0.0.1:9/other")} if with_settings else {}
+        ),
     )
 
 
@@ -571,6 +580,15 @@ CASES = [
         ids(function="fn_a", instance="ins_as"),
     ),
     Case(
+        "SaveFunction+deploy+settings[A@S]",
+        frozenset({OWNER, FN_ADMIN_SRC_ADMIN_S}),
+        "object",
+        lambda s, i, md: s.SaveFunction(
+            save_request(i, deploy=True, with_settings=True), metadata=md
+        ),
+        ids(function="fn_a", instance="ins_as"),
+    ),
+    Case(
         "DeleteFunction[covered]",
         FN_ADMINS_OF_A,
         "object",
@@ -686,6 +704,13 @@ CASES = [
         SRC_ADMINS_OF_S,
         "object",
         lambda s, i, md: s.DeployInstance(deploy_request(i), metadata=md),
+        ids(instance="ins_as", version="ver_a"),
+    ),
+    Case(
+        "DeployInstance+settings[A@S]",
+        SRC_ADMINS_OF_S,
+        "object",
+        lambda s, i, md: s.DeployInstance(deploy_request(i, with_settings=True), metadata=md),
         ids(instance="ins_as", version="ver_a"),
     ),
     Case(

@@ -17,7 +17,7 @@ from services.runtime import (
     RuntimeConfig,
     RuntimePool,
 )
-from services.runtime.settings_check import check_settings
+from services.runtime.settings_schema import check_settings
 from tests.runtime.conftest import Sink, invoke, new_key, value_of
 
 
@@ -187,7 +187,7 @@ async def test_settings_missing_a_required_value_are_invalid() -> None:
         {"name": "region", "type": "string", "required": False},
     ]
     assert check_settings(schema, {"region": "eu"}) == [
-        "required setting 'apiKey' has no value; set it on the instance"
+        "settings.apiKey: the required setting 'apiKey' is missing"
     ]
     assert check_settings(schema, {"apiKey": "k"}) == []
 

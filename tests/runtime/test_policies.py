@@ -12,7 +12,7 @@ from services.runtime.config import EgressConfig
 from services.runtime.egress import METADATA_ADDRESSES, EgressPolicy, proxy_for
 from services.runtime.protocol import PREFIX_SIZE, encode_frame, frame_sizes
 from services.runtime.redact import REDACTED, compile_secrets, redact
-from services.runtime.settings_check import check_settings
+from services.runtime.settings_schema import check_settings
 
 DEFAULT = EgressPolicy.from_config(EgressConfig())
 
@@ -112,10 +112,10 @@ def test_settings_schema_types() -> None:
     assert check_settings(schema, {"key": "k", "on": False, "map": {"a": "b"}, "list": ["x"]}) == []
     problems = check_settings(schema, {"key": "", "on": "yes", "map": {"a": 1}, "list": "x"})
     assert problems == [
-        "required setting 'key' has no value; set it on the instance",
-        "setting 'on' must be a boolean, got str",
-        "setting 'map' must be a text-map, got dict",
-        "setting 'list' must be a string-array, got str",
+        "settings.key: the required setting 'key' is missing",
+        "settings.on: must be true or false, got a string",
+        "settings.map: must be a text map of strings: key 'a' holds a number",
+        "settings.list: must be an array of strings, got a string",
     ]
 
 

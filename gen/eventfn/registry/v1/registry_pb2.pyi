@@ -942,11 +942,33 @@ class SaveFunctionRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class DeploySettingsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _struct_pb2.Struct: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _struct_pb2.Struct | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     FUNCTION_ID_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     DEPLOY_INSTANCE_IDS_FIELD_NUMBER: _builtins.int
+    DEPLOY_SETTINGS_FIELD_NUMBER: _builtins.int
     function_id: _builtins.str
     """The function id."""
     code: _builtins.str
@@ -961,6 +983,14 @@ class SaveFunctionRequest(_message.Message):
     def deploy_instance_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Instances of this function to move to the new version ("Save & Deploy"); empty saves only."""
 
+    @_builtins.property
+    def deploy_settings(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Struct]:
+        """Setting values to change on the deployed instances together with the deploy, by instance
+        id; each key must be listed in deploy_instance_ids. Applied as DeployInstanceRequest's
+        `settings`: a named setting takes the given value, the others keep theirs. This is how a
+        version that adds a required setting reaches existing instances in one change.
+        """
+
     def __init__(
         self,
         *,
@@ -969,10 +999,11 @@ class SaveFunctionRequest(_message.Message):
         settings: _abc.Iterable[_types_pb2.SettingDefinition] | None = ...,
         description: _builtins.str = ...,
         deploy_instance_ids: _abc.Iterable[_builtins.str] | None = ...,
+        deploy_settings: _abc.Mapping[_builtins.str, _struct_pb2.Struct] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "deploy_instance_ids", b"deploy_instance_ids", "description", b"description", "function_id", b"function_id", "settings", b"settings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "deploy_instance_ids", b"deploy_instance_ids", "deploy_settings", b"deploy_settings", "description", b"description", "function_id", b"function_id", "settings", b"settings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1446,22 +1477,34 @@ class DeployInstanceRequest(_message.Message):
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     VERSION_ID_FIELD_NUMBER: _builtins.int
     EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     """The instance id."""
     version_id: _builtins.str
     """The version of the instance's function to run."""
     expected_revision: _builtins.int
     """When non-zero, the deploy applies only if the instance's revision still equals it."""
+    @_builtins.property
+    def settings(self) -> _struct_pb2.Struct:
+        """Setting values to change together with the deploy, checked against the new version's
+        schema: each named setting takes the given value (null, "", [] or {} unsets it, except
+        that an encrypted setting keeps its stored secret then, as for the mask "••••••••") and
+        the settings not named keep their current values; values of settings the new version no
+        longer declares are dropped. Lets a version that adds a required setting be deployed:
+        version and value change in one step.
+        """
+
     def __init__(
         self,
         *,
         instance_id: _builtins.str = ...,
         version_id: _builtins.str = ...,
         expected_revision: _builtins.int = ...,
+        settings: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_revision", b"expected_revision", "instance_id", b"instance_id", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_revision", b"expected_revision", "instance_id", b"instance_id", "settings", b"settings", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -352,7 +352,9 @@ class RegistryServicer:
     def SaveFunction(self, request, context):
         """Save new code and settings as a new version (Functions Admin covering it). With
         deploy_instance_ids ("Save & Deploy") the listed instances also move to the new version,
-        which needs Source Admin on their sources too; all or nothing.
+        with the setting values of deploy_settings, which needs Source Admin on their sources too;
+        all or nothing. INVALID_ARGUMENT when a deployed instance's settings (after
+        deploy_settings) do not satisfy the new version's schema, naming each bad value.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -413,9 +415,10 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeployInstance(self, request, context):
-        """Move an instance to a version of its function, e.g. to roll back (Source Admin of its
-        source). ABORTED when expected_revision is set and stale; INVALID_ARGUMENT when the
-        instance's settings do not satisfy the version's schema.
+        """Move an instance to a version of its function, e.g. to roll back, optionally changing
+        setting values in the same step (Source Admin of its source). ABORTED when
+        expected_revision is set and stale; INVALID_ARGUMENT when the instance's settings (after
+        the given changes) do not satisfy the version's schema, naming each bad value.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

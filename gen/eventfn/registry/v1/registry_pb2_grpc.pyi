@@ -100,7 +100,9 @@ class RegistryStub:
     SaveFunction: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SaveFunctionRequest, _registry_pb2.SaveFunctionResponse]
     """Save new code and settings as a new version (Functions Admin covering it). With
     deploy_instance_ids ("Save & Deploy") the listed instances also move to the new version,
-    which needs Source Admin on their sources too; all or nothing.
+    with the setting values of deploy_settings, which needs Source Admin on their sources too;
+    all or nothing. INVALID_ARGUMENT when a deployed instance's settings (after
+    deploy_settings) do not satisfy the new version's schema, naming each bad value.
     """
     DeleteFunction: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteFunctionRequest, _registry_pb2.DeleteFunctionResponse]
     """Delete a function (Functions Admin covering it). FAILED_PRECONDITION while it has instances."""
@@ -126,9 +128,10 @@ class RegistryStub:
     ABORTED when expected_revision is set and stale.
     """
     DeployInstance: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeployInstanceRequest, _registry_pb2.DeployInstanceResponse]
-    """Move an instance to a version of its function, e.g. to roll back (Source Admin of its
-    source). ABORTED when expected_revision is set and stale; INVALID_ARGUMENT when the
-    instance's settings do not satisfy the version's schema.
+    """Move an instance to a version of its function, e.g. to roll back, optionally changing
+    setting values in the same step (Source Admin of its source). ABORTED when
+    expected_revision is set and stale; INVALID_ARGUMENT when the instance's settings (after
+    the given changes) do not satisfy the version's schema, naming each bad value.
     """
     DeleteInstance: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteInstanceRequest, _registry_pb2.DeleteInstanceResponse]
     """Disconnect and delete an instance (Source Admin of its source)."""
@@ -218,7 +221,9 @@ class RegistryAsyncStub(RegistryStub):
     SaveFunction: _aio.UnaryUnaryMultiCallable[_registry_pb2.SaveFunctionRequest, _registry_pb2.SaveFunctionResponse]  # type: ignore[assignment]
     """Save new code and settings as a new version (Functions Admin covering it). With
     deploy_instance_ids ("Save & Deploy") the listed instances also move to the new version,
-    which needs Source Admin on their sources too; all or nothing.
+    with the setting values of deploy_settings, which needs Source Admin on their sources too;
+    all or nothing. INVALID_ARGUMENT when a deployed instance's settings (after
+    deploy_settings) do not satisfy the new version's schema, naming each bad value.
     """
     DeleteFunction: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteFunctionRequest, _registry_pb2.DeleteFunctionResponse]  # type: ignore[assignment]
     """Delete a function (Functions Admin covering it). FAILED_PRECONDITION while it has instances."""
@@ -244,9 +249,10 @@ class RegistryAsyncStub(RegistryStub):
     ABORTED when expected_revision is set and stale.
     """
     DeployInstance: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeployInstanceRequest, _registry_pb2.DeployInstanceResponse]  # type: ignore[assignment]
-    """Move an instance to a version of its function, e.g. to roll back (Source Admin of its
-    source). ABORTED when expected_revision is set and stale; INVALID_ARGUMENT when the
-    instance's settings do not satisfy the version's schema.
+    """Move an instance to a version of its function, e.g. to roll back, optionally changing
+    setting values in the same step (Source Admin of its source). ABORTED when
+    expected_revision is set and stale; INVALID_ARGUMENT when the instance's settings (after
+    the given changes) do not satisfy the version's schema, naming each bad value.
     """
     DeleteInstance: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteInstanceRequest, _registry_pb2.DeleteInstanceResponse]  # type: ignore[assignment]
     """Disconnect and delete an instance (Source Admin of its source)."""
@@ -447,7 +453,9 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.SaveFunctionResponse, _abc.Awaitable[_registry_pb2.SaveFunctionResponse]]:
         """Save new code and settings as a new version (Functions Admin covering it). With
         deploy_instance_ids ("Save & Deploy") the listed instances also move to the new version,
-        which needs Source Admin on their sources too; all or nothing.
+        with the setting values of deploy_settings, which needs Source Admin on their sources too;
+        all or nothing. INVALID_ARGUMENT when a deployed instance's settings (after
+        deploy_settings) do not satisfy the new version's schema, naming each bad value.
         """
 
     @_abc_1.abstractmethod
@@ -521,9 +529,10 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.DeployInstanceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.DeployInstanceResponse, _abc.Awaitable[_registry_pb2.DeployInstanceResponse]]:
-        """Move an instance to a version of its function, e.g. to roll back (Source Admin of its
-        source). ABORTED when expected_revision is set and stale; INVALID_ARGUMENT when the
-        instance's settings do not satisfy the version's schema.
+        """Move an instance to a version of its function, e.g. to roll back, optionally changing
+        setting values in the same step (Source Admin of its source). ABORTED when
+        expected_revision is set and stale; INVALID_ARGUMENT when the instance's settings (after
+        the given changes) do not satisfy the version's schema, naming each bad value.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,114 @@
+"""What the instance and deploy RPCs share: settings at rest, locking an instance, deploying."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from services.common.errors import Aborted, FieldViolation, InvalidArgument, NotFound
+from services.registry.auth import Caller, require
+from services.registry.base import RegistryBase
+from services.registry.models import FunctionVersion, Instance
+from services.registry.secrets import is_sealed
+from services.registry.store import now
+from services.registry.validation import check_setting_values
+
+
+class InstanceBase(RegistryBase):
+    """Settings at rest (sealed secrets), instance locks and the deploy step."""
+
+    def open_settings(self, ins: Instance) -> dict[str, Any]:
+        """Return an instance's settings with encrypted values decrypted."""
+        box = self.deps.secrets
+        return {
+            k: box.open(v, instance_id=ins.id, name=k) if is_sealed(v) else v
+            for k, v in ins.settings.items()
+        }
+
+    def seal_settings(
+        self,
+        instance_id: str,
+        schema: list[dict],
+        values: dict[str, Any],
+        still_secret: frozenset[str] = frozenset(),
+    ) -> dict[str, Any]:
+        """Return settings to store: encrypted ones sealed to the instance.
+
+        `still_secret` names values that were sealed before: they stay sealed even when a
+        newer version no longer marks the setting encrypted, so no deploy reveals a secret.
+        """
+        secret = {s["name"] for s in schema if s["encrypted"]} | still_secret
+        box = self.deps.secrets
+        return {
+            k: box.seal(v, instance_id=instance_id, name=k) if k in secret else v
+            for k, v in values.items()
+        }
+
+    def settings_for(
+        self,
+        ins: Instance | None,
+        instance_id: str,
+        schema: list[dict],
+        given: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        """Validate new or carried-over values against `schema` and seal them."""
+        current = self.open_settings(ins) if ins else {}
+        kept = frozenset(k for k, v in (ins.settings if ins else {}).items() if is_sealed(v))
+        if given is None:  # no new values: the current ones must fit the schema
+            declared = {s["name"] for s in schema}
+            values = {k: v for k, v in current.items() if k in declared}
+            return self.seal_settings(
+                instance_id, schema, check_setting_values(schema, values), kept
+            )
+        values = check_setting_values(schema, given, kept_secrets=kept)
+        for name in kept:  # a masked or absent encrypted value keeps the stored secret
+            if (
+                name not in values
+                and name in current
+                and any(s["name"] == name and s["encrypted"] for s in schema)
+            ):
+                values[name] = current[name]
+        return self.seal_settings(instance_id, schema, values, kept)
+
+    async def locked_instance(self, s, caller: Caller, instance_id: str, expected: int) -> Instance:
+        """Lock an instance of the caller's workspace the caller may change; check its revision."""
+        ins = await s.get(Instance, instance_id, with_for_update=True)
+        if ins is None or ins.workspace_id != caller.workspace_id:
+            raise NotFound("instance", instance_id)
+        require(
+            caller.can_admin_source(ins.source_id), "change instances of this source (Source Admin)"
+        )
+        if expected and ins.revision != expected:
+            raise Aborted(
+                f"instance {instance_id} changed (revision {ins.revision}, expected {expected}); "
+                "re-read it and retry"
+            )
+        return ins
+
+    def deploy(
+        self, s, ins: Instance, ver: FunctionVersion, changes: Mapping[str, Any] | None = None
+    ) -> None:
+        """Move an instance to a version, with setting values changed in the same step.
+
+        Settings `changes` does not name keep their current values (those the version still
+        declares); a named one takes the given value, which must fit the version's schema.
+        """
+        if changes is None:
+            ins.settings = self.settings_for(ins, ins.id, ver.settings, None)
+        else:
+            declared = {x["name"] for x in ver.settings}
+            values = {k: v for k, v in self.open_settings(ins).items() if k in declared}
+            values.update(changes)
+            ins.settings = self.settings_for(ins, ins.id, ver.settings, values)
+        ins.version_id = ver.id
+        ins.revision += 1
+        ins.updated_at = now()
+        s.add(ins)
+
+
+def with_prefix(error: InvalidArgument, prefix: str, message: str) -> InvalidArgument:
+    """Return the error with each violation's field under `prefix` and a new message."""
+    return InvalidArgument(
+        message,
+        [FieldViolation(f"{prefix}{v.field}", v.description) for v in error.violations],
+    )

@@ -1,0 +1,129 @@
+"""`eventfn events tail`: the caller's workspace only, with a token; one line when the platform
+is down (issue 11, item 8)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import nats
+import orjson
+from nats.aio.client import Client as NatsClient
+
+from eventfn.registry.v1 import registry_pb2 as pb
+from services.common import streams
+from services.devtools.embedded import EmbeddedNats
+from tests.cli.conftest import Cli
+from tests.registry.conftest import Registry, auth
+from tests.registry.test_flows import make_function, settings
+
+
+async def workspace_with_instance(r: Registry, name: str) -> tuple[str, str, str]:
+    """Return (workspace id, owner token, instance id) of a new workspace."""
+    ws, owner = await r.workspace(name)
+    fn_id, src_id = await make_function(r, owner, name)
+    made = await r.stub.CreateInstance(
+        pb.CreateInstanceRequest(
+            function_id=fn_id,
+            source_id=src_id,
+            settings=settings(endpoint="https://example.com", apiKey="k"),
+        ),
+        metadata=auth(owner),
+    )
+    return ws, owner, made.instance.id
+
+
+async def publish(nats: NatsClient, ws: str, ins: str, event_name: str) -> str:
+    """Store one pack of one track event for an instance; return its messageId."""
+    message_id = uuid.uuid4().hex
+    event = {"type": "track", "event": event_name, "userId": "u1", "messageId": message_id}
+    await nats.jetstream().publish(streams.events_subject(ws, ins), orjson.dumps([event]))
+    return message_id
+
+
+async def test_tail_shows_only_the_callers_workspace(
+    cli: Cli, registry: Registry, nats_client: NatsClient, nats_url: str
+) -> None:
+    await streams.ensure_streams(nats_client.jetstream())
+    ws_a, token_a, ins_a = await workspace_with_instance(registry, "Tail A")
+    ws_b, _, ins_b = await workspace_with_instance(registry, "Tail B")
+    mine = [await publish(nats_client, ws_a, ins_a, f"Mine {i}") for i in range(3)]
+    theirs = await publish(nats_client, ws_b, ins_b, "Theirs")
+
+    shown = await cli.ok("events", "tail", EVENTFN_TOKEN=token_a, EVENTFN_NATS_URL=nats_url)
+    assert all(m in shown.stdout for m in mine)
+    assert theirs not in shown.stdout and ins_b not in shown.stdout
+    last = await cli.ok(
+        "events", "tail", "--last", "1", EVENTFN_TOKEN=token_a, EVENTFN_NATS_URL=nats_url
+    )
+    assert mine[-1] in last.stdout and mine[0] not in last.stdout
+    other = await cli.fails(
+        "events", "tail", "--instance", ins_b, EVENTFN_TOKEN=token_a, EVENTFN_NATS_URL=nats_url
+    )
+    assert other.lines == [f"error: not found: instance '{ins_b}' not found"]
+
+
+async def test_tail_needs_a_token(cli: Cli, project: Path, nats_url: str) -> None:
+    (project / ".eventfn" / "cli.json").write_text(
+        (project / ".eventfn" / "cli.json").read_text().replace('"token"', '"old"')
+    )
+    result = await cli.fails("events", "tail", EVENTFN_NATS_URL=nats_url)
+    assert len(result.lines) == 1 and result.lines[0].startswith("error: no token")
+
+
+async def test_tail_with_the_platform_down_says_so_in_one_line(cli: Cli) -> None:
+    started = time.monotonic()
+    result = await cli.fails(
+        "events", "tail", "--follow",
+        EVENTFN_REGISTRY_ADDR="127.0.0.1:1", EVENTFN_TOKEN="efn_x",
+        EVENTFN_NATS_URL="nats://127.0.0.1:1",
+    )  # fmt: skip
+    assert len(result.lines) == 1 and "not reachable" in result.lines[0]
+    assert time.monotonic() - started < 20
+
+
+async def test_tail_with_nats_down_says_so_in_one_line(cli: Cli, registry: Registry) -> None:
+    _, token, _ = await workspace_with_instance(registry, "No NATS")
+    result = await cli.fails(
+        "events", "tail", "--follow", EVENTFN_TOKEN=token, EVENTFN_NATS_URL="nats://127.0.0.1:1"
+    )
+    assert len(result.lines) == 1, result.lines
+    assert result.lines[0].startswith("error: cannot read events from NATS at nats://127.0.0.1:1")
+
+
+async def test_follow_ends_with_one_line_when_nats_goes_away(
+    cli: Cli, registry: Registry, tmp_path: Path
+) -> None:
+    server = EmbeddedNats(tmp_path / "nats", stop_with_parent=True)
+    await asyncio.to_thread(server.start)
+    try:
+        ws, token, ins = await workspace_with_instance(registry, "Follow")
+        client = await nats.connect(server.url)
+        try:
+            await streams.ensure_streams(client.jetstream())
+            message_id = await publish(client, ws, ins, "Before")
+        finally:
+            await client.close()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTFN_")}
+        env |= {"HOME": str(cli.home), "EVENTFN_TOKEN": token, "EVENTFN_NATS_URL": server.url}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli.main", "events", "tail", "--follow",
+            cwd=cli.cwd, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        async with asyncio.timeout(30):
+            while message_id.encode() not in await proc.stdout.readline():
+                pass
+        await asyncio.to_thread(server.stop)
+        async with asyncio.timeout(30):
+            code = await proc.wait()
+        errors = [line for line in (await proc.stderr.read()).decode().splitlines() if line]
+        assert code == 1
+        assert len(errors) == 1 and errors[0].startswith("error: cannot read events from NATS")
+    finally:
+        await asyncio.to_thread(server.stop)

@@ -1,0 +1,175 @@
+"""Deploying a version that adds a required setting: values go with the deploy, atomically
+(issue 11, item 4), through DeployInstance and Save & Deploy."""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+import grpc
+from google.protobuf import json_format
+
+from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn.type.v1 import types_pb2
+from services.registry.secrets import MASK
+from tests.registry.conftest import HANDLER, SETTINGS, Registry, auth
+from tests.registry.test_flows import expect, make_function, settings, violations
+
+REGION = types_pb2.SettingDefinition(
+    label="Region", name="region", type=types_pb2.SETTING_TYPE_STRING, required=True
+)
+V2_SETTINGS = [*SETTINGS, REGION]
+
+
+async def instance(r: Registry, owner: str, fn_id: str, src_id: str, name: str) -> str:
+    made = await r.stub.CreateInstance(
+        pb.CreateInstanceRequest(
+            function_id=fn_id,
+            source_id=src_id,
+            name=name,
+            settings=settings(endpoint="https://example.com/hook", apiKey="sk_live_1"),
+        ),
+        metadata=auth(owner),
+    )
+    return made.instance.id
+
+
+async def save_v2(r: Registry, owner: str, fn_id: str) -> str:
+    saved = await r.stub.SaveFunction(
+        pb.SaveFunctionRequest(function_id=fn_id, code=HANDLER, settings=V2_SETTINGS),
+        metadata=auth(owner),
+    )
+    return saved.version.id
+
+
+async def stored(r: Registry, instance_id: str) -> tuple[str, dict, int]:
+    """Return the instance row's version, raw stored settings and revision."""
+    conn = await asyncpg.connect(r.database_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT version_id, settings, revision FROM instance WHERE id = $1", instance_id
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    raw = row["settings"]
+    return row["version_id"], raw if isinstance(raw, dict) else json.loads(raw), row["revision"]
+
+
+async def test_a_new_required_setting_deploys_with_its_value(registry: Registry) -> None:
+    _, owner = await registry.workspace("Required")
+    fn_id, src_id = await make_function(registry, owner)
+    ins_id = await instance(registry, owner, fn_id, src_id, "hook")
+    v2 = await save_v2(registry, owner, fn_id)
+
+    refused = await expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        registry.stub.DeployInstance(
+            pb.DeployInstanceRequest(instance_id=ins_id, version_id=v2), metadata=auth(owner)
+        ),
+    )
+    assert violations(refused) == [("settings.region", "the required setting 'region' is missing")]
+
+    done = await registry.stub.DeployInstance(
+        pb.DeployInstanceRequest(instance_id=ins_id, version_id=v2, settings=settings(region="eu")),
+        metadata=auth(owner),
+    )
+    assert done.instance.version_id == v2
+    assert json_format.MessageToDict(done.instance.settings) == {
+        "endpoint": "https://example.com/hook",
+        "apiKey": MASK,  # the secret was kept, still sealed
+        "region": "eu",
+    }
+    _, raw, _ = await stored(registry, ins_id)
+    assert "sk_live_1" not in str(raw)
+
+    audit = await registry.stub.ListAuditEvents(
+        pb.ListAuditEventsRequest(resource_id=ins_id), metadata=auth(owner)
+    )
+    deploy = next(e for e in audit.events if e.action == "instance.deploy")
+    details = json_format.MessageToDict(deploy.details)
+    assert details["settings_changed"] == ["region"] and "eu" not in str(details)
+
+
+async def test_a_bad_value_changes_nothing(registry: Registry) -> None:
+    _, owner = await registry.workspace("Atomic")
+    fn_id, src_id = await make_function(registry, owner)
+    ins_id = await instance(registry, owner, fn_id, src_id, "hook")
+    v2 = await save_v2(registry, owner, fn_id)
+    before = await stored(registry, ins_id)
+    err = await expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        registry.stub.DeployInstance(
+            pb.DeployInstanceRequest(
+                instance_id=ins_id,
+                version_id=v2,
+                settings=settings(region=3, endpoint=True, unknown="x"),
+            ),
+            metadata=auth(owner),
+        ),
+    )
+    assert sorted(f for f, _ in violations(err)) == [
+        "settings.endpoint",
+        "settings.region",
+        "settings.unknown",
+    ]
+    assert await stored(registry, ins_id) == before
+
+
+async def test_save_and_deploy_takes_values_per_instance(registry: Registry) -> None:
+    _, owner = await registry.workspace("SaveDeploy")
+    fn_id, src_id = await make_function(registry, owner)
+    eu = await instance(registry, owner, fn_id, src_id, "eu")
+    us = await instance(registry, owner, fn_id, src_id, "us")
+
+    def save(per_instance: dict[str, dict]) -> pb.SaveFunctionRequest:
+        return pb.SaveFunctionRequest(
+            function_id=fn_id,
+            code=HANDLER,
+            settings=V2_SETTINGS,
+            deploy_instance_ids=[eu, us],
+            deploy_settings={k: settings(**v) for k, v in per_instance.items()},
+        )
+
+    versions_before = await registry.stub.ListFunctionVersions(
+        pb.ListFunctionVersionsRequest(function_id=fn_id), metadata=auth(owner)
+    )
+    err = await expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        registry.stub.SaveFunction(save({eu: {"region": "eu"}}), metadata=auth(owner)),
+    )
+    assert violations(err) == [
+        (f"deploy_settings[{us}].settings.region", "the required setting 'region' is missing")
+    ]
+    after = await registry.stub.ListFunctionVersions(
+        pb.ListFunctionVersionsRequest(function_id=fn_id), metadata=auth(owner)
+    )
+    assert len(after.versions) == len(versions_before.versions), "nothing saved"
+
+    saved = await registry.stub.SaveFunction(
+        save({eu: {"region": "eu"}, us: {"region": "us", "apiKey": MASK}}), metadata=auth(owner)
+    )
+    regions = {
+        i.id: json_format.MessageToDict(i.settings)["region"] for i in saved.deployed_instances
+    }
+    assert regions == {eu: "eu", us: "us"}
+    assert {i.version_id for i in saved.deployed_instances} == {saved.version.id}
+
+
+async def test_deploy_settings_must_name_deployed_instances(registry: Registry) -> None:
+    _, owner = await registry.workspace("Stray")
+    fn_id, src_id = await make_function(registry, owner)
+    ins_id = await instance(registry, owner, fn_id, src_id, "hook")
+    err = await expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        registry.stub.SaveFunction(
+            pb.SaveFunctionRequest(
+                function_id=fn_id,
+                code=HANDLER,
+                settings=V2_SETTINGS,
+                deploy_settings={ins_id: settings(region="eu")},
+            ),
+            metadata=auth(owner),
+        ),
+    )
+    assert violations(err)[0][0] == "deploy_settings"
