@@ -245,7 +245,12 @@ class DeadLetterStore:
         end: datetime | None = None,
         below_seq: int | None = None,
     ) -> AsyncIterator[DeadPack]:
-        """Yield the instance's DEAD packs stored in [start, end), oldest first."""
+        """Yield the instance's DEAD packs dead-lettered in [start, end), in stream order.
+
+        Letters re-stored after a partial replay keep their first dead time and come later in
+        the stream: the scan starts at `start` (none was stored before it died) and, with an
+        `end`, goes on past the first pack stored after it.
+        """
         wanted = streams.subject_filter("dead", instance_id=instance_id)
         request: dict[str, object] = {"next_by_subj": wanted}
         if start is not None:
@@ -258,9 +263,8 @@ class DeadLetterStore:
                 return
             if below_seq is not None and pack.seq >= below_seq:
                 return
-            if end is not None and pack.time >= end:
-                return
-            if start is None or pack.time >= start:
+            died = pack.dead_time()
+            if (start is None or died >= start) and (end is None or died < end):
                 yield pack
             request = {"seq": pack.seq + 1, "next_by_subj": wanted}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import UTC, timedelta
 from typing import Any
 
 import grpc
@@ -125,6 +126,20 @@ async def test_replaying_part_of_a_pack_keeps_the_rest_listed(
         assert letter.dead_time == original.dead_time
         assert letter.reason == original.reason
         assert letter.event_json == original.event_json
+    # Time ranges go by when they died, not by when they were stored again.
+    died = by_message["part-0"].dead_time.ToDatetime(tzinfo=UTC)
+    for start, end, expected in [
+        (None, died + timedelta(milliseconds=1), 2),
+        (died + timedelta(milliseconds=1), None, 0),
+        (died - timedelta(seconds=1), died + timedelta(milliseconds=1), 2),
+    ]:
+        request = pb.ListDeadLettersRequest(instance_id=iid)
+        if start is not None:
+            request.start_time.FromDatetime(start)
+        if end is not None:
+            request.end_time.FromDatetime(end)
+        listed = await stub.ListDeadLetters(request, metadata=auth(platform.owner))
+        assert len(listed.dead_letters) == expected, (start, end)
     # The old id is gone: replaying it again sends nothing.
     assert await replay(stub, platform.owner, iid, chosen.id) == 0
     assert await replay(stub, platform.owner, iid) == 2
