@@ -12,8 +12,11 @@ from eventfn.retrier.v1 import retrier_pb2 as pb
 from eventfn.retrier.v1 import retrier_pb2_grpc
 from eventfn.type.v1 import types_pb2
 from services.cli.client import as_json, fail, metadata, out, stub, table, when
+from services.common.delivery_records import location_text
 
-dead = typer.Typer(help="Events that ran out of retries: list, show, replay, purge.")
+dead = typer.Typer(
+    help="Events that failed, or ran out of retries: list, show, replay (once), purge."
+)
 
 Since = Annotated[
     str | None, typer.Option("--since", help="Only those dead-lettered at or after (ISO 8601).")
@@ -89,10 +92,16 @@ def show(
         return
     out.print(
         f"[bold]{letter.id}[/] instance {letter.instance_id} messageId {letter.message_id}\n"
-        f"first attempt {when(letter.first_attempt_time)}, dead {when(letter.dead_time)}\n"
-        f"reason: {letter.reason}",
+        f"first attempt {when(letter.first_attempt_time)}, dead {when(letter.dead_time)}",
         highlight=False,
     )
+    out.print(f"reason: {letter.reason}", markup=False, highlight=False)
+    stack = letter.attempts[-1].error.stack if letter.attempts else ""
+    where = location_text(stack)
+    if where:
+        out.print(f"at {where}", highlight=False)
+    if stack:
+        out.print(stack, style="dim", markup=False, highlight=False)
     table(
         "attempts",
         ["#", "time", "outcome", "error"],
@@ -111,7 +120,10 @@ def replay(
     since: Since = None,
     until: Until = None,
 ) -> None:
-    """Send dead letters back to their instance (one, several, or all in a range)."""
+    """Send dead letters back to their instance (one, several, or all in a range), once.
+
+    Replayed letters leave DEAD; the other letters of their packs get new ids.
+    """
     request = pb.ReplayDeadLettersRequest(
         instance_id=instance_id,
         dead_letter_ids=ids or [],

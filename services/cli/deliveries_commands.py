@@ -10,6 +10,7 @@ from eventfn.executor.v1 import executor_pb2 as pb
 from eventfn.executor.v1 import executor_pb2_grpc
 from eventfn.type.v1 import types_pb2
 from services.cli.client import metadata, out, stub, table, when
+from services.common.delivery_records import location_text
 
 BARS = " ▁▂▃▄▅▆▇█"
 HEALTH = {
@@ -55,15 +56,29 @@ def deliveries(
         for f in listed.failures:
             out.print(
                 f"\n[bold]{when(f.time)}[/] {types_pb2.Outcome.Name(f.outcome)} "
-                f"{f.message_id} ({f.version_id})\n  [red]{f.error.type}[/]: {f.error.message}",
+                f"{f.message_id} ({f.version_id})",
                 highlight=False,
             )
+            out.print(f"  [red]{f.error.type}[/]: ", end="", highlight=False)
+            out.print(f.error.message, markup=False, highlight=False)
+            where = location_text(f.error.stack)
+            if where:
+                out.print(f"  at {where}", highlight=False)
             if f.logs:
-                out.print("  logs: " + f.logs.replace("\n", "\n        "), highlight=False)
+                out.print(
+                    "  logs: " + f.logs.replace("\n", "\n        "), markup=False, highlight=False
+                )
             for r in f.requests:
                 out.print(f"  {r.method} {r.url} → {r.status or r.error}", highlight=False)
         if not listed.failures:
             out.print("no failures sampled in the last hour")
+        elif any(f.outcome == types_pb2.OUTCOME_FAILED for f in listed.failures):
+            out.print(
+                f"\nfailed events are kept as dead letters: fix the function, then "
+                f"`eventfn dead replay {instance_id}`",
+                markup=False,
+                highlight=False,
+            )
         return
     minutes = list(reversed(listed.minutes))
     out.print("delivered per minute: " + sparkline([m.delivered for m in minutes]))

@@ -18,8 +18,9 @@ from services.common.delivery_records import DeliveryRecorder
 from services.common.registry_gate import RegistryGate
 from services.common.settings import asyncpg_url
 from services.common.streams import open_streams
-from services.executor.consumer import Handoff, PackConsumer
+from services.executor.consumer import PackConsumer
 from services.executor.dispatcher import Dispatcher
+from services.executor.handoff import Handoff
 from services.executor.servicer import ExecutorServicer
 from services.executor.settings import ExecutorSettings
 from services.executor.versions import VersionSource

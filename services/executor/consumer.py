@@ -1,4 +1,4 @@
-"""The durable JetStream consumer shared by every executor process, and RETRY publishing."""
+"""The durable JetStream consumer shared by every executor process."""
 
 from __future__ import annotations
 
@@ -17,70 +17,17 @@ from eventfn.registry.v1 import registry_pb2 as rpb
 from services.common import streams
 from services.common.config_watch import ConfigWatcher
 from services.common.delivery_records import DeliveryRecorder, FailureSample
-from services.common.packs import dedupe_id, pack_count
-from services.executor.dispatcher import Dispatcher, PackRef, last_logs, split_pack
+from services.common.packs import pack_count
+from services.executor.dispatcher import Dispatcher
+from services.executor.pack_ref import PackRef, split_pack
 from services.executor.versions import VersionSource
-from services.runtime import InvocationResult
 
 log = logging.getLogger(__name__)
 DURABLE = "executor"
 # A pull request lives this long on the server; one left over after stop() would take
 # (and strand until ack_wait) a pack handed back before it expires.
 FETCH_SECONDS = 1.0
-MAX_HISTORY = 20
 PROPAGATOR = TraceContextTextMapPropagator()
-MAX_REQUESTS = 20
-
-
-class Handoff:
-    """Store events durably elsewhere: retryable ones in RETRY, finished retries in DEAD."""
-
-    def __init__(self, js: JetStreamContext) -> None:
-        self._js = js
-
-    async def __call__(
-        self,
-        kind: str,
-        config: rpb.InstanceConfig,
-        events: list[bytes],
-        ref: PackRef,
-        error: str,
-        result: InvocationResult,
-    ) -> None:
-        """Publish one message for events of one pack, with their history (awaiting the ack)."""
-        ids = [str(orjson.loads(e).get("messageId", "")) for e in events]
-        history = orjson.loads(ref.history) if ref.history else []
-        history.append(
-            {"attempt": ref.attempt, "time": datetime.now(UTC).isoformat(), "error": error[:500]}
-        )
-        headers = {
-            streams.MSG_ID: f"{dedupe_id(config.id, ids)}:{kind}{ref.attempt}",
-            streams.COUNT: str(len(events)),
-            streams.ATTEMPT: str(ref.attempt),
-            streams.FIRST_ATTEMPT_AT: ref.first_attempt_at,
-            streams.LAST_ERROR: error[:1000],
-            streams.HISTORY: orjson.dumps(history[-MAX_HISTORY:]).decode(),
-            # JSON-encoded: header values cannot hold line breaks.
-            streams.LAST_LOGS: orjson.dumps(last_logs(result)).decode(),
-            streams.LAST_REQUESTS: orjson.dumps(
-                [
-                    {
-                        "method": t.method,
-                        "url": t.url,
-                        "status": t.status,
-                        "error": t.error,
-                        "duration_ms": t.duration_ms,
-                    }
-                    for t in result.requests[-MAX_REQUESTS:]
-                ]
-            ).decode(),
-        }
-        if ref.trace is not None:  # the retry continues the event's trace
-            PROPAGATOR.inject(headers, context=ref.trace)
-        subject = (streams.retry_subject if kind == "retry" else streams.dead_subject)(
-            config.workspace_id, config.id
-        )
-        await self._js.publish(subject, b"[" + b",".join(events) + b"]", headers=headers)
 
 
 class PackConsumer:
@@ -209,11 +156,16 @@ class PackConsumer:
             first_attempt_at=headers.get(streams.FIRST_ATTEMPT_AT) or datetime.now(UTC).isoformat(),
             history=headers.get(streams.HISTORY, ""),
             trace=PROPAGATOR.extract(headers) if streams.TRACEPARENT in headers else None,
+            seq=msg.metadata.sequence.stream if msg.metadata.sequence else 0,
         )
         if msg.data.strip() in (b"", b"[]"):
             await self._settle(msg, True)
             return
-        ref.count = pack_count(headers.get(streams.COUNT), msg.data)
+        # A header of 0 on a non-empty body is not to be trusted: count the events.
+        ref.count = pack_count(headers.get(streams.COUNT), msg.data) or pack_count(None, msg.data)
+        if ref.count == 0:  # an empty array, however spelled
+            await self._settle(msg, True)
+            return
         wanted = headers.get(streams.VERSION)
         if wanted and wanted != config.version_id:
             version = await self._versions.get(wanted)

@@ -1,11 +1,13 @@
-"""From packs to invocations to outcomes: per-instance lanes with batching and concurrency.
+"""From packs to invocations: per-instance lanes with batching and concurrency.
 
 A pack (one JetStream message: a JSON array of events for one instance) is acked once each
-of its events reached an outcome: delivered, discarded or failed (recorded), or retryable
-and durably handed to RETRY. Without onBatch (or at low volume) a pack goes to V8 as it
-arrived — bytes, not parsed in Python — and a JS-side loop runs each event's handler.
-With onBatch and enough volume, events of several packs are collected up to the instance's
-batch size or wait, then one onBatch call gets the array.
+of its events reached an outcome: delivered, discarded, dead-lettered, or retryable and
+durably handed to RETRY (see `settlement`). Without onBatch a pack goes to V8 as it arrived
+— bytes, not parsed in Python — and a JS-side loop runs each event's handler. With onBatch
+and enough volume, events of several packs are collected up to the instance's batch size or
+wait, then one onBatch call gets the array. Below that volume an event goes to its
+single-event handler when the function has one for its type, else to onBatch at once (with
+whatever else is waiting): onBatch-only functions never lose events to EventNotSupported.
 """
 
 from __future__ import annotations
@@ -13,52 +15,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from google.protobuf import json_format
 from opentelemetry import trace
-from opentelemetry.context import Context
 
 from eventfn.registry.v1 import registry_pb2 as rpb
-from services.common.delivery_records import DeliveryRecorder, FailureSample
-from services.executor.policy import RateMeter, use_batch
-from services.runtime import Invocation, InvocationResult, OutcomeKind, RuntimePool
+from services.common.delivery_records import DeliveryRecorder
+from services.executor.pack_ref import PackRef, join_events, split_typed
+from services.executor.policy import ON_BATCH, RateMeter, to_on_batch, use_batch
+from services.executor.settlement import Handoff, Settlement
+from services.runtime import Invocation, RuntimePool
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("eventfn.executor")
-
-MAX_LOG_CHARS = 4096
-COUNTER_OF = {
-    OutcomeKind.DELIVERED: "delivered",
-    OutcomeKind.RETRY: "retried",
-    OutcomeKind.DISCARD: "discarded",
-    OutcomeKind.FAILURE: "failed",
-}
-
-
-@dataclass(eq=False)  # compared and hashed by identity: one per received pack
-class PackRef:
-    """A received pack: what to ack, and how many of its events still await an outcome."""
-
-    settle: Callable[[bool], Awaitable[None]]  # True: ack, False: hand back (nak)
-    remaining: int
-    count: int = 0  # events in the pack (its Eventfn-Count header)
-    attempt: int = 1
-    first_attempt_at: str = ""
-    history: str = ""  # JSON list of earlier attempts, carried from RETRY through EVENTS
-    trace: Context | None = None  # the event's trace, from the pack's W3C headers
-    ok: bool = True
-
-    async def resolve(self, count: int, ok: bool = True) -> None:
-        """Mark `count` events as settled; ack (or nak) once all are."""
-        self.ok = self.ok and ok
-        self.remaining -= count
-        if self.remaining == 0:
-            await self.settle(self.ok)
 
 
 @dataclass
@@ -68,19 +39,6 @@ class Pending:
     events: list[bytes] = field(default_factory=list)
     refs: list[PackRef] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
-
-
-# (kind "retry" | "dead", instance, events, their pack, last error, the invocation's result):
-# store them durably.
-Handoff = Callable[
-    [str, rpb.InstanceConfig, list[bytes], PackRef, str, InvocationResult], Awaitable[None]
-]
-
-
-def last_logs(result: InvocationResult) -> str:
-    """Return an invocation's console output (already redacted), capped from the end."""
-    text = "\n".join(f"{line.level}: {line.message}" for line in result.logs)
-    return text[-MAX_LOG_CHARS:]
 
 
 def secrets_of(config: rpb.InstanceConfig) -> tuple[str, ...]:
@@ -105,14 +63,6 @@ def settings_of(config: rpb.InstanceConfig) -> dict[str, Any]:
     return json_format.MessageToDict(config.settings)
 
 
-def split_pack(body: bytes) -> list[bytes]:
-    """Split a pack's JSON array into the encoded events."""
-    events = orjson.loads(body)
-    if not isinstance(events, list):
-        events = [events]
-    return [orjson.dumps(e) for e in events]
-
-
 class Dispatcher:
     """Run the packs of every instance, within per-instance concurrency."""
 
@@ -125,8 +75,7 @@ class Dispatcher:
         instance_concurrency: int,
     ) -> None:
         self._pool = pool
-        self._recorder = recorder
-        self._handoff = handoff
+        self._settlement = Settlement(recorder, handoff)
         self._concurrency = instance_concurrency
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._rates: dict[str, RateMeter] = {}
@@ -145,19 +94,13 @@ class Dispatcher:
         return len(self._tasks) + sum(len(p.events) for p in self._pending.values())
 
     def _spawn(
-        self,
-        config: rpb.InstanceConfig,
-        body: bytes,
-        refs: list[PackRef],
-        *,
-        batch: bool,
-        count_rate: bool,
+        self, config: rpb.InstanceConfig, body: bytes, refs: list[PackRef], *, batch: bool
     ) -> None:
         """Run an invocation in the background; a bug in it hands its packs back."""
 
         async def run() -> None:
             try:
-                await self._invoke(config, body, refs, batch=batch, count_rate=count_rate)
+                await self._invoke(config, body, refs, batch=batch)
             except Exception:
                 log.exception("packs of instance %s failed in the executor; handed back", config.id)
                 for ref in dict.fromkeys(refs):
@@ -201,15 +144,37 @@ class Dispatcher:
         function_key = await self.context_key(config)
         handlers = await self._pool.handlers(function_key, config.code)
         rate = self._rates.setdefault(config.id, RateMeter())
-        if "onBatch" not in handlers:
-            # Events are counted once we know how many there are (from the outcomes).
-            self._spawn(config, body, [ref], batch=False, count_rate=True)
+        now = time.monotonic()
+        if ON_BATCH not in handlers:
+            rate.add(ref.count, now)
+            ref.remaining = ref.count
+            self._spawn(config, body, [ref] * ref.count, batch=False)
             return
-        events = split_pack(body)
-        if not use_batch(True, rate.add(len(events), time.monotonic())):
-            self._spawn(config, body, [ref], batch=False, count_rate=False)
-            return
+        events = split_typed(body)
+        batching = use_batch(True, rate.add(len(events), now))
+        single: list[bytes] = []
+        batched: list[bytes] = []
+        for event, handler in events:
+            on_batch = to_on_batch(handler, handlers, batching=batching)
+            (batched if on_batch else single).append(event)
+        # Set before any invocation of the pack starts: each resolves only its own events.
         ref.remaining = len(events)
+        if single:
+            whole = len(single) == len(events)
+            self._spawn(
+                config, body if whole else join_events(single), [ref] * len(single), batch=False
+            )
+        if batched:
+            self._collect(config, batched, ref, at_once=not batching)
+
+    def _collect(
+        self, config: rpb.InstanceConfig, events: list[bytes], ref: PackRef, *, at_once: bool
+    ) -> None:
+        """Add events of a pack to the instance's onBatch batch; flush it when due.
+
+        A batch is due when it reaches the batch size, when its wait is over, or at once
+        below the batching volume: an event waits for company only when company comes.
+        """
         pending = self._pending.setdefault(config.id, Pending())
         for event in events:
             pending.events.append(event)
@@ -217,7 +182,11 @@ class Dispatcher:
             if len(pending.events) >= config.batch_size:
                 self._flush(config.id)
                 pending = self._pending.setdefault(config.id, Pending())
-        if pending.events and pending.timer is None:
+        if not pending.events:
+            return
+        if at_once:
+            self._flush(config.id)
+        elif pending.timer is None:
             pending.timer = asyncio.get_running_loop().call_later(
                 config.batch_wait_ms / 1000, self._flush, config.id
             )
@@ -229,19 +198,12 @@ class Dispatcher:
         if pending.timer is not None:
             pending.timer.cancel()
         config = self._configs[instance_id]
-        body = b"[" + b",".join(pending.events) + b"]"
-        self._spawn(config, body, pending.refs, batch=True, count_rate=False)
+        self._spawn(config, join_events(pending.events), pending.refs, batch=True)
 
     async def _invoke(
-        self,
-        config: rpb.InstanceConfig,
-        body: bytes,
-        refs: list[PackRef],
-        *,
-        batch: bool,
-        count_rate: bool,
+        self, config: rpb.InstanceConfig, body: bytes, refs: list[PackRef], *, batch: bool
     ) -> None:
-        """Invoke the function on events; act on each outcome; settle the packs."""
+        """Invoke the function on events (refs[i]: the pack of event i); act on the outcomes."""
         settings, secrets = self._settings(config)
         limit = self._limits.setdefault(config.id, asyncio.Semaphore(self._concurrency))
         async with limit:
@@ -270,7 +232,7 @@ class Dispatcher:
                             batch=batch,
                             timeout_s=config.timeout_ms / 1000,
                             secrets=secrets,
-                            count=len(refs) if batch else (refs[0].count or None),
+                            count=len(refs),
                         )
                     )
                 except Exception:
@@ -279,77 +241,7 @@ class Dispatcher:
                         await ref.settle(False)
                     return
                 span.set_attribute("eventfn.events", len(result.outcomes))
-        if not batch:  # the whole pack ran at once: every outcome belongs to its one ref
-            refs = refs * len(result.outcomes)
-            refs_owner = refs[0] if refs else None
-            if refs_owner is None:
-                return  # an empty pack; the consumer acks those before they get here
-            refs_owner.remaining = len(result.outcomes)
-        if count_rate:
-            self._rates[config.id].add(len(result.outcomes), time.monotonic())
-        await self._act(config, body, refs, result)
-
-    async def _act(
-        self,
-        config: rpb.InstanceConfig,
-        body: bytes,
-        refs: list[PackRef],
-        result: InvocationResult,
-    ) -> None:
-        outcomes = result.outcomes
-        counts = {name: 0 for name in COUNTER_OF.values()}
-        needs_events = any(o.kind != OutcomeKind.DELIVERED for o in outcomes)
-        events = split_pack(body) if needs_events else []
-        # Retryable events go to RETRY; on a retry, a permanent outcome ends in DEAD.
-        handoffs: dict[tuple[int, str], tuple[PackRef, list[bytes], str]] = {}
-        now = datetime.now(UTC)
-        logs = last_logs(result)
-        for i, outcome in enumerate(outcomes):
-            counts[COUNTER_OF[outcome.kind]] += 1
-            if outcome.kind == OutcomeKind.DELIVERED:
-                continue
-            event = events[i] if i < len(events) else b"{}"
-            ref = refs[i]
-            kind = "retry" if outcome.kind == OutcomeKind.RETRY else "dead"
-            if kind == "retry" or ref.attempt > 1:
-                error = f"{outcome.error_type}: {outcome.message}"
-                entry = handoffs.setdefault((id(ref), kind), (ref, [], error))
-                entry[1].append(event)
-            self._recorder.sample(
-                FailureSample(
-                    instance_id=config.id,
-                    time=now,
-                    message_id=str(orjson.loads(event).get("messageId", "")) if event else "",
-                    version_id=config.version_id,
-                    outcome=outcome.kind.value,
-                    error_type=outcome.error_type or "",
-                    error_message=outcome.message or "",
-                    error_stack=outcome.stack or "",
-                    event=event.decode(),
-                    logs=logs,
-                    requests=[t.__dict__ for t in result.requests],
-                )
-            )
-        self._recorder.count(
-            config.id,
-            config.workspace_id,
-            config.function_id,
-            {**counts, "invocations": 1},
-            execution_ms=result.duration_ms,
-        )
-        stored: dict[int, bool] = {}
-        for (key, kind), (ref, handed, error) in handoffs.items():
-            try:
-                await self._handoff(kind, config, handed, ref, error, result)
-            except Exception as exc:  # NATS down: hand the pack back, it will be redelivered
-                log.warning("%s hand-off for %s failed: %r; pack handed back", kind, config.id, exc)
-                stored[key] = False
-        per_ref: dict[int, tuple[PackRef, int]] = {}
-        for ref in refs:
-            seen = per_ref.get(id(ref))
-            per_ref[id(ref)] = (ref, (seen[1] if seen else 0) + 1)
-        for key, (ref, count) in per_ref.items():
-            await ref.resolve(count, stored.get(key, True))
+        await self._settlement.act(config, body, refs, result)
 
     async def drain(self, grace: float) -> bool:
         """Flush pending batches and wait for in-flight invocations; False past the grace."""

@@ -261,17 +261,19 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
             begin.replace(second=0, microsecond=0),
             stop,
         )
+        outcomes = ("delivered", "retried", "discarded", "failed")
         recent = await self._db.fetchrow(
-            "SELECT coalesce(sum(delivered + retried + discarded + failed), 0) AS total, "
-            "coalesce(sum(retried + discarded + failed), 0) AS bad FROM delivery_minute "
-            "WHERE instance_id = $1 AND minute >= $2",
+            "SELECT "
+            + ", ".join(f"coalesce(sum({n}), 0) AS {n}" for n in outcomes)
+            + " FROM delivery_minute WHERE instance_id = $1 AND minute >= $2",
             request.instance_id,
             datetime.now(UTC) - HEALTH_WINDOW,
         )
+        assert recent is not None  # an aggregate without GROUP BY always has one row
         ws = got.instance.workspace_id
         return pb.GetDeliveryStatsResponse(
             totals=minute_row(total),  # type: ignore[arg-type]
-            health=health(int(recent["total"]), int(recent["bad"])),  # type: ignore[index]
+            health=health(**{n: int(recent[n]) for n in outcomes}),
             pending_retries=await self._pending(
                 streams.RETRY_STREAM, streams.retry_subject(ws, request.instance_id)
             ),

@@ -1,16 +1,23 @@
 """Dead letters in the DEAD stream: list by instance and time, show, replay, purge.
 
 A DEAD message is a pack (a JSON array of events) with the history headers of the executor
-(or of the retrier, plus `Eventfn-Dead-Reason`). Each event of it is one dead letter, named
+or of the retrier, and `Eventfn-Dead-Reason`. Each event of it is one dead letter, named
 `<stream sequence>.<index in the pack>`; `<stream sequence>` alone names the whole pack.
 Reads use JetStream direct get with a per-instance subject filter (`dead.*.<instance>`),
 so no consumer is created; retention is the DEAD stream's max age.
+
+A replayed letter leaves DEAD, so it is replayed once: its events are published to EVENTS
+first (the ack awaited), then the pack's other letters, if any, are stored again as a new
+pack, then the old pack is deleted. A crash between these steps leaves the letter listed
+(never lost); replaying it again is deduplicated by EVENTS for 10 minutes, as the replay's
+message id is derived from the letter.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
-import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,8 +28,16 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from services.common import streams
-from services.common.streams import DEAD_REASON, HISTORY, LAST_ERROR, LAST_LOGS, LAST_REQUESTS
-from services.retrier.scheduler import parse_time
+from services.common.streams import (
+    DEAD_AT,
+    DEAD_REASON,
+    HISTORY,
+    LAST_ERROR,
+    LAST_LOGS,
+    LAST_REQUESTS,
+    LAST_STACK,
+)
+from services.retrier.scheduler import carried_headers, parse_time
 
 log = logging.getLogger(__name__)
 REPLAY_OF = streams.REPLAY_OF
@@ -112,6 +127,21 @@ class DeadPack:
             return ""
         return value if isinstance(value, str) else ""
 
+    def last_stack(self) -> str:
+        """Return the last attempt's JavaScript stack ("" when absent or unreadable)."""
+        try:
+            value = orjson.loads(self.headers.get(LAST_STACK, '""') or '""')
+        except orjson.JSONDecodeError:
+            return ""
+        return value if isinstance(value, str) else ""
+
+    def dead_time(self) -> datetime:
+        """Return when the letters first went to DEAD (kept when some were replayed)."""
+        try:
+            return parse_time(self.headers[DEAD_AT])
+        except (KeyError, ValueError):
+            return self.time
+
     def last_requests(self) -> list[dict[str, object]]:
         """Return the last attempt's outgoing requests ([] when absent or unreadable)."""
         try:
@@ -151,6 +181,16 @@ def letters_of(pack: DeadPack) -> list[Letter]:
     return [Letter(LetterId(pack.seq, i), pack, e) for i, e in enumerate(pack.events())]
 
 
+def letters_key(pack: DeadPack, indexes: Iterable[int]) -> str:
+    """Name letters of a pack uniquely: its sequence, its store time, a digest of indexes.
+
+    The store time keeps the name unique should the DEAD stream be recreated and its
+    sequences start again.
+    """
+    digest = hashlib.blake2b(",".join(map(str, indexes)).encode(), digest_size=8).hexdigest()
+    return f"{pack.seq}:{pack.time.timestamp():.6f}:{digest}"
+
+
 def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
@@ -161,6 +201,7 @@ class DeadLetterStore:
     def __init__(self, nc: NatsClient, js: JetStreamContext) -> None:
         self._nc = nc
         self._js = js
+        self._lock = asyncio.Lock()
 
     async def _direct(self, request: dict[str, object]) -> DeadPack | None:
         reply = await self._nc.request(
@@ -204,7 +245,12 @@ class DeadLetterStore:
         end: datetime | None = None,
         below_seq: int | None = None,
     ) -> AsyncIterator[DeadPack]:
-        """Yield the instance's DEAD packs stored in [start, end), oldest first."""
+        """Yield the instance's DEAD packs dead-lettered in [start, end), in stream order.
+
+        Letters re-stored after a partial replay keep their first dead time and come later in
+        the stream: the scan starts at `start` (none was stored before it died) and, with an
+        `end`, goes on past the first pack stored after it.
+        """
         wanted = streams.subject_filter("dead", instance_id=instance_id)
         request: dict[str, object] = {"next_by_subj": wanted}
         if start is not None:
@@ -217,9 +263,8 @@ class DeadLetterStore:
                 return
             if below_seq is not None and pack.seq >= below_seq:
                 return
-            if end is not None and pack.time >= end:
-                return
-            if start is None or pack.time >= start:
+            died = pack.dead_time()
+            if (start is None or died >= start) and (end is None or died < end):
                 yield pack
             request = {"seq": pack.seq + 1, "next_by_subj": wanted}
 
@@ -285,31 +330,58 @@ class DeadLetterStore:
     async def replay(self, letters: Iterable[Letter], *, version_id: str = "") -> int:
         """Send the letters back to their instance's EVENTS subject as first attempts.
 
-        With `version_id`, the executor runs that version of the function for them.
+        Each replayed letter leaves DEAD once its events are stored in EVENTS; return how
+        many were replayed (letters already gone meanwhile are skipped). With `version_id`,
+        the executor runs that version of the function for them.
         """
-        by_pack: dict[int, list[Letter]] = {}
+        by_pack: dict[int, dict[int, Letter]] = {}
         for letter in letters:
-            by_pack.setdefault(letter.pack.seq, []).append(letter)
+            by_pack.setdefault(letter.pack.seq, {})[letter.id.index or 0] = letter
         now = datetime.now(UTC).isoformat()
         count = 0
-        for seq, chosen in by_pack.items():
-            pack = chosen[0].pack
-            headers = {
-                streams.MSG_ID: f"replay:{seq}:{uuid.uuid4().hex}",
-                streams.ATTEMPT: "1",
-                streams.FIRST_ATTEMPT_AT: now,
-                REPLAY_OF: ",".join(str(c.id) for c in chosen),
-            }
-            if version_id:
-                headers[streams.VERSION] = version_id
-            for name in (streams.TRACEPARENT, streams.TRACESTATE):
-                if name in pack.headers:
-                    headers[name] = pack.headers[name]
-            body = b"[" + b",".join(c.event for c in chosen) + b"]"
-            subject = streams.events_subject(pack.workspace_id, pack.instance_id)
-            await self._js.publish(subject, body, headers=headers)
-            count += len(chosen)
+        async with self._lock:  # one replay or purge of a pack at a time in this process
+            for seq, chosen in sorted(by_pack.items()):
+                pack = await self.pack(seq)  # as it is now: replayed or purged meanwhile?
+                if pack is None:
+                    continue
+                stored = pack.events()
+                indexes = sorted(i for i in chosen if i < len(stored))
+                if not indexes:
+                    continue
+                events = [stored[i] for i in indexes]
+                headers = {
+                    streams.MSG_ID: f"replay:{letters_key(pack, indexes)}",
+                    streams.COUNT: str(len(events)),
+                    streams.ATTEMPT: "1",
+                    streams.FIRST_ATTEMPT_AT: now,
+                    REPLAY_OF: ",".join(f"{seq}.{i}" for i in indexes),
+                }
+                if version_id:
+                    headers[streams.VERSION] = version_id
+                for name in (streams.TRACEPARENT, streams.TRACESTATE):
+                    if name in pack.headers:
+                        headers[name] = pack.headers[name]
+                subject = streams.events_subject(pack.workspace_id, pack.instance_id)
+                await self._js.publish(subject, b"[" + b",".join(events) + b"]", headers=headers)
+                await self._remove(pack, set(indexes))
+                count += len(events)
         return count
+
+    async def _remove(self, pack: DeadPack, indexes: set[int]) -> None:
+        """Take letters out of DEAD: store the pack's others again, then delete the pack."""
+        events = pack.events()
+        rest = [i for i in range(len(events)) if i not in indexes]
+        if rest:
+            headers = carried_headers(pack.headers)
+            headers[streams.MSG_ID] = f"rest:{letters_key(pack, rest)}"
+            headers[streams.COUNT] = str(len(rest))
+            headers.setdefault(DEAD_AT, pack.time.isoformat())
+            body = b"[" + b",".join(events[i] for i in rest) + b"]"
+            await self._js.publish(pack.subject, body, headers=headers)
+        try:
+            await self._js.delete_msg(streams.DEAD_STREAM, pack.seq)
+        except NotFoundError:
+            pass  # deleted meanwhile (a purge, or another retrier's replay)
 
     async def purge(self, letters: Iterable[Letter]) -> int:
         """Delete the DEAD messages holding the letters; return how many events went."""
@@ -317,10 +389,11 @@ class DeadLetterStore:
         for letter in letters:
             seqs[letter.pack.seq] = len(letter.pack.events())
         count = 0
-        for seq, events in seqs.items():
-            try:
-                await self._js.delete_msg(streams.DEAD_STREAM, seq)
-            except NotFoundError:
-                continue
-            count += events
+        async with self._lock:
+            for seq, events in seqs.items():
+                try:
+                    await self._js.delete_msg(streams.DEAD_STREAM, seq)
+                except NotFoundError:
+                    continue
+                count += events
         return count

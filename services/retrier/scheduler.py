@@ -196,7 +196,7 @@ def plan(
 
 
 def malformed_dead_letter(
-    subject: str, headers: dict[str, str], seq: int, reason: str
+    subject: str, headers: dict[str, str], seq: int, reason: str, body: bytes = b""
 ) -> tuple[str, dict[str, str]]:
     """Return the DEAD subject and headers for a RETRY message that cannot be retried."""
     try:
@@ -208,7 +208,17 @@ def malformed_dead_letter(
     out[streams.MSG_ID] = f"malformed-retry:{seq}"
     out[DEAD_REASON] = f"malformed RETRY message: {reason}"
     out[ORIGINAL_SUBJECT] = subject
+    out[streams.COUNT] = str(event_count(body))
     return dead, out
+
+
+def event_count(body: bytes) -> int:
+    """Count the dead letters a body makes: an array's elements, else the body as one."""
+    try:
+        events = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return 1
+    return len(events) if isinstance(events, list) else 1
 
 
 def string_headers(msg: Msg) -> dict[str, str]:
@@ -395,7 +405,7 @@ class RetryScheduler:
     async def _bury_malformed(
         self, msg: Msg, headers: dict[str, str], seq: int, reason: str
     ) -> None:
-        subject, out = malformed_dead_letter(msg.subject, headers, seq, reason)
+        subject, out = malformed_dead_letter(msg.subject, headers, seq, reason, msg.data)
         log.warning("RETRY message %d on %s dead-lettered: %s", seq, msg.subject, reason)
         await self._js.publish(subject, msg.data, headers=out)
         await self._settled(msg, seq)

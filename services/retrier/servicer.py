@@ -53,18 +53,34 @@ def _range(
     return start, end
 
 
+HISTORY_OUTCOMES = {
+    "retry": types_pb2.OUTCOME_RETRY,
+    "failure": types_pb2.OUTCOME_FAILED,
+    "discard": types_pb2.OUTCOME_DISCARDED,
+    "delivered": types_pb2.OUTCOME_DELIVERED,
+}
+
+
 def dead_letter_message(letter: Letter) -> pb.DeadLetter:
-    """Describe one dead letter for the API."""
+    """Describe one dead letter for the API (the last attempt's error with its stack)."""
     pack = letter.pack
     history = pack.history()
+    # Older messages name no outcome per attempt: the last one was permanent unless the
+    # retrier buried it (window passed, malformed).
     permanent = DEAD_REASON not in pack.headers
     attempts: list[pb.Attempt] = []
     for position, entry in enumerate(history):
+        last = position == len(history) - 1
+        outcome = HISTORY_OUTCOMES.get(str(entry.get("outcome", "")))
+        if outcome is None:
+            outcome = types_pb2.OUTCOME_FAILED if permanent and last else types_pb2.OUTCOME_RETRY
         attempt = pb.Attempt(
-            outcome=types_pb2.OUTCOME_FAILED
-            if permanent and position == len(history) - 1
-            else types_pb2.OUTCOME_RETRY,
-            error=types_pb2.HandlerError(message=str(entry.get("error", ""))),
+            outcome=outcome,
+            error=types_pb2.HandlerError(
+                type=str(entry.get("type", "")),
+                message=str(entry.get("error", "")),
+                stack=pack.last_stack() if last else "",
+            ),
         )
         try:
             attempt.time.FromDatetime(parse_time(str(entry.get("time", ""))))
@@ -93,7 +109,7 @@ def dead_letter_message(letter: Letter) -> pb.DeadLetter:
     first = _timestamp(pack.first_attempt_time())
     if first is not None:
         out.first_attempt_time.CopyFrom(first)
-    out.dead_time.FromDatetime(pack.time)
+    out.dead_time.FromDatetime(pack.dead_time())
     return out
 
 
@@ -192,7 +208,7 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
     async def ReplayDeadLetters(
         self, request: pb.ReplayDeadLettersRequest, context: Ctx
     ) -> pb.ReplayDeadLettersResponse:
-        """Send dead letters back to their instance as first attempts."""
+        """Send dead letters back to their instance as first attempts; they leave DEAD."""
         if not request.instance_id:
             raise InvalidArgument.field("instance_id", "required")
         ids = _ids(list(request.dead_letter_ids), "dead_letter_ids")

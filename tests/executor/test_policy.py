@@ -1,4 +1,5 @@
-"""The executor's pure decisions: event rate, when to batch, connection health."""
+"""The executor's pure decisions: event rate, when to batch, where each event goes, what each
+outcome becomes, connection health."""
 
 from __future__ import annotations
 
@@ -6,7 +7,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eventfn.executor.v1 import executor_pb2 as pb
-from services.executor.policy import BATCH_MIN_RATE, RateMeter, health, use_batch
+from services.executor.policy import (
+    BATCH_MIN_RATE,
+    HANDLER_OF_TYPE,
+    RateMeter,
+    disposition,
+    handler_for,
+    health,
+    to_on_batch,
+    use_batch,
+)
+from services.runtime import HANDLER_NAMES, OutcomeKind
+
+SINGLE_HANDLERS = sorted(set(HANDLER_NAMES) - {"onBatch"})
+ORDER = [pb.HEALTH_HEALTHY, pb.HEALTH_DEGRADED, pb.HEALTH_FAILING]
 
 
 def test_rate_is_events_per_second_over_the_window() -> None:
@@ -33,10 +47,81 @@ def test_batching_needs_on_batch_and_volume() -> None:
     assert not use_batch(False, 1000.0), "no onBatch: single handlers"
 
 
-@given(st.integers(0, 10_000), st.integers(0, 10_000))
-def test_health_follows_the_share_of_bad_outcomes(total: int, bad: int) -> None:
-    bad = min(bad, total)
-    got = health(total, bad)
+def test_each_type_names_its_handler_whatever_its_case() -> None:
+    assert handler_for({"type": "track"}) == "onTrack"
+    assert handler_for({"type": "Identify"}) == "onIdentify"
+    assert handler_for({"type": "DELETE"}) == "onDelete"
+    assert handler_for({"type": "purchase"}) is None
+    assert handler_for({"type": 3}) is None
+    assert handler_for({}) is None
+    assert handler_for(["track"]) is None
+    assert set(HANDLER_OF_TYPE.values()) == set(SINGLE_HANDLERS)
+
+
+def test_an_on_batch_only_function_gets_every_event_even_at_low_volume() -> None:
+    handlers = frozenset({"onBatch"})
+    for handler in [*SINGLE_HANDLERS, None]:
+        assert to_on_batch(handler, handlers, batching=False)
+
+
+def test_at_low_volume_a_single_handler_takes_its_type_and_on_batch_the_rest() -> None:
+    handlers = frozenset({"onTrack", "onBatch"})
+    assert not to_on_batch("onTrack", handlers, batching=False)
+    assert to_on_batch("onIdentify", handlers, batching=False)
+    assert to_on_batch(None, handlers, batching=False), "an unknown type: onBatch, not a discard"
+    assert to_on_batch("onTrack", handlers, batching=True), "with volume, everything batches"
+
+
+@given(
+    st.sampled_from([*SINGLE_HANDLERS, None]),
+    st.sets(st.sampled_from(HANDLER_NAMES)),
+    st.booleans(),
+)
+def test_an_event_goes_to_on_batch_exactly_when_it_must(
+    handler: str | None, handlers: set[str], batching: bool
+) -> None:
+    got = to_on_batch(handler, handlers, batching=batching)
+    if "onBatch" not in handlers:
+        assert not got, "without onBatch, single handlers (or EventNotSupported)"
+    elif handler is None or handler not in handlers:
+        assert got, "an event with no handler of its own goes to onBatch, never discarded"
+    else:
+        assert got == batching
+
+
+def test_what_each_outcome_becomes() -> None:
+    assert disposition(OutcomeKind.DELIVERED, 1) == "record"
+    assert disposition(OutcomeKind.RETRY, 1) == "retry"
+    assert disposition(OutcomeKind.FAILURE, 1) == "dead", "a failure is replayable after a fix"
+    assert disposition(OutcomeKind.DISCARD, 1) == "record", "a discard by design stays a record"
+    assert disposition(OutcomeKind.DISCARD, 2) == "dead", "a retried event keeps its history"
+
+
+@given(st.sampled_from(list(OutcomeKind)), st.integers(1, 1000))
+def test_no_outcome_but_delivered_and_first_discards_is_only_recorded(
+    kind: OutcomeKind, attempt: int
+) -> None:
+    got = disposition(kind, attempt)
+    if kind == OutcomeKind.DELIVERED:
+        assert got == "record"
+    elif kind == OutcomeKind.RETRY:
+        assert got == "retry"
+    elif kind == OutcomeKind.FAILURE:
+        assert got == "dead"
+    else:
+        assert got == ("dead" if attempt > 1 else "record")
+
+
+counts = st.integers(0, 10_000)
+
+
+@given(counts, counts, counts, counts)
+def test_health_follows_the_share_of_retried_and_failed(
+    delivered: int, retried: int, discarded: int, failed: int
+) -> None:
+    got = health(delivered=delivered, retried=retried, discarded=discarded, failed=failed)
+    total = delivered + retried + discarded + failed
+    bad = retried + failed
     if total == 0:
         assert got == pb.HEALTH_UNSPECIFIED
     elif bad / total < 0.01:
@@ -45,3 +130,19 @@ def test_health_follows_the_share_of_bad_outcomes(total: int, bad: int) -> None:
         assert got == pb.HEALTH_DEGRADED
     else:
         assert got == pb.HEALTH_FAILING
+
+
+@given(counts, counts, counts, counts, st.integers(1, 10_000))
+def test_discards_never_make_health_worse(
+    delivered: int, retried: int, discarded: int, failed: int, more: int
+) -> None:
+    before = health(delivered=delivered, retried=retried, discarded=discarded, failed=failed)
+    after = health(delivered=delivered, retried=retried, discarded=discarded + more, failed=failed)
+    assert after != pb.HEALTH_UNSPECIFIED, "discarded events are events"
+    if before != pb.HEALTH_UNSPECIFIED:
+        assert ORDER.index(after) <= ORDER.index(before)
+
+
+def test_a_template_that_skips_on_group_is_healthy() -> None:
+    assert health(delivered=90, retried=0, discarded=10, failed=0) == pb.HEALTH_HEALTHY
+    assert health(delivered=0, retried=0, discarded=10, failed=0) == pb.HEALTH_HEALTHY

@@ -157,16 +157,16 @@ async def test_always_failing_ends_in_dead_and_replay_delivers(
     events = await requests(sink, attempts + 1)
     assert events[-1]["messageId"] == "m-doomed"
     await quiet(sink, attempts + 1)
-
-    purged = await stub.PurgeDeadLetters(
-        pb.PurgeDeadLettersRequest(instance_id=iid, dead_letter_ids=[letter.id]),
-        metadata=auth(platform.owner),
-    )
-    assert purged.purged == 1
+    # The replayed letter left DEAD: nothing to list, nothing to purge.
     listed = await stub.ListDeadLetters(
         pb.ListDeadLettersRequest(instance_id=iid), metadata=auth(platform.owner)
     )
     assert list(listed.dead_letters) == []
+    purged = await stub.PurgeDeadLetters(
+        pb.PurgeDeadLettersRequest(instance_id=iid, dead_letter_ids=[letter.id]),
+        metadata=auth(platform.owner),
+    )
+    assert purged.purged == 0
 
 
 async def test_dead_letter_records_every_attempt(
@@ -321,8 +321,13 @@ async def test_cli_lists_shows_and_replays_dead_letters(
     events = await requests(sink, attempts + 1)
     assert events[-1]["messageId"] == "m-cli"
     await quiet(sink, attempts + 1)
+    assert letter.id not in await asyncio.to_thread(cli, "list", iid), "replayed: gone"
+    sink.status = 500
+    await send(platform, "m-cli-2")
+    (second,) = await until_dead(stub, platform.owner, iid)
     purged = await asyncio.to_thread(cli, "purge", iid, "--yes")
     assert "purged 1" in purged
+    assert second.id not in await asyncio.to_thread(cli, "list", iid)
 
 
 async def test_sigkill_while_holding_retries_loses_nothing(

@@ -31,23 +31,27 @@ class _HealthEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Health.ValueTy
     HEALTH_UNSPECIFIED: _Health.ValueType  # 0
     """No events in the period."""
     HEALTH_HEALTHY: _Health.ValueType  # 1
-    """Under 1% of events retried, discarded or failed."""
+    """Under 1% of events retried or failed."""
     HEALTH_DEGRADED: _Health.ValueType  # 2
-    """1% to 20% of events retried, discarded or failed."""
+    """1% to 20% of events retried or failed."""
     HEALTH_FAILING: _Health.ValueType  # 3
-    """Over 20% of events retried, discarded or failed."""
+    """Over 20% of events retried or failed."""
 
 class Health(_Health, metaclass=_HealthEnumTypeWrapper):
-    """Connection health of an instance, from its error rate over the last 15 minutes."""
+    """Connection health of an instance, from its error rate over the last 15 minutes.
+    Retried and failed events count against it; discarded events (discards by design:
+    EventNotSupported, InvalidEventPayload, ValidationError, 4xx statuses) count as events
+    but not against it.
+    """
 
 HEALTH_UNSPECIFIED: Health.ValueType  # 0
 """No events in the period."""
 HEALTH_HEALTHY: Health.ValueType  # 1
-"""Under 1% of events retried, discarded or failed."""
+"""Under 1% of events retried or failed."""
 HEALTH_DEGRADED: Health.ValueType  # 2
-"""1% to 20% of events retried, discarded or failed."""
+"""1% to 20% of events retried or failed."""
 HEALTH_FAILING: Health.ValueType  # 3
-"""Over 20% of events retried, discarded or failed."""
+"""Over 20% of events retried or failed."""
 Global___Health: _TypeAlias = Health  # noqa: Y015
 
 @_typing.final

@@ -56,7 +56,9 @@ Global___Attempt: _TypeAlias = Attempt  # noqa: Y015
 
 @_typing.final
 class DeadLetter(_message.Message):
-    """An event that ran out of retries or failed permanently on a retry."""
+    """An event that failed (a thrown error other than the four error classes, an invalid onBatch
+    result, a limit passed), ran out of retries, or was discarded on a retry.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -71,7 +73,7 @@ class DeadLetter(_message.Message):
     DEAD_TIME_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """The dead letter's id (its stream sequence)."""
+    """The dead letter's id: `<stream sequence>.<index in its pack>`."""
     instance_id: _builtins.str
     """The instance it was for."""
     message_id: _builtins.str
@@ -81,10 +83,12 @@ class DeadLetter(_message.Message):
     last_logs: _builtins.str
     """Console output of the last attempt, secrets redacted."""
     reason: _builtins.str
-    """Why it was dead-lettered, e.g. "retry window of 4h passed"."""
+    """Why it was dead-lettered, e.g. "retry window of 4h passed", or "failed on attempt 1 at
+    function.js:3:38: TypeError: ..." (where the error was thrown, when the stack says).
+    """
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
-        """Every attempt, oldest first."""
+        """Every attempt, oldest first; the last one's error carries its stack."""
 
     @_builtins.property
     def last_requests(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.RequestTrace]:
@@ -96,7 +100,7 @@ class DeadLetter(_message.Message):
 
     @_builtins.property
     def dead_time(self) -> _timestamp_pb2.Timestamp:
-        """When it was dead-lettered."""
+        """When it was dead-lettered (kept when other letters of its pack were replayed)."""
 
     def __init__(
         self,
@@ -288,7 +292,7 @@ class ReplayDeadLettersResponse(_message.Message):
 
     REPLAYED_FIELD_NUMBER: _builtins.int
     replayed: _builtins.int
-    """How many dead letters were sent back to the instance."""
+    """How many dead letters were sent back to the instance (and left DEAD)."""
     def __init__(
         self,
         *,

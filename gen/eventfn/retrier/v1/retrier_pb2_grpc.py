@@ -93,7 +93,11 @@ class RetrierServicer:
     def ReplayDeadLetters(self, request, context):
         """Send dead letters back to their instance: one, a filtered set, or all of an instance,
         optionally on another version of its function. Audited. FAILED_PRECONDITION when the
-        instance or function no longer exists.
+        instance or function no longer exists. A replayed letter leaves DEAD once its event is
+        stored for the instance, so it is replayed once (should it fail again, it comes back as a
+        new letter); the other letters of its pack stay, under new ids. A call that fails midway
+        may leave some replayed letters listed: calling again does not send them twice (within
+        10 minutes).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -50,7 +50,11 @@ class RetrierStub:
     ReplayDeadLetters: _grpc.UnaryUnaryMultiCallable[_retrier_pb2.ReplayDeadLettersRequest, _retrier_pb2.ReplayDeadLettersResponse]
     """Send dead letters back to their instance: one, a filtered set, or all of an instance,
     optionally on another version of its function. Audited. FAILED_PRECONDITION when the
-    instance or function no longer exists.
+    instance or function no longer exists. A replayed letter leaves DEAD once its event is
+    stored for the instance, so it is replayed once (should it fail again, it comes back as a
+    new letter); the other letters of its pack stay, under new ids. A call that fails midway
+    may leave some replayed letters listed: calling again does not send them twice (within
+    10 minutes).
     """
     PurgeDeadLetters: _grpc.UnaryUnaryMultiCallable[_retrier_pb2.PurgeDeadLettersRequest, _retrier_pb2.PurgeDeadLettersResponse]
     """Delete dead letters of an instance: one, or all before a time. Audited."""
@@ -77,7 +81,11 @@ class RetrierAsyncStub(RetrierStub):
     ReplayDeadLetters: _aio.UnaryUnaryMultiCallable[_retrier_pb2.ReplayDeadLettersRequest, _retrier_pb2.ReplayDeadLettersResponse]  # type: ignore[assignment]
     """Send dead letters back to their instance: one, a filtered set, or all of an instance,
     optionally on another version of its function. Audited. FAILED_PRECONDITION when the
-    instance or function no longer exists.
+    instance or function no longer exists. A replayed letter leaves DEAD once its event is
+    stored for the instance, so it is replayed once (should it fail again, it comes back as a
+    new letter); the other letters of its pack stay, under new ids. A call that fails midway
+    may leave some replayed letters listed: calling again does not send them twice (within
+    10 minutes).
     """
     PurgeDeadLetters: _aio.UnaryUnaryMultiCallable[_retrier_pb2.PurgeDeadLettersRequest, _retrier_pb2.PurgeDeadLettersResponse]  # type: ignore[assignment]
     """Delete dead letters of an instance: one, or all before a time. Audited."""
@@ -119,7 +127,11 @@ class RetrierServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_retrier_pb2.ReplayDeadLettersResponse, _abc.Awaitable[_retrier_pb2.ReplayDeadLettersResponse]]:
         """Send dead letters back to their instance: one, a filtered set, or all of an instance,
         optionally on another version of its function. Audited. FAILED_PRECONDITION when the
-        instance or function no longer exists.
+        instance or function no longer exists. A replayed letter leaves DEAD once its event is
+        stored for the instance, so it is replayed once (should it fail again, it comes back as a
+        new letter); the other letters of its pack stay, under new ids. A call that fails midway
+        may leave some replayed letters listed: calling again does not send them twice (within
+        10 minutes).
         """
 
     @_abc_1.abstractmethod

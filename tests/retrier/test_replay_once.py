@@ -1,0 +1,190 @@
+"""Issue 11: a replayed dead letter leaves DEAD, so it is sent once; a crash between the replay
+and the removal loses nothing and sends nothing twice; the rest of a pack stays."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import UTC, timedelta
+from typing import Any
+
+import grpc
+import pytest
+
+from eventfn.retrier.v1 import retrier_pb2 as pb
+from eventfn.retrier.v1 import retrier_pb2_grpc
+from services.retrier.dead_letters import DeadPack
+from tests.pipeline.conftest import Platform, Sink
+from tests.pipeline.test_parity_batching import event, post_batch
+from tests.registry.conftest import auth
+from tests.retrier.conftest import StartRetrier
+
+# A plain Error is a failure: dead-lettered on the first attempt, no retry window to wait.
+FAILS_ON_500 = """
+async function onTrack(event, settings) {
+  const body = JSON.stringify(event)
+  const res = await fetch(settings.endpoint + '/track', {method: 'POST', body})
+  if (res.status >= 500) throw new Error('HTTP ' + res.status)
+}
+"""
+
+
+async def dead_letters(
+    stub: retrier_pb2_grpc.RetrierAsyncStub, owner: str, instance_id: str
+) -> list[pb.DeadLetter]:
+    """List every dead letter of the instance (newest first)."""
+    resp = await stub.ListDeadLetters(
+        pb.ListDeadLettersRequest(instance_id=instance_id, page_size=500), metadata=auth(owner)
+    )
+    return list(resp.dead_letters)
+
+
+async def until_letters(
+    stub: retrier_pb2_grpc.RetrierAsyncStub,
+    owner: str,
+    instance_id: str,
+    count: int,
+    seconds: float = 30,
+) -> list[pb.DeadLetter]:
+    """Poll until the instance has exactly `count` dead letters; return them."""
+    async with asyncio.timeout(seconds):
+        while True:
+            letters = await dead_letters(stub, owner, instance_id)
+            if len(letters) == count:
+                return letters
+            await asyncio.sleep(0.05)
+
+
+async def replay(
+    stub: retrier_pb2_grpc.RetrierAsyncStub, owner: str, instance_id: str, *ids: str
+) -> int:
+    """Replay letters (all without ids); return how many were replayed."""
+    resp = await stub.ReplayDeadLetters(
+        pb.ReplayDeadLettersRequest(instance_id=instance_id, dead_letter_ids=list(ids)),
+        metadata=auth(owner),
+    )
+    return resp.replayed
+
+
+def delivered(sink: Sink, since: int) -> Counter[str]:
+    """Count the messageIds the sink received from request `since` on."""
+    return Counter(str(b["messageId"]) for b in sink.bodies[since:])
+
+
+async def settled(sink: Sink, count: int, seconds: float = 1.0) -> None:
+    """Wait for `count` requests, then check no more arrive within `seconds`."""
+    async with asyncio.timeout(30), sink.changed:
+        await sink.changed.wait_for(lambda: len(sink.bodies) >= count)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(seconds), sink.changed:
+            await sink.changed.wait_for(lambda: len(sink.bodies) > count)
+
+
+async def dead_pack(platform: Platform, sink: Sink, start: StartRetrier, ids: list[str]) -> Any:
+    """Make one pack of events fail into DEAD; return (instance, retrier, stub, letters)."""
+    retrier, stub = await start()
+    sink.status = 500
+    iid = await platform.instance(FAILS_ON_500, sink.url)
+    await retrier.watcher.wait_until(lambda v: iid in v.instances)
+    await post_batch(platform, [event("track", m) for m in ids])
+    letters = await until_letters(stub, platform.owner, iid, len(ids))
+    await settled(sink, len(ids))
+    sink.status = 200
+    return iid, retrier, stub, letters
+
+
+async def test_replay_all_twice_sends_each_event_once(
+    platform: Platform, sink: Sink, start_retrier_on: StartRetrier
+) -> None:
+    ids = ["once-0", "once-1", "once-2"]
+    iid, _, stub, letters = await dead_pack(platform, sink, start_retrier_on, ids)
+    assert {letter.message_id for letter in letters} == set(ids)
+    before = len(sink.bodies)
+    assert await replay(stub, platform.owner, iid) == 3
+    await settled(sink, before + 3)
+    assert await dead_letters(stub, platform.owner, iid) == [], "replayed letters left DEAD"
+    assert await replay(stub, platform.owner, iid) == 0, "nothing left to replay"
+    await settled(sink, before + 3)
+    assert delivered(sink, before) == Counter(ids)
+
+
+async def test_replaying_part_of_a_pack_keeps_the_rest_listed(
+    platform: Platform, sink: Sink, start_retrier_on: StartRetrier
+) -> None:
+    ids = ["part-0", "part-1", "part-2"]
+    iid, _, stub, letters = await dead_pack(platform, sink, start_retrier_on, ids)
+    by_message = {letter.message_id: letter for letter in letters}
+    chosen = by_message["part-1"]
+    before = len(sink.bodies)
+    assert await replay(stub, platform.owner, iid, chosen.id) == 1
+    await settled(sink, before + 1)
+    rest = await dead_letters(stub, platform.owner, iid)
+    assert sorted(letter.message_id for letter in rest) == ["part-0", "part-2"]
+    assert chosen.id not in {letter.id for letter in rest}
+    for letter in rest:  # the same letters, with their history and the time they died
+        original = by_message[letter.message_id]
+        assert letter.dead_time == original.dead_time
+        assert letter.reason == original.reason
+        assert letter.event_json == original.event_json
+    # Time ranges go by when they died, not by when they were stored again.
+    died = by_message["part-0"].dead_time.ToDatetime(tzinfo=UTC)
+    for start, end, expected in [
+        (None, died + timedelta(milliseconds=1), 2),
+        (died + timedelta(milliseconds=1), None, 0),
+        (died - timedelta(seconds=1), died + timedelta(milliseconds=1), 2),
+    ]:
+        request = pb.ListDeadLettersRequest(instance_id=iid)
+        if start is not None:
+            request.start_time.FromDatetime(start)
+        if end is not None:
+            request.end_time.FromDatetime(end)
+        listed = await stub.ListDeadLetters(request, metadata=auth(platform.owner))
+        assert len(listed.dead_letters) == expected, (start, end)
+    # The old id is gone: replaying it again sends nothing.
+    assert await replay(stub, platform.owner, iid, chosen.id) == 0
+    assert await replay(stub, platform.owner, iid) == 2
+    await settled(sink, before + 3)
+    assert delivered(sink, before) == Counter(ids)
+    assert await dead_letters(stub, platform.owner, iid) == []
+
+
+async def test_a_crash_before_the_letter_leaves_dead_loses_nothing_and_sends_once(
+    platform: Platform, sink: Sink, start_retrier_on: StartRetrier, monkeypatch: Any
+) -> None:
+    iid, retrier, stub, (letter,) = await dead_pack(platform, sink, start_retrier_on, ["crash"])
+    before = len(sink.bodies)
+
+    async def crash(pack: DeadPack, indexes: set[int]) -> None:
+        raise ConnectionError("the retrier died after publishing the replay")
+
+    monkeypatch.setattr(retrier.store, "_remove", crash)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await replay(stub, platform.owner, iid)
+    await settled(sink, before + 1)  # published to EVENTS before the crash: delivered
+    assert [d.id for d in await dead_letters(stub, platform.owner, iid)] == [letter.id]
+    monkeypatch.undo()
+    # Replayed again (the operator retries): EVENTS drops the copy; the letter leaves DEAD.
+    assert await replay(stub, platform.owner, iid) == 1
+    await settled(sink, before + 1)
+    assert delivered(sink, before) == Counter(["crash"])
+    assert await dead_letters(stub, platform.owner, iid) == []
+
+
+async def test_a_replay_that_fails_again_comes_back_as_a_new_letter(
+    platform: Platform, sink: Sink, start_retrier_on: StartRetrier
+) -> None:
+    iid, _, stub, (letter,) = await dead_pack(platform, sink, start_retrier_on, ["again"])
+    sink.status = 500  # not fixed yet: the replay fails the same way, at once
+    for _ in range(2):
+        before = len(sink.bodies)
+        assert await replay(stub, platform.owner, iid) == 1
+        await settled(sink, before + 1)
+        (again,) = await until_letters(stub, platform.owner, iid, 1)
+        assert again.id != letter.id and again.message_id == "again"
+        letter = again
+    sink.status = 200
+    before = len(sink.bodies)
+    assert await replay(stub, platform.owner, iid) == 1
+    await settled(sink, before + 1)
+    assert sink.bodies[-1]["messageId"] == "again"
+    assert await dead_letters(stub, platform.owner, iid) == []
