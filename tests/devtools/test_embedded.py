@@ -283,14 +283,14 @@ async def test_nats_acked_message_survives_sigkill(tmp_path: Path) -> None:
         assert msg.data == b"payload"
 
 
-async def test_module_database_is_shared_within_the_module(module_database: str) -> None:
-    await _scalar(module_database, "CREATE TABLE IF NOT EXISTS shared (v int)")
-    assert await _scalar(module_database, "SELECT count(*) FROM shared") == 0
-
-
-async def test_module_database_is_the_same_for_the_next_test(module_database: str) -> None:
-    # The table made by the previous test is still there: one database per module.
-    assert await _scalar(module_database, "SELECT to_regclass('shared') IS NOT NULL") is True
+async def test_each_test_database_is_new_and_empty(
+    module_database: str, fresh_database: str
+) -> None:
+    # Tests of one module share `module_database`; a fresh one sees nothing of it, so no
+    # test depends on what another wrote, whatever the order they run in.
+    await _scalar(module_database, "CREATE TABLE IF NOT EXISTS mine (v int)")
+    assert fresh_database != module_database
+    assert await _scalar(fresh_database, "SELECT to_regclass('mine') IS NULL") is True
 
 
 @pytest.mark.parametrize("kind", ["EmbeddedPostgres", "EmbeddedNats"])
