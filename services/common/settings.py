@@ -27,6 +27,14 @@ class CommonSettings(BaseSettings):
         return self.service_token
 
 
+class DataPlaneSettings(CommonSettings):
+    """Settings of the data-plane services: where NATS and the registry's WatchConfig are."""
+
+    # One URL, or a cluster's URLs separated by commas.
+    nats_url: str = "nats://127.0.0.1:4222"
+    registry_addr: str = "127.0.0.1:50051"
+
+
 def sqlalchemy_url(url: str) -> str:
     """Turn a postgresql:// URL into SQLAlchemy's asyncpg form."""
     for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):

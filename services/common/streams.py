@@ -20,6 +20,7 @@ from datetime import timedelta
 from typing import Literal
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -273,7 +274,7 @@ async def ensure_streams(
             continue
         try:
             await js.update_stream(info.config.evolve(**{k: getattr(desired, k) for k in drift}))
-        except Exception as exc:
+        except nats.errors.Error as exc:
             raise StreamTopologyError(
                 f"stream {desired.name} differs in {', '.join(drift)} and cannot be updated: "
                 f"{exc}; change it by hand (nats stream edit) or recreate it"

@@ -18,6 +18,7 @@ from services.common import streams
 from services.common.config_watch import ConfigWatcher
 from services.common.delivery_records import DeliveryRecorder, FailureSample
 from services.common.packs import pack_count
+from services.common.pull import FETCH_SECONDS, NATS_ERRORS, pull_forever
 from services.executor.dispatcher import Dispatcher
 from services.executor.pack_ref import PackRef, split_pack
 from services.executor.versions import VersionSource
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 DURABLE = "executor"
 # A pull request lives this long on the server; one left over after stop() would take
 # (and strand until ack_wait) a pack handed back before it expires.
-FETCH_SECONDS = 1.0
 PROPAGATOR = TraceContextTextMapPropagator()
 
 
@@ -80,10 +80,11 @@ class PackConsumer:
 
     async def _run(self) -> None:
         await self._watcher.ready.wait()
-        sub = await self._js.pull_subscribe(
-            self._subjects,
-            durable=self._durable,
+        await pull_forever(
+            self._js,
+            subjects=self._subjects,
             stream=streams.EVENTS_STREAM,
+            durable=self._durable,
             config=ConsumerConfig(
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
@@ -91,28 +92,27 @@ class PackConsumer:
                 max_deliver=-1,
                 max_ack_pending=max(self._max_inflight * 4, 1024),
             ),
+            room=self._room_for,
+            handle=self._take,
+            stopping=self._stopping,
         )
-        while not self._stopping.is_set():
-            async with self._room:
-                await self._room.wait_for(lambda: self._inflight < self._max_inflight)
-                want = min(self._fetch, self._max_inflight - self._inflight)
+
+    async def _room_for(self) -> int:
+        """Wait for room (packs in flight are bounded) and say how many packs to ask for."""
+        async with self._room:
+            await self._room.wait_for(lambda: self._inflight < self._max_inflight)
+            return min(self._fetch, self._max_inflight - self._inflight)
+
+    async def _take(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            self._inflight += 1
+            self._unsettled[id(msg)] = msg
+            self.packs += 1
             try:
-                msgs = await sub.fetch(want, timeout=FETCH_SECONDS)
-            except TimeoutError:
-                continue
-            except Exception as error:  # NATS reconnecting: keep trying
-                log.warning("fetch from EVENTS failed: %r", error)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                self._inflight += 1
-                self._unsettled[id(msg)] = msg
-                self.packs += 1
-                try:
-                    await self._handle(msg)
-                except Exception:
-                    log.exception("pack %s could not be dispatched; handing it back", msg.subject)
-                    await self._settle(msg, False)
+                await self._handle(msg)
+            except Exception:
+                log.exception("pack %s could not be dispatched; handing it back", msg.subject)
+                await self._settle(msg, False)
 
     async def hand_back(self) -> int:
         """Nak every pack not settled yet, so another executor takes it now; return how many."""
@@ -129,7 +129,7 @@ class PackConsumer:
             return  # already settled (e.g. handed back at shutdown)
         try:
             await (msg.ack() if ok else msg.nak())
-        except Exception as error:  # the ack is lost: the pack comes back after ack_wait
+        except NATS_ERRORS as error:  # the ack is lost: the pack comes back after ack_wait
             log.warning("ack of %s failed: %r", msg.subject, error)
         async with self._room:
             self._inflight -= 1

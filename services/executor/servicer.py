@@ -18,6 +18,7 @@ from eventfn.type.v1 import types_pb2
 from services.common import streams
 from services.common.delivery_records import COUNTERS
 from services.common.errors import InvalidArgument, PermissionDenied
+from services.common.pull import NATS_ERRORS
 from services.common.registry_gate import RegistryGate
 from services.common.roles import may_write_function
 from services.executor.policy import health
@@ -242,7 +243,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
         )
 
     async def _pending(self, stream: str, subject: str) -> int:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(*NATS_ERRORS):  # NATS away: no backlog figure to show
             info = await self._js.stream_info(stream, subjects_filter=subject)
             return sum((info.state.subjects or {}).values())
         return 0

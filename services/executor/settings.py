@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from services.common.settings import CommonSettings
+from services.common.settings import DataPlaneSettings
 
 
-class ExecutorSettings(CommonSettings):
+class ExecutorSettings(DataPlaneSettings):
     """Everything an executor process reads from its environment, validated at start."""
 
     executor_listen: str = "127.0.0.1:50053"
-    nats_url: str = "nats://127.0.0.1:4222"
-    registry_addr: str = "127.0.0.1:50051"
     database_url: str
     executor_name: str = "executor"
     # The durable JetStream consumer every executor process shares, and what it reads.

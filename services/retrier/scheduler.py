@@ -26,6 +26,7 @@ from opentelemetry import trace
 from eventfn.registry.v1 import registry_pb2 as rpb
 from services.common import streams
 from services.common.config_watch import ConfigWatcher
+from services.common.pull import NATS_ERRORS, pull_forever
 from services.common.streams import DEAD_REASON, HISTORY
 from services.retrier.backoff import (
     DEFAULT_MAX_NAK_DELAY,
@@ -295,10 +296,11 @@ class RetryScheduler:
 
     async def _run(self) -> None:
         await self._watcher.ready.wait()
-        sub = await self._js.pull_subscribe(
-            streams.subject_filter("retry"),
-            durable=DURABLE,
+        await pull_forever(
+            self._js,
+            subjects=streams.subject_filter("retry"),
             stream=streams.RETRY_STREAM,
+            durable=DURABLE,
             config=ConsumerConfig(
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
@@ -308,17 +310,16 @@ class RetryScheduler:
                 # block new ones.
                 max_ack_pending=-1,
             ),
+            room=self._room_for,
+            handle=self._take,
+            stopping=self._stopping,
         )
-        while not self._stopping.is_set():
-            try:
-                msgs = await sub.fetch(self._fetch, timeout=1.0)
-            except TimeoutError:
-                continue
-            except Exception as error:  # NATS reconnecting: keep trying
-                log.warning("fetch from RETRY failed: %r", error)
-                await asyncio.sleep(0.5)
-                continue
-            await asyncio.gather(*(self._guarded(m) for m in msgs))
+
+    async def _room_for(self) -> int:
+        return self._fetch
+
+    async def _take(self, msgs: list[Msg]) -> None:
+        await asyncio.gather(*(self._guarded(m) for m in msgs))
 
     async def _guarded(self, msg: Msg) -> None:
         try:
@@ -327,7 +328,7 @@ class RetryScheduler:
             # Never a crash loop: hand it back with a pause and try again later.
             log.exception("RETRY message %s could not be handled; retrying in 5 s", msg.subject)
             await self._count("errors")
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*NATS_ERRORS):
                 await msg.nak(delay=5.0)
 
     def policy_for(self, instance_id: str) -> RetryPolicy:
@@ -341,7 +342,7 @@ class RetryScheduler:
         include retries already done; deleted first, a crash before the ack cannot bring the
         message back either (it was already republished, dead-lettered or discarded).
         """
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(*NATS_ERRORS):
             await self._js.delete_msg(streams.RETRY_STREAM, seq)
         await msg.ack()
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from services.common.settings import CommonSettings
+from services.common.settings import DataPlaneSettings
 from services.retrier.backoff import RetryPolicy
 
 
-class RetrierSettings(CommonSettings):
+class RetrierSettings(DataPlaneSettings):
     """Everything a retrier process reads from its environment, validated at start."""
 
     retrier_listen: str = "127.0.0.1:50054"
-    nats_url: str = "nats://127.0.0.1:4222"
-    registry_addr: str = "127.0.0.1:50051"
     retrier_name: str = "retrier"
     # Backoff: the wait after attempt n is uniform in [0, min(cap, base * factor^(n-1))];
     # no attempt is scheduled past `window` after the first one.

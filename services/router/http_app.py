@@ -299,7 +299,7 @@ class TrackingApp:
         extra = [*cors, *error.headers]
         if error.status == 503:
             extra.append((b"retry-after", self._retry_after))
-        with contextlib.suppress(Exception):  # the client may be gone already
+        with contextlib.suppress(OSError, RuntimeError):  # the client may be gone already
             await _respond(send, error.status, orjson.dumps(document), extra)
 
 

@@ -24,6 +24,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from services.common.delivery_records import DeliveryRecorder
 from services.common.packs import DEFAULT_PACK_BYTES, Pack, encode_event, pack_encoded
+from services.common.pull import NATS_ERRORS
 from services.common.streams import ATTEMPT, COUNT, MSG_ID, REVISION, TRACEPARENT, TRACESTATE
 from services.filters.actions import apply_filters
 from services.router.config import Route, RouteTable, SourceRoutes
@@ -244,7 +245,7 @@ class Ingestor:
                         )
                     )
                 await asyncio.gather(*futures)
-        except Exception as exc:
+        except (*NATS_ERRORS, TimeoutError) as exc:
             for future in futures:
                 future.cancel()  # releases the client's in-flight slot
             self.stats.publish_failures += 1

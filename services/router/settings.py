@@ -5,19 +5,17 @@ from __future__ import annotations
 from pydantic import field_validator
 
 from services.common.packs import DEFAULT_PACK_BYTES
-from services.common.settings import CommonSettings
+from services.common.settings import DataPlaneSettings
 from services.router.browser_settings import parse_public_url
 from services.router.cors import CorsPolicy
 from services.router.normalize import BATCH_MAX_BYTES
 
 
-class RouterSettings(CommonSettings):
+class RouterSettings(DataPlaneSettings):
     """Everything the router reads from its environment, validated at start."""
 
     router_listen: str = "127.0.0.1:50052"
     router_http_listen: str = "127.0.0.1:8088"
-    nats_url: str = "nats://127.0.0.1:4222"
-    registry_addr: str = "127.0.0.1:50051"
     # Where filtered-event counts go (delivery records); unset: counted in logs only.
     database_url: str | None = None
     router_records_flush_seconds: float = 2.0
