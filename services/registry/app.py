@@ -14,7 +14,7 @@ from services.common import rpc
 from services.common.settings import asyncpg_url, sqlalchemy_url
 from services.filters import parse_filter
 from services.registry.access import Authenticator, ensure_bootstrap
-from services.registry.base import RegistryDeps
+from services.registry.deps import RegistryDeps
 from services.registry.migrate import migrate
 from services.registry.secrets import SecretBox, load_or_create_key
 from services.registry.servicer import RegistryServicer

@@ -13,7 +13,7 @@ from eventfn.registry.v1 import resources_pb2 as res
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.registry import auth, convert
 from services.registry.auth import require
-from services.registry.base import RegistryBase
+from services.registry.deps import RegistryDeps, audit
 from services.registry.models import Member, Token, Workspace
 from services.registry.store import new_id, now, unique_violation
 from services.registry.validation import check_name, check_page_size
@@ -38,8 +38,13 @@ def grants_from_proto(grants: list[res.RoleGrant] | object) -> tuple[auth.Grant,
     return tuple(out)
 
 
-class AccessRpcs(RegistryBase):
+class AccessRpcs:
     """Workspaces, members, tokens."""
+
+    def __init__(self, deps: RegistryDeps) -> None:
+        self.deps = deps
+        self.store = deps.store
+        self.authn = deps.authn
 
     async def CreateWorkspace(
         self, request: pb.CreateWorkspaceRequest, context: Ctx
@@ -132,7 +137,8 @@ class AccessRpcs(RegistryBase):
                     created_at=now(),
                 )
                 s.add(member)
-                await self.audit(
+                await audit(
+                    self.store,
                     s,
                     caller,
                     "member.create",
@@ -194,7 +200,8 @@ class AccessRpcs(RegistryBase):
             before = member.roles
             member.roles = auth.grants_to_json(grants)
             s.add(member)
-            await self.audit(
+            await audit(
+                self.store,
                 s,
                 caller,
                 "member.update_roles",
@@ -221,7 +228,8 @@ class AccessRpcs(RegistryBase):
                     "the workspace would have no owner left; add another owner first"
                 )
             await s.delete(member)
-            await self.audit(
+            await audit(
+                self.store,
                 s,
                 caller,
                 "member.delete",
@@ -258,7 +266,8 @@ class AccessRpcs(RegistryBase):
                 else None,
             )
             s.add(tok)
-            await self.audit(
+            await audit(
+                self.store,
                 s,
                 caller,
                 "token.create",
@@ -300,7 +309,8 @@ class AccessRpcs(RegistryBase):
             if tok.revoked_at is None:
                 tok.revoked_at = now()
                 s.add(tok)
-                await self.audit(
+                await audit(
+                    self.store,
                     s,
                     caller,
                     "token.revoke",

@@ -12,7 +12,7 @@ from eventfn.registry.v1 import registry_pb2 as pb
 from services.common.errors import InvalidArgument, PermissionDenied
 from services.registry import convert
 from services.registry.auth import require
-from services.registry.base import RegistryBase
+from services.registry.deps import RegistryDeps
 from services.registry.models import AuditEvent, Instance, Member
 from services.registry.validation import check_page_size
 
@@ -21,8 +21,13 @@ Ctx = grpc.aio.ServicerContext
 DATA_PLANE_ACTIONS = frozenset({"dead.replay", "dead.purge"})
 
 
-class AuditRpcs(RegistryBase):
+class AuditRpcs:
     """The audit trail."""
+
+    def __init__(self, deps: RegistryDeps) -> None:
+        self.deps = deps
+        self.store = deps.store
+        self.authn = deps.authn
 
     async def RecordInstanceAction(
         self, request: pb.RecordInstanceActionRequest, context: Ctx

@@ -13,7 +13,7 @@ from eventfn.registry.v1 import registry_pb2 as pb
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.registry import convert
 from services.registry.auth import Caller, require
-from services.registry.base import RegistryBase
+from services.registry.deps import RegistryDeps, audit
 from services.registry.models import Function, FunctionVersion, Instance, Source
 from services.registry.store import new_id, now, unique_violation
 from services.registry.validation import (
@@ -31,8 +31,13 @@ def new_write_key() -> str:
     return pysecrets.token_urlsafe(24)
 
 
-class CatalogRpcs(RegistryBase):
+class CatalogRpcs:
     """Sources, functions, versions."""
+
+    def __init__(self, deps: RegistryDeps) -> None:
+        self.deps = deps
+        self.store = deps.store
+        self.authn = deps.authn
 
     async def CreateSource(
         self, request: pb.CreateSourceRequest, context: Ctx
@@ -55,7 +60,8 @@ class CatalogRpcs(RegistryBase):
                 )
                 s.add(src)
                 await s.flush()
-                await self.audit(
+                await audit(
+                    self.store,
                     s,
                     caller,
                     "source.create",
@@ -112,7 +118,8 @@ class CatalogRpcs(RegistryBase):
             )
             src.write_key = new_write_key()
             s.add(src)
-            await self.audit(
+            await audit(
+                self.store,
                 s,
                 caller,
                 "source.rotate_write_key",
@@ -135,7 +142,8 @@ class CatalogRpcs(RegistryBase):
             if await self.store.count(s, select(Instance).where(Instance.source_id == src.id)):
                 raise FailedPrecondition("the source has instances; delete them first")
             await s.delete(src)
-            await self.audit(
+            await audit(
+                self.store,
                 s,
                 caller,
                 "source.delete",
@@ -179,7 +187,8 @@ class CatalogRpcs(RegistryBase):
                 await s.flush()
                 ver = self._new_version(fn, request.code, schema, caller.email)
                 s.add(ver)
-                await self.audit(
+                await audit(
+                    self.store,
                     s,
                     caller,
                     "function.create",
@@ -257,7 +266,8 @@ class CatalogRpcs(RegistryBase):
             if await self.store.count(s, select(Instance).where(Instance.function_id == fn.id)):
                 raise FailedPrecondition("the function has instances; delete them first")
             await s.delete(fn)
-            await self.audit(
+            await audit(
+                self.store,
                 s,
                 caller,
                 "function.delete",

@@ -12,7 +12,8 @@ from eventfn.registry.v1 import registry_pb2 as pb
 from services.common.errors import InvalidArgument, NotFound
 from services.registry import convert
 from services.registry.auth import require
-from services.registry.instance_base import InstanceBase, with_prefix
+from services.registry.deps import RegistryDeps, audit
+from services.registry.instance_settings import InstanceSettings, with_prefix
 from services.registry.models import Function, FunctionVersion
 from services.registry.rpc_catalog import CatalogRpcs
 from services.registry.validation import check_code, check_setting_definitions
@@ -28,8 +29,14 @@ def deploy_details(before: str, ver: FunctionVersion, changes: dict[str, Any] | 
     return details
 
 
-class DeployRpcs(InstanceBase):
+class DeployRpcs:
     """Save & Deploy, and deploys of saved versions."""
+
+    def __init__(self, deps: RegistryDeps) -> None:
+        self.deps = deps
+        self.store = deps.store
+        self.authn = deps.authn
+        self.instances = InstanceSettings(deps)
 
     async def SaveFunction(
         self, request: pb.SaveFunctionRequest, context: Ctx
@@ -58,7 +65,7 @@ class DeployRpcs(InstanceBase):
             await s.flush()
             deployed = []
             for ins_id in targets:
-                ins = await self.locked_instance(s, caller, ins_id, 0)
+                ins = await self.instances.locked_instance(s, caller, ins_id, 0)
                 if ins.function_id != fn.id:
                     raise InvalidArgument.field(
                         "deploy_instance_ids", f"{ins_id} is not an instance of this function"
@@ -70,7 +77,7 @@ class DeployRpcs(InstanceBase):
                     else None
                 )
                 try:
-                    self.deploy(s, ins, ver, changes)
+                    self.instances.deploy(s, ins, ver, changes)
                 except InvalidArgument as error:
                     raise with_prefix(
                         error,
@@ -79,7 +86,8 @@ class DeployRpcs(InstanceBase):
                         "give the missing or changed values in deploy_settings",
                     ) from error
                 deployed.append(ins)
-                await self.audit(
+                await audit(
+                    self.store,
                     s,
                     caller,
                     "instance.deploy",
@@ -87,7 +95,8 @@ class DeployRpcs(InstanceBase):
                     ins.id,
                     deploy_details(before, ver, changes),
                 )
-            await self.audit(
+            await audit(
+                self.store,
                 s,
                 caller,
                 "function.save",
@@ -116,15 +125,16 @@ class DeployRpcs(InstanceBase):
             json_format.MessageToDict(request.settings) if request.HasField("settings") else None
         )
         async with self.store.transaction() as s:
-            ins = await self.locked_instance(
+            ins = await self.instances.locked_instance(
                 s, caller, request.instance_id, request.expected_revision
             )
             ver = await s.get(FunctionVersion, request.version_id)
             if ver is None or ver.function_id != ins.function_id:
                 raise NotFound("version", request.version_id)
             before = ins.version_id
-            self.deploy(s, ins, ver, changes)
-            await self.audit(
+            self.instances.deploy(s, ins, ver, changes)
+            await audit(
+                self.store,
                 s,
                 caller,
                 "instance.deploy",

@@ -11,7 +11,8 @@ from eventfn.registry.v1 import registry_pb2 as pb
 from services.common.errors import AlreadyExists, InvalidArgument
 from services.registry import convert
 from services.registry.auth import require
-from services.registry.instance_base import InstanceBase
+from services.registry.deps import RegistryDeps, audit
+from services.registry.instance_settings import InstanceSettings
 from services.registry.models import Function, FunctionVersion, Instance, Source
 from services.registry.store import decode_page, encode_page, new_id, now, unique_violation
 from services.registry.validation import (
@@ -38,8 +39,14 @@ UPDATABLE = frozenset(
 )
 
 
-class InstanceRpcs(InstanceBase):
+class InstanceRpcs:
     """Instances: create, get, list, update, delete."""
+
+    def __init__(self, deps: RegistryDeps) -> None:
+        self.deps = deps
+        self.store = deps.store
+        self.authn = deps.authn
+        self.instances = InstanceSettings(deps)
 
     async def CreateInstance(
         self, request: pb.CreateInstanceRequest, context: Ctx
@@ -83,7 +90,7 @@ class InstanceRpcs(InstanceBase):
                     source_id=src.id,
                     version_id=ver.id,
                     name=name,
-                    settings=self.settings_for(None, instance_id, ver.settings, given),
+                    settings=self.instances.settings_for(None, instance_id, ver.settings, given),
                     enabled=request.enabled if request.HasField("enabled") else True,
                     batch_size=size,
                     batch_wait_ms=wait,
@@ -97,7 +104,8 @@ class InstanceRpcs(InstanceBase):
                 )
                 s.add(ins)
                 await s.flush()
-                await self.audit(
+                await audit(
+                    self.store,
                     s,
                     caller,
                     "instance.create",
@@ -170,10 +178,10 @@ class InstanceRpcs(InstanceBase):
             new.timeout_ms if "timeout_ms" in paths else None,
         )
         async with self.store.transaction() as s:
-            ins = await self.locked_instance(s, caller, new.id, request.expected_revision)
+            ins = await self.instances.locked_instance(s, caller, new.id, request.expected_revision)
             if "settings" in paths:
                 ver = await self.store.get(s, FunctionVersion, ins.version_id, "version")
-                ins.settings = self.settings_for(
+                ins.settings = self.instances.settings_for(
                     ins, ins.id, ver.settings, json_format.MessageToDict(new.settings)
                 )
             if "enabled" in paths:
@@ -200,7 +208,8 @@ class InstanceRpcs(InstanceBase):
             ins.revision += 1
             ins.updated_at = now()
             s.add(ins)
-            await self.audit(
+            await audit(
+                self.store,
                 s,
                 caller,
                 "instance.update",
@@ -217,9 +226,10 @@ class InstanceRpcs(InstanceBase):
         """Delete an instance."""
         caller = await self.authn.caller(context)
         async with self.store.transaction() as s:
-            ins = await self.locked_instance(s, caller, request.instance_id, 0)
+            ins = await self.instances.locked_instance(s, caller, request.instance_id, 0)
             await s.delete(ins)
-            await self.audit(
+            await audit(
+                self.store,
                 s,
                 caller,
                 "instance.delete",

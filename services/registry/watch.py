@@ -13,7 +13,8 @@ import grpc
 from eventfn.registry.v1 import registry_pb2 as pb
 from services.common.errors import PermissionDenied
 from services.registry import convert
-from services.registry.rpc_instances import InstanceRpcs
+from services.registry.deps import RegistryDeps
+from services.registry.instance_settings import InstanceSettings
 from services.registry.secrets import is_sealed
 from services.registry.store import CONFIG_CHANNEL
 
@@ -57,12 +58,17 @@ class ConfigNotifier:
             await self._conn.close()
 
 
-class WatchRpcs(InstanceRpcs):
+class WatchRpcs:
     """The WatchConfig stream."""
 
-    notifier: ConfigNotifier
-    _state_lock: asyncio.Lock | None = None
-    _state_cache: Snapshot | None = None
+    def __init__(self, deps: RegistryDeps, notifier: ConfigNotifier) -> None:
+        self.deps = deps
+        self.store = deps.store
+        self.authn = deps.authn
+        self.instances = InstanceSettings(deps)
+        self.notifier = notifier
+        self._state_lock: asyncio.Lock | None = None
+        self._state_cache: Snapshot | None = None
 
     async def _state(self) -> Snapshot:
         """Return the configuration at the current revision, read once for every watcher.
@@ -98,7 +104,7 @@ class WatchRpcs(InstanceRpcs):
                 integration_key=f"{fn.name} ({ws.name})",
                 version_id=ver.id,
                 code=ver.code,
-                settings=convert.struct(self.open_settings(ins)),
+                settings=convert.struct(self.instances.open_settings(ins)),
                 secret_setting_names=sorted(
                     {s["name"] for s in ver.settings if s["encrypted"]}
                     | {k for k, v in ins.settings.items() if is_sealed(v)}

@@ -1,4 +1,5 @@
-"""What the instance and deploy RPCs share: settings at rest, locking an instance, deploying."""
+"""Instances' settings at rest, locking an instance, deploying: used by the instance RPCs, the
+deploy RPCs and WatchConfig."""
 
 from __future__ import annotations
 
@@ -7,15 +8,18 @@ from typing import Any
 
 from services.common.errors import Aborted, FieldViolation, InvalidArgument, NotFound
 from services.registry.auth import Caller, require
-from services.registry.base import RegistryBase
+from services.registry.deps import RegistryDeps
 from services.registry.models import FunctionVersion, Instance
 from services.registry.secrets import is_sealed
 from services.registry.store import now
 from services.registry.validation import check_setting_values
 
 
-class InstanceBase(RegistryBase):
+class InstanceSettings:
     """Settings at rest (sealed secrets), instance locks and the deploy step."""
+
+    def __init__(self, deps: RegistryDeps) -> None:
+        self.deps = deps
 
     def open_settings(self, ins: Instance) -> dict[str, Any]:
         """Return an instance's settings with encrypted values decrypted."""

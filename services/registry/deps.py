@@ -1,0 +1,48 @@
+"""What every RPC group of the registry is built from, and the audit step they all take."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from services.registry.access import Authenticator
+from services.registry.auth import Caller
+from services.registry.models import Member
+from services.registry.secrets import SecretBox
+from services.registry.store import RegistryStore
+from services.registry.validation import FilterChecker, SyntaxChecker
+
+
+@dataclass
+class RegistryDeps:
+    """The dependencies of the registry servicer, passed in by `main`."""
+
+    store: RegistryStore
+    authn: Authenticator
+    secrets: SecretBox
+    check_syntax: SyntaxChecker
+    check_filter: FilterChecker
+
+
+async def audit(
+    store: RegistryStore,
+    session: AsyncSession,
+    caller: Caller,
+    action: str,
+    resource_type: str,
+    resource_id: str,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Record the caller's change in the audit trail, in the session's transaction."""
+    actor = await store.get(session, Member, caller.member_id, "member")
+    store.audit(
+        session,
+        workspace_id=caller.workspace_id,
+        actor=actor,
+        action=action,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        details=details,
+    )
