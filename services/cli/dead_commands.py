@@ -12,7 +12,7 @@ from eventfn.retrier.v1 import retrier_pb2 as pb
 from eventfn.retrier.v1 import retrier_pb2_grpc
 from eventfn.type.v1 import types_pb2
 from services.cli.client import as_json, fail, metadata, out, stub, table, when
-from services.common.delivery_records import location_text
+from services.common.error_location import location_text
 
 dead = typer.Typer(
     help="Events that failed, or ran out of retries: list, show, replay (once), purge."

@@ -10,7 +10,7 @@ from eventfn.executor.v1 import executor_pb2 as pb
 from eventfn.executor.v1 import executor_pb2_grpc
 from eventfn.type.v1 import types_pb2
 from services.cli.client import metadata, out, stub, table, when
-from services.common.delivery_records import location_text
+from services.common.error_location import location_text
 
 BARS = " ▁▂▃▄▅▆▇█"
 HEALTH = {

@@ -14,7 +14,7 @@ from nats.aio.client import Client as NatsClient
 from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
 from services.common import rpc
 from services.common.config_watch import ConfigWatcher
-from services.common.delivery_records import DeliveryRecorder
+from services.common.deliveries.recorder import DeliveryRecorder
 from services.common.registry_gate import RegistryGate
 from services.common.settings import asyncpg_url
 from services.common.streams import open_streams

@@ -16,7 +16,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from eventfn.registry.v1 import registry_pb2 as rpb
 from services.common import streams
 from services.common.config_watch import ConfigWatcher
-from services.common.delivery_records import DeliveryRecorder, FailureSample
+from services.common.deliveries.recorder import DeliveryRecorder, FailureSample
 from services.common.packs import pack_count
 from services.common.pull import FETCH_SECONDS, NATS_ERRORS, pull_forever
 from services.executor.dispatcher import Dispatcher

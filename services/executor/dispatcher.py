@@ -22,7 +22,7 @@ from google.protobuf import json_format
 from opentelemetry import trace
 
 from eventfn.registry.v1 import registry_pb2 as rpb
-from services.common.delivery_records import DeliveryRecorder
+from services.common.deliveries.recorder import DeliveryRecorder
 from services.executor.pack_ref import PackRef, join_events, split_typed
 from services.executor.policy import ON_BATCH, RateMeter, to_on_batch, use_batch
 from services.executor.settlement import Handoff, Settlement

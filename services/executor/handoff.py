@@ -10,7 +10,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from eventfn.registry.v1 import registry_pb2 as rpb
 from services.common import streams
-from services.common.delivery_records import location_text
+from services.common.error_location import location_text
 from services.common.packs import dedupe_id
 from services.executor.pack_ref import join_events
 from services.executor.settlement import HandOff, last_logs, message_id_of

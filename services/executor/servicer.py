@@ -16,7 +16,8 @@ from eventfn.executor.v1 import executor_pb2 as pb
 from eventfn.executor.v1 import executor_pb2_grpc
 from eventfn.type.v1 import types_pb2
 from services.common import streams
-from services.common.delivery_records import COUNTERS
+from services.common.deliveries.reads import DeliveryReads
+from services.common.deliveries.recorder import COUNTERS
 from services.common.errors import InvalidArgument, PermissionDenied
 from services.common.pull import NATS_ERRORS
 from services.common.registry_gate import RegistryGate
@@ -115,7 +116,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
     def __init__(
         self, db: asyncpg.Pool, gate: RegistryGate, js: JetStreamContext, pool: RuntimePool
     ) -> None:
-        self._db = db
+        self._reads = DeliveryReads(db)
         self._gate = gate
         self._js = js
         self._pool = pool
@@ -189,15 +190,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
         if offset is None:
             raise InvalidArgument.field("page_token", "is not a token from a previous call")
         if request.failures_only:
-            rows = await self._db.fetch(
-                """SELECT * FROM delivery_failure WHERE instance_id = $1 AND time >= $2
-                   AND time < $3 ORDER BY time DESC, id DESC OFFSET $4 LIMIT $5""",
-                request.instance_id,
-                begin,
-                stop,
-                offset,
-                size + 1,
-            )
+            rows = await self._reads.failures(request.instance_id, begin, stop, offset, size + 1)
             failures = [
                 pb.DeliveryFailure(
                     time=ts(r["time"]),
@@ -227,15 +220,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
             return pb.ListDeliveriesResponse(
                 failures=failures, next_page_token=str(offset + size) if more else ""
             )
-        rows = await self._db.fetch(
-            """SELECT * FROM delivery_minute WHERE instance_id = $1 AND minute >= $2
-               AND minute < $3 ORDER BY minute DESC OFFSET $4 LIMIT $5""",
-            request.instance_id,
-            begin.replace(second=0, microsecond=0),
-            stop,
-            offset,
-            size + 1,
-        )
+        rows = await self._reads.minutes(request.instance_id, begin, stop, offset, size + 1)
         more = len(rows) > size
         return pb.ListDeliveriesResponse(
             minutes=[minute_row(r) for r in rows[:size]],
@@ -254,23 +239,11 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
         """Sum an instance's deliveries over a period, with its health."""
         got = await self._gate.instance(context, request.instance_id)
         begin, stop = period(request.start_time, request.end_time, timedelta(hours=24))
-        sums = ", ".join(f"coalesce(sum({n}), 0) AS {n}" for n in (*COUNTERS, "execution_ms"))
-        total = await self._db.fetchrow(
-            f"SELECT $2::timestamptz AS minute, {sums} FROM delivery_minute "
-            "WHERE instance_id = $1 AND minute >= $2 AND minute < $3",
-            request.instance_id,
-            begin.replace(second=0, microsecond=0),
-            stop,
-        )
+        total = await self._reads.totals(request.instance_id, begin, stop)
         outcomes = ("delivered", "retried", "discarded", "failed")
-        recent = await self._db.fetchrow(
-            "SELECT "
-            + ", ".join(f"coalesce(sum({n}), 0) AS {n}" for n in outcomes)
-            + " FROM delivery_minute WHERE instance_id = $1 AND minute >= $2",
-            request.instance_id,
-            datetime.now(UTC) - HEALTH_WINDOW,
+        recent = await self._reads.totals(
+            request.instance_id, datetime.now(UTC) - HEALTH_WINDOW, datetime.now(UTC)
         )
-        assert recent is not None  # an aggregate without GROUP BY always has one row
         ws = got.instance.workspace_id
         return pb.GetDeliveryStatsResponse(
             totals=minute_row(total),  # type: ignore[arg-type]

@@ -12,7 +12,8 @@ import nats.errors
 import orjson
 
 from eventfn.registry.v1 import registry_pb2 as rpb
-from services.common.delivery_records import DeliveryRecorder, FailureSample, describe_error
+from services.common.deliveries.recorder import DeliveryRecorder, FailureSample
+from services.common.error_location import describe_error
 from services.executor.pack_ref import PackRef, split_pack
 from services.executor.policy import Disposition, disposition
 from services.runtime import EventOutcome, InvocationResult, OutcomeKind

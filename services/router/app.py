@@ -14,7 +14,7 @@ from nats.aio.client import Client as NatsClient
 from eventfn.router.v1 import router_pb2, router_pb2_grpc
 from services.common import rpc
 from services.common.config_watch import ConfigView, ConfigWatcher
-from services.common.delivery_records import DeliveryRecorder
+from services.common.deliveries.recorder import DeliveryRecorder
 from services.common.settings import asyncpg_url
 from services.common.streams import open_streams
 from services.router.config import RouteTable

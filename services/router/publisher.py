@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from services.common.delivery_records import DeliveryRecorder
+from services.common.deliveries.recorder import DeliveryRecorder
 from services.common.packs import DEFAULT_PACK_BYTES, Pack, encode_event, pack_encoded
 from services.common.pull import NATS_ERRORS
 from services.common.streams import ATTEMPT, COUNT, MSG_ID, REVISION, TRACEPARENT, TRACESTATE

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.common.delivery_records import (
+from services.common.error_location import (
     SCRIPT_NAME,
     describe_error,
     error_location,

@@ -1,5 +1,5 @@
-"""Delivery records, written by executors (outcomes) and routers (filtered events): counts
-per instance and minute, and sampled failures, kept in memory and written to PostgreSQL in
+"""Write delivery records: counts per instance and minute and sampled failures, from executors
+(outcomes) and routers (filtered events), kept in memory and written to PostgreSQL in
 batches — never one row per event on the hot path."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,33 +18,6 @@ import orjson
 log = logging.getLogger(__name__)
 PURGE_EVERY_SECONDS = 3600.0
 COUNTERS = ("delivered", "retried", "discarded", "failed", "filtered", "invocations")
-# The name the runtime gives the function's code in stack frames (runtime.engine.SCRIPT_NAME).
-SCRIPT_NAME = "function.js"
-# A V8 stack frame in the function's code: `    at onTrack (function.js:3:11)` or
-# `    at function.js:3:11`; the message line above the frames is never matched.
-_FRAME = re.compile(r"^\s+at (?:.*[ (])?" + re.escape(SCRIPT_NAME) + r":(\d+):(\d+)\)?$")
-
-
-def error_location(stack: str) -> tuple[int, int] | None:
-    """Return the line and column of the innermost frame in the function's code, if any."""
-    for line in stack.splitlines():
-        found = _FRAME.match(line)
-        if found:
-            return int(found.group(1)), int(found.group(2))
-    return None
-
-
-def location_text(stack: str) -> str:
-    """Return `function.js:LINE:COL` of the innermost frame in the function's code, or ""."""
-    where = error_location(stack)
-    return "" if where is None else f"{SCRIPT_NAME}:{where[0]}:{where[1]}"
-
-
-def describe_error(error_type: str, message: str, stack: str = "") -> str:
-    """Return `Type: message`, followed by ` (function.js:LINE:COL)` when the stack has it."""
-    text = f"{error_type}: {message}" if error_type and message else error_type or message
-    where = location_text(stack)
-    return f"{text} ({where})" if where else text
 
 
 @dataclass
