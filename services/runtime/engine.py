@@ -78,6 +78,10 @@ class FunctionContext:
         self.load_error: dict[str, object] | None = None
         self._host = f"__eventfn__({_js(secrets.token_hex(16))})"
         self._slots = itertools.count(1)
+        # Invocation ids within this context: small and reused, so the scripts of repeated
+        # crossings (poll, fire, cancel) are the same text and V8 compiles each once.
+        self._free_ids: list[int] = []
+        self._next_id = 1
         self._ctx = STPyV8.JSContext()
         self._ctx.enter()
         try:
@@ -124,6 +128,17 @@ class FunctionContext:
             raise ContextBroken(f"the runtime's host interface threw: {exc}"[:500]) from exc
         finally:
             self._ctx.leave()
+
+    def open_invocation(self) -> int:
+        """Return an id for a new invocation in this context (give it back with close)."""
+        if self._free_ids:
+            return self._free_ids.pop()
+        self._next_id += 1
+        return self._next_id - 1
+
+    def close_invocation(self, inv_id: int) -> None:
+        """Give back an invocation's id once it ended."""
+        self._free_ids.append(inv_id)
 
     def handlers(self) -> frozenset[str]:
         """Return the handler names the code defines."""

@@ -137,7 +137,7 @@ class Worker:
             reply = _failed(seq, internal="the runtime worker failed; see the executor's log")
         self._reply(reply)
 
-    def _start(self, ctx: FunctionContext, frame: RunFrame, events: str) -> str:
+    def _start(self, ctx: FunctionContext, frame: RunFrame, events: str, local: int) -> str:
         """Start an invocation: all handlers in one crossing, or (careful) one per crossing.
 
         Careful runs record which event's handler is starting, so a handler that never
@@ -145,7 +145,7 @@ class Worker:
         offender of an invocation that got a worker killed.
         """
         seq = frame["id"]
-        args = (seq, events, frame["settings"], frame["batch"], frame["log_cap"], frame["keep"])
+        args = (local, events, frame["settings"], frame["batch"], frame["log_cap"], frame["keep"])
         if not frame["careful"]:
             write_progress(self._status, seq, UNKNOWN)
             with self._crossing(seq):
@@ -155,10 +155,10 @@ class Worker:
         for index in range(count):
             write_progress(self._status, seq, index)
             with self._crossing(seq):
-                ctx.run_event(seq, index)
+                ctx.run_event(local, index)
         write_progress(self._status, seq, UNKNOWN)
         with self._crossing(seq):
-            return ctx.poll(seq)
+            return ctx.poll(local)
 
     def _report(self, text: Any, frame: RunFrame, sent: int = 0) -> Report:
         return parse_report(
@@ -187,50 +187,45 @@ class Worker:
         deadline, keep = frame["deadline"], frame["keep"]
         traces: list[dict[str, Any]] = []
         sent = 0
-        raw = self._start(ctx, frame, payload.decode("utf-8"))
-        report = self._report(raw, frame)
-        while not report.done:
-            now = time.monotonic()
-            if now >= deadline:
-                with self._crossing(seq):
-                    report = self._report(ctx.cancel(seq), frame, sent)
-                break
-            if report.fetches:
-                ready = [r for r in report.fetches if r.problem is None]
-                if ready:
-                    mark_sent(self._status, frame["slot"])
-                sent += len(report.fetches)
-                results, round_traces, cut = await self._fetcher.perform_round(
-                    ready, deadline, keep, ResponseBudget(frame["memory_limit"])
-                )
-                refused = [r for r in report.fetches if r.problem is not None]
-                results += [_refused(r.id, r.problem) for r in refused]
-                traces += round_traces
-                traces += [
-                    {
-                        "method": r.method,
-                        "url": r.url,
-                        "status": None,
-                        "error": r.problem,
-                        "duration_ms": 0.0,
-                    }
-                    for r in refused
-                ]
-                if cut:  # out of time: unfinished events end as Timeout, not FetchError
+        local = ctx.open_invocation()
+        try:
+            raw = self._start(ctx, frame, payload.decode("utf-8"), local)
+            report = self._report(raw, frame)
+            while not report.done:
+                now = time.monotonic()
+                if now >= deadline:
                     with self._crossing(seq):
-                        report = self._report(ctx.cancel(seq), frame, sent)
+                        report = self._report(ctx.cancel(local), frame, sent)
                     break
+                if report.fetches:
+                    ready = [r for r in report.fetches if r.problem is None]
+                    if ready:
+                        mark_sent(self._status, frame["slot"])
+                    sent += len(report.fetches)
+                    results, round_traces, cut = await self._fetcher.perform_round(
+                        ready, deadline, keep, ResponseBudget(frame["memory_limit"])
+                    )
+                    refused = [r for r in report.fetches if r.problem is not None]
+                    results += [_refused(r.id, r.problem) for r in refused]
+                    traces += round_traces
+                    traces += [_refusal_trace(r) for r in refused]
+                    if cut:  # out of time: unfinished events end as Timeout, not FetchError
+                        with self._crossing(seq):
+                            report = self._report(ctx.cancel(local), frame, sent)
+                        break
+                    with self._crossing(seq):
+                        raw = ctx.resolve(local, orjson.dumps(results).decode())
+                    report = self._report(raw, frame, sent)
+                    continue
+                wait = deadline - now
+                if report.timer_ms >= 0:
+                    wait = min(wait, report.timer_ms / 1000)
+                await asyncio.sleep(wait)
                 with self._crossing(seq):
-                    raw = ctx.resolve(seq, orjson.dumps(results).decode())
+                    raw = ctx.fire_timers(local) if report.timer_ms >= 0 else ctx.cancel(local)
                 report = self._report(raw, frame, sent)
-                continue
-            wait = deadline - now
-            if report.timer_ms >= 0:
-                wait = min(wait, report.timer_ms / 1000)
-            await asyncio.sleep(wait)
-            with self._crossing(seq):
-                raw = ctx.fire_timers(seq) if report.timer_ms >= 0 else ctx.cancel(seq)
-            report = self._report(raw, frame, sent)
+        finally:
+            ctx.close_invocation(local)
         reply: RunReply = {
             "id": seq,
             "results": report.results,
