@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import uuid
@@ -14,6 +15,11 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from services.devtools.embedded import EmbeddedNats, EmbeddedPostgres
+
+# Services started by tests (in-process or as subprocesses) serve /metrics on ports of their
+# own choosing, never the fixed defaults several of them would share.
+for _service in ("REGISTRY", "ROUTER", "EXECUTOR", "RETRIER"):
+    os.environ.setdefault(f"EVENTFN_{_service}_METRICS_LISTEN", "127.0.0.1:0")
 
 
 def _server_dir(kind: str) -> Iterator[Path]:

@@ -20,6 +20,7 @@ import grpc
 
 from eventfn.registry.v1 import registry_pb2 as pb
 from eventfn.registry.v1 import registry_pb2_grpc
+from services.common.rpc_observe import client_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,9 @@ class ConfigWatcher:
         delay = self._min_backoff
         while True:
             try:
-                async with grpc.aio.insecure_channel(self._addr) as channel:
+                async with grpc.aio.insecure_channel(
+                    self._addr, interceptors=client_interceptors()
+                ) as channel:
                     stub = registry_pb2_grpc.RegistryStub(channel)
                     call = stub.WatchConfig(
                         pb.WatchConfigRequest(watcher=self._name),

@@ -94,3 +94,14 @@ def pack_count(declared: str | None, body: bytes) -> int:
         return int(declared)
     events = orjson.loads(body)
     return len(events) if isinstance(events, list) else 1
+
+
+def header_message_ids(value: str | None) -> tuple[str, ...]:
+    """Read an `Eventfn-Message-Ids` header (a JSON list of strings); empty when absent or bad."""
+    if not value:
+        return ()
+    try:
+        ids = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return ()
+    return tuple(str(i) for i in ids) if isinstance(ids, list) else ()

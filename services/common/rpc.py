@@ -20,9 +20,11 @@ from grpc_health.v1 import _async as health_aio  # pyright: ignore[reportAttribu
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
+from opentelemetry.metrics import Meter
 
 from services.common.errors import EventfnError, Internal, InvalidArgument
 from services.common.request_text import check_request_text
+from services.common.rpc_observe import server_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -213,10 +215,14 @@ def create_server(
     register: Iterable[Callable[[grpc.aio.Server], None]],
     service_names: Iterable[str],
     interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+    meter: Meter | None = None,
 ) -> tuple[grpc.aio.Server, int, health_aio.HealthServicer]:
-    """Build a grpc.aio server with the servicers, health checking and reflection."""
+    """Build a grpc.aio server with the servicers, health checking and reflection.
+
+    Every call is traced (continuing the caller's trace) and, given a meter, timed.
+    """
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(), *interceptors],
+        interceptors=[*server_interceptors(meter), ErrorInterceptor(), *interceptors],
         options=[
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),

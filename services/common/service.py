@@ -23,7 +23,7 @@ async def serve(
 ) -> None:
     """Read the settings, start the service, serve until SIGTERM or SIGINT, then stop it."""
     settings = settings_type()
-    telemetry.setup_logging(settings.log_level)
+    telemetry.setup_logging(settings.log_level, settings.log_format)
     telemetry.setup_tracing(name)
     async with AsyncExitStack() as stack:
         await start(settings, stack)

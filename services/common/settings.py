@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -14,6 +15,8 @@ class CommonSettings(BaseSettings):
 
     state_dir: Path = Path(".eventfn")
     log_level: str = "INFO"
+    # `text` (one line per record) or `json` (one object per line, with trace_id/span_id).
+    log_format: Literal["text", "json"] = "text"
     service_token: str | None = None
     stream_replicas: int = 1
     # How long dead letters are kept (the DEAD stream's max age). Every service may create or
@@ -33,6 +36,9 @@ class DataPlaneSettings(CommonSettings):
     # One URL, or a cluster's URLs separated by commas.
     nats_url: str = "nats://127.0.0.1:4222"
     registry_addr: str = "127.0.0.1:50051"
+    # The durable JetStream consumer every executor process shares (its backlog is the
+    # signal executors scale on; the router reports it).
+    executor_consumer: str = "executor"
 
 
 def sqlalchemy_url(url: str) -> str:

@@ -1,30 +1,94 @@
-"""Logging and OpenTelemetry set-up shared by every service."""
+"""Logging and tracing set-up shared by every service (metrics: `services.common.metrics`).
+
+Tracing follows the standard `OTEL_*` variables: `OTEL_SERVICE_NAME` and
+`OTEL_RESOURCE_ATTRIBUTES` for the resource, `OTEL_TRACES_SAMPLER` /
+`OTEL_TRACES_SAMPLER_ARG` for sampling (default: parent-based, always on), and
+`OTEL_EXPORTER_OTLP_ENDPOINT` to export spans to a collector. With no exporter configured
+no tracer provider is installed, so spans cost next to nothing.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 
+import orjson
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+# Spans name at most this many messageIds of the events they carry.
+MAX_MESSAGE_IDS = 16
 
 
-def setup_logging(level: str) -> None:
-    """Log one line per record to stderr."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the current span's trace_id and span_id."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render a record as a JSON line."""
+        doc: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            doc["trace_id"] = format(context.trace_id, "032x")
+            doc["span_id"] = format(context.span_id, "016x")
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(doc).decode()
 
 
-def setup_tracing(service_name: str) -> TracerProvider:
-    """Install a tracer provider; export OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set."""
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Log to stderr: one line of text per record, or one JSON object (`fmt="json"`)."""
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def setup_tracing(service_name: str, extra: Iterable[SpanExporter] = ()) -> TracerProvider | None:
+    """Install a tracer provider exporting to OTLP (when configured) and to `extra` exporters.
+
+    Returns None, installing nothing, when there is nowhere to send spans.
+    """
+    exporters = list(extra)
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    ):
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        exporters.append(OTLPSpanExporter())
+    if not exporters:
+        return None
+    # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; the sampler
+    # defaults to OTEL_TRACES_SAMPLER(_ARG) when none is given.
+    resource = Resource.create({"service.name": service_name}).merge(
+        Resource.create({"service.name": os.environ["OTEL_SERVICE_NAME"]})
+        if os.environ.get("OTEL_SERVICE_NAME")
+        else Resource.get_empty()
+    )
+    provider = TracerProvider(resource=resource)
+    for exporter in exporters:
+        processor: SpanProcessor = BatchSpanProcessor(exporter)
+        provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
     return provider
+
+
+def message_ids(ids: Iterable[str]) -> list[str]:
+    """Return at most MAX_MESSAGE_IDS messageIds, for a span attribute."""
+    out: list[str] = []
+    for message_id in ids:
+        if len(out) == MAX_MESSAGE_IDS:
+            break
+        out.append(message_id)
+    return out

@@ -15,12 +15,14 @@ from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
 from services.common import rpc
 from services.common.config_watch import ConfigWatcher
 from services.common.deliveries.recorder import DeliveryRecorder
+from services.common.metrics import start_metrics
 from services.common.registry_gate import RegistryGate
 from services.common.settings import asyncpg_url
 from services.common.streams import open_streams
 from services.executor.consumer import PackConsumer
 from services.executor.dispatcher import Dispatcher
 from services.executor.handoff import Handoff
+from services.executor.observe import ExecutorMetrics
 from services.executor.servicer import ExecutorServicer
 from services.executor.settings import ExecutorSettings
 from services.executor.versions import VersionSource
@@ -41,6 +43,7 @@ class RunningExecutor:
     dispatcher: Dispatcher
     recorder: DeliveryRecorder
     nats: NatsClient
+    metrics_port: int = 0  # where /metrics is served (0: not served)
 
 
 def runtime_config(settings: ExecutorSettings) -> RuntimeConfig:
@@ -59,6 +62,7 @@ def runtime_config(settings: ExecutorSettings) -> RuntimeConfig:
 async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> RunningExecutor:
     """Connect, wire and start an executor; `stack` stops it gracefully, in reverse order."""
     token = settings.required_service_token("executor")
+    metrics = start_metrics("eventfn-executor", settings.executor_metrics_listen, stack)
     nc, js = await open_streams(
         settings,
         settings.nats_url,
@@ -86,6 +90,7 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
         recorder,
         Handoff(js),
         instance_concurrency=settings.executor_instance_concurrency,
+        metrics=ExecutorMetrics(metrics.meter, lambda: pool.restarts),
     )
     versions = VersionSource(settings.registry_addr, token)
     stack.push_async_callback(versions.close)
@@ -118,9 +123,12 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
         address=settings.executor_listen,
         register=[lambda s: executor_pb2_grpc.add_ExecutorServicer_to_server(servicer, s)],
         service_names=[SERVICE_NAME],
+        meter=metrics.meter,
     )
     await server.start()
     stack.push_async_callback(server.stop, 5)
     await rpc.set_serving(health, [SERVICE_NAME])
     log.info("executor listening on port %d", port)
-    return RunningExecutor(server, port, watcher, consumer, dispatcher, recorder, nc)
+    return RunningExecutor(
+        server, port, watcher, consumer, dispatcher, recorder, nc, metrics_port=metrics.port
+    )

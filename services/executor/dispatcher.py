@@ -23,6 +23,8 @@ from opentelemetry import trace
 
 from eventfn.registry.v1 import registry_pb2 as rpb
 from services.common.deliveries.recorder import DeliveryRecorder
+from services.common.telemetry import message_ids
+from services.executor.observe import ExecutorMetrics, annotate, record_fetches
 from services.executor.pack_ref import PackRef, join_events, split_typed
 from services.executor.policy import ON_BATCH, RateMeter, to_on_batch, use_batch
 from services.executor.settlement import Handoff, Settlement
@@ -73,8 +75,10 @@ class Dispatcher:
         handoff: Handoff,
         *,
         instance_concurrency: int,
+        metrics: ExecutorMetrics | None = None,
     ) -> None:
         self._pool = pool
+        self._metrics = metrics
         self._settlement = Settlement(recorder, handoff)
         self._concurrency = instance_concurrency
         self._limits: dict[str, asyncio.Semaphore] = {}
@@ -220,6 +224,9 @@ class Dispatcher:
                     "eventfn.function_id": config.function_id,
                     "eventfn.version_id": config.version_id,
                     "eventfn.batch": batch,
+                    "eventfn.message_ids": message_ids(
+                        i for r in dict.fromkeys(refs) for i in r.message_ids
+                    ),
                 },
             ) as span:
                 try:
@@ -240,7 +247,14 @@ class Dispatcher:
                     for ref in dict.fromkeys(refs):
                         await ref.settle(False)
                     return
-                span.set_attribute("eventfn.events", len(result.outcomes))
+                annotate(span, result)
+                record_fetches(span, result.requests)
+                # What these events do next (a retry, a dead letter) continues from here.
+                invoked = trace.set_span_in_context(span)
+                for ref in dict.fromkeys(refs):
+                    ref.trace = invoked
+        if self._metrics is not None:
+            self._metrics.record(config.id, batch, result)
         await self._settlement.act(config, body, refs, result)
 
     async def drain(self, grace: float) -> bool:

@@ -28,6 +28,7 @@ class PackRef:
     history: str = ""  # JSON list of earlier attempts, carried from RETRY through EVENTS
     trace: Context | None = None  # the event's trace, from the pack's W3C headers
     seq: int = 0  # the pack's EVENTS stream sequence: names this delivery in hand-off ids
+    message_ids: tuple[str, ...] = ()  # some of its messageIds (Eventfn-Message-Ids header)
     ok: bool = True
 
     async def resolve(self, count: int, ok: bool = True) -> None:

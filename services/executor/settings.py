@@ -9,10 +9,11 @@ class ExecutorSettings(DataPlaneSettings):
     """Everything an executor process reads from its environment, validated at start."""
 
     executor_listen: str = "127.0.0.1:50053"
+    # Prometheus text on http://<this>/metrics; empty: not served.
+    executor_metrics_listen: str = "127.0.0.1:9466"
     database_url: str
     executor_name: str = "executor"
-    # The durable JetStream consumer every executor process shares, and what it reads.
-    executor_consumer: str = "executor"
+    # What the shared durable consumer (executor_consumer) reads.
     executor_subjects: str = "events.>"
     # V8 worker processes of this executor (0: one per core).
     executor_workers: int = 0

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from eventfn.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common import rpc
+from services.common.metrics import start_metrics
 from services.common.settings import asyncpg_url, sqlalchemy_url
 from services.filters import parse_filter
 from services.registry.access import Authenticator, ensure_bootstrap
@@ -60,10 +61,12 @@ async def start_registry(settings: RegistrySettings, stack: AsyncExitStack) -> R
     notifier = ConfigNotifier(asyncpg_url(settings.database_url))
     await notifier.start()
     stack.push_async_callback(notifier.close)
+    metrics = start_metrics("eventfn-registry", settings.registry_metrics_listen, stack)
     servicer = RegistryServicer(deps, notifier)
     server, port, health = rpc.create_server(
         address=settings.registry_listen,
         register=[lambda s: registry_pb2_grpc.add_RegistryServicer_to_server(servicer, s)],
+        meter=metrics.meter,
         service_names=[SERVICE_NAME],
     )
     await server.start()

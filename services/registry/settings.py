@@ -10,6 +10,8 @@ class RegistrySettings(CommonSettings):
 
     database_url: str
     registry_listen: str = "127.0.0.1:50051"
+    # Prometheus text on http://<this>/metrics; empty: not served.
+    registry_metrics_listen: str = "127.0.0.1:9464"
     secret_key: str | None = None
     bootstrap_token: str | None = None
     bootstrap_workspace: str = "default"

@@ -11,12 +11,14 @@ import grpc
 from nats.aio.client import Client as NatsClient
 
 from eventfn.retrier.v1 import retrier_pb2, retrier_pb2_grpc
-from services.common import rpc
+from services.common import rpc, streams
+from services.common.backlog import BacklogGauges, StreamSizeGauge
 from services.common.config_watch import ConfigWatcher
+from services.common.metrics import start_metrics
 from services.common.registry_gate import RegistryGate
 from services.common.streams import open_streams
 from services.retrier.dead_letters import DeadLetterStore
-from services.retrier.scheduler import RetryScheduler
+from services.retrier.scheduler import DURABLE, RetryScheduler
 from services.retrier.servicer import RetrierServicer
 from services.retrier.settings import RetrierSettings
 
@@ -34,6 +36,7 @@ class RunningRetrier:
     scheduler: RetryScheduler
     store: DeadLetterStore
     nats: NatsClient
+    metrics_port: int = 0  # where /metrics is served (0: not served)
 
 
 async def start_retrier(settings: RetrierSettings, stack: AsyncExitStack) -> RunningRetrier:
@@ -60,6 +63,15 @@ async def start_retrier(settings: RetrierSettings, stack: AsyncExitStack) -> Run
     )
     scheduler.start()
     stack.push_async_callback(scheduler.stop)
+    metrics = start_metrics("eventfn-retrier", settings.retrier_metrics_listen, stack)
+    for gauge in (
+        BacklogGauges(
+            js, metrics.meter, what="retries", stream=streams.RETRY_STREAM, durable=DURABLE
+        ),
+        StreamSizeGauge(js, metrics.meter, what="dead_letters", stream=streams.DEAD_STREAM),
+    ):
+        gauge.start()
+        stack.push_async_callback(gauge.close)
     gate = RegistryGate(settings.registry_addr, service_token=token)
     stack.push_async_callback(gate.close)
     store = DeadLetterStore(nc, js)
@@ -68,9 +80,10 @@ async def start_retrier(settings: RetrierSettings, stack: AsyncExitStack) -> Run
         address=settings.retrier_listen,
         register=[lambda s: retrier_pb2_grpc.add_RetrierServicer_to_server(servicer, s)],
         service_names=[SERVICE_NAME],
+        meter=metrics.meter,
     )
     await server.start()
     stack.push_async_callback(server.stop, 5)
     await rpc.set_serving(health, [SERVICE_NAME])
     log.info("retrier listening on port %d", port)
-    return RunningRetrier(server, port, watcher, scheduler, store, nc)
+    return RunningRetrier(server, port, watcher, scheduler, store, nc, metrics_port=metrics.port)

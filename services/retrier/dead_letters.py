@@ -26,6 +26,8 @@ import orjson
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from services.common import streams
 from services.common.streams import (
@@ -40,6 +42,8 @@ from services.common.streams import (
 from services.retrier.scheduler import carried_headers, parse_time
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("eventfn.retrier")
+PROPAGATOR = TraceContextTextMapPropagator()
 REPLAY_OF = streams.REPLAY_OF
 
 
@@ -193,6 +197,14 @@ def letters_key(pack: DeadPack, indexes: Iterable[int]) -> str:
 
 def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
+
+
+def original_trace(headers: dict[str, str]) -> list[trace.Link]:
+    """Return a link to the trace a stored message carries, if it carries one."""
+    if streams.TRACEPARENT not in headers:
+        return []
+    context = trace.get_current_span(PROPAGATOR.extract(headers)).get_span_context()
+    return [trace.Link(context)] if context.is_valid else []
 
 
 class DeadLetterStore:
@@ -358,11 +370,20 @@ class DeadLetterStore:
                 }
                 if version_id:
                     headers[streams.VERSION] = version_id
-                for name in (streams.TRACEPARENT, streams.TRACESTATE):
-                    if name in pack.headers:
-                        headers[name] = pack.headers[name]
                 subject = streams.events_subject(pack.workspace_id, pack.instance_id)
-                await self._js.publish(subject, b"[" + b",".join(events) + b"]", headers=headers)
+                # The replay is a new trace (of the replay call), linked to the original one.
+                with tracer.start_as_current_span(
+                    "dead.replay.pack",
+                    links=original_trace(pack.headers),
+                    attributes={
+                        "eventfn.instance_id": pack.instance_id,
+                        "eventfn.events": len(events),
+                    },
+                ):
+                    PROPAGATOR.inject(headers)
+                    await self._js.publish(
+                        subject, b"[" + b",".join(events) + b"]", headers=headers
+                    )
                 await self._remove(pack, set(indexes))
                 count += len(events)
         return count

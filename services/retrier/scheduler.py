@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from eventfn.registry.v1 import registry_pb2 as rpb
 from services.common import streams
@@ -41,6 +42,7 @@ from services.retrier.backoff import (
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("eventfn.retrier")
+PROPAGATOR = TraceContextTextMapPropagator()
 
 DURABLE = "retrier"
 ORIGINAL_SUBJECT = "Eventfn-Original-Subject"
@@ -351,7 +353,9 @@ class RetryScheduler:
         meta = msg.metadata
         seq = meta.sequence.stream if meta.sequence else 0
         headers = string_headers(msg)
-        with tracer.start_as_current_span("retry.schedule") as span:
+        # The retry continues the event's trace: its parent is the invocation that failed.
+        parent = PROPAGATOR.extract(headers) if streams.TRACEPARENT in headers else None
+        with tracer.start_as_current_span("retry.schedule", context=parent) as span:
             span.set_attribute("messaging.destination", msg.subject)
             try:
                 message = parse_retry(msg.subject, headers, msg.data, seq)
@@ -391,6 +395,7 @@ class RetryScheduler:
                 return
             if isinstance(decision, Republish):
                 span.set_attribute("eventfn.retry.outcome", "republished")
+                PROPAGATOR.inject(decision.headers)  # the next attempt is this span's child
                 await self._js.publish(decision.subject, msg.data, headers=decision.headers)
                 await self._settled(msg, seq)
                 await self._count("republished")
@@ -399,7 +404,10 @@ class RetryScheduler:
             log.info(
                 "events of %s dead-lettered: %s", message.instance_id, decision.headers[DEAD_REASON]
             )
-            await self._js.publish(decision.subject, msg.data, headers=decision.headers)
+            with tracer.start_as_current_span("dead_letter") as dead:
+                dead.set_attribute("eventfn.dead.reason", decision.headers[DEAD_REASON][:200])
+                PROPAGATOR.inject(decision.headers)
+                await self._js.publish(decision.subject, msg.data, headers=decision.headers)
             await self._settled(msg, seq)
             await self._count("dead")
 

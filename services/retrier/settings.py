@@ -12,6 +12,8 @@ class RetrierSettings(DataPlaneSettings):
     """Everything a retrier process reads from its environment, validated at start."""
 
     retrier_listen: str = "127.0.0.1:50054"
+    # Prometheus text on http://<this>/metrics; empty: not served.
+    retrier_metrics_listen: str = "127.0.0.1:9467"
     retrier_name: str = "retrier"
     # Backoff: the wait after attempt n is uniform in [0, min(cap, base * factor^(n-1))];
     # no attempt is scheduled past `window` after the first one.

@@ -12,13 +12,16 @@ import grpc
 from nats.aio.client import Client as NatsClient
 
 from eventfn.router.v1 import router_pb2, router_pb2_grpc
-from services.common import rpc
+from services.common import rpc, streams
+from services.common.backlog import BacklogGauges
 from services.common.config_watch import ConfigView, ConfigWatcher
 from services.common.deliveries.recorder import DeliveryRecorder
+from services.common.metrics import start_metrics
 from services.common.settings import asyncpg_url
 from services.common.streams import open_streams
 from services.router.config import RouteTable
 from services.router.http_app import TrackingApp, serve_http
+from services.router.observe import RouterMetrics
 from services.router.publisher import Ingestor
 from services.router.servicer import RouterServicer
 from services.router.settings import RouterSettings
@@ -37,6 +40,7 @@ class RunningRouter:
     watcher: ConfigWatcher
     ingestor: Ingestor
     nats: NatsClient
+    metrics_port: int = 0  # where /metrics is served (0: not served)
 
 
 class RouteTableHolder:
@@ -70,6 +74,7 @@ def _split_listen(address: str) -> tuple[str, int]:
 async def start_router(settings: RouterSettings, stack: AsyncExitStack) -> RunningRouter:
     """Connect, wire and start the router; `stack` closes everything in reverse order."""
     token = settings.required_service_token("router")
+    metrics = start_metrics("eventfn-router", settings.router_metrics_listen, stack)
     nc, js = await open_streams(
         settings,
         settings.nats_url,
@@ -105,13 +110,24 @@ async def start_router(settings: RouterSettings, stack: AsyncExitStack) -> Runni
         pack_bytes=settings.router_pack_bytes,
         publish_timeout=settings.router_publish_timeout_seconds,
         recorder=recorder,
+        metrics=RouterMetrics(metrics.meter),
     )
     stack.callback(lambda: log.info("router stopping: %s", ingestor.stats))
+    backlog = BacklogGauges(
+        js,
+        metrics.meter,
+        what="events",
+        stream=streams.EVENTS_STREAM,
+        durable=settings.executor_consumer,
+    )
+    backlog.start()
+    stack.push_async_callback(backlog.close)
     servicer = RouterServicer(ingestor)
     server, grpc_port, health = rpc.create_server(
         address=settings.router_listen,
         register=[lambda s: router_pb2_grpc.add_RouterServicer_to_server(servicer, s)],
         service_names=[SERVICE_NAME],
+        meter=metrics.meter,
     )
     await server.start()
     stack.push_async_callback(server.stop, 5)
@@ -155,4 +171,5 @@ async def start_router(settings: RouterSettings, stack: AsyncExitStack) -> Runni
         watcher=watcher,
         ingestor=ingestor,
         nats=nc,
+        metrics_port=metrics.port,
     )

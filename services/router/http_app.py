@@ -295,6 +295,7 @@ class TrackingApp:
         return b"".join(chunks)
 
     async def _send_error(self, send: Send, error: HttpError, cors: Headers) -> None:
+        self._ingestor.count_rejected(error.code)
         document = {"success": False, "code": error.code, "message": error.message, **error.extra}
         extra = [*cors, *error.headers]
         if error.status == 503:

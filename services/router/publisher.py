@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from opentelemetry import trace
@@ -25,10 +26,20 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from services.common.deliveries.recorder import DeliveryRecorder
 from services.common.packs import DEFAULT_PACK_BYTES, Pack, encode_event, pack_encoded
 from services.common.pull import NATS_ERRORS
-from services.common.streams import ATTEMPT, COUNT, MSG_ID, REVISION, TRACEPARENT, TRACESTATE
+from services.common.streams import (
+    ATTEMPT,
+    COUNT,
+    MESSAGE_IDS,
+    MSG_ID,
+    REVISION,
+    TRACEPARENT,
+    TRACESTATE,
+)
+from services.common.telemetry import message_ids
 from services.filters.actions import apply_filters
 from services.router.config import Route, RouteTable, SourceRoutes
 from services.router.integrations import wants
+from services.router.observe import RouterMetrics
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("eventfn.router")
@@ -135,6 +146,7 @@ def route_events(
         for pack in pack_encoded(route.instance_id, items, max_bytes=pack_bytes):
             headers = {MSG_ID: pack.dedupe_id, REVISION: str(revision), ATTEMPT: "1", **trace}
             headers[COUNT] = str(pack.count)
+            headers[MESSAGE_IDS] = orjson.dumps(message_ids(pack.message_ids)).decode()
             outbound.append(Outbound(route.subject, pack, headers))
     return outbound
 
@@ -151,14 +163,21 @@ class Ingestor:
         pack_bytes: int = DEFAULT_PACK_BYTES,
         publish_timeout: float = 5.0,
         recorder: DeliveryRecorder | None = None,
+        metrics: RouterMetrics | None = None,
     ) -> None:
         self._nc = nc
         self._recorder = recorder
+        self._metrics = metrics
         self._js = js
         self._table = table
         self._pack_bytes = pack_bytes
         self._timeout = publish_timeout
         self.stats = RouterStats()
+
+    def count_rejected(self, reason: str) -> None:
+        """Count a request refused before or while it was routed (metrics)."""
+        if self._metrics is not None:
+            self._metrics.rejected(reason)
 
     def ready(self) -> bool:
         """Tell whether the router has a configuration snapshot."""
@@ -199,12 +218,18 @@ class Ingestor:
         stats = self.stats
         stats.requests += 1
         stats.events += len(events)
+        if self._metrics is not None:
+            self._metrics.received(source.source_id, len(events))
         dropped: Counter[str] = Counter()
         incoming = {TRACEPARENT: traceparent or "", TRACESTATE: tracestate or ""}
         with tracer.start_as_current_span(
             "ingest",
             context=PROPAGATOR.extract(incoming) if traceparent else None,
-            attributes={"eventfn.source_id": source.source_id, "eventfn.events": len(events)},
+            attributes={
+                "eventfn.source_id": source.source_id,
+                "eventfn.events": len(events),
+                "eventfn.message_ids": message_ids(str(e.get("messageId", "")) for e in events),
+            },
         ):
             carrier: dict[str, str] = {}
             PROPAGATOR.inject(carrier)
@@ -224,9 +249,13 @@ class Ingestor:
             if outbound:
                 await self._publish_all(outbound)
                 stats.packs += len(outbound)
-        if self._recorder is not None:  # counted once the request is accepted, not on a 503
-            routes = {r.instance_id: r for r in source.routes}
-            for instance_id, count in dropped.items():
+        if self._metrics is not None:
+            self._metrics.stored(source.source_id, len(events))
+        routes = {r.instance_id: r for r in source.routes}
+        for instance_id, count in dropped.items():  # counted once accepted, not on a 503
+            if self._metrics is not None:
+                self._metrics.filtered(instance_id, count)
+            if self._recorder is not None:
                 route = routes[instance_id]
                 self._recorder.count(
                     instance_id, route.workspace_id, route.function_id, {"filtered": count}

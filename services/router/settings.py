@@ -15,6 +15,8 @@ class RouterSettings(DataPlaneSettings):
     """Everything the router reads from its environment, validated at start."""
 
     router_listen: str = "127.0.0.1:50052"
+    # Prometheus text on http://<this>/metrics; empty: not served.
+    router_metrics_listen: str = "127.0.0.1:9465"
     router_http_listen: str = "127.0.0.1:8088"
     # Where filtered-event counts go (delivery records); unset: counted in logs only.
     database_url: str | None = None

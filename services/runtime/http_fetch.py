@@ -270,6 +270,7 @@ class HostFetcher:
         trace: dict[str, Any] = {
             "method": req.method,
             "url": req.url,
+            "start_ns": time.time_ns(),
             "status": None,
             "error": None,
         }

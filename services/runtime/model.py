@@ -80,6 +80,7 @@ class RequestTrace:
     response_headers: tuple[tuple[str, str], ...] = ()
     response_body: str | None = None
     body_truncated: bool = False
+    start_ns: int = 0  # wall-clock start (time.time_ns()), for the fetch's trace span
 
 
 @dataclass(frozen=True)

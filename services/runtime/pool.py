@@ -77,6 +77,8 @@ class RuntimePool:
         self._workers: list[WorkerHandle | None] = [None] * (self._q + 1)
         self._retiring: set[WorkerHandle] = set()  # replaced, finishing their invocations
         self._readers: set[asyncio.Task[None]] = set()
+        # Workers replaced, by cause (timeout, memory, crash, retired), for metrics.
+        self.restarts: dict[str, int] = {}
         self._affinity: dict[str, int] = {}
         # Functions that got a worker killed, and until when they run only in quarantine.
         self._quarantine: dict[str, float] = {}
@@ -246,6 +248,8 @@ class RuntimePool:
             return
         w.dead = True
         self._retiring.discard(w)
+        if not self._closed:
+            self.restarts[reason] = self.restarts.get(reason, 0) + 1
         with contextlib.suppress(ProcessLookupError):
             w.proc.kill()
         lost = Lost(reason)

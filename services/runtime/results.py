@@ -81,4 +81,5 @@ def _trace(t: dict[str, Any]) -> RequestTrace:
         response_headers=tuple((k, v) for k, v in t.get("response_headers") or ()),
         response_body=t.get("response_body"),
         body_truncated=bool(t.get("body_truncated")),
+        start_ns=int(t.get("start_ns") or 0),
     )

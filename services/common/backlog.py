@@ -1,0 +1,133 @@
+"""Work waiting in JetStream, as gauges operators alert and autoscale on.
+
+A poller reads a durable consumer's state every few seconds (the gauge callbacks of the
+metrics SDK are synchronous; they report the last reading): messages not yet delivered,
+delivered but not acknowledged, and the age of the oldest one not acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from services.common.pull import NATS_ERRORS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Backlog:
+    """One reading of a consumer's backlog (messages; seconds)."""
+
+    waiting: int = 0
+    in_flight: int = 0
+    oldest_age: float = 0.0
+
+
+async def read_backlog(js: JetStreamContext, stream: str, durable: str) -> Backlog:
+    """Read a durable consumer's backlog; an unknown consumer has none."""
+    info = await js.consumer_info(stream, durable)
+    waiting = info.num_pending or 0
+    in_flight = info.num_ack_pending or 0
+    age = 0.0
+    if waiting or in_flight:
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        with contextlib.suppress(*NATS_ERRORS):  # the message may just have expired
+            oldest = await js.get_msg(stream, floor + 1)
+            if oldest.time is not None:
+                age = max(0.0, time.time() - oldest.time.timestamp())
+    return Backlog(waiting, in_flight, age)
+
+
+class BacklogGauges:
+    """Gauges `eventfn.<what>.waiting`, `.in_flight` and `.oldest_age` of one consumer."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        meter: Meter,
+        *,
+        what: str,
+        stream: str,
+        durable: str,
+        every: float = 2.0,
+    ) -> None:
+        self._js, self._stream, self._durable, self._every = js, stream, durable, every
+        self.latest = Backlog()
+        self._task: asyncio.Task[None] | None = None
+        where = {"messaging.destination.name": stream, "messaging.consumer.group.name": durable}
+
+        def gauge(name: str, unit: str, description: str, read: str) -> None:
+            def observe(_options: CallbackOptions) -> Iterable[Observation]:
+                return [Observation(getattr(self.latest, read), where)]
+
+            meter.create_observable_gauge(
+                f"eventfn.{what}.{name}", callbacks=[observe], unit=unit, description=description
+            )
+
+        gauge("waiting", "{message}", f"{what} not yet delivered to a consumer", "waiting")
+        gauge("in_flight", "{message}", f"{what} delivered, not yet acknowledged", "in_flight")
+        gauge("oldest_age", "s", f"age of the oldest {what} not yet acknowledged", "oldest_age")
+
+    def start(self) -> None:
+        """Start polling."""
+        self._task = asyncio.get_running_loop().create_task(self._poll(), name="backlog")
+
+    async def close(self) -> None:
+        """Stop polling."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _poll(self) -> None:
+        while True:
+            try:
+                self.latest = await read_backlog(self._js, self._stream, self._durable)
+            except NATS_ERRORS as error:  # consumer not created yet, or NATS away
+                log.debug("backlog of %s/%s unknown: %r", self._stream, self._durable, error)
+            await asyncio.sleep(self._every)
+
+
+class StreamSizeGauge:
+    """A gauge `eventfn.<what>` of the messages a stream holds (e.g. dead letters)."""
+
+    def __init__(
+        self, js: JetStreamContext, meter: Meter, *, what: str, stream: str, every: float = 5.0
+    ) -> None:
+        self._js, self._stream, self._every = js, stream, every
+        self.latest = 0
+        self._task: asyncio.Task[None] | None = None
+
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(self.latest, {"messaging.destination.name": stream})]
+
+        meter.create_observable_gauge(
+            f"eventfn.{what}", callbacks=[observe], unit="{message}", description=f"{what} held"
+        )
+
+    def start(self) -> None:
+        """Start polling."""
+        self._task = asyncio.get_running_loop().create_task(self._poll(), name="stream-size")
+
+    async def close(self) -> None:
+        """Stop polling."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _poll(self) -> None:
+        while True:
+            try:
+                self.latest = (await self._js.stream_info(self._stream)).state.messages
+            except NATS_ERRORS as error:
+                log.debug("size of %s unknown: %r", self._stream, error)
+            await asyncio.sleep(self._every)

@@ -1,0 +1,73 @@
+"""Metrics of a service: an OpenTelemetry meter, scrapeable as Prometheus text on its own port
+and exported by OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_METRICS_ENDPOINT`) is set.
+
+Each service builds its own meter provider and Prometheus registry (several services may run
+in one test process) and hands the meter to what records metrics; nothing is global.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from opentelemetry.metrics import Meter, NoOpMeterProvider
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CollectorRegistry, start_http_server
+
+
+@dataclass
+class ServiceMetrics:
+    """A service's meter and where its Prometheus text is served (port 0: not served)."""
+
+    meter: Meter
+    port: int = 0
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """Split `host:port` (IPv6 in brackets) into its parts."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def start_metrics(service: str, listen: str | None, stack: AsyncExitStack) -> ServiceMetrics:
+    """Build the service's meter; serve /metrics on `listen` (`host:port`) unless it is empty."""
+    readers: list[MetricReader] = []
+    port = 0
+    if listen:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+        registry = CollectorRegistry()
+        readers.append(PrometheusMetricReader(registry=registry, disable_target_info=True))
+        host, wanted = split_listen(listen)
+        try:
+            server, _thread = start_http_server(wanted, addr=host, registry=registry)
+        except OSError as error:
+            variable = f"EVENTFN_{service.removeprefix('eventfn-').upper()}_METRICS_LISTEN"
+            raise OSError(
+                f"cannot serve metrics on {listen} ({error.strerror}): choose a free address "
+                f"({variable}), or set it empty to serve none"
+            ) from error
+        stack.callback(server.shutdown)
+        port = server.server_port
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
+    ):
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    if not readers:
+        return ServiceMetrics(NoOpMeterProvider().get_meter(service))
+    provider = MeterProvider(
+        metric_readers=readers, resource=Resource.create({"service.name": service})
+    )
+    stack.callback(provider.shutdown)
+    return ServiceMetrics(provider.get_meter(service), port)
+
+
+def status_class(status: int | None) -> str:
+    """Name an HTTP status's class (`2xx` … `5xx`), or `error` when there was no response."""
+    return f"{status // 100}xx" if status else "error"

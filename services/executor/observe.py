@@ -1,0 +1,135 @@
+"""What an invocation tells operators: its span's status, a span per fetch, and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+from opentelemetry import trace
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from services.common.metrics import status_class
+from services.runtime import InvocationResult, OutcomeKind, RequestTrace
+
+tracer = trace.get_tracer("eventfn.executor")
+# The order of badness, for an invocation's one outcome (its worst event's).
+_WORST = (OutcomeKind.DELIVERED, OutcomeKind.DISCARD, OutcomeKind.RETRY, OutcomeKind.FAILURE)
+
+
+def worst_outcome(result: InvocationResult) -> OutcomeKind:
+    """Return the worst outcome of an invocation's events."""
+    kinds = {o.kind for o in result.outcomes}
+    return max(kinds, key=_WORST.index) if kinds else OutcomeKind.DELIVERED
+
+
+def safe_url(url: str) -> str:
+    """Return a URL without its query string, fragment or userinfo (for `url.full`)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def annotate(span: Span, result: InvocationResult) -> None:
+    """Set an invoke span's outcome: ERROR with the error's class and message when an event
+    failed or is retried (never its stack, logs or the event)."""
+    span.set_attribute("eventfn.events", len(result.outcomes))
+    span.set_attribute("eventfn.outcome", worst_outcome(result).value)
+    bad = next(
+        (o for o in result.outcomes if o.kind in (OutcomeKind.FAILURE, OutcomeKind.RETRY)), None
+    )
+    if bad is None:
+        return
+    span.set_status(Status(StatusCode.ERROR, bad.error_type or "Error"))
+    span.add_event(
+        "exception",
+        {
+            "exception.type": bad.error_type or "Error",
+            "exception.message": (bad.message or "")[:1000],
+        },
+    )
+
+
+def record_fetches(parent: Span, requests: Iterable[RequestTrace]) -> None:
+    """Add a CLIENT span per fetch the function made, under its invoke span."""
+    if not parent.is_recording():
+        return
+    context = trace.set_span_in_context(parent)
+    for r in requests:
+        if not r.start_ns:
+            continue
+        parts = urlsplit(r.url)
+        attributes: dict[str, str | int] = {
+            "http.request.method": r.method,
+            "url.full": safe_url(r.url),
+            "server.address": parts.hostname or "",
+        }
+        if parts.port:
+            attributes["server.port"] = parts.port
+        if r.status:
+            attributes["http.response.status_code"] = r.status
+        span = tracer.start_span(
+            r.method,
+            context=context,
+            kind=SpanKind.CLIENT,
+            start_time=r.start_ns,
+            attributes=attributes,
+        )
+        if r.error or (r.status or 0) >= 500:
+            span.set_attribute("error.type", "fetch_error" if r.error else str(r.status))
+            span.set_status(Status(StatusCode.ERROR))
+        span.end(end_time=r.start_ns + int(r.duration_ms * 1e6))
+
+
+class ExecutorMetrics:
+    """The executor's instruments: outcomes, invocations, durations, fetches, V8 workers."""
+
+    def __init__(self, meter: Meter, restarts: Callable[[], Mapping[str, int]]) -> None:
+        self._events = meter.create_counter(
+            "eventfn.events.outcomes", unit="{event}", description="Events by outcome"
+        )
+        self._invocations = meter.create_counter(
+            "eventfn.invocations", unit="{invocation}", description="Invocations by outcome"
+        )
+        self._duration = meter.create_histogram(
+            "eventfn.invocation.duration", unit="s", description="Invocation duration"
+        )
+        self._size = meter.create_histogram(
+            "eventfn.invocation.events", unit="{event}", description="Events per invocation"
+        )
+        self._fetch = meter.create_histogram(
+            "http.client.request.duration", unit="s", description="Function fetch duration"
+        )
+
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(n, {"cause": cause}) for cause, n in restarts().items()]
+
+        meter.create_observable_counter(
+            "eventfn.runtime.worker.restarts",
+            callbacks=[observe],
+            unit="{restart}",
+            description="V8 worker processes replaced, by cause",
+        )
+
+    def record(self, instance_id: str, batch: bool, result: InvocationResult) -> None:
+        """Count one invocation and its events' outcomes."""
+        where = {"eventfn.instance_id": instance_id}
+        counts: dict[str, int] = {}
+        for o in result.outcomes:
+            counts[o.kind.value] = counts.get(o.kind.value, 0) + 1
+        for outcome, n in counts.items():
+            self._events.add(n, {**where, "eventfn.outcome": outcome})
+        self._invocations.add(1, {**where, "eventfn.outcome": worst_outcome(result).value})
+        self._duration.record(result.duration_ms / 1000, {**where, "eventfn.batch": batch})
+        self._size.record(len(result.outcomes), where)
+        for r in result.requests:
+            self._fetch.record(
+                r.duration_ms / 1000,
+                {
+                    "server.address": urlsplit(r.url).hostname or "",
+                    "eventfn.status_class": status_class(r.status),
+                },
+            )

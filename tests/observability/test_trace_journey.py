@@ -1,0 +1,140 @@
+"""One event's journey is one trace: ingest → route → invoke (ERROR) → retry schedule → invoke
+(OK) → fetch, each with the right parent, exported to a real OTLP receiver; no secret in it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from google.protobuf import struct_pb2
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.trace.v1 import trace_pb2
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn.type.v1 import types_pb2
+from tests.observability.conftest import Platform, Receiver
+from tests.pipeline.conftest import Sink
+from tests.registry.conftest import auth
+from tests.retrier.conftest import StartRetrier
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+SECRET = "sk_live_never_in_a_span_51c2"
+CODE = """
+let failed = false;
+async function onTrack(event, settings) {
+  if (!failed) { failed = true; throw new RetryError('the API said later') }
+  await fetch(settings.endpoint + '/ok?key=' + settings.apiKey, {
+    method: 'POST', headers: {'Authorization': 'Bearer ' + settings.apiKey},
+    body: JSON.stringify(event),
+  })
+}
+"""
+
+
+@pytest.fixture
+def exported(receiver: Receiver) -> Iterator[TracerProvider]:
+    """Send this process's spans to the receiver (the tracer provider is process-wide)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{receiver.port}", insecure=True)
+    # A background thread exports: the receiver answers on this test's event loop.
+    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=100))
+    yield provider
+
+
+def _attribute(span: trace_pb2.Span, key: str) -> str:
+    return next((a.value.string_value for a in span.attributes if a.key == key), "")
+
+
+def _one(spans: list[trace_pb2.Span], name: str, status: int | None = None) -> trace_pb2.Span:
+    found = [s for s in spans if s.name == name and (status is None or s.status.code == status)]
+    assert len(found) == 1, (name, [(s.name, s.status.code) for s in spans])
+    return found[0]
+
+
+async def test_an_events_journey_is_one_trace(
+    platform: Platform,
+    sink: Sink,
+    start_retrier_on: StartRetrier,
+    receiver: Receiver,
+    exported: TracerProvider,
+) -> None:
+    await start_retrier_on()
+    owner = auth(platform.owner)
+    fn = await platform.registry.stub.CreateFunction(
+        pb.CreateFunctionRequest(
+            name="traced",
+            code=CODE,
+            settings=[
+                types_pb2.SettingDefinition(name="endpoint", type=types_pb2.SETTING_TYPE_STRING),
+                types_pb2.SettingDefinition(
+                    name="apiKey", type=types_pb2.SETTING_TYPE_STRING, encrypted=True
+                ),
+            ],
+        ),
+        metadata=owner,
+    )
+    values = struct_pb2.Struct()
+    values.update({"endpoint": sink.url, "apiKey": SECRET})
+    ins = await platform.registry.stub.CreateInstance(
+        pb.CreateInstanceRequest(
+            function_id=fn.function.id, source_id=platform.source_id, settings=values
+        ),
+        metadata=owner,
+    )
+    for watcher in (platform.router.watcher, platform.executor.watcher):
+        await watcher.wait_until(lambda v: ins.instance.id in v.instances)
+
+    resp = await platform.http.post(
+        "/v1/track",
+        json={"userId": "u", "event": "Journey", "messageId": "journey-1"},
+        auth=(platform.write_key, ""),
+        headers={"traceparent": f"00-{TRACE_ID}-b7ad6b7169203331-01"},
+    )
+    assert resp.status_code == 200
+    await sink.wait_for(1)
+
+    want = {"ingest", "route", "invoke", "retry.schedule", "POST"}
+    async with asyncio.timeout(20), receiver.changed:
+        await receiver.changed.wait_for(
+            lambda: (
+                want <= {s.name for s in receiver.of_trace(TRACE_ID)}
+                and len([s for s in receiver.of_trace(TRACE_ID) if s.name == "invoke"]) >= 2
+            )
+        )
+    spans = receiver.of_trace(TRACE_ID)
+    error, ok = trace_pb2.Status.STATUS_CODE_ERROR, trace_pb2.Status.STATUS_CODE_UNSET
+    ingest = _one(spans, "ingest")
+    route = _one(spans, "route")
+    failed = _one(spans, "invoke", error)
+    schedules = [s for s in spans if s.name == "retry.schedule"]  # held, then republished
+    scheduled = next(
+        s for s in schedules if _attribute(s, "eventfn.retry.outcome") == "republished"
+    )
+    delivered = _one(spans, "invoke", ok)
+    fetch = _one(spans, "POST")
+
+    assert route.parent_span_id == ingest.span_id
+    assert failed.parent_span_id == ingest.span_id
+    assert {s.parent_span_id for s in schedules} == {failed.span_id}
+    assert delivered.parent_span_id == scheduled.span_id
+    assert fetch.parent_span_id == delivered.span_id
+    assert fetch.kind == trace_pb2.Span.SPAN_KIND_CLIENT
+    assert [e.name for e in failed.events] == ["exception"]
+    attributes = {a.key: a.value for a in failed.events[0].attributes}
+    assert attributes["exception.type"].string_value == "RetryError"
+    assert "journey-1" in [
+        v.string_value
+        for a in ingest.attributes
+        if a.key == "eventfn.message_ids"
+        for v in a.value.array_value.values
+    ]
+    url = {a.key: a.value.string_value for a in fetch.attributes}["url.full"]
+    assert url == f"{sink.url}/ok"  # no query string: it holds the key
+    assert SECRET not in str(spans)
