@@ -13,7 +13,8 @@ from typing import TypeVar
 import uvloop
 
 from services.common import rpc, telemetry
-from services.common.settings import CommonSettings
+from services.common.settings import CommonSettings, DataPlaneSettings
+from services.common.trace_store import TraceStoreExporter
 
 S = TypeVar("S", bound=CommonSettings)
 
@@ -24,7 +25,10 @@ async def serve(
     """Read the settings, start the service, serve until SIGTERM or SIGINT, then stop it."""
     settings = settings_type()
     telemetry.setup_logging(settings.log_level, settings.log_format)
-    telemetry.setup_tracing(name)
+    exporters = []
+    if isinstance(settings, DataPlaneSettings) and settings.trace_store:
+        exporters.append(TraceStoreExporter(settings.nats_url, settings.trace_retention_seconds))
+    telemetry.setup_tracing(name, exporters)
     async with AsyncExitStack() as stack:
         await start(settings, stack)
         await rpc.wait_for_termination_signal()

@@ -39,6 +39,9 @@ class DataPlaneSettings(CommonSettings):
     # The durable JetStream consumer every executor process shares (its backlog is the
     # signal executors scale on; the router reports it).
     executor_consumer: str = "executor"
+    # Keep recent spans in the platform's own JetStream (stream TRACES) for `eventfn trace`.
+    trace_store: bool = False
+    trace_retention_seconds: float = 3600.0
 
 
 def sqlalchemy_url(url: str) -> str:

@@ -1,0 +1,172 @@
+"""A bounded store of recent spans on the platform's own JetStream, so an event's journey can be
+shown (`eventfn trace`) without running a tracing backend.
+
+Spans go, as compact JSON, to the TRACES stream under `traces.<trace id>`; a span naming
+messageIds also indexes each under `traces.msg.<sha1 of the messageId>`. The stream keeps an
+hour (EVENTFN_TRACE_RETENTION_SECONDS) and at most 256 MiB, dropping the oldest first: it is a
+debugging aid, never in the way of events. The exporter runs its own NATS connection on its
+own thread (span processors export from a thread of theirs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+import orjson
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from services.common.settings import nats_servers
+
+log = logging.getLogger(__name__)
+
+STREAM = "TRACES"
+MAX_BYTES = 256 * 1024 * 1024
+PUBLISH_SECONDS = 5.0
+
+
+def trace_subject(trace_id: str) -> str:
+    """Return the subject holding a trace's spans."""
+    return f"traces.{trace_id}"
+
+
+def message_subject(message_id: str) -> str:
+    """Return the subject indexing the traces of a messageId."""
+    return f"traces.msg.{hashlib.sha1(message_id.encode(), usedforsecurity=False).hexdigest()}"
+
+
+def span_record(span: ReadableSpan) -> dict[str, Any]:
+    """Describe a finished span as the store keeps it."""
+    context = span.get_span_context()
+    assert context is not None
+    parent = span.parent
+    return {
+        "trace_id": format(context.trace_id, "032x"),
+        "span_id": format(context.span_id, "016x"),
+        "parent_id": format(parent.span_id, "016x") if parent else "",
+        "name": span.name,
+        "service": span.resource.attributes.get("service.name", ""),
+        "kind": span.kind.name,
+        "start": span.start_time or 0,
+        "end": span.end_time or 0,
+        "status": span.status.status_code.name,
+        "attributes": dict(span.attributes or {}),
+        "events": [{"name": e.name, "attributes": dict(e.attributes or {})} for e in span.events],
+        "links": [format(link.context.trace_id, "032x") for link in span.links],
+    }
+
+
+async def ensure_stream(js: JetStreamContext, retention_seconds: float) -> None:
+    """Create or update the TRACES stream."""
+    config = StreamConfig(
+        name=STREAM,
+        subjects=["traces.>"],
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD,
+        storage=StorageType.FILE,
+        max_age=retention_seconds,
+        max_bytes=MAX_BYTES,
+    )
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        await js.update_stream(config)
+
+
+class TraceStoreExporter(SpanExporter):
+    """Export spans to the TRACES stream."""
+
+    def __init__(self, nats_url: str, retention_seconds: float = 3600.0) -> None:
+        self._url = nats_url
+        self._retention = retention_seconds
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="trace-store")
+        self._thread.daemon = True
+        self._thread.start()
+        self._js: JetStreamContext | None = None
+        self._nc: Any = None
+        self._closed = False
+
+    async def _jetstream(self) -> JetStreamContext:
+        js = self._js
+        if js is None:
+            self._nc = await nats.connect(servers=nats_servers(self._url), name="trace-store")
+            js = self._nc.jetstream()
+            await ensure_stream(js, self._retention)
+            self._js = js
+        return js
+
+    async def _publish(self, spans: Sequence[ReadableSpan]) -> None:
+        js = await self._jetstream()
+        acks = []
+        for span in spans:
+            record = span_record(span)
+            acks.append(
+                await js.publish_async(trace_subject(record["trace_id"]), orjson.dumps(record))
+            )
+            for message_id in record["attributes"].get("eventfn.message_ids", ()):
+                acks.append(
+                    await js.publish_async(
+                        message_subject(str(message_id)), record["trace_id"].encode()
+                    )
+                )
+        await asyncio.gather(*acks)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Publish a batch of spans (from the span processor's thread)."""
+        done: Future[None] = asyncio.run_coroutine_threadsafe(self._publish(spans), self._loop)
+        try:
+            done.result(timeout=PUBLISH_SECONDS)
+        except (TimeoutError, OSError, nats.errors.Error) as error:
+            log.warning("%d spans not stored: %r", len(spans), error)
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Close the connection and stop the thread (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._nc is not None:
+            asyncio.run_coroutine_threadsafe(self._nc.close(), self._loop).result(timeout=5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+
+async def read_trace(
+    js: JetStreamContext, trace_id: str, limit: int = 2000
+) -> list[dict[str, Any]]:
+    """Return the stored spans of a trace, in start order."""
+    spans = [orjson.loads(m) for m in await _read_subject(js, trace_subject(trace_id), limit)]
+    return sorted(spans, key=lambda s: (s["start"], s["name"]))
+
+
+async def traces_of_message(js: JetStreamContext, message_id: str) -> list[str]:
+    """Return the trace ids stored for a messageId, newest last, without repeats."""
+    ids = [m.decode() for m in await _read_subject(js, message_subject(message_id), 100)]
+    return list(dict.fromkeys(ids))
+
+
+async def _read_subject(js: JetStreamContext, subject: str, limit: int) -> list[bytes]:
+    """Read the stored messages of one subject, oldest first (one request per message)."""
+    out: list[bytes] = []
+    seq = 1
+    while len(out) < limit:
+        try:
+            msg = await js.get_msg(STREAM, seq=seq, subject=subject, next=True)
+        except nats.js.errors.NotFoundError:
+            break
+        out.append(msg.data or b"")
+        seq = (msg.seq or seq) + 1
+    return out
