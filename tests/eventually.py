@@ -32,12 +32,13 @@ async def eventually(
     probe: Callable[[], T | Awaitable[T]],
     what: str,
     *,
+    until: Callable[[T], object] = bool,
     seconds: float = DEFAULT_SECONDS,
     interval: float = DEFAULT_INTERVAL,
     ignoring: tuple[type[BaseException], ...] = (),
 ) -> T:
-    """Call `probe` (sync or async) every `interval` seconds until it returns a truthy
-    value; return that value.
+    """Call `probe` (sync or async) every `interval` seconds until it returns a value that
+    `until` holds for (by default: a truthy value); return that value.
 
     `what` names the awaited state for the failure message. When `seconds` have passed (a
     probe that hangs is cut too) raise AssertionError naming `what` and the last value the
@@ -55,7 +56,7 @@ async def eventually(
                 except ignoring as error:
                     last = error
                 else:
-                    if value:
+                    if until(value):
                         return value
                     last = value
                 await asyncio.sleep(interval)

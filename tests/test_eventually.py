@@ -42,6 +42,16 @@ async def test_a_timeout_names_what_was_awaited_and_the_last_value() -> None:
     assert message.startswith("waited 0.3 s for a big number; last seen: False"), message
 
 
+async def test_until_decides_and_the_message_shows_the_whole_last_value() -> None:
+    rows = iter(range(100))
+    got = await eventually(lambda: {"rows": next(rows)}, "3 rows", until=lambda r: r["rows"] == 3)
+    assert got == {"rows": 3}
+    with pytest.raises(AssertionError, match=r"for 200 rows; last seen: \{'rows': \d+\}$"):
+        await eventually(
+            lambda: {"rows": next(rows)}, "200 rows", until=lambda r: r["rows"] == 200, seconds=0.2
+        )
+
+
 async def test_a_hanging_probe_is_cut_at_the_timeout() -> None:
     async def hangs() -> bool:
         await asyncio.Event().wait()
