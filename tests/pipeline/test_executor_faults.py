@@ -100,18 +100,21 @@ async def test_nats_restart_under_load_loses_nothing(
 async def test_sigterm_hands_unfinished_packs_back(
     platform: Platform, sink: Sink, nats_client
 ) -> None:
-    sink.delay = 3.0  # the invocation is still waiting for its fetch when shutdown begins
+    sink.gate = asyncio.Event()  # the sink answers only once the test is over
     await platform.instance(SINGLE, sink.url)
     await send(platform, batch_body(1))
     consumer, dispatcher = platform.executor.consumer, platform.executor.dispatcher
-    await eventually(lambda: dispatcher.busy, "the pack on its way to V8", interval=0.01)
-    await consumer.stop()
-    assert not await dispatcher.drain(0.2), "the slow invocation cannot finish in 0.2 s"
-    assert await consumer.hand_back() == 1
-    # Another executor pulling now gets it at once (not after the 120 s ack wait).
-    other = await nats_client.jetstream().pull_subscribe(
-        "events.>", durable="executor", stream=streams.EVENTS_STREAM
-    )
-    (again,) = await other.fetch(1, timeout=5)
-    assert again.metadata.num_delivered == 2
-    await again.ack()
+    try:
+        await sink.wait_for(1)  # the invocation is waiting for its fetch: shutdown begins
+        await consumer.stop()
+        assert not await dispatcher.drain(0.2), "the invocation cannot finish unanswered"
+        assert await consumer.hand_back() == 1
+        # Another executor pulling now gets it at once (not after the 120 s ack wait).
+        other = await nats_client.jetstream().pull_subscribe(
+            "events.>", durable="executor", stream=streams.EVENTS_STREAM
+        )
+        (again,) = await other.fetch(1, timeout=5)
+        assert again.metadata.num_delivered == 2
+        await again.ack()
+    finally:
+        sink.gate.set()
