@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from services.common.streams import EVENTS_STREAM, ensure_streams, events_subject
 from services.devtools.embedded import nats_server_binary
 from services.devtools.embedded.process import free_port, spawn, stop_process, wait_until
+from tests.eventually import eventually
 
 yaml = pytest.importorskip("yaml", reason="compose.yaml checks need PyYAML (dev dependency)")
 
@@ -159,15 +159,14 @@ async def test_compose_nats_cluster_holds_r3_streams(cluster: list[dict[str, int
         js = nc.jetstream(timeout=10)  # ensure_streams asks again if placement stalls
         await ensure_streams(js, replicas=3)
         # A new R3 stream answers once its own group has elected a leader.
-        async with asyncio.timeout(60):
-            while True:
-                try:
-                    info = await js.stream_info(EVENTS_STREAM)
-                    if info.cluster is not None and info.cluster.leader:
-                        break
-                except (NoRespondersError, NatsTimeoutError):
-                    pass
-                await asyncio.sleep(0.1)
+        info = await eventually(
+            lambda: js.stream_info(EVENTS_STREAM),
+            "a leader of the EVENTS stream",
+            until=lambda info: info.cluster is not None and info.cluster.leader,
+            seconds=60,
+            ignoring=(NoRespondersError, NatsTimeoutError),
+        )
+        assert info.cluster is not None
         assert info.config.num_replicas == 3
         assert len(info.cluster.replicas or []) == 2
         ack = await js.publish(events_subject("w1", "i1"), b"[]")

@@ -34,6 +34,10 @@ RETRY_STREAM = "RETRY"
 DEAD_STREAM = "DEAD"
 
 DEDUPE_WINDOW = timedelta(minutes=10)
+# RETRY and DEAD keep the server's default window for the Nats-Msg-Id of hand-offs and
+# retries. Said explicitly: left unset (0), the server reports 2 minutes back, which read as
+# drift and updated both streams at every start.
+SERVER_DEDUPE_WINDOW = timedelta(minutes=2)
 DEFAULT_EVENTS_MAX_AGE = timedelta(days=7)
 DEFAULT_RETRY_MAX_AGE = timedelta(days=2)
 DEFAULT_DEAD_MAX_AGE = timedelta(days=14)
@@ -190,12 +194,14 @@ def stream_configs(
             RETRY_STREAM,
             "retry",
             retry_max_age,
+            duplicate_window=SERVER_DEDUPE_WINDOW.total_seconds(),
             description="Retryable events waiting for their next attempt.",
         ),
         config(
             DEAD_STREAM,
             "dead",
             dead_max_age,
+            duplicate_window=SERVER_DEDUPE_WINDOW.total_seconds(),
             allow_direct=True,
             description="Events past the retry window, for listing and replay.",
         ),

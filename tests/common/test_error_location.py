@@ -11,11 +11,19 @@ from services.common.error_location import (
     error_location,
     location_text,
 )
-from services.runtime.engine import SCRIPT_NAME as RUNTIME_SCRIPT_NAME
+from services.runtime import RuntimePool
+from tests.runtime.conftest import invoke, pool_config
 
 
-def test_the_script_name_is_the_runtimes() -> None:
-    assert SCRIPT_NAME == RUNTIME_SCRIPT_NAME
+async def test_a_stack_from_the_runtime_names_the_line_that_threw() -> None:
+    code = "async function onTrack(event) {\n  const user = undefined\n  return user.name\n}\n"
+    async with RuntimePool(pool_config(workers=1)) as pool:
+        (outcome,) = (await invoke(pool, code)).outcomes
+    assert outcome.error_type == "TypeError", outcome
+    assert error_location(outcome.stack) == (3, 15), outcome.stack  # `name` of `user.name`
+    assert (
+        describe_error(outcome.error_type, "x", outcome.stack) == "TypeError: x (function.js:3:15)"
+    )
 
 
 def test_the_innermost_frame_in_the_function_wins() -> None:

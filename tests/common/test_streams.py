@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
+import nats
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from nats.aio.client import Client as NatsClient
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from services.common import streams
 from services.common.streams import (
@@ -27,6 +32,7 @@ from services.common.streams import (
     stream_configs,
     subject_filter,
 )
+from services.devtools.embedded import EmbeddedNats
 
 tokens = st.text(min_size=1, max_size=40).filter(
     lambda s: not any(c in ".*>" or c.isspace() for c in s)
@@ -81,43 +87,178 @@ def test_even_or_zero_replicas_are_refused(replicas: int) -> None:
         stream_configs(replicas=replicas)
 
 
-@given(replicas=st.sampled_from([1, 3, 5]), days=st.integers(1, 365))
-def test_desired_config_keeps_every_event_and_is_drift_free(replicas: int, days: int) -> None:
-    configs = stream_configs(replicas=replicas, dead_max_age=timedelta(days=days))
-    assert [c.name for c in configs] == [EVENTS_STREAM, RETRY_STREAM, DEAD_STREAM]
-    for config in configs:
-        assert config.storage == StorageType.FILE
-        assert config.retention == RetentionPolicy.LIMITS
-        # A full stream must refuse new publishes, not drop stored, unprocessed events.
-        assert config.discard == DiscardPolicy.NEW
-        assert config.num_replicas == replicas
-        assert config_drift(config, config) == []
-    assert configs[2].max_age == days * 86400
+DAY = 86400.0
+# What the topology must be, whatever the code's table says. Nothing accepted is dropped:
+# limits retention keeps events with or without a consumer, `discard: new` makes a full
+# stream refuse publishes rather than drop stored events, the file store survives restarts.
+EVERY_STREAM: dict[str, Any] = {
+    "retention": RetentionPolicy.LIMITS,
+    "discard": DiscardPolicy.NEW,
+    "storage": StorageType.FILE,
+    "num_replicas": 1,  # the default; the session server is a single node
+}
+EACH_STREAM: dict[str, dict[str, Any]] = {
+    EVENTS_STREAM: {"subjects": ["events.>"], "max_age": 7 * DAY, "duplicate_window": 600.0},
+    # RETRY and DEAD: the server's default window, for hand-off and retry ids.
+    RETRY_STREAM: {"subjects": ["retry.>"], "max_age": 2 * DAY, "duplicate_window": 120.0},
+    DEAD_STREAM: {"subjects": ["dead.>"], "max_age": 14 * DAY, "duplicate_window": 120.0},
+}
+# The fields that decide whether an event is kept, where it goes, and how it is deduplicated.
+FIELDS = (
+    "subjects",
+    "retention",
+    "discard",
+    "storage",
+    "num_replicas",
+    "max_age",
+    "duplicate_window",
+)
 
 
-async def test_ensure_streams_creates_the_topology(nats_client: NatsClient) -> None:
+def differences(have: StreamConfig, want: StreamConfig) -> dict[str, tuple[Any, Any]]:
+    """Return {field: (server's, wanted)} where the server's config differs from the wanted
+    one in a field that matters, or in one the wanted config sets (durations to 1 µs)."""
+    out: dict[str, tuple[Any, Any]] = {}
+    for name in (*FIELDS, "allow_direct", "description"):
+        theirs, ours = getattr(have, name), getattr(want, name)
+        if ours is None and name not in FIELDS:
+            continue  # left to the server
+        if isinstance(ours, float) and isinstance(theirs, float):
+            same = abs(theirs - ours) < 1e-6
+        else:
+            same = theirs == ours
+        if not same:
+            out[name] = (theirs, ours)
+    return out
+
+
+@contextlib.asynccontextmanager
+async def stream_changes(nc: NatsClient) -> AsyncIterator[Callable[[], Awaitable[list[str]]]]:
+    """Watch the JetStream API requests that create, update or delete a stream (a plain
+    subscriber gets a copy of every request); yield a function returning those seen."""
+    sub = await nc.subscribe("$JS.API.STREAM.*.*")
+    await nc.flush()
+
+    async def seen() -> list[str]:
+        await nc.flush()  # a request sent before this is in the subscription's queue now
+        subjects = []
+        while sub.pending_msgs:
+            subjects.append((await sub.next_msg()).subject)
+        return [s for s in subjects if s.split(".")[3] in ("CREATE", "UPDATE", "DELETE")]
+
+    try:
+        yield seen
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_desired_config_keeps_every_event_and_is_drift_free(
+    nats_client: NatsClient,
+) -> None:
     js = nats_client.jetstream()
+    # The defaults every service passes (stream_replicas 1, dead_retention_days 14).
     await ensure_streams(js)
-    events = await js.stream_info(EVENTS_STREAM)
-    assert events.config.subjects == ["events.>"]
-    assert events.config.storage == StorageType.FILE
-    assert events.config.duplicate_window == 600
-    assert (await js.stream_info(RETRY_STREAM)).config.subjects == ["retry.>"]
-    dead = await js.stream_info(DEAD_STREAM)
-    assert dead.config.subjects == ["dead.>"]
-    assert dead.config.max_age == 14 * 86400
+    desired = {c.name: c for c in stream_configs()}
+    assert set(desired) == set(EACH_STREAM)
+    for name, config in desired.items():
+        have = (await js.stream_info(name)).config
+        # The server holds what the code asked for...
+        assert differences(have, config) == {}, name
+        # ...which is what the topology must be...
+        for field, value in {**EVERY_STREAM, **EACH_STREAM[name]}.items():
+            assert getattr(have, field) == value, (name, field)
+        # ...and what the server reports back reads as no drift, so no update at each start.
+        assert config_drift(have, config) == [], name
+    async with stream_changes(nats_client) as seen:
+        await ensure_streams(js)
+        assert await seen() == [], "a second ensure changed streams that were up to date"
 
 
-async def test_ensure_streams_is_idempotent_and_updates_drift(nats_client: NatsClient) -> None:
-    js = nats_client.jetstream()
+@pytest.fixture
+async def own_nats(tmp_path: Path) -> AsyncIterator[NatsClient]:
+    """A NATS server of one test's own: its streams can be broken without harming others."""
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    try:
+        client = await nats.connect(server.url)
+        yield client
+        await client.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("stream", "field", "edited"),
+    [
+        (EVENTS_STREAM, "max_age", 3600.0),
+        (EVENTS_STREAM, "duplicate_window", 5.0),
+        (EVENTS_STREAM, "discard", DiscardPolicy.OLD),
+        (RETRY_STREAM, "retention", RetentionPolicy.INTEREST),
+        (RETRY_STREAM, "subjects", ["retry.>", "elsewhere.>"]),
+        (DEAD_STREAM, "allow_direct", False),
+        (DEAD_STREAM, "description", "edited by hand"),
+    ],
+)
+async def test_a_stream_edited_on_the_server_is_put_back(
+    own_nats: NatsClient, stream: str, field: str, edited: Any
+) -> None:
+    js = own_nats.jetstream()
     await ensure_streams(js)
-    before = await js.stream_info(EVENTS_STREAM)
+    await js.publish(f"{stream.lower()}.w1.i1", b"[]")
+    info = await js.stream_info(stream)
+    await js.update_stream(info.config.evolve(**{field: edited}))
+    edited_info = await js.stream_info(stream)
+    assert getattr(edited_info.config, field) == edited
+    # (Interest retention drops it at once, no consumer being there: why LIMITS matters.)
+    stored = edited_info.state.messages
+    async with stream_changes(own_nats) as seen:
+        await ensure_streams(js)
+        assert await seen() == [f"$JS.API.STREAM.UPDATE.{stream}"]
+        after = await js.stream_info(stream)
+        assert after.state.messages == stored, "putting the config back lost events"
+        assert after.created == info.created, "recreated, not updated"
+        want = next(c for c in stream_configs() if c.name == stream)
+        assert differences(after.config, want) == {}
+        assert getattr(after.config, field) == getattr(want, field)
+        await ensure_streams(js)
+        assert await seen() == [], "still drifting after the update"
+
+
+@pytest.mark.parametrize(
+    ("stream", "field", "edited"),
+    [
+        (EVENTS_STREAM, "storage", StorageType.MEMORY),
+        (RETRY_STREAM, "retention", RetentionPolicy.WORK_QUEUE),
+    ],
+)
+async def test_a_drift_the_server_cannot_undo_is_reported_and_the_stream_kept(
+    own_nats: NatsClient, stream: str, field: str, edited: Any
+) -> None:
+    js = own_nats.jetstream()
+    want = next(c for c in stream_configs() if c.name == stream)
+    await js.add_stream(want.evolve(**{field: edited}))  # made by hand, the wrong way
+    await js.publish(f"{stream.lower()}.w1.i1", b"[]")
+    async with stream_changes(own_nats) as seen:
+        with pytest.raises(
+            streams.StreamTopologyError, match=f"stream {stream} differs in {field}"
+        ):
+            await ensure_streams(js)
+        # Tried to update it, and neither deleted nor recreated it: its events are kept.
+        changes = [s for s in await seen() if s.endswith(f".{stream}")]
+        assert changes == [f"$JS.API.STREAM.UPDATE.{stream}"]
+    info = await js.stream_info(stream)
+    assert getattr(info.config, field) == edited
+    assert info.state.messages == 1
+
+
+async def test_the_dead_retention_setting_reaches_the_server(own_nats: NatsClient) -> None:
+    js = own_nats.jetstream()
     await ensure_streams(js)
-    assert (await js.stream_info(EVENTS_STREAM)).created == before.created
-    await ensure_streams(js, dead_max_age=timedelta(days=3))
-    assert (await js.stream_info(DEAD_STREAM)).config.max_age == 3 * 86400
-    await ensure_streams(js)
-    assert (await js.stream_info(DEAD_STREAM)).config.max_age == 14 * 86400
+    async with stream_changes(own_nats) as seen:
+        await ensure_streams(js, dead_max_age=timedelta(days=3))
+        assert await seen() == [f"$JS.API.STREAM.UPDATE.{DEAD_STREAM}"]
+    assert (await js.stream_info(DEAD_STREAM)).config.max_age == 3 * DAY
+    assert (await js.stream_info(EVENTS_STREAM)).config.max_age == 7 * DAY
 
 
 async def test_events_are_deduplicated_by_msg_id(nats_client: NatsClient) -> None:

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import asyncpg
@@ -27,6 +26,7 @@ from services.devtools.embedded import (
 )
 from services.devtools.embedded.nats import render_config, varz_problem
 from services.devtools.embedded.process import free_port
+from tests.eventually import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -294,15 +294,12 @@ async def test_each_test_database_is_new_and_empty(
 
 
 @pytest.mark.parametrize("kind", ["EmbeddedPostgres", "EmbeddedNats"])
-def test_stop_with_parent_stops_the_server_when_its_launcher_dies(
+async def test_stop_with_parent_stops_the_server_when_its_launcher_dies(
     kind: str, tmp_path: Path
 ) -> None:
     orphan = _start_orphan(kind, tmp_path / "server", stop_with_parent=True)
     pid = int(orphan["pid"])  # type: ignore[arg-type]
-    deadline = time.monotonic() + 30
-    while _alive(pid):
-        assert time.monotonic() < deadline, f"{kind} outlived its launcher"
-        time.sleep(0.02)
+    await eventually(lambda: not _alive(pid), f"{kind} (pid {pid}) to stop with its launcher")
 
 
 def _alive(pid: int) -> bool:

@@ -3,6 +3,7 @@ outcome becomes, connection health."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -97,39 +98,61 @@ def test_what_each_outcome_becomes() -> None:
     assert disposition(OutcomeKind.DISCARD, 2) == "dead", "a retried event keeps its history"
 
 
-@given(st.sampled_from(list(OutcomeKind)), st.integers(1, 1000))
+@given(st.sampled_from(list(OutcomeKind)), st.integers(1, 1000), st.integers(2, 1000))
 def test_no_outcome_but_delivered_and_first_discards_is_only_recorded(
-    kind: OutcomeKind, attempt: int
+    kind: OutcomeKind, attempt: int, later: int
 ) -> None:
-    got = disposition(kind, attempt)
-    if kind == OutcomeKind.DELIVERED:
-        assert got == "record"
-    elif kind == OutcomeKind.RETRY:
-        assert got == "retry"
-    elif kind == OutcomeKind.FAILURE:
-        assert got == "dead"
-    else:
-        assert got == ("dead" if attempt > 1 else "record")
+    only_recorded = disposition(kind, attempt) == "record"
+    assert only_recorded == (
+        kind == OutcomeKind.DELIVERED or (kind == OutcomeKind.DISCARD and attempt == 1)
+    )
+    # Past the first attempt, the attempt number no longer matters.
+    assert disposition(kind, later) == disposition(kind, 2)
 
 
 counts = st.integers(0, 10_000)
 
 
-@given(counts, counts, counts, counts)
+@pytest.mark.parametrize(
+    ("delivered", "bad", "expected"),
+    [
+        (0, 0, pb.HEALTH_UNSPECIFIED),  # no events, no verdict
+        (100, 0, pb.HEALTH_HEALTHY),
+        (100, 1, pb.HEALTH_HEALTHY),  # under 1 % retried or failed
+        (99, 1, pb.HEALTH_DEGRADED),  # 1 % exactly
+        (80, 20, pb.HEALTH_DEGRADED),  # up to 20 %
+        (79, 21, pb.HEALTH_FAILING),
+        (0, 1, pb.HEALTH_FAILING),
+    ],
+)
+def test_health_at_the_edges_of_each_band(delivered: int, bad: int, expected: int) -> None:
+    for retried, failed in ((bad, 0), (0, bad)):
+        got = health(delivered=delivered, retried=retried, discarded=0, failed=failed)
+        assert got == expected, (delivered, retried, failed)
+
+
+@given(counts, counts, counts, counts, st.integers(1, 1000), st.integers(2, 50))
 def test_health_follows_the_share_of_retried_and_failed(
-    delivered: int, retried: int, discarded: int, failed: int
+    delivered: int, retried: int, discarded: int, failed: int, more: int, scale: int
 ) -> None:
     got = health(delivered=delivered, retried=retried, discarded=discarded, failed=failed)
-    total = delivered + retried + discarded + failed
-    bad = retried + failed
-    if total == 0:
-        assert got == pb.HEALTH_UNSPECIFIED
-    elif bad / total < 0.01:
-        assert got == pb.HEALTH_HEALTHY
-    elif bad / total <= 0.20:
-        assert got == pb.HEALTH_DEGRADED
-    else:
-        assert got == pb.HEALTH_FAILING
+    # Retried and failed weigh the same.
+    moved = health(delivered=delivered, retried=0, discarded=discarded, failed=failed + retried)
+    assert moved == got
+    # A share, not a count: as many times more of everything reads the same.
+    scaled = health(
+        delivered=delivered * scale,
+        retried=retried * scale,
+        discarded=discarded * scale,
+        failed=failed * scale,
+    )
+    assert scaled == got
+    if got == pb.HEALTH_UNSPECIFIED:
+        return
+    # More retried events never make it better; more delivered ones never make it worse.
+    worse = health(delivered=delivered, retried=retried + more, discarded=discarded, failed=failed)
+    better = health(delivered=delivered + more, retried=retried, discarded=discarded, failed=failed)
+    assert ORDER.index(worse) >= ORDER.index(got) >= ORDER.index(better)
 
 
 @given(counts, counts, counts, counts, st.integers(1, 10_000))

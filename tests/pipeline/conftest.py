@@ -34,8 +34,10 @@ class Sink:
     url: str
     bodies: list[Any] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    peers: list[int] = field(default_factory=list)  # the client's port of each request
     status: int = 200
     delay: float = 0.0  # seconds each answer takes, to keep work in flight
+    gate: asyncio.Event | None = None  # while set and not open: record, but do not answer
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -43,10 +45,14 @@ class Sink:
         body = orjson.loads(await request.read() or b"null")
         if self.delay:
             await asyncio.sleep(self.delay)
+        peer = request.transport.get_extra_info("peername") if request.transport else None
         async with self.changed:
             self.paths.append(request.path)
             self.bodies.append(body)
+            self.peers.append(peer[1] if peer else 0)
             self.changed.notify_all()
+        if self.gate is not None:
+            await self.gate.wait()
         return web.json_response({"ok": True}, status=self.status)
 
     def events(self) -> list[dict[str, Any]]:

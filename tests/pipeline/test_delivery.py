@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import asyncpg
 import grpc
 import orjson
 
 from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
 from eventfn.type.v1 import types_pb2
+from tests.eventually import eventually
 from tests.pipeline.conftest import Platform, Sink
 from tests.registry.conftest import auth
 
@@ -82,16 +81,15 @@ async def test_outcomes_are_recorded_and_retryable_events_go_to_retry(
     assert len(orjson.loads(msg.data)) == 3
     conn = await asyncpg.connect(platform.registry.database_url)
     try:
-        async with asyncio.timeout(30):
-            while True:
-                row = await conn.fetchrow(
-                    "SELECT sum(retried) r, sum(discarded) d FROM delivery_minute "
-                    "WHERE instance_id = $1",
-                    iid,
-                )
-                if row and row["r"] == 3 and row["d"] == 2:
-                    break
-                await asyncio.sleep(0.1)
+        await eventually(
+            lambda: conn.fetchrow(
+                "SELECT sum(retried) r, sum(discarded) d FROM delivery_minute "
+                "WHERE instance_id = $1",
+                iid,
+            ),
+            "3 retried and 2 discarded events recorded",
+            until=lambda row: row is not None and (row["r"], row["d"]) == (3, 2),
+        )
     finally:
         await conn.close()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
@@ -129,15 +127,14 @@ async def test_filtered_events_are_counted_per_instance(platform: Platform, sink
     await sink.wait_for(2)
     conn = await asyncpg.connect(platform.registry.database_url)
     try:
-        async with asyncio.timeout(30):
-            while True:
-                row = await conn.fetchrow(
-                    "SELECT sum(filtered) f, sum(delivered) d FROM delivery_minute "
-                    "WHERE instance_id = $1",
-                    iid,
-                )
-                if row and row["f"] == 3 and row["d"] == 2:
-                    break
-                await asyncio.sleep(0.05)
+        await eventually(
+            lambda: conn.fetchrow(
+                "SELECT sum(filtered) f, sum(delivered) d FROM delivery_minute "
+                "WHERE instance_id = $1",
+                iid,
+            ),
+            "3 filtered and 2 delivered events recorded",
+            until=lambda row: row is not None and (row["f"], row["d"]) == (3, 2),
+        )
     finally:
         await conn.close()

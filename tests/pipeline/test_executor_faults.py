@@ -13,6 +13,7 @@ from services.common import streams
 from services.devtools.embedded import EmbeddedNats
 from services.executor.app import start_executor
 from services.executor.settings import ExecutorSettings
+from tests.eventually import eventually
 from tests.pipeline.conftest import Platform, Sink, start_platform
 from tests.pipeline.test_delivery import SINGLE, batch_body, send
 from tests.registry.conftest import SERVICE, Registry
@@ -26,14 +27,12 @@ async def test_pack_for_a_deleted_instance_is_discarded_with_reason(
     await nats_client.jetstream().publish(streams.events_subject("ws_x", ghost), body)
     conn = await asyncpg.connect(platform.registry.database_url)
     try:
-        async with asyncio.timeout(30):
-            while True:
-                row = await conn.fetchrow(
-                    "SELECT error_message FROM delivery_failure WHERE instance_id = $1", ghost
-                )
-                if row is not None:
-                    break
-                await asyncio.sleep(0.05)
+        row = await eventually(
+            lambda: conn.fetchrow(
+                "SELECT error_message FROM delivery_failure WHERE instance_id = $1", ghost
+            ),
+            f"a failure recorded for {ghost}",
+        )
         assert "instance deleted" in row["error_message"]
         discarded = await conn.fetchval(
             "SELECT sum(discarded) FROM delivery_minute WHERE instance_id = $1", ghost
@@ -61,7 +60,9 @@ async def test_no_pulling_before_the_first_config_snapshot(
         )
         js = nats_client.jetstream()
         await js.publish(streams.events_subject("ws_x", "ins_x"), b"[]")
-        await asyncio.sleep(1.0)  # asserting an absence: give it time to (wrongly) pull
+        # An absence has no event to await: an executor that pulled without a snapshot would
+        # have created its consumer and fetched within this second (it pulls at once).
+        await asyncio.sleep(1.0)
         assert not executor.watcher.ready.is_set()
         assert executor.consumer.packs == 0
         names = [c.name for c in await js.consumers_info(streams.EVENTS_STREAM)]
@@ -80,17 +81,16 @@ async def test_nats_restart_under_load_loses_nothing(
             await send(p, batch_body(500))
             server.stop()
             server.start()  # same port and store: clients reconnect
-            sent = 500
-            async with asyncio.timeout(60):
-                while sent < 1000:
+            for start in range(500, 1000, 100):
+
+                async def accepted(start: int = start) -> bool:
                     resp = await p.http.post(
-                        "/v1/batch", json=batch_body(100, sent), auth=(p.write_key, "")
+                        "/v1/batch", json=batch_body(100, start), auth=(p.write_key, "")
                     )
-                    if resp.status_code == 200:
-                        sent += 100
-                    else:
-                        assert resp.status_code == 503, resp.text  # never a 200 that was lost
-                        await asyncio.sleep(0.1)
+                    assert resp.status_code in (200, 503), resp.text  # 503 while reconnecting
+                    return resp.status_code == 200
+
+                await eventually(accepted, f"events from m-{start} accepted", seconds=60)
             events = await sink.wait_for(1000, seconds=90)
             assert {e["messageId"] for e in events} == {f"m-{i}" for i in range(1000)}
     finally:
@@ -100,20 +100,21 @@ async def test_nats_restart_under_load_loses_nothing(
 async def test_sigterm_hands_unfinished_packs_back(
     platform: Platform, sink: Sink, nats_client
 ) -> None:
-    sink.delay = 3.0  # the invocation is still waiting for its fetch when shutdown begins
+    sink.gate = asyncio.Event()  # the sink answers only once the test is over
     await platform.instance(SINGLE, sink.url)
     await send(platform, batch_body(1))
     consumer, dispatcher = platform.executor.consumer, platform.executor.dispatcher
-    async with asyncio.timeout(30):
-        while not dispatcher.busy:  # noqa: ASYNC110 — the pack is on its way to V8
-            await asyncio.sleep(0.01)
-    await consumer.stop()
-    assert not await dispatcher.drain(0.2), "the slow invocation cannot finish in 0.2 s"
-    assert await consumer.hand_back() == 1
-    # Another executor pulling now gets it at once (not after the 120 s ack wait).
-    other = await nats_client.jetstream().pull_subscribe(
-        "events.>", durable="executor", stream=streams.EVENTS_STREAM
-    )
-    (again,) = await other.fetch(1, timeout=5)
-    assert again.metadata.num_delivered == 2
-    await again.ack()
+    try:
+        await sink.wait_for(1)  # the invocation is waiting for its fetch: shutdown begins
+        await consumer.stop()
+        assert not await dispatcher.drain(0.2), "the invocation cannot finish unanswered"
+        assert await consumer.hand_back() == 1
+        # Another executor pulling now gets it at once (not after the 120 s ack wait).
+        other = await nats_client.jetstream().pull_subscribe(
+            "events.>", durable="executor", stream=streams.EVENTS_STREAM
+        )
+        (again,) = await other.fetch(1, timeout=5)
+        assert again.metadata.num_delivered == 2
+        await again.ack()
+    finally:
+        sink.gate.set()

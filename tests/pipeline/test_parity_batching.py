@@ -15,6 +15,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from services.common import streams
+from tests.eventually import eventually
 from tests.pipeline.conftest import Platform, Sink
 
 BATCH_ONLY = """
@@ -63,32 +64,33 @@ async def counters(
     """Poll the instance's delivery counters until `until` holds; return them."""
     conn = await asyncpg.connect(platform.registry.database_url)
     names = ("delivered", "retried", "discarded", "failed")
+
+    async def read() -> dict[str, int]:
+        row = await conn.fetchrow(
+            "SELECT "
+            + ", ".join(f"coalesce(sum({n}), 0)::int AS {n}" for n in names)
+            + " FROM delivery_minute WHERE instance_id = $1",
+            instance_id,
+        )
+        return {n: int(row[n]) for n in names} if row else dict.fromkeys(names, 0)
+
     try:
-        async with asyncio.timeout(seconds):
-            while True:
-                row = await conn.fetchrow(
-                    "SELECT "
-                    + ", ".join(f"coalesce(sum({n}), 0)::int AS {n}" for n in names)
-                    + " FROM delivery_minute WHERE instance_id = $1",
-                    instance_id,
-                )
-                got = {n: int(row[n]) for n in names} if row else dict.fromkeys(names, 0)
-                if until(got):
-                    return got
-                await asyncio.sleep(0.05)
+        return await eventually(
+            read, f"the delivery counters of {instance_id}", until=until, seconds=seconds
+        )
     finally:
         await conn.close()
 
 
 async def all_packs_settled(nats_client: NatsClient, seconds: float = 30) -> None:
-    """Wait until the executors' EVENTS consumer has no pack awaiting an ack."""
+    """Wait until the executors' EVENTS consumer has no pack to deliver or awaiting an ack."""
     js = nats_client.jetstream()
-    async with asyncio.timeout(seconds):
-        while True:
-            info = await js.consumer_info(streams.EVENTS_STREAM, "executor")
-            if not info.num_ack_pending:
-                return
-            await asyncio.sleep(0.05)
+    await eventually(
+        lambda: js.consumer_info(streams.EVENTS_STREAM, "executor"),
+        "every pack delivered and acked",
+        until=lambda info: not info.num_pending and not info.num_ack_pending,
+        seconds=seconds,
+    )
 
 
 async def no_more_requests(sink: Sink, count: int, seconds: float = 1.0) -> None:

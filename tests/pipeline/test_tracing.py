@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +10,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from tests.eventually import eventually
 from tests.pipeline.conftest import Platform, Sink
 from tests.pipeline.test_delivery import SINGLE
 
@@ -42,9 +42,11 @@ async def test_invoke_span_continues_the_callers_trace(
     )
     assert resp.status_code == 200
     await sink.wait_for(1)
-    async with asyncio.timeout(10):  # the span ends once the invocation has its response
-        while not (invokes := [s for s in spans.get_finished_spans() if s.name == "invoke"]):  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+    invokes = await eventually(  # the span ends once the invocation has its response
+        lambda: [s for s in spans.get_finished_spans() if s.name == "invoke"],
+        "an ended invoke span",
+        seconds=10,
+    )
     assert any(format(s.context.trace_id, "032x") == TRACE_ID for s in invokes), [
         format(s.context.trace_id, "032x") for s in invokes
     ]

@@ -16,6 +16,7 @@ from eventfn.retrier.v1 import retrier_pb2 as pb
 from eventfn.type.v1 import types_pb2
 from services.cli.dead_commands import dead
 from services.cli.deliveries_commands import deliveries
+from tests.eventually import eventually
 from tests.pipeline.conftest import Platform, Sink
 from tests.pipeline.test_parity_batching import all_packs_settled, counters, event, post_batch
 from tests.registry.conftest import auth
@@ -123,12 +124,11 @@ async def test_the_cli_shows_the_line_and_column_of_a_failure(
         return result.output
 
     # The CLI's stubs are blocking: run them off the event loop the servers live on.
-    async with asyncio.timeout(30):  # failure samples are flushed every 0.2 s
-        while True:
-            text = await asyncio.to_thread(cli, app, iid, "--failures")
-            if "typeerror-cli" in text:
-                break
-            await asyncio.sleep(0.1)
+    text = await eventually(  # failure samples are flushed every 0.2 s
+        lambda: asyncio.to_thread(cli, app, iid, "--failures"),
+        "the failure listed by the CLI",
+        until=lambda text: "typeerror-cli" in text,
+    )
     assert "TypeError" in text and WHERE.search(text), text
     assert f"eventfn dead replay {iid}" in text
     shown = await asyncio.to_thread(cli, dead, "show", letter.id)

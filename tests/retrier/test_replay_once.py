@@ -14,6 +14,7 @@ import pytest
 from eventfn.retrier.v1 import retrier_pb2 as pb
 from eventfn.retrier.v1 import retrier_pb2_grpc
 from services.retrier.dead_letters import DeadPack
+from tests.eventually import eventually
 from tests.pipeline.conftest import Platform, Sink
 from tests.pipeline.test_parity_batching import event, post_batch
 from tests.registry.conftest import auth
@@ -47,12 +48,12 @@ async def until_letters(
     seconds: float = 30,
 ) -> list[pb.DeadLetter]:
     """Poll until the instance has exactly `count` dead letters; return them."""
-    async with asyncio.timeout(seconds):
-        while True:
-            letters = await dead_letters(stub, owner, instance_id)
-            if len(letters) == count:
-                return letters
-            await asyncio.sleep(0.05)
+    return await eventually(
+        lambda: dead_letters(stub, owner, instance_id),
+        f"{count} dead letters of {instance_id}",
+        until=lambda letters: len(letters) == count,
+        seconds=seconds,
+    )
 
 
 async def replay(

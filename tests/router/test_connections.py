@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from eventfn.registry.v1 import registry_pb2 as pb
+from tests.eventually import eventually
 from tests.registry.conftest import SERVICE, Registry, auth
 
 CONNECTIONS = 10_000
@@ -71,9 +72,14 @@ async def test_ten_thousand_concurrent_connections(
     )
     try:
         health = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        async with asyncio.timeout(60):
-            while await one(http_port, health) != 200:  # noqa: ASYNC110 — another process
-                await asyncio.sleep(0.1)
+
+        async def healthy() -> int:
+            assert router.poll() is None, (tmp_path / "router.log").read_text()[-2000:]
+            return await one(http_port, health)
+
+        await eventually(
+            healthy, "the router process answering /health", until=lambda s: s == 200, seconds=60
+        )
         rss_before = psutil.Process(router.pid).memory_info().rss
         body = b'{"userId": "u", "event": "E"}'
         key = base64.b64encode(f"{source.write_key}:".encode())

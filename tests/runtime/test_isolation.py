@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from services.runtime import InvocationResult, OutcomeKind, RuntimePool
+from tests.eventually import eventually
 from tests.runtime.conftest import invoke, pool_config, value_of
 
 FAST = "async function onTrack(e) { return e.event }"
@@ -28,6 +29,12 @@ async def _latencies(
     return out
 
 
+def in_flight(pool: RuntimePool, key: str) -> bool:
+    """Tell whether an invocation of function `key` has been sent to a worker."""
+    workers = [w for w in pool._workers if w is not None]
+    return any(p.key == key for w in workers for p in w.inflight.values())
+
+
 async def test_looping_function_does_not_delay_another(own_pool: RuntimePool) -> None:
     await _latencies(own_pool, 20)  # warm: the fast function's context exists
     # Another function takes the second worker, so the loop lands beside the fast function.
@@ -40,7 +47,8 @@ async def test_looping_function_does_not_delay_another(own_pool: RuntimePool) ->
         return list(await asyncio.gather(*calls))
 
     looping = asyncio.create_task(three_loops())
-    await asyncio.sleep(0.01)  # the loop is sent first: to the fast function's worker (tie)
+    # The loop is sent first: to the fast function's worker (tie).
+    await eventually(lambda: in_flight(own_pool, "loop:1"), "the loop sent", interval=0.001)
     during = await _latencies(own_pool, 100, until=looping)
     results = await looping
 
@@ -55,7 +63,7 @@ async def test_memory_bomb_does_not_break_another(own_pool: RuntimePool) -> None
     await _latencies(own_pool, 5)
     await invoke(own_pool, FAST, key="other:1")
     bombing = asyncio.create_task(invoke(own_pool, bomb, key="bomb:1", timeout_s=20))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: in_flight(own_pool, "bomb:1"), "the bomb sent", interval=0.001)
     during = await _latencies(own_pool, 30, until=bombing)
     result = await bombing
     assert result.outcomes[0].kind == OutcomeKind.FAILURE
