@@ -3,7 +3,6 @@ backlog gauge rises while no executor consumes and falls back to 0 once one does
 
 from __future__ import annotations
 
-import asyncio
 from contextlib import AsyncExitStack
 
 import httpx
@@ -11,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.executor.app import start_executor
 from services.executor.settings import ExecutorSettings
+from tests.eventually import eventually
 from tests.observability.conftest import Platform
 from tests.pipeline.conftest import Sink
 from tests.pipeline.test_delivery import SINGLE, batch_body, send
@@ -52,17 +52,16 @@ async def test_counters_match_the_events_and_the_backlog_gauge_follows_the_execu
     router, executor = platform.router.metrics_port, platform.executor.metrics_port
     assert router and executor
     source = platform.source_id
-    async with asyncio.timeout(10):  # counted as each pack settles
-        while (  # noqa: ASYNC110 (polling a scrape)
-            total(
-                await scrape(executor),
-                "eventfn_events_outcomes_total",
-                eventfn_instance_id=instance,
-                eventfn_outcome="delivered",
-            )
-            < 30
-        ):
-            await asyncio.sleep(0.05)
+
+    async def delivered() -> float:
+        return total(
+            await scrape(executor),
+            "eventfn_events_outcomes_total",
+            eventfn_instance_id=instance,
+            eventfn_outcome="delivered",
+        )
+
+    await eventually(delivered, "30 delivered outcomes counted", until=lambda n: n >= 30)
     routed = await scrape(router)
     assert total(routed, "eventfn_router_events_received_total", eventfn_source_id=source) == 30
     assert total(routed, "eventfn_router_events_stored_total", eventfn_source_id=source) == 30
@@ -73,9 +72,7 @@ async def test_counters_match_the_events_and_the_backlog_gauge_follows_the_execu
     await platform.executor.consumer.stop()
     await platform.executor.consumer.hand_back()  # its last pull request expired: none left
     await send(platform, batch_body(20, start=100))
-    async with asyncio.timeout(15):
-        while await backlog(router) < 1:  # noqa: ASYNC110 (polling a scrape)
-            await asyncio.sleep(0.1)
+    await eventually(lambda: backlog(router), "a backlog", until=lambda n: n >= 1, seconds=15)
     # An executor consumes again: the backlog falls to 0 and the events arrive.
     async with AsyncExitStack() as stack:
         await start_executor(
@@ -91,6 +88,4 @@ async def test_counters_match_the_events_and_the_backlog_gauge_follows_the_execu
             stack,
         )
         await sink.wait_for(50)
-        async with asyncio.timeout(15):
-            while await backlog(router) > 0:  # noqa: ASYNC110 (polling a scrape)
-                await asyncio.sleep(0.1)
+        await eventually(lambda: backlog(router), "no backlog", until=lambda n: n == 0, seconds=15)
