@@ -96,8 +96,9 @@ def pack_count(declared: str | None, body: bytes) -> int:
     return len(events) if isinstance(events, list) else 1
 
 
-def header_message_ids(value: str | None) -> tuple[str, ...]:
-    """Read an `Eventfn-Message-Ids` header (a JSON list of strings); empty when absent or bad."""
+def header_strings(value: str | None) -> tuple[str, ...]:
+    """Read a header holding a JSON list of strings (`Eventfn-Message-Ids`,
+    `Eventfn-Trace-Links`); empty when absent or bad."""
     if not value:
         return ()
     try:

@@ -17,7 +17,7 @@ from eventfn.registry.v1 import registry_pb2 as rpb
 from services.common import streams
 from services.common.config_watch import ConfigWatcher
 from services.common.deliveries.recorder import DeliveryRecorder, FailureSample
-from services.common.packs import header_message_ids, pack_count
+from services.common.packs import header_strings, pack_count
 from services.common.pull import FETCH_SECONDS, NATS_ERRORS, pull_forever
 from services.executor.dispatcher import Dispatcher
 from services.executor.pack_ref import PackRef, split_pack
@@ -157,7 +157,11 @@ class PackConsumer:
             history=headers.get(streams.HISTORY, ""),
             trace=PROPAGATOR.extract(headers) if streams.TRACEPARENT in headers else None,
             seq=msg.metadata.sequence.stream if msg.metadata.sequence else 0,
-            message_ids=header_message_ids(headers.get(streams.MESSAGE_IDS)),
+            message_ids=header_strings(headers.get(streams.MESSAGE_IDS)),
+            links=tuple(
+                PROPAGATOR.extract({streams.TRACEPARENT: parent})
+                for parent in header_strings(headers.get(streams.TRACE_LINKS))
+            ),
         )
         if msg.data.strip() in (b"", b"[]"):
             await self._settle(msg, True)

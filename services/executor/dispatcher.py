@@ -211,7 +211,9 @@ class Dispatcher:
         settings, secrets = self._settings(config)
         limit = self._limits.setdefault(config.id, asyncio.Semaphore(self._concurrency))
         async with limit:
-            traces = [r.trace for r in dict.fromkeys(refs) if r.trace is not None]
+            packs = dict.fromkeys(refs)
+            traces = [r.trace for r in packs if r.trace is not None]
+            traces += [link for r in packs for link in r.links]
             with tracer.start_as_current_span(
                 "invoke",
                 context=traces[0] if traces else None,

@@ -29,6 +29,8 @@ class PackRef:
     trace: Context | None = None  # the event's trace, from the pack's W3C headers
     seq: int = 0  # the pack's EVENTS stream sequence: names this delivery in hand-off ids
     message_ids: tuple[str, ...] = ()  # some of its messageIds (Eventfn-Message-Ids header)
+    # Traces of other requests whose events the pack carries (merged by the router).
+    links: tuple[Context, ...] = ()
     ok: bool = True
 
     async def resolve(self, count: int, ok: bool = True) -> None:

@@ -1,9 +1,10 @@
 """Route a request's normalized events to instances and publish them as packs to JetStream.
 
-One JetStream message per (request, instance), split at the pack cap, pipelined with
-`publish_async`: every pack of a request is in flight at once, and the request is done
-only once each is acknowledged (stored, fsynced). Events the integrations object or a
-filter drops for an instance are not published for it; they are counted.
+A request's events for one instance make a pack (split at the pack cap); packs of concurrent
+requests for one instance share JetStream messages (group commit, `coalesce.py`), and the
+request is done only once every message holding its events is acknowledged (stored,
+fsynced). Events the integrations object or a filter drops for an instance are not
+published for it; they are counted.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import re
 import secrets
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from services.common.deliveries.recorder import DeliveryRecorder
-from services.common.packs import DEFAULT_PACK_BYTES, Pack, encode_event, pack_encoded
+from services.common.packs import DEFAULT_PACK_BYTES, encode_event, pack_encoded
 from services.common.pull import NATS_ERRORS
 from services.common.streams import (
     ATTEMPT,
@@ -37,6 +38,7 @@ from services.common.streams import (
 )
 from services.common.telemetry import message_ids
 from services.filters.actions import apply_filters
+from services.router.coalesce import Coalescer, Outbound, RecentIds
 from services.router.config import Route, RouteTable, SourceRoutes
 from services.router.integrations import wants
 from services.router.observe import RouterMetrics
@@ -77,16 +79,8 @@ class RouterStats:
     packs: int = 0
     dropped_by_integrations: int = 0
     dropped_by_filters: int = 0
+    deduplicated: int = 0  # events a client sent again, stored already
     publish_failures: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Outbound:
-    """One pack ready to publish: subject, body and headers."""
-
-    subject: str
-    pack: Pack
-    headers: dict[str, str]
 
 
 def trace_headers(traceparent: str | None, tracestate: str | None) -> dict[str, str]:
@@ -111,11 +105,13 @@ def route_events(
     pack_bytes: int = DEFAULT_PACK_BYTES,
     stats: RouterStats | None = None,
     dropped: Counter[str] | None = None,
+    seen: Callable[[str, str], bool] | None = None,
 ) -> list[Outbound]:
     """Decide per route which events it gets (integrations, then filters) and pack them.
 
     `dropped` receives, per instance id, how many events the integrations object or a filter
-    kept from it (the instance's "filtered" count).
+    kept from it (the instance's "filtered" count). `seen(instance, messageId)` says an
+    event was stored for the instance recently: a client's retry, not published again.
     """
     stats = stats if stats is not None else RouterStats()
     dropped = dropped if dropped is not None else Counter()
@@ -125,6 +121,9 @@ def route_events(
     for route in routes:
         items: list[tuple[str, bytes]] = []
         for event in events:
+            if seen is not None and seen(route.instance_id, str(event.get("messageId", ""))):
+                stats.deduplicated += 1
+                continue
             if not wants(event, route.integration_key):
                 stats.dropped_by_integrations += 1
                 dropped[route.instance_id] += 1
@@ -147,7 +146,7 @@ def route_events(
             headers = {MSG_ID: pack.dedupe_id, REVISION: str(revision), ATTEMPT: "1", **trace}
             headers[COUNT] = str(pack.count)
             headers[MESSAGE_IDS] = orjson.dumps(message_ids(pack.message_ids)).decode()
-            outbound.append(Outbound(route.subject, pack, headers))
+            outbound.append(Outbound(route.subject, route.instance_id, pack, headers))
     return outbound
 
 
@@ -172,7 +171,15 @@ class Ingestor:
         self._table = table
         self._pack_bytes = pack_bytes
         self._timeout = publish_timeout
+        self._coalescer = Coalescer(
+            self._publish_one, max_bytes=pack_bytes, timeout=publish_timeout, recent=RecentIds()
+        )
         self.stats = RouterStats()
+
+    async def _publish_one(
+        self, subject: str, body: bytes, headers: dict[str, str]
+    ) -> Awaitable[object]:
+        return await self._js.publish_async(subject, body, headers=headers)
 
     def count_rejected(self, reason: str) -> None:
         """Count a request refused before or while it was routed (metrics)."""
@@ -244,6 +251,7 @@ class Ingestor:
                     pack_bytes=self._pack_bytes,
                     stats=stats,
                     dropped=dropped,
+                    seen=self._coalescer.recent.seen,
                 )
                 span.set_attribute("eventfn.packs", len(outbound))
             if outbound:
@@ -263,20 +271,12 @@ class Ingestor:
         return len(outbound)
 
     async def _publish_all(self, outbound: Sequence[Outbound]) -> None:
-        """Publish every pack at once, then wait for all acknowledgements (or refuse)."""
-        futures: list[asyncio.Future[Any]] = []
+        """Hand every pack to the coalescer, then wait until all are acknowledged (or refuse)."""
+        waits = [self._coalescer.submit(item) for item in outbound]
         try:
             async with asyncio.timeout(self._timeout):
-                for item in outbound:
-                    futures.append(
-                        await self._js.publish_async(
-                            item.subject, item.pack.body, headers=item.headers
-                        )
-                    )
-                await asyncio.gather(*futures)
+                await asyncio.gather(*waits)
         except (*NATS_ERRORS, TimeoutError) as exc:
-            for future in futures:
-                future.cancel()  # releases the client's in-flight slot
             self.stats.publish_failures += 1
             log.warning("publish of %d packs failed: %r", len(outbound), exc)
             raise StorageUnavailableError(

@@ -1,0 +1,185 @@
+"""Group commit of packs per instance: the events of concurrent requests share JetStream
+messages, so the fsync each message costs is paid once for many requests.
+
+While a publish to an instance's subject is in flight, packs of later requests for that
+subject wait; when it is acknowledged, everything waiting goes out merged (up to the pack
+cap). With nothing in flight a pack goes out at once, so there is no added latency at low
+rates. A request is answered only once every pack holding its events is acknowledged.
+
+A merged pack's dedupe id covers all its messageIds, so it no longer matches a client's
+retry of one of its requests; `RecentIds` keeps, per instance, the messageIds stored in the
+last ten minutes, and the router drops repeats (as Segment deduplicates by messageId).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from services.common.packs import Pack, dedupe_id
+from services.common.streams import COUNT, MESSAGE_IDS, MSG_ID, TRACE_LINKS, TRACEPARENT
+from services.common.telemetry import message_ids
+
+Publish = Callable[[str, bytes, dict[str, str]], Awaitable[Awaitable[object]]]
+MAX_TRACE_LINKS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """One pack ready to publish: subject, body and headers."""
+
+    subject: str
+    instance_id: str
+    pack: Pack
+    headers: dict[str, str]
+
+
+def merge(instance_id: str, items: Sequence[Outbound], max_bytes: int) -> list[Outbound]:
+    """Merge packs of one subject, in order, into as few packs as fit `max_bytes` each.
+
+    A pack is never split; one larger than the cap stays alone. The first pack's headers
+    lead (its trace continues); the others' traces become links.
+    """
+    out: list[Outbound] = []
+    run: list[Outbound] = []
+    size = 0
+    for item in [*items, None]:
+        extra = 0 if item is None else len(item.pack.body) - 1  # one bracket pair is shared
+        if item is None or (run and size + extra > max_bytes):
+            if run:
+                out.append(_joined(instance_id, run))
+            run, size = [], 2
+        if item is not None:
+            run.append(item)
+            size += extra
+    return out
+
+
+def _joined(instance_id: str, run: Sequence[Outbound]) -> Outbound:
+    if len(run) == 1:
+        return run[0]
+    ids = tuple(i for item in run for i in item.pack.message_ids)
+    body = b"[" + b",".join(item.pack.body[1:-1] for item in run if len(item.pack.body) > 2) + b"]"
+    pack = Pack(body, dedupe_id(instance_id, ids), ids)
+    first = run[0]
+    headers = dict(first.headers)
+    headers[MSG_ID] = pack.dedupe_id
+    headers[COUNT] = str(pack.count)
+    headers[MESSAGE_IDS] = orjson.dumps(message_ids(ids)).decode()
+    links = list(
+        dict.fromkeys(
+            i.headers[TRACEPARENT]
+            for i in run[1:]
+            if TRACEPARENT in i.headers and i.headers[TRACEPARENT] != headers.get(TRACEPARENT)
+        )
+    )[:MAX_TRACE_LINKS]
+    if links:
+        headers[TRACE_LINKS] = orjson.dumps(links).decode()
+    return Outbound(first.subject, instance_id, pack, headers)
+
+
+class RecentIds:
+    """The messageIds stored per instance in the last `seconds` (at most `limit` in all)."""
+
+    def __init__(self, seconds: float = 600.0, limit: int = 200_000) -> None:
+        self._seconds = seconds
+        self._limit = limit
+        self._ids: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def seen(self, instance_id: str, message_id: str) -> bool:
+        """Tell whether this instance stored this messageId recently."""
+        until = self._ids.get((instance_id, message_id))
+        return until is not None and until > time.monotonic()
+
+    def add(self, instance_id: str, ids: Iterable[str]) -> None:
+        """Remember messageIds an instance stored."""
+        until = time.monotonic() + self._seconds
+        for message_id in ids:
+            key = (instance_id, message_id)
+            self._ids.pop(key, None)
+            self._ids[key] = until
+        now = time.monotonic()
+        while self._ids and (len(self._ids) > self._limit or next(iter(self._ids.values())) < now):
+            self._ids.popitem(last=False)
+
+
+@dataclass(eq=False)
+class _Lane:
+    """Packs waiting for one subject, and whether a publish to it is in flight."""
+
+    waiting: list[tuple[Outbound, asyncio.Future[None]]] = field(default_factory=list)
+    busy: bool = False
+
+
+class Coalescer:
+    """Publish packs per subject with group commit (see the module's docstring)."""
+
+    def __init__(
+        self, publish: Publish, *, max_bytes: int, timeout: float, recent: RecentIds
+    ) -> None:
+        self._publish = publish
+        self._max_bytes = max_bytes
+        self._timeout = timeout
+        self.recent = recent
+        self._lanes: dict[str, _Lane] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.messages = 0  # JetStream messages published
+
+    def submit(self, item: Outbound) -> asyncio.Future[None]:
+        """Queue a pack; the future is done once the message holding it is acknowledged."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        lane = self._lanes.setdefault(item.subject, _Lane())
+        lane.waiting.append((item, future))
+        if not lane.busy:
+            lane.busy = True
+            task = asyncio.get_running_loop().create_task(self._drain(item.subject, lane))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return future
+
+    async def _drain(self, subject: str, lane: _Lane) -> None:
+        try:
+            while lane.waiting:
+                batch, lane.waiting = lane.waiting, []
+                await self._send(batch)
+        finally:
+            lane.busy = False
+            if not lane.waiting:
+                self._lanes.pop(subject, None)
+
+    async def _send(self, batch: list[tuple[Outbound, asyncio.Future[None]]]) -> None:
+        instance_id = batch[0][0].instance_id
+        items = [item for item, _ in batch]
+        futures = [future for _, future in batch]
+        merged = merge(instance_id, items, self._max_bytes)
+        acks: list[Awaitable[object]] = []
+        try:
+            async with asyncio.timeout(self._timeout):
+                for m in merged:
+                    acks.append(await self._publish(m.subject, m.pack.body, m.headers))
+                self.messages += len(merged)
+                results = await asyncio.gather(*acks, return_exceptions=True)
+        except Exception as error:  # handed to every request waiting on it, which maps it
+            for ack in acks:
+                if isinstance(ack, asyncio.Future):
+                    ack.cancel()  # releases the client's in-flight slot
+            for future in futures:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        for m, result in zip(merged, results, strict=True):
+            if not isinstance(result, BaseException):
+                self.recent.add(instance_id, m.pack.message_ids)
+        for future in futures:
+            if future.done():
+                continue
+            if failed is None:
+                future.set_result(None)
+            else:
+                future.set_exception(failed)

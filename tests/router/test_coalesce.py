@@ -1,0 +1,90 @@
+"""Group commit: packs of concurrent requests merge without losing, reordering or splitting
+events; merged packs keep a dedupe id of their own and link the other requests' traces."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.common.packs import dedupe_id, pack_events
+from services.common.streams import COUNT, MSG_ID, TRACE_LINKS, TRACEPARENT
+from services.router.coalesce import Coalescer, Outbound, RecentIds, merge
+
+SUBJECT = "events.ws_1.ins_1"
+
+
+def outbound(ids: list[str], parent: str = "") -> Outbound:
+    [pack] = pack_events("ins_1", [{"messageId": i, "pad": "x" * 10} for i in ids])
+    headers = {MSG_ID: pack.dedupe_id, COUNT: str(pack.count)}
+    if parent:
+        headers[TRACEPARENT] = parent
+    return Outbound(SUBJECT, "ins_1", pack, headers)
+
+
+requests = st.lists(
+    st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=5), min_size=1, max_size=8
+)
+
+
+@given(requests, st.integers(min_value=40, max_value=400))
+def test_merging_keeps_every_event_in_order_within_the_cap(
+    batches: list[list[str]], cap: int
+) -> None:
+    items = [outbound(ids) for ids in batches]
+    merged = merge("ins_1", items, cap)
+    events = [e["messageId"] for m in merged for e in orjson.loads(m.pack.body)]
+    assert events == [i for ids in batches for i in ids]
+    for m in merged:
+        body = orjson.loads(m.pack.body)
+        assert m.pack.count == len(body) == int(m.headers[COUNT])
+        assert m.headers[MSG_ID] == dedupe_id("ins_1", [e["messageId"] for e in body])
+        # Only a request's own pack may pass the cap, alone.
+        assert len(m.pack.body) <= cap or m.pack.body in {i.pack.body for i in items}
+
+
+def test_a_merged_pack_links_the_other_requests_traces() -> None:
+    a = outbound(["a"], "00-" + "1" * 32 + "-" + "1" * 16 + "-01")
+    b = outbound(["b"], "00-" + "2" * 32 + "-" + "2" * 16 + "-01")
+    [m] = merge("ins_1", [a, b], 10_000)
+    assert m.headers[TRACEPARENT] == a.headers[TRACEPARENT]
+    assert orjson.loads(m.headers[TRACE_LINKS]) == [b.headers[TRACEPARENT]]
+
+
+def test_recent_ids_forget_after_their_window_and_past_the_limit() -> None:
+    recent = RecentIds(seconds=60, limit=2)
+    recent.add("ins_1", ["a", "b", "c"])
+    assert not recent.seen("ins_1", "a")  # evicted: over the limit
+    assert recent.seen("ins_1", "c") and not recent.seen("ins_2", "c")
+    gone = RecentIds(seconds=-1)
+    gone.add("ins_1", ["x"])
+    assert not gone.seen("ins_1", "x")
+
+
+async def test_requests_arriving_during_a_publish_share_the_next_message() -> None:
+    published: list[bytes] = []
+    release = asyncio.Event()
+
+    async def publish(subject: str, body: bytes, headers: dict[str, str]) -> asyncio.Future[None]:
+        published.append(body)
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def later() -> None:
+            await release.wait()
+            ack.set_result(None)
+
+        asyncio.get_running_loop().create_task(later())
+        return ack
+
+    coalescer = Coalescer(publish, max_bytes=100_000, timeout=5, recent=RecentIds())
+    first = coalescer.submit(outbound(["r0"]))
+    await asyncio.sleep(0)  # the first publish is in flight
+    others = [coalescer.submit(outbound([f"r{i}"])) for i in range(1, 6)]
+    assert len(published) == 1 and not first.done()
+    release.set()
+    await asyncio.gather(first, *others)
+    assert len(published) == 2
+    assert [e["messageId"] for e in orjson.loads(published[1])] == [f"r{i}" for i in range(1, 6)]
+    assert all(coalescer.recent.seen("ins_1", f"r{i}") for i in range(6))
