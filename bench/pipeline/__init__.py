@@ -143,5 +143,8 @@ async def run() -> None:
 
 
 def main() -> None:
-    """Run the pipeline benchmark (`python -m bench pipeline`)."""
+    """Run the pipeline benchmark (`python -m bench pipeline`), then the telemetry cost."""
+    from bench.pipeline import telemetry
+
     uvloop.run(run())
+    telemetry.main()
