@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 
+import pytest
 from aiohttp import web
 
 from services.runtime import RuntimePool
@@ -92,12 +93,13 @@ async def test_hubspot_contact_create(sdk_pool: RuntimePool, apis: FakeApis) -> 
     assert got.json() == {"properties": {"email": "a@example.com"}, "associations": []}
 
 
-async def test_mailjet_send(sdk_pool: RuntimePool, apis: FakeApis) -> None:
+@pytest.mark.parametrize("connect", ["apiConnect", "connect"])
+async def test_mailjet_send(sdk_pool: RuntimePool, apis: FakeApis, connect: str) -> None:
     apis.reply(MAILJET, "POST", "/v3.1/send", {"Messages": [{"Status": "success"}]})
     code = """
     async function onTrack(event, settings) {
-      const mailJet = nodemailjet.nodemailjet;
-      const client = mailJet.apiConnect(settings.key, settings.secret);
+      const mailJet = nodemailjet.nodemailjet;  // the reference's spelling
+      const client = mailJet.CONNECT(settings.key, settings.secret);
       const res = await client.post('send', {version: 'v3.1'}).request({
         Messages: [{From: {Email: 'from@example.com'}, To: [{Email: 'to@example.com'}],
                     Subject: 'Hi', TextPart: event.event}]});
@@ -105,7 +107,7 @@ async def test_mailjet_send(sdk_pool: RuntimePool, apis: FakeApis) -> None:
     }"""
     result = await invoke(
         sdk_pool,
-        code,
+        code.replace("CONNECT", connect),
         [{"type": "track", "event": "Hello"}],
         settings={"key": "mjk", "secret": "mjs"},
     )

@@ -49,8 +49,48 @@ export function loadSdk(name, shown) {
   return module.exports;
 }
 
+// node-mailjet 6's Client, also callable the node-mailjet 3 way (`connect(key, secret)`).
+function mailjetClient(mod) {
+  const Client = mod.Client;
+  if (typeof Client.connect !== 'function') {
+    Client.connect = (apiKey, apiSecret, options) => Client.apiConnect(apiKey, apiSecret, options);
+  }
+  if (!Client.Client) Object.assign(Client, { Client, Request: mod.Request, HttpMethods: mod.HttpMethods });
+  return Client;
+}
+
 const GOOGLE_CLOUD = ['automl', 'bigquery', 'datastore', 'firestore', 'functions', 'pubsub',
   'storage', 'tasks'];
+// Google clients built on gRPC (google-gax): there is no HTTP/2 here, so their constructors
+// default to gax's HTTP/1.1 fallback (`fallback: true`, protobuf over HTTPS through the host).
+const GAX_PRODUCTS = new Set(['automl', 'datastore', 'firestore', 'functions', 'pubsub', 'tasks']);
+const CLIENT_NAME = /Client$|^PubSub$|^Firestore$|^Datastore$/;
+
+function preferFallback(Cls) {
+  return new Proxy(Cls, {
+    construct(target, args, newTarget) {
+      const [options, ...rest] = args;
+      const merged = Object.assign({ fallback: true }, options || {});
+      return Reflect.construct(target, [merged, ...rest], newTarget);
+    },
+  });
+}
+
+function withHttpFallback(exports) {
+  const wrap = (obj, depth) => {
+    const copy = {};
+    for (const key of Object.keys(obj)) {
+      const value = obj[key];
+      if (typeof value === 'function' && CLIENT_NAME.test(key)) {
+        copy[key] = preferFallback(value);
+      } else if (depth > 0 && value && typeof value === 'object' && /^v\d/.test(key)) {
+        copy[key] = wrap(value, depth - 1);
+      } else copy[key] = value;
+    }
+    return copy;
+  };
+  return wrap(exports, 1);
+}
 
 // Expose each SDK under the global the reference names, with `defineLazy(name, factory)`.
 export function defineSdkGlobals(defineLazy) {
@@ -61,7 +101,7 @@ export function defineSdkGlobals(defineLazy) {
   defineLazy('jsforce', () => loadSdk('jsforce', 'jsforce'));
   defineLazy('hubspotlib', () => ({ hubspot: loadSdk('hubspot', 'hubspotlib.hubspot') }));
   defineLazy('mailchimplib', () => ({ mailchimp: loadSdk('mailchimp', 'mailchimplib.mailchimp') }));
-  defineLazy('nodemailjet', () => ({ nodemailjet: loadSdk('mailjet', 'nodemailjet.nodemailjet') }));
+  defineLazy('nodemailjet', () => ({ nodemailjet: mailjetClient(loadSdk('mailjet', 'nodemailjet.nodemailjet')) }));
   defineLazy('skyflowlib', () => ({ skyflow: loadSdk('skyflow', 'skyflowlib.skyflow') }));
   defineLazy('winstonlib', () => ({ winston: loadSdk('winston', 'winstonlib.winston') }));
   defineLazy('google', () => {
@@ -71,7 +111,8 @@ export function defineSdkGlobals(defineLazy) {
         enumerable: true,
         configurable: true,
         get() {
-          const value = loadSdk(`google-${product}`, `google.cloud.${product}`);
+          let value = loadSdk(`google-${product}`, `google.cloud.${product}`);
+          if (GAX_PRODUCTS.has(product)) value = withHttpFallback(value);
           Object.defineProperty(cloud, product, { value, enumerable: true, writable: true, configurable: true });
           return value;
         },
