@@ -170,3 +170,39 @@ async def test_pubsub_publish_uses_the_http_fallback(
     assert publish.headers["content-type"] == "application/x-protobuf"
     assert b"projects/proj/topics/events" in publish.body
     assert orjson.dumps(event) in publish.body
+
+
+async def test_datastore_save_uses_the_http_fallback(
+    sdk_pool: RuntimePool, apis: FakeApis, service_key: rsa.RSAPrivateKey
+) -> None:
+    grants: list[dict[str, object]] = []
+    for host in TOKEN_HOSTS:
+        apis.on(host, "POST", "/oauth2/v4/token", _token_responder(service_key, grants))
+    rpc = "/$rpc/google.datastore.v1.Datastore/Commit"
+    apis.on(  # an empty CommitResponse
+        "datastore.googleapis.com",
+        "POST",
+        rpc,
+        lambda _r: web.Response(body=b"", content_type="application/x-protobuf"),
+    )
+    pem = service_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    code = """
+    async function onTrack(event, settings) {
+      const {Datastore} = google.cloud.datastore;
+      const datastore = new Datastore({projectId: 'proj', credentials: {
+        client_email: settings.email, private_key: settings.key}});
+      await datastore.save({key: datastore.key(['Event', event.messageId]),
+                            data: {name: event.event}});
+      return 'saved';
+    }"""
+    event = {"type": "track", "event": "Clicked", "messageId": "msg-1"}
+    result = await invoke(
+        sdk_pool, code, [event], settings={"email": EMAIL, "key": pem}, timeout_s=10
+    )
+    assert value_of(result) == "saved"
+    [commit] = apis.to("datastore.googleapis.com")
+    assert (commit.method, commit.path) == ("POST", rpc)
+    assert commit.headers["authorization"] == "Bearer ya29.tok"
+    assert b"msg-1" in commit.body and b"Clicked" in commit.body

@@ -154,3 +154,26 @@ async def test_jsforce_login_and_sobject_create(sdk_pool: RuntimePool, apis: Fak
     assert (created.method, created.path) == ("POST", create)
     assert created.headers["authorization"] == "Bearer SESSION123"
     assert created.json() == {"LastName": "Lee", "Company": "Acme"}
+
+
+async def test_skyflow_insert(sdk_pool: RuntimePool, apis: FakeApis) -> None:
+    vault = "abc.vault.skyflowapis.com"
+    record = {"skyflow_id": "sid1", "tokens": {"card_number": "tok-1"}}
+    apis.reply(vault, "POST", "/v1/vaults/vault1", {"responses": [{"records": [record]}]})
+    code = """
+    async function onTrack(event, settings) {
+      const {Skyflow} = skyflowlib.skyflow;
+      const token = jsonwebtoken.sign({sub: 'svc'}, settings.signingKey, {expiresIn: 3600});
+      const client = Skyflow.init({vaultID: 'vault1', vaultURL: 'https://abc.vault.skyflowapis.com',
+                                   getBearerToken: () => Promise.resolve(token)});
+      const records = [{table: 'cards', fields: {card_number: event.properties.card}}];
+      const res = await client.insert({records}, {tokens: true});
+      return res.records[0].fields;
+    }"""
+    event = {"type": "track", "properties": {"card": "4111"}}
+    result = await invoke(sdk_pool, code, [event], settings={"signingKey": "k"})
+    assert value_of(result) == {"skyflow_id": "sid1", "card_number": "tok-1"}
+    [got] = apis.to(vault)
+    assert got.headers["authorization"].startswith("Bearer ey")
+    assert got.json()["records"][0]["fields"] == {"card_number": "4111"}
+    assert got.json()["records"][0]["tableName"] == "cards"

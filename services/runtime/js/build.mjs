@@ -89,6 +89,26 @@ const externals = {
     });
   },
 };
+// Source patches an SDK needs to run here (src/sdks.json, "patches"): each names the file, the
+// exact text to replace (the build fails when it is not there) and why. `PROTO:<path>` in a
+// replacement inlines that file's text as a string literal.
+function patcher(patches) {
+  return {
+    name: 'sdk-patches',
+    setup(b) {
+      for (const patch of patches) {
+        const file = here + patch.file;
+        b.onLoad({ filter: new RegExp('^' + file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&') + '$') }, () => {
+          const text = readFileSync(file, 'utf8');
+          if (!text.includes(patch.find)) throw new Error(`${patch.file}: patch text not found`);
+          const replace = patch.replace.replace(/PROTO:(\S+?\.proto)/g,
+            (_, path) => JSON.stringify(readFileSync(here + path, 'utf8')));
+          return { contents: text.replace(patch.find, replace), loader: 'js' };
+        });
+      }
+    },
+  };
+}
 const sdks = JSON.parse(readFileSync(here + 'src/sdks.json', 'utf8'));
 rmSync(here + 'dist/sdk', { recursive: true, force: true });
 mkdirSync(here + 'dist/sdk', { recursive: true });
@@ -107,7 +127,7 @@ for (const [name, sdk] of Object.entries(sdks)) {
     charset: 'utf8',
     define: { global: 'globalThis', 'process.env.NODE_ENV': '"production"' },
     inject: [shim('node-globals.js')],
-    plugins: [externals],
+    plugins: [externals, patcher(sdk.patches || [])],
     logLevel: 'error',
   });
   // One statement that registers the chunk's factory (sdk_loader.js); the text is the same in
