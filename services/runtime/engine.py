@@ -87,12 +87,11 @@ class FunctionContext:
         self._ctx.enter()
         try:
             self._ctx.eval(bundle_source(), "eventfn-runtime.js")
-            # The first call arms the gate with the token, before any user code exists.
-            self._ctx.eval(f"{self._host}.seed({_js(os.urandom(32).hex())})")
-            # The SDKs the code names register their factories (sdks.py), then none can.
+            # The SDKs the code names register their factories (sdks.py); seed closes that.
             for chunk in chunks_named_in(code):
                 self._ctx.eval(chunk.source(), chunk.script_name())
-            self._ctx.eval(f"{self._host}.seal()")
+            # The first call arms the gate with the token, before any user code exists.
+            self._ctx.eval(f"{self._host}.seed({_js(os.urandom(32).hex())})")
             try:
                 self._ctx.eval(code, SCRIPT_NAME)
             except Exception as exc:  # any JS error while loading the user's script

@@ -16,7 +16,7 @@ import {
 } from './fetch.js';
 import { setInvocationLookup } from './node/queue.js';
 import { nodeCrypto } from './node/crypto.js';
-import { https } from './node/http.js';
+import { httpModules } from './node/http.js';
 import { defineSdkGlobals, sealSdks } from './sdk_loader.js';
 
 const util = require('util/');
@@ -288,11 +288,10 @@ const host = {
     pieces.delete(slot);
     return got.join('');
   },
+  // Seed the random generator; the SDK chunks the function names were evaluated before this
+  // first call (engine.py), so none can be registered from now on.
   seed(hex) {
     random.seedRandom(hex);
-  },
-  // The SDK chunks this function names were evaluated (engine.py): none can be added now.
-  seal() {
     sealSdks();
   },
   handlers() {
@@ -582,7 +581,7 @@ defineLazy('zlib', () => ({ zlib: require('browserify-zlib') }));
 defineLazy('fetchretrylib', () => ({ fetchretry: require('fetch-retry') }));
 defineLazy('libphonenumberjslib', () => ({ libphonenumberjs: require('libphonenumber-js') }));
 defineLazy('OAuth', () => require('oauth'));
-defineValue('https', https);
+defineLazy('https', () => httpModules().https);
 defineSdkGlobals(defineLazy);
 // The gate to the host interface: the engine's first call arms it with a random token, before
 // user code runs; afterwards it opens only for that token. Not writable, not configurable: user

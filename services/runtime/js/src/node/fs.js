@@ -24,21 +24,26 @@ function rejecting(name) {
   return (path) => Promise.reject(unavailable(`fs.promises.${name}(${JSON.stringify(String(path))})`, 'ENOENT'));
 }
 
+// Return the `fs` module (built by modules.js on first require).
+export function makeFs() {
+  return unsupportedModule('fs', known());
+}
+
 const CALLBACKS = ['readFile', 'writeFile', 'appendFile', 'stat', 'lstat', 'access', 'open',
   'readdir', 'mkdir', 'unlink', 'realpath', 'rename', 'rm', 'rmdir'];
-const known = {
-  existsSync: () => false,
-  exists: (path, cb) => later(cb, false),
-  constants: { F_OK: 0, R_OK: 4, W_OK: 2, X_OK: 1 },
-  promises: {},
-};
-for (const name of CALLBACKS) {
-  known[name] = failing(name);
-  known[`${name}Sync`] = throwing(`${name}Sync`);
-  known.promises[name] = rejecting(name);
+function known() {
+  const members = {
+    existsSync: () => false,
+    exists: (path, cb) => later(cb, false),
+    constants: { F_OK: 0, R_OK: 4, W_OK: 2, X_OK: 1 },
+    promises: {},
+  };
+  for (const name of CALLBACKS) {
+    members[name] = failing(name);
+    members[`${name}Sync`] = throwing(`${name}Sync`);
+    members.promises[name] = rejecting(name);
+  }
+  members.createReadStream = throwing('createReadStream');
+  members.createWriteStream = throwing('createWriteStream');
+  return members;
 }
-known.createReadStream = throwing('createReadStream');
-known.createWriteStream = throwing('createWriteStream');
-
-// The `fs` module.
-export const fs = unsupportedModule('fs', known);

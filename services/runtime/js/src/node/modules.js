@@ -5,8 +5,8 @@ import { URL, URLSearchParams } from '../fetch.js';
 import { process } from '../shims/process.js';
 import * as timers from '../shims/timers.js';
 import { nodeCrypto } from './crypto.js';
-import { fs } from './fs.js';
-import { http, https } from './http.js';
+import { makeFs } from './fs.js';
+import { httpModules } from './http.js';
 import { unsupportedModule } from './unsupported.js';
 
 const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
@@ -34,9 +34,9 @@ const BUILDERS = {
     if (!events.EventEmitter) events.EventEmitter = events;
     return events;
   },
-  fs: () => fs,
-  http: () => http,
-  https: () => https,
+  fs: makeFs,
+  http: () => httpModules().http,
+  https: () => httpModules().https,
   os: () => ({
     EOL: '\n',
     platform: () => 'linux',
