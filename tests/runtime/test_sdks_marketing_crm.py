@@ -177,3 +177,62 @@ async def test_skyflow_insert(sdk_pool: RuntimePool, apis: FakeApis) -> None:
     assert got.headers["authorization"].startswith("Bearer ey")
     assert got.json()["records"][0]["fields"] == {"card_number": "4111"}
     assert got.json()["records"][0]["tableName"] == "cards"
+
+
+async def test_hubspot_error_is_an_api_exception(sdk_pool: RuntimePool, apis: FakeApis) -> None:
+    conflict = {"status": "error", "message": "Contact already exists", "category": "CONFLICT"}
+    apis.reply(HUBSPOT, "POST", "/crm/v3/objects/contacts", conflict, status=409)
+    code = """
+    async function onIdentify(event, settings) {
+      const client = new hubspotlib.hubspot.Client({accessToken: 'pat-1'});
+      try {
+        await client.crm.contacts.basicApi.create({properties: {email: 'a@example.com'}});
+      } catch (err) {
+        return [err.constructor.name, err.code, err.body.category];
+      }
+    }"""
+    result = await invoke(sdk_pool, code, [{"type": "identify"}])
+    assert value_of(result) == ["ApiException", 409, "CONFLICT"]
+
+
+async def test_jsforce_error_carries_salesforces_error_code(
+    sdk_pool: RuntimePool, apis: FakeApis
+) -> None:
+    apis.on(SF_LOGIN, "POST", "/services/Soap/u/42.0", _soap_login)
+    missing = [{"errorCode": "REQUIRED_FIELD_MISSING", "message": "Required fields are missing"}]
+    apis.reply(SF_INSTANCE, "POST", "/services/data/v42.0/sobjects/Lead", missing, 400)
+    code = """
+    async function onIdentify(event, settings) {
+      const conn = new jsforce.Connection({loginUrl: 'https://login.salesforce.com'});
+      await conn.login('u@example.com', 'pw');
+      try {
+        await conn.sobject('Lead').create({LastName: 'x'});
+      } catch (err) {
+        return [err.name, err.errorCode, err.message];
+      }
+    }"""
+    result = await invoke(sdk_pool, code, [{"type": "identify"}])
+    assert value_of(result) == [
+        "REQUIRED_FIELD_MISSING",
+        "REQUIRED_FIELD_MISSING",
+        "Required fields are missing",
+    ]
+
+
+async def test_mailjet_error_carries_the_status(sdk_pool: RuntimePool, apis: FakeApis) -> None:
+    apis.reply(MAILJET, "POST", "/v3.1/send", {"ErrorMessage": "API key authentication"}, 401)
+    code = """
+    async function onTrack(event, settings) {
+      const client = nodemailjet.nodemailjet.apiConnect('k', 's');
+      try {
+        await client.post('send', {version: 'v3.1'}).request({Messages: []});
+      } catch (err) {
+        return [err.statusCode, err.ErrorMessage, err.message];
+      }
+    }"""
+    result = await invoke(sdk_pool, code)
+    assert value_of(result) == [
+        401,
+        "API key authentication",
+        'Unsuccessful: Status Code: "401" Message: "API key authentication"',
+    ]

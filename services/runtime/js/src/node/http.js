@@ -206,7 +206,7 @@ function buildModules() {
       if (opts.timeout) this.setTimeout(opts.timeout);
       if (cb) this.once('response', cb);
       this.socket = this.connection = new FakeSocket(this.host, this.port);
-      Promise.resolve().then(() => {
+      process.nextTick(() => {
         if (!this.destroyed) this.emit('socket', this.socket);
       });
     }
@@ -274,7 +274,7 @@ function buildModules() {
     abort() {
       if (this.aborted) return;
       this.aborted = true;
-      Promise.resolve().then(() => this.emit('abort'));
+      process.nextTick(() => this.emit('abort'));
       this.destroy();
     }
     _destroy(err, callback) {
@@ -291,7 +291,8 @@ function buildModules() {
       if (this._done) return;
       const pairs = [];
       for (const [k, [n, v]] of this._headers) {
-        if (k === 'expect' || k === 'connection' || k === 'content-length') continue;
+        // Framing is the host client's: it sends the whole body with its own length.
+        if (k === 'expect' || k === 'connection' || k === 'content-length' || k === 'transfer-encoding') continue;
         if (Array.isArray(v)) for (const x of v) pairs.push([n, String(x)]);
         else pairs.push([n, String(v)]);
       }
@@ -336,7 +337,8 @@ function buildModules() {
       for (const [name, value] of res.headers) {
         const k = name.toLowerCase();
         if (k === 'content-encoding' && DECODED.has(String(value).trim().toLowerCase())) continue;
-        const v = k === 'content-length' ? String(data.length) : value;
+        // The host decoded the body: its length is what arrives (HEAD keeps the server's).
+        const v = k === 'content-length' && this.method !== 'HEAD' ? String(data.length) : value;
         msg.rawHeaders.push(name, v);
         if (k === 'set-cookie') (msg.headers[k] || (msg.headers[k] = [])).push(v);
         else if (k in msg.headers) {
