@@ -1,8 +1,8 @@
 // The heavy SDKs (AWS, Stripe, Twilio, ...), each bundled into its own chunk (build.mjs,
 // dist/sdk/<name>.js). A context gets the chunks of the SDKs its function's code names, before
 // that code runs (engine.py): each chunk registers a factory through `__eventfn_sdk__`, which
-// disappears once the engine seals the context. A factory runs on the first access of its
-// global, so a function that never uses an SDK pays nothing for it.
+// disappears with the engine's first call (`seed`), still before that code runs. A factory
+// runs on the first access of its global, so a function that never uses an SDK pays nothing.
 import SDKS from './sdks.json';
 import { nodeRequire } from './node/modules.js';
 
@@ -17,7 +17,7 @@ function register(name, factory) {
 }
 Object.defineProperty(globalThis, '__eventfn_sdk__', { value: register, configurable: true });
 
-// Close registration: called by the engine before the function's code runs.
+// Close registration (the host's `seed`, before the function's code runs).
 export function sealSdks() {
   open = false;
   delete globalThis.__eventfn_sdk__;
