@@ -4,7 +4,8 @@ Prints, in one run: a bare STPyV8 call of a trivial function; an eventfn invocat
 same handler (one event, no fetch); the same with one fetch to a local server; per-event
 costs with 100 events per crossing (single handlers and onBatch, JSON in and out, with bare
 V8 JSON.parse of the same events alongside); onBatch of 400 events; and the events/s of a
-handler making one fetch against the raw host HTTP request rate on the same server.
+handler making one fetch against the raw host HTTP request rate on the same server; then
+context start and memory for a fetch-only function and the first use of each SDK (contexts.py).
 """
 
 from __future__ import annotations
@@ -204,4 +205,7 @@ def main() -> None:
     """Run the runtime benchmark."""
     import uvloop
 
+    from bench.runtime import contexts
+
     uvloop.run(run_all())
+    contexts.main()

@@ -22,6 +22,7 @@ import STPyV8
 
 from .model import HANDLER_NAMES
 from .report import ReportRejected
+from .sdks import chunks_named_in
 
 # Strings longer than this cross in pieces (see FunctionContext._call).
 _CHUNK = 256 * 1024
@@ -86,6 +87,9 @@ class FunctionContext:
         self._ctx.enter()
         try:
             self._ctx.eval(bundle_source(), "eventfn-runtime.js")
+            # The SDKs the code names register their factories (sdks.py); seed closes that.
+            for chunk in chunks_named_in(code):
+                self._ctx.eval(chunk.source(), chunk.script_name())
             # The first call arms the gate with the token, before any user code exists.
             self._ctx.eval(f"{self._host}.seed({_js(os.urandom(32).hex())})")
             try:

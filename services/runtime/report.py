@@ -1,7 +1,7 @@
 """The report a function's context returns to the worker, typed and checked (sans-IO).
 
-The JS side (`js/src/runtime.js`, `Invocation.report`; `js/src/fetch.js` for the fetch
-requests) produces, as JSON:
+The JS side (`js/src/runtime.js`, `Invocation.report`; `js/src/fetch.js` and Node's
+`http`/`https` in `js/src/node/http.js`, which SDKs use, for the requests) produces, as JSON:
 
     {"done": bool,             -- every event has an outcome (or the invocation was cancelled)
      "fetches": [FetchRequest], -- requests queued since the last report

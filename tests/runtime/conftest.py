@@ -19,6 +19,7 @@ from services.runtime import (
     RuntimeConfig,
     RuntimePool,
 )
+from tests.runtime.fake_apis import FakeApis, InterceptingProxy, fake_apis
 
 BIG_BODY = 50 * 1024 * 1024
 
@@ -179,3 +180,35 @@ def value_of(result: InvocationResult, index: int = 0) -> object:
         pytest.fail(f"{outcome.error_type}: {outcome.message}\n{outcome.stack}")
     assert result.values is not None
     return result.values[index]
+
+
+@pytest_asyncio.fixture(scope="session")
+async def fake_api_servers() -> AsyncIterator[tuple[FakeApis, InterceptingProxy]]:
+    """Run the fake third-party APIs and the TLS-intercepting proxy for the session."""
+    async with fake_apis() as servers:
+        yield servers
+
+
+@pytest_asyncio.fixture
+async def apis(fake_api_servers: tuple[FakeApis, InterceptingProxy]) -> FakeApis:
+    """The fake third-party APIs, with no request recorded and no response registered."""
+    apis, _ = fake_api_servers
+    apis.received.clear()
+    apis.routes.clear()
+    return apis
+
+
+@pytest_asyncio.fixture(scope="session")
+async def sdk_pool(
+    fake_api_servers: tuple[FakeApis, InterceptingProxy],
+) -> AsyncIterator[RuntimePool]:
+    """A pool whose egress goes through the intercepting proxy (it stands in for the APIs)."""
+    _, proxy = fake_api_servers
+    egress = EgressConfig(
+        https_proxy=proxy.url,
+        http_proxy=proxy.url,
+        ca_bundle=proxy.ca.bundle,
+        proxy_checks_names=True,  # the test proxy is the egress point; no DNS here
+    )
+    async with RuntimePool(RuntimeConfig(workers=2, egress=egress)) as p:
+        yield p

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import re
 
+import orjson
+
 from services.runtime.engine import BUNDLE_PATH
+from services.runtime.sdks import MANIFEST_PATH, SDK_DIR
 from services.runtime.syntax import check_syntax
 
 LOCK_PATH = BUNDLE_PATH.parents[1] / "package-lock.json"
@@ -29,10 +32,23 @@ def test_bundle_was_rebuilt_after_the_sources_changed() -> None:
     match = re.search(r"src sha256: ([0-9a-f]{64})", header)
     assert match is not None, f"dist/runtime.js has no source header: {REBUILD}"
     digest = hashlib.sha256()
-    for path in sorted(SRC_DIR.rglob("*.js"), key=lambda p: str(p.relative_to(SRC_DIR))):
+    sources = [p for p in SRC_DIR.rglob("*") if p.suffix in (".js", ".json")]
+    for path in sorted(sources, key=lambda p: str(p.relative_to(SRC_DIR))):
         name = str(path.relative_to(SRC_DIR))
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     assert match.group(1) == digest.hexdigest(), f"js/src changed since the last build: {REBUILD}"
+
+
+def test_sdk_chunks_were_built_with_the_bundle() -> None:
+    manifest = orjson.loads(MANIFEST_PATH.read_bytes())
+    header = BUNDLE_PATH.read_text(encoding="utf-8")[:400]
+    assert f"package-lock.json sha256: {manifest['lock_sha256']}" in header, REBUILD
+    assert f"src sha256: {manifest['src_sha256']}" in header, REBUILD
+    built = {p.stem for p in SDK_DIR.glob("*.js")}
+    assert built == set(manifest["chunks"]), REBUILD
+    for name, chunk in manifest["chunks"].items():
+        text = (SDK_DIR / f"{name}.js").read_bytes()
+        assert hashlib.sha256(text).hexdigest() == chunk["sha256"], f"dist/sdk/{name}.js: {REBUILD}"
 
 
 def test_check_syntax_accepts_a_valid_classic_script() -> None:

@@ -1,16 +1,20 @@
-// Bundle the function runtime into dist/runtime.js (checked in). The header records the
-// sha256 of package-lock.json and of the sources, so a test can tell when either changed
-// without a rebuild.
+// Bundle the function runtime into dist/runtime.js and each heavy SDK into its own chunk,
+// dist/sdk/<name>.js (all checked in). The runtime's header and dist/sdk/manifest.json record
+// the sha256 of package-lock.json and of the sources, so a test can tell when either changed
+// without a rebuild; the manifest also records each chunk's sha256 and the words that make the
+// engine load it (src/sdks.json).
 import { createHash } from 'node:crypto';
-import { readFileSync, readdirSync, writeFileSync, mkdirSync } from 'node:fs';
+import { builtinModules } from 'node:module';
+import { readFileSync, readdirSync, writeFileSync, mkdirSync, rmSync } from 'node:fs';
 import { build } from 'esbuild';
 
 const here = new URL('.', import.meta.url).pathname;
-const lockSha = createHash('sha256').update(readFileSync(here + 'package-lock.json')).digest('hex');
+const sha256 = (data) => createHash('sha256').update(data).digest('hex');
+const lockSha = sha256(readFileSync(here + 'package-lock.json'));
 const shim = (name) => here + 'src/shims/' + name;
 const srcHash = createHash('sha256');
 for (const name of readdirSync(here + 'src', { recursive: true }).sort()) {
-  if (!name.endsWith('.js')) continue;
+  if (!name.endsWith('.js') && !name.endsWith('.json')) continue;
   srcHash.update(name + '\0').update(readFileSync(here + 'src/' + name)).update('\0');
 }
 const srcSha = srcHash.digest('hex');
@@ -43,8 +47,8 @@ const result = await build({
     randombytes: shim('randombytes.js'),
     randomfill: shim('randomfill.js'),
     timers: shim('timers.js'),
-    http: shim('unsupported.js'),
-    https: shim('unsupported.js'),
+    http: shim('http.js'),
+    https: shim('https.js'),
     fs: shim('unsupported.js'),
     net: shim('unsupported.js'),
     tls: shim('unsupported.js'),
@@ -66,3 +70,73 @@ const header =
 mkdirSync(here + 'dist', { recursive: true });
 writeFileSync(here + 'dist/runtime.js', header + result.outputFiles[0].text);
 console.log(`dist/runtime.js: ${result.outputFiles[0].contents.length} bytes, lock ${lockSha}`);
+
+// ---------------------------------------------------------------- SDK chunks
+// Node's built-ins stay outside the chunks: the runtime's `require` provides them
+// (src/node/modules.js). So do optional packages the SDKs try to load and do without.
+const OPTIONAL = new Set(['encoding', 'supports-color', 'fast-crc32c', 'bufferutil',
+  'utf-8-validate', 'aws-crt']);
+const builtins = new Set(builtinModules);
+const externals = {
+  name: 'node-builtins',
+  setup(b) {
+    b.onResolve({ filter: /^[^./]/ }, (args) => {
+      const name = args.path.replace(/^node:/, '');
+      if (builtins.has(name) || builtins.has(name.split('/')[0]) || OPTIONAL.has(name)) {
+        return { path: name, external: true };
+      }
+      return undefined;
+    });
+  },
+};
+// Source patches an SDK needs to run here (src/sdks.json, "patches"): each names the file, the
+// exact text to replace (the build fails when it is not there) and why. `PROTO:<path>` in a
+// replacement inlines that file's text as a string literal.
+function patcher(patches) {
+  return {
+    name: 'sdk-patches',
+    setup(b) {
+      for (const patch of patches) {
+        const file = here + patch.file;
+        b.onLoad({ filter: new RegExp('^' + file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&') + '$') }, () => {
+          const text = readFileSync(file, 'utf8');
+          if (!text.includes(patch.find)) throw new Error(`${patch.file}: patch text not found`);
+          const replace = patch.replace.replace(/PROTO:(\S+?\.proto)/g,
+            (_, path) => JSON.stringify(readFileSync(here + path, 'utf8')));
+          return { contents: text.replace(patch.find, replace), loader: 'js' };
+        });
+      }
+    },
+  };
+}
+const sdks = JSON.parse(readFileSync(here + 'src/sdks.json', 'utf8'));
+rmSync(here + 'dist/sdk', { recursive: true, force: true });
+mkdirSync(here + 'dist/sdk', { recursive: true });
+const manifest = { lock_sha256: lockSha, src_sha256: srcSha, chunks: {} };
+for (const [name, sdk] of Object.entries(sdks)) {
+  const out = await build({
+    stdin: { contents: sdk.entry, resolveDir: here, sourcefile: `sdk-${name}.js` },
+    bundle: true,
+    write: false,
+    format: 'cjs',
+    platform: 'node',
+    target: 'es2022',
+    minifySyntax: true,
+    minifyWhitespace: true,
+    legalComments: 'none',
+    charset: 'utf8',
+    define: { global: 'globalThis', 'process.env.NODE_ENV': '"production"' },
+    inject: [shim('node-globals.js')],
+    plugins: [externals, patcher(sdk.patches || [])],
+    logLevel: 'error',
+  });
+  // One statement that registers the chunk's factory (sdk_loader.js); the text is the same in
+  // every context, so V8 compiles it once per worker.
+  const text =
+    `__eventfn_sdk__(${JSON.stringify(name)},function(require,module,exports,__filename,__dirname){` +
+    `${out.outputFiles[0].text}\n});\n`;
+  writeFileSync(here + `dist/sdk/${name}.js`, text);
+  manifest.chunks[name] = { words: sdk.words, sha256: sha256(text), bytes: Buffer.byteLength(text) };
+  console.log(`dist/sdk/${name}.js: ${Buffer.byteLength(text)} bytes`);
+}
+writeFileSync(here + 'dist/sdk/manifest.json', JSON.stringify(manifest, null, 1) + '\n');

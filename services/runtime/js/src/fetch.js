@@ -3,6 +3,7 @@
 // them all in one crossing (ARCHITECTURE.md, "Few V8 crossings").
 import { Buffer } from 'buffer/';
 import { randomBytesSync } from './shims/random.js';
+import { queueRequest } from './node/queue.js';
 
 const URLImpl = require('core-js-pure/stable/url');
 const URLSearchParamsImpl = require('core-js-pure/stable/url-search-params');
@@ -299,12 +300,6 @@ export class Request extends Body {
   }
 }
 
-// Set by the invocation machinery: returns the invocation that owns the running code.
-let currentInvocation = () => null;
-export function setInvocationLookup(fn) {
-  currentInvocation = fn;
-}
-
 export function fetch(input, init) {
   return new Promise((resolve, reject) => {
     let req;
@@ -318,12 +313,6 @@ export function fetch(input, init) {
     const proto = req.url.split(':', 1)[0];
     if (proto !== 'http' && proto !== 'https') {
       reject(new TypeError('Only HTTP(S) protocols are supported'));
-      return;
-    }
-    const inv = currentInvocation();
-    if (inv === null) {
-      reject(new FetchError(`request to ${req.url} failed, reason: fetch is only available ` +
-        'while a handler runs', 'system', { code: 'ENOINVOCATION' }));
       return;
     }
     const [wireBody, defaultType] = bodyToWire(req._body);
@@ -340,7 +329,7 @@ export function fetch(input, init) {
       reject(new TypeError(`Redirect option '${redirect}' is not a valid value of RequestRedirect`));
       return;
     }
-    inv.queueFetch(
+    const refused = queueRequest(
       {
         url: req.url,
         method: req.method,
@@ -368,6 +357,10 @@ export function fetch(input, init) {
         }));
       },
     );
+    if (refused !== null) {
+      reject(new FetchError(`request to ${req.url} failed, reason: fetch is only available ` +
+        'while a handler runs', 'system', { code: 'ENOINVOCATION' }));
+    }
   });
 }
 fetch.isRedirect = (code) => code === 301 || code === 302 || code === 303 || code === 307 ||

@@ -3,6 +3,7 @@
 // context; nothing here is shared between functions.
 import { Buffer } from 'buffer/';
 import * as random from './shims/random.js';
+import { setProcessOutput } from './shims/process.js';
 import {
   FetchError,
   FormData,
@@ -12,8 +13,11 @@ import {
   URL,
   URLSearchParams,
   fetch,
-  setInvocationLookup,
 } from './fetch.js';
+import { setInvocationLookup } from './node/queue.js';
+import { nodeCrypto } from './node/crypto.js';
+import { httpModules } from './node/http.js';
+import { defineSdkGlobals, sealSdks } from './sdk_loader.js';
 
 const util = require('util/');
 
@@ -284,8 +288,11 @@ const host = {
     pieces.delete(slot);
     return got.join('');
   },
+  // Seed the random generator; the SDK chunks the function names were evaluated before this
+  // first call (engine.py), so none can be registered from now on.
   seed(hex) {
     random.seedRandom(hex);
+    sealSdks();
   },
   handlers() {
     let h;
@@ -417,6 +424,7 @@ function logger(level) {
     else if (loadLogs.length < 100) loadLogs.push([level, line.slice(0, MAX_LOAD_LOG_LINE)]);
   };
 }
+setProcessOutput((level, line) => logger(level)(line));
 const console = {
   log: logger('log'),
   info: logger('info'),
@@ -514,42 +522,6 @@ function atob(input) {
   return Buffer.from(String(input), 'base64').toString('latin1');
 }
 
-let cryptoModule = null;
-function nodeCrypto() {
-  if (cryptoModule === null) {
-    const c = Object.assign({}, require('crypto-browserify'));
-    c.randomBytes = random.randomBytes;
-    c.pseudoRandomBytes = random.randomBytes;
-    c.randomFillSync = random.randomFillSync;
-    c.randomFill = random.randomFill;
-    c.getRandomValues = random.getRandomValues;
-    c.webcrypto = { getRandomValues: random.getRandomValues };
-    c.randomUUID = () => {
-      const b = random.randomBytesSync(16);
-      b[6] = (b[6] & 0x0f) | 0x40;
-      b[8] = (b[8] & 0x3f) | 0x80;
-      const h = b.toString('hex');
-      return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
-    };
-    c.randomInt = (min, max) => {
-      if (max === undefined) [min, max] = [0, min];
-      return min + (random.randomBytesSync(6).readUIntBE(0, 6) % (max - min));
-    };
-    c.timingSafeEqual = (a, b) => {
-      if (a.byteLength !== b.byteLength) {
-        throw new RangeError('Input buffers must have the same byte length');
-      }
-      const x = new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
-      const y = new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
-      let diff = 0;
-      for (let i = 0; i < x.length; i++) diff |= x[i] ^ y[i];
-      return diff === 0;
-    };
-    cryptoModule = c;
-  }
-  return cryptoModule;
-}
-
 // ---------------------------------------------------------------- exposure
 function defineValue(name, value) {
   Object.defineProperty(G, name, { value, writable: true, configurable: true, enumerable: false });
@@ -569,22 +541,6 @@ function defineLazy(name, factory) {
     },
   });
 }
-function defineUnsupported(name, pkg) {
-  Object.defineProperty(G, name, {
-    configurable: true,
-    enumerable: false,
-    get() {
-      throw new ReferenceError(
-        `${name} (${pkg}) is not yet supported by eventfn functions; ` +
-          'call its HTTP API with fetch() instead',
-      );
-    },
-    set(value) {
-      defineValue(name, value);
-    },
-  });
-}
-
 defineValue('global', G);
 defineValue('console', console);
 defineValue('setTimeout', (fn, ms, ...args) => addTimer(fn, ms, args, false));
@@ -625,18 +581,8 @@ defineLazy('zlib', () => ({ zlib: require('browserify-zlib') }));
 defineLazy('fetchretrylib', () => ({ fetchretry: require('fetch-retry') }));
 defineLazy('libphonenumberjslib', () => ({ libphonenumberjs: require('libphonenumber-js') }));
 defineLazy('OAuth', () => require('oauth'));
-defineLazy('https', () => require('./shims/unsupported.js'));
-defineUnsupported('AWS', 'aws-sdk');
-defineUnsupported('google', '@google-cloud/*');
-defineUnsupported('stripe', 'stripe');
-defineUnsupported('twilio', 'twilio');
-defineUnsupported('sendgrid', '@sendgrid/client and @sendgrid/mail');
-defineUnsupported('mailchimplib', 'mailchimp marketing');
-defineUnsupported('jsforce', 'jsforce');
-defineUnsupported('hubspotlib', 'hubspot-api-nodejs');
-defineUnsupported('skyflowlib', 'skyflow');
-defineUnsupported('nodemailjet', 'mailjet');
-defineUnsupported('winstonlib', 'winston');
+defineLazy('https', () => httpModules().https);
+defineSdkGlobals(defineLazy);
 // The gate to the host interface: the engine's first call arms it with a random token, before
 // user code runs; afterwards it opens only for that token. Not writable, not configurable: user
 // code can neither replace it nor shadow it with a global declaration.

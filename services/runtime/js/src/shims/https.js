@@ -1,0 +1,2 @@
+// Node's https module for libraries bundled into the runtime (oauth): the runtime's own.
+module.exports = require('../node/http.js').httpModules().https;
