@@ -168,6 +168,8 @@ class Platform:
             "EVENTFN_SERVICE_TOKEN": service_token,
             "EVENTFN_BOOTSTRAP_TOKEN": admin_token,
             "EVENTFN_REGISTRY_ADDR": registry_addr,
+            # Recent spans stay in the platform's JetStream, for `eventfn trace`.
+            "EVENTFN_TRACE_STORE": env.get("EVENTFN_TRACE_STORE", "true"),
         }
         endpoints = {"postgres": database_url, "nats": nats_url}
         for spec in specs:
