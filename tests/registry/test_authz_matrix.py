@@ -843,6 +843,7 @@ async def world(registry_m: Registry) -> World:
             metadata=auth(owner),
         )
     ).member.id
+    await w.token_of(w.target_member)  # a token of another member, whatever runs first
     for role in MEMBERS:
         who = await r.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(w.tokens[role] or ""))
         w.member_ids[role] = who.member.id
