@@ -18,6 +18,7 @@ from services.cli.dead_commands import dead
 from services.cli.deliveries_commands import deliveries
 from services.cli.events_commands import events
 from services.cli.instance_commands import instances
+from services.cli.serve import serve
 from services.cli.workspace_commands import workspaces
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ app.command("audit")(ac.audit)
 app.add_typer(events, name="events")
 app.command("deliveries")(deliveries)
 app.add_typer(dead, name="dead", no_args_is_help=True)
+app.command("serve")(serve)
 
 with contextlib.suppress(ImportError):
     from services.cli.preview import preview  # pyright: ignore[reportMissingImports]
