@@ -1,7 +1,9 @@
-"""compose.yaml is valid and its NATS cluster config really forms an R3 JetStream cluster."""
+"""compose.yaml follows the Compose specification, documents every variable, gives each service
+only variables it reads, and its NATS cluster config really forms an R3 JetStream cluster."""
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import re
@@ -12,20 +14,37 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import nats
 import pytest
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from pydantic_settings import BaseSettings
 
+from services.common.settings import DataPlaneSettings
 from services.common.streams import EVENTS_STREAM, ensure_streams, events_subject
 from services.devtools.embedded import nats_server_binary
 from services.devtools.embedded.process import free_port, spawn, stop_process, wait_until
+from services.executor.settings import ExecutorSettings
+from services.registry.settings import RegistrySettings
+from services.retrier.settings import RetrierSettings
+from services.router.settings import RouterSettings
 from tests.eventually import eventually
 
 yaml = pytest.importorskip("yaml", reason="compose.yaml checks need PyYAML (dev dependency)")
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = ("registry", "router", "executor", "retrier")
+SETTINGS: dict[str, tuple[type[BaseSettings], ...]] = {
+    "registry": (RegistrySettings,),
+    "router": (RouterSettings,),
+    "executor": (ExecutorSettings,),
+    "retrier": (RetrierSettings,),
+    # init runs the registry once and ensures the streams (services/cli/serve.py)
+    "init": (RegistrySettings, DataPlaneSettings),
+}
+MAX_INVOCATION_TIMEOUT_SECONDS = 60  # TIMEOUT_MAX_MS of an instance (registry validation)
+INTERPOLATION = re.compile(r"\$\{(\w+)(?:[:?-][^}]*)?\}")
 
 
 @pytest.fixture(scope="module")
@@ -34,26 +53,103 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load((REPO / "compose.yaml").read_text())
 
 
+def compose_schema() -> dict[str, Any]:
+    """Return the Compose specification's JSON schema (vendored by check-jsonschema)."""
+    vendor = importlib.resources.files("check_jsonschema.builtin_schemas.vendor")
+    return json.loads((vendor / "compose-spec.json").read_text())
+
+
+def test_compose_file_follows_the_compose_specification(compose: dict[str, Any]) -> None:
+    schema = compose_schema()
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(compose)]
+    assert not errors, "\n".join(errors)
+    # The schema is strict about unknown keys: a typo is caught, not ignored.
+    typo = {**compose, "services": {**compose["services"], "router": {"replica": 2}}}
+    assert list(validator.iter_errors(typo))
+
+
+def test_every_variable_of_the_compose_file_is_documented_in_its_header() -> None:
+    text = (REPO / "compose.yaml").read_text()
+    header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+    used = set(INTERPOLATION.findall(body))
+    assert {"EVENTFN_POSTGRES_PASSWORD", "EVENTFN_SERVICE_TOKEN"} <= used
+    undocumented = sorted(v for v in used if not re.search(rf"^#\s+{v}\b|\b{v},", header, re.M))
+    assert not undocumented, f"compose.yaml uses, but its header does not explain: {undocumented}"
+    listed = set(re.findall(r"^#\s{2,}([A-Z][A-Z0-9_]+)\b", header, re.M))
+    assert not listed - used, f"documented, but not used: {sorted(listed - used)}"
+
+
+def test_every_eventfn_variable_given_to_a_service_is_one_it_reads(compose: dict[str, Any]) -> None:
+    for name, classes in SETTINGS.items():
+        fields = {f"EVENTFN_{f.upper()}" for cls in classes for f in cls.model_fields}
+        env = compose["services"][name]["environment"]
+        unknown = sorted(k for k in env if k.startswith("EVENTFN_") and k not in fields)
+        assert not unknown, f"{name} is given variables it never reads: {unknown}"
+
+
 def test_compose_declares_every_service(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"postgres", "nats-1", "nats-2", "nats-3", *SERVICES} <= services.keys()
-    for name in SERVICES:
+    assert {"postgres", "nats-1", "nats-2", "nats-3", "init", *SERVICES} <= services.keys()
+    for name in (*SERVICES, "init"):
         service = services[name]
-        assert service["command"] == ["python", "-m", f"services.{name}"]
-        assert service["build"]["dockerfile"] == "services/Dockerfile"
+        assert service["command"] == [name]
+        assert service["build"]["dockerfile"] == "Dockerfile"
+        assert (REPO / service["build"]["context"] / "Dockerfile").exists()
         env = service["environment"]
-        for key in (
-            "EVENTFN_DATABASE_URL",
-            "EVENTFN_NATS_URL",
-            "EVENTFN_REGISTRY_ADDR",
-            "EVENTFN_SERVICE_TOKEN",
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-        ):
+        for key in ("EVENTFN_SERVICE_TOKEN", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
             assert key in env, f"{name} lacks {key}"
-        assert env["EVENTFN_STREAM_REPLICAS"] == "3"
+        if name != "retrier":
+            assert "postgres:5432" in env["EVENTFN_DATABASE_URL"], name
+        if name != "registry":
+            assert env["EVENTFN_STREAM_REPLICAS"] == "3"
+            assert env["EVENTFN_NATS_URL"].count("nats://") == 3
+            assert env["EVENTFN_REGISTRY_ADDR"] == "registry:50051"
+    for name in SERVICES:
+        check = services[name]["healthcheck"]["test"]
+        assert check == ["CMD", "eventfn", "serve", name, "--check"], check
+        needs = services[name]["depends_on"]
+        assert needs["init"]["condition"] == "service_completed_successfully", name
+    for name in ("router", "executor", "retrier"):
+        assert services[name]["depends_on"]["registry"]["condition"] == "service_healthy"
+    assert services["init"]["healthcheck"] == {"disable": True}
+    assert "EVENTFN_BOOTSTRAP_TOKEN" in services["init"]["environment"]
     assert "EVENTFN_SECRET_KEY" in services["registry"]["environment"]
-    assert "replicas" in services["executor"]["deploy"]
-    assert (REPO / "services" / "Dockerfile").exists()
+    assert services["router"]["deploy"]["replicas"] == 2
+    assert "EVENTFN_EXECUTOR_REPLICAS" in str(services["executor"]["deploy"]["replicas"])
+    assert "ports" not in services["executor"], "executors scale: no fixed host port"
+
+
+def _seconds(duration: str) -> float:
+    """Read a Compose duration such as `90s` or `1m30s`."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([hms])", duration))
+
+
+def test_executors_stop_after_their_invocations_end(compose: dict[str, Any]) -> None:
+    executor = compose["services"]["executor"]
+    grace = float(executor["environment"]["EVENTFN_EXECUTOR_SHUTDOWN_GRACE_SECONDS"])
+    assert grace > MAX_INVOCATION_TIMEOUT_SECONDS
+    assert _seconds(executor["stop_grace_period"]) > grace
+
+
+def test_observability_profile_is_wired_to_the_services(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in ("otel-collector", "jaeger", "prometheus"):
+        assert services[name]["profiles"] == ["observability"], name
+    collector = yaml.safe_load(compose["configs"]["otel-collector-conf"]["content"])
+    assert collector["exporters"]["otlp/jaeger"]["endpoint"] == "jaeger:4317"
+    assert collector["service"]["pipelines"]["traces"]["exporters"] == ["otlp/jaeger"]
+    assert collector["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].endswith(":4317")
+    prometheus = yaml.safe_load(compose["configs"]["prometheus-conf"]["content"])
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    dockerfile = (REPO / "Dockerfile").read_text()
+    for name in SERVICES:
+        (sd,) = jobs[f"eventfn-{name}"]["dns_sd_configs"]
+        assert sd["names"] == [name]
+        # The port each service's /metrics listens on in the image.
+        assert f"EVENTFN_{name.upper()}_METRICS_LISTEN=0.0.0.0:{sd['port']}" in dockerfile, name
 
 
 def test_every_nats_node_syncs_always(compose: dict[str, Any]) -> None:
