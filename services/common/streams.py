@@ -15,6 +15,7 @@ publishes rather than dropping stored, unprocessed events.
 from __future__ import annotations
 
 import math
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
@@ -242,6 +243,18 @@ def config_drift(current: StreamConfig, desired: StreamConfig) -> list[str]:
 
 CREATE_ATTEMPTS = 3
 
+# A server that stops answering (its host cut off, not closed) is only noticed by pings: with
+# the client's default (every 2 minutes, 2 unanswered) a service would publish into a dead
+# connection for minutes. Every 2 s, 2 unanswered: another server of the cluster takes over
+# within about 6 s (tests/netns measures it).
+PING_INTERVAL_SECONDS = 2
+MAX_OUTSTANDING_PINGS = 2
+# Pings alone are not enough: once the socket's send buffer is full (a busy publisher, a
+# server that acknowledges nothing), nats-py's ping waits behind the blocked flush forever
+# and the connection is never declared stale. The kernel then ends a connection whose sent
+# bytes stay unacknowledged this long, the flush fails and the client reconnects.
+UNACKNOWLEDGED_WRITE_SECONDS = 5
+
 
 async def _create(js: JetStreamContext, desired: StreamConfig) -> None:
     """Create a stream, asking again when a cluster is slow to place it (idempotent)."""
@@ -291,6 +304,22 @@ async def ensure_streams(
             ) from exc
 
 
+def bound_unacknowledged_writes(nc: NatsClient) -> bool:
+    """Set TCP_USER_TIMEOUT on the client's current socket; tell whether it could be set.
+
+    nats-py offers no socket options, so this reaches its transport's stream writer; the
+    streams tests check that the option really lands on a live connection.
+    """
+    transport = getattr(nc, "_transport", None)
+    writer = getattr(transport, "_io_writer", None)
+    sock = writer.get_extra_info("socket") if writer is not None else None
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if sock is None or option is None:
+        return False
+    sock.setsockopt(socket.IPPROTO_TCP, option, UNACKNOWLEDGED_WRITE_SECONDS * 1000)
+    return True
+
+
 async def open_streams(
     settings: CommonSettings,
     nats_url: str,
@@ -303,12 +332,22 @@ async def open_streams(
     `nats_url` may list a cluster's servers separated by commas. Every service ensures the
     streams with the same settings, so whichever starts first creates them.
     """
+    box: list[NatsClient] = []
+
+    async def reconnected() -> None:
+        bound_unacknowledged_writes(box[0])
+
     nc = await nats.connect(
         nats_servers(nats_url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
+        ping_interval=PING_INTERVAL_SECONDS,
+        max_outstanding_pings=MAX_OUTSTANDING_PINGS,
+        reconnected_cb=reconnected,
     )
+    box.append(nc)
+    bound_unacknowledged_writes(nc)
     js = (
         nc.jetstream(publish_async_max_pending=max_pending_publishes)
         if max_pending_publishes
