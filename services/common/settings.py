@@ -13,11 +13,16 @@ class CommonSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="EVENTFN_", extra="ignore")
 
+    # Where generated state is kept (keys, tokens, embedded servers' data, logs).
     state_dir: Path = Path(".eventfn")
+    # Log level: DEBUG, INFO, WARNING or ERROR.
     log_level: str = "INFO"
     # `text` (one line per record) or `json` (one object per line, with trace_id/span_id).
     log_format: Literal["text", "json"] = "text"
+    # The data plane's token for the registry (WatchConfig, versions, audit records); the
+    # registry accepts it, and every data-plane service needs it.
     service_token: str | None = None
+    # Replicas of the EVENTS, RETRY and DEAD streams: 1, or 3 or 5 on a NATS cluster.
     stream_replicas: int = 1
     # How long dead letters are kept (the DEAD stream's max age). Every service may create or
     # update the streams, so they all read the same value.
@@ -35,12 +40,14 @@ class DataPlaneSettings(CommonSettings):
 
     # One URL, or a cluster's URLs separated by commas.
     nats_url: str = "nats://127.0.0.1:4222"
+    # Where the registry's gRPC API is (host:port).
     registry_addr: str = "127.0.0.1:50051"
     # The durable JetStream consumer every executor process shares (its backlog is the
     # signal executors scale on; the router reports it).
     executor_consumer: str = "executor"
     # Keep recent spans in the platform's own JetStream (stream TRACES) for `eventfn trace`.
     trace_store: bool = False
+    # How long the TRACES stream keeps spans.
     trace_retention_seconds: float = 3600.0
 
 

@@ -11,24 +11,31 @@ from services.retrier.backoff import RetryPolicy
 class RetrierSettings(DataPlaneSettings):
     """Everything a retrier process reads from its environment, validated at start."""
 
+    # Where the retrier serves gRPC (dead letters: list, replay, purge).
     retrier_listen: str = "127.0.0.1:50054"
     # Prometheus text on http://<this>/metrics; empty: not served.
     retrier_metrics_listen: str = "127.0.0.1:9467"
+    # This retrier's name in NATS connections, WatchConfig and logs.
     retrier_name: str = "retrier"
     # Backoff: the wait after attempt n is uniform in [0, min(cap, base * factor^(n-1))];
     # no attempt is scheduled past `window` after the first one.
     retry_base_seconds: float = 1.0
+    # Backoff growth per attempt.
     retry_factor: float = 2.0
+    # Longest wait between two attempts.
     retry_cap_seconds: float = 600.0
+    # How long after the first attempt events are retried before they go to DEAD.
     retry_window_seconds: float = 4 * 3600.0
+    # A first-attempt time this far in the future is accepted (clocks of other hosts).
     retry_clock_skew_tolerance_seconds: float = 5.0
     # A held message comes back at least this often, to re-check window and instance.
     retry_max_hold_seconds: float = 300.0
     # A retry whose instance is unknown is discarded once its RETRY message is this old
     # (a newly created instance may reach this process's config view a little late).
     retry_unknown_instance_grace_seconds: float = 30.0
-    # RETRY messages pulled at once, and JetStream's wait for an ack before redelivering.
+    # RETRY messages pulled at once.
     retrier_fetch: int = 256
+    # How long JetStream waits for a retrier's ack before redelivering a RETRY message.
     retrier_ack_wait_seconds: float = 30.0
 
     def policy(self) -> RetryPolicy:

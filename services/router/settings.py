@@ -14,13 +14,17 @@ from services.router.normalize import BATCH_MAX_BYTES
 class RouterSettings(DataPlaneSettings):
     """Everything the router reads from its environment, validated at start."""
 
+    # Where the router serves gRPC (Ingest).
     router_listen: str = "127.0.0.1:50052"
     # Prometheus text on http://<this>/metrics; empty: not served.
     router_metrics_listen: str = "127.0.0.1:9465"
+    # Where the router serves the HTTP tracking API (/v1/track, /v1/batch, …).
     router_http_listen: str = "127.0.0.1:8088"
     # Where filtered-event counts go (delivery records); unset: counted in logs only.
     database_url: str | None = None
+    # How often filtered-event counts are written.
     router_records_flush_seconds: float = 2.0
+    # This router's name in NATS connections and WatchConfig.
     router_name: str = "router"
     # Largest JetStream message the router builds; an event over it travels alone.
     router_pack_bytes: int = DEFAULT_PACK_BYTES
