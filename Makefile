@@ -8,8 +8,10 @@ NPMSTAMP := node_modules/.installed
 # Headless Chromium for the browser tests (tests/browser), from Debian's packages.
 CHROMIUM := /usr/bin/chromium
 SUDO    := $(if $(filter 0,$(shell id -u)),,sudo)
+# `ip netns` for the multi-host test (tests/netns), from Debian's iproute2.
+IPROUTE := /usr/sbin/ip
 
-.PHONY: up test lint gen bench install clean
+.PHONY: up test lint gen docs bench install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,12 +33,17 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
 
+$(IPROUTE):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2
+
 ## Start the whole platform on embedded PostgreSQL + NATS (state in .eventfn/).
 up: install
 	$(BIN)/eventfn up
 
-## Run linters and the whole test suite against real PostgreSQL and NATS (and Chromium).
-test: install $(CHROMIUM)
+## Run linters and the whole test suite against real PostgreSQL and NATS (and Chromium); the
+## deployment files are checked too (tests/deploy, tests/test_compose.py, tests/netns).
+test: install $(CHROMIUM) $(IPROUTE)
 	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest -q
 
@@ -46,10 +53,15 @@ lint: install
 	$(BIN)/ruff format --check services tests bench
 	npx --no-install buf lint
 	npx --no-install pyright
+	$(BIN)/hadolint Dockerfile
 
 ## Regenerate gen/ from protos/ (a test fails when gen/ is stale).
 gen: install
 	$(BIN)/python -m services.devtools.genprotos
+
+## Regenerate README.md's table of every service's variables (a test fails when it is stale).
+docs: install
+	$(BIN)/python -m tests.deploy.settings_table --write
 
 bench: install
 	$(BIN)/python -m bench
