@@ -274,3 +274,15 @@ async def test_compose_nats_cluster_holds_r3_streams(cluster: list[dict[str, int
         varz = _json(varz_url)
         assert varz["jetstream"]["config"]["sync_always"] is True
         assert varz["max_payload"] == 8 * 1024 * 1024
+
+
+def test_the_nats_image_is_the_server_version_the_tests_run(compose: dict[str, Any]) -> None:
+    out = subprocess.run(
+        [str(nats_server_binary()), "--version"], capture_output=True, text=True, timeout=30
+    ).stdout
+    found = re.search(r"v(\d+)\.(\d+)\.\d+", out)
+    assert found, out
+    tested = f"{found.group(1)}.{found.group(2)}"
+    for node in ("nats-1", "nats-2", "nats-3"):
+        image = compose["services"][node]["image"]
+        assert image.startswith(f"nats:{tested}"), f"{node} runs {image}; the tests run {tested}"
