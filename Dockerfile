@@ -17,12 +17,13 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY gen/ gen/
 COPY services/ services/
-# The V8 runtime bundle (services/runtime/js/dist/runtime.js) is checked in and installed as
+# The V8 runtime bundle and SDK chunks (services/runtime/js/dist) are checked in and installed as
 # package data: the build fails when the installed package lacks it, or when a service does
 # not import with the runtime dependencies alone (-P: the installed package, not /src).
 RUN /opt/eventfn/bin/pip install --no-compile . \
     && /opt/eventfn/bin/python -P -c "import importlib.resources as r; \
-assert (r.files('services.runtime') / 'js' / 'dist' / 'runtime.js').is_file(), 'V8 bundle missing'; \
+dist = r.files('services.runtime') / 'js' / 'dist'; \
+assert (dist / 'runtime.js').is_file() and (dist / 'sdk' / 'manifest.json').is_file(), 'V8 bundle missing'; \
 import services.registry.app, services.router.app, services.executor.app, services.retrier.app"
 
 # Final stage: the slim base, the virtualenv, a non-root user.

@@ -141,7 +141,10 @@ def wheel(ignore: DockerIgnore, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def test_the_image_package_holds_the_v8_bundle_and_no_dev_tooling(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-    assert "services/runtime/js/dist/runtime.js" in names
+    dist = REPO / "services" / "runtime" / "js" / "dist"
+    bundle = {p.relative_to(REPO).as_posix() for p in dist.rglob("*") if p.is_file()}
+    assert "services/runtime/js/dist/runtime.js" in bundle
+    assert bundle <= names, f"not in the image: {sorted(bundle - names)[:5]}"
     for service in SERVICES:
         assert f"services/{service}/__main__.py" in names, service
     assert "services/cli/serve.py" in names
