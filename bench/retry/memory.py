@@ -18,7 +18,8 @@ from nats.js import JetStreamContext
 
 from bench.common import SERVICE, Control, Servers, line, track
 from services.common import streams
-from services.retrier.scheduler import DURABLE, HISTORY, LAST_ERROR
+from services.common.streams import HISTORY, LAST_ERROR
+from services.retrier.scheduler import DURABLE
 
 CHECKPOINTS = (1_000, 25_000, 50_000, 75_000, 100_000)
 # Full jitter draws the first delay from [0, base]: with base = cap = 10^6 s, about 0.02 %

@@ -47,13 +47,14 @@ def merge(instance_id: str, items: Sequence[Outbound], max_bytes: int) -> list[O
     """
     out: list[Outbound] = []
     run: list[Outbound] = []
-    size = 0
+    # A merged body is `[` + the packs' insides joined by commas + `]`: 1 + Σ(len(body) - 1).
+    size = 1
     for item in [*items, None]:
-        extra = 0 if item is None else len(item.pack.body) - 1  # one bracket pair is shared
+        extra = 0 if item is None else len(item.pack.body) - 1
         if item is None or (run and size + extra > max_bytes):
             if run:
                 out.append(_joined(instance_id, run))
-            run, size = [], 2
+            run, size = [], 1
         if item is not None:
             run.append(item)
             size += extra

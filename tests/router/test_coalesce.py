@@ -88,3 +88,10 @@ async def test_requests_arriving_during_a_publish_share_the_next_message() -> No
     assert len(published) == 2
     assert [e["messageId"] for e in orjson.loads(published[1])] == [f"r{i}" for i in range(1, 6)]
     assert all(coalescer.recent.seen("ins_1", f"r{i}") for i in range(6))
+
+
+def test_a_merged_pack_fills_the_cap_exactly_and_never_passes_it() -> None:
+    items = [outbound([f"m{i}"]) for i in range(4)]
+    whole = len(merge("ins_1", items, 10_000)[0].pack.body)
+    assert len(merge("ins_1", items, whole)) == 1
+    assert len(merge("ins_1", items, whole - 1)) == 2
