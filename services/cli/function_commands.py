@@ -134,10 +134,7 @@ def function_deploy(
                 metadata=metadata(),
             )
             changed = f", settings {', '.join(sorted(values))} set" if values else ""
-            out.print(
-                f"{resp.instance.name} ({ins}) now runs {version_id}{changed} "
-                f"(revision {resp.instance.revision})"
-            )
+            out.print(f"{resp.instance.name} ({ins}) now runs {version_id}{changed}")
 
 
 @functions.command("list")

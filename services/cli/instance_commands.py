@@ -100,7 +100,7 @@ def instance_list(function: str = "", source: str = "", json_: Json = False) -> 
         return
     table(
         "instances",
-        ["id", "name", "function", "source", "version", "enabled", "batch", "rev"],
+        ["id", "name", "function", "source", "version", "enabled", "batch", "etag"],
         [
             [
                 i.id,
@@ -110,7 +110,7 @@ def instance_list(function: str = "", source: str = "", json_: Json = False) -> 
                 i.version_id,
                 i.enabled,
                 i.batch_size,
-                i.revision,
+                i.etag,
             ]
             for i in rows
         ],
@@ -126,10 +126,10 @@ def instance_show(instance_id: str) -> None:
 
 
 def _changes(
-    instance_id: str, values: dict[str, Any] | None, **fields: Any
+    instance_id: str, etag: str, values: dict[str, Any] | None, **fields: Any
 ) -> tuple[res.Instance, list[str]]:
     """Build the instance and update mask of the given changes."""
-    ins = res.Instance(id=instance_id)
+    ins = res.Instance(id=instance_id, etag=etag)
     paths = []
     if values is not None:
         ins.settings.update(values)
@@ -209,6 +209,7 @@ def instance_update(
                 )
         ins, paths = _changes(
             instance_id,
+            current.etag,
             values,
             name=name,
             enabled=enabled,
@@ -228,14 +229,10 @@ def instance_update(
             pb.UpdateInstanceRequest(
                 instance=ins,
                 update_mask=field_mask_pb2.FieldMask(paths=paths),
-                expected_revision=current.revision,
             ),
             metadata=metadata(),
         )
-    out.print(
-        f"instance {instance_id} updated: {_describe(paths, resp.instance)}; "
-        f"revision {resp.instance.revision}"
-    )
+    out.print(f"instance {instance_id} updated: {_describe(paths, resp.instance)}")
 
 
 @instances.command("delete")

@@ -11,22 +11,62 @@ from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from eventfn.registry.v1 import registry_pb2 as pb
 from eventfn.registry.v1 import registry_pb2_grpc
 from services.common.errors import (
     EventfnError,
+    FieldViolation,
     NotFound,
     PermissionDenied,
+    Relayed,
     Unauthenticated,
     Unavailable,
 )
 from services.common.rpc import bearer_token
 
-_MAPPED: dict[grpc.StatusCode, type[EventfnError]] = {
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-}
+# Only these mean "the registry could not answer now": the caller may retry. Every other code
+# is the registry's verdict on the request (a client error, or a bug behind INTERNAL) and is
+# passed on as it is, so a client is never told to retry a request that cannot succeed.
+_TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
+def relayed(error: grpc.aio.AioRpcError) -> EventfnError:
+    """Turn the registry's answer into the error to give the caller, details included."""
+    code = error.code()
+    if code in _TRANSIENT:
+        return Unavailable(f"the registry did not answer ({code.name}); retry later")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(error.details() or code.name)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDenied(error.details() or code.name)
+    reason, metadata, violations = code.name, {}, []
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason, metadata = info.reason or reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations = [FieldViolation(v.field, v.description) for v in bad.field_violations]
+    return Relayed(
+        code,
+        error.details() or code.name,
+        reason=reason,
+        metadata=metadata,
+        violations=violations,
+    )
 
 
 class RegistryGate:
@@ -47,12 +87,9 @@ class RegistryGate:
         try:
             return await coro
         except grpc.aio.AioRpcError as error:
-            code = error.code()
-            if code == grpc.StatusCode.NOT_FOUND:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
                 raise NotFound(kind, object_id) from error
-            if code in _MAPPED:
-                raise _MAPPED[code](error.details() or code.name) from error
-            raise Unavailable(f"the registry did not answer ({code.name})") from error
+            raise relayed(error) from error
 
     async def instance(
         self, context: grpc.aio.ServicerContext, instance_id: str

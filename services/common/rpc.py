@@ -34,18 +34,19 @@ DOMAIN = "eventfn.dev"
 def to_status(error: EventfnError) -> grpc.Status:
     """Map a domain error to a rich `google.rpc.Status` (ErrorInfo, BadRequest details)."""
     info = any_pb2.Any()
-    metadata = {}
+    metadata = dict(error.metadata)
     if isinstance(error, Internal):
         metadata["correlation_id"] = error.correlation_id
     info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata))
     details = [info]
-    if isinstance(error, InvalidArgument):
+    violations = getattr(error, "violations", ())
+    if isinstance(error, InvalidArgument) or violations:
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
                     field=v.field, description=v.description
                 )
-                for v in error.violations
+                for v in violations
             ]
         )
         packed = any_pb2.Any()

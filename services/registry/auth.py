@@ -85,6 +85,16 @@ class Caller:
         """Create (None), rotate, delete a source; connect, change or deploy its instances."""
         return self.is_owner or any(g.covers_source(source_id) for g in self._has(SOURCE_ADMIN))
 
+    def readable_function_ids(self) -> frozenset[str] | None:
+        """The functions whose instances the caller may read; None for all of them."""
+        if self.can_read_function(None):
+            return None
+        return frozenset(
+            f
+            for g in self._has(FUNCTIONS_ADMIN) + self._has(FUNCTIONS_READ_ONLY)
+            for f in g.function_ids
+        )
+
     def can_read_instance(self, function_id: str, source_id: str) -> bool:
         """Read an instance: through its function or its source."""
         return self.can_read_function(function_id) or self.can_admin_source(source_id)

@@ -10,6 +10,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from eventfn.registry.v1 import resources_pb2 as res
 from eventfn.type.v1 import types_pb2
 from services.registry import models as m
+from services.registry.etags import etag
 from services.registry.secrets import MASK, is_sealed
 
 
@@ -31,7 +32,9 @@ def struct(value: dict[str, Any]) -> struct_pb2.Struct:
 
 def workspace(w: m.Workspace) -> res.Workspace:
     """Convert a workspace row."""
-    return res.Workspace(id=w.id, name=w.name, create_time=ts(w.created_at))
+    return res.Workspace(
+        id=w.id, name=w.name, create_time=ts(w.created_at), etag=etag("workspace", w.id, w.revision)
+    )
 
 
 def grant(g: dict[str, Any]) -> res.RoleGrant:
@@ -49,6 +52,7 @@ def member(x: m.Member) -> res.Member:
         email=x.email,
         roles=[grant(g) for g in x.roles],
         create_time=ts(x.created_at),
+        etag=etag("member", x.id, x.revision),
     )
 
 
@@ -73,6 +77,7 @@ def source(s: m.Source) -> res.Source:
         name=s.name,
         write_key=s.write_key,
         create_time=ts(s.created_at),
+        etag=etag("source", s.id, s.revision),
     )
 
 
@@ -87,6 +92,7 @@ def function(f: m.Function) -> res.Function:
         latest_version_number=f.latest_version_number,
         create_time=ts(f.created_at),
         update_time=ts(f.updated_at),
+        etag=etag("function", f.id, f.revision),
     )
 
 
@@ -130,7 +136,7 @@ def instance(i: m.Instance) -> res.Instance:
         retry_window_seconds=i.retry_window_seconds,
         retry_max_delay_seconds=i.retry_max_delay_seconds,
         filters=i.filters,
-        revision=i.revision,
+        etag=etag("instance", i.id, i.revision),
         create_time=ts(i.created_at),
         update_time=ts(i.updated_at),
     )

@@ -10,20 +10,32 @@ from sqlmodel import col, select
 
 from eventfn.registry.v1 import registry_pb2 as pb
 from eventfn.registry.v1 import resources_pb2 as res
-from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
 from services.registry import auth, convert
-from services.registry.auth import require
+from services.registry.auth import Caller, require
 from services.registry.deps import RegistryDeps, audit
-from services.registry.models import Member, Token, Workspace
+from services.registry.etags import check as check_etag
+from services.registry.idempotency import RequestKey, request_key
+from services.registry.models import Function, Member, Source, Token, Workspace
 from services.registry.store import new_id, now, unique_violation
-from services.registry.validation import check_name, check_page_size
+from services.registry.validation import check_name, check_page_size, required
 
 Ctx = grpc.aio.ServicerContext
 
 
+FUNCTION_ROLES = (auth.FUNCTIONS_ADMIN, auth.FUNCTIONS_READ_ONLY)
+
+
 def grants_from_proto(grants: list[res.RoleGrant] | object) -> tuple[auth.Grant, ...]:
-    """Validate role grants of a request."""
+    """Validate the shape of a request's role grants (ids are checked by `check_grant_ids`)."""
     out = []
+    violations = []
     for i, g in enumerate(grants):  # type: ignore[arg-type]
         if g.role not in (
             auth.OWNER,
@@ -31,11 +43,49 @@ def grants_from_proto(grants: list[res.RoleGrant] | object) -> tuple[auth.Grant,
             auth.FUNCTIONS_READ_ONLY,
             auth.SOURCE_ADMIN,
         ):
-            raise InvalidArgument.field(f"roles[{i}].role", "must be a known role")
+            violations.append(FieldViolation(f"roles[{i}].role", "must be a known role"))
+        if g.function_ids and g.role not in FUNCTION_ROLES:
+            violations.append(
+                FieldViolation(
+                    f"roles[{i}].function_ids",
+                    "only Functions Admin and Functions Read-only grants list functions",
+                )
+            )
+        if g.source_ids and g.role != auth.SOURCE_ADMIN:
+            violations.append(
+                FieldViolation(f"roles[{i}].source_ids", "only Source Admin grants list sources")
+            )
         out.append(auth.Grant(g.role, tuple(g.function_ids), tuple(g.source_ids)))
     if not out:
-        raise InvalidArgument.field("roles", "give at least one role")
+        violations.append(FieldViolation("roles", "give at least one role"))
+    if violations:
+        raise InvalidArgument("invalid roles", violations)
     return tuple(out)
+
+
+async def check_grant_ids(s, workspace_id: str, grants: tuple[auth.Grant, ...]) -> None:
+    """Refuse grants naming functions or sources the workspace does not have."""
+    violations = []
+    for i, g in enumerate(grants):
+        for j, function_id in enumerate(g.function_ids):
+            fn = await s.get(Function, function_id)
+            if fn is None or fn.workspace_id != workspace_id:
+                violations.append(
+                    FieldViolation(
+                        f"roles[{i}].function_ids[{j}]",
+                        f"no function {function_id!r} in this workspace",
+                    )
+                )
+        for j, source_id in enumerate(g.source_ids):
+            src = await s.get(Source, source_id)
+            if src is None or src.workspace_id != workspace_id:
+                violations.append(
+                    FieldViolation(
+                        f"roles[{i}].source_ids[{j}]", f"no source {source_id!r} in this workspace"
+                    )
+                )
+    if violations:
+        raise InvalidArgument("roles name functions or sources that do not exist", violations)
 
 
 class AccessRpcs:
@@ -53,54 +103,67 @@ class AccessRpcs:
         caller = await self.authn.caller(context)
         require(caller.bootstrap, "create workspaces (only the bootstrap administrator may)")
         name = check_name("name", request.name)
+        key = request_key(caller.workspace_id, "CreateWorkspace", request)
+
+        async def create() -> pb.CreateWorkspaceResponse:
+            try:
+                return await self._create_workspace(caller, name, key)
+            except IntegrityError as error:
+                if unique_violation(error):
+                    raise AlreadyExists(f"a workspace named {name!r} already exists") from error
+                raise
+
+        return await self.deps.idempotency.once(key, pb.CreateWorkspaceResponse, create)
+
+    async def _create_workspace(
+        self, caller: Caller, name: str, key: RequestKey | None
+    ) -> pb.CreateWorkspaceResponse:
         secret = auth.new_secret()
-        try:
-            async with self.store.transaction() as s:
-                ws = Workspace(id=new_id("ws"), name=name, created_at=now())
-                s.add(ws)
-                await s.flush()
-                owner = Member(
-                    id=new_id("mem"),
-                    workspace_id=ws.id,
-                    email=caller.email,
-                    roles=auth.grants_to_json((auth.Grant(auth.OWNER),)),
+        async with self.store.transaction() as s:
+            ws = Workspace(id=new_id("ws"), name=name, created_at=now())
+            s.add(ws)
+            await s.flush()
+            owner = Member(
+                id=new_id("mem"),
+                workspace_id=ws.id,
+                email=caller.email,
+                roles=auth.grants_to_json((auth.Grant(auth.OWNER),)),
+                created_at=now(),
+            )
+            s.add(owner)
+            await s.flush()
+            s.add(
+                Token(
+                    id=new_id("tok"),
+                    member_id=owner.id,
+                    name=f"owner of {name}",
+                    prefix=secret[:8],
+                    secret_hash=auth.hash_secret(secret),
                     created_at=now(),
                 )
-                s.add(owner)
-                await s.flush()
-                s.add(
-                    Token(
-                        id=new_id("tok"),
-                        member_id=owner.id,
-                        name=f"owner of {name}",
-                        prefix=secret[:8],
-                        secret_hash=auth.hash_secret(secret),
-                        created_at=now(),
-                    )
-                )
-                self.store.audit(
-                    s,
-                    workspace_id=ws.id,
-                    actor=owner,
-                    action="workspace.create",
-                    resource_type="workspace",
-                    resource_id=ws.id,
-                    details={"name": name},
-                )
-                await self.store.bump_config(s)
-        except IntegrityError as error:
-            if unique_violation(error):
-                raise AlreadyExists(f"a workspace named {name!r} already exists") from error
-            raise
-        return pb.CreateWorkspaceResponse(
-            workspace=convert.workspace(ws), owner=convert.member(owner), token=secret
-        )
+            )
+            self.store.audit(
+                s,
+                workspace_id=ws.id,
+                actor=owner,
+                action="workspace.create",
+                resource_type="workspace",
+                resource_id=ws.id,
+                details={"name": name},
+            )
+            await self.store.bump_config(s)
+            response = pb.CreateWorkspaceResponse(
+                workspace=convert.workspace(ws), owner=convert.member(owner), token=secret
+            )
+            await self.deps.idempotency.save(s, key, response)
+        return response
 
     async def GetWorkspace(
         self, request: pb.GetWorkspaceRequest, context: Ctx
     ) -> pb.GetWorkspaceResponse:
         """Return the caller's workspace."""
         caller = await self.authn.caller(context)
+        required("workspace_id", request.workspace_id)
         async with self.store.transaction() as s:
             ws = await self.store.get(s, Workspace, request.workspace_id, "workspace")
         if ws.id != caller.workspace_id:
@@ -127,30 +190,44 @@ class AccessRpcs:
         require(caller.is_owner, "add members (Workspace Owner only)")
         email = check_name("email", request.email)
         grants = grants_from_proto(request.roles)
-        try:
-            async with self.store.transaction() as s:
-                member = Member(
-                    id=new_id("mem"),
-                    workspace_id=caller.workspace_id,
-                    email=email,
-                    roles=auth.grants_to_json(grants),
-                    created_at=now(),
-                )
-                s.add(member)
-                await audit(
-                    self.store,
-                    s,
-                    caller,
-                    "member.create",
-                    "member",
-                    member.id,
-                    {"email": email, "roles": member.roles},
-                )
-        except IntegrityError as error:
-            if unique_violation(error):
-                raise AlreadyExists(f"a member {email!r} already exists") from error
-            raise
-        return pb.CreateMemberResponse(member=convert.member(member))
+        key = request_key(caller.workspace_id, "CreateMember", request)
+
+        async def create() -> pb.CreateMemberResponse:
+            try:
+                return await self._create_member(caller, email, grants, key)
+            except IntegrityError as error:
+                if unique_violation(error):
+                    raise AlreadyExists(f"a member {email!r} already exists") from error
+                raise
+
+        return await self.deps.idempotency.once(key, pb.CreateMemberResponse, create)
+
+    async def _create_member(
+        self, caller: Caller, email: str, grants: tuple[auth.Grant, ...], key: RequestKey | None
+    ) -> pb.CreateMemberResponse:
+        async with self.store.transaction() as s:
+            await check_grant_ids(s, caller.workspace_id, grants)
+            member = Member(
+                id=new_id("mem"),
+                workspace_id=caller.workspace_id,
+                email=email,
+                roles=auth.grants_to_json(grants),
+                created_at=now(),
+            )
+            s.add(member)
+            await audit(
+                self.store,
+                s,
+                caller,
+                "member.create",
+                "member",
+                member.id,
+                {"email": email, "roles": member.roles},
+            )
+            await s.flush()
+            response = pb.CreateMemberResponse(member=convert.member(member))
+            await self.deps.idempotency.save(s, key, response)
+        return response
 
     async def ListMembers(
         self, request: pb.ListMembersRequest, context: Ctx
@@ -160,13 +237,14 @@ class AccessRpcs:
         require(caller.is_owner, "list members (Workspace Owner only)")
         size = check_page_size(request.page_size)
         async with self.store.transaction() as s:
-            rows, token = await self.store.page(
+            rows, token = await self.deps.pages.page(
                 s,
-                select(Member)
-                .where(Member.workspace_id == caller.workspace_id)
-                .order_by(col(Member.created_at), col(Member.id)),
+                "ListMembers",
+                caller.workspace_id,
+                request,
+                select(Member).where(Member.workspace_id == caller.workspace_id),
+                (col(Member.created_at), col(Member.id)),
                 size,
-                request.page_token,
             )
         return pb.ListMembersResponse(
             members=[convert.member(r) for r in rows], next_page_token=token
@@ -186,11 +264,14 @@ class AccessRpcs:
         """Replace a member's roles."""
         caller = await self.authn.caller(context)
         require(caller.is_owner, "change roles (Workspace Owner only)")
+        required("member_id", request.member_id)
         grants = grants_from_proto(request.roles)
         async with self.store.transaction() as s:
             member = await self.store.get_in_workspace(
-                s, Member, request.member_id, caller.workspace_id, "member"
+                s, Member, request.member_id, caller.workspace_id, "member", lock=True
             )
+            check_etag("member", member.id, member.revision, request.etag)
+            await check_grant_ids(s, caller.workspace_id, grants)
             if not any(g.role == auth.OWNER for g in grants) and not await self._owners_left(
                 s, caller.workspace_id, member.id
             ):
@@ -199,6 +280,7 @@ class AccessRpcs:
                 )
             before = member.roles
             member.roles = auth.grants_to_json(grants)
+            member.revision += 1
             s.add(member)
             await audit(
                 self.store,
@@ -217,10 +299,12 @@ class AccessRpcs:
         """Remove a member (its tokens go with it)."""
         caller = await self.authn.caller(context)
         require(caller.is_owner, "remove members (Workspace Owner only)")
+        required("member_id", request.member_id)
         async with self.store.transaction() as s:
             member = await self.store.get_in_workspace(
-                s, Member, request.member_id, caller.workspace_id, "member"
+                s, Member, request.member_id, caller.workspace_id, "member", lock=True
             )
+            check_etag("member", member.id, member.revision, request.etag)
             if member.bootstrap:
                 raise FailedPrecondition("the bootstrap administrator cannot be removed")
             if not await self._owners_left(s, caller.workspace_id, member.id):
@@ -249,6 +333,18 @@ class AccessRpcs:
             require(caller.is_owner, "create tokens for other members (Workspace Owner only)")
         if request.ttl_seconds < 0:
             raise InvalidArgument.field("ttl_seconds", "must not be negative")
+        key = request_key(caller.workspace_id, "CreateToken", request)
+        return await self.deps.idempotency.once(
+            key, pb.CreateTokenResponse, lambda: self._create_token(caller, request, member_id, key)
+        )
+
+    async def _create_token(
+        self,
+        caller: Caller,
+        request: pb.CreateTokenRequest,
+        member_id: str,
+        key: RequestKey | None,
+    ) -> pb.CreateTokenResponse:
         secret = auth.new_secret()
         async with self.store.transaction() as s:
             member = await self.store.get_in_workspace(
@@ -275,7 +371,9 @@ class AccessRpcs:
                 tok.id,
                 {"member_id": member.id},
             )
-        return pb.CreateTokenResponse(token=convert.token(tok), secret=secret)
+            response = pb.CreateTokenResponse(token=convert.token(tok), secret=secret)
+            await self.deps.idempotency.save(s, key, response)
+        return response
 
     async def ListTokens(
         self, request: pb.ListTokensRequest, context: Ctx
@@ -289,8 +387,14 @@ class AccessRpcs:
         else:
             query = query.where(Token.member_id == caller.member_id)
         async with self.store.transaction() as s:
-            rows, token = await self.store.page(
-                s, query.order_by(col(Token.created_at), col(Token.id)), size, request.page_token
+            rows, token = await self.deps.pages.page(
+                s,
+                "ListTokens",
+                caller.workspace_id,
+                request,
+                query,
+                (col(Token.created_at), col(Token.id)),
+                size,
             )
         return pb.ListTokensResponse(tokens=[convert.token(r) for r in rows], next_page_token=token)
 
@@ -299,6 +403,7 @@ class AccessRpcs:
     ) -> pb.RevokeTokenResponse:
         """Revoke a token."""
         caller = await self.authn.caller(context)
+        required("token_id", request.token_id)
         async with self.store.transaction() as s:
             tok = await self.store.get(s, Token, request.token_id, "token")
             owner = await s.get(Member, tok.member_id)

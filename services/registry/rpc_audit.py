@@ -14,7 +14,7 @@ from services.registry import convert
 from services.registry.auth import require
 from services.registry.deps import RegistryDeps
 from services.registry.models import AuditEvent, Instance, Member
-from services.registry.validation import check_page_size
+from services.registry.validation import check_page_size, required
 
 Ctx = grpc.aio.ServicerContext
 # Actions data-plane services perform for a member and record with the service token.
@@ -45,6 +45,7 @@ class AuditRpcs:
             )
         if not request.actor_member_id:
             raise InvalidArgument.field("actor_member_id", "required: the member acted for")
+        required("instance_id", request.instance_id)
         async with self.store.transaction() as s:
             ins = await self.store.get(s, Instance, request.instance_id, "instance")
             actor = await self.store.get(s, Member, request.actor_member_id, "member")
@@ -79,8 +80,15 @@ class AuditRpcs:
                 col(AuditEvent.created_at) >= request.start_time.ToDatetime(tzinfo=UTC)
             )
         async with self.store.transaction() as s:
-            rows, token = await self.store.page(
-                s, query.order_by(col(AuditEvent.id).desc()), size, request.page_token
+            rows, token = await self.deps.pages.page(
+                s,
+                "ListAuditEvents",
+                caller.workspace_id,
+                request,
+                query,
+                (col(AuditEvent.id),),
+                size,
+                descending=True,
             )
         return pb.ListAuditEventsResponse(
             events=[convert.audit_event(r) for r in rows], next_page_token=token

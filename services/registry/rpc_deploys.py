@@ -13,10 +13,12 @@ from services.common.errors import InvalidArgument, NotFound
 from services.registry import convert
 from services.registry.auth import require
 from services.registry.deps import RegistryDeps, audit
+from services.registry.etags import check as check_etag
+from services.registry.idempotency import RequestKey, request_key
 from services.registry.instance_settings import InstanceSettings, with_prefix
 from services.registry.models import Function, FunctionVersion
 from services.registry.rpc_catalog import CatalogRpcs
-from services.registry.validation import check_code, check_setting_definitions
+from services.registry.validation import check_code, check_setting_definitions, required
 
 Ctx = grpc.aio.ServicerContext
 
@@ -43,6 +45,7 @@ class DeployRpcs:
     ) -> pb.SaveFunctionResponse:
         """Save a new version; with deploy_instance_ids also deploy it (all or nothing)."""
         caller = await self.authn.caller(context)
+        required("function_id", request.function_id)
         schema = check_setting_definitions(request.settings)
         await asyncio.to_thread(check_code, request.code, self.deps.check_syntax)
         targets = list(dict.fromkeys(request.deploy_instance_ids))
@@ -51,21 +54,37 @@ class DeployRpcs:
                 "deploy_settings",
                 f"{', '.join(stray)} not in deploy_instance_ids; list every instance to deploy",
             )
+        key = request_key(caller.workspace_id, "SaveFunction", request)
+        return await self.deps.idempotency.once(
+            key,
+            pb.SaveFunctionResponse,
+            lambda: self._save(caller, request, schema, targets, key),
+        )
+
+    async def _save(
+        self,
+        caller,
+        request: pb.SaveFunctionRequest,
+        schema: list,
+        targets: list[str],
+        key: RequestKey | None,
+    ) -> pb.SaveFunctionResponse:
         async with self.store.transaction() as s:
             fn = await self.store.get_in_workspace(
-                s, Function, request.function_id, caller.workspace_id, "function"
+                s, Function, request.function_id, caller.workspace_id, "function", lock=True
             )
             require(caller.can_write_function(fn.id), "save this function (Functions Admin)")
-            fn = await s.get(Function, fn.id, with_for_update=True) or fn
+            check_etag("function", fn.id, fn.revision, request.etag)
             if request.description:
                 fn.description = request.description
+            fn.revision += 1
             ver = CatalogRpcs._new_version(fn, request.code, schema, caller.email)
             s.add(ver)
             s.add(fn)
             await s.flush()
             deployed = []
             for ins_id in targets:
-                ins = await self.instances.locked_instance(s, caller, ins_id, 0)
+                ins = await self.instances.locked_instance(s, caller, ins_id, "")
                 if ins.function_id != fn.id:
                     raise InvalidArgument.field(
                         "deploy_instance_ids", f"{ins_id} is not an instance of this function"
@@ -110,24 +129,26 @@ class DeployRpcs:
             )
             if deployed:
                 await self.store.bump_config(s)
-        return pb.SaveFunctionResponse(
-            function=convert.function(fn),
-            version=convert.version(ver),
-            deployed_instances=[convert.instance(i) for i in deployed],
-        )
+            response = pb.SaveFunctionResponse(
+                function=convert.function(fn),
+                version=convert.version(ver),
+                deployed_instances=[convert.instance(i) for i in deployed],
+            )
+            await self.deps.idempotency.save(s, key, response)
+        return response
 
     async def DeployInstance(
         self, request: pb.DeployInstanceRequest, context: Ctx
     ) -> pb.DeployInstanceResponse:
         """Move an instance to a version of its function, changing setting values with it."""
         caller = await self.authn.caller(context)
+        required("instance_id", request.instance_id)
+        required("version_id", request.version_id)
         changes = (
             json_format.MessageToDict(request.settings) if request.HasField("settings") else None
         )
         async with self.store.transaction() as s:
-            ins = await self.instances.locked_instance(
-                s, caller, request.instance_id, request.expected_revision
-            )
+            ins = await self.instances.locked_instance(s, caller, request.instance_id, request.etag)
             ver = await s.get(FunctionVersion, request.version_id)
             if ver is None or ver.function_id != ins.function_id:
                 raise NotFound("version", request.version_id)
@@ -140,7 +161,7 @@ class DeployRpcs:
                 "instance.deploy",
                 "instance",
                 ins.id,
-                deploy_details(before, ver, changes) | {"revision": ins.revision},
+                deploy_details(before, ver, changes),
             )
             await self.store.bump_config(s)
         return pb.DeployInstanceResponse(instance=convert.instance(ins))

@@ -10,17 +10,19 @@ from sqlmodel import col, select
 from eventfn.registry.v1 import registry_pb2 as pb
 from services.common.errors import AlreadyExists, InvalidArgument
 from services.registry import convert
-from services.registry.auth import require
+from services.registry.auth import Caller, require
 from services.registry.deps import RegistryDeps, audit
+from services.registry.idempotency import RequestKey, request_key
 from services.registry.instance_settings import InstanceSettings
 from services.registry.models import Function, FunctionVersion, Instance, Source
-from services.registry.store import decode_page, encode_page, new_id, now, unique_violation
+from services.registry.store import new_id, now, unique_violation
 from services.registry.validation import (
     check_batching,
     check_filters,
     check_name,
     check_page_size,
     check_retry,
+    required,
 )
 
 Ctx = grpc.aio.ServicerContext
@@ -53,6 +55,8 @@ class InstanceRpcs:
     ) -> pb.CreateInstanceResponse:
         """Connect a function to a source."""
         caller = await self.authn.caller(context)
+        required("function_id", request.function_id)
+        required("source_id", request.source_id)
         size, wait, timeout = check_batching(
             request.batch_size if request.HasField("batch_size") else None,
             request.batch_wait_ms if request.HasField("batch_wait_ms") else None,
@@ -62,8 +66,23 @@ class InstanceRpcs:
         retry_window, retry_max_delay = check_retry(
             request.retry_window_seconds, request.retry_max_delay_seconds
         )
+        key = request_key(caller.workspace_id, "CreateInstance", request)
+        checked = (size, wait, timeout, filters, retry_window, retry_max_delay)
+        return await self.deps.idempotency.once(
+            key, pb.CreateInstanceResponse, lambda: self._create(caller, request, checked, key)
+        )
+
+    async def _create(
+        self,
+        caller: Caller,
+        request: pb.CreateInstanceRequest,
+        checked: tuple,
+        key: RequestKey | None,
+    ) -> pb.CreateInstanceResponse:
+        size, wait, timeout, filters, retry_window, retry_max_delay = checked
         given = json_format.MessageToDict(request.settings)
         instance_id = new_id("ins")
+        name = ""
         try:
             async with self.store.transaction() as s:
                 fn = await self.store.get_in_workspace(
@@ -114,19 +133,44 @@ class InstanceRpcs:
                     {"function_id": fn.id, "source_id": src.id, "version_id": ver.id},
                 )
                 await self.store.bump_config(s)
+                response = pb.CreateInstanceResponse(instance=convert.instance(ins))
+                await self.deps.idempotency.save(s, key, response)
         except IntegrityError as error:
-            if unique_violation(error):
-                raise AlreadyExists(
-                    "an instance with this name already exists; pick another name"
-                ) from error
+            if unique_violation(error) and name:
+                raise await self._name_taken(caller, name, given_name=bool(request.name)) from error
             raise
-        return pb.CreateInstanceResponse(instance=convert.instance(ins))
+        return response
+
+    async def _name_taken(self, caller: Caller, name: str, *, given_name: bool) -> AlreadyExists:
+        """Describe a taken instance name, naming the instance that holds it."""
+        async with self.store.transaction() as s:
+            holder = (
+                await s.exec(
+                    select(Instance).where(
+                        Instance.workspace_id == caller.workspace_id, Instance.name == name
+                    )
+                )
+            ).first()
+        which = f" ({holder.id})" if holder is not None else ""
+        how = (
+            "pick another name"
+            if given_name
+            else "no name was sent, so it was derived from the function and source names; "
+            "this function is already connected to this source: send a name to connect it "
+            "again, or use the existing instance (a retry of the same create should send the "
+            "same request_id)"
+        )
+        error = AlreadyExists(f"an instance named {name!r} already exists{which}: {how}")
+        if holder is not None:
+            error.metadata = {"existing_instance_id": holder.id, "name": name}
+        return error
 
     async def GetInstance(
         self, request: pb.GetInstanceRequest, context: Ctx
     ) -> pb.GetInstanceResponse:
         """Return an instance, secrets masked."""
         caller = await self.authn.caller(context)
+        required("instance_id", request.instance_id)
         async with self.store.transaction() as s:
             ins = await self.store.get_in_workspace(
                 s, Instance, request.instance_id, caller.workspace_id, "instance"
@@ -145,14 +189,19 @@ class InstanceRpcs:
             query = query.where(Instance.function_id == request.function_id)
         if request.source_id:
             query = query.where(Instance.source_id == request.source_id)
+        readable = caller.readable_function_ids()
+        if readable is not None:
+            query = query.where(col(Instance.function_id).in_(sorted(readable)))
         async with self.store.transaction() as s:
-            rows = list(
-                (await s.exec(query.order_by(col(Instance.created_at), col(Instance.id)))).all()
+            page, token = await self.deps.pages.page(
+                s,
+                "ListInstances",
+                caller.workspace_id,
+                request,
+                query,
+                (col(Instance.created_at), col(Instance.id)),
+                size,
             )
-        visible = [r for r in rows if caller.can_read_instance(r.function_id, r.source_id)]
-        offset = decode_page(request.page_token)
-        page = visible[offset : offset + size]
-        token = encode_page(offset + size) if len(visible) > offset + size else ""
         return pb.ListInstancesResponse(
             instances=[convert.instance(r) for r in page], next_page_token=token
         )
@@ -172,13 +221,14 @@ class InstanceRpcs:
                 f"changeable: {', '.join(sorted(UPDATABLE))}",
             )
         new = request.instance
+        required("instance.id", new.id)
         size, wait, timeout = check_batching(
             new.batch_size if "batch_size" in paths else None,
             new.batch_wait_ms if "batch_wait_ms" in paths else None,
             new.timeout_ms if "timeout_ms" in paths else None,
         )
         async with self.store.transaction() as s:
-            ins = await self.instances.locked_instance(s, caller, new.id, request.expected_revision)
+            ins = await self.instances.locked_instance(s, caller, new.id, new.etag)
             if "settings" in paths:
                 ver = await self.store.get(s, FunctionVersion, ins.version_id, "version")
                 ins.settings = self.instances.settings_for(
@@ -215,7 +265,7 @@ class InstanceRpcs:
                 "instance.update",
                 "instance",
                 ins.id,
-                {"fields": sorted(paths), "revision": ins.revision},
+                {"fields": sorted(paths)},
             )
             await self.store.bump_config(s)
         return pb.UpdateInstanceResponse(instance=convert.instance(ins))
@@ -225,8 +275,9 @@ class InstanceRpcs:
     ) -> pb.DeleteInstanceResponse:
         """Delete an instance."""
         caller = await self.authn.caller(context)
+        required("instance_id", request.instance_id)
         async with self.store.transaction() as s:
-            ins = await self.instances.locked_instance(s, caller, request.instance_id, 0)
+            ins = await self.instances.locked_instance(s, caller, request.instance_id, request.etag)
             await s.delete(ins)
             await audit(
                 self.store,

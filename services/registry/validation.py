@@ -26,6 +26,13 @@ SyntaxChecker = Callable[[str], SyntaxProblem | None]
 FilterChecker = Callable[[str], object]
 
 
+def required(field: str, value: str) -> str:
+    """Return a required id, or raise INVALID_ARGUMENT naming the field when it is empty."""
+    if not value:
+        raise InvalidArgument.field(field, "required")
+    return value
+
+
 def check_name(field: str, value: str) -> str:
     """Return the trimmed display name, or raise when empty, too long or with control chars."""
     name = value.strip()

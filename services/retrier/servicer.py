@@ -120,6 +120,20 @@ def _ids(values: list[str], field: str) -> list[LetterId]:
         raise InvalidArgument.field(field, str(error)) from None
 
 
+def all_found(raw_ids: list[str], ids: list[LetterId], letters: list[Letter]) -> None:
+    """Refuse named letters that are not the instance's (word for word like missing ones)."""
+    found = {(letter.id.seq, letter.id.index or 0) for letter in letters}
+    seqs = {seq for seq, _ in found}
+    for raw, letter_id in zip(raw_ids, ids, strict=True):
+        there = (
+            letter_id.seq in seqs
+            if letter_id.index is None
+            else (letter_id.seq, letter_id.index) in found
+        )
+        if not there:
+            raise NotFound("dead letter", raw)
+
+
 class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
     """Serve the Retrier API over the DEAD stream."""
 
@@ -185,6 +199,8 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
         self, request: pb.GetDeadLetterRequest, context: Ctx
     ) -> pb.GetDeadLetterResponse:
         """Show one dead letter with its history."""
+        if not request.dead_letter_id:
+            raise InvalidArgument.field("dead_letter_id", "required")
         (letter_id,) = _ids([request.dead_letter_id], "dead_letter_id")
         missing = NotFound("dead letter", request.dead_letter_id)
         # Ids are global stream sequences: authenticate before looking, and answer a letter
@@ -230,6 +246,7 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
         with tracer.start_as_current_span("dead.replay") as span:
             span.set_attribute("eventfn.instance_id", request.instance_id)
             letters = await self._store.select(request.instance_id, ids, start=start, end=end)
+            all_found(list(request.dead_letter_ids), ids, letters)
             replayed = await self._store.replay(letters, version_id=version_id)
             span.set_attribute("eventfn.replayed", replayed)
         await self._gate.record(
@@ -256,6 +273,7 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
             end = request.end_time.ToDatetime(tzinfo=UTC)
         _, me = await self._writable(context, request.instance_id, "purge")
         letters = await self._store.select(request.instance_id, ids, end=end)
+        all_found(list(request.dead_letter_ids), ids, letters)
         purged = await self._store.purge(letters)
         await self._gate.record(
             me,

@@ -63,7 +63,7 @@ async def test_instances_rename_disable_and_clear_filters(cli: Cli, tmp_path: Pa
     )
     ins = ids(made.stdout, "ins")[0]
     renamed = await cli.ok("instances", "update", ins, "--name", "EU hook", "--disabled")
-    assert "renamed to 'EU hook', disabled;" in renamed.stdout
+    assert "renamed to 'EU hook', disabled" in renamed.stdout
     assert "enabled" not in renamed.stdout
     cleared = await cli.ok("instances", "update", ins, "--clear-filters")
     assert "filters (none)" in cleared.stdout

@@ -303,13 +303,11 @@ async def test_concurrent_deploys_last_write_wins_without_torn_state(registry: R
             metadata=auth(owner),
         )
         versions.append(saved.version.id)
-    # Everyone read revision 1; exactly one deploy may win with the revision check.
+    # Everyone read the same etag; exactly one deploy may win with the etag check.
     results = await asyncio.gather(
         *(
             registry.stub.DeployInstance(
-                pb.DeployInstanceRequest(
-                    instance_id=ins.id, version_id=v, expected_revision=ins.revision
-                ),
+                pb.DeployInstanceRequest(instance_id=ins.id, version_id=v, etag=ins.etag),
                 metadata=auth(owner),
             )
             for v in versions[1:]
@@ -325,8 +323,9 @@ async def test_concurrent_deploys_last_write_wins_without_torn_state(registry: R
             pb.GetInstanceRequest(instance_id=ins.id), metadata=auth(owner)
         )
     ).instance
-    assert final.version_id == wins[0].instance.version_id and final.revision == ins.revision + 1
-    # Without a revision check, concurrent deploys serialize: the last one wins, none is torn.
+    assert final.version_id == wins[0].instance.version_id and final.etag == wins[0].instance.etag
+    assert final.etag != ins.etag
+    # Without an etag, concurrent deploys serialize: the last one wins, none is torn.
     unchecked = await asyncio.gather(
         *(
             registry.stub.DeployInstance(
@@ -340,9 +339,9 @@ async def test_concurrent_deploys_last_write_wins_without_torn_state(registry: R
             pb.GetInstanceRequest(instance_id=ins.id), metadata=auth(owner)
         )
     ).instance
-    assert final.revision == ins.revision + 1 + len(versions)
+    assert len({u.instance.etag for u in unchecked}) == len(versions)
     assert final.version_id in {
-        u.instance.version_id for u in unchecked if u.instance.revision == final.revision
+        u.instance.version_id for u in unchecked if u.instance.etag == final.etag
     }
 
 

@@ -170,11 +170,12 @@ async def test_always_failing_ends_in_dead_and_replay_delivers(
         pb.ListDeadLettersRequest(instance_id=iid), metadata=auth(platform.owner)
     )
     assert list(listed.dead_letters) == []
-    purged = await stub.PurgeDeadLetters(
-        pb.PurgeDeadLettersRequest(instance_id=iid, dead_letter_ids=[letter.id]),
-        metadata=auth(platform.owner),
-    )
-    assert purged.purged == 0
+    with pytest.raises(grpc.aio.AioRpcError) as gone:  # replayed: no longer a dead letter
+        await stub.PurgeDeadLetters(
+            pb.PurgeDeadLettersRequest(instance_id=iid, dead_letter_ids=[letter.id]),
+            metadata=auth(platform.owner),
+        )
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_dead_letter_records_every_attempt(

@@ -141,8 +141,11 @@ async def test_replaying_part_of_a_pack_keeps_the_rest_listed(
             request.end_time.FromDatetime(end)
         listed = await stub.ListDeadLetters(request, metadata=auth(platform.owner))
         assert len(listed.dead_letters) == expected, (start, end)
-    # The old id is gone: replaying it again sends nothing.
-    assert await replay(stub, platform.owner, iid, chosen.id) == 0
+    # The old id is gone: replaying it again is refused (like an id never used), sends nothing.
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        await replay(stub, platform.owner, iid, chosen.id)
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+    assert gone.value.details() == f"dead letter {chosen.id!r} not found"
     assert await replay(stub, platform.owner, iid) == 2
     await settled(sink, before + 3)
     assert delivered(sink, before) == Counter(ids)

@@ -188,18 +188,23 @@ async def test_list_replay_and_purge_reach_no_other_workspaces_letters(
             error = await failure(call)
             assert error.code() == NOT_FOUND
             assert error.details() == f"instance {instance_id!r} not found"
-    # The victim's letter id on the attacker's own instance: nothing happens to it.
-    replayed = await stub.ReplayDeadLetters(
-        retrier_pb2.ReplayDeadLettersRequest(
-            instance_id=attacker.instance_id, dead_letter_ids=[victim.letter]
+    # The victim's letter id on the attacker's own instance: refused word for word like an id
+    # never used, and nothing happens to it.
+    for call in (
+        stub.ReplayDeadLetters(
+            retrier_pb2.ReplayDeadLettersRequest(
+                instance_id=attacker.instance_id, dead_letter_ids=[victim.letter]
+            ),
+            metadata=md,
         ),
-        metadata=md,
-    )
-    purged = await stub.PurgeDeadLetters(
-        retrier_pb2.PurgeDeadLettersRequest(
-            instance_id=attacker.instance_id, dead_letter_ids=[victim.letter]
+        stub.PurgeDeadLetters(
+            retrier_pb2.PurgeDeadLettersRequest(
+                instance_id=attacker.instance_id, dead_letter_ids=[victim.letter]
+            ),
+            metadata=md,
         ),
-        metadata=md,
-    )
-    assert replayed.replayed == 0 and purged.purged == 0
+    ):
+        error = await failure(call)
+        assert error.code() == NOT_FOUND
+        assert error.details() == f"dead letter '{victim.letter}' not found"
     assert await running.store.pack(int(victim.letter)) is not None

@@ -193,7 +193,7 @@ async def test_registry_refuses_control_characters_and_stores_nothing(registry: 
     functions = await stub.ListFunctions(pb.ListFunctionsRequest(page_size=500), metadata=md)
     assert [f.name for f in functions.functions] == ["Hook"]
     after = await stub.GetInstance(pb.GetInstanceRequest(instance_id=ins.instance.id), metadata=md)
-    assert after.instance.revision == ins.instance.revision
+    assert after.instance.etag == ins.instance.etag
     assert after.instance.settings["endpoint"] == "https://example.com/hook"
     assert list(after.instance.filters) == []
     audit_after = await stub.ListAuditEvents(pb.ListAuditEventsRequest(), metadata=md)

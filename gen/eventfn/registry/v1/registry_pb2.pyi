@@ -32,16 +32,24 @@ class CreateWorkspaceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Display name, 1..100 characters, unique."""
+    request_id: _builtins.str
+    """A UUID the client makes once per workspace and sends again with every retry of it (AIP-155):
+    a retry within 24 hours answers the first call's response instead of creating another workspace.
+    Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or when it was used for
+    a different request.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -186,8 +194,15 @@ class CreateMemberRequest(_message.Message):
 
     EMAIL_FIELD_NUMBER: _builtins.int
     ROLES_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     email: _builtins.str
     """Email or service-account name, unique within the workspace."""
+    request_id: _builtins.str
+    """A UUID the client makes once per member and sends again with every retry of it (AIP-155):
+    a retry within 24 hours answers the first call's response instead of failing with ALREADY_EXISTS.
+    Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or when it was used for
+    a different request.
+    """
     @_builtins.property
     def roles(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.RoleGrant]:
         """Roles to grant; at least one."""
@@ -197,10 +212,11 @@ class CreateMemberRequest(_message.Message):
         *,
         email: _builtins.str = ...,
         roles: _abc.Iterable[_resources_pb2.RoleGrant] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "roles", b"roles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "request_id", b"request_id", "roles", b"roles"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -292,8 +308,13 @@ class UpdateMemberRolesRequest(_message.Message):
 
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     ROLES_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     """The member to change."""
+    etag: _builtins.str
+    """The etag of the member as read; when set, the call applies only if it is still current
+    (ABORTED with reason ETAG_MISMATCH and the current etag otherwise).
+    """
     @_builtins.property
     def roles(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.RoleGrant]:
         """The new roles, replacing the old; at least one."""
@@ -303,10 +324,11 @@ class UpdateMemberRolesRequest(_message.Message):
         *,
         member_id: _builtins.str = ...,
         roles: _abc.Iterable[_resources_pb2.RoleGrant] | None = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "roles", b"roles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "member_id", b"member_id", "roles", b"roles"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -343,16 +365,22 @@ class DeleteMemberRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMBER_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     """The member to remove."""
+    etag: _builtins.str
+    """The etag of the member as read; when set, the call applies only if it is still current
+    (ABORTED with reason ETAG_MISMATCH and the current etag otherwise).
+    """
     def __init__(
         self,
         *,
         member_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "member_id", b"member_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -384,22 +412,30 @@ class CreateTokenRequest(_message.Message):
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     """The member the token authenticates as; empty means the caller."""
     name: _builtins.str
     """A label, e.g. "ci"."""
     ttl_seconds: _builtins.int
     """Lifetime in seconds; 0 means the token does not expire."""
+    request_id: _builtins.str
+    """A UUID the client makes once per token and sends again with every retry of it (AIP-155):
+    a retry within 24 hours answers the first call's response instead of creating another secret.
+    Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or when it was used for
+    a different request.
+    """
     def __init__(
         self,
         *,
         member_id: _builtins.str = ...,
         name: _builtins.str = ...,
         ttl_seconds: _builtins.int = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "name", b"name", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "name", b"name", "request_id", b"request_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -540,16 +576,24 @@ class CreateSourceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Display name, 1..100 characters, unique within the workspace."""
+    request_id: _builtins.str
+    """A UUID the client makes once per source and sends again with every retry of it (AIP-155):
+    a retry within 24 hours answers the first call's response instead of failing with ALREADY_EXISTS.
+    Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or when it was used for
+    a different request.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -686,16 +730,30 @@ class RotateWriteKeyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SOURCE_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     source_id: _builtins.str
     """The source id."""
+    request_id: _builtins.str
+    """A UUID the client makes once per rotation and sends again with every retry of it (AIP-155):
+    a retry within 24 hours answers the first call's response instead of rotating the key again.
+    Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or when it was used for
+    a different request.
+    """
+    etag: _builtins.str
+    """The etag of the source as read; when set, the call applies only if it is still current
+    (ABORTED with reason ETAG_MISMATCH and the current etag otherwise).
+    """
     def __init__(
         self,
         *,
         source_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["source_id", b"source_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "request_id", b"request_id", "source_id", b"source_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -732,16 +790,22 @@ class DeleteSourceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SOURCE_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     source_id: _builtins.str
     """The source id."""
+    etag: _builtins.str
+    """The etag of the source as read; when set, the call applies only if it is still current
+    (ABORTED with reason ETAG_MISMATCH and the current etag otherwise).
+    """
     def __init__(
         self,
         *,
         source_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["source_id", b"source_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "source_id", b"source_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -774,12 +838,19 @@ class CreateFunctionRequest(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Display name, 1..100 characters, unique within the workspace."""
     description: _builtins.str
     """What the function does."""
     code: _builtins.str
     """The JavaScript source, at most 5 MB; must parse."""
+    request_id: _builtins.str
+    """A UUID the client makes once per function and sends again with every retry of it (AIP-155):
+    a retry within 24 hours answers the first call's response instead of failing with ALREADY_EXISTS.
+    Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or when it was used for
+    a different request.
+    """
     @_builtins.property
     def settings(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.SettingDefinition]:
         """The settings the code declares; names unique JavaScript identifiers."""
@@ -791,10 +862,11 @@ class CreateFunctionRequest(_message.Message):
         description: _builtins.str = ...,
         code: _builtins.str = ...,
         settings: _abc.Iterable[_types_pb2.SettingDefinition] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "description", b"description", "name", b"name", "settings", b"settings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "description", b"description", "name", b"name", "request_id", b"request_id", "settings", b"settings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -969,12 +1041,24 @@ class SaveFunctionRequest(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     DEPLOY_INSTANCE_IDS_FIELD_NUMBER: _builtins.int
     DEPLOY_SETTINGS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     function_id: _builtins.str
     """The function id."""
     code: _builtins.str
     """The new JavaScript source, at most 5 MB; must parse."""
     description: _builtins.str
     """New description; empty keeps the current one."""
+    request_id: _builtins.str
+    """A UUID the client makes once per save and sends again with every retry of it (AIP-155):
+    a retry within 24 hours answers the first call's response instead of saving another version.
+    Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or when it was used for
+    a different request.
+    """
+    etag: _builtins.str
+    """The etag of the function as read (the state the new code is based on); when set, the call applies only if it is still current
+    (ABORTED with reason ETAG_MISMATCH and the current etag otherwise).
+    """
     @_builtins.property
     def settings(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.SettingDefinition]:
         """The new settings definitions."""
@@ -1000,10 +1084,12 @@ class SaveFunctionRequest(_message.Message):
         description: _builtins.str = ...,
         deploy_instance_ids: _abc.Iterable[_builtins.str] | None = ...,
         deploy_settings: _abc.Mapping[_builtins.str, _struct_pb2.Struct] | None = ...,
+        request_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "deploy_instance_ids", b"deploy_instance_ids", "deploy_settings", b"deploy_settings", "description", b"description", "function_id", b"function_id", "settings", b"settings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "deploy_instance_ids", b"deploy_instance_ids", "deploy_settings", b"deploy_settings", "description", b"description", "etag", b"etag", "function_id", b"function_id", "request_id", b"request_id", "settings", b"settings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1052,16 +1138,22 @@ class DeleteFunctionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     FUNCTION_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     function_id: _builtins.str
     """The function id."""
+    etag: _builtins.str
+    """The etag of the function as read; when set, the call applies only if it is still current
+    (ABORTED with reason ETAG_MISMATCH and the current etag otherwise).
+    """
     def __init__(
         self,
         *,
         function_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["function_id", b"function_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "function_id", b"function_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1206,6 +1298,7 @@ class CreateInstanceRequest(_message.Message):
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     RETRY_WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
     RETRY_MAX_DELAY_SECONDS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     function_id: _builtins.str
     """The function to connect."""
     source_id: _builtins.str
@@ -1227,6 +1320,12 @@ class CreateInstanceRequest(_message.Message):
     retry_max_delay_seconds: _builtins.int
     """Longest wait between attempts in seconds, 1..3600; 0 or unset means the deployment's
     default (10 minutes).
+    """
+    request_id: _builtins.str
+    """A UUID the client makes once per instance and sends again with every retry of it (AIP-155):
+    a retry within 24 hours answers the first call's response instead of failing with ALREADY_EXISTS.
+    Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or when it was used for
+    a different request.
     """
     @_builtins.property
     def settings(self) -> _struct_pb2.Struct:
@@ -1251,10 +1350,11 @@ class CreateInstanceRequest(_message.Message):
         timeout_ms: _builtins.int | None = ...,
         retry_window_seconds: _builtins.int = ...,
         retry_max_delay_seconds: _builtins.int = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_batch_size", b"_batch_size", "_batch_wait_ms", b"_batch_wait_ms", "_enabled", b"_enabled", "_timeout_ms", b"_timeout_ms", "batch_size", b"batch_size", "batch_wait_ms", b"batch_wait_ms", "enabled", b"enabled", "settings", b"settings", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch_size", b"_batch_size", "_batch_wait_ms", b"_batch_wait_ms", "_enabled", b"_enabled", "_timeout_ms", b"_timeout_ms", "batch_size", b"batch_size", "batch_wait_ms", b"batch_wait_ms", "enabled", b"enabled", "filters", b"filters", "function_id", b"function_id", "name", b"name", "retry_max_delay_seconds", b"retry_max_delay_seconds", "retry_window_seconds", b"retry_window_seconds", "settings", b"settings", "source_id", b"source_id", "timeout_ms", b"timeout_ms", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch_size", b"_batch_size", "_batch_wait_ms", b"_batch_wait_ms", "_enabled", b"_enabled", "_timeout_ms", b"_timeout_ms", "batch_size", b"batch_size", "batch_wait_ms", b"batch_wait_ms", "enabled", b"enabled", "filters", b"filters", "function_id", b"function_id", "name", b"name", "request_id", b"request_id", "retry_max_delay_seconds", b"retry_max_delay_seconds", "retry_window_seconds", b"retry_window_seconds", "settings", b"settings", "source_id", b"source_id", "timeout_ms", b"timeout_ms", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__batch_size: _TypeAlias = _typing.Literal["batch_size"]  # noqa: Y015
     _WhichOneofArgType__batch_size: _TypeAlias = _typing.Literal["_batch_size", b"_batch_size"]  # noqa: Y015
@@ -1415,12 +1515,12 @@ class UpdateInstanceRequest(_message.Message):
 
     INSTANCE_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
-    EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
-    expected_revision: _builtins.int
-    """When non-zero, the change applies only if the instance's revision still equals it."""
     @_builtins.property
     def instance(self) -> _resources_pb2.Instance:
-        """The instance with the new values; its id names the instance to change."""
+        """The instance with the new values; its id names the instance to change. When its etag is
+        set, the change applies only if it is still current (ABORTED with reason ETAG_MISMATCH
+        and the current etag otherwise).
+        """
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
@@ -1434,11 +1534,10 @@ class UpdateInstanceRequest(_message.Message):
         *,
         instance: _resources_pb2.Instance | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
-        expected_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_revision", b"expected_revision", "instance", b"instance", "update_mask", b"update_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1476,14 +1575,16 @@ class DeployInstanceRequest(_message.Message):
 
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     VERSION_ID_FIELD_NUMBER: _builtins.int
-    EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     """The instance id."""
     version_id: _builtins.str
     """The version of the instance's function to run."""
-    expected_revision: _builtins.int
-    """When non-zero, the deploy applies only if the instance's revision still equals it."""
+    etag: _builtins.str
+    """The etag of the instance as read; when set, the call applies only if it is still current
+    (ABORTED with reason ETAG_MISMATCH and the current etag otherwise).
+    """
     @_builtins.property
     def settings(self) -> _struct_pb2.Struct:
         """Setting values to change together with the deploy, checked against the new version's
@@ -1499,12 +1600,12 @@ class DeployInstanceRequest(_message.Message):
         *,
         instance_id: _builtins.str = ...,
         version_id: _builtins.str = ...,
-        expected_revision: _builtins.int = ...,
         settings: _struct_pb2.Struct | None = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_revision", b"expected_revision", "instance_id", b"instance_id", "settings", b"settings", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "instance_id", b"instance_id", "settings", b"settings", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1541,16 +1642,22 @@ class DeleteInstanceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     """The instance id."""
+    etag: _builtins.str
+    """The etag of the instance as read; when set, the call applies only if it is still current
+    (ABORTED with reason ETAG_MISMATCH and the current etag otherwise).
+    """
     def __init__(
         self,
         *,
         instance_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "instance_id", b"instance_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1647,6 +1754,7 @@ class RecordInstanceActionRequest(_message.Message):
     ACTION_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
     ACTOR_MEMBER_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     """The instance acted on."""
     action: _builtins.str
@@ -1655,6 +1763,12 @@ class RecordInstanceActionRequest(_message.Message):
     """The member the action was performed for, recorded as the entry's actor; required. The
     data-plane service resolves it from the caller's own token (WhoAmI) and checks the
     caller's roles before acting.
+    """
+    request_id: _builtins.str
+    """A UUID the client makes once per action and sends again with every retry of it (AIP-155):
+    a retry within 24 hours answers the first call's response instead of recording it twice.
+    Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or when it was used for
+    a different request.
     """
     @_builtins.property
     def details(self) -> _struct_pb2.Struct:
@@ -1667,10 +1781,11 @@ class RecordInstanceActionRequest(_message.Message):
         action: _builtins.str = ...,
         details: _struct_pb2.Struct | None = ...,
         actor_member_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor_member_id", b"actor_member_id", "details", b"details", "instance_id", b"instance_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor_member_id", b"actor_member_id", "details", b"details", "instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

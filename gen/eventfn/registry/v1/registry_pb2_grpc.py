@@ -30,7 +30,16 @@ class RegistryStub:
     UNAUTHENTICATED when the token is missing, unknown, expired or revoked, and with
     PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
     is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
-    INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field.
+    INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field; a required id
+    left empty is INVALID_ARGUMENT naming it, never NOT_FOUND. Every error carries a
+    google.rpc.ErrorInfo (domain "eventfn.dev") whose reason is the code's name or a more
+    precise one (ETAG_MISMATCH, REQUEST_ID_REUSED).
+    Retries: every call that creates something takes a request_id (AIP-155) and answers a
+    retry with the first call's response; changes and deletes take the resource's etag.
+    Lists: page tokens are opaque, signed and bound to the list, the caller's workspace and the
+    request's filters (INVALID_ARGUMENT for a token of another list or with other filters, or
+    one the service did not make). Pages are keyset pages: an item that exists during the
+    whole listing is returned exactly once, whatever is written between two pages.
     A string field (also one nested in a Struct, a list or a map) holding NUL or another
     control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
     naming the field, before anything is done. An unexpected failure is INTERNAL with a
@@ -206,7 +215,16 @@ class RegistryServicer:
     UNAUTHENTICATED when the token is missing, unknown, expired or revoked, and with
     PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
     is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
-    INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field.
+    INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field; a required id
+    left empty is INVALID_ARGUMENT naming it, never NOT_FOUND. Every error carries a
+    google.rpc.ErrorInfo (domain "eventfn.dev") whose reason is the code's name or a more
+    precise one (ETAG_MISMATCH, REQUEST_ID_REUSED).
+    Retries: every call that creates something takes a request_id (AIP-155) and answers a
+    retry with the first call's response; changes and deletes take the resource's etag.
+    Lists: page tokens are opaque, signed and bound to the list, the caller's workspace and the
+    request's filters (INVALID_ARGUMENT for a token of another list or with other filters, or
+    one the service did not make). Pages are keyset pages: an item that exists during the
+    whole listing is returned exactly once, whatever is written between two pages.
     A string field (also one nested in a Struct, a list or a map) holding NUL or another
     control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
     naming the field, before anything is done. An unexpected failure is INTERNAL with a
@@ -408,7 +426,7 @@ class RegistryServicer:
 
     def UpdateInstance(self, request, context):
         """Change settings, enabled flag, batching, timeout or filters (Source Admin of its source).
-        ABORTED when expected_revision is set and stale.
+        ABORTED (reason ETAG_MISMATCH) when the instance's etag is set and stale.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -416,8 +434,8 @@ class RegistryServicer:
 
     def DeployInstance(self, request, context):
         """Move an instance to a version of its function, e.g. to roll back, optionally changing
-        setting values in the same step (Source Admin of its source). ABORTED when
-        expected_revision is set and stale; INVALID_ARGUMENT when the instance's settings (after
+        setting values in the same step (Source Admin of its source). ABORTED (reason
+        ETAG_MISMATCH) when etag is set and stale; INVALID_ARGUMENT when the instance's settings (after
         the given changes) do not satisfy the version's schema, naming each bad value.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -630,7 +648,16 @@ class Registry:
     UNAUTHENTICATED when the token is missing, unknown, expired or revoked, and with
     PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
     is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
-    INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field.
+    INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field; a required id
+    left empty is INVALID_ARGUMENT naming it, never NOT_FOUND. Every error carries a
+    google.rpc.ErrorInfo (domain "eventfn.dev") whose reason is the code's name or a more
+    precise one (ETAG_MISMATCH, REQUEST_ID_REUSED).
+    Retries: every call that creates something takes a request_id (AIP-155) and answers a
+    retry with the first call's response; changes and deletes take the resource's etag.
+    Lists: page tokens are opaque, signed and bound to the list, the caller's workspace and the
+    request's filters (INVALID_ARGUMENT for a token of another list or with other filters, or
+    one the service did not make). Pages are keyset pages: an item that exists during the
+    whole listing is returned exactly once, whatever is written between two pages.
     A string field (also one nested in a Struct, a list or a map) holding NUL or another
     control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
     naming the field, before anything is done. An unexpected failure is INTERNAL with a

@@ -33,7 +33,16 @@ class RegistryStub:
     UNAUTHENTICATED when the token is missing, unknown, expired or revoked, and with
     PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
     is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
-    INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field.
+    INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field; a required id
+    left empty is INVALID_ARGUMENT naming it, never NOT_FOUND. Every error carries a
+    google.rpc.ErrorInfo (domain "eventfn.dev") whose reason is the code's name or a more
+    precise one (ETAG_MISMATCH, REQUEST_ID_REUSED).
+    Retries: every call that creates something takes a request_id (AIP-155) and answers a
+    retry with the first call's response; changes and deletes take the resource's etag.
+    Lists: page tokens are opaque, signed and bound to the list, the caller's workspace and the
+    request's filters (INVALID_ARGUMENT for a token of another list or with other filters, or
+    one the service did not make). Pages are keyset pages: an item that exists during the
+    whole listing is returned exactly once, whatever is written between two pages.
     A string field (also one nested in a Struct, a list or a map) holding NUL or another
     control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
     naming the field, before anything is done. An unexpected failure is INTERNAL with a
@@ -125,12 +134,12 @@ class RegistryStub:
     """List instances, optionally of one function or source."""
     UpdateInstance: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpdateInstanceRequest, _registry_pb2.UpdateInstanceResponse]
     """Change settings, enabled flag, batching, timeout or filters (Source Admin of its source).
-    ABORTED when expected_revision is set and stale.
+    ABORTED (reason ETAG_MISMATCH) when the instance's etag is set and stale.
     """
     DeployInstance: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeployInstanceRequest, _registry_pb2.DeployInstanceResponse]
     """Move an instance to a version of its function, e.g. to roll back, optionally changing
-    setting values in the same step (Source Admin of its source). ABORTED when
-    expected_revision is set and stale; INVALID_ARGUMENT when the instance's settings (after
+    setting values in the same step (Source Admin of its source). ABORTED (reason
+    ETAG_MISMATCH) when etag is set and stale; INVALID_ARGUMENT when the instance's settings (after
     the given changes) do not satisfy the version's schema, naming each bad value.
     """
     DeleteInstance: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteInstanceRequest, _registry_pb2.DeleteInstanceResponse]
@@ -157,7 +166,16 @@ class RegistryAsyncStub(RegistryStub):
     UNAUTHENTICATED when the token is missing, unknown, expired or revoked, and with
     PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
     is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
-    INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field.
+    INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field; a required id
+    left empty is INVALID_ARGUMENT naming it, never NOT_FOUND. Every error carries a
+    google.rpc.ErrorInfo (domain "eventfn.dev") whose reason is the code's name or a more
+    precise one (ETAG_MISMATCH, REQUEST_ID_REUSED).
+    Retries: every call that creates something takes a request_id (AIP-155) and answers a
+    retry with the first call's response; changes and deletes take the resource's etag.
+    Lists: page tokens are opaque, signed and bound to the list, the caller's workspace and the
+    request's filters (INVALID_ARGUMENT for a token of another list or with other filters, or
+    one the service did not make). Pages are keyset pages: an item that exists during the
+    whole listing is returned exactly once, whatever is written between two pages.
     A string field (also one nested in a Struct, a list or a map) holding NUL or another
     control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
     naming the field, before anything is done. An unexpected failure is INTERNAL with a
@@ -246,12 +264,12 @@ class RegistryAsyncStub(RegistryStub):
     """List instances, optionally of one function or source."""
     UpdateInstance: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpdateInstanceRequest, _registry_pb2.UpdateInstanceResponse]  # type: ignore[assignment]
     """Change settings, enabled flag, batching, timeout or filters (Source Admin of its source).
-    ABORTED when expected_revision is set and stale.
+    ABORTED (reason ETAG_MISMATCH) when the instance's etag is set and stale.
     """
     DeployInstance: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeployInstanceRequest, _registry_pb2.DeployInstanceResponse]  # type: ignore[assignment]
     """Move an instance to a version of its function, e.g. to roll back, optionally changing
-    setting values in the same step (Source Admin of its source). ABORTED when
-    expected_revision is set and stale; INVALID_ARGUMENT when the instance's settings (after
+    setting values in the same step (Source Admin of its source). ABORTED (reason
+    ETAG_MISMATCH) when etag is set and stale; INVALID_ARGUMENT when the instance's settings (after
     the given changes) do not satisfy the version's schema, naming each bad value.
     """
     DeleteInstance: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteInstanceRequest, _registry_pb2.DeleteInstanceResponse]  # type: ignore[assignment]
@@ -277,7 +295,16 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
     UNAUTHENTICATED when the token is missing, unknown, expired or revoked, and with
     PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
     is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
-    INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field.
+    INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field; a required id
+    left empty is INVALID_ARGUMENT naming it, never NOT_FOUND. Every error carries a
+    google.rpc.ErrorInfo (domain "eventfn.dev") whose reason is the code's name or a more
+    precise one (ETAG_MISMATCH, REQUEST_ID_REUSED).
+    Retries: every call that creates something takes a request_id (AIP-155) and answers a
+    retry with the first call's response; changes and deletes take the resource's etag.
+    Lists: page tokens are opaque, signed and bound to the list, the caller's workspace and the
+    request's filters (INVALID_ARGUMENT for a token of another list or with other filters, or
+    one the service did not make). Pages are keyset pages: an item that exists during the
+    whole listing is returned exactly once, whatever is written between two pages.
     A string field (also one nested in a Struct, a list or a map) holding NUL or another
     control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
     naming the field, before anything is done. An unexpected failure is INTERNAL with a
@@ -520,7 +547,7 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.UpdateInstanceResponse, _abc.Awaitable[_registry_pb2.UpdateInstanceResponse]]:
         """Change settings, enabled flag, batching, timeout or filters (Source Admin of its source).
-        ABORTED when expected_revision is set and stale.
+        ABORTED (reason ETAG_MISMATCH) when the instance's etag is set and stale.
         """
 
     @_abc_1.abstractmethod
@@ -530,8 +557,8 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.DeployInstanceResponse, _abc.Awaitable[_registry_pb2.DeployInstanceResponse]]:
         """Move an instance to a version of its function, e.g. to roll back, optionally changing
-        setting values in the same step (Source Admin of its source). ABORTED when
-        expected_revision is set and stale; INVALID_ARGUMENT when the instance's settings (after
+        setting values in the same step (Source Admin of its source). ABORTED (reason
+        ETAG_MISMATCH) when etag is set and stale; INVALID_ARGUMENT when the instance's settings (after
         the given changes) do not satisfy the version's schema, naming each bad value.
         """
 

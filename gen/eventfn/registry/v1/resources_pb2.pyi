@@ -69,11 +69,17 @@ class Workspace(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id, e.g. "ws_2k9..."."""
     name: _builtins.str
     """Display name, unique across the deployment. Used in the integrations-object key
     "<Function Name> (<Workspace Name>)".
+    """
+    etag: _builtins.str
+    """Changes with every change of the workspace; send it back with an update or delete to make it
+    apply only to the state you read (ABORTED with reason ETAG_MISMATCH and the current etag
+    otherwise).
     """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -85,10 +91,11 @@ class Workspace(_message.Message):
         id: _builtins.str = ...,
         name: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "id", b"id", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "etag", b"etag", "id", b"id", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -141,12 +148,18 @@ class Member(_message.Message):
     EMAIL_FIELD_NUMBER: _builtins.int
     ROLES_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id, e.g. "mem_..."."""
     workspace_id: _builtins.str
     """The workspace the member belongs to."""
     email: _builtins.str
     """Email or service-account name, unique within the workspace."""
+    etag: _builtins.str
+    """Changes with every change of the member (its roles); send it back with an update or delete to make it
+    apply only to the state you read (ABORTED with reason ETAG_MISMATCH and the current etag
+    otherwise).
+    """
     @_builtins.property
     def roles(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoleGrant]:
         """The roles the member holds."""
@@ -163,10 +176,11 @@ class Member(_message.Message):
         email: _builtins.str = ...,
         roles: _abc.Iterable[Global___RoleGrant] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "email", b"email", "id", b"id", "roles", b"roles", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "email", b"email", "etag", b"etag", "id", b"id", "roles", b"roles", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -235,6 +249,7 @@ class Source(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     WRITE_KEY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id, e.g. "src_..."."""
     workspace_id: _builtins.str
@@ -243,6 +258,11 @@ class Source(_message.Message):
     """Display name, unique within the workspace."""
     write_key: _builtins.str
     """The current write key. Rotating it makes the previous key invalid at once."""
+    etag: _builtins.str
+    """Changes with every change of the source (e.g. a write key rotation); send it back with an update or delete to make it
+    apply only to the state you read (ABORTED with reason ETAG_MISMATCH and the current etag
+    otherwise).
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the source was created."""
@@ -255,10 +275,11 @@ class Source(_message.Message):
         name: _builtins.str = ...,
         write_key: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "id", b"id", "name", b"name", "workspace_id", b"workspace_id", "write_key", b"write_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "etag", b"etag", "id", b"id", "name", b"name", "workspace_id", b"workspace_id", "write_key", b"write_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -278,6 +299,7 @@ class Function(_message.Message):
     LATEST_VERSION_NUMBER_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id, e.g. "fn_..."."""
     workspace_id: _builtins.str
@@ -290,6 +312,12 @@ class Function(_message.Message):
     """The id of the newest version (the code last saved)."""
     latest_version_number: _builtins.int
     """The newest version's number (1 for the first save)."""
+    etag: _builtins.str
+    """Changes with every save and change of the function; send it back with SaveFunction (so
+    that two saves based on the same version do not both succeed) or DeleteFunction to make
+    them apply only to the state you read (ABORTED with reason ETAG_MISMATCH and the current
+    etag otherwise).
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the function was created."""
@@ -309,10 +337,11 @@ class Function(_message.Message):
         latest_version_number: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "id", b"id", "latest_version_id", b"latest_version_id", "latest_version_number", b"latest_version_number", "name", b"name", "update_time", b"update_time", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "etag", b"etag", "id", b"id", "latest_version_id", b"latest_version_id", "latest_version_number", b"latest_version_number", "name", b"name", "update_time", b"update_time", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -386,7 +415,7 @@ class Instance(_message.Message):
     BATCH_WAIT_MS_FIELD_NUMBER: _builtins.int
     FILTERS_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
-    REVISION_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     RETRY_WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
@@ -411,8 +440,11 @@ class Instance(_message.Message):
     """How long a partial batch waits for more events, in milliseconds (default 10000)."""
     timeout_ms: _builtins.int
     """Per-invocation timeout in milliseconds, 100..60000 (default 5000)."""
-    revision: _builtins.int
-    """Incremented by every change; pass it back as expected_revision to detect concurrent edits."""
+    etag: _builtins.str
+    """Changes with every change of the instance; send it back with an update, deploy or delete
+    to make it apply only to the state you read (ABORTED with reason ETAG_MISMATCH and the
+    current etag otherwise).
+    """
     retry_window_seconds: _builtins.int
     """How long failed events are retried, counted from their first attempt, in seconds,
     60..86400; 0 means the deployment's default (4 hours).
@@ -454,7 +486,7 @@ class Instance(_message.Message):
         batch_wait_ms: _builtins.int = ...,
         filters: _abc.Iterable[_builtins.str] | None = ...,
         timeout_ms: _builtins.int = ...,
-        revision: _builtins.int = ...,
+        etag: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         retry_window_seconds: _builtins.int = ...,
@@ -462,7 +494,7 @@ class Instance(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "settings", b"settings", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "batch_wait_ms", b"batch_wait_ms", "create_time", b"create_time", "enabled", b"enabled", "filters", b"filters", "function_id", b"function_id", "id", b"id", "name", b"name", "retry_max_delay_seconds", b"retry_max_delay_seconds", "retry_window_seconds", b"retry_window_seconds", "revision", b"revision", "settings", b"settings", "source_id", b"source_id", "timeout_ms", b"timeout_ms", "update_time", b"update_time", "version_id", b"version_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "batch_wait_ms", b"batch_wait_ms", "create_time", b"create_time", "enabled", b"enabled", "etag", b"etag", "filters", b"filters", "function_id", b"function_id", "id", b"id", "name", b"name", "retry_max_delay_seconds", b"retry_max_delay_seconds", "retry_window_seconds", b"retry_window_seconds", "settings", b"settings", "source_id", b"source_id", "timeout_ms", b"timeout_ms", "update_time", b"update_time", "version_id", b"version_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
