@@ -19,6 +19,7 @@ from services.common import streams
 from services.common.deliveries.reads import DeliveryReads
 from services.common.deliveries.recorder import COUNTERS
 from services.common.errors import InvalidArgument, PermissionDenied
+from services.common.page_tokens import PageTokens
 from services.common.pull import NATS_ERRORS
 from services.common.registry_gate import RegistryGate
 from services.common.roles import may_write_function
@@ -114,8 +115,14 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
     """Serve delivery records and health; the registry authorizes each call."""
 
     def __init__(
-        self, db: asyncpg.Pool, gate: RegistryGate, js: JetStreamContext, pool: RuntimePool
+        self,
+        db: asyncpg.Pool,
+        gate: RegistryGate,
+        js: JetStreamContext,
+        pool: RuntimePool,
+        pages: PageTokens,
     ) -> None:
+        self._pages = pages
         self._reads = DeliveryReads(db)
         self._gate = gate
         self._js = js
@@ -183,14 +190,23 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
         self, request: pb.ListDeliveriesRequest, context: Ctx
     ) -> pb.ListDeliveriesResponse:
         """List per-minute counts or sampled failures of an instance."""
-        await self._gate.instance(context, request.instance_id)
+        found = await self._gate.instance(context, request.instance_id)
+        scope = found.instance.workspace_id
         begin, stop = period(request.start_time, request.end_time, timedelta(hours=1))
         size = min(request.page_size or 60, 500)
-        offset = int(request.page_token or 0) if (request.page_token or "0").isdigit() else None
-        if offset is None:
-            raise InvalidArgument.field("page_token", "is not a token from a previous call")
+        last = self._pages.read("ListDeliveries", scope, request)
+        before: tuple[datetime, int] | None = None
+        if last is not None:
+            try:
+                moment = datetime.fromisoformat(last[0])
+                if request.failures_only:
+                    before = (moment, int(last[1]))
+                else:
+                    stop = min(stop, moment)
+            except (ValueError, IndexError, TypeError):
+                raise InvalidArgument.field("page_token", "is not a token of this list") from None
         if request.failures_only:
-            rows = await self._reads.failures(request.instance_id, begin, stop, offset, size + 1)
+            rows = await self._reads.failures(request.instance_id, begin, stop, size + 1, before)
             failures = [
                 pb.DeliveryFailure(
                     time=ts(r["time"]),
@@ -216,15 +232,21 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
                 )
                 for r in rows[:size]
             ]
-            more = len(rows) > size
-            return pb.ListDeliveriesResponse(
-                failures=failures, next_page_token=str(offset + size) if more else ""
+            token = ""
+            if len(rows) > size:
+                end = rows[size - 1]
+                token = self._pages.issue(
+                    "ListDeliveries", scope, request, [end["time"].isoformat(), end["id"]]
+                )
+            return pb.ListDeliveriesResponse(failures=failures, next_page_token=token)
+        rows = await self._reads.minutes(request.instance_id, begin, stop, size + 1)
+        token = ""
+        if len(rows) > size:
+            token = self._pages.issue(
+                "ListDeliveries", scope, request, [rows[size - 1]["minute"].isoformat()]
             )
-        rows = await self._reads.minutes(request.instance_id, begin, stop, offset, size + 1)
-        more = len(rows) > size
         return pb.ListDeliveriesResponse(
-            minutes=[minute_row(r) for r in rows[:size]],
-            next_page_token=str(offset + size) if more else "",
+            minutes=[minute_row(r) for r in rows[:size]], next_page_token=token
         )
 
     async def _pending(self, stream: str, subject: str) -> int:

@@ -15,6 +15,7 @@ from services.common import rpc, streams
 from services.common.backlog import BacklogGauges, StreamSizeGauge
 from services.common.config_watch import ConfigWatcher
 from services.common.metrics import start_metrics
+from services.common.page_tokens import PageTokens
 from services.common.registry_gate import RegistryGate
 from services.common.streams import open_streams
 from services.retrier.dead_letters import DeadLetterStore
@@ -75,7 +76,7 @@ async def start_retrier(settings: RetrierSettings, stack: AsyncExitStack) -> Run
     gate = RegistryGate(settings.registry_addr, service_token=token)
     stack.push_async_callback(gate.close)
     store = DeadLetterStore(nc, js)
-    servicer = RetrierServicer(store, gate)
+    servicer = RetrierServicer(store, gate, PageTokens.from_secret(token))
     server, port, health = rpc.create_server(
         address=settings.retrier_listen,
         register=[lambda s: retrier_pb2_grpc.add_RetrierServicer_to_server(servicer, s)],

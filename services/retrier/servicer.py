@@ -15,6 +15,7 @@ from eventfn.retrier.v1 import retrier_pb2 as pb
 from eventfn.retrier.v1 import retrier_pb2_grpc
 from eventfn.type.v1 import types_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.common.page_tokens import PageTokens
 from services.common.registry_gate import RegistryGate
 from services.common.roles import may_administer_source
 from services.retrier.dead_letters import (
@@ -137,9 +138,10 @@ def all_found(raw_ids: list[str], ids: list[LetterId], letters: list[Letter]) ->
 class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
     """Serve the Retrier API over the DEAD stream."""
 
-    def __init__(self, store: DeadLetterStore, gate: RegistryGate) -> None:
+    def __init__(self, store: DeadLetterStore, gate: RegistryGate, pages: PageTokens) -> None:
         self._store = store
         self._gate = gate
+        self._pages = pages
 
     async def _writable(
         self, context: Ctx, instance_id: str, action: str
@@ -177,22 +179,26 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
         size = request.page_size or DEFAULT_PAGE_SIZE
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise InvalidArgument.field("page_size", f"must be 1..{MAX_PAGE_SIZE}, got {size}")
-        before = None
-        if request.page_token:
-            try:
-                before = LetterId.parse(request.page_token)
-            except BadDeadLetterId:
-                raise InvalidArgument.field(
-                    "page_token", "not a token of a previous call; start without one"
-                ) from None
         start, end = _range(request)
-        await self._gate.instance(context, request.instance_id)
+        found = await self._gate.instance(context, request.instance_id)
+        scope = found.instance.workspace_id
+        last = self._pages.read("ListDeadLetters", scope, request)
+        before = None
+        if last is not None:
+            if len(last) != 2 or not all(isinstance(v, int) for v in last):
+                raise InvalidArgument.field("page_token", "is not a token of this list")
+            before = LetterId(last[0], last[1])
         letters, cursor = await self._store.page(
             request.instance_id, start=start, end=end, size=size, before=before
         )
+        token = ""
+        if cursor is not None:
+            token = self._pages.issue(
+                "ListDeadLetters", scope, request, [cursor.seq, cursor.index or 0]
+            )
         return pb.ListDeadLettersResponse(
             dead_letters=[dead_letter_message(letter) for letter in letters],
-            next_page_token="" if cursor is None else str(cursor),
+            next_page_token=token,
         )
 
     async def GetDeadLetter(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import orjson
@@ -208,3 +209,38 @@ async def test_list_replay_and_purge_reach_no_other_workspaces_letters(
         assert error.code() == NOT_FOUND
         assert error.details() == f"dead letter '{victim.letter}' not found"
     assert await running.store.pack(int(victim.letter)) is not None
+
+
+async def test_dead_letter_page_tokens_are_signed_and_bound_to_their_list(
+    world: tuple[Tenant, Tenant, retrier_pb2_grpc.RetrierAsyncStub, RunningRetrier],
+    nats_client: NatsClient,
+) -> None:
+    victim, attacker, stub, _ = world
+    md = auth(victim.owner)
+    for i in range(3):
+        await bury(nats_client, victim, f"m-{i}")
+
+    async def page(token: str, instance_id: str = victim.instance_id, who=md) -> Any:
+        return await stub.ListDeadLetters(
+            retrier_pb2.ListDeadLettersRequest(
+                instance_id=instance_id, page_size=2, page_token=token
+            ),
+            metadata=who,
+        )
+
+    first = await page("")
+    assert first.next_page_token
+    # A write between the pages: the next page goes on after the last letter returned.
+    await bury(nats_client, victim, "m-new")
+    second = await page(first.next_page_token)
+    seen = [d.id for d in first.dead_letters] + [d.id for d in second.dead_letters]
+    assert len(seen) == len(set(seen)) == 4
+    # The old sequence-number cursor, a tampered token, another instance's or workspace's.
+    for bad, instance_id, who in (
+        (str(first.dead_letters[-1].id), victim.instance_id, md),
+        (first.next_page_token[:-3] + "AAA", victim.instance_id, md),
+        (first.next_page_token, attacker.instance_id, auth(attacker.owner)),
+    ):
+        error = await failure(page(bad, instance_id, who))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "page_token" in (error.details() or "")
