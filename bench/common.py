@@ -24,9 +24,9 @@ import orjson
 from aiohttp import web
 from google.protobuf import struct_pb2
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import registry_pb2_grpc
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2_grpc
+from eventfn_api.type.v1 import types_pb2
 from services.common.config_watch import ConfigWatcher
 from services.devtools.embedded import EmbeddedNats, EmbeddedPostgres
 from services.executor.app import RunningExecutor, start_executor
@@ -391,7 +391,7 @@ async def _grpc_load(
     seconds: float,
     stream: bool,
 ) -> Load:
-    from eventfn.router.v1 import router_pb2, router_pb2_grpc
+    from eventfn_api.router.v1 import router_pb2, router_pb2_grpc
 
     run = uuid.uuid4().hex[:8]
     bodies = [

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import typer
 from google.protobuf import json_format
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import resources_pb2 as res
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
 from services.cli.client import as_json_list, fail, metadata, out, pages, registry, table, when
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")]

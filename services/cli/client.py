@@ -19,7 +19,7 @@ from grpc_status import rpc_status
 from rich.console import Console
 from rich.table import Table
 
-from eventfn.registry.v1 import registry_pb2_grpc
+from eventfn_api.registry.v1 import registry_pb2_grpc
 from services.cli.context import load_context
 
 # Piped output keeps whole ids on one line, so scripts can grep them.

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from google.protobuf import timestamp_pb2
 
-from eventfn.retrier.v1 import retrier_pb2 as pb
-from eventfn.retrier.v1 import retrier_pb2_grpc
-from eventfn.type.v1 import types_pb2
+from eventfn_api.retrier.v1 import retrier_pb2 as pb
+from eventfn_api.retrier.v1 import retrier_pb2_grpc
+from eventfn_api.type.v1 import types_pb2
 from services.cli.client import as_json, fail, metadata, out, stub, table, when
 from services.common.error_location import location_text
 

@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from eventfn.executor.v1 import executor_pb2 as pb
-from eventfn.executor.v1 import executor_pb2_grpc
-from eventfn.type.v1 import types_pb2
+from eventfn_api.executor.v1 import executor_pb2 as pb
+from eventfn_api.executor.v1 import executor_pb2_grpc
+from eventfn_api.type.v1 import types_pb2
 from services.cli.client import metadata, out, stub, table, when
 from services.common.error_location import location_text
 

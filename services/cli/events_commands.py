@@ -18,7 +18,7 @@ import orjson
 import typer
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2 as pb
 from services.cli.client import fail, metadata, out, pages, registry
 from services.cli.context import load_context
 from services.common import streams

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2 as pb
 from services.cli import settings_input as si
 from services.cli.client import (
     as_json_list,

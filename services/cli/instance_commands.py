@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import typer
 from google.protobuf import field_mask_pb2, json_format
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import resources_pb2 as res
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
 from services.cli import settings_input as si
 from services.cli.client import as_json_list, fail, metadata, out, pages, registry, table
 from services.cli.function_commands import Json, SetValues

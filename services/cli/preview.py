@@ -98,8 +98,8 @@ def _preview_remote(
     """Send the preview to the running executor and print its answer."""
     from google.protobuf import json_format, struct_pb2
 
-    from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
-    from eventfn.type.v1 import types_pb2
+    from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
+    from eventfn_api.type.v1 import types_pb2
     from services.cli.client import metadata, stub
 
     settings = struct_pb2.Struct()

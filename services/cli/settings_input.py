@@ -12,8 +12,8 @@ from typing import Any, NoReturn
 
 from google.protobuf import struct_pb2
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.type.v1 import types_pb2
 from services.cli.client import fail, metadata, read_json
 from services.runtime import settings_schema as schema
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2 as pb
 from services.cli.access_commands import role_text
 from services.cli.client import fail, metadata, out, registry, table
 from services.cli.context import load_context, save_context

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from eventfn.registry.v1 import resources_pb2 as res
+from eventfn_api.registry.v1 import resources_pb2 as res
 
 
 def _grants(member: res.Member, role: int) -> Iterable[res.RoleGrant]:

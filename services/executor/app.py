@@ -11,7 +11,7 @@ import asyncpg
 import grpc
 from nats.aio.client import Client as NatsClient
 
-from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
+from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
 from services.common import rpc
 from services.common.config_watch import ConfigWatcher
 from services.common.deliveries.recorder import DeliveryRecorder

@@ -21,7 +21,7 @@ from typing import Any
 from google.protobuf import json_format
 from opentelemetry import trace
 
-from eventfn.registry.v1 import registry_pb2 as rpb
+from eventfn_api.registry.v1 import registry_pb2 as rpb
 from services.common.deliveries.recorder import DeliveryRecorder
 from services.common.telemetry import message_ids
 from services.executor.observe import ExecutorMetrics, annotate, record_fetches

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Collection
 from typing import Literal
 
-from eventfn.executor.v1 import executor_pb2
+from eventfn_api.executor.v1 import executor_pb2
 from services.runtime import OutcomeKind
 
 # The reference: under about one event per second, batching is not worth it.

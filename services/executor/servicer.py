@@ -12,9 +12,9 @@ import orjson
 from google.protobuf import json_format, timestamp_pb2
 from nats.js import JetStreamContext
 
-from eventfn.executor.v1 import executor_pb2 as pb
-from eventfn.executor.v1 import executor_pb2_grpc
-from eventfn.type.v1 import types_pb2
+from eventfn_api.executor.v1 import executor_pb2 as pb
+from eventfn_api.executor.v1 import executor_pb2_grpc
+from eventfn_api.type.v1 import types_pb2
 from services.common import streams
 from services.common.deliveries.reads import DeliveryReads
 from services.common.deliveries.recorder import COUNTERS

@@ -6,9 +6,9 @@ from collections import OrderedDict
 
 import grpc
 
-from eventfn.registry.v1 import registry_pb2 as rpb
-from eventfn.registry.v1 import registry_pb2_grpc
-from eventfn.registry.v1 import resources_pb2 as res
+from eventfn_api.registry.v1 import registry_pb2 as rpb
+from eventfn_api.registry.v1 import registry_pb2_grpc
+from eventfn_api.registry.v1 import resources_pb2 as res
 from services.common.rpc_observe import client_interceptors
 
 CACHED_VERSIONS = 64

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import grpc
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from eventfn.registry.v1 import registry_pb2, registry_pb2_grpc
+from eventfn_api.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common import rpc
 from services.common.metrics import start_metrics
 from services.common.page_tokens import PageTokens

@@ -6,7 +6,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass, field
 
-from eventfn.registry.v1 import resources_pb2 as res
+from eventfn_api.registry.v1 import resources_pb2 as res
 from services.common.errors import PermissionDenied
 
 TOKEN_PREFIX = "efn_"

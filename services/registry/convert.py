@@ -7,8 +7,8 @@ from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
-from eventfn.registry.v1 import resources_pb2 as res
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.type.v1 import types_pb2
 from services.registry import models as m
 from services.registry.etags import etag
 from services.registry.secrets import MASK, is_sealed

@@ -8,8 +8,8 @@ import grpc
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import resources_pb2 as res
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
 from services.common.errors import (
     AlreadyExists,
     FailedPrecondition,

@@ -8,7 +8,7 @@ import grpc
 from google.protobuf import json_format
 from sqlmodel import col, select
 
-from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2 as pb
 from services.common.errors import InvalidArgument, PermissionDenied
 from services.registry import convert
 from services.registry.auth import require

@@ -9,7 +9,7 @@ import grpc
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2 as pb
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.registry import convert
 from services.registry.auth import Caller, require

@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2 as pb
 from services.common.errors import InvalidArgument, NotFound
 from services.registry import convert
 from services.registry.auth import require

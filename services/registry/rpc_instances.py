@@ -7,7 +7,7 @@ from google.protobuf import json_format
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2 as pb
 from services.common.errors import AlreadyExists, InvalidArgument
 from services.registry import convert
 from services.registry.auth import Caller, require

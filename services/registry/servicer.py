@@ -6,7 +6,7 @@ table says where each RPC lives, so a reader gets from an RPC name to its code i
 
 from __future__ import annotations
 
-from eventfn.registry.v1 import registry_pb2_grpc
+from eventfn_api.registry.v1 import registry_pb2_grpc
 from services.registry.deps import RegistryDeps
 from services.registry.rpc_access import AccessRpcs
 from services.registry.rpc_audit import AuditRpcs

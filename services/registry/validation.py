@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from eventfn.type.v1 import types_pb2
+from eventfn_api.type.v1 import types_pb2
 from services.common.errors import FieldViolation, InvalidArgument
 from services.registry.secrets import MASK
 from services.runtime import settings_schema as schema

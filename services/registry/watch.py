@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import grpc
 
-from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2 as pb
 from services.common.errors import PermissionDenied
 from services.registry import convert
 from services.registry.deps import RegistryDeps

@@ -10,7 +10,7 @@ from datetime import timedelta
 import grpc
 from nats.aio.client import Client as NatsClient
 
-from eventfn.retrier.v1 import retrier_pb2, retrier_pb2_grpc
+from eventfn_api.retrier.v1 import retrier_pb2, retrier_pb2_grpc
 from services.common import rpc, streams
 from services.common.backlog import BacklogGauges, StreamSizeGauge
 from services.common.config_watch import ConfigWatcher

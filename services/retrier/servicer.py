@@ -10,10 +10,10 @@ import grpc
 from google.protobuf import timestamp_pb2
 from opentelemetry import trace
 
-from eventfn.registry.v1 import registry_pb2 as rpb
-from eventfn.retrier.v1 import retrier_pb2 as pb
-from eventfn.retrier.v1 import retrier_pb2_grpc
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as rpb
+from eventfn_api.retrier.v1 import retrier_pb2 as pb
+from eventfn_api.retrier.v1 import retrier_pb2_grpc
+from eventfn_api.type.v1 import types_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from services.common.page_tokens import PageTokens
 from services.common.registry_gate import RegistryGate

@@ -9,8 +9,8 @@ from typing import Any
 
 import grpc
 
-from eventfn.router.v1 import router_pb2 as pb
-from eventfn.router.v1 import router_pb2_grpc
+from eventfn_api.router.v1 import router_pb2 as pb
+from eventfn_api.router.v1 import router_pb2_grpc
 from services.common.errors import FieldViolation, InvalidArgument, Unauthenticated, Unavailable
 from services.router.errors import BodyTooLargeError, InvalidRequestError, RouterError
 from services.router.normalize import BATCH_MAX_BYTES, normalize_events, parse_json

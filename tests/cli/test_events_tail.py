@@ -14,7 +14,7 @@ import nats
 import orjson
 from nats.aio.client import Client as NatsClient
 
-from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2 as pb
 from services.common import streams
 from services.devtools.embedded import EmbeddedNats
 from tests.cli.conftest import Cli

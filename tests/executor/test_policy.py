@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventfn.executor.v1 import executor_pb2 as pb
+from eventfn_api.executor.v1 import executor_pb2 as pb
 from services.executor.policy import (
     BATCH_MIN_RATE,
     HANDLER_OF_TYPE,

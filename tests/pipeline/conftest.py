@@ -16,8 +16,8 @@ import pytest
 from aiohttp import web
 from google.protobuf import struct_pb2
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.type.v1 import types_pb2
 from services.executor.app import RunningExecutor, start_executor
 from services.executor.settings import ExecutorSettings
 from services.router.app import RunningRouter, start_router

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2 as pb
 from tests.pipeline.conftest import Platform, Sink
 from tests.pipeline.test_delivery import SINGLE, batch_body, send
 from tests.registry.conftest import auth

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import grpc
 
-from eventfn.executor.v1 import executor_pb2 as pb
-from eventfn.executor.v1 import executor_pb2_grpc
-from eventfn.type.v1 import types_pb2
+from eventfn_api.executor.v1 import executor_pb2 as pb
+from eventfn_api.executor.v1 import executor_pb2_grpc
+from eventfn_api.type.v1 import types_pb2
 from tests.pipeline.conftest import Platform, Sink
 from tests.pipeline.test_parity_batching import counters, event, post_batch
 from tests.registry.conftest import auth

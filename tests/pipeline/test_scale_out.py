@@ -26,8 +26,8 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
 from nats.js.errors import NotFoundError
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.type.v1 import types_pb2
 from services.common import streams
 from services.router.app import start_router
 from services.router.settings import RouterSettings

@@ -27,9 +27,9 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import registry_pb2_grpc
-from eventfn.registry.v1 import resources_pb2 as res
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2_grpc
+from eventfn_api.registry.v1 import resources_pb2 as res
 from services.registry.app import start_registry
 from services.registry.settings import RegistrySettings
 from tests.registry.conftest import BOOTSTRAP, HANDLER, SERVICE, SETTINGS, Registry, auth

@@ -9,8 +9,8 @@ import asyncpg
 import grpc
 from google.protobuf import json_format
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.type.v1 import types_pb2
 from services.registry.secrets import MASK
 from tests.registry.conftest import HANDLER, SETTINGS, Registry, auth
 from tests.registry.test_flows import expect, make_function, settings, violations

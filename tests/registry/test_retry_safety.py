@@ -15,8 +15,8 @@ from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import resources_pb2 as res
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
 from services.common.errors import NotFound, Relayed, Unavailable
 from services.common.registry_gate import RegistryGate
 from tests.registry.conftest import BOOTSTRAP, HANDLER, SETTINGS, Registry, auth

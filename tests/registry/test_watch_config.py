@@ -7,7 +7,7 @@ import asyncio
 import grpc
 from google.protobuf import struct_pb2
 
-from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2 as pb
 from tests.registry.conftest import HANDLER, SERVICE, SETTINGS, Registry, auth
 
 

@@ -9,7 +9,7 @@ from typing import Any, TypeAlias
 import grpc
 import pytest
 
-from eventfn.retrier.v1 import retrier_pb2_grpc
+from eventfn_api.retrier.v1 import retrier_pb2_grpc
 from services.retrier.app import RunningRetrier, start_retrier
 from services.retrier.settings import RetrierSettings
 from tests.pipeline.conftest import Platform, platform, sink

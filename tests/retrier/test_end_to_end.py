@@ -19,10 +19,10 @@ from aiohttp import web
 from nats.js.errors import NotFoundError
 from typer.testing import CliRunner
 
-from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
-from eventfn.registry.v1 import registry_pb2 as rpb
-from eventfn.retrier.v1 import retrier_pb2 as pb
-from eventfn.retrier.v1 import retrier_pb2_grpc
+from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
+from eventfn_api.registry.v1 import registry_pb2 as rpb
+from eventfn_api.retrier.v1 import retrier_pb2 as pb
+from eventfn_api.retrier.v1 import retrier_pb2_grpc
 from services.cli.dead_commands import dead
 from services.common import streams
 from services.retrier.dead_letters import DeadLetterStore

@@ -11,9 +11,9 @@ import typer
 from nats.aio.client import Client as NatsClient
 from typer.testing import CliRunner
 
-from eventfn.registry.v1 import registry_pb2 as rpb
-from eventfn.retrier.v1 import retrier_pb2 as pb
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as rpb
+from eventfn_api.retrier.v1 import retrier_pb2 as pb
+from eventfn_api.type.v1 import types_pb2
 from services.cli.dead_commands import dead
 from services.cli.deliveries_commands import deliveries
 from tests.eventually import eventually

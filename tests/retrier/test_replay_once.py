@@ -11,8 +11,8 @@ from typing import Any
 import grpc
 import pytest
 
-from eventfn.retrier.v1 import retrier_pb2 as pb
-from eventfn.retrier.v1 import retrier_pb2_grpc
+from eventfn_api.retrier.v1 import retrier_pb2 as pb
+from eventfn_api.retrier.v1 import retrier_pb2_grpc
 from services.retrier.dead_letters import DeadPack
 from tests.eventually import eventually
 from tests.pipeline.conftest import Platform, Sink

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from eventfn.registry.v1 import registry_pb2 as rpb
-from eventfn.retrier.v1 import retrier_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2 as rpb
+from eventfn_api.retrier.v1 import retrier_pb2 as pb
 from tests.pipeline.conftest import Platform, Sink
 from tests.registry.conftest import auth
 from tests.retrier.conftest import StartRetrier

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from eventfn.registry.v1 import registry_pb2 as rpb
+from eventfn_api.registry.v1 import registry_pb2 as rpb
 from services.router.app import start_router
 from tests.registry.conftest import Registry, auth
 from tests.router.test_service import Env, basic, env, events_of, router_settings, stored

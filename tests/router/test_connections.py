@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2 as pb
 from tests.eventually import eventually
 from tests.registry.conftest import SERVICE, Registry, auth
 

@@ -22,9 +22,9 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from eventfn.registry.v1 import registry_pb2 as rpb
-from eventfn.router.v1 import router_pb2 as pb
-from eventfn.router.v1 import router_pb2_grpc
+from eventfn_api.registry.v1 import registry_pb2 as rpb
+from eventfn_api.router.v1 import router_pb2 as pb
+from eventfn_api.router.v1 import router_pb2_grpc
 from services.common import streams
 from services.common.config_watch import ConfigView, apply_message
 from services.devtools.embedded import EmbeddedNats

@@ -17,9 +17,9 @@ import pytest
 from google.protobuf import struct_pb2
 from nats.aio.client import Client as NatsClient
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import resources_pb2 as res
-from eventfn.retrier.v1 import retrier_pb2, retrier_pb2_grpc
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.retrier.v1 import retrier_pb2, retrier_pb2_grpc
 from services.common import streams
 from services.retrier.app import RunningRetrier
 from tests.registry.conftest import HANDLER, SETTINGS, Registry, auth, registry

@@ -17,10 +17,10 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.retrier.v1 import retrier_pb2
-from eventfn.router.v1 import router_pb2, router_pb2_grpc
+from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.retrier.v1 import retrier_pb2
+from eventfn_api.router.v1 import router_pb2, router_pb2_grpc
 from services.registry.store import RegistryStore
 from services.registry.watch import WatchRpcs
 from services.retrier.dead_letters import DeadLetterStore

@@ -18,11 +18,11 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import resources_pb2 as res
-from eventfn.retrier.v1 import retrier_pb2
-from eventfn.router.v1 import router_pb2, router_pb2_grpc
+from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.retrier.v1 import retrier_pb2
+from eventfn_api.router.v1 import router_pb2, router_pb2_grpc
 from services.common.request_text import MAX_VIOLATIONS, control_character_violations
 from tests.pipeline.conftest import Platform, platform, sink
 from tests.registry.conftest import HANDLER, SETTINGS, Registry, auth, registry

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from google.protobuf import struct_pb2
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.type.v1 import types_pb2
 from tests.pipeline.conftest import Platform, Sink, platform, sink
 from tests.pipeline.test_delivery import batch_body, send
 from tests.registry.conftest import auth, registry
