@@ -32,9 +32,9 @@ from aiohttp import web
 from google.protobuf import struct_pb2
 
 from bench.common import CORES, auth
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import registry_pb2_grpc
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2_grpc
+from eventfn_api.type.v1 import types_pb2
 from services.cli.up import Platform
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))

@@ -14,8 +14,8 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.type.v1 import types_pb2
 from tests.observability.conftest import Platform, Receiver
 from tests.pipeline.conftest import Sink
 from tests.registry.conftest import auth
