@@ -33,6 +33,11 @@ DOMAIN = "eventfn.dev"
 
 def to_status(error: EventfnError) -> grpc.Status:
     """Map a domain error to a rich `google.rpc.Status` (ErrorInfo, BadRequest details)."""
+    return rpc_status.to_status(status_message(error))
+
+
+def status_message(error: EventfnError) -> status_pb2.Status:
+    """Describe a domain error as the `google.rpc.Status` message a call would end with."""
     info = any_pb2.Any()
     metadata = dict(error.metadata)
     if isinstance(error, Internal):
@@ -52,10 +57,9 @@ def to_status(error: EventfnError) -> grpc.Status:
         packed = any_pb2.Any()
         packed.Pack(bad)
         details.append(packed)
-    status = status_pb2.Status(
+    return status_pb2.Status(
         code=getattr(code_pb2, error.code.name), message=error.message, details=details
     )
-    return rpc_status.to_status(status)
 
 
 def unexpected(method: str, error: Exception) -> Internal:

@@ -493,7 +493,7 @@ def test_config_deltas_replace_and_remove() -> None:
     assert again.revision == 3 and not again.sources and not again.instances
 
 
-async def test_grpc_stream_answers_in_order_and_ends_on_the_first_error(
+async def test_grpc_stream_answers_in_order_and_goes_on_after_a_refused_batch(
     env: Env, nats_client: NatsClient
 ) -> None:
     def batch(i: int, key: str) -> pb.IngestStreamRequest:
@@ -513,13 +513,87 @@ async def test_grpc_stream_answers_in_order_and_ends_on_the_first_error(
         ]
         assert sorted(got_ids) == sorted(f"o-{i}" for i in range(100))
 
-        async def broken() -> AsyncIterator[pb.IngestStreamRequest]:
+        bad_events = [
+            {"type": "track", "userId": "s", "event": "S", "messageId": "o-bad-0"},
+            {"type": "identify", "traits": {}},
+            "not an event",
+            {"type": "shout", "userId": "s"},
+        ]
+
+        async def mixed() -> AsyncIterator[pb.IngestStreamRequest]:
             yield batch(100, env.write_key)
             yield batch(101, "wrong")
+            yield pb.IngestStreamRequest(write_key=env.write_key, events_json=b"[{")
+            yield pb.IngestStreamRequest(
+                write_key=env.write_key, events_json=orjson.dumps(bad_events)
+            )
+            yield pb.IngestStreamRequest(write_key="", events_json=b"[]")
+            yield batch(102, env.write_key)
 
-        got: list[list[str]] = []
+        # Refused batches are answered with their errors; the stream goes on.
+        answers = [a async for a in stub.IngestStream(mixed())]
+        assert [a.sequence for a in answers] == [0, 1, 2, 3, 4, 5]
+        assert [list(a.message_ids) for a in answers] == [["o-100"], [], [], [], [], ["o-102"]]
+        assert [a.error.code for a in answers] == [0, 16, 3, 3, 3, 0]  # OK, UNAUTH, INVALID
+        assert "unknown write key" in answers[1].error.message
+        assert "events_json is not valid JSON" in answers[2].error.message
+        assert [(e.index, e.field) for e in answers[3].event_errors] == [
+            (1, "userId"),
+            (2, ""),
+            (3, "type"),
+        ]
+        assert "3 of 4 events are invalid" in answers[3].error.message
+        assert "write_key" in answers[4].error.message
+        stored_ids = [
+            e["messageId"] for e in events_of(await stored(nats_client, env.subject(env.other)))
+        ]
+        assert "o-bad-0" not in stored_ids, "nothing of a refused batch is stored"
+        assert {"o-100", "o-102"} <= set(stored_ids)
+
+
+async def test_grpc_ingest_names_every_bad_event_and_stores_nothing(
+    env: Env, nats_client: NatsClient
+) -> None:
+    before = len(await stored(nats_client, env.subject(env.other)))
+    events = [
+        {"type": "track", "userId": "u", "event": "Fine"},
+        {"type": "track", "event": "Nobody"},
+        {"type": "group", "userId": "u"},
+        [1, 2],
+    ]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{env.router.grpc_port}") as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            async for answer in stub.IngestStream(broken()):
-                got.append(list(answer.message_ids))
-        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert got == [["o-100"]]
+            await stub.Ingest(
+                pb.IngestRequest(write_key=env.write_key, events_json=orjson.dumps(events))
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "3 of 4 events are invalid, nothing was stored" in (info.value.details() or "")
+        assert [f for f, _ in bad_request(info.value)] == [
+            "events_json[1].userId",
+            "events_json[2].groupId",
+            "events_json[3]",
+        ]
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Ingest(pb.IngestRequest(events_json=b"[]"))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in bad_request(info.value)] == ["write_key"]
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Ingest(pb.IngestRequest(write_key=env.write_key, events_json=b"x" * 600_000))
+        assert "events_json is larger than" in (info.value.details() or "")
+        assert "body" not in (info.value.details() or "")
+    assert len(await stored(nats_client, env.subject(env.other))) == before
+
+
+def bad_request(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    out = []
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            out += [(v.field, v.description) for v in bad.field_violations]
+    return out

@@ -22,9 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65ventfn/router/v1/router.proto\x12\x11\x65ventfn.router.v1\"M\n\rIngestRequest\x12\x1b\n\twrite_key\x18\x01 \x01(\tR\x08writeKey\x12\x1f\n\x0b\x65vents_json\x18\x02 \x01(\x0cR\neventsJson\"M\n\x0eIngestResponse\x12\x1a\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05R\x08\x61\x63\x63\x65pted\x12\x1f\n\x0bmessage_ids\x18\x02 \x03(\tR\nmessageIds\"S\n\x13IngestStreamRequest\x12\x1b\n\twrite_key\x18\x01 \x01(\tR\x08writeKey\x12\x1f\n\x0b\x65vents_json\x18\x02 \x01(\x0cR\neventsJson\"S\n\x14IngestStreamResponse\x12\x1a\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05R\x08\x61\x63\x63\x65pted\x12\x1f\n\x0bmessage_ids\x18\x02 \x03(\tR\nmessageIds2\xbc\x01\n\x06Router\x12M\n\x06Ingest\x12 .eventfn.router.v1.IngestRequest\x1a!.eventfn.router.v1.IngestResponse\x12\x63\n\x0cIngestStream\x12&.eventfn.router.v1.IngestStreamRequest\x1a\'.eventfn.router.v1.IngestStreamResponse(\x01\x30\x01\x42l\n\x15\x64\x65v.eventfn.router.v1B\x0bRouterProtoP\x01Z0eventfn.dev/client/go/eventfn/router/v1;routerv1\xaa\x02\x11\x45ventfn.Router.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65ventfn/router/v1/router.proto\x12\x11\x65ventfn.router.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x17google/rpc/status.proto\"Y\n\rIngestRequest\x12!\n\twrite_key\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x08writeKey\x12%\n\x0b\x65vents_json\x18\x02 \x01(\x0c\x42\x04\xe2\x41\x01\x02R\neventsJson\"Y\n\x0eIngestResponse\x12 \n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x03R\x08\x61\x63\x63\x65pted\x12%\n\x0bmessage_ids\x18\x02 \x03(\tB\x04\xe2\x41\x01\x03R\nmessageIds\"_\n\x13IngestStreamRequest\x12!\n\twrite_key\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x08writeKey\x12%\n\x0b\x65vents_json\x18\x02 \x01(\x0c\x42\x04\xe2\x41\x01\x02R\neventsJson\"\xf9\x01\n\x14IngestStreamResponse\x12 \n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x03R\x08\x61\x63\x63\x65pted\x12%\n\x0bmessage_ids\x18\x02 \x03(\tB\x04\xe2\x41\x01\x03R\nmessageIds\x12 \n\x08sequence\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x08sequence\x12.\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03R\x05\x65rror\x12\x46\n\x0c\x65vent_errors\x18\x05 \x03(\x0b\x32\x1d.eventfn.router.v1.EventErrorB\x04\xe2\x41\x01\x03R\x0b\x65ventErrors\"b\n\nEventError\x12\x1a\n\x05index\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x03R\x05index\x12\x1a\n\x05\x66ield\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03R\x05\x66ield\x12\x1c\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03R\x06reason2\xbc\x01\n\x06Router\x12M\n\x06Ingest\x12 .eventfn.router.v1.IngestRequest\x1a!.eventfn.router.v1.IngestResponse\x12\x63\n\x0cIngestStream\x12&.eventfn.router.v1.IngestStreamRequest\x1a\'.eventfn.router.v1.IngestStreamResponse(\x01\x30\x01\x42l\n\x15\x64\x65v.eventfn.router.v1B\x0bRouterProtoP\x01Z0eventfn.dev/client/go/eventfn/router/v1;routerv1\xaa\x02\x11\x45ventfn.Router.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,14 +34,44 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eventfn_api.router.v1.route
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\025dev.eventfn.router.v1B\013RouterProtoP\001Z0eventfn.dev/client/go/eventfn/router/v1;routerv1\252\002\021Eventfn.Router.V1'
-  _globals['_INGESTREQUEST']._serialized_start=53
-  _globals['_INGESTREQUEST']._serialized_end=130
-  _globals['_INGESTRESPONSE']._serialized_start=132
-  _globals['_INGESTRESPONSE']._serialized_end=209
-  _globals['_INGESTSTREAMREQUEST']._serialized_start=211
-  _globals['_INGESTSTREAMREQUEST']._serialized_end=294
-  _globals['_INGESTSTREAMRESPONSE']._serialized_start=296
-  _globals['_INGESTSTREAMRESPONSE']._serialized_end=379
-  _globals['_ROUTER']._serialized_start=382
-  _globals['_ROUTER']._serialized_end=570
+  _globals['_INGESTREQUEST'].fields_by_name['write_key']._loaded_options = None
+  _globals['_INGESTREQUEST'].fields_by_name['write_key']._serialized_options = b'\342A\001\002'
+  _globals['_INGESTREQUEST'].fields_by_name['events_json']._loaded_options = None
+  _globals['_INGESTREQUEST'].fields_by_name['events_json']._serialized_options = b'\342A\001\002'
+  _globals['_INGESTRESPONSE'].fields_by_name['accepted']._loaded_options = None
+  _globals['_INGESTRESPONSE'].fields_by_name['accepted']._serialized_options = b'\342A\001\003'
+  _globals['_INGESTRESPONSE'].fields_by_name['message_ids']._loaded_options = None
+  _globals['_INGESTRESPONSE'].fields_by_name['message_ids']._serialized_options = b'\342A\001\003'
+  _globals['_INGESTSTREAMREQUEST'].fields_by_name['write_key']._loaded_options = None
+  _globals['_INGESTSTREAMREQUEST'].fields_by_name['write_key']._serialized_options = b'\342A\001\002'
+  _globals['_INGESTSTREAMREQUEST'].fields_by_name['events_json']._loaded_options = None
+  _globals['_INGESTSTREAMREQUEST'].fields_by_name['events_json']._serialized_options = b'\342A\001\002'
+  _globals['_INGESTSTREAMRESPONSE'].fields_by_name['accepted']._loaded_options = None
+  _globals['_INGESTSTREAMRESPONSE'].fields_by_name['accepted']._serialized_options = b'\342A\001\003'
+  _globals['_INGESTSTREAMRESPONSE'].fields_by_name['message_ids']._loaded_options = None
+  _globals['_INGESTSTREAMRESPONSE'].fields_by_name['message_ids']._serialized_options = b'\342A\001\003'
+  _globals['_INGESTSTREAMRESPONSE'].fields_by_name['sequence']._loaded_options = None
+  _globals['_INGESTSTREAMRESPONSE'].fields_by_name['sequence']._serialized_options = b'\342A\001\003'
+  _globals['_INGESTSTREAMRESPONSE'].fields_by_name['error']._loaded_options = None
+  _globals['_INGESTSTREAMRESPONSE'].fields_by_name['error']._serialized_options = b'\342A\001\003'
+  _globals['_INGESTSTREAMRESPONSE'].fields_by_name['event_errors']._loaded_options = None
+  _globals['_INGESTSTREAMRESPONSE'].fields_by_name['event_errors']._serialized_options = b'\342A\001\003'
+  _globals['_EVENTERROR'].fields_by_name['index']._loaded_options = None
+  _globals['_EVENTERROR'].fields_by_name['index']._serialized_options = b'\342A\001\003'
+  _globals['_EVENTERROR'].fields_by_name['field']._loaded_options = None
+  _globals['_EVENTERROR'].fields_by_name['field']._serialized_options = b'\342A\001\003'
+  _globals['_EVENTERROR'].fields_by_name['reason']._loaded_options = None
+  _globals['_EVENTERROR'].fields_by_name['reason']._serialized_options = b'\342A\001\003'
+  _globals['_INGESTREQUEST']._serialized_start=111
+  _globals['_INGESTREQUEST']._serialized_end=200
+  _globals['_INGESTRESPONSE']._serialized_start=202
+  _globals['_INGESTRESPONSE']._serialized_end=291
+  _globals['_INGESTSTREAMREQUEST']._serialized_start=293
+  _globals['_INGESTSTREAMREQUEST']._serialized_end=388
+  _globals['_INGESTSTREAMRESPONSE']._serialized_start=391
+  _globals['_INGESTSTREAMRESPONSE']._serialized_end=640
+  _globals['_EVENTERROR']._serialized_start=642
+  _globals['_EVENTERROR']._serialized_end=740
+  _globals['_ROUTER']._serialized_start=743
+  _globals['_ROUTER']._serialized_end=931
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -77,7 +78,7 @@ Global___IngestResponse: _TypeAlias = IngestResponse  # noqa: Y015
 
 @_typing.final
 class IngestStreamRequest(_message.Message):
-    """Request of IngestStream."""
+    """Request of IngestStream: one batch."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -103,28 +104,79 @@ Global___IngestStreamRequest: _TypeAlias = IngestStreamRequest  # noqa: Y015
 
 @_typing.final
 class IngestStreamResponse(_message.Message):
-    """Response of IngestStream."""
+    """Response of IngestStream: what became of one batch."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCEPTED_FIELD_NUMBER: _builtins.int
     MESSAGE_IDS_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    EVENT_ERRORS_FIELD_NUMBER: _builtins.int
     accepted: _builtins.int
-    """How many events of the matching request were accepted."""
+    """How many events of the batch were accepted: all of them, or 0 when it was refused."""
+    sequence: _builtins.int
+    """The position of the batch in the stream, from 0."""
     @_builtins.property
     def message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The messageId of each event, in request order."""
+        """The messageId of each event, in request order; empty when the batch was refused."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """Why the batch was refused, with the codes and details Ingest would answer (e.g.
+        INVALID_ARGUMENT with a google.rpc.BadRequest, UNAUTHENTICATED, UNAVAILABLE: send it
+        again); unset when it was stored.
+        """
+
+    @_builtins.property
+    def event_errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventError]:
+        """Every bad event of a refused batch, in order; empty otherwise."""
 
     def __init__(
         self,
         *,
         accepted: _builtins.int = ...,
         message_ids: _abc.Iterable[_builtins.str] | None = ...,
+        sequence: _builtins.int = ...,
+        error: _status_pb2.Status | None = ...,
+        event_errors: _abc.Iterable[Global___EventError] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "message_ids", b"message_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "error", b"error", "event_errors", b"event_errors", "message_ids", b"message_ids", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IngestStreamResponse: _TypeAlias = IngestStreamResponse  # noqa: Y015
+
+@_typing.final
+class EventError(_message.Message):
+    """One bad event of a refused batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The event's position in the batch's JSON array, from 0."""
+    field: _builtins.str
+    """The offending field of the event, e.g. "type" or "userId"; empty when the event as a whole
+    is refused (not an object, too large, nested too deep).
+    """
+    reason: _builtins.str
+    """What is wrong and how to fix it, e.g. "an identify call needs `userId` or `anonymousId`"."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        field: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "index", b"index", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventError: _TypeAlias = EventError  # noqa: Y015

@@ -29,14 +29,17 @@ class RouterStub:
     """The router. It also serves Segment's HTTP tracking API (POST /v1/track, /v1/batch, ...);
     this service is the same ingestion for internal producers. Calls authenticate with the
     source's write key, not a member token. A call succeeds only once every event is durably
-    stored (JetStream, fsync before ack). A request refused as invalid stores nothing; one that
-    fails on storage (UNAVAILABLE) may have stored part of its events, so retry it unchanged:
-    every pack carries a dedupe id and a resend within 10 minutes is not delivered twice.
-    A string field (also one nested in a Struct, a list or a map) holding NUL or another
-    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
-    naming the field, before anything is done. An unexpected failure is INTERNAL with a
-    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
-    service logged it; its text never reaches the caller.
+    stored (JetStream, fsync before ack). A batch is stored whole or not at all: a batch with a
+    bad event stores nothing, and the answer names every bad event (its index in the array and
+    why). A batch that fails on storage (UNAVAILABLE) may have stored part of its events, so
+    send it again unchanged: every pack carries a dedupe id, and an event whose messageId was
+    stored in the last minutes is not delivered twice.
+    A string field holding NUL or another control character, tab, newline and carriage return
+    excepted, fails with INVALID_ARGUMENT naming the field, before anything is done (in
+    IngestStream this ends the stream: it is not a batch's content but a broken request). An
+    unexpected failure is INTERNAL with a correlation id (also in the google.rpc.ErrorInfo
+    metadata "correlation_id") under which the service logged it; its text never reaches the
+    caller.
     """
 
     def __init__(self, channel):
@@ -61,29 +64,35 @@ class RouterServicer:
     """The router. It also serves Segment's HTTP tracking API (POST /v1/track, /v1/batch, ...);
     this service is the same ingestion for internal producers. Calls authenticate with the
     source's write key, not a member token. A call succeeds only once every event is durably
-    stored (JetStream, fsync before ack). A request refused as invalid stores nothing; one that
-    fails on storage (UNAVAILABLE) may have stored part of its events, so retry it unchanged:
-    every pack carries a dedupe id and a resend within 10 minutes is not delivered twice.
-    A string field (also one nested in a Struct, a list or a map) holding NUL or another
-    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
-    naming the field, before anything is done. An unexpected failure is INTERNAL with a
-    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
-    service logged it; its text never reaches the caller.
+    stored (JetStream, fsync before ack). A batch is stored whole or not at all: a batch with a
+    bad event stores nothing, and the answer names every bad event (its index in the array and
+    why). A batch that fails on storage (UNAVAILABLE) may have stored part of its events, so
+    send it again unchanged: every pack carries a dedupe id, and an event whose messageId was
+    stored in the last minutes is not delivered twice.
+    A string field holding NUL or another control character, tab, newline and carriage return
+    excepted, fails with INVALID_ARGUMENT naming the field, before anything is done (in
+    IngestStream this ends the stream: it is not a batch's content but a broken request). An
+    unexpected failure is INTERNAL with a correlation id (also in the google.rpc.ErrorInfo
+    metadata "correlation_id") under which the service logged it; its text never reaches the
+    caller.
     """
 
     def Ingest(self, request, context):
-        """Ingest a batch of events. UNAUTHENTICATED for an unknown or rotated write key;
-        INVALID_ARGUMENT for malformed JSON, an invalid event (the detail names its index) or a
-        request over the size limits; UNAVAILABLE while the router has no configuration yet or
-        cannot reach JetStream (safe to retry: events carry dedupe ids).
+        """Ingest a batch of events. INVALID_ARGUMENT for an empty write_key, malformed JSON, a
+        batch over the size limits or bad events (a google.rpc.BadRequest detail names each bad
+        event: field `events_json[3]`, or `events_json[3].userId` for one field of it; nothing is
+        stored); UNAUTHENTICATED for an unknown or rotated write key; UNAVAILABLE while the
+        router has no configuration yet or cannot reach JetStream (safe to retry unchanged).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def IngestStream(self, request_iterator, context):
-        """Ingest a stream of batches for high-volume producers; each request is acknowledged in
-        order by one response, with the same errors as Ingest ending the stream.
+        """Ingest a stream of batches for high-volume producers: each request is answered by one
+        response, in order. A refused batch is answered with its error (and every bad event) and
+        the stream goes on with the next batch: nothing of a refused batch is stored, the others
+        are not affected.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,14 +123,17 @@ class Router:
     """The router. It also serves Segment's HTTP tracking API (POST /v1/track, /v1/batch, ...);
     this service is the same ingestion for internal producers. Calls authenticate with the
     source's write key, not a member token. A call succeeds only once every event is durably
-    stored (JetStream, fsync before ack). A request refused as invalid stores nothing; one that
-    fails on storage (UNAVAILABLE) may have stored part of its events, so retry it unchanged:
-    every pack carries a dedupe id and a resend within 10 minutes is not delivered twice.
-    A string field (also one nested in a Struct, a list or a map) holding NUL or another
-    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
-    naming the field, before anything is done. An unexpected failure is INTERNAL with a
-    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
-    service logged it; its text never reaches the caller.
+    stored (JetStream, fsync before ack). A batch is stored whole or not at all: a batch with a
+    bad event stores nothing, and the answer names every bad event (its index in the array and
+    why). A batch that fails on storage (UNAVAILABLE) may have stored part of its events, so
+    send it again unchanged: every pack carries a dedupe id, and an event whose messageId was
+    stored in the last minutes is not delivered twice.
+    A string field holding NUL or another control character, tab, newline and carriage return
+    excepted, fails with INVALID_ARGUMENT naming the field, before anything is done (in
+    IngestStream this ends the stream: it is not a batch's content but a broken request). An
+    unexpected failure is INTERNAL with a correlation id (also in the google.rpc.ErrorInfo
+    metadata "correlation_id") under which the service logged it; its text never reaches the
+    caller.
     """
 
     @staticmethod

@@ -30,14 +30,17 @@ class RouterStub:
     """The router. It also serves Segment's HTTP tracking API (POST /v1/track, /v1/batch, ...);
     this service is the same ingestion for internal producers. Calls authenticate with the
     source's write key, not a member token. A call succeeds only once every event is durably
-    stored (JetStream, fsync before ack). A request refused as invalid stores nothing; one that
-    fails on storage (UNAVAILABLE) may have stored part of its events, so retry it unchanged:
-    every pack carries a dedupe id and a resend within 10 minutes is not delivered twice.
-    A string field (also one nested in a Struct, a list or a map) holding NUL or another
-    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
-    naming the field, before anything is done. An unexpected failure is INTERNAL with a
-    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
-    service logged it; its text never reaches the caller.
+    stored (JetStream, fsync before ack). A batch is stored whole or not at all: a batch with a
+    bad event stores nothing, and the answer names every bad event (its index in the array and
+    why). A batch that fails on storage (UNAVAILABLE) may have stored part of its events, so
+    send it again unchanged: every pack carries a dedupe id, and an event whose messageId was
+    stored in the last minutes is not delivered twice.
+    A string field holding NUL or another control character, tab, newline and carriage return
+    excepted, fails with INVALID_ARGUMENT naming the field, before anything is done (in
+    IngestStream this ends the stream: it is not a batch's content but a broken request). An
+    unexpected failure is INTERNAL with a correlation id (also in the google.rpc.ErrorInfo
+    metadata "correlation_id") under which the service logged it; its text never reaches the
+    caller.
     """
 
     @_typing.overload
@@ -45,14 +48,17 @@ class RouterStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RouterAsyncStub: ...
     Ingest: _grpc.UnaryUnaryMultiCallable[_router_pb2.IngestRequest, _router_pb2.IngestResponse]
-    """Ingest a batch of events. UNAUTHENTICATED for an unknown or rotated write key;
-    INVALID_ARGUMENT for malformed JSON, an invalid event (the detail names its index) or a
-    request over the size limits; UNAVAILABLE while the router has no configuration yet or
-    cannot reach JetStream (safe to retry: events carry dedupe ids).
+    """Ingest a batch of events. INVALID_ARGUMENT for an empty write_key, malformed JSON, a
+    batch over the size limits or bad events (a google.rpc.BadRequest detail names each bad
+    event: field `events_json[3]`, or `events_json[3].userId` for one field of it; nothing is
+    stored); UNAUTHENTICATED for an unknown or rotated write key; UNAVAILABLE while the
+    router has no configuration yet or cannot reach JetStream (safe to retry unchanged).
     """
     IngestStream: _grpc.StreamStreamMultiCallable[_router_pb2.IngestStreamRequest, _router_pb2.IngestStreamResponse]
-    """Ingest a stream of batches for high-volume producers; each request is acknowledged in
-    order by one response, with the same errors as Ingest ending the stream.
+    """Ingest a stream of batches for high-volume producers: each request is answered by one
+    response, in order. A refused batch is answered with its error (and every bad event) and
+    the stream goes on with the next batch: nothing of a refused batch is stored, the others
+    are not affected.
     """
 
 @_typing.type_check_only
@@ -60,40 +66,49 @@ class RouterAsyncStub(RouterStub):
     """The router. It also serves Segment's HTTP tracking API (POST /v1/track, /v1/batch, ...);
     this service is the same ingestion for internal producers. Calls authenticate with the
     source's write key, not a member token. A call succeeds only once every event is durably
-    stored (JetStream, fsync before ack). A request refused as invalid stores nothing; one that
-    fails on storage (UNAVAILABLE) may have stored part of its events, so retry it unchanged:
-    every pack carries a dedupe id and a resend within 10 minutes is not delivered twice.
-    A string field (also one nested in a Struct, a list or a map) holding NUL or another
-    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
-    naming the field, before anything is done. An unexpected failure is INTERNAL with a
-    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
-    service logged it; its text never reaches the caller.
+    stored (JetStream, fsync before ack). A batch is stored whole or not at all: a batch with a
+    bad event stores nothing, and the answer names every bad event (its index in the array and
+    why). A batch that fails on storage (UNAVAILABLE) may have stored part of its events, so
+    send it again unchanged: every pack carries a dedupe id, and an event whose messageId was
+    stored in the last minutes is not delivered twice.
+    A string field holding NUL or another control character, tab, newline and carriage return
+    excepted, fails with INVALID_ARGUMENT naming the field, before anything is done (in
+    IngestStream this ends the stream: it is not a batch's content but a broken request). An
+    unexpected failure is INTERNAL with a correlation id (also in the google.rpc.ErrorInfo
+    metadata "correlation_id") under which the service logged it; its text never reaches the
+    caller.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Ingest: _aio.UnaryUnaryMultiCallable[_router_pb2.IngestRequest, _router_pb2.IngestResponse]  # type: ignore[assignment]
-    """Ingest a batch of events. UNAUTHENTICATED for an unknown or rotated write key;
-    INVALID_ARGUMENT for malformed JSON, an invalid event (the detail names its index) or a
-    request over the size limits; UNAVAILABLE while the router has no configuration yet or
-    cannot reach JetStream (safe to retry: events carry dedupe ids).
+    """Ingest a batch of events. INVALID_ARGUMENT for an empty write_key, malformed JSON, a
+    batch over the size limits or bad events (a google.rpc.BadRequest detail names each bad
+    event: field `events_json[3]`, or `events_json[3].userId` for one field of it; nothing is
+    stored); UNAUTHENTICATED for an unknown or rotated write key; UNAVAILABLE while the
+    router has no configuration yet or cannot reach JetStream (safe to retry unchanged).
     """
     IngestStream: _aio.StreamStreamMultiCallable[_router_pb2.IngestStreamRequest, _router_pb2.IngestStreamResponse]  # type: ignore[assignment]
-    """Ingest a stream of batches for high-volume producers; each request is acknowledged in
-    order by one response, with the same errors as Ingest ending the stream.
+    """Ingest a stream of batches for high-volume producers: each request is answered by one
+    response, in order. A refused batch is answered with its error (and every bad event) and
+    the stream goes on with the next batch: nothing of a refused batch is stored, the others
+    are not affected.
     """
 
 class RouterServicer(metaclass=_abc_1.ABCMeta):
     """The router. It also serves Segment's HTTP tracking API (POST /v1/track, /v1/batch, ...);
     this service is the same ingestion for internal producers. Calls authenticate with the
     source's write key, not a member token. A call succeeds only once every event is durably
-    stored (JetStream, fsync before ack). A request refused as invalid stores nothing; one that
-    fails on storage (UNAVAILABLE) may have stored part of its events, so retry it unchanged:
-    every pack carries a dedupe id and a resend within 10 minutes is not delivered twice.
-    A string field (also one nested in a Struct, a list or a map) holding NUL or another
-    control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
-    naming the field, before anything is done. An unexpected failure is INTERNAL with a
-    correlation id (also in the google.rpc.ErrorInfo metadata "correlation_id") under which the
-    service logged it; its text never reaches the caller.
+    stored (JetStream, fsync before ack). A batch is stored whole or not at all: a batch with a
+    bad event stores nothing, and the answer names every bad event (its index in the array and
+    why). A batch that fails on storage (UNAVAILABLE) may have stored part of its events, so
+    send it again unchanged: every pack carries a dedupe id, and an event whose messageId was
+    stored in the last minutes is not delivered twice.
+    A string field holding NUL or another control character, tab, newline and carriage return
+    excepted, fails with INVALID_ARGUMENT naming the field, before anything is done (in
+    IngestStream this ends the stream: it is not a batch's content but a broken request). An
+    unexpected failure is INTERNAL with a correlation id (also in the google.rpc.ErrorInfo
+    metadata "correlation_id") under which the service logged it; its text never reaches the
+    caller.
     """
 
     @_abc_1.abstractmethod
@@ -102,10 +117,11 @@ class RouterServicer(metaclass=_abc_1.ABCMeta):
         request: _router_pb2.IngestRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.IngestResponse, _abc.Awaitable[_router_pb2.IngestResponse]]:
-        """Ingest a batch of events. UNAUTHENTICATED for an unknown or rotated write key;
-        INVALID_ARGUMENT for malformed JSON, an invalid event (the detail names its index) or a
-        request over the size limits; UNAVAILABLE while the router has no configuration yet or
-        cannot reach JetStream (safe to retry: events carry dedupe ids).
+        """Ingest a batch of events. INVALID_ARGUMENT for an empty write_key, malformed JSON, a
+        batch over the size limits or bad events (a google.rpc.BadRequest detail names each bad
+        event: field `events_json[3]`, or `events_json[3].userId` for one field of it; nothing is
+        stored); UNAUTHENTICATED for an unknown or rotated write key; UNAVAILABLE while the
+        router has no configuration yet or cannot reach JetStream (safe to retry unchanged).
         """
 
     @_abc_1.abstractmethod
@@ -114,8 +130,10 @@ class RouterServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_router_pb2.IngestStreamRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_router_pb2.IngestStreamResponse], _abc.AsyncIterator[_router_pb2.IngestStreamResponse]]:
-        """Ingest a stream of batches for high-volume producers; each request is acknowledged in
-        order by one response, with the same errors as Ingest ending the stream.
+        """Ingest a stream of batches for high-volume producers: each request is answered by one
+        response, in order. A refused batch is answered with its error (and every bad event) and
+        the stream goes on with the next batch: nothing of a refused batch is stored, the others
+        are not affected.
         """
 
 def add_RouterServicer_to_server(servicer: RouterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
