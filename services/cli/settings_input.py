@@ -83,11 +83,9 @@ def parse_sets(
     return values
 
 
-def version_settings(r: Any, version_id: str) -> Sequence[types_pb2.SettingDefinition]:
-    """Return the setting definitions of a saved version."""
-    resp = r.GetFunctionVersion(
-        pb.GetFunctionVersionRequest(version_id=version_id), metadata=metadata()
-    )
+def version_settings(r: Any, version: str) -> Sequence[types_pb2.SettingDefinition]:
+    """Return the setting definitions of a saved version (its name)."""
+    resp = r.GetFunctionVersion(pb.GetFunctionVersionRequest(name=version), metadata=metadata())
     return resp.version.settings
 
 

@@ -145,6 +145,13 @@ class Relayed(EventfnError):
         self.violations = tuple(violations)
 
 
+class Unimplemented(EventfnError):
+    """The method is part of a standard interface the service does not support."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    reason = "UNIMPLEMENTED"
+
+
 class Unavailable(EventfnError):
     """A dependency is down or the service is not ready; safe to retry later."""
 

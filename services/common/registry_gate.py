@@ -16,6 +16,7 @@ from grpc_status import rpc_status
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import registry_pb2_grpc
+from eventfn_api.registry.v1 import resources_pb2 as res
 from services.common.errors import (
     EventfnError,
     FieldViolation,
@@ -91,42 +92,39 @@ class RegistryGate:
                 raise NotFound(kind, object_id) from error
             raise relayed(error) from error
 
-    async def instance(
-        self, context: grpc.aio.ServicerContext, instance_id: str
-    ) -> pb.GetInstanceResponse:
+    async def instance(self, context: grpc.aio.ServicerContext, name: str) -> res.Instance:
         """Return the instance if the caller may read it; raise like the registry otherwise."""
-        return await self._call(
+        reply = await self._call(
             self._stub.GetInstance(  # pyright: ignore[reportAttributeAccessIssue]
-                pb.GetInstanceRequest(instance_id=instance_id), metadata=self._metadata(context)
+                pb.GetInstanceRequest(name=name), metadata=self._metadata(context)
             ),
             "instance",
-            instance_id,
+            name,
         )
+        return reply.instance
 
     async def function(
-        self, context: grpc.aio.ServicerContext, function_id: str
+        self, context: grpc.aio.ServicerContext, name: str
     ) -> pb.GetFunctionResponse:
         """Return the function if the caller may read it; raise like the registry otherwise."""
         return await self._call(
             self._stub.GetFunction(  # pyright: ignore[reportAttributeAccessIssue]
-                pb.GetFunctionRequest(function_id=function_id), metadata=self._metadata(context)
+                pb.GetFunctionRequest(name=name), metadata=self._metadata(context)
             ),
             "function",
-            function_id,
+            name,
         )
 
-    async def version(
-        self, context: grpc.aio.ServicerContext, version_id: str
-    ) -> pb.GetFunctionVersionResponse:
+    async def version(self, context: grpc.aio.ServicerContext, name: str) -> res.FunctionVersion:
         """Return a function version if the caller may read its function."""
-        return await self._call(
+        reply = await self._call(
             self._stub.GetFunctionVersion(  # pyright: ignore[reportAttributeAccessIssue]
-                pb.GetFunctionVersionRequest(version_id=version_id),
-                metadata=self._metadata(context),
+                pb.GetFunctionVersionRequest(name=name), metadata=self._metadata(context)
             ),
             "version",
-            version_id,
+            name,
         )
+        return reply.version
 
     async def whoami(self, context: grpc.aio.ServicerContext) -> pb.WhoAmIResponse:
         """Return the caller, or raise Unauthenticated."""
@@ -138,12 +136,14 @@ class RegistryGate:
 
     async def record(
         self,
-        actor: pb.WhoAmIResponse,
-        instance_id: str,
-        action: str,
+        actor: str,
+        instance: str,
+        action: int,
         details: dict[str, Any],
+        request_id: str = "",
     ) -> None:
-        """Write a data-plane action done on an instance for `actor` to the audit trail."""
+        """Write a data-plane action done on an instance for `actor` (a member's name) to the
+        audit trail (once per request_id)."""
         if not self._service_token:
             raise RuntimeError("RegistryGate needs the service token to record actions")
         values = struct_pb2.Struct()
@@ -151,15 +151,16 @@ class RegistryGate:
         await self._call(
             self._stub.RecordInstanceAction(  # pyright: ignore[reportAttributeAccessIssue]
                 pb.RecordInstanceActionRequest(
-                    instance_id=instance_id,
-                    action=action,
+                    instance=instance,
+                    action=action,  # type: ignore[arg-type]
                     details=values,
-                    actor_member_id=actor.member.id,
+                    actor=actor,
+                    request_id=request_id,
                 ),
                 metadata=(("authorization", f"Bearer {self._service_token}"),),
             ),
             "instance",
-            instance_id,
+            instance,
         )
 
     async def close(self) -> None:

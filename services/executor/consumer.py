@@ -173,8 +173,8 @@ class PackConsumer:
             return
         wanted = headers.get(streams.VERSION)
         if wanted and wanted != config.version_id:
-            version = await self._versions.get(wanted)
-            if version is None or version.function_id != config.function_id:
+            version = await self._versions.get(config, wanted)
+            if version is None:
                 self._discard(
                     msg,
                     subject.workspace_id,

@@ -104,7 +104,7 @@ def health(
     """
     total = delivered + retried + discarded + failed
     if total <= 0:
-        return executor_pb2.HEALTH_UNSPECIFIED
+        return executor_pb2.HEALTH_NO_EVENTS
     ratio = (retried + failed) / total
     if ratio < 0.01:
         return executor_pb2.HEALTH_HEALTHY

@@ -75,11 +75,13 @@ class InstanceSettings:
                 values[name] = current[name]
         return self.seal_settings(instance_id, schema, values, kept)
 
-    async def locked_instance(self, s, caller: Caller, instance_id: str, etag: str) -> Instance:
+    async def locked_instance(
+        self, s, caller: Caller, instance_id: str, etag: str, *, name: str
+    ) -> Instance:
         """Lock an instance of the caller's workspace the caller may change; check its etag."""
         ins = await s.get(Instance, instance_id, with_for_update=True)
         if ins is None or ins.workspace_id != caller.workspace_id:
-            raise NotFound("instance", instance_id)
+            raise NotFound("instance", name)
         require(
             caller.can_admin_source(ins.source_id), "change instances of this source (Source Admin)"
         )

@@ -1,4 +1,4 @@
-"""Registry RPCs of workspaces, members and tokens."""
+"""Registry RPCs of members and tokens."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from sqlmodel import col, select
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
+from services.common import names
 from services.common.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -22,9 +23,9 @@ from services.registry.auth import Caller, require
 from services.registry.deps import RegistryDeps, audit
 from services.registry.etags import check as check_etag
 from services.registry.idempotency import RequestKey, request_key
-from services.registry.models import Function, Member, Source, Token, Workspace
+from services.registry.models import Function, Member, Source, Token
 from services.registry.store import new_id, now, unique_violation
-from services.registry.validation import check_name, check_page_size, required
+from services.registry.validation import check_name, check_page_size, check_update_mask
 
 Ctx = grpc.aio.ServicerContext
 
@@ -32,38 +33,63 @@ Ctx = grpc.aio.ServicerContext
 FUNCTION_ROLES = (auth.FUNCTIONS_ADMIN, auth.FUNCTIONS_READ_ONLY)
 
 
-def grants_from_proto(grants: list[res.RoleGrant] | object) -> tuple[auth.Grant, ...]:
-    """Validate the shape of a request's role grants (ids are checked by `check_grant_ids`)."""
+def grants_from_proto(
+    grants: list[res.RoleGrant] | object, workspace_id: str, field: str
+) -> tuple[auth.Grant, ...]:
+    """Validate the shape of a request's role grants and read the names they list (the ids
+    are checked to exist by `check_grant_ids`)."""
     out = []
     violations = []
     for i, g in enumerate(grants):  # type: ignore[arg-type]
+        at = f"{field}[{i}]"
         if g.role not in (
             auth.OWNER,
             auth.FUNCTIONS_ADMIN,
             auth.FUNCTIONS_READ_ONLY,
             auth.SOURCE_ADMIN,
         ):
-            violations.append(FieldViolation(f"roles[{i}].role", "must be a known role"))
-        if g.function_ids and g.role not in FUNCTION_ROLES:
+            violations.append(FieldViolation(f"{at}.role", "must be a known role"))
+        if g.functions and g.role not in FUNCTION_ROLES:
             violations.append(
                 FieldViolation(
-                    f"roles[{i}].function_ids",
+                    f"{at}.functions",
                     "only Functions Admin and Functions Read-only grants list functions",
                 )
             )
-        if g.source_ids and g.role != auth.SOURCE_ADMIN:
+        if g.sources and g.role != auth.SOURCE_ADMIN:
             violations.append(
-                FieldViolation(f"roles[{i}].source_ids", "only Source Admin grants list sources")
+                FieldViolation(f"{at}.sources", "only Source Admin grants list sources")
             )
-        out.append(auth.Grant(g.role, tuple(g.function_ids), tuple(g.source_ids)))
+        function_ids, source_ids = [], []
+        for j, name in enumerate(g.functions):
+            try:
+                function_ids.append(
+                    names.parse(f"{at}.functions[{j}]", name, names.FUNCTION, workspace_id)
+                )
+            except InvalidArgument as error:
+                violations += error.violations
+            except NotFound:
+                violations.append(
+                    FieldViolation(f"{at}.functions[{j}]", f"no function {name!r} here")
+                )
+        for j, name in enumerate(g.sources):
+            try:
+                source_ids.append(
+                    names.parse(f"{at}.sources[{j}]", name, names.SOURCE, workspace_id)
+                )
+            except InvalidArgument as error:
+                violations += error.violations
+            except NotFound:
+                violations.append(FieldViolation(f"{at}.sources[{j}]", f"no source {name!r} here"))
+        out.append(auth.Grant(g.role, tuple(function_ids), tuple(source_ids)))
     if not out:
-        violations.append(FieldViolation("roles", "give at least one role"))
+        violations.append(FieldViolation(field, "give at least one role"))
     if violations:
         raise InvalidArgument("invalid roles", violations)
     return tuple(out)
 
 
-async def check_grant_ids(s, workspace_id: str, grants: tuple[auth.Grant, ...]) -> None:
+async def check_grant_ids(s, workspace_id: str, grants: tuple[auth.Grant, ...], field: str) -> None:
     """Refuse grants naming functions or sources the workspace does not have."""
     violations = []
     for i, g in enumerate(grants):
@@ -72,8 +98,9 @@ async def check_grant_ids(s, workspace_id: str, grants: tuple[auth.Grant, ...]) 
             if fn is None or fn.workspace_id != workspace_id:
                 violations.append(
                     FieldViolation(
-                        f"roles[{i}].function_ids[{j}]",
-                        f"no function {function_id!r} in this workspace",
+                        f"{field}[{i}].functions[{j}]",
+                        f"no function {names.FUNCTION.name(workspace_id, function_id)!r} "
+                        "in this workspace",
                     )
                 )
         for j, source_id in enumerate(g.source_ids):
@@ -81,7 +108,9 @@ async def check_grant_ids(s, workspace_id: str, grants: tuple[auth.Grant, ...]) 
             if src is None or src.workspace_id != workspace_id:
                 violations.append(
                     FieldViolation(
-                        f"roles[{i}].source_ids[{j}]", f"no source {source_id!r} in this workspace"
+                        f"{field}[{i}].sources[{j}]",
+                        f"no source {names.SOURCE.name(workspace_id, source_id)!r} "
+                        "in this workspace",
                     )
                 )
     if violations:
@@ -89,97 +118,17 @@ async def check_grant_ids(s, workspace_id: str, grants: tuple[auth.Grant, ...]) 
 
 
 class AccessRpcs:
-    """Workspaces, members, tokens."""
+    """Members and tokens."""
 
     def __init__(self, deps: RegistryDeps) -> None:
         self.deps = deps
         self.store = deps.store
         self.authn = deps.authn
 
-    async def CreateWorkspace(
-        self, request: pb.CreateWorkspaceRequest, context: Ctx
-    ) -> pb.CreateWorkspaceResponse:
-        """Create a workspace owned by the (bootstrap) caller."""
-        caller = await self.authn.caller(context)
-        require(caller.bootstrap, "create workspaces (only the bootstrap administrator may)")
-        name = check_name("name", request.name)
-        key = request_key(caller.workspace_id, "CreateWorkspace", request)
-
-        async def create() -> pb.CreateWorkspaceResponse:
-            try:
-                return await self._create_workspace(caller, name, key)
-            except IntegrityError as error:
-                if unique_violation(error):
-                    raise AlreadyExists(f"a workspace named {name!r} already exists") from error
-                raise
-
-        return await self.deps.idempotency.once(key, pb.CreateWorkspaceResponse, create)
-
-    async def _create_workspace(
-        self, caller: Caller, name: str, key: RequestKey | None
-    ) -> pb.CreateWorkspaceResponse:
-        secret = auth.new_secret()
-        async with self.store.transaction() as s:
-            ws = Workspace(id=new_id("ws"), name=name, created_at=now())
-            s.add(ws)
-            await s.flush()
-            owner = Member(
-                id=new_id("mem"),
-                workspace_id=ws.id,
-                email=caller.email,
-                roles=auth.grants_to_json((auth.Grant(auth.OWNER),)),
-                created_at=now(),
-            )
-            s.add(owner)
-            await s.flush()
-            s.add(
-                Token(
-                    id=new_id("tok"),
-                    member_id=owner.id,
-                    name=f"owner of {name}",
-                    prefix=secret[:8],
-                    secret_hash=auth.hash_secret(secret),
-                    created_at=now(),
-                )
-            )
-            self.store.audit(
-                s,
-                workspace_id=ws.id,
-                actor=owner,
-                action="workspace.create",
-                resource_type="workspace",
-                resource_id=ws.id,
-                details={"name": name},
-            )
-            await self.store.bump_config(s)
-            response = pb.CreateWorkspaceResponse(
-                workspace=convert.workspace(ws), owner=convert.member(owner), token=secret
-            )
-            await self.deps.idempotency.save(s, key, response)
-        return response
-
-    async def GetWorkspace(
-        self, request: pb.GetWorkspaceRequest, context: Ctx
-    ) -> pb.GetWorkspaceResponse:
-        """Return the caller's workspace."""
-        caller = await self.authn.caller(context)
-        required("workspace_id", request.workspace_id)
-        async with self.store.transaction() as s:
-            ws = await self.store.get(s, Workspace, request.workspace_id, "workspace")
-        if ws.id != caller.workspace_id:
-            raise NotFound("workspace", request.workspace_id)
-        return pb.GetWorkspaceResponse(workspace=convert.workspace(ws))
-
-    async def WhoAmI(self, request: pb.WhoAmIRequest, context: Ctx) -> pb.WhoAmIResponse:
-        """Describe the caller."""
-        caller = await self.authn.caller(context)
-        async with self.store.transaction() as s:
-            member = await self.store.get(s, Member, caller.member_id, "member")
-            ws = await self.store.get(s, Workspace, caller.workspace_id, "workspace")
-        return pb.WhoAmIResponse(
-            member=convert.member(member),
-            workspace=convert.workspace(ws),
-            bootstrap_admin=caller.bootstrap,
+    async def _member(self, s, caller: Caller, field: str, name: str, *, lock=False) -> Member:
+        member_id = names.parse(field, name, names.MEMBER, caller.workspace_id)
+        return await self.store.get_in_workspace(
+            s, Member, member_id, caller.workspace_id, "member", lock=lock, name=name
         )
 
     async def CreateMember(
@@ -187,9 +136,10 @@ class AccessRpcs:
     ) -> pb.CreateMemberResponse:
         """Add a member with roles."""
         caller = await self.authn.caller(context)
+        names.parent("parent", request.parent, caller.workspace_id)
         require(caller.is_owner, "add members (Workspace Owner only)")
-        email = check_name("email", request.email)
-        grants = grants_from_proto(request.roles)
+        email = check_name("member.email", request.member.email)
+        grants = grants_from_proto(request.member.roles, caller.workspace_id, "member.roles")
         key = request_key(caller.workspace_id, "CreateMember", request)
 
         async def create() -> pb.CreateMemberResponse:
@@ -206,7 +156,7 @@ class AccessRpcs:
         self, caller: Caller, email: str, grants: tuple[auth.Grant, ...], key: RequestKey | None
     ) -> pb.CreateMemberResponse:
         async with self.store.transaction() as s:
-            await check_grant_ids(s, caller.workspace_id, grants)
+            await check_grant_ids(s, caller.workspace_id, grants, "member.roles")
             member = Member(
                 id=new_id("mem"),
                 workspace_id=caller.workspace_id,
@@ -229,11 +179,21 @@ class AccessRpcs:
             await self.deps.idempotency.save(s, key, response)
         return response
 
+    async def GetMember(self, request: pb.GetMemberRequest, context: Ctx) -> pb.GetMemberResponse:
+        """Return a member (to an owner, or to the member itself)."""
+        caller = await self.authn.caller(context)
+        async with self.store.transaction() as s:
+            member = await self._member(s, caller, "name", request.name)
+        if member.id != caller.member_id:
+            require(caller.is_owner, "read other members (Workspace Owner only)")
+        return pb.GetMemberResponse(member=convert.member(member))
+
     async def ListMembers(
         self, request: pb.ListMembersRequest, context: Ctx
     ) -> pb.ListMembersResponse:
         """List the workspace's members."""
         caller = await self.authn.caller(context)
+        names.parent("parent", request.parent, caller.workspace_id)
         require(caller.is_owner, "list members (Workspace Owner only)")
         size = check_page_size(request.page_size)
         async with self.store.transaction() as s:
@@ -258,20 +218,20 @@ class AccessRpcs:
             if m.id != excluding and any(g["role"] == auth.OWNER for g in m.roles)
         )
 
-    async def UpdateMemberRoles(
-        self, request: pb.UpdateMemberRolesRequest, context: Ctx
-    ) -> pb.UpdateMemberRolesResponse:
+    async def UpdateMember(
+        self, request: pb.UpdateMemberRequest, context: Ctx
+    ) -> pb.UpdateMemberResponse:
         """Replace a member's roles."""
         caller = await self.authn.caller(context)
         require(caller.is_owner, "change roles (Workspace Owner only)")
-        required("member_id", request.member_id)
-        grants = grants_from_proto(request.roles)
+        check_update_mask(request.update_mask, frozenset({"roles"}))
+        new = request.member
+        names.parse("member.name", new.name, names.MEMBER, caller.workspace_id)
+        grants = grants_from_proto(new.roles, caller.workspace_id, "member.roles")
         async with self.store.transaction() as s:
-            member = await self.store.get_in_workspace(
-                s, Member, request.member_id, caller.workspace_id, "member", lock=True
-            )
-            check_etag("member", member.id, member.revision, request.etag)
-            await check_grant_ids(s, caller.workspace_id, grants)
+            member = await self._member(s, caller, "member.name", new.name, lock=True)
+            check_etag("member", member.id, member.revision, new.etag)
+            await check_grant_ids(s, caller.workspace_id, grants, "member.roles")
             if not any(g.role == auth.OWNER for g in grants) and not await self._owners_left(
                 s, caller.workspace_id, member.id
             ):
@@ -286,12 +246,12 @@ class AccessRpcs:
                 self.store,
                 s,
                 caller,
-                "member.update_roles",
+                "member.update",
                 "member",
                 member.id,
                 {"before": before, "after": member.roles},
             )
-        return pb.UpdateMemberRolesResponse(member=convert.member(member))
+        return pb.UpdateMemberResponse(member=convert.member(member))
 
     async def DeleteMember(
         self, request: pb.DeleteMemberRequest, context: Ctx
@@ -299,11 +259,8 @@ class AccessRpcs:
         """Remove a member (its tokens go with it)."""
         caller = await self.authn.caller(context)
         require(caller.is_owner, "remove members (Workspace Owner only)")
-        required("member_id", request.member_id)
         async with self.store.transaction() as s:
-            member = await self.store.get_in_workspace(
-                s, Member, request.member_id, caller.workspace_id, "member", lock=True
-            )
+            member = await self._member(s, caller, "name", request.name, lock=True)
             check_etag("member", member.id, member.revision, request.etag)
             if member.bootstrap:
                 raise FailedPrecondition("the bootstrap administrator cannot be removed")
@@ -328,14 +285,22 @@ class AccessRpcs:
     ) -> pb.CreateTokenResponse:
         """Create a token for the caller or, for an owner, for any member."""
         caller = await self.authn.caller(context)
-        member_id = request.member_id or caller.member_id
+        names.parent("parent", request.parent, caller.workspace_id)
+        member_id = (
+            names.parse("token.member", request.token.member, names.MEMBER, caller.workspace_id)
+            if request.token.member
+            else caller.member_id
+        )
         if member_id != caller.member_id:
             require(caller.is_owner, "create tokens for other members (Workspace Owner only)")
-        if request.ttl_seconds < 0:
-            raise InvalidArgument.field("ttl_seconds", "must not be negative")
+        ttl = request.ttl.ToTimedelta() if request.HasField("ttl") else None
+        if ttl is not None and ttl <= timedelta(0):
+            raise InvalidArgument.field("ttl", "must be positive; leave it unset for no expiry")
         key = request_key(caller.workspace_id, "CreateToken", request)
         return await self.deps.idempotency.once(
-            key, pb.CreateTokenResponse, lambda: self._create_token(caller, request, member_id, key)
+            key,
+            pb.CreateTokenResponse,
+            lambda: self._create_token(caller, request, member_id, ttl, key),
         )
 
     async def _create_token(
@@ -343,23 +308,22 @@ class AccessRpcs:
         caller: Caller,
         request: pb.CreateTokenRequest,
         member_id: str,
+        ttl: timedelta | None,
         key: RequestKey | None,
     ) -> pb.CreateTokenResponse:
         secret = auth.new_secret()
         async with self.store.transaction() as s:
             member = await self.store.get_in_workspace(
-                s, Member, member_id, caller.workspace_id, "member"
+                s, Member, member_id, caller.workspace_id, "member", name=request.token.member
             )
             tok = Token(
                 id=new_id("tok"),
                 member_id=member.id,
-                name=request.name or "token",
+                name=request.token.display_name or "token",
                 prefix=secret[:8],
                 secret_hash=auth.hash_secret(secret),
                 created_at=now(),
-                expires_at=now() + timedelta(seconds=request.ttl_seconds)
-                if request.ttl_seconds
-                else None,
+                expires_at=now() + ttl if ttl is not None else None,
             )
             s.add(tok)
             await audit(
@@ -369,17 +333,38 @@ class AccessRpcs:
                 "token.create",
                 "token",
                 tok.id,
-                {"member_id": member.id},
+                {"member": names.MEMBER.name(caller.workspace_id, member.id)},
             )
-            response = pb.CreateTokenResponse(token=convert.token(tok), secret=secret)
+            response = pb.CreateTokenResponse(
+                token=convert.token(tok, caller.workspace_id), secret=secret
+            )
             await self.deps.idempotency.save(s, key, response)
         return response
+
+    async def _token(self, s, caller: Caller, name: str) -> Token:
+        """Load a token of the caller's workspace the caller may see."""
+        token_id = names.parse("name", name, names.TOKEN, caller.workspace_id)
+        tok = await s.get(Token, token_id)
+        owner = await s.get(Member, tok.member_id) if tok else None
+        if tok is None or owner is None or owner.workspace_id != caller.workspace_id:
+            raise NotFound("token", name)
+        if tok.member_id != caller.member_id:
+            require(caller.is_owner, "see other members' tokens (Workspace Owner only)")
+        return tok
+
+    async def GetToken(self, request: pb.GetTokenRequest, context: Ctx) -> pb.GetTokenResponse:
+        """Return a token (the caller's own, or any for an owner); never its secret."""
+        caller = await self.authn.caller(context)
+        async with self.store.transaction() as s:
+            tok = await self._token(s, caller, request.name)
+        return pb.GetTokenResponse(token=convert.token(tok, caller.workspace_id))
 
     async def ListTokens(
         self, request: pb.ListTokensRequest, context: Ctx
     ) -> pb.ListTokensResponse:
         """List the caller's tokens, or the workspace's for an owner."""
         caller = await self.authn.caller(context)
+        names.parent("parent", request.parent, caller.workspace_id)
         size = check_page_size(request.page_size)
         query = select(Token).join(Member, col(Member.id) == col(Token.member_id))
         if caller.is_owner:
@@ -396,21 +381,17 @@ class AccessRpcs:
                 (col(Token.created_at), col(Token.id)),
                 size,
             )
-        return pb.ListTokensResponse(tokens=[convert.token(r) for r in rows], next_page_token=token)
+        return pb.ListTokensResponse(
+            tokens=[convert.token(r, caller.workspace_id) for r in rows], next_page_token=token
+        )
 
     async def RevokeToken(
         self, request: pb.RevokeTokenRequest, context: Ctx
     ) -> pb.RevokeTokenResponse:
         """Revoke a token."""
         caller = await self.authn.caller(context)
-        required("token_id", request.token_id)
         async with self.store.transaction() as s:
-            tok = await self.store.get(s, Token, request.token_id, "token")
-            owner = await s.get(Member, tok.member_id)
-            if owner is None or owner.workspace_id != caller.workspace_id:
-                raise NotFound("token", request.token_id)
-            if tok.member_id != caller.member_id:
-                require(caller.is_owner, "revoke other members' tokens (Workspace Owner only)")
+            tok = await self._token(s, caller, request.name)
             if tok.revoked_at is None:
                 tok.revoked_at = now()
                 s.add(tok)
@@ -421,6 +402,6 @@ class AccessRpcs:
                     "token.revoke",
                     "token",
                     tok.id,
-                    {"member_id": tok.member_id},
+                    {"member": names.MEMBER.name(caller.workspace_id, tok.member_id)},
                 )
-        return pb.RevokeTokenResponse(token=convert.token(tok))
+        return pb.RevokeTokenResponse(token=convert.token(tok, caller.workspace_id))

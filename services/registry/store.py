@@ -79,12 +79,13 @@ class RegistryStore:
         kind: str,
         *,
         lock: bool = False,
+        name: str | None = None,
     ) -> T:
         """Load a row of the workspace (locked for update with `lock`); one of another
-        workspace is NotFound too."""
+        workspace is NotFound too, named as the caller named it (`name`)."""
         row = await session.get(model, object_id, with_for_update=lock)
         if row is None or getattr(row, "workspace_id", None) != workspace_id:
-            raise NotFound(kind, object_id)
+            raise NotFound(kind, name or object_id)
         return row
 
     async def bump_config(self, session: AsyncSession) -> int:

@@ -23,11 +23,14 @@ _sym_db = _symbol_database.Default()
 
 
 from eventfn_api.type.v1 import types_pb2 as eventfn_dot_type_dot_v1_dot_types__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"eventfn/executor/v1/executor.proto\x12\x13\x65ventfn.executor.v1\x1a\x1b\x65ventfn/type/v1/types.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x02\n\x0ePreviewRequest\x12\x12\n\x04\x63ode\x18\x01 \x01(\tR\x04\x63ode\x12\x1d\n\nversion_id\x18\x02 \x01(\tR\tversionId\x12\x1d\n\nevent_json\x18\x03 \x01(\tR\teventJson\x12\x33\n\x08settings\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructR\x08settings\x12S\n\x13setting_definitions\x18\x05 \x03(\x0b\x32\".eventfn.type.v1.SettingDefinitionR\x12settingDefinitions\x12\x1f\n\x0b\x66unction_id\x18\x06 \x01(\tR\nfunctionId\"\xf3\x02\n\x0fPreviewResponse\x12\x32\n\x07outcome\x18\x01 \x01(\x0e\x32\x18.eventfn.type.v1.OutcomeR\x07outcome\x12\x1f\n\x0bresult_json\x18\x02 \x01(\tR\nresultJson\x12\x33\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1d.eventfn.type.v1.HandlerErrorR\x05\x65rror\x12\x12\n\x04logs\x18\x04 \x01(\tR\x04logs\x12%\n\x0elogs_truncated\x18\x05 \x01(\x08R\rlogsTruncated\x12\x39\n\x08requests\x18\x06 \x03(\x0b\x32\x1d.eventfn.type.v1.RequestTraceR\x08requests\x12\x1f\n\x0b\x64uration_ms\x18\x07 \x01(\x01R\ndurationMs\x12?\n\x0e\x62\x61tch_outcomes\x18\x08 \x03(\x0e\x32\x18.eventfn.type.v1.OutcomeR\rbatchOutcomes\"\x8b\x02\n\x15ListDeliveriesRequest\x12\x1f\n\x0binstance_id\x18\x01 \x01(\tR\ninstanceId\x12\x39\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12#\n\rfailures_only\x18\x04 \x01(\x08R\x0c\x66\x61iluresOnly\x12\x1b\n\tpage_size\x18\x05 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x06 \x01(\tR\tpageToken\"\x93\x02\n\x0e\x44\x65liveryMinute\x12\x32\n\x06minute\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x06minute\x12\x1c\n\tdelivered\x18\x02 \x01(\x03R\tdelivered\x12\x18\n\x07retried\x18\x03 \x01(\x03R\x07retried\x12\x1c\n\tdiscarded\x18\x04 \x01(\x03R\tdiscarded\x12\x16\n\x06\x66\x61iled\x18\x05 \x01(\x03R\x06\x66\x61iled\x12\x1a\n\x08\x66iltered\x18\x06 \x01(\x03R\x08\x66iltered\x12 \n\x0binvocations\x18\x07 \x01(\x03R\x0binvocations\x12!\n\x0c\x65xecution_ms\x18\x08 \x01(\x01R\x0b\x65xecutionMs\"\xd6\x02\n\x0f\x44\x65liveryFailure\x12.\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12\x1d\n\nmessage_id\x18\x02 \x01(\tR\tmessageId\x12\x1d\n\nevent_json\x18\x03 \x01(\tR\teventJson\x12\x32\n\x07outcome\x18\x04 \x01(\x0e\x32\x18.eventfn.type.v1.OutcomeR\x07outcome\x12\x33\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1d.eventfn.type.v1.HandlerErrorR\x05\x65rror\x12\x12\n\x04logs\x18\x06 \x01(\tR\x04logs\x12\x39\n\x08requests\x18\x07 \x03(\x0b\x32\x1d.eventfn.type.v1.RequestTraceR\x08requests\x12\x1d\n\nversion_id\x18\x08 \x01(\tR\tversionId\"\xc1\x01\n\x16ListDeliveriesResponse\x12=\n\x07minutes\x18\x01 \x03(\x0b\x32#.eventfn.executor.v1.DeliveryMinuteR\x07minutes\x12@\n\x08\x66\x61ilures\x18\x02 \x03(\x0b\x32$.eventfn.executor.v1.DeliveryFailureR\x08\x66\x61ilures\x12&\n\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"\xac\x01\n\x17GetDeliveryStatsRequest\x12\x1f\n\x0binstance_id\x18\x01 \x01(\tR\ninstanceId\x12\x39\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\"\xd8\x01\n\x18GetDeliveryStatsResponse\x12;\n\x06totals\x18\x01 \x01(\x0b\x32#.eventfn.executor.v1.DeliveryMinuteR\x06totals\x12\x33\n\x06health\x18\x02 \x01(\x0e\x32\x1b.eventfn.executor.v1.HealthR\x06health\x12\'\n\x0fpending_retries\x18\x03 \x01(\x03R\x0ependingRetries\x12!\n\x0c\x64\x65\x61\x64_letters\x18\x04 \x01(\x03R\x0b\x64\x65\x61\x64Letters*]\n\x06Health\x12\x16\n\x12HEALTH_UNSPECIFIED\x10\x00\x12\x12\n\x0eHEALTH_HEALTHY\x10\x01\x12\x13\n\x0fHEALTH_DEGRADED\x10\x02\x12\x12\n\x0eHEALTH_FAILING\x10\x03\x32\xbc\x02\n\x08\x45xecutor\x12T\n\x07Preview\x12#.eventfn.executor.v1.PreviewRequest\x1a$.eventfn.executor.v1.PreviewResponse\x12i\n\x0eListDeliveries\x12*.eventfn.executor.v1.ListDeliveriesRequest\x1a+.eventfn.executor.v1.ListDeliveriesResponse\x12o\n\x10GetDeliveryStats\x12,.eventfn.executor.v1.GetDeliveryStatsRequest\x1a-.eventfn.executor.v1.GetDeliveryStatsResponseBv\n\x17\x64\x65v.eventfn.executor.v1B\rExecutorProtoP\x01Z4eventfn.dev/client/go/eventfn/executor/v1;executorv1\xaa\x02\x13\x45ventfn.Executor.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"eventfn/executor/v1/executor.proto\x12\x13\x65ventfn.executor.v1\x1a\x1b\x65ventfn/type/v1/types.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\x02\n\x0ePreviewRequest\x12\x14\n\x04\x63ode\x18\x01 \x01(\tH\x00R\x04\x63ode\x12<\n\x07version\x18\x02 \x01(\tB \xfa\x41\x1d\n\x1b\x65ventfn.dev/FunctionVersionH\x00R\x07version\x12#\n\nevent_json\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02R\teventJson\x12\x39\n\x08settings\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01R\x08settings\x12Y\n\x13setting_definitions\x18\x05 \x03(\x0b\x32\".eventfn.type.v1.SettingDefinitionB\x04\xe2\x41\x01\x01R\x12settingDefinitions\x12\x44\n\x08\x66unction\x18\x06 \x01(\tB(\xe2\x41\x01\x01\xfa\x41!\n\x1f\x65ventfn.dev/DestinationFunctionR\x08\x66unctionB\t\n\x07program\"\xb9\x03\n\x0fPreviewResponse\x12\x38\n\x07outcome\x18\x01 \x01(\x0e\x32\x18.eventfn.type.v1.OutcomeB\x04\xe2\x41\x01\x03R\x07outcome\x12%\n\x0bresult_json\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03R\nresultJson\x12\x39\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1d.eventfn.type.v1.HandlerErrorB\x04\xe2\x41\x01\x03R\x05\x65rror\x12\x18\n\x04logs\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03R\x04logs\x12+\n\x0elogs_truncated\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x03R\rlogsTruncated\x12?\n\x08requests\x18\x06 \x03(\x0b\x32\x1d.eventfn.type.v1.RequestTraceB\x04\xe2\x41\x01\x03R\x08requests\x12;\n\x08\x64uration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x03R\x08\x64uration\x12\x45\n\x0e\x62\x61tch_outcomes\x18\x08 \x03(\x0e\x32\x18.eventfn.type.v1.OutcomeB\x04\xe2\x41\x01\x03R\rbatchOutcomes\"\x99\x02\n\x1aListDeliveryMinutesRequest\x12\x35\n\x06parent\x18\x01 \x01(\tB\x1d\xe2\x41\x01\x02\xfa\x41\x16\n\x14\x65ventfn.dev/InstanceR\x06parent\x12?\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01R\tstartTime\x12;\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01R\x07\x65ndTime\x12!\n\tpage_size\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01R\x08pageSize\x12#\n\npage_token\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01R\tpageToken\"\x90\x01\n\x1bListDeliveryMinutesResponse\x12\x43\n\x07minutes\x18\x01 \x03(\x0b\x32#.eventfn.executor.v1.DeliveryMinuteB\x04\xe2\x41\x01\x03R\x07minutes\x12,\n\x0fnext_page_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03R\rnextPageToken\"\x9a\x02\n\x1bListDeliveryFailuresRequest\x12\x35\n\x06parent\x18\x01 \x01(\tB\x1d\xe2\x41\x01\x02\xfa\x41\x16\n\x14\x65ventfn.dev/InstanceR\x06parent\x12?\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01R\tstartTime\x12;\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01R\x07\x65ndTime\x12!\n\tpage_size\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01R\x08pageSize\x12#\n\npage_token\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01R\tpageToken\"\x94\x01\n\x1cListDeliveryFailuresResponse\x12\x46\n\x08\x66\x61ilures\x18\x01 \x03(\x0b\x32$.eventfn.executor.v1.DeliveryFailureB\x04\xe2\x41\x01\x03R\x08\x66\x61ilures\x12,\n\x0fnext_page_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03R\rnextPageToken\"\xe2\x02\n\x0e\x44\x65liveryMinute\x12\x38\n\x06minute\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x06minute\x12\"\n\tdelivered\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03R\tdelivered\x12\x1e\n\x07retried\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x07retried\x12\"\n\tdiscarded\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03R\tdiscarded\x12\x1c\n\x06\x66\x61iled\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x06\x66\x61iled\x12 \n\x08\x66iltered\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x08\x66iltered\x12&\n\x0binvocations\x18\x07 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x0binvocations\x12\x46\n\x0e\x65xecution_time\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x03R\rexecutionTime\"\xa1\x03\n\x0f\x44\x65liveryFailure\x12\x34\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x04time\x12#\n\nmessage_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03R\tmessageId\x12#\n\nevent_json\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03R\teventJson\x12\x38\n\x07outcome\x18\x04 \x01(\x0e\x32\x18.eventfn.type.v1.OutcomeB\x04\xe2\x41\x01\x03R\x07outcome\x12\x39\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1d.eventfn.type.v1.HandlerErrorB\x04\xe2\x41\x01\x03R\x05\x65rror\x12\x18\n\x04logs\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03R\x04logs\x12?\n\x08requests\x18\x07 \x03(\x0b\x32\x1d.eventfn.type.v1.RequestTraceB\x04\xe2\x41\x01\x03R\x08requests\x12>\n\x07version\x18\x08 \x01(\tB$\xe2\x41\x01\x03\xfa\x41\x1d\n\x1b\x65ventfn.dev/FunctionVersionR\x07version\"\xb1\x01\n\x17GetDeliveryStatsRequest\x12\x18\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x04name\x12?\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01R\tstartTime\x12;\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01R\x07\x65ndTime\"\xf0\x01\n\x18GetDeliveryStatsResponse\x12\x41\n\x06totals\x18\x01 \x01(\x0b\x32#.eventfn.executor.v1.DeliveryMinuteB\x04\xe2\x41\x01\x03R\x06totals\x12\x39\n\x06health\x18\x02 \x01(\x0e\x32\x1b.eventfn.executor.v1.HealthB\x04\xe2\x41\x01\x03R\x06health\x12-\n\x0fpending_retries\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x0ependingRetries\x12\'\n\x0c\x64\x65\x61\x64_letters\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03R\x0b\x64\x65\x61\x64Letters*s\n\x06Health\x12\x16\n\x12HEALTH_UNSPECIFIED\x10\x00\x12\x12\n\x0eHEALTH_HEALTHY\x10\x01\x12\x13\n\x0fHEALTH_DEGRADED\x10\x02\x12\x12\n\x0eHEALTH_FAILING\x10\x03\x12\x14\n\x10HEALTH_NO_EVENTS\x10\x04\x32\xc8\x03\n\x08\x45xecutor\x12T\n\x07Preview\x12#.eventfn.executor.v1.PreviewRequest\x1a$.eventfn.executor.v1.PreviewResponse\x12x\n\x13ListDeliveryMinutes\x12/.eventfn.executor.v1.ListDeliveryMinutesRequest\x1a\x30.eventfn.executor.v1.ListDeliveryMinutesResponse\x12{\n\x14ListDeliveryFailures\x12\x30.eventfn.executor.v1.ListDeliveryFailuresRequest\x1a\x31.eventfn.executor.v1.ListDeliveryFailuresResponse\x12o\n\x10GetDeliveryStats\x12,.eventfn.executor.v1.GetDeliveryStatsRequest\x1a-.eventfn.executor.v1.GetDeliveryStatsResponseBv\n\x17\x64\x65v.eventfn.executor.v1B\rExecutorProtoP\x01Z4eventfn.dev/client/go/eventfn/executor/v1;executorv1\xaa\x02\x13\x45ventfn.Executor.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,24 +38,128 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eventfn_api.executor.v1.exe
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\027dev.eventfn.executor.v1B\rExecutorProtoP\001Z4eventfn.dev/client/go/eventfn/executor/v1;executorv1\252\002\023Eventfn.Executor.V1'
-  _globals['_HEALTH']._serialized_start=2280
-  _globals['_HEALTH']._serialized_end=2373
-  _globals['_PREVIEWREQUEST']._serialized_start=152
-  _globals['_PREVIEWREQUEST']._serialized_end=421
-  _globals['_PREVIEWRESPONSE']._serialized_start=424
-  _globals['_PREVIEWRESPONSE']._serialized_end=795
-  _globals['_LISTDELIVERIESREQUEST']._serialized_start=798
-  _globals['_LISTDELIVERIESREQUEST']._serialized_end=1065
-  _globals['_DELIVERYMINUTE']._serialized_start=1068
-  _globals['_DELIVERYMINUTE']._serialized_end=1343
-  _globals['_DELIVERYFAILURE']._serialized_start=1346
-  _globals['_DELIVERYFAILURE']._serialized_end=1688
-  _globals['_LISTDELIVERIESRESPONSE']._serialized_start=1691
-  _globals['_LISTDELIVERIESRESPONSE']._serialized_end=1884
-  _globals['_GETDELIVERYSTATSREQUEST']._serialized_start=1887
-  _globals['_GETDELIVERYSTATSREQUEST']._serialized_end=2059
-  _globals['_GETDELIVERYSTATSRESPONSE']._serialized_start=2062
-  _globals['_GETDELIVERYSTATSRESPONSE']._serialized_end=2278
-  _globals['_EXECUTOR']._serialized_start=2376
-  _globals['_EXECUTOR']._serialized_end=2692
+  _globals['_PREVIEWREQUEST'].fields_by_name['version']._loaded_options = None
+  _globals['_PREVIEWREQUEST'].fields_by_name['version']._serialized_options = b'\372A\035\n\033eventfn.dev/FunctionVersion'
+  _globals['_PREVIEWREQUEST'].fields_by_name['event_json']._loaded_options = None
+  _globals['_PREVIEWREQUEST'].fields_by_name['event_json']._serialized_options = b'\342A\001\002'
+  _globals['_PREVIEWREQUEST'].fields_by_name['settings']._loaded_options = None
+  _globals['_PREVIEWREQUEST'].fields_by_name['settings']._serialized_options = b'\342A\001\001'
+  _globals['_PREVIEWREQUEST'].fields_by_name['setting_definitions']._loaded_options = None
+  _globals['_PREVIEWREQUEST'].fields_by_name['setting_definitions']._serialized_options = b'\342A\001\001'
+  _globals['_PREVIEWREQUEST'].fields_by_name['function']._loaded_options = None
+  _globals['_PREVIEWREQUEST'].fields_by_name['function']._serialized_options = b'\342A\001\001\372A!\n\037eventfn.dev/DestinationFunction'
+  _globals['_PREVIEWRESPONSE'].fields_by_name['outcome']._loaded_options = None
+  _globals['_PREVIEWRESPONSE'].fields_by_name['outcome']._serialized_options = b'\342A\001\003'
+  _globals['_PREVIEWRESPONSE'].fields_by_name['result_json']._loaded_options = None
+  _globals['_PREVIEWRESPONSE'].fields_by_name['result_json']._serialized_options = b'\342A\001\003'
+  _globals['_PREVIEWRESPONSE'].fields_by_name['error']._loaded_options = None
+  _globals['_PREVIEWRESPONSE'].fields_by_name['error']._serialized_options = b'\342A\001\003'
+  _globals['_PREVIEWRESPONSE'].fields_by_name['logs']._loaded_options = None
+  _globals['_PREVIEWRESPONSE'].fields_by_name['logs']._serialized_options = b'\342A\001\003'
+  _globals['_PREVIEWRESPONSE'].fields_by_name['logs_truncated']._loaded_options = None
+  _globals['_PREVIEWRESPONSE'].fields_by_name['logs_truncated']._serialized_options = b'\342A\001\003'
+  _globals['_PREVIEWRESPONSE'].fields_by_name['requests']._loaded_options = None
+  _globals['_PREVIEWRESPONSE'].fields_by_name['requests']._serialized_options = b'\342A\001\003'
+  _globals['_PREVIEWRESPONSE'].fields_by_name['duration']._loaded_options = None
+  _globals['_PREVIEWRESPONSE'].fields_by_name['duration']._serialized_options = b'\342A\001\003'
+  _globals['_PREVIEWRESPONSE'].fields_by_name['batch_outcomes']._loaded_options = None
+  _globals['_PREVIEWRESPONSE'].fields_by_name['batch_outcomes']._serialized_options = b'\342A\001\003'
+  _globals['_LISTDELIVERYMINUTESREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_LISTDELIVERYMINUTESREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002\372A\026\n\024eventfn.dev/Instance'
+  _globals['_LISTDELIVERYMINUTESREQUEST'].fields_by_name['start_time']._loaded_options = None
+  _globals['_LISTDELIVERYMINUTESREQUEST'].fields_by_name['start_time']._serialized_options = b'\342A\001\001'
+  _globals['_LISTDELIVERYMINUTESREQUEST'].fields_by_name['end_time']._loaded_options = None
+  _globals['_LISTDELIVERYMINUTESREQUEST'].fields_by_name['end_time']._serialized_options = b'\342A\001\001'
+  _globals['_LISTDELIVERYMINUTESREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTDELIVERYMINUTESREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
+  _globals['_LISTDELIVERYMINUTESREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTDELIVERYMINUTESREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_LISTDELIVERYMINUTESRESPONSE'].fields_by_name['minutes']._loaded_options = None
+  _globals['_LISTDELIVERYMINUTESRESPONSE'].fields_by_name['minutes']._serialized_options = b'\342A\001\003'
+  _globals['_LISTDELIVERYMINUTESRESPONSE'].fields_by_name['next_page_token']._loaded_options = None
+  _globals['_LISTDELIVERYMINUTESRESPONSE'].fields_by_name['next_page_token']._serialized_options = b'\342A\001\003'
+  _globals['_LISTDELIVERYFAILURESREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_LISTDELIVERYFAILURESREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002\372A\026\n\024eventfn.dev/Instance'
+  _globals['_LISTDELIVERYFAILURESREQUEST'].fields_by_name['start_time']._loaded_options = None
+  _globals['_LISTDELIVERYFAILURESREQUEST'].fields_by_name['start_time']._serialized_options = b'\342A\001\001'
+  _globals['_LISTDELIVERYFAILURESREQUEST'].fields_by_name['end_time']._loaded_options = None
+  _globals['_LISTDELIVERYFAILURESREQUEST'].fields_by_name['end_time']._serialized_options = b'\342A\001\001'
+  _globals['_LISTDELIVERYFAILURESREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTDELIVERYFAILURESREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
+  _globals['_LISTDELIVERYFAILURESREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTDELIVERYFAILURESREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_LISTDELIVERYFAILURESRESPONSE'].fields_by_name['failures']._loaded_options = None
+  _globals['_LISTDELIVERYFAILURESRESPONSE'].fields_by_name['failures']._serialized_options = b'\342A\001\003'
+  _globals['_LISTDELIVERYFAILURESRESPONSE'].fields_by_name['next_page_token']._loaded_options = None
+  _globals['_LISTDELIVERYFAILURESRESPONSE'].fields_by_name['next_page_token']._serialized_options = b'\342A\001\003'
+  _globals['_DELIVERYMINUTE'].fields_by_name['minute']._loaded_options = None
+  _globals['_DELIVERYMINUTE'].fields_by_name['minute']._serialized_options = b'\342A\001\003'
+  _globals['_DELIVERYMINUTE'].fields_by_name['delivered']._loaded_options = None
+  _globals['_DELIVERYMINUTE'].fields_by_name['delivered']._serialized_options = b'\342A\001\003'
+  _globals['_DELIVERYMINUTE'].fields_by_name['retried']._loaded_options = None
+  _globals['_DELIVERYMINUTE'].fields_by_name['retried']._serialized_options = b'\342A\001\003'
+  _globals['_DELIVERYMINUTE'].fields_by_name['discarded']._loaded_options = None
+  _globals['_DELIVERYMINUTE'].fields_by_name['discarded']._serialized_options = b'\342A\001\003'
+  _globals['_DELIVERYMINUTE'].fields_by_name['failed']._loaded_options = None
+  _globals['_DELIVERYMINUTE'].fields_by_name['failed']._serialized_options = b'\342A\001\003'
+  _globals['_DELIVERYMINUTE'].fields_by_name['filtered']._loaded_options = None
+  _globals['_DELIVERYMINUTE'].fields_by_name['filtered']._serialized_options = b'\342A\001\003'
+  _globals['_DELIVERYMINUTE'].fields_by_name['invocations']._loaded_options = None
+  _globals['_DELIVERYMINUTE'].fields_by_name['invocations']._serialized_options = b'\342A\001\003'
+  _globals['_DELIVERYMINUTE'].fields_by_name['execution_time']._loaded_options = None
+  _globals['_DELIVERYMINUTE'].fields_by_name['execution_time']._serialized_options = b'\342A\001\003'
+  _globals['_DELIVERYFAILURE'].fields_by_name['time']._loaded_options = None
+  _globals['_DELIVERYFAILURE'].fields_by_name['time']._serialized_options = b'\342A\001\003'
+  _globals['_DELIVERYFAILURE'].fields_by_name['message_id']._loaded_options = None
+  _globals['_DELIVERYFAILURE'].fields_by_name['message_id']._serialized_options = b'\342A\001\003'
+  _globals['_DELIVERYFAILURE'].fields_by_name['event_json']._loaded_options = None
+  _globals['_DELIVERYFAILURE'].fields_by_name['event_json']._serialized_options = b'\342A\001\003'
+  _globals['_DELIVERYFAILURE'].fields_by_name['outcome']._loaded_options = None
+  _globals['_DELIVERYFAILURE'].fields_by_name['outcome']._serialized_options = b'\342A\001\003'
+  _globals['_DELIVERYFAILURE'].fields_by_name['error']._loaded_options = None
+  _globals['_DELIVERYFAILURE'].fields_by_name['error']._serialized_options = b'\342A\001\003'
+  _globals['_DELIVERYFAILURE'].fields_by_name['logs']._loaded_options = None
+  _globals['_DELIVERYFAILURE'].fields_by_name['logs']._serialized_options = b'\342A\001\003'
+  _globals['_DELIVERYFAILURE'].fields_by_name['requests']._loaded_options = None
+  _globals['_DELIVERYFAILURE'].fields_by_name['requests']._serialized_options = b'\342A\001\003'
+  _globals['_DELIVERYFAILURE'].fields_by_name['version']._loaded_options = None
+  _globals['_DELIVERYFAILURE'].fields_by_name['version']._serialized_options = b'\342A\001\003\372A\035\n\033eventfn.dev/FunctionVersion'
+  _globals['_GETDELIVERYSTATSREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_GETDELIVERYSTATSREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_GETDELIVERYSTATSREQUEST'].fields_by_name['start_time']._loaded_options = None
+  _globals['_GETDELIVERYSTATSREQUEST'].fields_by_name['start_time']._serialized_options = b'\342A\001\001'
+  _globals['_GETDELIVERYSTATSREQUEST'].fields_by_name['end_time']._loaded_options = None
+  _globals['_GETDELIVERYSTATSREQUEST'].fields_by_name['end_time']._serialized_options = b'\342A\001\001'
+  _globals['_GETDELIVERYSTATSRESPONSE'].fields_by_name['totals']._loaded_options = None
+  _globals['_GETDELIVERYSTATSRESPONSE'].fields_by_name['totals']._serialized_options = b'\342A\001\003'
+  _globals['_GETDELIVERYSTATSRESPONSE'].fields_by_name['health']._loaded_options = None
+  _globals['_GETDELIVERYSTATSRESPONSE'].fields_by_name['health']._serialized_options = b'\342A\001\003'
+  _globals['_GETDELIVERYSTATSRESPONSE'].fields_by_name['pending_retries']._loaded_options = None
+  _globals['_GETDELIVERYSTATSRESPONSE'].fields_by_name['pending_retries']._serialized_options = b'\342A\001\003'
+  _globals['_GETDELIVERYSTATSRESPONSE'].fields_by_name['dead_letters']._loaded_options = None
+  _globals['_GETDELIVERYSTATSRESPONSE'].fields_by_name['dead_letters']._serialized_options = b'\342A\001\003'
+  _globals['_HEALTH']._serialized_start=3125
+  _globals['_HEALTH']._serialized_end=3240
+  _globals['_PREVIEWREQUEST']._serialized_start=244
+  _globals['_PREVIEWREQUEST']._serialized_end=612
+  _globals['_PREVIEWRESPONSE']._serialized_start=615
+  _globals['_PREVIEWRESPONSE']._serialized_end=1056
+  _globals['_LISTDELIVERYMINUTESREQUEST']._serialized_start=1059
+  _globals['_LISTDELIVERYMINUTESREQUEST']._serialized_end=1340
+  _globals['_LISTDELIVERYMINUTESRESPONSE']._serialized_start=1343
+  _globals['_LISTDELIVERYMINUTESRESPONSE']._serialized_end=1487
+  _globals['_LISTDELIVERYFAILURESREQUEST']._serialized_start=1490
+  _globals['_LISTDELIVERYFAILURESREQUEST']._serialized_end=1772
+  _globals['_LISTDELIVERYFAILURESRESPONSE']._serialized_start=1775
+  _globals['_LISTDELIVERYFAILURESRESPONSE']._serialized_end=1923
+  _globals['_DELIVERYMINUTE']._serialized_start=1926
+  _globals['_DELIVERYMINUTE']._serialized_end=2280
+  _globals['_DELIVERYFAILURE']._serialized_start=2283
+  _globals['_DELIVERYFAILURE']._serialized_end=2700
+  _globals['_GETDELIVERYSTATSREQUEST']._serialized_start=2703
+  _globals['_GETDELIVERYSTATSREQUEST']._serialized_end=2880
+  _globals['_GETDELIVERYSTATSRESPONSE']._serialized_start=2883
+  _globals['_GETDELIVERYSTATSRESPONSE']._serialized_end=3123
+  _globals['_EXECUTOR']._serialized_start=3243
+  _globals['_EXECUTOR']._serialized_end=3699
 # @@protoc_insertion_point(module_scope)

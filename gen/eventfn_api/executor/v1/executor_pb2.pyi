@@ -6,6 +6,7 @@ The executor pool: runs destination functions, previews code, reports deliveries
 from collections import abc as _abc
 from eventfn_api.type.v1 import types_pb2 as _types_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -29,13 +30,15 @@ class _Health:
 class _HealthEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Health.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     HEALTH_UNSPECIFIED: _Health.ValueType  # 0
-    """No events in the period."""
+    """Not set (never sent)."""
     HEALTH_HEALTHY: _Health.ValueType  # 1
     """Under 1% of events retried or failed."""
     HEALTH_DEGRADED: _Health.ValueType  # 2
     """1% to 20% of events retried or failed."""
     HEALTH_FAILING: _Health.ValueType  # 3
     """Over 20% of events retried or failed."""
+    HEALTH_NO_EVENTS: _Health.ValueType  # 4
+    """No events in the last 15 minutes: nothing to judge by."""
 
 class Health(_Health, metaclass=_HealthEnumTypeWrapper):
     """Connection health of an instance, from its error rate over the last 15 minutes.
@@ -45,13 +48,15 @@ class Health(_Health, metaclass=_HealthEnumTypeWrapper):
     """
 
 HEALTH_UNSPECIFIED: Health.ValueType  # 0
-"""No events in the period."""
+"""Not set (never sent)."""
 HEALTH_HEALTHY: Health.ValueType  # 1
 """Under 1% of events retried or failed."""
 HEALTH_DEGRADED: Health.ValueType  # 2
 """1% to 20% of events retried or failed."""
 HEALTH_FAILING: Health.ValueType  # 3
 """Over 20% of events retried or failed."""
+HEALTH_NO_EVENTS: Health.ValueType  # 4
+"""No events in the last 15 minutes: nothing to judge by."""
 Global___Health: _TypeAlias = Health  # noqa: Y015
 
 @_typing.final
@@ -61,20 +66,20 @@ class PreviewRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CODE_FIELD_NUMBER: _builtins.int
-    VERSION_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     EVENT_JSON_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
     SETTING_DEFINITIONS_FIELD_NUMBER: _builtins.int
-    FUNCTION_ID_FIELD_NUMBER: _builtins.int
+    FUNCTION_FIELD_NUMBER: _builtins.int
     code: _builtins.str
-    """The JavaScript to run; empty to run the saved version named by version_id."""
-    version_id: _builtins.str
-    """A saved version to run when code is empty."""
+    """The JavaScript to run."""
+    version: _builtins.str
+    """A saved version to run, "workspaces/{workspace}/functions/{function}/versions/{version}"."""
     event_json: _builtins.str
     """One event (a JSON object) or an array of events (runs onBatch), as JSON text."""
-    function_id: _builtins.str
-    """With code: the function the code is a draft of, which the caller must administer
-    (Functions Admin covering it). Empty for code of no function yet (e.g. before
+    function: _builtins.str
+    """With code: the function the code is a draft of (its name), which the caller must
+    administer (Functions Admin covering it). Empty for code of no function yet (e.g. before
     CreateFunction), which needs Functions Admin of all functions, like CreateFunction.
     Ignored when running a saved version.
     """
@@ -84,23 +89,25 @@ class PreviewRequest(_message.Message):
 
     @_builtins.property
     def setting_definitions(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.SettingDefinition]:
-        """The settings definitions, to know which values are secrets to redact; optional."""
+        """The settings definitions, to know which values are secrets to redact."""
 
     def __init__(
         self,
         *,
         code: _builtins.str = ...,
-        version_id: _builtins.str = ...,
+        version: _builtins.str = ...,
         event_json: _builtins.str = ...,
         settings: _struct_pb2.Struct | None = ...,
         setting_definitions: _abc.Iterable[_types_pb2.SettingDefinition] | None = ...,
-        function_id: _builtins.str = ...,
+        function: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "program", b"program", "settings", b"settings", "version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "event_json", b"event_json", "function_id", b"function_id", "setting_definitions", b"setting_definitions", "settings", b"settings", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "event_json", b"event_json", "function", b"function", "program", b"program", "setting_definitions", b"setting_definitions", "settings", b"settings", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_program: _TypeAlias = _typing.Literal["code", "version"]  # noqa: Y015
+    _WhichOneofArgType_program: _TypeAlias = _typing.Literal["program", b"program"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_program) -> _WhichOneofReturnType_program | None: ...
 
 Global___PreviewRequest: _TypeAlias = PreviewRequest  # noqa: Y015
 
@@ -116,7 +123,7 @@ class PreviewResponse(_message.Message):
     LOGS_FIELD_NUMBER: _builtins.int
     LOGS_TRUNCATED_FIELD_NUMBER: _builtins.int
     REQUESTS_FIELD_NUMBER: _builtins.int
-    DURATION_MS_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
     BATCH_OUTCOMES_FIELD_NUMBER: _builtins.int
     outcome: _types_pb2.Outcome.ValueType
     """What became of the event (for an array: of the batch as a whole)."""
@@ -126,8 +133,6 @@ class PreviewResponse(_message.Message):
     """Console output, capped at 4 KB, secrets redacted."""
     logs_truncated: _builtins.bool
     """Whether the console output was cut at the cap."""
-    duration_ms: _builtins.float
-    """Wall time of the invocation, in milliseconds."""
     @_builtins.property
     def error(self) -> _types_pb2.HandlerError:
         """The error, when the handler threw or timed out."""
@@ -135,6 +140,10 @@ class PreviewResponse(_message.Message):
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.RequestTrace]:
         """Every outgoing request with its response, secrets redacted."""
+
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """Wall time of the invocation."""
 
     @_builtins.property
     def batch_outcomes(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.Outcome.ValueType]:
@@ -149,35 +158,32 @@ class PreviewResponse(_message.Message):
         logs: _builtins.str = ...,
         logs_truncated: _builtins.bool = ...,
         requests: _abc.Iterable[_types_pb2.RequestTrace] | None = ...,
-        duration_ms: _builtins.float = ...,
+        duration: _duration_pb2.Duration | None = ...,
         batch_outcomes: _abc.Iterable[_types_pb2.Outcome.ValueType] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_outcomes", b"batch_outcomes", "duration_ms", b"duration_ms", "error", b"error", "logs", b"logs", "logs_truncated", b"logs_truncated", "outcome", b"outcome", "requests", b"requests", "result_json", b"result_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_outcomes", b"batch_outcomes", "duration", b"duration", "error", b"error", "logs", b"logs", "logs_truncated", b"logs_truncated", "outcome", b"outcome", "requests", b"requests", "result_json", b"result_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PreviewResponse: _TypeAlias = PreviewResponse  # noqa: Y015
 
 @_typing.final
-class ListDeliveriesRequest(_message.Message):
-    """Request of ListDeliveries."""
+class ListDeliveryMinutesRequest(_message.Message):
+    """Request of ListDeliveryMinutes."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
-    FAILURES_ONLY_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
-    instance_id: _builtins.str
-    """The instance id."""
-    failures_only: _builtins.bool
-    """List sampled failures instead of per-minute counts."""
+    parent: _builtins.str
+    """The instance, "workspaces/{workspace}/instances/{instance}"."""
     page_size: _builtins.int
-    """Maximum rows to return, 1..500 (default 60)."""
+    """Maximum minutes to return, 1..500 (default 60)."""
     page_token: _builtins.str
     """The next_page_token of a previous call; empty for the first page."""
     @_builtins.property
@@ -191,20 +197,117 @@ class ListDeliveriesRequest(_message.Message):
     def __init__(
         self,
         *,
-        instance_id: _builtins.str = ...,
+        parent: _builtins.str = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
-        failures_only: _builtins.bool = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "failures_only", b"failures_only", "instance_id", b"instance_id", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ListDeliveriesRequest: _TypeAlias = ListDeliveriesRequest  # noqa: Y015
+Global___ListDeliveryMinutesRequest: _TypeAlias = ListDeliveryMinutesRequest  # noqa: Y015
+
+@_typing.final
+class ListDeliveryMinutesResponse(_message.Message):
+    """Response of ListDeliveryMinutes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MINUTES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last."""
+    @_builtins.property
+    def minutes(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryMinute]:
+        """Per-minute counts, newest first; minutes without events are left out."""
+
+    def __init__(
+        self,
+        *,
+        minutes: _abc.Iterable[Global___DeliveryMinute] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["minutes", b"minutes", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeliveryMinutesResponse: _TypeAlias = ListDeliveryMinutesResponse  # noqa: Y015
+
+@_typing.final
+class ListDeliveryFailuresRequest(_message.Message):
+    """Request of ListDeliveryFailures."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The instance, "workspaces/{workspace}/instances/{instance}"."""
+    page_size: _builtins.int
+    """Maximum failures to return, 1..500 (default 60)."""
+    page_token: _builtins.str
+    """The next_page_token of a previous call; empty for the first page."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start of the period (default: one hour ago)."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End of the period (default: now)."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeliveryFailuresRequest: _TypeAlias = ListDeliveryFailuresRequest  # noqa: Y015
+
+@_typing.final
+class ListDeliveryFailuresResponse(_message.Message):
+    """Response of ListDeliveryFailures."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FAILURES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last."""
+    @_builtins.property
+    def failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryFailure]:
+        """Sampled failures and discards, newest first."""
+
+    def __init__(
+        self,
+        *,
+        failures: _abc.Iterable[Global___DeliveryFailure] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failures", b"failures", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeliveryFailuresResponse: _TypeAlias = ListDeliveryFailuresResponse  # noqa: Y015
 
 @_typing.final
 class DeliveryMinute(_message.Message):
@@ -219,7 +322,7 @@ class DeliveryMinute(_message.Message):
     FAILED_FIELD_NUMBER: _builtins.int
     FILTERED_FIELD_NUMBER: _builtins.int
     INVOCATIONS_FIELD_NUMBER: _builtins.int
-    EXECUTION_MS_FIELD_NUMBER: _builtins.int
+    EXECUTION_TIME_FIELD_NUMBER: _builtins.int
     delivered: _builtins.int
     """Events delivered."""
     retried: _builtins.int
@@ -232,11 +335,13 @@ class DeliveryMinute(_message.Message):
     """Events dropped by the integrations object or filters."""
     invocations: _builtins.int
     """Handler invocations (an onBatch call counts once)."""
-    execution_ms: _builtins.float
-    """Total execution time, in milliseconds."""
     @_builtins.property
     def minute(self) -> _timestamp_pb2.Timestamp:
         """The minute (seconds zero)."""
+
+    @_builtins.property
+    def execution_time(self) -> _duration_pb2.Duration:
+        """Total execution time."""
 
     def __init__(
         self,
@@ -248,11 +353,11 @@ class DeliveryMinute(_message.Message):
         failed: _builtins.int = ...,
         filtered: _builtins.int = ...,
         invocations: _builtins.int = ...,
-        execution_ms: _builtins.float = ...,
+        execution_time: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["minute", b"minute"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["execution_time", b"execution_time", "minute", b"minute"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivered", b"delivered", "discarded", b"discarded", "execution_ms", b"execution_ms", "failed", b"failed", "filtered", b"filtered", "invocations", b"invocations", "minute", b"minute", "retried", b"retried"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivered", b"delivered", "discarded", b"discarded", "execution_time", b"execution_time", "failed", b"failed", "filtered", b"filtered", "invocations", b"invocations", "minute", b"minute", "retried", b"retried"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -271,7 +376,7 @@ class DeliveryFailure(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     LOGS_FIELD_NUMBER: _builtins.int
     REQUESTS_FIELD_NUMBER: _builtins.int
-    VERSION_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """The event's messageId."""
     event_json: _builtins.str
@@ -280,7 +385,7 @@ class DeliveryFailure(_message.Message):
     """What became of it."""
     logs: _builtins.str
     """Console output of the invocation, secrets redacted."""
-    version_id: _builtins.str
+    version: _builtins.str
     """The function version that ran."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
@@ -304,49 +409,15 @@ class DeliveryFailure(_message.Message):
         error: _types_pb2.HandlerError | None = ...,
         logs: _builtins.str = ...,
         requests: _abc.Iterable[_types_pb2.RequestTrace] | None = ...,
-        version_id: _builtins.str = ...,
+        version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "event_json", b"event_json", "logs", b"logs", "message_id", b"message_id", "outcome", b"outcome", "requests", b"requests", "time", b"time", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "event_json", b"event_json", "logs", b"logs", "message_id", b"message_id", "outcome", b"outcome", "requests", b"requests", "time", b"time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeliveryFailure: _TypeAlias = DeliveryFailure  # noqa: Y015
-
-@_typing.final
-class ListDeliveriesResponse(_message.Message):
-    """Response of ListDeliveries."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    MINUTES_FIELD_NUMBER: _builtins.int
-    FAILURES_FIELD_NUMBER: _builtins.int
-    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
-    next_page_token: _builtins.str
-    """Token for the next page; empty on the last."""
-    @_builtins.property
-    def minutes(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryMinute]:
-        """Per-minute counts, newest first (when failures_only is false)."""
-
-    @_builtins.property
-    def failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryFailure]:
-        """Sampled failures, newest first (when failures_only is true)."""
-
-    def __init__(
-        self,
-        *,
-        minutes: _abc.Iterable[Global___DeliveryMinute] | None = ...,
-        failures: _abc.Iterable[Global___DeliveryFailure] | None = ...,
-        next_page_token: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failures", b"failures", "minutes", b"minutes", "next_page_token", b"next_page_token"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ListDeliveriesResponse: _TypeAlias = ListDeliveriesResponse  # noqa: Y015
 
 @_typing.final
 class GetDeliveryStatsRequest(_message.Message):
@@ -354,11 +425,11 @@ class GetDeliveryStatsRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
-    instance_id: _builtins.str
-    """The instance id."""
+    name: _builtins.str
+    """The instance's delivery statistics, "workspaces/{workspace}/instances/{instance}/deliveryStats"."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Start of the period (default: 24 hours ago)."""
@@ -370,13 +441,13 @@ class GetDeliveryStatsRequest(_message.Message):
     def __init__(
         self,
         *,
-        instance_id: _builtins.str = ...,
+        name: _builtins.str = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "instance_id", b"instance_id", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "name", b"name", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,7 +28,11 @@ if _version_not_supported:
 class ExecutorStub:
     """The executor. Calls need `authorization: Bearer <token>` metadata of a workspace member;
     UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the role the call needs,
-    NOT_FOUND for objects of other workspaces (exactly as for ids that never existed).
+    NOT_FOUND for resources of other workspaces (exactly as for names that never existed).
+    Resources are named as in the registry (`workspaces/{workspace}/instances/{instance}`);
+    a required name left empty, or not of the expected form, is INVALID_ARGUMENT naming it.
+    Page tokens are opaque, signed and bound to the list and its filters (INVALID_ARGUMENT
+    otherwise); pages are keyset pages, stable under writes.
     A string field (also one nested in a Struct, a list or a map) holding NUL or another
     control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
     naming the field, before anything is done. An unexpected failure is INTERNAL with a
@@ -47,10 +51,15 @@ class ExecutorStub:
                 request_serializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.PreviewRequest.SerializeToString,
                 response_deserializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.PreviewResponse.FromString,
                 _registered_method=True)
-        self.ListDeliveries = channel.unary_unary(
-                '/eventfn.executor.v1.Executor/ListDeliveries',
-                request_serializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.ListDeliveriesRequest.SerializeToString,
-                response_deserializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.ListDeliveriesResponse.FromString,
+        self.ListDeliveryMinutes = channel.unary_unary(
+                '/eventfn.executor.v1.Executor/ListDeliveryMinutes',
+                request_serializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.ListDeliveryMinutesRequest.SerializeToString,
+                response_deserializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.ListDeliveryMinutesResponse.FromString,
+                _registered_method=True)
+        self.ListDeliveryFailures = channel.unary_unary(
+                '/eventfn.executor.v1.Executor/ListDeliveryFailures',
+                request_serializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.ListDeliveryFailuresRequest.SerializeToString,
+                response_deserializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.ListDeliveryFailuresResponse.FromString,
                 _registered_method=True)
         self.GetDeliveryStats = channel.unary_unary(
                 '/eventfn.executor.v1.Executor/GetDeliveryStats',
@@ -62,7 +71,11 @@ class ExecutorStub:
 class ExecutorServicer:
     """The executor. Calls need `authorization: Bearer <token>` metadata of a workspace member;
     UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the role the call needs,
-    NOT_FOUND for objects of other workspaces (exactly as for ids that never existed).
+    NOT_FOUND for resources of other workspaces (exactly as for names that never existed).
+    Resources are named as in the registry (`workspaces/{workspace}/instances/{instance}`);
+    a required name left empty, or not of the expected form, is INVALID_ARGUMENT naming it.
+    Page tokens are opaque, signed and bound to the list and its filters (INVALID_ARGUMENT
+    otherwise); pages are keyset pages, stable under writes.
     A string field (also one nested in a Struct, a list or a map) holding NUL or another
     control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
     naming the field, before anything is done. An unexpected failure is INTERNAL with a
@@ -73,21 +86,29 @@ class ExecutorServicer:
     def Preview(self, request, context):
         """Run code (saved or not) on one event or an array of events (onBatch) with test settings,
         in a fresh isolate with an empty cache. Running code given in the request (code) needs
-        Functions Admin covering function_id, or, without function_id, Functions Admin of all
-        functions; a Workspace Owner may always. Running a saved version (version_id) needs
+        Functions Admin covering `function`, or, without `function`, Functions Admin of all
+        functions; a Workspace Owner may always. Running a saved version (version) needs
         Functions Admin covering its function: a preview sends the function's requests with
-        settings of the caller's choosing. PERMISSION_DENIED otherwise (the service token included);
-        NOT_FOUND for a function or version of another workspace. Handler errors are part of the
-        response, not an RPC error; INVALID_ARGUMENT only for malformed JSON or code that does
-        not parse.
+        settings of the caller's choosing. PERMISSION_DENIED otherwise (the service token
+        included); NOT_FOUND for a function or version of another workspace. Handler errors are
+        part of the response, not an RPC error; INVALID_ARGUMENT only for neither code nor
+        version, malformed JSON or code that does not parse.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ListDeliveries(self, request, context):
-        """List delivery records of an instance: per-minute counts, and with failures_only the
-        sampled failed events with their logs, requests and errors.
+    def ListDeliveryMinutes(self, request, context):
+        """List an instance's delivery counts minute by minute, newest first (read access to the
+        instance).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeliveryFailures(self, request, context):
+        """List an instance's sampled failed and discarded events with their logs, requests and
+        errors, newest first (read access to the instance).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,10 +129,15 @@ def add_ExecutorServicer_to_server(servicer, server):
                     request_deserializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.PreviewRequest.FromString,
                     response_serializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.PreviewResponse.SerializeToString,
             ),
-            'ListDeliveries': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListDeliveries,
-                    request_deserializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.ListDeliveriesRequest.FromString,
-                    response_serializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.ListDeliveriesResponse.SerializeToString,
+            'ListDeliveryMinutes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeliveryMinutes,
+                    request_deserializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.ListDeliveryMinutesRequest.FromString,
+                    response_serializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.ListDeliveryMinutesResponse.SerializeToString,
+            ),
+            'ListDeliveryFailures': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeliveryFailures,
+                    request_deserializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.ListDeliveryFailuresRequest.FromString,
+                    response_serializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.ListDeliveryFailuresResponse.SerializeToString,
             ),
             'GetDeliveryStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDeliveryStats,
@@ -129,7 +155,11 @@ def add_ExecutorServicer_to_server(servicer, server):
 class Executor:
     """The executor. Calls need `authorization: Bearer <token>` metadata of a workspace member;
     UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the role the call needs,
-    NOT_FOUND for objects of other workspaces (exactly as for ids that never existed).
+    NOT_FOUND for resources of other workspaces (exactly as for names that never existed).
+    Resources are named as in the registry (`workspaces/{workspace}/instances/{instance}`);
+    a required name left empty, or not of the expected form, is INVALID_ARGUMENT naming it.
+    Page tokens are opaque, signed and bound to the list and its filters (INVALID_ARGUMENT
+    otherwise); pages are keyset pages, stable under writes.
     A string field (also one nested in a Struct, a list or a map) holding NUL or another
     control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
     naming the field, before anything is done. An unexpected failure is INTERNAL with a
@@ -165,7 +195,7 @@ class Executor:
             _registered_method=True)
 
     @staticmethod
-    def ListDeliveries(request,
+    def ListDeliveryMinutes(request,
             target,
             options=(),
             channel_credentials=None,
@@ -178,9 +208,36 @@ class Executor:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/eventfn.executor.v1.Executor/ListDeliveries',
-            eventfn_dot_executor_dot_v1_dot_executor__pb2.ListDeliveriesRequest.SerializeToString,
-            eventfn_dot_executor_dot_v1_dot_executor__pb2.ListDeliveriesResponse.FromString,
+            '/eventfn.executor.v1.Executor/ListDeliveryMinutes',
+            eventfn_dot_executor_dot_v1_dot_executor__pb2.ListDeliveryMinutesRequest.SerializeToString,
+            eventfn_dot_executor_dot_v1_dot_executor__pb2.ListDeliveryMinutesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeliveryFailures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventfn.executor.v1.Executor/ListDeliveryFailures',
+            eventfn_dot_executor_dot_v1_dot_executor__pb2.ListDeliveryFailuresRequest.SerializeToString,
+            eventfn_dot_executor_dot_v1_dot_executor__pb2.ListDeliveryFailuresResponse.FromString,
             options,
             channel_credentials,
             insecure,

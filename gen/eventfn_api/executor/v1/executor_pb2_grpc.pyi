@@ -29,7 +29,11 @@ GRPC_VERSION: str
 class ExecutorStub:
     """The executor. Calls need `authorization: Bearer <token>` metadata of a workspace member;
     UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the role the call needs,
-    NOT_FOUND for objects of other workspaces (exactly as for ids that never existed).
+    NOT_FOUND for resources of other workspaces (exactly as for names that never existed).
+    Resources are named as in the registry (`workspaces/{workspace}/instances/{instance}`);
+    a required name left empty, or not of the expected form, is INVALID_ARGUMENT naming it.
+    Page tokens are opaque, signed and bound to the list and its filters (INVALID_ARGUMENT
+    otherwise); pages are keyset pages, stable under writes.
     A string field (also one nested in a Struct, a list or a map) holding NUL or another
     control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
     naming the field, before anything is done. An unexpected failure is INTERNAL with a
@@ -44,17 +48,21 @@ class ExecutorStub:
     Preview: _grpc.UnaryUnaryMultiCallable[_executor_pb2.PreviewRequest, _executor_pb2.PreviewResponse]
     """Run code (saved or not) on one event or an array of events (onBatch) with test settings,
     in a fresh isolate with an empty cache. Running code given in the request (code) needs
-    Functions Admin covering function_id, or, without function_id, Functions Admin of all
-    functions; a Workspace Owner may always. Running a saved version (version_id) needs
+    Functions Admin covering `function`, or, without `function`, Functions Admin of all
+    functions; a Workspace Owner may always. Running a saved version (version) needs
     Functions Admin covering its function: a preview sends the function's requests with
-    settings of the caller's choosing. PERMISSION_DENIED otherwise (the service token included);
-    NOT_FOUND for a function or version of another workspace. Handler errors are part of the
-    response, not an RPC error; INVALID_ARGUMENT only for malformed JSON or code that does
-    not parse.
+    settings of the caller's choosing. PERMISSION_DENIED otherwise (the service token
+    included); NOT_FOUND for a function or version of another workspace. Handler errors are
+    part of the response, not an RPC error; INVALID_ARGUMENT only for neither code nor
+    version, malformed JSON or code that does not parse.
     """
-    ListDeliveries: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ListDeliveriesRequest, _executor_pb2.ListDeliveriesResponse]
-    """List delivery records of an instance: per-minute counts, and with failures_only the
-    sampled failed events with their logs, requests and errors.
+    ListDeliveryMinutes: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ListDeliveryMinutesRequest, _executor_pb2.ListDeliveryMinutesResponse]
+    """List an instance's delivery counts minute by minute, newest first (read access to the
+    instance).
+    """
+    ListDeliveryFailures: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ListDeliveryFailuresRequest, _executor_pb2.ListDeliveryFailuresResponse]
+    """List an instance's sampled failed and discarded events with their logs, requests and
+    errors, newest first (read access to the instance).
     """
     GetDeliveryStats: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetDeliveryStatsRequest, _executor_pb2.GetDeliveryStatsResponse]
     """Summarize an instance's deliveries over a period, with its connection health."""
@@ -63,7 +71,11 @@ class ExecutorStub:
 class ExecutorAsyncStub(ExecutorStub):
     """The executor. Calls need `authorization: Bearer <token>` metadata of a workspace member;
     UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the role the call needs,
-    NOT_FOUND for objects of other workspaces (exactly as for ids that never existed).
+    NOT_FOUND for resources of other workspaces (exactly as for names that never existed).
+    Resources are named as in the registry (`workspaces/{workspace}/instances/{instance}`);
+    a required name left empty, or not of the expected form, is INVALID_ARGUMENT naming it.
+    Page tokens are opaque, signed and bound to the list and its filters (INVALID_ARGUMENT
+    otherwise); pages are keyset pages, stable under writes.
     A string field (also one nested in a Struct, a list or a map) holding NUL or another
     control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
     naming the field, before anything is done. An unexpected failure is INTERNAL with a
@@ -75,17 +87,21 @@ class ExecutorAsyncStub(ExecutorStub):
     Preview: _aio.UnaryUnaryMultiCallable[_executor_pb2.PreviewRequest, _executor_pb2.PreviewResponse]  # type: ignore[assignment]
     """Run code (saved or not) on one event or an array of events (onBatch) with test settings,
     in a fresh isolate with an empty cache. Running code given in the request (code) needs
-    Functions Admin covering function_id, or, without function_id, Functions Admin of all
-    functions; a Workspace Owner may always. Running a saved version (version_id) needs
+    Functions Admin covering `function`, or, without `function`, Functions Admin of all
+    functions; a Workspace Owner may always. Running a saved version (version) needs
     Functions Admin covering its function: a preview sends the function's requests with
-    settings of the caller's choosing. PERMISSION_DENIED otherwise (the service token included);
-    NOT_FOUND for a function or version of another workspace. Handler errors are part of the
-    response, not an RPC error; INVALID_ARGUMENT only for malformed JSON or code that does
-    not parse.
+    settings of the caller's choosing. PERMISSION_DENIED otherwise (the service token
+    included); NOT_FOUND for a function or version of another workspace. Handler errors are
+    part of the response, not an RPC error; INVALID_ARGUMENT only for neither code nor
+    version, malformed JSON or code that does not parse.
     """
-    ListDeliveries: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListDeliveriesRequest, _executor_pb2.ListDeliveriesResponse]  # type: ignore[assignment]
-    """List delivery records of an instance: per-minute counts, and with failures_only the
-    sampled failed events with their logs, requests and errors.
+    ListDeliveryMinutes: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListDeliveryMinutesRequest, _executor_pb2.ListDeliveryMinutesResponse]  # type: ignore[assignment]
+    """List an instance's delivery counts minute by minute, newest first (read access to the
+    instance).
+    """
+    ListDeliveryFailures: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListDeliveryFailuresRequest, _executor_pb2.ListDeliveryFailuresResponse]  # type: ignore[assignment]
+    """List an instance's sampled failed and discarded events with their logs, requests and
+    errors, newest first (read access to the instance).
     """
     GetDeliveryStats: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetDeliveryStatsRequest, _executor_pb2.GetDeliveryStatsResponse]  # type: ignore[assignment]
     """Summarize an instance's deliveries over a period, with its connection health."""
@@ -93,7 +109,11 @@ class ExecutorAsyncStub(ExecutorStub):
 class ExecutorServicer(metaclass=_abc_1.ABCMeta):
     """The executor. Calls need `authorization: Bearer <token>` metadata of a workspace member;
     UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the role the call needs,
-    NOT_FOUND for objects of other workspaces (exactly as for ids that never existed).
+    NOT_FOUND for resources of other workspaces (exactly as for names that never existed).
+    Resources are named as in the registry (`workspaces/{workspace}/instances/{instance}`);
+    a required name left empty, or not of the expected form, is INVALID_ARGUMENT naming it.
+    Page tokens are opaque, signed and bound to the list and its filters (INVALID_ARGUMENT
+    otherwise); pages are keyset pages, stable under writes.
     A string field (also one nested in a Struct, a list or a map) holding NUL or another
     control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
     naming the field, before anything is done. An unexpected failure is INTERNAL with a
@@ -109,23 +129,33 @@ class ExecutorServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_executor_pb2.PreviewResponse, _abc.Awaitable[_executor_pb2.PreviewResponse]]:
         """Run code (saved or not) on one event or an array of events (onBatch) with test settings,
         in a fresh isolate with an empty cache. Running code given in the request (code) needs
-        Functions Admin covering function_id, or, without function_id, Functions Admin of all
-        functions; a Workspace Owner may always. Running a saved version (version_id) needs
+        Functions Admin covering `function`, or, without `function`, Functions Admin of all
+        functions; a Workspace Owner may always. Running a saved version (version) needs
         Functions Admin covering its function: a preview sends the function's requests with
-        settings of the caller's choosing. PERMISSION_DENIED otherwise (the service token included);
-        NOT_FOUND for a function or version of another workspace. Handler errors are part of the
-        response, not an RPC error; INVALID_ARGUMENT only for malformed JSON or code that does
-        not parse.
+        settings of the caller's choosing. PERMISSION_DENIED otherwise (the service token
+        included); NOT_FOUND for a function or version of another workspace. Handler errors are
+        part of the response, not an RPC error; INVALID_ARGUMENT only for neither code nor
+        version, malformed JSON or code that does not parse.
         """
 
     @_abc_1.abstractmethod
-    def ListDeliveries(
+    def ListDeliveryMinutes(
         self,
-        request: _executor_pb2.ListDeliveriesRequest,
+        request: _executor_pb2.ListDeliveryMinutesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_executor_pb2.ListDeliveriesResponse, _abc.Awaitable[_executor_pb2.ListDeliveriesResponse]]:
-        """List delivery records of an instance: per-minute counts, and with failures_only the
-        sampled failed events with their logs, requests and errors.
+    ) -> _typing.Union[_executor_pb2.ListDeliveryMinutesResponse, _abc.Awaitable[_executor_pb2.ListDeliveryMinutesResponse]]:
+        """List an instance's delivery counts minute by minute, newest first (read access to the
+        instance).
+        """
+
+    @_abc_1.abstractmethod
+    def ListDeliveryFailures(
+        self,
+        request: _executor_pb2.ListDeliveryFailuresRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.ListDeliveryFailuresResponse, _abc.Awaitable[_executor_pb2.ListDeliveryFailuresResponse]]:
+        """List an instance's sampled failed and discarded events with their logs, requests and
+        errors, newest first (read access to the instance).
         """
 
     @_abc_1.abstractmethod

@@ -9,6 +9,7 @@ from collections import abc as _abc
 from eventfn_api.registry.v1 import resources_pb2 as _resources_pb2
 from eventfn_api.type.v1 import types_pb2 as _types_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
@@ -31,25 +32,27 @@ class CreateWorkspaceRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    NAME_FIELD_NUMBER: _builtins.int
+    WORKSPACE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
-    name: _builtins.str
-    """Display name, 1..100 characters, unique."""
     request_id: _builtins.str
-    """A UUID the client makes once per workspace and sends again with every retry of it (AIP-155):
-    a retry within 24 hours answers the first call's response instead of creating another workspace.
-    Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or when it was used for
-    a different request.
+    """A UUID the client makes once per workspace and sends again with every retry of it
+    (AIP-155): a retry within 24 hours answers the first call's response (the same owner
+    token) instead of failing with ALREADY_EXISTS. Empty: no deduplication.
+    INVALID_ARGUMENT when it is not a UUID, or when it was used for a different request.
     """
+    @_builtins.property
+    def workspace(self) -> _resources_pb2.Workspace:
+        """The workspace to create; its display_name is required."""
+
     def __init__(
         self,
         *,
-        name: _builtins.str = ...,
+        workspace: _resources_pb2.Workspace | None = ...,
         request_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["workspace", b"workspace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -95,17 +98,17 @@ class GetWorkspaceRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
-    workspace_id: _builtins.str
-    """The workspace id."""
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The workspace's name, "workspaces/{workspace}"."""
     def __init__(
         self,
         *,
-        workspace_id: _builtins.str = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -134,6 +137,60 @@ class GetWorkspaceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetWorkspaceResponse: _TypeAlias = GetWorkspaceResponse  # noqa: Y015
+
+@_typing.final
+class ListWorkspacesRequest(_message.Message):
+    """Request of ListWorkspaces."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum workspaces to return, 1..500 (default 50)."""
+    page_token: _builtins.str
+    """The next_page_token of a previous call; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWorkspacesRequest: _TypeAlias = ListWorkspacesRequest  # noqa: Y015
+
+@_typing.final
+class ListWorkspacesResponse(_message.Message):
+    """Response of ListWorkspaces."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last."""
+    @_builtins.property
+    def workspaces(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Workspace]:
+        """The workspaces, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        workspaces: _abc.Iterable[_resources_pb2.Workspace] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "workspaces", b"workspaces"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWorkspacesResponse: _TypeAlias = ListWorkspacesResponse  # noqa: Y015
 
 @_typing.final
 class WhoAmIRequest(_message.Message):
@@ -192,31 +249,31 @@ class CreateMemberRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    EMAIL_FIELD_NUMBER: _builtins.int
-    ROLES_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
+    MEMBER_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
-    email: _builtins.str
-    """Email or service-account name, unique within the workspace."""
+    parent: _builtins.str
+    """The workspace, "workspaces/{workspace}"."""
     request_id: _builtins.str
-    """A UUID the client makes once per member and sends again with every retry of it (AIP-155):
-    a retry within 24 hours answers the first call's response instead of failing with ALREADY_EXISTS.
-    Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or when it was used for
-    a different request.
+    """A UUID the client makes once per member and sends again with every retry of it
+    (AIP-155): a retry within 24 hours answers the first call's response instead of failing
+    with ALREADY_EXISTS. Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or
+    when it was used for a different request.
     """
     @_builtins.property
-    def roles(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.RoleGrant]:
-        """Roles to grant; at least one."""
+    def member(self) -> _resources_pb2.Member:
+        """The member: email and roles (at least one) are required."""
 
     def __init__(
         self,
         *,
-        email: _builtins.str = ...,
-        roles: _abc.Iterable[_resources_pb2.RoleGrant] | None = ...,
+        parent: _builtins.str = ...,
+        member: _resources_pb2.Member | None = ...,
         request_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "request_id", b"request_id", "roles", b"roles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member", "parent", b"parent", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -247,13 +304,62 @@ class CreateMemberResponse(_message.Message):
 Global___CreateMemberResponse: _TypeAlias = CreateMemberResponse  # noqa: Y015
 
 @_typing.final
+class GetMemberRequest(_message.Message):
+    """Request of GetMember."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The member's name, "workspaces/{workspace}/members/{member}"."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMemberRequest: _TypeAlias = GetMemberRequest  # noqa: Y015
+
+@_typing.final
+class GetMemberResponse(_message.Message):
+    """Response of GetMember."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def member(self) -> _resources_pb2.Member:
+        """The member."""
+
+    def __init__(
+        self,
+        *,
+        member: _resources_pb2.Member | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMemberResponse: _TypeAlias = GetMemberResponse  # noqa: Y015
+
+@_typing.final
 class ListMembersRequest(_message.Message):
     """Request of ListMembers."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PARENT_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The workspace, "workspaces/{workspace}"."""
     page_size: _builtins.int
     """Maximum members to return, 1..500 (default 50)."""
     page_token: _builtins.str
@@ -261,12 +367,13 @@ class ListMembersRequest(_message.Message):
     def __init__(
         self,
         *,
+        parent: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -301,42 +408,40 @@ class ListMembersResponse(_message.Message):
 Global___ListMembersResponse: _TypeAlias = ListMembersResponse  # noqa: Y015
 
 @_typing.final
-class UpdateMemberRolesRequest(_message.Message):
-    """Request of UpdateMemberRoles."""
+class UpdateMemberRequest(_message.Message):
+    """Request of UpdateMember."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    MEMBER_ID_FIELD_NUMBER: _builtins.int
-    ROLES_FIELD_NUMBER: _builtins.int
-    ETAG_FIELD_NUMBER: _builtins.int
-    member_id: _builtins.str
-    """The member to change."""
-    etag: _builtins.str
-    """The etag of the member as read; when set, the call applies only if it is still current
-    (ABORTED with reason ETAG_MISMATCH and the current etag otherwise).
-    """
+    MEMBER_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def roles(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.RoleGrant]:
-        """The new roles, replacing the old; at least one."""
+    def member(self) -> _resources_pb2.Member:
+        """The member with the new values; its name says which. When its etag is set, the change
+        applies only if it is still current.
+        """
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to change: "roles" (the new roles replace the old; at least one)."""
 
     def __init__(
         self,
         *,
-        member_id: _builtins.str = ...,
-        roles: _abc.Iterable[_resources_pb2.RoleGrant] | None = ...,
-        etag: _builtins.str = ...,
+        member: _resources_pb2.Member | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "member_id", b"member_id", "roles", b"roles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___UpdateMemberRolesRequest: _TypeAlias = UpdateMemberRolesRequest  # noqa: Y015
+Global___UpdateMemberRequest: _TypeAlias = UpdateMemberRequest  # noqa: Y015
 
 @_typing.final
-class UpdateMemberRolesResponse(_message.Message):
-    """Response of UpdateMemberRoles."""
+class UpdateMemberResponse(_message.Message):
+    """Response of UpdateMember."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -356,7 +461,7 @@ class UpdateMemberRolesResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___UpdateMemberRolesResponse: _TypeAlias = UpdateMemberRolesResponse  # noqa: Y015
+Global___UpdateMemberResponse: _TypeAlias = UpdateMemberResponse  # noqa: Y015
 
 @_typing.final
 class DeleteMemberRequest(_message.Message):
@@ -364,23 +469,21 @@ class DeleteMemberRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
-    member_id: _builtins.str
-    """The member to remove."""
+    name: _builtins.str
+    """The member's name."""
     etag: _builtins.str
-    """The etag of the member as read; when set, the call applies only if it is still current
-    (ABORTED with reason ETAG_MISMATCH and the current etag otherwise).
-    """
+    """The etag of the member as read; when set, the call applies only if it is still current."""
     def __init__(
         self,
         *,
-        member_id: _builtins.str = ...,
+        name: _builtins.str = ...,
         etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "member_id", b"member_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -409,33 +512,37 @@ class CreateTokenRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    MEMBER_ID_FIELD_NUMBER: _builtins.int
-    NAME_FIELD_NUMBER: _builtins.int
-    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
-    member_id: _builtins.str
-    """The member the token authenticates as; empty means the caller."""
-    name: _builtins.str
-    """A label, e.g. "ci"."""
-    ttl_seconds: _builtins.int
-    """Lifetime in seconds; 0 means the token does not expire."""
+    parent: _builtins.str
+    """The workspace, "workspaces/{workspace}"."""
     request_id: _builtins.str
-    """A UUID the client makes once per token and sends again with every retry of it (AIP-155):
-    a retry within 24 hours answers the first call's response instead of creating another secret.
-    Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or when it was used for
-    a different request.
+    """A UUID the client makes once per token and sends again with every retry of it
+    (AIP-155): a retry within 24 hours answers the first call's response, the same secret,
+    instead of creating another. Empty: no deduplication. INVALID_ARGUMENT when it is not a
+    UUID, or when it was used for a different request.
     """
+    @_builtins.property
+    def token(self) -> _resources_pb2.Token:
+        """The token: its member (empty: the caller) and display_name."""
+
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long the token works; unset means it does not expire."""
+
     def __init__(
         self,
         *,
-        member_id: _builtins.str = ...,
-        name: _builtins.str = ...,
-        ttl_seconds: _builtins.int = ...,
+        parent: _builtins.str = ...,
+        token: _resources_pb2.Token | None = ...,
+        ttl: _duration_pb2.Duration | None = ...,
         request_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["token", b"token", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "name", b"name", "request_id", b"request_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "request_id", b"request_id", "token", b"token", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -470,13 +577,62 @@ class CreateTokenResponse(_message.Message):
 Global___CreateTokenResponse: _TypeAlias = CreateTokenResponse  # noqa: Y015
 
 @_typing.final
+class GetTokenRequest(_message.Message):
+    """Request of GetToken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The token's name, "workspaces/{workspace}/tokens/{token}"."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTokenRequest: _TypeAlias = GetTokenRequest  # noqa: Y015
+
+@_typing.final
+class GetTokenResponse(_message.Message):
+    """Response of GetToken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def token(self) -> _resources_pb2.Token:
+        """The token; never its secret."""
+
+    def __init__(
+        self,
+        *,
+        token: _resources_pb2.Token | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTokenResponse: _TypeAlias = GetTokenResponse  # noqa: Y015
+
+@_typing.final
 class ListTokensRequest(_message.Message):
     """Request of ListTokens."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PARENT_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The workspace, "workspaces/{workspace}"."""
     page_size: _builtins.int
     """Maximum tokens to return, 1..500 (default 50)."""
     page_token: _builtins.str
@@ -484,12 +640,13 @@ class ListTokensRequest(_message.Message):
     def __init__(
         self,
         *,
+        parent: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -529,17 +686,17 @@ class RevokeTokenRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    TOKEN_ID_FIELD_NUMBER: _builtins.int
-    token_id: _builtins.str
-    """The token to revoke."""
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The token's name."""
     def __init__(
         self,
         *,
-        token_id: _builtins.str = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["token_id", b"token_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -575,25 +732,31 @@ class CreateSourceRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    NAME_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
-    name: _builtins.str
-    """Display name, 1..100 characters, unique within the workspace."""
+    parent: _builtins.str
+    """The workspace, "workspaces/{workspace}"."""
     request_id: _builtins.str
-    """A UUID the client makes once per source and sends again with every retry of it (AIP-155):
-    a retry within 24 hours answers the first call's response instead of failing with ALREADY_EXISTS.
-    Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or when it was used for
-    a different request.
+    """A UUID the client makes once per source and sends again with every retry of it
+    (AIP-155): a retry within 24 hours answers the first call's response instead of failing
+    with ALREADY_EXISTS. Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or
+    when it was used for a different request.
     """
+    @_builtins.property
+    def source(self) -> _resources_pb2.Source:
+        """The source; its display_name is required."""
+
     def __init__(
         self,
         *,
-        name: _builtins.str = ...,
+        parent: _builtins.str = ...,
+        source: _resources_pb2.Source | None = ...,
         request_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "request_id", b"request_id", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -629,17 +792,17 @@ class GetSourceRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SOURCE_ID_FIELD_NUMBER: _builtins.int
-    source_id: _builtins.str
-    """The source id."""
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The source's name, "workspaces/{workspace}/sources/{source}"."""
     def __init__(
         self,
         *,
-        source_id: _builtins.str = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["source_id", b"source_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -675,8 +838,11 @@ class ListSourcesRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PARENT_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The workspace, "workspaces/{workspace}"."""
     page_size: _builtins.int
     """Maximum sources to return, 1..500 (default 50)."""
     page_token: _builtins.str
@@ -684,12 +850,13 @@ class ListSourcesRequest(_message.Message):
     def __init__(
         self,
         *,
+        parent: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -724,36 +891,90 @@ class ListSourcesResponse(_message.Message):
 Global___ListSourcesResponse: _TypeAlias = ListSourcesResponse  # noqa: Y015
 
 @_typing.final
+class UpdateSourceRequest(_message.Message):
+    """Request of UpdateSource."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def source(self) -> _resources_pb2.Source:
+        """The source with the new values; its name says which. When its etag is set, the change
+        applies only if it is still current.
+        """
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to change: "display_name"."""
+
+    def __init__(
+        self,
+        *,
+        source: _resources_pb2.Source | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateSourceRequest: _TypeAlias = UpdateSourceRequest  # noqa: Y015
+
+@_typing.final
+class UpdateSourceResponse(_message.Message):
+    """Response of UpdateSource."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def source(self) -> _resources_pb2.Source:
+        """The source after the change."""
+
+    def __init__(
+        self,
+        *,
+        source: _resources_pb2.Source | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateSourceResponse: _TypeAlias = UpdateSourceResponse  # noqa: Y015
+
+@_typing.final
 class RotateWriteKeyRequest(_message.Message):
     """Request of RotateWriteKey."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SOURCE_ID_FIELD_NUMBER: _builtins.int
-    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
-    source_id: _builtins.str
-    """The source id."""
-    request_id: _builtins.str
-    """A UUID the client makes once per rotation and sends again with every retry of it (AIP-155):
-    a retry within 24 hours answers the first call's response instead of rotating the key again.
-    Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or when it was used for
-    a different request.
-    """
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The source's name."""
     etag: _builtins.str
-    """The etag of the source as read; when set, the call applies only if it is still current
-    (ABORTED with reason ETAG_MISMATCH and the current etag otherwise).
+    """The etag of the source as read; when set, the call applies only if it is still current."""
+    request_id: _builtins.str
+    """A UUID the client makes once per rotation and sends again with every retry of it
+    (AIP-155): a retry within 24 hours answers the first call's response (the same new key)
+    instead of rotating again. Empty: no deduplication. INVALID_ARGUMENT when it is not a
+    UUID, or when it was used for a different request.
     """
     def __init__(
         self,
         *,
-        source_id: _builtins.str = ...,
-        request_id: _builtins.str = ...,
+        name: _builtins.str = ...,
         etag: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "request_id", b"request_id", "source_id", b"source_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -789,23 +1010,21 @@ class DeleteSourceRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
-    source_id: _builtins.str
-    """The source id."""
+    name: _builtins.str
+    """The source's name."""
     etag: _builtins.str
-    """The etag of the source as read; when set, the call applies only if it is still current
-    (ABORTED with reason ETAG_MISMATCH and the current etag otherwise).
-    """
+    """The etag of the source as read; when set, the call applies only if it is still current."""
     def __init__(
         self,
         *,
-        source_id: _builtins.str = ...,
+        name: _builtins.str = ...,
         etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "source_id", b"source_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -834,23 +1053,25 @@ class CreateFunctionRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    NAME_FIELD_NUMBER: _builtins.int
-    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
+    FUNCTION_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
-    name: _builtins.str
-    """Display name, 1..100 characters, unique within the workspace."""
-    description: _builtins.str
-    """What the function does."""
+    parent: _builtins.str
+    """The workspace, "workspaces/{workspace}"."""
     code: _builtins.str
-    """The JavaScript source, at most 5 MB; must parse."""
+    """The first version's JavaScript source, at most 5 MB; must parse."""
     request_id: _builtins.str
-    """A UUID the client makes once per function and sends again with every retry of it (AIP-155):
-    a retry within 24 hours answers the first call's response instead of failing with ALREADY_EXISTS.
-    Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or when it was used for
-    a different request.
+    """A UUID the client makes once per function and sends again with every retry of it
+    (AIP-155): a retry within 24 hours answers the first call's response instead of failing
+    with ALREADY_EXISTS. Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or
+    when it was used for a different request.
     """
+    @_builtins.property
+    def function(self) -> _resources_pb2.DestinationFunction:
+        """The function: display_name is required, description optional."""
+
     @_builtins.property
     def settings(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.SettingDefinition]:
         """The settings the code declares; names unique JavaScript identifiers."""
@@ -858,15 +1079,15 @@ class CreateFunctionRequest(_message.Message):
     def __init__(
         self,
         *,
-        name: _builtins.str = ...,
-        description: _builtins.str = ...,
+        parent: _builtins.str = ...,
+        function: _resources_pb2.DestinationFunction | None = ...,
         code: _builtins.str = ...,
         settings: _abc.Iterable[_types_pb2.SettingDefinition] | None = ...,
         request_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["function", b"function"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "description", b"description", "name", b"name", "request_id", b"request_id", "settings", b"settings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "function", b"function", "parent", b"parent", "request_id", b"request_id", "settings", b"settings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -881,7 +1102,7 @@ class CreateFunctionResponse(_message.Message):
     FUNCTION_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def function(self) -> _resources_pb2.Function:
+    def function(self) -> _resources_pb2.DestinationFunction:
         """The new function."""
 
     @_builtins.property
@@ -891,7 +1112,7 @@ class CreateFunctionResponse(_message.Message):
     def __init__(
         self,
         *,
-        function: _resources_pb2.Function | None = ...,
+        function: _resources_pb2.DestinationFunction | None = ...,
         version: _resources_pb2.FunctionVersion | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "version", b"version"]  # noqa: Y015
@@ -908,17 +1129,17 @@ class GetFunctionRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    FUNCTION_ID_FIELD_NUMBER: _builtins.int
-    function_id: _builtins.str
-    """The function id."""
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The function's name, "workspaces/{workspace}/functions/{function}"."""
     def __init__(
         self,
         *,
-        function_id: _builtins.str = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["function_id", b"function_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -933,7 +1154,7 @@ class GetFunctionResponse(_message.Message):
     FUNCTION_FIELD_NUMBER: _builtins.int
     LATEST_VERSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def function(self) -> _resources_pb2.Function:
+    def function(self) -> _resources_pb2.DestinationFunction:
         """The function."""
 
     @_builtins.property
@@ -943,7 +1164,7 @@ class GetFunctionResponse(_message.Message):
     def __init__(
         self,
         *,
-        function: _resources_pb2.Function | None = ...,
+        function: _resources_pb2.DestinationFunction | None = ...,
         latest_version: _resources_pb2.FunctionVersion | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "latest_version", b"latest_version"]  # noqa: Y015
@@ -960,8 +1181,11 @@ class ListFunctionsRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PARENT_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The workspace, "workspaces/{workspace}"."""
     page_size: _builtins.int
     """Maximum functions to return, 1..500 (default 50)."""
     page_token: _builtins.str
@@ -969,12 +1193,13 @@ class ListFunctionsRequest(_message.Message):
     def __init__(
         self,
         *,
+        parent: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -991,13 +1216,13 @@ class ListFunctionsResponse(_message.Message):
     next_page_token: _builtins.str
     """Token for the next page; empty on the last."""
     @_builtins.property
-    def functions(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Function]:
+    def functions(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.DestinationFunction]:
         """The functions, oldest first."""
 
     def __init__(
         self,
         *,
-        functions: _abc.Iterable[_resources_pb2.Function] | None = ...,
+        functions: _abc.Iterable[_resources_pb2.DestinationFunction] | None = ...,
         next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -1007,6 +1232,62 @@ class ListFunctionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListFunctionsResponse: _TypeAlias = ListFunctionsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateFunctionRequest(_message.Message):
+    """Request of UpdateFunction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def function(self) -> _resources_pb2.DestinationFunction:
+        """The function with the new values; its name says which. When its etag is set, the change
+        applies only if it is still current.
+        """
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to change, among "display_name" and "description"."""
+
+    def __init__(
+        self,
+        *,
+        function: _resources_pb2.DestinationFunction | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateFunctionRequest: _TypeAlias = UpdateFunctionRequest  # noqa: Y015
+
+@_typing.final
+class UpdateFunctionResponse(_message.Message):
+    """Response of UpdateFunction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def function(self) -> _resources_pb2.DestinationFunction:
+        """The function after the change."""
+
+    def __init__(
+        self,
+        *,
+        function: _resources_pb2.DestinationFunction | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["function", b"function"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateFunctionResponse: _TypeAlias = UpdateFunctionResponse  # noqa: Y015
 
 @_typing.final
 class SaveFunctionRequest(_message.Message):
@@ -1035,61 +1316,61 @@ class SaveFunctionRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-    FUNCTION_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
-    DESCRIPTION_FIELD_NUMBER: _builtins.int
-    DEPLOY_INSTANCE_IDS_FIELD_NUMBER: _builtins.int
+    DEPLOY_INSTANCES_FIELD_NUMBER: _builtins.int
     DEPLOY_SETTINGS_FIELD_NUMBER: _builtins.int
-    REQUEST_ID_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
-    function_id: _builtins.str
-    """The function id."""
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The function's name."""
     code: _builtins.str
     """The new JavaScript source, at most 5 MB; must parse."""
-    description: _builtins.str
-    """New description; empty keeps the current one."""
+    etag: _builtins.str
+    """The etag of the function as read (the state the new code is based on); when set, the
+    save applies only if it is still current, so two saves based on the same version do not
+    both succeed (ABORTED, ETAG_MISMATCH, for the second).
+    """
     request_id: _builtins.str
     """A UUID the client makes once per save and sends again with every retry of it (AIP-155):
-    a retry within 24 hours answers the first call's response instead of saving another version.
-    Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or when it was used for
-    a different request.
-    """
-    etag: _builtins.str
-    """The etag of the function as read (the state the new code is based on); when set, the call applies only if it is still current
-    (ABORTED with reason ETAG_MISMATCH and the current etag otherwise).
+    a retry within 24 hours answers the first call's response instead of saving another
+    version. Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or when it was
+    used for a different request.
     """
     @_builtins.property
     def settings(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.SettingDefinition]:
         """The new settings definitions."""
 
     @_builtins.property
-    def deploy_instance_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Instances of this function to move to the new version ("Save & Deploy"); empty saves only."""
+    def deploy_instances(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Instances of this function to move to the new version ("Save & Deploy"), by name; empty
+        saves only.
+        """
 
     @_builtins.property
     def deploy_settings(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Struct]:
-        """Setting values to change on the deployed instances together with the deploy, by instance
-        id; each key must be listed in deploy_instance_ids. Applied as DeployInstanceRequest's
-        `settings`: a named setting takes the given value, the others keep theirs. This is how a
-        version that adds a required setting reaches existing instances in one change.
+        """Setting values to change on the deployed instances together with the deploy, by
+        instance name; each key must be listed in deploy_instances. Applied as
+        DeployInstanceRequest's `settings`: a named setting takes the given value, the others
+        keep theirs. This is how a version that adds a required setting reaches existing
+        instances in one change.
         """
 
     def __init__(
         self,
         *,
-        function_id: _builtins.str = ...,
+        name: _builtins.str = ...,
         code: _builtins.str = ...,
         settings: _abc.Iterable[_types_pb2.SettingDefinition] | None = ...,
-        description: _builtins.str = ...,
-        deploy_instance_ids: _abc.Iterable[_builtins.str] | None = ...,
+        deploy_instances: _abc.Iterable[_builtins.str] | None = ...,
         deploy_settings: _abc.Mapping[_builtins.str, _struct_pb2.Struct] | None = ...,
-        request_id: _builtins.str = ...,
         etag: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "deploy_instance_ids", b"deploy_instance_ids", "deploy_settings", b"deploy_settings", "description", b"description", "etag", b"etag", "function_id", b"function_id", "request_id", b"request_id", "settings", b"settings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "deploy_instances", b"deploy_instances", "deploy_settings", b"deploy_settings", "etag", b"etag", "name", b"name", "request_id", b"request_id", "settings", b"settings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1105,7 +1386,7 @@ class SaveFunctionResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     DEPLOYED_INSTANCES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def function(self) -> _resources_pb2.Function:
+    def function(self) -> _resources_pb2.DestinationFunction:
         """The function after the save."""
 
     @_builtins.property
@@ -1119,7 +1400,7 @@ class SaveFunctionResponse(_message.Message):
     def __init__(
         self,
         *,
-        function: _resources_pb2.Function | None = ...,
+        function: _resources_pb2.DestinationFunction | None = ...,
         version: _resources_pb2.FunctionVersion | None = ...,
         deployed_instances: _abc.Iterable[_resources_pb2.Instance] | None = ...,
     ) -> None: ...
@@ -1137,23 +1418,21 @@ class DeleteFunctionRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    FUNCTION_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
-    function_id: _builtins.str
-    """The function id."""
+    name: _builtins.str
+    """The function's name."""
     etag: _builtins.str
-    """The etag of the function as read; when set, the call applies only if it is still current
-    (ABORTED with reason ETAG_MISMATCH and the current etag otherwise).
-    """
+    """The etag of the function as read; when set, the call applies only if it is still current."""
     def __init__(
         self,
         *,
-        function_id: _builtins.str = ...,
+        name: _builtins.str = ...,
         etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "function_id", b"function_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1182,11 +1461,11 @@ class ListFunctionVersionsRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    FUNCTION_ID_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
-    function_id: _builtins.str
-    """The function id."""
+    parent: _builtins.str
+    """The function, "workspaces/{workspace}/functions/{function}"."""
     page_size: _builtins.int
     """Maximum versions to return, 1..500 (default 50)."""
     page_token: _builtins.str
@@ -1194,13 +1473,13 @@ class ListFunctionVersionsRequest(_message.Message):
     def __init__(
         self,
         *,
-        function_id: _builtins.str = ...,
+        parent: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["function_id", b"function_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1240,17 +1519,17 @@ class GetFunctionVersionRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    VERSION_ID_FIELD_NUMBER: _builtins.int
-    version_id: _builtins.str
-    """The version id."""
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The version's name, "workspaces/{workspace}/functions/{function}/versions/{version}"."""
     def __init__(
         self,
         *,
-        version_id: _builtins.str = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1286,92 +1565,35 @@ class CreateInstanceRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    FUNCTION_ID_FIELD_NUMBER: _builtins.int
-    SOURCE_ID_FIELD_NUMBER: _builtins.int
-    NAME_FIELD_NUMBER: _builtins.int
-    VERSION_ID_FIELD_NUMBER: _builtins.int
-    SETTINGS_FIELD_NUMBER: _builtins.int
-    ENABLED_FIELD_NUMBER: _builtins.int
-    BATCH_SIZE_FIELD_NUMBER: _builtins.int
-    BATCH_WAIT_MS_FIELD_NUMBER: _builtins.int
-    FILTERS_FIELD_NUMBER: _builtins.int
-    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
-    RETRY_WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
-    RETRY_MAX_DELAY_SECONDS_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
-    function_id: _builtins.str
-    """The function to connect."""
-    source_id: _builtins.str
-    """The source to connect it to."""
-    name: _builtins.str
-    """Display name, unique within the workspace; empty derives one from function and source."""
-    version_id: _builtins.str
-    """The version to run; empty means the function's latest version."""
-    enabled: _builtins.bool
-    """Whether to deliver events right away; unset means true."""
-    batch_size: _builtins.int
-    """Events per onBatch call, 1..400; unset means the default, 20."""
-    batch_wait_ms: _builtins.int
-    """Wait for a partial batch in milliseconds, 0..60000; unset means the default, 10000."""
-    timeout_ms: _builtins.int
-    """Per-invocation timeout in milliseconds, 100..60000; unset means the default, 5000."""
-    retry_window_seconds: _builtins.int
-    """Retry window in seconds, 60..86400; 0 or unset means the deployment's default (4 hours)."""
-    retry_max_delay_seconds: _builtins.int
-    """Longest wait between attempts in seconds, 1..3600; 0 or unset means the deployment's
-    default (10 minutes).
-    """
+    parent: _builtins.str
+    """The workspace, "workspaces/{workspace}"."""
     request_id: _builtins.str
-    """A UUID the client makes once per instance and sends again with every retry of it (AIP-155):
-    a retry within 24 hours answers the first call's response instead of failing with ALREADY_EXISTS.
-    Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or when it was used for
-    a different request.
+    """A UUID the client makes once per instance and sends again with every retry of it
+    (AIP-155): a retry within 24 hours answers the first call's response instead of failing
+    with ALREADY_EXISTS. Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or
+    when it was used for a different request.
     """
     @_builtins.property
-    def settings(self) -> _struct_pb2.Struct:
-        """Settings values by name, checked against the version's schema."""
-
-    @_builtins.property
-    def filters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Destination filters in eventfn's filter text form."""
+    def instance(self) -> _resources_pb2.Instance:
+        """The instance: function and source are required; the other fields take their defaults
+        when not set (see Instance).
+        """
 
     def __init__(
         self,
         *,
-        function_id: _builtins.str = ...,
-        source_id: _builtins.str = ...,
-        name: _builtins.str = ...,
-        version_id: _builtins.str = ...,
-        settings: _struct_pb2.Struct | None = ...,
-        enabled: _builtins.bool | None = ...,
-        batch_size: _builtins.int | None = ...,
-        batch_wait_ms: _builtins.int | None = ...,
-        filters: _abc.Iterable[_builtins.str] | None = ...,
-        timeout_ms: _builtins.int | None = ...,
-        retry_window_seconds: _builtins.int = ...,
-        retry_max_delay_seconds: _builtins.int = ...,
+        parent: _builtins.str = ...,
+        instance: _resources_pb2.Instance | None = ...,
         request_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_batch_size", b"_batch_size", "_batch_wait_ms", b"_batch_wait_ms", "_enabled", b"_enabled", "_timeout_ms", b"_timeout_ms", "batch_size", b"batch_size", "batch_wait_ms", b"batch_wait_ms", "enabled", b"enabled", "settings", b"settings", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch_size", b"_batch_size", "_batch_wait_ms", b"_batch_wait_ms", "_enabled", b"_enabled", "_timeout_ms", b"_timeout_ms", "batch_size", b"batch_size", "batch_wait_ms", b"batch_wait_ms", "enabled", b"enabled", "filters", b"filters", "function_id", b"function_id", "name", b"name", "request_id", b"request_id", "retry_max_delay_seconds", b"retry_max_delay_seconds", "retry_window_seconds", b"retry_window_seconds", "settings", b"settings", "source_id", b"source_id", "timeout_ms", b"timeout_ms", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance", "parent", b"parent", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__batch_size: _TypeAlias = _typing.Literal["batch_size"]  # noqa: Y015
-    _WhichOneofArgType__batch_size: _TypeAlias = _typing.Literal["_batch_size", b"_batch_size"]  # noqa: Y015
-    _WhichOneofReturnType__batch_wait_ms: _TypeAlias = _typing.Literal["batch_wait_ms"]  # noqa: Y015
-    _WhichOneofArgType__batch_wait_ms: _TypeAlias = _typing.Literal["_batch_wait_ms", b"_batch_wait_ms"]  # noqa: Y015
-    _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
-    _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
-    _WhichOneofReturnType__timeout_ms: _TypeAlias = _typing.Literal["timeout_ms"]  # noqa: Y015
-    _WhichOneofArgType__timeout_ms: _TypeAlias = _typing.Literal["_timeout_ms", b"_timeout_ms"]  # noqa: Y015
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__batch_size) -> _WhichOneofReturnType__batch_size | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__batch_wait_ms) -> _WhichOneofReturnType__batch_wait_ms | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__timeout_ms) -> _WhichOneofReturnType__timeout_ms | None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateInstanceRequest: _TypeAlias = CreateInstanceRequest  # noqa: Y015
 
@@ -1405,17 +1627,17 @@ class GetInstanceRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    INSTANCE_ID_FIELD_NUMBER: _builtins.int
-    instance_id: _builtins.str
-    """The instance id."""
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The instance's name, "workspaces/{workspace}/instances/{instance}"."""
     def __init__(
         self,
         *,
-        instance_id: _builtins.str = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1451,14 +1673,17 @@ class ListInstancesRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    FUNCTION_ID_FIELD_NUMBER: _builtins.int
-    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
-    function_id: _builtins.str
-    """Only instances of this function; empty for all."""
-    source_id: _builtins.str
-    """Only instances connected to this source; empty for all."""
+    parent: _builtins.str
+    """The workspace, "workspaces/{workspace}"."""
+    function: _builtins.str
+    """Only instances of this function (its name); empty for all."""
+    source: _builtins.str
+    """Only instances connected to this source (its name); empty for all."""
     page_size: _builtins.int
     """Maximum instances to return, 1..500 (default 50)."""
     page_token: _builtins.str
@@ -1466,14 +1691,15 @@ class ListInstancesRequest(_message.Message):
     def __init__(
         self,
         *,
-        function_id: _builtins.str = ...,
-        source_id: _builtins.str = ...,
+        parent: _builtins.str = ...,
+        function: _builtins.str = ...,
+        source: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["function_id", b"function_id", "page_size", b"page_size", "page_token", b"page_token", "source_id", b"source_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1517,16 +1743,16 @@ class UpdateInstanceRequest(_message.Message):
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def instance(self) -> _resources_pb2.Instance:
-        """The instance with the new values; its id names the instance to change. When its etag is
-        set, the change applies only if it is still current (ABORTED with reason ETAG_MISMATCH
-        and the current etag otherwise).
+        """The instance with the new values; its name says which. When its etag is set, the change
+        applies only if it is still current (ABORTED with reason ETAG_MISMATCH and the current
+        etag otherwise).
         """
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """The fields to change, among: settings, enabled, batch_size, batch_wait_ms, filters,
-        timeout_ms, name, retry_window_seconds, retry_max_delay_seconds. For settings, a masked
-        value ("••••••••") keeps the stored secret.
+        """The fields to change, among: display_name, settings, state, batch_size, batch_wait,
+        filters, timeout, retry_window, retry_max_delay. For settings, a masked value
+        ("••••••••") keeps the stored secret; an unset duration takes the default.
         """
 
     def __init__(
@@ -1573,17 +1799,17 @@ class DeployInstanceRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    INSTANCE_ID_FIELD_NUMBER: _builtins.int
-    VERSION_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
-    instance_id: _builtins.str
-    """The instance id."""
-    version_id: _builtins.str
+    name: _builtins.str
+    """The instance's name."""
+    version: _builtins.str
     """The version of the instance's function to run."""
     etag: _builtins.str
-    """The etag of the instance as read; when set, the call applies only if it is still current
-    (ABORTED with reason ETAG_MISMATCH and the current etag otherwise).
+    """The etag of the instance as read; when set, the deploy applies only if it is still
+    current.
     """
     @_builtins.property
     def settings(self) -> _struct_pb2.Struct:
@@ -1598,14 +1824,14 @@ class DeployInstanceRequest(_message.Message):
     def __init__(
         self,
         *,
-        instance_id: _builtins.str = ...,
-        version_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
         settings: _struct_pb2.Struct | None = ...,
         etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "instance_id", b"instance_id", "settings", b"settings", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name", "settings", b"settings", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1641,23 +1867,21 @@ class DeleteInstanceRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
-    instance_id: _builtins.str
-    """The instance id."""
+    name: _builtins.str
+    """The instance's name."""
     etag: _builtins.str
-    """The etag of the instance as read; when set, the call applies only if it is still current
-    (ABORTED with reason ETAG_MISMATCH and the current etag otherwise).
-    """
+    """The etag of the instance as read; when set, the call applies only if it is still current."""
     def __init__(
         self,
         *,
-        instance_id: _builtins.str = ...,
+        name: _builtins.str = ...,
         etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "instance_id", b"instance_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1686,12 +1910,15 @@ class ListAuditEventsRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    RESOURCE_ID_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
-    resource_id: _builtins.str
-    """Only events about this object id; empty for all."""
+    parent: _builtins.str
+    """The workspace, "workspaces/{workspace}"."""
+    resource: _builtins.str
+    """Only events about this resource (its name); empty for all."""
     page_size: _builtins.int
     """Maximum events to return, 1..500 (default 50)."""
     page_token: _builtins.str
@@ -1703,14 +1930,15 @@ class ListAuditEventsRequest(_message.Message):
     def __init__(
         self,
         *,
-        resource_id: _builtins.str = ...,
+        parent: _builtins.str = ...,
+        resource: _builtins.str = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "resource_id", b"resource_id", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "resource", b"resource", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1750,42 +1978,40 @@ class RecordInstanceActionRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
-    ACTOR_MEMBER_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
-    instance_id: _builtins.str
-    """The instance acted on."""
-    action: _builtins.str
-    """What was done: "dead.replay" or "dead.purge"."""
-    actor_member_id: _builtins.str
-    """The member the action was performed for, recorded as the entry's actor; required. The
+    instance: _builtins.str
+    """The instance acted on (its name)."""
+    action: _resources_pb2.AuditAction.ValueType
+    """What was done: AUDIT_ACTION_DEAD_LETTERS_REPLAY or AUDIT_ACTION_DEAD_LETTERS_PURGE."""
+    actor: _builtins.str
+    """The member the action was performed for (its name), recorded as the entry's actor. The
     data-plane service resolves it from the caller's own token (WhoAmI) and checks the
     caller's roles before acting.
     """
     request_id: _builtins.str
-    """A UUID the client makes once per action and sends again with every retry of it (AIP-155):
-    a retry within 24 hours answers the first call's response instead of recording it twice.
-    Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or when it was used for
-    a different request.
+    """A UUID sent again with every retry of the same record (AIP-155): a retry within 24
+    hours answers the first call's entry instead of recording the action twice.
     """
     @_builtins.property
     def details(self) -> _struct_pb2.Struct:
-        """Details to keep, e.g. how many dead letters and which ids. Never secret values."""
+        """Details to keep, e.g. how many dead letters and which. Never secret values."""
 
     def __init__(
         self,
         *,
-        instance_id: _builtins.str = ...,
-        action: _builtins.str = ...,
+        instance: _builtins.str = ...,
+        action: _resources_pb2.AuditAction.ValueType = ...,
         details: _struct_pb2.Struct | None = ...,
-        actor_member_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
         request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor_member_id", b"actor_member_id", "details", b"details", "instance_id", b"instance_id", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "details", b"details", "instance", b"instance", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1839,7 +2065,9 @@ Global___WatchConfigRequest: _TypeAlias = WatchConfigRequest  # noqa: Y015
 
 @_typing.final
 class WatchConfigResponse(_message.Message):
-    """One message of the configuration stream."""
+    """One message of the configuration stream. The data plane's own view: resources are
+    identified by their ids (the last segment of their names).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1859,7 +2087,7 @@ class WatchConfigResponse(_message.Message):
 
     @_builtins.property
     def removed_source_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Sources removed."""
+        """Ids of the sources removed."""
 
     @_builtins.property
     def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceConfig]:
@@ -1867,7 +2095,7 @@ class WatchConfigResponse(_message.Message):
 
     @_builtins.property
     def removed_instance_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Instances removed."""
+        """Ids of the instances removed."""
 
     def __init__(
         self,
@@ -1898,11 +2126,11 @@ class SourceConfig(_message.Message):
     WORKSPACE_NAME_FIELD_NUMBER: _builtins.int
     WRITE_KEY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """The source id."""
+    """The source's id."""
     workspace_id: _builtins.str
-    """The workspace it belongs to."""
+    """The id of the workspace it belongs to."""
     workspace_name: _builtins.str
-    """The workspace's name, for integrations-object keys."""
+    """The workspace's display name, for integrations-object keys."""
     write_key: _builtins.str
     """The current write key."""
     def __init__(
@@ -1939,45 +2167,37 @@ class InstanceConfig(_message.Message):
     SECRET_SETTING_NAMES_FIELD_NUMBER: _builtins.int
     ENABLED_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
-    BATCH_WAIT_MS_FIELD_NUMBER: _builtins.int
-    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    BATCH_WAIT_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
     FILTERS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     VERSION_CREATE_TIME_FIELD_NUMBER: _builtins.int
-    RETRY_WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
-    RETRY_MAX_DELAY_SECONDS_FIELD_NUMBER: _builtins.int
+    RETRY_WINDOW_FIELD_NUMBER: _builtins.int
+    RETRY_MAX_DELAY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """The instance id."""
+    """The instance's id."""
     workspace_id: _builtins.str
-    """The workspace it belongs to."""
+    """The id of the workspace it belongs to."""
     source_id: _builtins.str
-    """The source it is connected to."""
+    """The id of the source it is connected to."""
     function_id: _builtins.str
-    """The function it runs."""
+    """The id of the function it runs."""
     function_name: _builtins.str
-    """The function's name."""
+    """The function's display name."""
     integration_key: _builtins.str
     """The key that addresses it in an event's integrations object:
     "<Function Name> (<Workspace Name>)".
     """
     version_id: _builtins.str
-    """The deployed version."""
+    """The id of the deployed version."""
     code: _builtins.str
     """The deployed version's code."""
     enabled: _builtins.bool
     """Whether events are delivered to it."""
     batch_size: _builtins.int
     """Events per onBatch call."""
-    batch_wait_ms: _builtins.int
-    """Wait for a partial batch, in milliseconds."""
-    timeout_ms: _builtins.int
-    """Per-invocation timeout, in milliseconds."""
     revision: _builtins.int
-    """The instance's revision."""
-    retry_window_seconds: _builtins.int
-    """Retry window in seconds; 0 means the deployment's default."""
-    retry_max_delay_seconds: _builtins.int
-    """Longest wait between attempts in seconds; 0 means the deployment's default."""
+    """The instance's revision (increases with every change)."""
     @_builtins.property
     def settings(self) -> _struct_pb2.Struct:
         """Settings values, decrypted."""
@@ -1987,12 +2207,28 @@ class InstanceConfig(_message.Message):
         """Names of the encrypted settings, whose values must be redacted from logs and traces."""
 
     @_builtins.property
+    def batch_wait(self) -> _duration_pb2.Duration:
+        """How long a partial batch waits."""
+
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """Per-invocation timeout."""
+
+    @_builtins.property
     def filters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Destination filters in text form."""
 
     @_builtins.property
     def version_create_time(self) -> _timestamp_pb2.Timestamp:
         """When the deployed version was saved, to tell versions apart in logs."""
+
+    @_builtins.property
+    def retry_window(self) -> _duration_pb2.Duration:
+        """Retry window; unset means the deployment's default."""
+
+    @_builtins.property
+    def retry_max_delay(self) -> _duration_pb2.Duration:
+        """Longest wait between attempts; unset means the deployment's default."""
 
     def __init__(
         self,
@@ -2009,17 +2245,17 @@ class InstanceConfig(_message.Message):
         secret_setting_names: _abc.Iterable[_builtins.str] | None = ...,
         enabled: _builtins.bool = ...,
         batch_size: _builtins.int = ...,
-        batch_wait_ms: _builtins.int = ...,
-        timeout_ms: _builtins.int = ...,
+        batch_wait: _duration_pb2.Duration | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
         filters: _abc.Iterable[_builtins.str] | None = ...,
         revision: _builtins.int = ...,
         version_create_time: _timestamp_pb2.Timestamp | None = ...,
-        retry_window_seconds: _builtins.int = ...,
-        retry_max_delay_seconds: _builtins.int = ...,
+        retry_window: _duration_pb2.Duration | None = ...,
+        retry_max_delay: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "version_create_time", b"version_create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch_wait", b"batch_wait", "retry_max_delay", b"retry_max_delay", "retry_window", b"retry_window", "settings", b"settings", "timeout", b"timeout", "version_create_time", b"version_create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "batch_wait_ms", b"batch_wait_ms", "code", b"code", "enabled", b"enabled", "filters", b"filters", "function_id", b"function_id", "function_name", b"function_name", "id", b"id", "integration_key", b"integration_key", "retry_max_delay_seconds", b"retry_max_delay_seconds", "retry_window_seconds", b"retry_window_seconds", "revision", b"revision", "secret_setting_names", b"secret_setting_names", "settings", b"settings", "source_id", b"source_id", "timeout_ms", b"timeout_ms", "version_create_time", b"version_create_time", "version_id", b"version_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "batch_wait", b"batch_wait", "code", b"code", "enabled", b"enabled", "filters", b"filters", "function_id", b"function_id", "function_name", b"function_name", "id", b"id", "integration_key", b"integration_key", "retry_max_delay", b"retry_max_delay", "retry_window", b"retry_window", "revision", b"revision", "secret_setting_names", b"secret_setting_names", "settings", b"settings", "source_id", b"source_id", "timeout", b"timeout", "version_create_time", b"version_create_time", "version_id", b"version_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,14 +28,18 @@ if _version_not_supported:
 class RegistryStub:
     """The registry. Every call needs `authorization: Bearer <token>` metadata; it fails with
     UNAUTHENTICATED when the token is missing, unknown, expired or revoked, and with
-    PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
-    is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
-    INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field; a required id
-    left empty is INVALID_ARGUMENT naming it, never NOT_FOUND. Every error carries a
-    google.rpc.ErrorInfo (domain "eventfn.dev") whose reason is the code's name or a more
-    precise one (ETAG_MISMATCH, REQUEST_ID_REUSED).
+    PERMISSION_DENIED when the caller's roles do not allow it. A token belongs to a member of
+    one workspace: a resource of another workspace is reported as NOT_FOUND, exactly like one
+    that does not exist. Resources are named `workspaces/{workspace}/<collection>/{id}`
+    (AIP-122); a name that is not of the expected form is INVALID_ARGUMENT.
+    Invalid arguments fail with INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each
+    bad field; a required field left empty is INVALID_ARGUMENT naming it, never NOT_FOUND.
+    Every error carries a google.rpc.ErrorInfo (domain "eventfn.dev") whose reason is the
+    code's name or a more precise one (ETAG_MISMATCH with the metadata `current_etag`,
+    REQUEST_ID_REUSED).
     Retries: every call that creates something takes a request_id (AIP-155) and answers a
-    retry with the first call's response; changes and deletes take the resource's etag.
+    retry with the first call's response; changes and deletes take the resource's etag
+    (AIP-154) and are refused with ABORTED (ETAG_MISMATCH) when it is stale.
     Lists: page tokens are opaque, signed and bound to the list, the caller's workspace and the
     request's filters (INVALID_ARGUMENT for a token of another list or with other filters, or
     one the service did not make). Pages are keyset pages: an item that exists during the
@@ -63,6 +67,11 @@ class RegistryStub:
                 request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.GetWorkspaceRequest.SerializeToString,
                 response_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.GetWorkspaceResponse.FromString,
                 _registered_method=True)
+        self.ListWorkspaces = channel.unary_unary(
+                '/eventfn.registry.v1.Registry/ListWorkspaces',
+                request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.ListWorkspacesRequest.SerializeToString,
+                response_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.ListWorkspacesResponse.FromString,
+                _registered_method=True)
         self.WhoAmI = channel.unary_unary(
                 '/eventfn.registry.v1.Registry/WhoAmI',
                 request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.WhoAmIRequest.SerializeToString,
@@ -73,15 +82,20 @@ class RegistryStub:
                 request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.CreateMemberRequest.SerializeToString,
                 response_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.CreateMemberResponse.FromString,
                 _registered_method=True)
+        self.GetMember = channel.unary_unary(
+                '/eventfn.registry.v1.Registry/GetMember',
+                request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.GetMemberRequest.SerializeToString,
+                response_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.GetMemberResponse.FromString,
+                _registered_method=True)
         self.ListMembers = channel.unary_unary(
                 '/eventfn.registry.v1.Registry/ListMembers',
                 request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.ListMembersRequest.SerializeToString,
                 response_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.ListMembersResponse.FromString,
                 _registered_method=True)
-        self.UpdateMemberRoles = channel.unary_unary(
-                '/eventfn.registry.v1.Registry/UpdateMemberRoles',
-                request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateMemberRolesRequest.SerializeToString,
-                response_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateMemberRolesResponse.FromString,
+        self.UpdateMember = channel.unary_unary(
+                '/eventfn.registry.v1.Registry/UpdateMember',
+                request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateMemberRequest.SerializeToString,
+                response_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateMemberResponse.FromString,
                 _registered_method=True)
         self.DeleteMember = channel.unary_unary(
                 '/eventfn.registry.v1.Registry/DeleteMember',
@@ -92,6 +106,11 @@ class RegistryStub:
                 '/eventfn.registry.v1.Registry/CreateToken',
                 request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.CreateTokenRequest.SerializeToString,
                 response_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.GetToken = channel.unary_unary(
+                '/eventfn.registry.v1.Registry/GetToken',
+                request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.GetTokenRequest.SerializeToString,
+                response_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.GetTokenResponse.FromString,
                 _registered_method=True)
         self.ListTokens = channel.unary_unary(
                 '/eventfn.registry.v1.Registry/ListTokens',
@@ -118,6 +137,11 @@ class RegistryStub:
                 request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.ListSourcesRequest.SerializeToString,
                 response_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.ListSourcesResponse.FromString,
                 _registered_method=True)
+        self.UpdateSource = channel.unary_unary(
+                '/eventfn.registry.v1.Registry/UpdateSource',
+                request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateSourceRequest.SerializeToString,
+                response_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateSourceResponse.FromString,
+                _registered_method=True)
         self.RotateWriteKey = channel.unary_unary(
                 '/eventfn.registry.v1.Registry/RotateWriteKey',
                 request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.RotateWriteKeyRequest.SerializeToString,
@@ -142,6 +166,11 @@ class RegistryStub:
                 '/eventfn.registry.v1.Registry/ListFunctions',
                 request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.ListFunctionsRequest.SerializeToString,
                 response_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.ListFunctionsResponse.FromString,
+                _registered_method=True)
+        self.UpdateFunction = channel.unary_unary(
+                '/eventfn.registry.v1.Registry/UpdateFunction',
+                request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateFunctionRequest.SerializeToString,
+                response_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateFunctionResponse.FromString,
                 _registered_method=True)
         self.SaveFunction = channel.unary_unary(
                 '/eventfn.registry.v1.Registry/SaveFunction',
@@ -213,14 +242,18 @@ class RegistryStub:
 class RegistryServicer:
     """The registry. Every call needs `authorization: Bearer <token>` metadata; it fails with
     UNAUTHENTICATED when the token is missing, unknown, expired or revoked, and with
-    PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
-    is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
-    INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field; a required id
-    left empty is INVALID_ARGUMENT naming it, never NOT_FOUND. Every error carries a
-    google.rpc.ErrorInfo (domain "eventfn.dev") whose reason is the code's name or a more
-    precise one (ETAG_MISMATCH, REQUEST_ID_REUSED).
+    PERMISSION_DENIED when the caller's roles do not allow it. A token belongs to a member of
+    one workspace: a resource of another workspace is reported as NOT_FOUND, exactly like one
+    that does not exist. Resources are named `workspaces/{workspace}/<collection>/{id}`
+    (AIP-122); a name that is not of the expected form is INVALID_ARGUMENT.
+    Invalid arguments fail with INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each
+    bad field; a required field left empty is INVALID_ARGUMENT naming it, never NOT_FOUND.
+    Every error carries a google.rpc.ErrorInfo (domain "eventfn.dev") whose reason is the
+    code's name or a more precise one (ETAG_MISMATCH with the metadata `current_etag`,
+    REQUEST_ID_REUSED).
     Retries: every call that creates something takes a request_id (AIP-155) and answers a
-    retry with the first call's response; changes and deletes take the resource's etag.
+    retry with the first call's response; changes and deletes take the resource's etag
+    (AIP-154) and are refused with ABORTED (ETAG_MISMATCH) when it is stale.
     Lists: page tokens are opaque, signed and bound to the list, the caller's workspace and the
     request's filters (INVALID_ARGUMENT for a token of another list or with other filters, or
     one the service did not make). Pages are keyset pages: an item that exists during the
@@ -235,14 +268,21 @@ class RegistryServicer:
     def CreateWorkspace(self, request, context):
         """Create a workspace; the caller becomes its Workspace Owner and receives a token for it.
         Only the deployment's bootstrap administrator may call it (PERMISSION_DENIED otherwise);
-        ALREADY_EXISTS when the name is taken.
+        ALREADY_EXISTS when the display name is taken.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetWorkspace(self, request, context):
-        """Get the caller's workspace. NOT_FOUND for any other id.
+        """Get a workspace: the caller's own (the bootstrap administrator: any). NOT_FOUND for others.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkspaces(self, request, context):
+        """List the workspaces the caller may see: its own (the bootstrap administrator: all).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -263,6 +303,13 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMember(self, request, context):
+        """Get a member (Workspace Owner, or the member itself).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListMembers(self, request, context):
         """List the workspace's members (Workspace Owner only).
         """
@@ -270,9 +317,9 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def UpdateMemberRoles(self, request, context):
-        """Replace a member's roles (Workspace Owner only). FAILED_PRECONDITION when it would leave the
-        workspace without an owner.
+    def UpdateMember(self, request, context):
+        """Replace a member's roles (Workspace Owner only; update_mask: roles). FAILED_PRECONDITION
+        when it would leave the workspace without an owner.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -280,7 +327,7 @@ class RegistryServicer:
 
     def DeleteMember(self, request, context):
         """Remove a member and revoke its tokens (Workspace Owner only). FAILED_PRECONDITION for the
-        last owner.
+        last owner and the bootstrap administrator.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -288,7 +335,15 @@ class RegistryServicer:
 
     def CreateToken(self, request, context):
         """Create an API token. Any member may create one for itself; a Workspace Owner for any member.
-        The secret is in the response only: it is stored hashed.
+        The secret is in the response only: it is stored hashed (a retry with the same request_id
+        within 24 hours answers the same secret).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetToken(self, request, context):
+        """Get a token: the caller's own, or any of the workspace for a Workspace Owner.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -310,7 +365,7 @@ class RegistryServicer:
 
     def CreateSource(self, request, context):
         """Create a source with a new write key (Workspace Owner or Source Admin of all sources).
-        ALREADY_EXISTS when the name is taken.
+        ALREADY_EXISTS when the display name is taken.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -325,6 +380,13 @@ class RegistryServicer:
 
     def ListSources(self, request, context):
         """List the workspace's sources (any member).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSource(self, request, context):
+        """Rename a source (Source Admin; update_mask: display_name).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -347,7 +409,7 @@ class RegistryServicer:
     def CreateFunction(self, request, context):
         """Create a function and its first version (Workspace Owner or Functions Admin of all
         functions). INVALID_ARGUMENT for a JavaScript syntax error (with line and column), bad
-        settings definitions or code over 5 MB; ALREADY_EXISTS when the name is taken.
+        settings definitions or code over 5 MB; ALREADY_EXISTS when the display name is taken.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -367,9 +429,17 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateFunction(self, request, context):
+        """Change a function's display name or description (Functions Admin covering it;
+        update_mask: display_name, description). Code changes are saves (SaveFunction).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SaveFunction(self, request, context):
         """Save new code and settings as a new version (Functions Admin covering it). With
-        deploy_instance_ids ("Save & Deploy") the listed instances also move to the new version,
+        deploy_instances ("Save & Deploy") the listed instances also move to the new version,
         with the setting values of deploy_settings, which needs Source Admin on their sources too;
         all or nothing. INVALID_ARGUMENT when a deployed instance's settings (after
         deploy_settings) do not satisfy the new version's schema, naming each bad value.
@@ -403,7 +473,9 @@ class RegistryServicer:
     def CreateInstance(self, request, context):
         """Connect a function to a source (Source Admin of the source and read access to the
         function). INVALID_ARGUMENT for settings that do not match the version's schema, a
-        missing required setting, a batch size outside 1..400 or a filter that does not parse.
+        missing required setting, a batch size outside 1..400 or a filter that does not parse;
+        ALREADY_EXISTS when the display name is taken, naming the instance that holds it
+        (ErrorInfo metadata `existing_instance`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -425,8 +497,8 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateInstance(self, request, context):
-        """Change settings, enabled flag, batching, timeout or filters (Source Admin of its source).
-        ABORTED (reason ETAG_MISMATCH) when the instance's etag is set and stale.
+        """Change settings, state, batching, timeout, retries, filters or display name (Source
+        Admin of its source). ABORTED (ETAG_MISMATCH) when the instance's etag is set and stale.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -434,9 +506,9 @@ class RegistryServicer:
 
     def DeployInstance(self, request, context):
         """Move an instance to a version of its function, e.g. to roll back, optionally changing
-        setting values in the same step (Source Admin of its source). ABORTED (reason
-        ETAG_MISMATCH) when etag is set and stale; INVALID_ARGUMENT when the instance's settings (after
-        the given changes) do not satisfy the version's schema, naming each bad value.
+        setting values in the same step (Source Admin of its source). ABORTED (ETAG_MISMATCH)
+        when etag is set and stale; INVALID_ARGUMENT when the instance's settings (after the
+        given changes) do not satisfy the version's schema, naming each bad value.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -461,8 +533,8 @@ class RegistryServicer:
         member (e.g. the retrier replaying dead letters after checking the member's roles). Only
         the deployment's service token may call it: every member gets PERMISSION_DENIED, so no
         one can write an audit entry for an action that did not happen. NOT_FOUND for an unknown
-        instance or actor; INVALID_ARGUMENT for an action outside "dead.replay" and "dead.purge",
-        a missing actor_member_id, or an actor who is not a member of the instance's workspace.
+        instance or actor; INVALID_ARGUMENT for an action other than the dead-letter ones, a
+        missing actor, or an actor who is not a member of the instance's workspace.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -490,6 +562,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     request_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.GetWorkspaceRequest.FromString,
                     response_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.GetWorkspaceResponse.SerializeToString,
             ),
+            'ListWorkspaces': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkspaces,
+                    request_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.ListWorkspacesRequest.FromString,
+                    response_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.ListWorkspacesResponse.SerializeToString,
+            ),
             'WhoAmI': grpc.unary_unary_rpc_method_handler(
                     servicer.WhoAmI,
                     request_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.WhoAmIRequest.FromString,
@@ -500,15 +577,20 @@ def add_RegistryServicer_to_server(servicer, server):
                     request_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.CreateMemberRequest.FromString,
                     response_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.CreateMemberResponse.SerializeToString,
             ),
+            'GetMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMember,
+                    request_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.GetMemberRequest.FromString,
+                    response_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.GetMemberResponse.SerializeToString,
+            ),
             'ListMembers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListMembers,
                     request_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.ListMembersRequest.FromString,
                     response_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.ListMembersResponse.SerializeToString,
             ),
-            'UpdateMemberRoles': grpc.unary_unary_rpc_method_handler(
-                    servicer.UpdateMemberRoles,
-                    request_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateMemberRolesRequest.FromString,
-                    response_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateMemberRolesResponse.SerializeToString,
+            'UpdateMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateMember,
+                    request_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateMemberRequest.FromString,
+                    response_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateMemberResponse.SerializeToString,
             ),
             'DeleteMember': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteMember,
@@ -519,6 +601,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.CreateToken,
                     request_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.CreateTokenRequest.FromString,
                     response_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'GetToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetToken,
+                    request_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.GetTokenRequest.FromString,
+                    response_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.GetTokenResponse.SerializeToString,
             ),
             'ListTokens': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTokens,
@@ -545,6 +632,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     request_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.ListSourcesRequest.FromString,
                     response_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.ListSourcesResponse.SerializeToString,
             ),
+            'UpdateSource': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSource,
+                    request_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateSourceRequest.FromString,
+                    response_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateSourceResponse.SerializeToString,
+            ),
             'RotateWriteKey': grpc.unary_unary_rpc_method_handler(
                     servicer.RotateWriteKey,
                     request_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.RotateWriteKeyRequest.FromString,
@@ -569,6 +661,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.ListFunctions,
                     request_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.ListFunctionsRequest.FromString,
                     response_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.ListFunctionsResponse.SerializeToString,
+            ),
+            'UpdateFunction': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateFunction,
+                    request_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateFunctionRequest.FromString,
+                    response_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateFunctionResponse.SerializeToString,
             ),
             'SaveFunction': grpc.unary_unary_rpc_method_handler(
                     servicer.SaveFunction,
@@ -646,14 +743,18 @@ def add_RegistryServicer_to_server(servicer, server):
 class Registry:
     """The registry. Every call needs `authorization: Bearer <token>` metadata; it fails with
     UNAUTHENTICATED when the token is missing, unknown, expired or revoked, and with
-    PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
-    is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
-    INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field; a required id
-    left empty is INVALID_ARGUMENT naming it, never NOT_FOUND. Every error carries a
-    google.rpc.ErrorInfo (domain "eventfn.dev") whose reason is the code's name or a more
-    precise one (ETAG_MISMATCH, REQUEST_ID_REUSED).
+    PERMISSION_DENIED when the caller's roles do not allow it. A token belongs to a member of
+    one workspace: a resource of another workspace is reported as NOT_FOUND, exactly like one
+    that does not exist. Resources are named `workspaces/{workspace}/<collection>/{id}`
+    (AIP-122); a name that is not of the expected form is INVALID_ARGUMENT.
+    Invalid arguments fail with INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each
+    bad field; a required field left empty is INVALID_ARGUMENT naming it, never NOT_FOUND.
+    Every error carries a google.rpc.ErrorInfo (domain "eventfn.dev") whose reason is the
+    code's name or a more precise one (ETAG_MISMATCH with the metadata `current_etag`,
+    REQUEST_ID_REUSED).
     Retries: every call that creates something takes a request_id (AIP-155) and answers a
-    retry with the first call's response; changes and deletes take the resource's etag.
+    retry with the first call's response; changes and deletes take the resource's etag
+    (AIP-154) and are refused with ABORTED (ETAG_MISMATCH) when it is stale.
     Lists: page tokens are opaque, signed and bound to the list, the caller's workspace and the
     request's filters (INVALID_ARGUMENT for a token of another list or with other filters, or
     one the service did not make). Pages are keyset pages: an item that exists during the
@@ -720,6 +821,33 @@ class Registry:
             _registered_method=True)
 
     @staticmethod
+    def ListWorkspaces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventfn.registry.v1.Registry/ListWorkspaces',
+            eventfn_dot_registry_dot_v1_dot_registry__pb2.ListWorkspacesRequest.SerializeToString,
+            eventfn_dot_registry_dot_v1_dot_registry__pb2.ListWorkspacesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def WhoAmI(request,
             target,
             options=(),
@@ -774,6 +902,33 @@ class Registry:
             _registered_method=True)
 
     @staticmethod
+    def GetMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventfn.registry.v1.Registry/GetMember',
+            eventfn_dot_registry_dot_v1_dot_registry__pb2.GetMemberRequest.SerializeToString,
+            eventfn_dot_registry_dot_v1_dot_registry__pb2.GetMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListMembers(request,
             target,
             options=(),
@@ -801,7 +956,7 @@ class Registry:
             _registered_method=True)
 
     @staticmethod
-    def UpdateMemberRoles(request,
+    def UpdateMember(request,
             target,
             options=(),
             channel_credentials=None,
@@ -814,9 +969,9 @@ class Registry:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/eventfn.registry.v1.Registry/UpdateMemberRoles',
-            eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateMemberRolesRequest.SerializeToString,
-            eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateMemberRolesResponse.FromString,
+            '/eventfn.registry.v1.Registry/UpdateMember',
+            eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateMemberRequest.SerializeToString,
+            eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateMemberResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -871,6 +1026,33 @@ class Registry:
             '/eventfn.registry.v1.Registry/CreateToken',
             eventfn_dot_registry_dot_v1_dot_registry__pb2.CreateTokenRequest.SerializeToString,
             eventfn_dot_registry_dot_v1_dot_registry__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventfn.registry.v1.Registry/GetToken',
+            eventfn_dot_registry_dot_v1_dot_registry__pb2.GetTokenRequest.SerializeToString,
+            eventfn_dot_registry_dot_v1_dot_registry__pb2.GetTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1017,6 +1199,33 @@ class Registry:
             _registered_method=True)
 
     @staticmethod
+    def UpdateSource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventfn.registry.v1.Registry/UpdateSource',
+            eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateSourceRequest.SerializeToString,
+            eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateSourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def RotateWriteKey(request,
             target,
             options=(),
@@ -1141,6 +1350,33 @@ class Registry:
             '/eventfn.registry.v1.Registry/ListFunctions',
             eventfn_dot_registry_dot_v1_dot_registry__pb2.ListFunctionsRequest.SerializeToString,
             eventfn_dot_registry_dot_v1_dot_registry__pb2.ListFunctionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateFunction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventfn.registry.v1.Registry/UpdateFunction',
+            eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateFunctionRequest.SerializeToString,
+            eventfn_dot_registry_dot_v1_dot_registry__pb2.UpdateFunctionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,14 +31,18 @@ GRPC_VERSION: str
 class RegistryStub:
     """The registry. Every call needs `authorization: Bearer <token>` metadata; it fails with
     UNAUTHENTICATED when the token is missing, unknown, expired or revoked, and with
-    PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
-    is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
-    INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field; a required id
-    left empty is INVALID_ARGUMENT naming it, never NOT_FOUND. Every error carries a
-    google.rpc.ErrorInfo (domain "eventfn.dev") whose reason is the code's name or a more
-    precise one (ETAG_MISMATCH, REQUEST_ID_REUSED).
+    PERMISSION_DENIED when the caller's roles do not allow it. A token belongs to a member of
+    one workspace: a resource of another workspace is reported as NOT_FOUND, exactly like one
+    that does not exist. Resources are named `workspaces/{workspace}/<collection>/{id}`
+    (AIP-122); a name that is not of the expected form is INVALID_ARGUMENT.
+    Invalid arguments fail with INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each
+    bad field; a required field left empty is INVALID_ARGUMENT naming it, never NOT_FOUND.
+    Every error carries a google.rpc.ErrorInfo (domain "eventfn.dev") whose reason is the
+    code's name or a more precise one (ETAG_MISMATCH with the metadata `current_etag`,
+    REQUEST_ID_REUSED).
     Retries: every call that creates something takes a request_id (AIP-155) and answers a
-    retry with the first call's response; changes and deletes take the resource's etag.
+    retry with the first call's response; changes and deletes take the resource's etag
+    (AIP-154) and are refused with ABORTED (ETAG_MISMATCH) when it is stale.
     Lists: page tokens are opaque, signed and bound to the list, the caller's workspace and the
     request's filters (INVALID_ARGUMENT for a token of another list or with other filters, or
     one the service did not make). Pages are keyset pages: an item that exists during the
@@ -57,42 +61,51 @@ class RegistryStub:
     CreateWorkspace: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CreateWorkspaceRequest, _registry_pb2.CreateWorkspaceResponse]
     """Create a workspace; the caller becomes its Workspace Owner and receives a token for it.
     Only the deployment's bootstrap administrator may call it (PERMISSION_DENIED otherwise);
-    ALREADY_EXISTS when the name is taken.
+    ALREADY_EXISTS when the display name is taken.
     """
     GetWorkspace: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetWorkspaceRequest, _registry_pb2.GetWorkspaceResponse]
-    """Get the caller's workspace. NOT_FOUND for any other id."""
+    """Get a workspace: the caller's own (the bootstrap administrator: any). NOT_FOUND for others."""
+    ListWorkspaces: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListWorkspacesRequest, _registry_pb2.ListWorkspacesResponse]
+    """List the workspaces the caller may see: its own (the bootstrap administrator: all)."""
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_registry_pb2.WhoAmIRequest, _registry_pb2.WhoAmIResponse]
     """Describe the caller: member, workspace and roles. Any valid token may call it."""
     CreateMember: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CreateMemberRequest, _registry_pb2.CreateMemberResponse]
     """Add a member to the workspace with roles (Workspace Owner only). ALREADY_EXISTS when the
     email is taken in the workspace.
     """
+    GetMember: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetMemberRequest, _registry_pb2.GetMemberResponse]
+    """Get a member (Workspace Owner, or the member itself)."""
     ListMembers: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListMembersRequest, _registry_pb2.ListMembersResponse]
     """List the workspace's members (Workspace Owner only)."""
-    UpdateMemberRoles: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpdateMemberRolesRequest, _registry_pb2.UpdateMemberRolesResponse]
-    """Replace a member's roles (Workspace Owner only). FAILED_PRECONDITION when it would leave the
-    workspace without an owner.
+    UpdateMember: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpdateMemberRequest, _registry_pb2.UpdateMemberResponse]
+    """Replace a member's roles (Workspace Owner only; update_mask: roles). FAILED_PRECONDITION
+    when it would leave the workspace without an owner.
     """
     DeleteMember: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteMemberRequest, _registry_pb2.DeleteMemberResponse]
     """Remove a member and revoke its tokens (Workspace Owner only). FAILED_PRECONDITION for the
-    last owner.
+    last owner and the bootstrap administrator.
     """
     CreateToken: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CreateTokenRequest, _registry_pb2.CreateTokenResponse]
     """Create an API token. Any member may create one for itself; a Workspace Owner for any member.
-    The secret is in the response only: it is stored hashed.
+    The secret is in the response only: it is stored hashed (a retry with the same request_id
+    within 24 hours answers the same secret).
     """
+    GetToken: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetTokenRequest, _registry_pb2.GetTokenResponse]
+    """Get a token: the caller's own, or any of the workspace for a Workspace Owner."""
     ListTokens: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListTokensRequest, _registry_pb2.ListTokensResponse]
     """List tokens: the caller's own, or all of the workspace for a Workspace Owner."""
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RevokeTokenRequest, _registry_pb2.RevokeTokenResponse]
     """Revoke a token: the caller's own, or any of the workspace for a Workspace Owner."""
     CreateSource: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CreateSourceRequest, _registry_pb2.CreateSourceResponse]
     """Create a source with a new write key (Workspace Owner or Source Admin of all sources).
-    ALREADY_EXISTS when the name is taken.
+    ALREADY_EXISTS when the display name is taken.
     """
     GetSource: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetSourceRequest, _registry_pb2.GetSourceResponse]
     """Get a source (any member)."""
     ListSources: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListSourcesRequest, _registry_pb2.ListSourcesResponse]
     """List the workspace's sources (any member)."""
+    UpdateSource: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpdateSourceRequest, _registry_pb2.UpdateSourceResponse]
+    """Rename a source (Source Admin; update_mask: display_name)."""
     RotateWriteKey: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RotateWriteKeyRequest, _registry_pb2.RotateWriteKeyResponse]
     """Replace a source's write key; the old key stops working at once (Source Admin)."""
     DeleteSource: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteSourceRequest, _registry_pb2.DeleteSourceResponse]
@@ -100,15 +113,19 @@ class RegistryStub:
     CreateFunction: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CreateFunctionRequest, _registry_pb2.CreateFunctionResponse]
     """Create a function and its first version (Workspace Owner or Functions Admin of all
     functions). INVALID_ARGUMENT for a JavaScript syntax error (with line and column), bad
-    settings definitions or code over 5 MB; ALREADY_EXISTS when the name is taken.
+    settings definitions or code over 5 MB; ALREADY_EXISTS when the display name is taken.
     """
     GetFunction: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetFunctionRequest, _registry_pb2.GetFunctionResponse]
     """Get a function (Functions Read-only or Admin covering it, Source Admin, or Owner)."""
     ListFunctions: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListFunctionsRequest, _registry_pb2.ListFunctionsResponse]
     """List the functions the caller may read."""
+    UpdateFunction: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpdateFunctionRequest, _registry_pb2.UpdateFunctionResponse]
+    """Change a function's display name or description (Functions Admin covering it;
+    update_mask: display_name, description). Code changes are saves (SaveFunction).
+    """
     SaveFunction: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SaveFunctionRequest, _registry_pb2.SaveFunctionResponse]
     """Save new code and settings as a new version (Functions Admin covering it). With
-    deploy_instance_ids ("Save & Deploy") the listed instances also move to the new version,
+    deploy_instances ("Save & Deploy") the listed instances also move to the new version,
     with the setting values of deploy_settings, which needs Source Admin on their sources too;
     all or nothing. INVALID_ARGUMENT when a deployed instance's settings (after
     deploy_settings) do not satisfy the new version's schema, naming each bad value.
@@ -124,7 +141,9 @@ class RegistryStub:
     CreateInstance: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CreateInstanceRequest, _registry_pb2.CreateInstanceResponse]
     """Connect a function to a source (Source Admin of the source and read access to the
     function). INVALID_ARGUMENT for settings that do not match the version's schema, a
-    missing required setting, a batch size outside 1..400 or a filter that does not parse.
+    missing required setting, a batch size outside 1..400 or a filter that does not parse;
+    ALREADY_EXISTS when the display name is taken, naming the instance that holds it
+    (ErrorInfo metadata `existing_instance`).
     """
     GetInstance: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetInstanceRequest, _registry_pb2.GetInstanceResponse]
     """Get an instance; encrypted settings are masked (read access to its function, or Source
@@ -133,14 +152,14 @@ class RegistryStub:
     ListInstances: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListInstancesRequest, _registry_pb2.ListInstancesResponse]
     """List instances, optionally of one function or source."""
     UpdateInstance: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpdateInstanceRequest, _registry_pb2.UpdateInstanceResponse]
-    """Change settings, enabled flag, batching, timeout or filters (Source Admin of its source).
-    ABORTED (reason ETAG_MISMATCH) when the instance's etag is set and stale.
+    """Change settings, state, batching, timeout, retries, filters or display name (Source
+    Admin of its source). ABORTED (ETAG_MISMATCH) when the instance's etag is set and stale.
     """
     DeployInstance: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeployInstanceRequest, _registry_pb2.DeployInstanceResponse]
     """Move an instance to a version of its function, e.g. to roll back, optionally changing
-    setting values in the same step (Source Admin of its source). ABORTED (reason
-    ETAG_MISMATCH) when etag is set and stale; INVALID_ARGUMENT when the instance's settings (after
-    the given changes) do not satisfy the version's schema, naming each bad value.
+    setting values in the same step (Source Admin of its source). ABORTED (ETAG_MISMATCH)
+    when etag is set and stale; INVALID_ARGUMENT when the instance's settings (after the
+    given changes) do not satisfy the version's schema, naming each bad value.
     """
     DeleteInstance: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteInstanceRequest, _registry_pb2.DeleteInstanceResponse]
     """Disconnect and delete an instance (Source Admin of its source)."""
@@ -151,8 +170,8 @@ class RegistryStub:
     member (e.g. the retrier replaying dead letters after checking the member's roles). Only
     the deployment's service token may call it: every member gets PERMISSION_DENIED, so no
     one can write an audit entry for an action that did not happen. NOT_FOUND for an unknown
-    instance or actor; INVALID_ARGUMENT for an action outside "dead.replay" and "dead.purge",
-    a missing actor_member_id, or an actor who is not a member of the instance's workspace.
+    instance or actor; INVALID_ARGUMENT for an action other than the dead-letter ones, a
+    missing actor, or an actor who is not a member of the instance's workspace.
     """
     WatchConfig: _grpc.UnaryStreamMultiCallable[_registry_pb2.WatchConfigRequest, _registry_pb2.WatchConfigResponse]
     """Stream the data plane's configuration: first a full snapshot, then every change, each
@@ -164,14 +183,18 @@ class RegistryStub:
 class RegistryAsyncStub(RegistryStub):
     """The registry. Every call needs `authorization: Bearer <token>` metadata; it fails with
     UNAUTHENTICATED when the token is missing, unknown, expired or revoked, and with
-    PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
-    is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
-    INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field; a required id
-    left empty is INVALID_ARGUMENT naming it, never NOT_FOUND. Every error carries a
-    google.rpc.ErrorInfo (domain "eventfn.dev") whose reason is the code's name or a more
-    precise one (ETAG_MISMATCH, REQUEST_ID_REUSED).
+    PERMISSION_DENIED when the caller's roles do not allow it. A token belongs to a member of
+    one workspace: a resource of another workspace is reported as NOT_FOUND, exactly like one
+    that does not exist. Resources are named `workspaces/{workspace}/<collection>/{id}`
+    (AIP-122); a name that is not of the expected form is INVALID_ARGUMENT.
+    Invalid arguments fail with INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each
+    bad field; a required field left empty is INVALID_ARGUMENT naming it, never NOT_FOUND.
+    Every error carries a google.rpc.ErrorInfo (domain "eventfn.dev") whose reason is the
+    code's name or a more precise one (ETAG_MISMATCH with the metadata `current_etag`,
+    REQUEST_ID_REUSED).
     Retries: every call that creates something takes a request_id (AIP-155) and answers a
-    retry with the first call's response; changes and deletes take the resource's etag.
+    retry with the first call's response; changes and deletes take the resource's etag
+    (AIP-154) and are refused with ABORTED (ETAG_MISMATCH) when it is stale.
     Lists: page tokens are opaque, signed and bound to the list, the caller's workspace and the
     request's filters (INVALID_ARGUMENT for a token of another list or with other filters, or
     one the service did not make). Pages are keyset pages: an item that exists during the
@@ -187,42 +210,51 @@ class RegistryAsyncStub(RegistryStub):
     CreateWorkspace: _aio.UnaryUnaryMultiCallable[_registry_pb2.CreateWorkspaceRequest, _registry_pb2.CreateWorkspaceResponse]  # type: ignore[assignment]
     """Create a workspace; the caller becomes its Workspace Owner and receives a token for it.
     Only the deployment's bootstrap administrator may call it (PERMISSION_DENIED otherwise);
-    ALREADY_EXISTS when the name is taken.
+    ALREADY_EXISTS when the display name is taken.
     """
     GetWorkspace: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetWorkspaceRequest, _registry_pb2.GetWorkspaceResponse]  # type: ignore[assignment]
-    """Get the caller's workspace. NOT_FOUND for any other id."""
+    """Get a workspace: the caller's own (the bootstrap administrator: any). NOT_FOUND for others."""
+    ListWorkspaces: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListWorkspacesRequest, _registry_pb2.ListWorkspacesResponse]  # type: ignore[assignment]
+    """List the workspaces the caller may see: its own (the bootstrap administrator: all)."""
     WhoAmI: _aio.UnaryUnaryMultiCallable[_registry_pb2.WhoAmIRequest, _registry_pb2.WhoAmIResponse]  # type: ignore[assignment]
     """Describe the caller: member, workspace and roles. Any valid token may call it."""
     CreateMember: _aio.UnaryUnaryMultiCallable[_registry_pb2.CreateMemberRequest, _registry_pb2.CreateMemberResponse]  # type: ignore[assignment]
     """Add a member to the workspace with roles (Workspace Owner only). ALREADY_EXISTS when the
     email is taken in the workspace.
     """
+    GetMember: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetMemberRequest, _registry_pb2.GetMemberResponse]  # type: ignore[assignment]
+    """Get a member (Workspace Owner, or the member itself)."""
     ListMembers: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListMembersRequest, _registry_pb2.ListMembersResponse]  # type: ignore[assignment]
     """List the workspace's members (Workspace Owner only)."""
-    UpdateMemberRoles: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpdateMemberRolesRequest, _registry_pb2.UpdateMemberRolesResponse]  # type: ignore[assignment]
-    """Replace a member's roles (Workspace Owner only). FAILED_PRECONDITION when it would leave the
-    workspace without an owner.
+    UpdateMember: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpdateMemberRequest, _registry_pb2.UpdateMemberResponse]  # type: ignore[assignment]
+    """Replace a member's roles (Workspace Owner only; update_mask: roles). FAILED_PRECONDITION
+    when it would leave the workspace without an owner.
     """
     DeleteMember: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteMemberRequest, _registry_pb2.DeleteMemberResponse]  # type: ignore[assignment]
     """Remove a member and revoke its tokens (Workspace Owner only). FAILED_PRECONDITION for the
-    last owner.
+    last owner and the bootstrap administrator.
     """
     CreateToken: _aio.UnaryUnaryMultiCallable[_registry_pb2.CreateTokenRequest, _registry_pb2.CreateTokenResponse]  # type: ignore[assignment]
     """Create an API token. Any member may create one for itself; a Workspace Owner for any member.
-    The secret is in the response only: it is stored hashed.
+    The secret is in the response only: it is stored hashed (a retry with the same request_id
+    within 24 hours answers the same secret).
     """
+    GetToken: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetTokenRequest, _registry_pb2.GetTokenResponse]  # type: ignore[assignment]
+    """Get a token: the caller's own, or any of the workspace for a Workspace Owner."""
     ListTokens: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListTokensRequest, _registry_pb2.ListTokensResponse]  # type: ignore[assignment]
     """List tokens: the caller's own, or all of the workspace for a Workspace Owner."""
     RevokeToken: _aio.UnaryUnaryMultiCallable[_registry_pb2.RevokeTokenRequest, _registry_pb2.RevokeTokenResponse]  # type: ignore[assignment]
     """Revoke a token: the caller's own, or any of the workspace for a Workspace Owner."""
     CreateSource: _aio.UnaryUnaryMultiCallable[_registry_pb2.CreateSourceRequest, _registry_pb2.CreateSourceResponse]  # type: ignore[assignment]
     """Create a source with a new write key (Workspace Owner or Source Admin of all sources).
-    ALREADY_EXISTS when the name is taken.
+    ALREADY_EXISTS when the display name is taken.
     """
     GetSource: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetSourceRequest, _registry_pb2.GetSourceResponse]  # type: ignore[assignment]
     """Get a source (any member)."""
     ListSources: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListSourcesRequest, _registry_pb2.ListSourcesResponse]  # type: ignore[assignment]
     """List the workspace's sources (any member)."""
+    UpdateSource: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpdateSourceRequest, _registry_pb2.UpdateSourceResponse]  # type: ignore[assignment]
+    """Rename a source (Source Admin; update_mask: display_name)."""
     RotateWriteKey: _aio.UnaryUnaryMultiCallable[_registry_pb2.RotateWriteKeyRequest, _registry_pb2.RotateWriteKeyResponse]  # type: ignore[assignment]
     """Replace a source's write key; the old key stops working at once (Source Admin)."""
     DeleteSource: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteSourceRequest, _registry_pb2.DeleteSourceResponse]  # type: ignore[assignment]
@@ -230,15 +262,19 @@ class RegistryAsyncStub(RegistryStub):
     CreateFunction: _aio.UnaryUnaryMultiCallable[_registry_pb2.CreateFunctionRequest, _registry_pb2.CreateFunctionResponse]  # type: ignore[assignment]
     """Create a function and its first version (Workspace Owner or Functions Admin of all
     functions). INVALID_ARGUMENT for a JavaScript syntax error (with line and column), bad
-    settings definitions or code over 5 MB; ALREADY_EXISTS when the name is taken.
+    settings definitions or code over 5 MB; ALREADY_EXISTS when the display name is taken.
     """
     GetFunction: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetFunctionRequest, _registry_pb2.GetFunctionResponse]  # type: ignore[assignment]
     """Get a function (Functions Read-only or Admin covering it, Source Admin, or Owner)."""
     ListFunctions: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListFunctionsRequest, _registry_pb2.ListFunctionsResponse]  # type: ignore[assignment]
     """List the functions the caller may read."""
+    UpdateFunction: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpdateFunctionRequest, _registry_pb2.UpdateFunctionResponse]  # type: ignore[assignment]
+    """Change a function's display name or description (Functions Admin covering it;
+    update_mask: display_name, description). Code changes are saves (SaveFunction).
+    """
     SaveFunction: _aio.UnaryUnaryMultiCallable[_registry_pb2.SaveFunctionRequest, _registry_pb2.SaveFunctionResponse]  # type: ignore[assignment]
     """Save new code and settings as a new version (Functions Admin covering it). With
-    deploy_instance_ids ("Save & Deploy") the listed instances also move to the new version,
+    deploy_instances ("Save & Deploy") the listed instances also move to the new version,
     with the setting values of deploy_settings, which needs Source Admin on their sources too;
     all or nothing. INVALID_ARGUMENT when a deployed instance's settings (after
     deploy_settings) do not satisfy the new version's schema, naming each bad value.
@@ -254,7 +290,9 @@ class RegistryAsyncStub(RegistryStub):
     CreateInstance: _aio.UnaryUnaryMultiCallable[_registry_pb2.CreateInstanceRequest, _registry_pb2.CreateInstanceResponse]  # type: ignore[assignment]
     """Connect a function to a source (Source Admin of the source and read access to the
     function). INVALID_ARGUMENT for settings that do not match the version's schema, a
-    missing required setting, a batch size outside 1..400 or a filter that does not parse.
+    missing required setting, a batch size outside 1..400 or a filter that does not parse;
+    ALREADY_EXISTS when the display name is taken, naming the instance that holds it
+    (ErrorInfo metadata `existing_instance`).
     """
     GetInstance: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetInstanceRequest, _registry_pb2.GetInstanceResponse]  # type: ignore[assignment]
     """Get an instance; encrypted settings are masked (read access to its function, or Source
@@ -263,14 +301,14 @@ class RegistryAsyncStub(RegistryStub):
     ListInstances: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListInstancesRequest, _registry_pb2.ListInstancesResponse]  # type: ignore[assignment]
     """List instances, optionally of one function or source."""
     UpdateInstance: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpdateInstanceRequest, _registry_pb2.UpdateInstanceResponse]  # type: ignore[assignment]
-    """Change settings, enabled flag, batching, timeout or filters (Source Admin of its source).
-    ABORTED (reason ETAG_MISMATCH) when the instance's etag is set and stale.
+    """Change settings, state, batching, timeout, retries, filters or display name (Source
+    Admin of its source). ABORTED (ETAG_MISMATCH) when the instance's etag is set and stale.
     """
     DeployInstance: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeployInstanceRequest, _registry_pb2.DeployInstanceResponse]  # type: ignore[assignment]
     """Move an instance to a version of its function, e.g. to roll back, optionally changing
-    setting values in the same step (Source Admin of its source). ABORTED (reason
-    ETAG_MISMATCH) when etag is set and stale; INVALID_ARGUMENT when the instance's settings (after
-    the given changes) do not satisfy the version's schema, naming each bad value.
+    setting values in the same step (Source Admin of its source). ABORTED (ETAG_MISMATCH)
+    when etag is set and stale; INVALID_ARGUMENT when the instance's settings (after the
+    given changes) do not satisfy the version's schema, naming each bad value.
     """
     DeleteInstance: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteInstanceRequest, _registry_pb2.DeleteInstanceResponse]  # type: ignore[assignment]
     """Disconnect and delete an instance (Source Admin of its source)."""
@@ -281,8 +319,8 @@ class RegistryAsyncStub(RegistryStub):
     member (e.g. the retrier replaying dead letters after checking the member's roles). Only
     the deployment's service token may call it: every member gets PERMISSION_DENIED, so no
     one can write an audit entry for an action that did not happen. NOT_FOUND for an unknown
-    instance or actor; INVALID_ARGUMENT for an action outside "dead.replay" and "dead.purge",
-    a missing actor_member_id, or an actor who is not a member of the instance's workspace.
+    instance or actor; INVALID_ARGUMENT for an action other than the dead-letter ones, a
+    missing actor, or an actor who is not a member of the instance's workspace.
     """
     WatchConfig: _aio.UnaryStreamMultiCallable[_registry_pb2.WatchConfigRequest, _registry_pb2.WatchConfigResponse]  # type: ignore[assignment]
     """Stream the data plane's configuration: first a full snapshot, then every change, each
@@ -293,14 +331,18 @@ class RegistryAsyncStub(RegistryStub):
 class RegistryServicer(metaclass=_abc_1.ABCMeta):
     """The registry. Every call needs `authorization: Bearer <token>` metadata; it fails with
     UNAUTHENTICATED when the token is missing, unknown, expired or revoked, and with
-    PERMISSION_DENIED when the caller's roles do not allow it. An object of another workspace
-    is reported as NOT_FOUND, exactly like one that does not exist. Invalid arguments fail with
-    INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each bad field; a required id
-    left empty is INVALID_ARGUMENT naming it, never NOT_FOUND. Every error carries a
-    google.rpc.ErrorInfo (domain "eventfn.dev") whose reason is the code's name or a more
-    precise one (ETAG_MISMATCH, REQUEST_ID_REUSED).
+    PERMISSION_DENIED when the caller's roles do not allow it. A token belongs to a member of
+    one workspace: a resource of another workspace is reported as NOT_FOUND, exactly like one
+    that does not exist. Resources are named `workspaces/{workspace}/<collection>/{id}`
+    (AIP-122); a name that is not of the expected form is INVALID_ARGUMENT.
+    Invalid arguments fail with INVALID_ARGUMENT and a google.rpc.BadRequest detail naming each
+    bad field; a required field left empty is INVALID_ARGUMENT naming it, never NOT_FOUND.
+    Every error carries a google.rpc.ErrorInfo (domain "eventfn.dev") whose reason is the
+    code's name or a more precise one (ETAG_MISMATCH with the metadata `current_etag`,
+    REQUEST_ID_REUSED).
     Retries: every call that creates something takes a request_id (AIP-155) and answers a
-    retry with the first call's response; changes and deletes take the resource's etag.
+    retry with the first call's response; changes and deletes take the resource's etag
+    (AIP-154) and are refused with ABORTED (ETAG_MISMATCH) when it is stale.
     Lists: page tokens are opaque, signed and bound to the list, the caller's workspace and the
     request's filters (INVALID_ARGUMENT for a token of another list or with other filters, or
     one the service did not make). Pages are keyset pages: an item that exists during the
@@ -320,7 +362,7 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.CreateWorkspaceResponse, _abc.Awaitable[_registry_pb2.CreateWorkspaceResponse]]:
         """Create a workspace; the caller becomes its Workspace Owner and receives a token for it.
         Only the deployment's bootstrap administrator may call it (PERMISSION_DENIED otherwise);
-        ALREADY_EXISTS when the name is taken.
+        ALREADY_EXISTS when the display name is taken.
         """
 
     @_abc_1.abstractmethod
@@ -329,7 +371,15 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.GetWorkspaceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.GetWorkspaceResponse, _abc.Awaitable[_registry_pb2.GetWorkspaceResponse]]:
-        """Get the caller's workspace. NOT_FOUND for any other id."""
+        """Get a workspace: the caller's own (the bootstrap administrator: any). NOT_FOUND for others."""
+
+    @_abc_1.abstractmethod
+    def ListWorkspaces(
+        self,
+        request: _registry_pb2.ListWorkspacesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListWorkspacesResponse, _abc.Awaitable[_registry_pb2.ListWorkspacesResponse]]:
+        """List the workspaces the caller may see: its own (the bootstrap administrator: all)."""
 
     @_abc_1.abstractmethod
     def WhoAmI(
@@ -350,6 +400,14 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def GetMember(
+        self,
+        request: _registry_pb2.GetMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetMemberResponse, _abc.Awaitable[_registry_pb2.GetMemberResponse]]:
+        """Get a member (Workspace Owner, or the member itself)."""
+
+    @_abc_1.abstractmethod
     def ListMembers(
         self,
         request: _registry_pb2.ListMembersRequest,
@@ -358,13 +416,13 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         """List the workspace's members (Workspace Owner only)."""
 
     @_abc_1.abstractmethod
-    def UpdateMemberRoles(
+    def UpdateMember(
         self,
-        request: _registry_pb2.UpdateMemberRolesRequest,
+        request: _registry_pb2.UpdateMemberRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_registry_pb2.UpdateMemberRolesResponse, _abc.Awaitable[_registry_pb2.UpdateMemberRolesResponse]]:
-        """Replace a member's roles (Workspace Owner only). FAILED_PRECONDITION when it would leave the
-        workspace without an owner.
+    ) -> _typing.Union[_registry_pb2.UpdateMemberResponse, _abc.Awaitable[_registry_pb2.UpdateMemberResponse]]:
+        """Replace a member's roles (Workspace Owner only; update_mask: roles). FAILED_PRECONDITION
+        when it would leave the workspace without an owner.
         """
 
     @_abc_1.abstractmethod
@@ -374,7 +432,7 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.DeleteMemberResponse, _abc.Awaitable[_registry_pb2.DeleteMemberResponse]]:
         """Remove a member and revoke its tokens (Workspace Owner only). FAILED_PRECONDITION for the
-        last owner.
+        last owner and the bootstrap administrator.
         """
 
     @_abc_1.abstractmethod
@@ -384,8 +442,17 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.CreateTokenResponse, _abc.Awaitable[_registry_pb2.CreateTokenResponse]]:
         """Create an API token. Any member may create one for itself; a Workspace Owner for any member.
-        The secret is in the response only: it is stored hashed.
+        The secret is in the response only: it is stored hashed (a retry with the same request_id
+        within 24 hours answers the same secret).
         """
+
+    @_abc_1.abstractmethod
+    def GetToken(
+        self,
+        request: _registry_pb2.GetTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetTokenResponse, _abc.Awaitable[_registry_pb2.GetTokenResponse]]:
+        """Get a token: the caller's own, or any of the workspace for a Workspace Owner."""
 
     @_abc_1.abstractmethod
     def ListTokens(
@@ -410,7 +477,7 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.CreateSourceResponse, _abc.Awaitable[_registry_pb2.CreateSourceResponse]]:
         """Create a source with a new write key (Workspace Owner or Source Admin of all sources).
-        ALREADY_EXISTS when the name is taken.
+        ALREADY_EXISTS when the display name is taken.
         """
 
     @_abc_1.abstractmethod
@@ -428,6 +495,14 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ListSourcesResponse, _abc.Awaitable[_registry_pb2.ListSourcesResponse]]:
         """List the workspace's sources (any member)."""
+
+    @_abc_1.abstractmethod
+    def UpdateSource(
+        self,
+        request: _registry_pb2.UpdateSourceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.UpdateSourceResponse, _abc.Awaitable[_registry_pb2.UpdateSourceResponse]]:
+        """Rename a source (Source Admin; update_mask: display_name)."""
 
     @_abc_1.abstractmethod
     def RotateWriteKey(
@@ -453,7 +528,7 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.CreateFunctionResponse, _abc.Awaitable[_registry_pb2.CreateFunctionResponse]]:
         """Create a function and its first version (Workspace Owner or Functions Admin of all
         functions). INVALID_ARGUMENT for a JavaScript syntax error (with line and column), bad
-        settings definitions or code over 5 MB; ALREADY_EXISTS when the name is taken.
+        settings definitions or code over 5 MB; ALREADY_EXISTS when the display name is taken.
         """
 
     @_abc_1.abstractmethod
@@ -473,13 +548,23 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         """List the functions the caller may read."""
 
     @_abc_1.abstractmethod
+    def UpdateFunction(
+        self,
+        request: _registry_pb2.UpdateFunctionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.UpdateFunctionResponse, _abc.Awaitable[_registry_pb2.UpdateFunctionResponse]]:
+        """Change a function's display name or description (Functions Admin covering it;
+        update_mask: display_name, description). Code changes are saves (SaveFunction).
+        """
+
+    @_abc_1.abstractmethod
     def SaveFunction(
         self,
         request: _registry_pb2.SaveFunctionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.SaveFunctionResponse, _abc.Awaitable[_registry_pb2.SaveFunctionResponse]]:
         """Save new code and settings as a new version (Functions Admin covering it). With
-        deploy_instance_ids ("Save & Deploy") the listed instances also move to the new version,
+        deploy_instances ("Save & Deploy") the listed instances also move to the new version,
         with the setting values of deploy_settings, which needs Source Admin on their sources too;
         all or nothing. INVALID_ARGUMENT when a deployed instance's settings (after
         deploy_settings) do not satisfy the new version's schema, naming each bad value.
@@ -519,7 +604,9 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.CreateInstanceResponse, _abc.Awaitable[_registry_pb2.CreateInstanceResponse]]:
         """Connect a function to a source (Source Admin of the source and read access to the
         function). INVALID_ARGUMENT for settings that do not match the version's schema, a
-        missing required setting, a batch size outside 1..400 or a filter that does not parse.
+        missing required setting, a batch size outside 1..400 or a filter that does not parse;
+        ALREADY_EXISTS when the display name is taken, naming the instance that holds it
+        (ErrorInfo metadata `existing_instance`).
         """
 
     @_abc_1.abstractmethod
@@ -546,8 +633,8 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.UpdateInstanceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.UpdateInstanceResponse, _abc.Awaitable[_registry_pb2.UpdateInstanceResponse]]:
-        """Change settings, enabled flag, batching, timeout or filters (Source Admin of its source).
-        ABORTED (reason ETAG_MISMATCH) when the instance's etag is set and stale.
+        """Change settings, state, batching, timeout, retries, filters or display name (Source
+        Admin of its source). ABORTED (ETAG_MISMATCH) when the instance's etag is set and stale.
         """
 
     @_abc_1.abstractmethod
@@ -557,9 +644,9 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.DeployInstanceResponse, _abc.Awaitable[_registry_pb2.DeployInstanceResponse]]:
         """Move an instance to a version of its function, e.g. to roll back, optionally changing
-        setting values in the same step (Source Admin of its source). ABORTED (reason
-        ETAG_MISMATCH) when etag is set and stale; INVALID_ARGUMENT when the instance's settings (after
-        the given changes) do not satisfy the version's schema, naming each bad value.
+        setting values in the same step (Source Admin of its source). ABORTED (ETAG_MISMATCH)
+        when etag is set and stale; INVALID_ARGUMENT when the instance's settings (after the
+        given changes) do not satisfy the version's schema, naming each bad value.
         """
 
     @_abc_1.abstractmethod
@@ -588,8 +675,8 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         member (e.g. the retrier replaying dead letters after checking the member's roles). Only
         the deployment's service token may call it: every member gets PERMISSION_DENIED, so no
         one can write an audit entry for an action that did not happen. NOT_FOUND for an unknown
-        instance or actor; INVALID_ARGUMENT for an action outside "dead.replay" and "dead.purge",
-        a missing actor_member_id, or an actor who is not a member of the instance's workspace.
+        instance or actor; INVALID_ARGUMENT for an action other than the dead-letter ones, a
+        missing actor, or an actor who is not a member of the instance's workspace.
         """
 
     @_abc_1.abstractmethod

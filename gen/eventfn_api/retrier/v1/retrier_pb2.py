@@ -23,10 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from eventfn_api.type.v1 import types_pb2 as eventfn_dot_type_dot_v1_dot_types__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
+from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n eventfn/retrier/v1/retrier.proto\x12\x12\x65ventfn.retrier.v1\x1a\x1b\x65ventfn/type/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x01\n\x07\x41ttempt\x12.\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12\x32\n\x07outcome\x18\x02 \x01(\x0e\x32\x18.eventfn.type.v1.OutcomeR\x07outcome\x12\x33\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1d.eventfn.type.v1.HandlerErrorR\x05\x65rror\"\xb0\x03\n\nDeadLetter\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n\x0binstance_id\x18\x02 \x01(\tR\ninstanceId\x12\x1d\n\nmessage_id\x18\x03 \x01(\tR\tmessageId\x12\x1d\n\nevent_json\x18\x04 \x01(\tR\teventJson\x12\x37\n\x08\x61ttempts\x18\x05 \x03(\x0b\x32\x1b.eventfn.retrier.v1.AttemptR\x08\x61ttempts\x12\x1b\n\tlast_logs\x18\x06 \x01(\tR\x08lastLogs\x12\x42\n\rlast_requests\x18\x07 \x03(\x0b\x32\x1d.eventfn.type.v1.RequestTraceR\x0clastRequests\x12H\n\x12\x66irst_attempt_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x10\x66irstAttemptTime\x12\x37\n\tdead_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08\x64\x65\x61\x64Time\x12\x16\n\x06reason\x18\n \x01(\tR\x06reason\"\xe7\x01\n\x16ListDeadLettersRequest\x12\x1f\n\x0binstance_id\x18\x01 \x01(\tR\ninstanceId\x12\x39\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12\x1b\n\tpage_size\x18\x04 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x05 \x01(\tR\tpageToken\"\x84\x01\n\x17ListDeadLettersResponse\x12\x41\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x1e.eventfn.retrier.v1.DeadLetterR\x0b\x64\x65\x61\x64Letters\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"<\n\x14GetDeadLetterRequest\x12$\n\x0e\x64\x65\x61\x64_letter_id\x18\x01 \x01(\tR\x0c\x64\x65\x61\x64LetterId\"X\n\x15GetDeadLetterResponse\x12?\n\x0b\x64\x65\x61\x64_letter\x18\x01 \x01(\x0b\x32\x1e.eventfn.retrier.v1.DeadLetterR\ndeadLetter\"\xf4\x01\n\x18ReplayDeadLettersRequest\x12\x1f\n\x0binstance_id\x18\x01 \x01(\tR\ninstanceId\x12&\n\x0f\x64\x65\x61\x64_letter_ids\x18\x02 \x03(\tR\rdeadLetterIds\x12\x39\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12\x1d\n\nversion_id\x18\x05 \x01(\tR\tversionId\"7\n\x19ReplayDeadLettersResponse\x12\x1a\n\x08replayed\x18\x01 \x01(\x05R\x08replayed\"\x99\x01\n\x17PurgeDeadLettersRequest\x12\x1f\n\x0binstance_id\x18\x01 \x01(\tR\ninstanceId\x12&\n\x0f\x64\x65\x61\x64_letter_ids\x18\x02 \x03(\tR\rdeadLetterIds\x12\x35\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\"2\n\x18PurgeDeadLettersResponse\x12\x16\n\x06purged\x18\x01 \x01(\x05R\x06purged2\xbc\x03\n\x07Retrier\x12j\n\x0fListDeadLetters\x12*.eventfn.retrier.v1.ListDeadLettersRequest\x1a+.eventfn.retrier.v1.ListDeadLettersResponse\x12\x64\n\rGetDeadLetter\x12(.eventfn.retrier.v1.GetDeadLetterRequest\x1a).eventfn.retrier.v1.GetDeadLetterResponse\x12p\n\x11ReplayDeadLetters\x12,.eventfn.retrier.v1.ReplayDeadLettersRequest\x1a-.eventfn.retrier.v1.ReplayDeadLettersResponse\x12m\n\x10PurgeDeadLetters\x12+.eventfn.retrier.v1.PurgeDeadLettersRequest\x1a,.eventfn.retrier.v1.PurgeDeadLettersResponseBq\n\x16\x64\x65v.eventfn.retrier.v1B\x0cRetrierProtoP\x01Z2eventfn.dev/client/go/eventfn/retrier/v1;retrierv1\xaa\x02\x12\x45ventfn.Retrier.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n eventfn/retrier/v1/retrier.proto\x12\x12\x65ventfn.retrier.v1\x1a\x1b\x65ventfn/type/v1/types.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a#google/longrunning/operations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb4\x01\n\x07\x41ttempt\x12\x34\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x04time\x12\x38\n\x07outcome\x18\x02 \x01(\x0e\x32\x18.eventfn.type.v1.OutcomeB\x04\xe2\x41\x01\x03R\x07outcome\x12\x39\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1d.eventfn.type.v1.HandlerErrorB\x04\xe2\x41\x01\x03R\x05\x65rror\"\xf1\x04\n\nDeadLetter\x12\x18\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08R\x04name\x12#\n\nmessage_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03R\tmessageId\x12#\n\nevent_json\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03R\teventJson\x12=\n\x08\x61ttempts\x18\x04 \x03(\x0b\x32\x1b.eventfn.retrier.v1.AttemptB\x04\xe2\x41\x01\x03R\x08\x61ttempts\x12)\n\rattempt_count\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03R\x0c\x61ttemptCount\x12!\n\tlast_logs\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03R\x08lastLogs\x12H\n\rlast_requests\x18\x07 \x03(\x0b\x32\x1d.eventfn.type.v1.RequestTraceB\x04\xe2\x41\x01\x03R\x0clastRequests\x12N\n\x12\x66irst_attempt_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x10\x66irstAttemptTime\x12=\n\tdead_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x08\x64\x65\x61\x64Time\x12\x1c\n\x06reason\x18\n \x01(\tB\x04\xe2\x41\x01\x03R\x06reason:{\xea\x41x\n\x16\x65ventfn.dev/DeadLetter\x12\x45workspaces/{workspace}/instances/{instance}/deadLetters/{dead_letter}*\x0b\x64\x65\x61\x64Letters2\ndeadLetter\"\x97\x02\n\x16ListDeadLettersRequest\x12\x37\n\x06parent\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\x12\x16\x65ventfn.dev/DeadLetterR\x06parent\x12?\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01R\tstartTime\x12;\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01R\x07\x65ndTime\x12!\n\tpage_size\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01R\x08pageSize\x12#\n\npage_token\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01R\tpageToken\"\x90\x01\n\x17ListDeadLettersResponse\x12G\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x1e.eventfn.retrier.v1.DeadLetterB\x04\xe2\x41\x01\x03R\x0b\x64\x65\x61\x64Letters\x12,\n\x0fnext_page_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03R\rnextPageToken\"K\n\x14GetDeadLetterRequest\x12\x33\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16\x65ventfn.dev/DeadLetterR\x04name\"^\n\x15GetDeadLetterResponse\x12\x45\n\x0b\x64\x65\x61\x64_letter\x18\x01 \x01(\x0b\x32\x1e.eventfn.retrier.v1.DeadLetterB\x04\xe2\x41\x01\x03R\ndeadLetter\"\xed\x02\n\x18ReplayDeadLettersRequest\x12\x37\n\x06parent\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\x12\x16\x65ventfn.dev/DeadLetterR\x06parent\x12\x35\n\x05names\x18\x02 \x03(\tB\x1f\xe2\x41\x01\x01\xfa\x41\x18\n\x16\x65ventfn.dev/DeadLetterR\x05names\x12?\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01R\tstartTime\x12;\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01R\x07\x65ndTime\x12>\n\x07version\x18\x05 \x01(\tB$\xe2\x41\x01\x01\xfa\x41\x1d\n\x1b\x65ventfn.dev/FunctionVersionR\x07version\x12#\n\nrequest_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01R\trequestId\"=\n\x19ReplayDeadLettersResponse\x12 \n\x08replayed\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x03R\x08replayed\"\xfb\x01\n\x19ReplayDeadLettersMetadata\x12 \n\x08instance\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x08instance\x12\x1a\n\x05total\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x03R\x05total\x12 \n\x08replayed\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03R\x08replayed\x12\x41\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\ncreateTime\x12;\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03R\x07\x65ndTime\"\xc6\x01\n\x17PurgeDeadLettersRequest\x12\x37\n\x06parent\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\x12\x16\x65ventfn.dev/DeadLetterR\x06parent\x12\x35\n\x05names\x18\x02 \x03(\tB\x1f\xe2\x41\x01\x01\xfa\x41\x18\n\x16\x65ventfn.dev/DeadLetterR\x05names\x12;\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01R\x07\x65ndTime\"8\n\x18PurgeDeadLettersResponse\x12\x1c\n\x06purged\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x03R\x06purged2\xe8\x03\n\x07Retrier\x12j\n\x0fListDeadLetters\x12*.eventfn.retrier.v1.ListDeadLettersRequest\x1a+.eventfn.retrier.v1.ListDeadLettersResponse\x12\x64\n\rGetDeadLetter\x12(.eventfn.retrier.v1.GetDeadLetterRequest\x1a).eventfn.retrier.v1.GetDeadLetterResponse\x12\x9b\x01\n\x11ReplayDeadLetters\x12,.eventfn.retrier.v1.ReplayDeadLettersRequest\x1a\x1d.google.longrunning.Operation\"9\xca\x41\x36\n\x19ReplayDeadLettersResponse\x12\x19ReplayDeadLettersMetadata\x12m\n\x10PurgeDeadLetters\x12+.eventfn.retrier.v1.PurgeDeadLettersRequest\x1a,.eventfn.retrier.v1.PurgeDeadLettersResponseBq\n\x16\x64\x65v.eventfn.retrier.v1B\x0cRetrierProtoP\x01Z2eventfn.dev/client/go/eventfn/retrier/v1;retrierv1\xaa\x02\x12\x45ventfn.Retrier.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,26 +37,108 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eventfn_api.retrier.v1.retr
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\026dev.eventfn.retrier.v1B\014RetrierProtoP\001Z2eventfn.dev/client/go/eventfn/retrier/v1;retrierv1\252\002\022Eventfn.Retrier.V1'
-  _globals['_ATTEMPT']._serialized_start=119
-  _globals['_ATTEMPT']._serialized_end=281
-  _globals['_DEADLETTER']._serialized_start=284
-  _globals['_DEADLETTER']._serialized_end=716
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=719
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=950
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=953
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=1085
-  _globals['_GETDEADLETTERREQUEST']._serialized_start=1087
-  _globals['_GETDEADLETTERREQUEST']._serialized_end=1147
-  _globals['_GETDEADLETTERRESPONSE']._serialized_start=1149
-  _globals['_GETDEADLETTERRESPONSE']._serialized_end=1237
-  _globals['_REPLAYDEADLETTERSREQUEST']._serialized_start=1240
-  _globals['_REPLAYDEADLETTERSREQUEST']._serialized_end=1484
-  _globals['_REPLAYDEADLETTERSRESPONSE']._serialized_start=1486
-  _globals['_REPLAYDEADLETTERSRESPONSE']._serialized_end=1541
-  _globals['_PURGEDEADLETTERSREQUEST']._serialized_start=1544
-  _globals['_PURGEDEADLETTERSREQUEST']._serialized_end=1697
-  _globals['_PURGEDEADLETTERSRESPONSE']._serialized_start=1699
-  _globals['_PURGEDEADLETTERSRESPONSE']._serialized_end=1749
-  _globals['_RETRIER']._serialized_start=1752
-  _globals['_RETRIER']._serialized_end=2196
+  _globals['_ATTEMPT'].fields_by_name['time']._loaded_options = None
+  _globals['_ATTEMPT'].fields_by_name['time']._serialized_options = b'\342A\001\003'
+  _globals['_ATTEMPT'].fields_by_name['outcome']._loaded_options = None
+  _globals['_ATTEMPT'].fields_by_name['outcome']._serialized_options = b'\342A\001\003'
+  _globals['_ATTEMPT'].fields_by_name['error']._loaded_options = None
+  _globals['_ATTEMPT'].fields_by_name['error']._serialized_options = b'\342A\001\003'
+  _globals['_DEADLETTER'].fields_by_name['name']._loaded_options = None
+  _globals['_DEADLETTER'].fields_by_name['name']._serialized_options = b'\342A\001\010'
+  _globals['_DEADLETTER'].fields_by_name['message_id']._loaded_options = None
+  _globals['_DEADLETTER'].fields_by_name['message_id']._serialized_options = b'\342A\001\003'
+  _globals['_DEADLETTER'].fields_by_name['event_json']._loaded_options = None
+  _globals['_DEADLETTER'].fields_by_name['event_json']._serialized_options = b'\342A\001\003'
+  _globals['_DEADLETTER'].fields_by_name['attempts']._loaded_options = None
+  _globals['_DEADLETTER'].fields_by_name['attempts']._serialized_options = b'\342A\001\003'
+  _globals['_DEADLETTER'].fields_by_name['attempt_count']._loaded_options = None
+  _globals['_DEADLETTER'].fields_by_name['attempt_count']._serialized_options = b'\342A\001\003'
+  _globals['_DEADLETTER'].fields_by_name['last_logs']._loaded_options = None
+  _globals['_DEADLETTER'].fields_by_name['last_logs']._serialized_options = b'\342A\001\003'
+  _globals['_DEADLETTER'].fields_by_name['last_requests']._loaded_options = None
+  _globals['_DEADLETTER'].fields_by_name['last_requests']._serialized_options = b'\342A\001\003'
+  _globals['_DEADLETTER'].fields_by_name['first_attempt_time']._loaded_options = None
+  _globals['_DEADLETTER'].fields_by_name['first_attempt_time']._serialized_options = b'\342A\001\003'
+  _globals['_DEADLETTER'].fields_by_name['dead_time']._loaded_options = None
+  _globals['_DEADLETTER'].fields_by_name['dead_time']._serialized_options = b'\342A\001\003'
+  _globals['_DEADLETTER'].fields_by_name['reason']._loaded_options = None
+  _globals['_DEADLETTER'].fields_by_name['reason']._serialized_options = b'\342A\001\003'
+  _globals['_DEADLETTER']._loaded_options = None
+  _globals['_DEADLETTER']._serialized_options = b'\352Ax\n\026eventfn.dev/DeadLetter\022Eworkspaces/{workspace}/instances/{instance}/deadLetters/{dead_letter}*\013deadLetters2\ndeadLetter'
+  _globals['_LISTDEADLETTERSREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_LISTDEADLETTERSREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002\372A\030\022\026eventfn.dev/DeadLetter'
+  _globals['_LISTDEADLETTERSREQUEST'].fields_by_name['start_time']._loaded_options = None
+  _globals['_LISTDEADLETTERSREQUEST'].fields_by_name['start_time']._serialized_options = b'\342A\001\001'
+  _globals['_LISTDEADLETTERSREQUEST'].fields_by_name['end_time']._loaded_options = None
+  _globals['_LISTDEADLETTERSREQUEST'].fields_by_name['end_time']._serialized_options = b'\342A\001\001'
+  _globals['_LISTDEADLETTERSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTDEADLETTERSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
+  _globals['_LISTDEADLETTERSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTDEADLETTERSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_LISTDEADLETTERSRESPONSE'].fields_by_name['dead_letters']._loaded_options = None
+  _globals['_LISTDEADLETTERSRESPONSE'].fields_by_name['dead_letters']._serialized_options = b'\342A\001\003'
+  _globals['_LISTDEADLETTERSRESPONSE'].fields_by_name['next_page_token']._loaded_options = None
+  _globals['_LISTDEADLETTERSRESPONSE'].fields_by_name['next_page_token']._serialized_options = b'\342A\001\003'
+  _globals['_GETDEADLETTERREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_GETDEADLETTERREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\030\n\026eventfn.dev/DeadLetter'
+  _globals['_GETDEADLETTERRESPONSE'].fields_by_name['dead_letter']._loaded_options = None
+  _globals['_GETDEADLETTERRESPONSE'].fields_by_name['dead_letter']._serialized_options = b'\342A\001\003'
+  _globals['_REPLAYDEADLETTERSREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_REPLAYDEADLETTERSREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002\372A\030\022\026eventfn.dev/DeadLetter'
+  _globals['_REPLAYDEADLETTERSREQUEST'].fields_by_name['names']._loaded_options = None
+  _globals['_REPLAYDEADLETTERSREQUEST'].fields_by_name['names']._serialized_options = b'\342A\001\001\372A\030\n\026eventfn.dev/DeadLetter'
+  _globals['_REPLAYDEADLETTERSREQUEST'].fields_by_name['start_time']._loaded_options = None
+  _globals['_REPLAYDEADLETTERSREQUEST'].fields_by_name['start_time']._serialized_options = b'\342A\001\001'
+  _globals['_REPLAYDEADLETTERSREQUEST'].fields_by_name['end_time']._loaded_options = None
+  _globals['_REPLAYDEADLETTERSREQUEST'].fields_by_name['end_time']._serialized_options = b'\342A\001\001'
+  _globals['_REPLAYDEADLETTERSREQUEST'].fields_by_name['version']._loaded_options = None
+  _globals['_REPLAYDEADLETTERSREQUEST'].fields_by_name['version']._serialized_options = b'\342A\001\001\372A\035\n\033eventfn.dev/FunctionVersion'
+  _globals['_REPLAYDEADLETTERSREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_REPLAYDEADLETTERSREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_REPLAYDEADLETTERSRESPONSE'].fields_by_name['replayed']._loaded_options = None
+  _globals['_REPLAYDEADLETTERSRESPONSE'].fields_by_name['replayed']._serialized_options = b'\342A\001\003'
+  _globals['_REPLAYDEADLETTERSMETADATA'].fields_by_name['instance']._loaded_options = None
+  _globals['_REPLAYDEADLETTERSMETADATA'].fields_by_name['instance']._serialized_options = b'\342A\001\003'
+  _globals['_REPLAYDEADLETTERSMETADATA'].fields_by_name['total']._loaded_options = None
+  _globals['_REPLAYDEADLETTERSMETADATA'].fields_by_name['total']._serialized_options = b'\342A\001\003'
+  _globals['_REPLAYDEADLETTERSMETADATA'].fields_by_name['replayed']._loaded_options = None
+  _globals['_REPLAYDEADLETTERSMETADATA'].fields_by_name['replayed']._serialized_options = b'\342A\001\003'
+  _globals['_REPLAYDEADLETTERSMETADATA'].fields_by_name['create_time']._loaded_options = None
+  _globals['_REPLAYDEADLETTERSMETADATA'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_REPLAYDEADLETTERSMETADATA'].fields_by_name['end_time']._loaded_options = None
+  _globals['_REPLAYDEADLETTERSMETADATA'].fields_by_name['end_time']._serialized_options = b'\342A\001\003'
+  _globals['_PURGEDEADLETTERSREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_PURGEDEADLETTERSREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002\372A\030\022\026eventfn.dev/DeadLetter'
+  _globals['_PURGEDEADLETTERSREQUEST'].fields_by_name['names']._loaded_options = None
+  _globals['_PURGEDEADLETTERSREQUEST'].fields_by_name['names']._serialized_options = b'\342A\001\001\372A\030\n\026eventfn.dev/DeadLetter'
+  _globals['_PURGEDEADLETTERSREQUEST'].fields_by_name['end_time']._loaded_options = None
+  _globals['_PURGEDEADLETTERSREQUEST'].fields_by_name['end_time']._serialized_options = b'\342A\001\001'
+  _globals['_PURGEDEADLETTERSRESPONSE'].fields_by_name['purged']._loaded_options = None
+  _globals['_PURGEDEADLETTERSRESPONSE'].fields_by_name['purged']._serialized_options = b'\342A\001\003'
+  _globals['_RETRIER'].methods_by_name['ReplayDeadLetters']._loaded_options = None
+  _globals['_RETRIER'].methods_by_name['ReplayDeadLetters']._serialized_options = b'\312A6\n\031ReplayDeadLettersResponse\022\031ReplayDeadLettersMetadata'
+  _globals['_ATTEMPT']._serialized_start=216
+  _globals['_ATTEMPT']._serialized_end=396
+  _globals['_DEADLETTER']._serialized_start=399
+  _globals['_DEADLETTER']._serialized_end=1024
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=1027
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=1306
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=1309
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=1453
+  _globals['_GETDEADLETTERREQUEST']._serialized_start=1455
+  _globals['_GETDEADLETTERREQUEST']._serialized_end=1530
+  _globals['_GETDEADLETTERRESPONSE']._serialized_start=1532
+  _globals['_GETDEADLETTERRESPONSE']._serialized_end=1626
+  _globals['_REPLAYDEADLETTERSREQUEST']._serialized_start=1629
+  _globals['_REPLAYDEADLETTERSREQUEST']._serialized_end=1994
+  _globals['_REPLAYDEADLETTERSRESPONSE']._serialized_start=1996
+  _globals['_REPLAYDEADLETTERSRESPONSE']._serialized_end=2057
+  _globals['_REPLAYDEADLETTERSMETADATA']._serialized_start=2060
+  _globals['_REPLAYDEADLETTERSMETADATA']._serialized_end=2311
+  _globals['_PURGEDEADLETTERSREQUEST']._serialized_start=2314
+  _globals['_PURGEDEADLETTERSREQUEST']._serialized_end=2512
+  _globals['_PURGEDEADLETTERSRESPONSE']._serialized_start=2514
+  _globals['_PURGEDEADLETTERSRESPONSE']._serialized_end=2570
+  _globals['_RETRIER']._serialized_start=2573
+  _globals['_RETRIER']._serialized_end=3061
 # @@protoc_insertion_point(module_scope)

@@ -62,24 +62,24 @@ class DeadLetter(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    ID_FIELD_NUMBER: _builtins.int
-    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     EVENT_JSON_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    ATTEMPT_COUNT_FIELD_NUMBER: _builtins.int
     LAST_LOGS_FIELD_NUMBER: _builtins.int
     LAST_REQUESTS_FIELD_NUMBER: _builtins.int
     FIRST_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     DEAD_TIME_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
-    id: _builtins.str
-    """The dead letter's id: `<stream sequence>.<index in its pack>`."""
-    instance_id: _builtins.str
-    """The instance it was for."""
+    name: _builtins.str
+    """The resource name; the last segment is `<stream sequence>.<index in its pack>`."""
     message_id: _builtins.str
     """The event's messageId."""
     event_json: _builtins.str
     """The event, as JSON text."""
+    attempt_count: _builtins.int
+    """How many attempts were made in all."""
     last_logs: _builtins.str
     """Console output of the last attempt, secrets redacted."""
     reason: _builtins.str
@@ -88,7 +88,9 @@ class DeadLetter(_message.Message):
     """
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
-        """Every attempt, oldest first; the last one's error carries its stack."""
+        """The last attempts, oldest first, at most 20 (attempt_count says how many there were);
+        the last one's error carries its stack.
+        """
 
     @_builtins.property
     def last_requests(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.RequestTrace]:
@@ -105,11 +107,11 @@ class DeadLetter(_message.Message):
     def __init__(
         self,
         *,
-        id: _builtins.str = ...,
-        instance_id: _builtins.str = ...,
+        name: _builtins.str = ...,
         message_id: _builtins.str = ...,
         event_json: _builtins.str = ...,
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
+        attempt_count: _builtins.int = ...,
         last_logs: _builtins.str = ...,
         last_requests: _abc.Iterable[_types_pb2.RequestTrace] | None = ...,
         first_attempt_time: _timestamp_pb2.Timestamp | None = ...,
@@ -118,7 +120,7 @@ class DeadLetter(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dead_time", b"dead_time", "first_attempt_time", b"first_attempt_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "dead_time", b"dead_time", "event_json", b"event_json", "first_attempt_time", b"first_attempt_time", "id", b"id", "instance_id", b"instance_id", "last_logs", b"last_logs", "last_requests", b"last_requests", "message_id", b"message_id", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "attempts", b"attempts", "dead_time", b"dead_time", "event_json", b"event_json", "first_attempt_time", b"first_attempt_time", "last_logs", b"last_logs", "last_requests", b"last_requests", "message_id", b"message_id", "name", b"name", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -130,13 +132,13 @@ class ListDeadLettersRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
-    instance_id: _builtins.str
-    """The instance id."""
+    parent: _builtins.str
+    """The instance, "workspaces/{workspace}/instances/{instance}"."""
     page_size: _builtins.int
     """Maximum dead letters to return, 1..500 (default 50)."""
     page_token: _builtins.str
@@ -152,7 +154,7 @@ class ListDeadLettersRequest(_message.Message):
     def __init__(
         self,
         *,
-        instance_id: _builtins.str = ...,
+        parent: _builtins.str = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         page_size: _builtins.int = ...,
@@ -160,7 +162,7 @@ class ListDeadLettersRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "instance_id", b"instance_id", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -200,17 +202,17 @@ class GetDeadLetterRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    DEAD_LETTER_ID_FIELD_NUMBER: _builtins.int
-    dead_letter_id: _builtins.str
-    """The dead letter's id."""
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The dead letter's name."""
     def __init__(
         self,
         *,
-        dead_letter_id: _builtins.str = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter_id", b"dead_letter_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -246,18 +248,27 @@ class ReplayDeadLettersRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    INSTANCE_ID_FIELD_NUMBER: _builtins.int
-    DEAD_LETTER_IDS_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
-    VERSION_ID_FIELD_NUMBER: _builtins.int
-    instance_id: _builtins.str
+    VERSION_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
     """The instance whose dead letters to replay."""
-    version_id: _builtins.str
-    """Run them on this version of the instance's function; empty for the deployed one."""
+    version: _builtins.str
+    """Run them on this version of the instance's function (its name); empty for the deployed
+    one.
+    """
+    request_id: _builtins.str
+    """A UUID the client makes once per replay and sends again with every retry of it
+    (AIP-155): a retry within 24 hours answers the same operation instead of replaying
+    again. Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or when it was
+    used for a different request.
+    """
     @_builtins.property
-    def dead_letter_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The dead letters to replay; empty means all of the instance in the time range."""
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The dead letters to replay (names); empty means all of the instance in the time range."""
 
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
@@ -270,15 +281,16 @@ class ReplayDeadLettersRequest(_message.Message):
     def __init__(
         self,
         *,
-        instance_id: _builtins.str = ...,
-        dead_letter_ids: _abc.Iterable[_builtins.str] | None = ...,
+        parent: _builtins.str = ...,
+        names: _abc.Iterable[_builtins.str] | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
-        version_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter_ids", b"dead_letter_ids", "end_time", b"end_time", "instance_id", b"instance_id", "start_time", b"start_time", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "names", b"names", "parent", b"parent", "request_id", b"request_id", "start_time", b"start_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -286,7 +298,7 @@ Global___ReplayDeadLettersRequest: _TypeAlias = ReplayDeadLettersRequest  # noqa
 
 @_typing.final
 class ReplayDeadLettersResponse(_message.Message):
-    """Response of ReplayDeadLetters."""
+    """The result of a finished ReplayDeadLetters operation (its Operation.response)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -307,34 +319,76 @@ class ReplayDeadLettersResponse(_message.Message):
 Global___ReplayDeadLettersResponse: _TypeAlias = ReplayDeadLettersResponse  # noqa: Y015
 
 @_typing.final
+class ReplayDeadLettersMetadata(_message.Message):
+    """The progress of a ReplayDeadLetters operation (its Operation.metadata)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    instance: _builtins.str
+    """The instance replayed to."""
+    total: _builtins.int
+    """How many dead letters were chosen."""
+    replayed: _builtins.int
+    """How many were sent back so far."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the operation started."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it finished; unset while it runs."""
+
+    def __init__(
+        self,
+        *,
+        instance: _builtins.str = ...,
+        total: _builtins.int = ...,
+        replayed: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "instance", b"instance", "replayed", b"replayed", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayDeadLettersMetadata: _TypeAlias = ReplayDeadLettersMetadata  # noqa: Y015
+
+@_typing.final
 class PurgeDeadLettersRequest(_message.Message):
     """Request of PurgeDeadLetters."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    INSTANCE_ID_FIELD_NUMBER: _builtins.int
-    DEAD_LETTER_IDS_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
-    instance_id: _builtins.str
+    parent: _builtins.str
     """The instance whose dead letters to delete."""
     @_builtins.property
-    def dead_letter_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The dead letters to delete; empty means all of the instance before end_time."""
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The dead letters to delete (names); empty means all of the instance before end_time."""
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """With no ids: delete those before this time (default: all)."""
+        """With no names: delete those before this time (default: all)."""
 
     def __init__(
         self,
         *,
-        instance_id: _builtins.str = ...,
-        dead_letter_ids: _abc.Iterable[_builtins.str] | None = ...,
+        parent: _builtins.str = ...,
+        names: _abc.Iterable[_builtins.str] | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter_ids", b"dead_letter_ids", "end_time", b"end_time", "instance_id", b"instance_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "names", b"names", "parent", b"parent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from eventfn_api.retrier.v1 import retrier_pb2 as eventfn_dot_retrier_dot_v1_dot_retrier__pb2
+from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -28,7 +29,13 @@ if _version_not_supported:
 class RetrierStub:
     """The retrier. Calls need `authorization: Bearer <token>` metadata of a workspace member:
     reads need read access to the instance's function, replay and purge need Source Admin of
-    its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry.
+    its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry; a required
+    name left empty, or not of the expected form, is INVALID_ARGUMENT naming it. Dead letters
+    are named `workspaces/{workspace}/instances/{instance}/deadLetters/{dead_letter}`.
+    Page tokens are opaque, signed and bound to the list and its filters.
+    The retrier also serves google.longrunning.Operations for the replays it runs: GetOperation,
+    ListOperations (name: "workspaces/{workspace}/operations"), WaitOperation and
+    DeleteOperation, with the caller's token (an operation of another workspace is NOT_FOUND).
     A string field (also one nested in a Struct, a list or a map) holding NUL or another
     control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
     naming the field, before anything is done. An unexpected failure is INTERNAL with a
@@ -55,7 +62,7 @@ class RetrierStub:
         self.ReplayDeadLetters = channel.unary_unary(
                 '/eventfn.retrier.v1.Retrier/ReplayDeadLetters',
                 request_serializer=eventfn_dot_retrier_dot_v1_dot_retrier__pb2.ReplayDeadLettersRequest.SerializeToString,
-                response_deserializer=eventfn_dot_retrier_dot_v1_dot_retrier__pb2.ReplayDeadLettersResponse.FromString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
         self.PurgeDeadLetters = channel.unary_unary(
                 '/eventfn.retrier.v1.Retrier/PurgeDeadLetters',
@@ -67,7 +74,13 @@ class RetrierStub:
 class RetrierServicer:
     """The retrier. Calls need `authorization: Bearer <token>` metadata of a workspace member:
     reads need read access to the instance's function, replay and purge need Source Admin of
-    its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry.
+    its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry; a required
+    name left empty, or not of the expected form, is INVALID_ARGUMENT naming it. Dead letters
+    are named `workspaces/{workspace}/instances/{instance}/deadLetters/{dead_letter}`.
+    Page tokens are opaque, signed and bound to the list and its filters.
+    The retrier also serves google.longrunning.Operations for the replays it runs: GetOperation,
+    ListOperations (name: "workspaces/{workspace}/operations"), WaitOperation and
+    DeleteOperation, with the caller's token (an operation of another workspace is NOT_FOUND).
     A string field (also one nested in a Struct, a list or a map) holding NUL or another
     control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
     naming the field, before anything is done. An unexpected failure is INTERNAL with a
@@ -83,28 +96,36 @@ class RetrierServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetDeadLetter(self, request, context):
-        """Get one dead letter with its full history. NOT_FOUND, word for word as for an id that
-        was never used, for a letter of another workspace or of an instance the caller cannot see.
+        """Get one dead letter with its history. NOT_FOUND, word for word as for a name that was
+        never used, for a letter of another workspace or of an instance the caller cannot see.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReplayDeadLetters(self, request, context):
-        """Send dead letters back to their instance: one, a filtered set, or all of an instance,
-        optionally on another version of its function. Audited. FAILED_PRECONDITION when the
-        instance or function no longer exists. A replayed letter leaves DEAD once its event is
-        stored for the instance, so it is replayed once (should it fail again, it comes back as a
-        new letter); the other letters of its pack stay, under new ids. A call that fails midway
-        may leave some replayed letters listed: calling again does not send them twice (within
-        10 minutes).
+        """Send dead letters back to their instance: some, or all of the instance in a time range,
+        optionally on another version of its function. A long-running operation (AIP-151): the
+        answer is an Operation named `workspaces/{workspace}/operations/{operation}` whose
+        metadata (ReplayDeadLettersMetadata) counts progress and whose response is a
+        ReplayDeadLettersResponse; poll it with GetOperation or WaitOperation. Audited.
+        Checked before the operation starts: FAILED_PRECONDITION when the instance or function
+        no longer exists or the instance is disabled; NOT_FOUND naming a listed letter that is
+        not the instance's (another instance's, already replayed or purged, or never used):
+        nothing is replayed then. A replayed letter leaves DEAD once its event is stored for the
+        instance, so it is replayed once (should it fail again, it comes back as a new letter);
+        the other letters of its pack stay, under new names. With the same request_id, a retry
+        answers the same operation instead of replaying again.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PurgeDeadLetters(self, request, context):
-        """Delete dead letters of an instance: one, or all before a time. Audited.
+        """Delete dead letters of an instance: some, or all before a time. Audited. NOT_FOUND
+        naming a listed letter that is not the instance's; nothing is deleted then.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,7 +147,7 @@ def add_RetrierServicer_to_server(servicer, server):
             'ReplayDeadLetters': grpc.unary_unary_rpc_method_handler(
                     servicer.ReplayDeadLetters,
                     request_deserializer=eventfn_dot_retrier_dot_v1_dot_retrier__pb2.ReplayDeadLettersRequest.FromString,
-                    response_serializer=eventfn_dot_retrier_dot_v1_dot_retrier__pb2.ReplayDeadLettersResponse.SerializeToString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
             'PurgeDeadLetters': grpc.unary_unary_rpc_method_handler(
                     servicer.PurgeDeadLetters,
@@ -144,7 +165,13 @@ def add_RetrierServicer_to_server(servicer, server):
 class Retrier:
     """The retrier. Calls need `authorization: Bearer <token>` metadata of a workspace member:
     reads need read access to the instance's function, replay and purge need Source Admin of
-    its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry.
+    its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry; a required
+    name left empty, or not of the expected form, is INVALID_ARGUMENT naming it. Dead letters
+    are named `workspaces/{workspace}/instances/{instance}/deadLetters/{dead_letter}`.
+    Page tokens are opaque, signed and bound to the list and its filters.
+    The retrier also serves google.longrunning.Operations for the replays it runs: GetOperation,
+    ListOperations (name: "workspaces/{workspace}/operations"), WaitOperation and
+    DeleteOperation, with the caller's token (an operation of another workspace is NOT_FOUND).
     A string field (also one nested in a Struct, a list or a map) holding NUL or another
     control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
     naming the field, before anything is done. An unexpected failure is INTERNAL with a
@@ -222,7 +249,7 @@ class Retrier:
             target,
             '/eventfn.retrier.v1.Retrier/ReplayDeadLetters',
             eventfn_dot_retrier_dot_v1_dot_retrier__pb2.ReplayDeadLettersRequest.SerializeToString,
-            eventfn_dot_retrier_dot_v1_dot_retrier__pb2.ReplayDeadLettersResponse.FromString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,
             insecure,

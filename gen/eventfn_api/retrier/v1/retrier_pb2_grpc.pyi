@@ -5,6 +5,7 @@ The retrier: retries with randomized exponential backoff, dead letters and repla
 
 from collections import abc as _abc
 from eventfn_api.retrier.v1 import retrier_pb2 as _retrier_pb2
+from google.longrunning import operations_pb2 as _operations_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -29,7 +30,13 @@ GRPC_VERSION: str
 class RetrierStub:
     """The retrier. Calls need `authorization: Bearer <token>` metadata of a workspace member:
     reads need read access to the instance's function, replay and purge need Source Admin of
-    its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry.
+    its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry; a required
+    name left empty, or not of the expected form, is INVALID_ARGUMENT naming it. Dead letters
+    are named `workspaces/{workspace}/instances/{instance}/deadLetters/{dead_letter}`.
+    Page tokens are opaque, signed and bound to the list and its filters.
+    The retrier also serves google.longrunning.Operations for the replays it runs: GetOperation,
+    ListOperations (name: "workspaces/{workspace}/operations"), WaitOperation and
+    DeleteOperation, with the caller's token (an operation of another workspace is NOT_FOUND).
     A string field (also one nested in a Struct, a list or a map) holding NUL or another
     control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
     naming the field, before anything is done. An unexpected failure is INTERNAL with a
@@ -44,26 +51,41 @@ class RetrierStub:
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_retrier_pb2.ListDeadLettersRequest, _retrier_pb2.ListDeadLettersResponse]
     """List dead letters of an instance in a time range, newest first."""
     GetDeadLetter: _grpc.UnaryUnaryMultiCallable[_retrier_pb2.GetDeadLetterRequest, _retrier_pb2.GetDeadLetterResponse]
-    """Get one dead letter with its full history. NOT_FOUND, word for word as for an id that
-    was never used, for a letter of another workspace or of an instance the caller cannot see.
+    """Get one dead letter with its history. NOT_FOUND, word for word as for a name that was
+    never used, for a letter of another workspace or of an instance the caller cannot see.
     """
-    ReplayDeadLetters: _grpc.UnaryUnaryMultiCallable[_retrier_pb2.ReplayDeadLettersRequest, _retrier_pb2.ReplayDeadLettersResponse]
-    """Send dead letters back to their instance: one, a filtered set, or all of an instance,
-    optionally on another version of its function. Audited. FAILED_PRECONDITION when the
-    instance or function no longer exists. A replayed letter leaves DEAD once its event is
-    stored for the instance, so it is replayed once (should it fail again, it comes back as a
-    new letter); the other letters of its pack stay, under new ids. A call that fails midway
-    may leave some replayed letters listed: calling again does not send them twice (within
-    10 minutes).
+    ReplayDeadLetters: _grpc.UnaryUnaryMultiCallable[_retrier_pb2.ReplayDeadLettersRequest, _operations_pb2.Operation]
+    """Send dead letters back to their instance: some, or all of the instance in a time range,
+    optionally on another version of its function. A long-running operation (AIP-151): the
+    answer is an Operation named `workspaces/{workspace}/operations/{operation}` whose
+    metadata (ReplayDeadLettersMetadata) counts progress and whose response is a
+    ReplayDeadLettersResponse; poll it with GetOperation or WaitOperation. Audited.
+    Checked before the operation starts: FAILED_PRECONDITION when the instance or function
+    no longer exists or the instance is disabled; NOT_FOUND naming a listed letter that is
+    not the instance's (another instance's, already replayed or purged, or never used):
+    nothing is replayed then. A replayed letter leaves DEAD once its event is stored for the
+    instance, so it is replayed once (should it fail again, it comes back as a new letter);
+    the other letters of its pack stay, under new names. With the same request_id, a retry
+    answers the same operation instead of replaying again.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
     PurgeDeadLetters: _grpc.UnaryUnaryMultiCallable[_retrier_pb2.PurgeDeadLettersRequest, _retrier_pb2.PurgeDeadLettersResponse]
-    """Delete dead letters of an instance: one, or all before a time. Audited."""
+    """Delete dead letters of an instance: some, or all before a time. Audited. NOT_FOUND
+    naming a listed letter that is not the instance's; nothing is deleted then.
+    """
 
 @_typing.type_check_only
 class RetrierAsyncStub(RetrierStub):
     """The retrier. Calls need `authorization: Bearer <token>` metadata of a workspace member:
     reads need read access to the instance's function, replay and purge need Source Admin of
-    its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry.
+    its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry; a required
+    name left empty, or not of the expected form, is INVALID_ARGUMENT naming it. Dead letters
+    are named `workspaces/{workspace}/instances/{instance}/deadLetters/{dead_letter}`.
+    Page tokens are opaque, signed and bound to the list and its filters.
+    The retrier also serves google.longrunning.Operations for the replays it runs: GetOperation,
+    ListOperations (name: "workspaces/{workspace}/operations"), WaitOperation and
+    DeleteOperation, with the caller's token (an operation of another workspace is NOT_FOUND).
     A string field (also one nested in a Struct, a list or a map) holding NUL or another
     control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
     naming the field, before anything is done. An unexpected failure is INTERNAL with a
@@ -75,25 +97,40 @@ class RetrierAsyncStub(RetrierStub):
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_retrier_pb2.ListDeadLettersRequest, _retrier_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
     """List dead letters of an instance in a time range, newest first."""
     GetDeadLetter: _aio.UnaryUnaryMultiCallable[_retrier_pb2.GetDeadLetterRequest, _retrier_pb2.GetDeadLetterResponse]  # type: ignore[assignment]
-    """Get one dead letter with its full history. NOT_FOUND, word for word as for an id that
-    was never used, for a letter of another workspace or of an instance the caller cannot see.
+    """Get one dead letter with its history. NOT_FOUND, word for word as for a name that was
+    never used, for a letter of another workspace or of an instance the caller cannot see.
     """
-    ReplayDeadLetters: _aio.UnaryUnaryMultiCallable[_retrier_pb2.ReplayDeadLettersRequest, _retrier_pb2.ReplayDeadLettersResponse]  # type: ignore[assignment]
-    """Send dead letters back to their instance: one, a filtered set, or all of an instance,
-    optionally on another version of its function. Audited. FAILED_PRECONDITION when the
-    instance or function no longer exists. A replayed letter leaves DEAD once its event is
-    stored for the instance, so it is replayed once (should it fail again, it comes back as a
-    new letter); the other letters of its pack stay, under new ids. A call that fails midway
-    may leave some replayed letters listed: calling again does not send them twice (within
-    10 minutes).
+    ReplayDeadLetters: _aio.UnaryUnaryMultiCallable[_retrier_pb2.ReplayDeadLettersRequest, _operations_pb2.Operation]  # type: ignore[assignment]
+    """Send dead letters back to their instance: some, or all of the instance in a time range,
+    optionally on another version of its function. A long-running operation (AIP-151): the
+    answer is an Operation named `workspaces/{workspace}/operations/{operation}` whose
+    metadata (ReplayDeadLettersMetadata) counts progress and whose response is a
+    ReplayDeadLettersResponse; poll it with GetOperation or WaitOperation. Audited.
+    Checked before the operation starts: FAILED_PRECONDITION when the instance or function
+    no longer exists or the instance is disabled; NOT_FOUND naming a listed letter that is
+    not the instance's (another instance's, already replayed or purged, or never used):
+    nothing is replayed then. A replayed letter leaves DEAD once its event is stored for the
+    instance, so it is replayed once (should it fail again, it comes back as a new letter);
+    the other letters of its pack stay, under new names. With the same request_id, a retry
+    answers the same operation instead of replaying again.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
     PurgeDeadLetters: _aio.UnaryUnaryMultiCallable[_retrier_pb2.PurgeDeadLettersRequest, _retrier_pb2.PurgeDeadLettersResponse]  # type: ignore[assignment]
-    """Delete dead letters of an instance: one, or all before a time. Audited."""
+    """Delete dead letters of an instance: some, or all before a time. Audited. NOT_FOUND
+    naming a listed letter that is not the instance's; nothing is deleted then.
+    """
 
 class RetrierServicer(metaclass=_abc_1.ABCMeta):
     """The retrier. Calls need `authorization: Bearer <token>` metadata of a workspace member:
     reads need read access to the instance's function, replay and purge need Source Admin of
-    its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry.
+    its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry; a required
+    name left empty, or not of the expected form, is INVALID_ARGUMENT naming it. Dead letters
+    are named `workspaces/{workspace}/instances/{instance}/deadLetters/{dead_letter}`.
+    Page tokens are opaque, signed and bound to the list and its filters.
+    The retrier also serves google.longrunning.Operations for the replays it runs: GetOperation,
+    ListOperations (name: "workspaces/{workspace}/operations"), WaitOperation and
+    DeleteOperation, with the caller's token (an operation of another workspace is NOT_FOUND).
     A string field (also one nested in a Struct, a list or a map) holding NUL or another
     control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
     naming the field, before anything is done. An unexpected failure is INTERNAL with a
@@ -115,8 +152,8 @@ class RetrierServicer(metaclass=_abc_1.ABCMeta):
         request: _retrier_pb2.GetDeadLetterRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_retrier_pb2.GetDeadLetterResponse, _abc.Awaitable[_retrier_pb2.GetDeadLetterResponse]]:
-        """Get one dead letter with its full history. NOT_FOUND, word for word as for an id that
-        was never used, for a letter of another workspace or of an instance the caller cannot see.
+        """Get one dead letter with its history. NOT_FOUND, word for word as for a name that was
+        never used, for a letter of another workspace or of an instance the caller cannot see.
         """
 
     @_abc_1.abstractmethod
@@ -124,14 +161,21 @@ class RetrierServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _retrier_pb2.ReplayDeadLettersRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_retrier_pb2.ReplayDeadLettersResponse, _abc.Awaitable[_retrier_pb2.ReplayDeadLettersResponse]]:
-        """Send dead letters back to their instance: one, a filtered set, or all of an instance,
-        optionally on another version of its function. Audited. FAILED_PRECONDITION when the
-        instance or function no longer exists. A replayed letter leaves DEAD once its event is
-        stored for the instance, so it is replayed once (should it fail again, it comes back as a
-        new letter); the other letters of its pack stay, under new ids. A call that fails midway
-        may leave some replayed letters listed: calling again does not send them twice (within
-        10 minutes).
+    ) -> _typing.Union[_operations_pb2.Operation, _abc.Awaitable[_operations_pb2.Operation]]:
+        """Send dead letters back to their instance: some, or all of the instance in a time range,
+        optionally on another version of its function. A long-running operation (AIP-151): the
+        answer is an Operation named `workspaces/{workspace}/operations/{operation}` whose
+        metadata (ReplayDeadLettersMetadata) counts progress and whose response is a
+        ReplayDeadLettersResponse; poll it with GetOperation or WaitOperation. Audited.
+        Checked before the operation starts: FAILED_PRECONDITION when the instance or function
+        no longer exists or the instance is disabled; NOT_FOUND naming a listed letter that is
+        not the instance's (another instance's, already replayed or purged, or never used):
+        nothing is replayed then. A replayed letter leaves DEAD once its event is stored for the
+        instance, so it is replayed once (should it fail again, it comes back as a new letter);
+        the other letters of its pack stay, under new names. With the same request_id, a retry
+        answers the same operation instead of replaying again.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
 
     @_abc_1.abstractmethod
@@ -140,6 +184,8 @@ class RetrierServicer(metaclass=_abc_1.ABCMeta):
         request: _retrier_pb2.PurgeDeadLettersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_retrier_pb2.PurgeDeadLettersResponse, _abc.Awaitable[_retrier_pb2.PurgeDeadLettersResponse]]:
-        """Delete dead letters of an instance: one, or all before a time. Audited."""
+        """Delete dead letters of an instance: some, or all before a time. Audited. NOT_FOUND
+        naming a listed letter that is not the instance's; nothing is deleted then.
+        """
 
 def add_RetrierServicer_to_server(servicer: RetrierServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

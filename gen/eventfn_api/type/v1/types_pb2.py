@@ -22,9 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65ventfn/type/v1/types.proto\x12\x0f\x65ventfn.type.v1\"\xcb\x01\n\x11SettingDefinition\x12\x14\n\x05label\x18\x01 \x01(\tR\x05label\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x30\n\x04type\x18\x03 \x01(\x0e\x32\x1c.eventfn.type.v1.SettingTypeR\x04type\x12 \n\x0b\x64\x65scription\x18\x04 \x01(\tR\x0b\x64\x65scription\x12\x1a\n\x08required\x18\x05 \x01(\x08R\x08required\x12\x1c\n\tencrypted\x18\x06 \x01(\x08R\tencrypted\"R\n\x0cHandlerError\x12\x12\n\x04type\x18\x01 \x01(\tR\x04type\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12\x14\n\x05stack\x18\x03 \x01(\tR\x05stack\"2\n\x06Header\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value\"\xd5\x02\n\x0cRequestTrace\x12\x16\n\x06method\x18\x01 \x01(\tR\x06method\x12\x10\n\x03url\x18\x02 \x01(\tR\x03url\x12@\n\x0frequest_headers\x18\x03 \x03(\x0b\x32\x17.eventfn.type.v1.HeaderR\x0erequestHeaders\x12!\n\x0crequest_body\x18\x04 \x01(\tR\x0brequestBody\x12\x16\n\x06status\x18\x05 \x01(\x05R\x06status\x12\x42\n\x10response_headers\x18\x06 \x03(\x0b\x32\x17.eventfn.type.v1.HeaderR\x0fresponseHeaders\x12#\n\rresponse_body\x18\x07 \x01(\tR\x0cresponseBody\x12\x14\n\x05\x65rror\x18\x08 \x01(\tR\x05\x65rror\x12\x1f\n\x0b\x64uration_ms\x18\t \x01(\x01R\ndurationMs*\x98\x01\n\x0bSettingType\x12\x1c\n\x18SETTING_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13SETTING_TYPE_STRING\x10\x01\x12\x18\n\x14SETTING_TYPE_BOOLEAN\x10\x02\x12\x19\n\x15SETTING_TYPE_TEXT_MAP\x10\x03\x12\x1d\n\x19SETTING_TYPE_STRING_ARRAY\x10\x04*\xa8\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_DELIVERED\x10\x01\x12\x11\n\rOUTCOME_RETRY\x10\x02\x12\x15\n\x11OUTCOME_DISCARDED\x10\x03\x12\x12\n\x0eOUTCOME_FAILED\x10\x04\x12\x14\n\x10OUTCOME_FILTERED\x10\x05\x12\x19\n\x15OUTCOME_DEAD_LETTERED\x10\x06\x42\x63\n\x13\x64\x65v.eventfn.type.v1B\nTypesProtoP\x01Z,eventfn.dev/client/go/eventfn/type/v1;typev1\xaa\x02\x0f\x45ventfn.Type.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65ventfn/type/v1/types.proto\x12\x0f\x65ventfn.type.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\"\xef\x01\n\x11SettingDefinition\x12\x1a\n\x05label\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01R\x05label\x12\x18\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\x04name\x12\x36\n\x04type\x18\x03 \x01(\x0e\x32\x1c.eventfn.type.v1.SettingTypeB\x04\xe2\x41\x01\x02R\x04type\x12&\n\x0b\x64\x65scription\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01R\x0b\x64\x65scription\x12 \n\x08required\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x01R\x08required\x12\"\n\tencrypted\x18\x06 \x01(\x08\x42\x04\xe2\x41\x01\x01R\tencrypted\"d\n\x0cHandlerError\x12\x18\n\x04type\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x04type\x12\x1e\n\x07message\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03R\x07message\x12\x1a\n\x05stack\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03R\x05stack\">\n\x06Header\x12\x18\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x04name\x12\x1a\n\x05value\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03R\x05value\"\xa1\x03\n\x0cRequestTrace\x12\x1c\n\x06method\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03R\x06method\x12\x16\n\x03url\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03R\x03url\x12\x46\n\x0frequest_headers\x18\x03 \x03(\x0b\x32\x17.eventfn.type.v1.HeaderB\x04\xe2\x41\x01\x03R\x0erequestHeaders\x12\'\n\x0crequest_body\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03R\x0brequestBody\x12\x1c\n\x06status\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03R\x06status\x12H\n\x10response_headers\x18\x06 \x03(\x0b\x32\x17.eventfn.type.v1.HeaderB\x04\xe2\x41\x01\x03R\x0fresponseHeaders\x12)\n\rresponse_body\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03R\x0cresponseBody\x12\x1a\n\x05\x65rror\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03R\x05\x65rror\x12;\n\x08\x64uration\x18\t \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x03R\x08\x64uration*\x98\x01\n\x0bSettingType\x12\x1c\n\x18SETTING_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13SETTING_TYPE_STRING\x10\x01\x12\x18\n\x14SETTING_TYPE_BOOLEAN\x10\x02\x12\x19\n\x15SETTING_TYPE_TEXT_MAP\x10\x03\x12\x1d\n\x19SETTING_TYPE_STRING_ARRAY\x10\x04*\xa8\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_DELIVERED\x10\x01\x12\x11\n\rOUTCOME_RETRY\x10\x02\x12\x15\n\x11OUTCOME_DISCARDED\x10\x03\x12\x12\n\x0eOUTCOME_FAILED\x10\x04\x12\x14\n\x10OUTCOME_FILTERED\x10\x05\x12\x19\n\x15OUTCOME_DEAD_LETTERED\x10\x06\x42\x63\n\x13\x64\x65v.eventfn.type.v1B\nTypesProtoP\x01Z,eventfn.dev/client/go/eventfn/type/v1;typev1\xaa\x02\x0f\x45ventfn.Type.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,16 +34,56 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eventfn_api.type.v1.types_p
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\023dev.eventfn.type.v1B\nTypesProtoP\001Z,eventfn.dev/client/go/eventfn/type/v1;typev1\252\002\017Eventfn.Type.V1'
-  _globals['_SETTINGTYPE']._serialized_start=735
-  _globals['_SETTINGTYPE']._serialized_end=887
-  _globals['_OUTCOME']._serialized_start=890
-  _globals['_OUTCOME']._serialized_end=1058
-  _globals['_SETTINGDEFINITION']._serialized_start=49
-  _globals['_SETTINGDEFINITION']._serialized_end=252
-  _globals['_HANDLERERROR']._serialized_start=254
-  _globals['_HANDLERERROR']._serialized_end=336
-  _globals['_HEADER']._serialized_start=338
-  _globals['_HEADER']._serialized_end=388
-  _globals['_REQUESTTRACE']._serialized_start=391
-  _globals['_REQUESTTRACE']._serialized_end=732
+  _globals['_SETTINGDEFINITION'].fields_by_name['label']._loaded_options = None
+  _globals['_SETTINGDEFINITION'].fields_by_name['label']._serialized_options = b'\342A\001\001'
+  _globals['_SETTINGDEFINITION'].fields_by_name['name']._loaded_options = None
+  _globals['_SETTINGDEFINITION'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_SETTINGDEFINITION'].fields_by_name['type']._loaded_options = None
+  _globals['_SETTINGDEFINITION'].fields_by_name['type']._serialized_options = b'\342A\001\002'
+  _globals['_SETTINGDEFINITION'].fields_by_name['description']._loaded_options = None
+  _globals['_SETTINGDEFINITION'].fields_by_name['description']._serialized_options = b'\342A\001\001'
+  _globals['_SETTINGDEFINITION'].fields_by_name['required']._loaded_options = None
+  _globals['_SETTINGDEFINITION'].fields_by_name['required']._serialized_options = b'\342A\001\001'
+  _globals['_SETTINGDEFINITION'].fields_by_name['encrypted']._loaded_options = None
+  _globals['_SETTINGDEFINITION'].fields_by_name['encrypted']._serialized_options = b'\342A\001\001'
+  _globals['_HANDLERERROR'].fields_by_name['type']._loaded_options = None
+  _globals['_HANDLERERROR'].fields_by_name['type']._serialized_options = b'\342A\001\003'
+  _globals['_HANDLERERROR'].fields_by_name['message']._loaded_options = None
+  _globals['_HANDLERERROR'].fields_by_name['message']._serialized_options = b'\342A\001\003'
+  _globals['_HANDLERERROR'].fields_by_name['stack']._loaded_options = None
+  _globals['_HANDLERERROR'].fields_by_name['stack']._serialized_options = b'\342A\001\003'
+  _globals['_HEADER'].fields_by_name['name']._loaded_options = None
+  _globals['_HEADER'].fields_by_name['name']._serialized_options = b'\342A\001\003'
+  _globals['_HEADER'].fields_by_name['value']._loaded_options = None
+  _globals['_HEADER'].fields_by_name['value']._serialized_options = b'\342A\001\003'
+  _globals['_REQUESTTRACE'].fields_by_name['method']._loaded_options = None
+  _globals['_REQUESTTRACE'].fields_by_name['method']._serialized_options = b'\342A\001\003'
+  _globals['_REQUESTTRACE'].fields_by_name['url']._loaded_options = None
+  _globals['_REQUESTTRACE'].fields_by_name['url']._serialized_options = b'\342A\001\003'
+  _globals['_REQUESTTRACE'].fields_by_name['request_headers']._loaded_options = None
+  _globals['_REQUESTTRACE'].fields_by_name['request_headers']._serialized_options = b'\342A\001\003'
+  _globals['_REQUESTTRACE'].fields_by_name['request_body']._loaded_options = None
+  _globals['_REQUESTTRACE'].fields_by_name['request_body']._serialized_options = b'\342A\001\003'
+  _globals['_REQUESTTRACE'].fields_by_name['status']._loaded_options = None
+  _globals['_REQUESTTRACE'].fields_by_name['status']._serialized_options = b'\342A\001\003'
+  _globals['_REQUESTTRACE'].fields_by_name['response_headers']._loaded_options = None
+  _globals['_REQUESTTRACE'].fields_by_name['response_headers']._serialized_options = b'\342A\001\003'
+  _globals['_REQUESTTRACE'].fields_by_name['response_body']._loaded_options = None
+  _globals['_REQUESTTRACE'].fields_by_name['response_body']._serialized_options = b'\342A\001\003'
+  _globals['_REQUESTTRACE'].fields_by_name['error']._loaded_options = None
+  _globals['_REQUESTTRACE'].fields_by_name['error']._serialized_options = b'\342A\001\003'
+  _globals['_REQUESTTRACE'].fields_by_name['duration']._loaded_options = None
+  _globals['_REQUESTTRACE'].fields_by_name['duration']._serialized_options = b'\342A\001\003'
+  _globals['_SETTINGTYPE']._serialized_start=942
+  _globals['_SETTINGTYPE']._serialized_end=1094
+  _globals['_OUTCOME']._serialized_start=1097
+  _globals['_OUTCOME']._serialized_end=1265
+  _globals['_SETTINGDEFINITION']._serialized_start=114
+  _globals['_SETTINGDEFINITION']._serialized_end=353
+  _globals['_HANDLERERROR']._serialized_start=355
+  _globals['_HANDLERERROR']._serialized_end=455
+  _globals['_HEADER']._serialized_start=457
+  _globals['_HEADER']._serialized_end=519
+  _globals['_REQUESTTRACE']._serialized_start=522
+  _globals['_REQUESTTRACE']._serialized_end=939
 # @@protoc_insertion_point(module_scope)

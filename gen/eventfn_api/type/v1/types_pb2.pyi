@@ -5,6 +5,7 @@ Messages shared by several eventfn services."""
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -209,7 +210,7 @@ class RequestTrace(_message.Message):
     RESPONSE_HEADERS_FIELD_NUMBER: _builtins.int
     RESPONSE_BODY_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
-    DURATION_MS_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
     method: _builtins.str
     """The HTTP method, e.g. "POST"."""
     url: _builtins.str
@@ -222,8 +223,6 @@ class RequestTrace(_message.Message):
     """The response body, capped."""
     error: _builtins.str
     """Why no response arrived (refused address, connection error, timeout); empty otherwise."""
-    duration_ms: _builtins.float
-    """How long the request took, in milliseconds."""
     @_builtins.property
     def request_headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Header]:
         """The request headers."""
@@ -231,6 +230,10 @@ class RequestTrace(_message.Message):
     @_builtins.property
     def response_headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Header]:
         """The response headers."""
+
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """How long the request took."""
 
     def __init__(
         self,
@@ -243,11 +246,11 @@ class RequestTrace(_message.Message):
         response_headers: _abc.Iterable[Global___Header] | None = ...,
         response_body: _builtins.str = ...,
         error: _builtins.str = ...,
-        duration_ms: _builtins.float = ...,
+        duration: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_ms", b"duration_ms", "error", b"error", "method", b"method", "request_body", b"request_body", "request_headers", b"request_headers", "response_body", b"response_body", "response_headers", b"response_headers", "status", b"status", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "error", b"error", "method", b"method", "request_body", b"request_body", "request_headers", b"request_headers", "response_body", b"response_body", "response_headers", b"response_headers", "status", b"status", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
