@@ -57,19 +57,33 @@ class Registry:
     async def workspace(self, name: str) -> tuple[str, str]:
         """Create a workspace as the bootstrap admin; return (workspace id, owner token)."""
         resp = await self.stub.CreateWorkspace(
-            pb.CreateWorkspaceRequest(name=name), metadata=auth(BOOTSTRAP)
+            pb.CreateWorkspaceRequest(workspace=res.Workspace(display_name=name)),
+            metadata=auth(BOOTSTRAP),
         )
-        return resp.workspace.id, resp.token
+        return resp.workspace.name.split("/")[1], resp.token
 
     async def member(self, owner: str, email: str, *grants: res.RoleGrant) -> str:
         """Create a member with roles; return a token for it."""
+        me = await self.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(owner))
         created = await self.stub.CreateMember(
-            pb.CreateMemberRequest(email=email, roles=list(grants)), metadata=auth(owner)
+            pb.CreateMemberRequest(
+                parent=me.workspace.name, member=res.Member(email=email, roles=list(grants))
+            ),
+            metadata=auth(owner),
         )
         tok = await self.stub.CreateToken(
-            pb.CreateTokenRequest(member_id=created.member.id, name="t"), metadata=auth(owner)
+            pb.CreateTokenRequest(
+                parent=me.workspace.name,
+                token=res.Token(member=created.member.name, display_name="t"),
+            ),
+            metadata=auth(owner),
         )
         return tok.secret
+
+
+def ws(workspace_id: str) -> str:
+    """Return a workspace's name."""
+    return f"workspaces/{workspace_id}"
 
 
 @pytest.fixture
