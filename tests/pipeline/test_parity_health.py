@@ -30,7 +30,8 @@ async def stats(platform: Platform, instance_id: str) -> pb.GetDeliveryStatsResp
     """Return the instance's delivery stats and health through the Executor API."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
         return await executor_pb2_grpc.ExecutorStub(channel).GetDeliveryStats(
-            pb.GetDeliveryStatsRequest(instance_id=instance_id), metadata=auth(platform.owner)
+            pb.GetDeliveryStatsRequest(name=f"{platform.instance_name(instance_id)}/deliveryStats"),
+            metadata=auth(platform.owner),
         )
 
 
@@ -48,8 +49,8 @@ async def test_a_function_that_skips_on_group_is_healthy(platform: Platform, sin
     assert got.health == pb.HEALTH_HEALTHY, "discards by design are not failures"
     assert got.dead_letters == 0, "discards by design are not dead letters"
     async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
-        failures = await executor_pb2_grpc.ExecutorStub(channel).ListDeliveries(
-            pb.ListDeliveriesRequest(instance_id=iid, failures_only=True),
+        failures = await executor_pb2_grpc.ExecutorStub(channel).ListDeliveryFailures(
+            pb.ListDeliveryFailuresRequest(parent=platform.instance_name(iid)),
             metadata=auth(platform.owner),
         )
     assert {f.error.type for f in failures.failures} == {"EventNotSupported", "ValidationError"}
