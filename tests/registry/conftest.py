@@ -107,3 +107,24 @@ async def registry(fresh_database: str, tmp_path: Path) -> AsyncIterator[Registr
             database_url=fresh_database,
             state_dir=tmp_path,
         )
+
+
+@dataclass
+class SourceRef:
+    """A source made for a test: its id (for subjects and watchers), name and write key."""
+
+    id: str
+    name: str
+    write_key: str
+
+
+async def make_source(r: Registry, token: str, display_name: str) -> SourceRef:
+    """Create a source in the token's workspace."""
+    me = await r.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(token))
+    made = await r.stub.CreateSource(
+        pb.CreateSourceRequest(
+            parent=me.workspace.name, source=res.Source(display_name=display_name)
+        ),
+        metadata=auth(token),
+    )
+    return SourceRef(made.source.name.rsplit("/", 1)[-1], made.source.name, made.source.write_key)

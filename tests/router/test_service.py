@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from eventfn_api.registry.v1 import registry_pb2 as rpb
+from eventfn_api.registry.v1 import resources_pb2 as res
 from eventfn_api.router.v1 import router_pb2 as pb
 from eventfn_api.router.v1 import router_pb2_grpc
 from services.common import streams
@@ -30,7 +31,7 @@ from services.common.config_watch import ConfigView, apply_message
 from services.devtools.embedded import EmbeddedNats
 from services.router.app import RunningRouter, start_router
 from services.router.settings import RouterSettings
-from tests.registry.conftest import HANDLER, SERVICE, SETTINGS, Registry, auth
+from tests.registry.conftest import HANDLER, SERVICE, SETTINGS, Registry, auth, make_source
 
 # An event nested 1000 levels deep.
 DEEP = b'{"userId": "u", "event": "E", "properties": ' + b'{"a": ' * 1000 + b"1" + b"}" * 1001
@@ -100,19 +101,29 @@ class Env:
 
 
 async def _instance(r: Registry, owner: str, name: str, source_id: str, *filters: str) -> str:
+    parent = (await r.stub.WhoAmI(rpb.WhoAmIRequest(), metadata=auth(owner))).workspace.name
     fn = await r.stub.CreateFunction(
-        rpb.CreateFunctionRequest(name=name, code=HANDLER, settings=SETTINGS), metadata=auth(owner)
-    )
-    created = await r.stub.CreateInstance(
-        rpb.CreateInstanceRequest(
-            function_id=fn.function.id,
-            source_id=source_id,
-            settings=_settings(endpoint="http://127.0.0.1:1/x", apiKey="k"),
-            filters=list(filters),
+        rpb.CreateFunctionRequest(
+            parent=parent,
+            function=res.DestinationFunction(display_name=name),
+            code=HANDLER,
+            settings=SETTINGS,
         ),
         metadata=auth(owner),
     )
-    return created.instance.id
+    created = await r.stub.CreateInstance(
+        rpb.CreateInstanceRequest(
+            parent=parent,
+            instance=res.Instance(
+                function=fn.function.name,
+                source=f"{parent}/sources/{source_id}",
+                settings=_settings(endpoint="http://127.0.0.1:1/x", apiKey="k"),
+                filters=list(filters),
+            ),
+        ),
+        metadata=auth(owner),
+    )
+    return created.instance.name.rsplit("/", 1)[-1]
 
 
 def router_settings(nats_url: str, registry_addr: str) -> RouterSettings:
@@ -131,9 +142,7 @@ def router_settings(nats_url: str, registry_addr: str) -> RouterSettings:
 async def env(registry: Registry, nats_url: str) -> AsyncIterator[Env]:
     """Start a router against a registry holding one source with two instances."""
     workspace_id, owner = await registry.workspace("Acme")
-    source = (
-        await registry.stub.CreateSource(rpb.CreateSourceRequest(name="web"), metadata=auth(owner))
-    ).source
+    source = await make_source(registry, owner, "web")
     webhook = await _instance(registry, owner, "Webhook", source.id, DROP_SKIPPED)
     other = await _instance(registry, owner, "Other", source.id)
     async with AsyncExitStack() as stack:
@@ -241,7 +250,8 @@ async def test_unknown_missing_and_rotated_write_keys_are_401(
     resp = await env.http.post("/v1/track", json=event)
     assert resp.status_code == 401 and "write key" in resp.json()["message"]
     rotated = await env.registry.stub.RotateWriteKey(
-        rpb.RotateWriteKeyRequest(source_id=env.source_id), metadata=auth(env.owner)
+        rpb.RotateWriteKeyRequest(name=f"workspaces/{env.workspace_id}/sources/{env.source_id}"),
+        metadata=auth(env.owner),
     )
     new_key = rotated.source.write_key
     await env.router.watcher.wait_until(lambda v: new_key in v.sources_by_write_key)
@@ -437,9 +447,7 @@ async def test_slow_client_gets_408(registry: Registry, nats_url: str) -> None:
 
 async def test_nats_down_answers_503_never_200(registry: Registry, tmp_path: Path) -> None:
     _, owner = await registry.workspace("Down")
-    source = (
-        await registry.stub.CreateSource(rpb.CreateSourceRequest(name="s"), metadata=auth(owner))
-    ).source
+    source = await make_source(registry, owner, "s")
     await _instance(registry, owner, "Fn", source.id)
     server = EmbeddedNats(tmp_path / "nats", stop_with_parent=True)
     server.start()
