@@ -81,11 +81,17 @@ def registry() -> Any:
     return stub("registry", registry_pb2_grpc.RegistryStub)
 
 
-@functools.cache
 def whoami() -> Any:
-    """Return the caller (WhoAmI), once per command."""
-    with registry() as r:
-        return r.WhoAmI(registry_pb2.WhoAmIRequest(), metadata=metadata())
+    """Return the caller (WhoAmI), asked once per token and registry."""
+    return _whoami(token(), address("registry"))
+
+
+@functools.cache
+def _whoami(secret: str, registry_address: str) -> Any:
+    with stub("registry", registry_pb2_grpc.RegistryStub) as r:
+        return r.WhoAmI(
+            registry_pb2.WhoAmIRequest(), metadata=(("authorization", f"Bearer {secret}"),)
+        )
 
 
 def workspace() -> str:
