@@ -16,9 +16,18 @@ from pathlib import Path
 import pytest
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
 from services.router.app import start_router
 from services.router.settings import RouterSettings
-from tests.registry.conftest import HANDLER, SERVICE, SETTINGS, Registry, auth, registry
+from tests.registry.conftest import (
+    HANDLER,
+    SERVICE,
+    SETTINGS,
+    Registry,
+    auth,
+    make_source,
+    registry,
+)
 
 __all__ = ["registry"]
 
@@ -42,13 +51,19 @@ class Services:
 @pytest.fixture
 async def services(registry: Registry, nats_url: str) -> AsyncIterator[Services]:
     """Start a router next to the registry; make a source and two functions."""
-    _, owner = await registry.workspace(f"Clients {uuid.uuid4().hex[:6]}")
+    ws_id, owner = await registry.workspace(f"Clients {uuid.uuid4().hex[:6]}")
     md = auth(owner)
-    source = await registry.stub.CreateSource(pb.CreateSourceRequest(name="web"), metadata=md)
+    source = await make_source(registry, owner, "web")
     names = ["Webhook", "Mixpanel"]
     for name in names:
         await registry.stub.CreateFunction(
-            pb.CreateFunctionRequest(name=name, code=HANDLER, settings=SETTINGS), metadata=md
+            pb.CreateFunctionRequest(
+                parent=f"workspaces/{ws_id}",
+                function=res.DestinationFunction(display_name=name),
+                code=HANDLER,
+                settings=SETTINGS,
+            ),
+            metadata=md,
         )
     async with AsyncExitStack() as stack:
         router = await start_router(
@@ -62,12 +77,12 @@ async def services(registry: Registry, nats_url: str) -> AsyncIterator[Services]
             ),
             stack,
         )
-        await router.watcher.wait_until(lambda v: source.source.id in v.sources)
+        await router.watcher.wait_until(lambda v: source.id in v.sources)
         yield Services(
             registry_addr=f"127.0.0.1:{registry.port}",
             router_addr=f"127.0.0.1:{router.grpc_port}",
             token=owner,
-            write_key=source.source.write_key,
+            write_key=source.write_key,
             function_names=names,
         )
 

@@ -88,7 +88,7 @@ async def test_generated_python_client_lists_functions_and_ingests(
     )
     assert Path(out["package"]).is_relative_to(python_client), "the generated package was used"
     assert out["functions"] == services.function_names
-    assert out["violations"] == ["function_id"]
+    assert out["violations"] == ["name"]
     assert "eventfn.registry.v1.Registry" in out["reflection_v1"]
     assert out["accepted"] == 2 and out["message_ids"] == 2
 
@@ -104,7 +104,7 @@ async def test_generated_typescript_client_lists_functions_and_ingests(
     assert out == {
         "functions": services.function_names,
         "code": "InvalidArgument",
-        "violations": ["function_id"],
+        "violations": ["name"],
         "accepted": 2,
         "messageIds": 2,
     }

@@ -24,13 +24,17 @@ func main() {
 	defer registryConn.Close()
 	authed := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+os.Getenv("EVENTFN_TOKEN"))
 	registry := registryv1.NewRegistryClient(registryConn)
+	me, err := registry.WhoAmI(authed, &registryv1.WhoAmIRequest{})
+	check(err)
 	names := []string{}
 	token := ""
 	for {
-		page, err := registry.ListFunctions(authed, &registryv1.ListFunctionsRequest{PageSize: 1, PageToken: token})
+		page, err := registry.ListFunctions(authed, &registryv1.ListFunctionsRequest{
+			Parent: me.GetWorkspace().GetName(), PageSize: 1, PageToken: token,
+		})
 		check(err)
 		for _, f := range page.GetFunctions() {
-			names = append(names, f.GetName())
+			names = append(names, f.GetDisplayName())
 		}
 		token = page.GetNextPageToken()
 		if token == "" {

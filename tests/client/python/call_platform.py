@@ -27,12 +27,16 @@ def main() -> None:
     auth = (("authorization", f"Bearer {os.environ['EVENTFN_TOKEN']}"),)
     with grpc.insecure_channel(registry_addr) as channel:
         registry = registry_pb2_grpc.RegistryStub(channel)
+        me = registry.WhoAmI(registry_pb2.WhoAmIRequest(), metadata=auth)
         names, token = [], ""
         while True:
             page = registry.ListFunctions(
-                registry_pb2.ListFunctionsRequest(page_size=1, page_token=token), metadata=auth
+                registry_pb2.ListFunctionsRequest(
+                    parent=me.workspace.name, page_size=1, page_token=token
+                ),
+                metadata=auth,
             )
-            names += [f.name for f in page.functions]
+            names += [f.display_name for f in page.functions]
             token = page.next_page_token
             if not token:
                 break

@@ -7,6 +7,7 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { BadRequestSchema } from "./gen/google/rpc/error_details_pb.js";
 import { Registry } from "./gen/eventfn/registry/v1/registry_pb.js";
+import type { DestinationFunction } from "./gen/eventfn/registry/v1/resources_pb.js";
 import { Router } from "./gen/eventfn/router/v1/router_pb.js";
 
 const [registryAddr, routerAddr] = process.argv.slice(2);
@@ -20,11 +21,13 @@ const registry = createClient(
 );
 const router = createClient(Router, createGrpcTransport({ baseUrl: `http://${routerAddr}` }));
 
+const me = await registry.whoAmI({}, { headers });
+const parent = me.workspace?.name ?? "";
 const names: string[] = [];
 let pageToken = "";
 do {
-  const page = await registry.listFunctions({ pageSize: 1, pageToken }, { headers });
-  names.push(...page.functions.map((f) => f.name));
+  const page = await registry.listFunctions({ parent, pageSize: 1, pageToken }, { headers });
+  names.push(...page.functions.map((f: DestinationFunction) => f.displayName));
   pageToken = page.nextPageToken;
 } while (pageToken !== "");
 
