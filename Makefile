@@ -16,7 +16,7 @@ SUDO    := $(if $(filter 0,$(shell id -u)),,sudo)
 # `ip netns` for the multi-host test (tests/netns), from Debian's iproute2.
 IPROUTE := /usr/sbin/ip
 
-.PHONY: up test lint gen docs bench install clean
+.PHONY: up test lint gen docs bench install clean release-protos
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -61,6 +61,7 @@ lint: install
 	$(BIN)/ruff check services tests bench
 	$(BIN)/ruff format --check services tests bench
 	npx --no-install buf lint
+	npx --no-install buf breaking --against protos-released
 	npx --no-install pyright
 	$(BIN)/hadolint Dockerfile
 
@@ -71,6 +72,11 @@ gen: install
 ## Regenerate README.md's table of every service's variables (a test fails when it is stale).
 docs: install
 	$(BIN)/python -m tests.deploy.settings_table --write
+
+## Record the current protos as the released API that `buf breaking` checks against.
+release-protos:
+	rm -rf protos-released/protos protos-released/third_party protos-released/buf.yaml
+	cp -r protos third_party buf.yaml protos-released/
 
 bench: install
 	$(BIN)/python -m bench
