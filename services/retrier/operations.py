@@ -166,13 +166,14 @@ class Operations:
     async def list(self, workspace_id: str) -> list[ReplayRecord]:
         """Return a workspace's operations, newest first."""
         try:
-            keys = await self.kv.keys(filters=[f"op.{workspace_id}.*"])
+            # nats-py filters keys by substring, not by subject wildcard.
+            keys = await self.kv.keys(filters=[f"op.{workspace_id}."])
         except Exception as error:  # nats-py raises NoKeysError when the filter matches none
             if type(error).__name__ == "NoKeysError":
                 return []
             raise
         records = []
-        for key in keys:
+        for key in (k for k in keys if k.startswith(f"op.{workspace_id}.")):
             with contextlib.suppress(KeyNotFoundError):
                 entry = await self.kv.get(key)
                 if entry.value:
@@ -263,13 +264,13 @@ class Operations:
     async def resume(self, runner: Runner) -> int:
         """Take over the unfinished operations of retriers that stopped; return how many."""
         try:
-            keys = await self.kv.keys(filters=["op.>"])
+            keys = await self.kv.keys(filters=["op."])
         except Exception as error:
             if type(error).__name__ == "NoKeysError":
                 return 0
             raise
         taken = 0
-        for key in keys:
+        for key in (k for k in keys if k.startswith("op.")):
             with contextlib.suppress(KeyNotFoundError):
                 entry = await self.kv.get(key)
                 if not entry.value:
