@@ -7,11 +7,16 @@ STAMP   := $(VENV)/.installed
 NPMSTAMP := node_modules/.installed
 # Headless Chromium for the browser tests (tests/browser), from Debian's packages.
 CHROMIUM := /usr/bin/chromium
+# Go, its protoc plugins and the Go packages generated Go clients build against, from Debian's
+# packages (tests/client builds the Go client with them; see clients/README.md).
+GO_PLUGIN := /usr/bin/protoc-gen-go-grpc
+GO_DEBS := golang-go protoc-gen-go protoc-gen-go-grpc golang-google-protobuf-dev \
+	golang-google-grpc-dev golang-google-genproto-dev golang-github-golang-protobuf-1-5-dev
 SUDO    := $(if $(filter 0,$(shell id -u)),,sudo)
 # `ip netns` for the multi-host test (tests/netns), from Debian's iproute2.
 IPROUTE := /usr/sbin/ip
 
-.PHONY: up test lint gen docs bench install clean
+.PHONY: up test lint gen docs bench install clean release-protos
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,13 +42,17 @@ $(IPROUTE):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2
 
+$(GO_PLUGIN):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(GO_DEBS)
+
 ## Start the whole platform on embedded PostgreSQL + NATS (state in .eventfn/).
 up: install
 	$(BIN)/eventfn up
 
 ## Run linters and the whole test suite against real PostgreSQL and NATS (and Chromium); the
 ## deployment files are checked too (tests/deploy, tests/test_compose.py, tests/netns).
-test: install $(CHROMIUM) $(IPROUTE)
+test: install $(CHROMIUM) $(IPROUTE) $(GO_PLUGIN)
 	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest -q
 
@@ -52,6 +61,7 @@ lint: install
 	$(BIN)/ruff check services tests bench
 	$(BIN)/ruff format --check services tests bench
 	npx --no-install buf lint
+	npx --no-install buf breaking --against protos-released
 	npx --no-install pyright
 	$(BIN)/hadolint Dockerfile
 
@@ -62,6 +72,11 @@ gen: install
 ## Regenerate README.md's table of every service's variables (a test fails when it is stale).
 docs: install
 	$(BIN)/python -m tests.deploy.settings_table --write
+
+## Record the current protos as the released API that `buf breaking` checks against.
+release-protos:
+	rm -rf protos-released/protos protos-released/third_party protos-released/buf.yaml
+	cp -r protos third_party buf.yaml protos-released/
 
 bench: install
 	$(BIN)/python -m bench

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,12 @@ import aiohttp
 import grpc
 import orjson
 from aiohttp import web
-from google.protobuf import struct_pb2
+from google.protobuf import duration_pb2, struct_pb2
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import registry_pb2_grpc
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2_grpc
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.type.v1 import types_pb2
 from services.common.config_watch import ConfigWatcher
 from services.devtools.embedded import EmbeddedNats, EmbeddedPostgres
 from services.executor.app import RunningExecutor, start_executor
@@ -71,6 +73,19 @@ def auth(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
+def instance_fields(**options: Any) -> dict[str, Any]:
+    """Turn short instance options (batch_wait_ms, timeout_ms, ...) into Instance fields."""
+    fields: dict[str, Any] = {}
+    for key, value in options.items():
+        if key in ("batch_wait_ms", "timeout_ms"):
+            wait = duration_pb2.Duration()
+            wait.FromTimedelta(timedelta(milliseconds=value))
+            fields[key.removesuffix("_ms")] = wait
+        else:
+            fields[key] = value
+    return fields
+
+
 @dataclass
 class Control:
     """A running registry with one workspace and one source."""
@@ -87,7 +102,8 @@ class Control:
         """Create a function with an `endpoint` setting, connect it to the source; return its id."""
         fn = await self.stub.CreateFunction(
             pb.CreateFunctionRequest(
-                name=f"bench-{uuid.uuid4().hex[:8]}",
+                parent=f"workspaces/{self.workspace_id}",
+                function=res.DestinationFunction(display_name=f"bench-{uuid.uuid4().hex[:8]}"),
                 code=code,
                 settings=[
                     types_pb2.SettingDefinition(
@@ -101,16 +117,25 @@ class Control:
         values.update({"endpoint": endpoint})
         created = await self.stub.CreateInstance(
             pb.CreateInstanceRequest(
-                function_id=fn.function.id, source_id=self.source_id, settings=values, **options
+                parent=f"workspaces/{self.workspace_id}",
+                instance=res.Instance(
+                    function=fn.function.name,
+                    source=f"workspaces/{self.workspace_id}/sources/{self.source_id}",
+                    settings=values,
+                    **instance_fields(**options),
+                ),
             ),
             metadata=auth(self.owner),
         )
-        return created.instance.id
+        return created.instance.name.rsplit("/", 1)[-1]
 
     async def delete_instance(self, instance_id: str) -> None:
         """Delete an instance (so the next benchmark's events are not routed to it)."""
         await self.stub.DeleteInstance(
-            pb.DeleteInstanceRequest(instance_id=instance_id), metadata=auth(self.owner)
+            pb.DeleteInstanceRequest(
+                name=f"workspaces/{self.workspace_id}/instances/{instance_id}"
+            ),
+            metadata=auth(self.owner),
         )
 
 
@@ -133,12 +158,24 @@ async def start_control(srv: Servers, stack: AsyncExitStack) -> Control:
     stack.push_async_callback(channel.close)
     stub = registry_pb2_grpc.RegistryStub(channel)
     ws = await stub.CreateWorkspace(
-        pb.CreateWorkspaceRequest(name="Bench"), metadata=auth(BOOTSTRAP)
+        pb.CreateWorkspaceRequest(workspace=res.Workspace(display_name="Bench")),
+        metadata=auth(BOOTSTRAP),
     )
     source = (
-        await stub.CreateSource(pb.CreateSourceRequest(name="web"), metadata=auth(ws.token))
+        await stub.CreateSource(
+            pb.CreateSourceRequest(parent=ws.workspace.name, source=res.Source(display_name="web")),
+            metadata=auth(ws.token),
+        )
     ).source
-    return Control(stub, addr, database_url, ws.token, ws.workspace.id, source.id, source.write_key)
+    return Control(
+        stub,
+        addr,
+        database_url,
+        ws.token,
+        ws.workspace.name.rsplit("/", 1)[-1],
+        source.name.rsplit("/", 1)[-1],
+        source.write_key,
+    )
 
 
 async def router_on(
@@ -391,7 +428,7 @@ async def _grpc_load(
     seconds: float,
     stream: bool,
 ) -> Load:
-    from eventfn.router.v1 import router_pb2, router_pb2_grpc
+    from eventfn_api.router.v1 import router_pb2, router_pb2_grpc
 
     run = uuid.uuid4().hex[:8]
     bodies = [

@@ -31,10 +31,11 @@ import psutil
 from aiohttp import web
 from google.protobuf import struct_pb2
 
-from bench.common import CORES, auth
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import registry_pb2_grpc
-from eventfn.type.v1 import types_pb2
+from bench.common import CORES, auth, instance_fields
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2_grpc
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.type.v1 import types_pb2
 from services.cli.up import Platform
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
@@ -160,14 +161,16 @@ async def start_sink(stack: AsyncExitStack) -> Sink:
 async def instance(
     stub: registry_pb2_grpc.RegistryStub,
     token: str,
-    source_id: str,
+    source_name: str,
     code: str,
     sink: Sink,
     **options: Any,
 ) -> str:
+    parent = source_name.split("/sources/")[0]
     fn = await stub.CreateFunction(
         pb.CreateFunctionRequest(
-            name=f"latency-{uuid.uuid4().hex[:6]}",
+            parent=parent,
+            function=res.DestinationFunction(display_name=f"latency-{uuid.uuid4().hex[:6]}"),
             code=code,
             settings=[
                 types_pb2.SettingDefinition(name="endpoint", type=types_pb2.SETTING_TYPE_STRING)
@@ -179,11 +182,17 @@ async def instance(
     values.update({"endpoint": sink.url})
     created = await stub.CreateInstance(
         pb.CreateInstanceRequest(
-            function_id=fn.function.id, source_id=source_id, settings=values, **options
+            parent=parent,
+            instance=res.Instance(
+                function=fn.function.name,
+                source=source_name,
+                settings=values,
+                **instance_fields(**options),
+            ),
         ),
         metadata=auth(token),
     )
-    return created.instance.id
+    return created.instance.name.rsplit("/", 1)[-1]
 
 
 async def drive(
@@ -276,13 +285,19 @@ async def run(running: Platform, endpoints: dict[str, str]) -> None:
                 {"batch_size": 100, "batch_wait_ms": 200},
             ),
         ):
+            me = await stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(token))
             source = (
                 await stub.CreateSource(
-                    pb.CreateSourceRequest(name=f"latency-{label[:5]}-{uuid.uuid4().hex[:4]}"),
+                    pb.CreateSourceRequest(
+                        parent=me.workspace.name,
+                        source=res.Source(
+                            display_name=f"latency-{label[:5]}-{uuid.uuid4().hex[:4]}"
+                        ),
+                    ),
                     metadata=auth(token),
                 )
             ).source
-            await instance(stub, token, source.id, code, sink, **options)
+            await instance(stub, token, source.name, code, sink, **options)
             await asyncio.sleep(1.0)  # the router and executor learn the instance
             await measure(
                 f"{label} warm-up",

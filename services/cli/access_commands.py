@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Annotated, Any
 
 import typer
-from google.protobuf import json_format
+from google.protobuf import duration_pb2, field_mask_pb2, json_format
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import resources_pb2 as res
-from services.cli.client import as_json_list, fail, metadata, out, pages, registry, table, when
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
+from services.cli.client import (
+    ID_KINDS,
+    as_json_list,
+    fail,
+    metadata,
+    name,
+    out,
+    pages,
+    registry,
+    short,
+    table,
+    when,
+    workspace,
+)
+from services.common import names
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")]
 members = typer.Typer(help="Members of the workspace and their roles.", no_args_is_help=True)
@@ -36,18 +51,23 @@ def parse_grant(text: str) -> res.RoleGrant:
         fail(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
     listed = [i for i in ids.split(",") if i]
     if role == "source-admin":
-        return res.RoleGrant(role=ROLES[role], source_ids=listed)
-    return res.RoleGrant(role=ROLES[role], function_ids=listed)
+        return res.RoleGrant(role=ROLES[role], sources=[name(i, names.SOURCE) for i in listed])
+    return res.RoleGrant(role=ROLES[role], functions=[name(i, names.FUNCTION) for i in listed])
 
 
 def role_text(grants: Any) -> str:
     """Render role grants for a table."""
-    names = {v: k for k, v in ROLES.items()}
+    by_number = {v: k for k, v in ROLES.items()}
     parts = []
     for g in grants:
-        ids = list(g.function_ids) + list(g.source_ids)
-        parts.append(names.get(g.role, "?") + (f":{','.join(ids)}" if ids else ""))
+        ids = [short(n) for n in list(g.functions) + list(g.sources)]
+        parts.append(by_number.get(g.role, "?") + (f":{','.join(ids)}" if ids else ""))
     return " ".join(parts)
+
+
+def request_id() -> str:
+    """Make the request_id of one command's create call."""
+    return str(uuid.uuid4())
 
 
 # -- members ------------------------------------------------------------------------------
@@ -61,11 +81,23 @@ def member_create(
     """Add a member with roles."""
     with registry() as r:
         resp = r.CreateMember(
-            pb.CreateMemberRequest(email=email, roles=[parse_grant(x) for x in role]),
+            pb.CreateMemberRequest(
+                parent=workspace(),
+                member=res.Member(email=email, roles=[parse_grant(x) for x in role]),
+                request_id=request_id(),
+            ),
             metadata=metadata(),
         )
     out.print(
-        f"member {resp.member.email} ({resp.member.id}) added: {role_text(resp.member.roles)}"
+        f"member {resp.member.email} ({short(resp.member.name)}) added: "
+        f"{role_text(resp.member.roles)}"
+    )
+
+
+def all_members(r: Any) -> list[Any]:
+    """Return every member of the workspace."""
+    return list(
+        pages(r.ListMembers, pb.ListMembersRequest(parent=workspace(), page_size=500), "members")
     )
 
 
@@ -73,26 +105,24 @@ def member_create(
 def member_list(json_: Json = False) -> None:
     """List members."""
     with registry() as r:
-        rows = list(pages(r.ListMembers, pb.ListMembersRequest(page_size=500), "members"))
+        rows = all_members(r)
     if json_:
         as_json_list(rows)
         return
     table(
         "members",
         ["id", "email", "roles", "created"],
-        [[m.id, m.email, role_text(m.roles), when(m.create_time)] for m in rows],
+        [[short(m.name), m.email, role_text(m.roles), when(m.create_time)] for m in rows],
     )
 
 
-def member_id(r: Any, who: str) -> str:
-    """Return the id of a member given by id or email."""
-    if who.startswith("mem_"):
-        return who
-    found = [
-        m.id
-        for m in pages(r.ListMembers, pb.ListMembersRequest(page_size=500), "members")
-        if m.email == who
-    ]
+def member_of(r: Any, who: str) -> Any:
+    """Return a member given by id, name or email."""
+    if who.startswith("mem_") or "/" in who:
+        return r.GetMember(
+            pb.GetMemberRequest(name=name(who, names.MEMBER)), metadata=metadata()
+        ).member
+    found = [m for m in all_members(r) if m.email == who]
     if not found:
         fail(f"no member {who!r} in this workspace; see `eventfn members list`")
     return found[0]
@@ -103,15 +133,22 @@ def member_set_roles(
     member: Annotated[str, typer.Argument(help="Member id or email.")],
     role: Annotated[list[str], typer.Option(help=ROLE_HELP)],
 ) -> None:
-    """Replace a member's roles."""
+    """Replace a member's roles (refused when someone changed them since they were read)."""
     with registry() as r:
-        resp = r.UpdateMemberRoles(
-            pb.UpdateMemberRolesRequest(
-                member_id=member_id(r, member), roles=[parse_grant(x) for x in role]
+        current = member_of(r, member)
+        resp = r.UpdateMember(
+            pb.UpdateMemberRequest(
+                member=res.Member(
+                    name=current.name, roles=[parse_grant(x) for x in role], etag=current.etag
+                ),
+                update_mask=field_mask_pb2.FieldMask(paths=["roles"]),
             ),
             metadata=metadata(),
         )
-    out.print(f"member {resp.member.email} ({resp.member.id}) now: {role_text(resp.member.roles)}")
+    out.print(
+        f"member {resp.member.email} ({short(resp.member.name)}) now: "
+        f"{role_text(resp.member.roles)}"
+    )
 
 
 @members.command("remove")
@@ -120,8 +157,10 @@ def member_remove(
 ) -> None:
     """Remove a member from the workspace and revoke its tokens."""
     with registry() as r:
-        ident = member_id(r, member)
-        r.DeleteMember(pb.DeleteMemberRequest(member_id=ident), metadata=metadata())
+        current = member_of(r, member)
+        r.DeleteMember(
+            pb.DeleteMemberRequest(name=current.name, etag=current.etag), metadata=metadata()
+        )
     out.print(f"member {member} removed; its tokens no longer work")
 
 
@@ -130,23 +169,39 @@ def member_remove(
 
 @tokens.command("create")
 def token_create(
-    name: str,
+    token_name: Annotated[str, typer.Argument(metavar="NAME", help="A label, e.g. ci.")],
     member: Annotated[str, typer.Option(help="Member id (default: yourself).")] = "",
     ttl: Annotated[int, typer.Option(help="Lifetime in seconds (0: never expires).")] = 0,
 ) -> None:
     """Create a token; the secret is shown once."""
+    lifetime = None
+    if ttl:
+        lifetime = duration_pb2.Duration()
+        lifetime.FromSeconds(ttl)
     with registry() as r:
         resp = r.CreateToken(
-            pb.CreateTokenRequest(member_id=member, name=name, ttl_seconds=ttl), metadata=metadata()
+            pb.CreateTokenRequest(
+                parent=workspace(),
+                token=res.Token(
+                    member=name(member, names.MEMBER) if member else "", display_name=token_name
+                ),
+                ttl=lifetime,
+                request_id=request_id(),
+            ),
+            metadata=metadata(),
         )
-    out.print(f"token {resp.token.id} created; secret (shown once): [bold]{resp.secret}[/]")
+    out.print(
+        f"token {short(resp.token.name)} created; secret (shown once): [bold]{resp.secret}[/]"
+    )
 
 
 @tokens.command("list")
 def token_list(json_: Json = False) -> None:
     """List tokens."""
     with registry() as r:
-        rows = list(pages(r.ListTokens, pb.ListTokensRequest(page_size=500), "tokens"))
+        rows = list(
+            pages(r.ListTokens, pb.ListTokensRequest(parent=workspace(), page_size=500), "tokens")
+        )
     if json_:
         as_json_list(rows)
         return
@@ -155,9 +210,9 @@ def token_list(json_: Json = False) -> None:
         ["id", "name", "member", "prefix", "created", "expires", "revoked"],
         [
             [
-                t.id,
-                t.name,
-                t.member_id,
+                short(t.name),
+                t.display_name,
+                short(t.member),
                 t.prefix + "…",
                 when(t.create_time),
                 when(t.expire_time),
@@ -172,7 +227,7 @@ def token_list(json_: Json = False) -> None:
 def token_revoke(token_id: str) -> None:
     """Revoke a token."""
     with registry() as r:
-        r.RevokeToken(pb.RevokeTokenRequest(token_id=token_id), metadata=metadata())
+        r.RevokeToken(pb.RevokeTokenRequest(name=name(token_id, names.TOKEN)), metadata=metadata())
     out.print(f"token {token_id} revoked")
 
 
@@ -180,12 +235,19 @@ def token_revoke(token_id: str) -> None:
 
 
 @sources.command("create")
-def source_create(name: str) -> None:
+def source_create(source_name: Annotated[str, typer.Argument(metavar="NAME")]) -> None:
     """Create a source; prints its write key."""
     with registry() as r:
-        resp = r.CreateSource(pb.CreateSourceRequest(name=name), metadata=metadata())
+        resp = r.CreateSource(
+            pb.CreateSourceRequest(
+                parent=workspace(),
+                source=res.Source(display_name=source_name),
+                request_id=request_id(),
+            ),
+            metadata=metadata(),
+        )
     out.print(
-        f"source {resp.source.name} ({resp.source.id}) created; "
+        f"source {resp.source.display_name} ({short(resp.source.name)}) created; "
         f"write key: [bold]{resp.source.write_key}[/]"
     )
 
@@ -194,22 +256,46 @@ def source_create(name: str) -> None:
 def source_list(json_: Json = False) -> None:
     """List sources."""
     with registry() as r:
-        rows = list(pages(r.ListSources, pb.ListSourcesRequest(page_size=500), "sources"))
+        rows = list(
+            pages(
+                r.ListSources, pb.ListSourcesRequest(parent=workspace(), page_size=500), "sources"
+            )
+        )
     if json_:
         as_json_list(rows)
         return
     table(
         "sources",
         ["id", "name", "write key", "created"],
-        [[s.id, s.name, s.write_key, when(s.create_time)] for s in rows],
+        [[short(s.name), s.display_name, s.write_key, when(s.create_time)] for s in rows],
     )
+
+
+@sources.command("rename")
+def source_rename(source_id: str, new_name: Annotated[str, typer.Argument(metavar="NAME")]) -> None:
+    """Rename a source."""
+    with registry() as r:
+        current = r.GetSource(
+            pb.GetSourceRequest(name=name(source_id, names.SOURCE)), metadata=metadata()
+        ).source
+        resp = r.UpdateSource(
+            pb.UpdateSourceRequest(
+                source=res.Source(name=current.name, display_name=new_name, etag=current.etag),
+                update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
+            ),
+            metadata=metadata(),
+        )
+    out.print(f"source {short(resp.source.name)} renamed to {resp.source.display_name!r}")
 
 
 @sources.command("rotate")
 def source_rotate(source_id: str) -> None:
     """Replace a source's write key (the old one stops working at once)."""
     with registry() as r:
-        resp = r.RotateWriteKey(pb.RotateWriteKeyRequest(source_id=source_id), metadata=metadata())
+        resp = r.RotateWriteKey(
+            pb.RotateWriteKeyRequest(name=name(source_id, names.SOURCE), request_id=request_id()),
+            metadata=metadata(),
+        )
     out.print(f"new write key: [bold]{resp.source.write_key}[/]")
 
 
@@ -217,7 +303,9 @@ def source_rotate(source_id: str) -> None:
 def source_delete(source_id: str) -> None:
     """Delete a source without instances."""
     with registry() as r:
-        r.DeleteSource(pb.DeleteSourceRequest(source_id=source_id), metadata=metadata())
+        r.DeleteSource(
+            pb.DeleteSourceRequest(name=name(source_id, names.SOURCE)), metadata=metadata()
+        )
     out.print(f"source {source_id} deleted")
 
 
@@ -236,11 +324,26 @@ def compact_json(value: Any) -> str:
     return json.dumps(ints(value), separators=(",", ":"))
 
 
+def resource_name(value: str) -> str:
+    """Return the name of a resource given by id (its prefix says its kind) or name."""
+    if not value or "/" in value:
+        return value
+    if value.startswith("ws_"):
+        return f"workspaces/{value}"
+    kind = ID_KINDS.get(value.split("_", 1)[0])
+    if kind is None:
+        fail(f"{value!r} is not an id eventfn gives (src_…, fn_…, ins_…, mem_…, tok_…) or a name")
+    return name(value, kind)
+
+
 def audit(resource: str = "", limit: int = 50, json_: Json = False) -> None:
     """Show the audit trail, newest first."""
     with registry() as r:
         resp = r.ListAuditEvents(
-            pb.ListAuditEventsRequest(resource_id=resource, page_size=limit), metadata=metadata()
+            pb.ListAuditEventsRequest(
+                parent=workspace(), resource=resource_name(resource), page_size=limit
+            ),
+            metadata=metadata(),
         )
     if json_:
         as_json_list(resp.events)
@@ -252,10 +355,19 @@ def audit(resource: str = "", limit: int = 50, json_: Json = False) -> None:
             [
                 when(e.create_time),
                 e.actor_email,
-                e.action,
-                e.resource_id,
+                action_text(e.action),
+                short(e.resource),
                 compact_json(json_format.MessageToDict(e.details)),
             ]
             for e in resp.events
         ],
     )
+
+
+def action_text(action: int) -> str:
+    """Render an audit action as people read it, e.g. "function.save"."""
+    text = res.AuditAction.Name(action).removeprefix("AUDIT_ACTION_").lower()  # type: ignore[arg-type]
+    area, _, verb = text.partition("_")
+    if area == "dead":
+        return "dead." + verb.removeprefix("letters_")
+    return f"{area}.{verb}"

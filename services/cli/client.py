@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -19,8 +20,9 @@ from grpc_status import rpc_status
 from rich.console import Console
 from rich.table import Table
 
-from eventfn.registry.v1 import registry_pb2_grpc
+from eventfn_api.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.cli.context import load_context
+from services.common import names
 
 # Piped output keeps whole ids on one line, so scripts can grep them.
 out = Console(width=None if sys.stdout.isatty() else 250)
@@ -77,6 +79,61 @@ def stub(service: str, factory: Callable[[grpc.Channel], T]) -> Iterator[T]:
 def registry() -> Any:
     """Open the registry stub (a context manager turning RPC errors into one-line messages)."""
     return stub("registry", registry_pb2_grpc.RegistryStub)
+
+
+def whoami() -> Any:
+    """Return the caller (WhoAmI), asked once per token and registry."""
+    return _whoami(token(), address("registry"))
+
+
+@functools.cache
+def _whoami(secret: str, registry_address: str) -> Any:
+    with stub("registry", registry_pb2_grpc.RegistryStub) as r:
+        return r.WhoAmI(
+            registry_pb2.WhoAmIRequest(), metadata=(("authorization", f"Bearer {secret}"),)
+        )
+
+
+def workspace() -> str:
+    """Return the name of the token's workspace, "workspaces/ws_…"."""
+    return whoami().workspace.name
+
+
+# The id prefixes the registry gives, and the kinds of resource they name.
+ID_KINDS = {
+    "src": names.SOURCE,
+    "fn": names.FUNCTION,
+    "ins": names.INSTANCE,
+    "mem": names.MEMBER,
+    "tok": names.TOKEN,
+}
+
+
+def name(value: str, kind: names.Kind) -> str:
+    """Return the resource name of an id (`fn_…`) or a name given on the command line."""
+    if "/" in value:
+        return value
+    if ID_KINDS.get(value.split("_", 1)[0]) is not kind:
+        fail(f"{value!r} is not a {kind.word} id ({kind.word} ids look like {example(kind)})")
+    return kind.name(names.last(workspace()), value)
+
+
+def example(kind: names.Kind) -> str:
+    """Return what an id of a kind looks like."""
+    prefix = next(p for p, k in ID_KINDS.items() if k is kind)
+    return f"{prefix}_…"
+
+
+def version_name(function: str, version: str) -> str:
+    """Return the name of a version (`ver_…` or a name) of a function (id or name)."""
+    if "/" in version:
+        return version
+    return f"{name(function, names.FUNCTION)}/versions/{version}"
+
+
+def short(resource_name: str) -> str:
+    """Return the id a resource name ends with, for tables and messages."""
+    return names.last(resource_name)
 
 
 def pages(call: Callable[..., Any], request: Message, field: str) -> Iterator[Any]:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
-from google.protobuf import timestamp_pb2
+from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.protobuf import duration_pb2, timestamp_pb2
 
-from eventfn.retrier.v1 import retrier_pb2 as pb
-from eventfn.retrier.v1 import retrier_pb2_grpc
-from eventfn.type.v1 import types_pb2
-from services.cli.client import as_json, fail, metadata, out, stub, table, when
+from eventfn_api.retrier.v1 import retrier_pb2 as pb
+from eventfn_api.retrier.v1 import retrier_pb2_grpc
+from eventfn_api.type.v1 import types_pb2
+from services.cli.client import as_json, fail, metadata, name, out, short, stub, table, when
+from services.common import names
 from services.common.error_location import location_text
 
 dead = typer.Typer(
@@ -45,6 +48,13 @@ def timestamp(value: str | None, option: str) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
+def letter_name(instance: str, letter: str) -> str:
+    """Return a dead letter's name from an instance (id or name) and a letter id (`42.0`)."""
+    if "/" in letter:
+        return letter
+    return f"{name(instance, names.INSTANCE)}/deadLetters/{letter}"
+
+
 @dead.command("list")
 def list_dead(
     instance_id: str,
@@ -55,7 +65,7 @@ def list_dead(
 ) -> None:
     """List an instance's dead letters, newest first."""
     request = pb.ListDeadLettersRequest(
-        instance_id=instance_id,
+        parent=name(instance_id, names.INSTANCE),
         start_time=timestamp(since, "--since"),
         end_time=timestamp(until, "--until"),
         page_size=limit,
@@ -67,7 +77,7 @@ def list_dead(
         f"dead letters of {instance_id}",
         ["id", "dead at", "messageId", "attempts", "reason"],
         [
-            (d.id, when(d.dead_time), d.message_id, len(d.attempts), d.reason[:80])
+            (short(d.name), when(d.dead_time), d.message_id, d.attempt_count, d.reason[:80])
             for d in resp.dead_letters
         ],
     )
@@ -77,22 +87,30 @@ def list_dead(
 
 @dead.command("show")
 def show(
-    dead_letter_id: str,
+    instance_id: Annotated[str, typer.Argument(help="The instance id (or the letter's name).")],
+    dead_letter_id: Annotated[
+        str, typer.Argument(help="The dead letter's id, e.g. 42.0 (see `dead list`).")
+    ] = "",
     json: Annotated[
         bool, typer.Option("--json", help="Print the whole dead letter as JSON.")
     ] = False,
 ) -> None:
     """Show one dead letter: the event, every attempt, the reason."""
+    if not dead_letter_id and "/deadLetters/" not in instance_id:
+        fail("name the dead letter: `eventfn dead show ins_… 42.0`")
+    letter_full = letter_name(instance_id, dead_letter_id or instance_id)
     with stub("retrier", retrier_pb2_grpc.RetrierStub) as retrier:
         letter = retrier.GetDeadLetter(
-            pb.GetDeadLetterRequest(dead_letter_id=dead_letter_id), metadata=metadata()
+            pb.GetDeadLetterRequest(name=letter_full), metadata=metadata()
         ).dead_letter
     if json:
         as_json(letter)
         return
+    instance = letter.name.split("/deadLetters/")[0]
     out.print(
-        f"[bold]{letter.id}[/] instance {letter.instance_id} messageId {letter.message_id}\n"
-        f"first attempt {when(letter.first_attempt_time)}, dead {when(letter.dead_time)}",
+        f"[bold]{short(letter.name)}[/] instance {short(instance)} messageId {letter.message_id}\n"
+        f"first attempt {when(letter.first_attempt_time)}, dead {when(letter.dead_time)}, "
+        f"{letter.attempt_count} attempt(s)",
         highlight=False,
     )
     out.print(f"reason: {letter.reason}", markup=False, highlight=False)
@@ -102,12 +120,13 @@ def show(
         out.print(f"at {where}", highlight=False)
     if stack:
         out.print(stack, style="dim", markup=False, highlight=False)
+    first = letter.attempt_count - len(letter.attempts) + 1
     table(
-        "attempts",
+        "attempts" if first == 1 else f"the last {len(letter.attempts)} attempts",
         ["#", "time", "outcome", "error"],
         [
             (n, when(a.time), types_pb2.Outcome.Name(a.outcome), a.error.message)
-            for n, a in enumerate(letter.attempts, start=1)
+            for n, a in enumerate(letter.attempts, start=first)
         ],
     )
     out.print(letter.event_json, highlight=False)
@@ -122,17 +141,31 @@ def replay(
 ) -> None:
     """Send dead letters back to their instance (one, several, or all in a range), once.
 
-    Replayed letters leave DEAD; the other letters of their packs get new ids.
+    Replayed letters leave DEAD; the other letters of their packs get new ids. The replay runs
+    as an operation on the retrier; the command waits for it.
     """
     request = pb.ReplayDeadLettersRequest(
-        instance_id=instance_id,
-        dead_letter_ids=ids or [],
+        parent=name(instance_id, names.INSTANCE),
+        names=[letter_name(instance_id, i) for i in ids or []],
         start_time=timestamp(since, "--since"),
         end_time=timestamp(until, "--until"),
+        request_id=str(uuid.uuid4()),
     )
     with stub("retrier", retrier_pb2_grpc.RetrierStub) as retrier:
-        resp = retrier.ReplayDeadLetters(request, metadata=metadata())
-    out.print(f"replayed {resp.replayed} dead letter(s) to {instance_id}", highlight=False)
+        operation = retrier.ReplayDeadLetters(request, metadata=metadata())
+    with stub("retrier", operations_pb2_grpc.OperationsStub) as operations:
+        while not operation.done:
+            operation = operations.WaitOperation(
+                operations_pb2.WaitOperationRequest(
+                    name=operation.name, timeout=duration_pb2.Duration(seconds=30)
+                ),
+                metadata=metadata(),
+            )
+    if operation.HasField("error"):
+        fail(f"the replay failed: {operation.error.message} ({operation.name})")
+    result = pb.ReplayDeadLettersResponse()
+    operation.response.Unpack(result)
+    out.print(f"replayed {result.replayed} dead letter(s) to {instance_id}", highlight=False)
 
 
 @dead.command("purge")
@@ -146,7 +179,9 @@ def purge(
     if not ids and not yes:
         typer.confirm(f"delete every dead letter of {instance_id}?", abort=True)
     request = pb.PurgeDeadLettersRequest(
-        instance_id=instance_id, dead_letter_ids=ids or [], end_time=timestamp(until, "--until")
+        parent=name(instance_id, names.INSTANCE),
+        names=[letter_name(instance_id, i) for i in ids or []],
+        end_time=timestamp(until, "--until"),
     )
     with stub("retrier", retrier_pb2_grpc.RetrierStub) as retrier:
         resp = retrier.PurgeDeadLetters(request, metadata=metadata())

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from eventfn.executor.v1 import executor_pb2 as pb
-from eventfn.executor.v1 import executor_pb2_grpc
-from eventfn.type.v1 import types_pb2
-from services.cli.client import metadata, out, stub, table, when
+from eventfn_api.executor.v1 import executor_pb2 as pb
+from eventfn_api.executor.v1 import executor_pb2_grpc
+from eventfn_api.type.v1 import types_pb2
+from services.cli.client import metadata, name, out, short, stub, table, when
+from services.common import names
 from services.common.error_location import location_text
 
 BARS = " ▁▂▃▄▅▆▇█"
 HEALTH = {
-    pb.HEALTH_UNSPECIFIED: "[dim]no events in 15 min[/]",
+    pb.HEALTH_NO_EVENTS: "[dim]no events in 15 min[/]",
     pb.HEALTH_HEALTHY: "[green]healthy[/]",
     pb.HEALTH_DEGRADED: "[yellow]degraded[/]",
     pb.HEALTH_FAILING: "[red]failing[/]",
@@ -35,28 +36,35 @@ def deliveries(
     limit: Annotated[int, typer.Option(help="Rows to show.")] = 30,
 ) -> None:
     """Show an instance's deliveries per minute (or its failures), health and backlog."""
+    instance = name(instance_id, names.INSTANCE)
     with stub("executor", executor_pb2_grpc.ExecutorStub) as ex:
         stats = ex.GetDeliveryStats(
-            pb.GetDeliveryStatsRequest(instance_id=instance_id), metadata=metadata()
+            pb.GetDeliveryStatsRequest(name=f"{instance}/deliveryStats"), metadata=metadata()
         )
-        listed = ex.ListDeliveries(
-            pb.ListDeliveriesRequest(
-                instance_id=instance_id, failures_only=failures, page_size=limit
-            ),
-            metadata=metadata(),
-        )
+        listed: Any
+        if failures:
+            listed = ex.ListDeliveryFailures(
+                pb.ListDeliveryFailuresRequest(parent=instance, page_size=limit),
+                metadata=metadata(),
+            )
+        else:
+            listed = ex.ListDeliveryMinutes(
+                pb.ListDeliveryMinutesRequest(parent=instance, page_size=limit),
+                metadata=metadata(),
+            )
     t = stats.totals
     out.print(
         f"{instance_id}: {HEALTH[stats.health]} — last 24 h: {t.delivered} delivered, "
         f"{t.retried} retried, {t.discarded} discarded, {t.failed} failed; "
-        f"{t.invocations} invocations, {t.execution_ms / 1000:.1f} s execution; "
+        f"{t.invocations} invocations, "
+        f"{t.execution_time.ToTimedelta().total_seconds():.1f} s execution; "
         f"{stats.pending_retries} pending retries, {stats.dead_letters} dead letters"
     )
     if failures:
         for f in listed.failures:
             out.print(
                 f"\n[bold]{when(f.time)}[/] {types_pb2.Outcome.Name(f.outcome)} "
-                f"{f.message_id} ({f.version_id})",
+                f"{f.message_id} ({short(f.version)})",
                 highlight=False,
             )
             out.print(f"  [red]{f.error.type}[/]: ", end="", highlight=False)
@@ -93,7 +101,7 @@ def deliveries(
                 m.discarded,
                 m.failed,
                 m.invocations,
-                f"{m.execution_ms:.0f}",
+                f"{m.execution_time.ToTimedelta().total_seconds() * 1000:.0f}",
             ]
             for m in listed.minutes
         ],

@@ -18,10 +18,11 @@ import orjson
 import typer
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from services.cli.client import fail, metadata, out, pages, registry
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from services.cli.client import fail, metadata, out, pages, registry, short
+from services.cli.client import name as cli_name
 from services.cli.context import load_context
-from services.common import streams
+from services.common import names, streams
 from services.common.settings import nats_servers
 
 events = typer.Typer(help="Your workspace's event streams.", no_args_is_help=True)
@@ -112,28 +113,26 @@ def tail(
     """Print the latest packs of your workspace's instances, one line per event."""
     with registry() as r:
         me = r.WhoAmI(pb.WhoAmIRequest(), metadata=metadata())
+        listing = pb.ListInstancesRequest(parent=me.workspace.name, page_size=500)
         if instance:
-            r.GetInstance(pb.GetInstanceRequest(instance_id=instance), metadata=metadata())
-        readable = {
-            i.id
-            for i in pages(r.ListInstances, pb.ListInstancesRequest(page_size=500), "instances")
-        }
+            r.GetInstance(
+                pb.GetInstanceRequest(name=cli_name(instance, names.INSTANCE)), metadata=metadata()
+            )
+        readable = {short(i.name) for i in pages(r.ListInstances, listing, "instances")}
 
     def visible(instance_id: str) -> bool:
         # An instance created after the start is looked up once, then remembered either way.
         if instance_id not in readable and instance_id not in hidden:
             with registry() as r:
-                for i in pages(
-                    r.ListInstances, pb.ListInstancesRequest(page_size=500), "instances"
-                ):
-                    readable.add(i.id)
+                for i in pages(r.ListInstances, listing, "instances"):
+                    readable.add(short(i.name))
             if instance_id not in readable:
                 hidden.add(instance_id)
         return instance_id in readable
 
     hidden: set[str] = set()
     try:
-        asyncio.run(_tail(me.workspace.id, instance or None, visible, last, follow))
+        asyncio.run(_tail(short(me.workspace.name), instance or None, visible, last, follow))
     except KeyboardInterrupt:
         pass
     except (OSError, nats.errors.Error) as error:

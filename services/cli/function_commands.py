@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from google.protobuf import field_mask_pb2
 
-from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
 from services.cli import settings_input as si
 from services.cli.client import (
     as_json_list,
@@ -17,9 +20,14 @@ from services.cli.client import (
     pages,
     read_code,
     registry,
+    short,
     table,
+    version_name,
     when,
+    workspace,
 )
+from services.cli.client import name as cli_name
+from services.common import names
 
 functions = typer.Typer(help="Destination functions and their versions.", no_args_is_help=True)
 
@@ -38,6 +46,11 @@ SetValues = Annotated[
 Json = Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")]
 
 
+def new_request_id() -> str:
+    """Make the request_id of one command: a retry of the same call sends it again."""
+    return str(uuid.uuid4())
+
+
 @functions.command("create")
 def function_create(
     name: str,
@@ -50,12 +63,49 @@ def function_create(
     with registry() as r:
         resp = r.CreateFunction(
             pb.CreateFunctionRequest(
-                name=name, description=description, code=read_code(file), settings=definitions
+                parent=workspace(),
+                function=res.DestinationFunction(display_name=name, description=description),
+                code=read_code(file),
+                settings=definitions,
+                request_id=new_request_id(),
             ),
             metadata=metadata(),
         )
     out.print(
-        f"function {resp.function.name} ({resp.function.id}) created, version 1 ({resp.version.id})"
+        f"function {resp.function.display_name} ({short(resp.function.name)}) created, "
+        f"version 1 ({short(resp.version.name)})"
+    )
+
+
+@functions.command("update")
+def function_update(
+    function_id: str,
+    name: Annotated[str | None, typer.Option("--name", help="A new display name.")] = None,
+    description: Annotated[str | None, typer.Option(help="A new description.")] = None,
+) -> None:
+    """Rename a function or change its description."""
+    paths = [p for p, v in (("display_name", name), ("description", description)) if v is not None]
+    if not paths:
+        fail("nothing to change: pass --name or --description")
+    with registry() as r:
+        current = r.GetFunction(
+            pb.GetFunctionRequest(name=cli_name(function_id, names.FUNCTION)), metadata=metadata()
+        ).function
+        resp = r.UpdateFunction(
+            pb.UpdateFunctionRequest(
+                function=res.DestinationFunction(
+                    name=current.name,
+                    display_name=name or "",
+                    description=description or "",
+                    etag=current.etag,
+                ),
+                update_mask=field_mask_pb2.FieldMask(paths=paths),
+            ),
+            metadata=metadata(),
+        )
+    out.print(
+        f"function {resp.function.display_name} ({short(resp.function.name)}) updated: "
+        + ", ".join(paths)
     )
 
 
@@ -76,6 +126,8 @@ def function_save(
 ) -> None:
     """Save new code as a new version; with --deploy, also deploy it to those instances.
 
+    The save is based on the function as it is when the command starts: should someone else
+    save in between, it is refused (ABORTED) instead of silently replacing their version.
     With --set, the deployed instances get those setting values in the same step (e.g. for a
     setting the new version adds); all or nothing.
     """
@@ -84,29 +136,31 @@ def function_save(
             "--set gives values to the deployed instances: add --deploy ins_… "
             "(or use `eventfn instances update`)"
         )
+    code = read_code(file)
     with registry() as r:
+        fn_name = cli_name(function_id, names.FUNCTION)
+        current = r.GetFunction(pb.GetFunctionRequest(name=fn_name), metadata=metadata())
         if settings:
             definitions = si.read_schema(settings)
         else:
-            current = r.GetFunction(
-                pb.GetFunctionRequest(function_id=function_id), metadata=metadata()
-            )
             definitions = list(current.latest_version.settings)
         values = si.parse_sets(definitions, set_, "being saved")
-        targets = list(dict.fromkeys(deploy or []))
+        targets = [cli_name(i, names.INSTANCE) for i in dict.fromkeys(deploy or [])]
         resp = r.SaveFunction(
             pb.SaveFunctionRequest(
-                function_id=function_id,
-                code=read_code(file),
+                name=fn_name,
+                code=code,
                 settings=definitions,
-                deploy_instance_ids=targets,
+                deploy_instances=targets,
                 deploy_settings={i: si.struct(values) for i in targets} if values else {},
+                etag=current.function.etag,
+                request_id=new_request_id(),
             ),
             metadata=metadata(),
         )
-    out.print(f"saved version {resp.version.number} ({resp.version.id})")
+    out.print(f"saved version {resp.version.number} ({short(resp.version.name)})")
     for ins in resp.deployed_instances:
-        out.print(f"  deployed to {ins.name} ({ins.id})")
+        out.print(f"  deployed to {ins.display_name} ({short(ins.name)})")
 
 
 @functions.command("deploy")
@@ -123,20 +177,22 @@ def function_deploy(
     way to deploy a version that adds a required setting.
     """
     with registry() as r:
-        values = si.parse_sets(si.version_settings(r, version_id), set_, version_id)
-        for ins in dict.fromkeys(instances_):
+        targets = [cli_name(i, names.INSTANCE) for i in dict.fromkeys(instances_)]
+        first = r.GetInstance(pb.GetInstanceRequest(name=targets[0]), metadata=metadata())
+        version = version_name(first.instance.function, version_id)
+        values = si.parse_sets(si.version_settings(r, version), set_, version_id)
+        for ins in targets:
             resp = r.DeployInstance(
                 pb.DeployInstanceRequest(
-                    instance_id=ins,
-                    version_id=version_id,
+                    name=ins,
+                    version=version,
                     settings=si.struct(values) if values else None,
                 ),
                 metadata=metadata(),
             )
             changed = f", settings {', '.join(sorted(values))} set" if values else ""
             out.print(
-                f"{resp.instance.name} ({ins}) now runs {version_id}{changed} "
-                f"(revision {resp.instance.revision})"
+                f"{resp.instance.display_name} ({short(ins)}) now runs {short(version)}{changed}"
             )
 
 
@@ -144,14 +200,23 @@ def function_deploy(
 def function_list(json_: Json = False) -> None:
     """List functions."""
     with registry() as r:
-        rows = list(pages(r.ListFunctions, pb.ListFunctionsRequest(page_size=500), "functions"))
+        rows = list(
+            pages(
+                r.ListFunctions,
+                pb.ListFunctionsRequest(parent=workspace(), page_size=500),
+                "functions",
+            )
+        )
     if json_:
         as_json_list(rows)
         return
     table(
         "functions",
         ["id", "name", "latest version", "updated"],
-        [[f.id, f.name, f.latest_version_number, when(f.update_time)] for f in rows],
+        [
+            [short(f.name), f.display_name, f.latest_version_number, when(f.update_time)]
+            for f in rows
+        ],
     )
 
 
@@ -162,7 +227,9 @@ def function_versions(function_id: str, json_: Json = False) -> None:
         rows = list(
             pages(
                 r.ListFunctionVersions,
-                pb.ListFunctionVersionsRequest(function_id=function_id, page_size=500),
+                pb.ListFunctionVersionsRequest(
+                    parent=cli_name(function_id, names.FUNCTION), page_size=500
+                ),
                 "versions",
             )
         )
@@ -172,7 +239,7 @@ def function_versions(function_id: str, json_: Json = False) -> None:
     table(
         "versions",
         ["number", "id", "saved by", "saved"],
-        [[v.number, v.id, v.created_by, when(v.create_time)] for v in rows],
+        [[v.number, short(v.name), v.creator, when(v.create_time)] for v in rows],
     )
 
 
@@ -183,11 +250,13 @@ def function_show(
 ) -> None:
     """Show a function, its settings schema and (with --code) its latest code."""
     with registry() as r:
-        resp = r.GetFunction(pb.GetFunctionRequest(function_id=function_id), metadata=metadata())
+        resp = r.GetFunction(
+            pb.GetFunctionRequest(name=cli_name(function_id, names.FUNCTION)), metadata=metadata()
+        )
     f, v = resp.function, resp.latest_version
     out.print(
-        f"[bold]{f.name}[/] ({f.id}) — {f.description or 'no description'}; "
-        f"version {v.number} ({v.id})"
+        f"[bold]{f.display_name}[/] ({short(f.name)}) — {f.description or 'no description'}; "
+        f"version {v.number} ({short(v.name)})"
     )
     table(
         "settings",
@@ -202,5 +271,8 @@ def function_show(
 def function_delete(function_id: str) -> None:
     """Delete a function without instances."""
     with registry() as r:
-        r.DeleteFunction(pb.DeleteFunctionRequest(function_id=function_id), metadata=metadata())
+        r.DeleteFunction(
+            pb.DeleteFunctionRequest(name=cli_name(function_id, names.FUNCTION)),
+            metadata=metadata(),
+        )
     out.print(f"function {function_id} deleted")

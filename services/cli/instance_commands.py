@@ -2,23 +2,52 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from google.protobuf import field_mask_pb2, json_format
+from google.protobuf import duration_pb2, field_mask_pb2, json_format
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import resources_pb2 as res
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
 from services.cli import settings_input as si
-from services.cli.client import as_json_list, fail, metadata, out, pages, registry, table
+from services.cli.client import (
+    as_json_list,
+    fail,
+    metadata,
+    out,
+    pages,
+    registry,
+    short,
+    table,
+    version_name,
+    workspace,
+)
+from services.cli.client import name as cli_name
 from services.cli.function_commands import Json, SetValues
+from services.common import names
 
 instances = typer.Typer(help="Functions connected to sources.", no_args_is_help=True)
 
 ValuesFile = Annotated[
     Path | None, typer.Option("--settings", help="JSON file of setting values (an object).")
 ]
+
+
+def duration(seconds: float | None) -> duration_pb2.Duration | None:
+    """Make a Duration of seconds (None stays unset)."""
+    if seconds is None:
+        return None
+    out = duration_pb2.Duration()
+    out.FromTimedelta(timedelta(seconds=seconds))
+    return out
+
+
+def seconds(value: duration_pb2.Duration) -> str:
+    """Show a Duration as seconds."""
+    return f"{value.ToTimedelta().total_seconds():g}s"
 
 
 @instances.command("create")
@@ -33,10 +62,10 @@ def instance_create(
         int | None, typer.Option(help="Events per onBatch call, 1..400 (default 20).")
     ] = None,
     batch_wait_ms: Annotated[
-        int | None, typer.Option(help="Max wait for a batch (default 10000).")
+        int | None, typer.Option(help="Max wait for a batch in ms (default 10000).")
     ] = None,
     timeout_ms: Annotated[
-        int | None, typer.Option(help="Per-invocation timeout (default 5000).")
+        int | None, typer.Option(help="Per-invocation timeout in ms (default 5000).")
     ] = None,
     filter_: Annotated[
         list[str] | None, typer.Option("--filter", help="Destination filter; repeatable.")
@@ -52,35 +81,42 @@ def instance_create(
     """Connect a function to a source."""
     values = si.read_values(settings)
     with registry() as r:
+        fn_name = cli_name(function, names.FUNCTION)
+        version_full = version_name(fn_name, version) if version else ""
         if set_:
-            if version:
-                definitions = si.version_settings(r, version)
+            if version_full:
+                definitions = si.version_settings(r, version_full)
             else:
-                fn = r.GetFunction(pb.GetFunctionRequest(function_id=function), metadata=metadata())
+                fn = r.GetFunction(pb.GetFunctionRequest(name=fn_name), metadata=metadata())
                 definitions = fn.latest_version.settings
             values |= si.parse_sets(definitions, set_, version or "latest")
-        req = pb.CreateInstanceRequest(
-            function_id=function,
-            source_id=source,
-            name=name,
-            version_id=version,
+        ins = res.Instance(
+            function=fn_name,
+            source=cli_name(source, names.SOURCE),
+            version=version_full,
+            display_name=name,
             settings=si.struct(values),
-            enabled=not disabled,
+            state=res.Instance.STATE_DISABLED if disabled else res.Instance.STATE_ENABLED,
+            batch_size=batch_size or 0,
             filters=filter_ or [],
-            retry_window_seconds=retry_window_seconds,
-            retry_max_delay_seconds=retry_max_delay_seconds,
+            batch_wait=duration(batch_wait_ms / 1000 if batch_wait_ms is not None else None),
+            timeout=duration(timeout_ms / 1000 if timeout_ms is not None else None),
+            retry_window=duration(retry_window_seconds or None),
+            retry_max_delay=duration(retry_max_delay_seconds or None),
         )
-        if batch_size is not None:
-            req.batch_size = batch_size
-        if batch_wait_ms is not None:
-            req.batch_wait_ms = batch_wait_ms
-        if timeout_ms is not None:
-            req.timeout_ms = timeout_ms
-        resp = r.CreateInstance(req, metadata=metadata())
-    state = "enabled" if resp.instance.enabled else "disabled"
+        if batch_size == 0:
+            fail("--batch-size must be 1..400")
+        resp = r.CreateInstance(
+            pb.CreateInstanceRequest(
+                parent=workspace(), instance=ins, request_id=str(uuid.uuid4())
+            ),
+            metadata=metadata(),
+        )
+    created = resp.instance
+    state = "enabled" if created.state == res.Instance.STATE_ENABLED else "disabled"
     out.print(
-        f"instance {resp.instance.name} ({resp.instance.id}) created, {state}, "
-        f"running {resp.instance.version_id}"
+        f"instance {created.display_name} ({short(created.name)}) created, {state}, "
+        f"running {short(created.version)}"
     )
 
 
@@ -91,7 +127,12 @@ def instance_list(function: str = "", source: str = "", json_: Json = False) -> 
         rows = list(
             pages(
                 r.ListInstances,
-                pb.ListInstancesRequest(function_id=function, source_id=source, page_size=500),
+                pb.ListInstancesRequest(
+                    parent=workspace(),
+                    function=cli_name(function, names.FUNCTION) if function else "",
+                    source=cli_name(source, names.SOURCE) if source else "",
+                    page_size=500,
+                ),
                 "instances",
             )
         )
@@ -100,17 +141,17 @@ def instance_list(function: str = "", source: str = "", json_: Json = False) -> 
         return
     table(
         "instances",
-        ["id", "name", "function", "source", "version", "enabled", "batch", "rev"],
+        ["id", "name", "function", "source", "version", "enabled", "batch", "etag"],
         [
             [
-                i.id,
-                i.name,
-                i.function_id,
-                i.source_id,
-                i.version_id,
-                i.enabled,
+                short(i.name),
+                i.display_name,
+                short(i.function),
+                short(i.source),
+                short(i.version),
+                i.state == res.Instance.STATE_ENABLED,
                 i.batch_size,
-                i.revision,
+                i.etag,
             ]
             for i in rows
         ],
@@ -121,15 +162,17 @@ def instance_list(function: str = "", source: str = "", json_: Json = False) -> 
 def instance_show(instance_id: str) -> None:
     """Show an instance; encrypted settings are masked."""
     with registry() as r:
-        resp = r.GetInstance(pb.GetInstanceRequest(instance_id=instance_id), metadata=metadata())
+        resp = r.GetInstance(
+            pb.GetInstanceRequest(name=cli_name(instance_id, names.INSTANCE)), metadata=metadata()
+        )
     out.print_json(json_format.MessageToJson(resp.instance))
 
 
 def _changes(
-    instance_id: str, values: dict[str, Any] | None, **fields: Any
+    current: res.Instance, values: dict[str, Any] | None, **fields: Any
 ) -> tuple[res.Instance, list[str]]:
     """Build the instance and update mask of the given changes."""
-    ins = res.Instance(id=instance_id)
+    ins = res.Instance(name=current.name, etag=current.etag)
     paths = []
     if values is not None:
         ins.settings.update(values)
@@ -139,6 +182,13 @@ def _changes(
             continue
         if field == "filters":
             ins.filters.extend(value)
+        elif field == "state":
+            ins.state = res.Instance.STATE_ENABLED if value else res.Instance.STATE_DISABLED
+        elif field in ("batch_wait", "timeout"):
+            getattr(ins, field).CopyFrom(duration(value))
+        elif field in ("retry_window", "retry_max_delay"):
+            if value:  # 0: unset, the deployment's default
+                getattr(ins, field).CopyFrom(duration(value))
         else:
             setattr(ins, field, value)
         paths.append(field)
@@ -146,13 +196,13 @@ def _changes(
 
 
 def _describe(paths: list[str], ins: res.Instance) -> str:
-    """Say what changed, e.g. `disabled`, `name "EU hook"`, `filters (none)`."""
+    """Say what changed, e.g. `disabled`, `renamed to "EU hook"`, `filters (none)`."""
     words = []
     for path in paths:
-        if path == "enabled":
-            words.append("enabled" if ins.enabled else "disabled")
-        elif path == "name":
-            words.append(f"renamed to {ins.name!r}")
+        if path == "state":
+            words.append("enabled" if ins.state == res.Instance.STATE_ENABLED else "disabled")
+        elif path == "display_name":
+            words.append(f"renamed to {ins.display_name!r}")
         elif path == "filters":
             words.append(f"filters ({len(ins.filters) or 'none'})")
         else:
@@ -173,8 +223,12 @@ def instance_update(
     batch_size: int | None = None,
     batch_wait_ms: int | None = None,
     timeout_ms: int | None = None,
-    retry_window_seconds: int | None = None,
-    retry_max_delay_seconds: int | None = None,
+    retry_window_seconds: Annotated[
+        int | None, typer.Option(help="Retry window, 60..86400 s (0: the default).")
+    ] = None,
+    retry_max_delay_seconds: Annotated[
+        int | None, typer.Option(help="Longest wait between attempts, 1..3600 s (0: default).")
+    ] = None,
     filter_: Annotated[
         list[str] | None,
         typer.Option("--filter", help="Destination filter (replaces all); repeatable."),
@@ -183,12 +237,16 @@ def instance_update(
         bool, typer.Option("--clear-filters", help="Remove every destination filter.")
     ] = False,
 ) -> None:
-    """Change an instance's name, settings, enabled flag, batching, timeout or filters."""
+    """Change an instance's name, settings, enabled flag, batching, timeout or filters.
+
+    The change applies to the instance as read when the command starts: a concurrent change
+    makes it fail (ABORTED) instead of being overwritten; run it again.
+    """
     if clear_filters and filter_:
         fail("--clear-filters and --filter contradict each other: pass one")
     with registry() as r:
         current = r.GetInstance(
-            pb.GetInstanceRequest(instance_id=instance_id), metadata=metadata()
+            pb.GetInstanceRequest(name=cli_name(instance_id, names.INSTANCE)), metadata=metadata()
         ).instance
         values = None
         if settings or set_:
@@ -200,23 +258,23 @@ def instance_update(
             )
             if set_:
                 values |= si.parse_sets(
-                    si.version_settings(r, current.version_id),
+                    si.version_settings(r, current.version),
                     set_,
-                    current.version_id,
+                    short(current.version),
                     hint="a setting a newer version declares is set with the deploy: "
                     "`eventfn functions deploy ver_… --instance "
                     f"{instance_id} --set name=value`",
                 )
         ins, paths = _changes(
-            instance_id,
+            current,
             values,
-            name=name,
-            enabled=enabled,
+            display_name=name,
+            state=enabled,
             batch_size=batch_size,
-            batch_wait_ms=batch_wait_ms,
-            timeout_ms=timeout_ms,
-            retry_window_seconds=retry_window_seconds,
-            retry_max_delay_seconds=retry_max_delay_seconds,
+            batch_wait=batch_wait_ms / 1000 if batch_wait_ms is not None else None,
+            timeout=timeout_ms / 1000 if timeout_ms is not None else None,
+            retry_window=retry_window_seconds,
+            retry_max_delay=retry_max_delay_seconds,
             filters=[] if clear_filters else filter_,
         )
         if not paths:
@@ -226,21 +284,19 @@ def instance_update(
             )
         resp = r.UpdateInstance(
             pb.UpdateInstanceRequest(
-                instance=ins,
-                update_mask=field_mask_pb2.FieldMask(paths=paths),
-                expected_revision=current.revision,
+                instance=ins, update_mask=field_mask_pb2.FieldMask(paths=paths)
             ),
             metadata=metadata(),
         )
-    out.print(
-        f"instance {instance_id} updated: {_describe(paths, resp.instance)}; "
-        f"revision {resp.instance.revision}"
-    )
+    out.print(f"instance {instance_id} updated: {_describe(paths, resp.instance)}")
 
 
 @instances.command("delete")
 def instance_delete(instance_id: str) -> None:
     """Delete an instance."""
     with registry() as r:
-        r.DeleteInstance(pb.DeleteInstanceRequest(instance_id=instance_id), metadata=metadata())
+        r.DeleteInstance(
+            pb.DeleteInstanceRequest(name=cli_name(instance_id, names.INSTANCE)),
+            metadata=metadata(),
+        )
     out.print(f"instance {instance_id} deleted")

@@ -98,16 +98,21 @@ def _preview_remote(
     """Send the preview to the running executor and print its answer."""
     from google.protobuf import json_format, struct_pb2
 
-    from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
-    from eventfn.type.v1 import types_pb2
+    from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
+    from eventfn_api.type.v1 import types_pb2
     from services.cli.client import metadata, stub
+    from services.cli.client import name as cli_name
+    from services.common import names
 
     settings = struct_pb2.Struct()
     settings.update(values if isinstance(values, dict) else {})
     with stub("executor", executor_pb2_grpc.ExecutorStub) as ex:
         resp = ex.Preview(
             executor_pb2.PreviewRequest(
-                code=code, event_json=payload.decode(), settings=settings, function_id=function_id
+                code=code,
+                event_json=payload.decode(),
+                settings=settings,
+                function=cli_name(function_id, names.FUNCTION) if function_id else "",
             ),
             metadata=metadata(),
         )
@@ -116,7 +121,8 @@ def _preview_remote(
     else:
         outcome = types_pb2.Outcome.Name(resp.outcome).removeprefix("OUTCOME_").lower()
         colour = "green" if resp.outcome == types_pb2.OUTCOME_DELIVERED else "red"
-        console.print(f"[bold {colour}]{outcome}[/] in {resp.duration_ms:.1f} ms (remote)")
+        took = resp.duration.ToTimedelta().total_seconds() * 1000
+        console.print(f"[bold {colour}]{outcome}[/] in {took:.1f} ms (remote)")
         if resp.HasField("error"):
             console.print(f"[bold red]{resp.error.type}[/]: {resp.error.message}")
         console.print(f"[bold]Result[/] {resp.result_json}", highlight=False)

@@ -12,8 +12,8 @@ from typing import Any, NoReturn
 
 from google.protobuf import struct_pb2
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.type.v1 import types_pb2
 from services.cli.client import fail, metadata, read_json
 from services.runtime import settings_schema as schema
 
@@ -83,11 +83,9 @@ def parse_sets(
     return values
 
 
-def version_settings(r: Any, version_id: str) -> Sequence[types_pb2.SettingDefinition]:
-    """Return the setting definitions of a saved version."""
-    resp = r.GetFunctionVersion(
-        pb.GetFunctionVersionRequest(version_id=version_id), metadata=metadata()
-    )
+def version_settings(r: Any, version: str) -> Sequence[types_pb2.SettingDefinition]:
+    """Return the setting definitions of a saved version (its name)."""
+    resp = r.GetFunctionVersion(pb.GetFunctionVersionRequest(name=version), metadata=metadata())
     return resp.version.settings
 
 

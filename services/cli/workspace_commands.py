@@ -7,13 +7,15 @@ current one (`token`); `workspaces use` switches between them.
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 import typer
 
-from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
 from services.cli.access_commands import role_text
-from services.cli.client import fail, metadata, out, registry, table
+from services.cli.client import fail, metadata, out, registry, short, table
 from services.cli.context import load_context, save_context
 
 workspaces = typer.Typer(
@@ -44,21 +46,27 @@ def workspace_create(
 ) -> None:
     """Create a workspace and print its owner token (kept for `workspaces use`)."""
     with registry() as r:
-        resp = r.CreateWorkspace(pb.CreateWorkspaceRequest(name=name), metadata=metadata())
+        resp = r.CreateWorkspace(
+            pb.CreateWorkspaceRequest(
+                workspace=res.Workspace(display_name=name), request_id=str(uuid.uuid4())
+            ),
+            metadata=metadata(),
+        )
     ws = resp.workspace
-    out.print(f"workspace [bold]{ws.name}[/] ({ws.id}) created")
+    ws_id = short(ws.name)
+    out.print(f"workspace [bold]{ws.display_name}[/] ({ws_id}) created")
     out.print(f"owner token: [bold]{resp.token}[/]")
     saved = known_workspaces(load_context())
-    saved[ws.id] = {"name": ws.name, "email": resp.owner.email, "token": resp.token}
+    saved[ws_id] = {"name": ws.display_name, "email": resp.owner.email, "token": resp.token}
     if use:
         path = save_context(workspaces=saved, token=resp.token)
         out.print(
-            f"the CLI now works in {ws.name} (token kept in {path}); "
+            f"the CLI now works in {ws.display_name} (token kept in {path}); "
             f"`eventfn workspaces use {ADMIN}` switches back to the bootstrap admin"
         )
     else:
         save_context(workspaces=saved)
-        out.print(f"kept; `eventfn workspaces use {ws.id}` switches to it")
+        out.print(f"kept; `eventfn workspaces use {ws_id}` switches to it")
 
 
 @workspaces.command("show")
@@ -71,8 +79,8 @@ def workspace_show() -> None:
         ["workspace", "workspace id", "member", "roles", "bootstrap admin"],
         [
             [
-                me.workspace.name,
-                me.workspace.id,
+                me.workspace.display_name,
+                short(me.workspace.name),
                 me.member.email,
                 role_text(me.member.roles),
                 me.bootstrap_admin,
@@ -139,8 +147,8 @@ def workspace_use(
     if token:
         with registry() as r:
             me = r.WhoAmI(pb.WhoAmIRequest(), metadata=(("authorization", f"Bearer {token}"),))
-        remember(me.workspace.id, me.workspace.name, me.member.email, token)
-        out.print(f"the CLI now works in {me.workspace.name} as {me.member.email}")
+        remember(short(me.workspace.name), me.workspace.display_name, me.member.email, token)
+        out.print(f"the CLI now works in {me.workspace.display_name} as {me.member.email}")
         return
     if not target:
         fail(f"name a workspace (id or name from `eventfn workspaces list`), {ADMIN!r}, or --token")

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import registry_pb2_grpc
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2_grpc
 from services.common.rpc_observe import client_interceptors
 
 log = logging.getLogger(__name__)

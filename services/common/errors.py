@@ -6,7 +6,7 @@ with details. Messages say what was wrong and how to fix it (AIP-193).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -29,6 +29,8 @@ class EventfnError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        # Machine-readable facts for google.rpc.ErrorInfo's metadata (e.g. the current etag).
+        self.metadata: Mapping[str, str] = {}
 
 
 class InvalidArgument(EventfnError):
@@ -92,6 +94,62 @@ class Aborted(EventfnError):
 
     code = grpc.StatusCode.ABORTED
     reason = "ABORTED"
+
+
+class EtagMismatch(Aborted):
+    """The caller's etag is not the resource's current one: it changed since it was read.
+
+    ErrorInfo carries reason ETAG_MISMATCH and the metadata `resource` and `current_etag`,
+    so a client can re-read (or decide) without parsing the message.
+    """
+
+    reason = "ETAG_MISMATCH"
+
+    def __init__(self, resource: str, given: str, current: str) -> None:
+        super().__init__(
+            f"{resource} changed since it was read: its etag is now {current!r}, not {given!r}; "
+            "re-read it, re-apply the change and send the new etag"
+        )
+        self.metadata = {"resource": resource, "current_etag": current}
+
+
+class RequestIdReused(InvalidArgument):
+    """A request_id came again with a different request (AIP-155): refused, nothing done."""
+
+    reason = "REQUEST_ID_REUSED"
+
+    def __init__(self, method: str) -> None:
+        super().__init__(
+            f"request_id: already used for a different {method} request in the last 24 hours; "
+            "a retry must send the same request, a new request needs a new request_id",
+            [FieldViolation("request_id", "already used for a different request")],
+        )
+
+
+class Relayed(EventfnError):
+    """An error another eventfn service answered, passed on with its code and details."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        reason: str,
+        metadata: Mapping[str, str] | None = None,
+        violations: Sequence[FieldViolation] = (),
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+        self.violations = tuple(violations)
+
+
+class Unimplemented(EventfnError):
+    """The method is part of a standard interface the service does not support."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    reason = "UNIMPLEMENTED"
 
 
 class Unavailable(EventfnError):

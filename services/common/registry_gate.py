@@ -11,22 +11,63 @@ from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import registry_pb2_grpc
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2_grpc
+from eventfn_api.registry.v1 import resources_pb2 as res
 from services.common.errors import (
     EventfnError,
+    FieldViolation,
     NotFound,
     PermissionDenied,
+    Relayed,
     Unauthenticated,
     Unavailable,
 )
 from services.common.rpc import bearer_token
 
-_MAPPED: dict[grpc.StatusCode, type[EventfnError]] = {
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-}
+# Only these mean "the registry could not answer now": the caller may retry. Every other code
+# is the registry's verdict on the request (a client error, or a bug behind INTERNAL) and is
+# passed on as it is, so a client is never told to retry a request that cannot succeed.
+_TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
+def relayed(error: grpc.aio.AioRpcError) -> EventfnError:
+    """Turn the registry's answer into the error to give the caller, details included."""
+    code = error.code()
+    if code in _TRANSIENT:
+        return Unavailable(f"the registry did not answer ({code.name}); retry later")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(error.details() or code.name)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDenied(error.details() or code.name)
+    reason, metadata, violations = code.name, {}, []
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason, metadata = info.reason or reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations = [FieldViolation(v.field, v.description) for v in bad.field_violations]
+    return Relayed(
+        code,
+        error.details() or code.name,
+        reason=reason,
+        metadata=metadata,
+        violations=violations,
+    )
 
 
 class RegistryGate:
@@ -47,49 +88,43 @@ class RegistryGate:
         try:
             return await coro
         except grpc.aio.AioRpcError as error:
-            code = error.code()
-            if code == grpc.StatusCode.NOT_FOUND:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
                 raise NotFound(kind, object_id) from error
-            if code in _MAPPED:
-                raise _MAPPED[code](error.details() or code.name) from error
-            raise Unavailable(f"the registry did not answer ({code.name})") from error
+            raise relayed(error) from error
 
-    async def instance(
-        self, context: grpc.aio.ServicerContext, instance_id: str
-    ) -> pb.GetInstanceResponse:
+    async def instance(self, context: grpc.aio.ServicerContext, name: str) -> res.Instance:
         """Return the instance if the caller may read it; raise like the registry otherwise."""
-        return await self._call(
+        reply = await self._call(
             self._stub.GetInstance(  # pyright: ignore[reportAttributeAccessIssue]
-                pb.GetInstanceRequest(instance_id=instance_id), metadata=self._metadata(context)
+                pb.GetInstanceRequest(name=name), metadata=self._metadata(context)
             ),
             "instance",
-            instance_id,
+            name,
         )
+        return reply.instance
 
     async def function(
-        self, context: grpc.aio.ServicerContext, function_id: str
+        self, context: grpc.aio.ServicerContext, name: str
     ) -> pb.GetFunctionResponse:
         """Return the function if the caller may read it; raise like the registry otherwise."""
         return await self._call(
             self._stub.GetFunction(  # pyright: ignore[reportAttributeAccessIssue]
-                pb.GetFunctionRequest(function_id=function_id), metadata=self._metadata(context)
+                pb.GetFunctionRequest(name=name), metadata=self._metadata(context)
             ),
             "function",
-            function_id,
+            name,
         )
 
-    async def version(
-        self, context: grpc.aio.ServicerContext, version_id: str
-    ) -> pb.GetFunctionVersionResponse:
+    async def version(self, context: grpc.aio.ServicerContext, name: str) -> res.FunctionVersion:
         """Return a function version if the caller may read its function."""
-        return await self._call(
+        reply = await self._call(
             self._stub.GetFunctionVersion(  # pyright: ignore[reportAttributeAccessIssue]
-                pb.GetFunctionVersionRequest(version_id=version_id),
-                metadata=self._metadata(context),
+                pb.GetFunctionVersionRequest(name=name), metadata=self._metadata(context)
             ),
             "version",
-            version_id,
+            name,
         )
+        return reply.version
 
     async def whoami(self, context: grpc.aio.ServicerContext) -> pb.WhoAmIResponse:
         """Return the caller, or raise Unauthenticated."""
@@ -101,12 +136,14 @@ class RegistryGate:
 
     async def record(
         self,
-        actor: pb.WhoAmIResponse,
-        instance_id: str,
-        action: str,
+        actor: str,
+        instance: str,
+        action: int,
         details: dict[str, Any],
+        request_id: str = "",
     ) -> None:
-        """Write a data-plane action done on an instance for `actor` to the audit trail."""
+        """Write a data-plane action done on an instance for `actor` (a member's name) to the
+        audit trail (once per request_id)."""
         if not self._service_token:
             raise RuntimeError("RegistryGate needs the service token to record actions")
         values = struct_pb2.Struct()
@@ -114,15 +151,16 @@ class RegistryGate:
         await self._call(
             self._stub.RecordInstanceAction(  # pyright: ignore[reportAttributeAccessIssue]
                 pb.RecordInstanceActionRequest(
-                    instance_id=instance_id,
-                    action=action,
+                    instance=instance,
+                    action=action,  # type: ignore[arg-type]
                     details=values,
-                    actor_member_id=actor.member.id,
+                    actor=actor,
+                    request_id=request_id,
                 ),
                 metadata=(("authorization", f"Bearer {self._service_token}"),),
             ),
             "instance",
-            instance_id,
+            instance,
         )
 
     async def close(self) -> None:

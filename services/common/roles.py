@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from eventfn.registry.v1 import resources_pb2 as res
+from eventfn_api.registry.v1 import resources_pb2 as res
 
 
 def _grants(member: res.Member, role: int) -> Iterable[res.RoleGrant]:
@@ -22,10 +22,14 @@ def is_owner(member: res.Member) -> bool:
     return any(True for _ in _grants(member, res.ROLE_WORKSPACE_OWNER))
 
 
+def _ids(resource_names: Iterable[str]) -> set[str]:
+    return {name.rsplit("/", 1)[-1] for name in resource_names}
+
+
 def may_administer_source(member: res.Member, source_id: str | None) -> bool:
     """Tell whether the member is Owner or Source Admin covering the source (None: all)."""
     return is_owner(member) or any(
-        not g.source_ids or (source_id is not None and source_id in g.source_ids)
+        not g.sources or (source_id is not None and source_id in _ids(g.sources))
         for g in _grants(member, res.ROLE_SOURCE_ADMIN)
     )
 
@@ -33,6 +37,6 @@ def may_administer_source(member: res.Member, source_id: str | None) -> bool:
 def may_write_function(member: res.Member, function_id: str | None) -> bool:
     """Tell whether the member is Owner or Functions Admin covering the function (None: all)."""
     return is_owner(member) or any(
-        not g.function_ids or (function_id is not None and function_id in g.function_ids)
+        not g.functions or (function_id is not None and function_id in _ids(g.functions))
         for g in _grants(member, res.ROLE_FUNCTIONS_ADMIN)
     )

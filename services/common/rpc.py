@@ -18,7 +18,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import _async as health_aio  # pyright: ignore[reportAttributeAccessIssue]
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 from opentelemetry.metrics import Meter
 
@@ -33,28 +33,33 @@ DOMAIN = "eventfn.dev"
 
 def to_status(error: EventfnError) -> grpc.Status:
     """Map a domain error to a rich `google.rpc.Status` (ErrorInfo, BadRequest details)."""
+    return rpc_status.to_status(status_message(error))
+
+
+def status_message(error: EventfnError) -> status_pb2.Status:
+    """Describe a domain error as the `google.rpc.Status` message a call would end with."""
     info = any_pb2.Any()
-    metadata = {}
+    metadata = dict(error.metadata)
     if isinstance(error, Internal):
         metadata["correlation_id"] = error.correlation_id
     info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata))
     details = [info]
-    if isinstance(error, InvalidArgument):
+    violations = getattr(error, "violations", ())
+    if isinstance(error, InvalidArgument) or violations:
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
                     field=v.field, description=v.description
                 )
-                for v in error.violations
+                for v in violations
             ]
         )
         packed = any_pb2.Any()
         packed.Pack(bad)
         details.append(packed)
-    status = status_pb2.Status(
+    return status_pb2.Status(
         code=getattr(code_pb2, error.code.name), message=error.message, details=details
     )
-    return rpc_status.to_status(status)
 
 
 def unexpected(method: str, error: Exception) -> Internal:
@@ -209,6 +214,33 @@ def address_taken(address: str) -> str | None:
     return None
 
 
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def serve_reflection(server: grpc.aio.Server, names: list[str]) -> None:
+    """Serve gRPC reflection as grpc.reflection.v1 and the older v1alpha.
+
+    grpcio-reflection implements only v1alpha; v1's messages are the same on the wire (the
+    protos differ in their package name only), so one servicer answers both method paths.
+    """
+    servicer = reflection.aio.ReflectionServicer([*names, reflection.SERVICE_NAME, REFLECTION_V1])
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                REFLECTION_V1,
+                {
+                    "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                        servicer.ServerReflectionInfo,
+                        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+                    )
+                },
+            ),
+        )
+    )
+
+
 def create_server(
     *,
     address: str,
@@ -236,9 +268,7 @@ def create_server(
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = list(service_names)
-    reflection.enable_server_reflection(
-        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    serve_reflection(server, [*names, health.SERVICE_NAME])
     why = address_taken(address)
     port = 0
     if why is None:

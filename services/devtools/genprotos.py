@@ -1,20 +1,25 @@
-"""Regenerate `gen/` (Python messages, gRPC stubs, typing stubs) from `protos/`.
+"""Regenerate `gen/` (the Python package `eventfn_api`: messages, gRPC stubs, typing stubs)
+from `protos/`, with the same command integrators use: `buf generate --template
+clients/python/buf.gen.yaml` (see clients/README.md).
 
-`make gen` runs this; `tests/common/test_gen_current.py` runs `generate()` into a temporary
+`make gen` runs this; `tests/devtools/test_gen_current.py` runs `generate()` into a temporary
 directory and fails when the result differs from the checked-in `gen/`.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
-from importlib import resources
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTOS = ROOT / "protos"
 GEN = ROOT / "gen"
+PACKAGE = "eventfn_api"
+TEMPLATE = ROOT / "clients" / "python" / "buf.gen.yaml"
 
 
 def proto_files(protos: Path = PROTOS) -> list[Path]:
@@ -22,34 +27,30 @@ def proto_files(protos: Path = PROTOS) -> list[Path]:
     return sorted(protos.rglob("*.proto"))
 
 
-def generate(out: Path, protos: Path = PROTOS) -> None:
-    """Write generated code for every proto under `protos` into `out`."""
-    from grpc_tools import protoc
+def buf() -> str:
+    """Return the buf executable installed by `npm ci` (package.json)."""
+    local = ROOT / "node_modules" / ".bin" / "buf"
+    if local.exists():
+        return str(local)
+    found = shutil.which("buf")
+    if found is None:
+        raise SystemExit("buf is not installed: run `make install` (npm ci)")
+    return found
 
-    out.mkdir(parents=True, exist_ok=True)
-    include = str(resources.files("grpc_tools") / "_proto")
-    files = [str(p.relative_to(protos)) for p in proto_files(protos)]
-    bindir = Path(sys.executable).parent
-    args = [
-        "protoc",
-        f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
-        f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
-        f"-I{protos}",
-        f"-I{include}",
-        f"--python_out={out}",
-        f"--grpc_python_out={out}",
-        f"--mypy_out={out}",
-        f"--mypy_grpc_out={out}",
-        *files,
-    ]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed; see the messages above")
-    for package in {p.parent for p in out.rglob("*_pb2.py")}:
-        for directory in [package, *package.parents]:
-            if directory == out or out not in directory.parents:
-                break
-            (directory / "__init__.py").touch()
-        (package / "py.typed").touch()
+
+def generate(out: Path) -> None:
+    """Write the generated package into `out` (as `out/eventfn_api/...`)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [buf(), "generate", "--template", str(TEMPLATE.relative_to(ROOT)), "-o", tmp],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(Path(tmp) / "gen" / PACKAGE, out / PACKAGE, dirs_exist_ok=True)
 
 
 def main() -> None:
@@ -59,7 +60,7 @@ def main() -> None:
         if GEN.exists():
             shutil.rmtree(GEN)
         shutil.copytree(tmp, GEN)
-    print(f"generated {len(proto_files())} proto files into {GEN}", file=sys.stderr)
+    print(f"generated {len(proto_files())} proto files into {GEN / PACKAGE}", file=sys.stderr)
 
 
 if __name__ == "__main__":

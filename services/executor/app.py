@@ -11,11 +11,12 @@ import asyncpg
 import grpc
 from nats.aio.client import Client as NatsClient
 
-from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
+from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
 from services.common import rpc
 from services.common.config_watch import ConfigWatcher
 from services.common.deliveries.recorder import DeliveryRecorder
 from services.common.metrics import start_metrics
+from services.common.page_tokens import PageTokens
 from services.common.registry_gate import RegistryGate
 from services.common.settings import asyncpg_url
 from services.common.streams import open_streams
@@ -118,7 +119,7 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
     stack.push_async_callback(drain)
     gate = RegistryGate(settings.registry_addr)
     stack.push_async_callback(gate.close)
-    servicer = ExecutorServicer(db, gate, js, pool)
+    servicer = ExecutorServicer(db, gate, js, pool, PageTokens.from_secret(token))
     server, port, health = rpc.create_server(
         address=settings.executor_listen,
         register=[lambda s: executor_pb2_grpc.add_ExecutorServicer_to_server(servicer, s)],

@@ -13,7 +13,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from eventfn.registry.v1 import registry_pb2 as rpb
+from eventfn_api.registry.v1 import registry_pb2 as rpb
 from services.common import streams
 from services.common.config_watch import ConfigWatcher
 from services.common.deliveries.recorder import DeliveryRecorder, FailureSample
@@ -173,8 +173,8 @@ class PackConsumer:
             return
         wanted = headers.get(streams.VERSION)
         if wanted and wanted != config.version_id:
-            version = await self._versions.get(wanted)
-            if version is None or version.function_id != config.function_id:
+            version = await self._versions.get(config, wanted)
+            if version is None:
                 self._discard(
                     msg,
                     subject.workspace_id,

@@ -21,7 +21,7 @@ from typing import Any
 from google.protobuf import json_format
 from opentelemetry import trace
 
-from eventfn.registry.v1 import registry_pb2 as rpb
+from eventfn_api.registry.v1 import registry_pb2 as rpb
 from services.common.deliveries.recorder import DeliveryRecorder
 from services.common.telemetry import message_ids
 from services.executor.observe import ExecutorMetrics, annotate, record_fetches
@@ -192,7 +192,7 @@ class Dispatcher:
             self._flush(config.id)
         elif pending.timer is None:
             pending.timer = asyncio.get_running_loop().call_later(
-                config.batch_wait_ms / 1000, self._flush, config.id
+                config.batch_wait.ToTimedelta().total_seconds(), self._flush, config.id
             )
 
     def _flush(self, instance_id: str) -> None:
@@ -239,7 +239,7 @@ class Dispatcher:
                             events=body,
                             settings=settings,
                             batch=batch,
-                            timeout_s=config.timeout_ms / 1000,
+                            timeout_s=config.timeout.ToTimedelta().total_seconds(),
                             secrets=secrets,
                             count=len(refs),
                         )

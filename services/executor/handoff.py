@@ -8,7 +8,7 @@ import orjson
 from nats.js import JetStreamContext
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from eventfn.registry.v1 import registry_pb2 as rpb
+from eventfn_api.registry.v1 import registry_pb2 as rpb
 from services.common import streams
 from services.common.error_location import location_text
 from services.common.packs import dedupe_id

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Collection
 from typing import Literal
 
-from eventfn.executor.v1 import executor_pb2
+from eventfn_api.executor.v1 import executor_pb2
 from services.runtime import OutcomeKind
 
 # The reference: under about one event per second, batching is not worth it.
@@ -104,7 +104,7 @@ def health(
     """
     total = delivered + retried + discarded + failed
     if total <= 0:
-        return executor_pb2.HEALTH_UNSPECIFIED
+        return executor_pb2.HEALTH_NO_EVENTS
     ratio = (retried + failed) / total
     if ratio < 0.01:
         return executor_pb2.HEALTH_HEALTHY

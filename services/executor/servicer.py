@@ -9,16 +9,18 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import grpc
 import orjson
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from nats.js import JetStreamContext
 
-from eventfn.executor.v1 import executor_pb2 as pb
-from eventfn.executor.v1 import executor_pb2_grpc
-from eventfn.type.v1 import types_pb2
-from services.common import streams
+from eventfn_api.executor.v1 import executor_pb2 as pb
+from eventfn_api.executor.v1 import executor_pb2_grpc
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.type.v1 import types_pb2
+from services.common import names, streams
 from services.common.deliveries.reads import DeliveryReads
 from services.common.deliveries.recorder import COUNTERS
 from services.common.errors import InvalidArgument, PermissionDenied
+from services.common.page_tokens import PageTokens
 from services.common.pull import NATS_ERRORS
 from services.common.registry_gate import RegistryGate
 from services.common.roles import may_write_function
@@ -57,8 +59,15 @@ def request_trace(t: RuntimeTrace) -> types_pb2.RequestTrace:
         response_headers=[types_pb2.Header(name=k, value=v) for k, v in t.response_headers],
         response_body=t.response_body or "",
         error=t.error or "",
-        duration_ms=t.duration_ms,
+        duration=duration_of(t.duration_ms),
     )
+
+
+def duration_of(milliseconds: float) -> duration_pb2.Duration:
+    """Convert milliseconds to a Duration."""
+    out = duration_pb2.Duration()
+    out.FromTimedelta(timedelta(milliseconds=milliseconds))
+    return out
 
 
 def preview_response(result: PreviewResult) -> pb.PreviewResponse:
@@ -70,7 +79,7 @@ def preview_response(result: PreviewResult) -> pb.PreviewResponse:
         logs=logs[:PREVIEW_LOG_CAP],
         logs_truncated=result.logs_truncated or len(logs) > PREVIEW_LOG_CAP,
         requests=[request_trace(t) for t in result.requests],
-        duration_ms=result.duration_ms,
+        duration=duration_of(result.duration_ms),
     )
     if result.error is not None:
         response.error.CopyFrom(
@@ -105,7 +114,7 @@ def minute_row(row: asyncpg.Record) -> pb.DeliveryMinute:
     """Convert a delivery_minute row (or a sum over rows)."""
     return pb.DeliveryMinute(
         minute=ts(row["minute"]),
-        execution_ms=float(row["execution_ms"] or 0),
+        execution_time=duration_of(float(row["execution_ms"] or 0)),
         **{name: int(row[name] or 0) for name in COUNTERS},
     )
 
@@ -114,14 +123,20 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
     """Serve delivery records and health; the registry authorizes each call."""
 
     def __init__(
-        self, db: asyncpg.Pool, gate: RegistryGate, js: JetStreamContext, pool: RuntimePool
+        self,
+        db: asyncpg.Pool,
+        gate: RegistryGate,
+        js: JetStreamContext,
+        pool: RuntimePool,
+        pages: PageTokens,
     ) -> None:
+        self._pages = pages
         self._reads = DeliveryReads(db)
         self._gate = gate
         self._js = js
         self._pool = pool
 
-    async def _may_run_code(self, context: Ctx, function_id: str) -> None:
+    async def _may_run_code(self, context: Ctx, function: str) -> None:
         """Raise unless the caller administers the function the code is a draft of.
 
         A preview runs on the production worker pool and sends the function's requests with
@@ -130,29 +145,35 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
         CreateFunction); Workspace Owners qualify.
         """
         me = await self._gate.whoami(context)  # a member: the service token is refused here
-        if function_id:
+        if function:
             # NOT_FOUND for another workspace's function, exactly as for a missing one.
-            await self._gate.function(context, function_id)
-        if not may_write_function(me.member, function_id or None):
+            await self._gate.function(context, function)
+        if not may_write_function(me.member, names.last(function) if function else None):
             what = (
-                f"Functions Admin of function {function_id!r}"
-                if function_id
-                else "Functions Admin of all functions (or name the function in function_id)"
+                f"Functions Admin of function {function!r}"
+                if function
+                else "Functions Admin of all functions (or name the function in `function`)"
             )
             raise PermissionDenied(f"previewing code needs {what}, or Workspace Owner")
 
     async def Preview(self, request: pb.PreviewRequest, context: Ctx) -> pb.PreviewResponse:
         """Run code on test events in a fresh isolate and report everything it did."""
-        code = request.code
-        if code:
-            await self._may_run_code(context, request.function_id)
-        elif request.version_id:
+        program = request.WhichOneof("program")
+        if program == "code":
+            code = request.code
+            if not code:
+                raise InvalidArgument.field("code", "is empty: give the JavaScript to run")
+            await self._may_run_code(context, request.function)
+        elif program == "version":
             # NOT_FOUND for another workspace's version, exactly as for a missing one.
-            version = (await self._gate.version(context, request.version_id)).version
-            await self._may_run_code(context, version.function_id)
+            version = await self._gate.version(context, request.version)
+            function = request.version.rsplit("/versions/", 1)[0]
+            await self._may_run_code(context, function)
             code = version.code
         else:
-            raise InvalidArgument.field("code", "give code, or a version_id to run")
+            raise InvalidArgument.field("program", "required: give code, or a version to run")
+        if not request.event_json:
+            raise InvalidArgument.field("event_json", "required: an event or an array of events")
         problem = await asyncio.to_thread(check_syntax, code)
         if problem is not None:
             raise InvalidArgument.field(
@@ -179,53 +200,88 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
             raise InvalidArgument.field("event_json", str(error)) from error
         return preview_response(result)
 
-    async def ListDeliveries(
-        self, request: pb.ListDeliveriesRequest, context: Ctx
-    ) -> pb.ListDeliveriesResponse:
-        """List per-minute counts or sampled failures of an instance."""
-        await self._gate.instance(context, request.instance_id)
-        begin, stop = period(request.start_time, request.end_time, timedelta(hours=1))
+    async def _listed(
+        self, context: Ctx, method: str, request, default: timedelta
+    ) -> tuple[res.Instance, str, datetime, datetime, int, list | None]:
+        """Authorize a list of an instance's records; read its period, size and token."""
+        names.parse_instance("parent", request.parent)
+        instance = await self._gate.instance(context, request.parent)
+        scope = names.workspace_of(instance.name)
+        begin, stop = period(request.start_time, request.end_time, default)
+        if request.page_size < 0:
+            raise InvalidArgument.field("page_size", "must not be negative")
         size = min(request.page_size or 60, 500)
-        offset = int(request.page_token or 0) if (request.page_token or "0").isdigit() else None
-        if offset is None:
-            raise InvalidArgument.field("page_token", "is not a token from a previous call")
-        if request.failures_only:
-            rows = await self._reads.failures(request.instance_id, begin, stop, offset, size + 1)
-            failures = [
-                pb.DeliveryFailure(
-                    time=ts(r["time"]),
-                    message_id=r["message_id"],
-                    event_json=r["event"],
-                    outcome=OUTCOMES.get(r["outcome"], types_pb2.OUTCOME_UNSPECIFIED),
-                    error=types_pb2.HandlerError(
-                        type=r["error_type"], message=r["error_message"], stack=r["error_stack"]
-                    ),
-                    logs=r["logs"],
-                    requests=[
-                        types_pb2.RequestTrace(
-                            method=t.get("method") or "",
-                            url=t.get("url") or "",
-                            status=t.get("status") or 0,
-                            error=t.get("error") or "",
-                            duration_ms=t.get("duration_ms") or 0.0,
-                        )
-                        for t in orjson.loads(r["requests"])
-                        if isinstance(t, dict)
-                    ],
-                    version_id=r["version_id"],
-                )
-                for r in rows[:size]
-            ]
-            more = len(rows) > size
-            return pb.ListDeliveriesResponse(
-                failures=failures, next_page_token=str(offset + size) if more else ""
-            )
-        rows = await self._reads.minutes(request.instance_id, begin, stop, offset, size + 1)
-        more = len(rows) > size
-        return pb.ListDeliveriesResponse(
-            minutes=[minute_row(r) for r in rows[:size]],
-            next_page_token=str(offset + size) if more else "",
+        return instance, scope, begin, stop, size, self._pages.read(method, scope, request)
+
+    async def ListDeliveryMinutes(
+        self, request: pb.ListDeliveryMinutesRequest, context: Ctx
+    ) -> pb.ListDeliveryMinutesResponse:
+        """List an instance's per-minute counts, newest first."""
+        instance, scope, begin, stop, size, last = await self._listed(
+            context, "ListDeliveryMinutes", request, timedelta(hours=1)
         )
+        if last is not None:
+            try:
+                stop = min(stop, datetime.fromisoformat(last[0]))
+            except (ValueError, IndexError, TypeError):
+                raise InvalidArgument.field("page_token", "is not a token of this list") from None
+        rows = await self._reads.minutes(names.last(instance.name), begin, stop, size + 1)
+        token = ""
+        if len(rows) > size:
+            token = self._pages.issue(
+                "ListDeliveryMinutes", scope, request, [rows[size - 1]["minute"].isoformat()]
+            )
+        return pb.ListDeliveryMinutesResponse(
+            minutes=[minute_row(r) for r in rows[:size]], next_page_token=token
+        )
+
+    async def ListDeliveryFailures(
+        self, request: pb.ListDeliveryFailuresRequest, context: Ctx
+    ) -> pb.ListDeliveryFailuresResponse:
+        """List an instance's sampled failures and discards, newest first."""
+        instance, scope, begin, stop, size, last = await self._listed(
+            context, "ListDeliveryFailures", request, timedelta(hours=1)
+        )
+        before: tuple[datetime, int] | None = None
+        if last is not None:
+            try:
+                before = (datetime.fromisoformat(last[0]), int(last[1]))
+            except (ValueError, IndexError, TypeError):
+                raise InvalidArgument.field("page_token", "is not a token of this list") from None
+        rows = await self._reads.failures(names.last(instance.name), begin, stop, size + 1, before)
+        function_id = names.last(instance.function)
+        failures = [
+            pb.DeliveryFailure(
+                time=ts(r["time"]),
+                message_id=r["message_id"],
+                event_json=r["event"],
+                outcome=OUTCOMES.get(r["outcome"], types_pb2.OUTCOME_UNSPECIFIED),
+                error=types_pb2.HandlerError(
+                    type=r["error_type"], message=r["error_message"], stack=r["error_stack"]
+                ),
+                logs=r["logs"],
+                requests=[
+                    types_pb2.RequestTrace(
+                        method=t.get("method") or "",
+                        url=t.get("url") or "",
+                        status=t.get("status") or 0,
+                        error=t.get("error") or "",
+                        duration=duration_of(t.get("duration_ms") or 0.0),
+                    )
+                    for t in orjson.loads(r["requests"])
+                    if isinstance(t, dict)
+                ],
+                version=names.version(scope, function_id, r["version_id"]),
+            )
+            for r in rows[:size]
+        ]
+        token = ""
+        if len(rows) > size:
+            end = rows[size - 1]
+            token = self._pages.issue(
+                "ListDeliveryFailures", scope, request, [end["time"].isoformat(), end["id"]]
+            )
+        return pb.ListDeliveryFailuresResponse(failures=failures, next_page_token=token)
 
     async def _pending(self, stream: str, subject: str) -> int:
         with contextlib.suppress(*NATS_ERRORS):  # NATS away: no backlog figure to show
@@ -237,21 +293,21 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
         self, request: pb.GetDeliveryStatsRequest, context: Ctx
     ) -> pb.GetDeliveryStatsResponse:
         """Sum an instance's deliveries over a period, with its health."""
-        got = await self._gate.instance(context, request.instance_id)
+        ws, instance_id = names.parse_delivery_stats("name", request.name)
+        await self._gate.instance(context, names.INSTANCE.name(ws, instance_id))
         begin, stop = period(request.start_time, request.end_time, timedelta(hours=24))
-        total = await self._reads.totals(request.instance_id, begin, stop)
+        total = await self._reads.totals(instance_id, begin, stop)
         outcomes = ("delivered", "retried", "discarded", "failed")
         recent = await self._reads.totals(
-            request.instance_id, datetime.now(UTC) - HEALTH_WINDOW, datetime.now(UTC)
+            instance_id, datetime.now(UTC) - HEALTH_WINDOW, datetime.now(UTC)
         )
-        ws = got.instance.workspace_id
         return pb.GetDeliveryStatsResponse(
             totals=minute_row(total),  # type: ignore[arg-type]
             health=health(**{n: int(recent[n]) for n in outcomes}),
             pending_retries=await self._pending(
-                streams.RETRY_STREAM, streams.retry_subject(ws, request.instance_id)
+                streams.RETRY_STREAM, streams.retry_subject(ws, instance_id)
             ),
             dead_letters=await self._pending(
-                streams.DEAD_STREAM, streams.dead_subject(ws, request.instance_id)
+                streams.DEAD_STREAM, streams.dead_subject(ws, instance_id)
             ),
         )

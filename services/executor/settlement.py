@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import nats.errors
 import orjson
 
-from eventfn.registry.v1 import registry_pb2 as rpb
+from eventfn_api.registry.v1 import registry_pb2 as rpb
 from services.common.deliveries.recorder import DeliveryRecorder, FailureSample
 from services.common.error_location import describe_error
 from services.executor.pack_ref import PackRef, split_pack

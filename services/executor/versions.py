@@ -6,9 +6,10 @@ from collections import OrderedDict
 
 import grpc
 
-from eventfn.registry.v1 import registry_pb2 as rpb
-from eventfn.registry.v1 import registry_pb2_grpc
-from eventfn.registry.v1 import resources_pb2 as res
+from eventfn_api.registry.v1 import registry_pb2 as rpb
+from eventfn_api.registry.v1 import registry_pb2_grpc
+from eventfn_api.registry.v1 import resources_pb2 as res
+from services.common import names
 from services.common.rpc_observe import client_interceptors
 
 CACHED_VERSIONS = 64
@@ -23,14 +24,15 @@ class VersionSource:
         self._metadata = (("authorization", f"Bearer {service_token}"),)
         self._cache: OrderedDict[str, res.FunctionVersion] = OrderedDict()
 
-    async def get(self, version_id: str) -> res.FunctionVersion | None:
-        """Return a version, or None when the registry does not know it."""
+    async def get(self, config: rpb.InstanceConfig, version_id: str) -> res.FunctionVersion | None:
+        """Return a version of the instance's function, or None when the registry does not
+        know it."""
         found = self._cache.get(version_id)
         if found is None:
+            name = names.version(config.workspace_id, config.function_id, version_id)
             try:
                 reply = await self._stub.GetFunctionVersion(  # pyright: ignore[reportAttributeAccessIssue]
-                    rpb.GetFunctionVersionRequest(version_id=version_id),
-                    metadata=self._metadata,
+                    rpb.GetFunctionVersionRequest(name=name), metadata=self._metadata
                 )
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.NOT_FOUND:
@@ -49,7 +51,7 @@ class VersionSource:
         """Return the instance's configuration running `version` instead of the deployed one."""
         out = rpb.InstanceConfig()
         out.CopyFrom(config)
-        out.version_id = version.id
+        out.version_id = names.last(version.name)
         out.code = version.code
         return out
 

@@ -9,14 +9,17 @@ from dataclasses import dataclass
 import grpc
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from eventfn.registry.v1 import registry_pb2, registry_pb2_grpc
+from eventfn_api.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common import rpc
 from services.common.metrics import start_metrics
+from services.common.page_tokens import PageTokens
 from services.common.settings import asyncpg_url, sqlalchemy_url
 from services.filters import parse_filter
 from services.registry.access import Authenticator, ensure_bootstrap
 from services.registry.deps import RegistryDeps
+from services.registry.idempotency import Idempotency
 from services.registry.migrate import migrate
+from services.registry.paging import Pages
 from services.registry.secrets import SecretBox, load_or_create_key
 from services.registry.servicer import RegistryServicer
 from services.registry.settings import RegistrySettings
@@ -51,12 +54,17 @@ async def start_registry(settings: RegistrySettings, stack: AsyncExitStack) -> R
             store, workspace_name=settings.bootstrap_workspace, secret=settings.bootstrap_token
         )
     key = load_or_create_key(settings.secret_key, settings.state_dir / "secret.key")
+    box = SecretBox(key)
+    idempotency = Idempotency(store, box)
+    await idempotency.purge_expired()
     deps = RegistryDeps(
         store=store,
         authn=Authenticator(store, service_token=settings.service_token),
-        secrets=SecretBox(key),
+        secrets=box,
         check_syntax=check_syntax,
         check_filter=parse_filter,
+        pages=Pages(PageTokens.from_secret(key)),
+        idempotency=idempotency,
     )
     notifier = ConfigNotifier(asyncpg_url(settings.database_url))
     await notifier.start()

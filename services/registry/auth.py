@@ -6,7 +6,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass, field
 
-from eventfn.registry.v1 import resources_pb2 as res
+from eventfn_api.registry.v1 import resources_pb2 as res
 from services.common.errors import PermissionDenied
 
 TOKEN_PREFIX = "efn_"
@@ -84,6 +84,16 @@ class Caller:
     def can_admin_source(self, source_id: str | None) -> bool:
         """Create (None), rotate, delete a source; connect, change or deploy its instances."""
         return self.is_owner or any(g.covers_source(source_id) for g in self._has(SOURCE_ADMIN))
+
+    def readable_function_ids(self) -> frozenset[str] | None:
+        """The functions whose instances the caller may read; None for all of them."""
+        if self.can_read_function(None):
+            return None
+        return frozenset(
+            f
+            for g in self._has(FUNCTIONS_ADMIN) + self._has(FUNCTIONS_READ_ONLY)
+            for f in g.function_ids
+        )
 
     def can_read_instance(self, function_id: str, source_id: str) -> bool:
         """Read an instance: through its function or its source."""

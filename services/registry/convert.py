@@ -1,16 +1,54 @@
-"""Rows to protobuf messages. Encrypted setting values only ever leave as the mask."""
+"""Rows to protobuf messages (resource names, durations, enums). Encrypted setting values only
+ever leave as the mask."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
-from eventfn.registry.v1 import resources_pb2 as res
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.type.v1 import types_pb2
+from services.common import names
 from services.registry import models as m
+from services.registry.etags import etag
 from services.registry.secrets import MASK, is_sealed
+
+# What the audit trail stores (strings, as written since the first release) and its enums.
+RESOURCE_TYPES = {
+    "workspace": res.RESOURCE_TYPE_WORKSPACE,
+    "member": res.RESOURCE_TYPE_MEMBER,
+    "token": res.RESOURCE_TYPE_TOKEN,
+    "source": res.RESOURCE_TYPE_SOURCE,
+    "function": res.RESOURCE_TYPE_FUNCTION,
+    "instance": res.RESOURCE_TYPE_INSTANCE,
+}
+STORED_ACTIONS = {"member.update_roles": "member.update", "dead.replay": "dead_letters.replay"}
+STORED_ACTIONS["dead.purge"] = "dead_letters.purge"
+KINDS = {
+    "member": names.MEMBER,
+    "token": names.TOKEN,
+    "source": names.SOURCE,
+    "function": names.FUNCTION,
+    "instance": names.INSTANCE,
+}
+
+
+def audit_action(stored: str) -> int:
+    """Return the AuditAction of a stored action string, e.g. "function.save"."""
+    action = STORED_ACTIONS.get(stored, stored)
+    name = "AUDIT_ACTION_" + action.upper().replace(".", "_")
+    return res.AuditAction.Value(name) if name in res.AuditAction.keys() else 0
+
+
+def stored_action(action: int) -> str:
+    """Return the string the audit trail stores for an AuditAction."""
+    text = res.AuditAction.Name(action).removeprefix("AUDIT_ACTION_").lower()  # type: ignore[arg-type]
+    area, _, verb = text.partition("_")
+    if area == "dead":  # DEAD_LETTERS_REPLAY -> dead.replay, as stored since the start
+        return "dead." + verb.removeprefix("letters_")
+    return f"{area}.{verb}"
 
 
 def ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -19,6 +57,22 @@ def ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
         return None
     out = timestamp_pb2.Timestamp()
     out.FromDatetime(value)
+    return out
+
+
+def duration_ms(milliseconds: int) -> duration_pb2.Duration:
+    """Convert milliseconds to a Duration."""
+    out = duration_pb2.Duration()
+    out.FromTimedelta(timedelta(milliseconds=milliseconds))
+    return out
+
+
+def duration_s(seconds: int) -> duration_pb2.Duration | None:
+    """Convert seconds to a Duration; 0 (the deployment's default) stays unset."""
+    if not seconds:
+        return None
+    out = duration_pb2.Duration()
+    out.FromSeconds(seconds)
     return out
 
 
@@ -31,33 +85,40 @@ def struct(value: dict[str, Any]) -> struct_pb2.Struct:
 
 def workspace(w: m.Workspace) -> res.Workspace:
     """Convert a workspace row."""
-    return res.Workspace(id=w.id, name=w.name, create_time=ts(w.created_at))
+    return res.Workspace(
+        name=names.workspace(w.id),
+        display_name=w.name,
+        create_time=ts(w.created_at),
+        etag=etag("workspace", w.id, w.revision),
+    )
 
 
-def grant(g: dict[str, Any]) -> res.RoleGrant:
-    """Convert a stored role grant."""
+def grant(workspace_id: str, g: dict[str, Any]) -> res.RoleGrant:
+    """Convert a stored role grant (ids) to names."""
     return res.RoleGrant(
-        role=g["role"], function_ids=g.get("function_ids", []), source_ids=g.get("source_ids", [])
+        role=g["role"],
+        functions=[names.FUNCTION.name(workspace_id, f) for f in g.get("function_ids", [])],
+        sources=[names.SOURCE.name(workspace_id, s) for s in g.get("source_ids", [])],
     )
 
 
 def member(x: m.Member) -> res.Member:
     """Convert a member row."""
     return res.Member(
-        id=x.id,
-        workspace_id=x.workspace_id,
+        name=names.MEMBER.name(x.workspace_id, x.id),
         email=x.email,
-        roles=[grant(g) for g in x.roles],
+        roles=[grant(x.workspace_id, g) for g in x.roles],
         create_time=ts(x.created_at),
+        etag=etag("member", x.id, x.revision),
     )
 
 
-def token(t: m.Token) -> res.Token:
+def token(t: m.Token, workspace_id: str) -> res.Token:
     """Convert a token row (never the secret)."""
     return res.Token(
-        id=t.id,
-        member_id=t.member_id,
-        name=t.name,
+        name=names.TOKEN.name(workspace_id, t.id),
+        member=names.MEMBER.name(workspace_id, t.member_id),
+        display_name=t.name,
         prefix=t.prefix,
         create_time=ts(t.created_at),
         expire_time=ts(t.expires_at),
@@ -68,25 +129,27 @@ def token(t: m.Token) -> res.Token:
 def source(s: m.Source) -> res.Source:
     """Convert a source row."""
     return res.Source(
-        id=s.id,
-        workspace_id=s.workspace_id,
-        name=s.name,
+        name=names.SOURCE.name(s.workspace_id, s.id),
+        display_name=s.name,
         write_key=s.write_key,
         create_time=ts(s.created_at),
+        etag=etag("source", s.id, s.revision),
     )
 
 
-def function(f: m.Function) -> res.Function:
+def function(f: m.Function) -> res.DestinationFunction:
     """Convert a function row."""
-    return res.Function(
-        id=f.id,
-        workspace_id=f.workspace_id,
-        name=f.name,
+    return res.DestinationFunction(
+        name=names.FUNCTION.name(f.workspace_id, f.id),
+        display_name=f.name,
         description=f.description,
-        latest_version_id=f.latest_version_id,
+        latest_version=names.version(f.workspace_id, f.id, f.latest_version_id)
+        if f.latest_version_id
+        else "",
         latest_version_number=f.latest_version_number,
         create_time=ts(f.created_at),
         update_time=ts(f.updated_at),
+        etag=etag("function", f.id, f.revision),
     )
 
 
@@ -95,15 +158,16 @@ def setting_definitions(rows: list[dict[str, Any]]) -> list[types_pb2.SettingDef
     return [types_pb2.SettingDefinition(**row) for row in rows]
 
 
-def version(v: m.FunctionVersion, *, with_code: bool = True) -> res.FunctionVersion:
+def version(
+    v: m.FunctionVersion, workspace_id: str, *, with_code: bool = True
+) -> res.FunctionVersion:
     """Convert a version row, with or without its code."""
     return res.FunctionVersion(
-        id=v.id,
-        function_id=v.function_id,
+        name=names.version(workspace_id, v.function_id, v.id),
         number=v.number,
         code=v.code if with_code else "",
         settings=setting_definitions(v.settings),
-        created_by=v.created_by,
+        creator=v.created_by,
         create_time=ts(v.created_at),
     )
 
@@ -116,36 +180,47 @@ def masked_settings(stored: dict[str, Any]) -> dict[str, Any]:
 def instance(i: m.Instance) -> res.Instance:
     """Convert an instance row; encrypted settings are masked."""
     return res.Instance(
-        id=i.id,
-        workspace_id=i.workspace_id,
-        function_id=i.function_id,
-        source_id=i.source_id,
-        version_id=i.version_id,
-        name=i.name,
+        name=names.INSTANCE.name(i.workspace_id, i.id),
+        function=names.FUNCTION.name(i.workspace_id, i.function_id),
+        source=names.SOURCE.name(i.workspace_id, i.source_id),
+        version=names.version(i.workspace_id, i.function_id, i.version_id),
+        display_name=i.name,
         settings=struct(masked_settings(i.settings)),
-        enabled=i.enabled,
+        state=res.Instance.STATE_ENABLED if i.enabled else res.Instance.STATE_DISABLED,
         batch_size=i.batch_size,
-        batch_wait_ms=i.batch_wait_ms,
-        timeout_ms=i.timeout_ms,
-        retry_window_seconds=i.retry_window_seconds,
-        retry_max_delay_seconds=i.retry_max_delay_seconds,
+        batch_wait=duration_ms(i.batch_wait_ms),
+        timeout=duration_ms(i.timeout_ms),
+        retry_window=duration_s(i.retry_window_seconds),
+        retry_max_delay=duration_s(i.retry_max_delay_seconds),
         filters=i.filters,
-        revision=i.revision,
+        etag=etag("instance", i.id, i.revision),
         create_time=ts(i.created_at),
         update_time=ts(i.updated_at),
     )
 
 
+def resource_name(workspace_id: str, resource_type: str, resource_id: str) -> str:
+    """Return the name of the resource an audit entry is about."""
+    if resource_type == "workspace":
+        return names.workspace(resource_id)
+    kind = KINDS.get(resource_type)
+    return kind.name(workspace_id, resource_id) if kind else resource_id
+
+
 def audit_event(a: m.AuditEvent) -> res.AuditEvent:
     """Convert an audit row."""
+    actor = (
+        names.MEMBER.name(a.workspace_id, a.actor_member_id)
+        if a.actor_member_id != "system"
+        else "system"
+    )
     return res.AuditEvent(
-        id=a.id or 0,
-        workspace_id=a.workspace_id,
-        actor_member_id=a.actor_member_id,
+        name=names.AUDIT_EVENT.name(a.workspace_id, str(a.id or 0)),
+        actor=actor,
         actor_email=a.actor_email,
-        action=a.action,
-        resource_type=a.resource_type,
-        resource_id=a.resource_id,
+        action=audit_action(a.action),  # type: ignore[arg-type]
+        resource_type=RESOURCE_TYPES.get(a.resource_type, res.RESOURCE_TYPE_UNSPECIFIED),
+        resource=resource_name(a.workspace_id, a.resource_type, a.resource_id),
         details=struct(a.details),
         create_time=ts(a.created_at),
     )

@@ -9,7 +9,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.registry.access import Authenticator
 from services.registry.auth import Caller
+from services.registry.idempotency import Idempotency
 from services.registry.models import Member
+from services.registry.paging import Pages
 from services.registry.secrets import SecretBox
 from services.registry.store import RegistryStore
 from services.registry.validation import FilterChecker, SyntaxChecker
@@ -24,6 +26,8 @@ class RegistryDeps:
     secrets: SecretBox
     check_syntax: SyntaxChecker
     check_filter: FilterChecker
+    pages: Pages
+    idempotency: Idempotency
 
 
 async def audit(

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from services.common.errors import Aborted, FieldViolation, InvalidArgument, NotFound
+from services.common.errors import FieldViolation, InvalidArgument, NotFound
 from services.registry.auth import Caller, require
 from services.registry.deps import RegistryDeps
+from services.registry.etags import check as check_etag
 from services.registry.models import FunctionVersion, Instance
 from services.registry.secrets import is_sealed
 from services.registry.store import now
@@ -74,19 +75,17 @@ class InstanceSettings:
                 values[name] = current[name]
         return self.seal_settings(instance_id, schema, values, kept)
 
-    async def locked_instance(self, s, caller: Caller, instance_id: str, expected: int) -> Instance:
-        """Lock an instance of the caller's workspace the caller may change; check its revision."""
+    async def locked_instance(
+        self, s, caller: Caller, instance_id: str, etag: str, *, name: str
+    ) -> Instance:
+        """Lock an instance of the caller's workspace the caller may change; check its etag."""
         ins = await s.get(Instance, instance_id, with_for_update=True)
         if ins is None or ins.workspace_id != caller.workspace_id:
-            raise NotFound("instance", instance_id)
+            raise NotFound("instance", name)
         require(
             caller.can_admin_source(ins.source_id), "change instances of this source (Source Admin)"
         )
-        if expected and ins.revision != expected:
-            raise Aborted(
-                f"instance {instance_id} changed (revision {ins.revision}, expected {expected}); "
-                "re-read it and retry"
-            )
+        check_etag("instance", ins.id, ins.revision, etag)
         return ins
 
     def deploy(

@@ -10,6 +10,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    LargeBinary,
     Text,
     UniqueConstraint,
 )
@@ -26,6 +27,7 @@ class Workspace(SQLModel, table=True):
 
     id: str = Field(primary_key=True, sa_type=Text)
     name: str = Field(sa_column=Column(Text, unique=True, nullable=False))
+    revision: int = Field(default=1, sa_column=Column(BigInteger, nullable=False))
     created_at: datetime = _ts(nullable=False)
 
 
@@ -40,6 +42,7 @@ class Member(SQLModel, table=True):
     email: str = Field(sa_type=Text)
     roles: list[dict[str, Any]] = Field(sa_column=Column(JSONB, nullable=False))
     bootstrap: bool = False
+    revision: int = Field(default=1, sa_column=Column(BigInteger, nullable=False))
     created_at: datetime = _ts(nullable=False)
 
 
@@ -68,6 +71,7 @@ class Source(SQLModel, table=True):
     )
     name: str = Field(sa_type=Text)
     write_key: str = Field(sa_column=Column(Text, unique=True, nullable=False))
+    revision: int = Field(default=1, sa_column=Column(BigInteger, nullable=False))
     created_at: datetime = _ts(nullable=False)
 
 
@@ -83,6 +87,7 @@ class Function(SQLModel, table=True):
     description: str = Field(default="", sa_type=Text)
     latest_version_id: str = Field(default="", sa_type=Text)
     latest_version_number: int = 0
+    revision: int = Field(default=1, sa_column=Column(BigInteger, nullable=False))
     created_at: datetime = _ts(nullable=False)
     updated_at: datetime = _ts(nullable=False)
 
@@ -143,6 +148,24 @@ class AuditEvent(SQLModel, table=True):
     resource_id: str = Field(index=True, sa_type=Text)
     details: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
     created_at: datetime = _ts(nullable=False)
+
+
+class RequestRecord(SQLModel, table=True):
+    """A create/save call made with a request_id, and its response, for 24 hours (AIP-155).
+
+    The response is kept sealed (it may hold a token's secret); `digest` is the SHA-256 of the
+    request without its request_id, so a reused id with another request is refused.
+    """
+
+    __tablename__ = "request_record"  # type: ignore[assignment]
+    workspace_id: str = Field(primary_key=True, sa_type=Text)
+    method: str = Field(primary_key=True, sa_type=Text)
+    request_id: str = Field(primary_key=True, sa_type=Text)
+    digest: str = Field(sa_type=Text)
+    response: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, index=True)
+    )
 
 
 class ConfigState(SQLModel, table=True):

@@ -1,4 +1,4 @@
-"""Registry RPCs of workspaces, members and tokens."""
+"""Registry RPCs of members and tokens."""
 
 from __future__ import annotations
 
@@ -8,115 +8,127 @@ import grpc
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import resources_pb2 as res
-from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
+from services.common import names
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
 from services.registry import auth, convert
-from services.registry.auth import require
+from services.registry.auth import Caller, require
 from services.registry.deps import RegistryDeps, audit
-from services.registry.models import Member, Token, Workspace
+from services.registry.etags import check as check_etag
+from services.registry.idempotency import RequestKey, request_key
+from services.registry.models import Function, Member, Source, Token
 from services.registry.store import new_id, now, unique_violation
-from services.registry.validation import check_name, check_page_size
+from services.registry.validation import check_name, check_page_size, check_update_mask
 
 Ctx = grpc.aio.ServicerContext
 
 
-def grants_from_proto(grants: list[res.RoleGrant] | object) -> tuple[auth.Grant, ...]:
-    """Validate role grants of a request."""
+FUNCTION_ROLES = (auth.FUNCTIONS_ADMIN, auth.FUNCTIONS_READ_ONLY)
+
+
+def grants_from_proto(
+    grants: list[res.RoleGrant] | object, workspace_id: str, field: str
+) -> tuple[auth.Grant, ...]:
+    """Validate the shape of a request's role grants and read the names they list (the ids
+    are checked to exist by `check_grant_ids`)."""
     out = []
+    violations = []
     for i, g in enumerate(grants):  # type: ignore[arg-type]
+        at = f"{field}[{i}]"
         if g.role not in (
             auth.OWNER,
             auth.FUNCTIONS_ADMIN,
             auth.FUNCTIONS_READ_ONLY,
             auth.SOURCE_ADMIN,
         ):
-            raise InvalidArgument.field(f"roles[{i}].role", "must be a known role")
-        out.append(auth.Grant(g.role, tuple(g.function_ids), tuple(g.source_ids)))
+            violations.append(FieldViolation(f"{at}.role", "must be a known role"))
+        if g.functions and g.role not in FUNCTION_ROLES:
+            violations.append(
+                FieldViolation(
+                    f"{at}.functions",
+                    "only Functions Admin and Functions Read-only grants list functions",
+                )
+            )
+        if g.sources and g.role != auth.SOURCE_ADMIN:
+            violations.append(
+                FieldViolation(f"{at}.sources", "only Source Admin grants list sources")
+            )
+        function_ids, source_ids = [], []
+        for j, name in enumerate(g.functions):
+            try:
+                function_ids.append(
+                    names.parse(f"{at}.functions[{j}]", name, names.FUNCTION, workspace_id)
+                )
+            except InvalidArgument as error:
+                violations += error.violations
+            except NotFound:
+                violations.append(
+                    FieldViolation(f"{at}.functions[{j}]", f"no function {name!r} here")
+                )
+        for j, name in enumerate(g.sources):
+            try:
+                source_ids.append(
+                    names.parse(f"{at}.sources[{j}]", name, names.SOURCE, workspace_id)
+                )
+            except InvalidArgument as error:
+                violations += error.violations
+            except NotFound:
+                violations.append(FieldViolation(f"{at}.sources[{j}]", f"no source {name!r} here"))
+        out.append(auth.Grant(g.role, tuple(function_ids), tuple(source_ids)))
     if not out:
-        raise InvalidArgument.field("roles", "give at least one role")
+        violations.append(FieldViolation(field, "give at least one role"))
+    if violations:
+        raise InvalidArgument("invalid roles", violations)
     return tuple(out)
 
 
+async def check_grant_ids(s, workspace_id: str, grants: tuple[auth.Grant, ...], field: str) -> None:
+    """Refuse grants naming functions or sources the workspace does not have."""
+    violations = []
+    for i, g in enumerate(grants):
+        for j, function_id in enumerate(g.function_ids):
+            fn = await s.get(Function, function_id)
+            if fn is None or fn.workspace_id != workspace_id:
+                violations.append(
+                    FieldViolation(
+                        f"{field}[{i}].functions[{j}]",
+                        f"no function {names.FUNCTION.name(workspace_id, function_id)!r} "
+                        "in this workspace",
+                    )
+                )
+        for j, source_id in enumerate(g.source_ids):
+            src = await s.get(Source, source_id)
+            if src is None or src.workspace_id != workspace_id:
+                violations.append(
+                    FieldViolation(
+                        f"{field}[{i}].sources[{j}]",
+                        f"no source {names.SOURCE.name(workspace_id, source_id)!r} "
+                        "in this workspace",
+                    )
+                )
+    if violations:
+        raise InvalidArgument("roles name functions or sources that do not exist", violations)
+
+
 class AccessRpcs:
-    """Workspaces, members, tokens."""
+    """Members and tokens."""
 
     def __init__(self, deps: RegistryDeps) -> None:
         self.deps = deps
         self.store = deps.store
         self.authn = deps.authn
 
-    async def CreateWorkspace(
-        self, request: pb.CreateWorkspaceRequest, context: Ctx
-    ) -> pb.CreateWorkspaceResponse:
-        """Create a workspace owned by the (bootstrap) caller."""
-        caller = await self.authn.caller(context)
-        require(caller.bootstrap, "create workspaces (only the bootstrap administrator may)")
-        name = check_name("name", request.name)
-        secret = auth.new_secret()
-        try:
-            async with self.store.transaction() as s:
-                ws = Workspace(id=new_id("ws"), name=name, created_at=now())
-                s.add(ws)
-                await s.flush()
-                owner = Member(
-                    id=new_id("mem"),
-                    workspace_id=ws.id,
-                    email=caller.email,
-                    roles=auth.grants_to_json((auth.Grant(auth.OWNER),)),
-                    created_at=now(),
-                )
-                s.add(owner)
-                await s.flush()
-                s.add(
-                    Token(
-                        id=new_id("tok"),
-                        member_id=owner.id,
-                        name=f"owner of {name}",
-                        prefix=secret[:8],
-                        secret_hash=auth.hash_secret(secret),
-                        created_at=now(),
-                    )
-                )
-                self.store.audit(
-                    s,
-                    workspace_id=ws.id,
-                    actor=owner,
-                    action="workspace.create",
-                    resource_type="workspace",
-                    resource_id=ws.id,
-                    details={"name": name},
-                )
-                await self.store.bump_config(s)
-        except IntegrityError as error:
-            if unique_violation(error):
-                raise AlreadyExists(f"a workspace named {name!r} already exists") from error
-            raise
-        return pb.CreateWorkspaceResponse(
-            workspace=convert.workspace(ws), owner=convert.member(owner), token=secret
-        )
-
-    async def GetWorkspace(
-        self, request: pb.GetWorkspaceRequest, context: Ctx
-    ) -> pb.GetWorkspaceResponse:
-        """Return the caller's workspace."""
-        caller = await self.authn.caller(context)
-        async with self.store.transaction() as s:
-            ws = await self.store.get(s, Workspace, request.workspace_id, "workspace")
-        if ws.id != caller.workspace_id:
-            raise NotFound("workspace", request.workspace_id)
-        return pb.GetWorkspaceResponse(workspace=convert.workspace(ws))
-
-    async def WhoAmI(self, request: pb.WhoAmIRequest, context: Ctx) -> pb.WhoAmIResponse:
-        """Describe the caller."""
-        caller = await self.authn.caller(context)
-        async with self.store.transaction() as s:
-            member = await self.store.get(s, Member, caller.member_id, "member")
-            ws = await self.store.get(s, Workspace, caller.workspace_id, "workspace")
-        return pb.WhoAmIResponse(
-            member=convert.member(member),
-            workspace=convert.workspace(ws),
-            bootstrap_admin=caller.bootstrap,
+    async def _member(self, s, caller: Caller, field: str, name: str, *, lock=False) -> Member:
+        member_id = names.parse(field, name, names.MEMBER, caller.workspace_id)
+        return await self.store.get_in_workspace(
+            s, Member, member_id, caller.workspace_id, "member", lock=lock, name=name
         )
 
     async def CreateMember(
@@ -124,49 +136,75 @@ class AccessRpcs:
     ) -> pb.CreateMemberResponse:
         """Add a member with roles."""
         caller = await self.authn.caller(context)
+        names.parent("parent", request.parent, caller.workspace_id)
         require(caller.is_owner, "add members (Workspace Owner only)")
-        email = check_name("email", request.email)
-        grants = grants_from_proto(request.roles)
-        try:
-            async with self.store.transaction() as s:
-                member = Member(
-                    id=new_id("mem"),
-                    workspace_id=caller.workspace_id,
-                    email=email,
-                    roles=auth.grants_to_json(grants),
-                    created_at=now(),
-                )
-                s.add(member)
-                await audit(
-                    self.store,
-                    s,
-                    caller,
-                    "member.create",
-                    "member",
-                    member.id,
-                    {"email": email, "roles": member.roles},
-                )
-        except IntegrityError as error:
-            if unique_violation(error):
-                raise AlreadyExists(f"a member {email!r} already exists") from error
-            raise
-        return pb.CreateMemberResponse(member=convert.member(member))
+        email = check_name("member.email", request.member.email)
+        grants = grants_from_proto(request.member.roles, caller.workspace_id, "member.roles")
+        key = request_key(caller.workspace_id, "CreateMember", request)
+
+        async def create() -> pb.CreateMemberResponse:
+            try:
+                return await self._create_member(caller, email, grants, key)
+            except IntegrityError as error:
+                if unique_violation(error):
+                    raise AlreadyExists(f"a member {email!r} already exists") from error
+                raise
+
+        return await self.deps.idempotency.once(key, pb.CreateMemberResponse, create)
+
+    async def _create_member(
+        self, caller: Caller, email: str, grants: tuple[auth.Grant, ...], key: RequestKey | None
+    ) -> pb.CreateMemberResponse:
+        async with self.store.transaction() as s:
+            await check_grant_ids(s, caller.workspace_id, grants, "member.roles")
+            member = Member(
+                id=new_id("mem"),
+                workspace_id=caller.workspace_id,
+                email=email,
+                roles=auth.grants_to_json(grants),
+                created_at=now(),
+            )
+            s.add(member)
+            await audit(
+                self.store,
+                s,
+                caller,
+                "member.create",
+                "member",
+                member.id,
+                {"email": email, "roles": member.roles},
+            )
+            await s.flush()
+            response = pb.CreateMemberResponse(member=convert.member(member))
+            await self.deps.idempotency.save(s, key, response)
+        return response
+
+    async def GetMember(self, request: pb.GetMemberRequest, context: Ctx) -> pb.GetMemberResponse:
+        """Return a member (to an owner, or to the member itself)."""
+        caller = await self.authn.caller(context)
+        async with self.store.transaction() as s:
+            member = await self._member(s, caller, "name", request.name)
+        if member.id != caller.member_id:
+            require(caller.is_owner, "read other members (Workspace Owner only)")
+        return pb.GetMemberResponse(member=convert.member(member))
 
     async def ListMembers(
         self, request: pb.ListMembersRequest, context: Ctx
     ) -> pb.ListMembersResponse:
         """List the workspace's members."""
         caller = await self.authn.caller(context)
+        names.parent("parent", request.parent, caller.workspace_id)
         require(caller.is_owner, "list members (Workspace Owner only)")
         size = check_page_size(request.page_size)
         async with self.store.transaction() as s:
-            rows, token = await self.store.page(
+            rows, token = await self.deps.pages.page(
                 s,
-                select(Member)
-                .where(Member.workspace_id == caller.workspace_id)
-                .order_by(col(Member.created_at), col(Member.id)),
+                "ListMembers",
+                caller.workspace_id,
+                request,
+                select(Member).where(Member.workspace_id == caller.workspace_id),
+                (col(Member.created_at), col(Member.id)),
                 size,
-                request.page_token,
             )
         return pb.ListMembersResponse(
             members=[convert.member(r) for r in rows], next_page_token=token
@@ -180,17 +218,20 @@ class AccessRpcs:
             if m.id != excluding and any(g["role"] == auth.OWNER for g in m.roles)
         )
 
-    async def UpdateMemberRoles(
-        self, request: pb.UpdateMemberRolesRequest, context: Ctx
-    ) -> pb.UpdateMemberRolesResponse:
+    async def UpdateMember(
+        self, request: pb.UpdateMemberRequest, context: Ctx
+    ) -> pb.UpdateMemberResponse:
         """Replace a member's roles."""
         caller = await self.authn.caller(context)
         require(caller.is_owner, "change roles (Workspace Owner only)")
-        grants = grants_from_proto(request.roles)
+        check_update_mask(request.update_mask, frozenset({"roles"}))
+        new = request.member
+        names.parse("member.name", new.name, names.MEMBER, caller.workspace_id)
+        grants = grants_from_proto(new.roles, caller.workspace_id, "member.roles")
         async with self.store.transaction() as s:
-            member = await self.store.get_in_workspace(
-                s, Member, request.member_id, caller.workspace_id, "member"
-            )
+            member = await self._member(s, caller, "member.name", new.name, lock=True)
+            check_etag("member", member.id, member.revision, new.etag)
+            await check_grant_ids(s, caller.workspace_id, grants, "member.roles")
             if not any(g.role == auth.OWNER for g in grants) and not await self._owners_left(
                 s, caller.workspace_id, member.id
             ):
@@ -199,17 +240,18 @@ class AccessRpcs:
                 )
             before = member.roles
             member.roles = auth.grants_to_json(grants)
+            member.revision += 1
             s.add(member)
             await audit(
                 self.store,
                 s,
                 caller,
-                "member.update_roles",
+                "member.update",
                 "member",
                 member.id,
                 {"before": before, "after": member.roles},
             )
-        return pb.UpdateMemberRolesResponse(member=convert.member(member))
+        return pb.UpdateMemberResponse(member=convert.member(member))
 
     async def DeleteMember(
         self, request: pb.DeleteMemberRequest, context: Ctx
@@ -218,9 +260,8 @@ class AccessRpcs:
         caller = await self.authn.caller(context)
         require(caller.is_owner, "remove members (Workspace Owner only)")
         async with self.store.transaction() as s:
-            member = await self.store.get_in_workspace(
-                s, Member, request.member_id, caller.workspace_id, "member"
-            )
+            member = await self._member(s, caller, "name", request.name, lock=True)
+            check_etag("member", member.id, member.revision, request.etag)
             if member.bootstrap:
                 raise FailedPrecondition("the bootstrap administrator cannot be removed")
             if not await self._owners_left(s, caller.workspace_id, member.id):
@@ -244,26 +285,45 @@ class AccessRpcs:
     ) -> pb.CreateTokenResponse:
         """Create a token for the caller or, for an owner, for any member."""
         caller = await self.authn.caller(context)
-        member_id = request.member_id or caller.member_id
+        names.parent("parent", request.parent, caller.workspace_id)
+        member_id = (
+            names.parse("token.member", request.token.member, names.MEMBER, caller.workspace_id)
+            if request.token.member
+            else caller.member_id
+        )
         if member_id != caller.member_id:
             require(caller.is_owner, "create tokens for other members (Workspace Owner only)")
-        if request.ttl_seconds < 0:
-            raise InvalidArgument.field("ttl_seconds", "must not be negative")
+        ttl = request.ttl.ToTimedelta() if request.HasField("ttl") else None
+        if ttl is not None and ttl <= timedelta(0):
+            raise InvalidArgument.field("ttl", "must be positive; leave it unset for no expiry")
+        key = request_key(caller.workspace_id, "CreateToken", request)
+        return await self.deps.idempotency.once(
+            key,
+            pb.CreateTokenResponse,
+            lambda: self._create_token(caller, request, member_id, ttl, key),
+        )
+
+    async def _create_token(
+        self,
+        caller: Caller,
+        request: pb.CreateTokenRequest,
+        member_id: str,
+        ttl: timedelta | None,
+        key: RequestKey | None,
+    ) -> pb.CreateTokenResponse:
         secret = auth.new_secret()
         async with self.store.transaction() as s:
             member = await self.store.get_in_workspace(
-                s, Member, member_id, caller.workspace_id, "member"
+                s, Member, member_id, caller.workspace_id, "member", name=request.token.member
             )
             tok = Token(
                 id=new_id("tok"),
                 member_id=member.id,
-                name=request.name or "token",
+                name=request.token.display_name or "token",
                 prefix=secret[:8],
                 secret_hash=auth.hash_secret(secret),
                 created_at=now(),
-                expires_at=now() + timedelta(seconds=request.ttl_seconds)
-                if request.ttl_seconds
-                else None,
+                expires_at=now() + ttl if ttl is not None else None,
             )
             s.add(tok)
             await audit(
@@ -273,15 +333,38 @@ class AccessRpcs:
                 "token.create",
                 "token",
                 tok.id,
-                {"member_id": member.id},
+                {"member": names.MEMBER.name(caller.workspace_id, member.id)},
             )
-        return pb.CreateTokenResponse(token=convert.token(tok), secret=secret)
+            response = pb.CreateTokenResponse(
+                token=convert.token(tok, caller.workspace_id), secret=secret
+            )
+            await self.deps.idempotency.save(s, key, response)
+        return response
+
+    async def _token(self, s, caller: Caller, name: str) -> Token:
+        """Load a token of the caller's workspace the caller may see."""
+        token_id = names.parse("name", name, names.TOKEN, caller.workspace_id)
+        tok = await s.get(Token, token_id)
+        owner = await s.get(Member, tok.member_id) if tok else None
+        if tok is None or owner is None or owner.workspace_id != caller.workspace_id:
+            raise NotFound("token", name)
+        if tok.member_id != caller.member_id:
+            require(caller.is_owner, "see other members' tokens (Workspace Owner only)")
+        return tok
+
+    async def GetToken(self, request: pb.GetTokenRequest, context: Ctx) -> pb.GetTokenResponse:
+        """Return a token (the caller's own, or any for an owner); never its secret."""
+        caller = await self.authn.caller(context)
+        async with self.store.transaction() as s:
+            tok = await self._token(s, caller, request.name)
+        return pb.GetTokenResponse(token=convert.token(tok, caller.workspace_id))
 
     async def ListTokens(
         self, request: pb.ListTokensRequest, context: Ctx
     ) -> pb.ListTokensResponse:
         """List the caller's tokens, or the workspace's for an owner."""
         caller = await self.authn.caller(context)
+        names.parent("parent", request.parent, caller.workspace_id)
         size = check_page_size(request.page_size)
         query = select(Token).join(Member, col(Member.id) == col(Token.member_id))
         if caller.is_owner:
@@ -289,10 +372,18 @@ class AccessRpcs:
         else:
             query = query.where(Token.member_id == caller.member_id)
         async with self.store.transaction() as s:
-            rows, token = await self.store.page(
-                s, query.order_by(col(Token.created_at), col(Token.id)), size, request.page_token
+            rows, token = await self.deps.pages.page(
+                s,
+                "ListTokens",
+                caller.workspace_id,
+                request,
+                query,
+                (col(Token.created_at), col(Token.id)),
+                size,
             )
-        return pb.ListTokensResponse(tokens=[convert.token(r) for r in rows], next_page_token=token)
+        return pb.ListTokensResponse(
+            tokens=[convert.token(r, caller.workspace_id) for r in rows], next_page_token=token
+        )
 
     async def RevokeToken(
         self, request: pb.RevokeTokenRequest, context: Ctx
@@ -300,12 +391,7 @@ class AccessRpcs:
         """Revoke a token."""
         caller = await self.authn.caller(context)
         async with self.store.transaction() as s:
-            tok = await self.store.get(s, Token, request.token_id, "token")
-            owner = await s.get(Member, tok.member_id)
-            if owner is None or owner.workspace_id != caller.workspace_id:
-                raise NotFound("token", request.token_id)
-            if tok.member_id != caller.member_id:
-                require(caller.is_owner, "revoke other members' tokens (Workspace Owner only)")
+            tok = await self._token(s, caller, request.name)
             if tok.revoked_at is None:
                 tok.revoked_at = now()
                 s.add(tok)
@@ -316,6 +402,6 @@ class AccessRpcs:
                     "token.revoke",
                     "token",
                     tok.id,
-                    {"member_id": tok.member_id},
+                    {"member": names.MEMBER.name(caller.workspace_id, tok.member_id)},
                 )
-        return pb.RevokeTokenResponse(token=convert.token(tok))
+        return pb.RevokeTokenResponse(token=convert.token(tok, caller.workspace_id))

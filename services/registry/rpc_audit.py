@@ -8,17 +8,22 @@ import grpc
 from google.protobuf import json_format
 from sqlmodel import col, select
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from services.common.errors import InvalidArgument, PermissionDenied
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
+from services.common import names
+from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 from services.registry import convert
 from services.registry.auth import require
 from services.registry.deps import RegistryDeps
+from services.registry.idempotency import request_key
 from services.registry.models import AuditEvent, Instance, Member
 from services.registry.validation import check_page_size
 
 Ctx = grpc.aio.ServicerContext
 # Actions data-plane services perform for a member and record with the service token.
-DATA_PLANE_ACTIONS = frozenset({"dead.replay", "dead.purge"})
+DATA_PLANE_ACTIONS = frozenset(
+    {res.AUDIT_ACTION_DEAD_LETTERS_REPLAY, res.AUDIT_ACTION_DEAD_LETTERS_PURGE}
+)
 
 
 class AuditRpcs:
@@ -41,46 +46,79 @@ class AuditRpcs:
             )
         if request.action not in DATA_PLANE_ACTIONS:
             raise InvalidArgument.field(
-                "action", f"must be one of {', '.join(sorted(DATA_PLANE_ACTIONS))}"
+                "action",
+                "must be one of "
+                + ", ".join(res.AuditAction.Name(a) for a in sorted(DATA_PLANE_ACTIONS)),
             )
-        if not request.actor_member_id:
-            raise InvalidArgument.field("actor_member_id", "required: the member acted for")
+        instance_id = names.parse("instance", request.instance, names.INSTANCE, None)
+        if not request.actor:
+            raise InvalidArgument.field("actor", "required: the member acted for")
+        actor_id = names.parse("actor", request.actor, names.MEMBER, None)
         async with self.store.transaction() as s:
-            ins = await self.store.get(s, Instance, request.instance_id, "instance")
-            actor = await self.store.get(s, Member, request.actor_member_id, "member")
+            ins = await s.get(Instance, instance_id)
+            if ins is None or request.instance.split("/")[1] != ins.workspace_id:
+                raise NotFound("instance", request.instance)
+        key = request_key(ins.workspace_id, "RecordInstanceAction", request)
+        return await self.deps.idempotency.once(
+            key,
+            pb.RecordInstanceActionResponse,
+            lambda: self._record(request, ins.id, actor_id, key),
+        )
+
+    async def _record(
+        self, request: pb.RecordInstanceActionRequest, instance_id: str, actor_id: str, key
+    ) -> pb.RecordInstanceActionResponse:
+        async with self.store.transaction() as s:
+            ins = await self.store.get(s, Instance, instance_id, "instance")
+            actor = await s.get(Member, actor_id)
+            if actor is None:
+                raise NotFound("member", request.actor)
             if actor.workspace_id != ins.workspace_id:
-                raise InvalidArgument.field(
-                    "actor_member_id", "is not a member of the instance's workspace"
-                )
+                raise InvalidArgument.field("actor", "is not a member of the instance's workspace")
             entry = self.store.audit(
                 s,
                 workspace_id=ins.workspace_id,
                 actor=actor,
-                action=request.action,
+                action=convert.stored_action(request.action),
                 resource_type="instance",
                 resource_id=ins.id,
                 details=json_format.MessageToDict(request.details),
             )
             await s.flush()
-        return pb.RecordInstanceActionResponse(event=convert.audit_event(entry))
+            response = pb.RecordInstanceActionResponse(event=convert.audit_event(entry))
+            await self.deps.idempotency.save(s, key, response)
+        return response
 
     async def ListAuditEvents(
         self, request: pb.ListAuditEventsRequest, context: Ctx
     ) -> pb.ListAuditEventsResponse:
         """List the audit trail, newest first."""
         caller = await self.authn.caller(context)
+        names.parent("parent", request.parent, caller.workspace_id)
         require(caller.is_owner, "read the audit trail (Workspace Owner only)")
         size = check_page_size(request.page_size)
         query = select(AuditEvent).where(AuditEvent.workspace_id == caller.workspace_id)
-        if request.resource_id:
-            query = query.where(AuditEvent.resource_id == request.resource_id)
+        if request.resource:
+            own = names.workspace(caller.workspace_id)
+            if request.resource != own and not request.resource.startswith(own + "/"):
+                raise InvalidArgument.field(
+                    "resource", f"must be the name of a resource of {own}, or {own} itself"
+                )
+            query = query.where(AuditEvent.resource_id == request.resource.rsplit("/", 1)[-1])
         if request.HasField("start_time"):
             query = query.where(
                 col(AuditEvent.created_at) >= request.start_time.ToDatetime(tzinfo=UTC)
             )
         async with self.store.transaction() as s:
-            rows, token = await self.store.page(
-                s, query.order_by(col(AuditEvent.id).desc()), size, request.page_token
+            rows, token = await self.deps.pages.page(
+                s,
+                "ListAuditEvents",
+                caller.workspace_id,
+                request,
+                query,
+                (col(AuditEvent.id),),
+                size,
+                descending=True,
             )
         return pb.ListAuditEventsResponse(
             events=[convert.audit_event(r) for r in rows], next_page_token=token

@@ -8,22 +8,30 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from services.common.errors import InvalidArgument, NotFound
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from services.common import names
+from services.common.errors import FieldViolation, InvalidArgument, NotFound
 from services.registry import convert
-from services.registry.auth import require
+from services.registry.auth import Caller, require
 from services.registry.deps import RegistryDeps, audit
+from services.registry.etags import check as check_etag
+from services.registry.idempotency import RequestKey, request_key
 from services.registry.instance_settings import InstanceSettings, with_prefix
-from services.registry.models import Function, FunctionVersion
-from services.registry.rpc_catalog import CatalogRpcs
+from services.registry.models import FunctionVersion
+from services.registry.rpc_functions import function_of, new_version
 from services.registry.validation import check_code, check_setting_definitions
 
 Ctx = grpc.aio.ServicerContext
 
 
-def deploy_details(before: str, ver: FunctionVersion, changes: dict[str, Any] | None) -> dict:
+def deploy_details(
+    workspace_id: str, function_id: str, before: str, ver: FunctionVersion, changes: Any
+) -> dict:
     """Describe a deploy for the audit trail: versions, and the names (never values) changed."""
-    details: dict[str, Any] = {"from_version_id": before, "to_version_id": ver.id}
+    details: dict[str, Any] = {
+        "from_version": names.version(workspace_id, function_id, before),
+        "to_version": names.version(workspace_id, function_id, ver.id),
+    }
     if changes:
         details["settings_changed"] = sorted(changes)
     return details
@@ -41,39 +49,61 @@ class DeployRpcs:
     async def SaveFunction(
         self, request: pb.SaveFunctionRequest, context: Ctx
     ) -> pb.SaveFunctionResponse:
-        """Save a new version; with deploy_instance_ids also deploy it (all or nothing)."""
+        """Save a new version; with deploy_instances also deploy it (all or nothing)."""
         caller = await self.authn.caller(context)
+        names.parse("name", request.name, names.FUNCTION, caller.workspace_id)
         schema = check_setting_definitions(request.settings)
         await asyncio.to_thread(check_code, request.code, self.deps.check_syntax)
-        targets = list(dict.fromkeys(request.deploy_instance_ids))
+        targets = list(dict.fromkeys(request.deploy_instances))
+        ids = [
+            names.parse(f"deploy_instances[{i}]", t, names.INSTANCE, caller.workspace_id)
+            for i, t in enumerate(targets)
+        ]
         if stray := sorted(set(request.deploy_settings) - set(targets)):
             raise InvalidArgument.field(
                 "deploy_settings",
-                f"{', '.join(stray)} not in deploy_instance_ids; list every instance to deploy",
+                f"{', '.join(stray)} not in deploy_instances; list every instance to deploy",
             )
+        key = request_key(caller.workspace_id, "SaveFunction", request)
+        return await self.deps.idempotency.once(
+            key,
+            pb.SaveFunctionResponse,
+            lambda: self._save(caller, request, schema, list(zip(targets, ids, strict=True)), key),
+        )
+
+    async def _save(
+        self,
+        caller: Caller,
+        request: pb.SaveFunctionRequest,
+        schema: list,
+        targets: list[tuple[str, str]],
+        key: RequestKey | None,
+    ) -> pb.SaveFunctionResponse:
         async with self.store.transaction() as s:
-            fn = await self.store.get_in_workspace(
-                s, Function, request.function_id, caller.workspace_id, "function"
-            )
+            fn = await function_of(self.store, s, caller, "name", request.name, lock=True)
             require(caller.can_write_function(fn.id), "save this function (Functions Admin)")
-            fn = await s.get(Function, fn.id, with_for_update=True) or fn
-            if request.description:
-                fn.description = request.description
-            ver = CatalogRpcs._new_version(fn, request.code, schema, caller.email)
+            check_etag("function", fn.id, fn.revision, request.etag)
+            fn.revision += 1
+            ver = new_version(fn, request.code, schema, caller.email)
             s.add(ver)
             s.add(fn)
             await s.flush()
             deployed = []
-            for ins_id in targets:
-                ins = await self.instances.locked_instance(s, caller, ins_id, 0)
+            for position, (target, ins_id) in enumerate(targets):
+                ins = await self.instances.locked_instance(s, caller, ins_id, "", name=target)
                 if ins.function_id != fn.id:
-                    raise InvalidArgument.field(
-                        "deploy_instance_ids", f"{ins_id} is not an instance of this function"
+                    raise InvalidArgument(
+                        f"{target} is not an instance of this function",
+                        [
+                            FieldViolation(
+                                f"deploy_instances[{position}]", "not an instance of this function"
+                            )
+                        ],
                     )
                 before = ins.version_id
                 changes = (
-                    json_format.MessageToDict(request.deploy_settings[ins_id])
-                    if ins_id in request.deploy_settings
+                    json_format.MessageToDict(request.deploy_settings[target])
+                    if target in request.deploy_settings
                     else None
                 )
                 try:
@@ -81,8 +111,8 @@ class DeployRpcs:
                 except InvalidArgument as error:
                     raise with_prefix(
                         error,
-                        f"deploy_settings[{ins_id}].",
-                        f"instance {ins_id} cannot run the new version with its settings; "
+                        f"deploy_settings[{target}].",
+                        f"instance {target} cannot run the new version with its settings; "
                         "give the missing or changed values in deploy_settings",
                     ) from error
                 deployed.append(ins)
@@ -93,7 +123,7 @@ class DeployRpcs:
                     "instance.deploy",
                     "instance",
                     ins.id,
-                    deploy_details(before, ver, changes),
+                    deploy_details(fn.workspace_id, fn.id, before, ver, changes),
                 )
             await audit(
                 self.store,
@@ -103,34 +133,40 @@ class DeployRpcs:
                 "function",
                 fn.id,
                 {
-                    "version_id": ver.id,
-                    "version": ver.number,
-                    "deployed_instance_ids": [i.id for i in deployed],
+                    "version": names.version(fn.workspace_id, fn.id, ver.id),
+                    "number": ver.number,
+                    "deployed_instances": [t for t, _ in targets],
                 },
             )
             if deployed:
                 await self.store.bump_config(s)
-        return pb.SaveFunctionResponse(
-            function=convert.function(fn),
-            version=convert.version(ver),
-            deployed_instances=[convert.instance(i) for i in deployed],
-        )
+            response = pb.SaveFunctionResponse(
+                function=convert.function(fn),
+                version=convert.version(ver, fn.workspace_id),
+                deployed_instances=[convert.instance(i) for i in deployed],
+            )
+            await self.deps.idempotency.save(s, key, response)
+        return response
 
     async def DeployInstance(
         self, request: pb.DeployInstanceRequest, context: Ctx
     ) -> pb.DeployInstanceResponse:
         """Move an instance to a version of its function, changing setting values with it."""
         caller = await self.authn.caller(context)
+        instance_id = names.parse("name", request.name, names.INSTANCE, caller.workspace_id)
+        function_id, version_id = names.parse_version(
+            "version", request.version, caller.workspace_id
+        )
         changes = (
             json_format.MessageToDict(request.settings) if request.HasField("settings") else None
         )
         async with self.store.transaction() as s:
             ins = await self.instances.locked_instance(
-                s, caller, request.instance_id, request.expected_revision
+                s, caller, instance_id, request.etag, name=request.name
             )
-            ver = await s.get(FunctionVersion, request.version_id)
-            if ver is None or ver.function_id != ins.function_id:
-                raise NotFound("version", request.version_id)
+            ver = await s.get(FunctionVersion, version_id)
+            if ver is None or ver.function_id != ins.function_id or function_id != ver.function_id:
+                raise NotFound("version", request.version)
             before = ins.version_id
             self.instances.deploy(s, ins, ver, changes)
             await audit(
@@ -140,7 +176,7 @@ class DeployRpcs:
                 "instance.deploy",
                 "instance",
                 ins.id,
-                deploy_details(before, ver, changes) | {"revision": ins.revision},
+                deploy_details(ins.workspace_id, ins.function_id, before, ver, changes),
             )
             await self.store.bump_config(s)
         return pb.DeployInstanceResponse(instance=convert.instance(ins))

@@ -2,41 +2,72 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import grpc
-from google.protobuf import json_format
+from google.protobuf import duration_pb2, json_format
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
+from services.common import names
 from services.common.errors import AlreadyExists, InvalidArgument
 from services.registry import convert
-from services.registry.auth import require
+from services.registry.auth import Caller, require
 from services.registry.deps import RegistryDeps, audit
+from services.registry.idempotency import RequestKey, request_key
 from services.registry.instance_settings import InstanceSettings
 from services.registry.models import Function, FunctionVersion, Instance, Source
-from services.registry.store import decode_page, encode_page, new_id, now, unique_violation
+from services.registry.store import new_id, now, unique_violation
 from services.registry.validation import (
     check_batching,
     check_filters,
     check_name,
     check_page_size,
     check_retry,
+    check_update_mask,
 )
 
 Ctx = grpc.aio.ServicerContext
 UPDATABLE = frozenset(
     {
+        "display_name",
         "settings",
-        "enabled",
+        "state",
         "batch_size",
-        "batch_wait_ms",
+        "batch_wait",
         "filters",
-        "timeout_ms",
-        "name",
-        "retry_window_seconds",
-        "retry_max_delay_seconds",
+        "timeout",
+        "retry_window",
+        "retry_max_delay",
     }
 )
+STATES = {res.Instance.STATE_ENABLED: True, res.Instance.STATE_DISABLED: False}
+
+
+def milliseconds(field: str, value: duration_pb2.Duration) -> int:
+    """Return a Duration in whole milliseconds; INVALID_ARGUMENT when finer or negative."""
+    total = value.ToTimedelta()
+    if total < timedelta(0) or total % timedelta(milliseconds=1):
+        raise InvalidArgument.field(field, "must be a whole, non-negative number of milliseconds")
+    return total // timedelta(milliseconds=1)
+
+
+def seconds(field: str, value: duration_pb2.Duration) -> int:
+    """Return a Duration in whole seconds; INVALID_ARGUMENT when finer or negative."""
+    if value.seconds < 0 or value.nanos:
+        raise InvalidArgument.field(field, "must be a whole, non-negative number of seconds")
+    return value.seconds
+
+
+def enabled_of(field: str, state: int, default: bool) -> bool:
+    """Return whether a state means enabled (unset: `default`)."""
+    if state == res.Instance.STATE_UNSPECIFIED:
+        return default
+    if state not in STATES:
+        raise InvalidArgument.field(field, "must be STATE_ENABLED or STATE_DISABLED")
+    return STATES[state]  # type: ignore[index]
 
 
 class InstanceRpcs:
@@ -48,41 +79,88 @@ class InstanceRpcs:
         self.authn = deps.authn
         self.instances = InstanceSettings(deps)
 
+    def _durations(self, new: res.Instance, given: set[str]) -> dict[str, int | None]:
+        """Read the duration fields named in `given` (None when unset: the default)."""
+        out: dict[str, int | None] = {}
+        if "batch_wait" in given:
+            has = new.HasField("batch_wait")
+            out["batch_wait"] = milliseconds("instance.batch_wait", new.batch_wait) if has else None
+        if "timeout" in given:
+            has = new.HasField("timeout")
+            out["timeout"] = milliseconds("instance.timeout", new.timeout) if has else None
+        for field in ("retry_window", "retry_max_delay"):
+            if field in given:
+                value = getattr(new, field)
+                out[field] = seconds(f"instance.{field}", value) if new.HasField(field) else 0
+        return out
+
     async def CreateInstance(
         self, request: pb.CreateInstanceRequest, context: Ctx
     ) -> pb.CreateInstanceResponse:
         """Connect a function to a source."""
         caller = await self.authn.caller(context)
+        names.parent("parent", request.parent, caller.workspace_id)
+        new = request.instance
+        function_id = names.parse(
+            "instance.function", new.function, names.FUNCTION, caller.workspace_id
+        )
+        source_id = names.parse("instance.source", new.source, names.SOURCE, caller.workspace_id)
+        version = (
+            names.parse_version("instance.version", new.version, caller.workspace_id)
+            if new.version
+            else None
+        )
+        durations = self._durations(
+            new, {"batch_wait", "timeout", "retry_window", "retry_max_delay"}
+        )
         size, wait, timeout = check_batching(
-            request.batch_size if request.HasField("batch_size") else None,
-            request.batch_wait_ms if request.HasField("batch_wait_ms") else None,
-            request.timeout_ms if request.HasField("timeout_ms") else None,
+            new.batch_size or None, durations["batch_wait"], durations["timeout"]
         )
-        filters = check_filters(list(request.filters), self.deps.check_filter)
-        retry_window, retry_max_delay = check_retry(
-            request.retry_window_seconds, request.retry_max_delay_seconds
+        filters = check_filters(list(new.filters), self.deps.check_filter)
+        retry = check_retry(durations["retry_window"] or 0, durations["retry_max_delay"] or 0)
+        enabled = enabled_of("instance.state", new.state, True)
+        key = request_key(caller.workspace_id, "CreateInstance", request)
+        checked = (function_id, source_id, version, size, wait, timeout, filters, retry, enabled)
+        return await self.deps.idempotency.once(
+            key, pb.CreateInstanceResponse, lambda: self._create(caller, request, checked, key)
         )
-        given = json_format.MessageToDict(request.settings)
+
+    async def _create(
+        self,
+        caller: Caller,
+        request: pb.CreateInstanceRequest,
+        checked: tuple,
+        key: RequestKey | None,
+    ) -> pb.CreateInstanceResponse:
+        function_id, source_id, version, size, wait, timeout, filters, retry, enabled = checked
+        new = request.instance
+        given = json_format.MessageToDict(new.settings)
         instance_id = new_id("ins")
+        name = ""
         try:
             async with self.store.transaction() as s:
                 fn = await self.store.get_in_workspace(
-                    s, Function, request.function_id, caller.workspace_id, "function"
+                    s, Function, function_id, caller.workspace_id, "function", name=new.function
                 )
                 src = await self.store.get_in_workspace(
-                    s, Source, request.source_id, caller.workspace_id, "source"
+                    s, Source, source_id, caller.workspace_id, "source", name=new.source
                 )
                 require(
                     caller.can_admin_source(src.id),
                     "connect functions to this source (Source Admin)",
                 )
                 require(caller.can_read_function(fn.id), "read this function")
-                ver = await self.store.get(
-                    s, FunctionVersion, request.version_id or fn.latest_version_id, "version"
+                if version is None:
+                    ver = await self.store.get(s, FunctionVersion, fn.latest_version_id, "version")
+                else:
+                    ver = await s.get(FunctionVersion, version[1])
+                    if ver is None or version[0] != fn.id or ver.function_id != fn.id:
+                        raise InvalidArgument.field(
+                            "instance.version", "is not a version of instance.function"
+                        )
+                name = check_name(
+                    "instance.display_name", new.display_name or f"{fn.name} ← {src.name}"
                 )
-                if ver.function_id != fn.id:
-                    raise InvalidArgument.field("version_id", "is not a version of this function")
-                name = check_name("name", request.name or f"{fn.name} ← {src.name}")
                 ins = Instance(
                     id=instance_id,
                     workspace_id=caller.workspace_id,
@@ -91,12 +169,12 @@ class InstanceRpcs:
                     version_id=ver.id,
                     name=name,
                     settings=self.instances.settings_for(None, instance_id, ver.settings, given),
-                    enabled=request.enabled if request.HasField("enabled") else True,
+                    enabled=enabled,
                     batch_size=size,
                     batch_wait_ms=wait,
                     timeout_ms=timeout,
-                    retry_window_seconds=retry_window,
-                    retry_max_delay_seconds=retry_max_delay,
+                    retry_window_seconds=retry[0],
+                    retry_max_delay_seconds=retry[1],
                     filters=filters,
                     revision=1,
                     created_at=now(),
@@ -111,25 +189,53 @@ class InstanceRpcs:
                     "instance.create",
                     "instance",
                     ins.id,
-                    {"function_id": fn.id, "source_id": src.id, "version_id": ver.id},
+                    {"function": new.function, "source": new.source},
                 )
                 await self.store.bump_config(s)
+                response = pb.CreateInstanceResponse(instance=convert.instance(ins))
+                await self.deps.idempotency.save(s, key, response)
         except IntegrityError as error:
-            if unique_violation(error):
-                raise AlreadyExists(
-                    "an instance with this name already exists; pick another name"
+            if unique_violation(error) and name:
+                raise await self._name_taken(
+                    caller, name, given_name=bool(new.display_name)
                 ) from error
             raise
-        return pb.CreateInstanceResponse(instance=convert.instance(ins))
+        return response
+
+    async def _name_taken(self, caller: Caller, name: str, *, given_name: bool) -> AlreadyExists:
+        """Describe a taken instance display name, naming the instance that holds it."""
+        async with self.store.transaction() as s:
+            holder = (
+                await s.exec(
+                    select(Instance).where(
+                        Instance.workspace_id == caller.workspace_id, Instance.name == name
+                    )
+                )
+            ).first()
+        holder_name = names.INSTANCE.name(caller.workspace_id, holder.id) if holder else ""
+        which = f" ({holder_name})" if holder_name else ""
+        how = (
+            "pick another display_name"
+            if given_name
+            else "no display_name was sent, so it was derived from the function and source "
+            "names; this function is already connected to this source: send a display_name to "
+            "connect it again, or use the existing instance (a retry of the same create should "
+            "send the same request_id)"
+        )
+        error = AlreadyExists(f"an instance named {name!r} already exists{which}: {how}")
+        if holder_name:
+            error.metadata = {"existing_instance": holder_name, "display_name": name}
+        return error
 
     async def GetInstance(
         self, request: pb.GetInstanceRequest, context: Ctx
     ) -> pb.GetInstanceResponse:
         """Return an instance, secrets masked."""
         caller = await self.authn.caller(context)
+        instance_id = names.parse("name", request.name, names.INSTANCE, caller.workspace_id)
         async with self.store.transaction() as s:
             ins = await self.store.get_in_workspace(
-                s, Instance, request.instance_id, caller.workspace_id, "instance"
+                s, Instance, instance_id, caller.workspace_id, "instance", name=request.name
             )
         require(caller.can_read_instance(ins.function_id, ins.source_id), "read this instance")
         return pb.GetInstanceResponse(instance=convert.instance(ins))
@@ -139,20 +245,30 @@ class InstanceRpcs:
     ) -> pb.ListInstancesResponse:
         """List instances the caller may read."""
         caller = await self.authn.caller(context)
+        names.parent("parent", request.parent, caller.workspace_id)
         size = check_page_size(request.page_size)
+        function_id = names.optional(
+            "function", request.function, names.FUNCTION, caller.workspace_id
+        )
+        source_id = names.optional("source", request.source, names.SOURCE, caller.workspace_id)
         query = select(Instance).where(Instance.workspace_id == caller.workspace_id)
-        if request.function_id:
-            query = query.where(Instance.function_id == request.function_id)
-        if request.source_id:
-            query = query.where(Instance.source_id == request.source_id)
+        if function_id:
+            query = query.where(Instance.function_id == function_id)
+        if source_id:
+            query = query.where(Instance.source_id == source_id)
+        readable = caller.readable_function_ids()
+        if readable is not None:
+            query = query.where(col(Instance.function_id).in_(sorted(readable)))
         async with self.store.transaction() as s:
-            rows = list(
-                (await s.exec(query.order_by(col(Instance.created_at), col(Instance.id)))).all()
+            page, token = await self.deps.pages.page(
+                s,
+                "ListInstances",
+                caller.workspace_id,
+                request,
+                query,
+                (col(Instance.created_at), col(Instance.id)),
+                size,
             )
-        visible = [r for r in rows if caller.can_read_instance(r.function_id, r.source_id)]
-        offset = decode_page(request.page_token)
-        page = visible[offset : offset + size]
-        token = encode_page(offset + size) if len(visible) > offset + size else ""
         return pb.ListInstancesResponse(
             instances=[convert.instance(r) for r in page], next_page_token=token
         )
@@ -162,49 +278,44 @@ class InstanceRpcs:
     ) -> pb.UpdateInstanceResponse:
         """Change fields of an instance named by the update mask."""
         caller = await self.authn.caller(context)
-        paths = set(request.update_mask.paths)
-        if not paths:
-            raise InvalidArgument.field("update_mask", "name the fields to change")
-        if unknown := paths - UPDATABLE:
-            raise InvalidArgument.field(
-                "update_mask",
-                f"cannot change {', '.join(sorted(unknown))}; "
-                f"changeable: {', '.join(sorted(UPDATABLE))}",
-            )
+        paths = check_update_mask(request.update_mask, UPDATABLE)
         new = request.instance
+        instance_id = names.parse("instance.name", new.name, names.INSTANCE, caller.workspace_id)
+        durations = self._durations(new, paths)
         size, wait, timeout = check_batching(
             new.batch_size if "batch_size" in paths else None,
-            new.batch_wait_ms if "batch_wait_ms" in paths else None,
-            new.timeout_ms if "timeout_ms" in paths else None,
+            durations.get("batch_wait"),
+            durations.get("timeout"),
         )
+        enabled = enabled_of("instance.state", new.state, True) if "state" in paths else None
+        if "state" in paths and new.state == res.Instance.STATE_UNSPECIFIED:
+            raise InvalidArgument.field("instance.state", "must be STATE_ENABLED or STATE_DISABLED")
         async with self.store.transaction() as s:
-            ins = await self.instances.locked_instance(s, caller, new.id, request.expected_revision)
+            ins = await self.instances.locked_instance(
+                s, caller, instance_id, new.etag, name=new.name
+            )
             if "settings" in paths:
                 ver = await self.store.get(s, FunctionVersion, ins.version_id, "version")
                 ins.settings = self.instances.settings_for(
                     ins, ins.id, ver.settings, json_format.MessageToDict(new.settings)
                 )
-            if "enabled" in paths:
-                ins.enabled = new.enabled
+            if enabled is not None:
+                ins.enabled = enabled
             if "batch_size" in paths:
                 ins.batch_size = size
-            if "batch_wait_ms" in paths:
+            if "batch_wait" in paths:
                 ins.batch_wait_ms = wait
-            if "timeout_ms" in paths:
+            if "timeout" in paths:
                 ins.timeout_ms = timeout
-            if paths & {"retry_window_seconds", "retry_max_delay_seconds"}:
+            if paths & {"retry_window", "retry_max_delay"}:
                 ins.retry_window_seconds, ins.retry_max_delay_seconds = check_retry(
-                    new.retry_window_seconds
-                    if "retry_window_seconds" in paths
-                    else ins.retry_window_seconds,
-                    new.retry_max_delay_seconds
-                    if "retry_max_delay_seconds" in paths
-                    else ins.retry_max_delay_seconds,
+                    durations.get("retry_window", ins.retry_window_seconds) or 0,
+                    durations.get("retry_max_delay", ins.retry_max_delay_seconds) or 0,
                 )
             if "filters" in paths:
                 ins.filters = check_filters(list(new.filters), self.deps.check_filter)
-            if "name" in paths:
-                ins.name = check_name("instance.name", new.name)
+            if "display_name" in paths:
+                ins.name = check_name("instance.display_name", new.display_name)
             ins.revision += 1
             ins.updated_at = now()
             s.add(ins)
@@ -215,7 +326,7 @@ class InstanceRpcs:
                 "instance.update",
                 "instance",
                 ins.id,
-                {"fields": sorted(paths), "revision": ins.revision},
+                {"fields": sorted(paths)},
             )
             await self.store.bump_config(s)
         return pb.UpdateInstanceResponse(instance=convert.instance(ins))
@@ -225,8 +336,11 @@ class InstanceRpcs:
     ) -> pb.DeleteInstanceResponse:
         """Delete an instance."""
         caller = await self.authn.caller(context)
+        instance_id = names.parse("name", request.name, names.INSTANCE, caller.workspace_id)
         async with self.store.transaction() as s:
-            ins = await self.instances.locked_instance(s, caller, request.instance_id, 0)
+            ins = await self.instances.locked_instance(
+                s, caller, instance_id, request.etag, name=request.name
+            )
             await s.delete(ins)
             await audit(
                 self.store,

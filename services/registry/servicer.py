@@ -6,13 +6,15 @@ table says where each RPC lives, so a reader gets from an RPC name to its code i
 
 from __future__ import annotations
 
-from eventfn.registry.v1 import registry_pb2_grpc
+from eventfn_api.registry.v1 import registry_pb2_grpc
 from services.registry.deps import RegistryDeps
 from services.registry.rpc_access import AccessRpcs
 from services.registry.rpc_audit import AuditRpcs
-from services.registry.rpc_catalog import CatalogRpcs
 from services.registry.rpc_deploys import DeployRpcs
+from services.registry.rpc_functions import FunctionRpcs
 from services.registry.rpc_instances import InstanceRpcs
+from services.registry.rpc_sources import SourceRpcs
+from services.registry.rpc_workspaces import WorkspaceRpcs
 from services.registry.watch import ConfigNotifier, WatchRpcs
 
 
@@ -22,36 +24,45 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     def __init__(self, deps: RegistryDeps, notifier: ConfigNotifier) -> None:
         access = AccessRpcs(deps)
         audit = AuditRpcs(deps)
-        catalog = CatalogRpcs(deps)
         deploys = DeployRpcs(deps)
+        functions = FunctionRpcs(deps)
         instances = InstanceRpcs(deps)
+        sources = SourceRpcs(deps)
+        workspaces = WorkspaceRpcs(deps)
         watch = WatchRpcs(deps, notifier)
+        # rpc_workspaces.py
+        self.CreateWorkspace = workspaces.CreateWorkspace
+        self.GetWorkspace = workspaces.GetWorkspace
+        self.ListWorkspaces = workspaces.ListWorkspaces
+        self.WhoAmI = workspaces.WhoAmI
         # rpc_access.py
-        self.CreateWorkspace = access.CreateWorkspace
-        self.GetWorkspace = access.GetWorkspace
-        self.WhoAmI = access.WhoAmI
         self.CreateMember = access.CreateMember
+        self.GetMember = access.GetMember
         self.ListMembers = access.ListMembers
-        self.UpdateMemberRoles = access.UpdateMemberRoles
+        self.UpdateMember = access.UpdateMember
         self.DeleteMember = access.DeleteMember
         self.CreateToken = access.CreateToken
+        self.GetToken = access.GetToken
         self.ListTokens = access.ListTokens
         self.RevokeToken = access.RevokeToken
         # rpc_audit.py
         self.RecordInstanceAction = audit.RecordInstanceAction
         self.ListAuditEvents = audit.ListAuditEvents
-        # rpc_catalog.py
-        self.CreateSource = catalog.CreateSource
-        self.GetSource = catalog.GetSource
-        self.ListSources = catalog.ListSources
-        self.RotateWriteKey = catalog.RotateWriteKey
-        self.DeleteSource = catalog.DeleteSource
-        self.CreateFunction = catalog.CreateFunction
-        self.GetFunction = catalog.GetFunction
-        self.ListFunctions = catalog.ListFunctions
-        self.DeleteFunction = catalog.DeleteFunction
-        self.ListFunctionVersions = catalog.ListFunctionVersions
-        self.GetFunctionVersion = catalog.GetFunctionVersion
+        # rpc_sources.py
+        self.CreateSource = sources.CreateSource
+        self.GetSource = sources.GetSource
+        self.ListSources = sources.ListSources
+        self.UpdateSource = sources.UpdateSource
+        self.RotateWriteKey = sources.RotateWriteKey
+        self.DeleteSource = sources.DeleteSource
+        # rpc_functions.py
+        self.CreateFunction = functions.CreateFunction
+        self.GetFunction = functions.GetFunction
+        self.ListFunctions = functions.ListFunctions
+        self.UpdateFunction = functions.UpdateFunction
+        self.DeleteFunction = functions.DeleteFunction
+        self.ListFunctionVersions = functions.ListFunctionVersions
+        self.GetFunctionVersion = functions.GetFunctionVersion
         # rpc_deploys.py
         self.SaveFunction = deploys.SaveFunction
         self.DeployInstance = deploys.DeployInstance

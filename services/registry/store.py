@@ -6,7 +6,6 @@ Every change that the data plane sees also bumps the single config revision and 
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -19,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import NotFound
 from services.registry.models import (
     AuditEvent,
     ConfigState,
@@ -44,25 +43,6 @@ def now() -> datetime:
 def new_id(prefix: str) -> str:
     """Make a new object id with a type prefix, e.g. "fn_3f2a..."."""
     return f"{prefix}_{uuid.uuid4().hex[:20]}"
-
-
-def encode_page(offset: int) -> str:
-    """Encode a list offset as an opaque page token."""
-    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode()
-
-
-def decode_page(token: str) -> int:
-    """Decode a page token; raise InvalidArgument for one this service did not make."""
-    if not token:
-        return 0
-    try:
-        kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        offset = int(value)
-        if kind != "o" or offset < 0:
-            raise ValueError(token)
-        return offset
-    except ValueError as error:
-        raise InvalidArgument.field("page_token", "is not a token from a previous call") from error
 
 
 def unique_violation(error: IntegrityError) -> bool:
@@ -91,22 +71,22 @@ class RegistryStore:
         return row
 
     async def get_in_workspace(
-        self, session: AsyncSession, model: type[T], object_id: str, workspace_id: str, kind: str
+        self,
+        session: AsyncSession,
+        model: type[T],
+        object_id: str,
+        workspace_id: str,
+        kind: str,
+        *,
+        lock: bool = False,
+        name: str | None = None,
     ) -> T:
-        """Load a row of the workspace; one of another workspace is NotFound too."""
-        row = await session.get(model, object_id)
+        """Load a row of the workspace (locked for update with `lock`); one of another
+        workspace is NotFound too, named as the caller named it (`name`)."""
+        row = await session.get(model, object_id, with_for_update=lock)
         if row is None or getattr(row, "workspace_id", None) != workspace_id:
-            raise NotFound(kind, object_id)
+            raise NotFound(kind, name or object_id)
         return row
-
-    async def page(
-        self, session: AsyncSession, query: Any, page_size: int, page_token: str
-    ) -> tuple[list[Any], str]:
-        """Run a list query one page at a time; return rows and the next token."""
-        offset = decode_page(page_token)
-        rows = list((await session.exec(query.offset(offset).limit(page_size + 1))).all())
-        more = len(rows) > page_size
-        return rows[:page_size], encode_page(offset + page_size) if more else ""
 
     async def bump_config(self, session: AsyncSession) -> int:
         """Advance the data-plane config revision and notify watchers at commit."""

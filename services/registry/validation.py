@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from eventfn.type.v1 import types_pb2
+from eventfn_api.type.v1 import types_pb2
 from services.common.errors import FieldViolation, InvalidArgument
 from services.registry.secrets import MASK
 from services.runtime import settings_schema as schema
@@ -24,6 +24,26 @@ TIMEOUT_DEFAULT_MS, TIMEOUT_MIN_MS, TIMEOUT_MAX_MS = 5_000, 100, 60_000
 SyntaxChecker = Callable[[str], SyntaxProblem | None]
 # Raises ValueError (the filter language's FilterSyntaxError) for a filter that does not parse.
 FilterChecker = Callable[[str], object]
+
+
+def required(field: str, value: str) -> str:
+    """Return a required id, or raise INVALID_ARGUMENT naming the field when it is empty."""
+    if not value:
+        raise InvalidArgument.field(field, "required")
+    return value
+
+
+def check_update_mask(mask: Any, allowed: frozenset[str]) -> set[str]:
+    """Return the paths of an update mask; INVALID_ARGUMENT when empty or naming others."""
+    paths = set(mask.paths)
+    if not paths:
+        raise InvalidArgument.field("update_mask", "required: name the fields to change")
+    if unknown := paths - allowed:
+        raise InvalidArgument.field(
+            "update_mask",
+            f"cannot change {', '.join(sorted(unknown))}; changeable: {', '.join(sorted(allowed))}",
+        )
+    return paths
 
 
 def check_name(field: str, value: str) -> str:
@@ -111,15 +131,20 @@ def check_batching(
     timeout = TIMEOUT_DEFAULT_MS if timeout_ms is None else timeout_ms
     violations = []
     if not 1 <= size <= BATCH_SIZE_MAX:
-        violations.append(FieldViolation("batch_size", f"must be 1..{BATCH_SIZE_MAX}, got {size}"))
+        violations.append(
+            FieldViolation("instance.batch_size", f"must be 1..{BATCH_SIZE_MAX}, got {size}")
+        )
     if not 0 <= wait <= BATCH_WAIT_MAX_MS:
         violations.append(
-            FieldViolation("batch_wait_ms", f"must be 0..{BATCH_WAIT_MAX_MS}, got {wait}")
+            FieldViolation(
+                "instance.batch_wait", f"must be 0s..{BATCH_WAIT_MAX_MS // 1000}s, got {wait}ms"
+            )
         )
     if not TIMEOUT_MIN_MS <= timeout <= TIMEOUT_MAX_MS:
         violations.append(
             FieldViolation(
-                "timeout_ms", f"must be {TIMEOUT_MIN_MS}..{TIMEOUT_MAX_MS}, got {timeout}"
+                "instance.timeout",
+                f"must be {TIMEOUT_MIN_MS}ms..{TIMEOUT_MAX_MS // 1000}s, got {timeout}ms",
             )
         )
     if violations:
@@ -132,14 +157,16 @@ RETRY_MAX_DELAY_RANGE = (1, 3_600)
 
 
 def check_retry(window_seconds: int, max_delay_seconds: int) -> tuple[int, int]:
-    """Check an instance's retry overrides; 0 keeps the deployment's default."""
+    """Check an instance's retry overrides in seconds; 0 keeps the deployment's default."""
     violations = []
     for field, value, (low, high) in (
-        ("retry_window_seconds", window_seconds, RETRY_WINDOW_RANGE),
-        ("retry_max_delay_seconds", max_delay_seconds, RETRY_MAX_DELAY_RANGE),
+        ("instance.retry_window", window_seconds, RETRY_WINDOW_RANGE),
+        ("instance.retry_max_delay", max_delay_seconds, RETRY_MAX_DELAY_RANGE),
     ):
         if value != 0 and not low <= value <= high:
-            violations.append(FieldViolation(field, f"must be 0 (default) or {low}..{high}"))
+            violations.append(
+                FieldViolation(field, f"must be unset (default) or {low}s..{high}s, got {value}s")
+            )
     if violations:
         raise InvalidArgument("invalid retry settings", violations)
     return window_seconds, max_delay_seconds
@@ -153,7 +180,7 @@ def check_filters(filters: Sequence[str], parse: FilterChecker) -> list[str]:
         except InvalidArgument:
             raise
         except ValueError as error:  # the parser's own error carries line and column
-            raise InvalidArgument.field(f"filters[{i}]", str(error)) from error
+            raise InvalidArgument.field(f"instance.filters[{i}]", str(error)) from error
     return list(filters)
 
 

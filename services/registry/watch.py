@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import grpc
 
-from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2 as pb
 from services.common.errors import PermissionDenied
 from services.registry import convert
 from services.registry.deps import RegistryDeps
@@ -111,10 +111,10 @@ class WatchRpcs:
                 ),
                 enabled=ins.enabled,
                 batch_size=ins.batch_size,
-                batch_wait_ms=ins.batch_wait_ms,
-                timeout_ms=ins.timeout_ms,
-                retry_window_seconds=ins.retry_window_seconds,
-                retry_max_delay_seconds=ins.retry_max_delay_seconds,
+                batch_wait=convert.duration_ms(ins.batch_wait_ms),
+                timeout=convert.duration_ms(ins.timeout_ms),
+                retry_window=convert.duration_s(ins.retry_window_seconds),
+                retry_max_delay=convert.duration_s(ins.retry_max_delay_seconds),
                 filters=ins.filters,
                 revision=ins.revision,
                 version_create_time=convert.ts(ver.created_at),

@@ -8,22 +8,27 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import grpc
+from google.longrunning import operations_pb2_grpc
 from nats.aio.client import Client as NatsClient
 
-from eventfn.retrier.v1 import retrier_pb2, retrier_pb2_grpc
+from eventfn_api.retrier.v1 import retrier_pb2, retrier_pb2_grpc
 from services.common import rpc, streams
 from services.common.backlog import BacklogGauges, StreamSizeGauge
 from services.common.config_watch import ConfigWatcher
 from services.common.metrics import start_metrics
+from services.common.page_tokens import PageTokens
 from services.common.registry_gate import RegistryGate
 from services.common.streams import open_streams
 from services.retrier.dead_letters import DeadLetterStore
+from services.retrier.operations import Operations
+from services.retrier.operations_servicer import OperationsServicer
 from services.retrier.scheduler import DURABLE, RetryScheduler
 from services.retrier.servicer import RetrierServicer
 from services.retrier.settings import RetrierSettings
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = retrier_pb2.DESCRIPTOR.services_by_name["Retrier"].full_name
+OPERATIONS_SERVICE = "google.longrunning.Operations"
 
 
 @dataclass
@@ -75,15 +80,25 @@ async def start_retrier(settings: RetrierSettings, stack: AsyncExitStack) -> Run
     gate = RegistryGate(settings.registry_addr, service_token=token)
     stack.push_async_callback(gate.close)
     store = DeadLetterStore(nc, js)
-    servicer = RetrierServicer(store, gate)
+    pages = PageTokens.from_secret(token)
+    operations = Operations(js, settings.stream_replicas)
+    await operations.open()
+    servicer = RetrierServicer(store, gate, pages, operations)
+    stack.push_async_callback(operations.close)
     server, port, health = rpc.create_server(
         address=settings.retrier_listen,
-        register=[lambda s: retrier_pb2_grpc.add_RetrierServicer_to_server(servicer, s)],
-        service_names=[SERVICE_NAME],
+        register=[
+            lambda s: retrier_pb2_grpc.add_RetrierServicer_to_server(servicer, s),
+            lambda s: operations_pb2_grpc.add_OperationsServicer_to_server(
+                OperationsServicer(operations, gate, pages), s
+            ),
+        ],
+        service_names=[SERVICE_NAME, OPERATIONS_SERVICE],
         meter=metrics.meter,
     )
     await server.start()
     stack.push_async_callback(server.stop, 5)
-    await rpc.set_serving(health, [SERVICE_NAME])
+    await rpc.set_serving(health, [SERVICE_NAME, OPERATIONS_SERVICE])
+    await operations.resume(servicer.replay)
     log.info("retrier listening on port %d", port)
     return RunningRetrier(server, port, watcher, scheduler, store, nc, metrics_port=metrics.port)

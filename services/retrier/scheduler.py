@@ -24,7 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from eventfn.registry.v1 import registry_pb2 as rpb
+from eventfn_api.registry.v1 import registry_pb2 as rpb
 from services.common import streams
 from services.common.config_watch import ConfigWatcher
 from services.common.pull import NATS_ERRORS, pull_forever
@@ -230,20 +230,16 @@ def string_headers(msg: Msg) -> dict[str, str]:
 
 
 def instance_policy(base: RetryPolicy, config: rpb.InstanceConfig | None) -> RetryPolicy:
-    """Apply an instance's retry overrides (window, longest wait; 0 keeps the default)."""
-    if config is None or not (config.retry_window_seconds or config.retry_max_delay_seconds):
+    """Apply an instance's retry overrides (window, longest wait; unset keeps the default)."""
+    if config is None:
         return base
-    cap = (
-        timedelta(seconds=config.retry_max_delay_seconds)
-        if config.retry_max_delay_seconds
-        else base.cap
+    cap = config.retry_max_delay.ToTimedelta() if config.HasField("retry_max_delay") else None
+    window = config.retry_window.ToTimedelta() if config.HasField("retry_window") else None
+    if not cap and not window:
+        return base
+    return dataclasses.replace(
+        base, cap=max(cap or base.cap, base.base), window=window or base.window
     )
-    window = (
-        timedelta(seconds=config.retry_window_seconds)
-        if config.retry_window_seconds
-        else base.window
-    )
-    return dataclasses.replace(base, cap=max(cap, base.base), window=window)
 
 
 class RetryScheduler:

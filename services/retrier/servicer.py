@@ -4,17 +4,22 @@ registry with the caller's own token."""
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+import uuid
+from datetime import UTC, datetime, timedelta
 
 import grpc
-from google.protobuf import timestamp_pb2
+from google.longrunning import operations_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 from opentelemetry import trace
 
-from eventfn.registry.v1 import registry_pb2 as rpb
-from eventfn.retrier.v1 import retrier_pb2 as pb
-from eventfn.retrier.v1 import retrier_pb2_grpc
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as rpb
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.retrier.v1 import retrier_pb2 as pb
+from eventfn_api.retrier.v1 import retrier_pb2_grpc
+from eventfn_api.type.v1 import types_pb2
+from services.common import names, streams
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.common.page_tokens import PageTokens
 from services.common.registry_gate import RegistryGate
 from services.common.roles import may_administer_source
 from services.retrier.dead_letters import (
@@ -22,6 +27,13 @@ from services.retrier.dead_letters import (
     DeadLetterStore,
     Letter,
     LetterId,
+)
+from services.retrier.operations import (
+    CHUNK,
+    Operations,
+    ReplayRecord,
+    operation_message,
+    request_digest,
 )
 from services.retrier.scheduler import DEAD_REASON, parse_time
 
@@ -61,6 +73,21 @@ HISTORY_OUTCOMES = {
 }
 
 
+def duration_of(milliseconds: float) -> duration_pb2.Duration:
+    """Convert milliseconds to a Duration."""
+    out = duration_pb2.Duration()
+    out.FromTimedelta(timedelta(milliseconds=milliseconds))
+    return out
+
+
+def attempt_count(headers: dict[str, str], listed: int) -> int:
+    """Return how many attempts an event had (the history keeps only the last 20)."""
+    try:
+        return max(int(headers.get(streams.ATTEMPT, "0")), listed)
+    except ValueError:
+        return listed
+
+
 def dead_letter_message(letter: Letter) -> pb.DeadLetter:
     """Describe one dead letter for the API (the last attempt's error with its stack)."""
     pack = letter.pack
@@ -88,9 +115,9 @@ def dead_letter_message(letter: Letter) -> pb.DeadLetter:
             pass
         attempts.append(attempt)
     out = pb.DeadLetter(
-        id=str(letter.id),
-        instance_id=pack.instance_id,
+        name=names.dead_letter(pack.workspace_id, pack.instance_id, str(letter.id)),
         message_id=letter.message_id,
+        attempt_count=attempt_count(pack.headers, len(history)),
         event_json=letter.event.decode(errors="replace"),
         attempts=attempts,
         reason=pack.reason(),
@@ -101,7 +128,7 @@ def dead_letter_message(letter: Letter) -> pb.DeadLetter:
                 url=str(r.get("url") or ""),
                 status=int(r.get("status") or 0),  # type: ignore[arg-type]
                 error=str(r.get("error") or ""),
-                duration_ms=float(r.get("duration_ms") or 0.0),  # type: ignore[arg-type]
+                duration=duration_of(float(r.get("duration_ms") or 0.0)),  # type: ignore[arg-type]
             )
             for r in pack.last_requests()
         ],
@@ -113,89 +140,127 @@ def dead_letter_message(letter: Letter) -> pb.DeadLetter:
     return out
 
 
-def _ids(values: list[str], field: str) -> list[LetterId]:
-    try:
-        return [LetterId.parse(v) for v in values]
-    except BadDeadLetterId as error:
-        raise InvalidArgument.field(field, str(error)) from None
+def chosen(parent: tuple[str, str], field: str, values: list[str]) -> list[tuple[str, LetterId]]:
+    """Read the dead letter names of a request: each must be a letter of `parent`."""
+    out = []
+    for i, value in enumerate(values):
+        workspace_id, instance_id, letter = names.parse_dead_letter(f"{field}[{i}]", value)
+        if (workspace_id, instance_id) != parent:
+            raise InvalidArgument.field(f"{field}[{i}]", "is not a dead letter of `parent`")
+        try:
+            out.append((value, LetterId.parse(letter)))
+        except BadDeadLetterId as error:
+            raise InvalidArgument.field(f"{field}[{i}]", str(error)) from None
+    return out
+
+
+def all_found(named: list[tuple[str, LetterId]], letters: list[Letter]) -> None:
+    """Refuse named letters that are not the instance's (word for word like missing ones)."""
+    found = {(letter.id.seq, letter.id.index or 0) for letter in letters}
+    seqs = {seq for seq, _ in found}
+    for name, letter_id in named:
+        there = (
+            letter_id.seq in seqs
+            if letter_id.index is None
+            else (letter_id.seq, letter_id.index) in found
+        )
+        if not there:
+            raise NotFound("dead letter", name)
 
 
 class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
     """Serve the Retrier API over the DEAD stream."""
 
-    def __init__(self, store: DeadLetterStore, gate: RegistryGate) -> None:
+    def __init__(
+        self,
+        store: DeadLetterStore,
+        gate: RegistryGate,
+        pages: PageTokens,
+        operations: Operations,
+    ) -> None:
         self._store = store
         self._gate = gate
+        self._pages = pages
+        self._operations = operations
 
     async def _writable(
-        self, context: Ctx, instance_id: str, action: str
-    ) -> tuple[rpb.GetInstanceResponse, rpb.WhoAmIResponse]:
+        self, context: Ctx, parent: str, action: str
+    ) -> tuple[res.Instance, rpb.WhoAmIResponse]:
         """Return the instance and the caller if the caller may replay or purge its letters."""
+        workspace_id, instance_id = names.parse_instance("parent", parent)
         try:
-            found = await self._gate.instance(context, instance_id)
+            instance = await self._gate.instance(context, parent)
         except NotFound:
             # The instance may be gone while its dead letters remain: say so to members of
             # the same workspace; to anyone else it stays NOT_FOUND.
             me = await self._gate.whoami(context)
             async for pack in self._store.scan(instance_id):
-                if pack.workspace_id == me.member.workspace_id:
+                if names.last(me.workspace.name) == workspace_id == pack.workspace_id:
                     raise FailedPrecondition(
-                        f"instance {instance_id!r} was deleted (or its function was): its dead "
+                        f"instance {parent!r} was deleted (or its function was): its dead "
                         f"letters cannot be {action}ed to it; they expire with the DEAD "
                         "stream's retention"
                     ) from None
                 break
             raise
         me = await self._gate.whoami(context)
-        if not may_administer_source(me.member, found.instance.source_id):
+        if not may_administer_source(me.member, names.last(instance.source)):
             raise PermissionDenied(
                 f"{action} of dead letters needs Source Admin of source "
-                f"{found.instance.source_id!r} (or Workspace Owner)"
+                f"{instance.source!r} (or Workspace Owner)"
             )
-        return found, me
+        return instance, me
 
     async def ListDeadLetters(
         self, request: pb.ListDeadLettersRequest, context: Ctx
     ) -> pb.ListDeadLettersResponse:
         """List dead letters of an instance, newest first."""
-        if not request.instance_id:
-            raise InvalidArgument.field("instance_id", "required")
+        workspace_id, instance_id = names.parse_instance("parent", request.parent)
         size = request.page_size or DEFAULT_PAGE_SIZE
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise InvalidArgument.field("page_size", f"must be 1..{MAX_PAGE_SIZE}, got {size}")
-        before = None
-        if request.page_token:
-            try:
-                before = LetterId.parse(request.page_token)
-            except BadDeadLetterId:
-                raise InvalidArgument.field(
-                    "page_token", "not a token of a previous call; start without one"
-                ) from None
         start, end = _range(request)
-        await self._gate.instance(context, request.instance_id)
+        await self._gate.instance(context, request.parent)
+        last = self._pages.read("ListDeadLetters", workspace_id, request)
+        before = None
+        if last is not None:
+            if len(last) != 2 or not all(isinstance(v, int) for v in last):
+                raise InvalidArgument.field("page_token", "is not a token of this list")
+            before = LetterId(last[0], last[1])
         letters, cursor = await self._store.page(
-            request.instance_id, start=start, end=end, size=size, before=before
+            instance_id, start=start, end=end, size=size, before=before
         )
+        token = ""
+        if cursor is not None:
+            token = self._pages.issue(
+                "ListDeadLetters", workspace_id, request, [cursor.seq, cursor.index or 0]
+            )
         return pb.ListDeadLettersResponse(
             dead_letters=[dead_letter_message(letter) for letter in letters],
-            next_page_token="" if cursor is None else str(cursor),
+            next_page_token=token,
         )
 
     async def GetDeadLetter(
         self, request: pb.GetDeadLetterRequest, context: Ctx
     ) -> pb.GetDeadLetterResponse:
         """Show one dead letter with its history."""
-        (letter_id,) = _ids([request.dead_letter_id], "dead_letter_id")
-        missing = NotFound("dead letter", request.dead_letter_id)
-        # Ids are global stream sequences: authenticate before looking, and answer a letter
-        # of another workspace, or of an instance the caller may not read, word for word
-        # like one that does not exist, never naming its instance.
+        workspace_id, instance_id, letter = names.parse_dead_letter("name", request.name)
+        try:
+            letter_id = LetterId.parse(letter)
+        except BadDeadLetterId as error:
+            raise InvalidArgument.field("name", str(error)) from None
+        missing = NotFound("dead letter", request.name)
+        # Sequences are global: authenticate before looking, and answer a letter of another
+        # workspace, or of an instance the caller may not read, word for word like one that
+        # does not exist.
         me = await self._gate.whoami(context)
+        if names.last(me.workspace.name) != workspace_id:
+            raise missing
         pack = await self._store.pack(letter_id.seq)
-        if pack is None or pack.workspace_id != me.workspace.id:
+        if pack is None or pack.workspace_id != workspace_id or pack.instance_id != instance_id:
             raise missing
         try:
-            await self._gate.instance(context, pack.instance_id)
+            await self._gate.instance(context, names.INSTANCE.name(workspace_id, instance_id))
         except (NotFound, PermissionDenied):
             raise missing from None
         letters = await self._store.select(
@@ -207,60 +272,120 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
 
     async def ReplayDeadLetters(
         self, request: pb.ReplayDeadLettersRequest, context: Ctx
-    ) -> pb.ReplayDeadLettersResponse:
-        """Send dead letters back to their instance as first attempts; they leave DEAD."""
-        if not request.instance_id:
-            raise InvalidArgument.field("instance_id", "required")
-        ids = _ids(list(request.dead_letter_ids), "dead_letter_ids")
+    ) -> operations_pb2.Operation:
+        """Check a replay, start it as an operation and answer the operation."""
+        parent = names.parse_instance("parent", request.parent)
+        named = chosen(parent, "names", list(request.names))
         start, end = _range(request)
-        found, me = await self._writable(context, request.instance_id, "replay")
+        digest = request_digest(request)
+        if request.request_id:
+            check_request_id(request.request_id)
+            earlier = await self._operations.earlier(parent[0], request.request_id, digest)
+            if earlier is not None:
+                await self._gate.instance(context, request.parent)  # still the caller's?
+                return operation_message(earlier)
+        instance, me = await self._writable(context, request.parent, "replay")
         version_id = ""
-        if request.version_id and request.version_id != found.instance.version_id:
-            version = (await self._gate.version(context, request.version_id)).version
-            if version.function_id != found.instance.function_id:
+        if request.version and request.version != instance.version:
+            version = await self._gate.version(context, request.version)
+            if version.name.rsplit("/versions/", 1)[0] != instance.function:
                 raise InvalidArgument.field(
-                    "version_id", "is not a version of the instance's function"
+                    "version", "is not a version of the instance's function"
                 )
-            version_id = version.id
-        if not found.instance.enabled:
+            version_id = names.last(version.name)
+        if instance.state != res.Instance.STATE_ENABLED:
             raise FailedPrecondition(
-                f"instance {request.instance_id!r} is disabled: replayed events would be "
+                f"instance {request.parent!r} is disabled: replayed events would be "
                 "discarded; enable it first"
             )
+        letters = await self._store.select(
+            parent[1], [letter_id for _, letter_id in named], start=start, end=end
+        )
+        all_found(named, letters)
+        record = self._operations.new_record(
+            parent[0],
+            request.parent,
+            me.member.name,
+            digest,
+            letter_ids=[str(letter_id) for _, letter_id in named],
+            start=start.isoformat() if start else None,
+            end=end.isoformat() if end else None,
+            version_id=version_id,
+            total=len(letters),
+        )
+        if request.request_id and not await self._operations.claim(
+            parent[0], request.request_id, record
+        ):
+            # A twin with the same request_id started first: answer its operation.
+            earlier = await self._operations.earlier(parent[0], request.request_id, digest)
+            if earlier is not None:
+                return operation_message(earlier)
+        await self._operations.write(record)
+        self._operations.run(record, self.replay)
+        return operation_message(record)
+
+    async def replay(self, record: ReplayRecord, progress) -> int:
+        """Replay a record's letters chunk by chunk, reporting progress; audit the replay."""
+        _, instance_id = names.parse_instance("instance", record.instance)
+        ids = [LetterId.parse(text) for text in record.letter_ids]
+        start = datetime.fromisoformat(record.start) if record.start else None
+        end = datetime.fromisoformat(record.end) if record.end else None
+        replayed = record.replayed
         with tracer.start_as_current_span("dead.replay") as span:
-            span.set_attribute("eventfn.instance_id", request.instance_id)
-            letters = await self._store.select(request.instance_id, ids, start=start, end=end)
-            replayed = await self._store.replay(letters, version_id=version_id)
+            span.set_attribute("eventfn.instance_id", instance_id)
+            letters = await self._store.select(instance_id, ids, start=start, end=end)
+            for first in range(0, len(letters), CHUNK):
+                chunk = letters[first : first + CHUNK]
+                replayed += await self._store.replay(chunk, version_id=record.version_id)
+                await progress(replayed)
             span.set_attribute("eventfn.replayed", replayed)
         await self._gate.record(
-            me,
-            request.instance_id,
-            "dead.replay",
+            record.actor,
+            record.instance,
+            res.AUDIT_ACTION_DEAD_LETTERS_REPLAY,
             {
                 "replayed": replayed,
-                "dead_letter_ids": list(request.dead_letter_ids) or "all",
-                "version_id": version_id or found.instance.version_id,
+                "dead_letters": [
+                    names.dead_letter(*names.parse_instance("instance", record.instance), i)
+                    for i in record.letter_ids
+                ]
+                or "all",
+                "version_id": record.version_id or "deployed",
+                "operation": record.name,
             },
+            request_id=str(uuid.uuid5(uuid.NAMESPACE_URL, record.name)),
         )
-        return pb.ReplayDeadLettersResponse(replayed=replayed)
+        return replayed
 
     async def PurgeDeadLetters(
         self, request: pb.PurgeDeadLettersRequest, context: Ctx
     ) -> pb.PurgeDeadLettersResponse:
         """Delete dead letters of an instance (a letter's whole pack goes with it)."""
-        if not request.instance_id:
-            raise InvalidArgument.field("instance_id", "required")
-        ids = _ids(list(request.dead_letter_ids), "dead_letter_ids")
+        parent = names.parse_instance("parent", request.parent)
+        named = chosen(parent, "names", list(request.names))
         end = None
         if request.HasField("end_time"):
             end = request.end_time.ToDatetime(tzinfo=UTC)
-        _, me = await self._writable(context, request.instance_id, "purge")
-        letters = await self._store.select(request.instance_id, ids, end=end)
+        _, me = await self._writable(context, request.parent, "purge")
+        letters = await self._store.select(
+            parent[1], [letter_id for _, letter_id in named], end=end
+        )
+        all_found(named, letters)
         purged = await self._store.purge(letters)
         await self._gate.record(
-            me,
-            request.instance_id,
-            "dead.purge",
-            {"purged": purged, "dead_letter_ids": list(request.dead_letter_ids) or "all"},
+            me.member.name,
+            request.parent,
+            res.AUDIT_ACTION_DEAD_LETTERS_PURGE,
+            {"purged": purged, "dead_letters": list(request.names) or "all"},
         )
         return pb.PurgeDeadLettersResponse(purged=purged)
+
+
+def check_request_id(request_id: str) -> None:
+    """Refuse a request_id that is not a UUID."""
+    try:
+        uuid.UUID(request_id)
+    except ValueError:
+        raise InvalidArgument.field(
+            "request_id", "must be a UUID, e.g. 9b2c1e4e-3f0a-4a53-8c1d-2b7f5f1c0a11"
+        ) from None

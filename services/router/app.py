@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import grpc
 from nats.aio.client import Client as NatsClient
 
-from eventfn.router.v1 import router_pb2, router_pb2_grpc
+from eventfn_api.router.v1 import router_pb2, router_pb2_grpc
 from services.common import rpc, streams
 from services.common.backlog import BacklogGauges
 from services.common.config_watch import ConfigView, ConfigWatcher

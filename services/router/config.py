@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2 as pb
 from services.common.config_watch import ConfigView
 from services.common.streams import events_subject
 from services.filters.actions import CompiledFilter, parse_filter

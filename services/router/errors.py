@@ -19,6 +19,7 @@ class InvalidRequestError(RouterError):
     """
 
     def __init__(self, message: str, *, index: int | None = None, field: str | None = None) -> None:
+        self.reason = message  # without the event's position, for per-event reports
         if index is not None:
             message = f"batch[{index}]: {message}"
         super().__init__(message)

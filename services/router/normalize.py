@@ -181,34 +181,56 @@ def normalize_events(
     sent_at: object = None,
     context: Mapping[str, Any] | None = None,
     integrations: Mapping[str, Any] | None = None,
+    errors: list[InvalidRequestError] | None = None,
 ) -> list[dict[str, Any]]:
-    """Validate and fill decoded batch items in place; refuse all on the first bad one."""
+    """Validate and fill decoded batch items in place; refuse all on the first bad one, or,
+    given `errors`, collect every bad event's refusal there and go on with the next."""
     arrival = _Arrival(now)
     batch_sent = _parse_time(sent_at)
     events: list[dict[str, Any]] = []
     for index, item in enumerate(items):
-        if type(item) is not dict:
-            raise InvalidEventError(
-                f"each event must be a JSON object, got {_json_type(item)}", index=index
-            )
-        size = _check_depth(item, index)
-        if size > EVENT_MAX_BYTES:
-            raise EventTooLargeError(size, EVENT_MAX_BYTES, index=index)
-        kind = item.get("type")
-        if type(kind) is not str or kind not in EVENT_TYPES:
-            raise InvalidEventError(
-                f"`type` must be one of {', '.join(sorted(EVENT_TYPES))}, got {kind!r}",
-                index=index,
-                field="type",
-            )
-        if sent_at is not None and "sentAt" not in item:
-            item["sentAt"] = sent_at
-        if context:
-            _merge_under(item, "context", context, index)
-        if integrations:
-            _merge_under(item, "integrations", integrations, index)
-        events.append(_normalize(item, arrival, index, batch_sent))
+        try:
+            event = _one_event(item, index, arrival, batch_sent, sent_at, context, integrations)
+        except InvalidRequestError as error:
+            if errors is None:
+                raise
+            errors.append(error)
+            continue
+        events.append(event)
     return events
+
+
+def _one_event(
+    item: object,
+    index: int,
+    arrival: _Arrival,
+    batch_sent: datetime | None,
+    sent_at: object,
+    context: Mapping[str, Any] | None,
+    integrations: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """Validate and fill one batch item in place."""
+    if type(item) is not dict:
+        raise InvalidEventError(
+            f"each event must be a JSON object, got {_json_type(item)}", index=index
+        )
+    size = _check_depth(item, index)
+    if size > EVENT_MAX_BYTES:
+        raise EventTooLargeError(size, EVENT_MAX_BYTES, index=index)
+    kind = item.get("type")
+    if type(kind) is not str or kind not in EVENT_TYPES:
+        raise InvalidEventError(
+            f"`type` must be one of {', '.join(sorted(EVENT_TYPES))}, got {kind!r}",
+            index=index,
+            field="type",
+        )
+    if sent_at is not None and "sentAt" not in item:
+        item["sentAt"] = sent_at
+    if context:
+        _merge_under(item, "context", context, index)
+    if integrations:
+        _merge_under(item, "integrations", integrations, index)
+    return _normalize(item, arrival, index, batch_sent)
 
 
 class _Arrival:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from eventfn.type.v1 import types_pb2
+from eventfn_api.type.v1 import types_pb2
 
 STRING = "string"
 BOOLEAN = "boolean"

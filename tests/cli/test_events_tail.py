@@ -14,12 +14,11 @@ import nats
 import orjson
 from nats.aio.client import Client as NatsClient
 
-from eventfn.registry.v1 import registry_pb2 as pb
 from services.common import streams
 from services.devtools.embedded import EmbeddedNats
 from tests.cli.conftest import Cli
 from tests.registry.conftest import Registry, auth
-from tests.registry.test_flows import make_function, settings
+from tests.registry.test_flows import make_function, new_instance, settings
 
 
 async def workspace_with_instance(r: Registry, name: str) -> tuple[str, str, str]:
@@ -27,14 +26,15 @@ async def workspace_with_instance(r: Registry, name: str) -> tuple[str, str, str
     ws, owner = await r.workspace(name)
     fn_id, src_id = await make_function(r, owner, name)
     made = await r.stub.CreateInstance(
-        pb.CreateInstanceRequest(
-            function_id=fn_id,
-            source_id=src_id,
+        new_instance(
+            f"workspaces/{ws}",
+            fn_id,
+            src_id,
             settings=settings(endpoint="https://example.com", apiKey="k"),
         ),
         metadata=auth(owner),
     )
-    return ws, owner, made.instance.id
+    return ws, owner, made.instance.name.rsplit("/", 1)[-1]
 
 
 async def publish(nats: NatsClient, ws: str, ins: str, event_name: str) -> str:
@@ -64,7 +64,10 @@ async def test_tail_shows_only_the_callers_workspace(
     other = await cli.fails(
         "events", "tail", "--instance", ins_b, EVENTFN_TOKEN=token_a, EVENTFN_NATS_URL=nats_url
     )
-    assert other.lines == [f"error: not found: instance '{ins_b}' not found"]
+    # An id is looked for in the caller's own workspace: another's is not found there.
+    assert other.lines == [
+        f"error: not found: instance 'workspaces/{ws_a}/instances/{ins_b}' not found"
+    ]
 
 
 async def test_tail_needs_a_token(cli: Cli, project: Path, nats_url: str) -> None:

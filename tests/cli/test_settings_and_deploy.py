@@ -126,7 +126,7 @@ async def test_deploy_with_a_new_required_setting(cli: Cli, tmp_path: Path) -> N
 
     await cli.ok("functions", "deploy", v2, "--instance", ins, "--set", "region=eu")
     shown = json.loads((await cli.ok("instances", "show", ins)).stdout)
-    assert shown["versionId"] == v2
+    assert shown["version"].endswith(f"/versions/{v2}")
     assert shown["settings"] == {"endpoint": "https://example.com/hook", "region": "eu"}
 
     v3_schema = tmp_path / "v3.json"

@@ -63,13 +63,14 @@ async def test_instances_rename_disable_and_clear_filters(cli: Cli, tmp_path: Pa
     )
     ins = ids(made.stdout, "ins")[0]
     renamed = await cli.ok("instances", "update", ins, "--name", "EU hook", "--disabled")
-    assert "renamed to 'EU hook', disabled;" in renamed.stdout
+    assert "renamed to 'EU hook', disabled" in renamed.stdout
     assert "enabled" not in renamed.stdout
     cleared = await cli.ok("instances", "update", ins, "--clear-filters")
     assert "filters (none)" in cleared.stdout
     listed = json.loads((await cli.ok("instances", "list", "--json")).stdout)
-    (mine,) = [i for i in listed if i["id"] == ins]
-    assert mine["name"] == "EU hook" and not mine.get("enabled") and not mine.get("filters")
+    (mine,) = [i for i in listed if i["name"].endswith(f"/instances/{ins}")]
+    assert mine["displayName"] == "EU hook" and mine["state"] == "STATE_DISABLED"
+    assert not mine.get("filters")
     for command in (["functions", "list"], ["sources", "list"], ["tokens", "list"], ["audit"]):
         assert isinstance(json.loads((await cli.ok(*command, "--json")).stdout), list)
 

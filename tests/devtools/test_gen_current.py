@@ -1,4 +1,5 @@
-"""The checked-in gen/ is exactly what `make gen` would produce, and buf lint is clean."""
+"""The checked-in gen/ is exactly what `make gen` would produce, the vendored googleapis protos
+are the installed wheel's, and buf lint is clean."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.devtools import genprotos
+from services.devtools import genprotos, vendor_googleapis
 
 
 def differences(left: Path, right: Path) -> list[str]:
@@ -29,6 +30,19 @@ def test_gen_is_current(tmp_path: Path) -> None:
     genprotos.generate(tmp_path)
     stale = differences(genprotos.GEN, tmp_path)
     assert not stale, f"gen/ is stale, run `make gen`: {stale}"
+
+
+def test_vendored_googleapis_protos_are_the_wheels() -> None:
+    stale = [
+        path
+        for path, text in vendor_googleapis.wheel_copies().items()
+        if (vendor_googleapis.VENDORED / path).read_text() != text
+    ]
+    assert not stale, f"run `python -m services.devtools.vendor_googleapis`: {stale}"
+
+
+def test_no_top_level_eventfn_package_is_generated() -> None:
+    assert sorted(p.name for p in genprotos.GEN.iterdir()) == [genprotos.PACKAGE]
 
 
 def test_buf_lint_is_clean() -> None:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventfn.executor.v1 import executor_pb2 as pb
+from eventfn_api.executor.v1 import executor_pb2 as pb
 from services.executor.policy import (
     BATCH_MIN_RATE,
     HANDLER_OF_TYPE,
@@ -116,7 +116,7 @@ counts = st.integers(0, 10_000)
 @pytest.mark.parametrize(
     ("delivered", "bad", "expected"),
     [
-        (0, 0, pb.HEALTH_UNSPECIFIED),  # no events, no verdict
+        (0, 0, pb.HEALTH_NO_EVENTS),  # no events, no verdict
         (100, 0, pb.HEALTH_HEALTHY),
         (100, 1, pb.HEALTH_HEALTHY),  # under 1 % retried or failed
         (99, 1, pb.HEALTH_DEGRADED),  # 1 % exactly
@@ -147,7 +147,7 @@ def test_health_follows_the_share_of_retried_and_failed(
         failed=failed * scale,
     )
     assert scaled == got
-    if got == pb.HEALTH_UNSPECIFIED:
+    if got == pb.HEALTH_NO_EVENTS:
         return
     # More retried events never make it better; more delivered ones never make it worse.
     worse = health(delivered=delivered, retried=retried + more, discarded=discarded, failed=failed)
@@ -161,8 +161,8 @@ def test_discards_never_make_health_worse(
 ) -> None:
     before = health(delivered=delivered, retried=retried, discarded=discarded, failed=failed)
     after = health(delivered=delivered, retried=retried, discarded=discarded + more, failed=failed)
-    assert after != pb.HEALTH_UNSPECIFIED, "discarded events are events"
-    if before != pb.HEALTH_UNSPECIFIED:
+    assert after != pb.HEALTH_NO_EVENTS, "discarded events are events"
+    if before != pb.HEALTH_NO_EVENTS:
         assert ORDER.index(after) <= ORDER.index(before)
 
 

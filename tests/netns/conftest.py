@@ -31,9 +31,10 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import registry_pb2_grpc
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2_grpc
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.type.v1 import types_pb2
 from services.common import streams
 from services.devtools.embedded import EmbeddedPostgres, nats_server_binary
 from services.registry.app import start_registry
@@ -313,15 +314,21 @@ async def multihost(network: Network) -> AsyncIterator[MultiHost]:
 
         auth = (("authorization", f"Bearer {BOOTSTRAP}"),)
         workspace = await stub.CreateWorkspace(
-            pb.CreateWorkspaceRequest(name="Netns"), metadata=auth
+            pb.CreateWorkspaceRequest(workspace=res.Workspace(display_name="Netns")), metadata=auth
         )
         owner = (("authorization", f"Bearer {workspace.token}"),)
         source = (
-            await stub.CreateSource(pb.CreateSourceRequest(name="web"), metadata=owner)
+            await stub.CreateSource(
+                pb.CreateSourceRequest(
+                    parent=workspace.workspace.name, source=res.Source(display_name="web")
+                ),
+                metadata=owner,
+            )
         ).source
         function = await stub.CreateFunction(
             pb.CreateFunctionRequest(
-                name="Hook",
+                parent=workspace.workspace.name,
+                function=res.DestinationFunction(display_name="Hook"),
                 code=CODE,
                 settings=[
                     types_pb2.SettingDefinition(
@@ -335,12 +342,15 @@ async def multihost(network: Network) -> AsyncIterator[MultiHost]:
         values.update({"endpoint": sink.url})
         instance = await stub.CreateInstance(
             pb.CreateInstanceRequest(
-                function_id=function.function.id, source_id=source.id, settings=values
+                parent=workspace.workspace.name,
+                instance=res.Instance(
+                    function=function.function.name, source=source.name, settings=values
+                ),
             ),
             metadata=owner,
         )
         platform.write_key = source.write_key
-        platform.instance_id = instance.instance.id
+        platform.instance_id = instance.instance.name.rsplit("/", 1)[-1]
 
         platform.start_service("router", "router")
         for name in EXECUTORS:

@@ -14,8 +14,9 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.type.v1 import types_pb2
 from tests.observability.conftest import Platform, Receiver
 from tests.pipeline.conftest import Sink
 from tests.registry.conftest import auth
@@ -69,7 +70,8 @@ async def test_an_events_journey_is_one_trace(
     owner = auth(platform.owner)
     fn = await platform.registry.stub.CreateFunction(
         pb.CreateFunctionRequest(
-            name="traced",
+            parent=platform.workspace,
+            function=res.DestinationFunction(display_name="traced"),
             code=CODE,
             settings=[
                 types_pb2.SettingDefinition(name="endpoint", type=types_pb2.SETTING_TYPE_STRING),
@@ -84,12 +86,16 @@ async def test_an_events_journey_is_one_trace(
     values.update({"endpoint": sink.url, "apiKey": SECRET})
     ins = await platform.registry.stub.CreateInstance(
         pb.CreateInstanceRequest(
-            function_id=fn.function.id, source_id=platform.source_id, settings=values
+            parent=platform.workspace,
+            instance=res.Instance(
+                function=fn.function.name, source=platform.source, settings=values
+            ),
         ),
         metadata=owner,
     )
+    iid = ins.instance.name.rsplit("/", 1)[-1]
     for watcher in (platform.router.watcher, platform.executor.watcher):
-        await watcher.wait_until(lambda v: ins.instance.id in v.instances)
+        await watcher.wait_until(lambda v: iid in v.instances)
 
     resp = await platform.http.post(
         "/v1/track",

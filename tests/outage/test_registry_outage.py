@@ -28,9 +28,10 @@ import pytest
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import registry_pb2_grpc
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2_grpc
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.type.v1 import types_pb2
 from services.devtools.embedded.process import free_port
 from services.executor.app import RunningExecutor, start_executor
 from services.executor.settings import ExecutorSettings
@@ -145,16 +146,23 @@ async def data_plane(
         stack.push_async_callback(channel.close)
         stub = registry_pb2_grpc.RegistryStub(channel)
         workspace = await stub.CreateWorkspace(
-            pb.CreateWorkspaceRequest(name=workspace_name), metadata=auth(BOOTSTRAP)
+            pb.CreateWorkspaceRequest(workspace=res.Workspace(display_name=workspace_name)),
+            metadata=auth(BOOTSTRAP),
         )
         owner = auth(workspace.token)
         source = (
-            await stub.CreateSource(pb.CreateSourceRequest(name="web"), metadata=owner)
+            await stub.CreateSource(
+                pb.CreateSourceRequest(
+                    parent=workspace.workspace.name, source=res.Source(display_name="web")
+                ),
+                metadata=owner,
+            )
         ).source
         for name in ("Every", "Only"):
             function = await stub.CreateFunction(
                 pb.CreateFunctionRequest(
-                    name=name,
+                    parent=workspace.workspace.name,
+                    function=res.DestinationFunction(display_name=name),
                     code=CODE,
                     settings=[
                         types_pb2.SettingDefinition(
@@ -168,7 +176,10 @@ async def data_plane(
             values.update({"endpoint": f"{sink.url}/{name}"})
             await stub.CreateInstance(
                 pb.CreateInstanceRequest(
-                    function_id=function.function.id, source_id=source.id, settings=values
+                    parent=workspace.workspace.name,
+                    instance=res.Instance(
+                        function=function.function.name, source=source.name, settings=values
+                    ),
                 ),
                 metadata=owner,
             )
@@ -191,7 +202,7 @@ async def data_plane(
                 database_url=fresh_database,
                 executor_workers=1,
                 egress_allow="127.0.0.1/32",
-                executor_subjects=f"events.{workspace.workspace.id}.*",
+                executor_subjects=f"events.{workspace.workspace.name.rsplit('/', 1)[-1]}.*",
                 executor_records_flush_seconds=0.5,
                 **common,
             ),

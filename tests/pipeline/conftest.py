@@ -8,16 +8,18 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 from aiohttp import web
-from google.protobuf import struct_pb2
+from google.protobuf import duration_pb2, struct_pb2
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.type.v1 import types_pb2
 from services.executor.app import RunningExecutor, start_executor
 from services.executor.settings import ExecutorSettings
 from services.router.app import RunningRouter, start_router
@@ -93,6 +95,33 @@ async def sink() -> AsyncIterator[Sink]:
     await runner.cleanup()
 
 
+def instance_fields(**options: Any) -> dict[str, Any]:
+    """Turn the tests' short instance options (batch_wait_ms, timeout_ms, enabled, ...) into
+    Instance fields (Durations, the state)."""
+
+    def duration(seconds: float) -> duration_pb2.Duration:
+        out = duration_pb2.Duration()
+        out.FromTimedelta(timedelta(seconds=seconds))
+        return out
+
+    fields: dict[str, Any] = {}
+    for key, value in options.items():
+        if key == "batch_wait_ms":
+            fields["batch_wait"] = duration(value / 1000)
+        elif key == "timeout_ms":
+            fields["timeout"] = duration(value / 1000)
+        elif key in ("retry_window_seconds", "retry_max_delay_seconds"):
+            if value:
+                fields[key.removesuffix("_seconds")] = duration(value)
+        elif key == "enabled":
+            fields["state"] = res.Instance.STATE_ENABLED if value else res.Instance.STATE_DISABLED
+        elif key == "name":
+            fields["display_name"] = value
+        else:
+            fields[key] = value
+    return fields
+
+
 @dataclass
 class Platform:
     """A running data path and a workspace with one source."""
@@ -104,13 +133,30 @@ class Platform:
     owner: str
     source_id: str
     write_key: str
+    workspace_id: str = ""
+
+    @property
+    def workspace(self) -> str:
+        """The workspace's name."""
+        return f"workspaces/{self.workspace_id}"
+
+    @property
+    def source(self) -> str:
+        """The source's name."""
+        return f"{self.workspace}/sources/{self.source_id}"
+
+    def instance_name(self, instance_id: str) -> str:
+        """Return an instance's name."""
+        return f"{self.workspace}/instances/{instance_id}"
 
     async def instance(self, code: str, endpoint: str, **options: Any) -> str:
-        """Create a function and connect it to the source; wait until the data plane has it."""
+        """Create a function and connect it to the source; wait until the data plane has it;
+        return the instance's id."""
         name = f"fn-{len(self.executor.watcher.instances)}-{id(code) % 10_000}"
         fn = await self.registry.stub.CreateFunction(
             pb.CreateFunctionRequest(
-                name=name,
+                parent=self.workspace,
+                function=res.DestinationFunction(display_name=name),
                 code=code,
                 settings=[
                     types_pb2.SettingDefinition(
@@ -124,11 +170,17 @@ class Platform:
         values.update({"endpoint": endpoint})
         ins = await self.registry.stub.CreateInstance(
             pb.CreateInstanceRequest(
-                function_id=fn.function.id, source_id=self.source_id, settings=values, **options
+                parent=self.workspace,
+                instance=res.Instance(
+                    function=fn.function.name,
+                    source=self.source,
+                    settings=values,
+                    **instance_fields(**options),
+                ),
             ),
             metadata=auth(self.owner),
         )
-        iid = ins.instance.id
+        iid = ins.instance.name.rsplit("/", 1)[-1]
         for watcher in (self.router.watcher, self.executor.watcher):
             await watcher.wait_until(lambda v: iid in v.instances)
         return iid
@@ -136,9 +188,14 @@ class Platform:
 
 async def start_platform(registry: Registry, nats_url: str, stack: AsyncExitStack) -> Platform:
     """Start router and executor against the test registry; `stack` stops them."""
-    _, owner = await registry.workspace(f"Pipeline {uuid.uuid4().hex[:6]}")
+    ws_id, owner = await registry.workspace(f"Pipeline {uuid.uuid4().hex[:6]}")
     source = (
-        await registry.stub.CreateSource(pb.CreateSourceRequest(name="web"), metadata=auth(owner))
+        await registry.stub.CreateSource(
+            pb.CreateSourceRequest(
+                parent=f"workspaces/{ws_id}", source=res.Source(display_name="web")
+            ),
+            metadata=auth(owner),
+        )
     ).source
     addr = f"127.0.0.1:{registry.port}"
     router = await start_router(
@@ -169,7 +226,16 @@ async def start_platform(registry: Registry, nats_url: str, stack: AsyncExitStac
     )
     http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.http_port}", timeout=30)
     stack.push_async_callback(http.aclose)
-    return Platform(registry, router, executor, http, owner, source.id, source.write_key)
+    return Platform(
+        registry,
+        router,
+        executor,
+        http,
+        owner,
+        source.name.rsplit("/", 1)[-1],
+        source.write_key,
+        ws_id,
+    )
 
 
 @pytest.fixture

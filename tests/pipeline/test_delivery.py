@@ -6,8 +6,8 @@ import asyncpg
 import grpc
 import orjson
 
-from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
-from eventfn.type.v1 import types_pb2
+from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
+from eventfn_api.type.v1 import types_pb2
 from tests.eventually import eventually
 from tests.pipeline.conftest import Platform, Sink
 from tests.registry.conftest import auth
@@ -94,27 +94,45 @@ async def test_outcomes_are_recorded_and_retryable_events_go_to_retry(
         await conn.close()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
         stub = executor_pb2_grpc.ExecutorStub(channel)
+        stats_name = f"{platform.instance_name(iid)}/deliveryStats"
         stats = await stub.GetDeliveryStats(
-            executor_pb2.GetDeliveryStatsRequest(instance_id=iid), metadata=auth(platform.owner)
+            executor_pb2.GetDeliveryStatsRequest(name=stats_name), metadata=auth(platform.owner)
         )
         assert stats.totals.retried == 3 and stats.totals.discarded == 2
         assert stats.health == executor_pb2.HEALTH_FAILING
-        failures = await stub.ListDeliveries(
-            executor_pb2.ListDeliveriesRequest(instance_id=iid, failures_only=True),
+        failures = await stub.ListDeliveryFailures(
+            executor_pb2.ListDeliveryFailuresRequest(parent=platform.instance_name(iid)),
             metadata=auth(platform.owner),
         )
+        assert {f.version for f in failures.failures} <= {
+            n async for n in versions_of(platform, iid)
+        }
         kinds = {f.error.type for f in failures.failures}
         assert kinds == {"RetryError", "ValidationError"}
         assert all(f.outcome != types_pb2.OUTCOME_DELIVERED for f in failures.failures)
         _, stranger = await platform.registry.workspace("Stranger")
         try:
             await stub.GetDeliveryStats(
-                executor_pb2.GetDeliveryStatsRequest(instance_id=iid), metadata=auth(stranger)
+                executor_pb2.GetDeliveryStatsRequest(name=stats_name), metadata=auth(stranger)
             )
         except grpc.aio.AioRpcError as error:
             assert error.code() == grpc.StatusCode.NOT_FOUND
         else:
             raise AssertionError("another workspace must not see the instance")
+
+
+async def versions_of(platform: Platform, iid: str):
+    """Yield the names of the versions of an instance's function."""
+    from eventfn_api.registry.v1 import registry_pb2 as rpb
+
+    got = await platform.registry.stub.GetInstance(
+        rpb.GetInstanceRequest(name=platform.instance_name(iid)), metadata=auth(platform.owner)
+    )
+    listed = await platform.registry.stub.ListFunctionVersions(
+        rpb.ListFunctionVersionsRequest(parent=got.instance.function), metadata=auth(platform.owner)
+    )
+    for version in listed.versions:
+        yield version.name
 
 
 async def test_filtered_events_are_counted_per_instance(platform: Platform, sink: Sink) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from eventfn.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2 as pb
 from tests.pipeline.conftest import Platform, Sink
 from tests.pipeline.test_delivery import SINGLE, batch_body, send
 from tests.registry.conftest import auth
@@ -15,21 +15,28 @@ async def test_deploy_takes_effect_within_a_second(platform: Platform, sink: Sin
     await send(platform, batch_body(5))
     await sink.wait_for(5)
     stub, owner = platform.registry.stub, auth(platform.owner)
-    ins = (await stub.GetInstance(pb.GetInstanceRequest(instance_id=iid), metadata=owner)).instance
-    fn = await stub.GetFunction(pb.GetFunctionRequest(function_id=ins.function_id), metadata=owner)
+    ins = (
+        await stub.GetInstance(
+            pb.GetInstanceRequest(name=platform.instance_name(iid)), metadata=owner
+        )
+    ).instance
+    fn = await stub.GetFunction(pb.GetFunctionRequest(name=ins.function), metadata=owner)
     v2 = SINGLE.replace("'/single'", "'/v2'")
     started = time.monotonic()
     saved = await stub.SaveFunction(
         pb.SaveFunctionRequest(
-            function_id=ins.function_id,
+            name=ins.function,
             code=v2,
             settings=fn.latest_version.settings,
-            deploy_instance_ids=[iid],
+            deploy_instances=[ins.name],
         ),
         metadata=owner,
     )
     await platform.executor.watcher.wait_until(
-        lambda v: iid in v.instances and v.instances[iid].version_id == saved.version.id
+        lambda v: (
+            iid in v.instances
+            and v.instances[iid].version_id == saved.version.name.rsplit("/", 1)[-1]
+        )
     )
     assert time.monotonic() - started < 1.0, "the executor saw the deploy too late"
     await send(platform, batch_body(5, 100))

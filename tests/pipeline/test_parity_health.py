@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import grpc
 
-from eventfn.executor.v1 import executor_pb2 as pb
-from eventfn.executor.v1 import executor_pb2_grpc
-from eventfn.type.v1 import types_pb2
+from eventfn_api.executor.v1 import executor_pb2 as pb
+from eventfn_api.executor.v1 import executor_pb2_grpc
+from eventfn_api.type.v1 import types_pb2
 from tests.pipeline.conftest import Platform, Sink
 from tests.pipeline.test_parity_batching import counters, event, post_batch
 from tests.registry.conftest import auth
@@ -30,7 +30,8 @@ async def stats(platform: Platform, instance_id: str) -> pb.GetDeliveryStatsResp
     """Return the instance's delivery stats and health through the Executor API."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
         return await executor_pb2_grpc.ExecutorStub(channel).GetDeliveryStats(
-            pb.GetDeliveryStatsRequest(instance_id=instance_id), metadata=auth(platform.owner)
+            pb.GetDeliveryStatsRequest(name=f"{platform.instance_name(instance_id)}/deliveryStats"),
+            metadata=auth(platform.owner),
         )
 
 
@@ -48,8 +49,8 @@ async def test_a_function_that_skips_on_group_is_healthy(platform: Platform, sin
     assert got.health == pb.HEALTH_HEALTHY, "discards by design are not failures"
     assert got.dead_letters == 0, "discards by design are not dead letters"
     async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
-        failures = await executor_pb2_grpc.ExecutorStub(channel).ListDeliveries(
-            pb.ListDeliveriesRequest(instance_id=iid, failures_only=True),
+        failures = await executor_pb2_grpc.ExecutorStub(channel).ListDeliveryFailures(
+            pb.ListDeliveryFailuresRequest(parent=platform.instance_name(iid)),
             metadata=auth(platform.owner),
         )
     assert {f.error.type for f in failures.failures} == {"EventNotSupported", "ValidationError"}

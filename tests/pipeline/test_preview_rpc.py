@@ -7,8 +7,8 @@ import orjson
 import pytest
 from google.protobuf import struct_pb2
 
-from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
-from eventfn.type.v1 import types_pb2
+from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
+from eventfn_api.type.v1 import types_pb2
 from tests.pipeline.conftest import Platform, Sink
 from tests.registry.conftest import auth
 

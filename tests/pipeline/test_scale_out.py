@@ -26,8 +26,9 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
 from nats.js.errors import NotFoundError
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.type.v1 import types_pb2
 from services.common import streams
 from services.router.app import start_router
 from services.router.settings import RouterSettings
@@ -118,13 +119,18 @@ class Cluster:
 async def cluster(
     registry: Registry, nats_url: str, nats_client: NatsClient, sink: Sink, tmp_path: Path
 ) -> AsyncIterator[Cluster]:
-    _, owner = await registry.workspace("Scale")
+    ws_id, owner = await registry.workspace("Scale")
+    parent = f"workspaces/{ws_id}"
     source = (
-        await registry.stub.CreateSource(pb.CreateSourceRequest(name="s"), metadata=auth(owner))
+        await registry.stub.CreateSource(
+            pb.CreateSourceRequest(parent=parent, source=res.Source(display_name="s")),
+            metadata=auth(owner),
+        )
     ).source
     fn = await registry.stub.CreateFunction(
         pb.CreateFunctionRequest(
-            name="Scale",
+            parent=parent,
+            function=res.DestinationFunction(display_name="Scale"),
             code=CODE,
             settings=[
                 types_pb2.SettingDefinition(name="endpoint", type=types_pb2.SETTING_TYPE_STRING)
@@ -135,9 +141,13 @@ async def cluster(
     values = struct_pb2.Struct()
     values.update({"endpoint": sink.url})
     ins = await registry.stub.CreateInstance(
-        pb.CreateInstanceRequest(function_id=fn.function.id, source_id=source.id, settings=values),
+        pb.CreateInstanceRequest(
+            parent=parent,
+            instance=res.Instance(function=fn.function.name, source=source.name, settings=values),
+        ),
         metadata=auth(owner),
     )
+    iid = ins.instance.name.rsplit("/", 1)[-1]
     addr = f"127.0.0.1:{registry.port}"
     env = {
         **os.environ,
@@ -150,7 +160,7 @@ async def cluster(
         "EVENTFN_EGRESS_ALLOW": "127.0.0.1/32",
         "EVENTFN_EXECUTOR_ACK_WAIT_SECONDS": "3",
         "EVENTFN_EXECUTOR_CONSUMER": f"scale-{uuid.uuid4().hex[:8]}",
-        "EVENTFN_EXECUTOR_SUBJECTS": f"events.*.{ins.instance.id}",
+        "EVENTFN_EXECUTOR_SUBJECTS": f"events.*.{iid}",
         "EVENTFN_EXECUTOR_FETCH_PACKS": str(MAX_INFLIGHT_PACKS),
         "EVENTFN_EXECUTOR_MAX_INFLIGHT_PACKS": str(MAX_INFLIGHT_PACKS),
     }
@@ -165,14 +175,14 @@ async def cluster(
             ),
             stack,
         )
-        await router.watcher.wait_until(lambda v: ins.instance.id in v.instances)
+        await router.watcher.wait_until(lambda v: iid in v.instances)
         http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.http_port}", timeout=30)
         stack.push_async_callback(http.aclose)
         yield Cluster(
             registry,
             http,
             source.write_key,
-            ins.instance.id,
+            iid,
             env,
             tmp_path,
             nats_client.jetstream(),

@@ -11,10 +11,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import registry_pb2_grpc
-from eventfn.registry.v1 import resources_pb2 as res
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2_grpc
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.type.v1 import types_pb2
 from services.registry.app import start_registry
 from services.registry.settings import RegistrySettings
 
@@ -57,19 +57,33 @@ class Registry:
     async def workspace(self, name: str) -> tuple[str, str]:
         """Create a workspace as the bootstrap admin; return (workspace id, owner token)."""
         resp = await self.stub.CreateWorkspace(
-            pb.CreateWorkspaceRequest(name=name), metadata=auth(BOOTSTRAP)
+            pb.CreateWorkspaceRequest(workspace=res.Workspace(display_name=name)),
+            metadata=auth(BOOTSTRAP),
         )
-        return resp.workspace.id, resp.token
+        return resp.workspace.name.split("/")[1], resp.token
 
     async def member(self, owner: str, email: str, *grants: res.RoleGrant) -> str:
         """Create a member with roles; return a token for it."""
+        me = await self.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(owner))
         created = await self.stub.CreateMember(
-            pb.CreateMemberRequest(email=email, roles=list(grants)), metadata=auth(owner)
+            pb.CreateMemberRequest(
+                parent=me.workspace.name, member=res.Member(email=email, roles=list(grants))
+            ),
+            metadata=auth(owner),
         )
         tok = await self.stub.CreateToken(
-            pb.CreateTokenRequest(member_id=created.member.id, name="t"), metadata=auth(owner)
+            pb.CreateTokenRequest(
+                parent=me.workspace.name,
+                token=res.Token(member=created.member.name, display_name="t"),
+            ),
+            metadata=auth(owner),
         )
         return tok.secret
+
+
+def ws(workspace_id: str) -> str:
+    """Return a workspace's name."""
+    return f"workspaces/{workspace_id}"
 
 
 @pytest.fixture
@@ -93,3 +107,24 @@ async def registry(fresh_database: str, tmp_path: Path) -> AsyncIterator[Registr
             database_url=fresh_database,
             state_dir=tmp_path,
         )
+
+
+@dataclass
+class SourceRef:
+    """A source made for a test: its id (for subjects and watchers), name and write key."""
+
+    id: str
+    name: str
+    write_key: str
+
+
+async def make_source(r: Registry, token: str, display_name: str) -> SourceRef:
+    """Create a source in the token's workspace."""
+    me = await r.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(token))
+    made = await r.stub.CreateSource(
+        pb.CreateSourceRequest(
+            parent=me.workspace.name, source=res.Source(display_name=display_name)
+        ),
+        metadata=auth(token),
+    )
+    return SourceRef(made.source.name.rsplit("/", 1)[-1], made.source.name, made.source.write_key)

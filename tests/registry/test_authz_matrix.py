@@ -4,7 +4,7 @@ UNAUTHENTICATED as registry.proto documents it. One test per (call, role) cell.
 Roles: Workspace Owner; Functions Admin and Functions Read-only, of all functions or of A;
 Source Admin, of all sources or of S; Functions Admin plus Source Admin of S (Save & Deploy);
 the owner of another workspace and the bootstrap admin (NOT_FOUND for this workspace's
-objects, word for word as for ids that never existed); the service token; no token.
+objects, word for word as for names that never existed); the service token; no token.
 
 One registry and one world (workspace, functions A and B, sources S and T, instances A@S and
 B@T, a member per role) serve the whole module; a call that deletes something gets a fresh
@@ -27,9 +27,9 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import registry_pb2_grpc
-from eventfn.registry.v1 import resources_pb2 as res
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2_grpc
+from eventfn_api.registry.v1 import resources_pb2 as res
 from services.registry.app import start_registry
 from services.registry.settings import RegistrySettings
 from tests.registry.conftest import BOOTSTRAP, HANDLER, SERVICE, SETTINGS, Registry, auth
@@ -84,10 +84,10 @@ def struct(**values: object) -> struct_pb2.Struct:
 
 @dataclass
 class World:
-    """The shared objects and a token per role."""
+    """The shared objects (by resource name) and a token per role."""
 
     r: Registry
-    workspace_id: str
+    workspace: str
     tokens: dict[str, str | None]
     fn_a: str
     fn_b: str
@@ -98,7 +98,9 @@ class World:
     ins_as: str
     ins_bt: str
     target_member: str
-    member_ids: dict[str, str] = field(default_factory=dict)
+    member_names: dict[str, str] = field(default_factory=dict)
+    self_names: dict[str, str] = field(default_factory=dict)  # every role's own member
+    workspaces: dict[str, str] = field(default_factory=dict)  # the workspace of each role
 
     @property
     def owner(self) -> str:
@@ -108,47 +110,61 @@ class World:
 
     async def function(self, name: str) -> tuple[str, str]:
         made = await self.r.stub.CreateFunction(
-            pb.CreateFunctionRequest(name=unique(name), code=HANDLER, settings=SETTINGS),
-            metadata=auth(self.owner),
-        )
-        return made.function.id, made.version.id
-
-    async def source(self, name: str) -> str:
-        made = await self.r.stub.CreateSource(
-            pb.CreateSourceRequest(name=unique(name)), metadata=auth(self.owner)
-        )
-        return made.source.id
-
-    async def instance(self, function_id: str, source_id: str) -> str:
-        made = await self.r.stub.CreateInstance(
-            pb.CreateInstanceRequest(
-                function_id=function_id,
-                source_id=source_id,
-                name=unique("instance"),
-                settings=struct(endpoint="http://127.0.0.1:9/hook", apiKey="k"),
+            pb.CreateFunctionRequest(
+                parent=self.workspace,
+                function=res.DestinationFunction(display_name=unique(name)),
+                code=HANDLER,
+                settings=SETTINGS,
             ),
             metadata=auth(self.owner),
         )
-        return made.instance.id
+        return made.function.name, made.version.name
 
-    async def token_of(self, member_id: str) -> tuple[str, str]:
-        made = await self.r.stub.CreateToken(
-            pb.CreateTokenRequest(member_id=member_id, name=unique("tok")),
+    async def source(self, name: str) -> str:
+        made = await self.r.stub.CreateSource(
+            pb.CreateSourceRequest(
+                parent=self.workspace, source=res.Source(display_name=unique(name))
+            ),
             metadata=auth(self.owner),
         )
-        return made.token.id, made.secret
+        return made.source.name
 
-    async def limited_to(self, role: str, *, function_id: str = "", source_id: str = "") -> str:
+    async def instance(self, function: str, source: str) -> str:
+        made = await self.r.stub.CreateInstance(
+            pb.CreateInstanceRequest(
+                parent=self.workspace,
+                instance=res.Instance(
+                    function=function,
+                    source=source,
+                    display_name=unique("instance"),
+                    settings=struct(endpoint="http://127.0.0.1:9/hook", apiKey="k"),
+                ),
+            ),
+            metadata=auth(self.owner),
+        )
+        return made.instance.name
+
+    async def token_of(self, member: str) -> tuple[str, str]:
+        made = await self.r.stub.CreateToken(
+            pb.CreateTokenRequest(
+                parent=self.workspace,
+                token=res.Token(member=member, display_name=unique("tok")),
+            ),
+            metadata=auth(self.owner),
+        )
+        return made.token.name, made.secret
+
+    async def limited_to(self, role: str, *, function: str = "", source: str = "") -> str:
         """Return a token of a new member with `role` limited to the given fresh object."""
         if role == FN_ADMIN_SRC_ADMIN_S:
             grants = [
                 res.RoleGrant(role=res.ROLE_FUNCTIONS_ADMIN),
-                res.RoleGrant(role=res.ROLE_SOURCE_ADMIN, source_ids=[source_id]),
+                res.RoleGrant(role=res.ROLE_SOURCE_ADMIN, sources=[source]),
             ]
         elif role == SRC_ADMIN_S:
-            grants = [res.RoleGrant(role=res.ROLE_SOURCE_ADMIN, source_ids=[source_id])]
+            grants = [res.RoleGrant(role=res.ROLE_SOURCE_ADMIN, sources=[source])]
         else:
-            grants = [res.RoleGrant(role=LIMITED[role], function_ids=[function_id])]
+            grants = [res.RoleGrant(role=LIMITED[role], functions=[function])]
         return await self.r.member(self.owner, unique(role), *grants)
 
 
@@ -182,6 +198,7 @@ class Case:
     setup: Setup | None = None
     check: Check | None = None
     service: bool = False  # the deployment's service token may make this call too
+    bootstrap: bool = False  # the bootstrap admin may make it on any workspace
 
 
 def expected(case: Case, role: str) -> grpc.StatusCode:
@@ -194,6 +211,8 @@ def expected(case: Case, role: str) -> grpc.StatusCode:
         return OK if case.service else DENIED
     if case.scope == "bootstrap":
         return OK if role == BOOTSTRAP_ADMIN else DENIED
+    if role == BOOTSTRAP_ADMIN and case.bootstrap:
+        return OK
     if role == FN_ADMIN_SRC_ADMIN_S:  # the union of both roles, and what needs both
         return OK if case.allowed & {FN_ADMIN, SRC_ADMIN_S, role} else DENIED
     if role in (OUTSIDER, BOOTSTRAP_ADMIN):
@@ -218,11 +237,14 @@ def ids(**kw: str) -> Setup:
 async def fresh_member(w: World, role: str) -> Target:
     member = await w.r.stub.CreateMember(
         pb.CreateMemberRequest(
-            email=unique("gone"), roles=[res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY)]
+            parent=w.workspace,
+            member=res.Member(
+                email=unique("gone"), roles=[res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY)]
+            ),
         ),
         metadata=auth(w.owner),
     )
-    return Target({"member": member.member.id})
+    return Target({"member": member.member.name})
 
 
 async def own_token(w: World, role: str) -> Target:
@@ -230,13 +252,20 @@ async def own_token(w: World, role: str) -> Target:
     if token is None or role == SERVICE_TOKEN:  # no own token: any token of the workspace
         return Target({"token": (await w.token_of(w.target_member))[0]})
     made = await w.r.stub.CreateToken(
-        pb.CreateTokenRequest(name=unique("mine")), metadata=auth(token)
+        pb.CreateTokenRequest(
+            parent=w.workspaces[role], token=res.Token(display_name=unique("mine"))
+        ),
+        metadata=auth(token),
     )
-    return Target({"token": made.token.id})
+    return Target({"token": made.token.name})
 
 
 async def other_token(w: World, role: str) -> Target:
     return Target({"token": (await w.token_of(w.target_member))[0]})
+
+
+async def self_member(w: World, role: str) -> Target:
+    return Target({"member": w.self_names.get(role, w.target_member)})
 
 
 def fresh_source(covered: bool) -> Setup:
@@ -244,7 +273,7 @@ def fresh_source(covered: bool) -> Setup:
         src = await w.source("doomed source")
         token = None
         if covered and role in (SRC_ADMIN_S, FN_ADMIN_SRC_ADMIN_S):
-            token = await w.limited_to(role, source_id=src)
+            token = await w.limited_to(role, source=src)
         return Target({"source": src}, token)
 
     return setup
@@ -255,7 +284,7 @@ def fresh_function(covered: bool) -> Setup:
         fn, _ = await w.function("doomed fn")
         token = None
         if covered and role in LIMITED:
-            token = await w.limited_to(role, function_id=fn)
+            token = await w.limited_to(role, function=fn)
         return Target({"function": fn}, token)
 
     return setup
@@ -283,31 +312,39 @@ def sees(get: Callable[[Any], list[str]], visible: Callable[[World, str], set[st
 
 
 def members_only(resp: Any, w: World, role: str) -> None:
-    shown = {m.id for m in resp.members}
+    shown = {m.name for m in resp.members}
     if role in MEMBERS:
         assert w.target_member in shown
     else:
-        assert not shown & set(w.member_ids.values()), "another workspace's members leaked"
+        assert not shown & set(w.member_names.values()), "another workspace's members leaked"
 
 
 def tokens_of_caller(resp: Any, w: World, role: str) -> None:
-    owners = {t.member_id for t in resp.tokens}
+    owners = {t.member for t in resp.tokens}
     if role == OWNER:
         assert w.target_member in owners, "an owner lists every token of the workspace"
     elif role in MEMBERS:
-        assert owners == {w.member_ids[role]}, "a member lists its own tokens only"
+        assert owners == {w.member_names[role]}, "a member lists its own tokens only"
     else:
-        assert not owners & set(w.member_ids.values()), "another workspace's tokens leaked"
+        assert not owners & set(w.member_names.values()), "another workspace's tokens leaked"
 
 
 def audit_of_own_workspace(resp: Any, w: World, role: str) -> None:
-    workspaces = {e.workspace_id for e in resp.events}
+    workspaces = {e.name.split("/auditEvents/")[0] for e in resp.events}
     assert workspaces, "a workspace's creation is audited"
-    assert (workspaces == {w.workspace_id}) == (role == OWNER), f"{role} read {workspaces}"
+    assert (workspaces == {w.workspace}) == (role == OWNER), f"{role} read {workspaces}"
+
+
+def workspaces_seen(resp: Any, w: World, role: str) -> None:
+    shown = {ws.name for ws in resp.workspaces}
+    if role == BOOTSTRAP_ADMIN:
+        assert w.workspace in shown and len(shown) >= 2, "the bootstrap admin sees all"
+    else:
+        assert shown == {w.workspaces[role]}, f"{role} sees {shown}"
 
 
 def listed_ids(attr: str) -> Callable[[Any], list[str]]:
-    return lambda resp: [x.id for x in getattr(resp, attr)]
+    return lambda resp: [x.name for x in getattr(resp, attr)]
 
 
 def readable(w: World, role: str) -> set[str]:
@@ -339,15 +376,15 @@ async def watch_first(stub: registry_pb2_grpc.RegistryStub, _: dict[str, str], m
 
 def deploy_request(i: dict[str, str], with_settings: bool = False) -> pb.DeployInstanceRequest:
     return pb.DeployInstanceRequest(
-        instance_id=i["instance"],
-        version_id=i["version"],
+        name=i["instance"],
+        version=i["version"],
         settings=struct(endpoint="http://127.0.0.1:9/other") if with_settings else None,
     )
 
 
 def update_request(i: dict[str, str]) -> pb.UpdateInstanceRequest:
     return pb.UpdateInstanceRequest(
-        instance=res.Instance(id=i["instance"], batch_size=25),
+        instance=res.Instance(name=i["instance"], batch_size=25),
         update_mask=field_mask_pb2.FieldMask(paths=["batch_size"]),
     )
 
@@ -356,10 +393,10 @@ def save_request(
     i: dict[str, str], deploy: bool = False, with_settings: bool = False
 ) -> pb.SaveFunctionRequest:
     return pb.SaveFunctionRequest(
-        function_id=i["function"],
+        name=i["function"],
         code=HANDLER,
         settings=SETTINGS,
-        deploy_instance_ids=[i["instance"]] if deploy else [],
+        deploy_instances=[i["instance"]] if deploy else [],
         deploy_settings=(
             {i["instance"]: struct(endpoint="http://127.0.0.1:9/other")} if with_settings else {}
         ),
@@ -368,11 +405,32 @@ def save_request(
 
 def create_instance(i: dict[str, str]) -> pb.CreateInstanceRequest:
     return pb.CreateInstanceRequest(
-        function_id=i["function"],
-        source_id=i["source"],
-        name=unique("new instance"),
-        settings=struct(endpoint="http://127.0.0.1:9/hook", apiKey="k"),
+        parent=i["function"].split("/functions/")[0],
+        instance=res.Instance(
+            function=i["function"],
+            source=i["source"],
+            display_name=unique("new instance"),
+            settings=struct(endpoint="http://127.0.0.1:9/hook", apiKey="k"),
+        ),
     )
+
+
+def mask(*paths: str) -> field_mask_pb2.FieldMask:
+    return field_mask_pb2.FieldMask(paths=list(paths))
+
+
+async def all_tokens(
+    stub: registry_pb2_grpc.RegistryStub, parent: str, md: Any
+) -> pb.ListTokensResponse:
+    """List every page of tokens (the matrix makes hundreds) into one response."""
+    out = pb.ListTokensResponse()
+    request = pb.ListTokensRequest(parent=parent, page_size=500)
+    while True:
+        page = await stub.ListTokens(request, metadata=md)
+        out.tokens.extend(page.tokens)
+        if not page.next_page_token:
+            return out
+        request.page_token = page.next_page_token
 
 
 FN_ADMINS_OF_A = frozenset({OWNER, FN_ADMIN, FN_ADMIN_A})
@@ -385,17 +443,24 @@ CASES = [
         frozenset(),
         "bootstrap",
         lambda s, i, md: s.CreateWorkspace(
-            pb.CreateWorkspaceRequest(name=unique("ws")), metadata=md
+            pb.CreateWorkspaceRequest(workspace=res.Workspace(display_name=unique("ws"))),
+            metadata=md,
         ),
     ),
     Case(
         "GetWorkspace",
         ALL,
         "object",
-        lambda s, i, md: s.GetWorkspace(
-            pb.GetWorkspaceRequest(workspace_id=i["workspace"]), metadata=md
-        ),
-        ids(workspace="workspace_id"),
+        lambda s, i, md: s.GetWorkspace(pb.GetWorkspaceRequest(name=i["workspace"]), metadata=md),
+        ids(workspace="workspace"),
+        bootstrap=True,
+    ),
+    Case(
+        "ListWorkspaces",
+        ALL,
+        "own",
+        lambda s, i, md: s.ListWorkspaces(pb.ListWorkspacesRequest(page_size=500), metadata=md),
+        check=workspaces_seen,
     ),
     Case("WhoAmI", ALL, "own", lambda s, i, md: s.WhoAmI(pb.WhoAmIRequest(), metadata=md)),
     Case(
@@ -404,25 +469,47 @@ CASES = [
         "own",
         lambda s, i, md: s.CreateMember(
             pb.CreateMemberRequest(
-                email=unique("new"), roles=[res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY)]
+                parent=i["parent"],
+                member=res.Member(
+                    email=unique("new"), roles=[res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY)]
+                ),
             ),
             metadata=md,
         ),
     ),
     Case(
+        "GetMember[self]",
+        ALL,
+        "own",
+        lambda s, i, md: s.GetMember(pb.GetMemberRequest(name=i["member"]), metadata=md),
+        self_member,
+    ),
+    Case(
+        "GetMember[other]",
+        frozenset({OWNER}),
+        "object",
+        lambda s, i, md: s.GetMember(pb.GetMemberRequest(name=i["member"]), metadata=md),
+        ids(member="target_member"),
+    ),
+    Case(
         "ListMembers",
         frozenset({OWNER}),
         "own",
-        lambda s, i, md: s.ListMembers(pb.ListMembersRequest(page_size=500), metadata=md),
+        lambda s, i, md: s.ListMembers(
+            pb.ListMembersRequest(parent=i["parent"], page_size=500), metadata=md
+        ),
         check=members_only,
     ),
     Case(
-        "UpdateMemberRoles",
+        "UpdateMember",
         frozenset({OWNER}),
         "object",
-        lambda s, i, md: s.UpdateMemberRoles(
-            pb.UpdateMemberRolesRequest(
-                member_id=i["member"], roles=[res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY)]
+        lambda s, i, md: s.UpdateMember(
+            pb.UpdateMemberRequest(
+                member=res.Member(
+                    name=i["member"], roles=[res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY)]
+                ),
+                update_mask=mask("roles"),
             ),
             metadata=md,
         ),
@@ -432,95 +519,145 @@ CASES = [
         "DeleteMember",
         frozenset({OWNER}),
         "object",
-        lambda s, i, md: s.DeleteMember(pb.DeleteMemberRequest(member_id=i["member"]), metadata=md),
+        lambda s, i, md: s.DeleteMember(pb.DeleteMemberRequest(name=i["member"]), metadata=md),
         fresh_member,
     ),
     Case(
         "CreateToken[self]",
         ALL,
         "own",
-        lambda s, i, md: s.CreateToken(pb.CreateTokenRequest(name=unique("t")), metadata=md),
+        lambda s, i, md: s.CreateToken(
+            pb.CreateTokenRequest(parent=i["parent"], token=res.Token(display_name=unique("t"))),
+            metadata=md,
+        ),
     ),
     Case(
         "CreateToken[other member]",
         frozenset({OWNER}),
         "object",
         lambda s, i, md: s.CreateToken(
-            pb.CreateTokenRequest(member_id=i["member"], name=unique("t")), metadata=md
+            pb.CreateTokenRequest(
+                parent=i["member"].split("/members/")[0],
+                token=res.Token(member=i["member"], display_name=unique("t")),
+            ),
+            metadata=md,
         ),
         ids(member="target_member"),
+    ),
+    Case(
+        "GetToken[own]",
+        ALL,
+        "own",
+        lambda s, i, md: s.GetToken(pb.GetTokenRequest(name=i["token"]), metadata=md),
+        own_token,
+    ),
+    Case(
+        "GetToken[other member's]",
+        frozenset({OWNER}),
+        "object",
+        lambda s, i, md: s.GetToken(pb.GetTokenRequest(name=i["token"]), metadata=md),
+        other_token,
     ),
     Case(
         "ListTokens",
         ALL,
         "own",
-        lambda s, i, md: s.ListTokens(pb.ListTokensRequest(page_size=500), metadata=md),
+        lambda s, i, md: all_tokens(s, i["parent"], md),
         check=tokens_of_caller,
     ),
     Case(
         "RevokeToken[own]",
         ALL,
         "own",
-        lambda s, i, md: s.RevokeToken(pb.RevokeTokenRequest(token_id=i["token"]), metadata=md),
+        lambda s, i, md: s.RevokeToken(pb.RevokeTokenRequest(name=i["token"]), metadata=md),
         own_token,
     ),
     Case(
         "RevokeToken[other member's]",
         frozenset({OWNER}),
         "object",
-        lambda s, i, md: s.RevokeToken(pb.RevokeTokenRequest(token_id=i["token"]), metadata=md),
+        lambda s, i, md: s.RevokeToken(pb.RevokeTokenRequest(name=i["token"]), metadata=md),
         other_token,
     ),
     Case(
         "CreateSource",
         ALL_SRC_ADMINS,
         "own",
-        lambda s, i, md: s.CreateSource(pb.CreateSourceRequest(name=unique("src")), metadata=md),
+        lambda s, i, md: s.CreateSource(
+            pb.CreateSourceRequest(
+                parent=i["parent"], source=res.Source(display_name=unique("src"))
+            ),
+            metadata=md,
+        ),
     ),
     Case(
         "GetSource[S]",
         ALL,
         "object",
-        lambda s, i, md: s.GetSource(pb.GetSourceRequest(source_id=i["source"]), metadata=md),
+        lambda s, i, md: s.GetSource(pb.GetSourceRequest(name=i["source"]), metadata=md),
         ids(source="src_s"),
     ),
     Case(
         "ListSources",
         ALL,
         "own",
-        lambda s, i, md: s.ListSources(pb.ListSourcesRequest(page_size=500), metadata=md),
+        lambda s, i, md: s.ListSources(
+            pb.ListSourcesRequest(parent=i["parent"], page_size=500), metadata=md
+        ),
         check=sees(listed_ids("sources"), all_sources),
+    ),
+    Case(
+        "UpdateSource[S]",
+        SRC_ADMINS_OF_S,
+        "object",
+        lambda s, i, md: s.UpdateSource(
+            pb.UpdateSourceRequest(
+                source=res.Source(name=i["source"], display_name=unique("S")),
+                update_mask=mask("display_name"),
+            ),
+            metadata=md,
+        ),
+        ids(source="src_s"),
+    ),
+    Case(
+        "UpdateSource[T]",
+        ALL_SRC_ADMINS,
+        "object",
+        lambda s, i, md: s.UpdateSource(
+            pb.UpdateSourceRequest(
+                source=res.Source(name=i["source"], display_name=unique("T")),
+                update_mask=mask("display_name"),
+            ),
+            metadata=md,
+        ),
+        ids(source="src_t"),
     ),
     Case(
         "RotateWriteKey[S]",
         SRC_ADMINS_OF_S,
         "object",
-        lambda s, i, md: s.RotateWriteKey(
-            pb.RotateWriteKeyRequest(source_id=i["source"]), metadata=md
-        ),
+        lambda s, i, md: s.RotateWriteKey(pb.RotateWriteKeyRequest(name=i["source"]), metadata=md),
         ids(source="src_s"),
     ),
     Case(
         "RotateWriteKey[T]",
         ALL_SRC_ADMINS,
         "object",
-        lambda s, i, md: s.RotateWriteKey(
-            pb.RotateWriteKeyRequest(source_id=i["source"]), metadata=md
-        ),
+        lambda s, i, md: s.RotateWriteKey(pb.RotateWriteKeyRequest(name=i["source"]), metadata=md),
         ids(source="src_t"),
     ),
     Case(
         "DeleteSource[covered]",
         SRC_ADMINS_OF_S,
         "object",
-        lambda s, i, md: s.DeleteSource(pb.DeleteSourceRequest(source_id=i["source"]), metadata=md),
+        lambda s, i, md: s.DeleteSource(pb.DeleteSourceRequest(name=i["source"]), metadata=md),
         fresh_source(covered=True),
     ),
     Case(
         "DeleteSource[not covered]",
         ALL_SRC_ADMINS,
         "object",
-        lambda s, i, md: s.DeleteSource(pb.DeleteSourceRequest(source_id=i["source"]), metadata=md),
+        lambda s, i, md: s.DeleteSource(pb.DeleteSourceRequest(name=i["source"]), metadata=md),
         fresh_source(covered=False),
     ),
     Case(
@@ -528,7 +665,12 @@ CASES = [
         frozenset({OWNER, FN_ADMIN}),
         "own",
         lambda s, i, md: s.CreateFunction(
-            pb.CreateFunctionRequest(name=unique("fn"), code=HANDLER, settings=SETTINGS),
+            pb.CreateFunctionRequest(
+                parent=i["parent"],
+                function=res.DestinationFunction(display_name=unique("fn")),
+                code=HANDLER,
+                settings=SETTINGS,
+            ),
             metadata=md,
         ),
     ),
@@ -536,26 +678,50 @@ CASES = [
         "GetFunction[A]",
         ALL,
         "object",
-        lambda s, i, md: s.GetFunction(
-            pb.GetFunctionRequest(function_id=i["function"]), metadata=md
-        ),
+        lambda s, i, md: s.GetFunction(pb.GetFunctionRequest(name=i["function"]), metadata=md),
         ids(function="fn_a"),
     ),
     Case(
         "GetFunction[B]",
         NOT_LIMITED_TO_A,
         "object",
-        lambda s, i, md: s.GetFunction(
-            pb.GetFunctionRequest(function_id=i["function"]), metadata=md
-        ),
+        lambda s, i, md: s.GetFunction(pb.GetFunctionRequest(name=i["function"]), metadata=md),
         ids(function="fn_b"),
     ),
     Case(
         "ListFunctions",
         ALL,
         "own",
-        lambda s, i, md: s.ListFunctions(pb.ListFunctionsRequest(page_size=500), metadata=md),
+        lambda s, i, md: s.ListFunctions(
+            pb.ListFunctionsRequest(parent=i["parent"], page_size=500), metadata=md
+        ),
         check=sees(listed_ids("functions"), readable),
+    ),
+    Case(
+        "UpdateFunction[A]",
+        FN_ADMINS_OF_A,
+        "object",
+        lambda s, i, md: s.UpdateFunction(
+            pb.UpdateFunctionRequest(
+                function=res.DestinationFunction(name=i["function"], description=unique("d")),
+                update_mask=mask("description"),
+            ),
+            metadata=md,
+        ),
+        ids(function="fn_a"),
+    ),
+    Case(
+        "UpdateFunction[B]",
+        frozenset({OWNER, FN_ADMIN}),
+        "object",
+        lambda s, i, md: s.UpdateFunction(
+            pb.UpdateFunctionRequest(
+                function=res.DestinationFunction(name=i["function"], description=unique("d")),
+                update_mask=mask("description"),
+            ),
+            metadata=md,
+        ),
+        ids(function="fn_b"),
     ),
     Case(
         "SaveFunction[A]",
@@ -593,7 +759,7 @@ CASES = [
         FN_ADMINS_OF_A,
         "object",
         lambda s, i, md: s.DeleteFunction(
-            pb.DeleteFunctionRequest(function_id=i["function"]), metadata=md
+            pb.DeleteFunctionRequest(name=i["function"]), metadata=md
         ),
         fresh_function(covered=True),
     ),
@@ -602,7 +768,7 @@ CASES = [
         frozenset({OWNER, FN_ADMIN}),
         "object",
         lambda s, i, md: s.DeleteFunction(
-            pb.DeleteFunctionRequest(function_id=i["function"]), metadata=md
+            pb.DeleteFunctionRequest(name=i["function"]), metadata=md
         ),
         fresh_function(covered=False),
     ),
@@ -611,7 +777,7 @@ CASES = [
         ALL,
         "object",
         lambda s, i, md: s.ListFunctionVersions(
-            pb.ListFunctionVersionsRequest(function_id=i["function"]), metadata=md
+            pb.ListFunctionVersionsRequest(parent=i["function"]), metadata=md
         ),
         ids(function="fn_a"),
     ),
@@ -620,7 +786,7 @@ CASES = [
         NOT_LIMITED_TO_A,
         "object",
         lambda s, i, md: s.ListFunctionVersions(
-            pb.ListFunctionVersionsRequest(function_id=i["function"]), metadata=md
+            pb.ListFunctionVersionsRequest(parent=i["function"]), metadata=md
         ),
         ids(function="fn_b"),
     ),
@@ -629,7 +795,7 @@ CASES = [
         ALL,
         "object",
         lambda s, i, md: s.GetFunctionVersion(
-            pb.GetFunctionVersionRequest(version_id=i["version"]), metadata=md
+            pb.GetFunctionVersionRequest(name=i["version"]), metadata=md
         ),
         ids(version="ver_a"),
         service=True,
@@ -639,7 +805,7 @@ CASES = [
         NOT_LIMITED_TO_A,
         "object",
         lambda s, i, md: s.GetFunctionVersion(
-            pb.GetFunctionVersionRequest(version_id=i["version"]), metadata=md
+            pb.GetFunctionVersionRequest(name=i["version"]), metadata=md
         ),
         ids(version="ver_b"),
         service=True,
@@ -662,9 +828,7 @@ CASES = [
         "GetInstance[A@S]",
         ALL,
         "object",
-        lambda s, i, md: s.GetInstance(
-            pb.GetInstanceRequest(instance_id=i["instance"]), metadata=md
-        ),
+        lambda s, i, md: s.GetInstance(pb.GetInstanceRequest(name=i["instance"]), metadata=md),
         ids(instance="ins_as"),
     ),
     # Readable through its function (B) or its source (T); a Source Admin of S reads every
@@ -673,16 +837,16 @@ CASES = [
         "GetInstance[B@T]",
         NOT_LIMITED_TO_A,
         "object",
-        lambda s, i, md: s.GetInstance(
-            pb.GetInstanceRequest(instance_id=i["instance"]), metadata=md
-        ),
+        lambda s, i, md: s.GetInstance(pb.GetInstanceRequest(name=i["instance"]), metadata=md),
         ids(instance="ins_bt"),
     ),
     Case(
         "ListInstances",
         ALL,
         "own",
-        lambda s, i, md: s.ListInstances(pb.ListInstancesRequest(page_size=500), metadata=md),
+        lambda s, i, md: s.ListInstances(
+            pb.ListInstancesRequest(parent=i["parent"], page_size=500), metadata=md
+        ),
         check=sees(listed_ids("instances"), readable_instances),
     ),
     Case(
@@ -725,7 +889,7 @@ CASES = [
         SRC_ADMINS_OF_S,
         "object",
         lambda s, i, md: s.DeleteInstance(
-            pb.DeleteInstanceRequest(instance_id=i["instance"]), metadata=md
+            pb.DeleteInstanceRequest(name=i["instance"]), metadata=md
         ),
         fresh_instance("fn_a", "src_s"),
     ),
@@ -734,7 +898,7 @@ CASES = [
         ALL_SRC_ADMINS,
         "object",
         lambda s, i, md: s.DeleteInstance(
-            pb.DeleteInstanceRequest(instance_id=i["instance"]), metadata=md
+            pb.DeleteInstanceRequest(name=i["instance"]), metadata=md
         ),
         fresh_instance("fn_b", "src_t"),
     ),
@@ -742,7 +906,9 @@ CASES = [
         "ListAuditEvents",
         frozenset({OWNER}),
         "own",
-        lambda s, i, md: s.ListAuditEvents(pb.ListAuditEventsRequest(page_size=500), metadata=md),
+        lambda s, i, md: s.ListAuditEvents(
+            pb.ListAuditEventsRequest(parent=i["parent"], page_size=500), metadata=md
+        ),
         check=audit_of_own_workspace,
     ),
     # Only the data plane writes what it did for a member: any member could forge entries.
@@ -752,7 +918,9 @@ CASES = [
         "service",
         lambda s, i, md: s.RecordInstanceAction(
             pb.RecordInstanceActionRequest(
-                instance_id=i["instance"], action="dead.replay", actor_member_id=i["actor"]
+                instance=i["instance"],
+                action=res.AUDIT_ACTION_DEAD_LETTERS_REPLAY,
+                actor=i["actor"],
             ),
             metadata=md,
         ),
@@ -764,7 +932,9 @@ CASES = [
         "service",
         lambda s, i, md: s.RecordInstanceAction(
             pb.RecordInstanceActionRequest(
-                instance_id=i["instance"], action="dead.purge", actor_member_id=i["actor"]
+                instance=i["instance"],
+                action=res.AUDIT_ACTION_DEAD_LETTERS_PURGE,
+                actor=i["actor"],
             ),
             metadata=md,
         ),
@@ -814,7 +984,7 @@ async def world(registry_m: Registry) -> World:
     r = registry_m
     ws, owner = await r.workspace("Matrix")
     _, outsider = await r.workspace("Elsewhere")
-    w = World(r, ws, {}, "", "", "", "", "", "", "", "", "")
+    w = World(r, f"workspaces/{ws}", {}, "", "", "", "", "", "", "", "", "")
     w.tokens = {OWNER: owner, OUTSIDER: outsider, BOOTSTRAP_ADMIN: BOOTSTRAP}
     w.tokens |= {SERVICE_TOKEN: SERVICE, ANONYMOUS: None}
     w.fn_a, w.ver_a = await w.function("A")
@@ -824,11 +994,11 @@ async def world(registry_m: Registry) -> World:
     w.ins_bt = await w.instance(w.fn_b, w.src_t)
     grants = {
         FN_ADMIN: res.RoleGrant(role=res.ROLE_FUNCTIONS_ADMIN),
-        FN_ADMIN_A: res.RoleGrant(role=res.ROLE_FUNCTIONS_ADMIN, function_ids=[w.fn_a]),
+        FN_ADMIN_A: res.RoleGrant(role=res.ROLE_FUNCTIONS_ADMIN, functions=[w.fn_a]),
         FN_READ: res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY),
-        FN_READ_A: res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY, function_ids=[w.fn_a]),
+        FN_READ_A: res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY, functions=[w.fn_a]),
         SRC_ADMIN: res.RoleGrant(role=res.ROLE_SOURCE_ADMIN),
-        SRC_ADMIN_S: res.RoleGrant(role=res.ROLE_SOURCE_ADMIN, source_ids=[w.src_s]),
+        SRC_ADMIN_S: res.RoleGrant(role=res.ROLE_SOURCE_ADMIN, sources=[w.src_s]),
     }
     for role, grant in grants.items():
         w.tokens[role] = await r.member(owner, role, grant)
@@ -838,15 +1008,22 @@ async def world(registry_m: Registry) -> World:
     w.target_member = (
         await r.stub.CreateMember(
             pb.CreateMemberRequest(
-                email="target", roles=[res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY)]
+                parent=w.workspace,
+                member=res.Member(
+                    email="target", roles=[res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY)]
+                ),
             ),
             metadata=auth(owner),
         )
-    ).member.id
+    ).member.name
     await w.token_of(w.target_member)  # a token of another member, whatever runs first
-    for role in MEMBERS:
+    for role in (*MEMBERS, OUTSIDER, BOOTSTRAP_ADMIN):
         who = await r.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(w.tokens[role] or ""))
-        w.member_ids[role] = who.member.id
+        w.workspaces[role] = who.workspace.name
+        w.self_names[role] = who.member.name
+        if role in MEMBERS:
+            w.member_names[role] = who.member.name
+    w.workspaces[SERVICE_TOKEN] = w.workspaces[ANONYMOUS] = w.workspace
     return w
 
 
@@ -854,12 +1031,15 @@ async def world(registry_m: Registry) -> World:
 
 
 def _fake(real: str) -> str:
-    return real.split("_")[0] + "_" + "0" * 20
+    """The same name with ids that never existed (the workspace's too)."""
+    return "/".join(
+        part.split("_")[0] + "_" + "0" * 20 if "_" in part else part for part in real.split("/")
+    )
 
 
 def _normalized(details: str | None, id_values: list[str]) -> str:
     out = details or ""
-    for value in id_values:
+    for value in sorted(id_values, key=len, reverse=True):
         out = out.replace(value, "<id>")
     return re.sub(r"\s+", " ", out)
 
@@ -875,6 +1055,8 @@ async def _outcome(call: Awaitable[Any]) -> tuple[grpc.StatusCode, Any]:
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 async def test_authz(case: Case, role: str, world: World) -> None:
     target = await case.setup(world, role) if case.setup else Target({})
+    if case.scope == "own":  # the caller's own workspace
+        target.ids.setdefault("parent", world.workspaces[role])
     token = target.token or world.tokens[role]
     md = auth(token) if token is not None else ()
     want = expected(case, role)
@@ -885,8 +1067,9 @@ async def test_authz(case: Case, role: str, world: World) -> None:
         case.check(result, world, role)
     if got == NOT_FOUND:
         # The same call on ids that never existed must fail word for word the same way.
-        fakes = {k: _fake(v) for k, v in target.ids.items()}
+        fakes = {k: _fake(v) for k, v in target.ids.items() if k != "parent"}
         code, error = await _outcome(case.call(world.r.stub, fakes, md))
         assert code == NOT_FOUND
         values = [*target.ids.values(), *fakes.values()]
+        values += ["/".join(v.split("/")[:2]) for v in values]  # the parents derived from them
         assert _normalized(error.details(), values) == _normalized(result.details(), values)

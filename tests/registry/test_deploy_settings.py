@@ -9,11 +9,12 @@ import asyncpg
 import grpc
 from google.protobuf import json_format
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.type.v1 import types_pb2
 from services.registry.secrets import MASK
 from tests.registry.conftest import HANDLER, SETTINGS, Registry, auth
-from tests.registry.test_flows import expect, make_function, settings, violations
+from tests.registry.test_flows import expect, make_function, new_instance, settings, violations
 
 REGION = types_pb2.SettingDefinition(
     label="Region", name="region", type=types_pb2.SETTING_TYPE_STRING, required=True
@@ -23,23 +24,24 @@ V2_SETTINGS = [*SETTINGS, REGION]
 
 async def instance(r: Registry, owner: str, fn_id: str, src_id: str, name: str) -> str:
     made = await r.stub.CreateInstance(
-        pb.CreateInstanceRequest(
-            function_id=fn_id,
-            source_id=src_id,
-            name=name,
+        new_instance(
+            fn_id.split("/functions/")[0],
+            fn_id,
+            src_id,
+            display_name=name,
             settings=settings(endpoint="https://example.com/hook", apiKey="sk_live_1"),
         ),
         metadata=auth(owner),
     )
-    return made.instance.id
+    return made.instance.name
 
 
 async def save_v2(r: Registry, owner: str, fn_id: str) -> str:
     saved = await r.stub.SaveFunction(
-        pb.SaveFunctionRequest(function_id=fn_id, code=HANDLER, settings=V2_SETTINGS),
+        pb.SaveFunctionRequest(name=fn_id, code=HANDLER, settings=V2_SETTINGS),
         metadata=auth(owner),
     )
-    return saved.version.id
+    return saved.version.name
 
 
 async def stored(r: Registry, instance_id: str) -> tuple[str, dict, int]:
@@ -47,7 +49,8 @@ async def stored(r: Registry, instance_id: str) -> tuple[str, dict, int]:
     conn = await asyncpg.connect(r.database_url)
     try:
         row = await conn.fetchrow(
-            "SELECT version_id, settings, revision FROM instance WHERE id = $1", instance_id
+            "SELECT version_id, settings, revision FROM instance WHERE id = $1",
+            instance_id.rsplit("/", 1)[-1],
         )
     finally:
         await conn.close()
@@ -65,16 +68,16 @@ async def test_a_new_required_setting_deploys_with_its_value(registry: Registry)
     refused = await expect(
         grpc.StatusCode.INVALID_ARGUMENT,
         registry.stub.DeployInstance(
-            pb.DeployInstanceRequest(instance_id=ins_id, version_id=v2), metadata=auth(owner)
+            pb.DeployInstanceRequest(name=ins_id, version=v2), metadata=auth(owner)
         ),
     )
     assert violations(refused) == [("settings.region", "the required setting 'region' is missing")]
 
     done = await registry.stub.DeployInstance(
-        pb.DeployInstanceRequest(instance_id=ins_id, version_id=v2, settings=settings(region="eu")),
+        pb.DeployInstanceRequest(name=ins_id, version=v2, settings=settings(region="eu")),
         metadata=auth(owner),
     )
-    assert done.instance.version_id == v2
+    assert done.instance.version == v2
     assert json_format.MessageToDict(done.instance.settings) == {
         "endpoint": "https://example.com/hook",
         "apiKey": MASK,  # the secret was kept, still sealed
@@ -84,9 +87,10 @@ async def test_a_new_required_setting_deploys_with_its_value(registry: Registry)
     assert "sk_live_1" not in str(raw)
 
     audit = await registry.stub.ListAuditEvents(
-        pb.ListAuditEventsRequest(resource_id=ins_id), metadata=auth(owner)
+        pb.ListAuditEventsRequest(parent=ins_id.split("/instances/")[0], resource=ins_id),
+        metadata=auth(owner),
     )
-    deploy = next(e for e in audit.events if e.action == "instance.deploy")
+    deploy = next(e for e in audit.events if e.action == res.AUDIT_ACTION_INSTANCE_DEPLOY)
     details = json_format.MessageToDict(deploy.details)
     assert details["settings_changed"] == ["region"] and "eu" not in str(details)
 
@@ -101,8 +105,8 @@ async def test_a_bad_value_changes_nothing(registry: Registry) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
         registry.stub.DeployInstance(
             pb.DeployInstanceRequest(
-                instance_id=ins_id,
-                version_id=v2,
+                name=ins_id,
+                version=v2,
                 settings=settings(region=3, endpoint=True, unknown="x"),
             ),
             metadata=auth(owner),
@@ -124,15 +128,15 @@ async def test_save_and_deploy_takes_values_per_instance(registry: Registry) -> 
 
     def save(per_instance: dict[str, dict]) -> pb.SaveFunctionRequest:
         return pb.SaveFunctionRequest(
-            function_id=fn_id,
+            name=fn_id,
             code=HANDLER,
             settings=V2_SETTINGS,
-            deploy_instance_ids=[eu, us],
+            deploy_instances=[eu, us],
             deploy_settings={k: settings(**v) for k, v in per_instance.items()},
         )
 
     versions_before = await registry.stub.ListFunctionVersions(
-        pb.ListFunctionVersionsRequest(function_id=fn_id), metadata=auth(owner)
+        pb.ListFunctionVersionsRequest(parent=fn_id), metadata=auth(owner)
     )
     err = await expect(
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -142,7 +146,7 @@ async def test_save_and_deploy_takes_values_per_instance(registry: Registry) -> 
         (f"deploy_settings[{us}].settings.region", "the required setting 'region' is missing")
     ]
     after = await registry.stub.ListFunctionVersions(
-        pb.ListFunctionVersionsRequest(function_id=fn_id), metadata=auth(owner)
+        pb.ListFunctionVersionsRequest(parent=fn_id), metadata=auth(owner)
     )
     assert len(after.versions) == len(versions_before.versions), "nothing saved"
 
@@ -150,10 +154,10 @@ async def test_save_and_deploy_takes_values_per_instance(registry: Registry) -> 
         save({eu: {"region": "eu"}, us: {"region": "us", "apiKey": MASK}}), metadata=auth(owner)
     )
     regions = {
-        i.id: json_format.MessageToDict(i.settings)["region"] for i in saved.deployed_instances
+        i.name: json_format.MessageToDict(i.settings)["region"] for i in saved.deployed_instances
     }
     assert regions == {eu: "eu", us: "us"}
-    assert {i.version_id for i in saved.deployed_instances} == {saved.version.id}
+    assert {i.version for i in saved.deployed_instances} == {saved.version.name}
 
 
 async def test_deploy_settings_must_name_deployed_instances(registry: Registry) -> None:
@@ -164,7 +168,7 @@ async def test_deploy_settings_must_name_deployed_instances(registry: Registry) 
         grpc.StatusCode.INVALID_ARGUMENT,
         registry.stub.SaveFunction(
             pb.SaveFunctionRequest(
-                function_id=fn_id,
+                name=fn_id,
                 code=HANDLER,
                 settings=V2_SETTINGS,
                 deploy_settings={ins_id: settings(region="eu")},

@@ -25,12 +25,13 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import registry_pb2_grpc
-from eventfn.registry.v1 import resources_pb2 as res
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2_grpc
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.type.v1 import types_pb2
 from services.registry.secrets import MASK
 from tests.registry.conftest import BOOTSTRAP, HANDLER, SERVICE, SETTINGS, Registry, auth
+from tests.registry.test_flows import new_function, new_instance
 
 REPO = Path(__file__).parents[2]
 
@@ -86,27 +87,35 @@ async def exercise(stub: registry_pb2_grpc.RegistryStub) -> Exercised:
     """Create an instance with a secret, change it, deploy, read everything back, watch."""
     first, second = f"sk_live_{uuid.uuid4().hex}", f"sk_live_{uuid.uuid4().hex}"
     seen = Seen()
-    ws = await stub.CreateWorkspace(
-        pb.CreateWorkspaceRequest(name=f"Secrets {uuid.uuid4().hex[:6]}"), metadata=auth(BOOTSTRAP)
+    made = await stub.CreateWorkspace(
+        pb.CreateWorkspaceRequest(
+            workspace=res.Workspace(display_name=f"Secrets {uuid.uuid4().hex[:6]}")
+        ),
+        metadata=auth(BOOTSTRAP),
     )
-    owner = auth(ws.token)
+    owner = auth(made.token)
+    parent = made.workspace.name
     fn = await stub.CreateFunction(
-        pb.CreateFunctionRequest(name="Webhook", code=HANDLER, settings=SETTINGS), metadata=owner
+        new_function(parent, "Webhook", settings=SETTINGS), metadata=owner
     )
-    src = await stub.CreateSource(pb.CreateSourceRequest(name="Web"), metadata=owner)
-    fn_id, src_id = fn.function.id, src.source.id
+    src = await stub.CreateSource(
+        pb.CreateSourceRequest(parent=parent, source=res.Source(display_name="Web")),
+        metadata=owner,
+    )
+    fn_id, src_id = fn.function.name, src.source.name
     created = seen.response(
         "CreateInstance",
         await stub.CreateInstance(
-            pb.CreateInstanceRequest(
-                function_id=fn_id,
-                source_id=src_id,
+            new_instance(
+                parent,
+                fn_id,
+                src_id,
                 settings=struct(endpoint="http://127.0.0.1:9/hook", apiKey=first),
             ),
             metadata=owner,
         ),
     )
-    ins_id = created.instance.id
+    ins_id = created.instance.name
     assert created.instance.settings["apiKey"] == MASK
 
     # Bad requests that carry a secret must not echo it back in their errors.
@@ -118,7 +127,7 @@ async def exercise(stub: registry_pb2_grpc.RegistryStub) -> Exercised:
         await seen.invalid(
             label,
             stub.CreateInstance(
-                pb.CreateInstanceRequest(function_id=fn_id, source_id=src_id, settings=settings),
+                new_instance(parent, fn_id, src_id, settings=settings),
                 metadata=owner,
             ),
         )
@@ -127,7 +136,7 @@ async def exercise(stub: registry_pb2_grpc.RegistryStub) -> Exercised:
         stub.UpdateInstance(
             pb.UpdateInstanceRequest(
                 instance=res.Instance(
-                    id=ins_id, settings=struct(endpoint="x", apiKey={"k": first})
+                    name=ins_id, settings=struct(endpoint="x", apiKey={"k": first})
                 ),
                 update_mask=field_mask_pb2.FieldMask(paths=["settings"]),
             ),
@@ -136,29 +145,31 @@ async def exercise(stub: registry_pb2_grpc.RegistryStub) -> Exercised:
     )
 
     reads = {
-        "GetInstance": stub.GetInstance(pb.GetInstanceRequest(instance_id=ins_id), metadata=owner),
-        "ListInstances": stub.ListInstances(pb.ListInstancesRequest(), metadata=owner),
+        "GetInstance": stub.GetInstance(pb.GetInstanceRequest(name=ins_id), metadata=owner),
+        "ListInstances": stub.ListInstances(pb.ListInstancesRequest(parent=parent), metadata=owner),
         "ListInstances by function": stub.ListInstances(
-            pb.ListInstancesRequest(function_id=fn_id), metadata=owner
+            pb.ListInstancesRequest(parent=parent, function=fn_id), metadata=owner
         ),
         "ListInstances by source": stub.ListInstances(
-            pb.ListInstancesRequest(source_id=src_id), metadata=owner
+            pb.ListInstancesRequest(parent=parent, source=src_id), metadata=owner
         ),
     }
     for label, call in reads.items():
         seen.response(label, await call)
 
     for label, instance, paths in (
-        ("UpdateInstance batch", res.Instance(id=ins_id, batch_size=50), ["batch_size"]),
+        ("UpdateInstance batch", res.Instance(name=ins_id, batch_size=50), ["batch_size"]),
         (
             "UpdateInstance masked secret",
-            res.Instance(id=ins_id, settings=struct(endpoint="http://127.0.0.1:9/b", apiKey=MASK)),
+            res.Instance(
+                name=ins_id, settings=struct(endpoint="http://127.0.0.1:9/b", apiKey=MASK)
+            ),
             ["settings"],
         ),
         (
             "UpdateInstance new secret",
             res.Instance(
-                id=ins_id, settings=struct(endpoint="http://127.0.0.1:9/c", apiKey=second)
+                name=ins_id, settings=struct(endpoint="http://127.0.0.1:9/c", apiKey=second)
             ),
             ["settings"],
         ),
@@ -176,31 +187,31 @@ async def exercise(stub: registry_pb2_grpc.RegistryStub) -> Exercised:
         "SaveFunction deploy",
         await stub.SaveFunction(
             pb.SaveFunctionRequest(
-                function_id=fn_id,
+                name=fn_id,
                 code=HANDLER + "\n// v2",
                 settings=SETTINGS,
-                deploy_instance_ids=[ins_id],
+                deploy_instances=[ins_id],
             ),
             metadata=owner,
         ),
     )
-    assert [i.id for i in saved.deployed_instances] == [ins_id]
+    assert [i.name for i in saved.deployed_instances] == [ins_id]
     seen.response(
         "DeployInstance",
         await stub.DeployInstance(
-            pb.DeployInstanceRequest(instance_id=ins_id, version_id=fn.version.id), metadata=owner
+            pb.DeployInstanceRequest(name=ins_id, version=fn.version.name), metadata=owner
         ),
     )
     more_reads = {
         "GetInstance after deploys": stub.GetInstance(
-            pb.GetInstanceRequest(instance_id=ins_id), metadata=owner
+            pb.GetInstanceRequest(name=ins_id), metadata=owner
         ),
         "ListAuditEvents": stub.ListAuditEvents(
-            pb.ListAuditEventsRequest(page_size=500), metadata=owner
+            pb.ListAuditEventsRequest(parent=parent, page_size=500), metadata=owner
         ),
-        "GetFunction": stub.GetFunction(pb.GetFunctionRequest(function_id=fn_id), metadata=owner),
+        "GetFunction": stub.GetFunction(pb.GetFunctionRequest(name=fn_id), metadata=owner),
         "ListFunctionVersions": stub.ListFunctionVersions(
-            pb.ListFunctionVersionsRequest(function_id=fn_id), metadata=owner
+            pb.ListFunctionVersionsRequest(parent=fn_id), metadata=owner
         ),
         "WhoAmI": stub.WhoAmI(pb.WhoAmIRequest(), metadata=owner),
     }
@@ -213,7 +224,7 @@ async def exercise(stub: registry_pb2_grpc.RegistryStub) -> Exercised:
     finally:
         stream.cancel()
     assert isinstance(snapshot, pb.WatchConfigResponse)
-    (watched,) = [i for i in snapshot.instances if i.id == ins_id]
+    (watched,) = [i for i in snapshot.instances if i.id == ins_id.rsplit("/", 1)[-1]]
     return Exercised(seen, first, second, ins_id, watched)
 
 
@@ -353,17 +364,20 @@ async def test_secret_stays_secret_when_a_version_drops_the_encrypted_flag(
     would store the secret in clear and show it to every reader of the instance.
     """
     secret = f"sk_live_{uuid.uuid4().hex}"
-    _, token = await registry.workspace("Downgrade")
+    ws_id, token = await registry.workspace("Downgrade")
     owner = auth(token)
     stub = registry.stub
-    fn = await stub.CreateFunction(
-        pb.CreateFunctionRequest(name="Hook", code=HANDLER, settings=SETTINGS), metadata=owner
+    parent = f"workspaces/{ws_id}"
+    fn = await stub.CreateFunction(new_function(parent, "Hook", settings=SETTINGS), metadata=owner)
+    src = await stub.CreateSource(
+        pb.CreateSourceRequest(parent=parent, source=res.Source(display_name="Web")),
+        metadata=owner,
     )
-    src = await stub.CreateSource(pb.CreateSourceRequest(name="Web"), metadata=owner)
     ins = await stub.CreateInstance(
-        pb.CreateInstanceRequest(
-            function_id=fn.function.id,
-            source_id=src.source.id,
+        new_instance(
+            parent,
+            fn.function.name,
+            src.source.name,
             settings=struct(endpoint="http://127.0.0.1:9/hook", apiKey=secret),
         ),
         metadata=owner,
@@ -377,17 +391,17 @@ async def test_secret_stays_secret_when_a_version_drops_the_encrypted_flag(
         "SaveFunction deploy",
         await stub.SaveFunction(
             pb.SaveFunctionRequest(
-                function_id=fn.function.id,
+                name=fn.function.name,
                 code=HANDLER,
                 settings=plain,
-                deploy_instance_ids=[ins.instance.id],
+                deploy_instances=[ins.instance.name],
             ),
             metadata=owner,
         ),
     )
     seen.response(
         "GetInstance",
-        await stub.GetInstance(pb.GetInstanceRequest(instance_id=ins.instance.id), metadata=owner),
+        await stub.GetInstance(pb.GetInstanceRequest(name=ins.instance.name), metadata=owner),
     )
     leaks = (seen.leaks(secret), await rows_containing(registry.database_url, secret))
     assert leaks == ([], []), "responses and rows showing the secret"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import grpc
-from google.protobuf import struct_pb2
+from google.protobuf import duration_pb2, struct_pb2
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from tests.registry.conftest import HANDLER, SERVICE, SETTINGS, Registry, auth
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
+from tests.registry.conftest import HANDLER, SERVICE, SETTINGS, Registry, auth, ws
 
 
 async def next_message(stream: grpc.aio.UnaryStreamCall) -> pb.WatchConfigResponse:
@@ -18,19 +20,34 @@ async def next_message(stream: grpc.aio.UnaryStreamCall) -> pb.WatchConfigRespon
 async def test_snapshot_then_changes(registry: Registry) -> None:
     ws_id, owner = await registry.workspace("Watch Co")
     src = (
-        await registry.stub.CreateSource(pb.CreateSourceRequest(name="web"), metadata=auth(owner))
+        await registry.stub.CreateSource(
+            pb.CreateSourceRequest(parent=ws(ws_id), source=res.Source(display_name="web")),
+            metadata=auth(owner),
+        )
     ).source
     fn = (
         await registry.stub.CreateFunction(
-            pb.CreateFunctionRequest(name="Hook", code=HANDLER, settings=SETTINGS),
+            pb.CreateFunctionRequest(
+                parent=ws(ws_id),
+                function=res.DestinationFunction(display_name="Hook"),
+                code=HANDLER,
+                settings=SETTINGS,
+            ),
             metadata=auth(owner),
         )
     ).function
     values = struct_pb2.Struct()
     values.update({"endpoint": "http://127.0.0.1:1/", "apiKey": "decrypted-for-the-data-plane"})
+    wait = duration_pb2.Duration()
+    wait.FromTimedelta(timedelta(milliseconds=250))
     ins = (
         await registry.stub.CreateInstance(
-            pb.CreateInstanceRequest(function_id=fn.id, source_id=src.id, settings=values),
+            pb.CreateInstanceRequest(
+                parent=ws(ws_id),
+                instance=res.Instance(
+                    function=fn.name, source=src.name, settings=values, batch_wait=wait
+                ),
+            ),
             metadata=auth(owner),
         )
     ).instance
@@ -46,10 +63,13 @@ async def test_snapshot_then_changes(registry: Registry) -> None:
     assert cfg.settings["apiKey"] == "decrypted-for-the-data-plane"
     assert list(cfg.secret_setting_names) == ["apiKey"]
     assert cfg.workspace_id == ws_id and cfg.batch_size == 20
+    assert cfg.batch_wait.ToTimedelta() == timedelta(milliseconds=250)
+    assert cfg.timeout.ToTimedelta() == timedelta(seconds=5)
+    assert not cfg.HasField("retry_window") and cfg.id == ins.name.rsplit("/", 1)[-1]
 
     rotated = (
         await registry.stub.RotateWriteKey(
-            pb.RotateWriteKeyRequest(source_id=src.id), metadata=auth(owner)
+            pb.RotateWriteKeyRequest(name=src.name), metadata=auth(owner)
         )
     ).source
     change = await next_message(stream)
@@ -57,10 +77,10 @@ async def test_snapshot_then_changes(registry: Registry) -> None:
     assert [s.write_key for s in change.sources] == [rotated.write_key] and not change.instances
 
     await registry.stub.DeleteInstance(
-        pb.DeleteInstanceRequest(instance_id=ins.id), metadata=auth(owner)
+        pb.DeleteInstanceRequest(name=ins.name), metadata=auth(owner)
     )
     removed = await next_message(stream)
-    assert list(removed.removed_instance_ids) == [ins.id] and removed.revision > change.revision
+    assert list(removed.removed_instance_ids) == [cfg.id] and removed.revision > change.revision
     stream.cancel()
 
 

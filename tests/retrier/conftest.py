@@ -8,8 +8,10 @@ from typing import Any, TypeAlias
 
 import grpc
 import pytest
+from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.protobuf import duration_pb2
 
-from eventfn.retrier.v1 import retrier_pb2_grpc
+from eventfn_api.retrier.v1 import retrier_pb2, retrier_pb2_grpc
 from services.retrier.app import RunningRetrier, start_retrier
 from services.retrier.settings import RetrierSettings
 from tests.pipeline.conftest import Platform, platform, sink
@@ -17,9 +19,47 @@ from tests.registry.conftest import SERVICE, Registry, registry
 
 __all__ = ["platform", "registry", "sink"]
 
-StartRetrier: TypeAlias = (
-    "Callable[..., Awaitable[tuple[RunningRetrier, retrier_pb2_grpc.RetrierAsyncStub]]]"
-)
+StartRetrier: TypeAlias = "Callable[..., Awaitable[tuple[RunningRetrier, RetrierClient]]]"
+
+
+def lid(letter: Any) -> str:
+    """Return a dead letter's id, the last segment of its name (e.g. "42.0")."""
+    return letter.name.rsplit("/", 1)[-1]
+
+
+class OperationFailed(Exception):
+    """A replay operation that ended with an error; `status` is its google.rpc.Status."""
+
+    def __init__(self, status: Any) -> None:
+        super().__init__(status.message)
+        self.status = status
+
+
+class RetrierClient:
+    """The generated Retrier stub, plus `replay`: a ReplayDeadLetters operation run to its end."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.stub = retrier_pb2_grpc.RetrierStub(channel)
+        self.operations = operations_pb2_grpc.OperationsStub(channel)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stub, name)
+
+    async def replay(self, request: retrier_pb2.ReplayDeadLettersRequest, metadata: Any) -> int:
+        """Start a replay, wait for its operation and return how many letters it replayed."""
+        operation = await self.stub.ReplayDeadLetters(request, metadata=metadata)
+        while not operation.done:
+            operation = await self.operations.WaitOperation(
+                operations_pb2.WaitOperationRequest(
+                    name=operation.name, timeout=duration_pb2.Duration(seconds=10)
+                ),
+                metadata=metadata,
+            )
+        if operation.HasField("error"):
+            raise OperationFailed(operation.error)
+        result = retrier_pb2.ReplayDeadLettersResponse()
+        operation.response.Unpack(result)
+        return result.replayed
 
 
 @pytest.fixture
@@ -27,9 +67,7 @@ async def start_retrier_on(registry: Registry, nats_url: str) -> AsyncIterator[S
     """Return a function starting a retrier (settings overridable) against the test registry."""
     async with AsyncExitStack() as stack:
 
-        async def start(
-            **overrides: Any,
-        ) -> tuple[RunningRetrier, retrier_pb2_grpc.RetrierAsyncStub]:
+        async def start(**overrides: Any) -> tuple[RunningRetrier, RetrierClient]:
             values: dict[str, Any] = {
                 "retrier_listen": "127.0.0.1:0",
                 "nats_url": nats_url,
@@ -45,9 +83,9 @@ async def start_retrier_on(registry: Registry, nats_url: str) -> AsyncIterator[S
             await running.watcher.ready.wait()
             channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
             stack.push_async_callback(channel.close)
-            return running, retrier_pb2_grpc.RetrierStub(channel)
+            return running, RetrierClient(channel)
 
         yield start
 
 
-__all__ += ["Platform"]
+__all__ += ["OperationFailed", "Platform", "RetrierClient", "lid"]

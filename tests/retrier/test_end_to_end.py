@@ -19,10 +19,10 @@ from aiohttp import web
 from nats.js.errors import NotFoundError
 from typer.testing import CliRunner
 
-from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
-from eventfn.registry.v1 import registry_pb2 as rpb
-from eventfn.retrier.v1 import retrier_pb2 as pb
-from eventfn.retrier.v1 import retrier_pb2_grpc
+from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
+from eventfn_api.registry.v1 import registry_pb2 as rpb
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.retrier.v1 import retrier_pb2 as pb
 from services.cli.dead_commands import dead
 from services.common import streams
 from services.retrier.dead_letters import DeadLetterStore
@@ -31,7 +31,7 @@ from tests.eventually import eventually
 from tests.pipeline.conftest import Platform, Sink
 from tests.pipeline.test_parity_batching import all_packs_settled
 from tests.registry.conftest import SERVICE, auth
-from tests.retrier.conftest import StartRetrier
+from tests.retrier.conftest import RetrierClient, StartRetrier, lid
 
 CODE = """
 async function onTrack(event, settings) {
@@ -81,17 +81,17 @@ async def quiet(sink: Sink, count: int, seconds: float = 1.5) -> None:
 
 
 async def until_dead(
-    stub: retrier_pb2_grpc.RetrierAsyncStub, owner: str, instance_id: str, seconds: float = 30
+    stub: RetrierClient, owner: str, instance: str, seconds: float = 30
 ) -> list[pb.DeadLetter]:
     """Poll ListDeadLetters until the instance has one."""
 
     async def listed() -> list[pb.DeadLetter]:
         resp = await stub.ListDeadLetters(
-            pb.ListDeadLettersRequest(instance_id=instance_id), metadata=auth(owner)
+            pb.ListDeadLettersRequest(parent=instance), metadata=auth(owner)
         )
         return list(resp.dead_letters)
 
-    return await eventually(listed, f"a dead letter of {instance_id}", seconds=seconds)
+    return await eventually(listed, f"a dead letter of {instance}", seconds=seconds)
 
 
 async def held_in_retry(js: Any, subject: str) -> int:
@@ -116,7 +116,10 @@ async def test_fails_n_times_then_delivered_exactly_once(
     # Handled retries leave RETRY: the instance's health shows none pending, three retried.
     async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
         stats = await executor_pb2_grpc.ExecutorStub(channel).GetDeliveryStats(
-            executor_pb2.GetDeliveryStatsRequest(instance_id=iid), metadata=auth(platform.owner)
+            executor_pb2.GetDeliveryStatsRequest(
+                name=f"{platform.instance_name(iid)}/deliveryStats"
+            ),
+            metadata=auth(platform.owner),
         )
     assert stats.pending_retries == 0
 
@@ -131,7 +134,7 @@ async def test_always_failing_ends_in_dead_and_replay_delivers(
     iid = await platform.instance(CODE, sink.url)
     await retrier.watcher.wait_until(lambda v: iid in v.instances)
     await send(platform, "m-doomed")
-    (letter,) = await until_dead(stub, platform.owner, iid)
+    (letter,) = await until_dead(stub, platform.owner, platform.instance_name(iid))
     attempts = len(sink.bodies)
     assert attempts >= 2
     assert letter.message_id == "m-doomed"
@@ -140,12 +143,13 @@ async def test_always_failing_ends_in_dead_and_replay_delivers(
     assert letter.attempts, "the dead letter records its attempts"
     assert letter.attempts[-1].error.type == "RetryError", letter.attempts[-1]
     assert "HTTP 500" in letter.attempts[-1].error.message, letter.attempts[-1]
-    pack = await retrier.store.pack(int(letter.id.split(".")[0]))
+    pack = await retrier.store.pack(int(lid(letter).split(".")[0]))
     assert pack is not None and pack.headers[streams.ATTEMPT] == str(attempts)
+    assert letter.attempt_count == attempts
     # The DEAD message's window start is the first attempt's; every attempt after it was made.
     assert pack.first_attempt_time() is not None
     shown = await stub.GetDeadLetter(
-        pb.GetDeadLetterRequest(dead_letter_id=letter.id), metadata=auth(platform.owner)
+        pb.GetDeadLetterRequest(name=letter.name), metadata=auth(platform.owner)
     )
     assert shown.dead_letter.event_json == letter.event_json
     (request,) = shown.dead_letter.last_requests
@@ -153,28 +157,32 @@ async def test_always_failing_ends_in_dead_and_replay_delivers(
     assert "sending m-doomed" in shown.dead_letter.last_logs
 
     sink.status = 200
-    replayed = await stub.ReplayDeadLetters(
-        pb.ReplayDeadLettersRequest(instance_id=iid), metadata=auth(platform.owner)
+    replayed = await stub.replay(
+        pb.ReplayDeadLettersRequest(parent=platform.instance_name(iid)),
+        metadata=auth(platform.owner),
     )
-    assert replayed.replayed == 1
+    assert replayed == 1
     audit = await platform.registry.stub.ListAuditEvents(
-        rpb.ListAuditEventsRequest(resource_id=iid), metadata=auth(platform.owner)
+        rpb.ListAuditEventsRequest(parent=platform.workspace, resource=platform.instance_name(iid)),
+        metadata=auth(platform.owner),
     )
-    assert audit.events[0].action == "dead.replay"
+    assert audit.events[0].action == res.AUDIT_ACTION_DEAD_LETTERS_REPLAY
     assert audit.events[0].details["replayed"] == 1
     events = await requests(sink, attempts + 1)
     assert events[-1]["messageId"] == "m-doomed"
     await quiet(sink, attempts + 1)
     # The replayed letter left DEAD: nothing to list, nothing to purge.
     listed = await stub.ListDeadLetters(
-        pb.ListDeadLettersRequest(instance_id=iid), metadata=auth(platform.owner)
-    )
-    assert list(listed.dead_letters) == []
-    purged = await stub.PurgeDeadLetters(
-        pb.PurgeDeadLettersRequest(instance_id=iid, dead_letter_ids=[letter.id]),
+        pb.ListDeadLettersRequest(parent=platform.instance_name(iid)),
         metadata=auth(platform.owner),
     )
-    assert purged.purged == 0
+    assert list(listed.dead_letters) == []
+    with pytest.raises(grpc.aio.AioRpcError) as gone:  # replayed: no longer a dead letter
+        await stub.PurgeDeadLetters(
+            pb.PurgeDeadLettersRequest(parent=platform.instance_name(iid), names=[letter.name]),
+            metadata=auth(platform.owner),
+        )
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_dead_letter_records_every_attempt(
@@ -187,7 +195,7 @@ async def test_dead_letter_records_every_attempt(
     iid = await platform.instance(CODE, sink.url)
     await retrier.watcher.wait_until(lambda v: iid in v.instances)
     await send(platform, "m-history")
-    (letter,) = await until_dead(stub, platform.owner, iid)
+    (letter,) = await until_dead(stub, platform.owner, platform.instance_name(iid))
     assert len(letter.attempts) == len(sink.bodies)
 
 
@@ -201,13 +209,14 @@ async def test_replay_after_the_instance_was_deleted_is_a_failed_precondition(
     iid = await platform.instance(CODE, sink.url)
     await retrier.watcher.wait_until(lambda v: iid in v.instances)
     await send(platform, "m-orphan")
-    await until_dead(stub, platform.owner, iid)
+    await until_dead(stub, platform.owner, platform.instance_name(iid))
     await platform.registry.stub.DeleteInstance(  # pyright: ignore[reportGeneralTypeIssues]
-        rpb.DeleteInstanceRequest(instance_id=iid), metadata=auth(platform.owner)
+        rpb.DeleteInstanceRequest(name=platform.instance_name(iid)), metadata=auth(platform.owner)
     )
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.ReplayDeadLetters(
-            pb.ReplayDeadLettersRequest(instance_id=iid), metadata=auth(platform.owner)
+            pb.ReplayDeadLettersRequest(parent=platform.instance_name(iid)),
+            metadata=auth(platform.owner),
         )
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "was deleted" in (caught.value.details() or "")
@@ -215,7 +224,8 @@ async def test_replay_after_the_instance_was_deleted_is_a_failed_precondition(
     _, stranger = await platform.registry.workspace("Elsewhere")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.ReplayDeadLetters(
-            pb.ReplayDeadLettersRequest(instance_id=iid), metadata=auth(stranger)
+            pb.ReplayDeadLettersRequest(parent=platform.instance_name(iid)),
+            metadata=auth(stranger),
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
@@ -237,7 +247,7 @@ async def test_instance_deleted_while_retries_pending_is_discarded_with_reason(
     )
     # The retry is pending in RETRY; now the instance goes away, then the retrier looks.
     await platform.registry.stub.DeleteInstance(  # pyright: ignore[reportGeneralTypeIssues]
-        rpb.DeleteInstanceRequest(instance_id=iid), metadata=auth(platform.owner)
+        rpb.DeleteInstanceRequest(name=platform.instance_name(iid)), metadata=auth(platform.owner)
     )
     seen = asyncio.Event()
 
@@ -284,9 +294,9 @@ async def test_first_attempt_in_the_future_does_not_stretch_the_window(
         },
     )
     # Trusted, the window would end in an hour; clamped, it ends 1.5 s after the retrier saw it.
-    (letter,) = await until_dead(stub, platform.owner, iid, seconds=30)
+    (letter,) = await until_dead(stub, platform.owner, platform.instance_name(iid), seconds=30)
     assert letter.message_id == "m-skew"
-    pack = await retrier.store.pack(int(letter.id.split(".")[0]))
+    pack = await retrier.store.pack(int(lid(letter).split(".")[0]))
     assert pack is not None
     first = parse_time(pack.headers[streams.FIRST_ATTEMPT_AT])
     assert first < datetime.now(UTC), "the future first-attempt time was carried forward"
@@ -304,9 +314,13 @@ async def test_cli_lists_shows_and_replays_dead_letters(
     iid = await platform.instance(CODE, sink.url)
     await retrier.watcher.wait_until(lambda v: iid in v.instances)
     await send(platform, "m-cli")
-    (letter,) = await until_dead(stub, platform.owner, iid)
+    (letter,) = await until_dead(stub, platform.owner, platform.instance_name(iid))
     attempts = len(sink.bodies)
-    env = {"EVENTFN_RETRIER_ADDR": f"127.0.0.1:{retrier.port}", "EVENTFN_TOKEN": platform.owner}
+    env = {
+        "EVENTFN_RETRIER_ADDR": f"127.0.0.1:{retrier.port}",
+        "EVENTFN_REGISTRY_ADDR": f"127.0.0.1:{platform.registry.port}",
+        "EVENTFN_TOKEN": platform.owner,
+    }
     runner = CliRunner()
 
     def cli(*args: str) -> str:
@@ -316,22 +330,22 @@ async def test_cli_lists_shows_and_replays_dead_letters(
 
     # The CLI's stubs are blocking: run them off the event loop the servers live on.
     listed = await asyncio.to_thread(cli, "list", iid)
-    assert letter.id in listed and "m-cli" in listed
-    shown = await asyncio.to_thread(cli, "show", letter.id)
+    assert lid(letter) in listed and "m-cli" in listed
+    shown = await asyncio.to_thread(cli, "show", iid, lid(letter))
     assert "retry window" in shown and "m-cli" in shown
     sink.status = 200
-    replayed = await asyncio.to_thread(cli, "replay", iid, "--id", letter.id)
+    replayed = await asyncio.to_thread(cli, "replay", iid, "--id", lid(letter))
     assert "replayed 1" in replayed
     events = await requests(sink, attempts + 1)
     assert events[-1]["messageId"] == "m-cli"
     await quiet(sink, attempts + 1)
-    assert letter.id not in await asyncio.to_thread(cli, "list", iid), "replayed: gone"
+    assert lid(letter) not in await asyncio.to_thread(cli, "list", iid), "replayed: gone"
     sink.status = 500
     await send(platform, "m-cli-2")
-    (second,) = await until_dead(stub, platform.owner, iid)
+    (second,) = await until_dead(stub, platform.owner, platform.instance_name(iid))
     purged = await asyncio.to_thread(cli, "purge", iid, "--yes")
     assert "purged 1" in purged
-    assert second.id not in await asyncio.to_thread(cli, "list", iid)
+    assert lid(second) not in await asyncio.to_thread(cli, "list", iid)
 
 
 async def test_sigkill_while_holding_retries_loses_nothing(

@@ -11,9 +11,9 @@ import typer
 from nats.aio.client import Client as NatsClient
 from typer.testing import CliRunner
 
-from eventfn.registry.v1 import registry_pb2 as rpb
-from eventfn.retrier.v1 import retrier_pb2 as pb
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as rpb
+from eventfn_api.retrier.v1 import retrier_pb2 as pb
+from eventfn_api.type.v1 import types_pb2
 from services.cli.dead_commands import dead
 from services.cli.deliveries_commands import deliveries
 from tests.eventually import eventually
@@ -50,23 +50,23 @@ WHERE = re.compile(r"function\.js:3:\d+")
 async def save_and_deploy(platform: Platform, instance_id: str, code: str) -> str:
     """Save a new version of the instance's function and deploy it to the instance."""
     stub, owner = platform.registry.stub, auth(platform.owner)
-    ins = await stub.GetInstance(rpb.GetInstanceRequest(instance_id=instance_id), metadata=owner)
-    fn = await stub.GetFunction(
-        rpb.GetFunctionRequest(function_id=ins.instance.function_id), metadata=owner
-    )
+    name = platform.instance_name(instance_id)
+    ins = await stub.GetInstance(rpb.GetInstanceRequest(name=name), metadata=owner)
+    fn = await stub.GetFunction(rpb.GetFunctionRequest(name=ins.instance.function), metadata=owner)
     saved = await stub.SaveFunction(
         rpb.SaveFunctionRequest(
-            function_id=fn.function.id,
+            name=fn.function.name,
             code=code,
             settings=fn.latest_version.settings,
-            deploy_instance_ids=[instance_id],
+            deploy_instances=[name],
         ),
         metadata=owner,
     )
+    version_id = saved.version.name.rsplit("/", 1)[-1]
     await platform.executor.watcher.wait_until(
-        lambda v: v.instances[instance_id].version_id == saved.version.id
+        lambda v: v.instances[instance_id].version_id == version_id
     )
-    return saved.version.id
+    return saved.version.name
 
 
 async def test_a_fixed_function_replays_a_failed_event(
@@ -76,13 +76,13 @@ async def test_a_fixed_function_replays_a_failed_event(
     iid = await platform.instance(BROKEN, sink.url)
     await retrier.watcher.wait_until(lambda v: iid in v.instances)
     await post_batch(platform, [event("track", "typeerror-1")])
-    (letter,) = await until_letters(stub, platform.owner, iid, 1)
+    (letter,) = await until_letters(stub, platform.owner, platform.instance_name(iid), 1)
     assert letter.message_id == "typeerror-1"
     assert letter.reason.startswith("failed on attempt 1 at function.js:3:"), letter.reason
     assert "TypeError: Cannot read properties of undefined (reading 'name')" in letter.reason
     shown = (
         await stub.GetDeadLetter(
-            pb.GetDeadLetterRequest(dead_letter_id=letter.id), metadata=auth(platform.owner)
+            pb.GetDeadLetterRequest(name=letter.name), metadata=auth(platform.owner)
         )
     ).dead_letter
     (attempt,) = shown.attempts
@@ -94,10 +94,12 @@ async def test_a_fixed_function_replays_a_failed_event(
     assert sink.bodies == []
 
     await save_and_deploy(platform, iid, FIXED)
-    assert await replay(stub, platform.owner, iid) == 1  # runs the deployed (fixed) version
+    assert (
+        await replay(stub, platform.owner, platform.instance_name(iid)) == 1
+    )  # runs the deployed (fixed) version
     await settled(sink, 1)
     assert sink.paths == ["/fixed"] and sink.bodies[0]["messageId"] == "typeerror-1"
-    assert await dead_letters(stub, platform.owner, iid) == []
+    assert await dead_letters(stub, platform.owner, platform.instance_name(iid)) == []
 
 
 async def test_the_cli_shows_the_line_and_column_of_a_failure(
@@ -107,10 +109,11 @@ async def test_the_cli_shows_the_line_and_column_of_a_failure(
     iid = await platform.instance(BROKEN, sink.url)
     await retrier.watcher.wait_until(lambda v: iid in v.instances)
     await post_batch(platform, [event("track", "typeerror-cli")])
-    (letter,) = await until_letters(stub, platform.owner, iid, 1)
+    (letter,) = await until_letters(stub, platform.owner, platform.instance_name(iid), 1)
     await counters(platform, iid, lambda c: c["failed"] == 1)
     env = {
         "EVENTFN_RETRIER_ADDR": f"127.0.0.1:{retrier.port}",
+        "EVENTFN_REGISTRY_ADDR": f"127.0.0.1:{platform.registry.port}",
         "EVENTFN_EXECUTOR_ADDR": f"127.0.0.1:{platform.executor.port}",
         "EVENTFN_TOKEN": platform.owner,
     }
@@ -131,7 +134,7 @@ async def test_the_cli_shows_the_line_and_column_of_a_failure(
     )
     assert "TypeError" in text and WHERE.search(text), text
     assert f"eventfn dead replay {iid}" in text
-    shown = await asyncio.to_thread(cli, dead, "show", letter.id)
+    shown = await asyncio.to_thread(cli, dead, "show", letter.name)
     assert re.search(r"^at function\.js:3:\d+$", shown, re.MULTILINE), shown
     assert "failed on attempt 1" in shown
 
@@ -143,7 +146,7 @@ async def test_an_invalid_batch_result_is_a_dead_letter(
     iid = await platform.instance(WRONG_BATCH_RESULT, sink.url)
     await retrier.watcher.wait_until(lambda v: iid in v.instances)
     await post_batch(platform, [event("track", "bad-result-0"), event("page", "bad-result-1")])
-    letters = await until_letters(stub, platform.owner, iid, 2)
+    letters = await until_letters(stub, platform.owner, platform.instance_name(iid), 2)
     assert {d.message_id for d in letters} == {"bad-result-0", "bad-result-1"}
     assert all("InvalidBatchResult" in d.reason for d in letters)
 
@@ -158,4 +161,4 @@ async def test_a_discard_by_design_is_not_a_dead_letter(
     await counters(platform, iid, lambda c: c["discarded"] == 2)
     # A pack is acked after its events' hand-offs: had they gone to DEAD, they'd be there.
     await all_packs_settled(nats_client)
-    assert await dead_letters(stub, platform.owner, iid) == []
+    assert await dead_letters(stub, platform.owner, platform.instance_name(iid)) == []

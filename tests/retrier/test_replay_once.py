@@ -11,14 +11,13 @@ from typing import Any
 import grpc
 import pytest
 
-from eventfn.retrier.v1 import retrier_pb2 as pb
-from eventfn.retrier.v1 import retrier_pb2_grpc
+from eventfn_api.retrier.v1 import retrier_pb2 as pb
 from services.retrier.dead_letters import DeadPack
 from tests.eventually import eventually
 from tests.pipeline.conftest import Platform, Sink
 from tests.pipeline.test_parity_batching import event, post_batch
 from tests.registry.conftest import auth
-from tests.retrier.conftest import StartRetrier
+from tests.retrier.conftest import OperationFailed, RetrierClient, StartRetrier
 
 # A plain Error is a failure: dead-lettered on the first attempt, no retry window to wait.
 FAILS_ON_500 = """
@@ -30,18 +29,16 @@ async function onTrack(event, settings) {
 """
 
 
-async def dead_letters(
-    stub: retrier_pb2_grpc.RetrierAsyncStub, owner: str, instance_id: str
-) -> list[pb.DeadLetter]:
-    """List every dead letter of the instance (newest first)."""
+async def dead_letters(stub: RetrierClient, owner: str, instance: str) -> list[pb.DeadLetter]:
+    """List every dead letter of the instance (its name), newest first."""
     resp = await stub.ListDeadLetters(
-        pb.ListDeadLettersRequest(instance_id=instance_id, page_size=500), metadata=auth(owner)
+        pb.ListDeadLettersRequest(parent=instance, page_size=500), metadata=auth(owner)
     )
     return list(resp.dead_letters)
 
 
 async def until_letters(
-    stub: retrier_pb2_grpc.RetrierAsyncStub,
+    stub: RetrierClient,
     owner: str,
     instance_id: str,
     count: int,
@@ -56,15 +53,12 @@ async def until_letters(
     )
 
 
-async def replay(
-    stub: retrier_pb2_grpc.RetrierAsyncStub, owner: str, instance_id: str, *ids: str
-) -> int:
-    """Replay letters (all without ids); return how many were replayed."""
-    resp = await stub.ReplayDeadLetters(
-        pb.ReplayDeadLettersRequest(instance_id=instance_id, dead_letter_ids=list(ids)),
-        metadata=auth(owner),
+async def replay(stub: RetrierClient, owner: str, instance: str, *letters: str) -> int:
+    """Replay letters by name (all without names), to the end of the operation; return how
+    many were replayed."""
+    return await stub.replay(
+        pb.ReplayDeadLettersRequest(parent=instance, names=list(letters)), metadata=auth(owner)
     )
-    return resp.replayed
 
 
 def delivered(sink: Sink, since: int) -> Counter[str]:
@@ -88,7 +82,7 @@ async def dead_pack(platform: Platform, sink: Sink, start: StartRetrier, ids: li
     iid = await platform.instance(FAILS_ON_500, sink.url)
     await retrier.watcher.wait_until(lambda v: iid in v.instances)
     await post_batch(platform, [event("track", m) for m in ids])
-    letters = await until_letters(stub, platform.owner, iid, len(ids))
+    letters = await until_letters(stub, platform.owner, platform.instance_name(iid), len(ids))
     await settled(sink, len(ids))
     sink.status = 200
     return iid, retrier, stub, letters
@@ -101,10 +95,14 @@ async def test_replay_all_twice_sends_each_event_once(
     iid, _, stub, letters = await dead_pack(platform, sink, start_retrier_on, ids)
     assert {letter.message_id for letter in letters} == set(ids)
     before = len(sink.bodies)
-    assert await replay(stub, platform.owner, iid) == 3
+    assert await replay(stub, platform.owner, platform.instance_name(iid)) == 3
     await settled(sink, before + 3)
-    assert await dead_letters(stub, platform.owner, iid) == [], "replayed letters left DEAD"
-    assert await replay(stub, platform.owner, iid) == 0, "nothing left to replay"
+    assert await dead_letters(stub, platform.owner, platform.instance_name(iid)) == [], (
+        "replayed letters left DEAD"
+    )
+    assert await replay(stub, platform.owner, platform.instance_name(iid)) == 0, (
+        "nothing left to replay"
+    )
     await settled(sink, before + 3)
     assert delivered(sink, before) == Counter(ids)
 
@@ -117,11 +115,11 @@ async def test_replaying_part_of_a_pack_keeps_the_rest_listed(
     by_message = {letter.message_id: letter for letter in letters}
     chosen = by_message["part-1"]
     before = len(sink.bodies)
-    assert await replay(stub, platform.owner, iid, chosen.id) == 1
+    assert await replay(stub, platform.owner, platform.instance_name(iid), chosen.name) == 1
     await settled(sink, before + 1)
-    rest = await dead_letters(stub, platform.owner, iid)
+    rest = await dead_letters(stub, platform.owner, platform.instance_name(iid))
     assert sorted(letter.message_id for letter in rest) == ["part-0", "part-2"]
-    assert chosen.id not in {letter.id for letter in rest}
+    assert chosen.name not in {letter.name for letter in rest}
     for letter in rest:  # the same letters, with their history and the time they died
         original = by_message[letter.message_id]
         assert letter.dead_time == original.dead_time
@@ -134,19 +132,22 @@ async def test_replaying_part_of_a_pack_keeps_the_rest_listed(
         (died + timedelta(milliseconds=1), None, 0),
         (died - timedelta(seconds=1), died + timedelta(milliseconds=1), 2),
     ]:
-        request = pb.ListDeadLettersRequest(instance_id=iid)
+        request = pb.ListDeadLettersRequest(parent=platform.instance_name(iid))
         if start is not None:
             request.start_time.FromDatetime(start)
         if end is not None:
             request.end_time.FromDatetime(end)
         listed = await stub.ListDeadLetters(request, metadata=auth(platform.owner))
         assert len(listed.dead_letters) == expected, (start, end)
-    # The old id is gone: replaying it again sends nothing.
-    assert await replay(stub, platform.owner, iid, chosen.id) == 0
-    assert await replay(stub, platform.owner, iid) == 2
+    # The old id is gone: replaying it again is refused (like an id never used), sends nothing.
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        await replay(stub, platform.owner, platform.instance_name(iid), chosen.name)
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+    assert gone.value.details() == f"dead letter {chosen.name!r} not found"
+    assert await replay(stub, platform.owner, platform.instance_name(iid)) == 2
     await settled(sink, before + 3)
     assert delivered(sink, before) == Counter(ids)
-    assert await dead_letters(stub, platform.owner, iid) == []
+    assert await dead_letters(stub, platform.owner, platform.instance_name(iid)) == []
 
 
 async def test_a_crash_before_the_letter_leaves_dead_loses_nothing_and_sends_once(
@@ -159,16 +160,20 @@ async def test_a_crash_before_the_letter_leaves_dead_loses_nothing_and_sends_onc
         raise ConnectionError("the retrier died after publishing the replay")
 
     monkeypatch.setattr(retrier.store, "_remove", crash)
-    with pytest.raises(grpc.aio.AioRpcError):
-        await replay(stub, platform.owner, iid)
+    with pytest.raises(OperationFailed) as failed:
+        await replay(stub, platform.owner, platform.instance_name(iid))
+    assert failed.value.status.code == 13  # INTERNAL, with a correlation id
+    assert "correlation id" in failed.value.status.message
     await settled(sink, before + 1)  # published to EVENTS before the crash: delivered
-    assert [d.id for d in await dead_letters(stub, platform.owner, iid)] == [letter.id]
+    assert [
+        d.name for d in await dead_letters(stub, platform.owner, platform.instance_name(iid))
+    ] == [letter.name]
     monkeypatch.undo()
     # Replayed again (the operator retries): EVENTS drops the copy; the letter leaves DEAD.
-    assert await replay(stub, platform.owner, iid) == 1
+    assert await replay(stub, platform.owner, platform.instance_name(iid)) == 1
     await settled(sink, before + 1)
     assert delivered(sink, before) == Counter(["crash"])
-    assert await dead_letters(stub, platform.owner, iid) == []
+    assert await dead_letters(stub, platform.owner, platform.instance_name(iid)) == []
 
 
 async def test_a_replay_that_fails_again_comes_back_as_a_new_letter(
@@ -178,14 +183,14 @@ async def test_a_replay_that_fails_again_comes_back_as_a_new_letter(
     sink.status = 500  # not fixed yet: the replay fails the same way, at once
     for _ in range(2):
         before = len(sink.bodies)
-        assert await replay(stub, platform.owner, iid) == 1
+        assert await replay(stub, platform.owner, platform.instance_name(iid)) == 1
         await settled(sink, before + 1)
-        (again,) = await until_letters(stub, platform.owner, iid, 1)
-        assert again.id != letter.id and again.message_id == "again"
+        (again,) = await until_letters(stub, platform.owner, platform.instance_name(iid), 1)
+        assert again.name != letter.name and again.message_id == "again"
         letter = again
     sink.status = 200
     before = len(sink.bodies)
-    assert await replay(stub, platform.owner, iid) == 1
+    assert await replay(stub, platform.owner, platform.instance_name(iid)) == 1
     await settled(sink, before + 1)
     assert sink.bodies[-1]["messageId"] == "again"
-    assert await dead_letters(stub, platform.owner, iid) == []
+    assert await dead_letters(stub, platform.owner, platform.instance_name(iid)) == []

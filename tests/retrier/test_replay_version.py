@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from eventfn.registry.v1 import registry_pb2 as rpb
-from eventfn.retrier.v1 import retrier_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2 as rpb
+from eventfn_api.retrier.v1 import retrier_pb2 as pb
 from tests.pipeline.conftest import Platform, Sink
 from tests.registry.conftest import auth
 from tests.retrier.conftest import StartRetrier
@@ -28,26 +28,25 @@ async def test_replay_on_a_saved_but_undeployed_version(
     iid = await platform.instance(BROKEN, sink.url)
     await retrier.watcher.wait_until(lambda v: iid in v.instances)
     await send(platform, "m-versioned")
-    (letter,) = await until_dead(stub, platform.owner, iid)
+    (letter,) = await until_dead(stub, platform.owner, platform.instance_name(iid))
     registry, owner = platform.registry.stub, auth(platform.owner)
-    ins = await registry.GetInstance(rpb.GetInstanceRequest(instance_id=iid), metadata=owner)
+    name = platform.instance_name(iid)
+    ins = await registry.GetInstance(rpb.GetInstanceRequest(name=name), metadata=owner)
     fn = await registry.GetFunction(
-        rpb.GetFunctionRequest(function_id=ins.instance.function_id), metadata=owner
+        rpb.GetFunctionRequest(name=ins.instance.function), metadata=owner
     )
     fixed = await registry.SaveFunction(
         rpb.SaveFunctionRequest(
-            function_id=fn.function.id, code=FIXED, settings=fn.latest_version.settings
+            name=fn.function.name, code=FIXED, settings=fn.latest_version.settings
         ),
         metadata=owner,
     )
-    replayed = await stub.ReplayDeadLetters(
-        pb.ReplayDeadLettersRequest(
-            instance_id=iid, dead_letter_ids=[letter.id], version_id=fixed.version.id
-        ),
+    replayed = await stub.replay(
+        pb.ReplayDeadLettersRequest(parent=name, names=[letter.name], version=fixed.version.name),
         metadata=owner,
     )
-    assert replayed.replayed == 1
+    assert replayed == 1
     events = await sink.wait_for(1)
     assert events[0]["messageId"] == "m-versioned" and sink.paths == ["/fixed"]
-    still = await registry.GetInstance(rpb.GetInstanceRequest(instance_id=iid), metadata=owner)
-    assert still.instance.version_id == ins.instance.version_id, "a replay is not a deploy"
+    still = await registry.GetInstance(rpb.GetInstanceRequest(name=name), metadata=owner)
+    assert still.instance.version == ins.instance.version, "a replay is not a deploy"

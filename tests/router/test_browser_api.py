@@ -11,9 +11,9 @@ import orjson
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from eventfn.registry.v1 import registry_pb2 as rpb
+from eventfn_api.registry.v1 import registry_pb2 as rpb
 from services.router.app import start_router
-from tests.registry.conftest import Registry, auth
+from tests.registry.conftest import Registry, auth, make_source
 from tests.router.test_service import Env, basic, env, events_of, router_settings, stored
 
 __all__ = ["env"]
@@ -157,7 +157,8 @@ async def test_settings_for_an_unknown_write_key_is_a_404(env: Env) -> None:
 
 async def test_settings_follow_a_rotated_write_key(env: Env) -> None:
     rotated = await env.registry.stub.RotateWriteKey(
-        rpb.RotateWriteKeyRequest(source_id=env.source_id), metadata=auth(env.owner)
+        rpb.RotateWriteKeyRequest(name=f"workspaces/{env.workspace_id}/sources/{env.source_id}"),
+        metadata=auth(env.owner),
     )
     new_key = rotated.source.write_key
     await env.router.watcher.wait_until(lambda v: new_key in v.sources_by_write_key)
@@ -168,9 +169,7 @@ async def test_settings_follow_a_rotated_write_key(env: Env) -> None:
 
 async def test_listed_cors_origins_only(registry: Registry, nats_url: str) -> None:
     _, owner = await registry.workspace("Listed")
-    source = (
-        await registry.stub.CreateSource(rpb.CreateSourceRequest(name="s"), metadata=auth(owner))
-    ).source
+    source = await make_source(registry, owner, "s")
     settings = router_settings(nats_url, f"127.0.0.1:{registry.port}")
     settings.router_cors_origins = f"{ORIGIN}, https://shop.example.com"
     settings.router_public_url = "https://track.example.com"

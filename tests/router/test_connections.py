@@ -15,9 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from eventfn.registry.v1 import registry_pb2 as pb
 from tests.eventually import eventually
-from tests.registry.conftest import SERVICE, Registry, auth
+from tests.registry.conftest import SERVICE, Registry, make_source
 
 CONNECTIONS = 10_000
 
@@ -54,9 +53,7 @@ async def test_ten_thousand_concurrent_connections(
         pytest.skip(f"needs {CONNECTIONS + 1000} open files, the limit is {hard}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     _, owner = await registry.workspace("Crowd")
-    source = (
-        await registry.stub.CreateSource(pb.CreateSourceRequest(name="s"), metadata=auth(owner))
-    ).source
+    source = await make_source(registry, owner, "s")
     http_port = free_port()
     env = {
         **os.environ,

@@ -22,15 +22,16 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from eventfn.registry.v1 import registry_pb2 as rpb
-from eventfn.router.v1 import router_pb2 as pb
-from eventfn.router.v1 import router_pb2_grpc
+from eventfn_api.registry.v1 import registry_pb2 as rpb
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.router.v1 import router_pb2 as pb
+from eventfn_api.router.v1 import router_pb2_grpc
 from services.common import streams
 from services.common.config_watch import ConfigView, apply_message
 from services.devtools.embedded import EmbeddedNats
 from services.router.app import RunningRouter, start_router
 from services.router.settings import RouterSettings
-from tests.registry.conftest import HANDLER, SERVICE, SETTINGS, Registry, auth
+from tests.registry.conftest import HANDLER, SERVICE, SETTINGS, Registry, auth, make_source
 
 # An event nested 1000 levels deep.
 DEEP = b'{"userId": "u", "event": "E", "properties": ' + b'{"a": ' * 1000 + b"1" + b"}" * 1001
@@ -100,19 +101,29 @@ class Env:
 
 
 async def _instance(r: Registry, owner: str, name: str, source_id: str, *filters: str) -> str:
+    parent = (await r.stub.WhoAmI(rpb.WhoAmIRequest(), metadata=auth(owner))).workspace.name
     fn = await r.stub.CreateFunction(
-        rpb.CreateFunctionRequest(name=name, code=HANDLER, settings=SETTINGS), metadata=auth(owner)
-    )
-    created = await r.stub.CreateInstance(
-        rpb.CreateInstanceRequest(
-            function_id=fn.function.id,
-            source_id=source_id,
-            settings=_settings(endpoint="http://127.0.0.1:1/x", apiKey="k"),
-            filters=list(filters),
+        rpb.CreateFunctionRequest(
+            parent=parent,
+            function=res.DestinationFunction(display_name=name),
+            code=HANDLER,
+            settings=SETTINGS,
         ),
         metadata=auth(owner),
     )
-    return created.instance.id
+    created = await r.stub.CreateInstance(
+        rpb.CreateInstanceRequest(
+            parent=parent,
+            instance=res.Instance(
+                function=fn.function.name,
+                source=f"{parent}/sources/{source_id}",
+                settings=_settings(endpoint="http://127.0.0.1:1/x", apiKey="k"),
+                filters=list(filters),
+            ),
+        ),
+        metadata=auth(owner),
+    )
+    return created.instance.name.rsplit("/", 1)[-1]
 
 
 def router_settings(nats_url: str, registry_addr: str) -> RouterSettings:
@@ -131,9 +142,7 @@ def router_settings(nats_url: str, registry_addr: str) -> RouterSettings:
 async def env(registry: Registry, nats_url: str) -> AsyncIterator[Env]:
     """Start a router against a registry holding one source with two instances."""
     workspace_id, owner = await registry.workspace("Acme")
-    source = (
-        await registry.stub.CreateSource(rpb.CreateSourceRequest(name="web"), metadata=auth(owner))
-    ).source
+    source = await make_source(registry, owner, "web")
     webhook = await _instance(registry, owner, "Webhook", source.id, DROP_SKIPPED)
     other = await _instance(registry, owner, "Other", source.id)
     async with AsyncExitStack() as stack:
@@ -241,7 +250,8 @@ async def test_unknown_missing_and_rotated_write_keys_are_401(
     resp = await env.http.post("/v1/track", json=event)
     assert resp.status_code == 401 and "write key" in resp.json()["message"]
     rotated = await env.registry.stub.RotateWriteKey(
-        rpb.RotateWriteKeyRequest(source_id=env.source_id), metadata=auth(env.owner)
+        rpb.RotateWriteKeyRequest(name=f"workspaces/{env.workspace_id}/sources/{env.source_id}"),
+        metadata=auth(env.owner),
     )
     new_key = rotated.source.write_key
     await env.router.watcher.wait_until(lambda v: new_key in v.sources_by_write_key)
@@ -437,9 +447,7 @@ async def test_slow_client_gets_408(registry: Registry, nats_url: str) -> None:
 
 async def test_nats_down_answers_503_never_200(registry: Registry, tmp_path: Path) -> None:
     _, owner = await registry.workspace("Down")
-    source = (
-        await registry.stub.CreateSource(rpb.CreateSourceRequest(name="s"), metadata=auth(owner))
-    ).source
+    source = await make_source(registry, owner, "s")
     await _instance(registry, owner, "Fn", source.id)
     server = EmbeddedNats(tmp_path / "nats", stop_with_parent=True)
     server.start()
@@ -493,7 +501,7 @@ def test_config_deltas_replace_and_remove() -> None:
     assert again.revision == 3 and not again.sources and not again.instances
 
 
-async def test_grpc_stream_answers_in_order_and_ends_on_the_first_error(
+async def test_grpc_stream_answers_in_order_and_goes_on_after_a_refused_batch(
     env: Env, nats_client: NatsClient
 ) -> None:
     def batch(i: int, key: str) -> pb.IngestStreamRequest:
@@ -513,13 +521,87 @@ async def test_grpc_stream_answers_in_order_and_ends_on_the_first_error(
         ]
         assert sorted(got_ids) == sorted(f"o-{i}" for i in range(100))
 
-        async def broken() -> AsyncIterator[pb.IngestStreamRequest]:
+        bad_events = [
+            {"type": "track", "userId": "s", "event": "S", "messageId": "o-bad-0"},
+            {"type": "identify", "traits": {}},
+            "not an event",
+            {"type": "shout", "userId": "s"},
+        ]
+
+        async def mixed() -> AsyncIterator[pb.IngestStreamRequest]:
             yield batch(100, env.write_key)
             yield batch(101, "wrong")
+            yield pb.IngestStreamRequest(write_key=env.write_key, events_json=b"[{")
+            yield pb.IngestStreamRequest(
+                write_key=env.write_key, events_json=orjson.dumps(bad_events)
+            )
+            yield pb.IngestStreamRequest(write_key="", events_json=b"[]")
+            yield batch(102, env.write_key)
 
-        got: list[list[str]] = []
+        # Refused batches are answered with their errors; the stream goes on.
+        answers = [a async for a in stub.IngestStream(mixed())]
+        assert [a.sequence for a in answers] == [0, 1, 2, 3, 4, 5]
+        assert [list(a.message_ids) for a in answers] == [["o-100"], [], [], [], [], ["o-102"]]
+        assert [a.error.code for a in answers] == [0, 16, 3, 3, 3, 0]  # OK, UNAUTH, INVALID
+        assert "unknown write key" in answers[1].error.message
+        assert "events_json is not valid JSON" in answers[2].error.message
+        assert [(e.index, e.field) for e in answers[3].event_errors] == [
+            (1, "userId"),
+            (2, ""),
+            (3, "type"),
+        ]
+        assert "3 of 4 events are invalid" in answers[3].error.message
+        assert "write_key" in answers[4].error.message
+        stored_ids = [
+            e["messageId"] for e in events_of(await stored(nats_client, env.subject(env.other)))
+        ]
+        assert "o-bad-0" not in stored_ids, "nothing of a refused batch is stored"
+        assert {"o-100", "o-102"} <= set(stored_ids)
+
+
+async def test_grpc_ingest_names_every_bad_event_and_stores_nothing(
+    env: Env, nats_client: NatsClient
+) -> None:
+    before = len(await stored(nats_client, env.subject(env.other)))
+    events = [
+        {"type": "track", "userId": "u", "event": "Fine"},
+        {"type": "track", "event": "Nobody"},
+        {"type": "group", "userId": "u"},
+        [1, 2],
+    ]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{env.router.grpc_port}") as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            async for answer in stub.IngestStream(broken()):
-                got.append(list(answer.message_ids))
-        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert got == [["o-100"]]
+            await stub.Ingest(
+                pb.IngestRequest(write_key=env.write_key, events_json=orjson.dumps(events))
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "3 of 4 events are invalid, nothing was stored" in (info.value.details() or "")
+        assert [f for f, _ in bad_request(info.value)] == [
+            "events_json[1].userId",
+            "events_json[2].groupId",
+            "events_json[3]",
+        ]
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Ingest(pb.IngestRequest(events_json=b"[]"))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in bad_request(info.value)] == ["write_key"]
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Ingest(pb.IngestRequest(write_key=env.write_key, events_json=b"x" * 600_000))
+        assert "events_json is larger than" in (info.value.details() or "")
+        assert "body" not in (info.value.details() or "")
+    assert len(await stored(nats_client, env.subject(env.other))) == before
+
+
+def bad_request(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    out = []
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            out += [(v.field, v.description) for v in bad.field_violations]
+    return out

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventfn.type.v1 import types_pb2
+from eventfn_api.type.v1 import types_pb2
 from services.runtime.settings_schema import (
     BOOLEAN,
     KINDS,

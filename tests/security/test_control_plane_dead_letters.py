@@ -1,6 +1,6 @@
 """Issue 10, item 10: dead-letter ids are global stream sequences, so another workspace's
 letter must answer exactly like one that does not exist, never naming its instance; and
-replay, purge and list by another workspace's ids reach nothing.
+replay, purge and list by another workspace's names reach nothing. (Names: issue 13.)
 
 Dead letters are published straight to the DEAD stream, as the executor or the retrier would.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import orjson
@@ -16,13 +17,13 @@ import pytest
 from google.protobuf import struct_pb2
 from nats.aio.client import Client as NatsClient
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import resources_pb2 as res
-from eventfn.retrier.v1 import retrier_pb2, retrier_pb2_grpc
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.retrier.v1 import retrier_pb2
 from services.common import streams
 from services.retrier.app import RunningRetrier
 from tests.registry.conftest import HANDLER, SETTINGS, Registry, auth, registry
-from tests.retrier.conftest import StartRetrier, start_retrier_on
+from tests.retrier.conftest import RetrierClient, StartRetrier, start_retrier_on
 
 __all__ = ["registry", "start_retrier_on"]
 
@@ -38,23 +39,44 @@ class Tenant:
     instance_id: str
     letter: str = ""
 
+    @property
+    def instance(self) -> str:
+        """The instance's name."""
+        return f"workspaces/{self.workspace_id}/instances/{self.instance_id}"
+
+    def letter_name(self, letter: str) -> str:
+        """The name a letter id would have under this tenant's instance."""
+        return f"{self.instance}/deadLetters/{letter}"
+
 
 async def tenant(r: Registry, name: str) -> Tenant:
     ws, owner = await r.workspace(f"{name} {uuid.uuid4().hex[:6]}")
     md = auth(owner)
+    parent = f"workspaces/{ws}"
     fn = await r.stub.CreateFunction(
-        pb.CreateFunctionRequest(name="Hook", code=HANDLER, settings=SETTINGS), metadata=md
+        pb.CreateFunctionRequest(
+            parent=parent,
+            function=res.DestinationFunction(display_name="Hook"),
+            code=HANDLER,
+            settings=SETTINGS,
+        ),
+        metadata=md,
     )
-    src = await r.stub.CreateSource(pb.CreateSourceRequest(name="web"), metadata=md)
+    src = await r.stub.CreateSource(
+        pb.CreateSourceRequest(parent=parent, source=res.Source(display_name="web")), metadata=md
+    )
     values = struct_pb2.Struct()
     values.update({"endpoint": "https://example.com/hook", "apiKey": "sk_1"})
     ins = await r.stub.CreateInstance(
         pb.CreateInstanceRequest(
-            function_id=fn.function.id, source_id=src.source.id, settings=values
+            parent=parent,
+            instance=res.Instance(
+                function=fn.function.name, source=src.source.name, settings=values
+            ),
         ),
         metadata=md,
     )
-    return Tenant(ws, owner, ins.instance.id)
+    return Tenant(ws, owner, ins.instance.name.rsplit("/", 1)[-1])
 
 
 async def bury(nats_client: NatsClient, t: Tenant, message_id: str) -> str:
@@ -73,10 +95,13 @@ async def failure(call) -> grpc.aio.AioRpcError:
     return caught.value
 
 
+World = tuple[Tenant, Tenant, RetrierClient, RunningRetrier]
+
+
 @pytest.fixture
 async def world(
     registry: Registry, start_retrier_on: StartRetrier, nats_client: NatsClient
-) -> tuple[Tenant, Tenant, retrier_pb2_grpc.RetrierAsyncStub, RunningRetrier]:
+) -> World:
     """Victim and attacker workspaces, the victim's dead letter, and a retrier."""
     running, stub = await start_retrier_on()
     victim, attacker = await tenant(registry, "Victim"), await tenant(registry, "Attacker")
@@ -89,117 +114,157 @@ async def world(
 
 
 async def test_another_workspaces_letter_is_not_found_word_for_word_like_a_missing_one(
-    world: tuple[Tenant, Tenant, retrier_pb2_grpc.RetrierAsyncStub, RunningRetrier],
+    world: World,
 ) -> None:
     victim, attacker, stub, _ = world
     md = auth(attacker.owner)
     missing = str(int(victim.letter) + 1_000_000)
     for suffix in ("", ".0", ".7"):
-        theirs = await failure(
-            stub.GetDeadLetter(
-                retrier_pb2.GetDeadLetterRequest(dead_letter_id=victim.letter + suffix),
-                metadata=md,
+        # By the victim's own name, and by the victim's sequence under the attacker's instance.
+        for owner in (victim, attacker):
+            theirs_name = owner.letter_name(victim.letter + suffix)
+            absent_name = owner.letter_name(missing + suffix)
+            theirs = await failure(
+                stub.GetDeadLetter(retrier_pb2.GetDeadLetterRequest(name=theirs_name), metadata=md)
             )
-        )
-        absent = await failure(
-            stub.GetDeadLetter(
-                retrier_pb2.GetDeadLetterRequest(dead_letter_id=missing + suffix), metadata=md
+            absent = await failure(
+                stub.GetDeadLetter(retrier_pb2.GetDeadLetterRequest(name=absent_name), metadata=md)
             )
-        )
-        assert theirs.code() == absent.code() == NOT_FOUND
-        assert theirs.details() == f"dead letter '{victim.letter + suffix}' not found"
-        assert absent.details() == f"dead letter '{missing + suffix}' not found"
-        assert victim.instance_id not in repr(theirs.trailing_metadata())
+            assert theirs.code() == absent.code() == NOT_FOUND
+            assert theirs.details() == f"dead letter {theirs_name!r} not found"
+            assert absent.details() == f"dead letter {absent_name!r} not found"
+            if owner is attacker:  # never names the instance the letter really belongs to
+                assert victim.instance_id not in repr(theirs.trailing_metadata())
     # The owner still reads it, and the attacker its own.
     shown = await stub.GetDeadLetter(
-        retrier_pb2.GetDeadLetterRequest(dead_letter_id=victim.letter),
+        retrier_pb2.GetDeadLetterRequest(name=victim.letter_name(victim.letter)),
         metadata=auth(victim.owner),
     )
     assert shown.dead_letter.message_id == "m-victim"
     mine = await stub.GetDeadLetter(
-        retrier_pb2.GetDeadLetterRequest(dead_letter_id=attacker.letter), metadata=md
+        retrier_pb2.GetDeadLetterRequest(name=attacker.letter_name(attacker.letter)), metadata=md
     )
     assert mine.dead_letter.message_id == "m-attacker"
 
 
-async def test_without_a_valid_token_existence_cannot_be_probed(
-    world: tuple[Tenant, Tenant, retrier_pb2_grpc.RetrierAsyncStub, RunningRetrier],
-) -> None:
+async def test_without_a_valid_token_existence_cannot_be_probed(world: World) -> None:
     victim, _, stub, _ = world
     for metadata in ((), auth("efn_made-up")):
         for letter in (victim.letter, str(int(victim.letter) + 1_000_000)):
             error = await failure(
                 stub.GetDeadLetter(
-                    retrier_pb2.GetDeadLetterRequest(dead_letter_id=letter), metadata=metadata
+                    retrier_pb2.GetDeadLetterRequest(name=victim.letter_name(letter)),
+                    metadata=metadata,
                 )
             )
             assert error.code() == grpc.StatusCode.UNAUTHENTICATED, (letter, error.details())
 
 
 async def test_a_member_who_cannot_see_the_instance_learns_nothing_of_its_letters(
-    registry: Registry,
-    world: tuple[Tenant, Tenant, retrier_pb2_grpc.RetrierAsyncStub, RunningRetrier],
+    registry: Registry, world: World
 ) -> None:
     victim, _, stub, _ = world
     # Read-only of a function that is not the instance's: same workspace, no access to it.
     other = await registry.stub.CreateFunction(
-        pb.CreateFunctionRequest(name="Other", code=HANDLER, settings=SETTINGS),
+        pb.CreateFunctionRequest(
+            parent=f"workspaces/{victim.workspace_id}",
+            function=res.DestinationFunction(display_name="Other"),
+            code=HANDLER,
+            settings=SETTINGS,
+        ),
         metadata=auth(victim.owner),
     )
     reader = await registry.member(
         victim.owner,
         "reader@victim.io",
-        res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY, function_ids=[other.function.id]),
+        res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY, functions=[other.function.name]),
     )
+    name = victim.letter_name(victim.letter)
     error = await failure(
-        stub.GetDeadLetter(
-            retrier_pb2.GetDeadLetterRequest(dead_letter_id=victim.letter), metadata=auth(reader)
-        )
+        stub.GetDeadLetter(retrier_pb2.GetDeadLetterRequest(name=name), metadata=auth(reader))
     )
     assert error.code() == NOT_FOUND
-    assert error.details() == f"dead letter '{victim.letter}' not found"
+    assert error.details() == f"dead letter {name!r} not found"
 
 
-async def test_list_replay_and_purge_reach_no_other_workspaces_letters(
-    world: tuple[Tenant, Tenant, retrier_pb2_grpc.RetrierAsyncStub, RunningRetrier],
-) -> None:
+async def test_list_replay_and_purge_reach_no_other_workspaces_letters(world: World) -> None:
     victim, attacker, stub, running = world
     md = auth(attacker.owner)
-    made_up = "ins_" + "0" * 20
-    for instance_id in (victim.instance_id, made_up):
+    made_up = f"workspaces/{attacker.workspace_id}/instances/ins_" + "0" * 20
+    for instance in (victim.instance, made_up):
+        letter = f"{instance}/deadLetters/{victim.letter}"
         calls = [
-            stub.ListDeadLetters(
-                retrier_pb2.ListDeadLettersRequest(instance_id=instance_id), metadata=md
-            ),
+            stub.ListDeadLetters(retrier_pb2.ListDeadLettersRequest(parent=instance), metadata=md),
             stub.ReplayDeadLetters(
-                retrier_pb2.ReplayDeadLettersRequest(
-                    instance_id=instance_id, dead_letter_ids=[victim.letter]
-                ),
+                retrier_pb2.ReplayDeadLettersRequest(parent=instance, names=[letter]),
                 metadata=md,
             ),
             stub.PurgeDeadLetters(
-                retrier_pb2.PurgeDeadLettersRequest(
-                    instance_id=instance_id, dead_letter_ids=[victim.letter]
-                ),
+                retrier_pb2.PurgeDeadLettersRequest(parent=instance, names=[letter]),
                 metadata=md,
             ),
         ]
         for call in calls:
             error = await failure(call)
             assert error.code() == NOT_FOUND
-            assert error.details() == f"instance {instance_id!r} not found"
-    # The victim's letter id on the attacker's own instance: nothing happens to it.
-    replayed = await stub.ReplayDeadLetters(
-        retrier_pb2.ReplayDeadLettersRequest(
-            instance_id=attacker.instance_id, dead_letter_ids=[victim.letter]
+            assert error.details() == f"instance {instance!r} not found"
+    # The victim's letter id on the attacker's own instance: refused word for word like an id
+    # never used, and nothing happens to it.
+    borrowed = attacker.letter_name(victim.letter)
+    for call in (
+        stub.ReplayDeadLetters(
+            retrier_pb2.ReplayDeadLettersRequest(parent=attacker.instance, names=[borrowed]),
+            metadata=md,
         ),
-        metadata=md,
-    )
-    purged = await stub.PurgeDeadLetters(
-        retrier_pb2.PurgeDeadLettersRequest(
-            instance_id=attacker.instance_id, dead_letter_ids=[victim.letter]
+        stub.PurgeDeadLetters(
+            retrier_pb2.PurgeDeadLettersRequest(parent=attacker.instance, names=[borrowed]),
+            metadata=md,
         ),
-        metadata=md,
+    ):
+        error = await failure(call)
+        assert error.code() == NOT_FOUND
+        assert error.details() == f"dead letter {borrowed!r} not found"
+    # A letter name of another instance than `parent` is a malformed request.
+    error = await failure(
+        stub.ReplayDeadLetters(
+            retrier_pb2.ReplayDeadLettersRequest(
+                parent=attacker.instance, names=[victim.letter_name(victim.letter)]
+            ),
+            metadata=md,
+        )
     )
-    assert replayed.replayed == 0 and purged.purged == 0
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "names[0]" in (error.details() or "")
     assert await running.store.pack(int(victim.letter)) is not None
+
+
+async def test_dead_letter_page_tokens_are_signed_and_bound_to_their_list(
+    world: World, nats_client: NatsClient
+) -> None:
+    victim, attacker, stub, _ = world
+    md = auth(victim.owner)
+    for i in range(3):
+        await bury(nats_client, victim, f"m-{i}")
+
+    async def page(token: str, instance: str = victim.instance, who=md) -> Any:
+        return await stub.ListDeadLetters(
+            retrier_pb2.ListDeadLettersRequest(parent=instance, page_size=2, page_token=token),
+            metadata=who,
+        )
+
+    first = await page("")
+    assert first.next_page_token
+    # A write between the pages: the next page goes on after the last letter returned.
+    await bury(nats_client, victim, "m-new")
+    second = await page(first.next_page_token)
+    seen = [d.name for d in first.dead_letters] + [d.name for d in second.dead_letters]
+    assert len(seen) == len(set(seen)) == 4
+    # The old sequence-number cursor, a tampered token, another instance's or workspace's.
+    for bad, instance, who in (
+        (first.dead_letters[-1].name.rsplit("/", 1)[-1], victim.instance, md),
+        (first.next_page_token[:-3] + "AAA", victim.instance, md),
+        (first.next_page_token, attacker.instance, auth(attacker.owner)),
+    ):
+        error = await failure(page(bad, instance, who))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "page_token" in (error.details() or "")

@@ -17,10 +17,10 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.retrier.v1 import retrier_pb2
-from eventfn.router.v1 import router_pb2, router_pb2_grpc
+from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.retrier.v1 import retrier_pb2
+from eventfn_api.router.v1 import router_pb2, router_pb2_grpc
 from services.registry.store import RegistryStore
 from services.registry.watch import WatchRpcs
 from services.retrier.dead_letters import DeadLetterStore
@@ -119,7 +119,10 @@ async def test_every_service_answers_a_bug_with_internal_and_a_correlation_id(
     monkeypatch.setattr(DeadLetterStore, "pack", aboom)
     await internal(
         lambda: retrier.GetDeadLetter(
-            retrier_pb2.GetDeadLetterRequest(dead_letter_id="1"), metadata=md
+            retrier_pb2.GetDeadLetterRequest(
+                name=f"{platform.workspace}/instances/ins_1/deadLetters/1"
+            ),
+            metadata=md,
         ),
         caplog,
     )
@@ -137,19 +140,27 @@ async def test_every_service_answers_a_bug_with_internal_and_a_correlation_id(
             caplog,
         )
 
-        async def stream() -> Any:
+        # The stream answers the batch with the same INTERNAL status and goes on.
+        with caplog.at_level(logging.ERROR, logger="services.common.rpc"):
             call = router.IngestStream()
             await call.write(
                 router_pb2.IngestStreamRequest(write_key=platform.write_key, events_json=events)
             )
-            return await asyncio.wait_for(call.read(), 10)
-
-        await internal(stream, caplog)
+            answer = await asyncio.wait_for(call.read(), 10)
+            await call.done_writing()
+        assert isinstance(answer, router_pb2.IngestStreamResponse)
+        assert answer.error.code == grpc.StatusCode.INTERNAL.value[0]
+        message = answer.error.message
+        assert "RuntimeError" not in message and "9f86d08" not in message
+        match = ID.search(message)
+        assert match, message
+        logged = [r for r in caplog.records if match.group(1) in r.getMessage()]
+        assert len(logged) == 1 and logged[0].exc_info is not None
     monkeypatch.undo()
 
     # And with the bug gone, the same calls work again: the mapping did not break anything.
     who = await registry.WhoAmI(pb.WhoAmIRequest(), metadata=md)
-    assert who.member.id
+    assert who.member.name
 
 
 async def test_each_failure_gets_its_own_correlation_id(

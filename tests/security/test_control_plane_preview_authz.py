@@ -4,8 +4,9 @@ request names none); Workspace Owners qualify. A saved version needs the same ro
 function.
 
 Every role against every kind of Preview, like the registry's authorization matrix, plus the
-bypasses an attacker tries: another workspace's function id, a version_id next to the code,
-the service token, no token, and a member whose roles were emptied behind the API's back.
+bypasses an attacker tries: another workspace's function, the service token, no token, and a
+member whose roles were emptied behind the API's back. (Code beside a saved version, a bypass
+tried once, cannot be sent any more: `code` and `version` are one oneof, issue 13.)
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import asyncpg
 import grpc
 import pytest
 
-from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import registry_pb2_grpc
-from eventfn.registry.v1 import resources_pb2 as res
-from eventfn.type.v1 import types_pb2
+from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import registry_pb2_grpc
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.type.v1 import types_pb2
 from services.executor.app import start_executor
 from services.executor.settings import ExecutorSettings
 from services.registry.app import start_registry
@@ -89,19 +90,10 @@ class Case:
 
 CASES = [
     Case("code", True, frozenset({OWNER, FN_ADMIN}), {}, outsiders=OK),
-    Case("code[A]", True, frozenset({OWNER, FN_ADMIN, FN_ADMIN_A}), {"function_id": "fn_a"}),
-    Case("code[B]", True, frozenset({OWNER, FN_ADMIN}), {"function_id": "fn_b"}),
-    # A version_id beside the code does not turn "run my code" into "run a saved version":
-    # the code runs, so the code's rule applies (and the version is not looked at).
-    Case(
-        "code+version[A]",
-        True,
-        frozenset({OWNER, FN_ADMIN}),
-        {"version_id": "ver_a"},
-        outsiders=OK,
-    ),
-    Case("version[A]", False, frozenset({OWNER, FN_ADMIN, FN_ADMIN_A}), {"version_id": "ver_a"}),
-    Case("version[B]", False, frozenset({OWNER, FN_ADMIN}), {"version_id": "ver_b"}),
+    Case("code[A]", True, frozenset({OWNER, FN_ADMIN, FN_ADMIN_A}), {"function": "fn_a"}),
+    Case("code[B]", True, frozenset({OWNER, FN_ADMIN}), {"function": "fn_b"}),
+    Case("version[A]", False, frozenset({OWNER, FN_ADMIN, FN_ADMIN_A}), {"version": "ver_a"}),
+    Case("version[B]", False, frozenset({OWNER, FN_ADMIN}), {"version": "ver_b"}),
 ]
 
 
@@ -117,7 +109,9 @@ def expected(case: Case, role: str) -> grpc.StatusCode:
 
 
 def request_of(case: Case, ids: dict[str, str]) -> executor_pb2.PreviewRequest:
-    return executor_pb2.PreviewRequest(code=CODE if case.code else "", event_json=EVENT, **ids)
+    if case.code:
+        return executor_pb2.PreviewRequest(code=CODE, event_json=EVENT, **ids)
+    return executor_pb2.PreviewRequest(event_json=EVENT, **ids)
 
 
 @pytest.fixture(scope="module")
@@ -164,34 +158,43 @@ async def world(
 
 async def build_world(r: Registry, executor: executor_pb2_grpc.ExecutorStub) -> World:
     """Create the workspace, its functions, a member per role and another workspace."""
-    _, owner = await r.workspace("Preview matrix")
-    _, outsider = await r.workspace("Preview elsewhere")
+    ws_id, owner = await r.workspace("Preview matrix")
+    other_id, outsider = await r.workspace("Preview elsewhere")
+    parents = {owner: f"workspaces/{ws_id}", outsider: f"workspaces/{other_id}"}
     w = World(executor, {OWNER: owner, OUTSIDER: outsider, BOOTSTRAP_ADMIN: BOOTSTRAP})
     w.tokens |= {SERVICE_TOKEN: SERVICE, ANONYMOUS: None}
 
     async def function(token: str, name: str) -> tuple[str, str]:
         made = await r.stub.CreateFunction(
-            pb.CreateFunctionRequest(name=name, code=CODE), metadata=auth(token)
+            pb.CreateFunctionRequest(
+                parent=parents[token],
+                function=res.DestinationFunction(display_name=name),
+                code=CODE,
+            ),
+            metadata=auth(token),
         )
-        return made.function.id, made.version.id
+        return made.function.name, made.version.name
 
     w.fn_a, w.ver_a = await function(owner, "A")
     w.fn_b, w.ver_b = await function(owner, "B")
     w.foreign_fn, _ = await function(outsider, "Theirs")
-    source = await r.stub.CreateSource(pb.CreateSourceRequest(name="S"), metadata=auth(owner))
+    source = await r.stub.CreateSource(
+        pb.CreateSourceRequest(parent=parents[owner], source=res.Source(display_name="S")),
+        metadata=auth(owner),
+    )
     grants = {
         FN_ADMIN: res.RoleGrant(role=res.ROLE_FUNCTIONS_ADMIN),
-        FN_ADMIN_A: res.RoleGrant(role=res.ROLE_FUNCTIONS_ADMIN, function_ids=[w.fn_a]),
+        FN_ADMIN_A: res.RoleGrant(role=res.ROLE_FUNCTIONS_ADMIN, functions=[w.fn_a]),
         FN_READ: res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY),
-        FN_READ_A: res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY, function_ids=[w.fn_a]),
+        FN_READ_A: res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY, functions=[w.fn_a]),
         SRC_ADMIN: res.RoleGrant(role=res.ROLE_SOURCE_ADMIN),
-        SRC_ADMIN_S: res.RoleGrant(role=res.ROLE_SOURCE_ADMIN, source_ids=[source.source.id]),
+        SRC_ADMIN_S: res.RoleGrant(role=res.ROLE_SOURCE_ADMIN, sources=[source.source.name]),
         ROLELESS: res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY),
     }
     for role, grant in grants.items():
         w.tokens[role] = await r.member(owner, role, grant)
         who = await r.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(w.tokens[role] or ""))
-        w.member_ids[role] = who.member.id
+        w.member_ids[role] = who.member.name.rsplit("/", 1)[-1]
     # The API refuses a member without roles; rows can still end up so (old data, a bad
     # migration): such a member must be able to do nothing at all.
     conn = await asyncpg.connect(r.database_url)
@@ -205,12 +208,15 @@ async def build_world(r: Registry, executor: executor_pb2_grpc.ExecutorStub) -> 
 
 
 def _fake(real: str) -> str:
-    return real.split("_")[0] + "_" + "0" * 20
+    """The same name with ids that never existed."""
+    return "/".join(
+        part.split("_")[0] + "_" + "0" * 20 if "_" in part else part for part in real.split("/")
+    )
 
 
 def _normalized(details: str | None, values: list[str]) -> str:
     out = details or ""
-    for value in values:
+    for value in sorted(values, key=len, reverse=True):
         out = out.replace(value, "<id>")
     return re.sub(r"\s+", " ", out)
 
@@ -248,16 +254,14 @@ async def test_another_workspaces_function_is_not_found_like_a_missing_one(world
         md = auth(world.tokens[role] or "")
         theirs = await _outcome(
             world.executor.Preview(
-                executor_pb2.PreviewRequest(
-                    code=CODE, event_json=EVENT, function_id=world.foreign_fn
-                ),
+                executor_pb2.PreviewRequest(code=CODE, event_json=EVENT, function=world.foreign_fn),
                 metadata=md,
             )
         )
         missing = await _outcome(
             world.executor.Preview(
                 executor_pb2.PreviewRequest(
-                    code=CODE, event_json=EVENT, function_id=_fake(world.foreign_fn)
+                    code=CODE, event_json=EVENT, function=_fake(world.foreign_fn)
                 ),
                 metadata=md,
             )
@@ -268,12 +272,28 @@ async def test_another_workspaces_function_is_not_found_like_a_missing_one(world
 
 
 async def test_a_denied_preview_says_which_role_it_needs(world: World) -> None:
-    for role, function_id in ((FN_READ, ""), (FN_READ_A, world.fn_a), (FN_ADMIN_A, "")):
+    for role, function in ((FN_READ, ""), (FN_READ_A, world.fn_a), (FN_ADMIN_A, "")):
         code, error = await _outcome(
             world.executor.Preview(
-                executor_pb2.PreviewRequest(code=CODE, event_json=EVENT, function_id=function_id),
+                executor_pb2.PreviewRequest(code=CODE, event_json=EVENT, function=function),
                 metadata=auth(world.tokens[role] or ""),
             )
         )
         assert code == DENIED, role
         assert "Functions Admin" in (error.details() or ""), error.details()
+
+
+async def test_a_preview_names_exactly_one_program(world: World) -> None:
+    md = auth(world.tokens[OWNER] or "")
+    for request, named in (
+        (executor_pb2.PreviewRequest(event_json=EVENT), "program"),
+        (executor_pb2.PreviewRequest(code="", event_json=EVENT), "code"),
+        (executor_pb2.PreviewRequest(code=CODE), "event_json"),
+    ):
+        code, error = await _outcome(world.executor.Preview(request, metadata=md))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, named
+        assert named in (error.details() or "")
+    # Setting one member of the oneof clears the other: code beside a version cannot be sent.
+    both = executor_pb2.PreviewRequest(code=CODE, event_json=EVENT)
+    both.version = world.ver_a
+    assert both.WhichOneof("program") == "version" and both.code == ""

@@ -18,11 +18,11 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from eventfn.executor.v1 import executor_pb2, executor_pb2_grpc
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.registry.v1 import resources_pb2 as res
-from eventfn.retrier.v1 import retrier_pb2
-from eventfn.router.v1 import router_pb2, router_pb2_grpc
+from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.retrier.v1 import retrier_pb2
+from eventfn_api.router.v1 import router_pb2, router_pb2_grpc
 from services.common.request_text import MAX_VIOLATIONS, control_character_violations
 from tests.pipeline.conftest import Platform, platform, sink
 from tests.registry.conftest import HANDLER, SETTINGS, Registry, auth, registry
@@ -48,26 +48,30 @@ def fields(message: Message) -> list[str]:
 
 @pytest.mark.parametrize("char", ["\x00", "\x01", "\x08", "\x0b", "\x0c", "\x1b", "\x7f", "\x85"])
 def test_nul_and_other_controls_are_found(char: str) -> None:
-    assert fields(pb.CreateTokenRequest(name=f"ci{char}")) == ["name"]
+    assert fields(pb.CreateTokenRequest(token=res.Token(display_name=f"ci{char}"))) == [
+        "token.display_name"
+    ]
 
 
 def test_tab_newline_and_carriage_return_are_allowed_everywhere() -> None:
     request = pb.UpdateInstanceRequest(
-        instance=res.Instance(id="ins_1", name="a\tb", settings=struct({"pem": PEM}))
+        instance=res.Instance(name="ins_1", display_name="a\tb", settings=struct({"pem": PEM}))
     )
     assert fields(request) == []
-    assert fields(pb.CreateFunctionRequest(name="x", code=HANDLER.replace("\n", "\r\n"))) == []
+    assert fields(pb.CreateFunctionRequest(code=HANDLER.replace("\n", "\r\n"))) == []
 
 
 def test_strings_nested_in_messages_lists_structs_and_maps_are_named_by_path() -> None:
     request = pb.CreateMemberRequest(
-        email="dev@acme.io",
-        roles=[
-            res.RoleGrant(role=res.ROLE_SOURCE_ADMIN),
-            res.RoleGrant(role=res.ROLE_FUNCTIONS_ADMIN, function_ids=["fn_1", "fn\x002"]),
-        ],
+        member=res.Member(
+            email="dev@acme.io",
+            roles=[
+                res.RoleGrant(role=res.ROLE_SOURCE_ADMIN),
+                res.RoleGrant(role=res.ROLE_FUNCTIONS_ADMIN, functions=["fn_1", "fn\x002"]),
+            ],
+        )
     )
-    assert fields(request) == ["roles[1].function_ids[1]"]
+    assert fields(request) == ["member.roles[1].functions[1]"]
     settings = struct(
         {
             "apiKey": "sk\x00live",
@@ -76,7 +80,7 @@ def test_strings_nested_in_messages_lists_structs_and_maps_are_named_by_path() -
             "list": ["\x85"],
         }
     )
-    found = fields(pb.UpdateInstanceRequest(instance=res.Instance(id="ins_1", settings=settings)))
+    found = fields(pb.UpdateInstanceRequest(instance=res.Instance(name="ins_1", settings=settings)))
     assert sorted(found) == sorted(
         [
             "instance.settings.apiKey",
@@ -97,7 +101,7 @@ def test_bytes_fields_are_not_text() -> None:
 
 def test_a_flood_of_bad_strings_gets_a_bounded_answer() -> None:
     request = pb.CreateMemberRequest(
-        roles=[res.RoleGrant(function_ids=["\x00"] * 10_000)], email="\x00"
+        member=res.Member(roles=[res.RoleGrant(functions=["\x00"] * 10_000)], email="\x00")
     )
     assert len(fields(request)) == MAX_VIOLATIONS
 
@@ -125,34 +129,51 @@ async def refused(call) -> list[str]:
 
 
 async def test_registry_refuses_control_characters_and_stores_nothing(registry: Registry) -> None:
-    _, owner = await registry.workspace("Text")
+    ws_id, owner = await registry.workspace("Text")
+    parent = f"workspaces/{ws_id}"
     md = auth(owner)
     stub = registry.stub
     fn = await stub.CreateFunction(
-        pb.CreateFunctionRequest(name="Hook", code=HANDLER, settings=SETTINGS), metadata=md
-    )
-    src = await stub.CreateSource(pb.CreateSourceRequest(name="web"), metadata=md)
-    ins = await stub.CreateInstance(
-        pb.CreateInstanceRequest(
-            function_id=fn.function.id,
-            source_id=src.source.id,
-            settings=struct({"endpoint": "https://example.com/hook", "apiKey": "sk_1"}),
+        pb.CreateFunctionRequest(
+            parent=parent,
+            function=res.DestinationFunction(display_name="Hook"),
+            code=HANDLER,
+            settings=SETTINGS,
         ),
         metadata=md,
     )
-    tokens_before = await stub.ListTokens(pb.ListTokensRequest(page_size=500), metadata=md)
-    audit_before = await stub.ListAuditEvents(pb.ListAuditEventsRequest(), metadata=md)
+    src = await stub.CreateSource(
+        pb.CreateSourceRequest(parent=parent, source=res.Source(display_name="web")), metadata=md
+    )
+    ins = await stub.CreateInstance(
+        pb.CreateInstanceRequest(
+            parent=parent,
+            instance=res.Instance(
+                function=fn.function.name,
+                source=src.source.name,
+                settings=struct({"endpoint": "https://example.com/hook", "apiKey": "sk_1"}),
+            ),
+        ),
+        metadata=md,
+    )
+    tokens_before = await stub.ListTokens(
+        pb.ListTokensRequest(parent=parent, page_size=500), metadata=md
+    )
+    audit_before = await stub.ListAuditEvents(pb.ListAuditEventsRequest(parent=parent), metadata=md)
 
     # The three: CreateToken's INSERT, GetSource's SELECT, UpdateInstance's sealed value.
-    assert await refused(stub.CreateToken(pb.CreateTokenRequest(name="ci\x00"), metadata=md)) == [
-        "name"
-    ]
     assert await refused(
-        stub.GetSource(pb.GetSourceRequest(source_id=src.source.id + "\x00"), metadata=md)
-    ) == ["source_id"]
+        stub.CreateToken(
+            pb.CreateTokenRequest(parent=parent, token=res.Token(display_name="ci\x00")),
+            metadata=md,
+        )
+    ) == ["token.display_name"]
+    assert await refused(
+        stub.GetSource(pb.GetSourceRequest(name=src.source.name + "\x00"), metadata=md)
+    ) == ["name"]
     update = pb.UpdateInstanceRequest(
         instance=res.Instance(
-            id=ins.instance.id,
+            name=ins.instance.name,
             settings=struct({"endpoint": "https://example.com/x", "apiKey": "sk\x00_2"}),
         ),
         update_mask=field_mask_pb2.FieldMask(paths=["settings"]),
@@ -162,47 +183,61 @@ async def test_registry_refuses_control_characters_and_stores_nothing(registry: 
     assert await refused(
         stub.CreateMember(
             pb.CreateMemberRequest(
-                email="dev\x1b@acme.io",
-                roles=[res.RoleGrant(role=res.ROLE_FUNCTIONS_ADMIN, function_ids=["fn\x85"])],
+                parent=parent,
+                member=res.Member(
+                    email="dev\x1b@acme.io",
+                    roles=[res.RoleGrant(role=res.ROLE_FUNCTIONS_ADMIN, functions=["fn\x85"])],
+                ),
             ),
             metadata=md,
         )
-    ) == ["email", "roles[0].function_ids[0]"]
+    ) == ["member.email", "member.roles[0].functions[0]"]
     assert await refused(
         stub.CreateFunction(
-            pb.CreateFunctionRequest(name="Other", code=HANDLER + "\x00", settings=SETTINGS),
+            pb.CreateFunctionRequest(
+                parent=parent,
+                function=res.DestinationFunction(display_name="Other"),
+                code=HANDLER + "\x00",
+                settings=SETTINGS,
+            ),
             metadata=md,
         )
     ) == ["code"]
     assert await refused(
         stub.UpdateInstance(
             pb.UpdateInstanceRequest(
-                instance=res.Instance(id=ins.instance.id, filters=['event = "a\x00"']),
+                instance=res.Instance(name=ins.instance.name, filters=['event = "a\x00"']),
                 update_mask=field_mask_pb2.FieldMask(paths=["filters"]),
             ),
             metadata=md,
         )
     ) == ["instance.filters[0]"]
     # Even before authentication: no token, still the field is named and nothing runs.
-    assert await refused(stub.GetSource(pb.GetSourceRequest(source_id="\x00"))) == ["source_id"]
+    assert await refused(stub.GetSource(pb.GetSourceRequest(name="\x00"))) == ["name"]
 
-    tokens_after = await stub.ListTokens(pb.ListTokensRequest(page_size=500), metadata=md)
-    assert [t.id for t in tokens_after.tokens] == [t.id for t in tokens_before.tokens]
-    members = await stub.ListMembers(pb.ListMembersRequest(page_size=500), metadata=md)
+    tokens_after = await stub.ListTokens(
+        pb.ListTokensRequest(parent=parent, page_size=500), metadata=md
+    )
+    assert [t.name for t in tokens_after.tokens] == [t.name for t in tokens_before.tokens]
+    members = await stub.ListMembers(
+        pb.ListMembersRequest(parent=parent, page_size=500), metadata=md
+    )
     assert all("dev" not in m.email for m in members.members)
-    functions = await stub.ListFunctions(pb.ListFunctionsRequest(page_size=500), metadata=md)
-    assert [f.name for f in functions.functions] == ["Hook"]
-    after = await stub.GetInstance(pb.GetInstanceRequest(instance_id=ins.instance.id), metadata=md)
-    assert after.instance.revision == ins.instance.revision
+    functions = await stub.ListFunctions(
+        pb.ListFunctionsRequest(parent=parent, page_size=500), metadata=md
+    )
+    assert [f.display_name for f in functions.functions] == ["Hook"]
+    after = await stub.GetInstance(pb.GetInstanceRequest(name=ins.instance.name), metadata=md)
+    assert after.instance.etag == ins.instance.etag
     assert after.instance.settings["endpoint"] == "https://example.com/hook"
     assert list(after.instance.filters) == []
-    audit_after = await stub.ListAuditEvents(pb.ListAuditEventsRequest(), metadata=md)
-    assert [e.id for e in audit_after.events] == [e.id for e in audit_before.events]
+    audit_after = await stub.ListAuditEvents(pb.ListAuditEventsRequest(parent=parent), metadata=md)
+    assert [e.name for e in audit_after.events] == [e.name for e in audit_before.events]
 
     # What free text needs still goes through: a PEM key with CR, LF and tab, and code with them.
     pem_update = pb.UpdateInstanceRequest(
         instance=res.Instance(
-            id=ins.instance.id, settings=struct({"endpoint": PEM.strip(), "apiKey": "sk_3"})
+            name=ins.instance.name, settings=struct({"endpoint": PEM.strip(), "apiKey": "sk_3"})
         ),
         update_mask=field_mask_pb2.FieldMask(paths=["settings"]),
     )
@@ -210,7 +245,7 @@ async def test_registry_refuses_control_characters_and_stores_nothing(registry: 
     assert changed.instance.settings["endpoint"] == PEM.strip()
     await stub.SaveFunction(
         pb.SaveFunctionRequest(
-            function_id=fn.function.id, code="\t" + HANDLER.replace("\n", "\r\n"), settings=SETTINGS
+            name=fn.function.name, code="\t" + HANDLER.replace("\n", "\r\n"), settings=SETTINGS
         ),
         metadata=md,
     )
@@ -243,21 +278,19 @@ async def test_router_executor_and_retrier_refuse_control_characters(
             )
         ) == ["settings.headers[0].x-api"]
         assert await refused(
-            executor.ListDeliveries(
-                executor_pb2.ListDeliveriesRequest(instance_id="ins_\x00"), metadata=md
+            executor.ListDeliveryMinutes(
+                executor_pb2.ListDeliveryMinutesRequest(parent="ins_\x00"), metadata=md
             )
-        ) == ["instance_id"]
+        ) == ["parent"]
     assert await refused(
-        retrier.GetDeadLetter(retrier_pb2.GetDeadLetterRequest(dead_letter_id="1\x00"), metadata=md)
-    ) == ["dead_letter_id"]
+        retrier.GetDeadLetter(retrier_pb2.GetDeadLetterRequest(name="1\x00"), metadata=md)
+    ) == ["name"]
     assert await refused(
         retrier.ReplayDeadLetters(
-            retrier_pb2.ReplayDeadLettersRequest(
-                instance_id="ins_1", dead_letter_ids=["1", "\x002"]
-            ),
+            retrier_pb2.ReplayDeadLettersRequest(parent="ins_1", names=["1", "\x002"]),
             metadata=md,
         )
-    ) == ["dead_letter_ids[1]"]
+    ) == ["names[1]"]
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.router.grpc_port}") as channel:
         router = router_pb2_grpc.RouterStub(channel)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventfn.registry.v1 import resources_pb2 as res
+from eventfn_api.registry.v1 import resources_pb2 as res
 from services.common import roles
 from services.registry import auth
 
@@ -30,10 +30,13 @@ TARGET = st.sampled_from([None, "a", "b", "c"])
 def both(grants: list[auth.Grant]) -> tuple[auth.Caller, res.Member]:
     caller = auth.Caller("mem_1", "ws_1", "x@example.com", tuple(grants))
     member = res.Member(
-        id="mem_1",
-        workspace_id="ws_1",
+        name="workspaces/ws_1/members/mem_1",
         roles=[
-            res.RoleGrant(role=g.role, function_ids=g.function_ids, source_ids=g.source_ids)
+            res.RoleGrant(  # the API names them: the data plane compares the ids they end with
+                role=g.role,  # type: ignore[arg-type]
+                functions=[f"workspaces/ws_1/functions/{f}" for f in g.function_ids],
+                sources=[f"workspaces/ws_1/sources/{s}" for s in g.source_ids],
+            )
             for g in grants
         ],
     )
@@ -57,7 +60,7 @@ def test_source_admin_decision_matches_the_registry(
 
 
 def test_no_roles_allow_nothing() -> None:
-    member = res.Member(id="mem_1")
+    member = res.Member(name="workspaces/ws_1/members/mem_1")
     assert not roles.may_write_function(member, None)
     assert not roles.may_write_function(member, "a")
     assert not roles.may_administer_source(member, "a")

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from google.protobuf import struct_pb2
 
-from eventfn.registry.v1 import registry_pb2 as pb
-from eventfn.type.v1 import types_pb2
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.type.v1 import types_pb2
 from tests.pipeline.conftest import Platform, Sink, platform, sink
 from tests.pipeline.test_delivery import batch_body, send
 from tests.registry.conftest import auth, registry
@@ -29,7 +30,8 @@ async def test_a_global_client_never_carries_one_instances_key_into_another(
     stub = platform.registry.stub
     fn = await stub.CreateFunction(
         pb.CreateFunctionRequest(
-            name="cached-client",
+            parent=platform.workspace,
+            function=res.DestinationFunction(display_name="cached-client"),
             code=CACHED_CLIENT,
             settings=[
                 types_pb2.SettingDefinition(name="endpoint", type=types_pb2.SETTING_TYPE_STRING),
@@ -46,14 +48,17 @@ async def test_a_global_client_never_carries_one_instances_key_into_another(
         values.update({"endpoint": sink.url, "apiKey": key})
         created = await stub.CreateInstance(
             pb.CreateInstanceRequest(
-                function_id=fn.function.id,
-                source_id=platform.source_id,
-                name=f"instance {key}",
-                settings=values,
+                parent=platform.workspace,
+                instance=res.Instance(
+                    function=fn.function.name,
+                    source=platform.source,
+                    display_name=f"instance {key}",
+                    settings=values,
+                ),
             ),
             metadata=owner,
         )
-        ids.append(created.instance.id)
+        ids.append(created.instance.name.rsplit("/", 1)[-1])
     for watcher in (platform.router.watcher, platform.executor.watcher):
         await watcher.wait_until(lambda v: all(i in v.instances for i in ids))
 

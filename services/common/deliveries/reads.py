@@ -18,30 +18,38 @@ class DeliveryReads:
         self._db = db
 
     async def minutes(
-        self, instance_id: str, begin: datetime, stop: datetime, offset: int, limit: int
+        self, instance_id: str, begin: datetime, stop: datetime, limit: int
     ) -> list[asyncpg.Record]:
-        """Return an instance's minutes in [begin, stop), newest first."""
+        """Return an instance's minutes in [begin, stop), newest first (keyset: the next page
+        is the minutes before the last one returned)."""
         return await self._db.fetch(
             """SELECT * FROM delivery_minute WHERE instance_id = $1 AND minute >= $2
-               AND minute < $3 ORDER BY minute DESC OFFSET $4 LIMIT $5""",
+               AND minute < $3 ORDER BY minute DESC LIMIT $4""",
             instance_id,
             begin.replace(second=0, microsecond=0),
             stop,
-            offset,
             limit,
         )
 
     async def failures(
-        self, instance_id: str, begin: datetime, stop: datetime, offset: int, limit: int
+        self,
+        instance_id: str,
+        begin: datetime,
+        stop: datetime,
+        limit: int,
+        before: tuple[datetime, int] | None = None,
     ) -> list[asyncpg.Record]:
-        """Return an instance's sampled failures in [begin, stop), newest first."""
+        """Return an instance's sampled failures in [begin, stop), newest first, those before
+        `before` (the time and id of the last one of the previous page) when given."""
+        after_time, after_id = before if before is not None else (stop, 2**62)
         return await self._db.fetch(
             """SELECT * FROM delivery_failure WHERE instance_id = $1 AND time >= $2
-               AND time < $3 ORDER BY time DESC, id DESC OFFSET $4 LIMIT $5""",
+               AND time < $3 AND (time, id) < ($4, $5) ORDER BY time DESC, id DESC LIMIT $6""",
             instance_id,
             begin,
             stop,
-            offset,
+            after_time,
+            after_id,
             limit,
         )
 

@@ -1,0 +1,3 @@
+module eventfn.dev/client/go
+
+go 1.19

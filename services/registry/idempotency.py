@@ -1,0 +1,137 @@
+"""Idempotent creates and saves (AIP-155): a retry with the same request_id gets the first
+call's response, not a second resource.
+
+The response is written in the same transaction as the change it describes, sealed with the
+deployment's secret key (a token's secret may be in it), and kept for 24 hours. A retry made
+while the first call still runs waits for it (the second insert blocks on the first's key),
+then finds the record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
+
+from google.protobuf.message import Message
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from services.common.errors import AlreadyExists, InvalidArgument, RequestIdReused
+from services.registry.models import RequestRecord
+from services.registry.secrets import SecretBox
+from services.registry.store import RegistryStore, now
+
+RETENTION = timedelta(hours=24)
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    """What identifies one client request: workspace, method, request_id; and its digest."""
+
+    workspace_id: str
+    method: str
+    request_id: str
+    digest: str
+
+
+def request_key(workspace_id: str, method: str, request: Message) -> RequestKey | None:
+    """Return the key of a request with a request_id (None without one); check the id."""
+    request_id = getattr(request, "request_id", "")
+    if not request_id:
+        return None
+    try:
+        uuid.UUID(request_id)
+    except ValueError:
+        raise InvalidArgument.field(
+            "request_id", "must be a UUID, e.g. 9b2c1e4e-3f0a-4a53-8c1d-2b7f5f1c0a11"
+        ) from None
+    copy = type(request)()
+    copy.CopyFrom(request)
+    copy.ClearField("request_id")  # type: ignore[arg-type]
+    digest = hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+    return RequestKey(workspace_id, method, request_id.lower(), digest)
+
+
+class Idempotency:
+    """Find and keep the responses of requests made with a request_id."""
+
+    def __init__(self, store: RegistryStore, box: SecretBox) -> None:
+        self._store = store
+        self._box = box
+
+    def _scope(self, key: RequestKey) -> tuple[str, str]:
+        return f"request:{key.workspace_id}", f"{key.method}/{key.request_id}"
+
+    async def previous(self, key: RequestKey, response_type: type[M]) -> M | None:
+        """Return the response of an earlier call with this key, or None."""
+        async with self._store.transaction() as s:
+            row = await s.get(RequestRecord, (key.workspace_id, key.method, key.request_id))
+        if row is None or row.created_at < now() - RETENTION:
+            return None
+        if row.digest != key.digest:
+            raise RequestIdReused(key.method)
+        scope, name = self._scope(key)
+        sealed = {"$sealed": row.response.decode()}
+        response = response_type()
+        opened = self._box.open(sealed, instance_id=scope, name=name)
+        response.ParseFromString(bytes.fromhex(str(opened)))
+        return response
+
+    async def save(self, session: AsyncSession, key: RequestKey | None, response: Message) -> None:
+        """Keep the response of a call, in the transaction that makes its change."""
+        if key is None:
+            return
+        scope, name = self._scope(key)
+        sealed = self._box.seal(response.SerializeToString().hex(), instance_id=scope, name=name)
+        # The workspace's expired records go (this one's too, should its id come back).
+        await session.exec(  # type: ignore[call-overload]
+            delete(RequestRecord).where(
+                col(RequestRecord.workspace_id) == key.workspace_id,
+                col(RequestRecord.created_at) < now() - RETENTION,
+            )
+        )
+        session.add(
+            RequestRecord(
+                workspace_id=key.workspace_id,
+                method=key.method,
+                request_id=key.request_id,
+                digest=key.digest,
+                response=sealed["$sealed"].encode(),
+                created_at=now(),
+            )
+        )
+        await session.flush()
+
+    async def purge_expired(self) -> None:
+        """Drop records past their retention."""
+        async with self._store.transaction() as s:
+            await s.exec(  # type: ignore[call-overload]
+                delete(RequestRecord).where(col(RequestRecord.created_at) < now() - RETENTION)
+            )
+
+    async def once(
+        self,
+        key: RequestKey | None,
+        response_type: type[M],
+        work: Callable[[], Awaitable[M]],
+    ) -> M:
+        """Answer a retry with the first response; otherwise do the work (which saves it)."""
+        if key is None:
+            return await work()
+        if (earlier := await self.previous(key, response_type)) is not None:
+            return earlier
+        try:
+            return await work()
+        except (IntegrityError, AlreadyExists):
+            # A twin with the same request_id committed first (our insert waited for it), or
+            # its resource now holds the name: answer what it answered.
+            if (earlier := await self.previous(key, response_type)) is not None:
+                return earlier
+            raise
