@@ -114,6 +114,8 @@ def show(
         highlight=False,
     )
     out.print(f"reason: {letter.reason}", markup=False, highlight=False)
+    if letter.trace_id:
+        out.print(f"trace {letter.trace_id} (eventfn trace {letter.trace_id})", highlight=False)
     stack = letter.attempts[-1].error.stack if letter.attempts else ""
     where = location_text(stack)
     if where:

@@ -72,6 +72,8 @@ def deliveries(
             where = location_text(f.error.stack)
             if where:
                 out.print(f"  at {where}", highlight=False)
+            if f.trace_id:
+                out.print(f"  trace {f.trace_id} (eventfn trace {f.trace_id})", highlight=False)
             if f.logs:
                 out.print(
                     "  logs: " + f.logs.replace("\n", "\n        "), markup=False, highlight=False

@@ -19,6 +19,7 @@ from services.cli.deliveries_commands import deliveries
 from services.cli.events_commands import events
 from services.cli.instance_commands import instances
 from services.cli.serve import serve
+from services.cli.trace_commands import trace
 from services.cli.workspace_commands import workspaces
 
 app = typer.Typer(
@@ -37,6 +38,7 @@ app.add_typer(events, name="events")
 app.command("deliveries")(deliveries)
 app.add_typer(dead, name="dead", no_args_is_help=True)
 app.command("serve")(serve)
+app.command("trace")(trace)
 
 with contextlib.suppress(ImportError):
     from services.cli.preview import preview  # pyright: ignore[reportMissingImports]

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
+from opentelemetry import trace
 from opentelemetry.context import Context
 
 from services.executor.policy import handler_for
@@ -32,6 +33,14 @@ class PackRef:
     # Traces of other requests whose events the pack carries (merged by the router).
     links: tuple[Context, ...] = ()
     ok: bool = True
+
+    @property
+    def trace_id(self) -> str:
+        """Return the W3C trace id of the pack's journey (32 hex digits), or ""."""
+        if self.trace is None:
+            return ""
+        context = trace.get_current_span(self.trace).get_span_context()
+        return format(context.trace_id, "032x") if context.is_valid else ""
 
     async def resolve(self, count: int, ok: bool = True) -> None:
         """Mark `count` events as settled; ack (or nak) once all are."""

@@ -25,6 +25,7 @@ from services.common.pull import NATS_ERRORS
 from services.common.registry_gate import RegistryGate
 from services.common.roles import may_write_function
 from services.executor.policy import health
+from services.executor.traces import get_trace
 from services.runtime import InvalidInvocation, OutcomeKind, RuntimePool
 from services.runtime import RequestTrace as RuntimeTrace
 from services.runtime.preview import PreviewResult, run_preview
@@ -272,6 +273,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
                     if isinstance(t, dict)
                 ],
                 version=names.version(scope, function_id, r["version_id"]),
+                trace_id=r["trace_id"],
             )
             for r in rows[:size]
         ]
@@ -288,6 +290,10 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
             info = await self._js.stream_info(stream, subjects_filter=subject)
             return sum((info.state.subjects or {}).values())
         return 0
+
+    async def GetTrace(self, request: pb.GetTraceRequest, context: Ctx) -> pb.GetTraceResponse:
+        """Return an event's recent journey from the trace store (see traces.py)."""
+        return await get_trace(self._js, self._gate.instance, request, context)
 
     async def GetDeliveryStats(
         self, request: pb.GetDeliveryStatsRequest, context: Ctx

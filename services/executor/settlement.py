@@ -121,6 +121,7 @@ class Settlement:
                     event=event.decode(),
                     logs=logs,
                     requests=[t.__dict__ for t in result.requests],
+                    trace_id=ref.trace_id,
                 )
             )
         self._recorder.count(

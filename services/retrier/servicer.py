@@ -88,6 +88,12 @@ def attempt_count(headers: dict[str, str], listed: int) -> int:
         return listed
 
 
+def trace_id_of(headers: dict[str, str]) -> str:
+    """Return the trace id a stored message's traceparent names, or ""."""
+    parts = headers.get(streams.TRACEPARENT, "").split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""
+
+
 def dead_letter_message(letter: Letter) -> pb.DeadLetter:
     """Describe one dead letter for the API (the last attempt's error with its stack)."""
     pack = letter.pack
@@ -121,6 +127,7 @@ def dead_letter_message(letter: Letter) -> pb.DeadLetter:
         event_json=letter.event.decode(errors="replace"),
         attempts=attempts,
         reason=pack.reason(),
+        trace_id=trace_id_of(pack.headers),
         last_logs=pack.last_logs(),
         last_requests=[
             types_pb2.RequestTrace(

@@ -1,11 +1,13 @@
 """One event's journey is one trace: ingest → route → invoke (ERROR) → retry schedule → invoke
-(OK) → fetch, each with the right parent, exported to a real OTLP receiver; no secret in it."""
+(OK) → fetch, each with the right parent, exported to a real OTLP receiver and to the
+platform's trace store (`eventfn trace`); no secret in it."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
 
+import grpc
 import pytest
 from google.protobuf import struct_pb2
 from opentelemetry import trace
@@ -14,9 +16,13 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
 from eventfn_api.type.v1 import types_pb2
+from services.cli.trace_commands import render
+from services.common.trace_store import TraceStoreExporter
+from tests.eventually import eventually
 from tests.observability.conftest import Platform, Receiver
 from tests.pipeline.conftest import Sink
 from tests.registry.conftest import auth
@@ -37,8 +43,9 @@ async function onTrack(event, settings) {
 
 
 @pytest.fixture
-def exported(receiver: Receiver) -> Iterator[TracerProvider]:
-    """Send this process's spans to the receiver (the tracer provider is process-wide)."""
+def exported(receiver: Receiver, nats_url: str) -> Iterator[TracerProvider]:
+    """Send this process's spans to the receiver and the trace store (the tracer provider is
+    process-wide)."""
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
         provider = TracerProvider()
@@ -46,6 +53,8 @@ def exported(receiver: Receiver) -> Iterator[TracerProvider]:
     exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{receiver.port}", insecure=True)
     # A background thread exports: the receiver answers on this test's event loop.
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=100))
+    store = BatchSpanProcessor(TraceStoreExporter(nats_url), schedule_delay_millis=100)
+    provider.add_span_processor(store)
     yield provider
 
 
@@ -144,3 +153,42 @@ async def test_an_events_journey_is_one_trace(
     url = {a.key: a.value.string_value for a in fetch.attributes}["url.full"]
     assert url == f"{sink.url}/ok"  # no query string: it holds the key
     assert SECRET not in str(spans)
+
+    # The same journey from the platform's own store, as `eventfn trace journey-1` shows it.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
+        executor = executor_pb2_grpc.ExecutorStub(channel)
+        request = executor_pb2.GetTraceRequest(parent=platform.workspace, message_id="journey-1")
+
+        async def stored() -> executor_pb2.GetTraceResponse:
+            return await executor.GetTrace(request, metadata=owner)
+
+        found = await eventually(
+            stored,
+            "the journey in the trace store",
+            until=lambda r: want <= {s.name for s in r.spans},
+            ignoring=(grpc.aio.AioRpcError,),
+        )
+        assert found.trace_id == TRACE_ID
+        tree = render(found.spans)
+        assert tree[0].split()[4] == "ingest"  # the root, at offset 0
+        assert any(line.split("  [")[0].endswith("  invoke ERROR") for line in tree)
+        assert SECRET not in str(found)
+        _, stranger = await platform.registry.workspace("Stranger")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await executor.GetTrace(
+                executor_pb2.GetTraceRequest(parent=platform.workspace, trace_id=TRACE_ID),
+                metadata=auth(stranger),
+            )
+        assert refused.value.code() in (
+            grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
+        failures = await eventually(
+            lambda: executor.ListDeliveryFailures(
+                executor_pb2.ListDeliveryFailuresRequest(parent=ins.instance.name),
+                metadata=owner,
+            ),
+            "the retried event's failure sample",
+            until=lambda r: r.failures,
+        )
+        assert failures.failures[0].trace_id == TRACE_ID

@@ -86,6 +86,7 @@ async def test_a_fixed_function_replays_a_failed_event(
         )
     ).dead_letter
     (attempt,) = shown.attempts
+    assert re.fullmatch("[0-9a-f]{32}", shown.trace_id), "a dead letter names its journey"
     assert attempt.outcome == types_pb2.OUTCOME_FAILED
     assert attempt.error.type == "TypeError"
     assert WHERE.search(attempt.error.stack), attempt.error.stack

@@ -50,6 +50,7 @@ class FailureSample:
     event: str
     logs: str
     requests: list[dict[str, Any]] = field(default_factory=list)
+    trace_id: str = ""  # the event's journey (W3C trace id), "" when unknown
 
 
 def minute_of(moment: datetime) -> datetime:
@@ -165,6 +166,7 @@ class DeliveryRecorder:
                             "event",
                             "logs",
                             "requests",
+                            "trace_id",
                         ],
                         records=[
                             (
@@ -179,6 +181,7 @@ class DeliveryRecorder:
                                 s.event,
                                 s.logs,
                                 orjson.dumps(s.requests).decode(),
+                                s.trace_id,
                             )
                             for s in samples
                         ],

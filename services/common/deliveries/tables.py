@@ -45,3 +45,5 @@ class DeliveryFailure(SQLModel, table=True):
     event: str = Field(sa_column=Column(Text, nullable=False))
     logs: str = Field(sa_column=Column(Text, nullable=False))
     requests: list[dict[str, Any]] = Field(sa_column=Column(JSONB, nullable=False))
+    # The W3C trace id of the event's journey (32 hex digits), "" when unknown.
+    trace_id: str = Field(sa_column=Column(Text, nullable=False, server_default=""))

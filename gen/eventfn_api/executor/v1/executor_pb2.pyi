@@ -377,6 +377,7 @@ class DeliveryFailure(_message.Message):
     LOGS_FIELD_NUMBER: _builtins.int
     REQUESTS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """The event's messageId."""
     event_json: _builtins.str
@@ -387,6 +388,8 @@ class DeliveryFailure(_message.Message):
     """Console output of the invocation, secrets redacted."""
     version: _builtins.str
     """The function version that ran."""
+    trace_id: _builtins.str
+    """The W3C trace id of the event's journey (see GetTrace), 32 hex digits; empty if unknown."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When it happened."""
@@ -410,10 +413,11 @@ class DeliveryFailure(_message.Message):
         logs: _builtins.str = ...,
         requests: _abc.Iterable[_types_pb2.RequestTrace] | None = ...,
         version: _builtins.str = ...,
+        trace_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "event_json", b"event_json", "logs", b"logs", "message_id", b"message_id", "outcome", b"outcome", "requests", b"requests", "time", b"time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "event_json", b"event_json", "logs", b"logs", "message_id", b"message_id", "outcome", b"outcome", "requests", b"requests", "time", b"time", "trace_id", b"trace_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -488,3 +492,139 @@ class GetDeliveryStatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDeliveryStatsResponse: _TypeAlias = GetDeliveryStatsResponse  # noqa: Y015
+
+@_typing.final
+class GetTraceRequest(_message.Message):
+    """Request of GetTrace."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The workspace the event was sent to, "workspaces/{workspace}"."""
+    message_id: _builtins.str
+    """An event's messageId: its most recent journey."""
+    trace_id: _builtins.str
+    """A W3C trace id, 32 hex digits."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        trace_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "target", b"target", "trace_id", b"trace_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "parent", b"parent", "target", b"target", "trace_id", b"trace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["message_id", "trace_id"]  # noqa: Y015
+    _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
+
+Global___GetTraceRequest: _TypeAlias = GetTraceRequest  # noqa: Y015
+
+@_typing.final
+class TraceSpan(_message.Message):
+    """One step of a journey."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPAN_ID_FIELD_NUMBER: _builtins.int
+    PARENT_SPAN_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    LINKED_TRACE_IDS_FIELD_NUMBER: _builtins.int
+    span_id: _builtins.str
+    """The span's id, 16 hex digits."""
+    parent_span_id: _builtins.str
+    """Its parent's span id; empty for the first step of the trace."""
+    name: _builtins.str
+    """What it was: ingest, route, invoke, retry.schedule, an HTTP method for a fetch, ..."""
+    service: _builtins.str
+    """The service that recorded it, e.g. "eventfn-router"."""
+    error: _builtins.bool
+    """Whether it failed."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When it started."""
+
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """How long it took."""
+
+    @_builtins.property
+    def attributes(self) -> _struct_pb2.Struct:
+        """Its attributes (instance, messageIds, HTTP status, outcome, ...)."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]:
+        """Exception events: the error class and message of a failed invocation."""
+
+    @_builtins.property
+    def linked_trace_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Trace ids this span links to (e.g. a replay links the original journey)."""
+
+    def __init__(
+        self,
+        *,
+        span_id: _builtins.str = ...,
+        parent_span_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        service: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        duration: _duration_pb2.Duration | None = ...,
+        error: _builtins.bool = ...,
+        attributes: _struct_pb2.Struct | None = ...,
+        events: _abc.Iterable[_struct_pb2.Struct] | None = ...,
+        linked_trace_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "duration", b"duration", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "duration", b"duration", "error", b"error", "events", b"events", "linked_trace_ids", b"linked_trace_ids", "name", b"name", "parent_span_id", b"parent_span_id", "service", b"service", "span_id", b"span_id", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TraceSpan: _TypeAlias = TraceSpan  # noqa: Y015
+
+@_typing.final
+class GetTraceResponse(_message.Message):
+    """Response of GetTrace."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRACE_ID_FIELD_NUMBER: _builtins.int
+    SPANS_FIELD_NUMBER: _builtins.int
+    OTHER_TRACE_IDS_FIELD_NUMBER: _builtins.int
+    trace_id: _builtins.str
+    """The trace id found."""
+    @_builtins.property
+    def spans(self) -> _containers.RepeatedCompositeFieldContainer[Global___TraceSpan]:
+        """Its spans, in start order."""
+
+    @_builtins.property
+    def other_trace_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Other recent journeys of the same messageId (e.g. a client's resend, a replay), newest
+        last; empty when looked up by trace id.
+        """
+
+    def __init__(
+        self,
+        *,
+        trace_id: _builtins.str = ...,
+        spans: _abc.Iterable[Global___TraceSpan] | None = ...,
+        other_trace_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["other_trace_ids", b"other_trace_ids", "spans", b"spans", "trace_id", b"trace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTraceResponse: _TypeAlias = GetTraceResponse  # noqa: Y015

@@ -66,6 +66,11 @@ class ExecutorStub:
                 request_serializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.GetDeliveryStatsRequest.SerializeToString,
                 response_deserializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.GetDeliveryStatsResponse.FromString,
                 _registered_method=True)
+        self.GetTrace = channel.unary_unary(
+                '/eventfn.executor.v1.Executor/GetTrace',
+                request_serializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.GetTraceRequest.SerializeToString,
+                response_deserializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.GetTraceResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServicer:
@@ -121,6 +126,16 @@ class ExecutorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTrace(self, request, context):
+        """Get the recent journey of an event (by messageId) or a trace (by trace id) from the
+        platform's trace store: every span, each with its parent (the store keeps about an hour;
+        see EVENTFN_TRACE_STORE). Needs read access to an instance (or the source) the trace
+        names; NOT_FOUND, word for word as for an unknown id, otherwise.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +158,11 @@ def add_ExecutorServicer_to_server(servicer, server):
                     servicer.GetDeliveryStats,
                     request_deserializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.GetDeliveryStatsRequest.FromString,
                     response_serializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.GetDeliveryStatsResponse.SerializeToString,
+            ),
+            'GetTrace': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrace,
+                    request_deserializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.GetTraceRequest.FromString,
+                    response_serializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.GetTraceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,6 +285,33 @@ class Executor:
             '/eventfn.executor.v1.Executor/GetDeliveryStats',
             eventfn_dot_executor_dot_v1_dot_executor__pb2.GetDeliveryStatsRequest.SerializeToString,
             eventfn_dot_executor_dot_v1_dot_executor__pb2.GetDeliveryStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventfn.executor.v1.Executor/GetTrace',
+            eventfn_dot_executor_dot_v1_dot_executor__pb2.GetTraceRequest.SerializeToString,
+            eventfn_dot_executor_dot_v1_dot_executor__pb2.GetTraceResponse.FromString,
             options,
             channel_credentials,
             insecure,

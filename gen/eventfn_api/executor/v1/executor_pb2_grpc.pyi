@@ -66,6 +66,12 @@ class ExecutorStub:
     """
     GetDeliveryStats: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetDeliveryStatsRequest, _executor_pb2.GetDeliveryStatsResponse]
     """Summarize an instance's deliveries over a period, with its connection health."""
+    GetTrace: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetTraceRequest, _executor_pb2.GetTraceResponse]
+    """Get the recent journey of an event (by messageId) or a trace (by trace id) from the
+    platform's trace store: every span, each with its parent (the store keeps about an hour;
+    see EVENTFN_TRACE_STORE). Needs read access to an instance (or the source) the trace
+    names; NOT_FOUND, word for word as for an unknown id, otherwise.
+    """
 
 @_typing.type_check_only
 class ExecutorAsyncStub(ExecutorStub):
@@ -105,6 +111,12 @@ class ExecutorAsyncStub(ExecutorStub):
     """
     GetDeliveryStats: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetDeliveryStatsRequest, _executor_pb2.GetDeliveryStatsResponse]  # type: ignore[assignment]
     """Summarize an instance's deliveries over a period, with its connection health."""
+    GetTrace: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetTraceRequest, _executor_pb2.GetTraceResponse]  # type: ignore[assignment]
+    """Get the recent journey of an event (by messageId) or a trace (by trace id) from the
+    platform's trace store: every span, each with its parent (the store keeps about an hour;
+    see EVENTFN_TRACE_STORE). Needs read access to an instance (or the source) the trace
+    names; NOT_FOUND, word for word as for an unknown id, otherwise.
+    """
 
 class ExecutorServicer(metaclass=_abc_1.ABCMeta):
     """The executor. Calls need `authorization: Bearer <token>` metadata of a workspace member;
@@ -165,5 +177,17 @@ class ExecutorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_executor_pb2.GetDeliveryStatsResponse, _abc.Awaitable[_executor_pb2.GetDeliveryStatsResponse]]:
         """Summarize an instance's deliveries over a period, with its connection health."""
+
+    @_abc_1.abstractmethod
+    def GetTrace(
+        self,
+        request: _executor_pb2.GetTraceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.GetTraceResponse, _abc.Awaitable[_executor_pb2.GetTraceResponse]]:
+        """Get the recent journey of an event (by messageId) or a trace (by trace id) from the
+        platform's trace store: every span, each with its parent (the store keeps about an hour;
+        see EVENTFN_TRACE_STORE). Needs read access to an instance (or the source) the trace
+        names; NOT_FOUND, word for word as for an unknown id, otherwise.
+        """
 
 def add_ExecutorServicer_to_server(servicer: ExecutorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -72,6 +72,7 @@ class DeadLetter(_message.Message):
     FIRST_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     DEAD_TIME_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name; the last segment is `<stream sequence>.<index in its pack>`."""
     message_id: _builtins.str
@@ -86,6 +87,8 @@ class DeadLetter(_message.Message):
     """Why it was dead-lettered, e.g. "retry window of 4h passed", or "failed on attempt 1 at
     function.js:3:38: TypeError: ..." (where the error was thrown, when the stack says).
     """
+    trace_id: _builtins.str
+    """The W3C trace id of the event's journey (see Executor.GetTrace); empty if unknown."""
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
         """The last attempts, oldest first, at most 20 (attempt_count says how many there were);
@@ -117,10 +120,11 @@ class DeadLetter(_message.Message):
         first_attempt_time: _timestamp_pb2.Timestamp | None = ...,
         dead_time: _timestamp_pb2.Timestamp | None = ...,
         reason: _builtins.str = ...,
+        trace_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dead_time", b"dead_time", "first_attempt_time", b"first_attempt_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "attempts", b"attempts", "dead_time", b"dead_time", "event_json", b"event_json", "first_attempt_time", b"first_attempt_time", "last_logs", b"last_logs", "last_requests", b"last_requests", "message_id", b"message_id", "name", b"name", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "attempts", b"attempts", "dead_time", b"dead_time", "event_json", b"event_json", "first_attempt_time", b"first_attempt_time", "last_logs", b"last_logs", "last_requests", b"last_requests", "message_id", b"message_id", "name", b"name", "reason", b"reason", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

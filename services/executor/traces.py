@@ -1,0 +1,91 @@
+"""Executor.GetTrace: an event's journey from the platform's trace store, for members who may
+read an instance (or the source) it went through."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+from nats.js import JetStreamContext
+
+from eventfn_api.executor.v1 import executor_pb2 as pb
+from services.common import names
+from services.common.errors import EventfnError, InvalidArgument, NotFound
+from services.common.trace_store import read_trace, traces_of_message
+
+_TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
+# May the caller read this instance (by resource name)? Raises NOT_FOUND when not.
+CheckInstance = Callable[[grpc.aio.ServicerContext, str], Awaitable[object]]
+
+
+def span_message(span: dict[str, Any]) -> pb.TraceSpan:
+    """Convert a stored span to its proto."""
+    start = timestamp_pb2.Timestamp()
+    start.FromNanoseconds(int(span["start"]))
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(max(0, int(span["end"]) - int(span["start"])))
+    attributes = struct_pb2.Struct()
+    attributes.update({k: v for k, v in span["attributes"].items()})
+    events = []
+    for event in span["events"]:
+        item = struct_pb2.Struct()
+        item.update({"name": event["name"], **event["attributes"]})
+        events.append(item)
+    return pb.TraceSpan(
+        span_id=span["span_id"],
+        parent_span_id=span["parent_id"],
+        name=span["name"],
+        service=span["service"],
+        start_time=start,
+        duration=duration,
+        error=span["status"] == "ERROR",
+        attributes=attributes,
+        events=events,
+        linked_trace_ids=span["links"],
+    )
+
+
+async def get_trace(
+    js: JetStreamContext,
+    check_instance: CheckInstance,
+    request: pb.GetTraceRequest,
+    context: grpc.aio.ServicerContext,
+) -> pb.GetTraceResponse:
+    """Find a journey by messageId or trace id; the caller must see an instance it names."""
+    workspace = names.parse_workspace("parent", request.parent)
+    which = request.WhichOneof("target")
+    missing = NotFound("trace", request.message_id or request.trace_id)
+    others: list[str] = []
+    if which == "trace_id":
+        trace_id = request.trace_id.lower()
+        if not _TRACE_ID.match(trace_id):
+            raise InvalidArgument.field("trace_id", "must be 32 hex digits")
+    elif which == "message_id" and request.message_id:
+        found = await traces_of_message(js, request.message_id)
+        if not found:
+            raise missing
+        trace_id, others = found[-1], found[:-1]
+    else:
+        raise InvalidArgument.field("message_id", "give a message_id or a trace_id")
+    spans = await read_trace(js, trace_id)
+    instances = {
+        str(s["attributes"]["eventfn.instance_id"])
+        for s in spans
+        if "eventfn.instance_id" in s["attributes"]
+    }
+    for instance_id in sorted(instances):
+        try:
+            await check_instance(context, names.INSTANCE.name(workspace, instance_id))
+        except EventfnError as error:  # not this caller's to see: look at the next one
+            if error.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED):
+                continue
+            raise
+        return pb.GetTraceResponse(
+            trace_id=trace_id,
+            spans=[span_message(s) for s in spans],
+            other_trace_ids=others,
+        )
+    raise missing
