@@ -37,31 +37,54 @@ class ConfigView:
 
 
 def apply_message(view: ConfigView, message: pb.WatchConfigResponse) -> ConfigView:
-    """Return the view a WatchConfig message leads to (a snapshot replaces everything)."""
+    """Return the view a WatchConfig message leads to (a snapshot replaces everything).
+
+    A delta costs what it touches, not the size of the configuration (beyond copying maps).
+    """
     if message.reset:
         sources: dict[str, pb.SourceConfig] = {}
         instances: dict[str, pb.InstanceConfig] = {}
+        by_write_key: dict[str, pb.SourceConfig] = {}
+        by_source: dict[str, tuple[pb.InstanceConfig, ...]] = {}
     else:
         sources = dict(view.sources)
         instances = dict(view.instances)
-    for source_id in message.removed_source_ids:
-        sources.pop(source_id, None)
+        by_write_key = dict(view.sources_by_write_key)
+        by_source = dict(view.instances_by_source)
+    for source_id in [*message.removed_source_ids, *(s.id for s in message.sources)]:
+        old = sources.pop(source_id, None)
+        if old is not None and by_write_key.get(old.write_key) is old:
+            del by_write_key[old.write_key]
     for source in message.sources:
         sources[source.id] = source
+        if source.write_key:
+            by_write_key[source.write_key] = source
+    # Per touched source id, the ids of instances that may belong to it now.
+    candidates: dict[str, set[str]] = {}
     for instance_id in message.removed_instance_ids:
-        instances.pop(instance_id, None)
+        old = instances.pop(instance_id, None)
+        if old is not None:
+            candidates.setdefault(old.source_id, set())
     for instance in message.instances:
+        old = instances.get(instance.id)
+        if old is not None:
+            candidates.setdefault(old.source_id, set())
         instances[instance.id] = instance
-    by_source: dict[str, list[pb.InstanceConfig]] = {}
-    for instance in instances.values():
-        by_source.setdefault(instance.source_id, []).append(instance)
+        candidates.setdefault(instance.source_id, set()).add(instance.id)
+    for source_id, ids in candidates.items():
+        ids.update(i.id for i in by_source.pop(source_id, ()))
+        members = [
+            instances[i] for i in ids if i in instances and instances[i].source_id == source_id
+        ]
+        if members:
+            # Sorted by id so routing order does not depend on delta order.
+            by_source[source_id] = tuple(sorted(members, key=lambda i: i.id))
     return ConfigView(
         revision=message.revision,
         sources=sources,
-        sources_by_write_key={s.write_key: s for s in sources.values() if s.write_key},
+        sources_by_write_key=by_write_key,
         instances=instances,
-        # Sorted by id so routing order does not depend on delta order.
-        instances_by_source={k: tuple(sorted(v, key=lambda i: i.id)) for k, v in by_source.items()},
+        instances_by_source=by_source,
     )
 
 

@@ -176,6 +176,21 @@ class ConfigState(SQLModel, table=True):
     revision: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
+class ConfigChange(SQLModel, table=True):
+    """One object a config revision changed, written in the change's own transaction.
+
+    `kind` is "source", "instance", "function" or "workspace" (the last two stand for every
+    source and instance they hold), or "none" for a revision that changed nothing the data
+    plane holds; every revision has at least one row, so a gap in the log is detectable.
+    """
+
+    __tablename__ = "config_change"  # type: ignore[assignment]
+    revision: int = Field(sa_column=Column(BigInteger, primary_key=True))
+    kind: str = Field(primary_key=True, sa_type=Text)
+    object_id: str = Field(primary_key=True, sa_type=Text)
+    created_at: datetime = _ts(nullable=False)
+
+
 # The delivery-record tables belong to services/common/deliveries (the data plane writes and
 # reads them); importing them puts them in this metadata, which the migrations are checked
 # against.

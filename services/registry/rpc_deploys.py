@@ -139,7 +139,7 @@ class DeployRpcs:
                 },
             )
             if deployed:
-                await self.store.bump_config(s)
+                await self.store.bump_config(s, instances=[i.id for i in deployed])
             response = pb.SaveFunctionResponse(
                 function=convert.function(fn),
                 version=convert.version(ver, fn.workspace_id),
@@ -178,5 +178,5 @@ class DeployRpcs:
                 ins.id,
                 deploy_details(ins.workspace_id, ins.function_id, before, ver, changes),
             )
-            await self.store.bump_config(s)
+            await self.store.bump_config(s, instances=[ins.id])
         return pb.DeployInstanceResponse(instance=convert.instance(ins))

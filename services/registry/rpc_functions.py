@@ -203,7 +203,7 @@ class FunctionRpcs:
                     {"fields": sorted(paths)},
                 )
                 # The integrations-object key holds the display name: the data plane follows.
-                await self.store.bump_config(s)
+                await self.store.bump_config(s, functions=[fn.id])
         except IntegrityError as error:
             if unique_violation(error):
                 raise taken(display_name) from error

@@ -191,7 +191,7 @@ class InstanceRpcs:
                     ins.id,
                     {"function": new.function, "source": new.source},
                 )
-                await self.store.bump_config(s)
+                await self.store.bump_config(s, instances=[ins.id])
                 response = pb.CreateInstanceResponse(instance=convert.instance(ins))
                 await self.deps.idempotency.save(s, key, response)
         except IntegrityError as error:
@@ -328,7 +328,7 @@ class InstanceRpcs:
                 ins.id,
                 {"fields": sorted(paths)},
             )
-            await self.store.bump_config(s)
+            await self.store.bump_config(s, instances=[ins.id])
         return pb.UpdateInstanceResponse(instance=convert.instance(ins))
 
     async def DeleteInstance(
@@ -351,5 +351,5 @@ class InstanceRpcs:
                 ins.id,
                 {"name": ins.name},
             )
-            await self.store.bump_config(s)
+            await self.store.bump_config(s, instances=[ins.id])
         return pb.DeleteInstanceResponse()

@@ -78,7 +78,7 @@ class SourceRpcs:
             s.add(src)
             await s.flush()
             await audit(self.store, s, caller, "source.create", "source", src.id, {"name": name})
-            await self.store.bump_config(s)
+            await self.store.bump_config(s, sources=[src.id])
             response = pb.CreateSourceResponse(source=convert.source(src))
             await self.deps.idempotency.save(s, key, response)
         return response
@@ -176,7 +176,7 @@ class SourceRpcs:
             src.revision += 1
             s.add(src)
             await audit(self.store, s, caller, "source.rotate_write_key", "source", src.id)
-            await self.store.bump_config(s)
+            await self.store.bump_config(s, sources=[src.id])
             response = pb.RotateWriteKeyResponse(source=convert.source(src))
             await self.deps.idempotency.save(s, key, response)
         return response
@@ -196,5 +196,5 @@ class SourceRpcs:
             await audit(
                 self.store, s, caller, "source.delete", "source", src.id, {"name": src.name}
             )
-            await self.store.bump_config(s)
+            await self.store.bump_config(s, sources=[src.id])
         return pb.DeleteSourceResponse()

@@ -85,7 +85,7 @@ class WorkspaceRpcs:
                 resource_id=ws.id,
                 details={"name": name},
             )
-            await self.store.bump_config(s)
+            await self.store.bump_config(s, workspaces=[ws.id])
             response = pb.CreateWorkspaceResponse(
                 workspace=convert.workspace(ws), owner=convert.member(owner), token=secret
             )

@@ -7,12 +7,13 @@ Every change that the data plane sees also bumps the single config revision and 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import func, text
+from sqlalchemy import delete, func, insert, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import SQLModel, col, select
@@ -21,6 +22,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from services.common.errors import NotFound
 from services.registry.models import (
     AuditEvent,
+    ConfigChange,
     ConfigState,
     Function,
     FunctionVersion,
@@ -33,6 +35,21 @@ from services.registry.models import (
 
 CONFIG_CHANNEL = "eventfn_config"
 T = TypeVar("T", bound=SQLModel)
+InstanceRow = tuple[Instance, FunctionVersion, Function, Workspace]
+
+
+@dataclass(frozen=True)
+class ConfigDelta:
+    """The data-plane configuration at `revision`, for the sources and instances named.
+
+    An id in `source_ids`/`instance_ids` without a row in `sources`/`instances` was removed.
+    """
+
+    revision: int
+    source_ids: set[str] = field(default_factory=set)
+    instance_ids: set[str] = field(default_factory=set)
+    sources: list[tuple[Source, Workspace]] = field(default_factory=list)
+    instances: list[InstanceRow] = field(default_factory=list)
 
 
 def now() -> datetime:
@@ -88,13 +105,44 @@ class RegistryStore:
             raise NotFound(kind, name or object_id)
         return row
 
-    async def bump_config(self, session: AsyncSession) -> int:
-        """Advance the data-plane config revision and notify watchers at commit."""
+    async def bump_config(
+        self,
+        session: AsyncSession,
+        *,
+        sources: Iterable[str] = (),
+        instances: Iterable[str] = (),
+        functions: Iterable[str] = (),
+        workspaces: Iterable[str] = (),
+    ) -> int:
+        """Advance the data-plane config revision, log what it changed, notify at commit.
+
+        Name every source and instance the change touched (a function or workspace stands for
+        all of its instances, and the workspace for its sources too); WatchConfig sends those
+        alone. The revision row's lock orders the changes: revisions commit in order.
+        """
         conn = await session.connection()
         result = await conn.execute(
             text("UPDATE config_state SET revision = revision + 1 WHERE id = 1 RETURNING revision")
         )
         revision = int(result.scalar_one())
+        touched = {
+            (kind, object_id)
+            for kind, ids in (
+                ("source", sources),
+                ("instance", instances),
+                ("function", functions),
+                ("workspace", workspaces),
+            )
+            for object_id in ids
+        } or {("none", "")}
+        at = now()
+        await conn.execute(
+            insert(ConfigChange),
+            [
+                {"revision": revision, "kind": kind, "object_id": object_id, "created_at": at}
+                for kind, object_id in sorted(touched)
+            ],
+        )
         await conn.execute(text(f"NOTIFY {CONFIG_CHANNEL}, '{revision}'"))
         return revision
 
@@ -155,32 +203,104 @@ class RegistryStore:
         )
         return {v.id: v for v in rows.all()}
 
-    async def snapshot(self) -> tuple[int, list[tuple[Source, Workspace]], list[Any]]:
-        """Read the data-plane configuration consistently (repeatable read)."""
+    async def snapshot(self) -> ConfigDelta:
+        """Read the whole data-plane configuration consistently (repeatable read)."""
         async with self._sessions() as session:
             # One read-only REPEATABLE READ transaction: revision and rows are one state.
             await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             revision = await self.config_revision(session)
-            sources = list(
-                (
-                    await session.exec(
-                        select(Source, Workspace).join(
-                            Workspace, col(Workspace.id) == col(Source.workspace_id)
-                        )
+            sources = await self._sources(session)
+            instances = await self._instances(session)
+        return ConfigDelta(
+            revision,
+            source_ids={s.id for s, _ in sources},
+            instance_ids={i.id for i, *_ in instances},
+            sources=sources,
+            instances=instances,
+        )
+
+    async def changes_since(self, since: int) -> ConfigDelta | None:
+        """Read what changed after revision `since`, consistently (repeatable read).
+
+        None when the log cannot tell (it was pruned, or `since` predates it): read a snapshot.
+        """
+        async with self._sessions() as session:
+            await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            revision = await self.config_revision(session)
+            if revision <= since:
+                return ConfigDelta(revision)
+            changes = (
+                await session.exec(
+                    select(ConfigChange.revision, ConfigChange.kind, ConfigChange.object_id).where(
+                        ConfigChange.revision > since
                     )
-                ).all()
-            )
-            instances = list(
-                (
-                    await session.exec(
-                        select(Instance, FunctionVersion, Function, Workspace)
-                        .join(FunctionVersion, col(FunctionVersion.id) == col(Instance.version_id))
-                        .join(Function, col(Function.id) == col(Instance.function_id))
-                        .join(Workspace, col(Workspace.id) == col(Instance.workspace_id))
+                )
+            ).all()
+            if len({r for r, _, _ in changes}) != revision - since:
+                return None
+            ids: dict[str, set[str]] = {}
+            for _, kind, object_id in changes:
+                ids.setdefault(kind, set()).add(object_id)
+            source_ids = ids.get("source", set())
+            instance_ids = ids.get("instance", set())
+            if ids.get("function") or ids.get("workspace"):
+                owned = await session.exec(
+                    select(Instance.id).where(
+                        col(Instance.function_id).in_(sorted(ids.get("function", ())))
+                        | col(Instance.workspace_id).in_(sorted(ids.get("workspace", ())))
                     )
-                ).all()
+                )
+                instance_ids |= set(owned.all())
+            if ids.get("workspace"):
+                owned = await session.exec(
+                    select(Source.id).where(col(Source.workspace_id).in_(sorted(ids["workspace"])))
+                )
+                source_ids |= set(owned.all())
+            return ConfigDelta(
+                revision,
+                source_ids=source_ids,
+                instance_ids=instance_ids,
+                sources=await self._sources(session, source_ids),
+                instances=await self._instances(session, instance_ids),
             )
-        return revision, [(s, w) for s, w in sources], instances
+
+    async def prune_config_changes(self, older_than: timedelta) -> int:
+        """Delete change-log rows older than `older_than`; return how many went."""
+        async with self.transaction() as session:
+            conn = await session.connection()
+            result = await conn.execute(
+                delete(ConfigChange).where(col(ConfigChange.created_at) < now() - older_than)
+            )
+        return int(result.rowcount or 0)
+
+    @staticmethod
+    async def _sources(
+        session: AsyncSession, ids: set[str] | None = None
+    ) -> list[tuple[Source, Workspace]]:
+        """Read sources with their workspace: those of `ids`, or all."""
+        query = select(Source, Workspace).join(
+            Workspace, col(Workspace.id) == col(Source.workspace_id)
+        )
+        if ids is not None:
+            if not ids:
+                return []
+            query = query.where(col(Source.id).in_(sorted(ids)))
+        return [(s, w) for s, w in (await session.exec(query)).all()]
+
+    @staticmethod
+    async def _instances(session: AsyncSession, ids: set[str] | None = None) -> list[InstanceRow]:
+        """Read instances with their version, function and workspace: those of `ids`, or all."""
+        query = (
+            select(Instance, FunctionVersion, Function, Workspace)
+            .join(FunctionVersion, col(FunctionVersion.id) == col(Instance.version_id))
+            .join(Function, col(Function.id) == col(Instance.function_id))
+            .join(Workspace, col(Workspace.id) == col(Instance.workspace_id))
+        )
+        if ids is not None:
+            if not ids:
+                return []
+            query = query.where(col(Instance.id).in_(sorted(ids)))
+        return [(i, v, f, w) for i, v, f, w in (await session.exec(query)).all()]
 
 
 __all__ = [

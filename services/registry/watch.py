@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import asyncpg
 import grpc
@@ -16,10 +19,16 @@ from services.registry import convert
 from services.registry.deps import RegistryDeps
 from services.registry.instance_settings import InstanceSettings
 from services.registry.secrets import is_sealed
-from services.registry.store import CONFIG_CHANNEL
+from services.registry.store import (
+    CONFIG_CHANNEL,
+    Function,
+    FunctionVersion,
+    Instance,
+    Source,
+    Workspace,
+)
 
 log = logging.getLogger(__name__)
-Snapshot = tuple[int, dict[str, pb.SourceConfig], dict[str, pb.InstanceConfig]]
 # A watcher also re-reads this often, so a notification lost while reconnecting costs little.
 RECHECK_SECONDS = 15.0
 
@@ -58,68 +67,140 @@ class ConfigNotifier:
             await self._conn.close()
 
 
+class LiveConfig:
+    """The data-plane configuration kept current in memory, advanced by the change log.
+
+    Every change re-reads and decrypts only the sources and instances it touched (the change
+    log names them), so its cost does not grow with the number of instances; the whole
+    configuration is read once, at the first watcher (or when the log cannot tell what
+    changed). All watchers share it: each remembers its revision and is sent what changed
+    since, built from the touched ids kept for the last `HISTORY` revisions.
+    """
+
+    HISTORY = 10_000
+    PRUNE_AFTER = timedelta(hours=1)
+    PRUNE_EVERY = 600.0
+
+    def __init__(self, deps: RegistryDeps) -> None:
+        self.store = deps.store
+        self.instances = InstanceSettings(deps)
+        self.revision = -1
+        self.sources: dict[str, pb.SourceConfig] = {}
+        self.configs: dict[str, pb.InstanceConfig] = {}
+        # (revision, touched source ids, touched instance ids), oldest first.
+        self._history: deque[tuple[int, set[str], set[str]]] = deque(maxlen=self.HISTORY)
+        self._lock = asyncio.Lock()
+        self._pruned_at = 0.0
+
+    async def refresh(self) -> None:
+        """Catch up with the database: apply what changed since this copy's revision."""
+        async with self._lock:
+            delta = None if self.revision < 0 else await self.store.changes_since(self.revision)
+            full = delta is None
+            if delta is None:
+                delta = await self.store.snapshot()
+                self.sources.clear()
+                self.configs.clear()
+                self._history.clear()
+            elif delta.revision == self.revision:
+                return
+            for source_id in delta.source_ids:
+                self.sources.pop(source_id, None)
+            for source, workspace in delta.sources:
+                self.sources[source.id] = source_config(source, workspace)
+            for instance_id in delta.instance_ids:
+                self.configs.pop(instance_id, None)
+            for row in delta.instances:
+                self.configs[row[0].id] = self._instance_config(*row)
+            if not full:
+                self._history.append((delta.revision, delta.source_ids, delta.instance_ids))
+            self.revision = delta.revision
+            await self._prune()
+
+    def snapshot(self) -> pb.WatchConfigResponse:
+        """Return the whole configuration as a reset message."""
+        return pb.WatchConfigResponse(
+            revision=self.revision,
+            reset=True,
+            sources=list(self.sources.values()),
+            instances=list(self.configs.values()),
+        )
+
+    def since(self, revision: int) -> pb.WatchConfigResponse | None:
+        """Return what changed after `revision` (a snapshot if that is too old), or None."""
+        if revision == self.revision:
+            return None
+        if not self._history or self._history[0][0] > revision + 1:
+            return self.snapshot()
+        source_ids: set[str] = set()
+        instance_ids: set[str] = set()
+        for at, sources, instances in reversed(self._history):
+            if at <= revision:
+                break
+            source_ids |= sources
+            instance_ids |= instances
+        return pb.WatchConfigResponse(
+            revision=self.revision,
+            sources=[self.sources[i] for i in sorted(source_ids) if i in self.sources],
+            removed_source_ids=sorted(i for i in source_ids if i not in self.sources),
+            instances=[self.configs[i] for i in sorted(instance_ids) if i in self.configs],
+            removed_instance_ids=sorted(i for i in instance_ids if i not in self.configs),
+        )
+
+    async def _prune(self) -> None:
+        """Now and then, drop log rows no live copy needs (a copy further behind re-reads)."""
+        if time.monotonic() - self._pruned_at < self.PRUNE_EVERY:
+            return
+        self._pruned_at = time.monotonic()
+        await self.store.prune_config_changes(self.PRUNE_AFTER)
+
+    def _instance_config(
+        self, ins: Instance, ver: FunctionVersion, fn: Function, ws: Workspace
+    ) -> pb.InstanceConfig:
+        """Build what the data plane needs of an instance, settings decrypted."""
+        return pb.InstanceConfig(
+            id=ins.id,
+            workspace_id=ins.workspace_id,
+            source_id=ins.source_id,
+            function_id=fn.id,
+            function_name=fn.name,
+            integration_key=f"{fn.name} ({ws.name})",
+            version_id=ver.id,
+            code=ver.code,
+            settings=convert.struct(self.instances.open_settings(ins)),
+            secret_setting_names=sorted(
+                {s["name"] for s in ver.settings if s["encrypted"]}
+                | {k for k, v in ins.settings.items() if is_sealed(v)}
+            ),
+            enabled=ins.enabled,
+            batch_size=ins.batch_size,
+            batch_wait=convert.duration_ms(ins.batch_wait_ms),
+            timeout=convert.duration_ms(ins.timeout_ms),
+            retry_window=convert.duration_s(ins.retry_window_seconds),
+            retry_max_delay=convert.duration_s(ins.retry_max_delay_seconds),
+            filters=ins.filters,
+            revision=ins.revision,
+            version_create_time=convert.ts(ver.created_at),
+        )
+
+
+def source_config(source: Source, workspace: Workspace) -> pb.SourceConfig:
+    """Build what the data plane needs of a source."""
+    return pb.SourceConfig(
+        id=source.id,
+        workspace_id=source.workspace_id,
+        workspace_name=workspace.name,
+        write_key=source.write_key,
+    )
+
+
 class WatchRpcs:
     """The WatchConfig stream."""
 
     def __init__(self, deps: RegistryDeps, notifier: ConfigNotifier) -> None:
-        self.deps = deps
-        self.store = deps.store
         self.authn = deps.authn
-        self.instances = InstanceSettings(deps)
+        self.live = LiveConfig(deps)
         self.notifier = notifier
-        self._state_lock: asyncio.Lock | None = None
-        self._state_cache: Snapshot | None = None
-
-    async def _state(self) -> Snapshot:
-        """Return the configuration at the current revision, read once for every watcher.
-
-        All watchers wake on the same notification; the first reads the snapshot, the others
-        find it cached for that revision instead of each reading and decrypting it again.
-        """
-        if self._state_lock is None:
-            self._state_lock = asyncio.Lock()
-        async with self._state_lock:
-            async with self.store.transaction() as session:
-                current = await self.store.config_revision(session)
-            if self._state_cache is None or self._state_cache[0] != current:
-                self._state_cache = await self._read_state()
-            return self._state_cache
-
-    async def _read_state(self) -> Snapshot:
-        revision, sources, rows = await self.store.snapshot()
-        source_configs = {
-            s.id: pb.SourceConfig(
-                id=s.id, workspace_id=s.workspace_id, workspace_name=w.name, write_key=s.write_key
-            )
-            for s, w in sources
-        }
-        instance_configs = {}
-        for ins, ver, fn, ws in rows:
-            instance_configs[ins.id] = pb.InstanceConfig(
-                id=ins.id,
-                workspace_id=ins.workspace_id,
-                source_id=ins.source_id,
-                function_id=fn.id,
-                function_name=fn.name,
-                integration_key=f"{fn.name} ({ws.name})",
-                version_id=ver.id,
-                code=ver.code,
-                settings=convert.struct(self.instances.open_settings(ins)),
-                secret_setting_names=sorted(
-                    {s["name"] for s in ver.settings if s["encrypted"]}
-                    | {k for k, v in ins.settings.items() if is_sealed(v)}
-                ),
-                enabled=ins.enabled,
-                batch_size=ins.batch_size,
-                batch_wait=convert.duration_ms(ins.batch_wait_ms),
-                timeout=convert.duration_ms(ins.timeout_ms),
-                retry_window=convert.duration_s(ins.retry_window_seconds),
-                retry_max_delay=convert.duration_s(ins.retry_max_delay_seconds),
-                filters=ins.filters,
-                revision=ins.revision,
-                version_create_time=convert.ts(ver.created_at),
-            )
-        return revision, source_configs, instance_configs
 
     async def WatchConfig(
         self, request: pb.WatchConfigRequest, context: grpc.aio.ServicerContext
@@ -131,25 +212,16 @@ class WatchRpcs:
             )
         log.info("config watcher %r connected", request.watcher)
         with self.notifier.subscribe() as changed:
-            revision, sources, instances = await self._state()
-            yield pb.WatchConfigResponse(
-                revision=revision,
-                reset=True,
-                sources=list(sources.values()),
-                instances=list(instances.values()),
-            )
+            await self.live.refresh()
+            snapshot = self.live.snapshot()
+            revision = snapshot.revision
+            yield snapshot
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), RECHECK_SECONDS)
                 changed.clear()
-                new_revision, new_sources, new_instances = await self._state()
-                if new_revision == revision:
-                    continue
-                yield pb.WatchConfigResponse(
-                    revision=new_revision,
-                    sources=[v for k, v in new_sources.items() if sources.get(k) != v],
-                    removed_source_ids=[k for k in sources if k not in new_sources],
-                    instances=[v for k, v in new_instances.items() if instances.get(k) != v],
-                    removed_instance_ids=[k for k in instances if k not in new_instances],
-                )
-                revision, sources, instances = new_revision, new_sources, new_instances
+                await self.live.refresh()
+                message = self.live.since(revision)
+                if message is not None:
+                    revision = message.revision
+                    yield message

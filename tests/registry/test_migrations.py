@@ -28,6 +28,7 @@ REGISTRY_TABLES = {
     "instance",
     "audit_event",
     "config_state",
+    "config_change",
     "request_record",
 }
 
