@@ -13,34 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import statistics
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import AsyncExitStack, contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from contextlib import AsyncExitStack
 from typing import Any
 
 import aiohttp
 import grpc
-import orjson
-import psutil
-from aiohttp import web
 from google.protobuf import struct_pb2
 
 from bench.common import CORES, auth, instance_fields
+from bench.platform import Platform, Processes, Sink, platform, processes, start_sink
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import registry_pb2_grpc
 from eventfn_api.registry.v1 import resources_pb2 as res
 from eventfn_api.type.v1 import types_pb2
-from services.cli.up import Platform
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
 RATES = tuple(int(r) for r in os.environ.get("BENCH_RATES", "100,500,1000,2000").split(","))
-TICK = os.sysconf("SC_CLK_TCK")
 SINGLE = """
 async function onTrack(event, settings) {
   await fetch(settings.endpoint, {method: 'POST', headers: {'Content-Type': 'application/json'},
@@ -53,109 +44,6 @@ async function onBatch(events, settings) {
                                   body: JSON.stringify(events)})
 }
 """
-
-
-def _free() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
-
-
-@contextmanager
-def platform() -> Iterator[tuple[Platform, dict[str, str]]]:
-    """Start the platform in a temp state dir, on free ports; stop it afterwards."""
-    env = {
-        "EVENTFN_REGISTRY_LISTEN": _free(),
-        "EVENTFN_ROUTER_LISTEN": _free(),
-        "EVENTFN_ROUTER_HTTP_LISTEN": _free(),
-        "EVENTFN_EXECUTOR_LISTEN": _free(),
-        "EVENTFN_RETRIER_LISTEN": _free(),
-        "EVENTFN_EGRESS_ALLOW": "127.0.0.1/32",
-        "EVENTFN_LOG_LEVEL": "WARNING",
-        **{
-            f"EVENTFN_{s}_METRICS_LISTEN": "" for s in ("REGISTRY", "ROUTER", "EXECUTOR", "RETRIER")
-        },
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    state = Path(tempfile.mkdtemp(prefix="eventfn-latency-"))
-    running = Platform(state)
-    try:
-        endpoints = running.start()
-        yield running, endpoints
-    finally:
-        running.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def cpu_seconds(pid: int, children: bool = False) -> float:
-    """Return a process's user+system CPU seconds (with its reaped children's)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / TICK
-
-
-@dataclass
-class Processes:
-    """The platform's processes by role."""
-
-    pids: dict[str, int]
-
-    def sample(self) -> dict[str, float]:
-        """Return CPU seconds per role (V8 workers: the executor's children, live or reaped)."""
-        out = {role: cpu_seconds(pid) for role, pid in self.pids.items()}
-        executor = psutil.Process(self.pids["executor"])
-        workers = sum(sum(c.cpu_times()[:2]) for c in executor.children(recursive=True))
-        reaped = cpu_seconds(self.pids["executor"], children=True) - out["executor"]
-        out["V8 workers"] = workers + reaped
-        return out
-
-
-def processes(running: Platform) -> Processes:
-    pids = {spec.name: proc.pid for spec, proc in running.children}
-    if running.nats is not None and running.nats._process is not None:
-        pids["nats-server"] = running.nats._process.pid
-    return Processes(pids)
-
-
-@dataclass
-class Sink:
-    """Records when each event arrived (ns) and when it was sent (from the event)."""
-
-    latencies: list[float] = field(default_factory=list)
-    arrived: int = 0
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    url: str = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        now = time.time_ns()
-        body = orjson.loads(await request.read())
-        for event in body if isinstance(body, list) else [body]:
-            sent = event.get("properties", {}).get("sent_ns")
-            if sent:
-                self.latencies.append((now - sent) / 1e6)
-        self.arrived += len(body) if isinstance(body, list) else 1
-        self.changed.set()
-        return web.json_response({"ok": True})
-
-
-async def start_sink(stack: AsyncExitStack) -> Sink:
-    sink = Sink()
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_post("/{tail:.*}", sink.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    stack.push_async_callback(runner.cleanup)
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    sink.url = f"http://127.0.0.1:{runner.addresses[0][1]}/in"
-    return sink
 
 
 async def instance(

@@ -34,6 +34,9 @@ class ConfigView:
     sources_by_write_key: Mapping[str, pb.SourceConfig] = field(default_factory=dict)
     instances: Mapping[str, pb.InstanceConfig] = field(default_factory=dict)
     instances_by_source: Mapping[str, tuple[pb.InstanceConfig, ...]] = field(default_factory=dict)
+    # Ids of the sources whose own config or instances the last message changed (None: a
+    # snapshot, everything may have), so derived state is rebuilt only for those.
+    changed_sources: frozenset[str] | None = None
 
 
 def apply_message(view: ConfigView, message: pb.WatchConfigResponse) -> ConfigView:
@@ -85,6 +88,11 @@ def apply_message(view: ConfigView, message: pb.WatchConfigResponse) -> ConfigVi
         sources_by_write_key=by_write_key,
         instances=instances,
         instances_by_source=by_source,
+        changed_sources=None
+        if message.reset
+        else frozenset(
+            [*message.removed_source_ids, *(s.id for s in message.sources), *candidates]
+        ),
     )
 
 

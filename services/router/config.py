@@ -8,7 +8,7 @@ every instance whose revision did not change.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
@@ -48,19 +48,37 @@ class RouteTable:
 
     revision: int
     by_write_key: Mapping[str, SourceRoutes]
+    write_keys: Mapping[str, str]  # source id -> its write key in `by_write_key`
 
     @classmethod
     def build(cls, view: ConfigView, previous: RouteTable | None = None) -> RouteTable:
-        """Compile a view, reusing the previous table's routes of unchanged instances."""
-        known: dict[str, Route] = {}
-        if previous is not None:
-            for source in previous.by_write_key.values():
-                for route in source.routes:
-                    known[route.instance_id] = route
-        by_write_key: dict[str, SourceRoutes] = {}
-        for write_key, source in view.sources_by_write_key.items():
+        """Compile a view: after a delta only the sources it changed, reusing the previous
+        table's routes of instances whose revision did not change."""
+        if previous is None or view.changed_sources is None:
+            by_write_key: dict[str, SourceRoutes] = {}
+            write_keys: dict[str, str] = {}
+            changed: Iterable[str] = view.sources.keys()
+            old = previous.by_write_key.values() if previous is not None else ()
+            known = {route.instance_id: route for source in old for route in source.routes}
+        else:
+            by_write_key = dict(previous.by_write_key)
+            write_keys = dict(previous.write_keys)
+            changed = view.changed_sources
+            known = {}
+            for source_id in changed:
+                source = by_write_key.get(write_keys.get(source_id, ""))
+                if source is not None:
+                    known.update((r.instance_id, r) for r in source.routes)
+        for source_id in changed:  # all out first: a write key may pass between two sources
+            old_key = write_keys.pop(source_id, None)
+            if old_key is not None:
+                by_write_key.pop(old_key, None)
+        for source_id in changed:
+            source = view.sources.get(source_id)
+            if source is None or not source.write_key:
+                continue
             routes = []
-            for instance in view.instances_by_source.get(source.id, ()):
+            for instance in view.instances_by_source.get(source_id, ()):
                 if not instance.enabled:
                     continue
                 route = known.get(instance.id)
@@ -68,8 +86,11 @@ class RouteTable:
                     route = compile_route(instance)
                 if route is not None:
                     routes.append(route)
-            by_write_key[write_key] = SourceRoutes(source.id, source.workspace_id, tuple(routes))
-        return cls(view.revision, by_write_key)
+            by_write_key[source.write_key] = SourceRoutes(
+                source.id, source.workspace_id, tuple(routes)
+            )
+            write_keys[source_id] = source.write_key
+        return cls(view.revision, by_write_key, write_keys)
 
 
 def compile_route(instance: pb.InstanceConfig) -> Route | None:

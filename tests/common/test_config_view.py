@@ -28,7 +28,14 @@ def source(source_id: str, write_key: str) -> pb.SourceConfig:
 
 
 def instance(instance_id: str, where: tuple[str, int]) -> pb.InstanceConfig:
-    return pb.InstanceConfig(id=instance_id, source_id=where[0], revision=where[1])
+    """An instance of a source at a revision (disabled at revision 3)."""
+    return pb.InstanceConfig(
+        id=instance_id,
+        workspace_id="ws_1",
+        source_id=where[0],
+        revision=where[1],
+        enabled=where[1] != 3,
+    )
 
 
 def snapshot(revision: int, state: tuple[dict, dict]) -> pb.WatchConfigResponse:
