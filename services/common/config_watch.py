@@ -175,14 +175,26 @@ class ConfigWatcher:
         while True:
             try:
                 async with grpc.aio.insecure_channel(
-                    self._addr, interceptors=client_interceptors()
+                    self._addr,
+                    # One instance's config holds its code (up to 5 MB).
+                    options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+                    interceptors=client_interceptors(),
                 ) as channel:
                     stub = registry_pb2_grpc.RegistryStub(channel)
                     call = stub.WatchConfig(
                         pb.WatchConfigRequest(watcher=self._name),
                         metadata=(("authorization", f"Bearer {self._token}"),),
                     )
+                    pending: pb.WatchConfigResponse | None = None
                     async for message in call:
+                        if pending is not None:
+                            pending.MergeFrom(message)  # repeated fields append
+                            pending.more = message.more  # a false scalar does not merge
+                            message = pending
+                        if message.more:
+                            pending = message
+                            continue
+                        pending = None
                         await self._apply(message)
                         self.connected = True
                         delay = self._min_backoff

@@ -12,7 +12,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.grpc import (
+    aio_client_interceptors,
+    aio_server_interceptor,
+    filters,
+)
 from opentelemetry.metrics import Meter
 
 
@@ -60,7 +64,13 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
 
 def server_interceptors(meter: Meter | None) -> list[grpc.aio.ServerInterceptor]:
     """Return the tracing (and, with a meter, metrics) interceptors of a server."""
-    out: list[grpc.aio.ServerInterceptor] = [aio_server_interceptor()]
+    # Not traced: health checks, and the config stream, which lives as long as its watcher
+    # (a span of hours says nothing; and the instrumentation cannot end it cleanly when the
+    # watcher goes away: its generator is closed from another context).
+    untraced = filters.any_of(filters.health_check(), filters.method_name("WatchConfig"))
+    out: list[grpc.aio.ServerInterceptor] = [
+        aio_server_interceptor(filter_=filters.negate(untraced))
+    ]
     if meter is not None:
         out.append(RpcMetricsInterceptor(meter))
     return out

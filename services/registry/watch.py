@@ -31,6 +31,24 @@ from services.registry.store import (
 log = logging.getLogger(__name__)
 # A watcher also re-reads this often, so a notification lost while reconnecting costs little.
 RECHECK_SECONDS = 15.0
+# A snapshot or change larger than this goes out in parts (`more`): gRPC clients refuse
+# messages over 4 MiB by default.
+PART_BYTES = 1024 * 1024
+
+
+def parts(message: pb.WatchConfigResponse) -> list[pb.WatchConfigResponse]:
+    """Split a message into parts of about PART_BYTES (one object never splits)."""
+    if message.ByteSize() <= PART_BYTES:
+        return [message]
+    out = [pb.WatchConfigResponse(revision=message.revision, reset=message.reset)]
+    for name in ("sources", "removed_source_ids", "instances", "removed_instance_ids"):
+        for item in getattr(message, name):
+            size = item.ByteSize() if not isinstance(item, str) else len(item) + 2
+            if out[-1].ByteSize() + size > PART_BYTES and out[-1].ByteSize() > 16:
+                out[-1].more = True
+                out.append(pb.WatchConfigResponse(revision=message.revision))
+            getattr(out[-1], name).append(item)
+    return out
 
 
 class ConfigNotifier:
@@ -215,7 +233,8 @@ class WatchRpcs:
             await self.live.refresh()
             snapshot = self.live.snapshot()
             revision = snapshot.revision
-            yield snapshot
+            for part in parts(snapshot):
+                yield part
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), RECHECK_SECONDS)
@@ -224,4 +243,5 @@ class WatchRpcs:
                 message = self.live.since(revision)
                 if message is not None:
                     revision = message.revision
-                    yield message
+                    for part in parts(message):
+                        yield part

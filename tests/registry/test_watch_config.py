@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
-from services.common.config_watch import ConfigView, apply_message
+from services.common.config_watch import ConfigView, ConfigWatcher, apply_message
 from services.common.settings import sqlalchemy_url
 from tests.registry.conftest import HANDLER, SERVICE, SETTINGS, Registry, auth, ws
 
@@ -244,3 +244,42 @@ async def test_a_follower_ends_where_a_fresh_snapshot_starts(registry: Registry)
     _same(view, await _follow(fresh, view.revision))
     for stream in (early, late, fresh):
         stream.cancel()
+
+
+async def test_a_configuration_over_4_mib_arrives_in_parts(registry: Registry) -> None:
+    """gRPC clients refuse messages over 4 MiB by default: a big snapshot comes in parts."""
+    ws_id, owner = await registry.workspace("Big Co")
+    src = await registry.stub.CreateSource(
+        pb.CreateSourceRequest(parent=ws(ws_id), source=res.Source(display_name="web")),
+        metadata=auth(owner),
+    )
+    fn = await registry.stub.CreateFunction(
+        pb.CreateFunctionRequest(
+            parent=ws(ws_id),
+            function=res.DestinationFunction(display_name="Big"),
+            code=HANDLER + "\n// " + "x" * 400_000,
+            settings=SETTINGS,
+        ),
+        metadata=auth(owner),
+    )
+    for i in range(12):
+        await _instance(registry, owner, ws_id, fn.function.name, src.source.name, str(i))
+
+    stream = registry.stub.WatchConfig(pb.WatchConfigRequest(watcher="t"), metadata=auth(SERVICE))
+    received = [await next_message(stream)]
+    while received[-1].more:
+        received.append(await next_message(stream))
+    stream.cancel()
+    assert len(received) >= 5 and all(m.ByteSize() < 1_100_000 for m in received)
+    assert received[0].reset and not any(m.reset for m in received[1:])
+
+    watcher = ConfigWatcher(f"127.0.0.1:{registry.port}", SERVICE, "big")
+    watcher.start()
+    try:
+        view = await asyncio.wait_for(watcher.wait_until(lambda v: len(v.instances) == 12), 20)
+    finally:
+        await watcher.close()
+    assert view.revision == received[0].revision
+    assert {c.settings["apiKey"] for c in view.instances.values()} == {
+        f"secret-{i}" for i in range(12)
+    }

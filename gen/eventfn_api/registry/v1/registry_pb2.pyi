@@ -2077,10 +2077,16 @@ class WatchConfigResponse(_message.Message):
     REMOVED_SOURCE_IDS_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
     REMOVED_INSTANCE_IDS_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """The configuration revision this message brings the watcher to."""
     reset: _builtins.bool
     """True for a full snapshot: drop everything known and take what follows."""
+    more: _builtins.bool
+    """True when the next message continues this one: a large snapshot or change is sent in
+    parts of about 1 MiB, all with the same revision (only the first may have reset set).
+    Apply the parts together, once the one with more false has arrived.
+    """
     @_builtins.property
     def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceConfig]:
         """Sources added or changed."""
@@ -2106,10 +2112,11 @@ class WatchConfigResponse(_message.Message):
         removed_source_ids: _abc.Iterable[_builtins.str] | None = ...,
         instances: _abc.Iterable[Global___InstanceConfig] | None = ...,
         removed_instance_ids: _abc.Iterable[_builtins.str] | None = ...,
+        more: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "removed_instance_ids", b"removed_instance_ids", "removed_source_ids", b"removed_source_ids", "reset", b"reset", "revision", b"revision", "sources", b"sources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "more", b"more", "removed_instance_ids", b"removed_instance_ids", "removed_source_ids", b"removed_source_ids", "reset", b"reset", "revision", b"revision", "sources", b"sources"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
