@@ -24,7 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.common.errors import AlreadyExists, InvalidArgument, RequestIdReused
 from services.registry.models import RequestRecord
-from services.registry.secrets import SecretBox
+from services.registry.secrets import SEALED_KEY, SecretBox
 from services.registry.store import RegistryStore, now
 
 RETENTION = timedelta(hours=24)
@@ -78,9 +78,9 @@ class Idempotency:
         if row.digest != key.digest:
             raise RequestIdReused(key.method)
         scope, name = self._scope(key)
-        sealed = {"$sealed": row.response.decode()}
+        sealed = {SEALED_KEY: row.response.decode()}
         response = response_type()
-        opened = self._box.open(sealed, instance_id=scope, name=name)
+        opened = await self._box.open(sealed, instance_id=scope, name=name)
         response.ParseFromString(bytes.fromhex(str(opened)))
         return response
 
@@ -89,7 +89,9 @@ class Idempotency:
         if key is None:
             return
         scope, name = self._scope(key)
-        sealed = self._box.seal(response.SerializeToString().hex(), instance_id=scope, name=name)
+        sealed = await self._box.seal(
+            session, response.SerializeToString().hex(), instance_id=scope, name=name
+        )
         # The workspace's expired records go (this one's too, should its id come back).
         await session.exec(  # type: ignore[call-overload]
             delete(RequestRecord).where(
@@ -103,7 +105,7 @@ class Idempotency:
                 method=key.method,
                 request_id=key.request_id,
                 digest=key.digest,
-                response=sealed["$sealed"].encode(),
+                response=sealed[SEALED_KEY].encode(),
                 created_at=now(),
             )
         )

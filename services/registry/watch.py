@@ -104,7 +104,7 @@ class WatchRpcs:
                 integration_key=f"{fn.name} ({ws.name})",
                 version_id=ver.id,
                 code=ver.code,
-                settings=convert.struct(self.instances.open_settings(ins)),
+                settings=convert.struct(await self.instances.open_settings(ins)),
                 secret_setting_names=sorted(
                     {s["name"] for s in ver.settings if s["encrypted"]}
                     | {k for k, v in ins.settings.items() if is_sealed(v)}

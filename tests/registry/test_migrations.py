@@ -29,6 +29,7 @@ REGISTRY_TABLES = {
     "audit_event",
     "config_state",
     "request_record",
+    "secret_key",
 }
 
 
