@@ -13,7 +13,7 @@ from services.registry.auth import Caller, require
 from services.registry.deps import RegistryDeps
 from services.registry.etags import check as check_etag
 from services.registry.models import FunctionVersion, Instance
-from services.registry.secrets import is_sealed
+from services.registry.secrets import is_sealed, key_id_of
 from services.registry.store import now
 from services.registry.validation import check_setting_values
 
@@ -51,6 +51,23 @@ class InstanceSettings:
             k: await box.seal(s, v, instance_id=instance_id, name=k) if k in secret else v
             for k, v in values.items()
         }
+
+    async def reseal(self, s: AsyncSession, ins: Instance, key_id: str) -> int:
+        """Seal an instance's encrypted values under the data key `key_id`; count them.
+
+        Values and revision stay as they are (the etag too): only their sealing changes.
+        """
+        box = self.deps.secrets
+        settings = dict(ins.settings)
+        for name, value in ins.settings.items():
+            if is_sealed(value) and key_id_of(value) != key_id:
+                opened = await box.open(value, instance_id=ins.id, name=name)
+                settings[name] = await box.seal(s, opened, instance_id=ins.id, name=name)
+        changed = sum(1 for name in settings if settings[name] is not ins.settings[name])
+        if changed:
+            ins.settings = settings
+            s.add(ins)
+        return changed
 
     async def settings_for(
         self,
