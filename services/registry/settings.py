@@ -16,7 +16,8 @@ class RegistrySettings(CommonSettings):
     # unset: generated into the state dir.
     secret_key: str | None = None
     # The master key used before EVENTFN_SECRET_KEY changed, read only: data keys it wrapped
-    # are re-wrapped by the new one at start; remove it once every replica has restarted.
+    # are re-wrapped by the new one at start; remove it once every replica runs with both
+    # and `eventfn admin rotate-secret-key` has run (docs/operations.md).
     secret_key_previous: str | None = None
     bootstrap_token: str | None = None
     bootstrap_workspace: str = "default"
