@@ -370,4 +370,6 @@ def action_text(action: int) -> str:
     area, _, verb = text.partition("_")
     if area == "dead":
         return "dead." + verb.removeprefix("letters_")
+    if area == "secret":  # SECRET_KEY_ROTATE -> secret_key.rotate
+        return "secret_key." + verb.removeprefix("key_")
     return f"{area}.{verb}"

@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.cli import access_commands as ac
 from services.cli import function_commands as fc
+from services.cli.admin_commands import admin
 from services.cli.client import fail, out, table
 from services.cli.context import load_context, remember_platform, state_dir, state_dir_to_start
 from services.cli.dead_commands import dead
@@ -38,6 +39,7 @@ app.add_typer(events, name="events")
 app.command("deliveries")(deliveries)
 app.add_typer(dead, name="dead", no_args_is_help=True)
 app.command("serve")(serve)
+app.add_typer(admin, name="admin")
 app.command("trace")(trace)
 
 with contextlib.suppress(ImportError):

@@ -20,7 +20,7 @@ from services.registry.deps import RegistryDeps
 from services.registry.idempotency import Idempotency
 from services.registry.migrate import migrate
 from services.registry.paging import Pages
-from services.registry.secrets import SecretBox, load_or_create_key
+from services.registry.secrets import SecretBox, load_or_create_key, parse_key
 from services.registry.servicer import RegistryServicer
 from services.registry.settings import RegistrySettings
 from services.registry.store import RegistryStore
@@ -54,7 +54,11 @@ async def start_registry(settings: RegistrySettings, stack: AsyncExitStack) -> R
             store, workspace_name=settings.bootstrap_workspace, secret=settings.bootstrap_token
         )
     key = load_or_create_key(settings.secret_key, settings.state_dir / "secret.key")
-    box = SecretBox(key)
+    previous = settings.secret_key_previous
+    box = SecretBox(
+        store, key, parse_key(previous, "EVENTFN_SECRET_KEY_PREVIOUS") if previous else None
+    )
+    await box.start()
     idempotency = Idempotency(store, box)
     await idempotency.purge_expired()
     deps = RegistryDeps(

@@ -23,6 +23,7 @@ RESOURCE_TYPES = {
     "source": res.RESOURCE_TYPE_SOURCE,
     "function": res.RESOURCE_TYPE_FUNCTION,
     "instance": res.RESOURCE_TYPE_INSTANCE,
+    "secret_key": res.RESOURCE_TYPE_SECRET_KEY,
 }
 STORED_ACTIONS = {"member.update_roles": "member.update", "dead.replay": "dead_letters.replay"}
 STORED_ACTIONS["dead.purge"] = "dead_letters.purge"
@@ -203,6 +204,8 @@ def resource_name(workspace_id: str, resource_type: str, resource_id: str) -> st
     """Return the name of the resource an audit entry is about."""
     if resource_type == "workspace":
         return names.workspace(resource_id)
+    if resource_type == "secret_key":  # deployment-wide, of no workspace
+        return f"secretKeys/{resource_id}"
     kind = KINDS.get(resource_type)
     return kind.name(workspace_id, resource_id) if kind else resource_id
 

@@ -17,14 +17,14 @@ from datetime import timedelta
 from typing import TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import delete
+from sqlalchemy import delete, tuple_
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.common.errors import AlreadyExists, InvalidArgument, RequestIdReused
 from services.registry.models import RequestRecord
-from services.registry.secrets import SecretBox
+from services.registry.secrets import SEALED_KEY, SecretBox, key_id_of
 from services.registry.store import RegistryStore, now
 
 RETENTION = timedelta(hours=24)
@@ -66,8 +66,8 @@ class Idempotency:
         self._store = store
         self._box = box
 
-    def _scope(self, key: RequestKey) -> tuple[str, str]:
-        return f"request:{key.workspace_id}", f"{key.method}/{key.request_id}"
+    def _scope(self, workspace_id: str, method: str, request_id: str) -> tuple[str, str]:
+        return f"request:{workspace_id}", f"{method}/{request_id}"
 
     async def previous(self, key: RequestKey, response_type: type[M]) -> M | None:
         """Return the response of an earlier call with this key, or None."""
@@ -77,10 +77,10 @@ class Idempotency:
             return None
         if row.digest != key.digest:
             raise RequestIdReused(key.method)
-        scope, name = self._scope(key)
-        sealed = {"$sealed": row.response.decode()}
+        scope, name = self._scope(key.workspace_id, key.method, key.request_id)
+        sealed = {SEALED_KEY: row.response.decode()}
         response = response_type()
-        opened = self._box.open(sealed, instance_id=scope, name=name)
+        opened = await self._box.open(sealed, instance_id=scope, name=name)
         response.ParseFromString(bytes.fromhex(str(opened)))
         return response
 
@@ -88,8 +88,10 @@ class Idempotency:
         """Keep the response of a call, in the transaction that makes its change."""
         if key is None:
             return
-        scope, name = self._scope(key)
-        sealed = self._box.seal(response.SerializeToString().hex(), instance_id=scope, name=name)
+        scope, name = self._scope(key.workspace_id, key.method, key.request_id)
+        sealed = await self._box.seal(
+            session, response.SerializeToString().hex(), instance_id=scope, name=name
+        )
         # The workspace's expired records go (this one's too, should its id come back).
         await session.exec(  # type: ignore[call-overload]
             delete(RequestRecord).where(
@@ -103,7 +105,7 @@ class Idempotency:
                 method=key.method,
                 request_id=key.request_id,
                 digest=key.digest,
-                response=sealed["$sealed"].encode(),
+                response=sealed[SEALED_KEY].encode(),
                 created_at=now(),
             )
         )
@@ -115,6 +117,44 @@ class Idempotency:
             await s.exec(  # type: ignore[call-overload]
                 delete(RequestRecord).where(col(RequestRecord.created_at) < now() - RETENTION)
             )
+
+    async def reseal(self, key_id: str, batch: int = 100) -> int:
+        """Seal every kept response under the data key `key_id`; return how many changed.
+
+        Batch by batch, each one short transaction holding its rows FOR UPDATE.
+        """
+        await self.purge_expired()
+        count = 0
+        last = ("", "", "")
+        pk = (
+            col(RequestRecord.workspace_id),
+            col(RequestRecord.method),
+            col(RequestRecord.request_id),
+        )
+        while True:
+            async with self._store.transaction() as s:
+                rows = (
+                    await s.exec(
+                        select(RequestRecord)
+                        .where(tuple_(*pk) > tuple_(*last))
+                        .order_by(*pk)
+                        .limit(batch)
+                        .with_for_update()
+                    )
+                ).all()
+                for row in rows:
+                    sealed = {SEALED_KEY: row.response.decode()}
+                    if key_id_of(sealed) == key_id:
+                        continue
+                    scope, name = self._scope(row.workspace_id, row.method, row.request_id)
+                    opened = await self._box.open(sealed, instance_id=scope, name=name)
+                    again = await self._box.seal(s, opened, instance_id=scope, name=name)
+                    row.response = again[SEALED_KEY].encode()
+                    s.add(row)
+                    count += 1
+            if len(rows) < batch:
+                return count
+            last = (rows[-1].workspace_id, rows[-1].method, rows[-1].request_id)
 
     async def once(
         self,

@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sqlmodel.ext.asyncio.session import AsyncSession
+
 from services.common.errors import FieldViolation, InvalidArgument, NotFound
 from services.registry.auth import Caller, require
 from services.registry.deps import RegistryDeps
 from services.registry.etags import check as check_etag
 from services.registry.models import FunctionVersion, Instance
-from services.registry.secrets import is_sealed
+from services.registry.secrets import is_sealed, key_id_of
 from services.registry.store import now
 from services.registry.validation import check_setting_values
 
@@ -22,16 +24,17 @@ class InstanceSettings:
     def __init__(self, deps: RegistryDeps) -> None:
         self.deps = deps
 
-    def open_settings(self, ins: Instance) -> dict[str, Any]:
+    async def open_settings(self, ins: Instance) -> dict[str, Any]:
         """Return an instance's settings with encrypted values decrypted."""
         box = self.deps.secrets
         return {
-            k: box.open(v, instance_id=ins.id, name=k) if is_sealed(v) else v
+            k: await box.open(v, instance_id=ins.id, name=k) if is_sealed(v) else v
             for k, v in ins.settings.items()
         }
 
-    def seal_settings(
+    async def seal_settings(
         self,
+        s: AsyncSession,
         instance_id: str,
         schema: list[dict],
         values: dict[str, Any],
@@ -45,25 +48,43 @@ class InstanceSettings:
         secret = {s["name"] for s in schema if s["encrypted"]} | still_secret
         box = self.deps.secrets
         return {
-            k: box.seal(v, instance_id=instance_id, name=k) if k in secret else v
+            k: await box.seal(s, v, instance_id=instance_id, name=k) if k in secret else v
             for k, v in values.items()
         }
 
-    def settings_for(
+    async def reseal(self, s: AsyncSession, ins: Instance, key_id: str) -> int:
+        """Seal an instance's encrypted values under the data key `key_id`; count them.
+
+        Values and revision stay as they are (the etag too): only their sealing changes.
+        """
+        box = self.deps.secrets
+        settings = dict(ins.settings)
+        for name, value in ins.settings.items():
+            if is_sealed(value) and key_id_of(value) != key_id:
+                opened = await box.open(value, instance_id=ins.id, name=name)
+                settings[name] = await box.seal(s, opened, instance_id=ins.id, name=name)
+        changed = sum(1 for name in settings if settings[name] is not ins.settings[name])
+        if changed:
+            ins.settings = settings
+            s.add(ins)
+        return changed
+
+    async def settings_for(
         self,
+        s: AsyncSession,
         ins: Instance | None,
         instance_id: str,
         schema: list[dict],
         given: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
         """Validate new or carried-over values against `schema` and seal them."""
-        current = self.open_settings(ins) if ins else {}
+        current = await self.open_settings(ins) if ins else {}
         kept = frozenset(k for k, v in (ins.settings if ins else {}).items() if is_sealed(v))
         if given is None:  # no new values: the current ones must fit the schema
             declared = {s["name"] for s in schema}
             values = {k: v for k, v in current.items() if k in declared}
-            return self.seal_settings(
-                instance_id, schema, check_setting_values(schema, values), kept
+            return await self.seal_settings(
+                s, instance_id, schema, check_setting_values(schema, values), kept
             )
         values = check_setting_values(schema, given, kept_secrets=kept)
         for name in kept:  # a masked or absent encrypted value keeps the stored secret
@@ -73,7 +94,7 @@ class InstanceSettings:
                 and any(s["name"] == name and s["encrypted"] for s in schema)
             ):
                 values[name] = current[name]
-        return self.seal_settings(instance_id, schema, values, kept)
+        return await self.seal_settings(s, instance_id, schema, values, kept)
 
     async def locked_instance(
         self, s, caller: Caller, instance_id: str, etag: str, *, name: str
@@ -88,8 +109,12 @@ class InstanceSettings:
         check_etag("instance", ins.id, ins.revision, etag)
         return ins
 
-    def deploy(
-        self, s, ins: Instance, ver: FunctionVersion, changes: Mapping[str, Any] | None = None
+    async def deploy(
+        self,
+        s: AsyncSession,
+        ins: Instance,
+        ver: FunctionVersion,
+        changes: Mapping[str, Any] | None = None,
     ) -> None:
         """Move an instance to a version, with setting values changed in the same step.
 
@@ -97,12 +122,12 @@ class InstanceSettings:
         declares); a named one takes the given value, which must fit the version's schema.
         """
         if changes is None:
-            ins.settings = self.settings_for(ins, ins.id, ver.settings, None)
+            ins.settings = await self.settings_for(s, ins, ins.id, ver.settings, None)
         else:
             declared = {x["name"] for x in ver.settings}
-            values = {k: v for k, v in self.open_settings(ins).items() if k in declared}
+            values = {k: v for k, v in (await self.open_settings(ins)).items() if k in declared}
             values.update(changes)
-            ins.settings = self.settings_for(ins, ins.id, ver.settings, values)
+            ins.settings = await self.settings_for(s, ins, ins.id, ver.settings, values)
         ins.version_id = ver.id
         ins.revision += 1
         ins.updated_at = now()

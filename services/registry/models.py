@@ -10,9 +10,11 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    Index,
     LargeBinary,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
@@ -166,6 +168,30 @@ class RequestRecord(SQLModel, table=True):
     created_at: datetime = Field(
         sa_column=Column(DateTime(timezone=True), nullable=False, index=True)
     )
+
+
+class SecretKey(SQLModel, table=True):
+    """A data key sealing encrypted values, stored wrapped (AES-256-GCM) by a master key.
+
+    `state` is "current" (new values are sealed under it; at most one) or "retiring" (still
+    read, being replaced by a rotation, then deleted); `master_key_id` names the master key
+    that wrapped it, so a master key change can be detected and re-wrapped.
+    """
+
+    __tablename__ = "secret_key"  # type: ignore[assignment]
+    __table_args__ = (
+        Index(
+            "ix_secret_key_one_current",
+            "state",
+            unique=True,
+            postgresql_where=text("state = 'current'"),
+        ),
+    )
+    id: str = Field(primary_key=True, sa_type=Text)
+    master_key_id: str = Field(sa_type=Text)
+    wrapped: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    state: str = Field(sa_type=Text)
+    created_at: datetime = _ts(nullable=False)
 
 
 class ConfigState(SQLModel, table=True):

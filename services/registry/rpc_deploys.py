@@ -107,7 +107,7 @@ class DeployRpcs:
                     else None
                 )
                 try:
-                    self.instances.deploy(s, ins, ver, changes)
+                    await self.instances.deploy(s, ins, ver, changes)
                 except InvalidArgument as error:
                     raise with_prefix(
                         error,
@@ -168,7 +168,7 @@ class DeployRpcs:
             if ver is None or ver.function_id != ins.function_id or function_id != ver.function_id:
                 raise NotFound("version", request.version)
             before = ins.version_id
-            self.instances.deploy(s, ins, ver, changes)
+            await self.instances.deploy(s, ins, ver, changes)
             await audit(
                 self.store,
                 s,

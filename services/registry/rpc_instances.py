@@ -168,7 +168,9 @@ class InstanceRpcs:
                     source_id=src.id,
                     version_id=ver.id,
                     name=name,
-                    settings=self.instances.settings_for(None, instance_id, ver.settings, given),
+                    settings=await self.instances.settings_for(
+                        s, None, instance_id, ver.settings, given
+                    ),
                     enabled=enabled,
                     batch_size=size,
                     batch_wait_ms=wait,
@@ -296,8 +298,8 @@ class InstanceRpcs:
             )
             if "settings" in paths:
                 ver = await self.store.get(s, FunctionVersion, ins.version_id, "version")
-                ins.settings = self.instances.settings_for(
-                    ins, ins.id, ver.settings, json_format.MessageToDict(new.settings)
+                ins.settings = await self.instances.settings_for(
+                    s, ins, ins.id, ver.settings, json_format.MessageToDict(new.settings)
                 )
             if enabled is not None:
                 ins.enabled = enabled

@@ -13,6 +13,7 @@ from services.registry.rpc_audit import AuditRpcs
 from services.registry.rpc_deploys import DeployRpcs
 from services.registry.rpc_functions import FunctionRpcs
 from services.registry.rpc_instances import InstanceRpcs
+from services.registry.rpc_keys import KeyRpcs
 from services.registry.rpc_sources import SourceRpcs
 from services.registry.rpc_workspaces import WorkspaceRpcs
 from services.registry.watch import ConfigNotifier, WatchRpcs
@@ -27,6 +28,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         deploys = DeployRpcs(deps)
         functions = FunctionRpcs(deps)
         instances = InstanceRpcs(deps)
+        keys = KeyRpcs(deps)
         sources = SourceRpcs(deps)
         workspaces = WorkspaceRpcs(deps)
         watch = WatchRpcs(deps, notifier)
@@ -72,5 +74,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         self.ListInstances = instances.ListInstances
         self.UpdateInstance = instances.UpdateInstance
         self.DeleteInstance = instances.DeleteInstance
+        # rpc_keys.py
+        self.RotateSecretKey = keys.RotateSecretKey
         # watch.py
         self.WatchConfig = watch.WatchConfig

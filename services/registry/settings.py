@@ -12,6 +12,12 @@ class RegistrySettings(CommonSettings):
     registry_listen: str = "127.0.0.1:50051"
     # Prometheus text on http://<this>/metrics; empty: not served.
     registry_metrics_listen: str = "127.0.0.1:9464"
+    # The master key (base64 of 32 bytes) wrapping the data keys that seal encrypted values;
+    # unset: generated into the state dir.
     secret_key: str | None = None
+    # The master key used before EVENTFN_SECRET_KEY changed, read only: data keys it wrapped
+    # are re-wrapped by the new one at start; remove it once every replica runs with both
+    # and `eventfn admin rotate-secret-key` has run (docs/operations.md).
+    secret_key_previous: str | None = None
     bootstrap_token: str | None = None
     bootstrap_workspace: str = "default"

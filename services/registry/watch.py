@@ -129,7 +129,7 @@ class LiveConfig:
             for instance_id in delta.instance_ids:
                 self.configs.pop(instance_id, None)
             for row in delta.instances:
-                self.configs[row[0].id] = self._instance_config(*row)
+                self.configs[row[0].id] = await self._instance_config(*row)
             if not full:
                 self._history.append((delta.revision, delta.source_ids, delta.instance_ids))
             self.revision = delta.revision
@@ -172,7 +172,7 @@ class LiveConfig:
         self._pruned_at = time.monotonic()
         await self.store.prune_config_changes(self.PRUNE_AFTER)
 
-    def _instance_config(
+    async def _instance_config(
         self, ins: Instance, ver: FunctionVersion, fn: Function, ws: Workspace
     ) -> pb.InstanceConfig:
         """Build what the data plane needs of an instance, settings decrypted."""
@@ -185,7 +185,7 @@ class LiveConfig:
             integration_key=f"{fn.name} ({ws.name})",
             version_id=ver.id,
             code=ver.code,
-            settings=convert.struct(self.instances.open_settings(ins)),
+            settings=convert.struct(await self.instances.open_settings(ins)),
             secret_setting_names=sorted(
                 {s["name"] for s in ver.settings if s["encrypted"]}
                 | {k for k, v in ins.settings.items() if is_sealed(v)}

@@ -941,6 +941,13 @@ CASES = [
         ids(instance="ins_bt", actor="target_member"),
     ),
     Case("WatchConfig", frozenset(), "service", watch_first),
+    # Keys are the deployment's, not a workspace's: its bootstrap administrator alone.
+    Case(
+        "RotateSecretKey",
+        frozenset(),
+        "bootstrap",
+        lambda s, i, md: s.RotateSecretKey(pb.RotateSecretKeyRequest(), metadata=md),
+    ),
 ]
 
 

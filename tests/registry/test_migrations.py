@@ -30,6 +30,7 @@ REGISTRY_TABLES = {
     "config_state",
     "config_change",
     "request_record",
+    "secret_key",
 }
 
 

@@ -2267,3 +2267,70 @@ class InstanceConfig(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InstanceConfig: _TypeAlias = InstanceConfig  # noqa: Y015
+
+@_typing.final
+class RotateSecretKeyRequest(_message.Message):
+    """Request of RotateSecretKey."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateSecretKeyRequest: _TypeAlias = RotateSecretKeyRequest  # noqa: Y015
+
+@_typing.final
+class RotateSecretKeyResponse(_message.Message):
+    """Response of RotateSecretKey."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    RETIRED_KEY_IDS_FIELD_NUMBER: _builtins.int
+    RESEALED_INSTANCE_COUNT_FIELD_NUMBER: _builtins.int
+    RESEALED_SETTING_COUNT_FIELD_NUMBER: _builtins.int
+    RESEALED_REQUEST_COUNT_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """The id of the new data key every encrypted value is now sealed under, e.g. "key_3f2a…"."""
+    resealed_instance_count: _builtins.int
+    """How many instances had encrypted setting values re-sealed."""
+    resealed_setting_count: _builtins.int
+    """How many encrypted setting values were re-sealed, over all instances."""
+    resealed_request_count: _builtins.int
+    """How many kept responses of request_id retries (AIP-155) were re-sealed."""
+    @_builtins.property
+    def retired_key_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The ids of the data keys retired and deleted (empty when the values were sealed directly
+        with EVENTFN_SECRET_KEY, as before data keys existed).
+        """
+
+    @_builtins.property
+    def event(self) -> _resources_pb2.AuditEvent:
+        """The audit entry of the rotation in the caller's workspace (counts, key ids; never key
+        material).
+        """
+
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        retired_key_ids: _abc.Iterable[_builtins.str] | None = ...,
+        resealed_instance_count: _builtins.int = ...,
+        resealed_setting_count: _builtins.int = ...,
+        resealed_request_count: _builtins.int = ...,
+        event: _resources_pb2.AuditEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "key_id", b"key_id", "resealed_instance_count", b"resealed_instance_count", "resealed_request_count", b"resealed_request_count", "resealed_setting_count", b"resealed_setting_count", "retired_key_ids", b"retired_key_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateSecretKeyResponse: _TypeAlias = RotateSecretKeyResponse  # noqa: Y015

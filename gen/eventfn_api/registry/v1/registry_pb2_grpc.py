@@ -237,6 +237,11 @@ class RegistryStub:
                 request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.WatchConfigRequest.SerializeToString,
                 response_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.WatchConfigResponse.FromString,
                 _registered_method=True)
+        self.RotateSecretKey = channel.unary_unary(
+                '/eventfn.registry.v1.Registry/RotateSecretKey',
+                request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.RotateSecretKeyRequest.SerializeToString,
+                response_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.RotateSecretKeyResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -549,6 +554,23 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateSecretKey(self, request, context):
+        """Re-seal every encrypted value the deployment keeps (instances' encrypted settings, the
+        responses kept for request_id retries) under a new data key, then delete the data keys
+        used before: afterwards no stored value can be opened with them. Instances keep working
+        throughout (nothing is decrypted into the database, the data plane's settings do not
+        change), on every registry replica. Audited in the caller's workspace and, as "system",
+        in every workspace whose values were re-sealed. Only the deployment's bootstrap
+        administrator may call it (PERMISSION_DENIED otherwise). ABORTED when another rotation is
+        running; FAILED_PRECONDITION when values were still being sealed under an old key (a
+        replica of an earlier release): the old keys are then kept, nothing is lost, and the call
+        can be made again. It takes time in proportion to the encrypted values: give it a generous
+        deadline; an interrupted rotation leaves every value readable and can be made again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -731,6 +753,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.WatchConfig,
                     request_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.WatchConfigRequest.FromString,
                     response_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.WatchConfigResponse.SerializeToString,
+            ),
+            'RotateSecretKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateSecretKey,
+                    request_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.RotateSecretKeyRequest.FromString,
+                    response_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.RotateSecretKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1728,6 +1755,33 @@ class Registry:
             '/eventfn.registry.v1.Registry/WatchConfig',
             eventfn_dot_registry_dot_v1_dot_registry__pb2.WatchConfigRequest.SerializeToString,
             eventfn_dot_registry_dot_v1_dot_registry__pb2.WatchConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateSecretKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventfn.registry.v1.Registry/RotateSecretKey',
+            eventfn_dot_registry_dot_v1_dot_registry__pb2.RotateSecretKeyRequest.SerializeToString,
+            eventfn_dot_registry_dot_v1_dot_registry__pb2.RotateSecretKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

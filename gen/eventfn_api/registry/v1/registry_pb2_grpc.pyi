@@ -178,6 +178,19 @@ class RegistryStub:
     with a higher revision. Only the deployment's service token may call it (PERMISSION_DENIED
     for members). Settings arrive decrypted: keep the stream on a trusted network.
     """
+    RotateSecretKey: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RotateSecretKeyRequest, _registry_pb2.RotateSecretKeyResponse]
+    """Re-seal every encrypted value the deployment keeps (instances' encrypted settings, the
+    responses kept for request_id retries) under a new data key, then delete the data keys
+    used before: afterwards no stored value can be opened with them. Instances keep working
+    throughout (nothing is decrypted into the database, the data plane's settings do not
+    change), on every registry replica. Audited in the caller's workspace and, as "system",
+    in every workspace whose values were re-sealed. Only the deployment's bootstrap
+    administrator may call it (PERMISSION_DENIED otherwise). ABORTED when another rotation is
+    running; FAILED_PRECONDITION when values were still being sealed under an old key (a
+    replica of an earlier release): the old keys are then kept, nothing is lost, and the call
+    can be made again. It takes time in proportion to the encrypted values: give it a generous
+    deadline; an interrupted rotation leaves every value readable and can be made again.
+    """
 
 @_typing.type_check_only
 class RegistryAsyncStub(RegistryStub):
@@ -326,6 +339,19 @@ class RegistryAsyncStub(RegistryStub):
     """Stream the data plane's configuration: first a full snapshot, then every change, each
     with a higher revision. Only the deployment's service token may call it (PERMISSION_DENIED
     for members). Settings arrive decrypted: keep the stream on a trusted network.
+    """
+    RotateSecretKey: _aio.UnaryUnaryMultiCallable[_registry_pb2.RotateSecretKeyRequest, _registry_pb2.RotateSecretKeyResponse]  # type: ignore[assignment]
+    """Re-seal every encrypted value the deployment keeps (instances' encrypted settings, the
+    responses kept for request_id retries) under a new data key, then delete the data keys
+    used before: afterwards no stored value can be opened with them. Instances keep working
+    throughout (nothing is decrypted into the database, the data plane's settings do not
+    change), on every registry replica. Audited in the caller's workspace and, as "system",
+    in every workspace whose values were re-sealed. Only the deployment's bootstrap
+    administrator may call it (PERMISSION_DENIED otherwise). ABORTED when another rotation is
+    running; FAILED_PRECONDITION when values were still being sealed under an old key (a
+    replica of an earlier release): the old keys are then kept, nothing is lost, and the call
+    can be made again. It takes time in proportion to the encrypted values: give it a generous
+    deadline; an interrupted rotation leaves every value readable and can be made again.
     """
 
 class RegistryServicer(metaclass=_abc_1.ABCMeta):
@@ -688,6 +714,25 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         """Stream the data plane's configuration: first a full snapshot, then every change, each
         with a higher revision. Only the deployment's service token may call it (PERMISSION_DENIED
         for members). Settings arrive decrypted: keep the stream on a trusted network.
+        """
+
+    @_abc_1.abstractmethod
+    def RotateSecretKey(
+        self,
+        request: _registry_pb2.RotateSecretKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RotateSecretKeyResponse, _abc.Awaitable[_registry_pb2.RotateSecretKeyResponse]]:
+        """Re-seal every encrypted value the deployment keeps (instances' encrypted settings, the
+        responses kept for request_id retries) under a new data key, then delete the data keys
+        used before: afterwards no stored value can be opened with them. Instances keep working
+        throughout (nothing is decrypted into the database, the data plane's settings do not
+        change), on every registry replica. Audited in the caller's workspace and, as "system",
+        in every workspace whose values were re-sealed. Only the deployment's bootstrap
+        administrator may call it (PERMISSION_DENIED otherwise). ABORTED when another rotation is
+        running; FAILED_PRECONDITION when values were still being sealed under an old key (a
+        replica of an earlier release): the old keys are then kept, nothing is lost, and the call
+        can be made again. It takes time in proportion to the encrypted values: give it a generous
+        deadline; an interrupted rotation leaves every value readable and can be made again.
         """
 
 def add_RegistryServicer_to_server(servicer: RegistryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -112,6 +112,8 @@ class _AuditActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditActi
     """The retrier replayed dead letters of the instance for a member."""
     AUDIT_ACTION_DEAD_LETTERS_PURGE: _AuditAction.ValueType  # 21
     """The retrier purged dead letters of the instance for a member."""
+    AUDIT_ACTION_SECRET_KEY_ROTATE: _AuditAction.ValueType  # 22
+    """RotateSecretKey: encrypted values re-sealed under a new data key, the old ones deleted."""
 
 class AuditAction(_AuditAction, metaclass=_AuditActionEnumTypeWrapper):
     """What an audit entry records."""
@@ -160,6 +162,8 @@ AUDIT_ACTION_DEAD_LETTERS_REPLAY: AuditAction.ValueType  # 20
 """The retrier replayed dead letters of the instance for a member."""
 AUDIT_ACTION_DEAD_LETTERS_PURGE: AuditAction.ValueType  # 21
 """The retrier purged dead letters of the instance for a member."""
+AUDIT_ACTION_SECRET_KEY_ROTATE: AuditAction.ValueType  # 22
+"""RotateSecretKey: encrypted values re-sealed under a new data key, the old ones deleted."""
 Global___AuditAction: _TypeAlias = AuditAction  # noqa: Y015
 
 class _ResourceType:
@@ -182,6 +186,8 @@ class _ResourceTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Resource
     """A DestinationFunction."""
     RESOURCE_TYPE_INSTANCE: _ResourceType.ValueType  # 6
     """An Instance."""
+    RESOURCE_TYPE_SECRET_KEY: _ResourceType.ValueType  # 7
+    """A data key sealing encrypted values ("secretKeys/{key}"; deployment-wide)."""
 
 class ResourceType(_ResourceType, metaclass=_ResourceTypeEnumTypeWrapper):
     """The kinds of resources the audit trail names."""
@@ -200,6 +206,8 @@ RESOURCE_TYPE_FUNCTION: ResourceType.ValueType  # 5
 """A DestinationFunction."""
 RESOURCE_TYPE_INSTANCE: ResourceType.ValueType  # 6
 """An Instance."""
+RESOURCE_TYPE_SECRET_KEY: ResourceType.ValueType  # 7
+"""A data key sealing encrypted values ("secretKeys/{key}"; deployment-wide)."""
 Global___ResourceType: _TypeAlias = ResourceType  # noqa: Y015
 
 @_typing.final
