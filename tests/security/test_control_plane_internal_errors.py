@@ -22,7 +22,7 @@ from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.retrier.v1 import retrier_pb2
 from eventfn_api.router.v1 import router_pb2, router_pb2_grpc
 from services.registry.store import RegistryStore
-from services.registry.watch import WatchRpcs
+from services.registry.watch import LiveConfig
 from services.retrier.dead_letters import DeadLetterStore
 from services.router.publisher import Ingestor
 from tests.pipeline.conftest import Platform, platform, sink
@@ -90,8 +90,8 @@ async def test_every_service_answers_a_bug_with_internal_and_a_correlation_id(
     await internal(lambda: registry.WhoAmI(pb.WhoAmIRequest(), metadata=md), caplog)
     monkeypatch.undo()
 
-    # Registry, server streaming: WatchConfig's snapshot read fails.
-    monkeypatch.setattr(WatchRpcs, "_state", aboom)
+    # Registry, server streaming: WatchConfig's read of the configuration fails.
+    monkeypatch.setattr(LiveConfig, "refresh", aboom)
 
     async def watch() -> Any:
         stream = registry.WatchConfig(pb.WatchConfigRequest(watcher="t"), metadata=auth(SERVICE))
