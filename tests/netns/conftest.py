@@ -5,6 +5,7 @@ load generator stay in the root namespace, on the bridge's address."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -45,6 +46,7 @@ from tests.netns.hosts import Host, Network, unavailable_reason
 REPO = Path(__file__).resolve().parents[2]
 BOOTSTRAP = "efn_netns-bootstrap-token-0123456789"
 SERVICE = "svc_netns-service-token-0123456789"
+SECRET_KEY = base64.b64encode(os.urandom(32)).decode()  # the deployment's master key
 NATS_NODES = ("nats-1", "nats-2", "nats-3")
 EXECUTORS = ("exec-1", "exec-2")
 # The consumer redelivers what a killed executor held after this long (the test's function
@@ -228,6 +230,7 @@ async def multihost(network: Network) -> AsyncIterator[MultiHost]:
                 registry_listen=f"{network.gateway}:0",
                 registry_metrics_listen="",
                 state_dir=work / "registry",
+                secret_key=SECRET_KEY,
                 bootstrap_token=BOOTSTRAP,
                 service_token=SERVICE,
             ),
@@ -275,6 +278,8 @@ async def multihost(network: Network) -> AsyncIterator[MultiHost]:
             "EVENTFN_REGISTRY_ADDR": registry_addr,
             "EVENTFN_SERVICE_TOKEN": SERVICE,
             "EVENTFN_BOOTSTRAP_TOKEN": BOOTSTRAP,
+            # Every registry of a deployment shares the master key (compose.yaml requires it).
+            "EVENTFN_SECRET_KEY": SECRET_KEY,
             "EVENTFN_DATABASE_URL": database_url,
             "EVENTFN_STATE_DIR": str(work / "state"),
             "EVENTFN_ROUTER_LISTEN": "0.0.0.0:50052",
