@@ -2,10 +2,13 @@
 shown (`eventfn trace`) without running a tracing backend.
 
 Spans go, as compact JSON, to the TRACES stream under `traces.<trace id>`; a span naming
-messageIds also indexes each under `traces.msg.<sha1 of the messageId>`. The stream keeps an
-hour (EVENTFN_TRACE_RETENTION_SECONDS) and at most 256 MiB, dropping the oldest first: it is a
-debugging aid, never in the way of events. The exporter runs its own NATS connection on its
-own thread (span processors export from a thread of theirs).
+messageIds also indexes each under `traces.msg.<sha1 of the messageId>` (once per trace and
+batch of spans). The stream keeps an hour (EVENTFN_TRACE_RETENTION_SECONDS) and at most
+128 MiB, dropping the oldest first, in memory: it is a debugging aid, never in the way of
+events, so its messages are not written to disk (with `sync_interval: always` every stored
+message costs a disk sync: a file stream made tracing the largest cost per event). A NATS
+restart empties it. The exporter runs its own NATS connection on its own thread (span
+processors export from a thread of theirs).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from services.common.settings import nats_servers
 log = logging.getLogger(__name__)
 
 STREAM = "TRACES"
-MAX_BYTES = 256 * 1024 * 1024
+MAX_BYTES = 128 * 1024 * 1024
 PUBLISH_SECONDS = 5.0
 
 
@@ -74,14 +77,21 @@ async def ensure_stream(js: JetStreamContext, retention_seconds: float) -> None:
         subjects=["traces.>"],
         retention=RetentionPolicy.LIMITS,
         discard=DiscardPolicy.OLD,
-        storage=StorageType.FILE,
+        storage=StorageType.MEMORY,
         max_age=retention_seconds,
         max_bytes=MAX_BYTES,
     )
     try:
         await js.add_stream(config)
     except nats.js.errors.BadRequestError:
-        await js.update_stream(config)
+        info = await js.stream_info(STREAM)
+        if info.config.storage != StorageType.MEMORY:
+            # Made on disk by an earlier release: a stream's storage cannot change, and what
+            # it holds is an hour of debugging aid.
+            await js.delete_stream(STREAM)
+            await js.add_stream(config)
+        else:
+            await js.update_stream(config)
 
 
 class TraceStoreExporter(SpanExporter):
@@ -110,17 +120,17 @@ class TraceStoreExporter(SpanExporter):
     async def _publish(self, spans: Sequence[ReadableSpan]) -> None:
         js = await self._jetstream()
         acks = []
+        indexed: set[tuple[str, str]] = set()
         for span in spans:
             record = span_record(span)
-            acks.append(
-                await js.publish_async(trace_subject(record["trace_id"]), orjson.dumps(record))
-            )
+            trace_id = record["trace_id"]
+            acks.append(await js.publish_async(trace_subject(trace_id), orjson.dumps(record)))
             for message_id in record["attributes"].get("eventfn.message_ids", ()):
-                acks.append(
-                    await js.publish_async(
-                        message_subject(str(message_id)), record["trace_id"].encode()
+                if (str(message_id), trace_id) not in indexed:
+                    indexed.add((str(message_id), trace_id))
+                    acks.append(
+                        await js.publish_async(message_subject(str(message_id)), trace_id.encode())
                     )
-                )
         await asyncio.gather(*acks)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
