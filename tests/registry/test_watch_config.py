@@ -116,7 +116,9 @@ async def _instance(
     return created.instance
 
 
-async def _watched_co(registry: Registry, name: str) -> tuple[str, str, str, str]:
+async def _watched_co(
+    registry: Registry, name: str, code: str = HANDLER
+) -> tuple[str, str, str, str]:
     """A workspace with one source and one function: (workspace id, owner, source, function)."""
     ws_id, owner = await registry.workspace(name)
     src = await registry.stub.CreateSource(
@@ -127,7 +129,7 @@ async def _watched_co(registry: Registry, name: str) -> tuple[str, str, str, str
         pb.CreateFunctionRequest(
             parent=ws(ws_id),
             function=res.DestinationFunction(display_name="Hook"),
-            code=HANDLER,
+            code=code,
             settings=SETTINGS,
         ),
         metadata=auth(owner),
@@ -248,22 +250,9 @@ async def test_a_follower_ends_where_a_fresh_snapshot_starts(registry: Registry)
 
 async def test_a_configuration_over_4_mib_arrives_in_parts(registry: Registry) -> None:
     """gRPC clients refuse messages over 4 MiB by default: a big snapshot comes in parts."""
-    ws_id, owner = await registry.workspace("Big Co")
-    src = await registry.stub.CreateSource(
-        pb.CreateSourceRequest(parent=ws(ws_id), source=res.Source(display_name="web")),
-        metadata=auth(owner),
-    )
-    fn = await registry.stub.CreateFunction(
-        pb.CreateFunctionRequest(
-            parent=ws(ws_id),
-            function=res.DestinationFunction(display_name="Big"),
-            code=HANDLER + "\n// " + "x" * 400_000,
-            settings=SETTINGS,
-        ),
-        metadata=auth(owner),
-    )
+    ws_id, owner, src, fn = await _watched_co(registry, "Big Co", HANDLER + "\n// " + "x" * 400_000)
     for i in range(12):
-        await _instance(registry, owner, ws_id, fn.function.name, src.source.name, str(i))
+        await _instance(registry, owner, ws_id, fn, src, str(i))
 
     stream = registry.stub.WatchConfig(pb.WatchConfigRequest(watcher="t"), metadata=auth(SERVICE))
     received = [await next_message(stream)]
