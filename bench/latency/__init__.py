@@ -5,8 +5,9 @@ Drives single-event `/v1/track` requests into an onTrack making one fetch, and `
 requests of 100 into an onBatch making one fetch per call, to a local sink. Prints, per rate:
 sink-side latency p50/p99/p99.9 (send → the sink has the event), delivered events/s, and CPU
 µs per event of each process read from /proc (steadier than wall time on a shared machine).
-BENCH_SECONDS sets each rate's duration (default 8), BENCH_RATES the rates (default
-"100,500,1000,2000").
+BENCH_SECONDS sets each rate's duration (default 8), BENCH_RATES the single-event rates
+(default "100,500,1000,2000" events/s), BENCH_BATCH_RATES the batch rates (default
+"2000,10000,20000,40000" events/s: 20 to 400 requests of 100 per second).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from eventfn_api.type.v1 import types_pb2
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
 RATES = tuple(int(r) for r in os.environ.get("BENCH_RATES", "100,500,1000,2000").split(","))
+BATCH_RATES = tuple(
+    int(r) for r in os.environ.get("BENCH_BATCH_RATES", "2000,10000,20000,40000").split(",")
+)
 SINGLE = """
 async function onTrack(event, settings) {
   await fetch(settings.endpoint, {method: 'POST', headers: {'Content-Type': 'application/json'},
@@ -143,7 +147,7 @@ async def measure(
     q = statistics.quantiles(lat, n=1000)
     cpu = {role: (after[role] - before[role]) / sent * 1e6 for role in after}
     print(
-        f"{label} {rate:>5}/s: p50 {q[499]:7.1f} ms  p99 {q[989]:7.1f} ms  p99.9 {q[998]:7.1f} ms"
+        f"{label} {rate:>6}/s: p50 {q[499]:7.1f} ms  p99 {q[989]:7.1f} ms  p99.9 {q[998]:7.1f} ms"
         f"  delivered {sent / elapsed:7.0f}/s  CPU µs/event: "
         + "  ".join(f"{role} {v:.0f}" for role, v in cpu.items())
         + f"  (all {sum(cpu.values()):.0f})",
@@ -163,13 +167,14 @@ async def run(running: Platform, endpoints: dict[str, str]) -> None:
         procs = processes(running)
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000))
         stack.push_async_callback(http.close)
-        for label, code, per_request, path, options in (
-            ("single /v1/track", SINGLE, 1, "/v1/track", {}),
+        for label, code, per_request, path, rates, options in (
+            ("single /v1/track", SINGLE, 1, "/v1/track", RATES, {}),
             (
                 "batch  /v1/batch",
                 BATCH,
                 100,
                 "/v1/batch",
+                BATCH_RATES,
                 {"batch_size": 100, "batch_wait_ms": 200},
             ),
         ):
@@ -197,7 +202,7 @@ async def run(running: Platform, endpoints: dict[str, str]) -> None:
                 100,
                 per_request,
             )
-            for rate in RATES:
+            for rate in rates:
                 await measure(
                     label, procs, sink, http, url_base + path, source.write_key, rate, per_request
                 )
@@ -205,6 +210,10 @@ async def run(running: Platform, endpoints: dict[str, str]) -> None:
 
 def main() -> None:
     """Run the latency benchmark."""
-    print(f"bench.latency: {CORES} cores, {SECONDS:g} s per rate, rates {RATES}", flush=True)
+    print(
+        f"bench.latency: {CORES} cores, {SECONDS:g} s per rate, rates {RATES} (single), "
+        f"{BATCH_RATES} (batches of 100)",
+        flush=True,
+    )
     with platform() as (running, endpoints):
         asyncio.run(run(running, endpoints))
