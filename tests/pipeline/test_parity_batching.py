@@ -82,8 +82,12 @@ async def counters(
         await conn.close()
 
 
-async def all_packs_settled(nats_client: NatsClient, seconds: float = 30) -> None:
-    """Wait until the executors' EVENTS consumer has no pack to deliver or awaiting an ack."""
+async def all_packs_settled(nats_client: NatsClient, seconds: float = 150) -> None:
+    """Wait until the executors' EVENTS consumer has no pack to deliver or awaiting an ack.
+
+    The consumer is the session's: a pack another test's executor held when it went away is
+    redelivered only after the consumer's ack wait (120 s), hence the long bound (a settled
+    consumer returns at once)."""
     js = nats_client.jetstream()
     await eventually(
         lambda: js.consumer_info(streams.EVENTS_STREAM, "executor"),
