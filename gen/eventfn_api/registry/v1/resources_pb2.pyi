@@ -611,7 +611,8 @@ class Instance(_message.Message):
     carries the W3C trace context (`traceparent`, and `tracestate` when there is one) of the
     event's trace, so the destination's own tracing joins it. Off by default: a destination
     may reject or log headers it does not know. The parent span is the invocation's invoke
-    span (the request spans are recorded after the invocation); an invocation of events of
+    span (the request spans are recorded after the invocation), or, when the platform records
+    no spans, the last span the event's trace context names; an invocation of events of
     several traces (an onBatch call) carries its invoke span's own trace, that of its first
     pack. A traceparent header the function sets itself is sent as set.
     """
