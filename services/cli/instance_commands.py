@@ -36,6 +36,12 @@ ValuesFile = Annotated[
 ]
 
 
+PROPAGATE_HELP = (
+    "Send the event's W3C trace context (traceparent) on every request the function makes, "
+    "unless it sets its own (default: off)."
+)
+
+
 def duration(seconds: float | None) -> duration_pb2.Duration | None:
     """Make a Duration of seconds (None stays unset)."""
     if seconds is None:
@@ -77,6 +83,9 @@ def instance_create(
         int, typer.Option(help="Longest wait between attempts, 1..3600 (0: default 10 min).")
     ] = 0,
     disabled: bool = False,
+    propagate_trace: Annotated[
+        bool, typer.Option("--propagate-trace/--no-propagate-trace", help=PROPAGATE_HELP)
+    ] = False,
 ) -> None:
     """Connect a function to a source."""
     values = si.read_values(settings)
@@ -103,6 +112,7 @@ def instance_create(
             timeout=duration(timeout_ms / 1000 if timeout_ms is not None else None),
             retry_window=duration(retry_window_seconds or None),
             retry_max_delay=duration(retry_max_delay_seconds or None),
+            propagate_trace=propagate_trace,
         )
         if batch_size == 0:
             fail("--batch-size must be 1..400")
@@ -114,9 +124,10 @@ def instance_create(
         )
     created = resp.instance
     state = "enabled" if created.state == res.Instance.STATE_ENABLED else "disabled"
+    tracing = ", sending trace context" if created.propagate_trace else ""
     out.print(
         f"instance {created.display_name} ({short(created.name)}) created, {state}, "
-        f"running {short(created.version)}"
+        f"running {short(created.version)}{tracing}"
     )
 
 
@@ -205,6 +216,8 @@ def _describe(paths: list[str], ins: res.Instance) -> str:
             words.append(f"renamed to {ins.display_name!r}")
         elif path == "filters":
             words.append(f"filters ({len(ins.filters) or 'none'})")
+        elif path == "propagate_trace":
+            words.append(f"trace propagation {'on' if ins.propagate_trace else 'off'}")
         else:
             words.append(path)
     return ", ".join(words)
@@ -236,8 +249,11 @@ def instance_update(
     clear_filters: Annotated[
         bool, typer.Option("--clear-filters", help="Remove every destination filter.")
     ] = False,
+    propagate_trace: Annotated[
+        bool | None, typer.Option("--propagate-trace/--no-propagate-trace", help=PROPAGATE_HELP)
+    ] = None,
 ) -> None:
-    """Change an instance's name, settings, enabled flag, batching, timeout or filters.
+    """Change an instance's name, settings, enabled flag, batching, timeout, filters or tracing.
 
     The change applies to the instance as read when the command starts: a concurrent change
     makes it fail (ABORTED) instead of being overwritten; run it again.
@@ -276,6 +292,7 @@ def instance_update(
             retry_window=retry_window_seconds,
             retry_max_delay=retry_max_delay_seconds,
             filters=[] if clear_filters else filter_,
+            propagate_trace=propagate_trace,
         )
         if not paths:
             fail(

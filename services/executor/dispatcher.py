@@ -24,7 +24,12 @@ from opentelemetry import trace
 from eventfn_api.registry.v1 import registry_pb2 as rpb
 from services.common.deliveries.recorder import DeliveryRecorder
 from services.common.telemetry import message_ids
-from services.executor.observe import ExecutorMetrics, annotate, record_fetches
+from services.executor.observe import (
+    ExecutorMetrics,
+    annotate,
+    outgoing_trace,
+    record_fetches,
+)
 from services.executor.pack_ref import PackRef, join_events, split_typed
 from services.executor.policy import ON_BATCH, RateMeter, to_on_batch, use_batch
 from services.executor.settlement import Handoff, Settlement
@@ -242,6 +247,7 @@ class Dispatcher:
                             timeout_s=config.timeout.ToTimedelta().total_seconds(),
                             secrets=secrets,
                             count=len(refs),
+                            trace_headers=outgoing_trace(span) if config.propagate_trace else (),
                         )
                     )
                 except Exception:

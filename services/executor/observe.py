@@ -8,11 +8,13 @@ from urllib.parse import urlsplit, urlunsplit
 from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from services.common.metrics import status_class
 from services.runtime import InvocationResult, OutcomeKind, RequestTrace
 
 tracer = trace.get_tracer("eventfn.executor")
+PROPAGATOR = TraceContextTextMapPropagator()
 # The order of badness, for an invocation's one outcome (its worst event's).
 _WORST = (OutcomeKind.DELIVERED, OutcomeKind.DISCARD, OutcomeKind.RETRY, OutcomeKind.FAILURE)
 
@@ -51,6 +53,19 @@ def annotate(span: Span, result: InvocationResult) -> None:
             "exception.message": (bad.message or "")[:1000],
         },
     )
+
+
+def outgoing_trace(invoke: Span) -> tuple[tuple[str, str], ...]:
+    """Return the W3C trace headers (traceparent, tracestate) naming an invoke span as parent.
+
+    The invoke span, not the fetch's own span: fetch spans are made after the invocation
+    (`record_fetches`), so their ids are unknown while it runs. Without a tracer provider the
+    invoke span is the pack's trace context itself (the router always gives packs one), so
+    the event's trace id still goes out; an invocation with no trace at all sends none.
+    """
+    carrier: dict[str, str] = {}
+    PROPAGATOR.inject(carrier, context=trace.set_span_in_context(invoke))
+    return tuple(carrier.items())
 
 
 def record_fetches(parent: Span, requests: Iterable[RequestTrace]) -> None:

@@ -194,6 +194,7 @@ def instance(i: m.Instance) -> res.Instance:
         retry_window=duration_s(i.retry_window_seconds),
         retry_max_delay=duration_s(i.retry_max_delay_seconds),
         filters=i.filters,
+        propagate_trace=i.propagate_trace,
         etag=etag("instance", i.id, i.revision),
         create_time=ts(i.created_at),
         update_time=ts(i.updated_at),

@@ -131,6 +131,8 @@ class Instance(SQLModel, table=True):
     timeout_ms: int = 5_000
     retry_window_seconds: int = 0
     retry_max_delay_seconds: int = 0
+    # Requests of the function carry the event's W3C trace context (off by default).
+    propagate_trace: bool = False
     filters: list[str] = Field(sa_column=Column(JSONB, nullable=False))
     revision: int = Field(sa_column=Column(BigInteger, nullable=False))
     created_at: datetime = _ts(nullable=False)

@@ -41,6 +41,7 @@ UPDATABLE = frozenset(
         "timeout",
         "retry_window",
         "retry_max_delay",
+        "propagate_trace",
     }
 )
 STATES = {res.Instance.STATE_ENABLED: True, res.Instance.STATE_DISABLED: False}
@@ -178,6 +179,7 @@ class InstanceRpcs:
                     retry_window_seconds=retry[0],
                     retry_max_delay_seconds=retry[1],
                     filters=filters,
+                    propagate_trace=new.propagate_trace,
                     revision=1,
                     created_at=now(),
                     updated_at=now(),
@@ -318,6 +320,8 @@ class InstanceRpcs:
                 ins.filters = check_filters(list(new.filters), self.deps.check_filter)
             if "display_name" in paths:
                 ins.name = check_name("instance.display_name", new.display_name)
+            if "propagate_trace" in paths:
+                ins.propagate_trace = new.propagate_trace
             ins.revision += 1
             ins.updated_at = now()
             s.add(ins)

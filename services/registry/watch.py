@@ -197,6 +197,7 @@ class LiveConfig:
             retry_window=convert.duration_s(ins.retry_window_seconds),
             retry_max_delay=convert.duration_s(ins.retry_max_delay_seconds),
             filters=ins.filters,
+            propagate_trace=ins.propagate_trace,
             revision=ins.revision,
             version_create_time=convert.ts(ver.created_at),
         )

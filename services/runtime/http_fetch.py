@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextvars
+import dataclasses
 import errno
 import socket
 import ssl
@@ -199,6 +200,19 @@ def _default_port(scheme: str) -> int:
     return 443 if scheme == "https" else 80
 
 
+def with_trace_context(req: FetchRequest, trace_headers: Sequence[tuple[str, str]]) -> FetchRequest:
+    """Return the request with the trace headers it lacks; one with a traceparent is kept as is.
+
+    A function that sets traceparent owns the trace context: none of ours (not even a
+    tracestate, which belongs to its traceparent) is mixed into it.
+    """
+    present = {name.lower() for name, _ in req.headers}
+    if "traceparent" in present:
+        return req
+    added = tuple((k, v) for k, v in trace_headers if k.lower() not in present)
+    return dataclasses.replace(req, headers=req.headers + added) if added else req
+
+
 def _error(exc: FetchFailed) -> dict[str, Any]:
     return {"message": str(exc), "type": exc.kind, "code": exc.code}
 
@@ -239,9 +253,17 @@ class HostFetcher:
         deadline: float,
         keep_bodies: bool,
         budget: ResponseBudget,
+        *,
+        trace_headers: Sequence[tuple[str, str]] = (),
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
-        """Perform requests concurrently; return (results for JS, traces, deadline reached)."""
+        """Perform requests concurrently; return (results for JS, traces, deadline reached).
+
+        `trace_headers` (the event's W3C trace context) go on each request that carries no
+        traceparent of the function's own.
+        """
         loop = asyncio.get_running_loop()
+        if trace_headers:
+            requests = [with_trace_context(r, trace_headers) for r in requests]
         tasks = [loop.create_task(self._one(r, deadline, keep_bodies, budget)) for r in requests]
         # One timer for the whole round (the invocation's deadline), not one per request.
         _, late = await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 0.001))

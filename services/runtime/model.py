@@ -45,6 +45,9 @@ class Invocation:
     # How many events `events` holds, when the caller knows (else the pool parses to count):
     # the number of results the function's report must carry.
     count: int | None = None
+    # Headers added to every request the function makes unless it set them itself: the W3C
+    # trace context of the invocation ("traceparent", "tracestate"), when its instance asks.
+    trace_headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

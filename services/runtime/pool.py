@@ -494,6 +494,7 @@ class RuntimePool:
             "fresh": fresh,
             "memory_limit": self._config.memory_limit_mb * 1024 * 1024,
             "careful": careful,
+            "trace_headers": [list(h) for h in invocation.trace_headers],
         }
         reply = await self._submit(
             invocation.function_key, dict(header), invocation.events, invocation.timeout_s

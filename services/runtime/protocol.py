@@ -97,6 +97,7 @@ class RunFrame(TypedDict):
     slot: int  # side-effect byte of this invocation in the status block, or NO_SLOT
     memory_limit: int  # bytes of responses the invocation may hold
     careful: bool  # start each handler in its own crossing, recording which one runs
+    trace_headers: list[list[str]]  # [name, value] added to each request lacking a traceparent
 
 
 class ReadyReply(TypedDict):

@@ -203,7 +203,11 @@ class Worker:
                         mark_sent(self._status, frame["slot"])
                     sent += len(report.fetches)
                     results, round_traces, cut = await self._fetcher.perform_round(
-                        ready, deadline, keep, ResponseBudget(frame["memory_limit"])
+                        ready,
+                        deadline,
+                        keep,
+                        ResponseBudget(frame["memory_limit"]),
+                        trace_headers=[(k, v) for k, v in frame["trace_headers"]],
                     )
                     refused = [r for r in report.fetches if r.problem is not None]
                     results += [_refused(r.id, r.problem) for r in refused]

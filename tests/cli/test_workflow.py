@@ -75,6 +75,25 @@ async def test_instances_rename_disable_and_clear_filters(cli: Cli, tmp_path: Pa
         assert isinstance(json.loads((await cli.ok(*command, "--json")).stdout), list)
 
 
+async def test_instances_propagate_trace_flag(cli: Cli, tmp_path: Path) -> None:
+    fn, src, _ = await make_function(cli, tmp_path, [])
+    made = await cli.ok(
+        "instances", "create", "--function", fn, "--source", src, "--propagate-trace"
+    )
+    assert "sending trace context" in made.stdout
+    ins = ids(made.stdout, "ins")[0]
+    shown = json.loads((await cli.ok("instances", "show", ins)).stdout)
+    assert shown["propagateTrace"] is True
+    off = await cli.ok("instances", "update", ins, "--no-propagate-trace")
+    assert "trace propagation off" in off.stdout
+    shown = json.loads((await cli.ok("instances", "show", ins)).stdout)
+    assert "propagateTrace" not in shown  # false: the default, not printed
+    plain = await cli.ok("instances", "create", "--function", fn, "--source", src, "--name", "b")
+    assert "trace context" not in plain.stdout
+    on = await cli.ok("instances", "update", ids(plain.stdout, "ins")[0], "--propagate-trace")
+    assert "trace propagation on" in on.stdout
+
+
 async def test_times_carry_their_zone(cli: Cli) -> None:
     await cli.ok("workspaces", "create", "Zones")
     listed = await cli.ok("tokens", "list")

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import grpc
+import pytest
 import pytest_asyncio
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as tpb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as tgrpc
 from opentelemetry.proto.trace.v1 import trace_pb2
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from services.common.trace_store import TraceStoreExporter
 from tests.pipeline.conftest import Platform, platform, sink
 from tests.registry.conftest import registry
 from tests.retrier.conftest import start_retrier_on
@@ -53,3 +59,19 @@ async def receiver() -> AsyncIterator[Receiver]:
     await server.start()
     yield rec
     await server.stop(None)
+
+
+@pytest.fixture(scope="session")
+def exported(receiver: Receiver, nats_url: str) -> Iterator[TracerProvider]:
+    """Send this process's spans to the receiver and the trace store (the tracer provider is
+    process-wide, so its exporters are added once: twice, each span would arrive twice)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{receiver.port}", insecure=True)
+    # A background thread exports: the receiver answers on this test's event loop.
+    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=100))
+    store = BatchSpanProcessor(TraceStoreExporter(nats_url), schedule_delay_millis=100)
+    provider.add_span_processor(store)
+    yield provider

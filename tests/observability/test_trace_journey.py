@@ -5,23 +5,18 @@ platform's trace store (`eventfn trace`); no secret in it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import grpc
 import pytest
 from google.protobuf import struct_pb2
-from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
 from eventfn_api.type.v1 import types_pb2
 from services.cli.trace_commands import render
-from services.common.trace_store import TraceStoreExporter
 from tests.eventually import eventually
 from tests.observability.conftest import Platform, Receiver
 from tests.pipeline.conftest import Sink
@@ -40,22 +35,6 @@ async function onTrack(event, settings) {
   })
 }
 """
-
-
-@pytest.fixture
-def exported(receiver: Receiver, nats_url: str) -> Iterator[TracerProvider]:
-    """Send this process's spans to the receiver and the trace store (the tracer provider is
-    process-wide)."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{receiver.port}", insecure=True)
-    # A background thread exports: the receiver answers on this test's event loop.
-    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=100))
-    store = BatchSpanProcessor(TraceStoreExporter(nats_url), schedule_delay_millis=100)
-    provider.add_span_processor(store)
-    yield provider
 
 
 def _attribute(span: trace_pb2.Span, key: str) -> str:

@@ -36,6 +36,7 @@ class Sink:
     url: str
     bodies: list[Any] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)  # lower-case names
     peers: list[int] = field(default_factory=list)  # the client's port of each request
     status: int = 200
     delay: float = 0.0  # seconds each answer takes, to keep work in flight
@@ -50,6 +51,7 @@ class Sink:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         async with self.changed:
             self.paths.append(request.path)
+            self.headers.append({k.lower(): v for k, v in request.headers.items()})
             self.bodies.append(body)
             self.peers.append(peer[1] if peer else 0)
             self.changed.notify_all()

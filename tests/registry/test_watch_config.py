@@ -272,3 +272,65 @@ async def test_a_configuration_over_4_mib_arrives_in_parts(registry: Registry) -
     assert {c.settings["apiKey"] for c in view.instances.values()} == {
         f"secret-{i}" for i in range(12)
     }
+
+
+async def test_propagate_trace_is_off_until_set_and_reaches_the_data_plane(
+    registry: Registry,
+) -> None:
+    ws_id, owner, src, fn = await _watched_co(registry, "Trace Co")
+    plain = await _instance(registry, owner, ws_id, fn, src, "plain")
+    values = struct_pb2.Struct()
+    values.update({"endpoint": "http://127.0.0.1:1/", "apiKey": "k"})
+    traced = (
+        await registry.stub.CreateInstance(
+            pb.CreateInstanceRequest(
+                parent=ws(ws_id),
+                instance=res.Instance(
+                    function=fn,
+                    source=src,
+                    settings=values,
+                    display_name="traced",
+                    propagate_trace=True,
+                ),
+            ),
+            metadata=auth(owner),
+        )
+    ).instance
+    assert traced.propagate_trace and not plain.propagate_trace
+    got = await registry.stub.GetInstance(
+        pb.GetInstanceRequest(name=traced.name), metadata=auth(owner)
+    )
+    assert got.instance.propagate_trace
+    listed = await registry.stub.ListInstances(
+        pb.ListInstancesRequest(parent=ws(ws_id)), metadata=auth(owner)
+    )
+    assert {i.display_name: i.propagate_trace for i in listed.instances} == {
+        "ins plain": False,
+        "traced": True,
+    }
+
+    stream = registry.stub.WatchConfig(pb.WatchConfigRequest(watcher="t"), metadata=auth(SERVICE))
+    snap = await next_message(stream)
+    by_id = {c.id: c.propagate_trace for c in snap.instances}
+    assert by_id == {plain.name.rsplit("/", 1)[-1]: False, traced.name.rsplit("/", 1)[-1]: True}
+
+    async def set_option(name: str, on: bool, paths: list[str]) -> res.Instance:
+        updated = await registry.stub.UpdateInstance(
+            pb.UpdateInstanceRequest(
+                instance=res.Instance(name=name, display_name=f"{name} 2", propagate_trace=on),
+                update_mask=field_mask_pb2.FieldMask(paths=paths),
+            ),
+            metadata=auth(owner),
+        )
+        return updated.instance
+
+    # Outside the mask the field is ignored; in it, it is set (and sent to the data plane).
+    assert not (await set_option(plain.name, True, ["display_name"])).propagate_trace
+    await next_message(stream)
+    assert (await set_option(plain.name, True, ["propagate_trace"])).propagate_trace
+    (on,) = (await next_message(stream)).instances
+    assert on.id == plain.name.rsplit("/", 1)[-1] and on.propagate_trace
+    assert not (await set_option(traced.name, False, ["propagate_trace"])).propagate_trace
+    (off,) = (await next_message(stream)).instances
+    assert off.id == traced.name.rsplit("/", 1)[-1] and not off.propagate_trace
+    stream.cancel()

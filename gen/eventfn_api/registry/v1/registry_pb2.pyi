@@ -1751,8 +1751,8 @@ class UpdateInstanceRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """The fields to change, among: display_name, settings, state, batch_size, batch_wait,
-        filters, timeout, retry_window, retry_max_delay. For settings, a masked value
-        ("••••••••") keeps the stored secret; an unset duration takes the default.
+        filters, timeout, retry_window, retry_max_delay, propagate_trace. For settings, a masked
+        value ("••••••••") keeps the stored secret; an unset duration takes the default.
         """
 
     def __init__(
@@ -2181,6 +2181,7 @@ class InstanceConfig(_message.Message):
     VERSION_CREATE_TIME_FIELD_NUMBER: _builtins.int
     RETRY_WINDOW_FIELD_NUMBER: _builtins.int
     RETRY_MAX_DELAY_FIELD_NUMBER: _builtins.int
+    PROPAGATE_TRACE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The instance's id."""
     workspace_id: _builtins.str
@@ -2205,6 +2206,10 @@ class InstanceConfig(_message.Message):
     """Events per onBatch call."""
     revision: _builtins.int
     """The instance's revision (increases with every change)."""
+    propagate_trace: _builtins.bool
+    """Whether the function's requests carry the event's W3C trace context (see
+    Instance.propagate_trace).
+    """
     @_builtins.property
     def settings(self) -> _struct_pb2.Struct:
         """Settings values, decrypted."""
@@ -2259,10 +2264,11 @@ class InstanceConfig(_message.Message):
         version_create_time: _timestamp_pb2.Timestamp | None = ...,
         retry_window: _duration_pb2.Duration | None = ...,
         retry_max_delay: _duration_pb2.Duration | None = ...,
+        propagate_trace: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["batch_wait", b"batch_wait", "retry_max_delay", b"retry_max_delay", "retry_window", b"retry_window", "settings", b"settings", "timeout", b"timeout", "version_create_time", b"version_create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "batch_wait", b"batch_wait", "code", b"code", "enabled", b"enabled", "filters", b"filters", "function_id", b"function_id", "function_name", b"function_name", "id", b"id", "integration_key", b"integration_key", "retry_max_delay", b"retry_max_delay", "retry_window", b"retry_window", "revision", b"revision", "secret_setting_names", b"secret_setting_names", "settings", b"settings", "source_id", b"source_id", "timeout", b"timeout", "version_create_time", b"version_create_time", "version_id", b"version_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "batch_wait", b"batch_wait", "code", b"code", "enabled", b"enabled", "filters", b"filters", "function_id", b"function_id", "function_name", b"function_name", "id", b"id", "integration_key", b"integration_key", "propagate_trace", b"propagate_trace", "retry_max_delay", b"retry_max_delay", "retry_window", b"retry_window", "revision", b"revision", "secret_setting_names", b"secret_setting_names", "settings", b"settings", "source_id", b"source_id", "timeout", b"timeout", "version_create_time", b"version_create_time", "version_id", b"version_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -583,6 +583,7 @@ class Instance(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    PROPAGATE_TRACE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, e.g. "workspaces/ws_2k9.../instances/ins_..."."""
     function: _builtins.str
@@ -604,6 +605,16 @@ class Instance(_message.Message):
     etag: _builtins.str
     """Changes with every change of the instance; send it back with an update, deploy or delete
     to make it apply only to the state you read (AIP-154).
+    """
+    propagate_trace: _builtins.bool
+    """Whether every request the function makes (fetch, and Node's http/https used by SDKs)
+    carries the W3C trace context (`traceparent`, and `tracestate` when there is one) of the
+    event's trace, so the destination's own tracing joins it. Off by default: a destination
+    may reject or log headers it does not know. The parent span is the invocation's invoke
+    span (the request spans are recorded after the invocation), or, when the platform records
+    no spans, the last span the event's trace context names; an invocation of events of
+    several traces (an onBatch call) carries its invoke span's own trace, that of its first
+    pack. A traceparent header the function sets itself is sent as set.
     """
     @_builtins.property
     def settings(self) -> _struct_pb2.Struct:
@@ -667,10 +678,11 @@ class Instance(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        propagate_trace: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["batch_wait", b"batch_wait", "create_time", b"create_time", "retry_max_delay", b"retry_max_delay", "retry_window", b"retry_window", "settings", b"settings", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "batch_wait", b"batch_wait", "create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "filters", b"filters", "function", b"function", "name", b"name", "retry_max_delay", b"retry_max_delay", "retry_window", b"retry_window", "settings", b"settings", "source", b"source", "state", b"state", "timeout", b"timeout", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "batch_wait", b"batch_wait", "create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "filters", b"filters", "function", b"function", "name", b"name", "propagate_trace", b"propagate_trace", "retry_max_delay", b"retry_max_delay", "retry_window", b"retry_window", "settings", b"settings", "source", b"source", "state", b"state", "timeout", b"timeout", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
