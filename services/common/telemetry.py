@@ -18,6 +18,10 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+# The W3C trace context (traceparent/tracestate) every service reads and writes.
+PROPAGATOR = TraceContextTextMapPropagator()
 
 # Spans name at most this many messageIds of the events they carry.
 MAX_MESSAGE_IDS = 16

@@ -11,7 +11,6 @@ import orjson
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from eventfn_api.registry.v1 import registry_pb2 as rpb
 from services.common import streams
@@ -19,6 +18,7 @@ from services.common.config_watch import ConfigWatcher
 from services.common.deliveries.recorder import DeliveryRecorder, FailureSample
 from services.common.packs import header_strings, pack_count
 from services.common.pull import FETCH_SECONDS, NATS_ERRORS, pull_forever
+from services.common.telemetry import PROPAGATOR
 from services.executor.dispatcher import Dispatcher
 from services.executor.pack_ref import PackRef, split_pack
 from services.executor.versions import VersionSource
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 DURABLE = "executor"
 # A pull request lives this long on the server; one left over after stop() would take
 # (and strand until ack_wait) a pack handed back before it expires.
-PROPAGATOR = TraceContextTextMapPropagator()
 
 
 class PackConsumer:

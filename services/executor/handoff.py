@@ -6,12 +6,12 @@ from datetime import UTC, datetime
 
 import orjson
 from nats.js import JetStreamContext
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from eventfn_api.registry.v1 import registry_pb2 as rpb
 from services.common import streams
 from services.common.error_location import location_text
 from services.common.packs import dedupe_id
+from services.common.telemetry import PROPAGATOR
 from services.executor.pack_ref import join_events
 from services.executor.settlement import HandOff, last_logs, message_id_of
 from services.runtime import InvocationResult, OutcomeKind
@@ -19,7 +19,6 @@ from services.runtime import InvocationResult, OutcomeKind
 MAX_HISTORY = 20
 MAX_REQUESTS = 20
 MAX_STACK_CHARS = 2000
-PROPAGATOR = TraceContextTextMapPropagator()
 VERB = {OutcomeKind.FAILURE: "failed", OutcomeKind.DISCARD: "discarded"}
 
 

@@ -8,13 +8,12 @@ from urllib.parse import urlsplit, urlunsplit
 from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from services.common.metrics import status_class
+from services.common.telemetry import PROPAGATOR
 from services.runtime import InvocationResult, OutcomeKind, RequestTrace
 
 tracer = trace.get_tracer("eventfn.executor")
-PROPAGATOR = TraceContextTextMapPropagator()
 # The order of badness, for an invocation's one outcome (its worst event's).
 _WORST = (OutcomeKind.DELIVERED, OutcomeKind.DISCARD, OutcomeKind.RETRY, OutcomeKind.FAILURE)
 

@@ -27,7 +27,6 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from services.common import streams
 from services.common.streams import (
@@ -39,11 +38,11 @@ from services.common.streams import (
     LAST_REQUESTS,
     LAST_STACK,
 )
+from services.common.telemetry import PROPAGATOR
 from services.retrier.scheduler import carried_headers, parse_time
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("eventfn.retrier")
-PROPAGATOR = TraceContextTextMapPropagator()
 REPLAY_OF = streams.REPLAY_OF
 
 

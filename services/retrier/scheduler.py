@@ -22,13 +22,13 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from eventfn_api.registry.v1 import registry_pb2 as rpb
 from services.common import streams
 from services.common.config_watch import ConfigWatcher
 from services.common.pull import NATS_ERRORS, pull_forever
 from services.common.streams import DEAD_REASON, HISTORY
+from services.common.telemetry import PROPAGATOR
 from services.retrier.backoff import (
     DEFAULT_MAX_NAK_DELAY,
     Clock,
@@ -42,7 +42,6 @@ from services.retrier.backoff import (
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("eventfn.retrier")
-PROPAGATOR = TraceContextTextMapPropagator()
 
 DURABLE = "retrier"
 ORIGINAL_SUBJECT = "Eventfn-Original-Subject"

@@ -22,7 +22,6 @@ import orjson
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from opentelemetry import trace
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from services.common.deliveries.recorder import DeliveryRecorder
 from services.common.packs import DEFAULT_PACK_BYTES, encode_event, pack_encoded
@@ -36,7 +35,7 @@ from services.common.streams import (
     TRACEPARENT,
     TRACESTATE,
 )
-from services.common.telemetry import message_ids
+from services.common.telemetry import PROPAGATOR, message_ids
 from services.filters.actions import apply_filters
 from services.router.coalesce import Coalescer, Outbound, RecentIds
 from services.router.config import Route, RouteTable, SourceRoutes
@@ -45,7 +44,6 @@ from services.router.observe import RouterMetrics
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("eventfn.router")
-PROPAGATOR = TraceContextTextMapPropagator()
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
