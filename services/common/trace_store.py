@@ -1,14 +1,14 @@
 """A bounded store of recent spans on the platform's own JetStream, so an event's journey can be
 shown (`eventfn trace`) without running a tracing backend.
 
-Spans go, as compact JSON, to the TRACES stream under `traces.<trace id>`; a span naming
-messageIds also indexes each under `traces.msg.<sha1 of the messageId>` (once per trace and
-batch of spans). The stream keeps an hour (EVENTFN_TRACE_RETENTION_SECONDS) and at most
-128 MiB, dropping the oldest first, in memory: it is a debugging aid, never in the way of
-events, so its messages are not written to disk (with `sync_interval: always` every stored
-message costs a disk sync: a file stream made tracing the largest cost per event). A NATS
-restart empties it. The exporter runs its own NATS connection on its own thread (span
-processors export from a thread of theirs).
+Spans go, as compact JSON, to the TRACES stream under `traces.<trace id>`, one message per
+trace and batch of spans; a span naming messageIds also indexes each under
+`traces.msg.<sha1 of the messageId>` (once per trace and batch). The stream keeps an hour
+(EVENTFN_TRACE_RETENTION_SECONDS) and at most 128 MiB, dropping the oldest first, in memory:
+it is a debugging aid, never in the way of events, so its messages are not written to disk
+(with `sync_interval: always` every stored message costs a disk sync: a file stream made
+tracing the largest cost per event). A NATS restart empties it. The exporter runs its own
+NATS connection on its own thread (span processors export from a thread of theirs).
 """
 
 from __future__ import annotations
@@ -118,19 +118,24 @@ class TraceStoreExporter(SpanExporter):
         return js
 
     async def _publish(self, spans: Sequence[ReadableSpan]) -> None:
-        # Plain publishes: the stream stores them without an acknowledgement per span (a lost
-        # span costs a gap in a debugging aid; waiting for hundreds of acks costs every event).
+        # One message per trace of the batch (a JSON array of its spans), one index message per
+        # (messageId, trace), plain publishes: the stream stores them without an
+        # acknowledgement each (a lost message costs a gap in a debugging aid; waiting for
+        # hundreds of acks costs every event).
         await self._jetstream()
         nc = self._nc
-        indexed: set[tuple[str, str]] = set()
+        traces: dict[str, list[dict[str, Any]]] = {}
+        indexed: dict[tuple[str, str], None] = {}
         for span in spans:
             record = span_record(span)
             trace_id = record["trace_id"]
-            await nc.publish(trace_subject(trace_id), orjson.dumps(record))
+            traces.setdefault(trace_id, []).append(record)
             for message_id in record["attributes"].get("eventfn.message_ids", ()):
-                if (str(message_id), trace_id) not in indexed:
-                    indexed.add((str(message_id), trace_id))
-                    await nc.publish(message_subject(str(message_id)), trace_id.encode())
+                indexed[str(message_id), trace_id] = None
+        for trace_id, records in traces.items():
+            await nc.publish(trace_subject(trace_id), orjson.dumps(records))
+        for message_id, trace_id in indexed:
+            await nc.publish(message_subject(message_id), trace_id.encode())
         await nc.flush(timeout=PUBLISH_SECONDS)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -157,8 +162,12 @@ class TraceStoreExporter(SpanExporter):
 async def read_trace(
     js: JetStreamContext, trace_id: str, limit: int = 2000
 ) -> list[dict[str, Any]]:
-    """Return the stored spans of a trace, in start order."""
-    spans = [orjson.loads(m) for m in await _read_subject(js, trace_subject(trace_id), limit)]
+    """Return the stored spans of a trace, in start order (a message holds a list of them, or
+    one, as releases before grouping stored them)."""
+    spans: list[dict[str, Any]] = []
+    for message in await _read_subject(js, trace_subject(trace_id), limit):
+        stored = orjson.loads(message)
+        spans.extend(stored if isinstance(stored, list) else [stored])
     return sorted(spans, key=lambda s: (s["start"], s["name"]))
 
 

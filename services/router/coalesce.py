@@ -3,8 +3,11 @@ messages, so the fsync each message costs is paid once for many requests.
 
 While a publish to an instance's subject is in flight, packs of later requests for that
 subject wait; when it is acknowledged, everything waiting goes out merged (up to the pack
-cap). With nothing in flight a pack goes out at once, so there is no added latency at low
-rates. A request is answered only once every pack holding its events is acknowledged.
+cap). With nothing in flight a pack goes out at once — unless requests for that subject have
+lately come closer together than `window` (2 ms): then it waits that long for the next ones,
+which share its message (at 1,000 single-event requests/s, fsyncs and executor crossings
+halve). At lower rates nothing waits, so their latency does not grow. A request is answered
+only once every pack holding its events is acknowledged.
 
 A merged pack's dedupe id covers all its messageIds, so it no longer matches a client's
 retry of one of its requests; `RecentIds` keeps, per instance, the messageIds stored in the
@@ -14,6 +17,7 @@ last ten minutes, and the router drops repeats (as Segment deduplicates by messa
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -27,6 +31,10 @@ from services.common.telemetry import message_ids
 
 Publish = Callable[[str, bytes, dict[str, str]], Awaitable[Awaitable[object]]]
 MAX_TRACE_LINKS = 16
+WINDOW_SECONDS = 0.002
+# Weight of the newest gap between two requests of a subject in its running average.
+GAP_WEIGHT = 0.3
+MAX_SUBJECTS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +129,22 @@ class Coalescer:
     """Publish packs per subject with group commit (see the module's docstring)."""
 
     def __init__(
-        self, publish: Publish, *, max_bytes: int, timeout: float, recent: RecentIds
+        self,
+        publish: Publish,
+        *,
+        max_bytes: int,
+        timeout: float,
+        recent: RecentIds,
+        window: float = WINDOW_SECONDS,
     ) -> None:
         self._publish = publish
         self._max_bytes = max_bytes
         self._timeout = timeout
+        self._window = window
         self.recent = recent
         self._lanes: dict[str, _Lane] = {}
+        # Per subject: when its last pack came, and the running average gap between packs.
+        self._arrivals: dict[str, tuple[float, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.messages = 0  # JetStream messages published
 
@@ -136,15 +153,31 @@ class Coalescer:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         lane = self._lanes.setdefault(item.subject, _Lane())
         lane.waiting.append((item, future))
+        gap = self._arrived(item.subject)
         if not lane.busy:
             lane.busy = True
-            task = asyncio.get_running_loop().create_task(self._drain(item.subject, lane))
+            wait = self._window if gap < self._window else 0.0
+            task = asyncio.get_running_loop().create_task(self._drain(item.subject, lane, wait))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return future
 
-    async def _drain(self, subject: str, lane: _Lane) -> None:
+    def _arrived(self, subject: str) -> float:
+        """Note a pack for `subject` now; return the running average gap between its packs."""
+        now = time.monotonic()
+        last, gap = self._arrivals.get(subject, (0.0, math.inf))
+        if last:
+            newest = now - last
+            gap = newest if gap == math.inf else gap + GAP_WEIGHT * (newest - gap)
+        self._arrivals[subject] = (now, gap)
+        if len(self._arrivals) > MAX_SUBJECTS:  # forget subjects quiet for a while
+            self._arrivals = {k: v for k, v in self._arrivals.items() if now - v[0] < 10.0}
+        return gap
+
+    async def _drain(self, subject: str, lane: _Lane, wait: float) -> None:
         try:
+            if wait:
+                await asyncio.sleep(wait)  # the next requests are due within the window
             while lane.waiting:
                 batch, lane.waiting = lane.waiting, []
                 await self._send(batch)

@@ -95,3 +95,37 @@ def test_a_merged_pack_fills_the_cap_exactly_and_never_passes_it() -> None:
     whole = len(merge("ins_1", items, 10_000)[0].pack.body)
     assert len(merge("ins_1", items, whole)) == 1
     assert len(merge("ins_1", items, whole - 1)) == 2
+
+
+async def test_a_window_opens_only_while_requests_come_closer_than_it() -> None:
+    """Requests closer together than the window wait for each other and share a message; a
+    request after a quiet spell is published at once (low rates keep their latency)."""
+    published: list[list[str]] = []
+
+    async def publish(subject: str, body: bytes, headers: dict[str, str]) -> asyncio.Future[None]:
+        published.append([e["messageId"] for e in orjson.loads(body)])
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ack.set_result(None)
+        return ack
+
+    window = 0.2
+    coalescer = Coalescer(publish, max_bytes=100_000, timeout=5, recent=RecentIds(), window=window)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await coalescer.submit(outbound(["first"]))  # nothing came before: no window
+    assert loop.time() - started < window / 2 and published == [["first"]]
+
+    # The next comes at once (a gap far under the window): it waits for the window, and the
+    # one after it joins the same message.
+    second = coalescer.submit(outbound(["second"]))
+    await asyncio.sleep(0)
+    third = coalescer.submit(outbound(["third"]))
+    await asyncio.gather(second, third)
+    assert published == [["first"], ["second", "third"]]
+
+    # A quiet spell brings the running average gap above the window: no waiting.
+    await asyncio.sleep(window * 5)
+    started = loop.time()
+    await coalescer.submit(outbound(["later"]))
+    assert published[-1] == ["later"]
+    assert loop.time() - started < window / 2
