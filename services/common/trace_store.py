@@ -94,6 +94,12 @@ async def ensure_stream(js: JetStreamContext, retention_seconds: float) -> None:
             await js.update_stream(config)
 
 
+async def _connection_error(error: Exception) -> None:
+    """Note a trace store connection error quietly: spans are a debugging aid, and the
+    services' own connections report an unreachable NATS already."""
+    log.debug("trace store connection: %r", error)
+
+
 class TraceStoreExporter(SpanExporter):
     """Export spans to the TRACES stream."""
 
@@ -111,7 +117,9 @@ class TraceStoreExporter(SpanExporter):
     async def _jetstream(self) -> JetStreamContext:
         js = self._js
         if js is None:
-            self._nc = await nats.connect(servers=nats_servers(self._url), name="trace-store")
+            self._nc = await nats.connect(
+                servers=nats_servers(self._url), name="trace-store", error_cb=_connection_error
+            )
             js = self._nc.jetstream()
             await ensure_stream(js, self._retention)
             self._js = js
