@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
-from services.cli.client import as_json, fail, out, registry
-from services.cli.context import load_context
+from services.cli.client import as_json, out, registry, token
 
 admin = typer.Typer(
     help="Deployment-wide tasks (the bootstrap administrator's token).", no_args_is_help=True
@@ -20,13 +18,11 @@ ROTATION_DEADLINE_SECONDS = 3600.0
 
 def admin_token() -> str:
     """Return the bootstrap administrator's token: EVENTFN_TOKEN, else the one `up` stored."""
-    value = os.environ.get("EVENTFN_TOKEN") or load_context().get("admin_token")
-    if not value:
-        fail(
-            "no admin token: set EVENTFN_TOKEN to the deployment's bootstrap token "
-            "(EVENTFN_BOOTSTRAP_TOKEN), or run where `make up` stored it"
-        )
-    return value
+    return token(
+        "admin_token",
+        "no admin token: set EVENTFN_TOKEN to the deployment's bootstrap token "
+        "(EVENTFN_BOOTSTRAP_TOKEN), or run where `make up` stored it",
+    )
 
 
 @admin.command("rotate-secret-key")

@@ -50,14 +50,16 @@ def address(service: str) -> str:
     return found
 
 
-def token() -> str:
-    """Return the bearer token to use (EVENTFN_TOKEN, else the context's current token)."""
-    value = os.environ.get("EVENTFN_TOKEN") or load_context().get("token")
+def token(
+    key: str = "token",
+    missing: str = "no token: set EVENTFN_TOKEN, or start the platform with `make up` (it "
+    "stores the admin token), or add one with `eventfn workspaces use --token …`",
+) -> str:
+    """Return the bearer token to use: EVENTFN_TOKEN, else the context's `key` (by default
+    the current token; `admin_token` is the bootstrap token `up` stored)."""
+    value = os.environ.get("EVENTFN_TOKEN") or load_context().get(key)
     if not value:
-        fail(
-            "no token: set EVENTFN_TOKEN, or start the platform with `make up` (it stores the "
-            "admin token), or add one with `eventfn workspaces use --token …`"
-        )
+        fail(missing)
     return value
 
 

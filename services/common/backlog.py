@@ -46,7 +46,38 @@ async def read_backlog(js: JetStreamContext, stream: str, durable: str) -> Backl
     return Backlog(waiting, in_flight, age)
 
 
-class BacklogGauges:
+class _Poller:
+    """Reads something every `every` seconds into `latest` (gauge callbacks report it)."""
+
+    def __init__(self, name: str, every: float) -> None:
+        self._name = name
+        self._every = every
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start polling."""
+        self._task = asyncio.get_running_loop().create_task(self._poll(), name=self._name)
+
+    async def close(self) -> None:
+        """Stop polling."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _read(self) -> None:
+        raise NotImplementedError
+
+    async def _poll(self) -> None:
+        while True:
+            try:
+                await self._read()
+            except NATS_ERRORS as error:  # consumer or stream not created yet, or NATS away
+                log.debug("%s unknown: %r", self._name, error)
+            await asyncio.sleep(self._every)
+
+
+class BacklogGauges(_Poller):
     """Gauges `eventfn.<what>.waiting`, `.in_flight` and `.oldest_age` of one consumer."""
 
     def __init__(
@@ -59,9 +90,9 @@ class BacklogGauges:
         durable: str,
         every: float = 2.0,
     ) -> None:
-        self._js, self._stream, self._durable, self._every = js, stream, durable, every
+        super().__init__(f"backlog of {stream}/{durable}", every)
+        self._js, self._stream, self._durable = js, stream, durable
         self.latest = Backlog()
-        self._task: asyncio.Task[None] | None = None
         where = {"messaging.destination.name": stream, "messaging.consumer.group.name": durable}
 
         def gauge(name: str, unit: str, description: str, read: str) -> None:
@@ -76,35 +107,19 @@ class BacklogGauges:
         gauge("in_flight", "{message}", f"{what} delivered, not yet acknowledged", "in_flight")
         gauge("oldest_age", "s", f"age of the oldest {what} not yet acknowledged", "oldest_age")
 
-    def start(self) -> None:
-        """Start polling."""
-        self._task = asyncio.get_running_loop().create_task(self._poll(), name="backlog")
-
-    async def close(self) -> None:
-        """Stop polling."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _poll(self) -> None:
-        while True:
-            try:
-                self.latest = await read_backlog(self._js, self._stream, self._durable)
-            except NATS_ERRORS as error:  # consumer not created yet, or NATS away
-                log.debug("backlog of %s/%s unknown: %r", self._stream, self._durable, error)
-            await asyncio.sleep(self._every)
+    async def _read(self) -> None:
+        self.latest = await read_backlog(self._js, self._stream, self._durable)
 
 
-class StreamSizeGauge:
+class StreamSizeGauge(_Poller):
     """A gauge `eventfn.<what>` of the messages a stream holds (e.g. dead letters)."""
 
     def __init__(
         self, js: JetStreamContext, meter: Meter, *, what: str, stream: str, every: float = 5.0
     ) -> None:
-        self._js, self._stream, self._every = js, stream, every
+        super().__init__(f"size of {stream}", every)
+        self._js, self._stream = js, stream
         self.latest = 0
-        self._task: asyncio.Task[None] | None = None
 
         def observe(_options: CallbackOptions) -> Iterable[Observation]:
             return [Observation(self.latest, {"messaging.destination.name": stream})]
@@ -113,21 +128,5 @@ class StreamSizeGauge:
             f"eventfn.{what}", callbacks=[observe], unit="{message}", description=f"{what} held"
         )
 
-    def start(self) -> None:
-        """Start polling."""
-        self._task = asyncio.get_running_loop().create_task(self._poll(), name="stream-size")
-
-    async def close(self) -> None:
-        """Stop polling."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _poll(self) -> None:
-        while True:
-            try:
-                self.latest = (await self._js.stream_info(self._stream)).state.messages
-            except NATS_ERRORS as error:
-                log.debug("size of %s unknown: %r", self._stream, error)
-            await asyncio.sleep(self._every)
+    async def _read(self) -> None:
+        self.latest = (await self._js.stream_info(self._stream)).state.messages

@@ -10,7 +10,6 @@ then finds the record.
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,7 +21,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from services.common.errors import AlreadyExists, InvalidArgument, RequestIdReused
+from services.common.errors import AlreadyExists, RequestIdReused
+from services.common.request_ids import check_request_id
 from services.registry.models import RequestRecord
 from services.registry.secrets import SEALED_KEY, SecretBox, key_id_of
 from services.registry.store import RegistryStore, now
@@ -46,12 +46,7 @@ def request_key(workspace_id: str, method: str, request: Message) -> RequestKey 
     request_id = getattr(request, "request_id", "")
     if not request_id:
         return None
-    try:
-        uuid.UUID(request_id)
-    except ValueError:
-        raise InvalidArgument.field(
-            "request_id", "must be a UUID, e.g. 9b2c1e4e-3f0a-4a53-8c1d-2b7f5f1c0a11"
-        ) from None
+    check_request_id(request_id)
     copy = type(request)()
     copy.CopyFrom(request)
     copy.ClearField("request_id")  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 import grpc
@@ -60,33 +61,35 @@ def grants_from_proto(
             violations.append(
                 FieldViolation(f"{at}.sources", "only Source Admin grants list sources")
             )
-        function_ids, source_ids = [], []
-        for j, name in enumerate(g.functions):
-            try:
-                function_ids.append(
-                    names.parse(f"{at}.functions[{j}]", name, names.FUNCTION, workspace_id)
-                )
-            except InvalidArgument as error:
-                violations += error.violations
-            except NotFound:
-                violations.append(
-                    FieldViolation(f"{at}.functions[{j}]", f"no function {name!r} here")
-                )
-        for j, name in enumerate(g.sources):
-            try:
-                source_ids.append(
-                    names.parse(f"{at}.sources[{j}]", name, names.SOURCE, workspace_id)
-                )
-            except InvalidArgument as error:
-                violations += error.violations
-            except NotFound:
-                violations.append(FieldViolation(f"{at}.sources[{j}]", f"no source {name!r} here"))
+        function_ids = _parse_ids(
+            f"{at}.functions", g.functions, names.FUNCTION, workspace_id, violations
+        )
+        source_ids = _parse_ids(f"{at}.sources", g.sources, names.SOURCE, workspace_id, violations)
         out.append(auth.Grant(g.role, tuple(function_ids), tuple(source_ids)))
     if not out:
         violations.append(FieldViolation(field, "give at least one role"))
     if violations:
         raise InvalidArgument("invalid roles", violations)
     return tuple(out)
+
+
+def _parse_ids(
+    field: str,
+    resource_names: Sequence[str],
+    kind: names.Kind,
+    workspace_id: str,
+    violations: list[FieldViolation],
+) -> list[str]:
+    """Return the ids of a grant's resource names; add a violation for each bad one."""
+    ids = []
+    for j, name in enumerate(resource_names):
+        try:
+            ids.append(names.parse(f"{field}[{j}]", name, kind, workspace_id))
+        except InvalidArgument as error:
+            violations += error.violations
+        except NotFound:
+            violations.append(FieldViolation(f"{field}[{j}]", f"no {kind.word} {name!r} here"))
+    return ids
 
 
 async def check_grant_ids(s, workspace_id: str, grants: tuple[auth.Grant, ...], field: str) -> None:

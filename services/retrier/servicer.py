@@ -21,6 +21,7 @@ from services.common import names, streams
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from services.common.page_tokens import PageTokens
 from services.common.registry_gate import RegistryGate
+from services.common.request_ids import check_request_id
 from services.common.roles import may_administer_source
 from services.retrier.dead_letters import (
     BadDeadLetterId,
@@ -386,13 +387,3 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
             {"purged": purged, "dead_letters": list(request.names) or "all"},
         )
         return pb.PurgeDeadLettersResponse(purged=purged)
-
-
-def check_request_id(request_id: str) -> None:
-    """Refuse a request_id that is not a UUID."""
-    try:
-        uuid.UUID(request_id)
-    except ValueError:
-        raise InvalidArgument.field(
-            "request_id", "must be a UUID, e.g. 9b2c1e4e-3f0a-4a53-8c1d-2b7f5f1c0a11"
-        ) from None

@@ -83,7 +83,8 @@ class RouterStats:
 
 def trace_headers(traceparent: str | None, tracestate: str | None) -> dict[str, str]:
     """Return W3C trace headers continuing the caller's trace, or starting a new one."""
-    found = _TRACEPARENT.match(traceparent.strip().lower()) if traceparent else None
+    # As strict as the W3C grammar (and OpenTelemetry): upper case is a malformed header.
+    found = _TRACEPARENT.fullmatch(traceparent.strip()) if traceparent else None
     if found is not None and found.group(1) != "0" * 32:
         trace_id, flags = found.group(1), found.group(3)
     else:
