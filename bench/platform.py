@@ -94,12 +94,19 @@ def processes(running: Platform) -> Processes:
 
 @dataclass
 class Sink:
-    """Records when each event arrived (ns) and when it was sent (from the event)."""
+    """Counts arriving events; of those carrying their send time, records the latency."""
 
     latencies: list[float] = field(default_factory=list)
     arrived: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    first: asyncio.Event = field(default_factory=asyncio.Event)  # a timed event arrived
     url: str = ""
+
+    def reset(self) -> None:
+        """Forget what arrived so far."""
+        self.latencies.clear()
+        self.arrived = 0
+        self.first.clear()
 
     async def handle(self, request: web.Request) -> web.Response:
         now = time.time_ns()
@@ -108,6 +115,7 @@ class Sink:
             sent = event.get("properties", {}).get("sent_ns")
             if sent:
                 self.latencies.append((now - sent) / 1e6)
+                self.first.set()
         self.arrived += len(body) if isinstance(body, list) else 1
         self.changed.set()
         return web.json_response({"ok": True})
