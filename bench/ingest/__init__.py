@@ -34,6 +34,7 @@ from bench.common import (
     track,
 )
 from services.common import streams
+from services.common.service import tune_gc
 
 PACK = 100
 SECONDS = 20.0  # cap on each timed phase
@@ -83,10 +84,11 @@ async def run() -> None:
             subject = streams.events_subject(control.workspace_id, iid)
             router = await router_on(control, srv.nats.url, stack)
             await router.watcher.wait_until(lambda v: iid in v.instances)
+            tune_gc()  # as the router's main does once it has started
             pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
             stack.callback(pool.shutdown)
 
-            packs = await raw_publish(srv.nats.url, subject, PACK, 1500)
+            packs = await raw_publish(srv.nats.url, subject, PACK, 6000)
             single = await raw_publish(srv.nats.url, subject, 1, 15_000)
             print("  baselines (pipelined publish_async, this process):", flush=True)
             line(f"raw JetStream publish, packs of {PACK}", packs, "events/s")
@@ -96,13 +98,13 @@ async def run() -> None:
             addr = f"127.0.0.1:{router.grpc_port}"
             key = control.write_key
             print("  router (load from a child process):", flush=True)
-            batch = await in_child(pool, http_load, http, key, PACK, 1000, 32, SECONDS)
+            batch = await in_child(pool, http_load, http, key, PACK, 5000, 32, SECONDS)
             _show(f"HTTP /v1/batch ({PACK} per request, 32 conns)", batch, packs, "raw packs")
             one = await in_child(pool, http_load, http, key, 1, 15_000, 64, SECONDS)
             _show("HTTP /v1/track (64 conns)", one, single, "raw 1-event publish")
-            unary = await in_child(pool, grpc_load, addr, key, PACK, 1000, 16, SECONDS, False)
+            unary = await in_child(pool, grpc_load, addr, key, PACK, 5000, 16, SECONDS, False)
             _show(f"gRPC Ingest ({PACK} per call, 16 in flight)", unary, packs, "raw packs")
-            streamed = await in_child(pool, grpc_load, addr, key, PACK, 1500, 4, SECONDS, True)
+            streamed = await in_child(pool, grpc_load, addr, key, PACK, 5000, 4, SECONDS, True)
             _show(
                 f"gRPC IngestStream ({PACK} per message, 4 streams)", streamed, packs, "raw packs"
             )

@@ -6,6 +6,7 @@ storage, servicers and servers into an `AsyncExitStack` that closes them in reve
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import TypeVar
@@ -17,6 +18,19 @@ from services.common.settings import CommonSettings, DataPlaneSettings
 from services.common.trace_store import TraceStoreExporter
 
 S = TypeVar("S", bound=CommonSettings)
+# Collect the youngest generation every this many allocations net (CPython's default: 700).
+# A service allocates thousands of short-lived objects per request (parsed JSON, futures,
+# spans) that reference counting frees; at 700 the collector ran every few requests and
+# walked them anyway (≈ 20 % of the router's CPU on /v1/batch, bench/ingest).
+YOUNG_GENERATION_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Freeze what start-up built (no collection walks it again) and collect less often."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_GENERATION_THRESHOLD, middle, old)
 
 
 async def serve(
@@ -31,6 +45,7 @@ async def serve(
     telemetry.setup_tracing(name, exporters)
     async with AsyncExitStack() as stack:
         await start(settings, stack)
+        tune_gc()
         await rpc.wait_for_termination_signal()
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -93,28 +92,62 @@ def _joined(instance_id: str, run: Sequence[Outbound]) -> Outbound:
 
 
 class RecentIds:
-    """The messageIds stored per instance in the last `seconds` (at most `limit` in all)."""
+    """The messageIds stored per instance lately: each is remembered for at least `seconds`
+    (at most twice that) unless more than `limit` arrive meanwhile, which pushes out the
+    oldest ones first.
 
-    def __init__(self, seconds: float = 600.0, limit: int = 200_000) -> None:
+    Two generations of sets per instance: ids go into the current one; when it is `seconds`
+    old or holds half the limit, it becomes the previous one (the older is dropped), and
+    the previous one is dropped once it began twice `seconds` ago. Lookups and inserts take
+    a request's ids at once: set operations, not a Python call per event.
+    """
+
+    def __init__(
+        self,
+        seconds: float = 600.0,
+        limit: int = 200_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._seconds = seconds
-        self._limit = limit
-        self._ids: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._half = max(1, limit // 2)
+        self._clock = clock
+        self._current: dict[str, set[str]] = {}
+        self._previous: dict[str, set[str]] = {}
+        self._size = 0  # ids in the current generation
+        self._since = self._previous_since = clock()  # when each generation began
 
-    def seen(self, instance_id: str, message_id: str) -> bool:
-        """Tell whether this instance stored this messageId recently."""
-        until = self._ids.get((instance_id, message_id))
-        return until is not None and until > time.monotonic()
+    def seen(self, instance_id: str, message_ids: Iterable[str]) -> set[str]:
+        """Return which of these messageIds this instance stored recently."""
+        self._age()
+        found: set[str] = set()
+        for generation in (self._current, self._previous):
+            bucket = generation.get(instance_id)
+            if bucket:
+                found |= bucket.intersection(message_ids)
+        return found
 
     def add(self, instance_id: str, ids: Iterable[str]) -> None:
         """Remember messageIds an instance stored."""
-        until = time.monotonic() + self._seconds
-        for message_id in ids:
-            key = (instance_id, message_id)
-            self._ids.pop(key, None)
-            self._ids[key] = until
-        now = time.monotonic()
-        while self._ids and (len(self._ids) > self._limit or next(iter(self._ids.values())) < now):
-            self._ids.popitem(last=False)
+        self._age()
+        bucket = self._current.get(instance_id)
+        if bucket is None:
+            bucket = self._current[instance_id] = set()
+        before = len(bucket)
+        bucket.update(ids)
+        self._size += len(bucket) - before
+        if self._size >= self._half:
+            self._rotate(self._clock())
+
+    def _age(self) -> None:
+        now = self._clock()
+        if now - self._since >= self._seconds:
+            self._rotate(now)
+        if now - self._previous_since >= 2 * self._seconds:  # all of it past the window
+            self._previous = {}
+
+    def _rotate(self, now: float) -> None:
+        self._previous, self._previous_since = self._current, self._since
+        self._current, self._size, self._since = {}, 0, now
 
 
 @dataclass(eq=False)

@@ -104,23 +104,26 @@ def route_events(
     pack_bytes: int = DEFAULT_PACK_BYTES,
     stats: RouterStats | None = None,
     dropped: Counter[str] | None = None,
-    seen: Callable[[str, str], bool] | None = None,
+    seen: Callable[[str, Sequence[str]], set[str]] | None = None,
 ) -> list[Outbound]:
     """Decide per route which events it gets (integrations, then filters) and pack them.
 
     `dropped` receives, per instance id, how many events the integrations object or a filter
-    kept from it (the instance's "filtered" count). `seen(instance, messageId)` says an
-    event was stored for the instance recently: a client's retry, not published again.
+    kept from it (the instance's "filtered" count). `seen(instance, messageIds)` returns
+    those of the events stored for the instance recently: a client's retries, not published
+    again.
     """
     stats = stats if stats is not None else RouterStats()
     dropped = dropped if dropped is not None else Counter()
     # An event no filter changed is encoded once, however many instances get it.
     encoded: dict[int, tuple[str, bytes]] = {}
     outbound: list[Outbound] = []
+    ids = [str(event.get("messageId", "")) for event in events] if seen is not None else []
     for route in routes:
         items: list[tuple[str, bytes]] = []
-        for event in events:
-            if seen is not None and seen(route.instance_id, str(event.get("messageId", ""))):
+        repeated = seen(route.instance_id, ids) if seen is not None else None
+        for index, event in enumerate(events):
+            if repeated and ids[index] in repeated:
                 stats.deduplicated += 1
                 continue
             if not wants(event, route.integration_key):

@@ -53,14 +53,31 @@ def test_a_merged_pack_links_the_other_requests_traces() -> None:
     assert orjson.loads(m.headers[TRACE_LINKS]) == [b.headers[TRACEPARENT]]
 
 
-def test_recent_ids_forget_after_their_window_and_past_the_limit() -> None:
-    recent = RecentIds(seconds=60, limit=2)
-    recent.add("ins_1", ["a", "b", "c"])
-    assert not recent.seen("ins_1", "a")  # evicted: over the limit
-    assert recent.seen("ins_1", "c") and not recent.seen("ins_2", "c")
-    gone = RecentIds(seconds=-1)
-    gone.add("ins_1", ["x"])
-    assert not gone.seen("ins_1", "x")
+def test_recent_ids_forget_past_the_limit_oldest_first() -> None:
+    recent = RecentIds(seconds=60, limit=4)
+    for batch in (["a", "b"], ["c", "d"], ["e", "f"]):
+        recent.add("ins_1", batch)
+    assert recent.seen("ins_1", ["a", "f", "z"]) == {"f"}  # 6 ids into room for 4: "a" went
+    assert not recent.seen("ins_2", ["f"])
+
+
+@given(st.lists(st.floats(min_value=0, max_value=25), min_size=1, max_size=40))
+def test_recent_ids_remember_at_least_their_window_and_forget_after_twice_it(
+    gaps: list[float],
+) -> None:
+    now = [0.0]
+    recent = RecentIds(seconds=10, clock=lambda: now[0])
+    stored: dict[str, float] = {}
+    for i, gap in enumerate(gaps):
+        now[0] += gap
+        for message_id, at in stored.items():
+            age = now[0] - at
+            if age < 10:
+                assert recent.seen("ins_1", [message_id]), (message_id, age)
+            elif age >= 20:
+                assert not recent.seen("ins_1", [message_id]), (message_id, age)
+        recent.add("ins_1", [f"m{i}"])
+        stored[f"m{i}"] = now[0]
 
 
 async def test_requests_arriving_during_a_publish_share_the_next_message() -> None:
@@ -87,7 +104,9 @@ async def test_requests_arriving_during_a_publish_share_the_next_message() -> No
     await asyncio.gather(first, *others)
     assert len(published) == 2
     assert [e["messageId"] for e in orjson.loads(published[1])] == [f"r{i}" for i in range(1, 6)]
-    assert all(coalescer.recent.seen("ins_1", f"r{i}") for i in range(6))
+    assert coalescer.recent.seen("ins_1", [f"r{i}" for i in range(7)]) == {
+        f"r{i}" for i in range(6)
+    }
 
 
 def test_a_merged_pack_fills_the_cap_exactly_and_never_passes_it() -> None:
