@@ -1,9 +1,13 @@
 """A bounded store of recent spans on the platform's own JetStream, so an event's journey can be
 shown (`eventfn trace`) without running a tracing backend.
 
-Spans go, as compact JSON, to the TRACES stream under `traces.<trace id>`, one message per
-trace and batch of spans; a span naming messageIds also indexes each under
-`traces.msg.<sha1 of the messageId>` (once per trace and batch). The stream keeps an hour
+Spans go, as compact JSON, to the TRACES stream, one message per trace and batch of spans,
+under `traces.<trace id>.<sha1 of the first messageId they name>` (`_` when they name none);
+each further messageId they name gets an empty message under `traces.<trace id>.<its sha1>`.
+So a trace is read from `traces.<trace id>.>` and a messageId's traces found under
+`traces.*.<sha1>`, and a single event's spans cost one message per batch, index included
+(releases before stored spans under `traces.<trace id>` and an index message with the trace
+id under `traces.msg.<sha1>`; both are still read). The stream keeps an hour
 (EVENTFN_TRACE_RETENTION_SECONDS) and at most 128 MiB, dropping the oldest first, in memory:
 it is a debugging aid, never in the way of events, so its messages are not written to disk
 (with `sync_interval: always` every stored message costs a disk sync: a file stream made
@@ -37,16 +41,21 @@ log = logging.getLogger(__name__)
 STREAM = "TRACES"
 MAX_BYTES = 128 * 1024 * 1024
 PUBLISH_SECONDS = 5.0
+MESSAGE_IDS = "eventfn.message_ids"  # the span attribute naming the events a span is about
 
 
-def trace_subject(trace_id: str) -> str:
-    """Return the subject holding a trace's spans."""
-    return f"traces.{trace_id}"
+NO_MESSAGE = "_"  # the last token of a trace message whose spans name no messageId
+LEGACY_INDEX = "msg"  # `traces.msg.<sha1>`: an index message of earlier releases
 
 
-def message_subject(message_id: str) -> str:
-    """Return the subject indexing the traces of a messageId."""
-    return f"traces.msg.{hashlib.sha1(message_id.encode(), usedforsecurity=False).hexdigest()}"
+def message_token(message_id: str) -> str:
+    """Return the subject token standing for a messageId."""
+    return hashlib.sha1(message_id.encode(), usedforsecurity=False).hexdigest()
+
+
+def trace_subject(trace_id: str, message_id: str | None = None) -> str:
+    """Return the subject of a trace's spans naming (first) this messageId."""
+    return f"traces.{trace_id}.{NO_MESSAGE if message_id is None else message_token(message_id)}"
 
 
 def span_record(span: ReadableSpan) -> dict[str, Any]:
@@ -126,24 +135,23 @@ class TraceStoreExporter(SpanExporter):
         return js
 
     async def _publish(self, spans: Sequence[ReadableSpan]) -> None:
-        # One message per trace of the batch (a JSON array of its spans), one index message per
-        # (messageId, trace), plain publishes: the stream stores them without an
-        # acknowledgement each (a lost message costs a gap in a debugging aid; waiting for
-        # hundreds of acks costs every event).
+        # One message per trace of the batch (a JSON array of its spans) under its first
+        # messageId, an empty one per further messageId; plain publishes: the stream stores
+        # them without an acknowledgement each (a lost message costs a gap in a debugging
+        # aid; waiting for hundreds of acks costs every event).
         await self._jetstream()
         nc = self._nc
-        traces: dict[str, list[dict[str, Any]]] = {}
-        indexed: dict[tuple[str, str], None] = {}
+        traces: dict[str, tuple[list[dict[str, Any]], dict[str, None]]] = {}
         for span in spans:
             record = span_record(span)
-            trace_id = record["trace_id"]
-            traces.setdefault(trace_id, []).append(record)
-            for message_id in record["attributes"].get("eventfn.message_ids", ()):
-                indexed[str(message_id), trace_id] = None
-        for trace_id, records in traces.items():
-            await nc.publish(trace_subject(trace_id), orjson.dumps(records))
-        for message_id, trace_id in indexed:
-            await nc.publish(message_subject(message_id), trace_id.encode())
+            records, named = traces.setdefault(record["trace_id"], ([], {}))
+            records.append(record)
+            named.update(dict.fromkeys(map(str, record["attributes"].get(MESSAGE_IDS, ()))))
+        for trace_id, (records, named) in traces.items():
+            first, *others = named or [None]
+            await nc.publish(trace_subject(trace_id, first), orjson.dumps(records))
+            for message_id in others:
+                await nc.publish(trace_subject(trace_id, message_id), b"")
         await nc.flush(timeout=PUBLISH_SECONDS)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -171,29 +179,37 @@ async def read_trace(
     js: JetStreamContext, trace_id: str, limit: int = 2000
 ) -> list[dict[str, Any]]:
     """Return the stored spans of a trace, in start order (a message holds a list of them, or
-    one, as releases before grouping stored them)."""
+    one, as releases before grouping stored them; index messages hold nothing)."""
     spans: list[dict[str, Any]] = []
-    for message in await _read_subject(js, trace_subject(trace_id), limit):
-        stored = orjson.loads(message)
-        spans.extend(stored if isinstance(stored, list) else [stored])
+    for subject in (f"traces.{trace_id}.>", f"traces.{trace_id}"):
+        for _, data in await _read_subject(js, subject, limit):
+            if data:
+                stored = orjson.loads(data)
+                spans.extend(stored if isinstance(stored, list) else [stored])
     return sorted(spans, key=lambda s: (s["start"], s["name"]))
 
 
 async def traces_of_message(js: JetStreamContext, message_id: str) -> list[str]:
-    """Return the trace ids stored for a messageId, newest last, without repeats."""
-    ids = [m.decode() for m in await _read_subject(js, message_subject(message_id), 100)]
+    """Return the trace ids stored for a messageId, oldest first, without repeats."""
+    ids: list[str] = []
+    for subject, data in await _read_subject(js, f"traces.*.{message_token(message_id)}", 100):
+        trace_id = subject.split(".")[1]
+        ids.append(data.decode() if trace_id == LEGACY_INDEX else trace_id)
     return list(dict.fromkeys(ids))
 
 
-async def _read_subject(js: JetStreamContext, subject: str, limit: int) -> list[bytes]:
-    """Read the stored messages of one subject, oldest first (one request per message)."""
-    out: list[bytes] = []
+async def _read_subject(
+    js: JetStreamContext, subject: str, limit: int
+) -> list[tuple[str, bytes]]:
+    """Read the stored messages matching a subject (wildcards allowed), oldest first, as
+    (subject, data); one request per message."""
+    out: list[tuple[str, bytes]] = []
     seq = 1
     while len(out) < limit:
         try:
             msg = await js.get_msg(STREAM, seq=seq, subject=subject, next=True)
         except nats.js.errors.NotFoundError:
             break
-        out.append(msg.data or b"")
+        out.append((msg.subject or subject, msg.data or b""))
         seq = (msg.seq or seq) + 1
     return out

@@ -1,15 +1,28 @@
 """The trace store's stream: kept in memory (spans are a debugging aid: no disk sync per span),
-and a file stream left by an earlier release is replaced rather than failing the exporter."""
+a file stream left by an earlier release is replaced rather than failing the exporter, and
+spans are found by trace id and by messageId (also as earlier releases stored them)."""
 
 from __future__ import annotations
 
 import contextlib
+import uuid
 
 import nats.js.errors
+import orjson
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StorageType, StreamConfig
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from services.common.trace_store import STREAM, ensure_stream
+from services.common.trace_store import (
+    MESSAGE_IDS,
+    STREAM,
+    TraceStoreExporter,
+    ensure_stream,
+    message_token,
+    read_trace,
+    traces_of_message,
+)
 
 
 async def test_a_file_stream_of_an_earlier_release_becomes_a_memory_stream(
@@ -30,3 +43,33 @@ async def test_a_file_stream_of_an_earlier_release_becomes_a_memory_stream(
     await js.publish("traces.stream-test", b"{}")
     info = await js.stream_info(STREAM)
     assert info.config.max_age == 120 and info.state.messages == 1
+
+
+async def test_spans_are_found_by_trace_and_by_each_messageid_they_name(
+    nats_client: NatsClient, nats_url: str
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    exporter = TraceStoreExporter(nats_url)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("ingest", attributes={MESSAGE_IDS: [f"a-{run}", f"b-{run}"]}):
+        with tracer.start_as_current_span("route") as route:
+            first = format(route.get_span_context().trace_id, "032x")
+    with tracer.start_as_current_span("invoke", attributes={MESSAGE_IDS: [f"a-{run}"]}) as span:
+        second = format(span.get_span_context().trace_id, "032x")
+    provider.shutdown()
+    # As a release before this one stored a trace: spans under traces.<id>, an index message.
+    js = nats_client.jetstream()
+    legacy = uuid.uuid4().hex
+    old_span = {"trace_id": legacy, "name": "ingest", "start": 1, "attributes": {}}
+    await js.publish(f"traces.{legacy}", orjson.dumps([old_span]))
+    await js.publish(f"traces.msg.{message_token(f'c-{run}')}", legacy.encode())
+
+    assert [s["name"] for s in await read_trace(js, first)] == ["ingest", "route"]
+    assert [s["name"] for s in await read_trace(js, second)] == ["invoke"]
+    assert await traces_of_message(js, f"a-{run}") == [first, second]
+    assert await traces_of_message(js, f"b-{run}") == [first]
+    assert await traces_of_message(js, f"c-{run}") == [legacy]
+    assert await read_trace(js, legacy) == [old_span]
+    assert await traces_of_message(js, f"d-{run}") == []
