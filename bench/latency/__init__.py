@@ -7,7 +7,10 @@ sink-side latency p50/p99/p99.9 (send → the sink has the event), delivered eve
 µs per event of each process read from /proc (steadier than wall time on a shared machine).
 The load generator runs in a child process and sends each rate for a second before the
 measured part (so the connections a rate needs are open, as a steady client's are); its
-CPU and the sink's are printed apart — they share the machine with the platform.
+CPU and the sink's are printed apart — they share the machine with the platform — and serve
+as the same-run baseline: a fixed amount of work per event (an HTTP client request and an
+HTTP server answer, aiohttp), so the platform's CPU as a multiple of it moves with what the
+platform does, not with how busy the shared machine is.
 BENCH_SECONDS sets each rate's duration (default 8), BENCH_RATES the single-event rates
 (default "100,500,1000,2000" events/s), BENCH_BATCH_RATES the batch rates (default
 "2000,10000,20000,40000" events/s: 20 to 400 requests of 100 per second).
@@ -192,7 +195,8 @@ async def measure(
         f"{label} {rate:>6}/s: p50 {q[499]:7.1f} ms  p99 {q[989]:7.1f} ms  p99.9 {q[998]:7.1f} ms"
         f"  delivered {sent / elapsed:7.0f}/s  CPU µs/event: "
         + "  ".join(f"{role} {v:.0f}" for role, v in cpu.items())
-        + f"  (all {sum(cpu.values()):.0f}; load generator and sink {bench:.0f})",
+        + f"  (all {sum(cpu.values()):.0f}; load generator and sink {bench:.0f}:"
+        f" platform = {sum(cpu.values()) / bench:.2f}× it)",
         flush=True,
     )
 

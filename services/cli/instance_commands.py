@@ -152,7 +152,7 @@ def instance_list(function: str = "", source: str = "", json_: Json = False) -> 
         return
     table(
         "instances",
-        ["id", "name", "function", "source", "version", "enabled", "batch", "etag"],
+        ["id", "name", "function", "source", "version", "enabled", "batch", "trace", "etag"],
         [
             [
                 short(i.name),
@@ -162,6 +162,7 @@ def instance_list(function: str = "", source: str = "", json_: Json = False) -> 
                 short(i.version),
                 i.state == res.Instance.STATE_ENABLED,
                 i.batch_size,
+                "propagated" if i.propagate_trace else "",
                 i.etag,
             ]
             for i in rows

@@ -198,9 +198,7 @@ async def traces_of_message(js: JetStreamContext, message_id: str) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-async def _read_subject(
-    js: JetStreamContext, subject: str, limit: int
-) -> list[tuple[str, bytes]]:
+async def _read_subject(js: JetStreamContext, subject: str, limit: int) -> list[tuple[str, bytes]]:
     """Read the stored messages matching a subject (wildcards allowed), oldest first, as
     (subject, data); one request per message."""
     out: list[tuple[str, bytes]] = []

@@ -90,8 +90,12 @@ async def test_instances_propagate_trace_flag(cli: Cli, tmp_path: Path) -> None:
     assert "propagateTrace" not in shown  # false: the default, not printed
     plain = await cli.ok("instances", "create", "--function", fn, "--source", src, "--name", "b")
     assert "trace context" not in plain.stdout
-    on = await cli.ok("instances", "update", ids(plain.stdout, "ins")[0], "--propagate-trace")
+    other = ids(plain.stdout, "ins")[0]
+    on = await cli.ok("instances", "update", other, "--propagate-trace")
     assert "trace propagation on" in on.stdout
+    listing = (await cli.ok("instances", "list", "--function", fn)).stdout.splitlines()
+    rows = {ids(line, "ins")[0]: line for line in listing if ids(line, "ins")}
+    assert "propagated" in rows[other] and "propagated" not in rows[ins]
 
 
 async def test_times_carry_their_zone(cli: Cli) -> None:
