@@ -96,6 +96,7 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
     versions = VersionSource(settings.registry_addr, token)
     stack.push_async_callback(versions.close)
     consumer = PackConsumer(
+        nc,
         js,
         watcher,
         dispatcher,

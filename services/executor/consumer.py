@@ -8,6 +8,7 @@ import logging
 from datetime import UTC, datetime
 
 import orjson
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -34,6 +35,7 @@ class PackConsumer:
 
     def __init__(
         self,
+        nc: NatsClient,
         js: JetStreamContext,
         watcher: ConfigWatcher,
         dispatcher: Dispatcher,
@@ -46,6 +48,7 @@ class PackConsumer:
         durable: str = DURABLE,
         subjects: str = "events.>",
     ) -> None:
+        self._nc = nc
         self._js = js
         self._watcher = watcher
         self._dispatcher = dispatcher
@@ -80,6 +83,7 @@ class PackConsumer:
     async def _run(self) -> None:
         await self._watcher.ready.wait()
         await pull_forever(
+            self._nc,
             self._js,
             subjects=self._subjects,
             stream=streams.EVENTS_STREAM,

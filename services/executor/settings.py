@@ -20,7 +20,7 @@ class ExecutorSettings(DataPlaneSettings):
     executor_subjects: str = "events.>"
     # V8 worker processes of this executor (0: one per core).
     executor_workers: int = 0
-    # Packs fetched per pull request.
+    # Packs one pull request asks for (it stays open, delivering each as it is stored).
     executor_fetch_packs: int = 64
     # Packs in flight at once in this process (no more is fetched meanwhile).
     executor_max_inflight_packs: int = 512

@@ -58,6 +58,7 @@ async def start_retrier(settings: RetrierSettings, stack: AsyncExitStack) -> Run
     watcher.start()
     stack.push_async_callback(watcher.close)
     scheduler = RetryScheduler(
+        nc,
         js,
         watcher,
         policy,

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -246,6 +247,7 @@ class RetryScheduler:
 
     def __init__(
         self,
+        nc: NatsClient,
         js: JetStreamContext,
         watcher: ConfigWatcher,
         policy: RetryPolicy,
@@ -256,6 +258,7 @@ class RetryScheduler:
         ack_wait: float = 30.0,
         clock: Clock = utc_now,
     ) -> None:
+        self._nc = nc
         self._js = js
         self._watcher = watcher
         self._policy = policy
@@ -294,6 +297,7 @@ class RetryScheduler:
     async def _run(self) -> None:
         await self._watcher.ready.wait()
         await pull_forever(
+            self._nc,
             self._js,
             subjects=streams.subject_filter("retry"),
             stream=streams.RETRY_STREAM,

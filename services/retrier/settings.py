@@ -33,7 +33,7 @@ class RetrierSettings(DataPlaneSettings):
     # A retry whose instance is unknown is discarded once its RETRY message is this old
     # (a newly created instance may reach this process's config view a little late).
     retry_unknown_instance_grace_seconds: float = 30.0
-    # RETRY messages pulled at once.
+    # RETRY messages one pull request asks for (it stays open, delivering each as it is stored).
     retrier_fetch: int = 256
     # How long JetStream waits for a retrier's ack before redelivering a RETRY message.
     retrier_ack_wait_seconds: float = 30.0

@@ -1,9 +1,11 @@
 """The pull loop keeps asking when JetStream refuses the subscription at first (as a cluster
-does while it elects leaders after a partition heals): the process consumes once it can."""
+does while it elects leaders after a partition heals): the process consumes once it can. One
+open request serves messages as they are stored, and never more than there is room for."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 
@@ -39,6 +41,7 @@ async def test_a_refused_subscription_is_asked_again_until_the_stream_exists(
 
     task = asyncio.create_task(
         pull_forever(
+            nats_client,
             js,
             subjects=subject,
             stream=name,
@@ -63,5 +66,125 @@ async def test_a_refused_subscription_is_asked_again_until_the_stream_exists(
     finally:
         stopping.set()
         async with asyncio.timeout(10):
+            await task
+        await js.delete_stream(name)
+
+
+async def test_one_open_request_serves_messages_as_they_are_stored(
+    nats_client: NatsClient,
+) -> None:
+    js = nats_client.jetstream()
+    name = f"PULL{uuid.uuid4().hex[:8].upper()}"
+    subject = f"pull-{name.lower()}.x"
+    await js.add_stream(StreamConfig(name=name, subjects=[subject]))
+    requests: list[bytes] = []
+
+    async def count(msg: Msg) -> None:
+        requests.append(msg.data)
+
+    watch = await nats_client.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{name}.puller", cb=count)
+    got: list[bytes] = []
+    changed = asyncio.Event()
+    stopping = asyncio.Event()
+
+    async def room() -> int:
+        return 100
+
+    async def handle(msgs: list[Msg]) -> None:
+        for msg in msgs:
+            got.append(msg.data)
+            await msg.ack()
+        changed.set()
+
+    task = asyncio.create_task(
+        pull_forever(
+            nats_client,
+            js,
+            subjects=subject,
+            stream=name,
+            durable="puller",
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT),
+            room=room,
+            handle=handle,
+            stopping=stopping,
+        )
+    )
+    try:
+        async with asyncio.timeout(30):
+            for i in range(40):  # one at a time, each awaited by the consumer
+                await js.publish(subject, str(i).encode())
+                while len(got) <= i:
+                    changed.clear()
+                    await changed.wait()
+        assert got == [str(i).encode() for i in range(40)]
+        # A request per message (or two, as fetch makes) would be 40 or more; the open
+        # request asked for 100 and is still serving (an idle one is renewed each second).
+        assert 1 <= len(requests) <= 5, requests
+    finally:
+        stopping.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await watch.unsubscribe()
+        await js.delete_stream(name)
+
+
+async def test_no_more_is_asked_for_than_there_is_room_for(nats_client: NatsClient) -> None:
+    js = nats_client.jetstream()
+    name = f"PULL{uuid.uuid4().hex[:8].upper()}"
+    subject = f"pull-{name.lower()}.x"
+    await js.add_stream(StreamConfig(name=name, subjects=[subject]))
+    for i in range(20):
+        await js.publish(subject, str(i).encode())
+    held: list[Msg] = []
+    freed = asyncio.Condition()
+    changed = asyncio.Event()
+    stopping = asyncio.Event()
+
+    async def room() -> int:
+        async with freed:
+            await freed.wait_for(lambda: len(held) < 5)
+            return 5 - len(held)
+
+    async def handle(msgs: list[Msg]) -> None:
+        held.extend(msgs)
+        changed.set()
+
+    task = asyncio.create_task(
+        pull_forever(
+            nats_client,
+            js,
+            subjects=subject,
+            stream=name,
+            durable="holder",
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60),
+            room=room,
+            handle=handle,
+            stopping=stopping,
+        )
+    )
+    try:
+        async with asyncio.timeout(30):
+            while len(held) < 5:
+                changed.clear()
+                await changed.wait()
+            info = await js.consumer_info(name, "holder")
+            # The request for 5 is fulfilled and none is open while there is no room.
+            assert info.num_ack_pending == 5 and info.num_waiting == 0, info
+            assert len(held) == 5
+            async with freed:
+                for msg in held:
+                    await msg.ack()
+                done = [m.data for m in held]
+                held.clear()
+                freed.notify_all()
+            while len(held) < 5:
+                changed.clear()
+                await changed.wait()
+        assert done + [m.data for m in held] == [str(i).encode() for i in range(10)]
+    finally:
+        stopping.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
             await task
         await js.delete_stream(name)
