@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 
 import pytest
 from nats.aio.client import Client as NatsClient
@@ -18,16 +19,48 @@ from services.common.pull import pull_forever
 from tests.eventually import eventually
 
 
+def pulling(
+    nc: NatsClient,
+    stream: str,
+    durable: str,
+    room: Callable[[], Awaitable[int]],
+    handle: Callable[[list[Msg]], Awaitable[None]],
+    config: ConsumerConfig | None = None,
+) -> tuple[asyncio.Task[None], asyncio.Event]:
+    """Start the pull loop on `stream` (subject `<stream lower case>.x`); return it and its stop."""
+    stopping = asyncio.Event()
+    task = asyncio.create_task(
+        pull_forever(
+            nc,
+            nc.jetstream(),
+            subjects=f"{stream.lower()}.x",
+            stream=stream,
+            durable=durable,
+            config=config or ConsumerConfig(ack_policy=AckPolicy.EXPLICIT),
+            room=room,
+            handle=handle,
+            stopping=stopping,
+        )
+    )
+    return task, stopping
+
+
+async def stop(task: asyncio.Task[None], stopping: asyncio.Event) -> None:
+    stopping.set()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def test_a_refused_subscription_is_asked_again_until_the_stream_exists(
     nats_client: NatsClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="services.common.pull")
     js = nats_client.jetstream()
     name = f"PULL{uuid.uuid4().hex[:8].upper()}"
-    subject = f"pull-{name.lower()}.x"
+    subject = f"{name.lower()}.x"
     got: list[Msg] = []
     arrived = asyncio.Event()
-    stopping = asyncio.Event()
 
     async def room() -> int:
         return 10
@@ -39,19 +72,7 @@ async def test_a_refused_subscription_is_asked_again_until_the_stream_exists(
         if got:
             arrived.set()
 
-    task = asyncio.create_task(
-        pull_forever(
-            nats_client,
-            js,
-            subjects=subject,
-            stream=name,
-            durable="puller",
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT),
-            room=room,
-            handle=handle,
-            stopping=stopping,
-        )
-    )
+    task, stopping = pulling(nats_client, name, "puller", room, handle)
     try:
         # The stream is missing: the subscription is refused, and asked again.
         await eventually(
@@ -75,7 +96,7 @@ async def test_one_open_request_serves_messages_as_they_are_stored(
 ) -> None:
     js = nats_client.jetstream()
     name = f"PULL{uuid.uuid4().hex[:8].upper()}"
-    subject = f"pull-{name.lower()}.x"
+    subject = f"{name.lower()}.x"
     await js.add_stream(StreamConfig(name=name, subjects=[subject]))
     requests: list[bytes] = []
 
@@ -85,7 +106,6 @@ async def test_one_open_request_serves_messages_as_they_are_stored(
     watch = await nats_client.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{name}.puller", cb=count)
     got: list[bytes] = []
     changed = asyncio.Event()
-    stopping = asyncio.Event()
 
     async def room() -> int:
         return 100
@@ -96,19 +116,7 @@ async def test_one_open_request_serves_messages_as_they_are_stored(
             await msg.ack()
         changed.set()
 
-    task = asyncio.create_task(
-        pull_forever(
-            nats_client,
-            js,
-            subjects=subject,
-            stream=name,
-            durable="puller",
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT),
-            room=room,
-            handle=handle,
-            stopping=stopping,
-        )
-    )
+    task, stopping = pulling(nats_client, name, "puller", room, handle)
     try:
         async with asyncio.timeout(30):
             for i in range(40):  # one at a time, each awaited by the consumer
@@ -121,10 +129,7 @@ async def test_one_open_request_serves_messages_as_they_are_stored(
         # request asked for 100 and is still serving (an idle one is renewed each second).
         assert 1 <= len(requests) <= 5, requests
     finally:
-        stopping.set()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop(task, stopping)
         await watch.unsubscribe()
         await js.delete_stream(name)
 
@@ -132,14 +137,13 @@ async def test_one_open_request_serves_messages_as_they_are_stored(
 async def test_no_more_is_asked_for_than_there_is_room_for(nats_client: NatsClient) -> None:
     js = nats_client.jetstream()
     name = f"PULL{uuid.uuid4().hex[:8].upper()}"
-    subject = f"pull-{name.lower()}.x"
+    subject = f"{name.lower()}.x"
     await js.add_stream(StreamConfig(name=name, subjects=[subject]))
     for i in range(20):
         await js.publish(subject, str(i).encode())
     held: list[Msg] = []
     freed = asyncio.Condition()
     changed = asyncio.Event()
-    stopping = asyncio.Event()
 
     async def room() -> int:
         async with freed:
@@ -150,19 +154,8 @@ async def test_no_more_is_asked_for_than_there_is_room_for(nats_client: NatsClie
         held.extend(msgs)
         changed.set()
 
-    task = asyncio.create_task(
-        pull_forever(
-            nats_client,
-            js,
-            subjects=subject,
-            stream=name,
-            durable="holder",
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60),
-            room=room,
-            handle=handle,
-            stopping=stopping,
-        )
-    )
+    config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60)
+    task, stopping = pulling(nats_client, name, "holder", room, handle, config)
     try:
         async with asyncio.timeout(30):
             while len(held) < 5:
@@ -183,8 +176,5 @@ async def test_no_more_is_asked_for_than_there_is_room_for(nats_client: NatsClie
                 await changed.wait()
         assert done + [m.data for m in held] == [str(i).encode() for i in range(10)]
     finally:
-        stopping.set()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop(task, stopping)
         await js.delete_stream(name)
