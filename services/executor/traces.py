@@ -54,23 +54,46 @@ async def get_trace(
     request: pb.GetTraceRequest,
     context: grpc.aio.ServicerContext,
 ) -> pb.GetTraceResponse:
-    """Find a journey by messageId or trace id; the caller must see an instance it names."""
+    """Find a journey by messageId or trace id; the caller must see an instance it names.
+
+    A messageId is the sender's to choose, so another workspace's events may carry the same
+    one: of its traces, the newest the caller may see is answered, and only those it may see
+    are named as the others.
+    """
     workspace = names.parse_workspace("parent", request.parent)
     which = request.WhichOneof("target")
     missing = NotFound("trace", request.message_id or request.trace_id)
-    others: list[str] = []
     if which == "trace_id":
         trace_id = request.trace_id.lower()
         if not _TRACE_ID.match(trace_id):
             raise InvalidArgument.field("trace_id", "must be 32 hex digits")
+        candidates = [trace_id]
     elif which == "message_id" and request.message_id:
-        found = await traces_of_message(js, request.message_id)
-        if not found:
-            raise missing
-        trace_id, others = found[-1], found[:-1]
+        candidates = await traces_of_message(js, request.message_id)
     else:
         raise InvalidArgument.field("message_id", "give a message_id or a trace_id")
-    spans = await read_trace(js, trace_id)
+    visible: list[tuple[str, list[dict[str, Any]]]] = []
+    for trace_id in candidates:
+        spans = await read_trace(js, trace_id)
+        if await _may_see(check_instance, context, workspace, spans):
+            visible.append((trace_id, spans))
+    if not visible:
+        raise missing
+    trace_id, spans = visible[-1]
+    return pb.GetTraceResponse(
+        trace_id=trace_id,
+        spans=[span_message(s) for s in spans],
+        other_trace_ids=[t for t, _ in visible[:-1]],
+    )
+
+
+async def _may_see(
+    check_instance: CheckInstance,
+    context: grpc.aio.ServicerContext,
+    workspace: str,
+    spans: list[dict[str, Any]],
+) -> bool:
+    """Tell whether the caller may read one of the instances these spans name."""
     instances = {
         str(s["attributes"]["eventfn.instance_id"])
         for s in spans
@@ -83,9 +106,5 @@ async def get_trace(
             if error.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED):
                 continue
             raise
-        return pb.GetTraceResponse(
-            trace_id=trace_id,
-            spans=[span_message(s) for s in spans],
-            other_trace_ids=others,
-        )
-    raise missing
+        return True
+    return False

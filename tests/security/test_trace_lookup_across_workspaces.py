@@ -1,0 +1,76 @@
+"""A messageId is the sender's to choose: another workspace may send events with the same one.
+Looking a journey up by messageId answers the caller's own trace and never names another
+workspace's — a tenant who reuses a victim's messageId can neither hide the victim's journey
+from them nor learn the trace ids of its own from the victim's answers (and vice versa)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import grpc
+import orjson
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
+from services.common.trace_store import MESSAGE_IDS, ensure_stream, trace_subject
+from tests.pipeline.conftest import Platform, platform, sink
+from tests.registry.conftest import auth, registry
+
+__all__ = ["platform", "registry", "sink"]
+CODE = "async function onTrack(event, settings) {}"
+
+
+def invoke_span(trace_id: str, instance_id: str, message_id: str) -> dict[str, Any]:
+    """An invoke span as the trace store keeps it."""
+    now = time.time_ns()
+    return {
+        "trace_id": trace_id,
+        "span_id": uuid.uuid4().hex[:16],
+        "parent_id": "",
+        "name": "invoke",
+        "service": "eventfn-executor",
+        "kind": "INTERNAL",
+        "start": now,
+        "end": now + 1_000_000,
+        "status": "UNSET",
+        "attributes": {"eventfn.instance_id": instance_id, MESSAGE_IDS: [message_id]},
+        "events": [],
+        "links": [],
+    }
+
+
+async def test_a_reused_messageid_finds_only_the_callers_own_trace(
+    platform: Platform, nats_client: NatsClient
+) -> None:
+    mine = await platform.instance(CODE, "http://127.0.0.1:9/")
+    stranger_ws, stranger = await platform.registry.workspace(f"Stranger {uuid.uuid4().hex[:6]}")
+    message_id = f"order-{uuid.uuid4().hex[:8]}"
+    own, older, theirs = (uuid.uuid4().hex for _ in range(3))
+    js = nats_client.jetstream()
+    await ensure_stream(js, retention_seconds=600)
+    # Oldest first: the caller's replayed journey, the caller's own, then the stranger's,
+    # the newest, naming an instance of another workspace.
+    for trace_id, instance_id in ((older, mine), (own, mine), (theirs, f"ins_{uuid.uuid4().hex}")):
+        span = invoke_span(trace_id, instance_id, message_id)
+        await js.publish(trace_subject(trace_id, message_id), orjson.dumps([span]))
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
+        executor = executor_pb2_grpc.ExecutorStub(channel)
+        found = await executor.GetTrace(
+            executor_pb2.GetTraceRequest(parent=platform.workspace, message_id=message_id),
+            metadata=auth(platform.owner),
+        )
+        assert found.trace_id == own
+        assert list(found.other_trace_ids) == [older]
+        # The stranger, in its own workspace, finds nothing of the caller's.
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await executor.GetTrace(
+                executor_pb2.GetTraceRequest(
+                    parent=f"workspaces/{stranger_ws}", message_id=message_id
+                ),
+                metadata=auth(stranger),
+            )
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
