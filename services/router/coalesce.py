@@ -11,7 +11,8 @@ only once every pack holding its events is acknowledged.
 
 A merged pack's dedupe id covers all its messageIds, so it no longer matches a client's
 retry of one of its requests; `RecentIds` keeps, per instance, the messageIds stored in the
-last ten minutes, and the router drops repeats (as Segment deduplicates by messageId).
+last ten minutes (or up to twenty), and the router drops repeats (as Segment deduplicates by
+messageId).
 """
 
 from __future__ import annotations
