@@ -253,31 +253,45 @@ class Sink:
 
     async def wait_until(self, done: Callable[[], bool], seconds: float) -> bool:
         """Wait until `done()` holds (checked after each request); False after `seconds`."""
-        deadline = time.monotonic() + seconds
-        while not done():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self.changed.clear()
-            try:
-                async with asyncio.timeout(min(left, 1.0)):
-                    await self.changed.wait()
-            except TimeoutError:
-                pass
-        return True
+        return await wait_changed(self.changed, done, seconds)
 
 
-async def start_sink(stack: AsyncExitStack) -> Sink:
-    """Serve a Sink on an ephemeral loopback port until `stack` closes."""
-    sink = Sink()
+async def wait_changed(changed: asyncio.Event, done: Callable[[], bool], seconds: float) -> bool:
+    """Wait until `done()` holds, checking it whenever `changed` is set (and each second);
+    False after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        changed.clear()
+        try:
+            async with asyncio.timeout(min(left, 1.0)):
+                await changed.wait()
+        except TimeoutError:
+            pass
+    return True
+
+
+async def serve_posts(
+    stack: AsyncExitStack, handle: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> str:
+    """Serve `handle` for POSTs to any path on an ephemeral loopback port until `stack`
+    closes; return the server's base URL."""
     app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_route("POST", "/{tail:.*}", sink.handle)
+    app.router.add_route("POST", "/{tail:.*}", handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    sink.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    return f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+async def start_sink(stack: AsyncExitStack) -> Sink:
+    """Serve a Sink on an ephemeral loopback port until `stack` closes."""
+    sink = Sink()
+    sink.url = await serve_posts(stack, sink.handle)
     return sink
 
 

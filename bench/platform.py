@@ -9,7 +9,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +18,7 @@ import orjson
 import psutil
 from aiohttp import web
 
+from bench.common import serve_posts, wait_changed
 from services.cli.up import Platform
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -102,6 +103,10 @@ class Sink:
     first: asyncio.Event = field(default_factory=asyncio.Event)  # a timed event arrived
     url: str = ""
 
+    async def wait_until(self, done: Callable[[], bool], seconds: float) -> bool:
+        """Wait until `done()` holds (checked after each request); False after `seconds`."""
+        return await wait_changed(self.changed, done, seconds)
+
     def reset(self) -> None:
         """Forget what arrived so far."""
         self.latencies.clear()
@@ -122,13 +127,7 @@ class Sink:
 
 
 async def start_sink(stack: AsyncExitStack) -> Sink:
+    """Serve a Sink on an ephemeral loopback port until `stack` closes."""
     sink = Sink()
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_post("/{tail:.*}", sink.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    stack.push_async_callback(runner.cleanup)
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    sink.url = f"http://127.0.0.1:{runner.addresses[0][1]}/in"
+    sink.url = await serve_posts(stack, sink.handle) + "/in"
     return sink

@@ -156,13 +156,7 @@ async def known(http: aiohttp.ClientSession, url: str, write_key: str) -> float:
 
 async def arrived(sink: Sink, count: int, seconds: float) -> int:
     """Wait up to `seconds` for `count` events at the sink; return how many came."""
-    deadline = time.monotonic() + seconds
-    while sink.arrived < count and time.monotonic() < deadline:
-        sink.changed.clear()
-        try:
-            await asyncio.wait_for(sink.changed.wait(), deadline - time.monotonic())
-        except TimeoutError:
-            break
+    await sink.wait_until(lambda: sink.arrived >= count, seconds)
     return sink.arrived
 
 

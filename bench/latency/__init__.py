@@ -181,10 +181,8 @@ async def measure(
     bench_before = cpu_seconds(os.getpid()) + _children_cpu(pool)
     started = time.perf_counter()
     sent = await sending
-    async with asyncio.timeout(120):
-        while len(sink.latencies) < sent:
-            sink.changed.clear()
-            await sink.changed.wait()
+    if not await sink.wait_until(lambda: len(sink.latencies) >= sent, 120):
+        raise TimeoutError(f"{len(sink.latencies)} of {sent} events reached the sink in 120 s")
     elapsed = time.perf_counter() - started
     after = procs.sample()
     lat = sorted(sink.latencies)
