@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -86,27 +87,37 @@ def ws(workspace_id: str) -> str:
     return f"workspaces/{workspace_id}"
 
 
-@pytest.fixture
-async def registry(fresh_database: str, tmp_path: Path) -> AsyncIterator[Registry]:
-    """Start a registry on a fresh database and an ephemeral port."""
-    settings = RegistrySettings(
-        database_url=fresh_database,
+@asynccontextmanager
+async def running_registry(
+    database_url: str, state_dir: Path, **settings: Any
+) -> AsyncIterator[Registry]:
+    """Run a registry on `database_url` and an ephemeral port (settings: overrides)."""
+    config = RegistrySettings(
+        database_url=database_url,
         registry_listen="127.0.0.1:0",
-        state_dir=tmp_path,
+        state_dir=state_dir,
         bootstrap_token=BOOTSTRAP,
         service_token=SERVICE,
+        **settings,
     )
-    logging.getLogger("services").setLevel(logging.DEBUG)
     async with AsyncExitStack() as stack:
-        running = await start_registry(settings, stack)
+        running = await start_registry(config, stack)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
         stack.push_async_callback(channel.close)
         yield Registry(
             stub=registry_pb2_grpc.RegistryStub(channel),
             port=running.port,
-            database_url=fresh_database,
-            state_dir=tmp_path,
+            database_url=database_url,
+            state_dir=state_dir,
         )
+
+
+@pytest.fixture
+async def registry(fresh_database: str, tmp_path: Path) -> AsyncIterator[Registry]:
+    """Start a registry on a fresh database and an ephemeral port."""
+    logging.getLogger("services").setLevel(logging.DEBUG)
+    async with running_registry(fresh_database, tmp_path) as running:
+        yield running
 
 
 @dataclass

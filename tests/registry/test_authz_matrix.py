@@ -18,7 +18,6 @@ import asyncio
 import itertools
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,15 @@ from google.protobuf import field_mask_pb2, struct_pb2
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import registry_pb2_grpc
 from eventfn_api.registry.v1 import resources_pb2 as res
-from services.registry.app import start_registry
-from services.registry.settings import RegistrySettings
-from tests.registry.conftest import BOOTSTRAP, HANDLER, SERVICE, SETTINGS, Registry, auth
+from tests.registry.conftest import (
+    BOOTSTRAP,
+    HANDLER,
+    SERVICE,
+    SETTINGS,
+    Registry,
+    auth,
+    running_registry,
+)
 
 OK = grpc.StatusCode.OK
 DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -966,23 +971,8 @@ async def registry_m(
 ) -> AsyncIterator[Registry]:
     """One registry for the whole matrix."""
     state = tmp_path_factory.mktemp("registry")
-    settings = RegistrySettings(
-        database_url=module_database,
-        registry_listen="127.0.0.1:0",
-        state_dir=state,
-        bootstrap_token=BOOTSTRAP,
-        service_token=SERVICE,
-    )
-    async with AsyncExitStack() as stack:
-        running = await start_registry(settings, stack)
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-        stack.push_async_callback(channel.close)
-        yield Registry(
-            stub=registry_pb2_grpc.RegistryStub(channel),
-            port=running.port,
-            database_url=module_database,
-            state_dir=Path(state),
-        )
+    async with running_registry(module_database, Path(state)) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

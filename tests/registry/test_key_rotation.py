@@ -11,7 +11,7 @@ import base64
 import os
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,25 +20,17 @@ import grpc
 import orjson
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from google.protobuf import field_mask_pb2, struct_pb2
+from google.protobuf import field_mask_pb2
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import registry_pb2_grpc
 from eventfn_api.registry.v1 import resources_pb2 as res
-from services.registry.app import start_registry
 from services.registry.rpc_keys import ROTATION_LOCK
-from services.registry.settings import RegistrySettings
-from tests.registry.conftest import BOOTSTRAP, SERVICE, SETTINGS, Registry, auth
+from tests.registry.conftest import BOOTSTRAP, SERVICE, SETTINGS, Registry, auth, running_registry
 from tests.registry.test_flows import new_function, new_instance
-from tests.registry.test_secrets_never_leak import rows_containing
+from tests.registry.test_secrets_never_leak import rows_containing, struct
 
 HOOK = "http://127.0.0.1:9/hook"
-
-
-def struct(**values: object) -> struct_pb2.Struct:
-    out = struct_pb2.Struct()
-    out.update(values)
-    return out
 
 
 @dataclass
@@ -134,19 +126,8 @@ async def replica(
     database_url: str, state_dir: Path, **settings: str | None
 ) -> AsyncIterator[registry_pb2_grpc.RegistryStub]:
     """Run another registry on the same database (a second replica, or a restart)."""
-    config = RegistrySettings(
-        database_url=database_url,
-        registry_listen="127.0.0.1:0",
-        state_dir=state_dir,
-        bootstrap_token=BOOTSTRAP,
-        service_token=SERVICE,
-        **settings,  # type: ignore[arg-type]
-    )
-    async with AsyncExitStack() as stack:
-        running = await start_registry(config, stack)
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-        stack.push_async_callback(channel.close)
-        yield registry_pb2_grpc.RegistryStub(channel)
+    async with running_registry(database_url, state_dir, **settings) as other:
+        yield other.stub
 
 
 async def test_rotation_reseals_every_value_and_deletes_the_old_key(registry: Registry) -> None:

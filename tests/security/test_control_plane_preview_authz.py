@@ -25,14 +25,11 @@ import pytest
 
 from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
 from eventfn_api.registry.v1 import registry_pb2 as pb
-from eventfn_api.registry.v1 import registry_pb2_grpc
 from eventfn_api.registry.v1 import resources_pb2 as res
 from eventfn_api.type.v1 import types_pb2
 from services.executor.app import start_executor
 from services.executor.settings import ExecutorSettings
-from services.registry.app import start_registry
-from services.registry.settings import RegistrySettings
-from tests.registry.conftest import BOOTSTRAP, SERVICE, Registry, auth
+from tests.registry.conftest import BOOTSTRAP, SERVICE, Registry, auth, running_registry
 
 OK = grpc.StatusCode.OK
 DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -120,27 +117,15 @@ async def world(
 ) -> AsyncIterator[World]:
     """Start a registry and an executor (reading no events) and build the workspace."""
     async with AsyncExitStack() as stack:
-        running = await start_registry(
-            RegistrySettings(
-                database_url=module_database,
-                registry_listen="127.0.0.1:0",
-                state_dir=Path(tmp_path_factory.mktemp("registry")),
-                bootstrap_token=BOOTSTRAP,
-                service_token=SERVICE,
-            ),
-            stack,
-        )
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-        stack.push_async_callback(channel.close)
-        registry = Registry(
-            registry_pb2_grpc.RegistryStub(channel), running.port, module_database, Path(".")
+        registry = await stack.enter_async_context(
+            running_registry(module_database, Path(tmp_path_factory.mktemp("registry")))
         )
         unique = uuid.uuid4().hex[:8]
         executor = await start_executor(
             ExecutorSettings(
                 executor_listen="127.0.0.1:0",
                 nats_url=nats_url,
-                registry_addr=f"127.0.0.1:{running.port}",
+                registry_addr=f"127.0.0.1:{registry.port}",
                 database_url=module_database,
                 service_token=SERVICE,
                 executor_workers=1,
