@@ -10,7 +10,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from services.registry.access import Authenticator
 from services.registry.auth import Caller
 from services.registry.idempotency import Idempotency
-from services.registry.models import Member
+from services.registry.models import AuditEvent, Member
 from services.registry.paging import Pages
 from services.registry.secrets import SecretBox
 from services.registry.store import RegistryStore
@@ -38,10 +38,11 @@ async def audit(
     resource_type: str,
     resource_id: str,
     details: dict[str, Any] | None = None,
-) -> None:
-    """Record the caller's change in the audit trail, in the session's transaction."""
+) -> AuditEvent:
+    """Record the caller's change in the audit trail, in the session's transaction; return
+    the entry."""
     actor = await store.get(session, Member, caller.member_id, "member")
-    store.audit(
+    return store.audit(
         session,
         workspace_id=caller.workspace_id,
         actor=actor,

@@ -30,9 +30,9 @@ from eventfn_api.registry.v1 import registry_pb2 as pb
 from services.common.errors import Aborted, FailedPrecondition
 from services.registry import convert
 from services.registry.auth import Caller, require
-from services.registry.deps import RegistryDeps
+from services.registry.deps import RegistryDeps, audit
 from services.registry.instance_settings import InstanceSettings
-from services.registry.models import Instance, Member, SecretKey
+from services.registry.models import Instance, SecretKey
 from services.registry.secrets import RETIRING, sealed_prefix
 
 log = logging.getLogger(__name__)
@@ -182,15 +182,14 @@ class KeyRpcs:
             if await self._left_over_in(s, key_id):
                 raise Aborted("values appeared under an old data key; rotate again")
             common = {"key": key_id, "retired_keys": retired_ids}
-            actor = await self.store.get(s, Member, caller.member_id, "member")
-            entry = self.store.audit(
+            entry = await audit(
+                self.store,
                 s,
-                workspace_id=caller.workspace_id,
-                actor=actor,
-                action="secret_key.rotate",
-                resource_type="secret_key",
-                resource_id=key_id,
-                details=common
+                caller,
+                "secret_key.rotate",
+                "secret_key",
+                key_id,
+                common
                 | {
                     "master_key": self.box.master.id,
                     "instances_total": sum(done.instances.values()),

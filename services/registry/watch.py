@@ -41,13 +41,17 @@ def parts(message: pb.WatchConfigResponse) -> list[pb.WatchConfigResponse]:
     if message.ByteSize() <= PART_BYTES:
         return [message]
     out = [pb.WatchConfigResponse(revision=message.revision, reset=message.reset)]
+    used = 0  # bytes of items in the last part (sizing it anew per item was quadratic)
     for name in ("sources", "removed_source_ids", "instances", "removed_instance_ids"):
         for item in getattr(message, name):
-            size = item.ByteSize() if not isinstance(item, str) else len(item) + 2
-            if out[-1].ByteSize() + size > PART_BYTES and out[-1].ByteSize() > 16:
+            size = item.ByteSize() if not isinstance(item, str) else len(item.encode())
+            size += 6  # the field's tag and length
+            if used and used + size > PART_BYTES:
                 out[-1].more = True
                 out.append(pb.WatchConfigResponse(revision=message.revision))
+                used = 0
             getattr(out[-1], name).append(item)
+            used += size
     return out
 
 
@@ -58,6 +62,7 @@ class ConfigNotifier:
         self._dsn = dsn
         self._conn: asyncpg.Connection | None = None
         self._events: set[asyncio.Event] = set()
+        self.latest = -1  # the newest revision a notification announced
 
     async def start(self) -> None:
         """Connect and LISTEN."""
@@ -65,7 +70,9 @@ class ConfigNotifier:
         await conn.add_listener(CONFIG_CHANNEL, self._notify)
         self._conn = conn
 
-    def _notify(self, *_: object) -> None:
+    def _notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        with contextlib.suppress(ValueError):
+            self.latest = max(self.latest, int(payload))
         for event in self._events:
             event.set()
 
@@ -110,8 +117,18 @@ class LiveConfig:
         self._lock = asyncio.Lock()
         self._pruned_at = 0.0
 
-    async def refresh(self) -> None:
-        """Catch up with the database: apply what changed since this copy's revision."""
+    async def refresh(self, announced: int | None = None) -> None:
+        """Catch up with the database: apply what changed since this copy's revision.
+
+        `announced`: the revision a notification announced; when this copy has it already
+        (another watcher caught up first), nothing is read.
+        """
+        if announced is not None and 0 <= announced <= self.revision:
+            return
+        await self._apply()
+        await self._prune()
+
+    async def _apply(self) -> None:
         async with self._lock:
             delta = None if self.revision < 0 else await self.store.changes_since(self.revision)
             full = delta is None
@@ -133,7 +150,6 @@ class LiveConfig:
             if not full:
                 self._history.append((delta.revision, delta.source_ids, delta.instance_ids))
             self.revision = delta.revision
-            await self._prune()
 
     def snapshot(self) -> pb.WatchConfigResponse:
         """Return the whole configuration as a reset message."""
@@ -237,10 +253,13 @@ class WatchRpcs:
             for part in parts(snapshot):
                 yield part
             while True:
+                woken = False
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), RECHECK_SECONDS)
+                    woken = await asyncio.wait_for(changed.wait(), RECHECK_SECONDS)
                 changed.clear()
-                await self.live.refresh()
+                # Woken by a notification: only what it announced is needed; every
+                # RECHECK_SECONDS without one, the database is asked (a lost notification).
+                await self.live.refresh(self.notifier.latest if woken else None)
                 message = self.live.since(revision)
                 if message is not None:
                     revision = message.revision
