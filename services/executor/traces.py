@@ -54,7 +54,8 @@ async def get_trace(
     request: pb.GetTraceRequest,
     context: grpc.aio.ServicerContext,
 ) -> pb.GetTraceResponse:
-    """Find a journey by messageId or trace id; the caller must see an instance it names.
+    """Find a journey by messageId or trace id: the spans of it the caller may read (see
+    `_visible_spans`); NOT_FOUND when there are none.
 
     A messageId is the sender's to choose, so another workspace's events may carry the same
     one: of its traces, the newest the caller may see is answered, and only those it may see
@@ -74,8 +75,10 @@ async def get_trace(
         raise InvalidArgument.field("message_id", "give a message_id or a trace_id")
     visible: list[tuple[str, list[dict[str, Any]]]] = []
     for trace_id in candidates:
-        spans = await read_trace(js, trace_id)
-        if await _may_see(check_instance, context, workspace, spans):
+        spans = await _visible_spans(
+            check_instance, context, workspace, await read_trace(js, trace_id)
+        )
+        if spans:
             visible.append((trace_id, spans))
     if not visible:
         raise missing
@@ -87,24 +90,41 @@ async def get_trace(
     )
 
 
-async def _may_see(
+async def _visible_spans(
     check_instance: CheckInstance,
     context: grpc.aio.ServicerContext,
     workspace: str,
     spans: list[dict[str, Any]],
-) -> bool:
-    """Tell whether the caller may read one of the instances these spans name."""
-    instances = {
-        str(s["attributes"]["eventfn.instance_id"])
-        for s in spans
-        if "eventfn.instance_id" in s["attributes"]
-    }
-    for instance_id in sorted(instances):
-        try:
-            await check_instance(context, names.INSTANCE.name(workspace, instance_id))
-        except EventfnError as error:  # not this caller's to see: look at the next one
-            if error.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED):
-                continue
-            raise
-        return True
-    return False
+) -> list[dict[str, Any]]:
+    """Return the spans the caller may read: those of an instance it may read, of the source
+    of such an instance, and their children (a fetch, a route). A trace id is not a secret
+    (a sender chooses the one its events continue, and a destination may be sent it), so
+    one trace may hold spans of several workspaces: each sees its own."""
+    instances: dict[str, bool] = {}
+    sources: set[str] = set()
+    for span in spans:
+        instance_id = str(span["attributes"].get("eventfn.instance_id", ""))
+        if instance_id and instance_id not in instances:
+            try:
+                found = await check_instance(context, names.INSTANCE.name(workspace, instance_id))
+            except EventfnError as error:  # not this caller's to see
+                if error.code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED):
+                    raise
+                instances[instance_id] = False
+            else:
+                instances[instance_id] = True
+                sources.add(str(getattr(found, "source", "")).rsplit("/", 1)[-1])
+    if not any(instances.values()):
+        return []
+    by_id = {str(s["span_id"]): s for s in spans}
+
+    def readable(span: dict[str, Any], depth: int = 0) -> bool:
+        attributes = span["attributes"]
+        if "eventfn.instance_id" in attributes:
+            return instances.get(str(attributes["eventfn.instance_id"]), False)
+        if "eventfn.source_id" in attributes:
+            return str(attributes["eventfn.source_id"]) in sources
+        parent = by_id.get(str(span.get("parent_id", "")))
+        return parent is not None and depth < 64 and readable(parent, depth + 1)
+
+    return [s for s in spans if readable(s)]

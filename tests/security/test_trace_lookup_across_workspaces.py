@@ -1,7 +1,8 @@
 """A messageId is the sender's to choose: another workspace may send events with the same one.
 Looking a journey up by messageId answers the caller's own trace and never names another
 workspace's — a tenant who reuses a victim's messageId can neither hide the victim's journey
-from them nor learn the trace ids of its own from the victim's answers (and vice versa)."""
+from them nor learn the trace ids of its own from the victim's answers (and vice versa). Likewise a trace id: a stranger's events may
+continue the caller's trace, and each workspace then reads only its own spans of it."""
 
 from __future__ import annotations
 
@@ -25,18 +26,25 @@ CODE = "async function onTrack(event, settings) {}"
 
 def invoke_span(trace_id: str, instance_id: str, message_id: str) -> dict[str, Any]:
     """An invoke span as the trace store keeps it."""
+    return span(trace_id, "invoke", {"eventfn.instance_id": instance_id, MESSAGE_IDS: [message_id]})
+
+
+def span(
+    trace_id: str, name: str, attributes: dict[str, Any], parent: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A span as the trace store keeps it."""
     now = time.time_ns()
     return {
         "trace_id": trace_id,
         "span_id": uuid.uuid4().hex[:16],
-        "parent_id": "",
-        "name": "invoke",
+        "parent_id": parent["span_id"] if parent else "",
+        "name": name,
         "service": "eventfn-executor",
         "kind": "INTERNAL",
         "start": now,
         "end": now + 1_000_000,
         "status": "UNSET",
-        "attributes": {"eventfn.instance_id": instance_id, MESSAGE_IDS: [message_id]},
+        "attributes": attributes,
         "events": [],
         "links": [],
     }
@@ -74,3 +82,33 @@ async def test_a_reused_messageid_finds_only_the_callers_own_trace(
                 metadata=auth(stranger),
             )
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_trace_id_shared_with_another_workspace_shows_each_only_its_spans(
+    platform: Platform, nats_client: NatsClient
+) -> None:
+    # A sender picks the trace id its events continue (traceparent), and a destination may
+    # be sent it: a stranger's events can join the caller's trace.
+    mine = await platform.instance(CODE, "http://127.0.0.1:9/")
+    trace_id = uuid.uuid4().hex
+    ingest = span(trace_id, "ingest", {"eventfn.source_id": platform.source_id})
+    route = span(trace_id, "route", {}, ingest)
+    invoke = span(trace_id, "invoke", {"eventfn.instance_id": mine}, ingest)
+    fetch = span(trace_id, "POST", {"url.full": "https://api.example.com/mine"}, invoke)
+    theirs_in = span(trace_id, "ingest", {"eventfn.source_id": f"src_{uuid.uuid4().hex}"})
+    theirs = span(trace_id, "invoke", {"eventfn.instance_id": f"ins_{uuid.uuid4().hex}"}, theirs_in)
+    secret = span(trace_id, "POST", {"url.full": "https://api.example.com/theirs"}, theirs)
+    js = nats_client.jetstream()
+    await ensure_stream(js, retention_seconds=600)
+    stored = [ingest, route, invoke, fetch, theirs_in, theirs, secret]
+    await js.publish(trace_subject(trace_id), orjson.dumps(stored))
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
+        executor = executor_pb2_grpc.ExecutorStub(channel)
+        found = await executor.GetTrace(
+            executor_pb2.GetTraceRequest(parent=platform.workspace, trace_id=trace_id),
+            metadata=auth(platform.owner),
+        )
+    ids = {s.span_id for s in found.spans}
+    assert ids == {ingest["span_id"], route["span_id"], invoke["span_id"], fetch["span_id"]}
+    assert "theirs" not in str(found)
