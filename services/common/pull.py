@@ -61,7 +61,8 @@ async def pull_forever(
         # leaders after a partition heals) keeps asking: it would otherwise serve health
         # checks and never consume. (The subscription creates or binds the consumer.)
         try:
-            await js.pull_subscribe(subjects, durable=durable, stream=stream, config=config)
+            made = await js.pull_subscribe(subjects, durable=durable, stream=stream, config=config)
+            await made.unsubscribe()  # it made or bound the consumer; its inbox is not needed
             break
         except NATS_ERRORS as error:
             if stopping.is_set():
@@ -80,21 +81,33 @@ async def pull_forever(
     async def deliver(msg: Msg) -> None:
         arrived.put_nowait(msg)
 
+    # Each request has its own reply subject, so a late status of an earlier one (after a
+    # reconnect) cannot end the current one.
     inbox = nc.new_inbox()
-    box = await nc.subscribe(inbox, cb=deliver)
+    box = await nc.subscribe(f"{inbox}.*", cb=deliver)
     # The platform's JetStream has no domain or API prefix: the default API subject.
     next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+    sent = 0
     try:
         while not stopping.is_set():
+            if not nc.is_connected:  # a request now would wait in the client's buffer
+                await asyncio.sleep(0.5)
+                continue
             want = await room()
             request = {"batch": want, "expires": int(FETCH_SECONDS * 1e9)}
+            sent += 1
+            reply = f"{inbox}.{sent}"
             try:
-                await nc.publish(next_subject, orjson.dumps(request), reply=inbox)
+                await nc.publish(next_subject, orjson.dumps(request), reply=reply)
             except NATS_ERRORS as error:  # NATS reconnecting: keep trying
                 log.warning("pull from %s failed: %r", stream, error)
                 await asyncio.sleep(0.5)
                 continue
-            if await _receive(arrived, want, handle, FETCH_SECONDS + LOST_REQUEST_SECONDS) == 0:
+            ended = await _receive(
+                arrived, reply, want, handle, FETCH_SECONDS + LOST_REQUEST_SECONDS
+            )
+            if ended not in (None, "408"):  # refused at once: say why, and never busy-loop
+                log.warning("pull from %s (%s) answered %s", stream, durable, ended)
                 await asyncio.sleep(REFUSED_REQUEST_PAUSE_SECONDS)
     finally:
         with contextlib.suppress(*NATS_ERRORS):
@@ -103,13 +116,14 @@ async def pull_forever(
 
 async def _receive(
     arrived: asyncio.Queue[Msg],
+    reply: str,
     want: int,
     handle: Callable[[list[Msg]], Awaitable[None]],
     seconds: float,
-) -> int:
-    """Handle what one pull request delivers until it delivered `want`, the server ended it
-    (a status message: expired, or refused) or `seconds` passed; return how many arrived
-    (-1 when it ended by expiring, as an idle request does)."""
+) -> str | None:
+    """Handle what arrives until the request answered at `reply` delivered `want`, the
+    server ended it or `seconds` passed; return the status that ended it (None: fulfilled or
+    timed out). Messages of earlier requests are handled too; their statuses are not."""
     deadline = asyncio.get_running_loop().time() + seconds
     got = 0
     while got < want:
@@ -117,7 +131,7 @@ async def _receive(
             async with asyncio.timeout_at(deadline):
                 first = await arrived.get()
         except TimeoutError:
-            return got
+            return None
         batch = [first]
         while not arrived.empty():
             batch.append(arrived.get_nowait())
@@ -125,7 +139,8 @@ async def _receive(
         got += len(msgs)
         if msgs:
             await handle(msgs)
-        if len(msgs) < len(batch):  # the server ended this request
-            expired = any(JetStreamContext.is_status_msg(m) == "408" for m in batch)
-            return -1 if expired and got == 0 else got
-    return got
+        for m in batch:
+            status = JetStreamContext.is_status_msg(m)
+            if status and m.subject == reply:
+                return status
+    return None

@@ -23,8 +23,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 # The W3C trace context (traceparent/tracestate) every service reads and writes.
 PROPAGATOR = TraceContextTextMapPropagator()
 
-# Spans name at most this many messageIds of the events they carry.
+# Spans name at most this many messageIds of the events they carry, in this attribute.
 MAX_MESSAGE_IDS = 16
+MESSAGE_IDS_ATTRIBUTE = "eventfn.message_ids"
 
 
 class JsonFormatter(logging.Formatter):

@@ -35,13 +35,13 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from services.common.settings import nats_servers
+from services.common.telemetry import MESSAGE_IDS_ATTRIBUTE
 
 log = logging.getLogger(__name__)
 
 STREAM = "TRACES"
 MAX_BYTES = 128 * 1024 * 1024
 PUBLISH_SECONDS = 5.0
-MESSAGE_IDS = "eventfn.message_ids"  # the span attribute naming the events a span is about
 
 
 NO_MESSAGE = "_"  # the last token of a trace message whose spans name no messageId
@@ -146,7 +146,9 @@ class TraceStoreExporter(SpanExporter):
             record = span_record(span)
             records, named = traces.setdefault(record["trace_id"], ([], {}))
             records.append(record)
-            named.update(dict.fromkeys(map(str, record["attributes"].get(MESSAGE_IDS, ()))))
+            named.update(
+                dict.fromkeys(map(str, record["attributes"].get(MESSAGE_IDS_ATTRIBUTE, ())))
+            )
         for trace_id, (records, named) in traces.items():
             first, *others = named or [None]
             await nc.publish(trace_subject(trace_id, first), orjson.dumps(records))

@@ -26,8 +26,6 @@ from services.executor.versions import VersionSource
 
 log = logging.getLogger(__name__)
 DURABLE = "executor"
-# A pull request lives this long on the server; one left over after stop() would take
-# (and strand until ack_wait) a pack handed back before it expires.
 
 
 class PackConsumer:

@@ -23,7 +23,7 @@ from opentelemetry import trace
 
 from eventfn_api.registry.v1 import registry_pb2 as rpb
 from services.common.deliveries.recorder import DeliveryRecorder
-from services.common.telemetry import message_ids
+from services.common.telemetry import MESSAGE_IDS_ATTRIBUTE, message_ids
 from services.executor.observe import (
     ExecutorMetrics,
     annotate,
@@ -231,7 +231,7 @@ class Dispatcher:
                     "eventfn.function_id": config.function_id,
                     "eventfn.version_id": config.version_id,
                     "eventfn.batch": batch,
-                    "eventfn.message_ids": message_ids(
+                    MESSAGE_IDS_ATTRIBUTE: message_ids(
                         i for r in dict.fromkeys(refs) for i in r.message_ids
                     ),
                 },

@@ -35,7 +35,7 @@ from services.common.streams import (
     TRACEPARENT,
     TRACESTATE,
 )
-from services.common.telemetry import PROPAGATOR, message_ids
+from services.common.telemetry import MESSAGE_IDS_ATTRIBUTE, PROPAGATOR, message_ids
 from services.filters.actions import apply_filters
 from services.router.coalesce import Coalescer, Outbound, RecentIds
 from services.router.config import Route, RouteTable, SourceRoutes
@@ -237,7 +237,7 @@ class Ingestor:
             attributes={
                 "eventfn.source_id": source.source_id,
                 "eventfn.events": len(events),
-                "eventfn.message_ids": message_ids(str(e.get("messageId", "")) for e in events),
+                MESSAGE_IDS_ATTRIBUTE: message_ids(str(e.get("messageId", "")) for e in events),
             },
         ):
             carrier: dict[str, str] = {}

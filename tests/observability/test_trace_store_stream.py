@@ -14,8 +14,8 @@ from nats.js.api import StorageType, StreamConfig
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from services.common.telemetry import MESSAGE_IDS_ATTRIBUTE
 from services.common.trace_store import (
-    MESSAGE_IDS,
     STREAM,
     TraceStoreExporter,
     ensure_stream,
@@ -53,10 +53,14 @@ async def test_spans_are_found_by_trace_and_by_each_messageid_they_name(
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("test")
-    with tracer.start_as_current_span("ingest", attributes={MESSAGE_IDS: [f"a-{run}", f"b-{run}"]}):
+    with tracer.start_as_current_span(
+        "ingest", attributes={MESSAGE_IDS_ATTRIBUTE: [f"a-{run}", f"b-{run}"]}
+    ):
         with tracer.start_as_current_span("route") as route:
             first = format(route.get_span_context().trace_id, "032x")
-    with tracer.start_as_current_span("invoke", attributes={MESSAGE_IDS: [f"a-{run}"]}) as span:
+    with tracer.start_as_current_span(
+        "invoke", attributes={MESSAGE_IDS_ATTRIBUTE: [f"a-{run}"]}
+    ) as span:
         second = format(span.get_span_context().trace_id, "032x")
     provider.shutdown()
     # As a release before this one stored a trace: spans under traces.<id>, an index message.

@@ -1,8 +1,9 @@
 """A messageId is the sender's to choose: another workspace may send events with the same one.
 Looking a journey up by messageId answers the caller's own trace and never names another
 workspace's — a tenant who reuses a victim's messageId can neither hide the victim's journey
-from them nor learn the trace ids of its own from the victim's answers (and vice versa). Likewise a trace id: a stranger's events may
-continue the caller's trace, and each workspace then reads only its own spans of it."""
+from them nor learn the trace ids of its own from the victim's answers (and vice versa).
+Likewise a trace id: a stranger's events may continue the caller's trace, and each workspace
+then reads only its own spans of it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
-from services.common.trace_store import MESSAGE_IDS, ensure_stream, trace_subject
+from services.common.telemetry import MESSAGE_IDS_ATTRIBUTE
+from services.common.trace_store import ensure_stream, trace_subject
 from tests.pipeline.conftest import Platform, platform, sink
 from tests.registry.conftest import auth, registry
 
@@ -26,7 +28,11 @@ CODE = "async function onTrack(event, settings) {}"
 
 def invoke_span(trace_id: str, instance_id: str, message_id: str) -> dict[str, Any]:
     """An invoke span as the trace store keeps it."""
-    return span(trace_id, "invoke", {"eventfn.instance_id": instance_id, MESSAGE_IDS: [message_id]})
+    return span(
+        trace_id,
+        "invoke",
+        {"eventfn.instance_id": instance_id, MESSAGE_IDS_ATTRIBUTE: [message_id]},
+    )
 
 
 def span(
