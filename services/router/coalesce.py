@@ -179,6 +179,7 @@ class Coalescer:
         self._lanes: dict[str, _Lane] = {}
         # Per subject: when its last pack came, and the running average gap between packs.
         self._arrivals: dict[str, tuple[float, float]] = {}
+        self._purge_at = 0.0  # forgetting quiet subjects runs at most once a second
         self._tasks: set[asyncio.Task[None]] = set()
         self.messages = 0  # JetStream messages published
 
@@ -204,8 +205,11 @@ class Coalescer:
             newest = now - last
             gap = newest if gap == math.inf else gap + GAP_WEIGHT * (newest - gap)
         self._arrivals[subject] = (now, gap)
-        if len(self._arrivals) > MAX_SUBJECTS:  # forget subjects quiet for a while
+        if len(self._arrivals) > MAX_SUBJECTS and now >= self._purge_at:
+            # Forget subjects quiet for a while (with more than MAX_SUBJECTS busy ones, this
+            # would otherwise copy them all on every request).
             self._arrivals = {k: v for k, v in self._arrivals.items() if now - v[0] < 10.0}
+            self._purge_at = now + 1.0
         return gap
 
     async def _drain(self, subject: str, lane: _Lane, wait: float) -> None:
