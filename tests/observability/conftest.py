@@ -14,10 +14,10 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as tpb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as tgrpc
 from opentelemetry.proto.trace.v1 import trace_pb2
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from services.common.trace_store import TraceStoreExporter
+from services.common.tracer import TracerProvider
 from tests.pipeline.conftest import Platform, platform, sink
 from tests.registry.conftest import registry
 from tests.retrier.conftest import start_retrier_on

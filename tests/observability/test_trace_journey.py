@@ -10,13 +10,13 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
-from opentelemetry.sdk.trace import TracerProvider
 
 from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
 from eventfn_api.type.v1 import types_pb2
 from services.cli.trace_commands import render
+from services.common.tracer import TracerProvider
 from tests.eventually import eventually
 from tests.observability.conftest import Platform, Receiver
 from tests.pipeline.conftest import Sink

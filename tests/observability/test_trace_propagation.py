@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from opentelemetry.sdk.trace import TracerProvider
-
+from services.common.tracer import TracerProvider
 from tests.observability.conftest import Platform, Receiver
 from tests.pipeline.conftest import Sink
 

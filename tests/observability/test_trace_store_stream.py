@@ -11,7 +11,6 @@ import nats.js.errors
 import orjson
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StorageType, StreamConfig
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from services.common.telemetry import MESSAGE_IDS_ATTRIBUTE
@@ -23,6 +22,7 @@ from services.common.trace_store import (
     read_trace,
     traces_of_message,
 )
+from services.common.tracer import TracerProvider
 
 
 async def test_a_file_stream_of_an_earlier_release_becomes_a_memory_stream(

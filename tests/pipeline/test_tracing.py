@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from services.common.tracer import TracerProvider
 from tests.eventually import eventually
 from tests.pipeline.conftest import Platform, Sink
 from tests.pipeline.test_delivery import SINGLE
