@@ -144,8 +144,10 @@ async def _drive(url: str, write_key: str, rate: int, per_request: int, run: str
         ]
         body = orjson.dumps(events[0] if per_request == 1 else {"batch": events})
         async with http.post(url, data=body, headers=headers) as resp:
+            # Read the answer, as a client does: one left unread closes the connection.
+            answer = await resp.read()
             if resp.status != 200:
-                raise RuntimeError(f"{resp.status}: {await resp.text()}")
+                raise RuntimeError(f"{resp.status}: {answer!r}")
 
     connector = aiohttp.TCPConnector(limit=1000)
     async with aiohttp.ClientSession(connector=connector) as http:

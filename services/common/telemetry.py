@@ -12,19 +12,25 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 
 import orjson
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from services.common.tracer import TracerProvider
 
 # The W3C trace context (traceparent/tracestate) every service reads and writes.
 PROPAGATOR = TraceContextTextMapPropagator()
+# A traceparent as this platform writes it: version 00, no further fields.
+_CANONICAL = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-(0[01])")
+_REMOTE_FLAGS = (TraceFlags(TraceFlags.DEFAULT), TraceFlags(TraceFlags.SAMPLED))
 
 # Spans name at most this many messageIds of the events they carry, in this attribute.
 MAX_MESSAGE_IDS = 16
@@ -100,3 +106,27 @@ def message_ids(ids: Iterable[str]) -> list[str]:
             break
         out.append(message_id)
     return out
+
+
+def extract(carrier: Mapping[str, str]) -> Context:
+    """Return the context a carrier's W3C trace headers name, as `PROPAGATOR.extract` does.
+
+    A traceparent in the form the platform writes (version 00, flags 00 or 01, no
+    tracestate) is read without the propagator's general parse, which costs several times
+    as much, once per pack; anything else goes to the propagator.
+    """
+    traceparent = carrier.get("traceparent")
+    match = (
+        _CANONICAL.fullmatch(traceparent)
+        if isinstance(traceparent, str) and not carrier.get("tracestate")
+        else None
+    )
+    if match is None:
+        return PROPAGATOR.extract(carrier)
+    trace_id, span_id = int(match[1], 16), int(match[2], 16)
+    if not trace_id or not span_id:
+        return PROPAGATOR.extract(carrier)
+    span = NonRecordingSpan(
+        SpanContext(trace_id, span_id, is_remote=True, trace_flags=_REMOTE_FLAGS[match[3] == "01"])
+    )
+    return trace.set_span_in_context(span)

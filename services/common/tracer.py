@@ -329,3 +329,38 @@ class TracerProvider(trace_api.TracerProvider):
             self._shut = True
         for processor in self.processors:
             processor.shutdown()
+
+
+class _ModuleTracer(trace_api.Tracer):
+    """A module's tracer, made at import: the installed provider's own once there is one."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._tracer: trace_api.Tracer | None = None
+
+    def _real(self) -> trace_api.Tracer:
+        tracer = self._tracer
+        if tracer is None:
+            provider = trace_api.get_tracer_provider()
+            if isinstance(provider, trace_api.ProxyTracerProvider):
+                return _NO_OP  # none installed yet: asked again next time
+            tracer = self._tracer = provider.get_tracer(self._name)
+        return tracer
+
+    def start_span(self, *args: Any, **kwargs: Any) -> trace_api.Span:
+        """Start a span (see `Tracer.start_span`)."""
+        return self._real().start_span(*args, **kwargs)
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Start a span that is current inside a `with` block (see `Tracer`)."""
+        return self._real().start_as_current_span(*args, **kwargs)
+
+
+_NO_OP = trace_api.NoOpTracer()
+
+
+def get_tracer(name: str) -> trace_api.Tracer:
+    """Return a module's tracer. Unlike the API's, whose proxy (handed out before a provider is
+    installed) wraps every `with` block in a generator of its own, it hands each call to the
+    installed provider's tracer directly."""
+    return _ModuleTracer(name)

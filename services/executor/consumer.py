@@ -19,7 +19,7 @@ from services.common.config_watch import ConfigWatcher
 from services.common.deliveries.recorder import DeliveryRecorder, FailureSample
 from services.common.packs import header_strings, pack_count
 from services.common.pull import FETCH_SECONDS, NATS_ERRORS, pull_forever
-from services.common.telemetry import PROPAGATOR
+from services.common.telemetry import extract as extract_trace
 from services.executor.dispatcher import Dispatcher
 from services.executor.pack_ref import PackRef, split_pack
 from services.executor.versions import VersionSource
@@ -156,11 +156,11 @@ class PackConsumer:
             attempt=int(headers.get(streams.ATTEMPT, "1") or 1),
             first_attempt_at=headers.get(streams.FIRST_ATTEMPT_AT) or datetime.now(UTC).isoformat(),
             history=headers.get(streams.HISTORY, ""),
-            trace=PROPAGATOR.extract(headers) if streams.TRACEPARENT in headers else None,
+            trace=extract_trace(headers) if streams.TRACEPARENT in headers else None,
             seq=msg.metadata.sequence.stream if msg.metadata.sequence else 0,
             message_ids=header_strings(headers.get(streams.MESSAGE_IDS)),
             links=tuple(
-                PROPAGATOR.extract({streams.TRACEPARENT: parent})
+                extract_trace({streams.TRACEPARENT: parent})
                 for parent in header_strings(headers.get(streams.TRACE_LINKS))
             ),
         )

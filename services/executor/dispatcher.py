@@ -24,6 +24,7 @@ from opentelemetry import trace
 from eventfn_api.registry.v1 import registry_pb2 as rpb
 from services.common.deliveries.recorder import DeliveryRecorder
 from services.common.telemetry import MESSAGE_IDS_ATTRIBUTE, message_ids
+from services.common.tracer import get_tracer
 from services.executor.observe import (
     ExecutorMetrics,
     annotate,
@@ -36,7 +37,7 @@ from services.executor.settlement import Handoff, Settlement
 from services.runtime import Invocation, RuntimePool
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("eventfn.executor")
+tracer = get_tracer("eventfn.executor")
 
 
 @dataclass

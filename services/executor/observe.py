@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
 from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import trace
@@ -11,9 +12,10 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from services.common.metrics import status_class
 from services.common.telemetry import PROPAGATOR
+from services.common.tracer import get_tracer
 from services.runtime import InvocationResult, OutcomeKind, RequestTrace
 
-tracer = trace.get_tracer("eventfn.executor")
+tracer = get_tracer("eventfn.executor")
 # The order of badness, for an invocation's one outcome (its worst event's).
 _WORST = (OutcomeKind.DELIVERED, OutcomeKind.DISCARD, OutcomeKind.RETRY, OutcomeKind.FAILURE)
 
@@ -24,14 +26,16 @@ def worst_outcome(result: InvocationResult) -> OutcomeKind:
     return max(kinds, key=_WORST.index) if kinds else OutcomeKind.DELIVERED
 
 
-def safe_url(url: str) -> str:
-    """Return a URL without its query string, fragment or userinfo (for `url.full`)."""
+@lru_cache(maxsize=256)  # a function fetches few distinct URLs, each many times
+def endpoint(url: str) -> tuple[str, str, int | None]:
+    """Return a fetched URL without its query string, fragment or userinfo (for `url.full`),
+    its host and its port."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = f"[{host}]" if ":" in host else host
     if parts.port:
         netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")), host, parts.port
 
 
 def annotate(span: Span, result: InvocationResult) -> None:
@@ -75,14 +79,14 @@ def record_fetches(parent: Span, requests: Iterable[RequestTrace]) -> None:
     for r in requests:
         if not r.start_ns:
             continue
-        parts = urlsplit(r.url)
+        full, host, port = endpoint(r.url)
         attributes: dict[str, str | int] = {
             "http.request.method": r.method,
-            "url.full": safe_url(r.url),
-            "server.address": parts.hostname or "",
+            "url.full": full,
+            "server.address": host,
         }
-        if parts.port:
-            attributes["server.port"] = parts.port
+        if port:
+            attributes["server.port"] = port
         if r.status:
             attributes["http.response.status_code"] = r.status
         span = tracer.start_span(
@@ -143,7 +147,7 @@ class ExecutorMetrics:
             self._fetch.record(
                 r.duration_ms / 1000,
                 {
-                    "server.address": urlsplit(r.url).hostname or "",
+                    "server.address": endpoint(r.url)[1],
                     "eventfn.status_class": status_class(r.status),
                 },
             )

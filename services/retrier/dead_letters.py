@@ -39,10 +39,12 @@ from services.common.streams import (
     LAST_STACK,
 )
 from services.common.telemetry import PROPAGATOR
+from services.common.telemetry import extract as extract_trace
+from services.common.tracer import get_tracer
 from services.retrier.scheduler import carried_headers, parse_time
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("eventfn.retrier")
+tracer = get_tracer("eventfn.retrier")
 REPLAY_OF = streams.REPLAY_OF
 
 
@@ -202,7 +204,7 @@ def original_trace(headers: dict[str, str]) -> list[trace.Link]:
     """Return a link to the trace a stored message carries, if it carries one."""
     if streams.TRACEPARENT not in headers:
         return []
-    context = trace.get_current_span(PROPAGATOR.extract(headers)).get_span_context()
+    context = trace.get_current_span(extract_trace(headers)).get_span_context()
     return [trace.Link(context)] if context.is_valid else []
 
 

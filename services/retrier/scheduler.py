@@ -22,7 +22,6 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from opentelemetry import trace
 
 from eventfn_api.registry.v1 import registry_pb2 as rpb
 from services.common import streams
@@ -30,6 +29,8 @@ from services.common.config_watch import ConfigWatcher
 from services.common.pull import NATS_ERRORS, pull_forever
 from services.common.streams import DEAD_REASON, HISTORY
 from services.common.telemetry import PROPAGATOR
+from services.common.telemetry import extract as extract_trace
+from services.common.tracer import get_tracer
 from services.retrier.backoff import (
     DEFAULT_MAX_NAK_DELAY,
     Clock,
@@ -42,7 +43,7 @@ from services.retrier.backoff import (
 )
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("eventfn.retrier")
+tracer = get_tracer("eventfn.retrier")
 
 DURABLE = "retrier"
 ORIGINAL_SUBJECT = "Eventfn-Original-Subject"
@@ -353,7 +354,7 @@ class RetryScheduler:
         seq = meta.sequence.stream if meta.sequence else 0
         headers = string_headers(msg)
         # The retry continues the event's trace: its parent is the invocation that failed.
-        parent = PROPAGATOR.extract(headers) if streams.TRACEPARENT in headers else None
+        parent = extract_trace(headers) if streams.TRACEPARENT in headers else None
         with tracer.start_as_current_span("retry.schedule", context=parent) as span:
             span.set_attribute("messaging.destination", msg.subject)
             try:

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 import grpc
 from google.longrunning import operations_pb2
 from google.protobuf import duration_pb2, timestamp_pb2
-from opentelemetry import trace
 
 from eventfn_api.registry.v1 import registry_pb2 as rpb
 from eventfn_api.registry.v1 import resources_pb2 as res
@@ -23,6 +22,7 @@ from services.common.page_tokens import PageTokens
 from services.common.registry_gate import RegistryGate
 from services.common.request_ids import check_request_id
 from services.common.roles import may_administer_source
+from services.common.tracer import get_tracer
 from services.retrier.dead_letters import (
     BadDeadLetterId,
     DeadLetterStore,
@@ -39,7 +39,7 @@ from services.retrier.operations import (
 from services.retrier.scheduler import DEAD_REASON, parse_time
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("eventfn.retrier")
+tracer = get_tracer("eventfn.retrier")
 Ctx = grpc.aio.ServicerContext
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500

@@ -20,7 +20,8 @@ from services.common.metrics import start_metrics
 from services.common.settings import asyncpg_url
 from services.common.streams import open_streams
 from services.router.config import RouteTable
-from services.router.http_app import TrackingApp, serve_http
+from services.router.http_app import TrackingApp
+from services.router.http_server import serve_http
 from services.router.observe import RouterMetrics
 from services.router.publisher import Ingestor
 from services.router.servicer import RouterServicer

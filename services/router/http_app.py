@@ -1,4 +1,4 @@
-"""Segment's HTTP tracking API as a raw ASGI app, served in-process by uvicorn.
+"""Segment's HTTP tracking API as a raw ASGI app, served in-process by uvicorn (`http_server`).
 
 POST /v1/track, /identify, /page, /screen, /group, /alias, /batch and /import (batch), and
 the short paths of Segment's browser library: /v1/t, /p, /i, /g, /a, /s and /b (batch).
@@ -24,13 +24,11 @@ import binascii
 import contextlib
 import logging
 import re
-import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import uvicorn
 
 from services.router.browser_settings import request_api_host, settings_document
 from services.router.cors import CorsPolicy, Headers, OriginNotAllowedError
@@ -330,56 +328,3 @@ def _basic_auth_user(value: bytes | None) -> str | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     return decoded.partition(":")[0] or None
-
-
-class _InProcessServer(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to the service's main."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[override]
-        yield
-
-
-async def serve_http(
-    app: TrackingApp,
-    host: str,
-    port: int,
-    *,
-    max_connections: int,
-    keepalive_seconds: int,
-) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
-    """Start uvicorn (httptools) for the app on the running loop; return it and its port."""
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        loop="none",
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-        limit_concurrency=max_connections,
-        timeout_keep_alive=keepalive_seconds,
-        backlog=4096,
-    )
-    server = _InProcessServer(config)
-    # Bind here: uvicorn would sys.exit() on a taken port, which no caller can handle.
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as error:
-        sock.close()
-        raise OSError(
-            f"cannot listen on {host}:{port} for HTTP ({error.strerror}); "
-            "set EVENTFN_ROUTER_HTTP_LISTEN to a free address"
-        ) from None
-    task = asyncio.create_task(server.serve(sockets=[sock]), name="router-http")
-    while not server.started:
-        if task.done():
-            task.result()  # raises why the server could not start
-            raise OSError(f"HTTP server on {host}:{port} stopped during start-up")
-        await asyncio.sleep(0.01)
-    bound = server.servers[0].sockets[0].getsockname()[1]
-    return server, task, bound
