@@ -41,8 +41,10 @@ def platform() -> Iterator[tuple[Platform, dict[str, str]]]:
         "EVENTFN_RETRIER_LISTEN": _free(),
         "EVENTFN_EGRESS_ALLOW": "127.0.0.1/32",
         "EVENTFN_LOG_LEVEL": "WARNING",
+        # Metrics are served, as `eventfn up` serves them (on free ports here).
         **{
-            f"EVENTFN_{s}_METRICS_LISTEN": "" for s in ("REGISTRY", "ROUTER", "EXECUTOR", "RETRIER")
+            f"EVENTFN_{s}_METRICS_LISTEN": _free()
+            for s in ("REGISTRY", "ROUTER", "EXECUTOR", "RETRIER")
         },
     }
     saved = {k: os.environ.get(k) for k in env}

@@ -8,10 +8,11 @@ in one test process) and hands the meter to what records metrics; nothing is glo
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-from opentelemetry.metrics import Meter, NoOpMeterProvider
+from opentelemetry.metrics import CallbackOptions, Meter, NoOpMeterProvider, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
@@ -24,6 +25,33 @@ class ServiceMetrics:
 
     meter: Meter
     port: int = 0
+
+
+class Tally:
+    """A counter kept as running sums in this process and read when metrics are collected
+    (an observable counter, exported like any counter). Adding is a dict update: the SDK's
+    `Counter.add` hashes the attributes and takes locks, ≈ 4 µs a call, several calls per
+    request on the data path."""
+
+    def __init__(
+        self, meter: Meter, name: str, *, unit: str, description: str, attributes: tuple[str, ...]
+    ) -> None:
+        self._names = attributes
+        self._sums: dict[tuple[str | bool, ...], int] = {}
+        meter.create_observable_counter(
+            name, callbacks=[self._observe], unit=unit, description=description
+        )
+
+    def add(self, amount: int, *values: str | bool) -> None:
+        """Add to the sum of these attribute values (one per attribute name, in order)."""
+        self._sums[values] = self._sums.get(values, 0) + amount
+
+    def _observe(self, _options: CallbackOptions) -> Iterable[Observation]:
+        # The collector's thread reads while the event loop adds: copy the items first.
+        return [
+            Observation(total, dict(zip(self._names, values, strict=True)))
+            for values, total in list(self._sums.items())
+        ]
 
 
 def split_listen(listen: str) -> tuple[str, int]:

@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _UNSET = Status(StatusCode.UNSET)
-_INVALID_CONTEXT = trace_api.INVALID_SPAN_CONTEXT
 
 
 class Span(trace_api.Span, ReadableSpan):
@@ -338,25 +337,27 @@ class _ModuleTracer(trace_api.Tracer):
         self._name = name
         self._tracer: trace_api.Tracer | None = None
 
-    def _real(self) -> trace_api.Tracer:
+    def _real(self) -> trace_api.Tracer | None:
         tracer = self._tracer
         if tracer is None:
             provider = trace_api.get_tracer_provider()
             if isinstance(provider, trace_api.ProxyTracerProvider):
-                return _NO_OP  # none installed yet: asked again next time
+                return None  # none installed yet: asked again next time
             tracer = self._tracer = provider.get_tracer(self._name)
         return tracer
 
     def start_span(self, *args: Any, **kwargs: Any) -> trace_api.Span:
-        """Start a span (see `Tracer.start_span`)."""
-        return self._real().start_span(*args, **kwargs)
+        """Start a span (see `Tracer.start_span`); with no provider, the invalid span."""
+        tracer = self._real()
+        return trace_api.INVALID_SPAN if tracer is None else tracer.start_span(*args, **kwargs)
 
     def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Start a span that is current inside a `with` block (see `Tracer`)."""
-        return self._real().start_as_current_span(*args, **kwargs)
-
-
-_NO_OP = trace_api.NoOpTracer()
+        """Start a span that is current inside a `with` block (see `Tracer`); with no provider
+        the invalid span is, as the API's no-op tracer does (without its generator)."""
+        tracer = self._real()
+        if tracer is None:
+            return _Current(trace_api.INVALID_SPAN, record=False, set_status=False, end=False)
+        return tracer.start_as_current_span(*args, **kwargs)
 
 
 def get_tracer(name: str) -> trace_api.Tracer:

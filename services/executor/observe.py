@@ -10,7 +10,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from services.common.metrics import status_class
+from services.common.metrics import Tally, status_class
 from services.common.telemetry import PROPAGATOR
 from services.common.tracer import get_tracer
 from services.runtime import InvocationResult, OutcomeKind, RequestTrace
@@ -106,11 +106,20 @@ class ExecutorMetrics:
     """The executor's instruments: outcomes, invocations, durations, fetches, V8 workers."""
 
     def __init__(self, meter: Meter, restarts: Callable[[], Mapping[str, int]]) -> None:
-        self._events = meter.create_counter(
-            "eventfn.events.outcomes", unit="{event}", description="Events by outcome"
+        names = ("eventfn.instance_id", "eventfn.outcome")
+        self._events = Tally(
+            meter,
+            "eventfn.events.outcomes",
+            unit="{event}",
+            description="Events by outcome",
+            attributes=names,
         )
-        self._invocations = meter.create_counter(
-            "eventfn.invocations", unit="{invocation}", description="Invocations by outcome"
+        self._invocations = Tally(
+            meter,
+            "eventfn.invocations",
+            unit="{invocation}",
+            description="Invocations by outcome",
+            attributes=names,
         )
         self._duration = meter.create_histogram(
             "eventfn.invocation.duration", unit="s", description="Invocation duration"
@@ -139,8 +148,8 @@ class ExecutorMetrics:
         for o in result.outcomes:
             counts[o.kind.value] = counts.get(o.kind.value, 0) + 1
         for outcome, n in counts.items():
-            self._events.add(n, {**where, "eventfn.outcome": outcome})
-        self._invocations.add(1, {**where, "eventfn.outcome": worst_outcome(result).value})
+            self._events.add(n, instance_id, outcome)
+        self._invocations.add(1, instance_id, worst_outcome(result).value)
         self._duration.record(result.duration_ms / 1000, {**where, "eventfn.batch": batch})
         self._size.record(len(result.outcomes), where)
         for r in result.requests:

@@ -5,40 +5,54 @@ from __future__ import annotations
 
 from opentelemetry.metrics import Meter
 
+from services.common.metrics import Tally
+
 
 class RouterMetrics:
     """The router's counters."""
 
     def __init__(self, meter: Meter) -> None:
-        self._received = meter.create_counter(
-            "eventfn.router.events.received", unit="{event}", description="Events received"
+        self._received = Tally(
+            meter,
+            "eventfn.router.events.received",
+            unit="{event}",
+            description="Events received",
+            attributes=("eventfn.source_id",),
         )
-        self._stored = meter.create_counter(
-            "eventfn.router.events.stored", unit="{event}", description="Events stored"
+        self._stored = Tally(
+            meter,
+            "eventfn.router.events.stored",
+            unit="{event}",
+            description="Events stored",
+            attributes=("eventfn.source_id",),
         )
-        self._filtered = meter.create_counter(
+        self._filtered = Tally(
+            meter,
             "eventfn.router.events.filtered",
             unit="{event}",
             description="Events kept from an instance by its filters or the integrations object",
+            attributes=("eventfn.instance_id",),
         )
-        self._rejected = meter.create_counter(
+        self._rejected = Tally(
+            meter,
             "eventfn.router.requests.rejected",
             unit="{request}",
             description="Requests refused, by reason (503s: unavailable)",
+            attributes=("reason",),
         )
 
     def received(self, source_id: str, events: int) -> None:
         """Count events of a request whose write key is known."""
-        self._received.add(events, {"eventfn.source_id": source_id})
+        self._received.add(events, source_id)
 
     def stored(self, source_id: str, events: int) -> None:
         """Count events of a request once they are on disk."""
-        self._stored.add(events, {"eventfn.source_id": source_id})
+        self._stored.add(events, source_id)
 
     def filtered(self, instance_id: str, events: int) -> None:
         """Count events kept from an instance."""
-        self._filtered.add(events, {"eventfn.instance_id": instance_id})
+        self._filtered.add(events, instance_id)
 
     def rejected(self, reason: str) -> None:
         """Count a refused request."""
-        self._rejected.add(1, {"reason": reason})
+        self._rejected.add(1, reason)
