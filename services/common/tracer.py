@@ -17,7 +17,6 @@ flushing their queues, at exit.
 from __future__ import annotations
 
 import atexit
-import logging
 import random
 import threading
 import traceback
@@ -33,8 +32,6 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, sampling
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util import types
-
-log = logging.getLogger(__name__)
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
@@ -148,7 +145,7 @@ class Span(trace_api.Span, ReadableSpan):
         exc_tb: TracebackType | None,
     ) -> None:
         """End the span, recording an exception that ends its block."""
-        if exc_val is not None:
+        if isinstance(exc_val, Exception):  # not CancelledError, GeneratorExit (as the SDK)
             _record_failure(self, exc_val, record=True, set_status=True)
         self.end()
 
@@ -193,7 +190,7 @@ class _Current:
         exc_tb: TracebackType | None,
     ) -> None:
         try:
-            if exc_val is not None:
+            if isinstance(exc_val, Exception):  # not CancelledError, GeneratorExit (as the SDK)
                 _record_failure(
                     self._span, exc_val, record=self._record, set_status=self._set_status
                 )
@@ -347,17 +344,42 @@ class _ModuleTracer(trace_api.Tracer):
         return tracer
 
     def start_span(self, *args: Any, **kwargs: Any) -> trace_api.Span:
-        """Start a span (see `Tracer.start_span`); with no provider, the invalid span."""
-        tracer = self._real()
-        return trace_api.INVALID_SPAN if tracer is None else tracer.start_span(*args, **kwargs)
+        """Start a span (see `Tracer.start_span`)."""
+        return (self._real() or _NO_OP).start_span(*args, **kwargs)
 
-    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Start a span that is current inside a `with` block (see `Tracer`); with no provider
-        the invalid span is, as the API's no-op tracer does (without its generator)."""
+    def start_as_current_span(  # type: ignore[override]  # a context manager, not a generator
+        self,
+        name: str,
+        context: context_api.Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Any:
+        """Start a span that is current inside a `with` block (see `Tracer`). With no provider
+        it is the API's no-op span, the parent's context (so it still propagates), made
+        current without the API's generator."""
         tracer = self._real()
-        if tracer is None:
-            return _Current(trace_api.INVALID_SPAN, record=False, set_status=False, end=False)
-        return tracer.start_as_current_span(*args, **kwargs)
+        if tracer is not None:
+            return tracer.start_as_current_span(
+                name,
+                context,
+                kind,
+                attributes,
+                links,
+                start_time,
+                record_exception,
+                set_status_on_exception,
+                end_on_exit,
+            )
+        span = _NO_OP.start_span(name, context, kind, attributes, links, start_time)
+        return _Current(span, record=False, set_status=False, end=False)
+
+
+_NO_OP = trace_api.NoOpTracer()
 
 
 def get_tracer(name: str) -> trace_api.Tracer:

@@ -3,6 +3,10 @@ the SDK's exporters take as they are."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
+
 import pytest
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -89,6 +93,11 @@ def test_an_exception_ending_the_block_is_recorded_and_raised() -> None:
         with tracer.start_as_current_span("quiet", record_exception=False):
             raise KeyError("k")
     assert exported.get_finished_spans()[-1].events == ()
+    with pytest.raises(asyncio.CancelledError):  # a cancelled task is no error
+        with tracer.start_as_current_span("cancelled"):
+            raise asyncio.CancelledError
+    cancelled = exported.get_finished_spans()[-1]
+    assert cancelled.status.status_code is StatusCode.UNSET and cancelled.events == ()
 
 
 def test_an_ended_span_is_exported_once_and_no_longer_changes() -> None:
@@ -138,3 +147,21 @@ def test_shutdown_exports_what_the_batch_processor_still_holds() -> None:
     provider.shutdown()
     provider.shutdown()  # at exit again: nothing more happens
     assert [s.name for s in exporter.get_finished_spans()] == ["ingest"]
+
+
+def test_without_a_provider_a_module_tracers_span_carries_its_parents_context() -> None:
+    # A process of its own: this one's tracer provider may be installed by another test.
+    code = f"""
+from services.common.telemetry import PROPAGATOR, extract
+from services.common.tracer import get_tracer
+
+parent = extract({{"traceparent": "{PARENT.format(1)}"}})
+with get_tracer("t").start_as_current_span("invoke", context=parent) as span:
+    carrier = {{}}
+    PROPAGATOR.inject(carrier)
+print(carrier.get("traceparent"), span.is_recording())
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert run.stdout.split() == [PARENT.format(1), "False"]
