@@ -143,6 +143,8 @@ class Settlement:
         self, config: rpb.InstanceConfig, handoffs: list[HandOff], result: InvocationResult
     ) -> dict[int, bool]:
         """Hand the events off concurrently; return False for each pack whose hand-off failed."""
+        if not handoffs:
+            return {}
 
         async def one(handoff: HandOff) -> bool:
             try:
