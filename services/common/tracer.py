@@ -348,34 +348,15 @@ class _ModuleTracer(trace_api.Tracer):
         return (self._real() or _NO_OP).start_span(*args, **kwargs)
 
     def start_as_current_span(  # type: ignore[override]  # a context manager, not a generator
-        self,
-        name: str,
-        context: context_api.Context | None = None,
-        kind: SpanKind = SpanKind.INTERNAL,
-        attributes: types.Attributes = None,
-        links: Sequence[Link] | None = None,
-        start_time: int | None = None,
-        record_exception: bool = True,
-        set_status_on_exception: bool = True,
-        end_on_exit: bool = True,
+        self, name: str, context: context_api.Context | None = None, *args: Any, **kwargs: Any
     ) -> Any:
         """Start a span that is current inside a `with` block (see `Tracer`). With no provider
         it is the API's no-op span, the parent's context (so it still propagates), made
         current without the API's generator."""
         tracer = self._real()
         if tracer is not None:
-            return tracer.start_as_current_span(
-                name,
-                context,
-                kind,
-                attributes,
-                links,
-                start_time,
-                record_exception,
-                set_status_on_exception,
-                end_on_exit,
-            )
-        span = _NO_OP.start_span(name, context, kind, attributes, links, start_time)
+            return tracer.start_as_current_span(name, context, *args, **kwargs)
+        span = _NO_OP.start_span(name, context)  # the no-op tracer reads only the context
         return _Current(span, record=False, set_status=False, end=False)
 
 
