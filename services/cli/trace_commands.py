@@ -27,6 +27,11 @@ SHOWN = (
 )
 
 
+def _value(value: object) -> object:
+    """Show an attribute as it was recorded: a Struct holds every number as a double."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _duration_ms(span: pb.TraceSpan) -> float:
     return span.duration.ToTimedelta().total_seconds() * 1000
 
@@ -48,7 +53,9 @@ def render(spans: Sequence[pb.TraceSpan]) -> list[str]:
         for s in sorted(children.get(parent, []), key=lambda x: x.start_time.ToNanoseconds()):
             offset = (s.start_time.ToNanoseconds() - start) / 1e6
             attributes = json_format.MessageToDict(s.attributes)
-            details = [f"{k.split('.')[-1]}={attributes[k]}" for k in SHOWN if k in attributes]
+            details = [
+                f"{k.split('.')[-1]}={_value(attributes[k])}" for k in SHOWN if k in attributes
+            ]
             for event in s.events:
                 fields = json_format.MessageToDict(event)
                 if fields.get("name") == "exception":
