@@ -284,6 +284,7 @@ class TracerProvider(trace_api.TracerProvider):
 
     def __init__(self, resource: Resource | None = None, sampler: sampling.Sampler | None = None):
         self.resource = resource or Resource.create({})
+        # The SDK's own default, read as its TracerProvider reads it (OTEL_TRACES_SAMPLER).
         self.sampler = sampler or sampling._get_from_env_or_default()
         self.processors: tuple[SpanProcessor, ...] = ()
         self._lock = threading.Lock()
