@@ -73,3 +73,33 @@ async def test_a_client_that_reads_only_the_status_keeps_its_connection() -> Non
     finally:
         server.should_exit = True
         await task
+
+
+async def test_pipelined_requests_get_their_answers_whole_and_in_order() -> None:
+    async def app(scope: dict, receive: object, send: object) -> None:
+        body = scope["path"].encode()
+        start = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", str(len(body)).encode())],
+        }
+        await send(start)  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": body})  # type: ignore[operator]
+
+    server, task, port = await serve_http(
+        app, "127.0.0.1", 0, max_connections=10, keepalive_seconds=5
+    )
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        paths = [f"/r{i}" for i in range(50)]
+        writer.write(b"".join(f"GET {p} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for p in paths))
+        got = []
+        for _ in paths:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            got.append((await reader.readexactly(length)).decode())
+        assert got == paths
+        writer.close()
+    finally:
+        server.should_exit = True
+        await task
