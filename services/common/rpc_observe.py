@@ -12,11 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from opentelemetry.instrumentation.grpc import (
-    aio_client_interceptors,
-    aio_server_interceptor,
-    filters,
-)
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
 from opentelemetry.metrics import Meter
 
 
@@ -62,15 +58,24 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
+HEALTH_SERVICE = "/grpc.health.v1.Health"
+
+
+def traced(details: grpc.HandlerCallDetails) -> bool:
+    """Tell whether a call gets a server span: all but health checks and the config stream.
+
+    The config stream lives as long as its watcher (a span of hours says nothing, and the
+    instrumentation cannot end it cleanly when the watcher goes away: its generator is closed
+    from another context). The instrumentation's own filters do the same with several calls
+    and a typing-Protocol isinstance check per call (≈ 5 % of a 100-event Ingest call).
+    """
+    service, _, method = details.method.rpartition("/")
+    return service != HEALTH_SERVICE and method != "WatchConfig"
+
+
 def server_interceptors(meter: Meter | None) -> list[grpc.aio.ServerInterceptor]:
     """Return the tracing (and, with a meter, metrics) interceptors of a server."""
-    # Not traced: health checks, and the config stream, which lives as long as its watcher
-    # (a span of hours says nothing; and the instrumentation cannot end it cleanly when the
-    # watcher goes away: its generator is closed from another context).
-    untraced = filters.any_of(filters.health_check(), filters.method_name("WatchConfig"))
-    out: list[grpc.aio.ServerInterceptor] = [
-        aio_server_interceptor(filter_=filters.negate(untraced))
-    ]
+    out: list[grpc.aio.ServerInterceptor] = [aio_server_interceptor(filter_=traced)]
     if meter is not None:
         out.append(RpcMetricsInterceptor(meter))
     return out

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
-import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -89,8 +89,9 @@ def trace_headers(traceparent: str | None, tracestate: str | None) -> dict[str, 
     if found is not None and found.group(1) != "0" * 32:
         trace_id, flags = found.group(1), found.group(3)
     else:
-        trace_id, flags, tracestate = secrets.token_hex(16), "01", None
-    headers = {TRACEPARENT: f"00-{trace_id}-{secrets.token_hex(8)}-{flags}"}
+        # Random ids as OpenTelemetry makes them (not secrets: a syscall each), never zero.
+        trace_id, flags, tracestate = f"{random.getrandbits(128) or 1:032x}", "01", None
+    headers = {TRACEPARENT: f"00-{trace_id}-{random.getrandbits(64) or 1:016x}-{flags}"}
     if tracestate:
         headers[TRACESTATE] = tracestate
     return headers
