@@ -3,7 +3,8 @@
 A pack is one JetStream message: the JSON array of its events, in request order.
 Its dedupe id (`Nats-Msg-Id`) is the instance id and a digest of the pack's
 messageIds, so a client's resend of the same request publishes the same ids and
-JetStream drops the copies. An event larger than the cap travels alone.
+JetStream drops the copies (packs of concurrent requests joined into one message get a
+digest of their digests). An event larger than the cap travels alone.
 """
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ def dedupe_id(instance_id: str, message_ids: Iterable[str]) -> str:
         # Length-prefixing keeps ["ab", "c"] and ["a", "bc"] apart.
         digest.update(len(encoded).to_bytes(4, "big"))
         digest.update(encoded)
+    return f"{instance_id}:{digest.hexdigest()}"
+
+
+def merged_dedupe_id(instance_id: str, packs: Iterable[Pack]) -> str:
+    """Return the dedupe id of packs joined into one message: a digest of their own digests
+    (the same packs give the same id), personalised so that no pack's id of messageIds
+    can equal it."""
+    digest = hashlib.blake2b(digest_size=16, person=b"eventfn.merged")
+    for pack in packs:
+        digest.update(pack.dedupe_id.rpartition(":")[2].encode())  # 32 hex digits each
     return f"{instance_id}:{digest.hexdigest()}"
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from services.common.packs import Pack, dedupe_id
+from services.common.packs import Pack, merged_dedupe_id
 from services.common.streams import COUNT, MESSAGE_IDS, MSG_ID, TRACE_LINKS, TRACEPARENT
 from services.common.telemetry import message_ids
 
@@ -74,7 +74,7 @@ def _joined(instance_id: str, run: Sequence[Outbound]) -> Outbound:
         return run[0]
     ids = tuple(i for item in run for i in item.pack.message_ids)
     body = b"[" + b",".join(item.pack.body[1:-1] for item in run if len(item.pack.body) > 2) + b"]"
-    pack = Pack(body, dedupe_id(instance_id, ids), ids)
+    pack = Pack(body, merged_dedupe_id(instance_id, (item.pack for item in run)), ids)
     first = run[0]
     headers = dict(first.headers)
     headers[MSG_ID] = pack.dedupe_id

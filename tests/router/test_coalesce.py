@@ -9,7 +9,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.common.packs import dedupe_id, pack_events
+from services.common.packs import dedupe_id, merged_dedupe_id, pack_events
 from services.common.streams import COUNT, MSG_ID, TRACE_LINKS, TRACEPARENT
 from services.router.coalesce import Coalescer, Outbound, RecentIds, merge
 
@@ -40,9 +40,26 @@ def test_merging_keeps_every_event_in_order_within_the_cap(
     for m in merged:
         body = orjson.loads(m.pack.body)
         assert m.pack.count == len(body) == int(m.headers[COUNT])
-        assert m.headers[MSG_ID] == dedupe_id("ins_1", [e["messageId"] for e in body])
+        assert m.headers[MSG_ID] == m.pack.dedupe_id
         # Only a request's own pack may pass the cap, alone.
         assert len(m.pack.body) <= cap or m.pack.body in {i.pack.body for i in items}
+
+
+@given(requests, requests)
+def test_merged_packs_have_ids_of_their_own(
+    first: list[list[str]], second: list[list[str]]
+) -> None:
+    a = merge("ins_1", [outbound(ids) for ids in first], 1_000_000)
+    b = merge("ins_1", [outbound(ids) for ids in second], 1_000_000)
+    assert [m.pack.dedupe_id for m in a] == [
+        m.pack.dedupe_id for m in merge("ins_1", [outbound(ids) for ids in first], 1_000_000)
+    ]
+    ids_a = [i for ids in first for i in ids]
+    # Equal only for the same requests; never the id of one request holding the same events.
+    assert (a[0].pack.dedupe_id == b[0].pack.dedupe_id) == (first == second)
+    if len(first) > 1:
+        assert a[0].pack.dedupe_id != dedupe_id("ins_1", ids_a)
+        assert a[0].pack.dedupe_id == merged_dedupe_id("ins_1", [outbound(i).pack for i in first])
 
 
 def test_a_merged_pack_links_the_other_requests_traces() -> None:
