@@ -110,6 +110,7 @@ async def start_router(settings: RouterSettings, stack: AsyncExitStack) -> Runni
         holder.current,
         pack_bytes=settings.router_pack_bytes,
         publish_timeout=settings.router_publish_timeout_seconds,
+        coalesce_window=settings.router_coalesce_window_ms / 1000,
         recorder=recorder,
         metrics=RouterMetrics(metrics.meter),
     )

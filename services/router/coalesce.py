@@ -4,9 +4,12 @@ messages, so the fsync each message costs is paid once for many requests.
 While a publish to an instance's subject is in flight, packs of later requests for that
 subject wait; when it is acknowledged, everything waiting goes out merged (up to the pack
 cap). With nothing in flight a pack goes out at once — unless requests for that subject have
-lately come closer together than `window` (2 ms): then it waits that long for the next ones,
-which share its message (at 1,000 single-event requests/s, fsyncs and executor crossings
-halve). At lower rates nothing waits, so their latency does not grow. A request is answered
+lately come at least twice per `window` (5 ms by default, `EVENTFN_ROUTER_COALESCE_WINDOW_MS`):
+then it waits that long for the next ones, which share its message. Every message costs an
+fsync, a delivery, an executor pass and a V8 worker frame, so at 1,000 single-event
+requests/s a 5 ms window takes the platform's CPU per event down by about a tenth against
+2 ms (≈ 7 events a message against ≈ 4), for ≈ 2 ms more median latency. Below 400
+requests/s per instance nothing waits, so their latency does not grow. A request is answered
 only once every pack holding its events is acknowledged.
 
 A merged pack's dedupe id covers all its messageIds, so it no longer matches a client's
@@ -31,7 +34,7 @@ from services.common.telemetry import message_ids
 
 Publish = Callable[[str, bytes, dict[str, str]], Awaitable[Awaitable[object]]]
 MAX_TRACE_LINKS = 16
-WINDOW_SECONDS = 0.002
+WINDOW_SECONDS = 0.005
 # Weight of the newest gap between two requests of a subject in its running average.
 GAP_WEIGHT = 0.3
 MAX_SUBJECTS = 10_000
@@ -191,7 +194,8 @@ class Coalescer:
         gap = self._arrived(item.subject)
         if not lane.busy:
             lane.busy = True
-            wait = self._window if gap < self._window else 0.0
+            # Wait only when at least two more packs are due within the window.
+            wait = self._window if 2 * gap <= self._window else 0.0
             task = asyncio.get_running_loop().create_task(self._drain(item.subject, lane, wait))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

@@ -38,7 +38,7 @@ from services.common.telemetry import MESSAGE_IDS_ATTRIBUTE, PROPAGATOR, message
 from services.common.telemetry import extract as extract_trace
 from services.common.tracer import get_tracer
 from services.filters.actions import apply_filters
-from services.router.coalesce import Coalescer, Outbound, RecentIds
+from services.router.coalesce import WINDOW_SECONDS, Coalescer, Outbound, RecentIds
 from services.router.config import Route, RouteTable, SourceRoutes
 from services.router.integrations import wants
 from services.router.observe import RouterMetrics
@@ -165,6 +165,7 @@ class Ingestor:
         *,
         pack_bytes: int = DEFAULT_PACK_BYTES,
         publish_timeout: float = 5.0,
+        coalesce_window: float = WINDOW_SECONDS,
         recorder: DeliveryRecorder | None = None,
         metrics: RouterMetrics | None = None,
     ) -> None:
@@ -176,7 +177,11 @@ class Ingestor:
         self._pack_bytes = pack_bytes
         self._timeout = publish_timeout
         self._coalescer = Coalescer(
-            self._publish_one, max_bytes=pack_bytes, timeout=publish_timeout, recent=RecentIds()
+            self._publish_one,
+            max_bytes=pack_bytes,
+            timeout=publish_timeout,
+            recent=RecentIds(),
+            window=coalesce_window,
         )
         self.stats = RouterStats()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from services.common.packs import DEFAULT_PACK_BYTES
 from services.common.settings import DataPlaneSettings
@@ -30,6 +30,10 @@ class RouterSettings(DataPlaneSettings):
     router_pack_bytes: int = DEFAULT_PACK_BYTES
     # Largest raw (possibly gzip-compressed) HTTP body read before refusing it.
     router_max_body_bytes: int = BATCH_MAX_BYTES
+    # Milliseconds a pack waits for the next requests' packs to share its JetStream message,
+    # while requests to its instance come at least twice that often (at lower rates none
+    # waits); 0: only requests arriving during a publish share the next one.
+    router_coalesce_window_ms: float = Field(default=5.0, ge=0.0, le=100.0)
     # How long a request waits for its JetStream acknowledgements before answering 503.
     router_publish_timeout_seconds: float = 5.0
     # Publishes in flight at once, over all requests; more requests wait (back-pressure).

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from services.common.packs import dedupe_id, merged_dedupe_id, pack_events
 from services.common.streams import COUNT, MSG_ID, TRACE_LINKS, TRACEPARENT
 from services.router.coalesce import Coalescer, Outbound, RecentIds, merge
+from services.router.settings import RouterSettings
 
 SUBJECT = "events.ws_1.ins_1"
 
@@ -133,8 +136,8 @@ def test_a_merged_pack_fills_the_cap_exactly_and_never_passes_it() -> None:
     assert len(merge("ins_1", items, whole - 1)) == 2
 
 
-async def test_a_window_opens_only_while_requests_come_closer_than_it() -> None:
-    """Requests closer together than the window wait for each other and share a message; a
+async def test_a_window_opens_only_while_requests_come_at_least_twice_per_window() -> None:
+    """Requests coming at least twice per window wait for each other and share a message; a
     request after a quiet spell is published at once (low rates keep their latency)."""
     published: list[list[str]] = []
 
@@ -165,3 +168,33 @@ async def test_a_window_opens_only_while_requests_come_closer_than_it() -> None:
     await coalescer.submit(outbound(["later"]))
     assert published[-1] == ["later"]
     assert loop.time() - started < window / 2
+
+
+async def test_requests_coming_less_than_twice_per_window_never_wait() -> None:
+    """At a steady rate under two requests per window (300 requests/s against the default
+    5 ms), each request's pack goes out at once: the window would cost them latency and
+    gather almost nothing."""
+    published: list[list[str]] = []
+
+    async def publish(subject: str, body: bytes, headers: dict[str, str]) -> asyncio.Future[None]:
+        published.append([e["messageId"] for e in orjson.loads(body)])
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ack.set_result(None)
+        return ack
+
+    window = 1.0  # long, so that a stall of a loaded machine is not taken for a wait
+    coalescer = Coalescer(publish, max_bytes=100_000, timeout=5, recent=RecentIds(), window=window)
+    loop = asyncio.get_running_loop()
+    for i in range(4):
+        if i:
+            await asyncio.sleep(0.6 * window)  # gaps between half the window and the window
+        started = loop.time()
+        await coalescer.submit(outbound([f"r{i}"]))
+        assert loop.time() - started < window / 2
+    assert published == [[f"r{i}"] for i in range(4)]
+
+
+@pytest.mark.parametrize("value", ["-1", "1000", "soon"])
+def test_a_window_out_of_range_is_refused_at_start(value: str) -> None:
+    with pytest.raises(ValidationError, match="router_coalesce_window_ms"):
+        RouterSettings.model_validate({"router_coalesce_window_ms": value})
