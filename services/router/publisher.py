@@ -14,7 +14,7 @@ import logging
 import random
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,8 +226,12 @@ class Ingestor:
         *,
         traceparent: str | None = None,
         tracestate: str | None = None,
+        sender: Hashable | None = None,
     ) -> int:
-        """Route and store a request's events; return how many packs were stored."""
+        """Route and store a request's events; return how many packs were stored.
+
+        `sender` names the connection or peer the request came from (see `Coalescer.submit`).
+        """
         table, source = self.source(write_key)
         if not self._nc.is_connected:
             raise StorageUnavailableError("the event store (NATS) is unreachable; retry shortly")
@@ -264,7 +268,7 @@ class Ingestor:
                 )
                 span.set_attribute("eventfn.packs", len(outbound))
             if outbound:
-                await self._publish_all(outbound)
+                await self._publish_all(outbound, sender)
                 stats.packs += len(outbound)
         if self._metrics is not None:
             self._metrics.stored(source.source_id, len(events))
@@ -279,9 +283,9 @@ class Ingestor:
                 )
         return len(outbound)
 
-    async def _publish_all(self, outbound: Sequence[Outbound]) -> None:
+    async def _publish_all(self, outbound: Sequence[Outbound], sender: Hashable | None) -> None:
         """Hand every pack to the coalescer, then wait until all are acknowledged (or refuse)."""
-        waits = [self._coalescer.submit(item) for item in outbound]
+        waits = [self._coalescer.submit(item, sender) for item in outbound]
         done = waits[0] if len(waits) == 1 else asyncio.gather(*waits)
         # A timer that fails the wait (the coalescer times its publishes out itself; this
         # bounds a request queued behind another's publish): cheaper than asyncio.timeout.

@@ -107,7 +107,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             events = parse_events_json(events_json, datetime.now(UTC))
             traceparent, tracestate = _trace_metadata(context)
             await self._ingestor.ingest(
-                write_key, events, traceparent=traceparent, tracestate=tracestate
+                write_key,
+                events,
+                traceparent=traceparent,
+                tracestate=tracestate,
+                sender=context.peer(),
             )
         except UnknownWriteKeyError:
             raise Unauthenticated(

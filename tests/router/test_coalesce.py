@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from services.common.packs import dedupe_id, merged_dedupe_id, pack_events
 from services.common.streams import COUNT, MSG_ID, TRACE_LINKS, TRACEPARENT
-from services.router.coalesce import Coalescer, Outbound, RecentIds, merge
+from services.router.coalesce import Coalescer, Outbound, Publish, RecentIds, merge
 from services.router.settings import RouterSettings
 
 SUBJECT = "events.ws_1.ins_1"
@@ -192,6 +192,55 @@ async def test_requests_coming_less_than_twice_per_window_never_wait() -> None:
         await coalescer.submit(outbound([f"r{i}"]))
         assert loop.time() - started < window / 2
     assert published == [[f"r{i}"] for i in range(4)]
+
+
+def _recording() -> tuple[list[list[str]], Publish]:
+    published: list[list[str]] = []
+
+    async def publish(subject: str, body: bytes, headers: dict[str, str]) -> asyncio.Future[None]:
+        published.append([e["messageId"] for e in orjson.loads(body)])
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ack.set_result(None)
+        return ack
+
+    return published, publish
+
+
+async def test_a_sender_alone_is_never_held_however_fast_it_sends() -> None:
+    """One connection sending request after request (each after the last one's answer) could
+    never add to a window: its requests go out at once, one message each."""
+    published, publish = _recording()
+    window = 1.0
+    coalescer = Coalescer(publish, max_bytes=100_000, timeout=5, recent=RecentIds(), window=window)
+    loop = asyncio.get_running_loop()
+    for i in range(6):
+        started = loop.time()
+        await coalescer.submit(outbound([f"r{i}"]), sender=("10.0.0.1", 5000))
+        assert loop.time() - started < window / 2
+    assert published == [[f"r{i}"] for i in range(6)]
+
+
+async def test_a_window_closes_once_every_recent_sender_has_a_pack_in_it() -> None:
+    """Three connections sending in step: the first request of a round waits for the other
+    two, and the round leaves in one message as soon as they are in, not when the window
+    ends."""
+    published, publish = _recording()
+    window = 1.0
+    coalescer = Coalescer(publish, max_bytes=100_000, timeout=5, recent=RecentIds(), window=window)
+    loop = asyncio.get_running_loop()
+    senders = [("10.0.0.1", port) for port in (5000, 5001, 5002)]
+    for round_ in range(3):
+        started = loop.time()
+        await asyncio.gather(
+            *(
+                coalescer.submit(outbound([f"{round_}-{n}"]), sender=s)
+                for n, s in enumerate(senders)
+            )
+        )
+        assert loop.time() - started < window / 2
+    # Rounds after the first open a window (three senders are known), which each round's
+    # last request closes.
+    assert published == [[f"{r}-{n}" for n in range(3)] for r in range(3)]
 
 
 @pytest.mark.parametrize("value", ["-1", "1000", "soon"])
