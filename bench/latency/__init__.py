@@ -3,8 +3,10 @@ service, embedded PostgreSQL and NATS), at fixed open-loop rates.
 
 Drives single-event `/v1/track` requests into an onTrack making one fetch, and `/v1/batch`
 requests of 100 into an onBatch making one fetch per call, to a local sink. Prints, per rate:
-sink-side latency p50/p99/p99.9 (send → the sink has the event), delivered events/s, and CPU
-µs per event of each process read from /proc (steadier than wall time on a shared machine).
+sink-side latency p50/p99/p99.9 (send → the sink has the event), delivered events/s, events
+per JetStream message (the router coalesces concurrent requests; every message costs an
+fsync, a delivery and an executor pass), and CPU µs per event of each process read from /proc
+(steadier than wall time on a shared machine).
 The load generator runs in a child process and sends each rate for a second before the
 measured part (so the connections a rate needs are open, as a steady client's are); its
 CPU and the sink's are printed apart — they share the machine with the platform — and serve
@@ -25,12 +27,14 @@ import os
 import statistics
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import AsyncExitStack
 from typing import Any
 
 import aiohttp
 import grpc
+import nats
 import orjson
 import psutil
 from google.protobuf import struct_pb2
@@ -49,6 +53,7 @@ from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import registry_pb2_grpc
 from eventfn_api.registry.v1 import resources_pb2 as res
 from eventfn_api.type.v1 import types_pb2
+from services.common import streams
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
 WARM_SECONDS = 1.0
@@ -171,6 +176,7 @@ async def measure(
     write_key: str,
     rate: int,
     per_request: int,
+    stored: Callable[[], Awaitable[int]],
 ) -> None:
     sink.reset()
     loop = asyncio.get_running_loop()
@@ -180,6 +186,7 @@ async def measure(
     async with asyncio.timeout(WARM_SECONDS + 60):
         await sink.first.wait()  # the warm-up is over: the first measured event arrived
     before = procs.sample()
+    messages_before = await stored()
     bench_before = cpu_seconds(os.getpid()) + _children_cpu(pool)
     started = time.perf_counter()
     sent = await sending
@@ -187,13 +194,15 @@ async def measure(
         raise TimeoutError(f"{len(sink.latencies)} of {sent} events reached the sink in 120 s")
     elapsed = time.perf_counter() - started
     after = procs.sample()
+    messages = await stored() - messages_before
     lat = sorted(sink.latencies)
     q = statistics.quantiles(lat, n=1000)
     cpu = {role: (after[role] - before[role]) / sent * 1e6 for role in after}
     bench = (cpu_seconds(os.getpid()) + _children_cpu(pool) - bench_before) / sent * 1e6
     print(
         f"{label} {rate:>6}/s: p50 {q[499]:7.1f} ms  p99 {q[989]:7.1f} ms  p99.9 {q[998]:7.1f} ms"
-        f"  delivered {sent / elapsed:7.0f}/s  CPU µs/event: "
+        f"  delivered {sent / elapsed:7.0f}/s  {sent / max(messages, 1):5.1f} events/message"
+        "  CPU µs/event: "
         + "  ".join(f"{role} {v:.0f}" for role, v in cpu.items())
         + f"  (all {sum(cpu.values()):.0f}; load generator and sink {bench:.0f}:"
         f" platform = {sum(cpu.values()) / bench:.2f}× it)",
@@ -221,6 +230,14 @@ async def run(running: Platform, endpoints: dict[str, str]) -> None:
         procs = processes(running)
         pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         stack.callback(pool.shutdown)
+        nc = await nats.connect(endpoints["nats"])
+        stack.push_async_callback(nc.close)
+        js = nc.jetstream()
+
+        async def stored() -> int:
+            """JetStream messages the EVENTS stream has taken so far."""
+            return (await js.stream_info(streams.EVENTS_STREAM)).state.last_seq
+
         for label, code, per_request, path, rates, options in (
             ("single /v1/track", SINGLE, 1, "/v1/track", RATES, {}),
             (
@@ -248,7 +265,15 @@ async def run(running: Platform, endpoints: dict[str, str]) -> None:
             await asyncio.sleep(1.0)  # the router and executor learn the instance
             for rate in rates:
                 await measure(
-                    label, procs, sink, pool, url_base + path, source.write_key, rate, per_request
+                    label,
+                    procs,
+                    sink,
+                    pool,
+                    url_base + path,
+                    source.write_key,
+                    rate,
+                    per_request,
+                    stored,
                 )
 
 
