@@ -243,6 +243,39 @@ async def test_a_window_closes_once_every_recent_sender_has_a_pack_in_it() -> No
     assert published == [[f"{r}-{n}" for n in range(3)] for r in range(3)]
 
 
+async def test_packs_arriving_during_a_publish_are_held_for_a_window_too() -> None:
+    """At a high rate the packs that came during a publish are not sent the moment it is
+    acknowledged: they wait until the oldest of them has waited a window, gathering more."""
+    published: list[list[str]] = []
+    release = asyncio.Event()
+
+    async def publish(subject: str, body: bytes, headers: dict[str, str]) -> asyncio.Future[None]:
+        published.append([e["messageId"] for e in orjson.loads(body)])
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def later() -> None:
+            await release.wait()
+            ack.set_result(None)
+
+        asyncio.get_running_loop().create_task(later())
+        return ack
+
+    window = 0.4
+    coalescer = Coalescer(publish, max_bytes=100_000, timeout=5, recent=RecentIds(), window=window)
+    loop = asyncio.get_running_loop()
+    first = coalescer.submit(outbound(["r0"]))  # nothing came before: published at once
+    await asyncio.sleep(0)
+    held = loop.time()
+    second = coalescer.submit(outbound(["r1"]))  # right after: the rate is high
+    release.set()
+    await first
+    await asyncio.sleep(window / 4)
+    third = coalescer.submit(outbound(["r2"]))
+    await asyncio.gather(second, third)
+    assert published == [["r0"], ["r1", "r2"]]
+    assert loop.time() - held >= window * 0.9
+
+
 @pytest.mark.parametrize("value", ["-1", "1000", "soon"])
 def test_a_window_out_of_range_is_refused_at_start(value: str) -> None:
     with pytest.raises(ValidationError, match="router_coalesce_window_ms"):
