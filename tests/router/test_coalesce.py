@@ -27,6 +27,26 @@ def outbound(ids: list[str], parent: str = "") -> Outbound:
     return Outbound(SUBJECT, "ins_1", pack, headers)
 
 
+def _recording(
+    release: asyncio.Event | None = None,
+) -> tuple[list[list[str]], Publish]:
+    """A publish that records each message's messageIds; acknowledged at once, or when
+    `release` is set."""
+    published: list[list[str]] = []
+
+    async def publish(subject: str, body: bytes, headers: dict[str, str]) -> asyncio.Future[None]:
+        published.append([e["messageId"] for e in orjson.loads(body)])
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if release is None:
+            ack.set_result(None)
+        else:
+            waiter = asyncio.ensure_future(release.wait())
+            waiter.add_done_callback(lambda _: ack.set_result(None))
+        return ack
+
+    return published, publish
+
+
 requests = st.lists(
     st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=5), min_size=1, max_size=8
 )
@@ -101,29 +121,16 @@ def test_recent_ids_remember_at_least_their_window_and_forget_after_twice_it(
 
 
 async def test_requests_arriving_during_a_publish_share_the_next_message() -> None:
-    published: list[bytes] = []
     release = asyncio.Event()
-
-    async def publish(subject: str, body: bytes, headers: dict[str, str]) -> asyncio.Future[None]:
-        published.append(body)
-        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        async def later() -> None:
-            await release.wait()
-            ack.set_result(None)
-
-        asyncio.get_running_loop().create_task(later())
-        return ack
-
+    published, publish = _recording(release)
     coalescer = Coalescer(publish, max_bytes=100_000, timeout=5, recent=RecentIds())
     first = coalescer.submit(outbound(["r0"]))
     await asyncio.sleep(0)  # the first publish is in flight
     others = [coalescer.submit(outbound([f"r{i}"])) for i in range(1, 6)]
-    assert len(published) == 1 and not first.done()
+    assert published == [["r0"]] and not first.done()
     release.set()
     await asyncio.gather(first, *others)
-    assert len(published) == 2
-    assert [e["messageId"] for e in orjson.loads(published[1])] == [f"r{i}" for i in range(1, 6)]
+    assert published == [["r0"], [f"r{i}" for i in range(1, 6)]]
     assert coalescer.recent.seen("ins_1", [f"r{i}" for i in range(7)]) == {
         f"r{i}" for i in range(6)
     }
@@ -139,14 +146,7 @@ def test_a_merged_pack_fills_the_cap_exactly_and_never_passes_it() -> None:
 async def test_a_window_opens_only_while_requests_come_at_least_twice_per_window() -> None:
     """Requests coming at least twice per window wait for each other and share a message; a
     request after a quiet spell is published at once (low rates keep their latency)."""
-    published: list[list[str]] = []
-
-    async def publish(subject: str, body: bytes, headers: dict[str, str]) -> asyncio.Future[None]:
-        published.append([e["messageId"] for e in orjson.loads(body)])
-        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        ack.set_result(None)
-        return ack
-
+    published, publish = _recording()
     window = 0.5  # long, so that a stall of a loaded machine is not taken for a wait
     coalescer = Coalescer(publish, max_bytes=100_000, timeout=5, recent=RecentIds(), window=window)
     loop = asyncio.get_running_loop()
@@ -174,14 +174,7 @@ async def test_requests_coming_less_than_twice_per_window_never_wait() -> None:
     """At a steady rate under two requests per window (300 requests/s against the default
     5 ms), each request's pack goes out at once: the window would cost them latency and
     gather almost nothing."""
-    published: list[list[str]] = []
-
-    async def publish(subject: str, body: bytes, headers: dict[str, str]) -> asyncio.Future[None]:
-        published.append([e["messageId"] for e in orjson.loads(body)])
-        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        ack.set_result(None)
-        return ack
-
+    published, publish = _recording()
     window = 1.0  # long, so that a stall of a loaded machine is not taken for a wait
     coalescer = Coalescer(publish, max_bytes=100_000, timeout=5, recent=RecentIds(), window=window)
     loop = asyncio.get_running_loop()
@@ -192,18 +185,6 @@ async def test_requests_coming_less_than_twice_per_window_never_wait() -> None:
         await coalescer.submit(outbound([f"r{i}"]))
         assert loop.time() - started < window / 2
     assert published == [[f"r{i}"] for i in range(4)]
-
-
-def _recording() -> tuple[list[list[str]], Publish]:
-    published: list[list[str]] = []
-
-    async def publish(subject: str, body: bytes, headers: dict[str, str]) -> asyncio.Future[None]:
-        published.append([e["messageId"] for e in orjson.loads(body)])
-        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        ack.set_result(None)
-        return ack
-
-    return published, publish
 
 
 async def test_a_sender_alone_is_never_held_however_fast_it_sends() -> None:
@@ -246,20 +227,8 @@ async def test_a_window_closes_once_every_recent_sender_has_a_pack_in_it() -> No
 async def test_packs_arriving_during_a_publish_are_held_for_a_window_too() -> None:
     """At a high rate the packs that came during a publish are not sent the moment it is
     acknowledged: they wait until the oldest of them has waited a window, gathering more."""
-    published: list[list[str]] = []
     release = asyncio.Event()
-
-    async def publish(subject: str, body: bytes, headers: dict[str, str]) -> asyncio.Future[None]:
-        published.append([e["messageId"] for e in orjson.loads(body)])
-        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        async def later() -> None:
-            await release.wait()
-            ack.set_result(None)
-
-        asyncio.get_running_loop().create_task(later())
-        return ack
-
+    published, publish = _recording(release)
     window = 0.4
     coalescer = Coalescer(publish, max_bytes=100_000, timeout=5, recent=RecentIds(), window=window)
     loop = asyncio.get_running_loop()
