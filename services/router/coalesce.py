@@ -5,11 +5,13 @@ Packs of one instance's subject wait in its lane and go out merged (up to the pa
 message at a time: while a publish is in flight, later packs wait for its acknowledgement.
 While requests for the subject come at least twice per `window` (5 ms by default,
 `EVENTFN_ROUTER_COALESCE_WINDOW_MS`), waiting packs are also held until the oldest of them
-has waited the window, or until every sender seen in the last 100 ms has a pack waiting. A
-sender (an HTTP connection, a gRPC peer) sends again only after its answer, so once they are
-all in nothing else can come: a client sending one request after another is never held, and
-a few in step leave together at once. At lower rates nothing is held, so their latency does
-not grow. A request is answered only once every pack holding its events is acknowledged.
+has waited the window, until every sender seen in the last 100 ms has a pack waiting, or
+until they hold 100 events (batches share their message's costs already; larger messages
+only add latency). A sender (an HTTP connection, a gRPC peer) sends again only after its
+answer, so once they are all in nothing else can come: a client sending one request after
+another is never held, and a few in step leave together at once. At lower rates nothing is
+held, so their latency does not grow. A request is answered only once every pack holding
+its events is acknowledged.
 
 Every message costs an fsync, a delivery, an executor pass and a V8 worker frame: at 1,000
 single-event requests/s from many connections the window makes ≈ 7 events a message (≈ 2.3
@@ -45,6 +47,9 @@ GAP_WEIGHT = 0.3
 MAX_SUBJECTS = 10_000
 # A sender seen this recently may send again soon: a window waits for it.
 SENDER_MEMORY_SECONDS = 0.1
+# Packs holding this many events go out without waiting for more: a message's fsync and
+# crossings are already shared by enough events, and larger messages only add latency.
+HOLD_EVENTS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +182,7 @@ class _Lane:
 
     waiting: list[tuple[Outbound, asyncio.Future[None]]] = field(default_factory=list)
     first_at: float = 0.0  # when the oldest waiting pack came
+    events: int = 0  # events in the waiting packs
     senders: set[Hashable] = field(default_factory=set)  # senders of the waiting packs
     anonymous: bool = False  # a waiting pack's sender is unknown
     busy: bool = False
@@ -220,14 +226,16 @@ class Coalescer:
         flow = self._arrived(item.subject, sender)
         if not lane.waiting:
             lane.first_at = flow.last
+            lane.events = 0
             lane.senders.clear()
             lane.anonymous = False
         lane.waiting.append((item, future))
+        lane.events += item.pack.count
         if sender is None:
             lane.anonymous = True
         else:
             lane.senders.add(sender)
-        if lane.window is not None and _everyone_in(lane, flow):
+        if lane.window is not None and not self._worth_holding(lane, flow):
             _close(lane.window)
         if not lane.busy:
             lane.busy = True
@@ -261,14 +269,22 @@ class Coalescer:
             self._purge_at = now + 1.0
         return flow
 
+    def _worth_holding(self, lane: _Lane, flow: _Flow) -> bool:
+        """Tell whether waiting packs should wait for more (until the oldest has waited a
+        window): at least two more packs are due within one, a recent sender has none
+        waiting, and they hold fewer than HOLD_EVENTS events."""
+        return (
+            2 * flow.gap <= self._window
+            and lane.events < HOLD_EVENTS
+            and (lane.anonymous or len(lane.senders) < len(flow.senders))
+        )
+
     async def _drain(self, subject: str, lane: _Lane, flow: _Flow) -> None:
         loop = asyncio.get_running_loop()
         try:
             while lane.waiting:
-                # Hold the waiting packs until the oldest has waited a window, while at least
-                # two more packs are due within one and a recent sender has none waiting.
                 hold = lane.first_at + self._window - time.monotonic()
-                if hold > 0 and 2 * flow.gap <= self._window and not _everyone_in(lane, flow):
+                if hold > 0 and self._worth_holding(lane, flow):
                     lane.window = loop.create_future()
                     timer = loop.call_later(hold, _close, lane.window)
                     try:
@@ -319,8 +335,3 @@ class Coalescer:
 def _close(window: asyncio.Future[None] | None) -> None:
     if window is not None and not window.done():
         window.set_result(None)
-
-
-def _everyone_in(lane: _Lane, flow: _Flow) -> bool:
-    """Tell whether every sender seen lately has a pack waiting (nobody else can send)."""
-    return not lane.anonymous and len(lane.senders) >= len(flow.senders)

@@ -32,8 +32,8 @@ class RouterSettings(DataPlaneSettings):
     router_max_body_bytes: int = BATCH_MAX_BYTES
     # Longest wait (ms) of a pack for the next requests' packs to share its JetStream
     # message, while requests to its instance come at least twice that often (at lower rates
-    # none waits); it ends sooner once every recent sender has a pack waiting. 0: only
-    # requests arriving during a publish share the next one.
+    # none waits); it ends sooner once every recent sender has a pack waiting or the packs
+    # hold 100 events. 0: only requests arriving during a publish share the next one.
     router_coalesce_window_ms: float = Field(default=5.0, ge=0.0, le=100.0)
     # How long a request waits for its JetStream acknowledgements before answering 503.
     router_publish_timeout_seconds: float = 5.0

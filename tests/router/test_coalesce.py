@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from services.common.packs import dedupe_id, merged_dedupe_id, pack_events
 from services.common.streams import COUNT, MSG_ID, TRACE_LINKS, TRACEPARENT
-from services.router.coalesce import Coalescer, Outbound, Publish, RecentIds, merge
+from services.router.coalesce import HOLD_EVENTS, Coalescer, Outbound, Publish, RecentIds, merge
 from services.router.settings import RouterSettings
 
 SUBJECT = "events.ws_1.ins_1"
@@ -243,6 +243,27 @@ async def test_packs_arriving_during_a_publish_are_held_for_a_window_too() -> No
     await asyncio.gather(second, third)
     assert published == [["r0"], ["r1", "r2"]]
     assert loop.time() - held >= window * 0.9
+
+
+async def test_packs_of_a_hundred_events_are_never_held() -> None:
+    """Batches of 100 share their message's costs already: however fast they come, none
+    waits for more."""
+    published, publish = _recording()
+    window = 1.0
+    coalescer = Coalescer(
+        publish, max_bytes=1_000_000, timeout=5, recent=RecentIds(), window=window
+    )
+    loop = asyncio.get_running_loop()
+    for round_ in range(4):
+        started = loop.time()
+        await asyncio.gather(
+            *(
+                coalescer.submit(outbound([f"{round_}-{n}-{i}" for i in range(HOLD_EVENTS)]))
+                for n in range(2)
+            )
+        )
+        assert loop.time() - started < window / 2
+    assert sum(len(ids) for ids in published) == 8 * HOLD_EVENTS
 
 
 @pytest.mark.parametrize("value", ["-1", "1000", "soon"])
