@@ -207,7 +207,7 @@ class TrackingApp:
                 parsed.events,
                 traceparent=_text(headers.get(b"traceparent")),
                 tracestate=_text(headers.get(b"tracestate")),
-                sender=scope.get("client"),
+                sender=tuple(scope.get("client") or ()) or None,  # (host, port) of the peer
             )
         except UnknownWriteKeyError as exc:
             raise HttpError(401, "unauthorized", exc.message) from None

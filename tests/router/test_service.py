@@ -384,6 +384,34 @@ async def test_grpc_ingest_and_stream(env: Env, nats_client: NatsClient) -> None
         assert kept == [*resp.message_ids, "s-0", "s-1", "s-2"]
 
 
+async def test_a_client_sending_one_request_after_another_is_never_held(
+    env: Env, nats_url: str, nats_client: NatsClient
+) -> None:
+    """A coalescing window waits for other senders' requests; the HTTP connection is the
+    sender, so one connection's requests, each sent after the last one's answer, go out at
+    once even with a long window and closely spaced requests."""
+    window_ms = 1000.0
+    settings = router_settings(nats_url, f"127.0.0.1:{env.registry.port}").model_copy(
+        update={"router_coalesce_window_ms": window_ms}
+    )
+    async with AsyncExitStack() as stack:
+        router = await start_router(settings, stack)
+        await router.watcher.wait_until(lambda v: env.other in v.instances)
+        http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.http_port}", timeout=10)
+        stack.push_async_callback(http.aclose)
+        for i in range(8):
+            started = time.monotonic()
+            resp = await http.post(
+                "/v1/track",
+                json={"userId": "u", "event": "Seq", "messageId": f"seq-{i}"},
+                headers=basic(env.write_key),
+            )
+            assert resp.status_code == 200, resp.text
+            assert time.monotonic() - started < window_ms / 2000, f"request {i} was held"
+    kept = [e["messageId"] for e in events_of(await stored(nats_client, env.subject(env.other)))]
+    assert kept == [f"seq-{i}" for i in range(8)]
+
+
 async def test_new_instance_is_routed_without_restart(env: Env, nats_client: NatsClient) -> None:
     third = await _instance(env.registry, env.owner, "Third", env.source_id)
     await env.router.watcher.wait_until(lambda v: third in v.instances)
