@@ -7,10 +7,12 @@ While requests for the subject come at least twice per `window` (5 ms by default
 `EVENTFN_ROUTER_COALESCE_WINDOW_MS`), waiting packs are also held until the oldest of them
 has waited the window, until every sender seen in the last 100 ms has a pack waiting, or
 until they hold 100 events (batches share their message's costs already; larger messages
-only add latency). A sender (an HTTP connection, a gRPC peer) sends again only after its
-answer, so once they are all in nothing else can come: a client sending one request after
-another is never held, and a few in step leave together at once. At lower rates nothing is
-held, so their latency does not grow. A request is answered only once every pack holding
+only add latency). An HTTP connection sends its next request only after its answer, so
+once every connection seen lately is in nothing else can come: a client sending one request
+after another is never held, and a few in step leave together at once. A gRPC peer (one
+channel) counts as one sender: its concurrent calls are never held for each other, they
+share messages only while a publish is in flight. At lower rates nothing is held, so their
+latency does not grow. A request is answered only once every pack holding
 its events is acknowledged.
 
 Every message costs an fsync, a delivery, an executor pass and a V8 worker frame: at 1,000
@@ -216,9 +218,9 @@ class Coalescer:
     def submit(self, item: Outbound, sender: Hashable | None = None) -> asyncio.Future[None]:
         """Queue a pack; the future is done once the message holding it is acknowledged.
 
-        `sender` names who sent it (an HTTP connection, a gRPC peer): a sender waits for its
-        answer before it sends again, so a window closes once every sender seen lately has
-        a pack waiting. None: unknown, the window runs its time.
+        `sender` names who sent it (an HTTP connection, a gRPC peer): packs are held no
+        longer once every sender seen lately has one waiting. None: unknown, the hold runs
+        its time.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
@@ -332,6 +334,6 @@ class Coalescer:
                 future.set_exception(failed)
 
 
-def _close(window: asyncio.Future[None] | None) -> None:
-    if window is not None and not window.done():
+def _close(window: asyncio.Future[None]) -> None:
+    if not window.done():
         window.set_result(None)

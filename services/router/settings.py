@@ -7,6 +7,7 @@ from pydantic import Field, field_validator
 from services.common.packs import DEFAULT_PACK_BYTES
 from services.common.settings import DataPlaneSettings
 from services.router.browser_settings import parse_public_url
+from services.router.coalesce import WINDOW_SECONDS
 from services.router.cors import CorsPolicy
 from services.router.normalize import BATCH_MAX_BYTES
 
@@ -34,7 +35,7 @@ class RouterSettings(DataPlaneSettings):
     # message, while requests to its instance come at least twice that often (at lower rates
     # none waits); it ends sooner once every recent sender has a pack waiting or the packs
     # hold 100 events. 0: only requests arriving during a publish share the next one.
-    router_coalesce_window_ms: float = Field(default=5.0, ge=0.0, le=100.0)
+    router_coalesce_window_ms: float = Field(default=WINDOW_SECONDS * 1000, ge=0.0, le=100.0)
     # How long a request waits for its JetStream acknowledgements before answering 503.
     router_publish_timeout_seconds: float = 5.0
     # Publishes in flight at once, over all requests; more requests wait (back-pressure).
