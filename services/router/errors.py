@@ -39,8 +39,10 @@ class MalformedJsonError(InvalidRequestError):
 class NestingTooDeepError(InvalidRequestError):
     """Refuse JSON nested deeper than the router accepts."""
 
-    def __init__(self, limit: int, *, index: int | None = None) -> None:
-        super().__init__(f"JSON nests deeper than {limit} levels; flatten the payload", index=index)
+    def __init__(self, limit: int, *, index: int | None = None, field: str | None = None) -> None:
+        super().__init__(
+            f"JSON nests deeper than {limit} levels; flatten the payload", index=index, field=field
+        )
         self.limit = limit
 
 

@@ -187,6 +187,13 @@ def normalize_events(
     given `errors`, collect every bad event's refusal there and go on with the next."""
     arrival = _Arrival(now)
     batch_sent = _parse_time(sent_at)
+    for name, shared in (("context", context), ("integrations", integrations)):
+        # Merged into every event: as deep there as in the batch, one level under the event.
+        if shared:
+            try:
+                orjson.dumps([{name: shared}])
+            except orjson.JSONEncodeError as exc:
+                raise NestingTooDeepError(MAX_EVENT_DEPTH, field=name) from exc
     events: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         try:

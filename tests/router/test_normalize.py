@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +26,7 @@ from services.router.errors import (
 from services.router.normalize import (
     BATCH_MAX_BYTES,
     EVENT_MAX_BYTES,
+    MAX_EVENT_DEPTH,
     decode_body,
     format_time,
     normalize_events,
@@ -37,8 +39,11 @@ NOW_TEXT = "2024-05-01T12:00:00.123Z"
 
 
 def body(value: Any) -> bytes:
-    """Encode a test payload."""
-    return orjson.dumps(value)
+    """Encode a test payload (deeper than orjson writes: with the standard library)."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return json.dumps(value).encode()
 
 
 def single(kind: str, value: Any) -> dict[str, Any]:
@@ -162,6 +167,25 @@ def test_json_nested_1000_deep_in_batch_names_the_index() -> None:
     with pytest.raises(NestingTooDeepError) as caught:
         parse_batch(payload, NOW)
     assert caught.value.index == 0
+
+
+def nested(levels: int) -> Any:
+    """Return a value `levels` objects deep."""
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("name", ["context", "integrations"])
+def test_batch_wide_object_too_deep_to_merge_is_refused_naming_it(name: str) -> None:
+    small = {"type": "track", "userId": "u", "event": "E"}
+    # Merged under each event, one level below it: as deep as the limit allows.
+    assert batch(small, **{name: nested(MAX_EVENT_DEPTH - 1)})[0][name]
+    with pytest.raises(NestingTooDeepError) as caught:
+        batch(small, **{name: nested(MAX_EVENT_DEPTH)})
+    assert caught.value.field == name
+    assert "nests deeper than" in caught.value.message
 
 
 def test_json_nested_beyond_decoder_limit_is_refused() -> None:
