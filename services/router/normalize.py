@@ -194,10 +194,13 @@ def normalize_events(
                 orjson.dumps([{name: shared}])
             except orjson.JSONEncodeError as exc:
                 raise NestingTooDeepError(MAX_EVENT_DEPTH, field=name) from exc
+    measured = _all_within_limits(items)
     events: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         try:
-            event = _one_event(item, index, arrival, batch_sent, sent_at, context, integrations)
+            event = _one_event(
+                item, index, arrival, batch_sent, sent_at, context, integrations, measured
+            )
         except InvalidRequestError as error:
             if errors is None:
                 raise
@@ -215,15 +218,18 @@ def _one_event(
     sent_at: object,
     context: Mapping[str, Any] | None,
     integrations: Mapping[str, Any] | None,
+    measured: bool,
 ) -> dict[str, Any]:
-    """Validate and fill one batch item in place."""
+    """Validate and fill one batch item in place (`measured`: every item of its batch is
+    known to be within the depth and size limits)."""
     if type(item) is not dict:
         raise InvalidEventError(
             f"each event must be a JSON object, got {_json_type(item)}", index=index
         )
-    size = _check_depth(item, index)
-    if size > EVENT_MAX_BYTES:
-        raise EventTooLargeError(size, EVENT_MAX_BYTES, index=index)
+    if not measured:
+        size = _check_depth(item, index)
+        if size > EVENT_MAX_BYTES:
+            raise EventTooLargeError(size, EVENT_MAX_BYTES, index=index)
     kind = item.get("type")
     if type(kind) is not str or kind not in EVENT_TYPES:
         raise InvalidEventError(
@@ -260,8 +266,16 @@ def _normalize(
             raise InvalidEventError(
                 f"`{name}` must be an object, got {_json_type(value)}", index=index, field=name
             )
-    has_user = _identifier(event, "userId", index)
-    has_anonymous = _identifier(event, "anonymousId", index)
+    # The common case, a string, without a call per field (this runs for every event).
+    user = event.get("userId")
+    has_user = user != "" if type(user) is str else _identifier(event, "userId", index)
+    anonymous = event.get("anonymousId")
+    if anonymous is None:
+        has_anonymous = False
+    elif type(anonymous) is str:
+        has_anonymous = anonymous != ""
+    else:
+        has_anonymous = _identifier(event, "anonymousId", index)
     if not (has_user or has_anonymous):
         raise InvalidEventError(
             "`userId` or `anonymousId` is required (a non-empty string)",
@@ -296,7 +310,10 @@ def _normalize(
             field="messageId",
         )
     event["receivedAt"] = arrival.text
-    _fill_timestamp(event, arrival, batch_sent)
+    if "timestamp" in event or "originalTimestamp" in event:
+        _fill_timestamp(event, arrival, batch_sent)
+    else:
+        event["timestamp"] = arrival.text
     return event
 
 
@@ -351,6 +368,16 @@ def _identifier(event: dict[str, Any], name: str, index: int | None) -> bool:
     raise InvalidEventError(
         f"`{name}` must be a string, got {_json_type(value)}", index=index, field=name
     )
+
+
+def _all_within_limits(items: Sequence[object]) -> bool:
+    """Tell, with one encoding of the whole batch, whether each item is within the depth and
+    size limits that `_check_depth` measures one by one (no item is larger than the batch)."""
+    try:
+        # Each item nests inside the batch's array as `_check_depth` nests it inside its own.
+        return len(orjson.dumps(items)) - 2 <= EVENT_MAX_BYTES
+    except orjson.JSONEncodeError:
+        return False
 
 
 def _check_depth(event: dict[str, Any], index: int | None) -> int:

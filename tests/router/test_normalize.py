@@ -177,6 +177,25 @@ def nested(levels: int) -> Any:
     return value
 
 
+def test_batch_event_at_the_depth_limit_is_accepted_and_one_level_deeper_names_its_index() -> None:
+    small = {"type": "track", "userId": "u", "event": "E"}
+    # The event itself is one level; its properties hold the rest.
+    at_limit = {**small, "properties": nested(MAX_EVENT_DEPTH - 1)}
+    assert len(batch(small, at_limit)) == 2
+    with pytest.raises(NestingTooDeepError) as caught:
+        batch(small, {**small, "properties": nested(MAX_EVENT_DEPTH)}, small)
+    assert caught.value.index == 1
+
+
+def test_batch_larger_than_one_events_limit_is_measured_event_by_event() -> None:
+    item = {"type": "track", "userId": "u", "event": "E", "properties": {"b": "x" * 20_000}}
+    assert len(batch(item, item, item)) == 3  # 60 KB in all, each event under 32 KB
+    big = {**item, "properties": {"b": "x" * EVENT_MAX_BYTES}}
+    with pytest.raises(EventTooLargeError) as caught:
+        batch(item, item, big)
+    assert caught.value.index == 2
+
+
 @pytest.mark.parametrize("name", ["context", "integrations"])
 def test_batch_wide_object_too_deep_to_merge_is_refused_naming_it(name: str) -> None:
     small = {"type": "track", "userId": "u", "event": "E"}
