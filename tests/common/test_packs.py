@@ -70,6 +70,17 @@ def test_dedupe_ids_differ_for_different_message_ids(a: list[str], b: list[str])
     assert (dedupe_id("i", a) == dedupe_id("i", b)) == (a == b)
 
 
+surrogates = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+
+
+@given(
+    st.lists(st.text(st.one_of(st.characters(), surrogates), max_size=8), min_size=1),
+    st.lists(st.text(st.one_of(st.characters(), surrogates), max_size=8), min_size=1),
+)
+def test_dedupe_ids_of_ids_with_lone_surrogates_differ_too(a: list[str], b: list[str]) -> None:
+    assert (dedupe_id("i", a) == dedupe_id("i", b)) == (a == b)
+
+
 def test_dedupe_id_names_the_instance_and_separates_ids() -> None:
     assert dedupe_id("inst-7", ["m"]).startswith("inst-7:")
     assert dedupe_id("a", ["m"]) != dedupe_id("b", ["m"])
