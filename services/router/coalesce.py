@@ -89,7 +89,7 @@ def merge(instance_id: str, items: Sequence[Outbound], max_bytes: int) -> list[O
 def _joined(instance_id: str, run: Sequence[Outbound]) -> Outbound:
     if len(run) == 1:
         return run[0]
-    ids = tuple(i for item in run for i in item.pack.message_ids)
+    ids = tuple(itertools.chain.from_iterable(item.pack.message_ids for item in run))
     body = b"[" + b",".join(item.pack.body[1:-1] for item in run if len(item.pack.body) > 2) + b"]"
     pack = Pack(body, merged_dedupe_id(instance_id, (item.pack for item in run)), ids)
     first = run[0]

@@ -23,7 +23,13 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from services.common.deliveries.recorder import DeliveryRecorder
-from services.common.packs import DEFAULT_PACK_BYTES, encode_event, pack_encoded
+from services.common.packs import (
+    DEFAULT_PACK_BYTES,
+    Pack,
+    dedupe_id,
+    encode_event,
+    pack_encoded,
+)
 from services.common.pull import NATS_ERRORS
 from services.common.streams import (
     ATTEMPT,
@@ -107,23 +113,35 @@ def route_events(
     stats: RouterStats | None = None,
     dropped: Counter[str] | None = None,
     seen: Callable[[str, Sequence[str]], set[str]] | None = None,
+    ids: Sequence[str] | None = None,
 ) -> list[Outbound]:
     """Decide per route which events it gets (integrations, then filters) and pack them.
 
     `dropped` receives, per instance id, how many events the integrations object or a filter
     kept from it (the instance's "filtered" count). `seen(instance, messageIds)` returns
     those of the events stored for the instance recently: a client's retries, not published
-    again.
+    again. `ids` are the events' messageIds, when the caller has them already.
     """
     stats = stats if stats is not None else RouterStats()
     dropped = dropped if dropped is not None else Counter()
+    if ids is None:
+        ids = [str(event.get("messageId", "")) for event in events]
+    # Whether every route without filters gets every event: no event names destinations.
+    unaddressed = bool(events) and not any(event.get("integrations") for event in events)
+    whole: bytes | None = None  # all the events, unchanged, as one JSON array
     # An event no filter changed is encoded once, however many instances get it.
     encoded: dict[int, tuple[str, bytes]] = {}
     outbound: list[Outbound] = []
-    ids = [str(event.get("messageId", "")) for event in events] if seen is not None else []
     for route in routes:
-        items: list[tuple[str, bytes]] = []
         repeated = seen(route.instance_id, ids) if seen is not None else None
+        if unaddressed and not repeated and not route.filters:
+            if whole is None:
+                whole = orjson.dumps(events)  # one call, not one per event
+            if len(whole) <= pack_bytes:
+                pack = Pack(whole, dedupe_id(route.instance_id, ids), tuple(ids))
+                outbound.append(_outbound(route, pack, revision, trace))
+                continue
+        items: list[tuple[str, bytes]] = []
         for index, event in enumerate(events):
             if repeated and ids[index] in repeated:
                 stats.deduplicated += 1
@@ -147,11 +165,16 @@ def route_events(
         if not items:
             continue
         for pack in pack_encoded(route.instance_id, items, max_bytes=pack_bytes):
-            headers = {MSG_ID: pack.dedupe_id, REVISION: str(revision), ATTEMPT: "1", **trace}
-            headers[COUNT] = str(pack.count)
-            headers[MESSAGE_IDS] = orjson.dumps(message_ids(pack.message_ids)).decode()
-            outbound.append(Outbound(route.subject, route.instance_id, pack, headers))
+            outbound.append(_outbound(route, pack, revision, trace))
     return outbound
+
+
+def _outbound(route: Route, pack: Pack, revision: int, trace: dict[str, str]) -> Outbound:
+    """Address a pack to its route's subject with the headers every pack carries."""
+    headers = {MSG_ID: pack.dedupe_id, REVISION: str(revision), ATTEMPT: "1", **trace}
+    headers[COUNT] = str(pack.count)
+    headers[MESSAGE_IDS] = orjson.dumps(message_ids(pack.message_ids)).decode()
+    return Outbound(route.subject, route.instance_id, pack, headers)
 
 
 class Ingestor:
@@ -227,8 +250,8 @@ class Ingestor:
         traceparent: str | None = None,
         tracestate: str | None = None,
         sender: Hashable | None = None,
-    ) -> int:
-        """Route and store a request's events; return how many packs were stored.
+    ) -> list[str]:
+        """Route and store a request's events; return their messageIds, in order.
 
         `sender` names the connection or peer the request came from (see `Coalescer.submit`).
         """
@@ -241,6 +264,7 @@ class Ingestor:
         if self._metrics is not None:
             self._metrics.received(source.source_id, len(events))
         dropped: Counter[str] = Counter()
+        ids = [str(event.get("messageId", "")) for event in events]
         incoming = {TRACEPARENT: traceparent or "", TRACESTATE: tracestate or ""}
         with tracer.start_as_current_span(
             "ingest",
@@ -248,7 +272,7 @@ class Ingestor:
             attributes={
                 "eventfn.source_id": source.source_id,
                 "eventfn.events": len(events),
-                MESSAGE_IDS_ATTRIBUTE: message_ids(str(e.get("messageId", "")) for e in events),
+                MESSAGE_IDS_ATTRIBUTE: message_ids(ids),
             },
         ):
             carrier: dict[str, str] = {}
@@ -265,6 +289,7 @@ class Ingestor:
                     stats=stats,
                     dropped=dropped,
                     seen=self._coalescer.recent.seen,
+                    ids=ids,
                 )
                 span.set_attribute("eventfn.packs", len(outbound))
             if outbound:
@@ -281,7 +306,7 @@ class Ingestor:
                 self._recorder.count(
                     instance_id, route.workspace_id, route.function_id, {"filtered": count}
                 )
-        return len(outbound)
+        return ids
 
     async def _publish_all(self, outbound: Sequence[Outbound], sender: Hashable | None) -> None:
         """Hand every pack to the coalescer, then wait until all are acknowledged (or refuse)."""

@@ -106,7 +106,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             self._ingestor.source(write_key)  # refuse before parsing when not ready / unknown
             events = parse_events_json(events_json, datetime.now(UTC))
             traceparent, tracestate = _trace_metadata(context)
-            await self._ingestor.ingest(
+            message_ids = await self._ingestor.ingest(
                 write_key,
                 events,
                 traceparent=traceparent,
@@ -125,7 +125,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             raise InvalidArgument(message, [FieldViolation("events_json", message)]) from None
         except RouterError as exc:
             raise InvalidArgument.field("events_json", grpc_text(exc.message)) from None
-        return len(events), [str(e["messageId"]) for e in events]
+        return len(events), message_ids
 
     async def Ingest(
         self, request: pb.IngestRequest, context: grpc.aio.ServicerContext
