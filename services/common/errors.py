@@ -1,6 +1,6 @@
 """Domain errors shared by every service, and their ONE mapping to gRPC status codes.
 
-Servicers raise these; `ErrorInterceptor` (see `rpc.py`) turns them into `google.rpc.Status`
+Servicers raise these; `ServerGate` (see `rpc.py`) turns them into `google.rpc.Status`
 with details. Messages say what was wrong and how to fix it (AIP-193).
 """
 

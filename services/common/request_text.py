@@ -1,7 +1,7 @@
 """Control characters in request strings: found by walking any message by its descriptor.
 
 Every string of every request goes through `check_request_text` before a servicer sees it
-(see `rpc.ErrorInterceptor`), so a NUL never reaches PostgreSQL (which refuses it and used
+(see `rpc.ServerGate`), so a NUL never reaches PostgreSQL (which refuses it and used
 to answer with the statement text) nor a log line. NUL and every other C0/C1 control
 character (and DEL) are refused; tab, newline and carriage return are kept, because
 free-text fields need them (code, event JSON, PEM keys in setting values). String values

@@ -5,10 +5,10 @@ extraction."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
@@ -24,7 +24,7 @@ from opentelemetry.metrics import Meter
 
 from services.common.errors import EventfnError, Internal, InvalidArgument
 from services.common.request_text import check_request_text
-from services.common.rpc_observe import server_interceptors
+from services.common.rpc_observe import ServerCalls, traced
 
 log = logging.getLogger(__name__)
 
@@ -86,84 +86,153 @@ def _checked_request(request: Any, *, streamed: bool) -> Any:
     return request
 
 
-@contextlib.asynccontextmanager
-async def _answering(method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-    """Turn what the body raises into the call's status: mapped, or INTERNAL and logged."""
-    try:
-        yield
-    except EventfnError as error:
-        await context.abort_with_status(to_status(error))  # type: ignore[attr-defined]
-    except grpc.aio.AbortError:
-        raise
-    except Exception as error:  # a bug: logged with its traceback, never shown to the caller
-        await context.abort_with_status(to_status(unexpected(method, error)))  # type: ignore[attr-defined]
+class ServerGate(grpc.aio.ServerInterceptor):
+    """The one gate every RPC passes: its span and timing, request text checks, and errors
+    turned into statuses.
 
-
-def _wrap_unary(
-    method: str, behavior: Callable[..., Awaitable[Any]], *, streamed: bool
-) -> Callable[..., Awaitable[Any]]:
-    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with _answering(method, context):
-            return await behavior(_checked_request(request, streamed=streamed), context)
-
-    return wrapper
-
-
-def _wrap_stream(
-    method: str, behavior: Callable[..., Any], *, streamed: bool
-) -> Callable[..., Any]:
-    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with _answering(method, context):
-            async for item in behavior(_checked_request(request, streamed=streamed), context):
-                yield item
-
-    return wrapper
-
-
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """The one gate every RPC passes: request text checks, and errors turned into statuses.
-
-    Each request (each message of a request stream) is refused with INVALID_ARGUMENT when a
-    string in it holds a control character; an `EventfnError` raised by a servicer becomes its
-    status with details; any other exception becomes INTERNAL with a correlation id, logged
-    with its traceback, and its text never reaches the caller.
+    Each call is traced and (unary ones) timed by `ServerCalls`. Each request (each message of
+    a request stream) is refused with INVALID_ARGUMENT when a string in it holds a control
+    character; an `EventfnError` raised by a servicer becomes its status with details; any
+    other exception becomes INTERNAL with a correlation id, logged with its traceback, and its
+    text never reaches the caller. A method's wrapped handler is built once, on its first call.
     """
+
+    def __init__(self, calls: ServerCalls) -> None:
+        self._calls = calls
+        self._handlers: dict[tuple[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
-        """Wrap the handler's behavior so every request is checked and every error mapped."""
+        """Return the method's handler wrapped in the gate (built on the method's first call)."""
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
         method = handler_call_details.method
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, handler.unary_unary, streamed=False),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+        wrapped = self._handlers.get((method, handler))
+        if wrapped is None:
+            wrapped = self._handlers[method, handler] = self._wrap(
+                method, handler, traced(handler_call_details)
             )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(method, handler.unary_stream, streamed=False),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(method, handler.stream_unary, streamed=True),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(method, handler.stream_stream, streamed=True),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+        return wrapped
+
+    def _wrap(
+        self, method: str, handler: grpc.RpcMethodHandler, with_span: bool
+    ) -> grpc.RpcMethodHandler:
+        unary = _Unary(self._calls, method, with_span)
+        stream = _Stream(self._calls, method, with_span)
+        wrap = {
+            "unary_unary": (unary.wrap, False, grpc.unary_unary_rpc_method_handler),
+            "stream_unary": (unary.wrap, True, grpc.stream_unary_rpc_method_handler),
+            "unary_stream": (stream.wrap, False, grpc.unary_stream_rpc_method_handler),
+            "stream_stream": (stream.wrap, True, grpc.stream_stream_rpc_method_handler),
+        }
+        for kind, (gate, streamed, build) in wrap.items():
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                return build(
+                    gate(behavior, streamed),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
         return handler
+
+
+class _Call:
+    """What a gated call of one method shares: its span, its ending, its error mapping."""
+
+    def __init__(self, calls: ServerCalls, method: str, with_span: bool) -> None:
+        self._calls = calls
+        self._method = method
+        self._with_span = with_span
+
+    def _span(self, context: grpc.aio.ServicerContext) -> Any:
+        return self._calls.span(self._method, context) if self._with_span else _NO_SPAN
+
+    async def _refuse(
+        self, error: Exception, span: Any, context: grpc.aio.ServicerContext
+    ) -> grpc.StatusCode:
+        """Turn what a body raised into the call's status: mapped, or INTERNAL and logged
+        (always raises: the abort)."""
+        if isinstance(error, EventfnError):
+            status = error
+        else:  # a bug: logged with its traceback, never shown to the caller
+            if span is not None:
+                span.record_exception(error)
+            status = unexpected(self._method, error)
+        self._ended(span, status.code, status.message)
+        await context.abort_with_status(to_status(status))  # type: ignore[attr-defined]
+        raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+    def _ended(self, span: Any, code: grpc.StatusCode, details: str | None) -> None:
+        if span is not None:
+            self._calls.ended(span, code, details)
+
+
+def _code_of(context: grpc.aio.ServicerContext, error: BaseException) -> grpc.StatusCode:
+    """Name how a call ended that was aborted or cancelled rather than answered."""
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    code = context.code()
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+class _Unary(_Call):
+    def wrap(self, behavior: Callable[..., Awaitable[Any]], streamed: bool) -> Callable[..., Any]:
+        calls, method = self._calls, self._method
+
+        async def gate(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            with self._span(context) as span:
+                try:
+                    return await behavior(_checked_request(request, streamed=streamed), context)
+                except (grpc.aio.AbortError, asyncio.CancelledError) as error:
+                    code = _code_of(context, error)
+                    self._ended(span, code, context.details())
+                    raise
+                except Exception as error:
+                    code = grpc.StatusCode.INTERNAL
+                    if isinstance(error, EventfnError):
+                        code = error.code
+                    await self._refuse(error, span, context)
+                finally:
+                    calls.timed(method, code, time.perf_counter() - started)
+
+        return gate
+
+
+class _Stream(_Call):
+    def wrap(self, behavior: Callable[..., Any], streamed: bool) -> Callable[..., Any]:
+        async def gate(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            with self._span(context) as span:
+                try:
+                    async for item in behavior(
+                        _checked_request(request, streamed=streamed), context
+                    ):
+                        yield item
+                except (grpc.aio.AbortError, asyncio.CancelledError) as error:
+                    self._ended(span, _code_of(context, error), context.details())
+                    raise
+                except Exception as error:
+                    await self._refuse(error, span, context)
+
+        return gate
+
+
+class _NoSpan:
+    """The `with` block of a call that gets no span (health checks, the config stream)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_SPAN = _NoSpan()
 
 
 def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
@@ -254,7 +323,7 @@ def create_server(
     Every call is traced (continuing the caller's trace) and, given a meter, timed.
     """
     server = grpc.aio.server(
-        interceptors=[*server_interceptors(meter), ErrorInterceptor(), *interceptors],
+        interceptors=[ServerGate(ServerCalls(meter)), *interceptors],
         options=[
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
