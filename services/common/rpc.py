@@ -11,7 +11,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2
@@ -99,7 +99,8 @@ class ServerGate(grpc.aio.ServerInterceptor):
 
     def __init__(self, calls: ServerCalls) -> None:
         self._calls = calls
-        self._handlers: dict[tuple[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler] = {}
+        # Per method: the handler it was built for, and the gate around it.
+        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -111,11 +112,11 @@ class ServerGate(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        wrapped = self._handlers.get((method, handler))
-        if wrapped is None:
-            wrapped = self._handlers[method, handler] = self._wrap(
-                method, handler, traced(handler_call_details)
-            )
+        built = self._handlers.get(method)
+        if built is not None and built[0] is handler:
+            return built[1]
+        wrapped = self._wrap(method, handler, traced(handler_call_details))
+        self._handlers[method] = (handler, wrapped)
         return wrapped
 
     def _wrap(
@@ -151,17 +152,19 @@ class _Call:
     def _span(self, context: grpc.aio.ServicerContext) -> Any:
         return self._calls.span(self._method, context) if self._with_span else _NO_SPAN
 
-    async def _refuse(
-        self, error: Exception, span: Any, context: grpc.aio.ServicerContext
-    ) -> grpc.StatusCode:
-        """Turn what a body raised into the call's status: mapped, or INTERNAL and logged
-        (always raises: the abort)."""
+    def _mapped(self, error: Exception, span: Any) -> EventfnError:
+        """Return the domain error a body raised, or INTERNAL for a bug (logged with its
+        traceback and recorded on the span, never shown to the caller)."""
         if isinstance(error, EventfnError):
-            status = error
-        else:  # a bug: logged with its traceback, never shown to the caller
-            if span is not None:
-                span.record_exception(error)
-            status = unexpected(self._method, error)
+            return error
+        if span is not None:
+            span.record_exception(error)
+        return unexpected(self._method, error)
+
+    async def _abort(
+        self, status: EventfnError, span: Any, context: grpc.aio.ServicerContext
+    ) -> NoReturn:
+        """End the call with the error's status (and its span with the code)."""
         self._ended(span, status.code, status.message)
         await context.abort_with_status(to_status(status))  # type: ignore[attr-defined]
         raise AssertionError("abort_with_status returned")  # pragma: no cover
@@ -194,10 +197,9 @@ class _Unary(_Call):
                     self._ended(span, code, context.details())
                     raise
                 except Exception as error:
-                    code = grpc.StatusCode.INTERNAL
-                    if isinstance(error, EventfnError):
-                        code = error.code
-                    await self._refuse(error, span, context)
+                    status = self._mapped(error, span)
+                    code = status.code
+                    await self._abort(status, span, context)
                 finally:
                     calls.timed(method, code, time.perf_counter() - started)
 
@@ -217,7 +219,7 @@ class _Stream(_Call):
                     self._ended(span, _code_of(context, error), context.details())
                     raise
                 except Exception as error:
-                    await self._refuse(error, span, context)
+                    await self._abort(self._mapped(error, span), span, context)
 
         return gate
 

@@ -12,17 +12,15 @@ import grpc
 import pytest
 from google.protobuf.wrappers_pb2 import StringValue
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from services.common import rpc
 from services.common.errors import NotFound
-from services.common.tracer import TracerProvider
+from tests.spans import record_spans
 
 SERVICE = "eventfn.test.v1.Probe"
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -73,15 +71,7 @@ def _handlers() -> grpc.GenericRpcHandler:
 
 @pytest.fixture(scope="module")
 def spans() -> Iterator[InMemorySpanExporter]:
-    """Record spans in memory (the process's tracer provider can be set once)."""
-    exporter = InMemorySpanExporter()
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield exporter
-    exporter.shutdown()
+    yield from record_spans()
 
 
 @pytest.fixture

@@ -5,29 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from services.common.tracer import TracerProvider
 from tests.eventually import eventually
 from tests.pipeline.conftest import Platform, Sink
 from tests.pipeline.test_delivery import SINGLE
+from tests.spans import record_spans
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
 @pytest.fixture(scope="module")
 def spans() -> Iterator[InMemorySpanExporter]:
-    """Record spans in memory (the process's tracer provider can be set once)."""
-    exporter = InMemorySpanExporter()
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield exporter
-    exporter.shutdown()
+    yield from record_spans()
 
 
 async def test_invoke_span_continues_the_callers_trace(
