@@ -79,17 +79,6 @@ class BadEvents(InvalidArgument):
         )
 
 
-def _trace_metadata(context: grpc.aio.ServicerContext) -> tuple[str | None, str | None]:
-    traceparent = tracestate = None
-    for key, value in context.invocation_metadata() or ():
-        text = value.decode() if isinstance(value, bytes) else value
-        if key == "traceparent":
-            traceparent = text
-        elif key == "tracestate":
-            tracestate = text
-    return traceparent, tracestate
-
-
 class RouterServicer(router_pb2_grpc.RouterServicer):
     """Ingest events for a source's write key over gRPC."""
 
@@ -105,14 +94,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         try:
             self._ingestor.source(write_key)  # refuse before parsing when not ready / unknown
             events = parse_events_json(events_json, datetime.now(UTC))
-            traceparent, tracestate = _trace_metadata(context)
-            message_ids = await self._ingestor.ingest(
-                write_key,
-                events,
-                traceparent=traceparent,
-                tracestate=tracestate,
-                sender=context.peer(),
-            )
+            # The call's server span continues the caller's trace (from its metadata); the
+            # ingest span is its child.
+            message_ids = await self._ingestor.ingest(write_key, events, sender=context.peer())
         except UnknownWriteKeyError:
             raise Unauthenticated(
                 "write_key: unknown write key; it may have been rotated: use the source's "

@@ -384,6 +384,20 @@ async def test_grpc_ingest_and_stream(env: Env, nats_client: NatsClient) -> None
         assert kept == [*resp.message_ids, "s-0", "s-1", "s-2"]
 
 
+async def test_grpc_ingest_continues_the_callers_trace_from_metadata(
+    env: Env, nats_client: NatsClient
+) -> None:
+    trace_id = "5e" * 16
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{env.router.grpc_port}") as channel:
+        events = [{"type": "track", "userId": "t1", "event": "Traced", "messageId": "tr-1"}]
+        await router_pb2_grpc.RouterStub(channel).Ingest(
+            pb.IngestRequest(write_key=env.write_key, events_json=orjson.dumps(events)),
+            metadata=(("traceparent", f"00-{trace_id}-{'7a' * 8}-01"),),
+        )
+    [message] = await stored(nats_client, env.subject(env.other))
+    assert (message.headers or {})[streams.TRACEPARENT].startswith(f"00-{trace_id}-")
+
+
 async def test_a_client_sending_one_request_after_another_is_never_held(
     env: Env, nats_url: str, nats_client: NatsClient
 ) -> None:
