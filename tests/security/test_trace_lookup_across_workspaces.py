@@ -88,6 +88,18 @@ async def test_a_reused_messageid_finds_only_the_callers_own_trace(
                 metadata=auth(stranger),
             )
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+        # The same answer as for a messageId nobody sent: nothing tells that one exists.
+        with pytest.raises(grpc.aio.AioRpcError) as absent:
+            await executor.GetTrace(
+                executor_pb2.GetTraceRequest(
+                    parent=f"workspaces/{stranger_ws}", message_id=message_id + "-never-sent"
+                ),
+                metadata=auth(stranger),
+            )
+        assert absent.value.code() == grpc.StatusCode.NOT_FOUND
+        details = refused.value.details() or ""
+        assert details == (absent.value.details() or "").replace("-never-sent", "")
+        assert "ask again shortly" in details
 
 
 async def test_a_trace_id_shared_with_another_workspace_shows_each_only_its_spans(
