@@ -5,7 +5,8 @@ Baselines, measured first in the same run against the same embedded NATS (file s
 per message, to the instance's EVENTS subject with a unique `Nats-Msg-Id` as the router sends.
 Then the router (in this process) under load from a child process: HTTP `/v1/batch` (100 events
 per request) and `/v1/track` with aiohttp, gRPC `Ingest` and `IngestStream` (100 per request).
-Prints events/s and each as a ratio to its baseline.
+Prints events/s and each as a ratio to its baseline, and the router's CPU per event (this
+process's, the load generator being a child).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import multiprocessing
 import time
 import uuid
+from collections.abc import Awaitable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import AsyncExitStack
 
@@ -68,8 +70,18 @@ async def raw_publish(nats_url: str, subject: str, per_message: int, messages: i
     return len(futures) * per_message / elapsed
 
 
-def _show(label: str, load: Load, baseline: float, of: str) -> None:
+async def _measured(run: Awaitable[Load]) -> tuple[Load, float]:
+    """Await a load and return it with this process's CPU per event meanwhile (µs): the
+    router's, steadier than events/s on a shared machine (the load runs in a child)."""
+    started = time.process_time()
+    load = await run
+    return load, (time.process_time() - started) / max(load.events, 1) * 1e6
+
+
+def _show(label: str, measured: tuple[Load, float], baseline: float, of: str) -> None:
+    load, cpu = measured
     line(label, load.rate, "events/s", baseline, of)
+    print(f"    router CPU {cpu:.2f} µs/event", flush=True)
     if load.failures:
         print(f"    ({load.failures} requests refused)", flush=True)
 
@@ -98,13 +110,17 @@ async def run() -> None:
             addr = f"127.0.0.1:{router.grpc_port}"
             key = control.write_key
             print("  router (load from a child process):", flush=True)
-            batch = await in_child(pool, http_load, http, key, PACK, 5000, 32, SECONDS)
+            batch = await _measured(in_child(pool, http_load, http, key, PACK, 5000, 32, SECONDS))
             _show(f"HTTP /v1/batch ({PACK} per request, 32 conns)", batch, packs, "raw packs")
-            one = await in_child(pool, http_load, http, key, 1, 15_000, 64, SECONDS)
+            one = await _measured(in_child(pool, http_load, http, key, 1, 15_000, 64, SECONDS))
             _show("HTTP /v1/track (64 conns)", one, single, "raw 1-event publish")
-            unary = await in_child(pool, grpc_load, addr, key, PACK, 5000, 16, SECONDS, False)
+            unary = await _measured(
+                in_child(pool, grpc_load, addr, key, PACK, 5000, 16, SECONDS, False)
+            )
             _show(f"gRPC Ingest ({PACK} per call, 16 in flight)", unary, packs, "raw packs")
-            streamed = await in_child(pool, grpc_load, addr, key, PACK, 5000, 4, SECONDS, True)
+            streamed = await _measured(
+                in_child(pool, grpc_load, addr, key, PACK, 5000, 4, SECONDS, True)
+            )
             _show(
                 f"gRPC IngestStream ({PACK} per message, 4 streams)", streamed, packs, "raw packs"
             )
