@@ -5,6 +5,7 @@ extraction."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
@@ -224,17 +225,8 @@ class _Stream(_Call):
         return gate
 
 
-class _NoSpan:
-    """The `with` block of a call that gets no span (health checks, the config stream)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_NO_SPAN = _NoSpan()
+# The `with` block of a call that gets no span (health checks, the config stream).
+_NO_SPAN = contextlib.nullcontext()
 
 
 def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
