@@ -1,21 +1,25 @@
 """Ingest benchmark: raw JetStream publish (the ceiling) vs the router's HTTP and gRPC ingest.
 
-Baselines, measured first in the same run against the same embedded NATS (file storage,
-`sync_interval: always`): pipelined `publish_async` of packs of 100 events and of one event
-per message, to the instance's EVENTS subject with a unique `Nats-Msg-Id` as the router sends.
-Then the router (in this process) under load from a child process: HTTP `/v1/batch` (100 events
-per request) and `/v1/track` with aiohttp, gRPC `Ingest` and `IngestStream` (100 per request).
-Prints events/s and each as a ratio to its baseline, and the router's CPU per event (this
-process's, the load generator being a child).
+Baselines, against the same embedded NATS (file storage, `sync_interval: always`): pipelined
+`publish_async` of packs of 100 events or of one event per message, to the instance's EVENTS
+subject with a unique `Nats-Msg-Id` as the router sends. The router (in this process) runs
+under load from a child process: HTTP `/v1/batch` (100 events per request) and `/v1/track`
+with aiohttp, gRPC `Ingest` and `IngestStream` (100 per request). Each load's baseline is
+measured right before it (a shared machine's speed moves within a run: one baseline for all
+loads compared the last ones with another moment's machine). Prints events/s, each as a ratio
+to its baseline, and the router's CPU per event (this process's, the load generator being a
+child). BENCH_ROUNDS (default 1) repeats the loads and prints each ratio's median too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import statistics
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import AsyncExitStack
 
@@ -40,6 +44,7 @@ from services.common.service import tune_gc
 
 PACK = 100
 SECONDS = 20.0  # cap on each timed phase
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1"))
 CODE = "async function onTrack(event, settings) {}"
 
 
@@ -87,7 +92,7 @@ def _show(label: str, measured: tuple[Load, float], baseline: float, of: str) ->
 
 
 async def run() -> None:
-    """Start the servers, measure the baselines, then the router."""
+    """Start the servers, then measure each load of the router after its baseline."""
     header("bench.ingest: router ingest vs raw JetStream publish")
     with servers() as srv:
         async with AsyncExitStack() as stack:
@@ -100,30 +105,48 @@ async def run() -> None:
             pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
             stack.callback(pool.shutdown)
 
-            packs = await raw_publish(srv.nats.url, subject, PACK, 6000)
-            single = await raw_publish(srv.nats.url, subject, 1, 15_000)
-            print("  baselines (pipelined publish_async, this process):", flush=True)
-            line(f"raw JetStream publish, packs of {PACK}", packs, "events/s")
-            line("raw JetStream publish, 1 event per message", single, "events/s")
-
             http = f"http://127.0.0.1:{router.http_port}"
             addr = f"127.0.0.1:{router.grpc_port}"
             key = control.write_key
-            print("  router (load from a child process):", flush=True)
-            batch = await _measured(in_child(pool, http_load, http, key, PACK, 5000, 32, SECONDS))
-            _show(f"HTTP /v1/batch ({PACK} per request, 32 conns)", batch, packs, "raw packs")
-            one = await _measured(in_child(pool, http_load, http, key, 1, 15_000, 64, SECONDS))
-            _show("HTTP /v1/track (64 conns)", one, single, "raw 1-event publish")
-            unary = await _measured(
-                in_child(pool, grpc_load, addr, key, PACK, 5000, 16, SECONDS, False)
-            )
-            _show(f"gRPC Ingest ({PACK} per call, 16 in flight)", unary, packs, "raw packs")
-            streamed = await _measured(
-                in_child(pool, grpc_load, addr, key, PACK, 5000, 4, SECONDS, True)
-            )
-            _show(
-                f"gRPC IngestStream ({PACK} per message, 4 streams)", streamed, packs, "raw packs"
-            )
+            loads: list[tuple[str, int, Callable[[], Awaitable[Load]]]] = [
+                (
+                    f"HTTP /v1/batch ({PACK} per request, 32 conns)",
+                    PACK,
+                    lambda: in_child(pool, http_load, http, key, PACK, 5000, 32, SECONDS),
+                ),
+                (
+                    "HTTP /v1/track (64 conns)",
+                    1,
+                    lambda: in_child(pool, http_load, http, key, 1, 15_000, 64, SECONDS),
+                ),
+                (
+                    f"gRPC Ingest ({PACK} per call, 16 in flight)",
+                    PACK,
+                    lambda: in_child(pool, grpc_load, addr, key, PACK, 5000, 16, SECONDS, False),
+                ),
+                (
+                    f"gRPC IngestStream ({PACK} per message, 4 streams)",
+                    PACK,
+                    lambda: in_child(pool, grpc_load, addr, key, PACK, 5000, 4, SECONDS, True),
+                ),
+            ]
+            ratios: dict[str, list[float]] = {label: [] for label, _, _ in loads}
+            for round_ in range(ROUNDS):
+                if ROUNDS > 1:
+                    print(f"  round {round_ + 1} of {ROUNDS}:", flush=True)
+                for label, per_message, load in loads:
+                    baseline = await raw_publish(
+                        srv.nats.url, subject, per_message, 6000 if per_message > 1 else 15_000
+                    )
+                    of = f"raw packs of {PACK}" if per_message > 1 else "raw 1-event publish"
+                    line(f"baseline: {of}", baseline, "events/s")
+                    measured = await _measured(load())
+                    _show(label, measured, baseline, of)
+                    ratios[label].append(measured[0].rate / baseline)
+            if ROUNDS > 1:
+                print("  median ratio to the baseline measured before each load:", flush=True)
+                for label, values in ratios.items():
+                    print(f"  {label:<55} {statistics.median(values):6.2f} ×", flush=True)
             print(f"  router stats: {router.ingestor.stats}", flush=True)
 
 
