@@ -3,7 +3,7 @@ messages, so the fsync each message costs is paid once for many requests.
 
 Packs of one instance's subject wait in its lane and go out merged (up to the pack cap), one
 message at a time: while a publish is in flight, later packs wait for its acknowledgement.
-While requests for the subject come at least twice per `window` (5 ms by default,
+While requests for the subject come at least twice per `window` (10 ms by default,
 `EVENTFN_ROUTER_COALESCE_WINDOW_MS`), waiting packs are also held until the oldest of them
 has waited the window, until every sender seen in the last 100 ms has a pack waiting, or
 until they hold 100 events (batches share their message's costs already; larger messages
@@ -16,9 +16,11 @@ latency does not grow. A request is answered only once every pack holding
 its events is acknowledged.
 
 Every message costs an fsync, a delivery, an executor pass and a V8 worker frame: at 1,000
-single-event requests/s from many connections the window makes ≈ 7 events a message (≈ 2.3
-with the earlier 2 ms window held only by an idle lane), and the platform's CPU per event
-falls by about a fifth, for a few ms more median latency.
+single-event requests/s from many connections a 10 ms window makes ≈ 12 events a message (≈ 7
+with 5 ms, ≈ 2.3 with 2 ms held only by an idle lane). From 5 to 10 ms the platform's CPU
+per event fell by a tenth at 500–2,000 requests/s (`bench latency`: 2.11–2.16× the load
+generator's against 2.38–2.40× at 1,000/s), for ≈ 5 ms more median latency there (p99 21–22
+ms); below 200 requests/s per instance nothing waits.
 
 A merged pack's dedupe id covers all its messageIds, so it no longer matches a client's
 retry of one of its requests; `RecentIds` keeps, per instance, the messageIds stored in the
@@ -43,7 +45,7 @@ from services.common.telemetry import message_ids
 
 Publish = Callable[[str, bytes, dict[str, str]], Awaitable[Awaitable[object]]]
 MAX_TRACE_LINKS = 16
-WINDOW_SECONDS = 0.005
+WINDOW_SECONDS = 0.010
 # Weight of the newest gap between two requests of a subject in its running average.
 GAP_WEIGHT = 0.3
 MAX_SUBJECTS = 10_000

@@ -171,8 +171,8 @@ async def test_a_window_opens_only_while_requests_come_at_least_twice_per_window
 
 
 async def test_requests_coming_less_than_twice_per_window_never_wait() -> None:
-    """At a steady rate under two requests per window (300 requests/s against the default
-    5 ms), each request's pack goes out at once: the window would cost them latency and
+    """At a steady rate under two requests per window (150 requests/s against the default
+    10 ms), each request's pack goes out at once: the window would cost them latency and
     gather almost nothing."""
     published, publish = _recording()
     window = 1.0  # long, so that a stall of a loaded machine is not taken for a wait
