@@ -146,7 +146,7 @@ async def run() -> None:
             if ROUNDS > 1:
                 print("  median ratio to the baseline measured before each load:", flush=True)
                 for label, values in ratios.items():
-                    print(f"  {label:<55} {statistics.median(values):6.2f} ×", flush=True)
+                    print(f"  {label:<52} {statistics.median(values):6.2f} ×", flush=True)
             print(f"  router stats: {router.ingestor.stats}", flush=True)
 
 

@@ -55,8 +55,9 @@ class NotFound(EventfnError):
     code = grpc.StatusCode.NOT_FOUND
     reason = "NOT_FOUND"
 
-    def __init__(self, kind: str, object_id: str) -> None:
-        super().__init__(f"{kind} {object_id!r} not found")
+    def __init__(self, kind: str, object_id: str, hint: str = "") -> None:
+        """`hint`: what the caller may do about it, added to the message."""
+        super().__init__(f"{kind} {object_id!r} not found" + (f": {hint}" if hint else ""))
         self.kind = kind
         self.object_id = object_id
 

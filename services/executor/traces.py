@@ -21,20 +21,14 @@ _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 CheckInstance = Callable[[grpc.aio.ServicerContext, str], Awaitable[object]]
 
 
-class TraceNotFound(NotFound):
-    """No journey the caller may read is stored for this messageId or trace id: the same
-    answer whether there is none or it is another workspace's. It says when spans arrive,
-    since the first place a new user looks is an event sent a moment ago."""
-
-    def __init__(self, target: str) -> None:
-        super().__init__("trace", target)
-        self.message = (
-            f"no journey of {target!r} is stored (yet): an event's spans reach the trace store "
-            "a few seconds after its delivery (the span processors export every 5 s, "
-            "OTEL_BSP_SCHEDULE_DELAY) and stay an hour (EVENTFN_TRACE_RETENTION_SECONDS); "
-            "for an event sent just now, ask again shortly"
-        )
-        self.args = (self.message,)
+# Said of every trace not found (the same whether there is none or it is another workspace's):
+# the first place a new user looks is an event sent a moment ago.
+NOT_STORED_YET = (
+    "no journey is stored for it (yet): an event's spans reach the trace store a few seconds "
+    "after its delivery (the span processors export every 5 s, OTEL_BSP_SCHEDULE_DELAY) and "
+    "stay an hour (EVENTFN_TRACE_RETENTION_SECONDS); for an event sent just now, ask again "
+    "shortly"
+)
 
 
 def span_message(span: dict[str, Any]) -> pb.TraceSpan:
@@ -79,7 +73,7 @@ async def get_trace(
     """
     workspace = names.parse_workspace("parent", request.parent)
     which = request.WhichOneof("target")
-    missing = TraceNotFound(request.message_id or request.trace_id)
+    missing = NotFound("trace", request.message_id or request.trace_id, NOT_STORED_YET)
     if which == "trace_id":
         trace_id = request.trace_id.lower()
         if not _TRACE_ID.match(trace_id):
