@@ -85,7 +85,9 @@ async def serve_http(
         lifespan="off",
         access_log=False,
         log_level="warning",
-        limit_concurrency=max_connections,
+        # uvicorn refuses a request once the open connections, its own included, reach the
+        # limit: max_connections + 1 serves every request of max_connections connections.
+        limit_concurrency=max_connections + 1,
         timeout_keep_alive=keepalive_seconds,
         backlog=4096,
     )

@@ -1,4 +1,4 @@
-"""The router's HTTP server sends each answer in one write."""
+"""The router's HTTP server: each answer in one write, and its connection limit."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import aiohttp
 
 from services.router.http_server import _GatheringTransport, serve_http
+from tests.eventually import eventually
 
 
 class Recording(asyncio.Transport):
@@ -100,6 +101,37 @@ async def test_pipelined_requests_get_their_answers_whole_and_in_order() -> None
             got.append((await reader.readexactly(length)).decode())
         assert got == paths
         writer.close()
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def test_as_many_connections_as_the_limit_are_all_served_and_one_more_is_refused() -> None:
+    async def app(scope: dict, receive: object, send: object) -> None:
+        start = {"type": "http.response.start", "status": 200, "headers": []}
+        await send(start)  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+
+    server, task, port = await serve_http(
+        app, "127.0.0.1", 0, max_connections=10, keepalive_seconds=5
+    )
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    async def status(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        writer.write(request)
+        return (await asyncio.wait_for(reader.readline(), 5)).split()[1]
+
+    try:
+        # All ten are open before any sends a request (as under a burst of new clients).
+        streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(10)]
+        await eventually(
+            lambda: len(server.server_state.connections), "ten connections", until=(10).__eq__
+        )
+        assert await asyncio.gather(*(status(*s) for s in streams)) == [b"200"] * 10
+        extra = await asyncio.open_connection("127.0.0.1", port)
+        assert await status(*extra) == b"503"
+        for _, writer in [*streams, extra]:
+            writer.close()
     finally:
         server.should_exit = True
         await task
