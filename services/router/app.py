@@ -111,6 +111,7 @@ async def start_router(settings: RouterSettings, stack: AsyncExitStack) -> Runni
         pack_bytes=settings.router_pack_bytes,
         publish_timeout=settings.router_publish_timeout_seconds,
         coalesce_window=settings.router_coalesce_window_ms / 1000,
+        coalesce_min_rate=settings.router_coalesce_min_rate,
         recorder=recorder,
         metrics=RouterMetrics(metrics.meter),
     )

@@ -44,7 +44,13 @@ from services.common.telemetry import MESSAGE_IDS_ATTRIBUTE, PROPAGATOR, message
 from services.common.telemetry import extract as extract_trace
 from services.common.tracer import get_tracer
 from services.filters.actions import apply_filters
-from services.router.coalesce import WINDOW_SECONDS, Coalescer, Outbound, RecentIds
+from services.router.coalesce import (
+    BUSY_RATE,
+    WINDOW_SECONDS,
+    Coalescer,
+    Outbound,
+    RecentIds,
+)
 from services.router.config import Route, RouteTable, SourceRoutes
 from services.router.integrations import wants
 from services.router.observe import RouterMetrics
@@ -189,6 +195,7 @@ class Ingestor:
         pack_bytes: int = DEFAULT_PACK_BYTES,
         publish_timeout: float = 5.0,
         coalesce_window: float = WINDOW_SECONDS,
+        coalesce_min_rate: float = BUSY_RATE,
         recorder: DeliveryRecorder | None = None,
         metrics: RouterMetrics | None = None,
     ) -> None:
@@ -205,6 +212,7 @@ class Ingestor:
             timeout=publish_timeout,
             recent=RecentIds(),
             window=coalesce_window,
+            busy_rate=coalesce_min_rate,
         )
         self.stats = RouterStats()
 

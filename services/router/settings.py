@@ -7,7 +7,7 @@ from pydantic import Field, field_validator
 from services.common.packs import DEFAULT_PACK_BYTES
 from services.common.settings import DataPlaneSettings
 from services.router.browser_settings import parse_public_url
-from services.router.coalesce import WINDOW_SECONDS
+from services.router.coalesce import BUSY_RATE, WINDOW_SECONDS
 from services.router.cors import CorsPolicy
 from services.router.normalize import BATCH_MAX_BYTES
 
@@ -32,10 +32,14 @@ class RouterSettings(DataPlaneSettings):
     # Largest raw (possibly gzip-compressed) HTTP body read before refusing it.
     router_max_body_bytes: int = BATCH_MAX_BYTES
     # Longest wait (ms) of a pack for the next requests' packs to share its JetStream
-    # message, while requests to its instance come at least twice that often (at lower rates
-    # none waits); it ends sooner once every recent sender has a pack waiting or the packs
-    # hold 100 events. 0: only requests arriving during a publish share the next one.
+    # message, while requests to its instance come at least twice that often and at the
+    # minimum rate below (at lower rates none waits); it ends sooner once every recent
+    # sender has a pack waiting or the packs hold 100 events. 0: only requests arriving
+    # during a publish share the next one.
     router_coalesce_window_ms: float = Field(default=WINDOW_SECONDS * 1000, ge=0.0, le=100.0)
+    # Requests a second to one instance (per router) from which their packs are held for the
+    # coalescing window; below it each request's events go out at once.
+    router_coalesce_min_rate: float = Field(default=BUSY_RATE, gt=0.0)
     # How long a request waits for its JetStream acknowledgements before answering 503.
     router_publish_timeout_seconds: float = 5.0
     # Publishes in flight at once, over all requests; more requests wait (back-pressure).

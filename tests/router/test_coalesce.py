@@ -13,7 +13,15 @@ from pydantic import ValidationError
 
 from services.common.packs import dedupe_id, merged_dedupe_id, pack_events
 from services.common.streams import COUNT, MSG_ID, TRACE_LINKS, TRACEPARENT
-from services.router.coalesce import HOLD_EVENTS, Coalescer, Outbound, Publish, RecentIds, merge
+from services.router.coalesce import (
+    BUSY_RATE,
+    HOLD_EVENTS,
+    Coalescer,
+    Outbound,
+    Publish,
+    RecentIds,
+    merge,
+)
 from services.router.settings import RouterSettings
 
 SUBJECT = "events.ws_1.ins_1"
@@ -120,6 +128,19 @@ def test_recent_ids_remember_at_least_their_window_and_forget_after_twice_it(
         stored[f"m{i}"] = now[0]
 
 
+def scaled(publish: Publish, window: float, max_bytes: int = 100_000) -> Coalescer:
+    """A coalescer with a long window (a stall of a loaded machine is not taken for a wait)
+    holding from two requests per window, however slow that rate."""
+    return Coalescer(
+        publish,
+        max_bytes=max_bytes,
+        timeout=5,
+        recent=RecentIds(),
+        window=window,
+        busy_rate=2 / window,
+    )
+
+
 async def test_requests_arriving_during_a_publish_share_the_next_message() -> None:
     release = asyncio.Event()
     published, publish = _recording(release)
@@ -148,7 +169,7 @@ async def test_a_window_opens_only_while_requests_come_at_least_twice_per_window
     request after a quiet spell is published at once (low rates keep their latency)."""
     published, publish = _recording()
     window = 0.5  # long, so that a stall of a loaded machine is not taken for a wait
-    coalescer = Coalescer(publish, max_bytes=100_000, timeout=5, recent=RecentIds(), window=window)
+    coalescer = scaled(publish, window)
     loop = asyncio.get_running_loop()
     started = loop.time()
     await coalescer.submit(outbound(["first"]))  # nothing came before: no window
@@ -171,16 +192,32 @@ async def test_a_window_opens_only_while_requests_come_at_least_twice_per_window
 
 
 async def test_requests_coming_less_than_twice_per_window_never_wait() -> None:
-    """At a steady rate under two requests per window (150 requests/s against the default
-    10 ms), each request's pack goes out at once: the window would cost them latency and
+    """At a steady rate under two requests per window (75 requests/s against the default
+    20 ms), each request's pack goes out at once: the window would cost them latency and
     gather almost nothing."""
     published, publish = _recording()
     window = 1.0  # long, so that a stall of a loaded machine is not taken for a wait
-    coalescer = Coalescer(publish, max_bytes=100_000, timeout=5, recent=RecentIds(), window=window)
+    coalescer = scaled(publish, window)
     loop = asyncio.get_running_loop()
     for i in range(4):
         if i:
             await asyncio.sleep(0.6 * window)  # gaps between half the window and the window
+        started = loop.time()
+        await coalescer.submit(outbound([f"r{i}"]))
+        assert loop.time() - started < window / 2
+    assert published == [[f"r{i}"] for i in range(4)]
+
+
+async def test_requests_under_the_minimum_rate_never_wait_however_long_the_window() -> None:
+    """Under 200 requests/s (gaps over 5 ms) nothing waits, even with a window long enough to
+    hold them: a window of 20 ms would otherwise hold requests from 100/s."""
+    published, publish = _recording()
+    window = 1.0
+    coalescer = Coalescer(publish, max_bytes=100_000, timeout=5, recent=RecentIds(), window=window)
+    loop = asyncio.get_running_loop()
+    for i in range(4):
+        if i:
+            await asyncio.sleep(4 / BUSY_RATE)  # far under half the window
         started = loop.time()
         await coalescer.submit(outbound([f"r{i}"]))
         assert loop.time() - started < window / 2
@@ -192,7 +229,7 @@ async def test_a_sender_alone_is_never_held_however_fast_it_sends() -> None:
     never add to a window: its requests go out at once, one message each."""
     published, publish = _recording()
     window = 1.0
-    coalescer = Coalescer(publish, max_bytes=100_000, timeout=5, recent=RecentIds(), window=window)
+    coalescer = scaled(publish, window)
     loop = asyncio.get_running_loop()
     for i in range(6):
         started = loop.time()
@@ -207,7 +244,7 @@ async def test_a_window_closes_once_every_recent_sender_has_a_pack_in_it() -> No
     ends."""
     published, publish = _recording()
     window = 1.0
-    coalescer = Coalescer(publish, max_bytes=100_000, timeout=5, recent=RecentIds(), window=window)
+    coalescer = scaled(publish, window)
     loop = asyncio.get_running_loop()
     senders = [("10.0.0.1", port) for port in (5000, 5001, 5002)]
     for round_ in range(3):
@@ -230,7 +267,7 @@ async def test_packs_arriving_during_a_publish_are_held_for_a_window_too() -> No
     release = asyncio.Event()
     published, publish = _recording(release)
     window = 0.4
-    coalescer = Coalescer(publish, max_bytes=100_000, timeout=5, recent=RecentIds(), window=window)
+    coalescer = scaled(publish, window)
     loop = asyncio.get_running_loop()
     first = coalescer.submit(outbound(["r0"]))  # nothing came before: published at once
     await asyncio.sleep(0)
@@ -250,9 +287,7 @@ async def test_packs_of_a_hundred_events_are_never_held() -> None:
     waits for more."""
     published, publish = _recording()
     window = 1.0
-    coalescer = Coalescer(
-        publish, max_bytes=1_000_000, timeout=5, recent=RecentIds(), window=window
-    )
+    coalescer = scaled(publish, window, max_bytes=1_000_000)
     loop = asyncio.get_running_loop()
     for round_ in range(4):
         started = loop.time()
@@ -270,3 +305,9 @@ async def test_packs_of_a_hundred_events_are_never_held() -> None:
 def test_a_window_out_of_range_is_refused_at_start(value: str) -> None:
     with pytest.raises(ValidationError, match="router_coalesce_window_ms"):
         RouterSettings.model_validate({"router_coalesce_window_ms": value})
+
+
+@pytest.mark.parametrize("value", ["0", "-200", "often"])
+def test_a_minimum_rate_that_is_not_positive_is_refused_at_start(value: str) -> None:
+    with pytest.raises(ValidationError, match="router_coalesce_min_rate"):
+        RouterSettings.model_validate({"router_coalesce_min_rate": value})
