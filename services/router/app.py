@@ -150,6 +150,7 @@ async def start_router(settings: RouterSettings, stack: AsyncExitStack) -> Runni
         port,
         max_connections=settings.router_http_max_connections,
         keepalive_seconds=settings.router_http_keepalive_seconds,
+        refuse=app.refuse,
     )
 
     async def stop_http() -> None:

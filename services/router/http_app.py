@@ -120,6 +120,15 @@ class TrackingApp:
         self._cors = cors or CorsPolicy()
         self._public_endpoint = public_endpoint
 
+    async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer a request that came while the router serves all the connections it may."""
+        if scope["type"] != "http":
+            return
+        cors = self._cors.response_headers(dict(scope["headers"]).get(b"origin"))
+        message = "the router is serving all the connections it may; retry shortly"
+        error = HttpError(503, "unavailable", message, headers=[(b"connection", b"close")])
+        await self._send_error(send, error, cors)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one HTTP request."""
         if scope["type"] != "http":

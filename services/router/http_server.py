@@ -5,18 +5,21 @@ uvicorn writes a response's status line and headers, then its body, each with a 
 its own: two sends for a small answer, and a client that reads the head before the body
 has arrived may give up the connection (aiohttp closes one whose answer it has not read to
 the end). `_OneWriteProtocol` hands uvicorn a transport that gathers what is written in one
-step of the event loop and sends it at the end of that step.
+step of the event loop and sends it at the end of that step. A request over the connection
+limit is answered by the caller's `refuse` app instead of uvicorn's plain-text 503.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 App = Callable[[Any, Any, Any], Awaitable[None]]
@@ -52,7 +55,15 @@ class _GatheringTransport:
 
 
 class _OneWriteProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, writing through a `_GatheringTransport`."""
+    """uvicorn's httptools protocol, writing through a `_GatheringTransport`; requests over
+    the connection limit go to `refuse`."""
+
+    def __init__(self, *args: Any, refuse: App, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._refuse = refuse
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        super()._start_asgi_task(cycle, self._refuse if app is service_unavailable else app)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         gathering = _GatheringTransport(transport, asyncio.get_running_loop())
@@ -74,14 +85,17 @@ async def serve_http(
     *,
     max_connections: int,
     keepalive_seconds: int,
+    refuse: App,
 ) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
-    """Start uvicorn (httptools) for the app on the running loop; return it and its port."""
+    """Start uvicorn (httptools) for the app on the running loop; return it and its port.
+
+    `refuse` answers the requests that come while `max_connections` others are open."""
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="none",
-        http=_OneWriteProtocol,
+        http=functools.partial(_OneWriteProtocol, refuse=refuse),  # type: ignore[arg-type]
         lifespan="off",
         access_log=False,
         log_level="warning",

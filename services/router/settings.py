@@ -46,7 +46,7 @@ class RouterSettings(DataPlaneSettings):
     router_max_pending_publishes: int = 4000
     # Seconds a client is told to wait (Retry-After) when the router cannot take traffic.
     router_retry_after_seconds: int = 5
-    # HTTP connections served at once; more are refused by uvicorn with 503.
+    # HTTP connections served at once; a request on one more gets 503 with Retry-After.
     router_http_max_connections: int = 10_000
     # Seconds an idle keep-alive HTTP connection is kept.
     router_http_keepalive_seconds: int = 5

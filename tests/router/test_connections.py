@@ -1,5 +1,5 @@
-"""10,000 concurrent connections on loopback: the router answers each (200, or 503 when over
-its bound) and stays up; nothing crashes, memory stays bounded."""
+"""10,000 concurrent connections on loopback: the router answers each (200, or 503 with
+Retry-After when over its bound) and stays up; nothing crashes, memory stays bounded."""
 
 from __future__ import annotations
 

@@ -10,6 +10,13 @@ from services.router.http_server import _GatheringTransport, serve_http
 from tests.eventually import eventually
 
 
+async def refuse(scope: dict, receive: object, send: object) -> None:
+    """The answer to a request over the connection limit (the router's says more)."""
+    start = {"type": "http.response.start", "status": 503, "headers": [(b"x-refused", b"1")]}
+    await send(start)  # type: ignore[operator]
+    await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+
+
 class Recording(asyncio.Transport):
     """A transport that keeps what it is asked to send."""
 
@@ -61,7 +68,7 @@ async def test_a_client_that_reads_only_the_status_keeps_its_connection() -> Non
         await send({"type": "http.response.body", "body": b"{}"})  # type: ignore[operator]
 
     server, task, port = await serve_http(
-        app, "127.0.0.1", 0, max_connections=10, keepalive_seconds=5
+        app, "127.0.0.1", 0, max_connections=10, keepalive_seconds=5, refuse=refuse
     )
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
@@ -88,7 +95,7 @@ async def test_pipelined_requests_get_their_answers_whole_and_in_order() -> None
         await send({"type": "http.response.body", "body": body})  # type: ignore[operator]
 
     server, task, port = await serve_http(
-        app, "127.0.0.1", 0, max_connections=10, keepalive_seconds=5
+        app, "127.0.0.1", 0, max_connections=10, keepalive_seconds=5, refuse=refuse
     )
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -113,13 +120,16 @@ async def test_as_many_connections_as_the_limit_are_all_served_and_one_more_is_r
         await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
 
     server, task, port = await serve_http(
-        app, "127.0.0.1", 0, max_connections=10, keepalive_seconds=5
+        app, "127.0.0.1", 0, max_connections=10, keepalive_seconds=5, refuse=refuse
     )
     request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 
     async def status(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
         writer.write(request)
-        return (await asyncio.wait_for(reader.readline(), 5)).split()[1]
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        code = head.split()[1]
+        assert (code == b"503") == (b"x-refused: 1" in head)  # refused by the given app
+        return code
 
     try:
         # All ten are open before any sends a request (as under a burst of new clients).

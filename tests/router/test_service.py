@@ -426,6 +426,37 @@ async def test_a_client_sending_one_request_after_another_is_never_held(
     assert kept == [f"seq-{i}" for i in range(8)]
 
 
+async def test_a_request_over_the_connection_limit_gets_the_routers_own_503(
+    env: Env, nats_url: str
+) -> None:
+    """With all the connections it may serve open, the router answers the next request with
+    its JSON error and Retry-After (not uvicorn's plain text), and closes the connection."""
+    settings = router_settings(nats_url, f"127.0.0.1:{env.registry.port}").model_copy(
+        update={"router_http_max_connections": 2, "router_retry_after_seconds": 7}
+    )
+    health = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    async with AsyncExitStack() as stack:
+        router = await start_router(settings, stack)
+        await router.watcher.wait_until(lambda v: env.other in v.instances)
+        streams_open = []
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", router.http_port)
+            stack.callback(writer.close)
+            writer.write(health)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            streams_open.append((reader, head))
+        assert [h.split()[1] for _, h in streams_open] == [b"200", b"200", b"503"]
+        reader, head = streams_open[2]
+        fields = dict(
+            line.split(b": ", 1) for line in head.lower().split(b"\r\n")[1:] if b": " in line
+        )
+        assert fields[b"retry-after"] == b"7" and fields[b"connection"] == b"close"
+        body = orjson.loads(await reader.readexactly(int(fields[b"content-length"])))
+        assert body["success"] is False and body["code"] == "unavailable"
+        assert "connections" in body["message"]
+        assert await reader.read() == b""  # closed
+
+
 async def test_new_instance_is_routed_without_restart(env: Env, nats_client: NatsClient) -> None:
     third = await _instance(env.registry, env.owner, "Third", env.source_id)
     await env.router.watcher.wait_until(lambda v: third in v.instances)
