@@ -4,24 +4,24 @@ messages, so the fsync each message costs is paid once for many requests.
 Packs of one instance's subject wait in its lane and go out merged (up to the pack cap), one
 message at a time: while a publish is in flight, later packs wait for its acknowledgement.
 While requests for the subject come at least twice per `window` (20 ms by default,
-`EVENTFN_ROUTER_COALESCE_WINDOW_MS`) and at least 200 a second (`busy_rate`,
-`EVENTFN_ROUTER_COALESCE_MIN_RATE`), waiting
-packs are also held until the oldest of them has waited the window, until every sender seen
-in the last 100 ms has a pack waiting, or until they hold 100 events (batches share their
-message's costs already; larger messages only add latency). An HTTP connection sends its
-next request only after its answer, so once every connection seen lately is in nothing else
-can come: a client sending one request after another is never held, and a few in step leave
-together at once. A gRPC peer (one channel) counts as one sender: its concurrent calls are
-never held for each other, they share messages only while a publish is in flight. Below 200
-requests a second per instance nothing is held, so latency at low rates does not grow. A
-request is answered only once every pack holding its events is acknowledged.
+`EVENTFN_ROUTER_COALESCE_WINDOW_MS`) and at least `busy_rate` a second (200 by default,
+`EVENTFN_ROUTER_COALESCE_MIN_RATE`), waiting packs are also held until the oldest of them has
+waited the window, until every sender seen in the last 100 ms has a pack waiting, or until
+they hold 100 events (batches share their message's costs already; larger messages only add
+latency). An HTTP connection sends its next request only after its answer, so once every
+connection seen lately is in nothing else can come: a client sending one request after
+another is never held, and a few in step leave together at once. A gRPC peer (one channel)
+counts as one sender: its concurrent calls are never held for each other, they share
+messages only while a publish is in flight. At lower rates nothing is held, so their latency
+does not grow. A request is answered only once every pack holding its events is
+acknowledged.
 
 Every message costs an fsync, a delivery, an executor pass, a V8 worker frame and the trace
 records of each: at 1,000 single-event requests/s from many connections a 20 ms window makes
 ≈ 22 events a message (≈ 12 with 10 ms, ≈ 7 with 5). From 10 to 20 ms the platform's CPU per
-event fell by an eighth at 500 and 1,000 requests/s (`bench latency`: 1.82–1.83× the load
-generator's at 1,000/s against 2.01–2.09×), for ≈ 7 ms more median latency there (p50 18 ms,
-p99 29 ms: the lighter load steadied the tail).
+event fell by an eighth at 500 and 1,000 requests/s (`bench latency`, interleaved runs:
+1.82–1.83× the load generator's at 1,000/s against 2.01–2.09×), for ≈ 7 ms more median
+latency there (p50 18 ms; p99 29–31 ms, no worse: the lighter load steadies the tail).
 
 A merged pack's dedupe id covers all its messageIds, so it no longer matches a client's
 retry of one of its requests; `RecentIds` keeps, per instance, the messageIds stored in the
@@ -284,8 +284,7 @@ class Coalescer:
     def _worth_holding(self, lane: _Lane, flow: _Flow) -> bool:
         """Tell whether waiting packs should wait for more (until the oldest has waited a
         window): at least two more packs are due within one (and at `busy_rate` or faster),
-        a recent sender has none waiting, and they hold fewer than
-        HOLD_EVENTS events."""
+        a recent sender has none waiting, and they hold fewer than HOLD_EVENTS events."""
         return (
             flow.gap <= self._busy_gap
             and lane.events < HOLD_EVENTS
