@@ -6,7 +6,8 @@ its own: two sends for a small answer, and a client that reads the head before t
 has arrived may give up the connection (aiohttp closes one whose answer it has not read to
 the end). `_OneWriteProtocol` hands uvicorn a transport that gathers what is written in one
 step of the event loop and sends it at the end of that step. A request over the connection
-limit is answered by the caller's `refuse` app instead of uvicorn's plain-text 503.
+limit is answered by the caller's `refuse` app instead of uvicorn's plain-text 503, and
+logged at most every ten seconds with a count (uvicorn logs each one).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +26,42 @@ from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 App = Callable[[Any, Any, Any], Awaitable[None]]
+
+log = logging.getLogger(__name__)
+REFUSALS_LOGGED_EVERY = 10.0  # seconds
+_UVICORN_REFUSAL = "Exceeded concurrency limit."
+
+
+class _Refusals:
+    """Requests refused over the connection limit, logged at most every
+    REFUSALS_LOGGED_EVERY seconds with how many there were."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._count = 0
+        self._next = 0.0
+
+    def note(self, open_connections: int) -> None:
+        """Count one refusal; log the count when the last log is old enough."""
+        self._count += 1
+        now = time.monotonic()
+        if now < self._next:
+            return
+        log.warning(
+            "HTTP requests refused with 503, %d since the last such line (one at most every "
+            "%.0f s): %d connections open, the limit is %d (EVENTFN_ROUTER_HTTP_MAX_CONNECTIONS)",
+            self._count,
+            REFUSALS_LOGGED_EVERY,
+            open_connections,
+            self._limit,
+        )
+        self._count = 0
+        self._next = now + REFUSALS_LOGGED_EVERY
+
+
+def _not_uvicorns_refusal(record: logging.LogRecord) -> bool:
+    """Drop uvicorn's warning per refused request (`_Refusals` logs them with a count)."""
+    return record.msg != _UVICORN_REFUSAL
 
 
 class _GatheringTransport:
@@ -58,12 +97,16 @@ class _OneWriteProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, writing through a `_GatheringTransport`; requests over
     the connection limit go to `refuse`."""
 
-    def __init__(self, *args: Any, refuse: App, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, refuse: App, refusals: _Refusals, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._refuse = refuse
+        self._refusals = refusals
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-        super()._start_asgi_task(cycle, self._refuse if app is service_unavailable else app)
+        if app is service_unavailable:
+            self._refusals.note(len(self.connections))
+            app = self._refuse
+        super()._start_asgi_task(cycle, app)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         gathering = _GatheringTransport(transport, asyncio.get_running_loop())
@@ -95,7 +138,9 @@ async def serve_http(
         host=host,
         port=port,
         loop="none",
-        http=functools.partial(_OneWriteProtocol, refuse=refuse),  # type: ignore[arg-type]
+        http=functools.partial(  # type: ignore[arg-type]
+            _OneWriteProtocol, refuse=refuse, refusals=_Refusals(max_connections)
+        ),
         lifespan="off",
         access_log=False,
         log_level="warning",
@@ -105,6 +150,9 @@ async def serve_http(
         timeout_keep_alive=keepalive_seconds,
         backlog=4096,
     )
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if _not_uvicorns_refusal not in uvicorn_log.filters:
+        uvicorn_log.addFilter(_not_uvicorns_refusal)
     server = _InProcessServer(config)
     # Bind here: uvicorn would sys.exit() on a taken port, which no caller can handle.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -427,10 +428,11 @@ async def test_a_client_sending_one_request_after_another_is_never_held(
 
 
 async def test_a_request_over_the_connection_limit_gets_the_routers_own_503(
-    env: Env, nats_url: str
+    env: Env, nats_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """With all the connections it may serve open, the router answers the next request with
-    its JSON error and Retry-After (not uvicorn's plain text), and closes the connection."""
+    """With all the connections it may serve open, the router answers the next requests with
+    its JSON error and Retry-After (not uvicorn's plain text), closes their connections, and
+    logs them once with a count (not a line each)."""
     settings = router_settings(nats_url, f"127.0.0.1:{env.registry.port}").model_copy(
         update={"router_http_max_connections": 2, "router_retry_after_seconds": 7}
     )
@@ -438,23 +440,35 @@ async def test_a_request_over_the_connection_limit_gets_the_routers_own_503(
     async with AsyncExitStack() as stack:
         router = await start_router(settings, stack)
         await router.watcher.wait_until(lambda v: env.other in v.instances)
-        streams_open = []
-        for _ in range(3):
+        answers = []
+        for _ in range(2):  # kept open: keep-alive
+            reader, writer = await asyncio.open_connection("127.0.0.1", router.http_port)
+            stack.callback(writer.close)
+            writer.write(health)
+            answers.append(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10))
+        assert [h.split()[1] for h in answers] == [b"200", b"200"]
+        uvicorn_log = logging.getLogger("uvicorn.error")  # it does not propagate to the root
+        uvicorn_log.addHandler(caplog.handler)
+        stack.callback(uvicorn_log.removeHandler, caplog.handler)
+        caplog.clear()
+        for _ in range(2):
             reader, writer = await asyncio.open_connection("127.0.0.1", router.http_port)
             stack.callback(writer.close)
             writer.write(health)
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            streams_open.append((reader, head))
-        assert [h.split()[1] for _, h in streams_open] == [b"200", b"200", b"503"]
-        reader, head = streams_open[2]
-        fields = dict(
-            line.split(b": ", 1) for line in head.lower().split(b"\r\n")[1:] if b": " in line
-        )
-        assert fields[b"retry-after"] == b"7" and fields[b"connection"] == b"close"
-        body = orjson.loads(await reader.readexactly(int(fields[b"content-length"])))
-        assert body["success"] is False and body["code"] == "unavailable"
-        assert "connections" in body["message"]
-        assert await reader.read() == b""  # closed
+            assert head.split()[1] == b"503"
+            fields = dict(
+                line.split(b": ", 1) for line in head.lower().split(b"\r\n")[1:] if b": " in line
+            )
+            assert fields[b"retry-after"] == b"7" and fields[b"connection"] == b"close"
+            body = orjson.loads(await reader.readexactly(int(fields[b"content-length"])))
+            assert body["success"] is False and body["code"] == "unavailable"
+            assert "connections" in body["message"]
+            assert await reader.read() == b""  # closed
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    refusals = [m for m in logged if "refused with 503" in m]
+    assert len(refusals) == 1 and "EVENTFN_ROUTER_HTTP_MAX_CONNECTIONS" in refusals[0], logged
+    assert not [m for m in logged if "concurrency limit" in m], logged
 
 
 async def test_new_instance_is_routed_without_restart(env: Env, nats_client: NatsClient) -> None:
