@@ -41,6 +41,9 @@ from services.router.settings import RouterSettings
 BOOTSTRAP = "efn_bootstrap-bench-token-0123456789"
 SERVICE = "svc-bench-token-0123456789"
 CORES = os.cpu_count() or 1
+# Where in-process services listen (metrics included, served as in production): any free
+# port, so that a benchmark runs beside a platform on the default ports.
+FREE_PORT = "127.0.0.1:0"
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,8 @@ async def start_control(srv: Servers, stack: AsyncExitStack) -> Control:
     running = await start_registry(
         RegistrySettings(
             database_url=database_url,
-            registry_listen="127.0.0.1:0",
+            registry_listen=FREE_PORT,
+            registry_metrics_listen=FREE_PORT,
             state_dir=srv.root / "registry",
             bootstrap_token=BOOTSTRAP,
             service_token=SERVICE,
@@ -183,8 +187,9 @@ async def router_on(
 ) -> RunningRouter:
     """Start a router in-process against the control plane."""
     values: dict[str, Any] = {
-        "router_listen": "127.0.0.1:0",
-        "router_http_listen": "127.0.0.1:0",
+        "router_listen": FREE_PORT,
+        "router_http_listen": FREE_PORT,
+        "router_metrics_listen": FREE_PORT,
         "nats_url": nats_url,
         "registry_addr": control.addr,
         "service_token": SERVICE,
@@ -201,7 +206,8 @@ async def executor_on(
 ) -> RunningExecutor:
     """Start an executor (one V8 worker per core unless overridden) in-process."""
     values: dict[str, Any] = {
-        "executor_listen": "127.0.0.1:0",
+        "executor_listen": FREE_PORT,
+        "executor_metrics_listen": FREE_PORT,
         "nats_url": nats_url,
         "registry_addr": control.addr,
         "database_url": control.database_url,

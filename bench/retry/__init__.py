@@ -21,6 +21,7 @@ from contextlib import AsyncExitStack
 import uvloop
 
 from bench.common import (
+    FREE_PORT,
     SERVICE,
     Control,
     Sink,
@@ -90,7 +91,8 @@ async def storm(srv_nats: EmbeddedNats, control: Control, pool: ProcessPoolExecu
         executor = await executor_on(control, srv_nats.url, stack)
         retrier = await start_retrier(
             RetrierSettings(
-                retrier_listen="127.0.0.1:0",
+                retrier_listen=FREE_PORT,
+                retrier_metrics_listen=FREE_PORT,
                 nats_url=srv_nats.url,
                 registry_addr=control.addr,
                 service_token=SERVICE,
