@@ -9,6 +9,8 @@ measured right before it (a shared machine's speed moves within a run: one basel
 loads compared the last ones with another moment's machine). Prints events/s, each as a ratio
 to its baseline, and the router's CPU per event (this process's, the load generator being a
 child). BENCH_ROUNDS (default 1) repeats the loads and prints each ratio's median too.
+Last, the floors: the same gRPC and HTTP loads against servers that answer at once
+(`floors.py`), beside the router's CPU per request under each.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from bench.common import (
     start_control,
     track,
 )
+from bench.ingest.floors import floor_loads, start_floors
 from services.common import streams
 from services.common.service import tune_gc
 
@@ -46,6 +49,9 @@ PACK = 100
 SECONDS = 20.0  # cap on each timed phase
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1"))
 CODE = "async function onTrack(event, settings) {}"
+BATCH = f"HTTP /v1/batch ({PACK} per request, 32 conns)"
+UNARY = f"gRPC Ingest ({PACK} per call, 16 in flight)"
+STREAM = f"gRPC IngestStream ({PACK} per message, 4 streams)"
 
 
 async def raw_publish(nats_url: str, subject: str, per_message: int, messages: int) -> float:
@@ -110,7 +116,7 @@ async def run() -> None:
             key = control.write_key
             loads: list[tuple[str, int, Callable[[], Awaitable[Load]]]] = [
                 (
-                    f"HTTP /v1/batch ({PACK} per request, 32 conns)",
+                    BATCH,
                     PACK,
                     lambda: in_child(pool, http_load, http, key, PACK, 5000, 32, SECONDS),
                 ),
@@ -120,17 +126,18 @@ async def run() -> None:
                     lambda: in_child(pool, http_load, http, key, 1, 15_000, 64, SECONDS),
                 ),
                 (
-                    f"gRPC Ingest ({PACK} per call, 16 in flight)",
+                    UNARY,
                     PACK,
                     lambda: in_child(pool, grpc_load, addr, key, PACK, 5000, 16, SECONDS, False),
                 ),
                 (
-                    f"gRPC IngestStream ({PACK} per message, 4 streams)",
+                    STREAM,
                     PACK,
                     lambda: in_child(pool, grpc_load, addr, key, PACK, 5000, 4, SECONDS, True),
                 ),
             ]
             ratios: dict[str, list[float]] = {label: [] for label, _, _ in loads}
+            per_request: dict[str, list[float]] = {label: [] for label, _, _ in loads}
             for round_ in range(ROUNDS):
                 if ROUNDS > 1:
                     print(f"  round {round_ + 1} of {ROUNDS}:", flush=True)
@@ -143,11 +150,27 @@ async def run() -> None:
                     measured = await _measured(load())
                     _show(label, measured, baseline, of)
                     ratios[label].append(measured[0].rate / baseline)
+                    per_request[label].append(measured[1] * per_message)
             if ROUNDS > 1:
                 print("  median ratio to the baseline measured before each load:", flush=True)
                 for label, values in ratios.items():
                     print(f"  {label:<52} {statistics.median(values):6.2f} ×", flush=True)
             print(f"  router stats: {router.ingestor.stats}", flush=True)
+            grpc_addr, http_url = await start_floors(PACK, stack)
+            print(
+                f"  floors: the servers alone, answering {PACK}-event requests at once "
+                "(server CPU per request; the router's under the same load, median)",
+                flush=True,
+            )
+            floors = floor_loads(pool, grpc_addr, http_url, PACK, SECONDS)
+            for (name, load), label in zip(floors, (UNARY, STREAM, BATCH), strict=True):
+                floor, cpu = await _measured(load())
+                router_cpu = statistics.median(per_request[label])
+                print(
+                    f"  {name:<24} {floor.rate / PACK:>8,.0f} requests/s   server CPU "
+                    f"{cpu * PACK:5.0f} µs   (router {router_cpu:5.0f} µs)",
+                    flush=True,
+                )
 
 
 def main() -> None:
