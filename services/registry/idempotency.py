@@ -1,6 +1,10 @@
 """Idempotent creates and saves (AIP-155): a retry with the same request_id gets the first
 call's response, not a second resource.
 
+A request is its caller's: the digest a retry must match covers who sent it (the member, or
+the service), so a request_id another member learns answers them REQUEST_ID_REUSED, never
+the first call's response (a token's secret, a new write key) that their role may not see.
+
 The response is written in the same transaction as the change it describes, sealed with the
 deployment's secret key (a token's secret may be in it), and kept for 24 hours. A retry made
 while the first call still runs waits for it (the second insert blocks on the first's key),
@@ -28,12 +32,15 @@ from services.registry.secrets import SEALED_KEY, SecretBox, key_id_of
 from services.registry.store import RegistryStore, now
 
 RETENTION = timedelta(hours=24)
+# Who sends the data plane's calls (with the deployment's service token), for request keys.
+SERVICE_CALLER = "service"
 M = TypeVar("M", bound=Message)
 
 
 @dataclass(frozen=True)
 class RequestKey:
-    """What identifies one client request: workspace, method, request_id; and its digest."""
+    """What identifies one client request: workspace, method, request_id; and its digest (of
+    the caller and the request without its request_id)."""
 
     workspace_id: str
     method: str
@@ -41,8 +48,12 @@ class RequestKey:
     digest: str
 
 
-def request_key(workspace_id: str, method: str, request: Message) -> RequestKey | None:
-    """Return the key of a request with a request_id (None without one); check the id."""
+def request_key(
+    workspace_id: str, caller_id: str, method: str, request: Message
+) -> RequestKey | None:
+    """Return the key of a request with a request_id (None without one); check the id.
+
+    `caller_id` names who sends it (a member id; the service for the data plane's calls)."""
     request_id = getattr(request, "request_id", "")
     if not request_id:
         return None
@@ -50,8 +61,9 @@ def request_key(workspace_id: str, method: str, request: Message) -> RequestKey 
     copy = type(request)()
     copy.CopyFrom(request)
     copy.ClearField("request_id")  # type: ignore[arg-type]
-    digest = hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
-    return RequestKey(workspace_id, method, request_id.lower(), digest)
+    digest = hashlib.sha256(caller_id.encode() + b"\0")
+    digest.update(copy.SerializeToString(deterministic=True))
+    return RequestKey(workspace_id, method, request_id.lower(), digest.hexdigest())
 
 
 class Idempotency:

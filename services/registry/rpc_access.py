@@ -143,7 +143,7 @@ class AccessRpcs:
         require(caller.is_owner, "add members (Workspace Owner only)")
         email = check_name("member.email", request.member.email)
         grants = grants_from_proto(request.member.roles, caller.workspace_id, "member.roles")
-        key = request_key(caller.workspace_id, "CreateMember", request)
+        key = request_key(caller.workspace_id, caller.member_id, "CreateMember", request)
 
         async def create() -> pb.CreateMemberResponse:
             try:
@@ -299,7 +299,7 @@ class AccessRpcs:
         ttl = request.ttl.ToTimedelta() if request.HasField("ttl") else None
         if ttl is not None and ttl <= timedelta(0):
             raise InvalidArgument.field("ttl", "must be positive; leave it unset for no expiry")
-        key = request_key(caller.workspace_id, "CreateToken", request)
+        key = request_key(caller.workspace_id, caller.member_id, "CreateToken", request)
         return await self.deps.idempotency.once(
             key,
             pb.CreateTokenResponse,

@@ -15,7 +15,7 @@ from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 from services.registry import convert
 from services.registry.auth import require
 from services.registry.deps import RegistryDeps
-from services.registry.idempotency import request_key
+from services.registry.idempotency import SERVICE_CALLER, request_key
 from services.registry.models import AuditEvent, Instance, Member
 from services.registry.validation import check_page_size
 
@@ -58,7 +58,7 @@ class AuditRpcs:
             ins = await s.get(Instance, instance_id)
             if ins is None or request.instance.split("/")[1] != ins.workspace_id:
                 raise NotFound("instance", request.instance)
-        key = request_key(ins.workspace_id, "RecordInstanceAction", request)
+        key = request_key(ins.workspace_id, SERVICE_CALLER, "RecordInstanceAction", request)
         return await self.deps.idempotency.once(
             key,
             pb.RecordInstanceActionResponse,

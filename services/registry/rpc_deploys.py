@@ -64,7 +64,7 @@ class DeployRpcs:
                 "deploy_settings",
                 f"{', '.join(stray)} not in deploy_instances; list every instance to deploy",
             )
-        key = request_key(caller.workspace_id, "SaveFunction", request)
+        key = request_key(caller.workspace_id, caller.member_id, "SaveFunction", request)
         return await self.deps.idempotency.once(
             key,
             pb.SaveFunctionResponse,

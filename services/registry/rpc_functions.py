@@ -85,7 +85,7 @@ class FunctionRpcs:
         name = check_name("function.display_name", request.function.display_name)
         schema = check_setting_definitions(request.settings)
         await asyncio.to_thread(check_code, request.code, self.deps.check_syntax)
-        key = request_key(caller.workspace_id, "CreateFunction", request)
+        key = request_key(caller.workspace_id, caller.member_id, "CreateFunction", request)
 
         async def create() -> pb.CreateFunctionResponse:
             try:

@@ -120,7 +120,7 @@ class InstanceRpcs:
         filters = check_filters(list(new.filters), self.deps.check_filter)
         retry = check_retry(durations["retry_window"] or 0, durations["retry_max_delay"] or 0)
         enabled = enabled_of("instance.state", new.state, True)
-        key = request_key(caller.workspace_id, "CreateInstance", request)
+        key = request_key(caller.workspace_id, caller.member_id, "CreateInstance", request)
         checked = (function_id, source_id, version, size, wait, timeout, filters, retry, enabled)
         return await self.deps.idempotency.once(
             key, pb.CreateInstanceResponse, lambda: self._create(caller, request, checked, key)

@@ -52,7 +52,7 @@ class SourceRpcs:
             "create sources (Workspace Owner or Source Admin of all sources)",
         )
         name = check_name("source.display_name", request.source.display_name)
-        key = request_key(caller.workspace_id, "CreateSource", request)
+        key = request_key(caller.workspace_id, caller.member_id, "CreateSource", request)
 
         async def create() -> pb.CreateSourceResponse:
             try:
@@ -158,7 +158,7 @@ class SourceRpcs:
         """Replace a source's write key."""
         caller = await self.authn.caller(context)
         names.parse("name", request.name, names.SOURCE, caller.workspace_id)
-        key = request_key(caller.workspace_id, "RotateWriteKey", request)
+        key = request_key(caller.workspace_id, caller.member_id, "RotateWriteKey", request)
         return await self.deps.idempotency.once(
             key, pb.RotateWriteKeyResponse, lambda: self._rotate(caller, request, key)
         )

@@ -35,7 +35,7 @@ class WorkspaceRpcs:
         caller = await self.authn.caller(context)
         require(caller.bootstrap, "create workspaces (only the bootstrap administrator may)")
         name = check_name("workspace.display_name", request.workspace.display_name)
-        key = request_key(caller.workspace_id, "CreateWorkspace", request)
+        key = request_key(caller.workspace_id, caller.member_id, "CreateWorkspace", request)
 
         async def create() -> pb.CreateWorkspaceResponse:
             try:
