@@ -290,7 +290,9 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
             check_request_id(request.request_id)
             earlier = await self._operations.earlier(parent[0], request.request_id, digest)
             if earlier is not None:
-                await self._gate.instance(context, request.parent)  # still the caller's?
+                # Only to a caller who may replay: a request_id another member learned
+                # answers them nothing of the operation.
+                await self._writable(context, request.parent, "replay")
                 return operation_message(earlier)
         instance, me = await self._writable(context, request.parent, "replay")
         version_id = ""

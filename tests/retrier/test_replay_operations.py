@@ -53,6 +53,13 @@ async def test_a_replay_retried_with_its_request_id_is_one_operation_replayed_on
     assert first.name.startswith(f"{platform.workspace}/operations/")
     again = await stub.ReplayDeadLetters(request, metadata=md)
     assert again.name == first.name
+    # A member who may read the instance but not replay gets no operation for its request_id.
+    reader = await platform.registry.member(
+        platform.owner, "replay-reader@ops.io", res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await stub.ReplayDeadLetters(request, metadata=auth(reader))
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finished = await done(stub, first.name, md)
     result = pb.ReplayDeadLettersResponse()
     assert finished.response.Unpack(result) and result.replayed == 2
