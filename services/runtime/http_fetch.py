@@ -17,6 +17,7 @@ import errno
 import socket
 import ssl
 import time
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -30,6 +31,11 @@ from .report import FetchRequest
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 TRACE_BODY_CAP = 8 * 1024
+# What node-fetch ≥ 2.6.7 (CVE-2022-0235) drops on a redirect to another host or protocol, and
+# Proxy-Authorization, which undici drops too: a function may set it for a proxy of its own.
+CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "www-authenticate", "cookie", "cookie2", "proxy-authorization"}
+)
 _CHUNK = 64 * 1024
 # True while the connector opens a connection to the operator's proxy (exempt from the policy).
 _TO_PROXY: contextvars.ContextVar[bool] = contextvars.ContextVar("to_proxy", default=False)
@@ -213,6 +219,25 @@ def with_trace_context(req: FetchRequest, trace_headers: Sequence[tuple[str, str
     return dataclasses.replace(req, headers=req.headers + added) if added else req
 
 
+def keeps_credentials(current: str, target: str) -> bool:
+    """Tell whether a redirect from `current` to `target` may carry the credential headers.
+
+    node-fetch's rule (isSameProtocol, isDomainOrSubdomain): the same protocol, and the same
+    host name or a subdomain of it; the port does not count. node-fetch compares canonical
+    hosts, where an IP address never has subdomains; here a host ending in a number (however
+    short its spelling: `0.0.1` is 0.0.0.1) or an IPv6 address must match exactly.
+    """
+    was, now = urlsplit(current), urlsplit(target)
+    old, new = was.hostname or "", now.hostname or ""
+    if was.scheme != now.scheme or not old:
+        return False
+    if new == old:
+        return True
+    last = unicodedata.normalize("NFKC", old.rstrip(".").rpartition(".")[2]).lower()
+    number = last.isdigit() or (last[:2] == "0x" and all(c in "0123456789abcdef" for c in last[2:]))
+    return not number and ":" not in old and new.endswith("." + old)
+
+
 def _error(exc: FetchFailed) -> dict[str, Any]:
     return {"message": str(exc), "type": exc.kind, "code": exc.code}
 
@@ -367,6 +392,10 @@ class HostFetcher:
                                 raise FetchFailed(
                                     f"redirect to {target} is not http(s)", "system", "EPROTO"
                                 )
+                            if not keeps_credentials(url, target):
+                                headers = [
+                                    h for h in headers if h[0].lower() not in CREDENTIAL_HEADERS
+                                ]
                             if resp.status == 303 or (
                                 resp.status in (301, 302) and method == "POST"
                             ):
