@@ -102,6 +102,41 @@ def record_fetches(parent: Span, requests: Iterable[RequestTrace]) -> None:
         span.end(end_time=r.start_ns + int(r.duration_ms * 1e6))
 
 
+OTHER_HOSTS = "other"
+
+
+class HostLabels:
+    """Bound the hosts a fetch's duration is labelled by: those that answered, few per instance.
+
+    A function chooses the hosts it fetches, so a label per host would let one tenant grow
+    every executor's /metrics without end and fill OpenTelemetry's 2,000 series per metric,
+    after which every tenant's fetches share its one overflow series. Here the first `limit`
+    hosts to answer a fetch keep their name, at most `per_instance` of them admitted by any
+    one instance: a function fetching thousands of names takes a few places, not all of them,
+    and the APIs many instances call (what an operator watches) keep theirs; a host already
+    named costs an instance nothing. A fetch without a response (refused by the egress
+    policy, a name that does not resolve, a refused connection) admits no host. Every other
+    host is `other`, until the executor restarts.
+    """
+
+    def __init__(self, *, limit: int = 100, per_instance: int = 10) -> None:
+        self._limit = limit
+        self._per_instance = per_instance
+        self._named: set[str] = set()
+        self._admitted: dict[str, int] = {}  # hosts admitted, by instance
+
+    def label(self, instance_id: str, host: str, answered: bool) -> str:
+        """Return the `server.address` of a fetch of `instance_id` to `host`."""
+        if host in self._named:
+            return host
+        admitted = self._admitted.get(instance_id, 0)
+        if not answered or len(self._named) >= self._limit or admitted >= self._per_instance:
+            return OTHER_HOSTS
+        self._admitted[instance_id] = admitted + 1
+        self._named.add(host)
+        return host
+
+
 class ExecutorMetrics:
     """The executor's instruments: outcomes, invocations, durations, fetches, V8 workers."""
 
@@ -130,6 +165,7 @@ class ExecutorMetrics:
         self._fetch = meter.create_histogram(
             "http.client.request.duration", unit="s", description="Function fetch duration"
         )
+        self._hosts = HostLabels()
 
         def observe(_options: CallbackOptions) -> Iterable[Observation]:
             return [Observation(n, {"cause": cause}) for cause, n in restarts().items()]
@@ -156,7 +192,9 @@ class ExecutorMetrics:
             self._fetch.record(
                 r.duration_ms / 1000,
                 {
-                    "server.address": endpoint(r.url)[1],
+                    "server.address": self._hosts.label(
+                        instance_id, endpoint(r.url)[1], r.status is not None
+                    ),
                     "eventfn.status_class": status_class(r.status),
                 },
             )
