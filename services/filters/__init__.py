@@ -6,5 +6,13 @@ a filter that would not run is refused with its position.
 
 from .actions import CompiledFilter, apply_filters, build_filter, parse_filter
 from .errors import FilterSyntaxError
+from .limits import exceeded
 
-__all__ = ["CompiledFilter", "FilterSyntaxError", "apply_filters", "build_filter", "parse_filter"]
+__all__ = [
+    "CompiledFilter",
+    "FilterSyntaxError",
+    "apply_filters",
+    "build_filter",
+    "exceeded",
+    "parse_filter",
+]

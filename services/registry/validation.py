@@ -10,6 +10,7 @@ from typing import Any
 
 from eventfn_api.type.v1 import types_pb2
 from services.common.errors import FieldViolation, InvalidArgument
+from services.filters import CompiledFilter, exceeded
 from services.registry.secrets import MASK
 from services.runtime import settings_schema as schema
 from services.runtime.model import SyntaxProblem
@@ -23,7 +24,7 @@ TIMEOUT_DEFAULT_MS, TIMEOUT_MIN_MS, TIMEOUT_MAX_MS = 5_000, 100, 60_000
 
 SyntaxChecker = Callable[[str], SyntaxProblem | None]
 # Raises ValueError (the filter language's FilterSyntaxError) for a filter that does not parse.
-FilterChecker = Callable[[str], object]
+FilterChecker = Callable[[str], CompiledFilter]
 
 
 def required(field: str, value: str) -> str:
@@ -173,14 +174,18 @@ def check_retry(window_seconds: int, max_delay_seconds: int) -> tuple[int, int]:
 
 
 def check_filters(filters: Sequence[str], parse: FilterChecker) -> list[str]:
-    """Check that every destination filter parses; the error names its index and position."""
+    """Check that every destination filter parses (the error names its index and position)
+    and that together they are within an instance's bounds (`services.filters.limits`)."""
+    parsed = []
     for i, text in enumerate(filters):
         try:
-            parse(text)
+            parsed.append(parse(text))
         except InvalidArgument:
             raise
         except ValueError as error:  # the parser's own error carries line and column
             raise InvalidArgument.field(f"instance.filters[{i}]", str(error)) from error
+    if (why := exceeded(filters, parsed)) is not None:
+        raise InvalidArgument.field("instance.filters", why)
     return list(filters)
 
 
