@@ -68,10 +68,15 @@ def metadata() -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token()}"),)
 
 
+# A function's code may be 5 MB, and answers carry it: gRPC's default limit (4 MiB) is not
+# enough; the services send up to 64 MiB.
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+
+
 @contextmanager
 def stub(service: str, factory: Callable[[grpc.Channel], T]) -> Iterator[T]:
     """Open a channel to a service and yield a stub; turn RPC errors into one-line messages."""
-    with grpc.insecure_channel(address(service)) as channel:
+    with grpc.insecure_channel(address(service), options=CHANNEL_OPTIONS) as channel:
         try:
             yield factory(channel)
         except grpc.RpcError as error:

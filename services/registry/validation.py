@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import orjson
+
 from eventfn_api.type.v1 import types_pb2
 from services.common.errors import FieldViolation, InvalidArgument
 from services.filters import CompiledFilter, exceeded
@@ -16,6 +18,9 @@ from services.runtime import settings_schema as schema
 from services.runtime.model import SyntaxProblem
 
 MAX_CODE_BYTES = 5 * 1024 * 1024
+# An instance's setting values, encoded: with its code and filters, an instance's
+# configuration stays far under what the data plane's watchers accept in one message (16 MiB).
+MAX_SETTINGS_BYTES = 256 * 1024
 MAX_NAME = 100
 BATCH_SIZE_DEFAULT, BATCH_SIZE_MAX = 20, 400
 BATCH_WAIT_DEFAULT_MS, BATCH_WAIT_MAX_MS = 10_000, 60_000
@@ -115,6 +120,13 @@ def check_setting_values(
     encrypted = {s["name"] for s in settings_schema if s["encrypted"]}
     kept = frozenset(name for name in kept_secrets & encrypted if values.get(name) in (None, MASK))
     checked = {k: v for k, v in values.items() if k not in kept}
+    size = len(orjson.dumps(checked))
+    if size > MAX_SETTINGS_BYTES:
+        raise InvalidArgument.field(
+            "settings",
+            f"values take {size} bytes; an instance's may take at most "
+            f"{MAX_SETTINGS_BYTES} (256 KB)",
+        )
     problems = schema.check_values(settings_schema, checked, kept=kept)
     if problems:
         raise InvalidArgument(
