@@ -177,7 +177,8 @@ def purge(
     until: Until = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask before deleting all.")] = False,
 ) -> None:
-    """Delete dead letters (a letter's whole pack goes with it); all of the instance by default."""
+    """Delete dead letters (`--id 42.0` one, `--id 42` its whole pack); all of the instance by
+    default."""
     if not ids and not yes:
         typer.confirm(f"delete every dead letter of {instance_id}?", abort=True)
     request = pb.PurgeDeadLettersRequest(

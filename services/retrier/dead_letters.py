@@ -406,16 +406,19 @@ class DeadLetterStore:
             pass  # deleted meanwhile (a purge, or another retrier's replay)
 
     async def purge(self, letters: Iterable[Letter]) -> int:
-        """Delete the DEAD messages holding the letters; return how many events went."""
-        seqs: dict[int, int] = {}
+        """Delete the letters from DEAD (their pack's other letters stay, stored again, as
+        after a replay); return how many were deleted (letters gone meanwhile are skipped)."""
+        by_pack: dict[int, set[int]] = {}
         for letter in letters:
-            seqs[letter.pack.seq] = len(letter.pack.events())
+            by_pack.setdefault(letter.pack.seq, set()).add(letter.id.index or 0)
         count = 0
-        async with self._lock:
-            for seq, events in seqs.items():
-                try:
-                    await self._js.delete_msg(streams.DEAD_STREAM, seq)
-                except NotFoundError:
+        async with self._lock:  # one replay or purge of a pack at a time in this process
+            for seq, chosen in sorted(by_pack.items()):
+                pack = await self.pack(seq)  # as it is now: replayed or purged meanwhile?
+                if pack is None:
                     continue
-                count += events
+                indexes = {i for i in chosen if i < len(pack.events())}
+                if indexes:
+                    await self._remove(pack, indexes)
+                    count += len(indexes)
         return count

@@ -370,7 +370,7 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
     async def PurgeDeadLetters(
         self, request: pb.PurgeDeadLettersRequest, context: Ctx
     ) -> pb.PurgeDeadLettersResponse:
-        """Delete dead letters of an instance (a letter's whole pack goes with it)."""
+        """Delete dead letters of an instance (the others of their packs stay)."""
         parent = names.parse_instance("parent", request.parent)
         named = chosen(parent, "names", list(request.names))
         end = None
