@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from urllib.parse import urlsplit, urlunsplit
@@ -39,10 +40,17 @@ def endpoint(url: str) -> tuple[str, str, int | None]:
 
 
 def annotate(span: Span, result: InvocationResult) -> None:
-    """Set an invoke span's outcome: ERROR with the error's class and message when an event
-    failed or is retried (never its stack, logs or the event)."""
+    """Set an invoke span's outcome (its worst event's, and each outcome's count when they
+    differ): ERROR with the error's class and message when an event failed or is retried
+    (never its stack, logs or the event)."""
     span.set_attribute("eventfn.events", len(result.outcomes))
     span.set_attribute("eventfn.outcome", worst_outcome(result).value)
+    counts = Counter(o.kind for o in result.outcomes)
+    if len(counts) > 1:  # the worst is one event's: say what became of the others too
+        span.set_attribute(
+            "eventfn.outcomes",
+            ", ".join(f"{counts[kind]} {kind.value}" for kind in _WORST if kind in counts),
+        )
     bad = next(
         (o for o in result.outcomes if o.kind in (OutcomeKind.FAILURE, OutcomeKind.RETRY)), None
     )
