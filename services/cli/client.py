@@ -204,19 +204,29 @@ def when(ts: Any) -> str:
     return ts.ToDatetime(tzinfo=UTC).astimezone().isoformat(sep=" ", timespec="seconds")
 
 
+def read_text(path: Path, what: str) -> str:
+    """Read a UTF-8 text file, or fail naming it (and, when it is not UTF-8, the bad byte)."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        fail(f"cannot read {what} {path}: {error.strerror}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        fail(
+            f"{what} {path} is not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
+            f"{error.start}); save it as UTF-8"
+        )
+
+
 def read_json(path: Path, what: str) -> Any:
     """Read a JSON file or fail with a clear message."""
     try:
-        return json.loads(path.read_text())
-    except OSError as error:
-        fail(f"cannot read {what} {path}: {error.strerror}")
+        return json.loads(read_text(path, what))
     except json.JSONDecodeError as error:
         fail(f"{what} {path} is not valid JSON: {error.msg} at line {error.lineno}")
 
 
 def read_code(path: Path) -> str:
     """Read a handler file."""
-    try:
-        return path.read_text()
-    except OSError as error:
-        fail(f"cannot read {path}: {error.strerror}")
+    return read_text(path, "handler file")

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.cli.client import fail
+from services.cli.client import fail, read_code, read_text
 from services.runtime.config import EgressConfig, RuntimeConfig
 from services.runtime.errors import InvalidInvocation
 from services.runtime.model import OutcomeKind
@@ -21,15 +21,12 @@ from services.runtime.settings_schema import split_assignment
 
 
 def _read_json_file(path: Path, what: str) -> bytes:
+    text = read_text(path, f"{what} file")
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        fail(f"cannot read the {what} file {path}: {exc.strerror}")
-    try:
-        orjson.loads(data)
+        orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         fail(f"the {what} file {path} is not valid JSON: {exc}")
-    return data
+    return text.encode()
 
 
 def _read_values(path: Path | None) -> dict[str, Any]:
@@ -181,10 +178,7 @@ def preview(
 ) -> None:
     """Run a function on a test event in-process and print result, logs and requests."""
     console = Console()
-    try:
-        code = handler.read_text(encoding="utf-8")
-    except OSError as exc:
-        fail(f"cannot read {handler}: {exc.strerror}")
+    code = read_code(handler)
     payload = _read_json_file(event, "event") if event is not None else sample_event("track")
     values = _read_values(settings)
     for pair in set_ or []:
