@@ -145,51 +145,57 @@ class RuntimePool:
 
     async def _spawn_once(self, index: int) -> None:
         status, path = status_block()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
-        )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.runtime.worker",
-            path,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env=env,
-            limit=2**31,
-        )
-        w = WorkerHandle(index, proc, status, path)
-        self._workers[index] = w
-        w.reader = asyncio.get_running_loop().create_task(self._read(w))
-        self._readers.add(w.reader)
-        w.reader.add_done_callback(self._readers.discard)
-        egress = self._config.egress
-        init: InitFrame = {
-            "op": "init",
-            "egress": EgressFrame(
-                **{
-                    **egress.__dict__,
-                    "allow": list(egress.allow),
-                    "no_proxy": list(egress.no_proxy),
-                }
-            ),
-            "max_contexts": self._config.max_contexts_per_worker,
-        }
         try:
-            self._send(w, init)
-        except (RuntimeError, ConnectionError):
-            pass  # the worker died at once: reported below as a failed start
-        ready = asyncio.get_running_loop().create_task(w.ready.wait())
-        await asyncio.wait({ready, w.reader}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-        if not w.ready.is_set():
-            ready.cancel()
-            self._kill(w, None, "crash")
-            raise WorkerStartError(f"worker exited ({w.proc.returncode}) or sent no ready message")
-        # Both sides have it mapped now: unlinking leaves nothing behind if this process dies.
-        with contextlib.suppress(OSError):
-            os.unlink(w.status_path)
-        self._changed.set()
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
+            )
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "services.runtime.worker",
+                path,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env=env,
+                limit=2**31,
+            )
+            w = WorkerHandle(index, proc, status, path)
+            self._workers[index] = w
+            w.reader = asyncio.get_running_loop().create_task(self._read(w))
+            self._readers.add(w.reader)
+            w.reader.add_done_callback(self._readers.discard)
+            egress = self._config.egress
+            init: InitFrame = {
+                "op": "init",
+                "egress": EgressFrame(
+                    **{
+                        **egress.__dict__,
+                        "allow": list(egress.allow),
+                        "no_proxy": list(egress.no_proxy),
+                    }
+                ),
+                "max_contexts": self._config.max_contexts_per_worker,
+            }
+            try:
+                self._send(w, init)
+            except (RuntimeError, ConnectionError):
+                pass  # the worker died at once: reported below as a failed start
+            ready = asyncio.get_running_loop().create_task(w.ready.wait())
+            await asyncio.wait({ready, w.reader}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            if not w.ready.is_set():
+                ready.cancel()
+                self._kill(w, None, "crash")
+                raise WorkerStartError(
+                    f"worker exited ({w.proc.returncode}) or sent no ready message"
+                )
+            self._changed.set()
+        finally:
+            # Both sides have it mapped once the worker is ready: unlinking leaves nothing
+            # behind if this process dies; a start that failed or was cancelled (the pool
+            # closing mid-spawn, as a preview does after a runaway) leaves nothing either.
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     def _respawn(self, index: int) -> None:
         if self._closed:

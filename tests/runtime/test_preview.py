@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from services.cli.preview import preview
 from services.runtime import OutcomeKind, RuntimePool
-from services.runtime.preview import SAMPLE_TYPES, run_preview, sample_event
+from services.runtime.preview import SAMPLE_TYPES, preview_in_process, run_preview, sample_event
 from tests.runtime.conftest import Sink
 
 
@@ -101,3 +101,19 @@ def test_cli_preview_exit_code_on_failure(tmp_path: Path) -> None:
     run = CliRunner().invoke(_cli(), [str(handler), "--event", str(event)])
     assert run.exit_code == 1
     assert "Error: nope" in run.output
+
+
+async def test_a_preview_stopped_after_a_runaway_leaves_no_status_file() -> None:
+    """A local preview of a runaway handler ends while the pool starts the killed worker's
+    replacement: the replacement's status block (a file in /dev/shm) went undeleted, one more
+    per preview, before the start cleaned up after itself when cancelled."""
+
+    def blocks() -> set[str]:
+        return {p.name for p in Path("/dev/shm").glob("eventfn-worker-*")}
+
+    before = blocks()
+    result = await preview_in_process(
+        "async function onTrack(e) { while (true) {} }", sample_event("track"), {}, timeout_s=0.5
+    )
+    assert result.outcome is not OutcomeKind.DELIVERED
+    assert blocks() - before == set()
