@@ -27,8 +27,9 @@ def loss_outcome(reason: str, timeout_s: float, memory_limit_mb: int) -> EventOu
         return EventOutcome(
             OutcomeKind.RETRY,
             "WorkerLost",
-            "the worker running this invocation was stopped (another function on it passed "
-            "its limits) after the invocation had sent requests; it is retried",
+            "the worker running this invocation was stopped (another invocation on it, of this "
+            "function or another, passed its limits) after this one had sent requests; it is "
+            "retried",
         )
     return EventOutcome(OutcomeKind.FAILURE, "WorkerCrashed", "the function's worker process died")
 
