@@ -182,6 +182,20 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     out.print(t)
 
 
+def request_line(request: Any) -> str:
+    """Return an outgoing request (a RequestTrace) as `METHOD url → status (ms)`, or its error."""
+    answer = request.status or request.error or "no response"
+    return f"{request.method} {request.url} → {answer} ({request.duration.ToMilliseconds()} ms)"
+
+
+def print_logs_and_requests(logs: str, requests: Iterable[Any]) -> None:
+    """Print an invocation's console output and outgoing requests, indented under it."""
+    if logs:
+        out.print("  logs: " + logs.replace("\n", "\n        "), markup=False, highlight=False)
+    for request in requests:
+        out.print(f"  {request_line(request)}", markup=False, highlight=False)
+
+
 def as_json(message: Message) -> None:
     """Print a message as JSON, for scripts."""
     from google.protobuf import json_format

@@ -13,7 +13,18 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from eventfn_api.retrier.v1 import retrier_pb2 as pb
 from eventfn_api.retrier.v1 import retrier_pb2_grpc
 from eventfn_api.type.v1 import types_pb2
-from services.cli.client import as_json, fail, metadata, name, out, short, stub, table, when
+from services.cli.client import (
+    as_json,
+    fail,
+    metadata,
+    name,
+    out,
+    print_logs_and_requests,
+    short,
+    stub,
+    table,
+    when,
+)
 from services.common import names
 from services.common.error_location import location_text
 
@@ -95,7 +106,7 @@ def show(
         bool, typer.Option("--json", help="Print the whole dead letter as JSON.")
     ] = False,
 ) -> None:
-    """Show one dead letter: the event, every attempt, the reason."""
+    """Show one dead letter: the event, its last 20 attempts, where it failed, logs, requests."""
     if not dead_letter_id and "/deadLetters/" not in instance_id:
         fail("name the dead letter: `eventfn dead show ins_… 42.0`")
     letter_full = letter_name(instance_id, dead_letter_id or instance_id)
@@ -131,7 +142,10 @@ def show(
             for n, a in enumerate(letter.attempts, start=first)
         ],
     )
-    out.print(letter.event_json, highlight=False)
+    if letter.last_logs or letter.last_requests:
+        out.print("the last attempt:")
+        print_logs_and_requests(letter.last_logs, letter.last_requests)
+    out.print(letter.event_json, markup=False, highlight=False)
 
 
 @dead.command("replay")

@@ -9,7 +9,16 @@ import typer
 from eventfn_api.executor.v1 import executor_pb2 as pb
 from eventfn_api.executor.v1 import executor_pb2_grpc
 from eventfn_api.type.v1 import types_pb2
-from services.cli.client import metadata, name, out, short, stub, table, when
+from services.cli.client import (
+    metadata,
+    name,
+    out,
+    print_logs_and_requests,
+    short,
+    stub,
+    table,
+    when,
+)
 from services.common import names
 from services.common.error_location import location_text
 
@@ -74,12 +83,7 @@ def deliveries(
                 out.print(f"  at {where}", highlight=False)
             if f.trace_id:
                 out.print(f"  trace {f.trace_id} (eventfn trace {f.trace_id})", highlight=False)
-            if f.logs:
-                out.print(
-                    "  logs: " + f.logs.replace("\n", "\n        "), markup=False, highlight=False
-                )
-            for r in f.requests:
-                out.print(f"  {r.method} {r.url} → {r.status or r.error}", highlight=False)
+            print_logs_and_requests(f.logs, f.requests)
         if not listed.failures:
             out.print("no failures sampled in the last hour")
         elif any(f.outcome == types_pb2.OUTCOME_FAILED for f in listed.failures):
