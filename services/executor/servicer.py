@@ -274,6 +274,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
                 ],
                 version=names.version(scope, function_id, r["version_id"]),
                 trace_id=r["trace_id"],
+                invocation_events=r["invocation_events"],
             )
             for r in rows[:size]
         ]

@@ -122,6 +122,7 @@ class Settlement:
                     logs=logs,
                     requests=[t.__dict__ for t in result.requests],
                     trace_id=ref.trace_id,
+                    invocation_events=len(outcomes),
                 )
             )
         self._recorder.count(

@@ -109,6 +109,10 @@ async def test_outcomes_are_recorded_and_retryable_events_go_to_retry(
         }
         kinds = {f.error.type for f in failures.failures}
         assert kinds == {"RetryError", "ValidationError"}
+        # The three tracks ran in one invocation (with the identifies, if they came in time):
+        # each sample says its logs and requests are those of all the invocation's events.
+        retried = [f for f in failures.failures if f.error.type == "RetryError"]
+        assert retried and all(f.invocation_events in (3, 5) for f in retried)
         assert all(f.outcome != types_pb2.OUTCOME_DELIVERED for f in failures.failures)
         _, stranger = await platform.registry.workspace("Stranger")
         try:

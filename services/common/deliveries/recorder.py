@@ -51,6 +51,7 @@ class FailureSample:
     logs: str
     requests: list[dict[str, Any]] = field(default_factory=list)
     trace_id: str = ""  # the event's journey (W3C trace id), "" when unknown
+    invocation_events: int = 1  # events of the invocation whose logs and requests these are
 
 
 def minute_of(moment: datetime) -> datetime:
@@ -167,6 +168,7 @@ class DeliveryRecorder:
                             "logs",
                             "requests",
                             "trace_id",
+                            "invocation_events",
                         ],
                         records=[
                             (
@@ -182,6 +184,7 @@ class DeliveryRecorder:
                                 s.logs,
                                 orjson.dumps(s.requests).decode(),
                                 s.trace_id,
+                                s.invocation_events,
                             )
                             for s in samples
                         ],

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, Float, Identity, Index, Text
+from sqlalchemy import BigInteger, Column, DateTime, Float, Identity, Index, Integer, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -47,3 +47,5 @@ class DeliveryFailure(SQLModel, table=True):
     requests: list[dict[str, Any]] = Field(sa_column=Column(JSONB, nullable=False))
     # The W3C trace id of the event's journey (32 hex digits), "" when unknown.
     trace_id: str = Field(sa_column=Column(Text, nullable=False, server_default=""))
+    # How many events the invocation held: `logs` and `requests` are theirs together.
+    invocation_events: int = Field(sa_column=Column(Integer, nullable=False, server_default="1"))

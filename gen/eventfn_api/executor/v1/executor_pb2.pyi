@@ -378,6 +378,7 @@ class DeliveryFailure(_message.Message):
     REQUESTS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
+    INVOCATION_EVENTS_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """The event's messageId."""
     event_json: _builtins.str
@@ -390,6 +391,10 @@ class DeliveryFailure(_message.Message):
     """The function version that ran."""
     trace_id: _builtins.str
     """The W3C trace id of the event's journey (see GetTrace), 32 hex digits; empty if unknown."""
+    invocation_events: _builtins.int
+    """How many events the invocation held (1, or more when several events of one instance ran
+    together): logs and requests are the invocation's, those of all its events together.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When it happened."""
@@ -414,10 +419,11 @@ class DeliveryFailure(_message.Message):
         requests: _abc.Iterable[_types_pb2.RequestTrace] | None = ...,
         version: _builtins.str = ...,
         trace_id: _builtins.str = ...,
+        invocation_events: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "event_json", b"event_json", "logs", b"logs", "message_id", b"message_id", "outcome", b"outcome", "requests", b"requests", "time", b"time", "trace_id", b"trace_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "event_json", b"event_json", "invocation_events", b"invocation_events", "logs", b"logs", "message_id", b"message_id", "outcome", b"outcome", "requests", b"requests", "time", b"time", "trace_id", b"trace_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
