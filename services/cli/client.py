@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from eventfn_api.registry.v1 import registry_pb2, registry_pb2_grpc
-from services.cli.context import load_context
+from services.cli.context import context_file, load_context
 from services.common import names
 
 # Piped output keeps whole ids on one line, so scripts can grep them.
@@ -32,7 +32,8 @@ T = TypeVar("T")
 
 def fail(message: str) -> NoReturn:
     """Print a one-line error and exit with status 1."""
-    err.print(f"[red]error:[/] {message}", highlight=False)
+    # Soft wrap: a long line (a path, a hint) stays one line when piped, for scripts and grep.
+    err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -121,8 +122,18 @@ def name(value: str, kind: names.Kind) -> str:
     if "/" in value:
         return value
     if ID_KINDS.get(value.split("_", 1)[0]) is not kind:
-        fail(f"{value!r} is not a {kind.word} id ({kind.word} ids look like {example(kind)})")
+        fail(
+            f"{value!r} is not {a_or_an(kind.word)} id ({kind.word} ids look like {example(kind)})"
+        )
     return kind.name(names.last(workspace()), value)
+
+
+def a_or_an(word: str) -> str:
+    """Return a word after its indefinite article: "an instance", "a function", "a user"."""
+    sounds_like_a_vowel = word[:1].lower() in "aeiou" and not word.lower().startswith(
+        ("eu", "one", "uni", "use", "usa")
+    )
+    return f"{'an' if sounds_like_a_vowel else 'a'} {word}"
 
 
 def example(kind: names.Kind) -> str:
@@ -153,12 +164,31 @@ def pages(call: Callable[..., Any], request: Message, field: str) -> Iterator[An
         request.page_token = resp.next_page_token  # type: ignore[attr-defined]
 
 
+def how_to_get_a_token() -> str:
+    """Say where the token the CLI sent came from, and how to use a working one instead."""
+    owner = "the owner token `eventfn workspaces create` printed"
+    if os.environ.get("EVENTFN_TOKEN"):
+        return (
+            f"it came from EVENTFN_TOKEN: set it to a working token ({owner}), or unset it "
+            f"to use the tokens in {context_file()}"
+        )
+    return (
+        f"use a working one: `eventfn workspaces use admin` (the bootstrap admin token "
+        f"`make up` stored in {context_file()}), or `eventfn workspaces use --token efn_…` "
+        f"with {owner}"
+    )
+
+
 def explain(error: grpc.RpcError) -> NoReturn:
     """Print an RPC error as people read it: code, message, and each bad field."""
     code = error.code()  # type: ignore[attr-defined]
     details = error.details() or ""  # type: ignore[attr-defined]
     if code == grpc.StatusCode.UNAVAILABLE:
         fail(f"the service is not reachable ({details}); is the platform up? (`make up`)")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        # The registry's own hint ("create one with `eventfn tokens create`") needs a working
+        # token; the CLI knows where its token came from and where a working one is.
+        fail(f"unauthenticated: {details.split('; ', 1)[0]}; {how_to_get_a_token()}")
     lines = [f"{code.name.lower().replace('_', ' ')}: {details}"]
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     if status is not None:

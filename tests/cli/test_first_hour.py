@@ -67,3 +67,30 @@ async def test_a_settings_schema_that_is_not_utf8_is_named(cli: Cli, tmp_path: P
     )
     assert len(result.lines) == 1, result.lines
     assert result.lines[0].endswith(not_utf8(schema, 0xE0, content.index(b"\xe0"))), result.lines
+
+
+async def test_an_id_of_the_wrong_kind_takes_the_right_article(cli: Cli) -> None:
+    await cli.ok("workspaces", "create", "Articles")
+    wrong = await cli.fails("instances", "show", "fn_0123")
+    assert wrong.lines == ["error: 'fn_0123' is not an instance id (instance ids look like ins_…)"]
+    wrong = await cli.fails("functions", "show", "ins_0123")
+    assert wrong.lines == ["error: 'ins_0123' is not a function id (function ids look like fn_…)"]
+
+
+async def test_an_invalid_token_says_how_to_get_a_working_one(cli: Cli) -> None:
+    from_env = await cli.fails("workspaces", "show", EVENTFN_TOKEN="efn_not_a_token")
+    assert len(from_env.lines) == 1, from_env.lines
+    assert "tokens create" not in from_env.lines[0]
+    assert "the token is not valid" in from_env.lines[0]
+    assert "EVENTFN_TOKEN" in from_env.lines[0]
+    assert "`eventfn workspaces create` printed" in from_env.lines[0]
+
+    context = cli.cwd / ".eventfn" / "cli.json"
+    context.write_text(context.read_text().replace('"token": "', '"token": "efn_stale', 1))
+    stale = await cli.fails("sources", "list")
+    assert len(stale.lines) == 1, stale.lines
+    assert "tokens create" not in stale.lines[0]
+    assert "eventfn workspaces use admin" in stale.lines[0]
+    assert str(context) in stale.lines[0]
+    await cli.ok("workspaces", "use", "admin")
+    await cli.ok("sources", "list")
