@@ -232,8 +232,12 @@ def _one_event(
             raise EventTooLargeError(size, EVENT_MAX_BYTES, index=index)
     kind = item.get("type")
     if type(kind) is not str or kind not in EVENT_TYPES:
+        types = ", ".join(sorted(EVENT_TYPES))
+        got = repr(kind) if type(kind) is str else _json_type(kind)
         raise InvalidEventError(
-            f"`type` must be one of {', '.join(sorted(EVENT_TYPES))}, got {kind!r}",
+            f"`type` must be one of {types}, got {got}"
+            if "type" in item
+            else f"`type` is missing; use one of {types}",
             index=index,
             field="type",
         )

@@ -46,6 +46,10 @@ ACCEPTED_TYPES = "string, boolean, text map (or map), array (or string array)"
 DEFINITION_KEYS = ("label", "name", "type", "description", "required", "encrypted")
 MAX_LABEL = 100
 _IDENTIFIER = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*$")
+_IDENTIFIER_RULE = (
+    "a valid JavaScript identifier (letters, digits, _ or $, not starting with a digit, "
+    "not a keyword)"
+)
 _RESERVED = frozenset(
     "break case catch class const continue debugger default delete do else export extends "
     "false finally for function if import in instanceof new null return super switch this "
@@ -112,17 +116,22 @@ def _definition_problems(row: Mapping[str, object], path: str) -> list[Problem]:
         if key not in DEFINITION_KEYS
     ]
     name = row.get("name")
-    if not isinstance(name, str) or not _IDENTIFIER.match(name) or name in _RESERVED:
+    if "name" not in row:
         problems.append(
-            Problem(
-                f"{path}.name",
-                f"{name!r} is not a valid JavaScript identifier "
-                "(letters, digits, _ or $, not starting with a digit, not a keyword)",
-            )
+            Problem(f"{path}.name", f"is missing; name the setting: {_IDENTIFIER_RULE}")
         )
-    if "type" in row and parse_type(row["type"]) is None:
+    elif not isinstance(name, str):
         problems.append(
-            Problem(f"{path}.type", f"unknown setting type {row['type']!r}; use {ACCEPTED_TYPES}")
+            Problem(f"{path}.name", f"must be {_IDENTIFIER_RULE}, got {json_type(name)}")
+        )
+    elif not _IDENTIFIER.match(name) or name in _RESERVED:
+        problems.append(Problem(f"{path}.name", f"{name!r} is not {_IDENTIFIER_RULE}"))
+    kind = row.get("type")
+    if "type" in row and parse_type(kind) is None:
+        problems.append(
+            Problem(f"{path}.type", f"unknown setting type {kind!r}; use {ACCEPTED_TYPES}")
+            if isinstance(kind, str | int) and not isinstance(kind, bool)
+            else Problem(f"{path}.type", f"must be one of {ACCEPTED_TYPES}, got {json_type(kind)}")
         )
     label = row.get("label", "")
     if not isinstance(label, str) or len(label) > MAX_LABEL:

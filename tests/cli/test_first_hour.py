@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,32 @@ async def test_an_invalid_token_says_how_to_get_a_working_one(cli: Cli) -> None:
     assert str(context) in stale.lines[0]
     await cli.ok("workspaces", "use", "admin")
     await cli.ok("sources", "list")
+
+
+async def test_a_missing_or_null_schema_field_is_not_called_none(cli: Cli, tmp_path: Path) -> None:
+    await cli.ok("workspaces", "create", "Nameless")
+    handler = tmp_path / "handler.js"
+    handler.write_text(HANDLER)
+    schema = tmp_path / "schema.json"
+    schema.write_text(
+        json.dumps(
+            [
+                {"name": "endpoint", "label": "Endpoint", "type": "string"},
+                {"label": "API Key", "type": "string"},
+                {"name": None, "label": "Region"},
+                {"name": 7, "label": "Seven"},
+                {"name": "tier", "type": None},
+                {"name": "plan", "type": True},
+            ]
+        )
+    )
+    result = await cli.fails(
+        "functions", "create", "Nameless", "--file", str(handler), "--settings", str(schema)
+    )
+    assert not any("None" in line or "True" in line for line in result.lines), result.lines
+    problems = dict(line.strip().split(": ", 1) for line in result.lines[1:])
+    assert problems["settings[1].name"].startswith("is missing")
+    assert problems["settings[2].name"].endswith("got null")
+    assert problems["settings[3].name"].endswith("got a number")
+    assert problems["settings[4].type"].endswith("got null")
+    assert problems["settings[5].type"].endswith("got a boolean")
