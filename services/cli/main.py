@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +29,32 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+DISTRIBUTION = "eventfn"  # pyproject.toml's [project] name
+
+
+def print_version(wanted: bool) -> None:
+    """Print the installed eventfn's version and exit (`--version`)."""
+    if not wanted:
+        return
+    try:
+        typer.echo(f"eventfn {metadata.version(DISTRIBUTION)}")
+    except metadata.PackageNotFoundError:
+        fail(f"the {DISTRIBUTION} distribution is not installed: run `make install`")
+    raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """eventfn: self-hosted destination functions."""
+
+
 app.add_typer(workspaces, name="workspaces")
 app.add_typer(ac.members, name="members")
 app.add_typer(ac.tokens, name="tokens")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from pathlib import Path
 
@@ -124,3 +125,9 @@ async def test_a_missing_or_null_schema_field_is_not_called_none(cli: Cli, tmp_p
     assert problems["settings[3].name"].endswith("got a number")
     assert problems["settings[4].type"].endswith("got null")
     assert problems["settings[5].type"].endswith("got a boolean")
+
+
+async def test_version_prints_the_installed_distributions(cli: Cli) -> None:
+    result = await cli.ok("--version")
+    assert result.stdout == f"eventfn {importlib.metadata.version('eventfn')}\n"
+    assert (await cli.ok("--version", "status")).stdout == result.stdout
