@@ -83,6 +83,12 @@ def deliveries(
                 out.print(f"  at {where}", highlight=False)
             if f.trace_id:
                 out.print(f"  trace {f.trace_id} (eventfn trace {f.trace_id})", highlight=False)
+            if f.invocation_events > 1 and (f.logs or f.requests):
+                out.print(
+                    f"  logs and requests of the invocation's {f.invocation_events} events "
+                    "(this one's among them):",
+                    highlight=False,
+                )
             print_logs_and_requests(f.logs, f.requests)
         if not listed.failures:
             out.print("no failures sampled in the last hour")

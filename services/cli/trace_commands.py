@@ -17,6 +17,7 @@ _TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
 # Attributes worth a line in the tree, in this order.
 SHOWN = (
     "eventfn.outcome",
+    "eventfn.outcomes",
     "eventfn.retry.outcome",
     "eventfn.instance_id",
     "eventfn.events",
