@@ -1,21 +1,189 @@
-"""Remove secret setting values from text that leaves the runtime (logs, request traces)."""
+"""Remove secret setting values from text that leaves the runtime (logs, request traces).
+
+A function rarely sends a secret as it is: it URL-encodes it into a query, base64s it into a
+Basic Authorization header, JSON-escapes it in a logged object. So each secret is matched in
+those spellings too, all in one pattern:
+
+- percent-encoding as encodeURIComponent, encodeURI, URLSearchParams and urllib write it (each
+  character as itself or as %XX of its UTF-8 bytes, either case; a space also as '+'; a
+  '%' only as %25);
+- JSON string escapes as JSON.stringify, orjson and json.dumps write them (\\", \\\\, \\/,
+  \\n and the other short forms, \\uXXXX in either case, surrogate pairs), also percent-encoded;
+- base64, standard or URL-safe, padded or not, of the secret's UTF-8, of its Latin-1 (btoa)
+  and of its JSON-escaped form, anywhere inside longer base64 (see `_base64_parts`).
+"""
 
 from __future__ import annotations
 
+import base64
+import functools
+import json
 import re
+import string
 from collections.abc import Iterable
 
 REDACTED = "[REDACTED]"
 # Values this short would redact ordinary words; encrypted settings are keys and tokens.
 MIN_SECRET_LENGTH = 4
+# Base64 characters of a secret's own, fewest matched: 36 bits, so a chance hit in random
+# base64 comes once in ~6.9e10 characters. Every alignment of a secret of five bytes or more
+# has this many; a four-byte secret (4 or 5 characters) is matched as text only.
+MIN_BASE64_LENGTH = 6
+
+# No percent-encoder escapes these (RFC 3986 unreserved, but '~', which some do).
+_NEVER_PERCENT = frozenset(string.ascii_letters + string.digits + "-_.")
+# What follows the backslash of a JSON short escape.
+_JSON_SHORT = {
+    '"': '"',
+    "\\": "\\",
+    "/": "/",
+    "\b": "b",
+    "\f": "f",
+    "\n": "n",
+    "\r": "r",
+    "\t": "t",
+}
+
+# One way to write a character: its first character, literal, and a pattern for the rest.
+# Every alternative then starts with a literal, so the compiled search skips ahead to the
+# characters a spelling can start with instead of trying every alternative at every offset.
+#
+# The ways of writing one character never start one another ('\\' is not also a bare '\',
+# '%25' not also a bare '%'): text then reads one way only, so a failing match costs time in
+# proportion to the secret's length, never exponential in it.
+_Form = tuple[str, str]
+# A character as a spelling writes it: one character, or a hex digit's two cases ("cC").
+_Atom = str
+
+
+def _hex(byte: int) -> str:
+    """Return a pattern for `byte` as two hex digits of either case."""
+    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{byte:02x}")
+
+
+def _group(forms: list[_Form]) -> str:
+    """Return a pattern matching any of `forms`, in order."""
+    texts = [re.escape(first) + rest for first, rest in forms]
+    return texts[0] if len(texts) == 1 else "(?:" + "|".join(texts) + ")"
+
+
+def _as_is(atom: _Atom) -> list[_Form]:
+    """Return an atom written as it is."""
+    return [(ch, "") for ch in atom]
+
+
+def _percent(atom: _Atom) -> list[_Form]:
+    """Return an atom as percent-encoders leave or write it (a space also as '+'); a '%' is
+    always %25, as every encoder writes it."""
+    if len(atom) > 1 or atom in _NEVER_PERCENT:
+        return _as_is(atom)
+    raw = atom.encode("utf-8", "surrogatepass")
+    forms = [("%", _hex(raw[0]) + "".join("%" + _hex(b) for b in raw[1:]))]
+    if atom != "%":
+        forms.append((atom, ""))
+    if atom == " ":
+        forms.append(("+", ""))
+    return forms
+
+
+def _json(ch: str) -> list[list[_Atom]]:
+    """Return the ways JSON encoders write `ch` inside a string."""
+    code = ord(ch)
+    if 0x20 <= code < 0x7F and ch not in _JSON_SHORT:
+        return [[ch]]
+    if code < 0x10000:
+        units = [code]
+    else:
+        units = [0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)]
+    digits = [d + d.upper() if d.isalpha() else d for u in units for d in f"{u:04x}"]
+    escaped = [a for i in range(len(units)) for a in ["\\", "u", *digits[4 * i : 4 * i + 4]]]
+    out = [escaped]
+    if ch in _JSON_SHORT:
+        out.append(["\\", _JSON_SHORT[ch]])
+    if code >= 0x7F or ch == "/":  # left as it is by some encoders
+        out.append([ch])
+    return out
+
+
+def _text(secret: str, *, json_escaped: bool, percent: bool) -> tuple[list[list[_Form]], int]:
+    """Return a text spelling of `secret` as per-character forms, with the least it matches."""
+    write = _percent if percent else _as_is
+    chars: list[list[_Form]] = []
+    length = 0
+    for ch in secret:
+        spellings = _json(ch) if json_escaped else [[ch]]
+        forms: list[_Form] = []
+        for head, *tail in spellings:
+            rest = "".join(_group(write(a)) for a in tail)
+            forms += [(first, more + rest) for first, more in write(head)]
+        chars.append(forms)
+        length += min(map(len, spellings))
+    return chars, length
+
+
+# Either alphabet, and the escapes a base64 string gets inside a URL or JSON.
+_BASE64_CHAR = {
+    "+": [("%", "2[bB]"), ("+", ""), ("-", "")],
+    "/": [("%", "2[fF]"), ("\\", "/"), ("/", ""), ("_", "")],
+}
+
+
+def _base64_parts(data: bytes) -> list[str]:
+    """Return the base64 characters made of `data`'s bits alone, at each offset modulo 3.
+
+    Inside longer data, `data` starts at offset 0, 1 or 2 of a 3-byte group; its first and
+    last characters there also carry a neighbour's bits, so they are left out.
+    """
+    parts = []
+    for offset in range(3):
+        full = base64.b64encode(bytes(offset) + data).decode()
+        part = full[-(-8 * offset // 6) : 8 * (offset + len(data)) // 6]
+        if len(part) >= MIN_BASE64_LENGTH:
+            parts.append(part)
+    return parts
+
+
+def _spellings(secret: str) -> list[tuple[list[list[_Form]], int]]:
+    """Return the spellings of `secret` as per-character forms, with the least they match."""
+    # Percent-encoded (or as it is), and JSON-escaped then percent-encoded (or not). A bare
+    # '%' is never taken for an encoded one, so a secret with one is also matched as it is.
+    out = [_text(secret, json_escaped=j, percent=True) for j in (False, True)]
+    if "%" in secret:
+        out += [_text(secret, json_escaped=j, percent=False) for j in (False, True)]
+    encoded = {secret.encode("utf-8", "surrogatepass")}
+    encoded.add(json.dumps(secret, ensure_ascii=False)[1:-1].encode("utf-8", "surrogatepass"))
+    if max(map(ord, secret)) < 0x100:
+        encoded.add(secret.encode("latin-1"))  # btoa's bytes
+    for data in encoded:
+        for part in _base64_parts(data):
+            out.append(([_BASE64_CHAR.get(c, [(c, "")]) for c in part], len(part)))
+    return out
 
 
 def compile_secrets(secrets: Iterable[str]) -> re.Pattern[str] | None:
-    """Build one pattern matching any secret (longest first), or None when there are none."""
-    values = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
-    if not values:
+    """Build one pattern matching any secret in any of its spellings (longest first), or None
+    when there are none."""
+    return _compile(frozenset(s for s in secrets if len(s) >= MIN_SECRET_LENGTH))
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(secrets: frozenset[str]) -> re.Pattern[str] | None:
+    # Built once per set of secrets: the worker asks on every reply.
+    if not secrets:
         return None
-    return re.compile("|".join(re.escape(v) for v in values))
+    by_first: dict[str, dict[str, int]] = {}
+    for secret in secrets:
+        for chars, length in _spellings(secret):
+            tail = "".join(_group(forms) for forms in chars[1:])
+            for first, rest in chars[0]:
+                rests = by_first.setdefault(first, {})
+                rests[rest + tail] = max(length, rests.get(rest + tail, 0))
+    branches = []
+    for first in sorted(by_first):
+        rests = by_first[first]
+        ordered = sorted(rests, key=lambda r: (-rests[r], r))  # longest first
+        branches.append(re.escape(first) + "(?:" + "|".join(ordered) + ")")
+    return re.compile("|".join(branches))
 
 
 def redact(text: str, pattern: re.Pattern[str] | None) -> str:

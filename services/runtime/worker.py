@@ -267,6 +267,7 @@ def _redact_reply(reply: RunReply, pattern: Any) -> None:
     reply["logs"] = [[lvl, redact(msg, pattern)] for lvl, msg in reply["logs"]]
     for r in reply["results"]:
         if isinstance(r, dict):
+            r["name"] = redact(str(r.get("name", "")), pattern)
             r["message"] = redact(str(r.get("message", "")), pattern)
             r["stack"] = redact(str(r.get("stack", "")), pattern)
     for t in reply["requests"]:
@@ -277,10 +278,21 @@ def _redact_reply(reply: RunReply, pattern: Any) -> None:
             if t.get(field):
                 t[field] = [[k, redact(v, pattern)] for k, v in t[field]]
     if "values" in reply:
-        reply["values"] = orjson.loads(redact(orjson.dumps(reply["values"]).decode(), pattern))
+        reply["values"] = _redact_value(reply["values"], pattern)
     if "batch_value" in reply:
-        text = orjson.dumps(reply["batch_value"]).decode()
-        reply["batch_value"] = orjson.loads(redact(text, pattern))
+        reply["batch_value"] = _redact_value(reply["batch_value"], pattern)
+
+
+def _redact_value(value: Any, pattern: Any) -> Any:
+    # String by string: in JSON text a secret with a quote or backslash is escaped, and a
+    # match cutting an escape in two would leave text that no longer parses.
+    if isinstance(value, str):
+        return redact(value, pattern)
+    if isinstance(value, list):
+        return [_redact_value(v, pattern) for v in value]
+    if isinstance(value, dict):
+        return {redact(k, pattern): _redact_value(v, pattern) for k, v in value.items()}
+    return value
 
 
 def _map_status(path: str) -> mmap.mmap:
