@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from rich.table import Table
 from eventfn_api.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.cli.context import context_file, load_context
 from services.common import names
+from services.runtime.model import HANDLER_NAMES
 
 # Piped output keeps whole ids on one line, so scripts can grep them.
 out = Console(width=None if sys.stdout.isatty() else 250)
@@ -186,8 +188,8 @@ def explain(error: grpc.RpcError) -> NoReturn:
     if code == grpc.StatusCode.UNAVAILABLE:
         fail(f"the service is not reachable ({details}); is the platform up? (`make up`)")
     if code == grpc.StatusCode.UNAUTHENTICATED:
-        # The registry's own hint ("create one with `eventfn tokens create`") needs a working
-        # token; the CLI knows where its token came from and where a working one is.
+        # The registry's own hint (after "; ") speaks to any client; the CLI knows where its
+        # token came from and where a working one is.
         fail(f"unauthenticated: {details.split('; ', 1)[0]}; {how_to_get_a_token()}")
     lines = [f"{code.name.lower().replace('_', ' ')}: {details}"]
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
@@ -272,5 +274,27 @@ def read_json(path: Path, what: str) -> Any:
 
 
 def read_code(path: Path) -> str:
-    """Read a handler file."""
-    return read_text(path, "handler file")
+    """Read a handler file, warning when it defines none of the handlers by name."""
+    code = read_text(path, "handler file")
+    if (warning := missing_handlers(code)) is not None:
+        err.print(f"warning: {path.name} {warning}", markup=False, highlight=False)
+    return code
+
+
+def missing_handlers(code: str) -> str | None:
+    """Say why no handler can be defined when no handler's name appears in the code (its
+    events would all be discarded as EventNotSupported); None when one does."""
+    if any(re.search(rf"\b{name}\b", code) for name in HANDLER_NAMES):
+        return None
+    wanted = {name.lower(): name for name in HANDLER_NAMES}
+    near = sorted({w for w in re.findall(r"\bon\w+", code, re.IGNORECASE) if w.lower() in wanted})
+    hint = (
+        f" ({', '.join(f'{w} should be {wanted[w.lower()]}' for w in near)}: the names are "
+        "case-sensitive)"
+        if near
+        else ""
+    )
+    return (
+        f"defines no handler ({', '.join(HANDLER_NAMES)}){hint}: every event would be "
+        "discarded as EventNotSupported"
+    )

@@ -45,17 +45,17 @@ class Authenticator:
         found = await self._store.member_by_token_hash(auth.hash_secret(secret))
         if found is None:
             raise Unauthenticated(
-                "the token is not valid: use one a member of the workspace created for you "
+                "the token is not valid; use one a member of the workspace created for you "
                 "(`eventfn tokens create`), or the owner token its creation printed"
             )
         member, token = found
         if token.revoked_at is not None:
             raise Unauthenticated(
-                "the token was revoked: use another of yours, or ask a Workspace Owner for one"
+                "the token was revoked; use another of yours, or ask a Workspace Owner for one"
             )
         if token.expires_at is not None and token.expires_at <= now():
             raise Unauthenticated(
-                "the token expired: use another of yours, or ask a Workspace Owner for one"
+                "the token expired; use another of yours, or ask a Workspace Owner for one"
             )
         return auth.Caller(
             member_id=member.id,

@@ -131,3 +131,17 @@ async def test_version_prints_the_installed_distributions(cli: Cli) -> None:
     result = await cli.ok("--version")
     assert result.stdout == f"eventfn {importlib.metadata.version('eventfn')}\n"
     assert (await cli.ok("--version", "status")).stdout == result.stdout
+
+
+async def test_a_file_defining_no_handler_is_saved_with_a_warning(cli: Cli, tmp_path: Path) -> None:
+    """A typo in every handler's name (`ontrack`) made a function that discarded every
+    event as EventNotSupported, saved without a word."""
+    await cli.ok("workspaces", "create", "No handlers")
+    typo = tmp_path / "typo.js"
+    typo.write_text("async function ontrack(event, settings) {}\n")
+    made = await cli.ok("functions", "create", "Typo", "--file", str(typo))
+    assert "ontrack should be onTrack" in made.stderr and "EventNotSupported" in made.stderr
+    right = tmp_path / "right.js"
+    right.write_text("async function onTrack(event, settings) {}\n")
+    made = await cli.ok("functions", "create", "Right", "--file", str(right))
+    assert "warning" not in made.stderr
