@@ -187,7 +187,13 @@ def plan(
     if isinstance(decision, GiveUp):
         headers = carried_headers(message.headers)
         headers[streams.MSG_ID] = f"{message.msg_id}:dead"
-        headers[DEAD_REASON] = decision.reason
+        # What to fix first (a list shows a reason's start), then why retrying stopped.
+        last = message.headers.get(streams.LAST_ERROR, "")
+        headers[DEAD_REASON] = (
+            f"gave up after {message.attempt} attempts, last: {last}; {decision.reason}"
+            if last
+            else decision.reason
+        )
         return Bury(streams.dead_subject(message.workspace_id, message.instance_id), headers)
     wait = nak_delay(decision.due, now, max_delay=max_hold)
     if wait > 0:

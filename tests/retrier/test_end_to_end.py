@@ -140,6 +140,10 @@ async def test_always_failing_ends_in_dead_and_replay_delivers(
     assert letter.message_id == "m-doomed"
     assert orjson.loads(letter.event_json)["messageId"] == "m-doomed"
     assert "retry window of 0:00:02" in letter.reason
+    # The last error leads (a list shows a reason's start): what to fix, before the window.
+    assert letter.reason.startswith(f"gave up after {attempts} attempts, last: RetryError"), (
+        letter.reason
+    )
     assert letter.attempts, "the dead letter records its attempts"
     assert letter.attempts[-1].error.type == "RetryError", letter.attempts[-1]
     assert "HTTP 500" in letter.attempts[-1].error.message, letter.attempts[-1]
