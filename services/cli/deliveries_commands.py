@@ -63,7 +63,8 @@ def deliveries(
             )
     t = stats.totals
     out.print(
-        f"{instance_id}: {HEALTH[stats.health]} — last 24 h: {t.delivered} delivered, "
+        f"{instance_id}: {HEALTH[stats.health]} over the last 15 min — last 24 h: "
+        f"{t.delivered} delivered, "
         f"{t.retried} retried, {t.discarded} discarded, {t.failed} failed; "
         f"{t.invocations} invocations, "
         f"{t.execution_time.ToTimedelta().total_seconds():.1f} s execution; "
