@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.cli.client import fail, read_code, read_text
+from services.common.error_location import function_frames
 from services.runtime.config import EgressConfig, RuntimeConfig
 from services.runtime.errors import InvalidInvocation
 from services.runtime.model import OutcomeKind
@@ -55,9 +56,10 @@ def _print_human(result: PreviewResult, console: Console) -> None:
         + (f"  ({len(result.outcomes)} events)" if len(result.outcomes) > 1 else "")
     )
     if result.error is not None:
-        console.print(f"[bold red]{result.error.type}[/]: {result.error.message}")
-        if result.error.stack:
-            console.print(result.error.stack, style="dim", markup=False, highlight=False)
+        console.print(f"[bold red]{result.error.type}[/]: ", end="")
+        console.print(result.error.message, markup=False, highlight=False)
+        for frame in function_frames(result.error.stack or ""):
+            console.print(f"    {frame}", style="dim", markup=False, highlight=False)
     if result.result is not None:
         console.print("[bold]Result[/]")
         console.print_json(orjson.dumps(result.result).decode())

@@ -20,6 +20,12 @@ def error_location(stack: str) -> tuple[int, int] | None:
     return None
 
 
+def function_frames(stack: str) -> list[str]:
+    """Return the stack's frames in the function's code, innermost first (without the message
+    lines above them, and without the runtime's own frames, which mean nothing to its author)."""
+    return [line.strip() for line in stack.splitlines() if _FRAME.match(line)]
+
+
 def location_text(stack: str) -> str:
     """Return `function.js:LINE:COL` of the innermost frame in the function's code, or ""."""
     where = error_location(stack)

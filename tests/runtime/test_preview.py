@@ -96,12 +96,27 @@ def test_cli_preview_prints_result_logs_and_requests(tmp_path: Path) -> None:
 
 def test_cli_preview_exit_code_on_failure(tmp_path: Path) -> None:
     handler = tmp_path / "fn.js"
-    handler.write_text("async function onTrack() { throw new Error('nope') }")
+    handler.write_text("async function onTrack() {\n  throw new Error('nope')\n}")
     event = tmp_path / "e.json"
     event.write_text('{"type": "track", "event": "x"}')
     run = CliRunner().invoke(_cli(), [str(handler), "--event", str(event)])
     assert run.exit_code == 1
-    assert "Error: nope" in run.output
+    # The error once, then only the frames in the function's code (the runtime's own,
+    # `at <anonymous>:1:62`, mean nothing to the function's author).
+    assert run.output.count("Error: nope") == 1, run.output
+    assert "at onTrack (function.js:2:" in run.output and "<anonymous>" not in run.output
+
+
+def test_a_failed_fetch_names_the_line_that_made_it(tmp_path: Path) -> None:
+    """A FetchError is made when the host answers, where none of the function's frames is
+    on the stack: it named no line of the function before it took the fetch call's frames."""
+    handler = tmp_path / "fn.js"
+    handler.write_text(
+        "async function onTrack() {\n  const r = await fetch('http://127.0.0.1:9/x')\n}"
+    )
+    run = CliRunner().invoke(_cli(), [str(handler), "--allow", "127.0.0.1/32"])
+    assert run.exit_code == 1
+    assert "FetchError" in run.output and "at onTrack (function.js:2:" in run.output, run.output
 
 
 async def test_a_preview_stopped_after_a_runaway_leaves_no_status_file() -> None:

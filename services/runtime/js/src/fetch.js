@@ -300,7 +300,25 @@ export class Request extends Body {
   }
 }
 
+// The runtime's own, taken before any user code runs (a function may replace Error's).
+const captureStack = Error.captureStackTrace;
+
+// Give an error the host reported the frames of the fetch call that led to it: it is made
+// in a callback, where no frame of the function's code is on the stack.
+function atCallSite(err, site) {
+  try {
+    const frames = String(site.stack);
+    const at = frames.indexOf('\n');
+    if (at >= 0) err.stack = `${err.name}: ${err.message}${frames.slice(at)}`;
+  } catch (ignored) {
+    // a replaced Error.prepareStackTrace that throws: the error keeps its own stack
+  }
+  return err;
+}
+
 export function fetch(input, init) {
+  const site = {};
+  captureStack(site, fetch);
   return new Promise((resolve, reject) => {
     let req;
     try {
@@ -342,7 +360,8 @@ export function fetch(input, init) {
       },
       (res) => {
         if (res.error) {
-          reject(new FetchError(res.error.message, res.error.type, { code: res.error.code }));
+          const err = new FetchError(res.error.message, res.error.type, { code: res.error.code });
+          reject(atCallSite(err, site));
           return;
         }
         const body = res.body == null ? null
