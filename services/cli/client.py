@@ -181,6 +181,30 @@ def how_to_get_a_token() -> str:
     )
 
 
+# The API's fields the commands set with a flag of another name.
+FIELD_FLAGS = {
+    "instance.batch_size": "--batch-size",
+    "instance.batch_wait": "--batch-wait-ms",
+    "instance.timeout": "--timeout-ms",
+    "instance.retry_window": "--retry-window-seconds",
+    "instance.retry_max_delay": "--retry-max-delay-seconds",
+    "instance.filters": "--filter",
+    "instance.display_name": "--name",
+}
+_SETTING = re.compile(r"^(?:deploy_settings\[[^\]]*\]\.)?settings\.(.+)$")
+_FILTER = re.compile(r"^instance\.filters\[(\d+)\]$")
+
+
+def flag_of(field: str) -> str:
+    """Name a bad field as the CLI's user set it: its flag (`--set name=…` for a setting),
+    or the field itself when no flag sets it."""
+    if (setting := _SETTING.match(field)) is not None:
+        return f"--set {setting.group(1)}=…"
+    if (nth := _FILTER.match(field)) is not None:
+        return f"--filter #{int(nth.group(1)) + 1}"
+    return FIELD_FLAGS.get(field, field)
+
+
 def explain(error: grpc.RpcError) -> NoReturn:
     """Print an RPC error as people read it: code, message, and each bad field."""
     code = error.code()  # type: ignore[attr-defined]
@@ -198,7 +222,7 @@ def explain(error: grpc.RpcError) -> NoReturn:
             if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
-                lines += [f"  {v.field}: {v.description}" for v in bad.field_violations]
+                lines += [f"  {flag_of(v.field)}: {v.description}" for v in bad.field_violations]
     if len(lines) > 2 or (len(lines) == 2 and lines[1].strip() not in lines[0]):
         fail("\n".join(lines))
     fail(lines[0])

@@ -118,7 +118,7 @@ async def test_deploy_with_a_new_required_setting(cli: Cli, tmp_path: Path) -> N
     refused = await cli.fails("functions", "deploy", v2, "--instance", ins)
     assert refused.lines == [
         "error: invalid argument: invalid settings values",
-        "  settings.region: the required setting 'region' is missing",
+        "  --set region=…: the required setting 'region' is missing",
     ]
     # The current version does not declare it: `instances update` says where it goes.
     update = await cli.fails("instances", "update", ins, "--set", "region=eu")
@@ -138,6 +138,9 @@ async def test_deploy_with_a_new_required_setting(cli: Cli, tmp_path: Path) -> N
         "--deploy", ins, "--set", "tier=gold",
     )  # fmt: skip
     assert f"deployed to Webhook ← Website ({ins})" in save_deploy.stdout
+    # Bad values name the flag that sets them, not the API's field.
+    slow = await cli.fails("instances", "update", ins, "--timeout-ms", "9999999")
+    assert "  --timeout-ms: must be 100ms..60s, got 9999999ms" in slow.lines
     shown = json.loads((await cli.ok("instances", "show", ins)).stdout)
     assert shown["settings"] == {"endpoint": "https://example.com/hook", "tier": "gold"}
     lonely = await cli.fails("functions", "save", fn, "--file", str(handler), "--set", "tier=x")
