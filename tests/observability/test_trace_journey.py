@@ -8,13 +8,9 @@ import asyncio
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
-from eventfn_api.registry.v1 import registry_pb2 as pb
-from eventfn_api.registry.v1 import resources_pb2 as res
-from eventfn_api.type.v1 import types_pb2
 from services.cli.trace_commands import render
 from services.common.tracer import TracerProvider
 from tests.eventually import eventually
@@ -56,34 +52,7 @@ async def test_an_events_journey_is_one_trace(
 ) -> None:
     await start_retrier_on()
     owner = auth(platform.owner)
-    fn = await platform.registry.stub.CreateFunction(
-        pb.CreateFunctionRequest(
-            parent=platform.workspace,
-            function=res.DestinationFunction(display_name="traced"),
-            code=CODE,
-            settings=[
-                types_pb2.SettingDefinition(name="endpoint", type=types_pb2.SETTING_TYPE_STRING),
-                types_pb2.SettingDefinition(
-                    name="apiKey", type=types_pb2.SETTING_TYPE_STRING, encrypted=True
-                ),
-            ],
-        ),
-        metadata=owner,
-    )
-    values = struct_pb2.Struct()
-    values.update({"endpoint": sink.url, "apiKey": SECRET})
-    ins = await platform.registry.stub.CreateInstance(
-        pb.CreateInstanceRequest(
-            parent=platform.workspace,
-            instance=res.Instance(
-                function=fn.function.name, source=platform.source, settings=values
-            ),
-        ),
-        metadata=owner,
-    )
-    iid = ins.instance.name.rsplit("/", 1)[-1]
-    for watcher in (platform.router.watcher, platform.executor.watcher):
-        await watcher.wait_until(lambda v: iid in v.instances)
+    iid = await platform.instance(CODE, sink.url, secret=SECRET)
 
     resp = await platform.http.post(
         "/v1/track",
@@ -164,7 +133,7 @@ async def test_an_events_journey_is_one_trace(
         )
         failures = await eventually(
             lambda: executor.ListDeliveryFailures(
-                executor_pb2.ListDeliveryFailuresRequest(parent=ins.instance.name),
+                executor_pb2.ListDeliveryFailuresRequest(parent=platform.instance_name(iid)),
                 metadata=owner,
             ),
             "the retried event's failure sample",

@@ -151,25 +151,36 @@ class Platform:
         """Return an instance's name."""
         return f"{self.workspace}/instances/{instance_id}"
 
-    async def instance(self, code: str, endpoint: str, **options: Any) -> str:
+    async def instance(
+        self, code: str, endpoint: str, *, secret: str | None = None, **options: Any
+    ) -> str:
         """Create a function and connect it to the source; wait until the data plane has it;
-        return the instance's id."""
+        return the instance's id. With `secret`, the function also has an encrypted setting
+        `apiKey`, set to it."""
         name = f"fn-{len(self.executor.watcher.instances)}-{id(code) % 10_000}"
+        definitions = [
+            types_pb2.SettingDefinition(
+                name="endpoint", type=types_pb2.SETTING_TYPE_STRING, required=True
+            )
+        ]
+        values = struct_pb2.Struct()
+        values.update({"endpoint": endpoint})
+        if secret is not None:
+            definitions.append(
+                types_pb2.SettingDefinition(
+                    name="apiKey", type=types_pb2.SETTING_TYPE_STRING, encrypted=True
+                )
+            )
+            values.update({"apiKey": secret})
         fn = await self.registry.stub.CreateFunction(
             pb.CreateFunctionRequest(
                 parent=self.workspace,
                 function=res.DestinationFunction(display_name=name),
                 code=code,
-                settings=[
-                    types_pb2.SettingDefinition(
-                        name="endpoint", type=types_pb2.SETTING_TYPE_STRING, required=True
-                    )
-                ],
+                settings=definitions,
             ),
             metadata=auth(self.owner),
         )
-        values = struct_pb2.Struct()
-        values.update({"endpoint": endpoint})
         ins = await self.registry.stub.CreateInstance(
             pb.CreateInstanceRequest(
                 parent=self.workspace,

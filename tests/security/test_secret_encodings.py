@@ -9,13 +9,11 @@ import json
 from urllib.parse import quote, quote_plus
 
 import grpc
-from google.protobuf import struct_pb2
 from nats.aio.client import Client as NatsClient
 
 from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
-from eventfn_api.type.v1 import types_pb2
 from services.common import streams
 from services.runtime import RuntimePool
 from tests.eventually import eventually
@@ -84,38 +82,16 @@ async def test_deliveries_show_no_spelling_of_an_encrypted_setting(
     sink.status = 500
     owner = auth(platform.owner)
     stub = platform.registry.stub
-    fn = await stub.CreateFunction(
-        pb.CreateFunctionRequest(
-            parent=platform.workspace,
-            function=res.DestinationFunction(display_name="leaky"),
-            code=LEAKY,
-            settings=[
-                types_pb2.SettingDefinition(name="endpoint", type=types_pb2.SETTING_TYPE_STRING),
-                types_pb2.SettingDefinition(
-                    name="apiKey", type=types_pb2.SETTING_TYPE_STRING, encrypted=True
-                ),
-            ],
-        ),
-        metadata=owner,
-    )
-    values = struct_pb2.Struct()
-    values.update({"endpoint": sink.url, "apiKey": SECRET})
-    created = await stub.CreateInstance(
-        pb.CreateInstanceRequest(
-            parent=platform.workspace,
-            instance=res.Instance(
-                function=fn.function.name, source=platform.source, settings=values
-            ),
-        ),
-        metadata=owner,
-    )
-    iid = created.instance.name.rsplit("/", 1)[-1]
-    for watcher in (platform.router.watcher, platform.executor.watcher):
-        await watcher.wait_until(lambda v: iid in v.instances)
+    iid = await platform.instance(LEAKY, sink.url, secret=SECRET)
+    function = (
+        await stub.GetInstance(
+            pb.GetInstanceRequest(name=platform.instance_name(iid)), metadata=owner
+        )
+    ).instance.function
     reader = await platform.registry.member(
         platform.owner,
         "reader@leaky.io",
-        res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY, functions=[fn.function.name]),
+        res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY, functions=[function]),
     )
     retries = await nats_client.jetstream().subscribe(f"retry.*.{iid}", ordered_consumer=True)
 
