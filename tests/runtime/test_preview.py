@@ -108,15 +108,17 @@ def test_cli_preview_exit_code_on_failure(tmp_path: Path) -> None:
 
 
 def test_a_failed_fetch_names_the_line_that_made_it(tmp_path: Path) -> None:
-    """A FetchError is made when the host answers, where none of the function's frames is
-    on the stack: it named no line of the function before it took the fetch call's frames."""
+    """A FetchError made in the host's callback had none of the function's frames on its
+    stack, so it named no line of the function."""
     handler = tmp_path / "fn.js"
     handler.write_text(
         "async function onTrack() {\n  const r = await fetch('http://127.0.0.1:9/x')\n}"
     )
     run = CliRunner().invoke(_cli(), [str(handler), "--allow", "127.0.0.1/32"])
     assert run.exit_code == 1
-    assert "FetchError" in run.output and "at onTrack (function.js:2:" in run.output, run.output
+    assert "FetchError" in run.output and "at async onTrack (function.js:2:" in run.output, (
+        run.output
+    )
 
 
 async def test_a_preview_stopped_after_a_runaway_leaves_no_status_file() -> None:

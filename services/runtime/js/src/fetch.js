@@ -300,25 +300,27 @@ export class Request extends Body {
   }
 }
 
-// The runtime's own, taken before any user code runs (a function may replace Error's).
-const captureStack = Error.captureStackTrace;
-
-// Give an error the host reported the frames of the fetch call that led to it: it is made
-// in a callback, where no frame of the function's code is on the stack.
-function atCallSite(err, site) {
-  try {
-    const frames = String(site.stack);
-    const at = frames.indexOf('\n');
-    if (at >= 0) err.stack = `${err.name}: ${err.message}${frames.slice(at)}`;
-  } catch (ignored) {
-    // a replaced Error.prepareStackTrace that throws: the error keeps its own stack
+// A failure the host reports, until `fetch` makes it a FetchError.
+class HostFailure {
+  constructor(error) {
+    this.error = error;
   }
-  return err;
 }
 
-export function fetch(input, init) {
-  const site = {};
-  captureStack(site, fetch);
+// The FetchError of a failure the host reports is made here, after the await: in an async
+// function's continuation V8 adds the awaiting frames of the function's code to its stack
+// (`at async onTrack (function.js:2:19)`), at no cost when nothing fails; made in the host's
+// callback it had none.
+export async function fetch(input, init) {
+  try {
+    return await send(input, init);
+  } catch (err) {
+    if (!(err instanceof HostFailure)) throw err;
+    throw new FetchError(err.error.message, err.error.type, { code: err.error.code });
+  }
+}
+
+function send(input, init) {
   return new Promise((resolve, reject) => {
     let req;
     try {
@@ -360,8 +362,7 @@ export function fetch(input, init) {
       },
       (res) => {
         if (res.error) {
-          const err = new FetchError(res.error.message, res.error.type, { code: res.error.code });
-          reject(atCallSite(err, site));
+          reject(new HostFailure(res.error));
           return;
         }
         const body = res.body == null ? null
