@@ -14,8 +14,11 @@ publishes rather than dropping stored, unprocessed events.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import socket
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
@@ -26,9 +29,11 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from services.common.settings import CommonSettings, nats_servers
+
+log = logging.getLogger(__name__)
 
 EVENTS_STREAM = "EVENTS"
 RETRY_STREAM = "RETRY"
@@ -100,6 +105,10 @@ class InvalidSubjectTokenError(ValueError):
 
 class StreamTopologyError(Exception):
     """An existing stream cannot be brought to the required configuration."""
+
+
+class JetStreamUnavailableError(Exception):
+    """JetStream did not answer a starting service within JETSTREAM_WAIT_SECONDS."""
 
 
 @dataclass(frozen=True)
@@ -254,6 +263,9 @@ MAX_OUTSTANDING_PINGS = 2
 # and the connection is never declared stale. The kernel then ends a connection whose sent
 # bytes stay unacknowledged this long, the flush fails and the client reconnects.
 UNACKNOWLEDGED_WRITE_SECONDS = 5
+# How long a starting service waits for JetStream's API to answer (a new cluster answers once
+# it has elected a meta leader) before it gives up.
+JETSTREAM_WAIT_SECONDS = 60.0
 
 
 async def _create(js: JetStreamContext, desired: StreamConfig) -> None:
@@ -302,6 +314,35 @@ async def ensure_streams(
                 f"stream {desired.name} differs in {', '.join(drift)} and cannot be updated: "
                 f"{exc}; change it by hand (nats stream edit) or recreate it"
             ) from exc
+
+
+async def _ensure_when_answered(
+    js: JetStreamContext, *, replicas: int, dead_max_age: timedelta
+) -> None:
+    """Ensure the streams once JetStream answers: a cluster that has just started (or lost
+    its meta leader) answers its API only once it has elected one, and a service started
+    meanwhile waits for it, up to JETSTREAM_WAIT_SECONDS, rather than exit."""
+    deadline = time.monotonic() + JETSTREAM_WAIT_SECONDS
+    delay = 0.5
+    while True:
+        try:
+            await ensure_streams(js, replicas=replicas, dead_max_age=dead_max_age)
+            return
+        except (NatsTimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError) as exc:
+            if time.monotonic() + delay >= deadline:
+                raise JetStreamUnavailableError(
+                    f"JetStream did not answer for {JETSTREAM_WAIT_SECONDS:.0f} s ({exc!r}): is "
+                    "the NATS server running with JetStream enabled, and has its cluster a "
+                    "leader?"
+                ) from exc
+            log.warning(
+                "JetStream did not answer (%r; a cluster may be electing its leader); "
+                "trying again in %.1f s",
+                exc,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def bound_unacknowledged_writes(nc: NatsClient) -> bool:
@@ -354,7 +395,7 @@ async def open_streams(
         else nc.jetstream()
     )
     try:
-        await ensure_streams(
+        await _ensure_when_answered(
             js,
             replicas=settings.stream_replicas,
             dead_max_age=timedelta(days=settings.dead_retention_days),
