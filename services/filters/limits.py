@@ -35,7 +35,6 @@ def exceeded(texts: Sequence[str], parsed: Sequence[CompiledFilter]) -> str | No
         return (
             f"match() globs with {cost} characters in `?` pieces between stars (a pattern "
             f"read from the event counts {MAX_EVENT_WILDCARD}); an instance's filters may have "
-            f"at most "
-            f"{WILDCARD_BUDGET}: use `*` for runs of any characters"
+            f"at most {WILDCARD_BUDGET}: use `*` for runs of any characters"
         )
     return None
