@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,12 +13,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from eventfn_api.type.v1 import types_pb2
 from services.cli.client import fail, read_code, read_text
 from services.common.error_location import function_frames
 from services.runtime.config import EgressConfig, RuntimeConfig
 from services.runtime.errors import InvalidInvocation
-from services.runtime.model import OutcomeKind
-from services.runtime.preview import PreviewResult, preview_in_process, sample_event
+from services.runtime.model import EventOutcome, LogLine, OutcomeKind, RequestTrace
+from services.runtime.preview import (
+    PreviewError,
+    PreviewResult,
+    preview_in_process,
+    sample_event,
+)
 from services.runtime.settings_schema import split_assignment
 
 
@@ -87,18 +94,12 @@ def _print_human(result: PreviewResult, console: Console) -> None:
 
 
 def _preview_remote(
-    code: str,
-    payload: bytes,
-    values: object,
-    json_output: bool,
-    console: Console,
-    function_id: str = "",
-) -> None:
-    """Send the preview to the running executor and print its answer."""
-    from google.protobuf import json_format, struct_pb2
+    code: str, payload: bytes, values: object, function_id: str = ""
+) -> PreviewResult:
+    """Run the preview on the running executor; return its answer as a local run's."""
+    from google.protobuf import struct_pb2
 
     from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
-    from eventfn_api.type.v1 import types_pb2
     from services.cli.client import metadata, stub
     from services.cli.client import name as cli_name
     from services.common import names
@@ -115,22 +116,61 @@ def _preview_remote(
             ),
             metadata=metadata(),
         )
-    if json_output:
-        typer.echo(json_format.MessageToJson(resp))
-    else:
-        outcome = types_pb2.Outcome.Name(resp.outcome).removeprefix("OUTCOME_").lower()
-        colour = "green" if resp.outcome == types_pb2.OUTCOME_DELIVERED else "red"
-        took = resp.duration.ToTimedelta().total_seconds() * 1000
-        console.print(f"[bold {colour}]{outcome}[/] in {took:.1f} ms (remote)")
-        if resp.HasField("error"):
-            console.print(f"[bold red]{resp.error.type}[/]: {resp.error.message}")
-        console.print(f"[bold]Result[/] {resp.result_json}", highlight=False)
-        console.print("[bold]Logs[/]")
-        console.print(resp.logs or "  (none)", markup=False, highlight=False)
-        for r in resp.requests:
-            console.print(f"  {r.method} {r.url} → {r.status or r.error}", highlight=False)
-    if resp.outcome != types_pb2.OUTCOME_DELIVERED:
-        raise typer.Exit(1)
+    return from_response(resp)
+
+
+# The API's outcomes as the runtime names them.
+_KINDS = {
+    types_pb2.OUTCOME_DELIVERED: OutcomeKind.DELIVERED,
+    types_pb2.OUTCOME_RETRY: OutcomeKind.RETRY,
+    types_pb2.OUTCOME_DISCARDED: OutcomeKind.DISCARD,
+    types_pb2.OUTCOME_FAILED: OutcomeKind.FAILURE,
+}
+_LOG_LINE = re.compile(r"^(log|info|warn|error|debug|trace): (.*)$", re.DOTALL)
+
+
+def from_response(resp: Any) -> PreviewResult:
+    """Read an Executor.Preview answer as a local preview's result, so that both print (and
+    print as JSON) alike."""
+    outcome = _KINDS.get(resp.outcome, OutcomeKind.FAILURE)
+    error = None
+    if resp.HasField("error"):
+        error = PreviewError(resp.error.type, resp.error.message, resp.error.stack or None)
+    kinds = [_KINDS.get(o, OutcomeKind.FAILURE) for o in resp.batch_outcomes] or [outcome]
+    logs: list[LogLine] = []
+    for line in resp.logs.splitlines():
+        found = _LOG_LINE.match(line)
+        if found is not None:
+            logs.append(LogLine(found.group(1), found.group(2)))
+        elif logs:  # a message's own line break
+            logs[-1] = LogLine(logs[-1].level, f"{logs[-1].message}\n{line}")
+    return PreviewResult(
+        outcome=outcome,
+        outcomes=(
+            [EventOutcome(outcome, error.type, error.message, error.stack)]
+            if error is not None and len(kinds) == 1
+            else [EventOutcome(kind) for kind in kinds]
+        ),
+        result=None if resp.result_json in ("", "undefined") else orjson.loads(resp.result_json),
+        error=error,
+        logs=logs,
+        logs_truncated=resp.logs_truncated,
+        requests=[
+            RequestTrace(
+                method=r.method,
+                url=r.url,
+                status=r.status or None,
+                duration_ms=r.duration.ToTimedelta().total_seconds() * 1000,
+                error=r.error or None,
+                request_headers=tuple((h.name, h.value) for h in r.request_headers),
+                request_body=r.request_body or None,
+                response_headers=tuple((h.name, h.value) for h in r.response_headers),
+                response_body=r.response_body or None,
+            )
+            for r in resp.requests
+        ],
+        duration_ms=resp.duration.ToTimedelta().total_seconds() * 1000,
+    )
 
 
 def preview(
@@ -190,13 +230,17 @@ def preview(
             fail(f"--set {error}")
         values[name] = text
     if remote:
-        _preview_remote(code, payload, values, json_output, console, function)
-        return
-    config = RuntimeConfig(workers=1, egress=EgressConfig.from_environ(allow=tuple(allow or ())))
-    try:
-        result = asyncio.run(preview_in_process(code, payload, values, config=config))
-    except InvalidInvocation as exc:
-        fail(str(exc))
+        result = _preview_remote(code, payload, values, function)
+    else:
+        egress = EgressConfig.from_environ(allow=tuple(allow or ()))
+        try:
+            result = asyncio.run(
+                preview_in_process(
+                    code, payload, values, config=RuntimeConfig(workers=1, egress=egress)
+                )
+            )
+        except InvalidInvocation as exc:
+            fail(str(exc))
     if json_output:
         typer.echo(orjson.dumps(_as_jsonable(result), option=orjson.OPT_INDENT_2).decode())
     else:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import grpc
 import orjson
 import pytest
+import typer
 from google.protobuf import struct_pb2
+from typer.testing import CliRunner
 
 from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
 from eventfn_api.type.v1 import types_pb2
+from services.cli.preview import preview
 from tests.pipeline.conftest import Platform, Sink
 from tests.registry.conftest import auth
 
@@ -59,3 +65,53 @@ async def test_preview_reports_result_logs_and_requests(platform: Platform, sink
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.Preview(executor_pb2.PreviewRequest(code=CODE, event_json="{}"))
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_the_cli_prints_a_remote_preview_as_a_local_one(
+    platform: Platform, sink: Sink, tmp_path: Path
+) -> None:
+    """`eventfn preview --remote --json` printed the API's message (OUTCOME_DELIVERED,
+    resultJson, logs as one string) where a local preview prints {"outcome": "delivered",
+    "result": …, "logs": [{level, message}]}: a script could not read both."""
+    handler = tmp_path / "fn.js"
+    handler.write_text(CODE)
+    args = [str(handler), "--set", f"endpoint={sink.url}/x", "--set", "apiKey=k", "--json"]
+    env = {
+        "EVENTFN_EXECUTOR_ADDR": f"127.0.0.1:{platform.executor.port}",
+        "EVENTFN_REGISTRY_ADDR": f"127.0.0.1:{platform.registry.port}",
+        "EVENTFN_TOKEN": platform.owner,
+        "EVENTFN_EGRESS_ALLOW": "127.0.0.1/32",
+    }
+    app = typer.Typer()
+    app.command()(preview)
+
+    def run(*extra: str) -> dict:
+        result = CliRunner().invoke(app, [*args, *extra], env=env)
+        assert result.exit_code == 0, result.output
+        return orjson.loads(result.output)
+
+    local = await asyncio.to_thread(run, "--allow", "127.0.0.1/32")
+    remote = await asyncio.to_thread(run, "--remote")
+    assert local.keys() == remote.keys()
+    assert (
+        local["outcomes"]
+        == remote["outcomes"]
+        == [
+            {
+                "kind": "delivered",
+                "error_type": None,
+                "message": None,
+                "stack": None,
+                "status": None,
+            }
+        ]
+    )
+    for got in (local, remote):
+        assert got["outcome"] == "delivered" and got["result"] == {"status": 200}
+        assert got["logs"] == [{"level": "log", "message": "sending Song Played with k"}]
+        (request,) = got["requests"]
+        assert (request["method"], request["url"], request["status"]) == (
+            "POST",
+            f"{sink.url}/x",
+            200,
+        )
