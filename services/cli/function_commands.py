@@ -6,6 +6,7 @@ import uuid
 from pathlib import Path
 from typing import Annotated
 
+import grpc
 import typer
 from google.protobuf import field_mask_pb2
 
@@ -222,24 +223,43 @@ def function_list(json_: Json = False) -> None:
 
 @functions.command("versions")
 def function_versions(function_id: str, json_: Json = False) -> None:
-    """List a function's versions, newest first."""
+    """List a function's versions, newest first, with the instances running each."""
+    fn_name = cli_name(function_id, names.FUNCTION)
     with registry() as r:
         rows = list(
             pages(
                 r.ListFunctionVersions,
-                pb.ListFunctionVersionsRequest(
-                    parent=cli_name(function_id, names.FUNCTION), page_size=500
-                ),
+                pb.ListFunctionVersionsRequest(parent=fn_name, page_size=500),
                 "versions",
             )
         )
-    if json_:
-        as_json_list(rows)
-        return
+        if json_:
+            as_json_list(rows)
+            return
+        running: dict[str, list[str]] = {}
+        try:
+            for ins in pages(
+                r.ListInstances,
+                pb.ListInstancesRequest(parent=workspace(), function=fn_name, page_size=500),
+                "instances",
+            ):
+                running.setdefault(ins.version, []).append(short(ins.name))
+        except grpc.RpcError as error:  # a member who may read functions, not instances
+            if error.code() != grpc.StatusCode.PERMISSION_DENIED:  # type: ignore[attr-defined]
+                raise
     table(
         "versions",
-        ["number", "id", "saved by", "saved"],
-        [[v.number, short(v.name), v.creator, when(v.create_time)] for v in rows],
+        ["number", "id", "saved by", "saved", "running on"],
+        [
+            [
+                v.number,
+                short(v.name),
+                v.creator,
+                when(v.create_time),
+                ", ".join(running.get(v.name, [])),
+            ]
+            for v in rows
+        ],
     )
 
 

@@ -125,6 +125,10 @@ async def test_deploy_with_a_new_required_setting(cli: Cli, tmp_path: Path) -> N
     assert "functions deploy" in update.lines[0]
 
     await cli.ok("functions", "deploy", v2, "--instance", ins, "--set", "region=eu")
+    # Each version's row names the instances running it (which to roll back to, and where).
+    versions = await cli.ok("functions", "versions", fn)
+    (running,) = [line for line in versions.lines if ins in line]
+    assert v2 in running
     shown = json.loads((await cli.ok("instances", "show", ins)).stdout)
     assert shown["version"].endswith(f"/versions/{v2}")
     assert shown["settings"] == {"endpoint": "https://example.com/hook", "region": "eu"}
