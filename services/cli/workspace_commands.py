@@ -43,12 +43,18 @@ def workspace_create(
     use: Annotated[
         bool, typer.Option(help="Make the new owner token the CLI's current token.")
     ] = True,
+    owner_email: Annotated[
+        str,
+        typer.Option(help="The first owner's email (the audit trail's name for its token)."),
+    ] = "",
 ) -> None:
     """Create a workspace and print its owner token (kept for `workspaces use`)."""
     with registry() as r:
         resp = r.CreateWorkspace(
             pb.CreateWorkspaceRequest(
-                workspace=res.Workspace(display_name=name), request_id=str(uuid.uuid4())
+                workspace=res.Workspace(display_name=name),
+                request_id=str(uuid.uuid4()),
+                owner_email=owner_email,
             ),
             metadata=metadata(),
         )

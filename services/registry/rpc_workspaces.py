@@ -35,11 +35,14 @@ class WorkspaceRpcs:
         caller = await self.authn.caller(context)
         require(caller.bootstrap, "create workspaces (only the bootstrap administrator may)")
         name = check_name("workspace.display_name", request.workspace.display_name)
+        email = (
+            check_name("owner_email", request.owner_email) if request.owner_email else caller.email
+        )
         key = request_key(caller.workspace_id, caller.member_id, "CreateWorkspace", request)
 
         async def create() -> pb.CreateWorkspaceResponse:
             try:
-                return await self._create(caller, name, key)
+                return await self._create(caller, name, email, key)
             except IntegrityError as error:
                 if unique_violation(error):
                     raise AlreadyExists(
@@ -50,7 +53,7 @@ class WorkspaceRpcs:
         return await self.deps.idempotency.once(key, pb.CreateWorkspaceResponse, create)
 
     async def _create(
-        self, caller: Caller, name: str, key: RequestKey | None
+        self, caller: Caller, name: str, email: str, key: RequestKey | None
     ) -> pb.CreateWorkspaceResponse:
         secret = auth.new_secret()
         async with self.store.transaction() as s:
@@ -60,7 +63,7 @@ class WorkspaceRpcs:
             owner = Member(
                 id=new_id("mem"),
                 workspace_id=ws.id,
-                email=caller.email,
+                email=email,
                 roles=auth.grants_to_json((auth.Grant(auth.OWNER),)),
                 created_at=now(),
             )

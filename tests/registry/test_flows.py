@@ -152,6 +152,26 @@ async def test_save_deploy_rollback_and_audit(registry: Registry) -> None:
     assert deploy.actor.startswith(parent + "/members/")
 
 
+async def test_a_workspace_owner_is_named_by_the_email_given(registry: Registry) -> None:
+    """The first owner was always the bootstrap administrator's `admin`: the audit trail named
+    `admin` for everything done with the new workspace's owner token."""
+    made = await registry.stub.CreateWorkspace(
+        pb.CreateWorkspaceRequest(
+            workspace=res.Workspace(display_name="Named owner"), owner_email="ada@acme.io"
+        ),
+        metadata=auth(BOOTSTRAP),
+    )
+    assert made.owner.email == "ada@acme.io"
+    me = await registry.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(made.token))
+    assert me.member.email == "ada@acme.io"
+    unnamed = await registry.stub.CreateWorkspace(
+        pb.CreateWorkspaceRequest(workspace=res.Workspace(display_name="Unnamed owner")),
+        metadata=auth(BOOTSTRAP),
+    )
+    admin = await registry.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(BOOTSTRAP))
+    assert unnamed.owner.email == admin.member.email
+
+
 async def test_pagination_walks_every_page(registry: Registry) -> None:
     ws_id, owner = await registry.workspace("Pages")
     for i in range(7):

@@ -34,11 +34,16 @@ class CreateWorkspaceRequest(_message.Message):
 
     WORKSPACE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    OWNER_EMAIL_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """A UUID the client makes once per workspace and sends again with every retry of it
     (AIP-155): a retry within 24 hours answers the first call's response (the same owner
     token) instead of failing with ALREADY_EXISTS. Empty: no deduplication.
     INVALID_ARGUMENT when it is not a UUID, or when it was used for a different request.
+    """
+    owner_email: _builtins.str
+    """The email of the workspace's first owner, the member the response's token is for (who
+    the audit trail names for what is done with it). Empty: the bootstrap administrator's.
     """
     @_builtins.property
     def workspace(self) -> _resources_pb2.Workspace:
@@ -49,10 +54,11 @@ class CreateWorkspaceRequest(_message.Message):
         *,
         workspace: _resources_pb2.Workspace | None = ...,
         request_id: _builtins.str = ...,
+        owner_email: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["workspace", b"workspace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner_email", b"owner_email", "request_id", b"request_id", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
