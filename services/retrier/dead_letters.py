@@ -408,12 +408,19 @@ class DeadLetterStore:
     async def purge(self, letters: Iterable[Letter]) -> int:
         """Delete the letters from DEAD (their pack's other letters stay, stored again, as
         after a replay); return how many were deleted (letters gone meanwhile are skipped)."""
-        by_pack: dict[int, set[int]] = {}
+        by_pack: dict[int, tuple[DeadPack, set[int]]] = {}
         for letter in letters:
-            by_pack.setdefault(letter.pack.seq, set()).add(letter.id.index or 0)
+            by_pack.setdefault(letter.pack.seq, (letter.pack, set()))[1].add(letter.id.index or 0)
         count = 0
         async with self._lock:  # one replay or purge of a pack at a time in this process
-            for seq, chosen in sorted(by_pack.items()):
+            for seq, (selected, chosen) in sorted(by_pack.items()):
+                if len(chosen) >= len(selected.events()):  # the whole pack: delete it
+                    try:
+                        await self._js.delete_msg(streams.DEAD_STREAM, seq)
+                    except NotFoundError:
+                        continue  # replayed or purged meanwhile
+                    count += len(chosen)
+                    continue
                 pack = await self.pack(seq)  # as it is now: replayed or purged meanwhile?
                 if pack is None:
                     continue
