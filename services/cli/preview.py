@@ -13,9 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from eventfn_api.type.v1 import types_pb2
 from services.cli.client import fail, read_code, read_text
 from services.common.error_location import function_frames
+from services.common.outcomes import NAME_OF
 from services.runtime.config import EgressConfig, RuntimeConfig
 from services.runtime.errors import InvalidInvocation
 from services.runtime.model import EventOutcome, LogLine, OutcomeKind, RequestTrace
@@ -119,24 +119,18 @@ def _preview_remote(
     return from_response(resp)
 
 
-# The API's outcomes as the runtime names them.
-_KINDS = {
-    types_pb2.OUTCOME_DELIVERED: OutcomeKind.DELIVERED,
-    types_pb2.OUTCOME_RETRY: OutcomeKind.RETRY,
-    types_pb2.OUTCOME_DISCARDED: OutcomeKind.DISCARD,
-    types_pb2.OUTCOME_FAILED: OutcomeKind.FAILURE,
-}
 _LOG_LINE = re.compile(r"^(log|info|warn|error|debug|trace): (.*)$", re.DOTALL)
 
 
 def from_response(resp: Any) -> PreviewResult:
     """Read an Executor.Preview answer as a local preview's result, so that both print (and
     print as JSON) alike."""
-    outcome = _KINDS.get(resp.outcome, OutcomeKind.FAILURE)
+    outcome = OutcomeKind(NAME_OF.get(resp.outcome, OutcomeKind.FAILURE))
     error = None
     if resp.HasField("error"):
         error = PreviewError(resp.error.type, resp.error.message, resp.error.stack or None)
-    kinds = [_KINDS.get(o, OutcomeKind.FAILURE) for o in resp.batch_outcomes] or [outcome]
+    kinds = [OutcomeKind(NAME_OF.get(o, OutcomeKind.FAILURE)) for o in resp.batch_outcomes]
+    kinds = kinds or [outcome]
     logs: list[LogLine] = []
     for line in resp.logs.splitlines():
         found = _LOG_LINE.match(line)

@@ -20,33 +20,22 @@ from services.common import names, streams
 from services.common.deliveries.reads import DeliveryReads
 from services.common.deliveries.recorder import COUNTERS
 from services.common.errors import InvalidArgument, PermissionDenied
+from services.common.outcomes import OUTCOME_OF
 from services.common.page_tokens import PageTokens
 from services.common.pull import NATS_ERRORS
 from services.common.registry_gate import RegistryGate
 from services.common.roles import may_write_function
 from services.executor.policy import health
 from services.executor.traces import get_trace
-from services.runtime import InvalidInvocation, OutcomeKind, RuntimePool
+from services.runtime import InvalidInvocation, RuntimePool
 from services.runtime import RequestTrace as RuntimeTrace
 from services.runtime.preview import PreviewResult, run_preview
 from services.runtime.settings_schema import TYPE_NAMES
 from services.runtime.syntax import check_syntax
 
 Ctx = grpc.aio.ServicerContext
-OUTCOMES = {
-    "delivered": types_pb2.OUTCOME_DELIVERED,
-    "retry": types_pb2.OUTCOME_RETRY,
-    "discard": types_pb2.OUTCOME_DISCARDED,
-    "failure": types_pb2.OUTCOME_FAILED,
-}
 HEALTH_WINDOW = timedelta(minutes=15)
 PREVIEW_LOG_CAP = 4096
-KIND_TO_OUTCOME = {
-    OutcomeKind.DELIVERED: types_pb2.OUTCOME_DELIVERED,
-    OutcomeKind.RETRY: types_pb2.OUTCOME_RETRY,
-    OutcomeKind.DISCARD: types_pb2.OUTCOME_DISCARDED,
-    OutcomeKind.FAILURE: types_pb2.OUTCOME_FAILED,
-}
 
 
 def request_trace(t: RuntimeTrace) -> types_pb2.RequestTrace:
@@ -75,7 +64,7 @@ def preview_response(result: PreviewResult) -> pb.PreviewResponse:
     """Describe a preview run for the RPC."""
     logs = "\n".join(f"{line.level}: {line.message}" for line in result.logs)
     response = pb.PreviewResponse(
-        outcome=KIND_TO_OUTCOME[result.outcome],
+        outcome=OUTCOME_OF[result.outcome],
         result_json="undefined" if result.result is None else orjson.dumps(result.result).decode(),
         logs=logs[:PREVIEW_LOG_CAP],
         logs_truncated=result.logs_truncated or len(logs) > PREVIEW_LOG_CAP,
@@ -89,7 +78,7 @@ def preview_response(result: PreviewResult) -> pb.PreviewResponse:
             )
         )
     if len(result.outcomes) > 1:
-        response.batch_outcomes.extend(KIND_TO_OUTCOME[o.kind] for o in result.outcomes)
+        response.batch_outcomes.extend(OUTCOME_OF[o.kind] for o in result.outcomes)
     return response
 
 
@@ -256,7 +245,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
                 time=ts(r["time"]),
                 message_id=r["message_id"],
                 event_json=r["event"],
-                outcome=OUTCOMES.get(r["outcome"], types_pb2.OUTCOME_UNSPECIFIED),
+                outcome=OUTCOME_OF.get(r["outcome"], types_pb2.OUTCOME_UNSPECIFIED),
                 error=types_pb2.HandlerError(
                     type=r["error_type"], message=r["error_message"], stack=r["error_stack"]
                 ),

@@ -18,6 +18,7 @@ from eventfn_api.retrier.v1 import retrier_pb2_grpc
 from eventfn_api.type.v1 import types_pb2
 from services.common import names, streams
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.common.outcomes import OUTCOME_OF
 from services.common.page_tokens import PageTokens
 from services.common.registry_gate import RegistryGate
 from services.common.request_ids import check_request_id
@@ -66,14 +67,6 @@ def _range(
     return start, end
 
 
-HISTORY_OUTCOMES = {
-    "retry": types_pb2.OUTCOME_RETRY,
-    "failure": types_pb2.OUTCOME_FAILED,
-    "discard": types_pb2.OUTCOME_DISCARDED,
-    "delivered": types_pb2.OUTCOME_DELIVERED,
-}
-
-
 def duration_of(milliseconds: float) -> duration_pb2.Duration:
     """Convert milliseconds to a Duration."""
     out = duration_pb2.Duration()
@@ -105,7 +98,7 @@ def dead_letter_message(letter: Letter) -> pb.DeadLetter:
     attempts: list[pb.Attempt] = []
     for position, entry in enumerate(history):
         last = position == len(history) - 1
-        outcome = HISTORY_OUTCOMES.get(str(entry.get("outcome", "")))
+        outcome = OUTCOME_OF.get(str(entry.get("outcome", "")))
         if outcome is None:
             outcome = types_pb2.OUTCOME_FAILED if permanent and last else types_pb2.OUTCOME_RETRY
         attempt = pb.Attempt(
