@@ -187,6 +187,25 @@ async def test_a_member_who_cannot_see_the_instance_learns_nothing_of_its_letter
     assert error.details() == f"dead letter {name!r} not found"
 
 
+async def test_a_reader_replaying_the_owners_request_id_gets_no_operation(
+    registry: Registry, world: World
+) -> None:
+    """A replay retried with its request_id answered the first call's operation to anyone who
+    could read the instance: a Functions Read-only member who learned the owner's request_id
+    got it. It is answered only to a caller who may replay."""
+    victim, _, stub, _ = world
+    request = retrier_pb2.ReplayDeadLettersRequest(
+        parent=victim.instance, request_id=str(uuid.uuid4())
+    )
+    first = await stub.ReplayDeadLetters(request, metadata=auth(victim.owner))
+    reader = await registry.member(
+        victim.owner, "replayer@victim.io", res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY)
+    )
+    error = await failure(stub.ReplayDeadLetters(request, metadata=auth(reader)))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert first.name not in (error.details() or "")
+
+
 async def test_list_replay_and_purge_reach_no_other_workspaces_letters(world: World) -> None:
     victim, attacker, stub, running = world
     md = auth(attacker.owner)
