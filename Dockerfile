@@ -44,7 +44,8 @@ ENV PATH=/opt/eventfn/bin:$PATH \
     EVENTFN_ROUTER_METRICS_LISTEN=0.0.0.0:9465 \
     EVENTFN_EXECUTOR_METRICS_LISTEN=0.0.0.0:9466 \
     EVENTFN_RETRIER_METRICS_LISTEN=0.0.0.0:9467 \
-    EVENTFN_LOG_FORMAT=json
+    EVENTFN_LOG_FORMAT=json \
+    GRPC_VERBOSITY=ERROR
 # STPyV8 copies its ICU data to /usr/share/stpyv8 on first import: done once here, as root,
 # so that the non-root user never needs to write there.
 RUN python -c "import STPyV8" \

@@ -170,6 +170,9 @@ class Platform:
             "EVENTFN_REGISTRY_ADDR": registry_addr,
             # Recent spans stay in the platform's JetStream, for `eventfn trace`.
             "EVENTFN_TRACE_STORE": env.get("EVENTFN_TRACE_STORE", "true"),
+            # gRPC's C core logs at absl's INFO level unless told otherwise: one line per
+            # V8 worker the executor starts ("skipping fork() handlers").
+            "GRPC_VERBOSITY": env.get("GRPC_VERBOSITY", "ERROR"),
         }
         endpoints = {"postgres": database_url, "nats": nats_url}
         for spec in specs:
