@@ -26,6 +26,8 @@ class EgressConfig:
     max_response_bytes: int = 10 * 1024 * 1024
     max_request_bytes: int = 10 * 1024 * 1024
     max_redirects: int = 20
+    # Connections of a worker's pool, shared by its functions; one function instance may
+    # hold a quarter of them at once (its further fetches wait for one of its own to end).
     max_connections: int = 256
 
     @classmethod

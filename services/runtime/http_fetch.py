@@ -36,6 +36,25 @@ TRACE_BODY_CAP = 8 * 1024
 CREDENTIAL_HEADERS = frozenset(
     {"authorization", "www-authenticate", "cookie", "cookie2", "proxy-authorization"}
 )
+# How a request is framed on its connection is the client's to say, never the function's: a
+# function's own Transfer-Encoding or Content-Length, beside the Content-Length aiohttp writes,
+# made one request read as two by some servers, the second one swallowing the next request on
+# the pooled connection (another function's, its credentials included). Node frames a request
+# by these headers; here they are dropped and the body framed by its length, which every server
+# reads the same way.
+FRAMING_HEADERS = frozenset(
+    {
+        "connection",
+        "content-length",
+        "expect",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 _CHUNK = 64 * 1024
 # True while the connector opens a connection to the operator's proxy (exempt from the policy).
 _TO_PROXY: contextvars.ContextVar[bool] = contextvars.ContextVar("to_proxy", default=False)
@@ -206,6 +225,14 @@ def _default_port(scheme: str) -> int:
     return 443 if scheme == "https" else 80
 
 
+def without_framing(req: FetchRequest) -> FetchRequest:
+    """Return the request without the framing headers the function set (see FRAMING_HEADERS)."""
+    if not any(name.lower() in FRAMING_HEADERS for name, _ in req.headers):
+        return req
+    kept = tuple(h for h in req.headers if h[0].lower() not in FRAMING_HEADERS)
+    return dataclasses.replace(req, headers=kept)
+
+
 def with_trace_context(req: FetchRequest, trace_headers: Sequence[tuple[str, str]]) -> FetchRequest:
     """Return the request with the trace headers it lacks; one with a traceparent is kept as is.
 
@@ -242,14 +269,30 @@ def _error(exc: FetchFailed) -> dict[str, Any]:
     return {"message": str(exc), "type": exc.kind, "code": exc.code}
 
 
+@dataclasses.dataclass(eq=False, slots=True)
+class _Share:
+    """The connections one owner may hold at once, and how many of its fetches want one."""
+
+    slots: asyncio.Semaphore
+    users: int = 0
+
+
 class HostFetcher:
-    """Performs fetch rounds for every function of a worker, on one connection pool."""
+    """Performs fetch rounds for every function of a worker, on one connection pool.
+
+    Each owner (a function instance) has at most a quarter of the pool's connections at once:
+    one holding connections (thousands of fetches in a round, a server that never answers)
+    leaves the rest to its neighbours, whose fetches would otherwise wait for a connection
+    until their own deadline.
+    """
 
     def __init__(self, config: EgressConfig) -> None:
         self._config = config
         self._policy = EgressPolicy.from_config(config)
         self._session: aiohttp.ClientSession | None = None
         self._proxied = bool(config.http_proxy or config.https_proxy)
+        self._share = max(1, config.max_connections // 4)
+        self._shares: dict[str, _Share] = {}
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -284,17 +327,22 @@ class HostFetcher:
         keep_bodies: bool,
         budget: ResponseBudget,
         *,
+        owner: str = "",
         trace_headers: Sequence[tuple[str, str]] = (),
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
         """Perform requests concurrently; return (results for JS, traces, deadline reached).
 
+        `owner` names whose share of the connections they take (the function instance);
         `trace_headers` (the event's W3C trace context) go on each request that carries no
         traceparent of the function's own.
         """
         loop = asyncio.get_running_loop()
+        requests = [without_framing(r) for r in requests]
         if trace_headers:
             requests = [with_trace_context(r, trace_headers) for r in requests]
-        tasks = [loop.create_task(self._one(r, deadline, keep_bodies, budget)) for r in requests]
+        tasks = [
+            loop.create_task(self._one(r, deadline, keep_bodies, budget, owner)) for r in requests
+        ]
         # One timer for the whole round (the invocation's deadline), not one per request.
         _, late = await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 0.001))
         for task in late:
@@ -316,7 +364,12 @@ class HostFetcher:
         return [o[0] for o in out], [o[1] for o in out], bool(late)
 
     async def _one(
-        self, req: FetchRequest, deadline: float, keep_bodies: bool, budget: ResponseBudget
+        self,
+        req: FetchRequest,
+        deadline: float,
+        keep_bodies: bool,
+        budget: ResponseBudget,
+        owner: str,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         started = time.monotonic()
         trace: dict[str, Any] = {
@@ -333,9 +386,9 @@ class HostFetcher:
             if req.timeout_ms:
                 budget_s = min(deadline - started, req.timeout_ms / 1000)
                 async with asyncio.timeout(max(budget_s, 0.001)):
-                    result, data = await self._follow(req, budget)
+                    result, data = await self._shared(req, budget, owner)
             else:
-                result, data = await self._follow(req, budget)
+                result, data = await self._shared(req, budget, owner)
         except FetchFailed as exc:
             result, data = {"id": req.id, "error": _error(exc)}, None
         except TimeoutError:
@@ -351,6 +404,22 @@ class HostFetcher:
                 trace["response_headers"] = result["headers"]
                 trace["response_body"], trace["body_truncated"] = _trace_text(data)
         return result, trace
+
+    async def _shared(
+        self, req: FetchRequest, budget: ResponseBudget, owner: str
+    ) -> tuple[dict[str, Any], bytes]:
+        """Perform a fetch within its owner's share of the connections."""
+        share = self._shares.get(owner)
+        if share is None:
+            share = self._shares[owner] = _Share(asyncio.Semaphore(self._share))
+        share.users += 1
+        try:
+            async with share.slots:
+                return await self._follow(req, budget)
+        finally:
+            share.users -= 1
+            if not share.users:
+                del self._shares[owner]
 
     async def _follow(
         self, req: FetchRequest, budget: ResponseBudget

@@ -209,6 +209,7 @@ class Worker:
                         deadline,
                         keep,
                         ResponseBudget(frame["memory_limit"]),
+                        owner=key.partition(":")[0],  # the instance (all previews: "preview")
                         trace_headers=[(k, v) for k, v in frame["trace_headers"]],
                     )
                     refused = [r for r in report.fetches if r.problem is not None]
