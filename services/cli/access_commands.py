@@ -171,7 +171,13 @@ def member_remove(
 def token_create(
     token_name: Annotated[str, typer.Argument(metavar="NAME", help="A label, e.g. ci.")],
     member: Annotated[str, typer.Option(help="Member id (default: yourself).")] = "",
-    ttl: Annotated[int, typer.Option(help="Lifetime in seconds (0: never expires).")] = 0,
+    ttl: Annotated[
+        int,
+        typer.Option(
+            help="Lifetime in seconds (0: never expires). Run with a token that expires, the "
+            "new one expires by then too: 0 means at the same time; a longer --ttl is refused."
+        ),
+    ] = 0,
 ) -> None:
     """Create a token; the secret is shown once."""
     lifetime = None

@@ -36,6 +36,13 @@ class Authenticator:
 
     async def caller(self, context: grpc.aio.ServicerContext) -> auth.Caller:
         """Return the member behind the call's token, or raise Unauthenticated."""
+        caller, _ = await self.caller_and_token(context)
+        return caller
+
+    async def caller_and_token(
+        self, context: grpc.aio.ServicerContext
+    ) -> tuple[auth.Caller, Token]:
+        """Return the member behind the call's token and that token, or raise Unauthenticated."""
         if self.is_service(context):
             raise PermissionDenied(
                 "the service token is the data plane's own credential: it may call only "
@@ -57,13 +64,14 @@ class Authenticator:
             raise Unauthenticated(
                 "the token expired; use another of yours, or ask a Workspace Owner for one"
             )
-        return auth.Caller(
+        caller = auth.Caller(
             member_id=member.id,
             workspace_id=member.workspace_id,
             email=member.email,
             grants=auth.grants_from_json(member.roles),
             bootstrap=member.bootstrap,
         )
+        return caller, token
 
 
 async def ensure_bootstrap(store: RegistryStore, *, workspace_name: str, secret: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
 from sqlalchemy.exc import IntegrityError
@@ -90,6 +90,30 @@ def _parse_ids(
         except NotFound:
             violations.append(FieldViolation(f"{field}[{j}]", f"no {kind.word} {name!r} here"))
     return ids
+
+
+def token_expiry(
+    created: datetime, ttl: timedelta | None, calling_expiry: datetime | None
+) -> datetime | None:
+    """Return when a new token expires: after its ttl, and never after the token it is made with.
+
+    Otherwise a leaked short-lived token (a CI job's) would mint a lasting one, and revoking
+    or outwaiting the leaked token would not end the access it gave.
+    """
+    wanted = created + ttl if ttl is not None else None
+    if calling_expiry is None:
+        return wanted
+    if wanted is None:
+        return calling_expiry
+    if wanted > calling_expiry:
+        left = max(0, int((calling_expiry - created).total_seconds()))
+        until = calling_expiry.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        raise InvalidArgument.field(
+            "ttl",
+            f"must be at most {left} seconds: the token you call with expires at {until}, and "
+            "a token may not outlive the token it is made with; leave it unset to expire then",
+        )
+    return wanted
 
 
 async def check_grant_ids(s, workspace_id: str, grants: tuple[auth.Grant, ...], field: str) -> None:
@@ -286,8 +310,9 @@ class AccessRpcs:
     async def CreateToken(
         self, request: pb.CreateTokenRequest, context: Ctx
     ) -> pb.CreateTokenResponse:
-        """Create a token for the caller or, for an owner, for any member."""
-        caller = await self.authn.caller(context)
+        """Create a token for the caller or, for an owner, for any member; one made with a
+        token that expires expires by then too."""
+        caller, calling = await self.authn.caller_and_token(context)
         names.parent("parent", request.parent, caller.workspace_id)
         member_id = (
             names.parse("token.member", request.token.member, names.MEMBER, caller.workspace_id)
@@ -298,12 +323,15 @@ class AccessRpcs:
             require(caller.is_owner, "create tokens for other members (Workspace Owner only)")
         ttl = request.ttl.ToTimedelta() if request.HasField("ttl") else None
         if ttl is not None and ttl <= timedelta(0):
-            raise InvalidArgument.field("ttl", "must be positive; leave it unset for no expiry")
+            unset = "to expire with your token" if calling.expires_at else "for no expiry"
+            raise InvalidArgument.field("ttl", f"must be positive; leave it unset {unset}")
         key = request_key(caller.workspace_id, caller.member_id, "CreateToken", request)
+        # The cap is checked in the work, not before: a retry answers the first response even
+        # once now + ttl has passed the calling token's expiry.
         return await self.deps.idempotency.once(
             key,
             pb.CreateTokenResponse,
-            lambda: self._create_token(caller, request, member_id, ttl, key),
+            lambda: self._create_token(caller, request, member_id, ttl, calling.expires_at, key),
         )
 
     async def _create_token(
@@ -312,8 +340,11 @@ class AccessRpcs:
         request: pb.CreateTokenRequest,
         member_id: str,
         ttl: timedelta | None,
+        calling_expiry: datetime | None,
         key: RequestKey | None,
     ) -> pb.CreateTokenResponse:
+        created = now()
+        expires_at = token_expiry(created, ttl, calling_expiry)
         secret = auth.new_secret()
         async with self.store.transaction() as s:
             member = await self.store.get_in_workspace(
@@ -325,8 +356,8 @@ class AccessRpcs:
                 name=request.token.display_name or "token",
                 prefix=secret[:8],
                 secret_hash=auth.hash_secret(secret),
-                created_at=now(),
-                expires_at=now() + ttl if ttl is not None else None,
+                created_at=created,
+                expires_at=expires_at,
             )
             s.add(tok)
             await audit(

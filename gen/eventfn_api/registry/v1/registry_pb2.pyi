@@ -536,7 +536,10 @@ class CreateTokenRequest(_message.Message):
 
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
-        """How long the token works; unset means it does not expire."""
+        """How long the token works. Unset: it does not expire, or, when the calling token expires,
+        it expires at the same time (the response's token.expire_time says when). When the calling
+        token expires, a ttl ending after it is INVALID_ARGUMENT.
+        """
 
     def __init__(
         self,

@@ -340,8 +340,10 @@ class RegistryServicer:
 
     def CreateToken(self, request, context):
         """Create an API token. Any member may create one for itself; a Workspace Owner for any member.
-        The secret is in the response only: it is stored hashed (a retry with the same request_id
-        within 24 hours answers the same secret).
+        A token made with a token that expires may not outlive it, whoever it is for: without a
+        ttl it expires with the calling token, and a ttl ending later is INVALID_ARGUMENT (naming
+        the latest allowed time). The secret is in the response only: it is stored hashed (a
+        retry with the same request_id within 24 hours answers the same secret).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

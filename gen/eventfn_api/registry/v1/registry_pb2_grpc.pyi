@@ -87,8 +87,10 @@ class RegistryStub:
     """
     CreateToken: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CreateTokenRequest, _registry_pb2.CreateTokenResponse]
     """Create an API token. Any member may create one for itself; a Workspace Owner for any member.
-    The secret is in the response only: it is stored hashed (a retry with the same request_id
-    within 24 hours answers the same secret).
+    A token made with a token that expires may not outlive it, whoever it is for: without a
+    ttl it expires with the calling token, and a ttl ending later is INVALID_ARGUMENT (naming
+    the latest allowed time). The secret is in the response only: it is stored hashed (a
+    retry with the same request_id within 24 hours answers the same secret).
     """
     GetToken: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetTokenRequest, _registry_pb2.GetTokenResponse]
     """Get a token: the caller's own, or any of the workspace for a Workspace Owner."""
@@ -249,8 +251,10 @@ class RegistryAsyncStub(RegistryStub):
     """
     CreateToken: _aio.UnaryUnaryMultiCallable[_registry_pb2.CreateTokenRequest, _registry_pb2.CreateTokenResponse]  # type: ignore[assignment]
     """Create an API token. Any member may create one for itself; a Workspace Owner for any member.
-    The secret is in the response only: it is stored hashed (a retry with the same request_id
-    within 24 hours answers the same secret).
+    A token made with a token that expires may not outlive it, whoever it is for: without a
+    ttl it expires with the calling token, and a ttl ending later is INVALID_ARGUMENT (naming
+    the latest allowed time). The secret is in the response only: it is stored hashed (a
+    retry with the same request_id within 24 hours answers the same secret).
     """
     GetToken: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetTokenRequest, _registry_pb2.GetTokenResponse]  # type: ignore[assignment]
     """Get a token: the caller's own, or any of the workspace for a Workspace Owner."""
@@ -468,8 +472,10 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.CreateTokenResponse, _abc.Awaitable[_registry_pb2.CreateTokenResponse]]:
         """Create an API token. Any member may create one for itself; a Workspace Owner for any member.
-        The secret is in the response only: it is stored hashed (a retry with the same request_id
-        within 24 hours answers the same secret).
+        A token made with a token that expires may not outlive it, whoever it is for: without a
+        ttl it expires with the calling token, and a ttl ending later is INVALID_ARGUMENT (naming
+        the latest allowed time). The secret is in the response only: it is stored hashed (a
+        retry with the same request_id within 24 hours answers the same secret).
         """
 
     @_abc_1.abstractmethod
