@@ -62,9 +62,12 @@ class BodyTooLargeError(InvalidRequestError):
 class EventTooLargeError(InvalidRequestError):
     """Refuse a request holding an event larger than the per-event limit."""
 
-    def __init__(self, size: int, limit: int, *, index: int | None = None) -> None:
+    def __init__(
+        self, size: int, limit: int, *, index: int | None = None, merged: bool = False
+    ) -> None:
+        shared = " with the batch's context and integrations merged" if merged else ""
         super().__init__(
-            f"event is {size} bytes, larger than the {limit // 1024} KB per-event limit",
+            f"event is {size} bytes{shared}, larger than the {limit // 1024} KB per-event limit",
             index=index,
         )
         self.size = size

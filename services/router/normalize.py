@@ -17,7 +17,10 @@ Rules, after Segment's HTTP Tracking API and its common spec:
   `originalTimestamp`. An unparseable client time is kept there too, and
   `timestamp` falls back to `receivedAt`.
 - A batch's top-level `context` and `integrations` are merged into each item (the
-  item's keys win); its top-level `sentAt` applies to items without one.
+  item's keys win); its top-level `sentAt` applies to items without one. The limits hold for
+  the events as stored: each within 32 KB with them merged, and the batch's events together
+  within 1 MB (twice the request's limit: a small request must not store a shared context
+  once per event).
 - `writeKey` is taken out of every stored event; unknown fields and
   `context.library` stay as sent.
 - Depth: the JSON decoder stops at 1024 levels, and an event must nest at most
@@ -48,6 +51,8 @@ from services.router.errors import (
 
 EVENT_MAX_BYTES = 32 * 1024
 BATCH_MAX_BYTES = 500 * 1024
+# A batch's events as stored, its top-level context and integrations merged into each.
+MERGED_BATCH_MAX_BYTES = 1000 * 1024
 # orjson's decoder refuses documents nested deeper than this.
 MAX_DOCUMENT_DEPTH = 1024
 # orjson's encoder stops at 254 levels; one level is kept for the array of a pack.
@@ -196,18 +201,37 @@ def normalize_events(
                 raise NestingTooDeepError(MAX_EVENT_DEPTH, field=name) from exc
     measured = _all_within_limits(items)
     events: list[dict[str, Any]] = []
+    merging = bool(context or integrations)
+    stored = 0  # bytes of the events with the shared objects merged (counted when merging)
     for index, item in enumerate(items):
         try:
             event = _one_event(
                 item, index, arrival, batch_sent, sent_at, context, integrations, measured
             )
+            if merging:
+                stored += _merged_size(event, index)
         except InvalidRequestError as error:
             if errors is None:
                 raise
             errors.append(error)
             continue
+        if stored > MERGED_BATCH_MAX_BYTES:
+            raise InvalidRequestError(
+                "the batch's events with its top-level context and integrations merged into "
+                f"each are over the {MERGED_BATCH_MAX_BYTES // 1024} KB a batch may store; "
+                "send fewer events per batch or a smaller shared context"
+            )
         events.append(event)
     return events
+
+
+def _merged_size(event: dict[str, Any], index: int) -> int:
+    """Return the size of an event a batch's context or integrations were merged into,
+    refusing it when they took it past the per-event limit."""
+    size = len(orjson.dumps(event))
+    if size > EVENT_MAX_BYTES:
+        raise EventTooLargeError(size, EVENT_MAX_BYTES, index=index, merged=True)
+    return size
 
 
 def _one_event(

@@ -27,6 +27,7 @@ from services.router.normalize import (
     BATCH_MAX_BYTES,
     EVENT_MAX_BYTES,
     MAX_EVENT_DEPTH,
+    MERGED_BATCH_MAX_BYTES,
     decode_body,
     format_time,
     normalize_events,
@@ -435,6 +436,51 @@ def test_batch_sent_at_context_and_integrations_apply_to_items() -> None:
     assert events[1]["timestamp"] == "2024-05-01T11:59:30.123Z"
     assert events[1]["context"] == {"ip": "10.0.0.1", "locale": "fr"}
     assert events[1]["integrations"] == {"All": True}
+
+
+def test_batch_context_that_takes_an_event_past_its_limit_is_refused_naming_the_event() -> None:
+    small = {"type": "track", "userId": "u", "event": "E"}
+    fits = {"pad": "x" * (EVENT_MAX_BYTES - 200)}
+    assert batch(small, context=fits)[0]["context"] == fits
+    big = {**small, "properties": {"p": "y" * 400}}
+    with pytest.raises(EventTooLargeError, match="context and integrations merged") as caught:
+        batch(small, big, context=fits)
+    assert caught.value.index == 1
+
+
+def test_batch_whose_merged_events_outgrow_what_a_batch_may_store_is_refused() -> None:
+    """A shared context is stored once per event: 100 events and 16 KB make 1.6 MB."""
+    items = [{"type": "track", "userId": f"u{i}", "event": "E"} for i in range(100)]
+    context = {"pad": "x" * (16 * 1024)}
+    assert len(body({"batch": items, "context": context})) < BATCH_MAX_BYTES // 20
+    with pytest.raises(InvalidRequestError, match=f"{MERGED_BATCH_MAX_BYTES // 1024} KB"):
+        batch(*items, context=context)
+    assert len(batch(*items[:50], context=context)) == 50
+
+
+@settings(max_examples=200)
+@given(
+    st.integers(1, 400),
+    st.integers(0, 40 * 1024),
+    st.integers(0, 2 * 1024),
+    st.integers(0, 4 * 1024),
+)
+def test_events_as_stored_keep_the_limits_whatever_the_batch_shares(
+    count: int, context_pad: int, integrations_pad: int, own_pad: int
+) -> None:
+    items = [
+        {"type": "track", "userId": "u", "event": "E", "properties": {"p": "z" * own_pad}}
+        for _ in range(count)
+    ]
+    top = {"context": {"pad": "x" * context_pad}, "integrations": {"pad": "y" * integrations_pad}}
+    raw = body({"batch": items, **top})
+    try:
+        events = parse_batch(raw, NOW).events
+    except InvalidRequestError:
+        return
+    sizes = [len(orjson.dumps(event)) for event in events]
+    assert max(sizes) <= EVENT_MAX_BYTES
+    assert sum(sizes) <= MERGED_BATCH_MAX_BYTES
 
 
 def test_batch_top_level_context_must_be_an_object() -> None:
