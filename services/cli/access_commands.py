@@ -196,8 +196,11 @@ def token_create(
             ),
             metadata=metadata(),
         )
+    expires = when(resp.token.expire_time)
     out.print(
-        f"token {short(resp.token.name)} created; secret (shown once): [bold]{resp.secret}[/]"
+        f"token {short(resp.token.name)} created"
+        + (f", expires {expires}" if expires else ", never expires")
+        + f"; secret (shown once): [bold]{resp.secret}[/]"
     )
 
 

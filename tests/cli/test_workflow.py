@@ -35,7 +35,9 @@ async def test_workspaces_list_and_use(cli: Cli) -> None:
     member_id = ids(member.stdout, "mem")[0]
     token = (await cli.ok("tokens", "create", "dev", "--member", member_id)).stdout
     secret = re.search(r"efn_\S+", token)
-    assert secret is not None
+    assert secret is not None and "never expires" in token
+    hour = (await cli.ok("tokens", "create", "ci", "--member", member_id, "--ttl", "3600")).stdout
+    assert re.search(r"expires \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", hour), hour
     await cli.ok("workspaces", "use", "--token", secret.group(0))
     assert "dev@acme.io" in (await cli.ok("workspaces", "show")).stdout
 
