@@ -264,11 +264,15 @@ class TrackingApp:
                 "no source has this write key; copy the source's current write key "
                 "from `eventfn sources list`",
             ) from None
-        endpoint = self._public_endpoint or request_api_host(
-            headers.get(b"host"), scope.get("scheme", "http")
-        )
+        answer = [*cors, _SETTINGS_CACHE]
+        endpoint = self._public_endpoint
+        if endpoint is None:
+            endpoint = request_api_host(headers.get(b"host"), scope.get("scheme", "http"))
+            # Told where to send by the Host it was asked on: a shared cache must not hand one
+            # Host's answer to another's requests (a forged Host would then redirect events).
+            answer.append((b"vary", b"Host"))
         body = settings_document(write_key, endpoint)
-        await _respond(send, 200, body, [*cors, _SETTINGS_CACHE])
+        await _respond(send, 200, body, answer)
 
     def _check_origin(self, headers: dict[bytes, bytes]) -> None:
         """Refuse a browser request from an origin the CORS setting does not list."""

@@ -134,6 +134,7 @@ async def test_settings_for_a_known_write_key(env: Env) -> None:
     assert resp.headers["access-control-allow-origin"] == "*"
     assert resp.headers["content-type"] == "application/json"
     assert "max-age" in resp.headers["cache-control"]
+    assert resp.headers["vary"] == "Host", "cached for one Host, it must not answer another"
     document = resp.json()
     assert list(document["integrations"]) == ["Segment.io"], "any other would load Segment code"
     segment = document["integrations"]["Segment.io"]
@@ -200,3 +201,4 @@ async def test_listed_cors_origins_only(registry: Registry, nats_url: str) -> No
         resp = await http.get(f"/v1/projects/{source.write_key}/settings", headers=TEXT)
         segment = resp.json()["integrations"]["Segment.io"]
         assert (segment["protocol"], segment["apiHost"]) == ("https", "track.example.com/v1")
+        assert "Host" not in resp.headers.get("vary", ""), "the same for every Host"
