@@ -7,6 +7,8 @@ import grpc
 from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import empty_pb2
 
+from eventfn_api.registry.v1 import registry_pb2 as rpb
+from eventfn_api.registry.v1 import resources_pb2 as res
 from services.common import names
 from services.common.errors import (
     FailedPrecondition,
@@ -17,6 +19,7 @@ from services.common.errors import (
 )
 from services.common.page_tokens import PageTokens
 from services.common.registry_gate import RegistryGate
+from services.common.roles import may_administer_source
 from services.retrier.operations import Operations, ReplayRecord, operation_message
 
 Ctx = grpc.aio.ServicerContext
@@ -34,6 +37,13 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
 
     async def _visible(self, context: Ctx, name: str) -> ReplayRecord:
         """Return an operation the caller may see; NOT_FOUND otherwise (like a missing one)."""
+        record, _, _ = await self._seen_by(context, name)
+        return record
+
+    async def _seen_by(
+        self, context: Ctx, name: str
+    ) -> tuple[ReplayRecord, res.Instance, rpb.WhoAmIResponse]:
+        """Return an operation the caller may see, its instance and the caller."""
         workspace_id, _ = names.parse_operation("name", name)
         me = await self._gate.whoami(context)
         missing = NotFound("operation", name)
@@ -43,10 +53,10 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
         if record is None:
             raise missing
         try:
-            await self._gate.instance(context, record.instance)
+            instance = await self._gate.instance(context, record.instance)
         except (NotFound, PermissionDenied):
             raise missing from None
-        return record
+        return record, instance, me
 
     async def GetOperation(
         self, request: operations_pb2.GetOperationRequest, context: Ctx
@@ -110,8 +120,14 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
     async def DeleteOperation(
         self, request: operations_pb2.DeleteOperationRequest, context: Ctx
     ) -> empty_pb2.Empty:
-        """Forget a finished operation."""
-        record = await self._visible(context, request.name)
+        """Forget a finished operation: as replaying, for Source Admins of its instance's
+        source (a member who may only read it would erase its record for everyone)."""
+        record, instance, me = await self._seen_by(context, request.name)
+        if not may_administer_source(me.member, names.last(instance.source)):
+            raise PermissionDenied(
+                f"deleting a replay operation needs Source Admin of source {instance.source!r} "
+                "(or Workspace Owner), as replaying does"
+            )
         if not record.done:
             raise FailedPrecondition(
                 "the operation is still running; delete it once it is done (WaitOperation)"

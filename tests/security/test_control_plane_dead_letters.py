@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import orjson
 import pytest
+from google.longrunning import operations_pb2
 from google.protobuf import struct_pb2
 from nats.aio.client import Client as NatsClient
 
@@ -204,6 +205,33 @@ async def test_a_reader_replaying_the_owners_request_id_gets_no_operation(
     error = await failure(stub.ReplayDeadLetters(request, metadata=auth(reader)))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert first.name not in (error.details() or "")
+
+
+async def test_a_reader_cannot_delete_the_record_of_a_replay(
+    registry: Registry, world: World
+) -> None:
+    """Any member who could read the instance could delete a finished replay's operation,
+    erasing for everyone the record of what was replayed. Deleting it needs what replaying
+    does."""
+    victim, _, stub, _ = world
+    replay = await stub.ReplayDeadLetters(
+        retrier_pb2.ReplayDeadLettersRequest(parent=victim.instance), metadata=auth(victim.owner)
+    )
+    done = await stub.operations.WaitOperation(
+        operations_pb2.WaitOperationRequest(name=replay.name), metadata=auth(victim.owner)
+    )
+    assert done.done
+    reader = await registry.member(
+        victim.owner, "eraser@victim.io", res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY)
+    )
+    delete = operations_pb2.DeleteOperationRequest(name=replay.name)
+    error = await failure(stub.operations.DeleteOperation(delete, metadata=auth(reader)))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    kept = await stub.operations.GetOperation(
+        operations_pb2.GetOperationRequest(name=replay.name), metadata=auth(reader)
+    )
+    assert kept.name == replay.name, "the reader still sees it: it was not deleted"
+    await stub.operations.DeleteOperation(delete, metadata=auth(victim.owner))
 
 
 async def test_list_replay_and_purge_reach_no_other_workspaces_letters(world: World) -> None:
