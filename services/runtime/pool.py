@@ -8,16 +8,17 @@ per-isolate heap limit, freezes V8 flags at import, and a memory bomb aborts the
 ("Fatal JavaScript out of memory" at ~1.5 GB after 6 s). So the speed comes from STPyV8 and the
 safety from processes: isolates live in worker processes that this pool supervises. A watchdog
 reads each worker's shared status block (which invocation is inside V8, since when) and kills
-the worker when that invocation passes its deadline (outcome Timeout) or when the worker's RSS
-grows by more than the memory limit during it (outcome MemoryLimitExceeded, context
-discarded). The other invocations that were in the dead worker are re-run elsewhere when
-they had sent no request yet (their functions lose only their cached globals, which the
-contract allows); those that had end as a retryable `WorkerLost`, like events of any lost
-worker, so no request is silently sent twice. The offender is then quarantined: for a while
-its invocations run only on a separate worker, where a repeated loop or bomb harms no other
-tenant. Invocations queued behind a stalled crossing are moved to another worker at once,
-so one function's infinite loop does not delay other functions. Processes also put every
-core to work despite the GIL.
+the worker when that invocation passes its deadline (outcome Timeout) or holds more than the
+memory limit (outcome MemoryLimitExceeded, context discarded; memory held across awaits
+counts, see `MemoryLedger`), or when an invocation grows the whole worker past its RSS limit
+(the same outcome for it). The other invocations that were in the dead worker are re-run
+elsewhere when they had sent no request yet (their functions lose only their cached
+globals, which the contract allows); those that had end as a retryable `WorkerLost`, like
+events of any lost worker, so no request is silently sent twice. The offender is then
+quarantined: for a while its invocations run only on a separate worker, where a repeated
+loop or bomb harms no other tenant. Invocations queued behind a stalled crossing are moved
+to another worker at once, so one function's infinite loop does not delay other functions.
+Processes also put every core to work despite the GIL.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Container
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,97 @@ log = logging.getLogger(__name__)
 SPAWN_ATTEMPTS = 3
 
 
+@dataclass
+class _Charge:
+    """The memory growth, in bytes, charged to one invocation while it is in flight."""
+
+    base: int  # the worker's RSS just before the first growth charged to it
+    # Growth only it can have made, less what was freed meanwhile (never below 0).
+    own: int = 0
+    # Every rise charged to it or suspected of it, frees not subtracted: a free during its
+    # crossing may be another invocation's garbage, which must not let it grow the worker.
+    rises: int = 0
+
+    def held(self, rss: int) -> int:
+        """Return its own growth, less what the worker has given back since its base."""
+        # Its garbage may be collected in a neighbour's crossing, credited to the neighbour.
+        return min(self.own, rss - self.base)
+
+    def grown(self, rss: int) -> int:
+        """Return how much of the worker's growth since its base it may have made."""
+        return min(self.rises, rss - self.base)
+
+
+@dataclass
+class MemoryLedger:
+    """Charge a busy worker's RSS growth, sample by sample, to the invocations that made it.
+
+    The watchdog samples the worker's RSS and its status block (which invocation is inside
+    V8, since when). Growth between two samples is an invocation's own when both saw the
+    same crossing of it (as the limit was first measured) or when it was the only invocation
+    in flight at both: its charge then runs on across its awaits, so memory held over timers
+    and fetches counts. Growth between crossings beside other functions' invocations cannot
+    be told apart: charging it to anyone would blame neighbours, so it is only suspected of
+    the last invocation seen in V8, to pick whom to stop when the worker passes its own limit.
+    """
+
+    rss: int  # at the last sample
+    crossing: tuple[int, int] = (0, 0)  # (invocation seq, start ns) in V8 at the last sample
+    crossing_base: int = 0  # RSS at the first sample of that crossing
+    solo: int = 0  # the only invocation in flight at the last sample (0: none, or several)
+    last_in_v8: int = 0  # the last in-flight invocation a sample found inside V8
+    charges: dict[int, _Charge] = field(default_factory=dict)
+
+    def observe(self, rss: int, crossing: tuple[int, int], solo: int) -> int:
+        """Charge the growth since the last sample; return whose own it was (0: nobody's)."""
+        delta, seq = rss - self.rss, crossing[0]
+        owner = 0
+        if seq and crossing == self.crossing:
+            owner = seq
+        elif solo and solo == self.solo:
+            owner = solo
+        elif seq or self.last_in_v8:
+            self._charge(seq or self.last_in_v8).rises += max(0, delta)
+        if owner:
+            charge = self._charge(owner)
+            charge.own = max(0, charge.own + delta)
+            charge.rises += max(0, delta)
+        if crossing != self.crossing:
+            self.crossing_base = rss
+        self.rss, self.crossing, self.solo = rss, crossing, solo
+        self.last_in_v8 = seq or self.last_in_v8
+        return owner
+
+    def over(self, seq: int, limit: int) -> bool:
+        """Tell whether `seq` grew the worker by more than `limit` in this crossing or in all."""
+        if seq == self.crossing[0] and self.rss - self.crossing_base > limit:
+            return True
+        charge = self.charges.get(seq)
+        return charge is not None and charge.held(self.rss) > limit
+
+    def suspect(self) -> tuple[int, int]:
+        """Return (seq, bytes) of the invocation that most likely grew the worker, or (0, 0)."""
+        best = (0, 0)
+        for seq, charge in self.charges.items():
+            grown = charge.grown(self.rss)
+            if grown > best[1]:
+                best = (seq, grown)
+        return best
+
+    def forget_finished(self, in_flight: Container[int]) -> None:
+        """Drop the charges of invocations no longer in flight (except the one in V8)."""
+        for seq in [s for s in self.charges if s not in in_flight and s != self.crossing[0]]:
+            del self.charges[seq]
+        if self.last_in_v8 not in in_flight:
+            self.last_in_v8 = 0
+
+    def _charge(self, seq: int) -> _Charge:
+        charge = self.charges.get(seq)
+        if charge is None:
+            charge = self.charges[seq] = _Charge(self.rss)
+        return charge
+
+
 class RuntimePool:
     """Runs function invocations in supervised V8 worker processes."""
 
@@ -83,6 +177,8 @@ class RuntimePool:
         # Functions that got a worker killed, and until when they run only in quarantine.
         self._quarantine: dict[str, float] = {}
         self._handlers: dict[str, frozenset[str]] = {}
+        # The watchdog's memory samples of each worker with invocations in flight.
+        self._ledgers: dict[WorkerHandle, MemoryLedger] = {}
         self._seq = itertools.count(1)
         self._changed = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
@@ -254,6 +350,7 @@ class RuntimePool:
             return
         w.dead = True
         self._retiring.discard(w)
+        self._ledgers.pop(w, None)
         if not self._closed:
             self.restarts[reason] = self.restarts.get(reason, 0) + 1
         with contextlib.suppress(ProcessLookupError):
@@ -313,16 +410,14 @@ class RuntimePool:
                     and (w.rss() > worker_limit or read_created(w.status) > max_created)
                 ):
                     self._retire(w)
+                if not w.inflight and seq == 0:
+                    self._ledgers.pop(w, None)  # idle: no memory to charge, no RSS to read
+                elif self._check_memory(w, (seq, started), limit, worker_limit):
+                    continue
                 if seq == 0:
                     if w.stalled:
                         w.stalled, w.stalled_key = False, None
                         self._changed.set()
-                    continue
-                if (seq, started) != w.seen_crossing:
-                    w.seen_crossing = (seq, started)
-                    w.rss_base = w.rss()
-                elif w.rss() - w.rss_base > limit:
-                    self._kill(w, pending, "memory")
                     continue
                 # The grace spares the short crossing that ends an invocation at its deadline.
                 if (
@@ -339,6 +434,44 @@ class RuntimePool:
                     w.stalled = True
                     w.stalled_key = pending.key if pending is not None else None
                     self._steal(w, last_read)
+
+    def _check_memory(
+        self, w: WorkerHandle, crossing: tuple[int, int], limit: int, worker_limit: int
+    ) -> bool:
+        """Kill `w` if an invocation holds more than `limit` or grows `w` past `worker_limit`.
+
+        Return whether `w` was killed. A worker past its limit that no invocation grew by
+        more than `limit` (contexts, many legitimate invocations) is only replaced.
+        """
+        rss = w.rss()
+        ledger = self._ledgers.get(w)
+        if ledger is None:
+            ledger = self._ledgers[w] = MemoryLedger(rss)
+        ledger.forget_finished(w.inflight)
+        solo = next(iter(w.inflight)) if len(w.inflight) == 1 else 0
+        owner = ledger.observe(rss, crossing, solo)
+        if owner and ledger.over(owner, limit):
+            self._kill(w, w.inflight.get(owner), "memory")
+            return True
+        if rss <= worker_limit:
+            return False
+        seq, grown = ledger.suspect()
+        culprit = w.inflight.get(seq)
+        if culprit is not None and grown > limit:
+            # Retiring would wait for the culprit, which may grow the worker until the host
+            # runs out of memory: killing it returns the memory now.
+            log.warning(
+                "worker %d passed its memory limit (%d MB): stopping %s, which grew it by %d MB",
+                w.index,
+                rss >> 20,
+                culprit.key,
+                grown >> 20,
+            )
+            self._kill(w, culprit, "memory")
+            return True
+        if not w.retiring:
+            self._retire(w)
+        return False
 
     def _retire(self, w: WorkerHandle) -> None:
         """Replace a worker: a new one takes its slot; it finishes what it has, then stops."""
