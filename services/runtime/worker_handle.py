@@ -54,8 +54,6 @@ class WorkerHandle:
     retiring: bool = False  # being replaced: finishes what it has, takes nothing new
     stalled_key: str | None = None
     stalled: bool = False
-    seen_crossing: tuple[int, int] = (0, 0)
-    rss_base: int = 0
     reader: asyncio.Task[None] | None = None
     free_slots: list[int] = field(default_factory=lambda: list(range(SLOTS - 1, -1, -1)))
 
