@@ -103,6 +103,7 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
         recorder,
         fetch_packs=settings.executor_fetch_packs,
         max_inflight=settings.executor_max_inflight_packs,
+        instance_concurrency=settings.executor_instance_concurrency,
         ack_wait=settings.executor_ack_wait_seconds,
         versions=versions,
         durable=settings.executor_consumer,

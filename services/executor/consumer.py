@@ -26,10 +26,23 @@ from services.executor.versions import VersionSource
 
 log = logging.getLogger(__name__)
 DURABLE = "executor"
+# A pack handed back for being over its instance's share comes again after this many seconds
+# per delivery so far, up to DEFER_MAX_SECONDS: a long backlog is not re-read every second.
+DEFER_SECONDS = 1.0
+DEFER_MAX_SECONDS = 30.0
+DEFER_LOG_SECONDS = 60.0
 
 
 class PackConsumer:
-    """Pull packs from EVENTS, with a bound on packs in flight, and dispatch them."""
+    """Pull packs from EVENTS, with a bound on packs in flight, and dispatch them.
+
+    One instance holds at most a quarter of the packs in flight (or twice its concurrency,
+    if more: enough to keep it busy): its packs wait for its own concurrency inside the
+    executor, and an instance whose handler waits out its timeout would otherwise fill every
+    slot with packs that cannot run, and every other tenant's events would wait behind them.
+    A pack over the share goes back to the stream, to come again a little later (later each
+    time); the packs behind it are pulled meanwhile.
+    """
 
     def __init__(
         self,
@@ -41,6 +54,7 @@ class PackConsumer:
         *,
         fetch_packs: int,
         max_inflight: int,
+        instance_concurrency: int,
         ack_wait: float,
         versions: VersionSource,
         durable: str = DURABLE,
@@ -58,7 +72,11 @@ class PackConsumer:
         self._durable = durable
         self._subjects = subjects
         self._inflight = 0
-        self._unsettled: dict[int, Msg] = {}  # by id(msg): handed back if shutdown runs out
+        self._share = max(2 * instance_concurrency, max_inflight // 4, 1)
+        self._held: dict[str, int] = {}  # packs in flight per instance
+        self._deferred_logged: dict[str, float] = {}
+        # by id(msg): handed back if shutdown runs out; with the instance it counts for
+        self._unsettled: dict[int, tuple[Msg, str]] = {}
         self._room = asyncio.Condition()
         self._stopping = asyncio.Event()
         self._stopped_at: float | None = None
@@ -107,8 +125,7 @@ class PackConsumer:
     async def _take(self, msgs: list[Msg]) -> None:
         for msg in msgs:
             self._inflight += 1
-            self._unsettled[id(msg)] = msg
-            self.packs += 1
+            self._unsettled[id(msg)] = (msg, "")
             try:
                 await self._handle(msg)
             except Exception:
@@ -120,23 +137,50 @@ class PackConsumer:
         if self._stopped_at is not None:  # let our last pull request expire first
             loop = asyncio.get_running_loop()
             await asyncio.sleep(max(0.0, self._stopped_at + FETCH_SECONDS + 0.1 - loop.time()))
-        pending = list(self._unsettled.values())
+        pending = [msg for msg, _ in self._unsettled.values()]
         for msg in pending:
             await self._settle(msg, False)
         return len(pending)
 
-    async def _settle(self, msg: Msg, ok: bool) -> None:
-        if self._unsettled.pop(id(msg), None) is None:
+    async def _settle(self, msg: Msg, ok: bool, *, delay: float | None = None) -> None:
+        held = self._unsettled.pop(id(msg), None)
+        if held is None:
             return  # already settled (e.g. handed back at shutdown)
+        instance_id = held[1]
+        if instance_id:
+            left = self._held[instance_id] - 1
+            if left:
+                self._held[instance_id] = left
+            else:
+                del self._held[instance_id]
         try:
-            await (msg.ack() if ok else msg.nak())
+            await (msg.ack() if ok else msg.nak(delay=delay))
         except NATS_ERRORS as error:  # the ack is lost: the pack comes back after ack_wait
             log.warning("ack of %s failed: %r", msg.subject, error)
         async with self._room:
             self._inflight -= 1
             self._room.notify_all()
 
+    async def _defer(self, msg: Msg, instance_id: str) -> None:
+        """Hand back a pack over its instance's share of the packs in flight, for later."""
+        self.packs -= 1  # not taken: it comes again
+        deliveries = msg.metadata.num_delivered or 1
+        await self._settle(msg, False, delay=min(DEFER_SECONDS * deliveries, DEFER_MAX_SECONDS))
+        now = asyncio.get_running_loop().time()
+        if now - self._deferred_logged.get(instance_id, -DEFER_LOG_SECONDS) >= DEFER_LOG_SECONDS:
+            if len(self._deferred_logged) > 10_000:  # many instances deferred: start afresh
+                self._deferred_logged.clear()
+            self._deferred_logged[instance_id] = now
+            log.info(
+                "instance %s has %d packs in flight, its share of this executor's %d: "
+                "its further packs wait in the stream meanwhile",
+                instance_id,
+                self._share,
+                self._max_inflight,
+            )
+
     async def _handle(self, msg: Msg) -> None:
+        self.packs += 1
         subject = streams.parse_subject(msg.subject)
         config = self._watcher.instances.get(subject.instance_id)
         if config is None or not config.enabled:
@@ -149,6 +193,12 @@ class PackConsumer:
             )
             await self._settle(msg, True)
             return
+        held = self._held.get(subject.instance_id, 0)
+        if held >= self._share:
+            await self._defer(msg, subject.instance_id)
+            return
+        self._held[subject.instance_id] = held + 1
+        self._unsettled[id(msg)] = (msg, subject.instance_id)
         headers = msg.headers or {}
         ref = PackRef(
             settle=lambda ok: self._settle(msg, ok),

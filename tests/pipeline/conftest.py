@@ -199,8 +199,11 @@ class Platform:
         return iid
 
 
-async def start_platform(registry: Registry, nats_url: str, stack: AsyncExitStack) -> Platform:
-    """Start router and executor against the test registry; `stack` stops them."""
+async def start_platform(
+    registry: Registry, nats_url: str, stack: AsyncExitStack, **executor_options: Any
+) -> Platform:
+    """Start router and executor against the test registry; `stack` stops them.
+    `executor_options`: ExecutorSettings fields to set."""
     ws_id, owner = await registry.workspace(f"Pipeline {uuid.uuid4().hex[:6]}")
     source = (
         await registry.stub.CreateSource(
@@ -234,6 +237,7 @@ async def start_platform(registry: Registry, nats_url: str, stack: AsyncExitStac
             egress_allow="127.0.0.1/32",
             executor_records_flush_seconds=0.2,
             executor_shutdown_grace_seconds=5,
+            **executor_options,
         ),
         stack,
     )

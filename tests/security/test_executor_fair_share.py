@@ -1,0 +1,70 @@
+"""A tenant holding an executor's packs in flight: packs of one instance wait for its own
+concurrency inside the executor, holding in-flight slots. A handler that waits out its
+timeout, with a backlog of single-event packs, held every slot: the consumer stopped pulling
+and every other tenant's events waited behind it (512 / 10 × 60 s ≈ 50 minutes per executor
+with the defaults). One instance now holds at most a quarter of the slots; its further packs
+go back to the stream for later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+import pytest
+
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from tests.pipeline.conftest import Platform, Sink, sink, start_platform
+from tests.registry.conftest import Registry, auth, registry
+
+__all__ = ["registry", "sink"]
+
+STALLS = "async function onTrack() { await new Promise((ok) => setTimeout(ok, 600000)) }"
+DELIVERS = """async function onTrack(event, settings) {
+  await fetch(settings.endpoint, {method: 'POST', body: JSON.stringify(event)})
+}"""
+
+
+@pytest.fixture
+async def small_executor(registry: Registry, nats_url: str) -> AsyncIterator[Platform]:
+    """A data path whose executor holds 16 packs in flight (an instance: 4, twice the 2
+    invocations it runs at once)."""
+    async with AsyncExitStack() as stack:
+        yield await start_platform(
+            registry,
+            nats_url,
+            stack,
+            executor_max_inflight_packs=16,
+            executor_instance_concurrency=2,
+        )
+
+
+async def test_an_instance_that_stalls_leaves_the_executor_to_other_tenants(
+    small_executor: Platform, sink: Sink
+) -> None:
+    platform = small_executor
+    stalls = await platform.instance(STALLS, "http://127.0.0.1:9/", timeout_ms=20_000)
+    try:
+        for i in range(40):  # one request after another: 40 packs, 2.5 times the slots
+            sent = await platform.http.post(
+                "/v1/track",
+                auth=(platform.write_key, ""),
+                json={"userId": "u", "event": "stall", "messageId": f"stall-{i}"},
+            )
+            assert sent.status_code == 200
+        await platform.instance(DELIVERS, sink.url)
+        sent = await platform.http.post(
+            "/v1/track",
+            auth=(platform.write_key, ""),
+            json={"userId": "v", "event": "neighbour", "messageId": "neighbour-1"},
+        )
+        assert sent.status_code == 200
+        try:
+            await sink.wait_for(1, seconds=10)
+        except TimeoutError:
+            raise AssertionError("the neighbour's event waited behind the stalled packs") from None
+    finally:  # its packs left in the session's stream are discarded, not run by later tests
+        await platform.registry.stub.DeleteInstance(
+            pb.DeleteInstanceRequest(name=platform.instance_name(stalls)),
+            metadata=auth(platform.owner),
+        )
