@@ -26,6 +26,13 @@ class OutcomeKind(StrEnum):
     FAILURE = "failure"
 
 
+def owner_of(function_key: str) -> str:
+    """Return whose a context key is: its instance ("<instance>:<version>:<revision>"), or
+    "preview" for every preview. A quarantine covers the owner, so that no new key (an edit
+    of the instance, another preview) lifts it, and fetches share connections by owner."""
+    return function_key.partition(":")[0]
+
+
 @dataclass(frozen=True)
 class Invocation:
     """One call into a function: many events, one crossing (plus fetch rounds)."""

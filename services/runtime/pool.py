@@ -38,7 +38,7 @@ import orjson
 from .config import MAX_TIMEOUT_S, RuntimeConfig
 from .errors import InvalidInvocation, PoolClosedError, WorkerStartError
 from .memory_ledger import MemoryLedger
-from .model import Invocation, InvocationResult
+from .model import Invocation, InvocationResult, owner_of
 from .narrowing import narrow
 from .protocol import (
     LOADING,
@@ -265,7 +265,7 @@ class RuntimePool:
             w.proc.kill()
         lost = Lost(reason)
         if culprit is not None:
-            self._quarantine[culprit.key] = time.monotonic() + QUARANTINE_S
+            self._quarantine[owner_of(culprit.key)] = time.monotonic() + QUARANTINE_S
             progress_seq, index = read_progress(w.status)
             known = progress_seq == culprit.seq
             lost = Lost(
@@ -417,9 +417,10 @@ class RuntimePool:
                 p.future.set_result(REQUEUE)
 
     def _quarantined(self, key: str) -> bool:
-        until = self._quarantine.get(key)
+        owner = owner_of(key)
+        until = self._quarantine.get(owner)
         if until is not None and until < time.monotonic():
-            del self._quarantine[key]
+            del self._quarantine[owner]
             return False
         return until is not None
 

@@ -26,6 +26,7 @@ import orjson
 from .config import EgressConfig
 from .engine import FunctionContext
 from .http_fetch import HostFetcher, ResponseBudget
+from .model import owner_of
 from .protocol import (
     LOADING,
     PREFIX_SIZE,
@@ -209,7 +210,7 @@ class Worker:
                         deadline,
                         keep,
                         ResponseBudget(frame["memory_limit"]),
-                        owner=key.partition(":")[0],  # the instance (all previews: "preview")
+                        owner=owner_of(key),
                         trace_headers=[(k, v) for k, v in frame["trace_headers"]],
                     )
                     refused = [r for r in report.fetches if r.problem is not None]

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from services.runtime import InvocationResult, OutcomeKind, RuntimePool
+from services.runtime.preview import run_preview
 from tests.runtime.conftest import invoke, value_of
 from tests.security.conftest import Recorder
 
@@ -101,3 +102,37 @@ async def test_a_repeat_offender_runs_in_quarantine(
     assert p99(during) < allowed, f"p99 {p99(during):.4f}s vs baseline {p99(baseline):.4f}s"
     sent = count(recorder, "/ok?who=neighbour") - already
     assert sent == len(baseline) + len(during) + 2  # one request per call, none twice
+
+
+async def _preview(pool: RuntimePool, code: str) -> str:
+    result = await run_preview(pool, code, b'{"type": "track"}', {}, timeout_s=0.5)
+    assert result.error is not None
+    return result.error.type
+
+
+async def _edited(pool: RuntimePool, code: str, revision: int) -> str:
+    # Keys as the executor builds them: an edit of the instance is a new revision.
+    result = await invoke(pool, code, key=f"ins_offender:ver_1:{revision}", timeout_s=0.5)
+    return result.outcomes[0].error_type or ""
+
+
+@pytest.mark.parametrize("via", ["preview", "instance-edit"])
+async def test_a_new_context_key_does_not_lift_a_quarantine(
+    one_worker: RuntimePool, via: str
+) -> None:
+    """The quarantine covered a context key, which its owner controls: each preview has a key
+    of its own, and each edit of an instance (a rename, a setting) makes a new one. A looping
+    preview, or an instance edited after each offence, killed a shared worker every time."""
+
+    async def offend(attempt: int) -> str:
+        if via == "preview":
+            return await _preview(one_worker, LOOP)
+        return await _edited(one_worker, LOOP, attempt)
+
+    assert await offend(1) == "Timeout"  # kills the shared worker: the owner is quarantined
+    await invoke(one_worker, "function onTrack() {}")  # a neighbour, on the new worker
+    normal = one_worker._workers[0]
+    assert normal is not None
+    for attempt in (2, 3, 4):
+        assert await offend(attempt) == "Timeout"
+    assert one_worker._workers[0] is normal and not normal.dead, "killed again by a new key"
