@@ -20,6 +20,7 @@ import grpc
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import registry_pb2_grpc
+from services.common.rpc import CLIENT_OPTIONS
 from services.common.rpc_observe import client_interceptors
 
 log = logging.getLogger(__name__)
@@ -176,8 +177,7 @@ class ConfigWatcher:
             try:
                 async with grpc.aio.insecure_channel(
                     self._addr,
-                    # One instance's config holds its code (up to 5 MB).
-                    options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+                    options=CLIENT_OPTIONS,
                     interceptors=client_interceptors(),
                 ) as channel:
                     stub = registry_pb2_grpc.RegistryStub(channel)

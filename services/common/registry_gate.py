@@ -26,7 +26,7 @@ from services.common.errors import (
     Unauthenticated,
     Unavailable,
 )
-from services.common.rpc import bearer_token
+from services.common.rpc import CLIENT_OPTIONS, bearer_token
 
 # Only these mean "the registry could not answer now": the caller may retry. Every other code
 # is the registry's verdict on the request (a client error, or a bug behind INTERNAL) and is
@@ -74,7 +74,7 @@ class RegistryGate:
     """Ask the registry, with the caller's own token, whether the caller may see an object."""
 
     def __init__(self, registry_addr: str, *, service_token: str | None = None) -> None:
-        self._channel = grpc.aio.insecure_channel(registry_addr)
+        self._channel = grpc.aio.insecure_channel(registry_addr, options=CLIENT_OPTIONS)
         self._stub = registry_pb2_grpc.RegistryStub(self._channel)
         self._service_token = service_token
 

@@ -304,6 +304,11 @@ def serve_reflection(server: grpc.aio.Server, names: list[str]) -> None:
     )
 
 
+# What a client of the platform's own services may receive: an instance's configuration or
+# a function version carries its code (up to 5 MB), over gRPC's default of 4 MiB.
+CLIENT_OPTIONS = (("grpc.max_receive_message_length", 16 * 1024 * 1024),)
+
+
 def create_server(
     *,
     address: str,

@@ -10,6 +10,7 @@ from eventfn_api.registry.v1 import registry_pb2 as rpb
 from eventfn_api.registry.v1 import registry_pb2_grpc
 from eventfn_api.registry.v1 import resources_pb2 as res
 from services.common import names
+from services.common.rpc import CLIENT_OPTIONS
 from services.common.rpc_observe import client_interceptors
 
 CACHED_VERSIONS = 64
@@ -19,7 +20,9 @@ class VersionSource:
     """Fetch versions from the registry with the service token; keep the recent ones."""
 
     def __init__(self, registry_addr: str, service_token: str) -> None:
-        self._channel = grpc.aio.insecure_channel(registry_addr, interceptors=client_interceptors())
+        self._channel = grpc.aio.insecure_channel(
+            registry_addr, options=CLIENT_OPTIONS, interceptors=client_interceptors()
+        )
         self._stub = registry_pb2_grpc.RegistryStub(self._channel)
         self._metadata = (("authorization", f"Bearer {service_token}"),)
         self._cache: OrderedDict[str, res.FunctionVersion] = OrderedDict()

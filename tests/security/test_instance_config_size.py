@@ -16,6 +16,7 @@ from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import registry_pb2_grpc
 from eventfn_api.registry.v1 import resources_pb2 as res
 from services.common.config_watch import ConfigWatcher
+from services.executor.versions import VersionSource
 from services.filters.limits import MAX_FILTERS, MAX_FILTERS_CHARS
 from services.registry.validation import MAX_CODE_BYTES, MAX_SETTINGS_BYTES
 from tests.cli.conftest import Cli, cli, project
@@ -132,3 +133,25 @@ async def test_the_cli_reads_a_function_as_large_as_the_code_bound(
     assert "fn_" in made.stdout
     listed = await cli.ok("functions", "list")
     assert "Large" in listed.stdout
+
+
+async def test_the_data_plane_reads_a_version_of_the_largest_code(registry: Registry) -> None:
+    """A pack pinned to a version (a replay) makes the executor read that version: with
+    gRPC's default 4 MiB, a function over it could not be replayed (RESOURCE_EXHAUSTED)."""
+    ws_id, owner = await registry.workspace("Largest version")
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{registry.port}", options=[("grpc.max_receive_message_length", 8 << 20)]
+    ) as channel:
+        made = await registry_pb2_grpc.RegistryStub(channel).CreateFunction(
+            new_function(f"workspaces/{ws_id}", "Largest", settings=SETTINGS, code=largest_code()),
+            metadata=auth(owner),
+        )
+    versions = VersionSource(f"127.0.0.1:{registry.port}", SERVICE)
+    try:
+        config = pb.InstanceConfig(
+            workspace_id=ws_id, function_id=made.function.name.rsplit("/", 1)[-1]
+        )
+        version = await versions.get(config, made.version.name.rsplit("/", 1)[-1])
+    finally:
+        await versions.close()
+    assert version is not None and len(version.code) > 4 << 20
