@@ -151,6 +151,8 @@ async def start_router(settings: RouterSettings, stack: AsyncExitStack) -> Runni
         max_connections=settings.router_http_max_connections,
         keepalive_seconds=settings.router_http_keepalive_seconds,
         refuse=app.refuse,
+        header_timeout_seconds=settings.router_http_header_timeout_seconds,
+        on_header_timeout=lambda: ingestor.count_rejected("timeout"),
     )
 
     async def stop_http() -> None:

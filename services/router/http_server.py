@@ -8,6 +8,13 @@ the end). `_OneWriteProtocol` hands uvicorn a transport that gathers what is wri
 step of the event loop and sends it at the end of that step. A request over the connection
 limit is answered by the caller's `refuse` app instead of uvicorn's plain-text 503, and
 logged at most every ten seconds with a count (uvicorn logs each one).
+
+Each request head (request line and headers) has a deadline: from the moment the connection
+opens, and for a further request from its first byte. uvicorn has none: it starts no timer
+on a new connection, and its keep-alive timer stops at the first byte after an answer; so
+connections that send nothing, or trickle a head, would hold the connection limit for ever
+and every other client would be refused. A connection past the deadline is closed, with a
+408 if a request had begun.
 """
 
 from __future__ import annotations
@@ -29,7 +36,19 @@ App = Callable[[Any, Any, Any], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 REFUSALS_LOGGED_EVERY = 10.0  # seconds
+# As long as a request body may take by default (EVENTFN_ROUTER_HTTP_BODY_TIMEOUT_SECONDS).
+HEADER_TIMEOUT_SECONDS = 10.0
 _UVICORN_REFUSAL = "Exceeded concurrency limit."
+# The router's error document, as it answers a body sent too slowly; without CORS headers, as
+# the Origin header may be one of those that never came.
+_HEAD_TIMEOUT_BODY = (
+    b'{"success":false,"code":"timeout","message":"the request headers were not sent in time"}'
+)
+_HEAD_TIMEOUT_ANSWER = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+    % (len(_HEAD_TIMEOUT_BODY), _HEAD_TIMEOUT_BODY)
+)
 
 
 class _Refusals:
@@ -95,12 +114,26 @@ class _GatheringTransport:
 
 class _OneWriteProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, writing through a `_GatheringTransport`; requests over
-    the connection limit go to `refuse`."""
+    the connection limit go to `refuse`, and a connection whose request head is not complete
+    `header_timeout` seconds after it opened (or after the first byte of a further request)
+    is closed."""
 
-    def __init__(self, *args: Any, refuse: App, refusals: _Refusals, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        refuse: App,
+        refusals: _Refusals,
+        header_timeout: float,
+        on_header_timeout: Callable[[], None] | None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._refuse = refuse
         self._refusals = refusals
+        self._header_timeout = header_timeout
+        self._on_header_timeout = on_header_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._in_head = False  # a request has begun and its headers are not all here
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         if app is service_unavailable:
@@ -111,6 +144,52 @@ class _OneWriteProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         gathering = _GatheringTransport(transport, asyncio.get_running_loop())
         super().connection_made(gathering)  # type: ignore[arg-type]
+        # uvicorn starts no timer here: a connection that never sends would stay open.
+        self._head_timer = self.loop.call_later(self._header_timeout, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # uvicorn stops its keep-alive timer at the first byte after an answer and starts it
+        # again only with the next answer: bytes that leave a head unfinished (a trickled
+        # head, blank lines, the rest of a body answered early) must not keep the connection.
+        # A head that arrives whole (the usual case) costs no timer.
+        if self._head_timer is None and (
+            self._in_head or self.cycle is None or self.cycle.response_complete
+        ):
+            if not self.transport.is_closing():
+                self._head_timer = self.loop.call_later(self._header_timeout, self._head_timed_out)
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().on_headers_complete()
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined head trickles behind an answer on its way: close after that answer
+            # (it is bounded by the app's own timeouts).
+            self.cycle.keep_alive = False
+            return
+        if self._in_head:
+            if self._on_header_timeout is not None:
+                self._on_header_timeout()
+            self.transport.write(_HEAD_TIMEOUT_ANSWER)
+        self.transport.close()
 
 
 class _InProcessServer(uvicorn.Server):
@@ -129,17 +208,26 @@ async def serve_http(
     max_connections: int,
     keepalive_seconds: int,
     refuse: App,
+    header_timeout_seconds: float = HEADER_TIMEOUT_SECONDS,
+    on_header_timeout: Callable[[], None] | None = None,
 ) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
     """Start uvicorn (httptools) for the app on the running loop; return it and its port.
 
-    `refuse` answers the requests that come while `max_connections` others are open."""
+    `refuse` answers the requests that come while `max_connections` others are open. A
+    connection is closed when a request head is not complete `header_timeout_seconds` after
+    the connection opened or the request's first byte came; `on_header_timeout` is called
+    for each begun request so ended (answered 408)."""
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="none",
         http=functools.partial(  # type: ignore[arg-type]
-            _OneWriteProtocol, refuse=refuse, refusals=_Refusals(max_connections)
+            _OneWriteProtocol,
+            refuse=refuse,
+            refusals=_Refusals(max_connections),
+            header_timeout=header_timeout_seconds,
+            on_header_timeout=on_header_timeout,
         ),
         lifespan="off",
         access_log=False,

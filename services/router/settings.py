@@ -52,6 +52,10 @@ class RouterSettings(DataPlaneSettings):
     router_http_keepalive_seconds: int = 5
     # Seconds a client has to send its whole request body (slow clients get 408).
     router_http_body_timeout_seconds: float = 10.0
+    # Seconds a client has to send a request's line and headers, from opening its connection
+    # or from the first byte of a further request; then the connection is closed (with a 408
+    # if the request had begun): connections that send nothing or trickle bytes are not kept.
+    router_http_header_timeout_seconds: float = Field(default=10.0, gt=0.0)
     # Web pages that may send events from a browser: `*` (any, as the write key is public in
     # a page anyway) or comma-separated origins such as `https://shop.example.com`.
     router_cors_origins: str = "*"
