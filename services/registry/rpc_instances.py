@@ -294,47 +294,52 @@ class InstanceRpcs:
         enabled = enabled_of("instance.state", new.state, True) if "state" in paths else None
         if "state" in paths and new.state == res.Instance.STATE_UNSPECIFIED:
             raise InvalidArgument.field("instance.state", "must be STATE_ENABLED or STATE_DISABLED")
-        async with self.store.transaction() as s:
-            ins = await self.instances.locked_instance(
-                s, caller, instance_id, new.etag, name=new.name
-            )
-            if "settings" in paths:
-                ver = await self.store.get(s, FunctionVersion, ins.version_id, "version")
-                ins.settings = await self.instances.settings_for(
-                    s, ins, ins.id, ver.settings, json_format.MessageToDict(new.settings)
+        try:
+            async with self.store.transaction() as s:
+                ins = await self.instances.locked_instance(
+                    s, caller, instance_id, new.etag, name=new.name
                 )
-            if enabled is not None:
-                ins.enabled = enabled
-            if "batch_size" in paths:
-                ins.batch_size = size
-            if "batch_wait" in paths:
-                ins.batch_wait_ms = wait
-            if "timeout" in paths:
-                ins.timeout_ms = timeout
-            if paths & {"retry_window", "retry_max_delay"}:
-                ins.retry_window_seconds, ins.retry_max_delay_seconds = check_retry(
-                    durations.get("retry_window", ins.retry_window_seconds) or 0,
-                    durations.get("retry_max_delay", ins.retry_max_delay_seconds) or 0,
+                if "settings" in paths:
+                    ver = await self.store.get(s, FunctionVersion, ins.version_id, "version")
+                    ins.settings = await self.instances.settings_for(
+                        s, ins, ins.id, ver.settings, json_format.MessageToDict(new.settings)
+                    )
+                if enabled is not None:
+                    ins.enabled = enabled
+                if "batch_size" in paths:
+                    ins.batch_size = size
+                if "batch_wait" in paths:
+                    ins.batch_wait_ms = wait
+                if "timeout" in paths:
+                    ins.timeout_ms = timeout
+                if paths & {"retry_window", "retry_max_delay"}:
+                    ins.retry_window_seconds, ins.retry_max_delay_seconds = check_retry(
+                        durations.get("retry_window", ins.retry_window_seconds) or 0,
+                        durations.get("retry_max_delay", ins.retry_max_delay_seconds) or 0,
+                    )
+                if "filters" in paths:
+                    ins.filters = check_filters(list(new.filters), self.deps.check_filter)
+                if "display_name" in paths:
+                    ins.name = check_name("instance.display_name", new.display_name)
+                if "propagate_trace" in paths:
+                    ins.propagate_trace = new.propagate_trace
+                ins.revision += 1
+                ins.updated_at = now()
+                s.add(ins)
+                await audit(
+                    self.store,
+                    s,
+                    caller,
+                    "instance.update",
+                    "instance",
+                    ins.id,
+                    {"fields": sorted(paths)},
                 )
-            if "filters" in paths:
-                ins.filters = check_filters(list(new.filters), self.deps.check_filter)
-            if "display_name" in paths:
-                ins.name = check_name("instance.display_name", new.display_name)
-            if "propagate_trace" in paths:
-                ins.propagate_trace = new.propagate_trace
-            ins.revision += 1
-            ins.updated_at = now()
-            s.add(ins)
-            await audit(
-                self.store,
-                s,
-                caller,
-                "instance.update",
-                "instance",
-                ins.id,
-                {"fields": sorted(paths)},
-            )
-            await self.store.bump_config(s, instances=[ins.id])
+                await self.store.bump_config(s, instances=[ins.id])
+        except IntegrityError as error:
+            if unique_violation(error) and "display_name" in paths:
+                raise await self._name_taken(caller, new.display_name, given_name=True) from error
+            raise
         return pb.UpdateInstanceResponse(instance=convert.instance(ins))
 
     async def DeleteInstance(

@@ -502,6 +502,37 @@ async def test_update_instance_mask_and_secret_kept(registry: Registry) -> None:
         )
 
 
+async def test_renaming_an_instance_to_a_taken_name_names_the_holder(registry: Registry) -> None:
+    ws_id, owner = await registry.workspace("Rename")
+    fn, src = await make_function(registry, owner)
+    made = [
+        (
+            await registry.stub.CreateInstance(
+                new_instance(
+                    ws(ws_id),
+                    fn,
+                    src,
+                    display_name=name,
+                    settings=settings(endpoint="http://a", apiKey="k"),
+                ),
+                metadata=auth(owner),
+            )
+        ).instance
+        for name in ("first", "second")
+    ]
+    error = await expect(
+        grpc.StatusCode.ALREADY_EXISTS,
+        registry.stub.UpdateInstance(
+            pb.UpdateInstanceRequest(
+                instance=res.Instance(name=made[1].name, display_name="first"),
+                update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
+            ),
+            metadata=auth(owner),
+        ),
+    )
+    assert made[0].name in (error.details() or "") and "pick another" in (error.details() or "")
+
+
 async def test_only_bootstrap_admin_creates_workspaces(registry: Registry) -> None:
     _, owner = await registry.workspace("Owner")
     await expect(
