@@ -1,39 +1,53 @@
 """A bounded store of recent spans on the platform's own JetStream, so an event's journey can be
 shown (`eventfn trace`) without running a tracing backend.
 
-Spans go, as compact JSON, to the TRACES stream, one message per trace and batch of spans,
-under `traces.<trace id>.<sha1 of the first messageId they name>` (`_` when they name none);
-each further messageId they name gets an empty message under `traces.<trace id>.<its sha1>`.
-So a trace is read from `traces.<trace id>.>` and a messageId's traces found under
-`traces.*.<sha1>`, and a single event's spans cost one message per batch, index included
-(releases before stored spans under `traces.<trace id>` and an index message with the trace
-id under `traces.msg.<sha1>`; both are still read). The stream keeps an hour
-(EVENTFN_TRACE_RETENTION_SECONDS) and at most 128 MiB, dropping the oldest first, in memory:
-it is a debugging aid, never in the way of events, so its messages are not written to disk
-(with `sync_interval: always` every stored message costs a disk sync: a file stream made
-tracing the largest cost per event). A NATS restart empties it. The exporter runs its own
-NATS connection on its own thread (span processors export from a thread of theirs).
+Spans go, as compact JSON, to the TRACES stream, one message per trace and batch of spans. A
+span of an instance (invoke, ...) makes each messageId it names, with the instance, an index
+key of its trace: the message goes under the subject of the first key,
+`traces.<trace id>.<sha1 of the messageId>.<instance id>`, each further key gets an empty
+message under its own, and spans naming no instance's messageId (ingest, route) go under
+`traces.<trace id>._`. So a trace is read from `traces.<trace id>.>`, and a messageId's
+traces are listed, with the instances that got the event, under `traces.*.<sha1>.*`: a lookup
+asks only whether the caller may read those instances and never reads what a stranger's
+sender stored under the same messageId (a messageId is the sender's to choose); a single
+event's spans still cost one message per batch, index included. Reads are direct-get batches
+(one request each, `allow_direct`), bounded per lookup by a `ReadBudget`.
+
+The stream keeps an hour (EVENTFN_TRACE_RETENTION_SECONDS) and at most 128 MiB, dropping the
+oldest first, in memory: it is a debugging aid, never in the way of events, so its messages
+are not written to disk (with `sync_interval: always` every stored message costs a disk sync:
+a file stream made tracing the largest cost per event). A NATS restart empties it. Spans the
+previous release stored (`traces.<trace id>.<sha1>`, no instance) are still read by trace id
+but not found by messageId: they name no instance to check the caller against, and they are
+gone within the retention (older layouts, `traces.<trace id>` and `traces.msg.<sha1>`, are
+no longer read). The exporter runs its own NATS connection on its own thread (span
+processors export from a thread of theirs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import nats
 import nats.errors
 import nats.js.errors
 import orjson
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from services.common.errors import FailedPrecondition, Unavailable
 from services.common.settings import nats_servers
 from services.common.telemetry import MESSAGE_IDS_ATTRIBUTE
 
@@ -42,10 +56,28 @@ log = logging.getLogger(__name__)
 STREAM = "TRACES"
 MAX_BYTES = 128 * 1024 * 1024
 PUBLISH_SECONDS = 5.0
+READ_SECONDS = 5.0
+# What one lookup reads at most, all its requests together (a trace of a busy batch is a few
+# hundred messages; a sender chooses the trace id its events continue, so a stranger can add
+# to any trace, and a lookup must not cost what the stranger chose).
+READ_MESSAGES = 2000
+READ_BYTES = 8 * 1024 * 1024
+# Direct get answers at most this many subjects of a `multi_last` request (413 beyond).
+MULTI_LAST_SUBJECTS = 1024
+
+NO_MESSAGE = "_"  # the last token of a trace message whose spans name no instance's messageId
+INSTANCE_ATTRIBUTE = "eventfn.instance_id"
+# An instance id as it may stand in a subject (the registry makes `ins_` and hex digits).
+INSTANCE_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# An API error of a missing stream (JSStreamNotFoundErr).
+_NO_STREAM = 10059
 
 
-NO_MESSAGE = "_"  # the last token of a trace message whose spans name no messageId
-LEGACY_INDEX = "msg"  # `traces.msg.<sha1>`: an index message of earlier releases
+class IndexKey(NamedTuple):
+    """A messageId and the instance whose span named it: what finds a trace."""
+
+    message_id: str
+    instance_id: str
 
 
 def message_token(message_id: str) -> str:
@@ -53,9 +85,24 @@ def message_token(message_id: str) -> str:
     return hashlib.sha1(message_id.encode(), usedforsecurity=False).hexdigest()
 
 
-def trace_subject(trace_id: str, message_id: str | None = None) -> str:
-    """Return the subject of a trace's spans naming (first) this messageId."""
-    return f"traces.{trace_id}.{NO_MESSAGE if message_id is None else message_token(message_id)}"
+def trace_subject(trace_id: str, key: IndexKey | None = None) -> str:
+    """Return the subject of a trace's message found by this key (by none: `traces.<id>._`)."""
+    if key is None:
+        return f"traces.{trace_id}.{NO_MESSAGE}"
+    return f"traces.{trace_id}.{message_token(key.message_id)}.{key.instance_id}"
+
+
+def index_keys(record: Mapping[str, Any]) -> list[IndexKey]:
+    """Return the keys a stored span is found by: each messageId it names, with its instance.
+
+    A span of no instance (ingest, route) is found through its trace only: a trace is shown
+    to those who may read an instance of it, and its instances' spans name the messageIds.
+    """
+    attributes = record["attributes"]
+    instance_id = str(attributes.get(INSTANCE_ATTRIBUTE, ""))
+    if not INSTANCE_TOKEN.fullmatch(instance_id):
+        return []
+    return [IndexKey(str(m), instance_id) for m in attributes.get(MESSAGE_IDS_ATTRIBUTE, ())]
 
 
 def span_record(span: ReadableSpan) -> dict[str, Any]:
@@ -89,6 +136,7 @@ async def ensure_stream(js: JetStreamContext, retention_seconds: float) -> None:
         storage=StorageType.MEMORY,
         max_age=retention_seconds,
         max_bytes=MAX_BYTES,
+        allow_direct=True,  # lookups read with direct-get batches
     )
     try:
         await js.add_stream(config)
@@ -136,24 +184,22 @@ class TraceStoreExporter(SpanExporter):
 
     async def _publish(self, spans: Sequence[ReadableSpan]) -> None:
         # One message per trace of the batch (a JSON array of its spans) under its first
-        # messageId, an empty one per further messageId; plain publishes: the stream stores
-        # them without an acknowledgement each (a lost message costs a gap in a debugging
-        # aid; waiting for hundreds of acks costs every event).
+        # index key, an empty one per further key; plain publishes: the stream stores them
+        # without an acknowledgement each (a lost message costs a gap in a debugging aid;
+        # waiting for hundreds of acks costs every event).
         await self._jetstream()
         nc = self._nc
-        traces: dict[str, tuple[list[dict[str, Any]], dict[str, None]]] = {}
+        traces: dict[str, tuple[list[dict[str, Any]], dict[IndexKey, None]]] = {}
         for span in spans:
             record = span_record(span)
-            records, named = traces.setdefault(record["trace_id"], ([], {}))
+            records, keys = traces.setdefault(record["trace_id"], ([], {}))
             records.append(record)
-            named.update(
-                dict.fromkeys(map(str, record["attributes"].get(MESSAGE_IDS_ATTRIBUTE, ())))
-            )
-        for trace_id, (records, named) in traces.items():
-            first, *others = named or [None]
+            keys.update(dict.fromkeys(index_keys(record)))
+        for trace_id, (records, keys) in traces.items():
+            first, *others = keys or [None]
             await nc.publish(trace_subject(trace_id, first), orjson.dumps(records))
-            for message_id in others:
-                await nc.publish(trace_subject(trace_id, message_id), b"")
+            for key in others:
+                await nc.publish(trace_subject(trace_id, key), b"")
         await nc.flush(timeout=PUBLISH_SECONDS)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -177,39 +223,162 @@ class TraceStoreExporter(SpanExporter):
         self._thread.join(timeout=5)
 
 
-async def read_trace(
-    js: JetStreamContext, trace_id: str, limit: int = 2000
-) -> list[dict[str, Any]]:
-    """Return the stored spans of a trace, in start order (a message holds a list of them, or
-    one, as releases before grouping stored them; index messages hold nothing)."""
-    spans: list[dict[str, Any]] = []
-    for subject in (f"traces.{trace_id}.>", f"traces.{trace_id}"):
-        for _, data in await _read_subject(js, subject, limit):
-            if data:
-                stored = orjson.loads(data)
-                spans.extend(stored if isinstance(stored, list) else [stored])
-    return sorted(spans, key=lambda s: (s["start"], s["name"]))
+@dataclass
+class ReadBudget:
+    """What one lookup may still read from the stream, in messages and bytes."""
+
+    messages: int = READ_MESSAGES
+    bytes: int = READ_BYTES
 
 
-async def traces_of_message(js: JetStreamContext, message_id: str) -> list[str]:
-    """Return the trace ids stored for a messageId, oldest first, without repeats."""
-    ids: list[str] = []
-    for subject, data in await _read_subject(js, f"traces.*.{message_token(message_id)}", 100):
-        trace_id = subject.split(".")[1]
-        ids.append(data.decode() if trace_id == LEGACY_INDEX else trace_id)
-    return list(dict.fromkeys(ids))
+@dataclass(frozen=True)
+class StoredMessage:
+    """A message of the stream as a direct get answers it."""
+
+    subject: str
+    seq: int
+    data: bytes
 
 
-async def _read_subject(js: JetStreamContext, subject: str, limit: int) -> list[tuple[str, bytes]]:
-    """Read the stored messages matching a subject (wildcards allowed), oldest first, as
-    (subject, data); one request per message."""
-    out: list[tuple[str, bytes]] = []
-    seq = 1
-    while len(out) < limit:
+@dataclass(frozen=True)
+class BatchEnd:
+    """The end of a direct-get batch: how many matching messages it left unread."""
+
+    unread: int
+
+
+@dataclass(frozen=True)
+class StoredTrace:
+    """A trace's stored spans, in start order; `complete` is False when the budget ran out."""
+
+    spans: list[dict[str, Any]]
+    complete: bool
+
+
+def batch_reply(headers: Mapping[str, str], data: bytes) -> StoredMessage | BatchEnd:
+    """Read one reply of a direct-get batch request (ADR-31): a message, or the end."""
+    status = headers.get("Status", "")
+    if not status:
+        return StoredMessage(headers["Nats-Subject"], int(headers["Nats-Sequence"]), data)
+    if status == "204":  # EOB
+        return BatchEnd(int(headers.get("Nats-Num-Pending", "0")))
+    if status in ("404", "503"):  # nothing matches; no stream (or none served directly) yet
+        return BatchEnd(0)
+    raise RuntimeError(f"direct get from {STREAM} failed: {status} {headers.get('Description')}")
+
+
+def _client(js: JetStreamContext) -> NatsClient:
+    # nats-py offers no direct-get batch, nor the context's connection but as this attribute.
+    return js._nc
+
+
+async def _direct_batch(
+    js: JetStreamContext, request: dict[str, Any], budget: ReadBudget
+) -> tuple[list[StoredMessage], int]:
+    """Read what a direct-get request matches, within the budget, in one request; return the
+    messages and how many matching ones were left unread."""
+    if budget.messages <= 0 or budget.bytes <= 0:
+        return [], 1
+    nc = _client(js)
+    inbox = nc.new_inbox()
+    out: list[StoredMessage] = []
+    try:
+        sub = await nc.subscribe(inbox)
         try:
-            msg = await js.get_msg(STREAM, seq=seq, subject=subject, next=True)
-        except nats.js.errors.NotFoundError:
-            break
-        out.append((msg.subject or subject, msg.data or b""))
-        seq = (msg.seq or seq) + 1
-    return out
+            body = {**request, "batch": budget.messages, "max_bytes": budget.bytes}
+            await nc.publish(f"$JS.API.DIRECT.GET.{STREAM}", orjson.dumps(body), reply=inbox)
+            while True:
+                msg = await sub.next_msg(timeout=READ_SECONDS)
+                reply = batch_reply(
+                    {str(k): str(v) for k, v in (msg.headers or {}).items()}, msg.data
+                )
+                if isinstance(reply, BatchEnd):
+                    return out, reply.unread
+                out.append(reply)
+                budget.messages -= 1
+                budget.bytes -= len(reply.data)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+    except (nats.errors.Error, OSError) as error:
+        raise _unavailable(error) from error
+
+
+async def read_trace(
+    js: JetStreamContext, trace_id: str, budget: ReadBudget | None = None
+) -> StoredTrace:
+    """Return the stored spans of a trace, its oldest messages first, as many as the budget
+    allows (a message holds a list of spans; index messages hold nothing)."""
+    found, unread = await _direct_batch(
+        js, {"next_by_subj": f"traces.{trace_id}.>"}, budget or ReadBudget()
+    )
+    spans: list[dict[str, Any]] = []
+    for message in found:
+        if message.data:
+            stored = orjson.loads(message.data)
+            spans.extend(stored if isinstance(stored, list) else [stored])
+    spans.sort(key=lambda s: (s["start"], s["name"]))
+    return StoredTrace(spans, complete=not unread)
+
+
+async def instances_of_message(js: JetStreamContext, message_id: str) -> dict[str, list[str]]:
+    """Return the traces stored for a messageId by the instances that got it: one request
+    listing subjects (no message is read), at most the server's page of 100,000."""
+    subjects = f"traces.*.{message_token(message_id)}.*"
+    try:
+        reply = await _client(js).request(
+            f"$JS.API.STREAM.INFO.{STREAM}",
+            orjson.dumps({"subjects_filter": subjects}),
+            timeout=READ_SECONDS,
+        )
+    except (nats.errors.Error, OSError) as error:
+        raise _unavailable(error) from error
+    info = orjson.loads(reply.data)
+    if "error" in info:
+        if info["error"].get("err_code") == _NO_STREAM:
+            return {}
+        raise RuntimeError(f"stream info of {STREAM} failed: {info['error']}")
+    listed: dict[str, int] = info.get("state", {}).get("subjects") or {}
+    if int(info.get("total", 0)) > len(listed):
+        raise _too_many(message_id)
+    by_instance: dict[str, list[str]] = {}
+    for subject in listed:
+        _, trace_id, _, instance_id = subject.split(".")
+        by_instance.setdefault(instance_id, []).append(trace_id)
+    return by_instance
+
+
+async def traces_of_message(
+    js: JetStreamContext, message_id: str, listed: Mapping[str, Sequence[str]], budget: ReadBudget
+) -> list[str]:
+    """Return the trace ids of `instances_of_message` entries (of the instances the caller may
+    read), oldest first by their newest message, in one request; FAILED_PRECONDITION when
+    there are more than one lookup sorts."""
+    if sum(map(len, listed.values())) > MULTI_LAST_SUBJECTS:
+        raise _too_many(message_id)
+    if not listed:
+        return []
+    token = message_token(message_id)
+    found, unread = await _direct_batch(
+        js, {"multi_last": [f"traces.*.{token}.{i}" for i in listed]}, budget
+    )
+    if unread:
+        raise _too_many(message_id)
+    order: dict[str, None] = {}
+    for message in found:  # in stream order: a trace's place is that of its newest key
+        trace_id = message.subject.split(".")[1]
+        order.pop(trace_id, None)
+        order[trace_id] = None
+    return list(order)
+
+
+def _too_many(message_id: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"messageId {message_id!r} has more journeys stored than one lookup sorts out; look "
+        "one up by its trace id (`eventfn deliveries --failures` and `eventfn dead show` "
+        "print them)"
+    )
+
+
+def _unavailable(error: BaseException) -> Unavailable:
+    return Unavailable(f"the trace store (NATS) did not answer ({error!r}); retry shortly")

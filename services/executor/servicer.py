@@ -283,7 +283,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
 
     async def GetTrace(self, request: pb.GetTraceRequest, context: Ctx) -> pb.GetTraceResponse:
         """Return an event's recent journey from the trace store (see traces.py)."""
-        return await get_trace(self._js, self._gate.instance, request, context)
+        return await get_trace(self._js, self._gate, request, context)
 
     async def GetDeliveryStats(
         self, request: pb.GetDeliveryStatsRequest, context: Ctx

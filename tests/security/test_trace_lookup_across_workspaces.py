@@ -18,7 +18,7 @@ from nats.aio.client import Client as NatsClient
 
 from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
 from services.common.telemetry import MESSAGE_IDS_ATTRIBUTE
-from services.common.trace_store import ensure_stream, trace_subject
+from services.common.trace_store import IndexKey, ensure_stream, trace_subject
 from tests.pipeline.conftest import Platform, platform, sink
 from tests.registry.conftest import auth, registry
 
@@ -69,7 +69,8 @@ async def test_a_reused_messageid_finds_only_the_callers_own_trace(
     # the newest, naming an instance of another workspace.
     for trace_id, instance_id in ((older, mine), (own, mine), (theirs, f"ins_{uuid.uuid4().hex}")):
         span = invoke_span(trace_id, instance_id, message_id)
-        await js.publish(trace_subject(trace_id, message_id), orjson.dumps([span]))
+        key = IndexKey(message_id, instance_id)
+        await js.publish(trace_subject(trace_id, key), orjson.dumps([span]))
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
         executor = executor_pb2_grpc.ExecutorStub(channel)
