@@ -31,7 +31,15 @@ SPELLINGS = {
     STRING: ["string", "String", "STRING"],
     BOOLEAN: ["boolean", "Boolean", "BOOLEAN", "bool"],
     TEXT_MAP: ["text-map", "text map", "Text Map", "TEXT_MAP", "textMap", "map", "Map"],
-    STRING_ARRAY: ["string-array", "array", "Array", "ARRAY", "string array", "STRING_ARRAY"],
+    STRING_ARRAY: [
+        "string-array",
+        "array",
+        "Array",
+        "ARRAY",
+        "string array",
+        "STRING_ARRAY",
+        "stringArray",
+    ],
 }
 ALIASES = {name.lower() for names in SPELLINGS.values() for name in names}
 non_string = st.one_of(
