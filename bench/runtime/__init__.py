@@ -36,7 +36,7 @@ def _events(n: int) -> bytes:
 
 def bare_v8() -> tuple[float, float]:
     """Return (µs per bare STPyV8 call, µs per event of bare JSON.parse of 100 events)."""
-    import STPyV8
+    from services.runtime.engine import STPyV8  # with its ICU data (v8_import.py)
 
     ctx = STPyV8.JSContext()
     ctx.enter()

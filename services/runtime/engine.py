@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import STPyV8
 
 from .model import HANDLER_NAMES
 from .report import ReportRejected
 from .sdks import chunks_named_in
+from .v8_import import import_stpyv8
+
+# Imported this way, never directly: V8 must be handed a valid ICU data file (v8_import.py).
+STPyV8 = import_stpyv8()
 
 # Strings longer than this cross in pieces (see FunctionContext._call).
 _CHUNK = 256 * 1024

@@ -134,8 +134,8 @@ class RuntimePool:
     async def _spawn(self, index: int) -> None:
         """Start worker `index`, trying again when a start fails transiently.
 
-        V8's platform set-up in a new process has been seen to fail once in a while on a
-        loaded machine (MemoryError in `JSPlatform.init`); a second start succeeds.
+        (The MemoryError once seen in `JSPlatform.init` was STPyV8 handing V8 a freed ICU
+        path that happened to name a directory; engine.py imports it through v8_import.py.)
         """
         for attempt in range(1, SPAWN_ATTEMPTS + 1):
             try:

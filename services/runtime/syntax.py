@@ -25,7 +25,7 @@ class _Compiler:
         threading.Thread(target=self._serve, name="eventfn-syntax", daemon=True).start()
 
     def _serve(self) -> None:
-        import STPyV8
+        from .engine import STPyV8  # initialised with its ICU data (v8_import.py)
 
         isolate = STPyV8.JSIsolate()  # this thread's own isolate: V8 isolates are per thread
         isolate.enter()

@@ -17,6 +17,12 @@ CASES = [
     ("_.get({a: {b: 4}}, 'a.b')", 4),
     ("moment.tz('2020-01-01T00:00:00Z', 'America/New_York').format()", "2019-12-31T19:00:00-05:00"),
     ("moment('2020-02-03').add(1, 'day').format('YYYY-MM-DD')", "2020-02-04"),
+    # ICU data loaded (services/runtime/v8_import.py): without it these threw "Icu error" or
+    # killed the worker (SIGTRAP for Intl.DateTimeFormat, SIGSEGV for Intl.Segmenter).
+    ("(1234.5).toLocaleString('de-DE')", "1.234,5"),
+    ("'a'.localeCompare('b')", -1),
+    ("new Date(0).toLocaleDateString('en-US', {timeZone: 'UTC'})", "1/1/1970"),
+    ("[...new Intl.Segmenter('en', {granularity: 'word'}).segment('a b')].length", 3),
     ("xml({a: [{_attr: {k: 'v'}}, 'b']})", '<a k="v">b</a>'),
     ("await new xml2js.Parser().parseStringPromise('<a><b>1</b></a>')", {"a": {"b": ["1"]}}),
     ("new xml2js.Builder({headless: true}).buildObject({a: 1})", "<a>1</a>"),
