@@ -22,7 +22,8 @@ class ExecutorSettings(DataPlaneSettings):
     executor_workers: int = 0
     # Packs one pull request asks for (it stays open, delivering each as it is stored).
     executor_fetch_packs: int = 64
-    # Packs in flight at once in this process (no more is fetched meanwhile).
+    # Packs in flight at once in this process (no more is fetched meanwhile); one instance holds
+    # at most a quarter of them.
     executor_max_inflight_packs: int = 512
     # In-flight invocations per instance, so one hot instance cannot starve the others.
     executor_instance_concurrency: int = 10
