@@ -35,11 +35,13 @@ class MemoryLedger:
 
     The watchdog samples the worker's RSS and its status block (which invocation is inside
     V8, since when). Growth between two samples is an invocation's own when both saw the
-    same crossing of it (as the limit was first measured) or when it was the only invocation
-    in flight at both: its charge then runs on across its awaits, so memory held over timers
-    and fetches counts. Growth between crossings beside other functions' invocations cannot
-    be told apart: charging it to anyone would blame neighbours, so it is only suspected of
-    the last invocation seen in V8, to pick whom to stop when the worker passes its own limit.
+    same crossing of it (as the limit was first measured) or, when it was the only invocation
+    in flight at both, two of its crossings: its charge then runs on across its awaits, so
+    memory its code holds over timers and fetches counts. Growth between crossings beside
+    other functions' invocations, or while it waits outside V8, cannot be told apart from
+    the host's (a fetch round's bodies): charging it would blame neighbours or the platform,
+    so it is only suspected of the last invocation seen in V8, to pick whom to stop when the
+    worker passes its own limit.
     """
 
     rss: int  # at the last sample
@@ -55,7 +57,11 @@ class MemoryLedger:
         owner = 0
         if seq and crossing == self.crossing:
             owner = seq
-        elif solo and solo == self.solo:
+        elif solo and solo == self.solo and solo == seq == self.crossing[0]:
+            # Alone in flight and in V8 at both samples, in two of its crossings: what its
+            # code allocated before an await is its own. A sample outside V8 ends the run:
+            # growth then is the host's work for it (a fetch round's bodies, bounded by its
+            # response budget, in memory the allocator may keep), only suspected.
             owner = solo
         elif seq or self.last_in_v8:
             self._charge(seq or self.last_in_v8).rises += max(0, delta)

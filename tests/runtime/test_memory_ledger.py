@@ -15,13 +15,15 @@ LIMIT = 128 * MB
 def test_an_invocation_alone_is_charged_what_it_holds_across_its_awaits(
     steps_mb: list[int], awaits_between: bool
 ) -> None:
-    """Each step allocates in a crossing of its own, then (or not) awaits outside V8: the
-    charge is the worker's growth since the watchdog first saw it, whatever the crossings."""
+    """Each step allocates in a crossing of its own (sampled as it starts and once it has
+    allocated), then (or not) awaits outside V8: the charge is the worker's growth since the
+    watchdog first saw it, whatever the crossings."""
     base = 300 * MB
     ledger = MemoryLedger(base)
     ledger.observe(base, (7, 0), solo=7)  # it starts
     rss = base
     for crossing, step in enumerate(steps_mb, start=1):
+        ledger.observe(rss, (7, crossing), solo=7)
         rss += step * MB
         ledger.observe(rss, (7, crossing), solo=7)
         if awaits_between:
@@ -56,3 +58,19 @@ def test_growth_between_crossings_beside_a_neighbour_is_charged_to_no_one(
         rss += step * MB
         ledger.observe(rss, (0, 0), solo=0)
     assert not ledger.over(7, 0) and not ledger.over(8, 0)
+
+
+@given(st.lists(st.integers(0, 64), min_size=1, max_size=40))
+def test_growth_while_it_waits_outside_v8_is_the_hosts(steps_mb: list[int]) -> None:
+    """Between two samples outside V8 the worker grows for its fetch round (bodies bounded by
+    the invocation's response budget): not charged to the invocation's limit."""
+    base = 300 * MB
+    ledger = MemoryLedger(base)
+    ledger.observe(base, (7, 1), solo=7)
+    ledger.observe(base, (0, 0), solo=7)
+    rss = base
+    for step in steps_mb:
+        rss += step * MB
+        ledger.observe(rss, (0, 0), solo=7)
+    ledger.observe(rss, (7, 2), solo=7)
+    assert not ledger.over(7, 0)
