@@ -10,11 +10,13 @@ or the request's first byte; past it the connection is closed, with a 408 if a r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
-from services.router.http_server import serve_http
+from services.router.http_server import App, serve_http
 
 LIMIT = 10  # EVENTFN_ROUTER_HTTP_MAX_CONNECTIONS
 KEEPALIVE = 1  # seconds (the router's default is 5)
@@ -23,6 +25,26 @@ TRICKLE = 0.1  # seconds between two of a slow client's writes
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+@contextlib.asynccontextmanager
+async def serving(app: App, **options: Any) -> AsyncIterator[int]:
+    """Serve `app` as the router does, with this module's small limits; yield the port."""
+    server, task, port = await serve_http(
+        app,
+        "127.0.0.1",
+        0,
+        max_connections=LIMIT,
+        keepalive_seconds=KEEPALIVE,
+        refuse=refuse,
+        header_timeout_seconds=HEADER_TIMEOUT,
+        **options,
+    )
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        await task
 
 
 async def answer(scope: dict, receive: object, send: object) -> None:
@@ -120,87 +142,58 @@ async def test_slow_connections_are_closed_and_do_not_lock_out_others(
     begin: Callable[[Streams], Awaitable[bytes]], answered: bytes
 ) -> None:
     timeouts: list[None] = []
-    server, task, port = await serve_http(
-        answer,
-        "127.0.0.1",
-        0,
-        max_connections=LIMIT,
-        keepalive_seconds=KEEPALIVE,
-        refuse=refuse,
-        header_timeout_seconds=HEADER_TIMEOUT,
-        on_header_timeout=lambda: timeouts.append(None),
-    )
-    hostile = [await asyncio.open_connection("127.0.0.1", port) for _ in range(LIMIT)]
-    try:
-        trickles = [await begin(streams) for streams in hostile]
-        assert await honest_status(port) == b"503", "the hostile connections fill the limit"
-        # Each is closed once its deadline passes, however long it keeps trickling (the
-        # trickle outlasts the keep-alive timeout, which each byte would restart).
-        closed = await asyncio.wait_for(
-            asyncio.gather(*(until_closed(*s, t) for s, t in zip(hostile, trickles, strict=True))),
-            HEADER_TIMEOUT + KEEPALIVE + 5,
-        )
-        assert all(got.startswith(answered) for got in closed), closed
-        if answered:
-            assert b'"code":"timeout"' in closed[0] and b"connection: close" in closed[0]
-        assert len(timeouts) == (LIMIT if answered else 0), "each 408 is counted"
-        assert await honest_status(port) == b"200"
-    finally:
-        for _, writer in hostile:
-            writer.close()
-        server.should_exit = True
-        await task
+    async with serving(answer, on_header_timeout=lambda: timeouts.append(None)) as port:
+        hostile = [await asyncio.open_connection("127.0.0.1", port) for _ in range(LIMIT)]
+        try:
+            trickles = [await begin(streams) for streams in hostile]
+            assert await honest_status(port) == b"503", "the hostile connections fill the limit"
+            # Each is closed once its deadline passes, however long it keeps trickling (the
+            # trickle outlasts the keep-alive timeout, which each byte would restart).
+            closed = await asyncio.wait_for(
+                asyncio.gather(
+                    *(until_closed(*s, t) for s, t in zip(hostile, trickles, strict=True))
+                ),
+                HEADER_TIMEOUT + KEEPALIVE + 5,
+            )
+            assert all(got.startswith(answered) for got in closed), closed
+            if answered:
+                assert b'"code":"timeout"' in closed[0] and b"connection: close" in closed[0]
+            assert len(timeouts) == (LIMIT if answered else 0), "each 408 is counted"
+            assert await honest_status(port) == b"200"
+        finally:
+            for _, writer in hostile:
+                writer.close()
 
 
 async def test_each_request_on_a_connection_has_its_own_deadline() -> None:
-    server, task, port = await serve_http(
-        answer,
-        "127.0.0.1",
-        0,
-        max_connections=LIMIT,
-        keepalive_seconds=KEEPALIVE,
-        refuse=refuse,
-        header_timeout_seconds=HEADER_TIMEOUT,
-    )
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        # Three heads, each taking half the deadline: the connection lives longer than one
-        # deadline, and every head is in time.
-        for _ in range(3):
-            writer.write(GET[:10])
-            await asyncio.sleep(HEADER_TIMEOUT / 2)
-            writer.write(GET[10:])
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            assert head.startswith(b"HTTP/1.1 200"), head
-    finally:
-        writer.close()
-        server.should_exit = True
-        await task
+    async with serving(answer) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            # Three heads, each taking half the deadline: the connection lives longer than one
+            # deadline, and every head is in time.
+            for _ in range(3):
+                writer.write(GET[:10])
+                await asyncio.sleep(HEADER_TIMEOUT / 2)
+                writer.write(GET[10:])
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                assert head.startswith(b"HTTP/1.1 200"), head
+        finally:
+            writer.close()
 
 
 async def test_the_deadline_ends_with_the_headers() -> None:
     """A body slower than the head's deadline is the app's to judge (the router's has its own
     timeout)."""
-    server, task, port = await serve_http(
-        read_body_then_answer,
-        "127.0.0.1",
-        0,
-        max_connections=LIMIT,
-        keepalive_seconds=KEEPALIVE,
-        refuse=refuse,
-        header_timeout_seconds=HEADER_TIMEOUT,
-    )
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{")
-        await asyncio.sleep(HEADER_TIMEOUT * 1.5)
-        writer.write(b"}")
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        assert head.startswith(b"HTTP/1.1 200"), head
-    finally:
-        writer.close()
-        server.should_exit = True
-        await task
+    async with serving(read_body_then_answer) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{")
+            await asyncio.sleep(HEADER_TIMEOUT * 1.5)
+            writer.write(b"}")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200"), head
+        finally:
+            writer.close()
 
 
 async def test_a_head_trickling_behind_an_answer_closes_the_connection_after_it() -> None:
@@ -210,23 +203,13 @@ async def test_a_head_trickling_behind_an_answer_closes_the_connection_after_it(
         await release.wait()
         await answer(scope, receive, send)
 
-    server, task, port = await serve_http(
-        held,
-        "127.0.0.1",
-        0,
-        max_connections=LIMIT,
-        keepalive_seconds=KEEPALIVE,
-        refuse=refuse,
-        header_timeout_seconds=HEADER_TIMEOUT,
-    )
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(GET + b"GET /next HTTP/1.1\r\n")  # the second head never ends
-        await asyncio.sleep(HEADER_TIMEOUT * 1.5)
-        release.set()
-        got = await asyncio.wait_for(reader.read(), 5)
-        assert got.startswith(b"HTTP/1.1 200") and b"connection: close" in got, got
-    finally:
-        writer.close()
-        server.should_exit = True
-        await task
+    async with serving(held) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(GET + b"GET /next HTTP/1.1\r\n")  # the second head never ends
+            await asyncio.sleep(HEADER_TIMEOUT * 1.5)
+            release.set()
+            got = await asyncio.wait_for(reader.read(), 5)
+            assert got.startswith(b"HTTP/1.1 200") and b"connection: close" in got, got
+        finally:
+            writer.close()
