@@ -117,6 +117,7 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
         if not await dispatcher.drain(settings.executor_shutdown_grace_seconds):
             handed = await consumer.hand_back()
             log.warning("shutdown grace passed; %d unfinished packs handed back", handed)
+        await consumer.close()
 
     stack.push_async_callback(drain)
     gate = RegistryGate(settings.registry_addr)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import orjson
 from nats.aio.client import Client as NatsClient
@@ -31,6 +32,14 @@ DURABLE = "executor"
 DEFER_SECONDS = 1.0
 DEFER_MAX_SECONDS = 30.0
 DEFER_LOG_SECONDS = 60.0
+
+
+class _Held(NamedTuple):
+    """A pack taken and not settled yet: whose share it counts in, and since when."""
+
+    msg: Msg
+    instance_id: str  # "" until it is counted in an instance's share
+    taken_at: float
 
 
 class PackConsumer:
@@ -73,19 +82,50 @@ class PackConsumer:
         self._subjects = subjects
         self._inflight = 0
         self._share = max(2 * instance_concurrency, max_inflight // 4, 1)
-        self._held: dict[str, int] = {}  # packs in flight per instance
+        self._per_instance: dict[str, int] = {}  # packs in flight per instance
         self._deferred_logged: dict[str, float] = {}
-        # by id(msg): handed back if shutdown runs out; with the instance it counts for
-        self._unsettled: dict[int, tuple[Msg, str]] = {}
+        self._unsettled: dict[int, _Held] = {}  # by id(msg): handed back if shutdown runs out
         self._room = asyncio.Condition()
         self._stopping = asyncio.Event()
         self._stopped_at: float | None = None
         self._task: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         self.packs = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Return the packs taken and not settled yet."""
+        return self._inflight
 
     def start(self) -> None:
         """Start pulling (after the first configuration snapshot)."""
         self._task = asyncio.create_task(self._run(), name="pack-consumer")
+        self._heartbeat = asyncio.create_task(self._keep_held(), name="pack-heartbeat")
+
+    async def close(self) -> None:
+        """Stop telling JetStream about held packs (after `stop`, once they are settled)."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+
+    async def _keep_held(self) -> None:
+        """Tell JetStream, every third of `ack_wait`, that packs held that long are in work.
+
+        An instance's packs wait for its own concurrency inside the executor, longer than
+        `ack_wait` behind a slow handler or a backlog: JetStream would deliver them again
+        meanwhile, and the function would get their events twice.
+        """
+        period = self._ack_wait / 3
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period)
+            due = loop.time() - period
+            for held in [h for h in self._unsettled.values() if h.taken_at <= due]:
+                try:
+                    await held.msg.in_progress()
+                except NATS_ERRORS as error:  # it may come again after ack_wait: at least once
+                    log.warning("in-progress of %s failed: %r", held.msg.subject, error)
 
     async def stop(self) -> None:
         """Stop pulling; packs in flight finish on their own."""
@@ -125,7 +165,7 @@ class PackConsumer:
     async def _take(self, msgs: list[Msg]) -> None:
         for msg in msgs:
             self._inflight += 1
-            self._unsettled[id(msg)] = (msg, "")
+            self._unsettled[id(msg)] = _Held(msg, "", asyncio.get_running_loop().time())
             try:
                 await self._handle(msg)
             except Exception:
@@ -137,7 +177,7 @@ class PackConsumer:
         if self._stopped_at is not None:  # let our last pull request expire first
             loop = asyncio.get_running_loop()
             await asyncio.sleep(max(0.0, self._stopped_at + FETCH_SECONDS + 0.1 - loop.time()))
-        pending = [msg for msg, _ in self._unsettled.values()]
+        pending = [held.msg for held in self._unsettled.values()]
         for msg in pending:
             await self._settle(msg, False)
         return len(pending)
@@ -146,13 +186,13 @@ class PackConsumer:
         held = self._unsettled.pop(id(msg), None)
         if held is None:
             return  # already settled (e.g. handed back at shutdown)
-        instance_id = held[1]
+        instance_id = held.instance_id
         if instance_id:
-            left = self._held[instance_id] - 1
+            left = self._per_instance[instance_id] - 1
             if left:
-                self._held[instance_id] = left
+                self._per_instance[instance_id] = left
             else:
-                del self._held[instance_id]
+                del self._per_instance[instance_id]
         try:
             await (msg.ack() if ok else msg.nak(delay=delay))
         except NATS_ERRORS as error:  # the ack is lost: the pack comes back after ack_wait
@@ -193,12 +233,14 @@ class PackConsumer:
             )
             await self._settle(msg, True)
             return
-        held = self._held.get(subject.instance_id, 0)
-        if held >= self._share:
+        count = self._per_instance.get(subject.instance_id, 0)
+        if count >= self._share:
             await self._defer(msg, subject.instance_id)
             return
-        self._held[subject.instance_id] = held + 1
-        self._unsettled[id(msg)] = (msg, subject.instance_id)
+        self._per_instance[subject.instance_id] = count + 1
+        self._unsettled[id(msg)] = self._unsettled[id(msg)]._replace(
+            instance_id=subject.instance_id
+        )
         headers = msg.headers or {}
         ref = PackRef(
             settle=lambda ok: self._settle(msg, ok),

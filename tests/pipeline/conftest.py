@@ -200,10 +200,17 @@ class Platform:
 
 
 async def start_platform(
-    registry: Registry, nats_url: str, stack: AsyncExitStack, **executor_options: Any
+    registry: Registry,
+    nats_url: str,
+    stack: AsyncExitStack,
+    *,
+    own_consumer: bool = False,
+    **executor_options: Any,
 ) -> Platform:
     """Start router and executor against the test registry; `stack` stops them.
-    `executor_options`: ExecutorSettings fields to set."""
+    `executor_options`: ExecutorSettings fields to set; `own_consumer`: the executor reads
+    this workspace's events through a durable consumer of its own (made with its options,
+    such as its ack wait), not the session's shared one."""
     ws_id, owner = await registry.workspace(f"Pipeline {uuid.uuid4().hex[:6]}")
     source = (
         await registry.stub.CreateSource(
@@ -237,6 +244,11 @@ async def start_platform(
             egress_allow="127.0.0.1/32",
             executor_records_flush_seconds=0.2,
             executor_shutdown_grace_seconds=5,
+            **(
+                {"executor_consumer": f"executor-{ws_id}", "executor_subjects": f"events.{ws_id}.>"}
+                if own_consumer
+                else {}
+            ),
             **executor_options,
         ),
         stack,
