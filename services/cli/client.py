@@ -19,7 +19,9 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from eventfn_api.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.cli.context import context_file, load_context
@@ -30,12 +32,34 @@ from services.runtime.model import HANDLER_NAMES
 out = Console(width=None if sys.stdout.isatty() else 250)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 250)
 T = TypeVar("T")
+# What a terminal acts on rather than shows: C0 controls but tab and newline (ESC starts the
+# sequences that clear the screen, set the clipboard, hide links), DEL, C1, and the
+# bidirectional overrides that reorder what is shown.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def plain(value: object) -> str:
+    """Return text from a server or an event as a terminal may show it: each control
+    character as `\\xNN` (`\\uNNNN`), never acted on. Function output, event fields and
+    error messages are anyone's to write."""
+    return _CONTROLS.sub(_shown, str(value))
+
+
+def safe(value: object) -> str:
+    """Return `plain(value)` escaped for Rich markup, to put into a markup string: `[link=…]`
+    or a stray `[/]` in a tenant's text is shown, never interpreted."""
+    return escape(plain(value))
+
+
+def _shown(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def fail(message: str) -> NoReturn:
     """Print a one-line error and exit with status 1."""
     # Soft wrap: a long line (a path, a hint) stays one line when piped, for scripts and grep.
-    err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/] {safe(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -234,7 +258,7 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     for c in columns:
         t.add_column(c, overflow="fold")
     for r in rows:
-        t.add_row(*[("" if v is None else str(v)) for v in r])
+        t.add_row(*[Text("" if v is None else plain(v)) for v in r])
     out.print(t)
 
 
@@ -247,9 +271,10 @@ def request_line(request: Any) -> str:
 def print_logs_and_requests(logs: str, requests: Iterable[Any]) -> None:
     """Print an invocation's console output and outgoing requests, indented under it."""
     if logs:
-        out.print("  logs: " + logs.replace("\n", "\n        "), markup=False, highlight=False)
+        shown = plain(logs).replace("\n", "\n        ")
+        out.print("  logs: " + shown, markup=False, highlight=False)
     for request in requests:
-        out.print(f"  {request_line(request)}", markup=False, highlight=False)
+        out.print(f"  {plain(request_line(request))}", markup=False, highlight=False)
 
 
 def as_json(message: Message) -> None:

@@ -19,7 +19,9 @@ from services.cli.client import (
     metadata,
     name,
     out,
+    plain,
     print_logs_and_requests,
+    safe,
     short,
     stub,
     table,
@@ -119,20 +121,21 @@ def show(
         return
     instance = letter.name.split("/deadLetters/")[0]
     out.print(
-        f"[bold]{short(letter.name)}[/] instance {short(instance)} messageId {letter.message_id}\n"
+        f"[bold]{short(letter.name)}[/] instance {short(instance)} "
+        f"messageId {safe(letter.message_id)}\n"
         f"first attempt {when(letter.first_attempt_time)}, dead {when(letter.dead_time)}, "
         f"{letter.attempt_count} attempt(s)",
         highlight=False,
     )
-    out.print(f"reason: {letter.reason}", markup=False, highlight=False)
+    out.print(f"reason: {plain(letter.reason)}", markup=False, highlight=False)
     if letter.trace_id:
         out.print(f"trace {letter.trace_id} (eventfn trace {letter.trace_id})", highlight=False)
     stack = letter.attempts[-1].error.stack if letter.attempts else ""
     where = location_text(stack)
     if where:
-        out.print(f"at {where}", highlight=False)
+        out.print(f"at {safe(where)}", highlight=False)
     if stack:
-        out.print(stack, style="dim", markup=False, highlight=False)
+        out.print(plain(stack), style="dim", markup=False, highlight=False)
     first = letter.attempt_count - len(letter.attempts) + 1
     table(
         "attempts" if first == 1 else f"the last {len(letter.attempts)} attempts",
@@ -145,7 +148,7 @@ def show(
     if letter.last_logs or letter.last_requests:
         out.print("the last attempt:")
         print_logs_and_requests(letter.last_logs, letter.last_requests)
-    out.print(letter.event_json, markup=False, highlight=False)
+    out.print(plain(letter.event_json), markup=False, highlight=False)
 
 
 @dead.command("replay")

@@ -13,7 +13,9 @@ from services.cli.client import (
     metadata,
     name,
     out,
+    plain,
     print_logs_and_requests,
+    safe,
     short,
     stub,
     table,
@@ -74,14 +76,14 @@ def deliveries(
         for f in listed.failures:
             out.print(
                 f"\n[bold]{when(f.time)}[/] {types_pb2.Outcome.Name(f.outcome)} "
-                f"{f.message_id} ({short(f.version)})",
+                f"{safe(f.message_id)} ({short(f.version)})",
                 highlight=False,
             )
-            out.print(f"  [red]{f.error.type}[/]: ", end="", highlight=False)
-            out.print(f.error.message, markup=False, highlight=False)
+            out.print(f"  [red]{safe(f.error.type)}[/]: ", end="", highlight=False)
+            out.print(plain(f.error.message), markup=False, highlight=False)
             where = location_text(f.error.stack)
             if where:
-                out.print(f"  at {where}", highlight=False)
+                out.print(f"  at {safe(where)}", highlight=False)
             if f.trace_id:
                 out.print(f"  trace {f.trace_id} (eventfn trace {f.trace_id})", highlight=False)
             if f.invocation_events > 1 and (f.logs or f.requests):

@@ -19,7 +19,7 @@ import typer
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
-from services.cli.client import fail, metadata, out, pages, registry, short
+from services.cli.client import fail, metadata, out, pages, registry, safe, short
 from services.cli.client import name as cli_name
 from services.cli.context import load_context
 from services.common import names, streams
@@ -50,9 +50,8 @@ def describe(subject: str, data: bytes, seq: int) -> list[str]:
             continue
         name = event.get("event") or event.get("name") or ""
         who = event.get("userId") or event.get("anonymousId") or ""
-        lines.append(
-            f"  {event.get('type', '?'):9} {name!s:28} {who!s:20} {event.get('messageId', '')}"
-        )
+        kind, message_id = event.get("type", "?"), event.get("messageId", "")
+        lines.append(f"  {safe(kind):9} {safe(name):28} {safe(who):20} {safe(message_id)}")
     return lines
 
 

@@ -21,6 +21,7 @@ from services.cli.client import (
     pages,
     read_code,
     registry,
+    safe,
     short,
     table,
     version_name,
@@ -275,7 +276,8 @@ def function_show(
         )
     f, v = resp.function, resp.latest_version
     out.print(
-        f"[bold]{f.display_name}[/] ({short(f.name)}) — {f.description or 'no description'}; "
+        f"[bold]{safe(f.display_name)}[/] ({short(f.name)}) — "
+        f"{safe(f.description or 'no description')}; "
         f"version {v.number} ({short(v.name)})"
     )
     table(

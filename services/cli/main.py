@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.cli import access_commands as ac
 from services.cli import function_commands as fc
 from services.cli.admin_commands import admin
-from services.cli.client import fail, out, table
+from services.cli.client import fail, out, safe, table
 from services.cli.context import load_context, remember_platform, state_dir, state_dir_to_start
 from services.cli.dead_commands import dead
 from services.cli.deliveries_commands import deliveries
@@ -103,7 +103,7 @@ def up(
         out.print(f"Logs in {platform.logs}; Ctrl-C stops everything (data is kept).")
         code = platform.watch()
     except (OSError, RuntimeError, EmbeddedServerError) as error:
-        out.print(f"[red]error:[/] {error}", highlight=False)
+        out.print(f"[red]error:[/] {safe(error)}", highlight=False)
     finally:
         platform.stop()
     raise typer.Exit(code)

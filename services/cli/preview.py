@@ -12,8 +12,9 @@ import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from services.cli.client import fail, read_code, read_text
+from services.cli.client import fail, plain, read_code, read_text, safe
 from services.common.error_location import function_frames
 from services.common.outcomes import NAME_OF
 from services.runtime.config import EgressConfig, RuntimeConfig
@@ -63,10 +64,10 @@ def _print_human(result: PreviewResult, console: Console) -> None:
         + (f"  ({len(result.outcomes)} events)" if len(result.outcomes) > 1 else "")
     )
     if result.error is not None:
-        console.print(f"[bold red]{result.error.type}[/]: ", end="")
-        console.print(result.error.message, markup=False, highlight=False)
+        console.print(f"[bold red]{safe(result.error.type)}[/]: ", end="")
+        console.print(plain(result.error.message), markup=False, highlight=False)
         for frame in function_frames(result.error.stack or ""):
-            console.print(f"    {frame}", style="dim", markup=False, highlight=False)
+            console.print(f"    {plain(frame)}", style="dim", markup=False, highlight=False)
     if result.result is not None:
         console.print("[bold]Result[/]")
         console.print_json(orjson.dumps(result.result).decode())
@@ -76,20 +77,15 @@ def _print_human(result: PreviewResult, console: Console) -> None:
     if not result.logs:
         console.print("  (none)", style="dim")
     for line in result.logs:
-        console.print(f"  {line.level:<5} {line.message}", markup=False, highlight=False)
+        console.print(f"  {line.level:<5} {plain(line.message)}", markup=False, highlight=False)
     if result.requests:
         table = Table(title="Requests", show_lines=False)
         for column in ("method", "url", "status", "ms", "response"):
             table.add_column(column)
         for r in result.requests:
             body = (r.response_body or r.error or "")[:200]
-            table.add_row(
-                r.method,
-                r.url,
-                "" if r.status is None else str(r.status),
-                f"{r.duration_ms:.1f}",
-                body,
-            )
+            cells = (r.method, r.url, "" if r.status is None else r.status, f"{r.duration_ms:.1f}")
+            table.add_row(*(Text(plain(cell)) for cell in (*cells, body)))
         console.print(table)
 
 

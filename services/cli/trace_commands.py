@@ -11,7 +11,7 @@ from google.protobuf import json_format
 
 from eventfn_api.executor.v1 import executor_pb2 as pb
 from eventfn_api.executor.v1 import executor_pb2_grpc
-from services.cli.client import as_json, metadata, out, stub, workspace
+from services.cli.client import as_json, metadata, out, plain, stub, workspace
 
 _TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
 # Attributes worth a line in the tree, in this order.
@@ -91,7 +91,7 @@ def trace(
         return
     out.print(f"trace {found.trace_id}", highlight=False)
     for line in render(found.spans):
-        out.print(line, markup=False, highlight=False)
+        out.print(plain(line), markup=False, highlight=False)
     _mention(found.other_trace_ids, "other journeys of this messageId")
     _mention({t for s in found.spans for t in s.linked_trace_ids}, "linked traces")
 

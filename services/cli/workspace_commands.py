@@ -15,7 +15,7 @@ import typer
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
 from services.cli.access_commands import role_text
-from services.cli.client import fail, metadata, out, registry, short, table
+from services.cli.client import fail, metadata, out, registry, safe, short, table
 from services.cli.context import load_context, save_context
 
 workspaces = typer.Typer(
@@ -60,7 +60,7 @@ def workspace_create(
         )
     ws = resp.workspace
     ws_id = short(ws.name)
-    out.print(f"workspace [bold]{ws.display_name}[/] ({ws_id}) created")
+    out.print(f"workspace [bold]{safe(ws.display_name)}[/] ({ws_id}) created")
     out.print(f"owner token: [bold]{resp.token}[/]")
     saved = known_workspaces(load_context())
     saved[ws_id] = {"name": ws.display_name, "email": resp.owner.email, "token": resp.token}
