@@ -75,10 +75,13 @@ class MemoryLedger:
         self.last_in_v8 = seq or self.last_in_v8
         return owner
 
-    def over(self, seq: int, limit: int) -> bool:
-        """Tell whether `seq` grew the worker by more than `limit` in this crossing or in all."""
+    def over(self, seq: int, limit: int, *, across: bool = True) -> bool:
+        """Tell whether `seq` grew the worker by more than `limit` in this crossing or, with
+        `across`, in all its crossings together."""
         if seq == self.crossing[0] and self.rss - self.crossing_base > limit:
             return True
+        if not across:
+            return False
         charge = self.charges.get(seq)
         return charge is not None and charge.held(self.rss) > limit
 

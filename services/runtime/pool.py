@@ -358,7 +358,13 @@ class RuntimePool:
         ledger.forget_finished(w.inflight)
         solo = next(iter(w.inflight)) if len(w.inflight) == 1 else 0
         owner = ledger.observe(rss, crossing, solo)
-        if owner and ledger.over(owner, limit):
+        # Once an invocation has sent requests, the worker also grows for their bodies (the
+        # host's, bounded by its response budget) and for copying them in, memory given back
+        # after the crossing: then its crossings count one by one, and the worker's own
+        # limit for all of them.
+        pending = w.inflight.get(owner)
+        fetched = pending is None or has_sent(w.status, pending.slot)
+        if owner and ledger.over(owner, limit, across=not fetched):
             self._kill(w, w.inflight.get(owner), "memory")
             return True
         if rss <= worker_limit:
