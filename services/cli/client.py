@@ -26,34 +26,26 @@ from rich.text import Text
 from eventfn_api.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.cli.context import context_file, load_context
 from services.common import names
+from services.common.printable import printable
 from services.runtime.model import HANDLER_NAMES
 
 # Piped output keeps whole ids on one line, so scripts can grep them.
 out = Console(width=None if sys.stdout.isatty() else 250)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 250)
 T = TypeVar("T")
-# What a terminal acts on rather than shows: C0 controls but tab and newline (ESC starts the
-# sequences that clear the screen, set the clipboard, hide links), DEL, C1, and the
-# bidirectional overrides that reorder what is shown.
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def plain(value: object) -> str:
     """Return text from a server or an event as a terminal may show it: each control
     character as `\\xNN` (`\\uNNNN`), never acted on. Function output, event fields and
     error messages are anyone's to write."""
-    return _CONTROLS.sub(_shown, str(value))
+    return printable(str(value), keep="\n\t")
 
 
 def safe(value: object) -> str:
     """Return `plain(value)` escaped for Rich markup, to put into a markup string: `[link=…]`
     or a stray `[/]` in a tenant's text is shown, never interpreted."""
     return escape(plain(value))
-
-
-def _shown(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def fail(message: str) -> NoReturn:

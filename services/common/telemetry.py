@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from services.common.printable import printable
 from services.common.tracer import TracerProvider
 
 # The W3C trace context (traceparent/tracestate) every service reads and writes.
@@ -57,13 +58,25 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc).decode()
 
 
+class TextFormatter(logging.Formatter):
+    """One line of text per record. A message may carry others' text (a function's error, an
+    event's field): its control characters, line breaks included, are shown escaped, so it
+    can neither forge log lines nor act on the terminal that reads them. Tracebacks keep
+    their lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """Render the record's line with its message made printable."""
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+
 def setup_logging(level: str, fmt: str = "text") -> None:
     """Log to stderr: one line of text per record, or one JSON object (`fmt="json"`)."""
     handler = logging.StreamHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
