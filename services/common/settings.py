@@ -27,6 +27,11 @@ class CommonSettings(BaseSettings):
     # How long dead letters are kept (the DEAD stream's max age). Every service may create or
     # update the streams, so they all read the same value.
     dead_retention_days: float = 14.0
+    # Retries held per instance (messages in its RETRY subject, each one pack's retryable
+    # events). Past it the executor dead-letters the instance's retryable events at once,
+    # replayable, saying why: one tenant's retry storm cannot fill the disk or slow everyone's
+    # retries. Every service may create or update the streams, so they all read it.
+    retry_max_per_instance: int = 100_000
 
     def required_service_token(self, service: str) -> str:
         """Return the service token, or fail at start: data-plane services read WatchConfig."""

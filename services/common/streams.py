@@ -4,7 +4,9 @@ Subjects are `<kind>.<workspace_id>.<instance_id>` for the three kinds:
 
 - `EVENTS` (`events.>`): packs from the router (and due retries from the retrier),
   consumed by the executor pool. Deduplicated over a 10-minute window by `Nats-Msg-Id`.
-- `RETRY` (`retry.>`): events the executor found retryable, held by the retrier until due.
+- `RETRY` (`retry.>`): events the executor found retryable, held by the retrier until due;
+  at most `retry_max_per_instance` messages per instance, so one tenant's retry storm
+  neither fills the disk the streams share nor makes everyone's re-checks slow.
 - `DEAD` (`dead.>`): events past the retry window, kept (default 14 days) for listing and replay.
 
 All three use limits retention (any consumer kind and ack policy works, and nothing is
@@ -25,11 +27,12 @@ from typing import Literal
 
 import nats
 import nats.errors
+import orjson
 from nats.aio.client import Client as NatsClient
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from services.common.settings import CommonSettings, nats_servers
 
@@ -47,6 +50,9 @@ SERVER_DEDUPE_WINDOW = timedelta(minutes=2)
 DEFAULT_EVENTS_MAX_AGE = timedelta(days=7)
 DEFAULT_RETRY_MAX_AGE = timedelta(days=2)
 DEFAULT_DEAD_MAX_AGE = timedelta(days=14)
+DEFAULT_RETRY_MAX_PER_INSTANCE = 100_000
+# JetStream's answer to a publish its subject's limit refuses (with discard_new_per_subject).
+_STORE_FAILED = 10077
 
 # Message headers. W3C trace context travels in the lowercase names OpenTelemetry propagates.
 MSG_ID = "Nats-Msg-Id"
@@ -176,8 +182,14 @@ def stream_configs(
     events_max_age: timedelta = DEFAULT_EVENTS_MAX_AGE,
     retry_max_age: timedelta = DEFAULT_RETRY_MAX_AGE,
     dead_max_age: timedelta = DEFAULT_DEAD_MAX_AGE,
+    retry_max_per_instance: int = DEFAULT_RETRY_MAX_PER_INSTANCE,
 ) -> list[StreamConfig]:
     """Return the desired configuration of EVENTS, RETRY and DEAD."""
+    if retry_max_per_instance < 1:
+        raise ValueError(
+            "retries held per instance (EVENTFN_RETRY_MAX_PER_INSTANCE) must be at least 1, "
+            f"not {retry_max_per_instance}"
+        )
     if replicas not in (1, 3, 5):
         # JetStream allows 1..5, but only odd sizes keep a quorum through a node loss.
         raise ValueError(f"stream replicas must be 1, 3 or 5, not {replicas}")
@@ -207,6 +219,10 @@ def stream_configs(
             "retry",
             retry_max_age,
             duplicate_window=SERVER_DEDUPE_WINDOW.total_seconds(),
+            # The subject is the instance: past this many held retries the executor
+            # dead-letters its retryable events instead (see `subject_full`).
+            max_msgs_per_subject=retry_max_per_instance,
+            discard_new_per_subject=True,
             description="Retryable events waiting for their next attempt.",
         ),
         config(
@@ -229,6 +245,8 @@ _MANAGED = (
     "max_age",
     "duplicate_window",
     "allow_direct",
+    "max_msgs_per_subject",
+    "discard_new_per_subject",
     "description",
 )
 
@@ -248,6 +266,75 @@ def config_drift(current: StreamConfig, desired: StreamConfig) -> list[str]:
             continue
         drift.append(name)
     return drift
+
+
+def connection_of(js: JetStreamContext) -> NatsClient:
+    """Return a JetStream context's connection (for the API requests nats-py does not make)."""
+    # nats-py offers no such accessor but this attribute.
+    return js._nc
+
+
+async def subject_counts(js: JetStreamContext, stream: str, subjects: str) -> dict[str, int]:
+    """Return how many messages `stream` holds on each subject matching `subjects` (read
+    page after page: the server answers at most 100,000 subjects at a time)."""
+    counts: dict[str, int] = {}
+    while True:
+        reply = await connection_of(js).request(
+            f"$JS.API.STREAM.INFO.{stream}",
+            orjson.dumps({"subjects_filter": subjects, "offset": len(counts)}),
+            timeout=10,
+        )
+        answer = orjson.loads(reply.data)
+        if "error" in answer:
+            raise APIError.from_error(answer["error"])
+        page = (answer.get("state") or {}).get("subjects") or {}
+        counts.update(page)
+        if not page or len(counts) >= answer.get("total", 0):
+            return counts
+
+
+async def _keeping_stored(
+    js: JetStreamContext, info: StreamInfo, desired: StreamConfig
+) -> StreamConfig:
+    """Return `desired` with a per-subject limit that drops nothing stored.
+
+    A per-subject limit added or lowered makes the server drop, at once, the oldest messages
+    of every subject over it: an earlier version's RETRY, or a lowered setting, would lose
+    held retries. While a subject holds more than the limit less a tenth (room for what
+    arrives during the update), the limit goes no lower than that subject's count plus the
+    wanted limit; a later start lowers it once the retries have drained.
+    """
+    want, have = desired.max_msgs_per_subject, info.config.max_msgs_per_subject
+    unlimited = have is None or have <= 0
+    if want is None or want <= 0 or (not unlimited and want >= have):
+        return desired  # raising (or keeping) a limit drops nothing
+    room = want // 10
+    if info.state.messages + room <= want:
+        return desired  # no subject can be near it
+    assert desired.name is not None and desired.subjects
+    most = max((await subject_counts(js, desired.name, desired.subjects[0])).values(), default=0)
+    if most + room <= want:
+        return desired
+    kept = most + want if unlimited else min(have, most + want)
+    log.warning(
+        "stream %s: a subject holds %d messages, more than the limit of %d per subject "
+        "(less a tenth); the limit is %d until it drains, so nothing stored is dropped",
+        desired.name,
+        most,
+        want,
+        kept,
+    )
+    return desired.evolve(max_msgs_per_subject=kept)
+
+
+def subject_full(error: BaseException) -> bool:
+    """Tell whether a publish was refused because its subject holds as many messages as its
+    stream allows per subject (RETRY: an instance's held retries)."""
+    return (
+        isinstance(error, APIError)
+        and error.err_code == _STORE_FAILED
+        and "per subject" in (error.description or "")
+    )
 
 
 CREATE_ATTEMPTS = 3
@@ -288,6 +375,7 @@ async def ensure_streams(
     events_max_age: timedelta = DEFAULT_EVENTS_MAX_AGE,
     retry_max_age: timedelta = DEFAULT_RETRY_MAX_AGE,
     dead_max_age: timedelta = DEFAULT_DEAD_MAX_AGE,
+    retry_max_per_instance: int = DEFAULT_RETRY_MAX_PER_INSTANCE,
 ) -> None:
     """Create EVENTS, RETRY and DEAD, or update them to the desired config (idempotent)."""
     desired_configs = stream_configs(
@@ -295,6 +383,7 @@ async def ensure_streams(
         events_max_age=events_max_age,
         retry_max_age=retry_max_age,
         dead_max_age=dead_max_age,
+        retry_max_per_instance=retry_max_per_instance,
     )
     for desired in desired_configs:
         assert desired.name is not None
@@ -304,6 +393,7 @@ async def ensure_streams(
             # Two services racing here is fine: an identical create succeeds on the server.
             await _create(js, desired)
             continue
+        desired = await _keeping_stored(js, info, desired)
         drift = config_drift(info.config, desired)
         if not drift:
             continue
@@ -316,9 +406,7 @@ async def ensure_streams(
             ) from exc
 
 
-async def _ensure_when_answered(
-    js: JetStreamContext, *, replicas: int, dead_max_age: timedelta
-) -> None:
+async def _ensure_when_answered(js: JetStreamContext, settings: CommonSettings) -> None:
     """Ensure the streams once JetStream answers: a cluster that has just started (or lost
     its meta leader) answers its API only once it has elected one, and a service started
     meanwhile waits for it, up to JETSTREAM_WAIT_SECONDS, rather than exit."""
@@ -326,7 +414,12 @@ async def _ensure_when_answered(
     delay = 0.5
     while True:
         try:
-            await ensure_streams(js, replicas=replicas, dead_max_age=dead_max_age)
+            await ensure_streams(
+                js,
+                replicas=settings.stream_replicas,
+                dead_max_age=timedelta(days=settings.dead_retention_days),
+                retry_max_per_instance=settings.retry_max_per_instance,
+            )
             return
         except (NatsTimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError) as exc:
             if time.monotonic() + delay >= deadline:
@@ -395,11 +488,7 @@ async def open_streams(
         else nc.jetstream()
     )
     try:
-        await _ensure_when_answered(
-            js,
-            replicas=settings.stream_replicas,
-            dead_max_age=timedelta(days=settings.dead_retention_days),
-        )
+        await _ensure_when_answered(js, settings)
     except BaseException:
         await nc.close()
         raise

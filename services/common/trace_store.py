@@ -41,7 +41,6 @@ import nats
 import nats.errors
 import nats.js.errors
 import orjson
-from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from opentelemetry.sdk.trace import ReadableSpan
@@ -49,6 +48,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from services.common.errors import FailedPrecondition, Unavailable
 from services.common.settings import nats_servers
+from services.common.streams import connection_of
 from services.common.telemetry import MESSAGE_IDS_ATTRIBUTE
 
 log = logging.getLogger(__name__)
@@ -267,11 +267,6 @@ def batch_reply(headers: Mapping[str, str], data: bytes) -> StoredMessage | Batc
     raise RuntimeError(f"direct get from {STREAM} failed: {status} {headers.get('Description')}")
 
 
-def _client(js: JetStreamContext) -> NatsClient:
-    # nats-py offers no direct-get batch, nor the context's connection but as this attribute.
-    return js._nc
-
-
 async def _direct_batch(
     js: JetStreamContext, request: dict[str, Any], budget: ReadBudget
 ) -> tuple[list[StoredMessage], int]:
@@ -279,7 +274,7 @@ async def _direct_batch(
     messages and how many matching ones were left unread."""
     if budget.messages <= 0 or budget.bytes <= 0:
         return [], 1
-    nc = _client(js)
+    nc = connection_of(js)
     inbox = nc.new_inbox()
     out: list[StoredMessage] = []
     try:
@@ -326,7 +321,7 @@ async def instances_of_message(js: JetStreamContext, message_id: str) -> dict[st
     listing subjects (no message is read), at most the server's page of 100,000."""
     subjects = f"traces.*.{message_token(message_id)}.*"
     try:
-        reply = await _client(js).request(
+        reply = await connection_of(js).request(
             f"$JS.API.STREAM.INFO.{STREAM}",
             orjson.dumps({"subjects_filter": subjects}),
             timeout=READ_SECONDS,

@@ -89,7 +89,7 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
     dispatcher = Dispatcher(
         pool,
         recorder,
-        Handoff(js),
+        Handoff(js, settings.retry_max_per_instance),
         instance_concurrency=settings.executor_instance_concurrency,
         metrics=ExecutorMetrics(metrics.meter, lambda: pool.restarts),
     )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from datetime import UTC, datetime
 
 import orjson
 from nats.js import JetStreamContext
+from nats.js.errors import APIError
 
 from eventfn_api.registry.v1 import registry_pb2 as rpb
 from services.common import streams
@@ -16,10 +19,15 @@ from services.executor.pack_ref import join_events
 from services.executor.settlement import HandOff, last_logs, message_id_of
 from services.runtime import InvocationResult, OutcomeKind
 
+log = logging.getLogger(__name__)
+
 MAX_HISTORY = 20
 MAX_REQUESTS = 20
 MAX_STACK_CHARS = 2000
 VERB = {OutcomeKind.FAILURE: "failed", OutcomeKind.DISCARD: "discarded"}
+# A refused retry hand-off is logged once per instance in this many seconds (a storm of them
+# is the tenant's own doing and must not become one log line per pack).
+FULL_LOG_SECONDS = 60.0
 
 
 def dead_reason(handoff: HandOff) -> str:
@@ -31,10 +39,25 @@ def dead_reason(handoff: HandOff) -> str:
     return f"{verb} on attempt {handoff.ref.attempt}{f' at {where}' if where else ''}: {text}"
 
 
+def full_reason(handoff: HandOff, limit: int) -> str:
+    """Say why retryable events went to DEAD at once: their instance's retries were full."""
+    return (
+        f"retryable on attempt {handoff.ref.attempt} ({handoff.error}), but the instance "
+        f"already holds {limit} retries (EVENTFN_RETRY_MAX_PER_INSTANCE): dead-lettered "
+        "without retrying; replay them once the destination recovers"
+    )
+
+
 def handoff_headers(
-    config: rpb.InstanceConfig, handoff: HandOff, result: InvocationResult, now: datetime
+    config: rpb.InstanceConfig,
+    handoff: HandOff,
+    result: InvocationResult,
+    now: datetime,
+    *,
+    reason: str = "",
 ) -> dict[str, str]:
-    """Return the headers of a RETRY or DEAD message: counts, history, last error and logs."""
+    """Return the headers of a RETRY or DEAD message: counts, history, last error and logs;
+    a DEAD message's reason is `reason`, or the outcome's."""
     ref, outcome, error = handoff.ref, handoff.outcome, handoff.error
     ids = [message_id_of(e) for e in handoff.events]
     history = orjson.loads(ref.history) if ref.history else []
@@ -73,24 +96,61 @@ def handoff_headers(
         ).decode(),
     }
     if handoff.kind == "dead":
-        headers[streams.DEAD_REASON] = dead_reason(handoff)[:1000]
+        headers[streams.DEAD_REASON] = (reason or dead_reason(handoff))[:1000]
     if ref.trace is not None:  # the retry continues the event's trace
         PROPAGATOR.inject(headers, context=ref.trace)
     return headers
 
 
 class Handoff:
-    """Store events durably elsewhere: retryable ones in RETRY, finished ones in DEAD."""
+    """Store events durably elsewhere: retryable ones in RETRY, finished ones in DEAD.
 
-    def __init__(self, js: JetStreamContext) -> None:
+    RETRY holds at most `retry_limit` messages per instance (the stream's per-subject limit);
+    an instance's retryable events past it go to DEAD at once, saying why, rather than back
+    to EVENTS for another invocation.
+    """
+
+    def __init__(
+        self, js: JetStreamContext, retry_limit: int = streams.DEFAULT_RETRY_MAX_PER_INSTANCE
+    ) -> None:
         self._js = js
+        self._retry_limit = retry_limit
+        self._full_logged: dict[str, float] = {}
 
     async def __call__(
         self, config: rpb.InstanceConfig, handoff: HandOff, result: InvocationResult
     ) -> None:
         """Publish one message for events of one pack, with their history (awaiting the ack)."""
-        headers = handoff_headers(config, handoff, result, datetime.now(UTC))
-        subject = (streams.retry_subject if handoff.kind == "retry" else streams.dead_subject)(
-            config.workspace_id, config.id
+        now = datetime.now(UTC)
+        body = join_events(handoff.events)
+        ws, iid = config.workspace_id, config.id
+        if handoff.kind == "retry":
+            try:
+                headers = handoff_headers(config, handoff, result, now)
+                await self._js.publish(streams.retry_subject(ws, iid), body, headers=headers)
+                return
+            except APIError as error:
+                if not streams.subject_full(error):
+                    raise
+            self._log_full(iid)
+            dead = HandOff("dead", handoff.ref, handoff.outcome, handoff.events)
+            reason = full_reason(handoff, self._retry_limit)
+            headers = handoff_headers(config, dead, result, now, reason=reason)
+        else:
+            headers = handoff_headers(config, handoff, result, now)
+        await self._js.publish(streams.dead_subject(ws, iid), body, headers=headers)
+
+    def _log_full(self, instance_id: str) -> None:
+        last = self._full_logged.get(instance_id)
+        now = time.monotonic()
+        if last is not None and now - last < FULL_LOG_SECONDS:
+            return
+        if len(self._full_logged) > 10_000:  # forget instances no longer storming
+            self._full_logged.clear()
+        self._full_logged[instance_id] = now
+        log.warning(
+            "instance %s holds %d retries (EVENTFN_RETRY_MAX_PER_INSTANCE): its retryable "
+            "events are dead-lettered at once",
+            instance_id,
+            self._retry_limit,
         )
-        await self._js.publish(subject, join_events(handoff.events), headers=headers)

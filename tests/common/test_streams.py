@@ -100,7 +100,14 @@ EVERY_STREAM: dict[str, Any] = {
 EACH_STREAM: dict[str, dict[str, Any]] = {
     EVENTS_STREAM: {"subjects": ["events.>"], "max_age": 7 * DAY, "duplicate_window": 600.0},
     # RETRY and DEAD: the server's default window, for hand-off and retry ids.
-    RETRY_STREAM: {"subjects": ["retry.>"], "max_age": 2 * DAY, "duplicate_window": 120.0},
+    # RETRY: bounded per instance, and a full instance's new retries refused (the executor
+    # dead-letters them), never its stored ones dropped.
+    RETRY_STREAM: {
+        "subjects": ["retry.>"],
+        "max_age": 2 * DAY,
+        "duplicate_window": 120.0,
+        "discard_new_per_subject": True,
+    },
     DEAD_STREAM: {"subjects": ["dead.>"], "max_age": 14 * DAY, "duplicate_window": 120.0},
 }
 # The fields that decide whether an event is kept, where it goes, and how it is deduplicated.
@@ -259,6 +266,32 @@ async def test_the_dead_retention_setting_reaches_the_server(own_nats: NatsClien
         assert await seen() == [f"$JS.API.STREAM.UPDATE.{DEAD_STREAM}"]
     assert (await js.stream_info(DEAD_STREAM)).config.max_age == 3 * DAY
     assert (await js.stream_info(EVENTS_STREAM)).config.max_age == 7 * DAY
+
+
+async def test_retries_of_an_earlier_version_are_kept_when_the_bound_is_added(
+    own_nats: NatsClient,
+) -> None:
+    js = own_nats.jetstream()
+    unbounded = next(c for c in stream_configs() if c.name == RETRY_STREAM).evolve(
+        max_msgs_per_subject=None, discard_new_per_subject=None
+    )
+    await js.add_stream(unbounded)  # as an earlier version made it
+    held = [(await js.publish("retry.w1.i1", b"[]")).seq for _ in range(5)]
+    await ensure_streams(js, retry_max_per_instance=3)
+    info = await js.stream_info(RETRY_STREAM)
+    assert info.state.messages == 5, "bounding RETRY dropped held retries"
+    assert info.config.max_msgs_per_subject >= 5
+    for seq in held:  # the retrier settles them
+        await js.delete_msg(RETRY_STREAM, seq)
+    await ensure_streams(js, retry_max_per_instance=3)  # the next start bounds it
+    assert (await js.stream_info(RETRY_STREAM)).config.max_msgs_per_subject == 3
+    for _ in range(3):
+        await js.publish("retry.w1.i1", b"[]")
+    with pytest.raises(nats.js.errors.APIError) as refused:
+        await js.publish("retry.w1.i1", b"[]")
+    assert streams.subject_full(refused.value)
+    await js.publish("retry.w1.i2", b"[]")  # another instance's retries are not refused
+    assert (await js.stream_info(RETRY_STREAM)).state.messages == 4
 
 
 async def test_events_are_deduplicated_by_msg_id(nats_client: NatsClient) -> None:
