@@ -115,63 +115,113 @@ def _joined(instance_id: str, run: Sequence[Outbound]) -> Outbound:
     return Outbound(first.subject, instance_id, pack, headers)
 
 
+@dataclass(eq=False, slots=True)
+class _Generations:
+    """One instance's remembered messageIds: the current set and the one before it."""
+
+    since: float  # when the current set began
+    current: set[str] = field(default_factory=set)
+    previous: set[str] = field(default_factory=set)
+    previous_since: float = 0.0
+
+
 class RecentIds:
     """The messageIds stored per instance lately: each is remembered for at least `seconds`
-    (at most twice that) unless more than `limit` arrive meanwhile, which pushes out the
-    oldest ones first.
+    (at most twice that) unless more than `limit` arrive for its instance meanwhile, which
+    pushes out that instance's oldest ones first: one tenant's flood forgets its own ids,
+    not its neighbours'. All instances together hold at most `total`; past it, the instance
+    holding the most forgets its oldest first.
 
     Two generations of sets per instance: ids go into the current one; when it is `seconds`
-    old or holds half the limit, it becomes the previous one (the older is dropped), and
-    the previous one is dropped once it began twice `seconds` ago. Lookups and inserts take
-    a request's ids at once: set operations, not a Python call per event.
+    old or a request's ids would take it past half the limit, it becomes the previous one
+    (the older is dropped), and the previous one is dropped once it began twice `seconds`
+    ago. Lookups and inserts take a request's ids at once: set operations, not a Python call
+    per event. Instances that went quiet are swept every `seconds`.
     """
 
     def __init__(
         self,
         seconds: float = 600.0,
-        limit: int = 200_000,
+        limit: int = 100_000,
+        total: int = 400_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if total < limit:
+            raise ValueError(f"the total ({total}) must hold one instance's limit ({limit})")
         self._seconds = seconds
         self._half = max(1, limit // 2)
+        self._total = total
         self._clock = clock
-        self._current: dict[str, set[str]] = {}
-        self._previous: dict[str, set[str]] = {}
-        self._size = 0  # ids in the current generation
-        self._since = self._previous_since = clock()  # when each generation began
+        self._instances: dict[str, _Generations] = {}
+        self._held = 0  # ids held, all instances together
+        self._swept = clock()
 
     def seen(self, instance_id: str, message_ids: Iterable[str]) -> set[str]:
         """Return which of these messageIds this instance stored recently."""
-        self._age()
-        found: set[str] = set()
-        for generation in (self._current, self._previous):
-            bucket = generation.get(instance_id)
-            if bucket:
-                found |= bucket.intersection(message_ids)
+        held = self._instances.get(instance_id)
+        if held is None:
+            return set()
+        self._age(held, self._clock())
+        found = held.current.intersection(message_ids)
+        if held.previous:
+            found |= held.previous.intersection(message_ids)
         return found
 
     def add(self, instance_id: str, ids: Iterable[str]) -> None:
         """Remember messageIds an instance stored."""
-        self._age()
-        bucket = self._current.get(instance_id)
-        if bucket is None:
-            bucket = self._current[instance_id] = set()
-        before = len(bucket)
-        bucket.update(ids)
-        self._size += len(bucket) - before
-        if self._size >= self._half:
-            self._rotate(self._clock())
-
-    def _age(self) -> None:
         now = self._clock()
-        if now - self._since >= self._seconds:
-            self._rotate(now)
-        if now - self._previous_since >= 2 * self._seconds:  # all of it past the window
-            self._previous = {}
+        new = set(ids)
+        held = self._instances.get(instance_id)
+        if held is None:
+            held = self._instances[instance_id] = _Generations(now)
+        else:
+            self._age(held, now)
+        if held.current and len(held.current) + len(new) > self._half:
+            self._rotate(held, now)  # first: a request's ids are always in the current set
+        before = len(held.current)
+        held.current |= new
+        self._held += len(held.current) - before
+        if now - self._swept >= self._seconds:
+            self._sweep(now)
+        while self._held > self._total:
+            self._shed(instance_id)
 
-    def _rotate(self, now: float) -> None:
-        self._previous, self._previous_since = self._current, self._since
-        self._current, self._size, self._since = {}, 0, now
+    def _age(self, held: _Generations, now: float) -> None:
+        if now - held.since >= self._seconds:
+            self._rotate(held, now)
+        if held.previous and now - held.previous_since >= 2 * self._seconds:
+            self._held -= len(held.previous)  # all of it past the window
+            held.previous = set()
+
+    def _rotate(self, held: _Generations, now: float) -> None:
+        self._held -= len(held.previous)
+        held.previous, held.previous_since = held.current, held.since
+        held.current, held.since = set(), now
+
+    def _sweep(self, now: float) -> None:
+        self._swept = now
+        for instance_id, held in list(self._instances.items()):
+            self._age(held, now)
+            if not held.current and not held.previous:
+                del self._instances[instance_id]
+
+    def _shed(self, adding: str) -> None:
+        """Forget the oldest ids of the instance holding the most: its previous set, or its
+        current one unless it holds the request being added."""
+        by_size = sorted(
+            self._instances.items(),
+            key=lambda item: len(item[1].current) + len(item[1].previous),
+            reverse=True,
+        )
+        for name, held in by_size:
+            if held.previous:
+                self._held -= len(held.previous)
+                held.previous = set()
+                return
+            if name != adding:
+                self._held -= len(held.current)
+                held.current = set()
+                return
 
 
 @dataclass(eq=False)

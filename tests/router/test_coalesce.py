@@ -109,6 +109,41 @@ def test_recent_ids_forget_past_the_limit_oldest_first() -> None:
     assert not recent.seen("ins_2", ["f"])
 
 
+def test_an_instance_flooding_ids_forgets_its_own_not_its_neighbours() -> None:
+    recent = RecentIds(seconds=60, limit=10, total=1000)
+    recent.add("ins_quiet", ["q1", "q2"])
+    for i in range(100):  # ten times its limit
+        recent.add("ins_flood", [f"f{i}"])
+    assert recent.seen("ins_quiet", ["q1", "q2"]) == {"q1", "q2"}
+    assert recent.seen("ins_flood", ["f0", "f99"]) == {"f99"}
+
+
+def test_past_the_total_the_instance_holding_most_forgets_first() -> None:
+    recent = RecentIds(seconds=60, limit=6, total=8)
+    recent.add("ins_a", ["a1", "a2"])
+    recent.add("ins_b", ["b1", "b2"])
+    for i in range(8):
+        recent.add("ins_big", [f"big{i}"])
+    assert recent.seen("ins_a", ["a1", "a2"]) == {"a1", "a2"}
+    assert recent.seen("ins_b", ["b1", "b2"]) == {"b1", "b2"}
+    assert recent.seen("ins_big", ["big0", "big7"]) == {"big7"}
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(1, 15)), min_size=1, max_size=60))
+def test_recent_ids_hold_at_most_their_total_and_always_the_newest_request(
+    adds: list[tuple[int, int]],
+) -> None:
+    recent = RecentIds(seconds=60, limit=20, total=40)
+    added: dict[str, list[str]] = {}
+    for n, (instance, count) in enumerate(adds):
+        ids = [f"m{n}-{i}" for i in range(count)]
+        recent.add(f"ins_{instance}", ids)
+        added.setdefault(f"ins_{instance}", []).extend(ids)
+        assert recent.seen(f"ins_{instance}", ids) == set(ids)
+        held = sum(len(recent.seen(name, ids)) for name, ids in added.items())
+        assert held <= 40
+
+
 @given(st.lists(st.floats(min_value=0, max_value=25), min_size=1, max_size=40))
 def test_recent_ids_remember_at_least_their_window_and_forget_after_twice_it(
     gaps: list[float],
