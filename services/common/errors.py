@@ -83,6 +83,18 @@ class PermissionDenied(EventfnError):
     reason = "PERMISSION_DENIED"
 
 
+class ResourceExhausted(EventfnError):
+    """The caller used up a budget (a rate); safe to retry after `retry_after` seconds, which
+    the status carries as google.rpc.RetryInfo."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class FailedPrecondition(EventfnError):
     """The system is not in a state that allows the call (e.g. dependents exist)."""
 

@@ -12,10 +12,11 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from datetime import timedelta
 from typing import Any, NoReturn
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import _async as health_aio  # pyright: ignore[reportAttributeAccessIssue]
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,7 +24,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from grpc_status import rpc_status
 from opentelemetry.metrics import Meter
 
-from services.common.errors import EventfnError, Internal, InvalidArgument
+from services.common.errors import EventfnError, Internal, InvalidArgument, ResourceExhausted
 from services.common.request_text import check_request_text
 from services.common.rpc_observe import ServerCalls, traced
 
@@ -33,7 +34,7 @@ DOMAIN = "eventfn.dev"
 
 
 def to_status(error: EventfnError) -> grpc.Status:
-    """Map a domain error to a rich `google.rpc.Status` (ErrorInfo, BadRequest details)."""
+    """Map a domain error to a rich `google.rpc.Status` (ErrorInfo, BadRequest, RetryInfo)."""
     return rpc_status.to_status(status_message(error))
 
 
@@ -57,6 +58,12 @@ def status_message(error: EventfnError) -> status_pb2.Status:
         )
         packed = any_pb2.Any()
         packed.Pack(bad)
+        details.append(packed)
+    if isinstance(error, ResourceExhausted):
+        delay = duration_pb2.Duration()
+        delay.FromTimedelta(timedelta(seconds=error.retry_after))
+        packed = any_pb2.Any()
+        packed.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         details.append(packed)
     return status_pb2.Status(
         code=getattr(code_pb2, error.code.name), message=error.message, details=details

@@ -9,6 +9,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.registry.access import Authenticator
 from services.registry.auth import Caller
+from services.registry.change_budget import ChangeBudget
 from services.registry.idempotency import Idempotency
 from services.registry.models import AuditEvent, Member
 from services.registry.paging import Pages
@@ -28,6 +29,7 @@ class RegistryDeps:
     check_filter: FilterChecker
     pages: Pages
     idempotency: Idempotency
+    changes: ChangeBudget
 
 
 async def audit(

@@ -51,6 +51,7 @@ class DeployRpcs:
     ) -> pb.SaveFunctionResponse:
         """Save a new version; with deploy_instances also deploy it (all or nothing)."""
         caller = await self.authn.caller(context)
+        self.deps.changes.take(caller.workspace_id)
         names.parse("name", request.name, names.FUNCTION, caller.workspace_id)
         schema = check_setting_definitions(request.settings)
         await asyncio.to_thread(check_code, request.code, self.deps.check_syntax)
@@ -153,6 +154,7 @@ class DeployRpcs:
     ) -> pb.DeployInstanceResponse:
         """Move an instance to a version of its function, changing setting values with it."""
         caller = await self.authn.caller(context)
+        self.deps.changes.take(caller.workspace_id)
         instance_id = names.parse("name", request.name, names.INSTANCE, caller.workspace_id)
         function_id, version_id = names.parse_version(
             "version", request.version, caller.workspace_id

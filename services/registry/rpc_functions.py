@@ -175,6 +175,7 @@ class FunctionRpcs:
     ) -> pb.UpdateFunctionResponse:
         """Change a function's display name or description."""
         caller = await self.authn.caller(context)
+        self.deps.changes.take(caller.workspace_id)
         paths = check_update_mask(request.update_mask, frozenset({"display_name", "description"}))
         new = request.function
         display_name = (

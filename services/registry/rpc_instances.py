@@ -100,6 +100,7 @@ class InstanceRpcs:
     ) -> pb.CreateInstanceResponse:
         """Connect a function to a source."""
         caller = await self.authn.caller(context)
+        self.deps.changes.take(caller.workspace_id)
         names.parent("parent", request.parent, caller.workspace_id)
         new = request.instance
         function_id = names.parse(
@@ -282,6 +283,7 @@ class InstanceRpcs:
     ) -> pb.UpdateInstanceResponse:
         """Change fields of an instance named by the update mask."""
         caller = await self.authn.caller(context)
+        self.deps.changes.take(caller.workspace_id)
         paths = check_update_mask(request.update_mask, UPDATABLE)
         new = request.instance
         instance_id = names.parse("instance.name", new.name, names.INSTANCE, caller.workspace_id)
@@ -347,6 +349,7 @@ class InstanceRpcs:
     ) -> pb.DeleteInstanceResponse:
         """Delete an instance."""
         caller = await self.authn.caller(context)
+        self.deps.changes.take(caller.workspace_id)
         instance_id = names.parse("name", request.name, names.INSTANCE, caller.workspace_id)
         async with self.store.transaction() as s:
             ins = await self.instances.locked_instance(

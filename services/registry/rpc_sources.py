@@ -46,6 +46,7 @@ class SourceRpcs:
     ) -> pb.CreateSourceResponse:
         """Create a source with a new write key."""
         caller = await self.authn.caller(context)
+        self.deps.changes.take(caller.workspace_id)
         names.parent("parent", request.parent, caller.workspace_id)
         require(
             caller.can_admin_source(None),
@@ -157,6 +158,7 @@ class SourceRpcs:
     ) -> pb.RotateWriteKeyResponse:
         """Replace a source's write key."""
         caller = await self.authn.caller(context)
+        self.deps.changes.take(caller.workspace_id)
         names.parse("name", request.name, names.SOURCE, caller.workspace_id)
         key = request_key(caller.workspace_id, caller.member_id, "RotateWriteKey", request)
         return await self.deps.idempotency.once(
@@ -186,6 +188,7 @@ class SourceRpcs:
     ) -> pb.DeleteSourceResponse:
         """Delete a source without instances."""
         caller = await self.authn.caller(context)
+        self.deps.changes.take(caller.workspace_id)
         async with self.store.transaction() as s:
             src = await self._source(s, caller, "name", request.name, lock=True)
             require(caller.can_admin_source(src.id), "delete this source (Source Admin)")

@@ -33,6 +33,7 @@ class WorkspaceRpcs:
     ) -> pb.CreateWorkspaceResponse:
         """Create a workspace owned by the (bootstrap) caller."""
         caller = await self.authn.caller(context)
+        self.deps.changes.take(caller.workspace_id)
         require(caller.bootstrap, "create workspaces (only the bootstrap administrator may)")
         name = check_name("workspace.display_name", request.workspace.display_name)
         email = (

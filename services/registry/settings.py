@@ -19,5 +19,10 @@ class RegistrySettings(CommonSettings):
     # are re-wrapped by the new one at start; remove it once every replica runs with both
     # and `eventfn admin rotate-secret-key` has run (docs/operations.md).
     secret_key_previous: str | None = None
+    # Configuration changes (sources, instances, deployed functions: each one applied by the
+    # whole data plane) a workspace may make at once; each registry replica counts its own.
+    registry_changes_burst: int = 300
+    # Configuration changes a workspace may make per second past its burst; 0: no limit.
+    registry_changes_per_second: float = 20.0
     bootstrap_token: str | None = None
     bootstrap_workspace: str = "default"

@@ -1,0 +1,54 @@
+"""The per-workspace budget of configuration changes: a burst, then a rate."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.common.errors import ResourceExhausted
+from services.registry.change_budget import ChangeBudget
+
+
+@given(
+    st.lists(st.floats(min_value=0, max_value=2, allow_nan=False), min_size=1, max_size=80),
+    st.floats(min_value=0.5, max_value=50),
+    st.integers(min_value=1, max_value=10),
+)
+def test_changes_accepted_in_any_span_stay_within_burst_plus_rate(
+    gaps: list[float], rate: float, burst: int
+) -> None:
+    now = [0.0]
+    budget = ChangeBudget(rate, burst, clock=lambda: now[0])
+    accepted: list[float] = []
+    for gap in gaps:
+        now[0] += gap
+        try:
+            budget.take("ws_1")
+        except ResourceExhausted as refused:
+            assert refused.retry_after > 0
+            continue
+        accepted.append(now[0])
+    for i, start in enumerate(accepted):
+        for j in range(i, len(accepted)):
+            assert j - i + 1 <= burst + rate * (accepted[j] - start) + 1e-6
+
+
+def test_a_refused_change_goes_through_when_told() -> None:
+    now = [0.0]
+    budget = ChangeBudget(2.0, 3, clock=lambda: now[0])
+    for _ in range(3):
+        budget.take("ws_1")
+    with pytest.raises(ResourceExhausted) as refused:
+        budget.take("ws_1")
+    budget.take("ws_2")  # a neighbour's budget is its own
+    now[0] += refused.value.retry_after
+    budget.take("ws_1")
+
+
+def test_no_limit_with_rate_zero_and_bad_settings_refused_at_start() -> None:
+    budget = ChangeBudget(0, 1)
+    for _ in range(1000):
+        budget.take("ws_1")
+    with pytest.raises(ValueError, match="EVENTFN_REGISTRY_CHANGES_BURST"):
+        ChangeBudget(1.0, 0)
