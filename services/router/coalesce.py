@@ -35,7 +35,7 @@ import asyncio
 import itertools
 import math
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -167,19 +167,18 @@ class RecentIds:
             found |= held.previous.intersection(message_ids)
         return found
 
-    def add(self, instance_id: str, ids: Iterable[str]) -> None:
+    def add(self, instance_id: str, ids: Collection[str]) -> None:
         """Remember messageIds an instance stored."""
         now = self._clock()
-        new = set(ids)
         held = self._instances.get(instance_id)
         if held is None:
             held = self._instances[instance_id] = _Generations(now)
         else:
             self._age(held, now)
-        if held.current and len(held.current) + len(new) > self._half:
+        if held.current and len(held.current) + len(ids) > self._half:
             self._rotate(held, now)  # first: a request's ids are always in the current set
         before = len(held.current)
-        held.current |= new
+        held.current.update(ids)
         self._held += len(held.current) - before
         if now - self._swept >= self._seconds:
             self._sweep(now)
