@@ -131,6 +131,10 @@ async def start_router(settings: RouterSettings, stack: AsyncExitStack) -> Runni
         register=[lambda s: router_pb2_grpc.add_RouterServicer_to_server(servicer, s)],
         service_names=[SERVICE_NAME],
         meter=metrics.meter,
+        limits=rpc.ServerLimits(
+            call_idle_seconds=settings.router_stream_idle_seconds,
+            max_waiting_calls=settings.router_grpc_max_waiting_calls,
+        ),
     )
     await server.start()
     stack.push_async_callback(server.stop, 5)

@@ -18,7 +18,7 @@ from services.common.errors import (
     Unauthenticated,
     Unavailable,
 )
-from services.common.rpc import status_message, unexpected
+from services.common.rpc import status_message, unexpected, vouch
 from services.router.errors import BodyTooLargeError, InvalidRequestError, RouterError
 from services.router.normalize import BATCH_MAX_BYTES, normalize_events, parse_json
 from services.router.publisher import (
@@ -93,6 +93,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             raise InvalidArgument.field("write_key", "required: the source's write key")
         try:
             self._ingestor.source(write_key)  # refuse before parsing when not ready / unknown
+            vouch()  # a stream with a known write key is ended after strangers' idle calls
             events = parse_events_json(events_json, datetime.now(UTC))
             # The call's server span continues the caller's trace (from its metadata); the
             # ingest span is its child.

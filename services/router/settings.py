@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from services.common.packs import DEFAULT_PACK_BYTES
 from services.common.settings import DataPlaneSettings
@@ -56,6 +56,16 @@ class RouterSettings(DataPlaneSettings):
     # or from the first byte of a further request; then the connection is closed (with a 408
     # if the request had begun): connections that send nothing or trickle bytes are not kept.
     router_http_header_timeout_seconds: float = Field(default=10.0, gt=0.0)
+    # Seconds a gRPC call may wait for its client's next message (an IngestStream between two
+    # batches, a call whose request has not come); then the router ends it with UNAVAILABLE
+    # and the client opens a new stream: streams that send nothing are not kept. More than
+    # the publish timeout.
+    router_stream_idle_seconds: float = Field(default=300.0, gt=0.0)
+    # gRPC calls waiting for their client's message at once (every open IngestStream counts);
+    # one more ends the call that waited longest (UNAVAILABLE), first among those that never
+    # sent a known write key: clients opening calls and sending nothing hold at most this many
+    # (about 25 KB each), and never end a stream that sent one.
+    router_grpc_max_waiting_calls: int = Field(default=2000, ge=1)
     # Web pages that may send events from a browser: `*` (any, as the write key is public in
     # a page anyway) or comma-separated origins such as `https://shop.example.com`.
     router_cors_origins: str = "*"
@@ -75,6 +85,16 @@ class RouterSettings(DataPlaneSettings):
         if value:
             parse_public_url(value)
         return value or None
+
+    @model_validator(mode="after")
+    def _idle_outlasts_publishing(self) -> RouterSettings:
+        if self.router_stream_idle_seconds <= self.router_publish_timeout_seconds:
+            raise ValueError(
+                "EVENTFN_ROUTER_STREAM_IDLE_SECONDS must be more than "
+                "EVENTFN_ROUTER_PUBLISH_TIMEOUT_SECONDS: a stream waiting for a batch's answer "
+                "must not be ended as idle"
+            )
+        return self
 
     def cors_policy(self) -> CorsPolicy:
         """Return the CORS policy the settings describe."""

@@ -58,7 +58,10 @@ class RouterStub:
     """Ingest a stream of batches for high-volume producers: each request is answered by one
     response, in order. A refused batch is answered with its error (and every bad event) and
     the stream goes on with the next batch: nothing of a refused batch is stored, the others
-    are not affected.
+    are not affected. The router ends a stream with UNAVAILABLE once no request came on it for
+    EVENTFN_ROUTER_STREAM_IDLE_SECONDS (5 minutes by default), or to make room when too many
+    calls wait for their clients (streams that have not sent a known write key go first): open
+    a new stream when there is more to send, and send again the batches it did not answer.
     """
 
 @_typing.type_check_only
@@ -91,7 +94,10 @@ class RouterAsyncStub(RouterStub):
     """Ingest a stream of batches for high-volume producers: each request is answered by one
     response, in order. A refused batch is answered with its error (and every bad event) and
     the stream goes on with the next batch: nothing of a refused batch is stored, the others
-    are not affected.
+    are not affected. The router ends a stream with UNAVAILABLE once no request came on it for
+    EVENTFN_ROUTER_STREAM_IDLE_SECONDS (5 minutes by default), or to make room when too many
+    calls wait for their clients (streams that have not sent a known write key go first): open
+    a new stream when there is more to send, and send again the batches it did not answer.
     """
 
 class RouterServicer(metaclass=_abc_1.ABCMeta):
@@ -133,7 +139,10 @@ class RouterServicer(metaclass=_abc_1.ABCMeta):
         """Ingest a stream of batches for high-volume producers: each request is answered by one
         response, in order. A refused batch is answered with its error (and every bad event) and
         the stream goes on with the next batch: nothing of a refused batch is stored, the others
-        are not affected.
+        are not affected. The router ends a stream with UNAVAILABLE once no request came on it for
+        EVENTFN_ROUTER_STREAM_IDLE_SECONDS (5 minutes by default), or to make room when too many
+        calls wait for their clients (streams that have not sent a known write key go first): open
+        a new stream when there is more to send, and send again the batches it did not answer.
         """
 
 def add_RouterServicer_to_server(servicer: RouterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
