@@ -1,6 +1,6 @@
 """gRPC plumbing shared by every service: the server with health and reflection, the
 interceptor every call passes (request text checks, the error mapping), the limits on what
-clients sending nothing hold, bearer-token extraction."""
+clients sending nothing hold (`call_limits`), bearer-token extraction."""
 
 from __future__ import annotations
 
@@ -11,10 +11,7 @@ import signal
 import socket
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextvars import ContextVar
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NoReturn
 
@@ -27,12 +24,18 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from grpc_status import rpc_status
 from opentelemetry.metrics import Meter
 
+from services.common.call_limits import (
+    ServerLimits,
+    WaitingCall,
+    WaitingCalls,
+    ended_by_limits,
+    read_request,
+)
 from services.common.errors import (
     EventfnError,
     Internal,
     InvalidArgument,
     ResourceExhausted,
-    Unavailable,
 )
 from services.common.request_text import check_request_text
 from services.common.rpc_observe import ServerCalls, traced
@@ -88,152 +91,7 @@ def unexpected(method: str, error: Exception) -> Internal:
     return Internal(correlation_id)
 
 
-@dataclass(frozen=True)
-class ServerLimits:
-    """What a server holds for clients that send nothing.
-
-    Connections: one without a call is closed after `connection_idle_seconds` (GOAWAY: a
-    client reconnects at its next call), one that has not sent HTTP/2's preface after
-    `handshake_seconds`. Calls, when `call_idle_seconds` is set: a call waits for a client's
-    message from its start until its request came (one streaming requests: between any two)
-    and is ended once it waited `call_idle_seconds`; past `max_waiting_calls` waiting at once,
-    each new call ends the one that waited longest, among calls of clients no servicer
-    vouched for first (`vouch`). A call streaming only responses (WatchConfig) stops waiting
-    once its request came, however long it then stays open.
-    """
-
-    connection_idle_seconds: float = 300.0
-    handshake_seconds: float = 10.0
-    call_idle_seconds: float | None = None
-    max_waiting_calls: int = 2000
-
-    def options(self) -> list[tuple[str, int]]:
-        """Return the grpc core channel arguments of the connection limits."""
-        return [
-            ("grpc.max_connection_idle_ms", round(self.connection_idle_seconds * 1000)),
-            ("grpc.server_handshake_timeout_ms", round(self.handshake_seconds * 1000)),
-        ]
-
-
-class _Waiting:
-    """A call waiting for a client's message: its task, since when, whether its client is
-    known, and why it was ended."""
-
-    __slots__ = ("ended", "known", "owner", "since", "task")
-
-    def __init__(self, owner: WaitingCalls, task: asyncio.Task[Any], since: float) -> None:
-        self.owner = owner
-        self.task = task
-        self.since = since
-        self.known = False
-        self.ended: EventfnError | None = None
-
-    def came(self, *, more: bool) -> None:
-        """Note a message of the client's: the call waits again (for its next) when `more`."""
-        self.owner.came(self, more=more)
-
-
-class WaitingCalls:
-    """The calls of one server waiting for a client's message, each kind longest-waiting
-    first; ends a call that waited too long, or one to make room for a new call: the
-    longest-waiting of those whose client is not known (see `vouch`), else of the others.
-
-    Ending a call cancels its task, which the gate turns into the call's UNAVAILABLE status.
-    One timer serves every call: the first to expire is always the head of one of two queues.
-    """
-
-    def __init__(self, idle_seconds: float, max_calls: int) -> None:
-        self._idle = idle_seconds
-        self._max = max_calls
-        self._unknown: OrderedDict[_Waiting, None] = OrderedDict()
-        self._known: OrderedDict[_Waiting, None] = OrderedDict()
-        self._timer: asyncio.TimerHandle | None = None
-
-    def begin(self) -> _Waiting:
-        """Count the current task's call as waiting, from now until its task ends or it stops."""
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        call = _Waiting(self, task, loop.time())
-        if len(self._unknown) + len(self._known) >= self._max:
-            oldest = next(iter(self._unknown or self._known))
-            self._end(oldest, self._crowded(call.since - oldest.since))
-        self._unknown[call] = None
-        task.add_done_callback(lambda _: self._queue(call).pop(call, None))
-        if self._timer is None:
-            self._timer = loop.call_at(call.since + self._idle, self._expire)
-        return call
-
-    def came(self, call: _Waiting, *, more: bool) -> None:
-        """Note a message of the call's client: it waits again (for its next) when `more`."""
-        queue = self._queue(call)
-        if call not in queue:  # ended, or no longer waiting
-            return
-        if more:
-            call.since = asyncio.get_running_loop().time()
-            queue.move_to_end(call)
-        else:
-            del queue[call]
-
-    def vouch(self, call: _Waiting) -> None:
-        """Count the call's client as known: calls of unknown clients make room first."""
-        if call in self._unknown:
-            del self._unknown[call]
-            call.known = True
-            call.since = asyncio.get_running_loop().time()  # vouched for a message just come
-            self._known[call] = None
-
-    def _queue(self, call: _Waiting) -> OrderedDict[_Waiting, None]:
-        return self._known if call.known else self._unknown
-
-    def _expire(self) -> None:
-        self._timer = None
-        loop = asyncio.get_running_loop()
-        while heads := [next(iter(queue)) for queue in (self._unknown, self._known) if queue]:
-            oldest = min(heads, key=lambda call: call.since)
-            if oldest.since + self._idle > loop.time():
-                self._timer = loop.call_at(oldest.since + self._idle, self._expire)
-                return
-            self._end(oldest, self._idled())
-
-    def _end(self, call: _Waiting, error: EventfnError) -> None:
-        del self._queue(call)[call]
-        call.ended = error
-        call.task.cancel()
-
-    def _idled(self) -> Unavailable:
-        error = Unavailable(
-            f"the server ends a call that waits {self._idle:g} s for the client's next "
-            "message: open a new call (stream) when there is more to send, and send again "
-            "what this one did not answer"
-        )
-        error.metadata = {"idle_seconds": f"{self._idle:g}"}
-        return error
-
-    def _crowded(self, waited: float) -> Unavailable:
-        error = Unavailable(
-            f"the server holds at most {self._max} calls waiting for a client's message and "
-            f"ended this one, which had waited longest ({waited:.1f} s; calls of clients "
-            "whose credentials were not checked go first): open a new call (stream) when "
-            "there is more to send, and send again what this one did not answer"
-        )
-        error.metadata = {"max_waiting_calls": str(self._max)}
-        return error
-
-
-# The current RPC's waiting call (given limits), for `vouch`.
-_CALL: ContextVar[_Waiting | None] = ContextVar("eventfn_waiting_call", default=None)
-
-
-def vouch() -> None:
-    """Count the current call's client as known (a servicer checked its credentials): past
-    the server's limit of waiting calls, those of unknown clients are ended first."""
-    call = _CALL.get()
-    if call is not None:
-        call.owner.vouch(call)
-
-
-async def _checked(requests: AsyncIterator[Any], call: _Waiting | None) -> AsyncIterator[Any]:
+async def _checked(requests: AsyncIterator[Any], call: WaitingCall | None) -> AsyncIterator[Any]:
     """Pass a request stream on, refusing a message with control characters when it comes."""
     async for request in requests:
         if call is not None:
@@ -242,32 +100,12 @@ async def _checked(requests: AsyncIterator[Any], call: _Waiting | None) -> Async
         yield request
 
 
-async def _first(context: grpc.aio.ServicerContext, call: _Waiting) -> Any:
-    """Read a unary call's one request (the gate reads it, so that waiting for it is bounded)."""
-    request = await context.read()
-    if request is grpc.aio.EOF:  # pyright: ignore[reportAttributeAccessIssue]
-        raise InvalidArgument("the call ended before its request came: send one request message")
-    call.came(more=False)
-    return request
-
-
-def _checked_request(request: Any, call: _Waiting | None, *, streamed: bool) -> Any:
+def _checked_request(request: Any, call: WaitingCall | None, *, streamed: bool) -> Any:
     """Check a request (now, or each message of a stream as it comes); return what to pass on."""
     if streamed:
         return _checked(request, call)
     check_request_text(request)
     return request
-
-
-def _limited(call: _Waiting | None, error: BaseException) -> EventfnError | None:
-    """Return the error the server's limits ended a call with (cancelling its task), taking
-    that cancellation back; None for any other cancellation or abort."""
-    if call is None or call.ended is None or not isinstance(error, asyncio.CancelledError):
-        return None
-    task = asyncio.current_task()
-    if task is not None:
-        task.uncancel()
-    return call.ended
 
 
 class ServerGate(grpc.aio.ServerInterceptor):
@@ -343,19 +181,19 @@ class _Call:
         self._with_span = with_span
         self._waiting = waiting
 
-    def _begin(self) -> _Waiting | None:
-        if self._waiting is None:
-            return None
-        call = self._waiting.begin()
-        _CALL.set(call)  # in the call's task: its servicer's tasks see it too
-        return call
+    def _begin(self) -> WaitingCall | None:
+        return None if self._waiting is None else self._waiting.begin()
 
     async def _request(
-        self, request: Any, context: grpc.aio.ServicerContext, call: _Waiting | None, streamed: bool
+        self,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        call: WaitingCall | None,
+        streamed: bool,
     ) -> Any:
         """Return what the behavior gets: the checked request, or the checked request stream."""
         if call is not None and not streamed:
-            request = await _first(context, call)  # grpc passed the (unread) request stream
+            request = await read_request(context, call)  # grpc passed the (unread) request stream
         return _checked_request(request, call, streamed=streamed)
 
     def _span(self, context: grpc.aio.ServicerContext) -> Any:
@@ -404,7 +242,7 @@ class _Unary(_Call):
                     checked = await self._request(request, context, call, streamed)
                     return await behavior(checked, context)
                 except (grpc.aio.AbortError, asyncio.CancelledError) as error:
-                    if (limited := _limited(call, error)) is None:
+                    if (limited := ended_by_limits(call, error)) is None:
                         code = _code_of(context, error)
                         self._ended(span, code, context.details())
                         raise
@@ -436,7 +274,7 @@ class _Stream(_Call):
                 except (grpc.aio.AbortError, asyncio.CancelledError) as error:
                     # A call ended while a write waits for its client to read can send no
                     # status after it: it is cancelled (the servicer stopped all the same).
-                    if writing or (limited := _limited(call, error)) is None:
+                    if writing or (limited := ended_by_limits(call, error)) is None:
                         self._ended(span, _code_of(context, error), context.details())
                         raise
                     await self._abort(limited, span, context)

@@ -12,7 +12,7 @@ import grpc
 from nats.aio.client import Client as NatsClient
 
 from eventfn_api.router.v1 import router_pb2, router_pb2_grpc
-from services.common import rpc, streams
+from services.common import call_limits, rpc, streams
 from services.common.backlog import BacklogGauges
 from services.common.config_watch import ConfigView, ConfigWatcher
 from services.common.deliveries.recorder import DeliveryRecorder
@@ -131,7 +131,7 @@ async def start_router(settings: RouterSettings, stack: AsyncExitStack) -> Runni
         register=[lambda s: router_pb2_grpc.add_RouterServicer_to_server(servicer, s)],
         service_names=[SERVICE_NAME],
         meter=metrics.meter,
-        limits=rpc.ServerLimits(
+        limits=call_limits.ServerLimits(
             call_idle_seconds=settings.router_stream_idle_seconds,
             max_waiting_calls=settings.router_grpc_max_waiting_calls,
         ),

@@ -11,6 +11,7 @@ import grpc
 
 from eventfn_api.router.v1 import router_pb2 as pb
 from eventfn_api.router.v1 import router_pb2_grpc
+from services.common.call_limits import vouch
 from services.common.errors import (
     EventfnError,
     FieldViolation,
@@ -18,7 +19,7 @@ from services.common.errors import (
     Unauthenticated,
     Unavailable,
 )
-from services.common.rpc import status_message, unexpected, vouch
+from services.common.rpc import status_message, unexpected
 from services.router.errors import BodyTooLargeError, InvalidRequestError, RouterError
 from services.router.normalize import BATCH_MAX_BYTES, normalize_events, parse_json
 from services.router.publisher import (

@@ -14,7 +14,7 @@ import pydantic
 import pytest
 from google.protobuf.wrappers_pb2 import StringValue
 
-from services.common import rpc
+from services.common import call_limits, rpc
 from services.router.settings import RouterSettings
 
 SERVICE = "eventfn.test.v1.Waiting"
@@ -25,7 +25,7 @@ LIMIT = 4
 async def _echo(requests: AsyncIterator[StringValue], context: Any) -> AsyncIterator[StringValue]:
     async for request in requests:
         if request.value == "known":
-            rpc.vouch()
+            call_limits.vouch()
         yield request
 
 
@@ -62,7 +62,7 @@ async def channel() -> AsyncIterator[grpc.aio.Channel]:
         address="127.0.0.1:0",
         register=[lambda s: s.add_generic_rpc_handlers([_handlers()])],
         service_names=[SERVICE],
-        limits=rpc.ServerLimits(call_idle_seconds=IDLE, max_waiting_calls=LIMIT),
+        limits=call_limits.ServerLimits(call_idle_seconds=IDLE, max_waiting_calls=LIMIT),
     )
     await server.start()
     try:

@@ -26,7 +26,7 @@ from grpc_status import rpc_status
 
 from eventfn_api.router.v1 import router_pb2 as pb
 from eventfn_api.router.v1 import router_pb2_grpc
-from services.common import rpc
+from services.common import call_limits, rpc
 from services.router.app import RunningRouter, start_router
 from services.router.settings import RouterSettings
 from tests.registry.conftest import SERVICE, Registry, make_source, registry
@@ -193,7 +193,7 @@ async def until_closed(reader: asyncio.StreamReader) -> float:
 
 async def test_connections_that_begin_no_http2_or_no_call_are_closed() -> None:
     """Every service's server: the router's port closes them after 10 s and 300 s."""
-    limits = rpc.ServerLimits(connection_idle_seconds=IDLE, handshake_seconds=IDLE / 2)
+    limits = call_limits.ServerLimits(connection_idle_seconds=IDLE, handshake_seconds=IDLE / 2)
     server, port, health = rpc.create_server(
         address="127.0.0.1:0", register=[], service_names=[], limits=limits
     )
