@@ -43,8 +43,8 @@ def full_reason(handoff: HandOff, limit: int) -> str:
     """Say why retryable events went to DEAD at once: their instance's retries were full."""
     return (
         f"retryable on attempt {handoff.ref.attempt} ({handoff.error}), but the instance "
-        f"already holds {limit} retries (EVENTFN_RETRY_MAX_PER_INSTANCE): dead-lettered "
-        "without retrying; replay them once the destination recovers"
+        f"already holds as many retries as it may (EVENTFN_RETRY_MAX_PER_INSTANCE, {limit}): "
+        "dead-lettered without retrying; replay them once the destination recovers"
     )
 
 
@@ -149,8 +149,8 @@ class Handoff:
             self._full_logged.clear()
         self._full_logged[instance_id] = now
         log.warning(
-            "instance %s holds %d retries (EVENTFN_RETRY_MAX_PER_INSTANCE): its retryable "
-            "events are dead-lettered at once",
+            "instance %s holds as many retries as it may (EVENTFN_RETRY_MAX_PER_INSTANCE, %d): "
+            "its retryable events are dead-lettered at once",
             instance_id,
             self._retry_limit,
         )
