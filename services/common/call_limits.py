@@ -26,7 +26,8 @@ class ServerLimits:
     and is ended once it waited `call_idle_seconds`; past `max_waiting_calls` waiting at once,
     each new call ends the one that waited longest, among calls of clients no servicer
     vouched for first (`vouch`). A call streaming only responses (WatchConfig) stops waiting
-    once its request came, however long it then stays open.
+    once its request came, however long it then stays open — unless its handler writes by
+    itself for as long as it likes (Health.Watch): that keeps counting, and idles out.
     """
 
     connection_idle_seconds: float = 300.0
@@ -162,12 +163,19 @@ def vouch() -> None:
         call.owner.vouch(call)
 
 
-async def read_request(context: grpc.aio.ServicerContext, call: WaitingCall) -> Any:
-    """Read a unary call's one request (the gate reads it, so that waiting for it is bounded)."""
+async def read_request(
+    context: grpc.aio.ServicerContext, call: WaitingCall, *, still_waits: bool = False
+) -> Any:
+    """Read a unary call's one request (the gate reads it, so that waiting for it is bounded).
+
+    `still_waits`: the call keeps counting as waiting once its request came (a handler that
+    writes by itself for as long as it likes, such as Health.Watch, holds the call for its
+    client alone: it idles out like a stream that sends nothing).
+    """
     request = await context.read()
     if request is grpc.aio.EOF:  # pyright: ignore[reportAttributeAccessIssue]
         raise InvalidArgument("the call ended before its request came: send one request message")
-    call.came(more=False)
+    call.came(more=still_waits)
     return request
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import signal
 import socket
@@ -190,10 +191,13 @@ class _Call:
         context: grpc.aio.ServicerContext,
         call: WaitingCall | None,
         streamed: bool,
+        still_waits: bool = False,
     ) -> Any:
         """Return what the behavior gets: the checked request, or the checked request stream."""
         if call is not None and not streamed:
-            request = await read_request(context, call)  # grpc passed the (unread) request stream
+            request = await read_request(
+                context, call, still_waits=still_waits
+            )  # grpc passed the (unread) request stream
         return _checked_request(request, call, streamed=streamed)
 
     def _span(self, context: grpc.aio.ServicerContext) -> Any:
@@ -260,12 +264,19 @@ class _Unary(_Call):
 
 class _Stream(_Call):
     def wrap(self, behavior: Callable[..., Any], streamed: bool) -> Callable[..., Any]:
+        # A handler is an async generator of responses, or (grpc_health's Watch) a coroutine
+        # writing them itself.
+        writes_itself = not inspect.isasyncgenfunction(behavior)
+
         async def gate(request: Any, context: grpc.aio.ServicerContext) -> None:
             call = self._begin()
             writing = False
             with self._span(context) as span:
                 try:
-                    checked = await self._request(request, context, call, streamed)
+                    checked = await self._request(request, context, call, streamed, writes_itself)
+                    if writes_itself:  # its writes are small and rare: it waits for news
+                        await behavior(checked, context)
+                        return
                     async with contextlib.aclosing(behavior(checked, context)) as items:
                         async for item in items:
                             writing = True

@@ -1,6 +1,7 @@
 """The limits on calls waiting for their client's message, as the router's gRPC server applies
-them (rpc.ServerLimits): what they end, and what they leave alone (a server stream such as
-WatchConfig, a stream whose client keeps sending, the calls of clients a servicer vouched for).
+them (call_limits.ServerLimits): what they end, and what they leave alone (a server stream such
+as WatchConfig, a stream whose client keeps sending, the calls of clients a servicer vouched
+for); Health.Watch, which waits on its client for ever, idles out.
 Through a real grpc.aio server built by `create_server`, on methods of the test's own."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import grpc
 import pydantic
 import pytest
 from google.protobuf.wrappers_pb2 import StringValue
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import call_limits, rpc
 from services.router.settings import RouterSettings
@@ -156,3 +158,35 @@ async def test_a_unary_call_whose_request_never_comes_is_ended(
 def test_a_stream_may_not_be_ended_as_idle_while_its_batch_is_stored() -> None:
     with pytest.raises(pydantic.ValidationError, match="must be more than"):
         RouterSettings(router_stream_idle_seconds=5.0, router_publish_timeout_seconds=5.0)
+
+
+async def _first_health(channel: grpc.aio.Channel) -> tuple[grpc.aio.UnaryStreamCall, Any]:
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+    return watch, await watch.read()
+
+
+async def test_health_watch_answers_and_idles_out_like_a_stream_that_sends_nothing(
+    channel: grpc.aio.Channel,
+) -> None:
+    watch, first = await _first_health(channel)
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+    # Its client sends nothing more: it is held no longer than a stream that sends nothing.
+    async with asyncio.timeout(IDLE * 10):
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await watch.read()
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_health_watch_answers_on_a_server_without_call_limits() -> None:
+    server, port, health = rpc.create_server(
+        address="127.0.0.1:0", register=[], service_names=[SERVICE]
+    )
+    await server.start()
+    try:
+        await rpc.set_serving(health, [SERVICE])
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as open_channel:
+            watch, first = await _first_health(open_channel)
+            assert first.status == health_pb2.HealthCheckResponse.SERVING
+            watch.cancel()
+    finally:
+        await server.stop(None)
