@@ -194,10 +194,8 @@ class _Call:
         still_waits: bool = False,
     ) -> Any:
         """Return what the behavior gets: the checked request, or the checked request stream."""
-        if call is not None and not streamed:
-            request = await read_request(
-                context, call, still_waits=still_waits
-            )  # grpc passed the (unread) request stream
+        if call is not None and not streamed:  # grpc passed the (unread) request stream
+            request = await read_request(context, call, still_waits=still_waits)
         return _checked_request(request, call, streamed=streamed)
 
     def _span(self, context: grpc.aio.ServicerContext) -> Any:

@@ -18,6 +18,7 @@ from eventfn_api.registry.v1 import registry_pb2 as rpb
 from services.common import streams
 from services.common.config_watch import ConfigWatcher
 from services.common.deliveries.recorder import DeliveryRecorder, FailureSample
+from services.common.once_per import OncePer
 from services.common.packs import header_strings, pack_count
 from services.common.pull import FETCH_SECONDS, NATS_ERRORS, pull_forever
 from services.common.telemetry import extract as extract_trace
@@ -83,7 +84,7 @@ class PackConsumer:
         self._inflight = 0
         self._share = max(2 * instance_concurrency, max_inflight // 4, 1)
         self._per_instance: dict[str, int] = {}  # packs in flight per instance
-        self._deferred_logged: dict[str, float] = {}
+        self._deferred_logged = OncePer(DEFER_LOG_SECONDS)
         self._unsettled: dict[int, _Held] = {}  # by id(msg): handed back if shutdown runs out
         self._room = asyncio.Condition()
         self._stopping = asyncio.Event()
@@ -206,11 +207,7 @@ class PackConsumer:
         self.packs -= 1  # not taken: it comes again
         deliveries = msg.metadata.num_delivered or 1
         await self._settle(msg, False, delay=min(DEFER_SECONDS * deliveries, DEFER_MAX_SECONDS))
-        now = asyncio.get_running_loop().time()
-        if now - self._deferred_logged.get(instance_id, -DEFER_LOG_SECONDS) >= DEFER_LOG_SECONDS:
-            if len(self._deferred_logged) > 10_000:  # many instances deferred: start afresh
-                self._deferred_logged.clear()
-            self._deferred_logged[instance_id] = now
+        if self._deferred_logged.due(instance_id):
             log.info(
                 "instance %s has %d packs in flight, its share of this executor's %d: "
                 "its further packs wait in the stream meanwhile",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import time
 from datetime import UTC, datetime
 
 import orjson
@@ -13,6 +13,7 @@ from nats.js.errors import APIError
 from eventfn_api.registry.v1 import registry_pb2 as rpb
 from services.common import streams
 from services.common.error_location import location_text
+from services.common.once_per import OncePer
 from services.common.packs import dedupe_id
 from services.common.telemetry import PROPAGATOR
 from services.executor.pack_ref import join_events
@@ -115,7 +116,7 @@ class Handoff:
     ) -> None:
         self._js = js
         self._retry_limit = retry_limit
-        self._full_logged: dict[str, float] = {}
+        self._full_logged = OncePer(FULL_LOG_SECONDS)
 
     async def __call__(
         self, config: rpb.InstanceConfig, handoff: HandOff, result: InvocationResult
@@ -132,25 +133,17 @@ class Handoff:
             except APIError as error:
                 if not streams.subject_full(error):
                     raise
-            self._log_full(iid)
-            dead = HandOff("dead", handoff.ref, handoff.outcome, handoff.events)
+            if self._full_logged.due(iid):
+                log.warning(
+                    "instance %s holds as many retries as it may "
+                    "(EVENTFN_RETRY_MAX_PER_INSTANCE, %d): its retryable events are "
+                    "dead-lettered at once",
+                    iid,
+                    self._retry_limit,
+                )
+            dead = dataclasses.replace(handoff, kind="dead")
             reason = full_reason(handoff, self._retry_limit)
             headers = handoff_headers(config, dead, result, now, reason=reason)
         else:
             headers = handoff_headers(config, handoff, result, now)
         await self._js.publish(streams.dead_subject(ws, iid), body, headers=headers)
-
-    def _log_full(self, instance_id: str) -> None:
-        last = self._full_logged.get(instance_id)
-        now = time.monotonic()
-        if last is not None and now - last < FULL_LOG_SECONDS:
-            return
-        if len(self._full_logged) > 10_000:  # forget instances no longer storming
-            self._full_logged.clear()
-        self._full_logged[instance_id] = now
-        log.warning(
-            "instance %s holds as many retries as it may (EVENTFN_RETRY_MAX_PER_INSTANCE, %d): "
-            "its retryable events are dead-lettered at once",
-            instance_id,
-            self._retry_limit,
-        )

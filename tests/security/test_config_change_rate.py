@@ -8,6 +8,7 @@ change is refused with RESOURCE_EXHAUSTED and when to retry, and nothing is chan
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from grpc_status import rpc_status
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
-from tests.registry.conftest import Registry, auth, running_registry, ws
+from tests.registry.conftest import Registry, auth, make_source, running_registry, ws
 
 BURST = 4
 PER_SECOND = 5.0
@@ -46,14 +47,11 @@ async def instance_of(registry: Registry, owner: str, ws_id: str) -> res.Instanc
         ),
         metadata=auth(owner),
     )
-    src = await registry.stub.CreateSource(
-        pb.CreateSourceRequest(parent=ws(ws_id), source=res.Source(display_name="s")),
-        metadata=auth(owner),
-    )
+    src = await make_source(registry, owner, "s")
     made = await registry.stub.CreateInstance(
         pb.CreateInstanceRequest(
             parent=ws(ws_id),
-            instance=res.Instance(function=fn.function.name, source=src.source.name),
+            instance=res.Instance(function=fn.function.name, source=src.name),
         ),
         metadata=auth(owner),
     )
@@ -102,3 +100,13 @@ async def test_a_workspace_changing_config_in_a_loop_is_refused_and_nothing_chan
     # Told when, the caller's change goes through then.
     await asyncio.sleep(delays[0].total_seconds())
     assert (await rename(budgeted, owner, ins, "later")).display_name == "later"
+    # A refused create keeps no answer for its request_id: sent again when told, it is made.
+    create = pb.CreateSourceRequest(
+        parent=ws(ws_id), source=res.Source(display_name="again"), request_id=str(uuid.uuid4())
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await budgeted.stub.CreateSource(create, metadata=auth(owner))
+    assert again.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    await asyncio.sleep(1 / PER_SECOND)
+    made = await budgeted.stub.CreateSource(create, metadata=auth(owner))
+    assert made.source.display_name == "again"
