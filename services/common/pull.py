@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 
 import nats.errors
+import nats.js.errors
 import orjson
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -39,6 +41,37 @@ SUBSCRIBE_RETRY_SECONDS = 0.5
 SUBSCRIBE_RETRY_MAX_SECONDS = 5.0
 # What a NATS call raises when the server is away or slow: retried, never a crash.
 NATS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, ConnectionError, OSError)
+# The settings of a consumer its processes' configuration decides (the others it keeps from
+# when it was made): a durable made by an earlier version, or under other settings, is
+# brought to them when a process starts.
+MANAGED_SETTINGS = ("ack_wait", "max_ack_pending")
+
+
+async def _update_consumer(
+    js: JetStreamContext, stream: str, durable: str, config: ConsumerConfig
+) -> None:
+    """Give an existing durable consumer the managed settings of `config` where they differ
+    (JetStream keeps its position and its pending messages); a missing one is left to be
+    made with `config`."""
+    try:
+        info = await js.consumer_info(stream, durable)
+    except nats.js.errors.NotFoundError:
+        return
+    current = info.config
+    changed = {
+        name: getattr(config, name)
+        for name in MANAGED_SETTINGS
+        if getattr(config, name) is not None and getattr(current, name) != getattr(config, name)
+    }
+    if not changed:
+        return
+    log.info(
+        "consumer %s on %s: %s",
+        durable,
+        stream,
+        ", ".join(f"{name} {getattr(current, name)} -> {value}" for name, value in changed.items()),
+    )
+    await js.add_consumer(stream, config=dataclasses.replace(current, **changed))
 
 
 async def pull_forever(
@@ -61,6 +94,7 @@ async def pull_forever(
         # leaders after a partition heals) keeps asking: it would otherwise serve health
         # checks and never consume. (The subscription creates or binds the consumer.)
         try:
+            await _update_consumer(js, stream, durable, config)
             made = await js.pull_subscribe(subjects, durable=durable, stream=stream, config=config)
             await made.unsubscribe()  # it made or bound the consumer; its inbox is not needed
             break

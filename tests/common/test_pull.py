@@ -178,3 +178,52 @@ async def test_no_more_is_asked_for_than_there_is_room_for(nats_client: NatsClie
     finally:
         await stop(task, stopping)
         await js.delete_stream(name)
+
+
+async def test_a_durable_made_under_other_settings_is_given_the_current_ones_keeping_its_place(
+    nats_client: NatsClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A durable consumer outlives the processes reading it: made by an earlier version (the
+    # executor's bound of unacknowledged packs was 2,048 for the whole fleet) or under other
+    # settings, it kept them for ever, whatever the processes were configured with.
+    caplog.set_level(logging.INFO, logger="services.common.pull")
+    js = nats_client.jetstream()
+    name = f"PULL{uuid.uuid4().hex[:8].upper()}"
+    subject = f"{name.lower()}.x"
+    await js.add_stream(StreamConfig(name=name, subjects=[subject]))
+    old = ConsumerConfig(
+        durable_name="puller",
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=30.0,
+        max_ack_pending=2048,
+        filter_subject=subject,
+    )
+    await js.add_consumer(name, config=old)
+    for i in range(3):
+        await js.publish(subject, str(i).encode())
+    first = await js.pull_subscribe_bind("puller", name)
+    (taken,) = await first.fetch(1)
+    await taken.ack_sync()
+    await first.unsubscribe()
+
+    got: list[bytes] = []
+
+    async def room() -> int:
+        return 10
+
+    async def handle(msgs: list[Msg]) -> None:
+        for msg in msgs:
+            got.append(msg.data)
+            await msg.ack()
+
+    new = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=120.0, max_ack_pending=20_000)
+    task, stopping = pulling(nats_client, name, "puller", room, handle, new)
+    try:
+        await eventually(lambda: len(got) == 2, "the two messages not acknowledged yet")
+    finally:
+        await stop(task, stopping)
+    info = await js.consumer_info(name, "puller")
+    assert (info.config.ack_wait, info.config.max_ack_pending) == (120.0, 20_000)
+    assert got == [b"1", b"2"]  # its place kept: the acknowledged message is not read again
+    assert "max_ack_pending 2048 -> 20000" in caplog.text
+    assert "ack_wait 30.0 -> 120.0" in caplog.text
