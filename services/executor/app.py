@@ -106,6 +106,7 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
         instance_concurrency=settings.executor_instance_concurrency,
         ack_wait=settings.executor_ack_wait_seconds,
         versions=versions,
+        max_pending=settings.executor_consumer_max_pending,
         durable=settings.executor_consumer,
         subjects=settings.executor_subjects,
     )

@@ -33,6 +33,8 @@ DURABLE = "executor"
 DEFER_SECONDS = 1.0
 DEFER_MAX_SECONDS = 30.0
 DEFER_LOG_SECONDS = 60.0
+# Packs all executors together may hold unacknowledged (EVENTFN_EXECUTOR_CONSUMER_MAX_PENDING).
+MAX_PENDING = 20_000
 
 
 class _Held(NamedTuple):
@@ -67,6 +69,7 @@ class PackConsumer:
         instance_concurrency: int,
         ack_wait: float,
         versions: VersionSource,
+        max_pending: int = MAX_PENDING,
         durable: str = DURABLE,
         subjects: str = "events.>",
     ) -> None:
@@ -78,6 +81,7 @@ class PackConsumer:
         self._fetch = fetch_packs
         self._max_inflight = max_inflight
         self._ack_wait = ack_wait
+        self._max_pending = max_pending
         self._versions = versions
         self._durable = durable
         self._subjects = subjects
@@ -150,7 +154,11 @@ class PackConsumer:
                 deliver_policy=DeliverPolicy.ALL,
                 ack_wait=self._ack_wait,
                 max_deliver=-1,
-                max_ack_pending=max(self._max_inflight * 4, 1024),
+                # Shared by every executor, and packs handed back for their instance's share
+                # stay pending until they come again: a bound near one executor's in flight
+                # capped the fleet at a few executors' worth, and let one instance's backlog
+                # stop deliveries to all.
+                max_ack_pending=self._max_pending,
             ),
             room=self._room_for,
             handle=self._take,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pydantic import model_validator
+
 from services.common.settings import DataPlaneSettings
+from services.executor.consumer import MAX_PENDING
 
 
 class ExecutorSettings(DataPlaneSettings):
@@ -25,6 +28,13 @@ class ExecutorSettings(DataPlaneSettings):
     # Packs in flight at once in this process (no more is fetched meanwhile); one instance holds
     # at most a quarter of them.
     executor_max_inflight_packs: int = 512
+    # Packs all executors together may hold unacknowledged (the shared consumer's
+    # max_ack_pending): in flight, or handed back to wait for their instance's share. Past it
+    # JetStream delivers nothing more to any executor, so it must exceed the in-flight packs of
+    # every executor together (executor_max_inflight_packs × executors) plus the backlog one
+    # instance may leave waiting without delaying the others. Set by the latest executor
+    # started.
+    executor_consumer_max_pending: int = MAX_PENDING
     # In-flight invocations per instance, so one hot instance cannot starve the others.
     executor_instance_concurrency: int = 10
     # How long JetStream waits for an ack before redelivering a pack elsewhere.
@@ -43,3 +53,13 @@ class ExecutorSettings(DataPlaneSettings):
     egress_ca_bundle: str | None = None
     # True: the HTTP(S) proxy enforces egress itself; names go to it without a check here.
     egress_proxy_checks_names: bool = False
+
+    @model_validator(mode="after")
+    def _pending_holds_one_executor(self) -> ExecutorSettings:
+        if self.executor_consumer_max_pending < 2 * self.executor_max_inflight_packs:
+            raise ValueError(
+                "EVENTFN_EXECUTOR_CONSUMER_MAX_PENDING must be at least twice "
+                "EVENTFN_EXECUTOR_MAX_INFLIGHT_PACKS: it bounds all executors together, "
+                "in-flight packs and packs waiting for their instance's share"
+            )
+        return self

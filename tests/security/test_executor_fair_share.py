@@ -4,6 +4,11 @@ timeout, with a backlog of single-event packs, held every slot: the consumer sto
 and every other tenant's events waited behind it (512 / 10 × 60 s ≈ 50 minutes per executor
 with the defaults). One instance now holds at most a quarter of the slots; its further packs
 go back to the stream for later.
+
+Packs handed back stay pending in JetStream until they come again, and the consumer's bound
+of pending packs was near one executor's in flight (1,024 here, 2,048 with the defaults, for
+every executor together): a backlog of one instance past it held every pending slot, and
+JetStream delivered nothing more to any executor until that instance drained.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from tests.registry.conftest import Registry, auth, registry
 __all__ = ["registry", "sink"]
 
 STALLS = "async function onTrack() { await new Promise((ok) => setTimeout(ok, 600000)) }"
+# Packs of the stalled instance ahead of the neighbour's: past the 1,024 this executor's
+# consumer held pending before.
+BACKLOG = 1_100
 DELIVERS = """async function onTrack(event, settings) {
   await fetch(settings.endpoint, {method: 'POST', body: JSON.stringify(event)})
 }"""
@@ -68,3 +76,45 @@ async def test_an_instance_that_stalls_leaves_the_executor_to_other_tenants(
             pb.DeleteInstanceRequest(name=platform.instance_name(stalls)),
             metadata=auth(platform.owner),
         )
+
+
+async def test_a_backlog_past_the_old_pending_bound_leaves_the_others_running(
+    registry: Registry, nats_url: str, sink: Sink
+) -> None:
+    async with AsyncExitStack() as stack:
+        # Its own consumer, made by this executor: the session's was made with the defaults.
+        platform = await start_platform(
+            registry,
+            nats_url,
+            stack,
+            own_consumer=True,
+            executor_max_inflight_packs=16,
+            executor_instance_concurrency=2,
+        )
+        stalls = await platform.instance(STALLS, "http://127.0.0.1:9/", timeout_ms=20_000)
+        try:
+            for i in range(BACKLOG):  # one request after another: a pack each
+                sent = await platform.http.post(
+                    "/v1/track",
+                    auth=(platform.write_key, ""),
+                    json={"userId": "u", "event": "stall", "messageId": f"backlog-{i}"},
+                )
+                assert sent.status_code == 200
+            await platform.instance(DELIVERS, sink.url)
+            sent = await platform.http.post(
+                "/v1/track",
+                auth=(platform.write_key, ""),
+                json={"userId": "v", "event": "neighbour", "messageId": "behind-backlog"},
+            )
+            assert sent.status_code == 200
+            try:
+                await sink.wait_for(1, seconds=15)
+            except TimeoutError:
+                raise AssertionError(
+                    "the neighbour's event waited behind the stalled instance's backlog"
+                ) from None
+        finally:
+            await platform.registry.stub.DeleteInstance(
+                pb.DeleteInstanceRequest(name=platform.instance_name(stalls)),
+                metadata=auth(platform.owner),
+            )
