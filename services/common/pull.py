@@ -71,7 +71,15 @@ async def _update_consumer(
         stream,
         ", ".join(f"{name} {getattr(current, name)} -> {value}" for name, value in changed.items()),
     )
-    await js.add_consumer(stream, config=dataclasses.replace(current, **changed))
+    try:
+        await js.add_consumer(stream, config=dataclasses.replace(current, **changed))
+    except nats.js.errors.APIError as error:  # refused: read it as it is rather than not at all
+        log.warning(
+            "consumer %s on %s keeps its settings: the update was refused: %r",
+            durable,
+            stream,
+            error,
+        )
 
 
 async def pull_forever(

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig, StreamConsumerLimits
 
 from services.common.pull import pull_forever
 from tests.eventually import eventually
@@ -227,3 +227,43 @@ async def test_a_durable_made_under_other_settings_is_given_the_current_ones_kee
     assert got == [b"1", b"2"]  # its place kept: the acknowledged message is not read again
     assert "max_ack_pending 2048 -> 20000" in caplog.text
     assert "ack_wait 30.0 -> 120.0" in caplog.text
+
+
+async def test_a_refused_update_leaves_the_consumer_read_as_it_is(
+    nats_client: NatsClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The stream caps its consumers' pending messages below what the processes ask for: the
+    # server refuses the update, and the processes read with the settings the consumer has
+    # rather than not at all.
+    caplog.set_level(logging.INFO, logger="services.common.pull")
+    js = nats_client.jetstream()
+    name = f"PULL{uuid.uuid4().hex[:8].upper()}"
+    subject = f"{name.lower()}.x"
+    await js.add_stream(
+        StreamConfig(
+            name=name,
+            subjects=[subject],
+            consumer_limits=StreamConsumerLimits(max_ack_pending=100),
+        )
+    )
+    old = ConsumerConfig(durable_name="puller", ack_policy=AckPolicy.EXPLICIT, max_ack_pending=50)
+    await js.add_consumer(name, config=old)
+    await js.publish(subject, b"0")
+    got: list[bytes] = []
+
+    async def room() -> int:
+        return 10
+
+    async def handle(msgs: list[Msg]) -> None:
+        for msg in msgs:
+            got.append(msg.data)
+            await msg.ack()
+
+    new = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=20_000)
+    task, stopping = pulling(nats_client, name, "puller", room, handle, new)
+    try:
+        await eventually(lambda: got == [b"0"], "the message, read all the same")
+    finally:
+        await stop(task, stopping)
+    assert (await js.consumer_info(name, "puller")).config.max_ack_pending == 50
+    assert "keeps its settings: the update was refused" in caplog.text
