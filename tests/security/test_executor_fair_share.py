@@ -36,24 +36,26 @@ DELIVERS = """async function onTrack(event, settings) {
 @pytest.fixture
 async def small_executor(registry: Registry, nats_url: str) -> AsyncIterator[Platform]:
     """A data path whose executor holds 16 packs in flight (an instance: 4, twice the 2
-    invocations it runs at once)."""
+    invocations it runs at once), reading through a consumer it made itself (the session's
+    was made with the defaults)."""
     async with AsyncExitStack() as stack:
         yield await start_platform(
             registry,
             nats_url,
             stack,
+            own_consumer=True,
             executor_max_inflight_packs=16,
             executor_instance_concurrency=2,
         )
 
 
-async def test_an_instance_that_stalls_leaves_the_executor_to_other_tenants(
-    small_executor: Platform, sink: Sink
-) -> None:
-    platform = small_executor
+async def _neighbour_behind(platform: Platform, sink: Sink, packs: int, seconds: float) -> None:
+    """Leave `packs` packs (one request after another: a pack each) to an instance that
+    stalls, then send a neighbour instance an event; fail unless it is delivered within
+    `seconds`."""
     stalls = await platform.instance(STALLS, "http://127.0.0.1:9/", timeout_ms=20_000)
     try:
-        for i in range(40):  # one request after another: 40 packs, 2.5 times the slots
+        for i in range(packs):
             sent = await platform.http.post(
                 "/v1/track",
                 auth=(platform.write_key, ""),
@@ -68,53 +70,25 @@ async def test_an_instance_that_stalls_leaves_the_executor_to_other_tenants(
         )
         assert sent.status_code == 200
         try:
-            await sink.wait_for(1, seconds=10)
+            await sink.wait_for(1, seconds=seconds)
         except TimeoutError:
-            raise AssertionError("the neighbour's event waited behind the stalled packs") from None
-    finally:  # its packs left in the session's stream are discarded, not run by later tests
+            raise AssertionError(
+                f"the neighbour's event waited behind the stalled instance's {packs} packs"
+            ) from None
+    finally:  # its packs left in the stream are discarded, not run
         await platform.registry.stub.DeleteInstance(
             pb.DeleteInstanceRequest(name=platform.instance_name(stalls)),
             metadata=auth(platform.owner),
         )
 
 
-async def test_a_backlog_past_the_old_pending_bound_leaves_the_others_running(
-    registry: Registry, nats_url: str, sink: Sink
+async def test_an_instance_that_stalls_leaves_the_executor_to_other_tenants(
+    small_executor: Platform, sink: Sink
 ) -> None:
-    async with AsyncExitStack() as stack:
-        # Its own consumer, made by this executor: the session's was made with the defaults.
-        platform = await start_platform(
-            registry,
-            nats_url,
-            stack,
-            own_consumer=True,
-            executor_max_inflight_packs=16,
-            executor_instance_concurrency=2,
-        )
-        stalls = await platform.instance(STALLS, "http://127.0.0.1:9/", timeout_ms=20_000)
-        try:
-            for i in range(BACKLOG):  # one request after another: a pack each
-                sent = await platform.http.post(
-                    "/v1/track",
-                    auth=(platform.write_key, ""),
-                    json={"userId": "u", "event": "stall", "messageId": f"backlog-{i}"},
-                )
-                assert sent.status_code == 200
-            await platform.instance(DELIVERS, sink.url)
-            sent = await platform.http.post(
-                "/v1/track",
-                auth=(platform.write_key, ""),
-                json={"userId": "v", "event": "neighbour", "messageId": "behind-backlog"},
-            )
-            assert sent.status_code == 200
-            try:
-                await sink.wait_for(1, seconds=15)
-            except TimeoutError:
-                raise AssertionError(
-                    "the neighbour's event waited behind the stalled instance's backlog"
-                ) from None
-        finally:
-            await platform.registry.stub.DeleteInstance(
-                pb.DeleteInstanceRequest(name=platform.instance_name(stalls)),
-                metadata=auth(platform.owner),
-            )
+    await _neighbour_behind(small_executor, sink, packs=40, seconds=10)  # 2.5 times the slots
+
+
+async def test_a_backlog_past_the_old_pending_bound_leaves_the_others_running(
+    small_executor: Platform, sink: Sink
+) -> None:
+    await _neighbour_behind(small_executor, sink, packs=BACKLOG, seconds=15)
