@@ -45,6 +45,23 @@ def pulling(
     return task, stopping
 
 
+def acking(
+    got: list[bytes],
+) -> tuple[Callable[[], Awaitable[int]], Callable[[list[Msg]], Awaitable[None]]]:
+    """Return a pull loop's room (10 at a time) and handler keeping each message's data in
+    `got` and acknowledging it."""
+
+    async def room() -> int:
+        return 10
+
+    async def handle(msgs: list[Msg]) -> None:
+        for msg in msgs:
+            got.append(msg.data)
+            await msg.ack()
+
+    return room, handle
+
+
 async def stop(task: asyncio.Task[None], stopping: asyncio.Event) -> None:
     stopping.set()
     task.cancel()
@@ -207,15 +224,7 @@ async def test_a_durable_made_under_other_settings_is_given_the_current_ones_kee
     await first.unsubscribe()
 
     got: list[bytes] = []
-
-    async def room() -> int:
-        return 10
-
-    async def handle(msgs: list[Msg]) -> None:
-        for msg in msgs:
-            got.append(msg.data)
-            await msg.ack()
-
+    room, handle = acking(got)
     new = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=120.0, max_ack_pending=20_000)
     task, stopping = pulling(nats_client, name, "puller", room, handle, new)
     try:
@@ -250,15 +259,7 @@ async def test_a_refused_update_leaves_the_consumer_read_as_it_is(
     await js.add_consumer(name, config=old)
     await js.publish(subject, b"0")
     got: list[bytes] = []
-
-    async def room() -> int:
-        return 10
-
-    async def handle(msgs: list[Msg]) -> None:
-        for msg in msgs:
-            got.append(msg.data)
-            await msg.ack()
-
+    room, handle = acking(got)
     new = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=20_000)
     task, stopping = pulling(nats_client, name, "puller", room, handle, new)
     try:
