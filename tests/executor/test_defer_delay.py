@@ -1,0 +1,24 @@
+"""How long a pack handed back for its instance's share waits before it comes again."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.executor.consumer import DEFER_MAX_SECONDS, DEFER_SECONDS, defer_delay
+
+
+@given(st.integers(min_value=-5, max_value=10**9))
+def test_a_wait_is_bounded_and_never_shorter_than_the_last(deliveries: int) -> None:
+    wait = defer_delay(deliveries)
+    assert DEFER_SECONDS <= wait <= DEFER_MAX_SECONDS
+    assert defer_delay(deliveries + 1) >= wait
+
+
+def test_a_long_backlog_comes_back_at_the_longest_wait_after_a_few_deliveries() -> None:
+    # A stalled instance's packs cycle for as long as it stays over its share: the sooner they
+    # reach the longest wait, the less the executors and NATS spend re-reading them.
+    assert defer_delay(1) == DEFER_SECONDS
+    reached = next(n for n in range(1, 100) if defer_delay(n) == DEFER_MAX_SECONDS)
+    assert reached <= 8
+    assert sum(defer_delay(n) for n in range(1, reached)) < 2 * DEFER_MAX_SECONDS
