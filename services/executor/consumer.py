@@ -22,30 +22,16 @@ from services.common.once_per import OncePer
 from services.common.packs import header_strings, pack_count
 from services.common.pull import FETCH_SECONDS, NATS_ERRORS, pull_forever
 from services.common.telemetry import extract as extract_trace
+from services.executor.defer import Stalls, defer_delay
 from services.executor.dispatcher import Dispatcher
 from services.executor.pack_ref import PackRef, split_pack
 from services.executor.versions import VersionSource
 
 log = logging.getLogger(__name__)
 DURABLE = "executor"
-# A pack handed back for being over its instance's share comes again after DEFER_SECONDS,
-# twice that after its next delivery, and so on up to DEFER_MAX_SECONDS: a long backlog is not
-# re-read every few seconds. (Growing by a second a delivery up to 30 s, 15,000 packs of a
-# stalled instance came back ≈ 540 times a second after 4 minutes, ≈ 5–9 % of an executor's
-# core and 3–5 % of the NATS server's; doubling up to 120 s, ≈ 125 a second, 2–5 % and 1–2 %.
-# A minute at most, so that a burst's handed-back packs wait little longer than before:
-# ≈ 250 a second at that size.)
-DEFER_SECONDS = 1.0
-DEFER_MAX_SECONDS = 60.0
 DEFER_LOG_SECONDS = 60.0
 # Packs all executors together may hold unacknowledged (EVENTFN_EXECUTOR_CONSUMER_MAX_PENDING).
 MAX_PENDING = 20_000
-
-
-def defer_delay(deliveries: int) -> float:
-    """Return how long a pack handed back for its instance's share waits, after `deliveries`
-    deliveries so far."""
-    return min(DEFER_SECONDS * 2.0 ** min(max(deliveries, 1) - 1, 32), DEFER_MAX_SECONDS)
 
 
 class _Held(NamedTuple):
@@ -100,6 +86,7 @@ class PackConsumer:
         self._share = max(2 * instance_concurrency, max_inflight // 4, 1)
         self._per_instance: dict[str, int] = {}  # packs in flight per instance
         self._deferred_logged = OncePer(DEFER_LOG_SECONDS)
+        self._stalls = Stalls()
         self._unsettled: dict[int, _Held] = {}  # by id(msg): handed back if shutdown runs out
         self._room = asyncio.Condition()
         self._stopping = asyncio.Event()
@@ -208,6 +195,7 @@ class PackConsumer:
             return  # already settled (e.g. handed back at shutdown)
         instance_id = held.instance_id
         if instance_id:
+            self._stalls.settled(instance_id, asyncio.get_running_loop().time())
             left = self._per_instance[instance_id] - 1
             if left:
                 self._per_instance[instance_id] = left
@@ -224,15 +212,19 @@ class PackConsumer:
     async def _defer(self, msg: Msg, instance_id: str) -> None:
         """Hand back a pack over its instance's share of the packs in flight, for later."""
         self.packs -= 1  # not taken: it comes again
+        now = asyncio.get_running_loop().time()
+        stalled = self._stalls.stalled(instance_id, now)
+        self._stalls.handed_back(instance_id, now)
         deliveries = msg.metadata.num_delivered or 1
-        await self._settle(msg, False, delay=defer_delay(deliveries))
+        await self._settle(msg, False, delay=defer_delay(deliveries, stalled=stalled))
         if self._deferred_logged.due(instance_id):
             log.info(
                 "instance %s has %d packs in flight, its share of this executor's %d: "
-                "its further packs wait in the stream meanwhile",
+                "its further packs wait in the stream meanwhile%s",
                 instance_id,
                 self._share,
                 self._max_inflight,
+                " (it is stalled: up to ten minutes)" if stalled else "",
             )
 
     async def _handle(self, msg: Msg) -> None:
