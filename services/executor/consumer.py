@@ -30,8 +30,10 @@ from services.executor.versions import VersionSource
 log = logging.getLogger(__name__)
 DURABLE = "executor"
 DEFER_LOG_SECONDS = 60.0
-# Packs all executors together may hold unacknowledged (EVENTFN_EXECUTOR_CONSUMER_MAX_PENDING).
-MAX_PENDING = 20_000
+# Packs all executors together may hold unacknowledged (EVENTFN_EXECUTOR_CONSUMER_MAX_PENDING):
+# no bound. Handed-back packs stay pending until they come again, and past a bound JetStream
+# delivers nothing more to any executor: one stalled instance's backlog stopped every tenant.
+MAX_PENDING = -1
 
 
 class _Held(NamedTuple):
@@ -153,9 +155,8 @@ class PackConsumer:
                 ack_wait=self._ack_wait,
                 max_deliver=-1,
                 # Shared by every executor, and packs handed back for their instance's share
-                # stay pending until they come again: a bound near one executor's in flight
-                # capped the fleet at a few executors' worth, and let one instance's backlog
-                # stop deliveries to all.
+                # stay pending until they come again: a bound capped the fleet at a number of
+                # executors, and let one instance's backlog stop deliveries to all.
                 max_ack_pending=self._max_pending,
             ),
             room=self._room_for,

@@ -29,11 +29,11 @@ class ExecutorSettings(DataPlaneSettings):
     # at most a quarter of them.
     executor_max_inflight_packs: int = 512
     # Packs all executors together may hold unacknowledged (the shared consumer's
-    # max_ack_pending): in flight, or handed back to wait for their instance's share. Past it
-    # JetStream delivers nothing more to any executor, so it must exceed the in-flight packs of
-    # every executor together (executor_max_inflight_packs × executors) plus the backlog one
-    # instance may leave waiting without delaying the others. Set by the latest executor
-    # started.
+    # max_ack_pending), -1 for no bound: in flight, or handed back to wait for their
+    # instance's share. Past a bound JetStream delivers nothing more to any executor, so one
+    # stalled instance's backlog past it stops every tenant: a bound must exceed the in-flight
+    # packs of every executor together (executor_max_inflight_packs × executors) plus any
+    # backlog of handed-back packs. Set by the latest executor started.
     executor_consumer_max_pending: int = MAX_PENDING
     # In-flight invocations per instance, so one hot instance cannot starve the others.
     executor_instance_concurrency: int = 10
@@ -56,9 +56,10 @@ class ExecutorSettings(DataPlaneSettings):
 
     @model_validator(mode="after")
     def _pending_holds_one_executor(self) -> ExecutorSettings:
-        if self.executor_consumer_max_pending < 2 * self.executor_max_inflight_packs:
+        bound = self.executor_consumer_max_pending
+        if bound != -1 and bound < 2 * self.executor_max_inflight_packs:
             raise ValueError(
-                "EVENTFN_EXECUTOR_CONSUMER_MAX_PENDING must be at least twice "
+                "EVENTFN_EXECUTOR_CONSUMER_MAX_PENDING must be -1 (no bound) or at least twice "
                 "EVENTFN_EXECUTOR_MAX_INFLIGHT_PACKS: it bounds all executors together, "
                 "in-flight packs and packs waiting for their instance's share"
             )
