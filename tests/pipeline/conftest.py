@@ -240,16 +240,18 @@ async def start_platform(
             registry_addr=addr,
             database_url=registry.database_url,
             service_token=SERVICE,
-            executor_workers=1,
-            egress_allow="127.0.0.1/32",
-            executor_records_flush_seconds=0.2,
-            executor_shutdown_grace_seconds=5,
             **(
                 {"executor_consumer": f"executor-{ws_id}", "executor_subjects": f"events.{ws_id}.>"}
                 if own_consumer
                 else {}
             ),
-            **executor_options,
+            **{
+                "executor_workers": 1,
+                "egress_allow": "127.0.0.1/32",
+                "executor_records_flush_seconds": 0.2,
+                "executor_shutdown_grace_seconds": 5,
+                **executor_options,
+            },
         ),
         stack,
     )

@@ -49,6 +49,8 @@ async def small_executor(registry: Registry, nats_url: str) -> AsyncIterator[Pla
             own_consumer=True,
             executor_max_inflight_packs=16,
             executor_instance_concurrency=2,
+            # The stalled invocations are still in flight at the end: no grace to wait out.
+            executor_shutdown_grace_seconds=0.5,
         )
 
 
