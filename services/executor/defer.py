@@ -8,10 +8,10 @@ minutes, ≈ 5–9 % of an executor's core and 3–5 % of the NATS server's; dou
 so that a burst's handed-back packs wait little longer than it takes.
 
 An instance that gets through almost none of them (its handler waits out its timeout) is
-stalled: its packs then wait up to DEFER_STALLED_MAX_SECONDS. A backlog of N packs comes back
-N/60 times a second otherwise, and the NATS server's cost grows faster than that (a minute at
-most: 60,000 packs, 8 % of its core; 150,000, 38 %, beside 20 % of the executor's). With ten
-minutes, 150,000 came back 325 times a second: 9 % and 6 %.
+stalled: its packs then wait from DEFER_MAX_SECONDS up to DEFER_STALLED_MAX_SECONDS. A backlog
+of N packs comes back N/60 times a second otherwise, and the NATS server's cost grows faster
+than that (a minute at most: 60,000 packs, 8 % of its core; 150,000, 38 %, beside 20 % of the
+executor's). With ten minutes, 150,000 came back 325 times a second: 9 % and 6 %.
 
 Packs handed back together come back together, in waves. Spreading their waits at random cost
 the NATS server six times the CPU in the same harness (48 % of a core against 8 % for 60,000).
