@@ -19,12 +19,12 @@ the NATS server six times the CPU in the same harness (48 % of a core against 8 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from services.executor.policy import RateMeter
 
 DEFER_SECONDS = 1.0
 DEFER_MAX_SECONDS = 60.0
 DEFER_STALLED_MAX_SECONDS = 600.0
-# An instance is stalled when, over the last one to two windows, its packs were handed back
+# An instance is stalled when, over the last two windows, its packs were handed back
 # more than STALL_RATIO times as often as it settled one, and at least STALL_MIN_HANDBACKS
 # times (a burst's first pass hands back many packs at once).
 STALL_WINDOW_SECONDS = 60.0
@@ -43,51 +43,36 @@ def defer_delay(deliveries: int, *, stalled: bool = False) -> float:
     return min(wait, DEFER_MAX_SECONDS)
 
 
-@dataclass(slots=True)
-class _Counts:
-    handed_back: int = 0
-    settled: int = 0
-
-
 class Stalls:
-    """Count, per instance, its packs handed back and those it settled, over the current and
-    the previous window, to tell a stalled instance from a busy one."""
+    """Count, per instance handed back lately, its packs handed back and those it settled over
+    the last two windows, to tell a stalled instance from a busy one."""
 
     def __init__(self, window: float = STALL_WINDOW_SECONDS) -> None:
-        self._window = window
-        self._started = 0.0
-        self._current: dict[str, _Counts] = {}
-        self._previous: dict[str, _Counts] = {}
+        self._seconds = round(2 * window)
+        # Per instance: (handed back, settled). Settles are counted only once an instance has
+        # been handed back: every other settle would cost a look-up on the executor's hot path.
+        self._meters: dict[str, tuple[RateMeter, RateMeter]] = {}
 
     def handed_back(self, instance_id: str, now: float) -> None:
         """Count one of the instance's packs handed back."""
-        self._counts(instance_id, now).handed_back += 1
+        meters = self._meters.get(instance_id)
+        if meters is None:
+            meters = self._meters[instance_id] = (
+                RateMeter(self._seconds),
+                RateMeter(self._seconds),
+            )
+        meters[0].add(1, now)
 
     def settled(self, instance_id: str, now: float) -> None:
         """Count one of the instance's packs run to its end (any outcome)."""
-        self._counts(instance_id, now).settled += 1
+        meters = self._meters.get(instance_id)
+        if meters is not None:
+            meters[1].add(1, now)
 
     def stalled(self, instance_id: str, now: float) -> bool:
         """Tell whether the instance's packs come back far more often than it settles one."""
-        self._roll(now)
-        handed_back = settled = 0
-        for counts in (self._current.get(instance_id), self._previous.get(instance_id)):
-            if counts is not None:
-                handed_back += counts.handed_back
-                settled += counts.settled
+        meters = self._meters.get(instance_id)
+        if meters is None:
+            return False
+        handed_back, settled = (round(meter.rate(now) * self._seconds) for meter in meters)
         return handed_back >= STALL_MIN_HANDBACKS and handed_back > STALL_RATIO * settled
-
-    def _counts(self, instance_id: str, now: float) -> _Counts:
-        self._roll(now)
-        counts = self._current.get(instance_id)
-        if counts is None:
-            counts = self._current[instance_id] = _Counts()
-        return counts
-
-    def _roll(self, now: float) -> None:
-        if now - self._started < self._window:
-            return
-        # After a quiet window or more, the previous one is empty too.
-        self._previous = self._current if now - self._started < 2 * self._window else {}
-        self._current = {}
-        self._started = now
