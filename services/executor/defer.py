@@ -50,7 +50,7 @@ class Stalls:
     def __init__(self, window: float = STALL_WINDOW_SECONDS) -> None:
         self._seconds = round(2 * window)
         # Per instance: (handed back, settled). Settles are counted only once an instance has
-        # been handed back: every other settle would cost a look-up on the executor's hot path.
+        # been handed back: the others' settles need no meter (one look-up each, no more).
         self._meters: dict[str, tuple[RateMeter, RateMeter]] = {}
 
     def handed_back(self, instance_id: str, now: float) -> None:
