@@ -93,8 +93,8 @@ class Processes:
 
 def processes(running: Platform) -> Processes:
     pids = {spec.name: proc.pid for spec, proc in running.children}
-    if running.nats is not None and running.nats._process is not None:
-        pids["nats-server"] = running.nats._process.pid
+    if running.nats is not None and running.nats.pid is not None:
+        pids["nats-server"] = running.nats.pid
     return Processes(pids)
 
 

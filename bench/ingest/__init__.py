@@ -7,10 +7,12 @@ under load from a child process: HTTP `/v1/batch` (100 events per request) and `
 with aiohttp, gRPC `Ingest` and `IngestStream` (100 per request). Each load's baseline is
 measured right before it (a shared machine's speed moves within a run: one baseline for all
 loads compared the last ones with another moment's machine). Prints events/s, each as a ratio
-to its baseline, and the router's CPU per event (this process's, the load generator being a
-child). BENCH_ROUNDS (default 1) repeats the loads and prints each ratio's median too.
-Last, the floors: the same gRPC and HTTP loads against servers that answer at once
-(`floors.py`), beside the router's CPU per request under each.
+to its baseline, and the CPU per event of the router (this process), of the load generator
+(a child) and of the NATS server, with what the machine's cores could carry at that cost: on
+one machine, what the load generator spends the router does not get. BENCH_ROUNDS (default
+1) repeats the loads and prints each ratio's median too. Last, the floors: the same gRPC and
+HTTP loads against servers that answer at once (`floors.py`), beside the router's CPU per
+request under each.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 
 import nats
 import orjson
 import uvloop
 
 from bench.common import (
+    CORES,
     Load,
     grpc_load,
     header,
@@ -42,6 +46,7 @@ from bench.common import (
     track,
 )
 from bench.ingest.floors import floor_loads, start_floors
+from bench.platform import cpu_seconds
 from services.common import streams
 from services.common.service import tune_gc
 
@@ -81,18 +86,44 @@ async def raw_publish(nats_url: str, subject: str, per_message: int, messages: i
     return len(futures) * per_message / elapsed
 
 
-async def _measured(run: Awaitable[Load]) -> tuple[Load, float]:
-    """Await a load and return it with this process's CPU per event meanwhile (µs): the
-    router's, steadier than events/s on a shared machine (the load runs in a child)."""
-    started = time.process_time()
+@dataclass(frozen=True)
+class Measured:
+    """A load and the CPU µs per event it cost each process on the machine."""
+
+    load: Load
+    router: float
+    generator: float  # the load-generating child's
+    nats: float
+
+    @property
+    def machine(self) -> float:
+        """All three together: what the machine spent per event."""
+        return self.router + self.generator + self.nats
+
+
+async def _measured(run: Awaitable[Load], nats_pid: int) -> Measured:
+    """Await a load; return it with the CPU per event meanwhile of the router (this process,
+    steadier than events/s on a shared machine), the load generator and the NATS server."""
+    started, nats_started = time.process_time(), cpu_seconds(nats_pid)
     load = await run
-    return load, (time.process_time() - started) / max(load.events, 1) * 1e6
+    per_event = 1e6 / max(load.events, 1)
+    return Measured(
+        load,
+        (time.process_time() - started) * per_event,
+        load.cpu * per_event,
+        (cpu_seconds(nats_pid) - nats_started) * per_event,
+    )
 
 
-def _show(label: str, measured: tuple[Load, float], baseline: float, of: str) -> None:
-    load, cpu = measured
+def _show(label: str, measured: Measured, baseline: float, of: str) -> None:
+    load = measured.load
     line(label, load.rate, "events/s", baseline, of)
-    print(f"    router CPU {cpu:.2f} µs/event", flush=True)
+    print(
+        f"    CPU µs/event: router {measured.router:.2f}, load generator "
+        f"{measured.generator:.2f}, nats-server {measured.nats:.2f}; {measured.machine:.2f} in "
+        f"all ({CORES} cores at that: {CORES * 1e6 / measured.machine:,.0f} events/s)",
+        flush=True,
+    )
     if load.failures:
         print(f"    ({load.failures} requests refused)", flush=True)
 
@@ -108,6 +139,8 @@ async def run() -> None:
             router = await router_on(control, srv.nats.url, stack)
             await router.watcher.wait_until(lambda v: iid in v.instances)
             tune_gc()  # as the router's main does once it has started
+            nats_pid = srv.nats.pid
+            assert nats_pid is not None
             pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
             stack.callback(pool.shutdown)
 
@@ -147,10 +180,10 @@ async def run() -> None:
                     )
                     of = f"raw packs of {PACK}" if per_message > 1 else "raw 1-event publish"
                     line(f"baseline: {of}", baseline, "events/s")
-                    measured = await _measured(load())
+                    measured = await _measured(load(), nats_pid)
                     _show(label, measured, baseline, of)
-                    ratios[label].append(measured[0].rate / baseline)
-                    per_request[label].append(measured[1] * per_message)
+                    ratios[label].append(measured.load.rate / baseline)
+                    per_request[label].append(measured.router * per_message)
             if ROUNDS > 1:
                 print("  median ratio to the baseline measured before each load:", flush=True)
                 for label, values in ratios.items():
@@ -159,16 +192,18 @@ async def run() -> None:
             grpc_addr, http_url = await start_floors(PACK, stack)
             print(
                 f"  floors: the servers alone, answering {PACK}-event requests at once "
-                "(server CPU per request; the router's under the same load, median)",
+                "(CPU per request of the server and of the load generator; the router's under "
+                "the same load, median)",
                 flush=True,
             )
             floors = floor_loads(pool, grpc_addr, http_url, PACK, SECONDS)
             for (name, load), label in zip(floors, (UNARY, STREAM, BATCH), strict=True):
-                floor, cpu = await _measured(load())
+                floor = await _measured(load(), nats_pid)
                 router_cpu = statistics.median(per_request[label])
                 print(
-                    f"  {name:<24} {floor.rate / PACK:>8,.0f} requests/s   server CPU "
-                    f"{cpu * PACK:5.0f} µs   (router {router_cpu:5.0f} µs)",
+                    f"  {name:<24} {floor.load.rate / PACK:>8,.0f} requests/s   server "
+                    f"{floor.router * PACK:5.0f} µs   load generator "
+                    f"{floor.generator * PACK:5.0f} µs   (router {router_cpu:5.0f} µs)",
                     flush=True,
                 )
 

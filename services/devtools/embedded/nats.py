@@ -144,6 +144,11 @@ class EmbeddedNats(ServerLifecycle):
         return f"http://{LOOPBACK}:{self._monitor_port}"
 
     @property
+    def pid(self) -> int | None:
+        """Return the process id of the server this launcher started, None when stopped."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def running(self) -> bool:
         """Tell whether the server process started by this launcher is alive."""
         return self._process is not None and self._process.poll() is None
