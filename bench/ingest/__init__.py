@@ -9,10 +9,11 @@ measured right before it (a shared machine's speed moves within a run: one basel
 loads compared the last ones with another moment's machine). Prints events/s, each as a ratio
 to its baseline, and the CPU per event of the router (this process), of the load generator
 (a child) and of the NATS server, with what the machine's cores could carry at that cost: on
-one machine, what the load generator spends the router does not get. BENCH_ROUNDS (default
-1) repeats the loads and prints each ratio's median too. Last, the floors: the same gRPC and
-HTTP loads against servers that answer at once (`floors.py`), beside the router's CPU per
-request under each.
+one machine, what the load generator spends the router does not get (the baselines' CPU per
+event too, of their publisher and of the NATS server). BENCH_ROUNDS (default 1) repeats the
+loads and prints each ratio's median too. Last, the floors: the same gRPC and HTTP loads
+against servers that answer at once (`floors.py`), beside the router's CPU per request under
+each.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ UNARY = f"gRPC Ingest ({PACK} per call, 16 in flight)"
 STREAM = f"gRPC IngestStream ({PACK} per message, 4 streams)"
 
 
-async def raw_publish(nats_url: str, subject: str, per_message: int, messages: int) -> float:
-    """Publish `messages` messages of `per_message` events, pipelined; return events/s."""
+async def raw_publish(nats_url: str, subject: str, per_message: int, messages: int) -> Load:
+    """Publish `messages` messages of `per_message` events, pipelined (with this process's
+    CPU meanwhile: the publisher's)."""
     run = uuid.uuid4().hex[:8]
     bodies = [
         orjson.dumps([track(m * per_message + i, run) for i in range(per_message)])
@@ -71,7 +73,7 @@ async def raw_publish(nats_url: str, subject: str, per_message: int, messages: i
         js = nc.jetstream(publish_async_max_pending=4000)
         await js.publish(subject, bodies[0], headers={streams.MSG_ID: f"{run}-warm"})
         deadline = time.monotonic() + SECONDS
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         futures = []
         for m, body in enumerate(bodies):
             if time.monotonic() > deadline:
@@ -80,10 +82,10 @@ async def raw_publish(nats_url: str, subject: str, per_message: int, messages: i
                 await js.publish_async(subject, body, headers={streams.MSG_ID: f"{run}-{m}"})
             )
         await asyncio.gather(*futures)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         await nc.close()
-    return len(futures) * per_message / elapsed
+    return Load(len(futures) * per_message, 0, elapsed, cpu)
 
 
 @dataclass(frozen=True)
@@ -175,11 +177,19 @@ async def run() -> None:
                 if ROUNDS > 1:
                     print(f"  round {round_ + 1} of {ROUNDS}:", flush=True)
                 for label, per_message, load in loads:
-                    baseline = await raw_publish(
+                    nats_started = cpu_seconds(nats_pid)
+                    raw = await raw_publish(
                         srv.nats.url, subject, per_message, 6000 if per_message > 1 else 15_000
                     )
+                    baseline = raw.rate
                     of = f"raw packs of {PACK}" if per_message > 1 else "raw 1-event publish"
                     line(f"baseline: {of}", baseline, "events/s")
+                    nats_cpu = cpu_seconds(nats_pid) - nats_started
+                    print(
+                        f"    CPU µs/event: publisher {raw.cpu * 1e6 / raw.events:.2f}, "
+                        f"nats-server {nats_cpu * 1e6 / raw.events:.2f}",
+                        flush=True,
+                    )
                     measured = await _measured(load(), nats_pid)
                     _show(label, measured, baseline, of)
                     ratios[label].append(measured.load.rate / baseline)

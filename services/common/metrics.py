@@ -8,15 +8,23 @@ in one test process) and hands the meter to what records metrics; nothing is glo
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from opentelemetry.metrics import CallbackOptions, Meter, NoOpMeterProvider, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+# How often the scrape server's thread looks whether it should stop: what stopping a service
+# waits for it (the library's server looks every half second).
+STOP_POLL_SECONDS = 0.02
 
 
 @dataclass
@@ -71,14 +79,14 @@ def start_metrics(service: str, listen: str | None, stack: AsyncExitStack) -> Se
         readers.append(PrometheusMetricReader(registry=registry, disable_target_info=True))
         host, wanted = split_listen(listen)
         try:
-            server, _thread = start_http_server(wanted, addr=host, registry=registry)
+            server = _serve_scrapes(host, wanted, registry)
         except OSError as error:
             variable = f"EVENTFN_{service.removeprefix('eventfn-').upper()}_METRICS_LISTEN"
             raise OSError(
                 f"cannot serve metrics on {listen} ({error.strerror}): choose a free address "
                 f"({variable}), or set it empty to serve none"
             ) from error
-        stack.callback(server.shutdown)
+        stack.callback(_stop_serving, server)
         port = server.server_port
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
@@ -94,6 +102,36 @@ def start_metrics(service: str, listen: str | None, stack: AsyncExitStack) -> Se
     )
     stack.callback(provider.shutdown)
     return ServiceMetrics(provider.get_meter(service), port)
+
+
+class _Quiet(WSGIRequestHandler):
+    """Answer scrapes without a log line each."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Log nothing."""
+
+
+def _serve_scrapes(host: str, port: int, registry: CollectorRegistry) -> ThreadingWSGIServer:
+    """Serve the registry's Prometheus text on `host:port` from a daemon thread (a thread per
+    scrape, as prometheus_client's `start_http_server`, stopped within STOP_POLL_SECONDS)."""
+    family, _, _, _, where = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    server_class = type("ScrapeServer", (ThreadingWSGIServer,), {"address_family": family})
+    server = make_server(str(where[0]), port, make_wsgi_app(registry), server_class, _Quiet)
+    threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": STOP_POLL_SECONDS},
+        name="metrics",
+        daemon=True,
+    ).start()
+    return server
+
+
+def _stop_serving(server: ThreadingWSGIServer) -> None:
+    """Stop the scrape server's thread and close its socket (the port is free again)."""
+    server.shutdown()
+    server.server_close()
 
 
 def status_class(status: int | None) -> str:
