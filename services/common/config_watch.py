@@ -2,9 +2,11 @@
 
 The registry streams a full snapshot first (`reset=True`), then deltas. `ConfigWatcher`
 applies each message to a copy and swaps in a new immutable `ConfigView`, so a reader
-holding a view never sees a half-applied message. When the stream breaks it reconnects
-with capped, jittered backoff; the registry starts every new stream with a snapshot, and
-the last good view keeps serving meanwhile.
+holding a view never sees a half-applied message. Its maps are persistent (hash array mapped
+tries, `immutables`): a copy with a few entries changed shares the rest with the original,
+so a delta costs what it touches, however many sources and instances there are. When the
+stream breaks it reconnects with capped, jittered backoff; the registry starts every new
+stream with a snapshot, and the last good view keeps serving meanwhile.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import grpc
+from immutables import Map
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import registry_pb2_grpc
@@ -31,10 +34,10 @@ class ConfigView:
     """One consistent revision of the configuration, with lookup maps."""
 
     revision: int = 0
-    sources: Mapping[str, pb.SourceConfig] = field(default_factory=dict)
-    sources_by_write_key: Mapping[str, pb.SourceConfig] = field(default_factory=dict)
-    instances: Mapping[str, pb.InstanceConfig] = field(default_factory=dict)
-    instances_by_source: Mapping[str, tuple[pb.InstanceConfig, ...]] = field(default_factory=dict)
+    sources: Map[str, pb.SourceConfig] = field(default_factory=Map)
+    sources_by_write_key: Map[str, pb.SourceConfig] = field(default_factory=Map)
+    instances: Map[str, pb.InstanceConfig] = field(default_factory=Map)
+    instances_by_source: Map[str, tuple[pb.InstanceConfig, ...]] = field(default_factory=Map)
     # Ids of the sources whose own config or instances the last message changed (None: a
     # snapshot, everything may have), so derived state is rebuilt only for those.
     changed_sources: frozenset[str] | None = None
@@ -43,18 +46,14 @@ class ConfigView:
 def apply_message(view: ConfigView, message: pb.WatchConfigResponse) -> ConfigView:
     """Return the view a WatchConfig message leads to (a snapshot replaces everything).
 
-    A delta costs what it touches, not the size of the configuration (beyond copying maps).
+    A delta costs what it touches, not the size of the configuration: the new view's maps
+    share every entry it leaves alone with the old view's.
     """
-    if message.reset:
-        sources: dict[str, pb.SourceConfig] = {}
-        instances: dict[str, pb.InstanceConfig] = {}
-        by_write_key: dict[str, pb.SourceConfig] = {}
-        by_source: dict[str, tuple[pb.InstanceConfig, ...]] = {}
-    else:
-        sources = dict(view.sources)
-        instances = dict(view.instances)
-        by_write_key = dict(view.sources_by_write_key)
-        by_source = dict(view.instances_by_source)
+    base = ConfigView() if message.reset else view
+    sources = base.sources.mutate()
+    instances = base.instances.mutate()
+    by_write_key = base.sources_by_write_key.mutate()
+    by_source = base.instances_by_source.mutate()
     for source_id in [*message.removed_source_ids, *(s.id for s in message.sources)]:
         old = sources.pop(source_id, None)
         if old is not None and by_write_key.get(old.write_key) is old:
@@ -85,10 +84,10 @@ def apply_message(view: ConfigView, message: pb.WatchConfigResponse) -> ConfigVi
             by_source[source_id] = tuple(sorted(members, key=lambda i: i.id))
     return ConfigView(
         revision=message.revision,
-        sources=sources,
-        sources_by_write_key=by_write_key,
-        instances=instances,
-        instances_by_source=by_source,
+        sources=sources.finish(),
+        sources_by_write_key=by_write_key.finish(),
+        instances=instances.finish(),
+        instances_by_source=by_source.finish(),
         changed_sources=None
         if message.reset
         else frozenset(

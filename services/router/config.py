@@ -8,8 +8,10 @@ every instance whose revision did not change.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from immutables import Map, MapMutation
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from services.common.config_watch import ConfigView
@@ -47,22 +49,24 @@ class RouteTable:
     """Everything routing needs at one config revision."""
 
     revision: int
-    by_write_key: Mapping[str, SourceRoutes]
-    write_keys: Mapping[str, str]  # source id -> its write key in `by_write_key`
+    # Persistent maps (as the view's): a delta's table shares every untouched source with the
+    # previous table, so a change costs what it touches, not the number of sources.
+    by_write_key: Map[str, SourceRoutes]
+    write_keys: Map[str, str]  # source id -> its write key in `by_write_key`
 
     @classmethod
     def build(cls, view: ConfigView, previous: RouteTable | None = None) -> RouteTable:
         """Compile a view: after a delta only the sources it changed, reusing the previous
         table's routes of instances whose revision did not change."""
         if previous is None or view.changed_sources is None:
-            by_write_key: dict[str, SourceRoutes] = {}
-            write_keys: dict[str, str] = {}
+            by_write_key: MapMutation[str, SourceRoutes] = Map().mutate()
+            write_keys: MapMutation[str, str] = Map().mutate()
             changed: Iterable[str] = view.sources.keys()
             old = previous.by_write_key.values() if previous is not None else ()
             known = {route.instance_id: route for source in old for route in source.routes}
         else:
-            by_write_key = dict(previous.by_write_key)
-            write_keys = dict(previous.write_keys)
+            by_write_key = previous.by_write_key.mutate()
+            write_keys = previous.write_keys.mutate()
             changed = view.changed_sources
             known = {}
             for source_id in changed:
@@ -90,7 +94,7 @@ class RouteTable:
                 source.id, source.workspace_id, tuple(routes)
             )
             write_keys[source_id] = source.write_key
-        return cls(view.revision, by_write_key, write_keys)
+        return cls(view.revision, by_write_key.finish(), write_keys.finish())
 
 
 def compile_route(instance: pb.InstanceConfig) -> Route | None:
