@@ -6,7 +6,9 @@ creates instances one at a time through the API and prints, per size: `CreateIns
 and p99, whether an event sent 100 ms after each create reached the new instance, and the
 registry's and router's CPU per change read from /proc, with the ratio to the smallest size
 (constant cost means a ratio near 1). BENCH_CONFIG_SIZES sets the sizes (default
-"100,1000,10000"), BENCH_CONFIG_CREATES the creates per size (default 30).
+"100,1000,10000"), BENCH_CONFIG_CREATES the creates per size (default 30). Last, what one
+change costs a data-plane process's copy of the configuration, timed in this process at up
+to 100,000 instances (`apply.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from google.protobuf import struct_pb2
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.common import CORES, auth
+from bench.config.apply import print_apply_costs
 from bench.platform import Processes, Sink, platform, processes, start_sink
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import registry_pb2_grpc
@@ -217,3 +220,4 @@ def main() -> None:
     print(f"bench.config: {CORES} cores, sizes {SIZES}, {CREATES} creates per size", flush=True)
     with platform() as (running, endpoints):
         asyncio.run(run(endpoints, processes(running)))
+    print_apply_costs()
