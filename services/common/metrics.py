@@ -8,6 +8,7 @@ in one test process) and hands the meter to what records metrics; nothing is glo
 from __future__ import annotations
 
 import os
+import selectors
 import socket
 import threading
 from collections.abc import Iterable
@@ -21,10 +22,6 @@ from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
-
-# How often the scrape server's thread looks whether it should stop: what stopping a service
-# waits for it (the library's server looks every half second).
-STOP_POLL_SECONDS = 0.02
 
 
 @dataclass
@@ -86,7 +83,7 @@ def start_metrics(service: str, listen: str | None, stack: AsyncExitStack) -> Se
                 f"cannot serve metrics on {listen} ({error.strerror}): choose a free address "
                 f"({variable}), or set it empty to serve none"
             ) from error
-        stack.callback(_stop_serving, server)
+        stack.callback(server.stop)
         port = server.server_port
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
@@ -111,27 +108,48 @@ class _Quiet(WSGIRequestHandler):
         """Log nothing."""
 
 
-def _serve_scrapes(host: str, port: int, registry: CollectorRegistry) -> ThreadingWSGIServer:
-    """Serve the registry's Prometheus text on `host:port` from a daemon thread (a thread per
-    scrape, as prometheus_client's `start_http_server`, stopped within STOP_POLL_SECONDS)."""
+class _ScrapeServer(ThreadingWSGIServer):
+    """prometheus_client's scrape server (a thread per scrape), served from its own daemon
+    thread that sleeps until a scrape or `stop` comes: the library's `serve_forever` wakes
+    every half second to look whether it should stop, and a stop waits for it."""
+
+    timeout = 0  # `handle_request` only looks: the loop has seen the socket readable
+
+    def serve(self) -> None:
+        """Serve scrapes from a daemon thread until `stop`."""
+        self._stopping = False
+        self._wake, self._waker = socket.socketpair()
+        self._thread = threading.Thread(target=self._loop, name="metrics", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            selector.register(self._wake, selectors.EVENT_READ)
+            while not self._stopping:
+                for key, _ in selector.select():
+                    if key.fileobj is self and not self._stopping:
+                        self.handle_request()
+
+    def stop(self) -> None:
+        """Stop serving and close the socket (the port is free again)."""
+        self._stopping = True
+        self._waker.send(b"\0")
+        self._thread.join()
+        self.server_close()
+        self._wake.close()
+        self._waker.close()
+
+
+def _serve_scrapes(host: str, port: int, registry: CollectorRegistry) -> _ScrapeServer:
+    """Serve the registry's Prometheus text on `host:port` (IPv4 or IPv6, as it resolves)."""
     family, _, _, _, where = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
-    server_class = type("ScrapeServer", (ThreadingWSGIServer,), {"address_family": family})
+    server_class = type("ScrapeServer", (_ScrapeServer,), {"address_family": family})
     server = make_server(str(where[0]), port, make_wsgi_app(registry), server_class, _Quiet)
-    threading.Thread(
-        target=server.serve_forever,
-        kwargs={"poll_interval": STOP_POLL_SECONDS},
-        name="metrics",
-        daemon=True,
-    ).start()
+    server.serve()
     return server
-
-
-def _stop_serving(server: ThreadingWSGIServer) -> None:
-    """Stop the scrape server's thread and close its socket (the port is free again)."""
-    server.shutdown()
-    server.server_close()
 
 
 def status_class(status: int | None) -> str:
