@@ -7,6 +7,7 @@ per host callback. But STPyV8 cannot be terminated safely from another thread, h
 per-isolate heap limit, freezes V8 flags at import, and a memory bomb aborts the whole process
 ("Fatal JavaScript out of memory" at ~1.5 GB after 6 s). So the speed comes from STPyV8 and the
 safety from processes: isolates live in worker processes that this pool supervises. A watchdog
+(every 10 ms while any invocation is in flight or any worker is in V8; asleep otherwise)
 reads each worker's shared status block (which invocation is inside V8, since when) and kills
 the worker when that invocation passes its deadline (outcome Timeout) or holds more than the
 memory limit (outcome MemoryLimitExceeded, context discarded; memory held across awaits
@@ -89,6 +90,9 @@ class RuntimePool:
         self._ledgers: dict[WorkerHandle, MemoryLedger] = {}
         self._seq = itertools.count(1)
         self._changed = asyncio.Event()
+        # Set when an invocation is handed to a worker: the watchdog sleeps on it while no
+        # worker has anything in flight (an idle executor wakes for nothing).
+        self._work = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
         self._spawns: set[asyncio.Task[None]] = set()
         self._closed = True
@@ -302,21 +306,24 @@ class RuntimePool:
         worker_limit = self._config.worker_rss_limit_mb * 1024 * 1024
         max_created = self._config.worker_max_contexts
         tick = 0
+        idle = False
         while True:
+            if idle:
+                # Nothing in flight and no worker in V8 at the last look: sleep until work.
+                self._work.clear()
+                await self._work.wait()
             await asyncio.sleep(self._config.watchdog_interval_s)
             tick += 1
             now_ns = time.monotonic_ns()
             now = now_ns / 1e9
+            idle = True
             for w in [*self._workers, *self._retiring]:
                 if w is None or w.dead or not w.ready.is_set():
                     continue
                 seq, started, last_read, _ = read_status(w.status)
                 pending = w.inflight.get(seq) if seq else None
-                if (
-                    tick % 100 == 0
-                    and not w.retiring
-                    and (w.rss() > worker_limit or read_created(w.status) > max_created)
-                ):
+                idle = idle and seq == 0 and not w.inflight
+                if tick % 100 == 0 and self._past_limits(w, worker_limit, max_created):
                     self._retire(w)
                 if not w.inflight and seq == 0:
                     self._ledgers.pop(w, None)  # idle: no memory to charge, no RSS to read
@@ -342,6 +349,19 @@ class RuntimePool:
                     w.stalled = True
                     w.stalled_key = pending.key if pending is not None else None
                     self._steal(w, last_read)
+            if idle:  # about to sleep until work: first replace a worker past its limits
+                for w in self._workers:
+                    if (
+                        w is not None
+                        and not w.dead
+                        and w.ready.is_set()
+                        and self._past_limits(w, worker_limit, max_created)
+                    ):
+                        self._retire(w)
+
+    def _past_limits(self, w: WorkerHandle, worker_limit: int, max_created: int) -> bool:
+        """Tell whether a worker is due to be replaced: past its memory or its contexts."""
+        return not w.retiring and (w.rss() > worker_limit or read_created(w.status) > max_created)
 
     def _check_memory(
         self, w: WorkerHandle, crossing: tuple[int, int], limit: int, worker_limit: int
@@ -485,6 +505,7 @@ class RuntimePool:
             slot = w.take_slot() if header["op"] == "run" else NO_SLOT
             pending = Pending(seq, key, time.monotonic() + timeout_s, loop.create_future(), slot)
             w.inflight[seq] = pending
+            self._work.set()
             frame = {**header, "id": seq, "key": key, "deadline": pending.deadline, "slot": slot}
             self._send(w, frame, payload)
             reply = await pending.future

@@ -71,6 +71,21 @@ async def test_memory_bomb_does_not_break_another(own_pool: RuntimePool) -> None
     assert max(during) < 1.0
 
 
+async def test_a_worker_past_its_contexts_is_replaced_when_no_more_work_comes() -> None:
+    # The watchdog sleeps while nothing is in flight: it replaces a worker past its limits
+    # before it does, not at the next invocation.
+    config = pool_config(workers=1, worker_max_contexts=4)
+    async with RuntimePool(config) as pool:
+        first = pool._workers[0]
+        assert first is not None
+        for i in range(6):
+            result = await invoke(pool, FAST, [{"type": "track", "event": i}], key=f"idle:{i}")
+            assert value_of(result) == i
+        await eventually(lambda: first.dead, "the worker past its contexts replaced", seconds=10)
+        replaced = pool._workers[0]
+        assert replaced is not None and replaced is not first
+
+
 async def test_a_worker_that_made_many_contexts_is_replaced_without_losing_work() -> None:
     # STPyV8 never frees a context's memory: a worker is replaced after N contexts, and
     # what it runs at that moment finishes there.
