@@ -2,9 +2,9 @@
 
 The router, the executors and the retriers apply every WatchConfig delta to their view
 (`apply_message`); the router also rebuilds its route table from it (`RouteTable.build`).
-Timed here in this process on synthetic configurations of one source and one instance per
-pair, each change adding one instance: the /proc figures of the platform run measure in
-10-ms ticks, too coarse for a change that costs microseconds.
+Timed here in this process on synthetic configurations (one instance per source), each change
+adding an instance to a source: the /proc figures of the platform run count 10-ms ticks, too
+coarse for a change that costs microseconds.
 """
 
 from __future__ import annotations
