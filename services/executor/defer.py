@@ -74,5 +74,5 @@ class Stalls:
         meters = self._meters.get(instance_id)
         if meters is None:
             return False
-        handed_back, settled = (round(meter.rate(now) * self._seconds) for meter in meters)
+        handed_back, settled = (meter.count(now) for meter in meters)
         return handed_back >= STALL_MIN_HANDBACKS and handed_back > STALL_RATIO * settled

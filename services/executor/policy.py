@@ -45,10 +45,14 @@ class RateMeter:
 
     def rate(self, now: float) -> float:
         """Return events per second over the window ending at `now`."""
+        return self.count(now) / self.window
+
+    def count(self, now: float) -> int:
+        """Return the events of the window ending at `now`."""
         horizon = int(now) - self.window
         while self._buckets and self._buckets[0][0] <= horizon:
             self._buckets.popleft()
-        return sum(c for _, c in self._buckets) / self.window
+        return sum(c for _, c in self._buckets)
 
 
 def use_batch(has_on_batch: bool, rate: float) -> bool:
