@@ -6,14 +6,17 @@ message at a time: while a publish is in flight, later packs wait for its acknow
 While requests for the subject come at least twice per `window` (20 ms by default,
 `EVENTFN_ROUTER_COALESCE_WINDOW_MS`) and at least `busy_rate` a second (200 by default,
 `EVENTFN_ROUTER_COALESCE_MIN_RATE`), waiting packs are also held until the oldest of them has
-waited the window, until every sender seen in the last 100 ms has a pack waiting, or until
-they hold 100 events (batches share their message's costs already; larger messages only add
-latency). An HTTP connection sends its next request only after its answer, so once every
-connection seen lately is in nothing else can come: a client sending one request after
-another is never held, and a few in step leave together at once. A gRPC peer (one channel)
-counts as one sender: its concurrent calls are never held for each other, they share
-messages only while a publish is in flight. At lower rates nothing is held, so their latency
-does not grow. A request is answered only once every pack holding its events is
+waited the window, or until every sender seen in the last 100 ms has as many packs waiting
+as it keeps under way. An HTTP connection sends its next request only after its answer, so
+once every connection seen lately is in nothing else can come: a client sending one request
+after another is never held, and a few in step leave together at once. A gRPC peer (one
+channel) keeps several calls under way: its packs are held until as many of them wait as it
+had unacknowledged at once lately, so one client's concurrent calls share a message rather
+than one each (a unary `Ingest` client with 16 calls in flight: 0.06 messages a call instead
+of ≈ 0.45, the NATS server's CPU per event a third). Waiting for *another* sender stops once
+the packs hold 100 events (batches share their message's costs already: holding one client's
+batch for another's would only add to its latency). At lower rates nothing is held, so their
+latency does not grow. A request is answered only once every pack holding its events is
 acknowledged.
 
 Every message costs an fsync, a delivery, an executor pass, a V8 worker frame and the trace
@@ -35,6 +38,7 @@ import asyncio
 import itertools
 import math
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -223,24 +227,48 @@ class RecentIds:
                 return
 
 
+@dataclass(eq=False, slots=True)
+class _Sender:
+    """One sender of a subject: when its last pack came, its packs not yet acknowledged, and
+    the most of them at once lately (one for an HTTP connection; up to its concurrent calls
+    for a gRPC peer)."""
+
+    seen: float
+    open: int = 0
+    peak: int = 0
+    peak_at: float = 0.0
+
+    def opened(self, now: float) -> None:
+        """Count a pack of its arriving now."""
+        self.seen = now
+        self.open += 1
+        if self.open >= self.peak or now - self.peak_at >= SENDER_MEMORY_SECONDS:
+            self.peak, self.peak_at = self.open, now
+
+
 @dataclass(eq=False)
 class _Flow:
     """What is known of one subject's traffic: when its last pack came, the running average
-    gap between its packs, and who sent lately (sender → when, oldest first)."""
+    gap between its packs, who sent lately (oldest first), and which of them keep several
+    packs under way."""
 
     last: float = 0.0
     gap: float = math.inf
-    senders: dict[Hashable, float] = field(default_factory=dict)
+    senders: dict[Hashable, _Sender] = field(default_factory=dict)
+    pipelined: set[Hashable] = field(default_factory=set)
 
 
 @dataclass(eq=False)
 class _Lane:
-    """Packs waiting for one subject, their senders, and whether its drain task runs."""
+    """Packs waiting for one subject (each with its sender), how many per sender, and
+    whether its drain task runs."""
 
-    waiting: list[tuple[Outbound, asyncio.Future[None]]] = field(default_factory=list)
+    waiting: list[tuple[Outbound, asyncio.Future[None], _Sender | None]] = field(
+        default_factory=list
+    )
     first_at: float = 0.0  # when the oldest waiting pack came
     events: int = 0  # events in the waiting packs
-    senders: set[Hashable] = field(default_factory=set)  # senders of the waiting packs
+    senders: Counter[Hashable] = field(default_factory=Counter)  # waiting packs per sender
     anonymous: bool = False  # a waiting pack's sender is unknown
     busy: bool = False
     # Open while the waiting packs are held for more: done when the window closes.
@@ -284,18 +312,18 @@ class Coalescer:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         lane = self._lanes.setdefault(item.subject, _Lane())
-        flow = self._arrived(item.subject, sender)
+        flow, known = self._arrived(item.subject, sender)
         if not lane.waiting:
             lane.first_at = flow.last
             lane.events = 0
             lane.senders.clear()
             lane.anonymous = False
-        lane.waiting.append((item, future))
+        lane.waiting.append((item, future, known))
         lane.events += item.pack.count
         if sender is None:
             lane.anonymous = True
         else:
-            lane.senders.add(sender)
+            lane.senders[sender] += 1
         if lane.window is not None and not self._worth_holding(lane, flow):
             _close(lane.window)
         if not lane.busy:
@@ -305,8 +333,9 @@ class Coalescer:
             task.add_done_callback(self._tasks.discard)
         return future
 
-    def _arrived(self, subject: str, sender: Hashable | None) -> _Flow:
-        """Note a pack for `subject` now (its gap, its sender); return the subject's flow."""
+    def _arrived(self, subject: str, sender: Hashable | None) -> tuple[_Flow, _Sender | None]:
+        """Note a pack for `subject` now (its gap, its sender); return the subject's flow and
+        what it knows of the sender."""
         now = time.monotonic()
         flow = self._flows.get(subject)
         if flow is None:
@@ -315,29 +344,42 @@ class Coalescer:
             newest, gap = now - flow.last, flow.gap
             flow.gap = newest if gap == math.inf else gap + GAP_WEIGHT * (newest - gap)
         flow.last = now
+        known = None
         if sender is not None:
             senders = flow.senders
-            senders.pop(sender, None)  # re-inserted last: the dict stays oldest first
-            senders[sender] = now
-            for oldest, seen in list(itertools.islice(senders.items(), 8)):
-                if now - seen < SENDER_MEMORY_SECONDS:
+            known = senders.pop(sender, None)  # re-inserted last: the dict stays oldest first
+            if known is None:
+                known = _Sender(now)
+            senders[sender] = known
+            known.opened(now)
+            if known.peak > 1:
+                flow.pipelined.add(sender)
+            else:
+                flow.pipelined.discard(sender)
+            for oldest, state in list(itertools.islice(senders.items(), 8)):
+                if now - state.seen < SENDER_MEMORY_SECONDS:
                     break
                 del senders[oldest]
+                flow.pipelined.discard(oldest)
         if len(self._flows) > MAX_SUBJECTS and now >= self._purge_at:
             # Forget subjects quiet for a while (with more than MAX_SUBJECTS busy ones, this
             # would otherwise copy them all on every request).
             self._flows = {k: v for k, v in self._flows.items() if now - v.last < 10.0}
             self._purge_at = now + 1.0
-        return flow
+        return flow, known
 
     def _worth_holding(self, lane: _Lane, flow: _Flow) -> bool:
         """Tell whether waiting packs should wait for more (until the oldest has waited a
         window): at least two more packs are due within one (and at `busy_rate` or faster),
-        a recent sender has none waiting, and they hold fewer than HOLD_EVENTS events."""
-        return (
-            flow.gap <= self._busy_gap
-            and lane.events < HOLD_EVENTS
-            and (lane.anonymous or len(lane.senders) < len(flow.senders))
+        and a sender with packs waiting has fewer waiting than it lately kept under way, or,
+        while they hold fewer than HOLD_EVENTS events, a recent sender has none waiting."""
+        if flow.gap > self._busy_gap:
+            return False
+        for sender in flow.pipelined:  # gRPC peers with calls under way: few
+            if 0 < lane.senders[sender] < flow.senders[sender].peak:
+                return True  # more of its own calls are on their way
+        return lane.events < HOLD_EVENTS and (
+            lane.anonymous or len(lane.senders) < len(flow.senders)
         )
 
     async def _drain(self, subject: str, lane: _Lane, flow: _Flow) -> None:
@@ -360,10 +402,20 @@ class Coalescer:
             if not lane.waiting:
                 self._lanes.pop(subject, None)
 
-    async def _send(self, batch: list[tuple[Outbound, asyncio.Future[None]]]) -> None:
-        instance_id = batch[0][0].instance_id
-        items = [item for item, _ in batch]
-        futures = [future for _, future in batch]
+    async def _send(
+        self, batch: list[tuple[Outbound, asyncio.Future[None], _Sender | None]]
+    ) -> None:
+        try:
+            await self._publish_batch([item for item, _, _ in batch], [f for _, f, _ in batch])
+        finally:
+            for _, _, sender in batch:
+                if sender is not None:
+                    sender.open -= 1
+
+    async def _publish_batch(
+        self, items: list[Outbound], futures: list[asyncio.Future[None]]
+    ) -> None:
+        instance_id = items[0].instance_id
         merged = merge(instance_id, items, self._max_bytes)
         acks: list[Awaitable[object]] = []
         try:

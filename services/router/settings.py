@@ -34,8 +34,10 @@ class RouterSettings(DataPlaneSettings):
     # Longest wait (ms) of a pack for the next requests' packs to share its JetStream
     # message, while requests to its instance come at least twice that often and at the
     # minimum rate below (at lower rates none waits); it ends sooner once every recent
-    # sender has a pack waiting or the packs hold 100 events. 0: only requests arriving
-    # during a publish share the next one.
+    # sender has as many packs waiting as it kept under way lately (one for an HTTP
+    # connection, its concurrent calls for a gRPC client), or once they hold 100 events
+    # while only other senders' are awaited. 0: only requests arriving during a publish
+    # share the next one.
     router_coalesce_window_ms: float = Field(default=WINDOW_SECONDS * 1000, ge=0.0, le=100.0)
     # Requests a second to one instance (per router) from which their packs are held for the
     # coalescing window; below it each request's events go out at once.

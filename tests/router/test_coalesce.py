@@ -336,6 +336,55 @@ async def test_packs_of_a_hundred_events_are_never_held() -> None:
     assert sum(len(ids) for ids in published) == 8 * HOLD_EVENTS
 
 
+async def test_a_peers_concurrent_calls_wait_for_each_other_and_share_a_message() -> None:
+    """A gRPC peer keeping four calls of 100 events under way: once seen doing so, each round
+    of its calls, coming one after another, leaves in one message as soon as the fourth is
+    in (not one message per call, and not at the window's end)."""
+    published, publish = _recording()
+    window = 1.0
+    coalescer = scaled(publish, window, max_bytes=1_000_000)
+    loop = asyncio.get_running_loop()
+    peer = "ipv4:10.0.0.1:5000"
+
+    def call(round_: int, n: int) -> asyncio.Future[None]:
+        ids = [f"{round_}-{n}-{i}" for i in range(HOLD_EVENTS)]
+        return coalescer.submit(outbound(ids), sender=peer)
+
+    await asyncio.gather(*(call(0, n) for n in range(4)))  # four under way at once
+    for round_ in range(1, 4):
+        started = loop.time()
+        calls = []
+        for n in range(4):
+            calls.append(call(round_, n))
+            await asyncio.sleep(0)  # the drain runs between two calls
+        await asyncio.gather(*calls)
+        assert loop.time() - started < window / 2
+    assert [len(ids) for ids in published] == [4 * HOLD_EVENTS] * 4
+
+
+async def test_a_peers_full_pack_is_not_held_for_another_sender() -> None:
+    """Packs of 100 events from one peer wait for that peer's own calls only: a second
+    sender seen lately does not hold them (holding one client's batch for another's would
+    only add to its latency)."""
+    published, publish = _recording()
+    window = 1.0
+    coalescer = scaled(publish, window, max_bytes=1_000_000)
+    loop = asyncio.get_running_loop()
+    ids = iter(range(1_000_000))
+
+    def call(sender: str) -> asyncio.Future[None]:
+        return coalescer.submit(
+            outbound([str(next(ids)) for _ in range(HOLD_EVENTS)]), sender=sender
+        )
+
+    await asyncio.gather(call("a"), call("b"))  # both senders known, each one call at a time
+    for _ in range(3):
+        started = loop.time()
+        await call("a")
+        assert loop.time() - started < window / 2
+    assert [len(ids) for ids in published][-3:] == [HOLD_EVENTS] * 3
+
+
 @pytest.mark.parametrize("value", ["-1", "1000", "soon"])
 def test_a_window_out_of_range_is_refused_at_start(value: str) -> None:
     with pytest.raises(ValidationError, match="router_coalesce_window_ms"):
