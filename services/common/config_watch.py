@@ -27,6 +27,8 @@ from services.common.rpc import CLIENT_OPTIONS
 from services.common.rpc_observe import client_interceptors
 
 log = logging.getLogger(__name__)
+# Reconnection jitter of its own: the global `random` is neither drawn from nor followed.
+_JITTER = random.Random()
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +213,7 @@ class ConfigWatcher:
             except Exception:
                 log.exception("WatchConfig handling failed; retrying in %.1fs", delay)
             self.connected = False
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            await asyncio.sleep(delay * _JITTER.uniform(0.5, 1.0))
             delay = min(delay * 2, self._max_backoff)
 
     async def _apply(self, message: pb.WatchConfigResponse) -> None:

@@ -35,6 +35,13 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util import types
 
+# Trace and span ids come from a generator of their own, as random as the global one (and
+# reseeded in a forked child as it is): whoever seeds or draws from the global `random` (a
+# library, a test framework seeding it for each example) neither repeats nor disturbs them.
+_IDS = random.Random()
+os.register_at_fork(after_in_child=_IDS.seed)
+random_bits = _IDS.getrandbits
+
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _UNSET = Status(StatusCode.UNSET)
@@ -210,7 +217,7 @@ class Tracer(trace_api.Tracer):
         self._scope = scope
         self._sampler = provider.sampler
         self._default_sampler = provider.sampler is sampling.DEFAULT_ON
-        self._bits = random.getrandbits
+        self._bits = random_bits
 
     def start_span(
         self,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable, Sequence
@@ -42,7 +41,7 @@ from services.common.streams import (
 )
 from services.common.telemetry import MESSAGE_IDS_ATTRIBUTE, PROPAGATOR, message_ids
 from services.common.telemetry import extract as extract_trace
-from services.common.tracer import get_tracer
+from services.common.tracer import get_tracer, random_bits
 from services.filters.actions import apply_filters
 from services.router.coalesce import (
     BUSY_RATE,
@@ -102,8 +101,8 @@ def trace_headers(traceparent: str | None, tracestate: str | None) -> dict[str, 
         trace_id, flags = found.group(1), found.group(3)
     else:
         # Random ids as OpenTelemetry makes them (not secrets: a syscall each), never zero.
-        trace_id, flags, tracestate = f"{random.getrandbits(128) or 1:032x}", "01", None
-    headers = {TRACEPARENT: f"00-{trace_id}-{random.getrandbits(64) or 1:016x}-{flags}"}
+        trace_id, flags, tracestate = f"{random_bits(128) or 1:032x}", "01", None
+    headers = {TRACEPARENT: f"00-{trace_id}-{random_bits(64) or 1:016x}-{flags}"}
     if tracestate:
         headers[TRACESTATE] = tracestate
     return headers

@@ -165,3 +165,26 @@ print(carrier.get("traceparent"), span.is_recording())
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert run.stdout.split() == [PARENT.format(1), "False"]
+
+
+def test_ids_neither_follow_nor_move_the_global_random_state() -> None:
+    """A test framework seeds the global `random` for each example (hypothesis: with 0), and
+    a library may draw from it: trace and span ids repeat after neither, and making them
+    leaves the global state as it was (hypothesis warns about a state moved under it)."""
+    import random
+
+    from services.router.publisher import trace_headers
+
+    tracer, exported, _ = recording()
+    made: list[tuple[int, int, str]] = []
+    for _ in range(2):
+        random.seed(0)
+        state = random.getstate()
+        with tracer.start_as_current_span("ingest"):
+            pass
+        headers = trace_headers(None, None)
+        assert random.getstate() == state
+        span = exported.get_finished_spans()[-1]
+        made.append((span.context.trace_id, span.context.span_id, headers["traceparent"]))
+    first, second = made
+    assert all(a != b for a, b in zip(first, second, strict=True))
