@@ -11,9 +11,11 @@ to its baseline, and the CPU per event of the router (this process), of the load
 (a child) and of the NATS server, with what the machine's cores could carry at that cost: on
 one machine, what the load generator spends the router does not get (the baselines' CPU per
 event too, of their publisher and of the NATS server). BENCH_ROUNDS (default 1) repeats the
-loads and prints each ratio's median too. Last, the floors: the same gRPC and HTTP loads
-against servers that answer at once (`floors.py`), beside the router's CPU per request under
-each.
+loads and prints each ratio's median too. Then the router tier as deployed: the 100-event
+loads again, each spread over two router processes (`replicas.py`; compose.yaml and the
+manifests run two replicas), against a baseline measured right before each. Last, the floors:
+the same gRPC and HTTP loads against servers that answer at once (`floors.py`), beside the
+router's CPU per request under each.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 import orjson
@@ -35,6 +38,7 @@ import uvloop
 
 from bench.common import (
     CORES,
+    Control,
     Load,
     grpc_load,
     header,
@@ -47,6 +51,7 @@ from bench.common import (
     track,
 )
 from bench.ingest.floors import floor_loads, start_floors
+from bench.ingest.replicas import Replica, spread, start_replicas
 from bench.platform import cpu_seconds
 from services.common import streams
 from services.common.service import tune_gc
@@ -58,6 +63,8 @@ CODE = "async function onTrack(event, settings) {}"
 BATCH = f"HTTP /v1/batch ({PACK} per request, 32 conns)"
 UNARY = f"gRPC Ingest ({PACK} per call, 16 in flight)"
 STREAM = f"gRPC IngestStream ({PACK} per message, 4 streams)"
+# Router processes of the tier measured last: the replicas compose.yaml and the manifests run.
+REPLICAS = 2
 
 
 async def raw_publish(nats_url: str, subject: str, per_message: int, messages: int) -> Load:
@@ -130,6 +137,81 @@ def _show(label: str, measured: Measured, baseline: float, of: str) -> None:
         print(f"    ({load.failures} requests refused)", flush=True)
 
 
+async def _baseline(
+    nats_url: str, subject: str, per_message: int, nats_pid: int
+) -> tuple[float, str]:
+    """Measure and print the raw publish a load is compared with; return its events/s and
+    what it is."""
+    raw = await _measured(
+        raw_publish(nats_url, subject, per_message, 6000 if per_message > 1 else 15_000),
+        nats_pid,
+    )
+    of = f"raw packs of {PACK}" if per_message > 1 else "raw 1-event publish"
+    line(f"baseline: {of}", raw.load.rate, "events/s")
+    # The publisher runs in this process: its timed CPU is the load's own.
+    print(
+        f"    CPU µs/event: publisher {raw.generator:.2f}, nats-server {raw.nats:.2f}",
+        flush=True,
+    )
+    return raw.load.rate, of
+
+
+def _medians(ratios: dict[str, list[float]]) -> None:
+    if ROUNDS > 1:
+        print("  median ratio to the baseline measured before each load:", flush=True)
+        for label, values in ratios.items():
+            print(f"  {label:<52} {statistics.median(values):6.2f} ×", flush=True)
+
+
+async def _tier(
+    nats_url: str, subject: str, control: Control, nats_pid: int, stack: AsyncExitStack
+) -> None:
+    """The 100-event loads again, spread over REPLICAS router processes."""
+    print(
+        f"  router tier: {REPLICAS} router processes (the replicas compose.yaml and the "
+        "manifests run), each load split among them:",
+        flush=True,
+    )
+    replicas = await start_replicas(control, nats_url, REPLICAS, stack)
+    pool = ProcessPoolExecutor(REPLICAS, mp_context=multiprocessing.get_context("spawn"))
+    stack.callback(pool.shutdown)
+    key = control.write_key
+    loads: list[tuple[str, Callable[[Replica], tuple[Callable[..., Load], tuple[Any, ...]]]]] = [
+        (BATCH, lambda r: (http_load, (r.http_url, key, PACK, 5000, 32 // REPLICAS, SECONDS))),
+        (
+            UNARY,
+            lambda r: (grpc_load, (r.grpc_addr, key, PACK, 5000, 16 // REPLICAS, SECONDS, False)),
+        ),
+        (
+            STREAM,
+            lambda r: (
+                grpc_load,
+                (r.grpc_addr, key, PACK, 5000, max(1, 4 // REPLICAS), SECONDS, True),
+            ),
+        ),
+    ]
+    ratios: dict[str, list[float]] = {label: [] for label, _ in loads}
+    for round_ in range(ROUNDS):
+        if ROUNDS > 1:
+            print(f"  round {round_ + 1} of {ROUNDS}:", flush=True)
+        for label, load in loads:
+            baseline, of = await _baseline(nats_url, subject, PACK, nats_pid)
+            tier = await spread(pool, replicas, load, nats_pid)
+            line(f"{REPLICAS} routers: {label}", tier.rate, "events/s", baseline, of)
+            print(
+                "    CPU µs/event: routers "
+                + " + ".join(f"{cpu:.2f}" for cpu in tier.routers)
+                + f", load generators {tier.generators:.2f}, nats-server {tier.nats:.2f}; "
+                f"{tier.machine:.2f} in all ({CORES} cores at that: "
+                f"{CORES * 1e6 / tier.machine:,.0f} events/s)",
+                flush=True,
+            )
+            if tier.failures:
+                print(f"    ({tier.failures} requests refused)", flush=True)
+            ratios[label].append(tier.rate / baseline)
+    _medians(ratios)
+
+
 async def run() -> None:
     """Start the servers, then measure each load of the router after its baseline."""
     header("bench.ingest: router ingest vs raw JetStream publish")
@@ -177,30 +259,14 @@ async def run() -> None:
                 if ROUNDS > 1:
                     print(f"  round {round_ + 1} of {ROUNDS}:", flush=True)
                 for label, per_message, load in loads:
-                    raw = await _measured(
-                        raw_publish(
-                            srv.nats.url, subject, per_message, 6000 if per_message > 1 else 15_000
-                        ),
-                        nats_pid,
-                    )
-                    baseline = raw.load.rate
-                    of = f"raw packs of {PACK}" if per_message > 1 else "raw 1-event publish"
-                    line(f"baseline: {of}", baseline, "events/s")
-                    # The publisher runs in this process: its timed CPU is the load's own.
-                    print(
-                        f"    CPU µs/event: publisher {raw.generator:.2f}, "
-                        f"nats-server {raw.nats:.2f}",
-                        flush=True,
-                    )
+                    baseline, of = await _baseline(srv.nats.url, subject, per_message, nats_pid)
                     measured = await _measured(load(), nats_pid)
                     _show(label, measured, baseline, of)
                     ratios[label].append(measured.load.rate / baseline)
                     per_request[label].append(measured.router * per_message)
-            if ROUNDS > 1:
-                print("  median ratio to the baseline measured before each load:", flush=True)
-                for label, values in ratios.items():
-                    print(f"  {label:<52} {statistics.median(values):6.2f} ×", flush=True)
+            _medians(ratios)
             print(f"  router stats: {router.ingestor.stats}", flush=True)
+            await _tier(srv.nats.url, subject, control, nats_pid, stack)
             grpc_addr, http_url = await start_floors(PACK, stack)
             print(
                 f"  floors: the servers alone, answering {PACK}-event requests at once "
