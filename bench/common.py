@@ -182,11 +182,9 @@ async def start_control(srv: Servers, stack: AsyncExitStack) -> Control:
     )
 
 
-async def router_on(
-    control: Control, nats_url: str, stack: AsyncExitStack, **overrides: Any
-) -> RunningRouter:
-    """Start a router in-process against the control plane."""
-    values: dict[str, Any] = {
+def router_values(control: Control, nats_url: str, **overrides: Any) -> dict[str, Any]:
+    """Return the settings of a benchmark's router (any free ports) against the control plane."""
+    return {
         "router_listen": FREE_PORT,
         "router_http_listen": FREE_PORT,
         "router_metrics_listen": FREE_PORT,
@@ -196,6 +194,13 @@ async def router_on(
         "log_level": "WARNING",
         **overrides,
     }
+
+
+async def router_on(
+    control: Control, nats_url: str, stack: AsyncExitStack, **overrides: Any
+) -> RunningRouter:
+    """Start a router in-process against the control plane."""
+    values = router_values(control, nats_url, **overrides)
     router = await start_router(RouterSettings(**values), stack)
     await router.watcher.ready.wait()
     return router

@@ -20,7 +20,7 @@ from typing import Any
 
 import uvloop
 
-from bench.common import FREE_PORT, SERVICE, Control, Load, in_child
+from bench.common import Control, Load, in_child, router_values
 from bench.platform import cpu_seconds
 
 
@@ -56,15 +56,7 @@ async def start_replicas(
     """Start `count` router processes against the control plane; stopped with the stack."""
     spawn = multiprocessing.get_context("spawn")
     stop = spawn.Event()
-    values = {
-        "router_listen": FREE_PORT,
-        "router_http_listen": FREE_PORT,
-        "router_metrics_listen": FREE_PORT,
-        "nats_url": nats_url,
-        "registry_addr": control.addr,
-        "service_token": SERVICE,
-        "log_level": "WARNING",
-    }
+    values = router_values(control, nats_url)
     replicas = []
     for _ in range(count):
         ports = spawn.Queue()
