@@ -302,17 +302,21 @@ class Coalescer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.messages = 0  # JetStream messages published
 
-    def submit(self, item: Outbound, sender: Hashable | None = None) -> asyncio.Future[None]:
+    def submit(
+        self, item: Outbound, sender: Hashable | None = None, *, continues: bool = False
+    ) -> asyncio.Future[None]:
         """Queue a pack; the future is done once the message holding it is acknowledged.
 
         `sender` names who sent it (an HTTP connection, a gRPC peer): packs are held no
-        longer once every sender seen lately has one waiting. None: unknown, the hold runs
-        its time.
+        longer once every sender seen lately has as many waiting as it keeps under way.
+        None: unknown, the hold runs its time. `continues`: the pack holds more events of
+        the request whose previous pack for this subject came just before: not another
+        request under way.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         lane = self._lanes.setdefault(item.subject, _Lane())
-        flow, known = self._arrived(item.subject, sender)
+        flow, known = self._arrived(item.subject, None if continues else sender)
         if not lane.waiting:
             lane.first_at = flow.last
             lane.events = 0
@@ -322,7 +326,7 @@ class Coalescer:
         lane.events += item.pack.count
         if sender is None:
             lane.anonymous = True
-        else:
+        elif known is not None:
             lane.senders[sender] += 1
         if lane.window is not None and not self._worth_holding(lane, flow):
             _close(lane.window)

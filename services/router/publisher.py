@@ -317,7 +317,13 @@ class Ingestor:
 
     async def _publish_all(self, outbound: Sequence[Outbound], sender: Hashable | None) -> None:
         """Hand every pack to the coalescer, then wait until all are acknowledged (or refuse)."""
-        waits = [self._coalescer.submit(item, sender) for item in outbound]
+        # A request's packs for one instance come one after another (route_events).
+        waits = [
+            self._coalescer.submit(
+                item, sender, continues=i > 0 and item.subject == outbound[i - 1].subject
+            )
+            for i, item in enumerate(outbound)
+        ]
         done = waits[0] if len(waits) == 1 else asyncio.gather(*waits)
         # A timer that fails the wait (the coalescer times its publishes out itself; this
         # bounds a request queued behind another's publish): cheaper than asyncio.timeout.

@@ -362,6 +362,26 @@ async def test_a_peers_concurrent_calls_wait_for_each_other_and_share_a_message(
     assert [len(ids) for ids in published] == [4 * HOLD_EVENTS] * 4
 
 
+async def test_a_request_of_several_packs_counts_as_one_request_under_way() -> None:
+    """A connection whose request filled two packs for one instance (a small pack cap) keeps
+    one request under way, not two: its next requests, one pack each, are not held for a
+    second one that will never come."""
+    published, publish = _recording()
+    window = 1.0
+    coalescer = scaled(publish, window)
+    loop = asyncio.get_running_loop()
+    connection = ("10.0.0.1", 5000)
+    await asyncio.gather(
+        coalescer.submit(outbound(["big-0"]), sender=connection),
+        coalescer.submit(outbound(["big-1"]), sender=connection, continues=True),
+    )
+    for i in range(3):
+        started = loop.time()
+        await coalescer.submit(outbound([f"r{i}"]), sender=connection)
+        assert loop.time() - started < window / 2
+    assert published[-3:] == [[f"r{i}"] for i in range(3)]
+
+
 async def test_a_peers_full_pack_is_not_held_for_another_sender() -> None:
     """Packs of 100 events from one peer wait for that peer's own calls only: a second
     sender seen lately does not hold them (holding one client's batch for another's would
