@@ -245,6 +245,10 @@ class _Sender:
         if self.open >= self.peak or now - self.peak_at >= SENDER_MEMORY_SECONDS:
             self.peak, self.peak_at = self.open, now
 
+    def closed(self, _: asyncio.Future[None]) -> None:
+        """Count one of its packs no longer awaited (acknowledged, failed or given up on)."""
+        self.open -= 1
+
 
 @dataclass(eq=False)
 class _Flow:
@@ -263,13 +267,14 @@ class _Lane:
     """Packs waiting for one subject (each with its sender), how many per sender, and
     whether its drain task runs."""
 
-    waiting: list[tuple[Outbound, asyncio.Future[None], _Sender | None]] = field(
-        default_factory=list
-    )
+    waiting: list[tuple[Outbound, asyncio.Future[None]]] = field(default_factory=list)
     first_at: float = 0.0  # when the oldest waiting pack came
     events: int = 0  # events in the waiting packs
     senders: Counter[Hashable] = field(default_factory=Counter)  # waiting packs per sender
     anonymous: bool = False  # a waiting pack's sender is unknown
+    # Pipelined senders with fewer packs waiting than they lately kept under way.
+    short: set[Hashable] = field(default_factory=set)
+    mixed: bool = False  # a waiting pack's sender is unknown or keeps one request under way
     busy: bool = False
     # Open while the waiting packs are held for more: done when the window closes.
     window: asyncio.Future[None] | None = None
@@ -322,12 +327,21 @@ class Coalescer:
             lane.events = 0
             lane.senders.clear()
             lane.anonymous = False
-        lane.waiting.append((item, future, known))
+            lane.short.clear()
+            lane.mixed = False
+        lane.waiting.append((item, future))
         lane.events += item.pack.count
         if sender is None:
-            lane.anonymous = True
+            lane.anonymous = lane.mixed = True
         elif known is not None:
-            lane.senders[sender] += 1
+            future.add_done_callback(known.closed)
+            waiting = lane.senders[sender] = lane.senders[sender] + 1
+            if sender not in flow.pipelined:
+                lane.mixed = True
+            elif waiting < known.peak:
+                lane.short.add(sender)
+            else:
+                lane.short.discard(sender)
         if lane.window is not None and not self._worth_holding(lane, flow):
             _close(lane.window)
         if not lane.busy:
@@ -375,13 +389,13 @@ class Coalescer:
     def _worth_holding(self, lane: _Lane, flow: _Flow) -> bool:
         """Tell whether waiting packs should wait for more (until the oldest has waited a
         window): at least two more packs are due within one (and at `busy_rate` or faster),
-        and a sender with packs waiting has fewer waiting than it lately kept under way, or,
-        while they hold fewer than HOLD_EVENTS events, a recent sender has none waiting."""
+        and the packs come from gRPC peers only, one of which has fewer waiting than it lately
+        kept under way, or, while they hold fewer than HOLD_EVENTS events, a recent sender has
+        none waiting (one client's full batch is not held for another's)."""
         if flow.gap > self._busy_gap:
             return False
-        for sender in flow.pipelined:  # gRPC peers with calls under way: few
-            if 0 < lane.senders[sender] < flow.senders[sender].peak:
-                return True  # more of its own calls are on their way
+        if lane.short and not lane.mixed:
+            return True  # more of a client's own calls are on their way
         return lane.events < HOLD_EVENTS and (
             lane.anonymous or len(lane.senders) < len(flow.senders)
         )
@@ -406,20 +420,10 @@ class Coalescer:
             if not lane.waiting:
                 self._lanes.pop(subject, None)
 
-    async def _send(
-        self, batch: list[tuple[Outbound, asyncio.Future[None], _Sender | None]]
-    ) -> None:
-        try:
-            await self._publish_batch([item for item, _, _ in batch], [f for _, f, _ in batch])
-        finally:
-            for _, _, sender in batch:
-                if sender is not None:
-                    sender.open -= 1
-
-    async def _publish_batch(
-        self, items: list[Outbound], futures: list[asyncio.Future[None]]
-    ) -> None:
-        instance_id = items[0].instance_id
+    async def _send(self, batch: list[tuple[Outbound, asyncio.Future[None]]]) -> None:
+        instance_id = batch[0][0].instance_id
+        items = [item for item, _ in batch]
+        futures = [future for _, future in batch]
         merged = merge(instance_id, items, self._max_bytes)
         acks: list[Awaitable[object]] = []
         try:

@@ -338,6 +338,8 @@ class Ingestor:
             ) from exc
         finally:
             expiry.cancel()
+            for wait in waits:  # given up on (timed out, or another pack failed): not awaited
+                wait.cancel()
 
 
 def _expire(waiting: asyncio.Future[Any]) -> None:

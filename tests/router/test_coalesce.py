@@ -382,6 +382,51 @@ async def test_a_request_of_several_packs_counts_as_one_request_under_way() -> N
     assert published[-3:] == [[f"r{i}"] for i in range(3)]
 
 
+async def test_a_request_given_up_on_no_longer_counts_as_under_way() -> None:
+    """A connection whose request timed out (its pack still in flight) sends it again: it
+    still keeps one request under way, and its requests are not held for a second one."""
+    release = asyncio.Event()
+    _, publish = _recording(release)
+    window = 1.0
+    coalescer = scaled(publish, window)
+    loop = asyncio.get_running_loop()
+    connection = ("10.0.0.1", 5000)
+    first = coalescer.submit(outbound(["r0"]), sender=connection)
+    await asyncio.sleep(0)  # in flight, never acknowledged in time
+    first.cancel()  # the router answered 503 (what Ingestor._publish_all does on a timeout)
+    await asyncio.sleep(0)  # the client's retry comes after the answer
+    started = loop.time()
+    retry = coalescer.submit(outbound(["r0"]), sender=connection)
+    release.set()
+    await retry
+    assert loop.time() - started < window / 2
+    for i in range(1, 4):
+        started = loop.time()
+        await coalescer.submit(outbound([f"r{i}"]), sender=connection)
+        assert loop.time() - started < window / 2
+
+
+async def test_a_peers_calls_under_way_do_not_hold_another_senders_full_pack() -> None:
+    """A gRPC peer whose calls are still coming waits for them, but an HTTP connection's batch
+    of 100 events in the same lane is not held for them."""
+    _, publish = _recording()
+    window = 1.0
+    coalescer = scaled(publish, window, max_bytes=1_000_000)
+    loop = asyncio.get_running_loop()
+    peer = "ipv4:10.0.0.1:5000"
+    ids = iter(range(1_000_000))
+
+    def pack(events: int) -> Outbound:
+        return outbound([str(next(ids)) for _ in range(events)])
+
+    await asyncio.gather(*(coalescer.submit(pack(1), sender=peer) for _ in range(4)))
+    held = coalescer.submit(pack(1), sender=peer)  # one of four: the peer's others are due
+    started = loop.time()
+    await coalescer.submit(pack(HOLD_EVENTS), sender=("10.0.0.2", 6000))
+    assert loop.time() - started < window / 2
+    await held
+
+
 async def test_a_peers_full_pack_is_not_held_for_another_sender() -> None:
     """Packs of 100 events from one peer wait for that peer's own calls only: a second
     sender seen lately does not hold them (holding one client's batch for another's would
