@@ -13,11 +13,12 @@ after another is never held, and a few in step leave together at once. A gRPC pe
 channel) keeps several calls under way: its packs are held until as many of them wait as it
 had unacknowledged at once lately, so one client's concurrent calls share a message rather
 than one each (a unary `Ingest` client with 16 calls in flight: 0.06 messages a call instead
-of ≈ 0.45, the NATS server's CPU per event a third). Waiting for *another* sender stops once
-the packs hold 100 events (batches share their message's costs already: holding one client's
-batch for another's would only add to its latency). At lower rates nothing is held, so their
-latency does not grow. A request is answered only once every pack holding its events is
-acknowledged.
+of ≈ 0.45, the NATS server's CPU per event a third), while only such peers' packs wait.
+Waiting for *another* sender stops once the packs hold 100 events (batches share their
+message's costs already: holding one client's batch for another's would only add to its
+latency). A pack counts as under way until it is acknowledged or its request gives up. At
+lower rates nothing is held, so their latency does not grow. A request is answered only once
+every pack holding its events is acknowledged.
 
 Every message costs an fsync, a delivery, an executor pass, a V8 worker frame and the trace
 records of each: at 1,000 single-event requests/s from many connections a 20 ms window makes
