@@ -254,19 +254,17 @@ class _Sender:
 @dataclass(eq=False)
 class _Flow:
     """What is known of one subject's traffic: when its last pack came, the running average
-    gap between its packs, who sent lately (oldest first), and which of them keep several
-    packs under way."""
+    gap between its packs, and who sent lately (oldest first)."""
 
     last: float = 0.0
     gap: float = math.inf
     senders: dict[Hashable, _Sender] = field(default_factory=dict)
-    pipelined: set[Hashable] = field(default_factory=set)
 
 
 @dataclass(eq=False)
 class _Lane:
-    """Packs waiting for one subject (each with its sender), how many per sender, and
-    whether its drain task runs."""
+    """Packs waiting for one subject, how many per sender, whether only pipelined senders'
+    wait and which of them are still short of their calls, and whether its drain task runs."""
 
     waiting: list[tuple[Outbound, asyncio.Future[None]]] = field(default_factory=list)
     first_at: float = 0.0  # when the oldest waiting pack came
@@ -337,7 +335,7 @@ class Coalescer:
         elif known is not None:
             future.add_done_callback(known.closed)
             waiting = lane.senders[sender] = lane.senders[sender] + 1
-            if sender not in flow.pipelined:
+            if known.peak <= 1:  # one request under way (an HTTP connection)
                 lane.mixed = True
             elif waiting < known.peak:
                 lane.short.add(sender)
@@ -371,15 +369,10 @@ class Coalescer:
                 known = _Sender(now)
             senders[sender] = known
             known.opened(now)
-            if known.peak > 1:
-                flow.pipelined.add(sender)
-            else:
-                flow.pipelined.discard(sender)
             for oldest, state in list(itertools.islice(senders.items(), 8)):
                 if now - state.seen < SENDER_MEMORY_SECONDS:
                     break
                 del senders[oldest]
-                flow.pipelined.discard(oldest)
         if len(self._flows) > MAX_SUBJECTS and now >= self._purge_at:
             # Forget subjects quiet for a while (with more than MAX_SUBJECTS busy ones, this
             # would otherwise copy them all on every request).
