@@ -231,6 +231,8 @@ class SecretBox:
     async def open(self, sealed: dict[str, str], *, instance_id: str, name: str) -> object:
         """Decrypt a stored sealed value; raise ValueError when it was tampered with."""
         stored = sealed[SEALED_KEY]
+        if type(stored) is not str:
+            raise ValueError(f"setting {name!r} of {instance_id} cannot be decrypted")
         key_id = key_id_of(sealed)
         if key_id is not None:
             aead = await self._key(key_id)

@@ -13,7 +13,7 @@ import orjson
 from eventfn_api.type.v1 import types_pb2
 from services.common.errors import FieldViolation, InvalidArgument
 from services.filters import CompiledFilter, exceeded
-from services.registry.secrets import MASK
+from services.registry.secrets import MASK, SEALED_KEY, is_sealed
 from services.runtime import settings_schema as schema
 from services.runtime.model import SyntaxProblem
 
@@ -127,11 +127,22 @@ def check_setting_values(
             f"values take {size} bytes; an instance's may take at most "
             f"{MAX_SETTINGS_BYTES} (256 KB)",
         )
-    problems = schema.check_values(settings_schema, checked, kept=kept)
-    if problems:
-        raise InvalidArgument(
-            "invalid settings values", [FieldViolation(p.field, p.message) for p in problems]
+    violations = [
+        FieldViolation(p.field, p.message)
+        for p in schema.check_values(settings_schema, checked, kept=kept)
+    ]
+    # A stored object with this key is read as an encrypted value: none may come from a user.
+    violations += [
+        FieldViolation(
+            f"settings.{name}",
+            f"may not have a {SEALED_KEY!r} key (reserved: the registry stores encrypted "
+            "values in that form)",
         )
+        for name, value in checked.items()
+        if is_sealed(value)
+    ]
+    if violations:
+        raise InvalidArgument("invalid settings values", violations)
     return schema.given_values(settings_schema, checked)
 
 

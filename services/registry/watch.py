@@ -146,7 +146,15 @@ class LiveConfig:
             for instance_id in delta.instance_ids:
                 self.configs.pop(instance_id, None)
             for row in delta.instances:
-                self.configs[row[0].id] = await self._instance_config(*row)
+                try:
+                    self.configs[row[0].id] = await self._instance_config(*row)
+                except ValueError as exc:  # settings that cannot be decrypted: it alone is out
+                    log.error(
+                        "instance %s is left out of the data plane's configuration (no events "
+                        "are routed to it) until its settings can be read or it is deleted: %s",
+                        row[0].id,
+                        exc,
+                    )
             if not full:
                 self._history.append((delta.revision, delta.source_ids, delta.instance_ids))
             self.revision = delta.revision

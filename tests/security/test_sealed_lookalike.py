@@ -1,0 +1,134 @@
+"""A setting value shaped like an encrypted one must not stop anyone's configuration.
+
+The registry stores an encrypted value as `{"$sealed": "..."}` and took any stored object with
+that key for one. A tenant gave a plain text-map setting the value `{"$sealed": "v1:AAAA…"}`:
+accepted, then every WatchConfig failed INTERNAL decrypting it, so no tenant's change (a
+rotated write key, a new source) reached a router, executor or retrier, and a data-plane
+process started meanwhile never got its first snapshot. Now such a value is refused, and an
+instance whose stored settings cannot be decrypted (a database edited by hand, a lost key)
+is left out of the configuration alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import grpc
+import orjson
+from google.protobuf import field_mask_pb2
+
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.type.v1 import types_pb2
+from services.common.config_watch import ConfigWatcher
+from tests.registry.conftest import SERVICE, SETTINGS, Registry, auth, make_source, registry
+from tests.registry.test_flows import expect, new_function, new_instance, settings, violations
+
+__all__ = ["registry"]
+
+LOOKALIKE = {"$sealed": "v1:" + "A" * 32}
+HEADERS = types_pb2.SettingDefinition(
+    label="Headers", name="headers", type=types_pb2.SETTING_TYPE_TEXT_MAP
+)
+
+
+async def _function_and_source(r: Registry, owner: str, ws_id: str) -> tuple[str, str]:
+    parent = f"workspaces/{ws_id}"
+    fn = await r.stub.CreateFunction(
+        new_function(parent, "Lookalike", settings=[*SETTINGS, HEADERS]), metadata=auth(owner)
+    )
+    src = await make_source(r, owner, "web")
+    return fn.function.name, src.name
+
+
+async def test_a_value_shaped_like_an_encrypted_one_is_refused(registry: Registry) -> None:
+    r = registry
+    ws_id, owner = await r.workspace("Mallory")
+    fn, src = await _function_and_source(r, owner, ws_id)
+    parent = f"workspaces/{ws_id}"
+    values = {"endpoint": "https://x", "apiKey": "k"}
+
+    refused = await expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        r.stub.CreateInstance(
+            new_instance(parent, fn, src, settings=settings(**values, headers=LOOKALIKE)),
+            metadata=auth(owner),
+        ),
+    )
+    assert [field for field, _ in violations(refused)] == ["settings.headers"]
+    assert "$sealed" in violations(refused)[0][1]
+    listed = await r.stub.ListInstances(
+        pb.ListInstancesRequest(parent=parent), metadata=auth(owner)
+    )
+    assert not listed.instances  # nothing stored
+
+    made = await r.stub.CreateInstance(
+        new_instance(parent, fn, src, settings=settings(**values, headers={"X-Team": "a"})),
+        metadata=auth(owner),
+    )
+    for headers in (LOOKALIKE, {"X-Team": "a", "$sealed": "v2:k:AAAA"}):
+        refused = await expect(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            r.stub.UpdateInstance(
+                pb.UpdateInstanceRequest(
+                    instance=res.Instance(
+                        name=made.instance.name,
+                        settings=settings(endpoint="https://x", headers=headers),
+                    ),
+                    update_mask=field_mask_pb2.FieldMask(paths=["settings"]),
+                ),
+                metadata=auth(owner),
+            ),
+        )
+        assert [field for field, _ in violations(refused)] == ["settings.headers"]
+    got = await r.stub.GetInstance(
+        pb.GetInstanceRequest(name=made.instance.name), metadata=auth(owner)
+    )
+    assert dict(got.instance.settings["headers"]) == {"X-Team": "a"}
+
+
+async def test_an_instance_whose_settings_cannot_be_decrypted_stops_no_one_else(
+    registry: Registry,
+) -> None:
+    r = registry
+    ws_id, owner = await r.workspace("Broken")
+    fn, src = await _function_and_source(r, owner, ws_id)
+    made = await r.stub.CreateInstance(
+        new_instance(
+            f"workspaces/{ws_id}", fn, src, settings=settings(endpoint="https://x", apiKey="k")
+        ),
+        metadata=auth(owner),
+    )
+    broken_id = made.instance.name.rsplit("/", 1)[-1]
+    conn = await asyncpg.connect(r.database_url)
+    try:  # what no API call can store any more: an encrypted value that does not decrypt
+        await conn.execute(
+            "UPDATE instance SET settings = jsonb_set(settings, '{apiKey}', $1::jsonb) "
+            "WHERE id = $2",
+            orjson.dumps(LOOKALIKE).decode(),
+            broken_id,
+        )
+    finally:
+        await conn.close()
+    other_id, other = await r.workspace("Neighbour")
+    fn2, src2 = await _function_and_source(r, other, other_id)
+    kept = await r.stub.CreateInstance(
+        new_instance(
+            f"workspaces/{other_id}", fn2, src2, settings=settings(endpoint="https://y", apiKey="k")
+        ),
+        metadata=auth(other),
+    )
+    kept_id = kept.instance.name.rsplit("/", 1)[-1]
+
+    watcher = ConfigWatcher(f"127.0.0.1:{r.port}", SERVICE, "lookalike")
+    watcher.start()
+    try:
+        view = await asyncio.wait_for(watcher.wait_until(lambda v: kept_id in v.instances), 30)
+        assert broken_id not in view.instances
+        added = await make_source(r, other, "later")  # a change after it still arrives
+        await asyncio.wait_for(
+            watcher.wait_until(lambda v: added.write_key in v.sources_by_write_key), 30
+        )
+    finally:
+        await watcher.close()
