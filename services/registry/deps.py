@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,19 @@ class RegistryDeps:
     pages: Pages
     idempotency: Idempotency
     changes: ChangeBudget
+
+    async def change_config(
+        self, session: AsyncSession, caller: Caller, **touched: Iterable[str]
+    ) -> None:
+        """Count a data-plane change against the caller's workspace budget, then advance the
+        configuration revision naming what it `touched` (see `RegistryStore.bump_config`).
+
+        Called once the change is authorized, checked and about to be written, in its
+        transaction: a refused call (not allowed, invalid, over the budget) spends nothing
+        and changes nothing.
+        """
+        self.changes.take(caller.workspace_id)
+        await self.store.bump_config(session, **touched)
 
 
 async def audit(

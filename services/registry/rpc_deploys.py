@@ -51,7 +51,6 @@ class DeployRpcs:
     ) -> pb.SaveFunctionResponse:
         """Save a new version; with deploy_instances also deploy it (all or nothing)."""
         caller = await self.authn.caller(context)
-        self.deps.changes.take(caller.workspace_id)
         names.parse("name", request.name, names.FUNCTION, caller.workspace_id)
         schema = check_setting_definitions(request.settings)
         await asyncio.to_thread(check_code, request.code, self.deps.check_syntax)
@@ -140,7 +139,7 @@ class DeployRpcs:
                 },
             )
             if deployed:
-                await self.store.bump_config(s, instances=[i.id for i in deployed])
+                await self.deps.change_config(s, caller, instances=[i.id for i in deployed])
             response = pb.SaveFunctionResponse(
                 function=convert.function(fn),
                 version=convert.version(ver, fn.workspace_id),
@@ -154,7 +153,6 @@ class DeployRpcs:
     ) -> pb.DeployInstanceResponse:
         """Move an instance to a version of its function, changing setting values with it."""
         caller = await self.authn.caller(context)
-        self.deps.changes.take(caller.workspace_id)
         instance_id = names.parse("name", request.name, names.INSTANCE, caller.workspace_id)
         function_id, version_id = names.parse_version(
             "version", request.version, caller.workspace_id
@@ -180,5 +178,5 @@ class DeployRpcs:
                 ins.id,
                 deploy_details(ins.workspace_id, ins.function_id, before, ver, changes),
             )
-            await self.store.bump_config(s, instances=[ins.id])
+            await self.deps.change_config(s, caller, instances=[ins.id])
         return pb.DeployInstanceResponse(instance=convert.instance(ins))

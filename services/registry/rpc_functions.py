@@ -175,7 +175,6 @@ class FunctionRpcs:
     ) -> pb.UpdateFunctionResponse:
         """Change a function's display name or description."""
         caller = await self.authn.caller(context)
-        self.deps.changes.take(caller.workspace_id)
         paths = check_update_mask(request.update_mask, frozenset({"display_name", "description"}))
         new = request.function
         display_name = (
@@ -204,7 +203,7 @@ class FunctionRpcs:
                     {"fields": sorted(paths)},
                 )
                 # The integrations-object key holds the display name: the data plane follows.
-                await self.store.bump_config(s, functions=[fn.id])
+                await self.deps.change_config(s, caller, functions=[fn.id])
         except IntegrityError as error:
             if unique_violation(error):
                 raise taken(display_name) from error

@@ -100,7 +100,6 @@ class InstanceRpcs:
     ) -> pb.CreateInstanceResponse:
         """Connect a function to a source."""
         caller = await self.authn.caller(context)
-        self.deps.changes.take(caller.workspace_id)
         names.parent("parent", request.parent, caller.workspace_id)
         new = request.instance
         function_id = names.parse(
@@ -196,7 +195,7 @@ class InstanceRpcs:
                     ins.id,
                     {"function": new.function, "source": new.source},
                 )
-                await self.store.bump_config(s, instances=[ins.id])
+                await self.deps.change_config(s, caller, instances=[ins.id])
                 response = pb.CreateInstanceResponse(instance=convert.instance(ins))
                 await self.deps.idempotency.save(s, key, response)
         except IntegrityError as error:
@@ -283,7 +282,6 @@ class InstanceRpcs:
     ) -> pb.UpdateInstanceResponse:
         """Change fields of an instance named by the update mask."""
         caller = await self.authn.caller(context)
-        self.deps.changes.take(caller.workspace_id)
         paths = check_update_mask(request.update_mask, UPDATABLE)
         new = request.instance
         instance_id = names.parse("instance.name", new.name, names.INSTANCE, caller.workspace_id)
@@ -337,7 +335,7 @@ class InstanceRpcs:
                     ins.id,
                     {"fields": sorted(paths)},
                 )
-                await self.store.bump_config(s, instances=[ins.id])
+                await self.deps.change_config(s, caller, instances=[ins.id])
         except IntegrityError as error:
             if unique_violation(error) and "display_name" in paths:
                 raise await self._name_taken(caller, new.display_name, given_name=True) from error
@@ -349,7 +347,6 @@ class InstanceRpcs:
     ) -> pb.DeleteInstanceResponse:
         """Delete an instance."""
         caller = await self.authn.caller(context)
-        self.deps.changes.take(caller.workspace_id)
         instance_id = names.parse("name", request.name, names.INSTANCE, caller.workspace_id)
         async with self.store.transaction() as s:
             ins = await self.instances.locked_instance(
@@ -365,5 +362,5 @@ class InstanceRpcs:
                 ins.id,
                 {"name": ins.name},
             )
-            await self.store.bump_config(s, instances=[ins.id])
+            await self.deps.change_config(s, caller, instances=[ins.id])
         return pb.DeleteInstanceResponse()

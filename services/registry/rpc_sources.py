@@ -46,7 +46,6 @@ class SourceRpcs:
     ) -> pb.CreateSourceResponse:
         """Create a source with a new write key."""
         caller = await self.authn.caller(context)
-        self.deps.changes.take(caller.workspace_id)
         names.parent("parent", request.parent, caller.workspace_id)
         require(
             caller.can_admin_source(None),
@@ -79,7 +78,7 @@ class SourceRpcs:
             s.add(src)
             await s.flush()
             await audit(self.store, s, caller, "source.create", "source", src.id, {"name": name})
-            await self.store.bump_config(s, sources=[src.id])
+            await self.deps.change_config(s, caller, sources=[src.id])
             response = pb.CreateSourceResponse(source=convert.source(src))
             await self.deps.idempotency.save(s, key, response)
         return response
@@ -158,7 +157,6 @@ class SourceRpcs:
     ) -> pb.RotateWriteKeyResponse:
         """Replace a source's write key."""
         caller = await self.authn.caller(context)
-        self.deps.changes.take(caller.workspace_id)
         names.parse("name", request.name, names.SOURCE, caller.workspace_id)
         key = request_key(caller.workspace_id, caller.member_id, "RotateWriteKey", request)
         return await self.deps.idempotency.once(
@@ -178,7 +176,7 @@ class SourceRpcs:
             src.revision += 1
             s.add(src)
             await audit(self.store, s, caller, "source.rotate_write_key", "source", src.id)
-            await self.store.bump_config(s, sources=[src.id])
+            await self.deps.change_config(s, caller, sources=[src.id])
             response = pb.RotateWriteKeyResponse(source=convert.source(src))
             await self.deps.idempotency.save(s, key, response)
         return response
@@ -188,7 +186,6 @@ class SourceRpcs:
     ) -> pb.DeleteSourceResponse:
         """Delete a source without instances."""
         caller = await self.authn.caller(context)
-        self.deps.changes.take(caller.workspace_id)
         async with self.store.transaction() as s:
             src = await self._source(s, caller, "name", request.name, lock=True)
             require(caller.can_admin_source(src.id), "delete this source (Source Admin)")
@@ -199,5 +196,5 @@ class SourceRpcs:
             await audit(
                 self.store, s, caller, "source.delete", "source", src.id, {"name": src.name}
             )
-            await self.store.bump_config(s, sources=[src.id])
+            await self.deps.change_config(s, caller, sources=[src.id])
         return pb.DeleteSourceResponse()

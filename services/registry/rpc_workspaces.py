@@ -33,7 +33,6 @@ class WorkspaceRpcs:
     ) -> pb.CreateWorkspaceResponse:
         """Create a workspace owned by the (bootstrap) caller."""
         caller = await self.authn.caller(context)
-        self.deps.changes.take(caller.workspace_id)
         require(caller.bootstrap, "create workspaces (only the bootstrap administrator may)")
         name = check_name("workspace.display_name", request.workspace.display_name)
         email = (
@@ -89,7 +88,7 @@ class WorkspaceRpcs:
                 resource_id=ws.id,
                 details={"name": name},
             )
-            await self.store.bump_config(s, workspaces=[ws.id])
+            await self.deps.change_config(s, caller, workspaces=[ws.id])
             response = pb.CreateWorkspaceResponse(
                 workspace=convert.workspace(ws), owner=convert.member(owner), token=secret
             )

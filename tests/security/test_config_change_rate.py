@@ -110,3 +110,32 @@ async def test_a_workspace_changing_config_in_a_loop_is_refused_and_nothing_chan
     await asyncio.sleep(1 / PER_SECOND)
     made = await budgeted.stub.CreateSource(create, metadata=auth(owner))
     assert made.source.display_name == "again"
+
+
+async def test_refused_calls_spend_nothing_of_the_workspace_budget(budgeted: Registry) -> None:
+    """A read-only member looping on changes it may not make, or the owner's invalid calls,
+    used to spend the budget before they were refused: the owner's next change (even an
+    emergency rotation of a leaked write key) then got RESOURCE_EXHAUSTED."""
+    ws_id, owner = await budgeted.workspace("Kept")
+    ins = await instance_of(budgeted, owner, ws_id)  # two of the burst
+    reader = await budgeted.member(
+        owner, "ro@kept.io", res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY)
+    )
+    for i in range(BURST * 3):
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await rename(budgeted, reader, ins, f"r{i}")
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.aio.AioRpcError) as invalid:
+            await budgeted.stub.UpdateInstance(
+                pb.UpdateInstanceRequest(
+                    instance=res.Instance(name=ins.name, batch_size=10**6),
+                    update_mask=field_mask_pb2.FieldMask(paths=["batch_size"]),
+                ),
+                metadata=auth(owner),
+            )
+        assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    ins = await rename(budgeted, owner, ins, "still mine")
+    rotated = await budgeted.stub.RotateWriteKey(
+        pb.RotateWriteKeyRequest(name=ins.source), metadata=auth(owner)
+    )
+    assert rotated.source.write_key
