@@ -281,13 +281,12 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
         digest = request_digest(request)
         if request.request_id:
             check_request_id(request.request_id)
+        # Before any lookup of the request_id: a stranger learns nothing of its use.
+        instance, me = await self._writable(context, request.parent, "replay")
+        if request.request_id:
             earlier = await self._operations.earlier(parent[0], request.request_id, digest)
             if earlier is not None:
-                # Only to a caller who may replay: a request_id another member learned
-                # answers them nothing of the operation.
-                await self._writable(context, request.parent, "replay")
                 return operation_message(earlier)
-        instance, me = await self._writable(context, request.parent, "replay")
         version_id = ""
         if request.version and request.version != instance.version:
             version = await self._gate.version(context, request.version)

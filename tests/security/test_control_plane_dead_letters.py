@@ -207,6 +207,29 @@ async def test_a_reader_replaying_the_owners_request_id_gets_no_operation(
     assert first.name not in (error.details() or "")
 
 
+async def test_a_stranger_learns_nothing_of_a_request_ids_use(world: World) -> None:
+    """Sent with another workspace's instance and a request_id it used, a different replay
+    was told "already used for a different ReplayDeadLetters request", even with no valid
+    token: the request_id was looked up before the caller was checked. A used request_id
+    now answers a stranger exactly as an unused one."""
+    victim, attacker, stub, _ = world
+    used = str(uuid.uuid4())
+    await stub.ReplayDeadLetters(
+        retrier_pb2.ReplayDeadLettersRequest(parent=victim.instance, request_id=used),
+        metadata=auth(victim.owner),
+    )
+    for token in (attacker.owner, "efn_" + "x" * 43):
+        answers = []
+        for request_id in (used, str(uuid.uuid4())):
+            other = retrier_pb2.ReplayDeadLettersRequest(
+                parent=victim.instance, request_id=request_id, names=[victim.letter_name("1.0")]
+            )
+            error = await failure(stub.ReplayDeadLetters(other, metadata=auth(token)))
+            answers.append((error.code(), error.details()))
+        assert answers[0] == answers[1]
+        assert answers[0][0] in (NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED)
+
+
 async def test_a_reader_cannot_delete_the_record_of_a_replay(
     registry: Registry, world: World
 ) -> None:
