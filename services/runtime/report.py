@@ -48,7 +48,7 @@ LOG_LEVELS = frozenset({"log", "info", "warn", "error", "debug", "trace"})
 REDIRECT_MODES = frozenset({"follow", "manual", "error"})
 FINISHED, UNFINISHED = 0, 2
 KNOWN_CLASSES = RETRY_ERRORS | DISCARD_ERRORS
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_HEADER_VALUE = re.compile(r"[\r\n\0]")
 ABSENT: Any = object()
 
@@ -219,6 +219,23 @@ def _logs(raw: object, cap: int) -> tuple[list[tuple[str, str]], bool]:
     return out, cut
 
 
+# A \\uXXXX escape of a surrogate not itself escaped (after an even run of backslashes).
+_SURROGATE_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _with_lone_surrogates_replaced(text: str, error: orjson.JSONDecodeError) -> Any:
+    """Parse a report whose strings hold lone surrogates (half of a pair: a string cut inside
+    an emoji, say), which V8's JSON.stringify escapes and orjson refuses: each becomes U+FFFD,
+    as an encoder to UTF-8 writes it (a valid pair is never escaped)."""
+    mended = _SURROGATE_ESCAPE.sub(lambda m: m.group(1) + "\\ufffd", text)
+    if mended == text:
+        raise ReportRejected("report is not JSON") from error
+    try:
+        return orjson.loads(mended)
+    except orjson.JSONDecodeError as exc:
+        raise ReportRejected("report is not JSON") from exc
+
+
 def parse_report(
     text: str,
     *,
@@ -234,7 +251,7 @@ def parse_report(
     try:
         raw = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise ReportRejected("report is not JSON") from exc
+        raw = _with_lone_surrogates_replaced(text, exc)
     _need(isinstance(raw, dict), "report is not an object")
     done, fetches, timer = raw.get("done"), raw.get("fetches", []), raw.get("timer", -1)
     _need(isinstance(done, bool), "done is not a boolean")
