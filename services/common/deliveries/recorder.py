@@ -59,6 +59,37 @@ def minute_of(moment: datetime) -> datetime:
     return moment.replace(second=0, microsecond=0)
 
 
+def _storable(value: Any) -> Any:
+    """Return a value with its strings as PostgreSQL stores them: NUL, which no text or jsonb
+    value may hold (a function's log or error may, as any event's field), as U+FFFD."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    return value
+
+
+def _storable_record(s: FailureSample) -> tuple[Any, ...]:
+    """Return a failure sample as a row of delivery_failure."""
+    return (
+        s.instance_id,
+        s.time,
+        _storable(s.message_id),
+        s.version_id,
+        s.outcome,
+        _storable(s.error_type),
+        _storable(s.error_message),
+        _storable(s.error_stack),
+        _storable(s.event),
+        _storable(s.logs),
+        orjson.dumps(_storable(s.requests)).decode(),
+        s.trace_id,
+        s.invocation_events,
+    )
+
+
 class DeliveryRecorder:
     """Aggregate outcomes in memory; flush them with one multi-row statement per period."""
 
@@ -170,34 +201,28 @@ class DeliveryRecorder:
                             "trace_id",
                             "invocation_events",
                         ],
-                        records=[
-                            (
-                                s.instance_id,
-                                s.time,
-                                s.message_id,
-                                s.version_id,
-                                s.outcome,
-                                s.error_type,
-                                s.error_message,
-                                s.error_stack,
-                                s.event,
-                                s.logs,
-                                orjson.dumps(s.requests).decode(),
-                                s.trace_id,
-                                s.invocation_events,
-                            )
-                            for s in samples
-                        ],
+                        records=[_storable_record(s) for s in samples],
                     )
+        except (asyncpg.DataError, ValueError, OverflowError) as error:
+            # A value PostgreSQL (or its encoder here) refuses would be refused at every flush,
+            # holding every instance's records back: the samples go, the counts are kept.
+            log.error(
+                "%d delivery failure samples not written and dropped (%s)", len(samples), error
+            )
+            self._merge_back(counts)
         except (OSError, asyncpg.PostgresError) as error:
             # Records are statistics: on a database outage, merge them back and retry later.
             log.warning("delivery records not written (%s); keeping them for the next flush", error)
-            for key, c in counts.items():
-                mine = self._counts.setdefault(key, MinuteCounts(c.workspace_id, c.function_id))
-                for n in COUNTERS:
-                    setattr(mine, n, getattr(mine, n) + getattr(c, n))
-                mine.execution_ms += c.execution_ms
+            self._merge_back(counts)
             self._samples[:0] = samples
+
+    def _merge_back(self, counts: dict[tuple[str, datetime], MinuteCounts]) -> None:
+        """Add counts that were not written to those gathered since, for the next flush."""
+        for key, c in counts.items():
+            mine = self._counts.setdefault(key, MinuteCounts(c.workspace_id, c.function_id))
+            for n in COUNTERS:
+                setattr(mine, n, getattr(mine, n) + getattr(c, n))
+            mine.execution_ms += c.execution_ms
 
     async def purge(self, retention: timedelta) -> None:
         """Delete records older than the retention period."""
