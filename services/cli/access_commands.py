@@ -261,6 +261,10 @@ def source_create(source_name: Annotated[str, typer.Argument(metavar="NAME")]) -
     )
 
 
+# Shown for a source whose write key the member may not see.
+HIDDEN_KEY = "(Source Admin only)"
+
+
 @sources.command("list")
 def source_list(json_: Json = False) -> None:
     """List sources."""
@@ -276,7 +280,10 @@ def source_list(json_: Json = False) -> None:
     table(
         "sources",
         ["id", "name", "write key", "created"],
-        [[short(s.name), s.display_name, s.write_key, when(s.create_time)] for s in rows],
+        [
+            [short(s.name), s.display_name, s.write_key or HIDDEN_KEY, when(s.create_time)]
+            for s in rows
+        ],
     )
 
 

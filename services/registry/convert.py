@@ -127,12 +127,13 @@ def token(t: m.Token, workspace_id: str) -> res.Token:
     )
 
 
-def source(s: m.Source) -> res.Source:
-    """Convert a source row."""
+def source(s: m.Source, *, with_write_key: bool) -> res.Source:
+    """Convert a source row; its write key only `with_write_key` (for a caller who may
+    administer the source: the key sends events to every instance on it)."""
     return res.Source(
         name=names.SOURCE.name(s.workspace_id, s.id),
         display_name=s.name,
-        write_key=s.write_key,
+        write_key=s.write_key if with_write_key else "",
         create_time=ts(s.created_at),
         etag=etag("source", s.id, s.revision),
     )

@@ -79,7 +79,7 @@ class SourceRpcs:
             await s.flush()
             await audit(self.store, s, caller, "source.create", "source", src.id, {"name": name})
             await self.deps.change_config(s, caller, sources=[src.id])
-            response = pb.CreateSourceResponse(source=convert.source(src))
+            response = pb.CreateSourceResponse(source=convert.source(src, with_write_key=True))
             await self.deps.idempotency.save(s, key, response)
         return response
 
@@ -96,7 +96,9 @@ class SourceRpcs:
         caller = await self.authn.caller(context)
         async with self.store.transaction() as s:
             src = await self._source(s, caller, "name", request.name)
-        return pb.GetSourceResponse(source=convert.source(src))
+        return pb.GetSourceResponse(
+            source=convert.source(src, with_write_key=caller.can_admin_source(src.id))
+        )
 
     async def ListSources(
         self, request: pb.ListSourcesRequest, context: Ctx
@@ -116,7 +118,8 @@ class SourceRpcs:
                 size,
             )
         return pb.ListSourcesResponse(
-            sources=[convert.source(r) for r in rows], next_page_token=token
+            sources=[convert.source(r, with_write_key=caller.can_admin_source(r.id)) for r in rows],
+            next_page_token=token,
         )
 
     async def UpdateSource(
@@ -150,7 +153,7 @@ class SourceRpcs:
             if unique_violation(error):
                 raise taken(display_name) from error
             raise
-        return pb.UpdateSourceResponse(source=convert.source(src))
+        return pb.UpdateSourceResponse(source=convert.source(src, with_write_key=True))
 
     async def RotateWriteKey(
         self, request: pb.RotateWriteKeyRequest, context: Ctx
@@ -177,7 +180,7 @@ class SourceRpcs:
             s.add(src)
             await audit(self.store, s, caller, "source.rotate_write_key", "source", src.id)
             await self.deps.change_config(s, caller, sources=[src.id])
-            response = pb.RotateWriteKeyResponse(source=convert.source(src))
+            response = pb.RotateWriteKeyResponse(source=convert.source(src, with_write_key=True))
             await self.deps.idempotency.save(s, key, response)
         return response
 

@@ -402,7 +402,9 @@ class Source(_message.Message):
     display_name: _builtins.str
     """The name people see, 1..100 characters, unique within the workspace."""
     write_key: _builtins.str
-    """The current write key. Rotating it (RotateWriteKey) makes the previous key invalid at
+    """The current write key, given only to a caller who may administer the source (Workspace
+    Owner, Source Admin of it): empty for other members, since it sends events to every
+    instance on the source. Rotating it (RotateWriteKey) makes the previous key invalid at
     once.
     """
     etag: _builtins.str
