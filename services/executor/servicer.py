@@ -126,13 +126,13 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
         self._js = js
         self._pool = pool
 
-    async def _may_run_code(self, context: Ctx, function: str) -> None:
+    async def _may_run_code(self, context: Ctx, function: str) -> str:
         """Raise unless the caller administers the function the code is a draft of.
 
         A preview runs on the production worker pool and sends the function's requests with
         settings of the caller's choosing, so it needs what saving the code would need:
         Functions Admin covering the function (of all functions when none is named, as for
-        CreateFunction); Workspace Owners qualify.
+        CreateFunction); Workspace Owners qualify. Returns the caller's workspace name.
         """
         me = await self._gate.whoami(context)  # a member: the service token is refused here
         if function:
@@ -145,6 +145,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
                 else "Functions Admin of all functions (or name the function in `function`)"
             )
             raise PermissionDenied(f"previewing code needs {what}, or Workspace Owner")
+        return me.workspace.name
 
     async def Preview(self, request: pb.PreviewRequest, context: Ctx) -> pb.PreviewResponse:
         """Run code on test events in a fresh isolate and report everything it did."""
@@ -153,12 +154,12 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
             code = request.code
             if not code:
                 raise InvalidArgument.field("code", "is empty: give the JavaScript to run")
-            await self._may_run_code(context, request.function)
+            workspace = await self._may_run_code(context, request.function)
         elif program == "version":
             # NOT_FOUND for another workspace's version, exactly as for a missing one.
             version = await self._gate.version(context, request.version)
             function = request.version.rsplit("/versions/", 1)[0]
-            await self._may_run_code(context, function)
+            workspace = await self._may_run_code(context, function)
             code = version.code
         else:
             raise InvalidArgument.field("program", "required: give code, or a version to run")
@@ -185,6 +186,8 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
                 settings,
                 secrets=[str(v) for k, v in settings.items() if k in secret_names and v],
                 schema=schema or None,
+                # One workspace's looping previews are quarantined without any other's.
+                owner=f"preview-{names.last(workspace)}",
             )
         except InvalidInvocation as error:
             raise InvalidArgument.field("event_json", str(error)) from error

@@ -28,8 +28,9 @@ class OutcomeKind(StrEnum):
 
 def owner_of(function_key: str) -> str:
     """Return whose a context key is: its instance ("<instance>:<version>:<revision>"), or
-    "preview" for every preview. A quarantine covers the owner, so that no new key (an edit
-    of the instance, another preview) lifts it, and fetches share connections by owner."""
+    for a preview whoever `run_preview` was told ("preview-<workspace>" in the executor). A
+    quarantine covers the owner, so that no new key (an edit of the instance, another
+    preview) lifts it, and fetches share connections by owner."""
     return function_key.partition(":")[0]
 
 

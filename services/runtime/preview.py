@@ -64,8 +64,13 @@ async def run_preview(
     secrets: Sequence[str] = (),
     schema: Sequence[Mapping[str, object]] | None = None,
     timeout_s: float = 5.0,
+    owner: str = "preview",
 ) -> PreviewResult:
-    """Run `code` on `payload` (an event object, or an array for onBatch) in a fresh context."""
+    """Run `code` on `payload` (an event object, or an array for onBatch) in a fresh context.
+
+    `owner` is whose preview it is (`model.owner_of`): the executor gives each workspace its
+    own, so that a workspace whose previews are quarantined takes no other one's with it.
+    """
     try:
         parsed = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
@@ -85,7 +90,7 @@ async def run_preview(
                 result=None,
                 error=PreviewError("InvalidSettings", outcome.message or "", None),
             )
-    key = f"preview:{uuid.uuid4().hex}"
+    key = f"{owner}:{uuid.uuid4().hex}"
     invocation = Invocation(
         function_key=key,
         code=code,

@@ -136,3 +136,28 @@ async def test_a_new_context_key_does_not_lift_a_quarantine(
     for attempt in (2, 3, 4):
         assert await offend(attempt) == "Timeout"
     assert one_worker._workers[0] is normal and not normal.dead, "killed again by a new key"
+
+
+async def test_one_workspaces_looping_previews_quarantine_no_other_workspaces(
+    one_worker: RuntimePool, recorder: Recorder
+) -> None:
+    """Every preview had one owner, "preview": a workspace previewing a loop put every
+    workspace's previews in quarantine, where its next loops killed them (WorkerLost) or held
+    them for seconds. Each workspace's previews are now its own."""
+
+    async def preview(code: str, workspace: str, timeout_s: float) -> str | None:
+        result = await run_preview(
+            one_worker, code, b'{"type": "track"}', {}, timeout_s=timeout_s, owner=workspace
+        )
+        return result.error.type if result.error else None
+
+    assert await preview(LOOP, "preview-ws_attacker", 0.5) == "Timeout"  # now quarantined
+    attack = asyncio.gather(*(preview(LOOP, "preview-ws_attacker", 0.5) for _ in range(6)))
+    # A request sent, then a wait: killed in between, it could not be run again.
+    sends = f"""async function onTrack() {{
+      await fetch('{recorder.url}/ok?who=victim')
+      await new Promise((ok) => setTimeout(ok, 1000))
+    }}"""
+    victim = await preview(sends, "preview-ws_victim", 5.0)
+    assert await attack == ["Timeout"] * 6
+    assert victim is None
