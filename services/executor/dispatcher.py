@@ -249,6 +249,7 @@ class Dispatcher:
                             secrets=secrets,
                             count=len(refs),
                             trace_headers=outgoing_trace(span) if config.propagate_trace else (),
+                            tenant=config.workspace_id,
                         )
                     )
                 except Exception:

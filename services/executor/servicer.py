@@ -187,7 +187,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
                 secrets=[str(v) for k, v in settings.items() if k in secret_names and v],
                 schema=schema or None,
                 # One workspace's looping previews are quarantined without any other's.
-                owner=f"preview-{names.last(workspace)}",
+                workspace=names.last(workspace),
             )
         except InvalidInvocation as error:
             raise InvalidArgument.field("event_json", str(error)) from error

@@ -28,7 +28,7 @@ class OutcomeKind(StrEnum):
 
 def owner_of(function_key: str) -> str:
     """Return whose a context key is: its instance ("<instance>:<version>:<revision>"), or
-    for a preview whoever `run_preview` was told ("preview-<workspace>" in the executor). A
+    "preview-<workspace>" for a workspace's previews ("preview" for the CLI's own). A
     quarantine covers the owner, so that no new key (an edit of the instance, another
     preview) lifts it, and fetches share connections by owner."""
     return function_key.partition(":")[0]
@@ -56,6 +56,9 @@ class Invocation:
     # Headers added to every request the function makes unless it set them itself: the W3C
     # trace context of the invocation ("traceparent", "tracestate"), when its instance asks.
     trace_headers: tuple[tuple[str, str], ...] = ()
+    # Whose instances share a larger share of a worker's fetch connections (the workspace;
+    # "" for none): one tenant's many instances cannot take every connection of a worker.
+    tenant: str = ""
 
 
 @dataclass(frozen=True)

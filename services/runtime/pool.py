@@ -570,6 +570,7 @@ class RuntimePool:
             "memory_limit": self._config.memory_limit_mb * 1024 * 1024,
             "careful": careful,
             "trace_headers": [list(h) for h in invocation.trace_headers],
+            "tenant": invocation.tenant,
         }
         reply = await self._submit(
             invocation.function_key, dict(header), invocation.events, invocation.timeout_s

@@ -64,12 +64,13 @@ async def run_preview(
     secrets: Sequence[str] = (),
     schema: Sequence[Mapping[str, object]] | None = None,
     timeout_s: float = 5.0,
-    owner: str = "preview",
+    workspace: str = "",
 ) -> PreviewResult:
     """Run `code` on `payload` (an event object, or an array for onBatch) in a fresh context.
 
-    `owner` is whose preview it is (`model.owner_of`): the executor gives each workspace its
-    own, so that a workspace whose previews are quarantined takes no other one's with it.
+    `workspace` is whose preview it is (the executor's callers'): its owner (`owner_of`) is
+    the workspace's, so that one whose previews are quarantined takes no other's with it,
+    and its fetches share the workspace's share of the connections.
     """
     try:
         parsed = orjson.loads(payload)
@@ -90,7 +91,7 @@ async def run_preview(
                 result=None,
                 error=PreviewError("InvalidSettings", outcome.message or "", None),
             )
-    key = f"{owner}:{uuid.uuid4().hex}"
+    key = f"preview-{workspace}:{uuid.uuid4().hex}" if workspace else f"preview:{uuid.uuid4().hex}"
     invocation = Invocation(
         function_key=key,
         code=code,
@@ -101,6 +102,7 @@ async def run_preview(
         secrets=tuple(secrets),
         trace_bodies=True,
         log_cap_bytes=PREVIEW_LOG_CAP,
+        tenant=workspace,
     )
     try:
         ran = await pool.run(invocation, fresh=True)

@@ -98,6 +98,7 @@ class RunFrame(TypedDict):
     memory_limit: int  # bytes of responses the invocation may hold
     careful: bool  # start each handler in its own crossing, recording which one runs
     trace_headers: list[list[str]]  # [name, value] added to each request lacking a traceparent
+    tenant: str  # whose instances share a share of the fetch connections ("" for none)
 
 
 class ReadyReply(TypedDict):

@@ -211,6 +211,7 @@ class Worker:
                         keep,
                         ResponseBudget(frame["memory_limit"]),
                         owner=owner_of(key),
+                        tenant=frame["tenant"],
                         trace_headers=[(k, v) for k, v in frame["trace_headers"]],
                     )
                     refused = [r for r in report.fetches if r.problem is not None]

@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 import uvicorn
 
-from services.runtime import OutcomeKind, RuntimePool
+from services.runtime import Invocation, OutcomeKind, RuntimePool
 from tests.runtime.conftest import invoke, value_of
 from tests.security.conftest import Recorder, config, one_worker, recorder
 
@@ -143,6 +143,57 @@ async def test_one_instance_cannot_take_every_connection_of_its_worker(
     result = await invoke(eight_connections, neighbour, key="neighbour:1", timeout_s=3)
     took = time.monotonic() - started
     await hogging
+    outcome = result.outcomes[0]
+    assert outcome.kind == OutcomeKind.DELIVERED, f"the neighbour starved: {outcome.message}"
+    assert took < 2, f"the neighbour waited {took:.1f} s for a connection"
+
+
+async def test_one_tenants_instances_together_cannot_take_every_connection_of_a_worker(
+    eight_connections: RuntimePool, recorder: Recorder
+) -> None:
+    """Each instance held a quarter of the connections: a tenant's four instances, each
+    holding fetches to a server that never answers in time, took them all."""
+    run = uuid.uuid4().hex
+    hog = f"""async function onTrack() {{
+      const held = [];
+      for (let i = 0; i < 40; i++) {{
+        held.push(fetch('{recorder.url}/hold?s=4&run={run}&i=' + i).catch(() => 0));
+      }}
+      await Promise.all(held);
+    }}"""
+
+    def hogging(instance: int) -> Invocation:
+        return Invocation(
+            function_key=f"ins_hog{instance}:ver_1:1",
+            code=hog,
+            events=b'[{"type": "track"}]',
+            settings={},
+            batch=False,
+            timeout_s=6,
+            tenant="ws_attacker",
+        )
+
+    hogs = [asyncio.create_task(eight_connections.run(hogging(i))) for i in range(4)]
+    while sum(run in path for path in recorder.paths()) < 4:  # the tenant's half, held
+        recorder.arrived.clear()
+        await recorder.arrived.wait()
+    neighbour = f"""async function onTrack() {{
+      return (await fetch('{recorder.url}/ok?who=neighbour')).status
+    }}"""
+    started = time.monotonic()
+    result = await eight_connections.run(
+        Invocation(
+            function_key="ins_neighbour:ver_1:1",
+            code=neighbour,
+            events=b'[{"type": "track"}]',
+            settings={},
+            batch=False,
+            timeout_s=3,
+            tenant="ws_victim",
+        )
+    )
+    took = time.monotonic() - started
+    await asyncio.gather(*hogs)
     outcome = result.outcomes[0]
     assert outcome.kind == OutcomeKind.DELIVERED, f"the neighbour starved: {outcome.message}"
     assert took < 2, f"the neighbour waited {took:.1f} s for a connection"

@@ -147,17 +147,17 @@ async def test_one_workspaces_looping_previews_quarantine_no_other_workspaces(
 
     async def preview(code: str, workspace: str, timeout_s: float) -> str | None:
         result = await run_preview(
-            one_worker, code, b'{"type": "track"}', {}, timeout_s=timeout_s, owner=workspace
+            one_worker, code, b'{"type": "track"}', {}, timeout_s=timeout_s, workspace=workspace
         )
         return result.error.type if result.error else None
 
-    assert await preview(LOOP, "preview-ws_attacker", 0.5) == "Timeout"  # now quarantined
-    attack = asyncio.gather(*(preview(LOOP, "preview-ws_attacker", 0.5) for _ in range(6)))
+    assert await preview(LOOP, "ws_attacker", 0.5) == "Timeout"  # now quarantined
+    attack = asyncio.gather(*(preview(LOOP, "ws_attacker", 0.5) for _ in range(6)))
     # A request sent, then a wait: killed in between, it could not be run again.
     sends = f"""async function onTrack() {{
       await fetch('{recorder.url}/ok?who=victim')
       await new Promise((ok) => setTimeout(ok, 1000))
     }}"""
-    victim = await preview(sends, "preview-ws_victim", 5.0)
+    victim = await preview(sends, "ws_victim", 5.0)
     assert await attack == ["Timeout"] * 6
     assert victim is None
