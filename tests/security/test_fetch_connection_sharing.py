@@ -112,6 +112,22 @@ async def test_a_functions_own_framing_headers_still_send_its_body_intact(
     assert ("POST", "/framed", b"hello world") in recorder.seen[before:]
 
 
+def holding(recorder: Recorder, run: str) -> str:
+    """A function whose 40 fetches a server holds for 4 s (`run` marks them)."""
+    return f"""async function onTrack() {{
+      const held = [];
+      for (let i = 0; i < 40; i++) {{
+        held.push(fetch('{recorder.url}/hold?s=4&run={run}&i=' + i).catch(() => 0));
+      }}
+      await Promise.all(held);
+    }}"""
+
+
+NEIGHBOUR = """async function onTrack() {{
+  return (await fetch('{url}/ok?who=neighbour')).status
+}}"""
+
+
 @pytest_asyncio.fixture
 async def eight_connections() -> AsyncIterator[RuntimePool]:
     """One worker whose functions share 8 connections (one instance may hold 2)."""
@@ -125,16 +141,8 @@ async def test_one_instance_cannot_take_every_connection_of_its_worker(
     """A function's 40 fetches held by a server that never answers in time took every
     connection of the worker: a neighbour's fetch then waited until its own deadline."""
     run = uuid.uuid4().hex
-    hog = f"""async function onTrack() {{
-      const held = [];
-      for (let i = 0; i < 40; i++) {{
-        held.push(fetch('{recorder.url}/hold?s=4&run={run}&i=' + i).catch(() => 0));
-      }}
-      await Promise.all(held);
-    }}"""
-    neighbour = f"""async function onTrack() {{
-      return (await fetch('{recorder.url}/ok?who=neighbour')).status
-    }}"""
+    hog = holding(recorder, run)
+    neighbour = NEIGHBOUR.format(url=recorder.url)
     hogging = asyncio.create_task(invoke(eight_connections, hog, key="hog:1", timeout_s=6))
     while sum(run in path for path in recorder.paths()) < 2:
         recorder.arrived.clear()
@@ -154,43 +162,31 @@ async def test_one_tenants_instances_together_cannot_take_every_connection_of_a_
     """Each instance held a quarter of the connections: a tenant's four instances, each
     holding fetches to a server that never answers in time, took them all."""
     run = uuid.uuid4().hex
-    hog = f"""async function onTrack() {{
-      const held = [];
-      for (let i = 0; i < 40; i++) {{
-        held.push(fetch('{recorder.url}/hold?s=4&run={run}&i=' + i).catch(() => 0));
-      }}
-      await Promise.all(held);
-    }}"""
 
-    def hogging(instance: int) -> Invocation:
+    def of(tenant: str, instance: str, code: str, timeout_s: float) -> Invocation:
+        """A tenant's instance's invocation, keyed as the executor keys it."""
         return Invocation(
-            function_key=f"ins_hog{instance}:ver_1:1",
-            code=hog,
+            function_key=f"{instance}:ver_1:1",
+            code=code,
             events=b'[{"type": "track"}]',
             settings={},
             batch=False,
-            timeout_s=6,
-            tenant="ws_attacker",
+            timeout_s=timeout_s,
+            tenant=tenant,
         )
 
-    hogs = [asyncio.create_task(eight_connections.run(hogging(i))) for i in range(4)]
+    hogs = [
+        asyncio.create_task(
+            eight_connections.run(of("ws_attacker", f"ins_hog{i}", holding(recorder, run), 6))
+        )
+        for i in range(4)
+    ]
     while sum(run in path for path in recorder.paths()) < 4:  # the tenant's half, held
         recorder.arrived.clear()
         await recorder.arrived.wait()
-    neighbour = f"""async function onTrack() {{
-      return (await fetch('{recorder.url}/ok?who=neighbour')).status
-    }}"""
     started = time.monotonic()
     result = await eight_connections.run(
-        Invocation(
-            function_key="ins_neighbour:ver_1:1",
-            code=neighbour,
-            events=b'[{"type": "track"}]',
-            settings={},
-            batch=False,
-            timeout_s=3,
-            tenant="ws_victim",
-        )
+        of("ws_victim", "ins_neighbour", NEIGHBOUR.format(url=recorder.url), 3)
     )
     took = time.monotonic() - started
     await asyncio.gather(*hogs)

@@ -42,6 +42,19 @@ async def _function_and_source(r: Registry, owner: str, ws_id: str) -> tuple[str
     return fn.function.name, src.name
 
 
+async def _tenant_instance(r: Registry, workspace: str) -> str:
+    """Create a workspace with one instance; return the instance's id."""
+    ws_id, owner = await r.workspace(workspace)
+    fn, src = await _function_and_source(r, owner, ws_id)
+    made = await r.stub.CreateInstance(
+        new_instance(
+            f"workspaces/{ws_id}", fn, src, settings=settings(endpoint="https://x", apiKey="k")
+        ),
+        metadata=auth(owner),
+    )
+    return made.instance.name.rsplit("/", 1)[-1]
+
+
 async def test_a_value_shaped_like_an_encrypted_one_is_refused(registry: Registry) -> None:
     r = registry
     ws_id, owner = await r.workspace("Mallory")
@@ -92,15 +105,7 @@ async def test_an_instance_whose_settings_cannot_be_decrypted_stops_no_one_else(
     registry: Registry,
 ) -> None:
     r = registry
-    ws_id, owner = await r.workspace("Broken")
-    fn, src = await _function_and_source(r, owner, ws_id)
-    made = await r.stub.CreateInstance(
-        new_instance(
-            f"workspaces/{ws_id}", fn, src, settings=settings(endpoint="https://x", apiKey="k")
-        ),
-        metadata=auth(owner),
-    )
-    broken_id = made.instance.name.rsplit("/", 1)[-1]
+    broken_id = await _tenant_instance(r, "Broken")
     conn = await asyncpg.connect(r.database_url)
     try:  # what no API call can store any more: an encrypted value that does not decrypt
         await conn.execute(
@@ -111,21 +116,14 @@ async def test_an_instance_whose_settings_cannot_be_decrypted_stops_no_one_else(
         )
     finally:
         await conn.close()
-    other_id, other = await r.workspace("Neighbour")
-    fn2, src2 = await _function_and_source(r, other, other_id)
-    kept = await r.stub.CreateInstance(
-        new_instance(
-            f"workspaces/{other_id}", fn2, src2, settings=settings(endpoint="https://y", apiKey="k")
-        ),
-        metadata=auth(other),
-    )
-    kept_id = kept.instance.name.rsplit("/", 1)[-1]
+    kept_id = await _tenant_instance(r, "Neighbour")
 
     watcher = ConfigWatcher(f"127.0.0.1:{r.port}", SERVICE, "lookalike")
     watcher.start()
     try:
         view = await asyncio.wait_for(watcher.wait_until(lambda v: kept_id in v.instances), 30)
         assert broken_id not in view.instances
+        _, other = await r.workspace("Later")
         added = await make_source(r, other, "later")  # a change after it still arrives
         await asyncio.wait_for(
             watcher.wait_until(lambda v: added.write_key in v.sources_by_write_key), 30
