@@ -278,6 +278,12 @@ class _Share:
     users: int = 0
 
 
+def _as_latin1(text: str) -> str:
+    """Return text aiohttp decoded as UTF-8 (undecodable bytes as lone surrogates) as Node
+    reads it: each byte a character (latin-1)."""
+    return text.encode("utf-8", "surrogateescape").decode("latin-1")
+
+
 class HostFetcher:
     """Performs fetch rounds for every function of a worker, on one connection pool.
 
@@ -343,6 +349,8 @@ class HostFetcher:
         shares = [(f"owner:{owner}", self._share)]
         if tenant:
             shares.append((f"tenant:{tenant}", self._tenant_share))
+        if not requests:  # every request of the round was refused before it was sent
+            return [], [], False
         loop = asyncio.get_running_loop()
         requests = [without_framing(r) for r in requests]
         if trace_headers:
@@ -488,7 +496,11 @@ class HostFetcher:
                             hops += 1
                             continue
                     data = await _read_capped(resp, url, limit, self._config, budget)
-                    pairs = [[k, v] for k, v in resp.headers.items()]
+                    # As Node reads them: each byte a character (latin-1); aiohttp's text of
+                    # bytes that are not UTF-8 holds lone surrogates, which no JSON carries.
+                    pairs = [
+                        [k.decode("latin-1"), v.decode("latin-1")] for k, v in resp.raw_headers
+                    ]
                     if location is not None and req.redirect == "manual":
                         pairs = [
                             [k, urljoin(url, v) if k.lower() == "location" else v] for k, v in pairs
@@ -497,7 +509,7 @@ class HostFetcher:
                         "id": req.id,
                         "url": url,
                         "status": resp.status,
-                        "statusText": resp.reason or "",
+                        "statusText": _as_latin1(resp.reason or ""),
                         "headers": pairs,
                         "redirected": hops > 0,
                         "redirects": hops,
