@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
+import pytest
 
 from services.common.deliveries.recorder import DeliveryRecorder, FailureSample
 from tests.registry.conftest import Registry, registry
@@ -62,16 +64,22 @@ async def test_a_nul_in_one_tenants_failure_keeps_no_ones_records_back(
     assert "b\\ufffd" in rows[0]["requests"] or "b\ufffd" in rows[0]["requests"]
 
 
-async def test_a_sample_postgresql_refuses_is_dropped_and_the_counts_are_kept(
-    registry: Registry,
+@pytest.mark.parametrize(
+    "bad",
+    [{"invocation_events": 2**40}, {"requests": [{"body": object()}]}],
+    ids=["out-of-range", "not-json"],
+)
+async def test_a_sample_that_cannot_be_written_is_dropped_and_the_counts_are_kept(
+    registry: Registry, bad: dict[str, Any]
 ) -> None:
-    """Defence in depth: whatever value PostgreSQL still refuses, it is refused at every
-    flush; the samples of that flush go, the counts stay and later records are written."""
+    """Defence in depth: whatever value PostgreSQL (or its encoder here) still refuses, it is
+    refused at every flush; the samples of that flush go, the counts stay and later records
+    are written."""
     recorder = DeliveryRecorder(registry.database_url, flush_seconds=3600, samples_per_minute=10)
     await recorder.start()
     try:
         recorder.count("ins_victim", "ws_1", "fn_1", {"delivered": 3})
-        recorder.sample(replace(sample("ins_attacker", " "), invocation_events=2**40))
+        recorder.sample(replace(sample("ins_attacker", " "), **bad))
         await recorder.flush()
         recorder.sample(sample("ins_victim", " "))
         await recorder.flush()
