@@ -3,12 +3,13 @@ deploy RPCs and WatchConfig."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from services.common.errors import FieldViolation, InvalidArgument, NotFound
+from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from services.registry.auth import Caller, require
 from services.registry.deps import RegistryDeps
 from services.registry.etags import check as check_etag
@@ -16,6 +17,8 @@ from services.registry.models import FunctionVersion, Instance
 from services.registry.secrets import is_sealed, key_id_of
 from services.registry.store import now
 from services.registry.validation import check_setting_values
+
+log = logging.getLogger(__name__)
 
 
 class InstanceSettings:
@@ -31,6 +34,20 @@ class InstanceSettings:
             k: await box.open(v, instance_id=ins.id, name=k) if is_sealed(v) else v
             for k, v in ins.settings.items()
         }
+
+    async def _readable(self, ins: Instance) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Return an instance's settings decrypted as `open_settings` does, and apart, as
+        stored, those no key decrypts (sealed by hand, or under a key that is gone)."""
+        box = self.deps.secrets
+        opened: dict[str, Any] = {}
+        unreadable: dict[str, Any] = {}
+        for k, v in ins.settings.items():
+            try:
+                opened[k] = await box.open(v, instance_id=ins.id, name=k) if is_sealed(v) else v
+            except ValueError as error:
+                log.warning("%s; kept as it is until a value is given for it", error)
+                unreadable[k] = v
+        return opened, unreadable
 
     async def seal_settings(
         self,
@@ -61,7 +78,14 @@ class InstanceSettings:
         settings = dict(ins.settings)
         for name, value in ins.settings.items():
             if is_sealed(value) and key_id_of(value) != key_id:
-                opened = await box.open(value, instance_id=ins.id, name=name)
+                try:
+                    opened = await box.open(value, instance_id=ins.id, name=name)
+                except ValueError as error:
+                    raise FailedPrecondition(
+                        f"{error}: no key can re-seal it; the old keys are kept and every other "
+                        "value is readable. Give the setting again (UpdateInstance) or delete "
+                        "the instance, then rotate again"
+                    ) from error
                 settings[name] = await box.seal(s, opened, instance_id=ins.id, name=name)
         changed = sum(1 for name in settings if settings[name] is not ins.settings[name])
         if changed:
@@ -77,24 +101,27 @@ class InstanceSettings:
         schema: list[dict],
         given: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
-        """Validate new or carried-over values against `schema` and seal them."""
-        current = await self.open_settings(ins) if ins else {}
+        """Validate new or carried-over values against `schema` and seal them.
+
+        An encrypted value no key decrypts stays as it is (a key restored later reads it)
+        until a value is given for it: its instance can be changed, and repaired.
+        """
+        current, unreadable = await self._readable(ins) if ins else ({}, {})
         kept = frozenset(k for k, v in (ins.settings if ins else {}).items() if is_sealed(v))
+        encrypted = {d["name"] for d in schema if d["encrypted"]}
         if given is None:  # no new values: the current ones must fit the schema
-            declared = {s["name"] for s in schema}
+            declared = {d["name"] for d in schema}
             values = {k: v for k, v in current.items() if k in declared}
-            return await self.seal_settings(
-                s, instance_id, schema, check_setting_values(schema, values), kept
-            )
-        values = check_setting_values(schema, given, kept_secrets=kept)
-        for name in kept:  # a masked or absent encrypted value keeps the stored secret
-            if (
-                name not in values
-                and name in current
-                and any(s["name"] == name and s["encrypted"] for s in schema)
-            ):
-                values[name] = current[name]
-        return await self.seal_settings(s, instance_id, schema, values, kept)
+            values = check_setting_values(schema, values, kept_secrets=frozenset(unreadable))
+        else:
+            values = check_setting_values(schema, given, kept_secrets=kept)
+            for name in kept & encrypted:  # a masked or absent value keeps the stored secret
+                if name not in values and name in current:
+                    values[name] = current[name]
+        sealed = await self.seal_settings(s, instance_id, schema, values, kept)
+        for name in encrypted & unreadable.keys():
+            sealed.setdefault(name, unreadable[name])
+        return sealed
 
     async def locked_instance(
         self, s, caller: Caller, instance_id: str, etag: str, *, name: str
@@ -125,7 +152,8 @@ class InstanceSettings:
             ins.settings = await self.settings_for(s, ins, ins.id, ver.settings, None)
         else:
             declared = {x["name"] for x in ver.settings}
-            values = {k: v for k, v in (await self.open_settings(ins)).items() if k in declared}
+            current, _ = await self._readable(ins)
+            values = {k: v for k, v in current.items() if k in declared}
             values.update(changes)
             ins.settings = await self.settings_for(s, ins, ins.id, ver.settings, values)
         ins.version_id = ver.id

@@ -92,7 +92,9 @@ def is_sealed(value: object) -> bool:
 def key_id_of(sealed: dict[str, str]) -> str | None:
     """Return the data key a sealed value is sealed under (None: directly by a master key)."""
     stored = sealed[SEALED_KEY]
-    return stored[len(V2) :].partition(":")[0] if stored.startswith(V2) else None
+    if type(stored) is not str or not stored.startswith(V2):
+        return None
+    return stored[len(V2) :].partition(":")[0]
 
 
 def sealed_prefix(key_id: str) -> str:

@@ -22,8 +22,10 @@ from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
 from eventfn_api.type.v1 import types_pb2
 from services.common.config_watch import ConfigWatcher
+from services.registry.secrets import MASK
 from tests.registry.conftest import SERVICE, SETTINGS, Registry, auth, make_source, registry
 from tests.registry.test_flows import expect, new_function, new_instance, settings, violations
+from tests.registry.test_key_rotation import rotate
 
 __all__ = ["registry"]
 
@@ -42,8 +44,8 @@ async def _function_and_source(r: Registry, owner: str, ws_id: str) -> tuple[str
     return fn.function.name, src.name
 
 
-async def _tenant_instance(r: Registry, workspace: str) -> str:
-    """Create a workspace with one instance; return the instance's id."""
+async def _tenant_instance(r: Registry, workspace: str) -> tuple[str, str]:
+    """Create a workspace with one instance; return the instance's name and owner token."""
     ws_id, owner = await r.workspace(workspace)
     fn, src = await _function_and_source(r, owner, ws_id)
     made = await r.stub.CreateInstance(
@@ -52,7 +54,21 @@ async def _tenant_instance(r: Registry, workspace: str) -> str:
         ),
         metadata=auth(owner),
     )
-    return made.instance.name.rsplit("/", 1)[-1]
+    return made.instance.name, owner
+
+
+async def _break(r: Registry, instance_id: str) -> None:
+    """Store what no API call can any more: an encrypted value that does not decrypt."""
+    conn = await asyncpg.connect(r.database_url)
+    try:
+        await conn.execute(
+            "UPDATE instance SET settings = jsonb_set(settings, '{apiKey}', $1::jsonb) "
+            "WHERE id = $2",
+            orjson.dumps(LOOKALIKE).decode(),
+            instance_id,
+        )
+    finally:
+        await conn.close()
 
 
 async def test_a_value_shaped_like_an_encrypted_one_is_refused(registry: Registry) -> None:
@@ -105,18 +121,10 @@ async def test_an_instance_whose_settings_cannot_be_decrypted_stops_no_one_else(
     registry: Registry,
 ) -> None:
     r = registry
-    broken_id = await _tenant_instance(r, "Broken")
-    conn = await asyncpg.connect(r.database_url)
-    try:  # what no API call can store any more: an encrypted value that does not decrypt
-        await conn.execute(
-            "UPDATE instance SET settings = jsonb_set(settings, '{apiKey}', $1::jsonb) "
-            "WHERE id = $2",
-            orjson.dumps(LOOKALIKE).decode(),
-            broken_id,
-        )
-    finally:
-        await conn.close()
-    kept_id = await _tenant_instance(r, "Neighbour")
+    broken, _ = await _tenant_instance(r, "Broken")
+    broken_id = broken.rsplit("/", 1)[-1]
+    await _break(r, broken_id)
+    kept_id = (await _tenant_instance(r, "Neighbour"))[0].rsplit("/", 1)[-1]
 
     watcher = ConfigWatcher(f"127.0.0.1:{r.port}", SERVICE, "lookalike")
     watcher.start()
@@ -128,5 +136,48 @@ async def test_an_instance_whose_settings_cannot_be_decrypted_stops_no_one_else(
         await asyncio.wait_for(
             watcher.wait_until(lambda v: added.write_key in v.sources_by_write_key), 30
         )
+    finally:
+        await watcher.close()
+
+
+async def test_an_instance_whose_secret_cannot_be_decrypted_can_be_repaired(
+    registry: Registry,
+) -> None:
+    """Its owner could change nothing of it (every update read all its values: INTERNAL), and
+    a key rotation failed INTERNAL, leaving every tenant's values under the old keys. A
+    rotation now names it; any change keeps the value as it is, one giving the value again
+    repairs it."""
+    r = registry
+    name, owner = await _tenant_instance(r, "Broken")
+    broken_id = name.rsplit("/", 1)[-1]
+    await _break(r, broken_id)
+    refused = await expect(grpc.StatusCode.FAILED_PRECONDITION, rotate(r))
+    assert broken_id in (refused.details() or "") and "apiKey" in (refused.details() or "")
+
+    async def update(instance: res.Instance, *paths: str) -> res.Instance:
+        done = await r.stub.UpdateInstance(
+            pb.UpdateInstanceRequest(
+                instance=instance, update_mask=field_mask_pb2.FieldMask(paths=list(paths))
+            ),
+            metadata=auth(owner),
+        )
+        return done.instance
+
+    renamed = await update(res.Instance(name=name, display_name="renamed"), "display_name")
+    assert renamed.display_name == "renamed"
+    kept = await update(
+        res.Instance(name=name, settings=settings(endpoint="https://z", apiKey=MASK)), "settings"
+    )
+    assert kept.settings["endpoint"] == "https://z"
+    await expect(grpc.StatusCode.FAILED_PRECONDITION, rotate(r))  # still as it was
+    await update(
+        res.Instance(name=name, settings=settings(endpoint="https://z", apiKey="new")), "settings"
+    )
+    assert (await rotate(r)).resealed_setting_count >= 1
+    watcher = ConfigWatcher(f"127.0.0.1:{r.port}", SERVICE, "repaired")
+    watcher.start()
+    try:
+        view = await asyncio.wait_for(watcher.wait_until(lambda v: broken_id in v.instances), 30)
+        assert view.instances[broken_id].settings["apiKey"] == "new"
     finally:
         await watcher.close()
