@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import contextvars
 import dataclasses
 import errno
@@ -287,11 +286,11 @@ def _as_latin1(text: str) -> str:
 class HostFetcher:
     """Performs fetch rounds for every function of a worker, on one connection pool.
 
-    Each owner (a function instance) has at most a quarter of the pool's connections at once,
-    and each tenant (a workspace, whose instances they are) half: one holding connections
-    (thousands of fetches in a round, a server that never answers), or a tenant's several
-    instances doing so, leave the rest to their neighbours, whose fetches would otherwise
-    wait for a connection until their own deadline.
+    Each tenant (a workspace: all its instances and previews together; an owner, a function
+    instance, where no tenant is given) has at most a quarter of the pool's connections at
+    once: one holding connections (thousands of fetches in a round, a server that never
+    answers, in one instance or several) leaves the rest to its neighbours, whose fetches
+    would otherwise wait for a connection until their own deadline.
     """
 
     def __init__(self, config: EgressConfig) -> None:
@@ -300,7 +299,6 @@ class HostFetcher:
         self._session: aiohttp.ClientSession | None = None
         self._proxied = bool(config.http_proxy or config.https_proxy)
         self._share = max(1, config.max_connections // 4)
-        self._tenant_share = max(1, config.max_connections // 2)
         self._shares: dict[str, _Share] = {}
 
     def _client(self) -> aiohttp.ClientSession:
@@ -342,13 +340,11 @@ class HostFetcher:
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
         """Perform requests concurrently; return (results for JS, traces, deadline reached).
 
-        `owner` and `tenant` name whose shares of the connections they take (the function
-        instance's, its workspace's: "" for none); `trace_headers` (the event's W3C trace
-        context) go on each request that carries no traceparent of the function's own.
+        `tenant` (the workspace), else `owner` (the function instance), names whose share of
+        the connections they take; `trace_headers` (the event's W3C trace context) go on each
+        request that carries no traceparent of the function's own.
         """
-        shares = [(f"owner:{owner}", self._share)]
-        if tenant:
-            shares.append((f"tenant:{tenant}", self._tenant_share))
+        share = f"tenant:{tenant}" if tenant else f"owner:{owner}"
         if not requests:  # every request of the round was refused before it was sent
             return [], [], False
         loop = asyncio.get_running_loop()
@@ -356,7 +352,7 @@ class HostFetcher:
         if trace_headers:
             requests = [with_trace_context(r, trace_headers) for r in requests]
         tasks = [
-            loop.create_task(self._one(r, deadline, keep_bodies, budget, shares)) for r in requests
+            loop.create_task(self._one(r, deadline, keep_bodies, budget, share)) for r in requests
         ]
         # One timer for the whole round (the invocation's deadline), not one per request.
         _, late = await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 0.001))
@@ -384,7 +380,7 @@ class HostFetcher:
         deadline: float,
         keep_bodies: bool,
         budget: ResponseBudget,
-        shares: Sequence[tuple[str, int]],
+        share: str,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         started = time.monotonic()
         trace: dict[str, Any] = {
@@ -401,9 +397,9 @@ class HostFetcher:
             if req.timeout_ms:
                 budget_s = min(deadline - started, req.timeout_ms / 1000)
                 async with asyncio.timeout(max(budget_s, 0.001)):
-                    result, data = await self._shared(req, budget, shares)
+                    result, data = await self._shared(req, budget, share)
             else:
-                result, data = await self._shared(req, budget, shares)
+                result, data = await self._shared(req, budget, share)
         except FetchFailed as exc:
             result, data = {"id": req.id, "error": _error(exc)}, None
         except TimeoutError:
@@ -421,27 +417,20 @@ class HostFetcher:
         return result, trace
 
     async def _shared(
-        self, req: FetchRequest, budget: ResponseBudget, shares: Sequence[tuple[str, int]]
+        self, req: FetchRequest, budget: ResponseBudget, name: str
     ) -> tuple[dict[str, Any], bytes]:
-        """Perform a fetch within each of its shares of the connections, taken in order (its
-        instance's first: one waiting for its own share holds none of its tenant's)."""
-        taken: list[tuple[str, _Share]] = []
-        for name, size in shares:
-            share = self._shares.get(name)
-            if share is None:
-                share = self._shares[name] = _Share(asyncio.Semaphore(size))
-            share.users += 1
-            taken.append((name, share))
+        """Perform a fetch within its tenant's (or owner's) share of the connections."""
+        share = self._shares.get(name)
+        if share is None:
+            share = self._shares[name] = _Share(asyncio.Semaphore(self._share))
+        share.users += 1
         try:
-            async with contextlib.AsyncExitStack() as held:
-                for _, share in taken:
-                    await held.enter_async_context(share.slots)
+            async with share.slots:
                 return await self._follow(req, budget)
         finally:
-            for name, share in taken:
-                share.users -= 1
-                if not share.users:
-                    del self._shares[name]
+            share.users -= 1
+            if not share.users:
+                del self._shares[name]
 
     async def _follow(
         self, req: FetchRequest, budget: ResponseBudget

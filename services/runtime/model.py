@@ -56,8 +56,8 @@ class Invocation:
     # Headers added to every request the function makes unless it set them itself: the W3C
     # trace context of the invocation ("traceparent", "tracestate"), when its instance asks.
     trace_headers: tuple[tuple[str, str], ...] = ()
-    # Whose instances share a larger share of a worker's fetch connections (the workspace;
-    # "" for none): one tenant's many instances cannot take every connection of a worker.
+    # Whose instances share one share of a worker's fetch connections (the workspace; ""
+    # for none: the instance alone): many instances of one tenant take no more than one.
     tenant: str = ""
 
 
