@@ -202,8 +202,10 @@ class FunctionRpcs:
                     fn.id,
                     {"fields": sorted(paths)},
                 )
-                # The integrations-object key holds the display name: the data plane follows.
-                await self.deps.change_config(s, caller, functions=[fn.id])
+                if "display_name" in paths:
+                    # The integrations-object key holds the display name: the data plane
+                    # follows (a description is the registry's alone).
+                    await self.deps.change_config(s, caller, functions=[fn.id])
         except IntegrityError as error:
             if unique_violation(error):
                 raise taken(display_name) from error

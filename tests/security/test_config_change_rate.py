@@ -139,3 +139,21 @@ async def test_refused_calls_spend_nothing_of_the_workspace_budget(budgeted: Reg
         pb.RotateWriteKeyRequest(name=ins.source), metadata=auth(owner)
     )
     assert rotated.source.write_key
+
+
+async def test_what_the_data_plane_does_not_read_spends_no_budget(budgeted: Registry) -> None:
+    """A function's description is the registry's alone: changing it re-sent every instance
+    of the function to every data-plane process and spent the workspace's budget."""
+    ws_id, owner = await budgeted.workspace("Described")
+    ins = await instance_of(budgeted, owner, ws_id)
+    for i in range(BURST - 2):  # the rest of the burst
+        ins = await rename(budgeted, owner, ins, f"n{i}")
+    for i in range(BURST):
+        done = await budgeted.stub.UpdateFunction(
+            pb.UpdateFunctionRequest(
+                function=res.DestinationFunction(name=ins.function, description=f"take {i}"),
+                update_mask=field_mask_pb2.FieldMask(paths=["description"]),
+            ),
+            metadata=auth(owner),
+        )
+        assert done.function.description == f"take {i}"
