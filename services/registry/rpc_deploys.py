@@ -51,7 +51,9 @@ class DeployRpcs:
     ) -> pb.SaveFunctionResponse:
         """Save a new version; with deploy_instances also deploy it (all or nothing)."""
         caller = await self.authn.caller(context)
-        names.parse("name", request.name, names.FUNCTION, caller.workspace_id)
+        function_id = names.parse("name", request.name, names.FUNCTION, caller.workspace_id)
+        # Before a retry is answered, as in the work.
+        require(caller.can_write_function(function_id), "save this function (Functions Admin)")
         schema = check_setting_definitions(request.settings)
         await asyncio.to_thread(check_code, request.code, self.deps.check_syntax)
         targets = list(dict.fromkeys(request.deploy_instances))

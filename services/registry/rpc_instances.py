@@ -106,6 +106,11 @@ class InstanceRpcs:
             "instance.function", new.function, names.FUNCTION, caller.workspace_id
         )
         source_id = names.parse("instance.source", new.source, names.SOURCE, caller.workspace_id)
+        # Before a retry is answered, as in the work.
+        require(
+            caller.can_admin_source(source_id), "connect functions to this source (Source Admin)"
+        )
+        require(caller.can_read_function(function_id), "read this function")
         version = (
             names.parse_version("instance.version", new.version, caller.workspace_id)
             if new.version

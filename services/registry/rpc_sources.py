@@ -160,7 +160,9 @@ class SourceRpcs:
     ) -> pb.RotateWriteKeyResponse:
         """Replace a source's write key."""
         caller = await self.authn.caller(context)
-        names.parse("name", request.name, names.SOURCE, caller.workspace_id)
+        source_id = names.parse("name", request.name, names.SOURCE, caller.workspace_id)
+        # Before a retry is answered: one who no longer may gets no key of it.
+        require(caller.can_admin_source(source_id), "rotate this source's write key (Source Admin)")
         key = request_key(caller.workspace_id, caller.member_id, "RotateWriteKey", request)
         return await self.deps.idempotency.once(
             key, pb.RotateWriteKeyResponse, lambda: self._rotate(caller, request, key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 
 import grpc
+from google.protobuf import field_mask_pb2
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
@@ -70,8 +71,38 @@ async def test_another_member_replaying_a_rotation_request_id_gets_no_write_key(
     assert rotated.source.write_key != source.write_key
 
     error = await expect(
-        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,  # before the request_id is looked up
         registry.stub.RotateWriteKey(request, metadata=auth(reader)),
+    )
+    assert rotated.source.write_key not in str(error.details())
+
+
+async def test_a_member_whose_role_was_taken_replays_no_rotation(registry: Registry) -> None:
+    """A retry answered the first response before the caller's roles were checked: a Source
+    Admin demoted since got the rotated write key back by replaying their own request_id."""
+    ws_id, owner = await registry.workspace("Demoted")
+    admin = await registry.member(owner, "sa@demoted.io", res.RoleGrant(role=res.ROLE_SOURCE_ADMIN))
+    source = (
+        await registry.stub.CreateSource(
+            pb.CreateSourceRequest(parent=ws(ws_id), source=res.Source(display_name="web")),
+            metadata=auth(owner),
+        )
+    ).source
+    request = pb.RotateWriteKeyRequest(name=source.name, request_id=str(uuid.uuid4()))
+    rotated = await registry.stub.RotateWriteKey(request, metadata=auth(admin))
+    me = await registry.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(admin))
+    await registry.stub.UpdateMember(
+        pb.UpdateMemberRequest(
+            member=res.Member(
+                name=me.member.name, roles=[res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY)]
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=["roles"]),
+        ),
+        metadata=auth(owner),
+    )
+    error = await expect(
+        grpc.StatusCode.PERMISSION_DENIED,
+        registry.stub.RotateWriteKey(request, metadata=auth(admin)),
     )
     assert rotated.source.write_key not in str(error.details())
 
