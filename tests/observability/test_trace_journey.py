@@ -4,8 +4,6 @@ platform's trace store (`eventfn trace`); no secret in it."""
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import pytest
 from opentelemetry.proto.trace.v1 import trace_pb2
@@ -64,13 +62,13 @@ async def test_an_events_journey_is_one_trace(
     await sink.wait_for(1)
 
     want = {"ingest", "route", "invoke", "retry.schedule", "POST"}
-    async with asyncio.timeout(20), receiver.changed:
-        await receiver.changed.wait_for(
-            lambda: (
-                want <= {s.name for s in receiver.of_trace(TRACE_ID)}
-                and len([s for s in receiver.of_trace(TRACE_ID) if s.name == "invoke"]) >= 2
-            )
-        )
+    await receiver.wait_for(
+        lambda: (
+            want <= {s.name for s in receiver.of_trace(TRACE_ID)}
+            and len([s for s in receiver.of_trace(TRACE_ID) if s.name == "invoke"]) >= 2
+        ),
+        20,
+    )
     spans = receiver.of_trace(TRACE_ID)
     error, ok = trace_pb2.Status.STATUS_CODE_ERROR, trace_pb2.Status.STATUS_CODE_UNSET
     ingest = _one(spans, "ingest")

@@ -60,9 +60,8 @@ async def test_the_parent_is_the_invoke_span(
     seen = await _send_traced_event(platform, sink)
     _, trace_id, parent, _ = seen["/on/plain"]["traceparent"].split("-")
     assert trace_id == TRACE_ID and parent != CALLER_SPAN
-    async with asyncio.timeout(20), receiver.changed:
-        await receiver.changed.wait_for(
-            lambda: parent in {s.span_id.hex() for s in receiver.of_trace(TRACE_ID)}
-        )
+    await receiver.wait_for(
+        lambda: parent in {s.span_id.hex() for s in receiver.of_trace(TRACE_ID)}, 20
+    )
     (span,) = [s for s in receiver.of_trace(TRACE_ID) if s.span_id.hex() == parent]
     assert span.name == "invoke"
