@@ -25,6 +25,17 @@ log = logging.getLogger(__name__)
 MAX_HISTORY = 20
 MAX_REQUESTS = 20
 MAX_STACK_CHARS = 2000
+MAX_URL_CHARS = 1000  # of each request's URL in LAST_REQUESTS (a function's may reach 64K)
+# JetStream refuses a message whose headers pass 64 KB: a hand-off refused so was taken for
+# NATS being down and handed back, at once, forever. What a hand-off carries to debug with
+# gives way, largest first, until its headers fit this.
+HEADER_BUDGET = 32 * 1024
+_GIVES_WAY = {
+    streams.LAST_REQUESTS: "[]",
+    streams.HISTORY: "[]",
+    streams.LAST_LOGS: '""',
+    streams.LAST_STACK: '""',
+}
 VERB = {OutcomeKind.FAILURE: "failed", OutcomeKind.DISCARD: "discarded"}
 # A refused retry hand-off is logged once per instance in this many seconds (a storm of them
 # is the tenant's own doing and must not become one log line per pack).
@@ -67,7 +78,7 @@ def handoff_headers(
             "attempt": ref.attempt,
             "time": now.isoformat(),
             "outcome": outcome.kind.value,
-            "type": outcome.error_type or "",
+            "type": (outcome.error_type or "")[:200],
             "error": error[:500],
         }
     )
@@ -87,7 +98,7 @@ def handoff_headers(
             [
                 {
                     "method": t.method,
-                    "url": t.url,
+                    "url": t.url if len(t.url) <= MAX_URL_CHARS else t.url[:MAX_URL_CHARS] + "…",
                     "status": t.status,
                     "error": t.error,
                     "duration_ms": t.duration_ms,
@@ -100,6 +111,23 @@ def handoff_headers(
         headers[streams.DEAD_REASON] = (reason or dead_reason(handoff))[:1000]
     if ref.trace is not None:  # the retry continues the event's trace
         PROPAGATOR.inject(headers, context=ref.trace)
+    return within_budget(headers)
+
+
+def header_bytes(headers: dict[str, str]) -> int:
+    """Return about what headers take in a NATS message (name, ": ", value, CRLF)."""
+    return sum(len(k) + len(v.encode()) + 4 for k, v in headers.items())
+
+
+def within_budget(headers: dict[str, str]) -> dict[str, str]:
+    """Empty the debugging headers, largest first, until the headers fit HEADER_BUDGET."""
+    size = header_bytes(headers)
+    for name in sorted(_GIVES_WAY, key=lambda n: -len(headers.get(n, "").encode())):
+        if size <= HEADER_BUDGET:
+            break
+        if name in headers:
+            size -= len(headers[name].encode()) - len(_GIVES_WAY[name])
+            headers[name] = _GIVES_WAY[name]
     return headers
 
 
