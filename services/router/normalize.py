@@ -61,6 +61,9 @@ MAX_EVENT_DEPTH = 253
 SINGLE_KINDS = frozenset({"track", "identify", "page", "screen", "group", "alias"})
 EVENT_TYPES = SINGLE_KINDS | {"delete"}
 _OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
+# A messageId travels in the headers of the packs holding it (JetStream refuses headers past
+# 64 KB: one of 22,000 characters wedged its source's publishes); SDKs send UUIDs.
+MAX_MESSAGE_ID_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +337,12 @@ def _normalize(
     elif type(message_id) is not str:
         raise InvalidEventError(
             f"`messageId` must be a string, got {_json_type(message_id)}",
+            index=index,
+            field="messageId",
+        )
+    elif len(message_id) > MAX_MESSAGE_ID_CHARS:
+        raise InvalidEventError(
+            f"`messageId` may be at most {MAX_MESSAGE_ID_CHARS} characters, got {len(message_id)}",
             index=index,
             field="messageId",
         )

@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 tracer = get_tracer("eventfn.router")
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+# W3C trace context: a tracestate longer than 512 characters may be dropped whole (and one of
+# a client's choosing would ride in every pack's headers, which JetStream bounds).
+MAX_TRACESTATE_CHARS = 512
 
 
 class IngestRefused(Exception):
@@ -103,7 +106,7 @@ def trace_headers(traceparent: str | None, tracestate: str | None) -> dict[str, 
         # Random ids as OpenTelemetry makes them (not secrets: a syscall each), never zero.
         trace_id, flags, tracestate = f"{random_bits(128) or 1:032x}", "01", None
     headers = {TRACEPARENT: f"00-{trace_id}-{random_bits(64) or 1:016x}-{flags}"}
-    if tracestate:
+    if tracestate and len(tracestate) <= MAX_TRACESTATE_CHARS:  # longer ones may be dropped
         headers[TRACESTATE] = tracestate
     return headers
 

@@ -525,6 +525,15 @@ def test_message_id_of_wrong_type_is_refused() -> None:
     assert caught.value.field == "messageId"
 
 
+def test_a_message_id_too_long_for_a_packs_headers_is_refused() -> None:
+    """A messageId rides in the headers of its pack, which JetStream bounds: one of 22,000
+    characters made every publish of its source wait for the timeout (503) and retried."""
+    assert single("identify", {"userId": "u", "messageId": "m" * 256})["messageId"] == "m" * 256
+    with pytest.raises(InvalidEventError) as caught:
+        single("identify", {"userId": "u", "messageId": "m" * 257})
+    assert caught.value.field == "messageId" and "256" in caught.value.reason
+
+
 def test_normalize_events_takes_decoded_items() -> None:
     events = normalize_events([{"type": "identify", "userId": "u"}], NOW)
     assert events[0]["receivedAt"] == NOW_TEXT

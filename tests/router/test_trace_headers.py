@@ -44,3 +44,10 @@ def test_anything_else_starts_a_new_trace(traceparent: str | None) -> None:
 
 def test_new_traces_differ() -> None:
     assert len({trace_headers(None, None)["traceparent"] for _ in range(100)}) == 100
+
+
+def test_a_tracestate_past_the_w3c_length_is_dropped() -> None:
+    """A client's tracestate rides in every pack's headers, which JetStream bounds."""
+    parent = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    assert trace_headers(parent, "v=" + "x" * 510)["tracestate"] == "v=" + "x" * 510
+    assert "tracestate" not in trace_headers(parent, "v=" + "x" * 511)
