@@ -61,6 +61,7 @@ MAX_EVENT_DEPTH = 253
 SINGLE_KINDS = frozenset({"track", "identify", "page", "screen", "group", "alias"})
 EVENT_TYPES = SINGLE_KINDS | {"delete"}
 _OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
+MAX_GZIP_MEMBERS = 16
 # A messageId travels in the headers of the packs holding it (JetStream refuses headers past
 # 64 KB: one of 22,000 characters wedged its source's publishes); SDKs send UUIDs.
 MAX_MESSAGE_ID_CHARS = 256
@@ -102,12 +103,18 @@ def decode_body(body: bytes, content_encoding: str | None, max_bytes: int) -> by
 
 
 def _gunzip(body: bytes, max_bytes: int) -> bytes:
-    """Inflate gzip members one after another, never producing more than the cap."""
+    """Inflate gzip members one after another, never producing more than the cap, nor more
+    than MAX_GZIP_MEMBERS of them (each copies the rest of the body: thousands of empty ones
+    held the router's loop ≈ 200 ms a request; a client compresses a body once)."""
     parts: list[bytes] = []
     budget = max_bytes
     rest = body
     try:
         while True:
+            if len(parts) == MAX_GZIP_MEMBERS:
+                raise CorruptBodyError(
+                    f"gzip body has more than {MAX_GZIP_MEMBERS} members; compress it as one"
+                )
             inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
             # Asking for one byte over the budget tells a bomb from an exact fit.
             chunk = inflater.decompress(rest, budget + 1)

@@ -228,6 +228,17 @@ def test_gzip_body_is_inflated() -> None:
     assert decode_body(gzip.compress(raw), " GZIP ", len(raw)) == raw
 
 
+def test_a_gzip_body_of_many_members_is_refused() -> None:
+    """Each member copied the rest of the body: 25,000 empty ones before a batch held the
+    router's event loop ≈ 200 ms a request, accepted."""
+    raw = b'{"batch": []}'
+    few = gzip.compress(raw[:5]) + gzip.compress(raw[5:])
+    assert decode_body(few, "gzip", BATCH_MAX_BYTES) == raw
+    many = gzip.compress(b"", mtime=0) * 25_580 + gzip.compress(raw)
+    with pytest.raises(CorruptBodyError, match="members"):
+        decode_body(many, "gzip", BATCH_MAX_BYTES)
+
+
 def test_gzip_exact_fit_is_accepted_and_one_over_refused() -> None:
     raw = b"a" * 1000
     assert decode_body(gzip.compress(raw), "gzip", 1000) == raw
