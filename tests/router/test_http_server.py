@@ -145,3 +145,33 @@ async def test_as_many_connections_as_the_limit_are_all_served_and_one_more_is_r
     finally:
         server.should_exit = True
         await task
+
+
+async def test_a_stop_waits_for_requests_under_way_only_so_long() -> None:
+    """uvicorn waited for every connection to close, without end: after 10,000 connections a
+    router once never stopped on SIGTERM. A request whose answer never comes is cancelled
+    once the stop has waited `shutdown_seconds`."""
+    began = asyncio.Event()
+
+    async def never(scope: dict, receive: object, send: object) -> None:
+        began.set()
+        await asyncio.Event().wait()
+
+    server, task, port = await serve_http(
+        never,
+        "127.0.0.1",
+        0,
+        max_connections=10,
+        keepalive_seconds=5,
+        refuse=refuse,
+        shutdown_seconds=1,
+    )
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await began.wait()
+    server.should_exit = True
+    try:
+        async with asyncio.timeout(10):
+            await task
+    finally:
+        writer.close()
