@@ -52,7 +52,7 @@ class DeployRpcs:
         """Save a new version; with deploy_instances also deploy it (all or nothing)."""
         caller = await self.authn.caller(context)
         function_id = names.parse("name", request.name, names.FUNCTION, caller.workspace_id)
-        # Before a retry is answered, as in the work.
+        # Before a retry is answered (a member whose roles changed gets none of it).
         require(caller.can_write_function(function_id), "save this function (Functions Admin)")
         schema = check_setting_definitions(request.settings)
         await asyncio.to_thread(check_code, request.code, self.deps.check_syntax)
@@ -83,7 +83,6 @@ class DeployRpcs:
     ) -> pb.SaveFunctionResponse:
         async with self.store.transaction() as s:
             fn = await function_of(self.store, s, caller, "name", request.name, lock=True)
-            require(caller.can_write_function(fn.id), "save this function (Functions Admin)")
             check_etag("function", fn.id, fn.revision, request.etag)
             fn.revision += 1
             ver = new_version(fn, request.code, schema, caller.email)

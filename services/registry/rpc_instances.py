@@ -106,7 +106,7 @@ class InstanceRpcs:
             "instance.function", new.function, names.FUNCTION, caller.workspace_id
         )
         source_id = names.parse("instance.source", new.source, names.SOURCE, caller.workspace_id)
-        # Before a retry is answered, as in the work.
+        # Before a retry is answered (a member whose roles changed gets none of it).
         require(
             caller.can_admin_source(source_id), "connect functions to this source (Source Admin)"
         )
@@ -151,11 +151,6 @@ class InstanceRpcs:
                 src = await self.store.get_in_workspace(
                     s, Source, source_id, caller.workspace_id, "source", name=new.source
                 )
-                require(
-                    caller.can_admin_source(src.id),
-                    "connect functions to this source (Source Admin)",
-                )
-                require(caller.can_read_function(fn.id), "read this function")
                 if version is None:
                     ver = await self.store.get(s, FunctionVersion, fn.latest_version_id, "version")
                 else:

@@ -173,9 +173,6 @@ class SourceRpcs:
     ) -> pb.RotateWriteKeyResponse:
         async with self.store.transaction() as s:
             src = await self._source(s, caller, "name", request.name, lock=True)
-            require(
-                caller.can_admin_source(src.id), "rotate this source's write key (Source Admin)"
-            )
             check_etag("source", src.id, src.revision, request.etag)
             src.write_key = new_write_key()
             src.revision += 1

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
+import orjson
 import pytest
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
@@ -139,3 +141,20 @@ async def make_source(r: Registry, token: str, display_name: str) -> SourceRef:
         metadata=auth(token),
     )
     return SourceRef(made.source.name.rsplit("/", 1)[-1], made.source.name, made.source.write_key)
+
+
+async def store_setting_by_hand(
+    database_url: str, instance_id: str, name: str, value: object
+) -> None:
+    """Write a setting's stored value straight into PostgreSQL, as no API call would."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "UPDATE instance SET settings = jsonb_set(settings, ARRAY[$1], $2::jsonb) "
+            "WHERE id = $3",
+            name,
+            orjson.dumps(value).decode(),
+            instance_id,
+        )
+    finally:
+        await conn.close()

@@ -26,7 +26,15 @@ from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import registry_pb2_grpc
 from eventfn_api.registry.v1 import resources_pb2 as res
 from services.registry.rpc_keys import ROTATION_LOCK
-from tests.registry.conftest import BOOTSTRAP, SERVICE, SETTINGS, Registry, auth, running_registry
+from tests.registry.conftest import (
+    BOOTSTRAP,
+    SERVICE,
+    SETTINGS,
+    Registry,
+    auth,
+    running_registry,
+    store_setting_by_hand,
+)
 from tests.registry.test_flows import new_function, new_instance
 from tests.registry.test_secrets_never_leak import rows_containing, struct
 
@@ -196,16 +204,7 @@ async def test_values_sealed_by_an_earlier_release_are_read_then_resealed(
     legacy = "sk_live_legacy_" + uuid.uuid4().hex
     ct = AESGCM(master).encrypt(nonce, orjson.dumps(legacy), f"{instance_id}/apiKey".encode())
     sealed = {"$sealed": "v1:" + base64.b64encode(nonce + ct).decode()}
-    conn = await asyncpg.connect(r.database_url)
-    try:
-        await conn.execute(
-            "UPDATE instance SET settings = jsonb_set(settings, '{apiKey}', $1::jsonb) "
-            "WHERE id = $2",
-            orjson.dumps(sealed).decode(),
-            instance_id,
-        )
-    finally:
-        await conn.close()
+    await store_setting_by_hand(r.database_url, instance_id, "apiKey", sealed)
     assert (await watched(r.stub))[instance_id] == legacy
 
     done = await rotate(r)

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg
 import grpc
-import orjson
 from google.protobuf import field_mask_pb2
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
@@ -23,7 +21,15 @@ from eventfn_api.registry.v1 import resources_pb2 as res
 from eventfn_api.type.v1 import types_pb2
 from services.common.config_watch import ConfigWatcher
 from services.registry.secrets import MASK
-from tests.registry.conftest import SERVICE, SETTINGS, Registry, auth, make_source, registry
+from tests.registry.conftest import (
+    SERVICE,
+    SETTINGS,
+    Registry,
+    auth,
+    make_source,
+    registry,
+    store_setting_by_hand,
+)
 from tests.registry.test_flows import expect, new_function, new_instance, settings, violations
 from tests.registry.test_key_rotation import rotate
 
@@ -59,16 +65,7 @@ async def _tenant_instance(r: Registry, workspace: str) -> tuple[str, str]:
 
 async def _break(r: Registry, instance_id: str) -> None:
     """Store what no API call can any more: an encrypted value that does not decrypt."""
-    conn = await asyncpg.connect(r.database_url)
-    try:
-        await conn.execute(
-            "UPDATE instance SET settings = jsonb_set(settings, '{apiKey}', $1::jsonb) "
-            "WHERE id = $2",
-            orjson.dumps(LOOKALIKE).decode(),
-            instance_id,
-        )
-    finally:
-        await conn.close()
+    await store_setting_by_hand(r.database_url, instance_id, "apiKey", LOOKALIKE)
 
 
 async def test_a_value_shaped_like_an_encrypted_one_is_refused(registry: Registry) -> None:
