@@ -178,7 +178,7 @@ class PackConsumer:
                 await self._handle(msg)
             except Exception:
                 log.exception("pack %s could not be dispatched; handing it back", msg.subject)
-                await self._settle(msg, False)
+                await self._settle(msg, False, delay=_again(msg))
 
     async def hand_back(self) -> int:
         """Nak every pack not settled yet, so another executor takes it now; return how many."""
@@ -252,7 +252,7 @@ class PackConsumer:
         )
         headers = msg.headers or {}
         ref = PackRef(
-            settle=lambda ok: self._settle(msg, ok),
+            settle=lambda ok: self._settle(msg, ok, delay=None if ok else _again(msg)),
             remaining=0,
             attempt=int(headers.get(streams.ATTEMPT, "1") or 1),
             first_attempt_at=headers.get(streams.FIRST_ATTEMPT_AT) or datetime.now(UTC).isoformat(),
@@ -323,3 +323,10 @@ class PackConsumer:
                     logs="",
                 )
             )
+
+
+def _again(msg: Msg) -> float:
+    """Return how long a pack whose work failed (its hand-off refused, or a fault of the
+    executor) waits before it comes again, as one handed back for its instance's share: handed
+    back at once, a refusal that lasts ran its function again without a pause, for ever."""
+    return defer_delay(msg.metadata.num_delivered or 1)

@@ -1,4 +1,4 @@
-"""When a pack handed back for its instance's share comes again.
+"""When a pack handed back for its instance's share (or because its work failed) comes again.
 
 It comes again after DEFER_SECONDS, twice that after its next delivery, and so on up to
 DEFER_MAX_SECONDS: a long backlog is not re-read every few seconds. (Growing by a second a

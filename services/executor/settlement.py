@@ -14,6 +14,7 @@ import orjson
 from eventfn_api.registry.v1 import registry_pb2 as rpb
 from services.common.deliveries.recorder import DeliveryRecorder, FailureSample
 from services.common.error_location import describe_error
+from services.common.once_per import OncePer
 from services.executor.pack_ref import PackRef, split_pack
 from services.executor.policy import Disposition, disposition
 from services.runtime import EventOutcome, InvocationResult, OutcomeKind
@@ -21,6 +22,9 @@ from services.runtime import EventOutcome, InvocationResult, OutcomeKind
 log = logging.getLogger(__name__)
 
 MAX_LOG_CHARS = 4096
+# A failed hand-off is logged once per instance in this many seconds (while a stream refuses
+# them, every pack of the instance fails alike each time it comes).
+FAILED_LOG_SECONDS = 60.0
 COUNTER_OF = {
     OutcomeKind.DELIVERED: "delivered",
     OutcomeKind.RETRY: "retried",
@@ -67,6 +71,7 @@ class Settlement:
     def __init__(self, recorder: DeliveryRecorder, handoff: Handoff) -> None:
         self._recorder = recorder
         self._handoff = handoff
+        self._failed_logged = OncePer(FAILED_LOG_SECONDS)
 
     async def act(
         self,
@@ -150,10 +155,15 @@ class Settlement:
         async def one(handoff: HandOff) -> bool:
             try:
                 await self._handoff(config, handoff, result)
-            except (nats.errors.Error, OSError) as exc:  # NATS down: the pack comes back
-                log.warning(
-                    "%s hand-off for %s failed: %r; pack handed back", handoff.kind, config.id, exc
-                )
+            except (nats.errors.Error, OSError) as exc:  # the pack comes back, later
+                if self._failed_logged.due(config.id):
+                    log.warning(
+                        "%s hand-off for instance %s failed: %r; its pack comes again later "
+                        "(said once a minute per instance)",
+                        handoff.kind,
+                        config.id,
+                        exc,
+                    )
                 return False
             return True
 
