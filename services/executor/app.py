@@ -26,6 +26,7 @@ from services.executor.handoff import Handoff
 from services.executor.observe import ExecutorMetrics
 from services.executor.servicer import ExecutorServicer
 from services.executor.settings import ExecutorSettings
+from services.executor.traces import WorkspaceOf
 from services.executor.versions import VersionSource
 from services.runtime import EgressConfig, RuntimeConfig, RuntimePool
 
@@ -58,6 +59,16 @@ def runtime_config(settings: ExecutorSettings) -> RuntimeConfig:
     if settings.executor_workers:
         return RuntimeConfig(workers=settings.executor_workers, egress=egress)
     return RuntimeConfig(egress=egress)
+
+
+def workspace_of(watcher: ConfigWatcher) -> WorkspaceOf:
+    """Name an instance's workspace from the executor's current configuration."""
+
+    def of(instance_id: str) -> str | None:
+        config = watcher.instances.get(instance_id)
+        return config.workspace_id if config is not None else None
+
+    return of
 
 
 async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> RunningExecutor:
@@ -123,7 +134,9 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
     stack.push_async_callback(drain)
     gate = RegistryGate(settings.registry_addr)
     stack.push_async_callback(gate.close)
-    servicer = ExecutorServicer(db, gate, js, pool, PageTokens.from_secret(token))
+    servicer = ExecutorServicer(
+        db, gate, js, pool, PageTokens.from_secret(token), workspace_of(watcher)
+    )
     server, port, health = rpc.create_server(
         address=settings.executor_listen,
         register=[lambda s: executor_pb2_grpc.add_ExecutorServicer_to_server(servicer, s)],

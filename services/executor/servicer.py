@@ -26,7 +26,7 @@ from services.common.pull import NATS_ERRORS
 from services.common.registry_gate import RegistryGate
 from services.common.roles import may_write_function
 from services.executor.policy import health
-from services.executor.traces import get_trace
+from services.executor.traces import WorkspaceOf, get_trace
 from services.runtime import InvalidInvocation, RuntimePool
 from services.runtime import RequestTrace as RuntimeTrace
 from services.runtime.preview import PreviewResult, run_preview
@@ -119,8 +119,10 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
         js: JetStreamContext,
         pool: RuntimePool,
         pages: PageTokens,
+        workspace_of: WorkspaceOf,
     ) -> None:
         self._pages = pages
+        self._workspace_of = workspace_of
         self._reads = DeliveryReads(db)
         self._gate = gate
         self._js = js
@@ -286,7 +288,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
 
     async def GetTrace(self, request: pb.GetTraceRequest, context: Ctx) -> pb.GetTraceResponse:
         """Return an event's recent journey from the trace store (see traces.py)."""
-        return await get_trace(self._js, self._gate, request, context)
+        return await get_trace(self._js, self._gate, self._workspace_of, request, context)
 
     async def GetDeliveryStats(
         self, request: pb.GetDeliveryStatsRequest, context: Ctx

@@ -3,17 +3,19 @@ read an instance (or the source) it went through.
 
 Who asks is known before anything is read (UNAUTHENTICATED, or NOT_FOUND for another
 workspace's parent, cost one registry call). By messageId, a lookup lists which instances
-got the event (names, not messages), asks the registry about each once (at most
-MAX_INSTANCE_CHECKS), and reads only the newest trace of those the caller may read; every
-read is bounded by one `ReadBudget` (messages and bytes), and a journey cut short by it ends
-in a TRUNCATED span.
+got the event (names, not messages), keeps those of the caller's workspace (this executor's
+configuration says whose each is: what other workspaces stored under the messageId costs the
+lookup nothing, so neither its answer nor its time tells of them), asks the registry about
+each once (at most MAX_INSTANCE_CHECKS), and reads only the newest trace of those the caller
+may read; every read is bounded by one `ReadBudget` (messages and bytes), and a journey cut
+short by it ends in a TRUNCATED span.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
@@ -59,16 +61,31 @@ NOT_STORED_YET = (
 )
 
 
-class InstanceChecks:
-    """Which instances the caller may read: the registry asked once per instance, at most
-    MAX_INSTANCE_CHECKS per lookup, CHECKS_AT_ONCE at a time."""
+# The workspace of an instance, as the executor's configuration has it (None: not known).
+WorkspaceOf = Callable[[str], str | None]
 
-    def __init__(self, gate: RegistryGate, context: grpc.aio.ServicerContext, workspace: str):
+
+class InstanceChecks:
+    """Which instances the caller may read: those of its workspace, the registry asked once
+    per instance, at most MAX_INSTANCE_CHECKS per lookup, CHECKS_AT_ONCE at a time."""
+
+    def __init__(
+        self,
+        gate: RegistryGate,
+        context: grpc.aio.ServicerContext,
+        workspace: str,
+        workspace_of: WorkspaceOf,
+    ):
         self._gate = gate
         self._context = context
         self._workspace = workspace
+        self._workspace_of = workspace_of
         self._found: dict[str, res.Instance | None] = {}
         self.complete = True  # False once an instance went unasked (over the limit)
+
+    def ours(self, instance_ids: Iterable[str]) -> list[str]:
+        """Keep the instances of the caller's workspace (a deleted one is no one's)."""
+        return [i for i in instance_ids if self._workspace_of(i) == self._workspace]
 
     def readable(self, instance_id: str) -> res.Instance | None:
         """Return the instance if the caller may read it (None if not, or not asked)."""
@@ -76,7 +93,7 @@ class InstanceChecks:
 
     async def ask(self, instance_ids: Iterable[str]) -> None:
         """Ask about the instances not asked yet, as many as the limit leaves."""
-        todo = [i for i in dict.fromkeys(instance_ids) if i not in self._found]
+        todo = [i for i in dict.fromkeys(self.ours(instance_ids)) if i not in self._found]
         room = MAX_INSTANCE_CHECKS - len(self._found)
         if len(todo) > room:
             self.complete = False
@@ -135,6 +152,7 @@ def span_message(span: dict[str, Any]) -> pb.TraceSpan:
 async def get_trace(
     js: JetStreamContext,
     gate: RegistryGate,
+    workspace_of: WorkspaceOf,
     request: pb.GetTraceRequest,
     context: grpc.aio.ServicerContext,
 ) -> pb.GetTraceResponse:
@@ -158,7 +176,7 @@ async def get_trace(
         raise InvalidArgument.field("message_id", "give a message_id or a trace_id")
     if names.last(me.workspace.name) != workspace:
         raise missing
-    checks = InstanceChecks(gate, context, workspace)
+    checks = InstanceChecks(gate, context, workspace, workspace_of)
     budget = ReadBudget()
     if not candidates:
         candidates = await _traces_of_message(js, checks, request.message_id, budget)
@@ -183,10 +201,11 @@ async def _traces_of_message(
     """Return the trace ids of a messageId's journeys through instances the caller may read,
     oldest first."""
     listed = await instances_of_message(js, message_id)
+    listed = {i: listed[i] for i in checks.ours(listed)}
     if len(listed) > MAX_INSTANCE_CHECKS:
         raise FailedPrecondition(
             f"events with messageId {message_id!r} went to more than {MAX_INSTANCE_CHECKS} "
-            "instances of all workspaces: too many to check in one lookup; look the journey "
+            "instances of this workspace: too many to check in one lookup; look the journey "
             "up by its trace id (`eventfn deliveries --failures` and `eventfn dead show` "
             "print them)"
         )
