@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from services.common.errors import InvalidArgument, NotFound
 
 _ID = r"[A-Za-z0-9_.\-]+"
+# Longer is no name of the platform's (its ids are short): refused without echoing it back
+# (a reply quoting megabytes passed gRPC's metadata limit: RESOURCE_EXHAUSTED, not the answer).
+MAX_NAME_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,10 @@ def version(workspace_id: str, function_id: str, version_id: str) -> str:
 def _required(field: str, value: str, example: str) -> str:
     if not value:
         raise InvalidArgument.field(field, f"required: a name like {example!r}")
+    if len(value) > MAX_NAME_CHARS:
+        raise InvalidArgument.field(
+            field, f"is longer than {MAX_NAME_CHARS} characters: not a name like {example!r}"
+        )
     return value
 
 

@@ -17,6 +17,9 @@ from typing import Any
 import orjson
 
 DEFAULT_PACK_BYTES = 1024 * 1024
+# A messageId travels in the headers of the packs holding it (JetStream refuses headers past
+# 64 KB: one of 22,000 characters wedged its source's publishes); SDKs send UUIDs.
+MAX_MESSAGE_ID_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)

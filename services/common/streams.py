@@ -126,9 +126,14 @@ class Subject:
     instance_id: str
 
 
+def is_token(value: str) -> bool:
+    """Tell whether a value can be one token of a NATS subject."""
+    return bool(value) and not any(c in _FORBIDDEN or c.isspace() for c in value)
+
+
 def _token(what: str, value: str) -> str:
     """Return value if it is a valid single subject token, else raise."""
-    if not value or any(c in _FORBIDDEN or c.isspace() for c in value):
+    if not is_token(value):
         raise InvalidSubjectTokenError(what, value)
     return value
 

@@ -24,6 +24,7 @@ from services.common.outcomes import OUTCOME_OF
 from services.common.page_tokens import PageTokens
 from services.common.pull import NATS_ERRORS
 from services.common.registry_gate import RegistryGate
+from services.common.request_times import request_time
 from services.common.roles import may_write_function
 from services.executor.policy import health
 from services.executor.traces import WorkspaceOf, get_trace
@@ -93,8 +94,8 @@ def period(
     start: timestamp_pb2.Timestamp, end: timestamp_pb2.Timestamp, default: timedelta
 ) -> tuple[datetime, datetime]:
     """Resolve a request's time range, with defaults, or raise when it is reversed."""
-    stop = end.ToDatetime(tzinfo=UTC) if end.seconds or end.nanos else datetime.now(UTC)
-    begin = start.ToDatetime(tzinfo=UTC) if start.seconds or start.nanos else stop - default
+    stop = request_time("end_time", end) if end.seconds or end.nanos else datetime.now(UTC)
+    begin = request_time("start_time", start) if start.seconds or start.nanos else stop - default
     if begin > stop:
         raise InvalidArgument.field("start_time", "must not be after end_time")
     return begin, stop

@@ -26,6 +26,7 @@ from eventfn_api.executor.v1 import executor_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
 from services.common import names
 from services.common.errors import EventfnError, FailedPrecondition, InvalidArgument, NotFound
+from services.common.packs import MAX_MESSAGE_ID_CHARS
 from services.common.registry_gate import RegistryGate
 from services.common.trace_store import (
     INSTANCE_ATTRIBUTE,
@@ -174,6 +175,10 @@ async def get_trace(
             raise InvalidArgument.field("trace_id", "must be 32 hex digits")
     elif not (which == "message_id" and request.message_id):
         raise InvalidArgument.field("message_id", "give a message_id or a trace_id")
+    elif len(request.message_id) > MAX_MESSAGE_ID_CHARS:  # no event has one; not echoed
+        raise InvalidArgument.field(
+            "message_id", f"is longer than the {MAX_MESSAGE_ID_CHARS} characters a messageId may be"
+        )
     if names.last(me.workspace.name) != workspace:
         raise missing
     checks = InstanceChecks(gate, context, workspace, workspace_of)

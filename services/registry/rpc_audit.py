@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC
-
 import grpc
 from google.protobuf import json_format
 from sqlmodel import col, select
@@ -12,6 +10,7 @@ from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
 from services.common import names
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied
+from services.common.request_times import request_time
 from services.registry import convert
 from services.registry.auth import require
 from services.registry.deps import RegistryDeps
@@ -107,7 +106,7 @@ class AuditRpcs:
             query = query.where(AuditEvent.resource_id == request.resource.rsplit("/", 1)[-1])
         if request.HasField("start_time"):
             query = query.where(
-                col(AuditEvent.created_at) >= request.start_time.ToDatetime(tzinfo=UTC)
+                col(AuditEvent.created_at) >= request_time("start_time", request.start_time)
             )
         async with self.store.transaction() as s:
             rows, token = await self.deps.pages.page(

@@ -70,7 +70,7 @@ class LetterId:
             raise BadDeadLetterId(
                 f"dead letter id {text!r} is not <sequence> or <sequence>.<index>"
             ) from None
-        if seq < 1 or (index is not None and index < 0):
+        if not 1 <= seq < 2**64 or (index is not None and index < 0):  # a stream's sequence
             raise BadDeadLetterId(f"dead letter id {text!r} is out of range")
         return cls(seq, index)
 

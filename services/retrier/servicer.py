@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import grpc
 from google.longrunning import operations_pb2
@@ -22,6 +22,7 @@ from services.common.outcomes import OUTCOME_OF
 from services.common.page_tokens import PageTokens
 from services.common.registry_gate import RegistryGate
 from services.common.request_ids import check_request_id
+from services.common.request_times import request_time
 from services.common.roles import may_administer_source
 from services.common.tracer import get_tracer
 from services.retrier.dead_letters import (
@@ -59,9 +60,9 @@ def _range(
 ) -> tuple[datetime | None, datetime | None]:
     start = end = None
     if request.HasField("start_time"):
-        start = request.start_time.ToDatetime(tzinfo=UTC)
+        start = request_time("start_time", request.start_time)
     if request.HasField("end_time"):
-        end = request.end_time.ToDatetime(tzinfo=UTC)
+        end = request_time("end_time", request.end_time)
     if start is not None and end is not None and end <= start:
         raise InvalidArgument.field("end_time", "must be after start_time")
     return start, end
@@ -142,7 +143,15 @@ def dead_letter_message(letter: Letter) -> pb.DeadLetter:
 
 
 def chosen(parent: tuple[str, str], field: str, values: list[str]) -> list[tuple[str, LetterId]]:
-    """Read the dead letter names of a request: each must be a letter of `parent`."""
+    """Read the dead letter names of a request: each must be a letter of `parent`, at most
+    MAX_PAGE_SIZE of them (each is looked up in DEAD before the call is answered: 20,000
+    held the shared retrier for seconds)."""
+    if len(values) > MAX_PAGE_SIZE:
+        raise InvalidArgument.field(
+            field,
+            f"at most {MAX_PAGE_SIZE} dead letters per call (a page of the list), got "
+            f"{len(values)}: send the rest in further calls, or select by time",
+        )
     out = []
     for i, value in enumerate(values):
         workspace_id, instance_id, letter = names.parse_dead_letter(f"{field}[{i}]", value)
@@ -195,6 +204,8 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
             # The instance may be gone while its dead letters remain: say so to members of
             # the same workspace; to anyone else it stays NOT_FOUND.
             me = await self._gate.whoami(context)
+            if not streams.is_token(instance_id):  # no letter was ever stored under it
+                raise
             async for pack in self._store.scan(instance_id):
                 if names.last(me.workspace.name) == workspace_id == pack.workspace_id:
                     raise FailedPrecondition(
@@ -367,7 +378,7 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
         named = chosen(parent, "names", list(request.names))
         end = None
         if request.HasField("end_time"):
-            end = request.end_time.ToDatetime(tzinfo=UTC)
+            end = request_time("end_time", request.end_time)
         _, me = await self._writable(context, request.parent, "purge")
         letters = await self._store.select(
             parent[1], [letter_id for _, letter_id in named], end=end

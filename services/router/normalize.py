@@ -38,6 +38,7 @@ from typing import Any
 
 import orjson
 
+from services.common.packs import MAX_MESSAGE_ID_CHARS
 from services.router.errors import (
     BodyTooLargeError,
     CorruptBodyError,
@@ -62,9 +63,6 @@ SINGLE_KINDS = frozenset({"track", "identify", "page", "screen", "group", "alias
 EVENT_TYPES = SINGLE_KINDS | {"delete"}
 _OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
 MAX_GZIP_MEMBERS = 16
-# A messageId travels in the headers of the packs holding it (JetStream refuses headers past
-# 64 KB: one of 22,000 characters wedged its source's publishes); SDKs send UUIDs.
-MAX_MESSAGE_ID_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)

@@ -272,7 +272,9 @@ class ReplayDeadLettersRequest(_message.Message):
     """
     @_builtins.property
     def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The dead letters to replay (names); empty means all of the instance in the time range."""
+        """The dead letters to replay (names), at most 500; empty means all of the instance in the
+        time range.
+        """
 
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
@@ -377,7 +379,9 @@ class PurgeDeadLettersRequest(_message.Message):
     """The instance whose dead letters to delete."""
     @_builtins.property
     def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The dead letters to delete (names); empty means all of the instance before end_time."""
+        """The dead letters to delete (names), at most 500; empty means all of the instance before
+        end_time.
+        """
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
