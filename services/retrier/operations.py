@@ -165,20 +165,25 @@ class Operations:
 
     async def list(self, workspace_id: str) -> list[ReplayRecord]:
         """Return a workspace's operations, newest first."""
-        try:
-            # nats-py filters keys by substring, not by subject wildcard.
-            keys = await self.kv.keys(filters=[f"op.{workspace_id}."])
-        except Exception as error:  # nats-py raises NoKeysError when the filter matches none
-            if type(error).__name__ == "NoKeysError":
-                return []
-            raise
+        records = await self._records(f"op.{workspace_id}.*")
+        return sorted(records, key=lambda r: r.create_time, reverse=True)
+
+    async def _records(self, keys: str) -> list[ReplayRecord]:
+        """Return the records under a key pattern: one watch, the server filtering the keys
+        and sending each one's value (nats-py's `keys()` watched every key of every
+        workspace, request ids too, and filtered them here; then a `get` per key: 1,500 of
+        one workspace's made every workspace's list 10 times slower, its own 600 ms)."""
+        watcher = await self.kv.watch(keys, ignore_deletes=True)
         records = []
-        for key in (k for k in keys if k.startswith(f"op.{workspace_id}.")):
-            with contextlib.suppress(KeyNotFoundError):
-                entry = await self.kv.get(key)
+        try:
+            async for entry in watcher:
+                if entry is None:  # the bucket's state is read: no more to come
+                    break
                 if entry.value:
                     records.append(ReplayRecord(**orjson.loads(entry.value)))
-        return sorted(records, key=lambda r: r.create_time, reverse=True)
+        finally:
+            await watcher.stop()
+        return records
 
     async def wait(self, name: str, seconds: float) -> ReplayRecord | None:
         """Return the record once it is done, or as it is after `seconds`."""
@@ -263,25 +268,14 @@ class Operations:
 
     async def resume(self, runner: Runner) -> int:
         """Take over the unfinished operations of retriers that stopped; return how many."""
-        try:
-            keys = await self.kv.keys(filters=["op."])
-        except Exception as error:
-            if type(error).__name__ == "NoKeysError":
-                return 0
-            raise
         taken = 0
-        for key in (k for k in keys if k.startswith("op.")):
-            with contextlib.suppress(KeyNotFoundError):
-                entry = await self.kv.get(key)
-                if not entry.value:
-                    continue
-                record = ReplayRecord(**orjson.loads(entry.value))
-                stale = time.time() - record.updated > ABANDONED_AFTER.total_seconds()
-                if not record.done and stale:
-                    log.info("taking over the unfinished replay %s", record.name)
-                    await self.write(record)  # fresh: no other retrier takes it too
-                    self.run(record, runner)
-                    taken += 1
+        for record in await self._records("op.>"):
+            stale = time.time() - record.updated > ABANDONED_AFTER.total_seconds()
+            if not record.done and stale:
+                log.info("taking over the unfinished replay %s", record.name)
+                await self.write(record)  # fresh: no other retrier takes it too
+                self.run(record, runner)
+                taken += 1
         return taken
 
     async def close(self) -> None:

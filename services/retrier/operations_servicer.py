@@ -99,10 +99,15 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
         if last is not None:
             records = [r for r in records if (r.create_time, r.name) < (last[0], last[1])]
         visible = []
+        readable: dict[str, bool] = {}  # by instance: the registry asked once per instance
         for record in records:
-            try:
-                await self._gate.instance(context, record.instance)
-            except (NotFound, PermissionDenied):
+            if record.instance not in readable:
+                try:
+                    await self._gate.instance(context, record.instance)
+                    readable[record.instance] = True
+                except (NotFound, PermissionDenied):
+                    readable[record.instance] = False
+            if not readable[record.instance]:
                 continue
             visible.append(record)
             if len(visible) > size:
