@@ -102,7 +102,9 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
         recorder,
         Handoff(js, settings.retry_max_per_instance),
         instance_concurrency=settings.executor_instance_concurrency,
-        metrics=ExecutorMetrics(metrics.meter, lambda: pool.restarts),
+        metrics=ExecutorMetrics(
+            metrics.meter, lambda: pool.restarts, lambda iid: iid in watcher.instances
+        ),
     )
     versions = VersionSource(settings.registry_addr, token)
     stack.push_async_callback(versions.close)

@@ -148,7 +148,13 @@ class HostLabels:
 class ExecutorMetrics:
     """The executor's instruments: outcomes, invocations, durations, fetches, V8 workers."""
 
-    def __init__(self, meter: Meter, restarts: Callable[[], Mapping[str, int]]) -> None:
+    def __init__(
+        self,
+        meter: Meter,
+        restarts: Callable[[], Mapping[str, int]],
+        live: Callable[[str], bool] | None = None,
+    ) -> None:
+        """`live` tells whether an instance still exists (see `Tally`)."""
         names = ("eventfn.instance_id", "eventfn.outcome")
         self._events = Tally(
             meter,
@@ -156,6 +162,7 @@ class ExecutorMetrics:
             unit="{event}",
             description="Events by outcome",
             attributes=names,
+            live=live,
         )
         self._invocations = Tally(
             meter,
@@ -163,6 +170,7 @@ class ExecutorMetrics:
             unit="{invocation}",
             description="Invocations by outcome",
             attributes=names,
+            live=live,
         )
         self._duration = meter.create_histogram(
             "eventfn.invocation.duration", unit="s", description="Invocation duration"

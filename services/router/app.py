@@ -113,7 +113,11 @@ async def start_router(settings: RouterSettings, stack: AsyncExitStack) -> Runni
         coalesce_window=settings.router_coalesce_window_ms / 1000,
         coalesce_min_rate=settings.router_coalesce_min_rate,
         recorder=recorder,
-        metrics=RouterMetrics(metrics.meter),
+        metrics=RouterMetrics(
+            metrics.meter,
+            live_source=lambda sid: sid in watcher.view.sources,
+            live_instance=lambda iid: iid in watcher.instances,
+        ),
     )
     stack.callback(lambda: log.info("router stopping: %s", ingestor.stats))
     backlog = BacklogGauges(

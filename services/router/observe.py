@@ -3,6 +3,8 @@ executors' backlog (the router is always up, so the signal is there with no exec
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from opentelemetry.metrics import Meter
 
 from services.common.metrics import Tally
@@ -11,13 +13,20 @@ from services.common.metrics import Tally
 class RouterMetrics:
     """The router's counters."""
 
-    def __init__(self, meter: Meter) -> None:
+    def __init__(
+        self,
+        meter: Meter,
+        live_source: Callable[[str], bool] | None = None,
+        live_instance: Callable[[str], bool] | None = None,
+    ) -> None:
+        """`live_source` and `live_instance` tell whether one still exists (see `Tally`)."""
         self._received = Tally(
             meter,
             "eventfn.router.events.received",
             unit="{event}",
             description="Events received",
             attributes=("eventfn.source_id",),
+            live=live_source,
         )
         self._stored = Tally(
             meter,
@@ -25,6 +34,7 @@ class RouterMetrics:
             unit="{event}",
             description="Events stored",
             attributes=("eventfn.source_id",),
+            live=live_source,
         )
         self._filtered = Tally(
             meter,
@@ -32,6 +42,7 @@ class RouterMetrics:
             unit="{event}",
             description="Events kept from an instance by its filters or the integrations object",
             attributes=("eventfn.instance_id",),
+            live=live_instance,
         )
         self._rejected = Tally(
             meter,

@@ -1,0 +1,69 @@
+"""A deleted instance's counters leave the executor's metrics. `eventfn_events_outcomes_total`
+and `eventfn_invocations_total` kept every instance id they ever counted, for the process's
+lifetime, and OpenTelemetry exports at most 2,000 series a metric: a tenant creating, feeding
+and deleting instances (500, four outcomes each) sent every other tenant's new instances to one
+`otel_metric_overflow` series, blinding dashboards and alerts by instance until a restart."""
+
+from __future__ import annotations
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from prometheus_client import CollectorRegistry, generate_latest
+
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from services.common.metrics import Tally
+from tests.eventually import eventually
+from tests.observability.test_metrics import scrape, total
+from tests.pipeline.conftest import Platform, Sink, platform, sink
+from tests.pipeline.test_delivery import SINGLE, batch_body, send
+from tests.registry.conftest import auth, registry
+
+__all__ = ["platform", "registry", "sink"]
+OUTCOMES = "eventfn_events_outcomes_total"
+
+
+async def test_a_deleted_instances_series_leave_the_executors_metrics(
+    platform: Platform, sink: Sink
+) -> None:
+    instance = await platform.instance(SINGLE, sink.url)
+    await send(platform, batch_body(3))
+    await sink.wait_for(3)
+    port = platform.executor.metrics_port
+    assert port
+
+    async def counted() -> float:
+        return total(await scrape(port), OUTCOMES, eventfn_instance_id=instance)
+
+    await eventually(counted, "the instance's outcomes counted", until=lambda n: n >= 3)
+    await platform.registry.stub.DeleteInstance(
+        pb.DeleteInstanceRequest(name=platform.instance_name(instance)),
+        metadata=auth(platform.owner),
+    )
+    await platform.executor.watcher.wait_until(lambda v: instance not in v.instances)
+    assert await counted() == 0, "a deleted instance's series is still exported"
+
+
+def test_churned_instances_leave_room_for_a_neighbours() -> None:
+    registry = CollectorRegistry()
+    provider = MeterProvider(
+        metric_readers=[PrometheusMetricReader(registry=registry, disable_target_info=True)]
+    )
+    deleted: set[str] = set()
+    tally = Tally(
+        provider.get_meter("eventfn-executor"),
+        "eventfn.events.outcomes",
+        unit="{event}",
+        description="Events by outcome",
+        attributes=("eventfn.instance_id", "eventfn.outcome"),
+        live=lambda instance_id: instance_id not in deleted,
+    )
+    for i in range(500):  # each instance created, fed and deleted
+        for outcome in ("delivered", "retry", "discard", "failure"):
+            tally.add(1, f"ins_churn{i:04d}", outcome)
+        deleted.add(f"ins_churn{i:04d}")
+        if i % 100 == 0:
+            generate_latest(registry)  # scraped now and then meanwhile
+    tally.add(7, "ins_neighbour", "delivered")
+    text = generate_latest(registry).decode()
+    assert 'eventfn_instance_id="ins_neighbour"' in text, "the neighbour's instance is not shown"
+    assert "ins_churn" not in text
