@@ -16,7 +16,6 @@ from services.common.page_tokens import PageTokens
 from services.common.settings import asyncpg_url, sqlalchemy_url
 from services.filters import parse_filter
 from services.registry.access import Authenticator, ensure_bootstrap
-from services.registry.change_budget import ChangeBudget
 from services.registry.deps import RegistryDeps
 from services.registry.idempotency import Idempotency
 from services.registry.migrate import migrate
@@ -70,7 +69,7 @@ async def start_registry(settings: RegistrySettings, stack: AsyncExitStack) -> R
         check_filter=parse_filter,
         pages=Pages(PageTokens.from_secret(key)),
         idempotency=idempotency,
-        changes=ChangeBudget(settings.registry_changes_per_second, settings.registry_changes_burst),
+        changes=settings.change_budget(),
     )
     notifier = ConfigNotifier(asyncpg_url(settings.database_url))
     await notifier.start()

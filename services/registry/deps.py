@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from services.common.workspace_budget import WorkspaceBudget
 from services.registry.access import Authenticator
 from services.registry.auth import Caller
-from services.registry.change_budget import ChangeBudget
 from services.registry.idempotency import Idempotency
 from services.registry.models import AuditEvent, Member
 from services.registry.paging import Pages
@@ -30,7 +30,7 @@ class RegistryDeps:
     check_filter: FilterChecker
     pages: Pages
     idempotency: Idempotency
-    changes: ChangeBudget
+    changes: WorkspaceBudget
 
     async def change_config(
         self, session: AsyncSession, caller: Caller, **touched: Iterable[str]

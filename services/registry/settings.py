@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.common.settings import CommonSettings
+from services.common.workspace_budget import WorkspaceBudget
 
 
 class RegistrySettings(CommonSettings):
@@ -26,3 +27,13 @@ class RegistrySettings(CommonSettings):
     registry_changes_per_second: float = 20.0
     bootstrap_token: str | None = None
     bootstrap_workspace: str = "default"
+
+    def change_budget(self) -> WorkspaceBudget:
+        """Return the per-workspace budget of configuration changes these settings give."""
+        return WorkspaceBudget(
+            self.registry_changes_per_second,
+            self.registry_changes_burst,
+            doing="changes its configuration",
+            rate_variable="EVENTFN_REGISTRY_CHANGES_PER_SECOND",
+            burst_variable="EVENTFN_REGISTRY_CHANGES_BURST",
+        )

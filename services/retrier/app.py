@@ -84,7 +84,7 @@ async def start_retrier(settings: RetrierSettings, stack: AsyncExitStack) -> Run
     pages = PageTokens.from_secret(token)
     operations = Operations(js, settings.stream_replicas)
     await operations.open()
-    servicer = RetrierServicer(store, gate, pages, operations)
+    servicer = RetrierServicer(store, gate, pages, operations, settings.replay_budget())
     stack.push_async_callback(operations.close)
     server, port, health = rpc.create_server(
         address=settings.retrier_listen,

@@ -25,6 +25,7 @@ from services.common.request_ids import check_request_id
 from services.common.request_times import request_time
 from services.common.roles import may_administer_source
 from services.common.tracer import get_tracer
+from services.common.workspace_budget import WorkspaceBudget
 from services.retrier.dead_letters import (
     BadDeadLetterId,
     DeadLetterStore,
@@ -187,7 +188,9 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
         gate: RegistryGate,
         pages: PageTokens,
         operations: Operations,
+        replays: WorkspaceBudget,
     ) -> None:
+        self._replays = replays
         self._store = store
         self._gate = gate
         self._pages = pages
@@ -298,6 +301,7 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
             earlier = await self._operations.earlier(parent[0], request.request_id, digest)
             if earlier is not None:
                 return operation_message(earlier)
+        self._replays.take(parent[0])  # authorized, and not a retry: before the scan
         version_id = ""
         if request.version and request.version != instance.version:
             version = await self._gate.version(context, request.version)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from services.common.settings import DataPlaneSettings
+from services.common.workspace_budget import WorkspaceBudget
 from services.retrier.backoff import RetryPolicy
 
 
@@ -37,6 +38,21 @@ class RetrierSettings(DataPlaneSettings):
     retrier_fetch: int = 256
     # How long JetStream waits for a retrier's ack before redelivering a RETRY message.
     retrier_ack_wait_seconds: float = 30.0
+    # Replays (ReplayDeadLetters calls) a workspace may start at once: each scans the
+    # instance's dead letters and its operation is kept a week; each retrier counts its own.
+    retrier_replays_burst: int = 100
+    # Replays a workspace may start per second past its burst; 0: no limit.
+    retrier_replays_per_second: float = 0.1
+
+    def replay_budget(self) -> WorkspaceBudget:
+        """Return the per-workspace budget of replays these settings give."""
+        return WorkspaceBudget(
+            self.retrier_replays_per_second,
+            self.retrier_replays_burst,
+            doing="starts replays",
+            rate_variable="EVENTFN_RETRIER_REPLAYS_PER_SECOND",
+            burst_variable="EVENTFN_RETRIER_REPLAYS_BURST",
+        )
 
     def policy(self) -> RetryPolicy:
         """Return the backoff policy these settings describe."""

@@ -1,13 +1,27 @@
-"""The per-workspace budget of configuration changes: a burst, then a rate."""
+"""The per-workspace budget (configuration changes, replays): a burst, then a rate."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from services.common.errors import ResourceExhausted
-from services.registry.change_budget import ChangeBudget
+from services.common.workspace_budget import WorkspaceBudget
+
+
+def budget_of(rate: float, burst: int, **options: Any) -> WorkspaceBudget:
+    """A budget of changes, as the registry's."""
+    return WorkspaceBudget(
+        rate,
+        burst,
+        doing="changes its configuration",
+        rate_variable="EVENTFN_REGISTRY_CHANGES_PER_SECOND",
+        burst_variable="EVENTFN_REGISTRY_CHANGES_BURST",
+        **options,
+    )
 
 
 @given(
@@ -19,7 +33,7 @@ def test_changes_accepted_in_any_span_stay_within_burst_plus_rate(
     gaps: list[float], rate: float, burst: int
 ) -> None:
     now = [0.0]
-    budget = ChangeBudget(rate, burst, clock=lambda: now[0])
+    budget = budget_of(rate, burst, clock=lambda: now[0])
     accepted: list[float] = []
     for gap in gaps:
         now[0] += gap
@@ -36,7 +50,7 @@ def test_changes_accepted_in_any_span_stay_within_burst_plus_rate(
 
 def test_a_refused_change_goes_through_when_told() -> None:
     now = [0.0]
-    budget = ChangeBudget(2.0, 3, clock=lambda: now[0])
+    budget = budget_of(2.0, 3, clock=lambda: now[0])
     for _ in range(3):
         budget.take("ws_1")
     with pytest.raises(ResourceExhausted) as refused:
@@ -47,8 +61,8 @@ def test_a_refused_change_goes_through_when_told() -> None:
 
 
 def test_no_limit_with_rate_zero_and_bad_settings_refused_at_start() -> None:
-    budget = ChangeBudget(0, 1)
+    budget = budget_of(0, 1)
     for _ in range(1000):
         budget.take("ws_1")
     with pytest.raises(ValueError, match="EVENTFN_REGISTRY_CHANGES_BURST"):
-        ChangeBudget(1.0, 0)
+        budget_of(1.0, 0)

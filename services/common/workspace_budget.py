@@ -1,0 +1,77 @@
+"""How fast a workspace may do something costly to every tenant: a token bucket per workspace.
+
+`burst` at once (a script setting up hundreds of instances is not slowed), then `rate` a
+second. The registry counts configuration changes (each is applied by every router, executor
+and retrier of the deployment, about 11 ms of CPU in all per change on a 2-core machine: one
+member changing things in a loop would load every tenant's data path); the retrier counts
+replays (each scans the instance's dead letters and is kept a week). Each replica keeps its own
+buckets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from services.common.errors import ResourceExhausted
+
+# Buckets kept before the full ones (workspaces idle long enough) are forgotten.
+MAX_BUCKETS = 10_000
+
+
+class WorkspaceBudget:
+    """Per-workspace token buckets; `rate` 0 means no limit.
+
+    `doing` words what is counted for the refusal ("changes its configuration"), and the two
+    variables are the settings an operator changes the budget with.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        *,
+        doing: str,
+        rate_variable: str,
+        burst_variable: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate < 0 or burst < 1:
+            raise ValueError(
+                f"{rate_variable} must be 0 (no limit) or more and {burst_variable} at least "
+                f"1, not {rate:g} and {burst}"
+            )
+        self._rate = rate
+        self._burst = float(burst)
+        self._doing = doing
+        self._variables = f"{burst_variable}, {rate_variable}"
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # workspace -> (tokens, when)
+
+    def take(self, workspace_id: str) -> None:
+        """Count one of a workspace's, or raise ResourceExhausted saying when to retry."""
+        if not self._rate:
+            return
+        now = self._clock()
+        tokens, when = self._buckets.get(workspace_id, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - when) * self._rate)
+        if tokens < 1:
+            wait = (1 - tokens) / self._rate
+            raise ResourceExhausted(
+                f"workspace {workspace_id} {self._doing} faster than allowed "
+                f"({self._burst:.0f} at once, then {self._rate:g} a second: "
+                f"{self._variables}); nothing was done: retry in {wait:.1f} s",
+                retry_after=wait,
+            )
+        if len(self._buckets) >= MAX_BUCKETS and workspace_id not in self._buckets:
+            self._forget_full(now)
+        self._buckets[workspace_id] = (tokens - 1, now)
+
+    def _forget_full(self, now: float) -> None:
+        full = [
+            ws
+            for ws, (tokens, when) in self._buckets.items()
+            if tokens + (now - when) * self._rate >= self._burst
+        ]
+        for ws in full:
+            del self._buckets[ws]
