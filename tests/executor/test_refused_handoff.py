@@ -12,17 +12,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from pathlib import Path
 
-import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
 from services.common import streams
-from services.devtools.embedded.nats import EmbeddedNats
 from tests.eventually import eventually
-from tests.pipeline.conftest import Platform, Sink, sink, start_platform
+from tests.pipeline.conftest import Platform, Sink, platform_on_own_nats, sink
 from tests.registry.conftest import Registry, registry
 
 __all__ = ["registry", "sink"]
@@ -41,16 +38,8 @@ async def data_path(
     registry: Registry, tmp_path: Path
 ) -> AsyncIterator[tuple[Platform, NatsClient]]:
     """A data path (no retrier: held retries stay) on a NATS server of this test's own."""
-    server = EmbeddedNats(tmp_path / "nats")
-    server.start()
-    try:
-        async with AsyncExitStack() as stack:
-            platform = await start_platform(registry, server.url, stack)
-            nc = await nats.connect(server.url)
-            stack.push_async_callback(nc.close)
-            yield platform, nc
-    finally:
-        server.stop()
+    async with platform_on_own_nats(registry, tmp_path) as (platform, nc):
+        yield platform, nc
 
 
 async def test_a_refused_hand_off_comes_again_later_and_is_stored_once_taken(

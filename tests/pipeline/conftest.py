@@ -6,20 +6,24 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import orjson
 import pytest
 from aiohttp import web
 from google.protobuf import duration_pb2, struct_pb2
+from nats.aio.client import Client as NatsClient
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
 from eventfn_api.type.v1 import types_pb2
+from services.devtools.embedded.nats import EmbeddedNats
 from services.executor.app import RunningExecutor, start_executor
 from services.executor.settings import ExecutorSettings
 from services.router.app import RunningRouter, start_router
@@ -267,6 +271,24 @@ async def start_platform(
         source.write_key,
         ws_id,
     )
+
+
+@asynccontextmanager
+async def platform_on_own_nats(
+    registry: Registry, directory: Path
+) -> AsyncIterator[tuple[Platform, NatsClient]]:
+    """A data path (no retrier: held retries stay) on a NATS server of its own (its store in
+    `directory`), with a client of that server."""
+    server = EmbeddedNats(directory / "nats")
+    server.start()
+    try:
+        async with AsyncExitStack() as stack:
+            platform = await start_platform(registry, server.url, stack)
+            nc = await nats.connect(server.url)
+            stack.push_async_callback(nc.close)
+            yield platform, nc
+    finally:
+        server.stop()
 
 
 @pytest.fixture

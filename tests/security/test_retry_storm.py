@@ -9,7 +9,6 @@ once, replayable, with the reason — not back to EVENTS for another invocation.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from pathlib import Path
 
 import nats
@@ -18,9 +17,8 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from services.common import streams
-from services.devtools.embedded.nats import EmbeddedNats
 from tests.eventually import eventually
-from tests.pipeline.conftest import Platform, start_platform
+from tests.pipeline.conftest import Platform, platform_on_own_nats
 from tests.registry.conftest import Registry, registry
 
 __all__ = ["registry"]
@@ -37,16 +35,8 @@ async def storm(
     """A data path (no retrier: held retries stay) on a NATS server of this test's own,
     whose streams every service ensures with a limit of 3 retries per instance."""
     monkeypatch.setenv("EVENTFN_RETRY_MAX_PER_INSTANCE", str(LIMIT))
-    server = EmbeddedNats(tmp_path / "nats")
-    server.start()
-    try:
-        async with AsyncExitStack() as stack:
-            platform = await start_platform(registry, server.url, stack)
-            nc = await nats.connect(server.url)
-            stack.push_async_callback(nc.close)
-            yield platform, nc
-    finally:
-        server.stop()
+    async with platform_on_own_nats(registry, tmp_path) as (platform, nc):
+        yield platform, nc
 
 
 async def stored(nc: NatsClient, stream: str, subject: str) -> list[nats.js.api.RawStreamMsg]:

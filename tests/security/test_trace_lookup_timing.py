@@ -14,15 +14,13 @@ import uuid
 
 import grpc
 import orjson
-from google.protobuf import struct_pb2
 from nats.aio.client import Client as NatsClient
 
 from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
-from eventfn_api.registry.v1 import registry_pb2 as pb
-from eventfn_api.registry.v1 import resources_pb2 as res
 from services.common.trace_store import IndexKey, ensure_stream, trace_subject
 from tests.pipeline.conftest import Platform, platform, sink
-from tests.registry.conftest import HANDLER, SETTINGS, auth, registry
+from tests.registry.conftest import auth, registry
+from tests.security.test_control_plane_dead_letters import tenant
 from tests.security.test_trace_lookup_across_workspaces import invoke_span
 
 __all__ = ["platform", "registry", "sink"]
@@ -30,39 +28,8 @@ ROUNDS = 40
 
 
 async def strangers_instances(platform: Platform, count: int) -> list[str]:
-    """Create another workspace with `count` instances of one function; return their ids."""
-    r = platform.registry
-    ws, owner = await r.workspace(f"Stranger {uuid.uuid4().hex[:6]}")
-    md, parent = auth(owner), f"workspaces/{ws}"
-    fn = await r.stub.CreateFunction(
-        pb.CreateFunctionRequest(
-            parent=parent,
-            function=res.DestinationFunction(display_name="Hook"),
-            code=HANDLER,
-            settings=SETTINGS,
-        ),
-        metadata=md,
-    )
-    src = await r.stub.CreateSource(
-        pb.CreateSourceRequest(parent=parent, source=res.Source(display_name="web")), metadata=md
-    )
-    values = struct_pb2.Struct()
-    values.update({"endpoint": "https://example.com/hook", "apiKey": "sk_1"})
-    ids = []
-    for n in range(count):
-        created = await r.stub.CreateInstance(
-            pb.CreateInstanceRequest(
-                parent=parent,
-                instance=res.Instance(
-                    display_name=f"hook {n}",
-                    function=fn.function.name,
-                    source=src.source.name,
-                    settings=values,
-                ),
-            ),
-            metadata=md,
-        )
-        ids.append(created.instance.name.rsplit("/", 1)[-1])
+    """Create `count` other workspaces with an instance each; return the instances' ids."""
+    ids = [(await tenant(platform.registry, "Stranger")).instance_id for _ in range(count)]
     await platform.executor.watcher.wait_until(lambda v: all(i in v.instances for i in ids))
     return ids
 
