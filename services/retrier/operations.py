@@ -25,11 +25,13 @@ from google.longrunning import operations_pb2
 from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import status_pb2
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from eventfn_api.retrier.v1 import retrier_pb2 as pb
 from services.common import names
 from services.common.errors import EventfnError, RequestIdReused
+from services.common.pull import NATS_ERRORS
 from services.common.rpc import status_message, unexpected
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,12 @@ REQUEST_IDS_KEPT = timedelta(hours=24)
 # An unfinished operation not written to for this long belongs to a retrier that stopped.
 ABANDONED_AFTER = timedelta(seconds=30)
 CHUNK = 50  # letters replayed between two progress writes
+_STREAM = f"KV_{BUCKET}"
+# A KV entry's header naming a removal, and the removals.
+_KV_OPERATION = "KV-Operation"
+_KV_REMOVED = ("DEL", "PURGE")
+READ_BATCH = 256  # records asked for at once when reading a key pattern
+READ_SECONDS = 10.0
 
 
 @dataclass
@@ -169,20 +177,40 @@ class Operations:
         return sorted(records, key=lambda r: r.create_time, reverse=True)
 
     async def _records(self, keys: str) -> list[ReplayRecord]:
-        """Return the records under a key pattern: one watch, the server filtering the keys
-        and sending each one's value (nats-py's `keys()` watched every key of every
-        workspace, request ids too, and filtered them here; then a `get` per key: 1,500 of
-        one workspace's made every workspace's list 10 times slower, its own 600 ms)."""
-        watcher = await self.kv.watch(keys, ignore_deletes=True)
+        """Return the records under a key pattern as they are now: a pull consumer of each
+        key's last message, the server filtering the keys, read up to the count it had when
+        made. (nats-py's `keys()` watched every workspace's keys, request ids too, and
+        filtered them here, then a `get` per key: 1,500 of one workspace's made every
+        workspace's list 10 times slower. And its watch says "no more" when the consumer
+        reports nothing pending before any entry came, which it does while others write:
+        lists came back empty, and start-up missed replays to take over.)"""
+        sub = await self._js.pull_subscribe(
+            f"$KV.{BUCKET}.{keys}",
+            stream=_STREAM,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                ack_policy=AckPolicy.NONE,
+                mem_storage=True,
+                inactive_threshold=READ_SECONDS,
+            ),
+        )
         records = []
+        name = ""
         try:
-            async for entry in watcher:
-                if entry is None:  # the bucket's state is read: no more to come
-                    break
-                if entry.value:
-                    records.append(ReplayRecord(**orjson.loads(entry.value)))
+            info = await sub.consumer_info()
+            name = info.name
+            left = info.num_pending or 0  # each key's last message when the consumer was made
+            while left > 0:
+                for msg in await sub.fetch(min(left, READ_BATCH), timeout=READ_SECONDS):
+                    left -= 1
+                    deleted = (msg.headers or {}).get(_KV_OPERATION) in _KV_REMOVED
+                    if msg.data and not deleted:
+                        records.append(ReplayRecord(**orjson.loads(msg.data)))
         finally:
-            await watcher.stop()
+            with contextlib.suppress(*NATS_ERRORS):
+                await sub.unsubscribe()
+                if name:  # else it goes once inactive
+                    await self._js.delete_consumer(_STREAM, name)
         return records
 
     async def wait(self, name: str, seconds: float) -> ReplayRecord | None:
