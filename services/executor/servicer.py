@@ -95,7 +95,12 @@ def period(
 ) -> tuple[datetime, datetime]:
     """Resolve a request's time range, with defaults, or raise when it is reversed."""
     stop = request_time("end_time", end) if end.seconds or end.nanos else datetime.now(UTC)
-    begin = request_time("start_time", start) if start.seconds or start.nanos else stop - default
+    if start.seconds or start.nanos:
+        begin = request_time("start_time", start)
+    elif stop - datetime.min.replace(tzinfo=UTC) >= default:
+        begin = stop - default
+    else:  # the default period would start before the year 1
+        begin = datetime.min.replace(tzinfo=UTC)
     if begin > stop:
         raise InvalidArgument.field("start_time", "must not be after end_time")
     return begin, stop

@@ -20,6 +20,7 @@ from tests.registry.conftest import auth, registry
 __all__ = ["platform", "registry", "sink"]
 
 FAR = timestamp_pb2.Timestamp(seconds=10**12)
+YEAR_ONE = timestamp_pb2.Timestamp(seconds=-62135596800 + 60)  # 0001-01-01T00:01:00Z
 
 
 async def refusal(call: Any) -> tuple[grpc.StatusCode, str]:
@@ -46,6 +47,24 @@ async def test_a_delivery_time_past_9999_is_invalid_naming_the_field(
         stub = executor_pb2_grpc.ExecutorStub(channel)
         code, details = await refusal(getattr(stub, rpc)(request, metadata=auth(platform.owner)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and field in details, (code, details)
+
+
+@pytest.mark.parametrize("rpc", ["ListDeliveryMinutes", "ListDeliveryFailures", "GetDeliveryStats"])
+async def test_an_end_time_in_the_year_one_is_a_period_from_its_start(
+    platform: Platform, rpc: str
+) -> None:
+    instance = platform.instance_name(
+        await platform.instance("async function onTrack() {}", "http://127.0.0.1:9/")
+    )
+    if rpc == "GetDeliveryStats":
+        request: Any = executor_pb2.GetDeliveryStatsRequest(name=f"{instance}/deliveryStats")
+    else:
+        request = getattr(executor_pb2, f"{rpc}Request")(parent=instance)
+    request.end_time.CopyFrom(YEAR_ONE)  # the default period before it starts before time
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
+        await getattr(executor_pb2_grpc.ExecutorStub(channel), rpc)(
+            request, metadata=auth(platform.owner)
+        )  # nothing was delivered then: an empty answer
 
 
 async def test_an_audit_time_past_9999_is_invalid_naming_the_field(platform: Platform) -> None:
