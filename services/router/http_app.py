@@ -268,9 +268,10 @@ class TrackingApp:
         endpoint = self._public_endpoint
         if endpoint is None:
             endpoint = request_api_host(headers.get(b"host"), scope.get("scheme", "http"))
-            # Told where to send by the Host it was asked on: a shared cache must not hand one
-            # Host's answer to another's requests (a forged Host would then redirect events).
-            answer.append((b"vary", b"Host"))
+            # Told where to send by the Host it was asked on, and how (the scheme a local proxy
+            # forwarded): a shared cache must not hand one Host's answer to another's requests
+            # (a forged Host would then redirect events), nor an http one to https pages.
+            answer.append((b"vary", b"Host, X-Forwarded-Proto"))
         body = settings_document(write_key, endpoint)
         await _respond(send, 200, body, answer)
 

@@ -134,7 +134,8 @@ async def test_settings_for_a_known_write_key(env: Env) -> None:
     assert resp.headers["access-control-allow-origin"] == "*"
     assert resp.headers["content-type"] == "application/json"
     assert "max-age" in resp.headers["cache-control"]
-    assert resp.headers["vary"] == "Host", "cached for one Host, it must not answer another"
+    # Cached for one Host and scheme, it must not answer another.
+    assert resp.headers["vary"] == "Host, X-Forwarded-Proto"
     document = resp.json()
     assert list(document["integrations"]) == ["Segment.io"], "any other would load Segment code"
     segment = document["integrations"]["Segment.io"]
