@@ -137,7 +137,13 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
     gate = RegistryGate(settings.registry_addr)
     stack.push_async_callback(gate.close)
     servicer = ExecutorServicer(
-        db, gate, js, pool, PageTokens.from_secret(token), workspace_of(watcher)
+        db,
+        gate,
+        js,
+        pool,
+        PageTokens.from_secret(token),
+        workspace_of(watcher),
+        settings.preview_budget(),
     )
     server, port, health = rpc.create_server(
         address=settings.executor_listen,

@@ -26,6 +26,7 @@ from services.common.pull import NATS_ERRORS
 from services.common.registry_gate import RegistryGate
 from services.common.request_times import request_time
 from services.common.roles import may_write_function
+from services.common.workspace_budget import WorkspaceBudget
 from services.executor.policy import health
 from services.executor.traces import WorkspaceOf, get_trace
 from services.runtime import InvalidInvocation, RuntimePool
@@ -126,7 +127,9 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
         pool: RuntimePool,
         pages: PageTokens,
         workspace_of: WorkspaceOf,
+        previews: WorkspaceBudget,
     ) -> None:
+        self._previews = previews
         self._pages = pages
         self._workspace_of = workspace_of
         self._reads = DeliveryReads(db)
@@ -173,6 +176,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
             raise InvalidArgument.field("program", "required: give code, or a version to run")
         if not request.event_json:
             raise InvalidArgument.field("event_json", "required: an event or an array of events")
+        self._previews.take(names.last(workspace))  # authorized and well-formed: it will run
         problem = await asyncio.to_thread(check_syntax, code)
         if problem is not None:
             raise InvalidArgument.field(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import model_validator
 
 from services.common.settings import DataPlaneSettings
+from services.common.workspace_budget import WorkspaceBudget
 from services.executor.consumer import MAX_PENDING
 
 
@@ -23,6 +24,12 @@ class ExecutorSettings(DataPlaneSettings):
     executor_subjects: str = "events.>"
     # V8 worker processes of this executor (0: one per core).
     executor_workers: int = 0
+    # Previews a workspace may run at once: each runs in a fresh context on the V8 workers that
+    # run every tenant's functions, and a worker is replaced after so many contexts (600
+    # previews in 12 s replaced one four times); each executor counts its own.
+    executor_previews_burst: int = 20
+    # Previews a workspace may run per second past its burst; 0: no limit.
+    executor_previews_per_second: float = 1.0
     # Packs one pull request asks for (it stays open, delivering each as it is stored).
     executor_fetch_packs: int = 64
     # Packs in flight at once in this process (no more is fetched meanwhile); one instance holds
@@ -53,6 +60,16 @@ class ExecutorSettings(DataPlaneSettings):
     egress_ca_bundle: str | None = None
     # True: the HTTP(S) proxy enforces egress itself; names go to it without a check here.
     egress_proxy_checks_names: bool = False
+
+    def preview_budget(self) -> WorkspaceBudget:
+        """Return the per-workspace budget of previews these settings give."""
+        return WorkspaceBudget(
+            self.executor_previews_per_second,
+            self.executor_previews_burst,
+            doing="runs previews",
+            rate_variable="EVENTFN_EXECUTOR_PREVIEWS_PER_SECOND",
+            burst_variable="EVENTFN_EXECUTOR_PREVIEWS_BURST",
+        )
 
     @model_validator(mode="after")
     def _pending_holds_one_executor(self) -> ExecutorSettings:
