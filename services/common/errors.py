@@ -84,13 +84,13 @@ class PermissionDenied(EventfnError):
 
 
 class ResourceExhausted(EventfnError):
-    """The caller used up a budget (a rate); safe to retry after `retry_after` seconds, which
-    the status carries as google.rpc.RetryInfo."""
+    """The caller used up a budget: a rate, safe to retry after `retry_after` seconds (which
+    the status carries as google.rpc.RetryInfo), or a quota (None: waiting changes nothing)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "RESOURCE_EXHAUSTED"
 
-    def __init__(self, message: str, retry_after: float) -> None:
+    def __init__(self, message: str, retry_after: float | None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 

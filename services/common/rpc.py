@@ -72,7 +72,7 @@ def status_message(error: EventfnError) -> status_pb2.Status:
         packed = any_pb2.Any()
         packed.Pack(bad)
         details.append(packed)
-    if isinstance(error, ResourceExhausted):
+    if isinstance(error, ResourceExhausted) and error.retry_after is not None:
         delay = duration_pb2.Duration()
         delay.FromTimedelta(timedelta(seconds=error.retry_after))
         packed = any_pb2.Any()

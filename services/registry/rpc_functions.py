@@ -114,6 +114,7 @@ class FunctionRpcs:
                 created_at=now(),
                 updated_at=now(),
             )
+            await self.deps.room_for_code(s, caller.workspace_id, request.code)
             s.add(fn)
             await s.flush()
             ver = new_version(fn, request.code, schema, caller.email)

@@ -1,0 +1,81 @@
+"""How much function code a workspace may store. Every save keeps a version, and nothing bounded
+them: one member saving 3.8 MB of code in a loop (saves need no deploy) grew the database every
+tenant shares 113 MiB in 5 s. The versions of a workspace's functions now hold at most
+`EVENTFN_REGISTRY_CODE_BYTES_PER_WORKSPACE` bytes of code together: past that, a save or a new
+function is refused (RESOURCE_EXHAUSTED, no retry hint: waiting changes nothing) and nothing is
+stored; another workspace's quota is its own."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import grpc
+import pytest
+
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
+from tests.registry.conftest import HANDLER, SETTINGS, Registry, auth, running_registry
+
+QUOTA = 1024 * 1024
+
+
+def code_of(size: int) -> str:
+    """A handler padded with a comment of `size` random hex digits (no compression helps)."""
+    return HANDLER + "\n// " + os.urandom(size // 2).hex()
+
+
+async def create(
+    registry: Registry, owner: str, workspace: str, code: str
+) -> pb.DestinationFunction:
+    created = await registry.stub.CreateFunction(
+        pb.CreateFunctionRequest(
+            parent=f"workspaces/{workspace}",
+            function=res.DestinationFunction(display_name=f"fn {os.urandom(4).hex()}"),
+            code=code,
+            settings=SETTINGS,
+        ),
+        metadata=auth(owner),
+    )
+    return created.function
+
+
+async def test_a_workspace_stores_its_quota_of_code_and_no_more(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    async with running_registry(
+        fresh_database, tmp_path, registry_code_bytes_per_workspace=QUOTA
+    ) as registry:
+        workspace, owner = await registry.workspace("Saver")
+        fn = await create(registry, owner, workspace, code_of(300_000))
+        etag = fn.etag
+        for _ in range(2):  # 900 KB in all
+            saved = await registry.stub.SaveFunction(
+                pb.SaveFunctionRequest(
+                    name=fn.name, code=code_of(300_000), settings=SETTINGS, etag=etag
+                ),
+                metadata=auth(owner),
+            )
+            etag = saved.function.etag
+        for call in (
+            registry.stub.SaveFunction(
+                pb.SaveFunctionRequest(
+                    name=fn.name, code=code_of(300_000), settings=SETTINGS, etag=etag
+                ),
+                metadata=auth(owner),
+            ),
+            create(registry, owner, workspace, code_of(300_000)),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            details = refused.value.details() or ""
+            assert "EVENTFN_REGISTRY_CODE_BYTES_PER_WORKSPACE" in details, details
+        # Nothing of the refused calls was stored.
+        listed = await registry.stub.ListFunctions(
+            pb.ListFunctionsRequest(parent=f"workspaces/{workspace}"), metadata=auth(owner)
+        )
+        assert [f.etag for f in listed.functions] == [etag]
+        # A neighbour stores its own.
+        neighbour_ws, neighbour = await registry.workspace("Neighbour")
+        await create(registry, neighbour, neighbour_ws, code_of(300_000))
