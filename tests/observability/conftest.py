@@ -97,7 +97,12 @@ def exported(receiver: Receiver, nats_url: str) -> Iterator[TracerProvider]:
         provider = TracerProvider()
         trace.set_tracer_provider(provider)
     exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{receiver.port}", insecure=True)
-    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=100))
-    store = BatchSpanProcessor(TraceStoreExporter(nats_url), schedule_delay_millis=100)
-    provider.add_span_processor(store)
+    processors = [
+        BatchSpanProcessor(exporter, schedule_delay_millis=100),
+        BatchSpanProcessor(TraceStoreExporter(nats_url), schedule_delay_millis=100),
+    ]
+    for processor in processors:
+        provider.add_span_processor(processor)
     yield provider
+    for processor in processors:  # while the receiver and NATS still run (not at exit)
+        processor.shutdown()
