@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+from sqlalchemy import Text, cast
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -19,6 +21,10 @@ from services.registry.paging import Pages
 from services.registry.secrets import SecretBox
 from services.registry.store import RegistryStore
 from services.registry.validation import FilterChecker, SyntaxChecker
+
+# What a version is counted for beyond its code and definitions (its row): tiny versions by the
+# million would otherwise fit any quota of bytes.
+VERSION_OVERHEAD = 1024
 
 
 @dataclass
@@ -35,23 +41,39 @@ class RegistryDeps:
     changes: WorkspaceBudget
     code_bytes: int = 0  # of code the versions of a workspace's functions may hold; 0: any
 
-    async def room_for_code(self, session: AsyncSession, workspace_id: str, code: str) -> None:
-        """Refuse a new version whose code would take the code the workspace stores past its
-        quota (RESOURCE_EXHAUSTED: waiting changes nothing)."""
+    async def room_for_code(
+        self, session: AsyncSession, workspace_id: str, code: str, schema: list[Any]
+    ) -> None:
+        """Refuse a new version that would take what the workspace's versions store (code,
+        settings definitions, and VERSION_OVERHEAD each) past its quota (RESOURCE_EXHAUSTED:
+        waiting changes nothing). The workspace's saves wait for each other here, to the end
+        of their transactions: concurrent ones each passed a check of the same total."""
         if not self.code_bytes:
             return
+        await session.exec(
+            select(func.pg_advisory_xact_lock(func.hashtext(f"code:{workspace_id}")))
+        )
         stored = await session.scalar(
-            select(func.coalesce(func.sum(func.octet_length(FunctionVersion.code)), 0))
+            select(
+                func.coalesce(
+                    func.sum(
+                        func.octet_length(FunctionVersion.code)
+                        + func.octet_length(cast(FunctionVersion.settings, Text))
+                        + VERSION_OVERHEAD
+                    ),
+                    0,
+                )
+            )
             .join(Function, col(Function.id) == col(FunctionVersion.function_id))
             .where(Function.workspace_id == workspace_id)
         )
-        adding = len(code.encode())
+        adding = len(code.encode()) + len(orjson.dumps(schema)) + VERSION_OVERHEAD
         if (stored or 0) + adding > self.code_bytes:
             mib = 1024 * 1024
             raise ResourceExhausted(
-                f"workspace {workspace_id} stores {(stored or 0) / mib:.1f} MiB of function code "
-                f"in its versions; this version's {adding / mib:.1f} MiB would take it past the "
-                f"{self.code_bytes / mib:.0f} MiB it may store "
+                f"workspace {workspace_id}'s function versions take {(stored or 0) / mib:.1f} "
+                f"MiB (code and settings definitions); this one's {adding / mib:.1f} MiB would "
+                f"take them past the {self.code_bytes / mib:.0f} MiB they may take "
                 "(EVENTFN_REGISTRY_CODE_BYTES_PER_WORKSPACE): delete functions no longer used",
                 retry_after=None,
             )

@@ -84,7 +84,7 @@ class DeployRpcs:
         async with self.store.transaction() as s:
             fn = await function_of(self.store, s, caller, "name", request.name, lock=True)
             check_etag("function", fn.id, fn.revision, request.etag)
-            await self.deps.room_for_code(s, caller.workspace_id, request.code)
+            await self.deps.room_for_code(s, caller.workspace_id, request.code, schema)
             fn.revision += 1
             ver = new_version(fn, request.code, schema, caller.email)
             s.add(ver)

@@ -20,6 +20,7 @@ from services.registry.models import Function, FunctionVersion, Instance
 from services.registry.store import new_id, now, unique_violation
 from services.registry.validation import (
     check_code,
+    check_description,
     check_name,
     check_page_size,
     check_setting_definitions,
@@ -110,11 +111,11 @@ class FunctionRpcs:
                 id=new_id("fn"),
                 workspace_id=caller.workspace_id,
                 name=name,
-                description=request.function.description,
+                description=check_description("function.description", request.function.description),
                 created_at=now(),
                 updated_at=now(),
             )
-            await self.deps.room_for_code(s, caller.workspace_id, request.code)
+            await self.deps.room_for_code(s, caller.workspace_id, request.code, schema)
             s.add(fn)
             await s.flush()
             ver = new_version(fn, request.code, schema, caller.email)
@@ -189,7 +190,7 @@ class FunctionRpcs:
                 if "display_name" in paths:
                     fn.name = display_name
                 if "description" in paths:
-                    fn.description = new.description
+                    fn.description = check_description("function.description", new.description)
                 fn.revision += 1
                 fn.updated_at = now()
                 s.add(fn)

@@ -22,6 +22,10 @@ MAX_CODE_BYTES = 5 * 1024 * 1024
 # configuration stays far under what the data plane's watchers accept in one message (16 MiB).
 MAX_SETTINGS_BYTES = 256 * 1024
 MAX_NAME = 100
+# A function's description, and a version's settings definitions as stored: kept with every
+# function or version, so bounded (a 4 MB description per save grew the database unchecked).
+MAX_DESCRIPTION = 4000
+MAX_SCHEMA_BYTES = 64 * 1024
 BATCH_SIZE_DEFAULT, BATCH_SIZE_MAX = 20, 400
 BATCH_WAIT_DEFAULT_MS, BATCH_WAIT_MAX_MS = 10_000, 60_000
 TIMEOUT_DEFAULT_MS, TIMEOUT_MIN_MS, TIMEOUT_MAX_MS = 5_000, 100, 60_000
@@ -80,6 +84,13 @@ def check_code(code: str, syntax: SyntaxChecker) -> None:
         )
 
 
+def check_description(field: str, value: str) -> str:
+    """Return a description, or raise when it is longer than MAX_DESCRIPTION characters."""
+    if len(value) > MAX_DESCRIPTION:
+        raise InvalidArgument.field(field, f"is {len(value)} characters; at most {MAX_DESCRIPTION}")
+    return value
+
+
 def check_setting_definitions(
     settings: Sequence[types_pb2.SettingDefinition],
 ) -> list[dict[str, Any]]:
@@ -100,10 +111,18 @@ def check_setting_definitions(
         raise InvalidArgument(
             "invalid settings definitions", [FieldViolation(p.field, p.message) for p in problems]
         )
-    return [
+    stored = [
         row | {"type": schema.TYPE_NUMBERS[str(row["type"])]}
         for row in schema.normal_definitions(rows)
     ]
+    size = len(orjson.dumps(stored))
+    if size > MAX_SCHEMA_BYTES:
+        raise InvalidArgument.field(
+            "settings",
+            f"the definitions take {size} bytes; a version's may take at most "
+            f"{MAX_SCHEMA_BYTES // 1024} KB (shorten the descriptions)",
+        )
+    return stored
 
 
 def check_setting_values(

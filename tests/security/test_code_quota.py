@@ -7,6 +7,7 @@ stored; another workspace's quota is its own."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.type.v1 import types_pb2
 from tests.registry.conftest import HANDLER, SETTINGS, Registry, auth, running_registry
 
 QUOTA = 1024 * 1024
@@ -79,3 +81,66 @@ async def test_a_workspace_stores_its_quota_of_code_and_no_more(
         # A neighbour stores its own.
         neighbour_ws, neighbour = await registry.workspace("Neighbour")
         await create(registry, neighbour, neighbour_ws, code_of(300_000))
+
+
+async def test_what_else_a_version_or_function_keeps_is_bounded_too(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    # The quota counted code alone: 4 MB settings descriptions per save, and 4 MB function
+    # descriptions, were stored past it unchecked.
+    async with running_registry(
+        fresh_database, tmp_path, registry_code_bytes_per_workspace=QUOTA
+    ) as registry:
+        workspace, owner = await registry.workspace("Padder")
+        padded = [
+            *SETTINGS,
+            types_pb2.SettingDefinition(
+                label="Padding",
+                name="padding",
+                type=types_pb2.SETTING_TYPE_STRING,
+                description=os.urandom(2_000_000).hex(),
+            ),
+        ]
+        for function, settings, field in (
+            (res.DestinationFunction(display_name="fat schema"), padded, "settings"),
+            (
+                res.DestinationFunction(
+                    display_name="fat description", description=os.urandom(2_000_000).hex()
+                ),
+                SETTINGS,
+                "function.description",
+            ),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await registry.stub.CreateFunction(
+                    pb.CreateFunctionRequest(
+                        parent=f"workspaces/{workspace}",
+                        function=function,
+                        code=HANDLER,
+                        settings=settings,
+                    ),
+                    metadata=auth(owner),
+                )
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert field in (refused.value.details() or "")
+
+
+async def test_concurrent_saves_stop_at_the_quota_as_sequential_ones(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    # Each passed a check of the same total: 10 creates of 300 KB at once stored 3 MB.
+    async with running_registry(
+        fresh_database, tmp_path, registry_code_bytes_per_workspace=QUOTA
+    ) as registry:
+        workspace, owner = await registry.workspace("Racer")
+
+        async def created() -> bool:
+            try:
+                await create(registry, owner, workspace, code_of(300_000))
+            except grpc.aio.AioRpcError as refused:
+                assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                return False
+            return True
+
+        accepted = sum(await asyncio.gather(*(created() for _ in range(10))))
+        assert accepted == 3  # 900 KB and their definitions: the fourth would pass 1 MiB
