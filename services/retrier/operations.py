@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import nats.errors
 import orjson
 from google.longrunning import operations_pb2
 from google.protobuf import any_pb2, timestamp_pb2
@@ -47,6 +48,8 @@ _KV_OPERATION = "KV-Operation"
 _KV_REMOVED = ("DEL", "PURGE")
 READ_BATCH = 256  # records asked for at once when reading a key pattern
 READ_SECONDS = 10.0
+FETCH_SECONDS = 0.5  # a fetch this long without a message: ask the consumer what is pending
+LISTED_AT_MOST = 100_000  # subjects a stream info lists in one answer (the server's page)
 
 
 @dataclass
@@ -177,15 +180,22 @@ class Operations:
         return sorted(records, key=lambda r: r.create_time, reverse=True)
 
     async def _records(self, keys: str) -> list[ReplayRecord]:
-        """Return the records under a key pattern as they are now: a pull consumer of each
-        key's last message, the server filtering the keys, read up to the count it had when
-        made. (nats-py's `keys()` watched every workspace's keys, request ids too, and
-        filtered them here, then a `get` per key: 1,500 of one workspace's made every
-        workspace's list 10 times slower. And its watch says "no more" when the consumer
-        reports nothing pending before any entry came, which it does while others write:
-        lists came back empty, and start-up missed replays to take over.)"""
+        """Return the records under a key pattern as they were when asked (or since): the
+        keys listed by the server, then a pull consumer of each key's last message, read until
+        every listed key came (or went) and each key's last record kept; READ_SECONDS at most.
+
+        (nats-py's `keys()` watched every workspace's keys, request ids too, and filtered them
+        here, then a `get` per key: 1,500 of one workspace's made every workspace's list 10
+        times slower. Its watch says "no more" when the consumer reports nothing pending
+        before any entry came, as it does while others write: lists came back empty. Counting
+        to the number pending at the start, a key rewritten meanwhile came twice and took
+        another's place, and one expired meanwhile was waited for.)"""
+        subject = f"$KV.{BUCKET}.{keys}"
+        listed = (await self._js.stream_info(_STREAM, subjects_filter=subject)).state.subjects
+        awaited = set(listed or ())
+        complete = len(awaited) < LISTED_AT_MOST  # else: until nothing is pending
         sub = await self._js.pull_subscribe(
-            f"$KV.{BUCKET}.{keys}",
+            subject,
             stream=_STREAM,
             config=ConsumerConfig(
                 deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
@@ -194,24 +204,34 @@ class Operations:
                 inactive_threshold=READ_SECONDS,
             ),
         )
-        records = []
+        latest: dict[str, bytes | None] = {}  # by key: its last record, None once removed
         name = ""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READ_SECONDS
         try:
             info = await sub.consumer_info()
-            name = info.name
-            left = info.num_pending or 0  # each key's last message when the consumer was made
-            while left > 0:
-                for msg in await sub.fetch(min(left, READ_BATCH), timeout=READ_SECONDS):
-                    left -= 1
-                    deleted = (msg.headers or {}).get(_KV_OPERATION) in _KV_REMOVED
-                    if msg.data and not deleted:
-                        records.append(ReplayRecord(**orjson.loads(msg.data)))
+            name, left = info.name, info.num_pending or 0
+            while left > 0 and not (complete and not awaited):
+                wait = min(deadline - loop.time(), FETCH_SECONDS)
+                if wait <= 0:
+                    log.warning("operations under %s: read for %.0f s", keys, READ_SECONDS)
+                    break
+                try:
+                    msgs = await sub.fetch(min(left, READ_BATCH), timeout=wait)
+                except nats.errors.TimeoutError:  # expired meanwhile, or a slow server
+                    left = (await sub.consumer_info()).num_pending or 0
+                    continue
+                for msg in msgs:
+                    left = msg.metadata.num_pending or 0
+                    awaited.discard(msg.subject)
+                    removed = (msg.headers or {}).get(_KV_OPERATION) in _KV_REMOVED
+                    latest[msg.subject] = None if removed or not msg.data else msg.data
         finally:
             with contextlib.suppress(*NATS_ERRORS):
                 await sub.unsubscribe()
                 if name:  # else it goes once inactive
                     await self._js.delete_consumer(_STREAM, name)
-        return records
+        return [ReplayRecord(**orjson.loads(data)) for data in latest.values() if data]
 
     async def wait(self, name: str, seconds: float) -> ReplayRecord | None:
         """Return the record once it is done, or as it is after `seconds`."""
