@@ -67,6 +67,13 @@ class WorkspaceBudget:
             self._forget_full(now)
         self._buckets[workspace_id] = (tokens - 1, now)
 
+    def give_back(self, workspace_id: str) -> None:
+        """Return one taken for a call then refused for the caller's input (it did nothing):
+        a script retrying a mistake spends nothing more than its checks."""
+        if self._rate and workspace_id in self._buckets:
+            tokens, when = self._buckets[workspace_id]
+            self._buckets[workspace_id] = (min(self._burst, tokens + 1), when)
+
     def _forget_full(self, now: float) -> None:
         full = [
             ws

@@ -176,13 +176,14 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
             raise InvalidArgument.field("program", "required: give code, or a version to run")
         if not request.event_json:
             raise InvalidArgument.field("event_json", "required: an event or an array of events")
-        self._previews.take(names.last(workspace))  # authorized and well-formed: it will run
         problem = await asyncio.to_thread(check_syntax, code)
         if problem is not None:
             raise InvalidArgument.field(
                 "code",
                 f"syntax error at line {problem.line}, column {problem.column}: {problem.message}",
             )
+        owner = names.last(workspace)
+        self._previews.take(owner)  # authorized and well-formed: it will run
         settings = json_format.MessageToDict(request.settings)
         definitions = request.setting_definitions
         secret_names = {d.name for d in definitions if d.encrypted}
@@ -199,9 +200,10 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
                 secrets=[str(v) for k, v in settings.items() if k in secret_names and v],
                 schema=schema or None,
                 # One workspace's looping previews are quarantined without any other's.
-                workspace=names.last(workspace),
+                workspace=owner,
             )
-        except InvalidInvocation as error:
+        except InvalidInvocation as error:  # refused before it ran: nothing spent
+            self._previews.give_back(owner)
             raise InvalidArgument.field("event_json", str(error)) from error
         return preview_response(result)
 

@@ -301,7 +301,6 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
             earlier = await self._operations.earlier(parent[0], request.request_id, digest)
             if earlier is not None:
                 return operation_message(earlier)
-        self._replays.take(parent[0])  # authorized, and not a retry: before the scan
         version_id = ""
         if request.version and request.version != instance.version:
             version = await self._gate.version(context, request.version)
@@ -315,10 +314,15 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
                 f"instance {request.parent!r} is disabled: replayed events would be "
                 "discarded; enable it first"
             )
+        self._replays.take(parent[0])  # authorized, checked, not a retry: before the scan
         letters = await self._store.select(
             parent[1], [letter_id for _, letter_id in named], start=start, end=end
         )
-        all_found(named, letters)
+        try:
+            all_found(named, letters)
+        except NotFound:  # named letters looked up, no more: nothing started, nothing spent
+            self._replays.give_back(parent[0])
+            raise
         record = self._operations.new_record(
             parent[0],
             request.parent,

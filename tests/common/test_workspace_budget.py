@@ -66,3 +66,15 @@ def test_no_limit_with_rate_zero_and_bad_settings_refused_at_start() -> None:
         budget.take("ws_1")
     with pytest.raises(ValueError, match="EVENTFN_REGISTRY_CHANGES_BURST"):
         budget_of(1.0, 0)
+
+
+def test_one_given_back_can_be_taken_again_and_never_past_the_burst() -> None:
+    now = [0.0]
+    budget = budget_of(0.01, 2, clock=lambda: now[0])
+    budget.take("ws_1")
+    budget.give_back("ws_1")
+    budget.give_back("ws_1")  # no more than the burst, however many come back
+    budget.take("ws_1")
+    budget.take("ws_1")
+    with pytest.raises(ResourceExhausted):
+        budget.take("ws_1")

@@ -54,3 +54,36 @@ async def test_a_workspace_runs_its_burst_of_previews_then_waits_its_turn(
         assert "EVENTFN_EXECUTOR_PREVIEWS_BURST" in (refused.value.details() or "")
         assert "retry in" in (refused.value.details() or "")
         assert (await preview(neighbour)).result_json == '"Order Completed"'
+
+
+async def test_previews_refused_for_the_callers_mistake_spend_nothing(
+    registry: Registry, nats_url: str
+) -> None:
+    # A CI job previewing broken code spent the budget and locked its workspace out.
+    async with AsyncExitStack() as stack:
+        platform = await start_platform(
+            registry,
+            nats_url,
+            stack,
+            executor_previews_burst=BURST,
+            executor_previews_per_second=0.01,
+        )
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}")
+        stack.push_async_callback(channel.close)
+        stub = executor_pb2_grpc.ExecutorStub(channel)
+        for code, event in [("async function onTrack(event) {", EVENT)] * (BURST + 1) + [
+            ("async function onTrack(e) { return 1 }", "not json")
+        ] * 2:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Preview(
+                    executor_pb2.PreviewRequest(code=code, event_json=event),
+                    metadata=auth(platform.owner),
+                )
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        ran = await stub.Preview(
+            executor_pb2.PreviewRequest(
+                code="async function onTrack(event) { return event.event }", event_json=EVENT
+            ),
+            metadata=auth(platform.owner),
+        )
+        assert ran.result_json == '"Order Completed"'

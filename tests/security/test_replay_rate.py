@@ -59,3 +59,31 @@ async def test_a_workspace_starts_its_burst_of_replays_then_waits_its_turn(
     assert again.name
     replayed = await replay(neighbour)  # the neighbour's budget is its own
     assert replayed.name
+
+
+async def test_replays_refused_for_the_callers_mistake_spend_nothing(
+    registry: Registry, start_retrier_on: StartRetrier
+) -> None:
+    # A script retrying letters already replayed (NOT_FOUND by design) spent the budget and
+    # locked its workspace out of replays.
+    running, stub = await start_retrier_on(
+        retrier_replays_burst=BURST, retrier_replays_per_second=0.01
+    )
+    busy = await tenant(registry, "Busy")
+    await running.watcher.wait_until(lambda v: busy.instance_id in v.instances)
+    for _ in range(BURST + 2):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.ReplayDeadLetters(
+                retrier_pb2.ReplayDeadLettersRequest(
+                    parent=busy.instance, names=[busy.letter_name("999999999.0")]
+                ),
+                metadata=auth(busy.owner),
+            )
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    replayed = await stub.ReplayDeadLetters(
+        retrier_pb2.ReplayDeadLettersRequest(
+            parent=busy.instance, start_time={"seconds": 1}, end_time={"seconds": 2}
+        ),
+        metadata=auth(busy.owner),
+    )
+    assert replayed.name
