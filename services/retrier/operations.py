@@ -31,7 +31,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSe
 
 from eventfn_api.retrier.v1 import retrier_pb2 as pb
 from services.common import names
-from services.common.errors import EventfnError, RequestIdReused
+from services.common.errors import EventfnError, FailedPrecondition, RequestIdReused
 from services.common.pull import NATS_ERRORS
 from services.common.rpc import status_message, unexpected
 
@@ -263,7 +263,13 @@ class Operations:
             return None
         if kept["digest"] != digest:
             raise RequestIdReused("ReplayDeadLetters")
-        return await self.read(kept["name"])
+        record = await self.read(kept["name"])
+        if record is None:  # a retry must not replay again, nor can it answer the operation
+            raise FailedPrecondition(
+                f"the replay this request_id started ({kept['name']}) was deleted "
+                "(DeleteOperation); to replay again, send a new request_id"
+            )
+        return record
 
     async def claim(self, workspace_id: str, request_id: str, record: ReplayRecord) -> bool:
         """Tie a request_id to a new operation; False when a twin got there first."""

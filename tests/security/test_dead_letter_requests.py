@@ -8,10 +8,12 @@ name of megabytes was quoted back past gRPC's metadata limit (RESOURCE_EXHAUSTED
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import grpc
 import pytest
+from google.longrunning import operations_pb2
 
 from eventfn_api.retrier.v1 import retrier_pb2
 from tests.registry.conftest import auth, registry
@@ -87,3 +89,24 @@ async def test_a_name_of_megabytes_is_refused_without_being_quoted(world: World)
         )
     )
     assert code == INVALID and "longer than 1000 characters" in details, (code, details[:200])
+
+
+async def test_a_retry_after_its_operation_was_deleted_does_not_replay_again(
+    world: World,
+) -> None:
+    # The request_id still named the deleted operation, which read as none: the retry started
+    # a second replay.
+    _, attacker, stub, _ = world
+    md = auth(attacker.owner)
+    request = retrier_pb2.ReplayDeadLettersRequest(
+        parent=attacker.instance, request_id=str(uuid.uuid4())
+    )
+    started = await stub.ReplayDeadLetters(request, metadata=md)
+    await stub.operations.WaitOperation(
+        operations_pb2.WaitOperationRequest(name=started.name), metadata=md
+    )
+    await stub.operations.DeleteOperation(
+        operations_pb2.DeleteOperationRequest(name=started.name), metadata=md
+    )
+    code, details = await refusal(stub.ReplayDeadLetters(request, metadata=md))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "new request_id" in details, details

@@ -267,8 +267,8 @@ class ReplayDeadLettersRequest(_message.Message):
     request_id: _builtins.str
     """A UUID the client makes once per replay and sends again with every retry of it
     (AIP-155): a retry within 24 hours answers the same operation instead of replaying
-    again. Empty: no deduplication. INVALID_ARGUMENT when it is not a UUID, or when it was
-    used for a different request.
+    again (FAILED_PRECONDITION once that operation was deleted). Empty: no deduplication.
+    INVALID_ARGUMENT when it is not a UUID, or when it was used for a different request.
     """
     @_builtins.property
     def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
