@@ -30,41 +30,40 @@ async def refusal(call: Any) -> tuple[grpc.StatusCode, str]:
     return caught.value.code(), caught.value.details() or ""
 
 
-@pytest.mark.parametrize("rpc", ["ListDeliveryMinutes", "ListDeliveryFailures", "GetDeliveryStats"])
+DELIVERY_READS = ["ListDeliveryMinutes", "ListDeliveryFailures", "GetDeliveryStats"]
+
+
+async def delivery_read(platform: Platform, rpc: str, **times: timestamp_pb2.Timestamp) -> Any:
+    """Call one of the executor's delivery reads of a new instance with these times."""
+    instance = platform.instance_name(
+        await platform.instance("async function onTrack() {}", "http://127.0.0.1:9/")
+    )
+    if rpc == "GetDeliveryStats":
+        request: Any = executor_pb2.GetDeliveryStatsRequest(name=f"{instance}/deliveryStats")
+    else:
+        request = getattr(executor_pb2, f"{rpc}Request")(parent=instance)
+    for field, value in times.items():
+        getattr(request, field).CopyFrom(value)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
+        stub = executor_pb2_grpc.ExecutorStub(channel)
+        return await getattr(stub, rpc)(request, metadata=auth(platform.owner))
+
+
+@pytest.mark.parametrize("rpc", DELIVERY_READS)
 @pytest.mark.parametrize("field", ["start_time", "end_time"])
 async def test_a_delivery_time_past_9999_is_invalid_naming_the_field(
     platform: Platform, rpc: str, field: str
 ) -> None:
-    instance = platform.instance_name(
-        await platform.instance("async function onTrack() {}", "http://127.0.0.1:9/")
-    )
-    if rpc == "GetDeliveryStats":
-        request: Any = executor_pb2.GetDeliveryStatsRequest(name=f"{instance}/deliveryStats")
-    else:
-        request = getattr(executor_pb2, f"{rpc}Request")(parent=instance)
-    getattr(request, field).CopyFrom(FAR)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
-        stub = executor_pb2_grpc.ExecutorStub(channel)
-        code, details = await refusal(getattr(stub, rpc)(request, metadata=auth(platform.owner)))
+    code, details = await refusal(delivery_read(platform, rpc, **{field: FAR}))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and field in details, (code, details)
 
 
-@pytest.mark.parametrize("rpc", ["ListDeliveryMinutes", "ListDeliveryFailures", "GetDeliveryStats"])
+@pytest.mark.parametrize("rpc", DELIVERY_READS)
 async def test_an_end_time_in_the_year_one_is_a_period_from_its_start(
     platform: Platform, rpc: str
 ) -> None:
-    instance = platform.instance_name(
-        await platform.instance("async function onTrack() {}", "http://127.0.0.1:9/")
-    )
-    if rpc == "GetDeliveryStats":
-        request: Any = executor_pb2.GetDeliveryStatsRequest(name=f"{instance}/deliveryStats")
-    else:
-        request = getattr(executor_pb2, f"{rpc}Request")(parent=instance)
-    request.end_time.CopyFrom(YEAR_ONE)  # the default period before it starts before time
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
-        await getattr(executor_pb2_grpc.ExecutorStub(channel), rpc)(
-            request, metadata=auth(platform.owner)
-        )  # nothing was delivered then: an empty answer
+    # The default period before it started before time: INTERNAL. Nothing was delivered then.
+    await delivery_read(platform, rpc, end_time=YEAR_ONE)
 
 
 async def test_an_audit_time_past_9999_is_invalid_naming_the_field(platform: Platform) -> None:
