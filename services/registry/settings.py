@@ -25,8 +25,9 @@ class RegistrySettings(CommonSettings):
     registry_changes_burst: int = 300
     # Configuration changes a workspace may make per second past its burst; 0: no limit.
     registry_changes_per_second: float = 20.0
-    # Bytes of function code all versions of a workspace's functions may hold together (every
-    # save keeps a version: saves in a loop grew the database 23 MiB a second); 0: no limit.
+    # Bytes all versions of a workspace's functions may take together: code, settings
+    # definitions and 1 KB a version (every save keeps a version: saves in a loop grew the
+    # database 23 MiB a second); 0: no limit.
     registry_code_bytes_per_workspace: int = 256 * 1024 * 1024
     bootstrap_token: str | None = None
     bootstrap_workspace: str = "default"
