@@ -91,6 +91,9 @@ def ts(moment: datetime) -> timestamp_pb2.Timestamp:
     return out
 
 
+_YEAR_ONE = datetime.min.replace(tzinfo=UTC)
+
+
 def period(
     start: timestamp_pb2.Timestamp, end: timestamp_pb2.Timestamp, default: timedelta
 ) -> tuple[datetime, datetime]:
@@ -98,10 +101,8 @@ def period(
     stop = request_time("end_time", end) if end.seconds or end.nanos else datetime.now(UTC)
     if start.seconds or start.nanos:
         begin = request_time("start_time", start)
-    elif stop - datetime.min.replace(tzinfo=UTC) >= default:
-        begin = stop - default
-    else:  # the default period would start before the year 1
-        begin = datetime.min.replace(tzinfo=UTC)
+    else:  # the default period, or from the year 1 when that starts before it
+        begin = stop - min(default, stop - _YEAR_ONE)
     if begin > stop:
         raise InvalidArgument.field("start_time", "must not be after end_time")
     return begin, stop

@@ -55,23 +55,21 @@ class RegistryDeps:
         )
         stored = await session.scalar(
             select(
-                func.coalesce(
-                    func.sum(
-                        func.octet_length(FunctionVersion.code)
-                        + func.octet_length(cast(FunctionVersion.settings, Text))
-                        + VERSION_OVERHEAD
-                    ),
-                    0,
+                func.sum(
+                    func.octet_length(FunctionVersion.code)
+                    + func.octet_length(cast(FunctionVersion.settings, Text))
+                    + VERSION_OVERHEAD
                 )
             )
             .join(Function, col(Function.id) == col(FunctionVersion.function_id))
             .where(Function.workspace_id == workspace_id)
         )
+        stored = int(stored or 0)  # no version yet: none
         adding = len(code.encode()) + len(orjson.dumps(schema)) + VERSION_OVERHEAD
-        if (stored or 0) + adding > self.code_bytes:
+        if stored + adding > self.code_bytes:
             mib = 1024 * 1024
             raise ResourceExhausted(
-                f"workspace {workspace_id}'s function versions take {(stored or 0) / mib:.1f} "
+                f"workspace {workspace_id}'s function versions take {stored / mib:.1f} "
                 f"MiB (code and settings definitions); this one's {adding / mib:.1f} MiB would "
                 f"take them past the {self.code_bytes / mib:.0f} MiB they may take "
                 "(EVENTFN_REGISTRY_CODE_BYTES_PER_WORKSPACE): delete functions no longer used",

@@ -84,6 +84,7 @@ class FunctionRpcs:
             "create functions (Workspace Owner or Functions Admin of all functions)",
         )
         name = check_name("function.display_name", request.function.display_name)
+        check_description("function.description", request.function.description)
         schema = check_setting_definitions(request.settings)
         await asyncio.to_thread(check_code, request.code, self.deps.check_syntax)
         key = request_key(caller.workspace_id, caller.member_id, "CreateFunction", request)
@@ -111,7 +112,7 @@ class FunctionRpcs:
                 id=new_id("fn"),
                 workspace_id=caller.workspace_id,
                 name=name,
-                description=check_description("function.description", request.function.description),
+                description=request.function.description,
                 created_at=now(),
                 updated_at=now(),
             )
@@ -182,6 +183,8 @@ class FunctionRpcs:
         display_name = (
             check_name("function.display_name", new.display_name) if "display_name" in paths else ""
         )
+        if "description" in paths:
+            check_description("function.description", new.description)
         try:
             async with self.store.transaction() as s:
                 fn = await function_of(self.store, s, caller, "function.name", new.name, lock=True)
@@ -190,7 +193,7 @@ class FunctionRpcs:
                 if "display_name" in paths:
                     fn.name = display_name
                 if "description" in paths:
-                    fn.description = check_description("function.description", new.description)
+                    fn.description = new.description
                 fn.revision += 1
                 fn.updated_at = now()
                 s.add(fn)

@@ -84,11 +84,10 @@ def check_code(code: str, syntax: SyntaxChecker) -> None:
         )
 
 
-def check_description(field: str, value: str) -> str:
-    """Return a description, or raise when it is longer than MAX_DESCRIPTION characters."""
+def check_description(field: str, value: str) -> None:
+    """Raise when a description is longer than MAX_DESCRIPTION characters."""
     if len(value) > MAX_DESCRIPTION:
         raise InvalidArgument.field(field, f"is {len(value)} characters; at most {MAX_DESCRIPTION}")
-    return value
 
 
 def check_setting_definitions(
@@ -115,14 +114,17 @@ def check_setting_definitions(
         row | {"type": schema.TYPE_NUMBERS[str(row["type"])]}
         for row in schema.normal_definitions(rows)
     ]
-    size = len(orjson.dumps(stored))
-    if size > MAX_SCHEMA_BYTES:
-        raise InvalidArgument.field(
-            "settings",
-            f"the definitions take {size} bytes; a version's may take at most "
-            f"{MAX_SCHEMA_BYTES // 1024} KB (shorten the descriptions)",
-        )
+    _within("settings", "the definitions", "a version's", stored, MAX_SCHEMA_BYTES)
     return stored
+
+
+def _within(field: str, what: str, whose: str, value: object, limit: int) -> None:
+    """Refuse a value whose JSON encoding (as stored) is over `limit` bytes."""
+    size = len(orjson.dumps(value))
+    if size > limit:
+        raise InvalidArgument.field(
+            field, f"{what} take {size} bytes; {whose} may take at most {limit // 1024} KB"
+        )
 
 
 def check_setting_values(
@@ -139,13 +141,7 @@ def check_setting_values(
     encrypted = {s["name"] for s in settings_schema if s["encrypted"]}
     kept = frozenset(name for name in kept_secrets & encrypted if values.get(name) in (None, MASK))
     checked = {k: v for k, v in values.items() if k not in kept}
-    size = len(orjson.dumps(checked))
-    if size > MAX_SETTINGS_BYTES:
-        raise InvalidArgument.field(
-            "settings",
-            f"values take {size} bytes; an instance's may take at most "
-            f"{MAX_SETTINGS_BYTES} (256 KB)",
-        )
+    _within("settings", "the values", "an instance's", checked, MAX_SETTINGS_BYTES)
     violations = [
         FieldViolation(p.field, p.message)
         for p in schema.check_values(settings_schema, checked, kept=kept)
