@@ -123,7 +123,8 @@ def _within(field: str, what: str, whose: str, value: object, limit: int) -> Non
     size = len(orjson.dumps(value))
     if size > limit:
         raise InvalidArgument.field(
-            field, f"{what} take {size} bytes; {whose} may take at most {limit // 1024} KB"
+            field,
+            f"{what} take {size} bytes; {whose} may take at most {limit} ({limit // 1024} KB)",
         )
 
 
