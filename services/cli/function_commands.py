@@ -264,6 +264,15 @@ def function_versions(function_id: str, json_: Json = False) -> None:
     )
 
 
+@functions.command("delete-version")
+def function_delete_version(function_id: str, version_id: str) -> None:
+    """Delete a version no instance runs (not the latest), freeing the workspace's code quota."""
+    version = version_name(function_id, version_id)
+    with registry() as r:
+        r.DeleteFunctionVersion(pb.DeleteFunctionVersionRequest(name=version), metadata=metadata())
+    out.print(f"version {short(version)} of {short(function_id)} deleted")
+
+
 @functions.command("show")
 def function_show(
     function_id: str,

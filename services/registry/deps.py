@@ -72,7 +72,8 @@ class RegistryDeps:
                 f"workspace {workspace_id}'s function versions take {stored / mib:.1f} "
                 f"MiB (code and settings definitions); this one's {adding / mib:.1f} MiB would "
                 f"take them past the {self.code_bytes / mib:.0f} MiB they may take "
-                "(EVENTFN_REGISTRY_CODE_BYTES_PER_WORKSPACE): delete functions no longer used",
+                "(EVENTFN_REGISTRY_CODE_BYTES_PER_WORKSPACE): delete versions no instance runs "
+                "(DeleteFunctionVersion) or functions no longer used",
                 retry_after=None,
             )
 

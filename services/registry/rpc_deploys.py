@@ -166,7 +166,7 @@ class DeployRpcs:
             ins = await self.instances.locked_instance(
                 s, caller, instance_id, request.etag, name=request.name
             )
-            ver = await s.get(FunctionVersion, version_id)
+            ver = await self.store.version_to_run(s, version_id)
             if ver is None or ver.function_id != ins.function_id or function_id != ver.function_id:
                 raise NotFound("version", request.version)
             before = ins.version_id

@@ -28,6 +28,8 @@ from services.registry.validation import (
 )
 
 Ctx = grpc.aio.ServicerContext
+# Instances a refused version deletion names at most.
+RUNNING_NAMED = 5
 
 
 def taken(name: str) -> AlreadyExists:
@@ -233,6 +235,65 @@ class FunctionRpcs:
                 self.store, s, caller, "function.delete", "function", fn.id, {"name": fn.name}
             )
         return pb.DeleteFunctionResponse()
+
+    async def DeleteFunctionVersion(
+        self, request: pb.DeleteFunctionVersionRequest, context: Ctx
+    ) -> pb.DeleteFunctionVersionResponse:
+        """Delete a version that is not the latest and that no instance runs."""
+        caller = await self.authn.caller(context)
+        function_id, version_id = names.parse_version("name", request.name, caller.workspace_id)
+        async with self.store.transaction() as s:
+            # Locked as saves and deploys lock it: the latest version and the instances
+            # running a version do not change under the checks below.
+            fn = await self.store.get_in_workspace(
+                s,
+                Function,
+                function_id,
+                caller.workspace_id,
+                "version",
+                lock=True,
+                name=request.name,
+            )
+            require(
+                caller.can_write_function(fn.id),
+                "delete this function's versions (Functions Admin)",
+            )
+            ver = await s.get(FunctionVersion, version_id, with_for_update=True)
+            if ver is None or ver.function_id != fn.id:
+                raise NotFound("version", request.name)
+            if fn.latest_version_id == ver.id:
+                raise FailedPrecondition(
+                    f"version {ver.number} is the function's latest: new instances run it; "
+                    "save a newer one first (SaveFunction)"
+                )
+            running = (
+                await s.exec(
+                    select(Instance.id)
+                    .where(Instance.version_id == ver.id)
+                    .order_by(col(Instance.id))
+                    .limit(RUNNING_NAMED + 1)
+                )
+            ).all()
+            if running:
+                shown = ", ".join(
+                    names.INSTANCE.name(caller.workspace_id, i) for i in running[:RUNNING_NAMED]
+                )
+                more = " and more" if len(running) > RUNNING_NAMED else ""
+                raise FailedPrecondition(
+                    f"version {ver.number} runs on instances {shown}{more}: deploy them to "
+                    "another version first (DeployInstance)"
+                )
+            await s.delete(ver)
+            await audit(
+                self.store,
+                s,
+                caller,
+                "function.version_delete",
+                "function",
+                fn.id,
+                {"version": request.name, "number": ver.number},
+            )
+        return pb.DeleteFunctionVersionResponse()
 
     async def ListFunctionVersions(
         self, request: pb.ListFunctionVersionsRequest, context: Ctx

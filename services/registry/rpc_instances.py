@@ -12,7 +12,7 @@ from sqlmodel import col, select
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
 from services.common import names
-from services.common.errors import AlreadyExists, InvalidArgument
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.registry import convert
 from services.registry.auth import Caller, require
 from services.registry.deps import RegistryDeps, audit
@@ -151,14 +151,17 @@ class InstanceRpcs:
                 src = await self.store.get_in_workspace(
                     s, Source, source_id, caller.workspace_id, "source", name=new.source
                 )
-                if version is None:
-                    ver = await self.store.get(s, FunctionVersion, fn.latest_version_id, "version")
-                else:
-                    ver = await s.get(FunctionVersion, version[1])
-                    if ver is None or version[0] != fn.id or ver.function_id != fn.id:
-                        raise InvalidArgument.field(
-                            "instance.version", "is not a version of instance.function"
-                        )
+                ver = await self.store.version_to_run(
+                    s, fn.latest_version_id if version is None else version[1]
+                )
+                if version is not None and (
+                    ver is None or version[0] != fn.id or ver.function_id != fn.id
+                ):
+                    raise InvalidArgument.field(
+                        "instance.version", "is not a version of instance.function"
+                    )
+                if ver is None:  # the latest, which a function always has
+                    raise NotFound("version", fn.latest_version_id)
                 name = check_name(
                     "instance.display_name", new.display_name or f"{fn.name} ← {src.name}"
                 )

@@ -65,6 +65,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         self.DeleteFunction = functions.DeleteFunction
         self.ListFunctionVersions = functions.ListFunctionVersions
         self.GetFunctionVersion = functions.GetFunctionVersion
+        self.DeleteFunctionVersion = functions.DeleteFunctionVersion
         # rpc_deploys.py
         self.SaveFunction = deploys.SaveFunction
         self.DeployInstance = deploys.DeployInstance

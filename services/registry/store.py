@@ -87,6 +87,13 @@ class RegistryStore:
             raise NotFound(kind, object_id)
         return row
 
+    async def version_to_run(
+        self, session: AsyncSession, version_id: str
+    ) -> FunctionVersion | None:
+        """Load a version an instance is about to run, locked against its deletion
+        (DeleteFunctionVersion) until the transaction ends; None when there is none."""
+        return await session.get(FunctionVersion, version_id, with_for_update={"key_share": True})
+
     async def get_in_workspace(
         self,
         session: AsyncSession,

@@ -149,3 +149,25 @@ async def test_deploy_with_a_new_required_setting(cli: Cli, tmp_path: Path) -> N
     assert shown["settings"] == {"endpoint": "https://example.com/hook", "tier": "gold"}
     lonely = await cli.fails("functions", "save", fn, "--file", str(handler), "--set", "tier=x")
     assert "--deploy" in lonely.lines[0]
+
+
+async def test_delete_a_version_no_instance_runs(cli: Cli, tmp_path: Path) -> None:
+    v1_schema = [{"name": "endpoint", "label": "Endpoint", "type": "string", "required": True}]
+    fn, src, handler = await make_function(cli, tmp_path, v1_schema)
+    v1 = ids((await cli.ok("functions", "versions", fn)).stdout, "ver")[0]
+    made = await cli.ok(
+        "instances", "create", "--function", fn, "--source", src,
+        "--set", "endpoint=https://example.com/hook",
+    )  # fmt: skip
+    ins = ids(made.stdout, "ins")[0]
+    v2 = ids((await cli.ok("functions", "save", fn, "--file", str(handler))).stdout, "ver")[0]
+
+    latest = await cli.fails("functions", "delete-version", fn, v2)
+    assert "latest" in latest.lines[0]
+    running = await cli.fails("functions", "delete-version", fn, v1)
+    assert ins in running.lines[0] and "DeployInstance" in running.lines[0]
+
+    await cli.ok("functions", "deploy", v2, "--instance", ins)
+    deleted = await cli.ok("functions", "delete-version", fn, v1)
+    assert deleted.lines == [f"version {v1} of {fn} deleted"]
+    assert ids((await cli.ok("functions", "versions", fn)).stdout, "ver") == [v2]

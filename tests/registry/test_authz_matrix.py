@@ -295,6 +295,23 @@ def fresh_function(covered: bool) -> Setup:
     return setup
 
 
+def fresh_old_version(covered: bool) -> Setup:
+    """A new function saved once more: its first version is no longer the latest."""
+
+    async def setup(w: World, role: str) -> Target:
+        fn, first = await w.function("pruned fn")
+        await w.r.stub.SaveFunction(
+            pb.SaveFunctionRequest(name=fn, code=HANDLER, settings=SETTINGS),
+            metadata=auth(w.owner),
+        )
+        token = None
+        if covered and role in LIMITED:
+            token = await w.limited_to(role, function=fn)
+        return Target({"version": first}, token)
+
+    return setup
+
+
 def fresh_instance(fn_attr: str, src_attr: str) -> Setup:
     async def setup(w: World, role: str) -> Target:
         return Target({"instance": await w.instance(getattr(w, fn_attr), getattr(w, src_attr))})
@@ -776,6 +793,24 @@ CASES = [
             pb.DeleteFunctionRequest(name=i["function"]), metadata=md
         ),
         fresh_function(covered=False),
+    ),
+    Case(
+        "DeleteFunctionVersion[covered]",
+        FN_ADMINS_OF_A,
+        "object",
+        lambda s, i, md: s.DeleteFunctionVersion(
+            pb.DeleteFunctionVersionRequest(name=i["version"]), metadata=md
+        ),
+        fresh_old_version(covered=True),
+    ),
+    Case(
+        "DeleteFunctionVersion[not covered]",
+        frozenset({OWNER, FN_ADMIN}),
+        "object",
+        lambda s, i, md: s.DeleteFunctionVersion(
+            pb.DeleteFunctionVersionRequest(name=i["version"]), metadata=md
+        ),
+        fresh_old_version(covered=False),
     ),
     Case(
         "ListFunctionVersions[A]",

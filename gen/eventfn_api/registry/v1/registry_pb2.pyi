@@ -1569,6 +1569,45 @@ class GetFunctionVersionResponse(_message.Message):
 Global___GetFunctionVersionResponse: _TypeAlias = GetFunctionVersionResponse  # noqa: Y015
 
 @_typing.final
+class DeleteFunctionVersionRequest(_message.Message):
+    """Request of DeleteFunctionVersion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The version's name, "workspaces/{workspace}/functions/{function}/versions/{version}"."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteFunctionVersionRequest: _TypeAlias = DeleteFunctionVersionRequest  # noqa: Y015
+
+@_typing.final
+class DeleteFunctionVersionResponse(_message.Message):
+    """Response of DeleteFunctionVersion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteFunctionVersionResponse: _TypeAlias = DeleteFunctionVersionResponse  # noqa: Y015
+
+@_typing.final
 class CreateInstanceRequest(_message.Message):
     """Request of CreateInstance."""
 

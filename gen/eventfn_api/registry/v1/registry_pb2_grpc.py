@@ -192,6 +192,11 @@ class RegistryStub:
                 request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.GetFunctionVersionRequest.SerializeToString,
                 response_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.GetFunctionVersionResponse.FromString,
                 _registered_method=True)
+        self.DeleteFunctionVersion = channel.unary_unary(
+                '/eventfn.registry.v1.Registry/DeleteFunctionVersion',
+                request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.DeleteFunctionVersionRequest.SerializeToString,
+                response_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.DeleteFunctionVersionResponse.FromString,
+                _registered_method=True)
         self.CreateInstance = channel.unary_unary(
                 '/eventfn.registry.v1.Registry/CreateInstance',
                 request_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.CreateInstanceRequest.SerializeToString,
@@ -477,6 +482,18 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteFunctionVersion(self, request, context):
+        """Delete a version no instance runs (Functions Admin covering the function): what the
+        workspace's versions may store (EVENTFN_REGISTRY_CODE_BYTES_PER_WORKSPACE) is freed.
+        FAILED_PRECONDITION for the function's latest version (the one SaveFunction made last,
+        which new instances run) and for a version instances run, naming them (deploy them to
+        another version first). Dead letters replayed onto it afterwards are discarded with that
+        reason; a replay naming it is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateInstance(self, request, context):
         """Connect a function to a source (Source Admin of the source and read access to the
         function). INVALID_ARGUMENT for settings that do not match the version's schema, a
@@ -710,6 +727,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.GetFunctionVersion,
                     request_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.GetFunctionVersionRequest.FromString,
                     response_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.GetFunctionVersionResponse.SerializeToString,
+            ),
+            'DeleteFunctionVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteFunctionVersion,
+                    request_deserializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.DeleteFunctionVersionRequest.FromString,
+                    response_serializer=eventfn_dot_registry_dot_v1_dot_registry__pb2.DeleteFunctionVersionResponse.SerializeToString,
             ),
             'CreateInstance': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateInstance,
@@ -1514,6 +1536,33 @@ class Registry:
             '/eventfn.registry.v1.Registry/GetFunctionVersion',
             eventfn_dot_registry_dot_v1_dot_registry__pb2.GetFunctionVersionRequest.SerializeToString,
             eventfn_dot_registry_dot_v1_dot_registry__pb2.GetFunctionVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteFunctionVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventfn.registry.v1.Registry/DeleteFunctionVersion',
+            eventfn_dot_registry_dot_v1_dot_registry__pb2.DeleteFunctionVersionRequest.SerializeToString,
+            eventfn_dot_registry_dot_v1_dot_registry__pb2.DeleteFunctionVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -140,6 +140,14 @@ class RegistryStub:
     """Get one version with its code (read access to the function). The deployment's service
     token may read any version: executors fetch one to replay dead letters on it.
     """
+    DeleteFunctionVersion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteFunctionVersionRequest, _registry_pb2.DeleteFunctionVersionResponse]
+    """Delete a version no instance runs (Functions Admin covering the function): what the
+    workspace's versions may store (EVENTFN_REGISTRY_CODE_BYTES_PER_WORKSPACE) is freed.
+    FAILED_PRECONDITION for the function's latest version (the one SaveFunction made last,
+    which new instances run) and for a version instances run, naming them (deploy them to
+    another version first). Dead letters replayed onto it afterwards are discarded with that
+    reason; a replay naming it is NOT_FOUND.
+    """
     CreateInstance: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CreateInstanceRequest, _registry_pb2.CreateInstanceResponse]
     """Connect a function to a source (Source Admin of the source and read access to the
     function). INVALID_ARGUMENT for settings that do not match the version's schema, a
@@ -303,6 +311,14 @@ class RegistryAsyncStub(RegistryStub):
     GetFunctionVersion: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetFunctionVersionRequest, _registry_pb2.GetFunctionVersionResponse]  # type: ignore[assignment]
     """Get one version with its code (read access to the function). The deployment's service
     token may read any version: executors fetch one to replay dead letters on it.
+    """
+    DeleteFunctionVersion: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteFunctionVersionRequest, _registry_pb2.DeleteFunctionVersionResponse]  # type: ignore[assignment]
+    """Delete a version no instance runs (Functions Admin covering the function): what the
+    workspace's versions may store (EVENTFN_REGISTRY_CODE_BYTES_PER_WORKSPACE) is freed.
+    FAILED_PRECONDITION for the function's latest version (the one SaveFunction made last,
+    which new instances run) and for a version instances run, naming them (deploy them to
+    another version first). Dead letters replayed onto it afterwards are discarded with that
+    reason; a replay naming it is NOT_FOUND.
     """
     CreateInstance: _aio.UnaryUnaryMultiCallable[_registry_pb2.CreateInstanceRequest, _registry_pb2.CreateInstanceResponse]  # type: ignore[assignment]
     """Connect a function to a source (Source Admin of the source and read access to the
@@ -626,6 +642,20 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.GetFunctionVersionResponse, _abc.Awaitable[_registry_pb2.GetFunctionVersionResponse]]:
         """Get one version with its code (read access to the function). The deployment's service
         token may read any version: executors fetch one to replay dead letters on it.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteFunctionVersion(
+        self,
+        request: _registry_pb2.DeleteFunctionVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.DeleteFunctionVersionResponse, _abc.Awaitable[_registry_pb2.DeleteFunctionVersionResponse]]:
+        """Delete a version no instance runs (Functions Admin covering the function): what the
+        workspace's versions may store (EVENTFN_REGISTRY_CODE_BYTES_PER_WORKSPACE) is freed.
+        FAILED_PRECONDITION for the function's latest version (the one SaveFunction made last,
+        which new instances run) and for a version instances run, naming them (deploy them to
+        another version first). Dead letters replayed onto it afterwards are discarded with that
+        reason; a replay naming it is NOT_FOUND.
         """
 
     @_abc_1.abstractmethod

@@ -114,6 +114,8 @@ class _AuditActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditActi
     """The retrier purged dead letters of the instance for a member."""
     AUDIT_ACTION_SECRET_KEY_ROTATE: _AuditAction.ValueType  # 22
     """RotateSecretKey: encrypted values re-sealed under a new data key, the old ones deleted."""
+    AUDIT_ACTION_FUNCTION_VERSION_DELETE: _AuditAction.ValueType  # 23
+    """DeleteFunctionVersion (the function is the resource; details name the version)."""
 
 class AuditAction(_AuditAction, metaclass=_AuditActionEnumTypeWrapper):
     """What an audit entry records."""
@@ -164,6 +166,8 @@ AUDIT_ACTION_DEAD_LETTERS_PURGE: AuditAction.ValueType  # 21
 """The retrier purged dead letters of the instance for a member."""
 AUDIT_ACTION_SECRET_KEY_ROTATE: AuditAction.ValueType  # 22
 """RotateSecretKey: encrypted values re-sealed under a new data key, the old ones deleted."""
+AUDIT_ACTION_FUNCTION_VERSION_DELETE: AuditAction.ValueType  # 23
+"""DeleteFunctionVersion (the function is the resource; details name the version)."""
 Global___AuditAction: _TypeAlias = AuditAction  # noqa: Y015
 
 class _ResourceType:
