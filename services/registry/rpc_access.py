@@ -18,6 +18,7 @@ from services.common.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
 )
 from services.registry import auth, convert
 from services.registry.auth import Caller, require
@@ -114,6 +115,16 @@ def token_expiry(
             "a token may not outlive the token it is made with; leave it unset to expire then",
         )
     return wanted
+
+
+def _not_the_bootstrap_admin(caller: Caller, member: Member, what: str) -> None:
+    """Refuse an owner acting for the bootstrap administrator, whose tokens may create
+    workspaces, list every tenant and rotate the deployment's keys: that member's tokens
+    and roles are its own to change (an owner of its workspace minted one and became it)."""
+    if member.bootstrap and not caller.bootstrap:
+        raise PermissionDenied(
+            f"only the bootstrap administrator may {what}: its tokens act for the whole deployment"
+        )
 
 
 async def check_grant_ids(s, workspace_id: str, grants: tuple[auth.Grant, ...], field: str) -> None:
@@ -257,6 +268,7 @@ class AccessRpcs:
         grants = grants_from_proto(new.roles, caller.workspace_id, "member.roles")
         async with self.store.transaction() as s:
             member = await self._member(s, caller, "member.name", new.name, lock=True)
+            _not_the_bootstrap_admin(caller, member, "change the bootstrap administrator's roles")
             check_etag("member", member.id, member.revision, new.etag)
             await check_grant_ids(s, caller.workspace_id, grants, "member.roles")
             if not any(g.role == auth.OWNER for g in grants) and not await self._owners_left(
@@ -321,6 +333,12 @@ class AccessRpcs:
         )
         if member_id != caller.member_id:
             require(caller.is_owner, "create tokens for other members (Workspace Owner only)")
+        display_name = request.token.display_name
+        # Bounded as every display name is (15 MiB ones grew the database and then broke the
+        # owner's ListTokens past gRPC's message limit).
+        display_name = (
+            check_name("token.display_name", display_name) if display_name.strip() else "token"
+        )
         ttl = request.ttl.ToTimedelta() if request.HasField("ttl") else None
         if ttl is not None and ttl <= timedelta(0):
             unset = "to expire with your token" if calling.expires_at else "for no expiry"
@@ -331,7 +349,9 @@ class AccessRpcs:
         return await self.deps.idempotency.once(
             key,
             pb.CreateTokenResponse,
-            lambda: self._create_token(caller, request, member_id, ttl, calling.expires_at, key),
+            lambda: self._create_token(
+                caller, request, member_id, display_name, ttl, calling.expires_at, key
+            ),
         )
 
     async def _create_token(
@@ -339,6 +359,7 @@ class AccessRpcs:
         caller: Caller,
         request: pb.CreateTokenRequest,
         member_id: str,
+        display_name: str,
         ttl: timedelta | None,
         calling_expiry: datetime | None,
         key: RequestKey | None,
@@ -350,10 +371,13 @@ class AccessRpcs:
             member = await self.store.get_in_workspace(
                 s, Member, member_id, caller.workspace_id, "member", name=request.token.member
             )
+            _not_the_bootstrap_admin(
+                caller, member, "create tokens for the bootstrap administrator"
+            )
             tok = Token(
                 id=new_id("tok"),
                 member_id=member.id,
-                name=request.token.display_name or "token",
+                name=display_name,
                 prefix=secret[:8],
                 secret_hash=auth.hash_secret(secret),
                 created_at=created,
@@ -426,6 +450,9 @@ class AccessRpcs:
         caller = await self.authn.caller(context)
         async with self.store.transaction() as s:
             tok = await self._token(s, caller, request.name)
+            member = await s.get(Member, tok.member_id)
+            assert member is not None  # `_token` found it
+            _not_the_bootstrap_admin(caller, member, "revoke the bootstrap administrator's tokens")
             if tok.revoked_at is None:
                 tok.revoked_at = now()
                 s.add(tok)

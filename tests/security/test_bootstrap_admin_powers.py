@@ -1,0 +1,95 @@
+"""The bootstrap administrator's powers stay its own. Its tokens create workspaces, list every
+tenant and rotate the deployment's keys; an Owner of the bootstrap workspace (added to run it,
+as the operations guide suggests, before the bootstrap token is revoked) could mint a token
+for the bootstrap member (CreateToken names any member for an owner) and so become it, change
+its roles or revoke its tokens. Each is now PERMISSION_DENIED; the administrator itself still
+may. And a token's display name is bounded like every other: 15 MiB ones grew the shared
+database 78 MiB in five calls of a read-only member and broke the owner's ListTokens."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2
+
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
+from tests.registry.conftest import BOOTSTRAP, Registry, auth, registry
+
+__all__ = ["registry"]
+
+
+async def denied(call: object) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call  # type: ignore[misc]
+    assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED, error.value
+    return error.value.details() or ""
+
+
+async def test_a_co_owner_cannot_act_for_the_bootstrap_administrator(registry: Registry) -> None:
+    r = registry
+    me = await r.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(BOOTSTRAP))
+    assert me.bootstrap_admin
+    home, admin = me.workspace.name, me.member.name
+    co_owner = await r.member(
+        BOOTSTRAP, "ops@example.com", res.RoleGrant(role=res.ROLE_WORKSPACE_OWNER)
+    )
+    listed = await r.stub.ListTokens(pb.ListTokensRequest(parent=home), metadata=auth(BOOTSTRAP))
+    (bootstrap_token,) = [t for t in listed.tokens if t.member == admin]
+
+    minted = r.stub.CreateToken(
+        pb.CreateTokenRequest(parent=home, token=res.Token(member=admin)), metadata=auth(co_owner)
+    )
+    assert "bootstrap administrator" in await denied(minted)
+    member = await r.stub.GetMember(pb.GetMemberRequest(name=admin), metadata=auth(co_owner))
+    demoted = res.Member(
+        name=admin,
+        roles=[res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY)],
+        etag=member.member.etag,
+    )
+    await denied(
+        r.stub.UpdateMember(
+            pb.UpdateMemberRequest(
+                member=demoted, update_mask=field_mask_pb2.FieldMask(paths=["roles"])
+            ),
+            metadata=auth(co_owner),
+        )
+    )
+    await denied(
+        r.stub.RevokeToken(
+            pb.RevokeTokenRequest(name=bootstrap_token.name), metadata=auth(co_owner)
+        )
+    )
+    # Nothing changed: the administrator's token still acts for the deployment.
+    still = await r.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(BOOTSTRAP))
+    assert still.bootstrap_admin and list(still.member.roles) == list(me.member.roles)
+    # The administrator makes its own tokens; a co-owner its own and other members'.
+    own = await r.stub.CreateToken(
+        pb.CreateTokenRequest(parent=home, token=res.Token(member=admin)), metadata=auth(BOOTSTRAP)
+    )
+    assert (await r.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(own.secret))).bootstrap_admin
+    await r.stub.CreateToken(pb.CreateTokenRequest(parent=home), metadata=auth(co_owner))
+
+
+async def test_a_token_display_name_is_bounded(registry: Registry) -> None:
+    workspace, owner = await registry.workspace("Tokens")
+    reader = await registry.member(
+        owner, "ro@example.com", res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await registry.stub.CreateToken(
+            pb.CreateTokenRequest(
+                parent=f"workspaces/{workspace}", token=res.Token(display_name="t" * 1_000_000)
+            ),
+            metadata=auth(reader),
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "token.display_name" in (refused.value.details() or "")
+    listed = await registry.stub.ListTokens(
+        pb.ListTokensRequest(parent=f"workspaces/{workspace}"), metadata=auth(owner)
+    )
+    assert all(len(t.display_name) <= 100 for t in listed.tokens)
+    unnamed = await registry.stub.CreateToken(
+        pb.CreateTokenRequest(parent=f"workspaces/{workspace}"), metadata=auth(reader)
+    )
+    assert unnamed.token.display_name == "token"
