@@ -108,18 +108,19 @@ class InstanceSettings:
         """
         current, unreadable = await self._readable(ins) if ins else ({}, {})
         kept = frozenset(k for k, v in (ins.settings if ins else {}).items() if is_sealed(v))
-        encrypted = {d["name"] for d in schema if d["encrypted"]}
+        declared = {d["name"] for d in schema}
         if given is None:  # no new values: the current ones must fit the schema
-            declared = {d["name"] for d in schema}
             values = {k: v for k, v in current.items() if k in declared}
             values = check_setting_values(schema, values, kept_secrets=frozenset(unreadable))
         else:
             values = check_setting_values(schema, given, kept_secrets=kept)
-            for name in kept & encrypted:  # a masked or absent value keeps the stored secret
+            # A masked or absent value keeps the stored secret, encrypted by this version's
+            # schema or still sealed from an earlier one's (it reads masked all the same).
+            for name in kept & declared:
                 if name not in values and name in current:
                     values[name] = current[name]
         sealed = await self.seal_settings(s, instance_id, schema, values, kept)
-        for name in encrypted & unreadable.keys():
+        for name in declared & unreadable.keys():
             sealed.setdefault(name, unreadable[name])
         return sealed
 

@@ -136,11 +136,12 @@ def check_setting_values(
 ) -> dict[str, Any]:
     """Validate instance values against a version's schema; return the values to store.
 
-    `kept_secrets` names encrypted settings that already have a stored value, so that a
-    masked value (or an absent one) keeps it.
+    `kept_secrets` names settings whose stored value is encrypted, so that a masked value
+    (or an absent one) keeps it: the schema's encrypted ones, and those a newer version no
+    longer marks encrypted but whose value stays sealed (and reads masked).
     """
-    encrypted = {s["name"] for s in settings_schema if s["encrypted"]}
-    kept = frozenset(name for name in kept_secrets & encrypted if values.get(name) in (None, MASK))
+    declared = {s["name"] for s in settings_schema}
+    kept = frozenset(name for name in kept_secrets & declared if values.get(name) in (None, MASK))
     checked = {k: v for k, v in values.items() if k not in kept}
     _within("settings", "the values", "an instance's", checked, MAX_SETTINGS_BYTES)
     violations = [

@@ -3,17 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import asyncpg
 import grpc
-from google.protobuf import json_format
+from google.protobuf import field_mask_pb2, json_format
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
 from eventfn_api.type.v1 import types_pb2
 from services.registry.secrets import MASK
-from tests.registry.conftest import HANDLER, SETTINGS, Registry, auth
+from tests.registry.conftest import HANDLER, SERVICE, SETTINGS, Registry, auth
 from tests.registry.test_flows import expect, make_function, new_instance, settings, violations
 
 REGION = types_pb2.SettingDefinition(
@@ -177,3 +178,45 @@ async def test_deploy_settings_must_name_deployed_instances(registry: Registry) 
         ),
     )
     assert violations(err)[0][0] == "deploy_settings"
+
+
+async def test_a_secret_a_newer_version_no_longer_marks_encrypted_is_kept_by_its_mask(
+    registry: Registry,
+) -> None:
+    """A version that drops `encrypted` from a setting keeps its stored value sealed (and
+    masked in reads). Sending the values back as read, one changed (what `eventfn instances
+    update --set endpoint=…` does), stored the mask text itself as the new value: the data
+    plane then ran with "••••••••" for the key, and reads, masked, showed nothing wrong."""
+    r = registry
+    _, owner = await r.workspace("Unmarked")
+    fn_id, src_id = await make_function(r, owner)
+    ins_id = await instance(r, owner, fn_id, src_id, "hook")
+    plain_key = types_pb2.SettingDefinition(
+        label="API Key", name="apiKey", type=types_pb2.SETTING_TYPE_STRING, required=True
+    )
+    saved = await r.stub.SaveFunction(
+        pb.SaveFunctionRequest(
+            name=fn_id, code=HANDLER, settings=[SETTINGS[0], plain_key], deploy_instances=[ins_id]
+        ),
+        metadata=auth(owner),
+    )
+    (shown,) = saved.deployed_instances
+    values = json_format.MessageToDict(shown.settings)
+    assert values["apiKey"] == MASK
+    values["endpoint"] = "https://example.com/v2"
+    await r.stub.UpdateInstance(
+        pb.UpdateInstanceRequest(
+            instance=res.Instance(name=ins_id, settings=settings(**values), etag=shown.etag),
+            update_mask=field_mask_pb2.FieldMask(paths=["settings"]),
+        ),
+        metadata=auth(owner),
+    )
+    stream = r.stub.WatchConfig(pb.WatchConfigRequest(watcher="mask-test"), metadata=auth(SERVICE))
+    try:
+        snapshot = await asyncio.wait_for(stream.read(), timeout=10)
+    finally:
+        stream.cancel()
+    assert isinstance(snapshot, pb.WatchConfigResponse)
+    (watched,) = [i for i in snapshot.instances if ins_id.endswith(i.id)]
+    assert watched.settings["endpoint"] == "https://example.com/v2"
+    assert watched.settings["apiKey"] == "sk_live_1", "the stored secret was replaced"
