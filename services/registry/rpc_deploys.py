@@ -18,7 +18,7 @@ from services.registry.etags import check as check_etag
 from services.registry.idempotency import RequestKey, request_key
 from services.registry.instance_settings import InstanceSettings, with_prefix
 from services.registry.models import FunctionVersion
-from services.registry.rpc_functions import function_of, new_version
+from services.registry.rpc_functions import function_of, new_version, with_code, without_code
 from services.registry.validation import check_code, check_setting_definitions
 
 Ctx = grpc.aio.ServicerContext
@@ -67,11 +67,12 @@ class DeployRpcs:
                 f"{', '.join(stray)} not in deploy_instances; list every instance to deploy",
             )
         key = request_key(caller.workspace_id, caller.member_id, "SaveFunction", request)
-        return await self.deps.idempotency.once(
+        saved = await self.deps.idempotency.once(
             key,
             pb.SaveFunctionResponse,
             lambda: self._save(caller, request, schema, list(zip(targets, ids, strict=True)), key),
         )
+        return await with_code(self.store, saved)
 
     async def _save(
         self,
@@ -147,7 +148,7 @@ class DeployRpcs:
                 version=convert.version(ver, fn.workspace_id),
                 deployed_instances=[convert.instance(i) for i in deployed],
             )
-            await self.deps.idempotency.save(s, key, response)
+            await self.deps.idempotency.save(s, key, without_code(response))
         return response
 
     async def DeployInstance(

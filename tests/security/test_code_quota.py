@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 
@@ -144,3 +146,38 @@ async def test_concurrent_saves_stop_at_the_quota_as_sequential_ones(
 
         accepted = sum(await asyncio.gather(*(created() for _ in range(10))))
         assert accepted == 3  # 900 KB and their definitions: the fourth would pass 1 MiB
+
+
+async def test_request_records_keep_no_code(fresh_database: str, tmp_path: Path) -> None:
+    """A create or save with a request_id keeps its response for a day, to answer a retry:
+    it kept the version's code too (2.5 bytes a byte, sealed), outside the quota, so that
+    creating and deleting a function in a loop stored without bound. A retry still gets the
+    code, read from the version."""
+    async with running_registry(
+        fresh_database, tmp_path, registry_code_bytes_per_workspace=QUOTA
+    ) as registry:
+        workspace, owner = await registry.workspace("Looper")
+        for i in range(4):  # 3.6 MB of code under a 1 MiB quota
+            request = pb.CreateFunctionRequest(
+                parent=f"workspaces/{workspace}",
+                function=res.DestinationFunction(display_name=f"fn {i}"),
+                code=code_of(900_000),
+                settings=SETTINGS,
+                request_id=str(uuid.uuid4()),
+            )
+            made = await registry.stub.CreateFunction(request, metadata=auth(owner))
+            retried = await registry.stub.CreateFunction(request, metadata=auth(owner))
+            assert retried == made  # the code included
+            await registry.stub.DeleteFunction(
+                pb.DeleteFunctionRequest(name=made.function.name), metadata=auth(owner)
+            )
+        conn = await asyncpg.connect(registry.database_url)
+        try:
+            kept = await conn.fetchval(
+                "SELECT coalesce(sum(octet_length(response)), 0) FROM request_record "
+                "WHERE workspace_id = $1",
+                workspace,
+            )
+        finally:
+            await conn.close()
+        assert kept < 40_000, f"request records keep {kept:,} bytes"
