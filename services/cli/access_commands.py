@@ -20,6 +20,7 @@ from services.cli.client import (
     out,
     pages,
     registry,
+    safe,
     short,
     table,
     when,
@@ -89,7 +90,7 @@ def member_create(
             metadata=metadata(),
         )
     out.print(
-        f"member {resp.member.email} ({short(resp.member.name)}) added: "
+        f"member {safe(resp.member.email)} ({short(resp.member.name)}) added: "
         f"{role_text(resp.member.roles)}"
     )
 
@@ -146,7 +147,7 @@ def member_set_roles(
             metadata=metadata(),
         )
     out.print(
-        f"member {resp.member.email} ({short(resp.member.name)}) now: "
+        f"member {safe(resp.member.email)} ({short(resp.member.name)}) now: "
         f"{role_text(resp.member.roles)}"
     )
 
@@ -256,7 +257,7 @@ def source_create(source_name: Annotated[str, typer.Argument(metavar="NAME")]) -
             metadata=metadata(),
         )
     out.print(
-        f"source {resp.source.display_name} ({short(resp.source.name)}) created; "
+        f"source {safe(resp.source.display_name)} ({short(resp.source.name)}) created; "
         f"write key: [bold]{resp.source.write_key}[/]"
     )
 
@@ -301,7 +302,7 @@ def source_rename(source_id: str, new_name: Annotated[str, typer.Argument(metava
             ),
             metadata=metadata(),
         )
-    out.print(f"source {short(resp.source.name)} renamed to {resp.source.display_name!r}")
+    out.print(f"source {short(resp.source.name)} renamed to {safe(repr(resp.source.display_name))}")
 
 
 @sources.command("rotate")

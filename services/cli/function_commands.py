@@ -162,7 +162,7 @@ def function_save(
         )
     out.print(f"saved version {resp.version.number} ({short(resp.version.name)})")
     for ins in resp.deployed_instances:
-        out.print(f"  deployed to {ins.display_name} ({short(ins.name)})")
+        out.print(f"  deployed to {safe(ins.display_name)} ({short(ins.name)})")
 
 
 @functions.command("deploy")

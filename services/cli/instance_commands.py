@@ -20,6 +20,7 @@ from services.cli.client import (
     out,
     pages,
     registry,
+    safe,
     short,
     table,
     version_name,
@@ -214,7 +215,7 @@ def _describe(paths: list[str], ins: res.Instance) -> str:
         if path == "state":
             words.append("enabled" if ins.state == res.Instance.STATE_ENABLED else "disabled")
         elif path == "display_name":
-            words.append(f"renamed to {ins.display_name!r}")
+            words.append(f"renamed to {safe(repr(ins.display_name))}")
         elif path == "filters":
             words.append(f"filters ({len(ins.filters) or 'none'})")
         elif path == "propagate_trace":

@@ -154,7 +154,9 @@ def workspace_use(
         with registry() as r:
             me = r.WhoAmI(pb.WhoAmIRequest(), metadata=(("authorization", f"Bearer {token}"),))
         remember(short(me.workspace.name), me.workspace.display_name, me.member.email, token)
-        out.print(f"the CLI now works in {me.workspace.display_name} as {me.member.email}")
+        out.print(
+            f"the CLI now works in {safe(me.workspace.display_name)} as {safe(me.member.email)}"
+        )
         return
     if not target:
         fail(f"name a workspace (id or name from `eventfn workspaces list`), {ADMIN!r}, or --token")
@@ -171,4 +173,4 @@ def workspace_use(
         why = "is ambiguous" if matches else "is not a workspace the CLI holds a token for"
         fail(f"{target!r} {why}; known: {known}; or pass --token")
     save_context(token=saved[matches[0]]["token"])
-    out.print(f"the CLI now works in {saved[matches[0]].get('name')} ({matches[0]})")
+    out.print(f"the CLI now works in {safe(saved[matches[0]].get('name'))} ({matches[0]})")

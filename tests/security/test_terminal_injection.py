@@ -9,9 +9,12 @@ written.
 
 from __future__ import annotations
 
+import re
+
 import orjson
 from nats.aio.client import Client as NatsClient
 
+from eventfn_api.registry.v1 import resources_pb2 as res
 from services.common import streams
 from tests.cli.conftest import Cli, cli, project
 from tests.cli.test_events_tail import workspace_with_instance
@@ -95,3 +98,18 @@ async def test_a_members_function_name_is_shown_as_written(cli: Cli, registry: R
     await make_function(registry, owner, "billing [/] hook [link=https://evil.example]x[/link]")
     shown = await cli.ok("functions", "list", process=True, EVENTFN_TOKEN=owner, FORCE_COLOR="1")
     assert "billing [/] hook" in shown.stdout and "\x1b]8;" not in shown.stdout, shown.stdout
+
+
+async def test_another_workspaces_names_in_a_given_token_are_shown_as_written(
+    cli: Cli, registry: Registry
+) -> None:
+    """`eventfn workspaces use --token` names the token's workspace and member, which the
+    owner of another workspace wrote: Rich markup in them made a hidden link, and a stray
+    `[/]` crashed the command after the token was saved."""
+    _, owner = await registry.workspace(f"Partner {LINK}")
+    for email in (f"dev {LINK}@partner.io", "dev[/]@partner.io"):
+        token = await registry.member(owner, email, res.RoleGrant(role=res.ROLE_FUNCTIONS_ADMIN))
+        shown = await cli.ok("workspaces", "use", "--token", token, process=True, FORCE_COLOR="1")
+        assert "\x1b]8;" not in shown.stdout, repr(shown.stdout)
+        text = re.sub("\x1b\\[[0-9;]*m", "", shown.stdout)  # the CLI's own colours
+        assert f"Partner {LINK} as {email}" in text, text
