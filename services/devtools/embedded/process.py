@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,8 +24,35 @@ from services.devtools.embedded.errors import DataDirInUseError, ServerStartErro
 LOOPBACK = "127.0.0.1"
 
 
+# The kernel's ephemeral ports (Linux's default when /proc does not say): outgoing connections
+# take them at random, so a server restarted on one of them may find it taken.
+_EPHEMERAL_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_EPHEMERAL = (32768, 60999)
+# Ports below the ephemeral range free_port picks from.
+_FIXED_PORTS = 10_000
+_handed_out: set[int] = set()
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """Return the first and last port the kernel gives outgoing connections."""
+    with contextlib.suppress(OSError, ValueError):
+        low, high = (int(x) for x in _EPHEMERAL_FILE.read_text().split())
+        return low, high
+    return _EPHEMERAL
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """Return a TCP port that is free on host right now."""
+    """Return a TCP port that is free on host right now, below the kernel's ephemeral range
+    when one there is free: a server stopped and started again on it (a restart, a crash
+    test) finds it free still, where a port of that range may meanwhile be any outgoing
+    connection's. Ports this process handed out are not handed out again."""
+    low, _ = ephemeral_ports()
+    first = max(1024, low - _FIXED_PORTS)
+    for _ in range(50):
+        port = random.randrange(first, low) if low > first else 0
+        if port and port not in _handed_out and port_is_free(port, host):
+            _handed_out.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
