@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,18 @@ def secrets_of(config: rpb.InstanceConfig) -> tuple[str, ...]:
 def settings_of(config: rpb.InstanceConfig) -> dict[str, Any]:
     """Return the instance's settings as plain JSON values."""
     return json_format.MessageToDict(config.settings)
+
+
+def observed(record: Callable[..., object], *args: object) -> None:
+    """Record what an invocation did (its spans, its metrics); a fault in that is logged and
+    never keeps its events from being settled (handed back, the function ran again for ever)."""
+    try:
+        record(*args)
+    except Exception:
+        log.exception(
+            "recording an invocation failed (%s); its events are settled all the same",
+            getattr(record, "__qualname__", record),
+        )
 
 
 class Dispatcher:
@@ -257,14 +270,14 @@ class Dispatcher:
                     for ref in dict.fromkeys(refs):
                         await ref.settle(False)
                     return
-                annotate(span, result)
-                record_fetches(span, result.requests)
+                observed(annotate, span, result)
+                observed(record_fetches, span, result.requests)
                 # What these events do next (a retry, a dead letter) continues from here.
                 invoked = trace.set_span_in_context(span)
                 for ref in dict.fromkeys(refs):
                     ref.trace = invoked
         if self._metrics is not None:
-            self._metrics.record(config.id, batch, result)
+            observed(self._metrics.record, config.id, batch, result)
         await self._settlement.act(config, body, refs, result)
 
     async def drain(self, grace: float) -> bool:

@@ -30,13 +30,18 @@ def worst_outcome(result: InvocationResult) -> OutcomeKind:
 @lru_cache(maxsize=256)  # a function fetches few distinct URLs, each many times
 def endpoint(url: str) -> tuple[str, str, int | None]:
     """Return a fetched URL without its query string, fragment or userinfo (for `url.full`),
-    its host and its port."""
-    parts = urlsplit(url)
+    its host and its port; nothing of one Python cannot read (a port past 65535, a host the
+    redaction of a secret bracketed): it comes from the function, and may be anything."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "", "", None
     host = parts.hostname or ""
     netloc = f"[{host}]" if ":" in host else host
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", "")), host, parts.port
+    if port:
+        netloc += f":{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")), host, port
 
 
 def annotate(span: Span, result: InvocationResult) -> None:
