@@ -187,6 +187,10 @@ def parse_batch(body: bytes, now: datetime) -> ParsedRequest:
     return ParsedRequest(write_key, events)
 
 
+# Bad events of one batch a refusal names at most (the first ones).
+MAX_EVENT_ERRORS = 100
+
+
 def normalize_events(
     items: Sequence[object],
     now: datetime,
@@ -195,9 +199,11 @@ def normalize_events(
     context: Mapping[str, Any] | None = None,
     integrations: Mapping[str, Any] | None = None,
     errors: list[InvalidRequestError] | None = None,
+    max_errors: int = MAX_EVENT_ERRORS,
 ) -> list[dict[str, Any]]:
     """Validate and fill decoded batch items in place; refuse all on the first bad one, or,
-    given `errors`, collect every bad event's refusal there and go on with the next."""
+    given `errors`, collect bad events' refusals there and go on with the next, up to
+    `max_errors` of them (then stop: a batch of 250,000 bad events held the loop seconds)."""
     arrival = _Arrival(now)
     batch_sent = _parse_time(sent_at)
     for name, shared in (("context", context), ("integrations", integrations)):
@@ -222,6 +228,8 @@ def normalize_events(
             if errors is None:
                 raise
             errors.append(error)
+            if len(errors) >= max_errors:
+                break
             continue
         if stored > MERGED_BATCH_MAX_BYTES:
             raise InvalidRequestError(

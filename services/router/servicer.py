@@ -21,7 +21,12 @@ from services.common.errors import (
 )
 from services.common.rpc import status_message, unexpected
 from services.router.errors import BodyTooLargeError, InvalidRequestError, RouterError
-from services.router.normalize import BATCH_MAX_BYTES, normalize_events, parse_json
+from services.router.normalize import (
+    BATCH_MAX_BYTES,
+    MAX_EVENT_ERRORS,
+    normalize_events,
+    parse_json,
+)
 from services.router.publisher import (
     Ingestor,
     NotReadyError,
@@ -52,7 +57,7 @@ def parse_events_json(events_json: bytes, now: datetime) -> list[dict[str, Any]]
     errors: list[InvalidRequestError] = []
     events = normalize_events(items, now, errors=errors)
     if errors:
-        raise BadEvents(errors, len(items))
+        raise BadEvents(errors, len(items), all_named=len(errors) < MAX_EVENT_ERRORS)
     for event in events:
         # The write key travels in the request, never in stored events.
         event.pop("writeKey", None)
@@ -60,16 +65,18 @@ def parse_events_json(events_json: bytes, now: datetime) -> list[dict[str, Any]]
 
 
 class BadEvents(InvalidArgument):
-    """A batch with bad events: every one named by index (and field), nothing stored."""
+    """A batch with bad events: each named by index (and field), up to MAX_EVENT_ERRORS of
+    them, nothing stored."""
 
-    def __init__(self, errors: list[InvalidRequestError], total: int) -> None:
+    def __init__(self, errors: list[InvalidRequestError], total: int, *, all_named: bool) -> None:
         self.events = [
             pb.EventError(index=e.index or 0, field=e.field or "", reason=grpc_text(e.reason))
             for e in errors
         ]
         first = self.events[0]
+        count = f"{len(errors)}" if all_named else f"at least {len(errors)} (the first named)"
         super().__init__(
-            f"{len(errors)} of {total} events are invalid, nothing was stored; the first, "
+            f"{count} of {total} events are invalid, nothing was stored; the first, "
             f"events_json[{first.index}]: {first.reason}",
             [
                 FieldViolation(

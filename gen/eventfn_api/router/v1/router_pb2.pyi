@@ -130,7 +130,7 @@ class IngestStreamResponse(_message.Message):
 
     @_builtins.property
     def event_errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventError]:
-        """Every bad event of a refused batch, in order; empty otherwise."""
+        """The bad events of a refused batch, in order, the first 100 of them; empty otherwise."""
 
     def __init__(
         self,

@@ -30,8 +30,8 @@ class RouterStub:
     this service is the same ingestion for internal producers. Calls authenticate with the
     source's write key, not a member token. A call succeeds only once every event is durably
     stored (JetStream, fsync before ack). A batch is stored whole or not at all: a batch with a
-    bad event stores nothing, and the answer names every bad event (its index in the array and
-    why). A batch that fails on storage (UNAVAILABLE) may have stored part of its events, so
+    bad event stores nothing, and the answer names the bad events, the first 100 of them (the
+    index of each in the array and why). A batch that fails on storage (UNAVAILABLE) may have stored part of its events, so
     send it again unchanged: every pack carries a dedupe id, and an event whose messageId was
     stored in the last minutes is not delivered twice.
     A string field holding NUL or another control character, tab, newline and carriage return
@@ -65,8 +65,8 @@ class RouterServicer:
     this service is the same ingestion for internal producers. Calls authenticate with the
     source's write key, not a member token. A call succeeds only once every event is durably
     stored (JetStream, fsync before ack). A batch is stored whole or not at all: a batch with a
-    bad event stores nothing, and the answer names every bad event (its index in the array and
-    why). A batch that fails on storage (UNAVAILABLE) may have stored part of its events, so
+    bad event stores nothing, and the answer names the bad events, the first 100 of them (the
+    index of each in the array and why). A batch that fails on storage (UNAVAILABLE) may have stored part of its events, so
     send it again unchanged: every pack carries a dedupe id, and an event whose messageId was
     stored in the last minutes is not delivered twice.
     A string field holding NUL or another control character, tab, newline and carriage return
@@ -79,9 +79,9 @@ class RouterServicer:
 
     def Ingest(self, request, context):
         """Ingest a batch of events. INVALID_ARGUMENT for an empty write_key, malformed JSON, a
-        batch over the size limits or bad events (a google.rpc.BadRequest detail names each bad
-        event: field `events_json[3]`, or `events_json[3].userId` for one field of it; nothing is
-        stored); UNAUTHENTICATED for an unknown or rotated write key; UNAVAILABLE while the
+        batch over the size limits or bad events (a google.rpc.BadRequest detail names each of the
+        first 100 bad events: field `events_json[3]`, or `events_json[3].userId` for one field of
+        it; nothing is stored); UNAUTHENTICATED for an unknown or rotated write key; UNAVAILABLE while the
         router has no configuration yet or cannot reach JetStream (safe to retry unchanged).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -90,7 +90,7 @@ class RouterServicer:
 
     def IngestStream(self, request_iterator, context):
         """Ingest a stream of batches for high-volume producers: each request is answered by one
-        response, in order. A refused batch is answered with its error (and every bad event) and
+        response, in order. A refused batch is answered with its error (and its first 100 bad events) and
         the stream goes on with the next batch: nothing of a refused batch is stored, the others
         are not affected. The router ends a stream with UNAVAILABLE once no request came on it for
         EVENTFN_ROUTER_STREAM_IDLE_SECONDS (5 minutes by default), or to make room when too many
@@ -127,8 +127,8 @@ class Router:
     this service is the same ingestion for internal producers. Calls authenticate with the
     source's write key, not a member token. A call succeeds only once every event is durably
     stored (JetStream, fsync before ack). A batch is stored whole or not at all: a batch with a
-    bad event stores nothing, and the answer names every bad event (its index in the array and
-    why). A batch that fails on storage (UNAVAILABLE) may have stored part of its events, so
+    bad event stores nothing, and the answer names the bad events, the first 100 of them (the
+    index of each in the array and why). A batch that fails on storage (UNAVAILABLE) may have stored part of its events, so
     send it again unchanged: every pack carries a dedupe id, and an event whose messageId was
     stored in the last minutes is not delivered twice.
     A string field holding NUL or another control character, tab, newline and carriage return

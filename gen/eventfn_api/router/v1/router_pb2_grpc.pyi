@@ -31,8 +31,8 @@ class RouterStub:
     this service is the same ingestion for internal producers. Calls authenticate with the
     source's write key, not a member token. A call succeeds only once every event is durably
     stored (JetStream, fsync before ack). A batch is stored whole or not at all: a batch with a
-    bad event stores nothing, and the answer names every bad event (its index in the array and
-    why). A batch that fails on storage (UNAVAILABLE) may have stored part of its events, so
+    bad event stores nothing, and the answer names the bad events, the first 100 of them (the
+    index of each in the array and why). A batch that fails on storage (UNAVAILABLE) may have stored part of its events, so
     send it again unchanged: every pack carries a dedupe id, and an event whose messageId was
     stored in the last minutes is not delivered twice.
     A string field holding NUL or another control character, tab, newline and carriage return
@@ -49,14 +49,14 @@ class RouterStub:
     def __new__(cls, channel: _aio.Channel) -> RouterAsyncStub: ...
     Ingest: _grpc.UnaryUnaryMultiCallable[_router_pb2.IngestRequest, _router_pb2.IngestResponse]
     """Ingest a batch of events. INVALID_ARGUMENT for an empty write_key, malformed JSON, a
-    batch over the size limits or bad events (a google.rpc.BadRequest detail names each bad
-    event: field `events_json[3]`, or `events_json[3].userId` for one field of it; nothing is
-    stored); UNAUTHENTICATED for an unknown or rotated write key; UNAVAILABLE while the
+    batch over the size limits or bad events (a google.rpc.BadRequest detail names each of the
+    first 100 bad events: field `events_json[3]`, or `events_json[3].userId` for one field of
+    it; nothing is stored); UNAUTHENTICATED for an unknown or rotated write key; UNAVAILABLE while the
     router has no configuration yet or cannot reach JetStream (safe to retry unchanged).
     """
     IngestStream: _grpc.StreamStreamMultiCallable[_router_pb2.IngestStreamRequest, _router_pb2.IngestStreamResponse]
     """Ingest a stream of batches for high-volume producers: each request is answered by one
-    response, in order. A refused batch is answered with its error (and every bad event) and
+    response, in order. A refused batch is answered with its error (and its first 100 bad events) and
     the stream goes on with the next batch: nothing of a refused batch is stored, the others
     are not affected. The router ends a stream with UNAVAILABLE once no request came on it for
     EVENTFN_ROUTER_STREAM_IDLE_SECONDS (5 minutes by default), or to make room when too many
@@ -70,8 +70,8 @@ class RouterAsyncStub(RouterStub):
     this service is the same ingestion for internal producers. Calls authenticate with the
     source's write key, not a member token. A call succeeds only once every event is durably
     stored (JetStream, fsync before ack). A batch is stored whole or not at all: a batch with a
-    bad event stores nothing, and the answer names every bad event (its index in the array and
-    why). A batch that fails on storage (UNAVAILABLE) may have stored part of its events, so
+    bad event stores nothing, and the answer names the bad events, the first 100 of them (the
+    index of each in the array and why). A batch that fails on storage (UNAVAILABLE) may have stored part of its events, so
     send it again unchanged: every pack carries a dedupe id, and an event whose messageId was
     stored in the last minutes is not delivered twice.
     A string field holding NUL or another control character, tab, newline and carriage return
@@ -85,14 +85,14 @@ class RouterAsyncStub(RouterStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Ingest: _aio.UnaryUnaryMultiCallable[_router_pb2.IngestRequest, _router_pb2.IngestResponse]  # type: ignore[assignment]
     """Ingest a batch of events. INVALID_ARGUMENT for an empty write_key, malformed JSON, a
-    batch over the size limits or bad events (a google.rpc.BadRequest detail names each bad
-    event: field `events_json[3]`, or `events_json[3].userId` for one field of it; nothing is
-    stored); UNAUTHENTICATED for an unknown or rotated write key; UNAVAILABLE while the
+    batch over the size limits or bad events (a google.rpc.BadRequest detail names each of the
+    first 100 bad events: field `events_json[3]`, or `events_json[3].userId` for one field of
+    it; nothing is stored); UNAUTHENTICATED for an unknown or rotated write key; UNAVAILABLE while the
     router has no configuration yet or cannot reach JetStream (safe to retry unchanged).
     """
     IngestStream: _aio.StreamStreamMultiCallable[_router_pb2.IngestStreamRequest, _router_pb2.IngestStreamResponse]  # type: ignore[assignment]
     """Ingest a stream of batches for high-volume producers: each request is answered by one
-    response, in order. A refused batch is answered with its error (and every bad event) and
+    response, in order. A refused batch is answered with its error (and its first 100 bad events) and
     the stream goes on with the next batch: nothing of a refused batch is stored, the others
     are not affected. The router ends a stream with UNAVAILABLE once no request came on it for
     EVENTFN_ROUTER_STREAM_IDLE_SECONDS (5 minutes by default), or to make room when too many
@@ -105,8 +105,8 @@ class RouterServicer(metaclass=_abc_1.ABCMeta):
     this service is the same ingestion for internal producers. Calls authenticate with the
     source's write key, not a member token. A call succeeds only once every event is durably
     stored (JetStream, fsync before ack). A batch is stored whole or not at all: a batch with a
-    bad event stores nothing, and the answer names every bad event (its index in the array and
-    why). A batch that fails on storage (UNAVAILABLE) may have stored part of its events, so
+    bad event stores nothing, and the answer names the bad events, the first 100 of them (the
+    index of each in the array and why). A batch that fails on storage (UNAVAILABLE) may have stored part of its events, so
     send it again unchanged: every pack carries a dedupe id, and an event whose messageId was
     stored in the last minutes is not delivered twice.
     A string field holding NUL or another control character, tab, newline and carriage return
@@ -124,9 +124,9 @@ class RouterServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.IngestResponse, _abc.Awaitable[_router_pb2.IngestResponse]]:
         """Ingest a batch of events. INVALID_ARGUMENT for an empty write_key, malformed JSON, a
-        batch over the size limits or bad events (a google.rpc.BadRequest detail names each bad
-        event: field `events_json[3]`, or `events_json[3].userId` for one field of it; nothing is
-        stored); UNAUTHENTICATED for an unknown or rotated write key; UNAVAILABLE while the
+        batch over the size limits or bad events (a google.rpc.BadRequest detail names each of the
+        first 100 bad events: field `events_json[3]`, or `events_json[3].userId` for one field of
+        it; nothing is stored); UNAUTHENTICATED for an unknown or rotated write key; UNAVAILABLE while the
         router has no configuration yet or cannot reach JetStream (safe to retry unchanged).
         """
 
@@ -137,7 +137,7 @@ class RouterServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_router_pb2.IngestStreamResponse], _abc.AsyncIterator[_router_pb2.IngestStreamResponse]]:
         """Ingest a stream of batches for high-volume producers: each request is answered by one
-        response, in order. A refused batch is answered with its error (and every bad event) and
+        response, in order. A refused batch is answered with its error (and its first 100 bad events) and
         the stream goes on with the next batch: nothing of a refused batch is stored, the others
         are not affected. The router ends a stream with UNAVAILABLE once no request came on it for
         EVENTFN_ROUTER_STREAM_IDLE_SECONDS (5 minutes by default), or to make room when too many
