@@ -21,6 +21,7 @@ import json
 import re
 import string
 from collections.abc import Iterable
+from urllib.parse import urlsplit, urlunsplit
 
 REDACTED = "[REDACTED]"
 # Values this short would redact ordinary words; encrypted settings are keys and tokens.
@@ -29,6 +30,9 @@ MIN_SECRET_LENGTH = 4
 # base64 comes once in ~6.9e10 characters. Every alignment of a secret of five bytes or more
 # has this many; a four-byte secret (4 or 5 characters) is matched as text only.
 MIN_BASE64_LENGTH = 6
+# The path and query of a secret URL are matched alone from this length on (a webhook's
+# `/services/T…/B…/token`): shorter ones (`/api`) are not its secret part.
+MIN_URL_TAIL_LENGTH = 16
 
 # No percent-encoder escapes these (RFC 3986 unreserved, but '~', which some do).
 _NEVER_PERCENT = frozenset(string.ascii_letters + string.digits + "-_.")
@@ -160,10 +164,34 @@ def _spellings(secret: str) -> list[tuple[list[list[_Form]], int]]:
     return out
 
 
+def _rewritten(secret: str) -> set[str]:
+    """Return `secret` as fetch's URL parser may rewrite it: without the white space around
+    it; a URL without its default port (and with `/` for an empty path), and the path and
+    query of one alone when long enough to be its secret part (a webhook's token). Case is
+    matched either way (the parser lowers a host's)."""
+    out = {secret, secret.strip()}
+    try:
+        parts = urlsplit(secret.strip())
+        port = parts.port
+    except ValueError:
+        return out
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return out
+    default = {"http": 80, "https": 443}[parts.scheme.lower()]
+    host = parts.netloc.rsplit(":", 1)[0] if port == default else parts.netloc
+    out.add(urlunsplit((parts.scheme, host, parts.path or "/", parts.query, parts.fragment)))
+    tail = urlunsplit(("", "", parts.path, parts.query, ""))
+    if len(tail) >= MIN_URL_TAIL_LENGTH:
+        out.add(tail)
+    return out
+
+
 def compile_secrets(secrets: Iterable[str]) -> re.Pattern[str] | None:
-    """Build one pattern matching any secret in any of its spellings (longest first), or None
-    when there are none."""
-    return _compile(frozenset(s for s in secrets if len(s) >= MIN_SECRET_LENGTH))
+    """Build one pattern matching any secret in any of its spellings (longest first), of
+    either case, or None when there are none."""
+    return _compile(
+        frozenset(v for s in secrets for v in _rewritten(s) if len(v) >= MIN_SECRET_LENGTH)
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -183,7 +211,9 @@ def _compile(secrets: frozenset[str]) -> re.Pattern[str] | None:
         rests = by_first[first]
         ordered = sorted(rests, key=lambda r: (-rests[r], r))  # longest first
         branches.append(re.escape(first) + "(?:" + "|".join(ordered) + ")")
-    return re.compile("|".join(branches))
+    # Of either case: a host is lowered by the URL parser (a key in a subdomain, a webhook
+    # URL's host), and a chance match of another text only hides it.
+    return re.compile("|".join(branches), re.IGNORECASE)
 
 
 def redact(text: str, pattern: re.Pattern[str] | None) -> str:
