@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +110,8 @@ class Dispatcher:
         # The context keys each instance has in the pool, and its latest config revision.
         self._context_keys: dict[str, tuple[int, set[str]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Per context key: the loading of its code that packs wait on (see `submit`).
+        self._loading: dict[str, asyncio.Future[frozenset[str]]] = {}
 
     @property
     def busy(self) -> int:
@@ -129,7 +131,11 @@ class Dispatcher:
                 for ref in dict.fromkeys(refs):
                     await ref.settle(False)
 
-        task = asyncio.ensure_future(run())
+        self._track(run())
+
+    def _track(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run work in the background, counted as in flight until it ends."""
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -162,10 +168,42 @@ class Dispatcher:
         return key
 
     async def submit(self, config: rpb.InstanceConfig, body: bytes, ref: PackRef) -> None:
-        """Take a pack for an instance; returns once it is queued (not run)."""
+        """Take a pack for an instance; returns once it is queued (not run).
+
+        Which handlers the code defines is known once it was loaded on a worker: until then
+        the pack waits for that in a task of its own, never holding the packs of other
+        instances (a script busy for seconds at load, in a loop of new instances, held every
+        tenant's deliveries on the executor).
+        """
         self._configs[config.id] = config
         function_key = await self.context_key(config)
-        handlers = await self._pool.handlers(function_key, config.code)
+        handlers = self._pool.known_handlers(function_key)
+        if handlers is None:
+            self._track(self._queue_once_loaded(config, function_key, body, ref))
+            return
+        self._queue(config, handlers, body, ref)
+
+    async def _queue_once_loaded(
+        self, config: rpb.InstanceConfig, function_key: str, body: bytes, ref: PackRef
+    ) -> None:
+        """Load the code (once for every pack waiting on it), then queue the pack; a fault
+        hands it back."""
+        try:
+            loading = self._loading.get(function_key)
+            if loading is None:
+                loading = asyncio.ensure_future(self._pool.handlers(function_key, config.code))
+                self._loading[function_key] = loading
+                loading.add_done_callback(lambda _: self._loading.pop(function_key, None))
+            handlers = await asyncio.shield(loading)
+            self._queue(config, handlers, body, ref)
+        except Exception:
+            log.exception("the code of instance %s could not be loaded; handed back", config.id)
+            await ref.settle(False)
+
+    def _queue(
+        self, config: rpb.InstanceConfig, handlers: frozenset[str], body: bytes, ref: PackRef
+    ) -> None:
+        """Run a pack's events as its handlers take them: one invocation, or onBatch batches."""
         rate = self._rates.setdefault(config.id, RateMeter())
         now = time.monotonic()
         if ON_BATCH not in handlers:
@@ -281,10 +319,18 @@ class Dispatcher:
         await self._settlement.act(config, body, refs, result)
 
     async def drain(self, grace: float) -> bool:
-        """Flush pending batches and wait for in-flight invocations; False past the grace."""
-        for instance_id in list(self._pending):
-            self._flush(instance_id)
-        if not self._tasks:
-            return True
-        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-        return not pending
+        """Flush pending batches and wait for in-flight invocations; False past the grace.
+
+        A pack whose code was loading meanwhile starts its invocation (or batch) when the
+        loading ends: that is waited for too."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while True:
+            for instance_id in list(self._pending):
+                self._flush(instance_id)
+            if not self._tasks:
+                return True
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            await asyncio.wait(set(self._tasks), timeout=left)

@@ -516,6 +516,10 @@ class RuntimePool:
         return Lost("crash")
 
     # ------------------------------------------------------------------ public API
+    def known_handlers(self, function_key: str) -> frozenset[str] | None:
+        """Return the handler names of a function whose code was loaded, None before."""
+        return self._handlers.get(function_key)
+
     async def handlers(self, function_key: str, code: str) -> frozenset[str]:
         """Return the handler names (onTrack ... onBatch) that a function's code defines."""
         known = self._handlers.get(function_key)
