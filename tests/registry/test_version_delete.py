@@ -24,24 +24,11 @@ from tests.registry.conftest import (
     make_source,
     running_registry,
 )
-
-
-def code_of(size: int) -> str:
-    """A handler padded with a comment of `size` random hex digits."""
-    return HANDLER + "\n// " + os.urandom(size // 2).hex()
+from tests.security.test_code_quota import code_of, create
 
 
 async def new_function(r: Registry, owner: str, workspace: str, code: str = HANDLER) -> str:
-    made = await r.stub.CreateFunction(
-        pb.CreateFunctionRequest(
-            parent=f"workspaces/{workspace}",
-            function=res.DestinationFunction(display_name=f"fn {os.urandom(4).hex()}"),
-            code=code,
-            settings=SETTINGS,
-        ),
-        metadata=auth(owner),
-    )
-    return made.function.name
+    return (await create(r, owner, workspace, code)).name
 
 
 async def save(r: Registry, owner: str, function: str, code: str = HANDLER) -> str:
