@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +37,13 @@ from services.executor.observe import (
 from services.executor.pack_ref import PackRef, join_events, split_typed
 from services.executor.policy import ON_BATCH, RateMeter, to_on_batch, use_batch
 from services.executor.settlement import Handoff, Settlement
-from services.runtime import Invocation, RuntimePool
+from services.runtime import (
+    EventOutcome,
+    Invocation,
+    InvocationResult,
+    OutcomeKind,
+    RuntimePool,
+)
 
 log = logging.getLogger(__name__)
 tracer = get_tracer("eventfn.executor")
@@ -84,6 +92,32 @@ def observed(record: Callable[..., object], *args: object) -> None:
         )
 
 
+# Times the executor may fail on a pack (its invocation's work raising) before its events are
+# dead-lettered rather than handed back again; handed back after 1, 2, 4 and 8 s.
+MAX_FAULTS = 5
+# Packs whose faults are remembered (by stream sequence), the most recent.
+FAULTS_KEPT = 10_000
+
+
+class Faults:
+    """How many times this executor failed on each pack lately, by its EVENTS sequence."""
+
+    def __init__(self, kept: int = FAULTS_KEPT) -> None:
+        self._kept = kept
+        self._counts: OrderedDict[int, int] = OrderedDict()
+
+    def add(self, seq: int) -> int:
+        """Count a fault on the pack at `seq`; return its faults so far (1 for an unknown
+        sequence: never counted together)."""
+        if not seq:
+            return 1
+        count = self._counts.pop(seq, 0) + 1
+        self._counts[seq] = count
+        if len(self._counts) > self._kept:
+            self._counts.popitem(last=False)
+        return count
+
+
 class Dispatcher:
     """Run the packs of every instance, within per-instance concurrency."""
 
@@ -110,6 +144,7 @@ class Dispatcher:
         # The context keys each instance has in the pool, and its latest config revision.
         self._context_keys: dict[str, tuple[int, set[str]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._faults = Faults()
         # Per context key: the loading of its code that packs wait on (see `submit`).
         self._loading: dict[str, asyncio.Future[frozenset[str]]] = {}
 
@@ -121,17 +156,50 @@ class Dispatcher:
     def _spawn(
         self, config: rpb.InstanceConfig, body: bytes, refs: list[PackRef], *, batch: bool
     ) -> None:
-        """Run an invocation in the background; a bug in it hands its packs back."""
+        """Run an invocation in the background; a fault in it hands its packs back."""
 
         async def run() -> None:
             try:
                 await self._invoke(config, body, refs, batch=batch)
-            except Exception:
-                log.exception("packs of instance %s failed in the executor; handed back", config.id)
-                for ref in dict.fromkeys(refs):
-                    await ref.settle(False)
+            except Exception as error:
+                await self._faulted(config, body, refs, error)
 
         self._track(run())
+
+    async def _faulted(
+        self, config: rpb.InstanceConfig, body: bytes, refs: list[PackRef], error: Exception
+    ) -> None:
+        """Hand the packs of an invocation the executor (or the runtime) failed on back for
+        another try, after a pause; once one of them failed MAX_FAULTS times here, dead-letter
+        the events instead, replayable once fixed: a fault that stays ran the function again
+        for ever (an unreadable fetch URL), each time sending what it sends."""
+        correlation_id = uuid.uuid4().hex
+        log.error(
+            "packs of instance %s failed in the executor (%s, correlation id %s)",
+            config.id,
+            type(error).__name__,
+            correlation_id,
+            exc_info=error,
+        )
+        packs = list(dict.fromkeys(refs))
+        faults = max(self._faults.add(ref.seq) for ref in packs)
+        if faults >= MAX_FAULTS:
+            failed = EventOutcome(
+                OutcomeKind.FAILURE,
+                error_type="ExecutorError",
+                message=f"the executor failed on these events {faults} times "
+                f"({type(error).__name__}, logged under correlation id {correlation_id}); "
+                "replay them once that is fixed",
+            )
+            try:
+                await self._settlement.act(
+                    config, body, refs, InvocationResult([failed] * len(refs))
+                )
+                return
+            except Exception:
+                log.exception("packs of instance %s could not be dead-lettered", config.id)
+        for ref in packs:
+            await ref.settle(False)
 
     def _track(self, work: Coroutine[Any, Any, None]) -> None:
         """Run work in the background, counted as in flight until it ends."""
@@ -288,26 +356,20 @@ class Dispatcher:
                     ),
                 },
             ) as span:
-                try:
-                    result = await self._pool.run(
-                        Invocation(
-                            function_key=await self.context_key(config),
-                            code=config.code,
-                            events=body,
-                            settings=settings,
-                            batch=batch,
-                            timeout_s=config.timeout.ToTimedelta().total_seconds(),
-                            secrets=secrets,
-                            count=len(refs),
-                            trace_headers=outgoing_trace(span) if config.propagate_trace else (),
-                            tenant=config.workspace_id,
-                        )
+                result = await self._pool.run(
+                    Invocation(
+                        function_key=await self.context_key(config),
+                        code=config.code,
+                        events=body,
+                        settings=settings,
+                        batch=batch,
+                        timeout_s=config.timeout.ToTimedelta().total_seconds(),
+                        secrets=secrets,
+                        count=len(refs),
+                        trace_headers=outgoing_trace(span) if config.propagate_trace else (),
+                        tenant=config.workspace_id,
                     )
-                except Exception:
-                    log.exception("invocation of instance %s failed in the runtime", config.id)
-                    for ref in dict.fromkeys(refs):
-                        await ref.settle(False)
-                    return
+                )
                 observed(annotate, span, result)
                 observed(record_fetches, span, result.requests)
                 # What these events do next (a retry, a dead letter) continues from here.

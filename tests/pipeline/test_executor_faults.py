@@ -8,7 +8,10 @@ from pathlib import Path
 
 import asyncpg
 import orjson
+from google.protobuf import field_mask_pb2
 
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
 from services.common import streams
 from services.devtools.embedded import EmbeddedNats
 from services.executor.app import start_executor
@@ -16,7 +19,7 @@ from services.executor.settings import ExecutorSettings
 from tests.eventually import eventually
 from tests.pipeline.conftest import Platform, Sink, start_platform
 from tests.pipeline.test_delivery import SINGLE, batch_body, send
-from tests.registry.conftest import SERVICE, Registry
+from tests.registry.conftest import SERVICE, Registry, auth
 
 
 async def test_pack_for_a_deleted_instance_is_discarded_with_reason(
@@ -118,3 +121,46 @@ async def test_sigterm_hands_unfinished_packs_back(
         await again.ack()
     finally:
         sink.gate.set()
+
+
+async def test_a_fault_that_stays_dead_letters_the_events(
+    platform: Platform, sink: Sink, nats_client
+) -> None:
+    """The executor handed the packs of an invocation it failed on back for another try,
+    without end: a fault that stays (an unreadable fetch URL was one) ran the function again
+    for ever. After five faults on a pack its events are dead-lettered, replayable once the
+    fault is fixed. The fault here: an instance timeout the runtime refuses (0 ms, written
+    past the registry's checks), on every delivery."""
+    iid = await platform.instance(SINGLE, sink.url)
+    conn = await asyncpg.connect(platform.registry.database_url)
+    try:
+        await conn.execute("UPDATE instance SET timeout_ms = 0 WHERE id = $1", iid)
+        revision = platform.executor.watcher.revision
+        renamed = res.Instance(name=platform.instance_name(iid), display_name="faulty")
+        await platform.registry.stub.UpdateInstance(
+            pb.UpdateInstanceRequest(
+                instance=renamed, update_mask=field_mask_pb2.FieldMask(paths=["display_name"])
+            ),
+            metadata=auth(platform.owner),
+        )
+        await platform.executor.watcher.wait_until(lambda v: v.revision > revision)
+        assert platform.executor.watcher.instances[iid].timeout.ToTimedelta().total_seconds() == 0
+        dead = await nats_client.jetstream().subscribe(
+            streams.dead_subject(platform.workspace_id, iid), ordered_consumer=True
+        )
+        await send(platform, batch_body(1))
+        letter = await dead.next_msg(timeout=60)  # after 1 + 2 + 4 + 8 s of backoff
+        assert len(orjson.loads(letter.data)) == 1
+        assert "ExecutorError" in letter.headers[streams.LAST_ERROR]
+        row = await eventually(
+            lambda: conn.fetchrow(
+                "SELECT error_type, error_message FROM delivery_failure WHERE instance_id = $1",
+                iid,
+            ),
+            "the dead letter's failure recorded",
+        )
+        assert row["error_type"] == "ExecutorError"
+        assert "5 times" in row["error_message"] and "correlation id" in row["error_message"]
+        assert sink.paths == []  # the function never ran
+    finally:
+        await conn.close()
