@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import secrets
 import shutil
 import signal
 import stat
@@ -57,8 +58,11 @@ class EmbeddedPostgres(ServerLifecycle):
     data_dir holds `pgdata/` (kept between runs), `postgres.log` and `port` (the
     last port, reused when port=0 and still free, so URLs stay stable). When run
     as root the server runs as the unprivileged system user `eventfn-postgres`,
-    created on first use. Authentication is `trust` on loopback: the embedded
-    server is for one machine; production uses an external server
+    created on first use. The `postgres` role has a password, made on first use and kept in
+    `password` (mode 600), which `url` carries: loopback is every local account's, and
+    `trust` there let any of them in as superuser (and, by COPY … TO PROGRAM, run commands as
+    the operator). A cluster made with `trust` by an earlier version is given the password and
+    switched to scram-sha-256 at its next start. Production uses an external server
     (EVENTFN_DATABASE_URL).
     """
 
@@ -102,8 +106,26 @@ class EmbeddedPostgres(ServerLifecycle):
         return self.url_for(self.database)
 
     def url_for(self, database: str) -> str:
-        """Return the URL of another database on this server."""
-        return f"postgresql://{self.user}@{LOOPBACK}:{self._port}/{database}"
+        """Return the URL of another database on this server (with the role's password)."""
+        return f"postgresql://{self.user}:{self.password}@{LOOPBACK}:{self._port}/{database}"
+
+    @property
+    def password(self) -> str:
+        """Return the `postgres` role's password, made (mode 600) on first use."""
+        path = self.data_dir / "password"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(24)  # URL-safe: it goes into the URL as it is
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another launcher made it first
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as f:
+            f.write(value)
+        return value
 
     @property
     def running(self) -> bool:
@@ -122,6 +144,7 @@ class EmbeddedPostgres(ServerLifecycle):
             self._recover_leftover()
             self._ensure_initialised(bin_dir, run_as)
             self._launch(bin_dir, run_as)
+            self._require_password(bin_dir)
             self._ensure_database(bin_dir, self.database)
         except BaseException:
             self.stop()
@@ -171,13 +194,21 @@ class EmbeddedPostgres(ServerLifecycle):
         scratch = self.data_dir / "pgdata.init"
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(mode=0o700)
+        # initdb (run as the server's user) reads the password from a file of its own.
+        password_file = self.data_dir / "pgdata.password"
+        password_file.unlink(missing_ok=True)
+        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.password)
         if run_as:
             os.chown(scratch, run_as.uid, run_as.gid)
+            os.chown(password_file, run_as.uid, run_as.gid)
         argv = [
             str(bin_dir / "initdb"),
             "-D",
             str(scratch),
-            "--auth=trust",
+            "--auth=scram-sha-256",
+            f"--pwfile={password_file}",
             f"--username={self.user}",
             "--encoding=UTF8",
             "--no-locale",
@@ -195,11 +226,31 @@ class EmbeddedPostgres(ServerLifecycle):
                 extra_groups=[] if run_as else None,
                 check=False,
             )
+        password_file.unlink(missing_ok=True)
         if result.returncode != 0:
             raise ServerStartError(
                 "postgres", f"initdb exited with {result.returncode}", self.log_path
             )
         scratch.rename(self.pgdata)
+
+    def _require_password(self, bin_dir: Path) -> None:
+        """Give a cluster an earlier version made with `trust` its password, and switch its
+        authentication to scram-sha-256 (nothing to do for one made since)."""
+        hba = self.pgdata / "pg_hba.conf"
+        lines = hba.read_text().splitlines(keepends=True)
+        trusting = [
+            i
+            for i, line in enumerate(lines)
+            if not line.lstrip().startswith("#") and line.split()[-1:] == ["trust"]
+        ]
+        if not trusting:
+            return
+        self._psql(bin_dir, f"ALTER ROLE {self.user} PASSWORD '{self.password}'")
+        for i in trusting:
+            lines[i] = re.sub(r"\btrust(\s*)$", r"scram-sha-256\1", lines[i])
+        with hba.open("w") as f:  # in place: its owner and mode stay
+            f.writelines(lines)
+        self._psql(bin_dir, "SELECT pg_reload_conf()")
 
     def _launch(self, bin_dir: Path, run_as: RunAs | None) -> None:
         """Start the postmaster and wait until it reports `ready`; retry a port lost to a race."""
@@ -282,7 +333,7 @@ class EmbeddedPostgres(ServerLifecycle):
             "-c",
             sql,
         ]
-        env = {**os.environ, "PGCONNECT_TIMEOUT": "10"}
+        env = {**os.environ, "PGCONNECT_TIMEOUT": "10", "PGPASSWORD": self.password}
         result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
         if result.returncode != 0:
             raise EmbeddedServerError(f"psql {sql!r} failed: {result.stderr.strip()}")

@@ -1,0 +1,56 @@
+"""The embedded PostgreSQL of `eventfn up` and the tests listened on loopback with `trust`:
+every local account could connect as the superuser, and by `COPY … TO PROGRAM` run commands
+as the operator, reading the bootstrap token and the master key beside it. The `postgres`
+role now has a password (in the data dir, mode 600) and the server asks for it; a cluster an
+earlier version made with `trust` gets it at its next start."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from services.devtools.embedded import EmbeddedPostgres
+
+
+async def refused_without_password(pg: EmbeddedPostgres) -> None:
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{pg.port}/postgres")
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(f"postgresql://postgres:guess@127.0.0.1:{pg.port}/postgres")
+
+
+async def test_another_local_account_needs_the_password(tmp_path: Path) -> None:
+    async with EmbeddedPostgres(tmp_path / "pg") as pg:
+        await refused_without_password(pg)
+        conn = await asyncpg.connect(pg.url)
+        await conn.close()
+        kept = tmp_path / "pg" / "password"
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+        assert kept.read_text().strip() == pg.password
+        assert not (tmp_path / "pg" / "pgdata.password").exists()
+
+
+async def test_a_cluster_made_with_trust_gets_the_password(tmp_path: Path) -> None:
+    data = tmp_path / "pg"
+    # What an earlier version left: a role without a password, every local connection trusted.
+    async with EmbeddedPostgres(data) as pg:
+        conn = await asyncpg.connect(pg.url)
+        await conn.execute("ALTER ROLE postgres PASSWORD NULL")
+        await conn.close()
+    hba = data / "pgdata" / "pg_hba.conf"
+    hba.write_text(hba.read_text().replace("scram-sha-256", "trust"))
+    (data / "password").unlink()
+
+    async with EmbeddedPostgres(data) as pg:
+        await refused_without_password(pg)
+        conn = await asyncpg.connect(pg.url)
+        await conn.close()
+        methods = [
+            line.split()[-1]
+            for line in hba.read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+        assert methods and "trust" not in methods, methods
