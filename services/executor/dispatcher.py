@@ -51,8 +51,10 @@ tracer = get_tracer("eventfn.executor")
 
 @dataclass
 class Pending:
-    """Events waiting for an onBatch call."""
+    """Events waiting for an onBatch call of one configuration (instance, version, revision):
+    a replay pinned to another version, or a change, never joins another's batch."""
 
+    config: rpb.InstanceConfig
     events: list[bytes] = field(default_factory=list)
     refs: list[PackRef] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
@@ -137,7 +139,6 @@ class Dispatcher:
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._rates: dict[str, RateMeter] = {}
         self._pending: dict[str, Pending] = {}
-        self._configs: dict[str, rpb.InstanceConfig] = {}
         self._settings_cache: dict[
             str, tuple[tuple[str, int, str], dict[str, Any], tuple[str, ...]]
         ] = {}
@@ -243,13 +244,12 @@ class Dispatcher:
         instances (a script busy for seconds at load, in a loop of new instances, held every
         tenant's deliveries on the executor).
         """
-        self._configs[config.id] = config
         function_key = await self.context_key(config)
         handlers = self._pool.known_handlers(function_key)
         if handlers is None:
             self._track(self._queue_once_loaded(config, function_key, body, ref))
             return
-        self._queue(config, handlers, body, ref)
+        self._queue(config, function_key, handlers, body, ref)
 
     async def _queue_once_loaded(
         self, config: rpb.InstanceConfig, function_key: str, body: bytes, ref: PackRef
@@ -263,13 +263,18 @@ class Dispatcher:
                 self._loading[function_key] = loading
                 loading.add_done_callback(lambda _: self._loading.pop(function_key, None))
             handlers = await asyncio.shield(loading)
-            self._queue(config, handlers, body, ref)
+            self._queue(config, function_key, handlers, body, ref)
         except Exception:
             log.exception("the code of instance %s could not be loaded; handed back", config.id)
             await ref.settle(False)
 
     def _queue(
-        self, config: rpb.InstanceConfig, handlers: frozenset[str], body: bytes, ref: PackRef
+        self,
+        config: rpb.InstanceConfig,
+        function_key: str,
+        handlers: frozenset[str],
+        body: bytes,
+        ref: PackRef,
     ) -> None:
         """Run a pack's events as its handlers take them: one invocation, or onBatch batches."""
         rate = self._rates.setdefault(config.id, RateMeter())
@@ -294,40 +299,45 @@ class Dispatcher:
                 config, body if whole else join_events(single), [ref] * len(single), batch=False
             )
         if batched:
-            self._collect(config, batched, ref, at_once=not batching)
+            self._collect(config, function_key, batched, ref, at_once=not batching)
 
     def _collect(
-        self, config: rpb.InstanceConfig, events: list[bytes], ref: PackRef, *, at_once: bool
+        self,
+        config: rpb.InstanceConfig,
+        function_key: str,
+        events: list[bytes],
+        ref: PackRef,
+        *,
+        at_once: bool,
     ) -> None:
-        """Add events of a pack to the instance's onBatch batch; flush it when due.
+        """Add events of a pack to its configuration's onBatch batch; flush it when due.
 
         A batch is due when it reaches the batch size, when its wait is over, or at once
         below the batching volume: an event waits for company only when company comes.
         """
-        pending = self._pending.setdefault(config.id, Pending())
+        pending = self._pending.setdefault(function_key, Pending(config))
         for event in events:
             pending.events.append(event)
             pending.refs.append(ref)
             if len(pending.events) >= config.batch_size:
-                self._flush(config.id)
-                pending = self._pending.setdefault(config.id, Pending())
+                self._flush(function_key)
+                pending = self._pending.setdefault(function_key, Pending(config))
         if not pending.events:
             return
         if at_once:
-            self._flush(config.id)
+            self._flush(function_key)
         elif pending.timer is None:
             pending.timer = asyncio.get_running_loop().call_later(
-                config.batch_wait.ToTimedelta().total_seconds(), self._flush, config.id
+                config.batch_wait.ToTimedelta().total_seconds(), self._flush, function_key
             )
 
-    def _flush(self, instance_id: str) -> None:
-        pending = self._pending.pop(instance_id, None)
+    def _flush(self, function_key: str) -> None:
+        pending = self._pending.pop(function_key, None)
         if pending is None or not pending.events:
             return
         if pending.timer is not None:
             pending.timer.cancel()
-        config = self._configs[instance_id]
-        self._spawn(config, join_events(pending.events), pending.refs, batch=True)
+        self._spawn(pending.config, join_events(pending.events), pending.refs, batch=True)
 
     async def _invoke(
         self, config: rpb.InstanceConfig, body: bytes, refs: list[PackRef], *, batch: bool
@@ -388,8 +398,8 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         while True:
-            for instance_id in list(self._pending):
-                self._flush(instance_id)
+            for function_key in list(self._pending):
+                self._flush(function_key)
             if not self._tasks:
                 return True
             left = deadline - loop.time()
