@@ -165,30 +165,54 @@ def _spellings(secret: str) -> list[tuple[list[list[_Form]], int]]:
 
 
 def _rewritten(secret: str) -> set[str]:
-    """Return `secret` as fetch's URL parser may rewrite it: without the white space around
-    it; a URL without its default port (and with `/` for an empty path), and the path and
-    query of one alone when long enough to be its secret part (a webhook's token). Case is
-    matched either way (the parser lowers a host's)."""
-    out = {secret, secret.strip()}
+    """Return `secret` as fetch may rewrite it: lowered (a key used as a host name); without
+    the white space around it; a URL as the WHATWG parser writes it (scheme and host lowered,
+    the host in punycode, `\\` as `/`, dot segments resolved, no default port, `/` for an empty
+    path), and its path and query alone when long enough to be its secret part (a webhook's
+    token)."""
+    trimmed = secret.strip()
+    out = {secret, trimmed, secret.lower()}
     try:
-        parts = urlsplit(secret.strip())
+        parts = urlsplit(trimmed.replace("\\", "/"))
         port = parts.port
-    except ValueError:
+        host = (parts.hostname or "").encode("idna").decode("ascii")
+    except (ValueError, UnicodeError):
         return out
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not host:
         return out
-    default = {"http": 80, "https": 443}[parts.scheme.lower()]
-    host = parts.netloc.rsplit(":", 1)[0] if port == default else parts.netloc
-    out.add(urlunsplit((parts.scheme, host, parts.path or "/", parts.query, parts.fragment)))
-    tail = urlunsplit(("", "", parts.path, parts.query, ""))
-    if len(tail) >= MIN_URL_TAIL_LENGTH:
-        out.add(tail)
+    if port is not None and port != {"http": 80, "https": 443}[scheme]:
+        host = f"{host}:{port}"
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@{host}" if userinfo else host
+    path = _resolved(parts.path)
+    out.add(urlunsplit((scheme, netloc, path or "/", parts.query, parts.fragment)))
+    for tail in (parts.path, path):
+        tail = urlunsplit(("", "", tail, parts.query, ""))
+        if len(tail) >= MIN_URL_TAIL_LENGTH:
+            out.add(tail)
     return out
 
 
+def _resolved(path: str) -> str:
+    """Return a URL path with its `.` and `..` segments resolved, as the WHATWG parser does."""
+    out: list[str] = []
+    segments = path.split("/")
+    for i, segment in enumerate(segments):
+        last = i == len(segments) - 1
+        if segment in (".", ".."):
+            if segment == ".." and len(out) > 1:
+                out.pop()
+            if last:
+                out.append("")
+        else:
+            out.append(segment)
+    return "/".join(out)
+
+
 def compile_secrets(secrets: Iterable[str]) -> re.Pattern[str] | None:
-    """Build one pattern matching any secret in any of its spellings (longest first), of
-    either case, or None when there are none."""
+    """Build one pattern matching any secret in any of its spellings (longest first), or None
+    when there are none."""
     return _compile(
         frozenset(v for s in secrets for v in _rewritten(s) if len(v) >= MIN_SECRET_LENGTH)
     )
@@ -211,9 +235,7 @@ def _compile(secrets: frozenset[str]) -> re.Pattern[str] | None:
         rests = by_first[first]
         ordered = sorted(rests, key=lambda r: (-rests[r], r))  # longest first
         branches.append(re.escape(first) + "(?:" + "|".join(ordered) + ")")
-    # Of either case: a host is lowered by the URL parser (a key in a subdomain, a webhook
-    # URL's host), and a chance match of another text only hides it.
-    return re.compile("|".join(branches), re.IGNORECASE)
+    return re.compile("|".join(branches))
 
 
 def redact(text: str, pattern: re.Pattern[str] | None) -> str:
