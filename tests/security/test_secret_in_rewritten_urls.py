@@ -25,11 +25,26 @@ CASES = {
         "${settings.apiKey}",
         TOKEN,
     ),
-    # ... or its default port written out.
+    # ... or its default port written out, a dot segment, backslashes, a non-ASCII host.
     "webhook-default-port": (
         f"https://hooks.example.invalid:443/services/T01/B02/{TOKEN}",
         "${settings.apiKey}",
         TOKEN,
+    ),
+    "webhook-dot-segment": (
+        f"https://hooks.example.invalid/services/./T01/B02/{TOKEN}",
+        "${settings.apiKey}",
+        TOKEN,
+    ),
+    "webhook-backslashes": (
+        f"https://hooks.example.invalid\\services\\T01\\B02\\{TOKEN}",
+        "${settings.apiKey}",
+        TOKEN,
+    ),
+    "webhook-idn-host": (
+        "https://hööks.example.invalid/k/Q7secretW3x",
+        "${settings.apiKey}",
+        "Q7secretW3x",
     ),
 }
 
