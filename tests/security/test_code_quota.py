@@ -148,11 +148,19 @@ async def test_concurrent_saves_stop_at_the_quota_as_sequential_ones(
         assert accepted == 3  # 900 KB and their definitions: the fourth would pass 1 MiB
 
 
+DESCRIBED = [
+    types_pb2.SettingDefinition(
+        label=f"S{i}", name=f"s{i}", type=types_pb2.SETTING_TYPE_STRING, description="d" * 2800
+    )
+    for i in range(20)
+]
+
+
 async def test_request_records_keep_no_code(fresh_database: str, tmp_path: Path) -> None:
     """A create or save with a request_id keeps its response for a day, to answer a retry:
-    it kept the version's code too (2.5 bytes a byte, sealed), outside the quota, so that
-    creating and deleting a function in a loop stored without bound. A retry still gets the
-    code, read from the version."""
+    it kept the version's code and settings definitions too (2.5 bytes a byte, sealed),
+    outside the quota, so that creating and deleting a function in a loop stored without
+    bound. A retry still gets them, read from the version."""
     async with running_registry(
         fresh_database, tmp_path, registry_code_bytes_per_workspace=QUOTA
     ) as registry:
@@ -162,7 +170,7 @@ async def test_request_records_keep_no_code(fresh_database: str, tmp_path: Path)
                 parent=f"workspaces/{workspace}",
                 function=res.DestinationFunction(display_name=f"fn {i}"),
                 code=code_of(900_000),
-                settings=SETTINGS,
+                settings=[*SETTINGS, *DESCRIBED],  # 56 KB of definitions
                 request_id=str(uuid.uuid4()),
             )
             made = await registry.stub.CreateFunction(request, metadata=auth(owner))
