@@ -16,8 +16,11 @@ from google.protobuf import struct_pb2
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
+from services.executor.versions import VersionSource
+from tests.eventually import eventually
 from tests.registry.conftest import (
     HANDLER,
+    SERVICE,
     SETTINGS,
     Registry,
     auth,
@@ -170,3 +173,27 @@ async def test_a_deploy_racing_the_delete_is_never_an_internal_error(
                 pb.DeployInstanceRequest(name=instance, version=(await versions(r, owner, fn))[0]),
                 metadata=auth(owner),
             )
+
+
+async def test_executors_stop_running_a_deleted_version(registry: Registry) -> None:
+    """Executors keep the versions dead letters are replayed on: one deleted meanwhile ran
+    there for the rest of a replay, where others discarded its packs. A kept version is asked
+    for again after a while (10 s; here 0.2)."""
+    r = registry
+    workspace, owner = await r.workspace("Cached")
+    fn = await new_function(r, owner, workspace)
+    (old,) = await versions(r, owner, fn)
+    await save(r, owner, fn)
+    source = VersionSource(f"127.0.0.1:{r.port}", SERVICE, cached_seconds=0.2)
+    try:
+        config = pb.InstanceConfig(workspace_id=workspace, function_id=fn.rsplit("/", 1)[-1])
+        old_id = old.rsplit("/", 1)[-1]
+        assert await source.get(config, old_id) is not None  # a replay's first pack
+        await delete(r, owner, old)
+        await eventually(
+            lambda: source.get(config, old_id),
+            "the deleted version gone",
+            until=lambda v: v is None,
+        )
+    finally:
+        await source.close()
