@@ -286,3 +286,18 @@ def test_the_nats_image_is_the_server_version_the_tests_run(compose: dict[str, A
     for node in ("nats-1", "nats-2", "nats-3"):
         image = compose["services"][node]["image"]
         assert image.startswith(f"nats:{tested}"), f"{node} runs {image}; the tests run {tested}"
+
+
+def test_only_the_routers_http_port_is_published_beyond_loopback(
+    compose: dict[str, Any],
+) -> None:
+    """The security checklist: only the router's HTTP port is public. Compose published the
+    registry's and the retrier's gRPC (and Jaeger's and Prometheus's UIs) on every interface."""
+    services = compose["services"]
+    public = {
+        name
+        for name, service in services.items()
+        for port in service.get("ports", [])
+        if not str(port).startswith("127.0.0.1:")
+    }
+    assert public == {"router"}
