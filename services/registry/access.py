@@ -74,11 +74,15 @@ class Authenticator:
         return caller, token
 
 
+# The name of the tokens EVENTFN_BOOTSTRAP_TOKEN registers.
+BOOTSTRAP_TOKEN_NAME = "bootstrap"
+
+
 async def ensure_bootstrap(store: RegistryStore, *, workspace_name: str, secret: str) -> None:
     """Make sure the bootstrap administrator exists and `secret` is one of its tokens."""
     secret_hash = auth.hash_secret(secret)
     async with store.transaction() as session:
-        from sqlmodel import select
+        from sqlmodel import col, select
 
         admin = (await session.exec(select(Member).where(Member.bootstrap))).first()
         if admin is None:
@@ -111,14 +115,32 @@ async def ensure_bootstrap(store: RegistryStore, *, workspace_name: str, secret:
             await session.exec(select(Token).where(Token.secret_hash == secret_hash))
         ).first()
         if existing is None:
+            # A new EVENTFN_BOOTSTRAP_TOKEN replaces the one configured before: rotating it is
+            # changing the variable (the old one kept working, for ever).
+            replaced = (
+                await session.exec(
+                    select(Token).where(
+                        Token.member_id == admin.id,
+                        Token.name == BOOTSTRAP_TOKEN_NAME,
+                        col(Token.revoked_at).is_(None),
+                    )
+                )
+            ).all()
+            for old in replaced:
+                old.revoked_at = now()
+                session.add(old)
             session.add(
                 Token(
                     id=new_id("tok"),
                     member_id=admin.id,
-                    name="bootstrap",
+                    name=BOOTSTRAP_TOKEN_NAME,
                     prefix=secret[:8],
                     secret_hash=secret_hash,
                     created_at=now(),
                 )
             )
-            log.info("bootstrap token registered for member %s", admin.id)
+            log.info(
+                "bootstrap token registered for member %s%s",
+                admin.id,
+                f"; the {len(replaced)} configured before revoked" if replaced else "",
+            )

@@ -95,12 +95,14 @@ async def running_registry(
 ) -> AsyncIterator[Registry]:
     """Run a registry on `database_url` and an ephemeral port (settings: overrides)."""
     config = RegistrySettings(
-        database_url=database_url,
-        registry_listen="127.0.0.1:0",
-        state_dir=state_dir,
-        bootstrap_token=BOOTSTRAP,
-        service_token=SERVICE,
-        **settings,
+        **{
+            "database_url": database_url,
+            "registry_listen": "127.0.0.1:0",
+            "state_dir": state_dir,
+            "bootstrap_token": BOOTSTRAP,
+            "service_token": SERVICE,
+            **settings,
+        }
     )
     async with AsyncExitStack() as stack:
         running = await start_registry(config, stack)

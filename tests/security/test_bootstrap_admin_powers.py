@@ -8,15 +8,19 @@ database 78 MiB in five calls of a read-only member and broke the owner's ListTo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
-from tests.registry.conftest import BOOTSTRAP, Registry, auth, registry
+from tests.registry.conftest import BOOTSTRAP, Registry, auth, registry, running_registry
 
 __all__ = ["registry"]
+
+ROTATED = "efn_rotated-bootstrap-token-9876543210"
 
 
 async def denied(call: object) -> str:
@@ -93,3 +97,23 @@ async def test_a_token_display_name_is_bounded(registry: Registry) -> None:
         pb.CreateTokenRequest(parent=f"workspaces/{workspace}"), metadata=auth(reader)
     )
     assert unnamed.token.display_name == "token"
+
+
+async def test_a_new_bootstrap_token_retires_the_one_configured_before(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    """The checklist says to rotate the bootstrap token; as deployments take it (a new
+    EVENTFN_BOOTSTRAP_TOKEN, then the registry restarted) the old one kept working, with the
+    whole deployment's powers, for whoever had copied it."""
+    async with running_registry(fresh_database, tmp_path) as r:
+        me = await r.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(BOOTSTRAP))
+        own = await r.stub.CreateToken(
+            pb.CreateTokenRequest(parent=me.workspace.name), metadata=auth(BOOTSTRAP)
+        )
+    async with running_registry(fresh_database, tmp_path, bootstrap_token=ROTATED) as r:
+        assert (await r.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(ROTATED))).bootstrap_admin
+        with pytest.raises(grpc.aio.AioRpcError) as retired:
+            await r.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(BOOTSTRAP))
+        assert retired.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # Tokens the administrator made for itself are its own to revoke.
+        assert (await r.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(own.secret))).bootstrap_admin
