@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,24 @@ def locate_state_dir(
         return (cwd / env["EVENTFN_STATE_DIR"]).absolute()
     for folder in (cwd, *cwd.parents):
         candidate = folder / STATE_DIR_NAME
-        if (candidate / marker).exists() if marker else candidate.is_dir():
+        found = candidate / marker if marker else candidate
+        if found.exists() and _ours(candidate) and _ours(found):
             return candidate
     if pointed:
         return Path(pointed)
     return cwd / STATE_DIR_NAME
+
+
+def _ours(path: Path) -> bool:
+    """Tell whether a state dir found up from the working directory (or its context file) is
+    this user's, and not everyone's to write: another local account could leave one in a
+    shared parent (/tmp) pointing the CLI at its server, to take the token, or handing
+    `eventfn up` its bootstrap token and master key. Others' are passed over, as git does."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return st.st_uid == os.geteuid() and not st.st_mode & stat.S_IWOTH
 
 
 def read_pointer(path: Path) -> str | None:
