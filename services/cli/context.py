@@ -16,6 +16,7 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 STATE_DIR_NAME = ".eventfn"
 CONTEXT_NAME = "cli.json"
@@ -106,3 +107,16 @@ def save_context(**changes: Any) -> Path:
     with os.fdopen(fd, "w") as f:
         json.dump(current, f, indent=2)
     return path
+
+
+def without_password(url: str) -> str:
+    """Return a URL (or a comma-separated list of them) to show: passwords left out (the
+    embedded servers', kept in their data dirs)."""
+    shown = []
+    for one in url.split(","):
+        parts = urlsplit(one)
+        if parts.password is not None:
+            user, _, host = parts.netloc.rpartition("@")
+            one = urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:…@{host}"))
+        shown.append(one)
+    return ",".join(shown)

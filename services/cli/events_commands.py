@@ -21,7 +21,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from services.cli.client import fail, metadata, out, pages, registry, safe, short
 from services.cli.client import name as cli_name
-from services.cli.context import load_context
+from services.cli.context import load_context, without_password
 from services.common import names, streams
 from services.common.settings import nats_servers
 
@@ -136,6 +136,7 @@ def tail(
         pass
     except (OSError, nats.errors.Error) as error:
         fail(
-            f"cannot read events from NATS at {nats_url()} ({error or type(error).__name__}); "
+            f"cannot read events from NATS at {without_password(nats_url())} "
+            f"({error or type(error).__name__}); "
             "is the platform up? (`make up`, or set EVENTFN_NATS_URL)"
         )

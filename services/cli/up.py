@@ -19,12 +19,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 
+from services.cli.context import without_password
 from services.common.rpc import address_taken
 from services.devtools.embedded import EmbeddedNats, EmbeddedPostgres
 
@@ -56,16 +56,6 @@ def read_or_create_secret(path: Path, prefix: str) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(value)
     return value
-
-
-def without_password(url: str) -> str:
-    """Return a URL to show: its password (the embedded PostgreSQL's, in its data dir) left
-    out."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:…@{host}"))
 
 
 def service_specs(env: dict[str, str]) -> list[ServiceSpec]:
@@ -185,7 +175,10 @@ class Platform:
             # V8 worker the executor starts ("skipping fork() handlers").
             "GRPC_VERBOSITY": env.get("GRPC_VERBOSITY", "ERROR"),
         }
-        endpoints = {"postgres": without_password(database_url), "nats": nats_url}
+        endpoints = {
+            "postgres": without_password(database_url),
+            "nats": without_password(nats_url),
+        }
         for spec in specs:
             if not spec.available:
                 continue

@@ -46,14 +46,14 @@ async def test_a_service_started_before_jetstream_answers_waits_for_it(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    url = f"nats://127.0.0.1:{port}"
+    later = EmbeddedNats(tmp_path / "nats", port=port)
+    url = later.url  # with its password, which the first server asks for too
     plain = await asyncio.create_subprocess_exec(
         str(nats_server_binary()),
-        *("-a", "127.0.0.1", "-p", str(port)),
+        *("-a", "127.0.0.1", "-p", str(port), "--user", "eventfn", "--pass", later.password),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    later = EmbeddedNats(tmp_path / "nats", port=port)
     try:
         await eventually(lambda: _accepts(port), "the server without JetStream listening")
         settings = DataPlaneSettings(nats_url=url)

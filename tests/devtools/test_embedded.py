@@ -246,8 +246,10 @@ def test_render_config_always_syncs_and_quotes_paths(
         pid_file=Path("/state/pid"),
         max_payload=payload,
         server_name="eventfn",
+        password="pw-0123",
     )
     assert "  sync_interval: always\n" in text
+    assert 'authorization { user: "eventfn", password: "pw-0123" }' in text
     assert f'listen: "127.0.0.1:{port}"' in text
     assert f"max_payload: {payload}\n" in text
     assert f"store_dir: {json.dumps(str(Path('/state') / store))}" in text

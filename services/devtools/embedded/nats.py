@@ -21,6 +21,7 @@ from services.devtools.embedded.process import (
     free_port,
     live_process_using,
     port_is_free,
+    secret_file,
     spawn,
     stop_leftover,
     stop_process,
@@ -28,6 +29,8 @@ from services.devtools.embedded.process import (
 )
 
 DEFAULT_MAX_PAYLOAD = 8 * 1024 * 1024
+# The user the embedded server's clients sign in as.
+USER = "eventfn"
 _PORT_ATTEMPTS = 3
 
 
@@ -63,8 +66,10 @@ def render_config(
     pid_file: Path,
     max_payload: int,
     server_name: str,
+    password: str,
 ) -> str:
-    """Render a single-node nats-server config with JetStream syncing every write to disk."""
+    """Render a single-node nats-server config with JetStream syncing every write to disk,
+    whose clients sign in as USER with `password`."""
     # json.dumps gives the double-quoted, escaped strings the NATS config format accepts.
     return "\n".join(
         [
@@ -73,6 +78,9 @@ def render_config(
             f"http: {json.dumps(f'{LOOPBACK}:{monitor_port}')}",
             f"max_payload: {max_payload}",
             f"pid_file: {json.dumps(str(pid_file))}",
+            # Loopback is every local account's: without a password any of them read, forged
+            # and purged every tenant's events.
+            f"authorization {{ user: {json.dumps(USER)}, password: {json.dumps(password)} }}",
             "jetstream {",
             f"  store_dir: {json.dumps(str(store_dir))}",
             # An acknowledged publish must be on disk (ARCHITECTURE.md, point 0).
@@ -88,9 +96,9 @@ class EmbeddedNats(ServerLifecycle):
 
     data_dir holds `nats-server.conf` (generated on each start),
     `nats-server.log`, `nats-server.pid`, `jetstream/` (the file store, kept
-    between runs) and `ports.json` (last ports, reused when free). No
-    authentication: the embedded server listens on loopback only; production
-    uses a cluster (EVENTFN_NATS_URL).
+    between runs), `ports.json` (last ports, reused when free) and `password`
+    (mode 600): clients sign in as USER with it (`url` carries it), since loopback is
+    every local account's. Production uses a cluster (EVENTFN_NATS_URL).
     """
 
     def __init__(
@@ -135,8 +143,13 @@ class EmbeddedNats(ServerLifecycle):
 
     @property
     def url(self) -> str:
-        """Return the client URL, `nats://127.0.0.1:PORT`."""
-        return f"nats://{LOOPBACK}:{self._port}"
+        """Return the client URL, `nats://USER:PASSWORD@127.0.0.1:PORT`."""
+        return f"nats://{USER}:{self.password}@{LOOPBACK}:{self._port}"
+
+    @property
+    def password(self) -> str:
+        """Return the clients' password, made (mode 600) on first use."""
+        return secret_file(self.data_dir / "password")
 
     @property
     def monitor_url(self) -> str:
@@ -199,16 +212,18 @@ class EmbeddedNats(ServerLifecycle):
         for attempt in range(_PORT_ATTEMPTS):
             self._port = port_req or _reuse(remembered.get("client"))
             self._monitor_port = monitor_req or _reuse(remembered.get("monitor"), avoid=self._port)
-            self.config_path.write_text(
-                render_config(
-                    port=self._port,
-                    monitor_port=self._monitor_port,
-                    store_dir=self.store_dir,
-                    pid_file=self.pid_path,
-                    max_payload=self.max_payload,
-                    server_name=self.server_name,
-                )
+            config = render_config(
+                port=self._port,
+                monitor_port=self._monitor_port,
+                store_dir=self.store_dir,
+                pid_file=self.pid_path,
+                max_payload=self.max_payload,
+                server_name=self.server_name,
+                password=self.password,
             )
+            self.config_path.touch(mode=0o600)
+            self.config_path.chmod(0o600)  # it holds the password
+            self.config_path.write_text(config)
             self._process = spawn(
                 [str(binary), "-c", str(self.config_path)],
                 log_path=self.log_path,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import secrets
 import shutil
 import signal
 import stat
@@ -26,6 +25,7 @@ from services.devtools.embedded.process import (
     choose_port,
     live_process_using,
     port_is_free,
+    secret_file,
     spawn,
     stop_leftover,
     stop_process,
@@ -112,20 +112,7 @@ class EmbeddedPostgres(ServerLifecycle):
     @property
     def password(self) -> str:
         """Return the `postgres` role's password, made (mode 600) on first use."""
-        path = self.data_dir / "password"
-        try:
-            return path.read_text().strip()
-        except FileNotFoundError:
-            pass
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        value = secrets.token_urlsafe(24)  # URL-safe: it goes into the URL as it is
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another launcher made it first
-            return path.read_text().strip()
-        with os.fdopen(fd, "w") as f:
-            f.write(value)
-        return value
+        return secret_file(self.data_dir / "password")
 
     @property
     def running(self) -> bool:

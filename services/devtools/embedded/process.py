@@ -8,6 +8,7 @@ import ctypes
 import fcntl
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -56,6 +57,23 @@ def free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def secret_file(path: Path) -> str:
+    """Return the secret kept at `path`, made (URL-safe, mode 600) on first use."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(24)  # URL-safe: it goes into URLs as it is
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another launcher made it first
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    return value
 
 
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:

@@ -1,4 +1,4 @@
-"""The embedded PostgreSQL of `eventfn up` and the tests listened on loopback with `trust`:
+"""The embedded servers of `eventfn up` and the tests. PostgreSQL listened on loopback with `trust`:
 every local account could connect as the superuser, and by `COPY … TO PROGRAM` run commands
 as the operator, reading the bootstrap token and the master key beside it. The `postgres`
 role now has a password (in the data dir, mode 600) and the server asks for it; a cluster an
@@ -10,9 +10,11 @@ import stat
 from pathlib import Path
 
 import asyncpg
+import nats
+import nats.errors
 import pytest
 
-from services.devtools.embedded import EmbeddedPostgres
+from services.devtools.embedded import EmbeddedNats, EmbeddedPostgres
 
 
 async def refused_without_password(pg: EmbeddedPostgres) -> None:
@@ -54,3 +56,20 @@ async def test_a_cluster_made_with_trust_gets_the_password(tmp_path: Path) -> No
             if line.strip() and not line.lstrip().startswith("#")
         ]
         assert methods and "trust" not in methods, methods
+
+
+async def test_another_local_account_needs_the_nats_password(tmp_path: Path) -> None:
+    """The embedded NATS took anonymous clients on loopback: any local account read every
+    tenant's events, forged packs the executor ran with the tenant's settings, and purged the
+    dead letters. Clients now sign in with a password (mode 600 in the data dir)."""
+    async with EmbeddedNats(tmp_path / "nats") as server:
+        for url in (
+            f"nats://127.0.0.1:{server.port}",
+            f"nats://eventfn:guess@127.0.0.1:{server.port}",
+        ):
+            with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+                await nats.connect(url, allow_reconnect=False, connect_timeout=2)
+        nc = await nats.connect(server.url)
+        await nc.close()
+        for kept in (tmp_path / "nats" / "password", server.config_path):
+            assert stat.S_IMODE(kept.stat().st_mode) == 0o600, kept
