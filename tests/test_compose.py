@@ -16,6 +16,7 @@ from typing import Any
 
 import jsonschema
 import nats
+import nats.errors
 import pytest
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -161,6 +162,10 @@ def test_every_nats_node_syncs_always(compose: dict[str, Any]) -> None:
         assert f"nats-route://{node}:6222" in conf
 
 
+# What compose gives the NATS nodes as EVENTFN_NATS_PASSWORD, here.
+PASSWORD = "compose-test-password"
+
+
 def _local_node_config(conf: str, node: int, ports: list[dict[str, int]], store: Path) -> str:
     """Rewrite the compose NATS config for node on loopback ports (compose unescapes `$$`)."""
     own = ports[node]
@@ -186,7 +191,7 @@ def cluster(compose: dict[str, Any], tmp_path: Path) -> Iterator[list[dict[str, 
         for node in range(3):
             path = tmp_path / f"nats-{node + 1}.conf"
             path.write_text(_local_node_config(conf, node, ports, tmp_path / f"store-{node + 1}"))
-            env = {**os.environ, "NATS_SERVER_NAME": f"nats-{node + 1}"}
+            env = {**os.environ, "NATS_SERVER_NAME": f"nats-{node + 1}", "NATS_PASSWORD": PASSWORD}
             processes.append(
                 spawn(
                     [str(nats_server_binary()), "-c", str(path)],
@@ -249,7 +254,7 @@ def _http_ok(url: str) -> bool:
 
 
 async def test_compose_nats_cluster_holds_r3_streams(cluster: list[dict[str, int]]) -> None:
-    servers = [f"nats://127.0.0.1:{p['client']}" for p in cluster]
+    servers = [f"nats://eventfn:{PASSWORD}@127.0.0.1:{p['client']}" for p in cluster]
     nc = await nats.connect(servers=servers)
     try:
         js = nc.jetstream(timeout=10)  # ensure_streams asks again if placement stalls
@@ -301,3 +306,17 @@ def test_only_the_routers_http_port_is_published_beyond_loopback(
         if not str(port).startswith("127.0.0.1:")
     }
     assert public == {"router"}
+
+
+async def test_compose_nats_refuses_clients_without_the_password(
+    cluster: list[dict[str, int]],
+) -> None:
+    """The compose NATS took anonymous clients: anything on its network read, forged and
+    purged every tenant's events."""
+    for userinfo in ("", "eventfn:guess@"):
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await nats.connect(
+                f"nats://{userinfo}127.0.0.1:{cluster[0]['client']}",
+                allow_reconnect=False,
+                connect_timeout=2,
+            )
