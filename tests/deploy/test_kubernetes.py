@@ -269,7 +269,26 @@ def test_keda_scales_executors_and_retriers_on_their_consumers(
         if namespace:
             assert host == f"nats-headless.{namespace}.svc.cluster.local"
     (config,) = by_kind(manifests, "ConfigMap").values()
-    assert config["data"]["EVENTFN_NATS_URL"] == "nats://nats:4222"
+    assert "EVENTFN_NATS_URL" not in config["data"]  # it holds NATS's password: the secret's
+
+
+def test_every_service_reaching_nats_signs_in_with_the_secrets_url() -> None:
+    """NATS asks for a password (deploy/kubernetes/nats/values.yaml): every container that
+    reaches it takes EVENTFN_NATS_URL, with it, from the secret."""
+    docs = render(KUBERNETES / "base")
+    reaching = set()
+    for deployment in by_kind(docs, "Deployment").values():
+        pod = deployment["spec"]["template"]["spec"]
+        for container in pod["containers"] + pod.get("initContainers", []):
+            for env in container.get("env", []):
+                if env["name"] == "EVENTFN_NATS_URL":
+                    assert env["valueFrom"]["secretKeyRef"]["key"] == "nats-url"
+                    reaching.add(container["name"])
+    assert reaching == {"init", "router", "executor", "retrier"}
+    values = yaml.safe_load((KUBERNETES / "nats" / "values.yaml").read_text())
+    assert values["config"]["merge"]["authorization"]["user"] == "eventfn"
+    password = values["container"]["env"]["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert password == {"name": "eventfn", "key": "nats-password"}
 
 
 def test_the_example_takes_postgresql_from_cloudnative_pg() -> None:
