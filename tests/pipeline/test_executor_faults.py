@@ -164,3 +164,66 @@ async def test_a_fault_that_stays_dead_letters_the_events(
         assert sink.paths == []  # the function never ran
     finally:
         await conn.close()
+
+
+V1_SLOW_LOAD = """
+const loaded = Date.now() + 500; while (Date.now() < loaded) {}
+async function onBatch(events, settings) {
+  await fetch(settings.endpoint + '/v1', {method: 'POST', body: JSON.stringify(events)})
+}
+"""
+V2 = """
+async function onBatch(events, settings) {
+  await fetch(settings.endpoint + '/v2', {method: 'POST', body: JSON.stringify(events)})
+}
+"""
+
+
+async def test_a_pack_waiting_for_its_code_runs_on_its_own_version(
+    platform: Platform, sink: Sink, nats_client
+) -> None:
+    """A dead letter replayed on an earlier version (its pack names the version) waits while
+    that version's code loads; a live pack of the same instance, on the deployed version,
+    came meanwhile, and the replayed events ran with the live pack's version."""
+    iid = await platform.instance(V1_SLOW_LOAD, sink.url)
+    instance = platform.instance_name(iid)
+    got = await platform.registry.stub.GetInstance(
+        pb.GetInstanceRequest(name=instance), metadata=auth(platform.owner)
+    )
+    v1 = got.instance.version.rsplit("/", 1)[-1]
+    revision = platform.executor.watcher.revision
+    saved = await platform.registry.stub.SaveFunction(
+        pb.SaveFunctionRequest(
+            name=got.instance.function,
+            code=V2,
+            settings=(
+                await platform.registry.stub.GetFunction(
+                    pb.GetFunctionRequest(name=got.instance.function), metadata=auth(platform.owner)
+                )
+            ).latest_version.settings,
+            deploy_instances=[instance],
+        ),
+        metadata=auth(platform.owner),
+    )
+    assert saved.deployed_instances
+    await platform.executor.watcher.wait_until(lambda v: v.revision > revision)
+    await send(platform, batch_body(1, 900))  # the deployed version's context is loaded
+    await sink.wait_for(1)
+    js = nats_client.jetstream()
+    subject = streams.events_subject(platform.workspace_id, iid)
+
+    def pack(message_id: str) -> bytes:
+        return orjson.dumps(
+            [{"type": "track", "event": "E", "userId": "u", "messageId": message_id}]
+        )
+
+    await js.publish(subject, pack("replayed-on-v1"), headers={streams.VERSION: v1})
+    await js.publish(subject, pack("live-on-v2"))
+    await sink.wait_for(3)
+    ran = {
+        event["messageId"]: path
+        for path, body in zip(sink.paths, sink.bodies, strict=True)
+        for event in body
+    }
+    assert ran["replayed-on-v1"] == "/v1", ran
+    assert ran["live-on-v2"] == "/v2", ran
