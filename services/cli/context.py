@@ -43,9 +43,23 @@ def locate_state_dir(
         found = candidate / marker if marker else candidate
         if found.exists() and _ours(candidate) and _ours(found):
             return candidate
-    if pointed:
+    if pointed and (not Path(pointed).exists() or _ours(Path(pointed))):
         return Path(pointed)
-    return cwd / STATE_DIR_NAME
+    fallback = cwd / STATE_DIR_NAME
+    if fallback.exists() and not _ours(fallback):
+        raise ForeignStateDirError(fallback)
+    return fallback
+
+
+class ForeignStateDirError(RuntimeError):
+    """The state dir the CLI would use is another account's, or anyone's to write."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            f"{path} belongs to another account or anyone may write it: not used (whoever "
+            "left it would get your token, or hand `eventfn up` their keys); run from another "
+            "directory, or set EVENTFN_STATE_DIR"
+        )
 
 
 def _ours(path: Path) -> bool:

@@ -15,7 +15,13 @@ from services.cli import access_commands as ac
 from services.cli import function_commands as fc
 from services.cli.admin_commands import admin
 from services.cli.client import fail, out, safe, table
-from services.cli.context import load_context, remember_platform, state_dir, state_dir_to_start
+from services.cli.context import (
+    ForeignStateDirError,
+    load_context,
+    remember_platform,
+    state_dir,
+    state_dir_to_start,
+)
 from services.cli.dead_commands import dead
 from services.cli.deliveries_commands import deliveries
 from services.cli.events_commands import events
@@ -53,6 +59,10 @@ def main(
     ] = False,
 ) -> None:
     """eventfn: self-hosted destination functions."""
+    try:
+        state_dir()
+    except ForeignStateDirError as error:
+        fail(str(error))
 
 
 app.add_typer(workspaces, name="workspaces")

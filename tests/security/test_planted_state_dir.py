@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.cli.context import locate_state_dir
+from services.cli.context import ForeignStateDirError, locate_state_dir
 
 STRANGER = 12345  # a uid that is not ours
 
@@ -44,3 +44,18 @@ def test_a_state_dir_planted_in_a_shared_parent_is_passed_over(tmp_path: Path, h
     os.chown(state / "cli.json", os.geteuid(), os.getegid())
     state.chmod(0o700)
     assert locate_state_dir({}, work, None) == state
+
+
+@pytest.mark.parametrize("marker", ["cli.json", ""])
+def test_a_planted_state_dir_in_the_working_directory_is_refused(
+    tmp_path: Path, marker: str
+) -> None:
+    """Passed over up the tree, a foreign `.eventfn` in the working directory itself was
+    still the last resort (`cd /tmp && eventfn up` took the planter's bootstrap token)."""
+    state = planted(tmp_path)
+    state.chmod(0o777)
+    with pytest.raises(ForeignStateDirError, match="EVENTFN_STATE_DIR"):
+        locate_state_dir({}, tmp_path, None, marker=marker)
+    # Nor is a foreign state dir the per-user pointer names taken.
+    with pytest.raises(ForeignStateDirError):
+        locate_state_dir({}, tmp_path, str(state))

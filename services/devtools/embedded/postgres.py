@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import importlib.util
 import os
 import re
@@ -232,11 +235,18 @@ class EmbeddedPostgres(ServerLifecycle):
         ]
         if not trusting:
             return
-        self._psql(bin_dir, f"ALTER ROLE {self.user} PASSWORD '{self.password}'")
+        # Its SCRAM verifier, not the password: nor the server's log sees it.
+        self._psql(bin_dir, f"ALTER ROLE {self.user} PASSWORD '{scram_verifier(self.password)}'")
         for i in trusting:
             lines[i] = re.sub(r"\btrust(\s*)$", r"scram-sha-256\1", lines[i])
-        with hba.open("w") as f:  # in place: its owner and mode stay
-            f.writelines(lines)
+        # Whole or not at all (a half-written file stops the server starting), with the
+        # original's owner and mode.
+        written = hba.with_name(hba.name + ".new")
+        written.write_text("".join(lines))
+        st = hba.stat()
+        os.chown(written, st.st_uid, st.st_gid)
+        written.chmod(stat.S_IMODE(st.st_mode))
+        os.replace(written, hba)
         self._psql(bin_dir, "SELECT pg_reload_conf()")
 
     def _launch(self, bin_dir: Path, run_as: RunAs | None) -> None:
@@ -317,14 +327,29 @@ class EmbeddedPostgres(ServerLifecycle):
             self.user,
             "-d",
             "postgres",
-            "-c",
-            sql,
         ]
         env = {**os.environ, "PGCONNECT_TIMEOUT": "10", "PGPASSWORD": self.password}
-        result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+        # On stdin, never on the command line: every local account reads those (/proc).
+        result = subprocess.run(
+            argv, input=sql, capture_output=True, text=True, env=env, check=False
+        )
         if result.returncode != 0:
-            raise EmbeddedServerError(f"psql {sql!r} failed: {result.stderr.strip()}")
+            raise EmbeddedServerError(f"psql failed: {result.stderr.strip()}")
         return result.stdout
+
+
+def scram_verifier(password: str, *, iterations: int = 4096) -> str:
+    """Return the SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802, 7677)."""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = base64.b64encode
+    return (
+        f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
+        f"${b64(stored_key).decode()}:{b64(server_key).decode()}"
+    )
 
 
 def _prepare_root_access(data_dir: Path, bin_dir: Path) -> RunAs | None:
