@@ -74,7 +74,7 @@ class Authenticator:
         return caller, token
 
 
-# The name of the tokens EVENTFN_BOOTSTRAP_TOKEN registers.
+# The name of the tokens EVENTFN_BOOTSTRAP_TOKEN registers, which no other token may take.
 BOOTSTRAP_TOKEN_NAME = "bootstrap"
 
 
@@ -82,7 +82,7 @@ async def ensure_bootstrap(store: RegistryStore, *, workspace_name: str, secret:
     """Make sure the bootstrap administrator exists and `secret` is one of its tokens."""
     secret_hash = auth.hash_secret(secret)
     async with store.transaction() as session:
-        from sqlmodel import col, select
+        from sqlmodel import select
 
         admin = (await session.exec(select(Member).where(Member.bootstrap))).first()
         if admin is None:
@@ -116,19 +116,18 @@ async def ensure_bootstrap(store: RegistryStore, *, workspace_name: str, secret:
         ).first()
         if existing is None:
             # A new EVENTFN_BOOTSTRAP_TOKEN replaces the one configured before: rotating it is
-            # changing the variable (the old one kept working, for ever).
+            # changing the variable (the old one kept working, for ever). Deleted, not revoked:
+            # configured again (a rollback), it is registered anew, where a token an operator
+            # revoked stays revoked.
             replaced = (
                 await session.exec(
                     select(Token).where(
-                        Token.member_id == admin.id,
-                        Token.name == BOOTSTRAP_TOKEN_NAME,
-                        col(Token.revoked_at).is_(None),
+                        Token.member_id == admin.id, Token.name == BOOTSTRAP_TOKEN_NAME
                     )
                 )
             ).all()
             for old in replaced:
-                old.revoked_at = now()
-                session.add(old)
+                await session.delete(old)
             session.add(
                 Token(
                     id=new_id("tok"),
@@ -142,5 +141,5 @@ async def ensure_bootstrap(store: RegistryStore, *, workspace_name: str, secret:
             log.info(
                 "bootstrap token registered for member %s%s",
                 admin.id,
-                f"; the {len(replaced)} configured before revoked" if replaced else "",
+                f"; the {len(replaced)} configured before deleted" if replaced else "",
             )

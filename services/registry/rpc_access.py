@@ -21,6 +21,7 @@ from services.common.errors import (
     PermissionDenied,
 )
 from services.registry import auth, convert
+from services.registry.access import BOOTSTRAP_TOKEN_NAME
 from services.registry.auth import Caller, require
 from services.registry.deps import RegistryDeps, audit
 from services.registry.etags import check as check_etag
@@ -339,6 +340,12 @@ class AccessRpcs:
         display_name = (
             check_name("token.display_name", display_name) if display_name.strip() else "token"
         )
+        if display_name == BOOTSTRAP_TOKEN_NAME:
+            raise InvalidArgument.field(
+                "token.display_name",
+                f"{display_name!r} names the token EVENTFN_BOOTSTRAP_TOKEN registers (replaced "
+                "when the variable changes): pick another",
+            )
         ttl = request.ttl.ToTimedelta() if request.HasField("ttl") else None
         if ttl is not None and ttl <= timedelta(0):
             unset = "to expire with your token" if calling.expires_at else "for no expiry"

@@ -117,3 +117,28 @@ async def test_a_new_bootstrap_token_retires_the_one_configured_before(
         assert retired.value.code() == grpc.StatusCode.UNAUTHENTICATED
         # Tokens the administrator made for itself are its own to revoke.
         assert (await r.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(own.secret))).bootstrap_admin
+
+
+async def test_rolling_the_bootstrap_token_back_registers_it_again(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    """Rotated and then rolled back (a reverted configuration, an old replica restarting), the
+    configured token was dead (revoked by the rotation) and the removed one alive. And no
+    other token may take the configured one's name, which rotation replaces."""
+    for configured in (BOOTSTRAP, ROTATED):
+        async with running_registry(fresh_database, tmp_path, bootstrap_token=configured):
+            pass
+    async with running_registry(fresh_database, tmp_path) as r:  # BOOTSTRAP again
+        assert (await r.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(BOOTSTRAP))).bootstrap_admin
+        with pytest.raises(grpc.aio.AioRpcError) as removed:
+            await r.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(ROTATED))
+        assert removed.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        me = await r.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(BOOTSTRAP))
+        with pytest.raises(grpc.aio.AioRpcError) as reserved:
+            await r.stub.CreateToken(
+                pb.CreateTokenRequest(
+                    parent=me.workspace.name, token=res.Token(display_name="bootstrap")
+                ),
+                metadata=auth(BOOTSTRAP),
+            )
+        assert reserved.value.code() == grpc.StatusCode.INVALID_ARGUMENT
