@@ -16,7 +16,7 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 STATE_DIR_NAME = ".eventfn"
 CONTEXT_NAME = "cli.json"
@@ -124,13 +124,20 @@ def save_context(**changes: Any) -> Path:
 
 
 def without_password(url: str) -> str:
-    """Return a URL (or a comma-separated list of them) to show: passwords left out (the
-    embedded servers', kept in their data dirs)."""
+    """Return a URL (or a comma-separated list of them) to show: passwords and tokens left out
+    (the embedded servers', kept in their data dirs; a token in NATS's userinfo; a
+    `password=` in the query)."""
     shown = []
     for one in url.split(","):
         parts = urlsplit(one)
-        if parts.password is not None:
-            user, _, host = parts.netloc.rpartition("@")
-            one = urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:…@{host}"))
-        shown.append(one)
+        userinfo, at, host = parts.netloc.rpartition("@")
+        if at:
+            user, colon, _ = userinfo.partition(":")
+            netloc = f"{user}:…@{host}" if colon else f"…@{host}"
+            parts = parts._replace(netloc=netloc)
+        query = "&".join(
+            f"{key}=…" if "password" in key.lower() else f"{key}={value}"
+            for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        )
+        shown.append(urlunsplit(parts._replace(query=query)))
     return ",".join(shown)

@@ -7,6 +7,7 @@ earlier version made with `trust` gets it at its next start."""
 from __future__ import annotations
 
 import stat
+from urllib.parse import urlsplit
 from pathlib import Path
 
 import asyncpg
@@ -14,6 +15,7 @@ import nats
 import nats.errors
 import pytest
 
+from services.cli.context import without_password
 from services.devtools.embedded import EmbeddedNats, EmbeddedPostgres
 
 
@@ -73,3 +75,21 @@ async def test_another_local_account_needs_the_nats_password(tmp_path: Path) -> 
         await nc.close()
         for kept in (tmp_path / "nats" / "password", server.config_path):
             assert stat.S_IMODE(kept.stat().st_mode) == 0o600, kept
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres:s3cret-pw@127.0.0.1:5432/eventfn",
+        "nats://eventfn:s3cret-pw@127.0.0.1:4222",
+        "nats://s3cret-pw@nats.internal:4222",  # a NATS token
+        "postgresql://u@db.internal/eventfn?sslmode=require&password=s3cret-pw",
+        "nats://a:s3cret-pw@n1:4222,nats://a:s3cret-pw@n2:4222",
+    ],
+)
+def test_urls_are_shown_without_their_secrets(url: str) -> None:
+    """`eventfn up` prints where PostgreSQL and NATS are, and `events tail` names NATS's URL
+    in its errors: never with the password or token they carry."""
+    shown = without_password(url)
+    assert "s3cret-pw" not in shown
+    assert urlsplit(shown).hostname == urlsplit(url.split(",")[0]).hostname
