@@ -7,8 +7,8 @@ earlier version made with `trust` gets it at its next start."""
 from __future__ import annotations
 
 import stat
-from urllib.parse import urlsplit
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import nats
