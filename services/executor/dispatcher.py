@@ -34,7 +34,7 @@ from services.executor.observe import (
     outgoing_trace,
     record_fetches,
 )
-from services.executor.pack_ref import PackRef, join_events, split_typed
+from services.executor.pack_ref import PackRef, join_events, split_pack, split_typed
 from services.executor.policy import ON_BATCH, RateMeter, to_on_batch, use_batch
 from services.executor.settlement import Handoff, Settlement
 from services.runtime import (
@@ -182,24 +182,29 @@ class Dispatcher:
             correlation_id,
             exc_info=error,
         )
-        packs = list(dict.fromkeys(refs))
-        faults = max(self._faults.add(ref.seq) for ref in packs)
-        if faults >= MAX_FAULTS:
+        faults = {ref: self._faults.add(ref.seq) for ref in dict.fromkeys(refs)}
+        worn = [i for i, ref in enumerate(refs) if faults[ref] >= MAX_FAULTS]
+        if worn:  # only their own events: a pack batched with them is handed back
             failed = EventOutcome(
                 OutcomeKind.FAILURE,
                 error_type="ExecutorError",
-                message=f"the executor failed on these events {faults} times "
+                message=f"the executor failed on these events {MAX_FAULTS} times "
                 f"({type(error).__name__}, logged under correlation id {correlation_id}); "
                 "replay them once that is fixed",
             )
+            events = split_pack(body) if len(worn) < len(refs) else []
             try:
                 await self._settlement.act(
-                    config, body, refs, InvocationResult([failed] * len(refs))
+                    config,
+                    join_events([events[i] for i in worn]) if events else body,
+                    [refs[i] for i in worn],
+                    InvocationResult([failed] * len(worn)),
                 )
-                return
             except Exception:
                 log.exception("packs of instance %s could not be dead-lettered", config.id)
-        for ref in packs:
+            else:
+                faults = {ref: n for ref, n in faults.items() if n < MAX_FAULTS}
+        for ref in faults:
             await ref.settle(False)
 
     def _track(self, work: Coroutine[Any, Any, None]) -> None:
