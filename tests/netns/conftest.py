@@ -48,6 +48,8 @@ BOOTSTRAP = "efn_netns-bootstrap-token-0123456789"
 SERVICE = "svc_netns-service-token-0123456789"
 SECRET_KEY = base64.b64encode(os.urandom(32)).decode()  # the deployment's master key
 NATS_NODES = ("nats-1", "nats-2", "nats-3")
+# What compose gives the nodes as EVENTFN_NATS_PASSWORD, here.
+NATS_PASSWORD = "netns-test-password"
 EXECUTORS = ("exec-1", "exec-2")
 # The consumer redelivers what a killed executor held after this long (the test's function
 # answers in milliseconds; production keeps the default, see docs/operations.md).
@@ -252,10 +254,10 @@ async def multihost(network: Network) -> AsyncIterator[MultiHost]:
             network.spawn(
                 network.hosts[name],
                 [str(nats_server_binary()), "-c", str(path)],
-                {**os.environ, "NATS_SERVER_NAME": name},
+                {**os.environ, "NATS_SERVER_NAME": name, "NATS_PASSWORD": NATS_PASSWORD},
                 name,
             )
-        nats_urls = [f"nats://{addresses[n]}:4222" for n in NATS_NODES]
+        nats_urls = [f"nats://eventfn:{NATS_PASSWORD}@{addresses[n]}:4222" for n in NATS_NODES]
 
         sink = Sink()
         app = web.Application()
