@@ -171,9 +171,9 @@ class Dispatcher:
         self, config: rpb.InstanceConfig, body: bytes, refs: list[PackRef], error: Exception
     ) -> None:
         """Hand the packs of an invocation the executor (or the runtime) failed on back for
-        another try, after a pause; once one of them failed MAX_FAULTS times here, dead-letter
-        the events instead, replayable once fixed: a fault that stays ran the function again
-        for ever (an unreadable fetch URL), each time sending what it sends."""
+        another try, after a pause; the events of those it failed on MAX_FAULTS times are
+        dead-lettered instead, replayable once fixed: a fault that stays ran the function
+        again for ever (an unreadable fetch URL), each time sending what it sends."""
         correlation_id = uuid.uuid4().hex
         log.error(
             "packs of instance %s failed in the executor (%s, correlation id %s)",
