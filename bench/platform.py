@@ -54,7 +54,9 @@ def platform() -> Iterator[tuple[Platform, dict[str, str]]]:
     state = Path(tempfile.mkdtemp(prefix="eventfn-latency-"))
     running = Platform(state)
     try:
+        # As shown, without passwords; the benchmarks connect with them.
         endpoints = running.start()
+        endpoints |= {"postgres": running.database_url, "nats": running.nats_url}
         yield running, endpoints
     finally:
         running.stop()

@@ -118,6 +118,9 @@ class Platform:
         self.logs = self.state_dir / "logs"
         self.postgres: EmbeddedPostgres | None = None
         self.nats: EmbeddedNats | None = None
+        # Where the services reach PostgreSQL and NATS, passwords included (once started).
+        self.database_url = ""
+        self.nats_url = ""
         self.children: list[tuple[ServiceSpec, subprocess.Popen[bytes]]] = []
         self.first_run = not (self.state_dir / "admin-token").exists()
 
@@ -175,6 +178,7 @@ class Platform:
             # V8 worker the executor starts ("skipping fork() handlers").
             "GRPC_VERBOSITY": env.get("GRPC_VERBOSITY", "ERROR"),
         }
+        self.database_url, self.nats_url = database_url, nats_url
         endpoints = {
             "postgres": without_password(database_url),
             "nats": without_password(nats_url),
