@@ -12,7 +12,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from rich.console import Console
 from services.cli.context import without_password
 from services.common.rpc import address_taken
 from services.devtools.embedded import EmbeddedNats, EmbeddedPostgres
+from services.devtools.embedded.process import secret_file
 
 console = Console(stderr=True)
 
@@ -44,18 +44,6 @@ class ServiceSpec:
     def available(self) -> bool:
         """Tell whether this build ships the service."""
         return importlib.util.find_spec(f"services.{self.name}.__main__") is not None
-
-
-def read_or_create_secret(path: Path, prefix: str) -> str:
-    """Return the secret stored at path, creating it (mode 600) on first use."""
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    value = prefix + secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value)
-    return value
 
 
 def service_specs(env: dict[str, str]) -> list[ServiceSpec]:
@@ -161,8 +149,8 @@ class Platform:
             nats.start()
             self.nats = nats  # only a started server is stopped on the way out
             nats_url = nats.url
-        admin_token = read_or_create_secret(self.state_dir / "admin-token", "efn_")
-        service_token = read_or_create_secret(self.state_dir / "service-token", "svc_")
+        admin_token = secret_file(self.state_dir / "admin-token", prefix="efn_", nbytes=32)
+        service_token = secret_file(self.state_dir / "service-token", prefix="svc_", nbytes=32)
         specs = service_specs(env)
         registry_addr = specs[0].grpc_address
         common = {

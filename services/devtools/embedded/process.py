@@ -59,14 +59,15 @@ def free_port(host: str = LOOPBACK) -> int:
         return sock.getsockname()[1]
 
 
-def secret_file(path: Path) -> str:
-    """Return the secret kept at `path`, made (URL-safe, mode 600) on first use."""
+def secret_file(path: Path, *, prefix: str = "", nbytes: int = 24) -> str:
+    """Return the secret kept at `path`, made (`prefix` and `nbytes` random bytes, URL-safe,
+    mode 600) on first use."""
     try:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(24)  # URL-safe: it goes into URLs as it is
+    value = prefix + secrets.token_urlsafe(nbytes)  # URL-safe: it goes into URLs as it is
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another launcher made it first
