@@ -20,7 +20,8 @@ from typing import Any
 import orjson
 
 from .model import HANDLER_NAMES
-from .report import ReportRejected
+from .redact import CUT_MARGIN
+from .report import MAX_REJECTION, ReportRejected
 from .sdks import chunks_named_in
 from .v8_import import import_stpyv8
 
@@ -132,7 +133,9 @@ class FunctionContext:
         try:
             return self._ctx.eval(script)
         except Exception as exc:  # STPyV8 maps JS throws onto Python exception classes
-            raise ContextBroken(f"the runtime's host interface threw: {exc}"[:500]) from exc
+            # CUT_MARGIN past the cap: the worker cuts it there once it is redacted.
+            text = f"the runtime's host interface threw: {exc}"
+            raise ContextBroken(text[: MAX_REJECTION + CUT_MARGIN]) from exc
         finally:
             self._ctx.leave()
 

@@ -455,6 +455,8 @@ class HostFetcher:
                     proxy=proxy_for(url, self._config) if self._proxied else None,
                 ) as resp:
                     location = resp.headers.get("Location")
+                    if location is not None:  # bytes not UTF-8 are no surrogates: as Node reads
+                        location = _as_latin1(location)
                     if resp.status in REDIRECT_CODES and location is not None:
                         target = urljoin(url, location)
                         if req.redirect == "error":

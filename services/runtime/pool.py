@@ -62,6 +62,9 @@ from .worker_handle import REQUEUE, Lost, Pending, WorkerHandle, status_block
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _MAX_ATTEMPTS = 6
 _KILL_GRACE_S = 0.05
+# A worker out of V8 that has not answered an invocation this long past its deadline never
+# will (a reply it could not send, a bug): it is replaced, or the invocation waits forever.
+_ANSWER_GRACE_S = 5.0
 # How long a function whose invocation got a worker killed runs on the quarantine worker.
 QUARANTINE_S = 300.0
 
@@ -333,6 +336,16 @@ class RuntimePool:
                     if w.stalled:
                         w.stalled, w.stalled_key = False, None
                         self._changed.set()
+                    unanswered = self._unanswered(w, now) if tick % 10 == 0 else None
+                    if unanswered is not None:
+                        log.error(
+                            "worker %d has not answered an invocation of %s %.0f s past its "
+                            "deadline: replacing it",
+                            w.index,
+                            unanswered.key,
+                            now - unanswered.deadline,
+                        )
+                        self._kill(w, unanswered, "timeout")
                     continue
                 # The grace spares the short crossing that ends an invocation at its deadline.
                 if (
@@ -358,6 +371,14 @@ class RuntimePool:
                         and self._past_limits(w, worker_limit, max_created)
                     ):
                         self._retire(w)
+
+    @staticmethod
+    def _unanswered(w: WorkerHandle, now: float) -> Pending | None:
+        """Return an invocation `w` should have answered long ago, if any."""
+        for pending in w.inflight.values():
+            if now > pending.deadline + _ANSWER_GRACE_S and not pending.future.done():
+                return pending
+        return None
 
     def _past_limits(self, w: WorkerHandle, worker_limit: int, max_created: int) -> bool:
         """Tell whether a worker is due to be replaced: past its memory or its contexts."""

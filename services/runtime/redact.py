@@ -33,6 +33,10 @@ MIN_BASE64_LENGTH = 6
 # The path and query of a secret URL are matched alone from this length on (a webhook's
 # `/services/T…/B…/token`): shorter ones (`/api`) are not its secret part.
 MIN_URL_TAIL_LENGTH = 16
+# A text the runtime caps (an error's message, a log line) comes from the context this much
+# longer than its cap, so a secret spelled across the cap is still whole when it is redacted
+# (`redact_cut`); a cut ahead of redaction left its first characters.
+CUT_MARGIN = 4096
 
 # No percent-encoder escapes these (RFC 3986 unreserved, but '~', which some do).
 _NEVER_PERCENT = frozenset(string.ascii_letters + string.digits + "-_.")
@@ -243,3 +247,22 @@ def redact(text: str, pattern: re.Pattern[str] | None) -> str:
     if pattern is None or not text:
         return text
     return pattern.sub(REDACTED, text)
+
+
+def redact_cut(text: str, cap: int, pattern: re.Pattern[str] | None) -> str:
+    """Redact `text` and cut it to at most `cap` characters, an ellipsis last when cut.
+
+    The cut never splits a secret: one spelled across it is redacted whole first (the text
+    must then reach CUT_MARGIN past the cap, as the runtime's JS side sends it), and cutting
+    the redacted text leaves no secret's beginning, as every whole one is gone.
+    """
+    if len(text) <= cap:
+        return redact(text, pattern)
+    end = cap - 1
+    if pattern is not None:
+        for match in pattern.finditer(text):
+            if match.start() >= end:
+                break
+            end = max(end, match.end())
+        text = redact(text[:end], pattern)
+    return text if len(text) <= cap else text[: cap - 1] + "…"

@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from .outcomes import DISCARD_ERRORS, RETRY_ERRORS
+from .redact import CUT_MARGIN
 
 MAX_REPORT_CHARS = 32 * 1024 * 1024
 MAX_FETCHES_PER_INVOCATION = 10_000
@@ -44,6 +45,12 @@ MAX_HEADER_CHARS = 256 * 1024
 MAX_ERROR_NAME = 256
 MAX_ERROR_MESSAGE = 8 * 1024
 MAX_ERROR_STACK = 16 * 1024
+MAX_REJECTION = 500  # characters of why a context's report was rejected
+# Levels of a value a handler returns that are kept (deeper ones become TOO_DEEP): what is
+# kept must still encode, inside the worker's reply and the executor's traces, and orjson
+# writes at most 254 levels (an onBatch value 300 deep left its invocation unanswered).
+MAX_VALUE_DEPTH = 64
+TOO_DEEP = f"[nested deeper than {MAX_VALUE_DEPTH} levels]"
 LOG_LEVELS = frozenset({"log", "info", "warn", "error", "debug", "trace"})
 REDIRECT_MODES = frozenset({"follow", "manual", "error"})
 FINISHED, UNFINISHED = 0, 2
@@ -106,15 +113,27 @@ def _cut(text: str, cap: int) -> str:
 
 
 def _error(raw: dict[str, Any]) -> dict[str, Any]:
+    # Cut CUT_MARGIN past the caps: the worker cuts to them once the texts are redacted.
     for key in ("name", "message", "stack"):
         _need(isinstance(raw.get(key, ""), str), f"error {key} is not a string")
     cls = raw.get("cls")
     return {
-        "name": _cut(raw.get("name") or "Error", MAX_ERROR_NAME),
-        "message": _cut(raw.get("message", ""), MAX_ERROR_MESSAGE),
-        "stack": _cut(raw.get("stack", ""), MAX_ERROR_STACK),
+        "name": _cut(raw.get("name") or "Error", MAX_ERROR_NAME + CUT_MARGIN),
+        "message": _cut(raw.get("message", ""), MAX_ERROR_MESSAGE + CUT_MARGIN),
+        "stack": _cut(raw.get("stack", ""), MAX_ERROR_STACK + CUT_MARGIN),
         "cls": cls if cls in KNOWN_CLASSES else None,
     }
+
+
+def bounded(value: Any, depth: int = 0) -> Any:
+    """Return a returned value with what is nested deeper than MAX_VALUE_DEPTH as TOO_DEEP."""
+    if isinstance(value, list):
+        return TOO_DEEP if depth == MAX_VALUE_DEPTH else [bounded(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        if depth == MAX_VALUE_DEPTH:
+            return TOO_DEEP
+        return {k: bounded(v, depth + 1) for k, v in value.items()}
+    return value
 
 
 def _body(raw: object, max_bytes: int) -> tuple[bytes | None, str | None]:
@@ -212,7 +231,8 @@ def _logs(raw: object, cap: int) -> tuple[list[tuple[str, str]], bool]:
         if room <= 0:
             cut = True
             break
-        line = entry[1] if len(entry[1]) <= room else entry[1][:room]
+        # CUT_MARGIN past the cap: the worker cuts it to `room` once it is redacted.
+        line = entry[1] if len(entry[1]) <= room else entry[1][: room + CUT_MARGIN]
         cut = cut or line is not entry[1]
         out.append((entry[0], line))
         used += len(line) + 1
@@ -280,8 +300,9 @@ def parse_report(
     if keep_values:
         values = raw.get("values")
         _need(isinstance(values, list) and len(values) == expected, "values do not match results")
-        report.values = values
-    report.batch_value = raw.get("batchValue", ABSENT)
+        report.values = bounded(values, -1)  # the list of values is no level of theirs
+    batch_value = raw.get("batchValue", ABSENT)
+    report.batch_value = batch_value if batch_value is ABSENT else bounded(batch_value)
     report.logs, cut = _logs(raw.get("logs", []), log_cap)
     dropped = raw.get("logsDropped", 0)
     _need(_is_int(dropped) and dropped >= 0, "logsDropped is not a count")

@@ -15,6 +15,7 @@ import gc
 import logging
 import mmap
 import os
+import re
 import sys
 import time
 from collections import OrderedDict
@@ -45,8 +46,18 @@ from .protocol import (
     write_last_read,
     write_progress,
 )
-from .redact import compile_secrets, redact
-from .report import ABSENT, FetchRequest, Report, ReportRejected, parse_report
+from .redact import compile_secrets, redact, redact_cut
+from .report import (
+    ABSENT,
+    MAX_ERROR_MESSAGE,
+    MAX_ERROR_NAME,
+    MAX_ERROR_STACK,
+    MAX_REJECTION,
+    FetchRequest,
+    Report,
+    ReportRejected,
+    parse_report,
+)
 
 YOUNG_GENERATION_THRESHOLD = 50_000  # CPython's default: 700 (as the services set it)
 log = logging.getLogger("eventfn.runtime.worker")
@@ -134,11 +145,20 @@ class Worker:
             reply = await self._invoke(frame, payload)
         except ReportRejected as exc:
             self._contexts.pop(frame["key"], None)  # user code broke it: never reuse it
-            reply = _failed(seq, rejected=str(exc))
+            # The text may quote the function's own error, and so its settings.
+            secrets = compile_secrets(frame["secrets"])
+            reply = _failed(seq, rejected=redact_cut(str(exc), MAX_REJECTION, secrets))
         except Exception:  # a bug here must not leave the pool waiting forever
             log.exception("invocation %d of %s failed inside the worker", seq, frame["key"])
             reply = _failed(seq, internal="the runtime worker failed; see the executor's log")
-        self._reply(reply)
+        try:
+            data = encode_frame(reply)
+        except TypeError as exc:  # orjson's: what no checked report should hold; answer still
+            log.error("reply to invocation %d of %s cannot be encoded: %s", seq, frame["key"], exc)
+            data = encode_frame(
+                _failed(seq, internal="the runtime worker failed; see the executor's log")
+            )
+        self._out.write(data)
 
     def _start(self, ctx: FunctionContext, frame: RunFrame, events: str, local: int) -> str:
         """Start an invocation: all handlers in one crossing, or (careful) one per crossing.
@@ -246,9 +266,7 @@ class Worker:
             reply["values"] = report.values
         if report.batch_value is not ABSENT:
             reply["batch_value"] = report.batch_value
-        secrets = compile_secrets(frame["secrets"])
-        if secrets is not None:
-            _redact_reply(reply, secrets)
+        _redact_reply(reply, compile_secrets(frame["secrets"]), frame["log_cap"])
         return reply
 
 
@@ -266,13 +284,26 @@ def _failed(seq: int, **why: str) -> RunReply:
     return reply
 
 
-def _redact_reply(reply: RunReply, pattern: Any) -> None:
-    reply["logs"] = [[lvl, redact(msg, pattern)] for lvl, msg in reply["logs"]]
+def _redact_reply(reply: RunReply, pattern: re.Pattern[str] | None, log_cap: int) -> None:
+    """Redact the secrets out of a reply, and cut its errors and logs to their caps (the
+    report keeps CUT_MARGIN more of each, so no cut splits a secret before it is redacted)."""
+    logs: list[list[str]] = []
+    used = 0
+    for level, line in reply["logs"]:
+        if used >= log_cap:
+            reply["logs_dropped"] += 1
+            break
+        line = redact_cut(line, log_cap - used, pattern)
+        logs.append([level, line])
+        used += len(line) + 1
+    reply["logs"] = logs
     for r in reply["results"]:
         if isinstance(r, dict):
-            r["name"] = redact(str(r.get("name", "")), pattern)
-            r["message"] = redact(str(r.get("message", "")), pattern)
-            r["stack"] = redact(str(r.get("stack", "")), pattern)
+            r["name"] = redact_cut(str(r.get("name", "")), MAX_ERROR_NAME, pattern)
+            r["message"] = redact_cut(str(r.get("message", "")), MAX_ERROR_MESSAGE, pattern)
+            r["stack"] = redact_cut(str(r.get("stack", "")), MAX_ERROR_STACK, pattern)
+    if pattern is None:
+        return
     for t in reply["requests"]:
         for field in ("url", "error", "request_body", "response_body"):
             if t.get(field):

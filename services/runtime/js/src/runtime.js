@@ -57,10 +57,13 @@ const jsonParse = JSON.parse;
 const isArray = Array.isArray;
 const StringOf = String;
 const objectToString = Object.prototype.toString;
-// Caps on what a thrown value may carry out (the host checks and cuts again).
-const MAX_NAME = 256;
-const MAX_MESSAGE = 8 * 1024;
-const MAX_STACK = 16 * 1024;
+// Caps on what a thrown value may carry out: the host's caps and a margin, so that a secret
+// across a host's cap is still whole when the host redacts it before cutting there
+// (services/runtime/redact.py, CUT_MARGIN).
+const CUT_MARGIN = 4096;
+const MAX_NAME = 256 + CUT_MARGIN;
+const MAX_MESSAGE = 8 * 1024 + CUT_MARGIN;
+const MAX_STACK = 16 * 1024 + CUT_MARGIN;
 
 let current = null; // the invocation whose code runs now (left set so microtasks see it)
 const invocations = new Map();
@@ -167,7 +170,8 @@ class Invocation {
     if (this.logBytes + line.length > this.logCap) {
       const room = this.logCap - this.logBytes;
       if (room > 0) {
-        this.logs.push([level, line.slice(0, room)]);
+        // The host cuts it to `room` once it is redacted (see CUT_MARGIN).
+        this.logs.push([level, line.slice(0, room + CUT_MARGIN)]);
         this.logBytes = this.logCap;
       }
       this.logDropped += 1;

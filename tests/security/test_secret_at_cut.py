@@ -1,0 +1,83 @@
+"""Secrets in texts the runtime cuts or words itself. An error's message, name and stack and
+the last log line that fits were cut to their caps before they were redacted: a secret
+spelled across a cap left its first characters (24 of 34). And when a function broke the
+runtime's host interface (a throwing `Object.prototype.toJSON`, a replaced
+`Promise.prototype.then`), the refusal quoted its error, secret and all, unredacted into the
+outcome, the span and the dead letter. Texts now come CUT_MARGIN longer than their caps and
+are cut once redacted, never inside a secret."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.runtime import RuntimePool
+from services.runtime.redact import REDACTED, compile_secrets, redact_cut
+from services.runtime.report import MAX_ERROR_MESSAGE, MAX_ERROR_NAME, MAX_ERROR_STACK
+from tests.runtime.conftest import invoke, pool
+
+__all__ = ["pool"]
+
+SECRET = "sk_live_0123456789abcdefghijKLMNOP"
+
+
+@pytest.mark.parametrize(
+    ("where", "cap"),
+    [("message", MAX_ERROR_MESSAGE), ("name", MAX_ERROR_NAME), ("stack", MAX_ERROR_STACK)],
+)
+async def test_a_secret_across_an_error_cap_is_redacted_whole(
+    pool: RuntimePool, where: str, cap: int
+) -> None:
+    # The secret starts 10 characters before the cap (the stack starts with the name).
+    code = f"""async function onTrack(event, settings) {{
+      const e = new Error('m');
+      e.{where} = 'x'.repeat({cap - 10}) + settings.apiKey;
+      throw e
+    }}"""
+    result = await invoke(pool, code, settings={"apiKey": SECRET}, secrets=(SECRET,))
+    (outcome,) = result.outcomes
+    text = {"message": outcome.message, "name": outcome.error_type, "stack": outcome.stack}[where]
+    assert text is not None and len(text) <= cap
+    assert SECRET[:6] not in text
+
+
+async def test_a_secret_across_the_log_cap_is_redacted_whole(pool: RuntimePool) -> None:
+    cap = pool.config.log_cap_bytes
+    code = f"""async function onTrack(event, settings) {{
+      console.log('y'.repeat({cap - 10}) + settings.apiKey)
+    }}"""
+    result = await invoke(pool, code, settings={"apiKey": SECRET}, secrets=(SECRET,))
+    (line,) = result.logs
+    assert result.logs_truncated and len(line.message) <= cap
+    assert SECRET[:6] not in line.message
+
+
+@pytest.mark.parametrize(
+    "breaks",
+    [
+        "Object.prototype.toJSON = function () { throw new Error('leak ' + settings.apiKey) }",
+        "Promise.prototype.then = function () { throw new Error('leak ' + settings.apiKey) }",
+    ],
+)
+async def test_a_function_that_breaks_the_runtime_is_told_without_its_secrets(
+    pool: RuntimePool, breaks: str
+) -> None:
+    code = f"async function onTrack(event, settings) {{ {breaks} }}"
+    result = await invoke(pool, code, settings={"apiKey": SECRET}, secrets=(SECRET,))
+    (outcome,) = result.outcomes
+    assert outcome.error_type == "RuntimeTampered"
+    assert REDACTED in (outcome.message or "")
+    assert SECRET[:6] not in (outcome.message or "")
+
+
+@given(
+    before=st.text("xy ", max_size=300),
+    after=st.text("xy ", max_size=300),
+    cap=st.integers(1, 400),
+)
+def test_a_cut_never_leaves_the_beginning_of_a_secret(before: str, after: str, cap: int) -> None:
+    text = before + SECRET + after
+    out = redact_cut(text, cap, compile_secrets([SECRET]))
+    assert len(out) <= cap
+    assert SECRET[:4] not in out
