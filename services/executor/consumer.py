@@ -34,6 +34,11 @@ DEFER_LOG_SECONDS = 60.0
 # no bound. Handed-back packs stay pending until they come again, and past a bound JetStream
 # delivers nothing more to any executor: one stalled instance's backlog stopped every tenant.
 MAX_PENDING = -1
+# A pack routed with a configuration revision this executor has not received yet (its watch
+# lags the router's) for an instance it does not know is handed back this long, for at most
+# CONFIG_LAG_GRACE after it was stored: the instance is new, not deleted.
+CONFIG_LAG_DELAY = 0.5
+CONFIG_LAG_GRACE = 60.0
 
 
 class _Held(NamedTuple):
@@ -210,6 +215,18 @@ class PackConsumer:
             self._inflight -= 1
             self._room.notify_all()
 
+    def _routed_ahead(self, msg: Msg) -> bool:
+        """Tell whether a recent pack was routed with a newer configuration than this
+        executor's (an instance created or enabled that its watch has not brought yet)."""
+        try:
+            revision = int((msg.headers or {}).get(streams.REVISION, "0"))
+        except ValueError:
+            return False
+        if revision <= self._watcher.revision:
+            return False
+        age = datetime.now(UTC) - msg.metadata.timestamp
+        return age.total_seconds() < CONFIG_LAG_GRACE
+
     async def _defer(self, msg: Msg, instance_id: str) -> None:
         """Hand back a pack over its instance's share of the packs in flight, for later."""
         self.packs -= 1  # not taken: it comes again
@@ -232,6 +249,10 @@ class PackConsumer:
         self.packs += 1
         subject = streams.parse_subject(msg.subject)
         config = self._watcher.instances.get(subject.instance_id)
+        if (config is None or not config.enabled) and self._routed_ahead(msg):
+            self.packs -= 1  # not taken: it comes again
+            await self._settle(msg, False, delay=CONFIG_LAG_DELAY)
+            return
         if config is None or not config.enabled:
             self._discard(
                 msg,

@@ -45,6 +45,33 @@ async def test_pack_for_a_deleted_instance_is_discarded_with_reason(
         await conn.close()
 
 
+async def test_a_pack_routed_with_a_newer_config_waits_for_it(
+    platform: Platform, sink: Sink, nats_client
+) -> None:
+    # The router's watch may bring a new instance before the executor's does: its first
+    # packs were discarded as "instance deleted". They wait now until the executor has the
+    # revision they were routed with (and are discarded only if the instance is not in it).
+    ghost = "ins_notyetknown000000000"
+    ahead = (await platform.executor.watcher.wait_until(lambda view: True)).revision + 2
+    body = orjson.dumps([{"type": "track", "event": "E", "userId": "u", "messageId": "ahead-1"}])
+    await nats_client.jetstream().publish(
+        streams.events_subject("ws_x", ghost), body, headers={streams.REVISION: str(ahead)}
+    )
+    conn = await asyncpg.connect(platform.registry.database_url)
+    try:
+        failures = "SELECT error_message FROM delivery_failure WHERE instance_id = $1"
+        # An absence has no event to await: the executor pulls at once, and discarded at once.
+        await asyncio.sleep(1.0)
+        assert await conn.fetchrow(failures, ghost) is None
+        for _ in range(2):  # two changes: the executor's watch passes the pack's revision
+            await platform.instance(SINGLE, sink.url)
+        row = await eventually(lambda: conn.fetchrow(failures, ghost), "the discard recorded")
+        assert "instance deleted" in row["error_message"]
+        assert platform.executor.watcher.revision >= ahead
+    finally:
+        await conn.close()
+
+
 async def test_no_pulling_before_the_first_config_snapshot(
     registry: Registry, nats_url: str, nats_client
 ) -> None:
