@@ -436,6 +436,12 @@ class RuntimePool:
             w.rss() // 2**20,
             read_created(w.status),
         )
+        # One predecessor per slot finishes its invocations at a time: a function keeping
+        # memory in its globals while one of its invocations waits out its timeout kept each
+        # replaced worker alive, and their memory piled up.
+        for older in [r for r in self._retiring if r.index == w.index]:
+            log.warning("stopping worker %d, replaced twice before it finished", w.index)
+            self._kill(older, None, "retired")
         w.retiring = True
         self._retiring.add(w)
         for key in w.keys:

@@ -1,0 +1,52 @@
+"""Memory a function keeps in its globals between invocations. Each invocation stays under
+the per-invocation limit, so the worker passing its own limit was only replaced; a replaced
+worker finishes its invocations first, and the same function kept each one alive with an
+invocation waiting out its timeout: replaced workers piled up (1.1 GB against a 256 MB worker
+limit, and more with every cycle). Now one predecessor per slot finishes at a time: a slot
+replaced again stops the one before (its invocations that sent requests are retried, the
+others run again elsewhere)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from services.runtime import OutcomeKind, RuntimePool
+from tests.runtime.conftest import invoke
+from tests.security.conftest import config
+
+KEEPER = """
+const held = [];
+async function onTrack(event) {
+  if (event.op === 'grow') {
+    held.push(new Float64Array(5 * 1024 * 1024).fill(Math.random()));  // 40 MB, kept
+    return held.length;
+  }
+  await new Promise((ok) => setTimeout(ok, event.ms));  // keeps its worker busy meanwhile
+}"""
+NEIGHBOUR = "async function onTrack() { return 'ok' }"
+
+
+async def test_a_function_keeping_memory_does_not_pile_up_replaced_workers() -> None:
+    cfg = dataclasses.replace(config(workers=1), memory_limit_mb=64, worker_rss_limit_mb=256)
+    async with RuntimePool(cfg) as pool:
+        key = "ins_keeper:ver:1"
+        holds = []
+        slot_holders = {id(pool._workers[0])}
+        for _ in range(4):
+            hold = [{"type": "track", "op": "hold", "ms": 20_000}]
+            holds.append(asyncio.ensure_future(invoke(pool, KEEPER, hold, key=key, timeout_s=30)))
+            for _ in range(20):  # until its worker is replaced
+                normal = pool._workers[0]
+                grow = await invoke(pool, KEEPER, [{"type": "track", "op": "grow"}], key=key)
+                assert grow.outcomes[0].kind == OutcomeKind.DELIVERED
+                if pool._workers[0] is not normal:
+                    slot_holders.add(id(pool._workers[0]))
+                    break
+        live = [w for w in [*pool._workers, *pool._retiring] if w is not None and not w.dead]
+        neighbour = await invoke(pool, NEIGHBOUR, key="ins_neighbour:ver:1")
+        for hold in holds:
+            hold.cancel()
+    assert len(slot_holders) >= 4  # each cycle grew the slot's worker past its limit
+    assert len(live) <= 2, [w.rss() >> 20 for w in live]  # the slot's worker and one before
+    assert neighbour.outcomes[0].kind == OutcomeKind.DELIVERED
