@@ -11,25 +11,40 @@ import os
 import selectors
 import socket
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from time import time_ns
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from opentelemetry.metrics import CallbackOptions, Meter, NoOpMeterProvider, Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    MetricReader,
+    MetricsData,
+    ResourceMetrics,
+    ScopeMetrics,
+)
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
 
 @dataclass
 class ServiceMetrics:
-    """A service's meter and where its Prometheus text is served (port 0: not served)."""
+    """A service's meter, the histograms it keeps itself (exported with the meter's metrics)
+    and where its Prometheus text is served (port 0: not served)."""
 
     meter: Meter
     port: int = 0
+    histograms: Histograms = field(default_factory=lambda: Histograms())
 
 
 class Tally:
@@ -81,6 +96,174 @@ class Tally:
         ]
 
 
+# The SDK's bucket boundaries for a histogram no view configures (the `le` dashboards read).
+BOUNDARIES = tuple(
+    float(b) for b in (0, 5, 10, 25, 50, 75, 100, 250, 500, 750, 1000, 2500, 5000, 7500, 10000)
+)
+
+
+class _Series:
+    """One attribute set's bucket counts, sum, min and max."""
+
+    __slots__ = ("counts", "max", "min", "start", "sum")
+
+    def __init__(self, buckets: int) -> None:
+        self.counts = [0] * buckets
+        self.sum = 0.0
+        self.min = float("inf")
+        self.max = float("-inf")
+        self.start = time_ns()
+
+
+class Distribution:
+    """A histogram kept as bucket counts in this process and exported with the SDK's metrics
+    when a reader collects (`Histograms`), as the SDK's own histogram of that name, unit,
+    meter and boundaries would be (cumulative, without exemplars). Recording is a dict lookup
+    and a bisect: the SDK's `Histogram.record` hashes the attributes and takes locks.
+
+    `live` as in `Tally`: the series of an instance that no longer exists are forgotten when
+    metrics are collected. The SDK's histograms keep every attribute set for the process's
+    lifetime and have no observable form: a tenant creating, feeding and deleting instances
+    filled their 2,000 series, and every other instance's went to one overflow series."""
+
+    def __init__(
+        self,
+        meter: Meter,
+        name: str,
+        *,
+        unit: str,
+        description: str,
+        attributes: tuple[str, ...],
+        live: Callable[[str], bool] | None = None,
+        boundaries: tuple[float, ...] = BOUNDARIES,
+    ) -> None:
+        self.scope = InstrumentationScope(meter.name, meter.version, meter.schema_url)
+        self._name, self._unit, self._description = name, unit, description
+        self._names = attributes
+        self._live = live
+        self._boundaries = boundaries
+        self._series: dict[tuple[str | bool, ...], _Series] = {}
+
+    def record(self, value: float, *values: str | bool) -> None:
+        """Record a value under these attribute values (one per attribute name, in order)."""
+        series = self._series.get(values)
+        if series is None:
+            series = self._series[values] = _Series(len(self._boundaries) + 1)
+        # A bucket holds the values up to its boundary, inclusive (as the SDK's).
+        series.counts[bisect_left(self._boundaries, value)] += 1
+        series.sum += value
+        if value < series.min:
+            series.min = value
+        if value > series.max:
+            series.max = value
+
+    def collect(self, now: int) -> Metric | None:
+        """Return the histogram's points of live instances (none: None)."""
+        # The collector's thread reads while the event loop records: copy the items first; a
+        # point's count is its buckets' (a value recorded meanwhile may miss from its sum).
+        points = []
+        for values, series in list(self._series.items()):
+            if self._live is not None and not self._live(str(values[0])):
+                self._series.pop(values, None)
+                continue
+            counts = list(series.counts)
+            if not any(counts):  # made by `record`, not yet counted
+                continue
+            points.append(
+                HistogramDataPoint(
+                    attributes=dict(zip(self._names, values, strict=True)),
+                    start_time_unix_nano=series.start,
+                    time_unix_nano=now,
+                    count=sum(counts),
+                    sum=series.sum,
+                    bucket_counts=counts,
+                    explicit_bounds=self._boundaries,
+                    min=series.min,
+                    max=series.max,
+                )
+            )
+        if not points:
+            return None
+        data = Histogram(points, AggregationTemporality.CUMULATIVE)
+        return Metric(self._name, self._description, self._unit, data)
+
+
+class Histograms:
+    """The histograms a service keeps itself (`Distribution`), added to what its metric
+    readers collect from the SDK (`prometheus_reader`, `otlp_reader`): a collection in which
+    the SDK has nothing is not handed to the readers, and carries none of them (the executor's
+    counters of the same invocations, forgotten with them, always come with its histograms)."""
+
+    def __init__(self) -> None:
+        self._kept: list[Distribution] = []
+
+    def create(
+        self,
+        meter: Meter,
+        name: str,
+        *,
+        unit: str,
+        description: str,
+        attributes: tuple[str, ...],
+        live: Callable[[str], bool] | None = None,
+    ) -> Distribution:
+        """Return a histogram of `meter`'s scope, exported by this service's readers."""
+        kept = Distribution(
+            meter, name, unit=unit, description=description, attributes=attributes, live=live
+        )
+        self._kept.append(kept)
+        return kept
+
+    def added_to(self, data: MetricsData) -> MetricsData:
+        """Return the SDK's collection with these histograms in their meters' scopes."""
+        now = time_ns()
+        extra: dict[InstrumentationScope, list[Metric]] = {}
+        for kept in self._kept:
+            metric = kept.collect(now)
+            if metric is not None:
+                extra.setdefault(kept.scope, []).append(metric)
+        if not extra or not data.resource_metrics:
+            return data
+        first, *others = data.resource_metrics  # one: the meter provider's resource
+        scopes = [
+            ScopeMetrics(s.scope, [*s.metrics, *extra.pop(s.scope)], s.schema_url)
+            if s.scope in extra
+            else s
+            for s in first.scope_metrics
+        ]
+        scopes += [ScopeMetrics(s, metrics, s.schema_url or "") for s, metrics in extra.items()]
+        return MetricsData([ResourceMetrics(first.resource, scopes, first.schema_url), *others])
+
+
+def prometheus_reader(registry: CollectorRegistry, histograms: Histograms) -> MetricReader:
+    """Return a reader serving the SDK's metrics and `histograms` as Prometheus text."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+    class Reader(PrometheusMetricReader):
+        def _receive_metrics(
+            self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+        ) -> None:
+            data = histograms.added_to(metrics_data)
+            super()._receive_metrics(data, timeout_millis, **kwargs)
+
+    return Reader(registry=registry, disable_target_info=True)
+
+
+def otlp_reader(histograms: Histograms) -> MetricReader:
+    """Return a reader exporting the SDK's metrics and `histograms` by OTLP (gRPC)."""
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    class Reader(PeriodicExportingMetricReader):
+        def _receive_metrics(
+            self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+        ) -> None:
+            data = histograms.added_to(metrics_data)
+            super()._receive_metrics(data, timeout_millis, **kwargs)
+
+    return Reader(OTLPMetricExporter())
+
+
 def split_listen(listen: str) -> tuple[str, int]:
     """Split `host:port` (IPv6 in brackets) into its parts."""
     host, _, port = listen.rpartition(":")
@@ -90,12 +273,11 @@ def split_listen(listen: str) -> tuple[str, int]:
 def start_metrics(service: str, listen: str | None, stack: AsyncExitStack) -> ServiceMetrics:
     """Build the service's meter; serve /metrics on `listen` (`host:port`) unless it is empty."""
     readers: list[MetricReader] = []
+    histograms = Histograms()
     port = 0
     if listen:
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
-
         registry = CollectorRegistry()
-        readers.append(PrometheusMetricReader(registry=registry, disable_target_info=True))
+        readers.append(prometheus_reader(registry, histograms))
         host, wanted = split_listen(listen)
         try:
             server = _serve_scrapes(host, wanted, registry)
@@ -110,17 +292,14 @@ def start_metrics(service: str, listen: str | None, stack: AsyncExitStack) -> Se
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
     ):
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        readers.append(otlp_reader(histograms))
     if not readers:
         return ServiceMetrics(NoOpMeterProvider().get_meter(service))
     provider = MeterProvider(
         metric_readers=readers, resource=Resource.create({"service.name": service})
     )
     stack.callback(provider.shutdown)
-    return ServiceMetrics(provider.get_meter(service), port)
+    return ServiceMetrics(provider.get_meter(service), port, histograms)
 
 
 class _Quiet(WSGIRequestHandler):
