@@ -103,7 +103,10 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
         Handoff(js, settings.retry_max_per_instance),
         instance_concurrency=settings.executor_instance_concurrency,
         metrics=ExecutorMetrics(
-            metrics.meter, lambda: pool.restarts, lambda iid: iid in watcher.instances
+            metrics.meter,
+            lambda: pool.restarts,
+            lambda iid: iid in watcher.instances,
+            histograms=metrics.histograms,
         ),
     )
     versions = VersionSource(settings.registry_addr, token)

@@ -11,7 +11,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from services.common.metrics import Tally, status_class
+from services.common.metrics import Histograms, Tally, status_class
 from services.common.telemetry import PROPAGATOR
 from services.common.tracer import get_tracer
 from services.runtime import InvocationResult, OutcomeKind, RequestTrace
@@ -158,8 +158,11 @@ class ExecutorMetrics:
         meter: Meter,
         restarts: Callable[[], Mapping[str, int]],
         live: Callable[[str], bool] | None = None,
+        *,
+        histograms: Histograms,
     ) -> None:
-        """`live` tells whether an instance still exists (see `Tally`)."""
+        """`live` tells whether an instance still exists (see `Tally`); the invocations'
+        histograms by instance are kept in `histograms` (see `Distribution`)."""
         names = ("eventfn.instance_id", "eventfn.outcome")
         self._events = Tally(
             meter,
@@ -177,11 +180,21 @@ class ExecutorMetrics:
             attributes=names,
             live=live,
         )
-        self._duration = meter.create_histogram(
-            "eventfn.invocation.duration", unit="s", description="Invocation duration"
+        self._duration = histograms.create(
+            meter,
+            "eventfn.invocation.duration",
+            unit="s",
+            description="Invocation duration",
+            attributes=("eventfn.instance_id", "eventfn.batch"),
+            live=live,
         )
-        self._size = meter.create_histogram(
-            "eventfn.invocation.events", unit="{event}", description="Events per invocation"
+        self._size = histograms.create(
+            meter,
+            "eventfn.invocation.events",
+            unit="{event}",
+            description="Events per invocation",
+            attributes=("eventfn.instance_id",),
+            live=live,
         )
         self._fetch = meter.create_histogram(
             "http.client.request.duration", unit="s", description="Function fetch duration"
@@ -200,15 +213,14 @@ class ExecutorMetrics:
 
     def record(self, instance_id: str, batch: bool, result: InvocationResult) -> None:
         """Count one invocation and its events' outcomes."""
-        where = {"eventfn.instance_id": instance_id}
         counts: dict[str, int] = {}
         for o in result.outcomes:
             counts[o.kind.value] = counts.get(o.kind.value, 0) + 1
         for outcome, n in counts.items():
             self._events.add(n, instance_id, outcome)
         self._invocations.add(1, instance_id, worst_outcome(result).value)
-        self._duration.record(result.duration_ms / 1000, {**where, "eventfn.batch": batch})
-        self._size.record(len(result.outcomes), where)
+        self._duration.record(result.duration_ms / 1000, instance_id, batch)
+        self._size.record(len(result.outcomes), instance_id)
         for r in result.requests:
             self._fetch.record(
                 r.duration_ms / 1000,

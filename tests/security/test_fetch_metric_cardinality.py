@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.common.metrics import Histograms, prometheus_reader
 from services.executor.observe import ExecutorMetrics
 from services.runtime import EventOutcome, InvocationResult, OutcomeKind, RequestTrace
 
@@ -26,10 +26,11 @@ class Scraped:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.provider = MeterProvider(
-            metric_readers=[PrometheusMetricReader(registry=self.registry)]
+        histograms = Histograms()
+        self.provider = MeterProvider(metric_readers=[prometheus_reader(self.registry, histograms)])
+        self.metrics = ExecutorMetrics(
+            self.provider.get_meter("eventfn-executor"), dict, histograms=histograms
         )
-        self.metrics = ExecutorMetrics(self.provider.get_meter("eventfn-executor"), dict)
 
     def fetch(self, instance: str, url: str, status: int | None = 200) -> None:
         """Record one invocation of `instance` that fetched `url` and got `status`."""

@@ -11,7 +11,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry, generate_latest
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
-from services.common.metrics import Tally
+from services.common.metrics import Histograms, Tally, prometheus_reader
+from services.executor.observe import ExecutorMetrics
+from services.runtime import EventOutcome, InvocationResult, OutcomeKind
 from tests.eventually import eventually
 from tests.observability.test_metrics import scrape, total
 from tests.pipeline.conftest import Platform, Sink, platform, sink
@@ -20,6 +22,7 @@ from tests.registry.conftest import auth, registry
 
 __all__ = ["platform", "registry", "sink"]
 OUTCOMES = "eventfn_events_outcomes_total"
+HISTOGRAMS = ("eventfn_invocation_duration_seconds", "eventfn_invocation_events")
 
 
 async def test_a_deleted_instances_series_leave_the_executors_metrics(
@@ -34,13 +37,19 @@ async def test_a_deleted_instances_series_leave_the_executors_metrics(
     async def counted() -> float:
         return total(await scrape(port), OUTCOMES, eventfn_instance_id=instance)
 
+    async def timed() -> list[float]:
+        samples = await scrape(port)
+        return [total(samples, f"{n}_count", eventfn_instance_id=instance) for n in HISTOGRAMS]
+
     await eventually(counted, "the instance's outcomes counted", until=lambda n: n >= 3)
+    assert all(n >= 1 for n in await timed()), "the instance's invocations are not timed"
     await platform.registry.stub.DeleteInstance(
         pb.DeleteInstanceRequest(name=platform.instance_name(instance)),
         metadata=auth(platform.owner),
     )
     await platform.executor.watcher.wait_until(lambda v: instance not in v.instances)
     assert await counted() == 0, "a deleted instance's series is still exported"
+    assert await timed() == [0, 0], "a deleted instance's histograms are still exported"
 
 
 def test_churned_instances_leave_room_for_a_neighbours() -> None:
@@ -67,3 +76,29 @@ def test_churned_instances_leave_room_for_a_neighbours() -> None:
     text = generate_latest(registry).decode()
     assert 'eventfn_instance_id="ins_neighbour"' in text, "the neighbour's instance is not shown"
     assert "ins_churn" not in text
+
+
+def test_churned_instances_leave_room_in_the_histograms() -> None:
+    registry, histograms = CollectorRegistry(), Histograms()
+    provider = MeterProvider(metric_readers=[prometheus_reader(registry, histograms)])
+    deleted: set[str] = set()
+    metrics = ExecutorMetrics(
+        provider.get_meter("eventfn-executor"),
+        dict,
+        live=lambda instance_id: instance_id not in deleted,
+        histograms=histograms,
+    )
+    fed = InvocationResult(outcomes=[EventOutcome(OutcomeKind.DELIVERED)], duration_ms=3.0)
+    for i in range(2100):  # each instance created, fed once and deleted
+        metrics.record(f"ins_churn{i:04d}", False, fed)
+        deleted.add(f"ins_churn{i:04d}")
+        if i % 200 == 0:
+            generate_latest(registry)  # scraped now and then meanwhile
+    metrics.record("ins_neighbour", False, fed)
+    text = generate_latest(registry).decode()
+    for name in HISTOGRAMS:
+        counts = [line for line in text.splitlines() if line.startswith(f"{name}_count")]
+        assert counts, f"{name} is not shown"
+        assert all('eventfn_instance_id="ins_neighbour"' in line for line in counts), (
+            f"the neighbour's invocations went to {name}'s overflow series"
+        )
