@@ -278,6 +278,7 @@ class PackConsumer:
             attempt=int(headers.get(streams.ATTEMPT, "1") or 1),
             first_attempt_at=headers.get(streams.FIRST_ATTEMPT_AT) or datetime.now(UTC).isoformat(),
             history=headers.get(streams.HISTORY, ""),
+            version=headers.get(streams.VERSION, ""),
             trace=extract_trace(headers) if streams.TRACEPARENT in headers else None,
             seq=msg.metadata.sequence.stream if msg.metadata.sequence else 0,
             message_ids=header_strings(headers.get(streams.MESSAGE_IDS)),

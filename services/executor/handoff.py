@@ -68,8 +68,8 @@ def handoff_headers(
     *,
     reason: str = "",
 ) -> dict[str, str]:
-    """Return the headers of a RETRY or DEAD message: counts, history, last error and logs;
-    a DEAD message's reason is `reason`, or the outcome's."""
+    """Return the headers of a RETRY or DEAD message: counts, history, last error and logs,
+    the version a replay pinned; a DEAD message's reason is `reason`, or the outcome's."""
     ref, outcome, error = handoff.ref, handoff.outcome, handoff.error
     ids = [message_id_of(e) for e in handoff.events]
     history = orjson.loads(ref.history) if ref.history else []
@@ -107,6 +107,8 @@ def handoff_headers(
             ]
         ).decode(),
     }
+    if ref.version:  # a replay pinned to a version: its retries run that version too
+        headers[streams.VERSION] = ref.version
     if handoff.kind == "dead":
         headers[streams.DEAD_REASON] = (reason or dead_reason(handoff))[:1000]
     if ref.trace is not None:  # the retry continues the event's trace

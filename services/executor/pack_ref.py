@@ -27,6 +27,7 @@ class PackRef:
     attempt: int = 1
     first_attempt_at: str = ""
     history: str = ""  # JSON list of earlier attempts, carried from RETRY through EVENTS
+    version: str = ""  # the version a replay pinned (Eventfn-Version), carried to RETRY/DEAD
     trace: Context | None = None  # the event's trace, from the pack's W3C headers
     seq: int = 0  # the pack's EVENTS stream sequence: names this delivery in hand-off ids
     message_ids: tuple[str, ...] = ()  # some of its messageIds (Eventfn-Message-Ids header)

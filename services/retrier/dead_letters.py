@@ -11,6 +11,12 @@ first (the ack awaited), then the pack's other letters, if any, are stored again
 pack, then the old pack is deleted. A crash between these steps leaves the letter listed
 (never lost); replaying it again is deduplicated by EVENTS for 10 minutes, as the replay's
 message id is derived from the letter.
+
+A replay runs the version its request names, else the instance's deployed one; the retries of
+a pinned replay keep its version (`Eventfn-Version`, carried through RETRY), and so does the
+dead letter it may become, which says which version failed. Replaying that letter again does
+not keep the pin: it runs the version the new request names, or the deployed one (a replay
+usually follows a fix, deployed or named).
 """
 
 from __future__ import annotations

@@ -138,7 +138,8 @@ def parse_retry(subject: str, headers: dict[str, str], body: bytes, seq: int) ->
 
 
 def carried_headers(headers: dict[str, str]) -> dict[str, str]:
-    """Return the headers to copy into a republished message (trace context, history...)."""
+    """Return the headers to copy into a republished message (trace context, history, the
+    version a replay pinned...)."""
     return {k: v for k, v in headers.items() if k not in _TRANSPORT_HEADERS}
 
 

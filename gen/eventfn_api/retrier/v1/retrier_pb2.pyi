@@ -262,7 +262,8 @@ class ReplayDeadLettersRequest(_message.Message):
     """The instance whose dead letters to replay."""
     version: _builtins.str
     """Run them on this version of the instance's function (its name); empty for the deployed
-    one.
+    one. Their retries run it too. A letter such a replay dead-lettered again runs, when
+    replayed, the version its new replay names (the earlier pin is not kept).
     """
     request_id: _builtins.str
     """A UUID the client makes once per replay and sends again with every retry of it
