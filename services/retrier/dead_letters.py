@@ -4,7 +4,9 @@ A DEAD message is a pack (a JSON array of events) with the history headers of th
 or of the retrier, and `Eventfn-Dead-Reason`. Each event of it is one dead letter, named
 `<stream sequence>.<index in the pack>`; `<stream sequence>` alone names the whole pack.
 Reads use JetStream direct get with a per-instance subject filter (`dead.*.<instance>`),
-so no consumer is created; retention is the DEAD stream's max age.
+so no consumer is created; retention is the DEAD stream's max age. A page of the list walks
+the instance's packs backwards from the newest, one direct get each, and reads at most
+READ_BUDGET of them: an instance's dead letters are not bounded, a call's cost is.
 
 A replayed letter leaves DEAD, so it is replayed once: its events are published to EVENTS
 first (the ack awaited), then the pack's other letters, if any, are stored again as a new
@@ -52,6 +54,10 @@ from services.retrier.scheduler import carried_headers, parse_time
 log = logging.getLogger(__name__)
 tracer = get_tracer("eventfn.retrier")
 REPLAY_OF = streams.REPLAY_OF
+# DEAD packs one page of the list reads at most (about 0.3 s here): past it, the page holds
+# what was found and its cursor goes on from there (reading every pack of an instance with
+# 20,000 took 5 s a call, for a Functions Read-only member).
+READ_BUDGET = 1000
 
 
 class BadDeadLetterId(ValueError):
@@ -82,6 +88,10 @@ class LetterId:
 
     def __str__(self) -> str:
         return str(self.seq) if self.index is None else f"{self.seq}.{self.index}"
+
+    def key(self) -> tuple[int, int]:
+        """Return its place in the stream: (sequence, index), a whole pack at its index 0."""
+        return self.seq, self.index or 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +155,11 @@ class DeadPack:
         except orjson.JSONDecodeError:
             return ""
         return value if isinstance(value, str) else ""
+
+    def died_in(self, start: datetime | None, end: datetime | None) -> bool:
+        """Return whether its letters went to DEAD in [start, end) (no bound when None)."""
+        died = self.dead_time()
+        return (start is None or died >= start) and (end is None or died < end)
 
     def dead_time(self) -> datetime:
         """Return when the letters first went to DEAD (kept when some were replayed)."""
@@ -228,7 +243,7 @@ class DeadLetterStore:
         )
         headers = {str(k): str(v) for k, v in (reply.headers or {}).items()}
         status = headers.get("Status")
-        if status == "404":
+        if status in ("404", "204"):  # nothing there; 204: a batch's end with nothing before
             return None
         if status:
             raise RuntimeError(
@@ -256,6 +271,16 @@ class DeadLetterStore:
             return None
         return pack
 
+    async def _last_up_to(self, subject: str, seq: int | None) -> DeadPack | None:
+        """Return the subject's pack of highest sequence at or below `seq` (any, when None)."""
+        if seq is None:
+            return await self._direct({"last_by_subj": subject})
+        if seq < 1:  # the server takes an up_to_seq of 0 for "no bound"
+            return None
+        # Answered by the pack, then an end-of-batch status (204 EOB): `nc.request` takes the
+        # first and drops the second (its future is done), nothing waits in an inbox.
+        return await self._direct({"multi_last": [subject], "up_to_seq": seq})
+
     async def scan(
         self,
         instance_id: str,
@@ -282,38 +307,50 @@ class DeadLetterStore:
                 return
             if below_seq is not None and pack.seq >= below_seq:
                 return
-            died = pack.dead_time()
-            if (start is None or died >= start) and (end is None or died < end):
+            if pack.died_in(start, end):
                 yield pack
             request = {"seq": pack.seq + 1, "next_by_subj": wanted}
 
     async def page(
         self,
+        workspace_id: str,
         instance_id: str,
         *,
         start: datetime | None,
         end: datetime | None,
         size: int,
         before: LetterId | None,
+        budget: int | None = None,
     ) -> tuple[list[Letter], LetterId | None]:
-        """Return up to `size` letters newest first, older than `before`, and the next cursor."""
-        newest: list[Letter] = []
-        below = None if before is None else before.seq + 1
-        async for pack in self.scan(instance_id, start=start, end=end, below_seq=below):
-            for letter in letters_of(pack):
-                if before is not None and (letter.id.seq, letter.id.index or 0) >= (
-                    before.seq,
-                    before.index or 0,
-                ):
-                    continue
-                newest.append(letter)
-            # Keep memory bounded: only the newest size + 1 can be on this page.
-            if len(newest) > 4 * (size + 1):
-                newest = newest[-(size + 1) :]
-        newest.reverse()
-        page = newest[:size]
-        more = len(newest) > size
-        return page, (page[-1].id if more and page else None)
+        """Return up to `size` letters newest first, older than `before`, and the next cursor.
+
+        The walk goes backwards from `before` (or the newest pack), one pack at a time, and
+        reads at most `budget` packs (READ_BUDGET by default): when they run out, the page holds
+        the letters found so far, maybe fewer than `size` or none, and the cursor goes on below
+        the last pack read. Packs are stored in time order, so the walk ends at the first one
+        stored before `start` (a pack stored again after a partial replay keeps its first dead
+        time, never later than its store time); `end` filters by dead time only.
+        """
+        subject = streams.dead_subject(workspace_id, instance_id)
+        found: list[Letter] = []
+        up_to = None
+        if before is not None:  # at index 0 none of its pack is older: start below it
+            up_to = before.seq if before.index else before.seq - 1
+        for _ in range(READ_BUDGET if budget is None else budget):
+            pack = await self._last_up_to(subject, up_to)
+            if pack is None or (start is not None and pack.time < start):
+                return found, None
+            if pack.died_in(start, end):
+                found += [
+                    letter
+                    for letter in reversed(letters_of(pack))
+                    if before is None or letter.id.key() < before.key()
+                ]
+                if len(found) > size:  # one more than the page: there is a next one
+                    return found[:size], found[size - 1].id
+            up_to = pack.seq - 1
+        # Out of reads: all letters of the packs read are on the page; go on below them.
+        return found, LetterId(up_to + 1, 0) if up_to is not None else None
 
     async def select(
         self,

@@ -229,7 +229,7 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
     async def ListDeadLetters(
         self, request: pb.ListDeadLettersRequest, context: Ctx
     ) -> pb.ListDeadLettersResponse:
-        """List dead letters of an instance, newest first."""
+        """List dead letters of an instance, newest first (a page may be short: see page())."""
         workspace_id, instance_id = names.parse_instance("parent", request.parent)
         size = request.page_size or DEFAULT_PAGE_SIZE
         if not 1 <= size <= MAX_PAGE_SIZE:
@@ -243,7 +243,7 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
                 raise InvalidArgument.field("page_token", "is not a token of this list")
             before = LetterId(last[0], last[1])
         letters, cursor = await self._store.page(
-            instance_id, start=start, end=end, size=size, before=before
+            workspace_id, instance_id, start=start, end=end, size=size, before=before
         )
         token = ""
         if cursor is not None:

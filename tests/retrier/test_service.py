@@ -210,7 +210,9 @@ async def test_dead_letters_page_newest_first_and_purge(nats_client: NatsClient)
     seen: list[str] = []
     cursor = None
     while True:
-        page, cursor = await store.page(instance, start=None, end=None, size=3, before=cursor)
+        page, cursor = await store.page(
+            "ws_1", instance, start=None, end=None, size=3, before=cursor
+        )
         seen += [letter.message_id for letter in page]
         if cursor is None:
             break

@@ -89,7 +89,11 @@ class RetrierServicer:
     """
 
     def ListDeadLetters(self, request, context):
-        """List dead letters of an instance in a time range, newest first.
+        """List dead letters of an instance in a time range, newest first. A call reads at most
+        1,000 of the instance's dead packs (a pack holds the letters of one failed delivery) and
+        answers what it found: a page may hold fewer letters than page_size, even none, with a
+        next_page_token going on from there (AIP-158); only an empty next_page_token ends the
+        list.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

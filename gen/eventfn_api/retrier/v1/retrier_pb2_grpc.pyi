@@ -49,7 +49,12 @@ class RetrierStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RetrierAsyncStub: ...
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_retrier_pb2.ListDeadLettersRequest, _retrier_pb2.ListDeadLettersResponse]
-    """List dead letters of an instance in a time range, newest first."""
+    """List dead letters of an instance in a time range, newest first. A call reads at most
+    1,000 of the instance's dead packs (a pack holds the letters of one failed delivery) and
+    answers what it found: a page may hold fewer letters than page_size, even none, with a
+    next_page_token going on from there (AIP-158); only an empty next_page_token ends the
+    list.
+    """
     GetDeadLetter: _grpc.UnaryUnaryMultiCallable[_retrier_pb2.GetDeadLetterRequest, _retrier_pb2.GetDeadLetterResponse]
     """Get one dead letter with its history. NOT_FOUND, word for word as for a name that was
     never used, for a letter of another workspace or of an instance the caller cannot see.
@@ -95,7 +100,12 @@ class RetrierAsyncStub(RetrierStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_retrier_pb2.ListDeadLettersRequest, _retrier_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
-    """List dead letters of an instance in a time range, newest first."""
+    """List dead letters of an instance in a time range, newest first. A call reads at most
+    1,000 of the instance's dead packs (a pack holds the letters of one failed delivery) and
+    answers what it found: a page may hold fewer letters than page_size, even none, with a
+    next_page_token going on from there (AIP-158); only an empty next_page_token ends the
+    list.
+    """
     GetDeadLetter: _aio.UnaryUnaryMultiCallable[_retrier_pb2.GetDeadLetterRequest, _retrier_pb2.GetDeadLetterResponse]  # type: ignore[assignment]
     """Get one dead letter with its history. NOT_FOUND, word for word as for a name that was
     never used, for a letter of another workspace or of an instance the caller cannot see.
@@ -144,7 +154,12 @@ class RetrierServicer(metaclass=_abc_1.ABCMeta):
         request: _retrier_pb2.ListDeadLettersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_retrier_pb2.ListDeadLettersResponse, _abc.Awaitable[_retrier_pb2.ListDeadLettersResponse]]:
-        """List dead letters of an instance in a time range, newest first."""
+        """List dead letters of an instance in a time range, newest first. A call reads at most
+        1,000 of the instance's dead packs (a pack holds the letters of one failed delivery) and
+        answers what it found: a page may hold fewer letters than page_size, even none, with a
+        next_page_token going on from there (AIP-158); only an empty next_page_token ends the
+        list.
+        """
 
     @_abc_1.abstractmethod
     def GetDeadLetter(
