@@ -14,6 +14,12 @@ pack, then the old pack is deleted. A crash between these steps leaves the lette
 (never lost); replaying it again is deduplicated by EVENTS for 10 minutes, as the replay's
 message id is derived from the letter.
 
+Replaying or purging all of an instance's letters (no names) streams them: the scan reads a
+pack at a time, replays or deletes a chunk of packs (at most CHUNK_BYTES, or one larger pack),
+and never holds the instance's letters, which nothing bounds; it stops at the DEAD stream's
+last sequence when the operation started, so letters dead-lettered meanwhile (a replay's own
+failures among them) are left for another call and the run ends.
+
 A replay runs the version its request names, else the instance's deployed one; the retries of
 a pinned replay keep its version (`Eventfn-Version`, carried through RETRY), and so does the
 dead letter it may become, which says which version failed. Replaying that letter again does
@@ -49,7 +55,7 @@ from services.common.streams import (
 from services.common.telemetry import PROPAGATOR
 from services.common.telemetry import extract as extract_trace
 from services.common.tracer import get_tracer
-from services.retrier.scheduler import carried_headers, parse_time
+from services.retrier.scheduler import carried_headers, event_count, parse_time
 
 log = logging.getLogger(__name__)
 tracer = get_tracer("eventfn.retrier")
@@ -58,6 +64,9 @@ REPLAY_OF = streams.REPLAY_OF
 # what was found and its cursor goes on from there (reading every pack of an instance with
 # 20,000 took 5 s a call, for a Functions Read-only member).
 READ_BUDGET = 1000
+# Pack bytes a streamed replay or purge holds at once (a larger pack goes alone): replaying
+# all of an instance's 129 MiB of letters held all of them, and more, in the shared retrier.
+CHUNK_BYTES = 256 * 1024
 
 
 class BadDeadLetterId(ValueError):
@@ -123,6 +132,27 @@ class DeadPack:
         if not isinstance(parsed, list):
             return [self.data]
         return [orjson.dumps(e) for e in parsed]
+
+    def count(self) -> int:
+        """Return how many letters it holds: its Eventfn-Count header (which every hand-off
+        writes), else its body's events (parsing a pack holds about 13 times its size)."""
+        try:
+            count = int(self.headers.get(streams.COUNT, ""))
+        except ValueError:
+            count = 0
+        return count if count > 0 else event_count(self.data)
+
+    def array(self) -> tuple[bytes, int]:
+        """Return the pack as a JSON array of its events, and how many it holds: the body as
+        stored when it is one (encoding each event again gives each, with orjson, a buffer of
+        128 KiB as tracemalloc counts it, whatever the event's size)."""
+        try:
+            parsed = orjson.loads(self.data)
+        except orjson.JSONDecodeError:
+            return b"[" + self.data + b"]", 1
+        if not isinstance(parsed, list):
+            return b"[" + self.data + b"]", 1
+        return self.data, len(parsed)
 
     def reason(self) -> str:
         """Return why it was dead-lettered."""
@@ -311,6 +341,61 @@ class DeadLetterStore:
                 yield pack
             request = {"seq": pack.seq + 1, "next_by_subj": wanted}
 
+    async def last_seq(self) -> int:
+        """Return the DEAD stream's last sequence (0 while it is empty)."""
+        return (await self._js.stream_info(streams.DEAD_STREAM)).state.last_seq or 0
+
+    async def count(
+        self,
+        instance_id: str,
+        *,
+        start: datetime | None,
+        end: datetime | None,
+        up_to_seq: int,
+    ) -> int:
+        """Count the instance's letters in [start, end) stored at or before `up_to_seq`, a
+        pack at a time (none is kept)."""
+        total = 0
+        async for pack in self.scan(instance_id, start=start, end=end, below_seq=up_to_seq + 1):
+            total += pack.count()
+        return total
+
+    async def chunks(
+        self,
+        instance_id: str,
+        *,
+        start: datetime | None,
+        end: datetime | None,
+        up_to_seq: int,
+        letters: int,
+    ) -> AsyncIterator[list[DeadPack]]:
+        """Yield the instance's packs dead-lettered in [start, end) and stored at or before
+        `up_to_seq`, a few at a time: `letters` letters, or CHUNK_BYTES, at most (or one pack)."""
+        chunk: list[DeadPack] = []
+        held = size = 0
+        async for pack in self.scan(instance_id, start=start, end=end, below_seq=up_to_seq + 1):
+            chunk.append(pack)
+            held += pack.count()
+            size += len(pack.data)
+            if held >= letters or size >= CHUNK_BYTES:
+                yield chunk
+                chunk, held, size = [], 0, 0
+        if chunk:
+            yield chunk
+
+    async def purge_all(self, instance_id: str, *, end: datetime | None, up_to_seq: int) -> int:
+        """Delete the instance's packs dead-lettered before `end` and stored at or before
+        `up_to_seq`, one at a time; return how many letters they held."""
+        count = 0
+        async for pack in self.scan(instance_id, end=end, below_seq=up_to_seq + 1):
+            async with self._lock:  # one replay or purge of a pack at a time in this process
+                try:
+                    await self._js.delete_msg(streams.DEAD_STREAM, pack.seq)
+                except NotFoundError:
+                    continue  # replayed or purged meanwhile
+            count += pack.count()
+        return count
+
     async def page(
         self,
         workspace_id: str,
@@ -360,7 +445,8 @@ class DeadLetterStore:
         start: datetime | None = None,
         end: datetime | None = None,
     ) -> list[Letter]:
-        """Return the chosen letters of the instance (all in the range when `ids` is empty)."""
+        """Return the chosen letters of the instance (all in the range when `ids` is empty:
+        for tools and tests; the service streams those, see `chunks`)."""
         if not ids:
             return [
                 letter
@@ -390,53 +476,63 @@ class DeadLetterStore:
         many were replayed (letters already gone meanwhile are skipped). With `version_id`,
         the executor runs that version of the function for them.
         """
-        by_pack: dict[int, dict[int, Letter]] = {}
+        by_pack: dict[int, set[int]] = {}
         for letter in letters:
-            by_pack.setdefault(letter.pack.seq, {})[letter.id.index or 0] = letter
+            by_pack.setdefault(letter.pack.seq, set()).add(letter.id.index or 0)
+        return await self._replay(sorted(by_pack.items()), version_id)
+
+    async def replay_packs(self, packs: Iterable[DeadPack], *, version_id: str = "") -> int:
+        """Send every letter of the packs back, as `replay` does, each pack as it is stored."""
+        return await self._replay([(pack.seq, None) for pack in packs], version_id)
+
+    async def _replay(self, chosen: list[tuple[int, set[int] | None]], version_id: str) -> int:
         now = datetime.now(UTC).isoformat()
         count = 0
         async with self._lock:  # one replay or purge of a pack at a time in this process
-            for seq, chosen in sorted(by_pack.items()):
+            for seq, indexes in chosen:
                 pack = await self.pack(seq)  # as it is now: replayed or purged meanwhile?
-                if pack is None:
-                    continue
-                stored = pack.events()
-                indexes = sorted(i for i in chosen if i < len(stored))
-                if not indexes:
-                    continue
-                events = [stored[i] for i in indexes]
-                headers = {
-                    streams.MSG_ID: f"replay:{letters_key(pack, indexes)}",
-                    streams.COUNT: str(len(events)),
-                    streams.ATTEMPT: "1",
-                    streams.FIRST_ATTEMPT_AT: now,
-                    REPLAY_OF: ",".join(f"{seq}.{i}" for i in indexes),
-                }
-                if version_id:
-                    headers[streams.VERSION] = version_id
-                subject = streams.events_subject(pack.workspace_id, pack.instance_id)
-                # The replay is a new trace (of the replay call), linked to the original one.
-                with tracer.start_as_current_span(
-                    "dead.replay.pack",
-                    links=original_trace(pack.headers),
-                    attributes={
-                        "eventfn.instance_id": pack.instance_id,
-                        "eventfn.events": len(events),
-                    },
-                ):
-                    PROPAGATOR.inject(headers)
-                    await self._js.publish(
-                        subject, b"[" + b",".join(events) + b"]", headers=headers
-                    )
-                await self._remove(pack, set(indexes))
-                count += len(events)
+                if pack is not None:
+                    count += await self._send_back(pack, indexes, now, version_id)
         return count
 
-    async def _remove(self, pack: DeadPack, indexes: set[int]) -> None:
+    async def _send_back(
+        self, pack: DeadPack, chosen: set[int] | None, now: str, version_id: str
+    ) -> int:
+        """Publish letters of a pack (all when `chosen` is None) to EVENTS, then take them out
+        of DEAD; return how many."""
+        body, total = pack.array()
+        indexes = list(range(total)) if chosen is None else sorted(i for i in chosen if i < total)
+        if not indexes:
+            return 0
+        if len(indexes) < total:  # some of it: only then are its events split out
+            stored = pack.events()
+            body = b"[" + b",".join(stored[i] for i in indexes) + b"]"
+        headers = {
+            streams.MSG_ID: f"replay:{letters_key(pack, indexes)}",
+            streams.COUNT: str(len(indexes)),
+            streams.ATTEMPT: "1",
+            streams.FIRST_ATTEMPT_AT: now,
+            REPLAY_OF: ",".join(f"{pack.seq}.{i}" for i in indexes),
+        }
+        if version_id:
+            headers[streams.VERSION] = version_id
+        subject = streams.events_subject(pack.workspace_id, pack.instance_id)
+        # The replay is a new trace (of the replay call), linked to the original one.
+        with tracer.start_as_current_span(
+            "dead.replay.pack",
+            links=original_trace(pack.headers),
+            attributes={"eventfn.instance_id": pack.instance_id, "eventfn.events": len(indexes)},
+        ):
+            PROPAGATOR.inject(headers)
+            await self._js.publish(subject, body, headers=headers)
+        await self._remove(pack, set(indexes), total)
+        return len(indexes)
+
+    async def _remove(self, pack: DeadPack, indexes: set[int], total: int) -> None:
         """Take letters out of DEAD: store the pack's others again, then delete the pack."""
-        events = pack.events()
-        rest = [i for i in range(len(events)) if i not in indexes]
-        if rest:
+        if len(indexes) < total:
+            events = pack.events()
+            rest = [i for i in range(len(events)) if i not in indexes]
             headers = carried_headers(pack.headers)
             headers[streams.MSG_ID] = f"rest:{letters_key(pack, rest)}"
             headers[streams.COUNT] = str(len(rest))
@@ -467,8 +563,9 @@ class DeadLetterStore:
                 pack = await self.pack(seq)  # as it is now: replayed or purged meanwhile?
                 if pack is None:
                     continue
-                indexes = {i for i in chosen if i < len(pack.events())}
+                _, total = pack.array()
+                indexes = {i for i in chosen if i < total}
                 if indexes:
-                    await self._remove(pack, indexes)
+                    await self._remove(pack, indexes, total)
                     count += len(indexes)
         return count

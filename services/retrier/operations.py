@@ -5,7 +5,9 @@ replay runs in the background, pack by pack, and writes its progress to the reco
 `GetOperation`, `ListOperations` and `WaitOperation` read. A request_id maps to its operation
 for 24 hours, so a retried replay answers the same operation instead of replaying again. An
 operation a stopped retrier left unfinished is taken over by the next retrier that starts
-(a replayed letter has left DEAD, so going on replays only the rest).
+(a replayed letter has left DEAD, so going on replays only the rest); a running one's record
+is written at least every KEEP_FRESH, however long a scan finds nothing to replay, so no
+other retrier takes it over meanwhile.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 
 import nats.errors
@@ -41,6 +43,8 @@ KEPT = timedelta(days=7)  # how long finished operations can be read
 REQUEST_IDS_KEPT = timedelta(hours=24)
 # An unfinished operation not written to for this long belongs to a retrier that stopped.
 ABANDONED_AFTER = timedelta(seconds=30)
+# A running operation's record is written at least this often (else it looks abandoned).
+KEEP_FRESH = ABANDONED_AFTER / 3
 CHUNK = 50  # letters replayed between two progress writes
 _STREAM = f"KV_{BUCKET}"
 # A KV entry's header naming a removal, and the removals.
@@ -64,7 +68,10 @@ class ReplayRecord:
     start: str | None = None
     end: str | None = None
     version_id: str = ""
-    total: int = 0
+    # All letters (no letter_ids): those stored in DEAD at or before this sequence, its last
+    # when the operation started (0 in records of older retriers: bounded when taken over).
+    up_to_seq: int = 0
+    total: int = 0  # all letters: counted by the operation, 0 until then
     replayed: int = 0
     done: bool = False
     error_code: int = 0
@@ -73,6 +80,12 @@ class ReplayRecord:
     create_time: str = ""
     end_time: str = ""
     updated: float = 0.0
+
+    @classmethod
+    def load(cls, data: bytes) -> ReplayRecord:
+        """Read a stored record (fields a newer retrier added are left out: rolling upgrades)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in orjson.loads(data).items() if k in known})
 
     def key(self) -> str:
         """Return the bucket key of the record."""
@@ -116,8 +129,10 @@ def request_digest(request: pb.ReplayDeadLettersRequest) -> str:
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
 
 
+# Writes a running operation's record with the count of letters replayed so far.
+Progress = Callable[[int], Awaitable[None]]
 # Replays the chosen letters of a record, calling back with the count after each chunk.
-Runner = Callable[[ReplayRecord, Callable[[int], Awaitable[None]]], Awaitable[int]]
+Runner = Callable[[ReplayRecord, Progress], Awaitable[int]]
 
 
 class Operations:
@@ -159,7 +174,7 @@ class Operations:
             return None
         if entry.value is None:
             return None
-        return ReplayRecord(**orjson.loads(entry.value))
+        return ReplayRecord.load(entry.value)
 
     async def write(self, record: ReplayRecord) -> None:
         """Store a record's current state and wake whoever waits on it."""
@@ -231,7 +246,7 @@ class Operations:
                 await sub.unsubscribe()
                 if name:  # else it goes once inactive
                     await self._js.delete_consumer(_STREAM, name)
-        return [ReplayRecord(**orjson.loads(data)) for data in latest.values() if data]
+        return [ReplayRecord.load(data) for data in latest.values() if data]
 
     async def wait(self, name: str, seconds: float) -> ReplayRecord | None:
         """Return the record once it is done, or as it is after `seconds`."""
@@ -302,7 +317,14 @@ class Operations:
             record.replayed = replayed
             await self.write(record)
 
+        async def keep_fresh() -> None:
+            while True:
+                await asyncio.sleep(KEEP_FRESH.total_seconds())
+                with contextlib.suppress(*NATS_ERRORS):  # the next write tries again
+                    await self.write(record)
+
         async def body() -> None:
+            fresh = asyncio.create_task(keep_fresh(), name=f"keep {record.name} fresh")
             try:
                 record.replayed = await runner(record, progress)
             except EventfnError as error:
@@ -312,6 +334,10 @@ class Operations:
             except Exception as error:  # a bug: logged under a correlation id
                 failure = unexpected("ReplayDeadLetters operation", error)
                 record.error_status = status_message(failure).SerializeToString().hex()
+            finally:
+                fresh.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fresh
             record.done = True
             record.end_time = datetime.now(UTC).isoformat()
             await self.write(record)

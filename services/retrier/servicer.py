@@ -35,6 +35,7 @@ from services.retrier.dead_letters import (
 from services.retrier.operations import (
     CHUNK,
     Operations,
+    Progress,
     ReplayRecord,
     operation_message,
     request_digest,
@@ -315,14 +316,17 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
                 "discarded; enable it first"
             )
         self._replays.take(parent[0])  # authorized, checked, not a retry: before the scan
-        letters = await self._store.select(
-            parent[1], [letter_id for _, letter_id in named], start=start, end=end
-        )
-        try:
-            all_found(named, letters)
-        except NotFound:  # named letters looked up, no more: nothing started, nothing spent
-            self._replays.give_back(parent[0])
-            raise
+        total = up_to_seq = 0
+        if named:  # at most MAX_PAGE_SIZE packs read
+            letters = await self._store.select(parent[1], [letter_id for _, letter_id in named])
+            try:
+                all_found(named, letters)
+            except NotFound:  # named letters looked up, no more: nothing started, nothing spent
+                self._replays.give_back(parent[0])
+                raise
+            total = len(letters)
+        else:  # all of the instance's: counted and replayed by the operation, streamed
+            up_to_seq = await self._store.last_seq()
         record = self._operations.new_record(
             parent[0],
             request.parent,
@@ -332,7 +336,8 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
             start=start.isoformat() if start else None,
             end=end.isoformat() if end else None,
             version_id=version_id,
-            total=len(letters),
+            total=total,
+            up_to_seq=up_to_seq,
         )
         if request.request_id and not await self._operations.claim(
             parent[0], request.request_id, record
@@ -345,7 +350,7 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
         self._operations.run(record, self.replay)
         return operation_message(record)
 
-    async def replay(self, record: ReplayRecord, progress) -> int:
+    async def replay(self, record: ReplayRecord, progress: Progress) -> int:
         """Replay a record's letters chunk by chunk, reporting progress; audit the replay."""
         _, instance_id = names.parse_instance("instance", record.instance)
         ids = [LetterId.parse(text) for text in record.letter_ids]
@@ -354,11 +359,19 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
         replayed = record.replayed
         with tracer.start_as_current_span("dead.replay") as span:
             span.set_attribute("eventfn.instance_id", instance_id)
-            letters = await self._store.select(instance_id, ids, start=start, end=end)
-            for first in range(0, len(letters), CHUNK):
-                chunk = letters[first : first + CHUNK]
-                replayed += await self._store.replay(chunk, version_id=record.version_id)
-                await progress(replayed)
+            if ids:
+                letters = await self._store.select(instance_id, ids)  # MAX_PAGE_SIZE at most
+                for first in range(0, len(letters), CHUNK):
+                    chunk = letters[first : first + CHUNK]
+                    replayed += await self._store.replay(chunk, version_id=record.version_id)
+                    await progress(replayed)
+            else:  # streamed: the instance's letters are not bounded
+                await self._bound_and_count(record, instance_id, start, end, progress)
+                async for packs in self._store.chunks(
+                    instance_id, start=start, end=end, up_to_seq=record.up_to_seq, letters=CHUNK
+                ):
+                    replayed += await self._store.replay_packs(packs, version_id=record.version_id)
+                    await progress(replayed)
             span.set_attribute("eventfn.replayed", replayed)
         await self._gate.record(
             record.actor,
@@ -378,6 +391,28 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
         )
         return replayed
 
+    async def _bound_and_count(
+        self,
+        record: ReplayRecord,
+        instance_id: str,
+        start: datetime | None,
+        end: datetime | None,
+        progress: Progress,
+    ) -> None:
+        """Bound a replay of all letters and count them, unless done before it was taken over.
+
+        A record of an older retrier names no bound: the stream's end now is its bound. One
+        taken over after its count keeps it (the letters replayed since have left DEAD).
+        """
+        if not record.up_to_seq:
+            record.up_to_seq = await self._store.last_seq()
+        if not record.total:
+            left = await self._store.count(
+                instance_id, start=start, end=end, up_to_seq=record.up_to_seq
+            )
+            record.total = record.replayed + left
+        await progress(record.replayed)
+
     async def PurgeDeadLetters(
         self, request: pb.PurgeDeadLettersRequest, context: Ctx
     ) -> pb.PurgeDeadLettersResponse:
@@ -388,11 +423,13 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
         if request.HasField("end_time"):
             end = request_time("end_time", request.end_time)
         _, me = await self._writable(context, request.parent, "purge")
-        letters = await self._store.select(
-            parent[1], [letter_id for _, letter_id in named], end=end
-        )
-        all_found(named, letters)
-        purged = await self._store.purge(letters)
+        if named:  # at most MAX_PAGE_SIZE packs read
+            letters = await self._store.select(parent[1], [letter_id for _, letter_id in named])
+            all_found(named, letters)
+            purged = await self._store.purge(letters)
+        else:  # streamed; those dead-lettered while it runs are left
+            up_to_seq = await self._store.last_seq()
+            purged = await self._store.purge_all(parent[1], end=end, up_to_seq=up_to_seq)
         await self._gate.record(
             me.member.name,
             request.parent,

@@ -274,7 +274,7 @@ class ReplayDeadLettersRequest(_message.Message):
     @_builtins.property
     def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The dead letters to replay (names), at most 500; empty means all of the instance in the
-        time range.
+        time range that were dead-lettered before the call (later ones are left for another).
         """
 
     @_builtins.property
@@ -339,7 +339,9 @@ class ReplayDeadLettersMetadata(_message.Message):
     instance: _builtins.str
     """The instance replayed to."""
     total: _builtins.int
-    """How many dead letters were chosen."""
+    """How many dead letters were chosen. For all of an instance's (no names), the operation
+    counts them before it replays the first: 0 until then.
+    """
     replayed: _builtins.int
     """How many were sent back so far."""
     @_builtins.property
@@ -381,7 +383,7 @@ class PurgeDeadLettersRequest(_message.Message):
     @_builtins.property
     def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The dead letters to delete (names), at most 500; empty means all of the instance before
-        end_time.
+        end_time that were dead-lettered before the call.
         """
 
     @_builtins.property
