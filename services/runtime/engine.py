@@ -32,6 +32,22 @@ STPyV8 = import_stpyv8()
 _CHUNK = 256 * 1024
 BUNDLE_PATH = Path(__file__).with_name("js") / "dist" / "runtime.js"
 SCRIPT_NAME = "function.js"
+# STPyV8 hands V8 a str one UTF-16 unit per character, each cut to 16 bits: a character past
+# U+FFFF ('😀', U+1F600) arrived as U+F600. Written as its surrogate pair, two characters of
+# the str, it arrives whole (`v8_source`).
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+
+
+def _surrogate_pair(match: re.Match[str]) -> str:
+    point = ord(match.group()) - 0x10000
+    return chr(0xD800 + (point >> 10)) + chr(0xDC00 + (point & 0x3FF))
+
+
+def v8_source(text: str) -> str:
+    """Return `text` as STPyV8 must be given it for V8 to read it unchanged."""
+    return text if text.isascii() else _ASTRAL.sub(_surrogate_pair, text)
+
+
 # STPyV8 renders a JS exception as "Name: message ( script @ line : col )  -> source line".
 _JS_ERROR = re.compile(
     r"^(?P<name>[\w$.]+): (?P<message>.*?) \( (?P<script>.*?) @ (?P<line>\d+) : (?P<col>\d+) \)"
@@ -90,14 +106,14 @@ class FunctionContext:
         self._ctx = STPyV8.JSContext()
         self._ctx.enter()
         try:
-            self._ctx.eval(bundle_source(), "eventfn-runtime.js")
+            self._ctx.eval(v8_source(bundle_source()), "eventfn-runtime.js")
             # The SDKs the code names register their factories (sdks.py); seed closes that.
             for chunk in chunks_named_in(code):
-                self._ctx.eval(chunk.source(), chunk.script_name())
+                self._ctx.eval(v8_source(chunk.source()), chunk.script_name())
             # The first call arms the gate with the token, before any user code exists.
             self._ctx.eval(f"{self._host}.seed({_js(os.urandom(32).hex())})")
             try:
-                self._ctx.eval(code, SCRIPT_NAME)
+                self._ctx.eval(v8_source(code), SCRIPT_NAME)
             except Exception as exc:  # any JS error while loading the user's script
                 err = describe_js_exception(exc)
                 where = f" ({SCRIPT_NAME}:{err['line']}:{err['column']})" if err["line"] else ""
@@ -131,7 +147,7 @@ class FunctionContext:
     def _eval(self, script: str) -> Any:
         self._ctx.enter()
         try:
-            return self._ctx.eval(script)
+            return self._ctx.eval(v8_source(script))
         except Exception as exc:  # STPyV8 maps JS throws onto Python exception classes
             # CUT_MARGIN past the cap: the worker cuts it there once it is redacted.
             text = f"the runtime's host interface threw: {exc}"

@@ -7,7 +7,7 @@ import threading
 from concurrent.futures import Future
 from functools import cache
 
-from .engine import SCRIPT_NAME, describe_js_exception
+from .engine import SCRIPT_NAME, describe_js_exception, v8_source
 from .model import SyntaxProblem
 
 
@@ -35,7 +35,7 @@ class _Compiler:
         while True:
             code, result = self._jobs.get()
             try:
-                engine.compile(code, SCRIPT_NAME)
+                engine.compile(v8_source(code), SCRIPT_NAME)
             except Exception as exc:  # V8 reports syntax errors as various exception types
                 err = describe_js_exception(exc)
                 line, column = err["line"], err["column"]
