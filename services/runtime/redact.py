@@ -249,13 +249,22 @@ def redact(text: str, pattern: re.Pattern[str] | None) -> str:
     return pattern.sub(REDACTED, text)
 
 
-def redact_cut(text: str, cap: int, pattern: re.Pattern[str] | None) -> str:
+def redact_cut(
+    text: str, cap: int, pattern: re.Pattern[str] | None, *, cut_before: bool = False
+) -> str:
     """Redact `text` and cut it to at most `cap` characters, an ellipsis last when cut.
 
     The cut never splits a secret: one spelled across it is redacted whole first (the text
     must then reach CUT_MARGIN past the cap, as the runtime's JS side sends it), and cutting
-    the redacted text leaves no secret's beginning, as every whole one is gone.
+    the redacted text leaves no secret's beginning, as every whole one is gone. A text that
+    was cut before (`cut_before`) for a cap of its own, which redaction may have moved (a log
+    line's room is what the lines before it took unredacted), keeps nothing of its last
+    CUT_MARGIN characters, where a secret's beginning may be.
     """
+    if cut_before:
+        cap = min(cap, len(text) - CUT_MARGIN)
+        if cap < 1:
+            return "…"
     if len(text) <= cap:
         return redact(text, pattern)
     end = cap - 1

@@ -11,7 +11,8 @@ The JS side (`js/src/runtime.js`, `Invocation.report`; `js/src/fetch.js` and Nod
                                 -- 0 finished, 2 unfinished, an error object when it threw
      "values": [any],          -- handler return values (previews only)
      "batchValue": any,        -- what onBatch returned (absent when it returned nothing)
-     "logs": [[level, line]], "logsDropped": int}
+     "logs": [[level, line]], "logsDropped": int,
+     "logCut": true}           -- the last line was cut (absent when it was not)
 
     FetchRequest = {"id": int, "url": str, "method": str, "headers": [[name, value]],
                     "body": null | {"text": str} | {"base64": str},
@@ -93,6 +94,8 @@ class Report:
     batch_value: Any = ABSENT
     logs: list[tuple[str, str]] = field(default_factory=list)
     logs_dropped: int = 0
+    # The last log line was cut, CUT_MARGIN or more past its room: `redact_cut(cut_before=)`.
+    last_log_cut: bool = False
 
 
 def _need(cond: bool, what: str) -> None:
@@ -215,12 +218,14 @@ def _request_problem(url: str, method: str, headers: list[tuple[str, str]]) -> s
     return None
 
 
-def _logs(raw: object, cap: int) -> tuple[list[tuple[str, str]], bool]:
+def _logs(raw: object, cap: int) -> tuple[list[tuple[str, str]], bool, bool]:
+    """Return the lines that fit `cap`, whether any was left out or cut, and whether the last
+    line kept was cut."""
     _need(isinstance(raw, list), "logs are not a list")
     assert isinstance(raw, list)
     out: list[tuple[str, str]] = []
     used = 0
-    cut = False
+    cut = last_cut = False
     for entry in raw:
         _need(
             isinstance(entry, list) and len(entry) == 2 and entry[0] in LOG_LEVELS,
@@ -232,11 +237,12 @@ def _logs(raw: object, cap: int) -> tuple[list[tuple[str, str]], bool]:
             cut = True
             break
         # CUT_MARGIN past the cap: the worker cuts it to `room` once it is redacted.
-        line = entry[1] if len(entry[1]) <= room else entry[1][: room + CUT_MARGIN]
-        cut = cut or line is not entry[1]
+        last_cut = len(entry[1]) > room + CUT_MARGIN
+        line = entry[1][: room + CUT_MARGIN] if last_cut else entry[1]
+        cut = cut or last_cut
         out.append((entry[0], line))
         used += len(line) + 1
-    return out, cut
+    return out, cut, last_cut
 
 
 # A \\uXXXX escape of a surrogate not itself escaped (after an even run of backslashes).
@@ -303,8 +309,12 @@ def parse_report(
         report.values = bounded(values, -1)  # the list of values is no level of theirs
     batch_value = raw.get("batchValue", ABSENT)
     report.batch_value = batch_value if batch_value is ABSENT else bounded(batch_value)
-    report.logs, cut = _logs(raw.get("logs", []), log_cap)
+    logs = raw.get("logs", [])
+    report.logs, cut, last_cut = _logs(logs, log_cap)
     dropped = raw.get("logsDropped", 0)
     _need(_is_int(dropped) and dropped >= 0, "logsDropped is not a count")
-    report.logs_dropped = dropped + (1 if cut else 0)
+    report.logs_dropped = dropped or (1 if cut else 0)  # the context counts its cut line
+    # Cut by the context, the last line is only if the context's last is kept.
+    kept_last = len(report.logs) == len(logs)
+    report.last_log_cut = last_cut or (kept_last and raw.get("logCut") is True)
     return report

@@ -266,7 +266,9 @@ class Worker:
             reply["values"] = report.values
         if report.batch_value is not ABSENT:
             reply["batch_value"] = report.batch_value
-        _redact_reply(reply, compile_secrets(frame["secrets"]), frame["log_cap"])
+        _redact_reply(
+            reply, compile_secrets(frame["secrets"]), frame["log_cap"], report.last_log_cut
+        )
         return reply
 
 
@@ -284,16 +286,19 @@ def _failed(seq: int, **why: str) -> RunReply:
     return reply
 
 
-def _redact_reply(reply: RunReply, pattern: re.Pattern[str] | None, log_cap: int) -> None:
+def _redact_reply(
+    reply: RunReply, pattern: re.Pattern[str] | None, log_cap: int, last_log_cut: bool = False
+) -> None:
     """Redact the secrets out of a reply, and cut its errors and logs to their caps (the
     report keeps CUT_MARGIN more of each, so no cut splits a secret before it is redacted)."""
     logs: list[list[str]] = []
     used = 0
-    for level, line in reply["logs"]:
+    last = len(reply["logs"]) - 1
+    for i, (level, line) in enumerate(reply["logs"]):
         if used >= log_cap:
             reply["logs_dropped"] += 1
             break
-        line = redact_cut(line, log_cap - used, pattern)
+        line = redact_cut(line, log_cap - used, pattern, cut_before=last_log_cut and i == last)
         logs.append([level, line])
         used += len(line) + 1
     reply["logs"] = logs

@@ -81,3 +81,54 @@ def test_a_cut_never_leaves_the_beginning_of_a_secret(before: str, after: str, c
     out = redact_cut(text, cap, compile_secrets([SECRET]))
     assert len(out) <= cap
     assert SECRET[:4] not in out
+
+
+def _only_markers(text: str) -> bool:
+    """Whether nothing but redaction markers, spaces and a cut's ellipsis is left: a secret's
+    first characters would be."""
+    return set(text.replace(REDACTED, "").replace("…", "")) <= {" "}
+
+
+async def test_a_log_line_cut_after_shorter_redacted_lines_leaves_no_secret(
+    pool: RuntimePool,
+) -> None:
+    # The runtime cuts the last line that fits by what the lines took before redaction; the
+    # first line here shrinks by 24,000 characters once redacted, which left the host room for
+    # the whole cut line, secret's beginning and all.
+    code = """async function onTrack(event, settings) {
+      console.log(settings.apiKey.repeat(1000));
+      console.log((settings.apiKey + ' ').repeat(3000))
+    }"""
+    result = await invoke(pool, code, settings={"apiKey": SECRET}, secrets=(SECRET,))
+    assert result.logs_truncated and len(result.logs) == 2
+    assert all(_only_markers(line.message) for line in result.logs)
+
+
+ASTRAL = "\U0001f600"  # two UTF-16 units, one character
+
+
+async def test_a_log_line_of_astral_characters_cut_leaves_no_secret(pool: RuntimePool) -> None:
+    # JavaScript counts UTF-16 units: 5,000 emoji took 10,000 of the margin past the cap.
+    code = f"""async function onTrack(event, settings) {{
+      console.log('{ASTRAL}'.repeat(5000) + (settings.apiKey + ' ').repeat(3000))
+    }}"""
+    result = await invoke(pool, code, settings={"apiKey": SECRET}, secrets=(SECRET,))
+    (line,) = result.logs
+    assert result.logs_truncated and len(line.message) <= pool.config.log_cap_bytes
+    assert _only_markers(line.message.replace(ASTRAL, ""))
+
+
+# (A name can't be so cut: its cap is too short beside the margin.)
+@pytest.mark.parametrize("where", ["message", "stack"])
+async def test_an_error_text_of_astral_characters_cut_leaves_no_secret(
+    pool: RuntimePool, where: str
+) -> None:
+    code = f"""async function onTrack(event, settings) {{
+      const e = new Error('m');
+      e.{where} = '{ASTRAL}'.repeat(5000) + (settings.apiKey + ' ').repeat(3000);
+      throw e
+    }}"""
+    result = await invoke(pool, code, settings={"apiKey": SECRET}, secrets=(SECRET,))
+    (outcome,) = result.outcomes
+    text = {"message": outcome.message, "stack": outcome.stack}[where]
+    assert text is not None and _only_markers(text.replace(ASTRAL, ""))

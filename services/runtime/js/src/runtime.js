@@ -59,11 +59,13 @@ const StringOf = String;
 const objectToString = Object.prototype.toString;
 // Caps on what a thrown value may carry out: the host's caps and a margin, so that a secret
 // across a host's cap is still whole when the host redacts it before cutting there
-// (services/runtime/redact.py, CUT_MARGIN).
+// (services/runtime/redact.py, CUT_MARGIN). Twice that in UTF-16 units, which the host's
+// characters may take two of each.
 const CUT_MARGIN = 4096;
-const MAX_NAME = 256 + CUT_MARGIN;
-const MAX_MESSAGE = 8 * 1024 + CUT_MARGIN;
-const MAX_STACK = 16 * 1024 + CUT_MARGIN;
+const inUnits = (chars) => 2 * (chars + CUT_MARGIN);
+const MAX_NAME = inUnits(256);
+const MAX_MESSAGE = inUnits(8 * 1024);
+const MAX_STACK = inUnits(16 * 1024);
 
 let current = null; // the invocation whose code runs now (left set so microtasks see it)
 const invocations = new Map();
@@ -159,6 +161,7 @@ class Invocation {
     this.logBytes = 0;
     this.logCap = logCap;
     this.logDropped = 0;
+    this.logCut = false; // the last line kept was cut
   }
   queueFetch(request, callback) {
     const id = ++this.fetchSeq;
@@ -170,8 +173,9 @@ class Invocation {
     if (this.logBytes + line.length > this.logCap) {
       const room = this.logCap - this.logBytes;
       if (room > 0) {
-        // The host cuts it to `room` once it is redacted (see CUT_MARGIN).
-        this.logs.push([level, line.slice(0, room + CUT_MARGIN)]);
+        // The host cuts it once it is redacted (see CUT_MARGIN), told it was cut here.
+        this.logs.push([level, line.slice(0, inUnits(room))]);
+        this.logCut = line.length > inUnits(room);
         this.logBytes = this.logCap;
       }
       this.logDropped += 1;
@@ -210,6 +214,7 @@ class Invocation {
       if (this.batchValue !== undefined) out.batchValue = safeJson(this.batchValue);
       out.logs = this.logs;
       out.logsDropped = this.logDropped;
+      if (this.logCut) out.logCut = true;
       out.fetches = [];
       for (const id of this.timers.keys()) timerOwner.delete(id);
       this.timers.clear();
