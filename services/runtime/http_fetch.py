@@ -27,10 +27,14 @@ from aiohttp.abc import ResolveResult
 
 from .config import EgressConfig
 from .egress import EgressPolicy, parse_ip, proxy_for
+from .redact import CUT_MARGIN
 from .report import FetchRequest
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+# Characters of a body a trace keeps, cut once redacted (worker.py): it comes this many bytes
+# long, CUT_MARGIN characters more at four bytes a character, so no cut splits a secret.
 TRACE_BODY_CAP = 8 * 1024
+_TRACE_BODY_BYTES = 4 * (TRACE_BODY_CAP + CUT_MARGIN)
 # What node-fetch ≥ 2.6.7 (CVE-2022-0235) drops on a redirect to another host or protocol, and
 # Proxy-Authorization, which undici drops too: a function may set it for a proxy of its own.
 CREDENTIAL_HEADERS = frozenset(
@@ -178,8 +182,8 @@ def _wire_body(data: bytes) -> dict[str, str]:
 def _trace_text(data: bytes | None) -> tuple[str | None, bool]:
     if data is None:
         return None, False
-    cut = data[:TRACE_BODY_CAP]
-    return cut.decode("utf-8", errors="replace"), len(data) > TRACE_BODY_CAP
+    text = data[:_TRACE_BODY_BYTES].decode("utf-8", errors="replace")
+    return text, len(text) > TRACE_BODY_CAP
 
 
 def _refusal_in(exc: BaseException) -> EgressRefused | None:

@@ -205,17 +205,23 @@ def _request_problem(url: str, method: str, headers: list[tuple[str, str]]) -> s
     if not url.startswith(("http://", "https://")):
         return "Only HTTP(S) protocols are supported"
     if not _TOKEN.match(method) or len(method) > 32:
-        return f"{method[:40]!r} is not a valid HTTP method"
+        return f"{_quoted(method)} is not a valid HTTP method"
     if len(headers) > MAX_HEADERS:
         return f"more than {MAX_HEADERS} headers"
     if sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_CHARS:
         return f"headers are larger than {MAX_HEADER_CHARS // 1024} KB"
     for name, value in headers:
         if not _TOKEN.match(name):
-            return f"{name[:40]!r} is not a legal HTTP header name"
+            return f"{_quoted(name)} is not a legal HTTP header name"
         if _BAD_HEADER_VALUE.search(value):
-            return f"the value of header {name[:40]!r} contains a line break or NUL"
+            return f"the value of header {_quoted(name)} contains a line break or NUL"
     return None
+
+
+def _quoted(text: str) -> str:
+    """Quote a function's text in a refusal: whole or not at all, as a cut could leave a
+    secret's first characters, which redaction does not know (a whole one it replaces)."""
+    return repr(text) if len(text) <= 40 else f"a name of {len(text)} characters"
 
 
 def _logs(raw: object, cap: int) -> tuple[list[tuple[str, str]], bool, bool]:

@@ -26,7 +26,7 @@ import orjson
 
 from .config import EgressConfig
 from .engine import FunctionContext
-from .http_fetch import HostFetcher, ResponseBudget
+from .http_fetch import TRACE_BODY_CAP, HostFetcher, ResponseBudget
 from .model import owner_of
 from .protocol import (
     LOADING,
@@ -46,13 +46,14 @@ from .protocol import (
     write_last_read,
     write_progress,
 )
-from .redact import compile_secrets, redact, redact_cut
+from .redact import CUT_MARGIN, compile_secrets, redact, redact_cut
 from .report import (
     ABSENT,
     MAX_ERROR_MESSAGE,
     MAX_ERROR_NAME,
     MAX_ERROR_STACK,
     MAX_REJECTION,
+    MAX_URL_CHARS,
     FetchRequest,
     Report,
     ReportRejected,
@@ -273,7 +274,9 @@ class Worker:
 
 
 def _refusal_trace(r: FetchRequest) -> dict[str, Any]:
-    return {"method": r.method, "url": r.url, "status": None, "error": r.problem, "duration_ms": 0}
+    # A refused URL may be of any length: CUT_MARGIN past the cap, it is cut once redacted.
+    url = r.url[: MAX_URL_CHARS + CUT_MARGIN]
+    return {"method": r.method, "url": url, "status": None, "error": r.problem, "duration_ms": 0}
 
 
 def _refused(request_id: int, problem: str | None) -> dict[str, Any]:
@@ -307,12 +310,16 @@ def _redact_reply(
             r["name"] = redact_cut(str(r.get("name", "")), MAX_ERROR_NAME, pattern)
             r["message"] = redact_cut(str(r.get("message", "")), MAX_ERROR_MESSAGE, pattern)
             r["stack"] = redact_cut(str(r.get("stack", "")), MAX_ERROR_STACK, pattern)
+    for t in reply["requests"]:
+        t["url"] = redact_cut(t["url"], MAX_URL_CHARS, pattern)
+        for field in ("request_body", "response_body"):
+            if t.get(field):
+                t[field] = redact_cut(t[field], TRACE_BODY_CAP, pattern)
     if pattern is None:
         return
     for t in reply["requests"]:
-        for field in ("url", "error", "request_body", "response_body"):
-            if t.get(field):
-                t[field] = redact(t[field], pattern)
+        if t.get("error"):
+            t["error"] = redact(t["error"], pattern)
         for field in ("request_headers", "response_headers"):
             if t.get(field):
                 t[field] = [[k, redact(v, pattern)] for k, v in t[field]]

@@ -13,11 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.runtime import RuntimePool
+from services.runtime.http_fetch import TRACE_BODY_CAP
 from services.runtime.redact import REDACTED, compile_secrets, redact_cut
 from services.runtime.report import MAX_ERROR_MESSAGE, MAX_ERROR_NAME, MAX_ERROR_STACK
-from tests.runtime.conftest import invoke, pool
+from tests.runtime.conftest import Sink, invoke, pool, sink
 
-__all__ = ["pool"]
+__all__ = ["pool", "sink"]
 
 SECRET = "sk_live_0123456789abcdefghijKLMNOP"
 
@@ -132,3 +133,24 @@ async def test_an_error_text_of_astral_characters_cut_leaves_no_secret(
     (outcome,) = result.outcomes
     text = {"message": outcome.message, "stack": outcome.stack}[where]
     assert text is not None and _only_markers(text.replace(ASTRAL, ""))
+
+
+@pytest.mark.parametrize("prefix", ["x", "é"], ids=["ascii", "two-byte"])
+async def test_a_secret_across_a_traced_body_cap_is_redacted_whole(
+    pool: RuntimePool, sink: Sink, prefix: str
+) -> None:
+    # The request and response bodies a trace keeps were cut to 8 KB before redaction; a
+    # secret across the cut left its first characters in the trace, of the request body and
+    # of the response (the sink's echo of it).
+    code = f"""async function onTrack(event, settings) {{
+      for (let k = 0; k < 40; k++) {{
+        const body = '{prefix}'.repeat({TRACE_BODY_CAP} - k) + (settings.apiKey + ' ').repeat(200)
+        await fetch('{sink.url}/echo', {{method: 'POST', body}})
+      }}
+    }}"""
+    result = await invoke(pool, code, settings={"apiKey": SECRET}, secrets=(SECRET,))
+    assert len(result.requests) == 40
+    for trace in result.requests:
+        for body in (trace.request_body, trace.response_body):
+            assert body is not None and len(body) <= TRACE_BODY_CAP
+            assert SECRET[:3] not in body.replace("\\", "")
