@@ -260,7 +260,12 @@ class RuntimePool:
             self._kill(w, culprit, "crash")
         await w.proc.wait()
 
-    def _kill(self, w: WorkerHandle, culprit: Pending | None, reason: str) -> None:
+    def _kill(
+        self, w: WorkerHandle, culprit: Pending | None, reason: str, *, blamed: bool = True
+    ) -> None:
+        """Kill `w`: its `culprit` ends as `reason`, and when `blamed` its function is
+        quarantined and its event at fault named; the other invocations run again or, once
+        they sent a request, are retried as bystanders."""
         if w.dead:
             return
         w.dead = True
@@ -271,7 +276,7 @@ class RuntimePool:
         with contextlib.suppress(ProcessLookupError):
             w.proc.kill()
         lost = Lost(reason)
-        if culprit is not None:
+        if culprit is not None and blamed:
             self._quarantine[owner_of(culprit.key)] = time.monotonic() + QUARANTINE_S
             progress_seq, index = read_progress(w.status)
             known = progress_seq == culprit.seq
@@ -345,7 +350,9 @@ class RuntimePool:
                             unanswered.key,
                             now - unanswered.deadline,
                         )
-                        self._kill(w, unanswered, "timeout")
+                        # Out of V8, it may be held up by another invocation's host work (a
+                        # costly redaction) or stopped: the late one times out, none is blamed.
+                        self._kill(w, unanswered, "timeout", blamed=False)
                     continue
                 # The grace spares the short crossing that ends an invocation at its deadline.
                 if (

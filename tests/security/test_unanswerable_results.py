@@ -74,6 +74,36 @@ async def test_a_worker_that_stops_answering_is_replaced(recorder: Recorder) -> 
         assert worker.dead
 
 
+@pytest.mark.timeout(60)
+async def test_a_late_invocation_of_a_worker_held_up_outside_v8_is_not_blamed(
+    recorder: Recorder,
+) -> None:
+    # Outside V8 the worker's own host work for one invocation (a costly redaction, say) holds
+    # up every other: the one found late was quarantined as if it had frozen the worker.
+    code = f"""async function onTrack() {{
+      await fetch('{recorder.url}/hold?s=8&held-up=' + Math.random())
+    }}"""
+    async with RuntimePool(config(workers=1, allow=("127.0.0.1/32",))) as pool:
+        (worker,) = [w for w in pool._workers if w is not None]
+        recorder.arrived.clear()
+        late = asyncio.ensure_future(invoke(pool, code, timeout_s=1, key="late:1"))
+        other = asyncio.ensure_future(invoke(pool, code, timeout_s=30, key="other:1"))
+        while sum("held-up=" in p for p in recorder.paths()) < 2:
+            await recorder.arrived.wait()
+            recorder.arrived.clear()
+        os.kill(worker.proc.pid, signal.SIGSTOP)
+        try:
+            result = await asyncio.wait_for(late, 15)
+        finally:
+            if worker.proc.returncode is None:
+                os.kill(worker.proc.pid, signal.SIGCONT)
+        (outcome,) = result.outcomes
+        assert outcome.error_type == "Timeout" and worker.dead
+        assert not pool._quarantined("late:1"), "the late invocation's function was blamed"
+        await asyncio.wait_for(other, 15)
+        assert not pool._quarantined("other:1")
+
+
 async def _redirect_not_utf8(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await reader.readuntil(b"\r\n\r\n")
     writer.write(
