@@ -443,12 +443,15 @@ class RuntimePool:
             w.rss() // 2**20,
             read_created(w.status),
         )
-        # One predecessor per slot finishes its invocations at a time: a function keeping
-        # memory in its globals while one of its invocations waits out its timeout kept each
-        # replaced worker alive, and their memory piled up.
+        # A predecessor still past the memory limit is stopped when its slot is replaced
+        # again: a function keeping memory in its globals while one of its invocations waits
+        # out its timeout kept each replaced worker alive, and their memory piled up. (One
+        # replaced for its contexts finishes its invocations, some of which sent requests.)
+        worker_limit = self._config.worker_rss_limit_mb * 2**20
         for older in [r for r in self._retiring if r.index == w.index]:
-            log.warning("stopping worker %d, replaced twice before it finished", w.index)
-            self._kill(older, None, "retired")
+            if older.rss() > worker_limit:
+                log.warning("stopping worker %d, replaced twice before it finished", w.index)
+                self._kill(older, None, "retired")
         w.retiring = True
         self._retiring.add(w)
         for key in w.keys:

@@ -13,7 +13,9 @@ import dataclasses
 
 from services.runtime import OutcomeKind, RuntimePool
 from tests.runtime.conftest import invoke
-from tests.security.conftest import config
+from tests.security.conftest import Recorder, config, recorder
+
+__all__ = ["recorder"]
 
 KEEPER = """
 const held = [];
@@ -50,3 +52,30 @@ async def test_a_function_keeping_memory_does_not_pile_up_replaced_workers() -> 
     assert len(slot_holders) >= 4  # each cycle grew the slot's worker past its limit
     assert len(live) <= 2, [w.rss() >> 20 for w in live]  # the slot's worker and one before
     assert neighbour.outcomes[0].kind == OutcomeKind.DELIVERED
+
+
+async def test_a_worker_replaced_for_its_contexts_finishes_its_invocations(
+    recorder: Recorder,
+) -> None:
+    # Replaced for the number of contexts it made, not for its memory, a worker holds nothing
+    # to stop it for: stopping it when its slot was replaced again retried an invocation that
+    # had sent its request (a second delivery of it).
+    cfg = dataclasses.replace(config(workers=1, allow=("127.0.0.1/32",)), worker_max_contexts=3)
+    code = f"async function onTrack() {{ await fetch('{recorder.url}/hold?s=4&contexts') }}"
+    async with RuntimePool(cfg) as pool:
+        first = pool._workers[0]
+        held = asyncio.ensure_future(invoke(pool, code, key="ins_held:ver:1", timeout_s=30))
+        while not any("contexts" in p for p in recorder.paths()):
+            await recorder.arrived.wait()
+            recorder.arrived.clear()
+        replaced: set[int] = set()
+        for n in range(200):  # new contexts until the slot is replaced twice
+            await invoke(pool, NEIGHBOUR, key=f"ins_n{n}:ver:1")
+            replaced.add(id(pool._workers[0]))
+            if len(replaced) >= 3:
+                break
+            await asyncio.sleep(0.02)
+        assert len(replaced) >= 3 and not first.dead
+        result = await asyncio.wait_for(held, 15)
+    assert result.outcomes[0].kind == OutcomeKind.DELIVERED
+    assert sum("contexts" in p for p in recorder.paths()) == 1
