@@ -15,7 +15,6 @@ import gc
 import logging
 import mmap
 import os
-import re
 import sys
 import time
 from collections import OrderedDict
@@ -26,7 +25,7 @@ import orjson
 
 from .config import EgressConfig
 from .engine import FunctionContext
-from .http_fetch import TRACE_BODY_CAP, HostFetcher, ResponseBudget
+from .http_fetch import HostFetcher, ResponseBudget
 from .model import owner_of
 from .protocol import (
     LOADING,
@@ -46,12 +45,10 @@ from .protocol import (
     write_last_read,
     write_progress,
 )
-from .redact import CUT_MARGIN, compile_secrets, redact, redact_cut
+from .redact import CUT_MARGIN, compile_secrets, redact_cut
+from .reply_redaction import redact_reply
 from .report import (
     ABSENT,
-    MAX_ERROR_MESSAGE,
-    MAX_ERROR_NAME,
-    MAX_ERROR_STACK,
     MAX_REJECTION,
     MAX_URL_CHARS,
     FetchRequest,
@@ -267,7 +264,7 @@ class Worker:
             reply["values"] = report.values
         if report.batch_value is not ABSENT:
             reply["batch_value"] = report.batch_value
-        _redact_reply(
+        redact_reply(
             reply, compile_secrets(frame["secrets"]), frame["log_cap"], report.last_log_cut
         )
         return reply
@@ -287,58 +284,6 @@ def _failed(seq: int, **why: str) -> RunReply:
     reply: RunReply = {"id": seq, "results": [], "logs": [], "logs_dropped": 0, "requests": []}
     reply.update(why)  # type: ignore[typeddict-item]
     return reply
-
-
-def _redact_reply(
-    reply: RunReply, pattern: re.Pattern[str] | None, log_cap: int, last_log_cut: bool = False
-) -> None:
-    """Redact the secrets out of a reply, and cut its errors and logs to their caps (the
-    report keeps CUT_MARGIN more of each, so no cut splits a secret before it is redacted)."""
-    logs: list[list[str]] = []
-    used = 0
-    last = len(reply["logs"]) - 1
-    for i, (level, line) in enumerate(reply["logs"]):
-        if used >= log_cap:
-            reply["logs_dropped"] += 1
-            break
-        line = redact_cut(line, log_cap - used, pattern, cut_before=last_log_cut and i == last)
-        logs.append([level, line])
-        used += len(line) + 1
-    reply["logs"] = logs
-    for r in reply["results"]:
-        if isinstance(r, dict):
-            r["name"] = redact_cut(str(r.get("name", "")), MAX_ERROR_NAME, pattern)
-            r["message"] = redact_cut(str(r.get("message", "")), MAX_ERROR_MESSAGE, pattern)
-            r["stack"] = redact_cut(str(r.get("stack", "")), MAX_ERROR_STACK, pattern)
-    for t in reply["requests"]:
-        t["url"] = redact_cut(t["url"], MAX_URL_CHARS, pattern)
-        for field in ("request_body", "response_body"):
-            if t.get(field):
-                t[field] = redact_cut(t[field], TRACE_BODY_CAP, pattern)
-    if pattern is None:
-        return
-    for t in reply["requests"]:
-        if t.get("error"):
-            t["error"] = redact(t["error"], pattern)
-        for field in ("request_headers", "response_headers"):
-            if t.get(field):
-                t[field] = [[k, redact(v, pattern)] for k, v in t[field]]
-    if "values" in reply:
-        reply["values"] = _redact_value(reply["values"], pattern)
-    if "batch_value" in reply:
-        reply["batch_value"] = _redact_value(reply["batch_value"], pattern)
-
-
-def _redact_value(value: Any, pattern: Any) -> Any:
-    # String by string: in JSON text a secret with a quote or backslash is escaped, and a
-    # match cutting an escape in two would leave text that no longer parses.
-    if isinstance(value, str):
-        return redact(value, pattern)
-    if isinstance(value, list):
-        return [_redact_value(v, pattern) for v in value]
-    if isinstance(value, dict):
-        return {redact(k, pattern): _redact_value(v, pattern) for k, v in value.items()}
-    return value
 
 
 def _map_status(path: str) -> mmap.mmap:
