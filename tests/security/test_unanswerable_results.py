@@ -11,17 +11,32 @@ worker's results unencodable.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+from collections.abc import Iterator
 
 import pytest
 
 from services.runtime import OutcomeKind, RuntimePool
 from services.runtime.report import TOO_DEEP
+from services.runtime.worker_handle import WorkerHandle
 from tests.runtime.conftest import invoke, value_of
 from tests.security.conftest import Recorder, config, recorder
 
 __all__ = ["recorder"]
+
+
+@contextlib.contextmanager
+def _stopped(worker: WorkerHandle) -> Iterator[None]:
+    """Stop a worker process (SIGSTOP) for the block, and let it go on after if it lives."""
+    os.kill(worker.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        if worker.proc.returncode is None:
+            os.kill(worker.proc.pid, signal.SIGCONT)
+
 
 DEEP = "let v = 'x'; for (let i = 0; i < 300; i++) v = [v];"
 
@@ -63,12 +78,8 @@ async def test_a_worker_that_stops_answering_is_replaced(recorder: Recorder) -> 
         while "/hold?s=8&frozen" not in recorder.paths():
             await recorder.arrived.wait()
             recorder.arrived.clear()
-        os.kill(worker.proc.pid, signal.SIGSTOP)
-        try:
+        with _stopped(worker):
             result = await asyncio.wait_for(running, 15)
-        finally:
-            if worker.proc.returncode is None:
-                os.kill(worker.proc.pid, signal.SIGCONT)
         (outcome,) = result.outcomes
         assert outcome.error_type == "Timeout"
         assert worker.dead
@@ -91,12 +102,8 @@ async def test_a_late_invocation_of_a_worker_held_up_outside_v8_is_not_blamed(
         while sum("held-up=" in p for p in recorder.paths()) < 2:
             await recorder.arrived.wait()
             recorder.arrived.clear()
-        os.kill(worker.proc.pid, signal.SIGSTOP)
-        try:
+        with _stopped(worker):
             result = await asyncio.wait_for(late, 15)
-        finally:
-            if worker.proc.returncode is None:
-                os.kill(worker.proc.pid, signal.SIGCONT)
         (outcome,) = result.outcomes
         assert outcome.error_type == "Timeout" and worker.dead
         assert not pool._quarantined("late:1"), "the late invocation's function was blamed"
