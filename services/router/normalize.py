@@ -29,6 +29,7 @@ Rules, after Segment's HTTP Tracking API and its common spec:
 
 from __future__ import annotations
 
+import re
 import uuid
 import zlib
 from collections.abc import Mapping, Sequence
@@ -130,11 +131,34 @@ def _gunzip(body: bytes, max_bytes: int) -> bytes:
     return b"".join(parts)
 
 
+# A \uXXXX escape of a surrogate, not itself escaped (after an even run of backslashes): a
+# high one with the low one after it is a pair, any other is lone.
+_SURROGATE_ESCAPE = re.compile(
+    rb"(?<!\\)((?:\\\\)*)\\u([dD][89abAB][0-9a-fA-F]{2})(\\u[dD][c-fC-F][0-9a-fA-F]{2})?"
+    rb"|(?<!\\)((?:\\\\)*)\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def _lone_surrogate_replaced(match: re.Match[bytes]) -> bytes:
+    if match.group(3) is not None:
+        return match.group(0)  # a pair
+    return (match.group(1) or match.group(4) or b"") + b"\\ufffd"
+
+
 def parse_json(body: bytes) -> Any:
-    """Decode JSON bytes, turning decoder failures into request errors."""
+    """Decode JSON bytes, turning decoder failures into request errors.
+
+    An escaped lone surrogate (half of an emoji a browser's `substring` cut in two, which
+    JSON.stringify writes as `\\ud83d`) is U+FFFD, as Segment's API reads it in JavaScript and
+    writes it in UTF-8; orjson refused the whole request as malformed.
+    """
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if "surrogate" in exc.msg:
+            mended = _SURROGATE_ESCAPE.sub(_lone_surrogate_replaced, body)
+            if mended != body:
+                return parse_json(mended)
         if "depth" in exc.msg:
             raise NestingTooDeepError(MAX_DOCUMENT_DEPTH) from exc
         raise MalformedJsonError(exc.msg, line=exc.lineno, column=exc.colno) from exc

@@ -32,6 +32,7 @@ from services.router.normalize import (
     format_time,
     normalize_events,
     parse_batch,
+    parse_json,
     parse_single,
 )
 
@@ -654,3 +655,32 @@ def test_corrected_timestamp_keeps_the_gap_between_occurrence_and_sending(
     )
     assert corrected == NOW - gap
     assert event["originalTimestamp"] == format_time(occurred)
+
+
+@pytest.mark.parametrize(
+    ("escaped", "text"),
+    [
+        (r"\ud83d", "\ufffd"),  # the high half of an emoji, cut by substring()
+        (r"cut \ude00 low", "cut \ufffd low"),
+        (r"\ud83d\ud83d\ude00", "\ufffd\U0001f600"),
+        (r"\ud83d\u0041", "\ufffdA"),
+        (r"\\ud83d", r"\ud83d"),  # an escaped backslash, then text
+        (r"\\\ud83d", "\\\ufffd"),
+    ],
+)
+def test_an_escaped_lone_surrogate_is_read_as_a_replacement_character(
+    escaped: str, text: str
+) -> None:
+    # JavaScript's JSON.stringify writes a lone surrogate escaped; Segment's API reads it.
+    parsed = parse_single("track", f'{{"userId": "u", "event": "{escaped}"}}'.encode(), NOW)
+    assert parsed.events[0]["event"] == text
+
+
+@given(
+    st.lists(st.sampled_from(["a", "\\\\", r"\ud83d", r"\ude00", r"\u0041", '\\"']), max_size=12)
+)
+def test_any_surrogate_escapes_parse_as_javascript_reads_them(parts: list[str]) -> None:
+    # As JSON.parse, then written as UTF-8 (a lone surrogate as U+FFFD).
+    text = "".join(parts)
+    expected = json.loads(f'"{text}"').encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    assert parse_json(f'["{text}"]'.encode()) == [expected]
