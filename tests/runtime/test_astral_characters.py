@@ -5,10 +5,12 @@ settings, a fetch response, and in the function's own source."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.runtime import RuntimePool
+from services.runtime.engine import v8_source
 from services.runtime.syntax import check_syntax
 from tests.runtime.conftest import Sink, invoke, value_of
 
@@ -43,6 +45,13 @@ async def test_astral_characters_reach_the_function_whole(pool: RuntimePool, sin
         "setting": "hi " + GRINNING,
         "echoed": GRINNING + " party",
     }
+
+
+@pytest.mark.parametrize("before", ["", "x", "é", "中"])
+def test_a_long_text_with_one_astral_character_is_spelled_for_v8(before: str) -> None:
+    # Texts of each width CPython stores (v8_source skips the search by it).
+    text = before * 10_000 + GRINNING
+    assert v8_source(text) == before * 10_000 + "\ud83d\ude00"
 
 
 def test_an_astral_identifier_is_valid_syntax() -> None:
