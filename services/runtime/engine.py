@@ -10,6 +10,7 @@ neither reach nor replace the functions the worker drives it with.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import secrets
@@ -23,7 +24,7 @@ import orjson
 from .model import HANDLER_NAMES
 from .redact import CUT_MARGIN
 from .report import MAX_REJECTION, ReportRejected
-from .sdks import chunks_named_in
+from .sdks import SdkChunk, chunks_named_in
 from .v8_import import import_stpyv8
 
 # Imported this way, never directly: V8 must be handed a valid ICU data file (v8_import.py).
@@ -44,13 +45,15 @@ def _surrogate_pair(match: re.Match[str]) -> str:
     return chr(0xD800 + (point >> 10)) + chr(0xDC00 + (point & 0x3FF))
 
 
+def _may_be_astral(text: str) -> bool:
+    """Tell whether `text` may hold a character past U+FFFF: CPython keeps a str with none in
+    one or two bytes a character (searching took 4 ms a megabyte of accented or CJK text)."""
+    return not text.isascii() and sys.getsizeof(text) >= 3 * len(text)
+
+
 def v8_source(text: str) -> str:
     """Return `text` as STPyV8 must be given it for V8 to read it unchanged."""
-    # CPython keeps a str with no character past U+FFFF in one or two bytes a character: then
-    # there is nothing to find (a search took 4 ms a megabyte of accented or CJK text).
-    if text.isascii() or sys.getsizeof(text) < 3 * len(text):
-        return text
-    return _ASTRAL.sub(_surrogate_pair, text)
+    return _ASTRAL.sub(_surrogate_pair, text) if _may_be_astral(text) else text
 
 
 # STPyV8 renders a JS exception as "Name: message ( script @ line : col )  -> source line".
@@ -63,8 +66,14 @@ _JS_ERROR = re.compile(
 
 @cache
 def bundle_source() -> str:
-    """Return the checked-in runtime bundle's source."""
-    return BUNDLE_PATH.read_text(encoding="utf-8")
+    """Return the checked-in runtime bundle's source, as V8 is given it."""
+    return v8_source(BUNDLE_PATH.read_text(encoding="utf-8"))
+
+
+@cache
+def _chunk_source(chunk: SdkChunk) -> str:
+    """Return an SDK chunk's source as V8 is given it (two hold characters past U+FFFF)."""
+    return v8_source(chunk.source())
 
 
 def describe_js_exception(exc: BaseException) -> dict[str, object]:
@@ -111,10 +120,10 @@ class FunctionContext:
         self._ctx = STPyV8.JSContext()
         self._ctx.enter()
         try:
-            self._ctx.eval(v8_source(bundle_source()), "eventfn-runtime.js")
+            self._ctx.eval(bundle_source(), "eventfn-runtime.js")
             # The SDKs the code names register their factories (sdks.py); seed closes that.
             for chunk in chunks_named_in(code):
-                self._ctx.eval(v8_source(chunk.source()), chunk.script_name())
+                self._ctx.eval(_chunk_source(chunk), chunk.script_name())
             # The first call arms the gate with the token, before any user code exists.
             self._ctx.eval(f"{self._host}.seed({_js(os.urandom(32).hex())})")
             try:
@@ -224,5 +233,11 @@ class FunctionContext:
 
 
 def _js(value: object) -> str:
-    """Spell a value as a JS literal (JSON is a subset of JS since ES2019)."""
+    """Spell a value as a JS literal (JSON is a subset of JS since ES2019).
+
+    A string past U+FFFF (an event's emoji) is written in ASCII escapes, pairs for those
+    characters, in C: `v8_source` replaced them one by one (a megabyte of emoji took 0.9 s).
+    """
+    if isinstance(value, str) and _may_be_astral(value):
+        return json.dumps(value)
     return orjson.dumps(value).decode()
