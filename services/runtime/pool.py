@@ -388,8 +388,16 @@ class RuntimePool:
         return None
 
     def _past_limits(self, w: WorkerHandle, worker_limit: int, max_created: int) -> bool:
-        """Tell whether a worker is due to be replaced: past its memory or its contexts."""
-        return not w.retiring and (w.rss() > worker_limit or read_created(w.status) > max_created)
+        """Tell whether a worker is due to be replaced: past its memory, or past its contexts
+        when no worker it replaced is still finishing (replaced ones, each holding its
+        contexts' memory for an invocation that waits out its timeout, piled up)."""
+        if w.retiring:
+            return False
+        if w.rss() > worker_limit:
+            return True
+        return read_created(w.status) > max_created and not any(
+            r.index == w.index for r in self._retiring
+        )
 
     def _check_memory(
         self, w: WorkerHandle, crossing: tuple[int, int], limit: int, worker_limit: int

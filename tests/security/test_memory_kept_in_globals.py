@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 
 from services.runtime import OutcomeKind, RuntimePool
 from tests.runtime.conftest import invoke
@@ -59,23 +60,30 @@ async def test_a_worker_replaced_for_its_contexts_finishes_its_invocations(
 ) -> None:
     # Replaced for the number of contexts it made, not for its memory, a worker holds nothing
     # to stop it for: stopping it when its slot was replaced again retried an invocation that
-    # had sent its request (a second delivery of it).
+    # had sent its request (a second delivery of it); leaving each such worker to finish let
+    # them pile up, each with its contexts' memory. The slot is not replaced for its contexts
+    # again while the one before finishes.
     cfg = dataclasses.replace(config(workers=1, allow=("127.0.0.1/32",)), worker_max_contexts=3)
-    code = f"async function onTrack() {{ await fetch('{recorder.url}/hold?s=4&contexts') }}"
+    code = f"async function onTrack() {{ await fetch('{recorder.url}/hold?s=10&contexts') }}"
     async with RuntimePool(cfg) as pool:
         first = pool._workers[0]
         held = asyncio.ensure_future(invoke(pool, code, key="ins_held:ver:1", timeout_s=30))
         while not any("contexts" in p for p in recorder.paths()):
             await recorder.arrived.wait()
             recorder.arrived.clear()
-        replaced: set[int] = set()
-        for n in range(200):  # new contexts until the slot is replaced twice
-            await invoke(pool, NEIGHBOUR, key=f"ins_n{n}:ver:1")
-            replaced.add(id(pool._workers[0]))
-            if len(replaced) >= 3:
+        slot_holders: set[int] = set()
+        most_alive = 0
+        until = asyncio.get_running_loop().time() + 3
+        for n in itertools.count():  # new contexts for 3 s, past the limit again and again
+            if asyncio.get_running_loop().time() > until:
                 break
+            await invoke(pool, NEIGHBOUR, key=f"ins_n{n}:ver:1")
+            if pool._workers[0] is not None:
+                slot_holders.add(id(pool._workers[0]))
+            most_alive = max(most_alive, len([w for w in pool._retiring if not w.dead]))
             await asyncio.sleep(0.02)
-        assert len(replaced) >= 3 and not first.dead
+        assert first.retiring and not first.dead
+        assert len(slot_holders - {id(first)}) == 1 and most_alive == 1  # replaced once
         result = await asyncio.wait_for(held, 15)
     assert result.outcomes[0].kind == OutcomeKind.DELIVERED
     assert sum("contexts" in p for p in recorder.paths()) == 1
