@@ -8,9 +8,11 @@ those spellings too, all in one pattern:
   character as itself or as %XX of its UTF-8 bytes, either case; a space also as '+'; a
   '%' only as %25);
 - JSON string escapes as JSON.stringify, orjson and json.dumps write them (\\", \\\\, \\/,
-  \\n and the other short forms, \\uXXXX in either case, surrogate pairs), also percent-encoded;
+  \\n and the other short forms, \\uXXXX in either case, surrogate pairs), also percent-encoded,
+  and as util.inspect writes a string in a logged object (`"` unescaped, `'` as \\');
 - base64, standard or URL-safe, padded or not, of the secret's UTF-8, of its Latin-1 (btoa)
-  and of its JSON-escaped form, anywhere inside longer base64 (see `_base64_parts`).
+  and of its JSON-escaped form, anywhere inside longer base64 (see `_base64_parts`);
+- hex of its UTF-8, either case, with or without a space between bytes (a logged Buffer).
 """
 
 from __future__ import annotations
@@ -64,9 +66,14 @@ _Form = tuple[str, str]
 _Atom = str
 
 
+def _hex_digit(d: str) -> str:
+    """Return a pattern for a hex digit of either case."""
+    return f"[{d}{d.upper()}]" if d.isalpha() else d
+
+
 def _hex(byte: int) -> str:
     """Return a pattern for `byte` as two hex digits of either case."""
-    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{byte:02x}")
+    return "".join(map(_hex_digit, f"{byte:02x}"))
 
 
 def _group(forms: list[_Form]) -> str:
@@ -95,8 +102,12 @@ def _percent(atom: _Atom) -> list[_Form]:
 
 
 def _json(ch: str) -> list[list[_Atom]]:
-    """Return the ways JSON encoders write `ch` inside a string."""
+    """Return the ways JSON encoders write `ch` inside a string, and util.inspect (what
+    console.log writes a string inside an object with): JSON's, with `\\"` back as `"` and
+    `'` as `\\'`."""
     code = ord(ch)
+    if ch == "'":
+        return [[ch], ["\\", ch]]
     if 0x20 <= code < 0x7F and ch not in _JSON_SHORT:
         return [[ch]]
     if code < 0x10000:
@@ -108,7 +119,7 @@ def _json(ch: str) -> list[list[_Atom]]:
     out = [escaped]
     if ch in _JSON_SHORT:
         out.append(["\\", _JSON_SHORT[ch]])
-    if code >= 0x7F or ch == "/":  # left as it is by some encoders
+    if code >= 0x7F or ch in '/"':  # left as it is by some encoders
         out.append([ch])
     return out
 
@@ -151,6 +162,15 @@ def _base64_parts(data: bytes) -> list[str]:
     return parts
 
 
+def _hex_spelling(data: bytes) -> tuple[list[list[_Form]], int]:
+    """Return `data` in hex, either case, its bytes apart or a space between them (as
+    `toString('hex')` and a logged Buffer write it)."""
+    first, second = f"{data[0]:02x}"
+    chars = [[(c, "") for c in dict.fromkeys(first + first.upper())], [("", _hex_digit(second))]]
+    chars += [[("", " ?" + _hex(byte))] for byte in data[1:]]
+    return chars, 2 * len(data)
+
+
 def _spellings(secret: str) -> list[tuple[list[list[_Form]], int]]:
     """Return the spellings of `secret` as per-character forms, with the least they match."""
     # Percent-encoded (or as it is), and JSON-escaped then percent-encoded (or not). A bare
@@ -162,6 +182,7 @@ def _spellings(secret: str) -> list[tuple[list[list[_Form]], int]]:
     encoded.add(json.dumps(secret, ensure_ascii=False)[1:-1].encode("utf-8", "surrogatepass"))
     if max(map(ord, secret)) < 0x100:
         encoded.add(secret.encode("latin-1"))  # btoa's bytes
+    out.append(_hex_spelling(secret.encode("utf-8", "surrogatepass")))
     for data in encoded:
         for part in _base64_parts(data):
             out.append(([_BASE64_CHAR.get(c, [(c, "")]) for c in part], len(part)))

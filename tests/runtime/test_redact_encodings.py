@@ -25,7 +25,7 @@ from services.runtime.redact import (
 URI_COMPONENT_SAFE = "-_.!~*'()"  # what encodeURIComponent leaves as it is
 URI_SAFE = URI_COMPONENT_SAFE + ";,/?:@&=+$#"  # and encodeURI
 # Any character a setting can hold (valid UTF-8), with the ones encoders rewrite made likely.
-CHARS = st.one_of(st.characters(codec="utf-8"), st.sampled_from(' "\\/+%=&?:\n\t\x00\x7fé€😀'))
+CHARS = st.one_of(st.characters(codec="utf-8"), st.sampled_from(" \"\\/+%=&?:\n\t\x00\x7fé€😀'"))
 SECRETS = st.text(CHARS, min_size=MIN_SECRET_LENGTH, max_size=24)
 AROUND = st.text(CHARS, max_size=30)
 
@@ -69,6 +69,30 @@ def test_json_escaped_secrets_are_redacted(
     assert_gone(escaped, out)
     as_js = orjson.dumps(before + secret + after).decode()  # JSON.stringify's escapes
     assert_gone(orjson.dumps(secret).decode()[1:-1], redact(as_js, pattern))
+
+
+def inspected(text: str) -> str:
+    """Return a string as the bundled util.inspect writes it inside a logged object."""
+    escaped = orjson.dumps(text).decode()[1:-1]
+    return "'" + escaped.replace("'", "\\'").replace('\\"', '"') + "'"
+
+
+@given(SECRETS, AROUND, AROUND)
+def test_secrets_in_a_logged_object_are_redacted(secret: str, before: str, after: str) -> None:
+    pattern = compile_secrets([secret])
+    out = redact("{ key: " + inspected(before + secret + after) + " }", pattern)
+    assert_gone(inspected(secret)[1:-1], out)
+
+
+@given(SECRETS, st.binary(max_size=7), st.binary(max_size=7), st.booleans(), st.booleans())
+def test_hex_of_data_around_a_secret_is_redacted(
+    secret: str, before: bytes, after: bytes, upper: bool, spaced: bool
+) -> None:
+    sep = " " if spaced else ""
+    data = before + secret.encode("utf-8", "surrogatepass") + after
+    spelled = sep.join(f"{b:02X}" if upper else f"{b:02x}" for b in data)
+    secret_hex = sep.join(f"{b:02X}" if upper else f"{b:02x}" for b in secret.encode())
+    assert_gone(secret_hex, redact(spelled, compile_secrets([secret])))
 
 
 @given(
