@@ -270,20 +270,49 @@ def redact(text: str, pattern: re.Pattern[str] | None) -> str:
     return pattern.sub(REDACTED, text)
 
 
+def _longest_spelling(ch: str) -> int:
+    """Return the most characters any spelling writes `ch` in: hex with a space after, `%XX`,
+    `\\'` percent-encoded (`%5C%27`), a `\\uXXXX` escape percent-encoded (`%5Cu0022`), one
+    for each UTF-16 unit, or each UTF-8 byte percent-encoded."""
+    code = ord(ch)
+    if 0x20 <= code < 0x7F and ch not in _JSON_SHORT:
+        return 6 if ch == "'" else 3
+    units = 2 if code > 0xFFFF else 1
+    return max(3 * len(ch.encode("utf-8", "surrogatepass")), 8 * units)
+
+
+@functools.lru_cache(maxsize=256)
+def _margin(secrets: frozenset[str]) -> int:
+    longest = (sum(map(_longest_spelling, v)) for s in secrets for v in _rewritten(s))
+    return max(CUT_MARGIN, max(longest, default=0))
+
+
+def cut_margin(secrets: Iterable[str]) -> int:
+    """Return how far past a cap a text must reach for no cut to split a secret's spelling:
+    CUT_MARGIN, or a longer secret's longest spelling (a PEM key's, about 10,000)."""
+    return _margin(frozenset(secrets))
+
+
 def redact_cut(
-    text: str, cap: int, pattern: re.Pattern[str] | None, *, cut_before: bool = False
+    text: str,
+    cap: int,
+    pattern: re.Pattern[str] | None,
+    *,
+    cut_before: bool = False,
+    margin: int = CUT_MARGIN,
 ) -> str:
     """Redact `text` and cut it to at most `cap` characters, an ellipsis last when cut.
 
     The cut never splits a secret: one spelled across it is redacted whole first (the text
     must then reach CUT_MARGIN past the cap, as the runtime's JS side sends it), and cutting
     the redacted text leaves no secret's beginning, as every whole one is gone. A text that
-    was cut before (`cut_before`) for a cap of its own, which redaction may have moved (a log
-    line's room is what the lines before it took unredacted), keeps nothing of its last
-    CUT_MARGIN characters, where a secret's beginning may be.
+    was cut before for a cap of its own (`cut_before`, or as it reaches CUT_MARGIN past the
+    cap), which redaction may have moved (a log line's room is what the lines before it took
+    unredacted), keeps nothing of its last `margin` characters, where a secret's beginning
+    may be (`cut_margin`).
     """
-    if cut_before:
-        cap = min(cap, len(text) - CUT_MARGIN)
+    if cut_before or len(text) >= cap + CUT_MARGIN:
+        cap = min(cap, len(text) - margin)
         if cap < 1:
             return "…"
     if len(text) <= cap:

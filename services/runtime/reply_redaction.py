@@ -15,7 +15,7 @@ from typing import Any
 
 from .http_fetch import TRACE_BODY_CAP
 from .protocol import RunReply
-from .redact import redact, redact_cut
+from .redact import CUT_MARGIN, redact, redact_cut
 from .report import MAX_ERROR_MESSAGE, MAX_ERROR_NAME, MAX_ERROR_STACK, MAX_URL_CHARS
 
 REDACTION_BUDGET_S = 1.0
@@ -25,8 +25,9 @@ WITHHELD = "[withheld: too costly to redact]"
 class _Redactor:
     """Redacts texts until its budget is spent, then withholds them."""
 
-    def __init__(self, pattern: re.Pattern[str] | None, budget_s: float) -> None:
+    def __init__(self, pattern: re.Pattern[str] | None, margin: int, budget_s: float) -> None:
         self._pattern = pattern
+        self._margin = margin
         self._until = time.monotonic() + budget_s
 
     def _spent(self) -> bool:
@@ -40,7 +41,7 @@ class _Redactor:
     def cut(self, text: str, cap: int, *, cut_before: bool = False) -> str:
         if text and self._spent():
             return WITHHELD if len(WITHHELD) <= cap else "…"
-        return redact_cut(text, cap, self._pattern, cut_before=cut_before)
+        return redact_cut(text, cap, self._pattern, cut_before=cut_before, margin=self._margin)
 
     def value(self, value: Any) -> Any:
         # String by string: in JSON text a secret with a quote or backslash is escaped, and a
@@ -59,11 +60,13 @@ def redact_reply(
     pattern: re.Pattern[str] | None,
     log_cap: int,
     last_log_cut: bool = False,
+    margin: int = CUT_MARGIN,
     budget_s: float = REDACTION_BUDGET_S,
 ) -> None:
     """Redact the secrets out of a reply, and cut its errors, logs and traces to their caps
-    (they come CUT_MARGIN longer, so no cut splits a secret before it is redacted)."""
-    r = _Redactor(pattern, budget_s)
+    (they come CUT_MARGIN longer, so no cut splits a secret before it is redacted; a text cut
+    before keeps nothing of its last `margin` characters, `cut_margin`)."""
+    r = _Redactor(pattern, margin, budget_s)
     logs: list[list[str]] = []
     used = 0
     last = len(reply["logs"]) - 1

@@ -45,7 +45,7 @@ from .protocol import (
     write_last_read,
     write_progress,
 )
-from .redact import CUT_MARGIN, compile_secrets, redact_cut
+from .redact import CUT_MARGIN, compile_secrets, cut_margin, redact_cut
 from .reply_redaction import redact_reply
 from .report import (
     ABSENT,
@@ -144,8 +144,10 @@ class Worker:
         except ReportRejected as exc:
             self._contexts.pop(frame["key"], None)  # user code broke it: never reuse it
             # The text may quote the function's own error, and so its settings.
-            secrets = compile_secrets(frame["secrets"])
-            reply = _failed(seq, rejected=redact_cut(str(exc), MAX_REJECTION, secrets))
+            text, secrets = str(exc), frame["secrets"]
+            margin = cut_margin(secrets)
+            rejected = redact_cut(text, MAX_REJECTION, compile_secrets(secrets), margin=margin)
+            reply = _failed(seq, rejected=rejected)
         except Exception:  # a bug here must not leave the pool waiting forever
             log.exception("invocation %d of %s failed inside the worker", seq, frame["key"])
             reply = _failed(seq, internal="the runtime worker failed; see the executor's log")
@@ -264,8 +266,13 @@ class Worker:
             reply["values"] = report.values
         if report.batch_value is not ABSENT:
             reply["batch_value"] = report.batch_value
+        secrets = frame["secrets"]
         redact_reply(
-            reply, compile_secrets(frame["secrets"]), frame["log_cap"], report.last_log_cut
+            reply,
+            compile_secrets(secrets),
+            frame["log_cap"],
+            report.last_log_cut,
+            margin=cut_margin(secrets),
         )
         return reply
 

@@ -15,7 +15,12 @@ from hypothesis import strategies as st
 from services.runtime import RuntimePool
 from services.runtime.http_fetch import TRACE_BODY_CAP
 from services.runtime.redact import REDACTED, compile_secrets, redact_cut
-from services.runtime.report import MAX_ERROR_MESSAGE, MAX_ERROR_NAME, MAX_ERROR_STACK
+from services.runtime.report import (
+    MAX_ERROR_MESSAGE,
+    MAX_ERROR_NAME,
+    MAX_ERROR_STACK,
+    MAX_URL_CHARS,
+)
 from tests.runtime.conftest import Sink, invoke, pool, sink
 
 __all__ = ["pool", "sink"]
@@ -154,3 +159,42 @@ async def test_a_secret_across_a_traced_body_cap_is_redacted_whole(
         for body in (trace.request_body, trace.response_body):
             assert body is not None and len(body) <= TRACE_BODY_CAP
             assert SECRET[:3] not in body.replace("\\", "")
+
+
+# Longer spelled than CUT_MARGIN (a 4096-bit PEM key through btoa is 4.3 K): never whole in a
+# text cut CUT_MARGIN past its cap, so its first characters were kept (199 of a message).
+LONG = "tok_" + "".join(chr(ord("A") + (i * 7) % 26) for i in range(5996))
+
+
+@pytest.mark.parametrize("where", ["message", "stack", "log", "refused-url"])
+async def test_a_secret_longer_than_the_margin_across_a_cap_leaves_no_beginning(
+    pool: RuntimePool, where: str
+) -> None:
+    body = {
+        "message": f"throw new Error('x'.repeat({MAX_ERROR_MESSAGE - 200}) + settings.key)",
+        "stack": "const e = new Error('m'); e.stack = 'x'.repeat(16200) + settings.key; throw e",
+        "log": "console.log('x'.repeat(65300) + settings.key)",
+        "refused-url": f"await fetch('http://127.0.0.1/' + 'x'.repeat({MAX_URL_CHARS - 200})"
+        " + settings.key).catch(() => {})",
+    }[where]
+    code = f"async function onTrack(event, settings) {{ {body} }}"
+    result = await invoke(pool, code, settings={"key": LONG}, secrets=(LONG,))
+    text = {
+        "message": lambda: result.outcomes[0].message or "",
+        "stack": lambda: result.outcomes[0].stack or "",
+        "log": lambda: "".join(line.message for line in result.logs),
+        "refused-url": lambda: "".join(t.url for t in result.requests),
+    }[where]()
+    assert text and LONG[:4] not in text.replace("x", "").replace("…", "")
+
+
+async def test_a_previewed_value_json_cannot_write_is_kept_whole_and_redacted(
+    pool: RuntimePool,
+) -> None:
+    # JSON.stringify throws on a BigInt: the value was written with String() and cut to the
+    # message cap, with no margin, so the secret across the cut kept its first characters.
+    code = """async function onTrack(event, settings) {
+      return [BigInt(1), 'x'.repeat(24560) + settings.apiKey]
+    }"""
+    result = await invoke(pool, code, settings={"apiKey": SECRET}, secrets=(SECRET,))
+    assert result.values == ["1," + "x" * 24560 + REDACTED]

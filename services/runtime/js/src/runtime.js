@@ -94,7 +94,9 @@ function safeJson(value) {
     const s = jsonStringify(value);
     return s === undefined ? null : jsonParse(s);
   } catch (err) {
-    return safeString(value, MAX_MESSAGE);
+    // Whole, as a value JSON can write is (the report's size is capped): a cut here could
+    // leave a secret's first characters, which the host would not know to redact.
+    return safeString(value, Infinity);
   }
 }
 
