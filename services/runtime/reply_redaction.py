@@ -16,7 +16,13 @@ from typing import Any
 from .http_fetch import TRACE_BODY_CAP
 from .protocol import RunReply
 from .redact import CUT_MARGIN, redact, redact_cut
-from .report import MAX_ERROR_MESSAGE, MAX_ERROR_NAME, MAX_ERROR_STACK, MAX_URL_CHARS
+from .report import (
+    MAX_ERROR_MESSAGE,
+    MAX_ERROR_NAME,
+    MAX_ERROR_STACK,
+    MAX_METHOD_CHARS,
+    MAX_URL_CHARS,
+)
 
 REDACTION_BUDGET_S = 1.0
 WITHHELD = "[withheld: too costly to redact]"
@@ -84,6 +90,7 @@ def redact_reply(
             result["message"] = r.cut(str(result.get("message", "")), MAX_ERROR_MESSAGE)
             result["stack"] = r.cut(str(result.get("stack", "")), MAX_ERROR_STACK)
     for t in reply["requests"]:
+        t["method"] = r.cut(t["method"], MAX_METHOD_CHARS)
         t["url"] = r.cut(t["url"], MAX_URL_CHARS)
         for field in ("request_body", "response_body"):
             if t.get(field):
@@ -92,7 +99,7 @@ def redact_reply(
             t["error"] = r.text(t["error"])
         for field in ("request_headers", "response_headers"):
             if t.get(field):
-                t[field] = [[k, r.text(v)] for k, v in t[field]]
+                t[field] = [[r.text(k), r.text(v)] for k, v in t[field]]
     if "values" in reply:
         reply["values"] = r.value(reply["values"])
     if "batch_value" in reply:

@@ -41,6 +41,7 @@ from .redact import CUT_MARGIN
 MAX_REPORT_CHARS = 32 * 1024 * 1024
 MAX_FETCHES_PER_INVOCATION = 10_000
 MAX_URL_CHARS = 64 * 1024
+MAX_METHOD_CHARS = 32
 MAX_HEADERS = 500
 MAX_HEADER_CHARS = 256 * 1024
 MAX_ERROR_NAME = 256
@@ -204,7 +205,7 @@ def _request_problem(url: str, method: str, headers: list[tuple[str, str]]) -> s
         return f"URL is longer than {MAX_URL_CHARS} characters"
     if not url.startswith(("http://", "https://")):
         return "Only HTTP(S) protocols are supported"
-    if not _TOKEN.match(method) or len(method) > 32:
+    if not _TOKEN.match(method) or len(method) > MAX_METHOD_CHARS:
         return f"{_quoted(method)} is not a valid HTTP method"
     if len(headers) > MAX_HEADERS:
         return f"more than {MAX_HEADERS} headers"

@@ -49,6 +49,7 @@ from .redact import CUT_MARGIN, compile_secrets, cut_margin, redact_cut
 from .reply_redaction import redact_reply
 from .report import (
     ABSENT,
+    MAX_METHOD_CHARS,
     MAX_REJECTION,
     MAX_URL_CHARS,
     FetchRequest,
@@ -278,9 +279,15 @@ class Worker:
 
 
 def _refusal_trace(r: FetchRequest) -> dict[str, Any]:
-    # A refused URL may be of any length: CUT_MARGIN past the cap, it is cut once redacted.
-    url = r.url[: MAX_URL_CHARS + CUT_MARGIN]
-    return {"method": r.method, "url": url, "status": None, "error": r.problem, "duration_ms": 0}
+    # A refused URL or method may be of any length: CUT_MARGIN past its cap, it is cut once
+    # redacted.
+    return {
+        "method": r.method[: MAX_METHOD_CHARS + CUT_MARGIN],
+        "url": r.url[: MAX_URL_CHARS + CUT_MARGIN],
+        "status": None,
+        "error": r.problem,
+        "duration_ms": 0,
+    }
 
 
 def _refused(request_id: int, problem: str | None) -> dict[str, Any]:

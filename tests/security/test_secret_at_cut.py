@@ -198,3 +198,15 @@ async def test_a_previewed_value_json_cannot_write_is_kept_whole_and_redacted(
     }"""
     result = await invoke(pool, code, settings={"apiKey": SECRET}, secrets=(SECRET,))
     assert result.values == ["1," + "x" * 24560 + REDACTED]
+
+
+async def test_a_secret_as_a_header_name_is_redacted_in_the_trace(
+    pool: RuntimePool, sink: Sink
+) -> None:
+    # A trace's header names were kept as the function gave them (fetch lowers them).
+    code = f"""async function onTrack(event, settings) {{
+      await fetch('{sink.url}/echo', {{method: 'POST', headers: {{[settings.apiKey]: '1'}}}});
+    }}"""
+    result = await invoke(pool, code, settings={"apiKey": SECRET}, secrets=(SECRET,))
+    (trace,) = result.requests
+    assert (REDACTED, "1") in trace.request_headers
