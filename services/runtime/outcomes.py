@@ -9,6 +9,7 @@ from .model import EventOutcome, OutcomeKind
 RETRY_ERRORS = frozenset({"RetryError"})
 DISCARD_ERRORS = frozenset({"EventNotSupported", "InvalidEventPayload", "ValidationError"})
 INVALID_BATCH_RESULT = "InvalidBatchResult"
+MAX_ERROR_MESSAGE = 8 * 1024  # characters of an outcome's message
 
 RUNTIME_SCRIPT = "eventfn-runtime.js"
 
@@ -54,12 +55,20 @@ def invalid_settings_outcome(message: str) -> EventOutcome:
     return EventOutcome(OutcomeKind.DISCARD, "InvalidSettings", message)
 
 
+def cut_text(text: str, cap: int = MAX_ERROR_MESSAGE) -> str:
+    """Return `text` cut to `cap` characters, an ellipsis last when cut."""
+    return text if len(text) <= cap else text[: cap - 1] + "…"
+
+
 def status_outcome(status: object, message: object) -> EventOutcome:
     """Map one element of onBatch's returned status array to an outcome."""
-    text = None if message is None else str(message)
+    # Both come redacted whole from the worker: cutting them leaves no secret's beginning.
+    text = None if message is None else cut_text(str(message))
     if isinstance(status, bool) or not isinstance(status, int):
         return EventOutcome(
-            OutcomeKind.FAILURE, INVALID_BATCH_RESULT, f"status {status!r} is not an HTTP status"
+            OutcomeKind.FAILURE,
+            INVALID_BATCH_RESULT,
+            f"status {cut_text(repr(status), 100)} is not an HTTP status",
         )
     if 200 <= status < 300:
         return EventOutcome(OutcomeKind.DELIVERED, status=status, message=text)

@@ -323,5 +323,4 @@ def redact_cut(
             if match.start() >= end:
                 break
             end = max(end, match.end())
-        text = redact(text[:end], pattern)
-    return text if len(text) <= cap else text[: cap - 1] + "…"
+    return redact(text[:end], pattern)[: cap - 1] + "…"

@@ -25,6 +25,8 @@ from .report import (
 )
 
 REDACTION_BUDGET_S = 1.0
+# Characters of a string a preview's returned value (or onBatch's) keeps, cut once redacted.
+MAX_VALUE_STRING = 64 * 1024
 WITHHELD = "[withheld: too costly to redact]"
 
 
@@ -53,11 +55,11 @@ class _Redactor:
         # String by string: in JSON text a secret with a quote or backslash is escaped, and a
         # match cutting an escape in two would leave text that no longer parses.
         if isinstance(value, str):
-            return self.text(value)
+            return self.cut(value, MAX_VALUE_STRING)
         if isinstance(value, list):
             return [self.value(v) for v in value]
         if isinstance(value, dict):
-            return {self.text(k): self.value(v) for k, v in value.items()}
+            return {self.cut(k, MAX_VALUE_STRING): self.value(v) for k, v in value.items()}
         return value
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from .outcomes import DISCARD_ERRORS, RETRY_ERRORS
+from .outcomes import DISCARD_ERRORS, MAX_ERROR_MESSAGE, RETRY_ERRORS, cut_text
 from .redact import CUT_MARGIN
 
 MAX_REPORT_CHARS = 32 * 1024 * 1024
@@ -45,7 +45,6 @@ MAX_METHOD_CHARS = 32
 MAX_HEADERS = 500
 MAX_HEADER_CHARS = 256 * 1024
 MAX_ERROR_NAME = 256
-MAX_ERROR_MESSAGE = 8 * 1024
 MAX_ERROR_STACK = 16 * 1024
 MAX_REJECTION = 500  # characters of why a context's report was rejected
 # Levels of a value a handler returns that are kept (deeper ones become TOO_DEEP): what is
@@ -112,19 +111,15 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _cut(text: str, cap: int) -> str:
-    return text if len(text) <= cap else text[: cap - 1] + "…"
-
-
 def _error(raw: dict[str, Any]) -> dict[str, Any]:
     # Cut CUT_MARGIN past the caps: the worker cuts to them once the texts are redacted.
     for key in ("name", "message", "stack"):
         _need(isinstance(raw.get(key, ""), str), f"error {key} is not a string")
     cls = raw.get("cls")
     return {
-        "name": _cut(raw.get("name") or "Error", MAX_ERROR_NAME + CUT_MARGIN),
-        "message": _cut(raw.get("message", ""), MAX_ERROR_MESSAGE + CUT_MARGIN),
-        "stack": _cut(raw.get("stack", ""), MAX_ERROR_STACK + CUT_MARGIN),
+        "name": cut_text(raw.get("name") or "Error", MAX_ERROR_NAME + CUT_MARGIN),
+        "message": cut_text(raw.get("message", ""), MAX_ERROR_MESSAGE + CUT_MARGIN),
+        "stack": cut_text(raw.get("stack", ""), MAX_ERROR_STACK + CUT_MARGIN),
         "cls": cls if cls in KNOWN_CLASSES else None,
     }
 
