@@ -12,7 +12,8 @@ those spellings too, all in one pattern:
   and as util.inspect writes a string in a logged object (`"` unescaped, `'` as \\');
 - base64, standard or URL-safe, padded or not, of the secret's UTF-8, of its Latin-1 (btoa)
   and of its JSON-escaped form, anywhere inside longer base64 (see `_base64_parts`);
-- hex of its UTF-8, either case, with or without a space between bytes (a logged Buffer).
+- its UTF-8 bytes in hex, either case, with or without a space between bytes (a logged
+  Buffer, its first 50 bytes alone when it has more), and in decimal (a Buffer's JSON).
 """
 
 from __future__ import annotations
@@ -162,13 +163,27 @@ def _base64_parts(data: bytes) -> list[str]:
     return parts
 
 
-def _hex_spelling(data: bytes) -> tuple[list[list[_Form]], int]:
+def _hex_spelling(data: bytes, then: str = "") -> tuple[list[list[_Form]], int]:
     """Return `data` in hex, either case, its bytes apart or a space between them (as
-    `toString('hex')` and a logged Buffer write it)."""
+    `toString('hex')` and a logged Buffer write it), and `then` after it."""
     first, second = f"{data[0]:02x}"
     chars = [[(c, "") for c in dict.fromkeys(first + first.upper())], [("", _hex_digit(second))]]
     chars += [[("", " ?" + _hex(byte))] for byte in data[1:]]
-    return chars, 2 * len(data)
+    if then:
+        chars.append([("", re.escape(then))])
+    return chars, 2 * len(data) + len(then)
+
+
+# The bytes a logged Buffer shows, then " ...": a longer secret's first ones alone.
+BUFFER_SHOWN_BYTES = 50
+
+
+def _decimal_spelling(data: bytes) -> tuple[list[list[_Form]], int]:
+    """Return `data` as decimal bytes, a comma and maybe a space between them (a Buffer's or a
+    typed array's JSON)."""
+    first = str(data[0])
+    chars = [[(first[0], "")], [("", first[1:] + "".join(f", ?{b}" for b in data[1:]))]]
+    return chars, len(",".join(map(str, data)))
 
 
 def _spellings(secret: str) -> list[tuple[list[list[_Form]], int]]:
@@ -182,7 +197,10 @@ def _spellings(secret: str) -> list[tuple[list[list[_Form]], int]]:
     encoded.add(json.dumps(secret, ensure_ascii=False)[1:-1].encode("utf-8", "surrogatepass"))
     if max(map(ord, secret)) < 0x100:
         encoded.add(secret.encode("latin-1"))  # btoa's bytes
-    out.append(_hex_spelling(secret.encode("utf-8", "surrogatepass")))
+    utf8 = secret.encode("utf-8", "surrogatepass")
+    out += [_hex_spelling(utf8), _decimal_spelling(utf8)]
+    if len(utf8) > BUFFER_SHOWN_BYTES:
+        out.append(_hex_spelling(utf8[:BUFFER_SHOWN_BYTES], " ..."))
     for data in encoded:
         for part in _base64_parts(data):
             out.append(([_BASE64_CHAR.get(c, [(c, "")]) for c in part], len(part)))
@@ -271,14 +289,17 @@ def redact(text: str, pattern: re.Pattern[str] | None) -> str:
 
 
 def _longest_spelling(ch: str) -> int:
-    """Return the most characters any spelling writes `ch` in: hex with a space after, `%XX`,
-    `\\'` percent-encoded (`%5C%27`), a `\\uXXXX` escape percent-encoded (`%5Cu0022`), one
-    for each UTF-16 unit, or each UTF-8 byte percent-encoded."""
+    """Return the most characters any spelling writes `ch` in: each UTF-8 byte percent-encoded
+    (3), in hex or decimal with a separator (up to 5: `100, `), `\\'` percent-encoded
+    (`%5C%27`), a `\\uXXXX` escape percent-encoded (`%5Cu0022`) for each UTF-16 unit, or base64
+    of its JSON escape with `+` and `/` percent-encoded (4 a byte)."""
     code = ord(ch)
-    if 0x20 <= code < 0x7F and ch not in _JSON_SHORT:
-        return 6 if ch == "'" else 3
-    units = 2 if code > 0xFFFF else 1
-    return max(3 * len(ch.encode("utf-8", "surrogatepass")), 8 * units)
+    utf8 = len(ch.encode("utf-8", "surrogatepass"))
+    escaped = len(json.dumps(ch, ensure_ascii=False).encode("utf-8", "surrogatepass")) - 2
+    most = max(5 * utf8, 4 * escaped, 6 if ch == "'" else 0)
+    if code < 0x20 or code >= 0x7F or ch in _JSON_SHORT:
+        most = max(most, 8 * (2 if code > 0xFFFF else 1))
+    return most
 
 
 @functools.lru_cache(maxsize=256)
@@ -319,8 +340,10 @@ def redact_cut(
         return redact(text, pattern)
     end = cap - 1
     if pattern is not None:
-        for match in pattern.finditer(text):
-            if match.start() >= end:
-                break
+        # A match starting before `end` ends within `margin` of it: nothing past that is read
+        # (a returned string of 32 MB was searched whole).
+        pos = 0
+        while (match := pattern.search(text, pos, end + margin)) and match.start() < end:
             end = max(end, match.end())
+            pos = match.end()
     return redact(text[:end], pattern)[: cap - 1] + "…"

@@ -11,7 +11,7 @@ from urllib.parse import quote, quote_plus, urlencode
 
 import orjson
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from services.runtime.redact import (
@@ -19,6 +19,7 @@ from services.runtime.redact import (
     MIN_SECRET_LENGTH,
     REDACTED,
     compile_secrets,
+    cut_margin,
     redact,
 )
 
@@ -189,3 +190,22 @@ def test_text_that_almost_spells_a_secret_takes_linear_time(secret: str, text: s
     start = time.perf_counter()
     assert redact(text, pattern) == text
     assert time.perf_counter() - start < 0.5
+
+
+@settings(deadline=None)
+@given(SECRETS)
+def test_the_cut_margin_covers_every_spelling_of_a_secret(short: str) -> None:
+    # A text cut before keeps nothing of its last cut_margin characters: no spelling of a
+    # secret may be longer (base64 of a 3-byte character with `+` and `/` percent-encoded was).
+    secret = short * (3000 // len(short) + 1)  # past CUT_MARGIN in some spellings
+    utf8 = secret.encode("utf-8", "surrogatepass")
+    escaped = json.dumps(secret, ensure_ascii=False)[1:-1].encode("utf-8", "surrogatepass")
+    longest = max(
+        len(quote(json.dumps(secret)[1:-1], safe="")),
+        len(quote(inspected(secret), safe="")),
+        len(quote(base64.b64encode(b"\0" + escaped).decode(), safe="")),
+        len(quote(base64.b64encode(b"\0" + utf8).decode(), safe="")),
+        len(utf8.hex(" ")) + 1,
+        len(", ".join(map(str, utf8))),
+    )
+    assert cut_margin([secret]) >= longest

@@ -10,6 +10,7 @@ import asyncio
 import time
 
 from services.runtime import RuntimePool
+from services.runtime.redact import compile_secrets, cut_margin, redact_cut
 from services.runtime.reply_redaction import REDACTION_BUDGET_S, WITHHELD
 from tests.runtime.conftest import invoke
 from tests.security.conftest import config
@@ -36,3 +37,11 @@ async def test_a_reply_too_costly_to_redact_holds_its_worker_a_bounded_time() ->
     assert WITHHELD in messages and all(m == WITHHELD or "a" in (m or "") for m in messages)
     assert took < REDACTION_BUDGET_S + 4, took
     assert neighbour.outcomes[0].error_type is None
+
+
+def test_cutting_a_long_text_reads_only_what_it_keeps_and_the_margin() -> None:
+    # A returned string of 2 M 'a's was searched whole for a match to extend the cut by.
+    pattern = compile_secrets([SECRET])
+    started = time.monotonic()
+    out = redact_cut("a" * 2_000_000, 1000, pattern, margin=cut_margin([SECRET]))
+    assert time.monotonic() - started < 5 and out == "a" * 999 + "…"

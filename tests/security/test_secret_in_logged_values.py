@@ -1,7 +1,8 @@
 """Secrets in what console.log writes of values other than strings: a logged object (its
-strings as util.inspect writes them: JSON's escapes, `"` unescaped, `'` as `\\'`) and a
-logged Buffer (hex bytes). Both kept the secret whole: `console.log(settings)` with a secret
-holding an apostrophe, the everyday debugging line, logged it as it was."""
+strings as util.inspect writes them: JSON's escapes, `"` unescaped, `'` as `\\'`), a logged
+Buffer (hex bytes, the first 50 alone of a longer one) and a Buffer's JSON (decimal bytes).
+Each kept the secret whole: `console.log(settings)` with a secret holding an apostrophe, the
+everyday debugging line, logged it as it was."""
 
 from __future__ import annotations
 
@@ -39,3 +40,23 @@ async def test_a_secret_logged_as_bytes_is_redacted(pool: RuntimePool, expr: str
     result = await invoke(pool, code, settings={"key": secret}, secrets=(secret,))
     (line,) = result.logs
     assert "[REDACTED]" in line.message and "736b" not in line.message.replace(" ", "")
+
+
+LONG = "sk_live_" + "0123456789abcdefghijKLMNOPQRSTUVWXYZ" * 2  # 80 bytes: a Buffer shows 50
+
+
+@pytest.mark.parametrize(
+    ("expr", "spelled"),
+    [
+        ("Buffer.from(settings.key)", LONG[:8].encode().hex(" ")),
+        ("JSON.stringify(Buffer.from(settings.key))", ",".join(map(str, LONG[:8].encode()))),
+        ("JSON.stringify({bytes: [...new TextEncoder().encode(settings.key)]})", "115,107,95"),
+    ],
+)
+async def test_the_bytes_of_a_long_secret_are_redacted(
+    pool: RuntimePool, expr: str, spelled: str
+) -> None:
+    code = f"async function onTrack(event, settings) {{ console.log({expr}) }}"
+    result = await invoke(pool, code, settings={"key": LONG}, secrets=(LONG,))
+    (line,) = result.logs
+    assert "[REDACTED]" in line.message and spelled not in line.message
