@@ -92,23 +92,36 @@ def _print_human(result: PreviewResult, console: Console) -> None:
 def _preview_remote(
     code: str, payload: bytes, values: object, function_id: str = ""
 ) -> PreviewResult:
-    """Run the preview on the running executor; return its answer as a local run's."""
+    """Run the preview on the running executor; return its answer as a local run's.
+
+    Named a function, the preview takes its latest version's setting definitions, so the
+    values of its encrypted settings are redacted from the answer as from every run's.
+    """
     from google.protobuf import struct_pb2
 
     from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
-    from services.cli.client import metadata, stub
+    from eventfn_api.registry.v1 import registry_pb2 as pb
+    from services.cli.client import metadata, registry, stub
     from services.cli.client import name as cli_name
+    from services.cli.settings_input import version_settings
     from services.common import names
 
     settings = struct_pb2.Struct()
     settings.update(values if isinstance(values, dict) else {})
+    function = cli_name(function_id, names.FUNCTION) if function_id else ""
+    definitions = []
+    if function:
+        with registry() as r:
+            fn = r.GetFunction(pb.GetFunctionRequest(name=function), metadata=metadata())
+            definitions = list(version_settings(r, fn.function.latest_version))
     with stub("executor", executor_pb2_grpc.ExecutorStub) as ex:
         resp = ex.Preview(
             executor_pb2.PreviewRequest(
                 code=code,
                 event_json=payload.decode(),
                 settings=settings,
-                function=cli_name(function_id, names.FUNCTION) if function_id else "",
+                setting_definitions=definitions,
+                function=function,
             ),
             metadata=metadata(),
         )

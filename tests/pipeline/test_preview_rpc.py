@@ -13,6 +13,8 @@ from google.protobuf import struct_pb2
 from typer.testing import CliRunner
 
 from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
 from eventfn_api.type.v1 import types_pb2
 from services.cli.preview import preview
 from tests.pipeline.conftest import Platform, Sink
@@ -115,3 +117,39 @@ async def test_the_cli_prints_a_remote_preview_as_a_local_one(
             f"{sink.url}/x",
             200,
         )
+
+
+async def test_a_cli_preview_of_a_function_redacts_its_encrypted_settings(
+    platform: Platform, sink: Sink, tmp_path: Path
+) -> None:
+    """`eventfn preview --remote --function fn_…` sent no setting definitions: the values of
+    the function's encrypted settings were printed as they were, in logs and requests."""
+    fn = await platform.registry.stub.CreateFunction(
+        pb.CreateFunctionRequest(
+            parent=platform.workspace,
+            function=res.DestinationFunction(display_name="redacted-preview"),
+            code=CODE,
+            settings=[
+                types_pb2.SettingDefinition(
+                    name="apiKey", type=types_pb2.SETTING_TYPE_STRING, encrypted=True
+                )
+            ],
+        ),
+        metadata=auth(platform.owner),
+    )
+    handler = tmp_path / "fn.js"
+    handler.write_text(CODE)
+    env = {
+        "EVENTFN_EXECUTOR_ADDR": f"127.0.0.1:{platform.executor.port}",
+        "EVENTFN_REGISTRY_ADDR": f"127.0.0.1:{platform.registry.port}",
+        "EVENTFN_TOKEN": platform.owner,
+    }
+    app = typer.Typer()
+    app.command()(preview)
+    args = [str(handler), "--remote", "--json", "--function", fn.function.name.rsplit("/")[-1]]
+    args += ["--set", f"endpoint={sink.url}/x", "--set", "apiKey=sk_test_TOPSECRET"]
+    result = await asyncio.to_thread(CliRunner().invoke, app, args, env=env)
+    assert result.exit_code == 0, result.output
+    got = orjson.loads(result.output)
+    assert got["logs"] == [{"level": "log", "message": "sending Song Played with [REDACTED]"}]
+    assert "TOPSECRET" not in result.output
