@@ -217,7 +217,7 @@ def _request_problem(url: str, method: str, headers: list[tuple[str, str]]) -> s
 def _quoted(text: str) -> str:
     """Quote a function's text in a refusal: whole or not at all, as a cut could leave a
     secret's first characters, which redaction does not know (a whole one it replaces)."""
-    return repr(text) if len(text) <= 40 else f"a name of {len(text)} characters"
+    return repr(text) if len(text) <= 40 else f"a {len(text)}-character name"
 
 
 def _logs(raw: object, cap: int) -> tuple[list[tuple[str, str]], bool, bool]:
