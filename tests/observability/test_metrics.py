@@ -12,9 +12,9 @@ from services.executor.app import start_executor
 from services.executor.settings import ExecutorSettings
 from tests.eventually import eventually
 from tests.observability.conftest import Platform
-from tests.pipeline.conftest import Sink
+from tests.pipeline.conftest import Sink, start_platform
 from tests.pipeline.test_delivery import SINGLE, batch_body, send
-from tests.registry.conftest import SERVICE
+from tests.registry.conftest import SERVICE, Registry
 
 
 async def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -43,8 +43,16 @@ async def backlog(port: int) -> float:
 
 
 async def test_counters_match_the_events_and_the_backlog_gauge_follows_the_executors(
-    platform: Platform, sink: Sink, nats_url: str
+    registry: Registry, sink: Sink, nats_url: str
 ) -> None:
+    # A durable consumer of this workspace's own: the session's shared one holds what other
+    # tests left (packs in flight to executors they stopped), which the gauge counts too.
+    async with AsyncExitStack() as stack:
+        platform = await start_platform(registry, nats_url, stack, own_consumer=True)
+        await _counters_and_backlog(platform, sink, nats_url)
+
+
+async def _counters_and_backlog(platform: Platform, sink: Sink, nats_url: str) -> None:
     instance = await platform.instance(SINGLE, sink.url)
     await send(platform, batch_body(30))
     await sink.wait_for(30)
@@ -84,6 +92,8 @@ async def test_counters_match_the_events_and_the_backlog_gauge_follows_the_execu
                 service_token=SERVICE,
                 executor_workers=1,
                 egress_allow="127.0.0.1/32",
+                executor_consumer=f"executor-{platform.workspace_id}",
+                executor_subjects=f"events.{platform.workspace_id}.>",
             ),
             stack,
         )

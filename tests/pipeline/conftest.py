@@ -234,6 +234,8 @@ async def start_platform(
             service_token=SERVICE,
             database_url=registry.database_url,
             router_records_flush_seconds=0.2,
+            # Its backlog gauges read the consumer the executor reads through.
+            **({"executor_consumer": f"executor-{ws_id}"} if own_consumer else {}),
         ),
         stack,
     )
