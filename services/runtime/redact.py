@@ -246,9 +246,14 @@ def _resolved(path: str) -> str:
 
 def _matched(secrets: Iterable[str]) -> frozenset[str]:
     """Return the texts matched for `secrets`: their rewritten forms, a longer one in chunks
-    of SECRET_CHUNK characters. A match costs up to its length at
-    each place it almost matches: a secret of 50,000 'a's and a 'b' made a 64 KB log take 2 s
-    to redact, and its pattern 2.3 s to build."""
+    of SECRET_CHUNK characters. A match costs up to its length at each place it almost
+    matches: a secret of 50,000 'a's and a 'b' made a 64 KB log take 2 s to redact, and its
+    pattern 2.3 s to build."""
+    return _matched_of(tuple(secrets))  # the worker asks on every reply
+
+
+@functools.lru_cache(maxsize=256)
+def _matched_of(secrets: tuple[str, ...]) -> frozenset[str]:
     out = set()
     for value in (v for s in secrets for v in _rewritten(s)):
         # Chunks one after another, as a text holding the secret is matched: a short last
