@@ -267,15 +267,24 @@ class Worker:
             reply["values"] = report.values
         if report.batch_value is not ABSENT:
             reply["batch_value"] = report.batch_value
-        secrets = frame["secrets"]
-        redact_reply(
-            reply,
-            compile_secrets(secrets),
-            frame["log_cap"],
-            report.last_log_cut,
-            margin=cut_margin(secrets),
-        )
+        if frame["secrets"]:
+            # Off the event loop: building a long secret's pattern takes a second or more, and
+            # redacting up to its budget; the worker's other invocations go on meanwhile.
+            await asyncio.to_thread(_redact, reply, frame, report.last_log_cut)
+        else:
+            _redact(reply, frame, report.last_log_cut)
         return reply
+
+
+def _redact(reply: RunReply, frame: RunFrame, last_log_cut: bool) -> None:
+    secrets = frame["secrets"]
+    redact_reply(
+        reply,
+        compile_secrets(secrets),
+        frame["log_cap"],
+        last_log_cut,
+        margin=cut_margin(secrets),
+    )
 
 
 def _refusal_trace(r: FetchRequest) -> dict[str, Any]:

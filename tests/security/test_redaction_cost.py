@@ -8,6 +8,8 @@ the budget is withheld."""
 from __future__ import annotations
 
 import asyncio
+import random
+import string
 import time
 
 from services.runtime import RuntimePool
@@ -58,3 +60,23 @@ def test_a_long_secret_costs_no_more_than_its_chunks() -> None:
     assert redact("x" + secret + "y", pattern).replace(REDACTED, "") == "xy"
     redact("a" * 68_000, pattern)
     assert time.monotonic() - started < 2
+
+
+async def test_a_long_secret_being_compiled_holds_up_no_neighbour() -> None:
+    # Building the pattern of 40,000 characters of secret takes a second or more; in the
+    # worker's own thread it held every other invocation on the worker meanwhile.
+    secret = "".join(random.choices(string.ascii_letters + string.digits, k=40_000))
+    async with RuntimePool(config(workers=1)) as pool:
+        done: list[str] = []
+
+        async def run(name: str, code: str, **kwargs: object) -> None:
+            await invoke(pool, code, key=f"ins_{name}:ver:1", **kwargs)  # type: ignore[arg-type]
+            done.append(name)
+
+        costly = asyncio.ensure_future(
+            run("costly", "async function onTrack() {}", settings={"k": secret}, secrets=(secret,))
+        )
+        await asyncio.sleep(0.2)  # its reply is being redacted
+        await run("neighbour", "async function onTrack() {}")
+        await costly
+    assert done == ["neighbour", "costly"]
