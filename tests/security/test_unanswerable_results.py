@@ -34,7 +34,8 @@ def _stopped(worker: WorkerHandle) -> Iterator[None]:
     try:
         yield
     finally:
-        if worker.proc.returncode is None:
+        # Killed meanwhile, it may be reaped before its return code is read.
+        with contextlib.suppress(ProcessLookupError):
             os.kill(worker.proc.pid, signal.SIGCONT)
 
 
