@@ -299,13 +299,13 @@ def redact(text: str, pattern: re.Pattern[str] | None) -> str:
 
 def _longest_spelling(ch: str) -> int:
     """Return the most characters any spelling writes `ch` in: each UTF-8 byte percent-encoded
-    (3), in hex or decimal with a separator (up to 5: `100, `), `\\'` percent-encoded
-    (`%5C%27`), a `\\uXXXX` escape percent-encoded (`%5Cu0022`) for each UTF-16 unit, or base64
-    of its JSON escape with `+` and `/` percent-encoded (4 a byte)."""
+    or in hex with a space (3), `\\'` percent-encoded (`%5C%27`), a `\\uXXXX` escape
+    percent-encoded (`%5Cu0022`) for each UTF-16 unit, or base64 of its JSON escape with `+`
+    and `/` percent-encoded (4 a byte)."""
     code = ord(ch)
     utf8 = len(ch.encode("utf-8", "surrogatepass"))
     escaped = len(json.dumps(ch, ensure_ascii=False).encode("utf-8", "surrogatepass")) - 2
-    most = max(5 * utf8, 4 * escaped, 6 if ch == "'" else 0)
+    most = max(4 * utf8, 4 * escaped, 6 if ch == "'" else 0)
     if code < 0x20 or code >= 0x7F or ch in _JSON_SHORT:
         most = max(most, 8 * (2 if code > 0xFFFF else 1))
     return most
