@@ -9,6 +9,7 @@ import fcntl
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -168,10 +169,15 @@ class RunAs:
 
 
 _PR_SET_PDEATHSIG = 1
+# util-linux's setpriv sets the parent-death signal and execs the server: no Python code runs
+# in the forked child, which is unsafe while the parent has threads (gRPC's, asyncio's
+# executors): a pre-exec hook there may deadlock or crash before the server starts.
+_SETPRIV = shutil.which("setpriv")
 
 
 def _parent_death_signal(sig: signal.Signals) -> Callable[[], None]:
-    """Return a pre-exec hook asking Linux to send sig to the child when its parent dies."""
+    """Return a pre-exec hook asking Linux to send sig to the child when its parent dies
+    (where setpriv is missing)."""
     libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork: the hook only calls it
     prctl = libc.prctl
 
@@ -192,13 +198,22 @@ def spawn(
     """Start a server process with stdout and stderr appended to log_path.
 
     With stop_with_parent (Linux), the server gets that signal when this process dies,
-    even by SIGKILL: test sessions leave no servers behind. The hook runs after the
+    even by SIGKILL: test sessions leave no servers behind. The signal is set after the
     switch to run_as, so the credential change does not clear it.
     """
-    hook = _parent_death_signal(stop_with_parent) if stop_with_parent else None
+    command, hook = list(argv), None
+    if stop_with_parent and _SETPRIV:
+        command = [
+            _SETPRIV,
+            f"--pdeathsig={stop_with_parent.name.removeprefix('SIG')}",
+            "--",
+            *argv,
+        ]
+    elif stop_with_parent:
+        hook = _parent_death_signal(stop_with_parent)
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            list(argv),
+            command,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
