@@ -114,6 +114,8 @@ async def ensure_bootstrap(store: RegistryStore, *, workspace_name: str, secret:
         existing = (
             await session.exec(select(Token).where(Token.secret_hash == secret_hash))
         ).first()
+        if existing is not None and existing.prefix:
+            existing.prefix = ""  # registered with its first characters by an older release
         if existing is None:
             # A new EVENTFN_BOOTSTRAP_TOKEN replaces the one configured before: rotating it is
             # changing the variable (the old one kept working, for ever). Deleted, not revoked:
@@ -133,7 +135,9 @@ async def ensure_bootstrap(store: RegistryStore, *, workspace_name: str, secret:
                     id=new_id("tok"),
                     member_id=admin.id,
                     name=BOOTSTRAP_TOKEN_NAME,
-                    prefix=secret[:8],
+                    # None of it: an operator chose it, and the workspace's other owners see
+                    # token prefixes (eight characters of a short one are half of it).
+                    prefix="",
                     secret_hash=secret_hash,
                     created_at=now(),
                 )

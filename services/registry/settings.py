@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pydantic import field_validator
+
 from services.common.settings import CommonSettings
 from services.common.workspace_budget import WorkspaceBudget
+
+# EVENTFN_BOOTSTRAP_TOKEN's least length: 128 bits of hex (a guessable one is every workspace's).
+MIN_BOOTSTRAP_TOKEN_CHARS = 32
 
 
 class RegistrySettings(CommonSettings):
@@ -29,8 +34,21 @@ class RegistrySettings(CommonSettings):
     # definitions and 1 KB a version (every save keeps a version: saves in a loop grew the
     # database 23 MiB a second); 0: no limit.
     registry_code_bytes_per_workspace: int = 256 * 1024 * 1024
+    # The bootstrap administrator's token (deployment-wide powers), registered at start;
+    # unset: none. At least 32 characters, e.g. `openssl rand -hex 32`.
     bootstrap_token: str | None = None
     bootstrap_workspace: str = "default"
+
+    @field_validator("bootstrap_token")
+    @classmethod
+    def _long_enough(cls, token: str | None) -> str | None:
+        if token is not None and len(token) < MIN_BOOTSTRAP_TOKEN_CHARS:
+            raise ValueError(
+                f"EVENTFN_BOOTSTRAP_TOKEN has {len(token)} characters; it must have at least "
+                f"{MIN_BOOTSTRAP_TOKEN_CHARS} (it can create workspaces and read every one): "
+                "make one with `openssl rand -hex 32`"
+            )
+        return token
 
     def change_budget(self) -> WorkspaceBudget:
         """Return the per-workspace budget of configuration changes these settings give."""

@@ -39,7 +39,6 @@ UNCOMMENTED: dict[str, str] = {
     "database_url": "PostgreSQL of the registry (and of delivery records): "
     "`postgresql://user:password@host:5432/db`",
     "registry_listen": "Where the registry serves gRPC (the control plane, `WatchConfig`).",
-    "bootstrap_token": "The bootstrap administrator's token, registered at start; unset: none.",
     "bootstrap_workspace": "The bootstrap administrator's workspace.",
 }
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
+from pydantic import ValidationError
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
+from services.registry.settings import RegistrySettings
 from tests.registry.conftest import BOOTSTRAP, Registry, auth, registry, running_registry
 
 __all__ = ["registry"]
@@ -142,3 +145,43 @@ async def test_rolling_the_bootstrap_token_back_registers_it_again(
                 metadata=auth(BOOTSTRAP),
             )
         assert reserved.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_no_owner_sees_any_of_the_bootstrap_token(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    """Every owner of the bootstrap workspace read the bootstrap token's first 8 characters
+    (its `prefix`): an operator's choice, of any length, and the whole deployment's key. A
+    token registered so by an older release loses them at the next start."""
+    async with running_registry(fresh_database, tmp_path) as r:
+        me = await r.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(BOOTSTRAP))
+        co_owner = await r.member(
+            BOOTSTRAP, "ops@example.com", res.RoleGrant(role=res.ROLE_WORKSPACE_OWNER)
+        )
+        conn = await asyncpg.connect(fresh_database)
+        try:
+            await conn.execute(
+                "UPDATE token SET prefix = $1 WHERE name = 'bootstrap'", BOOTSTRAP[:8]
+            )
+        finally:
+            await conn.close()
+    async with running_registry(fresh_database, tmp_path) as r:
+        listed = await r.stub.ListTokens(
+            pb.ListTokensRequest(parent=me.workspace.name), metadata=auth(co_owner)
+        )
+        (bootstrap_token,) = [t for t in listed.tokens if t.member == me.member.name]
+        got = await r.stub.GetToken(
+            pb.GetTokenRequest(name=bootstrap_token.name), metadata=auth(co_owner)
+        )
+        assert bootstrap_token.prefix == got.token.prefix == ""
+        # The co-owner's own tokens keep theirs: made by the registry, random.
+        assert all(t.prefix for t in listed.tokens if t.member != me.member.name)
+
+
+@pytest.mark.parametrize("token", ["", "admin", "efn_" + "x" * 27])
+def test_a_short_bootstrap_token_is_refused_at_start(token: str) -> None:
+    with pytest.raises(ValidationError, match="EVENTFN_BOOTSTRAP_TOKEN has .* at least 32"):
+        RegistrySettings(database_url="postgresql://x@127.0.0.1/x", bootstrap_token=token)
+    assert RegistrySettings(
+        database_url="postgresql://x@127.0.0.1/x", bootstrap_token="efn_" + "x" * 28
+    ).bootstrap_token

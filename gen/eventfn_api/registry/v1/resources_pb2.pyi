@@ -358,7 +358,9 @@ class Token(_message.Message):
     display_name: _builtins.str
     """A label to recognise the token by, e.g. "ci"; empty on create means "token"."""
     prefix: _builtins.str
-    """The first characters of the secret, to recognise it in lists."""
+    """The first characters of the secret, to recognise it in lists; empty for the token
+    EVENTFN_BOOTSTRAP_TOKEN registers (an operator's choice: none of it is shown).
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the token was created."""
