@@ -1,9 +1,11 @@
 """Opaque, signed page tokens for keyset pagination (AIP-158), shared by every service.
 
 A token carries the list it belongs to (method), the caller's scope (e.g. the workspace), a
-digest of the request's filters and the sort key of the last item returned. It is signed
-with an HMAC, so a token of another list, another workspace or other filters, and any token
-the service did not make, is refused with INVALID_ARGUMENT instead of being trusted. Pages
+digest of the request's filters and the sort key of the last item returned. It is sealed
+with AES-GCM, so a token of another list, another workspace or other filters, and any token
+the service did not make, is refused with INVALID_ARGUMENT instead of being trusted, and a
+caller reads nothing in it: a sort key may be a row id numbered across every workspace,
+whose steps would count the other tenants' rows. Pages
 continue after the last key, not at an offset: an item that exists during the whole listing
 is returned exactly once, whatever is written between two pages.
 """
@@ -13,14 +15,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 from typing import Any
 
 import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import Message
 
 from services.common.errors import InvalidArgument
 
-_VERSION = 1
+_VERSION = 2
+_LABEL = b"eventfn/page-tokens/v2"
+_NONCE_BYTES = 12
 _SKIPPED = ("page_token", "page_size")
 
 
@@ -43,25 +50,23 @@ def filters_digest(request: Message) -> str:
 
 
 class PageTokens:
-    """Issue and read page tokens signed with one service key."""
+    """Issue and read page tokens sealed with one service key."""
 
     def __init__(self, key: bytes) -> None:
-        self._key = hmac.new(key, b"eventfn/page-tokens/v1", hashlib.sha256).digest()
+        self._aead = AESGCM(hmac.new(key, _LABEL, hashlib.sha256).digest())
 
     @classmethod
     def from_secret(cls, secret: str | bytes) -> PageTokens:
         """Build from a deployment secret (the service token, the secret key)."""
         return cls(secret.encode() if isinstance(secret, str) else secret)
 
-    def _sign(self, body: bytes) -> bytes:
-        return hmac.new(self._key, body, hashlib.sha256).digest()[:16]
-
     def issue(self, method: str, scope: str, request: Message, last: list[Any]) -> str:
         """Make the token of the page that follows the item whose sort key is `last`."""
         body = orjson.dumps(
             {"v": _VERSION, "m": method, "s": scope, "q": filters_digest(request), "k": last}
         )
-        return f"{_b64(body)}.{_b64(self._sign(body))}"
+        nonce = os.urandom(_NONCE_BYTES)
+        return _b64(nonce + self._aead.encrypt(nonce, body, _LABEL))
 
     def read(self, method: str, scope: str, request: Message) -> list[Any] | None:
         """Return the last key the request's page_token continues after (None: first page)."""
@@ -69,11 +74,10 @@ class PageTokens:
         if not token:
             return None
         try:
-            body_text, _, signature = token.partition(".")
-            body = _unb64(body_text)
-            valid = hmac.compare_digest(_unb64(signature), self._sign(body))
-            payload = orjson.loads(body) if valid else None
-        except (ValueError, orjson.JSONDecodeError):
+            sealed = _unb64(token)
+            body = self._aead.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], _LABEL)
+            payload = orjson.loads(body)
+        except (ValueError, InvalidTag, orjson.JSONDecodeError):
             payload = None
         if not isinstance(payload, dict) or payload.get("v") != _VERSION:
             raise InvalidArgument.field(

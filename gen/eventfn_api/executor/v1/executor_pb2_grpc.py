@@ -31,8 +31,8 @@ class ExecutorStub:
     NOT_FOUND for resources of other workspaces (exactly as for names that never existed).
     Resources are named as in the registry (`workspaces/{workspace}/instances/{instance}`);
     a required name left empty, or not of the expected form, is INVALID_ARGUMENT naming it.
-    Page tokens are opaque, signed and bound to the list and its filters (INVALID_ARGUMENT
-    otherwise); pages are keyset pages, stable under writes.
+    Page tokens are opaque (encrypted), signed and bound to the list and its filters
+    (INVALID_ARGUMENT otherwise); pages are keyset pages, stable under writes.
     A string field (also one nested in a Struct, a list or a map) holding NUL or another
     control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
     naming the field, before anything is done. An unexpected failure is INTERNAL with a
@@ -79,8 +79,8 @@ class ExecutorServicer:
     NOT_FOUND for resources of other workspaces (exactly as for names that never existed).
     Resources are named as in the registry (`workspaces/{workspace}/instances/{instance}`);
     a required name left empty, or not of the expected form, is INVALID_ARGUMENT naming it.
-    Page tokens are opaque, signed and bound to the list and its filters (INVALID_ARGUMENT
-    otherwise); pages are keyset pages, stable under writes.
+    Page tokens are opaque (encrypted), signed and bound to the list and its filters
+    (INVALID_ARGUMENT otherwise); pages are keyset pages, stable under writes.
     A string field (also one nested in a Struct, a list or a map) holding NUL or another
     control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
     naming the field, before anything is done. An unexpected failure is INTERNAL with a
@@ -178,8 +178,8 @@ class Executor:
     NOT_FOUND for resources of other workspaces (exactly as for names that never existed).
     Resources are named as in the registry (`workspaces/{workspace}/instances/{instance}`);
     a required name left empty, or not of the expected form, is INVALID_ARGUMENT naming it.
-    Page tokens are opaque, signed and bound to the list and its filters (INVALID_ARGUMENT
-    otherwise); pages are keyset pages, stable under writes.
+    Page tokens are opaque (encrypted), signed and bound to the list and its filters
+    (INVALID_ARGUMENT otherwise); pages are keyset pages, stable under writes.
     A string field (also one nested in a Struct, a list or a map) holding NUL or another
     control character, tab, newline and carriage return excepted, fails with INVALID_ARGUMENT
     naming the field, before anything is done. An unexpected failure is INTERNAL with a

@@ -40,7 +40,7 @@ class RegistryStub:
     Retries: every call that creates something takes a request_id (AIP-155) and answers a
     retry with the first call's response; changes and deletes take the resource's etag
     (AIP-154) and are refused with ABORTED (ETAG_MISMATCH) when it is stale.
-    Lists: page tokens are opaque, signed and bound to the list, the caller's workspace and the
+    Lists: page tokens are encrypted, signed and bound to the list, the caller's workspace and the
     request's filters (INVALID_ARGUMENT for a token of another list or with other filters, or
     one the service did not make). Pages are keyset pages: an item that exists during the
     whole listing is returned exactly once, whatever is written between two pages.
@@ -264,7 +264,7 @@ class RegistryServicer:
     Retries: every call that creates something takes a request_id (AIP-155) and answers a
     retry with the first call's response; changes and deletes take the resource's etag
     (AIP-154) and are refused with ABORTED (ETAG_MISMATCH) when it is stale.
-    Lists: page tokens are opaque, signed and bound to the list, the caller's workspace and the
+    Lists: page tokens are encrypted, signed and bound to the list, the caller's workspace and the
     request's filters (INVALID_ARGUMENT for a token of another list or with other filters, or
     one the service did not make). Pages are keyset pages: an item that exists during the
     whole listing is returned exactly once, whatever is written between two pages.
@@ -806,7 +806,7 @@ class Registry:
     Retries: every call that creates something takes a request_id (AIP-155) and answers a
     retry with the first call's response; changes and deletes take the resource's etag
     (AIP-154) and are refused with ABORTED (ETAG_MISMATCH) when it is stale.
-    Lists: page tokens are opaque, signed and bound to the list, the caller's workspace and the
+    Lists: page tokens are encrypted, signed and bound to the list, the caller's workspace and the
     request's filters (INVALID_ARGUMENT for a token of another list or with other filters, or
     one the service did not make). Pages are keyset pages: an item that exists during the
     whole listing is returned exactly once, whatever is written between two pages.

@@ -33,7 +33,7 @@ class RetrierStub:
     its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry; a required
     name left empty, or not of the expected form, is INVALID_ARGUMENT naming it. Dead letters
     are named `workspaces/{workspace}/instances/{instance}/deadLetters/{dead_letter}`.
-    Page tokens are opaque, signed and bound to the list and its filters.
+    Page tokens are opaque (encrypted), signed and bound to the list and its filters.
     The retrier also serves google.longrunning.Operations for the replays it runs: GetOperation,
     ListOperations (name: "workspaces/{workspace}/operations"), WaitOperation and
     DeleteOperation, with the caller's token (an operation of another workspace is NOT_FOUND).
@@ -87,7 +87,7 @@ class RetrierAsyncStub(RetrierStub):
     its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry; a required
     name left empty, or not of the expected form, is INVALID_ARGUMENT naming it. Dead letters
     are named `workspaces/{workspace}/instances/{instance}/deadLetters/{dead_letter}`.
-    Page tokens are opaque, signed and bound to the list and its filters.
+    Page tokens are opaque (encrypted), signed and bound to the list and its filters.
     The retrier also serves google.longrunning.Operations for the replays it runs: GetOperation,
     ListOperations (name: "workspaces/{workspace}/operations"), WaitOperation and
     DeleteOperation, with the caller's token (an operation of another workspace is NOT_FOUND).
@@ -137,7 +137,7 @@ class RetrierServicer(metaclass=_abc_1.ABCMeta):
     its source. UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as in the registry; a required
     name left empty, or not of the expected form, is INVALID_ARGUMENT naming it. Dead letters
     are named `workspaces/{workspace}/instances/{instance}/deadLetters/{dead_letter}`.
-    Page tokens are opaque, signed and bound to the list and its filters.
+    Page tokens are opaque (encrypted), signed and bound to the list and its filters.
     The retrier also serves google.longrunning.Operations for the replays it runs: GetOperation,
     ListOperations (name: "workspaces/{workspace}/operations"), WaitOperation and
     DeleteOperation, with the caller's token (an operation of another workspace is NOT_FOUND).
