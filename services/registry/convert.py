@@ -220,7 +220,7 @@ def audit_event(a: m.AuditEvent) -> res.AuditEvent:
         else "system"
     )
     return res.AuditEvent(
-        name=names.AUDIT_EVENT.name(a.workspace_id, str(a.id or 0)),
+        name=names.AUDIT_EVENT.name(a.workspace_id, a.public_id),
         actor=actor,
         actor_email=a.actor_email,
         action=audit_action(a.action),  # type: ignore[arg-type]

@@ -143,7 +143,11 @@ class AuditEvent(SQLModel, table=True):
     """One change someone made; never holds secret values."""
 
     __tablename__ = "audit_event"  # type: ignore[assignment]
+    # The order of entries, numbered across every workspace: never shown (its steps would
+    # count the other tenants' changes).
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
+    # The id in the entry's name: its time and random bits (`audit_id`).
+    public_id: str = Field(sa_column=Column(Text, unique=True, nullable=False))
     workspace_id: str = Field(index=True, sa_type=Text)
     actor_member_id: str = Field(sa_type=Text)
     actor_email: str = Field(sa_type=Text)

@@ -140,3 +140,26 @@ async def test_downgrade_to_base_and_upgrade_again(engine: AsyncEngine) -> None:
         assert await conn.run_sync(_revision) == _head()
         state = (await conn.execute(text("SELECT revision FROM config_state"))).scalars().all()
     assert state == [0]
+
+
+async def test_audit_entries_of_before_0010_get_ids_of_their_own(engine: AsyncEngine) -> None:
+    """Named by their row number before (numbered across every workspace), entries written
+    then are given ids of the new form: their millisecond, then random bits."""
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0009"))
+        for workspace in ("ws_a", "ws_b", "ws_a"):
+            await conn.execute(
+                text(
+                    "INSERT INTO audit_event (workspace_id, actor_member_id, actor_email, "
+                    "action, resource_type, resource_id, details, created_at) VALUES (:ws, "
+                    "'system', 'system', 'source.update', 'source', 'src_1', '{}', "
+                    "'2026-12-03T09:00:00.123Z')"
+                ),
+                {"ws": workspace},
+            )
+    await migrate(engine)
+    async with engine.connect() as conn:
+        ids = (await conn.execute(text("SELECT public_id FROM audit_event"))).scalars().all()
+    millisecond = f"aud_{1_796_288_400_123:012x}"
+    assert len(set(ids)) == 3
+    assert all(i.startswith(millisecond) and len(i) == len(millisecond) + 16 for i in ids), ids

@@ -180,7 +180,7 @@ async def test_no_owner_sees_any_of_the_bootstrap_token(
 
 @pytest.mark.parametrize("token", ["", "admin", "efn_" + "x" * 27])
 def test_a_short_bootstrap_token_is_refused_at_start(token: str) -> None:
-    with pytest.raises(ValidationError, match="EVENTFN_BOOTSTRAP_TOKEN has .* at least 32"):
+    with pytest.raises(ValidationError, match=r"EVENTFN_BOOTSTRAP_TOKEN has .* at least 32"):
         RegistrySettings(database_url="postgresql://x@127.0.0.1/x", bootstrap_token=token)
     assert RegistrySettings(
         database_url="postgresql://x@127.0.0.1/x", bootstrap_token="efn_" + "x" * 28

@@ -711,8 +711,8 @@ class AuditEvent(_message.Message):
     DETAILS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """The resource name, e.g. "workspaces/ws_2k9.../auditEvents/42"; ids increase in time
-    order.
+    """The resource name, e.g. "workspaces/ws_2k9.../auditEvents/aud_0194e1c2a5f3..."; ids
+    sort in time order, to the millisecond.
     """
     actor: _builtins.str
     """The member who made the change ("system" for the deployment itself)."""
