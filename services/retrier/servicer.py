@@ -208,10 +208,13 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
             # The instance may be gone while its dead letters remain: say so to members of
             # the same workspace; to anyone else it stays NOT_FOUND.
             me = await self._gate.whoami(context)
-            if not streams.is_token(instance_id):  # no letter was ever stored under it
+            # Another workspace's caller learns nothing, not even from the time a scan takes.
+            if names.last(me.workspace.name) != workspace_id or not streams.is_token(
+                instance_id  # no letter was ever stored under it
+            ):
                 raise
             async for pack in self._store.scan(instance_id):
-                if names.last(me.workspace.name) == workspace_id == pack.workspace_id:
+                if pack.workspace_id == workspace_id:
                     raise FailedPrecondition(
                         f"instance {parent!r} was deleted (or its function was): its dead "
                         f"letters cannot be {action}ed to it; they expire with the DEAD "
