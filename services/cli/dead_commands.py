@@ -62,7 +62,7 @@ def timestamp(value: str | None, option: str) -> timestamp_pb2.Timestamp | None:
 
 
 def letter_name(instance: str, letter: str) -> str:
-    """Return a dead letter's name from an instance (id or name) and a letter id (`42.0`)."""
+    """Return a dead letter's name from an instance (id or name) and a letter id (`k7c…q4.0`)."""
     if "/" in letter:
         return letter
     return f"{name(instance, names.INSTANCE)}/deadLetters/{letter}"
@@ -102,7 +102,7 @@ def list_dead(
 def show(
     instance_id: Annotated[str, typer.Argument(help="The instance id (or the letter's name).")],
     dead_letter_id: Annotated[
-        str, typer.Argument(help="The dead letter's id, e.g. 42.0 (see `dead list`).")
+        str, typer.Argument(help="The dead letter's id, e.g. k7c…q4.0 (see `dead list`).")
     ] = "",
     json: Annotated[
         bool, typer.Option("--json", help="Print the whole dead letter as JSON.")
@@ -110,7 +110,7 @@ def show(
 ) -> None:
     """Show one dead letter: the event, its last 20 attempts, where it failed, logs, requests."""
     if not dead_letter_id and "/deadLetters/" not in instance_id:
-        fail("name the dead letter: `eventfn dead show ins_… 42.0`")
+        fail("name the dead letter: `eventfn dead show ins_… <id from dead list>`")
     letter_full = letter_name(instance_id, dead_letter_id or instance_id)
     with stub("retrier", retrier_pb2_grpc.RetrierStub) as retrier:
         letter = retrier.GetDeadLetter(
@@ -194,8 +194,8 @@ def purge(
     until: Until = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask before deleting all.")] = False,
 ) -> None:
-    """Delete dead letters (`--id 42.0` one, `--id 42` its whole pack); all of the instance by
-    default."""
+    """Delete dead letters (`--id k7c…q4.0` one, `--id k7c…q4` its whole pack); all of the
+    instance by default."""
     if not ids and not yes:
         typer.confirm(f"delete every dead letter of {instance_id}?", abort=True)
     request = pb.PurgeDeadLettersRequest(

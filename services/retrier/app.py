@@ -20,6 +20,7 @@ from services.common.page_tokens import PageTokens
 from services.common.registry_gate import RegistryGate
 from services.common.streams import open_streams
 from services.retrier.dead_letters import DeadLetterStore
+from services.retrier.letter_ids import LetterIds
 from services.retrier.operations import Operations
 from services.retrier.operations_servicer import OperationsServicer
 from services.retrier.scheduler import DURABLE, RetryScheduler
@@ -84,7 +85,9 @@ async def start_retrier(settings: RetrierSettings, stack: AsyncExitStack) -> Run
     pages = PageTokens.from_secret(token)
     operations = Operations(js, settings.stream_replicas)
     await operations.open()
-    servicer = RetrierServicer(store, gate, pages, operations, settings.replay_budget())
+    servicer = RetrierServicer(
+        store, gate, pages, operations, settings.replay_budget(), LetterIds.from_secret(token)
+    )
     stack.push_async_callback(operations.close)
     server, port, health = rpc.create_server(
         address=settings.retrier_listen,

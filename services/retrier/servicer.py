@@ -32,6 +32,7 @@ from services.retrier.dead_letters import (
     Letter,
     LetterId,
 )
+from services.retrier.letter_ids import LetterIds
 from services.retrier.operations import (
     CHUNK,
     Operations,
@@ -91,7 +92,7 @@ def trace_id_of(headers: dict[str, str]) -> str:
     return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""
 
 
-def dead_letter_message(letter: Letter) -> pb.DeadLetter:
+def dead_letter_message(letter: Letter, ids: LetterIds) -> pb.DeadLetter:
     """Describe one dead letter for the API (the last attempt's error with its stack)."""
     pack = letter.pack
     history = pack.history()
@@ -118,7 +119,7 @@ def dead_letter_message(letter: Letter) -> pb.DeadLetter:
             pass
         attempts.append(attempt)
     out = pb.DeadLetter(
-        name=names.dead_letter(pack.workspace_id, pack.instance_id, str(letter.id)),
+        name=names.dead_letter(pack.workspace_id, pack.instance_id, ids.show(letter.id)),
         message_id=letter.message_id,
         attempt_count=attempt_count(pack.headers, len(history)),
         event_json=letter.event.decode(errors="replace"),
@@ -144,7 +145,9 @@ def dead_letter_message(letter: Letter) -> pb.DeadLetter:
     return out
 
 
-def chosen(parent: tuple[str, str], field: str, values: list[str]) -> list[tuple[str, LetterId]]:
+def chosen(
+    parent: tuple[str, str], field: str, values: list[str], ids: LetterIds
+) -> list[tuple[str, LetterId]]:
     """Read the dead letter names of a request: each must be a letter of `parent`, at most
     MAX_PAGE_SIZE of them (each is looked up in DEAD before the call is answered: 20,000
     held the shared retrier for seconds)."""
@@ -160,7 +163,7 @@ def chosen(parent: tuple[str, str], field: str, values: list[str]) -> list[tuple
         if (workspace_id, instance_id) != parent:
             raise InvalidArgument.field(f"{field}[{i}]", "is not a dead letter of `parent`")
         try:
-            out.append((value, LetterId.parse(letter)))
+            out.append((value, ids.read(letter)))
         except BadDeadLetterId as error:
             raise InvalidArgument.field(f"{field}[{i}]", str(error)) from None
     return out
@@ -190,7 +193,9 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
         pages: PageTokens,
         operations: Operations,
         replays: WorkspaceBudget,
+        letter_ids: LetterIds,
     ) -> None:
+        self._ids = letter_ids
         self._replays = replays
         self._store = store
         self._gate = gate
@@ -255,7 +260,7 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
                 "ListDeadLetters", workspace_id, request, [cursor.seq, cursor.index or 0]
             )
         return pb.ListDeadLettersResponse(
-            dead_letters=[dead_letter_message(letter) for letter in letters],
+            dead_letters=[dead_letter_message(letter, self._ids) for letter in letters],
             next_page_token=token,
         )
 
@@ -265,7 +270,7 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
         """Show one dead letter with its history."""
         workspace_id, instance_id, letter = names.parse_dead_letter("name", request.name)
         try:
-            letter_id = LetterId.parse(letter)
+            letter_id = self._ids.read(letter)
         except BadDeadLetterId as error:
             raise InvalidArgument.field("name", str(error)) from None
         missing = NotFound("dead letter", request.name)
@@ -287,14 +292,14 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
         )
         if not letters:
             raise missing
-        return pb.GetDeadLetterResponse(dead_letter=dead_letter_message(letters[0]))
+        return pb.GetDeadLetterResponse(dead_letter=dead_letter_message(letters[0], self._ids))
 
     async def ReplayDeadLetters(
         self, request: pb.ReplayDeadLettersRequest, context: Ctx
     ) -> operations_pb2.Operation:
         """Check a replay, start it as an operation and answer the operation."""
         parent = names.parse_instance("parent", request.parent)
-        named = chosen(parent, "names", list(request.names))
+        named = chosen(parent, "names", list(request.names), self._ids)
         start, end = _range(request)
         digest = request_digest(request)
         if request.request_id:
@@ -383,8 +388,10 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
             {
                 "replayed": replayed,
                 "dead_letters": [
-                    names.dead_letter(*names.parse_instance("instance", record.instance), i)
-                    for i in record.letter_ids
+                    names.dead_letter(
+                        *names.parse_instance("instance", record.instance), self._ids.show(i)
+                    )
+                    for i in ids
                 ]
                 or "all",
                 "version_id": record.version_id or "deployed",
@@ -421,7 +428,7 @@ class RetrierServicer(retrier_pb2_grpc.RetrierServicer):
     ) -> pb.PurgeDeadLettersResponse:
         """Delete dead letters of an instance (the others of their packs stay)."""
         parent = names.parse_instance("parent", request.parent)
-        named = chosen(parent, "names", list(request.names))
+        named = chosen(parent, "names", list(request.names), self._ids)
         end = None
         if request.HasField("end_time"):
             end = request_time("end_time", request.end_time)

@@ -13,6 +13,8 @@ from google.protobuf import duration_pb2
 
 from eventfn_api.retrier.v1 import retrier_pb2, retrier_pb2_grpc
 from services.retrier.app import RunningRetrier, start_retrier
+from services.retrier.dead_packs import LetterId
+from services.retrier.letter_ids import LetterIds
 from services.retrier.settings import RetrierSettings
 from tests.pipeline.conftest import Platform, platform, sink
 from tests.registry.conftest import SERVICE, Registry, registry
@@ -22,9 +24,23 @@ __all__ = ["platform", "registry", "sink"]
 StartRetrier: TypeAlias = "Callable[..., Awaitable[tuple[RunningRetrier, RetrierClient]]]"
 
 
+# The dead-letter ids retriers of the tests give (they run with the service token SERVICE).
+LETTER_IDS = LetterIds.from_secret(SERVICE)
+
+
 def lid(letter: Any) -> str:
-    """Return a dead letter's id, the last segment of its name (e.g. "42.0")."""
+    """Return a dead letter's id, the last segment of its name (e.g. "k7c…q4.0")."""
     return letter.name.rsplit("/", 1)[-1]
+
+
+def seq_of(letter: Any) -> int:
+    """Return the DEAD stream sequence of a dead letter (a message or its name)."""
+    return LETTER_IDS.read(lid(letter)).seq
+
+
+def public_id(place: str) -> str:
+    """Return the id retriers show for the letter at `<sequence>[.<index>]` of DEAD."""
+    return LETTER_IDS.show(LetterId.parse(place))
 
 
 class OperationFailed(Exception):

@@ -31,7 +31,7 @@ from tests.eventually import eventually
 from tests.pipeline.conftest import Platform, Sink
 from tests.pipeline.test_parity_batching import all_packs_settled
 from tests.registry.conftest import SERVICE, auth
-from tests.retrier.conftest import RetrierClient, StartRetrier, lid
+from tests.retrier.conftest import RetrierClient, StartRetrier, lid, seq_of
 
 CODE = """
 async function onTrack(event, settings) {
@@ -147,7 +147,7 @@ async def test_always_failing_ends_in_dead_and_replay_delivers(
     assert letter.attempts, "the dead letter records its attempts"
     assert letter.attempts[-1].error.type == "RetryError", letter.attempts[-1]
     assert "HTTP 500" in letter.attempts[-1].error.message, letter.attempts[-1]
-    pack = await retrier.store.pack(int(lid(letter).split(".")[0]))
+    pack = await retrier.store.pack(seq_of(letter))
     assert pack is not None and pack.headers[streams.ATTEMPT] == str(attempts)
     assert letter.attempt_count == attempts
     # The DEAD message's window start is the first attempt's; every attempt after it was made.
@@ -300,7 +300,7 @@ async def test_first_attempt_in_the_future_does_not_stretch_the_window(
     # Trusted, the window would end in an hour; clamped, it ends 1.5 s after the retrier saw it.
     (letter,) = await until_dead(stub, platform.owner, platform.instance_name(iid), seconds=30)
     assert letter.message_id == "m-skew"
-    pack = await retrier.store.pack(int(lid(letter).split(".")[0]))
+    pack = await retrier.store.pack(seq_of(letter))
     assert pack is not None
     first = parse_time(pack.headers[streams.FIRST_ATTEMPT_AT])
     assert first < datetime.now(UTC), "the future first-attempt time was carried forward"

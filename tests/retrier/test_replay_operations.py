@@ -22,7 +22,7 @@ from eventfn_api.retrier.v1 import retrier_pb2 as pb
 from services.retrier.operations import ReplayRecord
 from tests.pipeline.conftest import Platform, Sink
 from tests.registry.conftest import auth
-from tests.retrier.conftest import StartRetrier
+from tests.retrier.conftest import LETTER_IDS, StartRetrier, lid
 from tests.retrier.test_replay_once import dead_letters, dead_pack, delivered, settled
 
 
@@ -155,7 +155,7 @@ async def test_an_abandoned_replay_is_taken_over_by_the_next_retrier(
         name=f"{platform.workspace}/operations/op_{uuid.uuid4().hex[:20]}",
         instance=platform.instance_name(iid),
         actor=who.member.name,
-        letter_ids=[letter.name.rsplit("/", 1)[-1]],
+        letter_ids=[str(LETTER_IDS.read(lid(letter)))],  # as records hold them
         total=1,
         create_time="2026-01-01T00:00:00+00:00",
         updated=time.time() - 3600,

@@ -7,10 +7,10 @@ from nats.aio.client import Client as NatsClient
 from eventfn_api.registry.v1 import registry_pb2 as rpb
 from eventfn_api.retrier.v1 import retrier_pb2 as pb
 from services.common import streams
-from services.retrier.dead_letters import DeadLetterStore, LetterId
+from services.retrier.dead_letters import DeadLetterStore
 from tests.pipeline.conftest import Platform, Sink
 from tests.registry.conftest import auth
-from tests.retrier.conftest import StartRetrier, lid
+from tests.retrier.conftest import StartRetrier, seq_of
 from tests.retrier.test_end_to_end import requests, send, until_dead
 
 BROKEN = """
@@ -104,7 +104,7 @@ async def test_retries_of_a_pinned_replay_run_its_version_and_its_dead_letter_sa
     (again,) = await until_dead(stub, platform.owner, name)
     assert len(sink.paths) >= 2 and set(sink.paths) == {"/chosen"}, sink.paths
     store = DeadLetterStore(nats_client, nats_client.jetstream())
-    pack = await store.pack(LetterId.parse(lid(again)).seq)
+    pack = await store.pack(seq_of(again))
     assert pack is not None
     assert pack.headers[streams.VERSION] == chosen.version.name.rsplit("/", 1)[-1]
     del sink.paths[:]

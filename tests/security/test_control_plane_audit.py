@@ -18,7 +18,7 @@ from eventfn_api.registry.v1 import resources_pb2 as res
 from eventfn_api.retrier.v1 import retrier_pb2
 from services.common import streams
 from tests.registry.conftest import HANDLER, SERVICE, SETTINGS, Registry, auth, registry
-from tests.retrier.conftest import StartRetrier, start_retrier_on
+from tests.retrier.conftest import StartRetrier, public_id, start_retrier_on
 
 __all__ = ["registry", "start_retrier_on"]
 
@@ -180,7 +180,7 @@ async def test_replays_and_purges_are_audited_with_the_real_actor(
     else:
         gone = await retrier.PurgeDeadLetters(
             retrier_pb2.PurgeDeadLettersRequest(
-                parent=instance, names=[f"{instance}/deadLetters/{ack.seq}"]
+                parent=instance, names=[f"{instance}/deadLetters/{public_id(str(ack.seq))}"]
             ),
             metadata=md,
         )

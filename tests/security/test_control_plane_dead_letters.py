@@ -1,6 +1,8 @@
-"""Issue 10, item 10: dead-letter ids are global stream sequences, so another workspace's
-letter must answer exactly like one that does not exist, never naming its instance; and
-replay, purge and list by another workspace's names reach nothing. (Names: issue 13.)
+"""Issue 10, item 10: dead letters live in one stream for every workspace, so another
+workspace's letter must answer exactly like one that does not exist, never naming its
+instance; and replay, purge and list by another workspace's names reach nothing. (Names:
+issue 13.) Their ids are the stream's sequences sealed: shown, the sequences counted the
+other tenants' dead letters.
 
 Dead letters are published straight to the DEAD stream, as the executor or the retrier would.
 """
@@ -24,7 +26,13 @@ from eventfn_api.retrier.v1 import retrier_pb2
 from services.common import streams
 from services.retrier.app import RunningRetrier
 from tests.registry.conftest import HANDLER, SETTINGS, Registry, auth, registry
-from tests.retrier.conftest import RetrierClient, StartRetrier, start_retrier_on
+from tests.retrier.conftest import (
+    RetrierClient,
+    StartRetrier,
+    lid,
+    public_id,
+    start_retrier_on,
+)
 
 __all__ = ["registry", "start_retrier_on"]
 
@@ -45,9 +53,10 @@ class Tenant:
         """The instance's name."""
         return f"workspaces/{self.workspace_id}/instances/{self.instance_id}"
 
-    def letter_name(self, letter: str) -> str:
-        """The name a letter id would have under this tenant's instance."""
-        return f"{self.instance}/deadLetters/{letter}"
+    def letter_name(self, place: str) -> str:
+        """The name the letter at `<sequence>[.<index>]` of DEAD would have under this
+        tenant's instance."""
+        return f"{self.instance}/deadLetters/{public_id(place)}"
 
 
 async def tenant(r: Registry, name: str) -> Tenant:
@@ -262,7 +271,7 @@ async def test_list_replay_and_purge_reach_no_other_workspaces_letters(world: Wo
     md = auth(attacker.owner)
     made_up = f"workspaces/{attacker.workspace_id}/instances/ins_" + "0" * 20
     for instance in (victim.instance, made_up):
-        letter = f"{instance}/deadLetters/{victim.letter}"
+        letter = f"{instance}/deadLetters/{public_id(victim.letter)}"
         calls = [
             stub.ListDeadLetters(retrier_pb2.ListDeadLettersRequest(parent=instance), metadata=md),
             stub.ReplayDeadLetters(
@@ -338,3 +347,39 @@ async def test_dead_letter_page_tokens_are_signed_and_bound_to_their_list(
         error = await failure(page(bad, instance, who))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "page_token" in (error.details() or "")
+
+
+async def test_letter_ids_do_not_count_other_workspaces_letters(
+    world: World, nats_client: NatsClient
+) -> None:
+    """The attacker's two letters, the victim's seven between them: by their sequences, the
+    gap counted them. Ids are sealed, and a sequence is no id (probing with numbers would
+    find one's own letters' sequences)."""
+    victim, attacker, stub, _ = world
+    first = await bury(nats_client, attacker, "a-1")
+    for i in range(7):
+        await bury(nats_client, victim, f"v-{i}")
+    second = await bury(nats_client, attacker, "a-2")
+    listed = await stub.ListDeadLetters(
+        retrier_pb2.ListDeadLettersRequest(parent=attacker.instance), metadata=auth(attacker.owner)
+    )
+    ids = {letter.message_id: lid(letter) for letter in listed.dead_letters}
+    assert ids["a-2"] == public_id(second + ".0") and ids["a-1"] == public_id(first + ".0")
+    for place in (first, second):
+        error = await failure(
+            stub.GetDeadLetter(
+                retrier_pb2.GetDeadLetterRequest(name=f"{attacker.instance}/deadLetters/{place}.0"),
+                metadata=auth(attacker.owner),
+            )
+        )
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "is not one this deployment gave" in (error.details() or "")
+    # The id before its dot names the whole pack.
+    whole = ids["a-2"].split(".")[0]
+    purged = await stub.PurgeDeadLetters(
+        retrier_pb2.PurgeDeadLettersRequest(
+            parent=attacker.instance, names=[f"{attacker.instance}/deadLetters/{whole}"]
+        ),
+        metadata=auth(attacker.owner),
+    )
+    assert purged.purged == 1

@@ -27,7 +27,7 @@ from services.retrier.dead_letters import DeadLetterStore
 from services.router.publisher import Ingestor
 from tests.pipeline.conftest import Platform, platform, sink
 from tests.registry.conftest import SERVICE, auth, registry
-from tests.retrier.conftest import StartRetrier, start_retrier_on
+from tests.retrier.conftest import StartRetrier, public_id, start_retrier_on
 
 __all__ = ["platform", "registry", "sink", "start_retrier_on"]
 
@@ -120,7 +120,7 @@ async def test_every_service_answers_a_bug_with_internal_and_a_correlation_id(
     await internal(
         lambda: retrier.GetDeadLetter(
             retrier_pb2.GetDeadLetterRequest(
-                name=f"{platform.workspace}/instances/ins_1/deadLetters/1"
+                name=f"{platform.workspace}/instances/ins_1/deadLetters/{public_id('1')}"
             ),
             metadata=md,
         ),

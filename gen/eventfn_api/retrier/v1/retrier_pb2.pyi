@@ -74,7 +74,11 @@ class DeadLetter(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """The resource name; the last segment is `<stream sequence>.<index in its pack>`."""
+    """The resource name; the last segment is `<pack>.<index in its pack>`, where `<pack>` is
+    opaque (its stream message, sealed: the stream is every workspace's) and names the whole
+    pack alone (in names of ReplayDeadLetters and PurgeDeadLetters). Ids change when the
+    deployment's service token does; an id it did not give is INVALID_ARGUMENT.
+    """
     message_id: _builtins.str
     """The event's messageId."""
     event_json: _builtins.str
