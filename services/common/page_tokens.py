@@ -1,13 +1,13 @@
-"""Opaque, signed page tokens for keyset pagination (AIP-158), shared by every service.
+"""Opaque, sealed page tokens for keyset pagination (AIP-158), shared by every service.
 
 A token carries the list it belongs to (method), the caller's scope (e.g. the workspace), a
 digest of the request's filters and the sort key of the last item returned. It is sealed
 with AES-GCM, so a token of another list, another workspace or other filters, and any token
 the service did not make, is refused with INVALID_ARGUMENT instead of being trusted, and a
 caller reads nothing in it: a sort key may be a row id numbered across every workspace,
-whose steps would count the other tenants' rows. Pages
-continue after the last key, not at an offset: an item that exists during the whole listing
-is returned exactly once, whatever is written between two pages.
+whose steps would count the other tenants' rows. Pages continue after the last key, not at
+an offset: an item that exists during the whole listing is returned exactly once, whatever
+is written between two pages.
 """
 
 from __future__ import annotations
