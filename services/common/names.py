@@ -145,7 +145,7 @@ def dead_letter(workspace_id: str, instance_id: str, letter: str) -> str:
 
 def parse_dead_letter(field: str, value: str) -> tuple[str, str, str]:
     """Return (workspace id, instance id, letter id) of a dead letter's name."""
-    example = dead_letter("ws_…", "ins_…", "42.0")
+    example = dead_letter("ws_…", "ins_…", "k7c…q4.0")
     match = _DEAD_LETTER.fullmatch(_required(field, value, example))
     if match is None:
         raise _malformed(field, value, example)

@@ -28,7 +28,8 @@ from services.retrier.scheduler import event_count, parse_time
 
 
 class BadDeadLetterId(ValueError):
-    """A dead-letter id is not `<sequence>` or `<sequence>.<index>`."""
+    """A dead-letter id the deployment did not give (`letter_ids`), or a record's that is not
+    `<sequence>` or `<sequence>.<index>`."""
 
 
 @dataclass(frozen=True, slots=True)
