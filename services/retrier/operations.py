@@ -317,9 +317,16 @@ class Operations:
             record.replayed = replayed
             await self.write(record)
 
+        finished = asyncio.Event()
+
         async def keep_fresh() -> None:
-            while True:
+            # Ends when told, not only when cancelled: Python 3.11's wait_for (under a write)
+            # loses a cancellation that comes as its wait ends, and this loop then ran on,
+            # the end never written and the operation running for ever.
+            while not finished.is_set():
                 await asyncio.sleep(KEEP_FRESH.total_seconds())
+                if finished.is_set():
+                    return
                 with contextlib.suppress(*NATS_ERRORS):  # the next write tries again
                     await self.write(record)
 
@@ -335,6 +342,7 @@ class Operations:
                 failure = unexpected("ReplayDeadLetters operation", error)
                 record.error_status = status_message(failure).SerializeToString().hex()
             finally:
+                finished.set()
                 fresh.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await fresh

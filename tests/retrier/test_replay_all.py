@@ -111,3 +111,41 @@ async def test_a_running_replay_keeps_its_record_fresh_while_nothing_is_replayed
     assert finished is not None and finished.done
     assert datetime.fromisoformat(finished.end_time) <= datetime.now(UTC)
     await ops.close()
+
+
+async def test_a_replay_ends_though_its_keep_fresh_write_lost_the_cancellation(
+    nats_client: NatsClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.11's wait_for, under a NATS write, loses a cancellation that comes as its
+    wait ends: the loop keeping the record fresh then ran on, and the replay never wrote its
+    end (running for ever: the full suite's keep-fresh test saw it once)."""
+    monkeypatch.setattr(operations, "KEEP_FRESH", timedelta(milliseconds=20))
+    ops = Operations(nats_client.jetstream())
+    await ops.open()
+    workspace_id = f"ws_{uuid.uuid4().hex[:20]}"
+    record = Operations.new_record(
+        workspace_id, f"workspaces/{workspace_id}/instances/ins_x", "actor", "digest"
+    )
+    await ops.write(record)
+    writing = asyncio.Event()
+    write = Operations.write
+
+    async def write_losing_a_cancellation(self: Operations, kept: ReplayRecord) -> None:
+        writing.set()
+        try:
+            await asyncio.sleep(0.05)  # the write's wait, as wait_for ends it
+        except asyncio.CancelledError:
+            pass  # lost, as 3.11's wait_for loses it when its wait ends meanwhile
+        await write(self, kept)
+
+    monkeypatch.setattr(Operations, "write", write_losing_a_cancellation)
+
+    async def scan_until_a_fresh_write(_: ReplayRecord, __: operations.Progress) -> int:
+        writing.clear()
+        await writing.wait()  # the record is being kept fresh right now
+        return 0
+
+    ops.run(record, scan_until_a_fresh_write)
+    finished = await ops.wait(record.name, 5)
+    assert finished is not None and finished.done
+    await ops.close()
