@@ -236,6 +236,9 @@ async def serve_http(
         ),
         lifespan="off",
         access_log=False,
+        # Its records go to the service's handler (its format, JSON or escaped text): its own
+        # logging config printed them raw, a client's text in them unescaped.
+        log_config=None,
         log_level="warning",
         # uvicorn refuses a request once the open connections, its own included, reach the
         # limit: max_connections + 1 serves every request of max_connections connections.

@@ -32,6 +32,7 @@ from services.common.config_watch import ConfigView, apply_message
 from services.devtools.embedded import EmbeddedNats
 from services.router.app import RunningRouter, start_router
 from services.router.settings import RouterSettings
+from tests.eventually import eventually
 from tests.registry.conftest import HANDLER, SERVICE, SETTINGS, Registry, auth, make_source
 
 # An event nested 1000 levels deep.
@@ -432,7 +433,8 @@ async def test_a_request_over_the_connection_limit_gets_the_routers_own_503(
 ) -> None:
     """With all the connections it may serve open, the router answers the next requests with
     its JSON error and Retry-After (not uvicorn's plain text), closes their connections, and
-    logs them once with a count (not a line each)."""
+    logs them once with a count (not a line each), through the service's log handlers (uvicorn's
+    own printed its lines raw, unescaped, not as JSON)."""
     settings = router_settings(nats_url, f"127.0.0.1:{env.registry.port}").model_copy(
         update={"router_http_max_connections": 2, "router_retry_after_seconds": 7}
     )
@@ -447,10 +449,7 @@ async def test_a_request_over_the_connection_limit_gets_the_routers_own_503(
             writer.write(health)
             answers.append(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10))
         assert [h.split()[1] for h in answers] == [b"200", b"200"]
-        uvicorn_log = logging.getLogger("uvicorn.error")  # it does not propagate to the root
-        uvicorn_log.addHandler(caplog.handler)
-        stack.callback(uvicorn_log.removeHandler, caplog.handler)
-        caplog.clear()
+        caplog.clear()  # uvicorn's records reach the service's handlers (the root's)
         for _ in range(2):
             reader, writer = await asyncio.open_connection("127.0.0.1", router.http_port)
             stack.callback(writer.close)
@@ -469,6 +468,28 @@ async def test_a_request_over_the_connection_limit_gets_the_routers_own_503(
     refusals = [m for m in logged if "refused with 503" in m]
     assert len(refusals) == 1 and "EVENTFN_ROUTER_HTTP_MAX_CONNECTIONS" in refusals[0], logged
     assert not [m for m in logged if "concurrency limit" in m], logged
+
+
+async def test_uvicorns_records_go_through_the_services_log_handlers(env: Env) -> None:
+    """uvicorn's own logging config printed its lines (a malformed request's, anyone's to
+    cause) raw to stderr: not JSON under EVENTFN_LOG_FORMAT=json, a client's text unescaped.
+    They reach the root logger's handlers, where the service's formatter is."""
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = seen.append  # type: ignore[method-assign]
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", env.router.http_port)
+        writer.write(b"\x16\x03\x01 not http\r\n\r\n")
+        await asyncio.wait_for(reader.read(), 10)  # answered 400 and closed
+        writer.close()
+        await eventually(
+            lambda: [r for r in seen if r.name.startswith("uvicorn")],
+            "uvicorn's warning at the root's handlers",
+        )
+    finally:
+        root.removeHandler(handler)
 
 
 async def test_new_instance_is_routed_without_restart(env: Env, nats_client: NatsClient) -> None:
