@@ -31,6 +31,8 @@ from services.common.telemetry import extract
 from services.common.tracer import get_tracer
 
 tracer = get_tracer("eventfn.rpc")
+# Characters of a caller's user agent its call's span keeps.
+MAX_USER_AGENT_CHARS = 256
 
 
 # Codes that mark a server span as failed (OpenTelemetry's gRPC conventions): the others are
@@ -78,8 +80,8 @@ class ServerCalls:
             elif key == "user-agent":
                 agent = value
         attributes = {**self._method_attributes(method), RPC_GRPC_STATUS_CODE: 0}
-        if agent is not None:
-            attributes["rpc.user_agent"] = agent
+        if agent is not None:  # the caller's to choose: kept short
+            attributes["rpc.user_agent"] = agent[:MAX_USER_AGENT_CHARS]
         _peer_attributes(context.peer(), attributes)
         parent = None
         if isinstance(traceparent, str):

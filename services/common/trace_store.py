@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 STREAM = "TRACES"
 MAX_BYTES = 128 * 1024 * 1024
 PUBLISH_SECONDS = 5.0
+# The largest message of a trace's spans (the server takes 8 MiB at most).
+MESSAGE_BYTES = 1024 * 1024
 READ_SECONDS = 5.0
 # What one lookup reads at most, all its requests together (a trace of a busy batch is a few
 # hundred messages; a sender chooses the trace id its events continue, so a stranger can add
@@ -157,6 +159,28 @@ async def _connection_error(error: Exception) -> None:
     log.debug("trace store connection: %r", error)
 
 
+def _messages(records: list[dict[str, Any]]) -> list[bytes]:
+    """Encode a trace's spans as JSON arrays of at most MESSAGE_BYTES each (one over the
+    server's payload limit failed the export of the whole batch, every other trace in it
+    lost); a span larger than that alone is left out."""
+    encoded = [orjson.dumps(record) for record in records]
+    messages: list[bytes] = []
+    part: list[bytes] = []
+    size = 2
+    for span in encoded:
+        if len(span) + 2 > MESSAGE_BYTES:
+            log.debug("a span of %d bytes not stored", len(span))
+            continue
+        if part and size + len(span) + 1 > MESSAGE_BYTES:
+            messages.append(b"[" + b",".join(part) + b"]")
+            part, size = [], 2
+        part.append(span)
+        size += len(span) + 1
+    if part:
+        messages.append(b"[" + b",".join(part) + b"]")
+    return messages
+
+
 class TraceStoreExporter(SpanExporter):
     """Export spans to the TRACES stream."""
 
@@ -197,7 +221,8 @@ class TraceStoreExporter(SpanExporter):
             keys.update(dict.fromkeys(index_keys(record)))
         for trace_id, (records, keys) in traces.items():
             first, *others = keys or [None]
-            await nc.publish(trace_subject(trace_id, first), orjson.dumps(records))
+            for message in _messages(records):  # a trace is read from all its messages
+                await nc.publish(trace_subject(trace_id, first), message)
             for key in others:
                 await nc.publish(trace_subject(trace_id, key), b"")
         await nc.flush(timeout=PUBLISH_SECONDS)

@@ -15,6 +15,7 @@ from services.common.metrics import Histograms, Tally, status_class
 from services.common.telemetry import PROPAGATOR
 from services.common.tracer import get_tracer
 from services.runtime import InvocationResult, OutcomeKind, RequestTrace
+from services.runtime.outcomes import cut_text
 
 tracer = get_tracer("eventfn.executor")
 # The order of badness, for an invocation's one outcome (its worst event's).
@@ -71,6 +72,12 @@ def annotate(span: Span, result: InvocationResult) -> None:
     )
 
 
+# The fetches of one invocation that get a span each, and the characters of a URL kept in one.
+MAX_FETCH_SPANS = 100
+MAX_SPAN_URL_CHARS = 1024
+UNTRACED_FETCHES = "eventfn.fetches_untraced"
+
+
 def outgoing_trace(invoke: Span) -> tuple[tuple[str, str], ...]:
     """Return the W3C trace headers (traceparent, tracestate) naming an invoke span as parent.
 
@@ -85,18 +92,26 @@ def outgoing_trace(invoke: Span) -> tuple[tuple[str, str], ...]:
 
 
 def record_fetches(parent: Span, requests: Iterable[RequestTrace]) -> None:
-    """Add a CLIENT span per fetch the function made, under its invoke span."""
+    """Add a CLIENT span per fetch the function made, under its invoke span: the first
+    MAX_FETCH_SPANS of them, URLs cut to MAX_SPAN_URL_CHARS (an invocation may make 10,000
+    fetches of 64 KB URLs: its spans made a trace too large to store, and lost the other
+    traces exported with it); the invoke span counts the fetches left out."""
     if not parent.is_recording():
         return
     context = trace.set_span_in_context(parent)
+    traced = untraced = 0
     for r in requests:
         if not r.start_ns:
             continue
+        if traced == MAX_FETCH_SPANS:
+            untraced += 1
+            continue
+        traced += 1
         full, host, port = endpoint(r.url)
         attributes: dict[str, str | int] = {
             "http.request.method": r.method,
-            "url.full": full,
-            "server.address": host,
+            "url.full": cut_text(full, MAX_SPAN_URL_CHARS),
+            "server.address": cut_text(host, MAX_SPAN_URL_CHARS),
         }
         if port:
             attributes["server.port"] = port
@@ -113,6 +128,8 @@ def record_fetches(parent: Span, requests: Iterable[RequestTrace]) -> None:
             span.set_attribute("error.type", "fetch_error" if r.error else str(r.status))
             span.set_status(Status(StatusCode.ERROR))
         span.end(end_time=r.start_ns + int(r.duration_ms * 1e6))
+    if untraced:
+        parent.set_attribute(UNTRACED_FETCHES, untraced)
 
 
 OTHER_HOSTS = "other"

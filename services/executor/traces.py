@@ -257,6 +257,11 @@ async def _visible_spans(
             return instances.get(str(attributes[INSTANCE_ATTRIBUTE]), False)
         if "eventfn.source_id" in attributes:
             return str(attributes["eventfn.source_id"]) in sources
+        if span.get("kind") == "SERVER":
+            # A call into the platform continues the trace its caller names, anyone's: one
+            # made with a reader's invoke span as parent (sent to the hosts it fetches) was
+            # shown in that reader's trace, a user agent of the caller's choosing its text.
+            return False
         parent = by_id.get(str(span.get("parent_id", "")))
         return parent is not None and depth < 64 and readable(parent, depth + 1)
 

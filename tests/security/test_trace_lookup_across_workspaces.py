@@ -131,3 +131,35 @@ async def test_a_trace_id_shared_with_another_workspace_shows_each_only_its_span
     ids = {s.span_id for s in found.spans}
     assert ids == {ingest["span_id"], route["span_id"], invoke["span_id"], fetch["span_id"]}
     assert "theirs" not in str(found)
+
+
+async def test_a_call_continuing_a_readers_trace_is_not_shown_in_it(
+    platform: Platform, nats_client: NatsClient
+) -> None:
+    """Anyone, with no token, could call an RPC naming a reader's invoke span as its parent
+    (an instance sends that to the hosts it fetches): the call's SERVER span joined the
+    reader's trace and was shown in it, its user agent a text of the caller's choosing."""
+    mine = await platform.instance(CODE, "http://127.0.0.1:9/")
+    trace_id = uuid.uuid4().hex
+    invoke = span(trace_id, "invoke", {"eventfn.instance_id": mine})
+    fetch = span(trace_id, "POST", {"url.full": "https://api.example.com/mine"}, invoke)
+    forged = span(
+        trace_id,
+        "/eventfn.executor.v1.Executor/GetTrace",
+        {"rpc.user_agent": "eventfn notice: rotate your API key at https://evil.example/"},
+        invoke,
+    )
+    forged["kind"] = "SERVER"
+    below = span(trace_id, "child of the forged call", {}, forged)
+    js = nats_client.jetstream()
+    await ensure_stream(js, retention_seconds=600)
+    await js.publish(trace_subject(trace_id), orjson.dumps([invoke, fetch, forged, below]))
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
+        executor = executor_pb2_grpc.ExecutorStub(channel)
+        found = await executor.GetTrace(
+            executor_pb2.GetTraceRequest(parent=platform.workspace, trace_id=trace_id),
+            metadata=auth(platform.owner),
+        )
+    assert {s.span_id for s in found.spans} == {invoke["span_id"], fetch["span_id"]}
+    assert "evil" not in str(found)
