@@ -221,6 +221,8 @@ def _provider(candidates: tuple[str, ...], owners: dict[Path, str]) -> str | Non
             spec = importlib.util.find_spec(module)
         except ModuleNotFoundError:  # `c` of `from a.b import c` is an attribute of a.b
             continue
+        except ValueError:  # loaded without a spec (cryptography's `ciphers.algorithms`)
+            continue
         if spec is not None and spec.origin and spec.origin not in ("built-in", "frozen"):
             return owners.get(Path(spec.origin).resolve())
     return None
