@@ -32,10 +32,12 @@ def _free() -> str:
 
 
 @contextmanager
-def platform() -> Iterator[tuple[Platform, dict[str, str]]]:
-    """Start the platform in a temp state dir, on free ports; stop it and remove the dir
-    (its database and event store: tens of MB a run) afterwards."""
+def platform(**settings: str) -> Iterator[tuple[Platform, dict[str, str]]]:
+    """Start the platform in a temp state dir, on free ports (`settings`: more EVENTFN_*
+    variables); stop it and remove the dir (its database and event store: tens of MB a run)
+    afterwards."""
     env = {
+        **settings,
         "EVENTFN_REGISTRY_LISTEN": _free(),
         "EVENTFN_ROUTER_LISTEN": _free(),
         "EVENTFN_ROUTER_HTTP_LISTEN": _free(),

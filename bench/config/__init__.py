@@ -218,6 +218,7 @@ async def run(endpoints: dict[str, str], procs: Processes) -> None:
 def main() -> None:
     """Run the config-change benchmark."""
     print(f"bench.config: {CORES} cores, sizes {SIZES}, {CREATES} creates per size", flush=True)
-    with platform() as (running, endpoints):
+    # One workspace of 10,000 instances: past the default quota of instances.
+    with platform(EVENTFN_REGISTRY_INSTANCES_PER_WORKSPACE="0") as (running, endpoints):
         asyncio.run(run(endpoints, processes(running)))
     print_apply_costs()

@@ -16,7 +16,7 @@ from services.common.workspace_budget import WorkspaceBudget
 from services.registry.access import Authenticator
 from services.registry.auth import Caller
 from services.registry.idempotency import Idempotency
-from services.registry.models import AuditEvent, Function, FunctionVersion, Member
+from services.registry.models import AuditEvent, Function, FunctionVersion, Instance, Member
 from services.registry.paging import Pages
 from services.registry.secrets import SecretBox
 from services.registry.store import RegistryStore
@@ -40,6 +40,28 @@ class RegistryDeps:
     idempotency: Idempotency
     changes: WorkspaceBudget
     code_bytes: int = 0  # of code the versions of a workspace's functions may hold; 0: any
+    instances: int = 0  # a workspace may have; 0: any
+
+    async def room_for_instance(self, session: AsyncSession, workspace_id: str) -> None:
+        """Refuse an instance past the workspace's quota (RESOURCE_EXHAUSTED: waiting changes
+        nothing). The workspace's creations wait for each other here, to the end of their
+        transactions: concurrent ones each passed a check of the same count."""
+        if not self.instances:
+            return
+        await session.exec(
+            select(func.pg_advisory_xact_lock(func.hashtext(f"instances:{workspace_id}")))
+        )
+        count = await session.scalar(
+            select(func.count()).select_from(Instance).where(Instance.workspace_id == workspace_id)
+        )
+        if int(count or 0) >= self.instances:
+            raise ResourceExhausted(
+                f"workspace {workspace_id} has {count} instances, the most it may have "
+                "(EVENTFN_REGISTRY_INSTANCES_PER_WORKSPACE: every router and executor holds "
+                "each, and counts it in its metrics): delete instances no longer used, or ask "
+                "the operator to raise it",
+                retry_after=None,
+            )
 
     async def room_for_code(
         self, session: AsyncSession, workspace_id: str, code: str, schema: list[Any]

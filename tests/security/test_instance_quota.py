@@ -1,0 +1,88 @@
+"""How many instances a workspace may have. Nothing bounded them: every router and executor
+holds each one, and counts it in its metrics, whose 2,000 series a metric one tenant's live
+instances filled (every other tenant's counts then went to one overflow series, and 5,000
+made the executor's /metrics 49 MB). Past `EVENTFN_REGISTRY_INSTANCES_PER_WORKSPACE`, a
+CreateInstance is refused (RESOURCE_EXHAUSTED, no retry hint: waiting changes nothing) and
+nothing is stored; a deleted instance frees its place; another workspace's quota is its own."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+
+from eventfn_api.registry.v1 import registry_pb2 as pb
+from eventfn_api.registry.v1 import resources_pb2 as res
+from tests.registry.conftest import (
+    HANDLER,
+    SETTINGS,
+    Registry,
+    auth,
+    make_source,
+    running_registry,
+)
+
+QUOTA = 3
+
+
+async def fleet(registry: Registry, name: str) -> tuple[str, str, str, list[str]]:
+    """A workspace with a function and QUOTA + 2 sources; return (workspace, owner token,
+    function name, source names)."""
+    workspace, owner = await registry.workspace(name)
+    fn = await registry.stub.CreateFunction(
+        pb.CreateFunctionRequest(
+            parent=f"workspaces/{workspace}",
+            function=res.DestinationFunction(display_name="fn"),
+            code=HANDLER,
+            settings=SETTINGS,
+        ),
+        metadata=auth(owner),
+    )
+    sources = [(await make_source(registry, owner, f"s{i}")).name for i in range(QUOTA + 2)]
+    return workspace, owner, fn.function.name, sources
+
+
+def create(registry: Registry, owner: str, workspace: str, function: str, source: str):
+    values = {"endpoint": "https://example.com/hook", "apiKey": "sk_1"}
+    instance = res.Instance(function=function, source=source)
+    instance.settings.update(values)
+    return registry.stub.CreateInstance(
+        pb.CreateInstanceRequest(parent=f"workspaces/{workspace}", instance=instance),
+        metadata=auth(owner),
+    )
+
+
+async def test_a_workspace_has_its_quota_of_instances_and_no_more(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    async with running_registry(
+        fresh_database, tmp_path, registry_instances_per_workspace=QUOTA
+    ) as registry:
+        workspace, owner, fn, sources = await fleet(registry, "Many")
+        # Created at once: concurrent creations each checked the same count before.
+        made = await asyncio.gather(
+            *(create(registry, owner, workspace, fn, s) for s in sources), return_exceptions=True
+        )
+        refused = [m for m in made if isinstance(m, grpc.aio.AioRpcError)]
+        kept = [m for m in made if not isinstance(m, BaseException)]
+        assert len(kept) == QUOTA and len(refused) == 2, made
+        for error in refused:
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "EVENTFN_REGISTRY_INSTANCES_PER_WORKSPACE" in (error.details() or "")
+        listed = await registry.stub.ListInstances(
+            pb.ListInstancesRequest(parent=f"workspaces/{workspace}"), metadata=auth(owner)
+        )
+        assert len(listed.instances) == QUOTA
+        # A deleted instance frees its place.
+        await registry.stub.DeleteInstance(
+            pb.DeleteInstanceRequest(name=kept[0].instance.name), metadata=auth(owner)
+        )
+        used = {i.source for i in listed.instances}
+        free = [s for s in sources if s not in used]
+        await create(registry, owner, workspace, fn, free[0])
+        # A neighbour has its own.
+        neighbour_ws, neighbour, neighbour_fn, neighbour_sources = await fleet(
+            registry, "Neighbour"
+        )
+        await create(registry, neighbour, neighbour_ws, neighbour_fn, neighbour_sources[0])
