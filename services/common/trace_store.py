@@ -163,6 +163,9 @@ def _messages(records: list[dict[str, Any]]) -> list[bytes]:
     """Encode a trace's spans as JSON arrays of at most MESSAGE_BYTES each (one over the
     server's payload limit failed the export of the whole batch, every other trace in it
     lost); a span larger than that alone is left out."""
+    whole = orjson.dumps(records)
+    if len(whole) <= MESSAGE_BYTES:  # nearly always: one encoding
+        return [whole]
     encoded = [orjson.dumps(record) for record in records]
     messages: list[bytes] = []
     part: list[bytes] = []
