@@ -15,7 +15,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from time import time_ns
+from time import monotonic, time_ns
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -53,9 +53,30 @@ class ServiceMetrics:
 MAX_SERIES = 2000
 OVERFLOW_ATTRIBUTES: dict[str, bool] = {"otel.metric.overflow": True}
 _OVERFLOW = ("otel.metric.overflow",)
+# At the limit, series of instances no longer live are forgotten at most this often (not
+# only when metrics are collected: a collection may not come for a while).
+SWEEP_SECONDS = 1.0
 
 
-class Tally:
+class _Bounded:
+    """Attribute sets kept per series, at most MAX_SERIES of them: at the limit, those of
+    instances no longer `live` (the first value) are forgotten first, once in SWEEP_SECONDS."""
+
+    _live: Callable[[str], bool] | None
+    _swept = 0.0
+
+    def _room(self, series: dict[Any, Any]) -> bool:
+        """Tell whether `series` may take another attribute set."""
+        now = monotonic()
+        if self._live is not None and now >= self._swept + SWEEP_SECONDS:
+            self._swept = now
+            for values in list(series):
+                if values is not _OVERFLOW and not self._live(str(values[0])):
+                    series.pop(values, None)
+        return len(series) < MAX_SERIES
+
+
+class Tally(_Bounded):
     """A counter kept as running sums in this process and read when metrics are collected
     (an observable counter, exported like any counter). Adding is a dict update: the SDK's
     `Counter.add` hashes the attributes and takes locks, ≈ 4 µs a call, several calls per
@@ -89,7 +110,7 @@ class Tally:
         sums = self._sums
         total = sums.get(values)
         if total is None:
-            if len(sums) >= MAX_SERIES:
+            if len(sums) >= MAX_SERIES and not self._room(sums):
                 values = _OVERFLOW
             total = sums.get(values, 0)
         sums[values] = total + amount
@@ -132,7 +153,7 @@ class _Series:
         self.start = time_ns()
 
 
-class Distribution:
+class Distribution(_Bounded):
     """A histogram kept as bucket counts in this process and exported with the SDK's metrics
     when a reader collects (`Histograms`), as the SDK's own histogram of that name, unit,
     meter and boundaries would be (cumulative, without exemplars). Recording is a dict lookup
@@ -166,7 +187,7 @@ class Distribution:
         """Record a value under these attribute values (one per attribute name, in order)."""
         series = self._series.get(values)
         if series is None:
-            if len(self._series) >= MAX_SERIES:
+            if len(self._series) >= MAX_SERIES and not self._room(self._series):
                 values = _OVERFLOW
                 series = self._series.get(values)
             if series is None:
