@@ -146,7 +146,8 @@ class AuditEvent(SQLModel, table=True):
     # The order of entries, numbered across every workspace: never shown (its steps would
     # count the other tenants' changes).
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
-    # The id in the entry's name: its time and random bits (`audit_id`).
+    # The id in the entry's name: its time and random bits (`audit_id`; the column's default,
+    # of the same form (migration 0010), names what an older registry writes in an upgrade).
     public_id: str = Field(sa_column=Column(Text, unique=True, nullable=False))
     workspace_id: str = Field(index=True, sa_type=Text)
     actor_member_id: str = Field(sa_type=Text)

@@ -163,3 +163,21 @@ async def test_audit_entries_of_before_0010_get_ids_of_their_own(engine: AsyncEn
     millisecond = f"aud_{1_796_288_400_123:012x}"
     assert len(set(ids)) == 3
     assert all(i.startswith(millisecond) and len(i) == len(millisecond) + 16 for i in ids), ids
+
+
+async def test_an_older_registry_writing_audit_entries_after_0010_names_them_too(
+    engine: AsyncEngine,
+) -> None:
+    """A rolling upgrade: the registry of the release before knows no `public_id` and keeps
+    writing entries while (and after) the new one migrates."""
+    await migrate(engine)
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO audit_event (workspace_id, actor_member_id, actor_email, action, "
+                "resource_type, resource_id, details, created_at) VALUES ('ws_a', 'system', "
+                "'system', 'source.update', 'source', 'src_1', '{}', now())"
+            )
+        )
+        (named,) = (await conn.execute(text("SELECT public_id FROM audit_event"))).scalars()
+    assert named.startswith("aud_") and len(named) == len("aud_") + 28

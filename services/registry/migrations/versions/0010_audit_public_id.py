@@ -15,15 +15,27 @@ branch_labels = None
 depends_on = None
 
 
+# The id of an entry an older registry writes meanwhile (a rolling upgrade: it knows no such
+# column), of the form `store.audit_id` gives, at its insert's time.
+DEFAULT = (
+    "'aud_' || lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0') "
+    "|| substr(md5(random()::text || clock_timestamp()::text), 1, 16)"
+)
+
+
 def upgrade() -> None:
-    op.add_column("audit_event", sa.Column("public_id", sa.Text(), nullable=True))
-    # Entries written before: the form `store.audit_id` gives new ones.
+    # With a default, never NULL: entries older registries write during the upgrade (and
+    # after a rollback) get one, and NOT NULL holds whatever they commit meanwhile.
+    op.add_column(
+        "audit_event",
+        sa.Column("public_id", sa.Text(), nullable=False, server_default=sa.text(DEFAULT)),
+    )
+    # Entries written before: their own time, as new ones have.
     op.execute(
         "UPDATE audit_event SET public_id = 'aud_' "
         "|| lpad(to_hex((extract(epoch FROM created_at) * 1000)::bigint), 12, '0') "
         "|| substr(md5(random()::text || clock_timestamp()::text || id::text), 1, 16)"
     )
-    op.alter_column("audit_event", "public_id", nullable=False)
     op.create_unique_constraint("audit_event_public_id_key", "audit_event", ["public_id"])
 
 
