@@ -47,7 +47,7 @@ class LetterIds:
 
     def read(self, text: str) -> LetterId:
         """Return the letter a public id names; refuse one this deployment did not give."""
-        pack, dot, index = text.strip().partition(".")
+        pack, dot, index = text.partition(".")
         quoted = repr(text) if len(text) <= _QUOTED else f"{text[:_QUOTED]!r}…"
         try:
             if len(pack) != _PACK_CHARS:
@@ -66,4 +66,10 @@ class LetterIds:
             ) from None
         if seq < 1 or (position is not None and position < 0):
             raise BadDeadLetterId(f"dead letter id {quoted} is out of range")
-        return LetterId(seq, position)
+        letter = LetterId(seq, position)
+        if self.show(letter) != text:  # one spelling a letter: `00`, `1_0`, upper case, …
+            raise BadDeadLetterId(
+                f"dead letter id {quoted} is not written as the deployment gave it; copy it "
+                "from `eventfn dead list`"
+            )
+        return letter
