@@ -6,6 +6,8 @@ import hmac
 import logging
 
 import grpc
+from sqlalchemy import update
+from sqlmodel import col, select
 
 from services.common.errors import PermissionDenied, Unauthenticated
 from services.common.rpc import bearer_token
@@ -78,12 +80,26 @@ class Authenticator:
 BOOTSTRAP_TOKEN_NAME = "bootstrap"
 
 
+async def forget_bootstrap_prefixes(store: RegistryStore) -> None:
+    """Clear the first characters of bootstrap tokens an older release kept (every owner of
+    the bootstrap workspace was shown them), whether EVENTFN_BOOTSTRAP_TOKEN is set or not."""
+    async with store.transaction() as session:
+        admins = select(Member.id).where(Member.bootstrap)
+        await session.exec(
+            update(Token)
+            .where(
+                col(Token.name) == BOOTSTRAP_TOKEN_NAME,
+                col(Token.prefix) != "",
+                col(Token.member_id).in_(admins),
+            )
+            .values(prefix="")
+        )
+
+
 async def ensure_bootstrap(store: RegistryStore, *, workspace_name: str, secret: str) -> None:
     """Make sure the bootstrap administrator exists and `secret` is one of its tokens."""
     secret_hash = auth.hash_secret(secret)
     async with store.transaction() as session:
-        from sqlmodel import select
-
         admin = (await session.exec(select(Member).where(Member.bootstrap))).first()
         if admin is None:
             ws = (
@@ -114,8 +130,6 @@ async def ensure_bootstrap(store: RegistryStore, *, workspace_name: str, secret:
         existing = (
             await session.exec(select(Token).where(Token.secret_hash == secret_hash))
         ).first()
-        if existing is not None and existing.prefix:
-            existing.prefix = ""  # registered with its first characters by an older release
         if existing is None:
             # A new EVENTFN_BOOTSTRAP_TOKEN replaces the one configured before: rotating it is
             # changing the variable (the old one kept working, for ever). Deleted, not revoked:

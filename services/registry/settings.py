@@ -45,7 +45,9 @@ class RegistrySettings(CommonSettings):
     @field_validator("bootstrap_token")
     @classmethod
     def _long_enough(cls, token: str | None) -> str | None:
-        if token is not None and len(token) < MIN_BOOTSTRAP_TOKEN_CHARS:
+        if not token:
+            return None  # set empty: none
+        if len(token) < MIN_BOOTSTRAP_TOKEN_CHARS:
             raise ValueError(
                 f"EVENTFN_BOOTSTRAP_TOKEN has {len(token)} characters; it must have at least "
                 f"{MIN_BOOTSTRAP_TOKEN_CHARS} (it can create workspaces and read every one): "

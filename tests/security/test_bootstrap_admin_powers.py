@@ -152,7 +152,8 @@ async def test_no_owner_sees_any_of_the_bootstrap_token(
 ) -> None:
     """Every owner of the bootstrap workspace read the bootstrap token's first 8 characters
     (its `prefix`): an operator's choice, of any length, and the whole deployment's key. A
-    token registered so by an older release loses them at the next start."""
+    token registered so by an older release loses them at the next start, even one started
+    without EVENTFN_BOOTSTRAP_TOKEN (an operator told to choose a longer one unsets it)."""
     async with running_registry(fresh_database, tmp_path) as r:
         me = await r.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(BOOTSTRAP))
         co_owner = await r.member(
@@ -165,7 +166,7 @@ async def test_no_owner_sees_any_of_the_bootstrap_token(
             )
         finally:
             await conn.close()
-    async with running_registry(fresh_database, tmp_path) as r:
+    async with running_registry(fresh_database, tmp_path, bootstrap_token="") as r:
         listed = await r.stub.ListTokens(
             pb.ListTokensRequest(parent=me.workspace.name), metadata=auth(co_owner)
         )
@@ -178,10 +179,15 @@ async def test_no_owner_sees_any_of_the_bootstrap_token(
         assert all(t.prefix for t in listed.tokens if t.member != me.member.name)
 
 
-@pytest.mark.parametrize("token", ["", "admin", "efn_" + "x" * 27])
+@pytest.mark.parametrize("token", ["admin", "efn_" + "x" * 27])
 def test_a_short_bootstrap_token_is_refused_at_start(token: str) -> None:
     with pytest.raises(ValidationError, match=r"EVENTFN_BOOTSTRAP_TOKEN has .* at least 32"):
         RegistrySettings(database_url="postgresql://x@127.0.0.1/x", bootstrap_token=token)
     assert RegistrySettings(
         database_url="postgresql://x@127.0.0.1/x", bootstrap_token="efn_" + "x" * 28
     ).bootstrap_token
+    # Set empty, it is unset (as before).
+    assert (
+        RegistrySettings(database_url="postgresql://x@h/x", bootstrap_token="").bootstrap_token
+        is None
+    )
