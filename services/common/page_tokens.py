@@ -28,6 +28,7 @@ from services.common.errors import InvalidArgument
 _VERSION = 2
 _LABEL = b"eventfn/page-tokens/v2"
 _NONCE_BYTES = 12
+_DIGITS = 20  # of the largest key number (2**64 - 1)
 _SKIPPED = ("page_token", "page_size")
 
 
@@ -54,6 +55,9 @@ class PageTokens:
 
     def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(hmac.new(key, _LABEL, hashlib.sha256).digest())
+        # Tokens the release before made (signed, not sealed) are read during an upgrade:
+        # replicas of both serve one listing's pages. Not made any more.
+        self._v1_key = hmac.new(key, b"eventfn/page-tokens/v1", hashlib.sha256).digest()
 
     @classmethod
     def from_secret(cls, secret: str | bytes) -> PageTokens:
@@ -65,8 +69,24 @@ class PageTokens:
         body = orjson.dumps(
             {"v": _VERSION, "m": method, "s": scope, "q": filters_digest(request), "k": last}
         )
+        # As long whatever the key's numbers: a sealed text is as long as the plain one, and
+        # the number of digits of a row id numbered across every workspace is its size.
+        body += b" " * sum(_DIGITS - len(str(v)) for v in last if type(v) is int)
         nonce = os.urandom(_NONCE_BYTES)
         return _b64(nonce + self._aead.encrypt(nonce, body, _LABEL))
+
+    def _opened(self, token: str) -> bytes:
+        """Return a token's body (its seal or, for the release before's, its signature
+        checked); raise ValueError or InvalidTag for any other text."""
+        if "." in token:  # `<body>.<signature>`, both base64: the release before's
+            body_text, _, signature = token.partition(".")
+            body = _unb64(body_text)
+            made = hmac.new(self._v1_key, body, hashlib.sha256).digest()[:16]
+            if not hmac.compare_digest(_unb64(signature), made):
+                raise ValueError("signature")
+            return body
+        sealed = _unb64(token)
+        return self._aead.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], _LABEL)
 
     def read(self, method: str, scope: str, request: Message) -> list[Any] | None:
         """Return the last key the request's page_token continues after (None: first page)."""
@@ -74,12 +94,10 @@ class PageTokens:
         if not token:
             return None
         try:
-            sealed = _unb64(token)
-            body = self._aead.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], _LABEL)
-            payload = orjson.loads(body)
+            payload = orjson.loads(self._opened(token))
         except (ValueError, InvalidTag, orjson.JSONDecodeError):
             payload = None
-        if not isinstance(payload, dict) or payload.get("v") != _VERSION:
+        if not isinstance(payload, dict) or payload.get("v") not in (1, _VERSION):
             raise InvalidArgument.field(
                 "page_token", "is not a token this service made; start again without one"
             )

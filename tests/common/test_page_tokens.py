@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from services.common.errors import InvalidArgument
-from services.common.page_tokens import PageTokens
+from services.common.page_tokens import PageTokens, filters_digest
 
 TOKENS = PageTokens.from_secret("a deployment secret")
 REQUEST = pb.ListAuditEventsRequest(parent="workspaces/ws_a", page_size=2)
@@ -60,3 +63,27 @@ def test_any_changed_byte_is_refused(position: int, flip: int) -> None:
 def test_any_text_is_refused_clearly(text: str) -> None:
     with pytest.raises(InvalidArgument, match="page_token"):
         TOKENS.read("ListAuditEvents", "ws_a", _continuing(text))
+
+
+def test_a_tokens_length_does_not_tell_its_numbers() -> None:
+    """A sealed text is as long as the plain one: the digits of a row id numbered across
+    every workspace told its size (token lengths 156, 158, 162, 168 for 9, 10, 99999, 10**9)."""
+    lengths = {
+        len(TOKENS.issue("ListAuditEvents", "ws_a", REQUEST, ["2026-12-03T09:00:00Z", n]))
+        for n in (9, 10, 99_999, 10**9, 2**64 - 1)
+    }
+    assert len(lengths) == 1, lengths
+
+
+def test_a_token_of_the_release_before_is_read() -> None:
+    """Replicas of two releases serve one listing during an upgrade: the release before
+    signed its tokens (`<body>.<signature>`), with a key of its own derived alike."""
+    key = hmac.new(b"a deployment secret", b"eventfn/page-tokens/v1", hashlib.sha256).digest()
+    body = orjson.dumps(
+        {"v": 1, "m": "ListAuditEvents", "s": "ws_a", "q": filters_digest(REQUEST), "k": LAST}
+    )
+    signature = hmac.new(key, body, hashlib.sha256).digest()[:16]
+    old = ".".join(base64.urlsafe_b64encode(p).decode().rstrip("=") for p in (body, signature))
+    assert TOKENS.read("ListAuditEvents", "ws_a", _continuing(old)) == LAST
+    with pytest.raises(InvalidArgument, match="not a token this service made"):
+        TOKENS.read("ListAuditEvents", "ws_a", _continuing(old[:-3] + "AAA"))
