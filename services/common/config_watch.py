@@ -143,6 +143,16 @@ class ConfigWatcher:
         """Return instances by id."""
         return self.view.instances
 
+    def instance_workspace(self, instance_id: str) -> str | None:
+        """Return the workspace of an instance; None when it is not (or no longer) known."""
+        config = self.view.instances.get(instance_id)
+        return config.workspace_id if config is not None else None
+
+    def source_workspace(self, source_id: str) -> str | None:
+        """Return the workspace of a source; None when it is not (or no longer) known."""
+        config = self.view.sources.get(source_id)
+        return config.workspace_id if config is not None else None
+
     @property
     def instances_by_source(self) -> Mapping[str, tuple[pb.InstanceConfig, ...]]:
         """Return the instances connected to each source id."""

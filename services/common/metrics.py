@@ -12,11 +12,12 @@ import selectors
 import socket
 import threading
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from time import monotonic, time_ns
-from typing import Any
+from time import time_ns
+from typing import Any, Generic, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from opentelemetry.metrics import CallbackOptions, Meter, NoOpMeterProvider, Observation
@@ -47,46 +48,108 @@ class ServiceMetrics:
     histograms: Histograms = field(default_factory=lambda: Histograms())
 
 
-# Attribute sets a metric kept here has at most (the SDK's own limit): past them, new ones are
-# counted in one overflow series, as the SDK's (live instances are a tenant's to create: 5,000
-# of them made /metrics 49 MB, 5 s of CPU a scrape).
+# Attribute sets a metric kept here has at most (the SDK's own limit), and those of one
+# workspace's objects (instances, sources: a tenant's to create): past them, new ones are
+# counted in one overflow series, the workspace's or (past the first) everyone's. Without them
+# one tenant's live instances took every series (5,000 of them made /metrics 49 MB, 5 s of CPU
+# a scrape), and a neighbour's new instance was counted in the overflow series alone.
 MAX_SERIES = 2000
+PER_WORKSPACE_SERIES = MAX_SERIES // 4
 OVERFLOW_ATTRIBUTES: dict[str, bool] = {"otel.metric.overflow": True}
-_OVERFLOW = ("otel.metric.overflow",)
-# At the limit, series of instances no longer live are forgotten at most this often (not
-# only when metrics are collected: a collection may not come for a while).
-SWEEP_SECONDS = 1.0
+WORKSPACE_ATTRIBUTE = "eventfn.workspace_id"
+_OVERFLOW: tuple[Any, ...] = ("otel.metric.overflow",)
+_WORKSPACE_OVERFLOW = object()  # first of the key of a workspace's overflow series
+# At a limit, the series of objects gone are forgotten (on the event loop's thread, which
+# alone changes the series); after a sweep that freed none, only every this many new sets.
+SWEEP_EVERY = 100
+
+Owner = Callable[[str], str | None]
+V = TypeVar("V")
 
 
-class _Bounded:
-    """Attribute sets kept per series, at most MAX_SERIES of them: at the limit, those of
-    instances no longer `live` (the first value) are forgotten first, once in SWEEP_SECONDS."""
+class _Bounded(Generic[V]):
+    """Series by attribute values, the first naming an object (an instance, a source) whose
+    workspace `owner` tells (None: the object is gone; its series are left out of what is
+    exported and forgotten at the next sweep). At most PER_WORKSPACE_SERIES series of one
+    workspace's objects and MAX_SERIES in all; past them, new attribute sets are counted in
+    the workspace's overflow series, or in everyone's."""
 
-    _live: Callable[[str], bool] | None
-    _swept = 0.0
+    def __init__(self, names: tuple[str, ...], owner: Owner | None) -> None:
+        self._names = names
+        self._owner = owner
+        self._series: dict[tuple[Any, ...], V] = {}
+        self._owners: dict[tuple[Any, ...], str] = {}  # the workspace of a series' object
+        self._per_workspace: Counter[str] = Counter()
+        self._fruitless = False  # the last sweep freed nothing
+        self._attempts = 0  # new attribute sets refused since
 
-    def _room(self, series: dict[Any, Any]) -> bool:
-        """Tell whether `series` may take another attribute set."""
-        now = monotonic()
-        if self._live is not None and now >= self._swept + SWEEP_SECONDS:
-            self._swept = now
-            for values in list(series):
-                if values is not _OVERFLOW and not self._live(str(values[0])):
-                    series.pop(values, None)
-        return len(series) < MAX_SERIES
+    def _key(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Return the key a new attribute set is counted under: its own, or an overflow's."""
+        workspace = self._owner(str(values[0])) if self._owner is not None else None
+        full = workspace is not None and self._per_workspace[workspace] >= PER_WORKSPACE_SERIES
+        if full or len(self._series) >= MAX_SERIES:
+            self._sweep()
+            full = workspace is not None and self._per_workspace[workspace] >= PER_WORKSPACE_SERIES
+            if full:
+                return (_WORKSPACE_OVERFLOW, workspace)
+            if len(self._series) >= MAX_SERIES:
+                return _OVERFLOW
+        if workspace is not None:
+            self._owners[values] = workspace
+            self._per_workspace[workspace] += 1
+        return values
+
+    def _sweep(self) -> None:
+        """Forget the series of objects gone (after a fruitless sweep, every SWEEP_EVERY)."""
+        if self._owner is None or (self._fruitless and self._attempts < SWEEP_EVERY):
+            self._attempts += 1
+            return
+        self._attempts = 0
+        before = len(self._series)
+        for key in list(self._series):
+            if not self._exported(key):
+                del self._series[key]
+                workspace = self._owners.pop(key, None)
+                if workspace is not None:
+                    self._per_workspace[workspace] -= 1
+                    if not self._per_workspace[workspace]:
+                        del self._per_workspace[workspace]
+        self._fruitless = len(self._series) == before
+
+    def _exported(self, key: tuple[Any, ...]) -> bool:
+        """Tell whether a series is exported: an overflow, or one of an object not gone."""
+        if key is _OVERFLOW or key[0] is _WORKSPACE_OVERFLOW or self._owner is None:
+            return True
+        return self._owner(str(key[0])) is not None
+
+    def _items(self) -> list[tuple[dict[str, Any], V]]:
+        """Return the exported series with their attributes (from the collector's thread,
+        while the event loop adds: the items are copied first)."""
+        out = []
+        for key, value in list(self._series.items()):
+            if not self._exported(key):
+                continue
+            if key is _OVERFLOW:
+                attributes: dict[str, Any] = dict(OVERFLOW_ATTRIBUTES)
+            elif key[0] is _WORKSPACE_OVERFLOW:
+                attributes = {**OVERFLOW_ATTRIBUTES, WORKSPACE_ATTRIBUTE: key[1]}
+            else:
+                attributes = dict(zip(self._names, key, strict=True))
+            out.append((attributes, value))
+        return out
 
 
-class Tally(_Bounded):
+class Tally(_Bounded[int]):
     """A counter kept as running sums in this process and read when metrics are collected
     (an observable counter, exported like any counter). Adding is a dict update: the SDK's
     `Counter.add` hashes the attributes and takes locks, ≈ 4 µs a call, several calls per
     request on the data path.
 
-    `live`, given, tells whether the object its first attribute names (an instance) still
-    exists: the sums of one that does not are forgotten when metrics are collected (a tenant
-    creating and deleting instances filled the metric's series for the process's lifetime, and
-    past the SDK's 2,000 every other instance's counts went to one overflow series). At most
-    MAX_SERIES sums are kept, the rest in one overflow series."""
+    `owner`, given, tells the workspace of the object the first attribute names (an instance,
+    a source), None once it is gone: the sums of one gone are not exported, and forgotten (a
+    tenant creating and deleting instances filled the metric's series for the process's
+    lifetime, and past the SDK's 2,000 every other instance's counts went to one overflow
+    series); series are bounded per workspace and in all (see `_Bounded`)."""
 
     def __init__(
         self,
@@ -96,42 +159,25 @@ class Tally(_Bounded):
         unit: str,
         description: str,
         attributes: tuple[str, ...],
-        live: Callable[[str], bool] | None = None,
+        owner: Owner | None = None,
     ) -> None:
-        self._names = attributes
-        self._live = live
-        self._sums: dict[tuple[str | bool, ...], int] = {}
+        super().__init__(attributes, owner)
         meter.create_observable_counter(
             name, callbacks=[self._observe], unit=unit, description=description
         )
 
     def add(self, amount: int, *values: str | bool) -> None:
         """Add to the sum of these attribute values (one per attribute name, in order)."""
-        sums = self._sums
+        sums = self._series
         total = sums.get(values)
         if total is None:
-            if len(sums) >= MAX_SERIES and not self._room(sums):
-                values = _OVERFLOW
-            total = sums.get(values, 0)
-        sums[values] = total + amount
+            key = self._key(values)
+            sums[key] = sums.get(key, 0) + amount
+        else:
+            sums[values] = total + amount
 
     def _observe(self, _options: CallbackOptions) -> Iterable[Observation]:
-        # The collector's thread reads while the event loop adds: copy the items first.
-        items = list(self._sums.items())
-        if self._live is not None:
-            kept = []
-            for values, total in items:
-                if values is _OVERFLOW or self._live(str(values[0])):
-                    kept.append((values, total))
-                else:
-                    self._sums.pop(values, None)
-            items = kept
-        return [Observation(total, self._attributes(values)) for values, total in items]
-
-    def _attributes(self, values: tuple[str | bool, ...]) -> dict[str, str | bool]:
-        if values is _OVERFLOW:
-            return dict(OVERFLOW_ATTRIBUTES)
-        return dict(zip(self._names, values, strict=True))
+        return [Observation(total, attributes) for attributes, total in self._items()]
 
 
 # The SDK's bucket boundaries for a histogram no view configures (the `le` dashboards read).
@@ -153,17 +199,15 @@ class _Series:
         self.start = time_ns()
 
 
-class Distribution(_Bounded):
+class Distribution(_Bounded[_Series]):
     """A histogram kept as bucket counts in this process and exported with the SDK's metrics
     when a reader collects (`Histograms`), as the SDK's own histogram of that name, unit,
     meter and boundaries would be (cumulative, without exemplars). Recording is a dict lookup
     and a bisect: the SDK's `Histogram.record` hashes the attributes and takes locks.
 
-    `live` as in `Tally`: the series of an instance that no longer exists are forgotten when
-    metrics are collected. The SDK's histograms keep every attribute set for the process's
+    `owner` as in `Tally`. The SDK's histograms keep every attribute set for the process's
     lifetime and have no observable form: a tenant creating, feeding and deleting instances
-    filled their 2,000 series, and every other instance's went to one overflow series. At
-    most MAX_SERIES attribute sets are kept, the rest in one overflow series."""
+    filled their 2,000 series, and every other instance's went to one overflow series."""
 
     def __init__(
         self,
@@ -173,25 +217,22 @@ class Distribution(_Bounded):
         unit: str,
         description: str,
         attributes: tuple[str, ...],
-        live: Callable[[str], bool] | None = None,
+        owner: Owner | None = None,
         boundaries: tuple[float, ...] = BOUNDARIES,
     ) -> None:
+        super().__init__(attributes, owner)
         self.scope = InstrumentationScope(meter.name, meter.version, meter.schema_url)
         self._name, self._unit, self._description = name, unit, description
-        self._names = attributes
-        self._live = live
         self._boundaries = boundaries
-        self._series: dict[tuple[str | bool, ...], _Series] = {}
 
     def record(self, value: float, *values: str | bool) -> None:
         """Record a value under these attribute values (one per attribute name, in order)."""
         series = self._series.get(values)
         if series is None:
-            if len(self._series) >= MAX_SERIES and not self._room(self._series):
-                values = _OVERFLOW
-                series = self._series.get(values)
+            key = self._key(values)
+            series = self._series.get(key)
             if series is None:
-                series = self._series[values] = _Series(len(self._boundaries) + 1)
+                series = self._series[key] = _Series(len(self._boundaries) + 1)
         # A bucket holds the values up to its boundary, inclusive (as the SDK's).
         series.counts[bisect_left(self._boundaries, value)] += 1
         series.sum += value
@@ -201,23 +242,16 @@ class Distribution(_Bounded):
             series.max = value
 
     def collect(self, now: int) -> Metric | None:
-        """Return the histogram's points of live instances (none: None)."""
-        # The collector's thread reads while the event loop records: copy the items first; a
-        # point's count is its buckets' (a value recorded meanwhile may miss from its sum).
+        """Return the histogram's points of objects not gone (none: None)."""
+        # A point's count is its buckets' (a value recorded meanwhile may miss from its sum).
         points = []
-        for values, series in list(self._series.items()):
-            overflow = values is _OVERFLOW
-            if not overflow and self._live is not None and not self._live(str(values[0])):
-                self._series.pop(values, None)
-                continue
+        for attributes, series in self._items():
             counts = list(series.counts)
             if not any(counts):  # made by `record`, not yet counted
                 continue
             points.append(
                 HistogramDataPoint(
-                    attributes=dict(OVERFLOW_ATTRIBUTES)
-                    if overflow
-                    else dict(zip(self._names, values, strict=True)),
+                    attributes=attributes,
                     start_time_unix_nano=series.start,
                     time_unix_nano=now,
                     count=sum(counts),
@@ -251,11 +285,11 @@ class Histograms:
         unit: str,
         description: str,
         attributes: tuple[str, ...],
-        live: Callable[[str], bool] | None = None,
+        owner: Owner | None = None,
     ) -> Distribution:
         """Return a histogram of `meter`'s scope, exported by this service's readers."""
         kept = Distribution(
-            meter, name, unit=unit, description=description, attributes=attributes, live=live
+            meter, name, unit=unit, description=description, attributes=attributes, owner=owner
         )
         self._kept.append(kept)
         return kept

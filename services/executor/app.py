@@ -26,7 +26,6 @@ from services.executor.handoff import Handoff
 from services.executor.observe import ExecutorMetrics
 from services.executor.servicer import ExecutorServicer
 from services.executor.settings import ExecutorSettings
-from services.executor.traces import WorkspaceOf
 from services.executor.versions import VersionSource
 from services.runtime import EgressConfig, RuntimeConfig, RuntimePool
 
@@ -59,16 +58,6 @@ def runtime_config(settings: ExecutorSettings) -> RuntimeConfig:
     if settings.executor_workers:
         return RuntimeConfig(workers=settings.executor_workers, egress=egress)
     return RuntimeConfig(egress=egress)
-
-
-def workspace_of(watcher: ConfigWatcher) -> WorkspaceOf:
-    """Name an instance's workspace from the executor's current configuration."""
-
-    def of(instance_id: str) -> str | None:
-        config = watcher.instances.get(instance_id)
-        return config.workspace_id if config is not None else None
-
-    return of
 
 
 async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> RunningExecutor:
@@ -105,7 +94,7 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
         metrics=ExecutorMetrics(
             metrics.meter,
             lambda: pool.restarts,
-            lambda iid: iid in watcher.instances,
+            watcher.instance_workspace,
             histograms=metrics.histograms,
         ),
     )
@@ -145,7 +134,7 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
         js,
         pool,
         PageTokens.from_secret(token),
-        workspace_of(watcher),
+        watcher.instance_workspace,
         settings.preview_budget(),
     )
     server, port, health = rpc.create_server(

@@ -11,7 +11,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from services.common.metrics import Histograms, Tally, status_class
+from services.common.metrics import Histograms, Owner, Tally, status_class
 from services.common.telemetry import PROPAGATOR
 from services.common.tracer import get_tracer
 from services.runtime import InvocationResult, OutcomeKind, RequestTrace
@@ -174,12 +174,12 @@ class ExecutorMetrics:
         self,
         meter: Meter,
         restarts: Callable[[], Mapping[str, int]],
-        live: Callable[[str], bool] | None = None,
+        owner: Owner | None = None,
         *,
         histograms: Histograms,
     ) -> None:
-        """`live` tells whether an instance still exists (see `Tally`); the invocations'
-        histograms by instance are kept in `histograms` (see `Distribution`)."""
+        """`owner` tells an instance's workspace, None once it is gone (see `Tally`); the
+        invocations' histograms by instance are kept in `histograms` (see `Distribution`)."""
         names = ("eventfn.instance_id", "eventfn.outcome")
         self._events = Tally(
             meter,
@@ -187,7 +187,7 @@ class ExecutorMetrics:
             unit="{event}",
             description="Events by outcome",
             attributes=names,
-            live=live,
+            owner=owner,
         )
         self._invocations = Tally(
             meter,
@@ -195,7 +195,7 @@ class ExecutorMetrics:
             unit="{invocation}",
             description="Invocations by outcome",
             attributes=names,
-            live=live,
+            owner=owner,
         )
         self._duration = histograms.create(
             meter,
@@ -203,7 +203,7 @@ class ExecutorMetrics:
             unit="s",
             description="Invocation duration",
             attributes=("eventfn.instance_id", "eventfn.batch"),
-            live=live,
+            owner=owner,
         )
         self._size = histograms.create(
             meter,
@@ -211,7 +211,7 @@ class ExecutorMetrics:
             unit="{event}",
             description="Events per invocation",
             attributes=("eventfn.instance_id",),
-            live=live,
+            owner=owner,
         )
         self._fetch = meter.create_histogram(
             "http.client.request.duration", unit="s", description="Function fetch duration"

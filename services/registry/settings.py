@@ -34,8 +34,7 @@ class RegistrySettings(CommonSettings):
     # definitions and 1 KB a version (every save keeps a version: saves in a loop grew the
     # database 23 MiB a second); 0: no limit.
     registry_code_bytes_per_workspace: int = 256 * 1024 * 1024
-    # Instances a workspace may have (every router and executor holds each, and counts it in
-    # its metrics: those keep 2,000 series a metric); 0: no limit.
+    # Instances a workspace may have (every router and executor holds each); 0: no limit.
     registry_instances_per_workspace: int = 1000
     # The bootstrap administrator's token (deployment-wide powers), registered at start;
     # unset: none. At least 32 characters, e.g. `openssl rand -hex 32`.

@@ -115,8 +115,8 @@ async def start_router(settings: RouterSettings, stack: AsyncExitStack) -> Runni
         recorder=recorder,
         metrics=RouterMetrics(
             metrics.meter,
-            live_source=lambda sid: sid in watcher.view.sources,
-            live_instance=lambda iid: iid in watcher.instances,
+            source_owner=watcher.source_workspace,
+            instance_owner=watcher.instance_workspace,
         ),
     )
     stack.callback(lambda: log.info("router stopping: %s", ingestor.stats))

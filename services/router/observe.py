@@ -3,11 +3,9 @@ executors' backlog (the router is always up, so the signal is there with no exec
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from opentelemetry.metrics import Meter
 
-from services.common.metrics import Tally
+from services.common.metrics import Owner, Tally
 
 
 class RouterMetrics:
@@ -16,17 +14,18 @@ class RouterMetrics:
     def __init__(
         self,
         meter: Meter,
-        live_source: Callable[[str], bool] | None = None,
-        live_instance: Callable[[str], bool] | None = None,
+        source_owner: Owner | None = None,
+        instance_owner: Owner | None = None,
     ) -> None:
-        """`live_source` and `live_instance` tell whether one still exists (see `Tally`)."""
+        """`source_owner` and `instance_owner` tell the workspace of one, None once it is gone
+        (see `Tally`)."""
         self._received = Tally(
             meter,
             "eventfn.router.events.received",
             unit="{event}",
             description="Events received",
             attributes=("eventfn.source_id",),
-            live=live_source,
+            owner=source_owner,
         )
         self._stored = Tally(
             meter,
@@ -34,7 +33,7 @@ class RouterMetrics:
             unit="{event}",
             description="Events stored",
             attributes=("eventfn.source_id",),
-            live=live_source,
+            owner=source_owner,
         )
         self._filtered = Tally(
             meter,
@@ -42,7 +41,7 @@ class RouterMetrics:
             unit="{event}",
             description="Events kept from an instance by its filters or the integrations object",
             attributes=("eventfn.instance_id",),
-            live=live_instance,
+            owner=instance_owner,
         )
         self._rejected = Tally(
             meter,

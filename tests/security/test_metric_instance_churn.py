@@ -22,6 +22,13 @@ from tests.registry.conftest import auth, registry
 
 __all__ = ["platform", "registry", "sink"]
 OUTCOMES = "eventfn_events_outcomes_total"
+
+
+def workspace(instance_id: str) -> str:
+    """The workspace of an instance of these tests: the neighbour's own, the churner's."""
+    return "ws_neighbour" if instance_id == "ins_neighbour" else "ws_churner"
+
+
 HISTOGRAMS = ("eventfn_invocation_duration_seconds", "eventfn_invocation_events")
 
 
@@ -64,7 +71,7 @@ def test_churned_instances_leave_room_for_a_neighbours() -> None:
         unit="{event}",
         description="Events by outcome",
         attributes=("eventfn.instance_id", "eventfn.outcome"),
-        live=lambda instance_id: instance_id not in deleted,
+        owner=lambda instance_id: None if instance_id in deleted else workspace(instance_id),
     )
     for i in range(500):  # each instance created, fed and deleted
         for outcome in ("delivered", "retry", "discard", "failure"):
@@ -85,7 +92,7 @@ def test_churned_instances_leave_room_in_the_histograms() -> None:
     metrics = ExecutorMetrics(
         provider.get_meter("eventfn-executor"),
         dict,
-        live=lambda instance_id: instance_id not in deleted,
+        owner=lambda instance_id: None if instance_id in deleted else workspace(instance_id),
         histograms=histograms,
     )
     fed = InvocationResult(outcomes=[EventOutcome(OutcomeKind.DELIVERED)], duration_ms=3.0)
@@ -102,3 +109,33 @@ def test_churned_instances_leave_room_in_the_histograms() -> None:
         assert all('eventfn_instance_id="ins_neighbour"' in line for line in counts), (
             f"the neighbour's invocations went to {name}'s overflow series"
         )
+
+
+def test_a_tenants_live_instances_leave_room_for_a_neighbours() -> None:
+    """Within its quota of instances, one tenant's live instances (four outcomes each) took
+    every series of the executor's metrics: a neighbour's new instance was counted in the
+    overflow series alone. A workspace's instances take at most a quarter of the series; its
+    others are counted in an overflow series of its own."""
+    registry, histograms = CollectorRegistry(), Histograms()
+    provider = MeterProvider(metric_readers=[prometheus_reader(registry, histograms)])
+    metrics = ExecutorMetrics(
+        provider.get_meter("eventfn-executor"), dict, workspace, histograms=histograms
+    )
+    outcomes = [EventOutcome(kind) for kind in OutcomeKind]
+    for i in range(1000):
+        metrics.record(f"ins_churn{i:04d}", False, InvocationResult(outcomes=outcomes))
+    metrics.record(
+        "ins_neighbour", False, InvocationResult(outcomes=[EventOutcome(OutcomeKind.DELIVERED)])
+    )
+    text = generate_latest(registry).decode()
+    mine = [line for line in text.splitlines() if line.startswith(OUTCOMES)]
+    assert any('eventfn_instance_id="ins_neighbour"' in line for line in mine), (
+        "the neighbour's outcomes went to an overflow series"
+    )
+    for name in HISTOGRAMS:
+        assert any(
+            line.startswith(f"{name}_count") and 'eventfn_instance_id="ins_neighbour"' in line
+            for line in text.splitlines()
+        ), f"the neighbour's invocations went to {name}'s overflow series"
+    overflow = [line for line in mine if 'otel_metric_overflow="true"' in line]
+    assert overflow and all('eventfn_workspace_id="ws_churner"' in line for line in overflow)
