@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from services.common import rpc
 from services.common.errors import NotFound
+from tests.eventually import eventually
 from tests.spans import record_spans
 
 SERVICE = "eventfn.test.v1.Probe"
@@ -108,6 +109,12 @@ def _server_spans(spans: InMemorySpanExporter, method: str) -> list[ReadableSpan
     ]
 
 
+async def _ended(spans: InMemorySpanExporter, method: str) -> list[ReadableSpan]:
+    """Await a call's server span: it ends once its answer is sent, maybe after the caller
+    has it."""
+    return await eventually(lambda: _server_spans(spans, method), f"a {method} server span")
+
+
 def _durations(reader: InMemoryMetricReader) -> dict[tuple[str, str], int]:
     counts: dict[tuple[str, str], int] = {}
     data = reader.get_metrics_data()
@@ -134,7 +141,7 @@ async def test_a_call_continues_the_callers_trace_in_a_server_span(
         channel, "Ok", "hi", metadata=(("traceparent", f"00-{TRACE_ID}-{CALLER_SPAN}-01"),)
     )
     assert answer.value == "echo hi"
-    [span] = [s for s in _server_spans(spans, "Ok") if s.context.trace_id == int(TRACE_ID, 16)]
+    [span] = [s for s in await _ended(spans, "Ok") if s.context.trace_id == int(TRACE_ID, 16)]
     assert span.parent is not None and span.parent.span_id == int(CALLER_SPAN, 16)
     attributes = dict(span.attributes or {})
     assert attributes["rpc.system"] == "grpc"
@@ -161,7 +168,7 @@ async def test_refusals_bugs_and_aborts_end_with_their_status_on_the_call_and_it
         assert "secret detail" not in details
         if method == "Refuse":
             assert details == "probe 'Refuse-1' not found"
-        span = _server_spans(spans, method)[-1]
+        span = (await _ended(spans, method))[-1]
         assert dict(span.attributes or {})["rpc.grpc.status_code"] == code.value[0]
         # The caller's mistake is not the server's fault; a bug and an outage are.
         failed = span.status.status_code is StatusCode.ERROR
@@ -196,7 +203,7 @@ async def test_a_stream_is_one_span_and_health_checks_get_none(
     )
     got = [m.value async for m in stream(StringValue(value="s"))]
     assert got == ["s 0", "s 1"]
-    assert len(_server_spans(spans, "Stream")) >= 1
+    assert len(await _ended(spans, "Stream")) >= 1
     health = health_pb2_grpc.HealthStub(channel)
     answer = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE))
     assert answer.status == health_pb2.HealthCheckResponse.SERVING

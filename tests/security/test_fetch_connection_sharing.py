@@ -51,7 +51,9 @@ class _NotesApi:
 @pytest_asyncio.fixture
 async def notes_api() -> AsyncIterator[tuple[str, _NotesApi]]:
     app = _NotesApi()
-    config = uvicorn.Config(app, http="h11", lifespan="off", log_level="error")
+    # log_config=None: uvicorn's default config would stop its loggers' records from reaching
+    # the root's handlers for the rest of the process (the router's test of that reads them).
+    config = uvicorn.Config(app, http="h11", lifespan="off", log_level="error", log_config=None)
     config.load()
     server = uvicorn.Server(config)
     server.lifespan = config.lifespan_class(config)  # as `Server.serve` sets it up
