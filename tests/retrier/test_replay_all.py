@@ -78,12 +78,12 @@ async def test_letters_dead_lettered_after_a_replay_of_all_started_are_left(
     assert await left_in_dead(nats_client, t) == []
 
 
-async def test_a_running_replay_keeps_its_record_fresh_while_nothing_is_replayed(
-    nats_client: NatsClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A long scan wrote nothing for more than ABANDONED_AFTER: a retrier starting then took
-    the running replay over, and both replayed it."""
-    monkeypatch.setattr(operations, "KEEP_FRESH", timedelta(milliseconds=50))
+async def _written_record(
+    nats_client: NatsClient, monkeypatch: pytest.MonkeyPatch, fresh: timedelta
+) -> tuple[Operations, ReplayRecord]:
+    """Open the operations bucket with records kept fresh every `fresh`, and write a new
+    replay's record."""
+    monkeypatch.setattr(operations, "KEEP_FRESH", fresh)
     ops = Operations(nats_client.jetstream())
     await ops.open()
     workspace_id = f"ws_{uuid.uuid4().hex[:20]}"
@@ -91,6 +91,15 @@ async def test_a_running_replay_keeps_its_record_fresh_while_nothing_is_replayed
         workspace_id, f"workspaces/{workspace_id}/instances/ins_x", "actor", "digest"
     )
     await ops.write(record)
+    return ops, record
+
+
+async def test_a_running_replay_keeps_its_record_fresh_while_nothing_is_replayed(
+    nats_client: NatsClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long scan wrote nothing for more than ABANDONED_AFTER: a retrier starting then took
+    the running replay over, and both replayed it."""
+    ops, record = await _written_record(nats_client, monkeypatch, timedelta(milliseconds=50))
     accepted = record.updated
     scanning = asyncio.Event()
 
@@ -119,14 +128,7 @@ async def test_a_replay_ends_though_its_keep_fresh_write_lost_the_cancellation(
     """Python 3.11's wait_for, under a NATS write, loses a cancellation that comes as its
     wait ends: the loop keeping the record fresh then ran on, and the replay never wrote its
     end (running for ever: the full suite's keep-fresh test saw it once)."""
-    monkeypatch.setattr(operations, "KEEP_FRESH", timedelta(milliseconds=20))
-    ops = Operations(nats_client.jetstream())
-    await ops.open()
-    workspace_id = f"ws_{uuid.uuid4().hex[:20]}"
-    record = Operations.new_record(
-        workspace_id, f"workspaces/{workspace_id}/instances/ins_x", "actor", "digest"
-    )
-    await ops.write(record)
+    ops, record = await _written_record(nats_client, monkeypatch, timedelta(milliseconds=20))
     writing = asyncio.Event()
     write = Operations.write
 

@@ -14,14 +14,8 @@ import grpc
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
-from tests.registry.conftest import (
-    HANDLER,
-    SETTINGS,
-    Registry,
-    auth,
-    make_source,
-    running_registry,
-)
+from tests.registry.conftest import Registry, auth, make_source, running_registry
+from tests.registry.test_flows import make_function
 
 QUOTA = 3
 
@@ -30,17 +24,11 @@ async def fleet(registry: Registry, name: str) -> tuple[str, str, str, list[str]
     """A workspace with a function and QUOTA + 2 sources; return (workspace, owner token,
     function name, source names)."""
     workspace, owner = await registry.workspace(name)
-    fn = await registry.stub.CreateFunction(
-        pb.CreateFunctionRequest(
-            parent=f"workspaces/{workspace}",
-            function=res.DestinationFunction(display_name="fn"),
-            code=HANDLER,
-            settings=SETTINGS,
-        ),
-        metadata=auth(owner),
-    )
-    sources = [(await make_source(registry, owner, f"s{i}")).name for i in range(QUOTA + 2)]
-    return workspace, owner, fn.function.name, sources
+    fn, first = await make_function(registry, owner)
+    sources = [first] + [
+        (await make_source(registry, owner, f"s{i}")).name for i in range(QUOTA + 1)
+    ]
+    return workspace, owner, fn, sources
 
 
 def create(registry: Registry, owner: str, workspace: str, function: str, source: str):
