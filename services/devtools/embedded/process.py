@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ctypes
 import fcntl
+import functools
 import os
 import random
 import secrets
@@ -169,10 +170,22 @@ class RunAs:
 
 
 _PR_SET_PDEATHSIG = 1
-# util-linux's setpriv sets the parent-death signal and execs the server: no Python code runs
-# in the forked child, which is unsafe while the parent has threads (gRPC's, asyncio's
-# executors): a pre-exec hook there may deadlock or crash before the server starts.
-_SETPRIV = shutil.which("setpriv")
+
+
+@functools.cache
+def _setpriv() -> str | None:
+    """Return util-linux's setpriv if it sets a parent-death signal (2.33 and later): it sets
+    it and execs the server, so no Python code runs in the forked child, which is unsafe
+    while the parent has threads (gRPC's, asyncio's executors): a pre-exec hook there may
+    deadlock or crash before the server starts."""
+    path = shutil.which("setpriv")
+    if path is None:
+        return None
+    try:
+        usage = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return path if "--pdeathsig" in usage.stdout else None
 
 
 def _parent_death_signal(sig: signal.Signals) -> Callable[[], None]:
@@ -202,9 +215,10 @@ def spawn(
     switch to run_as, so the credential change does not clear it.
     """
     command, hook = list(argv), None
-    if stop_with_parent and _SETPRIV:
+    setpriv = _setpriv() if stop_with_parent else None
+    if stop_with_parent and setpriv:
         command = [
-            _SETPRIV,
+            setpriv,
             f"--pdeathsig={stop_with_parent.name.removeprefix('SIG')}",
             "--",
             *argv,
