@@ -42,7 +42,12 @@ async def test_a_function_keeping_memory_does_not_pile_up_replaced_workers() -> 
             for _ in range(20):  # until its worker is replaced
                 normal = pool._workers[0]
                 grow = await invoke(pool, KEEPER, [{"type": "track", "op": "grow"}], key=key)
-                assert grow.outcomes[0].kind == OutcomeKind.DELIVERED
+                # A slow machine's watchdog may see the worker pass its limit while the
+                # array is filled: the invocation is stopped then, and the slot replaced too.
+                outcome = grow.outcomes[0]
+                assert outcome.kind == OutcomeKind.DELIVERED or (
+                    outcome.error_type == "MemoryLimitExceeded"
+                ), outcome
                 if pool._workers[0] is not normal:
                     slot_holders.add(id(pool._workers[0]))
                     break
