@@ -41,6 +41,7 @@ import nats
 import nats.errors
 import nats.js.errors
 import orjson
+import uvloop
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from opentelemetry.sdk.trace import ReadableSpan
@@ -190,7 +191,7 @@ class TraceStoreExporter(SpanExporter):
     def __init__(self, nats_url: str, retention_seconds: float = 3600.0) -> None:
         self._url = nats_url
         self._retention = retention_seconds
-        self._loop = asyncio.new_event_loop()
+        self._loop = uvloop.new_event_loop()  # as the services' own: less CPU a publish
         self._thread = threading.Thread(target=self._loop.run_forever, name="trace-store")
         self._thread.daemon = True
         self._thread.start()
