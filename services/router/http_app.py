@@ -11,7 +11,8 @@ preflights of these paths are answered with 204.
 Answers `200 {"success": true}` only once every pack of the request is acknowledged by
 JetStream; errors are JSON `{"success": false, "code": ..., "message": ...}`:
 400 bad input, 401 missing/unknown write key, 403 origin not allowed, 404/405 wrong path
-or method (404 also for the settings of an unknown write key), 408 slow body, 415 wrong
+or method (404 also for the settings of an unknown write key), 408 slow body (431 a head
+past 64 KB and 400 more than 100 requests sent ahead: `http_server`), 415 wrong
 content type or encoding, 503 (with Retry-After) before the first configuration snapshot
 or while the event store is unreachable.
 """

@@ -14,7 +14,9 @@ opens, and for a further request from its first byte. uvicorn has none: it start
 on a new connection, and its keep-alive timer stops at the first byte after an answer; so
 connections that send nothing, or trickle a head, would hold the connection limit for ever
 and every other client would be refused. A connection past the deadline is closed, with a
-408 if a request had begun.
+408 if a request had begun. A head past MAX_HEAD_BYTES gets 431, more than MAX_PIPELINED
+requests sent ahead of their answers 400, and the connection is closed (uvicorn bounds
+neither).
 """
 
 from __future__ import annotations
@@ -51,6 +53,38 @@ _HEAD_TIMEOUT_ANSWER = (
     b"content-length: %d\r\nconnection: close\r\n\r\n%s"
     % (len(_HEAD_TIMEOUT_BODY), _HEAD_TIMEOUT_BODY)
 )
+# A request head's bytes past those of the read it began in (httptools and uvicorn set no
+# limit, and grow a header value or URL by concatenation: 83 MB of one header took 10 s of the
+# loop, 120 MB of small ones 1.9 GB of memory).
+MAX_HEAD_BYTES = 64 * 1024
+# Requests a connection may have waiting behind the one being answered (uvicorn queues every
+# pipelined head of a read, and reads on after each answer: 12 MB of them took 1.3 GB).
+MAX_PIPELINED = 100
+
+
+def _answer(status: bytes, code: bytes, message: bytes) -> bytes:
+    body = b'{"success":false,"code":"%s","message":"%s"}' % (code, message)
+    return (
+        b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n%s" % (status, len(body), body)
+    )
+
+
+_HEAD_TOO_LARGE_ANSWER = _answer(
+    b"431 Request Header Fields Too Large",
+    b"header_too_large",
+    b"the request line and headers are larger than %d KB" % (MAX_HEAD_BYTES // 1024),
+)
+_TOO_MANY_PIPELINED_ANSWER = _answer(
+    b"400 Bad Request",
+    b"too_many_pipelined",
+    b"more than %d requests sent ahead on one connection; wait for the answers" % MAX_PIPELINED,
+)
+
+
+class _Refused(Exception):
+    """Stops parsing a connection that has been answered and closed (httptools ends the
+    read; uvicorn's own 400 then goes to a closed transport)."""
 
 
 class _Refusals:
@@ -136,6 +170,7 @@ class _OneWriteProtocol(HttpToolsProtocol):
         self._on_header_timeout = on_header_timeout
         self._head_timer: asyncio.TimerHandle | None = None
         self._in_head = False  # a request has begun and its headers are not all here
+        self._head_bytes = 0  # of the unfinished head, after the read it began in
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         if app is service_unavailable:
@@ -156,7 +191,15 @@ class _OneWriteProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return
+        continuing = self._in_head
         super().data_received(data)
+        if self._in_head:  # a head still unfinished: count what came for it
+            self._head_bytes = self._head_bytes + len(data) if continuing else 0
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse_connection(_HEAD_TOO_LARGE_ANSWER)
+                return
         # uvicorn stops its keep-alive timer at the first byte after an answer and starts it
         # again only with the next answer: bytes that leave a head unfinished (a trickled
         # head, blank lines, the rest of a body answered early) must not keep the connection.
@@ -173,10 +216,21 @@ class _OneWriteProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._head_bytes = 0
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
         super().on_headers_complete()
+        if len(self.pipeline) > MAX_PIPELINED:
+            self._refuse_connection(_TOO_MANY_PIPELINED_ANSWER)
+            raise _Refused  # stops this read's parsing: nothing more is queued
+
+    def _refuse_connection(self, answer: bytes) -> None:
+        """Answer a connection that went past a limit, and close it."""
+        self.pipeline.clear()
+        if not self.transport.is_closing():
+            self.transport.write(answer)
+            self.transport.close()
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
