@@ -43,16 +43,6 @@ HEADER_TIMEOUT_SECONDS = 10.0
 # At most this long a stop waits for requests under way (publishes time out at 5 s).
 SHUTDOWN_SECONDS = 10
 _UVICORN_REFUSAL = "Exceeded concurrency limit."
-# The router's error document, as it answers a body sent too slowly; without CORS headers, as
-# the Origin header may be one of those that never came.
-_HEAD_TIMEOUT_BODY = (
-    b'{"success":false,"code":"timeout","message":"the request headers were not sent in time"}'
-)
-_HEAD_TIMEOUT_ANSWER = (
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-    b"content-length: %d\r\nconnection: close\r\n\r\n%s"
-    % (len(_HEAD_TIMEOUT_BODY), _HEAD_TIMEOUT_BODY)
-)
 # A request head's bytes past those of the read it began in (httptools and uvicorn set no
 # limit, and grow a header value or URL by concatenation: 83 MB of one header took 10 s of the
 # loop, 120 MB of small ones 1.9 GB of memory).
@@ -63,6 +53,8 @@ MAX_PIPELINED = 100
 
 
 def _answer(status: bytes, code: bytes, message: bytes) -> bytes:
+    """Return the router's error document as a whole answer that closes the connection;
+    without CORS headers (the Origin header may be one of those that never came)."""
     body = b'{"success":false,"code":"%s","message":"%s"}' % (code, message)
     return (
         b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
@@ -70,6 +62,9 @@ def _answer(status: bytes, code: bytes, message: bytes) -> bytes:
     )
 
 
+_HEAD_TIMEOUT_ANSWER = _answer(
+    b"408 Request Timeout", b"timeout", b"the request headers were not sent in time"
+)
 _HEAD_TOO_LARGE_ANSWER = _answer(
     b"431 Request Header Fields Too Large",
     b"header_too_large",
