@@ -86,11 +86,13 @@ class _Bounded(Generic[V]):
     def _key(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
         """Return the key a new attribute set is counted under: its own, or an overflow's."""
         workspace = self._owner(str(values[0])) if self._owner is not None else None
-        full = workspace is not None and self._per_workspace[workspace] >= PER_WORKSPACE_SERIES
-        if full or len(self._series) >= MAX_SERIES:
+
+        def full() -> bool:
+            return workspace is not None and self._per_workspace[workspace] >= PER_WORKSPACE_SERIES
+
+        if full() or len(self._series) >= MAX_SERIES:
             self._sweep()
-            full = workspace is not None and self._per_workspace[workspace] >= PER_WORKSPACE_SERIES
-            if full:
+            if full():
                 return (_WORKSPACE_OVERFLOW, workspace)
             if len(self._series) >= MAX_SERIES:
                 return _OVERFLOW

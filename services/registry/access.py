@@ -6,8 +6,7 @@ import hmac
 import logging
 
 import grpc
-from sqlalchemy import update
-from sqlmodel import col, select
+from sqlmodel import select
 
 from services.common.errors import PermissionDenied, Unauthenticated
 from services.common.rpc import bearer_token
@@ -78,22 +77,6 @@ class Authenticator:
 
 # The name of the tokens EVENTFN_BOOTSTRAP_TOKEN registers, which no other token may take.
 BOOTSTRAP_TOKEN_NAME = "bootstrap"
-
-
-async def forget_bootstrap_prefixes(store: RegistryStore) -> None:
-    """Clear the first characters of bootstrap tokens an older release kept (every owner of
-    the bootstrap workspace was shown them), whether EVENTFN_BOOTSTRAP_TOKEN is set or not."""
-    async with store.transaction() as session:
-        admins = select(Member.id).where(Member.bootstrap)
-        await session.exec(
-            update(Token)
-            .where(
-                col(Token.name) == BOOTSTRAP_TOKEN_NAME,
-                col(Token.prefix) != "",
-                col(Token.member_id).in_(admins),
-            )
-            .values(prefix="")
-        )
 
 
 async def ensure_bootstrap(store: RegistryStore, *, workspace_name: str, secret: str) -> None:

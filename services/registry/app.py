@@ -15,7 +15,7 @@ from services.common.metrics import start_metrics
 from services.common.page_tokens import PageTokens
 from services.common.settings import asyncpg_url, sqlalchemy_url
 from services.filters import parse_filter
-from services.registry.access import Authenticator, ensure_bootstrap, forget_bootstrap_prefixes
+from services.registry.access import Authenticator, ensure_bootstrap
 from services.registry.deps import RegistryDeps
 from services.registry.idempotency import Idempotency
 from services.registry.migrate import migrate
@@ -49,7 +49,6 @@ async def start_registry(settings: RegistrySettings, stack: AsyncExitStack) -> R
     stack.push_async_callback(engine.dispose)
     await migrate(engine)
     store = RegistryStore(engine)
-    await forget_bootstrap_prefixes(store)
     if settings.bootstrap_token:
         await ensure_bootstrap(
             store, workspace_name=settings.bootstrap_workspace, secret=settings.bootstrap_token
