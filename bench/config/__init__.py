@@ -218,7 +218,8 @@ async def run(endpoints: dict[str, str], procs: Processes) -> None:
 def main() -> None:
     """Run the config-change benchmark."""
     print(f"bench.config: {CORES} cores, sizes {SIZES}, {CREATES} creates per size", flush=True)
-    # One workspace of 10,000 instances: past the default quota of instances.
-    with platform(EVENTFN_REGISTRY_INSTANCES_PER_WORKSPACE="0") as (running, endpoints):
+    # One workspace of 10,000 instances and sources: past the default quotas.
+    quotas = {f"EVENTFN_REGISTRY_{kind}_PER_WORKSPACE": "0" for kind in ("INSTANCES", "SOURCES")}
+    with platform(**quotas) as (running, endpoints):
         asyncio.run(run(endpoints, processes(running)))
     print_apply_costs()

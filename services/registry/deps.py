@@ -16,7 +16,14 @@ from services.common.workspace_budget import WorkspaceBudget
 from services.registry.access import Authenticator
 from services.registry.auth import Caller
 from services.registry.idempotency import Idempotency
-from services.registry.models import AuditEvent, Function, FunctionVersion, Instance, Member
+from services.registry.models import (
+    AuditEvent,
+    Function,
+    FunctionVersion,
+    Instance,
+    Member,
+    Source,
+)
 from services.registry.paging import Pages
 from services.registry.secrets import SecretBox
 from services.registry.store import RegistryStore
@@ -41,25 +48,57 @@ class RegistryDeps:
     changes: WorkspaceBudget
     code_bytes: int = 0  # of code the versions of a workspace's functions may hold; 0: any
     instances: int = 0  # a workspace may have; 0: any
+    sources: int = 0  # a workspace may have; 0: any
 
     async def room_for_instance(self, session: AsyncSession, workspace_id: str) -> None:
-        """Refuse an instance past the workspace's quota (RESOURCE_EXHAUSTED: waiting changes
-        nothing). The workspace's creations wait for each other here, to the end of their
-        transactions: concurrent ones each passed a check of the same count."""
-        if not self.instances:
+        """Refuse an instance past the workspace's quota (see `_room`)."""
+        await self._room(
+            session,
+            workspace_id,
+            Instance,
+            self.instances,
+            "instances",
+            "EVENTFN_REGISTRY_INSTANCES_PER_WORKSPACE: every router and executor holds each, "
+            "and counts it in its metrics",
+        )
+
+    async def room_for_source(self, session: AsyncSession, workspace_id: str) -> None:
+        """Refuse a source past the workspace's quota (see `_room`)."""
+        await self._room(
+            session,
+            workspace_id,
+            Source,
+            self.sources,
+            "sources",
+            "EVENTFN_REGISTRY_SOURCES_PER_WORKSPACE: every router holds each, and counts it "
+            "in its metrics",
+        )
+
+    @staticmethod
+    async def _room(
+        session: AsyncSession,
+        workspace_id: str,
+        model: type[Instance] | type[Source],
+        quota: int,
+        noun: str,
+        why: str,
+    ) -> None:
+        """Refuse one more row of `model` past the workspace's `quota` (RESOURCE_EXHAUSTED:
+        waiting changes nothing; 0: no quota). The workspace's creations of the kind wait for
+        each other here, to the end of their transactions: concurrent ones each passed a check
+        of the same count."""
+        if not quota:
             return
         await session.exec(
-            select(func.pg_advisory_xact_lock(func.hashtext(f"instances:{workspace_id}")))
+            select(func.pg_advisory_xact_lock(func.hashtext(f"{noun}:{workspace_id}")))
         )
         count = await session.scalar(
-            select(func.count()).select_from(Instance).where(Instance.workspace_id == workspace_id)
+            select(func.count()).select_from(model).where(model.workspace_id == workspace_id)
         )
-        if int(count or 0) >= self.instances:
+        if int(count or 0) >= quota:
             raise ResourceExhausted(
-                f"workspace {workspace_id} has {count} instances, the most it may have "
-                "(EVENTFN_REGISTRY_INSTANCES_PER_WORKSPACE: every router and executor holds "
-                "each, and counts it in its metrics): delete instances no longer used, or ask "
-                "the operator to raise it",
+                f"workspace {workspace_id} has {count} {noun}, the most it may have ({why}): "
+                f"delete {noun} no longer used, or ask the operator to raise it",
                 retry_after=None,
             )
 

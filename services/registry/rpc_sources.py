@@ -68,6 +68,7 @@ class SourceRpcs:
         self, caller: Caller, name: str, key: RequestKey | None
     ) -> pb.CreateSourceResponse:
         async with self.store.transaction() as s:
+            await self.deps.room_for_source(s, caller.workspace_id)
             src = Source(
                 id=new_id("src"),
                 workspace_id=caller.workspace_id,

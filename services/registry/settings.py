@@ -36,6 +36,8 @@ class RegistrySettings(CommonSettings):
     registry_code_bytes_per_workspace: int = 256 * 1024 * 1024
     # Instances a workspace may have (every router and executor holds each); 0: no limit.
     registry_instances_per_workspace: int = 1000
+    # Sources a workspace may have (every router holds each write key); 0: no limit.
+    registry_sources_per_workspace: int = 1000
     # The bootstrap administrator's token (deployment-wide powers), registered at start;
     # unset: none. At least 32 characters, e.g. `openssl rand -hex 32`.
     bootstrap_token: str | None = None

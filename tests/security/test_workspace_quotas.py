@@ -1,9 +1,11 @@
-"""How many instances a workspace may have. Nothing bounded them: every router and executor
-holds each one, and counts it in its metrics, whose 2,000 series a metric one tenant's live
-instances filled (every other tenant's counts then went to one overflow series, and 5,000
-made the executor's /metrics 49 MB). Past `EVENTFN_REGISTRY_INSTANCES_PER_WORKSPACE`, a
-CreateInstance is refused (RESOURCE_EXHAUSTED, no retry hint: waiting changes nothing) and
-nothing is stored; a deleted instance frees its place; another workspace's quota is its own."""
+"""How many instances and sources a workspace may have. Nothing bounded them: every router
+and executor holds each instance, and counts it in its metrics, whose 2,000 series a metric
+one tenant's live instances filled (every other tenant's counts then went to one overflow
+series, and 5,000 made the executor's /metrics 49 MB); every router holds each source's write
+key (a tenant's script at the change rate made 72,000 an hour). Past
+`EVENTFN_REGISTRY_INSTANCES_PER_WORKSPACE` (`..._SOURCES_...`), a creation is refused
+(RESOURCE_EXHAUSTED, no retry hint: waiting changes nothing) and nothing is stored; a deleted
+one frees its place; another workspace's quota is its own."""
 
 from __future__ import annotations
 
@@ -74,3 +76,32 @@ async def test_a_workspace_has_its_quota_of_instances_and_no_more(
             registry, "Neighbour"
         )
         await create(registry, neighbour, neighbour_ws, neighbour_fn, neighbour_sources[0])
+
+
+async def test_a_workspace_has_its_quota_of_sources_and_no_more(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    async with running_registry(
+        fresh_database, tmp_path, registry_sources_per_workspace=QUOTA
+    ) as registry:
+        workspace, owner = await registry.workspace("Many")
+        made = await asyncio.gather(
+            *(make_source(registry, owner, f"s{i}") for i in range(QUOTA + 2)),
+            return_exceptions=True,
+        )
+        refused = [m for m in made if isinstance(m, grpc.aio.AioRpcError)]
+        kept = [m for m in made if not isinstance(m, BaseException)]
+        assert len(kept) == QUOTA and len(refused) == 2, made
+        for error in refused:
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "EVENTFN_REGISTRY_SOURCES_PER_WORKSPACE" in (error.details() or "")
+        listed = await registry.stub.ListSources(
+            pb.ListSourcesRequest(parent=f"workspaces/{workspace}"), metadata=auth(owner)
+        )
+        assert len(listed.sources) == QUOTA
+        await registry.stub.DeleteSource(
+            pb.DeleteSourceRequest(name=kept[0].name), metadata=auth(owner)
+        )
+        await make_source(registry, owner, "again")
+        _, neighbour = await registry.workspace("Neighbour")
+        await make_source(registry, neighbour, "first")
