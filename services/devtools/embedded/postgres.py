@@ -26,6 +26,7 @@ from services.devtools.embedded.process import (
     RunAs,
     ServerLifecycle,
     choose_port,
+    launch,
     live_process_using,
     port_is_free,
     secret_file,
@@ -204,17 +205,16 @@ class EmbeddedPostgres(ServerLifecycle):
             "--no-locale",
             "--no-instructions",
         ]
+        command, options = launch(argv, run_as)
         with self.log_path.open("ab") as log:
             result = subprocess.run(
-                argv,
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd="/",
-                user=run_as.uid if run_as else None,
-                group=run_as.gid if run_as else None,
-                extra_groups=[] if run_as else None,
                 check=False,
+                **options,
             )
         password_file.unlink(missing_ok=True)
         if result.returncode != 0:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Self
+from typing import IO, Any, Self
 
 import psutil
 
@@ -174,10 +174,7 @@ _PR_SET_PDEATHSIG = 1
 
 @functools.cache
 def _setpriv() -> str | None:
-    """Return util-linux's setpriv if it sets a parent-death signal (2.33 and later): it sets
-    it and execs the server, so no Python code runs in the forked child, which is unsafe
-    while the parent has threads (gRPC's, asyncio's executors): a pre-exec hook there may
-    deadlock or crash before the server starts."""
+    """Return util-linux's setpriv if it sets a parent-death signal (2.33 and later)."""
     path = shutil.which("setpriv")
     if path is None:
         return None
@@ -200,6 +197,34 @@ def _parent_death_signal(sig: signal.Signals) -> Callable[[], None]:
     return hook
 
 
+def launch(
+    argv: Sequence[str], run_as: RunAs | None, stop_with_parent: signal.Signals | None = None
+) -> tuple[list[str], dict[str, Any]]:
+    """Return the command and the `subprocess` arguments that run argv as run_as, given
+    stop_with_parent when this process dies.
+
+    Where setpriv is found, it switches the account and sets the signal, then execs the
+    server: Python starts the child with vfork, in which nothing runs before the exec. A
+    child made by fork (a pre-exec hook, or Python's own switch of account) runs gRPC's
+    fork handlers first, which restart its threads there: a server "exited" with SIGSEGV
+    before it started (in two full test runs of a dozen).
+    """
+    setpriv = _setpriv() if run_as or stop_with_parent else None
+    if setpriv:
+        prefix = [setpriv]
+        if run_as:
+            prefix += [f"--reuid={run_as.uid}", f"--regid={run_as.gid}", "--clear-groups"]
+        if stop_with_parent:  # set after the switch of account, which would clear it
+            prefix.append(f"--pdeathsig={stop_with_parent.name.removeprefix('SIG')}")
+        return [*prefix, "--", *argv], {}
+    options: dict[str, Any] = {}
+    if run_as:
+        options.update(user=run_as.uid, group=run_as.gid, extra_groups=[])
+    if stop_with_parent:
+        options["preexec_fn"] = _parent_death_signal(stop_with_parent)
+    return list(argv), options
+
+
 def spawn(
     argv: Sequence[str],
     *,
@@ -211,20 +236,9 @@ def spawn(
     """Start a server process with stdout and stderr appended to log_path.
 
     With stop_with_parent (Linux), the server gets that signal when this process dies,
-    even by SIGKILL: test sessions leave no servers behind. The signal is set after the
-    switch to run_as, so the credential change does not clear it.
+    even by SIGKILL: test sessions leave no servers behind (see `launch`).
     """
-    command, hook = list(argv), None
-    setpriv = _setpriv() if stop_with_parent else None
-    if stop_with_parent and setpriv:
-        command = [
-            setpriv,
-            f"--pdeathsig={stop_with_parent.name.removeprefix('SIG')}",
-            "--",
-            *argv,
-        ]
-    elif stop_with_parent:
-        hook = _parent_death_signal(stop_with_parent)
+    command, options = launch(argv, run_as, stop_with_parent)
     with log_path.open("ab") as log:
         return subprocess.Popen(
             command,
@@ -235,10 +249,7 @@ def spawn(
             # Own session: a terminal Ctrl-C reaches the launcher only, which then
             # stops the servers after the services that use them.
             start_new_session=True,
-            user=run_as.uid if run_as else None,
-            group=run_as.gid if run_as else None,
-            extra_groups=[] if run_as else None,
-            preexec_fn=hook,
+            **options,
         )
 
 
