@@ -66,4 +66,6 @@ async def test_a_workspaces_operations_cost_others_nothing_and_itself_a_page(
     own, page = await listing(world, attacker)
     assert none == 0 and page == 50
     assert crowded < 3 * quiet + 0.02, f"{crowded * 1000:.0f} ms against {quiet * 1000:.0f} ms"
-    assert own < 0.5, f"the first page of {STORED:,} took {own * 1000:.0f} ms"
+    # ≈ 170 ms on a quiet 2-core host, 510 ms under a full test run's load; ≈ 1.2 s quiet
+    # when each record was read with a get of its own.
+    assert own < 1.0, f"the first page of {STORED:,} took {own * 1000:.0f} ms"
