@@ -205,16 +205,18 @@ class EmbeddedPostgres(ServerLifecycle):
             "--no-locale",
             "--no-instructions",
         ]
-        command, options = launch(argv, run_as)
+        how = launch(argv, run_as)
         with self.log_path.open("ab") as log:
             result = subprocess.run(
-                command,
+                how.command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd="/",
                 check=False,
-                **options,
+                user=how.user,
+                group=how.group,
+                extra_groups=how.extra_groups,
             )
         password_file.unlink(missing_ok=True)
         if result.returncode != 0:

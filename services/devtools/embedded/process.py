@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Self
+from typing import IO, Self
 
 import psutil
 
@@ -197,11 +197,21 @@ def _parent_death_signal(sig: signal.Signals) -> Callable[[], None]:
     return hook
 
 
+@dataclass(frozen=True)
+class Launch:
+    """How to start a server: its command and what `subprocess` does before the exec."""
+
+    command: list[str]
+    user: int | None = None
+    group: int | None = None
+    extra_groups: list[int] | None = None
+    preexec_fn: Callable[[], None] | None = None
+
+
 def launch(
     argv: Sequence[str], run_as: RunAs | None, stop_with_parent: signal.Signals | None = None
-) -> tuple[list[str], dict[str, Any]]:
-    """Return the command and the `subprocess` arguments that run argv as run_as, given
-    stop_with_parent when this process dies.
+) -> Launch:
+    """Return how to run argv as run_as, given stop_with_parent when this process dies.
 
     Where setpriv is found, it switches the account and sets the signal, then execs the
     server: Python starts the child with vfork, in which nothing runs before the exec. A
@@ -216,13 +226,14 @@ def launch(
             prefix += [f"--reuid={run_as.uid}", f"--regid={run_as.gid}", "--clear-groups"]
         if stop_with_parent:  # set after the switch of account, which would clear it
             prefix.append(f"--pdeathsig={stop_with_parent.name.removeprefix('SIG')}")
-        return [*prefix, "--", *argv], {}
-    options: dict[str, Any] = {}
-    if run_as:
-        options.update(user=run_as.uid, group=run_as.gid, extra_groups=[])
-    if stop_with_parent:
-        options["preexec_fn"] = _parent_death_signal(stop_with_parent)
-    return list(argv), options
+        return Launch([*prefix, "--", *argv])
+    return Launch(
+        list(argv),
+        user=run_as.uid if run_as else None,
+        group=run_as.gid if run_as else None,
+        extra_groups=[] if run_as else None,
+        preexec_fn=_parent_death_signal(stop_with_parent) if stop_with_parent else None,
+    )
 
 
 def spawn(
@@ -238,10 +249,10 @@ def spawn(
     With stop_with_parent (Linux), the server gets that signal when this process dies,
     even by SIGKILL: test sessions leave no servers behind (see `launch`).
     """
-    command, options = launch(argv, run_as, stop_with_parent)
+    how = launch(argv, run_as, stop_with_parent)
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            command,
+            how.command,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -249,7 +260,10 @@ def spawn(
             # Own session: a terminal Ctrl-C reaches the launcher only, which then
             # stops the servers after the services that use them.
             start_new_session=True,
-            **options,
+            user=how.user,
+            group=how.group,
+            extra_groups=how.extra_groups,
+            preexec_fn=how.preexec_fn,
         )
 
 
