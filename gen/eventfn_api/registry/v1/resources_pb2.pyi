@@ -313,7 +313,9 @@ class Member(_message.Message):
     """
     @_builtins.property
     def roles(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoleGrant]:
-        """The roles the member holds; at least one."""
+        """The roles the member holds; at least one, each role at most once. A grant lists at most
+        1,000 names, each once (INVALID_ARGUMENT otherwise).
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
