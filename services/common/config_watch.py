@@ -43,6 +43,15 @@ class ConfigView:
     # Ids of the sources whose own config or instances the last message changed (None: a
     # snapshot, everything may have), so derived state is rebuilt only for those.
     changed_sources: frozenset[str] | None = None
+    # The code of the versions instances run, once each (instances come without it), and
+    # how many instances run each.
+    code: Map[str, str] = field(default_factory=Map)
+    runs: Map[str, int] = field(default_factory=Map)
+
+    def code_of(self, instance: pb.InstanceConfig) -> str:
+        """Return the code an instance runs (in the instance, from a registry of an earlier
+        release)."""
+        return instance.code or self.code.get(instance.version_id, "")
 
 
 def apply_message(view: ConfigView, message: pb.WatchConfigResponse) -> ConfigView:
@@ -56,6 +65,9 @@ def apply_message(view: ConfigView, message: pb.WatchConfigResponse) -> ConfigVi
     instances = base.instances.mutate()
     by_write_key = base.sources_by_write_key.mutate()
     by_source = base.instances_by_source.mutate()
+    code = base.code.mutate()
+    runs = base.runs.mutate()
+    let_go: list[str] = []  # versions of replaced instances, forgotten once none runs them
     for source_id in [*message.removed_source_ids, *(s.id for s in message.sources)]:
         old = sources.pop(source_id, None)
         if old is not None and by_write_key.get(old.write_key) is old:
@@ -70,12 +82,24 @@ def apply_message(view: ConfigView, message: pb.WatchConfigResponse) -> ConfigVi
         old = instances.pop(instance_id, None)
         if old is not None:
             candidates.setdefault(old.source_id, set())
+            let_go.append(old.version_id)
     for instance in message.instances:
         old = instances.get(instance.id)
         if old is not None:
             candidates.setdefault(old.source_id, set())
+            let_go.append(old.version_id)
         instances[instance.id] = instance
+        runs[instance.version_id] = runs.get(instance.version_id, 0) + 1
         candidates.setdefault(instance.source_id, set()).add(instance.id)
+    for version in message.versions:
+        code[version.id] = version.code
+    for version_id in let_go:
+        left = runs.get(version_id, 0) - 1
+        if left > 0:
+            runs[version_id] = left
+        else:
+            runs.pop(version_id, None)
+            code.pop(version_id, None)
     for source_id, ids in candidates.items():
         ids.update(i.id for i in by_source.pop(source_id, ()))
         members = [
@@ -90,6 +114,8 @@ def apply_message(view: ConfigView, message: pb.WatchConfigResponse) -> ConfigVi
         sources_by_write_key=by_write_key.finish(),
         instances=instances.finish(),
         instances_by_source=by_source.finish(),
+        code=code.finish(),
+        runs=runs.finish(),
         changed_sources=None
         if message.reset
         else frozenset(
@@ -143,6 +169,10 @@ class ConfigWatcher:
         """Return instances by id."""
         return self.view.instances
 
+    def code_of(self, instance: pb.InstanceConfig) -> str:
+        """Return the code an instance runs (see `ConfigView.code_of`)."""
+        return self.view.code_of(instance)
+
     def instance_workspace(self, instance_id: str) -> str | None:
         """Return the workspace of an instance; None when it is not (or no longer) known."""
         config = self.view.instances.get(instance_id)
@@ -193,7 +223,7 @@ class ConfigWatcher:
                 ) as channel:
                     stub = registry_pb2_grpc.RegistryStub(channel)
                     call = stub.WatchConfig(
-                        pb.WatchConfigRequest(watcher=self._name),
+                        pb.WatchConfigRequest(watcher=self._name, code_by_version=True),
                         metadata=(("authorization", f"Bearer {self._token}"),),
                     )
                     pending: pb.WatchConfigResponse | None = None

@@ -83,9 +83,13 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
     pool = RuntimePool(runtime_config(settings))
     await pool.start()
     stack.push_async_callback(pool.close)
-    watcher = ConfigWatcher(settings.registry_addr, token, settings.executor_name)
-    watcher.start()
-    stack.push_async_callback(watcher.close)
+    # The dispatcher forgets the instances each new view drops; it follows from the start.
+    watcher = ConfigWatcher(
+        settings.registry_addr,
+        token,
+        settings.executor_name,
+        on_change=lambda view: dispatcher.follow(view),
+    )
     dispatcher = Dispatcher(
         pool,
         recorder,
@@ -98,6 +102,8 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
             histograms=metrics.histograms,
         ),
     )
+    watcher.start()
+    stack.push_async_callback(watcher.close)
     versions = VersionSource(settings.registry_addr, token)
     stack.push_async_callback(versions.close)
     consumer = PackConsumer(

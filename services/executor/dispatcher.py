@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from google.protobuf import json_format
 from opentelemetry import trace
 
 from eventfn_api.registry.v1 import registry_pb2 as rpb
+from services.common.config_watch import ConfigView
 from services.common.deliveries.recorder import DeliveryRecorder
 from services.common.telemetry import MESSAGE_IDS_ATTRIBUTE, message_ids
 from services.common.tracer import get_tracer
@@ -80,6 +81,12 @@ def secrets_of(config: rpb.InstanceConfig) -> tuple[str, ...]:
 def settings_of(config: rpb.InstanceConfig) -> dict[str, Any]:
     """Return the instance's settings as plain JSON values."""
     return json_format.MessageToDict(config.settings)
+
+
+def runs(view: ConfigView, instance_id: str) -> bool:
+    """Tell whether a configuration runs an instance: it has it, and enabled."""
+    config = view.instances.get(instance_id)
+    return config is not None and config.enabled
 
 
 def observed(record: Callable[..., object], *args: object) -> None:
@@ -148,6 +155,14 @@ class Dispatcher:
         self._faults = Faults()
         # Per context key: the loading of its code that packs wait on (see `submit`).
         self._loading: dict[str, asyncio.Future[frozenset[str]]] = {}
+        # The configuration last followed (None: none, every instance runs) and the tasks
+        # of each instance in flight: an instance it no longer runs is forgotten once idle.
+        self._view: ConfigView | None = None
+        self._working: dict[str, int] = {}
+        # Per instance, the code of each of its context keys in use, taken from the view when
+        # a pack comes (the view holds a version's code once; an instance moved to another
+        # version keeps its packs' code until they end): see `_hold_code`.
+        self._code: dict[str, dict[str, str]] = {}
 
     @property
     def busy(self) -> int:
@@ -165,7 +180,7 @@ class Dispatcher:
             except Exception as error:
                 await self._faulted(config, body, refs, error)
 
-        self._track(run())
+        self._track(config.id, run())
 
     async def _faulted(
         self, config: rpb.InstanceConfig, body: bytes, refs: list[PackRef], error: Exception
@@ -207,11 +222,82 @@ class Dispatcher:
         for ref in faults:
             await ref.settle(False)
 
-    def _track(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run work in the background, counted as in flight until it ends."""
+    def _track(self, instance_id: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run an instance's work in the background, counted as in flight until it ends."""
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._working[instance_id] = self._working.get(instance_id, 0) + 1
+        task.add_done_callback(lambda _: self._ended(instance_id, task))
+
+    def _ended(self, instance_id: str, task: asyncio.Task[None]) -> None:
+        """Count an instance's work out; after its last, forget it if no longer run."""
+        self._tasks.discard(task)
+        left = self._working.pop(instance_id) - 1
+        if left:
+            self._working[instance_id] = left
+        elif self._view is not None and not runs(self._view, instance_id):
+            self._forget_if_idle(instance_id)
+        else:
+            self._let_go_of_code(instance_id)
+
+    def follow(self, view: ConfigView) -> None:
+        """Take the configuration's new view: forget the instances it no longer runs (deleted,
+        disabled) now, or those with work in flight once it ends (see `_ended`).
+
+        A deleted instance's settings (up to 256 KiB), rate, concurrency and V8 contexts were
+        kept for the process's lifetime: a tenant creating and deleting instances grew every
+        executor for good. A delta looks only at the instances of the sources it changed.
+        """
+        old, self._view = self._view, view
+        touched: Iterable[str]
+        if old is None or view.changed_sources is None:  # a snapshot: everything may have
+            touched = list(self._context_keys)
+        else:
+            touched = [
+                instance.id
+                for v in (old, view)
+                for source_id in view.changed_sources
+                for instance in v.instances_by_source.get(source_id, ())
+            ]
+        for instance_id in touched:
+            if instance_id in self._context_keys and not runs(view, instance_id):
+                self._forget_if_idle(instance_id)
+
+    def _forget_if_idle(self, instance_id: str) -> None:
+        """Drop what is kept of an instance (settings, rate, concurrency, V8 contexts) unless
+        it has work in flight or a batch waiting: that ends as it would have."""
+        if self._busy(instance_id):
+            return
+        self._code.pop(instance_id, None)
+        self._settings_cache.pop(instance_id, None)
+        self._rates.pop(instance_id, None)
+        self._limits.pop(instance_id, None)
+        for key in self._context_keys.pop(instance_id, (0, set()))[1]:
+            self._pool.evict(key)
+
+    def _busy(self, instance_id: str) -> bool:
+        """Tell whether an instance has work in flight or a batch waiting."""
+        return instance_id in self._working or any(
+            p.config.id == instance_id for p in self._pending.values()
+        )
+
+    def _hold_code(self, config: rpb.InstanceConfig, function_key: str) -> None:
+        """Keep the code a pack's context runs until its work ends."""
+        held = self._code.setdefault(config.id, {})
+        if function_key not in held:
+            view = self._view
+            held[function_key] = view.code_of(config) if view is not None else config.code
+
+    def _let_go_of_code(self, instance_id: str) -> None:
+        """Once an instance is idle, drop the code of its contexts of older revisions."""
+        held = self._code.get(instance_id)
+        if held is None:
+            return
+        current = self._context_keys.get(instance_id, (0, set()))[1]
+        older = [k for k in held if k not in current]  # nearly always none: nothing to ask
+        if older and not self._busy(instance_id):
+            for key in older:
+                del held[key]
 
     def _settings(self, config: rpb.InstanceConfig) -> tuple[dict[str, Any], tuple[str, ...]]:
         """Return an instance's settings and secrets, converted once per config revision."""
@@ -225,7 +311,7 @@ class Dispatcher:
             )
         return found[1], found[2]
 
-    async def context_key(self, config: rpb.InstanceConfig) -> str:
+    def context_key(self, config: rpb.InstanceConfig) -> str:
         """Return the instance's V8 context key; drop its contexts of older revisions.
 
         One context per instance, version and config revision: globals never carry one
@@ -235,10 +321,11 @@ class Dispatcher:
         revision, keys = self._context_keys.get(config.id, (config.revision, set()))
         if config.revision > revision:
             for old in keys:
-                await self._pool.evict(old)
+                self._pool.evict(old)
             revision, keys = config.revision, set()
         keys.add(key)
         self._context_keys[config.id] = (revision, keys)
+        self._let_go_of_code(config.id)
         return key
 
     async def submit(self, config: rpb.InstanceConfig, body: bytes, ref: PackRef) -> None:
@@ -249,10 +336,11 @@ class Dispatcher:
         instances (a script busy for seconds at load, in a loop of new instances, held every
         tenant's deliveries on the executor).
         """
-        function_key = await self.context_key(config)
+        function_key = self.context_key(config)
+        self._hold_code(config, function_key)
         handlers = self._pool.known_handlers(function_key)
         if handlers is None:
-            self._track(self._queue_once_loaded(config, function_key, body, ref))
+            self._track(config.id, self._queue_once_loaded(config, function_key, body, ref))
             return
         self._queue(config, function_key, handlers, body, ref)
 
@@ -264,7 +352,8 @@ class Dispatcher:
         try:
             loading = self._loading.get(function_key)
             if loading is None:
-                loading = asyncio.ensure_future(self._pool.handlers(function_key, config.code))
+                code = self._code[config.id][function_key]
+                loading = asyncio.ensure_future(self._pool.handlers(function_key, code))
                 self._loading[function_key] = loading
                 loading.add_done_callback(lambda _: self._loading.pop(function_key, None))
             handlers = await asyncio.shield(loading)
@@ -371,10 +460,11 @@ class Dispatcher:
                     ),
                 },
             ) as span:
+                function_key = self.context_key(config)
                 result = await self._pool.run(
                     Invocation(
-                        function_key=await self.context_key(config),
-                        code=config.code,
+                        function_key=function_key,
+                        code=self._code[config.id][function_key],
                         events=body,
                         settings=settings,
                         batch=batch,

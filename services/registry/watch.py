@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 import grpc
@@ -42,7 +43,7 @@ def parts(message: pb.WatchConfigResponse) -> list[pb.WatchConfigResponse]:
         return [message]
     out = [pb.WatchConfigResponse(revision=message.revision, reset=message.reset)]
     used = 0  # bytes of items in the last part (sizing it anew per item was quadratic)
-    for name in ("sources", "removed_source_ids", "instances", "removed_instance_ids"):
+    for name in ("sources", "removed_source_ids", "versions", "instances", "removed_instance_ids"):
         for item in getattr(message, name):
             size = item.ByteSize() if not isinstance(item, str) else len(item.encode())
             size += 6  # the field's tag and length
@@ -100,6 +101,9 @@ class LiveConfig:
     configuration is read once, at the first watcher (or when the log cannot tell what
     changed). All watchers share it: each remembers its revision and is sent what changed
     since, built from the touched ids kept for the last `HISTORY` revisions.
+
+    A version's code is kept once however many instances run it (`code`, counted in `runs`),
+    and sent once a message to watchers that ask for `code_by_version`.
     """
 
     HISTORY = 10_000
@@ -111,7 +115,9 @@ class LiveConfig:
         self.instances = InstanceSettings(deps)
         self.revision = -1
         self.sources: dict[str, pb.SourceConfig] = {}
-        self.configs: dict[str, pb.InstanceConfig] = {}
+        self.configs: dict[str, pb.InstanceConfig] = {}  # code left out: in `code`
+        self.code: dict[str, str] = {}  # by version id, of the versions instances run
+        self.runs: Counter[str] = Counter()  # instances running each version
         # (revision, touched source ids, touched instance ids), oldest first.
         self._history: deque[tuple[int, set[str], set[str]]] = deque(maxlen=self.HISTORY)
         self._lock = asyncio.Lock()
@@ -130,12 +136,18 @@ class LiveConfig:
 
     async def _apply(self) -> None:
         async with self._lock:
-            delta = None if self.revision < 0 else await self.store.changes_since(self.revision)
+            delta = (
+                None
+                if self.revision < 0
+                else await self.store.changes_since(self.revision, self.code)
+            )
             full = delta is None
             if delta is None:
                 delta = await self.store.snapshot()
                 self.sources.clear()
                 self.configs.clear()
+                self.code.clear()
+                self.runs.clear()
                 self._history.clear()
             elif delta.revision == self.revision:
                 return
@@ -143,11 +155,15 @@ class LiveConfig:
                 self.sources.pop(source_id, None)
             for source, workspace in delta.sources:
                 self.sources[source.id] = source_config(source, workspace)
-            for instance_id in delta.instance_ids:
-                self.configs.pop(instance_id, None)
+            # Versions are let go after the new configs hold theirs: a version's code known
+            # when the delta was read is not in it.
+            replaced = [self.configs.pop(i) for i in delta.instance_ids if i in self.configs]
             for row in delta.instances:
                 try:
-                    self.configs[row[0].id] = await self._instance_config(*row)
+                    config = await self._instance_config(*row)
+                    self.configs[config.id] = config
+                    self.runs[config.version_id] += 1
+                    self.code.setdefault(config.version_id, delta.code.get(config.version_id, ""))
                 except ValueError as exc:  # settings that cannot be decrypted: it alone is out
                     log.error(
                         "instance %s is left out of the data plane's configuration (no events "
@@ -155,25 +171,55 @@ class LiveConfig:
                         row[0].id,
                         exc,
                     )
+            for config in replaced:
+                self._let_go(config.version_id)
             if not full:
                 self._history.append((delta.revision, delta.source_ids, delta.instance_ids))
             self.revision = delta.revision
 
-    def snapshot(self) -> pb.WatchConfigResponse:
+    def _let_go(self, version_id: str) -> None:
+        """Count one instance fewer running a version; forget its code once none does."""
+        self.runs[version_id] -= 1
+        if self.runs[version_id] <= 0:
+            del self.runs[version_id]
+            self.code.pop(version_id, None)
+
+    def _message(
+        self,
+        configs: list[pb.InstanceConfig],
+        code_by_version: bool,
+        **fields: Any,
+    ) -> pb.WatchConfigResponse:
+        """Return a message of these instances with their versions' code, once each (with
+        code_by_version), or in each instance (for watchers of earlier releases)."""
+        if code_by_version:
+            versions = dict.fromkeys(c.version_id for c in configs)
+            fields["versions"] = [pb.VersionCode(id=v, code=self.code[v]) for v in versions]
+        else:
+            configs = [self._with_code(c) for c in configs]
+        return pb.WatchConfigResponse(revision=self.revision, instances=configs, **fields)
+
+    def _with_code(self, config: pb.InstanceConfig) -> pb.InstanceConfig:
+        full = pb.InstanceConfig()
+        full.CopyFrom(config)
+        full.code = self.code[config.version_id]
+        return full
+
+    def snapshot(self, code_by_version: bool = True) -> pb.WatchConfigResponse:
         """Return the whole configuration as a reset message."""
-        return pb.WatchConfigResponse(
-            revision=self.revision,
+        return self._message(
+            list(self.configs.values()),
+            code_by_version,
             reset=True,
             sources=list(self.sources.values()),
-            instances=list(self.configs.values()),
         )
 
-    def since(self, revision: int) -> pb.WatchConfigResponse | None:
+    def since(self, revision: int, code_by_version: bool = True) -> pb.WatchConfigResponse | None:
         """Return what changed after `revision` (a snapshot if that is too old), or None."""
         if revision == self.revision:
             return None
         if not self._history or self._history[0][0] > revision + 1:
-            return self.snapshot()
+            return self.snapshot(code_by_version)
         source_ids: set[str] = set()
         instance_ids: set[str] = set()
         for at, sources, instances in reversed(self._history):
@@ -181,11 +227,11 @@ class LiveConfig:
                 break
             source_ids |= sources
             instance_ids |= instances
-        return pb.WatchConfigResponse(
-            revision=self.revision,
+        return self._message(
+            [self.configs[i] for i in sorted(instance_ids) if i in self.configs],
+            code_by_version,
             sources=[self.sources[i] for i in sorted(source_ids) if i in self.sources],
             removed_source_ids=sorted(i for i in source_ids if i not in self.sources),
-            instances=[self.configs[i] for i in sorted(instance_ids) if i in self.configs],
             removed_instance_ids=sorted(i for i in instance_ids if i not in self.configs),
         )
 
@@ -208,7 +254,6 @@ class LiveConfig:
             function_name=fn.name,
             integration_key=f"{fn.name} ({ws.name})",
             version_id=ver.id,
-            code=ver.code,
             settings=convert.struct(await self.instances.open_settings(ins)),
             secret_setting_names=sorted(
                 {s["name"] for s in ver.settings if s["encrypted"]}
@@ -256,7 +301,8 @@ class WatchRpcs:
         log.info("config watcher %r connected", request.watcher)
         with self.notifier.subscribe() as changed:
             await self.live.refresh()
-            snapshot = self.live.snapshot()
+            by_version = request.code_by_version
+            snapshot = self.live.snapshot(by_version)
             revision = snapshot.revision
             for part in parts(snapshot):
                 yield part
@@ -268,7 +314,7 @@ class WatchRpcs:
                 # Woken by a notification: only what it announced is needed; every
                 # RECHECK_SECONDS without one, the database is asked (a lost notification).
                 await self.live.refresh(self.notifier.latest if woken else None)
-                message = self.live.since(revision)
+                message = self.live.since(revision, by_version)
                 if message is not None:
                     revision = message.revision
                     for part in parts(message):

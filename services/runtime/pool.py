@@ -277,7 +277,10 @@ class RuntimePool:
             w.proc.kill()
         lost = Lost(reason)
         if culprit is not None and blamed:
-            self._quarantine[owner_of(culprit.key)] = time.monotonic() + QUARANTINE_S
+            now = time.monotonic()
+            # Ended quarantines go here: an owner deleted meanwhile is never looked up again.
+            self._quarantine = {o: t for o, t in self._quarantine.items() if t > now}
+            self._quarantine[owner_of(culprit.key)] = now + QUARANTINE_S
             progress_seq, index = read_progress(w.status)
             known = progress_seq == culprit.seq
             lost = Lost(
@@ -577,7 +580,7 @@ class RuntimePool:
         self._handlers[function_key] = names
         return names
 
-    async def evict(self, function_key: str) -> None:
+    def evict(self, function_key: str) -> None:
         """Drop a function's context (its globals and cache) from whichever worker holds it."""
         self._handlers.pop(function_key, None)
         index = self._affinity.pop(function_key, None)

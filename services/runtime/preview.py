@@ -107,7 +107,7 @@ async def run_preview(
     try:
         ran = await pool.run(invocation, fresh=True)
     finally:
-        await pool.evict(key)
+        pool.evict(key)
     problem = _first_problem(ran.outcomes)
     values = ran.values or []
     return PreviewResult(

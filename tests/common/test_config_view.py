@@ -1,5 +1,6 @@
 """The data plane's view of the configuration: deltas applied one by one give the same view
-as a snapshot of the final state (property test over random change sequences)."""
+as a snapshot of the final state, the code of exactly the versions its instances run
+included (property test over random change sequences)."""
 
 from __future__ import annotations
 
@@ -28,34 +29,51 @@ def source(source_id: str, write_key: str) -> pb.SourceConfig:
 
 
 def instance(instance_id: str, where: tuple[str, int]) -> pb.InstanceConfig:
-    """An instance of a source at a revision (disabled at revision 3)."""
+    """An instance of a source at a revision (disabled at revision 3), running the version
+    of that number."""
     return pb.InstanceConfig(
         id=instance_id,
         workspace_id="ws_1",
         source_id=where[0],
         revision=where[1],
         enabled=where[1] != 3,
+        version_id=f"ver_{where[1]}",
+    )
+
+
+def code(version_id: str) -> str:
+    return f"// the code of {version_id}"
+
+
+def message(instances: list[pb.InstanceConfig], **fields) -> pb.WatchConfigResponse:
+    """A message of these instances with their versions' code, once each, as the registry
+    sends a watcher asking for code_by_version."""
+    versions = dict.fromkeys(i.version_id for i in instances)
+    return pb.WatchConfigResponse(
+        instances=instances,
+        versions=[pb.VersionCode(id=v, code=code(v)) for v in versions],
+        **fields,
     )
 
 
 def snapshot(revision: int, state: tuple[dict, dict]) -> pb.WatchConfigResponse:
     srcs, inss = state
-    return pb.WatchConfigResponse(
+    return message(
+        [instance(k, v) for k, v in inss.items()],
         revision=revision,
         reset=True,
         sources=[source(k, v) for k, v in srcs.items()],
-        instances=[instance(k, v) for k, v in inss.items()],
     )
 
 
 def delta(revision: int, old: tuple[dict, dict], new: tuple[dict, dict]) -> pb.WatchConfigResponse:
     """What the registry sends: changed objects and removed ids (unchanged ones too, at
     random, as a function rename resends instances whose own fields did not change)."""
-    return pb.WatchConfigResponse(
+    return message(
+        [instance(k, v) for k, v in new[1].items() if old[1].get(k) != v],
         revision=revision,
         sources=[source(k, v) for k, v in new[0].items()],
         removed_source_ids=[k for k in old[0] if k not in new[0]],
-        instances=[instance(k, v) for k, v in new[1].items() if old[1].get(k) != v],
         removed_instance_ids=[k for k in old[1] if k not in new[1]],
     )
 
@@ -81,3 +99,7 @@ def test_deltas_lead_where_a_snapshot_does(sequence: list[tuple[dict, dict]]) ->
         # Every instance is routed under its own source, once.
         routed = [i.id for group in view.instances_by_source.values() for i in group]
         assert sorted(routed) == sorted(new[1])
+        # The code of every version an instance runs, and of no other.
+        assert dict(view.code) == {f"ver_{n}": code(f"ver_{n}") for _, n in new[1].values()}
+        assert dict(view.runs) == dict(expected.runs)
+        assert all(view.code_of(i) == code(i.version_id) for i in view.instances.values())
