@@ -73,6 +73,7 @@ async def start_registry(settings: RegistrySettings, stack: AsyncExitStack) -> R
         code_bytes=settings.registry_code_bytes_per_workspace,
         instances=settings.registry_instances_per_workspace,
         sources=settings.registry_sources_per_workspace,
+        deployed_code_bytes=settings.registry_deployed_code_bytes_per_workspace,
     )
     notifier = ConfigNotifier(asyncpg_url(settings.database_url))
     await notifier.start()

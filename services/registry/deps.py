@@ -49,6 +49,7 @@ class RegistryDeps:
     code_bytes: int = 0  # of code the versions of a workspace's functions may hold; 0: any
     instances: int = 0  # a workspace may have; 0: any
     sources: int = 0  # a workspace may have; 0: any
+    deployed_code_bytes: int = 0  # of the versions a workspace's instances run; 0: any
 
     async def room_for_instance(self, session: AsyncSession, workspace_id: str) -> None:
         """Refuse an instance past the workspace's quota (see `_room`)."""
@@ -135,6 +136,35 @@ class RegistryDeps:
                 f"take them past the {self.code_bytes / mib:.0f} MiB they may take "
                 "(EVENTFN_REGISTRY_CODE_BYTES_PER_WORKSPACE): delete versions no instance runs "
                 "(DeleteFunctionVersion) or functions no longer used",
+                retry_after=None,
+            )
+
+    async def room_to_run(self, session: AsyncSession, workspace_id: str, version_id: str) -> None:
+        """Refuse to run a version on an instance when the code of the versions the
+        workspace's instances would then run, each once, passes its quota (every router,
+        executor and retrier holds that code; RESOURCE_EXHAUSTED: waiting changes nothing).
+        The workspace's deployments wait for each other here, to the end of their
+        transactions: concurrent ones each passed a check of the same total."""
+        if not self.deployed_code_bytes:
+            return
+        await session.exec(
+            select(func.pg_advisory_xact_lock(func.hashtext(f"deployed:{workspace_id}")))
+        )
+        running = select(Instance.version_id).where(Instance.workspace_id == workspace_id)
+        total = await session.scalar(
+            select(func.coalesce(func.sum(func.octet_length(FunctionVersion.code)), 0)).where(
+                col(FunctionVersion.id).in_(running) | (col(FunctionVersion.id) == version_id)
+            )
+        )
+        if int(total or 0) > self.deployed_code_bytes:
+            mib = 1024 * 1024
+            raise ResourceExhausted(
+                f"the versions workspace {workspace_id}'s instances would run take "
+                f"{int(total or 0) / mib:.1f} MiB of code together, past the "
+                f"{self.deployed_code_bytes / mib:.0f} MiB they may take "
+                "(EVENTFN_REGISTRY_DEPLOYED_CODE_BYTES_PER_WORKSPACE: every router, executor "
+                "and retrier holds each once): move instances to versions others run, or "
+                "delete instances no longer used",
                 retry_after=None,
             )
 

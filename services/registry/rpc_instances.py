@@ -163,6 +163,7 @@ class InstanceRpcs:
                 if ver is None:  # the latest, which a function always has
                     raise NotFound("version", fn.latest_version_id)
                 await self.deps.room_for_instance(s, caller.workspace_id)
+                await self.deps.room_to_run(s, caller.workspace_id, ver.id)
                 name = check_name(
                     "instance.display_name", new.display_name or f"{fn.name} ← {src.name}"
                 )

@@ -34,6 +34,9 @@ class RegistrySettings(CommonSettings):
     # definitions and 1 KB a version (every save keeps a version: saves in a loop grew the
     # database 23 MiB a second); 0: no limit.
     registry_code_bytes_per_workspace: int = 256 * 1024 * 1024
+    # Bytes of code the versions a workspace's instances run may take together, each version
+    # once (every router, executor and retrier holds each); 0: no limit.
+    registry_deployed_code_bytes_per_workspace: int = 64 * 1024 * 1024
     # Instances a workspace may have (every router and executor holds each); 0: no limit.
     registry_instances_per_workspace: int = 1000
     # Sources a workspace may have (every router holds each write key); 0: no limit.
