@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import nats.errors
 import orjson
@@ -17,11 +18,20 @@ from services.common.error_location import describe_error
 from services.common.once_per import OncePer
 from services.executor.pack_ref import PackRef, split_pack
 from services.executor.policy import Disposition, disposition
-from services.runtime import EventOutcome, InvocationResult, OutcomeKind
+from services.runtime import EventOutcome, InvocationResult, OutcomeKind, RequestTrace
+from services.runtime.outcomes import MAX_ERROR_MESSAGE, cut_text
+from services.runtime.report import MAX_ERROR_NAME, MAX_ERROR_STACK
 
 log = logging.getLogger(__name__)
 
 MAX_LOG_CHARS = 4096
+# Of an invocation's requests (up to 10,000, URLs of 64 KB, quoted again in a failed one's
+# error), a failure sample keeps the last MAX_SAMPLE_REQUESTS (as a dead letter's
+# LAST_REQUESTS), URLs cut to MAX_SAMPLE_URL_CHARS and errors to MAX_SAMPLE_ERROR_CHARS: whole,
+# they made samples of 36 MB, one per failed event of the invocation.
+MAX_SAMPLE_REQUESTS = 20
+MAX_SAMPLE_URL_CHARS = 1024
+MAX_SAMPLE_ERROR_CHARS = 2 * MAX_SAMPLE_URL_CHARS  # room for the URL it quotes, and why
 # A failed hand-off is logged once per instance in this many seconds (while a stream refuses
 # them, every pack of the instance fails alike each time it comes).
 FAILED_LOG_SECONDS = 60.0
@@ -57,6 +67,41 @@ def last_logs(result: InvocationResult) -> str:
     """Return an invocation's console output (already redacted), capped from the end."""
     text = "\n".join(f"{line.level}: {line.message}" for line in result.logs)
     return text[-MAX_LOG_CHARS:]
+
+
+def sample_requests(requests: Sequence[RequestTrace]) -> list[dict[str, Any]]:
+    """Return what a failure sample keeps of an invocation's requests: the last
+    MAX_SAMPLE_REQUESTS, short, after an entry (no method, no URL) saying how many earlier ones
+    were left out; only the fields ListDeliveryFailures reads."""
+    kept = requests[-MAX_SAMPLE_REQUESTS:]
+    out: list[dict[str, Any]] = []
+    if len(requests) > len(kept):
+        omitted = len(requests) - len(kept)
+        out.append(
+            {
+                "method": "",
+                "url": "",
+                "status": None,
+                "error": f"{omitted:,} earlier requests of this invocation not kept (a failure "
+                f"sample keeps its last {MAX_SAMPLE_REQUESTS})",
+                "duration_ms": 0.0,
+            }
+        )
+    for t in kept:
+        url = cut_text(t.url, MAX_SAMPLE_URL_CHARS)
+        error = t.error
+        if error and url != t.url:  # a failed fetch's error quotes its URL: cut there too
+            error = error.replace(t.url, url)
+        out.append(
+            {
+                "method": t.method,
+                "url": url,
+                "status": t.status,
+                "error": cut_text(error, MAX_SAMPLE_ERROR_CHARS) if error else error,
+                "duration_ms": t.duration_ms,
+            }
+        )
+    return out
 
 
 def message_id_of(event: bytes) -> str:
@@ -102,6 +147,7 @@ class Settlement:
         handoffs: dict[tuple[int, str, str], HandOff] = {}
         now = datetime.now(UTC)
         logs = last_logs(result)
+        requests = sample_requests(result.requests) if needs_events else []
         for i, outcome in enumerate(outcomes):
             counts[COUNTER_OF[outcome.kind]] += 1
             if outcome.kind == OutcomeKind.DELIVERED:
@@ -120,12 +166,13 @@ class Settlement:
                     message_id=message_id_of(event),
                     version_id=config.version_id,
                     outcome=outcome.kind.value,
-                    error_type=outcome.error_type or "",
-                    error_message=outcome.message or "",
-                    error_stack=outcome.stack or "",
+                    # As the worker cut them (again here: the size of a sample is its own).
+                    error_type=cut_text(outcome.error_type or "", MAX_ERROR_NAME),
+                    error_message=cut_text(outcome.message or "", MAX_ERROR_MESSAGE),
+                    error_stack=cut_text(outcome.stack or "", MAX_ERROR_STACK),
                     event=event.decode(),
                     logs=logs,
-                    requests=[t.__dict__ for t in result.requests],
+                    requests=requests,
                     trace_id=ref.trace_id,
                     invocation_events=len(outcomes),
                 )
