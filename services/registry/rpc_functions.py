@@ -17,6 +17,7 @@ from services.registry.auth import Caller, require
 from services.registry.deps import RegistryDeps, audit
 from services.registry.etags import check as check_etag
 from services.registry.idempotency import RequestKey, request_key
+from services.registry.instance_settings import with_settings, without_settings
 from services.registry.models import Function, FunctionVersion, Instance
 from services.registry.store import RegistryStore, new_id, now, unique_violation
 from services.registry.validation import (
@@ -67,6 +68,8 @@ def without_code(response: SavedResponse) -> SavedResponse:
     kept.CopyFrom(response)
     kept.version.ClearField("code")
     kept.version.ClearField("settings")
+    if isinstance(kept, pb.SaveFunctionResponse):
+        without_settings(kept.deployed_instances)
     return kept
 
 
@@ -78,6 +81,8 @@ async def with_code(store: RegistryStore, response: SavedResponse) -> SavedRespo
             ver = await s.get(FunctionVersion, names.last(response.version.name))
         if ver is not None:
             response.version.CopyFrom(convert.version(ver, response.version.name.split("/")[1]))
+    if isinstance(response, pb.SaveFunctionResponse):
+        await with_settings(store, response.deployed_instances)
     return response
 
 

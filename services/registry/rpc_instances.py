@@ -17,7 +17,7 @@ from services.registry import convert
 from services.registry.auth import Caller, require
 from services.registry.deps import RegistryDeps, audit
 from services.registry.idempotency import RequestKey, request_key
-from services.registry.instance_settings import InstanceSettings
+from services.registry.instance_settings import InstanceSettings, with_settings, without_settings
 from services.registry.models import Function, FunctionVersion, Instance, Source
 from services.registry.store import new_id, now, unique_violation
 from services.registry.validation import (
@@ -127,9 +127,11 @@ class InstanceRpcs:
         enabled = enabled_of("instance.state", new.state, True)
         key = request_key(caller.workspace_id, caller.member_id, "CreateInstance", request)
         checked = (function_id, source_id, version, size, wait, timeout, filters, retry, enabled)
-        return await self.deps.idempotency.once(
+        created = await self.deps.idempotency.once(
             key, pb.CreateInstanceResponse, lambda: self._create(caller, request, checked, key)
         )
+        await with_settings(self.store, [created.instance])
+        return created
 
     async def _create(
         self,
@@ -202,7 +204,10 @@ class InstanceRpcs:
                 )
                 await self.deps.change_config(s, caller, instances=[ins.id])
                 response = pb.CreateInstanceResponse(instance=convert.instance(ins))
-                await self.deps.idempotency.save(s, key, response)
+                kept = pb.CreateInstanceResponse()
+                kept.CopyFrom(response)
+                without_settings([kept.instance])
+                await self.deps.idempotency.save(s, key, kept)
         except IntegrityError as error:
             if unique_violation(error) and name:
                 raise await self._name_taken(
