@@ -22,7 +22,7 @@ MAX_BUCKETS = 10_000
 class WorkspaceBudget:
     """Per-workspace token buckets; `rate` 0 means no limit.
 
-    `doing` words what is counted for the refusal ("changes its configuration"), and the two
+    `doing` words what is counted for the refusal ("makes changes"), and the two
     variables are the settings an operator changes the budget with.
     """
 

@@ -32,6 +32,8 @@ from services.registry.validation import FilterChecker, SyntaxChecker
 # What a version is counted for beyond its code and definitions (its row): tiny versions by the
 # million would otherwise fit any quota of bytes.
 VERSION_OVERHEAD = 1024
+# Marks a transaction whose change was counted against its workspace's budget.
+_COUNTED = "eventfn.change_counted"
 
 
 @dataclass
@@ -171,35 +173,44 @@ class RegistryDeps:
     async def change_config(
         self, session: AsyncSession, caller: Caller, **touched: Iterable[str]
     ) -> None:
-        """Count a data-plane change against the caller's workspace budget, then advance the
-        configuration revision naming what it `touched` (see `RegistryStore.bump_config`).
-
-        Called once the change is authorized, checked and about to be written, in its
-        transaction: a refused call (not allowed, invalid, over the budget) spends nothing
-        and changes nothing.
-        """
-        self.changes.take(caller.workspace_id)
+        """Count a data-plane change (see `count_change`), then advance the configuration
+        revision naming what it `touched` (see `RegistryStore.bump_config`)."""
+        self.count_change(session, caller)
         await self.store.bump_config(session, **touched)
 
+    def count_change(self, session: AsyncSession, caller: Caller) -> None:
+        """Count a change against the caller's workspace budget, once a transaction.
 
-async def audit(
-    store: RegistryStore,
-    session: AsyncSession,
-    caller: Caller,
-    action: str,
-    resource_type: str,
-    resource_id: str,
-    details: dict[str, Any] | None = None,
-) -> AuditEvent:
-    """Record the caller's change in the audit trail, in the session's transaction; return
-    the entry."""
-    actor = await store.get(session, Member, caller.member_id, "member")
-    return store.audit(
-        session,
-        workspace_id=caller.workspace_id,
-        actor=actor,
-        action=action,
-        resource_type=resource_type,
-        resource_id=resource_id,
-        details=details,
-    )
+        Every create, update and delete is counted: those of the data plane are applied by
+        every router and executor, and each leaves rows (an audit entry at least; tokens and
+        members created and deleted in a loop grew the database without any bound). Called
+        once the change is authorized, checked and about to be written, in its transaction:
+        a refused call (not allowed, invalid, over the budget) spends nothing and changes
+        nothing.
+        """
+        if not session.info.get(_COUNTED):
+            self.changes.take(caller.workspace_id)
+            session.info[_COUNTED] = True
+
+    async def audit(
+        self,
+        session: AsyncSession,
+        caller: Caller,
+        action: str,
+        resource_type: str,
+        resource_id: str,
+        details: dict[str, Any] | None = None,
+    ) -> AuditEvent:
+        """Count the caller's change (see `count_change`) and record it in the audit trail,
+        in the session's transaction; return the entry."""
+        self.count_change(session, caller)
+        actor = await self.store.get(session, Member, caller.member_id, "member")
+        return self.store.audit(
+            session,
+            workspace_id=caller.workspace_id,
+            actor=actor,
+            action=action,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            details=details,
+        )

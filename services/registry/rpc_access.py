@@ -23,7 +23,7 @@ from services.common.errors import (
 from services.registry import auth, convert
 from services.registry.access import BOOTSTRAP_TOKEN_NAME
 from services.registry.auth import Caller, require
-from services.registry.deps import RegistryDeps, audit
+from services.registry.deps import RegistryDeps
 from services.registry.etags import check as check_etag
 from services.registry.idempotency import RequestKey, request_key
 from services.registry.models import Function, Member, Source, Token
@@ -228,8 +228,7 @@ class AccessRpcs:
                 created_at=now(),
             )
             s.add(member)
-            await audit(
-                self.store,
+            await self.deps.audit(
                 s,
                 caller,
                 "member.create",
@@ -306,8 +305,7 @@ class AccessRpcs:
             member.roles = auth.grants_to_json(grants)
             member.revision += 1
             s.add(member)
-            await audit(
-                self.store,
+            await self.deps.audit(
                 s,
                 caller,
                 "member.update",
@@ -333,8 +331,7 @@ class AccessRpcs:
                     "the workspace would have no owner left; add another owner first"
                 )
             await s.delete(member)
-            await audit(
-                self.store,
+            await self.deps.audit(
                 s,
                 caller,
                 "member.delete",
@@ -415,8 +412,7 @@ class AccessRpcs:
                 expires_at=expires_at,
             )
             s.add(tok)
-            await audit(
-                self.store,
+            await self.deps.audit(
                 s,
                 caller,
                 "token.create",
@@ -487,8 +483,7 @@ class AccessRpcs:
             if tok.revoked_at is None:
                 tok.revoked_at = now()
                 s.add(tok)
-                await audit(
-                    self.store,
+                await self.deps.audit(
                     s,
                     caller,
                     "token.revoke",

@@ -13,7 +13,7 @@ from services.common import names
 from services.common.errors import FieldViolation, InvalidArgument, NotFound
 from services.registry import convert
 from services.registry.auth import Caller, require
-from services.registry.deps import RegistryDeps, audit
+from services.registry.deps import RegistryDeps
 from services.registry.etags import check as check_etag
 from services.registry.idempotency import RequestKey, request_key
 from services.registry.instance_settings import InstanceSettings, with_prefix
@@ -119,8 +119,7 @@ class DeployRpcs:
                         "give the missing or changed values in deploy_settings",
                     ) from error
                 deployed.append(ins)
-                await audit(
-                    self.store,
+                await self.deps.audit(
                     s,
                     caller,
                     "instance.deploy",
@@ -128,8 +127,7 @@ class DeployRpcs:
                     ins.id,
                     deploy_details(fn.workspace_id, fn.id, before, ver, changes),
                 )
-            await audit(
-                self.store,
+            await self.deps.audit(
                 s,
                 caller,
                 "function.save",
@@ -172,8 +170,7 @@ class DeployRpcs:
                 raise NotFound("version", request.version)
             before = ins.version_id
             await self.instances.deploy(s, ins, ver, changes)
-            await audit(
-                self.store,
+            await self.deps.audit(
                 s,
                 caller,
                 "instance.deploy",

@@ -14,7 +14,7 @@ from services.common import names
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.registry import convert
 from services.registry.auth import Caller, require
-from services.registry.deps import RegistryDeps, audit
+from services.registry.deps import RegistryDeps
 from services.registry.etags import check as check_etag
 from services.registry.idempotency import RequestKey, request_key
 from services.registry.instance_settings import with_settings, without_settings
@@ -157,8 +157,7 @@ class FunctionRpcs:
             await s.flush()
             ver = new_version(fn, request.code, schema, caller.email)
             s.add(ver)
-            await audit(
-                self.store,
+            await self.deps.audit(
                 s,
                 caller,
                 "function.create",
@@ -234,8 +233,7 @@ class FunctionRpcs:
                 fn.updated_at = now()
                 s.add(fn)
                 await s.flush()
-                await audit(
-                    self.store,
+                await self.deps.audit(
                     s,
                     caller,
                     "function.update",
@@ -265,8 +263,8 @@ class FunctionRpcs:
             if await self.store.count(s, select(Instance).where(Instance.function_id == fn.id)):
                 raise FailedPrecondition("the function has instances; delete them first")
             await s.delete(fn)
-            await audit(
-                self.store, s, caller, "function.delete", "function", fn.id, {"name": fn.name}
+            await self.deps.audit(
+                s, caller, "function.delete", "function", fn.id, {"name": fn.name}
             )
         return pb.DeleteFunctionResponse()
 
@@ -318,8 +316,7 @@ class FunctionRpcs:
                     "another version first (DeployInstance)"
                 )
             await s.delete(ver)
-            await audit(
-                self.store,
+            await self.deps.audit(
                 s,
                 caller,
                 "function.version_delete",

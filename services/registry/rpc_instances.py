@@ -15,7 +15,7 @@ from services.common import names
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.registry import convert
 from services.registry.auth import Caller, require
-from services.registry.deps import RegistryDeps, audit
+from services.registry.deps import RegistryDeps
 from services.registry.idempotency import RequestKey, request_key
 from services.registry.instance_settings import InstanceSettings, with_settings, without_settings
 from services.registry.models import Function, FunctionVersion, Instance, Source
@@ -193,8 +193,7 @@ class InstanceRpcs:
                 )
                 s.add(ins)
                 await s.flush()
-                await audit(
-                    self.store,
+                await self.deps.audit(
                     s,
                     caller,
                     "instance.create",
@@ -336,8 +335,7 @@ class InstanceRpcs:
                 ins.revision += 1
                 ins.updated_at = now()
                 s.add(ins)
-                await audit(
-                    self.store,
+                await self.deps.audit(
                     s,
                     caller,
                     "instance.update",
@@ -363,8 +361,7 @@ class InstanceRpcs:
                 s, caller, instance_id, request.etag, name=request.name
             )
             await s.delete(ins)
-            await audit(
-                self.store,
+            await self.deps.audit(
                 s,
                 caller,
                 "instance.delete",

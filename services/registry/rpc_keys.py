@@ -30,7 +30,7 @@ from eventfn_api.registry.v1 import registry_pb2 as pb
 from services.common.errors import Aborted, FailedPrecondition
 from services.registry import convert
 from services.registry.auth import Caller, require
-from services.registry.deps import RegistryDeps, audit
+from services.registry.deps import RegistryDeps
 from services.registry.instance_settings import InstanceSettings
 from services.registry.models import Instance, SecretKey
 from services.registry.secrets import RETIRING, sealed_prefix
@@ -182,8 +182,7 @@ class KeyRpcs:
             if await self._left_over_in(s, key_id):
                 raise Aborted("values appeared under an old data key; rotate again")
             common = {"key": key_id, "retired_keys": retired_ids}
-            entry = await audit(
-                self.store,
+            entry = await self.deps.audit(
                 s,
                 caller,
                 "secret_key.rotate",

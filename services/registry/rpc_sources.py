@@ -13,7 +13,7 @@ from services.common import names
 from services.common.errors import AlreadyExists, FailedPrecondition
 from services.registry import convert
 from services.registry.auth import Caller, require
-from services.registry.deps import RegistryDeps, audit
+from services.registry.deps import RegistryDeps
 from services.registry.etags import check as check_etag
 from services.registry.idempotency import RequestKey, request_key
 from services.registry.models import Instance, Source
@@ -78,7 +78,7 @@ class SourceRpcs:
             )
             s.add(src)
             await s.flush()
-            await audit(self.store, s, caller, "source.create", "source", src.id, {"name": name})
+            await self.deps.audit(s, caller, "source.create", "source", src.id, {"name": name})
             await self.deps.change_config(s, caller, sources=[src.id])
             response = pb.CreateSourceResponse(source=convert.source(src, with_write_key=True))
             await self.deps.idempotency.save(s, key, response)
@@ -141,8 +141,7 @@ class SourceRpcs:
                 src.revision += 1
                 s.add(src)
                 await s.flush()
-                await audit(
-                    self.store,
+                await self.deps.audit(
                     s,
                     caller,
                     "source.update",
@@ -178,7 +177,7 @@ class SourceRpcs:
             src.write_key = new_write_key()
             src.revision += 1
             s.add(src)
-            await audit(self.store, s, caller, "source.rotate_write_key", "source", src.id)
+            await self.deps.audit(s, caller, "source.rotate_write_key", "source", src.id)
             await self.deps.change_config(s, caller, sources=[src.id])
             response = pb.RotateWriteKeyResponse(source=convert.source(src, with_write_key=True))
             await self.deps.idempotency.save(s, key, response)
@@ -196,8 +195,6 @@ class SourceRpcs:
             if await self.store.count(s, select(Instance).where(Instance.source_id == src.id)):
                 raise FailedPrecondition("the source has instances; delete them first")
             await s.delete(src)
-            await audit(
-                self.store, s, caller, "source.delete", "source", src.id, {"name": src.name}
-            )
+            await self.deps.audit(s, caller, "source.delete", "source", src.id, {"name": src.name})
             await self.deps.change_config(s, caller, sources=[src.id])
         return pb.DeleteSourceResponse()

@@ -25,10 +25,11 @@ class RegistrySettings(CommonSettings):
     # are re-wrapped by the new one at start; remove it once every replica runs with both
     # and `eventfn admin rotate-secret-key` has run (docs/operations.md).
     secret_key_previous: str | None = None
-    # Configuration changes (sources, instances, deployed functions: each one applied by the
-    # whole data plane) a workspace may make at once; each registry replica counts its own.
+    # Changes (every create, update and delete: those of sources, instances and deployed
+    # functions applied by the whole data plane, each audited) a workspace may make at once;
+    # each registry replica counts its own.
     registry_changes_burst: int = 300
-    # Configuration changes a workspace may make per second past its burst; 0: no limit.
+    # Changes a workspace may make per second past its burst; 0: no limit.
     registry_changes_per_second: float = 20.0
     # Bytes all versions of a workspace's functions may take together: code, settings
     # definitions and 1 KB a version (every save keeps a version: saves in a loop grew the
@@ -64,7 +65,7 @@ class RegistrySettings(CommonSettings):
         return WorkspaceBudget(
             self.registry_changes_per_second,
             self.registry_changes_burst,
-            doing="changes its configuration",
+            doing="makes changes",
             rate_variable="EVENTFN_REGISTRY_CHANGES_PER_SECOND",
             burst_variable="EVENTFN_REGISTRY_CHANGES_BURST",
         )
