@@ -200,10 +200,17 @@ class RegistryDeps:
         resource_type: str,
         resource_id: str,
         details: dict[str, Any] | None = None,
+        *,
+        spend: bool = True,
     ) -> AuditEvent:
         """Count the caller's change (see `count_change`) and record it in the audit trail,
-        in the session's transaction; return the entry."""
-        self.count_change(session, caller)
+        in the session's transaction; return the entry.
+
+        Without `spend`, the change is not counted: revoking a token and removing a member
+        take access away, which a workspace must be able to do however much another of its
+        members spent (each is made once; their creations were counted)."""
+        if spend:
+            self.count_change(session, caller)
         actor = await self.store.get(session, Member, caller.member_id, "member")
         return self.store.audit(
             session,

@@ -338,6 +338,7 @@ class AccessRpcs:
                 "member",
                 member.id,
                 {"email": member.email},
+                spend=False,
             )
         return pb.DeleteMemberResponse()
 
@@ -490,5 +491,6 @@ class AccessRpcs:
                     "token",
                     tok.id,
                     {"member": names.MEMBER.name(caller.workspace_id, tok.member_id)},
+                    spend=False,
                 )
         return pb.RevokeTokenResponse(token=convert.token(tok, caller.workspace_id))

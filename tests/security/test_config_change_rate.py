@@ -148,35 +148,46 @@ async def test_refused_calls_spend_nothing_of_the_workspace_budget(budgeted: Reg
 
 async def test_tokens_and_members_made_in_a_loop_spend_the_budget(budgeted: Registry) -> None:
     ws_id, owner = await budgeted.workspace("Minting")
-    made = 0
+    member = await budgeted.stub.CreateMember(
+        pb.CreateMemberRequest(
+            parent=ws(ws_id),
+            member=res.Member(
+                email="m@minting.io", roles=[res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY)]
+            ),
+        ),
+        metadata=auth(owner),
+    )
+    tokens = []
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         for i in range(BURST * 3):
-            token = await budgeted.stub.CreateToken(
+            made = await budgeted.stub.CreateToken(
                 pb.CreateTokenRequest(parent=ws(ws_id), token=res.Token(display_name=f"t{i}")),
                 metadata=auth(owner),
             )
-            made += 1
-            await budgeted.stub.RevokeToken(
-                pb.RevokeTokenRequest(name=token.token.name), metadata=auth(owner)
-            )
-            made += 1
+            tokens.append(made.token.name)
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert made == BURST
-    with pytest.raises(grpc.aio.AioRpcError) as member:
+    assert len(tokens) == BURST - 1
+    with pytest.raises(grpc.aio.AioRpcError) as another:
         await budgeted.stub.CreateMember(
             pb.CreateMemberRequest(
                 parent=ws(ws_id),
                 member=res.Member(
-                    email="m@minting.io", roles=[res.RoleGrant(role=res.ROLE_WORKSPACE_OWNER)]
+                    email="n@minting.io", roles=[res.RoleGrant(role=res.ROLE_WORKSPACE_OWNER)]
                 ),
             ),
             metadata=auth(owner),
         )
-    assert member.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert another.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Spent, access can still be taken away: tokens revoked, members removed.
+    for name in tokens:
+        await budgeted.stub.RevokeToken(pb.RevokeTokenRequest(name=name), metadata=auth(owner))
+    await budgeted.stub.DeleteMember(
+        pb.DeleteMemberRequest(name=member.member.name), metadata=auth(owner)
+    )
     listed = await budgeted.stub.ListMembers(
         pb.ListMembersRequest(parent=ws(ws_id)), metadata=auth(owner)
     )
-    assert "m@minting.io" not in {m.email for m in listed.members}
+    assert {m.email for m in listed.members} & {"m@minting.io", "n@minting.io"} == set()
 
 
 async def test_what_the_data_plane_does_not_read_is_not_sent_to_it(budgeted: Registry) -> None:
