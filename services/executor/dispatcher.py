@@ -56,6 +56,7 @@ class Pending:
     a replay pinned to another version, or a change, never joins another's batch."""
 
     config: rpb.InstanceConfig
+    code: str
     events: list[bytes] = field(default_factory=list)
     refs: list[PackRef] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
@@ -159,10 +160,6 @@ class Dispatcher:
         # of each instance in flight: an instance it no longer runs is forgotten once idle.
         self._view: ConfigView | None = None
         self._working: dict[str, int] = {}
-        # Per instance, the code of each of its context keys in use, taken from the view when
-        # a pack comes (the view holds a version's code once; an instance moved to another
-        # version keeps its packs' code until they end): see `_hold_code`.
-        self._code: dict[str, dict[str, str]] = {}
 
     @property
     def busy(self) -> int:
@@ -170,13 +167,19 @@ class Dispatcher:
         return len(self._tasks) + sum(len(p.events) for p in self._pending.values())
 
     def _spawn(
-        self, config: rpb.InstanceConfig, body: bytes, refs: list[PackRef], *, batch: bool
+        self,
+        config: rpb.InstanceConfig,
+        code: str,
+        body: bytes,
+        refs: list[PackRef],
+        *,
+        batch: bool,
     ) -> None:
         """Run an invocation in the background; a fault in it hands its packs back."""
 
         async def run() -> None:
             try:
-                await self._invoke(config, body, refs, batch=batch)
+                await self._invoke(config, code, body, refs, batch=batch)
             except Exception as error:
                 await self._faulted(config, body, refs, error)
 
@@ -237,8 +240,6 @@ class Dispatcher:
             self._working[instance_id] = left
         elif self._view is not None and not runs(self._view, instance_id):
             self._forget_if_idle(instance_id)
-        else:
-            self._let_go_of_code(instance_id)
 
     def follow(self, view: ConfigView) -> None:
         """Take the configuration's new view: forget the instances it no longer runs (deleted,
@@ -268,7 +269,6 @@ class Dispatcher:
         it has work in flight or a batch waiting: that ends as it would have."""
         if self._busy(instance_id):
             return
-        self._code.pop(instance_id, None)
         self._settings_cache.pop(instance_id, None)
         self._rates.pop(instance_id, None)
         self._limits.pop(instance_id, None)
@@ -281,23 +281,12 @@ class Dispatcher:
             p.config.id == instance_id for p in self._pending.values()
         )
 
-    def _hold_code(self, config: rpb.InstanceConfig, function_key: str) -> None:
-        """Keep the code a pack's context runs until its work ends."""
-        held = self._code.setdefault(config.id, {})
-        if function_key not in held:
-            view = self._view
-            held[function_key] = view.code_of(config) if view is not None else config.code
-
-    def _let_go_of_code(self, instance_id: str) -> None:
-        """Once an instance is idle, drop the code of its contexts of older revisions."""
-        held = self._code.get(instance_id)
-        if held is None:
-            return
-        current = self._context_keys.get(instance_id, (0, set()))[1]
-        older = [k for k in held if k not in current]  # nearly always none: nothing to ask
-        if older and not self._busy(instance_id):
-            for key in older:
-                del held[key]
+    def _code_of(self, config: rpb.InstanceConfig) -> str:
+        """Return the code a configuration runs: the view holds a version's code once, and a
+        pack's work carries it to its end (an instance moved to another version meanwhile,
+        its code is let go with the last of that work)."""
+        view = self._view
+        return view.code_of(config) if view is not None else config.code
 
     def _settings(self, config: rpb.InstanceConfig) -> tuple[dict[str, Any], tuple[str, ...]]:
         """Return an instance's settings and secrets, converted once per config revision."""
@@ -325,7 +314,6 @@ class Dispatcher:
             revision, keys = config.revision, set()
         keys.add(key)
         self._context_keys[config.id] = (revision, keys)
-        self._let_go_of_code(config.id)
         return key
 
     async def submit(self, config: rpb.InstanceConfig, body: bytes, ref: PackRef) -> None:
@@ -337,27 +325,26 @@ class Dispatcher:
         tenant's deliveries on the executor).
         """
         function_key = self.context_key(config)
-        self._hold_code(config, function_key)
+        code = self._code_of(config)
         handlers = self._pool.known_handlers(function_key)
         if handlers is None:
-            self._track(config.id, self._queue_once_loaded(config, function_key, body, ref))
+            self._track(config.id, self._queue_once_loaded(config, code, function_key, body, ref))
             return
-        self._queue(config, function_key, handlers, body, ref)
+        self._queue(config, code, function_key, handlers, body, ref)
 
     async def _queue_once_loaded(
-        self, config: rpb.InstanceConfig, function_key: str, body: bytes, ref: PackRef
+        self, config: rpb.InstanceConfig, code: str, function_key: str, body: bytes, ref: PackRef
     ) -> None:
         """Load the code (once for every pack waiting on it), then queue the pack; a fault
         hands it back."""
         try:
             loading = self._loading.get(function_key)
             if loading is None:
-                code = self._code[config.id][function_key]
                 loading = asyncio.ensure_future(self._pool.handlers(function_key, code))
                 self._loading[function_key] = loading
                 loading.add_done_callback(lambda _: self._loading.pop(function_key, None))
             handlers = await asyncio.shield(loading)
-            self._queue(config, function_key, handlers, body, ref)
+            self._queue(config, code, function_key, handlers, body, ref)
         except Exception:
             log.exception("the code of instance %s could not be loaded; handed back", config.id)
             await ref.settle(False)
@@ -365,6 +352,7 @@ class Dispatcher:
     def _queue(
         self,
         config: rpb.InstanceConfig,
+        code: str,
         function_key: str,
         handlers: frozenset[str],
         body: bytes,
@@ -376,7 +364,7 @@ class Dispatcher:
         if ON_BATCH not in handlers:
             rate.add(ref.count, now)
             ref.remaining = ref.count
-            self._spawn(config, body, [ref] * ref.count, batch=False)
+            self._spawn(config, code, body, [ref] * ref.count, batch=False)
             return
         events = split_typed(body)
         batching = use_batch(True, rate.add(len(events), now))
@@ -389,15 +377,15 @@ class Dispatcher:
         ref.remaining = len(events)
         if single:
             whole = len(single) == len(events)
-            self._spawn(
-                config, body if whole else join_events(single), [ref] * len(single), batch=False
-            )
+            part = body if whole else join_events(single)
+            self._spawn(config, code, part, [ref] * len(single), batch=False)
         if batched:
-            self._collect(config, function_key, batched, ref, at_once=not batching)
+            self._collect(config, code, function_key, batched, ref, at_once=not batching)
 
     def _collect(
         self,
         config: rpb.InstanceConfig,
+        code: str,
         function_key: str,
         events: list[bytes],
         ref: PackRef,
@@ -409,13 +397,13 @@ class Dispatcher:
         A batch is due when it reaches the batch size, when its wait is over, or at once
         below the batching volume: an event waits for company only when company comes.
         """
-        pending = self._pending.setdefault(function_key, Pending(config))
+        pending = self._pending.setdefault(function_key, Pending(config, code))
         for event in events:
             pending.events.append(event)
             pending.refs.append(ref)
             if len(pending.events) >= config.batch_size:
                 self._flush(function_key)
-                pending = self._pending.setdefault(function_key, Pending(config))
+                pending = self._pending.setdefault(function_key, Pending(config, code))
         if not pending.events:
             return
         if at_once:
@@ -431,10 +419,17 @@ class Dispatcher:
             return
         if pending.timer is not None:
             pending.timer.cancel()
-        self._spawn(pending.config, join_events(pending.events), pending.refs, batch=True)
+        events = join_events(pending.events)
+        self._spawn(pending.config, pending.code, events, pending.refs, batch=True)
 
     async def _invoke(
-        self, config: rpb.InstanceConfig, body: bytes, refs: list[PackRef], *, batch: bool
+        self,
+        config: rpb.InstanceConfig,
+        code: str,
+        body: bytes,
+        refs: list[PackRef],
+        *,
+        batch: bool,
     ) -> None:
         """Invoke the function on events (refs[i]: the pack of event i); act on the outcomes."""
         settings, secrets = self._settings(config)
@@ -460,11 +455,10 @@ class Dispatcher:
                     ),
                 },
             ) as span:
-                function_key = self.context_key(config)
                 result = await self._pool.run(
                     Invocation(
-                        function_key=function_key,
-                        code=self._code[config.id][function_key],
+                        function_key=self.context_key(config),
+                        code=code,
                         events=body,
                         settings=settings,
                         batch=batch,
