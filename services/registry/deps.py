@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,29 +141,47 @@ class RegistryDeps:
                 retry_after=None,
             )
 
-    async def room_to_run(self, session: AsyncSession, workspace_id: str, version_id: str) -> None:
-        """Refuse to run a version on an instance when the code of the versions the
-        workspace's instances would then run, each once, passes its quota (every router,
-        executor and retrier holds that code; RESOURCE_EXHAUSTED: waiting changes nothing).
-        The workspace's deployments wait for each other here, to the end of their
-        transactions: concurrent ones each passed a check of the same total."""
+    async def lock_deployments(self, session: AsyncSession, workspace_id: str) -> None:
+        """Make the workspace's changes of what its instances run wait for each other, to
+        the end of their transactions (see `room_to_run`). Taken first in the transaction,
+        before any row lock: a Save & Deploy holding an instance and waiting here, and a
+        deploy holding this and waiting for that instance, deadlocked."""
+        if self.deployed_code_bytes:
+            await session.exec(
+                select(func.pg_advisory_xact_lock(func.hashtext(f"deployed:{workspace_id}")))
+            )
+
+    async def room_to_run(
+        self,
+        session: AsyncSession,
+        workspace_id: str,
+        version_id: str,
+        moving: Collection[str] = (),
+    ) -> None:
+        """Refuse to run a version (on a new instance, or on the instances `moving` to it)
+        when the code of the versions the workspace's instances would then run, each once,
+        passes its quota and more than they run now (every router, executor and retrier holds
+        that code; RESOURCE_EXHAUSTED: waiting changes nothing). A change that takes no more
+        goes through: a hotfix in place of a version, a workspace past a lowered quota
+        shrinking. Called under `lock_deployments`."""
         if not self.deployed_code_bytes:
             return
-        await session.exec(
-            select(func.pg_advisory_xact_lock(func.hashtext(f"deployed:{workspace_id}")))
-        )
+        size = func.coalesce(func.sum(func.octet_length(FunctionVersion.code)), 0)
         running = select(Instance.version_id).where(Instance.workspace_id == workspace_id)
-        total = await session.scalar(
-            select(func.coalesce(func.sum(func.octet_length(FunctionVersion.code)), 0)).where(
-                col(FunctionVersion.id).in_(running) | (col(FunctionVersion.id) == version_id)
+        staying = running.where(col(Instance.id).not_in(list(moving))) if moving else running
+        now = await session.scalar(select(size).where(col(FunctionVersion.id).in_(running)))
+        then = await session.scalar(
+            select(size).where(
+                col(FunctionVersion.id).in_(staying) | (col(FunctionVersion.id) == version_id)
             )
         )
-        if int(total or 0) > self.deployed_code_bytes:
+        now, then = int(now or 0), int(then or 0)
+        if then > self.deployed_code_bytes and then > now:
             mib = 1024 * 1024
             raise ResourceExhausted(
                 f"the versions workspace {workspace_id}'s instances would run take "
-                f"{int(total or 0) / mib:.1f} MiB of code together, past the "
-                f"{self.deployed_code_bytes / mib:.0f} MiB they may take "
+                f"{then / mib:.1f} MiB of code together, past the "
+                f"{self.deployed_code_bytes / mib:.1f} MiB they may take "
                 "(EVENTFN_REGISTRY_DEPLOYED_CODE_BYTES_PER_WORKSPACE: every router, executor "
                 "and retrier holds each once): move instances to versions others run, or "
                 "delete instances no longer used",

@@ -173,8 +173,6 @@ class InstanceSettings:
         Settings `changes` does not name keep their current values (those the version still
         declares); a named one takes the given value, which must fit the version's schema.
         """
-        if ver.id != ins.version_id:
-            await self.deps.room_to_run(s, ins.workspace_id, ver.id)
         if changes is None:
             ins.settings = await self.settings_for(s, ins, ins.id, ver.settings, None)
         else:

@@ -83,6 +83,8 @@ class DeployRpcs:
         key: RequestKey | None,
     ) -> pb.SaveFunctionResponse:
         async with self.store.transaction() as s:
+            if targets:
+                await self.deps.lock_deployments(s, caller.workspace_id)
             fn = await function_of(self.store, s, caller, "name", request.name, lock=True)
             check_etag("function", fn.id, fn.revision, request.etag)
             await self.deps.room_for_code(s, caller.workspace_id, request.code, schema)
@@ -91,6 +93,9 @@ class DeployRpcs:
             s.add(ver)
             s.add(fn)
             await s.flush()
+            if targets:
+                moving = [ins_id for _, ins_id in targets]
+                await self.deps.room_to_run(s, caller.workspace_id, ver.id, moving)
             deployed = []
             for position, (target, ins_id) in enumerate(targets):
                 ins = await self.instances.locked_instance(s, caller, ins_id, "", name=target)
@@ -162,12 +167,14 @@ class DeployRpcs:
             json_format.MessageToDict(request.settings) if request.HasField("settings") else None
         )
         async with self.store.transaction() as s:
+            await self.deps.lock_deployments(s, caller.workspace_id)
             ins = await self.instances.locked_instance(
                 s, caller, instance_id, request.etag, name=request.name
             )
             ver = await self.store.version_to_run(s, version_id)
             if ver is None or ver.function_id != ins.function_id or function_id != ver.function_id:
                 raise NotFound("version", request.version)
+            await self.deps.room_to_run(s, caller.workspace_id, ver.id, [ins.id])
             before = ins.version_id
             await self.instances.deploy(s, ins, ver, changes)
             await self.deps.audit(

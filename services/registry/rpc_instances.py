@@ -147,6 +147,7 @@ class InstanceRpcs:
         name = ""
         try:
             async with self.store.transaction() as s:
+                await self.deps.lock_deployments(s, caller.workspace_id)
                 fn = await self.store.get_in_workspace(
                     s, Function, function_id, caller.workspace_id, "function", name=new.function
                 )

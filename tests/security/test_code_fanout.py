@@ -155,3 +155,53 @@ async def test_the_code_a_workspaces_instances_run_has_its_quota(
             pb.GetInstanceRequest(name=first.name), metadata=auth(owner)
         )
         assert after.instance.version == first.version
+        # A version in place of another takes no more: a hotfix goes through near the quota,
+        # to every instance of the function at once, or to each in turn.
+        ours = [i.name for i in listed.instances if i.function == fn]
+        fixed = await registry.stub.SaveFunction(
+            pb.SaveFunctionRequest(
+                name=fn, code=CODE.replace("x", "v"), settings=SETTINGS, deploy_instances=ours
+            ),
+            metadata=auth(owner),
+        )
+        assert len(fixed.deployed_instances) == 3
+        hotfix = await registry.stub.SaveFunction(
+            pb.SaveFunctionRequest(
+                name=other.function.name, code=CODE.replace("x", "u"), settings=SETTINGS
+            ),
+            metadata=auth(owner),
+        )
+        (mover,) = [i.name for i in listed.instances if i.function == other.function.name]
+        await registry.stub.DeployInstance(
+            pb.DeployInstanceRequest(name=mover, version=hotfix.version.name),
+            metadata=auth(owner),
+        )
+
+
+async def test_deploys_of_a_workspace_wait_for_each_other(registry: Registry) -> None:
+    """A Save & Deploy of two instances and a deploy of one of them, at once: the first held
+    an instance and waited for the quota's lock, the second the reverse (PostgreSQL found the
+    deadlock after a second and one failed with INTERNAL)."""
+    ws_id, owner, src, fn = await _watched_co(registry, "Deploys", HANDLER)
+    ours = [(await _instance(registry, owner, ws_id, fn, src, str(i))).name for i in range(2)]
+    first = await registry.stub.GetInstance(
+        pb.GetInstanceRequest(name=ours[0]), metadata=auth(owner)
+    )
+
+    async def save_and_deploy(i: int) -> None:
+        await registry.stub.SaveFunction(
+            pb.SaveFunctionRequest(
+                name=fn, code=f"{HANDLER}//{i}", settings=SETTINGS, deploy_instances=ours
+            ),
+            metadata=auth(owner),
+        )
+
+    async def deploy_one(lag: float) -> None:
+        await asyncio.sleep(lag)  # a race: each start a little later, to meet the other
+        await registry.stub.DeployInstance(
+            pb.DeployInstanceRequest(name=ours[-1], version=first.instance.version),
+            metadata=auth(owner),
+        )
+
+    for i in range(30):
+        await asyncio.gather(save_and_deploy(i), deploy_one((i % 10) / 1000))
