@@ -48,31 +48,35 @@ class WorkspaceBudget:
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # workspace -> (tokens, when)
 
-    def take(self, workspace_id: str) -> None:
-        """Count one of a workspace's, or raise ResourceExhausted saying when to retry."""
+    def take(self, workspace_id: str, member_id: str = "") -> None:
+        """Count one of a workspace's (of one of its members', with `member_id`: a bucket of
+        its own), or raise ResourceExhausted saying when to retry."""
         if not self._rate:
             return
+        key = f"{workspace_id}/{member_id}" if member_id else workspace_id
         now = self._clock()
-        tokens, when = self._buckets.get(workspace_id, (self._burst, now))
+        tokens, when = self._buckets.get(key, (self._burst, now))
         tokens = min(self._burst, tokens + (now - when) * self._rate)
         if tokens < 1:
             wait = (1 - tokens) / self._rate
+            who = f"member {member_id} of workspace" if member_id else "workspace"
             raise ResourceExhausted(
-                f"workspace {workspace_id} {self._doing} faster than allowed "
+                f"{who} {workspace_id} {self._doing} faster than allowed "
                 f"({self._burst:.0f} at once, then {self._rate:g} a second: "
                 f"{self._variables}); nothing was done: retry in {wait:.1f} s",
                 retry_after=wait,
             )
-        if len(self._buckets) >= MAX_BUCKETS and workspace_id not in self._buckets:
+        if len(self._buckets) >= MAX_BUCKETS and key not in self._buckets:
             self._forget_full(now)
-        self._buckets[workspace_id] = (tokens - 1, now)
+        self._buckets[key] = (tokens - 1, now)
 
-    def give_back(self, workspace_id: str) -> None:
+    def give_back(self, workspace_id: str, member_id: str = "") -> None:
         """Return one taken for a call then refused for the caller's input (it did nothing):
         a script retrying a mistake spends nothing more than its checks."""
-        if self._rate and workspace_id in self._buckets:
-            tokens, when = self._buckets[workspace_id]
-            self._buckets[workspace_id] = (min(self._burst, tokens + 1), when)
+        key = f"{workspace_id}/{member_id}" if member_id else workspace_id
+        if self._rate and key in self._buckets:
+            tokens, when = self._buckets[key]
+            self._buckets[key] = (min(self._burst, tokens + 1), when)
 
     def _forget_full(self, now: float) -> None:
         full = [

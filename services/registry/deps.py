@@ -26,7 +26,7 @@ from services.registry.models import (
 )
 from services.registry.paging import Pages
 from services.registry.secrets import SecretBox
-from services.registry.store import RegistryStore
+from services.registry.store import RegistryStore, on_rollback
 from services.registry.validation import FilterChecker, SyntaxChecker
 
 # What a version is counted for beyond its code and definitions (its row): tiny versions by the
@@ -209,6 +209,18 @@ class RegistryDeps:
         if not session.info.get(_COUNTED):
             self.changes.take(caller.workspace_id)
             session.info[_COUNTED] = True
+            on_rollback(session, lambda: self.changes.give_back(caller.workspace_id))
+
+    def count_own_change(self, session: AsyncSession, caller: Caller) -> None:
+        """Count a change a member makes for itself (its tokens) against a budget of its own:
+        on the workspace's, a read-only member minting tokens in a loop held up every
+        owner's change (a leaked write key's rotation)."""
+        if not session.info.get(_COUNTED):
+            self.changes.take(caller.workspace_id, caller.member_id)
+            session.info[_COUNTED] = True
+            on_rollback(
+                session, lambda: self.changes.give_back(caller.workspace_id, caller.member_id)
+            )
 
     async def audit(
         self,

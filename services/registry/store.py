@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Container, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -58,6 +58,15 @@ class ConfigDelta:
     code: dict[str, str] = field(default_factory=dict)
 
 
+ON_ROLLBACK = "eventfn.on_rollback"
+
+
+def on_rollback(session: AsyncSession, undo: Callable[[], None]) -> None:
+    """Have `undo` run if the session's transaction (of `RegistryStore.transaction`) fails:
+    what was counted in memory for a change that was not made."""
+    session.info.setdefault(ON_ROLLBACK, []).append(undo)
+
+
 def now() -> datetime:
     """Return the current UTC time."""
     return datetime.now(UTC)
@@ -88,9 +97,16 @@ class RegistryStore:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """Open a session inside one transaction, committed on success."""
-        async with self._sessions() as session, session.begin():
-            yield session
+        """Open a session inside one transaction, committed on success; on failure, run what
+        the session's `on_rollback` list holds (see `on_rollback`)."""
+        async with self._sessions() as session:
+            try:
+                async with session.begin():
+                    yield session
+            except BaseException:
+                for undo in session.info.pop(ON_ROLLBACK, ()):
+                    undo()
+                raise
 
     async def get(self, session: AsyncSession, model: type[T], object_id: str, kind: str) -> T:
         """Load a row by id or raise NotFound."""

@@ -17,12 +17,13 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2
+from google.protobuf import field_mask_pb2, struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
+from eventfn_api.type.v1 import types_pb2
 from tests.registry.conftest import Registry, auth, make_source, running_registry, ws
 
 BURST = 6
@@ -146,48 +147,71 @@ async def test_refused_calls_spend_nothing_of_the_workspace_budget(budgeted: Reg
     assert rotated.source.write_key
 
 
-async def test_tokens_and_members_made_in_a_loop_spend_the_budget(budgeted: Registry) -> None:
+async def test_tokens_minted_in_a_loop_spend_their_members_budget(budgeted: Registry) -> None:
+    """Any member may make tokens for itself: counted on the workspace's budget, a read-only
+    member minting them in a loop held up every owner's change; its own budget now."""
     ws_id, owner = await budgeted.workspace("Minting")
-    member = await budgeted.stub.CreateMember(
-        pb.CreateMemberRequest(
-            parent=ws(ws_id),
-            member=res.Member(
-                email="m@minting.io", roles=[res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY)]
-            ),
-        ),
-        metadata=auth(owner),
+    source = await make_source(budgeted, owner, "web")
+    reader = await budgeted.member(
+        owner, "ro@minting.io", res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY)
     )
+    me = await budgeted.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(reader))
     tokens = []
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         for i in range(BURST * 3):
             made = await budgeted.stub.CreateToken(
                 pb.CreateTokenRequest(parent=ws(ws_id), token=res.Token(display_name=f"t{i}")),
-                metadata=auth(owner),
+                metadata=auth(reader),
             )
             tokens.append(made.token.name)
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert len(tokens) == BURST - 1
-    with pytest.raises(grpc.aio.AioRpcError) as another:
-        await budgeted.stub.CreateMember(
-            pb.CreateMemberRequest(
-                parent=ws(ws_id),
-                member=res.Member(
-                    email="n@minting.io", roles=[res.RoleGrant(role=res.ROLE_WORKSPACE_OWNER)]
-                ),
-            ),
-            metadata=auth(owner),
-        )
-    assert another.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    # Spent, access can still be taken away: tokens revoked, members removed.
+    assert len(tokens) == BURST and me.member.name.rsplit("/", 1)[1] in (
+        refused.value.details() or ""
+    )
+    # The workspace's owner is not held up: a leaked write key is rotated at once.
+    rotated = await budgeted.stub.RotateWriteKey(
+        pb.RotateWriteKeyRequest(name=source.name), metadata=auth(owner)
+    )
+    assert rotated.source.write_key != source.write_key
+    # Access is taken away whatever was spent: tokens revoked, the member removed.
     for name in tokens:
         await budgeted.stub.RevokeToken(pb.RevokeTokenRequest(name=name), metadata=auth(owner))
     await budgeted.stub.DeleteMember(
-        pb.DeleteMemberRequest(name=member.member.name), metadata=auth(owner)
+        pb.DeleteMemberRequest(name=me.member.name), metadata=auth(owner)
     )
-    listed = await budgeted.stub.ListMembers(
-        pb.ListMembersRequest(parent=ws(ws_id)), metadata=auth(owner)
+
+
+async def test_a_refused_change_gives_back_what_it_spent(budgeted: Registry) -> None:
+    """A Save & Deploy is counted at its first instance: refused at a later one (its settings
+    do not fit), it changed nothing and spends nothing."""
+    ws_id, owner = await budgeted.workspace("Refunded")
+    ins = await instance_of(budgeted, owner, ws_id)  # three of the burst
+    second = await budgeted.stub.CreateInstance(  # a fourth
+        pb.CreateInstanceRequest(
+            parent=ws(ws_id),
+            instance=res.Instance(function=ins.function, source=ins.source, display_name="2"),
+        ),
+        metadata=auth(owner),
     )
-    assert {m.email for m in listed.members} & {"m@minting.io", "n@minting.io"} == set()
+    region = struct_pb2.Struct()
+    region.update({"region": "eu"})
+    refused_save = pb.SaveFunctionRequest(
+        name=ins.function,
+        code=CODE,
+        settings=[
+            types_pb2.SettingDefinition(
+                name="region", type=types_pb2.SETTING_TYPE_STRING, required=True
+            )
+        ],
+        deploy_instances=[ins.name, second.instance.name],
+        deploy_settings={ins.name: region},  # the second has none: refused there
+    )
+    for _ in range(BURST):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await budgeted.stub.SaveFunction(refused_save, metadata=auth(owner))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for i in range(BURST - 4):  # the rest of the burst, whole
+        ins = await rename(budgeted, owner, ins, f"n{i}")
 
 
 async def test_what_the_data_plane_does_not_read_is_not_sent_to_it(budgeted: Registry) -> None:
