@@ -102,8 +102,12 @@ class LiveConfig:
     changed). All watchers share it: each remembers its revision and is sent what changed
     since, built from the touched ids kept for the last `HISTORY` revisions.
 
-    A version's code is kept once however many instances run it (`code`, counted in `runs`),
-    and sent once a message to watchers that ask for `code_by_version`.
+    A version's code is kept once however many instances run it (`code`, counted in `runs`).
+    A watcher asking for `code_by_version` is sent it once, with the first of its instances
+    the watcher gets, and again only after the watcher let it go (no instance of its ran the
+    version at some revision: `_dropped` keeps when, for the revisions of the history): a
+    stream remembers what it `held` (a rename of a function whose instances ran 13 versions
+    of 5 MB sent them all again, to every watcher).
     """
 
     HISTORY = 10_000
@@ -118,6 +122,8 @@ class LiveConfig:
         self.configs: dict[str, pb.InstanceConfig] = {}  # code left out: in `code`
         self.code: dict[str, str] = {}  # by version id, of the versions instances run
         self.runs: Counter[str] = Counter()  # instances running each version
+        # (revision, version id) of each version no instance ran from that revision on.
+        self._dropped: deque[tuple[int, str]] = deque()
         # (revision, touched source ids, touched instance ids), oldest first.
         self._history: deque[tuple[int, set[str], set[str]]] = deque(maxlen=self.HISTORY)
         self._lock = asyncio.Lock()
@@ -136,67 +142,86 @@ class LiveConfig:
 
     async def _apply(self) -> None:
         async with self._lock:
-            delta = (
-                None
-                if self.revision < 0
-                else await self.store.changes_since(self.revision, self.code)
-            )
-            full = delta is None
-            if delta is None:
-                delta = await self.store.snapshot()
-                self.sources.clear()
-                self.configs.clear()
-                self.code.clear()
-                self.runs.clear()
-                self._history.clear()
-            elif delta.revision == self.revision:
-                return
-            for source_id in delta.source_ids:
-                self.sources.pop(source_id, None)
-            for source, workspace in delta.sources:
-                self.sources[source.id] = source_config(source, workspace)
-            # Versions are let go after the new configs hold theirs: a version's code known
-            # when the delta was read is not in it.
-            replaced = [self.configs.pop(i) for i in delta.instance_ids if i in self.configs]
-            for row in delta.instances:
-                try:
-                    config = await self._instance_config(*row)
-                    self.configs[config.id] = config
-                    self.runs[config.version_id] += 1
-                    self.code.setdefault(config.version_id, delta.code.get(config.version_id, ""))
-                except ValueError as exc:  # settings that cannot be decrypted: it alone is out
-                    log.error(
-                        "instance %s is left out of the data plane's configuration (no events "
-                        "are routed to it) until its settings can be read or it is deleted: %s",
-                        row[0].id,
-                        exc,
-                    )
-            for config in replaced:
-                self._let_go(config.version_id)
-            if not full:
-                self._history.append((delta.revision, delta.source_ids, delta.instance_ids))
-            self.revision = delta.revision
+            try:
+                await self._catch_up()
+            except BaseException:
+                # Half applied (the code counted for instances no longer held): the next
+                # refresh reads the whole configuration again.
+                self.revision = -1
+                raise
 
-    def _let_go(self, version_id: str) -> None:
+    async def _catch_up(self) -> None:
+        """Read and apply what changed since this copy's revision (under the lock)."""
+        delta = (
+            None if self.revision < 0 else await self.store.changes_since(self.revision, self.code)
+        )
+        full = delta is None
+        if delta is None:
+            delta = await self.store.snapshot()
+            self.sources.clear()
+            self.configs.clear()
+            self.code.clear()
+            self.runs.clear()
+            self._dropped.clear()
+            self._history.clear()
+        elif delta.revision == self.revision:
+            return
+        for source_id in delta.source_ids:
+            self.sources.pop(source_id, None)
+        for source, workspace in delta.sources:
+            self.sources[source.id] = source_config(source, workspace)
+        # Versions are let go after the new configs hold theirs: a version's code known
+        # when the delta was read is not in it.
+        replaced = [self.configs.pop(i) for i in delta.instance_ids if i in self.configs]
+        for row in delta.instances:
+            try:
+                config = await self._instance_config(*row)
+                self.configs[config.id] = config
+                self.runs[config.version_id] += 1
+                self.code.setdefault(config.version_id, delta.code.get(config.version_id, ""))
+            except ValueError as exc:  # settings that cannot be decrypted: it alone is out
+                log.error(
+                    "instance %s is left out of the data plane's configuration (no events "
+                    "are routed to it) until its settings can be read or it is deleted: %s",
+                    row[0].id,
+                    exc,
+                )
+        for config in replaced:
+            self._let_go(config.version_id, delta.revision)
+        if not full:
+            self._history.append((delta.revision, delta.source_ids, delta.instance_ids))
+            while self._dropped and self._dropped[0][0] < self._history[0][0]:
+                self._dropped.popleft()  # older than any delta sent: a snapshot
+        self.revision = delta.revision
+
+    def _let_go(self, version_id: str, revision: int) -> None:
         """Count one instance fewer running a version; forget its code once none does."""
         self.runs[version_id] -= 1
         if self.runs[version_id] <= 0:
             del self.runs[version_id]
             self.code.pop(version_id, None)
+            self._dropped.append((revision, version_id))
 
     def _message(
         self,
         configs: list[pb.InstanceConfig],
-        code_by_version: bool,
+        held: set[str] | None,
+        after: int,
         **fields: Any,
     ) -> pb.WatchConfigResponse:
-        """Return a message of these instances with their versions' code, once each (with
-        code_by_version), or in each instance (for watchers of earlier releases)."""
-        if code_by_version:
-            versions = dict.fromkeys(c.version_id for c in configs)
-            fields["versions"] = [pb.VersionCode(id=v, code=self.code[v]) for v in versions]
-        else:
+        """Return a message bringing a watcher from revision `after`: these instances, with
+        the code of their versions the watcher does not hold (`held`, updated), or with the
+        code in each (`held` None: a watcher of an earlier release)."""
+        if held is None:
             configs = [self._with_code(c) for c in configs]
+        else:
+            for at, version_id in reversed(self._dropped):
+                if at <= after:
+                    break
+                held.discard(version_id)
+            new = [v for v in dict.fromkeys(c.version_id for c in configs) if v not in held]
+            held.update(new)
+            fields["versions"] = [pb.VersionCode(id=v, code=self.code[v]) for v in new]
         return pb.WatchConfigResponse(revision=self.revision, instances=configs, **fields)
 
     def _with_code(self, config: pb.InstanceConfig) -> pb.InstanceConfig:
@@ -205,21 +230,24 @@ class LiveConfig:
         full.code = self.code[config.version_id]
         return full
 
-    def snapshot(self, code_by_version: bool = True) -> pb.WatchConfigResponse:
-        """Return the whole configuration as a reset message."""
+    def snapshot(self, held: set[str] | None) -> pb.WatchConfigResponse:
+        """Return the whole configuration as a reset message (for `held`, see `_message`)."""
+        if held is not None:
+            held.clear()  # a watcher drops everything it had
         return self._message(
             list(self.configs.values()),
-            code_by_version,
+            held,
+            self.revision,
             reset=True,
             sources=list(self.sources.values()),
         )
 
-    def since(self, revision: int, code_by_version: bool = True) -> pb.WatchConfigResponse | None:
+    def since(self, revision: int, held: set[str] | None) -> pb.WatchConfigResponse | None:
         """Return what changed after `revision` (a snapshot if that is too old), or None."""
         if revision == self.revision:
             return None
         if not self._history or self._history[0][0] > revision + 1:
-            return self.snapshot(code_by_version)
+            return self.snapshot(held)
         source_ids: set[str] = set()
         instance_ids: set[str] = set()
         for at, sources, instances in reversed(self._history):
@@ -229,7 +257,8 @@ class LiveConfig:
             instance_ids |= instances
         return self._message(
             [self.configs[i] for i in sorted(instance_ids) if i in self.configs],
-            code_by_version,
+            held,
+            revision,
             sources=[self.sources[i] for i in sorted(source_ids) if i in self.sources],
             removed_source_ids=sorted(i for i in source_ids if i not in self.sources),
             removed_instance_ids=sorted(i for i in instance_ids if i not in self.configs),
@@ -301,8 +330,9 @@ class WatchRpcs:
         log.info("config watcher %r connected", request.watcher)
         with self.notifier.subscribe() as changed:
             await self.live.refresh()
-            by_version = request.code_by_version
-            snapshot = self.live.snapshot(by_version)
+            # The versions whose code this watcher holds; None: it wants it in each instance.
+            held: set[str] | None = set() if request.code_by_version else None
+            snapshot = self.live.snapshot(held)
             revision = snapshot.revision
             for part in parts(snapshot):
                 yield part
@@ -314,7 +344,7 @@ class WatchRpcs:
                 # Woken by a notification: only what it announced is needed; every
                 # RECHECK_SECONDS without one, the database is asked (a lost notification).
                 await self.live.refresh(self.notifier.latest if woken else None)
-                message = self.live.since(revision, by_version)
+                message = self.live.since(revision, held)
                 if message is not None:
                     revision = message.revision
                     for part in parts(message):
