@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from nats.js import JetStreamContext
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
+from services.common import tasks
 from services.common.pull import NATS_ERRORS
 
 log = logging.getLogger(__name__)
@@ -60,10 +61,7 @@ class _Poller:
 
     async def close(self) -> None:
         """Stop polling."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.stop(self._task)
 
     async def _read(self) -> None:
         raise NotImplementedError

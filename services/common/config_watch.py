@@ -12,7 +12,6 @@ stream with a snapshot, and the last good view keeps serving meanwhile.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -23,6 +22,7 @@ from immutables import Map
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import registry_pb2_grpc
+from services.common import tasks
 from services.common.rpc import CLIENT_OPTIONS
 from services.common.rpc_observe import client_interceptors
 
@@ -195,11 +195,8 @@ class ConfigWatcher:
 
     async def close(self) -> None:
         """Stop following the stream."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.stop(self._task)
+        self._task = None
 
     async def wait_for_revision(self, revision: int) -> ConfigView:
         """Wait until the view has reached at least `revision`, then return it."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -15,7 +14,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from eventfn_api.registry.v1 import registry_pb2 as rpb
-from services.common import streams
+from services.common import streams, tasks
 from services.common.config_watch import ConfigWatcher
 from services.common.deliveries.recorder import DeliveryRecorder, FailureSample
 from services.common.once_per import OncePer
@@ -114,10 +113,7 @@ class PackConsumer:
 
     async def close(self) -> None:
         """Stop telling JetStream about held packs (after `stop`, once they are settled)."""
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+        await tasks.stop(self._heartbeat)
 
     async def _keep_held(self) -> None:
         """Tell JetStream, every third of `ack_wait`, that packs held that long are in work.
@@ -141,10 +137,7 @@ class PackConsumer:
         """Stop pulling; packs in flight finish on their own."""
         self._stopping.set()
         self._stopped_at = asyncio.get_running_loop().time()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.stop(self._task)
 
     async def _run(self) -> None:
         await self._watcher.ready.wait()

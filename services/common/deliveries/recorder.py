@@ -5,7 +5,6 @@ batches — never one row per event on the hot path."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -14,6 +13,8 @@ from typing import Any
 
 import asyncpg
 import orjson
+
+from services.common import tasks
 
 log = logging.getLogger(__name__)
 PURGE_EVERY_SECONDS = 3600.0
@@ -260,10 +261,7 @@ class DeliveryRecorder:
 
     async def close(self) -> None:
         """Flush a last time and disconnect."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.stop(self._task)
         await self.flush()
         if self._pool is not None:
             await self._pool.close()
