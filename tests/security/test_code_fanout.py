@@ -111,6 +111,20 @@ async def test_a_versions_code_is_sent_and_held_once_however_many_run_it(
         await watcher.close()
 
 
+async def function(registry: Registry, owner: str, ws_id: str, name: str, code: str) -> str:
+    """Create a function of this code; return its name."""
+    made = await registry.stub.CreateFunction(
+        pb.CreateFunctionRequest(
+            parent=f"workspaces/{ws_id}",
+            function=res.DestinationFunction(display_name=name),
+            code=code,
+            settings=SETTINGS,
+        ),
+        metadata=auth(owner),
+    )
+    return made.function.name
+
+
 async def test_the_code_a_workspaces_instances_run_has_its_quota(
     fresh_database: str, tmp_path: Path
 ) -> None:
@@ -121,28 +135,12 @@ async def test_the_code_a_workspaces_instances_run_has_its_quota(
         ws_id, owner, src, fn = await _watched_co(registry, "Runs Much", CODE)
         for i in range(3):
             await _instance(registry, owner, ws_id, fn, src, str(i))
-        other = await registry.stub.CreateFunction(
-            pb.CreateFunctionRequest(
-                parent=f"workspaces/{ws_id}",
-                function=res.DestinationFunction(display_name="Other"),
-                code=CODE.replace("x", "y"),
-                settings=SETTINGS,
-            ),
-            metadata=auth(owner),
-        )
-        await _instance(registry, owner, ws_id, other.function.name, src, "other")
-        third = await registry.stub.CreateFunction(
-            pb.CreateFunctionRequest(
-                parent=f"workspaces/{ws_id}",
-                function=res.DestinationFunction(display_name="Third"),
-                code=CODE.replace("x", "z"),
-                settings=SETTINGS,
-            ),
-            metadata=auth(owner),
-        )
+        other = await function(registry, owner, ws_id, "Other", CODE.replace("x", "y"))
+        await _instance(registry, owner, ws_id, other, src, "other")
+        third = await function(registry, owner, ws_id, "Third", CODE.replace("x", "z"))
         refused = await expect(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            _instance(registry, owner, ws_id, third.function.name, src, "third"),
+            _instance(registry, owner, ws_id, third, src, "third"),
         )
         assert "EVENTFN_REGISTRY_DEPLOYED_CODE_BYTES_PER_WORKSPACE" in (refused.details() or "")
         # Saved, a new version is stored; deployed beside the one the others run, refused.
@@ -176,12 +174,10 @@ async def test_the_code_a_workspaces_instances_run_has_its_quota(
         )
         assert len(fixed.deployed_instances) == 3
         hotfix = await registry.stub.SaveFunction(
-            pb.SaveFunctionRequest(
-                name=other.function.name, code=CODE.replace("x", "u"), settings=SETTINGS
-            ),
+            pb.SaveFunctionRequest(name=other, code=CODE.replace("x", "u"), settings=SETTINGS),
             metadata=auth(owner),
         )
-        (mover,) = [i.name for i in listed.instances if i.function == other.function.name]
+        (mover,) = [i.name for i in listed.instances if i.function == other]
         await registry.stub.DeployInstance(
             pb.DeployInstanceRequest(name=mover, version=hotfix.version.name),
             metadata=auth(owner),
