@@ -196,31 +196,25 @@ class RegistryDeps:
         self.count_change(session, caller)
         await self.store.bump_config(session, **touched)
 
-    def count_change(self, session: AsyncSession, caller: Caller) -> None:
-        """Count a change against the caller's workspace budget, once a transaction.
+    def count_change(self, session: AsyncSession, caller: Caller, *, own: bool = False) -> None:
+        """Count a change against the caller's workspace budget, once a transaction; given
+        back if the transaction fails.
 
         Every create, update and delete is counted: those of the data plane are applied by
         every router and executor, and each leaves rows (an audit entry at least; tokens and
         members created and deleted in a loop grew the database without any bound). Called
         once the change is authorized, checked and about to be written, in its transaction:
         a refused call (not allowed, invalid, over the budget) spends nothing and changes
-        nothing.
+        nothing. A change a member makes for itself (`own`: its tokens) is counted on a
+        budget of its own: on the workspace's, a read-only member minting tokens in a loop
+        held up every owner's change (a leaked write key's rotation).
         """
-        if not session.info.get(_COUNTED):
-            self.changes.take(caller.workspace_id)
-            session.info[_COUNTED] = True
-            on_rollback(session, lambda: self.changes.give_back(caller.workspace_id))
-
-    def count_own_change(self, session: AsyncSession, caller: Caller) -> None:
-        """Count a change a member makes for itself (its tokens) against a budget of its own:
-        on the workspace's, a read-only member minting tokens in a loop held up every
-        owner's change (a leaked write key's rotation)."""
-        if not session.info.get(_COUNTED):
-            self.changes.take(caller.workspace_id, caller.member_id)
-            session.info[_COUNTED] = True
-            on_rollback(
-                session, lambda: self.changes.give_back(caller.workspace_id, caller.member_id)
-            )
+        if session.info.get(_COUNTED):
+            return
+        member_id = caller.member_id if own else ""
+        self.changes.take(caller.workspace_id, member_id)
+        session.info[_COUNTED] = True
+        on_rollback(session, lambda: self.changes.give_back(caller.workspace_id, member_id))
 
     async def audit(
         self,

@@ -413,7 +413,7 @@ class AccessRpcs:
                 expires_at=expires_at,
             )
             s.add(tok)
-            self.deps.count_own_change(s, caller)  # then the audit counts nothing more
+            self.deps.count_change(s, caller, own=True)  # then the audit counts nothing more
             await self.deps.audit(
                 s,
                 caller,
