@@ -100,12 +100,15 @@ class RegistryStore:
         """Open a session inside one transaction, committed on success; on failure, run what
         the session's `on_rollback` list holds (see `on_rollback`)."""
         async with self._sessions() as session:
+            done = False
             try:
                 async with session.begin():
                     yield session
+                    done = True  # from here, the commit: it may have happened, whatever comes
             except BaseException:
-                for undo in session.info.pop(ON_ROLLBACK, ()):
-                    undo()
+                if not done:
+                    for undo in session.info.pop(ON_ROLLBACK, ()):
+                        undo()
                 raise
 
     async def get(self, session: AsyncSession, model: type[T], object_id: str, kind: str) -> T:

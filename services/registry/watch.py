@@ -22,6 +22,7 @@ from services.registry.instance_settings import InstanceSettings
 from services.registry.secrets import is_sealed
 from services.registry.store import (
     CONFIG_CHANNEL,
+    ConfigDelta,
     Function,
     FunctionVersion,
     Instance,
@@ -142,30 +143,45 @@ class LiveConfig:
 
     async def _apply(self) -> None:
         async with self._lock:
+            delta = (
+                None
+                if self.revision < 0
+                else await self.store.changes_since(self.revision, self.code)
+            )
+            full = delta is None
+            if delta is None:
+                delta = await self.store.snapshot()
+            elif delta.revision == self.revision:
+                return
+            # Every await before anything changes: streams read this copy without the lock
+            # (`since`), and one read between an instance taken out and put back was told it
+            # was removed, its version's code then never sent again.
+            configs: list[pb.InstanceConfig] = []
+            for row in delta.instances:
+                try:
+                    configs.append(await self._instance_config(*row))
+                except ValueError as exc:  # settings that cannot be decrypted: it alone is out
+                    log.error(
+                        "instance %s is left out of the data plane's configuration (no events "
+                        "are routed to it) until its settings can be read or it is deleted: %s",
+                        row[0].id,
+                        exc,
+                    )
             try:
-                await self._catch_up()
+                self._take(delta, configs, full)
             except BaseException:
-                # Half applied (the code counted for instances no longer held): the next
-                # refresh reads the whole configuration again.
-                self.revision = -1
+                self.revision = -1  # half applied: the next refresh reads everything again
                 raise
 
-    async def _catch_up(self) -> None:
-        """Read and apply what changed since this copy's revision (under the lock)."""
-        delta = (
-            None if self.revision < 0 else await self.store.changes_since(self.revision, self.code)
-        )
-        full = delta is None
-        if delta is None:
-            delta = await self.store.snapshot()
+    def _take(self, delta: ConfigDelta, configs: list[pb.InstanceConfig], full: bool) -> None:
+        """Apply a delta (or snapshot) read, its instances' configs built (no await here)."""
+        if full:
             self.sources.clear()
             self.configs.clear()
             self.code.clear()
             self.runs.clear()
             self._dropped.clear()
             self._history.clear()
-        elif delta.revision == self.revision:
-            return
         for source_id in delta.source_ids:
             self.sources.pop(source_id, None)
         for source, workspace in delta.sources:
@@ -173,19 +189,10 @@ class LiveConfig:
         # Versions are let go after the new configs hold theirs: a version's code known
         # when the delta was read is not in it.
         replaced = [self.configs.pop(i) for i in delta.instance_ids if i in self.configs]
-        for row in delta.instances:
-            try:
-                config = await self._instance_config(*row)
-                self.configs[config.id] = config
-                self.runs[config.version_id] += 1
-                self.code.setdefault(config.version_id, delta.code.get(config.version_id, ""))
-            except ValueError as exc:  # settings that cannot be decrypted: it alone is out
-                log.error(
-                    "instance %s is left out of the data plane's configuration (no events "
-                    "are routed to it) until its settings can be read or it is deleted: %s",
-                    row[0].id,
-                    exc,
-                )
+        for config in configs:
+            self.configs[config.id] = config
+            self.runs[config.version_id] += 1
+            self.code.setdefault(config.version_id, delta.code.get(config.version_id, ""))
         for config in replaced:
             self._let_go(config.version_id, delta.revision)
         if not full:
