@@ -56,6 +56,24 @@ def parse_grant(text: str) -> res.RoleGrant:
     return res.RoleGrant(role=ROLES[role], functions=[name(i, names.FUNCTION) for i in listed])
 
 
+def parse_grants(texts: list[str]) -> list[res.RoleGrant]:
+    """Parse `--role` values into grants, one a role: `functions-admin:fn_a` and
+    `functions-admin:fn_b` cover both functions (the API takes each role once), and a role
+    given without names covers all."""
+    merged: dict[int, res.RoleGrant] = {}
+    for grant in map(parse_grant, texts):
+        kept = merged.setdefault(grant.role, grant)
+        if kept is grant:
+            continue
+        for field in ("functions", "sources"):
+            ours, theirs = getattr(kept, field), getattr(grant, field)
+            if not ours or not theirs:  # one of them covers all
+                kept.ClearField(field)
+            else:
+                ours.extend(n for n in theirs if n not in ours)
+    return list(merged.values())
+
+
 def role_text(grants: Any) -> str:
     """Render role grants for a table."""
     by_number = {v: k for k, v in ROLES.items()}
@@ -84,7 +102,7 @@ def member_create(
         resp = r.CreateMember(
             pb.CreateMemberRequest(
                 parent=workspace(),
-                member=res.Member(email=email, roles=[parse_grant(x) for x in role]),
+                member=res.Member(email=email, roles=parse_grants(role)),
                 request_id=request_id(),
             ),
             metadata=metadata(),
@@ -139,9 +157,7 @@ def member_set_roles(
         current = member_of(r, member)
         resp = r.UpdateMember(
             pb.UpdateMemberRequest(
-                member=res.Member(
-                    name=current.name, roles=[parse_grant(x) for x in role], etag=current.etag
-                ),
+                member=res.Member(name=current.name, roles=parse_grants(role), etag=current.etag),
                 update_mask=field_mask_pb2.FieldMask(paths=["roles"]),
             ),
             metadata=metadata(),
