@@ -169,10 +169,6 @@ class ConfigWatcher:
         """Return instances by id."""
         return self.view.instances
 
-    def code_of(self, instance: pb.InstanceConfig) -> str:
-        """Return the code an instance runs (see `ConfigView.code_of`)."""
-        return self.view.code_of(instance)
-
     def instance_workspace(self, instance_id: str) -> str | None:
         """Return the workspace of an instance; None when it is not (or no longer) known."""
         config = self.view.instances.get(instance_id)

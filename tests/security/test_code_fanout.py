@@ -84,7 +84,7 @@ async def test_a_versions_code_is_sent_and_held_once_however_many_run_it(
             ),
             timeout=20,
         )
-        assert {watcher.code_of(i) for i in view.instances.values()} == {CODE}
+        assert {view.code_of(i) for i in view.instances.values()} == {CODE}
         assert list(view.code.values()) == [CODE] and all(
             not i.code for i in view.instances.values()
         )
@@ -101,7 +101,7 @@ async def test_a_versions_code_is_sent_and_held_once_however_many_run_it(
         # Run again, the version's code is sent again: the watcher let it go.
         await _instance(registry, owner, ws_id, fn, src, "again")
         view = await asyncio.wait_for(watcher.wait_until(lambda v: bool(v.instances)), timeout=20)
-        assert {watcher.code_of(i) for i in view.instances.values()} == {CODE}
+        assert {view.code_of(i) for i in view.instances.values()} == {CODE}
         latest = []
         while not latest or latest[-1].revision < view.revision:
             latest += await _message(stream)
