@@ -62,8 +62,9 @@ SavedResponse = TypeVar("SavedResponse", pb.CreateFunctionResponse, pb.SaveFunct
 def without_code(response: SavedResponse) -> SavedResponse:
     """A create's or save's response as its request record keeps it: without the version's
     code and settings definitions, which the version holds (counted in the workspace's
-    quota). Kept in each record too, for a day, a create-and-delete loop stored 2.5 bytes a
-    byte of them outside the quota."""
+    quota), nor its deployed instances' settings (see `without_settings`). Kept in each
+    record too, for a day, a create-and-delete loop stored 2.5 bytes a byte of them outside
+    the quota."""
     kept = type(response)()
     kept.CopyFrom(response)
     kept.version.ClearField("code")
@@ -75,7 +76,8 @@ def without_code(response: SavedResponse) -> SavedResponse:
 
 async def with_code(store: RegistryStore, response: SavedResponse) -> SavedResponse:
     """Give a create's or save's response (a retry's, from its record) its version's code and
-    settings definitions again; a version deleted since has none to give."""
+    settings definitions, and its deployed instances' settings, again; a version deleted
+    since has none to give."""
     if not response.version.code:
         async with store.transaction() as s:
             ver = await s.get(FunctionVersion, names.last(response.version.name))

@@ -178,7 +178,8 @@ class TestCa:
         return ctx
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy what `reader` reads to `writer` until it ends, then close the writer."""
     try:
         while data := await reader.read(64 * 1024):
             writer.write(data)
@@ -220,7 +221,7 @@ class InterceptingProxy:
             await writer.start_tls(self.ca.server_context(host))
         else:
             up_writer.write(head)  # absolute-form request line: the API server reads the host
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
 @contextlib.asynccontextmanager

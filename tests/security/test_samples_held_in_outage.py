@@ -7,7 +7,6 @@ written once the database is back."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
@@ -15,6 +14,7 @@ import asyncpg
 
 from services.common.deliveries.recorder import DeliveryRecorder, FailureSample
 from tests.registry.conftest import Registry, registry
+from tests.runtime.fake_apis import pipe
 
 __all__ = ["registry"]
 HELD = 5
@@ -44,14 +44,6 @@ class Link:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self._target)
         self._writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
