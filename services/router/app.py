@@ -113,6 +113,7 @@ async def start_router(settings: RouterSettings, stack: AsyncExitStack) -> Runni
         coalesce_window=settings.router_coalesce_window_ms / 1000,
         coalesce_min_rate=settings.router_coalesce_min_rate,
         recorder=recorder,
+        budget=settings.store_budget(),
         metrics=RouterMetrics(
             metrics.meter,
             source_owner=watcher.source_workspace,

@@ -24,6 +24,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
@@ -44,6 +45,7 @@ from services.router.normalize import (
 from services.router.publisher import (
     Ingestor,
     NotReadyError,
+    OverBudgetError,
     StorageUnavailableError,
     UnknownWriteKeyError,
 )
@@ -223,6 +225,11 @@ class TrackingApp:
             raise HttpError(401, "unauthorized", exc.message) from None
         except (NotReadyError, StorageUnavailableError) as exc:
             raise HttpError(503, "unavailable", exc.message) from None
+        except OverBudgetError as exc:
+            wait = str(math.ceil(exc.retry_after)).encode()
+            raise HttpError(
+                429, "too_many_requests", exc.message, headers=[(b"retry-after", wait)]
+            ) from None
         await _respond(send, 200, _SUCCESS, cors)
 
     async def _preflight(self, headers: dict[bytes, bytes], send: Send) -> None:

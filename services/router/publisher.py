@@ -22,6 +22,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from services.common.deliveries.recorder import DeliveryRecorder
+from services.common.errors import ResourceExhausted
 from services.common.packs import (
     DEFAULT_PACK_BYTES,
     Pack,
@@ -42,6 +43,7 @@ from services.common.streams import (
 from services.common.telemetry import MESSAGE_IDS_ATTRIBUTE, PROPAGATOR, message_ids
 from services.common.telemetry import extract as extract_trace
 from services.common.tracer import get_tracer, random_bits
+from services.common.workspace_budget import WorkspaceBudget
 from services.filters.actions import apply_filters
 from services.router.coalesce import (
     BUSY_RATE,
@@ -83,6 +85,14 @@ class StorageUnavailableError(IngestRefused):
     """JetStream did not acknowledge every pack in time; retry later (dedupe ids hold)."""
 
 
+class OverBudgetError(IngestRefused):
+    """The source's workspace stores more than its budget allows; retry after `retry_after` s."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass(slots=True)
 class RouterStats:
     """Counters of what the router did, for logs and metrics."""
@@ -93,6 +103,7 @@ class RouterStats:
     dropped_by_integrations: int = 0
     dropped_by_filters: int = 0
     deduplicated: int = 0  # events a client sent again, stored already
+    over_budget: int = 0  # requests refused: their workspace stored too much lately
     publish_failures: int = 0
 
 
@@ -200,8 +211,10 @@ class Ingestor:
         coalesce_min_rate: float = BUSY_RATE,
         recorder: DeliveryRecorder | None = None,
         metrics: RouterMetrics | None = None,
+        budget: WorkspaceBudget | None = None,
     ) -> None:
         self._nc = nc
+        self._budget = budget
         self._recorder = recorder
         self._metrics = metrics
         self._js = js
@@ -303,7 +316,13 @@ class Ingestor:
                 )
                 span.set_attribute("eventfn.packs", len(outbound))
             if outbound:
-                await self._publish_all(outbound, sender)
+                cost = self._spend(source.workspace_id, outbound)
+                try:
+                    await self._publish_all(outbound, sender)
+                except StorageUnavailableError:
+                    if self._budget is not None:  # nothing stored: the retry pays
+                        self._budget.give_back(source.workspace_id, cost=cost)
+                    raise
                 stats.packs += len(outbound)
         if self._metrics is not None:
             self._metrics.stored(source.source_id, len(events))
@@ -317,6 +336,17 @@ class Ingestor:
                     instance_id, route.workspace_id, route.function_id, {"filtered": count}
                 )
         return ids
+
+    def _spend(self, workspace_id: str, outbound: Sequence[Outbound]) -> int:
+        """Take what the packs will store from the workspace's budget, or refuse them all."""
+        cost = sum(len(item.pack.body) for item in outbound)
+        if self._budget is not None:
+            try:
+                self._budget.take(workspace_id, cost=cost, who="this source's workspace")
+            except ResourceExhausted as exc:
+                self.stats.over_budget += 1
+                raise OverBudgetError(exc.message, exc.retry_after or 1.0) from None
+        return cost
 
     async def _publish_all(self, outbound: Sequence[Outbound], sender: Hashable | None) -> None:
         """Hand every pack to the coalescer, then wait until all are acknowledged (or refuse)."""

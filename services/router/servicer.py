@@ -16,6 +16,7 @@ from services.common.errors import (
     EventfnError,
     FieldViolation,
     InvalidArgument,
+    ResourceExhausted,
     Unauthenticated,
     Unavailable,
 )
@@ -30,6 +31,7 @@ from services.router.normalize import (
 from services.router.publisher import (
     Ingestor,
     NotReadyError,
+    OverBudgetError,
     StorageUnavailableError,
     UnknownWriteKeyError,
 )
@@ -113,6 +115,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             ) from None
         except (NotReadyError, StorageUnavailableError) as exc:
             raise Unavailable(exc.message) from None
+        except OverBudgetError as exc:
+            self._ingestor.count_rejected("too_many_requests")  # as the HTTP API's 429
+            raise ResourceExhausted(exc.message, retry_after=exc.retry_after) from None
         except InvalidRequestError as exc:
             message = grpc_text(exc.message)
             raise InvalidArgument(message, [FieldViolation("events_json", message)]) from None

@@ -6,10 +6,13 @@ from pydantic import Field, field_validator, model_validator
 
 from services.common.packs import DEFAULT_PACK_BYTES
 from services.common.settings import DataPlaneSettings
+from services.common.workspace_budget import WorkspaceBudget
 from services.router.browser_settings import parse_public_url
 from services.router.coalesce import BUSY_RATE, WINDOW_SECONDS
 from services.router.cors import CorsPolicy
 from services.router.normalize import BATCH_MAX_BYTES
+
+MIB = 1024 * 1024
 
 
 class RouterSettings(DataPlaneSettings):
@@ -68,6 +71,16 @@ class RouterSettings(DataPlaneSettings):
     # sent a known write key: clients opening calls and sending nothing hold at most this many
     # (about 25 KB each), and never end a stream that sent one.
     router_grpc_max_waiting_calls: int = Field(default=2000, ge=1)
+    # Bytes a workspace's requests may store a second on this router, counted as stored: an
+    # event routed to ten instances is stored, and counted, ten times (one 500 KB batch on a
+    # source feeding 1,000 instances is 500 MB). Over it a request gets 429 (gRPC
+    # RESOURCE_EXHAUSTED) with the seconds to wait, and nothing of it is stored. 0: no limit.
+    # Each router counts on its own.
+    router_workspace_bytes_per_second: float = Field(default=32 * MIB, ge=0.0)
+    # Bytes a workspace's requests may store at once, before the per-second rate applies; a
+    # request storing more is taken when its workspace has stored nothing for a while, and its
+    # workspace then waits until the rate has paid for it.
+    router_workspace_bytes_burst: int = Field(default=256 * MIB, ge=1)
     # Web pages that may send events from a browser: `*` (any, as the write key is public in
     # a page anyway) or comma-separated origins such as `https://shop.example.com`.
     router_cors_origins: str = "*"
@@ -97,6 +110,17 @@ class RouterSettings(DataPlaneSettings):
                 "must not be ended as idle"
             )
         return self
+
+    def store_budget(self) -> WorkspaceBudget:
+        """Return the per-workspace budget of stored bytes these settings give."""
+        return WorkspaceBudget(
+            self.router_workspace_bytes_per_second,
+            self.router_workspace_bytes_burst,
+            doing="stores events",
+            rate_variable="EVENTFN_ROUTER_WORKSPACE_BYTES_PER_SECOND",
+            burst_variable="EVENTFN_ROUTER_WORKSPACE_BYTES_BURST",
+            amount=lambda n: f"{n / MIB:.3g} MiB",
+        )
 
     def cors_policy(self) -> CorsPolicy:
         """Return the CORS policy the settings describe."""

@@ -78,3 +78,52 @@ def test_one_given_back_can_be_taken_again_and_never_past_the_burst() -> None:
     budget.take("ws_1")
     with pytest.raises(ResourceExhausted):
         budget.take("ws_1")
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(min_value=0, max_value=2, allow_nan=False),
+            st.floats(min_value=0.5, max_value=40, allow_nan=False),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    st.floats(min_value=0.5, max_value=50),
+    st.integers(min_value=1, max_value=20),
+)
+def test_costs_accepted_in_any_span_stay_within_burst_plus_rate_plus_the_last_overshoot(
+    takes: list[tuple[float, float]], rate: float, burst: int
+) -> None:
+    now = [0.0]
+    budget = budget_of(rate, burst, clock=lambda: now[0])
+    accepted: list[tuple[float, float]] = []
+    for gap, cost in takes:
+        now[0] += gap
+        try:
+            budget.take("ws_1", cost=cost)
+        except ResourceExhausted as refused:
+            assert refused.retry_after > 0
+            continue
+        accepted.append((now[0], cost))
+    for i, (start, _) in enumerate(accepted):
+        for j in range(i, len(accepted)):
+            end, last = accepted[j]
+            spent = sum(cost for _, cost in accepted[i : j + 1])
+            assert spent <= burst + rate * (end - start) + max(0.0, last - burst) + 1e-6
+
+
+def test_a_cost_over_the_burst_waits_for_a_full_bucket_then_owes_the_rest() -> None:
+    now = [0.0]
+    budget = budget_of(10.0, 100, clock=lambda: now[0])
+    budget.take("ws_1", cost=1000)  # full: taken, 900 owed
+    with pytest.raises(ResourceExhausted) as refused:
+        budget.take("ws_1", cost=1)
+    assert refused.value.retry_after == pytest.approx(90.1)
+    now[0] += 90.0
+    with pytest.raises(ResourceExhausted):
+        budget.take("ws_1", cost=1000)  # needs the bucket full again
+    now[0] += 10.0
+    budget.take("ws_1", cost=1000)
+    budget.give_back("ws_1", cost=1000)  # refused after it was counted: nothing owed
+    budget.take("ws_1", cost=100)
