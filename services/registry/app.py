@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -14,9 +16,11 @@ from services.common import rpc
 from services.common.metrics import start_metrics
 from services.common.page_tokens import PageTokens
 from services.common.settings import asyncpg_url, sqlalchemy_url
+from services.common.tasks import stop
 from services.filters import parse_filter
 from services.registry.access import Authenticator, ensure_bootstrap
 from services.registry.deps import RegistryDeps
+from services.registry.housekeeping import SWEEP_SECONDS, Housekeeping
 from services.registry.idempotency import Idempotency
 from services.registry.migrate import migrate
 from services.registry.paging import Pages
@@ -60,7 +64,11 @@ async def start_registry(settings: RegistrySettings, stack: AsyncExitStack) -> R
     )
     await box.start()
     idempotency = Idempotency(store, box)
-    await idempotency.purge_expired()
+    retention = settings.registry_audit_retention_days
+    housekeeping = Housekeeping(store, timedelta(days=retention) if retention else None)
+    await housekeeping.sweep()  # what a long stop left past its time, before serving
+    sweeping = asyncio.create_task(housekeeping.run_after(SWEEP_SECONDS), name="housekeeping")
+    stack.push_async_callback(stop, sweeping)
     deps = RegistryDeps(
         store=store,
         authn=Authenticator(store, service_token=settings.service_token),
@@ -73,6 +81,8 @@ async def start_registry(settings: RegistrySettings, stack: AsyncExitStack) -> R
         code_bytes=settings.registry_code_bytes_per_workspace,
         instances=settings.registry_instances_per_workspace,
         sources=settings.registry_sources_per_workspace,
+        members=settings.registry_members_per_workspace,
+        tokens_per_member=settings.registry_tokens_per_member,
         deployed_code_bytes=settings.registry_deployed_code_bytes_per_workspace,
     )
     notifier = ConfigNotifier(asyncpg_url(settings.database_url))

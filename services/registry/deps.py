@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, cast
+from sqlalchemy import Text, cast, or_
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -23,10 +23,11 @@ from services.registry.models import (
     Instance,
     Member,
     Source,
+    Token,
 )
 from services.registry.paging import Pages
 from services.registry.secrets import SecretBox
-from services.registry.store import RegistryStore, on_rollback
+from services.registry.store import RegistryStore, now, on_rollback
 from services.registry.validation import FilterChecker, SyntaxChecker
 
 # What a version is counted for beyond its code and definitions (its row): tiny versions by the
@@ -51,6 +52,8 @@ class RegistryDeps:
     code_bytes: int = 0  # of code the versions of a workspace's functions may hold; 0: any
     instances: int = 0  # a workspace may have; 0: any
     sources: int = 0  # a workspace may have; 0: any
+    members: int = 0  # a workspace may have; 0: any
+    tokens_per_member: int = 0  # live (neither revoked nor expired); 0: any
     deployed_code_bytes: int = 0  # of the versions a workspace's instances run; 0: any
 
     async def room_for_instance(self, session: AsyncSession, workspace_id: str) -> None:
@@ -77,11 +80,45 @@ class RegistryDeps:
             "in its metrics",
         )
 
+    async def room_for_member(self, session: AsyncSession, workspace_id: str) -> None:
+        """Refuse a member past the workspace's quota (see `_room`)."""
+        await self._room(
+            session,
+            workspace_id,
+            Member,
+            self.members,
+            "members",
+            "EVENTFN_REGISTRY_MEMBERS_PER_WORKSPACE: each is read at every call it makes",
+        )
+
+    async def room_for_token(self, session: AsyncSession, member_id: str) -> None:
+        """Refuse a token past the member's quota of live ones (RESOURCE_EXHAUSTED: waiting
+        changes nothing until one expires); the member's creations wait for each other."""
+        if not self.tokens_per_member:
+            return
+        await session.exec(select(func.pg_advisory_xact_lock(func.hashtext(f"tokens:{member_id}"))))
+        at = now()
+        count = await session.scalar(
+            select(func.count())
+            .select_from(Token)
+            .where(
+                Token.member_id == member_id,
+                col(Token.revoked_at).is_(None),
+                or_(col(Token.expires_at).is_(None), col(Token.expires_at) > at),
+            )
+        )
+        if int(count or 0) >= self.tokens_per_member:
+            raise ResourceExhausted(
+                f"member {member_id} holds {count} live tokens, the most it may "
+                "(EVENTFN_REGISTRY_TOKENS_PER_MEMBER): revoke tokens no longer used",
+                retry_after=None,
+            )
+
     @staticmethod
     async def _room(
         session: AsyncSession,
         workspace_id: str,
-        model: type[Instance] | type[Source],
+        model: type[Instance] | type[Source] | type[Member],
         quota: int,
         noun: str,
         why: str,

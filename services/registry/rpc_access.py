@@ -219,6 +219,7 @@ class AccessRpcs:
         self, caller: Caller, email: str, grants: tuple[auth.Grant, ...], key: RequestKey | None
     ) -> pb.CreateMemberResponse:
         async with self.store.transaction() as s:
+            await self.deps.room_for_member(s, caller.workspace_id)
             await check_grant_ids(s, caller.workspace_id, grants, "member.roles")
             member = Member(
                 id=new_id("mem"),
@@ -403,6 +404,7 @@ class AccessRpcs:
             _not_the_bootstrap_admin(
                 caller, member, "create tokens for the bootstrap administrator"
             )
+            await self.deps.room_for_token(s, member.id)
             tok = Token(
                 id=new_id("tok"),
                 member_id=member.id,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from services.common.settings import CommonSettings
 from services.common.workspace_budget import WorkspaceBudget
@@ -42,6 +42,13 @@ class RegistrySettings(CommonSettings):
     registry_instances_per_workspace: int = 1000
     # Sources a workspace may have (every router holds each write key); 0: no limit.
     registry_sources_per_workspace: int = 1000
+    # Members a workspace may have (each is read at every call it makes); 0: no limit.
+    registry_members_per_workspace: int = Field(default=1000, ge=0)
+    # Tokens a member may hold that are neither revoked nor expired; 0: no limit. Revoked and
+    # expired ones are listed for 30 days, then deleted.
+    registry_tokens_per_member: int = Field(default=100, ge=0)
+    # Days audit entries are kept (they are deleted hourly past it); 0: kept for ever.
+    registry_audit_retention_days: int = Field(default=400, ge=0)
     # The bootstrap administrator's token (deployment-wide powers), registered at start;
     # unset: none. At least 32 characters, e.g. `openssl rand -hex 32`.
     bootstrap_token: str | None = None

@@ -1,11 +1,13 @@
-"""How many instances and sources a workspace may have. Nothing bounded them: every router
-and executor holds each instance, and counts it in its metrics, whose 2,000 series a metric
-one tenant's live instances filled (every other tenant's counts then went to one overflow
-series, and 5,000 made the executor's /metrics 49 MB); every router holds each source's write
-key (a tenant's script at the change rate made 72,000 an hour). Past
-`EVENTFN_REGISTRY_INSTANCES_PER_WORKSPACE` (`..._SOURCES_...`), a creation is refused
+"""How many instances, sources and members a workspace may have, and live tokens a member.
+Nothing bounded them: every router and executor holds each instance, and counts it in its
+metrics, whose 2,000 series a metric one tenant's live instances filled (every other tenant's
+counts then went to one overflow series, and 5,000 made the executor's /metrics 49 MB); every
+router holds each source's write key (a tenant's script at the change rate made 72,000 an
+hour); members and tokens had no bound but the change rate (each member is read at every call
+it makes). Past `EVENTFN_REGISTRY_INSTANCES_PER_WORKSPACE` (`..._SOURCES_...`,
+`..._MEMBERS_...`, `EVENTFN_REGISTRY_TOKENS_PER_MEMBER`), a creation is refused
 (RESOURCE_EXHAUSTED, no retry hint: waiting changes nothing) and nothing is stored; a deleted
-one frees its place; another workspace's quota is its own."""
+one (a revoked token) frees its place; another workspace's (member's) quota is its own."""
 
 from __future__ import annotations
 
@@ -105,3 +107,72 @@ async def test_a_workspace_has_its_quota_of_sources_and_no_more(
         await make_source(registry, owner, "again")
         _, neighbour = await registry.workspace("Neighbour")
         await make_source(registry, neighbour, "first")
+
+
+async def test_a_workspace_has_its_quota_of_members_and_no_more(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    async with running_registry(
+        fresh_database, tmp_path, registry_members_per_workspace=QUOTA
+    ) as registry:
+        workspace, owner = await registry.workspace("Many")
+        made = await asyncio.gather(  # the owner is one of them
+            *(add_member(registry, owner, workspace, f"m{i}@example.com") for i in range(QUOTA)),
+            return_exceptions=True,
+        )
+        refused = [m for m in made if isinstance(m, grpc.aio.AioRpcError)]
+        kept = [m for m in made if not isinstance(m, BaseException)]
+        assert len(kept) == QUOTA - 1 and len(refused) == 1, made
+        assert refused[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "EVENTFN_REGISTRY_MEMBERS_PER_WORKSPACE" in (refused[0].details() or "")
+        await registry.stub.DeleteMember(
+            pb.DeleteMemberRequest(name=kept[0].member.name), metadata=auth(owner)
+        )
+        await add_member(registry, owner, workspace, "again@example.com")
+        neighbour_ws, neighbour = await registry.workspace("Neighbour")
+        await add_member(registry, neighbour, neighbour_ws, "first@example.com")
+
+
+def add_member(registry: Registry, owner: str, workspace: str, email: str):
+    member = res.Member(email=email, roles=[res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY)])
+    return registry.stub.CreateMember(
+        pb.CreateMemberRequest(parent=f"workspaces/{workspace}", member=member),
+        metadata=auth(owner),
+    )
+
+
+async def test_a_member_holds_its_quota_of_live_tokens_and_no_more(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    async with running_registry(
+        fresh_database, tmp_path, registry_tokens_per_member=QUOTA
+    ) as registry:
+        workspace, owner = await registry.workspace("Many")  # the owner's token is one
+
+        def mint(name: str):
+            return registry.stub.CreateToken(
+                pb.CreateTokenRequest(
+                    parent=f"workspaces/{workspace}", token=res.Token(display_name=name)
+                ),
+                metadata=auth(owner),
+            )
+
+        made = await asyncio.gather(*(mint(f"t{i}") for i in range(QUOTA)), return_exceptions=True)
+        refused = [m for m in made if isinstance(m, grpc.aio.AioRpcError)]
+        kept = [m for m in made if not isinstance(m, BaseException)]
+        assert len(kept) == QUOTA - 1 and len(refused) == 1, made
+        assert refused[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "EVENTFN_REGISTRY_TOKENS_PER_MEMBER" in (refused[0].details() or "")
+        # A revoked token frees its place; a member's quota is its own.
+        await registry.stub.RevokeToken(
+            pb.RevokeTokenRequest(name=kept[0].token.name), metadata=auth(owner)
+        )
+        await mint("again")
+        other = await add_member(registry, owner, workspace, "other@example.com")
+        await registry.stub.CreateToken(
+            pb.CreateTokenRequest(
+                parent=f"workspaces/{workspace}",
+                token=res.Token(display_name="theirs", member=other.member.name),
+            ),
+            metadata=auth(owner),
+        )
