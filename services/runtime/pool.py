@@ -18,7 +18,9 @@ globals, which the contract allows); those that had end as a retryable `WorkerLo
 events of any lost worker, so no request is silently sent twice. The offender is then
 quarantined: for a while its invocations run only on a separate worker, where a repeated
 loop or bomb harms no other tenant. Invocations queued behind a stalled crossing are moved
-to another worker at once, so one function's infinite loop does not delay other functions.
+to another worker at once, so one function's infinite loop does not delay other functions
+(a move is not one of an invocation's attempts); a tenant whose crossings keep workers
+stalled (`worker_time.py`) is quarantined too, though none of its invocations timed out.
 Processes also put every core to work despite the GIL.
 """
 
@@ -57,7 +59,8 @@ from .protocol import (
     write_drop_up_to,
 )
 from .results import build_result, count_events, loss_outcome
-from .worker_handle import REQUEUE, Lost, Pending, WorkerHandle, status_block
+from .worker_handle import MOVED, REQUEUE, Lost, Pending, WorkerHandle, status_block
+from .worker_time import StallTally
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _MAX_ATTEMPTS = 6
@@ -86,8 +89,10 @@ class RuntimePool:
         # Workers replaced, by cause (timeout, memory, crash, retired), for metrics.
         self.restarts: dict[str, int] = {}
         self._affinity: dict[str, int] = {}
-        # Functions that got a worker killed, and until when they run only in quarantine.
+        # Functions that got a worker killed (owners) and tenants that kept workers stalled
+        # ("tenant " + id), and until when they run only in quarantine.
         self._quarantine: dict[str, float] = {}
+        self._stalls = StallTally()
         self._handlers: dict[str, frozenset[str]] = {}
         # The watchdog's memory samples of each worker with invocations in flight.
         self._ledgers: dict[WorkerHandle, MemoryLedger] = {}
@@ -240,7 +245,7 @@ class RuntimePool:
                 pending = w.inflight.pop(int(header["id"]), None)
                 if pending is None or pending.future.done():
                     continue
-                pending.future.set_result(REQUEUE if header.get("dropped") else header)
+                pending.future.set_result(MOVED if header.get("dropped") else header)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         if not w.dead:  # it closed its pipe: it died by itself (give it a moment to exit)
@@ -323,6 +328,7 @@ class RuntimePool:
                 # Nothing in flight and no worker in V8 at the last look: sleep until work.
                 self._work.clear()
                 await self._work.wait()
+            last_tick = time.monotonic()
             await asyncio.sleep(self._config.watchdog_interval_s)
             tick += 1
             now_ns = time.monotonic_ns()
@@ -368,10 +374,14 @@ class RuntimePool:
                 if pending is None and now_ns - started > MAX_TIMEOUT_S * 1e9:
                     self._kill(w, None, "timeout")
                     continue
-                if not w.stalled and now_ns - started > stall_ns and w.index != self._q:
-                    w.stalled = True
-                    w.stalled_key = pending.key if pending is not None else None
-                    self._steal(w, last_read)
+                if now_ns - started > stall_ns and w.index != self._q:
+                    if not w.stalled:
+                        w.stalled = True
+                        w.stalled_key = pending.key if pending is not None else None
+                        self._steal(w, last_read)
+                    if pending is not None:
+                        past = min(now - last_tick, (now_ns - started - stall_ns) / 1e9)
+                        self._charge(pending, past, now)
             if idle:  # about to sleep until work: first replace a worker past its limits
                 for w in self._workers:
                     if (
@@ -488,22 +498,43 @@ class RuntimePool:
                 continue  # it will come back as "dropped" and be re-sent to this worker
             del w.inflight[p.seq]
             if not p.future.done():
-                p.future.set_result(REQUEUE)
+                p.future.set_result(MOVED)
 
-    def _quarantined(self, key: str) -> bool:
-        owner = owner_of(key)
-        until = self._quarantine.get(owner)
-        if until is not None and until < time.monotonic():
-            del self._quarantine[owner]
-            return False
-        return until is not None
+    def _charge(self, pending: Pending, seconds: float, now: float) -> None:
+        """Count worker time a stalled crossing took; quarantine its tenant past its share."""
+        tenant = pending.tenant or owner_of(pending.key)
+        if self._stalls.charge(tenant, seconds, now):
+            log.warning(
+                "%s kept V8 workers in crossings over %.0f ms for more than its share lately: "
+                "its functions run on the quarantine worker for %.0f s",
+                f"workspace {pending.tenant}" if pending.tenant else owner_of(pending.key),
+                self._config.stall_ms,
+                QUARANTINE_S,
+            )
+            self._quarantine[f"tenant {tenant}"] = now + QUARANTINE_S
+            # Its invocations waiting in workers' pipes go there too (and others' with them,
+            # to be sent again): behind a loop they would run one after another for ever.
+            for w in self._workers[: self._q]:
+                if w is not None and not w.dead:
+                    self._steal(w, read_status(w.status)[2])
 
-    async def _pick(self, key: str) -> WorkerHandle:
+    def _quarantined(self, key: str, tenant: str) -> bool:
+        now = time.monotonic()
+        held = False
+        for who in (owner_of(key), f"tenant {tenant or owner_of(key)}"):
+            until = self._quarantine.get(who)
+            if until is not None and until < now:
+                del self._quarantine[who]
+            elif until is not None:
+                held = True
+        return held
+
+    async def _pick(self, key: str, tenant: str = "") -> WorkerHandle:
         while True:
             if self._closed:
                 raise PoolClosedError("the runtime pool is closed")
             index = self._affinity.get(key)
-            if self._quarantined(key):
+            if self._quarantined(key, tenant):
                 w = self._workers[self._q]
                 if w is not None and not w.dead and w.ready.is_set():
                     self._move(key, index, w)
@@ -547,11 +578,14 @@ class RuntimePool:
         self, key: str, header: dict[str, Any], payload: bytes, timeout_s: float
     ) -> Any:
         loop = asyncio.get_running_loop()
-        for _ in range(_MAX_ATTEMPTS):
-            w = await self._pick(key)
+        tenant = str(header.get("tenant", ""))
+        attempts = 0
+        while attempts < _MAX_ATTEMPTS:
+            w = await self._pick(key, tenant)
             seq = next(self._seq)
             slot = w.take_slot() if header["op"] == "run" else NO_SLOT
-            pending = Pending(seq, key, time.monotonic() + timeout_s, loop.create_future(), slot)
+            deadline = time.monotonic() + timeout_s
+            pending = Pending(seq, key, deadline, loop.create_future(), slot, tenant)
             w.inflight[seq] = pending
             self._work.set()
             frame = {**header, "id": seq, "key": key, "deadline": pending.deadline, "slot": slot}
@@ -559,7 +593,9 @@ class RuntimePool:
             reply = await pending.future
             w.release(pending)
             self._stop_if_idle(w)
-            if reply is not REQUEUE:
+            if reply is REQUEUE:
+                attempts += 1  # its worker died: running it again may kill the next one
+            elif reply is not MOVED:
                 return reply
         return Lost("crash")
 

@@ -24,8 +24,12 @@ class Lost:
     sent: bool = True  # it may have sent requests (running it again could repeat them)
 
 
-# A worker's answer meaning "send this invocation again" (moved, dropped, or bystander).
+# A worker's answer meaning "send this invocation again": its worker died before it ran (one
+# of the invocation's attempts).
 REQUEUE = object()
+# The same, for an invocation moved off a stalled worker before it ran: no attempt of its own
+# (another tenant's long crossings must not make it fail).
+MOVED = object()
 
 
 @dataclass(eq=False)
@@ -37,6 +41,7 @@ class Pending:
     deadline: float
     future: asyncio.Future[Any]
     slot: int = NO_SLOT  # its side-effect byte in the worker's status block
+    tenant: str = ""  # whose crossings these are (the worker time it takes is counted)
 
 
 @dataclass(eq=False)

@@ -156,6 +156,7 @@ async def invoke(
     key: str | None = None,
     secrets: tuple[str, ...] = (),
     trace_bodies: bool = True,
+    tenant: str = "",
 ) -> InvocationResult:
     """Run `code` on events (default: one track event) and return the result."""
     payload = orjson.dumps(list(events) if events is not None else [{"type": "track"}])
@@ -169,6 +170,7 @@ async def invoke(
             timeout_s=timeout_s,
             secrets=secrets,
             trace_bodies=trace_bodies,
+            tenant=tenant,
         )
     )
 
