@@ -46,6 +46,7 @@ class _Held(NamedTuple):
     msg: Msg
     instance_id: str  # "" until it is counted in an instance's share
     taken_at: float
+    workspace_id: str = ""  # set with instance_id
 
 
 class PackConsumer:
@@ -55,8 +56,10 @@ class PackConsumer:
     if more: enough to keep it busy): its packs wait for its own concurrency inside the
     executor, and an instance whose handler waits out its timeout would otherwise fill every
     slot with packs that cannot run, and every other tenant's events would wait behind them.
-    A pack over the share goes back to the stream, to come again a little later (later each
-    time); the packs behind it are pulled meanwhile.
+    One workspace holds at most half of them (or an instance's share, if more): four such
+    instances of one tenant filled every slot. A pack over either share goes back to the
+    stream, to come again a little later (later each time); the packs behind it are pulled
+    meanwhile.
     """
 
     def __init__(
@@ -90,7 +93,9 @@ class PackConsumer:
         self._subjects = subjects
         self._inflight = 0
         self._share = max(2 * instance_concurrency, max_inflight // 4, 1)
+        self._workspace_share = max(self._share, max_inflight // 2)
         self._per_instance: dict[str, int] = {}  # packs in flight per instance
+        self._per_workspace: dict[str, int] = {}  # and per workspace
         self._deferred_logged = OncePer(DEFER_LOG_SECONDS)
         self._stalls = Stalls()
         self._unsettled: dict[int, _Held] = {}  # by id(msg): handed back if shutdown runs out
@@ -195,11 +200,8 @@ class PackConsumer:
         instance_id = held.instance_id
         if instance_id:
             self._stalls.settled(instance_id, asyncio.get_running_loop().time())
-            left = self._per_instance[instance_id] - 1
-            if left:
-                self._per_instance[instance_id] = left
-            else:
-                del self._per_instance[instance_id]
+            _uncount(self._per_instance, instance_id)
+            _uncount(self._per_workspace, held.workspace_id)
         try:
             await (msg.ack() if ok else msg.nak(delay=delay))
         except NATS_ERRORS as error:  # the ack is lost: the pack comes back after ack_wait
@@ -220,15 +222,25 @@ class PackConsumer:
         age = datetime.now(UTC) - msg.metadata.timestamp
         return age.total_seconds() < CONFIG_LAG_GRACE
 
-    async def _defer(self, msg: Msg, instance_id: str) -> None:
-        """Hand back a pack over its instance's share of the packs in flight, for later."""
+    async def _defer(self, msg: Msg, instance_id: str, workspace_id: str) -> None:
+        """Hand back a pack over its instance's (or workspace's) share of the packs in
+        flight, for later."""
         self.packs -= 1  # not taken: it comes again
         now = asyncio.get_running_loop().time()
         stalled = self._stalls.stalled(instance_id, now)
         self._stalls.handed_back(instance_id, now)
         deliveries = msg.metadata.num_delivered or 1
         await self._settle(msg, False, delay=defer_delay(deliveries, stalled=stalled))
-        if self._deferred_logged.due(instance_id):
+        if self._per_instance.get(instance_id, 0) < self._share:  # its workspace is full
+            if self._deferred_logged.due(workspace_id):
+                log.info(
+                    "workspace %s has %d packs in flight, its share of this executor's %d: "
+                    "its further packs wait in the stream meanwhile",
+                    workspace_id,
+                    self._workspace_share,
+                    self._max_inflight,
+                )
+        elif self._deferred_logged.due(instance_id):
             log.info(
                 "instance %s has %d packs in flight, its share of this executor's %d: "
                 "its further packs wait in the stream meanwhile%s",
@@ -257,12 +269,14 @@ class PackConsumer:
             await self._settle(msg, True)
             return
         count = self._per_instance.get(subject.instance_id, 0)
-        if count >= self._share:
-            await self._defer(msg, subject.instance_id)
+        in_workspace = self._per_workspace.get(subject.workspace_id, 0)
+        if count >= self._share or in_workspace >= self._workspace_share:
+            await self._defer(msg, subject.instance_id, subject.workspace_id)
             return
         self._per_instance[subject.instance_id] = count + 1
+        self._per_workspace[subject.workspace_id] = in_workspace + 1
         self._unsettled[id(msg)] = self._unsettled[id(msg)]._replace(
-            instance_id=subject.instance_id
+            instance_id=subject.instance_id, workspace_id=subject.workspace_id
         )
         headers = msg.headers or {}
         ref = PackRef(
@@ -345,3 +359,12 @@ def _again(msg: Msg) -> float:
     executor) waits before it comes again, as one handed back for its instance's share: handed
     back at once, a refusal that lasts ran its function again without a pause, for ever."""
     return defer_delay(msg.metadata.num_delivered or 1)
+
+
+def _uncount(counts: dict[str, int], key: str) -> None:
+    """Take one off a count, forgetting the key at zero."""
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]

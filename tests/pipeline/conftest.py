@@ -7,7 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -141,6 +141,17 @@ class Platform:
     write_key: str
     workspace_id: str = ""
 
+    async def neighbour(self) -> Platform:
+        """Return another workspace with a source of its own, on this data path."""
+        ws_id, owner, source = await _workspace_with_source(self.registry, "Neighbour")
+        return replace(
+            self,
+            owner=owner,
+            source_id=source.name.rsplit("/", 1)[-1],
+            write_key=source.write_key,
+            workspace_id=ws_id,
+        )
+
     @property
     def workspace(self) -> str:
         """The workspace's name."""
@@ -203,6 +214,17 @@ class Platform:
         return iid
 
 
+async def _workspace_with_source(registry: Registry, title: str) -> tuple[str, str, res.Source]:
+    """Create a workspace (named `title` and random bits) with one source "web"; return its
+    id, its owner's token and the source."""
+    ws_id, owner = await registry.workspace(f"{title} {uuid.uuid4().hex[:6]}")
+    made = await registry.stub.CreateSource(
+        pb.CreateSourceRequest(parent=f"workspaces/{ws_id}", source=res.Source(display_name="web")),
+        metadata=auth(owner),
+    )
+    return ws_id, owner, made.source
+
+
 async def start_platform(
     registry: Registry,
     nats_url: str,
@@ -215,15 +237,7 @@ async def start_platform(
     `executor_options`: ExecutorSettings fields to set; `own_consumer`: the executor reads
     this workspace's events through a durable consumer of its own (made with its options,
     such as its ack wait), not the session's shared one."""
-    ws_id, owner = await registry.workspace(f"Pipeline {uuid.uuid4().hex[:6]}")
-    source = (
-        await registry.stub.CreateSource(
-            pb.CreateSourceRequest(
-                parent=f"workspaces/{ws_id}", source=res.Source(display_name="web")
-            ),
-            metadata=auth(owner),
-        )
-    ).source
+    ws_id, owner, source = await _workspace_with_source(registry, "Pipeline")
     addr = f"127.0.0.1:{registry.port}"
     router = await start_router(
         RouterSettings(
@@ -277,15 +291,16 @@ async def start_platform(
 
 @asynccontextmanager
 async def platform_on_own_nats(
-    registry: Registry, directory: Path
+    registry: Registry, directory: Path, **executor_options: Any
 ) -> AsyncIterator[tuple[Platform, NatsClient]]:
     """A data path (no retrier: held retries stay) on a NATS server of its own (its store in
-    `directory`), with a client of that server."""
+    `directory`), with a client of that server; its executor reads every workspace's packs
+    there (`executor_options`: as `start_platform`'s)."""
     server = EmbeddedNats(directory / "nats")
     server.start()
     try:
         async with AsyncExitStack() as stack:
-            platform = await start_platform(registry, server.url, stack)
+            platform = await start_platform(registry, server.url, stack, **executor_options)
             nc = await nats.connect(server.url)
             stack.push_async_callback(nc.close)
             yield platform, nc
