@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -28,6 +29,7 @@ from services.common.request_times import request_time
 from services.common.roles import may_write_function
 from services.common.workspace_budget import WorkspaceBudget
 from services.executor.policy import health
+from services.executor.tail import EventTail
 from services.executor.traces import WorkspaceOf, get_trace
 from services.runtime import InvalidInvocation, RuntimePool
 from services.runtime import RequestTrace as RuntimeTrace
@@ -137,6 +139,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
         self._gate = gate
         self._js = js
         self._pool = pool
+        self._tail = EventTail(js, gate)
 
     async def _may_run_code(self, context: Ctx, function: str) -> str:
         """Raise unless the caller administers the function the code is a draft of.
@@ -302,6 +305,13 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
     async def GetTrace(self, request: pb.GetTraceRequest, context: Ctx) -> pb.GetTraceResponse:
         """Return an event's recent journey from the trace store (see traces.py)."""
         return await get_trace(self._js, self._gate, self._workspace_of, request, context)
+
+    async def TailEvents(
+        self, request: pb.TailEventsRequest, context: Ctx
+    ) -> AsyncIterator[pb.TailEventsResponse]:
+        """Stream the packs stored for the caller's instances (see tail.py)."""
+        async for pack in self._tail.tail(request, context):
+            yield pack
 
     async def GetDeliveryStats(
         self, request: pb.GetDeliveryStatsRequest, context: Ctx

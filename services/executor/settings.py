@@ -12,7 +12,7 @@ from services.executor.consumer import MAX_PENDING
 class ExecutorSettings(DataPlaneSettings):
     """Everything an executor process reads from its environment, validated at start."""
 
-    # Where the executor serves gRPC (Preview, ListDeliveries).
+    # Where the executor serves gRPC (Preview, delivery records, traces, TailEvents).
     executor_listen: str = "127.0.0.1:50053"
     # Prometheus text on http://<this>/metrics; empty: not served.
     executor_metrics_listen: str = "127.0.0.1:9466"

@@ -88,8 +88,8 @@ async def test_another_local_account_needs_the_nats_password(tmp_path: Path) -> 
     ],
 )
 def test_urls_are_shown_without_their_secrets(url: str) -> None:
-    """`eventfn up` prints where PostgreSQL and NATS are, and `events tail` names NATS's URL
-    in its errors: never with the password or token they carry."""
+    """`eventfn up` prints where PostgreSQL and NATS are (and records it for the CLI): never
+    with the password or token they carry."""
     shown = without_password(url)
     assert "s3cret-pw" not in shown
     assert urlsplit(shown).hostname == urlsplit(url.split(",")[0]).hostname

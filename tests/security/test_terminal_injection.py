@@ -74,9 +74,8 @@ async def test_a_functions_errors_and_logs_reach_no_terminal(
 
 
 async def test_events_tail_shows_event_fields_as_written(
-    cli: Cli, registry: Registry, nats_client: NatsClient, nats_url: str
+    cli: Cli, registry: Registry, nats_client: NatsClient, platform: Platform
 ) -> None:
-    await streams.ensure_streams(nats_client.jetstream())
     ws, token, ins = await workspace_with_instance(registry, "Tail Escapes")
     hostile = {"type": "track", "event": CLIPBOARD + LINK, "userId": "u1", "messageId": "[/]"}
     await nats_client.jetstream().publish(streams.events_subject(ws, ins), orjson.dumps([hostile]))
@@ -85,7 +84,7 @@ async def test_events_tail_shows_event_fields_as_written(
         "tail",
         process=True,
         EVENTFN_TOKEN=token,
-        EVENTFN_NATS_URL=nats_url,
+        EVENTFN_EXECUTOR_ADDR=f"127.0.0.1:{platform.executor.port}",
         FORCE_COLOR="1",
     )
     harmless(shown.stdout)

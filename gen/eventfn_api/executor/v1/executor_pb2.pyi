@@ -634,3 +634,75 @@ class GetTraceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetTraceResponse: _TypeAlias = GetTraceResponse  # noqa: Y015
+
+@_typing.final
+class TailEventsRequest(_message.Message):
+    """Request of TailEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The caller's workspace, "workspaces/{workspace}"."""
+    instance: _builtins.str
+    """Only this instance's packs, "workspaces/{workspace}/instances/{instance}"; empty: every
+    instance the caller may read.
+    """
+    last: _builtins.int
+    """Packs already stored to begin with, 0..1000 (0: none, only new ones with `follow`)."""
+    follow: _builtins.bool
+    """Keep the call open and send each new pack as it is stored."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        instance: _builtins.str = ...,
+        last: _builtins.int = ...,
+        follow: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "instance", b"instance", "last", b"last", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TailEventsRequest: _TypeAlias = TailEventsRequest  # noqa: Y015
+
+@_typing.final
+class TailEventsResponse(_message.Message):
+    """One pack: events stored together for one instance, as its function gets them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    STORE_TIME_FIELD_NUMBER: _builtins.int
+    EVENTS_JSON_FIELD_NUMBER: _builtins.int
+    instance: _builtins.str
+    """The instance, "workspaces/{workspace}/instances/{instance}"."""
+    sequence: _builtins.int
+    """The pack's sequence number in EVENTS."""
+    events_json: _builtins.str
+    """Its events, a JSON array, as stored (normalized by the router)."""
+    @_builtins.property
+    def store_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was stored."""
+
+    def __init__(
+        self,
+        *,
+        instance: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        store_time: _timestamp_pb2.Timestamp | None = ...,
+        events_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["store_time", b"store_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_json", b"events_json", "instance", b"instance", "sequence", b"sequence", "store_time", b"store_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TailEventsResponse: _TypeAlias = TailEventsResponse  # noqa: Y015

@@ -71,6 +71,11 @@ class ExecutorStub:
                 request_serializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.GetTraceRequest.SerializeToString,
                 response_deserializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.GetTraceResponse.FromString,
                 _registered_method=True)
+        self.TailEvents = channel.unary_stream(
+                '/eventfn.executor.v1.Executor/TailEvents',
+                request_serializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.TailEventsRequest.SerializeToString,
+                response_deserializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.TailEventsResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServicer:
@@ -136,6 +141,19 @@ class ExecutorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TailEvents(self, request, context):
+        """Stream the packs stored in EVENTS for the caller's instances, oldest first: the last
+        `last` packs stored lately (among the stream's newest 100,000 messages), then, with
+        `follow`, each new one as it is stored, until the caller ends the call. Only packs of
+        instances the caller may read are sent (read access to `instance`, when named: NOT_FOUND
+        for another workspace's, PERMISSION_DENIED without it). A workspace has at most 10 calls
+        open on an executor (RESOURCE_EXHAUSTED past them); the stream ends with UNAVAILABLE when
+        the event store does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +181,11 @@ def add_ExecutorServicer_to_server(servicer, server):
                     servicer.GetTrace,
                     request_deserializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.GetTraceRequest.FromString,
                     response_serializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.GetTraceResponse.SerializeToString,
+            ),
+            'TailEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.TailEvents,
+                    request_deserializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.TailEventsRequest.FromString,
+                    response_serializer=eventfn_dot_executor_dot_v1_dot_executor__pb2.TailEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +335,33 @@ class Executor:
             '/eventfn.executor.v1.Executor/GetTrace',
             eventfn_dot_executor_dot_v1_dot_executor__pb2.GetTraceRequest.SerializeToString,
             eventfn_dot_executor_dot_v1_dot_executor__pb2.GetTraceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TailEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/eventfn.executor.v1.Executor/TailEvents',
+            eventfn_dot_executor_dot_v1_dot_executor__pb2.TailEventsRequest.SerializeToString,
+            eventfn_dot_executor_dot_v1_dot_executor__pb2.TailEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

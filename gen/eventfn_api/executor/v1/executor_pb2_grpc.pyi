@@ -72,6 +72,15 @@ class ExecutorStub:
     see EVENTFN_TRACE_STORE). Needs read access to an instance (or the source) the trace
     names; NOT_FOUND, word for word as for an unknown id, otherwise.
     """
+    TailEvents: _grpc.UnaryStreamMultiCallable[_executor_pb2.TailEventsRequest, _executor_pb2.TailEventsResponse]
+    """Stream the packs stored in EVENTS for the caller's instances, oldest first: the last
+    `last` packs stored lately (among the stream's newest 100,000 messages), then, with
+    `follow`, each new one as it is stored, until the caller ends the call. Only packs of
+    instances the caller may read are sent (read access to `instance`, when named: NOT_FOUND
+    for another workspace's, PERMISSION_DENIED without it). A workspace has at most 10 calls
+    open on an executor (RESOURCE_EXHAUSTED past them); the stream ends with UNAVAILABLE when
+    the event store does.
+    """
 
 @_typing.type_check_only
 class ExecutorAsyncStub(ExecutorStub):
@@ -116,6 +125,15 @@ class ExecutorAsyncStub(ExecutorStub):
     platform's trace store: every span, each with its parent (the store keeps about an hour;
     see EVENTFN_TRACE_STORE). Needs read access to an instance (or the source) the trace
     names; NOT_FOUND, word for word as for an unknown id, otherwise.
+    """
+    TailEvents: _aio.UnaryStreamMultiCallable[_executor_pb2.TailEventsRequest, _executor_pb2.TailEventsResponse]  # type: ignore[assignment]
+    """Stream the packs stored in EVENTS for the caller's instances, oldest first: the last
+    `last` packs stored lately (among the stream's newest 100,000 messages), then, with
+    `follow`, each new one as it is stored, until the caller ends the call. Only packs of
+    instances the caller may read are sent (read access to `instance`, when named: NOT_FOUND
+    for another workspace's, PERMISSION_DENIED without it). A workspace has at most 10 calls
+    open on an executor (RESOURCE_EXHAUSTED past them); the stream ends with UNAVAILABLE when
+    the event store does.
     """
 
 class ExecutorServicer(metaclass=_abc_1.ABCMeta):
@@ -188,6 +206,21 @@ class ExecutorServicer(metaclass=_abc_1.ABCMeta):
         platform's trace store: every span, each with its parent (the store keeps about an hour;
         see EVENTFN_TRACE_STORE). Needs read access to an instance (or the source) the trace
         names; NOT_FOUND, word for word as for an unknown id, otherwise.
+        """
+
+    @_abc_1.abstractmethod
+    def TailEvents(
+        self,
+        request: _executor_pb2.TailEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_executor_pb2.TailEventsResponse], _abc.AsyncIterator[_executor_pb2.TailEventsResponse]]:
+        """Stream the packs stored in EVENTS for the caller's instances, oldest first: the last
+        `last` packs stored lately (among the stream's newest 100,000 messages), then, with
+        `follow`, each new one as it is stored, until the caller ends the call. Only packs of
+        instances the caller may read are sent (read access to `instance`, when named: NOT_FOUND
+        for another workspace's, PERMISSION_DENIED without it). A workspace has at most 10 calls
+        open on an executor (RESOURCE_EXHAUSTED past them); the stream ends with UNAVAILABLE when
+        the event store does.
         """
 
 def add_ExecutorServicer_to_server(servicer: ExecutorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

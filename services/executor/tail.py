@@ -1,0 +1,172 @@
+"""TailEvents: the packs stored in EVENTS for the caller's instances, as the caller may read them.
+
+`eventfn events tail` used to read NATS itself, with the deployment's one NATS account:
+whoever was given its URL to tail could read every workspace's packs, store forged ones (run
+with the victim's settings) and purge the streams. The executor reads them for the caller
+now, and sends only packs of its own workspace's instances that it may read.
+
+The start: the last `last` matching packs. JetStream counts matching messages from a time on
+(a consumer's pending count), not back from the end, so the tail probes ever longer spans
+(a second, ten, a minute, ...) and starts in the shortest holding `last` packs, skipping what
+is before them (a workspace storing many packs a second skips about a second's worth); where
+the next span would skip more than MAX_SKIP, it starts with the fewer packs of the last one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import grpc
+from google.protobuf import timestamp_pb2
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from eventfn_api.executor.v1 import executor_pb2 as pb
+from services.common import names, streams
+from services.common.errors import EventfnError, InvalidArgument, ResourceExhausted, Unavailable
+from services.common.pull import NATS_ERRORS
+from services.common.registry_gate import RegistryGate
+
+MAX_LAST = 1000
+TAILS_PER_WORKSPACE = 10
+# The stream's newest messages a tail's start looks among, at most.
+SCAN = 100_000
+# Spans (seconds back) probed for the start; None: the whole scan.
+SPANS = (1, 10, 60, 600, 3600, 21600, 86400, None)
+# Packs a start skips at most past the shortest span: over it, the tail starts with fewer.
+MAX_SKIP = 10_000
+BATCH = 100
+FOLLOW_WAIT = 2.0  # seconds a fetch waits for new packs
+# An abandoned consumer (an executor killed mid-tail) is removed by JetStream after this.
+IDLE = timedelta(seconds=30)
+
+
+class EventTail:
+    """Serve TailEvents calls; a workspace has at most TAILS_PER_WORKSPACE open at once."""
+
+    def __init__(self, js: JetStreamContext, gate: RegistryGate) -> None:
+        self._js = js
+        self._gate = gate
+        self._open: Counter[str] = Counter()
+
+    async def tail(
+        self, request: pb.TailEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.TailEventsResponse]:
+        """Authorize, then stream the packs (see the module's docstring)."""
+        me = await self._gate.whoami(context)
+        workspace = names.parent("parent", request.parent, names.last(me.workspace.name))
+        instance_id = None
+        if request.instance:
+            instance_id = names.parse("instance", request.instance, names.INSTANCE, workspace)
+            await self._gate.instance(context, request.instance)
+        if not 0 <= request.last <= MAX_LAST:
+            raise InvalidArgument.field("last", f"must be 0..{MAX_LAST}, not {request.last}")
+        if self._open[workspace] >= TAILS_PER_WORKSPACE:
+            raise ResourceExhausted(
+                f"workspace {workspace} has {TAILS_PER_WORKSPACE} TailEvents calls open on this "
+                "executor, the most it may: end one first",
+                retry_after=None,
+            )
+        self._open[workspace] += 1
+        readable: dict[str, bool] = {}
+        try:
+            await context.send_initial_metadata(())  # taken: the caller may wait on this
+            subjects = streams.subject_filter(
+                "events", workspace_id=workspace, instance_id=instance_id
+            )
+            async for msg in self._messages(subjects, request.last, request.follow):
+                instance = streams.parse_subject(msg.subject).instance_id
+                name = names.INSTANCE.name(workspace, instance)
+                if instance not in readable:
+                    readable[instance] = await self._may_read(context, name)
+                if readable[instance]:
+                    yield pack_message(name, msg)
+        finally:
+            self._open[workspace] -= 1
+            if not self._open[workspace]:
+                del self._open[workspace]
+
+    async def _may_read(self, context: grpc.aio.ServicerContext, name: str) -> bool:
+        try:
+            await self._gate.instance(context, name)
+        except EventfnError as error:  # deleted, or not this caller's to read
+            if error.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED):
+                return False
+            raise
+        return True
+
+    async def _messages(self, subjects: str, last: int, follow: bool) -> AsyncIterator:
+        try:
+            info = await self._js.stream_info(streams.EVENTS_STREAM)
+            floor = max(info.state.first_seq, info.state.last_seq - SCAN + 1, 1)
+            sub, waiting = None, 0
+            for span in SPANS if last else ():
+                start = None if span is None else datetime.now(UTC) - timedelta(seconds=span)
+                longer = await self._subscribe(subjects, floor, start)
+                count = (await longer.consumer_info()).num_pending or 0
+                if sub is not None and count - last > MAX_SKIP:
+                    await _drop(self._js, longer)  # too many to skip: the fewer will do
+                    break
+                if sub is not None:
+                    await _drop(self._js, sub)
+                sub, waiting = longer, count
+                if waiting >= last:
+                    break
+            if sub is None:  # only new packs
+                sub = await self._subscribe(subjects, info.state.last_seq + 1, None)
+            try:
+                skip, left = max(0, waiting - last), min(waiting, last)
+                while follow or left:
+                    try:
+                        batch = await sub.fetch(BATCH, timeout=FOLLOW_WAIT)
+                    except TimeoutError:
+                        continue
+                    for msg in batch:
+                        if skip:
+                            skip -= 1
+                            continue
+                        left = max(0, left - 1)
+                        yield msg
+            finally:
+                await _drop(self._js, sub)
+        except NATS_ERRORS as error:
+            raise Unavailable(f"the event store (NATS) did not answer: {error!r}") from None
+
+    async def _subscribe(self, subjects: str, floor: int, start: datetime | None):
+        """A consumer of the matching packs from `start` (None: from sequence `floor`)."""
+        by_time = start is not None
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_TIME
+            if by_time
+            else DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_time=start,
+            opt_start_seq=None if by_time else floor,
+            ack_policy=AckPolicy.NONE,
+            filter_subject=subjects,
+            inactive_threshold=IDLE.total_seconds(),
+            mem_storage=True,
+        )
+        return await self._js.pull_subscribe(subjects, stream=streams.EVENTS_STREAM, config=config)
+
+
+async def _drop(js: JetStreamContext, sub) -> None:
+    """Remove a tail's consumer now (JetStream would after IDLE)."""
+    with contextlib.suppress(*NATS_ERRORS):
+        name = (await sub.consumer_info()).name
+        await sub.unsubscribe()
+        await js.delete_consumer(streams.EVENTS_STREAM, name)
+
+
+def pack_message(instance: str, msg) -> pb.TailEventsResponse:
+    """Convert a stored pack to its proto."""
+    stored = timestamp_pb2.Timestamp()
+    stored.FromDatetime(msg.metadata.timestamp)
+    return pb.TailEventsResponse(
+        instance=instance,
+        sequence=msg.metadata.sequence.stream,
+        store_time=stored,
+        events_json=msg.data.decode("utf-8", "replace"),
+    )

@@ -1,0 +1,130 @@
+"""Who may look at stored packs. `eventfn events tail` read NATS with the deployment's one
+account, so whoever was given its URL to tail could read every workspace's packs, store forged
+ones (run with the victim's decrypted settings) and purge the streams; the workspace and role
+checks were the CLI's own. The executor's TailEvents reads them for the caller now: its
+workspace only, only instances it may read, a bounded number of calls at once."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import grpc
+import orjson
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from eventfn_api.executor.v1 import executor_pb2 as pb
+from eventfn_api.executor.v1 import executor_pb2_grpc
+from eventfn_api.registry.v1 import registry_pb2 as rpb
+from eventfn_api.registry.v1 import resources_pb2 as res
+from services.common import streams
+from services.executor.tail import TAILS_PER_WORKSPACE
+from tests.cli.test_events_tail import workspace_with_instance
+from tests.pipeline.conftest import Platform, platform
+from tests.registry.conftest import Registry, auth, registry
+from tests.registry.test_flows import make_function, new_instance, settings
+
+__all__ = ["platform", "registry"]
+
+
+async def store(nc: NatsClient, workspace: str, instance: str, name: str) -> str:
+    """Store one pack of one event for an instance, as the router would; return its id."""
+    message_id = uuid.uuid4().hex
+    event = {"type": "track", "event": name, "userId": "u", "messageId": message_id}
+    await nc.jetstream().publish(streams.events_subject(workspace, instance), orjson.dumps([event]))
+    return message_id
+
+
+async def shown(
+    stub: executor_pb2_grpc.ExecutorStub, token: str, **fields: object
+) -> list[pb.TailEventsResponse]:
+    """The packs a tail (without follow) shows the token's holder."""
+    return [p async for p in stub.TailEvents(pb.TailEventsRequest(**fields), metadata=auth(token))]
+
+
+def ids(packs: list[pb.TailEventsResponse]) -> list[str]:
+    return [event["messageId"] for p in packs for event in orjson.loads(p.events_json)]
+
+
+async def test_a_tail_shows_its_callers_readable_instances_and_nothing_else(
+    registry: Registry, nats_client: NatsClient, platform: Platform
+) -> None:
+    ws, owner, mine = await workspace_with_instance(registry, "Tailed")
+    other_ws, _, theirs = await workspace_with_instance(registry, "Neighbour")
+    # A second function and instance in the same workspace, and a member reading only it.
+    function, source = await make_function(registry, owner, "Second")
+    second = await registry.stub.CreateInstance(
+        new_instance(
+            f"workspaces/{ws}", function, source, settings=settings(endpoint="x", apiKey="k")
+        ),
+        metadata=auth(owner),
+    )
+    second_id = second.instance.name.rsplit("/", 1)[-1]
+    reader = await registry.member(
+        owner,
+        "reader@example.com",
+        res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY, functions=[function]),
+    )
+    first = await store(nats_client, ws, mine, "first function")
+    other = await store(nats_client, ws, second_id, "second function")
+    foreign = await store(nats_client, other_ws, theirs, "another workspace")
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
+        stub = executor_pb2_grpc.ExecutorStub(channel)
+        everything = ids(await shown(stub, owner, parent=f"workspaces/{ws}", last=10))
+        assert everything == [first, other]
+        assert ids(await shown(stub, reader, parent=f"workspaces/{ws}", last=10)) == [other]
+        for token, fields, code in [
+            (owner, {"parent": f"workspaces/{other_ws}"}, grpc.StatusCode.NOT_FOUND),
+            (
+                owner,
+                {
+                    "parent": f"workspaces/{ws}",
+                    "instance": f"workspaces/{other_ws}/instances/{theirs}",
+                },
+                grpc.StatusCode.NOT_FOUND,
+            ),
+            (
+                reader,
+                {"parent": f"workspaces/{ws}", "instance": f"workspaces/{ws}/instances/{mine}"},
+                grpc.StatusCode.PERMISSION_DENIED,
+            ),
+            ("efn_not-a-token", {"parent": f"workspaces/{ws}"}, grpc.StatusCode.UNAUTHENTICATED),
+            (owner, {"parent": f"workspaces/{ws}", "last": 1001}, grpc.StatusCode.INVALID_ARGUMENT),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await shown(stub, token, **{"last": 10, **fields})
+            assert refused.value.code() == code, (fields, refused.value.details())
+    assert foreign not in everything
+
+
+async def test_a_workspace_holds_a_bounded_number_of_tails_open(
+    registry: Registry, platform: Platform
+) -> None:
+    ws, owner, _ = await workspace_with_instance(registry, "Many tails")
+    request = pb.TailEventsRequest(parent=f"workspaces/{ws}", follow=True)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
+        stub = executor_pb2_grpc.ExecutorStub(channel)
+        calls = [stub.TailEvents(request, metadata=auth(owner)) for _ in range(TAILS_PER_WORKSPACE)]
+        try:
+            # Each is open once its consumer is made (its initial metadata has come).
+            await asyncio.gather(*(call.initial_metadata() for call in calls))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                async for _ in stub.TailEvents(request, metadata=auth(owner)):
+                    pass
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            _, neighbour, _ = await workspace_with_instance(registry, "Its own tails")
+            other = await workspace_of(registry, neighbour)
+            call = stub.TailEvents(
+                pb.TailEventsRequest(parent=other, follow=True), metadata=auth(neighbour)
+            )
+            await call.initial_metadata()
+            call.cancel()
+        finally:
+            for call in calls:
+                call.cancel()
+
+
+async def workspace_of(registry: Registry, token: str) -> str:
+    return (await registry.stub.WhoAmI(rpb.WhoAmIRequest(), metadata=auth(token))).workspace.name
