@@ -8,8 +8,9 @@ now, and sends only packs of its own workspace's instances that it may read.
 The start: the last `last` matching packs. JetStream counts matching messages from a time on
 (a consumer's pending count), not back from the end, so the tail probes ever longer spans
 (a second, ten, a minute, ...) and starts in the shortest holding `last` packs, skipping what
-is before them (a workspace storing many packs a second skips about a second's worth); where
-the next span would skip more than MAX_SKIP, it starts with the fewer packs of the last one.
+is before them, their headers only (a workspace storing many packs a second skips about a
+second's worth); where the next span would skip more than MAX_SKIP, it starts with the fewer
+packs of the last one.
 """
 
 from __future__ import annotations
@@ -100,34 +101,17 @@ class EventTail:
 
     async def _messages(self, subjects: str, last: int, follow: bool) -> AsyncIterator:
         try:
-            info = await self._js.stream_info(streams.EVENTS_STREAM)
-            floor = max(info.state.first_seq, info.state.last_seq - SCAN + 1, 1)
-            sub, waiting = None, 0
-            for span in SPANS if last else ():
-                start = None if span is None else datetime.now(UTC) - timedelta(seconds=span)
-                longer = await self._subscribe(subjects, floor, start)
-                count = (await longer.consumer_info()).num_pending or 0
-                if sub is not None and count - last > MAX_SKIP:
-                    await _drop(self._js, longer)  # too many to skip: the fewer will do
-                    break
-                if sub is not None:
-                    await _drop(self._js, sub)
-                sub, waiting = longer, count
-                if waiting >= last:
-                    break
-            if sub is None:  # only new packs
-                sub = await self._subscribe(subjects, info.state.last_seq + 1, None)
+            first, left = await self._first(subjects, last)
+            sub = await self._subscribe(subjects, first)
             try:
-                skip, left = max(0, waiting - last), min(waiting, last)
                 while follow or left:
                     try:
                         batch = await sub.fetch(BATCH, timeout=FOLLOW_WAIT)
                     except TimeoutError:
-                        continue
-                    for msg in batch:
-                        if skip:
-                            skip -= 1
+                        if follow:
                             continue
+                        break  # fewer than `last` (some aged out meanwhile)
+                    for msg in batch:
                         left = max(0, left - 1)
                         yield msg
             finally:
@@ -135,19 +119,53 @@ class EventTail:
         except NATS_ERRORS as error:
             raise Unavailable(f"the event store (NATS) did not answer: {error!r}") from None
 
-    async def _subscribe(self, subjects: str, floor: int, start: datetime | None):
-        """A consumer of the matching packs from `start` (None: from sequence `floor`)."""
-        by_time = start is not None
+    async def _first(self, subjects: str, last: int) -> tuple[int | datetime, int]:
+        """Where a tail starts (the sequence of its first pack, or its span's time), and how
+        many packs stored already it shows."""
+        info = await self._js.stream_info(streams.EVENTS_STREAM)
+        if not last:
+            return info.state.last_seq + 1, 0
+        floor = max(info.state.first_seq, info.state.last_seq - SCAN + 1, 1)
+        probe, waiting, start = None, 0, floor
+        for span in SPANS:  # headers only: a probe counts packs, and skips them
+            begin = floor if span is None else datetime.now(UTC) - timedelta(seconds=span)
+            longer = await self._subscribe(subjects, begin, headers_only=True)
+            count = (await longer.consumer_info()).num_pending or 0
+            if probe is not None and count - last > MAX_SKIP:
+                await _drop(self._js, longer)  # too many to skip: the fewer will do
+                break
+            if probe is not None:
+                await _drop(self._js, probe)
+            probe, waiting, start = longer, count, begin
+            if waiting >= last:
+                break
+        assert probe is not None
+        try:
+            skip = waiting - last
+            while skip > 0:
+                batch = await probe.fetch(min(skip, BATCH), timeout=FOLLOW_WAIT)
+                skip -= len(batch)
+                start = batch[-1].metadata.sequence.stream + 1
+        except TimeoutError:
+            pass  # aged out meanwhile: start from the last one skipped
+        finally:
+            await _drop(self._js, probe)
+        return start, min(waiting, last)
+
+    async def _subscribe(self, subjects: str, start: int | datetime, *, headers_only: bool = False):
+        """A consumer of the matching packs from `start`, a sequence or a time."""
+        by_time = isinstance(start, datetime)
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_TIME
             if by_time
             else DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_time=start,
-            opt_start_seq=None if by_time else floor,
+            opt_start_time=start if by_time else None,
+            opt_start_seq=None if by_time else start,
             ack_policy=AckPolicy.NONE,
             filter_subject=subjects,
             inactive_threshold=IDLE.total_seconds(),
             mem_storage=True,
+            headers_only=headers_only or None,
         )
         return await self._js.pull_subscribe(subjects, stream=streams.EVENTS_STREAM, config=config)
 

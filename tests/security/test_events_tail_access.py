@@ -128,3 +128,17 @@ async def test_a_workspace_holds_a_bounded_number_of_tails_open(
 
 async def workspace_of(registry: Registry, token: str) -> str:
     return (await registry.stub.WhoAmI(rpb.WhoAmIRequest(), metadata=auth(token))).workspace.name
+
+
+async def test_a_tail_starts_exactly_its_last_packs_back_in_order(
+    registry: Registry, nats_client: NatsClient, platform: Platform
+) -> None:
+    ws, owner, instance = await workspace_with_instance(registry, "Long tail")
+    stored = [await store(nats_client, ws, instance, f"e{i}") for i in range(250)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
+        stub = executor_pb2_grpc.ExecutorStub(channel)
+        for last in (1, 120, 250, 1000):
+            packs = await shown(stub, owner, parent=f"workspaces/{ws}", last=last)
+            assert ids(packs) == stored[-last:], last  # skipped by their headers, in order
+            assert [p.sequence for p in packs] == sorted(p.sequence for p in packs)
+        assert await shown(stub, owner, parent=f"workspaces/{ws}", last=0) == []
