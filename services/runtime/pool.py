@@ -518,7 +518,7 @@ class RuntimePool:
                 if w is not None and not w.dead:
                     self._steal(w, read_status(w.status)[2])
 
-    def _quarantined(self, key: str, tenant: str) -> bool:
+    def _quarantined(self, key: str, tenant: str = "") -> bool:
         now = time.monotonic()
         held = False
         for who in (owner_of(key), f"tenant {tenant or owner_of(key)}"):
