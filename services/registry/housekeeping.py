@@ -1,5 +1,6 @@
 """What the registry deletes once nobody needs it: request records past their day, audit
-entries past their retention, tokens revoked or expired a month ago.
+entries past their retention, tokens revoked or expired a month ago (but the bootstrap
+administrator's, whose revoked row keeps a leaked EVENTFN_BOOTSTRAP_TOKEN from coming back).
 
 Each grew for as long as the registry ran: request records were dropped only at start, and
 audit entries and dead tokens never (a workspace may write 20 audited changes a second).
@@ -14,11 +15,11 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, delete, literal_column, or_, select
+from sqlalchemy import ColumnElement, and_, delete, literal_column, or_, select
 from sqlmodel import col
 
 from services.registry.idempotency import RETENTION as REQUEST_RECORD_RETENTION
-from services.registry.models import AuditEvent, RequestRecord, Token
+from services.registry.models import AuditEvent, Member, RequestRecord, Token
 from services.registry.store import RegistryStore, audit_id, now
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,14 @@ class Housekeeping:
             ),
             "dead tokens": await self._delete(
                 Token,
-                or_(
-                    col(Token.revoked_at) < at - DEAD_TOKEN_KEPT,
-                    col(Token.expires_at) < at - DEAD_TOKEN_KEPT,
+                and_(
+                    or_(
+                        col(Token.revoked_at) < at - DEAD_TOKEN_KEPT,
+                        col(Token.expires_at) < at - DEAD_TOKEN_KEPT,
+                    ),
+                    # The bootstrap administrator's stay: its token is registered from
+                    # EVENTFN_BOOTSTRAP_TOKEN at every start unless its revoked row is there.
+                    col(Token.member_id).not_in(select(Member.id).where(col(Member.bootstrap))),
                 ),
             ),
         }

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import grpc
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -19,7 +20,7 @@ from services.common.settings import sqlalchemy_url
 from services.registry import housekeeping
 from services.registry.housekeeping import Housekeeping
 from services.registry.store import RegistryStore, audit_id
-from tests.registry.conftest import Registry, auth, make_source, running_registry
+from tests.registry.conftest import BOOTSTRAP, Registry, auth, make_source, running_registry
 
 DAY = timedelta(days=1)
 
@@ -124,3 +125,25 @@ async def test_audit_entries_go_in_batches_past_the_retention_and_only_then(
         assert "audit entries" not in gone and left == entries
     else:
         assert gone["audit entries"] == len(entries) and left == []
+
+
+async def test_a_revoked_bootstrap_token_stays_revoked_however_old(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    """Its revoked row is what keeps EVENTFN_BOOTSTRAP_TOKEN from being registered again at
+    the next start: swept after a month, a leaked bootstrap token came back to life."""
+    async with running_registry(fresh_database, tmp_path) as registry:
+        me = await registry.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(BOOTSTRAP))
+        listed = await registry.stub.ListTokens(
+            pb.ListTokensRequest(parent=me.workspace.name), metadata=auth(BOOTSTRAP)
+        )
+        [bootstrap] = listed.tokens
+        await registry.stub.RevokeToken(
+            pb.RevokeTokenRequest(name=bootstrap.name), metadata=auth(BOOTSTRAP)
+        )
+    await sql(fresh_database, "UPDATE token SET revoked_at = $1", datetime.now(UTC) - 400 * DAY)
+    for _ in range(2):  # the start that sweeps, and the one after
+        async with running_registry(fresh_database, tmp_path) as registry:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await registry.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(BOOTSTRAP))
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
