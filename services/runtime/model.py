@@ -26,6 +26,10 @@ class OutcomeKind(StrEnum):
     FAILURE = "failure"
 
 
+# How the owner of every preview's context key begins (see `owner_of`).
+PREVIEW_OWNER = "preview"
+
+
 def owner_of(function_key: str) -> str:
     """Return whose a context key is: its instance ("<instance>:<version>:<revision>"), or
     "preview-<workspace>" for a workspace's previews ("preview" for the CLI's own). A

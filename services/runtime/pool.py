@@ -41,7 +41,7 @@ import orjson
 from .config import MAX_TIMEOUT_S, RuntimeConfig
 from .errors import InvalidInvocation, PoolClosedError, WorkerStartError
 from .memory_ledger import MemoryLedger
-from .model import Invocation, InvocationResult, owner_of
+from .model import PREVIEW_OWNER, Invocation, InvocationResult, owner_of
 from .narrowing import narrow
 from .protocol import (
     LOADING,
@@ -64,6 +64,8 @@ from .worker_time import StallTally
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _MAX_ATTEMPTS = 6
+# Moves off stalled workers an invocation may take (each waits for a worker to be free).
+_MAX_MOVES = 100
 _KILL_GRACE_S = 0.05
 # A worker out of V8 that has not answered an invocation this long past its deadline never
 # will (a reply it could not send, a bug): it is replaced, or the invocation waits forever.
@@ -501,21 +503,27 @@ class RuntimePool:
                 p.future.set_result(MOVED)
 
     def _charge(self, pending: Pending, seconds: float, now: float) -> None:
-        """Count worker time a stalled crossing took; quarantine its tenant past its share."""
-        tenant = pending.tenant or owner_of(pending.key)
-        if self._stalls.charge(tenant, seconds, now):
+        """Count worker time a stalled crossing took; quarantine its tenant past its share.
+
+        A workspace's previews answer for themselves (their owner, as a killed preview's
+        quarantine): a member allowed previews only must not send the workspace's instances
+        aside."""
+        owner = owner_of(pending.key)
+        held = owner if owner.startswith(PREVIEW_OWNER) else f"tenant {pending.tenant or owner}"
+        if self._stalls.charge(held, seconds, now):
             log.warning(
                 "%s kept V8 workers in crossings over %.0f ms for more than its share lately: "
-                "its functions run on the quarantine worker for %.0f s",
-                f"workspace {pending.tenant}" if pending.tenant else owner_of(pending.key),
+                "it runs on the quarantine worker for %.0f s",
+                held.removeprefix("tenant "),
                 self._config.stall_ms,
                 QUARANTINE_S,
             )
-            self._quarantine[f"tenant {tenant}"] = now + QUARANTINE_S
-            # Its invocations waiting in workers' pipes go there too (and others' with them,
-            # to be sent again): behind a loop they would run one after another for ever.
+            self._quarantine[held] = now + QUARANTINE_S
+            # Its invocations waiting in stalled workers' pipes go there too (and others'
+            # with them, to be sent again): behind a loop they would run one after another.
+            # A worker not stalled reads its frames soon: none is taken from it.
             for w in self._workers[: self._q]:
-                if w is not None and not w.dead:
+                if w is not None and not w.dead and w.stalled:
                     self._steal(w, read_status(w.status)[2])
 
     def _quarantined(self, key: str, tenant: str = "") -> bool:
@@ -579,7 +587,7 @@ class RuntimePool:
     ) -> Any:
         loop = asyncio.get_running_loop()
         tenant = str(header.get("tenant", ""))
-        attempts = 0
+        attempts = moves = 0
         while attempts < _MAX_ATTEMPTS:
             w = await self._pick(key, tenant)
             seq = next(self._seq)
@@ -597,6 +605,10 @@ class RuntimePool:
                 attempts += 1  # its worker died: running it again may kill the next one
             elif reply is not MOVED:
                 return reply
+            else:
+                moves += 1
+                if moves >= _MAX_MOVES:  # never run: it is retried later
+                    return Lost("busy", sent=False)
         return Lost("crash")
 
     # ------------------------------------------------------------------ public API
@@ -678,7 +690,7 @@ class RuntimePool:
     ) -> InvocationResult:
         self._handlers.pop(invocation.function_key, None)
         outcome = loss_outcome(lost.reason, invocation.timeout_s, self._config.memory_limit_mb)
-        if lost.reason == "bystander":
+        if lost.reason in ("bystander", "busy"):
             elapsed = (time.monotonic() - started) * 1000
             return InvocationResult(outcomes=[outcome] * count, duration_ms=elapsed)
         return await narrow(

@@ -11,7 +11,7 @@ import orjson
 
 from .config import RuntimeConfig
 from .errors import InvalidInvocation
-from .model import EventOutcome, Invocation, LogLine, OutcomeKind, RequestTrace
+from .model import PREVIEW_OWNER, EventOutcome, Invocation, LogLine, OutcomeKind, RequestTrace
 from .outcomes import invalid_settings_outcome
 from .pool import RuntimePool
 from .settings_schema import check_settings
@@ -91,7 +91,8 @@ async def run_preview(
                 result=None,
                 error=PreviewError("InvalidSettings", outcome.message or "", None),
             )
-    key = f"preview-{workspace}:{uuid.uuid4().hex}" if workspace else f"preview:{uuid.uuid4().hex}"
+    owner = f"{PREVIEW_OWNER}-{workspace}" if workspace else PREVIEW_OWNER
+    key = f"{owner}:{uuid.uuid4().hex}"
     invocation = Invocation(
         function_key=key,
         code=code,

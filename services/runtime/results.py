@@ -31,6 +31,13 @@ def loss_outcome(reason: str, timeout_s: float, memory_limit_mb: int) -> EventOu
             "function or another, passed its limits) after this one had sent requests; it is "
             "retried",
         )
+    if reason == "busy":
+        return EventOutcome(
+            OutcomeKind.RETRY,
+            "WorkerBusy",
+            "every worker this invocation was given was held by other long calls; it did not "
+            "run, and is retried",
+        )
     return EventOutcome(OutcomeKind.FAILURE, "WorkerCrashed", "the function's worker process died")
 
 

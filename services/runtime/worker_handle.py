@@ -18,7 +18,9 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 class Lost:
     """Why an invocation's worker went away, and what the pool knows about the offender."""
 
-    reason: str  # "timeout" | "memory" | "crash" | "bystander" (had sent requests)
+    # "timeout" | "memory" | "crash" | "bystander" (had sent requests) | "busy" (moved off
+    # stalled workers too often: never ran)
+    reason: str
     offender: int | None = None  # the event whose handler was starting (careful runs)
     loading: bool = False  # it died while loading the function's script
     sent: bool = True  # it may have sent requests (running it again could repeat them)

@@ -12,8 +12,13 @@ import asyncio
 import statistics
 import time
 
+import orjson
+import pytest
+
 from services.runtime import RuntimePool
-from tests.runtime.conftest import invoke, own_pool
+from services.runtime import pool as pool_module
+from services.runtime.preview import run_preview
+from tests.runtime.conftest import invoke, own_pool, pool_config
 
 __all__ = ["own_pool"]
 
@@ -53,3 +58,30 @@ async def test_a_tenant_keeping_every_worker_busy_is_moved_aside_and_no_neighbou
     assert max(waits) < 10 and statistics.median(waits) < 0.3, waits
     assert "delivered" in attacker_outcomes  # moved aside, still served
     assert not own_pool.restarts  # and nothing was killed for it
+
+
+async def test_busy_previews_send_only_the_workspaces_previews_aside(own_pool: RuntimePool) -> None:
+    """A member allowed previews only (Functions Admin of one function): two previews of 3.5 s,
+    under the preview timeout, sent every instance of its workspace to the quarantine worker
+    for five minutes, functions it has no right on among them."""
+    busy = "function onTrack() { const end = Date.now() + 3500; while (Date.now() < end) {} }"
+    event = orjson.dumps({"type": "track", "event": "E", "userId": "u", "messageId": "m"})
+    for _ in range(2):
+        ran = await run_preview(own_pool, busy, event, {}, workspace="ws_a")
+        assert ran.outcome == "delivered"
+    assert own_pool._quarantined("preview-ws_a:next", "ws_a")  # its next preview runs aside
+    assert not own_pool._quarantined("ins_prod:ver_1:1", "ws_a")  # the workspace's instances do not
+
+
+async def test_an_invocation_moved_too_often_is_retried_never_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each move gives an invocation a fresh deadline: without a bound, one moved again and
+    again never ended. Past the bound it is retried (it never ran), not failed."""
+    monkeypatch.setattr(pool_module, "_MAX_MOVES", 1)
+    async with RuntimePool(pool_config(workers=1)) as pool:
+        spin = asyncio.ensure_future(invoke(pool, SPIN, key="ins_spin:v1:1", timeout_s=5))
+        await asyncio.sleep(0.005)  # queued behind it before the worker counts as stalled
+        moved = await invoke(pool, NEIGHBOUR, key="ins_calm:v1:1", timeout_s=5)
+        await spin
+    assert (moved.outcomes[0].kind, moved.outcomes[0].error_type) == ("retry", "WorkerBusy")
