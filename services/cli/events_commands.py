@@ -20,9 +20,9 @@ from services.common import names
 events = typer.Typer(help="Your workspace's event streams.", no_args_is_help=True)
 
 
-def describe(instance: str, data: str, seq: int) -> list[str]:
-    """Render one pack: its instance and a line per event."""
-    lines = [f"[bold]#{seq}[/] instance {names.last(instance)}"]
+def describe(instance: str, data: str, number: int) -> list[str]:
+    """Render one pack (the `number`th shown): its instance and a line per event."""
+    lines = [f"[bold]#{number}[/] instance {names.last(instance)}"]
     try:
         batch = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -58,7 +58,7 @@ def tail(
         with stub("executor", executor_pb2_grpc.ExecutorStub) as executor:
             for pack in executor.TailEvents(request, metadata=metadata()):
                 shown += 1
-                for line in describe(pack.instance, pack.events_json, pack.sequence):
+                for line in describe(pack.instance, pack.events_json, shown):
                     out.print(line, highlight=False)
     except KeyboardInterrupt:
         return

@@ -19,6 +19,7 @@ from eventfn_api.executor.v1 import executor_pb2_grpc
 from eventfn_api.registry.v1 import registry_pb2 as rpb
 from eventfn_api.registry.v1 import resources_pb2 as res
 from services.common import streams
+from services.executor import tail as tail_module
 from services.executor.tail import TAILS_PER_WORKSPACE
 from tests.cli.test_events_tail import workspace_with_instance
 from tests.pipeline.conftest import Platform, platform
@@ -140,5 +141,35 @@ async def test_a_tail_starts_exactly_its_last_packs_back_in_order(
         for last in (1, 120, 250, 1000):
             packs = await shown(stub, owner, parent=f"workspaces/{ws}", last=last)
             assert ids(packs) == stored[-last:], last  # skipped by their headers, in order
-            assert [p.sequence for p in packs] == sorted(p.sequence for p in packs)
+            times = [p.store_time.ToNanoseconds() for p in packs]
+            assert times == sorted(times)
         assert await shown(stub, owner, parent=f"workspaces/{ws}", last=0) == []
+
+
+async def test_an_open_tail_ends_once_its_token_is_revoked(
+    registry: Registry,
+    nats_client: NatsClient,
+    platform: Platform,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A follow call has no end of its own: checked once, it went on streaming every new pack
+    to a member whose token was revoked and who was removed."""
+    monkeypatch.setattr(tail_module, "RECHECK_SECONDS", 0.0)  # at every pack, not every 30 s
+    ws, owner, instance = await workspace_with_instance(registry, "Revoked tail")
+    reader = await registry.member(
+        owner, "leaving@example.com", res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY)
+    )
+    request = pb.TailEventsRequest(parent=f"workspaces/{ws}", follow=True)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
+        call = executor_pb2_grpc.ExecutorStub(channel).TailEvents(request, metadata=auth(reader))
+        await call.initial_metadata()
+        before = await store(nats_client, ws, instance, "before")
+        assert ids([await call.read()]) == [before]
+        me = await registry.stub.WhoAmI(rpb.WhoAmIRequest(), metadata=auth(reader))
+        await registry.stub.DeleteMember(
+            rpb.DeleteMemberRequest(name=me.member.name), metadata=auth(owner)
+        )
+        await store(nats_client, ws, instance, "after")
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await call.read()
+        assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED

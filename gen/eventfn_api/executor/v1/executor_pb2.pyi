@@ -678,13 +678,10 @@ class TailEventsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INSTANCE_FIELD_NUMBER: _builtins.int
-    SEQUENCE_FIELD_NUMBER: _builtins.int
     STORE_TIME_FIELD_NUMBER: _builtins.int
     EVENTS_JSON_FIELD_NUMBER: _builtins.int
     instance: _builtins.str
     """The instance, "workspaces/{workspace}/instances/{instance}"."""
-    sequence: _builtins.int
-    """The pack's sequence number in EVENTS."""
     events_json: _builtins.str
     """Its events, a JSON array, as stored (normalized by the router)."""
     @_builtins.property
@@ -695,13 +692,12 @@ class TailEventsResponse(_message.Message):
         self,
         *,
         instance: _builtins.str = ...,
-        sequence: _builtins.int = ...,
         store_time: _timestamp_pb2.Timestamp | None = ...,
         events_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["store_time", b"store_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_json", b"events_json", "instance", b"instance", "sequence", b"sequence", "store_time", b"store_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_json", b"events_json", "instance", b"instance", "store_time", b"store_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

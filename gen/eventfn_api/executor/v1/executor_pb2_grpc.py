@@ -146,9 +146,12 @@ class ExecutorServicer:
         `last` packs stored lately (among the stream's newest 100,000 messages), then, with
         `follow`, each new one as it is stored, until the caller ends the call. Only packs of
         instances the caller may read are sent (read access to `instance`, when named: NOT_FOUND
-        for another workspace's, PERMISSION_DENIED without it). A workspace has at most 10 calls
-        open on an executor (RESOURCE_EXHAUSTED past them); the stream ends with UNAVAILABLE when
-        the event store does.
+        for another workspace's, PERMISSION_DENIED without it); the caller and its access are
+        checked again every 30 s while packs come (a revoked token ends the call with
+        UNAUTHENTICATED). `last` counts the workspace's packs (or the instance's), so a member
+        reading only some instances may get fewer. A workspace has at most 10 calls open on an
+        executor (RESOURCE_EXHAUSTED past them); the stream ends with UNAVAILABLE when the event
+        store does.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -77,9 +77,12 @@ class ExecutorStub:
     `last` packs stored lately (among the stream's newest 100,000 messages), then, with
     `follow`, each new one as it is stored, until the caller ends the call. Only packs of
     instances the caller may read are sent (read access to `instance`, when named: NOT_FOUND
-    for another workspace's, PERMISSION_DENIED without it). A workspace has at most 10 calls
-    open on an executor (RESOURCE_EXHAUSTED past them); the stream ends with UNAVAILABLE when
-    the event store does.
+    for another workspace's, PERMISSION_DENIED without it); the caller and its access are
+    checked again every 30 s while packs come (a revoked token ends the call with
+    UNAUTHENTICATED). `last` counts the workspace's packs (or the instance's), so a member
+    reading only some instances may get fewer. A workspace has at most 10 calls open on an
+    executor (RESOURCE_EXHAUSTED past them); the stream ends with UNAVAILABLE when the event
+    store does.
     """
 
 @_typing.type_check_only
@@ -131,9 +134,12 @@ class ExecutorAsyncStub(ExecutorStub):
     `last` packs stored lately (among the stream's newest 100,000 messages), then, with
     `follow`, each new one as it is stored, until the caller ends the call. Only packs of
     instances the caller may read are sent (read access to `instance`, when named: NOT_FOUND
-    for another workspace's, PERMISSION_DENIED without it). A workspace has at most 10 calls
-    open on an executor (RESOURCE_EXHAUSTED past them); the stream ends with UNAVAILABLE when
-    the event store does.
+    for another workspace's, PERMISSION_DENIED without it); the caller and its access are
+    checked again every 30 s while packs come (a revoked token ends the call with
+    UNAUTHENTICATED). `last` counts the workspace's packs (or the instance's), so a member
+    reading only some instances may get fewer. A workspace has at most 10 calls open on an
+    executor (RESOURCE_EXHAUSTED past them); the stream ends with UNAVAILABLE when the event
+    store does.
     """
 
 class ExecutorServicer(metaclass=_abc_1.ABCMeta):
@@ -218,9 +224,12 @@ class ExecutorServicer(metaclass=_abc_1.ABCMeta):
         `last` packs stored lately (among the stream's newest 100,000 messages), then, with
         `follow`, each new one as it is stored, until the caller ends the call. Only packs of
         instances the caller may read are sent (read access to `instance`, when named: NOT_FOUND
-        for another workspace's, PERMISSION_DENIED without it). A workspace has at most 10 calls
-        open on an executor (RESOURCE_EXHAUSTED past them); the stream ends with UNAVAILABLE when
-        the event store does.
+        for another workspace's, PERMISSION_DENIED without it); the caller and its access are
+        checked again every 30 s while packs come (a revoked token ends the call with
+        UNAUTHENTICATED). `last` counts the workspace's packs (or the instance's), so a member
+        reading only some instances may get fewer. A workspace has at most 10 calls open on an
+        executor (RESOURCE_EXHAUSTED past them); the stream ends with UNAVAILABLE when the event
+        store does.
         """
 
 def add_ExecutorServicer_to_server(servicer: ExecutorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
