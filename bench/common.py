@@ -192,9 +192,9 @@ def router_values(control: Control, nats_url: str, **overrides: Any) -> dict[str
         "registry_addr": control.addr,
         "service_token": SERVICE,
         "log_level": "WARNING",
-        # The router's throughput is measured, not a workspace's budget (on a faster machine
-        # one workspace's loads would pass it).
-        "router_workspace_bytes_per_second": 0,
+        # The router's throughput is measured, not a source's budget (on a faster machine one
+        # source's loads would pass it).
+        "router_source_bytes_per_second": 0,
         **overrides,
     }
 

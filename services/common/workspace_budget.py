@@ -5,8 +5,8 @@ second. The registry counts configuration changes (each is applied by every rout
 and retrier of the deployment, about 11 ms of CPU in all per change on a 2-core machine: one
 member changing things in a loop would load every tenant's data path); the retrier counts
 replays (each scans the instance's dead letters and is kept a week); the router counts the
-bytes a workspace's requests store (an event is stored once per instance it is routed to).
-Each replica keeps its own buckets.
+bytes each source's requests store (an event is stored once per instance it is routed to),
+keyed by source rather than workspace. Each replica keeps its own buckets.
 """
 
 from __future__ import annotations

@@ -56,7 +56,9 @@ class Housekeeping:
                     ),
                     # The bootstrap administrator's stay: its token is registered from
                     # EVENTFN_BOOTSTRAP_TOKEN at every start unless its revoked row is there.
-                    col(Token.member_id).not_in(select(Member.id).where(col(Member.bootstrap))),
+                    col(Token.member_id).not_in(
+                        select(col(Member.id)).where(col(Member.bootstrap))
+                    ),
                 ),
             ),
         }

@@ -86,7 +86,7 @@ class StorageUnavailableError(IngestRefused):
 
 
 class OverBudgetError(IngestRefused):
-    """The source's workspace stores more than its budget allows; retry after `retry_after` s."""
+    """The source stores more than its budget allows; retry after `retry_after` s."""
 
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
@@ -103,7 +103,7 @@ class RouterStats:
     dropped_by_integrations: int = 0
     dropped_by_filters: int = 0
     deduplicated: int = 0  # events a client sent again, stored already
-    over_budget: int = 0  # requests refused: their workspace stored too much lately
+    over_budget: int = 0  # requests refused: their source stored too much lately
     publish_failures: int = 0
 
 
@@ -316,12 +316,12 @@ class Ingestor:
                 )
                 span.set_attribute("eventfn.packs", len(outbound))
             if outbound:
-                cost = self._spend(source.workspace_id, outbound)
+                cost = self._spend(source.source_id, outbound)
                 try:
                     await self._publish_all(outbound, sender)
                 except StorageUnavailableError:
                     if self._budget is not None:  # nothing stored: the retry pays
-                        self._budget.give_back(source.workspace_id, cost=cost)
+                        self._budget.give_back(source.source_id, cost=cost)
                     raise
                 stats.packs += len(outbound)
         if self._metrics is not None:
@@ -337,12 +337,12 @@ class Ingestor:
                 )
         return ids
 
-    def _spend(self, workspace_id: str, outbound: Sequence[Outbound]) -> int:
-        """Take what the packs will store from the workspace's budget, or refuse them all."""
+    def _spend(self, source_id: str, outbound: Sequence[Outbound]) -> int:
+        """Take what the packs will store from the source's budget, or refuse them all."""
         cost = sum(len(item.pack.body) for item in outbound)
         if self._budget is not None:
             try:
-                self._budget.take(workspace_id, cost=cost, who="this source's workspace")
+                self._budget.take(source_id, cost=cost, who="this source")
             except ResourceExhausted as exc:
                 self.stats.over_budget += 1
                 raise OverBudgetError(exc.message, exc.retry_after or 1.0) from None

@@ -71,16 +71,17 @@ class RouterSettings(DataPlaneSettings):
     # sent a known write key: clients opening calls and sending nothing hold at most this many
     # (about 25 KB each), and never end a stream that sent one.
     router_grpc_max_waiting_calls: int = Field(default=2000, ge=1)
-    # Bytes a workspace's requests may store a second on this router, counted as stored: an
-    # event routed to ten instances is stored, and counted, ten times (one 500 KB batch on a
-    # source feeding 1,000 instances is 500 MB). Over it a request gets 429 (gRPC
-    # RESOURCE_EXHAUSTED) with the seconds to wait, and nothing of it is stored. 0: no limit.
+    # Bytes a source's requests may store a second on this router, counted as stored: an event
+    # routed to ten instances is stored, and counted, ten times (one 500 KB batch on a source
+    # feeding 1,000 instances is 500 MB). Over it a request gets 429 (gRPC RESOURCE_EXHAUSTED)
+    # with the seconds to wait, and nothing of it is stored; the workspace's other sources go
+    # on (a browser's write key is public: its flood must not stop the others). 0: no limit.
     # Each router counts on its own.
-    router_workspace_bytes_per_second: float = Field(default=32 * MIB, ge=0.0)
-    # Bytes a workspace's requests may store at once, before the per-second rate applies; a
-    # request storing more is taken when its workspace has stored nothing for a while, and its
-    # workspace then waits until the rate has paid for it.
-    router_workspace_bytes_burst: int = Field(default=256 * MIB, ge=1)
+    router_source_bytes_per_second: float = Field(default=32 * MIB, ge=0.0)
+    # Bytes a source's requests may store at once, before the per-second rate applies; a
+    # request storing more is taken when its source has stored nothing for a while, and its
+    # source then waits until the rate has paid for it.
+    router_source_bytes_burst: int = Field(default=256 * MIB, ge=1)
     # Web pages that may send events from a browser: `*` (any, as the write key is public in
     # a page anyway) or comma-separated origins such as `https://shop.example.com`.
     router_cors_origins: str = "*"
@@ -112,13 +113,13 @@ class RouterSettings(DataPlaneSettings):
         return self
 
     def store_budget(self) -> WorkspaceBudget:
-        """Return the per-workspace budget of stored bytes these settings give."""
+        """Return the per-source budget of stored bytes these settings give."""
         return WorkspaceBudget(
-            self.router_workspace_bytes_per_second,
-            self.router_workspace_bytes_burst,
+            self.router_source_bytes_per_second,
+            self.router_source_bytes_burst,
             doing="stores events",
-            rate_variable="EVENTFN_ROUTER_WORKSPACE_BYTES_PER_SECOND",
-            burst_variable="EVENTFN_ROUTER_WORKSPACE_BYTES_BURST",
+            rate_variable="EVENTFN_ROUTER_SOURCE_BYTES_PER_SECOND",
+            burst_variable="EVENTFN_ROUTER_SOURCE_BYTES_BURST",
             amount=lambda n: f"{n / MIB:.3g} MiB",
         )
 

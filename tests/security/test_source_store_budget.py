@@ -1,11 +1,12 @@
 """What a write key alone may make the router store. An event is stored once per instance its
 source feeds, and a source may feed 1,000 instances: one 500 KB batch stored 500 MB, and a
 client sending them as fast as the router answered filled the stream's disk, which every
-tenant shares, with nothing to slow it but the router's CPU. A workspace's requests now spend a
-budget of stored bytes (`EVENTFN_ROUTER_WORKSPACE_BYTES_BURST`, then `..._PER_SECOND`): over it
-a request is refused with the seconds to wait (HTTP 429 and Retry-After, gRPC
-RESOURCE_EXHAUSTED with RetryInfo), nothing of it is stored, and another workspace's requests
-go on."""
+tenant shares, with nothing to slow it but the router's CPU. A source's requests now spend a
+budget of stored bytes (`EVENTFN_ROUTER_SOURCE_BYTES_BURST`, then `..._PER_SECOND`): over it a
+request is refused with the seconds to wait (HTTP 429 and Retry-After, gRPC RESOURCE_EXHAUSTED
+with RetryInfo), nothing of it is stored, and other sources' requests go on, those of its own
+workspace too (a budget of the workspace's let an anonymous client holding a browser source's
+public key stop the workspace's server-side sources)."""
 
 from __future__ import annotations
 
@@ -40,19 +41,20 @@ PAD = "x" * 2000
 
 
 @dataclass
-class Tenant:
+class Feed:
     workspace_id: str
     write_key: str
     instances: list[str]
 
 
-async def tenant(registry: Registry, name: str, instances: int) -> Tenant:
-    """A workspace with one source feeding `instances` instances of one function."""
-    workspace_id, owner = await registry.workspace(name)
-    function, source = await make_function(registry, owner)
+async def feed(
+    registry: Registry, workspace_id: str, owner: str, name: str, instances: int
+) -> Feed:
+    """A source of the workspace feeding `instances` instances of one function."""
+    function, source = await make_function(registry, owner, name)
     made = []
     for i in range(instances):
-        instance = res.Instance(function=function, source=source, display_name=f"copy {i}")
+        instance = res.Instance(function=function, source=source, display_name=f"{name} {i}")
         instance.settings.update({"endpoint": "https://example.com/hook", "apiKey": "k"})
         created = await registry.stub.CreateInstance(
             pb.CreateInstanceRequest(parent=f"workspaces/{workspace_id}", instance=instance),
@@ -60,7 +62,7 @@ async def tenant(registry: Registry, name: str, instances: int) -> Tenant:
         )
         made.append(created.instance.name.rsplit("/", 1)[-1])
     got = await registry.stub.GetSource(pb.GetSourceRequest(name=source), metadata=auth(owner))
-    return Tenant(workspace_id, got.source.write_key, made)
+    return Feed(workspace_id, got.source.write_key, made)
 
 
 def batch(tag: str) -> bytes:
@@ -76,27 +78,28 @@ def batch(tag: str) -> bytes:
 async def router(registry: Registry, nats_url: str) -> AsyncIterator[RunningRouter]:
     settings = router_settings(nats_url, f"127.0.0.1:{registry.port}").model_copy(
         update={
-            "router_workspace_bytes_per_second": BUDGET,
-            "router_workspace_bytes_burst": BUDGET,
+            "router_source_bytes_per_second": BUDGET,
+            "router_source_bytes_burst": BUDGET,
         }
     )
     async with AsyncExitStack() as stack:
         yield await start_router(settings, stack)
 
 
-async def kept(nc: NatsClient, who: Tenant) -> list[int]:
-    """How many events the stream holds for each of a tenant's instances."""
+async def kept(nc: NatsClient, who: Feed) -> list[int]:
+    """How many events the stream holds for each of a source's instances."""
     return [
         len(events_of(await stored(nc, streams.events_subject(who.workspace_id, instance))))
         for instance in who.instances
     ]
 
 
-async def test_a_workspace_storing_past_its_budget_is_told_to_wait_and_its_neighbour_is_not(
+async def test_a_source_storing_past_its_budget_is_told_to_wait_and_other_sources_are_not(
     registry: Registry, router: RunningRouter, nats_client: NatsClient
 ) -> None:
-    flood = await tenant(registry, "Flood", FAN_OUT)
-    calm = await tenant(registry, "Calm", 1)
+    workspace_id, owner = await registry.workspace("Flood")
+    flood = await feed(registry, workspace_id, owner, "Web", FAN_OUT)  # a browser's public key
+    calm = await feed(registry, workspace_id, owner, "Backend", 1)
     await router.watcher.wait_until(
         lambda v: all(i in v.instances for i in [*flood.instances, *calm.instances])
     )
@@ -111,7 +114,7 @@ async def test_a_workspace_storing_past_its_budget_is_told_to_wait_and_its_neigh
         assert int(refused.headers["retry-after"]) >= 1
         answer = refused.json()
         assert answer["code"] == "too_many_requests"
-        assert "EVENTFN_ROUTER_WORKSPACE_BYTES_PER_SECOND" in answer["message"]
+        assert "EVENTFN_ROUTER_SOURCE_BYTES_PER_SECOND" in answer["message"]
         assert flood.workspace_id not in answer["message"]  # a write key does not tell it
         assert await kept(nats_client, flood) == [100] * FAN_OUT  # nothing of the refused one
 
