@@ -142,6 +142,7 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
         PageTokens.from_secret(token),
         watcher.instance_workspace,
         settings.preview_budget(),
+        settings.tail_budget(),
     )
     server, port, health = rpc.create_server(
         address=settings.executor_listen,

@@ -131,6 +131,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
         pages: PageTokens,
         workspace_of: WorkspaceOf,
         previews: WorkspaceBudget,
+        tails: WorkspaceBudget,
     ) -> None:
         self._previews = previews
         self._pages = pages
@@ -139,7 +140,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
         self._gate = gate
         self._js = js
         self._pool = pool
-        self._tail = EventTail(js, gate)
+        self._tail = EventTail(js, gate, tails)
 
     async def _may_run_code(self, context: Ctx, function: str) -> str:
         """Raise unless the caller administers the function the code is a draft of.

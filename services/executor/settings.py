@@ -30,6 +30,11 @@ class ExecutorSettings(DataPlaneSettings):
     executor_previews_burst: int = 20
     # Previews a workspace may run per second past its burst; 0: no limit.
     executor_previews_per_second: float = 1.0
+    # TailEvents calls a workspace may start at once: each start counts the stream about 17
+    # times (a short-lived JetStream consumer each); each executor counts its own.
+    executor_tails_burst: int = 20
+    # TailEvents calls a workspace may start per second past its burst; 0: no limit.
+    executor_tails_per_second: float = 1.0
     # Packs one pull request asks for (it stays open, delivering each as it is stored).
     executor_fetch_packs: int = 64
     # Packs in flight at once in this process (no more is fetched meanwhile); one instance holds
@@ -69,6 +74,16 @@ class ExecutorSettings(DataPlaneSettings):
             doing="runs previews",
             rate_variable="EVENTFN_EXECUTOR_PREVIEWS_PER_SECOND",
             burst_variable="EVENTFN_EXECUTOR_PREVIEWS_BURST",
+        )
+
+    def tail_budget(self) -> WorkspaceBudget:
+        """Return the per-workspace budget of TailEvents starts these settings give."""
+        return WorkspaceBudget(
+            self.executor_tails_per_second,
+            self.executor_tails_burst,
+            doing="starts tails",
+            rate_variable="EVENTFN_EXECUTOR_TAILS_PER_SECOND",
+            burst_variable="EVENTFN_EXECUTOR_TAILS_BURST",
         )
 
     @model_validator(mode="after")

@@ -5,12 +5,10 @@ whoever was given its URL to tail could read every workspace's packs, store forg
 with the victim's settings) and purge the streams. The executor reads them for the caller
 now, and sends only packs of its own workspace's instances that it may read.
 
-The start: the last `last` matching packs. JetStream counts matching messages from a time on
-(a consumer's pending count), not back from the end, so the tail probes ever longer spans
-(a second, ten, a minute, ...) and starts in the shortest holding `last` packs, skipping what
-is before them, their headers only (a workspace storing many packs a second skips about a
-second's worth); where the next span would skip more than MAX_SKIP, it starts with the fewer
-packs of the last one.
+The start: the last `last` matching packs. JetStream counts matching messages from a sequence
+on (a consumer's pending count), not back from the end, so the tail finds by bisection the
+last sequence from which `last` packs match (about 17 counts over the SCAN newest messages),
+and reads nothing before it.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -31,15 +29,12 @@ from services.common import names, streams
 from services.common.errors import EventfnError, InvalidArgument, ResourceExhausted, Unavailable
 from services.common.pull import NATS_ERRORS
 from services.common.registry_gate import RegistryGate
+from services.common.workspace_budget import WorkspaceBudget
 
 MAX_LAST = 1000
 TAILS_PER_WORKSPACE = 10
 # The stream's newest messages a tail's start looks among, at most.
 SCAN = 100_000
-# Spans (seconds back) probed for the start; None: the whole scan.
-SPANS = (1, 10, 60, 600, 3600, 21600, 86400, None)
-# Packs a start skips at most past the shortest span: over it, the tail starts with fewer.
-MAX_SKIP = 10_000
 BATCH = 100
 FOLLOW_WAIT = 2.0  # seconds a fetch waits for new packs
 # How often a call's caller and its access are checked again while packs come.
@@ -49,11 +44,13 @@ IDLE = timedelta(seconds=30)
 
 
 class EventTail:
-    """Serve TailEvents calls; a workspace has at most TAILS_PER_WORKSPACE open at once."""
+    """Serve TailEvents calls; a workspace has at most TAILS_PER_WORKSPACE open at once, and
+    starts them within its budget (`starts`)."""
 
-    def __init__(self, js: JetStreamContext, gate: RegistryGate) -> None:
+    def __init__(self, js: JetStreamContext, gate: RegistryGate, starts: WorkspaceBudget) -> None:
         self._js = js
         self._gate = gate
+        self._starts = starts
         self._open: Counter[str] = Counter()
 
     async def tail(
@@ -74,6 +71,7 @@ class EventTail:
                 "executor, the most it may: end one first",
                 retry_after=None,
             )
+        self._starts.take(workspace)
         self._open[workspace] += 1
         readable: dict[str, bool] = {}
         loop = asyncio.get_running_loop()
@@ -128,55 +126,48 @@ class EventTail:
         except NATS_ERRORS as error:
             raise Unavailable(f"the event store (NATS) did not answer: {error!r}") from None
 
-    async def _first(self, subjects: str, last: int) -> tuple[int | datetime, int]:
-        """Where a tail starts (the sequence of its first pack, or its span's time), and how
-        many packs stored already it shows."""
+    async def _first(self, subjects: str, last: int) -> tuple[int, int]:
+        """The sequence a tail starts at, and how many packs stored already it shows."""
         info = await self._js.stream_info(streams.EVENTS_STREAM)
+        end = info.state.last_seq + 1
         if not last:
-            return info.state.last_seq + 1, 0
-        floor = max(info.state.first_seq, info.state.last_seq - SCAN + 1, 1)
-        probe, waiting, start = None, 0, floor
-        for span in SPANS:  # headers only: a probe counts packs, and skips them
-            begin = floor if span is None else datetime.now(UTC) - timedelta(seconds=span)
-            longer = await self._subscribe(subjects, begin, headers_only=True)
-            count = (await longer.consumer_info()).num_pending or 0
-            if probe is not None and count - last > MAX_SKIP:
-                await _drop(self._js, longer)  # too many to skip: the fewer will do
-                break
-            if probe is not None:
-                await _drop(self._js, probe)
-            probe, waiting, start = longer, count, begin
-            if waiting >= last:
-                break
-        assert probe is not None
-        try:
-            skip = waiting - last
-            while skip > 0:
-                batch = await probe.fetch(min(skip, BATCH), timeout=FOLLOW_WAIT)
-                skip -= len(batch)
-                start = batch[-1].metadata.sequence.stream + 1
-        except TimeoutError:
-            pass  # aged out meanwhile: start from the last one skipped
-        finally:
-            await _drop(self._js, probe)
-        return start, min(waiting, last)
+            return end, 0
+        low = max(info.state.first_seq, end - SCAN, 1)
+        total = await self._count(subjects, low)
+        if total <= last:
+            return low, total
+        high = end  # from `low` more than `last` packs match, from `high` none: the start is
+        while high - low > 1:  # the last sequence from which `last` still do
+            middle = (low + high) // 2
+            if await self._count(subjects, middle) >= last:
+                low = middle
+            else:
+                high = middle
+        return low, last
 
-    async def _subscribe(self, subjects: str, start: int | datetime, *, headers_only: bool = False):
-        """A consumer of the matching packs from `start`, a sequence or a time."""
-        by_time = isinstance(start, datetime)
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_TIME
-            if by_time
-            else DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_time=start if by_time else None,
-            opt_start_seq=None if by_time else start,
-            ack_policy=AckPolicy.NONE,
-            filter_subject=subjects,
-            inactive_threshold=IDLE.total_seconds(),
-            mem_storage=True,
-            headers_only=headers_only or None,
+    async def _count(self, subjects: str, start: int) -> int:
+        """How many packs match from sequence `start` on (a consumer's pending count)."""
+        made = await self._js.add_consumer(streams.EVENTS_STREAM, _config(subjects, start))
+        with contextlib.suppress(*NATS_ERRORS):
+            await self._js.delete_consumer(streams.EVENTS_STREAM, made.name)
+        return made.num_pending or 0
+
+    async def _subscribe(self, subjects: str, start: int):
+        """A consumer of the matching packs from sequence `start` on."""
+        return await self._js.pull_subscribe(
+            subjects, stream=streams.EVENTS_STREAM, config=_config(subjects, start)
         )
-        return await self._js.pull_subscribe(subjects, stream=streams.EVENTS_STREAM, config=config)
+
+
+def _config(subjects: str, start: int) -> ConsumerConfig:
+    return ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=start,
+        ack_policy=AckPolicy.NONE,
+        filter_subject=subjects,
+        inactive_threshold=IDLE.total_seconds(),
+        mem_storage=True,
+    )
 
 
 async def _drop(js: JetStreamContext, sub) -> None:

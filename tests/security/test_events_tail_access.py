@@ -173,3 +173,20 @@ async def test_an_open_tail_ends_once_its_token_is_revoked(
         with pytest.raises(grpc.aio.AioRpcError) as ended:
             await call.read()
         assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_workspace_starts_tails_within_its_budget(
+    registry: Registry, platform: Platform
+) -> None:
+    """Each start counts the stream with short-lived consumers: started in a loop, tails loaded
+    NATS's API for every tenant."""
+    ws, owner, _ = await workspace_with_instance(registry, "Tail loop")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
+        stub = executor_pb2_grpc.ExecutorStub(channel)
+        request = {"parent": f"workspaces/{ws}", "last": 1}
+        for _ in range(20):  # the burst
+            await shown(stub, owner, **request)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await shown(stub, owner, **request)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "EVENTFN_EXECUTOR_TAILS_PER_SECOND" in (refused.value.details() or "")

@@ -150,8 +150,8 @@ class ExecutorServicer:
         checked again every 30 s while packs come (a revoked token ends the call with
         UNAUTHENTICATED). `last` counts the workspace's packs (or the instance's), so a member
         reading only some instances may get fewer. A workspace has at most 10 calls open on an
-        executor (RESOURCE_EXHAUSTED past them); the stream ends with UNAVAILABLE when the event
-        store does.
+        executor, and starts 20 at once then one a second (RESOURCE_EXHAUSTED past them, with
+        RetryInfo for a start); the stream ends with UNAVAILABLE when the event store does.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
