@@ -7,7 +7,6 @@ workspace only, only instances it may read, a bounded number of calls at once.""
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import grpc
 import orjson
@@ -18,23 +17,14 @@ from eventfn_api.executor.v1 import executor_pb2 as pb
 from eventfn_api.executor.v1 import executor_pb2_grpc
 from eventfn_api.registry.v1 import registry_pb2 as rpb
 from eventfn_api.registry.v1 import resources_pb2 as res
-from services.common import streams
 from services.executor import tail as tail_module
 from services.executor.tail import TAILS_PER_WORKSPACE
-from tests.cli.test_events_tail import workspace_with_instance
+from tests.cli.test_events_tail import publish, workspace_with_instance
 from tests.pipeline.conftest import Platform, platform
 from tests.registry.conftest import Registry, auth, registry
 from tests.registry.test_flows import make_function, new_instance, settings
 
 __all__ = ["platform", "registry"]
-
-
-async def store(nc: NatsClient, workspace: str, instance: str, name: str) -> str:
-    """Store one pack of one event for an instance, as the router would; return its id."""
-    message_id = uuid.uuid4().hex
-    event = {"type": "track", "event": name, "userId": "u", "messageId": message_id}
-    await nc.jetstream().publish(streams.events_subject(workspace, instance), orjson.dumps([event]))
-    return message_id
 
 
 async def shown(
@@ -67,9 +57,9 @@ async def test_a_tail_shows_its_callers_readable_instances_and_nothing_else(
         "reader@example.com",
         res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY, functions=[function]),
     )
-    first = await store(nats_client, ws, mine, "first function")
-    other = await store(nats_client, ws, second_id, "second function")
-    foreign = await store(nats_client, other_ws, theirs, "another workspace")
+    first = await publish(nats_client, ws, mine, "first function")
+    other = await publish(nats_client, ws, second_id, "second function")
+    foreign = await publish(nats_client, other_ws, theirs, "another workspace")
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
         stub = executor_pb2_grpc.ExecutorStub(channel)
@@ -135,7 +125,7 @@ async def test_a_tail_starts_exactly_its_last_packs_back_in_order(
     registry: Registry, nats_client: NatsClient, platform: Platform
 ) -> None:
     ws, owner, instance = await workspace_with_instance(registry, "Long tail")
-    stored = [await store(nats_client, ws, instance, f"e{i}") for i in range(250)]
+    stored = [await publish(nats_client, ws, instance, f"e{i}") for i in range(250)]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
         stub = executor_pb2_grpc.ExecutorStub(channel)
         for last in (1, 120, 250, 1000):
@@ -163,13 +153,13 @@ async def test_an_open_tail_ends_once_its_token_is_revoked(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
         call = executor_pb2_grpc.ExecutorStub(channel).TailEvents(request, metadata=auth(reader))
         await call.initial_metadata()
-        before = await store(nats_client, ws, instance, "before")
+        before = await publish(nats_client, ws, instance, "before")
         assert ids([await call.read()]) == [before]
         me = await registry.stub.WhoAmI(rpb.WhoAmIRequest(), metadata=auth(reader))
         await registry.stub.DeleteMember(
             rpb.DeleteMemberRequest(name=me.member.name), metadata=auth(owner)
         )
-        await store(nats_client, ws, instance, "after")
+        await publish(nats_client, ws, instance, "after")
         with pytest.raises(grpc.aio.AioRpcError) as ended:
             await call.read()
         assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
