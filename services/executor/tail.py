@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
 import grpc
@@ -77,11 +78,12 @@ class EventTail:
         loop = asyncio.get_running_loop()
         checked = loop.time()
         try:
-            await context.send_initial_metadata(())  # taken: the caller may wait on this
             subjects = streams.subject_filter(
                 "events", workspace_id=workspace, instance_id=instance_id
             )
-            async for msg in self._messages(subjects, request.last, request.follow):
+            # Its initial metadata once its start is fixed: a pack stored after it came is sent.
+            started = functools.partial(context.send_initial_metadata, ())
+            async for msg in self._messages(subjects, request.last, request.follow, started):
                 instance = streams.parse_subject(msg.subject).instance_id
                 name = names.INSTANCE.name(workspace, instance)
                 if loop.time() - checked > RECHECK_SECONDS:  # a revoked token, changed roles
@@ -106,10 +108,13 @@ class EventTail:
             raise
         return True
 
-    async def _messages(self, subjects: str, last: int, follow: bool) -> AsyncIterator:
+    async def _messages(
+        self, subjects: str, last: int, follow: bool, started: Callable[[], Awaitable[None]]
+    ) -> AsyncIterator:
         try:
             first, left = await self._first(subjects, last)
             sub = await self._subscribe(subjects, first)
+            await started()
             try:
                 while follow or left:
                     try:

@@ -150,9 +150,12 @@ async def test_an_open_tail_ends_once_its_token_is_revoked(
         owner, "leaving@example.com", res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY)
     )
     request = pb.TailEventsRequest(parent=f"workspaces/{ws}", follow=True)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
+    async with (
+        asyncio.timeout(60),
+        grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel,
+    ):
         call = executor_pb2_grpc.ExecutorStub(channel).TailEvents(request, metadata=auth(reader))
-        await call.initial_metadata()
+        await call.initial_metadata()  # its start is fixed: what is stored now is sent
         before = await publish(nats_client, ws, instance, "before")
         assert ids([await call.read()]) == [before]
         me = await registry.stub.WhoAmI(rpb.WhoAmIRequest(), metadata=auth(reader))
