@@ -340,7 +340,9 @@ class Dispatcher:
         try:
             loading = self._loading.get(function_key)
             if loading is None:
-                loading = asyncio.ensure_future(self._pool.handlers(function_key, code))
+                loading = asyncio.ensure_future(
+                    self._pool.handlers(function_key, code, config.workspace_id)
+                )
                 self._loading[function_key] = loading
                 loading.add_done_callback(lambda _: self._loading.pop(function_key, None))
             handlers = await asyncio.shield(loading)

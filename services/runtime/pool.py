@@ -339,7 +339,7 @@ class RuntimePool:
             for w in [*self._workers, *self._retiring]:
                 if w is None or w.dead or not w.ready.is_set():
                     continue
-                seq, started, last_read, _ = read_status(w.status)
+                seq, started, _, _ = read_status(w.status)
                 pending = w.inflight.get(seq) if seq else None
                 idle = idle and seq == 0 and not w.inflight
                 if tick % 100 == 0 and self._past_limits(w, worker_limit, max_created):
@@ -380,7 +380,7 @@ class RuntimePool:
                     if not w.stalled:
                         w.stalled = True
                         w.stalled_key = pending.key if pending is not None else None
-                        self._steal(w, last_read)
+                        self._steal(w)
                     if pending is not None:
                         past = min(now - last_tick, (now_ns - started - stall_ns) / 1e9)
                         self._charge(pending, past, now)
@@ -489,13 +489,20 @@ class RuntimePool:
         if w.retiring and not w.inflight and not w.dead:
             self._kill(w, None, "retired")
 
-    def _steal(self, w: WorkerHandle, last_read: int) -> None:
-        # Frames the stuck worker has not read yet move to other workers right away.
-        victims = [p for s, p in w.inflight.items() if s > last_read]
-        if not victims:
+    def _steal(self, w: WorkerHandle) -> None:
+        """Move the frames the stuck worker has not read yet to other workers right away.
+
+        The drop mark is written first, then what the worker has read is looked at (the
+        worker writes what it reads, then looks at the mark): a frame it reads after the
+        look is dropped by it, one it read before is left to it. Looked at before the mark
+        (earlier in the watchdog's pass), a frame read meanwhile ran here and elsewhere.
+        """
+        if not w.inflight:
             return
-        write_drop_up_to(w.status, max(p.seq for p in victims))
-        for p in victims:
+        mark = read_status(w.status)[3]
+        write_drop_up_to(w.status, max(mark, *w.inflight))  # never lowered: moved ones stay
+        last_read = read_status(w.status)[2]
+        for p in [p for s, p in w.inflight.items() if s > last_read]:
             if p.key == w.stalled_key:
                 continue  # it will come back as "dropped" and be re-sent to this worker
             del w.inflight[p.seq]
@@ -524,7 +531,7 @@ class RuntimePool:
             # A worker not stalled reads its frames soon: none is taken from it.
             for w in self._workers[: self._q]:
                 if w is not None and not w.dead and w.stalled:
-                    self._steal(w, read_status(w.status)[2])
+                    self._steal(w)
 
     def _quarantined(self, key: str, tenant: str = "") -> bool:
         now = time.monotonic()
@@ -616,13 +623,18 @@ class RuntimePool:
         """Return the handler names of a function whose code was loaded, None before."""
         return self._handlers.get(function_key)
 
-    async def handlers(self, function_key: str, code: str) -> frozenset[str]:
-        """Return the handler names (onTrack ... onBatch) that a function's code defines."""
+    async def handlers(self, function_key: str, code: str, tenant: str = "") -> frozenset[str]:
+        """Return the handler names (onTrack ... onBatch) that a function's code defines;
+        `tenant` is whose (see `Invocation.tenant`): loading it runs its top-level code, in
+        quarantine when the tenant is, and charged to it."""
         known = self._handlers.get(function_key)
         if known is not None:
             return known
         reply = await self._submit(
-            function_key, {"op": "handlers", "code": code}, b"", self._config.default_timeout_s
+            function_key,
+            {"op": "handlers", "code": code, "tenant": tenant},
+            b"",
+            self._config.default_timeout_s,
         )
         names = frozenset(reply["handlers"]) if isinstance(reply, dict) else frozenset()
         self._handlers[function_key] = names

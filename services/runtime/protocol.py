@@ -77,6 +77,7 @@ class HandlersFrame(TypedDict):
     key: str
     code: str
     deadline: float
+    tenant: str  # whose code (the pool's quarantine and stall tally; the worker ignores it)
 
 
 class RunFrame(TypedDict):

@@ -85,3 +85,11 @@ async def test_an_invocation_moved_too_often_is_retried_never_failed(
         moved = await invoke(pool, NEIGHBOUR, key="ins_calm:v1:1", timeout_s=5)
         await spin
     assert (moved.outcomes[0].kind, moved.outcomes[0].error_type) == ("retry", "WorkerBusy")
+
+
+async def test_loading_a_quarantined_tenants_code_runs_aside_too(own_pool: RuntimePool) -> None:
+    """Loading code runs its top level: a quarantined tenant's new instance loaded on the
+    shared workers (and its stalls there counted to no tenant)."""
+    own_pool._quarantine["tenant ws_spin"] = time.monotonic() + 60
+    await own_pool.handlers("ins_new:v1:1", NEIGHBOUR, "ws_spin")
+    assert own_pool._affinity["ins_new:v1:1"] == own_pool.config.workers  # the quarantine's
