@@ -17,8 +17,9 @@ import asyncio
 import contextlib
 import functools
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -34,9 +35,12 @@ from services.common.workspace_budget import WorkspaceBudget
 
 MAX_LAST = 1000
 TAILS_PER_WORKSPACE = 10
+TAILS_PER_EXECUTOR = 200
+RETRY_FULL_SECONDS = 5.0
 # The stream's newest messages a tail's start looks among, at most.
 SCAN = 100_000
-BATCH = 100
+# Packs a fetch brings at most (up to 1 MB each, held until the caller reads them).
+BATCH = 10
 FOLLOW_WAIT = 2.0  # seconds a fetch waits for new packs
 # How often a call's caller and its access are checked again while packs come.
 RECHECK_SECONDS = 30.0
@@ -72,6 +76,12 @@ class EventTail:
                 "executor, the most it may: end one first",
                 retry_after=None,
             )
+        if self._open.total() >= TAILS_PER_EXECUTOR:
+            raise ResourceExhausted(
+                f"this executor serves {TAILS_PER_EXECUTOR} TailEvents calls, the most it may: "
+                "retry shortly",
+                retry_after=RETRY_FULL_SECONDS,
+            )
         self._starts.take(workspace)
         self._open[workspace] += 1
         readable: dict[str, bool] = {}
@@ -83,17 +93,19 @@ class EventTail:
             )
             # Its initial metadata once its start is fixed: a pack stored after it came is sent.
             started = functools.partial(context.send_initial_metadata, ())
-            async for msg in self._messages(subjects, request.last, request.follow, started):
-                instance = streams.parse_subject(msg.subject).instance_id
-                name = names.INSTANCE.name(workspace, instance)
-                if loop.time() - checked > RECHECK_SECONDS:  # a revoked token, changed roles
-                    await self._gate.whoami(context)
-                    readable.clear()
-                    checked = loop.time()
-                if instance not in readable:
-                    readable[instance] = await self._may_read(context, name)
-                if readable[instance]:
-                    yield pack_message(name, msg)
+            packs = self._messages(subjects, request.last, request.follow, started)
+            async with contextlib.aclosing(packs):  # its consumer goes as the call ends
+                async for msg in packs:
+                    instance = streams.parse_subject(msg.subject).instance_id
+                    name = names.INSTANCE.name(workspace, instance)
+                    if loop.time() - checked > RECHECK_SECONDS:  # revoked token, changed roles
+                        await self._gate.whoami(context)
+                        readable.clear()
+                        checked = loop.time()
+                    if instance not in readable:
+                        readable[instance] = await self._may_read(context, name)
+                    if readable[instance]:
+                        yield pack_message(name, msg)
         finally:
             self._open[workspace] -= 1
             if not self._open[workspace]:
@@ -110,12 +122,11 @@ class EventTail:
 
     async def _messages(
         self, subjects: str, last: int, follow: bool, started: Callable[[], Awaitable[None]]
-    ) -> AsyncIterator:
+    ) -> AsyncGenerator[Any, None]:
         try:
             first, left = await self._first(subjects, last)
-            sub = await self._subscribe(subjects, first)
-            await started()
-            try:
+            async with self._consumer(subjects, first) as sub:
+                await started()
                 while follow or left:
                     try:
                         batch = await sub.fetch(BATCH, timeout=FOLLOW_WAIT)
@@ -126,8 +137,6 @@ class EventTail:
                     for msg in batch:
                         left = max(0, left - 1)
                         yield msg
-            finally:
-                await _drop(self._js, sub)
         except NATS_ERRORS as error:
             raise Unavailable(f"the event store (NATS) did not answer: {error!r}") from None
 
@@ -153,15 +162,29 @@ class EventTail:
     async def _count(self, subjects: str, start: int) -> int:
         """How many packs match from sequence `start` on (a consumer's pending count)."""
         made = await self._js.add_consumer(streams.EVENTS_STREAM, _config(subjects, start))
-        with contextlib.suppress(*NATS_ERRORS):
-            await self._js.delete_consumer(streams.EVENTS_STREAM, made.name)
+        await asyncio.shield(self._delete(made.name))
         return made.num_pending or 0
 
-    async def _subscribe(self, subjects: str, start: int):
-        """A consumer of the matching packs from sequence `start` on."""
-        return await self._js.pull_subscribe(
-            subjects, stream=streams.EVENTS_STREAM, config=_config(subjects, start)
-        )
+    @contextlib.asynccontextmanager
+    async def _consumer(self, subjects: str, start: int) -> AsyncIterator[Any]:
+        """A pull subscription of the matching packs from sequence `start` on; its consumer
+        is deleted as it ends, however (JetStream would after IDLE)."""
+        made = await self._js.add_consumer(streams.EVENTS_STREAM, _config(subjects, start))
+        try:
+            sub = await self._js.pull_subscribe_bind(
+                consumer=made.name, stream=streams.EVENTS_STREAM
+            )
+            try:
+                yield sub
+            finally:
+                with contextlib.suppress(*NATS_ERRORS):
+                    await sub.unsubscribe()
+        finally:
+            await asyncio.shield(self._delete(made.name))
+
+    async def _delete(self, consumer: str) -> None:
+        with contextlib.suppress(*NATS_ERRORS):
+            await self._js.delete_consumer(streams.EVENTS_STREAM, consumer)
 
 
 def _config(subjects: str, start: int) -> ConsumerConfig:
@@ -173,14 +196,6 @@ def _config(subjects: str, start: int) -> ConsumerConfig:
         inactive_threshold=IDLE.total_seconds(),
         mem_storage=True,
     )
-
-
-async def _drop(js: JetStreamContext, sub) -> None:
-    """Remove a tail's consumer now (JetStream would after IDLE)."""
-    with contextlib.suppress(*NATS_ERRORS):
-        name = (await sub.consumer_info()).name
-        await sub.unsubscribe()
-        await js.delete_consumer(streams.EVENTS_STREAM, name)
 
 
 def pack_message(instance: str, msg) -> pb.TailEventsResponse:

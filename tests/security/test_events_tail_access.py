@@ -17,9 +17,11 @@ from eventfn_api.executor.v1 import executor_pb2 as pb
 from eventfn_api.executor.v1 import executor_pb2_grpc
 from eventfn_api.registry.v1 import registry_pb2 as rpb
 from eventfn_api.registry.v1 import resources_pb2 as res
+from services.common import streams
 from services.executor import tail as tail_module
 from services.executor.tail import TAILS_PER_WORKSPACE
 from tests.cli.test_events_tail import publish, workspace_with_instance
+from tests.eventually import eventually
 from tests.pipeline.conftest import Platform, platform
 from tests.registry.conftest import Registry, auth, registry
 from tests.registry.test_flows import make_function, new_instance, settings
@@ -183,3 +185,47 @@ async def test_a_workspace_starts_tails_within_its_budget(
             await shown(stub, owner, **request)
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "EVENTFN_EXECUTOR_TAILS_PER_SECOND" in (refused.value.details() or "")
+
+
+async def test_a_tail_leaves_no_consumer_or_subscription_behind(
+    registry: Registry, nats_client: NatsClient, platform: Platform
+) -> None:
+    """A call ended as its start was fixed left its consumer for JetStream's idle timeout and
+    its subscription in the executor for good; one whose consumer JetStream dropped (a caller
+    not reading) left the subscription too."""
+    js, executor_nats = nats_client.jetstream(), platform.executor.nats
+    ws, owner, instance = await workspace_with_instance(registry, "Leaky tail")
+    await publish(nats_client, ws, instance, "stored")
+
+    async def tails() -> set[str]:
+        found = await js.consumers_info(streams.EVENTS_STREAM)
+        return {c.name for c in found if c.config.filter_subject == f"events.{ws}.*"}
+
+    subscriptions = len(executor_nats._subs)
+    request = pb.TailEventsRequest(parent=f"workspaces/{ws}", last=1, follow=True)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
+        stub = executor_pb2_grpc.ExecutorStub(channel)
+        for _ in range(3):
+            call = stub.TailEvents(request, metadata=auth(owner))
+            await call.initial_metadata()
+            call.cancel()
+        await eventually(tails, "the cancelled tails' consumers deleted", until=lambda c: not c)
+        await eventually(
+            lambda: len(executor_nats._subs),
+            "the executor's subscriptions back to what they were",
+            until=subscriptions.__eq__,
+        )
+
+        call = stub.TailEvents(request, metadata=auth(owner))
+        await call.read()
+        for name in await tails():  # as JetStream does after its idle timeout
+            await js.delete_consumer(streams.EVENTS_STREAM, name)
+        await publish(nats_client, ws, instance, "after")
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await call.read()
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+        await eventually(
+            lambda: len(executor_nats._subs),
+            "the executor's subscriptions back to what they were",
+            until=subscriptions.__eq__,
+        )
