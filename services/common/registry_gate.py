@@ -103,6 +103,18 @@ class RegistryGate:
         )
         return reply.instance
 
+    async def readable_instance(
+        self, context: grpc.aio.ServicerContext, name: str
+    ) -> res.Instance | None:
+        """Return the instance if the caller may read it, None when it is not the caller's to
+        see (another workspace's, deleted, or outside its roles); raise on anything else."""
+        try:
+            return await self.instance(context, name)
+        except EventfnError as error:
+            if error.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED):
+                return None
+            raise
+
     async def function(
         self, context: grpc.aio.ServicerContext, name: str
     ) -> pb.GetFunctionResponse:

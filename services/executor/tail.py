@@ -28,7 +28,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from eventfn_api.executor.v1 import executor_pb2 as pb
 from services.common import names, streams
-from services.common.errors import EventfnError, InvalidArgument, ResourceExhausted, Unavailable
+from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
 from services.common.pull import NATS_ERRORS
 from services.common.registry_gate import RegistryGate
 from services.common.workspace_budget import WorkspaceBudget
@@ -103,22 +103,14 @@ class EventTail:
                         readable.clear()
                         checked = loop.time()
                     if instance not in readable:
-                        readable[instance] = await self._may_read(context, name)
+                        found = await self._gate.readable_instance(context, name)
+                        readable[instance] = found is not None
                     if readable[instance]:
                         yield pack_message(name, msg)
         finally:
             self._open[workspace] -= 1
             if not self._open[workspace]:
                 del self._open[workspace]
-
-    async def _may_read(self, context: grpc.aio.ServicerContext, name: str) -> bool:
-        try:
-            await self._gate.instance(context, name)
-        except EventfnError as error:  # deleted, or not this caller's to read
-            if error.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED):
-                return False
-            raise
-        return True
 
     async def _messages(
         self, subjects: str, last: int, follow: bool, started: Callable[[], Awaitable[None]]

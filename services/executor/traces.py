@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from eventfn_api.executor.v1 import executor_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
 from services.common import names
-from services.common.errors import EventfnError, FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.packs import MAX_MESSAGE_ID_CHARS
 from services.common.registry_gate import RegistryGate
 from services.common.trace_store import (
@@ -112,15 +112,9 @@ class InstanceChecks:
         if not INSTANCE_TOKEN.fullmatch(instance_id):
             return
         async with limit:
-            try:
-                found = await self._gate.instance(
-                    self._context, names.INSTANCE.name(self._workspace, instance_id)
-                )
-            except EventfnError as error:  # not this caller's to see
-                if error.code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED):
-                    raise
-            else:
-                self._found[instance_id] = found
+            self._found[instance_id] = await self._gate.readable_instance(
+                self._context, names.INSTANCE.name(self._workspace, instance_id)
+            )
 
 
 def span_message(span: dict[str, Any]) -> pb.TraceSpan:

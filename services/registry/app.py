@@ -66,8 +66,7 @@ async def start_registry(settings: RegistrySettings, stack: AsyncExitStack) -> R
     idempotency = Idempotency(store, box)
     retention = settings.registry_audit_retention_days
     housekeeping = Housekeeping(store, timedelta(days=retention) if retention else None)
-    await housekeeping.sweep()  # what a long stop left past its time, before serving
-    sweeping = asyncio.create_task(housekeeping.run_after(SWEEP_SECONDS), name="housekeeping")
+    sweeping = asyncio.create_task(housekeeping.run(SWEEP_SECONDS), name="housekeeping")
     stack.push_async_callback(stop, sweeping)
     deps = RegistryDeps(
         store=store,

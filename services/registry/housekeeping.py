@@ -4,8 +4,9 @@ administrator's, whose revoked row keeps a leaked EVENTFN_BOOTSTRAP_TOKEN from c
 
 Each grew for as long as the registry ran: request records were dropped only at start, and
 audit entries and dead tokens never (a workspace may write 20 audited changes a second).
-Every registry replica sweeps at start and then every `SWEEP_SECONDS`; the deletes are in
-batches of short transactions, and a sweep running twice deletes nothing twice.
+Every registry replica sweeps as it starts (in the background) and then every
+`SWEEP_SECONDS`; audit entries and tokens go in batches of short transactions, and a sweep
+running twice deletes nothing twice.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, and_, delete, literal_column, or_, select
 from sqlmodel import col
 
-from services.registry.idempotency import RETENTION as REQUEST_RECORD_RETENTION
-from services.registry.models import AuditEvent, Member, RequestRecord, Token
+from services.registry.idempotency import purge_expired
+from services.registry.models import AuditEvent, Member, Token
 from services.registry.store import RegistryStore, audit_id, now
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,7 @@ class Housekeeping:
         """Delete everything past its time at `at` (now); return how many of each went."""
         at = at or now()
         gone = {
-            "request records": await self._delete(
-                RequestRecord, col(RequestRecord.created_at) < at - REQUEST_RECORD_RETENTION
-            ),
+            "request records": await purge_expired(self.store),
             "dead tokens": await self._delete(
                 Token,
                 and_(
@@ -76,9 +75,7 @@ class Housekeeping:
             )
         return gone
 
-    async def _delete(
-        self, model: type[RequestRecord] | type[Token] | type[AuditEvent], old: ColumnElement[bool]
-    ) -> int:
+    async def _delete(self, model: type[Token] | type[AuditEvent], old: ColumnElement[bool]) -> int:
         table = model.__table__  # type: ignore[attr-defined]
         deleted = 0
         while True:
@@ -90,12 +87,13 @@ class Housekeeping:
             if count < BATCH:
                 return deleted
 
-    async def run_after(self, every: float) -> None:
-        """Sweep every `every` seconds, from `every` seconds on; a failed sweep is logged and
-        tried again at the next."""
+    async def run(self, every: float) -> None:
+        """Sweep now, then every `every` seconds; a failed sweep is logged and tried again at
+        the next. In the background: a first sweep after an upgrade may delete years of audit
+        entries, which must not hold up the start."""
         while True:
-            await asyncio.sleep(every)
             try:
                 await self.sweep()
             except Exception:
                 log.exception("housekeeping failed; trying again in %.0f s", every)
+            await asyncio.sleep(every)

@@ -118,19 +118,12 @@ class Idempotency:
         )
         await session.flush()
 
-    async def purge_expired(self) -> None:
-        """Drop records past their retention."""
-        async with self._store.transaction() as s:
-            await s.exec(  # type: ignore[call-overload]
-                delete(RequestRecord).where(col(RequestRecord.created_at) < now() - RETENTION)
-            )
-
     async def reseal(self, key_id: str, batch: int = 100) -> int:
         """Seal every kept response under the data key `key_id`; return how many changed.
 
         Batch by batch, each one short transaction holding its rows FOR UPDATE.
         """
-        await self.purge_expired()
+        await purge_expired(self._store)
         count = 0
         last = ("", "", "")
         pk = (
@@ -182,3 +175,12 @@ class Idempotency:
             if (earlier := await self.previous(key, response_type)) is not None:
                 return earlier
             raise
+
+
+async def purge_expired(store: RegistryStore) -> int:
+    """Drop the records past their retention; return how many."""
+    async with store.transaction() as s:
+        result = await s.exec(  # type: ignore[call-overload]
+            delete(RequestRecord).where(col(RequestRecord.created_at) < now() - RETENTION)
+        )
+    return result.rowcount or 0

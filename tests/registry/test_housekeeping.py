@@ -20,6 +20,7 @@ from services.common.settings import sqlalchemy_url
 from services.registry import housekeeping
 from services.registry.housekeeping import Housekeeping
 from services.registry.store import RegistryStore, audit_id
+from tests.eventually import eventually
 from tests.registry.conftest import BOOTSTRAP, Registry, auth, make_source, running_registry
 
 DAY = timedelta(days=1)
@@ -45,6 +46,15 @@ async def sql(database_url: str, query: str, *args: object) -> list[object]:
         return [r[0] for r in await conn.fetch(query, *args)]
     finally:
         await conn.close()
+
+
+async def swept(database_url: str) -> None:
+    """Wait until the audit entry aged past the retention is gone (a sweep's last step)."""
+    await eventually(
+        lambda: sql(database_url, "SELECT id FROM audit_event WHERE action = 'source.create'"),
+        "the aged audit entry deleted",
+        until=lambda found: not found,
+    )
 
 
 async def test_a_registry_deletes_at_start_what_is_past_its_time_and_keeps_the_rest(
@@ -84,6 +94,7 @@ async def test_a_registry_deletes_at_start_what_is_past_its_time_and_keeps_the_r
     )
 
     async with running_registry(fresh_database, tmp_path) as registry:
+        await swept(fresh_database)  # in the background, as the registry starts
         listed = await registry.stub.ListTokens(
             pb.ListTokensRequest(parent=f"workspaces/{workspace}"), metadata=auth(owner)
         )
@@ -133,6 +144,13 @@ async def test_a_revoked_bootstrap_token_stays_revoked_however_old(
     """Its revoked row is what keeps EVENTFN_BOOTSTRAP_TOKEN from being registered again at
     the next start: swept after a month, a leaked bootstrap token came back to life."""
     async with running_registry(fresh_database, tmp_path) as registry:
+        # Another member's revoked token: its going shows the sweep has run.
+        workspace, owner = await registry.workspace("Acme")
+        other = await mint(registry, owner, workspace, "other")
+        await registry.stub.RevokeToken(
+            pb.RevokeTokenRequest(name=f"workspaces/{workspace}/tokens/{other}"),
+            metadata=auth(owner),
+        )
         me = await registry.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(BOOTSTRAP))
         listed = await registry.stub.ListTokens(
             pb.ListTokensRequest(parent=me.workspace.name), metadata=auth(BOOTSTRAP)
@@ -144,6 +162,11 @@ async def test_a_revoked_bootstrap_token_stays_revoked_however_old(
     await sql(fresh_database, "UPDATE token SET revoked_at = $1", datetime.now(UTC) - 400 * DAY)
     for _ in range(2):  # the start that sweeps, and the one after
         async with running_registry(fresh_database, tmp_path) as registry:
+            await eventually(
+                lambda: sql(fresh_database, "SELECT id FROM token WHERE id = $1", other),
+                "the other member's revoked token deleted",
+                until=lambda found: not found,
+            )
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await registry.stub.WhoAmI(pb.WhoAmIRequest(), metadata=auth(BOOTSTRAP))
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
