@@ -56,8 +56,11 @@ class PackConsumer:
     if more: enough to keep it busy): its packs wait for its own concurrency inside the
     executor, and an instance whose handler waits out its timeout would otherwise fill every
     slot with packs that cannot run, and every other tenant's events would wait behind them.
-    One workspace holds at most half of them (or an instance's share, if more): four such
-    instances of one tenant filled every slot. A pack over either share goes back to the
+    A workspace holds at most the slots divided among the busy workspaces with one more, a
+    newcomer (half of them alone, a third beside one other, ...; at least one): four such
+    instances of one tenant filled every slot, and two tenants at half each did too. Packs
+    already in flight are not taken back; a workspace over its share takes no more until it
+    is under it again. A pack over either share goes back to the
     stream, to come again a little later (later each time); the packs behind it are pulled
     meanwhile.
     """
@@ -93,7 +96,6 @@ class PackConsumer:
         self._subjects = subjects
         self._inflight = 0
         self._share = max(2 * instance_concurrency, max_inflight // 4, 1)
-        self._workspace_share = max(self._share, max_inflight // 2)
         self._per_instance: dict[str, int] = {}  # packs in flight per instance
         self._per_workspace: dict[str, int] = {}  # and per workspace
         self._deferred_logged = OncePer(DEFER_LOG_SECONDS)
@@ -210,6 +212,12 @@ class PackConsumer:
             self._inflight -= 1
             self._room.notify_all()
 
+    def _workspace_share(self, workspace_id: str) -> int:
+        """Return how many packs a workspace may hold: the slots divided among the other busy
+        workspaces, itself and one more, so a newcomer always finds room."""
+        others = len(self._per_workspace) - (workspace_id in self._per_workspace)
+        return max(1, self._max_inflight // (others + 2))
+
     def _routed_ahead(self, msg: Msg) -> bool:
         """Tell whether a recent pack was routed with a newer configuration than this
         executor's (an instance created or enabled that its watch has not brought yet)."""
@@ -234,11 +242,13 @@ class PackConsumer:
         if self._per_instance.get(instance_id, 0) < self._share:  # its workspace is full
             if self._deferred_logged.due(workspace_id):
                 log.info(
-                    "workspace %s has %d packs in flight, its share of this executor's %d: "
-                    "its further packs wait in the stream meanwhile",
+                    "workspace %s has %d packs in flight, over its share of this executor's "
+                    "%d beside %d other busy workspaces: its further packs wait in the stream "
+                    "meanwhile",
                     workspace_id,
-                    self._workspace_share,
+                    self._per_workspace.get(workspace_id, 0),
                     self._max_inflight,
+                    len(self._per_workspace) - 1,
                 )
         elif self._deferred_logged.due(instance_id):
             log.info(
@@ -270,7 +280,7 @@ class PackConsumer:
             return
         count = self._per_instance.get(subject.instance_id, 0)
         in_workspace = self._per_workspace.get(subject.workspace_id, 0)
-        if count >= self._share or in_workspace >= self._workspace_share:
+        if count >= self._share or in_workspace >= self._workspace_share(subject.workspace_id):
             await self._defer(msg, subject.instance_id, subject.workspace_id)
             return
         self._per_instance[subject.instance_id] = count + 1

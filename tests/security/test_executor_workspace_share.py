@@ -2,8 +2,9 @@
 most a quarter of the slots (`test_executor_fair_share.py`), but the share was an instance's
 only: four instances that wait out their timeout, on one source, held every slot, the consumer
 stopped pulling, and another workspace's event waited until their packs ran out (40 s with
-four packs each over their share, minutes with a backlog). A workspace now holds at most half
-of the slots."""
+four packs each over their share, minutes with a backlog). A workspace held at most half of the
+slots then, so two such tenants filled them all; a workspace's share now is the slots divided
+among the busy workspaces and one more."""
 
 from __future__ import annotations
 
@@ -50,3 +51,37 @@ async def test_a_workspace_whose_instances_all_stall_leaves_slots_to_other_works
         assert sent.status_code == 200
         await sink.wait_for(1, seconds=10)
         assert stalling.executor.consumer.in_flight <= 16 // 2 + 1  # its half, and the neighbour's
+
+
+async def test_two_workspaces_whose_instances_all_stall_leave_slots_to_a_third(
+    registry: Registry, sink: Sink, tmp_path: Path
+) -> None:
+    # 16 packs in flight; an instance's share 4, so two instances filled a workspace's half.
+    async with platform_on_own_nats(
+        registry,
+        tmp_path,
+        executor_max_inflight_packs=16,
+        executor_instance_concurrency=2,
+        executor_shutdown_grace_seconds=0.5,
+    ) as (first, _):
+        second = await first.neighbour()
+        for tenant in (first, second):
+            for _ in range(2):
+                await tenant.instance(STALLS, "http://127.0.0.1:9/", timeout_ms=20_000)
+        for i in range(10):  # 20 packs a workspace, 40 in all
+            for tenant in (first, second):
+                sent = await tenant.http.post(
+                    "/v1/track",
+                    auth=(tenant.write_key, ""),
+                    json={"userId": "u", "event": "stall", "messageId": f"stall-{i}"},
+                )
+                assert sent.status_code == 200
+        third = await first.neighbour()
+        await third.instance(DELIVERS, sink.url)
+        sent = await third.http.post(
+            "/v1/track",
+            auth=(third.write_key, ""),
+            json={"userId": "v", "event": "third", "messageId": "third-1"},
+        )
+        assert sent.status_code == 200
+        await sink.wait_for(1, seconds=10)
