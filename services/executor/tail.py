@@ -35,6 +35,7 @@ from services.common.workspace_budget import WorkspaceBudget
 
 MAX_LAST = 1000
 TAILS_PER_WORKSPACE = 10
+TAILS_PER_MEMBER = 5  # so one member (who may read nothing) cannot hold the workspace's all
 TAILS_PER_EXECUTOR = 200
 RETRY_FULL_SECONDS = 5.0
 # The stream's newest messages a tail's start looks among, at most.
@@ -49,14 +50,15 @@ IDLE = timedelta(seconds=30)
 
 
 class EventTail:
-    """Serve TailEvents calls; a workspace has at most TAILS_PER_WORKSPACE open at once, and
-    starts them within its budget (`starts`)."""
+    """Serve TailEvents calls; a workspace has at most TAILS_PER_WORKSPACE open at once, a
+    member TAILS_PER_MEMBER of them, and starts them within its budget (`starts`)."""
 
     def __init__(self, js: JetStreamContext, gate: RegistryGate, starts: WorkspaceBudget) -> None:
         self._js = js
         self._gate = gate
         self._starts = starts
-        self._open: Counter[str] = Counter()
+        self._open: Counter[str] = Counter()  # by workspace
+        self._open_by: Counter[str] = Counter()  # by member
 
     async def tail(
         self, request: pb.TailEventsRequest, context: grpc.aio.ServicerContext
@@ -76,6 +78,13 @@ class EventTail:
                 "executor, the most it may: end one first",
                 retry_after=None,
             )
+        member = me.member.name
+        if self._open_by[member] >= TAILS_PER_MEMBER:
+            raise ResourceExhausted(
+                f"{member} has {TAILS_PER_MEMBER} TailEvents calls open on this executor, the "
+                "most a member may: end one first",
+                retry_after=None,
+            )
         if self._open.total() >= TAILS_PER_EXECUTOR:
             raise ResourceExhausted(
                 f"this executor serves {TAILS_PER_EXECUTOR} TailEvents calls, the most it may: "
@@ -84,6 +93,7 @@ class EventTail:
             )
         self._starts.take(workspace)
         self._open[workspace] += 1
+        self._open_by[member] += 1
         readable: dict[str, bool] = {}
         loop = asyncio.get_running_loop()
         checked = loop.time()
@@ -108,9 +118,10 @@ class EventTail:
                     if readable[instance]:
                         yield pack_message(name, msg)
         finally:
-            self._open[workspace] -= 1
-            if not self._open[workspace]:
-                del self._open[workspace]
+            for counts, key in ((self._open, workspace), (self._open_by, member)):
+                counts[key] -= 1
+                if not counts[key]:
+                    del counts[key]
 
     async def _messages(
         self, subjects: str, last: int, follow: bool, started: Callable[[], Awaitable[None]]

@@ -19,7 +19,7 @@ from eventfn_api.registry.v1 import registry_pb2 as rpb
 from eventfn_api.registry.v1 import resources_pb2 as res
 from services.common import streams
 from services.executor import tail as tail_module
-from services.executor.tail import TAILS_PER_WORKSPACE
+from services.executor.tail import TAILS_PER_MEMBER, TAILS_PER_WORKSPACE
 from tests.cli.test_events_tail import publish, workspace_with_instance
 from tests.eventually import eventually
 from tests.pipeline.conftest import Platform, platform
@@ -92,21 +92,38 @@ async def test_a_tail_shows_its_callers_readable_instances_and_nothing_else(
     assert foreign not in everything
 
 
-async def test_a_workspace_holds_a_bounded_number_of_tails_open(
+async def test_a_workspace_and_each_member_hold_a_bounded_number_of_tails_open(
     registry: Registry, platform: Platform
 ) -> None:
     ws, owner, _ = await workspace_with_instance(registry, "Many tails")
+    # A member who may read nothing of it, but for a function of its own making.
+    function, _ = await make_function(registry, owner, "Narrow")
+    narrow = await registry.member(
+        owner,
+        "narrow@example.com",
+        res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY, functions=[function]),
+    )
     request = pb.TailEventsRequest(parent=f"workspaces/{ws}", follow=True)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.executor.port}") as channel:
         stub = executor_pb2_grpc.ExecutorStub(channel)
-        calls = [stub.TailEvents(request, metadata=auth(owner)) for _ in range(TAILS_PER_WORKSPACE)]
+
+        async def refused(token: str) -> str:
+            call = stub.TailEvents(request, metadata=auth(token))
+            try:  # an open call would time out here
+                assert await asyncio.wait_for(call.code(), 10) == grpc.StatusCode.RESOURCE_EXHAUSTED
+            finally:
+                call.cancel()
+            return await call.details() or ""
+
+        calls = [stub.TailEvents(request, metadata=auth(narrow)) for _ in range(TAILS_PER_MEMBER)]
         try:
             # Each is open once its consumer is made (its initial metadata has come).
             await asyncio.gather(*(call.initial_metadata() for call in calls))
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                async for _ in stub.TailEvents(request, metadata=auth(owner)):
-                    pass
-            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "most a member may" in await refused(narrow)
+            more = TAILS_PER_WORKSPACE - TAILS_PER_MEMBER  # the owner still has room
+            calls += [stub.TailEvents(request, metadata=auth(owner)) for _ in range(more)]
+            await asyncio.gather(*(call.initial_metadata() for call in calls))
+            assert "calls open on this executor, the most it may" in await refused(owner)
             _, neighbour, _ = await workspace_with_instance(registry, "Its own tails")
             other = await workspace_of(registry, neighbour)
             call = stub.TailEvents(

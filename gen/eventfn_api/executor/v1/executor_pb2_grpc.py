@@ -150,9 +150,9 @@ class ExecutorServicer:
         checked again every 30 s while packs come (a revoked token ends the call with
         UNAUTHENTICATED). `last` counts the workspace's packs (or the instance's), so a member
         reading only some instances may get fewer. A workspace has at most 10 calls open on an
-        executor (which serves 200 in all), and starts 20 at once then one a second
-        (RESOURCE_EXHAUSTED past them, with RetryInfo but for a workspace's open calls); the
-        stream ends with UNAVAILABLE when the event store does.
+        executor, a member 5 of them (an executor serves 200 in all), and starts 20 at once then
+        one a second (RESOURCE_EXHAUSTED past them, with RetryInfo but for the open calls of a
+        workspace or member); the stream ends with UNAVAILABLE when the event store does.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

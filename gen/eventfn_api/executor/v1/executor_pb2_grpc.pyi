@@ -81,9 +81,9 @@ class ExecutorStub:
     checked again every 30 s while packs come (a revoked token ends the call with
     UNAUTHENTICATED). `last` counts the workspace's packs (or the instance's), so a member
     reading only some instances may get fewer. A workspace has at most 10 calls open on an
-    executor (which serves 200 in all), and starts 20 at once then one a second
-    (RESOURCE_EXHAUSTED past them, with RetryInfo but for a workspace's open calls); the
-    stream ends with UNAVAILABLE when the event store does.
+    executor, a member 5 of them (an executor serves 200 in all), and starts 20 at once then
+    one a second (RESOURCE_EXHAUSTED past them, with RetryInfo but for the open calls of a
+    workspace or member); the stream ends with UNAVAILABLE when the event store does.
     """
 
 @_typing.type_check_only
@@ -139,9 +139,9 @@ class ExecutorAsyncStub(ExecutorStub):
     checked again every 30 s while packs come (a revoked token ends the call with
     UNAUTHENTICATED). `last` counts the workspace's packs (or the instance's), so a member
     reading only some instances may get fewer. A workspace has at most 10 calls open on an
-    executor (which serves 200 in all), and starts 20 at once then one a second
-    (RESOURCE_EXHAUSTED past them, with RetryInfo but for a workspace's open calls); the
-    stream ends with UNAVAILABLE when the event store does.
+    executor, a member 5 of them (an executor serves 200 in all), and starts 20 at once then
+    one a second (RESOURCE_EXHAUSTED past them, with RetryInfo but for the open calls of a
+    workspace or member); the stream ends with UNAVAILABLE when the event store does.
     """
 
 class ExecutorServicer(metaclass=_abc_1.ABCMeta):
@@ -230,9 +230,9 @@ class ExecutorServicer(metaclass=_abc_1.ABCMeta):
         checked again every 30 s while packs come (a revoked token ends the call with
         UNAUTHENTICATED). `last` counts the workspace's packs (or the instance's), so a member
         reading only some instances may get fewer. A workspace has at most 10 calls open on an
-        executor (which serves 200 in all), and starts 20 at once then one a second
-        (RESOURCE_EXHAUSTED past them, with RetryInfo but for a workspace's open calls); the
-        stream ends with UNAVAILABLE when the event store does.
+        executor, a member 5 of them (an executor serves 200 in all), and starts 20 at once then
+        one a second (RESOURCE_EXHAUSTED past them, with RetryInfo but for the open calls of a
+        workspace or member); the stream ends with UNAVAILABLE when the event store does.
         """
 
 def add_ExecutorServicer_to_server(servicer: ExecutorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
