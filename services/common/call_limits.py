@@ -28,18 +28,23 @@ class ServerLimits:
     vouched for first (`vouch`). A call streaming only responses (WatchConfig) stops waiting
     once its request came, however long it then stays open — unless its handler writes by
     itself for as long as it likes (Health.Watch): that keeps counting, and idles out.
+
+    Messages: a request message over `max_message_bytes` (after decompression: grpc core
+    stops inflating there) is refused with RESOURCE_EXHAUSTED before any of our code runs.
     """
 
     connection_idle_seconds: float = 300.0
     handshake_seconds: float = 10.0
     call_idle_seconds: float | None = None
     max_waiting_calls: int = 2000
+    max_message_bytes: int = 16 * 1024 * 1024
 
     def options(self) -> list[tuple[str, int]]:
-        """Return the grpc core channel arguments of the connection limits."""
+        """Return the grpc core channel arguments of the limits."""
         return [
             ("grpc.max_connection_idle_ms", round(self.connection_idle_seconds * 1000)),
             ("grpc.server_handshake_timeout_ms", round(self.handshake_seconds * 1000)),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
         ]
 
 

@@ -7,6 +7,11 @@ character (and DEL) are refused; tab, newline and carriage return are kept, beca
 free-text fields need them (code, event JSON, PEM keys in setting values). String values
 and keys nested in `google.protobuf.Struct` / `Value` / `ListValue` and in map fields are
 checked like top-level fields. `bytes` fields are not text and are not checked.
+
+The walk runs before any servicer, so before a caller is known: a request holding more than
+MAX_VALUES strings, messages and values (each a Python step, ≈ 1 µs) is refused, instead of
+walked for seconds (8 million empty values fit in 16 MB). No request of the API needs
+nearly as many.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from services.common.errors import FieldViolation, InvalidArgument
 FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # Enough to name the problem; a hostile request with a million bad strings gets no more.
 MAX_VIOLATIONS = 20
+MAX_VALUES = 50_000
 _STRUCT = "google.protobuf.Struct"
 _VALUE = "google.protobuf.Value"
 _LIST = "google.protobuf.ListValue"
+_WALKED = (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE)
 
 
 class _Found(Exception):
@@ -46,11 +53,22 @@ def _describe(match: re.Match[str]) -> str:
     )
 
 
+class _TooMany(Exception):
+    """Stop the walk: the request holds more than MAX_VALUES values."""
+
+
 class _Walk:
     def __init__(self) -> None:
         self.violations: list[FieldViolation] = []
+        self.left = MAX_VALUES
+
+    def step(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise _TooMany
 
     def text(self, path: str, value: str) -> None:
+        self.step()
         match = FORBIDDEN.search(value)
         if match is None:
             return
@@ -64,6 +82,7 @@ class _Walk:
             self.text(f"{path} (key {printable(key)!r})", key)
 
     def message(self, path: str, message: Message) -> None:
+        self.step()
         name = message.DESCRIPTOR.full_name
         if name == _STRUCT:
             self.struct(path, message)
@@ -82,6 +101,7 @@ class _Walk:
             self.value(_join(path, printable(key)), item)
 
     def value(self, path: str, value: Any) -> None:
+        self.step()
         kind = value.WhichOneof("kind")
         if kind == "string_value":
             self.text(path, value.string_value)
@@ -94,6 +114,8 @@ class _Walk:
         entry = field.message_type
         if entry is not None and entry.GetOptions().map_entry:
             self.map(path, entry, value)
+        elif field.type not in _WALKED:
+            return  # numbers, booleans, enums, bytes: no text
         elif field.is_repeated:
             for i, item in enumerate(value):
                 self.single(f"{path}[{i}]", field, item)
@@ -120,12 +142,18 @@ def _join(path: str, name: str) -> str:
 
 
 def control_character_violations(message: Message) -> list[FieldViolation]:
-    """Name every string of `message` (nested ones included) holding a control character."""
+    """Name every string of `message` (nested ones included) holding a control character;
+    raise InvalidArgument if it holds more than MAX_VALUES values."""
     walk = _Walk()
     try:
         walk.message("", message)
     except _Found:
         pass
+    except _TooMany:
+        raise InvalidArgument(
+            f"the request holds more than {MAX_VALUES} strings, messages and values, the most "
+            "a request may"
+        ) from None
     return walk.violations
 
 

@@ -409,7 +409,6 @@ def create_server(
         interceptors=[ServerGate(ServerCalls(meter), waiting), *interceptors],
         options=[
             *limits.options(),
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             # gRPC sets SO_REUSEPORT by default: a second server on a taken port would share
             # it silently (two platforms answering one address). A taken port is an error.

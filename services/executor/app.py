@@ -12,7 +12,7 @@ import grpc
 from nats.aio.client import Client as NatsClient
 
 from eventfn_api.executor.v1 import executor_pb2, executor_pb2_grpc
-from services.common import rpc
+from services.common import call_limits, rpc
 from services.common.config_watch import ConfigWatcher
 from services.common.deliveries.recorder import DeliveryRecorder
 from services.common.metrics import start_metrics
@@ -31,6 +31,8 @@ from services.runtime import EgressConfig, RuntimeConfig, RuntimePool
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = executor_pb2.DESCRIPTOR.services_by_name["Executor"].full_name
+# The largest request: a Preview of draft code (up to 5 MB) with its event and settings.
+PREVIEW_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -149,6 +151,7 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
         register=[lambda s: executor_pb2_grpc.add_ExecutorServicer_to_server(servicer, s)],
         service_names=[SERVICE_NAME],
         meter=metrics.meter,
+        limits=call_limits.ServerLimits(max_message_bytes=PREVIEW_MESSAGE_BYTES),
     )
     await server.start()
     stack.push_async_callback(server.stop, 5)

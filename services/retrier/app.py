@@ -12,7 +12,7 @@ from google.longrunning import operations_pb2_grpc
 from nats.aio.client import Client as NatsClient
 
 from eventfn_api.retrier.v1 import retrier_pb2, retrier_pb2_grpc
-from services.common import rpc, streams
+from services.common import call_limits, rpc, streams
 from services.common.backlog import BacklogGauges, StreamSizeGauge
 from services.common.config_watch import ConfigWatcher
 from services.common.metrics import start_metrics
@@ -30,6 +30,8 @@ from services.retrier.settings import RetrierSettings
 log = logging.getLogger(__name__)
 SERVICE_NAME = retrier_pb2.DESCRIPTOR.services_by_name["Retrier"].full_name
 OPERATIONS_SERVICE = "google.longrunning.Operations"
+# Requests name dead letters and filters: far under this.
+MESSAGE_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -99,6 +101,7 @@ async def start_retrier(settings: RetrierSettings, stack: AsyncExitStack) -> Run
         ],
         service_names=[SERVICE_NAME, OPERATIONS_SERVICE],
         meter=metrics.meter,
+        limits=call_limits.ServerLimits(max_message_bytes=MESSAGE_BYTES),
     )
     await server.start()
     stack.push_async_callback(server.stop, 5)

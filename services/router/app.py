@@ -22,6 +22,7 @@ from services.common.streams import open_streams
 from services.router.config import RouteTable
 from services.router.http_app import TrackingApp
 from services.router.http_server import serve_http
+from services.router.normalize import BATCH_MAX_BYTES
 from services.router.observe import RouterMetrics
 from services.router.publisher import Ingestor
 from services.router.servicer import RouterServicer
@@ -139,6 +140,8 @@ async def start_router(settings: RouterSettings, stack: AsyncExitStack) -> Runni
         limits=call_limits.ServerLimits(
             call_idle_seconds=settings.router_stream_idle_seconds,
             max_waiting_calls=settings.router_grpc_max_waiting_calls,
+            # A batch's events and its write key: a compressed request inflates no further.
+            max_message_bytes=2 * BATCH_MAX_BYTES,
         ),
     )
     await server.start()

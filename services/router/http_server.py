@@ -50,6 +50,9 @@ MAX_HEAD_BYTES = 64 * 1024
 # Requests a connection may have waiting behind the one being answered (uvicorn queues every
 # pipelined head of a read, and reads on after each answer: 12 MB of them took 1.3 GB).
 MAX_PIPELINED = 100
+# Pieces httptools hands a request's body in (a chunk each, or each read's share): 500 KB sent
+# in one-byte chunks is 500,000 pieces, each a Python call; normal clients send far fewer.
+MAX_BODY_PIECES = 4096
 
 
 def _answer(status: bytes, code: bytes, message: bytes) -> bytes:
@@ -74,6 +77,11 @@ _TOO_MANY_PIPELINED_ANSWER = _answer(
     b"400 Bad Request",
     b"too_many_pipelined",
     b"more than %d requests sent ahead on one connection; wait for the answers" % MAX_PIPELINED,
+)
+_TOO_MANY_PIECES_ANSWER = _answer(
+    b"400 Bad Request",
+    b"invalid_request",
+    b"the body came in more than %d pieces (chunks); send larger chunks" % MAX_BODY_PIECES,
 )
 
 
@@ -166,6 +174,7 @@ class _OneWriteProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._in_head = False  # a request has begun and its headers are not all here
         self._head_bytes = 0  # of the unfinished head, after the read it began in
+        self._body_pieces = 0  # of the request being read
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         if app is service_unavailable:
@@ -207,7 +216,20 @@ class _OneWriteProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._body_pieces = 0
         super().on_message_begin()
+
+    def on_body(self, body: bytes) -> None:
+        # uvicorn adds each piece to a bytes object, copying what came before each time:
+        # quadratic over the thousands of one-byte chunks one read may hold.
+        self._body_pieces += 1
+        if self._body_pieces > MAX_BODY_PIECES:
+            self._refuse_connection(_TOO_MANY_PIECES_ANSWER)
+            raise _Refused
+        cycle = self.cycle
+        if type(cycle.body) is bytes:
+            cycle.body = bytearray(cycle.body)
+        super().on_body(body)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
