@@ -133,59 +133,102 @@ def route_events(
     dropped: Counter[str] | None = None,
     seen: Callable[[str, Sequence[str]], set[str]] | None = None,
     ids: Sequence[str] | None = None,
+    whole: bytes | None = None,
 ) -> list[Outbound]:
     """Decide per route which events it gets (integrations, then filters) and pack them.
 
     `dropped` receives, per instance id, how many events the integrations object or a filter
     kept from it (the instance's "filtered" count). `seen(instance, messageIds)` returns
     those of the events stored for the instance recently: a client's retries, not published
-    again. `ids` are the events' messageIds, when the caller has them already.
+    again. `ids` are the events' messageIds, and `whole` all the events as one JSON array,
+    when the caller has them already.
+
+    Routes without filters or retries whose destination no event names get the same events:
+    they are chosen and packed once, and share the packs' bodies (a source feeding 1,000
+    instances, its events naming destinations, chose them per route and event, seconds of
+    the router's loop for one request).
     """
     stats = stats if stats is not None else RouterStats()
     dropped = dropped if dropped is not None else Counter()
     if ids is None:
         ids = [str(event.get("messageId", "")) for event in events]
-    # Whether every route without filters gets every event: no event names destinations.
-    unaddressed = bool(events) and not any(event.get("integrations") for event in events)
-    whole: bytes | None = None  # all the events, unchanged, as one JSON array
+    named: set[str] = set()  # destinations the events' integrations objects name
+    for event in events:
+        settings = event.get("integrations")
+        if type(settings) is dict:
+            named.update(settings)
     # An event no filter changed is encoded once, however many instances get it.
     encoded: dict[int, tuple[str, bytes]] = {}
+    # By destination (None: any that no event names): the packs' bodies and ids, and how
+    # many events the integrations objects kept from it.
+    shared: dict[str | None, tuple[list[tuple[bytes, tuple[str, ...]]], int]] = {}
     outbound: list[Outbound] = []
     for route in routes:
         repeated = seen(route.instance_id, ids) if seen is not None else None
-        if unaddressed and not repeated and not route.filters:
-            if whole is None:
-                whole = orjson.dumps(events)  # one call, not one per event
-            if len(whole) <= pack_bytes:
-                pack = Pack(whole, dedupe_id(route.instance_id, ids), tuple(ids))
+        if repeated or route.filters:
+            items, unwanted = _chosen(route, events, ids, repeated, encoded, stats, dropped)
+            for pack in pack_encoded(route.instance_id, items, max_bytes=pack_bytes):
                 outbound.append(_outbound(route, pack, revision, trace))
-                continue
-        items: list[tuple[str, bytes]] = []
-        for index, event in enumerate(events):
-            if repeated and ids[index] in repeated:
-                stats.deduplicated += 1
-                continue
-            if not wants(event, route.integration_key):
-                stats.dropped_by_integrations += 1
-                dropped[route.instance_id] += 1
-                continue
-            kept = apply_filters(route.filters, event) if route.filters else event
-            if kept is None:
-                stats.dropped_by_filters += 1
-                dropped[route.instance_id] += 1
-                continue
-            if kept is event:
-                item = encoded.get(id(event))
-                if item is None:
-                    item = encoded[id(event)] = encode_event(event)
-            else:
-                item = encode_event(kept)
-            items.append(item)
-        if not items:
             continue
-        for pack in pack_encoded(route.instance_id, items, max_bytes=pack_bytes):
+        group = route.integration_key if route.integration_key in named else None
+        found = shared.get(group)
+        if found is None:
+            if events and not named:  # every event, unchanged
+                if whole is None:
+                    whole = orjson.dumps(events)  # one call, not one per event
+                if len(whole) <= pack_bytes:
+                    found = ([(whole, tuple(ids))], 0)
+            if found is None:
+                items, unwanted = _chosen(route, events, ids, None, encoded, stats, Counter())
+                packs = pack_encoded("", items, max_bytes=pack_bytes)
+                found = ([(p.body, p.message_ids) for p in packs], unwanted)
+            shared[group] = found
+        else:
+            stats.dropped_by_integrations += found[1]
+        runs, unwanted = found
+        if unwanted:
+            dropped[route.instance_id] += unwanted
+        for body, message_ids in runs:
+            pack = Pack(body, dedupe_id(route.instance_id, message_ids), message_ids)
             outbound.append(_outbound(route, pack, revision, trace))
     return outbound
+
+
+def _chosen(
+    route: Route,
+    events: Sequence[dict[str, Any]],
+    ids: Sequence[str],
+    repeated: set[str] | None,
+    encoded: dict[int, tuple[str, bytes]],
+    stats: RouterStats,
+    dropped: Counter[str],
+) -> tuple[list[tuple[str, bytes]], int]:
+    """Return the route's events (encoded) and how many the integrations objects kept from it;
+    count what was left out."""
+    items: list[tuple[str, bytes]] = []
+    unwanted = 0
+    for index, event in enumerate(events):
+        if repeated and ids[index] in repeated:
+            stats.deduplicated += 1
+            continue
+        if not wants(event, route.integration_key):
+            stats.dropped_by_integrations += 1
+            dropped[route.instance_id] += 1
+            unwanted += 1
+            continue
+        kept = apply_filters(route.filters, event) if route.filters else event
+        if kept is None:
+            stats.dropped_by_filters += 1
+            dropped[route.instance_id] += 1
+            continue
+        if kept is event:
+            item = encoded.get(id(event))
+            if item is None:
+                item = encoded[id(event)] = encode_event(event)
+        else:
+            item = encode_event(kept)
+        items.append(item)
+    return items, unwanted
 
 
 def _outbound(route: Route, pack: Pack, revision: int, trace: dict[str, str]) -> Outbound:
@@ -302,6 +345,11 @@ class Ingestor:
             PROPAGATOR.inject(carrier)
             if TRACEPARENT not in carrier:  # no tracer installed: still give packs a trace
                 carrier = trace_headers(traceparent, tracestate)
+            # The events as every route would store them, paid before routing: a request
+            # refused for the source's budget costs no routing (and no route more than this
+            # unless a filter grew its events: the difference is settled once routed).
+            whole = orjson.dumps(events)
+            cost = self._spend(source.source_id, len(whole) * len(source.routes))
             with tracer.start_as_current_span("route") as span:
                 outbound = route_events(
                     source.routes,
@@ -313,15 +361,16 @@ class Ingestor:
                     dropped=dropped,
                     seen=self._coalescer.recent.seen,
                     ids=ids,
+                    whole=whole,
                 )
                 span.set_attribute("eventfn.packs", len(outbound))
+            stored = sum(len(item.pack.body) for item in outbound)
+            self._refund(source.source_id, cost - stored)
             if outbound:
-                cost = self._spend(source.source_id, outbound)
                 try:
                     await self._publish_all(outbound, sender)
                 except StorageUnavailableError:
-                    if self._budget is not None:  # nothing stored: the retry pays
-                        self._budget.give_back(source.source_id, cost=cost)
+                    self._refund(source.source_id, stored)  # nothing stored: the retry pays
                     raise
                 stats.packs += len(outbound)
         if self._metrics is not None:
@@ -337,16 +386,20 @@ class Ingestor:
                 )
         return ids
 
-    def _spend(self, source_id: str, outbound: Sequence[Outbound]) -> int:
-        """Take what the packs will store from the source's budget, or refuse them all."""
-        cost = sum(len(item.pack.body) for item in outbound)
-        if self._budget is not None:
+    def _spend(self, source_id: str, cost: int) -> int:
+        """Take what a request may store from the source's budget, or refuse it."""
+        if self._budget is not None and cost:
             try:
                 self._budget.take(source_id, cost=cost, who="this source")
             except ResourceExhausted as exc:
                 self.stats.over_budget += 1
                 raise OverBudgetError(exc.message, exc.retry_after or 1.0) from None
         return cost
+
+    def _refund(self, source_id: str, cost: int) -> None:
+        """Give back what was taken and not stored (a negative cost: take it, owing)."""
+        if self._budget is not None and cost:
+            self._budget.give_back(source_id, cost=cost)
 
     async def _publish_all(self, outbound: Sequence[Outbound], sender: Hashable | None) -> None:
         """Hand every pack to the coalescer, then wait until all are acknowledged (or refuse)."""

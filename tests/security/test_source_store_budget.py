@@ -141,3 +141,30 @@ async def test_a_source_storing_past_its_budget_is_told_to_wait_and_other_source
         answer = await stub.Ingest(request)  # told when, and then taken
     assert answer.accepted == 100
     assert await kept(nats_client, flood) == [200] * FAN_OUT
+
+
+async def test_a_request_over_the_budget_is_refused_before_it_is_routed(
+    registry: Registry, router: RunningRouter
+) -> None:
+    # Routing was done first: with events naming destinations, a 9 KB request fanned out to
+    # 1,000 instances cost the router seconds, and a refused one cost the same.
+    workspace_id, owner = await registry.workspace("Routed")
+    flood = await feed(registry, workspace_id, owner, "Web", FAN_OUT)
+    await router.watcher.wait_until(lambda v: all(i in v.instances for i in flood.instances))
+    stats = router.ingestor.stats
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{router.http_port}", timeout=10
+    ) as http:
+        first = await http.post("/v1/batch", content=batch("a"), headers=basic(flood.write_key))
+        assert first.status_code == 200, first.text
+        events = [
+            {"type": "track", "userId": "u", "event": "E", "messageId": "n-1", "p": PAD},
+            {"type": "track", "userId": "u", "event": "E", "messageId": "n-2"}
+            | {"integrations": {"All": False}},  # turned away by every instance, if routed
+        ]
+        turned_away = stats.dropped_by_integrations
+        refused = await http.post(
+            "/v1/batch", content=orjson.dumps({"batch": events}), headers=basic(flood.write_key)
+        )
+        assert refused.status_code == 429, refused.text
+        assert stats.dropped_by_integrations == turned_away
