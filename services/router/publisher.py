@@ -188,8 +188,8 @@ def route_events(
         runs, unwanted = found
         if unwanted:
             dropped[route.instance_id] += unwanted
-        for body, message_ids in runs:
-            pack = Pack(body, dedupe_id(route.instance_id, message_ids), message_ids)
+        for body, held in runs:
+            pack = Pack(body, dedupe_id(route.instance_id, held), held)
             outbound.append(_outbound(route, pack, revision, trace))
     return outbound
 

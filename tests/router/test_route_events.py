@@ -103,7 +103,8 @@ def test_instances_no_event_names_share_the_bodies_of_their_packs() -> None:
         Route(f"ins_{n}", "ws_1", f"fn_{n}", f"events.ws_1.ins_{n}", f"F{n} (W)", (), 1)
         for n in range(1000)
     ]
-    sent = [{"messageId": f"m{i}", "integrations": {"All": True, "F0 (W)": False}} for i in range(50)]
+    named = {"All": True, "F0 (W)": False}
+    sent = [{"messageId": f"m{i}", "integrations": named} for i in range(50)]
     out = packed(routes, sent, 1 << 20)
     assert len(out) == 999  # ins_0 is named, and wants none
     assert len({id(o.pack.body) for o in out}) == 1
