@@ -6,7 +6,7 @@ a filter that would not run is refused with its position.
 
 from .actions import CompiledFilter, apply_filters, build_filter, parse_filter
 from .errors import FilterSyntaxError
-from .limits import exceeded
+from .limits import exceeded, texts_exceeded
 
 __all__ = [
     "CompiledFilter",
@@ -15,4 +15,5 @@ __all__ = [
     "build_filter",
     "exceeded",
     "parse_filter",
+    "texts_exceeded",
 ]

@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from services.common import names
@@ -19,7 +18,7 @@ from services.registry.idempotency import RequestKey, request_key
 from services.registry.instance_settings import InstanceSettings, with_prefix
 from services.registry.models import FunctionVersion
 from services.registry.rpc_functions import function_of, new_version, with_code, without_code
-from services.registry.validation import check_code, check_setting_definitions
+from services.registry.validation import check_code, check_setting_definitions, settings_values
 
 Ctx = grpc.aio.ServicerContext
 
@@ -110,7 +109,7 @@ class DeployRpcs:
                     )
                 before = ins.version_id
                 changes = (
-                    json_format.MessageToDict(request.deploy_settings[target])
+                    settings_values(f"deploy_settings[{target}]", request.deploy_settings[target])
                     if target in request.deploy_settings
                     else None
                 )
@@ -164,7 +163,7 @@ class DeployRpcs:
             "version", request.version, caller.workspace_id
         )
         changes = (
-            json_format.MessageToDict(request.settings) if request.HasField("settings") else None
+            settings_values("settings", request.settings) if request.HasField("settings") else None
         )
         async with self.store.transaction() as s:
             await self.deps.lock_deployments(s, caller.workspace_id)

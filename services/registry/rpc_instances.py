@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import grpc
-from google.protobuf import duration_pb2, json_format
+from google.protobuf import duration_pb2
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -27,6 +27,7 @@ from services.registry.validation import (
     check_page_size,
     check_retry,
     check_update_mask,
+    settings_values,
 )
 
 Ctx = grpc.aio.ServicerContext
@@ -142,7 +143,7 @@ class InstanceRpcs:
     ) -> pb.CreateInstanceResponse:
         function_id, source_id, version, size, wait, timeout, filters, retry, enabled = checked
         new = request.instance
-        given = json_format.MessageToDict(new.settings)
+        given = settings_values("instance.settings", new.settings)
         instance_id = new_id("ins")
         name = ""
         try:
@@ -312,7 +313,11 @@ class InstanceRpcs:
                 if "settings" in paths:
                     ver = await self.store.get(s, FunctionVersion, ins.version_id, "version")
                     ins.settings = await self.instances.settings_for(
-                        s, ins, ins.id, ver.settings, json_format.MessageToDict(new.settings)
+                        s,
+                        ins,
+                        ins.id,
+                        ver.settings,
+                        settings_values("instance.settings", new.settings),
                     )
                 if enabled is not None:
                     ins.enabled = enabled

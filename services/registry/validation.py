@@ -9,10 +9,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
+from google.protobuf import json_format, struct_pb2
 
 from eventfn_api.type.v1 import types_pb2
 from services.common.errors import FieldViolation, InvalidArgument
-from services.filters import CompiledFilter, exceeded
+from services.filters import CompiledFilter, exceeded, texts_exceeded
 from services.registry.secrets import MASK, SEALED_KEY, is_sealed
 from services.runtime import settings_schema as schema
 from services.runtime.model import SyntaxProblem
@@ -94,6 +95,9 @@ def check_setting_definitions(
     settings: Sequence[types_pb2.SettingDefinition],
 ) -> list[dict[str, Any]]:
     """Validate a settings schema, reporting every bad definition; return its stored form."""
+    # Their size as sent first, with room for the stored form's own: each is checked in Python.
+    sent = sum(s.ByteSize() for s in settings)
+    _fits("settings", "the definitions", "a version's", sent, MAX_SCHEMA_BYTES, sent=True)
     rows = [
         {
             "label": s.label,
@@ -118,13 +122,26 @@ def check_setting_definitions(
     return stored
 
 
+def settings_values(field: str, values: struct_pb2.Struct) -> dict[str, Any]:
+    """Return setting values as sent, once their size as sent is within reach of the limit on
+    their stored form (converting them is a Python step per value)."""
+    _fits(field, "the values", "an instance's", values.ByteSize(), MAX_SETTINGS_BYTES, sent=True)
+    return json_format.MessageToDict(values)
+
+
 def _within(field: str, what: str, whose: str, value: object, limit: int) -> None:
     """Refuse a value whose JSON encoding (as stored) is over `limit` bytes."""
-    size = len(orjson.dumps(value))
-    if size > limit:
+    _fits(field, what, whose, len(orjson.dumps(value)), limit)
+
+
+def _fits(field: str, what: str, whose: str, size: int, limit: int, *, sent: bool = False) -> None:
+    """Refuse `what`, of `size` bytes as stored, if over `limit`; or of `size` bytes as sent
+    (encoded otherwise), if far over it."""
+    if size > (2 * limit if sent else limit):
         raise InvalidArgument.field(
             field,
-            f"{what} take {size} bytes; {whose} may take at most {limit} ({limit // 1024} KB)",
+            f"{what} take {size} bytes{' as sent' if sent else ''}; {whose} may take at most "
+            f"{limit} ({limit // 1024} KB)",
         )
 
 
@@ -216,6 +233,8 @@ def check_retry(window_seconds: int, max_delay_seconds: int) -> tuple[int, int]:
 def check_filters(filters: Sequence[str], parse: FilterChecker) -> list[str]:
     """Check that every destination filter parses (the error names its index and position)
     and that together they are within an instance's bounds (`services.filters.limits`)."""
+    if (why := texts_exceeded(filters)) is not None:  # before parsing any
+        raise InvalidArgument.field("instance.filters", why)
     parsed = []
     for i, text in enumerate(filters):
         try:
