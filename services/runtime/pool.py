@@ -20,7 +20,8 @@ quarantined: for a while its invocations run only on a separate worker, where a 
 loop or bomb harms no other tenant. Invocations queued behind a stalled crossing are moved
 to another worker at once, so one function's infinite loop does not delay other functions
 (a move is not one of an invocation's attempts); a tenant whose crossings keep workers
-stalled (`worker_time.py`) is quarantined too, though none of its invocations timed out.
+stalled (`worker_time.py`) is quarantined too, though none of its invocations timed out, and
+so is one that had workers stopped twice lately (its instances are many).
 Processes also put every core to work despite the GIL.
 """
 
@@ -60,7 +61,7 @@ from .protocol import (
 )
 from .results import build_result, count_events, loss_outcome
 from .worker_handle import MOVED, REQUEUE, Lost, Pending, WorkerHandle, status_block
-from .worker_time import StallTally
+from .worker_time import LIMIT_S, StallTally
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _MAX_ATTEMPTS = 6
@@ -72,6 +73,9 @@ _KILL_GRACE_S = 0.05
 _ANSWER_GRACE_S = 5.0
 # How long a function whose invocation got a worker killed runs on the quarantine worker.
 QUARANTINE_S = 300.0
+# What a kill blamed on an invocation costs its tenant's stall tally: a second one within
+# about half a minute sends the tenant to the quarantine worker.
+KILL_CHARGE = 0.9 * LIMIT_S
 
 
 log = logging.getLogger(__name__)
@@ -288,6 +292,9 @@ class RuntimePool:
             # Ended quarantines go here: an owner deleted meanwhile is never looked up again.
             self._quarantine = {o: t for o, t in self._quarantine.items() if t > now}
             self._quarantine[owner_of(culprit.key)] = now + QUARANTINE_S
+            # And its tenant is charged nearly its whole share: an instance's quarantine
+            # alone let a workspace of many instances kill the worker once per instance.
+            self._charge(culprit, KILL_CHARGE, now, why="had a worker stopped again")
             progress_seq, index = read_progress(w.status)
             known = progress_seq == culprit.seq
             lost = Lost(
@@ -443,16 +450,22 @@ class RuntimePool:
         seq, grown = ledger.suspect()
         culprit = w.inflight.get(seq)
         if culprit is not None and grown > limit:
-            # Retiring would wait for the culprit, which may grow the worker until the host
-            # runs out of memory: killing it returns the memory now.
+            # Retiring would wait for the suspect, which may grow the worker until the host
+            # runs out of memory: killing the worker returns the memory now. The growth is
+            # only suspected of it: once any invocation on the worker has sent requests, the
+            # host's growth for their bodies looks the same, and nobody is blamed (every
+            # invocation is retried or run again): blamed, a neighbour's fetched bodies
+            # failed a bystander's events for good and quarantined its instance.
+            fetching = any(has_sent(w.status, p.slot) for p in w.inflight.values())
             log.warning(
-                "worker %d passed its memory limit (%d MB): stopping %s, which grew it by %d MB",
+                "stopping worker %d, past its memory limit (%d MB): %s grew it by %d MB%s",
                 w.index,
                 rss >> 20,
                 culprit.key,
                 grown >> 20,
+                ", or the host did for requests sent: nobody is blamed" if fetching else "",
             )
-            self._kill(w, culprit, "memory")
+            self._kill(w, None if fetching else culprit, "memory")
             return True
         if not w.retiring:
             self._retire(w)
@@ -509,8 +522,16 @@ class RuntimePool:
             if not p.future.done():
                 p.future.set_result(MOVED)
 
-    def _charge(self, pending: Pending, seconds: float, now: float) -> None:
-        """Count worker time a stalled crossing took; quarantine its tenant past its share.
+    def _charge(
+        self,
+        pending: Pending,
+        seconds: float,
+        now: float,
+        *,
+        why: str = "kept V8 workers in long crossings for more than its share lately",
+    ) -> None:
+        """Count worker time a stalled crossing took (or a kill); quarantine its tenant past
+        its share.
 
         A workspace's previews answer for themselves (their owner, as a killed preview's
         quarantine): a member allowed previews only must not send the workspace's instances
@@ -519,10 +540,9 @@ class RuntimePool:
         held = owner if owner.startswith(PREVIEW_OWNER) else f"tenant {pending.tenant or owner}"
         if self._stalls.charge(held, seconds, now):
             log.warning(
-                "%s kept V8 workers in crossings over %.0f ms for more than its share lately: "
-                "it runs on the quarantine worker for %.0f s",
+                "%s %s: it runs on the quarantine worker for %.0f s",
                 held.removeprefix("tenant "),
-                self._config.stall_ms,
+                why,
                 QUARANTINE_S,
             )
             self._quarantine[held] = now + QUARANTINE_S

@@ -74,10 +74,23 @@ def _app(rec: Recorder, bomb: bytes) -> web.Application:
     async def blob(request: web.Request) -> web.Response:
         return web.Response(body=b"b" * (int(request.query["mb"]) * 1024 * 1024))
 
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        """`mb` megabytes, sent evenly over `s` seconds."""
+        size, steps = int(request.query["mb"]) * 1024 * 1024, int(request.query["mb"]) * 4
+        answer = web.StreamResponse()
+        answer.content_length = size
+        await answer.prepare(request)
+        for _ in range(steps):
+            await answer.write(b"t" * (size // steps))
+            await asyncio.sleep(float(request.query["s"]) / steps)
+        await answer.write_eof()
+        return answer
+
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_route("*", "/hold", hold)
     app.router.add_route("*", "/redirect", redirect)
     app.router.add_get("/bomb", gzip_bomb)
+    app.router.add_get("/trickle", trickle)
     app.router.add_get("/blob", blob)
     app.router.add_route("*", "/{tail:.*}", ok)
     return app
