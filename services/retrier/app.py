@@ -30,8 +30,9 @@ from services.retrier.settings import RetrierSettings
 log = logging.getLogger(__name__)
 SERVICE_NAME = retrier_pb2.DESCRIPTOR.services_by_name["Retrier"].full_name
 OPERATIONS_SERVICE = "google.longrunning.Operations"
-# Requests name dead letters and filters: far under this.
-MESSAGE_BYTES = 1024 * 1024
+# Requests name at most 500 dead letters, each name at most 1,000 characters: a request
+# a few times as large is still refused for what it holds, naming the field.
+MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 @dataclass

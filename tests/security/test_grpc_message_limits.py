@@ -4,7 +4,7 @@ and the memory, before the write key was looked at), so ≈ 10 Mbit/s without cr
 stopped gRPC ingestion for everyone. And every service walked each request's strings for
 control characters before authorizing it: 8 million empty values (16 MB) held the registry's
 loop 8 s, for a caller without a token. The router takes 1,000 KB now (a batch's 500 KB
-twice), the retrier 1 MiB, the executor 8 MiB; a request with more than MAX_VALUES values is
+twice), the retrier 4 MiB, the executor 8 MiB; a request with more than MAX_VALUES values is
 refused before it is walked."""
 
 from __future__ import annotations

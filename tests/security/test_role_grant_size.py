@@ -40,12 +40,13 @@ async def test_a_members_roles_are_bounded_and_each_named_once(registry: Registr
     function, _ = await make_function(registry, owner)
     admin = res.RoleGrant(role=res.ROLE_FUNCTIONS_ADMIN, functions=[function])
 
-    many = [res.RoleGrant(role=res.ROLE_WORKSPACE_OWNER)] * 100_000
+    # (Under the 50,000 values a request may hold at all: those are refused before this.)
+    many = [res.RoleGrant(role=res.ROLE_WORKSPACE_OWNER)] * 10_000
     [(field, why)] = await _refused(registry, owner, parent, *many)
     assert field == "member.roles" and "each role at most once" in why
     [(field, why)] = await _refused(registry, owner, parent, admin, admin)
     assert field == "member.roles[1].role" and "granted twice" in why
-    repeated = res.RoleGrant(role=res.ROLE_FUNCTIONS_ADMIN, functions=[function] * 100_000)
+    repeated = res.RoleGrant(role=res.ROLE_FUNCTIONS_ADMIN, functions=[function] * 10_000)
     [(field, why)] = await _refused(registry, owner, parent, repeated)
     assert field == "member.roles[0]" and "at most 1,000" in why
     twice = res.RoleGrant(role=res.ROLE_FUNCTIONS_READ_ONLY, functions=[function] * 2)
