@@ -21,7 +21,7 @@ from .report import (
     MAX_ERROR_NAME,
     MAX_ERROR_STACK,
     MAX_METHOD_CHARS,
-    MAX_URL_CHARS,
+    TRACE_TEXT_CHARS,
 )
 
 REDACTION_BUDGET_S = 1.0
@@ -93,12 +93,12 @@ def redact_reply(
             result["stack"] = r.cut(str(result.get("stack", "")), MAX_ERROR_STACK)
     for t in reply["requests"]:
         t["method"] = r.cut(t["method"], MAX_METHOD_CHARS)
-        t["url"] = r.cut(t["url"], MAX_URL_CHARS)
+        t["url"] = r.cut(t["url"], TRACE_TEXT_CHARS)
         for field in ("request_body", "response_body"):
             if t.get(field):
                 t[field] = r.cut(t[field], TRACE_BODY_CAP)
         if t.get("error"):
-            t["error"] = r.text(t["error"])
+            t["error"] = r.cut(t["error"], TRACE_TEXT_CHARS)
         for field in ("request_headers", "response_headers"):
             if t.get(field):
                 t[field] = [[r.text(k), r.text(v)] for k, v in t[field]]

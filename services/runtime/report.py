@@ -41,6 +41,11 @@ from .redact import CUT_MARGIN
 MAX_REPORT_CHARS = 32 * 1024 * 1024
 MAX_FETCHES_PER_INVOCATION = 10_000
 MAX_URL_CHARS = 64 * 1024
+# An invocation's request traces (up to MAX_FETCHES_PER_INVOCATION): each URL and error is
+# kept to TRACE_TEXT_CHARS, and only the last DETAILED_TRACES keep bodies and headers (1,000
+# refused fetches of 64 KB URLs made 125 MB of traces, each quoting its URL twice).
+TRACE_TEXT_CHARS = 2048
+DETAILED_TRACES = 100
 MAX_METHOD_CHARS = 32
 MAX_HEADERS = 500
 MAX_HEADER_CHARS = 256 * 1024

@@ -49,9 +49,10 @@ from .redact import CUT_MARGIN, compile_secrets, cut_margin, redact_cut
 from .reply_redaction import redact_reply
 from .report import (
     ABSENT,
+    DETAILED_TRACES,
     MAX_METHOD_CHARS,
     MAX_REJECTION,
-    MAX_URL_CHARS,
+    TRACE_TEXT_CHARS,
     FetchRequest,
     Report,
     ReportRejected,
@@ -210,6 +211,7 @@ class Worker:
             }
         deadline, keep = frame["deadline"], frame["keep"]
         traces: list[dict[str, Any]] = []
+        briefed = 0  # traces[:briefed] keep no bodies or headers
         sent = 0
         local = ctx.open_invocation()
         try:
@@ -237,8 +239,11 @@ class Worker:
                     )
                     refused = [r for r in report.fetches if r.problem is not None]
                     results += [_refused(r.id, r.problem) for r in refused]
-                    traces += round_traces
-                    traces += [_refusal_trace(r) for r in refused]
+                    traces += map(_capped, round_traces)
+                    traces += [_capped(_refusal_trace(r)) for r in refused]
+                    for t in traces[briefed : len(traces) - DETAILED_TRACES]:
+                        _brief(t)
+                    briefed = max(briefed, len(traces) - DETAILED_TRACES)
                     if cut:  # out of time: unfinished events end as Timeout, not FetchError
                         with self._crossing(seq):
                             report = self._report(ctx.cancel(local), frame, sent)
@@ -289,14 +294,28 @@ def _redact(reply: RunReply, frame: RunFrame, last_log_cut: bool) -> None:
 
 def _refusal_trace(r: FetchRequest) -> dict[str, Any]:
     # A refused URL or method may be of any length: CUT_MARGIN past its cap, it is cut once
-    # redacted.
+    # redacted (the URL by `_capped`).
     return {
         "method": r.method[: MAX_METHOD_CHARS + CUT_MARGIN],
-        "url": r.url[: MAX_URL_CHARS + CUT_MARGIN],
+        "url": r.url,
         "status": None,
         "error": r.problem,
         "duration_ms": 0,
     }
+
+
+def _capped(trace: dict[str, Any]) -> dict[str, Any]:
+    """Cut a trace's URL and error, CUT_MARGIN past their cap (cut again once redacted)."""
+    trace["url"] = trace["url"][: TRACE_TEXT_CHARS + CUT_MARGIN]
+    if trace.get("error"):
+        trace["error"] = trace["error"][: TRACE_TEXT_CHARS + CUT_MARGIN]
+    return trace
+
+
+def _brief(trace: dict[str, Any]) -> None:
+    """Drop a trace's bodies and headers (those of all but the last DETAILED_TRACES)."""
+    for name in ("request_body", "response_body", "request_headers", "response_headers"):
+        trace.pop(name, None)
 
 
 def _refused(request_id: int, problem: str | None) -> dict[str, Any]:
