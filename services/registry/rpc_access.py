@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlmodel import col, func, select
 
 from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
@@ -274,6 +274,10 @@ class AccessRpcs:
         )
 
     async def _owners_left(self, s, workspace_id: str, excluding: str) -> int:
+        """Count the workspace's owners but `excluding`. Changes that may take an owner away
+        wait for each other here, to the end of their transactions: two owners demoting each
+        other at once each counted the other, and left the workspace with none."""
+        await s.exec(select(func.pg_advisory_xact_lock(func.hashtext(f"owners:{workspace_id}"))))
         members = (await s.exec(select(Member).where(Member.workspace_id == workspace_id))).all()
         return sum(
             1
