@@ -19,6 +19,7 @@ from services.cli.client import (
     metadata,
     out,
     pages,
+    plain,
     read_code,
     registry,
     safe,
@@ -295,7 +296,9 @@ def function_show(
         [[s.name, s.label, si.kind_name(s.type), s.required, s.encrypted] for s in v.settings],
     )
     if code:
-        out.print(v.code, highlight=False, markup=False)
+        # Shown as written: a bidirectional override in a comment would show code that is
+        # not the code that runs (Trojan Source); Windows line ends are kept as line ends.
+        out.print(plain(v.code.replace("\r\n", "\n")), highlight=False, markup=False)
 
 
 @functions.command("delete")

