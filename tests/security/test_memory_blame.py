@@ -52,7 +52,8 @@ async def test_growth_while_requests_are_out_blames_no_bystander(
       }}
     }}"""
     streamer = f"""async function onTrack() {{
-      const got = await Promise.all([0, 1, 2].map((i) => fetch('{recorder.url}/trickle?mb=9&s=3&i=' + i)));
+      const slow = (i) => fetch('{recorder.url}/trickle?mb=9&s=3&i=' + i);
+      const got = await Promise.all([0, 1, 2].map(slow));
       let n = 0; for (const r of got) n += (await r.arrayBuffer()).byteLength; return n
     }}"""
     stop = asyncio.Event()
