@@ -50,8 +50,9 @@ MAX_HEAD_BYTES = 64 * 1024
 # Requests a connection may have waiting behind the one being answered (uvicorn queues every
 # pipelined head of a read, and reads on after each answer: 12 MB of them took 1.3 GB).
 MAX_PIPELINED = 100
-# Pieces httptools hands a request's body in (a chunk each, or each read's share): 500 KB sent
-# in one-byte chunks is 500,000 pieces, each a Python call; normal clients send far fewer.
+# Chunks of a chunked body (each a Python call: 500 KB in one-byte chunks is 500,000 of them,
+# ≈ 42,000 a read); normal clients send far fewer. A body of known length comes in a piece
+# per read, however slowly it is sent: not counted.
 MAX_BODY_PIECES = 4096
 
 
@@ -174,7 +175,8 @@ class _OneWriteProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._in_head = False  # a request has begun and its headers are not all here
         self._head_bytes = 0  # of the unfinished head, after the read it began in
-        self._body_pieces = 0  # of the request being read
+        self._body_pieces = 0  # of the request being read, if chunked
+        self._chunked = False  # the request being read has a chunked body
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         if app is service_unavailable:
@@ -222,7 +224,7 @@ class _OneWriteProtocol(HttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         # uvicorn adds each piece to a bytes object, copying what came before each time:
         # quadratic over the thousands of one-byte chunks one read may hold.
-        self._body_pieces += 1
+        self._body_pieces += self._chunked
         if self._body_pieces > MAX_BODY_PIECES:
             self._refuse_connection(_TOO_MANY_PIECES_ANSWER)
             raise _Refused
@@ -238,6 +240,10 @@ class _OneWriteProtocol(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
         super().on_headers_complete()
+        self._chunked = any(
+            name == b"transfer-encoding" and b"chunked" in value.lower()
+            for name, value in self.headers
+        )
         if len(self.pipeline) > MAX_PIPELINED:
             self._refuse_connection(_TOO_MANY_PIPELINED_ANSWER)
             raise _Refused  # stops this read's parsing: nothing more is queued
