@@ -78,6 +78,13 @@ QUARANTINE_S = 300.0
 KILL_CHARGE = 0.9 * LIMIT_S
 
 
+def hard_limit(worker_limit: int) -> int:
+    """Return the RSS past which a replaced worker still growing is stopped (its growth is
+    nobody's for sure): a quarter over its limit, so it and its successor stay within a
+    pod sized for one worker and a half."""
+    return worker_limit + worker_limit // 4
+
+
 log = logging.getLogger(__name__)
 SPAWN_ATTEMPTS = 3
 
@@ -449,23 +456,32 @@ class RuntimePool:
             return False
         seq, grown = ledger.suspect()
         culprit = w.inflight.get(seq)
-        if culprit is not None and grown > limit:
-            # Retiring would wait for the suspect, which may grow the worker until the host
-            # runs out of memory: killing the worker returns the memory now. The growth is
-            # only suspected of it: once any invocation on the worker has sent requests, the
-            # host's growth for their bodies looks the same, and nobody is blamed (every
-            # invocation is retried or run again): blamed, a neighbour's fetched bodies
-            # failed a bystander's events for good and quarantined its instance.
-            fetching = any(has_sent(w.status, p.slot) for p in w.inflight.values())
+        # The growth is only suspected of the culprit, and once any invocation on the worker
+        # has sent requests, the host's growth for their bodies looks the same (blamed, a
+        # neighbour's fetched bodies failed a bystander's events for good and quarantined its
+        # instance): such a worker is replaced, its invocations finishing, and stopped with
+        # nobody blamed only if it grows on past the hard limit.
+        if any(has_sent(w.status, p.slot) for p in w.inflight.values()):
+            if rss > hard_limit(worker_limit):
+                log.warning(
+                    "stopping worker %d at %d MB, a quarter past its memory limit: nobody is "
+                    "blamed, its growth may be the host's for requests sent",
+                    w.index,
+                    rss >> 20,
+                )
+                self._kill(w, None, "memory")
+                return True
+        elif culprit is not None and grown > limit:
+            # Retiring would wait for the culprit, which may grow the worker until the host
+            # runs out of memory: killing it returns the memory now.
             log.warning(
-                "stopping worker %d, past its memory limit (%d MB): %s grew it by %d MB%s",
+                "stopping worker %d, past its memory limit (%d MB): %s grew it by %d MB",
                 w.index,
                 rss >> 20,
                 culprit.key,
                 grown >> 20,
-                ", or the host did for requests sent: nobody is blamed" if fetching else "",
             )
-            self._kill(w, None if fetching else culprit, "memory")
+            self._kill(w, culprit, "memory")
             return True
         if not w.retiring:
             self._retire(w)

@@ -11,7 +11,8 @@ the host grows the worker too, for their bodies. A tenant filled a worker with m
 its globals, then fetched bodies trickled by its own server: the growth was suspected of a
 bystander busy in V8 meanwhile, whose events then failed for good (`MemoryLimitExceeded`) and
 whose instance was quarantined, while the attacker's were only retried. With requests out,
-nobody is blamed now: the worker is stopped, and every invocation on it retried or run again."""
+nobody is blamed now: the worker is replaced, what runs on it finishes, and it is stopped
+(every invocation on it retried or run again) only if it grows a quarter past its limit."""
 
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ async def test_growth_while_requests_are_out_blames_no_bystander(
     )
     stop.set()
     await running
-    assert pool.restarts.get("memory"), "the worker never passed its limit: no attack made"
+    assert worker.retiring or worker.dead, "the worker never passed its limit: no attack made"
     assert "MemoryLimitExceeded" not in ended, ended
     assert not pool._quarantined("ins_victim:v:1"), "the bystander was quarantined"
 
