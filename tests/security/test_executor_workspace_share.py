@@ -9,8 +9,9 @@ among the busy workspaces and one more."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from tests.pipeline.conftest import Sink, platform_on_own_nats, sink
+from tests.pipeline.conftest import Platform, Sink, platform_on_own_nats, sink
 from tests.registry.conftest import Registry, registry
 
 __all__ = ["registry", "sink"]
@@ -21,34 +22,39 @@ DELIVERS = """async function onTrack(event, settings) {
 }"""
 
 
-async def test_a_workspace_whose_instances_all_stall_leaves_slots_to_other_workspaces(
-    registry: Registry, sink: Sink, tmp_path: Path
-) -> None:
-    # 16 packs in flight, an instance's share 4 (twice its 2 invocations at once).
-    async with platform_on_own_nats(
+def small_executor(registry: Registry, directory: Path) -> Any:
+    """A data path whose executor holds 16 packs in flight, an instance's share 4 (twice its 2
+    invocations at once)."""
+    return platform_on_own_nats(
         registry,
-        tmp_path,
+        directory,
         executor_max_inflight_packs=16,
         executor_instance_concurrency=2,
         executor_shutdown_grace_seconds=0.5,  # the stalled invocations are not waited for
-    ) as (stalling, _):
+    )
+
+
+async def track(tenant: Platform, message_id: str) -> None:
+    """Send one event to the tenant's source; it must be accepted."""
+    sent = await tenant.http.post(
+        "/v1/track",
+        auth=(tenant.write_key, ""),
+        json={"userId": "u", "event": "E", "messageId": message_id},
+    )
+    assert sent.status_code == 200
+
+
+async def test_a_workspace_whose_instances_all_stall_leaves_slots_to_other_workspaces(
+    registry: Registry, sink: Sink, tmp_path: Path
+) -> None:
+    async with small_executor(registry, tmp_path) as (stalling, _):
         for _ in range(4):
             await stalling.instance(STALLS, "http://127.0.0.1:9/", timeout_ms=20_000)
         for i in range(10):  # a pack for each instance each: 40, the slots 2.5 times over
-            sent = await stalling.http.post(
-                "/v1/track",
-                auth=(stalling.write_key, ""),
-                json={"userId": "u", "event": "stall", "messageId": f"stall-{i}"},
-            )
-            assert sent.status_code == 200
+            await track(stalling, f"stall-{i}")
         neighbour = await stalling.neighbour()
         await neighbour.instance(DELIVERS, sink.url)
-        sent = await neighbour.http.post(
-            "/v1/track",
-            auth=(neighbour.write_key, ""),
-            json={"userId": "v", "event": "neighbour", "messageId": "neighbour-1"},
-        )
-        assert sent.status_code == 200
+        await track(neighbour, "neighbour-1")
         await sink.wait_for(1, seconds=10)
         assert stalling.executor.consumer.in_flight <= 16 // 2 + 1  # its half, and the neighbour's
 
@@ -56,32 +62,16 @@ async def test_a_workspace_whose_instances_all_stall_leaves_slots_to_other_works
 async def test_two_workspaces_whose_instances_all_stall_leave_slots_to_a_third(
     registry: Registry, sink: Sink, tmp_path: Path
 ) -> None:
-    # 16 packs in flight; an instance's share 4, so two instances filled a workspace's half.
-    async with platform_on_own_nats(
-        registry,
-        tmp_path,
-        executor_max_inflight_packs=16,
-        executor_instance_concurrency=2,
-        executor_shutdown_grace_seconds=0.5,
-    ) as (first, _):
+    # Two instances' shares filled a workspace's half of the slots: two workspaces filled all.
+    async with small_executor(registry, tmp_path) as (first, _):
         second = await first.neighbour()
         for tenant in (first, second):
             for _ in range(2):
                 await tenant.instance(STALLS, "http://127.0.0.1:9/", timeout_ms=20_000)
         for i in range(10):  # 20 packs a workspace, 40 in all
             for tenant in (first, second):
-                sent = await tenant.http.post(
-                    "/v1/track",
-                    auth=(tenant.write_key, ""),
-                    json={"userId": "u", "event": "stall", "messageId": f"stall-{i}"},
-                )
-                assert sent.status_code == 200
+                await track(tenant, f"stall-{i}")
         third = await first.neighbour()
         await third.instance(DELIVERS, sink.url)
-        sent = await third.http.post(
-            "/v1/track",
-            auth=(third.write_key, ""),
-            json={"userId": "v", "event": "third", "messageId": "third-1"},
-        )
-        assert sent.status_code == 200
+        await track(third, "third-1")
         await sink.wait_for(1, seconds=10)

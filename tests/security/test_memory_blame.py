@@ -17,6 +17,7 @@ nobody is blamed now: the worker is replaced, what runs on it finishes, and it i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -39,6 +40,27 @@ async def pool() -> AsyncIterator[RuntimePool]:
         yield pool
 
 
+@contextlib.asynccontextmanager
+async def victim_running(pool: RuntimePool, code: str, copies: int) -> AsyncIterator[Counter[str]]:
+    """Run a victim's function over and over, `copies` invocations at once, meanwhile; yield how
+    its invocations ended, counted."""
+    stop = asyncio.Event()
+    ended: Counter[str] = Counter()
+
+    async def again() -> None:
+        while not stop.is_set():
+            result = await invoke(pool, code, key="ins_victim:v:1", tenant="ws_victim")
+            ended[result.outcomes[0].error_type or "delivered"] += 1
+
+    running = [asyncio.create_task(again()) for _ in range(copies)]
+    await asyncio.sleep(0.3)
+    try:
+        yield ended
+    finally:
+        stop.set()
+        await asyncio.gather(*running)
+
+
 async def test_growth_while_requests_are_out_blames_no_bystander(
     pool: RuntimePool, recorder: Recorder
 ) -> None:
@@ -57,24 +79,13 @@ async def test_growth_while_requests_are_out_blames_no_bystander(
       const got = await Promise.all([0, 1, 2].map(slow));
       let n = 0; for (const r of got) n += (await r.arrayBuffer()).byteLength; return n
     }}"""
-    stop = asyncio.Event()
-    ended: Counter[str] = Counter()
-
-    async def busy_bystander() -> None:
-        while not stop.is_set():
-            result = await invoke(pool, bystander, key="ins_victim:v:1", tenant="ws_victim")
-            ended[result.outcomes[0].error_type or "delivered"] += 1
-
-    running = asyncio.create_task(busy_bystander())
-    await asyncio.sleep(0.3)
-    await asyncio.gather(
-        *(
-            invoke(pool, streamer, key=f"ins_stream{i}:v:1", tenant="ws_attacker", timeout_s=10)
-            for i in range(6)
+    async with victim_running(pool, bystander, 1) as ended:
+        await asyncio.gather(
+            *(
+                invoke(pool, streamer, key=f"ins_s{i}:v:1", tenant="ws_attacker", timeout_s=10)
+                for i in range(6)
+            )
         )
-    )
-    stop.set()
-    await running
     assert worker.retiring or worker.dead, "the worker never passed its limit: no attack made"
     assert "MemoryLimitExceeded" not in ended, ended
     assert not pool._quarantined("ins_victim:v:1"), "the bystander was quarantined"
@@ -92,28 +103,15 @@ async function onTrack() {
 async def test_a_tenant_whose_instances_get_the_worker_stopped_is_quarantined(
     recorder: Recorder,
 ) -> None:
-    async with RuntimePool(config(workers=1, allow=("127.0.0.1/32",))) as pool:
-        await bombs_beside_a_neighbour(pool, recorder)
-
-
-async def bombs_beside_a_neighbour(pool: RuntimePool, recorder: Recorder) -> None:
     neighbour = f"async function onTrack() {{ await fetch('{recorder.url}/hold?s=0.3') }}"
-    stop = asyncio.Event()
-    ended: Counter[str] = Counter()
-
-    async def busy_neighbour() -> None:
-        while not stop.is_set():
-            result = await invoke(pool, neighbour, key="ins_victim:v:1", tenant="ws_victim")
-            ended[result.outcomes[0].error_type or "delivered"] += 1
-
-    running = [asyncio.create_task(busy_neighbour()) for _ in range(4)]
-    await asyncio.sleep(0.3)
-    for i in range(8):  # a new instance each time: each one's own quarantine is new
-        await invoke(pool, BOMB, key=f"ins_bomb{i}:v:1", tenant="ws_attacker")
-    stop.set()
-    await asyncio.gather(*running)
+    async with (
+        RuntimePool(config(workers=1, allow=("127.0.0.1/32",))) as pool,
+        victim_running(pool, neighbour, 4) as ended,
+    ):
+        for i in range(8):  # a new instance each time: each one's own quarantine is new
+            await invoke(pool, BOMB, key=f"ins_bomb{i}:v:1", tenant="ws_attacker")
     assert pool._quarantined("ins_bomb_next:v:1", "ws_attacker"), "the tenant was not"
     assert not pool._quarantined("ins_victim:v:1", "ws_victim")
-    # Four neighbours in flight lost at each kill of the shared worker: three kills (the worker
-    # past its own limit, nobody blamed; then two blamed), or one more, not one a bomb.
-    assert ended["WorkerLost"] <= 4 * 4, ended
+    # Four neighbours in flight lost at each kill of the shared worker: two blamed kills (and
+    # perhaps one of a worker replaced past its limit and growing on), not one a bomb.
+    assert ended["WorkerLost"] <= 3 * 4, ended
