@@ -345,11 +345,10 @@ class Ingestor:
             PROPAGATOR.inject(carrier)
             if TRACEPARENT not in carrier:  # no tracer installed: still give packs a trace
                 carrier = trace_headers(traceparent, tracestate)
-            # The events as every route would store them, paid before routing: a request
-            # refused for the source's budget costs no routing (and no route more than this
-            # unless a filter grew its events: the difference is settled once routed).
-            whole = orjson.dumps(events)
-            cost = self._spend(source.source_id, len(whole) * len(source.routes))
+            # A source in debt is refused before routing, at no cost; one that is not pays for
+            # what its request stores once routed, into debt if need be (a bound paid first
+            # refused requests of events naming destinations that would store little).
+            cost = self._spend(source.source_id, 1) if source.routes else 0
             with tracer.start_as_current_span("route") as span:
                 outbound = route_events(
                     source.routes,
@@ -361,7 +360,6 @@ class Ingestor:
                     dropped=dropped,
                     seen=self._coalescer.recent.seen,
                     ids=ids,
-                    whole=whole,
                 )
                 span.set_attribute("eventfn.packs", len(outbound))
             stored = sum(len(item.pack.body) for item in outbound)

@@ -79,8 +79,8 @@ class RouterSettings(DataPlaneSettings):
     # Each router counts on its own.
     router_source_bytes_per_second: float = Field(default=32 * MIB, ge=0.0)
     # Bytes a source's requests may store at once, before the per-second rate applies; a
-    # request storing more is taken when its source has stored nothing for a while, and its
-    # source then waits until the rate has paid for it.
+    # request passes while its source owes nothing, whatever it stores, and its source then
+    # owes what it stored past this, until the rate has paid for it.
     router_source_bytes_burst: int = Field(default=256 * MIB, ge=1)
     # Web pages that may send events from a browser: `*` (any, as the write key is public in
     # a page anyway) or comma-separated origins such as `https://shop.example.com`.

@@ -168,3 +168,29 @@ async def test_a_request_over_the_budget_is_refused_before_it_is_routed(
         )
         assert refused.status_code == 429, refused.text
         assert stats.dropped_by_integrations == turned_away
+
+
+async def test_a_request_pays_what_it_stores_not_what_it_might(
+    registry: Registry, router: RunningRouter
+) -> None:
+    # Half of each batch's events are turned away by every instance: ≈ 0.8 MB stored of a
+    # 1.7 MB bound. Paying the bound first refused the second batch though the budget held
+    # what it stored; a source that owes nothing is served, and then owes.
+    workspace_id, owner = await registry.workspace("Addressed")
+    shop = await feed(registry, workspace_id, owner, "Shop", FAN_OUT)
+    await router.watcher.wait_until(lambda v: all(i in v.instances for i in shop.instances))
+
+    def addressed(tag: str) -> bytes:
+        events = orjson.loads(batch(tag))["batch"]
+        for event in events[::2]:
+            event["integrations"] = {"All": False}
+        return orjson.dumps({"batch": events})
+
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{router.http_port}", timeout=10
+    ) as http:
+        for tag, status in (("a", 200), ("b", 200), ("c", 429)):
+            sent = await http.post(
+                "/v1/batch", content=addressed(tag), headers=basic(shop.write_key)
+            )
+            assert sent.status_code == status, (tag, sent.text)
