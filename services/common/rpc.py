@@ -38,7 +38,7 @@ from services.common.errors import (
     InvalidArgument,
     ResourceExhausted,
 )
-from services.common.request_text import check_request_text
+from services.common.request_text import check_request_text_aside
 from services.common.rpc_observe import ServerCalls, traced
 
 log = logging.getLogger(__name__)
@@ -97,16 +97,8 @@ async def _checked(requests: AsyncIterator[Any], call: WaitingCall | None) -> As
     async for request in requests:
         if call is not None:
             call.came(more=True)
-        check_request_text(request)
+        await check_request_text_aside(request)
         yield request
-
-
-def _checked_request(request: Any, call: WaitingCall | None, *, streamed: bool) -> Any:
-    """Check a request (now, or each message of a stream as it comes); return what to pass on."""
-    if streamed:
-        return _checked(request, call)
-    check_request_text(request)
-    return request
 
 
 class ServerGate(grpc.aio.ServerInterceptor):
@@ -194,9 +186,12 @@ class _Call:
         still_waits: bool = False,
     ) -> Any:
         """Return what the behavior gets: the checked request, or the checked request stream."""
-        if call is not None and not streamed:  # grpc passed the (unread) request stream
+        if streamed:  # each message of the stream is checked as it comes
+            return _checked(request, call)
+        if call is not None:  # grpc passed the (unread) request stream
             request = await read_request(context, call, still_waits=still_waits)
-        return _checked_request(request, call, streamed=streamed)
+        await check_request_text_aside(request)
+        return request
 
     def _span(self, context: grpc.aio.ServicerContext) -> Any:
         return self._calls.span(self._method, context) if self._with_span else _NO_SPAN

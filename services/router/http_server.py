@@ -50,10 +50,12 @@ MAX_HEAD_BYTES = 64 * 1024
 # Requests a connection may have waiting behind the one being answered (uvicorn queues every
 # pipelined head of a read, and reads on after each answer: 12 MB of them took 1.3 GB).
 MAX_PIPELINED = 100
-# Chunks of a chunked body (each a Python call: 500 KB in one-byte chunks is 500,000 of them,
-# ≈ 42,000 a read); normal clients send far fewer. A body of known length comes in a piece
-# per read, however slowly it is sent: not counted.
+# Chunks of a chunked body past which they must average MIN_CHUNK_BYTES (each is a Python
+# call: 500 KB in one-byte chunks is 500,000 of them, ≈ 42,000 a read; a streaming client
+# writing an event a chunk sends a few thousand). A body of known length comes in a piece per
+# read, however slowly it is sent: not counted.
 MAX_BODY_PIECES = 4096
+MIN_CHUNK_BYTES = 64
 
 
 def _answer(status: bytes, code: bytes, message: bytes) -> bytes:
@@ -82,7 +84,8 @@ _TOO_MANY_PIPELINED_ANSWER = _answer(
 _TOO_MANY_PIECES_ANSWER = _answer(
     b"400 Bad Request",
     b"invalid_request",
-    b"the body came in more than %d pieces (chunks); send larger chunks" % MAX_BODY_PIECES,
+    b"the body came in more than %d chunks of fewer than %d bytes on average; send larger "
+    b"chunks" % (MAX_BODY_PIECES, MIN_CHUNK_BYTES),
 )
 
 
@@ -176,6 +179,7 @@ class _OneWriteProtocol(HttpToolsProtocol):
         self._in_head = False  # a request has begun and its headers are not all here
         self._head_bytes = 0  # of the unfinished head, after the read it began in
         self._body_pieces = 0  # of the request being read, if chunked
+        self._body_bytes = 0  # of those pieces
         self._chunked = False  # the request being read has a chunked body
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
@@ -218,16 +222,21 @@ class _OneWriteProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._in_head = True
-        self._body_pieces = 0
+        self._body_pieces = self._body_bytes = 0
         super().on_message_begin()
 
     def on_body(self, body: bytes) -> None:
-        # uvicorn adds each piece to a bytes object, copying what came before each time:
-        # quadratic over the thousands of one-byte chunks one read may hold.
-        self._body_pieces += self._chunked
-        if self._body_pieces > MAX_BODY_PIECES:
+        if self._chunked:
+            self._body_pieces += 1
+            self._body_bytes += len(body)
+        if (
+            self._body_pieces > MAX_BODY_PIECES
+            and self._body_bytes < MIN_CHUNK_BYTES * self._body_pieces
+        ):
             self._refuse_connection(_TOO_MANY_PIECES_ANSWER)
             raise _Refused
+        # uvicorn adds each piece to a bytes object, copying what came before each time:
+        # quadratic over the thousands of small chunks one read may hold.
         cycle = self.cycle
         if type(cycle.body) is bytes:
             cycle.body = bytearray(cycle.body)

@@ -40,7 +40,7 @@ async def test_a_members_roles_are_bounded_and_each_named_once(registry: Registr
     function, _ = await make_function(registry, owner)
     admin = res.RoleGrant(role=res.ROLE_FUNCTIONS_ADMIN, functions=[function])
 
-    # (Under the 50,000 values a request may hold at all: those are refused before this.)
+    # (Under the 200,000 values a request may hold at all: those are refused before this.)
     many = [res.RoleGrant(role=res.ROLE_WORKSPACE_OWNER)] * 10_000
     [(field, why)] = await _refused(registry, owner, parent, *many)
     assert field == "member.roles" and "each role at most once" in why
