@@ -93,12 +93,19 @@ def redact_reply(
             result["stack"] = r.cut(str(result.get("stack", "")), MAX_ERROR_STACK)
     for t in reply["requests"]:
         t["method"] = r.cut(t["method"], MAX_METHOD_CHARS)
-        t["url"] = r.cut(t["url"], TRACE_TEXT_CHARS)
+        quoted = t["url"]
+        t["url"] = r.cut(quoted, TRACE_TEXT_CHARS)
         for field in ("request_body", "response_body"):
             if t.get(field):
                 t[field] = r.cut(t[field], TRACE_BODY_CAP)
         if t.get("error"):
-            t["error"] = r.cut(t["error"], TRACE_TEXT_CHARS)
+            # A failed fetch's error quotes its URL: the URL as cut, and what it says around it.
+            head, found, tail = t["error"].partition(quoted) if quoted else ("", "", "")
+            if found:
+                head, tail = r.cut(head, TRACE_TEXT_CHARS), r.cut(tail, TRACE_TEXT_CHARS)
+                t["error"] = head + t["url"] + tail
+            else:
+                t["error"] = r.cut(t["error"], TRACE_TEXT_CHARS)
         for field in ("request_headers", "response_headers"):
             if t.get(field):
                 t[field] = [[r.text(k), r.text(v)] for k, v in t[field]]

@@ -305,10 +305,15 @@ def _refusal_trace(r: FetchRequest) -> dict[str, Any]:
 
 
 def _capped(trace: dict[str, Any]) -> dict[str, Any]:
-    """Cut a trace's URL and error, CUT_MARGIN past their cap (cut again once redacted)."""
-    trace["url"] = trace["url"][: TRACE_TEXT_CHARS + CUT_MARGIN]
-    if trace.get("error"):
-        trace["error"] = trace["error"][: TRACE_TEXT_CHARS + CUT_MARGIN]
+    """Cut a trace's URL, CUT_MARGIN past its cap (cut again once redacted), where its error
+    quotes it too, and the error to what that leaves room for."""
+    url = trace["url"]
+    cut = trace["url"] = url[: TRACE_TEXT_CHARS + CUT_MARGIN]
+    error = trace.get("error")
+    if error:
+        if cut != url:
+            error = error.replace(url, cut)
+        trace["error"] = error[: 2 * (TRACE_TEXT_CHARS + CUT_MARGIN)]
     return trace
 
 
