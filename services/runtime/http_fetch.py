@@ -18,7 +18,7 @@ import socket
 import ssl
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -86,9 +86,10 @@ class ResponseBudget:
     fetches fail instead of the whole invocation.
     """
 
-    def __init__(self, memory_limit: int) -> None:
+    def __init__(self, memory_limit: int, received: Callable[[int], None] | None = None) -> None:
         self.limit = memory_limit // 4
         self._memory_limit = memory_limit
+        self._received = received  # told of each body's bytes as they come
         self.used = 0
 
     def release(self, size: int) -> None:
@@ -98,6 +99,8 @@ class ResponseBudget:
     def take(self, size: int, url: str) -> None:
         """Count `size` more bytes; fail the fetch once the round's share is passed."""
         self.used += size
+        if self._received is not None:
+            self._received(size)
         if self.used > self.limit:
             raise FetchFailed(
                 f"response body at {url} would take the responses held at once past "

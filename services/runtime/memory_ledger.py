@@ -7,6 +7,10 @@ from __future__ import annotations
 from collections.abc import Container
 from dataclasses import dataclass, field
 
+# How much the worker may grow for each response byte it receives: the body held, joined, and
+# encoded into the script that hands it to the function.
+HOST_FACTOR = 4
+
 
 @dataclass
 class _Charge:
@@ -41,7 +45,10 @@ class MemoryLedger:
     other functions' invocations, or while it waits outside V8, cannot be told apart from
     the host's (a fetch round's bodies): charging it would blame neighbours or the platform,
     so it is only suspected of the last invocation seen in V8, to pick whom to stop when the
-    worker passes its own limit.
+    worker passes its own limit. Growth up to HOST_FACTOR times the response bytes the worker
+    received (`received`: the host holds, joins and encodes them, then or a little later) is
+    suspected of nobody: a tenant fetching bodies its own server trickled got the growth
+    suspected of a bystander busy in V8 meanwhile.
     """
 
     rss: int  # at the last sample
@@ -49,11 +56,15 @@ class MemoryLedger:
     crossing_base: int = 0  # RSS at the first sample of that crossing
     solo: int = 0  # the only invocation in flight at the last sample (0: none, or several)
     last_in_v8: int = 0  # the last in-flight invocation a sample found inside V8
+    received: int = 0  # response bytes the worker had received at the last sample
+    host: int = 0  # growth still put down to the host for the bodies received
     charges: dict[int, _Charge] = field(default_factory=dict)
 
-    def observe(self, rss: int, crossing: tuple[int, int], solo: int) -> int:
+    def observe(self, rss: int, crossing: tuple[int, int], solo: int, received: int = 0) -> int:
         """Charge the growth since the last sample; return whose own it was (0: nobody's)."""
         delta, seq = rss - self.rss, crossing[0]
+        self.host += HOST_FACTOR * max(0, received - self.received)
+        self.received = received
         owner = 0
         if seq and crossing == self.crossing:
             owner = seq
@@ -64,7 +75,9 @@ class MemoryLedger:
             # response budget, in memory the allocator may keep), only suspected.
             owner = solo
         elif seq or self.last_in_v8:
-            self._charge(seq or self.last_in_v8).rises += max(0, delta)
+            host = min(self.host, max(0, delta))  # growth outside one crossing: the host's?
+            self.host -= host
+            self._charge(seq or self.last_in_v8).rises += max(0, delta) - host
         if owner:
             charge = self._charge(owner)
             charge.own = max(0, charge.own + delta)

@@ -56,6 +56,7 @@ from .protocol import (
     has_sent,
     read_created,
     read_progress,
+    read_received,
     read_status,
     write_drop_up_to,
 )
@@ -76,6 +77,11 @@ QUARANTINE_S = 300.0
 # What a kill blamed on an invocation costs its tenant's stall tally: a second one within
 # about half a minute sends the tenant to the quarantine worker.
 KILL_CHARGE = 0.9 * LIMIT_S
+
+
+# How long an invocation's function runs on the quarantine worker when it was suspected, not
+# proven, of growing a worker stopped for memory: isolated, not failed.
+PROBATION_S = 60.0
 
 
 def hard_limit(worker_limit: int) -> int:
@@ -436,13 +442,13 @@ class RuntimePool:
         Return whether `w` was killed. A worker past its limit that no invocation grew by
         more than `limit` (contexts, many legitimate invocations) is only replaced.
         """
-        rss = w.rss()
+        rss, received = w.rss(), read_received(w.status)
         ledger = self._ledgers.get(w)
         if ledger is None:
-            ledger = self._ledgers[w] = MemoryLedger(rss)
+            ledger = self._ledgers[w] = MemoryLedger(rss, received=received)
         ledger.forget_finished(w.inflight)
         solo = next(iter(w.inflight)) if len(w.inflight) == 1 else 0
-        owner = ledger.observe(rss, crossing, solo)
+        owner = ledger.observe(rss, crossing, solo, received)
         # Once an invocation has sent requests, the worker also grows for their bodies (the
         # host's, bounded by its response budget) and for copying them in, memory given back
         # after the crossing: then its crossings count one by one, and the worker's own
@@ -460,15 +466,32 @@ class RuntimePool:
         # has sent requests, the host's growth for their bodies looks the same (blamed, a
         # neighbour's fetched bodies failed a bystander's events for good and quarantined its
         # instance): such a worker is replaced, its invocations finishing, and stopped with
-        # nobody blamed only if it grows on past the hard limit.
+        # nobody blamed only if it grows on past the hard limit. Its suspect (past the limit,
+        # growth the host made for bodies received not counted) then runs on the quarantine
+        # worker for a while, on probation, its events retried as the others': a function
+        # growing its worker by short crossings after one fetch was never blamed, and stopped
+        # shared worker after shared worker.
         if any(has_sent(w.status, p.slot) for p in w.inflight.values()):
             if rss > hard_limit(worker_limit):
                 log.warning(
                     "stopping worker %d at %d MB, a quarter past its memory limit: nobody is "
-                    "blamed, its growth may be the host's for requests sent",
+                    "blamed, its growth may be the host's for requests sent%s",
                     w.index,
                     rss >> 20,
+                    f"; {culprit.key}, which may have grown it by {grown >> 20} MB, runs on "
+                    f"the quarantine worker for {PROBATION_S:.0f} s"
+                    if culprit is not None and grown > limit
+                    else "",
                 )
+                if culprit is not None and grown > limit:
+                    now = time.monotonic()
+                    owner = owner_of(culprit.key)
+                    self._quarantine[owner] = max(
+                        self._quarantine.get(owner, 0.0), now + PROBATION_S
+                    )
+                    # And half a blamed kill to its tenant: one rotating instances is
+                    # quarantined by its third such stop within about half a minute.
+                    self._charge(culprit, KILL_CHARGE / 2, now, why="had workers stopped again")
                 self._kill(w, None, "memory")
                 return True
         elif culprit is not None and grown > limit:

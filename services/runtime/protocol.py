@@ -30,7 +30,10 @@ _PROGRESS = struct.Struct("<QQ")  # invocation seq, index of the event whose han
 SLOTS = 4096  # invocations a worker can hold at once with a side-effect mark
 _CREATED = struct.Struct("<Q")  # contexts the worker has created so far
 _CREATED_AT = STATUS.size + _PROGRESS.size
-_SLOTS_AT = _CREATED_AT + _CREATED.size
+# Response bytes the worker has received for fetches, in all: growth the host may have made.
+_RECEIVED = struct.Struct("<Q")
+_RECEIVED_AT = _CREATED_AT + _CREATED.size
+_SLOTS_AT = _RECEIVED_AT + _RECEIVED.size
 STATUS_SIZE = _SLOTS_AT + SLOTS
 # Progress index meaning "the function's script is being loaded" (no event started yet).
 LOADING = 2**32
@@ -188,6 +191,16 @@ def write_created(buf: Any, count: int) -> None:
 def read_created(buf: Any) -> int:
     """Read how many contexts the worker has created."""
     return _CREATED.unpack_from(buf, _CREATED_AT)[0]
+
+
+def write_received(buf: Any, total: int) -> None:
+    """Record (worker side) the response bytes received for fetches so far, in all."""
+    _RECEIVED.pack_into(buf, _RECEIVED_AT, total)
+
+
+def read_received(buf: Any) -> int:
+    """Read the response bytes the worker has received for fetches so far, in all."""
+    return _RECEIVED.unpack_from(buf, _RECEIVED_AT)[0]
 
 
 def mark_sent(buf: Any, slot: int) -> None:

@@ -44,6 +44,7 @@ from .protocol import (
     write_crossing,
     write_last_read,
     write_progress,
+    write_received,
 )
 from .redact import CUT_MARGIN, compile_secrets, cut_margin, redact_cut
 from .reply_redaction import redact_reply
@@ -76,6 +77,7 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._current = 0  # the invocation inside V8 now
         self._created = 0  # contexts created (their memory is never given back)
+        self._received = 0  # response bytes received for fetches, in all
 
     @contextlib.contextmanager
     def _crossing(self, seq: int) -> Iterator[None]:
@@ -86,6 +88,11 @@ class Worker:
             yield
         finally:
             write_crossing(self._status, 0, 0)
+
+    def _note_received(self, size: int) -> None:
+        # The pool's watchdog reads this: growth about it may be the host's, for bodies.
+        self._received += size
+        write_received(self._status, self._received)
 
     def _reply(self, header: Any) -> None:
         self._out.write(encode_frame(header))
@@ -232,7 +239,7 @@ class Worker:
                         ready,
                         deadline,
                         keep,
-                        ResponseBudget(frame["memory_limit"]),
+                        ResponseBudget(frame["memory_limit"], self._note_received),
                         owner=owner_of(key),
                         tenant=frame["tenant"],
                         trace_headers=[(k, v) for k, v in frame["trace_headers"]],

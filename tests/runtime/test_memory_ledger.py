@@ -74,3 +74,15 @@ def test_growth_while_it_waits_outside_v8_is_the_hosts(steps_mb: list[int]) -> N
         ledger.observe(rss, (0, 0), solo=7)
     ledger.observe(rss, (7, 2), solo=7)
     assert not ledger.over(7, 0)
+
+
+def test_growth_the_host_may_have_made_for_bodies_received_is_suspected_of_nobody() -> None:
+    # A neighbour's fetched bodies (held, joined, encoded by the host) grew the worker while
+    # a bystander was in V8: the growth was suspected of the bystander.
+    base = 300 * MB
+    ledger = MemoryLedger(base)
+    ledger.observe(base, (7, 1), solo=0, received=0)
+    ledger.observe(base + 30 * MB, (7, 2), solo=0, received=10 * MB)  # 40 MB the host's, at most
+    assert ledger.suspect() == (0, 0)
+    ledger.observe(base + 80 * MB, (7, 3), solo=0, received=10 * MB)  # 10 MB of them left
+    assert ledger.suspect() == (7, 40 * MB)
