@@ -60,9 +60,8 @@ class PackConsumer:
     newcomer (half of them alone, a third beside one other, ...; at least one): four such
     instances of one tenant filled every slot, and two tenants at half each did too. Packs
     already in flight are not taken back; a workspace over its share takes no more until it
-    is under it again. A pack over either share goes back to the
-    stream, to come again a little later (later each time); the packs behind it are pulled
-    meanwhile.
+    is under it again. A pack over either share goes back to the stream, to come again a
+    little later (later each time); the packs behind it are pulled meanwhile.
     """
 
     def __init__(

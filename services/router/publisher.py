@@ -133,15 +133,13 @@ def route_events(
     dropped: Counter[str] | None = None,
     seen: Callable[[str, Sequence[str]], set[str]] | None = None,
     ids: Sequence[str] | None = None,
-    whole: bytes | None = None,
 ) -> list[Outbound]:
     """Decide per route which events it gets (integrations, then filters) and pack them.
 
     `dropped` receives, per instance id, how many events the integrations object or a filter
     kept from it (the instance's "filtered" count). `seen(instance, messageIds)` returns
     those of the events stored for the instance recently: a client's retries, not published
-    again. `ids` are the events' messageIds, and `whole` all the events as one JSON array,
-    when the caller has them already.
+    again. `ids` are the events' messageIds, when the caller has them already.
 
     Routes without filters or retries whose destination no event names get the same events:
     they are chosen and packed once, and share the packs' bodies (a source feeding 1,000
@@ -159,6 +157,7 @@ def route_events(
             named.update(settings)
     # An event no filter changed is encoded once, however many instances get it.
     encoded: dict[int, tuple[str, bytes]] = {}
+    whole: bytes | None = None  # all the events, unchanged, as one JSON array
     # By destination (None: any that no event names): the packs' bodies and ids, and how
     # many events the integrations objects kept from it.
     shared: dict[str | None, tuple[list[tuple[bytes, tuple[str, ...]]], int]] = {}
