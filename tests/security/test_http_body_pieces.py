@@ -11,8 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from services.router.http_server import serve_http
-from tests.security.test_http_head_limits import answered_at_once, exchange
+from tests.security.test_http_head_limits import answered_at_once, exchange, serving
 
 
 async def length(scope: dict, receive: object, send: object) -> None:
@@ -31,12 +30,8 @@ async def length(scope: dict, receive: object, send: object) -> None:
 
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
-    server, task, bound = await serve_http(
-        length, "127.0.0.1", 0, max_connections=50, keepalive_seconds=5, refuse=length
-    )
-    yield bound
-    server.should_exit = True
-    await task
+    async for bound in serving(length):
+        yield bound
 
 
 HEAD = b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -25,14 +25,20 @@ async def ok(scope: dict, receive: object, send: object) -> None:
     await send({"type": "http.response.body", "body": b"{}"})  # type: ignore[operator]
 
 
-@pytest.fixture
-async def port() -> AsyncIterator[int]:
+async def serving(app: object) -> AsyncIterator[int]:
+    """Serve `app` on a free port for a test; yield the port."""
     server, task, bound = await serve_http(
-        ok, "127.0.0.1", 0, max_connections=50, keepalive_seconds=5, refuse=ok
+        app, "127.0.0.1", 0, max_connections=50, keepalive_seconds=5, refuse=app
     )
     yield bound
     server.should_exit = True
     await task
+
+
+@pytest.fixture
+async def port() -> AsyncIterator[int]:
+    async for bound in serving(ok):
+        yield bound
 
 
 async def exchange(port: int, chunks: list[bytes]) -> tuple[bytes, int]:

@@ -143,14 +143,20 @@ async def test_a_source_storing_past_its_budget_is_told_to_wait_and_other_source
     assert await kept(nats_client, flood) == [200] * FAN_OUT
 
 
+async def routed_feed(registry: Registry, router: RunningRouter, workspace: str) -> Feed:
+    """A new workspace's source feeding FAN_OUT instances, once the router routes to them."""
+    workspace_id, owner = await registry.workspace(workspace)
+    fed = await feed(registry, workspace_id, owner, "Web", FAN_OUT)
+    await router.watcher.wait_until(lambda v: all(i in v.instances for i in fed.instances))
+    return fed
+
+
 async def test_a_request_over_the_budget_is_refused_before_it_is_routed(
     registry: Registry, router: RunningRouter
 ) -> None:
     # Routing was done first: with events naming destinations, a 9 KB request fanned out to
     # 1,000 instances cost the router seconds, and a refused one cost the same.
-    workspace_id, owner = await registry.workspace("Routed")
-    flood = await feed(registry, workspace_id, owner, "Web", FAN_OUT)
-    await router.watcher.wait_until(lambda v: all(i in v.instances for i in flood.instances))
+    flood = await routed_feed(registry, router, "Routed")
     stats = router.ingestor.stats
     async with httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{router.http_port}", timeout=10
@@ -176,9 +182,7 @@ async def test_a_request_pays_what_it_stores_not_what_it_might(
     # Half of each batch's events are turned away by every instance: ≈ 0.8 MB stored of a
     # 1.7 MB bound. Paying the bound first refused the second batch though the budget held
     # what it stored; a source that owes nothing is served, and then owes.
-    workspace_id, owner = await registry.workspace("Addressed")
-    shop = await feed(registry, workspace_id, owner, "Shop", FAN_OUT)
-    await router.watcher.wait_until(lambda v: all(i in v.instances for i in shop.instances))
+    shop = await routed_feed(registry, router, "Addressed")
 
     def addressed(tag: str) -> bytes:
         events = orjson.loads(batch(tag))["batch"]
