@@ -30,6 +30,7 @@ from eventfn_api.registry.v1 import registry_pb2 as pb
 from eventfn_api.registry.v1 import resources_pb2 as res
 from eventfn_api.type.v1 import types_pb2
 from services.common import streams
+from services.executor.defer import DEFER_MAX_SECONDS
 from services.router.app import start_router
 from services.router.settings import RouterSettings
 from tests.eventually import eventually
@@ -93,7 +94,7 @@ class Cluster:
             self.consumer,
             "every pack delivered and acked",
             until=lambda info: info.num_pending == 0 and info.num_ack_pending == 0,
-            seconds=60,
+            seconds=4 * DEFER_MAX_SECONDS,  # a pack handed back waits up to this, maybe twice
         )
 
     def packs_of(self, name: str) -> int:
@@ -201,7 +202,10 @@ async def test_two_executors_share_the_work_exactly(cluster: Cluster, sink: Sink
     try:
         await cluster.wait_consuming(2)
         await cluster.send(0, 4000)
-        await sink.wait_for(4000, seconds=120)
+        # Each executor runs 2 packs at a time (its instance's share of 4) and hands the
+        # others back for waits doubling up to DEFER_MAX_SECONDS: on a busy machine a pack can
+        # come back at the longest wait more than once before it gets a slot.
+        await sink.wait_for(4000, seconds=4 * DEFER_MAX_SECONDS)
         await cluster.wait_settled()  # a late redelivery would land before this
     finally:
         stop(a)
@@ -247,7 +251,9 @@ async def test_sigkill_of_one_executor_loses_nothing(cluster: Cluster, sink: Sin
         a.wait()
         sink.gate.set()
         await cluster.send(2000, 2000)  # only exec-b is alive for these
-        await sink.wait_for(4000, seconds=120)
+        # exec-b runs 2 packs at a time (its instance's share of 4), handing the others back
+        # as the other test says.
+        await sink.wait_for(4000, seconds=4 * DEFER_MAX_SECONDS)
         # exec-a's packs come back after the ack wait: count once nothing is left unacked.
         await cluster.wait_settled()
     finally:

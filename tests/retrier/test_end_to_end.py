@@ -353,7 +353,12 @@ async def test_cli_lists_shows_and_replays_dead_letters(
 
 
 async def test_sigkill_while_holding_retries_loses_nothing(
-    platform: Platform, sink: Sink, start_retrier_on: StartRetrier, nats_url: str, nats_client: Any
+    platform: Platform,
+    sink: Sink,
+    start_retrier_on: StartRetrier,
+    nats_url: str,
+    nats_client: Any,
+    tmp_path: Path,
 ) -> None:
     iid = await platform.instance(CODE, sink.url)
     ws = platform.executor.watcher.instances[iid].workspace_id
@@ -366,10 +371,22 @@ async def test_sigkill_while_holding_retries_loses_nothing(
         "EVENTFN_RETRY_BASE_SECONDS": "3",
         "EVENTFN_RETRY_CAP_SECONDS": "3",
     }
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.retrier", env=env, cwd=str(Path(__file__).parents[2])
-    )
+    log = tmp_path / "retrier.log"
+    with log.open("wb") as out:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.retrier",
+            env=env,
+            cwd=str(Path(__file__).parents[2]),
+            stderr=out,
+        )
     try:
+        # Publish once the child serves: its retries come due within 3 s of being stored, so
+        # a child slower to start than that (a busy machine) would find them all due at once.
+        await eventually(
+            lambda: "retrier listening" in log.read_text(), "the child retrier serving"
+        )
         js = nats_client.jetstream()
         now = datetime.now(UTC).isoformat()
         ids = [f"m-kill-{n}" for n in range(20)]
