@@ -32,6 +32,11 @@ from tests.registry.conftest import SERVICE, Registry, auth, registry
 
 __all__ = ["registry"]
 
+# The session's executors share one consumer: a pack one held when its test ended comes
+# again after this (the default, 120 s, kept tests counting settled packs waiting that long).
+# Held packs are marked in work every third of it, so no slow handler's pack comes twice.
+SHARED_ACK_WAIT_SECONDS = 30.0
+
 
 @dataclass
 class Sink:
@@ -270,6 +275,7 @@ async def start_platform(
                 "egress_allow": "127.0.0.1/32",
                 "executor_records_flush_seconds": 0.2,
                 "executor_shutdown_grace_seconds": 5,
+                "executor_ack_wait_seconds": SHARED_ACK_WAIT_SECONDS,
                 **executor_options,
             },
         ),

@@ -15,8 +15,9 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from services.common import streams
+from services.executor.defer import DEFER_MAX_SECONDS
 from tests.eventually import eventually
-from tests.pipeline.conftest import Platform, Sink
+from tests.pipeline.conftest import SHARED_ACK_WAIT_SECONDS, Platform, Sink
 
 BATCH_ONLY = """
 async function onBatch(events, settings) {
@@ -82,12 +83,14 @@ async def counters(
         await conn.close()
 
 
-async def all_packs_settled(nats_client: NatsClient, seconds: float = 150) -> None:
+async def all_packs_settled(
+    nats_client: NatsClient, seconds: float = 2 * SHARED_ACK_WAIT_SECONDS + DEFER_MAX_SECONDS
+) -> None:
     """Wait until the executors' EVENTS consumer has no pack to deliver or awaiting an ack.
 
     The consumer is the session's: a pack another test's executor held when it went away is
-    redelivered only after the consumer's ack wait (120 s), hence the long bound (a settled
-    consumer returns at once)."""
+    redelivered only after the consumer's ack wait, and one handed back for its instance's
+    share after its defer wait, hence the long bound (a settled consumer returns at once)."""
     js = nats_client.jetstream()
     await eventually(
         lambda: js.consumer_info(streams.EVENTS_STREAM, "executor"),
