@@ -21,7 +21,7 @@ from services.common.once_per import OncePer
 from services.common.packs import header_strings, pack_count
 from services.common.pull import FETCH_SECONDS, NATS_ERRORS, pull_forever
 from services.common.telemetry import extract as extract_trace
-from services.executor.defer import Stalls, defer_delay
+from services.executor.defer import Pacer, Stalls, defer_delay
 from services.executor.dispatcher import Dispatcher
 from services.executor.pack_ref import PackRef, split_pack
 from services.executor.versions import VersionSource
@@ -61,7 +61,8 @@ class PackConsumer:
     instances of one tenant filled every slot, and two tenants at half each did too. Packs
     already in flight are not taken back; a workspace over its share takes no more until it
     is under it again. A pack over either share goes back to the stream, to come again a
-    little later (later each time); the packs behind it are pulled meanwhile.
+    little later (later each time, or when its instance's pace says a slot is free); the
+    packs behind it are pulled meanwhile.
     """
 
     def __init__(
@@ -99,6 +100,7 @@ class PackConsumer:
         self._per_workspace: dict[str, int] = {}  # and per workspace
         self._deferred_logged = OncePer(DEFER_LOG_SECONDS)
         self._stalls = Stalls()
+        self._pacer = Pacer()
         self._unsettled: dict[int, _Held] = {}  # by id(msg): handed back if shutdown runs out
         self._room = asyncio.Condition()
         self._stopping = asyncio.Event()
@@ -200,7 +202,9 @@ class PackConsumer:
             return  # already settled (e.g. handed back at shutdown)
         instance_id = held.instance_id
         if instance_id:
-            self._stalls.settled(instance_id, asyncio.get_running_loop().time())
+            now = asyncio.get_running_loop().time()
+            self._stalls.settled(instance_id, now)
+            self._pacer.settled(instance_id, now - held.taken_at)
             _uncount(self._per_instance, instance_id)
             _uncount(self._per_workspace, held.workspace_id)
         try:
@@ -237,7 +241,11 @@ class PackConsumer:
         stalled = self._stalls.stalled(instance_id, now)
         self._stalls.handed_back(instance_id, now)
         deliveries = msg.metadata.num_delivered or 1
-        await self._settle(msg, False, delay=defer_delay(deliveries, stalled=stalled))
+        wait = defer_delay(deliveries, stalled=stalled)
+        if not stalled:
+            slots = min(self._share, self._workspace_share(workspace_id))
+            wait = self._pacer.wait(instance_id, now, slots, wait)
+        await self._settle(msg, False, delay=wait)
         if self._per_instance.get(instance_id, 0) < self._share:  # its workspace is full
             if self._deferred_logged.due(workspace_id):
                 log.info(
