@@ -77,6 +77,12 @@ QUARANTINE_S = 300.0
 # What a kill blamed on an invocation costs its tenant's stall tally: a second one within
 # about half a minute sends the tenant to the quarantine worker.
 KILL_CHARGE = 0.9 * LIMIT_S
+# And its tenant's count of kills, decayed over minutes: kills just over half a minute apart
+# never passed the stall tally (rotating instances, each quarantined alone, a tenant stopped
+# the shared worker twice a minute for ever). The third within about 80 s sends the tenant
+# aside, as do kills more often than every ≈ 3.5 minutes for long.
+KILLS_HALF_LIFE_S = 300.0
+KILLS_LIMIT = 2.5
 
 
 # How long an invocation's function runs on the quarantine worker when it was suspected, not
@@ -112,6 +118,7 @@ class RuntimePool:
         # ("tenant " + id), and until when they run only in quarantine.
         self._quarantine: dict[str, float] = {}
         self._stalls = StallTally()
+        self._kills = StallTally(half_life_s=KILLS_HALF_LIFE_S, limit_s=KILLS_LIMIT)
         self._handlers: dict[str, frozenset[str]] = {}
         # The watchdog's memory samples of each worker with invocations in flight.
         self._ledgers: dict[WorkerHandle, MemoryLedger] = {}
@@ -307,7 +314,7 @@ class RuntimePool:
             self._quarantine[owner_of(culprit.key)] = now + QUARANTINE_S
             # And its tenant is charged nearly its whole share: an instance's quarantine
             # alone let a workspace of many instances kill the worker once per instance.
-            self._charge(culprit, KILL_CHARGE, now, why="had a worker stopped again")
+            self._charge(culprit, KILL_CHARGE, now, why="had a worker stopped again", kills=1.0)
             progress_seq, index = read_progress(w.status)
             known = progress_seq == culprit.seq
             lost = Lost(
@@ -491,7 +498,9 @@ class RuntimePool:
                     )
                     # And half a blamed kill to its tenant: one rotating instances is
                     # quarantined by its third such stop within about half a minute.
-                    self._charge(culprit, KILL_CHARGE / 2, now, why="had workers stopped again")
+                    self._charge(
+                        culprit, KILL_CHARGE / 2, now, why="had workers stopped again", kills=0.5
+                    )
                 self._kill(w, None, "memory")
                 return True
         elif culprit is not None and grown > limit:
@@ -568,16 +577,20 @@ class RuntimePool:
         now: float,
         *,
         why: str = "kept V8 workers in long crossings for more than its share lately",
+        kills: float = 0.0,
     ) -> None:
-        """Count worker time a stalled crossing took (or a kill); quarantine its tenant past
-        its share.
+        """Count worker time a stalled crossing took (or a kill, and `kills` of them);
+        quarantine its tenant past its share.
 
         A workspace's previews answer for themselves (their owner, as a killed preview's
         quarantine): a member allowed previews only must not send the workspace's instances
         aside."""
         owner = owner_of(pending.key)
         held = owner if owner.startswith(PREVIEW_OWNER) else f"tenant {pending.tenant or owner}"
-        if self._stalls.charge(held, seconds, now):
+        over = self._stalls.charge(held, seconds, now)
+        if kills and self._kills.charge(held, kills, now):
+            over, why = True, "had workers stopped again and again in the last minutes"
+        if over:
             log.warning(
                 "%s %s: it runs on the quarantine worker for %.0f s",
                 held.removeprefix("tenant "),

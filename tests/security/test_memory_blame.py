@@ -3,7 +3,8 @@
 A kill blamed on an invocation quarantined its instance only: a workspace of many instances
 killed the shared worker once per instance (13 kills of 20 bombs, 48 of 104 of a neighbour's
 invocations lost and retried). A blamed kill now also charges the tenant nearly its whole
-share of worker time, so a second one soon after sends the tenant to the quarantine worker.
+share of worker time, so a second one soon after sends the tenant to the quarantine worker,
+and counts as a kill in a tally kept over minutes (kills half a minute apart passed the first).
 
 Growth between crossings, beside other
 invocations, is only suspected of the last invocation seen in V8; but once requests are out,
@@ -28,6 +29,8 @@ from collections.abc import AsyncIterator
 import pytest_asyncio
 
 from services.runtime import RuntimePool
+from services.runtime.pool import KILLS_HALF_LIFE_S, KILLS_LIMIT
+from services.runtime.worker_time import HALF_LIFE_S, StallTally
 from tests.runtime.conftest import invoke
 from tests.security.conftest import Recorder, config
 
@@ -118,6 +121,21 @@ async def test_a_tenant_whose_instances_get_the_worker_stopped_is_quarantined(
     # Four neighbours in flight lost at each kill of the shared worker: two blamed kills (and
     # perhaps one of a worker replaced past its limit and growing on), not one a bomb.
     assert ended["WorkerLost"] <= 3 * 4, ended
+
+
+async def test_a_tenant_stopping_the_worker_every_half_minute_is_set_aside() -> None:
+    # Kills just over half a minute apart never passed the stall tally: rotating instances, a
+    # tenant stopped the shared worker twice a minute for ever. Its kills are counted over
+    # minutes too now. Time runs twenty times faster here (both tallies' half-lives).
+    async with RuntimePool(config(workers=1)) as pool:
+        pool._stalls = StallTally(half_life_s=HALF_LIFE_S / 20)
+        pool._kills = StallTally(half_life_s=KILLS_HALF_LIFE_S / 20, limit_s=KILLS_LIMIT)
+        for i in range(3):
+            if i:
+                await asyncio.sleep(2.5)  # 50 s scaled: the stall tally's charge is gone
+            await invoke(pool, BOMB, key=f"ins_bomb{i}:v:1", tenant="ws_attacker")
+        assert pool.restarts.get("memory", 0) >= 3
+        assert pool._quarantined("ins_bomb_next:v:1", "ws_attacker"), "the tenant was not"
 
 
 async def test_a_function_growing_its_worker_after_a_fetch_is_set_apart(
