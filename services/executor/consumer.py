@@ -204,7 +204,7 @@ class PackConsumer:
         if instance_id:
             now = asyncio.get_running_loop().time()
             self._stalls.settled(instance_id, now)
-            self._pacer.settled(instance_id, now - held.taken_at)
+            self._pacer.settled((instance_id, held.workspace_id), now - held.taken_at, now)
             _uncount(self._per_instance, instance_id)
             _uncount(self._per_workspace, held.workspace_id)
         try:
@@ -242,9 +242,10 @@ class PackConsumer:
         self._stalls.handed_back(instance_id, now)
         deliveries = msg.metadata.num_delivered or 1
         wait = defer_delay(deliveries, stalled=stalled)
-        if not stalled:
-            slots = min(self._share, self._workspace_share(workspace_id))
-            wait = self._pacer.wait(instance_id, now, slots, wait)
+        if not stalled and self._per_instance.get(instance_id, 0) >= self._share:
+            wait = self._pacer.wait(instance_id, now, self._share, wait)
+        elif not stalled:  # its workspace is full: its instances share the slots
+            wait = self._pacer.wait(workspace_id, now, self._workspace_share(workspace_id), wait)
         await self._settle(msg, False, delay=wait)
         if self._per_instance.get(instance_id, 0) < self._share:  # its workspace is full
             if self._deferred_logged.due(workspace_id):

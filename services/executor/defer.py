@@ -87,38 +87,50 @@ PACE_WEIGHT = 0.2
 
 
 class Pacer:
-    """Spread an instance's handed-back packs over the time its packs in flight take to make
-    room, so each comes again about when a slot is free rather than at its next doubling.
+    """Spread handed-back packs over the time the packs in flight take to make room, so each
+    comes again about when a slot is free rather than at its next doubling.
 
     The doubling alone left slots empty while a burst's packs waited out 8, 16, 32 s: 40
     packs of 100 one-fetch events on two executors of 4 slots took 17.7 s (6.0 s paced). A
-    pack's wait is the doubling's or less: the instance's reserved time ahead (packs handed
-    back and not due yet) plus one pack's duration over its slots, when that is shorter.
-    Its packs are handed back only while its slots are full, so they come again no faster
-    than it gets through packs (its slots over a pack's average time): a tenant cannot make
-    the executors and NATS re-read its backlog faster than it pays for packs run. Only
-    instances handed back are tracked (settles of others cost one look-up), as `Stalls` does.
+    pack's wait is the doubling's or less: the reserved time ahead (packs handed back and not
+    due yet) plus one pack's duration over the slots, when that is shorter. A pace is kept
+    per instance, or per workspace when the workspace's share is what is full (its instances
+    share those slots: paced each on its own, K instances came back K times too often).
+
+    Packs are handed back only while the slots are full, so they come again no faster than
+    packs are got through: a pack's duration counts at least the time since the last one
+    settled (a pace measured on fast packs, slots then held by slow ones, brought a backlog
+    back every millisecond while nothing ran). Only what was handed back is tracked (settles
+    of others cost one look-up), as `Stalls` does.
     """
 
     def __init__(self) -> None:
-        self._took: dict[str, float | None] = {}  # seconds a pack takes (average), per instance
-        self._reserved: dict[str, float] = {}  # when the instance's last paced pack is due
+        # Per instance or workspace: seconds a pack takes (average; None until one settled
+        # after it was first handed back) and when one last settled.
+        self._took: dict[str, tuple[float, float] | None] = {}
+        self._reserved: dict[str, float] = {}  # when its last paced pack is due
 
-    def settled(self, instance_id: str, seconds: float) -> None:
-        """Count one of the instance's packs run to its end after `seconds` in flight."""
-        if instance_id not in self._took:
-            return
-        took = self._took[instance_id]
-        self._took[instance_id] = seconds if took is None else took + PACE_WEIGHT * (seconds - took)
+    def settled(self, keys: tuple[str, ...], seconds: float, now: float) -> None:
+        """Count a pack (of an instance and its workspace: `keys`) run to its end after
+        `seconds` in flight, at `now`."""
+        for key in keys:
+            if key not in self._took:
+                continue
+            took = self._took[key]
+            average = seconds if took is None else took[0] + PACE_WEIGHT * (seconds - took[0])
+            self._took[key] = (average, now)
 
-    def wait(self, instance_id: str, now: float, slots: int, longest: float) -> float:
-        """Return the wait for one more handed-back pack of an instance running `slots` packs
-        at once: `longest` (the doubling's) unless its pace says a slot is free sooner."""
-        took = self._took.setdefault(instance_id, None)
+    def wait(self, key: str, now: float, slots: int, longest: float) -> float:
+        """Return the wait for one more handed-back pack of `key` (an instance or workspace
+        running `slots` packs at once): `longest` (the doubling's) unless its pace says a
+        slot is free sooner."""
+        took = self._took.setdefault(key, None)
         if took is None:  # nothing settled since it was first handed back: no pace yet
             return longest
-        due = max(self._reserved.get(instance_id, now), now) + took / max(slots, 1)
+        average, last = took
+        per_pack = max(average, now - last) / max(slots, 1)
+        due = max(self._reserved.get(key, now), now) + per_pack
         if due - now >= longest:
             return longest
-        self._reserved[instance_id] = due
+        self._reserved[key] = due
         return due - now

@@ -11,25 +11,26 @@ from hypothesis import strategies as st
 from services.executor.defer import DEFER_MAX_SECONDS, DEFER_SECONDS, Pacer, defer_delay
 
 
-def paced(took: float) -> Pacer:
-    """A pacer that has seen one instance handed back, then settle packs of `took` seconds."""
+def paced(took: float, now: float = 0.0) -> Pacer:
+    """A pacer that has seen one instance handed back, then settle packs of `took` seconds,
+    the last at `now`."""
     pacer = Pacer()
     pacer.wait("ins", 0.0, 2, DEFER_SECONDS)
     for _ in range(20):
-        pacer.settled("ins", took)
+        pacer.settled(("ins", "ws"), took, now)
     return pacer
 
 
 def test_an_instance_with_no_pack_settled_since_it_was_handed_back_waits_the_doubling() -> None:
     pacer = Pacer()
-    pacer.settled("ins", 0.1)  # before it was ever handed back: not tracked
+    pacer.settled(("ins",), 0.1, 0.0)  # before it was ever handed back: not tracked
     assert [pacer.wait("ins", 0.0, 2, defer_delay(n)) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
 
 
 def test_a_burst_comes_back_a_slot_at_a_time_then_at_the_doubling() -> None:
     # 2 slots, 0.2 s a pack: a slot frees every 0.1 s; the doubling (a minute after a few
     # deliveries) kept slots empty while a burst's packs waited it out.
-    pacer = paced(0.2)
+    pacer = paced(0.2, now=10.0)
     waits = [pacer.wait("ins", 10.0, 2, DEFER_MAX_SECONDS) for _ in range(700)]
     assert waits[:3] == pytest.approx([0.1, 0.2, 0.3])
     assert waits[598] == pytest.approx(59.9)
@@ -42,7 +43,26 @@ def test_time_passing_frees_what_was_reserved() -> None:
     pacer = paced(0.2)
     for _ in range(50):
         pacer.wait("ins", 0.0, 2, DEFER_MAX_SECONDS)
+    pacer.settled(("ins",), 0.2, 100.0)
     assert pacer.wait("ins", 100.0, 2, DEFER_MAX_SECONDS) == pytest.approx(0.1)
+
+
+def test_a_pace_is_no_faster_than_packs_settle() -> None:
+    # Fast packs measured, then slow ones hold the slots: nothing settles for 10 s. The old
+    # pace (5 ms a pack) brought the backlog back every few milliseconds while nothing ran.
+    pacer = paced(0.005)
+    assert pacer.wait("ins", 10.0, 2, DEFER_MAX_SECONDS) == pytest.approx(5.0)
+    assert pacer.wait("ins", 10.0, 2, DEFER_MAX_SECONDS) == pytest.approx(10.0)
+
+
+def test_a_workspace_full_is_paced_on_its_own_time() -> None:
+    # Its instances share its slots: each paced alone, K instances came back K times as often.
+    pacer = Pacer()
+    pacer.wait("ws", 0.0, 4, DEFER_SECONDS)
+    for _ in range(20):
+        pacer.settled(("ins_a", "ws"), 0.4, 0.0)
+    waits = [pacer.wait("ws", 0.0, 4, DEFER_MAX_SECONDS) for _ in range(3)]
+    assert waits == pytest.approx([0.1, 0.2, 0.3])
 
 
 @given(
@@ -60,6 +80,7 @@ def test_paced_packs_come_back_no_faster_than_slots_free(
     now, dues = 0.0, []
     for step, deliveries in handbacks:
         now += step
+        pacer.settled(("ins",), took, now)  # packs settle as often as it is handed one back
         longest = defer_delay(deliveries)
         wait = pacer.wait("ins", now, slots, longest)
         assert 0 < wait <= longest
