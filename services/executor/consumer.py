@@ -61,7 +61,7 @@ class PackConsumer:
     instances of one tenant filled every slot, and two tenants at half each did too. Packs
     already in flight are not taken back; a workspace over its share takes no more until it
     is under it again. A pack over either share goes back to the stream, to come again a
-    little later (later each time, or when its instance's pace says a slot is free); the
+    little later (later each time, or when its pace says a slot is free); the
     packs behind it are pulled meanwhile.
     """
 
@@ -241,13 +241,17 @@ class PackConsumer:
         stalled = self._stalls.stalled(instance_id, now)
         self._stalls.handed_back(instance_id, now)
         deliveries = msg.metadata.num_delivered or 1
+        workspace_full = self._per_instance.get(instance_id, 0) < self._share
         wait = defer_delay(deliveries, stalled=stalled)
-        if not stalled and self._per_instance.get(instance_id, 0) >= self._share:
-            wait = self._pacer.wait(instance_id, now, self._share, wait)
-        elif not stalled:  # its workspace is full: its instances share the slots
-            wait = self._pacer.wait(workspace_id, now, self._workspace_share(workspace_id), wait)
+        if not stalled:  # a full workspace's instances share its slots: one pace for all
+            paced, slots = (
+                (workspace_id, self._workspace_share(workspace_id))
+                if workspace_full
+                else (instance_id, self._share)
+            )
+            wait = self._pacer.wait(paced, now, slots, wait)
         await self._settle(msg, False, delay=wait)
-        if self._per_instance.get(instance_id, 0) < self._share:  # its workspace is full
+        if workspace_full:
             if self._deferred_logged.due(workspace_id):
                 log.info(
                     "workspace %s has %d packs in flight, over its share of this executor's "
