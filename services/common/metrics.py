@@ -317,6 +317,18 @@ class Histograms:
         return MetricsData([ResourceMetrics(first.resource, scopes, first.schema_url), *others])
 
 
+def count_dead_letters_discarded(meter: Meter, discarded: Callable[[], int]) -> None:
+    """Export `discarded()`: failed events a service discarded because their instance held
+    as many packs of dead letters as it may (the executor's and the retrier's alike)."""
+    meter.create_observable_counter(
+        "eventfn.dead_letters.discarded",
+        callbacks=[lambda _options: [Observation(discarded())]],
+        unit="{event}",
+        description="Failed events discarded: their instance held as many packs of dead "
+        "letters as it may (EVENTFN_DEAD_MAX_PER_INSTANCE)",
+    )
+
+
 def prometheus_reader(registry: CollectorRegistry, histograms: Histograms) -> MetricReader:
     """Return a reader serving the SDK's metrics and `histograms` as Prometheus text."""
     from opentelemetry.exporter.prometheus import PrometheusMetricReader

@@ -32,6 +32,12 @@ class CommonSettings(BaseSettings):
     # replayable, saying why: one tenant's retry storm cannot fill the disk or slow everyone's
     # retries. Every service may create or update the streams, so they all read it.
     retry_max_per_instance: int = 100_000
+    # Packs of dead letters kept per instance (messages in its DEAD subject, each up to one
+    # pack's events). Past it the instance's newly failed events are discarded, each hand-off
+    # logged with the reason, and a replay or purge of only some letters of a pack is refused
+    # (it stores the pack's others again): one tenant's failures cannot fill the disk the
+    # streams share. Every service may create or update the streams, so they all read it.
+    dead_max_per_instance: int = 100_000
 
     def required_service_token(self, service: str) -> str:
         """Return the service token, or fail at start: data-plane services read WatchConfig."""

@@ -7,7 +7,9 @@ Subjects are `<kind>.<workspace_id>.<instance_id>` for the three kinds:
 - `RETRY` (`retry.>`): events the executor found retryable, held by the retrier until due;
   at most `retry_max_per_instance` messages per instance, so one tenant's retry storm
   neither fills the disk the streams share nor makes everyone's re-checks slow.
-- `DEAD` (`dead.>`): events past the retry window, kept (default 14 days) for listing and replay.
+- `DEAD` (`dead.>`): events past the retry window, kept (default 14 days) for listing and replay;
+  at most `dead_max_per_instance` messages per instance, so one tenant's failures cannot fill
+  the disk either (its failed events past that are discarded, saying why).
 
 All three use limits retention (any consumer kind and ack policy works, and nothing is
 dropped for lack of a consumer) with `discard: new`, so a full stream refuses new
@@ -51,6 +53,7 @@ DEFAULT_EVENTS_MAX_AGE = timedelta(days=7)
 DEFAULT_RETRY_MAX_AGE = timedelta(days=2)
 DEFAULT_DEAD_MAX_AGE = timedelta(days=14)
 DEFAULT_RETRY_MAX_PER_INSTANCE = 100_000
+DEFAULT_DEAD_MAX_PER_INSTANCE = 100_000
 # JetStream's answer to a publish its subject's limit refuses (with discard_new_per_subject).
 _STORE_FAILED = 10077
 
@@ -188,13 +191,15 @@ def stream_configs(
     retry_max_age: timedelta = DEFAULT_RETRY_MAX_AGE,
     dead_max_age: timedelta = DEFAULT_DEAD_MAX_AGE,
     retry_max_per_instance: int = DEFAULT_RETRY_MAX_PER_INSTANCE,
+    dead_max_per_instance: int = DEFAULT_DEAD_MAX_PER_INSTANCE,
 ) -> list[StreamConfig]:
     """Return the desired configuration of EVENTS, RETRY and DEAD."""
-    if retry_max_per_instance < 1:
-        raise ValueError(
-            "retries held per instance (EVENTFN_RETRY_MAX_PER_INSTANCE) must be at least 1, "
-            f"not {retry_max_per_instance}"
-        )
+    for what, variable, value in (
+        ("retries held", "EVENTFN_RETRY_MAX_PER_INSTANCE", retry_max_per_instance),
+        ("packs of dead letters kept", "EVENTFN_DEAD_MAX_PER_INSTANCE", dead_max_per_instance),
+    ):
+        if value < 1:
+            raise ValueError(f"{what} per instance ({variable}) must be at least 1, not {value}")
     if replicas not in (1, 3, 5):
         # JetStream allows 1..5, but only odd sizes keep a quorum through a node loss.
         raise ValueError(f"stream replicas must be 1, 3 or 5, not {replicas}")
@@ -236,6 +241,10 @@ def stream_configs(
             dead_max_age,
             duplicate_window=SERVER_DEDUPE_WINDOW.total_seconds(),
             allow_direct=True,
+            # Past this many packs of an instance, its new dead letters are refused (see
+            # `subject_full`) and discarded with the reason, never its stored ones.
+            max_msgs_per_subject=dead_max_per_instance,
+            discard_new_per_subject=True,
             description="Events past the retry window, for listing and replay.",
         ),
     ]
@@ -304,10 +313,10 @@ async def _keeping_stored(
     """Return `desired` with a per-subject limit that drops nothing stored.
 
     A per-subject limit added or lowered makes the server drop, at once, the oldest messages
-    of every subject over it: an earlier version's RETRY, or a lowered setting, would lose
-    held retries. While a subject holds more than the limit less a tenth (room for what
-    arrives during the update), the limit goes no lower than that subject's count plus the
-    wanted limit; a later start lowers it once the retries have drained.
+    of every subject over it: an earlier version's RETRY or DEAD, or a lowered setting, would
+    lose held retries or dead letters. While a subject holds more than the limit less a tenth
+    (room for what arrives during the update), the limit goes no lower than that subject's
+    count plus the wanted limit; a later start lowers it once the subject has drained.
     """
     want, have = desired.max_msgs_per_subject, info.config.max_msgs_per_subject
     unlimited = have is None or have <= 0
@@ -334,7 +343,7 @@ async def _keeping_stored(
 
 def subject_full(error: BaseException) -> bool:
     """Tell whether a publish was refused because its subject holds as many messages as its
-    stream allows per subject (RETRY: an instance's held retries)."""
+    stream allows per subject (an instance's held retries, or its packs of dead letters)."""
     return (
         isinstance(error, APIError)
         and error.err_code == _STORE_FAILED
@@ -381,6 +390,7 @@ async def ensure_streams(
     retry_max_age: timedelta = DEFAULT_RETRY_MAX_AGE,
     dead_max_age: timedelta = DEFAULT_DEAD_MAX_AGE,
     retry_max_per_instance: int = DEFAULT_RETRY_MAX_PER_INSTANCE,
+    dead_max_per_instance: int = DEFAULT_DEAD_MAX_PER_INSTANCE,
 ) -> None:
     """Create EVENTS, RETRY and DEAD, or update them to the desired config (idempotent)."""
     desired_configs = stream_configs(
@@ -389,6 +399,7 @@ async def ensure_streams(
         retry_max_age=retry_max_age,
         dead_max_age=dead_max_age,
         retry_max_per_instance=retry_max_per_instance,
+        dead_max_per_instance=dead_max_per_instance,
     )
     for desired in desired_configs:
         assert desired.name is not None
@@ -424,6 +435,7 @@ async def _ensure_when_answered(js: JetStreamContext, settings: CommonSettings) 
                 replicas=settings.stream_replicas,
                 dead_max_age=timedelta(days=settings.dead_retention_days),
                 retry_max_per_instance=settings.retry_max_per_instance,
+                dead_max_per_instance=settings.dead_max_per_instance,
             )
             return
         except (NatsTimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError) as exc:

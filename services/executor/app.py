@@ -92,16 +92,18 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
         settings.executor_name,
         on_change=lambda view: dispatcher.follow(view),
     )
+    handoff = Handoff(js, settings.retry_max_per_instance, settings.dead_max_per_instance)
     dispatcher = Dispatcher(
         pool,
         recorder,
-        Handoff(js, settings.retry_max_per_instance),
+        handoff,
         instance_concurrency=settings.executor_instance_concurrency,
         metrics=ExecutorMetrics(
             metrics.meter,
             lambda: pool.restarts,
             watcher.instance_workspace,
             histograms=metrics.histograms,
+            dead_discarded=lambda: handoff.discarded,
         ),
     )
     watcher.start()

@@ -37,8 +37,8 @@ _GIVES_WAY = {
     streams.LAST_STACK: '""',
 }
 VERB = {OutcomeKind.FAILURE: "failed", OutcomeKind.DISCARD: "discarded"}
-# A refused retry hand-off is logged once per instance in this many seconds (a storm of them
-# is the tenant's own doing and must not become one log line per pack).
+# A refused hand-off (retries or dead letters full) is logged once per instance in this many
+# seconds (a storm of them is the tenant's own doing and must not become one log line per pack).
 FULL_LOG_SECONDS = 60.0
 
 
@@ -138,15 +138,23 @@ class Handoff:
 
     RETRY holds at most `retry_limit` messages per instance (the stream's per-subject limit);
     an instance's retryable events past it go to DEAD at once, saying why, rather than back
-    to EVENTS for another invocation.
+    to EVENTS for another invocation. DEAD holds at most `dead_limit` per instance: past it,
+    the events are discarded, logged with the reason (once a minute per instance), and
+    their pack is settled; the letters it holds are kept.
     """
 
     def __init__(
-        self, js: JetStreamContext, retry_limit: int = streams.DEFAULT_RETRY_MAX_PER_INSTANCE
+        self,
+        js: JetStreamContext,
+        retry_limit: int = streams.DEFAULT_RETRY_MAX_PER_INSTANCE,
+        dead_limit: int = streams.DEFAULT_DEAD_MAX_PER_INSTANCE,
     ) -> None:
         self._js = js
         self._retry_limit = retry_limit
+        self._dead_limit = dead_limit
         self._full_logged = OncePer(FULL_LOG_SECONDS)
+        self._dead_full_logged = OncePer(FULL_LOG_SECONDS)
+        self.discarded = 0  # events discarded because their instance's dead letters were full
 
     async def __call__(
         self, config: rpb.InstanceConfig, handoff: HandOff, result: InvocationResult
@@ -176,4 +184,20 @@ class Handoff:
             headers = handoff_headers(config, dead, result, now, reason=reason)
         else:
             headers = handoff_headers(config, handoff, result, now)
-        await self._js.publish(streams.dead_subject(ws, iid), body, headers=headers)
+        try:
+            await self._js.publish(streams.dead_subject(ws, iid), body, headers=headers)
+        except APIError as error:
+            if not streams.subject_full(error):
+                raise
+            self.discarded += len(handoff.events)
+            if self._dead_full_logged.due(iid):
+                log.warning(
+                    "instance %s holds as many packs of dead letters as it may "
+                    "(EVENTFN_DEAD_MAX_PER_INSTANCE, %d): failed events discarded, %d of "
+                    "this pack (%s), and so are its next ones until its dead letters are "
+                    "replayed or purged (said once a minute per instance)",
+                    iid,
+                    self._dead_limit,
+                    len(handoff.events),
+                    headers.get(streams.DEAD_REASON, ""),
+                )

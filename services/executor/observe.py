@@ -11,7 +11,13 @@ from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from services.common.metrics import Histograms, Owner, Tally, status_class
+from services.common.metrics import (
+    Histograms,
+    Owner,
+    Tally,
+    count_dead_letters_discarded,
+    status_class,
+)
 from services.common.telemetry import PROPAGATOR
 from services.common.tracer import get_tracer
 from services.runtime import InvocationResult, OutcomeKind, RequestTrace
@@ -177,9 +183,12 @@ class ExecutorMetrics:
         owner: Owner | None = None,
         *,
         histograms: Histograms,
+        dead_discarded: Callable[[], int] = lambda: 0,
     ) -> None:
         """`owner` tells an instance's workspace, None once it is gone (see `Tally`); the
-        invocations' histograms by instance are kept in `histograms` (see `Distribution`)."""
+        invocations' histograms by instance are kept in `histograms` (see `Distribution`);
+        `dead_discarded` counts the events discarded because their instance's dead letters
+        were full."""
         names = ("eventfn.instance_id", "eventfn.outcome")
         self._events = Tally(
             meter,
@@ -227,6 +236,7 @@ class ExecutorMetrics:
             unit="{restart}",
             description="V8 worker processes replaced, by cause",
         )
+        count_dead_letters_discarded(meter, dead_discarded)
 
     def record(self, instance_id: str, batch: bool, result: InvocationResult) -> None:
         """Count one invocation and its events' outcomes."""

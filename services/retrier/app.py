@@ -15,7 +15,7 @@ from eventfn_api.retrier.v1 import retrier_pb2, retrier_pb2_grpc
 from services.common import call_limits, rpc, streams
 from services.common.backlog import BacklogGauges, StreamSizeGauge
 from services.common.config_watch import ConfigWatcher
-from services.common.metrics import start_metrics
+from services.common.metrics import count_dead_letters_discarded, start_metrics
 from services.common.page_tokens import PageTokens
 from services.common.registry_gate import RegistryGate
 from services.common.streams import open_streams
@@ -74,6 +74,7 @@ async def start_retrier(settings: RetrierSettings, stack: AsyncExitStack) -> Run
     scheduler.start()
     stack.push_async_callback(scheduler.stop)
     metrics = start_metrics("eventfn-retrier", settings.retrier_metrics_listen, stack)
+    count_dead_letters_discarded(metrics.meter, lambda: scheduler.dead_discarded)
     for gauge in (
         BacklogGauges(
             js, metrics.meter, what="retries", stream=streams.RETRY_STREAM, durable=DURABLE

@@ -4,13 +4,16 @@ A DEAD message is a pack of dead letters (see `dead_packs`). Reads use JetStream
 with a per-instance subject filter (`dead.*.<instance>`), so no consumer is created;
 retention is the DEAD stream's max age. A page of the list walks the instance's packs
 backwards from the newest, one direct get each, and reads at most READ_BUDGET of them: an
-instance's dead letters are not bounded, a call's cost is.
+instance may hold many dead letters (up to EVENTFN_DEAD_MAX_PER_INSTANCE packs), a call's
+cost is bounded.
 
-A replayed letter leaves DEAD, so it is replayed once: its events are published to EVENTS
-first (the ack awaited), then the pack's other letters, if any, are stored again as a new
-pack, then the old pack is deleted. A crash between these steps leaves the letter listed
-(never lost); replaying it again is deduplicated by EVENTS for 10 minutes, as the replay's
-message id is derived from the letter.
+A replayed letter leaves DEAD, so it is replayed once: the pack's other letters, if any, are
+stored again as a new pack first, then the letter's events are published to EVENTS (the ack
+awaited), then the old pack is deleted. A crash between these steps leaves letters listed
+twice at worst (never lost); replaying one again is deduplicated by EVENTS for 10 minutes, as
+the replay's message id is derived from the letter. Storing the others first means that an
+instance holding as many packs as it may refuses a replay or purge of only some letters of a
+pack before anything is sent (`DeadLettersFull`); whole packs make room.
 
 Replaying or purging all of an instance's letters (no names) streams them: the scan reads a
 pack at a time, replays or deletes a chunk of packs (at most CHUNK_BYTES, or one larger pack),
@@ -35,10 +38,11 @@ from datetime import UTC, datetime
 import orjson
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 from opentelemetry import trace
 
 from services.common import streams
+from services.common.errors import FailedPrecondition
 from services.common.streams import DEAD_AT
 from services.common.telemetry import PROPAGATOR
 from services.common.telemetry import extract as extract_trace
@@ -53,7 +57,14 @@ from services.retrier.dead_packs import (
 )
 from services.retrier.scheduler import carried_headers, parse_time
 
-__all__ = ["BadDeadLetterId", "DeadLetterStore", "DeadPack", "Letter", "LetterId"]
+__all__ = [
+    "BadDeadLetterId",
+    "DeadLetterStore",
+    "DeadLettersFull",
+    "DeadPack",
+    "Letter",
+    "LetterId",
+]
 
 log = logging.getLogger(__name__)
 tracer = get_tracer("eventfn.retrier")
@@ -65,6 +76,20 @@ READ_BUDGET = 1000
 # Pack bytes a streamed replay or purge holds at once (a larger pack goes alone): replaying
 # all of an instance's 129 MiB of letters held all of them, and more, in the shared retrier.
 CHUNK_BYTES = 256 * 1024
+
+
+class DeadLettersFull(FailedPrecondition):
+    """Some letters of a pack cannot leave it: its instance holds as many packs of dead
+    letters as it may, and the pack's other letters must be stored again as a new one."""
+
+    def __init__(self, instance_id: str) -> None:
+        super().__init__(
+            f"instance {instance_id} holds as many packs of dead letters as it may "
+            "(EVENTFN_DEAD_MAX_PER_INSTANCE), and taking only some letters out of a pack "
+            "stores its others as a new pack: that pack was left whole. Replay or purge whole "
+            "packs first (a letter's id without its `.N` names its whole pack), or all of the "
+            "instance's letters (no names)"
+        )
 
 
 def _utc(value: datetime) -> datetime:
@@ -337,6 +362,7 @@ class DeadLetterStore:
         if version_id:
             headers[streams.VERSION] = version_id
         subject = streams.events_subject(pack.workspace_id, pack.instance_id)
+        rest = await self._store_rest(pack, set(indexes), total)
         # The replay is a new trace (of the replay call), linked to the original one.
         with tracer.start_as_current_span(
             "dead.replay.pack",
@@ -344,23 +370,42 @@ class DeadLetterStore:
             attributes={"eventfn.instance_id": pack.instance_id, "eventfn.events": len(indexes)},
         ):
             PROPAGATOR.inject(headers)
-            await self._js.publish(subject, body, headers=headers)
-        await self._remove(pack, set(indexes), total)
+            try:
+                await self._js.publish(subject, body, headers=headers)
+            except BaseException:
+                if rest:  # the pack stays whole: its others need no second copy
+                    await self._delete(rest)
+                raise
+        await self._delete(pack.seq)
         return len(indexes)
 
     async def _remove(self, pack: DeadPack, indexes: set[int], total: int) -> None:
         """Take letters out of DEAD: store the pack's others again, then delete the pack."""
-        if len(indexes) < total:
-            events = pack.events()
-            rest = [i for i in range(len(events)) if i not in indexes]
-            headers = carried_headers(pack.headers)
-            headers[streams.MSG_ID] = f"rest:{letters_key(pack, rest)}"
-            headers[streams.COUNT] = str(len(rest))
-            headers.setdefault(DEAD_AT, pack.time.isoformat())
-            body = b"[" + b",".join(events[i] for i in rest) + b"]"
-            await self._js.publish(pack.subject, body, headers=headers)
+        await self._store_rest(pack, indexes, total)
+        await self._delete(pack.seq)
+
+    async def _store_rest(self, pack: DeadPack, indexes: set[int], total: int) -> int:
+        """Store the pack's letters other than `indexes` as a new pack; return its sequence
+        (0 when there are none). Raise `DeadLettersFull` when the instance has no room."""
+        if len(indexes) >= total:
+            return 0
+        events = pack.events()
+        rest = [i for i in range(len(events)) if i not in indexes]
+        headers = carried_headers(pack.headers)
+        headers[streams.MSG_ID] = f"rest:{letters_key(pack, rest)}"
+        headers[streams.COUNT] = str(len(rest))
+        headers.setdefault(DEAD_AT, pack.time.isoformat())
+        body = b"[" + b",".join(events[i] for i in rest) + b"]"
         try:
-            await self._js.delete_msg(streams.DEAD_STREAM, pack.seq)
+            return (await self._js.publish(pack.subject, body, headers=headers)).seq
+        except APIError as error:
+            if streams.subject_full(error):
+                raise DeadLettersFull(pack.instance_id) from error
+            raise
+
+    async def _delete(self, seq: int) -> None:
+        try:
+            await self._js.delete_msg(streams.DEAD_STREAM, seq)
         except NotFoundError:
             pass  # deleted meanwhile (a purge, or another retrier's replay)
 

@@ -22,10 +22,12 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import APIError
 
 from eventfn_api.registry.v1 import registry_pb2 as rpb
 from services.common import streams
 from services.common.config_watch import ConfigWatcher
+from services.common.once_per import OncePer
 from services.common.pull import NATS_ERRORS, pull_forever
 from services.common.streams import DEAD_REASON, HISTORY
 from services.common.telemetry import PROPAGATOR
@@ -51,6 +53,9 @@ ORIGINAL_SUBJECT = "Eventfn-Original-Subject"
 UNROUTABLE_DEAD_SUBJECT = "dead._invalid._invalid"
 # Headers JetStream or NATS set on delivery; never copied into a new publish.
 _TRANSPORT_HEADERS = frozenset({"Nats-Msg-Id", "Status", "Description"})
+# Dead letters refused (their instance's DEAD subject full) are logged once per instance in
+# this many seconds.
+FULL_LOG_SECONDS = 60.0
 
 
 class MalformedRetry(ValueError):
@@ -279,6 +284,8 @@ class RetryScheduler:
         self._task: asyncio.Task[None] | None = None
         self.counts: Counter[str] = Counter()
         self.changed = asyncio.Condition()
+        self._full_logged = OncePer(FULL_LOG_SECONDS)
+        self.dead_discarded = 0  # events discarded: their instance's dead letters were full
 
     def start(self) -> None:
         """Start consuming RETRY (after the first configuration snapshot)."""
@@ -414,15 +421,39 @@ class RetryScheduler:
             with tracer.start_as_current_span("dead_letter") as dead:
                 dead.set_attribute("eventfn.dead.reason", decision.headers[DEAD_REASON][:200])
                 PROPAGATOR.inject(decision.headers)
-                await self._js.publish(decision.subject, msg.data, headers=decision.headers)
+                buried = await self._dead_letter(decision.subject, msg.data, decision.headers)
+            if not buried:
+                span.set_attribute("eventfn.retry.outcome", "discarded")
             await self._settled(msg, seq)
-            await self._count("dead")
+            await self._count("dead" if buried else "discarded")
 
     async def _bury_malformed(
         self, msg: Msg, headers: dict[str, str], seq: int, reason: str
     ) -> None:
         subject, out = malformed_dead_letter(msg.subject, headers, seq, reason, msg.data)
         log.warning("RETRY message %d on %s dead-lettered: %s", seq, msg.subject, reason)
-        await self._js.publish(subject, msg.data, headers=out)
+        buried = await self._dead_letter(subject, msg.data, out)
         await self._settled(msg, seq)
-        await self._count("malformed")
+        await self._count("malformed" if buried else "discarded")
+
+    async def _dead_letter(self, subject: str, body: bytes, headers: dict[str, str]) -> bool:
+        """Publish to DEAD; return False when the subject's instance already holds as many
+        packs of dead letters as it may: its events are then discarded, with the reason."""
+        try:
+            await self._js.publish(subject, body, headers=headers)
+            return True
+        except APIError as error:
+            if not streams.subject_full(error):
+                raise
+        self.dead_discarded += event_count(body)
+        if self._full_logged.due(subject):
+            log.warning(
+                "%s holds as many packs of dead letters as it may "
+                "(EVENTFN_DEAD_MAX_PER_INSTANCE): events past their retries discarded, %d "
+                "of this message (%s), and so are its next ones until its dead letters are "
+                "replayed or purged (said once a minute per instance)",
+                subject,
+                event_count(body),
+                headers.get(DEAD_REASON, ""),
+            )
+        return False

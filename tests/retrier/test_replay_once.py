@@ -9,10 +9,10 @@ from datetime import UTC, timedelta
 from typing import Any
 
 import grpc
+import nats.errors
 import pytest
 
 from eventfn_api.retrier.v1 import retrier_pb2 as pb
-from services.retrier.dead_letters import DeadPack
 from tests.eventually import eventually
 from tests.pipeline.conftest import Platform, Sink
 from tests.pipeline.test_parity_batching import event, post_batch
@@ -156,10 +156,10 @@ async def test_a_crash_before_the_letter_leaves_dead_loses_nothing_and_sends_onc
     iid, retrier, stub, (letter,) = await dead_pack(platform, sink, start_retrier_on, ["crash"])
     before = len(sink.bodies)
 
-    async def crash(pack: DeadPack, indexes: set[int]) -> None:
+    async def crash(seq: int) -> None:
         raise ConnectionError("the retrier died after publishing the replay")
 
-    monkeypatch.setattr(retrier.store, "_remove", crash)
+    monkeypatch.setattr(retrier.store, "_delete", crash)
     with pytest.raises(OperationFailed) as failed:
         await replay(stub, platform.owner, platform.instance_name(iid))
     assert failed.value.status.code == 13  # INTERNAL, with a correlation id
@@ -194,3 +194,27 @@ async def test_a_replay_that_fails_again_comes_back_as_a_new_letter(
     await settled(sink, before + 1)
     assert sink.bodies[-1]["messageId"] == "again"
     assert await dead_letters(stub, platform.owner, platform.instance_name(iid)) == []
+
+
+async def test_some_letters_that_cannot_reach_events_leave_their_pack_as_it_was(
+    platform: Platform, sink: Sink, start_retrier_on: StartRetrier, monkeypatch: Any
+) -> None:
+    ids = ["whole-0", "whole-1", "whole-2"]
+    iid, retrier, stub, letters = await dead_pack(platform, sink, start_retrier_on, ids)
+    js = retrier.store._js
+    publish = js.publish
+
+    async def events_down(subject: str, *args: Any, **kwargs: Any) -> Any:
+        if subject.startswith("events."):
+            raise nats.errors.TimeoutError
+        return await publish(subject, *args, **kwargs)
+
+    # The pack's others are stored again first (a full instance refuses that before anything
+    # is sent); when the replay cannot then reach EVENTS, that copy is taken back.
+    monkeypatch.setattr(js, "publish", events_down)
+    chosen = next(letter for letter in letters if letter.message_id == "whole-1")
+    with pytest.raises(OperationFailed):
+        await replay(stub, platform.owner, platform.instance_name(iid), chosen.name)
+    monkeypatch.undo()
+    after = await dead_letters(stub, platform.owner, platform.instance_name(iid))
+    assert sorted(letter.name for letter in after) == sorted(letter.name for letter in letters)
