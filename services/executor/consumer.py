@@ -29,6 +29,8 @@ from services.executor.versions import VersionSource
 log = logging.getLogger(__name__)
 DURABLE = "executor"
 DEFER_LOG_SECONDS = 60.0
+# How often a hand-back also drops what the pacing keeps of instances idle long enough.
+FORGET_SWEEP_SECONDS = 60.0
 # Packs all executors together may hold unacknowledged (EVENTFN_EXECUTOR_CONSUMER_MAX_PENDING):
 # no bound. Handed-back packs stay pending until they come again, and past a bound JetStream
 # delivers nothing more to any executor: one stalled instance's backlog stopped every tenant.
@@ -101,6 +103,7 @@ class PackConsumer:
         self._deferred_logged = OncePer(DEFER_LOG_SECONDS)
         self._stalls = Stalls()
         self._pacer = Pacer()
+        self._forget_at = 0.0  # when the two above next drop what is idle
         self._unsettled: dict[int, _Held] = {}  # by id(msg): handed back if shutdown runs out
         self._room = asyncio.Condition()
         self._stopping = asyncio.Event()
@@ -238,6 +241,10 @@ class PackConsumer:
         flight, for later."""
         self.packs -= 1  # not taken: it comes again
         now = asyncio.get_running_loop().time()
+        if now >= self._forget_at:  # they grow only here: so are they swept
+            self._stalls.forget_idle(now)
+            self._pacer.forget_idle(now)
+            self._forget_at = now + FORGET_SWEEP_SECONDS
         stalled = self._stalls.stalled(instance_id, now)
         self._stalls.handed_back(instance_id, now)
         deliveries = msg.metadata.num_delivered or 1

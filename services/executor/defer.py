@@ -34,6 +34,9 @@ DEFER_STALLED_MAX_SECONDS = 600.0
 STALL_WINDOW_SECONDS = 60.0
 STALL_RATIO = 100
 STALL_MIN_HANDBACKS = 1000
+# What is kept of an instance (or workspace) handed back goes once it has not been for this
+# long, longer than any wait: kept for good, every instance ever handed back grew the process.
+FORGET_SECONDS = 2 * DEFER_STALLED_MAX_SECONDS
 
 
 def defer_delay(deliveries: int, *, stalled: bool = False) -> float:
@@ -81,6 +84,15 @@ class Stalls:
         handed_back, settled = (meter.count(now) for meter in meters)
         return handed_back >= STALL_MIN_HANDBACKS and handed_back > STALL_RATIO * settled
 
+    def forget_idle(self, now: float) -> None:
+        """Drop the instances with nothing counted over the last two windows."""
+        for instance_id, meters in list(self._meters.items()):
+            if not any(meter.count(now) for meter in meters):
+                del self._meters[instance_id]
+
+    def __len__(self) -> int:
+        return len(self._meters)
+
 
 # How much a new pack duration moves an instance's estimate (an exponential moving average).
 PACE_WEIGHT = 0.2
@@ -101,7 +113,8 @@ class Pacer:
     packs are got through: a pack's duration counts at least the time since the last one
     settled (a pace measured on fast packs, slots then held by slow ones, brought a backlog
     back every millisecond while nothing ran). Only what was handed back is tracked (settles
-    of others cost one look-up), as `Stalls` does.
+    of others cost one look-up), as `Stalls` does, and only until it has not been for
+    FORGET_SECONDS (`forget_idle`).
     """
 
     def __init__(self) -> None:
@@ -109,6 +122,7 @@ class Pacer:
         # after it was first handed back) and when one last settled.
         self._took: dict[str, tuple[float, float] | None] = {}
         self._reserved: dict[str, float] = {}  # when its last paced pack is due
+        self._seen: dict[str, float] = {}  # when one of its packs was last handed back
 
     def settled(self, keys: tuple[str, ...], seconds: float, now: float) -> None:
         """Count a pack (of an instance and its workspace: `keys`) run to its end after
@@ -124,6 +138,7 @@ class Pacer:
         """Return the wait for one more handed-back pack of `key` (an instance or workspace
         running `slots` packs at once): `longest` (the doubling's) unless its pace says a
         slot is free sooner."""
+        self._seen[key] = now
         took = self._took.setdefault(key, None)
         if took is None:  # nothing settled since it was first handed back: no pace yet
             return longest
@@ -134,3 +149,14 @@ class Pacer:
             return longest
         self._reserved[key] = due
         return due - now
+
+    def forget_idle(self, now: float) -> None:
+        """Drop the keys not handed back for FORGET_SECONDS (their next pack starts afresh)."""
+        for key, seen in list(self._seen.items()):
+            if now - seen > FORGET_SECONDS:
+                del self._seen[key]
+                self._took.pop(key, None)
+                self._reserved.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._seen)

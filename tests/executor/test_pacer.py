@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.executor.defer import DEFER_MAX_SECONDS, DEFER_SECONDS, Pacer, defer_delay
+from services.executor.defer import (
+    DEFER_MAX_SECONDS,
+    DEFER_SECONDS,
+    FORGET_SECONDS,
+    Pacer,
+    Stalls,
+    defer_delay,
+)
 
 
 def paced(took: float, now: float = 0.0) -> Pacer:
@@ -89,3 +96,26 @@ def test_paced_packs_come_back_no_faster_than_slots_free(
     # Packs due before the doubling are spaced by a pack's time over the slots at least.
     gaps = [b - a for a, b in itertools.pairwise(dues)]
     assert all(gap >= took / slots * (1 - 1e-9) for gap in gaps)
+
+
+def test_what_is_kept_of_instances_handed_back_goes_once_they_are_idle() -> None:
+    # Kept for good, every instance ever handed back grew the executor (about 2 KB each):
+    # a tenant creating instances, each handed back once, grew it without end.
+    pacer, stalls = Pacer(), Stalls()
+    for i in range(10_000):
+        pacer.wait(f"gone-{i}", 0.0, 2, DEFER_SECONDS)
+        stalls.handed_back(f"gone-{i}", 0.0)
+    busy = paced(0.2, now=0.0)
+    busy.wait("ins", FORGET_SECONDS, 2, DEFER_MAX_SECONDS)
+    for i in range(10_000):
+        busy.wait(f"gone-{i}", 0.0, 2, DEFER_SECONDS)
+    pacer.forget_idle(FORGET_SECONDS)  # not yet
+    assert len(pacer) == 10_000
+    stalls.forget_idle(FORGET_SECONDS)
+    assert len(stalls) == 0
+    busy.forget_idle(FORGET_SECONDS + 1.0)
+    assert len(busy) == 1, "only the instance handed back lately is kept"
+    # And it is still paced: its next pack comes when a slot frees, not at the doubling.
+    now = FORGET_SECONDS + 1.0
+    busy.settled(("ins", "ws"), 0.2, now)
+    assert busy.wait("ins", now, 2, DEFER_MAX_SECONDS) < 1.0
