@@ -35,8 +35,9 @@ class CommonSettings(BaseSettings):
     # Packs of dead letters kept per instance (messages in its DEAD subject, each up to one
     # pack's events). Past it the instance's newly failed events are discarded, each hand-off
     # logged with the reason, and a replay or purge of only some letters of a pack is refused
-    # (it stores the pack's others again): one tenant's failures cannot fill the disk the
-    # streams share. Every service may create or update the streams, so they all read it.
+    # (it stores the pack's others again): what one tenant's failures store is bounded (by
+    # packs, not bytes: at most this many packs of up to 1 MiB per instance). Every
+    # service may create or update the streams, so they all read it.
     dead_max_per_instance: int = 100_000
 
     def required_service_token(self, service: str) -> str:

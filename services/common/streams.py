@@ -8,8 +8,8 @@ Subjects are `<kind>.<workspace_id>.<instance_id>` for the three kinds:
   at most `retry_max_per_instance` messages per instance, so one tenant's retry storm
   neither fills the disk the streams share nor makes everyone's re-checks slow.
 - `DEAD` (`dead.>`): events past the retry window, kept (default 14 days) for listing and replay;
-  at most `dead_max_per_instance` messages per instance, so one tenant's failures cannot fill
-  the disk either (its failed events past that are discarded, saying why).
+  at most `dead_max_per_instance` messages per instance, so what one tenant's failures store
+  is bounded too (its failed events past that are discarded, saying why).
 
 All three use limits retention (any consumer kind and ack policy works, and nothing is
 dropped for lack of a consumer) with `discard: new`, so a full stream refuses new

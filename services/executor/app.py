@@ -92,7 +92,7 @@ async def start_executor(settings: ExecutorSettings, stack: AsyncExitStack) -> R
         settings.executor_name,
         on_change=lambda view: dispatcher.follow(view),
     )
-    handoff = Handoff(js, settings.retry_max_per_instance, settings.dead_max_per_instance)
+    handoff = Handoff(js, settings.retry_max_per_instance)
     dispatcher = Dispatcher(
         pool,
         recorder,

@@ -138,20 +138,18 @@ class Handoff:
 
     RETRY holds at most `retry_limit` messages per instance (the stream's per-subject limit);
     an instance's retryable events past it go to DEAD at once, saying why, rather than back
-    to EVENTS for another invocation. DEAD holds at most `dead_limit` per instance: past it,
-    the events are discarded, logged with the reason (once a minute per instance), and
-    their pack is settled; the letters it holds are kept.
+    to EVENTS for another invocation. DEAD holds a limited number per instance too
+    (EVENTFN_DEAD_MAX_PER_INSTANCE): past it, the events are discarded, logged with the reason
+    (once a minute per instance), and their pack is settled; the letters it holds are kept.
     """
 
     def __init__(
         self,
         js: JetStreamContext,
         retry_limit: int = streams.DEFAULT_RETRY_MAX_PER_INSTANCE,
-        dead_limit: int = streams.DEFAULT_DEAD_MAX_PER_INSTANCE,
     ) -> None:
         self._js = js
         self._retry_limit = retry_limit
-        self._dead_limit = dead_limit
         self._full_logged = OncePer(FULL_LOG_SECONDS)
         self._dead_full_logged = OncePer(FULL_LOG_SECONDS)
         self.discarded = 0  # events discarded because their instance's dead letters were full
@@ -193,11 +191,10 @@ class Handoff:
             if self._dead_full_logged.due(iid):
                 log.warning(
                     "instance %s holds as many packs of dead letters as it may "
-                    "(EVENTFN_DEAD_MAX_PER_INSTANCE, %d): failed events discarded, %d of "
-                    "this pack (%s), and so are its next ones until its dead letters are "
-                    "replayed or purged (said once a minute per instance)",
+                    "(EVENTFN_DEAD_MAX_PER_INSTANCE): failed events discarded, %d of this "
+                    "pack (%s), and so are its next ones until some of its dead letters are "
+                    "replayed, purged or expire (said once a minute per instance)",
                     iid,
-                    self._dead_limit,
                     len(handoff.events),
                     headers.get(streams.DEAD_REASON, ""),
                 )

@@ -7,17 +7,19 @@ backwards from the newest, one direct get each, and reads at most READ_BUDGET of
 instance may hold many dead letters (up to EVENTFN_DEAD_MAX_PER_INSTANCE packs), a call's
 cost is bounded.
 
-A replayed letter leaves DEAD, so it is replayed once: the pack's other letters, if any, are
-stored again as a new pack first, then the letter's events are published to EVENTS (the ack
-awaited), then the old pack is deleted. A crash between these steps leaves letters listed
-twice at worst (never lost); replaying one again is deduplicated by EVENTS for 10 minutes, as
-the replay's message id is derived from the letter. Storing the others first means that an
-instance holding as many packs as it may refuses a replay or purge of only some letters of a
-pack before anything is sent (`DeadLettersFull`); whole packs make room.
+A replayed letter leaves DEAD, so it is replayed once: its events are published to EVENTS
+first (the ack awaited), then the pack's other letters, if any, are stored again as a new
+pack, then the old pack is deleted. A crash between these steps leaves the letter listed
+(never lost); replaying it again is deduplicated by EVENTS for 10 minutes, as the replay's
+message id is derived from the letter. A pack's others stored again carry an id derived from
+them too (a repeated call stores them once); one the stream deduplicates against a copy since
+deleted is stored anew. An instance holding as many packs as it may (the DEAD stream's limit
+per subject) has no room for a pack's others: taking only some letters out of a pack is then
+refused (`DeadLettersFull`) before anything is sent, and whole packs make room.
 
 Replaying or purging all of an instance's letters (no names) streams them: the scan reads a
 pack at a time, replays or deletes a chunk of packs (at most CHUNK_BYTES, or one larger pack),
-and never holds the instance's letters, which nothing bounds; it stops at the DEAD stream's
+and never holds the instance's letters, which may be many; it stops at the DEAD stream's
 last sequence when the operation started, so letters dead-lettered meanwhile (a replay's own
 failures among them) are left for another call and the run ends.
 
@@ -82,13 +84,20 @@ class DeadLettersFull(FailedPrecondition):
     """Some letters of a pack cannot leave it: its instance holds as many packs of dead
     letters as it may, and the pack's other letters must be stored again as a new one."""
 
-    def __init__(self, instance_id: str) -> None:
+    def __init__(self, instance_id: str, *, sent: bool = False) -> None:
+        what = (
+            "a new dead letter took the last room once the chosen letters were sent back: "
+            "their pack stays whole and they stay listed (replayed again within 10 minutes, "
+            "they are not sent twice)"
+            if sent
+            else "that pack was left whole (packs taken before it in this call stay taken)"
+        )
         super().__init__(
             f"instance {instance_id} holds as many packs of dead letters as it may "
             "(EVENTFN_DEAD_MAX_PER_INSTANCE), and taking only some letters out of a pack "
-            "stores its others as a new pack: that pack was left whole. Replay or purge whole "
-            "packs first (a letter's id without its `.N` names its whole pack), or all of the "
-            "instance's letters (no names)"
+            f"stores its others as a new pack: {what}. Replay or purge whole packs first (a "
+            "letter's id without its `.N` names its whole pack), or all of the instance's "
+            "letters (no names); letters also leave DEAD when they expire"
         )
 
 
@@ -362,7 +371,9 @@ class DeadLetterStore:
         if version_id:
             headers[streams.VERSION] = version_id
         subject = streams.events_subject(pack.workspace_id, pack.instance_id)
-        rest = await self._store_rest(pack, set(indexes), total)
+        partial = len(indexes) < total
+        if partial:  # its others are stored again: refused before anything is sent
+            await self._check_room(pack)
         # The replay is a new trace (of the replay call), linked to the original one.
         with tracer.start_as_current_span(
             "dead.replay.pack",
@@ -370,38 +381,52 @@ class DeadLetterStore:
             attributes={"eventfn.instance_id": pack.instance_id, "eventfn.events": len(indexes)},
         ):
             PROPAGATOR.inject(headers)
-            try:
-                await self._js.publish(subject, body, headers=headers)
-            except BaseException:
-                if rest:  # the pack stays whole: its others need no second copy
-                    await self._delete(rest)
-                raise
-        await self._delete(pack.seq)
+            await self._js.publish(subject, body, headers=headers)
+        try:
+            await self._remove(pack, set(indexes), total)
+        except DeadLettersFull as full:  # a new dead letter took the room meanwhile
+            raise DeadLettersFull(pack.instance_id, sent=True) from full
         return len(indexes)
 
-    async def _remove(self, pack: DeadPack, indexes: set[int], total: int) -> None:
-        """Take letters out of DEAD: store the pack's others again, then delete the pack."""
-        await self._store_rest(pack, indexes, total)
-        await self._delete(pack.seq)
+    async def _check_room(self, pack: DeadPack) -> None:
+        """Raise `DeadLettersFull` when the pack's instance holds as many packs as the DEAD
+        stream allows a subject (the limit read from the stream: an upgrade may keep it above
+        the setting)."""
+        limit = (await self._js.stream_info(streams.DEAD_STREAM)).config.max_msgs_per_subject
+        if limit is None or limit <= 0:
+            return
+        held = await streams.subject_counts(self._js, streams.DEAD_STREAM, pack.subject)
+        if held.get(pack.subject, 0) >= limit:
+            raise DeadLettersFull(pack.instance_id)
 
-    async def _store_rest(self, pack: DeadPack, indexes: set[int], total: int) -> int:
-        """Store the pack's letters other than `indexes` as a new pack; return its sequence
-        (0 when there are none). Raise `DeadLettersFull` when the instance has no room."""
-        if len(indexes) >= total:
-            return 0
-        events = pack.events()
-        rest = [i for i in range(len(events)) if i not in indexes]
-        headers = carried_headers(pack.headers)
-        headers[streams.MSG_ID] = f"rest:{letters_key(pack, rest)}"
-        headers[streams.COUNT] = str(len(rest))
-        headers.setdefault(DEAD_AT, pack.time.isoformat())
-        body = b"[" + b",".join(events[i] for i in rest) + b"]"
-        try:
-            return (await self._js.publish(pack.subject, body, headers=headers)).seq
-        except APIError as error:
-            if streams.subject_full(error):
-                raise DeadLettersFull(pack.instance_id) from error
-            raise
+    async def _remove(self, pack: DeadPack, indexes: set[int], total: int) -> None:
+        """Take letters out of DEAD: store the pack's others again, then delete the pack.
+        Raise `DeadLettersFull`, the pack left whole, when its instance has no room for them."""
+        if len(indexes) < total:
+            events = pack.events()
+            rest = [i for i in range(len(events)) if i not in indexes]
+            headers = carried_headers(pack.headers)
+            key = f"rest:{letters_key(pack, rest)}"
+            headers[streams.COUNT] = str(len(rest))
+            headers.setdefault(DEAD_AT, pack.time.isoformat())
+            body = b"[" + b",".join(events[i] for i in rest) + b"]"
+            try:
+                stored = await self._js.publish(
+                    pack.subject, body, headers={**headers, streams.MSG_ID: key}
+                )
+                # Deduplicated: an earlier call stored them. Gone since (replayed or purged,
+                # within the stream's 2-minute window)? Then they are stored again, anew.
+                if stored.duplicate and await self.pack(stored.seq) is None:
+                    await self._js.publish(
+                        pack.subject,
+                        body,
+                        headers={**headers, streams.MSG_ID: f"{key}:{stored.seq}"},
+                    )
+            except APIError as error:
+                if streams.subject_full(error):
+                    raise DeadLettersFull(pack.instance_id) from error
+                raise
+        await self._delete(pack.seq)
 
     async def _delete(self, seq: int) -> None:
         try:

@@ -450,8 +450,8 @@ class RetryScheduler:
             log.warning(
                 "%s holds as many packs of dead letters as it may "
                 "(EVENTFN_DEAD_MAX_PER_INSTANCE): events past their retries discarded, %d "
-                "of this message (%s), and so are its next ones until its dead letters are "
-                "replayed or purged (said once a minute per instance)",
+                "of this message (%s), and so are its next ones until some of its dead letters "
+                "are replayed, purged or expire (said once a minute per instance)",
                 subject,
                 event_count(body),
                 headers.get(DEAD_REASON, ""),

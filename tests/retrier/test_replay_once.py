@@ -17,7 +17,7 @@ from tests.eventually import eventually
 from tests.pipeline.conftest import Platform, Sink
 from tests.pipeline.test_parity_batching import event, post_batch
 from tests.registry.conftest import auth
-from tests.retrier.conftest import OperationFailed, RetrierClient, StartRetrier
+from tests.retrier.conftest import OperationFailed, RetrierClient, StartRetrier, public_id, seq_of
 
 # A plain Error is a failure: dead-lettered on the first attempt, no retry window to wait.
 FAILS_ON_500 = """
@@ -209,8 +209,7 @@ async def test_some_letters_that_cannot_reach_events_leave_their_pack_as_it_was(
             raise nats.errors.TimeoutError
         return await publish(subject, *args, **kwargs)
 
-    # The pack's others are stored again first (a full instance refuses that before anything
-    # is sent); when the replay cannot then reach EVENTS, that copy is taken back.
+    # EVENTS first: the pack's others are stored again only once the chosen letter is sent.
     monkeypatch.setattr(js, "publish", events_down)
     chosen = next(letter for letter in letters if letter.message_id == "whole-1")
     with pytest.raises(OperationFailed):
@@ -218,3 +217,58 @@ async def test_some_letters_that_cannot_reach_events_leave_their_pack_as_it_was(
     monkeypatch.undo()
     after = await dead_letters(stub, platform.owner, platform.instance_name(iid))
     assert sorted(letter.name for letter in after) == sorted(letter.name for letter in letters)
+
+
+async def test_retrying_a_failed_replay_of_some_letters_keeps_the_others(
+    platform: Platform, sink: Sink, start_retrier_on: StartRetrier, monkeypatch: Any
+) -> None:
+    # From an attacker's review: with the others stored before EVENTS and that copy deleted
+    # when EVENTS failed, a retry within the stream's 2-minute dedupe window "stored" them
+    # against the deleted copy, then deleted the pack: keep-0 and keep-2 were gone.
+    ids = ["keep-0", "keep-1", "keep-2"]
+    iid, retrier, stub, letters = await dead_pack(platform, sink, start_retrier_on, ids)
+    js = retrier.store._js
+    publish = js.publish
+
+    async def events_down(subject: str, *args: Any, **kwargs: Any) -> Any:
+        if subject.startswith("events."):
+            raise nats.errors.TimeoutError
+        return await publish(subject, *args, **kwargs)
+
+    monkeypatch.setattr(js, "publish", events_down)
+    chosen = next(letter for letter in letters if letter.message_id == "keep-1")
+    with pytest.raises(OperationFailed):
+        await replay(stub, platform.owner, platform.instance_name(iid), chosen.name)
+    monkeypatch.undo()
+    assert await replay(stub, platform.owner, platform.instance_name(iid), chosen.name) == 1
+    after = await dead_letters(stub, platform.owner, platform.instance_name(iid))
+    assert sorted(letter.message_id for letter in after) == ["keep-0", "keep-2"]
+
+
+async def test_others_deduplicated_against_a_copy_since_gone_are_stored_anew(
+    platform: Platform, sink: Sink, start_retrier_on: StartRetrier, monkeypatch: Any
+) -> None:
+    ids = ["copy-0", "copy-1", "copy-2"]
+    iid, retrier, stub, letters = await dead_pack(platform, sink, start_retrier_on, ids)
+    name = platform.instance_name(iid)
+    chosen = next(letter for letter in letters if letter.message_id == "copy-1")
+
+    async def purge(*names: str) -> int:
+        request = pb.PurgeDeadLettersRequest(parent=name, names=list(names))
+        return (await stub.PurgeDeadLetters(request, metadata=auth(platform.owner))).purged
+
+    async def crash(seq: int) -> None:
+        raise ConnectionError("the retrier died once the pack's others were stored again")
+
+    monkeypatch.setattr(retrier.store, "_delete", crash)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await purge(chosen.name)
+    monkeypatch.undo()
+    listed = await dead_letters(stub, platform.owner, name)
+    (copy_seq,) = {seq_of(letter) for letter in listed} - {seq_of(chosen)}
+    assert await purge(f"{name}/deadLetters/{public_id(str(copy_seq))}") == 2
+    # The same letter purged again within the dedupe window: its others' copy id is the same
+    # as the one just purged; they are stored anew, not taken as stored.
+    assert await purge(chosen.name) == 1
+    after = await dead_letters(stub, platform.owner, name)
+    assert sorted(letter.message_id for letter in after) == ["copy-0", "copy-2"]
