@@ -222,8 +222,14 @@ class ExecutorMetrics:
             attributes=("eventfn.instance_id",),
             owner=owner,
         )
-        self._fetch = meter.create_histogram(
-            "http.client.request.duration", unit="s", description="Function fetch duration"
+        # Kept here, not by the SDK: its `Histogram.record` was 18 % of the executor's loop at
+        # 1,000 single-event invocations a second, each with one fetch.
+        self._fetch = histograms.create(
+            meter,
+            "http.client.request.duration",
+            unit="s",
+            description="Function fetch duration",
+            attributes=("server.address", "eventfn.status_class"),
         )
         self._hosts = HostLabels()
 
@@ -251,10 +257,6 @@ class ExecutorMetrics:
         for r in result.requests:
             self._fetch.record(
                 r.duration_ms / 1000,
-                {
-                    "server.address": self._hosts.label(
-                        instance_id, endpoint(r.url)[1], r.status is not None
-                    ),
-                    "eventfn.status_class": status_class(r.status),
-                },
+                self._hosts.label(instance_id, endpoint(r.url)[1], r.status is not None),
+                status_class(r.status),
             )
