@@ -38,7 +38,7 @@ class CommonSettings(BaseSettings):
     # (it stores the pack's others again): what one tenant's failures store is bounded (by
     # packs, not bytes: at most this many packs of up to 1 MiB per instance). Every
     # service may create or update the streams, so they all read it.
-    dead_max_per_instance: int = 100_000
+    dead_max_per_instance: int = 1_000_000
 
     def required_service_token(self, service: str) -> str:
         """Return the service token, or fail at start: data-plane services read WatchConfig."""
