@@ -144,9 +144,7 @@ class Handoff:
     """
 
     def __init__(
-        self,
-        js: JetStreamContext,
-        retry_limit: int = streams.DEFAULT_RETRY_MAX_PER_INSTANCE,
+        self, js: JetStreamContext, retry_limit: int = streams.DEFAULT_RETRY_MAX_PER_INSTANCE
     ) -> None:
         self._js = js
         self._retry_limit = retry_limit
