@@ -203,8 +203,12 @@ class RegistryDeps:
         shrinking. Called under `lock_deployments`."""
         if not self.deployed_code_bytes:
             return
-        size = func.coalesce(func.sum(func.octet_length(FunctionVersion.code)), 0)
         running = select(Instance.version_id).where(Instance.workspace_id == workspace_id)
+        if not moving and await session.scalar(
+            select(running.where(Instance.version_id == version_id).exists())
+        ):
+            return  # a version the workspace runs already: the code it holds stays the same
+        size = func.coalesce(func.sum(func.octet_length(FunctionVersion.code)), 0)
         staying = running.where(col(Instance.id).not_in(list(moving))) if moving else running
         now = await session.scalar(select(size).where(col(FunctionVersion.id).in_(running)))
         then = await session.scalar(

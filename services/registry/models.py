@@ -113,7 +113,12 @@ class FunctionVersion(SQLModel, table=True):
 class Instance(SQLModel, table=True):
     """A function connected to a source; encrypted setting values are stored sealed."""
 
-    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+    __table_args__ = (
+        UniqueConstraint("workspace_id", "name"),
+        # Whether a workspace's instances run a version, without reading them all (a
+        # CreateInstance's quota check read 10,000 twice: 17 ms of its 37).
+        Index("ix_instance_workspace_version", "workspace_id", "version_id"),
+    )
     id: str = Field(primary_key=True, sa_type=Text)
     workspace_id: str = Field(
         sa_column=Column(Text, ForeignKey("workspace.id", ondelete="CASCADE"), nullable=False)
