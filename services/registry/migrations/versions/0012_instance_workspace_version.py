@@ -15,10 +15,15 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # If not there yet: a database whose version was set back (to replay an older data
+    # migration) keeps its indexes.
     op.create_index(
-        "ix_instance_workspace_version", "instance", ["workspace_id", "version_id"]
+        "ix_instance_workspace_version",
+        "instance",
+        ["workspace_id", "version_id"],
+        if_not_exists=True,
     )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_instance_workspace_version", table_name="instance")
+    op.drop_index("ix_instance_workspace_version", table_name="instance", if_exists=True)
