@@ -342,15 +342,21 @@ class DeadLetterStore:
     async def _replay(self, chosen: list[tuple[int, set[int] | None]], version_id: str) -> int:
         now = datetime.now(UTC).isoformat()
         count = 0
+        limits: dict[str, int] = {}  # the DEAD stream's limit per subject, read once a call
         async with self._lock:  # one replay or purge of a pack at a time in this process
             for seq, indexes in chosen:
                 pack = await self.pack(seq)  # as it is now: replayed or purged meanwhile?
                 if pack is not None:
-                    count += await self._send_back(pack, indexes, now, version_id)
+                    count += await self._send_back(pack, indexes, now, version_id, limits)
         return count
 
     async def _send_back(
-        self, pack: DeadPack, chosen: set[int] | None, now: str, version_id: str
+        self,
+        pack: DeadPack,
+        chosen: set[int] | None,
+        now: str,
+        version_id: str,
+        limits: dict[str, int],
     ) -> int:
         """Publish letters of a pack (all when `chosen` is None) to EVENTS, then take them out
         of DEAD; return how many."""
@@ -358,7 +364,8 @@ class DeadLetterStore:
         indexes = list(range(total)) if chosen is None else sorted(i for i in chosen if i < total)
         if not indexes:
             return 0
-        if len(indexes) < total:  # some of it: only then are its events split out
+        partial = len(indexes) < total
+        if partial:  # some of it: only then are its events split out
             stored = pack.events()
             body = b"[" + b",".join(stored[i] for i in indexes) + b"]"
         headers = {
@@ -371,9 +378,8 @@ class DeadLetterStore:
         if version_id:
             headers[streams.VERSION] = version_id
         subject = streams.events_subject(pack.workspace_id, pack.instance_id)
-        partial = len(indexes) < total
         if partial:  # its others are stored again: refused before anything is sent
-            await self._check_room(pack)
+            await self._check_room(pack, limits)
         # The replay is a new trace (of the replay call), linked to the original one.
         with tracer.start_as_current_span(
             "dead.replay.pack",
@@ -388,12 +394,15 @@ class DeadLetterStore:
             raise DeadLettersFull(pack.instance_id, sent=True) from full
         return len(indexes)
 
-    async def _check_room(self, pack: DeadPack) -> None:
+    async def _check_room(self, pack: DeadPack, limits: dict[str, int]) -> None:
         """Raise `DeadLettersFull` when the pack's instance holds as many packs as the DEAD
-        stream allows a subject (the limit read from the stream: an upgrade may keep it above
-        the setting)."""
-        limit = (await self._js.stream_info(streams.DEAD_STREAM)).config.max_msgs_per_subject
-        if limit is None or limit <= 0:
+        stream allows a subject (the limit read from the stream, kept in `limits` for the
+        rest of the call: an upgrade may keep it above the setting)."""
+        if "dead" not in limits:
+            info = await self._js.stream_info(streams.DEAD_STREAM)
+            limits["dead"] = info.config.max_msgs_per_subject or 0
+        limit = limits["dead"]
+        if limit <= 0:
             return
         held = await streams.subject_counts(self._js, streams.DEAD_STREAM, pack.subject)
         if held.get(pack.subject, 0) >= limit:
